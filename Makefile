@@ -1,0 +1,46 @@
+# skydeck: two commands on a fresh machine, `make demo` and `make test`.
+# Both create (or reuse) .venv and install the project with its PyPI dependencies;
+# the mpich wheel brings a working mpiexec, so no system MPI is needed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.skydeck-installed
+DEMO_WS ?= skydeck-workspace
+
+.PHONY: demo test bench lint venv sysdeps clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Tools some integration tests drive (rsync, tmux, h5dump). Best effort: a test whose
+# tool is missing skips with the reason, it never fails for it.
+sysdeps:
+	@missing=""; for t in rsync tmux; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || true; \
+	fi
+
+test: $(STAMP) sysdeps
+	$(BIN)/ruff check engine tests $(wildcard console)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m engine.demo --workspace $(DEMO_WS)
+
+bench: $(STAMP)
+	@for b in tests/bench/bench_*.py; do \
+		echo "== $$b"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python $$b || exit 1; \
+	done
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine tests $(wildcard console)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

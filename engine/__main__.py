@@ -1,0 +1,7 @@
+"""`python -m engine` is `skydeck-engine` (used under mpiexec, where entry points may be absent)."""
+
+import sys
+
+from engine.cli import main
+
+sys.exit(main())

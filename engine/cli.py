@@ -1,0 +1,60 @@
+"""`skydeck-engine`: the headless command line.
+
+Each subcommand lives in its own module under ``engine.commands`` and registers itself
+through ``register(subparsers, common)``; this module only parses, dispatches and turns
+errors into the documented exit codes with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from engine import __version__
+from engine.commands import COMMAND_MODULES
+from engine.errors import EXIT_INTERRUPTED, EXIT_USAGE, SkydeckError
+
+PROG = "skydeck-engine"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-w",
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="skydeck headless engine: event building, propagation, pipeline, daemon.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"engine.commands.{name}").register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "workspace"):
+        args.workspace = None
+    try:
+        return int(args.func(args) or 0)
+    except SkydeckError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

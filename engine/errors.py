@@ -1,0 +1,47 @@
+"""Errors that map to the documented exit codes (DESIGN.md, "Command contract").
+
+Every failure a user can cause or meet is one of these, carrying the file it concerns,
+so the CLI prints exactly one line: ``skydeck-engine: <file>: <problem>``.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a job failed mid-way (I/O error, full disk, dead worker)
+EXIT_USAGE = 2  # bad input or usage, detected before any output exists
+EXIT_BUSY = 3  # busy or locked
+EXIT_INTERRUPTED = 130
+
+
+class SkydeckError(Exception):
+    """Base error: a message, optionally the file it concerns, and an exit code."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, path: str | PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class BadInput(SkydeckError):
+    """Input or usage is wrong; nothing was written (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class JobFailed(SkydeckError):
+    """The job started and failed; temporary outputs were removed (exit 1)."""
+
+    exit_code = EXIT_FAILED
+
+
+class Busy(SkydeckError):
+    """Someone else holds the lock or the resource (exit 3)."""
+
+    exit_code = EXIT_BUSY
