@@ -1,0 +1,112 @@
+"""Level-0 source files: open, validate and describe them (DESIGN.md, "Data contracts").
+
+Every check the builder relies on happens here, before any output exists, so bad input
+ends as one line naming the file: not HDF5 or truncated, a missing dataset, length
+mismatch, timestamps that are not 1-D integers or not strictly increasing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from engine.errors import BadInput
+
+
+@dataclass
+class SourceInfo:
+    """What the builder needs to know of one source file (cheap to send to MPI workers)."""
+
+    path: str
+    name: str
+    n: int
+    row_shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    timestamp_path: str
+    data_path: str
+    smalldata: list[str] = field(default_factory=list)
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise BadInput("no such file", path)
+    if path.is_dir():
+        raise BadInput("is a directory, expected an HDF5 file", path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        text = str(err)
+        if "truncated" in text:
+            raise BadInput("truncated HDF5 file", path) from None
+        if "signature" in text or "not an HDF5" in text.lower():
+            raise BadInput("not an HDF5 file", path) from None
+        raise BadInput(f"cannot open HDF5 file: {text.splitlines()[0]}", path) from None
+
+
+def check_timestamps(ts: np.ndarray, path: Path | str, dspath: str) -> None:
+    if ts.ndim != 1:
+        raise BadInput(f"{dspath} must be 1-D, has shape {ts.shape}", path)
+    if ts.dtype.kind not in "iu":
+        raise BadInput(f"{dspath} must hold integers, has dtype {ts.dtype}", path)
+    if ts.dtype.kind == "i" and len(ts) and ts.min() < 0:
+        raise BadInput(f"{dspath} holds negative values", path)
+    if len(ts) > 1:
+        bad = np.flatnonzero(ts[1:] <= ts[:-1])
+        if len(bad):
+            i = int(bad[0])
+            kind = "duplicate" if ts[i] == ts[i + 1] else "unsorted"
+            raise BadInput(f"{kind} timestamps in {dspath} at rows {i} and {i + 1} "
+                           f"({int(ts[i])}, {int(ts[i + 1])}); they must be strictly increasing", path)
+
+
+def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/data",
+             smalldata_path: str = "/smalldata") -> tuple[SourceInfo, np.ndarray]:
+    """Validate one source file and return its description and timestamps."""
+    with open_h5(path) as f:
+        for dspath in (timestamp_path, data_path):
+            obj = f.get(dspath)
+            if obj is None:
+                raise BadInput(f"missing dataset {dspath}", path)
+            if not isinstance(obj, h5py.Dataset):
+                raise BadInput(f"{dspath} is not a dataset", path)
+        tsd, dd = f[timestamp_path], f[data_path]
+        try:
+            ts = tsd[()]
+        except OSError as err:
+            raise BadInput(f"cannot read {timestamp_path}: {err}", path) from None
+        ts = np.atleast_1d(ts)
+        check_timestamps(ts, path, timestamp_path)
+        if dd.ndim < 1 or dd.shape[0] != len(ts):
+            raise BadInput(f"length mismatch: {timestamp_path} has {len(ts)} rows, "
+                           f"{data_path} has {dd.shape[0] if dd.ndim else 0}", path)
+        small = []
+        g = f.get(smalldata_path)
+        if isinstance(g, h5py.Group):
+            small = sorted(k for k, v in g.items() if isinstance(v, h5py.Dataset))
+        chunk_rows = dd.chunks[0] if dd.chunks else max(1, (1 << 20) // max(1, dd.dtype.itemsize * int(np.prod(dd.shape[1:], dtype=np.int64))))
+        info = SourceInfo(path=str(path), name=path.stem, n=len(ts), row_shape=tuple(dd.shape[1:]),
+                          dtype=dd.dtype.str, chunk_rows=int(chunk_rows),
+                          timestamp_path=timestamp_path, data_path=data_path, smalldata=small)
+    return info, ts.astype(np.uint64, copy=False)
+
+
+def read_smalldata(info: SourceInfo, smalldata_path: str = "/smalldata") -> dict[str, np.ndarray]:
+    """All small-data fields of the principal source (1-D arrays aligned with its timestamps)."""
+    out: dict[str, np.ndarray] = {}
+    path = Path(info.path)
+    with open_h5(path) as f:
+        g = f[smalldata_path]
+        for key in info.smalldata:
+            arr = g[key][()]
+            if arr.ndim != 1 or len(arr) != info.n:
+                raise BadInput(f"{smalldata_path}/{key} has shape {arr.shape}, expected ({info.n},)", path)
+            out[key] = arr
+    return out

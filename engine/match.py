@@ -1,0 +1,115 @@
+"""Timestamp matching: which row of every source file holds each selected event.
+
+The trilogy scanned every timestamp of every file for each selected event
+(``np.where(alt == ts)``, O(N_sel x N_total)) and pickled the result. Timestamps are
+sorted, so a sorted search answers each lookup in O(log N): ``np.searchsorted`` (which the
+seed itself asks for) over each file's own array, any number of files. The match table can
+be saved as HDF5 or NPZ (never pickle) and reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from engine.atomic import atomic_path
+from engine.errors import BadInput
+
+MISSING = -1
+
+
+def match_sorted(wanted: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Row of each ``wanted`` timestamp in the sorted ``timestamps``, -1 where absent."""
+    wanted = np.asarray(wanted, dtype=np.uint64)
+    timestamps = np.asarray(timestamps, dtype=np.uint64)
+    if len(timestamps) == 0:
+        return np.full(len(wanted), MISSING, dtype=np.int64)
+    pos = np.searchsorted(timestamps, wanted)
+    clipped = np.minimum(pos, len(timestamps) - 1)
+    found = timestamps[clipped] == wanted
+    return np.where(found, pos, MISSING).astype(np.int64)
+
+
+def match_naive(wanted: np.ndarray, all_timestamps: list[np.ndarray]) -> np.ndarray:
+    """The trilogy's matcher (picklecreate.py ``find_timestamps3``), kept as the benchmark
+    reference: concatenate every file's timestamps and scan all of them for each event."""
+    alt = np.concatenate(all_timestamps) if all_timestamps else np.empty(0, np.uint64)
+    bins = np.cumsum([len(t) for t in all_timestamps])
+    left = np.concatenate([[0], bins[:-1]])
+    rows = np.full((len(all_timestamps), len(wanted)), MISSING, dtype=np.int64)
+    for j, ts in enumerate(wanted):
+        flat = np.where(alt == ts)[0]
+        files = np.digitize(flat, bins)
+        rows[files, j] = flat - left[files]
+    return rows
+
+
+@dataclass
+class MatchTable:
+    """Selected events (principal order) and their row in every source; row -1 = absent."""
+
+    timestamps: np.ndarray  # (N,) uint64
+    run: np.ndarray | None  # (N,) int64 run start (MET s), when the principal has it
+    sources: list[str]  # source names, principal first
+    paths: list[str]  # source file paths, same order
+    lengths: list[int]  # rows per source, to refuse a table built from other files
+    rows: np.ndarray  # (S, N) int64
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def check_inputs(self, paths: list[str], lengths: list[int], where: Path) -> None:
+        names = [Path(p).stem for p in paths]
+        if sorted(names) != sorted(self.sources):
+            raise BadInput(f"match table was built for sources {self.sources}, inputs are {names}", where)
+        mine = dict(zip(self.sources, self.lengths, strict=True))
+        for n, ln in zip(names, lengths, strict=True):
+            if mine[n] != ln:
+                raise BadInput(f"match table expects {mine[n]} rows in source {n!r}, file has {ln}", where)
+
+    def save(self, path: Path) -> None:
+        arrays = {
+            "timestamp": self.timestamps, "rows": self.rows,
+            "sources": np.array(self.sources, dtype="U"), "paths": np.array(self.paths, dtype="U"),
+            "lengths": np.array(self.lengths, dtype=np.int64),
+        }
+        if self.run is not None:
+            arrays["run"] = self.run
+        suffix = path.suffix.lower()
+        try:
+            with atomic_path(path) as tmp:
+                if suffix == ".npz":
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, **arrays)
+                elif suffix in (".h5", ".hdf5"):
+                    with h5py.File(tmp, "w") as f:
+                        for k, v in arrays.items():
+                            f.create_dataset(k, data=v.astype("S") if v.dtype.kind == "U" else v)
+                else:
+                    raise BadInput("index file must end in .npz or .h5", path)
+        except OSError as err:
+            raise BadInput(f"cannot write index: {err.strerror or err}", path) from None
+
+    @classmethod
+    def load(cls, path: Path) -> MatchTable:
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    d = {k: z[k] for k in z.files}
+            elif suffix in (".h5", ".hdf5"):
+                with h5py.File(path, "r") as f:
+                    d = {k: f[k][()] for k in f}
+            else:
+                raise BadInput("index file must end in .npz or .h5", path)
+        except (OSError, ValueError) as err:
+            raise BadInput(f"cannot read index: {err}", path) from None
+        try:
+            txt = [[s.decode() if isinstance(s, bytes) else str(s) for s in d[k]] for k in ("sources", "paths")]
+            return cls(timestamps=d["timestamp"].astype(np.uint64), run=d.get("run"), sources=txt[0],
+                       paths=txt[1], lengths=[int(x) for x in d["lengths"]], rows=d["rows"].astype(np.int64))
+        except KeyError as err:
+            raise BadInput(f"index lacks {err.args[0]!r}", path) from None
