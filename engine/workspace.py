@@ -141,6 +141,10 @@ def init_workspace(arg: str | os.PathLike[str] | None) -> Workspace:
         for area in AREAS:
             ws.path(area).mkdir(parents=True, exist_ok=True)
         (ws.stage / "chunktokens").mkdir(exist_ok=True)
+        ws.path("flags").mkdir(parents=True, exist_ok=True)
+        from engine.state import StateDB  # here: the state module is heavier than paths
+
+        StateDB(ws.state_db).close()
     except OSError as err:
         raise BadInput(f"cannot create workspace: {err.strerror}", err.filename or root) from None
     return ws

@@ -10,4 +10,8 @@ COMMAND_MODULES: list[str] = [
     "mock",
     "build",
     "verify",
+    "downlinks",
+    "locks",
+    "unlock",
+    "stage",
 ]

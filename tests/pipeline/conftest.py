@@ -1,0 +1,75 @@
+"""Fixtures for the pipeline tests: a real workspace, real mock deliveries, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main as cli_main
+from engine.mock import MockSpec, deliver
+from engine.workspace import Workspace, init_workspace
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    w = init_workspace(tmp_path / "ws")
+    # Tests run on small disks too: no reserve unless a test sets one; quick quiet time.
+    return set_config(w, "[disk]\nreserve_bytes = 0\n")
+
+
+def _set_config(w: Workspace, extra: str) -> None:
+    """Append overrides to the workspace config (TOML sections must be unique: rewrite)."""
+    cfg = w.root / "skydeck.toml"
+    text = cfg.read_text(encoding="utf-8")
+    for section in [line for line in extra.splitlines() if line.startswith("[")]:
+        # drop the existing section of that name (keys are re-given in extra)
+        lines, out, skip = text.splitlines(), [], False
+        for line in lines:
+            if line.startswith("["):
+                skip = line.strip() == section.strip()
+            if not skip:
+                out.append(line)
+        text = "\n".join(out) + "\n"
+    cfg.write_text(text + "\n" + extra, encoding="utf-8")
+
+
+def set_config(w: Workspace, extra: str) -> Workspace:
+    _set_config(w, extra)
+    return Workspace.open(w.root)
+
+
+def spec(dlid: str, events: int = 50, chunks: int = 2, runs: int = 2, seed: int = 0,
+         sources: int = 2, event_bytes: int = 4000) -> MockSpec:
+    return MockSpec(dlid=dlid, sources=sources, events=events, event_bytes=event_bytes,
+                    runs=runs, chunks=chunks, seed=seed)
+
+
+def make_delivery(w: Workspace, dlid: str, as_: str = "level0", **kw) -> Path:
+    target = w.incoming_level0 if as_ == "level0" else w.incoming_fcopy
+    if as_ == "dir":
+        target = kw.pop("target")
+    return deliver(spec(dlid, **kw), as_, target)
+
+
+def cli(w: Workspace | None, *args: str, capsys=None) -> tuple[int, str, str]:
+    """Run the CLI in this process (fast); returns (exit code, stdout, stderr)."""
+    argv = (["-w", str(w.root)] if w is not None else []) + list(args)
+    rc = cli_main(argv)
+    if capsys is None:
+        return rc, "", ""
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def cli_proc(w: Workspace, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m engine` as a real process (exit codes, signals, stderr lines)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, **kw)
