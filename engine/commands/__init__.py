@@ -11,7 +11,10 @@ COMMAND_MODULES: list[str] = [
     "build",
     "verify",
     "downlinks",
+    "streams",
     "locks",
     "unlock",
     "stage",
+    "run",
+    "rollback",
 ]

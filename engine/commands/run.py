@@ -1,0 +1,64 @@
+"""`skydeck-engine run DLID`: run one downlink's stream in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from engine import deliveries
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
+from engine.ids import parse_dlid
+from engine.pipeline.launcher import make_launcher
+from engine.pipeline.stream import json_line, run_stream
+from engine.pipeline.task import load_task
+from engine.state import StateDB
+from engine.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help="run one downlink's stream in the foreground")
+    p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
+    p.add_argument("--task", default=None, help="task name or task file (default: config)")
+    p.add_argument("--jobs", type=int, default=None, help="jobs at once (default: config)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    dlid = parse_dlid(args.dlid)
+    task = load_task(ws, args.task)
+    stop = {"flag": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["flag"] = True
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with StateDB(ws.state_db) as db:
+            if db.downlink(dlid) is None:
+                cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
+                outcomes = [deliveries.process(ws, db, c, float(ws.setting("watch", "quiet_s", 2.0)))
+                            for c in cands]
+                for o in outcomes:
+                    if o.status == "rejected":
+                        raise BadInput(f"delivery rejected: {o.reason}", o.path)
+                if db.downlink(dlid) is None:
+                    raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
+                                   "it is in incoming/", ws.incoming_level0)
+            launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
+                                     args.jobs or int(ws.setting("pipeline", "max_jobs", 2)))
+            runner = run_stream(ws, db, task, dlid, launcher,
+                                emit=lambda ev: print(json_line(ev), flush=True),
+                                should_stop=lambda: stop["flag"])
+    except KeyboardInterrupt:
+        print("skydeck-engine: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if runner.status == "SUCCESS":
+        return 0
+    if runner.status == "TERMINATED":
+        return EXIT_INTERRUPTED
+    print(f"skydeck-engine: stream {dlid}: {runner.status}: {runner.note}", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,1 @@
+"""The pipeline: task files (the DAG as data), the launcher, the stream runner and its jobs."""

@@ -1,0 +1,86 @@
+"""The pipeline API the CLI and the console share (functions returning dataclasses).
+
+Reads come from the state database (which the daemon and runners write); actions
+(rollback) change it in transactions, and a running daemon or `skydeck-engine run` acts
+on the change. Nothing here imports Textual.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from engine.errors import BadInput, Busy
+from engine.ids import parse_dlid
+from engine.pipeline.task import load_task
+from engine.state import ACTIVE_PI, StateDB, StreamView, owner_dead
+from engine.workspace import Workspace
+
+
+def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:
+    """Streams with their (latest or all) process instances, by downlink."""
+    with StateDB(ws.state_db) as db:
+        out = []
+        for s in db.streams(latest_only=True):
+            if dlid is not None and s.dlid != dlid:
+                continue
+            out.append(StreamView(s, db.instances(s.id, latest_only=latest_only)))
+        return out
+
+
+@dataclass
+class RollbackResult:
+    dlid: str
+    retired: list[str] = field(default_factory=list)
+
+
+def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
+             task_name: str | None = None) -> RollbackResult:
+    """Retire the chosen instances and every latest instance downstream of them.
+
+    The stream goes back to WAITING; its runner makes new executions (execution + 1) of what
+    is missing. ``targets``: "process" (all its instances) or "process:key"; default: the
+    latest instances that FAILED / were TERMINATED or CANCELED.
+    """
+    dlid = parse_dlid(dlid)
+    task = load_task(ws, task_name)
+    with StateDB(ws.state_db) as db:
+        st = db.latest_stream(dlid, task.name)
+        if st is None:
+            raise BadInput(f"downlink {dlid} has no {task.name} stream to roll back", ws.state_db)
+        if st.owner_pid is not None and not owner_dead(st.owner_pid, st.owner_host, st.owner_start)[0]:
+            raise Busy(f"stream {dlid} is being run by {st.owner_host}:{st.owner_pid}; "
+                       "roll back once it stopped", ws.state_db)
+        latest = db.instances(st.id)
+        chosen: list[tuple[str, str | None]] = []
+        for t in targets or []:
+            name, _, key = t.partition(":")
+            try:
+                task.process(name)
+            except KeyError:
+                raise BadInput(f"task {task.name} has no process {name!r} "
+                               f"(processes: {', '.join(p.name for p in task.processes)})") from None
+            chosen.append((name, key or None))
+        if not chosen:
+            chosen = [(pi.process, pi.key) for pi in latest
+                      if pi.status in ("FAILED", "TERMINATED", "CANCELED")]
+        if not chosen:
+            raise BadInput(f"stream {dlid} has no failed instance; name PROCESS[:KEY] to roll back")
+        names = {n for n, _ in chosen}
+        down = task.downstream(names)
+        retire = []
+        for pi in latest:
+            if pi.status in ACTIVE_PI:
+                continue
+            direct = any(pi.process == n and (k is None or pi.key == k) for n, k in chosen)
+            if direct or (pi.process in down and pi.process not in names):
+                retire.append(pi)
+        if not retire and not any(k for _, k in chosen):
+            raise BadInput(f"nothing to roll back in stream {dlid} for {', '.join(sorted(names))}")
+        db.retire_instances([pi.id for pi in retire])
+        with db.tx() as c:
+            c.execute("UPDATE streams SET status='WAITING', ended=NULL, note=? WHERE id=?",
+                      (f"rolled back {', '.join(sorted(names))} at {time.strftime('%H:%M:%S')}",
+                       st.id))
+            db.log_event("rollback", dlid, stream=st.id, instances=[pi.id for pi in retire])
+        return RollbackResult(dlid, [f"{pi.label} e{pi.execution}" for pi in retire])

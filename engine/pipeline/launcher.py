@@ -1,0 +1,167 @@
+"""Launchers: how a process instance's job gets run (Pipeline-II's job-control daemons).
+
+The stream runner only sees the ``Launcher`` interface: ``submit`` a ``JobSpec``, ``poll``
+for ``JobResult``s, ``cancel``. ``LocalLauncher`` runs subprocesses on this host with
+bounded concurrency; a Slurm launcher can follow with the same interface (submit = sbatch,
+poll = sacct/squeue, cancel = scancel; its JobHandle carries the Slurm job id).
+
+Local jobs get their own session (process group) so a cancel reaches the whole job tree
+(mpiexec and its ranks), and are asked to die with their launcher (PR_SET_PDEATHSIG), so a
+daemon killed with SIGKILL leaves no job running unsupervised; resume logic still checks
+(``kill_orphan``) because a parent-death signal is best effort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from engine.state import process_start
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class JobSpec:
+    pi_id: int
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+@dataclass
+class JobHandle:
+    pi_id: int
+    pid: int
+    host: str
+    start: float
+    job_id: str          # launcher-specific id (pid locally, Slurm job id later)
+
+
+@dataclass
+class JobResult:
+    pi_id: int
+    exit_code: int       # negative: killed by that signal
+    ended: float
+
+
+class Launcher(Protocol):
+    def capacity(self) -> int: ...
+    def submit(self, spec: JobSpec) -> JobHandle: ...
+    def poll(self) -> list[JobResult]: ...
+    def cancel(self, pi_id: int, grace_s: float = 5.0) -> None: ...
+    def active(self) -> list[int]: ...
+
+
+class LocalLauncher:
+    """Subprocesses on this host, at most ``max_jobs`` at a time."""
+
+    def __init__(self, max_jobs: int = 2) -> None:
+        self.max_jobs = max(1, int(max_jobs))
+        self._procs: dict[int, subprocess.Popen] = {}
+
+    def capacity(self) -> int:
+        return self.max_jobs - len(self._procs)
+
+    def active(self) -> list[int]:
+        return list(self._procs)
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(spec.env)
+        with open(spec.log, "ab") as log:
+            log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, cwd=spec.cwd,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+        self._procs[spec.pi_id] = proc
+        return JobHandle(spec.pi_id, proc.pid, socket.gethostname(),
+                         process_start(proc.pid) or time.time(), str(proc.pid))
+
+    def poll(self) -> list[JobResult]:
+        done = []
+        for pi_id, proc in list(self._procs.items()):
+            code = proc.poll()
+            if code is not None:
+                del self._procs[pi_id]
+                done.append(JobResult(pi_id, code, time.time()))
+        return done
+
+    def cancel(self, pi_id: int, grace_s: float = 5.0) -> None:
+        proc = self._procs.get(pi_id)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def cancel_all(self, grace_s: float = 5.0) -> list[int]:
+        ids = list(self._procs)
+        for pi_id in ids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._procs[pi_id].pid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        for pi_id in ids:
+            proc = self._procs[pi_id]
+            try:
+                proc.wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return ids
+
+
+def kill_orphan(pid: int | None, host: str | None, start: float | None) -> str:
+    """Kill a job whose supervisor died, if it is provably that job (same host, same start).
+
+    Returns what happened, for the structured log.
+    """
+    if pid is None or host != socket.gethostname():
+        return "not on this host" if pid is not None else "no pid"
+    try:
+        proc = psutil.Process(pid)
+        if start and abs(proc.create_time() - start) > 1.0:
+            return f"pid {pid} reused; not killed"
+    except psutil.NoSuchProcess:
+        return f"pid {pid} already gone"
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        proc.kill()
+        proc.wait(5)
+    return f"killed orphan pid {pid}"
+
+
+def make_launcher(kind: str, max_jobs: int) -> Launcher:
+    if kind == "local":
+        return LocalLauncher(max_jobs)
+    from engine.errors import BadInput
+    raise BadInput(f"unknown launcher {kind!r}: only 'local' exists so far (Slurm is planned)")

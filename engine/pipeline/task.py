@@ -1,0 +1,136 @@
+"""Task files: a Pipeline-II task (processes, dependencies, substreams) as TOML data.
+
+The DAG lives in ``assets/tasks/<name>.toml`` (see halfpipe.toml for every field) so a
+site can add, drop or reorder processes, point a process at another command, or give tests
+a task of simple real commands, without touching engine code. TOML is parsed, never eval'd;
+commands are argv lists whose ``{placeholders}`` are filled per instance (no shell).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import BadInput
+from engine.workspace import ASSETS, Workspace, load_toml
+
+TASKS_DIR = ASSETS / "tasks"
+SCRIPTLETS = ("launch_chunks",)
+CONDITIONS = ("gensteps", "always")
+_FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
+           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env"}
+
+
+@dataclass(frozen=True)
+class ProcessDef:
+    name: str
+    after: tuple[str, ...] = ()
+    foreach: str | None = None
+    scriptlet: str | None = None
+    command: tuple[str, ...] = ()
+    mpi: bool = False
+    outputs: tuple[str, ...] = ()
+    lock: str | None = None
+    stream_lock: str | None = None
+    removes_stream_lock: str | None = None
+    when: str | None = None
+    halt: str | None = None
+    retries: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    version: str
+    processes: tuple[ProcessDef, ...]
+    path: Path
+
+    def process(self, name: str) -> ProcessDef:
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def downstream(self, names: set[str]) -> set[str]:
+        """``names`` and every process that depends on them, transitively (for rollback)."""
+        out = set(names)
+        changed = True
+        while changed:
+            changed = False
+            for p in self.processes:
+                if p.name not in out and out.intersection(p.after):
+                    out.add(p.name)
+                    changed = True
+        return out
+
+
+def _check_template(text: str, where: str, path: Path) -> None:
+    try:
+        list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise BadInput(f"{where}: bad placeholder in {text!r}: {err}", path) from None
+
+
+def parse_task(path: Path) -> Task:
+    data = load_toml(path)
+    head = data.get("task", {})
+    procs_raw = data.get("process", [])
+    if not isinstance(procs_raw, list) or not procs_raw:
+        raise BadInput("task file defines no [[process]]", path)
+    procs: list[ProcessDef] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(procs_raw):
+        where = f"process #{i + 1}"
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise BadInput(f"{where} has no name", path)
+        name = raw["name"]
+        where = f"process {name!r}"
+        unknown = set(raw) - _FIELDS
+        if unknown:
+            raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}", path)
+        if name in seen:
+            raise BadInput(f"{where} defined twice", path)
+        after = tuple(raw.get("after", ()))
+        for a in after:
+            if a not in seen:
+                raise BadInput(f"{where}: after {a!r}, which is not defined before it", path)
+        scriptlet, command = raw.get("scriptlet"), raw.get("command", [])
+        if (scriptlet is None) == (not command):
+            raise BadInput(f"{where}: give exactly one of scriptlet or command", path)
+        if scriptlet is not None and scriptlet not in SCRIPTLETS:
+            raise BadInput(f"{where}: unknown scriptlet {scriptlet!r}", path)
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+            raise BadInput(f"{where}: command must be a list of strings", path)
+        when = raw.get("when")
+        if when is not None and when not in CONDITIONS:
+            raise BadInput(f"{where}: unknown condition {when!r} (one of {', '.join(CONDITIONS)})", path)
+        for text in [*command, *raw.get("outputs", []), raw.get("lock") or "",
+                     raw.get("stream_lock") or "", raw.get("removes_stream_lock") or ""]:
+            _check_template(text, where, path)
+        retries = raw.get("retries", 0)
+        if not isinstance(retries, int) or retries < 0:
+            raise BadInput(f"{where}: retries must be a non-negative integer", path)
+        procs.append(ProcessDef(
+            name=name, after=after, foreach=raw.get("foreach"), scriptlet=scriptlet,
+            command=tuple(command), mpi=bool(raw.get("mpi", False)),
+            outputs=tuple(raw.get("outputs", ())), lock=raw.get("lock"),
+            stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
+            when=when, halt=raw.get("halt"), retries=retries,
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()}))
+        seen.add(name)
+    return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
+                processes=tuple(procs), path=path)
+
+
+def task_path(ws: Workspace, name: str | None = None) -> Path:
+    name = name or str(ws.setting("pipeline", "task", "halfpipe"))
+    p = Path(name).expanduser()
+    if p.suffix == ".toml":
+        return p if p.is_absolute() else ws.root / p
+    return TASKS_DIR / f"{name}.toml"
+
+
+def load_task(ws: Workspace, name: str | None = None) -> Task:
+    return parse_task(task_path(ws, name))
