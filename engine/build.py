@@ -21,9 +21,9 @@ is written under a temporary name and renamed on success; any failure removes it
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
 from engine.h5source import SourceInfo, describe, open_h5, read_smalldata
 from engine.ids import NS
 from engine.match import MISSING, MatchTable, match_sorted
+from engine.progress import Progress
 from engine.retdef import parse as parse_retdef
 from engine.select import Selection
 
@@ -78,6 +79,7 @@ class BuildReport:
     events_per_s: float = 0.0
     gb_per_s: float = 0.0
     per_rank_bytes: list[int] = field(default_factory=list)
+    peak_rss_bytes: list[int] = field(default_factory=list)  # per worker rank
 
     def finish(self) -> BuildReport:
         el = max(self.elapsed_s, 1e-9)
@@ -249,8 +251,10 @@ class BatchWorker:
     ``batch + chunk`` rows per source, whatever the size of the inputs.
     """
 
-    def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int) -> None:
+    def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int,
+                 label: str = "") -> None:
         self.sources = sources
+        self.label = label or output
         self.files = [open_h5(Path(s.path)) for s in sources]
         self.dsets = [f[s.data_path] for f, s in zip(self.files, sources, strict=True)]
         self.contiguous = [d.chunks is None for d in self.dsets]
@@ -304,8 +308,11 @@ class BatchWorker:
                 off = self.offsets[k] + start * s.row_bytes
                 view = memoryview(buf).cast("B")
                 done = 0
-                while done < nbytes:
-                    done += os.pwrite(self.fd, view[done:nbytes], off + done)
+                try:
+                    while done < nbytes:
+                        done += os.pwrite(self.fd, view[done:nbytes], off + done)
+                except OSError as err:
+                    raise JobFailed(f"cannot write built events: {err.strerror}", self.label) from None
         self.events += count
         self.batches += 1
 
@@ -315,13 +322,17 @@ class BatchWorker:
             span = s1 - s0
             self.bytes_read += span * s.row_bytes
             dense = (b - a == span and src_rows[a] == s0 and dest[b - 1] - dest[a] == b - a - 1)
-            if dense:
-                d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]):int(dest[a]) + span])
-                continue
-            sc = self.scratch[k]
-            if sc is None or len(sc) < span:
-                sc = self.scratch[k] = np.empty((span, *s.row_shape), dtype=np.dtype(s.dtype))
-            d.read_direct(sc, np.s_[s0:s1], np.s_[0:span])
+            try:
+                if dense:
+                    d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]):int(dest[a]) + span])
+                    continue
+                sc = self.scratch[k]
+                if sc is None or len(sc) < span:
+                    sc = self.scratch[k] = np.empty((span, *s.row_shape), dtype=np.dtype(s.dtype))
+                d.read_direct(sc, np.s_[s0:s1], np.s_[0:span])
+            except OSError as err:
+                reason = str(err).splitlines()[0]
+                raise JobFailed(f"cannot read {s.data_path} rows {s0}..{s1 - 1}: {reason}", s.path) from None
             buf[dest[a:b]] = sc[src_rows[a:b] - s0]
 
 
@@ -335,23 +346,29 @@ def _fault_check(rank: int, batches: int) -> None:
 
 # --------------------------------------------------------------------------- drivers
 
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
 def _batches(n: int, batch: int) -> list[tuple[int, int]]:
     return [(a, min(batch, n - a)) for a in range(0, n, batch)]
 
 
-def run_serial(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport:
+def run_serial(opt: BuildOptions, progress: Progress | None = None) -> BuildReport:
     """One process: plan, then the worker loop in-process."""
     plan = plan_build(opt)
+    if progress:
+        progress.set_total(len(plan.table))
     try:
         create_output(plan, opt)
-        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch)
+        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output))
         try:
             t0 = time.perf_counter()
             for start, count in _batches(len(plan.table), opt.batch):
                 worker.process(start, plan.table.rows[:, start:start + count])
                 _fault_check(0, worker.batches)
-                if on_progress:
-                    on_progress(count)
+                if progress:
+                    progress.advance(count)
             elapsed = time.perf_counter() - t0
         finally:
             worker.close()
@@ -369,7 +386,8 @@ def run_serial(opt: BuildOptions, on_progress: Callable[[int], None] | None = No
                        selection=plan.selection, ranks=1, workers=1, batch=opt.batch,
                        batches=worker.batches, bytes_read=worker.bytes_read,
                        bytes_written=len(plan.table) * sum(s.row_bytes for s in plan.sources),
-                       elapsed_s=elapsed, per_rank_bytes=[worker.bytes_read]).finish()
+                       elapsed_s=elapsed, per_rank_bytes=[worker.bytes_read],
+                       peak_rss_bytes=[peak_rss()]).finish()
 
 
 def _commit(plan: Plan, opt: BuildOptions) -> None:
@@ -388,14 +406,14 @@ def under_mpi() -> bool:
     return any(k in os.environ for k in keys)
 
 
-def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport | None:
+def run_mpi(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Under mpiexec: rank 0 plans and distributes, ranks 1.. work. Returns the report on rank 0."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size == 1:
-        return run_serial(opt, on_progress)
+        return run_serial(opt, progress)
 
     setup: dict[str, Any] | None = None
     plan: Plan | None = None
@@ -407,7 +425,10 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
             except BaseException:
                 remove_path(plan.tmp)
                 raise
+            if progress:
+                progress.set_total(len(plan.table))
             setup = {"sources": plan.sources, "output": str(plan.tmp), "offsets": plan.offsets,
+                     "label": str(opt.output),
                      "nsrc": len(plan.sources)}
         except SkydeckError as err:
             setup = {"error": str(err), "code": err.exit_code}
@@ -424,7 +445,7 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
     t0 = MPI.Wtime()
     if rank == 0:
         assert plan is not None
-        error, stats = _master(comm, plan, opt, on_progress)
+        error, stats = _master(comm, plan, opt, progress)
     else:
         error, stats = _worker(comm, rank, setup, opt.batch), None
     comm.Barrier()
@@ -448,7 +469,8 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
                        selection=plan.selection, ranks=size, workers=size - 1, batch=opt.batch,
                        batches=int(sum(stats[r][1] for r in range(1, size))), bytes_read=sum(per_rank),
                        bytes_written=len(plan.table) * sum(s.row_bytes for s in plan.sources),
-                       elapsed_s=elapsed, per_rank_bytes=per_rank).finish()
+                       elapsed_s=elapsed, per_rank_bytes=per_rank,
+                       peak_rss_bytes=[int(stats[r][4]) for r in range(1, size)]).finish()
 
 
 class _QuietExit(SystemExit):
@@ -462,16 +484,16 @@ def _rebuild_error(setup: dict[str, Any]) -> SkydeckError:
 
 
 def _master(comm: Any, plan: Plan, opt: BuildOptions,
-            on_progress: Callable[[int], None] | None) -> tuple[str, np.ndarray]:
+            progress: Progress | None) -> tuple[str, np.ndarray]:
     from mpi4py import MPI
 
     size = comm.Get_size()
     nsrc = len(plan.sources)
     work = _batches(len(plan.table), opt.batch)
     msg = np.zeros(2 + nsrc * opt.batch, dtype=np.int64)
-    req = np.zeros(4, dtype=np.int64)
+    req = np.zeros(5, dtype=np.int64)
     errbuf = np.zeros(ERRLEN, dtype=np.uint8)
-    stats = np.zeros((size, 4), dtype=np.int64)
+    stats = np.zeros((size, 5), dtype=np.int64)
     last_events = np.zeros(size, dtype=np.int64)
     status = MPI.Status()
     active, nxt, error = size - 1, 0, ""
@@ -486,8 +508,8 @@ def _master(comm: Any, plan: Plan, opt: BuildOptions,
             continue
         comm.Recv([req, MPI.INT64_T], source=src, tag=TAG_REQUEST)
         stats[src] = req
-        if on_progress and req[2] > last_events[src]:
-            on_progress(int(req[2] - last_events[src]))
+        if progress and req[2] > last_events[src]:
+            progress.advance(int(req[2] - last_events[src]))
             last_events[src] = req[2]
         if nxt < len(work) and not error:
             start, count = work[nxt]
@@ -509,12 +531,14 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
     msg = np.zeros(2 + nsrc * batch, dtype=np.int64)
     status = MPI.Status()
     try:
-        worker = BatchWorker(setup["sources"], setup["output"], setup["offsets"], batch)
+        worker = BatchWorker(setup["sources"], setup["output"], setup["offsets"], batch,
+                             setup["label"])
     except Exception as err:  # noqa: BLE001 - tell rank 0, which stops the job
         return _send_error(comm, f"rank {rank}: {err}")
     try:
         while True:
-            req = np.array([rank, worker.batches, worker.events, worker.bytes_read], dtype=np.int64)
+            req = np.array([rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
+                           dtype=np.int64)
             comm.Send([req, MPI.INT64_T], dest=0, tag=TAG_REQUEST)
             comm.Recv([msg, MPI.INT64_T], source=0, tag=MPI.ANY_TAG, status=status)
             if status.Get_tag() == TAG_STOP:
@@ -523,9 +547,11 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
             rows = msg[2:2 + nsrc * count].reshape(nsrc, count)
             worker.process(start, rows)
             _fault_check(rank, worker.batches)
+    except SkydeckError as err:
+        return _send_error(comm, f"{err} (rank {rank})")
     except OSError as err:
-        return _send_error(comm, f"rank {rank}: {err.filename or setup['output']}: "
-                                 f"I/O error while building: {err.strerror or err}")
+        return _send_error(comm, f"{err.filename or setup['label']}: "
+                                 f"I/O error while building: {err.strerror or err} (rank {rank})")
     except Exception as err:  # noqa: BLE001
         return _send_error(comm, f"rank {rank}: {type(err).__name__}: {err}")
     finally:
@@ -543,13 +569,13 @@ def _send_error(comm: Any, text: str) -> str:
     return text
 
 
-def build(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport | None:
+def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Build events; under mpiexec the job is distributed. Returns the report (rank 0)."""
     if opt.batch < 1:
         raise BadInput("--batch must be at least 1")
     if under_mpi():
-        return run_mpi(opt, on_progress)
-    return run_serial(opt, on_progress)
+        return run_mpi(opt, progress)
+    return run_serial(opt, progress)
 
 
 def is_rank0() -> bool:
