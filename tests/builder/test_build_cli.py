@@ -91,3 +91,28 @@ def test_output_replaced_atomically(tmp_path: Path, small_sources: Path) -> None
     first = out.stat().st_ino
     out, _ = _build(tmp_path, small_sources)
     assert out.stat().st_ino != first and verify_built(out).ok
+
+
+def test_every_read_path_gives_the_same_file(tmp_path: Path, small_sources: Path) -> None:
+    """Kernel copy (copy_file_range), preadv into buffers, and h5py for filtered sources."""
+    import shutil
+
+    from tests.conftest import engine_env
+
+    ref, _ = _build(tmp_path, small_sources, "--batch", "9", name="kernel.h5")
+    res = run_engine("build", small_sources, "-o", tmp_path / "preadv.h5", "--batch", "9",
+                     env=engine_env(SKYDECK_KERNEL_COPY="0"))
+    assert res.returncode == 0, res.stderr
+    assert compare_datasets(ref, tmp_path / "preadv.h5") == []
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for p in small_sources.glob("*.h5"):
+        with h5py.File(p) as f, h5py.File(gz / p.name, "w") as g:
+            for key in ("timestamp", "smalldata/color", "smalldata/run"):
+                if key in f:
+                    g[key] = f[key][()]
+            g.create_dataset("data", data=f["data"][()], chunks=(16, f["data"].shape[1]),
+                             compression="gzip")
+    _build(tmp_path, gz, "--batch", "9", name="h5py.h5")
+    assert compare_datasets(ref, tmp_path / "h5py.h5") == []
+    shutil.rmtree(gz)

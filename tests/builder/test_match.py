@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.errors import BadInput
-from engine.match import MISSING, MatchTable, match_naive, match_sorted
+from engine.match import MISSING, MatchTable, match_naive, match_scan, match_sorted
 
 
 def _sources(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -28,6 +28,14 @@ def test_sorted_search_equals_naive_scan() -> None:
         ok = rows != MISSING
         np.testing.assert_array_equal(t[rows[ok]], wanted[ok])
         assert ok.sum() == np.isin(wanted, t).sum()
+
+
+def test_sorted_search_equals_the_v0_scan() -> None:
+    rng = np.random.default_rng(5)
+    principal, others = _sources(rng, 300, 3)
+    wanted = principal[::3]
+    np.testing.assert_array_equal(match_scan(wanted, others),
+                                  np.stack([match_sorted(wanted, t) for t in others]))
 
 
 def test_edges() -> None:
