@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
         reserve=env_reserve() if args.reserve is None else args.reserve,
     )
     show = is_rank0() and sys.stderr.isatty() and not args.no_progress and not args.json
-    # the total is known only after planning; the bar grows as rank 0 learns it
-    with progress(0, "build", enabled=show) as bar:
-        report = build(opt, on_progress=bar.advance)
+    # the total is known only after planning; rank 0 sets it then
+    with progress(None, "build", enabled=show) as bar:
+        report = build(opt, progress=bar)
     if report is None:  # a worker rank
         return 0
     if args.json:
