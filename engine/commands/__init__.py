@@ -8,4 +8,6 @@ exit code.
 COMMAND_MODULES: list[str] = [
     "init",
     "mock",
+    "propagate",
+    "hits",
 ]
