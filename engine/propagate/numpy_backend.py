@@ -108,12 +108,28 @@ def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str
 
 # ----------------------------------------------------------------------------- geometry
 
-def _box_slabs(pos: np.ndarray, d: np.ndarray, c: np.ndarray, h: np.ndarray):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = _F(1) / d
-        t1 = (c[:, None] - h[:, None] - pos) * inv
-        t2 = (c[:, None] + h[:, None] - pos) * inv
-    return np.fmin(t1, t2), np.fmax(t1, t2)
+def _first_min(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(min, index of the first minimum) over three rows: np.argmin semantics, as the
+    kernel's strict ``<`` loop, without argmin/take_along_axis (slow on (3, n))."""
+    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
+    for a in (1, 2):
+        c = vals[a] < best
+        best = np.where(c, vals[a], best)
+        ax = np.where(c, np.int32(a), ax)
+    return best, ax
+
+
+def _first_max(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
+    for a in (1, 2):
+        c = vals[a] > best
+        best = np.where(c, vals[a], best)
+        ax = np.where(c, np.int32(a), ax)
+    return best, ax
+
+
+def _pick(rows: np.ndarray, ax: np.ndarray) -> np.ndarray:
+    return np.where(ax == 0, rows[0], np.where(ax == 1, rows[1], rows[2]))
 
 
 def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
@@ -122,64 +138,57 @@ def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
     Volume 0 is the container (only ever left through its walls), volume j+1 is object j.
     Objects are disjoint and unnested (validated), so a photon inside object j can only
     leave it, and a photon in the container sees the container walls and object entries.
-    Boxes report faces 0..5 = -x,+x,-y,+y,-z,+z; spheres face 0.
+    Boxes report faces 0..5 = -x,+x,-y,+y,-z,+z; spheres face 0. Slab arithmetic is
+    written exactly as in the kernel: t = (c -+ h - p) * (1/d), far = fmax, near = fmin.
     """
     n = pos.shape[1]
-    half = sa.container[:3]
-    zero = np.zeros(3, _F)
-    _, tf = _box_slabs(pos, d, zero, half)
-    ax = np.argmin(tf, axis=0)
-    tbest = np.take_along_axis(tf, ax[None], 0)[0]
-    tbest = np.where(vol == 0, tbest, np.inf).astype(_F)
-    hvol = np.zeros(n, np.int32)
-    dsel = np.take_along_axis(d, ax[None], 0)[0]
-    face = (2 * ax + (dsel > 0)).astype(np.int32)
-    for j, o in enumerate(sa.objs):
-        shape, c, h = int(o[0]), o[1:4], o[4:7]
-        inside = vol == j + 1
-        if shape == 0:
-            tn, tf = _box_slabs(pos, d, c, h)
-            nax = np.argmax(tn, axis=0)
-            fax = np.argmin(tf, axis=0)
-            tnear = np.take_along_axis(tn, nax[None], 0)[0]
-            tfar = np.take_along_axis(tf, fax[None], 0)[0]
-            enter = (vol == 0) & (tnear <= tfar) & (tnear > EPS)
-            t = np.where(inside, tfar, np.where(enter, tnear, np.inf))
-            dn = np.take_along_axis(d, nax[None], 0)[0]
-            df = np.take_along_axis(d, fax[None], 0)[0]
-            f = np.where(inside, 2 * fax + (df > 0), 2 * nax + (dn < 0))
-        else:
-            r = h[0]
-            oc = pos - c[:, None]
-            b = dot(oc, d)
-            disc = b * b - (dot(oc, oc) - _F(r) * _F(r))
-            sq = np.sqrt(np.maximum(disc, _F(0)))
-            tin = -b - sq
-            enter = (vol == 0) & (disc > 0) & (tin > EPS)
-            t = np.where(inside, -b + sq, np.where(enter, tin, np.inf))
-            f = np.zeros(n, np.int64)
-        better = t < tbest
-        tbest = np.where(better, t, tbest).astype(_F)
-        hvol = np.where(better, j + 1, hvol)
-        face = np.where(better, f, face).astype(np.int32)
-    # outward normal of the volume hit
-    normal = np.zeros((3, n), _F)
-    boxlike = np.ones(n, bool)
-    if len(sa.objs):
-        ohit = np.maximum(hvol - 1, 0)
-        is_sph = (hvol > 0) & (sa.objs[ohit, 0] == 1)
-        boxlike = ~is_sph
-        if is_sph.any():
-            c = sa.objs[ohit, 1:4].T
-            r = sa.objs[ohit, 4]
-            p = pos + tbest * d
-            with np.errstate(invalid="ignore", divide="ignore"):
-                normal = np.where(is_sph, (p - c) / r, normal)
-    axis = face // 2
-    sign = np.where(face % 2 == 1, _F(1), _F(-1))
-    for a in range(3):
-        normal[a] = np.where(boxlike & (axis == a), sign, normal[a])
-    return tbest, hvol, face, normal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = [_F(1) / d[a] for a in range(3)]
+        half = sa.container[:3]
+        tfs = [np.fmax((_F(0) - half[a] - pos[a]) * inv[a], (_F(0) + half[a] - pos[a]) * inv[a])
+               for a in range(3)]
+        tbest, ax = _first_min(tfs)
+        tbest = np.where(vol == 0, tbest, _F(np.inf))
+        hvol = np.zeros(n, np.int32)
+        face = 2 * ax + (_pick(d, ax) > 0)
+        for j, o in enumerate(sa.objs):
+            shape = int(o[0])
+            inside = vol == j + 1
+            if shape == 0:
+                t1 = [(o[1 + a] - o[4 + a] - pos[a]) * inv[a] for a in range(3)]
+                t2 = [(o[1 + a] + o[4 + a] - pos[a]) * inv[a] for a in range(3)]
+                tnear, nax = _first_max([np.fmin(t1[a], t2[a]) for a in range(3)])
+                tfar, fax = _first_min([np.fmax(t1[a], t2[a]) for a in range(3)])
+                enter = (vol == 0) & (tnear <= tfar) & (tnear > EPS)
+                t = np.where(inside, tfar, np.where(enter, tnear, _F(np.inf)))
+                f = np.where(inside, 2 * fax + (_pick(d, fax) > 0), 2 * nax + (_pick(d, nax) < 0))
+            else:
+                r = o[4]
+                oc = pos - o[1:4, None]
+                b = dot(oc, d)
+                disc = b * b - (dot(oc, oc) - r * r)
+                sq = np.sqrt(np.maximum(disc, _F(0)))
+                tin = -b - sq
+                enter = (vol == 0) & (disc > 0) & (tin > EPS)
+                t = np.where(inside, -b + sq, np.where(enter, tin, _F(np.inf)))
+                f = np.zeros(n, np.int32)
+            better = t < tbest
+            tbest = np.where(better, t, tbest)
+            hvol = np.where(better, np.int32(j + 1), hvol)
+            face = np.where(better, f, face)
+        # outward normal of the volume hit
+        axis = face // 2
+        sign = np.where(face % 2 == 1, _F(1), _F(-1))
+        normal = np.stack([np.where(axis == a, sign, _F(0)) for a in range(3)])
+        sph_objs = [j for j, o in enumerate(sa.objs) if int(o[0]) == 1]
+        if sph_objs:
+            is_sph = np.isin(hvol, np.array(sph_objs) + 1)
+            if is_sph.any():
+                k = np.flatnonzero(is_sph)
+                o = sa.objs[hvol[k] - 1]
+                p = pos[:, k] + tbest[k] * d[:, k]
+                normal[:, k] = (p - o[:, 1:4].T) / o[:, 4]
+    return tbest.astype(_F, copy=False), hvol, face.astype(np.int32, copy=False), normal
 
 
 # ----------------------------------------------------------------------------- physics
@@ -189,7 +198,7 @@ def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, 
     """Dielectric boundary with polarization (G4OpBoundaryProcess dielectric_dielectric as
     in Opticks propagate_at_boundary, reference/opticks.md 3.4). Returns dir, pol, reflect."""
     c1 = -dot(d, normal)
-    nrm = np.where(c1 < 0, -normal, normal)
+    nrm = normal * np.where(c1 < 0, _F(-1), _F(1))  # exact: a sign flip
     c1 = np.abs(c1)
     eta = n1 / n2
     c2sq = _F(1) - eta * eta * (_F(1) - c1 * c1)
@@ -214,7 +223,10 @@ def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         trans = np.where(tir, _F(0), (n2c2 / n1c1) * (t_s * t_s + t_p * t_p))
     reflect = u > trans
-    new_d = np.where(reflect, d + _F(2) * c1 * nrm, eta * d + (eta * c1 - c2) * nrm)
+    # reflect: 1*d + (2 c1) N, transmit: eta d + (eta c1 - c2) N (1*d is exact)
+    ka = np.where(reflect, _F(1), eta)
+    kb = np.where(reflect, _F(2) * c1, eta * c1 - c2)
+    new_d = ka * d + kb * nrm
     a_paral = normalize(cross(new_d, a_trans))
     es = np.where(reflect, r_s, t_s)
     ep = np.where(reflect, r_p, t_p)
@@ -222,11 +234,15 @@ def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, 
         el = np.sqrt(es * es + ep * ep)
         es, ep = es / el, ep / el
     new_pol = es * a_trans + ep * a_paral
-    tir_pol = -pol + _F(2) * dot(pol, nrm) * nrm
-    new_pol = np.where(tir, tir_pol, new_pol)
-    flip = np.where(n2 > n1, _F(-1), _F(1))
-    new_pol = np.where(normal_inc, np.where(reflect, flip * pol, pol), new_pol)
-    return new_d.astype(_F), new_pol.astype(_F), reflect
+    if tir.any():
+        k = np.flatnonzero(tir)
+        pk, nk = pol[:, k], nrm[:, k]
+        new_pol[:, k] = -pk + _F(2) * dot(pk, nk) * nk
+    if normal_inc.any():
+        k = np.flatnonzero(normal_inc)
+        flip = np.where(reflect[k] & (n2[k] > n1[k]), _F(-1), _F(1))
+        new_pol[:, k] = flip * pol[:, k]
+    return new_d.astype(_F, copy=False), new_pol.astype(_F, copy=False), reflect
 
 
 def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int,
@@ -290,56 +306,73 @@ def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarr
     return nd.astype(_F), new_pol.astype(_F)
 
 
-def _lookup(sa: SceneArrays, m: np.ndarray, k: int, wl: np.ndarray) -> np.ndarray:
-    """Material property k at wavelength wl: linear interpolation on the 1 nm grid, written
-    as a + f*(b - a) so that constant tables return exactly a (as the kernel does)."""
+def _props(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """All four material properties at each photon's wavelength, shape (4, n): linear
+    interpolation on the 1 nm grid written as a + f*(b - a), so constant tables return
+    exactly a (as the kernel's ``lookup`` does). One gather of 16-byte rows per end point."""
+    tab = sa.mat_t.reshape(-1, 4)
+    row = m.astype(np.int32) * np.int32(WL_N)
     if sa.const_props:
-        return sa.mat[m, k, 0]
+        return np.take(tab, row, axis=0).T
     x = (wl - _F(WL_MIN)) / _F(WL_STEP)
     x = np.clip(x, _F(0), _F(WL_N - 1))
     i0 = np.minimum(x.astype(np.int32), WL_N - 2)
     f = x - i0.astype(_F)
-    a = sa.mat[m, k, i0]
-    b = sa.mat[m, k, i0 + 1]
-    return a + f * (b - a)
+    a = np.take(tab, row + i0, axis=0)
+    b = np.take(tab, row + i0 + 1, axis=0)
+    return (a + f[:, None] * (b - a)).T
+
+
+def _index_n(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Refractive index only (the other side of a boundary)."""
+    return _props(sa, m, wl)[0]
 
 
 # ----------------------------------------------------------------------------- stepping
+# State lives in three stacked arrays so that compaction after each step is three gathers:
+#   fs  float32 (11, n): pos xyz, dir xyz, pol xyz, t, wavelength
+#   ist uint32  (7, n):  volume, rng block, last flag, flagmask, boundary, sensor, local index
+#   u64 uint64  (2, n):  photon index, seqhis
+_VOL, _BLK, _FLAG, _FM, _BND, _SEN, _LOC = range(7)
 
-def _compress(pos, t, pol, wl, boundary, flag, domain):
+
+def _compress(fs: np.ndarray, ist: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
+    """Opticks-style compressed step record (n, 2, 4) int16: shorts of pos/time over the
+    domain, then pol xyz and wavelength as bytes, boundary and flag."""
     ext, tmax = _F(domain[0]), _F(domain[1])
-    sh = np.empty((2, 4, pos.shape[1]), np.int16)
+    sh = np.empty((2, 4, fs.shape[1]), np.int16)
     for a in range(3):
-        sh[0, a] = np.clip(np.rint(_F(32767) * pos[a] / ext), -32767, 32767)
-    sh[0, 3] = np.clip(np.rint(_F(32767) * t / tmax), -32767, 32767)
-    p8 = np.clip(np.rint((pol + _F(1)) * _F(127)), 0, 255).astype(np.uint16)
-    w8 = np.clip(np.rint(_F(255) * (wl - _F(WL_MIN)) / _F(760)), 0, 255).astype(np.uint16)
+        sh[0, a] = np.clip(np.rint(_F(32767) * fs[a] / ext), -32767, 32767)
+    sh[0, 3] = np.clip(np.rint(_F(32767) * fs[9] / tmax), -32767, 32767)
+    p8 = np.clip(np.rint((fs[6:9] + _F(1)) * _F(127)), 0, 255).astype(np.uint16)
+    w8 = np.clip(np.rint(_F(255) * (fs[10] - _F(WL_MIN)) / _F(760)), 0, 255).astype(np.uint16)
     sh[1, 0] = (p8[0] | (p8[1] << 8)).view(np.int16)
     sh[1, 1] = (p8[2] | (w8 << 8)).view(np.int16)
-    sh[1, 2] = boundary.astype(np.int16)
-    sh[1, 3] = flag.astype(np.int16)
-    return np.moveaxis(sh, 2, 0)  # (n,2,4)
+    sh[1, 2] = ist[_BND].astype(np.int16)
+    sh[1, 3] = ist[_FLAG].astype(np.int16)
+    return np.moveaxis(sh, 2, 0)
 
 
-def _pack(st: dict[str, np.ndarray]) -> np.ndarray:
-    n = st["idx"].shape[0]
+def _pack(fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> np.ndarray:
+    """Final photons in the (n,4,4) float32 layout of DESIGN.md."""
+    n = fs.shape[1]
     out = np.empty((n, 4, 4), np.float32)
-    out[:, 0, :3] = st["pos"].T
-    out[:, 0, 3] = st["t"]
-    out[:, 1, :3] = st["dir"].T
+    out[:, 0, :3] = fs[0:3].T
+    out[:, 0, 3] = fs[9]
+    out[:, 1, :3] = fs[3:6].T
     out[:, 1, 3] = 1.0
-    out[:, 2, :3] = st["pol"].T
-    out[:, 2, 3] = st["wl"]
+    out[:, 2, :3] = fs[6:9].T
+    out[:, 2, 3] = fs[10]
     u = out.view(np.uint32)
-    u[:, 3, 0] = (st["boundary"].astype(np.uint32) << 16) | st["flag"].astype(np.uint32)
-    u[:, 3, 1] = st["sensor"].astype(np.uint32)
-    u[:, 3, 2] = (st["idx"] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    u[:, 3, 3] = st["flagmask"]
+    u[:, 3, 0] = (ist[_BND] << np.uint32(16)) | ist[_FLAG]
+    u[:, 3, 1] = ist[_SEN]
+    u[:, 3, 2] = (u64[0] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    u[:, 3, 3] = ist[_FM]
     return out
 
 
 def _volume_of(pos: np.ndarray, sa: SceneArrays) -> np.ndarray:
-    vol = np.zeros(pos.shape[1], np.int32)
+    vol = np.zeros(pos.shape[1], np.uint32)
     for j, o in enumerate(sa.objs):
         c, h = o[1:4, None], o[4:7, None]
         if int(o[0]) == 0:
@@ -351,51 +384,75 @@ def _volume_of(pos: np.ndarray, sa: SceneArrays) -> np.ndarray:
     return vol
 
 
+_NIB = np.zeros(1 << 14, np.uint64)
+for _b in range(14):
+    _NIB[1 << _b] = _b + 1
+
+
+class _Sink:
+    """Collects finished photons of a chunk: hits (production), everything (development)."""
+
+    def __init__(self, count: int, p: Params) -> None:
+        self.p = p
+        self.hits: list[np.ndarray] = []
+        self.fms: list[np.ndarray] = []
+        dev = p.development
+        self.ox = np.zeros((count, 4, 4), np.float32) if dev else None
+        self.seq = np.zeros(count, np.uint64) if dev else None
+
+    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> None:
+        fm = ist[_FM]
+        self.fms.append(fm)
+        mask = np.uint32(self.p.hitmask)
+        hit = (fm & mask) == mask
+        if hit.any():
+            self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
+        if self.ox is not None:
+            loc = ist[_LOC]
+            self.ox[loc] = _pack(fs, ist, u64)
+            self.seq[loc] = u64[1]
+
+
 def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:
     """Generate and propagate photons [start, start+count); return hits (and, in
     development mode, all photons, step records and seqhis)."""
     idx = np.arange(start, start + count, dtype=np.uint64)
     g = generate(gs, idx, p.seed, p.event)
     n = count
-    st: dict[str, np.ndarray] = {
-        "idx": idx, "pos": g["pos"], "t": g["t"], "dir": g["dir"], "pol": g["pol"], "wl": g["wl"],
-        "vol": _volume_of(g["pos"], sa), "blk": np.full(n, GEN_BLOCKS, np.uint32),
-        "flag": np.full(n, F.TO, np.uint32), "flagmask": np.full(n, F.TO, np.uint32),
-        "boundary": np.zeros(n, np.uint32), "sensor": np.zeros(n, np.uint32),
-        "seq": np.full(n, F.nibble(F.TO), np.uint64), "local": np.arange(n, dtype=np.int64),
-    }
+    fs = np.empty((11, n), _F)
+    fs[0:3], fs[3:6], fs[6:9], fs[9], fs[10] = g["pos"], g["dir"], g["pol"], g["t"], g["wl"]
+    ist = np.zeros((7, n), np.uint32)
+    ist[_VOL] = _volume_of(g["pos"], sa)
+    ist[_BLK] = GEN_BLOCKS
+    ist[_FLAG] = F.TO
+    ist[_FM] = F.TO
+    ist[_LOC] = np.arange(n, dtype=np.uint32)
+    u64 = np.empty((2, n), np.uint64)
+    u64[0] = idx
+    u64[1] = F.nibble(F.TO)
     maxrec = p.max_bounce + 1
-    dev = p.development
-    ox = np.zeros((n, 4, 4), np.float32) if dev else None
-    rx = np.zeros((n, maxrec, 2, 4), np.int16) if dev else None
-    seq = np.zeros(n, np.uint64) if dev else None
-    if dev:
-        rx[:, 0] = _compress(st["pos"], st["t"], st["pol"], st["wl"], st["boundary"], st["flag"],
-                             p.domain)
-    finished: list[dict[str, np.ndarray]] = []
-    cont_mat = int(sa.container[3])
-    cont_surf = int(sa.container[4])
-    obj_mat = sa.objs[:, 7].astype(np.int32) if len(sa.objs) else np.zeros(0, np.int32)
-    obj_surf = sa.objs[:, 8].astype(np.int32) if len(sa.objs) else np.zeros(0, np.int32)
-    vol_mat = np.concatenate(([cont_mat], obj_mat)).astype(np.int32)
-    vol_surf = np.concatenate(([cont_surf], obj_surf)).astype(np.int32)
+    sink = _Sink(n, p)
+    rx = np.zeros((n, maxrec, 2, 4), np.int16) if p.development else None
+    if rx is not None:
+        rx[:, 0] = _compress(fs, ist, p.domain)
+    vol_mat = np.concatenate(([int(sa.container[3])], sa.objs[:, 7].astype(np.int64))).astype(np.int32)
+    vol_surf = np.concatenate(([int(sa.container[4])], sa.objs[:, 8].astype(np.int64))).astype(np.int32)
+    cos_surf = sa.surf
 
     for bounce in range(p.max_bounce):
-        if st["idx"].size == 0:
+        m = fs.shape[1]
+        if m == 0:
             break
-        pos, d, pol, wl, vol = st["pos"], st["dir"], st["pol"], st["wl"], st["vol"]
-        m = len(st["idx"])
+        pos, d, wl = fs[0:3], fs[3:6], fs[10]
+        vol = ist[_VOL].astype(np.int32)
         flag = np.zeros(m, np.uint32)
         dead = np.zeros(m, bool)
         dist, hvol, face, normal = intersect(pos, d, vol, sa)
         miss = ~np.isfinite(dist)
-        u = uniforms(st["idx"], st["blk"], p.seed, p.event)
-        st["blk"] += 1
+        u = uniforms(u64[0], ist[_BLK], p.seed, p.event)
+        ist[_BLK] += np.uint32(1)
         m1 = vol_mat[vol]
-        n1 = _lookup(sa, m1, 0, wl)
-        la = _lookup(sa, m1, 1, wl)
-        ls = _lookup(sa, m1, 2, wl)
-        pre = _lookup(sa, m1, 3, wl)
+        n1, la, ls, pre = _props(sa, m1, wl)
         with np.errstate(invalid="ignore"):
             d_s = -ls * np.log(u[0])
             d_a = -la * np.log(u[1])
@@ -404,25 +461,25 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         sail = ~miss & ~absorb & ~scat
         step = np.where(absorb, d_a, np.where(scat, d_s, dist))
         step = np.where(miss, _F(0), step).astype(_F)
-        pos = (pos + step * d).astype(_F)
-        t = (st["t"] + step * n1 / C_LIGHT).astype(_F)
+        fs[0:3] = pos + step * d
+        fs[9] = fs[9] + step * n1 / C_LIGHT
         flag[miss] = F.MI
         dead |= miss
 
-        # bulk absorption, possibly reemission
+        # bulk absorption, possibly reemission (the u3 draw decides; none when prob is 0)
         reem = absorb & (u[3] < pre)
-        flag[absorb & ~reem] = F.AB
-        dead |= absorb & ~reem
+        ab = absorb & ~reem
+        flag[ab] = F.AB
+        dead |= ab
         if reem.any():
             r = np.flatnonzero(reem)
-            ua = uniforms(st["idx"][r], st["blk"][r], p.seed, p.event)
-            ub = uniforms(st["idx"][r], st["blk"][r] + 1, p.seed, p.event)
-            st["blk"][r] += 2
+            ua = uniforms(u64[0, r], ist[_BLK, r], p.seed, p.event)
+            ub = uniforms(u64[0, r], ist[_BLK, r] + np.uint32(1), p.seed, p.event)
+            ist[_BLK, r] += np.uint32(2)
             icdf = sa.icdf[m1[r]]
             k = np.minimum((ua[0] * _F(icdf.shape[1])).astype(np.int32), icdf.shape[1] - 1)
             new_wl = icdf[np.arange(r.size), k]
-            wl = wl.copy()
-            wl[r] = np.where(new_wl < 0, wl[r], new_wl)
+            fs[10, r] = np.where(new_wl < 0, fs[10, r], new_wl)
             ct = _F(2) * ua[2] - _F(1)
             stt = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
             ph = TWO_PI * ua[1]
@@ -431,35 +488,32 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
             st2 = np.sqrt(np.maximum(_F(0), _F(1) - ct2 * ct2))
             ph2 = TWO_PI * ub[0]
             rv = np.stack((st2 * np.cos(ph2), st2 * np.sin(ph2), ct2))
-            d = d.copy()
-            pol = pol.copy()
-            d[:, r] = nd
-            pol[:, r] = normalize(cross(rv, nd))
+            fs[3:6, r] = nd
+            fs[6:9, r] = normalize(cross(rv, nd))
             flag[r] = F.RE
 
         if scat.any():
-            s = np.flatnonzero(scat)
-            nd, npol = _rayleigh_sub(d, pol, s, st, p)
-            d = d.copy()
-            pol = pol.copy()
-            d[:, s] = nd
-            pol[:, s] = npol
-            flag[s] = F.SC
+            sc = np.flatnonzero(scat)
+            blk = ist[_BLK, sc].copy()
+            nd, npol = rayleigh(fs[3:6, sc], fs[6:9, sc], u64[0, sc], blk, p.seed, p.event)
+            ist[_BLK, sc] = blk
+            fs[3:6, sc] = nd
+            fs[6:9, sc] = npol
+            flag[sc] = F.SC
 
-        # at a boundary: surface or Fresnel
+        # at a boundary: a surface, or Fresnel between the two materials
         if sail.any():
             b = np.flatnonzero(sail)
             hv = hvol[b]
             surf = vol_surf[hv]
             has_surf = surf >= 0
-            wall_nosurf = (hv == 0) & ~has_surf
-            flag[b[wall_nosurf]] = F.MI
-            dead[b[wall_nosurf]] = True
-            st["boundary"] = st["boundary"].copy()
-            st["boundary"][b] = (hv + 1).astype(np.uint32)
+            ist[_BND, b] = (hv + 1).astype(np.uint32)
+            wall = b[(hv == 0) & ~has_surf]
+            flag[wall] = F.MI
+            dead[wall] = True
             sb = b[has_surf]
             if sb.size:
-                pr = sa.surf[surf[has_surf]]  # detect, absorb, spec, diffuse
+                pr = cos_surf[surf[has_surf]]  # detect, absorb, spec, diffuse
                 uu = u[2, sb]
                 pa = pr[:, 1]
                 pd = pa + pr[:, 0]
@@ -471,83 +525,58 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                 flag[sb[is_sa]] = F.SA
                 flag[sb[is_sd]] = F.SD
                 dead[sb[is_sa | is_sd]] = True
-                st["sensor"] = st["sensor"].copy()
-                st["sensor"][sb[is_sd]] = (hvol[sb[is_sd]] * 8 + face[sb[is_sd]] + 1).astype(np.uint32)
+                q = sb[is_sd]
+                ist[_SEN, q] = (hvol[q] * 8 + face[q] + 1).astype(np.uint32)
                 if is_sr.any():
                     q = sb[is_sr]
                     nq = normal[:, q]
-                    d = d.copy()
-                    pol = pol.copy()
-                    d[:, q] = d[:, q] - _F(2) * dot(d[:, q], nq) * nq
-                    pol[:, q] = -pol[:, q] + _F(2) * dot(pol[:, q], nq) * nq
+                    dq, pq = fs[3:6, q], fs[6:9, q]
+                    fs[3:6, q] = dq - _F(2) * dot(dq, nq) * nq
+                    fs[6:9, q] = -pq + _F(2) * dot(pq, nq) * nq
                     flag[q] = F.SR
                 if is_dr.any():
                     q = sb[is_dr]
-                    blk = st["blk"][q].copy()
-                    nd, npol = lambertian(d[:, q], pol[:, q], normal[:, q], st["idx"][q], blk,
+                    blk = ist[_BLK, q].copy()
+                    nd, npol = lambertian(fs[3:6, q], fs[6:9, q], normal[:, q], u64[0, q], blk,
                                           p.seed, p.event)
-                    st["blk"][q] = blk
-                    d = d.copy()
-                    pol = pol.copy()
-                    d[:, q] = nd
-                    pol[:, q] = npol
+                    ist[_BLK, q] = blk
+                    fs[3:6, q] = nd
+                    fs[6:9, q] = npol
                     flag[q] = F.DR
             fb = b[~has_surf & (hv > 0)]
             if fb.size:
                 other = np.where(vol[fb] == 0, hvol[fb], 0)
-                m2 = vol_mat[other]
-                n2 = _lookup(sa, m2, 0, wl[fb])
-                nd, npol, refl = fresnel(d[:, fb], pol[:, fb], normal[:, fb], n1[fb], n2, u[2, fb])
-                d = d.copy()
-                pol = pol.copy()
-                d[:, fb] = nd
-                pol[:, fb] = npol
+                n2 = _index_n(sa, vol_mat[other], fs[10, fb])
+                nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
+                                         u[2, fb])
+                fs[3:6, fb] = nd
+                fs[6:9, fb] = npol
                 flag[fb] = np.where(refl, F.BR, F.BT)
-                vol = vol.copy()
-                vol[fb] = np.where(refl, vol[fb], other).astype(np.int32)
+                ist[_VOL, fb] = np.where(refl, vol[fb], other).astype(np.uint32)
 
-        st.update(pos=pos, t=t, dir=d, pol=pol, wl=wl, vol=vol, flag=flag)
-        st["flagmask"] = st["flagmask"] | flag
+        ist[_FLAG] = flag
+        ist[_FM] |= flag
         slot = bounce + 1
         if slot < 16:
-            st["seq"] = st["seq"] | (_nib(flag) << np.uint64(4 * slot))
-        if dev and slot < maxrec:
-            rx[st["local"], slot] = _compress(pos, t, pol, wl, st["boundary"], flag, p.domain)
+            u64[1] |= _NIB[flag] << np.uint64(4 * slot)
+        if rx is not None and slot < maxrec:
+            rx[ist[_LOC], slot] = _compress(fs, ist, p.domain)
         if dead.any():
-            finished.append({k: v[..., dead] for k, v in st.items()})
-            keep = ~dead
-            st = {k: v[..., keep] for k, v in st.items()}
-    if st["idx"].size:
-        finished.append(st)
-    allp = {k: np.concatenate([f[k] for f in finished], axis=-1) for k in finished[0]} if finished else None
-    if allp is None:
-        return ChunkResult(start, count, np.zeros((0, 4, 4), np.float32))
-    fm = allp["flagmask"]
+            gone = np.flatnonzero(dead)
+            sink.take(np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
+                      np.take(u64, gone, axis=1))
+            keep = np.flatnonzero(~dead)
+            fs, ist, u64 = (np.take(fs, keep, axis=1), np.take(ist, keep, axis=1),
+                            np.take(u64, keep, axis=1))
+    if fs.shape[1]:
+        sink.take(fs, ist, u64)  # reached the bounce limit: no terminal flag
+
+    fm = np.concatenate(sink.fms) if sink.fms else np.zeros(0, np.uint32)
     vals, cnts = np.unique(fm, return_counts=True)
-    sel = (fm & np.uint32(p.hitmask)) == np.uint32(p.hitmask)
-    hitp = {k: v[..., sel] for k, v in allp.items()}
-    order = np.argsort(hitp["idx"], kind="stable")
-    hitp = {k: v[..., order] for k, v in hitp.items()}
-    res = ChunkResult(start, count, _pack(hitp),
-                      {int(v): int(c) for v, c in zip(vals, cnts, strict=True)})
-    if dev:
-        packed = _pack(allp)
-        ox[allp["local"]] = packed
-        seq[allp["local"]] = allp["seq"]
-        res.ox, res.rx, res.seq = ox, rx, seq
+    hits = np.concatenate(sink.hits) if sink.hits else np.zeros((0, 4, 4), np.float32)
+    if len(hits) > 1:
+        hits = hits[np.argsort(hits.view(np.uint32)[:, 3, 2], kind="stable")]
+    res = ChunkResult(start, count, hits, {int(v): int(c) for v, c in zip(vals, cnts, strict=True)})
+    if p.development:
+        res.ox, res.rx, res.seq = sink.ox, rx, sink.seq
     return res
-
-
-def _nib(flag: np.ndarray) -> np.ndarray:
-    """ffs(flag) for single-bit flags (0 for no flag), as uint64."""
-    out = np.zeros(flag.shape, np.uint64)
-    nz = flag > 0
-    out[nz] = np.log2(flag[nz]).astype(np.uint64) + np.uint64(1)
-    return out
-
-
-def _rayleigh_sub(d, pol, s, st, p):
-    blk = st["blk"][s].copy()
-    nd, npol = rayleigh(d[:, s], pol[:, s], st["idx"][s], blk, p.seed, p.event)
-    st["blk"][s] = blk
-    return nd, npol

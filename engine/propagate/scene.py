@@ -113,6 +113,15 @@ class SceneArrays:
     container: np.ndarray
     const_props: bool
 
+    @property
+    def mat_t(self) -> np.ndarray:
+        """(M, WL_N, 4) view-copy of ``mat``: one gather fetches all four properties."""
+        t = self.__dict__.get("_mat_t")
+        if t is None:
+            t = np.ascontiguousarray(np.moveaxis(self.mat, 1, 2))
+            self.__dict__["_mat_t"] = t
+        return t
+
 
 def _bad(path: Path, key: str, problem: str) -> BadInput:
     return BadInput(f"{key}: {problem}", path)
