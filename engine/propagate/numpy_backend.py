@@ -64,7 +64,6 @@ def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str
     typ = gi[g, 5, 3]
     n = idx.shape[0]
     a = uniforms(idx, 0, seed, event)
-    b = uniforms(idx, 1, seed, event)
     center = q[:, 1, :3].T.astype(_F)
     mom = q[:, 2, :3].T.astype(_F)
     given_pol = q[:, 3, :3].T.astype(_F)
@@ -73,33 +72,37 @@ def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str
     pos = center.copy()
     d = mom.copy()
     pol = np.zeros((3, n), dtype=_F)
-
-    # isotropic unit vector from (a0, a1): cos = 2 a0 - 1, phi = 2 pi a1
-    ct = _F(2) * a[0] - _F(1)
-    st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
+    disc, point, sph = typ == 1, typ == 2, typ == 3
     ph = TWO_PI * a[1]
-    isov = np.stack((st * np.cos(ph), st * np.sin(ph), ct))
-
-    disc = typ == 1
+    cph, sph_ = np.cos(ph), np.sin(ph)
+    if (point & iso).any() or sph.any():
+        # isotropic unit vector from (a0, a1): cos = 2 a0 - 1, phi = 2 pi a1
+        ct = _F(2) * a[0] - _F(1)
+        st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
+        isov = np.stack((st * cph, st * sph_, ct))
+        d = np.where(point & iso, isov, d)
+        if sph.any():
+            pos = np.where(sph, center + np.abs(radius) * isov, pos)
+            d = np.where(sph, np.where(radius > 0, isov, -isov), d)
     if disc.any():
         r = radius * np.sqrt(a[0])
-        local = np.stack((r * np.cos(ph), r * np.sin(ph), np.zeros(n, _F)))
-        off = rotate_uz(mom, local)
+        zero = np.zeros(n, _F)
+        off = rotate_uz(mom, np.stack((r * cph, r * sph_, zero)))
         pos = np.where(disc, center + off, pos)
-        tang = rotate_uz(mom, np.stack((np.sin(ph), -np.cos(ph), np.zeros(n, _F))))
+        tang = rotate_uz(mom, np.stack((sph_, -cph, zero)))
         pol = np.where(disc, tang, pol)
-    point = typ == 2
-    d = np.where(point & iso, isov, d)
-    sph = typ == 3
-    if sph.any():
-        pos = np.where(sph, center + np.abs(radius) * isov, pos)
-        d = np.where(sph, np.where(radius > 0, isov, -isov), d)
-    # polarization: the given vector made transverse, else (disc aside) a random transverse one
+    # polarization: the given vector made transverse, else (disc aside) a random transverse
+    # one from block 1 (drawn only when needed: counter-based draws need no bookkeeping)
     has_pol = dot(given_pol, given_pol) > 0
-    proj = normalize(given_pol - dot(given_pol, d) * d)
-    psi = TWO_PI * b[0]
-    rnd = rotate_uz(d, np.stack((np.cos(psi), np.sin(psi), np.zeros(n, _F))))
-    pol = np.where(has_pol, proj, np.where(disc, pol, rnd))
+    if has_pol.any():
+        proj = normalize(given_pol - dot(given_pol, d) * d)
+        pol = np.where(has_pol, proj, pol)
+    rand = ~has_pol & ~disc
+    if rand.any():
+        k = np.flatnonzero(rand)
+        b = uniforms(idx[k], 1, seed, event)
+        psi = TWO_PI * b[0]
+        pol[:, k] = rotate_uz(d[:, k], np.stack((np.cos(psi), np.sin(psi), np.zeros(k.size, _F))))
     return {
         "pos": pos.astype(_F), "t": q[:, 1, 3].astype(_F), "dir": d.astype(_F),
         "pol": pol.astype(_F), "wl": q[:, 3, 3].astype(_F),
@@ -459,8 +462,10 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         absorb = ~miss & (d_a <= d_s) & (d_a <= dist)
         scat = ~miss & ~absorb & (d_s <= dist)
         sail = ~miss & ~absorb & ~scat
-        step = np.where(absorb, d_a, np.where(scat, d_s, dist))
-        step = np.where(miss, _F(0), step).astype(_F)
+        bulk = absorb.any() or scat.any()
+        step = np.where(absorb, d_a, np.where(scat, d_s, dist)) if bulk else dist
+        if miss.any():
+            step = np.where(miss, _F(0), step)
         fs[0:3] = pos + step * d
         fs[9] = fs[9] + step * n1 / C_LIGHT
         flag[miss] = F.MI
@@ -513,7 +518,10 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
             dead[wall] = True
             sb = b[has_surf]
             if sb.size:
-                pr = cos_surf[surf[has_surf]]  # detect, absorb, spec, diffuse
+                ss = surf[has_surf]
+                lo_s = int(ss.min())
+                # detect, absorb, spec, diffuse: scalars when one surface is involved
+                pr = cos_surf[lo_s][None, :] if lo_s == int(ss.max()) else cos_surf[ss]
                 uu = u[2, sb]
                 pa = pr[:, 1]
                 pd = pa + pr[:, 0]
@@ -544,7 +552,9 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                     fs[6:9, q] = npol
                     flag[q] = F.DR
             fb = b[~has_surf & (hv > 0)]
-            if fb.size:
+            if fb.size == m:
+                fb = slice(None)  # every photon at a Fresnel boundary: views, no gathers
+            if isinstance(fb, slice) or fb.size:
                 other = np.where(vol[fb] == 0, hvol[fb], 0)
                 n2 = _index_n(sa, vol_mat[other], fs[10, fb])
                 nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
