@@ -17,4 +17,6 @@ COMMAND_MODULES: list[str] = [
     "stage",
     "run",
     "rollback",
+    "propagate",
+    "hits",
 ]

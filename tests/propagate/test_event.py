@@ -1,0 +1,111 @@
+"""Event directories through the real CLI: production/development files, bookkeeping,
+determinism across worker counts, empty hits, disk refusal, bad usage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from engine.propagate import flags as F
+from engine.propagate.event import Request, propagate
+from tests.propagate.conftest import TBOX, TBOX_DETECT, cli
+
+
+def test_production_event_tboolean_box_no_hits(tmp_path):
+    out = tmp_path / "ev"
+    r = cli("propagate", TBOX, "-o", out, "--photons", "20000", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gs.npy", "ht.npy", "meta.json"]
+    ht = np.load(out / "ht.npy")
+    assert ht.shape == (0, 4, 4) and ht.dtype == np.float32  # written even when empty
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["photons"] == 20000 and meta["hits"] == 0 and meta["backend"] == "numpy"
+    assert meta["terminal_counts"]["SA"] == 20000  # perfect absorber: everything ends SA
+    assert meta["flags"]["bits"]["SD"] == 6 and meta["flags"]["bits"]["TO"] == 12
+    gs = np.load(out / "gs.npy")
+    assert gs.shape == (1, 6, 4) and gs.view(np.int32)[0, 0, 3] == 20000
+    assert len(meta["scene"]["sha256"]) == 64
+
+
+def test_development_bookkeeping(tmp_path):
+    out = tmp_path / "dev"
+    n = 30000
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", str(n), "--mode", "development",
+            "--backend", "numpy", "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    ox, ht, seq = np.load(out / "ox.npy"), np.load(out / "ht.npy"), np.load(out / "seq.npy")
+    rx = np.load(out / "rx.npy")
+    assert ox.shape == (n, 4, 4) and seq.shape == (n,) and rx.shape == (n, 10, 2, 4)
+    u = ox.view(np.uint32)
+    assert np.array_equal(u[:, 3, 2], np.arange(n))  # every photon once, in index order
+    fm, last = u[:, 3, 3], u[:, 3, 0] & 0xFFFF
+    assert np.all(fm & F.TO)
+    term = fm & F.TERMINAL
+    n_term = np.array([bin(int(x)).count("1") for x in term])
+    assert np.all(n_term <= 1)  # never two terminal flags
+    ended = n_term == 1
+    assert np.all(last[ended] == term[ended])  # the terminal flag is the last flag
+    assert np.all((seq[~ended] >> np.uint64(4 * 9)) & np.uint64(0xF) > 0)  # rest: bounce limit
+    # hits are exactly the photons carrying every hitmask bit
+    sel = (fm & F.SD) == F.SD
+    assert np.array_equal(ht, ox[sel])
+    meta = json.loads((out / "meta.json").read_text())
+    assert sum(meta["flagmask_counts"].values()) == n
+    assert meta["hits"] == int(sel.sum())
+    # seqhis agrees with the flagmask: OR of the nibbles' flags
+    for s, f in zip(seq[:200], fm[:200], strict=True):
+        ors, s = 0, int(s)
+        while s:
+            if s & 0xF:
+                ors |= 1 << ((s & 0xF) - 1)
+            s >>= 4
+        assert ors == int(f)
+    # record 0 is the torch start at z = -449.9 (compressed to shorts over the 450 mm extent)
+    assert np.allclose(rx[:, 0, 0, 2] * 450.0 / 32767, -449.9, atol=0.05)
+
+
+def test_same_result_any_worker_count_and_chunking(tmp_path):
+    """Random numbers depend only on (seed, event, photon, draw): chunks/processes don't matter."""
+    metas = []
+    for w, chunk in ((1, 50000), (2, 7000)):
+        out = tmp_path / f"w{w}"
+        propagate(Request(TBOX_DETECT, out, photons=40000, seed=3, backend="numpy", workers=w,
+                          chunk=chunk))
+        metas.append(np.load(out / "ht.npy"))
+    assert metas[0].shape[0] == 40000 and np.array_equal(metas[0], metas[1])
+    other = tmp_path / "seed4"
+    propagate(Request(TBOX_DETECT, other, photons=40000, seed=4, backend="numpy", workers=1))
+    assert not np.array_equal(metas[0], np.load(other / "ht.npy"))
+
+
+def test_rerun_replaces_event_and_switches_mode(tmp_path):
+    out = tmp_path / "ev"
+    propagate(Request(TBOX_DETECT, out, photons=1000, mode="development", backend="numpy", workers=1))
+    assert (out / "ox.npy").exists()
+    propagate(Request(TBOX_DETECT, out, photons=1000, mode="production", backend="numpy", workers=1))
+    assert not (out / "ox.npy").exists()  # no stale development arrays left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporaries
+
+
+def test_disk_refusal_exit_2(tmp_path):
+    out = tmp_path / "ev"
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", "1e15", "--backend", "numpy")
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "not enough disk space" in line and str(out) in line
+    assert not out.exists()
+
+
+def test_bad_usage_exit_2(tmp_path):
+    r = cli("propagate", TBOX, "-o", tmp_path / "ev", "--backend", "opencl")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = cli("propagate", TBOX, "-o", tmp_path / "ev", "--hitmask", "XX")
+    assert r.returncode == 2 and "unknown flag 'XX'" in r.stderr
+    r = cli("propagate", tmp_path / "missing.toml", "-o", tmp_path / "ev")
+    assert r.returncode == 2 and "missing.toml" in r.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("keep me")
+    r = cli("propagate", TBOX, "-o", tmp_path / "junk", "--photons", "10")
+    assert r.returncode == 2 and "holds no event" in r.stderr
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "keep me"
