@@ -17,4 +17,5 @@ COMMAND_MODULES: list[str] = [
     "stage",
     "run",
     "rollback",
+    "watch",
 ]
