@@ -204,7 +204,7 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
                 os.rename(src, dst)
                 moved.append(str(dst))
         where = base
-    reason = str(err)
+    reason = " ".join(str(err).split())  # one line, whatever the library said
     atomic_write_bytes(where.with_name(where.name + ".reason"), json.dumps(
         {"delivery": cand.name, "kind": cand.kind, "reason": reason, "file": err.path,
          "moved": moved, "rejected_at": time.time()}, indent=1).encode() + b"\n")
@@ -240,7 +240,7 @@ def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float) -> Path:
         except tarfile.FilterError as err:
             raise BadInput(f"tar member escapes the delivery directory: {err}", cand.path) from None
         except (tarfile.TarError, EOFError, OSError) as err:
-            raise BadInput(f"unreadable tar: {err}", cand.path) from None
+            raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
         inner = work / manifest.MANIFEST_NAME
         if not inner.is_file():
             raise BadInput(f"package holds no {manifest.MANIFEST_NAME}", cand.path)
@@ -294,8 +294,10 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
                       gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
                       delivered=_mtime(cand.manifest), registered=time.time())
-        db.register_downlink(dl)
+        first = db.register_downlink(dl)
         db.finish_delivery(cand.name, "ACCEPTED", str(level0))
+        if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
+            return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(level0))
         return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
     except Pending as why:
         age = time.time() - _modified(cand.manifest)

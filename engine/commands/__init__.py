@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "stage",
     "run",
     "rollback",
+    "watch",
     "propagate",
     "hits",
 ]

@@ -73,3 +73,38 @@ def cli_proc(w: Workspace, *args: str, timeout: float = 120, **kw) -> subprocess
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def start_daemon(w: Workspace, log: Path, *args: str) -> subprocess.Popen:
+    """`skydeck-engine watch` as a real process, its JSON-lines log in ``log``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    fh = open(log, "ab")  # noqa: SIM115 - the daemon owns it for its lifetime
+    return subprocess.Popen([sys.executable, "-m", "engine", "-w", str(w.root), "watch", *args],
+                            stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
+    import time
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stream_status(w: Workspace) -> dict[str, str]:
+    from engine.state import StateDB
+    with StateDB(w.state_db) as db:
+        return {s.dlid: s.status for s in db.streams()}
+
+
+def log_events(log: Path) -> list[dict]:
+    import json
+    out = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out

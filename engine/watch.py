@@ -1,0 +1,320 @@
+"""The watch daemon: deliveries in, streams run, state in the database, one log line per event.
+
+Shape (reference/ecosystem.md section 4):
+- watchdog's inotify observer on the two inboxes gives low-latency *hints*; a periodic
+  reconciliation scan is the source of truth, because inotify overflows are dropped
+  silently and nothing is seen while the daemon is down. On nfs/gpfs/lustre/cifs mounts
+  (or with ``--polling``) a PollingObserver with a configurable interval is used instead,
+  since kernel notifications do not cross the network.
+- Every claim (delivery, stream) is a state-database transaction, so any number of daemons,
+  ``skydeck-engine run`` and the console can share a workspace without processing a
+  downlink twice; a claim whose owner is provably dead is taken over (resume).
+- SIGTERM/SIGINT: stop launching, terminate running jobs (their instances become
+  TERMINATED and are re-executed by the next owner), release the streams, exit 0.
+- ``--once``: process what is there, run those streams to their end, exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import deliveries
+from engine.pipeline.launcher import LocalLauncher, make_launcher
+from engine.pipeline.stream import StreamRunner, halt_flag, json_line
+from engine.pipeline.task import Task, load_task
+from engine.state import StateDB
+from engine.workspace import Workspace
+
+NETWORK_FS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph",
+              "beegfs", "9p")
+
+
+def fstype(path: Path) -> str:
+    """The filesystem type of the mount holding ``path`` (longest mount-point prefix)."""
+    best, kind = "", "unknown"
+    p = str(path.resolve())
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def choose_polling(ws: Workspace, force: bool) -> tuple[bool, str]:
+    if force:
+        return True, "--polling"
+    setting = str(ws.setting("watch", "polling", "auto")).lower()
+    if setting in ("true", "yes", "1"):
+        return True, "config watch.polling = true"
+    if setting in ("false", "no", "0"):
+        return False, "config watch.polling = false"
+    for d in (ws.incoming_fcopy, ws.incoming_level0):
+        kind = fstype(d)
+        if kind in NETWORK_FS:
+            return True, f"{d} is on {kind}: inotify does not see other clients' writes"
+    return False, "local filesystem"
+
+
+@dataclass
+class WatchResult:
+    registered: list[str] = field(default_factory=list)
+    rejected: list[deliveries.Outcome] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    terminated: bool = False
+
+
+class Daemon:
+    def __init__(self, ws: Workspace, *, polling: bool = False, once: bool = False,
+                 emit: Callable[[dict[str, Any]], None] | None = None,
+                 task: Task | None = None, max_jobs: int | None = None) -> None:
+        self.ws = ws
+        self.once = once
+        self.force_polling = polling
+        self.emit_fn = emit or (lambda ev: print(json_line(ev), flush=True))
+        self.task = task or load_task(ws)
+        self.db = StateDB(ws.state_db)
+        self.launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
+                                      max_jobs or int(ws.setting("pipeline", "max_jobs", 2)))
+        self.max_streams = int(ws.setting("pipeline", "max_streams", 4))
+        self.scan_interval = float(ws.setting("watch", "scan_interval_s", 30.0))
+        self.poll_interval = float(ws.setting("watch", "poll_interval_s", 10.0))
+        self.quiet_s = float(ws.setting("watch", "quiet_s", 2.0))
+        self.incomplete_timeout = float(ws.setting("watch", "incomplete_timeout_s", 3600.0))
+        self.runners: dict[int, StreamRunner] = {}
+        self.hints: queue.Queue[str] = queue.Queue()
+        self.pending: dict[str, deliveries.Candidate] = {}
+        self.stop = False
+        self.result = WatchResult()
+        self._observer: Any = None
+        self._events = 0
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        self._events += 1
+        if ev.get("event") == "stream_success":
+            self.result.succeeded.append(ev["dlid"])
+        elif ev.get("event") == "stream_failed":
+            self.result.failed.append(ev["dlid"])
+        self.emit_fn(ev)
+
+    def _ev(self, event: str, **kw: Any) -> None:
+        self.emit({"t": round(time.time(), 3), "event": event, **kw})
+
+    # ------------------------------------------------------------------ observer
+
+    def start_observer(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        hints = self.hints
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:  # watchdog thread: only enqueue
+                if event.event_type in ("created", "moved", "closed", "modified"):
+                    hints.put(str(getattr(event, "dest_path", "") or event.src_path))
+
+        polling, why = choose_polling(self.ws, self.force_polling)
+        obs = PollingObserver(timeout=self.poll_interval) if polling else Observer()
+        for d, recursive in ((self.ws.incoming_fcopy, False), (self.ws.incoming_level0, True)):
+            d.mkdir(parents=True, exist_ok=True)
+            obs.schedule(Handler(), str(d), recursive=recursive)
+        obs.daemon = True
+        obs.start()
+        self._observer = obs
+        self._ev("watching", polling=polling, why=why,
+                 interval_s=self.poll_interval if polling else None,
+                 dirs=[str(self.ws.incoming_fcopy), str(self.ws.incoming_level0)], pid=os.getpid())
+
+    def stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            with contextlib.suppress(RuntimeError):
+                self._observer.join(5)
+            self._observer = None
+
+    # ------------------------------------------------------------------ deliveries
+
+    def _handle(self, cand: deliveries.Candidate) -> None:
+        o = deliveries.process(self.ws, self.db, cand, self.quiet_s, self.incomplete_timeout)
+        if o.status == "pending":
+            if cand.name not in self.pending:
+                self._ev("pending", delivery=o.name, why=o.reason)
+            self.pending[cand.name] = cand
+            return
+        self.pending.pop(cand.name, None)
+        if o.status == "accepted":
+            dl = self.db.downlink(o.dlid or "")
+            self.result.registered.append(o.dlid or "")
+            self._ev("registered", dlid=o.dlid, delivery=o.name, form=o.kind,
+                     latency_s=round(dl.registered - dl.delivered, 4) if dl else None)
+        elif o.status == "rejected":
+            self.result.rejected.append(o)
+            self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, moved_to=o.path)
+
+    def reconcile(self) -> None:
+        registered = {d.dlid for d in self.db.downlinks()}
+        for cand in deliveries.scan(self.ws):
+            if cand.stem in registered:
+                continue
+            known = self.db.delivery(cand.name)
+            if known is not None and known.status == "ACCEPTED":
+                continue
+            self._handle(cand)
+
+    def drain_hints(self, timeout: float) -> int:
+        seen: dict[str, deliveries.Candidate] = {}
+        try:
+            first = self.hints.get(timeout=timeout)
+        except queue.Empty:
+            return 0
+        paths = [first]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                paths.append(self.hints.get_nowait())
+        for p in paths:
+            cand = deliveries.candidate_for(self.ws, Path(p))
+            if cand is not None:
+                seen[cand.name] = cand
+        for cand in seen.values():
+            if self.db.downlink(cand.stem) is None:
+                self._handle(cand)
+        return len(seen)
+
+    # ------------------------------------------------------------------ streams
+
+    def pick_up(self) -> None:
+        """Claim streams for registered downlinks that need one (new, resumable, rolled back)."""
+        if len(self.runners) >= self.max_streams:
+            return
+        if (self.ws.path("flags") / "halted").exists():
+            return
+        rows = self.db.q(
+            "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1 "
+            "AND s.task = ? WHERE s.id IS NULL OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') "
+            "ORDER BY d.dlid", (self.task.name,))
+        mine = {r.dlid for r in self.runners.values()}
+        for row in rows:
+            if len(self.runners) >= self.max_streams:
+                break
+            dlid = row["dlid"]
+            if dlid in mine or halt_flag(self.ws, dlid, "halted"):
+                continue
+            st, _why = self.db.claim_stream(dlid, self.task.name)
+            if st is None:
+                continue
+            runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher, self.emit)
+            runner.resume()
+            self.runners[st.id] = runner
+            self._ev("stream_claimed", dlid=dlid, stream=st.id)
+
+    def step_streams(self) -> None:
+        by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
+        for res in self.launcher.poll():
+            r = by_pi.get(res.pi_id)
+            if r is not None:
+                r.on_exit(res)
+        for sid, r in list(self.runners.items()):
+            if r.step() is not None:
+                del self.runners[sid]
+
+    def shutdown(self) -> None:
+        ids = self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else []
+        for r in self.runners.values():
+            r.terminate([i for i in ids if i in r.running])
+            self.db.release_stream(r.stream.id, "TERMINATED", "daemon stopped; resumes on restart")
+        self.runners.clear()
+        for name in list(self.pending):
+            self.pending.pop(name)
+        self.stop_observer()
+        self.result.terminated = True
+        self._ev("stopped", pid=os.getpid())
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> WatchResult:
+        if not self.once:
+            self.start_observer()
+        else:
+            self._ev("once", pid=os.getpid())
+        self.reconcile()
+        last_scan = last_pending = last_pickup = 0.0
+        idle_rounds = 0
+        started = time.time()
+        try:
+            while not self.stop:
+                now = time.time()
+                if not self.once and now - last_scan >= self.scan_interval:
+                    self.reconcile()
+                    last_scan = now
+                if self.pending and now - last_pending >= min(1.0, self.quiet_s):
+                    for cand in list(self.pending.values()):
+                        self._handle(cand)
+                    last_pending = now
+                before = self._events
+                if now - last_pickup >= 0.5 or not self.runners:
+                    self.pick_up()
+                    last_pickup = now
+                self.step_streams()
+                busy = bool(self.launcher.active()) if hasattr(self.launcher, "active") else False
+                if self.once:
+                    if self._events == before and not busy:
+                        idle_rounds += 1
+                        # pending deliveries get a quiet period to settle, then stay for later
+                        settled = not self.pending or now - started > 2 * self.quiet_s + 1
+                        if idle_rounds >= 3 and settled:
+                            break
+                        if idle_rounds > 3:
+                            time.sleep(0.05)
+                    else:
+                        idle_rounds = 0
+                    time.sleep(0.005 if busy else 0.0)
+                    continue
+                self.drain_hints(0.01 if busy or self._events != before else 0.1)
+        except BaseException:
+            self.shutdown()
+            raise
+        if self.stop:
+            self.shutdown()
+        else:
+            for r in self.runners.values():  # --once: held streams (halt flags) stay resumable
+                self.db.release_stream(r.stream.id, "WAITING", r.note or "held")
+            self.runners.clear()
+            self.stop_observer()
+        return self.result
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def run_daemon(ws: Workspace, *, polling: bool = False, once: bool = False,
+               emit: Callable[[dict[str, Any]], None] | None = None) -> WatchResult:
+    d = Daemon(ws, polling=polling, once=once, emit=emit)
+
+    def on_signal(signum: int, frame: object) -> None:
+        d.stop = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return d.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        d.close()

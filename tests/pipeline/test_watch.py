@@ -1,0 +1,220 @@
+"""The watch daemon with real inotify events from real writers (rsync, cp+mv, slow writes),
+polling mode, SIGTERM, --once with bad deliveries, and two daemons on one workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from engine import locks
+from engine.state import StateDB
+from engine.watch import choose_polling, fstype
+
+from .conftest import (
+    cli,
+    log_events,
+    make_delivery,
+    set_config,
+    start_daemon,
+    stream_status,
+    wait_for,
+)
+
+FAST = {"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1}
+
+
+def _quick(ws, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = ""):
+    return set_config(ws, f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
+                          f"poll_interval_s = 0.2\n{extra}")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 20) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def test_daemon_sees_rsync_cp_mv_slow_and_fcopy(ws, tmp_path):
+    ws = _quick(ws)
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30, what="daemon start")
+        expected = []
+        # 1. rsync of a level0 directory (manifest sorts first; rsync writes hidden temp names)
+        if shutil.which("rsync"):
+            src = tmp_path / "src1" / "251125001"
+            make_delivery(ws, "251125001", as_="dir", target=src, **FAST)
+            subprocess.run(["rsync", "-a", str(src), str(ws.incoming_level0) + "/"], check=True)
+            expected.append("251125001")
+        # 2. cp to a staging place on the same filesystem, then mv into the inbox
+        src = tmp_path / "src2" / "251125002"
+        make_delivery(ws, "251125002", as_="dir", target=src, **FAST)
+        staging = ws.root / "staging"
+        staging.mkdir()
+        subprocess.run(["cp", "-r", str(src), str(staging)], check=True)
+        subprocess.run(["mv", str(staging / "251125002"), str(ws.incoming_level0)], check=True)
+        expected.append("251125002")
+        # 3. slowly: the manifest first, then a source file growing for ~2 s
+        src = tmp_path / "src3" / "251125003"
+        make_delivery(ws, "251125003", as_="dir", target=src, **FAST)
+        dest = ws.incoming_level0 / "251125003"
+        dest.mkdir()
+        (dest / "MANIFEST.md5").write_bytes((src / "MANIFEST.md5").read_bytes())
+        for f in sorted(src.iterdir()):
+            if f.name == "MANIFEST.md5":
+                continue
+            data = f.read_bytes()
+            with open(dest / f.name, "wb") as fh:
+                step = max(1, len(data) // 8)
+                for a in range(0, len(data), step):
+                    fh.write(data[a:a + step])
+                    fh.flush()
+                    time.sleep(0.25 if f.suffix == ".h5" else 0)
+        expected.append("251125003")
+        # 4. an fcopy package (tar, then its manifest)
+        make_delivery(ws, "251125004", as_="fcopy", **FAST)
+        expected.append("251125004")
+        wait_for(lambda: all(stream_status(ws).get(x) == "SUCCESS" for x in expected), 120,
+                 what=f"streams of {expected}")
+    finally:
+        rc = _stop(d)
+    assert rc == 0
+    events = log_events(log)
+    assert events[0]["event"] == "watching" and events[0]["polling"] is False
+    reg = [e["dlid"] for e in events if e["event"] == "registered"]
+    assert sorted(reg) == sorted(expected)                     # each exactly once
+    assert not [e for e in events if e["event"] == "rejected"]
+    assert events[-1]["event"] == "stopped"
+    assert locks.list_locks(ws.lock) == []
+
+
+def test_polling_mode_and_choice(ws, tmp_path):
+    ws = _quick(ws)
+    assert choose_polling(ws, True)[0] and not choose_polling(ws, False)[0]
+    assert choose_polling(set_config(ws, '[watch]\npolling = "true"\n'), False)[0]
+    assert fstype(ws.root) != ""
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log, "--polling", "--interval", "0.2")
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30)
+        make_delivery(ws, "251125005", as_="fcopy", **FAST)
+        wait_for(lambda: stream_status(ws).get("251125005") == "SUCCESS", 60)
+    finally:
+        assert _stop(d) == 0
+    ev = log_events(log)
+    assert ev[0]["polling"] is True and ev[0]["interval_s"] == 0.2
+
+
+def test_sigterm_mid_stream_then_resume(ws, tmp_path):
+    ws = _quick(ws)
+    log = tmp_path / "daemon.log"
+    make_delivery(ws, "251125006", **FAST)
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: log.exists() and '"process":"makeEvt"' in log.read_text()
+                 and '"started"' in log.read_text(), 60, what="makeEvt started")
+    finally:
+        rc = _stop(d)
+    assert rc == 0
+    ev = log_events(log)
+    assert any(e["event"] == "terminated" for e in ev) or any(e["event"] == "stream_success" for e in ev)
+    st = stream_status(ws)["251125006"]
+    assert st in ("TERMINATED", "SUCCESS")
+    with StateDB(ws.state_db) as db:
+        assert all(p.status not in ("RUNNING", "QUEUED", "SUBMITTED")
+                   for p in db.instances(db.latest_stream("251125006").id))
+    rc, _, _ = cli(ws, "watch", "--once")
+    assert rc == 0 and stream_status(ws)["251125006"] == "SUCCESS"
+    assert locks.list_locks(ws.lock) == []
+
+
+def test_watch_once_reports_bad_deliveries(ws, capsys):
+    ws = _quick(ws, quiet=0.5)
+    d = make_delivery(ws, "251125007", **FAST)
+    f = d / "cspad.h5"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x01")
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    os.utime(d / "MANIFEST.md5", (old, old))
+    (ws.incoming_fcopy / "251125008.tar").write_bytes(b"garbage" * 50)
+    from engine import manifest
+    manifest.write(ws.incoming_fcopy, ["251125008.tar"], ws.incoming_fcopy / "251125008.md5")
+    make_delivery(ws, "251125009", **FAST)
+    rc, out, err = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert any("cspad.h5" in ln and "checksum mismatch" in ln for ln in lines)
+    assert any("251125008.tar" in ln and "unreadable tar" in ln for ln in lines)
+    assert (ws.rejected / "251125007.reason").is_file() and (ws.rejected / "251125008.tar.reason").is_file()
+    assert stream_status(ws) == {"251125009": "SUCCESS"}
+    rc, out, _ = cli(ws, "downlinks", "--json", capsys=capsys)
+    data = json.loads(out)
+    assert {r["name"] for r in data["rejected"]} == {"level0:251125007", "fcopy:251125008"}
+
+
+def test_two_daemons_one_workspace(ws, tmp_path):
+    ws = _quick(ws, scan_interval=1.0)
+    logs = [tmp_path / "d1.log", tmp_path / "d2.log"]
+    ds = [start_daemon(ws, lg) for lg in logs]
+    dlids = [f"2511250{k:02d}" for k in range(10, 16)]
+    try:
+        for lg in logs:
+            wait_for(lambda lg=lg: lg.exists() and "watching" in lg.read_text(), 30)
+        for k, dl in enumerate(dlids):
+            make_delivery(ws, dl, as_="fcopy" if k % 2 else "level0", **FAST)
+        wait_for(lambda: all(stream_status(ws).get(x) == "SUCCESS" for x in dlids), 180,
+                 what="all streams")
+    finally:
+        for d in ds:
+            assert _stop(d) == 0
+    events = [e for lg in logs for e in log_events(lg)]
+    for dl in dlids:
+        assert [e["event"] for e in events if e.get("dlid") == dl].count("registered") == 1
+        assert [e["event"] for e in events if e.get("dlid") == dl].count("stream_claimed") == 1
+    with StateDB(ws.state_db) as db:
+        for dl in dlids:
+            st = db.latest_stream(dl)
+            assert st.execution == 1
+            assert all(p.execution == 1 for p in db.instances(st.id, latest_only=False))
+    assert locks.list_locks(ws.lock) == []
+
+
+@pytest.mark.slow
+def test_200_deliveries_at_once_each_processed_once(ws, tmp_path):
+    task = tmp_path / "light.toml"
+    task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "launchChunks"\n'
+                    'scriptlet = "launch_chunks"\n[[process]]\nname = "makeEvt"\n'
+                    'after = ["launchChunks"]\nforeach = "chunks"\ncommand = ["true"]\n')
+    ws = _quick(ws, scan_interval=2.0, extra="")
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\nmax_jobs = 8\nmax_streams = 32\n')
+    staging = ws.root / "staging"
+    staging.mkdir()
+    dlids = [f"251126{k:03d}" for k in range(1, 201)]
+    for dl in dlids:
+        make_delivery(ws, dl, as_="dir", target=staging / dl, events=2, event_bytes=4, chunks=1,
+                      runs=1, sources=1)
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30)
+        for dl in dlids:  # dropped at once: 200 renames into the inbox
+            os.rename(staging / dl, ws.incoming_level0 / dl)
+        wait_for(lambda: sum(1 for s in stream_status(ws).values() if s == "SUCCESS") == 200,
+                 150, every=0.5, what="200 streams")
+    finally:
+        assert _stop(d) == 0
+    ev = log_events(log)
+    reg = [e["dlid"] for e in ev if e["event"] == "registered"]
+    assert sorted(reg) == dlids
+    lat = sorted(e["latency_s"] for e in ev if e["event"] == "registered")
+    assert lat[len(lat) // 2] < 5.0
+    with StateDB(ws.state_db) as db:
+        assert len(db.downlinks()) == 200 and len(db.streams(latest_only=False)) == 200
+        assert db.q("SELECT count(*) FROM process_instances WHERE execution > 1")[0][0] == 0
