@@ -74,6 +74,7 @@ class HitsPanel(Horizontal):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.summaries: dict[str, HitSummary | str] = {}
         self.mark_a: str | None = None
+        self.comparison: Comparison | None = None  # shown instead of a summary when set
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield DataTable(id="events", cursor_type="row")
@@ -138,12 +139,14 @@ class HitsPanel(Horizontal):
         s = self.summaries.get(path)
         if s is None:
             return
+        self.comparison = None
         if isinstance(s, str):
             out.update(Text(s, style="red"))
         else:
             out.update(render_summary(s))
 
     def show_comparison(self, c: Comparison) -> None:
+        self.comparison = c
         self.query_one("#hit-summary", Static).update(render_comparison(c))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
