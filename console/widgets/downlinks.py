@@ -37,7 +37,7 @@ def cells(r: DownlinkRow, now: float) -> dict[str, object]:
         "chunks": f"{r.chunks_done}/{r.chunks_total}" if r.chunks_total else "-",
         "runs": str(r.runs) if r.runs else "-", "bytes": size(r.bytes),
         "age": age(now - r.since),
-        "note": Text(r.note[:60], style="bold red" if r.note.startswith("STUCK") else "dim"),
+        "note": Text(r.note[:40], style="bold red" if r.note.startswith("STUCK") else "dim"),
     }
 
 

@@ -23,23 +23,24 @@ FOREACH = {"makeEvt": "chunk", "mergeEvt": "run"}
 
 
 def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float]) -> Text:
+    """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first)."""
     t = Text()
-    t.append(f"{(pi.key if pi.process in FOREACH and pi.key else pi.process):<14}", style="bold")
+    t.append(f"{(pi.key if pi.process in FOREACH and pi.key else pi.process):<12}", style="bold")
     t.append(" ")
-    t.append_text(status_text(f"{pi.status:<10}"))
+    t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
-    t.append(f" retry {pi.auto_retry}/{pi.max_retries}", style="dim")
+    t.append(f" r{pi.auto_retry}/{pi.max_retries}", style="dim")
     end = pi.ended if pi.ended is not None else (now if pi.status == "RUNNING" else None)
-    t.append(f" {duration(end - pi.started) if pi.started and end else '-':>7}")
-    if pi.pid is not None:
-        t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")
+    t.append(f" {duration(end - pi.started) if pi.started and end else '-':>6}")
     if pi.status == "RUNNING" and pi.started:
         expect = typical.get(pi.process)
         if expect:
             frac = min(0.99, (now - pi.started) / expect)
-            t.append(f" {bar(frac)} {frac * 100:3.0f}%~", style="yellow")
+            t.append(f" {bar(frac, 8)} {frac * 100:2.0f}%~", style="yellow")
         else:
-            t.append(f" {bar(0.5)} ?", style="yellow")
+            t.append(f" {bar(0.0, 8)}  ?%", style="yellow")
+    if pi.pid is not None:
+        t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")
     if pi.note:
         t.append(f"  {pi.note[:70]}", style="red" if pi.status in ("FAILED", "READY") else "dim")
     return t
@@ -49,7 +50,7 @@ def group_label(name: str, items: list[ProcessInstance]) -> Text:
     counts: dict[str, int] = {}
     for pi in items:
         counts[pi.status] = counts.get(pi.status, 0) + 1
-    t = Text(f"{name:<14} ", style="bold")
+    t = Text(f"{name:<12} ", style="bold")
     for status, n in sorted(counts.items()):
         t.append(f"{status} {n}  ", style=STATUS_STYLE.get(status, ""))
     t.append(f"({len(items)} {FOREACH.get(name, 'key')}s)", style="dim")
