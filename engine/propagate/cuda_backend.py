@@ -82,6 +82,18 @@ def _context() -> Any:
     return _MODULE
 
 
+def kernel_inputs(sa: SceneArrays, gs: np.ndarray) -> tuple[list[np.ndarray], list[np.int32]]:
+    """The kernel's leading arguments: scene arrays, gensteps and their cumulative photon
+    ends (for the per-thread genstep search), then n_gs, n_obj, n_surf. Shared with the
+    host-compiled kernel test so both call the kernel the same way."""
+    arrays = [np.ascontiguousarray(a) for a in (
+        sa.mat, sa.icdf, sa.surf if sa.surf.size else np.zeros((1, 4), np.float32),
+        sa.objs if sa.objs.size else np.zeros((1, 10), np.float32), sa.container, gs)]
+    arrays.append(np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64))
+    counts = [np.int32(len(gs)), np.int32(len(sa.objs)), np.int32(sa.surf.shape[0])]
+    return arrays, counts
+
+
 def slice_size(total: int, development: bool, maxrec: int, free: int) -> int:
     per = 64 + (64 + maxrec * 16 + 8 if development else 0)
     return max(1, min(total, int(free * HEADROOM) // per))
@@ -92,11 +104,8 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
     m = _context()
     drv, fn = m["drv"], m["fn"]
     maxrec = p.max_bounce + 1
-    consts = [drv.to_device(np.ascontiguousarray(a)) for a in
-              (sa.mat, sa.icdf, sa.surf if sa.surf.size else np.zeros((1, 4), np.float32),
-               sa.objs if sa.objs.size else np.zeros((1, 10), np.float32), sa.container, gs)]
-    ends = np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64)
-    d_ends = drv.to_device(ends)
+    arrays, counts = kernel_inputs(sa, gs)
+    consts = [drv.to_device(a) for a in arrays]
     free, _ = drv.mem_get_info()
     n_slice = slice_size(total, p.development, maxrec, free)
     d_hits = drv.mem_alloc(max(1, n_slice) * 64)
@@ -113,8 +122,7 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         drv.memset_d32(d_count, 0, 2)
         drv.memset_d32(d_fm, 0, 65536)
         grid = ((count + BLOCK - 1) // BLOCK, 1)
-        fn(*consts, d_ends, np.int32(len(gs)), np.int32(len(sa.objs)),
-           np.int32(sa.surf.shape[0]), np.uint64(start), np.uint32(count),
+        fn(*consts, *counts, np.uint64(start), np.uint32(count),
            np.uint64(p.seed), np.uint32(p.event), np.int32(p.max_bounce), np.uint32(p.hitmask),
            np.int32(1 if p.development else 0), np.float32(p.domain[0]), np.float32(p.domain[1]),
            d_hits, d_count, d_fm, d_ox, d_rx, d_seq, block=(BLOCK, 1, 1), grid=grid)

@@ -168,8 +168,14 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
                      fm_counts, prop_s, time.perf_counter() - t_start)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         meta["files"] = files
-        meta["bytes"] = sum(files.values())
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        data = sum(files.values())
+        meta["bytes"] = data
+        for _ in range(4):  # "bytes" counts meta.json itself: iterate to a fixed point
+            text = json.dumps(meta, indent=1, sort_keys=True) + "\n"
+            if meta["bytes"] == data + len(text):
+                break
+            meta["bytes"] = data + len(text)
+        (tmp / "meta.json").write_text(text)
         _swap_into_place(tmp, req.out)
     except BaseException as err:
         for s in streams:

@@ -109,3 +109,9 @@ def test_bad_usage_exit_2(tmp_path):
     r = cli("propagate", TBOX, "-o", tmp_path / "junk", "--photons", "10")
     assert r.returncode == 2 and "holds no event" in r.stderr
     assert (tmp_path / "junk" / "notes.txt").read_text() == "keep me"
+
+
+def test_meta_bytes_is_the_directory_size(tmp_path):
+    out = tmp_path / "ev"
+    meta = propagate(Request(TBOX_DETECT, out, photons=500, backend="numpy", workers=1))
+    assert meta["bytes"] == sum(p.stat().st_size for p in out.iterdir())
