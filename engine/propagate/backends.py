@@ -8,6 +8,7 @@ initialises, otherwise NumPy, and the choice (with the reason) goes into meta.js
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -49,6 +50,9 @@ def resolve_backend(name: str) -> tuple[str, str]:
 
 
 def _init_worker(sa: SceneArrays, gs: np.ndarray, p: Params) -> None:
+    # Ctrl-C reaches the whole process group; only the parent handles it (exit 130, temp
+    # removed) and shuts the pool down, so workers must not die mid-chunk on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _W.update(sa=sa, gs=gs, p=p)
 
 

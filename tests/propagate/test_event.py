@@ -4,6 +4,7 @@ determinism across worker counts, empty hits, disk refusal, bad usage."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -115,3 +116,41 @@ def test_meta_bytes_is_the_directory_size(tmp_path):
     out = tmp_path / "ev"
     meta = propagate(Request(TBOX_DETECT, out, photons=500, backend="numpy", workers=1))
     assert meta["bytes"] == sum(p.stat().st_size for p in out.iterdir())
+
+
+def test_interrupt_exit_130_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ev"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out), "--photons", "1e9",
+         "--workers", "2", "--backend", "numpy"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".ev.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole group, workers included
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []  # no event, no temporary
+
+
+def test_reserve_refusal_and_json(tmp_path):
+    out = tmp_path / "ev"
+    env = dict(os.environ, SKYDECK_RESERVE_BYTES=str(10**18))  # a reserve no disk can keep
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out),
+                        "--photons", "1000"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "not enough disk space" in r.stderr and "reserve" in r.stderr
+    assert not out.exists()
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", "2000", "--json", "--backend", "numpy",
+            "--hitmask", "TO,BT")
+    meta = json.loads(r.stdout)
+    assert meta["hitmask"]["label"] == "BT|TO" and meta["photons"] == 2000
+    assert meta["hits"] == json.loads((out / "meta.json").read_text())["hits"] > 0
