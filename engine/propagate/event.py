@@ -144,6 +144,7 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         fm_counts: dict[int, int] = {}
         on_start and on_start(n)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         if backend == "cuda":
             from engine.propagate import cuda_backend
 
@@ -159,6 +160,7 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
                 rx[r.start:r.start + r.count] = r.rx
                 seq[r.start:r.start + r.count] = r.seq
         prop_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
         hits = ht.close()
         if dev:
             for a in (ox, rx, seq):
@@ -166,6 +168,8 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
             del ox, rx, seq
         meta = _meta(req, scene, n, hits, backend, device, workers, hitmask, mask_text, params,
                      fm_counts, prop_s, time.perf_counter() - t_start)
+        # CPU seconds of this process: the whole job for one worker (pool workers excluded)
+        meta["process_cpu_seconds"] = round(cpu_s, 6)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         meta["files"] = files
         data = sum(files.values())
