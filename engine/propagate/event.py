@@ -30,7 +30,7 @@ from engine.propagate import flags as F
 from engine.propagate.backends import default_workers, resolve_backend, run_numpy
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
-from engine.propagate.scene import Scene, gensteps, load_scene
+from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
 
 MODES = ("production", "development")
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
@@ -51,6 +51,7 @@ class Request:
     workers: int | None = None
     chunk: int = DEFAULT_CHUNK
     reserve: int = 0
+    gensteps: Path | None = None  # a delivery's gensteps.npy instead of the scene's source
 
 
 def photon_bytes(mode: str, max_bounce: int) -> int:
@@ -74,6 +75,30 @@ def pilot_hit_fraction(scene: Scene, p: Params, gs: np.ndarray) -> float:
     r = propagate_chunk(scene.arrays(), gs, 0, n, pp)
     f = r.hits.shape[0] / n
     return min(1.0, f + 4 * math.sqrt(f * (1 - f) / n) + 1.0 / n)
+
+
+def load_gensteps(path: Path, scene: Scene) -> np.ndarray:
+    """A delivery's gensteps.npy: (G,6,4) float32 torch gensteps (the only generator the
+    engine has); BadInput naming the file for anything else."""
+    try:
+        gs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"unreadable gensteps: {err}", path) from None
+    if gs.ndim != 3 or gs.shape[1:] != (6, 4) or gs.dtype != np.float32:
+        raise BadInput(f"gensteps must be (G,6,4) float32, got {gs.shape} {gs.dtype}", path)
+    gi = gs.view(np.int32)
+    if np.any(gi[:, 0, 0] != GENTYPE_TORCH):
+        raise BadInput(f"only TORCH ({GENTYPE_TORCH}) gensteps are supported", path)
+    if np.any(gi[:, 0, 3] < 0) or not np.all(np.isin(gi[:, 5, 3], (1, 2, 3))):
+        raise BadInput("negative photon count or unknown torch type", path)
+    if not np.all(np.isfinite(gs)):
+        raise BadInput("gensteps hold NaN or inf", path)
+    half = np.array(scene.container_half, np.float32)
+    if np.any(np.abs(gs[:, 1, :3]) >= half):
+        raise BadInput("a genstep position lies outside the scene's container", path)
+    if np.any((gs[:, 3, 3] < 60) | (gs[:, 3, 3] > 820)):
+        raise BadInput("a genstep wavelength is outside 60..820 nm", path)
+    return np.ascontiguousarray(gs)
 
 
 def _domain(scene: Scene) -> tuple[float, float]:
@@ -121,7 +146,13 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         raise BadInput("--chunk must be positive")
     dev = req.mode == "development"
     params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene))
-    gs = gensteps(scene.source, n, scene.container_material)
+    if req.gensteps is not None:
+        if req.photons is not None:
+            raise BadInput("--photons and --gensteps exclude each other (gensteps carry counts)")
+        gs = load_gensteps(req.gensteps, scene)
+        n = int(gs.view(np.int32)[:, 0, 3].astype(np.int64).sum())
+    else:
+        gs = gensteps(scene.source, n, scene.container_material)
     _prepare_out(req.out)
     f_up = pilot_hit_fraction(scene, params, gs)
     need = projected_bytes(scene, n, req.mode, f_up)

@@ -154,3 +154,25 @@ def test_reserve_refusal_and_json(tmp_path):
     meta = json.loads(r.stdout)
     assert meta["hitmask"]["label"] == "BT|TO" and meta["photons"] == 2000
     assert meta["hits"] == json.loads((out / "meta.json").read_text())["hits"] > 0
+
+
+def test_gensteps_from_a_delivery(tmp_path):
+    first = tmp_path / "first"
+    propagate(Request(TBOX_DETECT, first, photons=3000, backend="numpy", workers=1))
+    gs = np.load(first / "gs.npy")
+    two = np.concatenate([gs, gs])
+    two.view(np.int32)[1, 0, 3] = 1000
+    two[1, 3, 3] = 450.0  # the second genstep at another wavelength
+    path = tmp_path / "gensteps.npy"
+    np.save(path, two)
+    out = tmp_path / "ev"
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--gensteps", path, "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    ht = np.load(out / "ht.npy")
+    assert len(ht) == 4000 and np.array_equal(np.load(out / "gs.npy"), two)
+    assert np.all(ht[:3000, 2, 3] == 380.0) and np.all(ht[3000:, 2, 3] == 450.0)
+    assert np.array_equal(ht[:3000], np.load(first / "ht.npy"))  # same photons, same draws
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 6, 4), np.float64))
+    r = cli("propagate", TBOX_DETECT, "-o", tmp_path / "ev2", "--gensteps", bad)
+    assert r.returncode == 2 and "(G,6,4) float32" in r.stderr and str(bad) in r.stderr
