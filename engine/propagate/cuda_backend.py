@@ -96,7 +96,7 @@ def kernel_inputs(sa: SceneArrays, gs: np.ndarray) -> tuple[list[np.ndarray], li
 
 def slice_size(total: int, development: bool, maxrec: int, free: int) -> int:
     per = 64 + (64 + maxrec * 16 + 8 if development else 0)
-    return max(1, min(total, int(free * HEADROOM) // per))
+    return max(1, min(total, int(free * HEADROOM) // per, 2**31))  # thread index is 32-bit
 
 
 def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,

@@ -36,3 +36,9 @@ inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; 
 inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { unsigned int o = *p; *p += v; return o; }
 inline int min(int a, int b) { return a < b ? a : b; }
+// one "thread" per call: a warp of one lane (lane 0)
+inline unsigned int __activemask() { return 1u; }
+inline unsigned int __match_any_sync(unsigned int mask, unsigned int) { return mask & 1u; }
+inline unsigned int __ballot_sync(unsigned int mask, bool p) { return p ? (mask & 1u) : 0u; }
+inline unsigned int __shfl_sync(unsigned int, unsigned int v, unsigned int) { return v; }
+inline int __popc(unsigned int x) { return __builtin_popcount(x); }
