@@ -176,3 +176,15 @@ def test_gensteps_from_a_delivery(tmp_path):
     np.save(bad, np.zeros((2, 6, 4), np.float64))
     r = cli("propagate", TBOX_DETECT, "-o", tmp_path / "ev2", "--gensteps", bad)
     assert r.returncode == 2 and "(G,6,4) float32" in r.stderr and str(bad) in r.stderr
+
+
+def test_zero_photons_and_progress_callback(tmp_path):
+    seen: list[int] = []
+    meta = propagate(Request(TBOX_DETECT, tmp_path / "zero", photons=0, backend="numpy"),
+                     advance=seen.append)
+    assert meta["photons"] == 0 and meta["hits"] == 0 and seen == []
+    assert np.load(tmp_path / "zero" / "ht.npy").shape == (0, 4, 4)
+    started: list[int] = []
+    meta = propagate(Request(TBOX_DETECT, tmp_path / "ev", photons=30_000, backend="numpy",
+                             workers=2, chunk=4096), advance=seen.append, on_start=started.append)
+    assert started == [30_000] and sum(seen) == 30_000 and max(seen) == 4096
