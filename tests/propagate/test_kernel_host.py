@@ -66,9 +66,26 @@ def mixed_scene(write_scene) -> Path:
     return write_scene(doc)
 
 
-@pytest.mark.parametrize("which", ["tboolean-box-detect", "mixed"])
+def open_scene(write_scene) -> Path:
+    """No container surface (photons leaving are MI), a sphere with every surface action,
+    a sphere source shining outwards with a fixed polarization, a disc-free setup."""
+    doc = base_scene(objects=[
+        {"shape": "sphere", "center": [40.0, 0.0, 0.0], "radius": 25.0, "material": "Glass",
+         "surface": "mixed"},
+        {"shape": "box", "center": [-40.0, 10.0, 0.0], "half_size": [15.0, 30.0, 20.0],
+         "material": "Glass"}])
+    doc["surfaces"]["mixed"] = {"detect": 0.3, "absorb": 0.2, "reflect_specular": 0.25,
+                                "reflect_diffuse": 0.25}
+    del doc["container"]["surface"]
+    doc["source"] = {"type": "sphere", "position": [0.0, -50.0, 0.0], "radius": 10.0,
+                     "wavelength": 300.0, "polarization": [0.0, 0.0, 1.0]}
+    return write_scene(doc)
+
+
+@pytest.mark.parametrize("which", ["tboolean-box-detect", "mixed", "open"])
 def test_kernel_matches_numpy(kernel_lib, write_scene, which):
-    path = TBOX_DETECT if which == "tboolean-box-detect" else mixed_scene(write_scene)
+    path = {"tboolean-box-detect": lambda: TBOX_DETECT, "mixed": lambda: mixed_scene(write_scene),
+            "open": lambda: open_scene(write_scene)}[which]()
     scene = load_scene(path)
     n = 20_000
     p = Params(17, 3, 12, F.parse_mask("SD"), True, (float(max(scene.container_half)), 50.0))
@@ -79,6 +96,11 @@ def test_kernel_matches_numpy(kernel_lib, write_scene, which):
     print(f"{which}: seqhis identical for {same.mean():.5f} of {n} photons, "
           f"{len(np.unique(ref.seq))} distinct histories")
     assert same.mean() > 0.998
+    fmask = np.bitwise_or.reduce(ox.view(np.uint32)[:, 3, 3])
+    wanted = {"tboolean-box-detect": F.BT | F.BR | F.SD,
+              "mixed": F.SC | F.AB | F.RE | F.DR | F.SR | F.SD | F.SA | F.BT | F.BR,
+              "open": F.MI | F.DR | F.SR | F.SD | F.SA | F.BT}[which]
+    assert fmask & wanted == wanted  # every branch of interest was exercised
     assert np.array_equal(ox.view(np.uint32)[:, 3, 2], np.arange(n))
     assert np.array_equal(ox.view(np.uint32)[same, 3], ref.ox.view(np.uint32)[same, 3])
     # libm and NumPy's sin/cos/log differ by ulps; many scatters amplify that to < 1 mm
