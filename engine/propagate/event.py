@@ -168,12 +168,12 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         ht = NpyStream(tmp / "ht.npy", (4, 4), np.float32)
         streams.append(ht)
         if dev:
-            ox = np.lib.format.open_memmap(tmp / "ox.npy", "w+", np.float32, (n, 4, 4))
-            rx = np.lib.format.open_memmap(tmp / "rx.npy", "w+", np.int16,
-                                           (n, scene.max_bounce + 1, 2, 4))
-            seq = np.lib.format.open_memmap(tmp / "seq.npy", "w+", np.uint64, (n,))
+            ox = _open_array(tmp / "ox.npy", np.float32, (n, 4, 4))
+            rx = _open_array(tmp / "rx.npy", np.int16, (n, scene.max_bounce + 1, 2, 4))
+            seq = _open_array(tmp / "seq.npy", np.uint64, (n,))
         fm_counts: dict[int, int] = {}
-        on_start and on_start(n)
+        if on_start is not None:
+            on_start(n)
         t0 = time.perf_counter()
         c0 = time.process_time()
         if backend == "cuda":
@@ -195,7 +195,8 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         hits = ht.close()
         if dev:
             for a in (ox, rx, seq):
-                a.flush()
+                if isinstance(a, np.memmap):
+                    a.flush()
             del ox, rx, seq
         meta = _meta(req, scene, n, hits, backend, device, workers, hitmask, mask_text, params,
                      fm_counts, prop_s, time.perf_counter() - t_start)
@@ -220,6 +221,16 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
             raise JobFailed(f"writing the event failed: {err.strerror or err}", req.out) from None
         raise
     return meta
+
+
+def _open_array(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    """A development array filled chunk by chunk on disk (memory stays bounded); an empty
+    one cannot be memory-mapped, so it is simply saved."""
+    if math.prod(shape) == 0:
+        a = np.zeros(shape, dtype)
+        np.save(path, a)
+        return a
+    return np.lib.format.open_memmap(path, "w+", dtype, shape)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

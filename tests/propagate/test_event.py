@@ -188,3 +188,11 @@ def test_zero_photons_and_progress_callback(tmp_path):
     meta = propagate(Request(TBOX_DETECT, tmp_path / "ev", photons=30_000, backend="numpy",
                              workers=2, chunk=4096), advance=seen.append, on_start=started.append)
     assert started == [30_000] and sum(seen) == 30_000 and max(seen) == 4096
+
+
+def test_development_with_zero_photons(tmp_path):
+    meta = propagate(Request(TBOX, tmp_path / "ev", photons=0, mode="development", backend="numpy"))
+    assert meta["photons"] == 0
+    assert np.load(tmp_path / "ev" / "ox.npy").shape == (0, 4, 4)
+    assert np.load(tmp_path / "ev" / "rx.npy").shape == (0, 10, 2, 4)
+    assert np.load(tmp_path / "ev" / "seq.npy").shape == (0,)
