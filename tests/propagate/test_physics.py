@@ -124,7 +124,9 @@ def _beam(theta: float, pol: str, n: int = N):
     else:  # in the plane of incidence, transverse to d
         p = np.tile(np.array([[math.cos(theta)], [0.0], [-math.sin(theta)]], np.float32), n)
     normal = np.tile(np.array([[0.0], [0.0], [-1.0]], np.float32), n)  # surface z=0 facing -z
-    u = uniforms(np.arange(n, dtype=np.uint64), 7, seed=123, event=0)[2]
+    # an independent stream per configuration, so the checks are not correlated
+    seed = int(round(theta * 1e6)) * 2 + (pol == "p")
+    u = uniforms(np.arange(n, dtype=np.uint64), 7, seed=seed, event=0)[2]
     return d, p, normal, u
 
 
