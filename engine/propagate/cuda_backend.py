@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.propagate.numpy_backend import GEN_BLOCKS, ChunkResult, Params
+from engine.propagate.numpy_backend import GEN_BLOCKS, ChunkResult, Params, slice_order
 from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP, SceneArrays
 from engine.workspace import ASSETS
 
@@ -132,7 +132,7 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         hits = np.empty((int(nh[0]), 4, 4), np.float32)
         if nh[0]:
             drv.memcpy_dtoh(hits, d_hits)  # only the compacted hits cross the bus
-            order = np.argsort(hits.view(np.uint32)[:, 3, 2], kind="stable")
+            order = np.argsort(slice_order(hits, start), kind="stable")
             hits = hits[order]  # atomics give arbitrary order; sort by photon index
         fm = np.zeros(65536, np.uint32)
         drv.memcpy_dtoh(fm, d_fm)

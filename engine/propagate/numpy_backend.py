@@ -435,6 +435,13 @@ class _Sink:
             self.seq[loc] = u64[1]
 
 
+def slice_order(hits: np.ndarray, start: int) -> np.ndarray:
+    """Position of each hit in its slice from the stored low 32 bits of the photon index,
+    correct even when a slice straddles a multiple of 2**32 photons."""
+    low = hits.view(np.uint32)[:, 3, 2]
+    return low - np.uint32(start & 0xFFFFFFFF)  # uint32 arithmetic wraps around
+
+
 def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:
     """Generate and propagate photons [start, start+count); return hits (and, in
     development mode, all photons, step records and seqhis)."""
@@ -604,7 +611,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
     vals, cnts = np.unique(fm, return_counts=True)
     hits = np.concatenate(sink.hits) if sink.hits else np.zeros((0, 4, 4), np.float32)
     if len(hits) > 1:
-        hits = hits[np.argsort(hits.view(np.uint32)[:, 3, 2], kind="stable")]
+        hits = hits[np.argsort(slice_order(hits, start), kind="stable")]
     res = ChunkResult(start, count, hits, {int(v): int(c) for v, c in zip(vals, cnts, strict=True)})
     if p.development:
         res.ox, res.rx, res.seq = sink.ox, rx, sink.seq

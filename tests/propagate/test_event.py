@@ -196,3 +196,17 @@ def test_development_with_zero_photons(tmp_path):
     assert np.load(tmp_path / "ev" / "ox.npy").shape == (0, 4, 4)
     assert np.load(tmp_path / "ev" / "rx.npy").shape == (0, 10, 2, 4)
     assert np.load(tmp_path / "ev" / "seq.npy").shape == (0,)
+
+
+def test_hits_in_photon_order_across_the_32_bit_boundary():
+    """Photon indices beyond 2**32: the stored low 32 bits wrap, the hit order must not."""
+    from engine.propagate.numpy_backend import Params, propagate_chunk
+    from engine.propagate.scene import gensteps, load_scene
+
+    scene = load_scene(TBOX_DETECT)
+    start = 2**32 - 700
+    gs = gensteps(scene.source, 2**32 + 1000)
+    r = propagate_chunk(scene.arrays(), gs, start, 1500, Params(1, 0, 9, F.SD, False))
+    low = r.hits.view(np.uint32)[:, 3, 2]
+    assert len(low) == 1500
+    assert np.array_equal(low, ((np.arange(1500) + start) & 0xFFFFFFFF).astype(np.uint32))
