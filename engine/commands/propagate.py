@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if "cm" in state:
             state["cm"].__exit__(None, None, None)
+    if "mpi_worker" in meta:  # an MPI rank > 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(meta, sort_keys=True))
     else:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,16 @@ import numpy as np
 from engine import __version__
 from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
-from engine.errors import BadInput, JobFailed
+from engine.errors import BadInput, JobFailed, SkydeckError
 from engine.propagate import flags as F
-from engine.propagate.backends import default_workers, resolve_backend, run_numpy
+from engine.propagate.backends import (
+    default_workers,
+    mpi_worker,
+    mpi_world,
+    resolve_backend,
+    run_mpi_root,
+    run_numpy,
+)
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
 from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
@@ -123,7 +131,32 @@ def _prepare_out(out: Path) -> None:
 
 def propagate(req: Request, advance: Callable[[int], None] | None = None,
               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run one propagation event and write its directory; returns the metadata dict."""
+    """Run one propagation event and write its directory; returns the metadata dict.
+
+    Under ``mpiexec -n K`` (K > 1) rank 0 validates, checks the disk, collects and writes,
+    ranks 1..K-1 compute chunks; they return ``{"mpi_worker": rank}`` and print nothing."""
+    comm = mpi_world()
+    if comm is not None and comm.Get_rank() > 0:
+        job = comm.bcast(None, root=0)
+        if job[0] == "abort":  # rank 0 refused the job and says why; exit with its code
+            raise SystemExit(job[1])
+        _, sa, gs, n, params, chunk = job
+        mpi_worker(comm, sa, gs, n, params, chunk)
+        return {"mpi_worker": comm.Get_rank()}
+    state = {"started": False}
+    try:
+        return _propagate(req, advance, on_start, comm, state)
+    except BaseException as err:
+        if comm is not None and not state["started"]:  # refused before the workers got work
+            code = err.exit_code if isinstance(err, SkydeckError) else (
+                130 if isinstance(err, KeyboardInterrupt) else 1)
+            comm.bcast(("abort", code), root=0)
+        raise
+
+
+def _propagate(req: Request, advance: Callable[[int], None] | None,
+               on_start: Callable[[int], None] | None, comm,  # noqa: ANN001
+               state: dict[str, bool]) -> dict[str, Any]:
     t_start = time.perf_counter()
     if req.mode not in MODES:
         raise BadInput(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
@@ -142,6 +175,11 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         raise BadInput(f"--hitmask: {err}") from None
     backend, device = resolve_backend(req.backend)
     workers = req.workers or default_workers()
+    if comm is not None:
+        if backend != "numpy":
+            raise BadInput("under mpiexec only the numpy backend runs (one GPU per event)")
+        workers = comm.Get_size() - 1
+        device = f"cpu, MPI {comm.Get_size()} ranks ({workers} computing)"
     if req.chunk < 1:
         raise BadInput("--chunk must be positive")
     dev = req.mode == "development"
@@ -161,6 +199,9 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
     tmp = temp_name(req.out)
     remove_path(tmp)
     sa = scene.arrays()
+    if comm is not None:
+        comm.bcast(("run", sa, gs, n, params, req.chunk), root=0)
+        state["started"] = True
     streams: list[NpyStream] = []
     try:
         tmp.mkdir(parents=True)
@@ -180,6 +221,8 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
             from engine.propagate import cuda_backend
 
             results = cuda_backend.run(sa, gs, n, params, advance or (lambda k: None))
+        elif comm is not None:
+            results = run_mpi_root(comm, n, req.chunk, advance or (lambda k: None))
         else:
             results = run_numpy(sa, gs, n, params, req.chunk, workers, advance or (lambda k: None))
         for r in results:
@@ -217,6 +260,13 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         for s in streams:
             s.abort()
         remove_path(tmp)
+        if comm is not None:
+            # workers are mid-job: nothing can be told to them any more; end the MPI job
+            # with the code a plain run would give, after saying why on stderr
+            code = 130 if isinstance(err, KeyboardInterrupt) else (
+                err.exit_code if isinstance(err, SkydeckError) else 1)
+            print(f"skydeck-engine: {err}", file=sys.stderr, flush=True)
+            comm.Abort(code)
         if isinstance(err, OSError):
             raise JobFailed(f"writing the event failed: {err.strerror or err}", req.out) from None
         raise
