@@ -46,7 +46,9 @@ def available() -> tuple[bool, str]:
     """(True, device name) when PyCUDA imports and a CUDA device initialises."""
     try:
         import pycuda.driver as drv  # type: ignore[import-not-found]
-    except Exception as err:  # ImportError, or a broken CUDA install raising anything
+    except ModuleNotFoundError:
+        return False, "pycuda not installed"
+    except Exception as err:  # a broken CUDA install can raise anything on import
         return False, f"pycuda not importable ({type(err).__name__}: {err})".splitlines()[0]
     try:
         drv.init()
