@@ -496,9 +496,21 @@ extern "C" __global__ void propagate(
     float4 o3 = make_float4(__uint_as_float((boundary << 16) | flag), __uint_as_float(sensor),
                             __uint_as_float((unsigned int)(idx & 0xffffffffull)),
                             __uint_as_float(flagmask));
-    atomicAdd(&fm_hist[flagmask & 0xffffu], 1u);
-    if ((flagmask & hitmask) == hitmask) {
-        unsigned int i = atomicAdd(hit_count, 1u);  // stream compaction: only hits leave
+    // Warp-aggregated atomics: in a simple scene most photons share a few flagmasks, and
+    // one atomic per photon on the same counter would serialise the whole launch.
+    unsigned int lane = threadIdx.x & 31u;
+    unsigned int active = __activemask();
+    unsigned int peers = __match_any_sync(active, flagmask);
+    if (lane == (unsigned int)(__ffs(peers) - 1)) atomicAdd(&fm_hist[flagmask & 0xffffu], __popc(peers));
+    bool is_hit = (flagmask & hitmask) == hitmask;
+    unsigned int hb = __ballot_sync(active, is_hit);
+    if (is_hit) {
+        // stream compaction: one atomic per warp reserves slots, only hits leave the device
+        unsigned int leader = (unsigned int)(__ffs(hb) - 1);
+        unsigned int base = 0;
+        if (lane == leader) base = atomicAdd(hit_count, (unsigned int)__popc(hb));
+        base = __shfl_sync(hb, base, leader);
+        unsigned int i = base + (unsigned int)__popc(hb & ((1u << lane) - 1u));
         hits[4 * (size_t)i] = o0;
         hits[4 * (size_t)i + 1] = o1;
         hits[4 * (size_t)i + 2] = o2;

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="numpy backend processes (default: every core this process may use)")
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help="photons per numpy chunk (bounds memory)")
+    p.add_argument("--gensteps", type=Path, default=None,
+                   help="(G,6,4) float32 torch gensteps.npy (e.g. from a delivery) instead of the scene's source")
     p.add_argument("--json", action="store_true", help="print meta.json instead of a line")
     p.set_defaults(func=run)
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--workers must be at least 1")
     req = Request(scene=args.scene, out=args.output, photons=args.photons, seed=args.seed,
                   event=args.event, mode=args.mode, backend=args.backend, hitmask=args.hitmask,
-                  workers=args.workers, chunk=args.chunk, reserve=reserve)
+                  workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps)
     state: dict = {}
 
     def advance(k: int) -> None:
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if "cm" in state:
             state["cm"].__exit__(None, None, None)
+    if "mpi_worker" in meta:  # an MPI rank > 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(meta, sort_keys=True))
     else:

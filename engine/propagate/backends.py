@@ -8,6 +8,7 @@ initialises, otherwise NumPy, and the choice (with the reason) goes into meta.js
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -49,6 +50,9 @@ def resolve_backend(name: str) -> tuple[str, str]:
 
 
 def _init_worker(sa: SceneArrays, gs: np.ndarray, p: Params) -> None:
+    # Ctrl-C reaches the whole process group; only the parent handles it (exit 130, temp
+    # removed) and shuts the pool down, so workers must not die mid-chunk on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _W.update(sa=sa, gs=gs, p=p)
 
 
@@ -59,6 +63,44 @@ def _work(span: tuple[int, int]) -> ChunkResult:
 def spans(total: int, chunk: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, chunk):
         yield start, min(chunk, total - start)
+
+
+def mpi_world():  # -> mpi4py.MPI.Comm | None
+    """COMM_WORLD when started by ``mpiexec -n K`` with K > 1, else None. mpi4py is imported
+    only then, so plain runs never initialise MPI."""
+    size = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ),
+                None)
+    if size is None or not size.isdigit() or int(size) < 2:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def _owner(i: int, size: int) -> int:
+    """Rank computing chunk i: ranks 1..size-1 in turn (rank 0 collects and writes)."""
+    return 1 + i % (size - 1)
+
+
+def run_mpi_root(comm, total: int, chunk: int,  # noqa: ANN001 - mpi4py is optional
+                 advance: Callable[[int], None]) -> Iterator[ChunkResult]:
+    """Rank 0: receive chunk results in photon order (MPI keeps each sender's order)."""
+    for i, (_, c) in enumerate(spans(total, chunk)):
+        r = comm.recv(source=_owner(i, comm.Get_size()), tag=_TAG)
+        advance(c)
+        yield r
+
+
+def mpi_worker(comm, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,  # noqa: ANN001
+               chunk: int) -> None:
+    """Ranks > 0: compute the chunks this rank owns and send each to rank 0."""
+    me, size = comm.Get_rank(), comm.Get_size()
+    for i, (s, c) in enumerate(spans(total, chunk)):
+        if _owner(i, size) == me:
+            comm.send(propagate_chunk(sa, gs, s, c, p), dest=0, tag=_TAG)
+
+
+_TAG = 31
 
 
 def run_numpy(sa: SceneArrays, gs: np.ndarray, total: int, p: Params, chunk: int,

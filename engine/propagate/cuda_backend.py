@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.propagate.numpy_backend import GEN_BLOCKS, ChunkResult, Params
+from engine.propagate.numpy_backend import GEN_BLOCKS, ChunkResult, Params, slice_order
 from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP, SceneArrays
 from engine.workspace import ASSETS
 
@@ -46,7 +46,9 @@ def available() -> tuple[bool, str]:
     """(True, device name) when PyCUDA imports and a CUDA device initialises."""
     try:
         import pycuda.driver as drv  # type: ignore[import-not-found]
-    except Exception as err:  # ImportError, or a broken CUDA install raising anything
+    except ModuleNotFoundError:
+        return False, "pycuda not installed"
+    except Exception as err:  # a broken CUDA install can raise anything on import
         return False, f"pycuda not importable ({type(err).__name__}: {err})".splitlines()[0]
     try:
         drv.init()
@@ -82,9 +84,21 @@ def _context() -> Any:
     return _MODULE
 
 
+def kernel_inputs(sa: SceneArrays, gs: np.ndarray) -> tuple[list[np.ndarray], list[np.int32]]:
+    """The kernel's leading arguments: scene arrays, gensteps and their cumulative photon
+    ends (for the per-thread genstep search), then n_gs, n_obj, n_surf. Shared with the
+    host-compiled kernel test so both call the kernel the same way."""
+    arrays = [np.ascontiguousarray(a) for a in (
+        sa.mat, sa.icdf, sa.surf if sa.surf.size else np.zeros((1, 4), np.float32),
+        sa.objs if sa.objs.size else np.zeros((1, 10), np.float32), sa.container, gs)]
+    arrays.append(np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64))
+    counts = [np.int32(len(gs)), np.int32(len(sa.objs)), np.int32(sa.surf.shape[0])]
+    return arrays, counts
+
+
 def slice_size(total: int, development: bool, maxrec: int, free: int) -> int:
     per = 64 + (64 + maxrec * 16 + 8 if development else 0)
-    return max(1, min(total, int(free * HEADROOM) // per))
+    return max(1, min(total, int(free * HEADROOM) // per, 2**31))  # thread index is 32-bit
 
 
 def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
@@ -92,11 +106,8 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
     m = _context()
     drv, fn = m["drv"], m["fn"]
     maxrec = p.max_bounce + 1
-    consts = [drv.to_device(np.ascontiguousarray(a)) for a in
-              (sa.mat, sa.icdf, sa.surf if sa.surf.size else np.zeros((1, 4), np.float32),
-               sa.objs if sa.objs.size else np.zeros((1, 10), np.float32), sa.container, gs)]
-    ends = np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64)
-    d_ends = drv.to_device(ends)
+    arrays, counts = kernel_inputs(sa, gs)
+    consts = [drv.to_device(a) for a in arrays]
     free, _ = drv.mem_get_info()
     n_slice = slice_size(total, p.development, maxrec, free)
     d_hits = drv.mem_alloc(max(1, n_slice) * 64)
@@ -113,8 +124,7 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         drv.memset_d32(d_count, 0, 2)
         drv.memset_d32(d_fm, 0, 65536)
         grid = ((count + BLOCK - 1) // BLOCK, 1)
-        fn(*consts, d_ends, np.int32(len(gs)), np.int32(len(sa.objs)),
-           np.int32(sa.surf.shape[0]), np.uint64(start), np.uint32(count),
+        fn(*consts, *counts, np.uint64(start), np.uint32(count),
            np.uint64(p.seed), np.uint32(p.event), np.int32(p.max_bounce), np.uint32(p.hitmask),
            np.int32(1 if p.development else 0), np.float32(p.domain[0]), np.float32(p.domain[1]),
            d_hits, d_count, d_fm, d_ox, d_rx, d_seq, block=(BLOCK, 1, 1), grid=grid)
@@ -124,7 +134,7 @@ def run(sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         hits = np.empty((int(nh[0]), 4, 4), np.float32)
         if nh[0]:
             drv.memcpy_dtoh(hits, d_hits)  # only the compacted hits cross the bus
-            order = np.argsort(hits.view(np.uint32)[:, 3, 2], kind="stable")
+            order = np.argsort(slice_order(hits, start), kind="stable")
             hits = hits[order]  # atomics give arbitrary order; sort by photon index
         fm = np.zeros(65536, np.uint32)
         drv.memcpy_dtoh(fm, d_fm)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,19 @@ import numpy as np
 from engine import __version__
 from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
-from engine.errors import BadInput, JobFailed
+from engine.errors import BadInput, JobFailed, SkydeckError
 from engine.propagate import flags as F
-from engine.propagate.backends import default_workers, resolve_backend, run_numpy
+from engine.propagate.backends import (
+    default_workers,
+    mpi_worker,
+    mpi_world,
+    resolve_backend,
+    run_mpi_root,
+    run_numpy,
+)
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
-from engine.propagate.scene import Scene, gensteps, load_scene
+from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
 
 MODES = ("production", "development")
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
@@ -51,6 +59,7 @@ class Request:
     workers: int | None = None
     chunk: int = DEFAULT_CHUNK
     reserve: int = 0
+    gensteps: Path | None = None  # a delivery's gensteps.npy instead of the scene's source
 
 
 def photon_bytes(mode: str, max_bounce: int) -> int:
@@ -76,6 +85,30 @@ def pilot_hit_fraction(scene: Scene, p: Params, gs: np.ndarray) -> float:
     return min(1.0, f + 4 * math.sqrt(f * (1 - f) / n) + 1.0 / n)
 
 
+def load_gensteps(path: Path, scene: Scene) -> np.ndarray:
+    """A delivery's gensteps.npy: (G,6,4) float32 torch gensteps (the only generator the
+    engine has); BadInput naming the file for anything else."""
+    try:
+        gs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"unreadable gensteps: {err}", path) from None
+    if gs.ndim != 3 or gs.shape[1:] != (6, 4) or gs.dtype != np.float32:
+        raise BadInput(f"gensteps must be (G,6,4) float32, got {gs.shape} {gs.dtype}", path)
+    gi = gs.view(np.int32)
+    if np.any(gi[:, 0, 0] != GENTYPE_TORCH):
+        raise BadInput(f"only TORCH ({GENTYPE_TORCH}) gensteps are supported", path)
+    if np.any(gi[:, 0, 3] < 0) or not np.all(np.isin(gi[:, 5, 3], (1, 2, 3))):
+        raise BadInput("negative photon count or unknown torch type", path)
+    if not np.all(np.isfinite(gs)):
+        raise BadInput("gensteps hold NaN or inf", path)
+    half = np.array(scene.container_half, np.float32)
+    if np.any(np.abs(gs[:, 1, :3]) >= half):
+        raise BadInput("a genstep position lies outside the scene's container", path)
+    if np.any((gs[:, 3, 3] < 60) | (gs[:, 3, 3] > 820)):
+        raise BadInput("a genstep wavelength is outside 60..820 nm", path)
+    return np.ascontiguousarray(gs)
+
+
 def _domain(scene: Scene) -> tuple[float, float]:
     ext = float(max(scene.container_half))
     nmax = float(max(m.props[0].max() for m in scene.materials))
@@ -98,7 +131,32 @@ def _prepare_out(out: Path) -> None:
 
 def propagate(req: Request, advance: Callable[[int], None] | None = None,
               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run one propagation event and write its directory; returns the metadata dict."""
+    """Run one propagation event and write its directory; returns the metadata dict.
+
+    Under ``mpiexec -n K`` (K > 1) rank 0 validates, checks the disk, collects and writes,
+    ranks 1..K-1 compute chunks; they return ``{"mpi_worker": rank}`` and print nothing."""
+    comm = mpi_world()
+    if comm is not None and comm.Get_rank() > 0:
+        job = comm.bcast(None, root=0)
+        if job[0] == "abort":  # rank 0 refused the job and says why; exit with its code
+            raise SystemExit(job[1])
+        _, sa, gs, n, params, chunk = job
+        mpi_worker(comm, sa, gs, n, params, chunk)
+        return {"mpi_worker": comm.Get_rank()}
+    state = {"started": False}
+    try:
+        return _propagate(req, advance, on_start, comm, state)
+    except BaseException as err:
+        if comm is not None and not state["started"]:  # refused before the workers got work
+            code = err.exit_code if isinstance(err, SkydeckError) else (
+                130 if isinstance(err, KeyboardInterrupt) else 1)
+            comm.bcast(("abort", code), root=0)
+        raise
+
+
+def _propagate(req: Request, advance: Callable[[int], None] | None,
+               on_start: Callable[[int], None] | None, comm,  # noqa: ANN001
+               state: dict[str, bool]) -> dict[str, Any]:
     t_start = time.perf_counter()
     if req.mode not in MODES:
         raise BadInput(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
@@ -117,11 +175,22 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         raise BadInput(f"--hitmask: {err}") from None
     backend, device = resolve_backend(req.backend)
     workers = req.workers or default_workers()
+    if comm is not None:
+        if backend != "numpy":
+            raise BadInput("under mpiexec only the numpy backend runs (one GPU per event)")
+        workers = comm.Get_size() - 1
+        device = f"cpu, MPI {comm.Get_size()} ranks ({workers} computing)"
     if req.chunk < 1:
         raise BadInput("--chunk must be positive")
     dev = req.mode == "development"
     params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene))
-    gs = gensteps(scene.source, n, scene.container_material)
+    if req.gensteps is not None:
+        if req.photons is not None:
+            raise BadInput("--photons and --gensteps exclude each other (gensteps carry counts)")
+        gs = load_gensteps(req.gensteps, scene)
+        n = int(gs.view(np.int32)[:, 0, 3].astype(np.int64).sum())
+    else:
+        gs = gensteps(scene.source, n, scene.container_material)
     _prepare_out(req.out)
     f_up = pilot_hit_fraction(scene, params, gs)
     need = projected_bytes(scene, n, req.mode, f_up)
@@ -130,6 +199,9 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
     tmp = temp_name(req.out)
     remove_path(tmp)
     sa = scene.arrays()
+    if comm is not None:
+        comm.bcast(("run", sa, gs, n, params, req.chunk), root=0)
+        state["started"] = True
     streams: list[NpyStream] = []
     try:
         tmp.mkdir(parents=True)
@@ -137,17 +209,20 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         ht = NpyStream(tmp / "ht.npy", (4, 4), np.float32)
         streams.append(ht)
         if dev:
-            ox = np.lib.format.open_memmap(tmp / "ox.npy", "w+", np.float32, (n, 4, 4))
-            rx = np.lib.format.open_memmap(tmp / "rx.npy", "w+", np.int16,
-                                           (n, scene.max_bounce + 1, 2, 4))
-            seq = np.lib.format.open_memmap(tmp / "seq.npy", "w+", np.uint64, (n,))
+            ox = _open_array(tmp / "ox.npy", np.float32, (n, 4, 4))
+            rx = _open_array(tmp / "rx.npy", np.int16, (n, scene.max_bounce + 1, 2, 4))
+            seq = _open_array(tmp / "seq.npy", np.uint64, (n,))
         fm_counts: dict[int, int] = {}
-        on_start and on_start(n)
+        if on_start is not None:
+            on_start(n)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         if backend == "cuda":
             from engine.propagate import cuda_backend
 
             results = cuda_backend.run(sa, gs, n, params, advance or (lambda k: None))
+        elif comm is not None:
+            results = run_mpi_root(comm, n, req.chunk, advance or (lambda k: None))
         else:
             results = run_numpy(sa, gs, n, params, req.chunk, workers, advance or (lambda k: None))
         for r in results:
@@ -159,26 +234,53 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
                 rx[r.start:r.start + r.count] = r.rx
                 seq[r.start:r.start + r.count] = r.seq
         prop_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
         hits = ht.close()
         if dev:
             for a in (ox, rx, seq):
-                a.flush()
+                if isinstance(a, np.memmap):
+                    a.flush()
             del ox, rx, seq
         meta = _meta(req, scene, n, hits, backend, device, workers, hitmask, mask_text, params,
                      fm_counts, prop_s, time.perf_counter() - t_start)
+        # CPU seconds of this process: the whole job for one worker (pool workers excluded)
+        meta["process_cpu_seconds"] = round(cpu_s, 6)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         meta["files"] = files
-        meta["bytes"] = sum(files.values())
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        data = sum(files.values())
+        meta["bytes"] = data
+        for _ in range(4):  # "bytes" counts meta.json itself: iterate to a fixed point
+            text = json.dumps(meta, indent=1, sort_keys=True) + "\n"
+            if meta["bytes"] == data + len(text):
+                break
+            meta["bytes"] = data + len(text)
+        (tmp / "meta.json").write_text(text)
         _swap_into_place(tmp, req.out)
     except BaseException as err:
         for s in streams:
             s.abort()
         remove_path(tmp)
+        if comm is not None:
+            # workers are mid-job: nothing can be told to them any more; end the MPI job
+            # with the code a plain run would give, after saying why on stderr
+            code = 130 if isinstance(err, KeyboardInterrupt) else (
+                err.exit_code if isinstance(err, SkydeckError) else 1)
+            print(f"skydeck-engine: {err}", file=sys.stderr, flush=True)
+            comm.Abort(code)
         if isinstance(err, OSError):
             raise JobFailed(f"writing the event failed: {err.strerror or err}", req.out) from None
         raise
     return meta
+
+
+def _open_array(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    """A development array filled chunk by chunk on disk (memory stays bounded); an empty
+    one cannot be memory-mapped, so it is simply saved."""
+    if math.prod(shape) == 0:
+        a = np.zeros(shape, dtype)
+        np.save(path, a)
+        return a
+    return np.lib.format.open_memmap(path, "w+", dtype, shape)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -64,6 +64,7 @@ class HitSummary:
     hits: int
     hit_fraction: float
     hit_fraction_err: float
+    hit_fraction_upper95: float | None  # "rule of three" 95 % upper limit when there are no hits
     hitmask: str
     photons_per_second: float | None
     terminal: dict[str, int]
@@ -211,7 +212,9 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
     return HitSummary(
         path=str(path), scene=meta.get("scene", {}).get("name", "?"), mode=meta.get("mode", "?"),
         backend=meta.get("backend", "?"), device=meta.get("device", "?"), photons=n, hits=h,
-        hit_fraction=f, hit_fraction_err=err, hitmask=hm.get("label", "SD"),
+        hit_fraction=f, hit_fraction_err=err,
+        hit_fraction_upper95=(3.0 / n if n else None) if h == 0 else None,
+        hitmask=hm.get("label", "SD"),
         photons_per_second=meta.get("photons_per_second"), terminal=meta.get("terminal_counts", {}),
         flagmasks=rows[:top], seqhis=seq_rows,
         time=_hist(np.asarray(ht[:, 0, 3])), wavelength=_hist(np.asarray(ht[:, 2, 3])),
@@ -285,10 +288,11 @@ def _render_map(fm: FaceMap) -> list[str]:
 
 def render_text(s: HitSummary) -> str:
     """Plain-text rendering (also valid Rich markup-free text) of a HitSummary."""
+    frac = (f"< {s.hit_fraction_upper95:.3g} (95 % CL)" if s.hit_fraction_upper95 is not None
+            else f"{s.hit_fraction:.6f} +- {s.hit_fraction_err:.6f}")
     lines = [
         f"event {s.path}  scene {s.scene}  mode {s.mode}  backend {s.backend} ({s.device})",
-        f"photons {s.photons:,}  hits {s.hits:,}  hit fraction {s.hit_fraction:.6f} "
-        f"+- {s.hit_fraction_err:.6f}  (hit mask {s.hitmask})",
+        f"photons {s.photons:,}  hits {s.hits:,}  hit fraction {frac}  (hit mask {s.hitmask})",
     ]
     if s.photons_per_second:
         lines.append(f"throughput {s.photons_per_second:,.0f} photons/s")

@@ -210,6 +210,8 @@ def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, 
     a = cross(d, nrm)
     alen = np.sqrt(dot(a, a))
     normal_inc = alen < _F(1e-6)
+    if normal_inc.all():
+        return _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir)
     with np.errstate(divide="ignore", invalid="ignore"):
         a_trans = np.where(normal_inc, pol, a / alen)
     e_perp = np.where(normal_inc, _F(0), dot(pol, a_trans))
@@ -246,6 +248,23 @@ def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, 
         flip = np.where(reflect[k] & (n2[k] > n1[k]), _F(-1), _F(1))
         new_pol[:, k] = flip * pol[:, k]
     return new_d.astype(_F, copy=False), new_pol.astype(_F, copy=False), reflect
+
+
+def _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir):
+    """``fresnel`` when every photon is at normal incidence (e_perp = 0, e_parl = 1): the
+    same expressions in the same order, minus the ones whose results are overwritten, so
+    the result is bit-identical to the general path (and to the kernel)."""
+    n1c1 = n1 * c1
+    n2c2 = n2 * c2
+    t_p = _F(2) * n1c1 / (n2 * c1 + n1 * c2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        trans = np.where(tir, _F(0), (n2c2 / n1c1) * (t_p * t_p))
+    reflect = u > trans
+    ka = np.where(reflect, _F(1), eta)
+    kb = np.where(reflect, _F(2) * c1, eta * c1 - c2)
+    new_d = ka * d + kb * nrm
+    flip = np.where(reflect & (n2 > n1), _F(-1), _F(1))
+    return new_d.astype(_F, copy=False), (flip * pol).astype(_F, copy=False), reflect
 
 
 def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int,
@@ -414,6 +433,13 @@ class _Sink:
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
+
+
+def slice_order(hits: np.ndarray, start: int) -> np.ndarray:
+    """Position of each hit in its slice from the stored low 32 bits of the photon index,
+    correct even when a slice straddles a multiple of 2**32 photons."""
+    low = hits.view(np.uint32)[:, 3, 2]
+    return low - np.uint32(start & 0xFFFFFFFF)  # uint32 arithmetic wraps around
 
 
 def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:
@@ -585,7 +611,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
     vals, cnts = np.unique(fm, return_counts=True)
     hits = np.concatenate(sink.hits) if sink.hits else np.zeros((0, 4, 4), np.float32)
     if len(hits) > 1:
-        hits = hits[np.argsort(hits.view(np.uint32)[:, 3, 2], kind="stable")]
+        hits = hits[np.argsort(slice_order(hits, start), kind="stable")]
     res = ChunkResult(start, count, hits, {int(v): int(c) for v, c in zip(vals, cnts, strict=True)})
     if p.development:
         res.ox, res.rx, res.seq = sink.ox, rx, sink.seq

@@ -37,10 +37,13 @@ def philox4x32(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
 
     uint64 is used so that the 32x32->64 bit product is one NumPy multiply.
     """
-    c0 = np.asarray(c0, dtype=np.uint64)
-    c1 = np.asarray(c1, dtype=np.uint64)
-    c2 = np.asarray(c2, dtype=np.uint64)
-    c3 = np.asarray(c3, dtype=np.uint64)
+    # fresh copies, then every round in place: allocation dominates otherwise
+    c0 = np.array(c0, dtype=np.uint64)
+    c1 = np.array(c1, dtype=np.uint64)
+    c2 = np.array(c2, dtype=np.uint64)
+    c3 = np.array(c3, dtype=np.uint64)
+    p0 = np.empty_like(c0)
+    p1 = np.empty_like(c0)
     m0, m1, mask, s32 = np.uint64(M0), np.uint64(M1), np.uint64(MASK32), np.uint64(32)
     k0 &= MASK32
     k1 &= MASK32
@@ -48,12 +51,17 @@ def philox4x32(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
         if r:
             k0 = (k0 + W0) & MASK32
             k1 = (k1 + W1) & MASK32
-        p0 = c0 * m0
-        p1 = c2 * m1
-        c0 = (p1 >> s32) ^ c1 ^ np.uint64(k0)
-        c1 = p1 & mask
-        c2 = (p0 >> s32) ^ c3 ^ np.uint64(k1)
-        c3 = p0 & mask
+        np.multiply(c0, m0, out=p0)
+        np.multiply(c2, m1, out=p1)
+        # (c0, c1, c2, c3) <- (hi(p1) ^ c1 ^ k0, lo(p1), hi(p0) ^ c3 ^ k1, lo(p0))
+        np.right_shift(p1, s32, out=c0)
+        np.bitwise_xor(c0, c1, out=c0)
+        np.bitwise_xor(c0, np.uint64(k0), out=c0)
+        np.bitwise_and(p1, mask, out=c1)
+        np.right_shift(p0, s32, out=c2)
+        np.bitwise_xor(c2, c3, out=c2)
+        np.bitwise_xor(c2, np.uint64(k1), out=c2)
+        np.bitwise_and(p0, mask, out=c3)
     return c0, c1, c2, c3
 
 

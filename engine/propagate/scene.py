@@ -29,6 +29,7 @@ PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemissi
 SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
 SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
 SHAPES = {"box": 0, "sphere": 1}
+NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
 MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
 
@@ -191,6 +192,8 @@ def _parse_material(path: Path, name: str, d: Any) -> Material:
         _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf),
         _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
     ])
+    # "infinite" lengths become 1e30 mm: interpolation a + f*(b - a) must never see inf - inf
+    props[1:3] = np.minimum(props[1:3], NO_INTERACTION)
     if np.any(props[0] < 1.0):
         raise _bad(path, f"{key}.refractive_index", "must be >= 1")
     for i, p in ((1, "absorption_length"), (2, "scattering_length")):

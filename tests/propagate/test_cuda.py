@@ -75,3 +75,12 @@ def test_cuda_numpy_parity(tmp_path, write_scene, scene):
     assert np.allclose(oa[same_hist, 0, 3], ob[same_hist, 0, 3], rtol=1e-4, atol=1e-4)
     ha, hb = np.load(tmp_path / "np" / "ht.npy"), np.load(tmp_path / "cu" / "ht.npy")
     assert abs(len(ha) - len(hb)) <= 0.001 * n
+
+
+def test_slices_when_the_event_exceeds_device_memory():
+    free = 80 * 2**30  # an H100's worth
+    prod = cuda_backend.slice_size(10**10, False, 10, free)
+    assert prod * 64 <= free and 10**10 / prod > 1  # 1e10 photons: several launches
+    dev = cuda_backend.slice_size(10**10, True, 10, free)
+    assert dev < prod and dev * (64 + 64 + 160 + 8) <= free
+    assert cuda_backend.slice_size(1000, False, 10, free) == 1000  # small events: one launch

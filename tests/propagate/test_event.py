@@ -4,6 +4,7 @@ determinism across worker counts, empty hits, disk refusal, bad usage."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -109,3 +110,103 @@ def test_bad_usage_exit_2(tmp_path):
     r = cli("propagate", TBOX, "-o", tmp_path / "junk", "--photons", "10")
     assert r.returncode == 2 and "holds no event" in r.stderr
     assert (tmp_path / "junk" / "notes.txt").read_text() == "keep me"
+
+
+def test_meta_bytes_is_the_directory_size(tmp_path):
+    out = tmp_path / "ev"
+    meta = propagate(Request(TBOX_DETECT, out, photons=500, backend="numpy", workers=1))
+    assert meta["bytes"] == sum(p.stat().st_size for p in out.iterdir())
+
+
+def test_interrupt_exit_130_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ev"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out), "--photons", "1e9",
+         "--workers", "2", "--backend", "numpy"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".ev.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole group, workers included
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []  # no event, no temporary
+
+
+def test_reserve_refusal_and_json(tmp_path):
+    out = tmp_path / "ev"
+    env = dict(os.environ, SKYDECK_RESERVE_BYTES=str(10**18))  # a reserve no disk can keep
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out),
+                        "--photons", "1000"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "not enough disk space" in r.stderr and "reserve" in r.stderr
+    assert not out.exists()
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", "2000", "--json", "--backend", "numpy",
+            "--hitmask", "TO,BT")
+    meta = json.loads(r.stdout)
+    assert meta["hitmask"]["label"] == "BT|TO" and meta["photons"] == 2000
+    assert meta["hits"] == json.loads((out / "meta.json").read_text())["hits"] > 0
+
+
+def test_gensteps_from_a_delivery(tmp_path):
+    first = tmp_path / "first"
+    propagate(Request(TBOX_DETECT, first, photons=3000, backend="numpy", workers=1))
+    gs = np.load(first / "gs.npy")
+    two = np.concatenate([gs, gs])
+    two.view(np.int32)[1, 0, 3] = 1000
+    two[1, 3, 3] = 450.0  # the second genstep at another wavelength
+    path = tmp_path / "gensteps.npy"
+    np.save(path, two)
+    out = tmp_path / "ev"
+    r = cli("propagate", TBOX_DETECT, "-o", out, "--gensteps", path, "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    ht = np.load(out / "ht.npy")
+    assert len(ht) == 4000 and np.array_equal(np.load(out / "gs.npy"), two)
+    assert np.all(ht[:3000, 2, 3] == 380.0) and np.all(ht[3000:, 2, 3] == 450.0)
+    assert np.array_equal(ht[:3000], np.load(first / "ht.npy"))  # same photons, same draws
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 6, 4), np.float64))
+    r = cli("propagate", TBOX_DETECT, "-o", tmp_path / "ev2", "--gensteps", bad)
+    assert r.returncode == 2 and "(G,6,4) float32" in r.stderr and str(bad) in r.stderr
+
+
+def test_zero_photons_and_progress_callback(tmp_path):
+    seen: list[int] = []
+    meta = propagate(Request(TBOX_DETECT, tmp_path / "zero", photons=0, backend="numpy"),
+                     advance=seen.append)
+    assert meta["photons"] == 0 and meta["hits"] == 0 and seen == []
+    assert np.load(tmp_path / "zero" / "ht.npy").shape == (0, 4, 4)
+    started: list[int] = []
+    meta = propagate(Request(TBOX_DETECT, tmp_path / "ev", photons=30_000, backend="numpy",
+                             workers=2, chunk=4096), advance=seen.append, on_start=started.append)
+    assert started == [30_000] and sum(seen) == 30_000 and max(seen) == 4096
+
+
+def test_development_with_zero_photons(tmp_path):
+    meta = propagate(Request(TBOX, tmp_path / "ev", photons=0, mode="development", backend="numpy"))
+    assert meta["photons"] == 0
+    assert np.load(tmp_path / "ev" / "ox.npy").shape == (0, 4, 4)
+    assert np.load(tmp_path / "ev" / "rx.npy").shape == (0, 10, 2, 4)
+    assert np.load(tmp_path / "ev" / "seq.npy").shape == (0,)
+
+
+def test_hits_in_photon_order_across_the_32_bit_boundary():
+    """Photon indices beyond 2**32: the stored low 32 bits wrap, the hit order must not."""
+    from engine.propagate.numpy_backend import Params, propagate_chunk
+    from engine.propagate.scene import gensteps, load_scene
+
+    scene = load_scene(TBOX_DETECT)
+    start = 2**32 - 700
+    gs = gensteps(scene.source, 2**32 + 1000)
+    r = propagate_chunk(scene.arrays(), gs, start, 1500, Params(1, 0, 9, F.SD, False))
+    low = r.hits.view(np.uint32)[:, 3, 2]
+    assert len(low) == 1500
+    assert np.array_equal(low, ((np.arange(1500) + start) & 0xFFFFFFFF).astype(np.uint32))

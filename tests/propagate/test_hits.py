@@ -33,6 +33,7 @@ def test_summary_production(events):
     assert s.photons == 50_000 and s.hits == len(ht) and s.mode == "production"
     assert s.hit_fraction == s.hits / s.photons
     assert s.hit_fraction_err == pytest.approx(math.sqrt(s.hit_fraction * (1 - s.hit_fraction) / s.photons))
+    assert s.hit_fraction_upper95 is None
     assert sum(r.count for r in s.flagmasks) == s.photons
     assert sum(r.hits for r in s.flagmasks) == s.hits
     assert s.flagmasks[0].label == "SD|BT|TO"  # the dominant TO BT BT SD
@@ -62,7 +63,8 @@ def test_summary_no_hits(events):
     s = summarize(events["absorb"])
     assert s.hits == 0 and s.hit_fraction == 0 and s.faces == [] and s.time is None
     assert s.terminal["SA"] == 50_000
-    assert "no hits" in render_text(s)
+    assert s.hit_fraction_upper95 == 3.0 / 50_000  # zero hits: an upper limit, not "+- 0"
+    assert "no hits" in render_text(s) and "(95 % CL)" in render_text(s)
 
 
 def test_compare_chi2(events):
