@@ -272,6 +272,7 @@ class SkydeckApp(App[None]):
     def _poll_loop(self) -> None:
         worker = get_current_worker()
         probe = ops.ChangeProbe(self.ws)
+        self.rows_reader = ops.DownlinkRows(self.ws)
         shown_dlid: str | None = object()  # type: ignore[assignment]
         shown_events: dict[str, tuple[float, HitSummary | str]] = {}
         self.last_locks = 0.0
@@ -296,7 +297,7 @@ class SkydeckApp(App[None]):
         dlid = self.want_dlid
         msg = Refreshed(dlid=dlid)
         if changed & {"db", "incoming"}:
-            msg.rows = ops.downlink_rows(self.ws, probe.db)
+            msg.rows = self.rows_reader.read(probe.db)
         if "db" in changed or dlid != shown_dlid:
             msg.stream_read = True
             msg.stream = _stream_view(probe, dlid)

@@ -19,12 +19,15 @@ Nothing here imports Textual (tests/test_headless.py).
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import deliveries
 from engine.errors import BadInput
@@ -55,7 +58,9 @@ class DownlinkRow:
     note: str               # stream note, rejection reason, or why it is stuck
 
 
+@functools.lru_cache(maxsize=65536)
 def _date(dlid: str) -> str:
+    """YYYY-MM-DD of a downlink id (cached: strptime dominated a 10,000-row refresh)."""
     try:
         return dlid_date(dlid).isoformat()
     except ValueError:
@@ -64,17 +69,82 @@ def _date(dlid: str) -> str:
 
 _ROWS_SQL = """
 SELECT d.dlid, d.chunks, d.delivered,
-       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start,
-       COALESCE(json_array_length(json_extract(s.vars, '$.chunks')), 0) AS nchunks,
-       COALESCE(json_array_length(json_extract(s.vars, '$.runs')), 0) AS nruns
+       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start
 FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1
 """
-_DONE_SQL = """
-SELECT stream_id, COUNT(*) FROM process_instances
-WHERE process = 'makeEvt' AND is_latest = 1 AND status IN ('SUCCESS', 'SKIPPED')
-GROUP BY stream_id
+_DETAIL_SQL = """
+SELECT s.id, s.vars,
+       (SELECT COUNT(*) FROM process_instances p WHERE p.stream_id = s.id AND p.is_latest = 1
+          AND p.process = 'makeEvt' AND p.status IN ('SUCCESS', 'SKIPPED')) AS done,
+       (SELECT COALESCE(SUM(f.size), 0) FROM files f WHERE f.dlid = s.dlid) AS bytes
+FROM streams s WHERE s.id IN ({})
 """
-_BYTES_SQL = "SELECT dlid, SUM(size) FROM files WHERE dlid IS NOT NULL GROUP BY dlid"
+_FINAL = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")
+
+
+class DownlinkRows:
+    """Reads every downlink's row, re-reading the details only of streams that may have moved.
+
+    A stream in a final state (SUCCESS, FAILED, ...) whose row is unchanged cannot have
+    changed instances: the runner only writes to streams it claimed (status RUNNING) and a
+    rollback first sets the stream back to WAITING. So each refresh reads the downlinks
+    joined with their streams (one cheap query) and aggregates instances and files only for
+    streams that are active or whose stream row changed. Keep one per thread.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._details: dict[int, tuple[int, int, int, int]] = {}  # sid -> chunks, runs, done, bytes
+        self._rows: dict[str, tuple[tuple[Any, ...], DownlinkRow]] = {}  # dlid -> (base row, row)
+
+    def read(self, db: StateDB, incoming: bool = True) -> dict[str, DownlinkRow]:
+        cur = db.conn.cursor()
+        cur.row_factory = None  # plain tuples: cheaper to fetch and to compare
+        base = cur.execute(_ROWS_SQL).fetchall()
+        rows = self._rows
+        # (dlid, chunks, delivered, sid, status, execution, note, owner_pid, owner_host, owner_start)
+        need = [r[3] for r in base if r[3] is not None
+                and (r[4] not in _FINAL or r[3] not in self._details
+                     or rows.get(r[0], ((),))[0] != r)]
+        for i in range(0, len(need), 900):  # SQLite's bound-parameter limit
+            part = need[i:i + 900]
+            for sid, vars_json, done, size in cur.execute(
+                    _DETAIL_SQL.format(",".join("?" * len(part))), part):
+                v = json.loads(vars_json or "{}")
+                self._details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
+                                      int(done), int(size))
+        out: dict[str, DownlinkRow] = {}
+        for r in base:
+            dlid, _chunks, delivered, sid, status, execution, note, opid, ohost, ostart = r
+            prev = rows.get(dlid)
+            if prev is not None and prev[0] == r and status in _FINAL:
+                out[dlid] = prev[1]
+                continue
+            nchunks = nruns = done = size = 0
+            if sid is not None:
+                nchunks, nruns, done, size = self._details[sid]
+            note = note or ""
+            if status == "RUNNING" and opid is not None:
+                dead, why = owner_dead(opid, ohost, ostart)
+                if dead:
+                    note = f"STUCK: runner gone ({why})"
+            row = DownlinkRow(
+                dlid, _date(dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
+                status or "-", execution or 0, done, nchunks or _chunks, nruns, size, delivered,
+                note)
+            rows[dlid] = (r, row)
+            out[dlid] = row
+        for d in db.deliveries("REJECTED"):
+            key = d.dlid or d.name
+            if key not in out:
+                out[key] = DownlinkRow(key, _date(key) if d.dlid else "?", "rejected", "-", 0, 0,
+                                       0, 0, 0, d.seen, d.reason or "")
+        if incoming:
+            for c in deliveries.scan(self.ws):
+                if c.stem not in out and is_dlid(c.stem):
+                    out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0,
+                                              0, _mtime(c.manifest), f"in incoming/{c.kind}")
+        return out
 
 
 def downlink_rows(ws: Workspace, db: StateDB, incoming: bool = True) -> dict[str, DownlinkRow]:
@@ -82,34 +152,9 @@ def downlink_rows(ws: Workspace, db: StateDB, incoming: bool = True) -> dict[str
 
     A stream marked RUNNING whose owner is provably dead is *stuck*: its note says so, which
     is how an operator finds it (``skydeck-engine run`` or the console's run resumes it).
+    A poller should keep a ``DownlinkRows`` instead: it re-reads only what may have changed.
     """
-    done = dict(db.conn.execute(_DONE_SQL).fetchall())
-    sizes = dict(db.conn.execute(_BYTES_SQL).fetchall())
-    out: dict[str, DownlinkRow] = {}
-    for r in db.conn.execute(_ROWS_SQL):
-        dlid = r["dlid"]
-        status = r["status"]
-        note = r["note"] or ""
-        if status == "RUNNING" and r["owner_pid"] is not None:
-            dead, why = owner_dead(r["owner_pid"], r["owner_host"], r["owner_start"])
-            if dead:
-                note = f"STUCK: runner gone ({why})"
-        out[dlid] = DownlinkRow(
-            dlid, _date(dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
-            status or "-", r["execution"] or 0, done.get(r["sid"], 0),
-            r["nchunks"] or r["chunks"], r["nruns"], int(sizes.get(dlid, 0) or 0),
-            r["delivered"], note)
-    for d in db.deliveries("REJECTED"):
-        key = d.dlid or d.name
-        if key not in out:
-            out[key] = DownlinkRow(key, _date(key) if d.dlid else "?", "rejected", "-", 0, 0, 0, 0,
-                                   0, d.seen, d.reason or "")
-    if incoming:
-        for c in deliveries.scan(ws):
-            if c.stem not in out and is_dlid(c.stem):
-                out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0, 0,
-                                          _mtime(c.manifest), f"in incoming/{c.kind}")
-    return out
+    return DownlinkRows(ws).read(db, incoming)
 
 
 def _mtime(p: Path) -> float:

@@ -18,9 +18,10 @@ from textual.widgets import DataTable
 from console.format import STATE_STYLE, age, size
 from engine.ops import DownlinkRow
 
-COLUMNS = (("dlid", "Downlink"), ("date", "Date"), ("state", "State"), ("stream", "Stream"),
-           ("chunks", "Chunks"), ("runs", "Runs"), ("bytes", "Bytes"), ("age", "Age"),
-           ("note", "Note"))
+# fixed widths: a 10,000-row update never re-measures columns (update_cell stays O(1))
+COLUMNS = (("dlid", "Downlink", 9), ("date", "Date", 10), ("state", "State", 8),
+           ("stream", "Stream", 10), ("chunks", "Chunks", 6), ("runs", "Runs", 4),
+           ("bytes", "Bytes", 8), ("age", "Age", 4), ("note", "Note", 30))
 SORT_KEYS: dict[str, Callable[[DownlinkRow], object]] = {
     "dlid": lambda r: r.dlid, "date": lambda r: (r.date, r.dlid), "state": lambda r: (r.state, r.dlid),
     "stream": lambda r: (r.stream, r.dlid), "chunks": lambda r: (r.chunks_done, r.chunks_total),
@@ -37,7 +38,7 @@ def cells(r: DownlinkRow, now: float) -> dict[str, object]:
         "chunks": f"{r.chunks_done}/{r.chunks_total}" if r.chunks_total else "-",
         "runs": str(r.runs) if r.runs else "-", "bytes": size(r.bytes),
         "age": age(now - r.since),
-        "note": Text(r.note[:40], style="bold red" if r.note.startswith("STUCK") else "dim"),
+        "note": Text(r.note[:60], style="bold red" if r.note.startswith("STUCK") else "dim"),
     }
 
 
@@ -68,8 +69,8 @@ class DownlinksTable(DataTable):
         self.sort_reverse = False
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     @property
     def selected(self) -> str | None:
@@ -82,11 +83,13 @@ class DownlinksTable(DataTable):
 
     def apply(self, rows: dict[str, DownlinkRow]) -> int:
         """Show ``rows`` (the full current set); returns how many cells changed."""
-        self.model = rows
-        return self._sync()
+        before, self.model = self.model, rows
+        return self._sync(same=before)
 
-    def _sync(self, force_sort: bool = False) -> int:
+    def _sync(self, force_sort: bool = False, same: dict[str, DownlinkRow] | None = None) -> int:
+        """Make the shown rows match the model; rows equal to ``same``'s are skipped."""
         now = self.clock()
+        same = same or {}
         changed = 0
         added = False
         want = {k: r for k, r in self.model.items() if matches(r, self.filter)}
@@ -94,8 +97,10 @@ class DownlinksTable(DataTable):
             self.remove_row(gone)
             del self.shown[gone]
         for key, r in want.items():
-            new = cells(r, now)
             old = self.shown.get(key)
+            if old is not None and same.get(key) == r:
+                continue  # unchanged row: its age column moves in tick()
+            new = cells(r, now)
             if old is None:
                 self.add_row(*new.values(), key=key)
                 self.shown[key] = new
@@ -142,8 +147,8 @@ class DownlinksTable(DataTable):
         if reverse:
             self.sort_reverse = not self.sort_reverse
         else:
-            keys = [k for k, _ in COLUMNS]
+            keys = [k for k, _, _ in COLUMNS]
             self.sort_column = keys[(keys.index(self.sort_column) + 1) % len(keys)]
         self._sort()
-        label = dict(COLUMNS)[self.sort_column]
+        label = {k: v for k, v, _ in COLUMNS}[self.sort_column]
         return f"sorted by {label} {'descending' if self.sort_reverse else 'ascending'}"

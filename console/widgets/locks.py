@@ -11,8 +11,9 @@ from textual.widgets import DataTable
 from console.format import age
 from engine.locks import LockInfo
 
-COLUMNS = (("name", "Lock"), ("kind", "Kind"), ("owner", "Owner"), ("what", "Process"),
-           ("age", "Age"), ("verdict", "Verdict"))
+# fixed widths: no re-measuring on updates, and a picture that does not depend on timing
+COLUMNS = (("name", "Lock", 22), ("kind", "Kind", 10), ("owner", "Owner", 24),
+           ("what", "Process", 26), ("age", "Age", 5), ("verdict", "Verdict", 90))
 
 
 def cells(i: LockInfo, now: float) -> dict[str, object]:
@@ -34,8 +35,8 @@ class LocksTable(DataTable):
         self.shown: dict[str, dict[str, object]] = {}
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     @property
     def selected(self) -> LockInfo | None:

@@ -49,6 +49,7 @@ def test_downlink_rows_rejected_and_bytes(ws):
         assert rows["251125001"].state == "rejected" and rows["251125001"].note
         assert rows["251125002"].state == "arrived" and rows["251125002"].bytes == 0
         f = next(ws.incoming_level0.glob("251125002/*.h5"))
+        db.claim_stream("251125002", "halfpipe")      # files are recorded by a stream's jobs
         db.record_file(f, "test", None, "251125002", None)
         assert ops.downlink_rows(ws, db)["251125002"].bytes == f.stat().st_size
 

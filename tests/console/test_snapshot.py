@@ -34,4 +34,4 @@ def test_main_screen_snapshot(tmp_path, snap_compare) -> None:
                      and tree.view.stream.dlid == "251124002")
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(150, 40), run_before=ready)
+    assert snap_compare(app, terminal_size=(180, 42), run_before=ready)
