@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -57,10 +57,12 @@ from engine.locks import LockInfo
 from engine.ops import DownlinkRow, EventDir
 from engine.pipeline.api import rollback
 from engine.pipeline.stream import HALT_FLAGS
-from engine.propagate.hits import Comparison, HitSummary, compare, summarize
 from engine.stagescan import StageReport, stage_report
 from engine.state import StreamView
 from engine.workspace import ASSETS, Workspace
+
+if TYPE_CHECKING:
+    from engine.propagate.hits import Comparison, HitSummary
 
 POLL_S = 0.25
 STAGE_EVERY_S = 3.0
@@ -247,6 +249,8 @@ class SkydeckApp(App[None]):
         self.set_interval(1.0, self._tick)
 
     def _tick(self) -> None:
+        if not self.main.is_attached:  # shutting down
+            return
         with self.batch_update():
             self.q(DownlinksTable).tick()
             self.q(StreamTree).tick()
@@ -692,6 +696,8 @@ class SkydeckApp(App[None]):
 
     @work(thread=True, group="hits", exclusive=True, exit_on_error=False)
     def _compare(self, a: str, b: str) -> None:
+        from engine.propagate.hits import compare
+
         try:
             self.post_message(Compared(compare(a, b)))
         except SkydeckError as err:
@@ -714,6 +720,8 @@ def _stream_view(probe: ops.ChangeProbe, dlid: str | None) -> StreamView | None:
 def _summaries(events: list[EventDir],
                cache: dict[str, tuple[float, HitSummary | str]]) -> dict[str, HitSummary | str]:
     """The engine's hit summary of each event, recomputed only when its meta.json changed."""
+    from engine.propagate.hits import summarize  # numpy: imported on first use, not at start
+
     out: dict[str, HitSummary | str] = {}
     for e in events:
         hit = cache.get(e.path)

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ def _date(dlid: str) -> str:
 
 _ROWS_SQL = """
 SELECT d.dlid, d.chunks, d.delivered,
-       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start
+       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start,
+       d.rowid
 FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1
 """
 _DETAIL_SQL = """
@@ -80,60 +82,77 @@ SELECT s.id, s.vars,
 FROM streams s WHERE s.id IN ({})
 """
 _FINAL = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")
+ENDED_SLACK_S = 5.0  # clock skew between writers and this reader
 
 
 class DownlinkRows:
-    """Reads every downlink's row, re-reading the details only of streams that may have moved.
+    """Every downlink's row, re-reading only the downlinks whose stream may have moved.
 
-    A stream in a final state (SUCCESS, FAILED, ...) whose row is unchanged cannot have
-    changed instances: the runner only writes to streams it claimed (status RUNNING) and a
-    rollback first sets the stream back to WAITING. So each refresh reads the downlinks
-    joined with their streams (one cheap query) and aggregates instances and files only for
-    streams that are active or whose stream row changed. Keep one per thread.
+    Why this is enough: the stream runner only writes to streams it claimed (status RUNNING),
+    a rollback first sets the stream back to WAITING, and a new execution is a new stream
+    row. So after the first read, a refresh re-reads (1) downlinks registered since (rowid),
+    (2) streams created since (id), (3) streams not in a final state, (4) the streams that
+    were not final last time (they may have just finished), and (5) streams that ended since
+    the last read (final, active and final again in between). Rows of finished streams are
+    reused as they are. Keep one per thread (it holds no connection).
     """
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self._details: dict[int, tuple[int, int, int, int]] = {}  # sid -> chunks, runs, done, bytes
-        self._rows: dict[str, tuple[tuple[Any, ...], DownlinkRow]] = {}  # dlid -> (base row, row)
+        self._rows: dict[str, DownlinkRow] = {}
+        self._open: set[str] = set()   # downlinks whose stream was not final at the last read
+        self._dl_rowid = 0
+        self._stream_id = 0
+        self._read_at = 0.0
+
+    def _base(self, cur: Any, where: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return cur.execute(_ROWS_SQL + where, args).fetchall()
 
     def read(self, db: StateDB, incoming: bool = True) -> dict[str, DownlinkRow]:
         cur = db.conn.cursor()
-        cur.row_factory = None  # plain tuples: cheaper to fetch and to compare
-        base = cur.execute(_ROWS_SQL).fetchall()
-        rows = self._rows
-        # (dlid, chunks, delivered, sid, status, execution, note, owner_pid, owner_host, owner_start)
-        need = [r[3] for r in base if r[3] is not None
-                and (r[4] not in _FINAL or r[3] not in self._details
-                     or rows.get(r[0], ((),))[0] != r)]
-        for i in range(0, len(need), 900):  # SQLite's bound-parameter limit
-            part = need[i:i + 900]
+        cur.row_factory = None  # plain tuples: cheaper to fetch
+        base = self._base(cur, " WHERE d.rowid > ?", (self._dl_rowid,))
+        # a stream that went final -> active -> final between two reads has a fresh `ended`
+        since = self._read_at - ENDED_SLACK_S
+        self._read_at = time.time()
+        moved = {d for (d,) in cur.execute(
+            "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
+            f"NOT IN ({','.join('?' * len(_FINAL))}))", (self._stream_id, since, *_FINAL))}
+        moved |= self._open
+        moved -= {r[0] for r in base}
+        moved_list = sorted(moved)
+        for i in range(0, len(moved_list), 900):  # SQLite's bound-parameter limit
+            part = moved_list[i:i + 900]
+            base += self._base(cur, f" WHERE d.dlid IN ({','.join('?' * len(part))})", part)
+        details: dict[int, tuple[int, int, int, int]] = {}
+        sids = [r[3] for r in base if r[3] is not None]
+        for i in range(0, len(sids), 900):
+            part = sids[i:i + 900]
             for sid, vars_json, done, size in cur.execute(
                     _DETAIL_SQL.format(",".join("?" * len(part))), part):
                 v = json.loads(vars_json or "{}")
-                self._details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
-                                      int(done), int(size))
-        out: dict[str, DownlinkRow] = {}
+                details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
+                                int(done), int(size))
         for r in base:
-            dlid, _chunks, delivered, sid, status, execution, note, opid, ohost, ostart = r
-            prev = rows.get(dlid)
-            if prev is not None and prev[0] == r and status in _FINAL:
-                out[dlid] = prev[1]
-                continue
-            nchunks = nruns = done = size = 0
+            dlid, _chunks, delivered, sid, status, execution, note, opid, ohost, ostart, rowid = r
+            self._dl_rowid = max(self._dl_rowid, rowid)
             if sid is not None:
-                nchunks, nruns, done, size = self._details[sid]
+                self._stream_id = max(self._stream_id, sid)
+            nchunks, nruns, done, size = details.get(sid, (0, 0, 0, 0))
             note = note or ""
             if status == "RUNNING" and opid is not None:
                 dead, why = owner_dead(opid, ohost, ostart)
                 if dead:
                     note = f"STUCK: runner gone ({why})"
-            row = DownlinkRow(
+            self._rows[dlid] = DownlinkRow(
                 dlid, _date(dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
                 status or "-", execution or 0, done, nchunks or _chunks, nruns, size, delivered,
                 note)
-            rows[dlid] = (r, row)
-            out[dlid] = row
+            if status is not None and status not in _FINAL:
+                self._open.add(dlid)
+            else:
+                self._open.discard(dlid)
+        out = dict(self._rows)
         for d in db.deliveries("REJECTED"):
             key = d.dlid or d.name
             if key not in out:

@@ -7,6 +7,8 @@ table, terminal counts and histograms, and an A/B view of two events with chi2.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +16,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from console.format import bar
-from engine.propagate.hits import Comparison, Histogram, HitSummary
+
+if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
+    from engine.propagate.hits import Comparison, Histogram, HitSummary
 
 EVENT_COLUMNS = (("event", "Event"), ("photons", "Photons"), ("hits", "Hits"),
                  ("eff", "Efficiency"), ("mode", "Mode"))

@@ -118,10 +118,13 @@ async def refresh(ws_root: Path) -> dict[str, float]:
         result["initial_load_s"] = time.perf_counter() - t0
         reads, applies, changed = [], [], []
         with StateDB(ws.state_db) as db:
-            ids = [r[0] for r in db.q("SELECT id FROM process_instances WHERE process='makeEvt' "
-                                      "ORDER BY id LIMIT 400")]
+            ids = [r[0] for r in db.q(
+                "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
+                "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400")]
+            reader = ops.DownlinkRows(ws)
+            reader.read(db)
             for rnd in range(10):
-                # a runner's writes: 20 makeEvt instances of 20 downlinks fail
+                # a runner's writes: 20 makeEvt instances of running streams fail
                 batch = ids[rnd * 20:(rnd + 1) * 20]
                 with db.tx() as c:
                     c.executemany("UPDATE process_instances SET status='FAILED' WHERE id=?",
@@ -130,11 +133,10 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 app.wake.set()
                 while app.refreshes == before:
                     await pilot.pause(0.005)
-                # the poll loop's read happens in its thread; time it here the same way
-                with StateDB(ws.state_db) as db2:
-                    t = time.perf_counter()
-                    rows = ops.downlink_rows(ws, db2)
-                    reads.append(time.perf_counter() - t)
+                # the poll loop's read happens in its thread; time the same read here alone
+                t = time.perf_counter()
+                rows = reader.read(db)
+                reads.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 with app.batch_update():
                     changed.append(table.apply(rows))   # nothing left to change: diff cost
@@ -177,7 +179,7 @@ def main() -> int:
         (f"refresh: {N_DOWNLINKS:,} downlinks, {N_DOWNLINKS * PI_PER_STREAM:,} instances, "
          "20 changed (median of 10)", f"{r['refresh_s'] * 1000:.1f} ms",
          f"{r['refresh_s'] / GOAL_REFRESH_S:.2f} x goal 100 ms"),
-        ("  of which reading the rows (engine.ops.downlink_rows)", f"{r['read_s'] * 1000:.1f} ms",
+        ("  the read alone (engine.ops.DownlinkRows, outside the app)", f"{r['read_s'] * 1000:.1f} ms",
          ""),
         ("reference: full rebuild of the same table (clear + add_row)",
          f"{r['rebuild_s'] * 1000:.0f} ms", f"{r['rebuild_s'] / r['refresh_s']:.1f} x the refresh"),

@@ -121,3 +121,32 @@ def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
     assert prog and prog[-1]["progress"] == prog[-1]["total"] == 20000
     assert [x["progress"] for x in prog] == sorted(x["progress"] for x in prog)
     assert lines[-1] == {"exit": 0} and (out / "meta.json").is_file()
+
+
+def test_incremental_rows_match_a_fresh_read_through_changes(ws):
+    """DownlinkRows re-reads only moving streams; after each engine change it must agree
+    with a fresh read (the invariant it relies on is kept by the runner and rollback)."""
+    from engine.pipeline.api import rollback
+    from engine.state import Downlink
+
+    fill_fixed(ws)
+    reader = ops.DownlinkRows(ws)
+    with StateDB(ws.state_db) as db:
+        def check() -> None:
+            assert reader.read(db) == ops.downlink_rows(ws, db)
+
+        check()
+        st = db.latest_stream("251124002")               # the running stream finishes
+        p = db.create_instance(st.id, "cleanup", "", 0)
+        db.update_instance(p.id, status="SUCCESS")
+        db.release_stream(st.id, "SUCCESS", None)
+        check()
+        rollback(ws, "251125003")                         # the failed one goes back to WAITING
+        check()
+        st3 = db.latest_stream("251125003")
+        db.claim_stream("251125003", "halfpipe")          # ... runs and fails again
+        db.release_stream(st3.id, "FAILED", "again")      # (between two reads: caught by `ended`)
+        check()
+        db.register_downlink(Downlink("251126004", "level0", "/x", 1, False, None, 1.0, 2.0))
+        check()
+        assert reader.read(db)["251125003"].note == "again"
