@@ -229,6 +229,7 @@ class SkydeckApp(App[None]):
         self.jobs: dict[str, subprocess.Popen[str]] = {}
         self.refreshes = 0
         self.last_refresh_s = 0.0
+        self.rows_timing = (0.0, 0.0)
         self.main = MainScreen()
 
     def q(self, selector: Any, expect: Any = None) -> Any:
@@ -341,6 +342,8 @@ class SkydeckApp(App[None]):
                 self.q(HitsPanel).apply(msg.events)
         self.refreshes += 1
         self.last_refresh_s = msg.read_s + time.perf_counter() - t0
+        if msg.rows is not None:  # the downlinks part: (read in the worker, apply here)
+            self.rows_timing = (msg.read_s, time.perf_counter() - t0)
 
     @work(thread=True, group="stage", exclusive=True, exit_on_error=False)
     def _scan_stage(self) -> None:

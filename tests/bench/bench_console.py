@@ -2,7 +2,7 @@
 
 1. First paint on 2 cores: a fresh interpreter pinned to 2 CPUs imports the console, opens
    it headless on a small workspace and waits until the downlinks table shows its rows;
-   the time is measured from the interpreter's start (psutil create_time). Goal < 1 s.
+   the time is measured from just before the process is spawned. Goal < 1 s.
 2. One refresh with 10,000 downlinks and 100,000 process instances: after the first load,
    20 instances change state from another connection (as a runner would); the console's
    poll loop reads the rows (engine.ops.downlink_rows) and applies the difference
@@ -34,8 +34,8 @@ GOAL_PAINT_S = 1.0
 GOAL_REFRESH_S = 0.100
 
 FIRST_PAINT = r"""
-import os, sys, time, psutil
-t_start = psutil.Process().create_time()
+import os, sys, time
+t_start = float(os.environ["SKYDECK_BENCH_T0"])  # the parent's clock just before the spawn
 import asyncio
 from engine.workspace import Workspace
 from console.app import SkydeckApp
@@ -43,10 +43,12 @@ from console.widgets.downlinks import DownlinksTable
 async def main():
     app = SkydeckApp(Workspace.open(sys.argv[1]))
     async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.pause()
+        t_frame = time.time() - t_start
         table = app.q(DownlinksTable)
         while table.row_count == 0:
             await pilot.pause(0.005)
-        print(time.time() - t_start)
+        print(t_frame, time.time() - t_start)
 asyncio.run(main())
 """
 
@@ -86,17 +88,19 @@ def fill(ws_root: Path) -> None:
     assert n == N_DOWNLINKS * PI_PER_STREAM, n
 
 
-def first_paint(ws_root: Path) -> list[float]:
+def first_paint(ws_root: Path) -> list[tuple[float, float]]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cores = sorted(os.sched_getaffinity(0))[:2]
     out = []
     for _ in range(3):
+        env["SKYDECK_BENCH_T0"] = repr(time.time())
         res = subprocess.run([sys.executable, "-c", FIRST_PAINT, str(ws_root)], env=env,
                              capture_output=True, text=True, timeout=120,
                              preexec_fn=lambda: os.sched_setaffinity(0, cores))
         if res.returncode != 0:
             raise SystemExit(res.stderr)
-        out.append(float(res.stdout.strip().splitlines()[-1]))
+        frame, rows = res.stdout.strip().splitlines()[-1].split()
+        out.append((float(frame), float(rows)))
     return out
 
 
@@ -116,7 +120,7 @@ async def refresh(ws_root: Path) -> dict[str, float]:
         while len(table.shown) < N_DOWNLINKS:
             await pilot.pause(0.01)
         result["initial_load_s"] = time.perf_counter() - t0
-        reads, applies, changed = [], [], []
+        reads, applies, changed, reads_in_app = [], [], [], []
         with StateDB(ws.state_db) as db:
             ids = [r[0] for r in db.q(
                 "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
@@ -129,10 +133,10 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 with db.tx() as c:
                     c.executemany("UPDATE process_instances SET status='FAILED' WHERE id=?",
                                   [(i,) for i in batch])
-                before = app.refreshes
                 app.wake.set()
-                while app.refreshes == before:
-                    await pilot.pause(0.005)
+                target = table.model
+                while table.model is target:        # until a refresh carrying rows is applied
+                    await pilot.pause(0.002)
                 # the poll loop's read happens in its thread; time the same read here alone
                 t = time.perf_counter()
                 rows = reader.read(db)
@@ -140,9 +144,11 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 t = time.perf_counter()
                 with app.batch_update():
                     changed.append(table.apply(rows))   # nothing left to change: diff cost
-                applies.append(app.last_refresh_s)
+                applies.append(sum(app.rows_timing))
+                reads_in_app.append(app.rows_timing[0])
         result["read_s"] = statistics.median(reads)
         result["refresh_s"] = statistics.median(applies)
+        result["read_in_app_s"] = statistics.median(reads_in_app)
         result["noop_diff_s"] = time.perf_counter() - t
         # reference: a full rebuild of the same table
         t = time.perf_counter()
@@ -172,13 +178,18 @@ def main() -> int:
         fill(big)
         fill_s = time.perf_counter() - t
         r = asyncio.run(refresh(big))
-    best = min(paint)
+    frame = min(f for f, _ in paint)
+    best = min(r for _, r in paint)
     rows = [
-        ("first paint, 2 cores, small workspace (best of 3)", f"{best * 1000:.0f} ms",
+        ("first paint (first frame), 2 cores, from process spawn (best of 3)",
+         f"{frame * 1000:.0f} ms", f"{frame / GOAL_PAINT_S:.2f} x goal 1 s"),
+        ("  downlink rows on screen (best of 3)", f"{best * 1000:.0f} ms",
          f"{best / GOAL_PAINT_S:.2f} x goal 1 s"),
         (f"refresh: {N_DOWNLINKS:,} downlinks, {N_DOWNLINKS * PI_PER_STREAM:,} instances, "
          "20 changed (median of 10)", f"{r['refresh_s'] * 1000:.1f} ms",
          f"{r['refresh_s'] / GOAL_REFRESH_S:.2f} x goal 100 ms"),
+        ("  of which the read in the poll worker (median)", f"{r['read_in_app_s'] * 1000:.1f} ms",
+         ""),
         ("  the read alone (engine.ops.DownlinkRows, outside the app)", f"{r['read_s'] * 1000:.1f} ms",
          ""),
         ("reference: full rebuild of the same table (clear + add_row)",
