@@ -249,8 +249,13 @@ class SkydeckApp(App[None]):
         self._scan_stage()
         self.set_interval(1.0, self._tick)
 
+    @property
+    def live(self) -> bool:
+        """False while shutting down: late messages from workers are dropped then."""
+        return self.is_running and self.main.is_attached and self.main.is_running
+
     def _tick(self) -> None:
-        if not self.main.is_attached:  # shutting down
+        if not self.live:
             return
         with self.batch_update():
             self.q(DownlinksTable).tick()
@@ -321,6 +326,8 @@ class SkydeckApp(App[None]):
         return shown_dlid
 
     def on_refreshed(self, msg: Refreshed) -> None:
+        if not self.live:
+            return
         t0 = time.perf_counter()
         with self.batch_update():
             if msg.rows is not None:
@@ -355,6 +362,8 @@ class SkydeckApp(App[None]):
         self.post_message(StageRead(rep))
 
     def on_stage_read(self, msg: StageRead) -> None:
+        if not self.live:
+            return
         self.q(StagingPanel).show(msg.report)
         alert = pressure(msg.report)
         banner = self.q("#alert", Static)
@@ -381,6 +390,8 @@ class SkydeckApp(App[None]):
         self.q(DownlinksTable).focus()
 
     def on_action_done(self, msg: ActionDone) -> None:
+        if not self.live:
+            return
         self.notify(msg.text, severity=msg.severity)  # type: ignore[arg-type]
         self.wake.set()
 
@@ -587,6 +598,8 @@ class SkydeckApp(App[None]):
                 time.sleep(self.poll_s)
 
     def on_log_lines(self, msg: LogLines) -> None:
+        if not self.live:
+            return
         panel = self.q(LogPanel)
         if panel.path == msg.path:
             panel.add(msg.lines)
@@ -661,6 +674,8 @@ class SkydeckApp(App[None]):
         self.post_message(JobProgress(job, last[0], last[1], last[2], exit=code, log=log))
 
     def on_job_progress(self, msg: JobProgress) -> None:
+        if not self.live:
+            return
         proc = self.jobs.get(msg.job)
         if proc is None:
             return
@@ -707,6 +722,8 @@ class SkydeckApp(App[None]):
             self.post_message(ActionDone(f"compare: {err}", "error"))
 
     def on_compared(self, msg: Compared) -> None:
+        if not self.live:
+            return
         self.action_tab("hits")
         self.q(HitsPanel).show_comparison(msg.comparison)
 

@@ -30,6 +30,9 @@ SORT_KEYS: dict[str, Callable[[DownlinkRow], object]] = {
 }
 
 
+ADD_CHUNK = 1000  # rows added per frame on a big first load
+
+
 def cells(r: DownlinkRow, now: float) -> dict[str, object]:
     return {
         "dlid": r.dlid, "date": r.date,
@@ -91,7 +94,8 @@ class DownlinksTable(DataTable):
         now = self.clock()
         same = same or {}
         changed = 0
-        added = False
+        added = 0
+        pending = False
         want = {k: r for k, r in self.model.items() if matches(r, self.filter)}
         for gone in [k for k in self.shown if k not in want]:
             self.remove_row(gone)
@@ -100,11 +104,14 @@ class DownlinksTable(DataTable):
             old = self.shown.get(key)
             if old is not None and same.get(key) == r:
                 continue  # unchanged row: its age column moves in tick()
+            if old is None and added >= ADD_CHUNK:
+                pending = True  # the rest after the next frame: the UI stays responsive
+                continue
             new = cells(r, now)
             if old is None:
                 self.add_row(*new.values(), key=key)
                 self.shown[key] = new
-                added = True
+                added += 1
                 changed += len(new)
                 continue
             for col, value in new.items():
@@ -112,7 +119,10 @@ class DownlinksTable(DataTable):
                     self.update_cell(key, col, value)
                     old[col] = value
                     changed += 1
-        if added or force_sort or (changed and self.sort_column not in ("dlid", "date")):
+        if pending:
+            model = self.model
+            self.call_after_refresh(lambda: model is self.model and self._sync(same=model))
+        elif added or force_sort or (changed and self.sort_column not in ("dlid", "date")):
             self._sort()
         return changed
 
