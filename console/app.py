@@ -616,6 +616,8 @@ class SkydeckApp(App[None]):
         def done(values: list[str] | None) -> None:
             if values:
                 inputs = values[0].split()
+                with contextlib.suppress(OSError):  # the build reports a missing directory
+                    Path(values[1]).parent.mkdir(parents=True, exist_ok=True)
                 args = ["build", *inputs, "-o", values[1]]
                 if values[2].strip():
                     args += ["--select", values[2].strip()]

@@ -269,3 +269,25 @@ async def test_help_and_palette_list_every_binding(ws):
         assert {k for k, _ in app.screen.rows} >= {b.key for b in app.BINDINGS}
         await pilot.press("escape")
         assert app.screen is app.main
+
+
+async def test_launch_build_on_files_with_progress(ws):
+    mock(ws, "251125001", events=300)
+    app = SkydeckApp(ws, poll_s=0.05)
+    seen: list[tuple[int, int | None]] = []
+    async with app.run_test(size=(160, 45), message_hook=lambda m: seen.append(
+            (m.done, m.total)) if type(m).__name__ == "JobProgress" else None) as pilot:
+        table = app.q(DownlinksTable)
+        await settle(pilot, lambda: table.selected == "251125001")
+        await pilot.press("B")
+        assert isinstance(app.screen, FormScreen)
+        form = app.screen
+        assert form.query_one("#f-inputs").value.endswith("incoming/level0/251125001")
+        form.query_one("#f-select").value = 'color == "red"'
+        await pilot.click("#ok")
+        await settle(pilot, lambda: len(app.jobs) == 1)
+        await settle(pilot, lambda: not app.jobs, timeout=60)
+        out = ws.root / "builds" / "251125001.h5"
+        assert out.is_file()
+        assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] > 0   # progress reached total
+        assert not app.query(".job")                                  # the bar went away
