@@ -37,7 +37,7 @@ def mock(ws: Workspace, dlid: str, events: int = 200, chunks: int = 2, runs: int
     return deliver(spec, "level0", ws.incoming_level0)
 
 
-async def settle(pilot, cond: Callable[[], bool], timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def settle(pilot, cond: Callable[[], bool], timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     """Process messages until ``cond()`` holds (fails after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while not cond():
