@@ -141,9 +141,19 @@ class Pending(Exception):
     """Not complete yet (files missing or still being written); look again later."""
 
 
+def _parse_manifest(mpath: Path, quiet_s: float) -> dict[str, str]:
+    """manifest.parse, but a manifest still being written (changed within quiet_s) is pending."""
+    try:
+        return manifest.parse(mpath)
+    except BadInput:
+        if time.time() - _modified(mpath) < quiet_s:
+            raise Pending(f"{mpath.name} is still being written") from None
+        raise
+
+
 def _verify_dir(directory: Path, mpath: Path, quiet_s: float) -> dict[str, str]:
     """manifest.verify, but a missing or still-changing file means pending, not bad."""
-    entries = manifest.parse(mpath)
+    entries = _parse_manifest(mpath, quiet_s)
     now = time.time()
     for name, digest in entries.items():
         f = directory / name
@@ -218,7 +228,7 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
 
 def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float) -> Path:
     """Verify the package, extract it safely, verify its content; return the level0 dir."""
-    entries = manifest.parse(cand.manifest)
+    entries = _parse_manifest(cand.manifest, quiet_s)
     if set(entries) != {cand.path.name}:
         raise BadInput(f"fcopy manifest must list exactly {cand.path.name}", cand.manifest)
     _verify_dir(cand.path.parent, cand.manifest, quiet_s)

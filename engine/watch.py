@@ -103,6 +103,7 @@ class Daemon:
         self.result = WatchResult()
         self._observer: Any = None
         self._events = 0
+        self._stale_seen: set[str] = set()
 
     # ------------------------------------------------------------------ events
 
@@ -169,7 +170,17 @@ class Daemon:
             self.result.rejected.append(o)
             self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, moved_to=o.path)
 
+    def report_stale_locks(self) -> None:
+        """Stale locks are reported once (reclaimed when a process needs them)."""
+        from engine.locks import list_locks
+        for info in list_locks(self.ws.lock):
+            if info.stale and info.name not in self._stale_seen:
+                self._stale_seen.add(info.name)
+                self._ev("stale_lock", lock=info.name, kind=info.kind, owner=info.owner,
+                         why=info.reason)
+
     def reconcile(self) -> None:
+        self.report_stale_locks()
         registered = {d.dlid for d in self.db.downlinks()}
         for cand in deliveries.scan(self.ws):
             if cand.stem in registered:

@@ -196,3 +196,14 @@ def test_rejected_twice_keeps_both(ws):
         _process(ws)
     assert (ws.rejected / "2511250xx").is_dir() and (ws.rejected / "2511250xx.2").is_dir()
     assert len(list(ws.rejected.glob("*.reason"))) == 2
+
+
+def test_manifest_being_written_is_pending_not_rejected(ws):
+    d = make_delivery(ws, "251125015")
+    m = d / "MANIFEST.md5"
+    text = m.read_bytes()
+    m.write_bytes(b"")                        # a writer that created it and has not written yet
+    out = _process(ws, quiet_s=5.0)
+    assert [o.status for o in out] == ["pending"] and "still being written" in out[0].reason
+    m.write_bytes(text)
+    assert [o.status for o in _process(ws, quiet_s=5.0)] == ["accepted"]

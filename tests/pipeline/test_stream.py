@@ -219,3 +219,33 @@ def test_run_cli_errors(ws, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_launching_pauses_under_the_disk_reserve(ws, tmp_path):
+    task = _task(tmp_path, '[[process]]\nname = "job"\ncommand = ["true"]\n')
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    ws = set_config(ws, "[disk]\nreserve_bytes = 1_000_000_000_000_000\n")  # 1 EB: never free
+    _register(ws)
+    with StateDB(ws.state_db) as db:
+        st, _ = db.claim_stream("251125001", "halfpipe")
+        launcher = LocalLauncher(1)
+        runner = StreamRunner(ws, db, load_task(ws), st, launcher)
+        _step_until(runner, launcher, lambda s: "launching paused" in (db.instances(st.id)[0].note or ""))
+        assert db.instances(st.id)[0].status == "READY" and not launcher.active()
+        ws.config["disk"]["reserve_bytes"] = 0                       # space freed / reserve lowered
+        assert _step_until(runner, launcher, lambda s: s is not None) == "SUCCESS"
+
+
+@pytest.mark.mpi
+def test_makeevt_under_mpiexec(ws, capsys):
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    if not mpiexec.exists():
+        pytest.skip("no mpiexec in the venv (mpich wheel)")
+    ws = set_config(ws, "[build]\nranks = 2\n")
+    make_delivery(ws, "251125001", events=100, event_bytes=400, chunks=1, runs=1)
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 0, err
+    head = (ws.logs / "251125001" / "makeEvt-00001-e1.log").read_text().splitlines()[0]
+    assert str(mpiexec) in head and "-n 2" in head
+    staged = sorted(ws.stage.glob("251125001/r*/*.h5"))
+    assert staged and all(verify_built(f).ok for f in staged)
