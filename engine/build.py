@@ -703,6 +703,7 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
     except Exception as err:  # noqa: BLE001 - tell rank 0, which stops the job
         return _send_error(comm, f"rank {rank}: {err}")
     try:
+        _fault_check(rank, 0)
         while True:
             req = np.array([rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
                            dtype=np.int64)
