@@ -10,4 +10,6 @@ COMMAND_MODULES: list[str] = [
     "mock",
     "build",
     "verify",
+    "propagate",
+    "hits",
 ]
