@@ -20,10 +20,13 @@ is written under a temporary name and renamed on success; any failure removes it
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
+import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,16 @@ from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
 from engine.h5source import SourceInfo, describe, open_h5, read_smalldata
 from engine.ids import NS
 from engine.match import MISSING, MatchTable, match_sorted
+from engine.progress import Progress
 from engine.retdef import parse as parse_retdef
 from engine.select import Selection
 
 TAG_REQUEST, TAG_WORK, TAG_STOP, TAG_ERROR = 11, 12, 13, 14
 ERRLEN = 2048  # bytes of an error message a worker sends to rank 0
 FAULT_ENV = "SKYDECK_FAULT"  # fault injection for tests: "kill:<rank>:<after batches>"
+# "0" turns off in-kernel copies (copy_file_range), e.g. to compare both paths
+KERNEL_COPY_ENV = "SKYDECK_KERNEL_COPY"
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
 
 
 @dataclass
@@ -60,6 +67,7 @@ class BuildOptions:
     index_in: Path | None = None
     index_out: Path | None = None
     reserve: int = 0
+    io_threads: int = 0  # threads per process for kernel copies; 0 = cores (1 per MPI worker)
 
 
 @dataclass
@@ -78,6 +86,7 @@ class BuildReport:
     events_per_s: float = 0.0
     gb_per_s: float = 0.0
     per_rank_bytes: list[int] = field(default_factory=list)
+    peak_rss_bytes: list[int] = field(default_factory=list)  # per worker rank
 
     def finish(self) -> BuildReport:
         el = max(self.elapsed_s, 1e-9)
@@ -242,31 +251,105 @@ def create_output(plan: Plan, opt: BuildOptions) -> None:
 
 # --------------------------------------------------------------------------- the worker side
 
+class _RawRows:
+    """Byte offsets of the rows of an unfiltered source, so rows are read with ``preadv``
+    straight from the file: no HDF5 call, no type conversion, no chunk cache, GIL released.
+    Valid for contiguous datasets and for chunks that hold whole rows."""
+
+    def __init__(self, d: h5py.Dataset, row_bytes: int) -> None:
+        self.row_bytes = row_bytes
+        self.base: int | None = None
+        self.chunk_offsets: np.ndarray | None = None
+        if d.chunks is None:
+            self.base = d.id.get_offset()
+            self.crow = 1
+            return
+        self.crow = d.chunks[0]
+        nchunks = -(-d.shape[0] // self.crow)
+        offs = np.full(nchunks, -1, dtype=np.int64)
+
+        def note(info) -> None:  # type: ignore[no-untyped-def]
+            offs[info.chunk_offset[0] // self.crow] = info.byte_offset
+
+        d.id.chunk_iter(note)
+        self.chunk_offsets = offs
+
+    @classmethod
+    def usable(cls, d: h5py.Dataset) -> bool:
+        if d.id.get_create_plist().get_nfilters() != 0 or d.dtype.hasobject:
+            return False
+        if d.chunks is None:
+            return d.id.get_offset() is not None
+        return tuple(d.chunks[1:]) == tuple(d.shape[1:]) and hasattr(d.id, "chunk_iter")
+
+    def offsets(self, rows: np.ndarray) -> np.ndarray | None:
+        if self.base is not None:
+            return self.base + rows * self.row_bytes
+        assert self.chunk_offsets is not None
+        c = self.chunk_offsets[rows // self.crow]
+        if np.any(c < 0):
+            return None  # an unallocated chunk reads as fill value: let HDF5 do it
+        return c + (rows % self.crow) * self.row_bytes
+
+
 class BatchWorker:
     """Reads the payload rows of a batch from open sources and writes them into the output.
 
-    Memory is one batch buffer per source plus one scratch buffer of at most
-    ``batch + chunk`` rows per source, whatever the size of the inputs.
+    Rows of unfiltered sources are copied by the kernel (``copy_file_range``) from their byte
+    offsets in the source to their place in the output, in coalesced runs: one memory copy
+    instead of two, and no user buffer. Where the kernel cannot (another file system), they
+    are read with ``preadv`` into a batch buffer; filtered (compressed) sources go through
+    h5py in chunk-aligned runs. Buffers are written behind by one thread (``pwrite``
+    releases the GIL) while the next batch is read. Rows a source lacks are left unwritten:
+    the output was created empty, so they read as zeros.
+    Memory: at most two batch buffers per source, plus one scratch buffer of at most
+    ``batch + chunk`` rows for filtered sources, whatever the size of the inputs.
     """
 
-    def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int) -> None:
+    def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int,
+                 label: str = "", io_threads: int = 1) -> None:
         self.sources = sources
+        self.label = label or output
+        self.lock = threading.Lock()
+        # kernel copies of different sources run in parallel (copy_file_range releases the GIL)
+        self.copier = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="skydeck-copy")
         self.files = [open_h5(Path(s.path)) for s in sources]
         self.dsets = [f[s.data_path] for f, s in zip(self.files, sources, strict=True)]
         self.contiguous = [d.chunks is None for d in self.dsets]
+        self.raw = [_RawRows(d, s.row_bytes) if _RawRows.usable(d) else None
+                    for d, s in zip(self.dsets, sources, strict=True)]
+        self.rawfd = [os.open(s.path, os.O_RDONLY) if r else -1
+                      for s, r in zip(sources, self.raw, strict=True)]
         self.offsets = offsets
         self.batch = batch
         self.fd = os.open(output, os.O_WRONLY)
-        self.bufs = [np.zeros((batch, *s.row_shape), dtype=np.dtype(s.dtype)) for s in sources]
+        self.bufsets = [[np.zeros((batch, *s.row_shape), dtype=np.dtype(s.dtype)) for s in sources]
+                        for _ in range(2)]
+        self.pending: list[Future[None] | None] = [None, None]
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skydeck-write")
         self.scratch: list[np.ndarray | None] = [None] * len(sources)
+        kernel = os.environ.get(KERNEL_COPY_ENV, "1") != "0"
+        self.kernel_copy = [kernel and r is not None for r in self.raw]
+        self.copied = [False] * len(sources)
         self.bytes_read = 0
         self.events = 0
         self.batches = 0
 
+    def finish(self) -> None:
+        """Wait for every write; raises the first write error (e.g. a full disk)."""
+        for i, fut in enumerate(self.pending):
+            if fut is not None:
+                self.pending[i] = None
+                fut.result()
+
     def close(self) -> None:
+        self.writer.shutdown(wait=True)
+        self.copier.shutdown(wait=True)
         for f in self.files:
             f.close()
-        os.close(self.fd)
+        for fd in (*self.rawfd, self.fd):
+            if fd >= 0:
+                os.close(fd)
 
     def _runs(self, k: int, rows: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Split sorted valid rows into runs of adjacent chunks: (i0, i1, span0, span1)."""
@@ -291,37 +374,129 @@ class BatchWorker:
     def process(self, start: int, rows: np.ndarray) -> None:
         """Build output rows ``start .. start+len`` whose source rows are ``rows`` (S, count)."""
         count = rows.shape[1]
-        for k, s in enumerate(self.sources):
-            buf = self.bufs[k][:count]
-            r = rows[k]
-            valid = np.flatnonzero(r != MISSING)
-            if len(valid) < count:
-                buf[...] = 0
-            if len(valid):
-                self._read(k, r[valid], valid, buf)
-            nbytes = count * s.row_bytes
-            if nbytes:
-                off = self.offsets[k] + start * s.row_bytes
-                view = memoryview(buf).cast("B")
-                done = 0
-                while done < nbytes:
-                    done += os.pwrite(self.fd, view[done:nbytes], off + done)
+        slot = self.batches % 2
+        fut = self.pending[slot]
+        if fut is not None:  # this buffer set is still being written
+            self.pending[slot] = None
+            fut.result()
+        bufs: list[np.ndarray | None] = [None] * len(self.sources)
+        valid = [rows[k] != MISSING for k in range(len(self.sources))]
+        pos = [np.flatnonzero(v) for v in valid]
+        copies = {k: self.copier.submit(self._copy, k, rows[k][pos[k]], pos[k], start)
+                  for k in range(len(self.sources)) if self.kernel_copy[k]}
+        done = {k: fut.result() for k, fut in copies.items()}  # kernel copies run concurrently
+        for k in range(len(self.sources)):
+            if done.get(k):
+                continue
+            r, pk = rows[k], pos[k]
+            buf = bufs[k] = self.bufsets[slot][k][:count]
+            if len(pk) < count:
+                buf[~valid[k]] = 0
+            if len(pk):
+                self._read(k, r[pk], pk, buf)
+        if any(b is not None for b in bufs):
+            self.pending[slot] = self.writer.submit(self._write, start, bufs)
         self.events += count
         self.batches += 1
 
+    def _copy(self, k: int, src_rows: np.ndarray, dest: np.ndarray, start: int) -> bool:
+        """Kernel copy of a batch's rows of source ``k``; False if this source can't use it."""
+        if len(src_rows) == 0:
+            return True  # nothing to copy: the rows stay unwritten, hence zero
+        raw = self.raw[k]
+        assert raw is not None
+        offs = raw.offsets(src_rows)
+        if offs is None:
+            return False
+        s, rb = self.sources[k], self.sources[k].row_bytes
+        cuts = np.flatnonzero((np.diff(offs) != rb) | (np.diff(dest) != 1)) + 1
+        base = self.offsets[k] + start * rb
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(offs)], strict=True):
+            want = (int(b) - int(a)) * rb
+            src_off, dst_off = int(offs[a]), base + int(dest[a]) * rb
+            got = 0
+            while got < want:
+                try:
+                    n = os.copy_file_range(self.rawfd[k], self.fd, want - got, src_off + got, dst_off + got)
+                except OSError as err:
+                    if err.errno in _NO_KERNEL_COPY and not self.copied[k] and got == 0:
+                        self.kernel_copy[k] = False  # e.g. across file systems: use preadv
+                        return False
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                        raise JobFailed(f"cannot write built events: {err.strerror}", self.label) from None
+                    raise JobFailed(f"cannot copy {s.data_path} at byte {src_off + got}: {err.strerror}",
+                                    s.path) from None
+                if n == 0:
+                    raise JobFailed(f"cannot read {s.data_path} at byte {src_off + got}: "
+                                    "file ends early (truncated?)", s.path)
+                got += n
+                self.copied[k] = True
+            with self.lock:
+                self.bytes_read += want
+        return True
+
+    def _write(self, start: int, bufs: list[np.ndarray | None]) -> None:
+        for k, s in enumerate(self.sources):
+            buf = bufs[k]
+            if buf is None:
+                continue
+            nbytes = len(buf) * s.row_bytes
+            if not nbytes:
+                continue
+            off = self.offsets[k] + start * s.row_bytes
+            view = memoryview(buf).cast("B")
+            done = 0
+            try:
+                while done < nbytes:
+                    done += os.pwrite(self.fd, view[done:nbytes], off + done)
+            except OSError as err:
+                raise JobFailed(f"cannot write built events: {err.strerror}", self.label) from None
+
     def _read(self, k: int, src_rows: np.ndarray, dest: np.ndarray, buf: np.ndarray) -> None:
+        raw = self.raw[k]
+        offs = raw.offsets(src_rows) if raw is not None else None
+        if offs is not None:
+            self._read_raw(k, offs, dest, buf)
+        else:
+            self._read_h5(k, src_rows, dest, buf)
+
+    def _read_raw(self, k: int, offs: np.ndarray, dest: np.ndarray, buf: np.ndarray) -> None:
+        s = self.sources[k]
+        rb = s.row_bytes
+        cuts = np.flatnonzero((np.diff(offs) != rb) | (np.diff(dest) != 1)) + 1
+        flat = memoryview(buf).cast("B")
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(offs)], strict=True):
+            want = (int(b) - int(a)) * rb
+            d0 = int(dest[a]) * rb
+            got = 0
+            try:
+                while got < want:
+                    n = os.preadv(self.rawfd[k], [flat[d0 + got:d0 + want]], int(offs[a]) + got)
+                    if n == 0:
+                        raise OSError(0, "file ends early (truncated?)")
+                    got += n
+            except OSError as err:
+                raise JobFailed(f"cannot read {s.data_path} at byte {int(offs[a])}: "
+                                f"{err.strerror or err}", s.path) from None
+            self.bytes_read += want
+
+    def _read_h5(self, k: int, src_rows: np.ndarray, dest: np.ndarray, buf: np.ndarray) -> None:
         d, s = self.dsets[k], self.sources[k]
         for a, b, s0, s1 in self._runs(k, src_rows):
             span = s1 - s0
             self.bytes_read += span * s.row_bytes
             dense = (b - a == span and src_rows[a] == s0 and dest[b - 1] - dest[a] == b - a - 1)
-            if dense:
-                d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]):int(dest[a]) + span])
-                continue
-            sc = self.scratch[k]
-            if sc is None or len(sc) < span:
-                sc = self.scratch[k] = np.empty((span, *s.row_shape), dtype=np.dtype(s.dtype))
-            d.read_direct(sc, np.s_[s0:s1], np.s_[0:span])
+            try:
+                if dense:
+                    d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]):int(dest[a]) + span])
+                    continue
+                sc = self.scratch[k]
+                if sc is None or len(sc) < span:
+                    sc = self.scratch[k] = np.empty((span, *s.row_shape), dtype=np.dtype(s.dtype))
+                d.read_direct(sc, np.s_[s0:s1], np.s_[0:span])
+            except OSError as err:
+                reason = str(err).splitlines()[0]
+                raise JobFailed(f"cannot read {s.data_path} rows {s0}..{s1 - 1}: {reason}", s.path) from None
             buf[dest[a:b]] = sc[src_rows[a:b] - s0]
 
 
@@ -335,23 +510,32 @@ def _fault_check(rank: int, batches: int) -> None:
 
 # --------------------------------------------------------------------------- drivers
 
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
 def _batches(n: int, batch: int) -> list[tuple[int, int]]:
     return [(a, min(batch, n - a)) for a in range(0, n, batch)]
 
 
-def run_serial(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport:
+def run_serial(opt: BuildOptions, progress: Progress | None = None) -> BuildReport:
     """One process: plan, then the worker loop in-process."""
     plan = plan_build(opt)
+    if progress:
+        progress.set_total(len(plan.table))
     try:
         create_output(plan, opt)
-        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch)
+        threads = opt.io_threads or min(4, len(os.sched_getaffinity(0)))
+        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output),
+                             threads)
         try:
             t0 = time.perf_counter()
             for start, count in _batches(len(plan.table), opt.batch):
                 worker.process(start, plan.table.rows[:, start:start + count])
                 _fault_check(0, worker.batches)
-                if on_progress:
-                    on_progress(count)
+                if progress:
+                    progress.advance(count)
+            worker.finish()
             elapsed = time.perf_counter() - t0
         finally:
             worker.close()
@@ -369,7 +553,8 @@ def run_serial(opt: BuildOptions, on_progress: Callable[[int], None] | None = No
                        selection=plan.selection, ranks=1, workers=1, batch=opt.batch,
                        batches=worker.batches, bytes_read=worker.bytes_read,
                        bytes_written=len(plan.table) * sum(s.row_bytes for s in plan.sources),
-                       elapsed_s=elapsed, per_rank_bytes=[worker.bytes_read]).finish()
+                       elapsed_s=elapsed, per_rank_bytes=[worker.bytes_read],
+                       peak_rss_bytes=[peak_rss()]).finish()
 
 
 def _commit(plan: Plan, opt: BuildOptions) -> None:
@@ -388,14 +573,14 @@ def under_mpi() -> bool:
     return any(k in os.environ for k in keys)
 
 
-def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport | None:
+def run_mpi(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Under mpiexec: rank 0 plans and distributes, ranks 1.. work. Returns the report on rank 0."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size == 1:
-        return run_serial(opt, on_progress)
+        return run_serial(opt, progress)
 
     setup: dict[str, Any] | None = None
     plan: Plan | None = None
@@ -407,7 +592,10 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
             except BaseException:
                 remove_path(plan.tmp)
                 raise
+            if progress:
+                progress.set_total(len(plan.table))
             setup = {"sources": plan.sources, "output": str(plan.tmp), "offsets": plan.offsets,
+                     "label": str(opt.output), "io_threads": opt.io_threads or 1,
                      "nsrc": len(plan.sources)}
         except SkydeckError as err:
             setup = {"error": str(err), "code": err.exit_code}
@@ -424,12 +612,12 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
     t0 = MPI.Wtime()
     if rank == 0:
         assert plan is not None
-        error, stats = _master(comm, plan, opt, on_progress)
+        error, stats = _master(comm, plan, opt, progress)
     else:
         error, stats = _worker(comm, rank, setup, opt.batch), None
     comm.Barrier()
     elapsed = MPI.Wtime() - t0
-    error = comm.bcast(error, root=0)
+    error = next((e for e in comm.allgather(error) if e), "")
     if rank != 0:
         if error:
             raise _QuietExit(EXIT_FAILED)
@@ -448,7 +636,8 @@ def run_mpi(opt: BuildOptions, on_progress: Callable[[int], None] | None = None)
                        selection=plan.selection, ranks=size, workers=size - 1, batch=opt.batch,
                        batches=int(sum(stats[r][1] for r in range(1, size))), bytes_read=sum(per_rank),
                        bytes_written=len(plan.table) * sum(s.row_bytes for s in plan.sources),
-                       elapsed_s=elapsed, per_rank_bytes=per_rank).finish()
+                       elapsed_s=elapsed, per_rank_bytes=per_rank,
+                       peak_rss_bytes=[int(stats[r][4]) for r in range(1, size)]).finish()
 
 
 class _QuietExit(SystemExit):
@@ -462,16 +651,16 @@ def _rebuild_error(setup: dict[str, Any]) -> SkydeckError:
 
 
 def _master(comm: Any, plan: Plan, opt: BuildOptions,
-            on_progress: Callable[[int], None] | None) -> tuple[str, np.ndarray]:
+            progress: Progress | None) -> tuple[str, np.ndarray]:
     from mpi4py import MPI
 
     size = comm.Get_size()
     nsrc = len(plan.sources)
     work = _batches(len(plan.table), opt.batch)
     msg = np.zeros(2 + nsrc * opt.batch, dtype=np.int64)
-    req = np.zeros(4, dtype=np.int64)
+    req = np.zeros(5, dtype=np.int64)
     errbuf = np.zeros(ERRLEN, dtype=np.uint8)
-    stats = np.zeros((size, 4), dtype=np.int64)
+    stats = np.zeros((size, 5), dtype=np.int64)
     last_events = np.zeros(size, dtype=np.int64)
     status = MPI.Status()
     active, nxt, error = size - 1, 0, ""
@@ -486,8 +675,8 @@ def _master(comm: Any, plan: Plan, opt: BuildOptions,
             continue
         comm.Recv([req, MPI.INT64_T], source=src, tag=TAG_REQUEST)
         stats[src] = req
-        if on_progress and req[2] > last_events[src]:
-            on_progress(int(req[2] - last_events[src]))
+        if progress and req[2] > last_events[src]:
+            progress.advance(int(req[2] - last_events[src]))
             last_events[src] = req[2]
         if nxt < len(work) and not error:
             start, count = work[nxt]
@@ -509,23 +698,32 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
     msg = np.zeros(2 + nsrc * batch, dtype=np.int64)
     status = MPI.Status()
     try:
-        worker = BatchWorker(setup["sources"], setup["output"], setup["offsets"], batch)
+        worker = BatchWorker(setup["sources"], setup["output"], setup["offsets"], batch,
+                             setup["label"], setup["io_threads"])
     except Exception as err:  # noqa: BLE001 - tell rank 0, which stops the job
         return _send_error(comm, f"rank {rank}: {err}")
     try:
+        _fault_check(rank, 0)
         while True:
-            req = np.array([rank, worker.batches, worker.events, worker.bytes_read], dtype=np.int64)
+            req = np.array([rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
+                           dtype=np.int64)
             comm.Send([req, MPI.INT64_T], dest=0, tag=TAG_REQUEST)
             comm.Recv([msg, MPI.INT64_T], source=0, tag=MPI.ANY_TAG, status=status)
             if status.Get_tag() == TAG_STOP:
+                try:
+                    worker.finish()  # the last writes; an error here is reported after the barrier
+                except SkydeckError as err:
+                    return f"{err} (rank {rank})"
                 return ""
             start, count = int(msg[0]), int(msg[1])
             rows = msg[2:2 + nsrc * count].reshape(nsrc, count)
             worker.process(start, rows)
             _fault_check(rank, worker.batches)
+    except SkydeckError as err:
+        return _send_error(comm, f"{err} (rank {rank})")
     except OSError as err:
-        return _send_error(comm, f"rank {rank}: {err.filename or setup['output']}: "
-                                 f"I/O error while building: {err.strerror or err}")
+        return _send_error(comm, f"{err.filename or setup['label']}: "
+                                 f"I/O error while building: {err.strerror or err} (rank {rank})")
     except Exception as err:  # noqa: BLE001
         return _send_error(comm, f"rank {rank}: {type(err).__name__}: {err}")
     finally:
@@ -543,13 +741,13 @@ def _send_error(comm: Any, text: str) -> str:
     return text
 
 
-def build(opt: BuildOptions, on_progress: Callable[[int], None] | None = None) -> BuildReport | None:
+def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Build events; under mpiexec the job is distributed. Returns the report (rank 0)."""
     if opt.batch < 1:
         raise BadInput("--batch must be at least 1")
     if under_mpi():
-        return run_mpi(opt, on_progress)
-    return run_serial(opt, on_progress)
+        return run_mpi(opt, progress)
+    return run_serial(opt, progress)
 
 
 def is_rank0() -> bool:

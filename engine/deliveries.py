@@ -34,7 +34,7 @@ from engine.atomic import atomic_write_bytes, remove_path
 from engine.errors import BadInput
 from engine.ids import is_dlid, parse_dlid
 from engine.state import Downlink, StateDB
-from engine.workspace import Workspace
+from engine.workspace import ASSETS, Workspace
 
 _RETDEF = re.compile(r"^RetDef-(\d{9})-(\d{5})\.xml$")
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".swx", ".swo", "~", ".crdownload",
@@ -185,6 +185,32 @@ def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
     return len(chunks)
 
 
+_SCENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def scene_path(name: str) -> Path:
+    return ASSETS / "scenes" / f"{name}.toml"
+
+
+def _check_scene(level0: Path) -> str | None:
+    """The scene a delivery names (scene.txt): a plain name of a scene in assets/scenes."""
+    f = level0 / SCENE_NAME
+    has_gs = (level0 / GENSTEPS_NAME).is_file()
+    if not f.is_file():
+        if has_gs:
+            raise BadInput(f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0)
+        return None
+    try:
+        name = f.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"unreadable scene name: {err}", f) from None
+    if not _SCENE.match(name):
+        raise BadInput(f"invalid scene name {name[:40]!r}", f)
+    if not scene_path(name).is_file():
+        raise BadInput(f"unknown scene {name!r} (no {name}.toml in assets/scenes)", f)
+    return name
+
+
 def _unique(dest: Path) -> Path:
     if not dest.exists() and not dest.is_symlink():
         return dest
@@ -298,9 +324,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
             _verify_dir(level0, cand.manifest, quiet_s)
         names = sorted(manifest.parse(level0 / manifest.MANIFEST_NAME))
         chunks = _check_retdefs(level0, dlid, names)
-        scene = None
-        if (level0 / SCENE_NAME).is_file():
-            scene = (level0 / SCENE_NAME).read_text(encoding="utf-8").strip() or None
+        scene = _check_scene(level0)
         dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
                       gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
                       delivered=_mtime(cand.manifest), registered=time.time())

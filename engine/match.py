@@ -33,9 +33,29 @@ def match_sorted(wanted: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     return np.where(found, pos, MISSING).astype(np.int64)
 
 
+def match_scan(wanted: np.ndarray, all_timestamps: list[np.ndarray]) -> np.ndarray:
+    """The trilogy's first matcher (picklecreate.py v0), kept as the benchmark reference:
+    for each selected timestamp, for each file, walk every position and record equal ones,
+    without stopping at the match. O(N_sel x N_files x N) Python steps. Its committed bugs
+    (a misspelt name, the wrong inner bound, principal indices into the subset) are fixed."""
+    rows = np.full((len(all_timestamps), len(wanted)), MISSING, dtype=np.int64)
+    lists = [t.tolist() for t in all_timestamps]
+    for j, ts in enumerate(wanted.tolist()):
+        f = 0
+        while f < len(lists):
+            stamps = lists[f]
+            i = 0
+            while i < len(stamps):
+                if stamps[i] == ts:
+                    rows[f, j] = i
+                i += 1
+            f += 1
+    return rows
+
+
 def match_naive(wanted: np.ndarray, all_timestamps: list[np.ndarray]) -> np.ndarray:
-    """The trilogy's matcher (picklecreate.py ``find_timestamps3``), kept as the benchmark
-    reference: concatenate every file's timestamps and scan all of them for each event."""
+    """The trilogy's v1 matcher (picklecreate.py ``find_timestamps3``), the second reference:
+    concatenate every file's timestamps and ``np.where`` over all of them for each event."""
     alt = np.concatenate(all_timestamps) if all_timestamps else np.empty(0, np.uint64)
     bins = np.cumsum([len(t) for t in all_timestamps])
     left = np.concatenate([[0], bins[:-1]])

@@ -15,9 +15,14 @@ from typing import Protocol
 class Progress(Protocol):
     def advance(self, n: int = 1) -> None: ...
 
+    def set_total(self, total: int) -> None: ...
+
 
 class _Null:
     def advance(self, n: int = 1) -> None:
+        pass
+
+    def set_total(self, total: int) -> None:
         pass
 
 
@@ -28,9 +33,12 @@ class _Rich:
     def advance(self, n: int = 1) -> None:
         self._prog.advance(self._task, n)
 
+    def set_total(self, total: int) -> None:
+        self._prog.update(self._task, total=total)
+
 
 @contextmanager
-def progress(total: int, description: str, enabled: bool | None = None) -> Iterator[Progress]:
+def progress(total: int | None, description: str, enabled: bool | None = None) -> Iterator[Progress]:
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:

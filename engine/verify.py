@@ -96,3 +96,32 @@ def _verify_source(rep: VerifyReport, name: str, g: h5py.Group, src: h5py.File, 
     present = (sel < len(sts)) & (sts[np.minimum(sel, len(sts) - 1)] == ts)
     if np.any(present != (rows != MISSING)):
         rep.problems.append(f"{name}: row table misses events the source holds")
+
+
+def _walk(f: h5py.File) -> dict[str, h5py.Dataset]:
+    out: dict[str, h5py.Dataset] = {}
+    f.visititems(lambda name, obj: out.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def compare_datasets(a: Path, b: Path) -> list[str]:
+    """Differences between two HDF5 files, dataset by dataset (names, shapes, dtypes, values)."""
+    diffs: list[str] = []
+    with open_h5(a) as fa, open_h5(b) as fb:
+        da, db = _walk(fa), _walk(fb)
+        for name in sorted(set(da) ^ set(db)):
+            diffs.append(f"{name}: only in {a if name in da else b}")
+        for name in sorted(set(da) & set(db)):
+            x, y = da[name], db[name]
+            if x.shape != y.shape or x.dtype != y.dtype:
+                diffs.append(f"{name}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}")
+                continue
+            row_bytes = max(1, x.dtype.itemsize * int(np.prod(x.shape[1:], dtype=np.int64)))
+            step = max(1, BLOCK_BYTES // row_bytes)
+            n = x.shape[0] if x.ndim else 1
+            for s in range(0, n, step):
+                sl = np.s_[s:s + step] if x.ndim else ()
+                if not np.array_equal(x[sl], y[sl]):
+                    diffs.append(f"{name}: values differ from row {s}")
+                    break
+    return diffs

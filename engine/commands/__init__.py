@@ -10,6 +10,8 @@ COMMAND_MODULES: list[str] = [
     "mock",
     "build",
     "verify",
+    "propagate",
+    "hits",
     "downlinks",
     "streams",
     "locks",

@@ -30,6 +30,7 @@ from typing import Any
 
 from engine import locks, manifest
 from engine.atomic import atomic_write_bytes
+from engine.deliveries import GENSTEPS_NAME, scene_path
 from engine.errors import Busy
 from engine.ids import run_hex, run_name
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
@@ -106,6 +107,8 @@ class StreamRunner:
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
             "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
+            "scene_path": str(scene_path(scene)),
+            "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
             "key": key, "process": pdef.name,
         }
         if pdef.foreach == "chunks" and key:

@@ -207,3 +207,16 @@ def test_manifest_being_written_is_pending_not_rejected(ws):
     assert [o.status for o in out] == ["pending"] and "still being written" in out[0].reason
     m.write_bytes(text)
     assert [o.status for o in _process(ws, quiet_s=5.0)] == ["accepted"]
+
+
+@pytest.mark.parametrize("scene,why", [("../../../etc/passwd", "invalid scene name"),
+                                       ("no-such-scene", "unknown scene"),
+                                       (None, "no scene.txt")])
+def test_bad_scene_rejected(ws, scene, why):
+    d = make_delivery(ws, "251125016")
+    (d / "gensteps.npy").write_bytes(b"\x93NUMPY")
+    if scene is not None:
+        (d / "scene.txt").write_text(scene + "\n")
+    names = [p.name for p in d.iterdir() if p.name != "MANIFEST.md5"]
+    manifest.write(d, names)
+    _assert_rejected(ws, _process(ws), "251125016", why)

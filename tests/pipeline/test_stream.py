@@ -249,3 +249,20 @@ def test_makeevt_under_mpiexec(ws, capsys):
     assert str(mpiexec) in head and "-n 2" in head
     staged = sorted(ws.stage.glob("251125001/r*/*.h5"))
     assert staged and all(verify_built(f).ok for f in staged)
+
+
+def test_delivery_with_gensteps_adds_propagate(ws, capsys):
+    from engine.mock import MockSpec, deliver
+    deliver(MockSpec("251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
+                     scene="tboolean-box", gensteps_photons=5000), "level0", ws.incoming_level0)
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 0, err
+    v = _views(ws, capsys)[0]
+    prop = [p for p in v["instances"] if p["process"] == "propagate"][0]
+    assert prop["status"] == "SUCCESS"
+    ev = ws.events / "tboolean-box" / "251125001"
+    meta = json.loads((ev / "meta.json").read_text())
+    assert (ev / "ht.npy").is_file() and meta["photons"] == 5000
+    with StateDB(ws.state_db) as db:
+        assert {Path(r.path).name for r in db.files("251125001", producer="propagate")} >= {
+            "ht.npy", "meta.json"}

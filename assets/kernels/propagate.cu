@@ -1,0 +1,526 @@
+// skydeck optical-photon propagation kernel (issue 3), compiled by PyCUDA at run time.
+//
+// One thread per photon. This file mirrors engine/propagate/numpy_backend.py line by line:
+// the same Philox4x32-10 keying (key = seed, counter = (photon lo, photon hi, block, event)),
+// the same draw blocks for the same decisions, the same float32 arithmetic order. Compile
+// with --fmad=false so a*b+c is not contracted into an FMA the NumPy side cannot do.
+//
+// Photon layout (DESIGN.md): q0 pos.xyz,t  q1 dir.xyz,weight  q2 pol.xyz,wavelength
+// q3 (uint) boundary<<16|flag, sensor, photon index, flagmask. Flag bits: Opticks 2019.
+//
+// Constants WL_MIN, WL_STEP, WL_N, ICDF_N, GEN_BLOCKS come from -D options (cuda_backend.py).
+
+#ifndef WL_MIN
+#define WL_MIN 60.0f
+#endif
+#ifndef WL_STEP
+#define WL_STEP 1.0f
+#endif
+#ifndef WL_N
+#define WL_N 761
+#endif
+#ifndef ICDF_N
+#define ICDF_N 256
+#endif
+#ifndef GEN_BLOCKS
+#define GEN_BLOCKS 2
+#endif
+
+#define F_MI (1u << 2)
+#define F_AB (1u << 3)
+#define F_RE (1u << 4)
+#define F_SC (1u << 5)
+#define F_SD (1u << 6)
+#define F_SA (1u << 7)
+#define F_DR (1u << 8)
+#define F_SR (1u << 9)
+#define F_BR (1u << 10)
+#define F_BT (1u << 11)
+#define F_TO (1u << 12)
+
+#define C_LIGHT 299.792458f
+#define EPS 1e-3f
+#define TWO_PI 6.2831855f
+#define MAX_TRIES 1024
+#define INF __int_as_float(0x7f800000)
+
+// ------------------------------------------------------------------ Philox4x32-10
+#define PH_M0 0xD2511F53u
+#define PH_M1 0xCD9E8D57u
+#define PH_W0 0x9E3779B9u
+#define PH_W1 0xBB67AE85u
+
+struct Rng {
+    unsigned long long photon;
+    unsigned long long seed;
+    unsigned int event;
+};
+
+__device__ uint4 philox(const Rng& r, unsigned int block) {
+    unsigned int c0 = (unsigned int)(r.photon & 0xffffffffull);
+    unsigned int c1 = (unsigned int)(r.photon >> 32);
+    unsigned int c2 = block;
+    unsigned int c3 = r.event;
+    unsigned int k0 = (unsigned int)(r.seed & 0xffffffffull);
+    unsigned int k1 = (unsigned int)(r.seed >> 32);
+    for (int i = 0; i < 10; ++i) {
+        if (i) { k0 += PH_W0; k1 += PH_W1; }
+        unsigned int hi0 = __umulhi(PH_M0, c0), lo0 = PH_M0 * c0;
+        unsigned int hi1 = __umulhi(PH_M1, c2), lo1 = PH_M1 * c2;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}
+
+// ((x >> 9) + 0.5) * 2^-23: exact in float32, in [2^-24, 1 - 2^-24] (philox.py to_uniform)
+__device__ __forceinline__ float u01(unsigned int x) {
+    return ((float)(x >> 9) + 0.5f) * 1.1920928955078125e-07f;
+}
+
+struct U4 { float x, y, z, w; };
+
+__device__ U4 uniforms(const Rng& r, unsigned int block) {
+    uint4 v = philox(r, block);
+    U4 u = {u01(v.x), u01(v.y), u01(v.z), u01(v.w)};
+    return u;
+}
+
+// ------------------------------------------------------------------ float3 helpers
+__device__ __forceinline__ float3 f3(float x, float y, float z) { return make_float3(x, y, z); }
+__device__ __forceinline__ float3 add(float3 a, float3 b) { return f3(a.x + b.x, a.y + b.y, a.z + b.z); }
+__device__ __forceinline__ float3 sub(float3 a, float3 b) { return f3(a.x - b.x, a.y - b.y, a.z - b.z); }
+__device__ __forceinline__ float3 mul(float s, float3 a) { return f3(s * a.x, s * a.y, s * a.z); }
+__device__ __forceinline__ float3 neg(float3 a) { return f3(-a.x, -a.y, -a.z); }
+__device__ __forceinline__ float dot(float3 a, float3 b) { return a.x * b.x + a.y * b.y + a.z * b.z; }
+__device__ __forceinline__ float3 cross(float3 a, float3 b) {
+    return f3(a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x);
+}
+__device__ __forceinline__ float3 normalize(float3 a) {
+    float l = sqrtf(dot(a, a));
+    return f3(a.x / l, a.y / l, a.z / l);
+}
+__device__ __forceinline__ float comp(float3 a, int i) { return i == 0 ? a.x : (i == 1 ? a.y : a.z); }
+
+// CLHEP Hep3Vector::rotateUz: local v expressed in the frame whose z axis is u
+__device__ float3 rotate_uz(float3 u, float3 v) {
+    float up = sqrtf(u.x * u.x + u.y * u.y);
+    if (up > 0.0f) {
+        return f3((u.x * u.z * v.x - u.y * v.y) / up + u.x * v.z,
+                  (u.y * u.z * v.x + u.x * v.y) / up + u.y * v.z,
+                  -up * v.x + u.z * v.z);
+    }
+    if (u.z < 0.0f) return f3(-v.x, v.y, -v.z);
+    return v;
+}
+
+// ------------------------------------------------------------------ scene
+struct Scene {
+    const float* mat;        // (M, 4, WL_N)
+    const float* icdf;       // (M, ICDF_N)
+    const float* surf;       // (S, 4) detect, absorb, spec, diffuse
+    const float* objs;       // (K, 10) shape, c.xyz, h.xyz, material, surface, pad
+    const float* container;  // half.xyz, material, surface
+    int n_obj;
+};
+
+__device__ __forceinline__ int vol_material(const Scene& s, int vol) {
+    return vol == 0 ? (int)s.container[3] : (int)s.objs[(vol - 1) * 10 + 7];
+}
+__device__ __forceinline__ int vol_surface(const Scene& s, int vol) {
+    return vol == 0 ? (int)s.container[4] : (int)s.objs[(vol - 1) * 10 + 8];
+}
+
+// property k of material m at wavelength wl: a + f*(b - a) on the 1 nm grid
+__device__ float lookup(const Scene& s, int m, int k, float wl) {
+    float x = (wl - WL_MIN) / WL_STEP;
+    x = fminf(fmaxf(x, 0.0f), (float)(WL_N - 1));
+    int i0 = min((int)x, WL_N - 2);
+    float f = x - (float)i0;
+    const float* row = s.mat + ((size_t)m * 4 + k) * WL_N;
+    float a = row[i0], b = row[i0 + 1];
+    return a + f * (b - a);
+}
+
+struct Hit { float t; int vol; int face; float3 normal; };
+
+// nearest boundary: container walls (from volume 0), object entry (from 0), object exit
+__device__ Hit intersect(const Scene& s, float3 p, float3 d, int vol) {
+    Hit h;
+    h.t = INF; h.vol = 0; h.face = 0;
+    float pa[3] = {p.x, p.y, p.z}, da[3] = {d.x, d.y, d.z};
+    // container exit (numpy: argmin of the far slab distances, first minimum wins)
+    {
+        float best = INF; int ax = 0;
+        for (int a = 0; a < 3; ++a) {
+            float inv = 1.0f / da[a];
+            float H = s.container[a];
+            float t1 = (0.0f - H - pa[a]) * inv;
+            float t2 = (0.0f + H - pa[a]) * inv;
+            float tf = fmaxf(t1, t2);
+            if (a == 0 || tf < best) { best = tf; ax = a; }
+        }
+        h.t = (vol == 0) ? best : INF;
+        h.face = 2 * ax + (da[ax] > 0.0f ? 1 : 0);
+    }
+    for (int j = 0; j < s.n_obj; ++j) {
+        const float* o = s.objs + j * 10;
+        bool inside = (vol == j + 1);
+        float t; int f;
+        if ((int)o[0] == 0) {
+            float tnear = 0.0f, tfar = 0.0f; int nax = 0, fax = 0;
+            for (int a = 0; a < 3; ++a) {
+                float inv = 1.0f / da[a];
+                float t1 = (o[1 + a] - o[4 + a] - pa[a]) * inv;
+                float t2 = (o[1 + a] + o[4 + a] - pa[a]) * inv;
+                float tn = fminf(t1, t2), tf = fmaxf(t1, t2);
+                if (a == 0 || tn > tnear) { tnear = tn; nax = a; }
+                if (a == 0 || tf < tfar) { tfar = tf; fax = a; }
+            }
+            bool enter = (vol == 0) && (tnear <= tfar) && (tnear > EPS);
+            t = inside ? tfar : (enter ? tnear : INF);
+            f = inside ? 2 * fax + (da[fax] > 0.0f ? 1 : 0) : 2 * nax + (da[nax] < 0.0f ? 1 : 0);
+        } else {
+            float r = o[4];
+            float3 oc = sub(p, f3(o[1], o[2], o[3]));
+            float b = dot(oc, d);
+            float disc = b * b - (dot(oc, oc) - r * r);
+            float sq = sqrtf(fmaxf(disc, 0.0f));
+            float tin = -b - sq;
+            bool enter = (vol == 0) && (disc > 0.0f) && (tin > EPS);
+            t = inside ? -b + sq : (enter ? tin : INF);
+            f = 0;
+        }
+        if (t < h.t) { h.t = t; h.vol = j + 1; h.face = f; }
+    }
+    if (h.vol > 0 && (int)s.objs[(h.vol - 1) * 10] == 1) {
+        const float* o = s.objs + (h.vol - 1) * 10;
+        float3 q = add(p, mul(h.t, d));
+        float r = o[4];
+        h.normal = f3((q.x - o[1]) / r, (q.y - o[2]) / r, (q.z - o[3]) / r);
+    } else {
+        int axis = h.face / 2;
+        float sign = (h.face % 2 == 1) ? 1.0f : -1.0f;
+        h.normal = f3(axis == 0 ? sign : 0.0f, axis == 1 ? sign : 0.0f, axis == 2 ? sign : 0.0f);
+    }
+    return h;
+}
+
+// ------------------------------------------------------------------ physics
+// Fresnel with polarization (numpy_backend.fresnel); returns true when reflected
+__device__ bool fresnel(float3& d, float3& pol, float3 normal, float n1, float n2, float u) {
+    float c1 = -dot(d, normal);
+    float3 nrm = c1 < 0.0f ? neg(normal) : normal;
+    c1 = fabsf(c1);
+    float eta = n1 / n2;
+    float c2sq = 1.0f - eta * eta * (1.0f - c1 * c1);
+    bool tir = c2sq < 0.0f;
+    float c2 = sqrtf(fmaxf(c2sq, 0.0f));
+    float3 a = cross(d, nrm);
+    float alen = sqrtf(dot(a, a));
+    bool normal_inc = alen < 1e-6f;
+    float3 a_trans = normal_inc ? pol : f3(a.x / alen, a.y / alen, a.z / alen);
+    float e_perp = normal_inc ? 0.0f : dot(pol, a_trans);
+    float3 ev = sub(pol, mul(e_perp, a_trans));
+    float e_parl = normal_inc ? 1.0f : sqrtf(dot(ev, ev));
+    float n1c1 = n1 * c1, n2c2 = n2 * c2, n2c1 = n2 * c1, n1c2 = n1 * c2;
+    float t_s = 2.0f * n1c1 * e_perp / (n1c1 + n2c2);
+    float t_p = 2.0f * n1c1 * e_parl / (n2c1 + n1c2);
+    float r_s = t_s - e_perp;
+    float r_p = (n2 / n1) * t_p - e_parl;
+    float trans = tir ? 0.0f : (n2c2 / n1c1) * (t_s * t_s + t_p * t_p);
+    bool reflect = u > trans;
+    float3 new_d = reflect ? add(d, mul(2.0f * c1, nrm))
+                           : add(mul(eta, d), mul(eta * c1 - c2, nrm));
+    float3 a_paral = normalize(cross(new_d, a_trans));
+    float es = reflect ? r_s : t_s;
+    float ep = reflect ? r_p : t_p;
+    float el = sqrtf(es * es + ep * ep);
+    es = es / el; ep = ep / el;
+    float3 new_pol = add(mul(es, a_trans), mul(ep, a_paral));
+    if (tir) new_pol = add(neg(pol), mul(2.0f * dot(pol, nrm), nrm));
+    if (normal_inc) {
+        float flip = n2 > n1 ? -1.0f : 1.0f;
+        new_pol = reflect ? mul(flip, pol) : pol;
+    }
+    d = new_d;
+    pol = new_pol;
+    return reflect;
+}
+
+// Rayleigh (G4OpRayleigh via Opticks): two blocks per rejection try
+__device__ void rayleigh(float3& d, float3& pol, const Rng& rng, unsigned int& blk) {
+    for (int tries = 0; tries < MAX_TRIES; ++tries) {
+        U4 ua = uniforms(rng, blk);
+        U4 ub = uniforms(rng, blk + 1);
+        blk += 2;
+        float ct = ua.y < 0.5f ? -ua.x : ua.x;
+        float st = sqrtf(fmaxf(0.0f, 1.0f - ct * ct));
+        float ph = TWO_PI * ua.z;
+        float3 nd = rotate_uz(d, f3(st * cosf(ph), st * sinf(ph), ct));
+        float3 cp = sub(pol, mul(dot(pol, nd), nd));
+        float clen = sqrtf(dot(cp, cp));
+        if (clen == 0.0f) {
+            float ph3 = TWO_PI * ua.w;
+            cp = rotate_uz(nd, f3(cosf(ph3), sinf(ph3), 0.0f));
+        } else {
+            if (ua.w < 0.5f) cp = neg(cp);
+            cp = f3(cp.x / clen, cp.y / clen, cp.z / clen);
+        }
+        float c = dot(cp, pol);
+        if (c * c >= ub.x) { d = nd; pol = cp; return; }
+    }
+}
+
+// Lambertian: cosine-law direction about the normal facing the photon, one block per try
+__device__ void lambertian(float3& d, float3& pol, float3 normal, const Rng& rng, unsigned int& blk) {
+    float3 nin = dot(d, normal) > 0.0f ? neg(normal) : normal;
+    float3 nd = nin;
+    for (int tries = 0; tries < MAX_TRIES; ++tries) {
+        U4 u = uniforms(rng, blk);
+        blk += 1;
+        float a = 2.0f * u.x - 1.0f;
+        float b = 2.0f * u.y - 1.0f;
+        float s = a * a + b * b;
+        float root = 2.0f * sqrtf(fmaxf(0.0f, 1.0f - s));
+        float3 v = f3(a * root, b * root, 2.0f * s - 1.0f);
+        float c = dot(v, nin);
+        if (c < 0.0f) v = neg(v);
+        if (s < 1.0f && u.z < fabsf(c)) { nd = v; break; }
+    }
+    float3 f = normalize(sub(nd, d));
+    pol = add(neg(pol), mul(2.0f * dot(pol, f), f));
+    d = nd;
+}
+
+__device__ short clip_short(float v) {
+    return (short)fminf(fmaxf(rintf(v), -32767.0f), 32767.0f);
+}
+__device__ unsigned int u8(float v) {
+    return (unsigned int)fminf(fmaxf(rintf(v), 0.0f), 255.0f);
+}
+
+__device__ short4 rec0(float3 p, float t, float ext, float tmax) {
+    return make_short4(clip_short(32767.0f * p.x / ext), clip_short(32767.0f * p.y / ext),
+                       clip_short(32767.0f * p.z / ext), clip_short(32767.0f * t / tmax));
+}
+__device__ short4 rec1(float3 pol, float wl, unsigned int boundary, unsigned int flag) {
+    unsigned int px = u8((pol.x + 1.0f) * 127.0f), py = u8((pol.y + 1.0f) * 127.0f);
+    unsigned int pz = u8((pol.z + 1.0f) * 127.0f), w = u8(255.0f * (wl - WL_MIN) / 760.0f);
+    return make_short4((short)(px | (py << 8)), (short)(pz | (w << 8)), (short)boundary, (short)flag);
+}
+
+__device__ __forceinline__ unsigned long long nib(unsigned int flag) {
+    return flag ? (unsigned long long)(__ffs(flag)) : 0ull;
+}
+
+// ------------------------------------------------------------------ kernel
+extern "C" __global__ void propagate(
+    const float* mat, const float* icdf, const float* surf, const float* objs,
+    const float* container, const float* gs, const unsigned long long* gs_ends,
+    int n_gs, int n_obj, int n_surf,
+    unsigned long long start, unsigned int count, unsigned long long seed, unsigned int event,
+    int max_bounce, unsigned int hitmask, int development, float space_extent, float time_max,
+    float4* hits, unsigned int* hit_count, unsigned int* fm_hist,
+    float4* ox, short4* rx, unsigned long long* seq_out)
+{
+    unsigned int local = blockIdx.x * blockDim.x + threadIdx.x;
+    if (local >= count) return;
+    unsigned long long idx = start + local;
+    Scene s = {mat, icdf, surf, objs, container, n_obj};
+    Rng rng = {idx, seed, event};
+    int maxrec = max_bounce + 1;
+
+    // genstep of this photon: first cumulative end > idx
+    int g = 0;
+    {
+        int lo = 0, hi = n_gs;
+        while (lo < hi) { int mid = (lo + hi) / 2; if (gs_ends[mid] > idx) hi = mid; else lo = mid + 1; }
+        g = lo < n_gs ? lo : n_gs - 1;
+    }
+    const float* q = gs + g * 24;
+    int typ = __float_as_int(q[23]);
+    float3 center = f3(q[4], q[5], q[6]);
+    float3 mom = f3(q[8], q[9], q[10]);
+    float3 gpol = f3(q[12], q[13], q[14]);
+    float radius = q[20];
+    bool iso = q[22] > 0.0f;
+
+    // ---- generation (numpy_backend.generate): blocks 0 and 1
+    U4 a = uniforms(rng, 0);
+    U4 b = uniforms(rng, 1);
+    float3 pos = center, d = mom, pol = f3(0.0f, 0.0f, 0.0f);
+    float ct = 2.0f * a.x - 1.0f;
+    float st = sqrtf(fmaxf(0.0f, 1.0f - ct * ct));
+    float ph = TWO_PI * a.y;
+    float3 isov = f3(st * cosf(ph), st * sinf(ph), ct);
+    if (typ == 1) {
+        float r = radius * sqrtf(a.x);
+        pos = add(center, rotate_uz(mom, f3(r * cosf(ph), r * sinf(ph), 0.0f)));
+        pol = rotate_uz(mom, f3(sinf(ph), -cosf(ph), 0.0f));
+    } else if (typ == 2) {
+        if (iso) d = isov;
+    } else if (typ == 3) {
+        pos = add(center, mul(fabsf(radius), isov));
+        d = radius > 0.0f ? isov : neg(isov);
+    }
+    if (dot(gpol, gpol) > 0.0f) {
+        pol = normalize(sub(gpol, mul(dot(gpol, d), d)));
+    } else if (typ != 1) {
+        float psi = TWO_PI * b.x;
+        pol = rotate_uz(d, f3(cosf(psi), sinf(psi), 0.0f));
+    }
+    float t = q[7];
+    float wl = q[15];
+    int vol = 0;
+    for (int j = 0; j < n_obj; ++j) {
+        const float* o = objs + j * 10;
+        float3 rel = sub(pos, f3(o[1], o[2], o[3]));
+        bool inside = ((int)o[0] == 0)
+            ? (fabsf(rel.x) < o[4] && fabsf(rel.y) < o[5] && fabsf(rel.z) < o[6])
+            : (dot(rel, rel) < o[4] * o[4]);
+        if (inside) vol = j + 1;
+    }
+    unsigned int blk = GEN_BLOCKS;
+    unsigned int flag = F_TO, flagmask = F_TO, boundary = 0, sensor = 0;
+    unsigned long long seq = nib(F_TO);
+    if (development) {
+        size_t r0 = (size_t)local * maxrec * 2;
+        rx[r0] = rec0(pos, t, space_extent, time_max);
+        rx[r0 + 1] = rec1(pol, wl, boundary, flag);
+        for (int k = 1; k < maxrec; ++k) {
+            rx[r0 + 2 * k] = make_short4(0, 0, 0, 0);
+            rx[r0 + 2 * k + 1] = make_short4(0, 0, 0, 0);
+        }
+    }
+
+    // ---- stepping (numpy_backend.propagate_chunk)
+    for (int bounce = 0; bounce < max_bounce; ++bounce) {
+        bool dead = false;
+        Hit h = intersect(s, pos, d, vol);
+        bool miss = !isfinite(h.t);
+        U4 u = uniforms(rng, blk);
+        blk += 1;
+        int m1 = vol_material(s, vol);
+        float n1 = lookup(s, m1, 0, wl);
+        float la = lookup(s, m1, 1, wl);
+        float ls = lookup(s, m1, 2, wl);
+        float pre = lookup(s, m1, 3, wl);
+        float d_s = -ls * logf(u.x);
+        float d_a = -la * logf(u.y);
+        bool absorb = !miss && (d_a <= d_s) && (d_a <= h.t);
+        bool scat = !miss && !absorb && (d_s <= h.t);
+        bool sail = !miss && !absorb && !scat;
+        float step = absorb ? d_a : (scat ? d_s : h.t);
+        if (miss) step = 0.0f;
+        pos = add(pos, mul(step, d));
+        t = t + step * n1 / C_LIGHT;
+        if (miss) { flag = F_MI; dead = true; }
+
+        if (absorb) {
+            if (u.w < pre) {
+                U4 ua = uniforms(rng, blk);
+                U4 ub = uniforms(rng, blk + 1);
+                blk += 2;
+                int k = min((int)(ua.x * (float)ICDF_N), ICDF_N - 1);
+                float new_wl = icdf[m1 * ICDF_N + k];
+                if (!(new_wl < 0.0f)) wl = new_wl;
+                float c = 2.0f * ua.z - 1.0f;
+                float sn = sqrtf(fmaxf(0.0f, 1.0f - c * c));
+                float p1 = TWO_PI * ua.y;
+                float3 nd = f3(sn * cosf(p1), sn * sinf(p1), c);
+                float c2 = 2.0f * ub.y - 1.0f;
+                float s2 = sqrtf(fmaxf(0.0f, 1.0f - c2 * c2));
+                float p2 = TWO_PI * ub.x;
+                float3 rv = f3(s2 * cosf(p2), s2 * sinf(p2), c2);
+                d = nd;
+                pol = normalize(cross(rv, nd));
+                flag = F_RE;
+            } else {
+                flag = F_AB;
+                dead = true;
+            }
+        } else if (scat) {
+            rayleigh(d, pol, rng, blk);
+            flag = F_SC;
+        } else if (sail) {
+            int srf = vol_surface(s, h.vol);
+            boundary = (unsigned int)(h.vol + 1);
+            if (h.vol == 0 && srf < 0) {
+                flag = F_MI;
+                dead = true;
+            } else if (srf >= 0) {
+                const float* pr = surf + srf * 4;
+                float pa = pr[1];
+                float pd = pa + pr[0];
+                float pf = pd + pr[3];
+                float uu = u.z;
+                if (uu < pa) {
+                    flag = F_SA; dead = true;
+                } else if (uu < pd) {
+                    flag = F_SD; dead = true;
+                    sensor = (unsigned int)(h.vol * 8 + h.face + 1);
+                } else if (uu < pf) {
+                    lambertian(d, pol, h.normal, rng, blk);
+                    flag = F_DR;
+                } else {
+                    float3 nq = h.normal;
+                    d = sub(d, mul(2.0f * dot(d, nq), nq));
+                    pol = add(neg(pol), mul(2.0f * dot(pol, nq), nq));
+                    flag = F_SR;
+                }
+            } else {
+                int other = vol == 0 ? h.vol : 0;
+                float n2 = lookup(s, vol_material(s, other), 0, wl);
+                bool refl = fresnel(d, pol, h.normal, n1, n2, u.z);
+                flag = refl ? F_BR : F_BT;
+                if (!refl) vol = other;
+            }
+        }
+        flagmask |= flag;
+        int slot = bounce + 1;
+        if (slot < 16) seq |= nib(flag) << (4 * slot);
+        if (development && slot < maxrec) {
+            size_t r0 = ((size_t)local * maxrec + slot) * 2;
+            rx[r0] = rec0(pos, t, space_extent, time_max);
+            rx[r0 + 1] = rec1(pol, wl, boundary, flag);
+        }
+        if (dead) break;
+    }
+
+    float4 o0 = make_float4(pos.x, pos.y, pos.z, t);
+    float4 o1 = make_float4(d.x, d.y, d.z, 1.0f);
+    float4 o2 = make_float4(pol.x, pol.y, pol.z, wl);
+    float4 o3 = make_float4(__uint_as_float((boundary << 16) | flag), __uint_as_float(sensor),
+                            __uint_as_float((unsigned int)(idx & 0xffffffffull)),
+                            __uint_as_float(flagmask));
+    // Warp-aggregated atomics: in a simple scene most photons share a few flagmasks, and
+    // one atomic per photon on the same counter would serialise the whole launch.
+    unsigned int lane = threadIdx.x & 31u;
+    unsigned int active = __activemask();
+    unsigned int peers = __match_any_sync(active, flagmask);
+    if (lane == (unsigned int)(__ffs(peers) - 1)) atomicAdd(&fm_hist[flagmask & 0xffffu], __popc(peers));
+    bool is_hit = (flagmask & hitmask) == hitmask;
+    unsigned int hb = __ballot_sync(active, is_hit);
+    if (is_hit) {
+        // stream compaction: one atomic per warp reserves slots, only hits leave the device
+        unsigned int leader = (unsigned int)(__ffs(hb) - 1);
+        unsigned int base = 0;
+        if (lane == leader) base = atomicAdd(hit_count, (unsigned int)__popc(hb));
+        base = __shfl_sync(hb, base, leader);
+        unsigned int i = base + (unsigned int)__popc(hb & ((1u << lane) - 1u));
+        hits[4 * (size_t)i] = o0;
+        hits[4 * (size_t)i + 1] = o1;
+        hits[4 * (size_t)i + 2] = o2;
+        hits[4 * (size_t)i + 3] = o3;
+    }
+    if (development) {
+        ox[4 * (size_t)local] = o0;
+        ox[4 * (size_t)local + 1] = o1;
+        ox[4 * (size_t)local + 2] = o2;
+        ox[4 * (size_t)local + 3] = o3;
+        seq_out[local] = seq;
+    }
+}

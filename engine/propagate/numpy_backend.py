@@ -1,0 +1,618 @@
+"""The NumPy backend: one vector lane per photon, vectorized over the photons still alive.
+
+A chunk of photons is generated from the gensteps and stepped together; every loop
+iteration is one step for every live photon, so the bounce count is the loop counter and
+dead photons are compacted away after each step. Chunks bound the memory at any photon
+count, and chunks are independent (their random numbers depend only on photon index), so
+they can run in any number of processes with identical results.
+
+Random numbers: each decision takes whole Philox blocks (4 uniforms) from the photon's own
+block counter, in the same order as ``assets/kernels/propagate.cu``:
+    generation   blocks 0, 1
+    each step    1 block: u0 scatter distance, u1 absorption distance, u2 boundary or
+                 surface decision, u3 reemission decision
+    reemission   2 blocks; Rayleigh 2 blocks per rejection try; Lambertian 1 block per try.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.propagate import flags as F
+from engine.propagate.philox import uniforms
+from engine.propagate.scene import WL_MIN, WL_N, WL_STEP, SceneArrays
+from engine.propagate.vec import TWO_PI, cross, dot, normalize, rotate_uz
+
+C_LIGHT = np.float32(299.792458)  # mm/ns
+EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
+MAX_TRIES = 1024
+GEN_BLOCKS = 2
+_F = np.float32
+
+
+@dataclass
+class Params:
+    seed: int
+    event: int
+    max_bounce: int
+    hitmask: int
+    development: bool
+    domain: tuple[float, float] = (450.0, 10.0)  # (space extent mm, time max ns) for rx
+
+
+@dataclass
+class ChunkResult:
+    start: int
+    count: int
+    hits: np.ndarray  # (H,4,4) float32
+    flagmask_counts: dict[int, int] = field(default_factory=dict)
+    ox: np.ndarray | None = None
+    rx: np.ndarray | None = None
+    seq: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- generation
+
+def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str, np.ndarray]:
+    """Torch photons for global indices ``idx`` from gensteps ``gs`` (see scene.gensteps)."""
+    gi = gs.view(np.int32)
+    ends = np.cumsum(gi[:, 0, 3].astype(np.int64))
+    g = np.searchsorted(ends, idx.astype(np.int64), side="right")
+    q = gs[g]  # (n,6,4)
+    typ = gi[g, 5, 3]
+    n = idx.shape[0]
+    a = uniforms(idx, 0, seed, event)
+    center = q[:, 1, :3].T.astype(_F)
+    mom = q[:, 2, :3].T.astype(_F)
+    given_pol = q[:, 3, :3].T.astype(_F)
+    radius = q[:, 5, 0]
+    iso = q[:, 5, 2] > 0
+    pos = center.copy()
+    d = mom.copy()
+    pol = np.zeros((3, n), dtype=_F)
+    disc, point, sph = typ == 1, typ == 2, typ == 3
+    ph = TWO_PI * a[1]
+    cph, sph_ = np.cos(ph), np.sin(ph)
+    if (point & iso).any() or sph.any():
+        # isotropic unit vector from (a0, a1): cos = 2 a0 - 1, phi = 2 pi a1
+        ct = _F(2) * a[0] - _F(1)
+        st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
+        isov = np.stack((st * cph, st * sph_, ct))
+        d = np.where(point & iso, isov, d)
+        if sph.any():
+            pos = np.where(sph, center + np.abs(radius) * isov, pos)
+            d = np.where(sph, np.where(radius > 0, isov, -isov), d)
+    if disc.any():
+        r = radius * np.sqrt(a[0])
+        zero = np.zeros(n, _F)
+        off = rotate_uz(mom, np.stack((r * cph, r * sph_, zero)))
+        pos = np.where(disc, center + off, pos)
+        tang = rotate_uz(mom, np.stack((sph_, -cph, zero)))
+        pol = np.where(disc, tang, pol)
+    # polarization: the given vector made transverse, else (disc aside) a random transverse
+    # one from block 1 (drawn only when needed: counter-based draws need no bookkeeping)
+    has_pol = dot(given_pol, given_pol) > 0
+    if has_pol.any():
+        proj = normalize(given_pol - dot(given_pol, d) * d)
+        pol = np.where(has_pol, proj, pol)
+    rand = ~has_pol & ~disc
+    if rand.any():
+        k = np.flatnonzero(rand)
+        b = uniforms(idx[k], 1, seed, event)
+        psi = TWO_PI * b[0]
+        pol[:, k] = rotate_uz(d[:, k], np.stack((np.cos(psi), np.sin(psi), np.zeros(k.size, _F))))
+    return {
+        "pos": pos.astype(_F), "t": q[:, 1, 3].astype(_F), "dir": d.astype(_F),
+        "pol": pol.astype(_F), "wl": q[:, 3, 3].astype(_F),
+    }
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def _first_min(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(min, index of the first minimum) over three rows: np.argmin semantics, as the
+    kernel's strict ``<`` loop, without argmin/take_along_axis (slow on (3, n))."""
+    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
+    for a in (1, 2):
+        c = vals[a] < best
+        best = np.where(c, vals[a], best)
+        ax = np.where(c, np.int32(a), ax)
+    return best, ax
+
+
+def _first_max(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
+    for a in (1, 2):
+        c = vals[a] > best
+        best = np.where(c, vals[a], best)
+        ax = np.where(c, np.int32(a), ax)
+    return best, ax
+
+
+def _pick(rows: np.ndarray, ax: np.ndarray) -> np.ndarray:
+    return np.where(ax == 0, rows[0], np.where(ax == 1, rows[1], rows[2]))
+
+
+def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
+    """Nearest boundary along each ray: (distance, volume hit, face, outward normal).
+
+    Volume 0 is the container (only ever left through its walls), volume j+1 is object j.
+    Objects are disjoint and unnested (validated), so a photon inside object j can only
+    leave it, and a photon in the container sees the container walls and object entries.
+    Boxes report faces 0..5 = -x,+x,-y,+y,-z,+z; spheres face 0. Slab arithmetic is
+    written exactly as in the kernel: t = (c -+ h - p) * (1/d), far = fmax, near = fmin.
+    """
+    n = pos.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = [_F(1) / d[a] for a in range(3)]
+        half = sa.container[:3]
+        tfs = [np.fmax((_F(0) - half[a] - pos[a]) * inv[a], (_F(0) + half[a] - pos[a]) * inv[a])
+               for a in range(3)]
+        tbest, ax = _first_min(tfs)
+        tbest = np.where(vol == 0, tbest, _F(np.inf))
+        hvol = np.zeros(n, np.int32)
+        face = 2 * ax + (_pick(d, ax) > 0)
+        for j, o in enumerate(sa.objs):
+            shape = int(o[0])
+            inside = vol == j + 1
+            if shape == 0:
+                t1 = [(o[1 + a] - o[4 + a] - pos[a]) * inv[a] for a in range(3)]
+                t2 = [(o[1 + a] + o[4 + a] - pos[a]) * inv[a] for a in range(3)]
+                tnear, nax = _first_max([np.fmin(t1[a], t2[a]) for a in range(3)])
+                tfar, fax = _first_min([np.fmax(t1[a], t2[a]) for a in range(3)])
+                enter = (vol == 0) & (tnear <= tfar) & (tnear > EPS)
+                t = np.where(inside, tfar, np.where(enter, tnear, _F(np.inf)))
+                f = np.where(inside, 2 * fax + (_pick(d, fax) > 0), 2 * nax + (_pick(d, nax) < 0))
+            else:
+                r = o[4]
+                oc = pos - o[1:4, None]
+                b = dot(oc, d)
+                disc = b * b - (dot(oc, oc) - r * r)
+                sq = np.sqrt(np.maximum(disc, _F(0)))
+                tin = -b - sq
+                enter = (vol == 0) & (disc > 0) & (tin > EPS)
+                t = np.where(inside, -b + sq, np.where(enter, tin, _F(np.inf)))
+                f = np.zeros(n, np.int32)
+            better = t < tbest
+            tbest = np.where(better, t, tbest)
+            hvol = np.where(better, np.int32(j + 1), hvol)
+            face = np.where(better, f, face)
+        # outward normal of the volume hit
+        axis = face // 2
+        sign = np.where(face % 2 == 1, _F(1), _F(-1))
+        normal = np.stack([np.where(axis == a, sign, _F(0)) for a in range(3)])
+        sph_objs = [j for j, o in enumerate(sa.objs) if int(o[0]) == 1]
+        if sph_objs:
+            is_sph = np.isin(hvol, np.array(sph_objs) + 1)
+            if is_sph.any():
+                k = np.flatnonzero(is_sph)
+                o = sa.objs[hvol[k] - 1]
+                p = pos[:, k] + tbest[k] * d[:, k]
+                normal[:, k] = (p - o[:, 1:4].T) / o[:, 4]
+    return tbest.astype(_F, copy=False), hvol, face.astype(np.int32, copy=False), normal
+
+
+# ----------------------------------------------------------------------------- physics
+
+def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, n2: np.ndarray,
+            u: np.ndarray):
+    """Dielectric boundary with polarization (G4OpBoundaryProcess dielectric_dielectric as
+    in Opticks propagate_at_boundary, reference/opticks.md 3.4). Returns dir, pol, reflect."""
+    c1 = -dot(d, normal)
+    nrm = normal * np.where(c1 < 0, _F(-1), _F(1))  # exact: a sign flip
+    c1 = np.abs(c1)
+    eta = n1 / n2
+    c2sq = _F(1) - eta * eta * (_F(1) - c1 * c1)
+    tir = c2sq < 0
+    c2 = np.sqrt(np.maximum(c2sq, _F(0)))
+    a = cross(d, nrm)
+    alen = np.sqrt(dot(a, a))
+    normal_inc = alen < _F(1e-6)
+    if normal_inc.all():
+        return _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_trans = np.where(normal_inc, pol, a / alen)
+    e_perp = np.where(normal_inc, _F(0), dot(pol, a_trans))
+    ev = pol - e_perp * a_trans
+    e_parl = np.where(normal_inc, _F(1), np.sqrt(dot(ev, ev)))
+    n1c1 = n1 * c1
+    n2c2 = n2 * c2
+    n2c1 = n2 * c1
+    n1c2 = n1 * c2
+    t_s = _F(2) * n1c1 * e_perp / (n1c1 + n2c2)
+    t_p = _F(2) * n1c1 * e_parl / (n2c1 + n1c2)
+    r_s = t_s - e_perp
+    r_p = (n2 / n1) * t_p - e_parl
+    with np.errstate(divide="ignore", invalid="ignore"):
+        trans = np.where(tir, _F(0), (n2c2 / n1c1) * (t_s * t_s + t_p * t_p))
+    reflect = u > trans
+    # reflect: 1*d + (2 c1) N, transmit: eta d + (eta c1 - c2) N (1*d is exact)
+    ka = np.where(reflect, _F(1), eta)
+    kb = np.where(reflect, _F(2) * c1, eta * c1 - c2)
+    new_d = ka * d + kb * nrm
+    a_paral = normalize(cross(new_d, a_trans))
+    es = np.where(reflect, r_s, t_s)
+    ep = np.where(reflect, r_p, t_p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        el = np.sqrt(es * es + ep * ep)
+        es, ep = es / el, ep / el
+    new_pol = es * a_trans + ep * a_paral
+    if tir.any():
+        k = np.flatnonzero(tir)
+        pk, nk = pol[:, k], nrm[:, k]
+        new_pol[:, k] = -pk + _F(2) * dot(pk, nk) * nk
+    if normal_inc.any():
+        k = np.flatnonzero(normal_inc)
+        flip = np.where(reflect[k] & (n2[k] > n1[k]), _F(-1), _F(1))
+        new_pol[:, k] = flip * pol[:, k]
+    return new_d.astype(_F, copy=False), new_pol.astype(_F, copy=False), reflect
+
+
+def _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir):
+    """``fresnel`` when every photon is at normal incidence (e_perp = 0, e_parl = 1): the
+    same expressions in the same order, minus the ones whose results are overwritten, so
+    the result is bit-identical to the general path (and to the kernel)."""
+    n1c1 = n1 * c1
+    n2c2 = n2 * c2
+    t_p = _F(2) * n1c1 / (n2 * c1 + n1 * c2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        trans = np.where(tir, _F(0), (n2c2 / n1c1) * (t_p * t_p))
+    reflect = u > trans
+    ka = np.where(reflect, _F(1), eta)
+    kb = np.where(reflect, _F(2) * c1, eta * c1 - c2)
+    new_d = ka * d + kb * nrm
+    flip = np.where(reflect & (n2 > n1), _F(-1), _F(1))
+    return new_d.astype(_F, copy=False), (flip * pol).astype(_F, copy=False), reflect
+
+
+def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int,
+             event: int):
+    """Rayleigh scatter (G4OpRayleigh as in Opticks rayleigh_scatter, reference 3.3).
+    Rejection sampling; each try takes two blocks. Updates ``blk`` in place."""
+    d, pol = d.copy(), pol.copy()
+    todo = np.arange(d.shape[1])
+    for _ in range(MAX_TRIES):
+        if todo.size == 0:
+            break
+        ua = uniforms(idx[todo], blk[todo], seed, event)
+        ub = uniforms(idx[todo], blk[todo] + 1, seed, event)
+        blk[todo] += 2
+        od, op = d[:, todo], pol[:, todo]
+        ct = np.where(ua[1] < _F(0.5), -ua[0], ua[0])
+        st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
+        ph = TWO_PI * ua[2]
+        nd = rotate_uz(od, np.stack((st * np.cos(ph), st * np.sin(ph), ct)))
+        cp = op - dot(op, nd) * nd
+        clen = np.sqrt(dot(cp, cp))
+        ph3 = TWO_PI * ua[3]
+        degenerate = rotate_uz(nd, np.stack((np.cos(ph3), np.sin(ph3), np.zeros_like(ph3))))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cp = np.where(clen == 0, degenerate,
+                          np.where(ua[3] < _F(0.5), -cp, cp) / clen)
+        c = dot(cp, op)
+        ok = c * c >= ub[0]
+        acc = todo[ok]
+        d[:, acc] = nd[:, ok]
+        pol[:, acc] = cp[:, ok]
+        todo = todo[~ok]
+    return d, pol
+
+
+def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarray,
+               blk: np.ndarray, seed: int, event: int):
+    """Diffuse reflection: cosine-law direction about the normal facing the photon, by
+    rejection (Opticks propagate_at_surface), one block per try; pol about the facet."""
+    nin = np.where(dot(d, normal) > 0, -normal, normal)
+    nd = nin.copy()
+    todo = np.arange(d.shape[1])
+    for _ in range(MAX_TRIES):
+        if todo.size == 0:
+            break
+        u = uniforms(idx[todo], blk[todo], seed, event)
+        blk[todo] += 1
+        a = _F(2) * u[0] - _F(1)
+        b = _F(2) * u[1] - _F(1)
+        s = a * a + b * b
+        root = _F(2) * np.sqrt(np.maximum(_F(0), _F(1) - s))
+        v = np.stack((a * root, b * root, _F(2) * s - _F(1)))
+        nn = nin[:, todo]
+        c = dot(v, nn)
+        v = np.where(c < 0, -v, v)
+        ok = (s < _F(1)) & (u[2] < np.abs(c))
+        nd[:, todo[ok]] = v[:, ok]
+        todo = todo[~ok]
+    f = normalize(nd - d)
+    new_pol = -pol + _F(2) * dot(pol, f) * f
+    return nd.astype(_F), new_pol.astype(_F)
+
+
+def _props(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """All four material properties at each photon's wavelength, shape (4, n): linear
+    interpolation on the 1 nm grid written as a + f*(b - a), so constant tables return
+    exactly a (as the kernel's ``lookup`` does). One gather of 16-byte rows per end point."""
+    tab = sa.mat_t.reshape(-1, 4)
+    row = m.astype(np.int32) * np.int32(WL_N)
+    if sa.const_props:
+        return np.take(tab, row, axis=0).T
+    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
+    x = np.clip(x, _F(0), _F(WL_N - 1))
+    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
+    f = x - i0.astype(_F)
+    a = np.take(tab, row + i0, axis=0)
+    b = np.take(tab, row + i0 + 1, axis=0)
+    return (a + f[:, None] * (b - a)).T
+
+
+def _index_n(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Refractive index only (the other side of a boundary)."""
+    return _props(sa, m, wl)[0]
+
+
+# ----------------------------------------------------------------------------- stepping
+# State lives in three stacked arrays so that compaction after each step is three gathers:
+#   fs  float32 (11, n): pos xyz, dir xyz, pol xyz, t, wavelength
+#   ist uint32  (7, n):  volume, rng block, last flag, flagmask, boundary, sensor, local index
+#   u64 uint64  (2, n):  photon index, seqhis
+_VOL, _BLK, _FLAG, _FM, _BND, _SEN, _LOC = range(7)
+
+
+def _compress(fs: np.ndarray, ist: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
+    """Opticks-style compressed step record (n, 2, 4) int16: shorts of pos/time over the
+    domain, then pol xyz and wavelength as bytes, boundary and flag."""
+    ext, tmax = _F(domain[0]), _F(domain[1])
+    sh = np.empty((2, 4, fs.shape[1]), np.int16)
+    for a in range(3):
+        sh[0, a] = np.clip(np.rint(_F(32767) * fs[a] / ext), -32767, 32767)
+    sh[0, 3] = np.clip(np.rint(_F(32767) * fs[9] / tmax), -32767, 32767)
+    p8 = np.clip(np.rint((fs[6:9] + _F(1)) * _F(127)), 0, 255).astype(np.uint16)
+    w8 = np.clip(np.rint(_F(255) * (fs[10] - _F(WL_MIN)) / _F(760)), 0, 255).astype(np.uint16)
+    sh[1, 0] = (p8[0] | (p8[1] << 8)).view(np.int16)
+    sh[1, 1] = (p8[2] | (w8 << 8)).view(np.int16)
+    sh[1, 2] = ist[_BND].astype(np.int16)
+    sh[1, 3] = ist[_FLAG].astype(np.int16)
+    return np.moveaxis(sh, 2, 0)
+
+
+def _pack(fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> np.ndarray:
+    """Final photons in the (n,4,4) float32 layout of DESIGN.md."""
+    n = fs.shape[1]
+    out = np.empty((n, 4, 4), np.float32)
+    out[:, 0, :3] = fs[0:3].T
+    out[:, 0, 3] = fs[9]
+    out[:, 1, :3] = fs[3:6].T
+    out[:, 1, 3] = 1.0
+    out[:, 2, :3] = fs[6:9].T
+    out[:, 2, 3] = fs[10]
+    u = out.view(np.uint32)
+    u[:, 3, 0] = (ist[_BND] << np.uint32(16)) | ist[_FLAG]
+    u[:, 3, 1] = ist[_SEN]
+    u[:, 3, 2] = (u64[0] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    u[:, 3, 3] = ist[_FM]
+    return out
+
+
+def _volume_of(pos: np.ndarray, sa: SceneArrays) -> np.ndarray:
+    vol = np.zeros(pos.shape[1], np.uint32)
+    for j, o in enumerate(sa.objs):
+        c, h = o[1:4, None], o[4:7, None]
+        if int(o[0]) == 0:
+            inside = np.all(np.abs(pos - c) < h, axis=0)
+        else:
+            rel = pos - c
+            inside = dot(rel, rel) < h[0] * h[0]
+        vol[inside] = j + 1
+    return vol
+
+
+_NIB = np.zeros(1 << 14, np.uint64)
+for _b in range(14):
+    _NIB[1 << _b] = _b + 1
+
+
+class _Sink:
+    """Collects finished photons of a chunk: hits (production), everything (development)."""
+
+    def __init__(self, count: int, p: Params) -> None:
+        self.p = p
+        self.hits: list[np.ndarray] = []
+        self.fms: list[np.ndarray] = []
+        dev = p.development
+        self.ox = np.zeros((count, 4, 4), np.float32) if dev else None
+        self.seq = np.zeros(count, np.uint64) if dev else None
+
+    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> None:
+        fm = ist[_FM]
+        self.fms.append(fm)
+        mask = np.uint32(self.p.hitmask)
+        hit = (fm & mask) == mask
+        if hit.any():
+            self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
+        if self.ox is not None:
+            loc = ist[_LOC]
+            self.ox[loc] = _pack(fs, ist, u64)
+            self.seq[loc] = u64[1]
+
+
+def slice_order(hits: np.ndarray, start: int) -> np.ndarray:
+    """Position of each hit in its slice from the stored low 32 bits of the photon index,
+    correct even when a slice straddles a multiple of 2**32 photons."""
+    low = hits.view(np.uint32)[:, 3, 2]
+    return low - np.uint32(start & 0xFFFFFFFF)  # uint32 arithmetic wraps around
+
+
+def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:
+    """Generate and propagate photons [start, start+count); return hits (and, in
+    development mode, all photons, step records and seqhis)."""
+    idx = np.arange(start, start + count, dtype=np.uint64)
+    g = generate(gs, idx, p.seed, p.event)
+    n = count
+    fs = np.empty((11, n), _F)
+    fs[0:3], fs[3:6], fs[6:9], fs[9], fs[10] = g["pos"], g["dir"], g["pol"], g["t"], g["wl"]
+    ist = np.zeros((7, n), np.uint32)
+    ist[_VOL] = _volume_of(g["pos"], sa)
+    ist[_BLK] = GEN_BLOCKS
+    ist[_FLAG] = F.TO
+    ist[_FM] = F.TO
+    ist[_LOC] = np.arange(n, dtype=np.uint32)
+    u64 = np.empty((2, n), np.uint64)
+    u64[0] = idx
+    u64[1] = F.nibble(F.TO)
+    maxrec = p.max_bounce + 1
+    sink = _Sink(n, p)
+    rx = np.zeros((n, maxrec, 2, 4), np.int16) if p.development else None
+    if rx is not None:
+        rx[:, 0] = _compress(fs, ist, p.domain)
+    vol_mat = np.concatenate(([int(sa.container[3])], sa.objs[:, 7].astype(np.int64))).astype(np.int32)
+    vol_surf = np.concatenate(([int(sa.container[4])], sa.objs[:, 8].astype(np.int64))).astype(np.int32)
+    cos_surf = sa.surf
+
+    for bounce in range(p.max_bounce):
+        m = fs.shape[1]
+        if m == 0:
+            break
+        pos, d, wl = fs[0:3], fs[3:6], fs[10]
+        vol = ist[_VOL].astype(np.int32)
+        flag = np.zeros(m, np.uint32)
+        dead = np.zeros(m, bool)
+        dist, hvol, face, normal = intersect(pos, d, vol, sa)
+        miss = ~np.isfinite(dist)
+        u = uniforms(u64[0], ist[_BLK], p.seed, p.event)
+        ist[_BLK] += np.uint32(1)
+        m1 = vol_mat[vol]
+        n1, la, ls, pre = _props(sa, m1, wl)
+        with np.errstate(invalid="ignore"):
+            d_s = -ls * np.log(u[0])
+            d_a = -la * np.log(u[1])
+        absorb = ~miss & (d_a <= d_s) & (d_a <= dist)
+        scat = ~miss & ~absorb & (d_s <= dist)
+        sail = ~miss & ~absorb & ~scat
+        bulk = absorb.any() or scat.any()
+        step = np.where(absorb, d_a, np.where(scat, d_s, dist)) if bulk else dist
+        if miss.any():
+            step = np.where(miss, _F(0), step)
+        fs[0:3] = pos + step * d
+        fs[9] = fs[9] + step * n1 / C_LIGHT
+        flag[miss] = F.MI
+        dead |= miss
+
+        # bulk absorption, possibly reemission (the u3 draw decides; none when prob is 0)
+        reem = absorb & (u[3] < pre)
+        ab = absorb & ~reem
+        flag[ab] = F.AB
+        dead |= ab
+        if reem.any():
+            r = np.flatnonzero(reem)
+            ua = uniforms(u64[0, r], ist[_BLK, r], p.seed, p.event)
+            ub = uniforms(u64[0, r], ist[_BLK, r] + np.uint32(1), p.seed, p.event)
+            ist[_BLK, r] += np.uint32(2)
+            icdf = sa.icdf[m1[r]]
+            k = np.minimum((ua[0] * _F(icdf.shape[1])).astype(np.int32), icdf.shape[1] - 1)
+            new_wl = icdf[np.arange(r.size), k]
+            fs[10, r] = np.where(new_wl < 0, fs[10, r], new_wl)
+            ct = _F(2) * ua[2] - _F(1)
+            stt = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
+            ph = TWO_PI * ua[1]
+            nd = np.stack((stt * np.cos(ph), stt * np.sin(ph), ct))
+            ct2 = _F(2) * ub[1] - _F(1)
+            st2 = np.sqrt(np.maximum(_F(0), _F(1) - ct2 * ct2))
+            ph2 = TWO_PI * ub[0]
+            rv = np.stack((st2 * np.cos(ph2), st2 * np.sin(ph2), ct2))
+            fs[3:6, r] = nd
+            fs[6:9, r] = normalize(cross(rv, nd))
+            flag[r] = F.RE
+
+        if scat.any():
+            sc = np.flatnonzero(scat)
+            blk = ist[_BLK, sc].copy()
+            nd, npol = rayleigh(fs[3:6, sc], fs[6:9, sc], u64[0, sc], blk, p.seed, p.event)
+            ist[_BLK, sc] = blk
+            fs[3:6, sc] = nd
+            fs[6:9, sc] = npol
+            flag[sc] = F.SC
+
+        # at a boundary: a surface, or Fresnel between the two materials
+        if sail.any():
+            b = np.flatnonzero(sail)
+            hv = hvol[b]
+            surf = vol_surf[hv]
+            has_surf = surf >= 0
+            ist[_BND, b] = (hv + 1).astype(np.uint32)
+            wall = b[(hv == 0) & ~has_surf]
+            flag[wall] = F.MI
+            dead[wall] = True
+            sb = b[has_surf]
+            if sb.size:
+                ss = surf[has_surf]
+                lo_s = int(ss.min())
+                # detect, absorb, spec, diffuse: scalars when one surface is involved
+                pr = cos_surf[lo_s][None, :] if lo_s == int(ss.max()) else cos_surf[ss]
+                uu = u[2, sb]
+                pa = pr[:, 1]
+                pd = pa + pr[:, 0]
+                pf = pd + pr[:, 3]
+                is_sa = uu < pa
+                is_sd = ~is_sa & (uu < pd)
+                is_dr = ~is_sa & ~is_sd & (uu < pf)
+                is_sr = ~is_sa & ~is_sd & ~is_dr
+                flag[sb[is_sa]] = F.SA
+                flag[sb[is_sd]] = F.SD
+                dead[sb[is_sa | is_sd]] = True
+                q = sb[is_sd]
+                ist[_SEN, q] = (hvol[q] * 8 + face[q] + 1).astype(np.uint32)
+                if is_sr.any():
+                    q = sb[is_sr]
+                    nq = normal[:, q]
+                    dq, pq = fs[3:6, q], fs[6:9, q]
+                    fs[3:6, q] = dq - _F(2) * dot(dq, nq) * nq
+                    fs[6:9, q] = -pq + _F(2) * dot(pq, nq) * nq
+                    flag[q] = F.SR
+                if is_dr.any():
+                    q = sb[is_dr]
+                    blk = ist[_BLK, q].copy()
+                    nd, npol = lambertian(fs[3:6, q], fs[6:9, q], normal[:, q], u64[0, q], blk,
+                                          p.seed, p.event)
+                    ist[_BLK, q] = blk
+                    fs[3:6, q] = nd
+                    fs[6:9, q] = npol
+                    flag[q] = F.DR
+            fb = b[~has_surf & (hv > 0)]
+            if fb.size == m:
+                fb = slice(None)  # every photon at a Fresnel boundary: views, no gathers
+            if isinstance(fb, slice) or fb.size:
+                other = np.where(vol[fb] == 0, hvol[fb], 0)
+                n2 = _index_n(sa, vol_mat[other], fs[10, fb])
+                nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
+                                         u[2, fb])
+                fs[3:6, fb] = nd
+                fs[6:9, fb] = npol
+                flag[fb] = np.where(refl, F.BR, F.BT)
+                ist[_VOL, fb] = np.where(refl, vol[fb], other).astype(np.uint32)
+
+        ist[_FLAG] = flag
+        ist[_FM] |= flag
+        slot = bounce + 1
+        if slot < 16:
+            u64[1] |= _NIB[flag] << np.uint64(4 * slot)
+        if rx is not None and slot < maxrec:
+            rx[ist[_LOC], slot] = _compress(fs, ist, p.domain)
+        if dead.any():
+            gone = np.flatnonzero(dead)
+            sink.take(np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
+                      np.take(u64, gone, axis=1))
+            keep = np.flatnonzero(~dead)
+            fs, ist, u64 = (np.take(fs, keep, axis=1), np.take(ist, keep, axis=1),
+                            np.take(u64, keep, axis=1))
+    if fs.shape[1]:
+        sink.take(fs, ist, u64)  # reached the bounce limit: no terminal flag
+
+    fm = np.concatenate(sink.fms) if sink.fms else np.zeros(0, np.uint32)
+    vals, cnts = np.unique(fm, return_counts=True)
+    hits = np.concatenate(sink.hits) if sink.hits else np.zeros((0, 4, 4), np.float32)
+    if len(hits) > 1:
+        hits = hits[np.argsort(slice_order(hits, start), kind="stable")]
+    res = ChunkResult(start, count, hits, {int(v): int(c) for v, c in zip(vals, cnts, strict=True)})
+    if p.development:
+        res.ox, res.rx, res.seq = sink.ox, rx, sink.seq
+    return res

@@ -1,0 +1,408 @@
+"""Scene TOML (DESIGN.md "Scene file"): parse, validate, and flatten into arrays.
+
+Validation happens before anything is written, and every problem is a BadInput (exit 2)
+whose message names the offending key, e.g. ``surfaces.det: probabilities sum to 0.9``.
+The flattened ``SceneArrays`` is what both backends consume, so the CUDA kernel and the
+NumPy code see exactly the same numbers (same wavelength grid, same interpolation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BadInput
+from engine.workspace import load_toml
+
+# Property tables are resampled on Opticks' fine wavelength domain: 60..820 nm, 1 nm steps.
+WL_MIN = 60.0
+WL_STEP = 1.0
+WL_N = 761
+WL_GRID = (WL_MIN + WL_STEP * np.arange(WL_N)).astype(np.float64)
+ICDF_N = 256  # reemission wavelength inverse-CDF samples
+PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob")
+SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
+SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
+SHAPES = {"box": 0, "sphere": 1}
+NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
+GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
+MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
+
+
+@dataclass
+class Material:
+    name: str
+    props: np.ndarray  # (4, WL_N) float32
+    icdf: np.ndarray  # (ICDF_N,) float32 reemission wavelengths, or all -1 (keep wavelength)
+
+
+@dataclass
+class Obj:
+    shape: str
+    center: tuple[float, float, float]
+    half_size: tuple[float, float, float]  # box half sizes; sphere: (r, r, r)
+    material: int
+    surface: int  # -1: none (Fresnel boundary)
+
+
+@dataclass
+class Source:
+    type: str
+    position: tuple[float, float, float]
+    direction: tuple[float, float, float] | None
+    radius: float
+    wavelength: float
+    time: float
+    photons: int
+    polarization: tuple[float, float, float] | None
+
+
+@dataclass
+class Scene:
+    """A validated scene; ``arrays()`` flattens it for the backends."""
+
+    name: str
+    path: Path
+    sha256: str
+    materials: list[Material]
+    material_index: dict[str, int]
+    surfaces: list[tuple[str, tuple[float, float, float, float]]]
+    surface_index: dict[str, int]
+    container_half: tuple[float, float, float]
+    container_material: int
+    container_surface: int
+    objects: list[Obj]
+    source: Source
+    max_bounce: int = 9
+    hitmask: str = "SD"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def arrays(self) -> SceneArrays:
+        mat = np.stack([m.props for m in self.materials]).astype(np.float32)
+        icdf = np.stack([m.icdf for m in self.materials]).astype(np.float32)
+        surf = np.array([s for _, s in self.surfaces], dtype=np.float32).reshape(-1, 4)
+        objs = np.zeros((len(self.objects), 10), dtype=np.float32)
+        for i, o in enumerate(self.objects):
+            objs[i] = (SHAPES[o.shape], *o.center, *o.half_size, o.material, o.surface, 0)
+        cont = np.array([*self.container_half, self.container_material, self.container_surface],
+                        dtype=np.float32)
+        const = bool(np.all(mat == mat[:, :, :1]))
+        return SceneArrays(mat=mat, icdf=icdf, surf=surf, objs=objs, container=cont,
+                           const_props=const)
+
+
+@dataclass
+class SceneArrays:
+    """Flat float32 arrays shared by the NumPy and CUDA backends.
+
+    mat (M,4,WL_N): n, absorption length, scattering length, reemission prob per wavelength.
+    icdf (M,ICDF_N): reemission wavelength inverse CDF (-1: keep the photon's wavelength).
+    surf (S,4): detect, absorb, reflect_specular, reflect_diffuse.
+    objs (K,10): shape, center xyz, half xyz (sphere: r), material, surface, pad.
+    container (5,): half xyz, material, surface (-1: none, photons reaching it are MI).
+    """
+
+    mat: np.ndarray
+    icdf: np.ndarray
+    surf: np.ndarray
+    objs: np.ndarray
+    container: np.ndarray
+    const_props: bool
+
+    @property
+    def mat_t(self) -> np.ndarray:
+        """(M, WL_N, 4) view-copy of ``mat``: one gather fetches all four properties."""
+        t = self.__dict__.get("_mat_t")
+        if t is None:
+            t = np.ascontiguousarray(np.moveaxis(self.mat, 1, 2))
+            self.__dict__["_mat_t"] = t
+        return t
+
+
+def _bad(path: Path, key: str, problem: str) -> BadInput:
+    return BadInput(f"{key}: {problem}", path)
+
+
+def _num(path: Path, key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _bad(path, key, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _vec3(path: Path, key: str, v: Any) -> tuple[float, float, float]:
+    if not isinstance(v, list) or len(v) != 3:
+        raise _bad(path, key, f"expected [x, y, z], got {v!r}")
+    x, y, z = (_num(path, key, e) for e in v)
+    if not all(math.isfinite(e) for e in (x, y, z)):
+        raise _bad(path, key, "must be finite")
+    return x, y, z
+
+
+def _property(path: Path, key: str, v: Any, default: float | None) -> np.ndarray:
+    """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID."""
+    if v is None:
+        if default is None:
+            raise _bad(path, key, "missing")
+        return np.full(WL_N, default)
+    if isinstance(v, list):
+        try:
+            tab = np.array(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise _bad(path, key, "table must be [[wavelength_nm, value], ...]") from None
+        if tab.ndim != 2 or tab.shape[1] != 2 or len(tab) < 2:
+            raise _bad(path, key, "table must be [[wavelength_nm, value], ...] with >= 2 rows")
+        if np.any(np.diff(tab[:, 0]) <= 0):
+            raise _bad(path, key, "table wavelengths must increase")
+        if not np.all(np.isfinite(tab)):
+            raise _bad(path, key, "table values must be finite")
+        return np.interp(WL_GRID, tab[:, 0], tab[:, 1])
+    return np.full(WL_N, _num(path, key, v))
+
+
+def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
+    """Reemission spectrum [[nm, weight], ...] -> inverse CDF on ICDF_N uniform points."""
+    if v is None:
+        return np.full(ICDF_N, -1.0)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return np.full(ICDF_N, _num(path, key, v))
+    spec = _property(path, key, v, None)
+    lo, hi = float(np.array(v)[0, 0]), float(np.array(v)[-1, 0])
+    grid = WL_GRID
+    inside = (grid >= lo) & (grid <= hi)
+    w = np.where(inside, np.clip(spec, 0, None), 0.0)
+    if w.sum() <= 0:
+        raise _bad(path, key, "spectrum has no positive weight")
+    cdf = np.cumsum(w) / w.sum()
+    u = (np.arange(ICDF_N) + 0.5) / ICDF_N
+    return np.interp(u, cdf, WL_GRID)
+
+
+def _parse_material(path: Path, name: str, d: Any) -> Material:
+    key = f"materials.{name}"
+    if not isinstance(d, dict):
+        raise _bad(path, key, "must be a table")
+    props = np.stack([
+        _property(path, f"{key}.refractive_index", d.get("refractive_index"), None),
+        _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf),
+        _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf),
+        _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
+    ])
+    # "infinite" lengths become 1e30 mm: interpolation a + f*(b - a) must never see inf - inf
+    props[1:3] = np.minimum(props[1:3], NO_INTERACTION)
+    if np.any(props[0] < 1.0):
+        raise _bad(path, f"{key}.refractive_index", "must be >= 1")
+    for i, p in ((1, "absorption_length"), (2, "scattering_length")):
+        if np.any(props[i] <= 0):
+            raise _bad(path, f"{key}.{p}", "lengths must be positive")
+    if np.any((props[3] < 0) | (props[3] > 1)):
+        raise _bad(path, f"{key}.reemission_prob", "must be within [0, 1]")
+    icdf = _icdf(path, f"{key}.reemission_spectrum",
+                 d.get("reemission_spectrum", d.get("reemission_wavelength")))
+    return Material(name, props.astype(np.float32), icdf.astype(np.float32))
+
+
+def _parse_surface(path: Path, name: str, d: Any) -> tuple[float, float, float, float]:
+    key = f"surfaces.{name}"
+    if not isinstance(d, dict):
+        raise _bad(path, key, "must be a table")
+    unknown = set(d) - set(SURFACE_KEYS)
+    if unknown:
+        raise _bad(path, f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(SURFACE_KEYS)})")
+    vals = tuple(_num(path, f"{key}.{k}", d.get(k, 0.0)) for k in SURFACE_KEYS)
+    for k, v in zip(SURFACE_KEYS, vals, strict=True):
+        if not 0.0 <= v <= 1.0:
+            raise _bad(path, f"{key}.{k}", f"probability {v} outside [0, 1]")
+    if abs(sum(vals) - 1.0) > 1e-6:
+        raise _bad(path, key, f"probabilities sum to {sum(vals):g}, not 1")
+    return vals  # type: ignore[return-value]
+
+
+def _lookup(path: Path, key: str, name: Any, index: dict[str, int], what: str) -> int:
+    if not isinstance(name, str) or name not in index:
+        raise _bad(path, key, f"unknown {what} {name!r} (known: {', '.join(index) or 'none'})")
+    return index[name]
+
+
+def _inside_box(p: np.ndarray, half: np.ndarray, margin: np.ndarray | float = 0.0) -> bool:
+    return bool(np.all(np.abs(p) + margin < half))
+
+
+def _overlap(a: Obj, b: Obj) -> bool:
+    """True when two objects touch or overlap: tracking assumes disjoint volumes."""
+    ca, cb = np.array(a.center), np.array(b.center)
+    if a.shape == "box" and b.shape == "box":
+        return bool(np.all(np.abs(ca - cb) <= np.array(a.half_size) + np.array(b.half_size)))
+    if a.shape == "sphere" and b.shape == "sphere":
+        return float(np.linalg.norm(ca - cb)) <= a.half_size[0] + b.half_size[0]
+    box, sph = (a, b) if a.shape == "box" else (b, a)
+    cbx, csp = np.array(box.center), np.array(sph.center)
+    closest = np.clip(csp, cbx - np.array(box.half_size), cbx + np.array(box.half_size))
+    return float(np.linalg.norm(closest - csp)) <= sph.half_size[0]
+
+
+def load_scene(path: str | Path) -> Scene:
+    """Read and validate a scene TOML; BadInput (exit 2) naming the key on any problem."""
+    path = Path(path)
+    doc = load_toml(path)
+    raw = path.read_bytes()
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str):
+        raise _bad(path, "name", "must be a string")
+
+    mats = doc.get("materials")
+    if not isinstance(mats, dict) or not mats:
+        raise _bad(path, "materials", "at least one [materials.<name>] table is required")
+    materials = [_parse_material(path, n, d) for n, d in mats.items()]
+    material_index = {m.name: i for i, m in enumerate(materials)}
+
+    surfs = doc.get("surfaces", {})
+    if not isinstance(surfs, dict):
+        raise _bad(path, "surfaces", "must be a table of [surfaces.<name>]")
+    surfaces = [(n, _parse_surface(path, n, d)) for n, d in surfs.items()]
+    surface_index = {n: i for i, (n, _) in enumerate(surfaces)}
+
+    cont = doc.get("container")
+    if not isinstance(cont, dict):
+        raise _bad(path, "container", "a [container] table is required")
+    half = _vec3(path, "container.half_size", cont.get("half_size"))
+    if min(half) <= 0:
+        raise _bad(path, "container.half_size", "lengths must be positive")
+    cmat = _lookup(path, "container.material", cont.get("material"), material_index, "material")
+    csurf = -1
+    if cont.get("surface") is not None:
+        csurf = _lookup(path, "container.surface", cont["surface"], surface_index, "surface")
+
+    objects: list[Obj] = []
+    raw_objs = doc.get("objects", [])
+    if not isinstance(raw_objs, list):
+        raise _bad(path, "objects", "must be an array of [[objects]] tables")
+    half_arr = np.array(half)
+    for i, o in enumerate(raw_objs):
+        key = f"objects[{i}]"
+        if not isinstance(o, dict):
+            raise _bad(path, key, "must be a table")
+        shape = o.get("shape")
+        if shape not in SHAPES:
+            raise _bad(path, f"{key}.shape", f"must be one of {', '.join(SHAPES)}, got {shape!r}")
+        center = _vec3(path, f"{key}.center", o.get("center", [0.0, 0.0, 0.0]))
+        if shape == "box":
+            hs = _vec3(path, f"{key}.half_size", o.get("half_size"))
+            if min(hs) <= 0:
+                raise _bad(path, f"{key}.half_size", "lengths must be positive")
+        else:
+            r = _num(path, f"{key}.radius", o.get("radius"))
+            if r <= 0:
+                raise _bad(path, f"{key}.radius", "lengths must be positive")
+            hs = (r, r, r)
+        mat = _lookup(path, f"{key}.material", o.get("material"), material_index, "material")
+        surf = -1
+        if o.get("surface") is not None:
+            surf = _lookup(path, f"{key}.surface", o["surface"], surface_index, "surface")
+        obj = Obj(shape, center, hs, mat, surf)
+        if not _inside_box(np.array(center), half_arr, 0.0) or np.any(
+                np.abs(np.array(center)) + np.array(hs) >= half_arr):
+            raise _bad(path, key, "extends outside the container")
+        for j, prev in enumerate(objects):
+            if _overlap(obj, prev):
+                raise _bad(path, key, f"overlaps objects[{j}]")
+        objects.append(obj)
+
+    source = _parse_source(path, doc.get("source"), half_arr, objects)
+
+    settings = doc.get("settings", {})
+    if not isinstance(settings, dict):
+        raise _bad(path, "settings", "must be a table")
+    max_bounce = settings.get("max_bounce", 9)
+    if isinstance(max_bounce, bool) or not isinstance(max_bounce, int) or not 1 <= max_bounce <= 1000:
+        raise _bad(path, "settings.max_bounce", "must be an integer in 1..1000")
+    hitmask = settings.get("hitmask", "SD")
+    if not isinstance(hitmask, str):
+        raise _bad(path, "settings.hitmask", "must be a string like \"SD\"")
+    from engine.propagate.flags import parse_mask
+    try:
+        parse_mask(hitmask)
+    except ValueError as err:
+        raise _bad(path, "settings.hitmask", str(err)) from None
+
+    return Scene(name=name, path=path, sha256=hashlib.sha256(raw).hexdigest(),
+                 materials=materials, material_index=material_index, surfaces=surfaces,
+                 surface_index=surface_index, container_half=half, container_material=cmat,
+                 container_surface=csurf, objects=objects, source=source,
+                 max_bounce=max_bounce, hitmask=hitmask)
+
+
+def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> Source:
+    if not isinstance(s, dict):
+        raise _bad(path, "source", "a [source] table is required")
+    typ = s.get("type")
+    if typ not in SOURCE_TYPES:
+        raise _bad(path, "source.type", f"must be one of {', '.join(SOURCE_TYPES)}, got {typ!r}")
+    pos = _vec3(path, "source.position", s.get("position", [0.0, 0.0, 0.0]))
+    direction = None
+    if s.get("direction") is not None:
+        direction = _vec3(path, "source.direction", s["direction"])
+        if np.linalg.norm(direction) == 0:
+            raise _bad(path, "source.direction", "must not be zero")
+    elif typ == "disc":
+        raise _bad(path, "source.direction", "missing (a disc emits along its normal)")
+    radius = _num(path, "source.radius", s.get("radius", 0.0))
+    if typ == "disc" and radius < 0:
+        raise _bad(path, "source.radius", "lengths must not be negative")
+    if typ == "sphere" and radius == 0:
+        raise _bad(path, "source.radius", "a sphere source needs a non-zero radius")
+    wl = _num(path, "source.wavelength", s.get("wavelength", 420.0))
+    if not WL_GRID[0] <= wl <= WL_GRID[-1]:
+        raise _bad(path, "source.wavelength", f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
+    t = _num(path, "source.time", s.get("time", 0.0))
+    photons = s.get("photons", 10000)
+    if isinstance(photons, bool) or not isinstance(photons, int) or photons < 0:
+        raise _bad(path, "source.photons", "must be a non-negative integer")
+    pol = None
+    if s.get("polarization") is not None:
+        pol = _vec3(path, "source.polarization", s["polarization"])
+        if direction is not None:
+            d = np.array(direction) / np.linalg.norm(direction)
+            if np.linalg.norm(np.array(pol) - np.dot(pol, d) * d) < 1e-6:
+                raise _bad(path, "source.polarization", "must not be parallel to the direction")
+    p = np.array(pos)
+    extent: np.ndarray | float = abs(radius) if typ == "sphere" else 0.0
+    if typ == "disc" and direction is not None:
+        # a disc spans radius * sqrt(1 - d_a^2) along axis a (it is perpendicular to d)
+        dn = np.array(direction) / np.linalg.norm(direction)
+        extent = radius * np.sqrt(np.clip(1.0 - dn * dn, 0.0, 1.0))
+    if not _inside_box(p, half, extent):
+        raise _bad(path, "source.position", "source lies outside the container")
+    return Source(typ, pos, direction, radius, wl, t, photons, pol)
+
+
+def gensteps(src: Source, photons: int | None = None, material: int = 0) -> np.ndarray:
+    """Torch gensteps (G,6,4) float32 in Opticks' quad6 layout (reference/opticks.md 4).
+
+    q0 (int32 view): gentype TORCH, trackid, material, numphoton; q1 pos, time; q2 mom,
+    weight; q3 pol, wavelength; q4 unused (zenith/azimuth full range); q5 radius, distance,
+    mode (1: isotropic), type (int32 view: disc 1, point 2, sphere 3). More photons than an
+    int32 holds become several gensteps, as in Opticks.
+    """
+    n = src.photons if photons is None else photons
+    counts = [MAX_PHOTONS_PER_GENSTEP] * (n // MAX_PHOTONS_PER_GENSTEP)
+    if n % MAX_PHOTONS_PER_GENSTEP or not counts:
+        counts.append(n % MAX_PHOTONS_PER_GENSTEP)
+    gs = np.zeros((len(counts), 6, 4), dtype=np.float32)
+    gi = gs.view(np.int32)
+    d = np.array(src.direction if src.direction is not None else (0.0, 0.0, 1.0))
+    d = d / np.linalg.norm(d)
+    pol = np.zeros(3) if src.polarization is None else np.array(src.polarization)
+    for g, c in enumerate(counts):
+        gi[g, 0] = (GENTYPE_TORCH, 0, material, c)
+        gs[g, 1] = (*src.position, src.time)
+        gs[g, 2] = (*d, 1.0)
+        gs[g, 3] = (*pol, src.wavelength)
+        gs[g, 4] = (0.0, 1.0, 0.0, 1.0)
+        gs[g, 5, :3] = (src.radius, 0.0, 1.0 if src.direction is None else 0.0)
+        gi[g, 5, 3] = SOURCE_TYPES[src.type]
+    return gs

@@ -1,0 +1,52 @@
+"""Shared fixtures: run the real CLI (in a subprocess, as users do) and real mpiexec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+
+
+def engine_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("SKYDECK_WORKSPACE", None)
+    env.pop("SKYDECK_FAULT", None)
+    env.update(extra)
+    return env
+
+
+def run_engine(*args: str | Path, cwd: Path | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m engine ARGS``: the same code path as the ``skydeck-engine`` entry point."""
+    cmd = [sys.executable, "-m", "engine", *map(str, args)]
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                         env=env or engine_env())
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} -> {res.returncode}\nstdout:{res.stdout}\nstderr:{res.stderr}")
+    return res
+
+
+def run_mpi(n: int, *args: str | Path, cwd: Path | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    if MPIEXEC is None:
+        pytest.skip("mpiexec not found (the mpich wheel provides it)")
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "engine", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env or engine_env())
+
+
+@pytest.fixture(scope="session")
+def small_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mock delivery written to a plain directory: 3 sources, 400 events of 4 kB, 2 runs."""
+    d = tmp_path_factory.mktemp("mock") / "src"
+    run_engine("mock", "--downlink", "251114005", "--events", "400", "--event-bytes", "4000",
+               "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", "7", "-o", d, check=True)
+    return d
