@@ -94,3 +94,14 @@ def test_downlinks_cli(ws, capsys):
     assert data["rejected"][0]["name"] == "level0:25112500x"
     rc, out, _ = cli(ws, "downlinks", capsys=capsys)
     assert "251125001" in out and "REJECTED level0:25112500x" in out
+
+
+def test_console_api_functions(ws):
+    from engine.pipeline import api
+    make_delivery(ws, "251125001")
+    out = api.scan_incoming(ws)
+    assert [o.status for o in out] == ["accepted"]
+    assert [d.dlid for d in api.downlinks(ws)] == ["251125001"]
+    assert api.rejected(ws) == [] and api.locks(ws) == [] and api.stream_views(ws) == []
+    rep = api.stage(ws)
+    assert rep.downlinks["251125001"]["incoming"].files == 5
