@@ -104,6 +104,8 @@ class Daemon:
         self._observer: Any = None
         self._events = 0
         self._stale_seen: set[str] = set()
+        self._stepped: dict[int, float] = {}
+        self.restep_s = 0.5
 
     # ------------------------------------------------------------------ events
 
@@ -237,14 +239,28 @@ class Daemon:
             self._ev("stream_claimed", dlid=dlid, stream=st.id)
 
     def step_streams(self) -> None:
+        """Route job exits, then step the runners that have news (or whose timer is due).
+
+        A runner with only running jobs has nothing to decide until one exits, so it is
+        stepped on an exit, when new, or every ``restep_s`` (halt flags, locks, disk space
+        may have changed); this keeps an idle daemon from polling the database in a loop.
+        """
         by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
+        news: set[int] = set()
         for res in self.launcher.poll():
             r = by_pi.get(res.pi_id)
             if r is not None:
                 r.on_exit(res)
+                news.add(r.stream.id)
+        now = time.monotonic()
         for sid, r in list(self.runners.items()):
+            due = now - self._stepped.get(sid, 0.0) >= self.restep_s
+            if not (self.once or due or sid in news):
+                continue
+            self._stepped[sid] = now
             if r.step() is not None:
                 del self.runners[sid]
+                self._stepped.pop(sid, None)
 
     def shutdown(self) -> None:
         ids = self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else []
