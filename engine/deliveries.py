@@ -155,10 +155,11 @@ def _verify_dir(directory: Path, mpath: Path, quiet_s: float) -> dict[str, str]:
     """manifest.verify, but a missing or still-changing file means pending, not bad."""
     entries = _parse_manifest(mpath, quiet_s)
     now = time.time()
+    for name in entries:  # cheap first: no hashing while files are still missing
+        if not (directory / name).is_file():
+            raise Pending(f"{name} listed in {mpath.name} but not present yet")
     for name, digest in entries.items():
         f = directory / name
-        if not f.is_file():
-            raise Pending(f"{name} listed in {mpath.name} but not present yet")
         recent = now - _modified(f) < quiet_s
         actual = manifest.md5_file(f)
         if actual != digest:

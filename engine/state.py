@@ -270,10 +270,13 @@ def _row(cls: type, row: sqlite3.Row) -> Any:
 class StateDB:
     """A connection to the state database; create one per thread/process."""
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, timeout: float = 30.0, check_same_thread: bool = True) -> None:
+        """``check_same_thread=False`` only for a connection used by one worker thread and
+        closed by its owner after that thread ended (never used by two threads at once)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                    check_same_thread=check_same_thread)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         self.conn.execute("PRAGMA journal_mode = WAL")
