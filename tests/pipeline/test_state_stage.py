@@ -65,6 +65,7 @@ def test_du_matches_gnu_du(tmp_path, monkeypatch):
         assert u.bytes == ref and u.files == 40 * 30 + 1  # hard link once, symlink as a file
     import engine.stagescan as ss
     monkeypatch.setattr(ss, "_PARALLEL_MIN_ENTRIES", 0)  # force the forked-workers path
+    monkeypatch.setattr(ss, "_PARALLEL_MIN_DIRS", 1)
     u = du(root, 2)
     assert u.bytes == ref and u.files == 40 * 30 + 1 and u.dirs == 45
 
