@@ -266,3 +266,16 @@ def test_delivery_with_gensteps_adds_propagate(ws, capsys):
     with StateDB(ws.state_db) as db:
         assert {Path(r.path).name for r in db.files("251125001", producer="propagate")} >= {
             "ht.npy", "meta.json"}
+
+
+def test_run_of_a_finished_stream(ws, tmp_path, capsys):
+    task = _task(tmp_path, '[[process]]\nname = "job"\ncommand = ["false"]\n')
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    _register(ws)
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 1
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 2 and "rollback" in err and "state.db" in err
+    task.write_text(task.read_text().replace('"false"', '"true"'))
+    cli(ws, "rollback", "251125001", capsys=capsys)
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0   # already SUCCESS: nothing to do
