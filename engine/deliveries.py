@@ -338,7 +338,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         age = time.time() - _modified(cand.manifest)
         if age > incomplete_timeout_s:
             return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
-        db.release_delivery(cand.name)
+        db.release_delivery(cand.name, pending=str(why))
         return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
     except BadInput as err:
         if err.path is None:

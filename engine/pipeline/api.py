@@ -32,6 +32,12 @@ def rejected(ws: Workspace) -> list[Delivery]:
         return db.deliveries("REJECTED")
 
 
+def pending(ws: Workspace) -> list[Delivery]:
+    """Deliveries seen but not complete yet (files missing or still being written)."""
+    with StateDB(ws.state_db) as db:
+        return db.deliveries("PENDING")
+
+
 def locks(ws: Workspace) -> list[_locks.LockInfo]:
     """Every lock with kind, owner, age and stale verdict (files are the truth)."""
     return _locks.list_locks(ws.lock)

@@ -83,6 +83,8 @@ def test_manifest_first_then_files_is_pending(ws, tmp_path):
     (dest / "cspad.h5.swp").write_bytes(b"swap")
     out = _process(ws)
     assert [o.status for o in out] == ["pending"] and "not present" in out[0].reason
+    with StateDB(ws.state_db) as db:  # shown as pending (the console lists these)
+        assert [d.name for d in db.deliveries("PENDING")] == ["level0:251125003"]
     for f in src.iterdir():
         if f.name != "MANIFEST.md5":
             (dest / f.name).write_bytes(f.read_bytes())
