@@ -258,3 +258,19 @@ def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
     with StateDB(ws.state_db) as db:
         pis = db.instances(db.latest_stream("251125032").id, latest_only=False)
         assert [(p.execution, p.status) for p in pis] == [(1, "FAILED"), (2, "FAILED"), (3, "SUCCESS")]
+
+
+def test_global_halted_flag_stops_new_streams(ws, capsys):
+    ws = _quick(ws)
+    (ws.path("flags") / "halted").touch()
+    make_delivery(ws, "251125033", **FAST)
+    rc, out, _ = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 0 and '"registered"' in out          # deliveries are still registered ...
+    assert stream_status(ws) == {}                     # ... but no stream starts
+    (ws.path("flags") / "halted").unlink()
+    (ws.downlinks / "251125033").mkdir(parents=True)
+    (ws.downlinks / "251125033" / "haltCleanup").touch()   # per downlink: keep intermediates
+    rc, _, _ = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 0 and stream_status(ws) == {"251125033": "SUCCESS"}
+    assert list(ws.downlinks.glob("251125033/251125033-*.h5"))   # chunk output kept
+    assert locks.list_locks(ws.lock) == []                         # stream lock removed anyway
