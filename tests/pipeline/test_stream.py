@@ -67,6 +67,7 @@ def test_halfpipe_stream_end_to_end(ws, capsys):
         recs = {r.path: r for r in db.files("251125001", producer="mergeEvt")}
         for f in staged:
             assert recs[str(f)].md5 == manifest.md5_file(f)
+            assert str(ws.stage / "chunktokens" / f.parent.name / f.stem) in recs   # tokens too
         assert not db.files("251125001", producer="makeEvt")   # cleanup removed intermediates
     assert not list(ws.downlinks.glob("251125001/251125001-*.h5"))
     assert locks.list_locks(ws.lock) == []
