@@ -24,6 +24,7 @@ import errno
 import os
 import resource
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,7 @@ class BuildOptions:
     index_in: Path | None = None
     index_out: Path | None = None
     reserve: int = 0
+    io_threads: int = 0  # threads per process for kernel copies; 0 = cores (1 per MPI worker)
 
 
 @dataclass
@@ -305,9 +307,12 @@ class BatchWorker:
     """
 
     def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int,
-                 label: str = "") -> None:
+                 label: str = "", io_threads: int = 1) -> None:
         self.sources = sources
         self.label = label or output
+        self.lock = threading.Lock()
+        # kernel copies of different sources run in parallel (copy_file_range releases the GIL)
+        self.copier = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="skydeck-copy")
         self.files = [open_h5(Path(s.path)) for s in sources]
         self.dsets = [f[s.data_path] for f, s in zip(self.files, sources, strict=True)]
         self.contiguous = [d.chunks is None for d in self.dsets]
@@ -339,6 +344,7 @@ class BatchWorker:
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)
+        self.copier.shutdown(wait=True)
         for f in self.files:
             f.close()
         for fd in (*self.rawfd, self.fd):
@@ -374,17 +380,20 @@ class BatchWorker:
             self.pending[slot] = None
             fut.result()
         bufs: list[np.ndarray | None] = [None] * len(self.sources)
+        valid = [rows[k] != MISSING for k in range(len(self.sources))]
+        pos = [np.flatnonzero(v) for v in valid]
+        copies = {k: self.copier.submit(self._copy, k, rows[k][pos[k]], pos[k], start)
+                  for k in range(len(self.sources)) if self.kernel_copy[k]}
+        done = {k: fut.result() for k, fut in copies.items()}  # kernel copies run concurrently
         for k in range(len(self.sources)):
-            r = rows[k]
-            valid = r != MISSING
-            pos = np.flatnonzero(valid)
-            if self.kernel_copy[k] and self._copy(k, r[pos], pos, start):
+            if done.get(k):
                 continue
+            r, pk = rows[k], pos[k]
             buf = bufs[k] = self.bufsets[slot][k][:count]
-            if len(pos) < count:
-                buf[~valid] = 0
-            if len(pos):
-                self._read(k, r[pos], pos, buf)
+            if len(pk) < count:
+                buf[~valid[k]] = 0
+            if len(pk):
+                self._read(k, r[pk], pk, buf)
         if any(b is not None for b in bufs):
             self.pending[slot] = self.writer.submit(self._write, start, bufs)
         self.events += count
@@ -422,7 +431,8 @@ class BatchWorker:
                                     "file ends early (truncated?)", s.path)
                 got += n
                 self.copied[k] = True
-            self.bytes_read += want
+            with self.lock:
+                self.bytes_read += want
         return True
 
     def _write(self, start: int, bufs: list[np.ndarray | None]) -> None:
@@ -515,7 +525,9 @@ def run_serial(opt: BuildOptions, progress: Progress | None = None) -> BuildRepo
         progress.set_total(len(plan.table))
     try:
         create_output(plan, opt)
-        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output))
+        threads = opt.io_threads or min(4, len(os.sched_getaffinity(0)))
+        worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output),
+                             threads)
         try:
             t0 = time.perf_counter()
             for start, count in _batches(len(plan.table), opt.batch):
@@ -583,7 +595,7 @@ def run_mpi(opt: BuildOptions, progress: Progress | None = None) -> BuildReport 
             if progress:
                 progress.set_total(len(plan.table))
             setup = {"sources": plan.sources, "output": str(plan.tmp), "offsets": plan.offsets,
-                     "label": str(opt.output),
+                     "label": str(opt.output), "io_threads": opt.io_threads or 1,
                      "nsrc": len(plan.sources)}
         except SkydeckError as err:
             setup = {"error": str(err), "code": err.exit_code}
@@ -687,10 +699,11 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
     status = MPI.Status()
     try:
         worker = BatchWorker(setup["sources"], setup["output"], setup["offsets"], batch,
-                             setup["label"])
+                             setup["label"], setup["io_threads"])
     except Exception as err:  # noqa: BLE001 - tell rank 0, which stops the job
         return _send_error(comm, f"rank {rank}: {err}")
     try:
+        _fault_check(rank, 0)
         while True:
             req = np.array([rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
                            dtype=np.int64)

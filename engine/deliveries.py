@@ -34,7 +34,7 @@ from engine.atomic import atomic_write_bytes, remove_path
 from engine.errors import BadInput
 from engine.ids import is_dlid, parse_dlid
 from engine.state import Downlink, StateDB
-from engine.workspace import Workspace
+from engine.workspace import ASSETS, Workspace
 
 _RETDEF = re.compile(r"^RetDef-(\d{9})-(\d{5})\.xml$")
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".swx", ".swo", "~", ".crdownload",
@@ -141,14 +141,25 @@ class Pending(Exception):
     """Not complete yet (files missing or still being written); look again later."""
 
 
+def _parse_manifest(mpath: Path, quiet_s: float) -> dict[str, str]:
+    """manifest.parse, but a manifest still being written (changed within quiet_s) is pending."""
+    try:
+        return manifest.parse(mpath)
+    except BadInput:
+        if time.time() - _modified(mpath) < quiet_s:
+            raise Pending(f"{mpath.name} is still being written") from None
+        raise
+
+
 def _verify_dir(directory: Path, mpath: Path, quiet_s: float) -> dict[str, str]:
     """manifest.verify, but a missing or still-changing file means pending, not bad."""
-    entries = manifest.parse(mpath)
+    entries = _parse_manifest(mpath, quiet_s)
     now = time.time()
+    for name in entries:  # cheap first: no hashing while files are still missing
+        if not (directory / name).is_file():
+            raise Pending(f"{name} listed in {mpath.name} but not present yet")
     for name, digest in entries.items():
         f = directory / name
-        if not f.is_file():
-            raise Pending(f"{name} listed in {mpath.name} but not present yet")
         recent = now - _modified(f) < quiet_s
         actual = manifest.md5_file(f)
         if actual != digest:
@@ -173,6 +184,32 @@ def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
     if not chunks:
         raise BadInput("delivery carries no RetDef-<DLID>-<CHUNK>.xml", directory)
     return len(chunks)
+
+
+_SCENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def scene_path(name: str) -> Path:
+    return ASSETS / "scenes" / f"{name}.toml"
+
+
+def _check_scene(level0: Path) -> str | None:
+    """The scene a delivery names (scene.txt): a plain name of a scene in assets/scenes."""
+    f = level0 / SCENE_NAME
+    has_gs = (level0 / GENSTEPS_NAME).is_file()
+    if not f.is_file():
+        if has_gs:
+            raise BadInput(f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0)
+        return None
+    try:
+        name = f.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"unreadable scene name: {err}", f) from None
+    if not _SCENE.match(name):
+        raise BadInput(f"invalid scene name {name[:40]!r}", f)
+    if not scene_path(name).is_file():
+        raise BadInput(f"unknown scene {name!r} (no {name}.toml in assets/scenes)", f)
+    return name
 
 
 def _unique(dest: Path) -> Path:
@@ -218,7 +255,7 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
 
 def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float) -> Path:
     """Verify the package, extract it safely, verify its content; return the level0 dir."""
-    entries = manifest.parse(cand.manifest)
+    entries = _parse_manifest(cand.manifest, quiet_s)
     if set(entries) != {cand.path.name}:
         raise BadInput(f"fcopy manifest must list exactly {cand.path.name}", cand.manifest)
     _verify_dir(cand.path.parent, cand.manifest, quiet_s)
@@ -288,9 +325,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
             _verify_dir(level0, cand.manifest, quiet_s)
         names = sorted(manifest.parse(level0 / manifest.MANIFEST_NAME))
         chunks = _check_retdefs(level0, dlid, names)
-        scene = None
-        if (level0 / SCENE_NAME).is_file():
-            scene = (level0 / SCENE_NAME).read_text(encoding="utf-8").strip() or None
+        scene = _check_scene(level0)
         dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
                       gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
                       delivered=_mtime(cand.manifest), registered=time.time())
@@ -303,7 +338,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         age = time.time() - _modified(cand.manifest)
         if age > incomplete_timeout_s:
             return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
-        db.release_delivery(cand.name)
+        db.release_delivery(cand.name, pending=str(why))
         return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
     except BadInput as err:
         if err.path is None:

@@ -46,6 +46,8 @@ class MockSpec:
     runs: int = 2
     chunks: int = 2
     seed: int = 0
+    scene: str | None = None      # name of a scene in assets/scenes: adds gensteps.npy + scene.txt
+    gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's)
 
     def validate(self) -> None:
         parse_dlid(self.dlid)
@@ -158,7 +160,28 @@ def write_files(spec: MockSpec, directory: Path,
         name = retdef_name(spec.dlid, rd.chunkid)
         atomic_write_bytes(directory / name, to_xml(rd))
         names.append(name)
+    if spec.scene:
+        names.extend(write_gensteps(spec, directory))
     return names
+
+
+def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
+    """A delivery that carries gensteps (its stream then adds a propagate process)."""
+    import io
+
+    from engine.propagate.scene import gensteps, load_scene
+    from engine.workspace import ASSETS
+
+    path = ASSETS / "scenes" / f"{spec.scene}.toml"
+    if not path.is_file():
+        raise BadInput(f"unknown scene {spec.scene!r} (no {path.name} in assets/scenes)", path)
+    scene = load_scene(path)
+    gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
+    buf = io.BytesIO()
+    np.save(buf, gs)
+    atomic_write_bytes(directory / "gensteps.npy", buf.getvalue())
+    atomic_write_bytes(directory / "scene.txt", f"{spec.scene}\n".encode())
+    return ["gensteps.npy", "scene.txt"]
 
 
 def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:

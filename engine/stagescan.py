@@ -82,6 +82,7 @@ def _scan_tree(path: str) -> tuple[int, int, int, int, list[tuple[int, int, int]
 
 
 _PARALLEL_MIN_DIRS = 32
+_PARALLEL_MIN_ENTRIES = 30_000
 
 
 def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
@@ -120,8 +121,9 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
             out[i].bytes += st.st_blocks * 512
             out[i].apparent += st.st_size
     # Breadth-first until the frontier is wide enough to split.
-    listed = 0
-    while queue and (workers <= 1 or len(queue) < 4 * workers) and listed < 10 * _PARALLEL_MIN_DIRS:
+    listed = seen_entries = 0
+    while queue and (workers <= 1 or len(queue) < 4 * workers or listed < _PARALLEL_MIN_DIRS) \
+            and listed < 10 * _PARALLEL_MIN_DIRS:
         i, d = queue.pop(0)
         listed += 1
         try:
@@ -129,6 +131,7 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
                 entries = list(it)
         except OSError:
             continue
+        seen_entries += len(entries)
         for e in entries:
             try:
                 s = e.stat(follow_symlinks=False)
@@ -143,7 +146,9 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
                         else (0, s.st_size, 0, 0, [(s.st_dev, s.st_ino, s.st_blocks)]))
     if not queue:
         return out
-    if workers > 1 and len(queue) >= 2:
+    # forking pays off only for big trees: estimate the rest from the entries per directory
+    estimate = seen_entries / max(1, listed) * len(queue)
+    if workers > 1 and len(queue) >= 2 and estimate >= _PARALLEL_MIN_ENTRIES:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             results = list(pool.map(_scan_tree, [d for _, d in queue],

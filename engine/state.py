@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     name        TEXT PRIMARY KEY,        -- fcopy:<file stem> or level0:<dir name>
     kind        TEXT NOT NULL,           -- fcopy | level0
     dlid        TEXT,                    -- NULL when the name is no valid downlink id
-    status      TEXT NOT NULL,           -- CLAIMED | ACCEPTED | REJECTED
+    status      TEXT NOT NULL,           -- CLAIMED | PENDING | ACCEPTED | REJECTED
     reason      TEXT,
     path        TEXT NOT NULL,           -- where it lies now (rejected/ after a rejection)
     owner_pid   INTEGER, owner_host TEXT, owner_start REAL,
@@ -270,10 +270,13 @@ def _row(cls: type, row: sqlite3.Row) -> Any:
 class StateDB:
     """A connection to the state database; create one per thread/process."""
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, timeout: float = 30.0, check_same_thread: bool = True) -> None:
+        """``check_same_thread=False`` only for a connection used by one worker thread and
+        closed by its owner after that thread ended (never used by two threads at once)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                    check_same_thread=check_same_thread)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -336,21 +339,28 @@ class StateDB:
                 same = (row["owner_pid"], row["owner_host"]) == (me.pid, me.host)
                 if row["status"] == "CLAIMED" and not same and not owner_dead(row["owner_pid"], row["owner_host"], row["owner_start"])[0]:
                     return False
+                seen = row["seen"] if row["status"] == "PENDING" else time.time()
                 c.execute("UPDATE deliveries SET status='CLAIMED', reason=NULL, done=NULL, "
                           "owner_pid=?, owner_host=?, owner_start=?, path=?, seen=? WHERE name=?",
-                          (me.pid, me.host, me.start, path, time.time(), name))
+                          (me.pid, me.host, me.start, path, seen, name))
                 return True
             c.execute("INSERT INTO deliveries (name, kind, dlid, status, path, owner_pid, owner_host,"
                       " owner_start, seen) VALUES (?,?,?,?,?,?,?,?,?)",
                       (name, kind, dlid, "CLAIMED", path, me.pid, me.host, me.start, time.time()))
             return True
 
-    def release_delivery(self, name: str) -> None:
-        """Give a claim back without a verdict (the delivery is not complete yet)."""
+    def release_delivery(self, name: str, pending: str | None = None) -> None:
+        """Give a claim back without a verdict. With ``pending`` (why it is not complete yet)
+        the row stays as PENDING so the console can show it; else it is removed."""
         me = Owner.me()
         with self.tx() as c:
-            c.execute("DELETE FROM deliveries WHERE name=? AND status='CLAIMED' AND owner_pid=? "
-                      "AND owner_host=?", (name, me.pid, me.host))
+            if pending is None:
+                c.execute("DELETE FROM deliveries WHERE name=? AND status='CLAIMED' AND owner_pid=? "
+                          "AND owner_host=?", (name, me.pid, me.host))
+            else:
+                c.execute("UPDATE deliveries SET status='PENDING', reason=?, owner_pid=NULL, "
+                          "owner_host=NULL, owner_start=NULL WHERE name=? AND status='CLAIMED' "
+                          "AND owner_pid=? AND owner_host=?", (pending, name, me.pid, me.host))
 
     def finish_delivery(self, name: str, status: str, path: str, reason: str | None = None) -> None:
         with self.tx() as c:

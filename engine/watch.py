@@ -20,8 +20,10 @@ import contextlib
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,14 @@ class Daemon:
         self.result = WatchResult()
         self._observer: Any = None
         self._events = 0
+        self._stale_seen: set[str] = set()
+        self._stepped: dict[int, float] = {}
+        self.verifier = ThreadPoolExecutor(max_workers=int(ws.setting("watch", "verify_threads", 2)),
+                                           thread_name_prefix="verify")
+        self.inflight: dict[str, tuple[deliveries.Candidate, Future[deliveries.Outcome]]] = {}
+        self._tls = threading.local()
+        self._thread_dbs: list[StateDB] = []
+        self.restep_s = 0.5
 
     # ------------------------------------------------------------------ events
 
@@ -153,7 +163,30 @@ class Daemon:
     # ------------------------------------------------------------------ deliveries
 
     def _handle(self, cand: deliveries.Candidate) -> None:
-        o = deliveries.process(self.ws, self.db, cand, self.quiet_s, self.incomplete_timeout)
+        """Verify a candidate on a worker thread: md5 of a large delivery takes seconds and
+        must not hold up job exits and launches. One verification per delivery at a time."""
+        if cand.name in self.inflight:
+            return
+        self.inflight[cand.name] = (cand, self.verifier.submit(self._verify, cand))
+
+    def _verify(self, cand: deliveries.Candidate) -> deliveries.Outcome:
+        db = getattr(self._tls, "db", None)
+        if db is None:  # one connection per thread
+            db = self._tls.db = StateDB(self.ws.state_db, check_same_thread=False)
+            self._thread_dbs.append(db)
+        return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
+
+    def collect_verified(self, wait: bool = False) -> int:
+        done = 0
+        for name, (cand, fut) in list(self.inflight.items()):
+            if not (fut.done() or wait):
+                continue
+            del self.inflight[name]
+            self._outcome(cand, fut.result())
+            done += 1
+        return done
+
+    def _outcome(self, cand: deliveries.Candidate, o: deliveries.Outcome) -> None:
         if o.status == "pending":
             if cand.name not in self.pending:
                 self._ev("pending", delivery=o.name, why=o.reason)
@@ -169,7 +202,17 @@ class Daemon:
             self.result.rejected.append(o)
             self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, moved_to=o.path)
 
+    def report_stale_locks(self) -> None:
+        """Stale locks are reported once (reclaimed when a process needs them)."""
+        from engine.locks import list_locks
+        for info in list_locks(self.ws.lock):
+            if info.stale and info.name not in self._stale_seen:
+                self._stale_seen.add(info.name)
+                self._ev("stale_lock", lock=info.name, kind=info.kind, owner=info.owner,
+                         why=info.reason)
+
     def reconcile(self) -> None:
+        self.report_stale_locks()
         registered = {d.dlid for d in self.db.downlinks()}
         for cand in deliveries.scan(self.ws):
             if cand.stem in registered:
@@ -226,16 +269,32 @@ class Daemon:
             self._ev("stream_claimed", dlid=dlid, stream=st.id)
 
     def step_streams(self) -> None:
+        """Route job exits, then step the runners that have news (or whose timer is due).
+
+        A runner with only running jobs has nothing to decide until one exits, so it is
+        stepped on an exit, when new, or every ``restep_s`` (halt flags, locks, disk space
+        may have changed); this keeps an idle daemon from polling the database in a loop.
+        """
         by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
+        news: set[int] = set()
         for res in self.launcher.poll():
             r = by_pi.get(res.pi_id)
             if r is not None:
                 r.on_exit(res)
+                news.add(r.stream.id)
+        now = time.monotonic()
         for sid, r in list(self.runners.items()):
+            due = now - self._stepped.get(sid, 0.0) >= self.restep_s
+            if not (self.once or due or sid in news):
+                continue
+            self._stepped[sid] = now
             if r.step() is not None:
                 del self.runners[sid]
+                self._stepped.pop(sid, None)
 
     def shutdown(self) -> None:
+        self.verifier.shutdown(wait=True)  # claims are given back or settled, never left held
+        self.collect_verified(wait=True)
         ids = self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else []
         for r in self.runners.values():
             r.terminate([i for i in ids if i in r.running])
@@ -269,11 +328,13 @@ class Daemon:
                         self._handle(cand)
                     last_pending = now
                 before = self._events
+                self.collect_verified()
                 if now - last_pickup >= 0.5 or not self.runners:
                     self.pick_up()
                     last_pickup = now
                 self.step_streams()
-                busy = bool(self.launcher.active()) if hasattr(self.launcher, "active") else False
+                busy = bool(self.inflight) or (
+                    bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
                 if self.once:
                     if self._events == before and not busy:
                         idle_rounds += 1
@@ -297,10 +358,14 @@ class Daemon:
             for r in self.runners.values():  # --once: held streams (halt flags) stay resumable
                 self.db.release_stream(r.stream.id, "WAITING", r.note or "held")
             self.runners.clear()
+            self.verifier.shutdown(wait=True)
             self.stop_observer()
         return self.result
 
     def close(self) -> None:
+        self.verifier.shutdown(wait=True)
+        for db in self._thread_dbs:
+            db.close()
         self.db.close()
 
 

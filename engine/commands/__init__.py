@@ -10,6 +10,8 @@ COMMAND_MODULES: list[str] = [
     "mock",
     "build",
     "verify",
+    "propagate",
+    "hits",
     "downlinks",
     "streams",
     "locks",
@@ -18,6 +20,4 @@ COMMAND_MODULES: list[str] = [
     "run",
     "rollback",
     "watch",
-    "propagate",
-    "hits",
 ]

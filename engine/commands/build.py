@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--index-in", type=Path, default=None, help="reuse a saved match table")
     p.add_argument("--reserve", type=int, default=None,
                    help="bytes to keep free (default $SKYDECK_RESERVE_BYTES or 0)")
+    p.add_argument("--io-threads", type=int, default=0,
+                   help="threads per process copying rows (default: the cores, 1 per MPI worker)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
     p.set_defaults(func=run)
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         timestamp_path=args.timestamp_path, data_path=args.data_path,
         smalldata_path=args.smalldata_path, principal=args.principal, retdef=args.retdef,
         index_in=args.index_in, index_out=args.index_out,
-        reserve=env_reserve() if args.reserve is None else args.reserve,
+        reserve=env_reserve() if args.reserve is None else args.reserve, io_threads=args.io_threads,
     )
     show = is_rank0() and sys.stderr.isatty() and not args.no_progress and not args.json
     # the total is known only after planning; rank 0 sets it then

@@ -24,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
         dls = db.downlinks()
         streams = {s.dlid: s for s in db.streams()}
         rejected = db.deliveries("REJECTED")
+        pending = db.deliveries("PENDING")
     if args.json:
         print(json.dumps({
             "downlinks": [d.__dict__ | {"stream": streams[d.dlid].status if d.dlid in streams else None}
                           for d in dls],
             "rejected": [r.__dict__ for r in rejected],
+            "pending": [p.__dict__ for p in pending],
             "rejected_files": deliveries.rejected_list(ws),
         }, indent=1))
         return 0
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.registered))
         print(f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
               f"{st.status if st else '-':10s} {when}")
+    for p in pending:
+        print(f"PENDING  {p.name}: {p.reason}")
     for r in rejected:
         print(f"REJECTED {r.name}: {r.reason} -> {r.path}")
     return 0

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--runs", type=int, default=2, help="runs (acquisitions) the events span")
     p.add_argument("--chunks", type=int, default=2, help="chunks (RetDef files)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scene", default=None,
+                   help="also deliver gensteps.npy for this scene (assets/scenes/<name>.toml)")
+    p.add_argument("--gensteps-photons", type=int, default=0,
+                   help="photons in the delivered gensteps (default: the scene's)")
     p.add_argument("--as", dest="as_", choices=("level0", "fcopy", "dir"), default="level0",
                    help="deliver into the workspace's incoming level0 or fcopy dir, or write to -o DIR")
     p.add_argument("-o", "--output", type=Path, help="plain output directory (implies --as dir)")
@@ -35,7 +39,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     spec = MockSpec(dlid=args.downlink or _default_dlid(), sources=args.sources, events=args.events,
-                    event_bytes=args.event_bytes, runs=args.runs, chunks=args.chunks, seed=args.seed)
+                    event_bytes=args.event_bytes, runs=args.runs, chunks=args.chunks, seed=args.seed,
+                    scene=args.scene, gensteps_photons=args.gensteps_photons)
     spec.validate()
     if args.output is not None or args.as_ == "dir":
         as_, target = "dir", (args.output or Path(spec.dlid))

@@ -60,5 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if runner.status == "TERMINATED":
         return EXIT_INTERRUPTED
-    print(f"skydeck-engine: stream {dlid}: {runner.status}: {runner.note}", file=sys.stderr)
+    with StateDB(ws.state_db) as db:
+        bad = [pi for pi in db.instances(runner.stream.id) if pi.status == "FAILED"]
+    where = f"{bad[0].log_path or ws.state_db}: " if bad else ""
+    what = f"{bad[0].label} {bad[0].note}; " if bad else ""
+    print(f"skydeck-engine: {where}stream {dlid} {runner.status} ({what}{runner.note})",
+          file=sys.stderr)
     return EXIT_FAILED

@@ -10,11 +10,54 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from engine import deliveries as _deliveries
+from engine import locks as _locks
 from engine.errors import BadInput, Busy
 from engine.ids import parse_dlid
 from engine.pipeline.task import load_task
-from engine.state import ACTIVE_PI, StateDB, StreamView, owner_dead
+from engine.stagescan import StageReport, stage_report
+from engine.state import ACTIVE_PI, Delivery, Downlink, StateDB, StreamView, owner_dead
 from engine.workspace import Workspace
+
+
+def downlinks(ws: Workspace) -> list[Downlink]:
+    """Registered downlinks, by id."""
+    with StateDB(ws.state_db) as db:
+        return db.downlinks()
+
+
+def rejected(ws: Workspace) -> list[Delivery]:
+    """Deliveries moved to incoming/rejected/, with their reasons."""
+    with StateDB(ws.state_db) as db:
+        return db.deliveries("REJECTED")
+
+
+def pending(ws: Workspace) -> list[Delivery]:
+    """Deliveries seen but not complete yet (files missing or still being written)."""
+    with StateDB(ws.state_db) as db:
+        return db.deliveries("PENDING")
+
+
+def locks(ws: Workspace) -> list[_locks.LockInfo]:
+    """Every lock with kind, owner, age and stale verdict (files are the truth)."""
+    return _locks.list_locks(ws.lock)
+
+
+def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
+    """Remove a stale lock; ``force`` only after the operator confirmed."""
+    return _locks.unlock(ws.lock, name, force=force)
+
+
+def stage(ws: Workspace, workers: int | None = None) -> StageReport:
+    """Usage per area and downlink, free space, reserve, whether launching is paused."""
+    return stage_report(ws, workers)
+
+
+def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
+    """One reconciliation pass over the inboxes (what `watch` does on its timer)."""
+    with StateDB(ws.state_db) as db:
+        return _deliveries.process_all(ws, db, float(ws.setting("watch", "quiet_s", 2.0)),
+                                       float(ws.setting("watch", "incomplete_timeout_s", 3600.0)))
 
 
 def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:

@@ -176,6 +176,7 @@ def merge_evt(ws: Workspace, dlid: str, run: int, max_events: int) -> list[Path]
         np.save(fh, ts)
     for p in written:
         _summary(f"Pipeline.output: {p}")
+        _summary(f"Pipeline.output: {tokens / p.stem}")
     _summary(f"Pipeline.output: {rec}")
     return written
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from engine import locks, manifest
 from engine.atomic import atomic_write_bytes
-from engine.errors import Busy
+from engine.deliveries import GENSTEPS_NAME, scene_path
+from engine.errors import BadInput, Busy
 from engine.ids import run_hex, run_name
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
@@ -106,6 +107,8 @@ class StreamRunner:
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
             "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
+            "scene_path": str(scene_path(scene)),
+            "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
             "key": key, "process": pdef.name,
         }
         if pdef.foreach == "chunks" and key:
@@ -442,6 +445,14 @@ def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Laun
     """Claim and drive one stream to its end in this process (``skydeck-engine run``)."""
     st, why = db.claim_stream(dlid, task.name)
     if st is None:
+        prev = db.latest_stream(dlid, task.name)
+        if prev is not None and prev.status == "FAILED":
+            raise BadInput(f"stream {dlid} FAILED ({prev.note}); `skydeck-engine rollback {dlid}` "
+                           "re-runs what failed", db.path)
+        if prev is not None and prev.status in ("SUCCESS", "CANCELED"):
+            runner = StreamRunner(ws, db, task, prev, launcher, emit)
+            runner.status, runner.note = prev.status, "already finished"
+            return runner
         raise Busy(why)
     runner = StreamRunner(ws, db, task, st, launcher, emit)
     runner.resume()

@@ -54,7 +54,7 @@ def test_bad_input_under_mpi(tmp_path: Path, small_sources: Path) -> None:
 
 
 def test_dead_worker_aborts_the_job(tmp_path: Path, small_sources: Path) -> None:
-    env = engine_env(SKYDECK_FAULT="kill:2:2")  # rank 2 SIGKILLs itself after 2 batches
+    env = engine_env(SKYDECK_FAULT="kill:2:0")  # rank 2 SIGKILLs itself before its first batch
     t0 = time.monotonic()
     res = run_mpi(3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env,
                   timeout=60)

@@ -83,6 +83,8 @@ def test_manifest_first_then_files_is_pending(ws, tmp_path):
     (dest / "cspad.h5.swp").write_bytes(b"swap")
     out = _process(ws)
     assert [o.status for o in out] == ["pending"] and "not present" in out[0].reason
+    with StateDB(ws.state_db) as db:  # shown as pending (the console lists these)
+        assert [d.name for d in db.deliveries("PENDING")] == ["level0:251125003"]
     for f in src.iterdir():
         if f.name != "MANIFEST.md5":
             (dest / f.name).write_bytes(f.read_bytes())
@@ -196,3 +198,27 @@ def test_rejected_twice_keeps_both(ws):
         _process(ws)
     assert (ws.rejected / "2511250xx").is_dir() and (ws.rejected / "2511250xx.2").is_dir()
     assert len(list(ws.rejected.glob("*.reason"))) == 2
+
+
+def test_manifest_being_written_is_pending_not_rejected(ws):
+    d = make_delivery(ws, "251125015")
+    m = d / "MANIFEST.md5"
+    text = m.read_bytes()
+    m.write_bytes(b"")                        # a writer that created it and has not written yet
+    out = _process(ws, quiet_s=5.0)
+    assert [o.status for o in out] == ["pending"] and "still being written" in out[0].reason
+    m.write_bytes(text)
+    assert [o.status for o in _process(ws, quiet_s=5.0)] == ["accepted"]
+
+
+@pytest.mark.parametrize("scene,why", [("../../../etc/passwd", "invalid scene name"),
+                                       ("no-such-scene", "unknown scene"),
+                                       (None, "no scene.txt")])
+def test_bad_scene_rejected(ws, scene, why):
+    d = make_delivery(ws, "251125016")
+    (d / "gensteps.npy").write_bytes(b"\x93NUMPY")
+    if scene is not None:
+        (d / "scene.txt").write_text(scene + "\n")
+    names = [p.name for p in d.iterdir() if p.name != "MANIFEST.md5"]
+    manifest.write(d, names)
+    _assert_rejected(ws, _process(ws), "251125016", why)

@@ -49,7 +49,7 @@ def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
 
 
 @pytest.mark.skipif(shutil.which("du") is None, reason="GNU du not installed")
-def test_du_matches_gnu_du(tmp_path):
+def test_du_matches_gnu_du(tmp_path, monkeypatch):
     root = tmp_path / "tree"
     for d in range(40):
         p = root / f"a{d % 4}" / f"b{d}"
@@ -63,6 +63,11 @@ def test_du_matches_gnu_du(tmp_path):
     for workers in (1, 2):
         u = du(root, workers)
         assert u.bytes == ref and u.files == 40 * 30 + 1  # hard link once, symlink as a file
+    import engine.stagescan as ss
+    monkeypatch.setattr(ss, "_PARALLEL_MIN_ENTRIES", 0)  # force the forked-workers path
+    monkeypatch.setattr(ss, "_PARALLEL_MIN_DIRS", 1)
+    u = du(root, 2)
+    assert u.bytes == ref and u.files == 40 * 30 + 1 and u.dirs == 45
 
 
 def test_stage_report_per_area_and_downlink(ws, capsys):
@@ -94,3 +99,14 @@ def test_downlinks_cli(ws, capsys):
     assert data["rejected"][0]["name"] == "level0:25112500x"
     rc, out, _ = cli(ws, "downlinks", capsys=capsys)
     assert "251125001" in out and "REJECTED level0:25112500x" in out
+
+
+def test_console_api_functions(ws):
+    from engine.pipeline import api
+    make_delivery(ws, "251125001")
+    out = api.scan_incoming(ws)
+    assert [o.status for o in out] == ["accepted"]
+    assert [d.dlid for d in api.downlinks(ws)] == ["251125001"]
+    assert api.rejected(ws) == [] and api.locks(ws) == [] and api.stream_views(ws) == []
+    rep = api.stage(ws)
+    assert rep.downlinks["251125001"]["incoming"].files == 5

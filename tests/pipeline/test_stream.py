@@ -67,6 +67,7 @@ def test_halfpipe_stream_end_to_end(ws, capsys):
         recs = {r.path: r for r in db.files("251125001", producer="mergeEvt")}
         for f in staged:
             assert recs[str(f)].md5 == manifest.md5_file(f)
+            assert str(ws.stage / "chunktokens" / f.parent.name / f.stem) in recs   # tokens too
         assert not db.files("251125001", producer="makeEvt")   # cleanup removed intermediates
     assert not list(ws.downlinks.glob("251125001/251125001-*.h5"))
     assert locks.list_locks(ws.lock) == []
@@ -219,3 +220,63 @@ def test_run_cli_errors(ws, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_launching_pauses_under_the_disk_reserve(ws, tmp_path):
+    task = _task(tmp_path, '[[process]]\nname = "job"\ncommand = ["true"]\n')
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    ws = set_config(ws, "[disk]\nreserve_bytes = 1_000_000_000_000_000\n")  # 1 EB: never free
+    _register(ws)
+    with StateDB(ws.state_db) as db:
+        st, _ = db.claim_stream("251125001", "halfpipe")
+        launcher = LocalLauncher(1)
+        runner = StreamRunner(ws, db, load_task(ws), st, launcher)
+        _step_until(runner, launcher, lambda s: "launching paused" in (db.instances(st.id)[0].note or ""))
+        assert db.instances(st.id)[0].status == "READY" and not launcher.active()
+        ws.config["disk"]["reserve_bytes"] = 0                       # space freed / reserve lowered
+        assert _step_until(runner, launcher, lambda s: s is not None) == "SUCCESS"
+
+
+@pytest.mark.mpi
+def test_makeevt_under_mpiexec(ws, capsys):
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    if not mpiexec.exists():
+        pytest.skip("no mpiexec in the venv (mpich wheel)")
+    ws = set_config(ws, "[build]\nranks = 2\n")
+    make_delivery(ws, "251125001", events=100, event_bytes=400, chunks=1, runs=1)
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 0, err
+    head = (ws.logs / "251125001" / "makeEvt-00001-e1.log").read_text().splitlines()[0]
+    assert str(mpiexec) in head and "-n 2" in head
+    staged = sorted(ws.stage.glob("251125001/r*/*.h5"))
+    assert staged and all(verify_built(f).ok for f in staged)
+
+
+def test_delivery_with_gensteps_adds_propagate(ws, capsys):
+    from engine.mock import MockSpec, deliver
+    deliver(MockSpec("251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
+                     scene="tboolean-box", gensteps_photons=5000), "level0", ws.incoming_level0)
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 0, err
+    v = _views(ws, capsys)[0]
+    prop = [p for p in v["instances"] if p["process"] == "propagate"][0]
+    assert prop["status"] == "SUCCESS"
+    ev = ws.events / "tboolean-box" / "251125001"
+    meta = json.loads((ev / "meta.json").read_text())
+    assert (ev / "ht.npy").is_file() and meta["photons"] == 5000
+    with StateDB(ws.state_db) as db:
+        assert {Path(r.path).name for r in db.files("251125001", producer="propagate")} >= {
+            "ht.npy", "meta.json"}
+
+
+def test_run_of_a_finished_stream(ws, tmp_path, capsys):
+    task = _task(tmp_path, '[[process]]\nname = "job"\ncommand = ["false"]\n')
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    _register(ws)
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 1
+    rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
+    assert rc == 2 and "rollback" in err and "state.db" in err
+    task.write_text(task.read_text().replace('"false"', '"true"'))
+    cli(ws, "rollback", "251125001", capsys=capsys)
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0   # already SUCCESS: nothing to do

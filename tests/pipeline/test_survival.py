@@ -59,8 +59,9 @@ def _check(ws, reference: dict[str, str], trial: str) -> None:
     assert stream_status(ws) == {d: "SUCCESS" for d in DLIDS}, trial
     assert _staged(ws) == reference, trial                  # byte for byte, nothing extra
     assert locks.list_locks(ws.lock) == [], trial
-    hidden = [p for p in ws.stage.rglob(".*")]
-    assert hidden == [], (trial, hidden)
+    hidden = [p for p in [*ws.stage.rglob(".*"), *ws.downlinks.rglob(".*"),
+                          *ws.incoming_level0.glob(".*")]]
+    assert hidden == [], (trial, hidden)      # no temporaries left where readers look
     with StateDB(ws.state_db) as db:
         for d in DLIDS:
             st = db.latest_stream(d)

@@ -218,3 +218,59 @@ def test_200_deliveries_at_once_each_processed_once(ws, tmp_path):
     with StateDB(ws.state_db) as db:
         assert len(db.downlinks()) == 200 and len(db.streams(latest_only=False)) == 200
         assert db.q("SELECT count(*) FROM process_instances WHERE execution > 1")[0][0] == 0
+
+
+def test_reconciliation_scan_catches_what_events_missed(ws, tmp_path):
+    # polling so slow it never fires: only the periodic reconciliation scan can find it
+    ws = _quick(ws, scan_interval=0.5)
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log, "--polling", "--interval", "3600")
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30)
+        make_delivery(ws, "251125031", **FAST)
+        wait_for(lambda: stream_status(ws).get("251125031") == "SUCCESS", 60)
+    finally:
+        assert _stop(d) == 0
+
+
+FLAKY = ("import os, sys; p = sys.argv[1]; ok = os.path.exists(p); "
+         "sys.exit(0 if ok else 3)")
+
+
+def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
+    marker = tmp_path / "fixed"
+    task = tmp_path / "task.toml"
+    task.write_text(f'[task]\nname = "halfpipe"\n[[process]]\nname = "job"\n'
+                    f'command = ["{{python}}", "-c", "{FLAKY}", "{marker}"]\nretries = 1\n')
+    ws = _quick(ws)
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    log = tmp_path / "daemon.log"
+    make_delivery(ws, "251125032", **FAST)
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: stream_status(ws).get("251125032") == "FAILED", 60)
+        marker.touch()                                    # the operator fixed the cause
+        rc, out, _ = cli(ws, "rollback", "251125032", capsys=capsys)
+        assert rc == 0 and "job" in out
+        wait_for(lambda: stream_status(ws).get("251125032") == "SUCCESS", 60)
+    finally:
+        assert _stop(d) == 0
+    with StateDB(ws.state_db) as db:
+        pis = db.instances(db.latest_stream("251125032").id, latest_only=False)
+        assert [(p.execution, p.status) for p in pis] == [(1, "FAILED"), (2, "FAILED"), (3, "SUCCESS")]
+
+
+def test_global_halted_flag_stops_new_streams(ws, capsys):
+    ws = _quick(ws)
+    (ws.path("flags") / "halted").touch()
+    make_delivery(ws, "251125033", **FAST)
+    rc, out, _ = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 0 and '"registered"' in out          # deliveries are still registered ...
+    assert stream_status(ws) == {}                     # ... but no stream starts
+    (ws.path("flags") / "halted").unlink()
+    (ws.downlinks / "251125033").mkdir(parents=True)
+    (ws.downlinks / "251125033" / "haltCleanup").touch()   # per downlink: keep intermediates
+    rc, _, _ = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 0 and stream_status(ws) == {"251125033": "SUCCESS"}
+    assert list(ws.downlinks.glob("251125033/251125033-*.h5"))   # chunk output kept
+    assert locks.list_locks(ws.lock) == []                         # stream lock removed anyway
