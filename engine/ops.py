@@ -159,10 +159,14 @@ class DownlinkRows:
                 out[key] = DownlinkRow(key, _date(key) if d.dlid else "?", "rejected", "-", 0, 0,
                                        0, 0, 0, d.seen, d.reason or "")
         if incoming:
+            # why a delivery waits (files missing, still being written), as the daemon recorded
+            pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}
             for c in deliveries.scan(self.ws):
                 if c.stem not in out and is_dlid(c.stem):
+                    why = pending.get(c.name)
                     out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0,
-                                              0, _mtime(c.manifest), f"in incoming/{c.kind}")
+                                              0, _mtime(c.manifest),
+                                              f"pending: {why}" if why else f"in incoming/{c.kind}")
         return out
 
 

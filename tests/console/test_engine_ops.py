@@ -150,3 +150,13 @@ def test_incremental_rows_match_a_fresh_read_through_changes(ws):
         db.register_downlink(Downlink("251126004", "level0", "/x", 1, False, None, 1.0, 2.0))
         check()
         assert reader.read(db)["251125003"].note == "again"
+
+
+def test_pending_delivery_shows_why(ws):
+    d = mock(ws, "251125001", events=60)
+    with open(d / "MANIFEST.md5", "a") as fh:              # a file that has not arrived yet
+        fh.write("0" * 32 + "  late.h5\n")
+    with StateDB(ws.state_db) as db:
+        deliveries.process_all(ws, db, quiet_s=0.0)
+        row = ops.downlink_rows(ws, db)["251125001"]
+    assert row.state == "arrived" and row.note.startswith("pending: ") and "late.h5" in row.note
