@@ -41,6 +41,7 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    Tree,
 )
 from textual.worker import get_current_worker
 
@@ -379,6 +380,18 @@ class SkydeckApp(App[None]):
         if key != self.want_dlid:
             self.want_dlid = key
             self.wake.set()
+
+    @on(DataTable.RowSelected, "#downlinks")
+    def _downlink_selected(self) -> None:
+        """Enter on a downlink: go to its stream tree (keyboard path: table -> tree -> log)."""
+        self.q(StreamTree).focus()
+
+    @on(Tree.NodeSelected, "#stream")
+    def _instance_selected(self, event: Tree.NodeSelected) -> None:
+        """Enter on a process instance opens its log."""
+        pi = event.node.data
+        if pi is not None and pi.log_path:
+            self.open_log(pi.log_path)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:

@@ -170,6 +170,14 @@ async def test_rollback_failed_stream_then_rerun_process(ws):
         await settle(pilot, lambda: log.line_count > 0)
         assert log.path == tree_node(tree, "cleanup").data.log_path
         assert app.q("#tabs").active == "log"
+        # keyboard path: enter on the downlink focuses the tree, enter on an instance opens its log
+        table.focus()
+        await pilot.press("enter")
+        assert app.focused is tree
+        tree.move_cursor(tree_node(tree, "mergeIndices"))
+        await pilot.press("enter")
+        await settle(pilot, lambda: log.path == tree_node(tree, "mergeIndices").data.log_path
+                     and log.line_count > 0)
 
 
 async def test_halt_flags_set_and_clear(ws):
