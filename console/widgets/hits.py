@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Static
 from console.format import bar
 
 if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
-    from engine.propagate.hits import Comparison, Histogram, HitSummary
+    from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
 
 EVENT_COLUMNS = (("event", "Event"), ("photons", "Photons"), ("hits", "Hits"),
                  ("eff", "Efficiency"), ("mode", "Mode"))
@@ -34,6 +34,22 @@ def _hist(title: str, unit: str, h: Histogram | None, width: int = 24) -> list[T
         t.append(bar(c / peak, width), style="cyan")
         t.append(f" {c}")
         out.append(t)
+    return out
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def _face_map(fm: FaceMap) -> list[Text]:
+    """A sensor face's hit map (the engine's 2-D histogram) drawn with shade characters."""
+    peak = max(max(r) for r in fm.counts) or 1
+    u0, u1, v0, v1 = fm.extent
+    out = [Text(f"hit map {fm.name}: {fm.hits:,} hits, {fm.axes[0]} {u0:g}..{u1:g} across, "
+                f"{fm.axes[1]} {v1:g}..{v0:g} down", style="bold")]
+    n = len(_SHADES) - 2
+    for row in fm.counts:
+        line = "".join(_SHADES[0 if c == 0 else 1 + min(n, n * c // peak)] for c in row)
+        out.append(Text("|" + line + "|", style="cyan"))
     return out
 
 
@@ -54,8 +70,9 @@ def render_summary(s: HitSummary) -> Group:
         flags.add_column(col, justify="left" if col == "flagmask" else "right")
     for r in s.flagmasks[:12]:
         flags.add_row(r.label, f"{r.count:,}", f"{r.fraction:.4f}", f"{r.hits:,}")
+    maps = [line for fm in sorted(s.faces, key=lambda f: -f.hits)[:2] for line in _face_map(fm)]
     return Group(head, term, flags, *_hist("hit time", "ns", s.time),
-                 *_hist("hit wavelength", "nm", s.wavelength))
+                 *_hist("hit wavelength", "nm", s.wavelength), *maps)
 
 
 def render_comparison(c: Comparison) -> Group:

@@ -299,3 +299,4 @@ async def test_launch_build_on_files_with_progress(ws):
         assert out.is_file()
         assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] > 0   # progress reached total
         assert not app.query(".job")                                  # the bar went away
+
