@@ -81,6 +81,12 @@ def principal_table(spec: MockSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     jitter = rng.integers(0, 1000, spec.events, dtype=np.uint64)
     ts = np.uint64(t0) + idx * np.uint64(EVENT_PERIOD_NS) + jitter
     bounds = np.linspace(0, spec.events, spec.runs + 1).astype(np.int64)
+    for r in range(1, spec.runs):
+        # acquisitions are separated: each run starts on a whole MET second at least one
+        # second after the previous run's last event, so run ids are distinct at any rate
+        a = int(bounds[r])
+        start = (int(ts[a - 1]) // NS + 2) * NS
+        ts[a:] += np.uint64(start - int(ts[a]))
     run = np.empty(spec.events, dtype=np.int64)
     for r in range(spec.runs):
         run[bounds[r]:bounds[r + 1]] = int(ts[bounds[r]]) // NS

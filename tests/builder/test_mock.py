@@ -94,3 +94,14 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert res.returncode == 2 and "--events" in res.stderr
     res = run_engine("-w", tmp_path / "nows", "mock", "--downlink", "251114001")
     assert res.returncode == 2 and "not a skydeck workspace" in res.stderr
+
+
+def test_runs_are_distinct_acquisitions_at_any_size(tmp_path: Path) -> None:
+    run_engine("mock", "--downlink", "251114003", "--events", "12", "--event-bytes", "16",
+               "--runs", "3", "-o", tmp_path / "m", check=True)
+    with h5py.File(tmp_path / "m" / "cspad.h5") as f:
+        ts, run = f["timestamp"][()], f["smalldata/run"][()]
+    starts = np.unique(run)
+    assert len(starts) == 3 and np.all(np.diff(ts.astype(np.int64)) > 0)
+    for r in starts:  # a run's id is the MET second its first event falls in
+        assert int(ts[run == r][0]) // NS == r
