@@ -66,7 +66,8 @@ if TYPE_CHECKING:
     from engine.propagate.hits import Comparison, HitSummary
 
 POLL_S = 0.25
-STAGE_EVERY_S = 3.0
+STAGE_EVERY_S = 10.0   # usage scan at least this often
+STAGE_MIN_S = 1.0      # ... and within a second of a change that moves bytes
 LOCK_RECHECK_S = 1.0
 LOG_TAIL_BYTES = 1 << 20
 
@@ -105,7 +106,7 @@ class Refreshed(Message):
 
 @dataclass
 class StageRead(Message):
-    report: StageReport
+    report: StageReport | None  # None: the scan failed (reported separately)
 
 
 @dataclass
@@ -224,6 +225,9 @@ class SkydeckApp(App[None]):
         self.clock = clock
         self.poll_s = poll_s
         self.stage_every_s = stage_every_s
+        self.stage_busy = True          # the first scan starts with the poll loop
+        self.stage_dirty = False
+        self.stage_last = 0.0
         self.want_dlid: str | None = None
         self.wake = threading.Event()
         self.runners: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -248,6 +252,7 @@ class SkydeckApp(App[None]):
         self.q(DownlinksTable).focus()
         self._poll_loop()
         self._scan_stage()
+        self.set_interval(STAGE_MIN_S, self._maybe_scan)
         self.set_interval(1.0, self._tick)
 
     @property
@@ -331,6 +336,8 @@ class SkydeckApp(App[None]):
             return
         t0 = time.perf_counter()
         with self.batch_update():
+            if msg.rows is not None or msg.events is not None:
+                self.stage_dirty = True
             if msg.rows is not None:
                 table = self.q(DownlinksTable)
                 table.apply(msg.rows)
@@ -359,18 +366,33 @@ class SkydeckApp(App[None]):
             rep = stage_report(self.ws, workers=1)  # no fork from a threaded app
         except OSError as err:
             self.post_message(ActionDone(f"usage scan failed: {err}", "error"))
-            return
+            rep = None
         self.post_message(StageRead(rep))
 
     def on_stage_read(self, msg: StageRead) -> None:
         if not self.live:
+            return
+        if msg.report is None:
+            self.stage_busy = False
+            self.stage_last = time.monotonic()
             return
         self.q(StagingPanel).show(msg.report)
         alert = pressure(msg.report)
         banner = self.q("#alert", Static)
         banner.update(alert or "")
         banner.set_class(alert is not None, "show")
-        self.set_timer(self.stage_every_s, self._scan_stage)
+        self.stage_busy = False
+        self.stage_last = time.monotonic()
+
+    def _maybe_scan(self) -> None:
+        """Rescan usage after changes (files come and go with db and directory changes), or
+        every ``stage_every_s``; never two scans at once (a scan is re-armed after it ends)."""
+        if self.stage_busy or not self.live:
+            return
+        if self.stage_dirty or time.monotonic() - self.stage_last >= self.stage_every_s:
+            self.stage_dirty = False
+            self.stage_busy = True
+            self._scan_stage()
 
     # -------------------------------------------------------------------- selection
 
