@@ -460,8 +460,10 @@ class SkydeckApp(App[None]):
             desc = self.COMMAND_HELP.get(action, b.description)
             if self.read_only and action in WRITE_ACTIONS:
                 desc += " (disabled: read-only)"
-            rows.append((b.key, desc))
-        rows.append(("ctrl+p", "Command palette: every action by name"))
+            rows.append((self.get_key_display(b), desc))
+        rows.append(("enter", "On a downlink: go to its stream; on an instance: open its log"))
+        rows.append(("tab", "Next panel"))
+        rows.append(("^p", "Command palette: every action by name"))
         self.push_screen(HelpScreen(rows, PANELS, self.read_only))
 
     def action_filter(self) -> None:
