@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from console.app import SkydeckApp
+from console.app import JobProgress, SkydeckApp
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, HelpScreen
 from console.widgets.downlinks import DownlinksTable
 from console.widgets.hits import HitsPanel
@@ -52,6 +52,14 @@ def latest(ws, dlid: str) -> dict[tuple[str, str], object]:
 
 def tree_node(tree: StreamTree, process: str, key: str = ""):  # type: ignore[no-untyped-def]
     return tree._pi_nodes[(process, key)]
+
+
+def job_messages(seen: list[JobProgress]):  # type: ignore[no-untyped-def]
+    """A message hook collecting the job progress messages the app receives."""
+    def hook(m: object) -> None:
+        if isinstance(m, JobProgress):
+            seen.append(m)
+    return hook
 
 
 def pi_of(tree: StreamTree, process: str, key: str = ""):  # type: ignore[no-untyped-def]
@@ -235,15 +243,18 @@ async def test_hits_panel_summary_and_ab_view(ws):
 
 async def test_launch_propagation_with_progress(ws):
     app = SkydeckApp(ws, poll_s=0.05)
-    async with app.run_test(size=(160, 45)) as pilot:
+    seen: list[JobProgress] = []
+    async with app.run_test(size=(160, 45), message_hook=job_messages(seen)) as pilot:
         await pilot.press("P")
         assert isinstance(app.screen, FormScreen)
         app.screen.query_one("#f-photons").value = "30000"
         app.screen.query_one("#f-tag").value = "from-console"
-        await pilot.click("#ok")
-        await settle(pilot, lambda: len(app.jobs) == 1)
+        await pilot.press("enter", "enter", "enter")      # through the fields; the last submits
         panel = app.q(HitsPanel)
-        await settle(pilot, lambda: not app.jobs and len(panel.summaries) == 1, timeout=60)
+        await settle(pilot, lambda: any(m.exit is not None for m in seen) and not app.jobs
+                     and len(panel.summaries) == 1)
+        assert [m.exit for m in seen if m.exit is not None] == [0]
+        assert any(m.total == 30000 and m.done == 30000 for m in seen)   # progress reached it
         path = next(iter(panel.summaries))
         assert Path(path).name == "from-console" and panel.summaries[path].photons == 30000
 
@@ -283,9 +294,8 @@ async def test_help_and_palette_list_every_binding(ws):
 async def test_launch_build_on_files_with_progress(ws):
     mock(ws, "251125001", events=300)
     app = SkydeckApp(ws, poll_s=0.05)
-    seen: list[tuple[int, int | None]] = []
-    async with app.run_test(size=(160, 45), message_hook=lambda m: seen.append(
-            (m.done, m.total)) if type(m).__name__ == "JobProgress" else None) as pilot:
+    seen: list[JobProgress] = []
+    async with app.run_test(size=(160, 45), message_hook=job_messages(seen)) as pilot:
         table = app.q(DownlinksTable)
         await settle(pilot, lambda: table.selected == "251125001")
         await pilot.press("B")
@@ -293,11 +303,10 @@ async def test_launch_build_on_files_with_progress(ws):
         form = app.screen
         assert form.query_one("#f-inputs").value.endswith("incoming/level0/251125001")
         form.query_one("#f-select").value = 'color == "red"'
-        await pilot.click("#ok")
-        await settle(pilot, lambda: len(app.jobs) == 1)
-        await settle(pilot, lambda: not app.jobs, timeout=60)
-        out = ws.root / "builds" / "251125001.h5"
-        assert out.is_file()
-        assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] > 0   # progress reached total
+        await pilot.press("enter", "enter", "enter")
+        await settle(pilot, lambda: any(m.exit is not None for m in seen) and not app.jobs)
+        assert [m.exit for m in seen if m.exit is not None] == [0]
+        assert (ws.root / "builds" / "251125001.h5").is_file()
+        done = [m for m in seen if m.total]
+        assert done and done[-1].done == done[-1].total > 0          # progress reached the total
         assert not app.query(".job")                                  # the bar went away
-
