@@ -1,10 +1,10 @@
 """`make demo` / `skydeck --demo`: a workspace with data flowing through every panel.
 
 The feeder is the outside world plus the facility: a thread that delivers a mock downlink
-into incoming/ every ``interval_s`` seconds (the real ``skydeck-engine mock``), a
-``skydeck-engine watch`` daemon that registers and processes them (the real pipeline), and
-two propagation events of the detector scene (seeds 0 and 1, so the Hits panel has an A/B
-pair). Everything runs as separate processes, so the console stays responsive; ``stop``
+into incoming/ every ``interval_s`` seconds (the real ``skydeck-engine mock``; every other
+one carries gensteps, so its stream runs a propagate process), a ``skydeck-engine watch``
+daemon that registers and processes them (the real pipeline), and two quick propagation
+events of the detector scene at the start (seeds 0 and 1, an A/B pair for the Hits panel). Everything runs as separate processes, so the console stays responsive; ``stop``
 terminates the daemon with SIGTERM, which releases its streams cleanly.
 """
 
@@ -73,8 +73,12 @@ class Feeder:
             dlid = self.next_dlid()
             if dlid is None:
                 return
+            extra = []
+            if n % 2 == 1:  # every other delivery carries gensteps: its stream propagates them
+                extra = ["--scene", SCENE.stem, "--gensteps-photons", "100000"]
             self._spawn(["mock", "--downlink", dlid, "--events", "3000", "--event-bytes", "2000",
-                         "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", str(n)])
+                         "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", str(n),
+                         *extra])
             n += 1
             if n in (1, 2):  # an A/B pair of propagation events, early
                 out = self.ws.events / SCENE.stem / f"demo-seed{n - 1}"

@@ -34,6 +34,11 @@ async def test_demo_feeds_every_panel_and_console_beside_daemon_never_runs_twice
             await settle(pilot, lambda: tree.view is not None
                          and tree.view.stream.status == "SUCCESS")
             await settle(pilot, lambda: len(app.q(HitsPanel).summaries) == 2, timeout=60)
+            # the second delivery carries gensteps: its stream's propagate process adds an event
+            second = sorted(table.model)[0][:6] + "002"
+            await settle(pilot, lambda: second in table.model
+                         and table.model[second].state == "staged", timeout=90)
+            await settle(pilot, lambda: any(p.endswith(second) for p in app.q(HitsPanel).summaries))
             await settle(pilot, lambda: app.q(StagingPanel).report is not None
                          and first in app.q(StagingPanel).report.downlinks)
         with StateDB(ws.state_db) as db:
