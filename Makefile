@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.skydeck-installed
 DEMO_WS ?= skydeck-workspace
 
-.PHONY: demo test bench lint venv sysdeps clean
+.PHONY: demo demo-headless test bench lint venv sysdeps clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,13 @@ test: $(STAMP) sysdeps
 	$(BIN)/ruff check engine tests $(wildcard console)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
+# The console on a demo workspace: a feeder delivers a mock downlink every few seconds, a
+# `skydeck-engine watch` daemon processes them, and a propagation event fills the Hits panel.
 demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/skydeck --demo -w $(DEMO_WS)
+
+# Headless (CI, no terminal): deliver one mock downlink and build its chunks with mpiexec.
+demo-headless: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m engine.demo --workspace $(DEMO_WS)
 
 bench: $(STAMP)

@@ -1,0 +1,1 @@
+"""Modal screens: confirmations, help, halt flags, job launch forms."""

@@ -1,0 +1,138 @@
+"""Modal screens: confirmation (k9s: destructive actions ask first), help, halt flags, forms."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes/no with the consequence spelled out; `y` confirms, `n`/`escape` cancels."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes", id="confirm.yes"),
+                Binding("n,escape", "answer(False)", "No", id="confirm.no")]
+
+    def __init__(self, question: str, detail: str = "", danger: bool = False) -> None:
+        super().__init__()
+        self.question, self.detail, self.danger = question, detail, danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="danger" if self.danger else ""):
+            yield Label(self.question, id="question")
+            if self.detail:
+                yield Static(self.detail, id="detail")
+            with Horizontal(id="buttons"):
+                yield Button("Yes (y)", variant="error" if self.danger else "primary", id="yes")
+                yield Button("No (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class HelpScreen(ModalScreen[None]):
+    """`?`: every binding with its description, and what each panel shows."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "Close", id="help.close")]
+
+    def __init__(self, bindings: list[tuple[str, str]], panels: list[tuple[str, str]],
+                 read_only: bool) -> None:
+        super().__init__()
+        self.rows, self.panels, self.read_only = bindings, panels, read_only
+
+    def compose(self) -> ComposeResult:
+        keys = Table(title="Keys" + (" (READ-ONLY: actions disabled)" if self.read_only else ""),
+                     box=None, title_justify="left")
+        keys.add_column("key", style="bold cyan")
+        keys.add_column("action")
+        for k, d in self.rows:
+            keys.add_row(k, d)
+        panels = Table(title="Panels", box=None, title_justify="left")
+        panels.add_column("panel", style="bold")
+        panels.add_column("shows")
+        for k, d in self.panels:
+            panels.add_row(k, d)
+        with VerticalScroll(id="dialog"):
+            yield Static(keys)
+            yield Static(panels)
+            yield Static(Text("Every action is also in the command palette (ctrl+p).", style="dim"))
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)
+
+
+class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
+    """Pick a halt flag to toggle, globally or for the selected downlink."""
+
+    BINDINGS = [Binding("escape", "cancel", "Close", id="halt.close")]
+
+    def __init__(self, flags: tuple[str, ...], dlid: str | None, active: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.flags, self.dlid, self.active = flags, dlid, active
+
+    def compose(self) -> ComposeResult:
+        opts = []
+        for flag in self.flags:
+            for scope in ["global", *([self.dlid] if self.dlid else [])]:
+                on = scope in self.active.get(flag, [])
+                text = Text(f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {scope}",
+                            style="bold red" if on else "")
+                opts.append(Option(text, id=f"{flag}|{scope}"))
+        with Vertical(id="dialog"):
+            yield Label("Halt flags: enter toggles (a set flag holds its processes)")
+            yield OptionList(*opts, id="flags")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        flag, scope = str(event.option.id).split("|")
+        self.dismiss((flag, None if scope == "global" else scope))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class FormScreen(ModalScreen[list[str] | None]):
+    """A few labelled inputs; enter on the last submits, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="form.cancel")]
+
+    def __init__(self, title: str, fields: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.title_text, self.fields = title, fields
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.title_text, id="question")
+            for key, label, value in self.fields:
+                yield Label(label)
+                yield Input(value=value, id=f"f-{key}")
+            with Horizontal(id="buttons"):
+                yield Button("Launch (enter)", variant="primary", id="ok")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def _values(self) -> list[str]:
+        return [self.query_one(f"#f-{k}", Input).value for k, _, _ in self.fields]
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        inputs = list(self.query(Input))
+        i = inputs.index(event.input)
+        if i + 1 < len(inputs):
+            inputs[i + 1].focus()
+        else:
+            self.dismiss(self._values())
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self._values() if event.button.id == "ok" else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

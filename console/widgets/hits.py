@@ -1,0 +1,175 @@
+"""Hit summaries of the latest propagation events ("not flying blind" in production mode).
+
+The numbers are the engine's ``summarize`` / ``compare`` (engine.propagate.hits); this
+module draws them: the event list (photons, hits, efficiency), the selected event's flag
+table, terminal counts and histograms, and an A/B view of two events with chi2.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from console.format import bar
+
+if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
+    from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
+
+EVENT_COLUMNS = (("event", "Event"), ("photons", "Photons"), ("hits", "Hits"),
+                 ("eff", "Efficiency"), ("mode", "Mode"))
+
+
+def _hist(title: str, unit: str, h: Histogram | None, width: int = 24) -> list[Text]:
+    if h is None:
+        return [Text(f"{title}: no hits", style="dim")]
+    out = [Text(f"{title} ({unit})", style="bold")]
+    peak = max(h.counts) or 1
+    for i, c in enumerate(h.counts):
+        t = Text(f"{h.edges[i]:9.2f}..{h.edges[i + 1]:<9.2f} ")
+        t.append(bar(c / peak, width), style="cyan")
+        t.append(f" {c}")
+        out.append(t)
+    return out
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def _face_map(fm: FaceMap) -> list[Text]:
+    """A sensor face's hit map (the engine's 2-D histogram) drawn with shade characters."""
+    peak = max(max(r) for r in fm.counts) or 1
+    u0, u1, v0, v1 = fm.extent
+    out = [Text(f"hit map {fm.name}: {fm.hits:,} hits, {fm.axes[0]} {u0:g}..{u1:g} across, "
+                f"{fm.axes[1]} {v1:g}..{v0:g} down", style="bold")]
+    n = len(_SHADES) - 2
+    for row in fm.counts:
+        line = "".join(_SHADES[0 if c == 0 else 1 + min(n, n * c // peak)] for c in row)
+        out.append(Text("|" + line + "|", style="cyan"))
+    return out
+
+
+def render_summary(s: HitSummary) -> Group:
+    head = Text()
+    head.append(f"{s.scene}", style="bold")
+    head.append(f"  {s.mode}  {s.backend} ({s.device[:40]})\n", style="dim")
+    head.append(f"photons {s.photons:,}  hits {s.hits:,}  efficiency ")
+    head.append(f"{s.hit_fraction:.5f} ± {s.hit_fraction_err:.5f}", style="bold green")
+    head.append(f"  (hit mask {s.hitmask})")
+    if s.photons_per_second:
+        head.append(f"\n{s.photons_per_second:,.0f} photons/s", style="dim")
+    term = Text("terminal  ")
+    for k, v in s.terminal.items():
+        term.append(f"{k} {v:,}  ")
+    flags = Table(box=None, pad_edge=False, show_edge=False, title=None)
+    for col in ("flagmask", "photons", "fraction", "hits"):
+        flags.add_column(col, justify="left" if col == "flagmask" else "right")
+    for r in s.flagmasks[:12]:
+        flags.add_row(r.label, f"{r.count:,}", f"{r.fraction:.4f}", f"{r.hits:,}")
+    maps = [line for fm in sorted(s.faces, key=lambda f: -f.hits)[:2] for line in _face_map(fm)]
+    return Group(head, term, flags, *_hist("hit time", "ns", s.time),
+                 *_hist("hit wavelength", "nm", s.wavelength), *maps)
+
+
+def render_comparison(c: Comparison) -> Group:
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("flagmask", "A", "B", "chi2"):
+        t.add_column(col, justify="left" if col == "flagmask" else "right")
+    for r in c.flagmasks[:14]:
+        t.add_row(r.label, f"{r.a:,}", f"{r.b:,}",
+                  f"{r.chi2:.2f}" if r.counted else Text(f"{r.chi2:.2f}", style="dim"))
+    t.add_row("chi2/ndf", "", "", f"{c.flagmask_chi2:.2f}/{c.flagmask_ndf}")
+    head = Text(f"A {c.a}\n  photons {c.photons_a:,} hits {c.hits_a:,}\n"
+                f"B {c.b}\n  photons {c.photons_b:,} hits {c.hits_b:,}")
+    return Group(Text("A/B comparison", style="bold"), head, t)
+
+
+class HitsPanel(Horizontal):
+    """Events on the left; the selected event's summary (or the A/B view) on the right."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.summaries: dict[str, HitSummary | str] = {}
+        self.mark_a: str | None = None
+        self.comparison: Comparison | None = None  # shown instead of a summary when set
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield DataTable(id="events", cursor_type="row")
+        with VerticalScroll(id="hit-detail"):
+            yield Static("no propagation event yet (press P to launch one)", id="hit-summary")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#events", DataTable)
+        for key, label in EVENT_COLUMNS:
+            table.add_column(label, key=key)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#events", DataTable)
+
+    @property
+    def selected(self) -> str | None:
+        t = self.table
+        if not t.row_count:
+            return None
+        try:
+            return str(t.coordinate_to_cell_key((t.cursor_row, 0)).row_key.value)
+        except Exception:  # noqa: BLE001 - cursor outside the rows while they change
+            return None
+
+    def apply(self, summaries: dict[str, HitSummary | str]) -> None:
+        """Events newest first (path -> summary, or the error text for an unreadable one)."""
+        t = self.table
+        order = list(summaries)
+        first_fill = not self.summaries
+        for gone in [p for p in self.summaries if p not in summaries]:
+            t.remove_row(gone)
+        for path in order:
+            s = summaries[path]
+            name = "/".join(path.rstrip("/").split("/")[-2:])
+            if isinstance(s, str):
+                vals = [name, "-", "-", Text(s[:40], style="red"), "-"]
+            else:
+                vals = [name, f"{s.photons:,}", f"{s.hits:,}", f"{s.hit_fraction:.5f}", s.mode]
+            if path in self.summaries:
+                for (key, _), v in zip(EVENT_COLUMNS, vals, strict=True):
+                    t.update_cell(path, key, v)
+            else:
+                t.add_row(*vals, key=path)
+        self.summaries = summaries
+        if order:
+            t.sort(key=lambda vals: order.index(self._path_of(str(vals[0]))), reverse=False)
+        if first_fill:
+            self.show_selected()
+
+    def _path_of(self, name: str) -> str:
+        for p in self.summaries:
+            if p.endswith(name):
+                return p
+        return ""
+
+    def show_selected(self) -> None:
+        path = self.selected
+        out = self.query_one("#hit-summary", Static)
+        if path is None:
+            return
+        s = self.summaries.get(path)
+        if s is None:
+            return
+        self.comparison = None
+        if isinstance(s, str):
+            out.update(Text(s, style="red"))
+        else:
+            out.update(render_summary(s))
+
+    def show_comparison(self, c: Comparison) -> None:
+        self.comparison = c
+        self.query_one("#hit-summary", Static).update(render_comparison(c))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self.show_selected()

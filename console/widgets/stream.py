@@ -1,0 +1,145 @@
+"""The selected downlink's stream as a tree of process instances (Pipeline-II's si.jsp).
+
+Shape: the stream at the root; one node per process of the task in DAG order; processes
+that run per chunk (makeEvt) or per run (mergeEvt) get one child per substream key. Nodes
+are kept and relabelled in place, so the cursor and the expanded state survive refreshes.
+A running job shows a bar: its elapsed time against what that process usually takes
+(jobs do not report progress to the state database), marked ``~`` as an estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from console.format import STATUS_STYLE, bar, duration, status_text
+from engine.state import ProcessInstance, StreamView
+
+FOREACH = {"makeEvt": "chunk", "mergeEvt": "run"}
+
+
+def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float]) -> Text:
+    """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first)."""
+    t = Text()
+    t.append(f"{(pi.key if pi.process in FOREACH and pi.key else pi.process):<12}", style="bold")
+    t.append(" ")
+    t.append_text(status_text(f"{pi.status:<9}"))
+    t.append(f" e{pi.execution}", style="cyan")
+    t.append(f" r{pi.auto_retry}/{pi.max_retries}", style="dim")
+    end = pi.ended if pi.ended is not None else (now if pi.status == "RUNNING" else None)
+    t.append(f" {duration(end - pi.started) if pi.started and end else '-':>6}")
+    if pi.status == "RUNNING" and pi.started:
+        expect = typical.get(pi.process)
+        if expect:
+            frac = min(0.99, (now - pi.started) / expect)
+            t.append(f" {bar(frac, 8)} {frac * 100:2.0f}%~", style="yellow")
+        else:
+            t.append(f" {bar(0.0, 8)}  ?%", style="yellow")
+    if pi.pid is not None:
+        t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")
+    if pi.note:
+        t.append(f"  {pi.note[:70]}", style="red" if pi.status in ("FAILED", "READY") else "dim")
+    return t
+
+
+def group_label(name: str, items: list[ProcessInstance]) -> Text:
+    counts: dict[str, int] = {}
+    for pi in items:
+        counts[pi.status] = counts.get(pi.status, 0) + 1
+    t = Text(f"{name:<12} ", style="bold")
+    for status, n in sorted(counts.items()):
+        t.append(f"{status} {n}  ", style=STATUS_STYLE.get(status, ""))
+    t.append(f"({len(items)} {FOREACH.get(name, 'key')}s)", style="dim")
+    return t
+
+
+class StreamTree(Tree[ProcessInstance | None]):
+    """Tree of the latest process instances; node data is the instance (None for groups)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, **kw: object) -> None:
+        super().__init__("no downlink selected", **kw)  # type: ignore[arg-type]
+        self.clock = clock
+        self.dlid: str | None = None
+        self.view: StreamView | None = None
+        self.typical: dict[str, float] = {}
+        self._pi_nodes: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
+        self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
+        self.show_root = True
+        self.guide_depth = 3
+
+    @property
+    def selected(self) -> ProcessInstance | None:
+        node = self.cursor_node
+        return node.data if node is not None else None
+
+    def show(self, dlid: str | None, view: StreamView | None, typical: dict[str, float]) -> None:
+        """Show ``view`` (the stream of ``dlid``, or None when it has no stream yet)."""
+        self.typical = typical
+        if dlid != self.dlid:
+            self.clear()
+            self._pi_nodes.clear()
+            self._groups.clear()
+            self.dlid = dlid
+        self.view = view
+        now = self.clock()
+        if view is None:
+            self.root.set_label(Text(f"{dlid}: no stream yet (press r to run)" if dlid
+                                     else "no downlink selected", style="dim"))
+            if self._pi_nodes:
+                self.clear()
+                self._pi_nodes.clear()
+                self._groups.clear()
+            return
+        s = view.stream
+        root = Text(f"{s.dlid} {s.task} ", style="bold")
+        root.append_text(status_text(s.status))
+        root.append(f" e{s.execution}", style="cyan")
+        if s.owner_pid:
+            root.append(f" runner {s.owner_host}:{s.owner_pid}", style="dim")
+        if s.note:
+            root.append(f"  {s.note}", style="dim")
+        self.root.set_label(root)
+        wanted: set[tuple[str, str]] = set()
+        by_process: dict[str, list[ProcessInstance]] = {}
+        for pi in view.instances:
+            by_process.setdefault(pi.process, []).append(pi)
+        for process, items in by_process.items():
+            if process in FOREACH:
+                group = self._groups.get(process)
+                if group is None:
+                    group = self.root.add(group_label(process, items), data=None, expand=True)
+                    self._groups[process] = group
+                else:
+                    group.set_label(group_label(process, items))
+                parent = group
+            else:
+                parent = self.root
+            for pi in items:
+                k = (pi.process, pi.key)
+                wanted.add(k)
+                node = self._pi_nodes.get(k)
+                label = pi_label(pi, now, self.typical)
+                if node is None:
+                    self._pi_nodes[k] = parent.add_leaf(label, data=pi)
+                else:
+                    node.data = pi
+                    node.set_label(label)
+        for k in [k for k in self._pi_nodes if k not in wanted]:
+            self._pi_nodes.pop(k).remove()
+        for p in [p for p in self._groups if p not in by_process]:
+            self._groups.pop(p).remove()
+        self.root.expand()
+
+    def tick(self) -> None:
+        """Advance running jobs' durations and bars (called each second)."""
+        if self.view is None:
+            return
+        now = self.clock()
+        for node in self._pi_nodes.values():
+            pi = node.data
+            if pi is not None and pi.status == "RUNNING":
+                node.set_label(pi_label(pi, now, self.typical))

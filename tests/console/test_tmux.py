@@ -1,0 +1,54 @@
+"""`skydeck` in a real terminal (tmux): it paints the workspace, and `q` quits it cleanly."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import mock
+
+TMUX = shutil.which("tmux")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _capture(session: str) -> str:
+    return subprocess.run([TMUX, "capture-pane", "-p", "-t", session], capture_output=True,  # type: ignore[list-item]
+                          text=True).stdout
+
+
+def _wait_for(session: str, text: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _capture(session)
+        if text in screen:
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not on screen within {timeout}s:\n{screen}")
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (make sysdeps installs it)")
+def test_skydeck_in_tmux_paints_and_quits(ws) -> None:
+    mock(ws, "251125001", events=60)
+    exe = shutil.which("skydeck", path=str(Path(sys.executable).parent))
+    argv = [exe] if exe else [sys.executable, "-m", "console.app"]
+    session = f"skydeck-test-{os.getpid()}"
+    cmd = (f"cd {shlex.quote(str(REPO))} && {shlex.join(argv)} -w {shlex.quote(str(ws.root))}; "
+           "echo SKYDECK-EXITED $?; sleep 30")
+    env = dict(os.environ, TERM="xterm-256color")
+    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", cmd],
+                   check=True, env=env)
+    try:
+        screen = _wait_for(session, "251125001")
+        assert "Downlinks" in screen and "arrived" in screen and "Locks" in screen
+        subprocess.run([TMUX, "send-keys", "-t", session, "q"], check=True)
+        _wait_for(session, "SKYDECK-EXITED 0", timeout=15)
+    finally:
+        subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True)
