@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -82,10 +83,11 @@ def bench_matching() -> None:
     row("match 10 files x 1M (lookups/s)", f"{lookups / el / 1e6:.1f} M/s", "-", "-", ">= 10 M/s")
 
 
-def raw_read(src: Path, batch: int) -> tuple[int, float]:
-    """Plain sequential h5py read of every payload row of every source."""
-    n = 0
-    t = time.perf_counter()
+def payload_blocks(src: Path, batch: int) -> Iterator[np.ndarray]:
+    """Every payload row of every source, read sequentially with h5py, a batch at a time.
+
+    The buffer is reused, so a consumer must be done with a block before asking for the next.
+    """
     for p in sorted(src.glob("*.h5")):
         with h5py.File(p) as f:
             d = f["data"]
@@ -93,7 +95,13 @@ def raw_read(src: Path, batch: int) -> tuple[int, float]:
             for a in range(0, d.shape[0], batch):
                 b = min(a + batch, d.shape[0])
                 d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
-                n += buf[: b - a].nbytes
+                yield buf[: b - a]
+
+
+def raw_read(src: Path, batch: int) -> tuple[int, float]:
+    """Plain sequential h5py read of every payload row of every source."""
+    t = time.perf_counter()
+    n = sum(block.nbytes for block in payload_blocks(src, batch))
     return n, time.perf_counter() - t
 
 
@@ -103,15 +111,9 @@ def raw_copy(src: Path, out: Path, batch: int) -> tuple[int, float]:
     t = time.perf_counter()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        for p in sorted(src.glob("*.h5")):
-            with h5py.File(p) as f:
-                d = f["data"]
-                buf = np.empty((batch, *d.shape[1:]), d.dtype)
-                for a in range(0, d.shape[0], batch):
-                    b = min(a + batch, d.shape[0])
-                    d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
-                    os.pwrite(fd, memoryview(buf[: b - a]).cast("B"), n)
-                    n += buf[: b - a].nbytes
+        for block in payload_blocks(src, batch):
+            os.pwrite(fd, memoryview(block).cast("B"), n)
+            n += block.nbytes
     finally:
         os.close(fd)
     el = time.perf_counter() - t
