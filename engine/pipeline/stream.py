@@ -135,7 +135,14 @@ class StreamRunner:
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> None:
-        """Take over from a dead owner: fail its in-flight instances, retry them, own the locks."""
+        """Take over from a dead owner: fail its in-flight instances, retry them, own the locks.
+
+        The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
+        held by another live process on this host is taken over too: this runner holds the
+        claim in the state db, so that process no longer runs the stream (a daemon whose
+        stream FAILED keeps HalfPipe's lock until cleanup) and would never release it. A lock
+        held from another host is left alone: that may be another site's runner.
+        """
         for pi in self.db.instances(self.stream.id):
             if pi.id in self.running or pi.status not in ACTIVE_PI:
                 continue
@@ -149,11 +156,17 @@ class StreamRunner:
         for pdef in self.task.processes:
             if pdef.stream_lock:
                 p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
-                if p.exists():
-                    info = locks.read(p)
-                    if info.stale:
-                        locks.take_over(p, self.dlid, pdef.name, self.owner)
-                        self._event("lock_reclaimed", lock=p.name, why=info.reason)
+                if not p.exists():
+                    continue
+                info = locks.read(p)
+                if info.stale:
+                    locks.take_over(p, self.dlid, pdef.name, self.owner)
+                    self._event("lock_reclaimed", lock=p.name, why=info.reason)
+                elif (info.host == self.owner.host and info.pid != self.owner.pid
+                      and info.stream == self.dlid):
+                    locks.take_over(p, self.dlid, pdef.name, self.owner)
+                    self._event("lock_taken_over", lock=p.name, previous_owner=info.owner,
+                                why="this runner holds the stream claim")
 
     # ------------------------------------------------------------------ the state machine
 

@@ -18,6 +18,7 @@ from engine.watch import choose_polling, fstype
 
 from .conftest import (
     cli,
+    cli_proc,
     log_events,
     make_delivery,
     set_config,
@@ -258,6 +259,43 @@ def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
     with StateDB(ws.state_db) as db:
         pis = db.instances(db.latest_stream("251125032").id, latest_only=False)
         assert [(p.execution, p.status) for p in pis] == [(1, "FAILED"), (2, "FAILED"), (3, "SUCCESS")]
+
+
+def test_stream_lock_of_a_live_daemon_passes_to_the_runner_that_claims_the_stream(
+        ws, tmp_path, capsys):
+    """The daemon failed the stream and is still alive, holding ``halfpipe-<DLID>`` as
+    HalfPipe leaves it. The operator rolls back and runs the stream from the console (another
+    process) before the daemon picks it up: the stream claim in the state db makes that runner
+    the stream's only owner, so it takes the lock over instead of waiting for a live process
+    that will never release it."""
+    marker = tmp_path / "fixed"
+    task = tmp_path / "task.toml"
+    task.write_text(f'[task]\nname = "halfpipe"\n'
+                    f'[[process]]\nname = "job"\nstream_lock = "halfpipe-{{dlid}}"\n'
+                    f'command = ["{{python}}", "-c", "{FLAKY}", "{marker}"]\nretries = 0\n'
+                    f'[[process]]\nname = "cleanup"\nafter = ["job"]\n'
+                    f'removes_stream_lock = "halfpipe-{{dlid}}"\ncommand = ["true"]\n')
+    ws = _quick(ws)
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    log = tmp_path / "daemon.log"
+    make_delivery(ws, "251125034", **FAST)
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: stream_status(ws).get("251125034") == "FAILED", 60)
+        (lock,) = locks.list_locks(ws.lock)
+        assert lock.name == "halfpipe-251125034" and lock.pid == d.pid and not lock.stale
+        (ws.path("flags") / "halted").touch()           # the daemon starts nothing now
+        marker.touch()
+        rc, _, _ = cli(ws, "rollback", "251125034", capsys=capsys)
+        assert rc == 0
+        run = cli_proc(ws, "run", "251125034", timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert '"lock_taken_over"' in run.stdout
+        assert stream_status(ws)["251125034"] == "SUCCESS"
+        assert locks.list_locks(ws.lock) == []
+        assert d.poll() is None                          # the daemon was alive all along
+    finally:
+        assert _stop(d) == 0
 
 
 def test_global_halted_flag_stops_new_streams(ws, capsys):
