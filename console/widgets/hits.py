@@ -56,7 +56,9 @@ def _face_map(fm: FaceMap) -> list[Text]:
 def render_summary(s: HitSummary) -> Group:
     head = Text()
     head.append(f"{s.scene}", style="bold")
-    head.append(f"  {s.mode}  {s.backend} ({s.device[:40]})\n", style="dim")
+    # the device's parenthesised detail (why CUDA was not used) is for `skydeck-engine hits`;
+    # the panel keeps the device itself so the line fits
+    head.append(f"  {s.mode}  {s.backend} on {s.device.split(' (', 1)[0]}\n", style="dim")
     head.append(f"photons {s.photons:,}  hits {s.hits:,}  efficiency ")
     head.append(f"{s.hit_fraction:.5f} ± {s.hit_fraction_err:.5f}", style="bold green")
     head.append(f"  (hit mask {s.hitmask})")
