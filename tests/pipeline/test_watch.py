@@ -238,18 +238,31 @@ FLAKY = ("import os, sys; p = sys.argv[1]; ok = os.path.exists(p); "
          "sys.exit(0 if ok else 3)")
 
 
-def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
-    marker = tmp_path / "fixed"
+def _daemon_with_failed_stream(ws, tmp_path, dlid: str, task_text: str):
+    """A daemon running ``task_text`` (a task whose job fails until ``tmp_path/fixed``
+    exists), a delivery for ``dlid``, and its stream FAILED. Returns (ws, daemon, marker)."""
     task = tmp_path / "task.toml"
-    task.write_text(f'[task]\nname = "halfpipe"\n[[process]]\nname = "job"\n'
-                    f'command = ["{{python}}", "-c", "{FLAKY}", "{marker}"]\nretries = 1\n')
-    ws = _quick(ws)
-    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
-    log = tmp_path / "daemon.log"
-    make_delivery(ws, "251125032", **FAST)
-    d = start_daemon(ws, log)
+    task.write_text('[task]\nname = "halfpipe"\n' + task_text)
+    ws = set_config(_quick(ws), f'[pipeline]\ntask = "{task}"\n')
+    make_delivery(ws, dlid, **FAST)
+    d = start_daemon(ws, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: stream_status(ws).get("251125032") == "FAILED", 60)
+        wait_for(lambda: stream_status(ws).get(dlid) == "FAILED", 60)
+    except BaseException:
+        _stop(d)
+        raise
+    return ws, d, tmp_path / "fixed"
+
+
+def _job(marker_dir, retries: int, extra: str = "") -> str:
+    return (f'[[process]]\nname = "job"\n{extra}'
+            f'command = ["{{python}}", "-c", "{FLAKY}", "{marker_dir / "fixed"}"]\n'
+            f'retries = {retries}\n')
+
+
+def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
+    ws, d, marker = _daemon_with_failed_stream(ws, tmp_path, "251125032", _job(tmp_path, 1))
+    try:
         marker.touch()                                    # the operator fixed the cause
         rc, out, _ = cli(ws, "rollback", "251125032", capsys=capsys)
         assert rc == 0 and "job" in out
@@ -268,20 +281,11 @@ def test_stream_lock_of_a_live_daemon_passes_to_the_runner_that_claims_the_strea
     process) before the daemon picks it up: the stream claim in the state db makes that runner
     the stream's only owner, so it takes the lock over instead of waiting for a live process
     that will never release it."""
-    marker = tmp_path / "fixed"
-    task = tmp_path / "task.toml"
-    task.write_text(f'[task]\nname = "halfpipe"\n'
-                    f'[[process]]\nname = "job"\nstream_lock = "halfpipe-{{dlid}}"\n'
-                    f'command = ["{{python}}", "-c", "{FLAKY}", "{marker}"]\nretries = 0\n'
-                    f'[[process]]\nname = "cleanup"\nafter = ["job"]\n'
-                    f'removes_stream_lock = "halfpipe-{{dlid}}"\ncommand = ["true"]\n')
-    ws = _quick(ws)
-    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
-    log = tmp_path / "daemon.log"
-    make_delivery(ws, "251125034", **FAST)
-    d = start_daemon(ws, log)
+    task = (_job(tmp_path, 0, extra='stream_lock = "halfpipe-{dlid}"\n')
+            + '[[process]]\nname = "cleanup"\nafter = ["job"]\n'
+              'removes_stream_lock = "halfpipe-{dlid}"\ncommand = ["true"]\n')
+    ws, d, marker = _daemon_with_failed_stream(ws, tmp_path, "251125034", task)
     try:
-        wait_for(lambda: stream_status(ws).get("251125034") == "FAILED", 60)
         (lock,) = locks.list_locks(ws.lock)
         assert lock.name == "halfpipe-251125034" and lock.pid == d.pid and not lock.stale
         (ws.path("flags") / "halted").touch()           # the daemon starts nothing now
