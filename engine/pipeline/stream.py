@@ -160,13 +160,14 @@ class StreamRunner:
                     continue
                 info = locks.read(p)
                 if info.stale:
-                    locks.take_over(p, self.dlid, pdef.name, self.owner)
-                    self._event("lock_reclaimed", lock=p.name, why=info.reason)
+                    event, why = "lock_reclaimed", info.reason
                 elif (info.host == self.owner.host and info.pid != self.owner.pid
                       and info.stream == self.dlid):
-                    locks.take_over(p, self.dlid, pdef.name, self.owner)
-                    self._event("lock_taken_over", lock=p.name, previous_owner=info.owner,
-                                why="this runner holds the stream claim")
+                    event, why = "lock_taken_over", "this runner holds the stream claim"
+                else:
+                    continue
+                locks.take_over(p, self.dlid, pdef.name, self.owner)
+                self._event(event, lock=p.name, previous_owner=info.owner, why=why)
 
     # ------------------------------------------------------------------ the state machine
 
