@@ -239,8 +239,8 @@ FLAKY = ("import os, sys; p = sys.argv[1]; ok = os.path.exists(p); "
 
 
 def _daemon_with_failed_stream(ws, tmp_path, dlid: str, task_text: str):
-    """A daemon running ``task_text`` (a task whose job fails until ``tmp_path/fixed``
-    exists), a delivery for ``dlid``, and its stream FAILED. Returns (ws, daemon, marker)."""
+    """A daemon running ``task_text`` (a task whose job fails), a delivery for ``dlid``, and
+    its stream FAILED. Returns (ws, daemon)."""
     task = tmp_path / "task.toml"
     task.write_text('[task]\nname = "halfpipe"\n' + task_text)
     ws = set_config(_quick(ws), f'[pipeline]\ntask = "{task}"\n')
@@ -251,17 +251,19 @@ def _daemon_with_failed_stream(ws, tmp_path, dlid: str, task_text: str):
     except BaseException:
         _stop(d)
         raise
-    return ws, d, tmp_path / "fixed"
+    return ws, d
 
 
-def _job(marker_dir, retries: int, extra: str = "") -> str:
+def _job(marker, retries: int, extra: str = "") -> str:
+    """A process "job" that fails until ``marker`` exists."""
     return (f'[[process]]\nname = "job"\n{extra}'
-            f'command = ["{{python}}", "-c", "{FLAKY}", "{marker_dir / "fixed"}"]\n'
+            f'command = ["{{python}}", "-c", "{FLAKY}", "{marker}"]\n'
             f'retries = {retries}\n')
 
 
 def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
-    ws, d, marker = _daemon_with_failed_stream(ws, tmp_path, "251125032", _job(tmp_path, 1))
+    marker = tmp_path / "fixed"
+    ws, d = _daemon_with_failed_stream(ws, tmp_path, "251125032", _job(marker, 1))
     try:
         marker.touch()                                    # the operator fixed the cause
         rc, out, _ = cli(ws, "rollback", "251125032", capsys=capsys)
@@ -281,10 +283,11 @@ def test_stream_lock_of_a_live_daemon_passes_to_the_runner_that_claims_the_strea
     process) before the daemon picks it up: the stream claim in the state db makes that runner
     the stream's only owner, so it takes the lock over instead of waiting for a live process
     that will never release it."""
-    task = (_job(tmp_path, 0, extra='stream_lock = "halfpipe-{dlid}"\n')
+    marker = tmp_path / "fixed"
+    task = (_job(marker, 0, extra='stream_lock = "halfpipe-{dlid}"\n')
             + '[[process]]\nname = "cleanup"\nafter = ["job"]\n'
               'removes_stream_lock = "halfpipe-{dlid}"\ncommand = ["true"]\n')
-    ws, d, marker = _daemon_with_failed_stream(ws, tmp_path, "251125034", task)
+    ws, d = _daemon_with_failed_stream(ws, tmp_path, "251125034", task)
     try:
         (lock,) = locks.list_locks(ws.lock)
         assert lock.name == "halfpipe-251125034" and lock.pid == d.pid and not lock.stale
