@@ -628,8 +628,10 @@ class SkydeckApp(App[None]):
             return
         what = " ".join(msg.targets) if msg.targets else "failed instances"
         if msg.plan.blocker:
-            self.notify(f"not rolled back ({what}): {msg.plan.blocker}", severity="warning",
-                        title=f"rollback {msg.dlid}", timeout=10)
+            hint = "" if msg.targets else \
+                "; to re-run something else, select it (or its group) in the stream tree, press p"
+            self.notify(f"not rolled back ({what}): {msg.plan.blocker}{hint}",
+                        severity="warning", title=f"rollback {msg.dlid}", timeout=10)
             return
 
         def done(yes: bool | None) -> None:

@@ -160,6 +160,9 @@ async def test_rerun_that_cannot_work_is_refused_and_a_group_rolls_back(ws):
         assert {k: (p.execution, p.status) for k, p in after.items()} == \
             {k: (p.execution, p.status) for k, p in before.items()}
         assert table.model["251125001"].state == "staged" and not app.runners
+        await pilot.press("b")                              # nothing failed: nothing to ask
+        await settle(pilot, lambda: warned(app, "no failed instance", "press p"))
+        assert app.screen is app.main
         # the makeEvt group can be selected and rolled back as a whole
         tree.move_cursor(tree._groups["makeEvt"])
         await pilot.press("p")
