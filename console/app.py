@@ -263,7 +263,6 @@ class SkydeckApp(App[None]):
         "sort": "Sort the downlinks by the next column",
         "reverse": "Reverse the downlinks' sort order",
         "help": "Show keys, panels and a glossary of states",
-        "tab": "Switch the bottom panel (works from any panel)",
     }
 
     def __init__(self, ws: Workspace, read_only: bool = False,
@@ -523,7 +522,7 @@ class SkydeckApp(App[None]):
                 desc += " (disabled: read-only)"
             rows.append((self.get_key_display(b), desc))
         rows.append(("enter", "On a downlink: go to its stream; on an instance: open its log"))
-        rows.append(("tab", "Next panel"))
+        rows.append(("tab", "Next panel (1-4 switch the bottom panel from any panel)"))
         rows.append(("^p", "Command palette: every action by name"))
         self.push_screen(HelpScreen(rows, PANELS, self.read_only, GLOSSARY))
 
@@ -620,8 +619,13 @@ class SkydeckApp(App[None]):
     @work(thread=True, group="action", exit_on_error=False)
     def _plan(self, dlid: str, targets: list[str] | None, question: str) -> None:
         """Check the rollback first (off the UI thread): nothing is asked that cannot work."""
-        self.post_message(Planned(dlid, targets, question, ops.rollback_plan(self.ws, dlid,
-                                                                             targets)))
+        try:
+            plan = ops.rollback_plan(self.ws, dlid, targets)
+        except Exception as err:  # noqa: BLE001 - a failed check is reported, never silent
+            self.post_message(ActionDone(f"rollback {dlid}: could not check it: {err!r}",
+                                         "error"))
+            return
+        self.post_message(Planned(dlid, targets, question, plan))
 
     def on_planned(self, msg: Planned) -> None:
         if not self.live:
