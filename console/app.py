@@ -45,7 +45,13 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
-from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, HelpScreen
+from console.screens.modals import (
+    ConfirmScreen,
+    FormScreen,
+    HaltScreen,
+    HelpScreen,
+    LogPickerScreen,
+)
 from console.widgets.downlinks import DownlinksTable
 from console.widgets.hits import HitsPanel
 from console.widgets.locks import LocksTable
@@ -88,6 +94,33 @@ PANELS = [
 ]
 
 
+TABS = Binding.Group("Tabs", compact=True)
+GLOSSARY = [
+    ("Downlink states", ""),
+    ("arrived", "seen in incoming/ (pending: its files or manifest are not complete yet), or "
+                "registered with no stream run yet"),
+    ("running", "its stream is being run (STUCK: the runner died; r resumes it)"),
+    ("staged", "its stream succeeded: built events merged into stage/"),
+    ("failed", "its stream FAILED, was TERMINATED or CANCELED: b rolls back what failed"),
+    ("rejected", "the delivery failed verification; its files are kept in incoming/rejected/ "
+                 "with a .reason file; nothing to run: fix it and deliver it again"),
+    ("Process statuses (Pipeline-II)", ""),
+    ("WAITING", "created; waits for the processes it comes after"),
+    ("READY", "may start; held until a slot is free or what the note says clears (a halt "
+              "flag, the disk reserve, a lock)"),
+    ("QUEUED", "handed to the batch system (Slurm), waiting there"),
+    ("SUBMITTED", "accepted by the launcher, not running yet"),
+    ("RUNNING", "the job runs (the bar is elapsed time against the usual duration, ~)"),
+    ("SUCCESS", "the job exited 0"),
+    ("FAILED", "the job failed and its automatic retries are used up, or its supervisor died"),
+    ("TERMINATED", "stopped by a signal (daemon stopped, job killed); resumes as a new execution"),
+    ("CANCELED", "cancelled by an operator"),
+    ("SKIPPED", "its condition was false (e.g. no gensteps: no propagate); counts as done"),
+    ("Notation", ""),
+    ("e1 r0/1", "execution 1 (each retry, rollback or resume makes a new execution, +1); "
+                "automatic retries used 0 of the 1 the task allows for that process"),
+]
+
 # ------------------------------------------------------------------------------ messages
 
 @dataclass
@@ -119,6 +152,16 @@ class LogLines(Message):
 class ActionDone(Message):
     text: str
     severity: str = "information"
+
+
+@dataclass
+class Planned(Message):
+    """A rollback checked in a worker: ask to confirm it, or say why it cannot succeed."""
+
+    dlid: str
+    targets: list[str] | None
+    question: str
+    plan: ops.RollbackPlan
 
 
 @dataclass
@@ -178,34 +221,40 @@ class SkydeckApp(App[None]):
 
     TITLE = "skydeck"
     CSS_PATH = "app.tcss"
+    # The footer shows the keys an operator needs most (they fit in 120 columns, the tab keys
+    # as one group); the rest are hidden there but listed by `?` and the command palette.
     BINDINGS: ClassVar = [
         Binding("question_mark", "help", "Help", id="help"),
         Binding("slash", "filter", "Filter", id="filter"),
-        Binding("s", "sort", "Sort", id="sort"),
-        Binding("S", "reverse", "Reverse", id="reverse"),
         Binding("r", "run_stream", "Run", id="run_stream"),
         Binding("b", "rollback_stream", "Roll back", id="rollback_stream"),
-        Binding("p", "rerun_process", "Re-run process", id="rerun_process"),
+        Binding("p", "rerun_process", "Re-run", id="rerun_process"),
         Binding("u", "unlock", "Unlock", id="unlock"),
-        Binding("h", "halts", "Halt flags", id="halts"),
+        Binding("h", "halts", "Halt", id="halts"),
         Binding("l", "open_log", "Log", id="open_log"),
-        Binding("B", "launch_build", "Build", id="launch_build"),
-        Binding("P", "launch_propagate", "Propagate", id="launch_propagate"),
-        Binding("a", "mark_a", "Mark A", id="mark_a"),
-        Binding("v", "compare", "A/B", id="compare"),
-        Binding("1", "tab('locks')", "Locks", id="tab.locks"),
-        Binding("2", "tab('staging')", "Staging", id="tab.staging"),
-        Binding("3", "tab('hits')", "Hits", id="tab.hits"),
-        Binding("4", "tab('log')", "Log tab", id="tab.log"),
+        Binding("L", "pick_log", "Logs", id="pick_log"),
+        Binding("1", "tab('locks')", "Locks", id="tab.locks", group=TABS),
+        Binding("2", "tab('staging')", "Staging", id="tab.staging", group=TABS),
+        Binding("3", "tab('hits')", "Hits", id="tab.hits", group=TABS),
+        Binding("4", "tab('log')", "Log tab", id="tab.log", group=TABS),
         Binding("q", "quit", "Quit", id="quit"),
+        Binding("s", "sort", "Sort", id="sort", show=False),
+        Binding("S", "reverse", "Reverse", id="reverse", show=False),
+        Binding("B", "launch_build", "Build", id="launch_build", show=False),
+        Binding("P", "launch_propagate", "Propagate", id="launch_propagate", show=False),
+        Binding("a", "mark_a", "Mark A", id="mark_a", show=False),
+        Binding("v", "compare", "A/B", id="compare", show=False),
     ]
     COMMAND_HELP: ClassVar = {
         "run_stream": "Run the selected downlink's stream (skydeck-engine run; claims it)",
         "rollback_stream": "Roll back the failed instances of the selected stream, then run it",
-        "rerun_process": "Roll back the selected process instance (and downstream), then run",
+        "rerun_process": "Roll back the selected process instance, or a whole group such as all "
+                         "makeEvt (and what is downstream), then run; refused with the reason "
+                         "when it cannot succeed",
         "unlock": "Remove the selected lock (asks first; a live one needs a second look)",
         "halts": "Set or clear halt flags (global or for the selected downlink)",
         "open_log": "Follow the selected process instance's log",
+        "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
         "launch_build": "Build events from files (skydeck-engine build), with progress",
         "launch_propagate": "Propagate photons through a scene, with progress",
         "mark_a": "Mark the selected propagation event as A for an A/B comparison",
@@ -213,7 +262,7 @@ class SkydeckApp(App[None]):
         "filter": "Filter the downlinks (regex; a leading ! inverts)",
         "sort": "Sort the downlinks by the next column",
         "reverse": "Reverse the downlinks' sort order",
-        "help": "Show keys and panels",
+        "help": "Show keys, panels and a glossary of states",
     }
 
     def __init__(self, ws: Workspace, read_only: bool = False,
@@ -232,10 +281,19 @@ class SkydeckApp(App[None]):
         self.wake = threading.Event()
         self.runners: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.jobs: dict[str, subprocess.Popen[str]] = {}
+        self.toasts: list[tuple[str, str]] = []
         self.refreshes = 0
         self.last_refresh_s = 0.0
         self.rows_timing = (0.0, 0.0)
         self.main = MainScreen()
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every toast is also kept in ``toasts`` (severity, text): the last ones are what an
+        operator was told, and what tests check. Markup is off: paths and reasons are data."""
+        self.toasts.append((str(severity), f"{title}: {message}" if title else message))
+        del self.toasts[:-50]
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def q(self, selector: Any, expect: Any = None) -> Any:
         """Query the main screen (also while a modal screen is on top)."""
@@ -276,10 +334,11 @@ class SkydeckApp(App[None]):
                 self.notify(f"stream {dlid} finished", title="run")
             elif code == 3:
                 self.notify(f"stream {dlid}: already claimed by another runner or the daemon "
-                            f"(nothing ran twice); see {log}", title="run", severity="warning")
+                            f"(nothing ran twice); L opens {log}", title="run", severity="warning")
             else:
-                self.notify(f"stream {dlid} ended with exit {code}; see {log}", title="run",
-                            severity="error")
+                self.notify(f"stream {dlid} ended with exit {code}: "
+                            f"{ops.last_line(log) or 'no output'}; L opens {log}", title="run",
+                            severity="error", timeout=15)
         self.wake.set()
 
     # -------------------------------------------------------------------- polling
@@ -350,7 +409,8 @@ class SkydeckApp(App[None]):
                     self.want_dlid = table.selected
                     self.wake.set()
             if msg.stream_read and msg.dlid == self.want_dlid:
-                self.q(StreamTree).show(msg.dlid, msg.stream, msg.typical)
+                self.q(StreamTree).show(msg.dlid, msg.stream, msg.typical,
+                                        self._without_stream(msg.dlid))
             if msg.locks is not None:
                 self.q(LocksTable).apply(msg.locks)
             if msg.events is not None:
@@ -462,9 +522,9 @@ class SkydeckApp(App[None]):
                 desc += " (disabled: read-only)"
             rows.append((self.get_key_display(b), desc))
         rows.append(("enter", "On a downlink: go to its stream; on an instance: open its log"))
-        rows.append(("tab", "Next panel"))
+        rows.append(("tab", "Next panel (1-4 switch the bottom panel from any panel)"))
         rows.append(("^p", "Command palette: every action by name"))
-        self.push_screen(HelpScreen(rows, PANELS, self.read_only))
+        self.push_screen(HelpScreen(rows, PANELS, self.read_only, GLOSSARY))
 
     def action_filter(self) -> None:
         self.q("#filter", Input).focus()
@@ -476,7 +536,19 @@ class SkydeckApp(App[None]):
         self.notify(self.q(DownlinksTable).cycle_sort(reverse=True), timeout=2)
 
     def action_tab(self, tab: str) -> None:
-        self.q(TabbedContent).active = tab
+        """Show a bottom panel. When the focus is inside the panel being hidden, it moves to
+        the new one first: TabbedContent otherwise re-activates the pane holding the focus,
+        and the key seemed to do nothing."""
+        tabs = self.q(TabbedContent)
+        focused = self.focused
+        inside = focused is not None and tabs in focused.ancestors
+        if inside:
+            self.set_focus(None)
+        tabs.active = tab
+        if inside:
+            pane = tabs.get_pane(tab)
+            target = next((w for w in pane.query("*") if w.focusable), None)
+            self.call_after_refresh(self.set_focus, target or self.q(DownlinksTable))
 
     # -------------------------------------------------------------------- pipeline actions
 
@@ -488,7 +560,35 @@ class SkydeckApp(App[None]):
 
     def action_run_stream(self) -> None:
         if self._writable() and (dlid := self._dlid()):
+            why = self._cannot_run(dlid)
+            if why:
+                self.notify(why, title=f"run {dlid}", severity="warning", timeout=8)
+                return
             self._start_runner(dlid, "run")
+
+    def _without_stream(self, dlid: str | None) -> str:
+        """The stream tree's line for a downlink without a stream, when `r` cannot help."""
+        row = self.q(DownlinksTable).model.get(dlid) if dlid else None
+        if row is None or row.state != "rejected":
+            return ""
+        return (f"{dlid}: REJECTED, nothing to run\nreason: {row.note}\n"
+                f"files kept in {row.kept or self.ws.rejected}\n"
+                "fix the delivery and deliver it again (r cannot help)")
+
+    def _cannot_run(self, dlid: str) -> str | None:
+        """Why `skydeck-engine run` would refuse this row (the CLI's own checks), or None."""
+        row = self.q(DownlinksTable).model.get(dlid)
+        if row is None:
+            return None
+        if row.state == "rejected":
+            return (f"nothing to run: the delivery was rejected: {row.note}. Its files are kept "
+                    f"in {row.kept or self.ws.rejected}; fix them and deliver it again")
+        if row.stream == "FAILED":
+            return "its stream FAILED: b rolls back what failed (then it runs again)"
+        if row.stream in ("SUCCESS", "CANCELED"):
+            return (f"its stream already ended {row.stream}: nothing to run; p re-runs a process "
+                    "or a process group from the stream tree")
+        return None
 
     def _start_runner(self, dlid: str, why: str) -> None:
         if dlid in self.runners and self.runners[dlid][0].poll() is None:
@@ -501,35 +601,51 @@ class SkydeckApp(App[None]):
     def action_rollback_stream(self) -> None:
         if not self._writable() or not (dlid := self._dlid()):
             return
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self._rollback(dlid, None)
-
-        self.push_screen(ConfirmScreen(
-            f"Roll back stream {dlid}?",
-            "Its failed instances and everything downstream get new executions; "
-            "then a runner starts (or the daemon picks it up)."), done)
+        self._plan(dlid, None, f"Roll back stream {dlid}?")
 
     def action_rerun_process(self) -> None:
         if not self._writable():
             return
         tree = self.q(StreamTree)
-        pi = tree.selected
-        if pi is None or tree.dlid is None:
-            self.notify("select a process instance in the stream tree first", severity="warning")
+        target = tree.selected_target
+        if target is None or tree.dlid is None:
+            self.notify("select a process instance, or a group such as makeEvt, in the stream "
+                        "tree first", severity="warning")
             return
-        target = f"{pi.process}:{pi.key}" if pi.key else pi.process
-        dlid = tree.dlid
+        what = f"{target} (every instance)" if ":" not in target and target in tree.groups \
+            else target
+        self._plan(tree.dlid, [target], f"Re-run {what} of {tree.dlid}?")
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _plan(self, dlid: str, targets: list[str] | None, question: str) -> None:
+        """Check the rollback first (off the UI thread): nothing is asked that cannot work."""
+        try:
+            plan = ops.rollback_plan(self.ws, dlid, targets)
+        except Exception as err:  # noqa: BLE001 - a failed check is reported, never silent
+            self.post_message(ActionDone(f"rollback {dlid}: could not check it: {err!r}",
+                                         "error"))
+            return
+        self.post_message(Planned(dlid, targets, question, plan))
+
+    def on_planned(self, msg: Planned) -> None:
+        if not self.live:
+            return
+        what = " ".join(msg.targets) if msg.targets else "failed instances"
+        if msg.plan.blocker:
+            hint = "" if msg.targets else \
+                "; to re-run something else, select it (or its group) in the stream tree, press p"
+            self.notify(f"not rolled back ({what}): {msg.plan.blocker}{hint}",
+                        severity="warning", title=f"rollback {msg.dlid}", timeout=10)
+            return
 
         def done(yes: bool | None) -> None:
             if yes:
-                self._rollback(dlid, [target])
+                self._rollback(msg.dlid, msg.targets)
 
         self.push_screen(ConfirmScreen(
-            f"Re-run {target} of {dlid}?",
-            f"Execution {pi.execution} ({pi.status}) and everything downstream of it get new "
-            "executions; then a runner starts."), done)
+            msg.question,
+            f"New executions of: {', '.join(msg.plan.retired)}; then a runner starts "
+            "(or the daemon picks it up)."), done)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _rollback(self, dlid: str, targets: list[str] | None) -> None:
@@ -603,6 +719,16 @@ class SkydeckApp(App[None]):
             self.notify("select a process instance that has a log", severity="warning")
             return
         self.open_log(pi.log_path)
+
+    def action_pick_log(self) -> None:
+        """Any log besides an instance's: the daemon's, console runs, builds, propagations."""
+        files = ops.log_files(self.ws)
+        if not files:
+            self.notify(f"no logs in {self.ws.logs} yet (the daemon writes "
+                        f"{self.ws.logs / ops.DAEMON_LOG})", severity="warning")
+            return
+        self.push_screen(LogPickerScreen(files),
+                         lambda path: path and self.open_log(path))
 
     def open_log(self, path: str) -> None:
         self.q(LogPanel).start(path)
@@ -729,8 +855,9 @@ class SkydeckApp(App[None]):
             if msg.exit == 0:
                 self.notify(f"{msg.job} done", title="job")
             else:
-                self.notify(f"{msg.job} failed (exit {msg.exit}); see {msg.log}", title="job",
-                            severity="error")
+                self.notify(f"{msg.job} failed (exit {msg.exit}): "
+                            f"{ops.last_line(msg.log) or 'no output'}; L opens {msg.log}",
+                            title="job", severity="error", timeout=15)
             self.wake.set()
 
     # -------------------------------------------------------------------- hits

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from engine import deliveries
-from engine.errors import BadInput
+from engine.errors import BadInput, SkydeckError
 from engine.ids import dlid_date, is_dlid, parse_dlid
-from engine.pipeline.stream import HALT_FLAGS
+from engine.pipeline.api import rollback
+from engine.pipeline.stream import HALT_FLAGS, StreamRunner
+from engine.pipeline.task import load_task
 from engine.state import StateDB, owner_dead
 from engine.workspace import Workspace
 
@@ -56,7 +58,8 @@ class DownlinkRow:
     runs: int
     bytes: int              # bytes of the files the pipeline recorded for it
     since: float            # delivered (registered) or seen (incoming, rejected) time
-    note: str               # stream note, rejection reason, or why it is stuck
+    note: str               # stream note, rejection reason (reason first), or why it is stuck
+    kept: str = ""          # rejected: where its files were kept (incoming/rejected/...)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -157,7 +160,7 @@ class DownlinkRows:
             key = d.dlid or d.name
             if key not in out:
                 out[key] = DownlinkRow(key, _date(key) if d.dlid else "?", "rejected", "-", 0, 0,
-                                       0, 0, 0, d.seen, d.reason or "")
+                                       0, 0, 0, d.seen, reason_first(d.reason or ""), d.path)
         if incoming:
             # why a delivery waits (files missing, still being written), as the daemon recorded
             pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}
@@ -168,6 +171,18 @@ class DownlinkRows:
                                               0, _mtime(c.manifest),
                                               f"pending: {why}" if why else f"in incoming/{c.kind}")
         return out
+
+
+def reason_first(reason: str) -> str:
+    """``"/long/path/file: problem"`` as ``"problem (/long/path/file)"``.
+
+    A rejection reason is ``str(BadInput)``, which leads with the file; in a narrow column
+    only the path would show. The problem comes first, the file after it.
+    """
+    path, sep, problem = reason.partition(": ")
+    if sep and path.startswith(("/", "./", "~")) and problem:
+        return f"{problem} ({path})"
+    return reason
 
 
 def downlink_rows(ws: Workspace, db: StateDB, incoming: bool = True) -> dict[str, DownlinkRow]:
@@ -335,6 +350,104 @@ def list_events(ws: Workspace, limit: int = 20) -> list[EventDir]:
                         found.append(EventDir(tag.path, scene.name, tag.name, meta.stat().st_mtime))
     found.sort(key=lambda e: (-e.mtime, e.path))
     return found[:limit]
+
+
+# ------------------------------------------------------------------------ rollback check
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback would retire, and why it cannot succeed (``blocker``; None: it can)."""
+
+    retired: tuple[str, ...]
+    blocker: str | None
+
+
+def rollback_plan(ws: Workspace, dlid: str, targets: list[str] | None) -> RollbackPlan:
+    """Check a rollback before doing it: the CLI's own checks, then the inputs it needs.
+
+    ``rollback`` (dry run) refuses what the CLI refuses (no stream, a live runner owns it,
+    an unknown process, nothing to roll back). Then: a kept (not re-run) instance of a
+    process that a re-run one ``reads`` (task file) must still have its primary output;
+    ``cleanup`` removes chunk outputs once a downlink is staged, so re-running ``mergeEvt``
+    alone then fails, and the whole ``makeEvt`` group has to go back. A process reading the
+    delivery needs the delivery.
+    """
+    try:
+        res = rollback(ws, dlid, targets, dry_run=True)
+    except SkydeckError as err:
+        return RollbackPlan((), err.message)
+    task = load_task(ws)
+    with StateDB(ws.state_db) as db:
+        st = db.latest_stream(dlid, task.name)
+        if st is None:  # gone between the two reads
+            return RollbackPlan((), f"downlink {dlid} has no {task.name} stream")
+        latest = db.instances(st.id)
+        runner = StreamRunner(ws, db, task, st, launcher=None)  # type: ignore[arg-type]
+        rerun = {pi.process for pi in latest if pi.id in res.ids}
+        read = {r for name in rerun for r in task.process(name).reads}
+        for pi in latest:
+            if pi.id in res.ids or pi.status != "SUCCESS" or pi.process not in read:
+                continue
+            pdef = task.process(pi.process)
+            if not pdef.outputs:
+                continue
+            out = Path(runner._render(pdef.outputs[0], runner.values(pdef, pi.key)))
+            if not out.exists():
+                return RollbackPlan(tuple(res.retired), (
+                    f"{pi.label}'s output {out} is gone (cleaned up), and the re-run needs it: "
+                    f"roll back {pi.process} as a whole (its group) instead"))
+        for name in sorted(rerun):
+            pdef = task.process(name)
+            if any("{level0}" in a for a in pdef.command) and not Path(runner.dl.level0).exists():
+                return RollbackPlan(tuple(res.retired), (
+                    f"{name} reads the delivery {runner.dl.level0}, which is gone"))
+    return RollbackPlan(tuple(res.retired), None)
+
+
+# ------------------------------------------------------------------------ logs
+
+DAEMON_LOG = "daemon.log"  # under logs/: the watch daemon's event lines
+
+
+@dataclass(frozen=True)
+class LogFile:
+    path: str
+    what: str     # "daemon", "console job", or the downlink of a process log
+    mtime: float
+
+
+def log_files(ws: Workspace, limit: int = 40) -> list[LogFile]:
+    """Logs an operator opens besides an instance's: the daemon's, then console jobs' (runs,
+    builds, propagations, newest first), then the newest process logs."""
+    out: list[LogFile] = []
+    daemon = ws.logs / DAEMON_LOG
+    with contextlib.suppress(OSError):
+        out.append(LogFile(str(daemon), "daemon", daemon.stat().st_mtime))
+    rest: list[LogFile] = []
+    with contextlib.suppress(OSError):
+        for sub in os.scandir(ws.logs):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            what = "console job" if sub.name == "console" else sub.name
+            with contextlib.suppress(OSError):
+                for f in os.scandir(sub.path):
+                    if f.name.endswith(".log") and f.is_file(follow_symlinks=False):
+                        rest.append(LogFile(f.path, what, f.stat().st_mtime))
+    rest.sort(key=lambda f: (f.what != "console job", -f.mtime, f.path))
+    return (out + rest)[:limit]
+
+
+def last_line(path: str | Path, limit: int = 200) -> str:
+    """The last non-empty line of a log (its one-line reason when a job failed), or ''."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 # ------------------------------------------------------------------------ launching

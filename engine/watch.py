@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import deliveries
+from engine.ops import DAEMON_LOG
 from engine.pipeline.launcher import LocalLauncher, make_launcher
 from engine.pipeline.stream import StreamRunner, halt_flag, json_line
 from engine.pipeline.task import Task, load_task
@@ -88,7 +89,7 @@ class Daemon:
         self.ws = ws
         self.once = once
         self.force_polling = polling
-        self.emit_fn = emit or (lambda ev: print(json_line(ev), flush=True))
+        self.emit_fn = emit or self._print_and_log
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state_db)
         self.launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
@@ -115,6 +116,14 @@ class Daemon:
         self.restep_s = 0.5
 
     # ------------------------------------------------------------------ events
+
+    def _print_and_log(self, ev: dict[str, Any]) -> None:
+        """Each event line to stdout and to logs/daemon.log, which a console can open; a
+        failed log write (no space, no permission) never stops the daemon."""
+        line = json_line(ev)
+        print(line, flush=True)
+        with contextlib.suppress(OSError), open(self.ws.logs / DAEMON_LOG, "a") as fh:
+            fh.write(line + "\n")
 
     def emit(self, ev: dict[str, Any]) -> None:
         self._events += 1

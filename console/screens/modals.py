@@ -1,6 +1,10 @@
-"""Modal screens: confirmation (k9s: destructive actions ask first), help, halt flags, forms."""
+"""Modal screens: confirmation (k9s: destructive actions ask first), help, halt flags, forms,
+and a log picker (the daemon's and console jobs' logs are not any instance's log)."""
 
 from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
@@ -10,6 +14,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+if TYPE_CHECKING:
+    from engine.ops import LogFile
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -47,9 +54,10 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "Close", id="help.close")]
 
     def __init__(self, bindings: list[tuple[str, str]], panels: list[tuple[str, str]],
-                 read_only: bool) -> None:
+                 read_only: bool, glossary: list[tuple[str, str]] | None = None) -> None:
         super().__init__()
         self.rows, self.panels, self.read_only = bindings, panels, read_only
+        self.glossary = glossary or []
 
     def compose(self) -> ComposeResult:
         keys = Table(title="Keys" + (" (READ-ONLY: actions disabled)" if self.read_only else ""),
@@ -63,9 +71,19 @@ class HelpScreen(ModalScreen[None]):
         panels.add_column("shows")
         for k, d in self.panels:
             panels.add_row(k, d)
+        terms = Table(title="Glossary", box=None, title_justify="left")
+        terms.add_column("term", style="bold")
+        terms.add_column("meaning")
+        for k, d in self.glossary:
+            if d:
+                terms.add_row(k, d)
+            else:  # a heading
+                terms.add_row(Text(k, style="bold underline"), "")
         with VerticalScroll(id="dialog"):
             yield Static(keys)
             yield Static(panels)
+            if self.glossary:
+                yield Static(terms, id="glossary")
             yield Static(Text("Every action is also in the command palette (ctrl+p).", style="dim"))
 
     def action_dismiss_help(self) -> None:
@@ -133,6 +151,34 @@ class FormScreen(ModalScreen[list[str] | None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(self._values() if event.button.id == "ok" else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LogPickerScreen(ModalScreen[str | None]):
+    """Pick a log to follow in the Log tab: the daemon's, console jobs', recent processes'."""
+
+    BINDINGS = [Binding("escape", "cancel", "Close", id="logs.close")]
+
+    def __init__(self, files: list[LogFile]) -> None:
+        super().__init__()
+        self.files = files
+
+    def compose(self) -> ComposeResult:
+        opts = []
+        for f in self.files:
+            text = Text(f"{f.what:<12} ", style="bold")
+            text.append(f.path.rsplit("/", 1)[-1])
+            text.append(f"  {time.strftime('%m-%d %H:%M:%S', time.localtime(f.mtime))}",
+                        style="dim")
+            opts.append(Option(text, id=f.path))
+        with Vertical(id="dialog"):
+            yield Label("Logs: enter follows one in the Log tab (4)")
+            yield OptionList(*opts, id="logs")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(str(event.option.id))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -98,6 +98,7 @@ class HitsPanel(Horizontal):
         self.summaries: dict[str, HitSummary | str] = {}
         self.mark_a: str | None = None
         self.comparison: Comparison | None = None  # shown instead of a summary when set
+        self.shown: str | None = None  # the event whose summary the detail shows
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield DataTable(id="events", cursor_type="row")
@@ -124,14 +125,19 @@ class HitsPanel(Horizontal):
             return None
 
     def apply(self, summaries: dict[str, HitSummary | str]) -> None:
-        """Events newest first (path -> summary, or the error text for an unreadable one)."""
+        """Events newest first (path -> summary, or the error text for an unreadable one).
+
+        The cursor stays on the same event (by its path) while new events push rows down,
+        and the detail always shows the event under the cursor: what `a` and `v` act on is
+        what the operator sees.
+        """
         t = self.table
-        order = list(summaries)
-        first_fill = not self.summaries
+        keep = self.selected
+        shown = keep if keep is not None and keep in self.summaries else None
+        changed = shown is not None and self.summaries.get(shown) is not summaries.get(shown)
         for gone in [p for p in self.summaries if p not in summaries]:
             t.remove_row(gone)
-        for path in order:
-            s = summaries[path]
+        for path, s in summaries.items():
             name = "/".join(path.rstrip("/").split("/")[-2:])
             if isinstance(s, str):
                 vals = [name, "-", "-", Text(s[:40], style="red"), "-"]
@@ -143,20 +149,18 @@ class HitsPanel(Horizontal):
             else:
                 t.add_row(*vals, key=path)
         self.summaries = summaries
-        if order:
-            t.sort(key=lambda vals: order.index(self._path_of(str(vals[0]))), reverse=False)
-        if first_fill:
+        if summaries:
+            rank = {"/".join(p.rstrip("/").split("/")[-2:]): i for i, p in enumerate(summaries)}
+            t.sort(key=lambda vals: rank.get(str(vals[0]), len(rank)))
+        if keep is not None and keep in summaries:
+            t.move_cursor(row=t.get_row_index(keep), animate=False)
+        if self.selected != shown or changed:
             self.show_selected()
-
-    def _path_of(self, name: str) -> str:
-        for p in self.summaries:
-            if p.endswith(name):
-                return p
-        return ""
 
     def show_selected(self) -> None:
         path = self.selected
         out = self.query_one("#hit-summary", Static)
+        self.shown = path
         if path is None:
             return
         s = self.summaries.get(path)
@@ -174,4 +178,5 @@ class HitsPanel(Horizontal):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
-        self.show_selected()
+        if self.selected != self.shown:  # the same event kept under a moved row: keep its view
+            self.show_selected()

@@ -68,6 +68,7 @@ class StreamTree(Tree[ProcessInstance | None]):
         self.typical: dict[str, float] = {}
         self._pi_nodes: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
+        self._notes: list[str] = []  # leaves explaining a downlink without a stream
         self.show_root = True
         self.guide_depth = 3
 
@@ -76,8 +77,27 @@ class StreamTree(Tree[ProcessInstance | None]):
         node = self.cursor_node
         return node.data if node is not None else None
 
-    def show(self, dlid: str | None, view: StreamView | None, typical: dict[str, float]) -> None:
-        """Show ``view`` (the stream of ``dlid``, or None when it has no stream yet)."""
+    @property
+    def groups(self) -> set[str]:
+        """Processes shown as a group (one child per chunk or run)."""
+        return set(self._groups)
+
+    @property
+    def selected_target(self) -> str | None:
+        """What a rollback of the cursor's node names: ``process:key`` for an instance, the
+        process for a single instance or a group node (every instance of it), else None."""
+        node = self.cursor_node
+        if node is None:
+            return None
+        pi = node.data
+        if pi is not None:
+            return f"{pi.process}:{pi.key}" if pi.key else pi.process
+        return next((p for p, g in self._groups.items() if g is node), None)
+
+    def show(self, dlid: str | None, view: StreamView | None, typical: dict[str, float],
+             without: str = "") -> None:
+        """Show ``view`` (the stream of ``dlid``, or None when it has no stream yet; then
+        ``without`` says why and what can be done, if the caller knows better)."""
         self.typical = typical
         if dlid != self.dlid:
             self.clear()
@@ -87,13 +107,21 @@ class StreamTree(Tree[ProcessInstance | None]):
         self.view = view
         now = self.clock()
         if view is None:
-            self.root.set_label(Text(f"{dlid}: no stream yet (press r to run)" if dlid
-                                     else "no downlink selected", style="dim"))
-            if self._pi_nodes:
+            head, *more = (without or (f"{dlid}: no stream yet (press r to run)" if dlid
+                                       else "no downlink selected")).split("\n")
+            self.root.set_label(Text(head, style="bold" if more else "dim"))
+            if self._pi_nodes or self._groups or more != self._notes:
                 self.clear()
                 self._pi_nodes.clear()
                 self._groups.clear()
+                for line in more:  # what the operator can do instead, one line each
+                    self.root.add_leaf(Text(line), data=None)
+                self._notes = more
+                self.root.expand()
             return
+        if self._notes:
+            self.clear()
+            self._notes = []
         s = view.stream
         root = Text(f"{s.dlid} {s.task} ", style="bold")
         root.append_text(status_text(s.status))

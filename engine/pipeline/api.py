@@ -75,15 +75,17 @@ def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = Tru
 class RollbackResult:
     dlid: str
     retired: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # the retired instances' ids
 
 
 def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
-             task_name: str | None = None) -> RollbackResult:
+             task_name: str | None = None, dry_run: bool = False) -> RollbackResult:
     """Retire the chosen instances and every latest instance downstream of them.
 
     The stream goes back to WAITING; its runner makes new executions (execution + 1) of what
     is missing. ``targets``: "process" (all its instances) or "process:key"; default: the
-    latest instances that FAILED / were TERMINATED or CANCELED.
+    latest instances that FAILED / were TERMINATED or CANCELED. ``dry_run``: make every check
+    and return what would be retired, changing nothing (a front end asks before it acts).
     """
     dlid = parse_dlid(dlid)
     task = load_task(ws, task_name)
@@ -120,10 +122,14 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
                 retire.append(pi)
         if not retire and not any(k for _, k in chosen):
             raise BadInput(f"nothing to roll back in stream {dlid} for {', '.join(sorted(names))}")
-        db.retire_instances([pi.id for pi in retire])
+        result = RollbackResult(dlid, [f"{pi.label} e{pi.execution}" for pi in retire],
+                                [pi.id for pi in retire])
+        if dry_run:
+            return result
+        db.retire_instances(result.ids)
         with db.tx() as c:
             c.execute("UPDATE streams SET status='WAITING', ended=NULL, note=? WHERE id=?",
                       (f"rolled back {', '.join(sorted(names))} at {time.strftime('%H:%M:%S')}",
                        st.id))
-            db.log_event("rollback", dlid, stream=st.id, instances=[pi.id for pi in retire])
-        return RollbackResult(dlid, [f"{pi.label} e{pi.execution}" for pi in retire])
+            db.log_event("rollback", dlid, stream=st.id, instances=result.ids)
+        return result

@@ -19,7 +19,7 @@ TASKS_DIR = ASSETS / "tasks"
 SCRIPTLETS = ("launch_chunks",)
 CONDITIONS = ("gensteps", "always")
 _FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
-           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env"}
+           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ProcessDef:
     halt: str | None = None
     retries: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    reads: tuple[str, ...] = ()  # upstream processes whose outputs the job reads
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ def parse_task(path: Path) -> Task:
         for a in after:
             if a not in seen:
                 raise BadInput(f"{where}: after {a!r}, which is not defined before it", path)
+        reads = raw.get("reads", [])
+        if not isinstance(reads, list) or not all(isinstance(r, str) and r in seen for r in reads):
+            raise BadInput(f"{where}: reads must list processes defined before it", path)
         scriptlet, command = raw.get("scriptlet"), raw.get("command", [])
         if (scriptlet is None) == (not command):
             raise BadInput(f"{where}: give exactly one of scriptlet or command", path)
@@ -118,7 +122,7 @@ def parse_task(path: Path) -> Task:
             outputs=tuple(raw.get("outputs", ())), lock=raw.get("lock"),
             stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
             when=when, halt=raw.get("halt"), retries=retries,
-            env={str(k): str(v) for k, v in raw.get("env", {}).items()}))
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads)))
         seen.add(name)
     return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
                 processes=tuple(procs), path=path)

@@ -160,3 +160,22 @@ def test_pending_delivery_shows_why(ws):
         deliveries.process_all(ws, db, quiet_s=0.0)
         row = ops.downlink_rows(ws, db)["251125001"]
     assert row.state == "arrived" and row.note.startswith("pending: ") and "late.h5" in row.note
+
+
+def test_rollback_plan_names_the_blocker_and_the_group_that_works(ws):
+    """The console's check before a rollback: a dry run that changes nothing (issue 9)."""
+    from .test_app import latest, register, run_stream
+
+    mock(ws, "251125001", events=120)
+    register(ws)
+    assert run_stream(ws, "251125001") == 0
+    before = latest(ws, "251125001")
+    run = next(k for p, k in before if p == "mergeEvt")
+    bad = ops.rollback_plan(ws, "251125001", [f"mergeEvt:{run}"])
+    assert bad.blocker and "gone" in bad.blocker and "makeEvt" in bad.blocker
+    assert ops.rollback_plan(ws, "251125001", ["makeEvt:00001"]).blocker   # 00002's is gone too
+    ok = ops.rollback_plan(ws, "251125001", ["makeEvt"])
+    assert ok.blocker is None and "makeEvt[00001] e1" in ok.retired
+    assert ops.rollback_plan(ws, "251125001", ["cleanup"]).blocker is None
+    assert "no failed instance" in (ops.rollback_plan(ws, "251125001", None).blocker or "")
+    assert latest(ws, "251125001") == before                 # nothing changed
