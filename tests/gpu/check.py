@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for everything")
     ap.add_argument("--sizes", default="1e7,1e8,1e9", help="production photon counts")
     ap.add_argument("--parity-photons", type=float, default=1e6)
+    ap.add_argument("--dev-photons", type=float, default=1e6, help="development-mode rate run")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--libcuda", default=None, help="driver library to probe (default: libcuda.so.1)")
     ap.add_argument("--cuda-lib-dir", type=Path, default=None,
@@ -523,15 +524,17 @@ def main(argv: list[str] | None = None) -> int:
 
         def rates(st: Step, backend: str = backend) -> None:
             st.data["rows"] = rows = []
-            runs = [(int(float(s)), "production") for s in args.sizes.split(",") if s]
-            runs.append((1_000_000, "development"))
+            # smallest first: a run cut off by the time box loses only the largest figure
+            runs = [(int(args.dev_photons), "development")]
+            runs += [(int(float(s)), "production") for s in args.sizes.split(",") if s]
             for photons, mode in runs:
                 left = st.data["limit_s"] - sum(r["process_s"] for r in rows)
                 rows.append(run_propagate(events / f"{backend}-rate", photons, backend, mode,
                                           env_with(paths), max(5.0, left)))
                 shutil.rmtree(events / f"{backend}-rate", ignore_errors=True)
                 rep.write()
-            best = max(r.get("kernel_pps", 0) for r in rows if r["mode"] == "production")
+            best = max((r.get("kernel_pps", 0) for r in rows if r["mode"] == "production"),
+                       default=0)
             st.detail = f"kernel {best:.3e} photons/s at best (production)"
 
         rep.step(f"rate-{backend}", rates, 200)

@@ -75,3 +75,41 @@ def test_compare_events_photon_by_photon(tmp_path):
     rep = check.Report(tmp_path / "r")
     rep.steps.append(check.Step("parity-cupy", "ok", 1.0, "", same))
     assert "| cupy | 3,000 | 100.0000 % |" in check.render_markdown(rep.to_dict())
+
+
+def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch, capsys):
+    """main() end to end with the GPU faked away: the driver probe answers, the PyCUDA build
+    fails, and the numpy backend stands in for a GPU one, so every step after the probe runs
+    and the report says which failed and which were skipped, and why."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "MANIFEST.json").write_text(json.dumps({"files": {}}))
+    monkeypatch.setattr(check, "detect_gpu", lambda lib: {"name": "stand-in", "cc": "9.0"})
+
+    def failing_build(bundle, manifest, work, libdir):
+        log = work / "pycuda-build.log"
+        log.write_text("error: no CUDA headers\n")
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]), work, log
+
+    monkeypatch.setattr(check, "start_pycuda_build", failing_build)
+    out = tmp_path / "out"
+    rc = check.main(["--bundle", str(bundle), "--out", str(out), "--work", str(tmp_path / "w"),
+                     "--backends", "numpy,cuda", "--sizes", "2e3,4e3", "--parity-photons",
+                     "2e3", "--dev-photons", "1e3", "--budget", "300"])
+    assert rc == 1
+    steps = {s["name"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
+    assert steps["gpu"]["status"] == "ok" and steps["versions"]["status"] == "ok"
+    assert steps["tests-numpy"]["status"] == "failed"  # no gpu test is a numpy one
+    assert steps["parity-numpy"]["status"] == "ok" and steps["parity-numpy"]["data"]["agree"]
+    rows = steps["rate-numpy"]["data"]["rows"]
+    assert [(r["mode"], r["photons"]) for r in rows] == [
+        ("development", 1000), ("production", 2000), ("production", 4000)]
+    assert all(r["process_pps"] > 0 and r["ht_bytes"] > 128 for r in rows)
+    assert steps["pycuda-build"]["status"] == "failed"
+    assert "exited 3" in steps["pycuda-build"]["detail"]
+    assert steps["pycuda-build"]["data"]["log_tail"] == ["error: no CUDA headers"]
+    assert all(steps[s]["detail"] == "PyCUDA is not built"
+               for s in ("tests-cuda", "parity-cuda", "rate-cuda"))
+    md = (out / "report.md").read_text()
+    assert "| numpy | development | 1e+03 |" in md and (out / "pycuda-build.log").is_file()
+    assert md in capsys.readouterr().out
