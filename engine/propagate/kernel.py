@@ -198,6 +198,16 @@ class Nvrtc:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+    def supported_archs(self) -> list[int]:
+        """The SM versions this NVRTC can target (e.g. [50, ..., 90] for 12.4)."""
+        n = ctypes.c_int()
+        if self.lib.nvrtcGetNumSupportedArchs(ctypes.byref(n)) != 0 or n.value < 1:
+            return []
+        arr = (ctypes.c_int * n.value)()
+        self.lib.nvrtcGetSupportedArchs(arr)
+        return sorted(arr)
+
+
 _NVRTC: dict[str, Nvrtc | None] = {}
 
 
@@ -290,22 +300,29 @@ def store(img: Image, target: Path) -> Path:
 
 
 def load_image(cc: tuple[int, int]) -> Image:
-    """The image for a device of compute capability ``cc``: the cached cubin for its
-    ``sm_XX``; else one compiled now and cached (if the cache is writable); else the newest
-    cached PTX the device can run (``compute_YY``, YY <= XX)."""
+    """The image for a device of compute capability ``cc``, first found of: the cached
+    cubin for its ``sm_XX``; one compiled now (and cached if the cache is writable); the
+    newest cached PTX it can run (``compute_YY``, YY <= XX); PTX compiled now for the newest
+    architecture NVRTC knows at or below XX (a chip newer than the compiler: the driver
+    compiles that PTX for it)."""
     arch = arch_of(cc)
+    sm = cc[0] * 10 + cc[1]
     d = cache_dir()
     img = _read_cached(d / image_name(arch), arch)
     if img is not None:
         return img
     try:
         img = compile_image(arch)
-    except JobFailed:
-        for ptx_arch in (f"compute_{v}" for v in range(cc[0] * 10 + cc[1], 49, -1)):
+    except JobFailed as err:
+        for ptx_arch in (f"compute_{v}" for v in range(sm, 49, -1)):
             cached = _read_cached(d / image_name(ptx_arch), ptx_arch)
             if cached is not None:
                 return cached
-        raise
+        lib = nvrtc()
+        older = [v for v in (lib.supported_archs() if lib else []) if v <= sm]
+        if not older:
+            raise err from None
+        img = compile_image(f"compute_{older[-1]}", "nvrtc")
     with contextlib.suppress(JobFailed):  # a read-only cache (a site's shared folder)
-        store(img, d / image_name(arch))  # then the image serves from memory
+        store(img, d / image_name(img.arch))  # then the image serves from memory
     return img

@@ -179,3 +179,13 @@ def test_compiling_leaves_the_process_text_encoding_alone():
     before = locale.getpreferredencoding(False)
     kernel.compile_image("sm_90")
     assert locale.getpreferredencoding(False) == before
+
+
+def test_a_chip_newer_than_nvrtc_gets_ptx_for_the_newest_arch_it_knows(cache):
+    lib = nvrtc_or_fail()
+    newest = lib.supported_archs()[-1]
+    assert newest >= 90 and 80 in lib.supported_archs()
+    future = (newest // 10 + 3, 0)  # e.g. sm_120 for NVRTC 12.4, whose newest is sm_90
+    img = kernel.load_image(future)
+    assert img.arch == f"compute_{newest}" and img.valid()
+    assert (cache / kernel.image_name(f"compute_{newest}")).read_bytes() == img.data
