@@ -368,7 +368,7 @@ def versions(env: dict[str, str]) -> dict[str, Any]:
             out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20)
             v["nvcc"] = out.stdout.strip().splitlines()[-1]
     with contextlib.suppress(Exception):
-        v["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        v["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                                      capture_output=True, text=True, timeout=10).stdout.strip()
     v["platform"] = platform.platform()
     v["cpus"] = os.cpu_count()
@@ -393,8 +393,8 @@ def render_markdown(d: dict[str, Any]) -> str:
     par = [s for s in d["steps"] if s["name"].startswith("parity") and "agree" in s["data"]]
     if par:
         lines += ["", f"## Parity with NumPy: tboolean-box, development, seed {SEED}, hit mask {HITMASK}",
-                  "", "| backend | photons | seqhis equal | positions within tol | max |dpos| mm | "
-                  "max |dt| ns | hits numpy / gpu | only numpy / only gpu | agree |",
+                  "", "| backend | photons | seqhis equal | positions within tol | max dpos mm | "
+                  "max dt ns | hits numpy / gpu | only numpy / only gpu | agree |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for s in par:
             c = s["data"]
