@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import JobFailed
 from engine.propagate import gpu_host, kernel
 
 
@@ -53,7 +54,13 @@ class PyCudaDevice:
         self.ctx = dev.make_context()
         atexit.register(self.ctx.pop)
         self.image = kernel.load_image(tuple(dev.compute_capability()))
-        self.module = drv.module_from_buffer(self.image.data)
+        try:
+            self.module = drv.module_from_buffer(self.image.data)
+        except Exception as err:  # e.g. a cached image built for another chip or toolkit
+            where = self.image.path or kernel.KERNEL_PATH
+            raise JobFailed(f"the CUDA driver refused the {self.image.arch} kernel image "
+                            f"({type(err).__name__}: {err}); remove it to rebuild".splitlines()[0],
+                            where) from None
         self.fn = self.module.get_function(kernel.KERNEL_NAME)
 
     def free_bytes(self) -> int:

@@ -44,6 +44,7 @@ class FakeGpu:
     images: list[bytes] = field(default_factory=list)
     modules: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
+    refuse_images: bool = False  # module_from_buffer fails as for an image of another chip
 
     def launch(self, args: tuple[Any, ...], grid: int, block: int,
                pointer: Callable[[Any], int | None]) -> None:
@@ -133,6 +134,8 @@ def fake_pycuda(gpu: FakeGpu) -> dict[str, types.ModuleType]:
 
     def module_from_buffer(data: bytes) -> Module:
         gpu.images.append(bytes(data))
+        if gpu.refuse_images:
+            raise RuntimeError("cuModuleLoadData failed: device kernel image is invalid")
         return Module()
 
     drv.Device = Device

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.errors import BadInput
+from engine.errors import BadInput, JobFailed
 from engine.propagate import cuda_backend, cupy_backend, gpu_host, kernel
 from engine.propagate.event import Request, propagate
 from tests.propagate.conftest import TBOX_DETECT
@@ -135,3 +135,14 @@ def test_each_rank_takes_its_own_device(fake, tmp_path, monkeypatch, backend):
     m = propagate(Request(TBOX_DETECT, tmp_path / "a", photons=100, backend=backend))
     assert gpu.chosen == [1]
     assert m["device"] == "host-emulated kernel (cc 9.0, device 1 of 2 visible, SLURM_LOCALID=3)"
+
+
+def test_an_image_the_driver_refuses_is_one_line_naming_the_file(fake, tmp_path):
+    fake(("cuda",), refuse_images=True)
+    with pytest.raises(JobFailed) as err:
+        propagate(Request(TBOX_DETECT, tmp_path / "a", photons=100, backend="cuda"))
+    text = str(err.value)
+    assert text.startswith(str(tmp_path / "kcache" / kernel.image_name("sm_90")))
+    assert "the CUDA driver refused the sm_90 kernel image (RuntimeError: cuModuleLoadData" in text
+    assert "remove it to rebuild" in text and "\n" not in text
+    assert not (tmp_path / "a").exists()
