@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.skydeck-installed
 DEMO_WS ?= skydeck-workspace
 
-.PHONY: demo demo-headless test bench lint venv sysdeps clean
+.PHONY: demo demo-headless test bench lint venv sysdeps clean gpu-bundle gpu-check
 
 venv: $(STAMP)
 
@@ -47,6 +47,18 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests $(wildcard console)
+
+# The GPU proof for a session lent a GPU machine (bare, no network; docs/propagation.md).
+# Here: gather what must travel (PyCUDA sdist, a few pure wheels, the project's wheel) into
+# the ignored $(GPU_BUNDLE), which the device call carries. There: build PyCUDA, run the gpu
+# tests, compare with NumPy photon by photon, time 1e7..1e9 photons, write the report into
+# $$OUT (else .gpu-check/). Uses the machine's python3 (with CuPy), not the venv.
+GPU_BUNDLE ?= .gpu-bundle
+gpu-bundle: $(STAMP)
+	$(BIN)/python -m tests.gpu.bundle $(GPU_BUNDLE)
+
+gpu-check:
+	python3 -m tests.gpu.check --bundle $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "build",
     "verify",
     "propagate",
+    "kernel",
     "hits",
     "downlinks",
     "streams",

@@ -1,12 +1,15 @@
 """Backend selection and the NumPy chunk driver (serial or a process pool).
 
-Both backends yield ``ChunkResult`` objects in photon order; the event writer does not care
-which produced them. ``--backend auto`` takes CUDA when PyCUDA imports and a device
-initialises, otherwise NumPy, and the choice (with the reason) goes into meta.json.
+Every backend yields ``ChunkResult`` objects in photon order; the event writer does not
+care which produced them. ``--backend auto`` takes ``cuda`` (PyCUDA) when it imports and a
+device initialises, else ``cupy``, else NumPy, and the choice (with the reasons) goes into
+meta.json. The two GPU backends differ only in the library that talks to the driver; both
+run ``gpu_host``'s host-side code.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 from collections import deque
@@ -20,7 +23,8 @@ from engine.errors import BadInput
 from engine.propagate.numpy_backend import ChunkResult, Params, propagate_chunk
 from engine.propagate.scene import SceneArrays
 
-BACKENDS = ("auto", "numpy", "cuda")
+BACKENDS = ("auto", "numpy", "cuda", "cupy")
+GPU_BACKENDS = ("cuda", "cupy")  # PyCUDA first: the default GPU backend
 
 _W: dict[str, object] = {}
 
@@ -33,20 +37,34 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def gpu_module(name: str):  # -> the backend's module (imports no GPU library yet)
+    return importlib.import_module(f"engine.propagate.{name}_backend")
+
+
 def resolve_backend(name: str) -> tuple[str, str]:
-    """Return (backend, device description); BadInput when cuda is asked for and absent."""
+    """Return (backend, device description); BadInput when a GPU backend is asked for and
+    absent."""
     if name not in BACKENDS:
         raise BadInput(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    if name in ("auto", "cuda"):
-        from engine.propagate import cuda_backend
-
-        ok, why = cuda_backend.available()
+    if name == "numpy":
+        return "numpy", "cpu"
+    why = []
+    for gpu in GPU_BACKENDS if name == "auto" else (name,):
+        ok, text = gpu_module(gpu).available()
         if ok:
-            return "cuda", why
-        if name == "cuda":
-            raise BadInput(f"cuda backend unavailable: {why}")
-        return "numpy", f"cpu (cuda unavailable: {why})"
-    return "numpy", "cpu"
+            return gpu, text
+        if name == gpu:
+            raise BadInput(f"{gpu} backend unavailable: {text}")
+        why.append(f"{gpu} unavailable: {text}")
+    return "numpy", f"cpu ({'; '.join(why)})"
+
+
+def run_gpu(name: str, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
+            advance: Callable[[int], None], stats: dict) -> Iterator[ChunkResult]:
+    """A GPU backend's chunk results; ``stats`` receives kernel_seconds and launches."""
+    from engine.propagate import gpu_host
+
+    return gpu_host.run(gpu_module(name).device(), sa, gs, total, p, advance, stats)
 
 
 def _init_worker(sa: SceneArrays, gs: np.ndarray, p: Params) -> None:

@@ -29,10 +29,12 @@ from engine.diskspace import check_space
 from engine.errors import BadInput, JobFailed, SkydeckError
 from engine.propagate import flags as F
 from engine.propagate.backends import (
+    GPU_BACKENDS,
     default_workers,
     mpi_worker,
     mpi_world,
     resolve_backend,
+    run_gpu,
     run_mpi_root,
     run_numpy,
 )
@@ -217,10 +219,9 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             on_start(n)
         t0 = time.perf_counter()
         c0 = time.process_time()
-        if backend == "cuda":
-            from engine.propagate import cuda_backend
-
-            results = cuda_backend.run(sa, gs, n, params, advance or (lambda k: None))
+        gpu_stats: dict[str, Any] = {}  # GPU backends: kernel_seconds, launches
+        if backend in GPU_BACKENDS:
+            results = run_gpu(backend, sa, gs, n, params, advance or (lambda k: None), gpu_stats)
         elif comm is not None:
             results = run_mpi_root(comm, n, req.chunk, advance or (lambda k: None))
         else:
@@ -245,6 +246,7 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
                      fm_counts, prop_s, time.perf_counter() - t_start)
         # CPU seconds of this process: the whole job for one worker (pool workers excluded)
         meta["process_cpu_seconds"] = round(cpu_s, 6)
+        meta.update(gpu_stats)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         meta["files"] = files
         data = sum(files.values())

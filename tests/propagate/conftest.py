@@ -1,7 +1,10 @@
-"""Shared helpers: scene files written from dicts, the CLI run in-process or as a subprocess."""
+"""Shared helpers: scene files written from dicts, the CLI run in-process or as a subprocess,
+the kernel source compiled for the host (one g++ build per test session)."""
 
 from __future__ import annotations
 
+import ctypes
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +12,10 @@ from typing import Any
 
 import pytest
 
+from engine.propagate.kernel import KERNEL_PATH
 from engine.workspace import ASSETS
+
+HOST = Path(__file__).parent / "host"
 
 TBOX = ASSETS / "scenes" / "tboolean-box.toml"
 TBOX_DETECT = ASSETS / "scenes" / "tboolean-box-detect.toml"
@@ -83,3 +89,17 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run skydeck-engine as a real subprocess (exit codes and stderr as users see them)."""
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def kernel_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The CUDA kernel source built for the host with g++ and a tiny emulation header
+    (tests/propagate/host): ``run_host`` runs it thread by thread over one slice."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not on PATH")
+    so = tmp_path_factory.mktemp("kernel") / "libpropagate_host.so"
+    r = subprocess.run(["g++", "-O2", "-ffp-contract=off", "-fPIC", "-shared", f"-I{HOST}",
+                        f'-DKERNEL="{KERNEL_PATH}"', str(HOST / "run_host.cpp"), "-o", str(so)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    return ctypes.CDLL(str(so))

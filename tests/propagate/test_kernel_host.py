@@ -1,35 +1,21 @@
 """The CUDA kernel source compiled for the host (g++ with a tiny emulation header) and run
-thread by thread: it must agree with the NumPy backend photon by photon. Where no GPU is
-lent this is the evidence that the kernel's draws and decisions mirror numpy_backend."""
+thread by thread (the ``kernel_lib`` fixture of conftest.py): it must agree with the NumPy
+backend photon by photon. Where no GPU is lent this is the evidence that the kernel's draws
+and decisions mirror numpy_backend."""
 
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.propagate import flags as F
-from engine.propagate.cuda_backend import KERNEL_PATH, kernel_inputs
+from engine.propagate.gpu_host import kernel_inputs
 from engine.propagate.numpy_backend import Params, propagate_chunk
 from engine.propagate.scene import gensteps, load_scene
 from tests.propagate.conftest import TBOX_DETECT, base_scene
-
-HOST = Path(__file__).parent / "host"
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not on PATH")
-
-
-@pytest.fixture(scope="module")
-def kernel_lib(tmp_path_factory):
-    so = tmp_path_factory.mktemp("kernel") / "libpropagate_host.so"
-    r = subprocess.run(["g++", "-O2", "-ffp-contract=off", "-fPIC", "-shared", f"-I{HOST}",
-                        f'-DKERNEL="{KERNEL_PATH}"', str(HOST / "run_host.cpp"), "-o", str(so)],
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    return ctypes.CDLL(str(so))
 
 
 def run_kernel(lib, sa, gs, n: int, p: Params):
