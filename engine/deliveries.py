@@ -556,17 +556,23 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
     cands = list(cands)
     if not cands:
         return []
-    accepted = {d.name for d in db.deliveries("ACCEPTED")}
+    accepted = {d.name: d.done for d in db.deliveries("ACCEPTED")}
     dls = {d.dlid: d for d in db.downlinks()}
-    return [c for c in cands if c.name not in accepted
+    return [c for c in cands if (c.name not in accepted or _sent_again(c, accepted[c.name]))
             and not (c.stem in dls and _is_level0_of(c, dls[c.stem]))]
 
 
-def _registered_as(db: StateDB, dl: Downlink) -> str:
-    """Which delivery registered a downlink, and when, for a duplicate's reason line."""
-    src = next((d.name for d in db.deliveries("ACCEPTED") if d.dlid == dl.dlid), f"{dl.kind}")
+def _sent_again(cand: Candidate, accepted_at: float | None) -> bool:
+    """An accepted fcopy package stays in incoming/fcopy; a manifest changed after it was
+    accepted is a new delivery of that name (sent again), not the accepted one."""
+    return cand.kind == "fcopy" and _mtime(cand.manifest) > (accepted_at or 0.0)
+
+
+def _registered_as(dl: Downlink) -> str:
+    """Which delivery registered a downlink, and when, for a duplicate's reason line (names
+    are exact, so the delivery of downlink X in form K was named K:X)."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(dl.registered))
-    return f"from {src} at {when}"
+    return f"from {dl.kind}:{dl.dlid} at {when}"
 
 
 def _check_form(cand: Candidate) -> None:
@@ -592,13 +598,13 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     operator to decide.
     """
     known = db.delivery(cand.name)
-    if known is not None and known.status == "ACCEPTED":
+    if known is not None and known.status == "ACCEPTED" and not _sent_again(cand, known.done):
         return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
     dlid = cand.stem if is_dlid(cand.stem) else None
     registered = db.downlink(dlid) if dlid else None
     if registered is not None and _is_level0_of(cand, registered):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
-    if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path)):
+    if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path), _mtime(cand.manifest)):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
     if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
@@ -612,7 +618,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         _check_form(cand)
         dup = db.downlink(dlid)
         if dup is not None:
-            raise BadInput(f"downlink {dlid} is already registered ({_registered_as(db, dup)}); "
+            raise BadInput(f"downlink {dlid} is already registered ({_registered_as(dup)}); "
                            "kept for the operator", cand.path)
         if cand.kind == "fcopy":
             level0 = _extract(ws, cand, dlid, quiet_s, incomplete_timeout_s)

@@ -112,6 +112,23 @@ def test_second_delivery_of_a_registered_id_is_kept_and_listed(ws):
     assert rows[f"fcopy:{DLID}"].state == "rejected" and rows[f"fcopy:{DLID}"].note.startswith(why)
 
 
+def test_fcopy_sent_again_under_the_same_name_is_judged(ws):
+    """An accepted fcopy package stays in incoming/fcopy; the same name sent again later (a
+    new tar and .md5) is a second delivery of a registered id, not the accepted one."""
+    make_delivery(ws, DLID, as_="fcopy")
+    assert _only(_process(ws), "accepted").dlid == DLID
+    assert _process(ws) == []  # the accepted package itself: nothing to do
+    for ext in ("tar", "md5"):
+        (ws.incoming_fcopy / f"{DLID}.{ext}").unlink()
+    make_delivery(ws, DLID, as_="fcopy", seed=9)
+    later = time.time() + 5  # unmistakably after the acceptance
+    os.utime(ws.incoming_fcopy / f"{DLID}.md5", (later, later))
+    rej = _only(_process(ws), "rejected")
+    assert rej.reason.startswith(f"downlink {DLID} is already registered (from fcopy:{DLID} at ")
+    assert (ws.rejected / f"{DLID}.tar").is_file()
+    assert (ws.incoming_level0 / DLID / manifest.MANIFEST_NAME).is_file()  # the registered one
+
+
 def test_rejection_reason_starts_with_the_problem(ws):
     """The reason line (state db, console note) starts with the problem, not a full path."""
     make_delivery(ws, "251125001")
