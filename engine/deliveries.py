@@ -250,6 +250,13 @@ def _verify_dir(directory: Path, mpath: Path, quiet_s: float,
 
 
 def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
+    """Every RetDef is listed, named for this downlink and its chunk, and valid: the stream
+    reads each ``RetDef-<DLID>-*.xml`` in the directory, so an unlisted one is rejected too."""
+    listed = set(names)
+    with os.scandir(directory) as it:
+        for e in it:
+            if e.name.startswith("RetDef-") and e.name not in listed:
+                raise BadInput(f"not listed in {manifest.MANIFEST_NAME} (every RetDef must be)", e.path)
     chunks = []
     for n in names:
         m = _RETDEF.fullmatch(n)
@@ -259,7 +266,9 @@ def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
             raise BadInput("RetDef file name is not RetDef-<DLID>-<CHUNK 5d>.xml", directory / n)
         if m.group(1) != dlid:
             raise BadInput(f"RetDef belongs to downlink {m.group(1)}, not {dlid}", directory / n)
-        retdef.parse(directory / n)
+        rd = retdef.parse(directory / n)
+        if rd.chunkid != int(m.group(2)):
+            raise BadInput(f"RetDef of chunk {m.group(2)} says chunkid {rd.chunkid}", directory / n)
         chunks.append(int(m.group(2)))
     if not chunks:
         raise BadInput("delivery carries no RetDef-<DLID>-<CHUNK>.xml", directory)

@@ -276,6 +276,16 @@ def test_retdef_times_outside_met_range_rejected(ws, attr, value):
     assert rej.reason.startswith("malformed RetDef") and "MET time" in rej.reason, rej.reason
 
 
+def test_unlisted_retdef_rejected(ws):
+    """The stream reads every RetDef-<DLID>-*.xml in the directory: one the manifest does
+    not list (so never validated) cannot slip past intake."""
+    d = make_delivery(ws, "251125035")
+    rd = (d / "RetDef-251125035-00001.xml").read_text()
+    (d / "RetDef-251125035-00009.xml").write_text(rd.replace('tend="', 'tend="inf" x="'))
+    rej = _only(_process(ws), "rejected")
+    assert rej.reason.startswith("not listed in MANIFEST.md5"), rej.reason
+
+
 # ------------------------------------------------------------------ 11. sweeps, stalled writers
 
 def _dead_pid() -> int:
