@@ -3,6 +3,11 @@
 A delivery is complete only when its manifest is present and every file verifies; the
 manifest is always written last (temporary name, then rename) so its presence means the
 files it lists are complete.
+
+A manifest comes from outside, so it is a boundary parser: read bounded, names taken
+exactly as listed (a name that only normalising would make safe is rejected, never
+rewritten), each name once; listed files are opened without following links and must be
+regular files, so a manifest can never make us read something outside the delivery.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@
 ``arch`` (scid, text = level-0 archive root), ``run`` (runid, l0key, chunkid, gndid, start),
 ``spans`` with ``span`` elements (apid, tbeg, tend in MET seconds, 6 decimals). The engine
 uses the spans to pick the events a chunk's makeEvt builds. Parsed with defusedxml.
+
+Every value is checked where the file enters (intake), not where it is used: integers are
+plain decimals in their ranges, times plain decimals within the MET range [0, 2^32) s, so
+``inf``, ``1e30`` or ``-1e12`` are rejected with the attribute named instead of reaching
+makeEvt as an OverflowError.
 """
 
 from __future__ import annotations
