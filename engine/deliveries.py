@@ -577,6 +577,12 @@ def _sent_again(cand: Candidate, accepted_at: float | None) -> bool:
     return cand.kind == "fcopy" and _mtime(cand.manifest) > (accepted_at or 0.0)
 
 
+def _registered_here(db: StateDB, cand: Candidate) -> bool:
+    """Whether ``cand`` is (now) the level-0 directory of its registered downlink."""
+    dl = db.downlink(cand.stem) if cand.kind == "level0" and is_dlid(cand.stem) else None
+    return dl is not None and _is_level0_of(cand, dl)
+
+
 def _registered_as(dl: Downlink) -> str:
     """Which delivery registered a downlink, and when, for a duplicate's reason line (names
     are exact, so the delivery of downlink X in form K was named K:X)."""
@@ -610,8 +616,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     if known is not None and known.status == "ACCEPTED" and not _sent_again(cand, known.done):
         return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
     dlid = cand.stem if is_dlid(cand.stem) else None
-    registered = db.downlink(dlid) if dlid else None
-    if registered is not None and _is_level0_of(cand, registered):
+    if _registered_here(db, cand):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
     if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path), _mtime(cand.manifest)):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
@@ -645,16 +650,21 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
             return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(level0))
         return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
-    except Pending as why:
+    except (Pending, BadInput) as why:
+        if _registered_here(db, cand):
+            # another thread or daemon extracted an fcopy package into this very directory
+            # and registered it meanwhile: the same delivery, whose data is never moved
+            db.release_delivery(cand.name)
+            return Outcome(cand.name, cand.kind, cand.stem, "skipped", "registered", str(cand.path))
+        if isinstance(why, BadInput):
+            if why.path is None:
+                why.path = str(cand.path)
+            return reject(ws, db, cand, why)
         age = time.time() - _modified(cand.manifest)
         if age > incomplete_timeout_s:
             return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
         db.release_delivery(cand.name, pending=str(why))
         return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
-    except BadInput as err:
-        if err.path is None:
-            err.path = str(cand.path)
-        return reject(ws, db, cand, err)
     except BaseException:
         db.release_delivery(cand.name)
         raise

@@ -112,6 +112,19 @@ def test_second_delivery_of_a_registered_id_is_kept_and_listed(ws):
     assert rows[f"fcopy:{DLID}"].state == "rejected" and rows[f"fcopy:{DLID}"].note.startswith(why)
 
 
+def test_extracted_level0_dir_of_an_fcopy_package_is_the_same_delivery(ws):
+    """The inotify hint for the directory an fcopy package was extracted into (seen by
+    another thread or daemon) is the registered delivery itself: skipped, never moved."""
+    make_delivery(ws, DLID, as_="fcopy")
+    assert _only(_process(ws), "accepted").kind == "fcopy"
+    cand = deliveries.candidate_for(ws, ws.incoming_level0 / DLID / manifest.MANIFEST_NAME)
+    with StateDB(ws.state_db) as db:
+        out = deliveries.process(ws, db, cand, quiet_s=0.0)
+        assert (out.status, out.reason) == ("skipped", "registered")
+        assert db.deliveries("REJECTED") == [] and db.delivery(cand.name) is None
+    assert (ws.incoming_level0 / DLID / manifest.MANIFEST_NAME).is_file()
+
+
 def test_fcopy_sent_again_under_the_same_name_is_judged(ws):
     """An accepted fcopy package stays in incoming/fcopy; the same name sent again later (a
     new tar and .md5) is a second delivery of a registered id, not the accepted one."""
