@@ -650,7 +650,24 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
             return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(level0))
         return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
+    except FileNotFoundError as err:  # a file vanished under us: this delivery waits
+        why: Pending | BadInput = Pending(f"{Path(err.filename or cand.path).name} vanished "
+                                          "while being checked")
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
+    except OSError as err:  # permission or I/O error: this delivery only, with the reason
+        why = BadInput(f"cannot read the delivery: {err.strerror or err}", err.filename or cand.path)
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
     except (Pending, BadInput) as why:
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
+    except BaseException:
+        db.release_delivery(cand.name)
+        raise
+
+
+def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
+            why: Pending | BadInput, incomplete_timeout_s: float) -> Outcome:
+    """The verdict on a claimed delivery that is not (yet) good: pending or rejected."""
+    try:
         if _registered_here(db, cand):
             # another thread or daemon extracted an fcopy package into this very directory
             # and registered it meanwhile: the same delivery, whose data is never moved
@@ -663,11 +680,11 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         age = time.time() - _modified(cand.manifest)
         if age > incomplete_timeout_s:
             return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
-        db.release_delivery(cand.name, pending=str(why))
-        return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
-    except BaseException:
-        db.release_delivery(cand.name)
-        raise
+    except OSError as err:  # it could not even be moved to rejected/: it stays, and says so
+        what = why.message if isinstance(why, BadInput) else str(why)
+        why = Pending(f"{what}; could not be moved to {ws.rejected}: {err.strerror or err}")
+    db.release_delivery(cand.name, pending=str(why))
+    return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
 
 
 def process_all(ws: Workspace, db: StateDB, quiet_s: float = 2.0,
