@@ -396,6 +396,8 @@ def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarIn
         name = _member_name(member, tar)
         if not (member.isfile() or member.isdir()) or member.issparse():
             raise BadInput(f"tar member {name[:60]!r} is not a regular file", tar)
+        if member.size < 0:  # base-256 headers can say so; it would shrink the space check
+            raise BadInput(f"tar member {name[:60]!r} declares a negative size", tar)
         if name in seen:
             raise BadInput(f"tar member {name[:60]!r} appears twice", tar)
         seen.add(name)

@@ -8,6 +8,7 @@ extractions never swept and a stalled tar writer rejected after ``quiet_s``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -254,6 +255,22 @@ def test_fcopy_bomb_checked_against_the_reserve(ws):
     assert need >= big
     assert not [p for p in ws.incoming_level0.iterdir()]  # nothing extracted, no partial dir
     assert (ws.rejected / "251125023.tar").is_file()
+
+
+def test_fcopy_member_with_negative_size_rejected(ws):
+    """A base-256 size field can declare -1 bytes, which would shrink the space check."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("cspad.h5"), io.BytesIO(b""))
+    head = bytearray(buf.getvalue())
+    head[124:136] = b"\xff" * 12                   # size = -1 (base-256)
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head[:512])   # header checksum
+    tar = ws.incoming_fcopy / "251125036.tar"
+    tar.write_bytes(bytes(head))
+    manifest.write(ws.incoming_fcopy, [tar.name], ws.incoming_fcopy / "251125036.md5")
+    rej = _only(_process(ws), "rejected")
+    assert "declares a negative size" in rej.reason, rej.reason
 
 
 def test_fcopy_member_not_in_inner_manifest_rejected(ws):
