@@ -15,20 +15,28 @@ from engine.errors import BadInput
 
 MET_EPOCH = datetime(2001, 1, 1, tzinfo=UTC)
 NS = 1_000_000_000
-_DLID_RE = re.compile(r"^\d{9}$")
+# Latest plausible MET second: times are 32-bit seconds on board (year 2137), so a time at or
+# beyond it (1e30, inf) is bad input, and every MET time in ns fits an int64.
+MET_MAX_S = 2**32
+_DLID_RE = re.compile(r"[0-9]{9}")
 
 
 def parse_dlid(text: str | int) -> str:
-    """Return the canonical 9-digit form; reject anything that is not a valid YYMMDDnnn."""
-    s = f"{text:09d}" if isinstance(text, int) else str(text).strip()
-    if not _DLID_RE.match(s):
-        raise BadInput(f"invalid downlink id {text!r}: expected 9 digits YYMMDDnnn")
+    """Return the canonical 9-digit form; reject anything that is not a valid YYMMDDnnn.
+
+    A name is validated exactly as it arrived, never stripped or normalised: a directory
+    ``"261202013 "`` is not downlink 261202013 (it would shadow the genuine one), and
+    neither are other Unicode digits or a trailing newline.
+    """
+    s = f"{text:09d}" if isinstance(text, int) and not isinstance(text, bool) else str(text)
+    if not _DLID_RE.fullmatch(s):
+        raise BadInput(f"invalid downlink id {str(text)[:40]!r}: expected 9 digits YYMMDDnnn")
     try:
         dlid_date(s)
     except ValueError:
-        raise BadInput(f"invalid downlink id {text!r}: {s[:6]} is not a date YYMMDD") from None
+        raise BadInput(f"invalid downlink id {s!r}: {s[:6]} is not a date YYMMDD") from None
     if s[6:] == "000":
-        raise BadInput(f"invalid downlink id {text!r}: sequence nnn starts at 001")
+        raise BadInput(f"invalid downlink id {s!r}: sequence nnn starts at 001")
     return s
 
 

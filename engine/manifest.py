@@ -3,12 +3,20 @@
 A delivery is complete only when its manifest is present and every file verifies; the
 manifest is always written last (temporary name, then rename) so its presence means the
 files it lists are complete.
+
+A manifest comes from outside, so it is a boundary parser: read bounded, names taken
+exactly as listed (a name that only normalising would make safe is rejected, never
+rewritten), each name once; listed files are opened without following links and must be
+regular files, so a manifest can never make us read something outside the delivery.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -16,13 +24,45 @@ from engine.atomic import atomic_write_bytes
 from engine.errors import BadInput
 
 MANIFEST_NAME = "MANIFEST.md5"
-_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+MAX_MANIFEST_BYTES = 4 << 20  # ~40,000 entries; a manifest is read whole, so it is bounded
+_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")
 _BLOCK = 4 << 20
 
 
+def open_regular(path: Path) -> int:
+    """Open a delivery file for reading without following a symbolic link; it must be a
+    regular file (a FIFO would block a reader, a device would never end). Returns an fd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise BadInput("is a symbolic link, not a regular file", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"is a {file_kind(path)}, not a regular file", path)
+    return fd
+
+
+def file_kind(path: Path) -> str:
+    """What a path is, from lstat (links are not followed), in words for a reason line."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "missing file"
+    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISREG, "regular file")):
+        if test(mode):
+            return what
+    return "special file"
+
+
 def md5_file(path: Path) -> str:
+    """MD5 of a regular file (symbolic links and special files are BadInput, not followed)."""
     h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
+    with open(open_regular(path), "rb") as fh:
         while block := fh.read(_BLOCK):
             h.update(block)
     return h.hexdigest()
@@ -40,30 +80,51 @@ def write(directory: Path, names: Iterable[str], manifest: Path | None = None) -
     return target
 
 
-def safe_name(name: str, manifest: Path) -> str:
+def safe_name(name: str, manifest: Path | str) -> str:
+    """A listed name exactly as a file is called: relative, no ``..``, no ``.`` or empty
+    parts (``./a`` and ``a//b`` are not normalised into another name), no surrounding
+    whitespace, only printable characters (no NUL, no control or line-separator chars)."""
     p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or name.strip() != name or not name:
-        raise BadInput(f"manifest names unsafe path {name!r}", manifest)
+    if (not name or p.is_absolute() or ".." in p.parts or str(p) != name or name.strip() != name
+            or not name.isprintable() or "\\" in name):
+        raise BadInput(f"manifest names unsafe path {name[:60]!r}", manifest)
     return name
 
 
-def parse(manifest: Path) -> dict[str, str]:
-    """name -> md5 hex; raises BadInput on a malformed line or unsafe name."""
+def parse_bytes(data: bytes, manifest: Path | str) -> dict[str, str]:
+    """name -> md5 hex from manifest content; BadInput on a malformed line, an unsafe or a
+    repeated name. Lines end with LF (CRLF tolerated); no other character splits a line."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BadInput(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes", manifest)
     try:
-        text = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInput(f"cannot read manifest: {err}", manifest) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInput(f"manifest is not UTF-8 text (byte {err.start})", manifest) from None
     out: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw[:-1] if raw.endswith("\r") else raw
         if not line.strip():
             continue
-        m = _LINE.match(line)
+        m = _LINE.fullmatch(line)
         if not m:
             raise BadInput(f"malformed manifest line {lineno}: {line[:60]!r}", manifest)
-        out[safe_name(m.group(2), manifest)] = m.group(1).lower()
+        name = safe_name(m.group(2), manifest)
+        if name in out:
+            raise BadInput(f"manifest line {lineno} lists {name[:60]!r} again", manifest)
+        out[name] = m.group(1).lower()
     if not out:
         raise BadInput("manifest lists no files", manifest)
     return out
+
+
+def parse(manifest: Path) -> dict[str, str]:
+    """name -> md5 hex of a manifest file (a regular file, read bounded); BadInput if bad."""
+    try:
+        with open(open_regular(manifest), "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise BadInput(f"cannot read manifest: {err.strerror or err}", manifest) from None
+    return parse_bytes(data, manifest)
 
 
 def verify(directory: Path, manifest: Path | None = None) -> dict[str, str]:
@@ -72,7 +133,7 @@ def verify(directory: Path, manifest: Path | None = None) -> dict[str, str]:
     entries = parse(mpath)
     for name, digest in entries.items():
         f = directory / name
-        if not f.is_file():
+        if not os.path.lexists(f):
             raise BadInput(f"listed in {mpath.name} but missing", f)
         actual = md5_file(f)
         if actual != digest:

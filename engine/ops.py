@@ -158,9 +158,11 @@ class DownlinkRows:
         out = dict(self._rows)
         for d in db.deliveries("REJECTED"):
             key = d.dlid or d.name
+            if key in out:  # e.g. a second delivery of a registered id: its own row
+                key = d.name
             if key not in out:
-                out[key] = DownlinkRow(key, _date(key) if d.dlid else "?", "rejected", "-", 0, 0,
-                                       0, 0, 0, d.seen, reason_first(d.reason or ""), d.path)
+                out[key] = DownlinkRow(key, _date(d.dlid) if d.dlid else "?", "rejected", "-", 0,
+                                       0, 0, 0, 0, d.seen, reason_first(d.reason or ""), d.path)
         if incoming:
             # why a delivery waits (files missing, still being written), as the daemon recorded
             pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}

@@ -209,7 +209,8 @@ class Daemon:
                      latency_s=round(dl.registered - dl.delivered, 4) if dl else None)
         elif o.status == "rejected":
             self.result.rejected.append(o)
-            self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, moved_to=o.path)
+            self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, file=o.file,
+                     moved_to=o.path)
 
     def report_stale_locks(self) -> None:
         """Stale locks are reported once (reclaimed when a process needs them)."""
@@ -222,13 +223,7 @@ class Daemon:
 
     def reconcile(self) -> None:
         self.report_stale_locks()
-        registered = {d.dlid for d in self.db.downlinks()}
-        for cand in deliveries.scan(self.ws):
-            if cand.stem in registered:
-                continue
-            known = self.db.delivery(cand.name)
-            if known is not None and known.status == "ACCEPTED":
-                continue
+        for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
             self._handle(cand)
 
     def drain_hints(self, timeout: float) -> int:
@@ -245,9 +240,8 @@ class Daemon:
             cand = deliveries.candidate_for(self.ws, Path(p))
             if cand is not None:
                 seen[cand.name] = cand
-        for cand in seen.values():
-            if self.db.downlink(cand.stem) is None:
-                self._handle(cand)
+        for cand in deliveries.unsettled(self.db, seen.values()):
+            self._handle(cand)
         return len(seen)
 
     # ------------------------------------------------------------------ streams
@@ -322,6 +316,8 @@ class Daemon:
             self.start_observer()
         else:
             self._ev("once", pid=os.getpid())
+        for p in deliveries.sweep_extracts(self.ws):  # before any extraction of ours starts
+            self._ev("swept", path=str(p), why="partial extraction left by a killed process")
         self.reconcile()
         last_scan = last_pending = last_pickup = 0.0
         idle_rounds = 0

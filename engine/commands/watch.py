@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         ws.config.setdefault("watch", {})["poll_interval_s"] = args.interval
     res = run_daemon(ws, polling=args.polling, once=args.once)
     for o in res.rejected:
-        print(f"skydeck-engine: {o.reason} (moved to {o.path})", file=sys.stderr)
+        print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)
     if res.terminated:
         return 0
     if res.failed:
