@@ -23,7 +23,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,10 +326,14 @@ class StateDB:
                 time.sleep(0.05)
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # A failed statement or COMMIT (disk full, I/O error) may already have ended the
+            # transaction; either way none of it stays and the connection is usable again.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def q(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, args).fetchall()

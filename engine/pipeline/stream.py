@@ -18,6 +18,7 @@ retires latest executions and the runner makes new ones (execution number + 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -156,9 +157,10 @@ class StreamRunner:
         for pdef in self.task.processes:
             if pdef.stream_lock:
                 p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
-                if not p.exists():
+                try:
+                    info = locks.read(p)
+                except FileNotFoundError:
                     continue
-                info = locks.read(p)
                 if info.stale:
                     event, why = "lock_reclaimed", info.reason
                 elif (info.host == self.owner.host and info.pid != self.owner.pid
@@ -331,6 +333,10 @@ class StreamRunner:
             self._event("lock_removed", lock=path.name)
 
     def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
+        latest = self.db.q("SELECT id, status FROM process_instances WHERE stream_id=? AND "
+                           "process=? AND key=? AND is_latest=1", (self.stream.id, pi.process, pi.key))
+        if latest and latest[0]["id"] != pi.id:  # already retried (a repeated on_exit)
+            return str(latest[0]["status"])
         if pi.auto_retry < pi.max_retries:
             new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
                                           pi.auto_retry + 1)
@@ -375,7 +381,9 @@ class StreamRunner:
     # ------------------------------------------------------------------ job exits
 
     def on_exit(self, res: JobResult) -> None:
-        r = self.running.pop(res.pi_id, None)
+        """Record a job's exit. Safe to call again with the same result when a write failed
+        (disk full): the job stays in ``running`` until everything about it is recorded."""
+        r = self.running.get(res.pi_id)
         if r is None:
             return
         pi, pdef = r.pi, r.pdef
@@ -398,7 +406,9 @@ class StreamRunner:
         if status == "FAILED":
             pi.status = "FAILED"
             self._after_failure(pdef, pi)
-        r.summary.unlink(missing_ok=True)
+        del self.running[res.pi_id]
+        with contextlib.suppress(OSError):
+            r.summary.unlink(missing_ok=True)
 
     def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: _Running) -> None:
         """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""

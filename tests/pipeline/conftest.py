@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +86,20 @@ def start_daemon(w: Workspace, log: Path, *args: str) -> subprocess.Popen:
                             stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
+FAST = {"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1}
+
+
+def quick(ws: Workspace, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = "") -> Workspace:
+    """Daemon settings for tests: a rare reconciliation scan, a short quiet time."""
+    return set_config(ws, f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
+                          f"poll_interval_s = 0.2\n{extra}")
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 20) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
 def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
     import time
     t0 = time.time()
@@ -108,3 +124,63 @@ def log_events(log: Path) -> list[dict]:
         if line.startswith("{"):
             out.append(json.loads(line))
     return out
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A factory of small real file systems: ``small_fs("8m")`` mounts a tmpfs of that size
+    (as root) and returns its mount point; unmounted at the end. Skips where mounting is
+    not allowed (not root, no CAP_SYS_ADMIN in a container)."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "8m") -> Path:
+        d = tmp_path / f"fs{len(mounted)}"
+        d.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill_disk(path: Path, leave: int = 0) -> Path:
+    """Write a file at ``path`` until its file system has at most ``leave`` bytes free
+    (``leave=0``: until ENOSPC)."""
+    block = bytes(64 << 10)
+    with open(path, "ab") as fh:
+        while True:
+            free = shutil.disk_usage(path.parent).free
+            if free <= leave:
+                break
+            try:
+                fh.write(block[: max(4096, min(len(block), free - leave))])
+                fh.flush()
+            except OSError:
+                break
+    return path
+
+
+def db_footprint(w: Workspace) -> int:
+    """Bytes the state database takes on disk (main file, WAL, shared-memory index)."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(w.state_db) + suffix)
+        if p.exists():
+            total += p.stat().st_blocks * 512
+    return total
+
+
+def integrity_ok(w: Workspace) -> bool:
+    import sqlite3
+    conn = sqlite3.connect(w.state_db)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
