@@ -184,3 +184,44 @@ def integrity_ok(w: Workspace) -> bool:
         return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+def md5_of_zeros(n: int) -> str:
+    import hashlib
+    h, block = hashlib.md5(usedforsecurity=False), bytes(1 << 20)
+    for _ in range(n >> 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """True while process ``pid`` has ``path`` open (e.g. its verify thread hashes it)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def with_big_file_first(delivery: Path, size: int = 256 << 20) -> str:
+    """Add a sparse ``a_big.bin`` (no disk cost) listed FIRST in the delivery's manifest, so
+    the daemon hashes it before the other files; returns the name of the first real file."""
+    from engine import manifest
+    with open(delivery / "a_big.bin", "wb") as fh:
+        fh.truncate(size)
+    entries = manifest.parse(delivery / manifest.MANIFEST_NAME)
+    lines = [("a_big.bin", md5_of_zeros(size)), *sorted(entries.items())]
+    (delivery / manifest.MANIFEST_NAME).write_bytes(manifest.format_lines(lines))
+    return sorted(entries)[0]
+
+
+def remove_while_hashing(pid: int, big: Path, victim: Path, timeout: float = 30) -> None:
+    """Delete ``victim`` while process ``pid`` is hashing ``big`` (listed before it)."""
+    wait_for(lambda: has_open(pid, big), timeout, every=0.001, what=f"pid {pid} reading {big}")
+    victim.unlink()

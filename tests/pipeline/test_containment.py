@@ -8,7 +8,6 @@ line naming the delivery, stream or lock, and keeps staging the other deliveries
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import socket
 import threading
 from pathlib import Path
 
-from engine import manifest
 from engine.state import StateDB
 
 from .conftest import (
@@ -25,10 +23,12 @@ from .conftest import (
     log_events,
     make_delivery,
     quick,
+    remove_while_hashing,
     start_daemon,
     stop_daemon,
     stream_status,
     wait_for,
+    with_big_file_first,
 )
 
 
@@ -107,42 +107,14 @@ def test_directory_at_a_stream_lock_path_blocks_that_stream_with_its_reason(ws, 
         assert stop_daemon(d) == 0
 
 
-def _md5_of_zeros(n: int) -> str:
-    h, block = hashlib.md5(usedforsecurity=False), bytes(1 << 20)
-    for _ in range(n >> 20):
-        h.update(block)
-    return h.hexdigest()
-
-
-def _open_by(pid: int, path: Path) -> bool:
-    """True while process ``pid`` has ``path`` open (its verify thread is hashing it)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def test_file_vanishing_mid_verify_affects_that_delivery_only(ws, tmp_path):
     """A manifest lists a large file, then a small one; the small one is deleted while the
     daemon hashes the large one. FileNotFoundError reached the main loop and TERMINATED
     every stream; now that delivery waits (and stages once the file is back)."""
     ws = quick(ws, quiet=0.5)
-    big_n = 256 << 20
     staging = tmp_path / "staging" / "251125056"
     make_delivery(ws, "251125056", as_="dir", target=staging, **FAST)
-    with open(staging / "a_big.bin", "wb") as fh:
-        fh.truncate(big_n)                                     # sparse: costs no disk
-    entries = manifest.parse(staging / manifest.MANIFEST_NAME)
-    lines = [("a_big.bin", _md5_of_zeros(big_n)), *sorted(entries.items())]   # big first
-    (staging / manifest.MANIFEST_NAME).write_bytes(manifest.format_lines(lines))
-    victim = sorted(entries)[0]
+    victim = with_big_file_first(staging)
     log = tmp_path / "daemon.log"
     d = start_daemon(ws, log)
     try:
@@ -153,9 +125,7 @@ def test_file_vanishing_mid_verify_affects_that_delivery_only(ws, tmp_path):
         gone = threading.Event()
 
         def remove_victim_mid_hash() -> None:
-            wait_for(lambda: _open_by(d.pid, dest / "a_big.bin"), 30, every=0.001,
-                     what="the daemon hashing a_big.bin")
-            (dest / victim).unlink()
+            remove_while_hashing(d.pid, dest / "a_big.bin", dest / victim)
             gone.set()
 
         t = threading.Thread(target=remove_victim_mid_hash)
