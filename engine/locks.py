@@ -175,14 +175,20 @@ def read(path: Path) -> LockInfo:
     whoever wants that lock, with the reason, until an operator removes it.
     """
     now = time.time()
-    st = os.lstat(path)
-    age = now - st.st_mtime
     kind = lock_kind(path.name)
+    age = 0.0
 
     def verdict(stale: bool, why: str) -> LockInfo:
         return LockInfo(str(path), path.name, kind, None, None, None, None, None, None, age,
                         stale, why)
 
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # e.g. a name too long, a lock directory we may not search
+        return verdict(False, f"cannot stat: {err.strerror or err}")
+    age = now - st.st_mtime
     if not stat.S_ISREG(st.st_mode):
         return verdict(False, f"not a regular file ({_type_name(st.st_mode)}): no skydeck lock; "
                               "an operator must remove it (unlock --force)")
