@@ -209,7 +209,7 @@ class StreamRunner:
                 if pi is None:
                     pi = self.db.create_instance(st.id, pdef.name, key, pdef.retries)
                     latest[(pdef.name, key)] = pi
-                if pi.status in ("WAITING", "READY") and pi.id not in self.running:
+                if self._startable(pdef, pi):
                     if paused is None:
                         paused = launch_paused(self.ws)
                     pi.status = self._try_start(pdef, pi, paused)
@@ -228,6 +228,17 @@ class StreamRunner:
             failed = [n for n, s in state.items() if s == "failed"]
             return self._finish("FAILED", f"failed: {', '.join(failed)}")
         return None
+
+    def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
+        """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
+        run inside step(), so that is a step whose final write failed (disk full): run it
+        again (scriptlets are idempotent)."""
+        if pi.id in self.running:
+            return False
+        if pi.status in ("WAITING", "READY"):
+            return True
+        return (pdef.scriptlet is not None and pi.status == "RUNNING"
+                and (pi.pid, pi.host) == (self.owner.pid, self.owner.host))
 
     def _finish(self, status: str, note: str | None) -> str:
         self.db.release_stream(self.stream.id, status, note)
@@ -316,10 +327,12 @@ class StreamRunner:
             self._event("failed", pi, why=f"cannot start: {err.strerror}")
             return self._after_failure(pdef, pi)
         now = time.time()
+        pi.status, pi.started = "RUNNING", now
+        # ours before it is written: should the write fail (disk full), the job is not
+        # started a second time and its exit is still routed here
+        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
-        pi.status, pi.started = "RUNNING", now
-        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
         self._event("started", pi, pid=h.pid, log=str(log))
         return "RUNNING"
 

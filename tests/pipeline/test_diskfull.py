@@ -87,3 +87,44 @@ def test_state_write_failing_on_a_full_disk_does_not_kill_the_daemon(tmp_path, s
     assert any("full" in e["error"] for e in errors)
     assert len({e["error"] for e in errors}) == len(errors)  # a repeated error is not re-logged
     assert integrity_ok(ws)
+
+
+def test_job_exit_recorded_once_space_is_back(tmp_path, small_fs):
+    """The disk fills while a job runs: recording its exit fails ("database or disk is
+    full"). The stream backs off with one error line, the exit stays queued, and once there
+    is space it is recorded: the stream succeeds with that one execution (the job is neither
+    lost nor run twice) and the database is intact."""
+    root = small_fs("8m")
+    task = root / "slow.toml"
+    task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "launchChunks"\n'
+                    'scriptlet = "launch_chunks"\n[[process]]\nname = "job"\n'
+                    'after = ["launchChunks"]\nforeach = "chunks"\ncommand = ["sleep", "2"]\n')
+    ws = init_workspace(root / "ws")
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    ws = set_config(ws, "[disk]\nreserve_bytes = 0\n")
+    ws = quick(ws, quiet=0.5, extra="error_backoff_max_s = 1.0\n")
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30, what="daemon start")
+        make_delivery(ws, "251125067", **FAST)
+        wait_for(lambda: '"started"' in log.read_text(), 30, what="the job started")
+        filler = fill_disk(root / "filler", leave=0)
+        wait_for(lambda: any(e["event"] == "error" for e in log_events(log)), 30,
+                 what="recording the exit failed")
+        time.sleep(1.5)
+        assert d.poll() is None and stream_status(ws) == {"251125067": "RUNNING"}
+        filler.unlink()
+        wait_for(lambda: stream_status(ws) == {"251125067": "SUCCESS"}, 30, what="SUCCESS")
+    finally:
+        assert stop_daemon(d) == 0
+    ev = log_events(log)
+    errors = [e for e in ev if e["event"] == "error"]
+    assert errors and all(e.get("dlid") == "251125067" and "full" in e["error"] for e in errors)
+    assert [e["process"] for e in ev if e["event"] == "started"] == ["job"]   # ran once
+    from engine.state import StateDB
+    with StateDB(ws.state_db) as db:
+        pis = db.instances(db.latest_stream("251125067").id, latest_only=False)
+    assert [(p.process, p.execution, p.status) for p in pis] == [
+        ("launchChunks", 1, "SUCCESS"), ("job", 1, "SUCCESS")]
+    assert integrity_ok(ws)
