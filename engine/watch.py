@@ -233,8 +233,9 @@ class Daemon:
 
     def _handle(self, cand: deliveries.Candidate) -> None:
         """Verify a candidate on a worker thread: md5 of a large delivery takes seconds and
-        must not hold up job exits and launches. One verification per delivery at a time."""
-        if cand.name in self.inflight:
+        must not hold up job exits and launches. One verification per delivery at a time,
+        none while it backs off after an error."""
+        if cand.name in self.inflight or self._backing_off(f"delivery:{cand.name}"):
             return
         self.inflight[cand.name] = (cand, self.verifier.submit(self._verify, cand))
 
@@ -273,7 +274,7 @@ class Daemon:
 
     def _pending_due(self, name: str) -> bool:
         due = self._pending_next.get(name)
-        return not self._backing_off(f"delivery:{name}") and (due is None or time.monotonic() >= due[0])
+        return due is None or time.monotonic() >= due[0]
 
     def _pending_backoff(self, name: str, reason: str | None) -> None:
         """A delivery pending for the same reason is looked at less and less often (each look
@@ -318,20 +319,17 @@ class Daemon:
                          kind=info.kind, owner=info.owner, why=info.reason)
 
     def reconcile(self) -> None:
-        with self._contained("lock scan"):
-            self.report_stale_locks()
-        with self._contained("delivery scan"):
-            registered = {d.dlid for d in self.db.downlinks()}
-            for cand in deliveries.scan(self.ws):
-                if cand.stem in registered or self._backing_off(f"delivery:{cand.name}"):
-                    continue
-                known = self.db.delivery(cand.name)
-                if known is not None and known.status == "ACCEPTED":
-                    continue
-                self._handle(cand)
+        self.report_stale_locks()
+        registered = {d.dlid for d in self.db.downlinks()}
+        for cand in deliveries.scan(self.ws):
+            if cand.stem in registered:
+                continue
+            known = self.db.delivery(cand.name)
+            if known is not None and known.status == "ACCEPTED":
+                continue
+            self._handle(cand)
 
     def drain_hints(self, timeout: float) -> int:
-        """Hints bring a delivery back at once, also one backing off after an error."""
         seen: dict[str, deliveries.Candidate] = {}
         try:
             first = self.hints.get(timeout=timeout)
@@ -341,14 +339,13 @@ class Daemon:
         with contextlib.suppress(queue.Empty):
             while True:
                 paths.append(self.hints.get_nowait())
-        with self._contained("inotify hints"):
-            for p in paths:
-                cand = deliveries.candidate_for(self.ws, Path(p))
-                if cand is not None:
-                    seen[cand.name] = cand
-            for cand in seen.values():
-                if self.db.downlink(cand.stem) is None:
-                    self._handle(cand)
+        for p in paths:
+            cand = deliveries.candidate_for(self.ws, Path(p))
+            if cand is not None:
+                seen[cand.name] = cand
+        for cand in seen.values():
+            if self.db.downlink(cand.stem) is None:
+                self._handle(cand)
         return len(seen)
 
     # ------------------------------------------------------------------ streams
@@ -445,7 +442,8 @@ class Daemon:
             self.start_observer()
         else:
             self._ev("once", pid=os.getpid())
-        self.reconcile()
+        with self._contained("delivery scan"):
+            self.reconcile()
         last_scan = last_pending = last_pickup = 0.0
         idle_rounds = 0
         started = time.time()
@@ -454,8 +452,9 @@ class Daemon:
                 now = time.time()
                 try:
                     if not self.once and now - last_scan >= self.scan_interval:
-                        self.reconcile()
                         last_scan = now
+                        with self._contained("delivery scan"):
+                            self.reconcile()
                     if self.pending and now - last_pending >= min(1.0, self.quiet_s):
                         for cand in list(self.pending.values()):
                             if self._pending_due(cand.name):
@@ -486,7 +485,8 @@ class Daemon:
                         idle_rounds = 0
                     time.sleep(0.005 if busy else 0.0)
                     continue
-                self.drain_hints(0.01 if busy or self._events != before else 0.1)
+                with self._contained("inotify hints"):
+                    self.drain_hints(0.01 if busy or self._events != before else 0.1)
         except BaseException:
             self.shutdown()
             raise
