@@ -23,6 +23,7 @@ Shape (reference/ecosystem.md section 4):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -97,6 +98,19 @@ def _print_event(ev: dict[str, Any]) -> None:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or "(no message)"
     return f"{type(err).__name__}: {text[:300]}"
+
+
+def _contained_as(key: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A Daemon method whose exceptions are contained under ``key`` (see ``_contained``);
+    it returns None when it raised."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(self: Daemon, *args: Any, **kw: Any) -> Any:
+            with self._contained(key):
+                return fn(self, *args, **kw)
+            return None
+        return inner
+    return wrap
 
 
 @dataclass
@@ -318,6 +332,7 @@ class Daemon:
                 self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
                          kind=info.kind, owner=info.owner, why=info.reason)
 
+    @_contained_as("delivery scan")
     def reconcile(self) -> None:
         self.report_stale_locks()
         registered = {d.dlid for d in self.db.downlinks()}
@@ -329,6 +344,7 @@ class Daemon:
                 continue
             self._handle(cand)
 
+    @_contained_as("inotify hints")
     def drain_hints(self, timeout: float) -> int:
         seen: dict[str, deliveries.Candidate] = {}
         try:
@@ -442,8 +458,7 @@ class Daemon:
             self.start_observer()
         else:
             self._ev("once", pid=os.getpid())
-        with self._contained("delivery scan"):
-            self.reconcile()
+        self.reconcile()
         last_scan = last_pending = last_pickup = 0.0
         idle_rounds = 0
         started = time.time()
@@ -452,9 +467,8 @@ class Daemon:
                 now = time.time()
                 try:
                     if not self.once and now - last_scan >= self.scan_interval:
+                        self.reconcile()
                         last_scan = now
-                        with self._contained("delivery scan"):
-                            self.reconcile()
                     if self.pending and now - last_pending >= min(1.0, self.quiet_s):
                         for cand in list(self.pending.values()):
                             if self._pending_due(cand.name):
@@ -485,8 +499,7 @@ class Daemon:
                         idle_rounds = 0
                     time.sleep(0.005 if busy else 0.0)
                     continue
-                with self._contained("inotify hints"):
-                    self.drain_hints(0.01 if busy or self._events != before else 0.1)
+                self.drain_hints(0.01 if busy or self._events != before else 0.1)
         except BaseException:
             self.shutdown()
             raise
