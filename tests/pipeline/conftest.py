@@ -126,30 +126,6 @@ def log_events(log: Path) -> list[dict]:
     return out
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    """A factory of small real file systems: ``small_fs("8m")`` mounts a tmpfs of that size
-    (as root) and returns its mount point; unmounted at the end. Skips where mounting is
-    not allowed (not root, no CAP_SYS_ADMIN in a container)."""
-    mounted: list[Path] = []
-
-    def mount(size: str = "8m") -> Path:
-        d = tmp_path / f"fs{len(mounted)}"
-        d.mkdir()
-        if os.geteuid() != 0:
-            pytest.skip("mounting a small tmpfs needs root")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def fill_disk(path: Path, leave: int = 0) -> Path:
     """Write a file at ``path`` until its file system has at most ``leave`` bytes free
     (``leave=0``: until ENOSPC)."""

@@ -80,8 +80,8 @@ def _footprints(ws, seconds: float, every: float = 0.25) -> list[int]:
     return out
 
 
-def test_chaos(tmp_path, small_fs):
-    root = small_fs("16m")
+def test_chaos(tmp_path, mount_tmpfs):
+    root = mount_tmpfs("fs", "size=16m")
     ws = init_workspace(root / "ws")
     ws = set_config(ws, f"[disk]\nreserve_bytes = {RESERVE}\n")
     ws = set_config(ws, "[pipeline]\nmax_jobs = 4\n")

@@ -8,11 +8,14 @@ line naming the delivery, stream or lock, and keeps staging the other deliveries
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.state import StateDB
@@ -39,6 +42,23 @@ def _started(log: Path) -> None:
 def _success(ws, *dlids: str, timeout: float = 90) -> None:
     wait_for(lambda: all(stream_status(ws).get(d) == "SUCCESS" for d in dlids), timeout,
              what=f"streams {dlids} SUCCESS")
+
+
+@contextlib.contextmanager
+def _serving(ws, tmp_path, broken: str, healthy: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """A daemon given two deliveries: the healthy one stages while the broken one waits;
+    the daemon must be alive and stop cleanly (exit 0) at the end."""
+    log = tmp_path / "daemon.log"
+    d = start_daemon(ws, log)
+    try:
+        _started(log)
+        make_delivery(ws, broken, **FAST)
+        make_delivery(ws, healthy, **FAST)
+        _success(ws, healthy)
+        yield d, log
+        assert d.poll() is None
+    finally:
+        assert stop_daemon(d) == 0
 
 
 def test_hostile_lock_files_never_stop_the_daemon(ws, tmp_path, capsys):
@@ -80,13 +100,7 @@ def test_directory_at_a_stream_lock_path_blocks_that_stream_with_its_reason(ws, 
     (ws.lock / "halfpipe-251125054").mkdir()
     rc, out, _ = cli(ws, "locks", capsys=capsys)
     assert "halfpipe-251125054" in out and "not a regular file (a directory)" in out
-    log = tmp_path / "daemon.log"
-    d = start_daemon(ws, log)
-    try:
-        _started(log)
-        make_delivery(ws, "251125054", **FAST)
-        make_delivery(ws, "251125055", **FAST)
-        _success(ws, "251125055")
+    with _serving(ws, tmp_path, "251125054", "251125055") as (d, log):
 
         def held_note() -> str | None:
             with StateDB(ws.state_db) as db:
@@ -103,8 +117,6 @@ def test_directory_at_a_stream_lock_path_blocks_that_stream_with_its_reason(ws, 
         rc, _, _ = cli(ws, "unlock", "halfpipe-251125054", "--force", "--yes", capsys=capsys)
         assert rc == 0
         _success(ws, "251125054")
-    finally:
-        assert stop_daemon(d) == 0
 
 
 def test_file_vanishing_mid_verify_affects_that_delivery_only(ws, tmp_path):
@@ -153,19 +165,11 @@ def test_exception_stepping_one_stream_affects_that_stream_only(ws, tmp_path):
     ws = quick(ws)
     (ws.logs / "251125058").parent.mkdir(parents=True, exist_ok=True)
     (ws.logs / "251125058").write_text("not a directory")
-    log = tmp_path / "daemon.log"
-    d = start_daemon(ws, log)
-    try:
-        _started(log)
-        make_delivery(ws, "251125058", **FAST)
-        make_delivery(ws, "251125059", **FAST)
-        _success(ws, "251125059")
+    with _serving(ws, tmp_path, "251125058", "251125059") as (d, log):
         wait_for(lambda: '"error"' in log.read_text(), 20, what="the error line")
         assert d.poll() is None and stream_status(ws)["251125058"] == "RUNNING"
         (ws.logs / "251125058").unlink()
         _success(ws, "251125058")
-    finally:
-        assert stop_daemon(d) == 0
     ev = log_events(log)
     errors = [e for e in ev if e["event"] == "error"]
     assert errors and all(e["dlid"] == "251125058" and "FileExistsError" in e["error"]

@@ -44,10 +44,10 @@ def _paused_daemon(tmp_path, root):
     return ws, d, log, later, filler
 
 
-def test_paused_daemon_does_not_rewrite_its_state(tmp_path, small_fs):
+def test_paused_daemon_does_not_rewrite_its_state(tmp_path, mount_tmpfs):
     """The held note carried the exact free-byte figure: below 1 MB free every re-step
     rewrote it, which ate space, which changed the figure, until the disk was full."""
-    ws, d, log, _later, filler = _paused_daemon(tmp_path, small_fs("8m"))
+    ws, d, log, _later, filler = _paused_daemon(tmp_path, mount_tmpfs("fs", "size=8m"))
     try:
         time.sleep(1.0)
         before, n_before = db_footprint(ws), len(_held(log))
@@ -62,11 +62,11 @@ def test_paused_daemon_does_not_rewrite_its_state(tmp_path, small_fs):
     assert integrity_ok(ws)
 
 
-def test_state_write_failing_on_a_full_disk_does_not_kill_the_daemon(tmp_path, small_fs):
+def test_state_write_failing_on_a_full_disk_does_not_kill_the_daemon(tmp_path, mount_tmpfs):
     """The disk full to the last byte, a delivery arrives: its claim cannot be written
     (sqlite3 "database or disk is full"). One error line naming it, retries with back-off,
     and once there is space it is registered and staged."""
-    root = small_fs("8m")
+    root = mount_tmpfs("fs", "size=8m")
     ws, d, log, later, filler = _paused_daemon(tmp_path, root)
     fillers = [filler]
     try:
@@ -89,12 +89,12 @@ def test_state_write_failing_on_a_full_disk_does_not_kill_the_daemon(tmp_path, s
     assert integrity_ok(ws)
 
 
-def test_job_exit_recorded_once_space_is_back(tmp_path, small_fs):
+def test_job_exit_recorded_once_space_is_back(tmp_path, mount_tmpfs):
     """The disk fills while a job runs: recording its exit fails ("database or disk is
     full"). The stream backs off with one error line, the exit stays queued, and once there
     is space it is recorded: the stream succeeds with that one execution (the job is neither
     lost nor run twice) and the database is intact."""
-    root = small_fs("8m")
+    root = mount_tmpfs("fs", "size=8m")
     task = root / "slow.toml"
     task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "launchChunks"\n'
                     'scriptlet = "launch_chunks"\n[[process]]\nname = "job"\n'
