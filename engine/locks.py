@@ -11,6 +11,11 @@ Creation is atomic and never shows a half-written lock: the JSON is written to a
 file which is then ``link()``ed to the lock name (fails if it exists; NFS-safe recipe).
 Reclaiming a stale lock happens under an ``flock`` on ``lock/.reclaim`` so two reclaimers
 cannot both remove-and-create (the loser re-reads and sees the winner's live lock).
+
+A lock directory is outside input too (operators, old HalfPipe scripts, a full disk), so
+reading is a boundary: whatever lies at a lock path gets a verdict, never an exception
+(``parse_content`` validates the JSON with bounds; a directory, FIFO or link is listed as
+"not a regular file", never opened in a way that blocks, never reclaimed automatically).
 """
 
 from __future__ import annotations
