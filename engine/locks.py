@@ -11,16 +11,24 @@ Creation is atomic and never shows a half-written lock: the JSON is written to a
 file which is then ``link()``ed to the lock name (fails if it exists; NFS-safe recipe).
 Reclaiming a stale lock happens under an ``flock`` on ``lock/.reclaim`` so two reclaimers
 cannot both remove-and-create (the loser re-reads and sees the winner's live lock).
+
+A lock directory is outside input too (operators, old HalfPipe scripts, a full disk), so
+reading is a boundary: whatever lies at a lock path gets a verdict, never an exception
+(``parse_content`` validates the JSON with bounds; a directory, FIFO or link is listed as
+"not a regular file", never opened in a way that blocks, never reclaimed automatically).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,7 +36,7 @@ from pathlib import Path
 
 from engine.errors import BadInput, Busy
 from engine.ids import is_dlid
-from engine.state import Owner, owner_dead
+from engine.state import PID_MAX, Owner, owner_dead
 
 _RUNHEX = re.compile(r"^[0-9a-f]{8}$")
 MALFORMED_GRACE_S = 2.0
@@ -75,47 +83,149 @@ def stream_lock_name(dlid: str) -> str:
     return f"halfpipe-{dlid}"
 
 
-def read(path: Path) -> LockInfo:
-    """Read a lock and judge it; a malformed or unreadable lock is stale only once old."""
-    now = time.time()
+# Bounds on what a lock file may hold. A lock is one short JSON object; anything else is
+# malformed (and, once older than the grace period, reclaimable), never an exception.
+MAX_LOCK_BYTES = 64 * 1024
+_TEXT_MAX = 256
+
+
+@dataclass(frozen=True)
+class LockContent:
+    """The owner and labels a lock file claims (validated: safe to hand to ``owner_dead``)."""
+
+    pid: int
+    host: str
+    start: float
+    stream: str | None
+    process: str | None
+    created: float | None
+
+
+def _finite(v: object) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
     try:
-        st = path.stat()
-        age = now - st.st_mtime
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _label(v: object) -> str | None:
+    return v[:_TEXT_MAX] if isinstance(v, str) and v else None
+
+
+def parse_content(data: bytes) -> LockContent:
+    """Parse a lock file's bytes; BadInput (one line) for anything but a valid owner JSON.
+
+    The owner fields decide whether a lock may be reclaimed, so they are strict (pid an
+    integer in 1..PID_MAX, host a non-empty string, start a finite number >= 0); the labels
+    (stream, process, created) are only shown, so a bad one is dropped, not fatal.
+    """
+    if len(data) > MAX_LOCK_BYTES:
+        raise BadInput(f"lock content is {len(data)} bytes, more than a lock holds")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError too
+        raise BadInput(f"not JSON ({type(err).__name__})") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"not a JSON object but {type(obj).__name__}")
+    pid, host = obj.get("pid"), obj.get("host")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise BadInput("no integer pid")
+    if not 1 <= pid <= PID_MAX:
+        raise BadInput(f"pid {str(pid)[:24]} is out of range (1..{PID_MAX})")
+    if not isinstance(host, str) or not host or len(host) > _TEXT_MAX:
+        raise BadInput("no host name")
+    raw_start = obj.get("start")
+    start = 0.0 if raw_start is None else _finite(raw_start)
+    if start is None or start < 0:
+        raise BadInput("start is not a finite time >= 0")
+    return LockContent(pid, host, start, _label(obj.get("stream")), _label(obj.get("process")),
+                       _finite(obj.get("created")))
+
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _type_name(mode: int) -> str:
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A regular file's first bytes; never follows a link, never blocks on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the lstat
+            raise OSError(errno.EINVAL, "not a regular file")
+        out = b""
+        while len(out) <= MAX_LOCK_BYTES:
+            part = os.read(fd, MAX_LOCK_BYTES + 1 - len(out))
+            if not part:
+                break
+            out += part
+        return out
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> LockInfo:
+    """Read a lock and judge it; never raises but FileNotFoundError (it is gone).
+
+    Whatever lies at a lock path gets a verdict: a malformed or unreadable lock is stale only
+    once older than the grace period; something that is not a regular file (a directory, a
+    FIFO, a link) is no lock skydeck made, so it is never reclaimed automatically: it blocks
+    whoever wants that lock, with the reason, until an operator removes it.
+    """
+    now = time.time()
+    kind = lock_kind(path.name)
+    age = 0.0
+
+    def verdict(stale: bool, why: str) -> LockInfo:
+        return LockInfo(str(path), path.name, kind, None, None, None, None, None, None, age,
+                        stale, why)
+
+    try:
+        st = os.lstat(path)
     except FileNotFoundError:
         raise
-    data: dict = {}
+    except OSError as err:  # e.g. a name too long, a lock directory we may not search
+        return verdict(False, f"cannot stat: {err.strerror or err}")
+    age = now - st.st_mtime
+    if not stat.S_ISREG(st.st_mode):
+        return verdict(False, f"not a regular file ({_type_name(st.st_mode)}): no skydeck lock; "
+                              "an operator must remove it (unlock --force)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        pid = int(data["pid"])
-        host = str(data["host"])
-        start = float(data.get("start") or 0.0)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        c = parse_content(_read_bytes(path))
+    except FileNotFoundError:
+        raise
+    except (OSError, BadInput) as err:
         stale = age > MALFORMED_GRACE_S
-        why = "malformed lock content (no owner JSON)"
+        what = err.message if isinstance(err, BadInput) else (err.strerror or str(err))
+        why = f"malformed lock content ({what})"
         why += "; older than grace, reclaimable" if stale else "; may be in the middle of creation"
-        return LockInfo(str(path), path.name, lock_kind(path.name), None, None, None, None, None,
-                        None, age, stale, why)
-    dead, why = owner_dead(pid, host, start)
-    created = data.get("created")
-    if isinstance(created, int | float):
-        age = now - float(created)
-    return LockInfo(str(path), path.name, lock_kind(path.name), pid, host, start,
-                    data.get("stream"), data.get("process"), created, age, dead, why)
+        return verdict(stale, why)
+    dead, why = owner_dead(c.pid, c.host, c.start)
+    if c.created is not None:
+        age = now - c.created
+    return LockInfo(str(path), path.name, kind, c.pid, c.host, c.start, c.stream, c.process,
+                    c.created, age, dead, why)
 
 
 def list_locks(lock_dir: Path) -> list[LockInfo]:
+    """Every entry of the lock directory with its verdict (hidden temp files aside)."""
     out = []
     try:
-        entries = sorted(lock_dir.iterdir())
-    except FileNotFoundError:
+        entries = sorted(e.name for e in os.scandir(lock_dir))
+    except (FileNotFoundError, NotADirectoryError):
         return out
-    for p in entries:
-        if p.name.startswith(".") or not p.is_file():
+    for name in entries:
+        if name.startswith("."):
             continue
         with contextlib.suppress(FileNotFoundError):
-            out.append(read(p))
+            out.append(read(lock_dir / name))
     return out
 
 
@@ -171,9 +281,16 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
             if info.pid == owner.pid and info.host == owner.host:
                 return info
             if not info.stale:
+                if info.pid is None:  # no owner to name: say what blocks it
+                    raise Busy(f"blocked: {info.reason}", path)
                 raise Busy(f"locked by {info.owner} ({info.process or '?'} of {info.stream or '?'}):"
                            f" {info.reason}", path)
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # replaced by something we may not remove
+                raise Busy(f"cannot reclaim stale lock: {err.strerror or err}", path) from None
             if log is not None:
                 log.append(f"reclaimed stale lock {path.name}: {info.reason}")
         if not _link_create(path, data):
@@ -219,9 +336,23 @@ def resolve(lock_dir: Path, name: str) -> Path:
         p = lock_dir / name
     if p.parent.resolve() != lock_dir.resolve() or p.name.startswith("."):
         raise BadInput("not a lock in the workspace lock directory", p)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise BadInput("no such lock", p)
     return p
+
+
+def _remove(p: Path) -> None:
+    """Remove what lies at a lock path: a file, link or FIFO; an empty directory."""
+    try:
+        if stat.S_ISDIR(os.lstat(p).st_mode):
+            os.rmdir(p)
+        else:
+            os.unlink(p)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise BadInput(f"cannot remove: {err.strerror or err}; remove it by hand after checking "
+                       "what it is", p) from None
 
 
 def unlock(lock_dir: Path, name: str, force: bool = False) -> LockInfo:
@@ -232,5 +363,5 @@ def unlock(lock_dir: Path, name: str, force: bool = False) -> LockInfo:
         if not info.stale and not force:
             raise Busy(f"not provably stale ({info.reason}); use --force after checking no "
                        "instance is still running", p)
-        os.unlink(p)
+        _remove(p)
     return info

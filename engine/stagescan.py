@@ -232,12 +232,18 @@ def stage_report(ws: Workspace, workers: int | None = None) -> StageReport:
 
 
 def launch_paused(ws: Workspace) -> tuple[bool, str]:
-    """True (with why) while free space on the output areas is under the reserve."""
+    """True (with why) while free space on the output areas is under the reserve.
+
+    The reason names the area and the reserve but not the free-byte figure: it becomes the
+    note of every held instance, and a note must change only when its meaning does, or the
+    daemon's own note updates eat the very space it is short of (the disk panel shows the
+    figure).
+    """
     reserve = ws.reserve_bytes
     for key in ("downlinks", "stage"):
         free = shutil.disk_usage(existing_parent(ws.path(key))).free
         if free < reserve:
             from engine.diskspace import human_bytes
-            return True, (f"free space {human_bytes(free)} on {ws.path(key)} is under the reserve "
+            return True, (f"free space on {ws.path(key)} is under the reserve "
                           f"{human_bytes(reserve)}")
     return False, ""

@@ -17,12 +17,13 @@ Statuses follow Pipeline-II (reference/halfpipe.md 3.2).
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,25 +127,39 @@ class Owner:
         return owner_dead(self.pid, self.host, self.start)
 
 
+PID_MAX = 2**22  # Linux's largest pid_max: no process has a pid outside 1..PID_MAX
+
+
 def process_start(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OverflowError, TypeError):
         return None
 
 
 def owner_dead(pid: int | None, host: str | None, start: float | None) -> tuple[bool, str]:
-    """Decide whether an owner is provably dead, with the reason shown to operators."""
+    """Decide whether an owner is provably dead, with the reason shown to operators.
+
+    Total over what a database row or lock file may hold: a pid that is no integer in
+    1..PID_MAX names no process (dead on this host), a start that is no finite number is
+    ignored; psutil is only asked about a valid pid.
+    """
     if pid is None:
         return True, "no owner recorded"
     if host != socket.gethostname():
-        return False, f"owner is on another host ({host}); only an operator may clear it"
+        return False, f"owner is on another host ({str(host)[:80]}); only an operator may clear it"
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= PID_MAX:
+        return True, f"pid {str(pid)[:24]} is no valid process id on this host"
     if not psutil.pid_exists(pid):
         return True, f"pid {pid} is not running on this host"
     actual = process_start(pid)
     if actual is None:
         return False, f"pid {pid} exists but its start time cannot be read"
-    if start and abs(actual - float(start)) > 1.0:
+    try:
+        started = float(start or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        started = 0.0
+    if started and math.isfinite(started) and abs(actual - started) > 1.0:
         return True, f"pid {pid} was reused (start time differs)"
     try:
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
@@ -311,10 +326,14 @@ class StateDB:
                 time.sleep(0.05)
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # A failed statement or COMMIT (disk full, I/O error) may already have ended the
+            # transaction; either way none of it stays and the connection is usable again.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def q(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, args).fetchall()

@@ -12,17 +12,24 @@ Shape (reference/ecosystem.md section 4):
 - SIGTERM/SIGINT: stop launching, terminate running jobs (their instances become
   TERMINATED and are re-executed by the next owner), release the streams, exit 0.
 - ``--once``: process what is there, run those streams to their end, exit.
+- Containment: whatever happens to one delivery or one stream (a file vanishing mid-verify,
+  an I/O error, a full disk making a state write fail) is that delivery's or stream's
+  problem only. The exception is logged as one ``error`` line naming it, and that delivery
+  or stream is retried later with exponential back-off, while the others are served; a
+  failed write leaves the database as it was (``StateDB.tx``). The daemon itself never
+  dies of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +37,7 @@ from typing import Any
 
 from engine import deliveries
 from engine.ops import DAEMON_LOG
-from engine.pipeline.launcher import LocalLauncher, make_launcher
+from engine.pipeline.launcher import JobResult, LocalLauncher, make_launcher
 from engine.pipeline.stream import StreamRunner, halt_flag, json_line
 from engine.pipeline.task import Task, load_task
 from engine.state import StateDB
@@ -82,6 +89,33 @@ class WatchResult:
     terminated: bool = False
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def _contained_as(key: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A Daemon method whose exceptions are contained under ``key`` (see ``_contained``);
+    it returns None when it raised."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(self: Daemon, *args: Any, **kw: Any) -> Any:
+            with self._contained(key):
+                return fn(self, *args, **kw)
+            return None
+        return inner
+    return wrap
+
+
+@dataclass
+class _Fault:
+    """Consecutive failures of one delivery, stream or daemon step, and when to try again."""
+
+    count: int
+    message: str
+    retry_at: float
+
+
 class Daemon:
     def __init__(self, ws: Workspace, *, polling: bool = False, once: bool = False,
                  emit: Callable[[dict[str, Any]], None] | None = None,
@@ -114,14 +148,22 @@ class Daemon:
         self._tls = threading.local()
         self._thread_dbs: list[StateDB] = []
         self.restep_s = 0.5
+        self.backoff_s = float(ws.setting("watch", "error_backoff_s", 1.0))
+        self.backoff_max_s = float(ws.setting("watch", "error_backoff_max_s", 60.0))
+        self._faults: dict[str, _Fault] = {}
+        self._exits: list[JobResult] = []          # job exits not recorded yet (a write failed)
+        self._pending_next: dict[str, tuple[float, int, str | None]] = {}
+        self.pending_max_s = float(ws.setting("watch", "pending_recheck_max_s", 30.0))
 
     # ------------------------------------------------------------------ events
 
     def _print_and_log(self, ev: dict[str, Any]) -> None:
-        """Each event line to stdout and to logs/daemon.log, which a console can open; a
-        failed log write (no space, no permission) never stops the daemon."""
+        """Each event line to stdout and to logs/daemon.log, which a console can open. A log
+        that cannot be written (its disk full, its reader gone, no permission) loses the
+        line, not the daemon."""
         line = json_line(ev)
-        print(line, flush=True)
+        with contextlib.suppress(OSError, ValueError):
+            print(line, flush=True)
         with contextlib.suppress(OSError), open(self.ws.logs / DAEMON_LOG, "a") as fh:
             fh.write(line + "\n")
 
@@ -135,6 +177,42 @@ class Daemon:
 
     def _ev(self, event: str, **kw: Any) -> None:
         self.emit({"t": round(time.time(), 3), "event": event, **kw})
+
+    # ------------------------------------------------------------------ containment
+
+    def _fault(self, key: str, err: BaseException | str, **ids: Any) -> None:
+        """Record a failure of ``key`` (``delivery:<name>``, ``stream:<dlid>``, a daemon
+        step): one log line when the error is new or changed, then back off exponentially."""
+        prev = self._faults.get(key)
+        count = prev.count + 1 if prev else 1
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(count - 1, 20))
+        msg = err if isinstance(err, str) else _one_line(err)
+        self._faults[key] = _Fault(count, msg, time.monotonic() + delay)
+        if prev is None or prev.message != msg:
+            with contextlib.suppress(Exception):
+                self._ev("error", during=key, error=msg, attempt=count, retry_in_s=delay, **ids)
+
+    def _backing_off(self, key: str) -> bool:
+        f = self._faults.get(key)
+        return f is not None and time.monotonic() < f.retry_at
+
+    def _recovered(self, key: str, **ids: Any) -> None:
+        f = self._faults.pop(key, None)
+        if f is not None:
+            with contextlib.suppress(Exception):
+                self._ev("recovered", during=key, attempts=f.count, **ids)
+
+    @contextlib.contextmanager
+    def _contained(self, key: str, **ids: Any) -> Iterator[None]:
+        """Run one delivery's, one stream's or one daemon step's work; an exception from it
+        is logged and backed off, never raised into the main loop."""
+        try:
+            yield
+        except Exception as err:  # the point: nothing from one unit kills the daemon
+            self._fault(key, err, **ids)
+        else:
+            if key in self._faults:
+                self._recovered(key, **ids)
 
     # ------------------------------------------------------------------ observer
 
@@ -173,17 +251,23 @@ class Daemon:
 
     def _handle(self, cand: deliveries.Candidate) -> None:
         """Verify a candidate on a worker thread: md5 of a large delivery takes seconds and
-        must not hold up job exits and launches. One verification per delivery at a time."""
-        if cand.name in self.inflight:
+        must not hold up job exits and launches. One verification per delivery at a time,
+        none while it backs off after an error."""
+        if cand.name in self.inflight or self._backing_off(f"delivery:{cand.name}"):
             return
         self.inflight[cand.name] = (cand, self.verifier.submit(self._verify, cand))
 
     def _verify(self, cand: deliveries.Candidate) -> deliveries.Outcome:
-        db = getattr(self._tls, "db", None)
-        if db is None:  # one connection per thread
-            db = self._tls.db = StateDB(self.ws.state_db, check_same_thread=False)
-            self._thread_dbs.append(db)
-        return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
+        """On a worker thread; an unexpected exception becomes an ``error`` outcome."""
+        try:
+            db = getattr(self._tls, "db", None)
+            if db is None:  # one connection per thread
+                db = self._tls.db = StateDB(self.ws.state_db, check_same_thread=False)
+                self._thread_dbs.append(db)
+            return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
+        except Exception as err:  # contained: this delivery only
+            return deliveries.Outcome(cand.name, cand.kind, None, "error", _one_line(err),
+                                      str(cand.path))
 
     def collect_verified(self, wait: bool = False) -> int:
         done = 0
@@ -191,17 +275,44 @@ class Daemon:
             if not (fut.done() or wait):
                 continue
             del self.inflight[name]
-            self._outcome(cand, fut.result())
+            key = f"delivery:{name}"
+            o = fut.result()  # _verify never raises
+            if o.status == "error":
+                # this delivery only: one line naming it, looked at again after a back-off;
+                # its claim was given back (or, if even that failed, is ours to take again)
+                self.pending[name] = cand
+                self._fault(key, o.reason or "error", delivery=name)
+            else:
+                with self._contained(key, delivery=name):
+                    self._outcome(cand, o)
+                if self._backing_off(key):
+                    self.pending[name] = cand
             done += 1
         return done
+
+    def _pending_due(self, name: str) -> bool:
+        due = self._pending_next.get(name)
+        return due is None or time.monotonic() >= due[0]
+
+    def _pending_backoff(self, name: str, reason: str | None) -> None:
+        """A delivery pending for the same reason is looked at less and less often (each look
+        is a claim written to the state db); inotify hints still bring it back at once."""
+        if self.once:
+            return
+        _due, k, prev = self._pending_next.get(name, (0.0, -1, None))
+        k = k + 1 if reason == prev else 0
+        delay = min(self.pending_max_s, min(1.0, self.quiet_s) * 2 ** min(k, 20))
+        self._pending_next[name] = (time.monotonic() + delay, k, reason)
 
     def _outcome(self, cand: deliveries.Candidate, o: deliveries.Outcome) -> None:
         if o.status == "pending":
             if cand.name not in self.pending:
                 self._ev("pending", delivery=o.name, why=o.reason)
             self.pending[cand.name] = cand
+            self._pending_backoff(cand.name, o.reason)
             return
         self.pending.pop(cand.name, None)
+        self._pending_next.pop(cand.name, None)
         if o.status == "accepted":
             dl = self.db.downlink(o.dlid or "")
             self.result.registered.append(o.dlid or "")
@@ -213,19 +324,26 @@ class Daemon:
                      moved_to=o.path)
 
     def report_stale_locks(self) -> None:
-        """Stale locks are reported once (reclaimed when a process needs them)."""
+        """Stale locks are reported once (reclaimed when a process needs them), and so is
+        anything at a lock path that blocks its lock for good until an operator removes it
+        (a directory, a FIFO, a link: no owner to prove dead)."""
         from engine.locks import list_locks
-        for info in list_locks(self.ws.lock):
-            if info.stale and info.name not in self._stale_seen:
+        infos = list_locks(self.ws.lock)
+        self._stale_seen &= {i.name for i in infos}  # one that comes back is reported again
+        for info in infos:
+            blocking = not info.stale and info.pid is None and "not a regular file" in info.reason
+            if (info.stale or blocking) and info.name not in self._stale_seen:
                 self._stale_seen.add(info.name)
-                self._ev("stale_lock", lock=info.name, kind=info.kind, owner=info.owner,
-                         why=info.reason)
+                self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
+                         kind=info.kind, owner=info.owner, why=info.reason)
 
+    @_contained_as("delivery scan")
     def reconcile(self) -> None:
         self.report_stale_locks()
         for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
             self._handle(cand)
 
+    @_contained_as("inotify hints")
     def drain_hints(self, timeout: float) -> int:
         seen: dict[str, deliveries.Candidate] = {}
         try:
@@ -252,24 +370,29 @@ class Daemon:
             return
         if (self.ws.path("flags") / "halted").exists():
             return
-        rows = self.db.q(
-            "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1 "
-            "AND s.task = ? WHERE s.id IS NULL OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') "
-            "ORDER BY d.dlid", (self.task.name,))
+        rows: list[Any] = []
+        with self._contained("stream pick-up"):
+            rows = self.db.q(
+                "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid "
+                "AND s.is_latest = 1 AND s.task = ? WHERE s.id IS NULL "
+                "OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') ORDER BY d.dlid",
+                (self.task.name,))
         mine = {r.dlid for r in self.runners.values()}
         for row in rows:
             if len(self.runners) >= self.max_streams:
                 break
             dlid = row["dlid"]
-            if dlid in mine or halt_flag(self.ws, dlid, "halted"):
+            key = f"stream:{dlid}"
+            if dlid in mine or self._backing_off(key) or halt_flag(self.ws, dlid, "halted"):
                 continue
-            st, _why = self.db.claim_stream(dlid, self.task.name)
-            if st is None:
-                continue
-            runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher, self.emit)
-            runner.resume()
-            self.runners[st.id] = runner
-            self._ev("stream_claimed", dlid=dlid, stream=st.id)
+            with self._contained(key, dlid=dlid):
+                st, _why = self.db.claim_stream(dlid, self.task.name)
+                if st is None:
+                    continue
+                runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher, self.emit)
+                runner.resume()
+                self.runners[st.id] = runner
+                self._ev("stream_claimed", dlid=dlid, stream=st.id)
 
     def step_streams(self) -> None:
         """Route job exits, then step the runners that have news (or whose timer is due).
@@ -277,21 +400,37 @@ class Daemon:
         A runner with only running jobs has nothing to decide until one exits, so it is
         stepped on an exit, when new, or every ``restep_s`` (halt flags, locks, disk space
         may have changed); this keeps an idle daemon from polling the database in a loop.
+        Each runner is stepped in its own containment: an exception (a full disk failing a
+        state write) backs that stream off and leaves its job exits queued for a retry.
         """
         by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
         news: set[int] = set()
-        for res in self.launcher.poll():
+        with self._contained("job poll"):
+            self._exits.extend(self.launcher.poll())
+        unrecorded: list[JobResult] = []
+        for res in self._exits:
             r = by_pi.get(res.pi_id)
-            if r is not None:
-                r.on_exit(res)
+            if r is None:
+                continue
+            key = f"stream:{r.dlid}"
+            if not self._backing_off(key):
+                with self._contained(key, dlid=r.dlid, stream=r.stream.id):
+                    r.on_exit(res)
                 news.add(r.stream.id)
+            if res.pi_id in r.running:
+                unrecorded.append(res)
+        self._exits = unrecorded
         now = time.monotonic()
         for sid, r in list(self.runners.items()):
+            key = f"stream:{r.dlid}"
             due = now - self._stepped.get(sid, 0.0) >= self.restep_s
-            if not (self.once or due or sid in news):
+            if not (self.once or due or sid in news) or self._backing_off(key):
                 continue
             self._stepped[sid] = now
-            if r.step() is not None:
+            final = None
+            with self._contained(key, dlid=r.dlid, stream=sid):
+                final = r.step()
+            if final is not None:
                 del self.runners[sid]
                 self._stepped.pop(sid, None)
 
@@ -300,8 +439,9 @@ class Daemon:
         self.collect_verified(wait=True)
         ids = self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else []
         for r in self.runners.values():
-            r.terminate([i for i in ids if i in r.running])
-            self.db.release_stream(r.stream.id, "TERMINATED", "daemon stopped; resumes on restart")
+            with self._contained(f"stream:{r.dlid}", dlid=r.dlid):
+                r.terminate([i for i in ids if i in r.running])
+                self.db.release_stream(r.stream.id, "TERMINATED", "daemon stopped; resumes on restart")
         self.runners.clear()
         for name in list(self.pending):
             self.pending.pop(name)
@@ -325,21 +465,27 @@ class Daemon:
         try:
             while not self.stop:
                 now = time.time()
-                if not self.once and now - last_scan >= self.scan_interval:
-                    self.reconcile()
-                    last_scan = now
-                if self.pending and now - last_pending >= min(1.0, self.quiet_s):
-                    for cand in list(self.pending.values()):
-                        self._handle(cand)
-                    last_pending = now
-                before = self._events
-                self.collect_verified()
-                if now - last_pickup >= 0.5 or not self.runners:
-                    self.pick_up()
-                    last_pickup = now
-                self.step_streams()
-                busy = bool(self.inflight) or (
-                    bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
+                try:
+                    if not self.once and now - last_scan >= self.scan_interval:
+                        self.reconcile()
+                        last_scan = now
+                    if self.pending and now - last_pending >= min(1.0, self.quiet_s):
+                        for cand in list(self.pending.values()):
+                            if self._pending_due(cand.name):
+                                self._handle(cand)
+                        last_pending = now
+                    before = self._events
+                    self.collect_verified()
+                    if now - last_pickup >= 0.5 or not self.runners:
+                        self.pick_up()
+                        last_pickup = now
+                    self.step_streams()
+                    busy = bool(self.inflight) or (
+                        bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
+                except Exception as err:  # last resort: the loop itself goes on
+                    self._fault("daemon loop", err)
+                    time.sleep(min(1.0, self.backoff_s))
+                    continue
                 if self.once:
                     if self._events == before and not busy:
                         idle_rounds += 1
@@ -361,7 +507,8 @@ class Daemon:
             self.shutdown()
         else:
             for r in self.runners.values():  # --once: held streams (halt flags) stay resumable
-                self.db.release_stream(r.stream.id, "WAITING", r.note or "held")
+                with self._contained(f"stream:{r.dlid}", dlid=r.dlid):
+                    self.db.release_stream(r.stream.id, "WAITING", r.note or "held")
             self.runners.clear()
             self.verifier.shutdown(wait=True)
             self.stop_observer()

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,25 @@ def small_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_engine("mock", "--downlink", "251114005", "--events", "400", "--event-bytes", "4000",
                "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", "7", "-o", d, check=True)
     return d
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """A factory of small real file systems: ``mount_tmpfs("small", "size=1m")`` mounts a
+    tmpfs with those options under tmp_path (needs root) and returns it; all are unmounted
+    at the end. Skips with the reason where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(name: str, opts: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False, capture_output=True)

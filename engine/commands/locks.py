@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'LOCK':22s} {'KIND':10s} {'OWNER':22s} {'PROCESS':14s} {'AGE':>8s} VERDICT")
     for i in infos:
-        verdict = ("STALE: " if i.stale else "held: ") + i.reason
+        # no owner and not stale: something blocks the lock (see the reason), nobody holds it
+        verdict = ("STALE: " if i.stale else "held: " if i.pid is not None else "blocks: ") + i.reason
         print(f"{i.name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
               f"{i.age_s:7.0f}s {verdict}")
     return 0

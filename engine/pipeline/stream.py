@@ -18,6 +18,7 @@ retires latest executions and the runner makes new ones (execution number + 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -156,9 +157,10 @@ class StreamRunner:
         for pdef in self.task.processes:
             if pdef.stream_lock:
                 p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
-                if not p.exists():
+                try:
+                    info = locks.read(p)
+                except FileNotFoundError:
                     continue
-                info = locks.read(p)
                 if info.stale:
                     event, why = "lock_reclaimed", info.reason
                 elif (info.host == self.owner.host and info.pid != self.owner.pid
@@ -207,7 +209,7 @@ class StreamRunner:
                 if pi is None:
                     pi = self.db.create_instance(st.id, pdef.name, key, pdef.retries)
                     latest[(pdef.name, key)] = pi
-                if pi.status in ("WAITING", "READY") and pi.id not in self.running:
+                if self._startable(pdef, pi):
                     if paused is None:
                         paused = launch_paused(self.ws)
                     pi.status = self._try_start(pdef, pi, paused)
@@ -226,6 +228,17 @@ class StreamRunner:
             failed = [n for n, s in state.items() if s == "failed"]
             return self._finish("FAILED", f"failed: {', '.join(failed)}")
         return None
+
+    def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
+        """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
+        run inside step(), so that is a step whose final write failed (disk full): run it
+        again (scriptlets are idempotent)."""
+        if pi.id in self.running:
+            return False
+        if pi.status in ("WAITING", "READY"):
+            return True
+        return (pdef.scriptlet is not None and pi.status == "RUNNING"
+                and (pi.pid, pi.host) == (self.owner.pid, self.owner.host))
 
     def _finish(self, status: str, note: str | None) -> str:
         self.db.release_stream(self.stream.id, status, note)
@@ -314,10 +327,12 @@ class StreamRunner:
             self._event("failed", pi, why=f"cannot start: {err.strerror}")
             return self._after_failure(pdef, pi)
         now = time.time()
+        pi.status, pi.started = "RUNNING", now
+        # ours before it is written: should the write fail (disk full), the job is not
+        # started a second time and its exit is still routed here
+        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
-        pi.status, pi.started = "RUNNING", now
-        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
         self._event("started", pi, pid=h.pid, log=str(log))
         return "RUNNING"
 
@@ -331,6 +346,10 @@ class StreamRunner:
             self._event("lock_removed", lock=path.name)
 
     def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
+        latest = self.db.q("SELECT id, status FROM process_instances WHERE stream_id=? AND "
+                           "process=? AND key=? AND is_latest=1", (self.stream.id, pi.process, pi.key))
+        if latest and latest[0]["id"] != pi.id:  # already retried (a repeated on_exit)
+            return str(latest[0]["status"])
         if pi.auto_retry < pi.max_retries:
             new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
                                           pi.auto_retry + 1)
@@ -375,7 +394,9 @@ class StreamRunner:
     # ------------------------------------------------------------------ job exits
 
     def on_exit(self, res: JobResult) -> None:
-        r = self.running.pop(res.pi_id, None)
+        """Record a job's exit. Safe to call again with the same result when a write failed
+        (disk full): the job stays in ``running`` until everything about it is recorded."""
+        r = self.running.get(res.pi_id)
         if r is None:
             return
         pi, pdef = r.pi, r.pdef
@@ -398,7 +419,9 @@ class StreamRunner:
         if status == "FAILED":
             pi.status = "FAILED"
             self._after_failure(pdef, pi)
-        r.summary.unlink(missing_ok=True)
+        del self.running[res.pi_id]
+        with contextlib.suppress(OSError):
+            r.summary.unlink(missing_ok=True)
 
     def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: _Running) -> None:
         """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""

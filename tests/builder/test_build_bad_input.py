@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -101,25 +100,6 @@ def test_selection_problems(tmp_path: Path, small_sources: Path) -> None:
 def test_output_directory_missing(tmp_path: Path, small_sources: Path) -> None:
     _one_line_error(run_engine("build", small_sources, "-o", tmp_path / "no" / "out.h5"), 2,
                     str(tmp_path / "no"), "does not exist")
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
-    mounted: list[Path] = []
-
-    def mount(name: str, opts: str) -> Path:
-        d = tmp_path / name
-        d.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 def test_read_only_output_directory(small_sources: Path, mount_tmpfs) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +86,20 @@ def start_daemon(w: Workspace, log: Path, *args: str) -> subprocess.Popen:
                             stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
+FAST = {"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1}
+
+
+def quick(ws: Workspace, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = "") -> Workspace:
+    """Daemon settings for tests: a rare reconciliation scan, a short quiet time."""
+    return set_config(ws, f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
+                          f"poll_interval_s = 0.2\n{extra}")
+
+
+def stop_daemon(proc: subprocess.Popen, timeout: float = 20) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
 def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
     import time
     t0 = time.time()
@@ -108,3 +124,80 @@ def log_events(log: Path) -> list[dict]:
         if line.startswith("{"):
             out.append(json.loads(line))
     return out
+
+
+def fill_disk(path: Path, leave: int = 0) -> Path:
+    """Write a file at ``path`` until its file system has at most ``leave`` bytes free
+    (``leave=0``: until ENOSPC)."""
+    block = bytes(64 << 10)
+    with open(path, "ab") as fh:
+        while True:
+            free = shutil.disk_usage(path.parent).free
+            if free <= leave:
+                break
+            try:
+                fh.write(block[: max(4096, min(len(block), free - leave))])
+                fh.flush()
+            except OSError:
+                break
+    return path
+
+
+def db_footprint(w: Workspace) -> int:
+    """Bytes the state database takes on disk (main file, WAL, shared-memory index)."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(w.state_db) + suffix)
+        if p.exists():
+            total += p.stat().st_blocks * 512
+    return total
+
+
+def integrity_ok(w: Workspace) -> bool:
+    import sqlite3
+    conn = sqlite3.connect(w.state_db)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def md5_of_zeros(n: int) -> str:
+    import hashlib
+    h, block = hashlib.md5(usedforsecurity=False), bytes(1 << 20)
+    for _ in range(n >> 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """True while process ``pid`` has ``path`` open (e.g. its verify thread hashes it)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def with_big_file_first(delivery: Path, size: int = 256 << 20) -> str:
+    """Add a sparse ``a_big.bin`` (no disk cost) listed FIRST in the delivery's manifest, so
+    the daemon hashes it before the other files; returns the name of the first real file."""
+    from engine import manifest
+    with open(delivery / "a_big.bin", "wb") as fh:
+        fh.truncate(size)
+    entries = manifest.parse(delivery / manifest.MANIFEST_NAME)
+    lines = [("a_big.bin", md5_of_zeros(size)), *sorted(entries.items())]
+    (delivery / manifest.MANIFEST_NAME).write_bytes(manifest.format_lines(lines))
+    return sorted(entries)[0]
+
+
+def remove_while_hashing(pid: int, big: Path, victim: Path, timeout: float = 30) -> None:
+    """Delete ``victim`` while process ``pid`` is hashing ``big`` (listed before it)."""
+    wait_for(lambda: has_open(pid, big), timeout, every=0.001, what=f"pid {pid} reading {big}")
+    victim.unlink()

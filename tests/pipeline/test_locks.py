@@ -10,12 +10,15 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine import locks
 from engine.errors import Busy
 from engine.state import Owner
+from tests.props import total
 
-from .conftest import cli
+from .conftest import cli, cli_proc
 
 
 def _dead_pid() -> int:
@@ -112,3 +115,112 @@ def test_malformed_lock_is_stale_after_grace(ws):
     os.utime(p, (old, old))
     info = locks.read(p)
     assert info.stale and "malformed" in info.reason
+
+
+# ---------------------------------------------------------------- hostile lock content (issue 9.3)
+
+def _hostile(lock_dir) -> dict[str, str]:
+    """Every kind of thing that may lie at a lock path, by name -> what it is."""
+    host = socket.gethostname()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "halfpipe-251125041": json.dumps({"pid": 99999999999999999999, "host": host}),
+        "00000001": json.dumps({"pid": -5, "host": host}),
+        "00000002": json.dumps({"pid": 1, "host": host, "start": float("nan")}),
+        "00000003": json.dumps([1, 2, 3]),
+        "00000004": json.dumps({"pid": True, "host": host}),
+        "00000005": json.dumps({"pid": 1, "host": host, "start": None,
+                                "created": "yesterday", "stream": {"x": 1}}),
+        "00000006": "[" * 100_000,
+    }
+    for name, text in files.items():
+        (lock_dir / name).write_text(text)
+    (lock_dir / "00000007").write_bytes(bytes(range(256)) * 10)
+    (lock_dir / "00000008").write_bytes(b"{" + b" " * (1 << 20) + b"}")
+    (lock_dir / "cleanup").mkdir()
+    os.mkfifo(lock_dir / "0000f1f0")
+    os.symlink("/etc/passwd", lock_dir / "0000beef")
+    return {**dict.fromkeys(files, "file"), "00000007": "file", "00000008": "file",
+            "cleanup": "directory", "0000f1f0": "FIFO", "0000beef": "symbolic link"}
+
+
+def test_any_lock_content_gets_a_row_never_an_exception(ws, capsys):
+    kinds = _hostile(ws.lock)
+    rows = {i.name: i for i in locks.list_locks(ws.lock)}
+    assert set(rows) == set(kinds)                        # everything listed, nothing raised
+    for name, what in kinds.items():
+        info = rows[name]
+        if what == "file":
+            assert "malformed" in info.reason or "alive" in info.reason, (name, info.reason)
+        else:                                            # never reclaimed automatically
+            assert f"not a regular file (a {what})" in info.reason and not info.stale
+    assert "out of range" in rows["halfpipe-251125041"].reason
+    # the valid owner with bad labels keeps its owner (pid 1 is alive): labels are dropped
+    assert rows["00000005"].pid == 1 and rows["00000005"].stream is None
+    rc, out, _ = cli(ws, "locks", capsys=capsys)
+    assert rc == 0 and all(n in out for n in kinds) and "no locks" not in out
+    rc, out, _ = cli(ws, "locks", "--json", capsys=capsys)
+    assert rc == 0 and len(json.loads(out)) == len(kinds)
+
+
+def test_locks_cli_does_not_block_on_a_fifo(ws):
+    os.mkfifo(ws.lock / "0000f1f0")
+    r = cli_proc(ws, "locks", timeout=30)       # a blocking open() would hang until timeout
+    assert r.returncode == 0 and "FIFO" in r.stdout
+
+
+def test_unlock_force_removes_a_directory_or_fifo_at_a_lock_path(ws, capsys):
+    (ws.lock / "cleanup").mkdir()
+    os.mkfifo(ws.lock / "0000f1f0")
+    rc, _, err = cli(ws, "unlock", "cleanup", capsys=capsys)
+    assert rc == 3 and "not a regular file" in err            # not provably stale
+    for name in ("cleanup", "0000f1f0"):
+        rc, out, _ = cli(ws, "unlock", name, "--force", "--yes", capsys=capsys)
+        assert rc == 0 and "removed" in out and not os.path.lexists(ws.lock / name)
+    (ws.lock / "cleanup").mkdir()
+    (ws.lock / "cleanup" / "x").write_text("")
+    rc, _, err = cli(ws, "unlock", "cleanup", "--force", "--yes", capsys=capsys)
+    assert rc == 2 and "remove it by hand" in err and err.count("\n") == 1
+
+
+def test_acquire_at_a_directory_is_busy_with_the_reason(ws):
+    p = ws.lock / "halfpipe-251125042"
+    p.mkdir()
+    old = time.time() - 100                       # old: a malformed *file* would be stale now
+    os.utime(p, (old, old))
+    with pytest.raises(Busy, match="not a regular file"):
+        locks.acquire(p, "251125042", "makeEvt")
+    assert p.is_dir()
+
+
+# Hypothesis: any bytes, any JSON value -> a LockContent or BadInput; read() -> a LockInfo.
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12)
+_owner_like = st.fixed_dictionaries(
+    {"pid": st.integers() | st.floats() | st.text(max_size=5) | st.none(),
+     "host": st.just(socket.gethostname()) | st.text(max_size=5) | st.integers()},
+    optional={"start": _json, "created": _json, "stream": _json, "process": _json})
+
+
+@given(st.binary(max_size=300))
+def test_parse_content_is_total_on_bytes(data):
+    total(locks.parse_content, data)
+
+
+@given(_json | _owner_like)
+def test_parse_content_is_total_on_json(value):
+    v = total(locks.parse_content, json.dumps(value).encode())
+    if isinstance(v, locks.LockContent):
+        assert 1 <= v.pid <= locks.PID_MAX and v.host and v.start >= 0
+
+
+@given(data=st.binary(max_size=300) | (_json | _owner_like).map(lambda v: json.dumps(v).encode()))
+def test_read_any_lock_file_gives_a_verdict(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("lk")
+    p = d / "halfpipe-251125043"
+    p.write_bytes(data)
+    info = locks.read(p)
+    assert isinstance(info, locks.LockInfo) and info.reason and "\n" not in info.reason
+    json.dumps(info.to_json())                     # the console and --json can show it

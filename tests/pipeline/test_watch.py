@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 
@@ -17,6 +16,7 @@ from engine.state import StateDB
 from engine.watch import choose_polling, fstype
 
 from .conftest import (
+    FAST,
     cli,
     cli_proc,
     log_events,
@@ -26,18 +26,8 @@ from .conftest import (
     stream_status,
     wait_for,
 )
-
-FAST = {"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1}
-
-
-def _quick(ws, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = ""):
-    return set_config(ws, f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
-                          f"poll_interval_s = 0.2\n{extra}")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout)
+from .conftest import quick as _quick
+from .conftest import stop_daemon as _stop
 
 
 def test_daemon_sees_rsync_cp_mv_slow_and_fcopy(ws, tmp_path):
