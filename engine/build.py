@@ -35,10 +35,10 @@ import h5py
 import numpy as np
 
 from engine import __version__
-from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
+from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
-from engine.h5source import SourceInfo, describe, open_h5, read_smalldata
+from engine.h5source import SourceInfo, check_memory, describe, open_h5, read_smalldata
 from engine.ids import NS
 from engine.match import MISSING, MatchTable, match_sorted
 from engine.progress import Progress
@@ -50,6 +50,7 @@ ERRLEN = 2048  # bytes of an error message a worker sends to rank 0
 FAULT_ENV = "SKYDECK_FAULT"  # fault injection for tests: "kill:<rank>:<after batches>"
 # "0" turns off in-kernel copies (copy_file_range), e.g. to compare both paths
 KERNEL_COPY_ENV = "SKYDECK_KERNEL_COPY"
+MAX_BATCH = 1 << 20  # events per batch: each worker holds two batch buffers per source
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
 
 
@@ -145,6 +146,10 @@ class Plan:
 
 def plan_build(opt: BuildOptions) -> Plan:
     files = expand_inputs(opt.inputs)
+    read = [*files, *(p for p in (opt.retdef, opt.index_in) if p is not None)]
+    refuse_alias(opt.output, read)
+    if opt.index_out is not None:
+        refuse_alias(opt.index_out, [*read, opt.output], what="--index-out")
     tmp = check_output(opt.output)
     try:
         return _plan(opt, files, tmp)
@@ -161,6 +166,9 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
             raise BadInput(f"{opt.data_path} has dtype {info.dtype}; fixed-size numbers expected", f)
         infos.append(info)
         stamps.append(ts)
+    widest = max(infos, key=lambda i: i.row_bytes)
+    check_memory(worker_memory(infos, opt.batch), f"--batch {opt.batch} with rows of "
+                 f"{widest.row_bytes} bytes (a worker's buffers)", widest.path)
     names = [i.name for i in infos]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -213,6 +221,12 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
     need = len(table) * sum(i.row_bytes for i in infos) + len(table) * 8 * (len(infos) + 2) + (1 << 20)
     check_space(opt.output, need, opt.reserve, "built events")
     return Plan(sources=infos, table=table, selection=text, tmp=tmp)
+
+
+def worker_memory(sources: list[SourceInfo], batch: int) -> int:
+    """Bytes a BatchWorker allocates: two batch buffers per source, plus a scratch buffer
+    of up to ``max(batch, chunk) + chunk`` rows for a source read through HDF5."""
+    return sum((2 * batch + max(batch, s.chunk_rows) + s.chunk_rows) * s.row_bytes for s in sources)
 
 
 def create_output(plan: Plan, opt: BuildOptions) -> None:
@@ -743,8 +757,8 @@ def _send_error(comm: Any, text: str) -> str:
 
 def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Build events; under mpiexec the job is distributed. Returns the report (rank 0)."""
-    if opt.batch < 1:
-        raise BadInput("--batch must be at least 1")
+    if not 1 <= opt.batch <= MAX_BATCH:
+        raise BadInput(f"--batch must be within 1..{MAX_BATCH}")
     if under_mpi():
         return run_mpi(opt, progress)
     return run_serial(opt, progress)

@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "workspace"):
-        args.workspace = None
     try:
+        args = parser.parse_args(argv)  # bounded number types raise BadInput: one line
+        if not hasattr(args, "workspace"):
+            args.workspace = None
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from engine import deliveries
+from engine.commands.numbers import int_in
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
 from engine.ids import parse_dlid
 from engine.pipeline.launcher import make_launcher
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("run", parents=[common], help="run one downlink's stream in the foreground")
     p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
     p.add_argument("--task", default=None, help="task name or task file (default: config)")
-    p.add_argument("--jobs", type=int, default=None, help="jobs at once (default: config)")
+    p.add_argument("--jobs", type=int_in("--jobs", 1, 1024), default=None, help="jobs at once (default: config)")
     p.set_defaults(func=run)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
+from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import BadInput, JobFailed, SkydeckError
 from engine.propagate import flags as F
@@ -38,12 +38,13 @@ from engine.propagate.backends import (
 )
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
-from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
+from engine.propagate.scene import GENTYPE_TORCH, MAX_PHOTONS, Scene, gensteps, load_scene
 
 MODES = ("production", "development")
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
 PILOT = 4096
 DEFAULT_CHUNK = 1 << 16
+MAX_CHUNK = 1 << 22  # photons per NumPy chunk: its working arrays are held in memory at once
 
 
 @dataclass
@@ -160,10 +161,12 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
     t_start = time.perf_counter()
     if req.mode not in MODES:
         raise BadInput(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
+    refuse_alias(req.out, [p for p in (req.scene, req.gensteps) if p is not None],
+                 replaces_tree=True)
     scene = load_scene(req.scene)
     n = scene.source.photons if req.photons is None else req.photons
-    if n < 0:
-        raise BadInput("--photons must not be negative")
+    if not 0 <= n <= MAX_PHOTONS:
+        raise BadInput(f"--photons must be within 0..{MAX_PHOTONS}")
     if not 0 <= req.seed < 2**64:
         raise BadInput("--seed must be within 0..2**64-1")
     if not 0 <= req.event < 2**32:
@@ -180,8 +183,8 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             raise BadInput("under mpiexec only the numpy backend runs (one GPU per event)")
         workers = comm.Get_size() - 1
         device = f"cpu, MPI {comm.Get_size()} ranks ({workers} computing)"
-    if req.chunk < 1:
-        raise BadInput("--chunk must be positive")
+    if not 1 <= req.chunk <= MAX_CHUNK:
+        raise BadInput(f"--chunk must be within 1..{MAX_CHUNK}")
     dev = req.mode == "development"
     params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene))
     if req.gensteps is not None:
