@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from engine import __version__
 from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import BadInput, JobFailed, SkydeckError
+from engine.interrupt import abort_job, exit_code
 from engine.propagate import flags as F
 from engine.propagate.backends import (
     default_workers,
@@ -150,7 +150,7 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
     except BaseException as err:
         if comm is not None and not state["started"]:  # refused before the workers got work
             code = err.exit_code if isinstance(err, SkydeckError) else (
-                130 if isinstance(err, KeyboardInterrupt) else 1)
+                exit_code(err) if isinstance(err, KeyboardInterrupt) else 1)
             comm.bcast(("abort", code), root=0)
         raise
 
@@ -266,10 +266,7 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
         if comm is not None:
             # workers are mid-job: nothing can be told to them any more; end the MPI job
             # with the code a plain run would give, after saying why on stderr
-            code = 130 if isinstance(err, KeyboardInterrupt) else (
-                err.exit_code if isinstance(err, SkydeckError) else 1)
-            print(f"skydeck-engine: {err}", file=sys.stderr, flush=True)
-            comm.Abort(code)
+            abort_job(comm, err)
         if isinstance(err, OSError):
             raise JobFailed(f"writing the event failed: {err.strerror or err}", req.out) from None
         raise

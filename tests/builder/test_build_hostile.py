@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import run_engine
+from tests.conftest import engine_env, run_engine, run_mpi
 
 
 def _one_line(res: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -122,3 +122,28 @@ def test_runaway_selection_is_one_line(tmp_path: Path, src: Path, expr: str) -> 
     res = run_engine("build", src, "-o", tmp_path / "out.h5", "--select", expr)
     _one_line(res, 2, "selection")
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize(("fault", "code", "word"), [("term", 143, "terminated"), ("int", 130, "interrupted")])
+def test_signal_mid_build_removes_the_temporary(tmp_path: Path, small_sources: Path, fault: str,
+                                                code: int, word: str) -> None:
+    """Issue 9 item 10 for build: SIGTERM killed it outright, leaving `.out.h5.tmp-<pid>`;
+    now SIGTERM and SIGINT both clean up and exit 143 / 130. The build signals itself after
+    its second batch (SKYDECK_FAULT), so the moment is exact."""
+    env = engine_env(SKYDECK_FAULT=f"{fault}:0:2")
+    res = run_engine("build", small_sources, "-o", tmp_path / "out.h5", "--batch", "8", env=env)
+    assert res.returncode == code, res.stderr
+    assert res.stderr.strip() == f"skydeck-engine: {word}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_to_one_mpi_rank_fails_the_job_cleanly(tmp_path: Path, small_sources: Path) -> None:
+    """Under mpiexec a rank signalled alone tells rank 0, which stops the other ranks and
+    removes the temporary output (exit 1, one line naming the rank)."""
+    env = engine_env(SKYDECK_FAULT="term:1:1")
+    res = run_mpi(3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env,
+                  timeout=120)
+    assert res.returncode == 1, res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and "rank 1 terminated" in line, res.stderr
+    assert list(tmp_path.iterdir()) == []
