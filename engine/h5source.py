@@ -13,9 +13,11 @@ its data outside the file (external or virtual layouts) or end beyond the file's
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -67,6 +69,24 @@ def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
     avail = psutil.virtual_memory().available
     if need > avail:
         raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
+
+
+def check_npy_header(fh: BinaryIO, holds: int, what: str, path: Path | str) -> None:
+    """The shape a ``.npy`` header declares must fit the ``holds`` bytes that follow it and
+    this machine's memory: NumPy allocates the declared array before reading into it."""
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        read = (np.lib.format.read_array_header_1_0 if major == 1
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(fh)
+    except (ValueError, OSError, EOFError) as err:
+        raise BadInput(f"{what}: not a .npy array ({str(err).splitlines()[0] if str(err) else err!r})",
+                       path) from None
+    need = math.prod(shape) * dtype.itemsize
+    if need > holds - fh.tell():
+        raise BadInput(f"{what} declares shape {shape} ({human_bytes(need)}) but holds "
+                       f"{human_bytes(max(0, holds - fh.tell()))}", path)
+    check_memory(need, f"reading {what}", path)
 
 
 def check_storage(ds: h5py.Dataset, path: Path | str, dspath: str, whole: bool) -> int:

@@ -9,7 +9,6 @@ be saved as HDF5 or NPZ (never pickle) and reused.
 
 from __future__ import annotations
 
-import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from engine.atomic import atomic_path
 from engine.errors import BadInput
-from engine.h5source import check_memory, check_storage
+from engine.h5source import check_npy_header, check_storage
 
 MISSING = -1
 
@@ -152,12 +151,4 @@ def _check_npz(path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
             with z.open(info) as fh:
-                major, _ = np.lib.format.read_magic(fh)
-                read = (np.lib.format.read_array_header_1_0 if major == 1
-                        else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(fh)
-            need = math.prod(shape) * dtype.itemsize
-            if need > info.file_size:
-                raise BadInput(f"{info.filename} declares shape {shape} but holds "
-                               f"{info.file_size} bytes", path)
-            check_memory(need, f"reading {info.filename}", path)
+                check_npy_header(fh, info.file_size, info.filename, path)

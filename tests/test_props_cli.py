@@ -192,3 +192,46 @@ def test_counts_accept_the_usual_spellings() -> None:
     assert parse_int("--reserve", str(INT64_MAX), 0, INT64_MAX) == INT64_MAX
     for bad in ("inf", "nan", "1e400", "1.5", "", "0x10", "--1"):
         assert isinstance(total(parse_int, "--photons", bad, 0, 2**40), BadInput), bad
+
+
+# ----------------------------------------------------------------------------- `hits` input
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12)
+META_KEYS = ["photons", "mode", "backend", "device", "hitmask", "scene", "photons_per_second",
+             "flagmask_counts", "terminal_counts", "geometry"]
+GOOD_META: dict[str, Any] = {
+    "photons": 10, "mode": "production", "backend": "numpy", "device": "cpu",
+    "hitmask": {"label": "SD"}, "scene": {"name": "t"}, "photons_per_second": 5.0,
+    "flagmask_counts": {"0x40": 3}, "terminal_counts": {"SD": 3},
+    "geometry": {"container_half": [1.0, 1.0, 1.0],
+                 "objects": [{"shape": "sphere", "center": [0.0, 0.0, 0.0], "half_size": [0.5, 0.5, 0.5]}]}}
+
+
+@given(st.lists(st.tuples(st.sampled_from(META_KEYS) | st.text(max_size=6), json_values), max_size=3),
+       st.lists(st.floats(width=32) | st.integers(0, 40).map(float), min_size=0, max_size=48),
+       st.booleans())
+def test_hits_summary_is_total_on_any_meta_and_hits(edits: list[tuple[str, Any]], values: list[float],
+                                                   replace_meta: bool) -> None:
+    import json
+
+    from engine.propagate.hits import render_text, summarize
+
+    meta: Any = copy.deepcopy(GOOD_META)
+    for key, value in edits:
+        meta[key] = value
+    if replace_meta and edits:
+        meta = edits[0][1]
+    ht = np.zeros((len(values) // 16 + 1, 4, 4), np.float32)
+    ht.reshape(-1)[:len(values)] = np.asarray(values, np.float32)
+    ht.view(np.uint32)[:, 3, 1] = np.arange(len(ht)) % 10  # sensors: container faces, sphere
+    with tempfile.TemporaryDirectory() as d:
+        ev = Path(d)
+        (ev / "meta.json").write_text(json.dumps(meta))
+        np.save(ev / "ht.npy", ht)
+        s = total(summarize, ev)
+        if not isinstance(s, BadInput):
+            assert render_text(s)

@@ -128,3 +128,28 @@ def test_sigterm_under_mpiexec_ends_every_rank_and_removes_the_temporary(tmp_pat
     _, alive = psutil.wait_procs(ranks, timeout=10)
     assert alive == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gensteps_declaring_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
+    """Issue 9 item 9 for propagate: a .npy header declaring 2**40 gensteps in a 224-byte
+    file made NumPy allocate 96 TiB (MemoryError traceback)."""
+    import numpy as np
+
+    bomb = tmp_path / "gensteps.npy"
+    with open(bomb, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (2**40, 6, 4)})
+        fh.write(b"\0" * 96)
+    _one_line(cli("propagate", TBOX, "-o", tmp_path / "ev", "--gensteps", bomb), str(bomb), "declares shape")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("meta", ["[]", '{"photons": "many"}', '{"flagmask_counts": {"zz": 1}}',
+                                  '{"geometry": {"container_half": [1, -1, 1]}}'])
+def test_hits_on_a_foreign_meta_json_is_one_line(tmp_path: Path, meta: str) -> None:
+    """`hits` read meta.json without checking it: `[]` was an AttributeError traceback."""
+    ev = tmp_path / "ev"
+    r = cli("propagate", TBOX, "-o", ev, "--photons", "100", "--backend", "numpy", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    (ev / "meta.json").write_text(meta)
+    _one_line(cli("hits", ev), str(ev / "meta.json"))
