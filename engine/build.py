@@ -40,6 +40,7 @@ from engine.diskspace import check_space
 from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
 from engine.h5source import SourceInfo, check_memory, describe, open_h5, read_smalldata
 from engine.ids import NS
+from engine.inputs import check_regular
 from engine.interrupt import abort_job, probe, reason
 from engine.match import MISSING, MatchTable, match_sorted
 from engine.progress import Progress
@@ -151,6 +152,8 @@ class Plan:
 def plan_build(opt: BuildOptions) -> Plan:
     files = expand_inputs(opt.inputs)
     read = [*files, *(p for p in (opt.retdef, opt.index_in) if p is not None)]
+    for p in read:
+        check_regular(p)  # before any library opens it: a FIFO would block forever
     refuse_alias(opt.output, read)
     if opt.index_out is not None:
         refuse_alias(opt.index_out, [*read, opt.output], what="--index-out")

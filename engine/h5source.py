@@ -25,6 +25,7 @@ import psutil
 
 from engine.diskspace import human_bytes
 from engine.errors import BadInput
+from engine.inputs import check_regular
 
 _LAYOUTS = (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
 
@@ -49,10 +50,7 @@ class SourceInfo:
 
 
 def open_h5(path: Path) -> h5py.File:
-    if not path.exists():
-        raise BadInput("no such file", path)
-    if path.is_dir():
-        raise BadInput("is a directory, expected an HDF5 file", path)
+    check_regular(path)  # a FIFO would block HDF5's open forever
     try:
         return h5py.File(path, "r")
     except OSError as err:

@@ -19,6 +19,7 @@ import numpy as np
 from engine.atomic import atomic_path
 from engine.errors import BadInput
 from engine.h5source import check_npy_header, check_storage
+from engine.inputs import check_regular
 
 MISSING = -1
 
@@ -119,6 +120,7 @@ class MatchTable:
     def load(cls, path: Path) -> MatchTable:
         """A saved table; sizes it declares are checked against the file before reading."""
         suffix = path.suffix.lower()
+        check_regular(path)
         try:
             if suffix == ".npz":
                 _check_npz(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import BadInput
+from engine.inputs import regular_file
 
 CONFIG_NAME = "skydeck.toml"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -65,7 +66,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; BadInput naming the file for anything unreadable."""
     try:
-        with open(path, "rb") as fh:
+        with regular_file(path) as fh:  # a FIFO would block forever
             raw = fh.read(MAX_TOML_BYTES + 1)
     except OSError as err:
         raise BadInput(f"cannot read: {err.strerror}", path) from None

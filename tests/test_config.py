@@ -3,6 +3,7 @@ key or section, or a file that is not TOML is exit 2 with one line naming the fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,12 @@ def test_not_utf8_and_too_deep_toml_are_one_line(tmp_path: Path) -> None:
     cfg.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(BadInput, match="skydeck.toml"):
         Workspace.open(root)
+
+
+def test_a_fifo_as_config_is_refused(tmp_path: Path) -> None:
+    """A FIFO at skydeck.toml blocked every command forever."""
+    root = init_workspace(tmp_path / "ws").root
+    (root / "skydeck.toml").unlink()
+    os.mkfifo(root / "skydeck.toml")
+    res = run_engine("-w", root, "downlinks", timeout=30)
+    assert res.returncode == 2 and "not a regular file" in res.stderr and "\n" not in res.stderr.strip()

@@ -27,6 +27,7 @@ from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temp
 from engine.diskspace import check_space
 from engine.errors import BadInput, JobFailed, SkydeckError
 from engine.h5source import check_npy_header
+from engine.inputs import regular_file
 from engine.interrupt import abort_job, exit_code
 from engine.propagate import flags as F
 from engine.propagate.backends import (
@@ -91,7 +92,7 @@ def load_gensteps(path: Path, scene: Scene) -> np.ndarray:
     """A delivery's gensteps.npy: (G,6,4) float32 torch gensteps (the only generator the
     engine has); BadInput naming the file for anything else."""
     try:
-        with open(path, "rb") as fh:
+        with regular_file(path) as fh:
             check_npy_header(fh, os.fstat(fh.fileno()).st_size, "gensteps", path)
         gs = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:

@@ -147,3 +147,19 @@ def test_sigterm_to_one_mpi_rank_fails_the_job_cleanly(tmp_path: Path, small_sou
     line = res.stderr.strip()
     assert "\n" not in line and "rank 1 terminated" in line, res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_among_the_sources_is_refused(tmp_path: Path, src: Path) -> None:
+    """A FIFO named like a source blocked HDF5's open forever; it is not a regular file."""
+    fifo = src / "zyla.h5"
+    os.mkfifo(fifo)
+    res = run_engine("build", src, "-o", tmp_path / "out.h5", timeout=30)
+    _one_line(res, 2, str(fifo), "not a regular file")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_reserve_that_is_no_number_is_refused(tmp_path: Path, src: Path) -> None:
+    """SKYDECK_RESERVE_BYTES=lots was silently read as no reserve at all."""
+    res = run_engine("build", src, "-o", tmp_path / "out.h5", env=engine_env(SKYDECK_RESERVE_BYTES="lots"))
+    _one_line(res, 2, "SKYDECK_RESERVE_BYTES")
+    assert not (tmp_path / "out.h5").exists()

@@ -153,3 +153,14 @@ def test_hits_on_a_foreign_meta_json_is_one_line(tmp_path: Path, meta: str) -> N
     assert r.returncode == 0, r.stderr
     (ev / "meta.json").write_text(meta)
     _one_line(cli("hits", ev), str(ev / "meta.json"))
+
+
+@pytest.mark.parametrize("which", ["scene", "gensteps"])
+def test_a_fifo_as_scene_or_gensteps_is_refused(tmp_path: Path, which: str) -> None:
+    """`propagate FIFO` blocked forever reading a file no one writes."""
+    fifo = tmp_path / ("scene.toml" if which == "scene" else "gensteps.npy")
+    os.mkfifo(fifo)
+    args = [fifo] if which == "scene" else [TBOX, "--gensteps", fifo]
+    r = subprocess.run([sys.executable, "-m", "engine", "propagate", *map(str, args), "-o",
+                        str(tmp_path / "ev")], capture_output=True, text=True, timeout=30)
+    _one_line(r, str(fifo), "not a regular file")
