@@ -3,6 +3,7 @@ not numbers, non-finite scenes, and SIGTERM in the middle of a run with workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,14 @@ def _one_line(r: subprocess.CompletedProcess[str], *needles: str) -> str:
     for n in needles:
         assert n in line, (n, line)
     return line
+
+
+def _reap(procs: list[psutil.Process]) -> None:
+    """Kill what a failed run left behind, so a failure does not leave orphans running."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=10)
 
 
 def test_output_holding_the_scene_is_refused(tmp_path: Path) -> None:
@@ -95,13 +104,16 @@ def test_sigterm_stops_workers_and_removes_the_temporary(tmp_path: Path) -> None
     assert len(workers) >= 2, "the pool never started"
     assert any(p.name.startswith(".ev.tmp-") for p in tmp_path.iterdir())
     time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill PID` or a batch system does
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert err.strip() == "skydeck-engine: terminated"
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    assert alive == [], f"orphaned workers: {[p.pid for p in alive]}"
-    assert list(tmp_path.iterdir()) == []  # no event, no temporary directory
+    try:
+        os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill PID` or a batch system does
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert err.strip() == "skydeck-engine: terminated"
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert alive == [], f"orphaned workers: {[p.pid for p in alive]}"
+        assert list(tmp_path.iterdir()) == []  # no event, no temporary directory
+    finally:
+        _reap([parent, *workers])
 
 
 def test_sigterm_under_mpiexec_ends_every_rank_and_removes_the_temporary(tmp_path: Path) -> None:
@@ -121,13 +133,16 @@ def test_sigterm_under_mpiexec_ends_every_rank_and_removes_the_temporary(tmp_pat
     ranks = [p for p in launcher.children(recursive=True) if "engine" in " ".join(p.cmdline())]
     assert len(ranks) == 3
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "skydeck-engine: terminated" in err
-    _, alive = psutil.wait_procs(ranks, timeout=10)
-    assert alive == []
-    assert list(tmp_path.iterdir()) == []
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "skydeck-engine: terminated" in err
+        _, alive = psutil.wait_procs(ranks, timeout=10)
+        assert alive == []
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        _reap([launcher, *ranks])
 
 
 def test_gensteps_declaring_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
