@@ -120,13 +120,15 @@ class MatchTable:
     def load(cls, path: Path) -> MatchTable:
         """A saved table; sizes it declares are checked against the file before reading."""
         suffix = path.suffix.lower()
+        if suffix not in (".npz", ".h5", ".hdf5"):
+            raise BadInput("index file must end in .npz or .h5", path)
         check_regular(path)
         try:
             if suffix == ".npz":
                 _check_npz(path)
                 with np.load(path, allow_pickle=False) as z:
                     d = {k: z[k] for k in z.files}
-            elif suffix in (".h5", ".hdf5"):
+            else:
                 with h5py.File(path, "r") as f:
                     d = {}
                     for k, ds in f.items():
@@ -134,8 +136,6 @@ class MatchTable:
                             raise BadInput(f"index entry {k!r} is not a dataset", path)
                         check_storage(ds, path, k, whole=True)
                         d[k] = ds[()]
-            else:
-                raise BadInput("index file must end in .npz or .h5", path)
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise BadInput(f"cannot read index: {str(err).splitlines()[0] if str(err) else err!r}",
                            path) from None
