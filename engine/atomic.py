@@ -2,6 +2,11 @@
 
 A killed writer leaves only a dot-file named ``.<name>.tmp-<pid>`` next to the target;
 ``sweep_stale_temps`` removes those whose pid is dead, so reruns start clean.
+
+The rename would just as atomically replace an input: ``build DIR -o DIR/epix.h5`` once
+exited 0 after destroying its source. ``refuse_alias`` is the one check every command
+that writes an output runs against its inputs first (same path, ``..`` spellings and
+symbolic links by ``realpath``, hard links and bind mounts by ``(st_dev, st_ino)``).
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
+
+from engine.errors import BadInput
 
 
 def temp_name(target: Path, pid: int | None = None) -> Path:
@@ -81,3 +88,32 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _identity(p: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_alias(output: Path, inputs: Iterable[Path], what: str = "output",
+                 replaces_tree: bool = False) -> None:
+    """BadInput (exit 2) when writing ``output`` would overwrite one of ``inputs``; with
+    ``replaces_tree`` (a directory output renamed into place whole) also when an input
+    lies inside it. Run before anything is written."""
+    out_real = os.path.realpath(output)
+    out_id = _identity(out_real)
+    for inp in inputs:
+        in_real = os.path.realpath(inp)
+        in_id = _identity(in_real)
+        if in_real == out_real or (out_id is not None and in_id == out_id):
+            raise BadInput(f"{what} is the input {inp}; writing it would destroy that input", output)
+        if not replaces_tree:
+            continue
+        parents = Path(in_real).parents
+        if Path(out_real) in parents or (out_id is not None
+                                         and any(_identity(q) == out_id for q in parents)):
+            raise BadInput(f"{what} holds the input {inp}; replacing it would destroy that input",
+                           output)

@@ -35,11 +35,13 @@ import h5py
 import numpy as np
 
 from engine import __version__
-from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
+from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
-from engine.h5source import SourceInfo, describe, open_h5, read_smalldata
+from engine.h5source import SourceInfo, check_memory, describe, open_h5, read_smalldata
 from engine.ids import NS
+from engine.inputs import check_regular
+from engine.interrupt import abort_job, probe, reason
 from engine.match import MISSING, MatchTable, match_sorted
 from engine.progress import Progress
 from engine.retdef import parse as parse_retdef
@@ -47,9 +49,13 @@ from engine.select import Selection
 
 TAG_REQUEST, TAG_WORK, TAG_STOP, TAG_ERROR = 11, 12, 13, 14
 ERRLEN = 2048  # bytes of an error message a worker sends to rank 0
-FAULT_ENV = "SKYDECK_FAULT"  # fault injection for tests: "kill:<rank>:<after batches>"
+# fault injection for tests: "<kill|term|int>:<rank>:<after batches>" sends that rank
+# SIGKILL, SIGTERM or SIGINT once it has done that many batches
+FAULT_ENV = "SKYDECK_FAULT"
+_FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 # "0" turns off in-kernel copies (copy_file_range), e.g. to compare both paths
 KERNEL_COPY_ENV = "SKYDECK_KERNEL_COPY"
+MAX_BATCH = 1 << 20  # events per batch: each worker holds two batch buffers per source
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
 
 
@@ -145,6 +151,12 @@ class Plan:
 
 def plan_build(opt: BuildOptions) -> Plan:
     files = expand_inputs(opt.inputs)
+    read = [*files, *(p for p in (opt.retdef, opt.index_in) if p is not None)]
+    for p in read:
+        check_regular(p)  # before any library opens it: a FIFO would block forever
+    refuse_alias(opt.output, read)
+    if opt.index_out is not None:
+        refuse_alias(opt.index_out, [*read, opt.output], what="--index-out")
     tmp = check_output(opt.output)
     try:
         return _plan(opt, files, tmp)
@@ -161,6 +173,9 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
             raise BadInput(f"{opt.data_path} has dtype {info.dtype}; fixed-size numbers expected", f)
         infos.append(info)
         stamps.append(ts)
+    widest = max(infos, key=lambda i: i.row_bytes)
+    check_memory(worker_memory(infos, opt.batch), f"--batch {opt.batch} with rows of "
+                 f"{widest.row_bytes} bytes (a worker's buffers)", widest.path)
     names = [i.name for i in infos]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -213,6 +228,12 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
     need = len(table) * sum(i.row_bytes for i in infos) + len(table) * 8 * (len(infos) + 2) + (1 << 20)
     check_space(opt.output, need, opt.reserve, "built events")
     return Plan(sources=infos, table=table, selection=text, tmp=tmp)
+
+
+def worker_memory(sources: list[SourceInfo], batch: int) -> int:
+    """Bytes a BatchWorker allocates: two batch buffers per source, plus a scratch buffer
+    of up to ``max(batch, chunk) + chunk`` rows for a source read through HDF5."""
+    return sum((2 * batch + max(batch, s.chunk_rows) + s.chunk_rows) * s.row_bytes for s in sources)
 
 
 def create_output(plan: Plan, opt: BuildOptions) -> None:
@@ -501,11 +522,11 @@ class BatchWorker:
 
 
 def _fault_check(rank: int, batches: int) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec.startswith("kill:"):
-        _, r, n = spec.split(":")
-        if int(r) == rank and batches >= int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
+    kind, _, where = os.environ.get(FAULT_ENV, "").partition(":")
+    if kind in _FAULT_SIGNALS:
+        r, n = where.split(":")
+        if int(r) == rank and batches == int(n):
+            os.kill(os.getpid(), _FAULT_SIGNALS[kind])
 
 
 # --------------------------------------------------------------------------- drivers
@@ -578,15 +599,32 @@ def run_mpi(opt: BuildOptions, progress: Progress | None = None) -> BuildReport 
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if size == 1:
+    if comm.Get_size() == 1:
         return run_serial(opt, progress)
+    held: dict[str, Path] = {}
+    try:
+        return _run_ranks(comm, opt, progress, held)
+    except KeyboardInterrupt as err:
+        if comm.Get_rank() != 0:
+            raise  # rank 0 got the signal too (mpiexec forwards it) and ends the job
+        # the workers wait inside MPI calls and cannot be told: remove the temporary output,
+        # then end every rank with 130/143
+        if "tmp" in held:
+            remove_path(held["tmp"])
+        abort_job(comm, err)
 
+
+def _run_ranks(comm: Any, opt: BuildOptions, progress: Progress | None,
+               held: dict[str, Path]) -> BuildReport | None:
+    from mpi4py import MPI
+
+    rank, size = comm.Get_rank(), comm.Get_size()
     setup: dict[str, Any] | None = None
     plan: Plan | None = None
     if rank == 0:
         try:
             plan = plan_build(opt)
+            held["tmp"] = plan.tmp
             try:
                 create_output(plan, opt)
             except BaseException:
@@ -665,7 +703,7 @@ def _master(comm: Any, plan: Plan, opt: BuildOptions,
     status = MPI.Status()
     active, nxt, error = size - 1, 0, ""
     while active:
-        comm.Probe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+        probe(comm, MPI.ANY_SOURCE, MPI.ANY_TAG, status)  # SIGTERM/Ctrl-C can stop the wait
         src, tag = status.Get_source(), status.Get_tag()
         if tag == TAG_ERROR:
             comm.Recv([errbuf, MPI.BYTE], source=src, tag=TAG_ERROR)
@@ -721,6 +759,8 @@ def _worker(comm: Any, rank: int, setup: dict[str, Any], batch: int) -> str:
             _fault_check(rank, worker.batches)
     except SkydeckError as err:
         return _send_error(comm, f"{err} (rank {rank})")
+    except KeyboardInterrupt as err:  # this rank alone was signalled: rank 0 stops the job
+        return _send_error(comm, f"{setup['label']}: rank {rank} {reason(err)}")
     except OSError as err:
         return _send_error(comm, f"{err.filename or setup['label']}: "
                                  f"I/O error while building: {err.strerror or err} (rank {rank})")
@@ -743,8 +783,8 @@ def _send_error(comm: Any, text: str) -> str:
 
 def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Build events; under mpiexec the job is distributed. Returns the report (rank 0)."""
-    if opt.batch < 1:
-        raise BadInput("--batch must be at least 1")
+    if not 1 <= opt.batch <= MAX_BATCH:
+        raise BadInput(f"--batch must be within 1..{MAX_BATCH}")
     if under_mpi():
         return run_mpi(opt, progress)
     return run_serial(opt, progress)

@@ -12,9 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from engine import __version__
+from engine import __version__, interrupt
 from engine.commands import COMMAND_MODULES
-from engine.errors import EXIT_INTERRUPTED, EXIT_USAGE, SkydeckError
+from engine.errors import EXIT_USAGE, SkydeckError
 
 PROG = "skydeck-engine"
 
@@ -41,19 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "workspace"):
-        args.workspace = None
+    old = interrupt.install()  # SIGTERM and SIGINT: children stopped, temporaries removed
     try:
+        args = parser.parse_args(argv)  # bounded number types raise BadInput: one line
+        if not hasattr(args, "workspace"):
+            args.workspace = None
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        interrupt.stop_children()
+        what = "terminated" if isinstance(err, interrupt.Terminated) else "interrupted"
+        print(f"{PROG}: {what}", file=sys.stderr)
+        return interrupt.exit_code(err)
     except BrokenPipeError:
         return EXIT_USAGE
+    finally:
+        interrupt.restore(old)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,13 @@ def check_space(path: Path, need: int, reserve: int = 0, what: str = "output") -
 
 def env_reserve(default: int = 0) -> int:
     """Reserve override for commands run outside a workspace (``SKYDECK_RESERVE_BYTES``)."""
-    try:
-        return int(os.environ.get("SKYDECK_RESERVE_BYTES", default))
-    except ValueError:
+    text = os.environ.get("SKYDECK_RESERVE_BYTES")
+    if text is None:
         return default
+    try:
+        value = int(text)
+    except ValueError:  # never silently drop a reserve someone meant to keep
+        raise BadInput(f"SKYDECK_RESERVE_BYTES must be a whole number of bytes, got {text[:40]!r}") from None
+    if abs(value) >= 2**63:
+        raise BadInput(f"SKYDECK_RESERVE_BYTES is out of range: {text[:40]}")
+    return value

@@ -15,6 +15,9 @@ EXIT_BUSY = 3  # busy or locked
 EXIT_INTERRUPTED = 130
 
 
+_ONE_LINE = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class SkydeckError(Exception):
     """Base error: a message, optionally the file it concerns, and an exit code."""
 
@@ -26,7 +29,9 @@ class SkydeckError(Exception):
         self.path = None if path is None else str(path)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        # one line, whatever the input put into a name or path (a TOML key may hold "\n")
+        return text.translate(_ONE_LINE)
 
 
 class BadInput(SkydeckError):

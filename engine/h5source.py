@@ -3,17 +3,31 @@
 Every check the builder relies on happens here, before any output exists, so bad input
 ends as one line naming the file: not HDF5 or truncated, a missing dataset, length
 mismatch, timestamps that are not 1-D integers or not strictly increasing.
+
+Shapes and dtypes are declared by the file, so they are checked before anything is read
+or allocated (``check_storage``): a 1.6 kB file may declare 2**40 rows. A dataset that is
+read whole (timestamps, small data, a saved match table) must store what it declares
+(unless compressed) and fit in the memory this machine has available; no dataset may keep
+its data outside the file (external or virtual layouts) or end beyond the file's end.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
+import psutil
 
+from engine.diskspace import human_bytes
 from engine.errors import BadInput
+from engine.inputs import check_regular
+
+_LAYOUTS = (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
 
 
 @dataclass
@@ -36,10 +50,7 @@ class SourceInfo:
 
 
 def open_h5(path: Path) -> h5py.File:
-    if not path.exists():
-        raise BadInput("no such file", path)
-    if path.is_dir():
-        raise BadInput("is a directory, expected an HDF5 file", path)
+    check_regular(path)  # a FIFO would block HDF5's open forever
     try:
         return h5py.File(path, "r")
     except OSError as err:
@@ -49,6 +60,54 @@ def open_h5(path: Path) -> h5py.File:
         if "signature" in text or "not an HDF5" in text.lower():
             raise BadInput("not an HDF5 file", path) from None
         raise BadInput(f"cannot open HDF5 file: {text.splitlines()[0]}", path) from None
+
+
+def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
+    """BadInput when ``need`` bytes exceed the memory this machine has available now."""
+    avail = psutil.virtual_memory().available
+    if need > avail:
+        raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
+
+
+def check_npy_header(fh: BinaryIO, holds: int, what: str, path: Path | str) -> None:
+    """The shape a ``.npy`` header declares must fit the ``holds`` bytes that follow it and
+    this machine's memory: NumPy allocates the declared array before reading into it."""
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        read = (np.lib.format.read_array_header_1_0 if major == 1
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(fh)
+    except (ValueError, OSError, EOFError) as err:
+        raise BadInput(f"{what}: not a .npy array ({str(err).splitlines()[0] if str(err) else err!r})",
+                       path) from None
+    need = math.prod(shape) * dtype.itemsize
+    if need > holds - fh.tell():
+        raise BadInput(f"{what} declares shape {shape} ({human_bytes(need)}) but holds "
+                       f"{human_bytes(max(0, holds - fh.tell()))}", path)
+    check_memory(need, f"reading {what}", path)
+
+
+def check_storage(ds: h5py.Dataset, path: Path | str, dspath: str, whole: bool) -> int:
+    """Check a dataset's declared size against the bytes the file really holds (and, when
+    it is to be read ``whole``, against memory) before reading it; return the declared bytes."""
+    if ds.shape is None:
+        raise BadInput(f"{dspath} is an empty (null) dataspace", path)
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() not in _LAYOUTS or dcpl.get_external_count():
+        raise BadInput(f"{dspath} keeps its data outside this file (external or virtual); "
+                       "not supported", path)
+    declared = int(ds.size) * ds.dtype.itemsize
+    stored = int(ds.id.get_storage_size())
+    size = os.path.getsize(path)
+    offset = ds.id.get_offset() if dcpl.get_layout() == h5py.h5d.CONTIGUOUS else None
+    if stored > size or (offset is not None and offset + stored > size):
+        raise BadInput(f"{dspath} ends beyond the file's {size} bytes (truncated?)", path)
+    if whole:
+        if dcpl.get_nfilters() == 0 and declared > stored:
+            raise BadInput(f"{dspath} declares shape {ds.shape} ({human_bytes(declared)}) but the file "
+                           f"stores only {human_bytes(stored)} of it", path)
+        check_memory(declared, f"reading {dspath} of shape {ds.shape}", path)
+    return declared
 
 
 def check_timestamps(ts: np.ndarray, path: Path | str, dspath: str) -> None:
@@ -78,15 +137,20 @@ def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/
             if not isinstance(obj, h5py.Dataset):
                 raise BadInput(f"{dspath} is not a dataset", path)
         tsd, dd = f[timestamp_path], f[data_path]
+        check_storage(dd, path, data_path, whole=False)
+        if tsd.shape is not None and len(tsd.shape) != 1:  # a scalar is no list of timestamps
+            raise BadInput(f"{timestamp_path} must be 1-D, has shape {tsd.shape}", path)
+        if tsd.dtype.kind not in "iu":
+            raise BadInput(f"{timestamp_path} must hold integers, has dtype {tsd.dtype}", path)
+        check_storage(tsd, path, timestamp_path, whole=True)
+        if dd.ndim < 1 or dd.shape[0] != tsd.shape[0]:
+            raise BadInput(f"length mismatch: {timestamp_path} has {tsd.shape[0]} rows, "
+                           f"{data_path} has {dd.shape[0] if dd.ndim else 0}", path)
         try:
             ts = tsd[()]
         except OSError as err:
-            raise BadInput(f"cannot read {timestamp_path}: {err}", path) from None
-        ts = np.atleast_1d(ts)
+            raise BadInput(f"cannot read {timestamp_path}: {str(err).splitlines()[0]}", path) from None
         check_timestamps(ts, path, timestamp_path)
-        if dd.ndim < 1 or dd.shape[0] != len(ts):
-            raise BadInput(f"length mismatch: {timestamp_path} has {len(ts)} rows, "
-                           f"{data_path} has {dd.shape[0] if dd.ndim else 0}", path)
         small = []
         g = f.get(smalldata_path)
         if isinstance(g, h5py.Group):
@@ -105,8 +169,13 @@ def read_smalldata(info: SourceInfo, smalldata_path: str = "/smalldata") -> dict
     with open_h5(path) as f:
         g = f[smalldata_path]
         for key in info.smalldata:
-            arr = g[key][()]
-            if arr.ndim != 1 or len(arr) != info.n:
-                raise BadInput(f"{smalldata_path}/{key} has shape {arr.shape}, expected ({info.n},)", path)
-            out[key] = arr
+            ds = g[key]
+            if ds.shape != (info.n,):
+                raise BadInput(f"{smalldata_path}/{key} has shape {ds.shape}, expected ({info.n},)", path)
+            check_storage(ds, path, f"{smalldata_path}/{key}", whole=True)
+            try:
+                out[key] = ds[()]
+            except OSError as err:
+                raise BadInput(f"cannot read {smalldata_path}/{key}: {str(err).splitlines()[0]}",
+                               path) from None
     return out

@@ -9,6 +9,7 @@ be saved as HDF5 or NPZ (never pickle) and reused.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from engine.atomic import atomic_path
 from engine.errors import BadInput
+from engine.h5source import check_npy_header, check_storage
+from engine.inputs import check_regular
 
 MISSING = -1
 
@@ -115,21 +118,39 @@ class MatchTable:
 
     @classmethod
     def load(cls, path: Path) -> MatchTable:
+        """A saved table; sizes it declares are checked against the file before reading."""
         suffix = path.suffix.lower()
+        if suffix not in (".npz", ".h5", ".hdf5"):
+            raise BadInput("index file must end in .npz or .h5", path)
+        check_regular(path)
         try:
             if suffix == ".npz":
+                _check_npz(path)
                 with np.load(path, allow_pickle=False) as z:
                     d = {k: z[k] for k in z.files}
-            elif suffix in (".h5", ".hdf5"):
-                with h5py.File(path, "r") as f:
-                    d = {k: f[k][()] for k in f}
             else:
-                raise BadInput("index file must end in .npz or .h5", path)
-        except (OSError, ValueError) as err:
-            raise BadInput(f"cannot read index: {err}", path) from None
+                with h5py.File(path, "r") as f:
+                    d = {}
+                    for k, ds in f.items():
+                        if not isinstance(ds, h5py.Dataset):
+                            raise BadInput(f"index entry {k!r} is not a dataset", path)
+                        check_storage(ds, path, k, whole=True)
+                        d[k] = ds[()]
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise BadInput(f"cannot read index: {str(err).splitlines()[0] if str(err) else err!r}",
+                           path) from None
         try:
             txt = [[s.decode() if isinstance(s, bytes) else str(s) for s in d[k]] for k in ("sources", "paths")]
             return cls(timestamps=d["timestamp"].astype(np.uint64), run=d.get("run"), sources=txt[0],
                        paths=txt[1], lengths=[int(x) for x in d["lengths"]], rows=d["rows"].astype(np.int64))
         except KeyError as err:
             raise BadInput(f"index lacks {err.args[0]!r}", path) from None
+
+
+def _check_npz(path: Path) -> None:
+    """Each member's declared shape must fit the bytes it holds and this machine's memory
+    (NumPy allocates the declared array before reading a zip member into it)."""
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as fh:
+                check_npy_header(fh, info.file_size, info.filename, path)

@@ -35,6 +35,8 @@ COLORS = np.array([b"red", b"blue", b"green"], dtype="S5")
 EVENT_PERIOD_NS = NS // 120  # LCLS beam rate
 LPA_APIDS = (956, 957)
 BLOCK_BYTES = 32 << 20  # payload written per h5py call
+MAX_EVENTS = 100_000_000  # per-event arrays (timestamps, runs, colors) are held in memory
+MAX_EVENT_BYTES = 1 << 30  # one event's payload is written (and held) whole
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class MockSpec:
         for name in ("sources", "events", "runs", "chunks"):
             if getattr(self, name) < 1:
                 raise BadInput(f"--{name} must be at least 1")
+        if self.events > MAX_EVENTS:
+            raise BadInput(f"--events must be at most {MAX_EVENTS}")
+        if self.event_bytes > MAX_EVENT_BYTES:
+            raise BadInput(f"--event-bytes must be at most {MAX_EVENT_BYTES}")
         if self.event_bytes < 4:
             raise BadInput("--event-bytes must be at least 4 (one int32)")
         if self.runs > self.events or self.chunks > self.events:

@@ -5,6 +5,10 @@ only parses) and walked against a whitelist: boolean ``and``/``or``/``not``, com
 (``== != < <= > >=``, ``in`` / ``not in`` a tuple or list of constants), names of small-data
 fields and constants. Anything else is refused with a message naming the construct.
 Evaluation is vectorised over whole small-data arrays.
+
+The text comes from the command line or a task file, so it is bounded before Python's
+parser sees it (``MAX_LENGTH`` characters) and its nesting is bounded while it is walked
+(``MAX_DEPTH``): a 5000-deep ``not not ... x`` is one line and exit 2, not a RecursionError.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 
 from engine.errors import BadInput
 
+MAX_LENGTH = 4096  # characters of a selection expression
+MAX_DEPTH = 32  # nested and/or/not levels: a real selection has a handful
+
 _CMP = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
     ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
@@ -27,25 +34,34 @@ class Selection:
     """A parsed selection; ``names`` are the fields it reads."""
 
     def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise BadInput(f"selection must be text, got {type(text).__name__}")
+        if len(text) > MAX_LENGTH:
+            raise BadInput(f"selection is {len(text)} characters long; at most {MAX_LENGTH} are allowed")
         self.text = text
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
             raise BadInput(f"selection {text!r}: syntax error at column {err.offset}") from None
+        except (ValueError, RecursionError, MemoryError) as err:  # NUL bytes; parser limits
+            reason = "nested too deeply" if not isinstance(err, ValueError) else "not parsable"
+            raise BadInput(f"selection {text!r}: {reason}") from None
         self._tree = tree.body
         self.names: set[str] = set()
-        self._check(self._tree)
+        self._check(self._tree, 0)
 
     def _fail(self, node: ast.AST, what: str) -> BadInput:
         return BadInput(f"selection {self.text!r}: {what} is not allowed "
                         f"(use fields, constants, comparisons, and/or/not)")
 
-    def _check(self, node: ast.AST) -> None:
+    def _check(self, node: ast.AST, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise BadInput(f"selection {self.text!r}: nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, ast.BoolOp):
             for v in node.values:
-                self._check(v)
+                self._check(v, depth + 1)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            self._check(node.operand)
+            self._check(node.operand, depth + 1)
         elif isinstance(node, ast.Compare):
             self._check_operand(node.left)
             for op, comp in zip(node.ops, node.comparators, strict=True):
@@ -78,8 +94,13 @@ class Selection:
             avail = ", ".join(sorted(fields)) or "none"
             raise BadInput(f"selection {self.text!r} names missing field {missing[0]!r} "
                            f"(available: {avail})", where or None)
-        out = self._eval(self._tree, fields)
-        return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
+        try:
+            out = self._eval(self._tree, fields)
+            return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
+        except (TypeError, ValueError, OverflowError) as err:  # e.g. text field < number
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise BadInput(f"selection {self.text!r} cannot be evaluated on the small data: "
+                           f"{reason}", where or None) from None
 
     def _value(self, node: ast.AST, fields: Mapping[str, np.ndarray]):  # type: ignore[no-untyped-def]
         if isinstance(node, ast.Name):

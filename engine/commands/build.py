@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from engine.build import BuildOptions, build, is_rank0
+from engine.build import MAX_BATCH, BuildOptions, build, is_rank0
+from engine.commands.numbers import INT64_MAX, int_in
 from engine.diskspace import env_reserve, human_bytes
 from engine.progress import progress
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="source *.h5 files, or directories holding them")
     p.add_argument("-o", "--output", type=Path, required=True, help="built-events HDF5 file")
     p.add_argument("--select", default=None, help='selection over small data, e.g. \'color == "red"\'')
-    p.add_argument("--batch", type=int, default=64, help="events per batch handed to a worker")
+    p.add_argument("--batch", type=int_in("--batch", 1, MAX_BATCH), default=64, help="events per batch handed to a worker")
     p.add_argument("--timestamp-path", default="/timestamp")
     p.add_argument("--data-path", default="/data")
     p.add_argument("--smalldata-path", default="/smalldata")
@@ -31,9 +32,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="build only the principal events inside this RetDef's spans")
     p.add_argument("--index-out", type=Path, default=None, help="save the match table (.h5 or .npz)")
     p.add_argument("--index-in", type=Path, default=None, help="reuse a saved match table")
-    p.add_argument("--reserve", type=int, default=None,
+    # negative: start although the projection does not fit (tests fill a disk mid-job so)
+    p.add_argument("--reserve", type=int_in("--reserve", -INT64_MAX, INT64_MAX), default=None,
                    help="bytes to keep free (default $SKYDECK_RESERVE_BYTES or 0)")
-    p.add_argument("--io-threads", type=int, default=0,
+    p.add_argument("--io-threads", type=int_in("--io-threads", 0, 1024), default=0,
                    help="threads per process copying rows (default: the cores, 1 per MPI worker)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")

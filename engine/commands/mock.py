@@ -7,9 +7,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.commands.numbers import INT64_MAX, int_in
 from engine.diskspace import env_reserve
-from engine.mock import MockSpec, deliver
+from engine.mock import MAX_EVENT_BYTES, MAX_EVENTS, MockSpec, deliver
 from engine.progress import progress
+from engine.propagate.scene import MAX_PHOTONS
 from engine.workspace import Workspace
 
 
@@ -20,15 +22,15 @@ def _default_dlid() -> str:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("mock", parents=[common], help="write a mock delivery (HDF5 sources + RetDefs)")
     p.add_argument("--downlink", default=None, help="downlink id YYMMDDnnn (default: today, 001)")
-    p.add_argument("--sources", type=int, default=3, help="data sources (files); the first is principal")
-    p.add_argument("--events", type=int, default=1000, help="events in the principal source")
-    p.add_argument("--event-bytes", type=int, default=1_000_000, help="payload bytes per event")
-    p.add_argument("--runs", type=int, default=2, help="runs (acquisitions) the events span")
-    p.add_argument("--chunks", type=int, default=2, help="chunks (RetDef files)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sources", type=int_in("--sources", 1, 1000), default=3, help="data sources (files); the first is principal")
+    p.add_argument("--events", type=int_in("--events", 1, MAX_EVENTS), default=1000, help="events in the principal source")
+    p.add_argument("--event-bytes", type=int_in("--event-bytes", 4, MAX_EVENT_BYTES), default=1_000_000, help="payload bytes per event")
+    p.add_argument("--runs", type=int_in("--runs", 1, MAX_EVENTS), default=2, help="runs (acquisitions) the events span")
+    p.add_argument("--chunks", type=int_in("--chunks", 1, 99999), default=2, help="chunks (RetDef files)")
+    p.add_argument("--seed", type=int_in("--seed", 0, INT64_MAX), default=0)
     p.add_argument("--scene", default=None,
                    help="also deliver gensteps.npy for this scene (assets/scenes/<name>.toml)")
-    p.add_argument("--gensteps-photons", type=int, default=0,
+    p.add_argument("--gensteps-photons", type=int_in("--gensteps-photons", 0, MAX_PHOTONS), default=0,
                    help="photons in the delivered gensteps (default: the scene's)")
     p.add_argument("--as", dest="as_", choices=("level0", "fcopy", "dir"), default="level0",
                    help="deliver into the workspace's incoming level0 or fcopy dir, or write to -o DIR")

@@ -6,23 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.commands.numbers import int_in
 from engine.diskspace import env_reserve, human_bytes
 from engine.errors import BadInput
 from engine.progress import progress
 from engine.propagate.backends import BACKENDS
-from engine.propagate.event import DEFAULT_CHUNK, MODES, Request, propagate
+from engine.propagate.event import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES, Request, propagate
 from engine.workspace import Workspace
-
-
-def _count(text: str) -> int:
-    """Photon counts accept 1000000, 1e6 and 1_000_000 (big runs are written like that)."""
-    try:
-        v = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if v < 0 or v != int(v):
-        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
-    return int(v)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -30,17 +20,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="propagate optical photons through a scene; keep hits (+ metadata)")
     p.add_argument("scene", type=Path, help="scene TOML (e.g. assets/scenes/tboolean-box.toml)")
     p.add_argument("-o", "--output", type=Path, required=True, help="event directory to write")
-    p.add_argument("--photons", type=_count, default=None, help="photon count (default: the scene's)")
-    p.add_argument("--seed", type=int, default=0, help="Philox key (default 0)")
-    p.add_argument("--event", type=int, default=0, help="event index, part of the Philox counter")
+    p.add_argument("--photons", type=int_in("--photons", 0, MAX_PHOTONS), default=None,
+                   help="photon count, 1e6 and 1_000_000 work too (default: the scene's)")
+    p.add_argument("--seed", type=int_in("--seed", 0, 2**64 - 1), default=0, help="Philox key (default 0)")
+    p.add_argument("--event", type=int_in("--event", 0, 2**32 - 1), default=0, help="event index, part of the Philox counter")
     p.add_argument("--mode", choices=MODES, default="production",
                    help="production: ht.npy+meta.json+gs.npy; development adds ox, rx, seq")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--hitmask", default=None,
                    help='flags a hit must carry, e.g. "SD" (default: the scene\'s) or "TO,BT,SA"')
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int_in("--workers", 1, 4096), default=None,
                    help="numpy backend processes (default: every core this process may use)")
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+    p.add_argument("--chunk", type=int_in("--chunk", 1, MAX_CHUNK), default=DEFAULT_CHUNK,
                    help="photons per numpy chunk (bounds memory)")
     p.add_argument("--gensteps", type=Path, default=None,
                    help="(G,6,4) float32 torch gensteps.npy (e.g. from a delivery) instead of the scene's source")

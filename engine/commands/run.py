@@ -7,8 +7,10 @@ import signal
 import sys
 
 from engine import deliveries
+from engine.commands.numbers import int_in
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
 from engine.ids import parse_dlid
+from engine.interrupt import EXIT_TERMINATED
 from engine.pipeline.launcher import make_launcher
 from engine.pipeline.stream import json_line, run_stream
 from engine.pipeline.task import load_task
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("run", parents=[common], help="run one downlink's stream in the foreground")
     p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
     p.add_argument("--task", default=None, help="task name or task file (default: config)")
-    p.add_argument("--jobs", type=int, default=None, help="jobs at once (default: config)")
+    p.add_argument("--jobs", type=int_in("--jobs", 1, 1024), default=None, help="jobs at once (default: config)")
     p.set_defaults(func=run)
 
 
@@ -28,12 +30,14 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     dlid = parse_dlid(args.dlid)
     task = load_task(ws, args.task)
-    stop = {"flag": False}
+    stop = {"flag": False, "signal": 0}
 
     def on_signal(signum: int, frame: object) -> None:
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signum
 
-    old = signal.signal(signal.SIGTERM, on_signal)
+    # SIGTERM and SIGINT alike: stop launching, terminate the running jobs (they remove
+    # their temporaries), record them TERMINATED, exit 143 or 130
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with StateDB(ws.state_db) as db:
             if db.downlink(dlid) is None:
@@ -55,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
         print("skydeck-engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
     if runner.status == "SUCCESS":
         return 0
     if runner.status == "TERMINATED":
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if stop["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
     with StateDB(ws.state_db) as db:
         bad = [pi for pi in db.instances(runner.stream.id) if pi.status == "FAILED"]
     where = f"{bad[0].log_path or ws.state_db}: " if bad else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.commands.numbers import float_in
 from engine.errors import EXIT_FAILED, EXIT_USAGE
 from engine.watch import run_daemon
 from engine.workspace import Workspace
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="process what is there, run those streams to their end, and exit")
     p.add_argument("--polling", action="store_true",
                    help="poll instead of inotify (automatic on nfs/gpfs/lustre/cifs mounts)")
-    p.add_argument("--interval", type=float, default=None,
+    p.add_argument("--interval", type=float_in("--interval", 0.01, 86400.0), default=None,
                    help="polling interval in seconds (default: config watch.poll_interval_s)")
     p.set_defaults(func=run)
 

@@ -20,6 +20,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from engine.errors import BadInput
+from engine.interrupt import probe
 from engine.propagate.numpy_backend import ChunkResult, Params, propagate_chunk
 from engine.propagate.scene import SceneArrays
 
@@ -104,6 +105,7 @@ def run_mpi_root(comm, total: int, chunk: int,  # noqa: ANN001 - mpi4py is optio
                  advance: Callable[[int], None]) -> Iterator[ChunkResult]:
     """Rank 0: receive chunk results in photon order (MPI keeps each sender's order)."""
     for i, (_, c) in enumerate(spans(total, chunk)):
+        probe(comm, _owner(i, comm.Get_size()), _TAG)  # SIGTERM/Ctrl-C can stop the wait
         r = comm.recv(source=_owner(i, comm.Get_size()), tag=_TAG)
         advance(c)
         yield r
@@ -136,14 +138,18 @@ def run_numpy(sa: SceneArrays, gs: np.ndarray, total: int, p: Params, chunk: int
                              initargs=(sa, gs, p)) as pool:
         pending: deque[Future[ChunkResult]] = deque()
         it = spans(total, chunk)
-        for span in it:
-            pending.append(pool.submit(_work, span))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            r = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(_work, nxt))
-            advance(r.count)
-            yield r
+        try:
+            for span in it:
+                pending.append(pool.submit(_work, span))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                r = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_work, nxt))
+                advance(r.count)
+                yield r
+        except BaseException:  # SIGTERM/Ctrl-C (engine.interrupt) or the consumer gave up
+            pool.shutdown(wait=True, cancel_futures=True)  # only running chunks finish
+            raise

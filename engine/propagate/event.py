@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +23,12 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.atomic import fsync_dir, remove_path, sweep_stale_temps, temp_name
+from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import BadInput, JobFailed, SkydeckError
+from engine.h5source import check_npy_header
+from engine.inputs import regular_file
+from engine.interrupt import abort_job, exit_code
 from engine.propagate import flags as F
 from engine.propagate.backends import (
     GPU_BACKENDS,
@@ -40,12 +42,13 @@ from engine.propagate.backends import (
 )
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
-from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
+from engine.propagate.scene import GENTYPE_TORCH, MAX_PHOTONS, Scene, gensteps, load_scene
 
 MODES = ("production", "development")
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
 PILOT = 4096
 DEFAULT_CHUNK = 1 << 16
+MAX_CHUNK = 1 << 22  # photons per NumPy chunk: its working arrays are held in memory at once
 
 
 @dataclass
@@ -91,6 +94,8 @@ def load_gensteps(path: Path, scene: Scene) -> np.ndarray:
     """A delivery's gensteps.npy: (G,6,4) float32 torch gensteps (the only generator the
     engine has); BadInput naming the file for anything else."""
     try:
+        with regular_file(path) as fh:
+            check_npy_header(fh, os.fstat(fh.fileno()).st_size, "gensteps", path)
         gs = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise BadInput(f"unreadable gensteps: {err}", path) from None
@@ -151,7 +156,7 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
     except BaseException as err:
         if comm is not None and not state["started"]:  # refused before the workers got work
             code = err.exit_code if isinstance(err, SkydeckError) else (
-                130 if isinstance(err, KeyboardInterrupt) else 1)
+                exit_code(err) if isinstance(err, KeyboardInterrupt) else 1)
             comm.bcast(("abort", code), root=0)
         raise
 
@@ -162,10 +167,12 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
     t_start = time.perf_counter()
     if req.mode not in MODES:
         raise BadInput(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
+    refuse_alias(req.out, [p for p in (req.scene, req.gensteps) if p is not None],
+                 replaces_tree=True)
     scene = load_scene(req.scene)
     n = scene.source.photons if req.photons is None else req.photons
-    if n < 0:
-        raise BadInput("--photons must not be negative")
+    if not 0 <= n <= MAX_PHOTONS:
+        raise BadInput(f"--photons must be within 0..{MAX_PHOTONS}")
     if not 0 <= req.seed < 2**64:
         raise BadInput("--seed must be within 0..2**64-1")
     if not 0 <= req.event < 2**32:
@@ -182,8 +189,8 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             raise BadInput("under mpiexec only the numpy backend runs (one GPU per event)")
         workers = comm.Get_size() - 1
         device = f"cpu, MPI {comm.Get_size()} ranks ({workers} computing)"
-    if req.chunk < 1:
-        raise BadInput("--chunk must be positive")
+    if not 1 <= req.chunk <= MAX_CHUNK:
+        raise BadInput(f"--chunk must be within 1..{MAX_CHUNK}")
     dev = req.mode == "development"
     params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene))
     if req.gensteps is not None:
@@ -265,10 +272,7 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
         if comm is not None:
             # workers are mid-job: nothing can be told to them any more; end the MPI job
             # with the code a plain run would give, after saying why on stderr
-            code = 130 if isinstance(err, KeyboardInterrupt) else (
-                err.exit_code if isinstance(err, SkydeckError) else 1)
-            print(f"skydeck-engine: {err}", file=sys.stderr, flush=True)
-            comm.Abort(code)
+            abort_job(comm, err)
         if isinstance(err, OSError):
             raise JobFailed(f"writing the event failed: {err.strerror or err}", req.out) from None
         raise

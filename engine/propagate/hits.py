@@ -126,15 +126,75 @@ def load_event(path: Path) -> tuple[dict[str, Any], np.ndarray]:
         raise BadInput(f"unreadable hits: {err}", ht_p) from None
     if ht.ndim != 3 or ht.shape[1:] != (4, 4) or ht.dtype != np.float32:
         raise BadInput(f"hits must be (H,4,4) float32, got {ht.shape} {ht.dtype}", ht_p)
+    check_meta(meta, meta_p)
     return meta, ht
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _vec3_ok(v: Any, positive: bool = False) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(
+        _is_number(e) and abs(e) < 1e12 and (e > 0 or not positive) for e in v)
+
+
+def check_meta(meta: Any, where: Path) -> None:
+    """The fields of meta.json that a summary reads, each of its type (the file is input:
+    a hand-edited or foreign meta.json is one line and exit 2, never a traceback)."""
+    def bad(what: str) -> BadInput:
+        return BadInput(f"meta.json: {what}", where)
+
+    if not isinstance(meta, dict):
+        raise bad("must be a JSON object")
+    if "photons" in meta and not _is_count(meta["photons"]):
+        raise bad("photons must be a non-negative integer")
+    for key in ("mode", "backend", "device"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(f"{key} must be text")
+    for key, sub in (("hitmask", "label"), ("scene", "name")):
+        if key in meta and not (isinstance(meta[key], dict) and isinstance(meta[key].get(sub, ""), str)):
+            raise bad(f"{key} must be an object with a text {sub}")
+    pps = meta.get("photons_per_second")
+    if pps is not None and not (_is_number(pps) and pps >= 0):
+        raise bad("photons_per_second must be a non-negative number")
+    fm = meta.get("flagmask_counts", {})
+    if not isinstance(fm, dict) or not all(
+            isinstance(k, str) and len(k) <= 18 and _is_count(v) for k, v in fm.items()):
+        raise bad("flagmask_counts must map hex flag masks to counts")
+    try:
+        masks = [int(k, 16) for k in fm]
+    except ValueError:
+        raise bad("flagmask_counts keys must be hex flag masks") from None
+    if any(not 0 <= m < 2**32 for m in masks):
+        raise bad("flagmask_counts keys must be 32-bit flag masks")
+    tc = meta.get("terminal_counts", {})
+    if not isinstance(tc, dict) or not all(isinstance(k, str) and _is_count(v) for k, v in tc.items()):
+        raise bad("terminal_counts must map names to counts")
+    geo = meta.get("geometry", {})
+    if not isinstance(geo, dict):
+        raise bad("geometry must be an object")
+    if "container_half" in geo and not _vec3_ok(geo["container_half"], positive=True):
+        raise bad("geometry.container_half must be [x, y, z]")
+    objs = geo.get("objects", [])
+    if not isinstance(objs, list) or not all(
+            isinstance(o, dict) and o.get("shape") in ("box", "sphere") and _vec3_ok(o.get("center"))
+            and _vec3_ok(o.get("half_size"), positive=True) for o in objs):
+        raise bad("geometry.objects must be [{shape, center, half_size}, ...]")
+
+
 def _hist(values: np.ndarray) -> Histogram | None:
+    values = values[np.isfinite(values)].astype(np.float64)  # ht.npy is input too: no NaN/inf
     if values.size == 0:
         return None
     lo, hi = float(values.min()), float(values.max())
     if hi - lo < 1e-3 * max(1.0, abs(lo)):  # a line (monochromatic source): centre it
-        lo, hi = lo - 0.5, hi + 0.5
+        pad = max(0.5, 1e-3 * abs(lo))
+        lo, hi = lo - pad, hi + pad
     counts, edges = np.histogram(values, bins=HIST_BINS, range=(lo, hi))
     return Histogram([float(e) for e in edges], [int(c) for c in counts])
 
@@ -167,7 +227,7 @@ def _faces(ht: np.ndarray, meta: dict[str, Any]) -> list[FaceMap]:
         s = int(s)
         if s == 0:
             continue
-        sel = ht[sensors == s]
+        sel = ht[(sensors == s) & np.all(np.isfinite(ht[:, 0, :3]), axis=1)]
         name, axes, ext, ua, va, kind = _face_name(s, geometry)
         if kind == "sphere":
             o = geometry["objects"][(s - 1) // 8 - 1]

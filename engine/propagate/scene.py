@@ -2,6 +2,10 @@
 
 Validation happens before anything is written, and every problem is a BadInput (exit 2)
 whose message names the offending key, e.g. ``surfaces.det: probabilities sum to 0.9``.
+Every number must be finite and physical (NaN compares false with every bound, so a
+``refractive_index = nan`` used to slip through); only lengths may be ``inf``, meaning
+"never"; sizes (objects, photons) are bounded so a scene cannot make the job allocate
+without limit.
 The flattened ``SceneArrays`` is what both backends consume, so the CUDA kernel and the
 NumPy code see exactly the same numbers (same wavelength grid, same interpolation).
 """
@@ -32,6 +36,11 @@ SHAPES = {"box": 0, "sphere": 1}
 NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
 MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
+MAX_PHOTONS = 1 << 50  # photons per event: 2**19 int32 gensteps (50 MB) at most; indices are 64-bit
+MAX_INDEX = 10.0  # refractive index: optical materials lie within 1..~4
+MAX_MM = 1e9  # coordinates and sizes (mm): float32 on the device, 1000 km is no detector
+MAX_TIME_NS = 1e15
+MAX_ITEMS = 1024  # materials, surfaces, objects: the overlap check is quadratic in objects
 
 
 @dataclass
@@ -128,10 +137,19 @@ def _bad(path: Path, key: str, problem: str) -> BadInput:
     return BadInput(f"{key}: {problem}", path)
 
 
-def _num(path: Path, key: str, v: Any) -> float:
+def _num(path: Path, key: str, v: Any, *, allow_inf: bool = False, bound: float = MAX_MM) -> float:
+    """A number, finite (``allow_inf``: +/-inf too) and within +/-``bound`` otherwise."""
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad(path, key, f"expected a number, got {v!r}")
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # a TOML integer beyond a double
+        raise _bad(path, key, f"{v} is out of range") from None
+    if math.isnan(f) or (math.isinf(f) and not allow_inf):
+        raise _bad(path, key, f"must be a finite number, got {v!r}")
+    if math.isfinite(f) and abs(f) > bound:
+        raise _bad(path, key, f"{v!r} is outside -{bound:g}..{bound:g}")
+    return f
 
 
 def _vec3(path: Path, key: str, v: Any) -> tuple[float, float, float]:
@@ -143,7 +161,8 @@ def _vec3(path: Path, key: str, v: Any) -> tuple[float, float, float]:
     return x, y, z
 
 
-def _property(path: Path, key: str, v: Any, default: float | None) -> np.ndarray:
+def _property(path: Path, key: str, v: Any, default: float | None,
+              allow_inf: bool = False) -> np.ndarray:
     """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID."""
     if v is None:
         if default is None:
@@ -154,14 +173,14 @@ def _property(path: Path, key: str, v: Any, default: float | None) -> np.ndarray
             tab = np.array(v, dtype=np.float64)
         except (TypeError, ValueError):
             raise _bad(path, key, "table must be [[wavelength_nm, value], ...]") from None
-        if tab.ndim != 2 or tab.shape[1] != 2 or len(tab) < 2:
+        if tab.ndim != 2 or tab.shape[1] != 2 or len(tab) < 2 or tab.dtype.kind not in "iuf":
             raise _bad(path, key, "table must be [[wavelength_nm, value], ...] with >= 2 rows")
         if np.any(np.diff(tab[:, 0]) <= 0):
             raise _bad(path, key, "table wavelengths must increase")
-        if not np.all(np.isfinite(tab)):
-            raise _bad(path, key, "table values must be finite")
+        if not np.all(np.isfinite(tab)) or np.any(np.abs(tab) > MAX_MM):
+            raise _bad(path, key, f"table values must be finite and within -{MAX_MM:g}..{MAX_MM:g}")
         return np.interp(WL_GRID, tab[:, 0], tab[:, 1])
-    return np.full(WL_N, _num(path, key, v))
+    return np.full(WL_N, _num(path, key, v, allow_inf=allow_inf))
 
 
 def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
@@ -169,7 +188,10 @@ def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
     if v is None:
         return np.full(ICDF_N, -1.0)
     if isinstance(v, int | float) and not isinstance(v, bool):
-        return np.full(ICDF_N, _num(path, key, v))
+        wl = _num(path, key, v)
+        if not WL_GRID[0] <= wl <= WL_GRID[-1]:
+            raise _bad(path, key, f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
+        return np.full(ICDF_N, wl)
     spec = _property(path, key, v, None)
     lo, hi = float(np.array(v)[0, 0]), float(np.array(v)[-1, 0])
     grid = WL_GRID
@@ -188,14 +210,14 @@ def _parse_material(path: Path, name: str, d: Any) -> Material:
         raise _bad(path, key, "must be a table")
     props = np.stack([
         _property(path, f"{key}.refractive_index", d.get("refractive_index"), None),
-        _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf),
-        _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf),
+        _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf, True),
+        _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf, True),
         _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
     ])
     # "infinite" lengths become 1e30 mm: interpolation a + f*(b - a) must never see inf - inf
     props[1:3] = np.minimum(props[1:3], NO_INTERACTION)
-    if np.any(props[0] < 1.0):
-        raise _bad(path, f"{key}.refractive_index", "must be >= 1")
+    if np.any((props[0] < 1.0) | (props[0] > MAX_INDEX)):
+        raise _bad(path, f"{key}.refractive_index", f"must be within 1..{MAX_INDEX:g}")
     for i, p in ((1, "absorption_length"), (2, "scattering_length")):
         if np.any(props[i] <= 0):
             raise _bad(path, f"{key}.{p}", "lengths must be positive")
@@ -213,13 +235,18 @@ def _parse_surface(path: Path, name: str, d: Any) -> tuple[float, float, float, 
     unknown = set(d) - set(SURFACE_KEYS)
     if unknown:
         raise _bad(path, f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(SURFACE_KEYS)})")
-    vals = tuple(_num(path, f"{key}.{k}", d.get(k, 0.0)) for k in SURFACE_KEYS)
+    vals = tuple(_num(path, f"{key}.{k}", d.get(k, 0.0), bound=1.0) for k in SURFACE_KEYS)
     for k, v in zip(SURFACE_KEYS, vals, strict=True):
         if not 0.0 <= v <= 1.0:
             raise _bad(path, f"{key}.{k}", f"probability {v} outside [0, 1]")
     if abs(sum(vals) - 1.0) > 1e-6:
         raise _bad(path, key, f"probabilities sum to {sum(vals):g}, not 1")
     return vals  # type: ignore[return-value]
+
+
+def _count(path: Path, key: str, items: dict[str, Any] | list[Any]) -> None:
+    if len(items) > MAX_ITEMS:
+        raise _bad(path, key, f"{len(items)} entries; at most {MAX_ITEMS} are allowed")
 
 
 def _lookup(path: Path, key: str, name: Any, index: dict[str, int], what: str) -> int:
@@ -249,7 +276,15 @@ def load_scene(path: str | Path) -> Scene:
     """Read and validate a scene TOML; BadInput (exit 2) naming the key on any problem."""
     path = Path(path)
     doc = load_toml(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror}", path) from None
+    return parse_scene(doc, path, hashlib.sha256(raw).hexdigest())
+
+
+def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
+    """Validate a scene already read as TOML (``path`` names it in messages)."""
     name = doc.get("name", path.stem)
     if not isinstance(name, str):
         raise _bad(path, "name", "must be a string")
@@ -257,12 +292,14 @@ def load_scene(path: str | Path) -> Scene:
     mats = doc.get("materials")
     if not isinstance(mats, dict) or not mats:
         raise _bad(path, "materials", "at least one [materials.<name>] table is required")
+    _count(path, "materials", mats)
     materials = [_parse_material(path, n, d) for n, d in mats.items()]
     material_index = {m.name: i for i, m in enumerate(materials)}
 
     surfs = doc.get("surfaces", {})
     if not isinstance(surfs, dict):
         raise _bad(path, "surfaces", "must be a table of [surfaces.<name>]")
+    _count(path, "surfaces", surfs)
     surfaces = [(n, _parse_surface(path, n, d)) for n, d in surfs.items()]
     surface_index = {n: i for i, (n, _) in enumerate(surfaces)}
 
@@ -281,13 +318,14 @@ def load_scene(path: str | Path) -> Scene:
     raw_objs = doc.get("objects", [])
     if not isinstance(raw_objs, list):
         raise _bad(path, "objects", "must be an array of [[objects]] tables")
+    _count(path, "objects", raw_objs)
     half_arr = np.array(half)
     for i, o in enumerate(raw_objs):
         key = f"objects[{i}]"
         if not isinstance(o, dict):
             raise _bad(path, key, "must be a table")
         shape = o.get("shape")
-        if shape not in SHAPES:
+        if not isinstance(shape, str) or shape not in SHAPES:
             raise _bad(path, f"{key}.shape", f"must be one of {', '.join(SHAPES)}, got {shape!r}")
         center = _vec3(path, f"{key}.center", o.get("center", [0.0, 0.0, 0.0]))
         if shape == "box":
@@ -329,7 +367,7 @@ def load_scene(path: str | Path) -> Scene:
     except ValueError as err:
         raise _bad(path, "settings.hitmask", str(err)) from None
 
-    return Scene(name=name, path=path, sha256=hashlib.sha256(raw).hexdigest(),
+    return Scene(name=name, path=path, sha256=sha256,
                  materials=materials, material_index=material_index, surfaces=surfaces,
                  surface_index=surface_index, container_half=half, container_material=cmat,
                  container_surface=csurf, objects=objects, source=source,
@@ -340,7 +378,7 @@ def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> S
     if not isinstance(s, dict):
         raise _bad(path, "source", "a [source] table is required")
     typ = s.get("type")
-    if typ not in SOURCE_TYPES:
+    if not isinstance(typ, str) or typ not in SOURCE_TYPES:
         raise _bad(path, "source.type", f"must be one of {', '.join(SOURCE_TYPES)}, got {typ!r}")
     pos = _vec3(path, "source.position", s.get("position", [0.0, 0.0, 0.0]))
     direction = None
@@ -358,10 +396,10 @@ def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> S
     wl = _num(path, "source.wavelength", s.get("wavelength", 420.0))
     if not WL_GRID[0] <= wl <= WL_GRID[-1]:
         raise _bad(path, "source.wavelength", f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
-    t = _num(path, "source.time", s.get("time", 0.0))
+    t = _num(path, "source.time", s.get("time", 0.0), bound=MAX_TIME_NS)
     photons = s.get("photons", 10000)
-    if isinstance(photons, bool) or not isinstance(photons, int) or photons < 0:
-        raise _bad(path, "source.photons", "must be a non-negative integer")
+    if isinstance(photons, bool) or not isinstance(photons, int) or not 0 <= photons <= MAX_PHOTONS:
+        raise _bad(path, "source.photons", f"must be an integer within 0..{MAX_PHOTONS}")
     pol = None
     if s.get("polarization") is not None:
         pol = _vec3(path, "source.polarization", s["polarization"])

@@ -1,0 +1,44 @@
+"""Input files named on the command line or in a config are regular files, checked so.
+
+A FIFO, a character device or a directory where a scene, a config, a gensteps file or an
+HDF5 source is expected used to block forever (a FIFO with no writer) or fail deep inside
+a library with a traceback. ``regular_file`` opens without blocking, checks the file type
+and hands back a normal binary file object; ``check_regular`` does the same for readers
+that open the path themselves (h5py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from engine.errors import BadInput
+
+
+def regular_file(path: Path | str) -> BinaryIO:
+    """Open ``path`` for reading; BadInput (exit 2) when it is missing or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise BadInput("no such file", path) from None
+    except IsADirectoryError:
+        raise BadInput("is a directory, expected a file", path) from None
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror}", path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise BadInput(f"is {kind}, expected a file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: Path | str) -> None:
+    """BadInput unless ``path`` is a regular file (for readers that open it themselves)."""
+    regular_file(path).close()

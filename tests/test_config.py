@@ -1,0 +1,77 @@
+"""skydeck.toml is checked where it is read: a wrong type, a value out of range, an unknown
+key or section, or a file that is not TOML is exit 2 with one line naming the file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.errors import BadInput
+from engine.workspace import ASSETS, Workspace, init_workspace
+from tests.conftest import run_engine
+
+
+def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
+    ws = init_workspace(tmp_path / "ws")
+    cfg = ws.root / "skydeck.toml"
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new))
+    return ws.root
+
+
+@pytest.mark.parametrize(("old", "new", "needle"), [
+    ("reserve_bytes = 1_000_000_000", 'reserve_bytes = "lots"', "disk.reserve_bytes must be an integer"),
+    ("reserve_bytes = 1_000_000_000", "reserve_bytes = -1", "disk.reserve_bytes = -1 is outside"),
+    ("max_jobs = 2", "max_jobs = 2.5", "pipeline.max_jobs must be an integer"),
+    ("max_jobs = 2", "max_jobs = 0", "pipeline.max_jobs = 0 is outside"),
+    ("quiet_s = 2.0", "quiet_s = nan", "watch.quiet_s = nan is outside"),
+    ("quiet_s = 2.0", 'quiet_s = "soon"', "watch.quiet_s must be a number"),
+    ("maxEvents = 125000", "maxEvents = true", "halfpipe.maxEvents must be an integer"),
+    ('polling = "auto"', 'polling = "sometimes"', "watch.polling must be auto, true or false"),
+    ('data_path      = "/data"', "data_path = 7", "build.data_path must be non-empty text"),
+    ('state_db        = "state.db"', "state_db = []", "paths.state_db must be non-empty text"),
+    ("[stage]", "[stage]\nsurprise = 1", "unknown key stage.surprise"),
+    ("[stage]", "[bogus]\n[stage]", "unknown section [bogus]"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:
+    """Issue 9 item 11: `reserve_bytes = "lots"` ended in a ValueError traceback."""
+    root = _ws_with(tmp_path, old, new)
+    res = run_engine("-w", root, "propagate", ASSETS / "scenes" / "tboolean-box.toml",
+                     "-o", tmp_path / "ev", "--photons", "10")
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and str(root / "skydeck.toml") in line and needle in line, line
+    with pytest.raises(BadInput):
+        Workspace.open(root)
+
+
+def test_the_default_config_and_documented_overrides_load(tmp_path: Path) -> None:
+    root = _ws_with(tmp_path, 'polling = "auto"', "polling = true\nverify_threads = 3")
+    cfg = root / "skydeck.toml"
+    cfg.write_text(cfg.read_text().replace("reserve_bytes = 1_000_000_000", "reserve_bytes = 0"))
+    ws = Workspace.open(root)
+    assert ws.reserve_bytes == 0 and ws.setting("watch", "polling") is True
+    assert ws.setting("watch", "verify_threads") == 3
+
+
+def test_not_utf8_and_too_deep_toml_are_one_line(tmp_path: Path) -> None:
+    root = init_workspace(tmp_path / "ws").root
+    cfg = root / "skydeck.toml"
+    cfg.write_bytes(b"[disk]\nreserve_bytes = 0 # \xff\xfe\n")
+    with pytest.raises(BadInput, match="not UTF-8"):
+        Workspace.open(root)
+    cfg.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BadInput, match="skydeck.toml"):
+        Workspace.open(root)
+
+
+def test_a_fifo_as_config_is_refused(tmp_path: Path) -> None:
+    """A FIFO at skydeck.toml blocked every command forever."""
+    root = init_workspace(tmp_path / "ws").root
+    (root / "skydeck.toml").unlink()
+    os.mkfifo(root / "skydeck.toml")
+    res = run_engine("-w", root, "downlinks", timeout=30)
+    assert res.returncode == 2 and "not a regular file" in res.stderr and "\n" not in res.stderr.strip()
