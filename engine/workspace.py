@@ -47,7 +47,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
     "watch": {"polling": ("polling",), "poll_interval_s": ("float", 0.01, DAY_S),
               "scan_interval_s": ("float", 0.01, DAY_S), "quiet_s": ("float", 0.0, DAY_S),
               "incomplete_timeout_s": ("float", 0.0, 365 * DAY_S),
-              "verify_threads": ("int", 1, 64)},
+              "verify_threads": ("int", 1, 64),
+              "pending_recheck_max_s": ("float", 0.01, DAY_S),
+              "error_backoff_s": ("float", 0.01, DAY_S),
+              "error_backoff_max_s": ("float", 0.01, DAY_S)},
     "stage": {"scan_workers": ("int", 0, 1024)},
 }
 POLLING = ("auto", "true", "false", "yes", "no", "1", "0")
