@@ -68,8 +68,10 @@ def md5_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def format_lines(entries: Iterable[tuple[str, str]]) -> bytes:
-    return "".join(f"{digest}  {name}\n" for name, digest in entries).encode()
+def format_lines(entries: Iterable[tuple[str, str]], manifest: Path | str = MANIFEST_NAME) -> bytes:
+    """md5sum lines for ``(name, digest)`` pairs; a name ``parse`` would refuse (a line break
+    in it, say, which would read back as another name) is refused here too (BadInput)."""
+    return "".join(f"{digest}  {safe_name(name, manifest)}\n" for name, digest in entries).encode()
 
 
 def write(directory: Path, names: Iterable[str], manifest: Path | None = None) -> Path:
