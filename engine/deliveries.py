@@ -336,8 +336,9 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
     atomic_write_bytes(where.with_name(where.name + ".reason"), json.dumps(
         {"delivery": cand.name, "kind": cand.kind, "reason": reason, "file": err.path,
          "moved": moved, "rejected_at": time.time()}, indent=1).encode() + b"\n")
-    if db is not None:
-        db.finish_delivery(cand.name, "REJECTED", str(where), reason)
+    if db is not None:  # the listing's one line: the problem, then the file it concerns
+        db.finish_delivery(cand.name, "REJECTED", str(where),
+                           f"{reason} ({err.path})" if err.path else reason)
         db.log_event("rejected", cand.stem if is_dlid(cand.stem) else None, delivery=cand.name,
                      reason=reason)
     return Outcome(cand.name, cand.kind, cand.stem if is_dlid(cand.stem) else None, "rejected",
@@ -567,16 +568,22 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
     cands = list(cands)
     if not cands:
         return []
-    accepted = {d.name: d.done for d in db.deliveries("ACCEPTED")}
     dls = {d.dlid: d for d in db.downlinks()}
+    accepted = {d.name: dls.get(d.dlid or "") for d in db.deliveries("ACCEPTED")}
     return [c for c in cands if (c.name not in accepted or _sent_again(c, accepted[c.name]))
             and not (c.stem in dls and _is_level0_of(c, dls[c.stem]))]
 
 
-def _sent_again(cand: Candidate, accepted_at: float | None) -> bool:
-    """An accepted fcopy package stays in incoming/fcopy; a manifest changed after it was
-    accepted is a new delivery of that name (sent again), not the accepted one."""
-    return cand.kind == "fcopy" and _mtime(cand.manifest) > (accepted_at or 0.0)
+def _sent_again(cand: Candidate, dl: Downlink | None) -> bool:
+    """An accepted fcopy package stays in incoming/fcopy; a manifest whose content changed
+    after the one that registered ``dl`` is a new delivery of that name (sent again).
+
+    Both times are the file system's (``dl.delivered`` is the accepted manifest's change
+    time), so a daemon host whose clock differs from the file server's cannot misjudge it;
+    and only the content time (mtime) counts, so a chmod, chown or a backup tool's xattrs on
+    the accepted manifest (which move ctime) never make it look new.
+    """
+    return cand.kind == "fcopy" and dl is not None and _modified(cand.manifest) > dl.delivered
 
 
 def _registered_here(db: StateDB, cand: Candidate) -> bool:
@@ -615,12 +622,15 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     operator to decide.
     """
     known = db.delivery(cand.name)
-    if known is not None and known.status == "ACCEPTED" and not _sent_again(cand, known.done):
-        return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
+    again = False
+    if known is not None and known.status == "ACCEPTED":
+        again = _sent_again(cand, db.downlink(known.dlid) if known.dlid else None)
+        if not again:
+            return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
     dlid = cand.stem if is_dlid(cand.stem) else None
     if _registered_here(db, cand):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
-    if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path), _mtime(cand.manifest)):
+    if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path), again=again):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
     if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):

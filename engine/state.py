@@ -347,17 +347,17 @@ class StateDB:
     # ------------------------------------------------------------ deliveries
 
     def claim_delivery(self, name: str, kind: str, dlid: str | None, path: str,
-                       arrived: float | None = None) -> bool:
+                       again: bool = False) -> bool:
         """Claim a delivery for verification; False if it is done or a live owner holds it.
 
-        An accepted name is claimed again only when ``arrived`` (its manifest's change
-        time) is after the acceptance: a new delivery under the same name (an fcopy package
-        sent again), which is then judged, never silently ignored."""
+        An accepted name is claimed again only with ``again``: the caller found a new
+        delivery under the same name (an fcopy package sent again), which is then judged,
+        never silently ignored."""
         me = Owner.me()
         with self.tx() as c:
             row = c.execute("SELECT * FROM deliveries WHERE name=?", (name,)).fetchone()
             if row is not None:
-                if row["status"] == "ACCEPTED" and (arrived is None or arrived <= (row["done"] or 0)):
+                if row["status"] == "ACCEPTED" and not again:
                     return False
                 # REJECTED: the bad one was moved away, so this is a new delivery of the name
                 same = (row["owner_pid"], row["owner_host"]) == (me.pid, me.host)

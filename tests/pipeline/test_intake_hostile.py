@@ -143,6 +143,20 @@ def test_fcopy_sent_again_under_the_same_name_is_judged(ws):
     assert (ws.incoming_level0 / DLID / manifest.MANIFEST_NAME).is_file()  # the registered one
 
 
+def test_accepted_fcopy_manifest_touched_later_is_not_sent_again(ws):
+    """A chmod (or a backup tool's xattrs) moves the accepted manifest's ctime after the
+    acceptance; that is the same delivery, never a duplicate of itself moved to rejected/
+    (judged by the manifest's content time against the file system's own record of it, not
+    the daemon's clock)."""
+    make_delivery(ws, DLID, as_="fcopy")
+    assert _only(_process(ws), "accepted").dlid == DLID
+    time.sleep(0.05)
+    os.chmod(ws.incoming_fcopy / f"{DLID}.md5", 0o600)
+    assert _process(ws) == []
+    assert (ws.incoming_fcopy / f"{DLID}.tar").is_file()
+    assert not list(ws.rejected.glob("*.reason"))
+
+
 def test_rejection_reason_starts_with_the_problem(ws):
     """The reason line (state db, console note) starts with the problem, not a full path."""
     make_delivery(ws, "251125001")
@@ -151,7 +165,9 @@ def test_rejection_reason_starts_with_the_problem(ws):
     assert rej.reason.startswith("invalid downlink id '251399001'"), rej.reason
     with StateDB(ws.state_db) as db:
         assert db.deliveries("REJECTED")[0].reason.startswith("invalid downlink id")
-        assert downlink_rows(ws, db)["level0:251399001"].note.startswith("invalid downlink id")
+        note = downlink_rows(ws, db)["level0:251399001"].note
+        assert note.startswith("invalid downlink id")
+        assert note.endswith(f"({ws.incoming_level0 / '251399001'})"), note  # then the file
 
 
 # ------------------------------------------------------------------ 6. links and special files
