@@ -90,7 +90,7 @@ class Outcome:
     name: str
     kind: str
     dlid: str | None
-    status: str          # accepted | rejected | pending | skipped
+    status: str          # accepted | rejected | pending | skipped | error (raised; the daemon retries)
     reason: str | None   # the problem, one line (starts with it: no path in front)
     path: str
     file: str | None = None  # the file the problem concerns (rejections)
@@ -366,8 +366,10 @@ def sweep_extracts(ws: Workspace) -> list[Path]:
             host, pid = m.group(1) or socket.gethostname(), int(m.group(2))
             mine = host == socket.gethostname() and pid == os.getpid()
             if mine or owner_dead(pid, host, None)[0]:
-                remove_path(Path(e.path))
-                removed.append(Path(e.path))
+                with contextlib.suppress(OSError):  # what cannot go stays, and is not reported
+                    remove_path(Path(e.path))
+                if not os.path.lexists(e.path):
+                    removed.append(Path(e.path))
     return removed
 
 

@@ -58,6 +58,9 @@ class LockInfo:
     age_s: float
     stale: bool
     reason: str
+    # Something at the lock path that no grace period will make reclaimable (not a regular
+    # file, cannot be examined): whoever wants the lock waits until an operator acts.
+    blocks: bool = False
 
     @property
     def owner(self) -> str:
@@ -183,20 +186,20 @@ def read(path: Path) -> LockInfo:
     kind = lock_kind(path.name)
     age = 0.0
 
-    def verdict(stale: bool, why: str) -> LockInfo:
+    def verdict(stale: bool, why: str, blocks: bool = False) -> LockInfo:
         return LockInfo(str(path), path.name, kind, None, None, None, None, None, None, age,
-                        stale, why)
+                        stale, why, blocks)
 
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         raise
     except OSError as err:  # e.g. a name too long, a lock directory we may not search
-        return verdict(False, f"cannot stat: {err.strerror or err}")
+        return verdict(False, f"cannot stat: {err.strerror or err}", blocks=True)
     age = now - st.st_mtime
     if not stat.S_ISREG(st.st_mode):
         return verdict(False, f"not a regular file ({_type_name(st.st_mode)}): no skydeck lock; "
-                              "an operator must remove it (unlock --force)")
+                              "an operator must remove it (unlock --force)", blocks=True)
     try:
         c = parse_content(_read_bytes(path))
     except FileNotFoundError:
@@ -215,12 +218,20 @@ def read(path: Path) -> LockInfo:
 
 
 def list_locks(lock_dir: Path) -> list[LockInfo]:
-    """Every entry of the lock directory with its verdict (hidden temp files aside)."""
-    out = []
+    """Every entry of the lock directory with its verdict (hidden temp files aside).
+
+    A lock directory that cannot be listed (a link loop, no permission, an I/O error) is one
+    blocking row naming it, never an exception: every lock in it is in doubt.
+    """
+    out: list[LockInfo] = []
     try:
         entries = sorted(e.name for e in os.scandir(lock_dir))
     except (FileNotFoundError, NotADirectoryError):
         return out
+    except OSError as err:
+        return [LockInfo(str(lock_dir), lock_dir.name, "other", None, None, None, None, None,
+                         None, 0.0, False, f"cannot list the lock directory: "
+                         f"{err.strerror or err}", True)]
     for name in entries:
         if name.startswith("."):
             continue

@@ -87,6 +87,7 @@ class WatchResult:
     succeeded: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     terminated: bool = False
+    errors: list[str] = field(default_factory=list)  # faults still open at exit: "what: error"
 
 
 def _one_line(err: BaseException) -> str:
@@ -331,15 +332,15 @@ class Daemon:
         infos = list_locks(self.ws.lock)
         self._stale_seen &= {i.name for i in infos}  # one that comes back is reported again
         for info in infos:
-            blocking = not info.stale and info.pid is None and "not a regular file" in info.reason
-            if (info.stale or blocking) and info.name not in self._stale_seen:
+            if (info.stale or info.blocks) and info.name not in self._stale_seen:
                 self._stale_seen.add(info.name)
                 self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
                          kind=info.kind, owner=info.owner, why=info.reason)
 
     @_contained_as("delivery scan")
     def reconcile(self) -> None:
-        self.report_stale_locks()
+        with self._contained("lock report"):  # a lock problem never stops intake
+            self.report_stale_locks()
         for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
             self._handle(cand)
 
@@ -403,23 +404,9 @@ class Daemon:
         Each runner is stepped in its own containment: an exception (a full disk failing a
         state write) backs that stream off and leaves its job exits queued for a retry.
         """
-        by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
-        news: set[int] = set()
         with self._contained("job poll"):
             self._exits.extend(self.launcher.poll())
-        unrecorded: list[JobResult] = []
-        for res in self._exits:
-            r = by_pi.get(res.pi_id)
-            if r is None:
-                continue
-            key = f"stream:{r.dlid}"
-            if not self._backing_off(key):
-                with self._contained(key, dlid=r.dlid, stream=r.stream.id):
-                    r.on_exit(res)
-                news.add(r.stream.id)
-            if res.pi_id in r.running:
-                unrecorded.append(res)
-        self._exits = unrecorded
+        news = self._record_exits()
         now = time.monotonic()
         for sid, r in list(self.runners.items()):
             key = f"stream:{r.dlid}"
@@ -434,13 +421,37 @@ class Daemon:
                 del self.runners[sid]
                 self._stepped.pop(sid, None)
 
+    def _record_exits(self, backing_off_too: bool = False) -> set[int]:
+        """Hand queued job exits to their runners; an exit whose recording failed (a full
+        disk) stays queued for the next round. Returns the ids of streams that got one."""
+        by_pi = {pi_id: r for r in self.runners.values() for pi_id in r.running}
+        news: set[int] = set()
+        unrecorded: list[JobResult] = []
+        for res in self._exits:
+            r = by_pi.get(res.pi_id)
+            if r is None:
+                continue
+            key = f"stream:{r.dlid}"
+            if backing_off_too or not self._backing_off(key):
+                with self._contained(key, dlid=r.dlid, stream=r.stream.id):
+                    r.on_exit(res)
+                news.add(r.stream.id)
+            if res.pi_id in r.running:
+                unrecorded.append(res)
+        self._exits = unrecorded
+        return news
+
     def shutdown(self) -> None:
         self.verifier.shutdown(wait=True)  # claims are given back or settled, never left held
         self.collect_verified(wait=True)
-        ids = self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else []
+        # jobs that ended but whose exit is not recorded yet: once more, so a job that
+        # succeeded is not left RUNNING (and run again by the next owner)
+        self._record_exits(backing_off_too=True)
+        ids = set(self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else [])
+        ids |= {res.pi_id for res in self._exits}  # ended, still unrecorded: resumable
         for r in self.runners.values():
-            with self._contained(f"stream:{r.dlid}", dlid=r.dlid):
-                r.terminate([i for i in ids if i in r.running])
+            with self._contained(f"stream:{r.dlid} release", dlid=r.dlid):
+                r.terminate([i for i in r.running if i in ids])
                 self.db.release_stream(r.stream.id, "TERMINATED", "daemon stopped; resumes on restart")
         self.runners.clear()
         for name in list(self.pending):
@@ -456,8 +467,9 @@ class Daemon:
             self.start_observer()
         else:
             self._ev("once", pid=os.getpid())
-        for p in deliveries.sweep_extracts(self.ws):  # before any extraction of ours starts
-            self._ev("swept", path=str(p), why="partial extraction left by a killed process")
+        with self._contained("extract sweep"):  # before any extraction of ours starts
+            for p in deliveries.sweep_extracts(self.ws):
+                self._ev("swept", path=str(p), why="partial extraction left by a killed process")
         self.reconcile()
         last_scan = last_pending = last_pickup = 0.0
         idle_rounds = 0
@@ -486,6 +498,8 @@ class Daemon:
                     self._fault("daemon loop", err)
                     time.sleep(min(1.0, self.backoff_s))
                     continue
+                if "daemon loop" in self._faults:
+                    self._recovered("daemon loop")
                 if self.once:
                     if self._events == before and not busy:
                         idle_rounds += 1
@@ -507,11 +521,12 @@ class Daemon:
             self.shutdown()
         else:
             for r in self.runners.values():  # --once: held streams (halt flags) stay resumable
-                with self._contained(f"stream:{r.dlid}", dlid=r.dlid):
+                with self._contained(f"stream:{r.dlid} release", dlid=r.dlid):
                     self.db.release_stream(r.stream.id, "WAITING", r.note or "held")
             self.runners.clear()
             self.verifier.shutdown(wait=True)
             self.stop_observer()
+        self.result.errors = [f"{key}: {f.message}" for key, f in self._faults.items()]
         return self.result
 
     def close(self) -> None:

@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'LOCK':22s} {'KIND':10s} {'OWNER':22s} {'PROCESS':14s} {'AGE':>8s} VERDICT")
     for i in infos:
-        # no owner and not stale: something blocks the lock (see the reason), nobody holds it
-        verdict = ("STALE: " if i.stale else "held: " if i.pid is not None else "blocks: ") + i.reason
+        # blocks: no grace period will free it (operator); in doubt: malformed, still in grace
+        verdict = ("STALE: " if i.stale else "blocks: " if i.blocks else
+                   "held: " if i.pid is not None else "in doubt: ") + i.reason
         print(f"{i.name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
               f"{i.age_s:7.0f}s {verdict}")
     return 0

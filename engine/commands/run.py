@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                             for c in cands]
                 for o in outcomes:
                     if o.status == "rejected":
-                        raise BadInput(f"delivery rejected: {o.reason}", o.path)
+                        raise BadInput(f"delivery rejected: {o.reason} (kept in {o.path})", o.file or o.path)
                 if db.downlink(dlid) is None:
                     raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
                                    "it is in incoming/", ws.incoming_level0)

@@ -30,8 +30,12 @@ def run(args: argparse.Namespace) -> int:
     res = run_daemon(ws, polling=args.polling, once=args.once)
     for o in res.rejected:
         print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)
+    for e in res.errors:  # contained faults (a delivery or stream that raised) still open
+        print(f"skydeck-engine: {ws.root}: {e}", file=sys.stderr)
     if res.terminated:
         return 0
+    if res.errors and args.once:
+        return EXIT_FAILED
     if res.failed:
         print(f"skydeck-engine: streams failed: {' '.join(res.failed)}", file=sys.stderr)
         return EXIT_FAILED

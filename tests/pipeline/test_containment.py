@@ -176,3 +176,31 @@ def test_exception_stepping_one_stream_affects_that_stream_only(ws, tmp_path):
                           for e in errors)
     assert len(errors) == 1                                # the same error is not repeated
     assert any(e["event"] == "recovered" and e["dlid"] == "251125058" for e in ev)
+
+
+def test_watch_once_with_a_stream_still_failing_exits_1_naming_it(ws, capsys):
+    """`watch --once` used to exit 0 when a contained fault was still open at its end, so a
+    script read success; it now names each open fault on stderr and exits 1."""
+    ws = quick(ws)
+    (ws.logs / "251125060").parent.mkdir(parents=True, exist_ok=True)
+    (ws.logs / "251125060").write_text("not a directory")
+    make_delivery(ws, "251125060", **FAST)
+    rc, _, err = cli(ws, "watch", "--once", capsys=capsys)
+    assert rc == 1, err
+    line = next(ln for ln in err.splitlines() if "stream:251125060" in ln)
+    assert "FileExistsError" in line
+
+
+def test_lock_directory_that_cannot_be_listed_never_stops_intake(ws, capsys):
+    """A lock directory that cannot be listed (here a link loop) was an OSError out of
+    list_locks: a traceback in `locks` and, in the daemon, every reconciliation aborted before
+    it reached a delivery. Now it is one blocking row, and deliveries still register."""
+    shutil.rmtree(ws.lock)
+    os.symlink(ws.lock, ws.lock)                          # ELOOP on every access
+    rc, out, _ = cli(ws, "locks", capsys=capsys)
+    assert rc == 0 and "cannot list the lock directory" in out and "blocks:" in out
+    make_delivery(ws, "251125061", **FAST)
+    rc, out, _ = cli(ws, "downlinks", capsys=capsys)
+    rc, _, err = cli(ws, "watch", "--once", capsys=capsys)
+    with StateDB(ws.state_db) as db:
+        assert db.downlink("251125061") is not None, err

@@ -224,3 +224,14 @@ def test_read_any_lock_file_gives_a_verdict(tmp_path_factory, data):
     info = locks.read(p)
     assert isinstance(info, locks.LockInfo) and info.reason and "\n" not in info.reason
     json.dumps(info.to_json())                     # the console and --json can show it
+
+
+def test_only_what_no_grace_period_frees_blocks(ws):
+    """`blocks` is the verdict's own field (the daemon reports it, `locks` labels it), not a
+    match on the reason's wording: a directory blocks; a malformed lock in its grace period
+    is merely in doubt, and becomes stale."""
+    (ws.lock / "halfpipe-251125070").mkdir()
+    (ws.lock / "halfpipe-251125071").write_bytes(b"{")
+    rows = {i.name: i for i in locks.list_locks(ws.lock)}
+    assert rows["halfpipe-251125070"].blocks and not rows["halfpipe-251125070"].stale
+    assert not rows["halfpipe-251125071"].blocks
