@@ -99,6 +99,13 @@ class Outcome:
         return asdict(self)
 
 
+def text(name: str | os.PathLike[str]) -> str:
+    """A file name as text the state db, a reason file and a terminal can hold: a name that
+    is not valid UTF-8 (its bytes are surrogate escapes in Python) shows them as ``\\xff``.
+    Only for showing and recording; the file itself is always reached by its real name."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def fcopy_candidate(ws: Workspace, name: str) -> Candidate | None:
     """The fcopy delivery an entry of ``incoming/fcopy`` named ``name`` belongs to, once its
     ``.md5`` is there. The stem is the name minus ``.md5``/``.tar``, exactly (never stripped);
@@ -109,7 +116,7 @@ def fcopy_candidate(ws: Workspace, name: str) -> Candidate | None:
     m = ws.incoming_fcopy / f"{stem}.md5"
     if _lmode(m) in (None, stat.S_IFDIR):
         return None
-    return Candidate(f"fcopy:{stem}", "fcopy", stem, ws.incoming_fcopy / f"{stem}.tar", m)
+    return Candidate(f"fcopy:{text(stem)}", "fcopy", stem, ws.incoming_fcopy / f"{stem}.tar", m)
 
 
 def level0_candidate(ws: Workspace, name: str) -> Candidate | None:
@@ -122,10 +129,10 @@ def level0_candidate(ws: Workspace, name: str) -> Candidate | None:
     m = d / manifest.MANIFEST_NAME
     mode = _lmode(d)
     if mode == stat.S_IFLNK:
-        return Candidate(f"level0:{name}", "level0", name, d, m)
+        return Candidate(f"level0:{text(name)}", "level0", name, d, m)
     if mode != stat.S_IFDIR or _lmode(m) is None:
         return None
-    return Candidate(f"level0:{name}", "level0", name, d, m)
+    return Candidate(f"level0:{text(name)}", "level0", name, d, m)
 
 
 def _lmode(p: Path) -> int | None:
@@ -337,8 +344,8 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
         {"delivery": cand.name, "kind": cand.kind, "reason": reason, "file": err.path,
          "moved": moved, "rejected_at": time.time()}, indent=1).encode() + b"\n")
     if db is not None:  # the listing's one line: the problem, then the file it concerns
-        db.finish_delivery(cand.name, "REJECTED", str(where),
-                           f"{reason} ({err.path})" if err.path else reason)
+        db.finish_delivery(cand.name, "REJECTED", text(where),
+                           f"{reason} ({text(err.path)})" if err.path else reason)
         db.log_event("rejected", cand.stem if is_dlid(cand.stem) else None, delivery=cand.name,
                      reason=reason)
     return Outcome(cand.name, cand.kind, cand.stem if is_dlid(cand.stem) else None, "rejected",
@@ -558,9 +565,22 @@ def _is_level0_of(cand: Candidate, dl: Downlink) -> bool:
     if cand.kind != "level0" or _lmode(cand.path) != stat.S_IFDIR:
         return False
     try:
-        return os.path.samefile(dl.level0, cand.path)
+        same_dir = os.path.samefile(dl.level0, cand.path)
     except OSError:
         return False
+    # the same path holding another manifest (the directory replaced, or its manifest
+    # rewritten) is a second delivery of the id: judged, never silently taken for this one
+    return same_dir and (dl.manifest_id is None or manifest_id(cand.manifest) == dl.manifest_id)
+
+
+def manifest_id(mpath: Path) -> str | None:
+    """A manifest's identity as a file (device, inode, size, content time): a chmod or a
+    backup tool's xattrs leave it, a rewrite or a new directory changes it."""
+    try:
+        st = os.lstat(mpath)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
@@ -577,15 +597,21 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
 
 
 def _sent_again(cand: Candidate, dl: Downlink | None) -> bool:
-    """An accepted fcopy package stays in incoming/fcopy; a manifest whose content changed
-    after the one that registered ``dl`` is a new delivery of that name (sent again).
+    """Whether an accepted delivery's name now holds a new delivery (sent again). A level-0
+    directory: when it is no longer the registered one (``_is_level0_of``). An fcopy package
+    stays in incoming/fcopy; a manifest whose content changed after the one that registered
+    ``dl`` is a new delivery of that name.
 
     Both times are the file system's (``dl.delivered`` is the accepted manifest's change
     time), so a daemon host whose clock differs from the file server's cannot misjudge it;
     and only the content time (mtime) counts, so a chmod, chown or a backup tool's xattrs on
     the accepted manifest (which move ctime) never make it look new.
     """
-    return cand.kind == "fcopy" and dl is not None and _modified(cand.manifest) > dl.delivered
+    if dl is None:
+        return False
+    if cand.kind == "level0":
+        return not _is_level0_of(cand, dl)
+    return _modified(cand.manifest) > dl.delivered
 
 
 def _registered_here(db: StateDB, cand: Candidate) -> bool:
@@ -632,7 +658,7 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     dlid = cand.stem if is_dlid(cand.stem) else None
     if _registered_here(db, cand):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
-    if not db.claim_delivery(cand.name, cand.kind, dlid, str(cand.path), again=again):
+    if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=again):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
     if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
@@ -658,7 +684,8 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         scene = _check_scene(level0)
         dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
                       gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
-                      delivered=_mtime(cand.manifest), registered=time.time())
+                      delivered=_mtime(cand.manifest), registered=time.time(),
+                      manifest_id=manifest_id(level0 / manifest.MANIFEST_NAME))
         first = db.register_downlink(dl)
         db.finish_delivery(cand.name, "ACCEPTED", str(level0))
         if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
@@ -691,13 +718,16 @@ def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
             if why.path is None:
                 why.path = str(cand.path)
             return reject(ws, db, cand, why)
+        if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
+            db.release_delivery(cand.name)  # taken away whole while checked: nothing to judge
+            return Outcome(cand.name, cand.kind, dlid, "skipped", "gone", str(cand.path))
         age = time.time() - _modified(cand.manifest)
         if age > incomplete_timeout_s:
             return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
     except OSError as err:  # it could not even be moved to rejected/: it stays, and says so
         what = why.message if isinstance(why, BadInput) else str(why)
         why = Pending(f"{what}; could not be moved to {ws.rejected}: {err.strerror or err}")
-    db.release_delivery(cand.name, pending=str(why))
+    db.release_delivery(cand.name, pending=text(str(why)))
     return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
 
 

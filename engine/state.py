@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS downlinks (
     gensteps    INTEGER NOT NULL DEFAULT 0,
     scene       TEXT,
     delivered   REAL NOT NULL,           -- delivery complete (manifest seen and verified)
-    registered  REAL NOT NULL
+    registered  REAL NOT NULL,
+    manifest_id TEXT                     -- its MANIFEST.md5 as registered (dev:ino:size:mtime_ns)
 );
 CREATE TABLE IF NOT EXISTS streams (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -193,6 +194,9 @@ class Downlink:
     scene: str | None
     delivered: float
     registered: float
+    # identity of the level-0 MANIFEST.md5 that was registered: a directory at the same path
+    # with another manifest is a second delivery of the id, not this one (None: not recorded)
+    manifest_id: str | None = None
 
 
 @dataclass
@@ -311,6 +315,15 @@ class StateDB:
     def _migrate(self) -> None:
         # Every statement is idempotent (IF NOT EXISTS / OR IGNORE): concurrent openers are safe.
         self.conn.executescript(_SCHEMA)
+        # columns added since a database was created (CREATE TABLE IF NOT EXISTS keeps the old
+        # shape); a concurrent opener may add it first
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(downlinks)")}
+        if "manifest_id" not in cols:
+            try:
+                self.conn.execute("ALTER TABLE downlinks ADD COLUMN manifest_id TEXT")
+            except sqlite3.OperationalError as err:
+                if "duplicate column" not in str(err):
+                    raise
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     @contextmanager
@@ -409,9 +422,9 @@ class StateDB:
         with self.tx() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                "delivered, registered) VALUES (?,?,?,?,?,?,?,?)",
+                "delivered, registered, manifest_id) VALUES (?,?,?,?,?,?,?,?,?)",
                 (dl.dlid, dl.kind, dl.level0, dl.chunks, int(dl.gensteps), dl.scene,
-                 dl.delivered, dl.registered))
+                 dl.delivered, dl.registered, dl.manifest_id))
             if cur.rowcount:
                 self.log_event("registered", dl.dlid, form=dl.kind,
                                latency_s=round(dl.registered - dl.delivered, 4))

@@ -46,7 +46,9 @@ def _assert_rejected(ws, outcomes, name_part: str, why: str) -> dict:
     moved = [Path(m) for m in data["moved"]]
     assert moved and all(m.exists() and m.parent == ws.rejected for m in moved)
     with StateDB(ws.state_db) as db:
-        assert db.deliveries("REJECTED")[0].reason == rej[0].reason
+        # the listing's line: the problem, then the file it concerns
+        want = f"{rej[0].reason} ({rej[0].file})" if rej[0].file else rej[0].reason
+        assert db.deliveries("REJECTED")[0].reason == want
         assert not db.downlinks()
     return data
 

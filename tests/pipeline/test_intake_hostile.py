@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -111,6 +112,55 @@ def test_second_delivery_of_a_registered_id_is_kept_and_listed(ws):
         rows = downlink_rows(ws, db)
     assert rows[DLID].state != "rejected"  # the registered downlink keeps its row
     assert rows[f"fcopy:{DLID}"].state == "rejected" and rows[f"fcopy:{DLID}"].note.startswith(why)
+
+
+@pytest.mark.parametrize("first", ["level0", "fcopy"])
+def test_level0_directory_sent_again_under_a_registered_id_is_judged(ws, first):
+    """A registered id's level-0 directory replaced by a new one (the operator removed it,
+    the sender delivered again) was silently skipped as the accepted delivery: the new data
+    sat in incoming for ever. It is a second delivery: rejected with its reason and kept."""
+    make_delivery(ws, DLID, as_=first)
+    assert _only(_process(ws), "accepted").dlid == DLID
+    assert _process(ws) == []                          # the registered directory itself
+    shutil.rmtree(ws.incoming_level0 / DLID)
+    make_delivery(ws, DLID, seed=9)
+    rej = _only(_process(ws), "rejected")
+    assert rej.name == f"level0:{DLID}" and rej.reason.startswith(
+        f"downlink {DLID} is already registered (from {first}:{DLID} at ")
+    assert (ws.rejected / DLID / manifest.MANIFEST_NAME).is_file()   # kept for the operator
+    with StateDB(ws.state_db) as db:
+        assert db.downlink(DLID).chunks == 2               # the registered one unchanged
+
+
+def test_delivery_name_not_utf8_is_rejected_and_listed(ws):
+    """A directory whose name is not valid UTF-8 raised UnicodeEncodeError writing the state
+    db: never rejected, never listed, `watch --once` exit 0. Now it is rejected like any bad
+    name, its bytes shown escaped."""
+    bad = os.fsdecode(b"26120\xff013")
+    make_delivery(ws, DLID)
+    os.rename(ws.incoming_level0 / DLID, ws.incoming_level0 / bad)
+    rej = _only(_process(ws), "rejected")
+    assert rej.name == "level0:26120\\xff013" and rej.reason.startswith("invalid downlink id")
+    assert os.path.isdir(ws.rejected / bad)
+    with StateDB(ws.state_db) as db:
+        [row] = db.deliveries("REJECTED")
+        assert "\\xff" in row.path and row.reason.startswith("invalid downlink id")
+
+
+def test_delivery_taken_away_whole_while_checked_is_not_rejected(ws):
+    """A level-0 directory moved away during its check was rejected as "incomplete for
+    1796150503 s" (the epoch: its manifest's time read as 0) with nothing moved. A delivery
+    that is gone is nothing to judge; it is judged when it comes back."""
+    d = make_delivery(ws, DLID)
+    away = ws.root / "away"
+    with StateDB(ws.state_db) as db:
+        [cand] = deliveries.scan(ws)
+        os.rename(d, away)
+        out = deliveries._settle(ws, db, cand, DLID, deliveries.Pending("x vanished"), 3600.0)
+        assert (out.status, out.reason) == ("skipped", "gone")
+        assert db.deliveries("REJECTED") == []
+    os.rename(away, d)
+    assert _only(_process(ws), "accepted").dlid == DLID
 
 
 def test_extracted_level0_dir_of_an_fcopy_package_is_the_same_delivery(ws):
