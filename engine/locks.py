@@ -89,6 +89,7 @@ def stream_lock_name(dlid: str) -> str:
 # Bounds on what a lock file may hold. A lock is one short JSON object; anything else is
 # malformed (and, once older than the grace period, reclaimable), never an exception.
 MAX_LOCK_BYTES = 64 * 1024
+_TIME_MAX = 2.0**34  # seconds since 1970: beyond the year 2500, no lock was created then
 _TEXT_MAX = 256
 
 
@@ -144,8 +145,11 @@ def parse_content(data: bytes) -> LockContent:
     start = 0.0 if raw_start is None else _finite(raw_start)
     if start is None or start < 0:
         raise BadInput("start is not a finite time >= 0")
+    created = _finite(obj.get("created"))
+    if created is not None and not 0 <= created < _TIME_MAX:  # shown as an age: a real time
+        created = None
     return LockContent(pid, host, start, _label(obj.get("stream")), _label(obj.get("process")),
-                       _finite(obj.get("created")))
+                       created)
 
 
 _FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),

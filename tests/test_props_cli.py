@@ -191,7 +191,7 @@ def test_counts_accept_the_usual_spellings() -> None:
     assert parse_int("--photons", "1e6", 0, 2**40) == 1_000_000
     assert parse_int("--photons", "1_000_000", 0, 2**40) == 1_000_000
     assert parse_int("--reserve", str(INT64_MAX), 0, INT64_MAX) == INT64_MAX
-    for bad in ("inf", "nan", "1e400", "1.5", "", "0x10", "--1"):
+    for bad in ("inf", "nan", "1e400", "1.5", "", "0x10", "--1", "٣", "１０"):  # ASCII only
         assert isinstance(total(parse_int, "--photons", bad, 0, 2**40), BadInput), bad
 
 

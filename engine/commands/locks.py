@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         # blocks: no grace period will free it (operator); in doubt: malformed, still in grace
         verdict = ("STALE: " if i.stale else "blocks: " if i.blocks else
                    "held: " if i.pid is not None else "in doubt: ") + i.reason
-        print(f"{i.name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
+        name = i.name if i.name.isprintable() else ascii(i.name)  # one row per lock, always
+        print(f"{name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
               f"{i.age_s:7.0f}s {verdict}")
     return 0

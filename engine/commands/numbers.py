@@ -18,7 +18,7 @@ from engine.errors import BadInput
 
 INT64_MAX = 2**63 - 1
 # digits, optionally a fraction and an exponent: "1000000", "1e6", "1_000_000", "2.5e3"
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # not "٣"
 _MAX_TEXT = 64  # characters: longer is no count a person means
 
 
@@ -34,7 +34,7 @@ def _text(option: str, text: object) -> str:
 def parse_int(option: str, text: object, lo: int, hi: int) -> int:
     """An integer within ``lo..hi``; ``1e6`` and ``1_000_000`` are accepted when whole."""
     t = _text(option, text)
-    if re.fullmatch(r"[+-]?\d+", t):
+    if re.fullmatch(r"[+-]?\d+", t, re.ASCII):
         v = int(t)
     else:
         exp = t.lower().partition("e")[2]

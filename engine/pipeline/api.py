@@ -105,6 +105,10 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
             except KeyError:
                 raise BadInput(f"task {task.name} has no process {name!r} "
                                f"(processes: {', '.join(p.name for p in task.processes)})") from None
+            if key and not any(pi.process == name and pi.key == key for pi in latest):
+                keys = sorted({pi.key for pi in latest if pi.process == name and pi.key})
+                raise BadInput(f"stream {dlid} has no instance {name}:{key[:40]!r} (keys of {name}: "
+                               f"{', '.join(keys[:20]) or 'none'})")
             chosen.append((name, key or None))
         if not chosen:
             chosen = [(pi.process, pi.key) for pi in latest
@@ -120,7 +124,7 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
             direct = any(pi.process == n and (k is None or pi.key == k) for n, k in chosen)
             if direct or (pi.process in down and pi.process not in names):
                 retire.append(pi)
-        if not retire and not any(k for _, k in chosen):
+        if not retire:
             raise BadInput(f"nothing to roll back in stream {dlid} for {', '.join(sorted(names))}")
         result = RollbackResult(dlid, [f"{pi.label} e{pi.execution}" for pi in retire],
                                 [pi.id for pi in retire])

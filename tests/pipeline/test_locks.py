@@ -235,3 +235,15 @@ def test_only_what_no_grace_period_frees_blocks(ws):
     rows = {i.name: i for i in locks.list_locks(ws.lock)}
     assert rows["halfpipe-251125070"].blocks and not rows["halfpipe-251125070"].stale
     assert not rows["halfpipe-251125071"].blocks
+
+
+def test_lock_created_out_of_range_is_dropped_and_odd_names_keep_one_row(ws, capsys):
+    """`created: -1e308` printed a 300-digit age; a lock name holding a line break broke the
+    table into two rows."""
+    host = socket.gethostname()
+    _write(ws.lock / "halfpipe-251125072", pid=1, host=host, created=-1e308)
+    _write(ws.lock / "odd\nname", pid=1, host=host, created=1e300)
+    rows = {i.name: i for i in locks.list_locks(ws.lock)}
+    assert all(r.created is None and r.age_s < 1e6 for r in rows.values())
+    rc, out, _ = cli(ws, "locks", capsys=capsys)
+    assert rc == 0 and len(out.splitlines()) == 3 and "'odd\\nname'" in out, out

@@ -129,6 +129,13 @@ command = ["true"]
     assert "flaky" in out and "after" in out
     rc, _, err = cli(ws, "rollback", "251125001", "nosuch", capsys=capsys)
     assert rc == 2 and "no process 'nosuch'" in err
+    # a key no instance has was exit 0, retiring everything downstream and nothing named
+    cli(ws, "run", "251125001", capsys=capsys)
+    before = _views(ws, capsys)[0]["instances"]
+    for bad in ("flaky:00009", "flaky:../../x"):
+        rc, _, err = cli(ws, "rollback", "251125001", bad, capsys=capsys)
+        assert rc == 2 and "has no instance flaky:" in err and err.count("\n") == 1, err
+    assert _views(ws, capsys)[0]["instances"] == before        # nothing retired
 
 
 def _step_until(runner: StreamRunner, launcher: LocalLauncher, cond, timeout=30.0):
