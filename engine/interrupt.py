@@ -123,5 +123,10 @@ def abort_job(comm: Any, err: BaseException) -> NoReturn:
     else:
         code = err.exit_code if isinstance(err, SkydeckError) else EXIT_FAILED
     print(f"skydeck-engine: {reason(err)}", file=sys.stderr, flush=True)
+    # MPICH prints its own "Abort(143) on node 0 ... MPI_Abort" banner on this rank's
+    # stderr; the line above already said why, so the job's stderr stays one line
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
     comm.Abort(code)
     raise SystemExit(code)  # not reached: Abort ends this process too
