@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         interrupt.stop_children()
         what = "terminated" if isinstance(err, interrupt.Terminated) else "interrupted"
-        print(f"{PROG}: {what}", file=sys.stderr)
+        if interrupt.speaks_for_the_job():
+            print(f"{PROG}: {what}", file=sys.stderr)
         return interrupt.exit_code(err)
     except BrokenPipeError:
         return EXIT_USAGE

@@ -93,6 +93,16 @@ def restore(old: Handlers) -> None:
             signal.signal(s, h)
 
 
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # MPICH/Hydra, Open MPI, PMIx
+
+
+def speaks_for_the_job() -> bool:
+    """Whether this process prints the job's one line on an interrupt: a plain process, or
+    rank 0 of an MPI job (mpiexec forwards SIGTERM to every rank; one line, not one per rank).
+    """
+    return all(os.environ.get(k, "0").strip() in ("", "0") for k in _RANK_VARS)
+
+
 def exit_code(err: BaseException) -> int:
     """130 for an interrupt (Ctrl-C), 143 for SIGTERM."""
     return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
