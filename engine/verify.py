@@ -53,8 +53,9 @@ def verify_built(path: Path, max_problems: int = 20) -> VerifyReport:
         for name, g in out["sources"].items():
             rep.sources.append(name)
             src_path = Path(str(g.attrs["path"]))
-            with open_h5(src_path) as src:
-                _verify_source(rep, name, g, src, ts, tpath, dpath, max_problems)
+            with open_h5(src_path) as src:  # per source where the paths had placeholders
+                _verify_source(rep, name, g, src, ts, str(g.attrs.get("timestamp_path", tpath)),
+                               str(g.attrs.get("data_path", dpath)), max_problems)
     return rep
 
 
