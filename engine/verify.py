@@ -63,6 +63,10 @@ def _verify_source(rep: VerifyReport, name: str, g: h5py.Group, src: h5py.File, 
                    tpath: str, dpath: str, max_problems: int) -> None:
     rows = g["row"][()]
     data = g["data"]
+    for dspath in (tpath, dpath):  # the source may have changed since the build
+        if not isinstance(src.get(dspath), h5py.Dataset):
+            raise BadInput(f"source {name} has no dataset {dspath} (changed since the build?)",
+                           src.filename)
     sdata, sts = src[dpath], src[tpath][()]
     scheme = sdata.attrs.get("payload_scheme")
     salt = int(sdata.attrs.get("payload_salt", 0))

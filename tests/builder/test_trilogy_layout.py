@@ -112,6 +112,19 @@ def test_small_data_at_the_root_reads_only_the_fields_named(trilogy: Path, tmp_p
     assert "bigdata1 has shape" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_verify_names_a_source_that_lost_its_dataset(trilogy: Path, tmp_path: Path) -> None:
+    for name in FILES[:2]:
+        (tmp_path / name).write_bytes((trilogy / name).read_bytes())
+    out = tmp_path / "out.h5"
+    run_engine("build", *FILES[:2], *SEED_ARGS, "-o", out, cwd=tmp_path, check=True)
+    with h5py.File(tmp_path / "file2.h5", "a") as f:
+        f.move("bigdata2", "moved")
+    res = run_engine("verify", out)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "file2.h5" in lines[0] and "no dataset bigdata2" in lines[0]
+
+
 def test_int32_timestamps_from_zero_are_accepted(trilogy: Path) -> None:
     info, ts = describe(trilogy / "file1.h5", "timestamp{n}", "bigdata{n}", "/")
     assert ts[0] == 0 and ts.dtype == np.uint64 and info.n == len(ts)
