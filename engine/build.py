@@ -26,6 +26,7 @@ import resource
 import signal
 import threading
 import time
+from collections import ChainMap
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,14 @@ from engine import __version__
 from engine.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.diskspace import check_space
 from engine.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
-from engine.h5source import SourceInfo, check_memory, describe, open_h5, read_smalldata
+from engine.h5source import (
+    SmallData,
+    SourceInfo,
+    check_memory,
+    describe,
+    open_h5,
+    parse_path_template,
+)
 from engine.ids import NS
 from engine.inputs import check_regular
 from engine.interrupt import abort_job, probe, reason
@@ -166,11 +174,15 @@ def plan_build(opt: BuildOptions) -> Plan:
 
 
 def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
+    parse_path_template(opt.timestamp_path, "--timestamp-path")  # before any file is opened
+    parse_path_template(opt.data_path, "--data-path")
+    text = (opt.select or "").strip()
+    selection = Selection(text) if text and opt.index_in is None else None
     infos, stamps = [], []
     for f in files:
         info, ts = describe(f, opt.timestamp_path, opt.data_path, opt.smalldata_path)
         if np.dtype(info.dtype).kind not in "iufcb":
-            raise BadInput(f"{opt.data_path} has dtype {info.dtype}; fixed-size numbers expected", f)
+            raise BadInput(f"{info.data_path} has dtype {info.dtype}; fixed-size numbers expected", f)
         infos.append(info)
         stamps.append(ts)
     widest = max(infos, key=lambda i: i.row_bytes)
@@ -184,16 +196,17 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
         if opt.principal not in names:
             raise BadInput(f"--principal {opt.principal!r} is not among the sources {names}")
         p = names.index(opt.principal)
-    else:
-        with_small = [k for k, i in enumerate(infos) if i.smalldata]
+    else:  # the first source with small data, the first with every field selected if any
+        named = selection.names - {"timestamp"} if selection else set()
+        with_small = ([k for k, i in enumerate(infos) if i.smalldata and named <= set(i.smalldata)]
+                      or [k for k, i in enumerate(infos) if i.smalldata])
         p = with_small[0] if with_small else 0
     order = [p] + [k for k in range(len(infos)) if k != p]
     infos = [infos[k] for k in order]
     stamps = [stamps[k] for k in order]
     principal, pts = infos[0], stamps[0]
 
-    small = read_smalldata(principal, opt.smalldata_path) if principal.smalldata else {}
-    text = (opt.select or "").strip()
+    small = SmallData(principal, opt.smalldata_path)  # reads only the fields looked up
     if opt.index_in is not None:
         table = MatchTable.load(opt.index_in)
         table.check_inputs([i.path for i in infos], [i.n for i in infos], opt.index_in)
@@ -201,10 +214,9 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
         table.sources, table.paths = [i.name for i in infos], [i.path for i in infos]
     else:
         mask = np.ones(principal.n, dtype=bool)
-        if text:
-            fields = dict(small)
-            fields.setdefault("timestamp", pts)
-            mask &= Selection(text).evaluate(fields, principal.n, principal.path)
+        if selection is not None:
+            fields = ChainMap(small, {"timestamp": pts})  # a field named timestamp wins
+            mask &= selection.evaluate(fields, principal.n, principal.path)
         if opt.retdef is not None:
             rd = parse_retdef(opt.retdef)
             win = np.zeros(principal.n, dtype=bool)
@@ -258,6 +270,8 @@ def create_output(plan: Plan, opt: BuildOptions) -> None:
             sg = g.create_group(info.name)
             sg.attrs["path"] = str(Path(info.path).resolve())
             sg.attrs["rows_in_source"] = info.n
+            sg.attrs["timestamp_path"] = info.timestamp_path  # the templates, expanded
+            sg.attrs["data_path"] = info.data_path
             sg.create_dataset("row", data=t.rows[k], track_times=False)
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)

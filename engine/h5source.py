@@ -9,12 +9,20 @@ or allocated (``check_storage``): a 1.6 kB file may declare 2**40 rows. A datase
 read whole (timestamps, small data, a saved match table) must store what it declares
 (unless compressed) and fit in the memory this machine has available; no dataset may keep
 its data outside the file (external or virtual layouts) or end beyond the file's end.
+
+Dataset paths may differ per file, as in the seed's own files (``timestamp1`` in
+``file1.h5``, ``timestamp2`` in ``file2.h5``): a path template's ``{n}`` is the number that
+ends the file's stem (its digits as written) and ``{stem}`` the stem (``expand_path``).
+Small data is read per field, only the fields a selection names (``SmallData``), so small
+data may sit at the root beside the payload (``--smalldata-path /``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +36,66 @@ from engine.errors import BadInput
 from engine.inputs import check_regular
 
 _LAYOUTS = (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
+# "{{" and "}}" are literal braces; "{name}" a placeholder; any other brace is an error
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_TRAILING_NUMBER = re.compile(r"[0-9]+\Z")
+PLACEHOLDERS = ("n", "stem")
+
+
+def parse_path_template(template: str, what: str) -> list[str | tuple[str]]:
+    """Split a dataset path template into literal text and placeholders (1-tuples).
+
+    BadInput for an unknown placeholder, a lone brace, a NUL or text that is not UTF-8
+    (HDF5 names are UTF-8): checked once, before any file is opened."""
+    if not isinstance(template, str) or not template:
+        raise BadInput(f"{what} must be non-empty text, got {template!r}")
+    if "\0" in template:
+        raise BadInput(f"{what} {template!r} holds a NUL character")
+    try:
+        template.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} {template!r} is not valid UTF-8") from None
+    parts: list[str | tuple[str]] = []
+    pos = 0
+    for m in _TOKEN.finditer(template):
+        parts.append(template[pos:m.start()])
+        pos = m.end()
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            parts.append(tok[0])
+        elif m.group(1) in PLACEHOLDERS:
+            parts.append((m.group(1),))
+        else:
+            raise BadInput(f"{what} {template!r}: {tok!r} is no placeholder (use {{n}} or {{stem}}; "
+                           "{{{{ and }}}} for literal braces)")
+    parts.append(template[pos:])
+    return [p for p in parts if p != ""]
+
+
+def expand_path(template: str, source: Path, what: str = "dataset path") -> str:
+    """The dataset path ``template`` names in ``source``: ``{n}`` is the number that ends the
+    file's stem (digits as written: ``file07.h5`` gives ``07``), ``{stem}`` the stem.
+    BadInput naming the file when ``{n}`` is used and the stem ends in no number."""
+    out = []
+    for part in parse_path_template(template, what):
+        if isinstance(part, str):
+            out.append(part)
+        elif part[0] == "stem":
+            out.append(source.stem)
+        else:
+            num = _TRAILING_NUMBER.search(source.stem)
+            if num is None:
+                raise BadInput(f"{what} {template!r} uses {{n}}, but the file name's stem "
+                               f"{source.stem!r} does not end in a number", source)
+            out.append(num.group(0))
+    path = "".join(out)
+    try:
+        path.encode("utf-8")  # a stem from a non-UTF-8 file name
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} {template!r} gives {path!r}, which is not valid UTF-8", source) from None
+    if "\0" in path:
+        raise BadInput(f"{what} {template!r} gives {path!r}, which holds a NUL character", source)
+    return path
 
 
 @dataclass
@@ -128,7 +196,13 @@ def check_timestamps(ts: np.ndarray, path: Path | str, dspath: str) -> None:
 
 def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/data",
              smalldata_path: str = "/smalldata") -> tuple[SourceInfo, np.ndarray]:
-    """Validate one source file and return its description and timestamps."""
+    """Validate one source file and return its description and timestamps.
+
+    ``timestamp_path`` and ``data_path`` are templates (``expand_path``); the description
+    holds the paths they name in this file. Its ``smalldata`` lists the datasets under
+    ``smalldata_path``; none of them is read here."""
+    timestamp_path = expand_path(timestamp_path, path, "--timestamp-path")
+    data_path = expand_path(data_path, path, "--data-path")
     with open_h5(path) as f:
         for dspath in (timestamp_path, data_path):
             obj = f.get(dspath)
@@ -162,20 +236,46 @@ def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/
     return info, ts.astype(np.uint64, copy=False)
 
 
-def read_smalldata(info: SourceInfo, smalldata_path: str = "/smalldata") -> dict[str, np.ndarray]:
-    """All small-data fields of the principal source (1-D arrays aligned with its timestamps)."""
-    out: dict[str, np.ndarray] = {}
-    path = Path(info.path)
-    with open_h5(path) as f:
-        g = f[smalldata_path]
-        for key in info.smalldata:
-            ds = g[key]
-            if ds.shape != (info.n,):
-                raise BadInput(f"{smalldata_path}/{key} has shape {ds.shape}, expected ({info.n},)", path)
-            check_storage(ds, path, f"{smalldata_path}/{key}", whole=True)
+class SmallData(Mapping[str, np.ndarray]):
+    """The small-data fields of the principal source, each read when first looked up.
+
+    Its keys are every dataset under the small-data path, so a selection that names a
+    missing field can list the ones there are; only the fields a selection names are read
+    (the group may be the file's root, beside the timestamps and the payload). A field must
+    be 1-D and aligned with the source's timestamps."""
+
+    def __init__(self, info: SourceInfo, smalldata_path: str = "/smalldata") -> None:
+        self.info = info
+        self.group = smalldata_path
+        self._read: dict[str, np.ndarray] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.info.smalldata)
+
+    def __len__(self) -> int:
+        return len(self.info.smalldata)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.info.smalldata
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.info.smalldata:
+            raise KeyError(key)
+        if key not in self._read:
+            self._read[key] = self._load(key)
+        return self._read[key]
+
+    def _load(self, key: str) -> np.ndarray:
+        path, n = Path(self.info.path), self.info.n
+        name = f"{self.group.rstrip('/')}/{key}"
+        with open_h5(path) as f:
+            ds = f[self.group][key]
+            if ds.shape != (n,):
+                raise BadInput(f"small-data field {name} has shape {ds.shape}, expected ({n},) "
+                               f"like {self.info.timestamp_path}", path)
+            check_storage(ds, path, name, whole=True)
             try:
-                out[key] = ds[()]
+                return ds[()]
             except OSError as err:
-                raise BadInput(f"cannot read {smalldata_path}/{key}: {str(err).splitlines()[0]}",
-                               path) from None
-    return out
+                raise BadInput(f"cannot read {name}: {str(err).splitlines()[0]}", path) from None
+

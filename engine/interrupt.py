@@ -33,8 +33,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
-import psutil
-
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, SkydeckError
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
@@ -50,6 +48,8 @@ _owner = {"pid": 0, "signalled": 0}
 
 def stop_children(grace_s: float = STOP_GRACE_S) -> list[int]:
     """Terminate (then kill) every descendant of this process; return their pids."""
+    import psutil  # here, not at the top: every `skydeck-engine` start imports this module
+
     try:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:

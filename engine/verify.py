@@ -53,8 +53,9 @@ def verify_built(path: Path, max_problems: int = 20) -> VerifyReport:
         for name, g in out["sources"].items():
             rep.sources.append(name)
             src_path = Path(str(g.attrs["path"]))
-            with open_h5(src_path) as src:
-                _verify_source(rep, name, g, src, ts, tpath, dpath, max_problems)
+            with open_h5(src_path) as src:  # per source where the paths had placeholders
+                _verify_source(rep, name, g, src, ts, str(g.attrs.get("timestamp_path", tpath)),
+                               str(g.attrs.get("data_path", dpath)), max_problems)
     return rep
 
 
@@ -62,6 +63,10 @@ def _verify_source(rep: VerifyReport, name: str, g: h5py.Group, src: h5py.File, 
                    tpath: str, dpath: str, max_problems: int) -> None:
     rows = g["row"][()]
     data = g["data"]
+    for dspath in (tpath, dpath):  # the source may have changed since the build
+        if not isinstance(src.get(dspath), h5py.Dataset):
+            raise BadInput(f"source {name} has no dataset {dspath} (changed since the build?)",
+                           src.filename)
     sdata, sts = src[dpath], src[tpath][()]
     scheme = sdata.attrs.get("payload_scheme")
     salt = int(sdata.attrs.get("payload_salt", 0))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.build import MAX_BATCH, BuildOptions, build, is_rank0
+from engine.commands import SUMMARY
 from engine.commands.numbers import INT64_MAX, int_in
 from engine.diskspace import env_reserve, human_bytes
 from engine.progress import progress
@@ -15,7 +16,7 @@ from engine.progress import progress
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "build", parents=[common], help="build events from level-0 source files (MPI-aware)",
+        "build", parents=[common], help=SUMMARY["build"],
         description="Match every source to the selected principal events by timestamp and write "
                     "built events (one HDF5 file). Under `mpiexec -n K`, rank 0 plans and K-1 "
                     "workers read and write.")

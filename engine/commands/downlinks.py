@@ -7,13 +7,14 @@ import json
 import time
 
 from engine import deliveries
+from engine.commands import SUMMARY
 from engine.state import StateDB
 from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("downlinks", parents=[common],
-                       help="list downlinks (registered deliveries) and rejected deliveries")
+                       help=SUMMARY["downlinks"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

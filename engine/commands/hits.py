@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.commands import SUMMARY
 from engine.propagate.hits import compare, render_comparison, render_text, summarize
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("hits", parents=[common],
-                       help="summarize the hits of a propagation event (A/B with --vs)")
+                       help=SUMMARY["hits"])
     p.add_argument("event", type=Path, help="event directory (ht.npy + meta.json)")
     p.add_argument("--vs", type=Path, default=None, help="second event: A/B chi2 comparison")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

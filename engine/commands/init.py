@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands import SUMMARY
 from engine.workspace import AREAS, init_workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("init", parents=[common], help="create the workspace layout")
+    p = sub.add_parser("init", parents=[common], help=SUMMARY["init"])
     p.set_defaults(func=run)
 
 

@@ -13,12 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.commands import SUMMARY
 from engine.errors import BadInput
 from engine.propagate import kernel
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("kernel", parents=[common], help="the GPU propagation kernel")
+    p = sub.add_parser("kernel", parents=[common], help=SUMMARY["kernel"])
     ksub = p.add_subparsers(dest="kernel_command", metavar="ACTION", required=True)
     b = ksub.add_parser("build", parents=[common],
                         help="compile the kernel (NVRTC, else nvcc) into the kernel cache or a file")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from engine.commands import SUMMARY
 from engine.locks import list_locks
 from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("locks", parents=[common], help="list lock files and whether they are stale")
+    p = sub.add_parser("locks", parents=[common], help=SUMMARY["locks"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

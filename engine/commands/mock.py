@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.commands import SUMMARY
 from engine.commands.numbers import INT64_MAX, int_in
 from engine.diskspace import env_reserve
 from engine.mock import MAX_EVENT_BYTES, MAX_EVENTS, MockSpec, deliver
@@ -20,7 +21,7 @@ def _default_dlid() -> str:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("mock", parents=[common], help="write a mock delivery (HDF5 sources + RetDefs)")
+    p = sub.add_parser("mock", parents=[common], help=SUMMARY["mock"])
     p.add_argument("--downlink", default=None, help="downlink id YYMMDDnnn (default: today, 001)")
     p.add_argument("--sources", type=int_in("--sources", 1, 1000), default=3, help="data sources (files); the first is principal")
     p.add_argument("--events", type=int_in("--events", 1, MAX_EVENTS), default=1000, help="events in the principal source")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.commands import SUMMARY
 from engine.commands.numbers import int_in
 from engine.diskspace import env_reserve, human_bytes
 from engine.errors import BadInput
@@ -17,7 +18,7 @@ from engine.workspace import Workspace
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("propagate", parents=[common],
-                       help="propagate optical photons through a scene; keep hits (+ metadata)")
+                       help=SUMMARY["propagate"])
     p.add_argument("scene", type=Path, help="scene TOML (e.g. assets/scenes/tboolean-box.toml)")
     p.add_argument("-o", "--output", type=Path, required=True, help="event directory to write")
     p.add_argument("--photons", type=int_in("--photons", 0, MAX_PHOTONS), default=None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands import SUMMARY
 from engine.pipeline.api import rollback
 from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rollback", parents=[common],
-                       help="re-run process instances (and everything downstream) as new executions")
+                       help=SUMMARY["rollback"])
     p.add_argument("dlid", help="downlink id")
     p.add_argument("targets", nargs="*", metavar="PROCESS[:KEY]",
                    help="e.g. makeEvt:00002 or mergeEvt (all runs); default: the failed instances")

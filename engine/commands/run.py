@@ -7,6 +7,7 @@ import signal
 import sys
 
 from engine import deliveries
+from engine.commands import SUMMARY
 from engine.commands.numbers import int_in
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
 from engine.ids import parse_dlid
@@ -19,7 +20,7 @@ from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("run", parents=[common], help="run one downlink's stream in the foreground")
+    p = sub.add_parser("run", parents=[common], help=SUMMARY["run"])
     p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
     p.add_argument("--task", default=None, help="task name or task file (default: config)")
     p.add_argument("--jobs", type=int_in("--jobs", 1, 1024), default=None, help="jobs at once (default: config)")

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from engine.commands import SUMMARY
 from engine.commands.numbers import int_in
 from engine.diskspace import human_bytes
 from engine.stagescan import stage_report
@@ -13,7 +14,7 @@ from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("stage", parents=[common], help="disk usage per area and downlink; free space")
+    p = sub.add_parser("stage", parents=[common], help=SUMMARY["stage"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--workers", type=int_in("--workers", 1, 1024), default=None, help="scan processes (default: config/CPUs)")
     p.set_defaults(func=run)

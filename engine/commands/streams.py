@@ -7,12 +7,13 @@ import json
 import time
 from dataclasses import asdict
 
+from engine.commands import SUMMARY
 from engine.pipeline.api import stream_views
 from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("streams", parents=[common], help="list streams and process instances")
+    p = sub.add_parser("streams", parents=[common], help=SUMMARY["streams"])
     p.add_argument("dlid", nargs="?", default=None, help="only this downlink")
     p.add_argument("--all", action="store_true", help="all executions, not only the latest")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.commands import SUMMARY
 from engine.errors import BadInput
 from engine.locks import read, resolve, unlock
 from engine.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("unlock", parents=[common], help="remove a stale lock (or a live one with --force)")
+    p = sub.add_parser("unlock", parents=[common], help=SUMMARY["unlock"])
     p.add_argument("lock", help="lock name in the lock directory (e.g. halfpipe-251125001) or its path")
     p.add_argument("--force", action="store_true",
                    help="remove even a lock that is not provably stale (asks for confirmation)")

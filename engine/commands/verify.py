@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.commands import SUMMARY
 from engine.verify import verify_built
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("verify", parents=[common],
-                       help="verify built events (rows, timestamps, payloads) against their sources")
+                       help=SUMMARY["verify"])
     p.add_argument("files", nargs="+", type=Path, metavar="BUILT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

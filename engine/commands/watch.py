@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.commands import SUMMARY
 from engine.commands.numbers import float_in
 from engine.errors import EXIT_FAILED, EXIT_USAGE
 from engine.watch import run_daemon
@@ -13,7 +14,7 @@ from engine.workspace import Workspace
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("watch", parents=[common],
-                       help="watch incoming/ and run a stream per new downlink (daemon)")
+                       help=SUMMARY["watch"])
     p.add_argument("--once", action="store_true",
                    help="process what is there, run those streams to their end, and exit")
     p.add_argument("--polling", action="store_true",
