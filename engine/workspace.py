@@ -48,12 +48,18 @@ def scene_names() -> list[str]:
     return sorted(p.stem for p in SCENES.glob("*.toml"))
 
 
+def scene_path(name: str) -> Path:
+    """Where the packaged scene NAME would be (a stream's ``{scene_path}``, its delivery's
+    scene name checked at registration; "default" when it carries none)."""
+    return SCENES / f"{name}.toml"
+
+
 def packaged_scene(name: str, where: str | os.PathLike[str] | None = None) -> Path:
     """The packaged scene NAME (``engine/assets/scenes/NAME.toml``); BadInput naming
     ``where`` (the file that named it) for a name that is not plain or not packaged."""
     if not _SCENE_NAME.fullmatch(name) or name.endswith(".toml"):
         raise BadInput(f"invalid scene name {name[:40]!r}", where)
-    path = SCENES / f"{name}.toml"
+    path = scene_path(name)
     if not path.is_file():
         raise BadInput(f"unknown scene {name!r} (packaged: {', '.join(scene_names())})", where)
     return path

@@ -38,7 +38,7 @@ from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.stagescan import launch_paused
 from engine.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, StateDB, Stream
-from engine.workspace import Workspace, packaged_scene
+from engine.workspace import Workspace, scene_path
 
 Emit = Callable[[dict[str, Any]], None]
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
@@ -108,7 +108,7 @@ class StreamRunner:
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
             "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
-            "scene_path": str(packaged_scene(scene)),
+            "scene_path": str(scene_path(scene)),
             "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
             "key": key, "process": pdef.name,
         }
