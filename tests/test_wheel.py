@@ -27,7 +27,6 @@ from engine.propagate import kernel
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
 
 
 def _setuptools_major() -> int:
@@ -73,6 +72,7 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path)
     venv = _fresh_venv(tmp_path, wheel)
@@ -118,3 +118,10 @@ def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path: Path) -> None:
     if kernel.nvrtc() is not None:  # the packaged kernel source compiles (NVRTC: test extra)
         sk("kernel", "build", "--compiler", "nvrtc", "--arch", "compute_80", "-o", "k.ptx")
         assert (cwd / "k.ptx").read_bytes().startswith(b"//")
+
+
+def test_mpich_is_an_extra_not_a_dependency() -> None:
+    """On a cluster mpi4py uses the site's MPI: the mpich wheel comes only with [mpich]."""
+    requires = metadata.requires("skydeck") or []
+    mpich = [r for r in requires if r.startswith("mpich")]
+    assert mpich and all('extra == "mpich"' in r for r in mpich), requires
