@@ -1,6 +1,6 @@
 # skydeck: two commands on a fresh machine, `make demo` and `make test`.
 # Both create (or reuse) .venv and install the project with its PyPI dependencies;
-# the mpich wheel brings a working mpiexec, so no system MPI is needed.
+# the mpich extra (a wheel) brings a working mpiexec, so no system MPI is needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,mpich]'
 	touch $(STAMP)
 
 # Tools some integration tests drive (rsync, tmux, h5dump). Best effort: a test whose

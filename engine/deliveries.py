@@ -57,7 +57,7 @@ from engine.diskspace import free_bytes, human_bytes
 from engine.errors import BadInput
 from engine.ids import is_dlid, parse_dlid
 from engine.state import Downlink, StateDB, owner_dead
-from engine.workspace import ASSETS, Workspace
+from engine.workspace import Workspace, packaged_scene
 
 _RETDEF = re.compile(r"RetDef-([0-9]{9})-([0-9]{5})\.xml")
 MAX_TREE_ENTRIES = 100_000   # entries in one level-0 delivery (walked with lstat)
@@ -282,15 +282,8 @@ def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
     return len(chunks)
 
 
-_SCENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def scene_path(name: str) -> Path:
-    return ASSETS / "scenes" / f"{name}.toml"
-
-
 def _check_scene(level0: Path) -> str | None:
-    """The scene a delivery names (scene.txt): a plain name of a scene in assets/scenes."""
+    """The scene a delivery names (scene.txt): the plain name of a packaged scene."""
     f = level0 / SCENE_NAME
     has_gs = (level0 / GENSTEPS_NAME).is_file()
     if not f.is_file():
@@ -302,10 +295,7 @@ def _check_scene(level0: Path) -> str | None:
             name = fh.read(256).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
         raise BadInput(f"unreadable scene name: {' '.join(str(err).split())}", f) from None
-    if not _SCENE.fullmatch(name):
-        raise BadInput(f"invalid scene name {name[:40]!r}", f)
-    if not scene_path(name).is_file():
-        raise BadInput(f"unknown scene {name!r} (no {name}.toml in assets/scenes)", f)
+    packaged_scene(name, f)
     return name
 
 

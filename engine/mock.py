@@ -48,7 +48,7 @@ class MockSpec:
     runs: int = 2
     chunks: int = 2
     seed: int = 0
-    scene: str | None = None      # name of a scene in assets/scenes: adds gensteps.npy + scene.txt
+    scene: str | None = None      # name of a packaged scene (engine/assets/scenes): adds gensteps.npy + scene.txt
     gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's)
 
     def validate(self) -> None:
@@ -182,12 +182,9 @@ def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
     import io
 
     from engine.propagate.scene import gensteps, load_scene
-    from engine.workspace import ASSETS
+    from engine.workspace import packaged_scene
 
-    path = ASSETS / "scenes" / f"{spec.scene}.toml"
-    if not path.is_file():
-        raise BadInput(f"unknown scene {spec.scene!r} (no {path.name} in assets/scenes)", path)
-    scene = load_scene(path)
+    scene = load_scene(packaged_scene(spec.scene))
     gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
     buf = io.BytesIO()
     np.save(buf, gs)

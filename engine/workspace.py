@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,52 @@ from engine.errors import BadInput
 from engine.inputs import regular_file
 
 CONFIG_NAME = "skydeck.toml"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _assets() -> Path:
+    """``engine/assets`` (default config, task files, scenes, CUDA kernel): package data,
+    found through importlib.resources so that a wheel install finds it as a checkout does."""
+    root = resources.files("engine").joinpath("assets")
+    if not isinstance(root, Path):  # a zip import: the kernel and scenes need real files
+        raise RuntimeError(f"skydeck's assets must be installed as files, not in {root}")
+    return root
+
+
+ASSETS = _assets()
 DEFAULT_CONFIG = ASSETS / "skydeck.toml"
+SCENES = ASSETS / "scenes"
+_SCENE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def scene_names() -> list[str]:
+    """The packaged scenes, by name."""
+    return sorted(p.stem for p in SCENES.glob("*.toml"))
+
+
+def scene_path(name: str) -> Path:
+    """Where the packaged scene NAME would be (a stream's ``{scene_path}``, its delivery's
+    scene name checked at registration; "default" when it carries none)."""
+    return SCENES / f"{name}.toml"
+
+
+def packaged_scene(name: str, where: str | os.PathLike[str] | None = None) -> Path:
+    """The packaged scene NAME (``engine/assets/scenes/NAME.toml``); BadInput naming
+    ``where`` (the file that named it) for a name that is not plain or not packaged."""
+    if not _SCENE_NAME.fullmatch(name) or name.endswith(".toml"):
+        raise BadInput(f"invalid scene name {name[:40]!r}", where)
+    path = scene_path(name)
+    if not path.is_file():
+        raise BadInput(f"unknown scene {name!r} (packaged: {', '.join(scene_names())})", where)
+    return path
+
+
+def scene_arg(arg: str) -> Path:
+    """A scene on the command line: a scene TOML file, or the name of a packaged scene
+    (``tboolean-box``). An existing file wins; a name of no packaged scene is BadInput."""
+    path = Path(arg)
+    if path.exists() or not _SCENE_NAME.fullmatch(arg) or arg.endswith(".toml"):
+        return path  # load_scene reports a missing or bad file
+    return packaged_scene(arg)
 AREAS = ("incoming_fcopy", "incoming_level0", "rejected", "downlinks", "lock", "stage",
          "events", "logs")
 MAX_TOML_BYTES = 16 << 20  # a config, scene or task file is a few kB

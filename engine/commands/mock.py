@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunks", type=int_in("--chunks", 1, 99999), default=2, help="chunks (RetDef files)")
     p.add_argument("--seed", type=int_in("--seed", 0, INT64_MAX), default=0)
     p.add_argument("--scene", default=None,
-                   help="also deliver gensteps.npy for this scene (assets/scenes/<name>.toml)")
+                   help="also deliver gensteps.npy for this scene (a packaged scene: tboolean-box, tboolean-box-detect)")
     p.add_argument("--gensteps-photons", type=int_in("--gensteps-photons", 0, MAX_PHOTONS), default=0,
                    help="photons in the delivered gensteps (default: the scene's)")
     p.add_argument("--as", dest="as_", choices=("level0", "fcopy", "dir"), default="level0",

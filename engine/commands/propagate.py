@@ -13,13 +13,14 @@ from engine.errors import BadInput
 from engine.progress import progress
 from engine.propagate.backends import BACKENDS
 from engine.propagate.event import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES, Request, propagate
-from engine.workspace import Workspace
+from engine.workspace import Workspace, scene_arg
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("propagate", parents=[common],
                        help=SUMMARY["propagate"])
-    p.add_argument("scene", type=Path, help="scene TOML (e.g. assets/scenes/tboolean-box.toml)")
+    p.add_argument("scene", help="scene TOML file, or a packaged scene by name "
+                   "(tboolean-box, tboolean-box-detect)")
     p.add_argument("-o", "--output", type=Path, required=True, help="event directory to write")
     p.add_argument("--photons", type=int_in("--photons", 0, MAX_PHOTONS), default=None,
                    help="photon count, 1e6 and 1_000_000 work too (default: the scene's)")
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         reserve = Workspace.open(args.workspace).reserve_bytes
     if args.workers is not None and args.workers < 1:
         raise BadInput("--workers must be at least 1")
-    req = Request(scene=args.scene, out=args.output, photons=args.photons, seed=args.seed,
+    scene = scene_arg(args.scene)
+    req = Request(scene=scene, out=args.output, photons=args.photons, seed=args.seed,
                   event=args.event, mode=args.mode, backend=args.backend, hitmask=args.hitmask,
                   workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps)
     state: dict = {}
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         state["bar"].advance(k)
 
     def on_start(n: int) -> None:
-        state["cm"] = progress(n, f"propagate {args.scene.name}")
+        state["cm"] = progress(n, f"propagate {scene.name}")
         state["bar"] = state["cm"].__enter__()
 
     try:

@@ -31,14 +31,14 @@ from typing import Any
 
 from engine import locks, manifest
 from engine.atomic import atomic_write_bytes
-from engine.deliveries import GENSTEPS_NAME, scene_path
+from engine.deliveries import GENSTEPS_NAME
 from engine.errors import BadInput, Busy
 from engine.ids import run_hex, run_name
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.stagescan import launch_paused
 from engine.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, StateDB, Stream
-from engine.workspace import Workspace
+from engine.workspace import Workspace, scene_path
 
 Emit = Callable[[dict[str, Any]], None]
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")

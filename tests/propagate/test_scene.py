@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.errors import BadInput
 from engine.propagate.scene import load_scene
+from engine.workspace import SCENES, packaged_scene, scene_arg
+from tests.conftest import run_engine
 from tests.propagate.conftest import TBOX, TBOX_DETECT, base_scene, cli
+from tests.props import total
 
 
 def test_shipped_scenes_load():
@@ -69,3 +78,32 @@ def test_malformed_toml_exit_2(tmp_path):
     r = cli("propagate", p, "-o", tmp_path / "ev")
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "malformed TOML" in r.stderr and str(p) in r.stderr
+
+
+def test_propagate_takes_a_packaged_scene_by_name(tmp_path):
+    res = run_engine("propagate", "tboolean-box", "-o", tmp_path / "ev", "--photons", "500",
+                     "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["scene"]["path"] == str(TBOX)
+    bad = run_engine("propagate", "no-such-scene", "-o", tmp_path / "ev2", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith(
+        "unknown scene 'no-such-scene' (packaged: tboolean-box, tboolean-box-detect)")
+    assert not (tmp_path / "ev2").exists()
+    (tmp_path / "tboolean-box").write_text("not toml [")  # an existing file wins over a name
+    clash = run_engine("propagate", "tboolean-box", "-o", tmp_path / "ev3", cwd=tmp_path)
+    assert clash.returncode == 2 and clash.stderr.startswith("skydeck-engine: tboolean-box:")
+
+
+def test_packaged_scene_names_are_plain(tmp_path):
+    for name in ("../scenes/tboolean-box", "tboolean-box.toml", "", ".hidden"):
+        with pytest.raises(BadInput, match="invalid scene name"):
+            packaged_scene(name, tmp_path / "scene.txt")
+
+
+@given(st.text(max_size=80))
+def test_scene_arg_is_total(text):
+    got = total(scene_arg, text)
+    assert isinstance(got, (Path, BadInput))
+    if isinstance(got, Path) and got.is_relative_to(SCENES):
+        assert got.is_file()
