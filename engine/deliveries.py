@@ -56,6 +56,7 @@ from engine.atomic import atomic_write_bytes, remove_path
 from engine.diskspace import free_bytes, human_bytes
 from engine.errors import BadInput
 from engine.ids import is_dlid, parse_dlid
+from engine.inputs import file_kind, open_regular
 from engine.state import Downlink, StateDB, owner_dead
 from engine.workspace import Workspace, packaged_scene
 
@@ -205,7 +206,7 @@ def _check_tree(directory: Path) -> None:
     """A level-0 delivery is a real directory of regular files and real subdirectories:
     anything else inside (a symbolic link, FIFO, socket, device) is rejected by name."""
     if _lmode(directory) != stat.S_IFDIR:
-        raise BadInput(f"delivery is a {manifest.file_kind(directory)}, not a directory "
+        raise BadInput(f"delivery is a {file_kind(directory)}, not a directory "
                        "(deliveries are regular files in real directories)", directory)
     todo, count = [directory], 0
     while todo:
@@ -217,7 +218,7 @@ def _check_tree(directory: Path) -> None:
                 if e.is_dir(follow_symlinks=False):
                     todo.append(Path(e.path))
                 elif not e.is_file(follow_symlinks=False):
-                    raise BadInput(f"is a {manifest.file_kind(Path(e.path))}; deliveries hold "
+                    raise BadInput(f"is a {file_kind(Path(e.path))}; deliveries hold "
                                    "only regular files and directories", e.path)
 
 
@@ -291,7 +292,7 @@ def _check_scene(level0: Path) -> str | None:
             raise BadInput(f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0)
         return None
     try:
-        with open(manifest.open_regular(f), "rb") as fh:
+        with open(open_regular(f), "rb") as fh:
             name = fh.read(256).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
         raise BadInput(f"unreadable scene name: {' '.join(str(err).split())}", f) from None
@@ -626,7 +627,7 @@ def _check_form(cand: Candidate) -> None:
         if mode is None:
             raise Pending(f"{f.name} not present yet")
         if mode != stat.S_IFREG:
-            raise BadInput(f"is a {manifest.file_kind(f)}, not a regular file (deliveries are "
+            raise BadInput(f"is a {file_kind(f)}, not a regular file (deliveries are "
                            "regular files in real directories)", f)
 
 

@@ -21,7 +21,6 @@ reading is a boundary: whatever lies at a lock path gets a verdict, never an exc
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from engine.errors import BadInput, Busy
 from engine.ids import is_dlid
+from engine.inputs import mode_kind, open_regular
 from engine.state import PID_MAX, Owner, owner_dead
 
 _RUNHEX = re.compile(r"^[0-9a-f]{8}$")
@@ -152,21 +152,11 @@ def parse_content(data: bytes) -> LockContent:
                        created)
 
 
-_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
-               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _type_name(mode: int) -> str:
-    return next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
-
-
 def _read_bytes(path: Path) -> bytes:
-    """A regular file's first bytes; never follows a link, never blocks on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """A regular file's first bytes; never follows a link, never blocks on a FIFO (BadInput
+    when the path was replaced by one since its lstat)."""
+    fd = open_regular(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the lstat
-            raise OSError(errno.EINVAL, "not a regular file")
         out = b""
         while len(out) <= MAX_LOCK_BYTES:
             part = os.read(fd, MAX_LOCK_BYTES + 1 - len(out))
@@ -202,7 +192,7 @@ def read(path: Path) -> LockInfo:
         return verdict(False, f"cannot stat: {err.strerror or err}", blocks=True)
     age = now - st.st_mtime
     if not stat.S_ISREG(st.st_mode):
-        return verdict(False, f"not a regular file ({_type_name(st.st_mode)}): no skydeck lock; "
+        return verdict(False, f"not a regular file (a {mode_kind(st.st_mode)}): no skydeck lock; "
                               "an operator must remove it (unlock --force)", blocks=True)
     try:
         c = parse_content(_read_bytes(path))

@@ -12,51 +12,20 @@ regular files, so a manifest can never make us read something outside the delive
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
-import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from engine.atomic import atomic_write_bytes
 from engine.errors import BadInput
+from engine.inputs import open_regular
 
 MANIFEST_NAME = "MANIFEST.md5"
 MAX_MANIFEST_BYTES = 4 << 20  # ~40,000 entries; a manifest is read whole, so it is bounded
 _LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")
 _BLOCK = 4 << 20
-
-
-def open_regular(path: Path) -> int:
-    """Open a delivery file for reading without following a symbolic link; it must be a
-    regular file (a FIFO would block a reader, a device would never end). Returns an fd."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise BadInput("is a symbolic link, not a regular file", path) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadInput(f"is a {file_kind(path)}, not a regular file", path)
-    return fd
-
-
-def file_kind(path: Path) -> str:
-    """What a path is, from lstat (links are not followed), in words for a reason line."""
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return "missing file"
-    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
-                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISREG, "regular file")):
-        if test(mode):
-            return what
-    return "special file"
 
 
 def md5_file(path: Path) -> str:

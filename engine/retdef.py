@@ -23,7 +23,7 @@ from defusedxml import DefusedXmlException
 
 from engine.errors import BadInput
 from engine.ids import MET_MAX_S, NS
-from engine.manifest import open_regular
+from engine.inputs import open_regular
 
 RETDEF_TYPES = ("LSEP", "LSEC")
 
