@@ -28,7 +28,7 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
-	$(BIN)/ruff check engine tests $(wildcard console)
+	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # The console on a demo workspace: a feeder delivers a mock downlink every few seconds, a
@@ -38,15 +38,15 @@ demo: $(STAMP)
 
 # Headless (CI, no terminal): deliver one mock downlink and build its chunks with mpiexec.
 demo-headless: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m engine.demo --workspace $(DEMO_WS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m engine.mock.demo --workspace $(DEMO_WS)
 
 bench: $(STAMP)
-	@for b in tests/bench/bench_*.py; do \
+	@for b in benchmarks/bench_*.py; do \
 		echo "== $$b"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python $$b || exit 1; \
 	done
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine tests $(wildcard console)
+	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
 
 # The GPU proof for a session lent a GPU machine (bare, no network; docs/propagation.md).
 # Here: gather what must travel (PyCUDA sdist, a few pure wheels, the project's wheel) into

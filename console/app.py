@@ -2,7 +2,7 @@
 
 How it stays live without blocking (reference/ecosystem.md section 3):
 - one long-running thread worker (``_poll_loop``) owns a state-database connection and an
-  ``engine.ops.ChangeProbe``; every ``POLL_S`` it asks what changed (SQLite data_version,
+  ``engine.api.ops.ChangeProbe``; every ``POLL_S`` it asks what changed (SQLite data_version,
   directory mtimes) and reads only that, then posts one ``Refreshed`` message;
 - the usage scan is its own worker, re-armed by a timer after each completion (no overlap);
 - every action (run, rollback, unlock, halt, launch) runs in a thread worker and calls the
@@ -58,15 +58,16 @@ from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel, pressure
 from console.widgets.stream import StreamTree
-from engine import locks, ops
-from engine.errors import SkydeckError
-from engine.locks import LockInfo
-from engine.ops import DownlinkRow, EventDir
-from engine.pipeline.api import rollback
-from engine.pipeline.stream import HALT_FLAGS
-from engine.stagescan import StageReport, stage_report
-from engine.state import StreamView
-from engine.workspace import ASSETS, Workspace
+from engine.api import ops
+from engine.api.ops import DownlinkRow, EventDir
+from engine.api.pipeline import rollback
+from engine.core.errors import SkydeckError
+from engine.core.workspace import ASSETS, Workspace
+from engine.pipeline import locks
+from engine.pipeline.locks import LockInfo
+from engine.pipeline.runner import HALT_FLAGS
+from engine.pipeline.usage import StageReport, stage_report
+from engine.store.state import StreamView
 
 if TYPE_CHECKING:
     from engine.propagate.hits import Comparison, HitSummary

@@ -16,8 +16,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.ops import _env, engine_argv
-from engine.workspace import ASSETS, Workspace, init_workspace, resolve_root
+from engine.api.ops import _env, engine_argv
+from engine.core.workspace import ASSETS, Workspace, init_workspace, resolve_root
 
 DEMO_RESERVE = 100_000_000
 SCENE = ASSETS / "scenes" / "tboolean-box-detect.toml"

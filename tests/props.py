@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
 
-from engine.errors import BadInput
+from engine.core.errors import BadInput
 
 T = TypeVar("T")
 

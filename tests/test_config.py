@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import BadInput
-from engine.workspace import ASSETS, Workspace, init_workspace
+from engine.core.errors import BadInput
+from engine.core.workspace import ASSETS, Workspace, init_workspace
 from tests.conftest import run_engine
 
 

@@ -14,11 +14,11 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from engine.commands.numbers import INT64_MAX, parse_float, parse_int
-from engine.errors import BadInput
+from engine.builder.select import MAX_DEPTH, Selection
+from engine.cli.numbers import INT64_MAX, parse_float, parse_int
+from engine.core.errors import BadInput
+from engine.core.workspace import AREAS, Workspace, default_config, validate_config
 from engine.propagate.scene import load_scene, parse_scene
-from engine.select import MAX_DEPTH, Selection
-from engine.workspace import AREAS, Workspace, default_config, validate_config
 from tests.propagate.conftest import base_scene
 from tests.props import total
 

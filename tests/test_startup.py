@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from engine.cli import build_parser, command_in
-from engine.commands import COMMAND_MODULES
+from engine.cli import COMMAND_MODULES
+from engine.cli.main import build_parser, command_in
 from tests.conftest import engine_env
 
 HEAVY = ("numpy", "h5py", "mpi4py", "rich", "textual", "psutil")
@@ -20,10 +20,10 @@ def imported_by(*argv: str) -> tuple[int, list[str], list[str]]:
     """Run the CLI's ``main`` in a fresh interpreter; its exit code, heavy and command modules."""
     code = (
         "import sys\n"
-        "from engine.cli import main\n"
+        "from engine.cli.main import main\n"
         f"try:\n    rc = main({list(argv)!r})\nexcept SystemExit as e:\n    rc = e.code\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
-        "cmds = sorted(m for m in sys.modules if m.startswith('engine.commands.'))\n"
+        "cmds = sorted(m for m in sys.modules if m.startswith('engine.cli.') and m != 'engine.cli.main')\n"
         "print(rc, ','.join(heavy), ','.join(cmds), sep='|', file=sys.stderr)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -48,7 +48,7 @@ def test_python_m_engine_help_lists_every_command() -> None:
 
 def test_a_command_imports_only_its_own_module() -> None:
     rc, _, cmds = imported_by("-w", "build", "locks", "--help")  # -w's value is no command
-    assert rc == 0 and cmds == ["engine.commands.locks"]
+    assert rc == 0 and cmds == ["engine.cli.locks"]
 
 
 @pytest.mark.parametrize("name", COMMAND_MODULES)

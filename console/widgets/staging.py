@@ -14,8 +14,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.format import bar, size
-from engine.diskspace import human_bytes
-from engine.stagescan import StageReport
+from engine.core.diskspace import human_bytes
+from engine.pipeline.usage import StageReport
 
 PRESSURE_FACTOR = 2.0
 

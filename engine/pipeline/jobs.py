@@ -29,11 +29,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine.atomic import atomic_path, atomic_write_bytes, remove_path, sweep_stale_temps
-from engine.errors import BadInput, JobFailed, SkydeckError
-from engine.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
-from engine.state import StateDB
-from engine.workspace import Workspace
+from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path, sweep_stale_temps
+from engine.core.errors import BadInput, JobFailed, SkydeckError
+from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
+from engine.core.workspace import Workspace
+from engine.store.state import StateDB
 
 INDEX_NAME = "mergeIndices.json"
 

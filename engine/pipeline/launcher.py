@@ -26,7 +26,7 @@ from typing import Protocol
 
 import psutil
 
-from engine.state import process_start
+from engine.store.state import process_start
 
 try:
     _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -163,5 +163,5 @@ def kill_orphan(pid: int | None, host: str | None, start: float | None) -> str:
 def make_launcher(kind: str, max_jobs: int) -> Launcher:
     if kind == "local":
         return LocalLauncher(max_jobs)
-    from engine.errors import BadInput
+    from engine.core.errors import BadInput
     raise BadInput(f"unknown launcher {kind!r}: only 'local' exists so far (Slurm is planned)")

@@ -12,8 +12,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import BadInput
-from engine.workspace import ASSETS, Workspace, load_toml
+from engine.core.errors import BadInput
+from engine.core.workspace import ASSETS, Workspace, load_toml
 
 TASKS_DIR = ASSETS / "tasks"
 SCRIPTLETS = ("launch_chunks",)

@@ -19,8 +19,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.interrupt import probe
+from engine.core.errors import BadInput
+from engine.core.interrupt import probe
 from engine.propagate.numpy_backend import ChunkResult, Params, propagate_chunk
 from engine.propagate.scene import SceneArrays
 
@@ -150,6 +150,6 @@ def run_numpy(sa: SceneArrays, gs: np.ndarray, total: int, p: Params, chunk: int
                     pending.append(pool.submit(_work, nxt))
                 advance(r.count)
                 yield r
-        except BaseException:  # SIGTERM/Ctrl-C (engine.interrupt) or the consumer gave up
+        except BaseException:  # SIGTERM/Ctrl-C (engine.core.interrupt) or the consumer gave up
             pool.shutdown(wait=True, cancel_futures=True)  # only running chunks finish
             raise

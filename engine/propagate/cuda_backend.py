@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import JobFailed
+from engine.core.errors import JobFailed
 from engine.propagate import gpu_host, kernel
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
+from engine.core.errors import BadInput
 from engine.propagate import flags as F
 
 FACE_NAMES = ("-x", "+x", "-y", "+y", "-z", "+z")

@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.atomic import atomic_write_bytes
-from engine.errors import BadInput, JobFailed
+from engine.core.atomic import atomic_write_bytes
+from engine.core.errors import BadInput, JobFailed
+from engine.core.workspace import ASSETS
 from engine.propagate.numpy_backend import GEN_BLOCKS
 from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP
-from engine.workspace import ASSETS
 
 KERNEL_PATH = ASSETS / "kernels" / "propagate.cu"
 KERNEL_NAME = "propagate"  # extern "C": the entry both backends look up

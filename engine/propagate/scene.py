@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BadInput
-from engine.workspace import load_toml
+from engine.core.errors import BadInput
+from engine.core.workspace import load_toml
 
 # Property tables are resampled on Opticks' fine wavelength domain: 60..820 nm, 1 nm steps.
 WL_MIN = 60.0

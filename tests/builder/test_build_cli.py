@@ -8,8 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine import retdef
-from engine.verify import compare_datasets, verify_built
+from engine.builder.verify import compare_datasets, verify_built
+from engine.intake import retdef
 from tests.conftest import run_engine
 
 

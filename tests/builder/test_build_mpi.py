@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.verify import compare_datasets, verify_built
+from engine.builder.verify import compare_datasets, verify_built
 from tests.conftest import engine_env, run_engine, run_mpi
 
 pytestmark = pytest.mark.mpi

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import BadInput
-from engine.match import MISSING, MatchTable, match_naive, match_scan, match_sorted
+from engine.builder.match import MISSING, MatchTable, match_naive, match_scan, match_sorted
+from engine.core.errors import BadInput
 
 
 def _sources(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine import manifest, retdef
-from engine.ids import NS, dlid_start_met
-from engine.payload import rows_for
+from engine.builder.payload import rows_for
+from engine.core.ids import NS, dlid_start_met
+from engine.intake import manifest, retdef
 from tests.conftest import run_engine
 
 

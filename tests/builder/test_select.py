@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.errors import BadInput
-from engine.select import Selection
+from engine.builder.select import Selection
+from engine.core.errors import BadInput
 
 FIELDS = {
     "color": np.array([b"red", b"blue", b"green", b"red", b"blue"], dtype="S5"),

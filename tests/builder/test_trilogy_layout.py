@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadInput
-from engine.h5source import describe, expand_path
-from engine.match import MISSING
-from engine.verify import compare_datasets, verify_built
+from engine.builder.h5source import describe, expand_path
+from engine.builder.match import MISSING
+from engine.builder.verify import compare_datasets, verify_built
+from engine.core.errors import BadInput
 from tests.builder.trilogy_files import write_trilogy
 from tests.conftest import run_engine, run_mpi
 from tests.props import total

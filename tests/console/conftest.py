@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.mock import MockSpec, deliver
-from engine.workspace import Workspace, init_workspace
+from engine.core.workspace import Workspace, init_workspace
+from engine.mock.delivery import MockSpec, deliver
 
 FROZEN_NOW = 1795600000.0  # 2026-11-25 06:26:40 UTC: "now" for deterministic ages
 
@@ -55,7 +55,7 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
     """
     import json as _json
 
-    from engine.state import Downlink, StateDB
+    from engine.store.state import Downlink, StateDB
 
     plan = [("251123001", "SUCCESS", 7200.0), ("251124002", "RUNNING", 600.0),
             ("251125003", "FAILED", 300.0)]

@@ -22,10 +22,11 @@ from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel
 from console.widgets.stream import StreamTree
-from engine import deliveries, ops
+from engine.api import ops
+from engine.core.workspace import ASSETS
+from engine.intake import deliveries
 from engine.propagate.event import Request, propagate
-from engine.state import StateDB
-from engine.workspace import ASSETS
+from engine.store.state import StateDB
 
 from .conftest import make_ws, mock, settle
 

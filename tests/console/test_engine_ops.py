@@ -1,4 +1,4 @@
-"""engine.ops: the views and operations the console calls (headless, real workspaces)."""
+"""engine.api.ops: the views and operations the console calls (headless, real workspaces)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from engine import deliveries, ops
-from engine.errors import BadInput
-from engine.state import StateDB
-from engine.workspace import ASSETS
+from engine.api import ops
+from engine.core.errors import BadInput
+from engine.core.workspace import ASSETS
+from engine.intake import deliveries
+from engine.store.state import StateDB
 
 from .conftest import fill_fixed, mock
 
@@ -83,7 +84,7 @@ def test_halt_flags(ws):
     ops.set_halt(ws, "haltPropagate")
     ops.set_halt(ws, "haltPropagate", "251125001")
     assert ops.halts(ws, "251125001") == {"haltPropagate": ["global", "251125001"]}
-    from engine.pipeline.stream import halt_flag
+    from engine.pipeline.runner import halt_flag
     assert halt_flag(ws, "251125001", "haltPropagate") is not None   # what the runner checks
     assert ops.clear_halt(ws, "haltPropagate") and not ops.clear_halt(ws, "haltPropagate")
     assert ops.halts(ws, "251125001") == {"haltPropagate": ["251125001"]}
@@ -112,7 +113,7 @@ def test_list_events_newest_first_and_typical_durations(ws):
 
 def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
     out = tmp_path / "ev"
-    res = subprocess.run(ops.engine_argv(ws, "x")[:2] + ["engine.jsonprogress", "propagate",
+    res = subprocess.run(ops.engine_argv(ws, "x")[:2] + ["engine.cli.jsonprogress", "propagate",
                          str(ASSETS / "scenes" / "tboolean-box-detect.toml"), "-o", str(out),
                          "--photons", "20000", "--workers", "1"],
                          capture_output=True, text=True, timeout=120)
@@ -126,8 +127,8 @@ def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
 def test_incremental_rows_match_a_fresh_read_through_changes(ws):
     """DownlinkRows re-reads only moving streams; after each engine change it must agree
     with a fresh read (the invariant it relies on is kept by the runner and rollback)."""
-    from engine.pipeline.api import rollback
-    from engine.state import Downlink
+    from engine.api.pipeline import rollback
+    from engine.store.state import Downlink
 
     fill_fixed(ws)
     reader = ops.DownlinkRows(ws)

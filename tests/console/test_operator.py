@@ -22,9 +22,9 @@ from console.widgets.downlinks import DownlinksTable
 from console.widgets.hits import HitsPanel
 from console.widgets.logview import LogPanel
 from console.widgets.stream import StreamTree
-from engine import ops
+from engine.api import ops
+from engine.core.workspace import ASSETS
 from engine.propagate.event import Request, propagate
-from engine.workspace import ASSETS
 
 from .conftest import mock, settle
 from .test_app import latest, register, run_stream

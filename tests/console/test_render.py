@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from engine.core.workspace import ASSETS
 from engine.propagate.event import Request, propagate
-from engine.workspace import ASSETS
 
 SCENE = ASSETS / "scenes" / "tboolean-box-detect.toml"
 

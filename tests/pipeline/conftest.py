@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main as cli_main
-from engine.mock import MockSpec, deliver
-from engine.workspace import Workspace, init_workspace
+from engine.cli.main import main as cli_main
+from engine.core.workspace import Workspace, init_workspace
+from engine.mock.delivery import MockSpec, deliver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "cond
 
 
 def stream_status(w: Workspace) -> dict[str, str]:
-    from engine.state import StateDB
+    from engine.store.state import StateDB
     with StateDB(w.state_db) as db:
         return {s.dlid: s.status for s in db.streams()}
 
@@ -188,7 +188,7 @@ def has_open(pid: int, path: Path) -> bool:
 def with_big_file_first(delivery: Path, size: int = 256 << 20) -> str:
     """Add a sparse ``a_big.bin`` (no disk cost) listed FIRST in the delivery's manifest, so
     the daemon hashes it before the other files; returns the name of the first real file."""
-    from engine import manifest
+    from engine.intake import manifest
     with open(delivery / "a_big.bin", "wb") as fh:
         fh.truncate(size)
     entries = manifest.parse(delivery / manifest.MANIFEST_NAME)

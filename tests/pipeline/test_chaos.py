@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from engine import manifest
-from engine.workspace import init_workspace
+from engine.core.workspace import init_workspace
+from engine.intake import manifest
 
 from .conftest import (
     FAST,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import deliveries, manifest
-from engine.state import StateDB
+from engine.intake import deliveries, manifest
+from engine.store.state import StateDB
 
 from .conftest import make_delivery
 

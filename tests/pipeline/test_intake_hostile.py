@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import deliveries, manifest
-from engine.diskspace import free_bytes
-from engine.ops import downlink_rows
-from engine.state import StateDB
+from engine.api.ops import downlink_rows
+from engine.core.diskspace import free_bytes
+from engine.intake import deliveries, manifest
+from engine.store.state import StateDB
 
 from .conftest import cli_proc, make_delivery, set_config
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from engine import deliveries, manifest, retdef
-from engine.errors import BadInput
-from engine.ids import MET_MAX_S, NS, is_dlid, parse_dlid
-from engine.retdef import RetDef, Span, to_xml
-from engine.workspace import Workspace, init_workspace
+from engine.core.errors import BadInput
+from engine.core.ids import MET_MAX_S, NS, is_dlid, parse_dlid
+from engine.core.workspace import Workspace, init_workspace
+from engine.intake import deliveries, manifest, retdef
+from engine.intake.retdef import RetDef, Span, to_xml
 from tests.props import total
 
 # ------------------------------------------------------------------ strategies

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import locks
-from engine.errors import Busy
-from engine.state import Owner
+from engine.core.errors import Busy
+from engine.pipeline import locks
+from engine.store.state import Owner
 from tests.props import total
 
 from .conftest import cli, cli_proc

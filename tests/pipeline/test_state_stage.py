@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.stagescan import du, stage_report
-from engine.state import Downlink, StateDB
+from engine.pipeline.usage import du, stage_report
+from engine.store.state import Downlink, StateDB
 
 from .conftest import cli, make_delivery
 
@@ -63,7 +63,7 @@ def test_du_matches_gnu_du(tmp_path, monkeypatch):
     for workers in (1, 2):
         u = du(root, workers)
         assert u.bytes == ref and u.files == 40 * 30 + 1  # hard link once, symlink as a file
-    import engine.stagescan as ss
+    import engine.pipeline.usage as ss
     monkeypatch.setattr(ss, "_PARALLEL_MIN_ENTRIES", 0)  # force the forked-workers path
     monkeypatch.setattr(ss, "_PARALLEL_MIN_DIRS", 1)
     u = du(root, 2)
@@ -90,7 +90,7 @@ def test_downlinks_cli(ws, capsys):
     make_delivery(ws, "251125001")
     make_delivery(ws, "251125002")
     os.rename(ws.incoming_level0 / "251125002", ws.incoming_level0 / "25112500x")
-    from engine import deliveries
+    from engine.intake import deliveries
     with StateDB(ws.state_db) as db:
         deliveries.process_all(ws, db, quiet_s=0)
     rc, out, _ = cli(ws, "downlinks", "--json", capsys=capsys)

@@ -14,14 +14,15 @@ import numpy as np
 import psutil
 import pytest
 
-from engine import locks, manifest
-from engine.errors import BadInput
-from engine.mock import principal_table
+from engine.builder.verify import verify_built
+from engine.core.errors import BadInput
+from engine.intake import manifest
+from engine.mock.delivery import principal_table
+from engine.pipeline import locks
 from engine.pipeline.launcher import LocalLauncher
-from engine.pipeline.stream import StreamRunner
+from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task, parse_task
-from engine.state import Downlink, Owner, StateDB
-from engine.verify import verify_built
+from engine.store.state import Downlink, Owner, StateDB
 
 from .conftest import cli, make_delivery, set_config, spec
 
@@ -260,7 +261,7 @@ def test_makeevt_under_mpiexec(ws, capsys):
 
 
 def test_delivery_with_gensteps_adds_propagate(ws, capsys):
-    from engine.mock import MockSpec, deliver
+    from engine.mock.delivery import MockSpec, deliver
     deliver(MockSpec("251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
                      scene="tboolean-box", gensteps_photons=5000), "level0", ws.incoming_level0)
     rc, _, err = cli(ws, "run", "251125001", capsys=capsys)

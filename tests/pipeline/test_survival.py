@@ -19,9 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from engine import locks, manifest
-from engine.state import StateDB
-from engine.workspace import init_workspace
+from engine.core.workspace import init_workspace
+from engine.intake import manifest
+from engine.pipeline import locks
+from engine.store.state import StateDB
 
 from .conftest import REPO, make_delivery, set_config, start_daemon, stream_status, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadInput
+from engine.core.errors import BadInput
 from engine.pipeline.task import TASKS_DIR, parse_task
 from tests.props import total
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from engine import locks
-from engine.state import StateDB
-from engine.watch import choose_polling, fstype
+from engine.daemon import choose_polling, fstype
+from engine.pipeline import locks
+from engine.store.state import StateDB
 
 from .conftest import (
     FAST,
@@ -134,7 +134,7 @@ def test_watch_once_reports_bad_deliveries(ws, capsys):
     os.utime(f, (old, old))
     os.utime(d / "MANIFEST.md5", (old, old))
     (ws.incoming_fcopy / "251125008.tar").write_bytes(b"garbage" * 50)
-    from engine import manifest
+    from engine.intake import manifest
     manifest.write(ws.incoming_fcopy, ["251125008.tar"], ws.incoming_fcopy / "251125008.md5")
     make_delivery(ws, "251125009", **FAST)
     rc, out, err = cli(ws, "watch", "--once", capsys=capsys)

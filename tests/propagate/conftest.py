@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from engine.core.workspace import ASSETS
 from engine.propagate.kernel import KERNEL_PATH
-from engine.workspace import ASSETS
 
 HOST = Path(__file__).parent / "host"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadInput
+from engine.core.errors import BadInput
 from engine.propagate.gpu_host import LOCAL_RANK_VARS, choose_device, local_rank
 from tests.props import total
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.errors import BadInput, JobFailed
+from engine.core.errors import BadInput, JobFailed
 from engine.propagate import cuda_backend, cupy_backend, gpu_host, kernel
 from engine.propagate.event import Request, propagate
 from tests.propagate.conftest import TBOX_DETECT

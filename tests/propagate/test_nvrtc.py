@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadInput, JobFailed
+from engine.core.errors import BadInput, JobFailed
 from engine.propagate import kernel
 from tests.conftest import engine_env, run_engine
 from tests.props import total

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadInput
+from engine.core.errors import BadInput
+from engine.core.workspace import SCENES, packaged_scene, scene_arg
 from engine.propagate.scene import load_scene
-from engine.workspace import SCENES, packaged_scene, scene_arg
 from tests.conftest import run_engine
 from tests.propagate.conftest import TBOX, TBOX_DETECT, base_scene, cli
 from tests.props import total

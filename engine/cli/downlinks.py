@@ -1,0 +1,48 @@
+"""`skydeck-engine downlinks`: registered downlinks, pending and rejected deliveries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from engine.cli import SUMMARY
+from engine.core.workspace import Workspace
+from engine.intake import deliveries
+from engine.store.state import StateDB
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("downlinks", parents=[common],
+                       help=SUMMARY["downlinks"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    with StateDB(ws.state_db) as db:
+        dls = db.downlinks()
+        streams = {s.dlid: s for s in db.streams()}
+        rejected = db.deliveries("REJECTED")
+        pending = db.deliveries("PENDING")
+    if args.json:
+        print(json.dumps({
+            "downlinks": [d.__dict__ | {"stream": streams[d.dlid].status if d.dlid in streams else None}
+                          for d in dls],
+            "rejected": [r.__dict__ for r in rejected],
+            "pending": [p.__dict__ for p in pending],
+            "rejected_files": deliveries.rejected_list(ws),
+        }, indent=1))
+        return 0
+    print(f"{'DOWNLINK':10s} {'FORM':6s} {'CHUNKS':>6s} {'GENSTEPS':8s} {'STREAM':10s} REGISTERED")
+    for d in dls:
+        st = streams.get(d.dlid)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.registered))
+        print(f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
+              f"{st.status if st else '-':10s} {when}")
+    for p in pending:
+        print(f"PENDING  {p.name}: {p.reason}")
+    for r in rejected:
+        print(f"REJECTED {r.name}: {r.reason} -> {r.path}")
+    return 0

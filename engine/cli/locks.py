@@ -1,0 +1,36 @@
+"""`skydeck-engine locks`: every lock with kind, owner, age and a stale verdict with reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.cli import SUMMARY
+from engine.core.workspace import Workspace
+from engine.pipeline.locks import list_locks
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("locks", parents=[common], help=SUMMARY["locks"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    infos = list_locks(ws.lock)
+    if args.json:
+        print(json.dumps([i.to_json() for i in infos], indent=1))
+        return 0
+    if not infos:
+        print(f"no locks in {ws.lock}")
+        return 0
+    print(f"{'LOCK':22s} {'KIND':10s} {'OWNER':22s} {'PROCESS':14s} {'AGE':>8s} VERDICT")
+    for i in infos:
+        # blocks: no grace period will free it (operator); in doubt: malformed, still in grace
+        verdict = ("STALE: " if i.stale else "blocks: " if i.blocks else
+                   "held: " if i.pid is not None else "in doubt: ") + i.reason
+        name = i.name if i.name.isprintable() else ascii(i.name)  # one row per lock, always
+        print(f"{name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
+              f"{i.age_s:7.0f}s {verdict}")
+    return 0

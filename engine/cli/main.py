@@ -1,0 +1,94 @@
+"""`skydeck-engine`: the headless command line.
+
+Each subcommand lives in its own module under ``engine.cli`` and registers itself
+through ``register(subparsers, common)``; this module only parses, dispatches and turns
+errors into the documented exit codes with one line on stderr.
+
+Thousands of pipeline jobs start it, so it imports only the module of the command it runs:
+the others are listed from ``engine.cli.SUMMARY`` by name and one-line help, and
+``--help`` or ``--version`` import none (no NumPy, h5py, mpi4py or Rich).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from engine import __version__
+from engine.cli import COMMAND_MODULES, SUMMARY
+from engine.core import interrupt
+from engine.core.errors import EXIT_USAGE, SkydeckError
+
+PROG = "skydeck-engine"
+
+
+def build_parser(only: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
+    """The whole parser; with ``everything=False`` only command ``only`` (if any) is imported
+    and registered in full, the others by name and summary (they cannot run)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-w",
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="skydeck headless engine: event building, propagation, pipeline, daemon.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        if everything or name == only:
+            importlib.import_module(f"engine.cli.{name}").register(sub, common)
+        else:
+            sub.add_parser(name, parents=[common], help=SUMMARY[name])
+    return parser
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is one, after the global options."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("-w", "--workspace"):
+            skip = True  # its value may be a command's name
+        elif word in SUMMARY:
+            return word
+        elif not word.startswith("-"):
+            return None  # not a command: argparse says so
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    old = interrupt.install()  # SIGTERM and SIGINT: children stopped, temporaries removed
+    try:
+        # bounded number types raise BadInput: one line
+        args = build_parser(command_in(argv), everything=False).parse_args(argv)
+        if not hasattr(args, "func"):  # a command only listed: parse again with all of them
+            args = build_parser().parse_args(argv)
+        if not hasattr(args, "workspace"):
+            args.workspace = None
+        return int(args.func(args) or 0)
+    except SkydeckError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt as err:
+        interrupt.stop_children()
+        what = "terminated" if isinstance(err, interrupt.Terminated) else "interrupted"
+        if interrupt.speaks_for_the_job():
+            print(f"{PROG}: {what}", file=sys.stderr)
+        return interrupt.exit_code(err)
+    except BrokenPipeError:
+        return EXIT_USAGE
+    finally:
+        interrupt.restore(old)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`skydeck-engine rollback DLID [PROCESS[:KEY]...]`: re-run instances and what depends on them."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.api.pipeline import rollback
+from engine.cli import SUMMARY
+from engine.core.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("rollback", parents=[common],
+                       help=SUMMARY["rollback"])
+    p.add_argument("dlid", help="downlink id")
+    p.add_argument("targets", nargs="*", metavar="PROCESS[:KEY]",
+                   help="e.g. makeEvt:00002 or mergeEvt (all runs); default: the failed instances")
+    p.add_argument("--task", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    res = rollback(ws, args.dlid, args.targets, task_name=args.task)
+    for label in res.retired:
+        print(f"rolled back {label}")
+    print(f"stream {res.dlid} is WAITING again: `skydeck-engine run {res.dlid}` or a running "
+          "`watch` picks it up")
+    return 0

@@ -1,0 +1,75 @@
+"""`skydeck-engine run DLID`: run one downlink's stream in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from engine.cli import SUMMARY
+from engine.cli.numbers import int_in
+from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
+from engine.core.ids import parse_dlid
+from engine.core.interrupt import EXIT_TERMINATED
+from engine.core.workspace import Workspace
+from engine.intake import deliveries
+from engine.pipeline.launcher import make_launcher
+from engine.pipeline.runner import json_line, run_stream
+from engine.pipeline.task import load_task
+from engine.store.state import StateDB
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help=SUMMARY["run"])
+    p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
+    p.add_argument("--task", default=None, help="task name or task file (default: config)")
+    p.add_argument("--jobs", type=int_in("--jobs", 1, 1024), default=None, help="jobs at once (default: config)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    dlid = parse_dlid(args.dlid)
+    task = load_task(ws, args.task)
+    stop = {"flag": False, "signal": 0}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["flag"], stop["signal"] = True, signum
+
+    # SIGTERM and SIGINT alike: stop launching, terminate the running jobs (they remove
+    # their temporaries), record them TERMINATED, exit 143 or 130
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with StateDB(ws.state_db) as db:
+            if db.downlink(dlid) is None:
+                cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
+                outcomes = [deliveries.process(ws, db, c, float(ws.setting("watch", "quiet_s", 2.0)))
+                            for c in cands]
+                for o in outcomes:
+                    if o.status == "rejected":
+                        raise BadInput(f"delivery rejected: {o.reason} (kept in {o.path})", o.file or o.path)
+                if db.downlink(dlid) is None:
+                    raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
+                                   "it is in incoming/", ws.incoming_level0)
+            launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
+                                     args.jobs or int(ws.setting("pipeline", "max_jobs", 2)))
+            runner = run_stream(ws, db, task, dlid, launcher,
+                                emit=lambda ev: print(json_line(ev), flush=True),
+                                should_stop=lambda: stop["flag"])
+    except KeyboardInterrupt:
+        print("skydeck-engine: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if runner.status == "SUCCESS":
+        return 0
+    if runner.status == "TERMINATED":
+        return EXIT_TERMINATED if stop["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
+    with StateDB(ws.state_db) as db:
+        bad = [pi for pi in db.instances(runner.stream.id) if pi.status == "FAILED"]
+    where = f"{bad[0].log_path or ws.state_db}: " if bad else ""
+    what = f"{bad[0].label} {bad[0].note}; " if bad else ""
+    print(f"skydeck-engine: {where}stream {dlid} {runner.status} ({what}{runner.note})",
+          file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,47 @@
+"""`skydeck-engine streams`: streams and their process instances (Pipeline-II statuses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+
+from engine.api.pipeline import stream_views
+from engine.cli import SUMMARY
+from engine.core.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("streams", parents=[common], help=SUMMARY["streams"])
+    p.add_argument("dlid", nargs="?", default=None, help="only this downlink")
+    p.add_argument("--all", action="store_true", help="all executions, not only the latest")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _t(x: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(x)) if x else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    views = stream_views(ws, args.dlid, latest_only=not args.all)
+    if args.json:
+        print(json.dumps([{"stream": asdict(v.stream), "instances": [asdict(p) for p in v.instances],
+                           "counts": v.counts()} for v in views], indent=1, default=str))
+        return 0
+    if not views:
+        print("no streams")
+    for v in views:
+        s = v.stream
+        counts = " ".join(f"{k}={n}" for k, n in sorted(v.counts().items()))
+        print(f"{s.dlid} exec {s.execution} {s.status:10s} {counts}"
+              f"{'  owner ' + str(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
+              f"{'  ' + s.note if s.note else ''}")
+        for pi in v.instances:
+            print(f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
+                  f"{pi.max_retries} pid {pi.pid or '-':>7} {_t(pi.started)}-{_t(pi.ended)} "
+                  f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
+                  f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}")
+    return 0

@@ -1,0 +1,36 @@
+"""`skydeck-engine unlock LOCK`: remove a proven-stale lock, or any with --force + confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli import SUMMARY
+from engine.core.errors import BadInput
+from engine.core.workspace import Workspace
+from engine.pipeline.locks import read, resolve, unlock
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("unlock", parents=[common], help=SUMMARY["unlock"])
+    p.add_argument("lock", help="lock name in the lock directory (e.g. halfpipe-251125001) or its path")
+    p.add_argument("--force", action="store_true",
+                   help="remove even a lock that is not provably stale (asks for confirmation)")
+    p.add_argument("--yes", action="store_true", help="confirm --force without asking")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    path = resolve(ws.lock, args.lock)
+    info = read(path)
+    if args.force and not info.stale and not args.yes:
+        if not sys.stdin.isatty():
+            raise BadInput("--force on a lock that is not provably stale needs --yes "
+                           "(no terminal to confirm on)", path)
+        answer = input(f"{path.name} is held: {info.reason}. Remove anyway? Type 'yes': ")
+        if answer.strip() != "yes":
+            raise BadInput("not confirmed; lock kept", path)
+    removed = unlock(ws.lock, args.lock, force=args.force)
+    print(f"removed {removed.name} ({removed.kind}, owner {removed.owner}): {removed.reason}")
+    return 0

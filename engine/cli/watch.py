@@ -1,0 +1,45 @@
+"""`skydeck-engine watch [--once] [--polling]`: the directory-watch daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli import SUMMARY
+from engine.cli.numbers import float_in
+from engine.core.errors import EXIT_FAILED, EXIT_USAGE
+from engine.core.workspace import Workspace
+from engine.daemon import run_daemon
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("watch", parents=[common],
+                       help=SUMMARY["watch"])
+    p.add_argument("--once", action="store_true",
+                   help="process what is there, run those streams to their end, and exit")
+    p.add_argument("--polling", action="store_true",
+                   help="poll instead of inotify (automatic on nfs/gpfs/lustre/cifs mounts)")
+    p.add_argument("--interval", type=float_in("--interval", 0.01, 86400.0), default=None,
+                   help="polling interval in seconds (default: config watch.poll_interval_s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    if args.interval is not None:
+        ws.config.setdefault("watch", {})["poll_interval_s"] = args.interval
+    res = run_daemon(ws, polling=args.polling, once=args.once)
+    for o in res.rejected:
+        print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)
+    for e in res.errors:  # contained faults (a delivery or stream that raised) still open
+        print(f"skydeck-engine: {ws.root}: {e}", file=sys.stderr)
+    if res.terminated:
+        return 0
+    if res.errors and args.once:
+        return EXIT_FAILED
+    if res.failed:
+        print(f"skydeck-engine: streams failed: {' '.join(res.failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    if res.rejected:
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,743 @@
+"""Deliveries: find, verify, extract, register or reject what arrives in ``incoming/``.
+
+Two forms arrive (DESIGN.md glossary): fcopy packages ``incoming/fcopy/<DLID>.tar`` whose
+manifest ``<DLID>.md5`` arrives last, and level-0 directories ``incoming/level0/<DLID>/``
+complete when ``MANIFEST.md5`` is present and every listed file verifies.
+
+Why each rule:
+- Files are the truth and events only hints (watchdog drops inotify overflow silently), so
+  ``scan`` lists the inboxes from scratch and ``process`` is idempotent: a registered
+  downlink is skipped, a claimed delivery is handled by exactly one process (state db claim).
+- Writers we do not control (rsync, slow copies) leave partial files: hidden names (rsync's
+  ``.name.XXXXXX``), ``*.tmp``/``*.part``, editor swap files are never candidates; a manifest
+  whose files are missing, or mismatch while still being written (modified within
+  ``quiet_s``), is *pending*, not bad. Only a settled mismatch is a rejection.
+- A bad delivery is moved to ``incoming/rejected/`` with a ``.reason`` file, never deleted;
+  its reason line starts with the problem (the file is a separate field).
+- Names are validated exactly as they arrive (``"261202013 "`` is not 261202013), and a
+  second delivery of an id that is already registered is rejected with that reason (kept
+  for the operator), never silently skipped; only the level-0 directory an accepted fcopy
+  package was extracted into is the same delivery.
+- Deliveries are regular files in real directories: a linked delivery directory, and a
+  symbolic link, FIFO, device or socket anywhere inside one, is rejected (lstat, O_NOFOLLOW);
+  nothing outside the inbox is ever read through a link.
+- fcopy tars are untrusted: every member must be a regular file (or the directory of one)
+  with a plain relative name that the package's inner ``MANIFEST.md5`` lists (read first,
+  bounded); the members' declared sizes must fit the free space minus the disk reserve
+  ("would need N bytes"), and extraction copies at most those sizes, into a hidden
+  ``.<DLID>.extract-<host>-<pid>`` directory that is renamed into
+  ``incoming/level0/<DLID>/`` only after the inner manifest verifies. One left by a killed
+  daemon is swept when the next daemon starts (``sweep_extracts``).
+- A tar whose ``.md5`` arrived first and whose writer stalls is still arriving (it ends
+  before its end-of-archive marker): pending until the incomplete timeout, not rejected as
+  a checksum mismatch after ``quiet_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import lzma
+import os
+import re
+import socket
+import stat
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.core.atomic import atomic_write_bytes, remove_path
+from engine.core.diskspace import free_bytes, human_bytes
+from engine.core.errors import BadInput
+from engine.core.ids import is_dlid, parse_dlid
+from engine.core.inputs import file_kind, open_regular
+from engine.core.workspace import Workspace, packaged_scene
+from engine.intake import manifest, retdef
+from engine.store.state import Downlink, StateDB, owner_dead
+
+_RETDEF = re.compile(r"RetDef-([0-9]{9})-([0-9]{5})\.xml")
+MAX_TREE_ENTRIES = 100_000   # entries in one level-0 delivery (walked with lstat)
+MAX_TAR_MEMBERS = 100_000    # members of one fcopy package
+_COPY_BLOCK = 1 << 20
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".swx", ".swo", "~", ".crdownload",
+                     ".reason", ".inprogress")
+GENSTEPS_NAME = "gensteps.npy"
+SCENE_NAME = "scene.txt"
+
+
+def ignored(name: str) -> bool:
+    """Names that are never a delivery: hidden/temporary (rsync), partial, editor swap files."""
+    return name.startswith((".", "#", "~")) or name.endswith(_IGNORED_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something in an inbox that may be (or become) a delivery."""
+
+    name: str            # "fcopy:<stem>" or "level0:<dir>"
+    kind: str            # fcopy | level0
+    stem: str            # the would-be downlink id
+    path: Path           # the tar (fcopy) or the directory (level0)
+    manifest: Path       # <stem>.md5 or <dir>/MANIFEST.md5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    kind: str
+    dlid: str | None
+    status: str          # accepted | rejected | pending | skipped | error (raised; the daemon retries)
+    reason: str | None   # the problem, one line (starts with it: no path in front)
+    path: str
+    file: str | None = None  # the file the problem concerns (rejections)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def text(name: str | os.PathLike[str]) -> str:
+    """A file name as text the state db, a reason file and a terminal can hold: a name that
+    is not valid UTF-8 (its bytes are surrogate escapes in Python) shows them as ``\\xff``.
+    Only for showing and recording; the file itself is always reached by its real name."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def fcopy_candidate(ws: Workspace, name: str) -> Candidate | None:
+    """The fcopy delivery an entry of ``incoming/fcopy`` named ``name`` belongs to, once its
+    ``.md5`` is there. The stem is the name minus ``.md5``/``.tar``, exactly (never stripped);
+    the ``.md5`` may be anything but a directory here (a link or FIFO is rejected later)."""
+    if ignored(name) or not name.endswith((".md5", ".tar")):
+        return None
+    stem = name[: -len(".md5")]
+    m = ws.incoming_fcopy / f"{stem}.md5"
+    if _lmode(m) in (None, stat.S_IFDIR):
+        return None
+    return Candidate(f"fcopy:{text(stem)}", "fcopy", stem, ws.incoming_fcopy / f"{stem}.tar", m)
+
+
+def level0_candidate(ws: Workspace, name: str) -> Candidate | None:
+    """The level-0 delivery ``incoming/level0/<name>`` once its MANIFEST.md5 is there. A
+    symbolic link in place of the directory is a candidate too: it is rejected with the
+    reason, never followed and never silently skipped."""
+    if ignored(name):
+        return None
+    d = ws.incoming_level0 / name
+    m = d / manifest.MANIFEST_NAME
+    mode = _lmode(d)
+    if mode == stat.S_IFLNK:
+        return Candidate(f"level0:{text(name)}", "level0", name, d, m)
+    if mode != stat.S_IFDIR or _lmode(m) is None:
+        return None
+    return Candidate(f"level0:{text(name)}", "level0", name, d, m)
+
+
+def _lmode(p: Path) -> int | None:
+    """The file type of ``p`` from lstat (links not followed), None when absent/unnamable."""
+    try:
+        return stat.S_IFMT(os.lstat(p).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def scan(ws: Workspace) -> list[Candidate]:
+    """Every delivery whose manifest is present (complete or being completed), oldest first."""
+    found: list[tuple[float, Candidate]] = []
+    for d, make in ((ws.incoming_fcopy, fcopy_candidate), (ws.incoming_level0, level0_candidate)):
+        with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+            for e in it:
+                if d == ws.incoming_fcopy and not e.name.endswith(".md5"):
+                    continue  # each package once, by its manifest
+                c = make(ws, e.name)
+                if c is not None:
+                    found.append((_mtime(c.manifest), c))
+    found.sort(key=lambda x: (x[0], x[1].name))
+    return [c for _, c in found]
+
+
+def candidate_for(ws: Workspace, path: Path) -> Candidate | None:
+    """Map a watched path (from an inotify event) to the delivery it may complete."""
+    for d, make in ((ws.incoming_fcopy, fcopy_candidate), (ws.incoming_level0, level0_candidate)):
+        try:
+            parts = path.relative_to(d).parts
+        except ValueError:
+            continue
+        if not parts or (d == ws.incoming_fcopy and len(parts) != 1):
+            return None
+        return make(ws, parts[0])
+    return None
+
+
+def _mtime(p: str | Path) -> float:
+    try:
+        st = os.stat(p)
+        return max(st.st_mtime, st.st_ctime)
+    except OSError:
+        return 0.0
+
+
+def _modified(p: str | Path) -> float:
+    """Last content change (writers move mtime; ctime also moves on rename and utime)."""
+    try:
+        return os.stat(p).st_mtime
+    except OSError:
+        return 0.0
+
+
+class Pending(Exception):
+    """Not complete yet (files missing or still being written); look again later."""
+
+
+def _parse_manifest(mpath: Path, quiet_s: float) -> dict[str, str]:
+    """manifest.parse, but a manifest still being written (changed within quiet_s) is pending."""
+    try:
+        return manifest.parse(mpath)
+    except BadInput:
+        if time.time() - _modified(mpath) < quiet_s:
+            raise Pending(f"{mpath.name} is still being written") from None
+        raise
+
+
+def _check_tree(directory: Path) -> None:
+    """A level-0 delivery is a real directory of regular files and real subdirectories:
+    anything else inside (a symbolic link, FIFO, socket, device) is rejected by name."""
+    if _lmode(directory) != stat.S_IFDIR:
+        raise BadInput(f"delivery is a {file_kind(directory)}, not a directory "
+                       "(deliveries are regular files in real directories)", directory)
+    todo, count = [directory], 0
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for e in it:
+                count += 1
+                if count > MAX_TREE_ENTRIES:
+                    raise BadInput(f"delivery holds more than {MAX_TREE_ENTRIES} entries", directory)
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(Path(e.path))
+                elif not e.is_file(follow_symlinks=False):
+                    raise BadInput(f"is a {file_kind(Path(e.path))}; deliveries hold "
+                                   "only regular files and directories", e.path)
+
+
+def _hash(f: Path) -> str:
+    """md5 of a listed file: one that vanished meanwhile is pending, an unreadable one bad."""
+    try:
+        return manifest.md5_file(f)
+    except FileNotFoundError:
+        raise Pending(f"{f.name} vanished while being verified") from None
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror or err}", f) from None
+
+
+def _verify_dir(directory: Path, mpath: Path, quiet_s: float,
+                arriving: Callable[[Path], str | None] | None = None) -> dict[str, str]:
+    """manifest.verify, but a missing or still-changing file means pending, not bad.
+
+    ``arriving(file)`` may say why a mismatching file is still arriving (a tar that ends
+    before its end-of-archive marker), which keeps it pending past ``quiet_s``."""
+    entries = _parse_manifest(mpath, quiet_s)
+    now = time.time()
+    for name in entries:  # cheap first: no hashing while files are still missing
+        if _lmode(directory / name) is None:
+            raise Pending(f"{name} listed in {mpath.name} but not present yet")
+    for name, digest in entries.items():
+        f = directory / name
+        recent = now - _modified(f) < quiet_s
+        actual = _hash(f)
+        if actual != digest:
+            if recent or now - _modified(mpath) < quiet_s:
+                raise Pending(f"{name} is still changing")
+            why = arriving(f) if arriving is not None else None
+            if why:
+                raise Pending(why)
+            raise BadInput(f"checksum mismatch: manifest {digest}, file {actual}", f)
+    return entries
+
+
+def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
+    """Every RetDef is listed, named for this downlink and its chunk, and valid: the stream
+    reads each ``RetDef-<DLID>-*.xml`` in the directory, so an unlisted one is rejected too."""
+    listed = set(names)
+    with os.scandir(directory) as it:
+        for e in it:
+            if e.name.startswith("RetDef-") and e.name not in listed:
+                raise BadInput(f"not listed in {manifest.MANIFEST_NAME} (every RetDef must be)", e.path)
+    chunks = []
+    for n in names:
+        m = _RETDEF.fullmatch(n)
+        if not n.startswith("RetDef-"):
+            continue
+        if not m:
+            raise BadInput("RetDef file name is not RetDef-<DLID>-<CHUNK 5d>.xml", directory / n)
+        if m.group(1) != dlid:
+            raise BadInput(f"RetDef belongs to downlink {m.group(1)}, not {dlid}", directory / n)
+        rd = retdef.parse(directory / n)
+        if rd.chunkid != int(m.group(2)):
+            raise BadInput(f"RetDef of chunk {m.group(2)} says chunkid {rd.chunkid}", directory / n)
+        chunks.append(int(m.group(2)))
+    if not chunks:
+        raise BadInput("delivery carries no RetDef-<DLID>-<CHUNK>.xml", directory)
+    return len(chunks)
+
+
+def _check_scene(level0: Path) -> str | None:
+    """The scene a delivery names (scene.txt): the plain name of a packaged scene."""
+    f = level0 / SCENE_NAME
+    has_gs = (level0 / GENSTEPS_NAME).is_file()
+    if not f.is_file():
+        if has_gs:
+            raise BadInput(f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0)
+        return None
+    try:
+        with open(open_regular(f), "rb") as fh:
+            name = fh.read(256).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"unreadable scene name: {' '.join(str(err).split())}", f) from None
+    packaged_scene(name, f)
+    return name
+
+
+def _unique(dest: Path) -> Path:
+    if not os.path.lexists(dest):
+        return dest
+    for k in range(2, 10_000):
+        alt = dest.with_name(f"{dest.name}.{k}")
+        if not os.path.lexists(alt):
+            return alt
+    raise BadInput("too many rejected deliveries of this name", dest)
+
+
+def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) -> Outcome:
+    """Move the delivery to rejected/ with a reason file; never delete it."""
+    rej = ws.rejected
+    rej.mkdir(parents=True, exist_ok=True)
+    moved: list[str] = []
+    base = _unique(rej / (cand.stem if cand.kind == "level0" else f"{cand.stem}.tar"))
+    if cand.kind == "level0":
+        if os.path.lexists(cand.path):  # a link is moved as the link, never followed
+            os.rename(cand.path, base)
+            moved.append(str(base))
+        where = base
+    else:
+        suffix = base.name[len(cand.stem) + len(".tar"):]  # ".2" when a name was reused
+        for src in (cand.path, cand.manifest):
+            if os.path.lexists(src):
+                dst = rej / (src.name + suffix)
+                os.rename(src, dst)
+                moved.append(str(dst))
+        where = base
+    # one line, whatever the library said; the problem first (the file is its own field)
+    reason = " ".join(err.message.split())
+    atomic_write_bytes(where.with_name(where.name + ".reason"), json.dumps(
+        {"delivery": cand.name, "kind": cand.kind, "reason": reason, "file": err.path,
+         "moved": moved, "rejected_at": time.time()}, indent=1).encode() + b"\n")
+    if db is not None:  # the listing's one line: the problem, then the file it concerns
+        db.finish_delivery(cand.name, "REJECTED", text(where),
+                           f"{reason} ({text(err.path)})" if err.path else reason)
+        db.log_event("rejected", cand.stem if is_dlid(cand.stem) else None, delivery=cand.name,
+                     reason=reason)
+    return Outcome(cand.name, cand.kind, cand.stem if is_dlid(cand.stem) else None, "rejected",
+                   reason, str(where), err.path)
+
+
+def extract_dir(ws: Workspace, dlid: str) -> Path:
+    """The hidden directory a package is extracted into (host and pid: whose it is)."""
+    return ws.incoming_level0 / f".{dlid}.extract-{socket.gethostname()}-{os.getpid()}"
+
+
+_EXTRACT_DIR = re.compile(r"\.[0-9]{9}\.extract-(?:(.+)-)?([0-9]{1,10})")
+
+
+def sweep_extracts(ws: Workspace) -> list[Path]:
+    """Remove partial extractions left by killed processes: those whose pid is dead on this
+    host, and those with our own pid (a restarted daemon that got the same pid has none in
+    flight yet). Call it at daemon start, before any extraction; another host's are kept."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(ws.incoming_level0) as it:
+        for e in it:
+            m = _EXTRACT_DIR.fullmatch(e.name)
+            if m is None:
+                continue
+            host, pid = m.group(1) or socket.gethostname(), int(m.group(2))
+            mine = host == socket.gethostname() and pid == os.getpid()
+            if mine or owner_dead(pid, host, None)[0]:
+                with contextlib.suppress(OSError):  # what cannot go stays, and is not reported
+                    remove_path(Path(e.path))
+                if not os.path.lexists(e.path):
+                    removed.append(Path(e.path))
+    return removed
+
+
+def _member_name(member: tarfile.TarInfo, tar: Path) -> str:
+    """The delivery-relative name of a tar member (``./`` prefix allowed, nothing else
+    normalised), checked like a manifest name: relative, no ``..``, plain characters."""
+    name = member.name[2:] if member.name.startswith("./") else member.name
+    try:
+        return manifest.safe_name(name, tar)
+    except BadInput:
+        raise BadInput(f"tar member {member.name[:60]!r} escapes the delivery directory or is "
+                       "not a plain relative name", tar) from None
+
+
+def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarInfo]], int]:
+    """Read every member header (no data written): each must be a regular file or directory
+    with a plain name, the inner MANIFEST.md5 (read first, bounded) must list every file and
+    be listed by none twice. Returns (name, member) to extract and the bytes they declare."""
+    members: list[tuple[str, tarfile.TarInfo]] = []
+    inner: dict[str, str] | None = None
+    seen: set[str] = set()
+    for i, member in enumerate(tf):
+        if i >= MAX_TAR_MEMBERS:
+            raise BadInput(f"package holds more than {MAX_TAR_MEMBERS} members", tar)
+        if member.name in (".", "./") and member.isdir():
+            continue
+        name = _member_name(member, tar)
+        if not (member.isfile() or member.isdir()) or member.issparse():
+            raise BadInput(f"tar member {name[:60]!r} is not a regular file", tar)
+        if member.size < 0:  # base-256 headers can say so; it would shrink the space check
+            raise BadInput(f"tar member {name[:60]!r} declares a negative size", tar)
+        if name in seen:
+            raise BadInput(f"tar member {name[:60]!r} appears twice", tar)
+        seen.add(name)
+        if name == manifest.MANIFEST_NAME and member.isfile():
+            if member.size > manifest.MAX_MANIFEST_BYTES:
+                raise BadInput(f"inside package: {manifest.MANIFEST_NAME} is larger than "
+                               f"{manifest.MAX_MANIFEST_BYTES} bytes", tar)
+            fh = tf.extractfile(member)
+            assert fh is not None  # a regular member
+            try:
+                inner = manifest.parse_bytes(fh.read(manifest.MAX_MANIFEST_BYTES + 1),
+                                             f"{tar}:{manifest.MANIFEST_NAME}")
+            except BadInput as err:
+                raise BadInput(f"inside package: {err.message}", tar) from None
+        members.append((name, member))
+    if inner is None:
+        raise BadInput(f"package holds no {manifest.MANIFEST_NAME}", tar)
+    parents = {str(p) for n in inner for p in Path(n).parents}
+    for name, member in members:
+        if member.isdir() and name not in parents:
+            raise BadInput(f"tar member {name[:60]!r} is a directory that "
+                           f"{manifest.MANIFEST_NAME} does not list a file in", tar)
+        if member.isfile() and name != manifest.MANIFEST_NAME and name not in inner:
+            raise BadInput(f"tar member {name[:60]!r} is not listed in the package's "
+                           f"{manifest.MANIFEST_NAME}", tar)
+    missing = sorted(set(inner) - {n for n, m in members if m.isfile()})
+    if missing:
+        raise BadInput(f"inside package: {missing[0][:60]!r} listed in {manifest.MANIFEST_NAME} "
+                       "but not in the package", tar)
+    return members, sum(m.size for _, m in members if m.isfile())
+
+
+def _check_room(ws: Workspace, need: int, tar: Path) -> None:
+    """The extraction must leave the disk reserve free (DESIGN.md "Disk pressure")."""
+    free, reserve = free_bytes(ws.incoming_level0), ws.reserve_bytes
+    if need > free - reserve:
+        raise BadInput(f"extracting the package would need {need} bytes ({human_bytes(need)}); "
+                       f"{free} bytes are free and {reserve} are reserved", tar)
+
+
+def _copy_member(tf: tarfile.TarFile, name: str, member: tarfile.TarInfo, work: Path,
+                 budget: list[int], tar: Path) -> None:
+    """Write one member under ``work`` (which we created: no links in it), copying at most
+    its declared size and at most what is left of the checked budget."""
+    target = work / name
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = tf.extractfile(member)
+    assert src is not None  # a regular member
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with open(fd, "wb") as out, src:
+        written = 0
+        while block := src.read(_COPY_BLOCK):
+            written += len(block)
+            budget[0] -= len(block)
+            if written > member.size or budget[0] < 0:
+                raise BadInput(f"tar member {name[:60]!r} holds more than its declared "
+                               f"{member.size} bytes", tar)
+            out.write(block)
+
+
+# What a damaged tar or compressed stream raises while being read.
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError)
+
+
+def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
+             incomplete_timeout_s: float) -> Path:
+    """Verify the package, extract it safely, verify its content; return the level0 dir."""
+    entries = _parse_manifest(cand.manifest, quiet_s)
+    if set(entries) != {cand.path.name}:
+        raise BadInput(f"fcopy manifest must list exactly {cand.path.name}", cand.manifest)
+    _verify_dir(cand.path.parent, cand.manifest, quiet_s,
+                lambda f: _tar_arriving(f, incomplete_timeout_s))
+    dest = ws.incoming_level0 / dlid
+    if os.path.lexists(dest):
+        raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
+                       f"downlink {dlid})", cand.path)
+    work = extract_dir(ws, dlid)
+    remove_path(work)
+    work.mkdir(parents=True)
+    try:
+        try:
+            with tarfile.open(cand.path, "r:*") as tf:
+                members, need = _plan(tf, cand.path)
+                _check_room(ws, need, cand.path)
+                budget = [need]
+                for name, member in members:
+                    _copy_member(tf, name, member, work, budget, cand.path)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Pending(f"no space left while extracting {cand.path.name} "
+                              f"({err.strerror}); retried later") from None
+            if isinstance(err, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+                raise BadInput(f"tar members collide: {err.strerror}", cand.path) from None
+            raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
+        except _TAR_ERRORS as err:
+            raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
+        inner = work / manifest.MANIFEST_NAME
+        try:
+            manifest.verify(work, inner)
+        except BadInput as err:
+            raise BadInput(f"inside package: {err}", cand.path) from None
+        if os.path.lexists(dest):
+            raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
+                           f"downlink {dlid})", cand.path)
+        os.rename(work, dest)
+    finally:
+        remove_path(work)
+    return dest
+
+
+def _tar_arriving(tar: Path, incomplete_timeout_s: float) -> str | None:
+    """Why a tar that does not match its checksum is still arriving, or None: modified
+    within the incomplete timeout and ending before its end-of-archive marker (a writer
+    that stalled, not a settled corruption)."""
+    if time.time() - _modified(tar) >= incomplete_timeout_s:
+        return None
+    return None if _tar_complete(tar) else f"{tar.name} is still arriving (it ends before its end-of-archive marker)"
+
+
+def _tar_complete(tar: Path) -> bool:
+    """Whether a tar holds all its members and its end marker (a truncated one does not).
+
+    A compressed stream cut short raises while being read; a plain tar is cut short when a
+    member's data or the two zero blocks after the last member lie beyond the file's end."""
+    try:
+        size = os.lstat(tar).st_size
+        if size < 2 * tarfile.BLOCKSIZE:
+            return False
+        with tarfile.open(tar, "r:*") as tf:
+            compressed = not isinstance(tf.fileobj, io.BufferedReader)
+            for i, member in enumerate(tf):
+                if i >= MAX_TAR_MEMBERS:
+                    return True
+                if not compressed and member.offset_data + member.size > size:
+                    return False
+            if compressed:
+                return True
+            with open(tar, "rb") as fh:
+                fh.seek(tf.offset)
+                return fh.read(2 * tarfile.BLOCKSIZE) == bytes(2 * tarfile.BLOCKSIZE)
+    except tarfile.ReadError as err:
+        # not a tar at all is "complete" (a settled mismatch); truncated data is arriving
+        return "empty" not in str(err) and "truncated" not in str(err) and "unexpected end" not in str(err)
+    except (EOFError, zlib.error, lzma.LZMAError, OSError, tarfile.TarError, ValueError):
+        return False
+
+
+def _is_level0_of(cand: Candidate, dl: Downlink) -> bool:
+    """Whether ``cand`` is the registered downlink's own level-0 directory (the one a level-0
+    delivery arrived as, or an accepted fcopy package was extracted into): the same
+    delivery, not a second one. Compared as files, so path spellings do not matter."""
+    if cand.kind != "level0" or _lmode(cand.path) != stat.S_IFDIR:
+        return False
+    try:
+        same_dir = os.path.samefile(dl.level0, cand.path)
+    except OSError:
+        return False
+    # the same path holding another manifest (the directory replaced, or its manifest
+    # rewritten) is a second delivery of the id: judged, never silently taken for this one
+    return same_dir and (dl.manifest_id is None or manifest_id(cand.manifest) == dl.manifest_id)
+
+
+def manifest_id(mpath: Path) -> str | None:
+    """A manifest's identity as a file (device, inode, size, content time): a chmod or a
+    backup tool's xattrs leave it, a rewrite or a new directory changes it."""
+    try:
+        st = os.lstat(mpath)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
+    """The candidates that still need ``process``: not accepted, and not the level-0
+    directory of a registered downlink. A second delivery of a registered id stays in (it is
+    rejected with its reason, never silently skipped)."""
+    cands = list(cands)
+    if not cands:
+        return []
+    dls = {d.dlid: d for d in db.downlinks()}
+    accepted = {d.name: dls.get(d.dlid or "") for d in db.deliveries("ACCEPTED")}
+    return [c for c in cands if (c.name not in accepted or _sent_again(c, accepted[c.name]))
+            and not (c.stem in dls and _is_level0_of(c, dls[c.stem]))]
+
+
+def _sent_again(cand: Candidate, dl: Downlink | None) -> bool:
+    """Whether an accepted delivery's name now holds a new delivery (sent again). A level-0
+    directory: when it is no longer the registered one (``_is_level0_of``). An fcopy package
+    stays in incoming/fcopy; a manifest whose content changed after the one that registered
+    ``dl`` is a new delivery of that name.
+
+    Both times are the file system's (``dl.delivered`` is the accepted manifest's change
+    time), so a daemon host whose clock differs from the file server's cannot misjudge it;
+    and only the content time (mtime) counts, so a chmod, chown or a backup tool's xattrs on
+    the accepted manifest (which move ctime) never make it look new.
+    """
+    if dl is None:
+        return False
+    if cand.kind == "level0":
+        return not _is_level0_of(cand, dl)
+    return _modified(cand.manifest) > dl.delivered
+
+
+def _registered_here(db: StateDB, cand: Candidate) -> bool:
+    """Whether ``cand`` is (now) the level-0 directory of its registered downlink."""
+    dl = db.downlink(cand.stem) if cand.kind == "level0" and is_dlid(cand.stem) else None
+    return dl is not None and _is_level0_of(cand, dl)
+
+
+def _registered_as(dl: Downlink) -> str:
+    """Which delivery registered a downlink, and when, for a duplicate's reason line (names
+    are exact, so the delivery of downlink X in form K was named K:X)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(dl.registered))
+    return f"from {dl.kind}:{dl.dlid} at {when}"
+
+
+def _check_form(cand: Candidate) -> None:
+    """Deliveries are regular files in real directories (lstat: links are not followed)."""
+    if cand.kind == "level0":
+        _check_tree(cand.path)
+    for f in ((cand.manifest,) if cand.kind == "level0" else (cand.manifest, cand.path)):
+        mode = _lmode(f)
+        if mode is None:
+            raise Pending(f"{f.name} not present yet")
+        if mode != stat.S_IFREG:
+            raise BadInput(f"is a {file_kind(f)}, not a regular file (deliveries are "
+                           "regular files in real directories)", f)
+
+
+def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
+            incomplete_timeout_s: float = 3600.0) -> Outcome:
+    """Turn one candidate into a registered downlink, a rejection, or 'pending'.
+
+    Exactly once: the state db claim makes one process own the verification. The level-0
+    directory of a registered downlink (e.g. one we extracted from an fcopy package) is
+    skipped; any other delivery of a registered id is rejected as a duplicate, kept for the
+    operator to decide.
+    """
+    known = db.delivery(cand.name)
+    again = False
+    if known is not None and known.status == "ACCEPTED":
+        again = _sent_again(cand, db.downlink(known.dlid) if known.dlid else None)
+        if not again:
+            return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
+    dlid = cand.stem if is_dlid(cand.stem) else None
+    if _registered_here(db, cand):
+        return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
+    if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=again):
+        return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
+    # another process finished it (moved it away) between our scan and claim
+    if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
+        db.release_delivery(cand.name)
+        return Outcome(cand.name, cand.kind, dlid, "skipped", "gone", str(cand.path))
+    try:
+        try:
+            dlid = parse_dlid(cand.stem)
+        except BadInput as err:
+            raise BadInput(err.message, cand.path) from None
+        _check_form(cand)
+        dup = db.downlink(dlid)
+        if dup is not None:
+            raise BadInput(f"downlink {dlid} is already registered ({_registered_as(dup)}); "
+                           "kept for the operator", cand.path)
+        if cand.kind == "fcopy":
+            level0 = _extract(ws, cand, dlid, quiet_s, incomplete_timeout_s)
+        else:
+            level0 = cand.path
+            _verify_dir(level0, cand.manifest, quiet_s)
+        names = sorted(manifest.parse(level0 / manifest.MANIFEST_NAME))
+        chunks = _check_retdefs(level0, dlid, names)
+        scene = _check_scene(level0)
+        dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
+                      gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
+                      delivered=_mtime(cand.manifest), registered=time.time(),
+                      manifest_id=manifest_id(level0 / manifest.MANIFEST_NAME))
+        first = db.register_downlink(dl)
+        db.finish_delivery(cand.name, "ACCEPTED", str(level0))
+        if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
+            return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(level0))
+        return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
+    except FileNotFoundError as err:  # a file vanished under us: this delivery waits
+        why: Pending | BadInput = Pending(f"{Path(err.filename or cand.path).name} vanished "
+                                          "while being checked")
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
+    except OSError as err:  # permission or I/O error: this delivery only, with the reason
+        why = BadInput(f"cannot read the delivery: {err.strerror or err}", err.filename or cand.path)
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
+    except (Pending, BadInput) as why:
+        return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
+    except BaseException:
+        db.release_delivery(cand.name)
+        raise
+
+
+def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
+            why: Pending | BadInput, incomplete_timeout_s: float) -> Outcome:
+    """The verdict on a claimed delivery that is not (yet) good: pending or rejected."""
+    try:
+        if _registered_here(db, cand):
+            # another thread or daemon extracted an fcopy package into this very directory
+            # and registered it meanwhile: the same delivery, whose data is never moved
+            db.release_delivery(cand.name)
+            return Outcome(cand.name, cand.kind, cand.stem, "skipped", "registered", str(cand.path))
+        if isinstance(why, BadInput):
+            if why.path is None:
+                why.path = str(cand.path)
+            return reject(ws, db, cand, why)
+        if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
+            db.release_delivery(cand.name)  # taken away whole while checked: nothing to judge
+            return Outcome(cand.name, cand.kind, dlid, "skipped", "gone", str(cand.path))
+        age = time.time() - _modified(cand.manifest)
+        if age > incomplete_timeout_s:
+            return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
+    except OSError as err:  # it could not even be moved to rejected/: it stays, and says so
+        what = why.message if isinstance(why, BadInput) else str(why)
+        why = Pending(f"{what}; could not be moved to {ws.rejected}: {err.strerror or err}")
+    db.release_delivery(cand.name, pending=text(str(why)))
+    return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
+
+
+def process_all(ws: Workspace, db: StateDB, quiet_s: float = 2.0,
+                incomplete_timeout_s: float = 3600.0) -> list[Outcome]:
+    """One reconciliation pass over both inboxes."""
+    return [process(ws, db, cand, quiet_s, incomplete_timeout_s)
+            for cand in unsettled(db, scan(ws))]
+
+
+def rejected_list(ws: Workspace) -> list[dict]:
+    """Rejected deliveries from their reason files (the files are the truth)."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for p in sorted(ws.rejected.glob("*.reason")):
+            try:
+                out.append(json.loads(p.read_text(encoding="utf-8")) | {"reason_file": str(p)})
+            except (OSError, ValueError):
+                out.append({"delivery": p.name[: -len(".reason")], "reason": "unreadable reason file",
+                            "reason_file": str(p)})
+    return out
+

@@ -1,0 +1,507 @@
+"""The stream runner: drives one downlink's stream through its task's DAG.
+
+A ``StreamRunner`` is a non-blocking state machine: ``step()`` creates the process
+instances whose dependencies are done, starts what can start (honouring conditions, halt
+flags, the disk reserve, locks and the launcher's capacity) and reports when the stream is
+finished; ``on_exit()`` takes a job's exit. The daemon drives many runners with one
+launcher; ``run_stream`` drives one in the foreground (``skydeck-engine run``).
+
+Everything a runner decides is written to the state database first, so a runner that dies
+(SIGKILL, power) can be replaced: ``resume()`` fails the instances whose supervisor died
+(killing the orphaned job if it provably still runs), and makes new executions of them
+without charging the automatic-retry budget, because the job was not at fault.
+
+Instance identity is (process, key): key is the substream (chunk ``%05d``, run start in
+decimal, or '' for a process that runs once). Only the latest execution counts; rollback
+retires latest executions and the runner makes new ones (execution number + 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.core.atomic import atomic_write_bytes
+from engine.core.errors import BadInput, Busy
+from engine.core.ids import run_hex, run_name
+from engine.core.workspace import Workspace, scene_path
+from engine.intake import manifest
+from engine.intake.deliveries import GENSTEPS_NAME
+from engine.pipeline import locks
+from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
+from engine.pipeline.task import ProcessDef, Task
+from engine.pipeline.usage import launch_paused
+from engine.store.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, StateDB, Stream
+
+Emit = Callable[[dict[str, Any]], None]
+_FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
+HALT_FLAGS = ("haltStage", "haltCleanup", "haltPropagate", "haltL1", "halted")
+
+
+def mpiexec_path() -> str:
+    """The venv's mpiexec (mpich wheel) first, then PATH."""
+    local = Path(sys.executable).with_name("mpiexec")
+    return str(local) if local.exists() else (shutil.which("mpiexec") or "mpiexec")
+
+
+def halt_flag(ws: Workspace, dlid: str, flag: str) -> Path | None:
+    """The flag file that halts ``flag`` for this downlink (global or per downlink), if any."""
+    for p in (ws.path("flags") / flag, ws.downlinks / dlid / flag):
+        if p.exists():
+            return p
+    return None
+
+
+@dataclass
+class _Running:
+    pi: ProcessInstance
+    pdef: ProcessDef
+    lock: Path | None
+    summary: Path
+    values: dict[str, str]
+
+
+class StreamRunner:
+    def __init__(self, ws: Workspace, db: StateDB, task: Task, stream: Stream,
+                 launcher: Launcher, emit: Emit | None = None) -> None:
+        self.ws, self.db, self.task, self.launcher = ws, db, task, launcher
+        self.stream = stream
+        dl = db.downlink(stream.dlid)
+        if dl is None:
+            raise KeyError(stream.dlid)
+        self.dl = dl
+        self.owner = Owner.me()
+        self.running: dict[int, _Running] = {}
+        self.emit = emit or (lambda ev: None)
+        self.status: str | None = None
+        self.note: str | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def dlid(self) -> str:
+        return self.stream.dlid
+
+    @property
+    def outdir(self) -> Path:
+        return self.ws.downlinks / self.dlid
+
+    def _event(self, event: str, pi: ProcessInstance | None = None, **kw: Any) -> None:
+        ev: dict[str, Any] = {"t": round(time.time(), 3), "event": event, "dlid": self.dlid,
+                              "stream": self.stream.id}
+        if pi is not None:
+            ev |= {"process": pi.process, "key": pi.key, "pi": pi.id, "execution": pi.execution}
+        ev |= kw
+        self.emit(ev)
+
+    def values(self, pdef: ProcessDef, key: str) -> dict[str, str]:
+        scene = self.dl.scene or "default"
+        v = {
+            "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
+            "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
+            "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
+            "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
+            "scene_path": str(scene_path(scene)),
+            "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
+            "key": key, "process": pdef.name,
+        }
+        if pdef.foreach == "chunks" and key:
+            v |= {"chunk": key, "retdef": str(self.outdir / f"RetDef-{self.dlid}-{key}.xml"),
+                  "chunk_out": str(self.outdir / f"{self.dlid}-{key}.h5")}
+        if pdef.foreach == "runs" and key:
+            v |= {"run": key, "run10": run_name(int(key)), "runhex": run_hex(int(key))}
+        return v
+
+    def _render(self, text: str, values: dict[str, str]) -> str:
+        try:
+            return text.format(**values)
+        except (KeyError, IndexError) as err:
+            raise ValueError(f"unknown placeholder {err} in {text!r}") from None
+
+    def keys(self, pdef: ProcessDef, vars_: dict[str, Any]) -> list[str] | None:
+        if pdef.foreach is None:
+            return [""]
+        val = vars_.get(pdef.foreach)
+        if val is None:
+            return None
+        return [str(x) for x in val]
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self) -> None:
+        """Take over from a dead owner: fail its in-flight instances, retry them, own the locks.
+
+        The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
+        held by another live process on this host is taken over too: this runner holds the
+        claim in the state db, so that process no longer runs the stream (a daemon whose
+        stream FAILED keeps HalfPipe's lock until cleanup) and would never release it. A lock
+        held from another host is left alone: that may be another site's runner.
+        """
+        for pi in self.db.instances(self.stream.id):
+            if pi.id in self.running or pi.status not in ACTIVE_PI:
+                continue
+            what = kill_orphan(pi.pid, pi.host, pi.pid_start)
+            self.db.update_instance(pi.id, status="FAILED", ended=time.time(),
+                                    note=f"supervisor died; {what}")
+            self._event("instance_failed_owner_died", pi, detail=what)
+            pdef = self.task.process(pi.process)
+            # a crash of the supervisor is not the job's fault: same retry count
+            self.db.create_instance(self.stream.id, pi.process, pi.key, pdef.retries, pi.auto_retry)
+        for pdef in self.task.processes:
+            if pdef.stream_lock:
+                p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
+                try:
+                    info = locks.read(p)
+                except FileNotFoundError:
+                    continue
+                if info.stale:
+                    event, why = "lock_reclaimed", info.reason
+                elif (info.host == self.owner.host and info.pid != self.owner.pid
+                      and info.stream == self.dlid):
+                    event, why = "lock_taken_over", "this runner holds the stream claim"
+                else:
+                    continue
+                locks.take_over(p, self.dlid, pdef.name, self.owner)
+                self._event(event, lock=p.name, previous_owner=info.owner, why=why)
+
+    # ------------------------------------------------------------------ the state machine
+
+    def step(self) -> str | None:
+        """Advance the stream; returns its final status once finished, else None."""
+        if self.status is not None:
+            return self.status
+        st = self.db.stream(self.stream.id)
+        self.stream = st
+        vars_ = st.vars
+        latest = {(pi.process, pi.key): pi for pi in self.db.instances(st.id)}
+        state: dict[str, str] = {}
+        paused: tuple[bool, str] | None = None
+        for pdef in self.task.processes:
+            deps = [state[a] for a in pdef.after]
+            if "failed" in deps:
+                state[pdef.name] = "failed"
+                continue
+            if any(d != "done" for d in deps):
+                state[pdef.name] = "pending"
+                continue
+            keys = self.keys(pdef, vars_)
+            if keys is None:  # set by a scriptlet earlier in this very step?
+                vars_ = self.db.stream(st.id).vars
+                keys = self.keys(pdef, vars_)
+            if keys is None:
+                pi = latest.get((pdef.name, ""))
+                if pi is None:
+                    pi = self.db.create_instance(st.id, pdef.name, "", 0, status="FAILED")
+                    self.db.update_instance(pi.id, note=f"stream variable {pdef.foreach!r} was "
+                                            "not set by an upstream process", ended=time.time())
+                state[pdef.name] = "failed"
+                continue
+            statuses = []
+            for key in keys:
+                pi = latest.get((pdef.name, key))
+                if pi is None:
+                    pi = self.db.create_instance(st.id, pdef.name, key, pdef.retries)
+                    latest[(pdef.name, key)] = pi
+                if self._startable(pdef, pi):
+                    if paused is None:
+                        paused = launch_paused(self.ws)
+                    pi.status = self._try_start(pdef, pi, paused)
+                statuses.append(pi.status)
+            if all(s in DONE_PI for s in statuses):
+                state[pdef.name] = "done"
+            elif any(s not in DONE_PI and s not in _FINAL_BAD for s in statuses):
+                state[pdef.name] = "pending"   # something still runs or waits to start
+            else:
+                state[pdef.name] = "failed"    # every retry used up
+        if self.running:
+            return None
+        if all(s == "done" for s in state.values()):
+            return self._finish("SUCCESS", None)
+        if "failed" in state.values() and "pending" not in state.values():
+            failed = [n for n, s in state.items() if s == "failed"]
+            return self._finish("FAILED", f"failed: {', '.join(failed)}")
+        return None
+
+    def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
+        """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
+        run inside step(), so that is a step whose final write failed (disk full): run it
+        again (scriptlets are idempotent)."""
+        if pi.id in self.running:
+            return False
+        if pi.status in ("WAITING", "READY"):
+            return True
+        return (pdef.scriptlet is not None and pi.status == "RUNNING"
+                and (pi.pid, pi.host) == (self.owner.pid, self.owner.host))
+
+    def _finish(self, status: str, note: str | None) -> str:
+        self.db.release_stream(self.stream.id, status, note)
+        self.status, self.note = status, note
+        self._event("stream_" + status.lower(), note=note)
+        return status
+
+    def _hold(self, pi: ProcessInstance, status: str, note: str) -> str:
+        if pi.note != note or pi.status != status:
+            self.db.update_instance(pi.id, status=status, note=note)
+            pi.note = note
+            self._event("held", pi, why=note)
+        return status
+
+    def _try_start(self, pdef: ProcessDef, pi: ProcessInstance, paused: tuple[bool, str]) -> str:
+        if pdef.when == "gensteps" and not self.dl.gensteps:
+            self.db.update_instance(pi.id, status="SKIPPED", ended=time.time(),
+                                    note="delivery carries no gensteps")
+            self._event("skipped", pi, why="no gensteps")
+            return "SKIPPED"
+        if pdef.halt:
+            flag = halt_flag(self.ws, self.dlid, pdef.halt)
+            if flag is not None:
+                return self._hold(pi, "WAITING", f"halted by {flag}")
+        if pdef.scriptlet:
+            return self._run_scriptlet(pdef, pi)
+        if paused[0]:
+            return self._hold(pi, "READY", f"launching paused: {paused[1]}")
+        if self.launcher.capacity() <= 0:
+            return pi.status
+        values = self.values(pdef, pi.key)
+        try:
+            argv = [self._render(a, values) for a in pdef.command]
+            lock_path = self.ws.lock / self._render(pdef.lock, values) if pdef.lock else None
+            stream_lock = (self.ws.lock / self._render(pdef.stream_lock, values)
+                           if pdef.stream_lock else None)
+            rm_lock = (self.ws.lock / self._render(pdef.removes_stream_lock, values)
+                       if pdef.removes_stream_lock else None)
+        except ValueError as err:
+            self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
+            return "FAILED"
+        if pdef.mpi:
+            ranks = int(self.ws.setting("build", "ranks", 1))
+            if ranks > 1:
+                argv = [mpiexec_path(), "-n", str(ranks), *argv]
+        log_event: list[str] = []
+        if stream_lock is not None:
+            try:
+                locks.acquire(stream_lock, self.dlid, pdef.name, self.owner, log=log_event)
+            except Busy as err:
+                return self._hold(pi, "READY", f"waiting for stream lock: {err}")
+        if rm_lock is not None:
+            self._remove_stream_lock(rm_lock)
+        if lock_path is not None:
+            try:
+                locks.acquire(lock_path, self.dlid, pdef.name, self.owner, log=log_event)
+            except Busy as err:
+                return self._hold(pi, "READY", f"waiting for lock {lock_path.name}: {err.message}")
+        for line in log_event:
+            self._event("lock_reclaimed", pi, detail=line)
+        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
+        log = self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log"
+        summary = self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.unlink(missing_ok=True)
+        env = {
+            "SKYDECK_WORKSPACE": str(self.ws.root),
+            "HALFPIPE_DOWNLINKID": self.dlid, "HALFPIPE_OUTPUTBASE": str(self.ws.downlinks),
+            "HALFPIPE_MAXEVENTS": values["maxEvents"], "HALFPIPE_NUMCHUNKS": str(self.dl.chunks),
+            "PIPELINE_TASK": self.task.name, "PIPELINE_PROCESS": pdef.name,
+            "PIPELINE_PROCESSINSTANCE": str(pi.id), "PIPELINE_STREAM": pi.key or self.dlid,
+            "PIPELINE_SUMMARY": str(summary), "PYTHONPATH": _pythonpath(),
+        }
+        if "chunk" in values:
+            env["HALFPIPE_CHUNKID"] = values["chunk"]
+        if "runhex" in values:
+            env["HALFPIPE_RUNSTART"] = values["runhex"]
+        env |= {k: self._render(v, values) for k, v in pdef.env.items()}
+        try:
+            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root))
+        except OSError as err:
+            if lock_path is not None:
+                locks.release(lock_path, self.owner)
+            self.db.update_instance(pi.id, status="FAILED", ended=time.time(), exit_code=127,
+                                    note=f"cannot start {argv[0]}: {err.strerror}", log_path=str(log))
+            self._event("failed", pi, why=f"cannot start: {err.strerror}")
+            return self._after_failure(pdef, pi)
+        now = time.time()
+        pi.status, pi.started = "RUNNING", now
+        # ours before it is written: should the write fail (disk full), the job is not
+        # started a second time and its exit is still routed here
+        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
+                                started=now, log_path=str(log), note=None)
+        self._event("started", pi, pid=h.pid, log=str(log))
+        return "RUNNING"
+
+    def _remove_stream_lock(self, path: Path) -> None:
+        try:
+            info = locks.read(path)
+        except FileNotFoundError:
+            return
+        if (info.pid, info.host) == (self.owner.pid, self.owner.host) or info.stale:
+            path.unlink(missing_ok=True)
+            self._event("lock_removed", lock=path.name)
+
+    def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
+        latest = self.db.q("SELECT id, status FROM process_instances WHERE stream_id=? AND "
+                           "process=? AND key=? AND is_latest=1", (self.stream.id, pi.process, pi.key))
+        if latest and latest[0]["id"] != pi.id:  # already retried (a repeated on_exit)
+            return str(latest[0]["status"])
+        if pi.auto_retry < pi.max_retries:
+            new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
+                                          pi.auto_retry + 1)
+            self._event("retry", new, previous=pi.id)
+            return new.status
+        return "FAILED"
+
+    # ------------------------------------------------------------------ scriptlets
+
+    def _run_scriptlet(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
+        self.db.update_instance(pi.id, status="RUNNING", started=time.time(), host=self.owner.host,
+                                pid=self.owner.pid, pid_start=self.owner.start)
+        try:
+            if pdef.scriptlet == "launch_chunks":
+                self._launch_chunks(pdef, pi)
+            else:  # parse_task rejects unknown scriptlets
+                raise ValueError(f"unknown scriptlet {pdef.scriptlet}")
+        except (OSError, ValueError) as err:
+            self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
+            self._event("failed", pi, why=str(err))
+            return "FAILED"
+        self.db.update_instance(pi.id, status="SUCCESS", ended=time.time(), exit_code=0)
+        self._event("success", pi)
+        return "SUCCESS"
+
+    def _launch_chunks(self, pdef: ProcessDef, pi: ProcessInstance) -> None:
+        """HalfPipe's launchChunks: one makeEvt substream per RetDef (copied to outputBase)."""
+        level0 = Path(self.dl.level0)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        chunks = []
+        for rd in sorted(level0.glob(f"RetDef-{self.dlid}-*.xml")):
+            target = self.outdir / rd.name
+            data = rd.read_bytes()
+            if not target.exists() or target.read_bytes() != data:
+                atomic_write_bytes(target, data)
+            self.db.record_file(target, pdef.name, pi.id, self.dlid, manifest.md5_file(target))
+            chunks.append(rd.name[len(f"RetDef-{self.dlid}-"):-len(".xml")])
+        if not chunks:
+            raise ValueError(f"no RetDef-{self.dlid}-*.xml in {level0}")
+        self.db.set_stream_vars(self.stream.id, chunks=chunks)
+
+    # ------------------------------------------------------------------ job exits
+
+    def on_exit(self, res: JobResult) -> None:
+        """Record a job's exit. Safe to call again with the same result when a write failed
+        (disk full): the job stays in ``running`` until everything about it is recorded."""
+        r = self.running.get(res.pi_id)
+        if r is None:
+            return
+        pi, pdef = r.pi, r.pdef
+        if r.lock is not None:
+            locks.release(r.lock, self.owner)
+        note = None
+        status = "SUCCESS" if res.exit_code == 0 else "FAILED"
+        if status == "SUCCESS":
+            try:
+                self._collect(pdef, pi, r)
+            except (OSError, ValueError) as err:
+                status, note = "FAILED", f"bad job report: {err}"
+        else:
+            note = (f"killed by signal {-res.exit_code}" if res.exit_code < 0
+                    else f"exit code {res.exit_code}")
+        self.db.update_instance(pi.id, status=status, exit_code=res.exit_code, ended=res.ended,
+                                note=note)
+        self._event(status.lower(), pi, exit_code=res.exit_code,
+                    wall_s=round(res.ended - (pi.started or res.ended), 3))
+        if status == "FAILED":
+            pi.status = "FAILED"
+            self._after_failure(pdef, pi)
+        del self.running[res.pi_id]
+        with contextlib.suppress(OSError):
+            r.summary.unlink(missing_ok=True)
+
+    def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: _Running) -> None:
+        """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""
+        outputs: list[Path] = [Path(self._render(o, r.values)) for o in pdef.outputs]
+        sets: dict[str, list[str]] = {}
+        if r.summary.exists():
+            for line in r.summary.read_text(encoding="utf-8").splitlines():
+                if not line.startswith("Pipeline.") or ":" not in line:
+                    continue
+                name, _, value = line[len("Pipeline."):].partition(":")
+                name, value = name.strip(), value.strip()
+                if name == "output":
+                    outputs.append(Path(value))
+                else:
+                    sets[name] = value.split()
+        if sets:
+            self.db.set_stream_vars(self.stream.id, **sets)
+        for out in outputs:
+            if out.is_dir():
+                for f in sorted(out.rglob("*")):
+                    if f.is_file():
+                        self.db.record_file(f, pdef.name, pi.id, self.dlid, manifest.md5_file(f))
+            elif out.is_file():
+                self.db.record_file(out, pdef.name, pi.id, self.dlid, manifest.md5_file(out))
+
+    # ------------------------------------------------------------------ shutdown
+
+    def terminate(self, ids: list[int]) -> None:
+        """The launcher stopped these jobs (SIGTERM of the daemon): mark them TERMINATED."""
+        for pi_id in ids:
+            r = self.running.pop(pi_id, None)
+            if r is None:
+                continue
+            if r.lock is not None:
+                locks.release(r.lock, self.owner)
+            self.db.update_instance(pi_id, status="TERMINATED", ended=time.time(),
+                                    note="daemon stopped")
+            # resumable: the next owner makes a new execution (not charged as a retry)
+            self.db.create_instance(self.stream.id, r.pi.process, r.pi.key, r.pi.max_retries,
+                                    r.pi.auto_retry)
+            self._event("terminated", r.pi)
+
+
+def _pythonpath() -> str:
+    """Jobs import this very engine, also when it runs from a source tree."""
+    root = str(Path(__file__).resolve().parents[2])
+    cur = os.environ.get("PYTHONPATH", "")
+    return root if not cur else f"{root}{os.pathsep}{cur}"
+
+
+def json_line(ev: dict[str, Any]) -> str:
+    return json.dumps(ev, separators=(",", ":"), default=str)
+
+
+def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Launcher,
+               emit: Emit | None = None, poll_s: float = 0.01,
+               should_stop: Callable[[], bool] | None = None) -> StreamRunner:
+    """Claim and drive one stream to its end in this process (``skydeck-engine run``)."""
+    st, why = db.claim_stream(dlid, task.name)
+    if st is None:
+        prev = db.latest_stream(dlid, task.name)
+        if prev is not None and prev.status == "FAILED":
+            raise BadInput(f"stream {dlid} FAILED ({prev.note}); `skydeck-engine rollback {dlid}` "
+                           "re-runs what failed", db.path)
+        if prev is not None and prev.status in ("SUCCESS", "CANCELED"):
+            runner = StreamRunner(ws, db, task, prev, launcher, emit)
+            runner.status, runner.note = prev.status, "already finished"
+            return runner
+        raise Busy(why)
+    runner = StreamRunner(ws, db, task, st, launcher, emit)
+    runner.resume()
+    while True:
+        for res in launcher.poll():
+            runner.on_exit(res)
+        if runner.step() is not None:
+            return runner
+        if should_stop is not None and should_stop():
+            runner.terminate(launcher.cancel_all() if hasattr(launcher, "cancel_all") else [])
+            db.release_stream(runner.stream.id, "TERMINATED", "stopped")
+            runner.status = "TERMINATED"
+            return runner
+        time.sleep(poll_s)

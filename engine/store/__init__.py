@@ -1,0 +1,1 @@
+"""The state database: the only package that speaks SQL."""
