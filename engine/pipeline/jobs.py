@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.run is None:
                 raise BadInput("mergeEvt needs --run")
             max_events = a.max_events or int(os.environ.get("HALFPIPE_MAXEVENTS") or
-                                              ws.setting("halfpipe", "maxEvents", 125000))
+                                              ws.settings.halfpipe.maxEvents)
             files = merge_evt(ws, dlid, a.run, max_events)
             print(f"{dlid} {run_name(a.run)}: staged {len(files)} file(s)")
         else:

@@ -107,7 +107,7 @@ class StreamRunner:
         v = {
             "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
-            "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
+            "maxEvents": str(self.ws.settings.halfpipe.maxEvents),
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
             "scene_path": str(scene_path(scene)),
             "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
@@ -282,7 +282,7 @@ class StreamRunner:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
         if pdef.mpi:
-            ranks = int(self.ws.setting("build", "ranks", 1))
+            ranks = self.ws.settings.build.ranks
             if ranks > 1:
                 argv = [mpiexec_path(), "-n", str(ranks), *argv]
         log_event: list[str] = []
