@@ -104,10 +104,13 @@ class StreamRunner:
 
     def values(self, pdef: ProcessDef, key: str) -> dict[str, str]:
         scene = self.dl.scene or "default"
+        build = self.ws.settings.build
         v = {
             "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
             "maxEvents": str(self.ws.settings.halfpipe.maxEvents),
+            "batch": str(build.batch), "timestamp_path": build.timestamp_path,
+            "data_path": build.data_path, "smalldata_path": build.smalldata_path,
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
             "scene_path": str(scene_path(scene)),
             "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
