@@ -38,8 +38,9 @@ from typing import Any
 from engine.api.ops import DAEMON_LOG
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
+from engine.pipeline.halts import halt_flag, is_set_globally
 from engine.pipeline.launcher import JobResult, LocalLauncher, make_launcher
-from engine.pipeline.runner import StreamRunner, halt_flag, json_line
+from engine.pipeline.runner import StreamRunner, json_line
 from engine.pipeline.task import Task, load_task
 from engine.store.state import StateDB
 
@@ -369,7 +370,7 @@ class Daemon:
         """Claim streams for registered downlinks that need one (new, resumable, rolled back)."""
         if len(self.runners) >= self.max_streams:
             return
-        if (self.ws.path("flags") / "halted").exists():
+        if is_set_globally(self.ws, "halted"):
             return
         rows: list[Any] = []
         with self._contained("stream pick-up"):

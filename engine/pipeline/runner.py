@@ -36,6 +36,7 @@ from engine.core.workspace import Workspace, scene_path
 from engine.intake import manifest
 from engine.intake.deliveries import GENSTEPS_NAME
 from engine.pipeline import locks
+from engine.pipeline.halts import halt_flag
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
@@ -43,21 +44,12 @@ from engine.store.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, State
 
 Emit = Callable[[dict[str, Any]], None]
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
-HALT_FLAGS = ("haltStage", "haltCleanup", "haltPropagate", "haltL1", "halted")
 
 
 def mpiexec_path() -> str:
     """The venv's mpiexec (mpich wheel) first, then PATH."""
     local = Path(sys.executable).with_name("mpiexec")
     return str(local) if local.exists() else (shutil.which("mpiexec") or "mpiexec")
-
-
-def halt_flag(ws: Workspace, dlid: str, flag: str) -> Path | None:
-    """The flag file that halts ``flag`` for this downlink (global or per downlink), if any."""
-    for p in (ws.path("flags") / flag, ws.downlinks / dlid / flag):
-        if p.exists():
-            return p
-    return None
 
 
 @dataclass
