@@ -18,7 +18,8 @@ from engine.cli import SUMMARY
 from engine.core.workspace import CONFIG_NAME, Workspace
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("config", parents=[common], help=SUMMARY["config"])
     p.add_argument("--json", action="store_true", help="print one JSON object {section: {key: value}}")
     p.set_defaults(func=run)
