@@ -64,8 +64,8 @@ from engine.api.pipeline import rollback
 from engine.core.errors import SkydeckError
 from engine.core.workspace import ASSETS, Workspace
 from engine.pipeline import locks
+from engine.pipeline.halts import HALT_FLAGS
 from engine.pipeline.locks import LockInfo
-from engine.pipeline.runner import HALT_FLAGS
 from engine.pipeline.usage import StageReport, stage_report
 from engine.store.state import StreamView
 
