@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.core.errors import BadInput
-from engine.propagate.numpy_backend import ChunkResult, Params, slice_order
+from engine.propagate.params import ChunkResult, Params, slice_order
 from engine.propagate.scene import SceneArrays
 
 BLOCK = 256
