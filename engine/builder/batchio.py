@@ -231,7 +231,7 @@ class BatchWorker:
             if not nbytes:
                 continue
             off = self.offsets[k] + start * s.row_bytes
-            view = memoryview(buf).cast("B")
+            view = buf.data.cast("B")
             done = 0
             try:
                 while done < nbytes:
@@ -251,7 +251,7 @@ class BatchWorker:
         s = self.sources[k]
         rb = s.row_bytes
         cuts = np.flatnonzero((np.diff(offs) != rb) | (np.diff(dest) != 1)) + 1
-        flat = memoryview(buf).cast("B")
+        flat = buf.data.cast("B")
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(offs)], strict=True):
             want = (int(b) - int(a)) * rb
             d0 = int(dest[a]) * rb

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import h5py
 import numpy as np
@@ -137,7 +137,7 @@ def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
         raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
 
 
-def check_npy_header(fh: BinaryIO, holds: int, what: str, path: Path | str) -> None:
+def check_npy_header(fh: IO[bytes], holds: int, what: str, path: Path | str) -> None:
     """The shape a ``.npy`` header declares must fit the ``holds`` bytes that follow it and
     this machine's memory: NumPy allocates the declared array before reading into it."""
     try:

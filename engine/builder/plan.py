@@ -137,7 +137,8 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
     else:
         mask = np.ones(principal.n, dtype=bool)
         if selection is not None:
-            fields = ChainMap(small, {"timestamp": pts})  # a field named timestamp wins
+            # a field named timestamp wins; ChainMap only reads here, SmallData is a Mapping
+            fields = ChainMap(small, {"timestamp": pts})  # type: ignore[arg-type]
             mask &= selection.evaluate(fields, principal.n, principal.path)
         if opt.retdef is not None:
             rd = parse_retdef(opt.retdef)

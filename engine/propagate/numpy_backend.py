@@ -414,7 +414,7 @@ class _Sink:
         hit = (fm & mask) == mask
         if hit.any():
             self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
-        if self.ox is not None:
+        if self.ox is not None and self.seq is not None:  # development mode: both
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
