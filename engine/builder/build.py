@@ -1,6 +1,6 @@
 """The event builder: match sources by timestamp, select, and write built events.
 
-Done the way the trilogy's authors wished it were (reference/eventbuilder.md A.7),
+Done the way the trilogy's authors wished it were (docs/eventbuilder.md A.4),
 in parts that each do one thing:
 
 - ``options``: what a build is asked (``BuildOptions``, ``MAX_BATCH``);

@@ -1,4 +1,4 @@
-"""Level-0 source files: open, validate and describe them (DESIGN.md, "Data contracts").
+"""Level-0 source files: open, validate and describe them (docs/design.md, "Level-0 source files").
 
 Every check the builder relies on happens here, before any output exists, so bad input
 ends as one line naming the file: not HDF5 or truncated, a missing dataset, length

@@ -1,7 +1,7 @@
 """The built-events file: created with all its metadata before any payload row, committed after.
 
 ``create_output`` writes, under the temporary name ``check_output`` chose, every attribute
-(DESIGN.md "Built events"), the timestamps, runs and per-source row indices, and allocates
+(docs/design.md "Built events"), the timestamps, runs and per-source row indices, and allocates
 each payload dataset contiguous and up front (fill never, so the file stays sparse until the
 workers write). It records the payload datasets' byte offsets in the plan: from then on the
 workers write with ``pwrite`` at those offsets and no HDF5 metadata changes, which is what

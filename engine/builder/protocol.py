@@ -209,6 +209,8 @@ def plan_on_root(opt: BuildOptions, progress: Progress | None, clock: PhaseClock
 
 def _run_ranks(comm: Any, opt: BuildOptions, progress: Progress | None, clock: PhaseClock,
                held: dict[str, Path]) -> BuildReport | None:
+    from mpi4py import MPI
+
     rank, size = comm.Get_rank(), comm.Get_size()
     plan: Plan | None = None
     setup: WorkerSetup | SetupFailed | None = None
@@ -224,14 +226,14 @@ def _run_ranks(comm: Any, opt: BuildOptions, progress: Progress | None, clock: P
     stats: np.ndarray | None = None
     with clock.phase("copy") as ph:
         comm.Barrier()
-        t0 = time.perf_counter()
+        t0 = MPI.Wtime()
         if rank == 0:
             assert plan is not None
             error, stats = Dispatcher(comm, plan, opt.batch, progress).run()
         else:
             error = Worker(comm, rank, setup, opt.batch).run()
         comm.Barrier()
-        elapsed = time.perf_counter() - t0
+        elapsed = MPI.Wtime() - t0
     error = next((e for e in comm.allgather(error) if e), "")
     if rank != 0:
         if error:

@@ -184,7 +184,7 @@ def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
 def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, n2: np.ndarray,
             u: np.ndarray):
     """Dielectric boundary with polarization (G4OpBoundaryProcess dielectric_dielectric as
-    in Opticks propagate_at_boundary, reference/opticks.md 3.4). Returns dir, pol, reflect."""
+    in Opticks propagate_at_boundary, docs/opticks.md 3.4). Returns dir, pol, reflect."""
     c1 = -dot(d, normal)
     nrm = normal * np.where(c1 < 0, _F(-1), _F(1))  # exact: a sign flip
     c1 = np.abs(c1)
@@ -361,7 +361,7 @@ def _compress(fs: np.ndarray, ist: np.ndarray, domain: tuple[float, float]) -> n
 
 
 def _pack(fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> np.ndarray:
-    """Final photons in the (n,4,4) float32 layout of DESIGN.md."""
+    """Final photons in the (n,4,4) float32 layout of docs/design.md ("Photon layout")."""
     n = fs.shape[1]
     out = np.empty((n, 4, 4), np.float32)
     out[:, 0, :3] = fs[0:3].T

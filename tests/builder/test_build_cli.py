@@ -26,7 +26,9 @@ def assert_phases(rep: dict) -> None:
     assert list(phases) == ["plan", "create", "copy", "finalise"]
     assert all(p["seconds"] >= 0 for p in phases.values())
     assert 0 < sum(p["seconds"] for p in phases.values()) <= rep["wall_s"]
-    assert phases["copy"]["seconds"] >= rep["elapsed_s"] > 0
+    # the copy phase holds the timed copy (under MPI timed with MPI.Wtime, the phase with
+    # time.perf_counter: allow for the two clocks)
+    assert phases["copy"]["seconds"] + 1e-3 >= rep["elapsed_s"] > 0
     assert phases["copy"]["rows"] == rep["events"]
     assert phases["copy"]["bytes"] == rep["bytes_written"] > 0
     assert phases["copy"]["bytes_read"] == rep["bytes_read"]
