@@ -1,4 +1,4 @@
-"""Level-0 source files: open, validate and describe them (DESIGN.md, "Data contracts").
+"""Level-0 source files: open, validate and describe them (docs/design.md, "Level-0 source files").
 
 Every check the builder relies on happens here, before any output exists, so bad input
 ends as one line naming the file: not HDF5 or truncated, a missing dataset, length
@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import h5py
 import numpy as np
@@ -137,7 +137,7 @@ def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
         raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
 
 
-def check_npy_header(fh: BinaryIO, holds: int, what: str, path: Path | str) -> None:
+def check_npy_header(fh: IO[bytes], holds: int, what: str, path: Path | str) -> None:
     """The shape a ``.npy`` header declares must fit the ``holds`` bytes that follow it and
     this machine's memory: NumPy allocates the declared array before reading into it."""
     try:

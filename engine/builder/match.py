@@ -12,6 +12,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -94,7 +95,7 @@ class MatchTable:
                 raise BadInput(f"match table expects {mine[n]} rows in source {n!r}, file has {ln}", where)
 
     def save(self, path: Path) -> None:
-        arrays = {
+        arrays: dict[str, Any] = {
             "timestamp": self.timestamps, "rows": self.rows,
             "sources": np.array(self.sources, dtype="U"), "paths": np.array(self.paths, dtype="U"),
             "lengths": np.array(self.lengths, dtype=np.int64),

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from engine.builder.build import MAX_BATCH, BuildOptions, build, is_rank0
+from engine.builder.build import build, is_rank0
+from engine.builder.options import MAX_BATCH, BuildOptions
 from engine.cli import SUMMARY
 from engine.cli.numbers import INT64_MAX, int_in
 from engine.core.diskspace import env_reserve, human_bytes

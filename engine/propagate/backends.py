@@ -22,7 +22,8 @@ import numpy as np
 from engine.core import mpi
 from engine.core.errors import BadInput
 from engine.core.interrupt import probe
-from engine.propagate.numpy_backend import ChunkResult, Params, propagate_chunk
+from engine.propagate.numpy_backend import propagate_chunk
+from engine.propagate.params import ChunkResult, Params
 from engine.propagate.scene import SceneArrays
 
 BACKENDS = ("auto", "numpy", "cuda", "cupy")

@@ -41,7 +41,8 @@ from engine.propagate.backends import (
     run_numpy,
 )
 from engine.propagate.npyio import NpyStream
-from engine.propagate.numpy_backend import C_LIGHT, Params, propagate_chunk
+from engine.propagate.numpy_backend import propagate_chunk
+from engine.propagate.params import C_LIGHT, Params
 from engine.propagate.scene import GENTYPE_TORCH, MAX_PHOTONS, Scene, gensteps, load_scene
 
 MODES = ("production", "development")

@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.core.errors import BadInput
 from engine.core.mpi import local_rank
-from engine.propagate.numpy_backend import ChunkResult, Params, slice_order
+from engine.propagate.params import ChunkResult, Params, slice_order
 from engine.propagate.scene import SceneArrays
 
 BLOCK = 256

@@ -34,7 +34,7 @@ from pathlib import Path
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, JobFailed
 from engine.core.workspace import ASSETS
-from engine.propagate.numpy_backend import GEN_BLOCKS
+from engine.propagate.params import GEN_BLOCKS
 from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP
 
 KERNEL_PATH = ASSETS / "kernels" / "propagate.cu"

@@ -12,45 +12,30 @@ block counter, in the same order as ``engine/assets/kernels/propagate.cu``:
     each step    1 block: u0 scatter distance, u1 absorption distance, u2 boundary or
                  surface decision, u3 reemission decision
     reemission   2 blocks; Rayleigh 2 blocks per rejection try; Lambertian 1 block per try.
+
+Its inputs, outputs and shared constants (``Params``, ``ChunkResult``, ``C_LIGHT`` ...) live
+in ``engine.propagate.params``, which the GPU host side imports as well.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from engine.propagate import flags as F
+from engine.propagate.params import (
+    C_LIGHT,
+    EPS,
+    GEN_BLOCKS,
+    MAX_TRIES,
+    ChunkResult,
+    Params,
+    slice_order,
+)
 from engine.propagate.philox import uniforms
 from engine.propagate.scene import WL_MIN, WL_N, WL_STEP, SceneArrays
 from engine.propagate.vec import TWO_PI, cross, dot, normalize, rotate_uz
 
-C_LIGHT = np.float32(299.792458)  # mm/ns
-EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
-MAX_TRIES = 1024
-GEN_BLOCKS = 2
 _F = np.float32
-
-
-@dataclass
-class Params:
-    seed: int
-    event: int
-    max_bounce: int
-    hitmask: int
-    development: bool
-    domain: tuple[float, float] = (450.0, 10.0)  # (space extent mm, time max ns) for rx
-
-
-@dataclass
-class ChunkResult:
-    start: int
-    count: int
-    hits: np.ndarray  # (H,4,4) float32
-    flagmask_counts: dict[int, int] = field(default_factory=dict)
-    ox: np.ndarray | None = None
-    rx: np.ndarray | None = None
-    seq: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- generation
@@ -199,7 +184,7 @@ def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
 def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, n2: np.ndarray,
             u: np.ndarray):
     """Dielectric boundary with polarization (G4OpBoundaryProcess dielectric_dielectric as
-    in Opticks propagate_at_boundary, reference/opticks.md 3.4). Returns dir, pol, reflect."""
+    in Opticks propagate_at_boundary, docs/opticks.md 3.4). Returns dir, pol, reflect."""
     c1 = -dot(d, normal)
     nrm = normal * np.where(c1 < 0, _F(-1), _F(1))  # exact: a sign flip
     c1 = np.abs(c1)
@@ -376,7 +361,7 @@ def _compress(fs: np.ndarray, ist: np.ndarray, domain: tuple[float, float]) -> n
 
 
 def _pack(fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> np.ndarray:
-    """Final photons in the (n,4,4) float32 layout of DESIGN.md."""
+    """Final photons in the (n,4,4) float32 layout of docs/design.md ("Photon layout")."""
     n = fs.shape[1]
     out = np.empty((n, 4, 4), np.float32)
     out[:, 0, :3] = fs[0:3].T
@@ -429,17 +414,10 @@ class _Sink:
         hit = (fm & mask) == mask
         if hit.any():
             self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
-        if self.ox is not None:
+        if self.ox is not None and self.seq is not None:  # development mode: both
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
-
-
-def slice_order(hits: np.ndarray, start: int) -> np.ndarray:
-    """Position of each hit in its slice from the stored low 32 bits of the photon index,
-    correct even when a slice straddles a multiple of 2**32 photons."""
-    low = hits.view(np.uint32)[:, 3, 2]
-    return low - np.uint32(start & 0xFFFFFFFF)  # uint32 arithmetic wraps around
 
 
 def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:

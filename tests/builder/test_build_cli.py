@@ -19,8 +19,28 @@ def _build(tmp_path: Path, src: Path, *extra: str, name: str = "out.h5") -> tupl
     return out, json.loads(res.stdout)
 
 
+def assert_phases(rep: dict) -> None:
+    """`build --json` reports its phases (issue 13): each timed, none negative, their sum
+    within the wall time, the copy's rows and bytes those of the summary."""
+    phases = rep["phases"]
+    assert list(phases) == ["plan", "create", "copy", "finalise"]
+    assert all(p["seconds"] >= 0 for p in phases.values())
+    assert 0 < sum(p["seconds"] for p in phases.values()) <= rep["wall_s"]
+    # the copy phase holds the timed copy (under MPI timed with MPI.Wtime, the phase with
+    # time.perf_counter: allow for the two clocks)
+    assert phases["copy"]["seconds"] + 1e-3 >= rep["elapsed_s"] > 0
+    assert phases["copy"]["rows"] == rep["events"]
+    assert phases["copy"]["bytes"] == rep["bytes_written"] > 0
+    assert phases["copy"]["bytes_read"] == rep["bytes_read"]
+    assert phases["plan"]["events"] == rep["events"]
+    assert phases["plan"]["sources"] == len(rep["sources"])
+    assert phases["plan"]["timestamps"] >= rep["events"]
+    assert phases["create"]["bytes"] >= rep["events"] * 8 * (len(rep["sources"]) + 1)
+
+
 def test_build_all_events(tmp_path: Path, small_sources: Path) -> None:
     out, rep = _build(tmp_path, small_sources)
+    assert_phases(rep)
     assert rep["events"] == 400 and rep["sources"] == ["cspad", "epix", "jungfrau"]
     assert rep["bytes_read"] >= rep["events"] * 4000 and rep["elapsed_s"] > 0 and rep["gb_per_s"] > 0
     v = verify_built(out)

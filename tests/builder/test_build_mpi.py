@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.builder.verify import compare_datasets, verify_built
+from tests.builder.test_build_cli import assert_phases
 from tests.conftest import engine_env, run_engine, run_mpi
 
 pytestmark = pytest.mark.mpi
@@ -38,7 +39,8 @@ def test_identical_to_one_process(tmp_path: Path, small_sources: Path, reference
     res = run_mpi(ranks, *args)
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout.strip().splitlines()[-1])  # only rank 0 prints
-    assert res.stdout.count("{") == 1
+    assert res.stdout.count('{"output": ') == 1  # one summary (it holds nested objects: phases)
+    assert_phases(rep)
     assert rep["ranks"] == ranks and rep["workers"] == ranks - 1
     assert len(rep["per_rank_bytes"]) == ranks - 1 and sum(rep["per_rank_bytes"]) == rep["bytes_read"]
     assert compare_datasets(reference[key], out) == []

@@ -1,6 +1,6 @@
 """Files laid out as the LCLS "primitive offline event builder" writes them.
 
-The seed's ``filecreate.py`` (shared/reference/eventbuilder.md A.2) is the layout users
+The seed's ``filecreate.py`` (docs/eventbuilder.md A.2) is the layout users
 bring: ``file1.h5`` holds root datasets ``smalldata`` (S5 red/blue/green), ``timestamp1``
 (int32, 0..N-1, contiguous) and ``bigdata1`` (int64 rows, chunks of 4 rows, maxshape
 (None, row), grown 4 rows at a time to 4*floor(N/4) rows); ``file2.h5`` ... ``file10.h5``

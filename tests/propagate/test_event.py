@@ -200,7 +200,8 @@ def test_development_with_zero_photons(tmp_path):
 
 def test_hits_in_photon_order_across_the_32_bit_boundary():
     """Photon indices beyond 2**32: the stored low 32 bits wrap, the hit order must not."""
-    from engine.propagate.numpy_backend import Params, propagate_chunk
+    from engine.propagate.numpy_backend import propagate_chunk
+    from engine.propagate.params import Params
     from engine.propagate.scene import gensteps, load_scene
 
     scene = load_scene(TBOX_DETECT)

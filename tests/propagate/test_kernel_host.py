@@ -13,7 +13,8 @@ import pytest
 
 from engine.propagate import flags as F
 from engine.propagate.gpu_host import kernel_inputs
-from engine.propagate.numpy_backend import Params, propagate_chunk
+from engine.propagate.numpy_backend import propagate_chunk
+from engine.propagate.params import Params
 from engine.propagate.scene import gensteps, load_scene
 from tests.propagate.conftest import TBOX_DETECT, base_scene
 

@@ -12,13 +12,12 @@ import pytest
 
 from engine.propagate import flags as F
 from engine.propagate.numpy_backend import (
-    C_LIGHT,
-    Params,
     fresnel,
     lambertian,
     propagate_chunk,
     rayleigh,
 )
+from engine.propagate.params import C_LIGHT, Params
 from engine.propagate.philox import uniforms
 from engine.propagate.scene import gensteps, load_scene
 from tests.propagate.conftest import TBOX, base_scene

@@ -1,0 +1,53 @@
+"""What every propagation backend is given and gives back, and the constants they share.
+
+The NumPy backend (``numpy_backend``), the GPU host side (``gpu_host``, for ``cuda_backend``
+and ``cupy_backend``), the process pool and MPI drivers (``backends``) and the event writer
+all speak these types, so none of them imports another backend to learn them:
+
+- ``Params``: one event's settings (seed, event number, bounce limit, hit mask, mode, the
+  step-record compression domain);
+- ``ChunkResult``: the photons of one chunk or GPU launch, in photon order;
+- ``slice_order``: where each hit of a chunk lies in it, from the photon index it stores;
+- the physical and stepping constants. ``GEN_BLOCKS`` reaches the CUDA kernel as a ``-D``
+  option (``kernel.compile_options``); ``C_LIGHT``, ``EPS`` and ``MAX_TRIES`` are mirrored by
+  ``#define`` in ``engine/assets/kernels/propagate.cu`` and must be changed in both places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+C_LIGHT = np.float32(299.792458)  # mm/ns
+EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
+MAX_TRIES = 1024  # rejection-sampling tries (Rayleigh, Lambertian) before giving up
+GEN_BLOCKS = 2  # Philox blocks a photon's generation takes; its steps start after them
+
+
+@dataclass
+class Params:
+    seed: int
+    event: int
+    max_bounce: int
+    hitmask: int
+    development: bool
+    domain: tuple[float, float] = (450.0, 10.0)  # (space extent mm, time max ns) for rx
+
+
+@dataclass
+class ChunkResult:
+    start: int
+    count: int
+    hits: np.ndarray  # (H,4,4) float32
+    flagmask_counts: dict[int, int] = field(default_factory=dict)
+    ox: np.ndarray | None = None
+    rx: np.ndarray | None = None
+    seq: np.ndarray | None = None
+
+
+def slice_order(hits: np.ndarray, start: int) -> np.ndarray:
+    """Position of each hit in its slice from the stored low 32 bits of the photon index,
+    correct even when a slice straddles a multiple of 2**32 photons."""
+    low = hits.view(np.uint32)[:, 3, 2]
+    return low - np.uint32(start & 0xFFFFFFFF)  # uint32 arithmetic wraps around
