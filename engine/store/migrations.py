@@ -77,9 +77,9 @@ def _refuse_newer(backend: Backend, version: int) -> None:
                        f"({SCHEMA_VERSION}); upgrade skydeck", backend.where)
 
 
-def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] = STEPS) -> int | None:
-    """Make the database current (see the module docstring). Returns the version it had
-    when opened, None when it was created here."""
+def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = None) -> int | None:
+    """Make the database current (see the module docstring) with ``steps`` (default:
+    ``STEPS``). Returns the version it had when opened, None when it was created here."""
     version = read_version(backend, conn)
     if version == SCHEMA_VERSION:
         return version
@@ -97,7 +97,7 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] = STEPS) 
             backup = backup_path(backend.where, version)
             backend.backup(backup)
             try:
-                _upgrade(backend, conn, version, steps)
+                _upgrade(backend, conn, version, STEPS if steps is None else steps)
             except backend.Error as err:
                 raise SkydeckError(f"upgrading the schema from version {version} to "
                                    f"{SCHEMA_VERSION} failed, the database is unchanged "

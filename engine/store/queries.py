@@ -95,7 +95,7 @@ class ReadQueries:
                 v = json.loads(vars_json or "{}")
                 details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
                                 int(done), int(size))
-        return [DownlinkFacts(*r, *details.get(r[3], _NO_DETAIL)) for r in base]
+        return [DownlinkFacts._make((*r, *details.get(r[3], _NO_DETAIL))) for r in base]
 
     def typical_durations(self, recent: int = 500) -> dict[str, float]:
         """Mean wall time of the ``recent`` latest successful executions, per process."""
