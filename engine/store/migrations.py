@@ -85,7 +85,11 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = 
         return version
     if version is not None:
         _refuse_newer(backend, version)
-    backend.begin_write(conn)
+    what = "create the schema" if version is None else f"upgrade the schema from version {version}"
+    try:
+        backend.begin_write(conn)
+    except backend.Error as err:  # e.g. a read-only file or directory
+        raise SkydeckError(f"cannot {what}: {err}", backend.where) from err
     try:
         version = read_version(backend, conn)  # again, under the lock
         if version is None:
@@ -95,7 +99,12 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = 
                          (SCHEMA_KEY, str(SCHEMA_VERSION)))
         elif version < SCHEMA_VERSION:
             backup = backup_path(backend.where, version)
-            backend.backup(backup)
+            try:
+                backend.backup(backup)
+            except (OSError, backend.Error) as err:
+                raise SkydeckError(f"cannot copy the database to {backup.name} before upgrading "
+                                   f"its schema from version {version}, it is unchanged: {err}",
+                                   backend.where) from err
             try:
                 _upgrade(backend, conn, version, STEPS if steps is None else steps)
             except backend.Error as err:

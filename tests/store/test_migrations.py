@@ -258,3 +258,18 @@ def test_a_database_labelled_1_without_the_late_column_is_repaired(v1: Path) -> 
         assert [d.manifest_id for d in db.downlinks()] == [None, None]
         assert [d.dlid for d in db.downlinks()] == ["251120001", "251120002"]
     assert "manifest_id" in _columns(db_path)["downlinks"]
+
+
+def test_a_backup_that_cannot_be_written_stops_the_upgrade(v1: Path) -> None:
+    """No copy, no upgrade: a directory where the backup goes makes the copy fail; one line,
+    the database unchanged."""
+    db_path = v1 / "state.db"
+    before = _dump(db_path)
+    backup_path(db_path, 1).mkdir()                 # os.replace onto a directory fails
+    r = _engine(v1, "downlinks")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"skydeck-engine: {db_path}: cannot copy the database to "
+                               "state.db.v1.bak before upgrading its schema from version 1")
+    assert r.stderr.count("\n") == 1
+    assert _dump(db_path) == before
+    assert not list(v1.glob(".state.db.v1.bak.tmp-*"))
