@@ -56,7 +56,7 @@ asyncio.run(main())
 def fill(ws_root: Path) -> None:
     """10,000 downlinks, one stream each, 10 latest process instances per stream."""
     from engine.core.workspace import init_workspace
-    from engine.store.state import StateDB
+    from engine.store import StateDB
 
     init_workspace(ws_root)
     from engine.core.workspace import Workspace
@@ -109,7 +109,7 @@ async def refresh(ws_root: Path) -> dict[str, float]:
     from console.widgets.downlinks import DownlinksTable, cells
     from engine.api import ops
     from engine.core.workspace import Workspace
-    from engine.store.state import StateDB
+    from engine.store import StateDB
 
     ws = Workspace.open(ws_root)
     app = SkydeckApp(ws, poll_s=0.02, stage_every_s=3600)

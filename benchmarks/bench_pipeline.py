@@ -32,7 +32,7 @@ from engine.pipeline.launcher import LocalLauncher  # noqa: E402
 from engine.pipeline.runner import run_stream  # noqa: E402
 from engine.pipeline.task import parse_task  # noqa: E402
 from engine.pipeline.usage import du  # noqa: E402
-from engine.store.state import Downlink, StateDB  # noqa: E402
+from engine.store import Downlink, StateDB  # noqa: E402
 
 
 def _ws(root: Path, task: Path | None = None) -> Workspace:

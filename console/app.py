@@ -67,7 +67,7 @@ from engine.pipeline import locks
 from engine.pipeline.halts import HALT_FLAGS
 from engine.pipeline.locks import LockInfo
 from engine.pipeline.usage import StageReport, stage_report
-from engine.store.state import StreamView
+from engine.store import StreamView
 
 if TYPE_CHECKING:
     from engine.propagate.hits import Comparison, HitSummary

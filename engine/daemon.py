@@ -42,7 +42,7 @@ from engine.pipeline.halts import halt_flag, is_set_globally
 from engine.pipeline.launcher import JobResult, LocalLauncher, make_launcher
 from engine.pipeline.runner import StreamRunner, json_line
 from engine.pipeline.task import Task, load_task
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 NETWORK_FS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph",
               "beegfs", "9p")
@@ -372,18 +372,13 @@ class Daemon:
             return
         if is_set_globally(self.ws, "halted"):
             return
-        rows: list[Any] = []
+        dlids: list[str] = []
         with self._contained("stream pick-up"):
-            rows = self.db.q(
-                "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid "
-                "AND s.is_latest = 1 AND s.task = ? WHERE s.id IS NULL "
-                "OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') ORDER BY d.dlid",
-                (self.task.name,))
+            dlids = self.db.streams_to_pick_up(self.task.name)
         mine = {r.dlid for r in self.runners.values()}
-        for row in rows:
+        for dlid in dlids:
             if len(self.runners) >= self.max_streams:
                 break
-            dlid = row["dlid"]
             key = f"stream:{dlid}"
             if dlid in mine or self._backing_off(key) or halt_flag(self.ws, dlid, "halted"):
                 continue

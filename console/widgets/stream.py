@@ -17,7 +17,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from console.format import STATUS_STYLE, bar, duration, status_text
-from engine.store.state import ProcessInstance, StreamView
+from engine.store import ProcessInstance, StreamView
 
 FOREACH = {"makeEvt": "chunk", "mergeEvt": "run"}
 

@@ -20,25 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.api.pipeline import rollback
 from engine.core.errors import SkydeckError
 from engine.core.ids import dlid_date, is_dlid, parse_dlid
+from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline import halts as halt_flags
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task
-from engine.store.state import StateDB, owner_dead
+from engine.store import StateDB
 
 STATES = ("arrived", "running", "staged", "failed", "rejected")
 _STREAM_STATE = {"WAITING": "arrived", "RUNNING": "running", "SUCCESS": "staged",
@@ -72,19 +70,6 @@ def _date(dlid: str) -> str:
         return "?"
 
 
-_ROWS_SQL = """
-SELECT d.dlid, d.chunks, d.delivered,
-       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start,
-       d.rowid
-FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1
-"""
-_DETAIL_SQL = """
-SELECT s.id, s.vars,
-       (SELECT COUNT(*) FROM process_instances p WHERE p.stream_id = s.id AND p.is_latest = 1
-          AND p.process = 'makeEvt' AND p.status IN ('SUCCESS', 'SKIPPED')) AS done,
-       (SELECT COALESCE(SUM(f.size), 0) FROM files f WHERE f.dlid = s.dlid) AS bytes
-FROM streams s WHERE s.id IN ({})
-"""
 _FINAL = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")
 ENDED_SLACK_S = 5.0  # clock skew between writers and this reader
 
@@ -109,53 +94,27 @@ class DownlinkRows:
         self._stream_id = 0
         self._read_at = 0.0
 
-    def _base(self, cur: Any, where: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return cur.execute(_ROWS_SQL + where, args).fetchall()
-
     def read(self, db: StateDB, incoming: bool = True) -> dict[str, DownlinkRow]:
-        cur = db.conn.cursor()
-        cur.row_factory = None  # plain tuples: cheaper to fetch
-        base = self._base(cur, " WHERE d.rowid > ?", (self._dl_rowid,))
         # a stream that went final -> active -> final between two reads has a fresh `ended`
         since = self._read_at - ENDED_SLACK_S
         self._read_at = time.time()
-        moved = {d for (d,) in cur.execute(
-            "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
-            f"NOT IN ({','.join('?' * len(_FINAL))}))", (self._stream_id, since, *_FINAL))}
-        moved |= self._open
-        moved -= {r[0] for r in base}
-        moved_list = sorted(moved)
-        for i in range(0, len(moved_list), 900):  # SQLite's bound-parameter limit
-            part = moved_list[i:i + 900]
-            base += self._base(cur, f" WHERE d.dlid IN ({','.join('?' * len(part))})", part)
-        details: dict[int, tuple[int, int, int, int]] = {}
-        sids = [r[3] for r in base if r[3] is not None]
-        for i in range(0, len(sids), 900):
-            part = sids[i:i + 900]
-            for sid, vars_json, done, size in cur.execute(
-                    _DETAIL_SQL.format(",".join("?" * len(part))), part):
-                v = json.loads(vars_json or "{}")
-                details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
-                                int(done), int(size))
-        for r in base:
-            dlid, _chunks, delivered, sid, status, execution, note, opid, ohost, ostart, rowid = r
-            self._dl_rowid = max(self._dl_rowid, rowid)
-            if sid is not None:
-                self._stream_id = max(self._stream_id, sid)
-            nchunks, nruns, done, size = details.get(sid, (0, 0, 0, 0))
-            note = note or ""
-            if status == "RUNNING" and opid is not None:
-                dead, why = owner_dead(opid, ohost, ostart)
+        for f in db.downlink_facts(self._dl_rowid, self._stream_id, since, self._open):
+            self._dl_rowid = max(self._dl_rowid, f.rowid)
+            if f.stream_id is not None:
+                self._stream_id = max(self._stream_id, f.stream_id)
+            note, status = f.note or "", f.status
+            if status == "RUNNING" and f.owner_pid is not None:
+                dead, why = owner_dead(f.owner_pid, f.owner_host, f.owner_start)
                 if dead:
                     note = f"STUCK: runner gone ({why})"
-            self._rows[dlid] = DownlinkRow(
-                dlid, _date(dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
-                status or "-", execution or 0, done, nchunks or _chunks, nruns, size, delivered,
-                note)
+            self._rows[f.dlid] = DownlinkRow(
+                f.dlid, _date(f.dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
+                status or "-", f.execution or 0, f.chunks_done, f.stream_chunks or f.chunks, f.runs,
+                f.bytes, f.delivered, note)
             if status is not None and status not in _FINAL:
-                self._open.add(dlid)
+                self._open.add(f.dlid)
             else:
-                self._open.discard(dlid)
+                self._open.discard(f.dlid)
         out = dict(self._rows)
         for d in db.deliveries("REJECTED"):
             key = d.dlid or d.name
@@ -243,7 +202,7 @@ class ChangeProbe:
         return []
 
     def fingerprint(self) -> dict[str, object]:
-        fp: dict[str, object] = {"db": self.db.conn.execute("PRAGMA data_version").fetchone()[0]}
+        fp: dict[str, object] = {"db": self.db.data_version()}
         for topic in self.TOPICS[1:]:
             stamps = []
             for d in self._dirs(topic):
@@ -278,11 +237,7 @@ def typical_durations(db: StateDB, recent: int = 500) -> dict[str, float]:
     Jobs do not report progress to the state database, so a running job's bar is its elapsed
     time against what that process usually takes (shown as an estimate, capped below 100%).
     """
-    rows = db.conn.execute(
-        "SELECT process, AVG(ended - started) FROM (SELECT process, started, ended "
-        "FROM process_instances WHERE status = 'SUCCESS' AND started IS NOT NULL "
-        "AND ended IS NOT NULL ORDER BY id DESC LIMIT ?) GROUP BY process", (recent,)).fetchall()
-    return {p: float(d) for p, d in rows if d is not None}
+    return db.typical_durations(recent)
 
 
 # ------------------------------------------------------------------------ halt flags

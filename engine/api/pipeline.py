@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import parse_dlid
+from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
 from engine.intake import deliveries as _deliveries
 from engine.pipeline import locks as _locks
 from engine.pipeline.task import load_task
 from engine.pipeline.usage import StageReport, stage_report
-from engine.store.state import ACTIVE_PI, Delivery, Downlink, StateDB, StreamView, owner_dead
+from engine.store import ACTIVE_PI, Delivery, Downlink, StateDB, StreamView
 
 
 def downlinks(ws: Workspace) -> list[Downlink]:
@@ -130,10 +131,6 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
                                 [pi.id for pi in retire])
         if dry_run:
             return result
-        db.retire_instances(result.ids)
-        with db.tx() as c:
-            c.execute("UPDATE streams SET status='WAITING', ended=NULL, note=? WHERE id=?",
-                      (f"rolled back {', '.join(sorted(names))} at {time.strftime('%H:%M:%S')}",
-                       st.id))
-            db.log_event("rollback", dlid, stream=st.id, instances=result.ids)
+        db.reset_stream(st.id, f"rolled back {', '.join(sorted(names))} at "
+                        f"{time.strftime('%H:%M:%S')}", retire=result.ids)
         return result

@@ -9,7 +9,7 @@ import time
 from engine.cli import SUMMARY
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import argparse
 
 from engine.cli import SUMMARY
 from engine.core.workspace import AREAS, init_workspace
+from engine.store import init_state
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -15,6 +16,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     ws = init_workspace(args.workspace)
+    init_state(ws.state_db)
     print(f"workspace {ws.root}")
     for area in AREAS:
         print(f"  {area:16s} {ws.path(area)}")

@@ -16,7 +16,7 @@ from engine.intake import deliveries
 from engine.pipeline.launcher import make_launcher
 from engine.pipeline.runner import json_line, run_stream
 from engine.pipeline.task import load_task
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -179,7 +179,9 @@ class Workspace:
 
 
 def init_workspace(arg: str | os.PathLike[str] | None) -> Workspace:
-    """Create the layout of DESIGN.md; idempotent, never overwrites an existing config."""
+    """Create the directory layout and the config; idempotent, never overwrites an existing
+    config. The state database is the store's (``engine.store.init_state``): core lies below
+    the store, so ``skydeck-engine init`` creates it after this; any opener would too."""
     root = resolve_root(arg)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -193,9 +195,6 @@ def init_workspace(arg: str | os.PathLike[str] | None) -> Workspace:
             ws.path(area).mkdir(parents=True, exist_ok=True)
         (ws.stage / "chunktokens").mkdir(exist_ok=True)
         ws.path("flags").mkdir(parents=True, exist_ok=True)
-        from engine.store.state import StateDB  # here: the state module is heavier than paths
-
-        StateDB(ws.state_db).close()
     except OSError as err:
         raise BadInput(f"cannot create workspace: {err.strerror}", err.filename or root) from None
     return ws

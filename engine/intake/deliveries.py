@@ -56,9 +56,10 @@ from engine.core.diskspace import free_bytes, human_bytes
 from engine.core.errors import BadInput
 from engine.core.ids import is_dlid, parse_dlid
 from engine.core.inputs import file_kind, open_regular
+from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace, packaged_scene
 from engine.intake import manifest, retdef
-from engine.store.state import Downlink, StateDB, owner_dead
+from engine.store import Downlink, StateDB
 
 _RETDEF = re.compile(r"RetDef-([0-9]{9})-([0-9]{5})\.xml")
 MAX_TREE_ENTRIES = 100_000   # entries in one level-0 delivery (walked with lstat)

@@ -34,7 +34,7 @@ from engine.core.errors import BadInput, JobFailed, SkydeckError
 from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import halt_flag
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 INDEX_NAME = "mergeIndices.json"
 

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import psutil
 
-from engine.store.state import process_start
+from engine.core.owner import process_start
 
 _LIBC: ctypes.CDLL | None
 try:

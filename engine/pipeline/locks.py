@@ -36,7 +36,7 @@ from pathlib import Path
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import is_dlid
 from engine.core.inputs import mode_kind, open_regular
-from engine.store.state import PID_MAX, Owner, owner_dead
+from engine.core.owner import PID_MAX, Owner, owner_dead
 
 _RUNHEX = re.compile(r"^[0-9a-f]{8}$")
 MALFORMED_GRACE_S = 2.0

@@ -32,6 +32,7 @@ from typing import Any
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import run_hex, run_name
+from engine.core.owner import Owner
 from engine.core.workspace import Workspace, scene_path
 from engine.intake import manifest
 from engine.intake.deliveries import GENSTEPS_NAME
@@ -40,7 +41,7 @@ from engine.pipeline.halts import halt_flag
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
-from engine.store.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, StateDB, Stream
+from engine.store import ACTIVE_PI, DONE_PI, ProcessInstance, StateDB, Stream
 
 Emit = Callable[[dict[str, Any]], None]
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
@@ -342,10 +343,9 @@ class StreamRunner:
             self._event("lock_removed", lock=path.name)
 
     def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
-        latest = self.db.q("SELECT id, status FROM process_instances WHERE stream_id=? AND "
-                           "process=? AND key=? AND is_latest=1", (self.stream.id, pi.process, pi.key))
-        if latest and latest[0]["id"] != pi.id:  # already retried (a repeated on_exit)
-            return str(latest[0]["status"])
+        latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
+        if latest is not None and latest.id != pi.id:  # already retried (a repeated on_exit)
+            return latest.status
         if pi.auto_retry < pi.max_retries:
             new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
                                           pi.auto_retry + 1)

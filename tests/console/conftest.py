@@ -55,7 +55,7 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
     """
     import json as _json
 
-    from engine.store.state import Downlink, StateDB
+    from engine.store import Downlink, StateDB
 
     plan = [("251123001", "SUCCESS", 7200.0), ("251124002", "RUNNING", 600.0),
             ("251125003", "FAILED", 300.0)]

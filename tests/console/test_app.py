@@ -26,7 +26,7 @@ from engine.api import ops
 from engine.core.workspace import ASSETS
 from engine.intake import deliveries
 from engine.propagate.event import Request, propagate
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import make_ws, mock, settle
 

@@ -11,7 +11,7 @@ from console.widgets.downlinks import DownlinksTable
 from console.widgets.hits import HitsPanel
 from console.widgets.staging import StagingPanel
 from console.widgets.stream import StreamTree
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import settle
 

@@ -12,7 +12,7 @@ from engine.api import ops
 from engine.core.errors import BadInput
 from engine.core.workspace import ASSETS
 from engine.intake import deliveries
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import fill_fixed, mock
 
@@ -128,7 +128,7 @@ def test_incremental_rows_match_a_fresh_read_through_changes(ws):
     """DownlinkRows re-reads only moving streams; after each engine change it must agree
     with a fresh read (the invariant it relies on is kept by the runner and rollback)."""
     from engine.api.pipeline import rollback
-    from engine.store.state import Downlink
+    from engine.store import Downlink
 
     fill_fixed(ws)
     reader = ops.DownlinkRows(ws)

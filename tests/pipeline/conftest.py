@@ -112,7 +112,7 @@ def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "cond
 
 
 def stream_status(w: Workspace) -> dict[str, str]:
-    from engine.store.state import StateDB
+    from engine.store import StateDB
     with StateDB(w.state_db) as db:
         return {s.dlid: s.status for s in db.streams()}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import h5py
 
-from engine.store.state import Downlink, StateDB
+from engine.store import Downlink, StateDB
 
 from .conftest import cli, make_delivery, set_config
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import (
     FAST,

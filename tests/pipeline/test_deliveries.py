@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.intake import deliveries, manifest
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import make_delivery
 

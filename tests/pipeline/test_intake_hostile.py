@@ -23,7 +23,7 @@ import pytest
 from engine.api.ops import downlink_rows
 from engine.core.diskspace import free_bytes
 from engine.intake import deliveries, manifest
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import cli_proc, make_delivery, set_config
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.core.errors import Busy
+from engine.core.owner import Owner
 from engine.pipeline import locks
-from engine.store.state import Owner
 from tests.props import total
 
 from .conftest import cli, cli_proc

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from engine.store.state import Downlink, StateDB
+from engine.store import Downlink, StateDB
 from tests.pipeline.conftest import REPO, set_config, stream_status, wait_for
 
 

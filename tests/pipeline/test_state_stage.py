@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.pipeline.usage import du, stage_report
-from engine.store.state import Downlink, StateDB
+from engine.store import Downlink, StateDB
 
 from .conftest import cli, make_delivery
 

@@ -16,13 +16,14 @@ import pytest
 
 from engine.builder.verify import verify_built
 from engine.core.errors import BadInput
+from engine.core.owner import Owner
 from engine.intake import manifest
 from engine.mock.delivery import principal_table
 from engine.pipeline import locks
 from engine.pipeline.launcher import LocalLauncher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task, parse_task
-from engine.store.state import Downlink, Owner, StateDB
+from engine.store import Downlink, StateDB
 
 from .conftest import cli, make_delivery, set_config, spec
 

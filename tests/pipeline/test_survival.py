@@ -22,7 +22,7 @@ import psutil
 from engine.core.workspace import init_workspace
 from engine.intake import manifest
 from engine.pipeline import locks
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import REPO, make_delivery, set_config, start_daemon, stream_status, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 
 from engine.daemon import choose_polling, fstype
 from engine.pipeline import locks
-from engine.store.state import StateDB
+from engine.store import StateDB
 
 from .conftest import (
     FAST,

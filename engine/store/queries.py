@@ -1,0 +1,118 @@
+"""Read models: the queries behind the console's tables, the CLI listings and the daemon.
+
+Why a module of its own: these reads span tables (a downlink with its latest stream, the
+files it produced, how far its chunks got) and run often (a console refresh every few
+hundred milliseconds with 10,000 downlinks), so they are aggregate queries tuned once here,
+returning plain values and tuples, never one query per downlink. Records and single-table
+reads are in ``db.py``; ``ReadQueries`` is mixed into ``StateDB``.
+
+Portable SQL, written once for every backend. One marked exception: ``rowid`` (SQLite's
+implicit row number) tells which downlinks were registered since the last read; a
+PostgreSQL backend needs an identity column there instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from engine.store.backend import Backend
+from engine.store.records import FINAL_STREAM
+
+_ROWS_SQL = """
+SELECT d.dlid, d.chunks, d.delivered,
+       s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start,
+       d.rowid
+FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1
+"""
+_DETAIL_SQL = """
+SELECT s.id, s.vars,
+       (SELECT COUNT(*) FROM process_instances p WHERE p.stream_id = s.id AND p.is_latest = 1
+          AND p.process = ? AND p.status IN ('SUCCESS', 'SKIPPED')) AS done,
+       (SELECT COALESCE(SUM(f.size), 0) FROM files f WHERE f.dlid = s.dlid) AS bytes
+FROM streams s WHERE s.id IN ({})
+"""
+_NO_DETAIL = (0, 0, 0, 0)
+
+
+class DownlinkFacts(NamedTuple):
+    """One downlink with its latest stream, as the downlinks table needs it."""
+
+    dlid: str
+    chunks: int                 # chunks the delivery declared
+    delivered: float
+    stream_id: int | None       # None: no stream yet
+    status: str | None          # the latest stream's status
+    execution: int | None
+    note: str | None
+    owner_pid: int | None
+    owner_host: str | None
+    owner_start: float | None
+    rowid: int                  # registration order (see the module docstring)
+    stream_chunks: int          # chunks the stream planned (0 before launchChunks ran)
+    runs: int                   # runs the stream touched
+    chunks_done: int            # latest chunk instances done (SUCCESS or SKIPPED)
+    bytes: int                  # bytes of the files recorded for the downlink
+
+
+class ReadQueries:
+    """The read models, for a class holding ``conn`` and ``backend`` (``StateDB``)."""
+
+    conn: Any
+    backend: Backend
+
+    def downlink_facts(self, after_rowid: int, after_stream: int, ended_since: float,
+                       also: Iterable[str] = (), chunk_process: str = "makeEvt"
+                       ) -> list[DownlinkFacts]:
+        """Downlinks whose row may have changed since a previous read.
+
+        Those registered after ``after_rowid``, and those whose latest stream was created
+        after ``after_stream``, ended at or after ``ended_since``, or is not final; plus the
+        downlinks in ``also``. With zeros: every downlink. ``chunk_process`` is the process
+        whose finished instances count as chunks done.
+        """
+        cur = self.backend.tuple_cursor(self.conn)
+        base = cur.execute(_ROWS_SQL + " WHERE d.rowid > ?", (after_rowid,)).fetchall()
+        moved = {d for (d,) in cur.execute(
+            "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
+            f"NOT IN ({','.join('?' * len(FINAL_STREAM))}))",
+            (after_stream, ended_since, *FINAL_STREAM))}
+        moved |= set(also)
+        moved -= {r[0] for r in base}
+        step = self.backend.MAX_PARAMS
+        moved_list = sorted(moved)
+        for i in range(0, len(moved_list), step):
+            part = moved_list[i:i + step]
+            base += cur.execute(_ROWS_SQL + f" WHERE d.dlid IN ({','.join('?' * len(part))})",
+                                part).fetchall()
+        details: dict[int, tuple[int, int, int, int]] = {}
+        sids = [r[3] for r in base if r[3] is not None]
+        for i in range(0, len(sids), step - 1):
+            part = sids[i:i + step - 1]
+            for sid, vars_json, done, size in cur.execute(
+                    _DETAIL_SQL.format(",".join("?" * len(part))), (chunk_process, *part)):
+                v = json.loads(vars_json or "{}")
+                details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
+                                int(done), int(size))
+        return [DownlinkFacts._make((*r, *details.get(r[3], _NO_DETAIL))) for r in base]
+
+    def typical_durations(self, recent: int = 500) -> dict[str, float]:
+        """Mean wall time of the ``recent`` latest successful executions, per process."""
+        rows = self.conn.execute(
+            "SELECT process, AVG(ended - started) FROM (SELECT process, started, ended "
+            "FROM process_instances WHERE status = 'SUCCESS' AND started IS NOT NULL "
+            "AND ended IS NOT NULL ORDER BY id DESC LIMIT ?) recent GROUP BY process",
+            (recent,)).fetchall()
+        return {p: float(d) for p, d in rows if d is not None}
+
+    def streams_to_pick_up(self, task: str) -> list[str]:
+        """Registered downlinks that need a runner for ``task``: no stream yet, or a latest
+        stream that is WAITING (new, rolled back), RUNNING (its runner may be gone) or
+        TERMINATED (resumable); by id."""
+        rows = self.conn.execute(
+            "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid "
+            "AND s.is_latest = 1 AND s.task = ? WHERE s.id IS NULL "
+            "OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') ORDER BY d.dlid",
+            (task,)).fetchall()
+        return [str(r[0]) for r in rows]

@@ -1,0 +1,125 @@
+"""The rows of the state database as dataclasses, and the status vocabularies.
+
+Why a module of its own: every front end (CLI listings, console, daemon, runner) handles
+these records, and none of them needs a database driver or SQL to do so. A record is what a
+row means, whatever backend stored it: the SQLite file today, PostgreSQL later.
+
+Statuses follow Pipeline-II (HalfPipe's workflow engine): a stream and its process
+instances have an execution number, and a re-run is a new execution, never an overwrite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PI_STATUSES = ("WAITING", "READY", "QUEUED", "SUBMITTED", "RUNNING", "SUCCESS", "FAILED",
+               "TERMINATING", "TERMINATED", "CANCELING", "CANCELED", "SKIPPED")
+ACTIVE_PI = ("QUEUED", "SUBMITTED", "RUNNING", "TERMINATING")
+DONE_PI = ("SUCCESS", "SKIPPED")
+STREAM_STATUSES = ("WAITING", "RUNNING", "SUCCESS", "FAILED", "TERMINATED", "CANCELED")
+FINAL_STREAM = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")  # no runner writes to it
+LOCAL_LAUNCHER = "local"
+
+
+@dataclass
+class Delivery:
+    name: str
+    kind: str
+    dlid: str | None
+    status: str
+    reason: str | None
+    path: str
+    seen: float
+    done: float | None
+
+
+@dataclass
+class Downlink:
+    dlid: str
+    kind: str
+    level0: str
+    chunks: int
+    gensteps: bool
+    scene: str | None
+    delivered: float
+    registered: float
+    # identity of the level-0 MANIFEST.md5 that was registered: a directory at the same path
+    # with another manifest is a second delivery of the id, not this one (None: not recorded)
+    manifest_id: str | None = None
+
+
+@dataclass
+class Stream:
+    id: int
+    task: str
+    dlid: str
+    execution: int
+    is_latest: bool
+    status: str
+    vars: dict[str, Any]
+    note: str | None
+    owner_pid: int | None
+    owner_host: str | None
+    owner_start: float | None
+    created: float
+    started: float | None
+    ended: float | None
+
+    @property
+    def path(self) -> str:
+        return self.dlid
+
+
+@dataclass
+class ProcessInstance:
+    id: int
+    stream_id: int
+    process: str
+    key: str
+    execution: int
+    is_latest: bool
+    status: str
+    auto_retry: int
+    max_retries: int
+    host: str | None
+    pid: int | None
+    pid_start: float | None
+    created: float
+    started: float | None
+    ended: float | None
+    exit_code: int | None
+    log_path: str | None
+    note: str | None
+    # schema 2: the batch system's job id (None for a local job) and the launcher that ran it
+    job_id: str | None = None
+    launcher: str = LOCAL_LAUNCHER
+
+    @property
+    def label(self) -> str:
+        return f"{self.process}[{self.key}]" if self.key else self.process
+
+
+@dataclass
+class FileRecord:
+    path: str
+    dlid: str | None
+    producer: str
+    pi_id: int | None
+    size: int
+    md5: str | None
+    created: float
+
+
+@dataclass
+class StreamView:
+    """A stream with its latest process instances (what `streams` and the console show)."""
+
+    stream: Stream
+    instances: list[ProcessInstance] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for pi in self.instances:
+            out[pi.status] = out.get(pi.status, 0) + 1
+        return out

@@ -1,0 +1,123 @@
+"""The SQLite backend: the only module of skydeck that imports a database driver.
+
+Why SQLite: one file in the workspace, shared by the daemon, ``skydeck-engine run``, the CLI
+listings and the console at the same time, with no server to run. Two daemons must agree on
+who runs a downlink (a claim is one ``BEGIN IMMEDIATE`` transaction), and the console must
+read a consistent picture while a daemon writes (WAL: readers never block the writer).
+Rules kept here:
+
+- one connection per thread and process (``connect`` is cheap; never share one across a fork);
+- a busy timeout, so short writer overlaps wait instead of failing;
+- every SQLite-only statement of the store (PRAGMAs, ``sqlite_master``, the backup API,
+  ``lastrowid``) lives in this module; the queries elsewhere are portable SQL.
+
+This is one implementation of ``engine.store.backend.Backend``; a PostgreSQL backend is
+another class with the same methods.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import BadInput
+
+BEGIN_ATTEMPTS = 200
+BEGIN_PAUSE_S = 0.05
+
+
+class SQLite:
+    """The state database as one SQLite file (WAL mode)."""
+
+    name = "sqlite"
+    Error: type[Exception] = sqlite3.Error
+    ID_COLUMN = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    MAX_PARAMS = 900  # below SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32)
+
+    def __init__(self, path: Path, timeout: float = 30.0, check_same_thread: bool = True) -> None:
+        """``check_same_thread=False`` only for a connection used by one worker thread and
+        closed by its owner after that thread ended (never used by two threads at once)."""
+        self.where = Path(path)
+        self.timeout = timeout
+        self.check_same_thread = check_same_thread
+
+    def connect(self) -> sqlite3.Connection:
+        self.where.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.where, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=self.check_same_thread)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            if getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB,
+                                                          sqlite3.SQLITE_CORRUPT):
+                raise BadInput(f"not a skydeck state database ({err})", self.where) from None
+            raise
+        return conn
+
+    def begin_write(self, conn: Any) -> None:
+        for attempt in range(BEGIN_ATTEMPTS):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err) \
+                        or attempt == BEGIN_ATTEMPTS - 1:
+                    raise
+                time.sleep(BEGIN_PAUSE_S)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
+
+    def tuple_cursor(self, conn: Any) -> Any:
+        cur = conn.cursor()
+        cur.row_factory = None  # plain tuples: cheaper to fetch
+        return cur
+
+    def insert(self, conn: Any, sql: str, args: Sequence[Any]) -> int:
+        # lastrowid rather than RETURNING: RETURNING needs SQLite 3.35, newer than some
+        # clusters' system library (RHEL 9 ships 3.34)
+        return int(conn.execute(sql, args).lastrowid)
+
+    def data_version(self, conn: Any) -> int:
+        # changes whenever another connection commits, at the cost of one page read
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def has_table(self, conn: Any, table: str) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (table,)).fetchone() is not None
+
+    def columns(self, conn: Any, table: str) -> set[str]:
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+    def backup(self, dest: Path) -> None:
+        """Copy the database to ``dest`` with SQLite's online backup API.
+
+        Called while the caller's connection holds the write lock (``BEGIN IMMEDIATE``): a
+        second connection can still read (WAL), sees everything committed so far, and no one
+        can commit until the caller is done, so the copy is exactly the database the caller
+        then changes. The copy is written to a temporary name, switched out of WAL mode (one
+        self-contained file), synced and renamed into place: a crash leaves no half backup.
+        """
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            with closing(sqlite3.connect(self.where, timeout=self.timeout)) as src, \
+                    closing(sqlite3.connect(tmp)) as out:
+                src.backup(out)
+                out.execute("PRAGMA journal_mode = DELETE")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
