@@ -16,7 +16,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from console.format import STATE_STYLE, age, size
-from engine.api.ops import DownlinkRow
+from engine.api import DownlinkRow
 
 # fixed widths: a 10,000-row update never re-measures columns (update_cell stays O(1))
 COLUMNS = (("dlid", "Downlink", 9), ("date", "Date", 10), ("state", "State", 8),

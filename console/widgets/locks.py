@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from console.format import age
-from engine.pipeline.locks import LockInfo
+from engine.api import LockInfo
 
 # fixed widths: no re-measuring on updates, and a picture that does not depend on timing
 COLUMNS = (("name", "Lock", 22), ("kind", "Kind", 10), ("owner", "Owner", 24),
