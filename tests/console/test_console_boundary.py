@@ -9,6 +9,8 @@ module outside ``engine.api`` (also under TYPE_CHECKING and inside functions).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 CONSOLE = Path(__file__).resolve().parents[2] / "console"
@@ -50,3 +52,15 @@ def test_the_check_sees_every_form(tmp_path: Path) -> None:
     found = [m for _, m in engine_imports(f) if outside_api(m)]
     assert found == ["engine.store.state", "engine.core", "engine.ops",
                      "engine.pipeline.locks", "engine"]
+
+
+def test_console_start_imports_no_numpy() -> None:
+    """The first paint stays light: importing the console (and engine.api's names that the
+    widgets use) imports neither NumPy nor h5py; the hit summaries import them on first use."""
+    code = ("import sys\nimport console.app, console.screens.main\n"
+            "from engine.api import DownlinkRow, LockInfo, StageReport, StreamView, Monitor\n"
+            "print(sorted(m for m in ('numpy', 'h5py', 'mpi4py') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=CONSOLE.parent)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
