@@ -67,7 +67,8 @@ def fill(ws_root: Path) -> None:
              "mergeEvt", "mergeEvt", "propagate", "cleanup"]
     keys = ["", "00001", "00002", "00003", "00004", "", "785721600", "785721601", "", ""]
     with StateDB(ws.state_db) as db, db.tx() as c:
-        c.executemany("INSERT INTO downlinks VALUES (?,?,?,?,?,?,?,?)",
+        c.executemany("INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
+                      "delivered, registered) VALUES (?,?,?,?,?,?,?,?)",
                       [(f"25{i // 1000 % 12 + 1:02d}{i % 28 + 1:02d}{i % 1000:03d}", "level0",
                         "/x", 4, 0, None, now - i, now - i) for i in range(N_DOWNLINKS)])
         dlids = [r[0] for r in c.execute("SELECT dlid FROM downlinks ORDER BY dlid")]

@@ -181,7 +181,8 @@ class SkydeckApp(App[None]):
         """The read-only gate: the main screen asks it for its own actions too."""
         return not (self.read_only and action in WRITE_ACTIONS)
 
-    def _writable(self) -> bool:
+    def writable(self) -> bool:
+        """The read-only gate for an action about to act: False (and says why) when read-only."""
         if self.read_only:
             self.notify("read-only console: actions are disabled", severity="warning")
             return False

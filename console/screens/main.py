@@ -133,7 +133,7 @@ class MainScreen(Screen[None]):
         return self.app.check_action(action, parameters)
 
     def _writable(self) -> bool:
-        return self.app._writable()  # type: ignore[attr-defined, no-any-return]
+        return self.app.writable()  # type: ignore[attr-defined, no-any-return]
 
     @property
     def live(self) -> bool:
