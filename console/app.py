@@ -171,6 +171,10 @@ class SkydeckApp(App[None]):
         """Operator jobs (build, propagate) this console started and still watches."""
         return self.main.jobs
 
+    def keys(self) -> list[Binding]:
+        """The console's bindings in their order (the footer's, the help's, the palette's)."""
+        return [b for b in self.BINDINGS if isinstance(b, Binding)]
+
     def on_mount(self) -> None:
         self.sub_title = f"{self.ws.root.name}{'  READ-ONLY' if self.read_only else ''}"
         self.push_screen(self.main)
@@ -190,7 +194,7 @@ class SkydeckApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for b in self.BINDINGS:
+        for b in self.keys():
             action = _action_name(b.action)
             if action == "quit" or (self.read_only and action in WRITE_ACTIONS):
                 continue
@@ -203,7 +207,7 @@ class SkydeckApp(App[None]):
 
     def action_help(self) -> None:
         rows = []
-        for b in self.BINDINGS:
+        for b in self.keys():
             action = _action_name(b.action)
             desc = self.command_help.get(action, b.description)
             if self.read_only and action in WRITE_ACTIONS:

@@ -441,7 +441,10 @@ class MainScreen(Screen[None]):
             return
         dlid = self.query_one(DownlinksTable).selected
         self.app.push_screen(HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid)),
-                             self._toggle_halt)
+                             self._halt_chosen)
+
+    def _halt_chosen(self, choice: tuple[str, str | None] | None) -> None:
+        self._toggle_halt(choice)
 
     @work(thread=True, group="action", exit_on_error=False)
     def _toggle_halt(self, choice: tuple[str, str | None] | None) -> None:
@@ -476,7 +479,7 @@ class MainScreen(Screen[None]):
                         f"{self.ws.logs / api.DAEMON_LOG})", severity="warning")
             return
         self.app.push_screen(LogPickerScreen(files),
-                             lambda path: path and self.open_log(path))
+                             lambda path: self.open_log(path) if path else None)
 
     def open_log(self, path: str) -> None:
         self.query_one(LogPanel).start(path)
