@@ -38,8 +38,9 @@ from typing import Any
 from engine.api.listings import DAEMON_LOG
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
+from engine.pipeline.halts import halt_flag, is_set_globally
 from engine.pipeline.launcher import JobResult, LocalLauncher, make_launcher
-from engine.pipeline.runner import StreamRunner, halt_flag, json_line
+from engine.pipeline.runner import StreamRunner, json_line
 from engine.pipeline.task import Task, load_task
 from engine.store.state import StateDB
 
@@ -68,10 +69,10 @@ def fstype(path: Path) -> str:
 def choose_polling(ws: Workspace, force: bool) -> tuple[bool, str]:
     if force:
         return True, "--polling"
-    setting = str(ws.setting("watch", "polling", "auto")).lower()
-    if setting in ("true", "yes", "1"):
+    setting = ws.settings.watch.polling  # True, False or "auto"
+    if setting is True:
         return True, "config watch.polling = true"
-    if setting in ("false", "no", "0"):
+    if setting is False:
         return False, "config watch.polling = false"
     for d in (ws.incoming_fcopy, ws.incoming_level0):
         kind = fstype(d)
@@ -127,13 +128,13 @@ class Daemon:
         self.emit_fn = emit or self._print_and_log
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state_db)
-        self.launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
-                                      max_jobs or int(ws.setting("pipeline", "max_jobs", 2)))
-        self.max_streams = int(ws.setting("pipeline", "max_streams", 4))
-        self.scan_interval = float(ws.setting("watch", "scan_interval_s", 30.0))
-        self.poll_interval = float(ws.setting("watch", "poll_interval_s", 10.0))
-        self.quiet_s = float(ws.setting("watch", "quiet_s", 2.0))
-        self.incomplete_timeout = float(ws.setting("watch", "incomplete_timeout_s", 3600.0))
+        self.launcher = make_launcher(ws.settings.pipeline.launcher,
+                                      max_jobs or ws.settings.pipeline.max_jobs)
+        self.max_streams = ws.settings.pipeline.max_streams
+        self.scan_interval = ws.settings.watch.scan_interval_s
+        self.poll_interval = ws.settings.watch.poll_interval_s
+        self.quiet_s = ws.settings.watch.quiet_s
+        self.incomplete_timeout = ws.settings.watch.incomplete_timeout_s
         self.runners: dict[int, StreamRunner] = {}
         self.hints: queue.Queue[str] = queue.Queue()
         self.pending: dict[str, deliveries.Candidate] = {}
@@ -143,18 +144,18 @@ class Daemon:
         self._events = 0
         self._stale_seen: set[str] = set()
         self._stepped: dict[int, float] = {}
-        self.verifier = ThreadPoolExecutor(max_workers=int(ws.setting("watch", "verify_threads", 2)),
+        self.verifier = ThreadPoolExecutor(max_workers=ws.settings.watch.verify_threads,
                                            thread_name_prefix="verify")
         self.inflight: dict[str, tuple[deliveries.Candidate, Future[deliveries.Outcome]]] = {}
         self._tls = threading.local()
         self._thread_dbs: list[StateDB] = []
         self.restep_s = 0.5
-        self.backoff_s = float(ws.setting("watch", "error_backoff_s", 1.0))
-        self.backoff_max_s = float(ws.setting("watch", "error_backoff_max_s", 60.0))
+        self.backoff_s = ws.settings.watch.error_backoff_s
+        self.backoff_max_s = ws.settings.watch.error_backoff_max_s
         self._faults: dict[str, _Fault] = {}
         self._exits: list[JobResult] = []          # job exits not recorded yet (a write failed)
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
-        self.pending_max_s = float(ws.setting("watch", "pending_recheck_max_s", 30.0))
+        self.pending_max_s = ws.settings.watch.pending_recheck_max_s
 
     # ------------------------------------------------------------------ events
 
@@ -369,7 +370,7 @@ class Daemon:
         """Claim streams for registered downlinks that need one (new, resumable, rolled back)."""
         if len(self.runners) >= self.max_streams:
             return
-        if (self.ws.path("flags") / "halted").exists():
+        if is_set_globally(self.ws, "halted"):
             return
         rows: list[Any] = []
         with self._contained("stream pick-up"):

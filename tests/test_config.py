@@ -35,6 +35,11 @@ def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
     ('state_db        = "state.db"', "state_db = []", "paths.state_db must be non-empty text"),
     ("[stage]", "[stage]\nsurprise = 1", "unknown key stage.surprise"),
     ("[stage]", "[bogus]\n[stage]", "unknown section [bogus]"),
+    ('[pipeline]', '[pipline]\nlauncher = "slurm"\n[pipeline]', "unknown section [pipline]"),
+    ('[pipeline]', '[pipeline]\nlauncer = "slurm"', "unknown key pipeline.launcer"),
+    ("quiet_s = 2.0", "quiet_s = -1.0", "watch.quiet_s = -1.0 is outside 0..86400"),
+    ("verify_threads = 2 ", "verify_threads = 0 ", "watch.verify_threads = 0 is outside 1..64"),
+    ('smalldata_path = "/smalldata"', 'smalldata_path = "small"', "build.smalldata_path must be an HDF5 path"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:
     """Issue 9 item 11: `reserve_bytes = "lots"` ended in a ValueError traceback."""
@@ -49,12 +54,25 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needl
 
 
 def test_the_default_config_and_documented_overrides_load(tmp_path: Path) -> None:
-    root = _ws_with(tmp_path, 'polling = "auto"', "polling = true\nverify_threads = 3")
+    root = _ws_with(tmp_path, 'polling = "auto"', "polling = true")
     cfg = root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace("reserve_bytes = 1_000_000_000", "reserve_bytes = 0"))
+    text = cfg.read_text().replace("reserve_bytes = 1_000_000_000", "reserve_bytes = 0")
+    cfg.write_text(text.replace("verify_threads = 2 ", "verify_threads = 3 "))
     ws = Workspace.open(root)
-    assert ws.reserve_bytes == 0 and ws.setting("watch", "polling") is True
-    assert ws.setting("watch", "verify_threads") == 3
+    assert ws.reserve_bytes == 0 and ws.settings.disk.reserve_bytes == 0
+    assert ws.settings.watch.polling is True
+    assert ws.settings.watch.verify_threads == 3
+
+
+def test_a_typo_is_named_with_the_close_name(tmp_path: Path) -> None:
+    """`[pipline] launcher = "slurm"` was silently ignored before typed settings."""
+    root = _ws_with(tmp_path, "[pipeline]", '[pipline]\nlauncher = "slurm"\n[pipeline]')
+    with pytest.raises(BadInput, match=r"unknown section \[pipline\] \(known: build, disk, .*\); "
+                                       r"did you mean \[pipeline\]\?"):
+        Workspace.open(root)
+    root = _ws_with(tmp_path / "2", "quiet_s = 2.0", "quite_s = 2.0")
+    with pytest.raises(BadInput, match=r"unknown key watch.quite_s .*; did you mean quiet_s\?"):
+        Workspace.open(root)
 
 
 def test_not_utf8_and_too_deep_toml_are_one_line(tmp_path: Path) -> None:

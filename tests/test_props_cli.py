@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from engine.builder.select import MAX_DEPTH, Selection
 from engine.cli.numbers import INT64_MAX, parse_float, parse_int
 from engine.core.errors import BadInput
-from engine.core.workspace import AREAS, Workspace, default_config, validate_config
+from engine.core.settings import Settings, parse_settings
+from engine.core.workspace import AREAS, Workspace
 from engine.propagate.scene import load_scene, parse_scene
 from tests.propagate.conftest import base_scene
 from tests.props import total
@@ -127,29 +128,31 @@ def test_scene_load_is_total_on_any_file(raw: bytes) -> None:
 
 # ----------------------------------------------------------------------------- skydeck.toml
 
-CONFIG_KEYS = [(s, k) for s, t in default_config().items() if isinstance(t, dict) for k in t]
+CONFIG_KEYS = [(s, k) for s, t in Settings().as_dict().items() for k in t]
 
 
 @given(st.lists(st.tuples(st.sampled_from(CONFIG_KEYS) | st.tuples(st.text(max_size=6), st.text(max_size=6)),
                           toml_values), max_size=4))
 @example([(("\n", ""), [])])  # a quoted TOML key may hold a line break: still one line
+@example([(("pipline", "launcher"), "slurm")])  # a typo'd section: BadInput, never ignored
+@example([(("watch", "polling"), "YES"), (("watch", "quiet_s"), 0)])
 def test_config_validation_is_total(edits: list[tuple[tuple[str, str], Any]]) -> None:
     doc: dict[str, Any] = {}
     for (section, key), value in edits:
         doc = _set(doc, (section, key), value)
-    value = total(validate_config, doc, Path("skydeck.toml"))
+    value = total(parse_settings, doc, Path("skydeck.toml"))
     if not isinstance(value, BadInput):  # accepted: every consumer's use of it works
-        config = default_config()
-        for section, table in doc.items():
-            config.setdefault(section, {}).update(table)
-        ws = Workspace(root=Path("/nonexistent"), config=config)
+        assert isinstance(value, Settings) and set(doc) <= set(value.as_dict())
+        ws = Workspace(root=Path("/nonexistent"), settings=value)
         assert isinstance(ws.reserve_bytes, int)
         for area in (*AREAS, "state_db", "flags"):
             assert isinstance(ws.path(area), Path)
-        for section, key in CONFIG_KEYS:
-            v = ws.setting(section, key)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                assert math.isfinite(v) and v >= 0, (section, key, v)
+        for section, table in value.as_dict().items():
+            for key, v in table.items():
+                if (section, key) != ("watch", "polling"):  # "yes" is read as True
+                    assert v == doc.get(section, {}).get(key, v)  # what the file says, else default
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    assert math.isfinite(v) and v >= 0, (section, key, v)
 
 
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))

@@ -37,7 +37,7 @@ for _module, _names in {
     "engine.core.workspace": ("Workspace", "init_workspace", "resolve_root", "ASSETS", "SCENES",
                               "scene_path", "scene_names"),
     "engine.pipeline.locks": ("LockInfo",),
-    "engine.pipeline.runner": ("HALT_FLAGS",),
+    "engine.pipeline.halts": ("HALT_FLAGS",),
     "engine.pipeline.usage": ("StageReport", "Usage"),
     "engine.store.state": ("StreamView", "Stream", "ProcessInstance", "Downlink", "Delivery"),
     "engine.propagate.hits": ("HitSummary", "Comparison", "FaceMap", "Histogram"),
@@ -133,8 +133,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         scene_names,
         scene_path,
     )
+    from engine.pipeline.halts import HALT_FLAGS
     from engine.pipeline.locks import LockInfo
-    from engine.pipeline.runner import HALT_FLAGS
     from engine.pipeline.usage import StageReport, Usage
     from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
     from engine.store.state import Delivery, Downlink, ProcessInstance, Stream, StreamView

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from engine.api.listings import last_line
 from engine.core.errors import BadInput, Busy, SkydeckError
-from engine.core.ids import is_dlid, parse_dlid
+from engine.core.ids import parse_dlid
 from engine.core.workspace import Workspace
+from engine.pipeline import halts as halt_flags
 from engine.pipeline import locks as _locks
-from engine.pipeline.runner import HALT_FLAGS, StreamRunner
+from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task
 from engine.store.state import ACTIVE_PI, StateDB, owner_dead
 
@@ -156,43 +157,22 @@ def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
 # ------------------------------------------------------------------------ halt flags
 
 def _flag_path(ws: Workspace, flag: str, dlid: str | None) -> Path:
-    if flag not in HALT_FLAGS:
-        raise BadInput(f"unknown halt flag {flag!r} (flags: {', '.join(HALT_FLAGS)})")
-    if dlid is None:
-        return ws.path("flags") / flag
-    return ws.downlinks / parse_dlid(dlid) / flag
+    return halt_flags.flag_path(ws, flag, dlid)
 
 
 def halts(ws: Workspace, dlid: str | None = None) -> dict[str, list[str]]:
     """Set halt flags: {flag: ["global"] and/or [dlid]} for the global and this downlink."""
-    out: dict[str, list[str]] = {}
-    for flag in HALT_FLAGS:
-        where = []
-        if (ws.path("flags") / flag).exists():
-            where.append("global")
-        if dlid is not None and is_dlid(dlid) and (ws.downlinks / dlid / flag).exists():
-            where.append(dlid)
-        if where:
-            out[flag] = where
-    return out
+    return halt_flags.halts(ws, dlid)
 
 
 def set_halt(ws: Workspace, flag: str, dlid: str | None = None) -> Path:
     """Hold every process guarded by ``flag`` (globally, or for one downlink)."""
-    p = _flag_path(ws, flag, dlid)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(f"set {time.strftime('%Y-%m-%dT%H:%M:%S')} by pid {os.getpid()}\n")
-    return p
+    return halt_flags.set_halt(ws, flag, dlid)
 
 
 def clear_halt(ws: Workspace, flag: str, dlid: str | None = None) -> bool:
     """Release the hold; True when a flag was removed."""
-    p = _flag_path(ws, flag, dlid)
-    try:
-        p.unlink()
-        return True
-    except FileNotFoundError:
-        return False
+    return halt_flags.clear_halt(ws, flag, dlid)
 
 
 # ------------------------------------------------------------------------ launching

@@ -62,8 +62,8 @@ def stage(ws: Workspace, workers: int | None = None) -> StageReport:
 def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
     """One reconciliation pass over the inboxes (what `watch` does on its timer)."""
     with StateDB(ws.state_db) as db:
-        return _deliveries.process_all(ws, db, float(ws.setting("watch", "quiet_s", 2.0)),
-                                       float(ws.setting("watch", "incomplete_timeout_s", 3600.0)))
+        return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
+                                       ws.settings.watch.incomplete_timeout_s)
 
 
 def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:

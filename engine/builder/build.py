@@ -46,6 +46,7 @@ from engine.builder.h5source import (
 )
 from engine.builder.match import MISSING, MatchTable, match_sorted
 from engine.builder.select import Selection
+from engine.core import mpi
 from engine.core.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.core.diskspace import check_space
 from engine.core.errors import EXIT_FAILED, BadInput, JobFailed, SkydeckError
@@ -602,17 +603,9 @@ def _commit(plan: Plan, opt: BuildOptions) -> None:
     fsync_dir(opt.output.parent)
 
 
-def under_mpi() -> bool:
-    """True when started by an MPI launcher (hydra/PMI, Open MPI, PMIx, Slurm's PMI)."""
-    keys = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-    return any(k in os.environ for k in keys)
-
-
 def run_mpi(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | None:
     """Under mpiexec: rank 0 plans and distributes, ranks 1.. work. Returns the report on rank 0."""
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
+    comm = mpi.world()
     if comm.Get_size() == 1:
         return run_serial(opt, progress)
     held: dict[str, Path] = {}
@@ -799,16 +792,14 @@ def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | 
     """Build events; under mpiexec the job is distributed. Returns the report (rank 0)."""
     if not 1 <= opt.batch <= MAX_BATCH:
         raise BadInput(f"--batch must be within 1..{MAX_BATCH}")
-    if under_mpi():
+    if mpi.launched():
         return run_mpi(opt, progress)
     return run_serial(opt, progress)
 
 
 def is_rank0() -> bool:
-    if not under_mpi():
+    if not mpi.launched():
         return True
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank() == 0
+    return int(mpi.world().Get_rank()) == 0
 
 

@@ -10,6 +10,7 @@ CLI imports only the module of the command it runs (``engine.cli.main``).
 # name -> the one line `skydeck-engine --help` lists: here, so that listing imports no command
 SUMMARY: dict[str, str] = {
     "init": "create the workspace layout",
+    "config": "print the effective settings (skydeck.toml over the defaults)",
     "mock": "write a mock delivery (HDF5 sources + RetDefs)",
     "build": "build events from level-0 source files (MPI-aware)",
     "verify": "verify built events (rows, timestamps, payloads) against their sources",

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         with StateDB(ws.state_db) as db:
             if db.downlink(dlid) is None:
                 cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
-                outcomes = [deliveries.process(ws, db, c, float(ws.setting("watch", "quiet_s", 2.0)))
+                outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s)
                             for c in cands]
                 for o in outcomes:
                     if o.status == "rejected":
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
                 if db.downlink(dlid) is None:
                     raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
                                    "it is in incoming/", ws.incoming_level0)
-            launcher = make_launcher(str(ws.setting("pipeline", "launcher", "local")),
-                                     args.jobs or int(ws.setting("pipeline", "max_jobs", 2)))
+            launcher = make_launcher(ws.settings.pipeline.launcher,
+                                     args.jobs or ws.settings.pipeline.max_jobs)
             runner = run_stream(ws, db, task, dlid, launcher,
                                 emit=lambda ev: print(json_line(ev), flush=True),
                                 should_stop=lambda: stop["flag"])

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     if args.interval is not None:
-        ws.config.setdefault("watch", {})["poll_interval_s"] = args.interval
+        ws.settings = ws.settings.replace("watch", poll_interval_s=args.interval)
     res = run_daemon(ws, polling=args.polling, once=args.once)
     for o in res.rejected:
         print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)

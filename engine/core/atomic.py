@@ -28,7 +28,7 @@ def temp_name(target: Path, pid: int | None = None) -> Path:
 
 def sweep_stale_temps(target: Path) -> list[Path]:
     """Remove temporaries of ``target`` left by writers that are no longer alive."""
-    removed = []
+    removed: list[Path] = []
     prefix = f".{target.name}.tmp-"
     try:
         entries = list(target.parent.iterdir())

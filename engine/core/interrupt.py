@@ -33,6 +33,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
+from engine.core import mpi
 from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, SkydeckError
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
@@ -93,14 +94,11 @@ def restore(old: Handlers) -> None:
             signal.signal(s, h)
 
 
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # MPICH/Hydra, Open MPI, PMIx
-
-
 def speaks_for_the_job() -> bool:
     """Whether this process prints the job's one line on an interrupt: a plain process, or
     rank 0 of an MPI job (mpiexec forwards SIGTERM to every rank; one line, not one per rank).
     """
-    return all(os.environ.get(k, "0").strip() in ("", "0") for k in _RANK_VARS)
+    return mpi.rank_hint() in (None, 0)
 
 
 def exit_code(err: BaseException) -> int:

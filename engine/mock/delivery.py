@@ -184,6 +184,7 @@ def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
     from engine.core.workspace import packaged_scene
     from engine.propagate.scene import gensteps, load_scene
 
+    assert spec.scene, "write_gensteps needs spec.scene"  # the caller checks
     scene = load_scene(packaged_scene(spec.scene))
     gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
     buf = io.BytesIO()

@@ -33,6 +33,7 @@ from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path, swe
 from engine.core.errors import BadInput, JobFailed, SkydeckError
 from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
 from engine.core.workspace import Workspace
+from engine.pipeline.halts import halt_flag
 from engine.store.state import StateDB
 
 INDEX_NAME = "mergeIndices.json"
@@ -231,10 +232,10 @@ def _write_staged(target: Path, inputs: list[Path], names: list[str],
 
 def cleanup(ws: Workspace, dlid: str) -> list[Path]:
     """Remove this downlink's intermediates of finished runs; never a file we did not write."""
-    for flag in (ws.path("flags") / "haltCleanup", ws.downlinks / dlid / "haltCleanup"):
-        if flag.exists():
-            print(f"cleanup of {dlid} skipped: {flag} exists")
-            return []
+    flag = halt_flag(ws, dlid, "haltCleanup")
+    if flag is not None:
+        print(f"cleanup of {dlid} skipped: {flag} exists")
+        return []
     idx = read_index(ws, dlid) or {"chunks": {}}
     busy_runs: set[int] = set()
     for d in _other_downlinks(ws, dlid):  # runs of streams still in progress elsewhere
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.run is None:
                 raise BadInput("mergeEvt needs --run")
             max_events = a.max_events or int(os.environ.get("HALFPIPE_MAXEVENTS") or
-                                              ws.setting("halfpipe", "maxEvents", 125000))
+                                              ws.settings.halfpipe.maxEvents)
             files = merge_evt(ws, dlid, a.run, max_events)
             print(f"{dlid} {run_name(a.run)}: staged {len(files)} file(s)")
         else:

@@ -28,6 +28,7 @@ import psutil
 
 from engine.store.state import process_start
 
+_LIBC: ctypes.CDLL | None
 try:
     _LIBC = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - non-glibc platforms

@@ -36,6 +36,7 @@ from engine.core.workspace import Workspace, scene_path
 from engine.intake import manifest
 from engine.intake.deliveries import GENSTEPS_NAME
 from engine.pipeline import locks
+from engine.pipeline.halts import halt_flag
 from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
@@ -43,21 +44,12 @@ from engine.store.state import ACTIVE_PI, DONE_PI, Owner, ProcessInstance, State
 
 Emit = Callable[[dict[str, Any]], None]
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
-HALT_FLAGS = ("haltStage", "haltCleanup", "haltPropagate", "haltL1", "halted")
 
 
 def mpiexec_path() -> str:
     """The venv's mpiexec (mpich wheel) first, then PATH."""
     local = Path(sys.executable).with_name("mpiexec")
     return str(local) if local.exists() else (shutil.which("mpiexec") or "mpiexec")
-
-
-def halt_flag(ws: Workspace, dlid: str, flag: str) -> Path | None:
-    """The flag file that halts ``flag`` for this downlink (global or per downlink), if any."""
-    for p in (ws.path("flags") / flag, ws.downlinks / dlid / flag):
-        if p.exists():
-            return p
-    return None
 
 
 @dataclass
@@ -104,10 +96,13 @@ class StreamRunner:
 
     def values(self, pdef: ProcessDef, key: str) -> dict[str, str]:
         scene = self.dl.scene or "default"
+        build = self.ws.settings.build
         v = {
             "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
             "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
-            "maxEvents": str(self.ws.setting("halfpipe", "maxEvents", 125000)),
+            "maxEvents": str(self.ws.settings.halfpipe.maxEvents),
+            "batch": str(build.batch), "timestamp_path": build.timestamp_path,
+            "data_path": build.data_path, "smalldata_path": build.smalldata_path,
             "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
             "scene_path": str(scene_path(scene)),
             "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
@@ -282,7 +277,7 @@ class StreamRunner:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
         if pdef.mpi:
-            ranks = int(self.ws.setting("build", "ranks", 1))
+            ranks = self.ws.settings.build.ranks
             if ranks > 1:
                 argv = [mpiexec_path(), "-n", str(ranks), *argv]
         log_event: list[str] = []

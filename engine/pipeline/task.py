@@ -129,7 +129,7 @@ def parse_task(path: Path) -> Task:
 
 
 def task_path(ws: Workspace, name: str | None = None) -> Path:
-    name = name or str(ws.setting("pipeline", "task", "halfpipe"))
+    name = name or ws.settings.pipeline.task
     p = Path(name).expanduser()
     if p.suffix == ".toml":
         return p if p.is_absolute() else ws.root / p

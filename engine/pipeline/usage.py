@@ -196,7 +196,7 @@ def stage_report(ws: Workspace, workers: int | None = None) -> StageReport:
     The top-level children of incoming/level0, downlinks and stage that are downlink ids are
     scanned as their own roots, so per-downlink figures come for free.
     """
-    workers = workers or int(ws.setting("stage", "scan_workers", 0)) or None
+    workers = workers or ws.settings.stage.scan_workers or None
     rep = StageReport(reserve=ws.reserve_bytes)
     labels = {"incoming_level0": "incoming", "downlinks": "downlinks", "stage": "stage"}
     roots: list[Path] = []

@@ -19,6 +19,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from engine.core import mpi
 from engine.core.errors import BadInput
 from engine.core.interrupt import probe
 from engine.propagate.numpy_backend import ChunkResult, Params, propagate_chunk
@@ -87,13 +88,7 @@ def spans(total: int, chunk: int) -> Iterator[tuple[int, int]]:
 def mpi_world():  # -> mpi4py.MPI.Comm | None
     """COMM_WORLD when started by ``mpiexec -n K`` with K > 1, else None. mpi4py is imported
     only then, so plain runs never initialise MPI."""
-    size = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ),
-                None)
-    if size is None or not size.isdigit() or int(size) < 2:
-        return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+    return mpi.parallel_world()
 
 
 def _owner(i: int, size: int) -> int:

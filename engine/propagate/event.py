@@ -283,9 +283,9 @@ def _open_array(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
     """A development array filled chunk by chunk on disk (memory stays bounded); an empty
     one cannot be memory-mapped, so it is simply saved."""
     if math.prod(shape) == 0:
-        a = np.zeros(shape, dtype)
-        np.save(path, a)
-        return a
+        empty: np.ndarray = np.zeros(shape, dtype)
+        np.save(path, empty)
+        return empty
     return np.lib.format.open_memmap(path, "w+", dtype, shape)
 
 

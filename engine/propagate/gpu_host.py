@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.core.errors import BadInput
+from engine.core.mpi import local_rank
 from engine.propagate.numpy_backend import ChunkResult, Params, slice_order
 from engine.propagate.scene import SceneArrays
 
@@ -29,25 +30,6 @@ BLOCK = 256
 HEADROOM = 0.75  # fraction of free device memory a slice may use
 FM_BINS = 65536  # flagmask histogram (flags use 14 bits)
 N_KERNEL_ARGS = 25
-
-# node-local rank of this process, as MPI launchers (Open MPI, MPICH/Hydra, PMI, MVAPICH)
-# and Slurm's srun set it, first match wins
-LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
-                   "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
-
-
-def local_rank(env: Mapping[str, str] | None = None) -> tuple[int, str | None]:
-    """(node-local rank, the variable it came from); (0, None) outside a parallel launch.
-    A value that is not a non-negative integer is BadInput naming the variable."""
-    env = os.environ if env is None else env
-    for var in LOCAL_RANK_VARS:
-        if var in env:
-            text = env[var].strip()
-            if not (text.isascii() and text.isdigit()) or len(text) > 9:
-                raise BadInput(f"{var}={env[var]!r} is not a non-negative integer (node-local rank)")
-            return int(text), var
-    return 0, None
-
 
 def choose_device(count: int, env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """(device index among the visible ones, why): the node-local rank modulo ``count``,

@@ -84,7 +84,7 @@ def test_halt_flags(ws):
     api.set_halt(ws, "haltPropagate")
     api.set_halt(ws, "haltPropagate", "251125001")
     assert api.halts(ws, "251125001") == {"haltPropagate": ["global", "251125001"]}
-    from engine.pipeline.runner import halt_flag
+    from engine.pipeline.halts import halt_flag
     assert halt_flag(ws, "251125001", "haltPropagate") is not None   # what the runner checks
     assert api.clear_halt(ws, "haltPropagate") and not api.clear_halt(ws, "haltPropagate")
     assert api.halts(ws, "251125001") == {"haltPropagate": ["251125001"]}

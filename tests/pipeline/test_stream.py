@@ -241,7 +241,7 @@ def test_launching_pauses_under_the_disk_reserve(ws, tmp_path):
         runner = StreamRunner(ws, db, load_task(ws), st, launcher)
         _step_until(runner, launcher, lambda s: "launching paused" in (db.instances(st.id)[0].note or ""))
         assert db.instances(st.id)[0].status == "READY" and not launcher.active()
-        ws.config["disk"]["reserve_bytes"] = 0                       # space freed / reserve lowered
+        ws.settings = ws.settings.replace("disk", reserve_bytes=0)  # space freed / reserve lowered
         assert _step_until(runner, launcher, lambda s: s is not None) == "SUCCESS"
 
 

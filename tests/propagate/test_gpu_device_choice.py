@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.core.errors import BadInput
-from engine.propagate.gpu_host import LOCAL_RANK_VARS, choose_device, local_rank
+from engine.core.mpi import LOCAL_RANK_VARS, local_rank
+from engine.propagate.gpu_host import choose_device
 from tests.props import total
 
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from engine.core import mpi
 from engine.core.errors import BadInput, JobFailed
 from engine.propagate import cuda_backend, cupy_backend, gpu_host, kernel
 from engine.propagate.event import Request, propagate
@@ -21,7 +22,7 @@ from tests.propagate.fakegpu import FAKES, FakeGpu, absent
 
 BACKENDS = ("cuda", "cupy")
 MODULES = {"cuda": cuda_backend, "cupy": cupy_backend}
-LOCAL_RANK_VARS = gpu_host.LOCAL_RANK_VARS + ("CUDA_VISIBLE_DEVICES",)
+LOCAL_RANK_VARS = mpi.LOCAL_RANK_VARS + ("CUDA_VISIBLE_DEVICES",)
 
 
 def _clear_caches() -> None:

@@ -1,0 +1,55 @@
+"""`skydeck-engine config [--json]`: the effective settings of a workspace.
+
+skydeck.toml holds only what differs from the defaults (or a copy of them that may be old);
+what the engine actually uses is the file merged over the defaults of
+``engine.core.settings``, with ``[paths]`` resolved against the workspace root. This command
+prints exactly that, so an operator need not reconstruct it from the file, the packaged
+defaults and the resolution rules. Opening the workspace checks the file: an unknown section
+or key, or a bad value, is exit 2 with one line, as for every other command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from engine.cli import SUMMARY
+from engine.core.workspace import CONFIG_NAME, Workspace
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("config", parents=[common], help=SUMMARY["config"])
+    p.add_argument("--json", action="store_true", help="print one JSON object {section: {key: value}}")
+    p.set_defaults(func=run)
+
+
+def effective(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """{section: {key: value}} of every key, ``[paths]`` as absolute paths."""
+    out = ws.settings.as_dict()
+    out["paths"] = {area: str(ws.path(area)) for area in out["paths"]}
+    return out
+
+
+def toml_value(v: Any) -> str:
+    """A value as TOML writes it (strings as basic strings, which JSON's escapes are)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    return repr(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    settings = effective(ws)
+    if args.json:
+        print(json.dumps(settings, indent=1))
+        return 0
+    print(f"# effective settings: {ws.root / CONFIG_NAME} over the packaged defaults")
+    for section, table in settings.items():
+        print(f"\n[{section}]")
+        for key, value in table.items():
+            print(f"{key} = {toml_value(value)}")
+    return 0

@@ -1,0 +1,212 @@
+"""Typed settings: skydeck.toml parsed once into frozen dataclasses, one per section.
+
+Before this module every consumer asked ``ws.setting(section, key, default)`` and repeated
+the default at its call; a typo such as ``[pipline]`` was caught only by a schema that lived
+apart from the defaults. Here each section is a dataclass whose fields carry the default and
+the rule (type and range) together, so the defaults live in one place and the check and the
+typed value cannot disagree. ``engine/assets/skydeck.toml`` (which ``init`` copies and whose
+comments document the keys) must hold the same values; tests/core/test_settings.py says so.
+
+``parse_settings(doc, path)`` turns a parsed TOML document into ``Settings`` or raises
+BadInput with one line naming the file, the key and what is expected. It reads no file:
+``engine.core.workspace`` reads the TOML (bounded in size and nesting) and calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from os import PathLike
+from typing import Any, Literal
+
+from engine.core.errors import BadInput
+
+INT64_MAX = 2**63 - 1
+DAY_S = 86400.0
+POLLING_TRUE = ("true", "yes", "1")
+POLLING_FALSE = ("false", "no", "0")
+MAX_BATCH = 1 << 20  # engine.builder.build.MAX_BATCH (not imported: the builder pulls h5py)
+
+Polling = bool | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key accepts: ``kind`` is int, float, bool, polling, text, path or h5path;
+    ``lo``/``hi`` bound the numbers."""
+
+    kind: str
+    lo: float = 0
+    hi: float = math.inf
+
+
+def _key(default: Any, kind: str, lo: float = 0, hi: float = math.inf) -> Any:
+    return field(default=default, metadata={"rule": Rule(kind, lo, hi)})
+
+
+@dataclass(frozen=True)
+class Paths:
+    """[paths]: workspace areas, relative to the workspace root unless absolute."""
+
+    incoming_fcopy: str = _key("incoming/fcopy", "path")
+    incoming_level0: str = _key("incoming/level0", "path")
+    rejected: str = _key("incoming/rejected", "path")
+    downlinks: str = _key("downlinks", "path")
+    lock: str = _key("lock", "path")
+    stage: str = _key("stage", "path")
+    events: str = _key("events", "path")
+    logs: str = _key("logs", "path")
+    state_db: str = _key("state.db", "path")
+    flags: str = _key("config", "path")
+
+
+@dataclass(frozen=True)
+class Disk:
+    """[disk]: the free space work must leave."""
+
+    reserve_bytes: int = _key(1_000_000_000, "int", 0, INT64_MAX)
+
+
+@dataclass(frozen=True)
+class Build:
+    """[build]: makeEvt's dataset paths, batch size and MPI ranks."""
+
+    timestamp_path: str = _key("/timestamp", "h5path")
+    data_path: str = _key("/data", "h5path")
+    smalldata_path: str = _key("/smalldata", "h5path")
+    batch: int = _key(64, "int", 1, MAX_BATCH)
+    ranks: int = _key(1, "int", 1, 4096)
+
+
+@dataclass(frozen=True)
+class Halfpipe:
+    """[halfpipe]: HalfPipe's own knobs."""
+
+    maxEvents: int = _key(125000, "int", 1, 1 << 40)  # noqa: N815 (HalfPipe's name)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """[pipeline]: the task file, the launcher and how much runs at once."""
+
+    task: str = _key("halfpipe", "text")
+    max_jobs: int = _key(2, "int", 1, 1024)
+    max_streams: int = _key(4, "int", 1, 100_000)
+    launcher: str = _key("local", "text")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """[watch]: the daemon's observer, scan cadence, quiet time and back-off."""
+
+    polling: Polling = _key("auto", "polling")
+    poll_interval_s: float = _key(10.0, "float", 0.01, DAY_S)
+    scan_interval_s: float = _key(30.0, "float", 0.01, DAY_S)
+    quiet_s: float = _key(2.0, "float", 0.0, DAY_S)
+    incomplete_timeout_s: float = _key(3600.0, "float", 0.0, 365 * DAY_S)
+    verify_threads: int = _key(2, "int", 1, 64)
+    pending_recheck_max_s: float = _key(30.0, "float", 0.01, DAY_S)
+    error_backoff_s: float = _key(1.0, "float", 0.01, DAY_S)
+    error_backoff_max_s: float = _key(60.0, "float", 0.01, DAY_S)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """[stage]: the usage scan."""
+
+    scan_workers: int = _key(0, "int", 0, 1024)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of a workspace: every section, defaults filled in."""
+
+    paths: Paths = field(default_factory=Paths)
+    disk: Disk = field(default_factory=Disk)
+    build: Build = field(default_factory=Build)
+    halfpipe: Halfpipe = field(default_factory=Halfpipe)
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    watch: Watch = field(default_factory=Watch)
+    stage: Stage = field(default_factory=Stage)
+
+    def replace(self, section: str, **values: Any) -> Settings:
+        """A copy with keys of one section replaced (a command-line override such as
+        ``watch --interval``); the values are checked as the file's are."""
+        current = getattr(self, section)
+        rules = rules_of(type(current))
+        for key, value in values.items():
+            if key not in rules:
+                raise BadInput(f"unknown key {section}.{key}")
+            values[key] = _checked(None, f"{section}.{key}", rules[key], value)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **values)})
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}} in declaration order (TOML's and JSON's shape)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+
+
+def rules_of(section: type) -> dict[str, Rule]:
+    """key -> Rule of a section dataclass."""
+    return {f.name: f.metadata["rule"] for f in fields(section)}
+
+
+def _unknown(what: str, name: str, known: list[str], shape: str = "{}") -> str:
+    """"unknown WHAT (known: ...)", with the close name when ``name`` looks like a typo."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    hint = f"; did you mean {shape.format(close[0])}?" if close else ""
+    return f"unknown {what} (known: {', '.join(sorted(known))}){hint}"
+
+
+def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -> Any:
+    """``v`` as the key's typed value, or BadInput naming ``where`` and what it expects."""
+    kind = rule.kind
+    if kind in ("int", "float"):
+        ok_type = isinstance(v, int) if kind == "int" else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok_type:
+            raise BadInput(f"{where} must be {'an integer' if kind == 'int' else 'a number'}, "
+                           f"got {v!r}", path)
+        if (isinstance(v, float) and not math.isfinite(v)) or not rule.lo <= v <= rule.hi:
+            raise BadInput(f"{where} = {v!r} is outside {rule.lo:g}..{rule.hi:g}", path)
+        return int(v) if kind == "int" else float(v)
+    if kind == "polling":
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("auto", *POLLING_TRUE, *POLLING_FALSE):
+            low = v.lower()
+            return "auto" if low == "auto" else low in POLLING_TRUE
+        raise BadInput(f"{where} must be auto, true or false, got {v!r}", path)
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise BadInput(f"{where} must be true or false, got {v!r}", path)
+        return v
+    # path, h5path, text
+    if not isinstance(v, str) or not v or "\0" in v:
+        raise BadInput(f"{where} must be non-empty text, got {v!r}", path)
+    if kind == "h5path" and not v.startswith("/"):
+        raise BadInput(f"{where} must be an HDF5 path starting with '/', got {v!r}", path)
+    return v
+
+
+def parse_settings(doc: dict[str, Any], path: str | PathLike[str] | None = None) -> Settings:
+    """A parsed skydeck.toml as Settings (defaults for what it leaves out); BadInput naming
+    ``path``, the section or key and what is expected for anything unknown or out of range."""
+    known = list(SECTIONS)
+    out: dict[str, Any] = {}
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise BadInput(_unknown(f"section [{section}]", section, known, "[{}]"), path)
+        if not isinstance(table, dict):
+            raise BadInput(f"{section} must be a [{section}] table, got {table!r}", path)
+        rules = rules_of(SECTIONS[section])
+        values: dict[str, Any] = {}
+        for key, v in table.items():
+            if key not in rules:
+                raise BadInput(_unknown(f"key {section}.{key}", key, list(rules)), path)
+            values[key] = _checked(path, f"{section}.{key}", rules[key], v)
+        out[section] = SECTIONS[section](**values)
+    return Settings(**out)
