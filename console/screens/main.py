@@ -79,6 +79,11 @@ class FilterInput(Input):
 class MainScreen(Screen[None]):
     """The operator's view of one workspace; its actions are bound as ``screen.<action>``."""
 
+    # the first focus goes straight to the downlinks: Textual's default ("*") focused the
+    # filter input first (the first focusable widget), which showed it and hid every key of
+    # the footer (an input consumes them) until on_mount moved the focus, a visible flash
+    AUTO_FOCUS = "#downlinks"
+
     def __init__(self, ws: Workspace, clock: Callable[[], float], poll_s: float,
                  stage_every_s: float) -> None:
         super().__init__()
