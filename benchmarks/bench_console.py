@@ -5,7 +5,7 @@
    the time is measured from just before the process is spawned. Goal < 1 s.
 2. One refresh with 10,000 downlinks and 100,000 process instances: after the first load,
    20 instances change state from another connection (as a runner would); the console's
-   poll loop reads the rows (engine.api.ops.downlink_rows) and applies the difference
+   poll loop reads the rows (engine.api.Monitor.poll) and applies the difference
    (update_cell only). Reported: read time, apply time, cells changed; and, as the
    reference in the same run, a full table rebuild (clear + add_row of every row). Goal
    < 100 ms, no full rebuild.
@@ -67,7 +67,8 @@ def fill(ws_root: Path) -> None:
              "mergeEvt", "mergeEvt", "propagate", "cleanup"]
     keys = ["", "00001", "00002", "00003", "00004", "", "785721600", "785721601", "", ""]
     with StateDB(ws.state_db) as db, db.tx() as c:
-        c.executemany("INSERT INTO downlinks VALUES (?,?,?,?,?,?,?,?)",
+        c.executemany("INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
+                      "delivered, registered) VALUES (?,?,?,?,?,?,?,?)",
                       [(f"25{i // 1000 % 12 + 1:02d}{i % 28 + 1:02d}{i % 1000:03d}", "level0",
                         "/x", 4, 0, None, now - i, now - i) for i in range(N_DOWNLINKS)])
         dlids = [r[0] for r in c.execute("SELECT dlid FROM downlinks ORDER BY dlid")]
@@ -107,7 +108,7 @@ def first_paint(ws_root: Path) -> list[tuple[float, float]]:
 async def refresh(ws_root: Path) -> dict[str, float]:
     from console.app import SkydeckApp
     from console.widgets.downlinks import DownlinksTable, cells
-    from engine.api import ops
+    from engine import api
     from engine.core.workspace import Workspace
     from engine.store import StateDB
 
@@ -125,7 +126,7 @@ async def refresh(ws_root: Path) -> dict[str, float]:
             ids = [r[0] for r in db.q(
                 "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
                 "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400")]
-            reader = ops.DownlinkRows(ws)
+            reader = api.DownlinkRows(ws)
             reader.read(db)
             for rnd in range(10):
                 # a runner's writes: 20 makeEvt instances of running streams fail
@@ -133,7 +134,7 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 with db.tx() as c:
                     c.executemany("UPDATE process_instances SET status='FAILED' WHERE id=?",
                                   [(i,) for i in batch])
-                app.wake.set()
+                app.main.wake.set()
                 target = table.model
                 while table.model is target:        # until a refresh carrying rows is applied
                     await pilot.pause(0.002)
@@ -144,8 +145,8 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 t = time.perf_counter()
                 with app.batch_update():
                     changed.append(table.apply(rows))   # nothing left to change: diff cost
-                applies.append(sum(app.rows_timing))
-                reads_in_app.append(app.rows_timing[0])
+                applies.append(sum(app.main.rows_timing))
+                reads_in_app.append(app.main.rows_timing[0])
         result["read_s"] = statistics.median(reads)
         result["refresh_s"] = statistics.median(applies)
         result["read_in_app_s"] = statistics.median(reads_in_app)
@@ -190,7 +191,7 @@ def main() -> int:
          f"{r['refresh_s'] / GOAL_REFRESH_S:.2f} x goal 100 ms"),
         ("  of which the read in the poll worker (median)", f"{r['read_in_app_s'] * 1000:.1f} ms",
          ""),
-        ("  the read alone (engine.api.ops.DownlinkRows, outside the app)", f"{r['read_s'] * 1000:.1f} ms",
+        ("  the read alone (engine.api.DownlinkRows, outside the app)", f"{r['read_s'] * 1000:.1f} ms",
          ""),
         ("reference: full rebuild of the same table (clear + add_row)",
          f"{r['rebuild_s'] * 1000:.0f} ms", f"{r['rebuild_s'] / r['refresh_s']:.1f} x the refresh"),

@@ -16,8 +16,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.api.ops import _env, engine_argv
-from engine.core.workspace import ASSETS, Workspace, init_workspace, resolve_root
+from engine.api import ASSETS, Workspace, engine_argv, engine_env, init_workspace, resolve_root
 
 DEMO_RESERVE = 100_000_000
 SCENE = ASSETS / "scenes" / "tboolean-box-detect.toml"
@@ -50,7 +49,7 @@ class Feeder:
     def _spawn(self, args: list[str], wait: bool = True) -> int | None:
         with open(self.log, "ab") as fh:
             proc = subprocess.Popen(engine_argv(self.ws, *args), stdin=subprocess.DEVNULL,
-                                    stdout=fh, stderr=subprocess.STDOUT, env=_env(),
+                                    stdout=fh, stderr=subprocess.STDOUT, env=engine_env(),
                                     start_new_session=True)
         if not wait:
             self.procs.append(proc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from engine.core.diskspace import human_bytes
+from engine.api import human_bytes
 
 # Pipeline-II's front end: FAILED rows red; running work stands out; finished work recedes.
 STATUS_STYLE = {

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.api.ops import DAEMON_LOG
+from engine.api.listings import DAEMON_LOG
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.halts import halt_flag, is_set_globally

@@ -16,7 +16,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 if TYPE_CHECKING:
-    from engine.api.ops import LogFile
+    from engine.api import LogFile
 
 
 class ConfirmScreen(ModalScreen[bool]):

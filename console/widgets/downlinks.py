@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from console.format import STATE_STYLE, age, size
-from engine.api.ops import DownlinkRow
+from console.widgets.keyed import KeyedTable
+from engine.api import DownlinkRow
 
 # fixed widths: a 10,000-row update never re-measures columns (update_cell stays O(1))
 COLUMNS = (("dlid", "Downlink", 9), ("date", "Date", 10), ("state", "State", 8),
@@ -59,30 +59,21 @@ def matches(r: DownlinkRow, pattern: str) -> bool:
     return bool(rx.search(hay)) != inverse
 
 
-class DownlinksTable(DataTable):
+class DownlinksTable(KeyedTable):
     """Rows keyed by downlink id; ``apply`` is the only way rows change."""
 
+    COLUMNS = COLUMNS
+
     def __init__(self, clock: Callable[[], float] = time.time, **kw: object) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kw)  # type: ignore[arg-type]
-        self.clock = clock
+        super().__init__(clock, zebra_stripes=True, **kw)
         self.model: dict[str, DownlinkRow] = {}
-        self.shown: dict[str, dict[str, object]] = {}
         self.filter = ""
         self.sort_column = "dlid"
         self.sort_reverse = False
 
-    def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
-
     @property
     def selected(self) -> str | None:
-        if not self.shown or self.cursor_row < 0:
-            return None
-        try:
-            return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - cursor outside the rows while they change
-            return None
+        return self.selected_key
 
     def apply(self, rows: dict[str, DownlinkRow]) -> int:
         """Show ``rows`` (the full current set); returns how many cells changed."""
@@ -97,9 +88,7 @@ class DownlinksTable(DataTable):
         added = 0
         pending = False
         want = {k: r for k, r in self.model.items() if matches(r, self.filter)}
-        for gone in [k for k in self.shown if k not in want]:
-            self.remove_row(gone)
-            del self.shown[gone]
+        self.drop_except(want)
         for key, r in want.items():
             old = self.shown.get(key)
             if old is not None and same.get(key) == r:
@@ -107,18 +96,9 @@ class DownlinksTable(DataTable):
             if old is None and added >= ADD_CHUNK:
                 pending = True  # the rest after the next frame: the UI stays responsive
                 continue
-            new = cells(r, now)
+            changed += self.put(key, cells(r, now))
             if old is None:
-                self.add_row(*new.values(), key=key)
-                self.shown[key] = new
                 added += 1
-                changed += len(new)
-                continue
-            for col, value in new.items():
-                if old[col] != value:
-                    self.update_cell(key, col, value)
-                    old[col] = value
-                    changed += 1
         if pending:
             model = self.model
             self.call_after_refresh(lambda: model is self.model and self._sync(same=model))
@@ -129,14 +109,10 @@ class DownlinksTable(DataTable):
     def tick(self) -> None:
         """Advance the age column (called each second); only cells whose text changes."""
         now = self.clock()
-        for key, old in self.shown.items():
+        for key in self.shown:
             r = self.model.get(key)
-            if r is None:
-                continue
-            a = age(now - r.since)
-            if old["age"] != a:
-                self.update_cell(key, "age", a)
-                old["age"] = a
+            if r is not None:
+                self.set_cell(key, "age", age(now - r.since))
 
     def _sort(self) -> None:
         if not self.shown:

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Static
 from console.format import bar
 
 if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
-    from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
+    from engine.api import Comparison, FaceMap, Histogram, HitSummary
 
 EVENT_COLUMNS = (("event", "Event"), ("photons", "Photons"), ("hits", "Hits"),
                  ("eff", "Efficiency"), ("mode", "Mode"))

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from console.format import age
-from engine.pipeline.locks import LockInfo
+from console.widgets.keyed import KeyedTable
+from engine.api import LockInfo
 
 # fixed widths: no re-measuring on updates, and a picture that does not depend on timing
 COLUMNS = (("name", "Lock", 22), ("kind", "Kind", 10), ("owner", "Owner", 24),
@@ -27,50 +27,29 @@ def cells(i: LockInfo, now: float) -> dict[str, object]:
             "verdict": verdict}
 
 
-class LocksTable(DataTable):
-    def __init__(self, clock: Callable[[], float] = time.time, **kw: object) -> None:
-        super().__init__(cursor_type="row", **kw)  # type: ignore[arg-type]
-        self.clock = clock
-        self.infos: dict[str, LockInfo] = {}
-        self.shown: dict[str, dict[str, object]] = {}
+class LocksTable(KeyedTable):
+    """One row per lock file, keyed by its name; ``apply`` is the only way rows change."""
 
-    def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+    COLUMNS = COLUMNS
+
+    def __init__(self, clock: Callable[[], float] = time.time, **kw: object) -> None:
+        super().__init__(clock, **kw)
+        self.infos: dict[str, LockInfo] = {}
 
     @property
     def selected(self) -> LockInfo | None:
-        if not self.shown:
-            return None
-        try:
-            key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
-        except Exception:  # noqa: BLE001 - cursor outside the rows while they change
-            return None
-        return self.infos.get(str(key))
+        key = self.selected_key
+        return None if key is None else self.infos.get(key)
 
     def apply(self, infos: list[LockInfo]) -> None:
         now = self.clock()
         self.infos = {i.name: i for i in infos}
-        for gone in [k for k in self.shown if k not in self.infos]:
-            self.remove_row(gone)
-            del self.shown[gone]
+        self.drop_except(self.infos)
         for name, info in self.infos.items():
-            new = cells(info, now)
-            old = self.shown.get(name)
-            if old is None:
-                self.add_row(*new.values(), key=name)
-                self.shown[name] = new
-                continue
-            for col, value in new.items():
-                if old[col] != value:
-                    self.update_cell(name, col, value)
-                    old[col] = value
+            self.put(name, cells(info, now))
         self.border_title = f"Locks ({len(infos)}, {sum(i.stale for i in infos)} stale)"
 
     def tick(self) -> None:
         now = self.clock()
         for name, info in self.infos.items():
-            a = cells(info, now)["age"]
-            if name in self.shown and self.shown[name]["age"] != a:
-                self.update_cell(name, "age", a)
-                self.shown[name]["age"] = a
+            self.set_cell(name, "age", cells(info, now)["age"])

@@ -14,8 +14,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.format import bar, size
-from engine.core.diskspace import human_bytes
-from engine.pipeline.usage import StageReport
+from engine.api import StageReport, human_bytes
 
 PRESSURE_FACTOR = 2.0
 

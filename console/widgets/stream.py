@@ -1,7 +1,9 @@
 """The selected downlink's stream as a tree of process instances (Pipeline-II's si.jsp).
 
 Shape: the stream at the root; one node per process of the task in DAG order; processes
-that run per chunk (makeEvt) or per run (mergeEvt) get one child per substream key. Nodes
+that run once per value of a stream variable (the task file's ``foreach``: makeEvt per chunk
+and mergeEvt per run in halfpipe) get one child per substream key. Which processes those are
+comes with the stream (``engine.api.Snapshot.groups``), so any task file is shown the same way. Nodes
 are kept and relabelled in place, so the cursor and the expanded state survive refreshes.
 A running job shows a bar: its elapsed time against what that process usually takes
 (jobs do not report progress to the state database), marked ``~`` as an estimate.
@@ -17,15 +19,18 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from console.format import STATUS_STYLE, bar, duration, status_text
-from engine.store import ProcessInstance, StreamView
-
-FOREACH = {"makeEvt": "chunk", "mergeEvt": "run"}
+from engine.api import ProcessInstance, StreamView
 
 
-def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float]) -> Text:
-    """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first)."""
+def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float],
+             foreach: dict[str, str] | None = None) -> Text:
+    """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first).
+
+    An instance of a per-substream process (``foreach``) is named by its key (it sits under
+    its process's group node)."""
     t = Text()
-    t.append(f"{(pi.key if pi.process in FOREACH and pi.key else pi.process):<12}", style="bold")
+    t.append(f"{(pi.key if pi.process in (foreach or {}) and pi.key else pi.process):<12}",
+             style="bold")
     t.append(" ")
     t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
@@ -46,14 +51,15 @@ def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float]) -> Text
     return t
 
 
-def group_label(name: str, items: list[ProcessInstance]) -> Text:
+def group_label(name: str, items: list[ProcessInstance], noun: str = "key") -> Text:
+    """A group node: its process, how many instances have each status, how many keys."""
     counts: dict[str, int] = {}
     for pi in items:
         counts[pi.status] = counts.get(pi.status, 0) + 1
     t = Text(f"{name:<12} ", style="bold")
     for status, n in sorted(counts.items()):
         t.append(f"{status} {n}  ", style=STATUS_STYLE.get(status, ""))
-    t.append(f"({len(items)} {FOREACH.get(name, 'key')}s)", style="dim")
+    t.append(f"({len(items)} {noun}s)", style="dim")
     return t
 
 
@@ -66,6 +72,7 @@ class StreamTree(Tree[ProcessInstance | None]):
         self.dlid: str | None = None
         self.view: StreamView | None = None
         self.typical: dict[str, float] = {}
+        self.foreach: dict[str, str] = {}  # per-substream processes of the stream's task
         self._pi_nodes: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
         self._notes: list[str] = []  # leaves explaining a downlink without a stream
@@ -95,10 +102,13 @@ class StreamTree(Tree[ProcessInstance | None]):
         return next((p for p, g in self._groups.items() if g is node), None)
 
     def show(self, dlid: str | None, view: StreamView | None, typical: dict[str, float],
-             without: str = "") -> None:
+             without: str = "", foreach: dict[str, str] | None = None) -> None:
         """Show ``view`` (the stream of ``dlid``, or None when it has no stream yet; then
-        ``without`` says why and what can be done, if the caller knows better)."""
+        ``without`` says why and what can be done, if the caller knows better). ``foreach``:
+        the processes of its task shown as a group, with what one key is called
+        (``engine.api.task_groups``)."""
         self.typical = typical
+        self.foreach = foreach or {}
         if dlid != self.dlid:
             self.clear()
             self._pi_nodes.clear()
@@ -136,13 +146,14 @@ class StreamTree(Tree[ProcessInstance | None]):
         for pi in view.instances:
             by_process.setdefault(pi.process, []).append(pi)
         for process, items in by_process.items():
-            if process in FOREACH:
+            if process in self.foreach:
+                label = group_label(process, items, self.foreach[process])
                 group = self._groups.get(process)
                 if group is None:
-                    group = self.root.add(group_label(process, items), data=None, expand=True)
+                    group = self.root.add(label, data=None, expand=True)
                     self._groups[process] = group
                 else:
-                    group.set_label(group_label(process, items))
+                    group.set_label(label)
                 parent = group
             else:
                 parent = self.root
@@ -150,7 +161,7 @@ class StreamTree(Tree[ProcessInstance | None]):
                 k = (pi.process, pi.key)
                 wanted.add(k)
                 node = self._pi_nodes.get(k)
-                label = pi_label(pi, now, self.typical)
+                label = pi_label(pi, now, self.typical, self.foreach)
                 if node is None:
                     self._pi_nodes[k] = parent.add_leaf(label, data=pi)
                 else:
@@ -170,4 +181,4 @@ class StreamTree(Tree[ProcessInstance | None]):
         for node in self._pi_nodes.values():
             pi = node.data
             if pi is not None and pi.status == "RUNNING":
-                node.set_label(pi_label(pi, now, self.typical))
+                node.set_label(pi_label(pi, now, self.typical, self.foreach))

@@ -1,1 +1,142 @@
-"""The one face of the engine for the console and the CLI listings: read a snapshot, act on the pipeline."""
+"""The one face of the engine for the console and the CLI listings: read a snapshot, act on
+the pipeline, and the data types a front end displays.
+
+Why this package exists: a front end (the Textual console, the CLI's listings) must not
+reach into the state database, the lock files or the task file itself; it calls these
+functions and shows what they return. Submodules: ``rows`` (the downlinks table's read
+model), ``monitor`` (change detection, ``Monitor.poll`` -> ``Snapshot``), ``listings``
+(what the CLI prints and the console shows), ``actions`` (run, rollback, unlock, halts,
+operator jobs).
+
+Importing this package is cheap: every name below is imported on first use (PEP 562), so
+``from engine.api import DownlinkRow`` does not import the task runner, and the hit types
+(NumPy) are imported only when a front end asks for them. The console's first paint must not
+import NumPy or h5py.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {}
+for _module, _names in {
+    "engine.api.rows": ("STATES", "DownlinkRow", "DownlinkRows", "downlink_rows", "reason_first"),
+    "engine.api.monitor": ("ChangeProbe", "Monitor", "Snapshot", "StageCadence", "stream_view",
+                           "typical_durations", "LOCK_RECHECK_S"),
+    "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "stage", "scan_incoming",
+                            "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
+                            "task_groups", "EventDir", "list_events", "summarize_event",
+                            "compare_events", "DAEMON_LOG", "LogFile", "log_files", "last_line"),
+    "engine.api.actions": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan",
+                           "unlock", "halts", "set_halt", "clear_halt", "engine_env",
+                           "engine_argv", "start_runner", "start_job", "Job", "Progress"),
+    "engine.core.diskspace": ("human_bytes",),
+    "engine.core.errors": ("SkydeckError", "BadInput", "Busy"),
+    "engine.core.workspace": ("Workspace", "init_workspace", "resolve_root", "ASSETS", "SCENES",
+                              "scene_path", "scene_names"),
+    "engine.pipeline.locks": ("LockInfo",),
+    "engine.pipeline.halts": ("HALT_FLAGS",),
+    "engine.pipeline.usage": ("StageReport", "Usage"),
+    "engine.store.records": ("StreamView", "Stream", "ProcessInstance", "Downlink", "Delivery"),
+    "engine.propagate.hits": ("HitSummary", "Comparison", "FaceMap", "Histogram"),
+}.items():
+    for _name in _names:
+        _EXPORTS[_name] = _module
+
+__all__ = [  # the same names as _EXPORTS (a literal, for linters and type checkers)
+    'ASSETS', 'BadInput', 'Busy', 'ChangeProbe', 'Comparison', 'DAEMON_LOG', 'Delivery',
+    'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir', 'FaceMap',
+    'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo', 'LogFile',
+    'Monitor', 'ProcessInstance', 'Progress', 'RollbackPlan', 'RollbackResult', 'SCENES',
+    'STATES', 'SkydeckError', 'Snapshot', 'StageCadence', 'StageReport', 'Stream',
+    'StreamView', 'Usage', 'Workspace', 'clear_halt', 'compare_events', 'downlink_listing',
+    'downlink_rows', 'downlinks', 'engine_argv', 'engine_env', 'halts', 'human_bytes',
+    'init_workspace', 'last_line', 'list_events', 'lock_status', 'locks', 'log_files',
+    'pending', 'reason_first', 'rejected', 'resolve_root', 'rollback', 'rollback_plan',
+    'scan_incoming', 'scene_names', 'scene_path', 'set_halt', 'stage', 'start_job',
+    'start_runner', 'stream_view', 'stream_views', 'summarize_event', 'task_groups',
+    'typical_durations', 'unlock',
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
+    from engine.api.actions import (
+        Job,
+        Progress,
+        RollbackPlan,
+        RollbackResult,
+        clear_halt,
+        engine_argv,
+        engine_env,
+        halts,
+        rollback,
+        rollback_plan,
+        set_halt,
+        start_job,
+        start_runner,
+        unlock,
+    )
+    from engine.api.listings import (
+        DAEMON_LOG,
+        DownlinkListing,
+        EventDir,
+        LogFile,
+        compare_events,
+        downlink_listing,
+        downlinks,
+        last_line,
+        list_events,
+        lock_status,
+        locks,
+        log_files,
+        pending,
+        rejected,
+        scan_incoming,
+        stage,
+        stream_views,
+        summarize_event,
+        task_groups,
+    )
+    from engine.api.monitor import (
+        LOCK_RECHECK_S,
+        ChangeProbe,
+        Monitor,
+        Snapshot,
+        StageCadence,
+        stream_view,
+        typical_durations,
+    )
+    from engine.api.rows import STATES, DownlinkRow, DownlinkRows, downlink_rows, reason_first
+    from engine.core.diskspace import human_bytes
+    from engine.core.errors import BadInput, Busy, SkydeckError
+    from engine.core.workspace import (
+        ASSETS,
+        SCENES,
+        Workspace,
+        init_workspace,
+        resolve_root,
+        scene_names,
+        scene_path,
+    )
+    from engine.pipeline.halts import HALT_FLAGS
+    from engine.pipeline.locks import LockInfo
+    from engine.pipeline.usage import StageReport, Usage
+    from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
+    from engine.store.records import Delivery, Downlink, ProcessInstance, Stream, StreamView
+
+assert sorted(__all__) == sorted(_EXPORTS), "engine.api: __all__ and _EXPORTS disagree"

@@ -6,10 +6,9 @@ import argparse
 import json
 import time
 
+from engine.api.listings import downlink_listing
 from engine.cli import SUMMARY
 from engine.core.workspace import Workspace
-from engine.intake import deliveries
-from engine.store import StateDB
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,18 +20,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
-    with StateDB(ws.state_db) as db:
-        dls = db.downlinks()
-        streams = {s.dlid: s for s in db.streams()}
-        rejected = db.deliveries("REJECTED")
-        pending = db.deliveries("PENDING")
+    listing = downlink_listing(ws)
+    dls, streams = listing.downlinks, listing.streams
+    rejected, pending = listing.rejected, listing.pending
     if args.json:
         print(json.dumps({
             "downlinks": [d.__dict__ | {"stream": streams[d.dlid].status if d.dlid in streams else None}
                           for d in dls],
             "rejected": [r.__dict__ for r in rejected],
             "pending": [p.__dict__ for p in pending],
-            "rejected_files": deliveries.rejected_list(ws),
+            "rejected_files": listing.rejected_files,
         }, indent=1))
         return 0
     print(f"{'DOWNLINK':10s} {'FORM':6s} {'CHUNKS':>6s} {'GENSTEPS':8s} {'STREAM':10s} REGISTERED")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from engine.api.listings import locks
 from engine.cli import SUMMARY
 from engine.core.workspace import Workspace
-from engine.pipeline.locks import list_locks
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
-    infos = list_locks(ws.lock)
+    infos = locks(ws)
     if args.json:
         print(json.dumps([i.to_json() for i in infos], indent=1))
         return 0

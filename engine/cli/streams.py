@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict
 
-from engine.api.pipeline import stream_views
+from engine.api.listings import stream_views
 from engine.cli import SUMMARY
 from engine.core.workspace import Workspace
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.api.actions import unlock
+from engine.api.listings import lock_status
 from engine.cli import SUMMARY
 from engine.core.errors import BadInput
 from engine.core.workspace import Workspace
-from engine.pipeline.locks import read, resolve, unlock
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -22,8 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
-    path = resolve(ws.lock, args.lock)
-    info = read(path)
+    path, info = lock_status(ws, args.lock)
     if args.force and not info.stale and not args.yes:
         if not sys.stdin.isatty():
             raise BadInput("--force on a lock that is not provably stale needs --yes "
@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         answer = input(f"{path.name} is held: {info.reason}. Remove anyway? Type 'yes': ")
         if answer.strip() != "yes":
             raise BadInput("not confirmed; lock kept", path)
-    removed = unlock(ws.lock, args.lock, force=args.force)
+    removed = unlock(ws, args.lock, force=args.force)
     print(f"removed {removed.name} ({removed.kind}, owner {removed.owner}): {removed.reason}")
     return 0

@@ -22,7 +22,7 @@ from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel
 from console.widgets.stream import StreamTree
-from engine.api import ops
+from engine import api
 from engine.core.workspace import ASSETS
 from engine.intake import deliveries
 from engine.propagate.event import Request, propagate
@@ -41,7 +41,7 @@ def register(ws) -> None:
 
 def run_stream(ws, dlid: str) -> int:
     """`skydeck-engine run` as its own process (its locks die with it, as in production)."""
-    return subprocess.run(ops.engine_argv(ws, "run", dlid), capture_output=True,
+    return subprocess.run(api.engine_argv(ws, "run", dlid), capture_output=True,
                           timeout=120).returncode
 
 
@@ -200,7 +200,7 @@ async def test_halt_flags_set_and_clear(ws):
         assert isinstance(app.screen, HaltScreen)
         await pilot.press("enter")                      # first option: haltStage, global
         await settle(pilot, lambda: (ws.path("flags") / "haltStage").exists())
-        assert ops.halts(ws, "251125001") == {"haltStage": ["global"]}
+        assert api.halts(ws, "251125001") == {"haltStage": ["global"]}
         await pilot.press("h", "down", "enter")         # haltStage for this downlink
         await settle(pilot, lambda: (ws.downlinks / "251125001" / "haltStage").exists())
         await pilot.press("h", "enter")                 # toggling again clears the global one

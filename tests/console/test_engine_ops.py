@@ -1,4 +1,4 @@
-"""engine.api.ops: the views and operations the console calls (headless, real workspaces)."""
+"""engine.api: the views and operations the console calls (headless, real workspaces)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine.api import ops
+from engine import api
 from engine.core.errors import BadInput
 from engine.core.workspace import ASSETS
 from engine.intake import deliveries
@@ -22,7 +22,7 @@ def test_downlink_rows_states_counts_and_stuck(ws):
     mock(ws, "251126004", events=60)                  # still in incoming/
     (ws.incoming_level0 / "bogus").mkdir()             # not a downlink id: never a row
     with StateDB(ws.state_db) as db:
-        rows = ops.downlink_rows(ws, db)
+        rows = api.downlink_rows(ws, db)
         assert set(rows) == {"251123001", "251124002", "251125003", "251126004"}
         assert rows["251123001"].state == "staged" and rows["251123001"].runs == 2
         assert (rows["251125003"].state, rows["251125003"].chunks_done,
@@ -34,7 +34,7 @@ def test_downlink_rows_states_counts_and_stuck(ws):
         dead.wait()
         db.conn.execute("UPDATE streams SET owner_pid=?, owner_host=?, owner_start=0 "
                         "WHERE dlid='251124002'", (dead.pid, __import__("socket").gethostname()))
-        note = ops.downlink_rows(ws, db)["251124002"].note
+        note = api.downlink_rows(ws, db)["251124002"].note
         assert note.startswith("STUCK") and str(dead.pid) in note
 
 
@@ -46,19 +46,19 @@ def test_downlink_rows_rejected_and_bytes(ws):
     mock(ws, "251125002", events=60)
     with StateDB(ws.state_db) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
-        rows = ops.downlink_rows(ws, db)
+        rows = api.downlink_rows(ws, db)
         assert rows["251125001"].state == "rejected" and rows["251125001"].note
         assert rows["251125002"].state == "arrived" and rows["251125002"].bytes == 0
         f = next(ws.incoming_level0.glob("251125002/*.h5"))
         db.claim_stream("251125002", "halfpipe")      # files are recorded by a stream's jobs
         db.record_file(f, "test", None, "251125002", None)
-        assert ops.downlink_rows(ws, db)["251125002"].bytes == f.stat().st_size
+        assert api.downlink_rows(ws, db)["251125002"].bytes == f.stat().st_size
 
 
 def test_change_probe_reports_only_what_changed(ws):
-    probe = ops.ChangeProbe(ws)
+    probe = api.ChangeProbe(ws)
     try:
-        assert probe.poll() == set(ops.ChangeProbe.TOPICS)
+        assert probe.poll() == set(api.ChangeProbe.TOPICS)
         assert probe.poll() == set()
         (ws.lock / "cleanup").write_text("{}")
         assert probe.poll() == {"locks"}
@@ -67,31 +67,31 @@ def test_change_probe_reports_only_what_changed(ws):
         assert probe.poll() == {"db"}
         mock(ws, "251125001", events=60)
         assert "incoming" in probe.poll()
-        ops.set_halt(ws, "haltStage")
+        api.set_halt(ws, "haltStage")
         assert probe.poll() == {"flags"}
         (ws.events / "scene").mkdir()
         assert probe.poll() == {"events"}
         (ws.events / "scene" / "ev").mkdir()
         assert probe.poll() == {"events"}
         probe.forget()
-        assert probe.poll() == set(ops.ChangeProbe.TOPICS)
+        assert probe.poll() == set(api.ChangeProbe.TOPICS)
     finally:
         probe.close()
 
 
 def test_halt_flags(ws):
-    assert ops.halts(ws, "251125001") == {}
-    ops.set_halt(ws, "haltPropagate")
-    ops.set_halt(ws, "haltPropagate", "251125001")
-    assert ops.halts(ws, "251125001") == {"haltPropagate": ["global", "251125001"]}
+    assert api.halts(ws, "251125001") == {}
+    api.set_halt(ws, "haltPropagate")
+    api.set_halt(ws, "haltPropagate", "251125001")
+    assert api.halts(ws, "251125001") == {"haltPropagate": ["global", "251125001"]}
     from engine.pipeline.halts import halt_flag
     assert halt_flag(ws, "251125001", "haltPropagate") is not None   # what the runner checks
-    assert ops.clear_halt(ws, "haltPropagate") and not ops.clear_halt(ws, "haltPropagate")
-    assert ops.halts(ws, "251125001") == {"haltPropagate": ["251125001"]}
+    assert api.clear_halt(ws, "haltPropagate") and not api.clear_halt(ws, "haltPropagate")
+    assert api.halts(ws, "251125001") == {"haltPropagate": ["251125001"]}
     with pytest.raises(BadInput):
-        ops.set_halt(ws, "haltEverything")
+        api.set_halt(ws, "haltEverything")
     with pytest.raises(BadInput):
-        ops.set_halt(ws, "haltStage", "../etc")
+        api.set_halt(ws, "haltStage", "../etc")
 
 
 def test_list_events_newest_first_and_typical_durations(ws):
@@ -103,17 +103,17 @@ def test_list_events_newest_first_and_typical_durations(ws):
         import os
         os.utime(d / "meta.json", (t, t))
     (ws.events / "scene" / "partial").mkdir()           # no meta.json: not an event
-    assert [e.tag for e in ops.list_events(ws)] == ["new", "old"]
+    assert [e.tag for e in api.list_events(ws)] == ["new", "old"]
     fill_fixed(ws)
     with StateDB(ws.state_db) as db:
-        typical = ops.typical_durations(db)
+        typical = api.typical_durations(db)
     assert typical["mergeEvt"] == pytest.approx(39.333, abs=0.01)
     assert typical["makeEvt"] == pytest.approx(12.8, abs=0.01)
 
 
 def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
     out = tmp_path / "ev"
-    res = subprocess.run(ops.engine_argv(ws, "x")[:2] + ["engine.cli.jsonprogress", "propagate",
+    res = subprocess.run(api.engine_argv(ws, "x")[:2] + ["engine.cli.jsonprogress", "propagate",
                          str(ASSETS / "scenes" / "tboolean-box-detect.toml"), "-o", str(out),
                          "--photons", "20000", "--workers", "1"],
                          capture_output=True, text=True, timeout=120)
@@ -127,14 +127,14 @@ def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
 def test_incremental_rows_match_a_fresh_read_through_changes(ws):
     """DownlinkRows re-reads only moving streams; after each engine change it must agree
     with a fresh read (the invariant it relies on is kept by the runner and rollback)."""
-    from engine.api.pipeline import rollback
+    from engine.api import rollback
     from engine.store import Downlink
 
     fill_fixed(ws)
-    reader = ops.DownlinkRows(ws)
+    reader = api.DownlinkRows(ws)
     with StateDB(ws.state_db) as db:
         def check() -> None:
-            assert reader.read(db) == ops.downlink_rows(ws, db)
+            assert reader.read(db) == api.downlink_rows(ws, db)
 
         check()
         st = db.latest_stream("251124002")               # the running stream finishes
@@ -159,7 +159,7 @@ def test_pending_delivery_shows_why(ws):
         fh.write("0" * 32 + "  late.h5\n")
     with StateDB(ws.state_db) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
-        row = ops.downlink_rows(ws, db)["251125001"]
+        row = api.downlink_rows(ws, db)["251125001"]
     assert row.state == "arrived" and row.note.startswith("pending: ") and "late.h5" in row.note
 
 
@@ -172,11 +172,11 @@ def test_rollback_plan_names_the_blocker_and_the_group_that_works(ws):
     assert run_stream(ws, "251125001") == 0
     before = latest(ws, "251125001")
     run = next(k for p, k in before if p == "mergeEvt")
-    bad = ops.rollback_plan(ws, "251125001", [f"mergeEvt:{run}"])
+    bad = api.rollback_plan(ws, "251125001", [f"mergeEvt:{run}"])
     assert bad.blocker and "gone" in bad.blocker and "makeEvt" in bad.blocker
-    assert ops.rollback_plan(ws, "251125001", ["makeEvt:00001"]).blocker   # 00002's is gone too
-    ok = ops.rollback_plan(ws, "251125001", ["makeEvt"])
+    assert api.rollback_plan(ws, "251125001", ["makeEvt:00001"]).blocker   # 00002's is gone too
+    ok = api.rollback_plan(ws, "251125001", ["makeEvt"])
     assert ok.blocker is None and "makeEvt[00001] e1" in ok.retired
-    assert ops.rollback_plan(ws, "251125001", ["cleanup"]).blocker is None
-    assert "no failed instance" in (ops.rollback_plan(ws, "251125001", None).blocker or "")
+    assert api.rollback_plan(ws, "251125001", ["cleanup"]).blocker is None
+    assert "no failed instance" in (api.rollback_plan(ws, "251125001", None).blocker or "")
     assert latest(ws, "251125001") == before                 # nothing changed

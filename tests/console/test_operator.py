@@ -22,7 +22,7 @@ from console.widgets.downlinks import DownlinksTable
 from console.widgets.hits import HitsPanel
 from console.widgets.logview import LogPanel
 from console.widgets.stream import StreamTree
-from engine.api import ops
+from engine import api
 from engine.core.workspace import ASSETS
 from engine.propagate.event import Request, propagate
 
@@ -182,9 +182,9 @@ async def test_daemon_log_opens_from_the_console(ws):
     from console.screens.modals import LogPickerScreen
 
     mock(ws, "251125001", events=60)
-    subprocess.run(ops.engine_argv(ws, "watch", "--once"), capture_output=True, timeout=120,
+    subprocess.run(api.engine_argv(ws, "watch", "--once"), capture_output=True, timeout=120,
                    check=True)
-    daemon = ws.logs / ops.DAEMON_LOG
+    daemon = ws.logs / api.DAEMON_LOG
     assert daemon.is_file() and "stream_success" in daemon.read_text()
     app = SkydeckApp(ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:
@@ -210,7 +210,7 @@ async def test_failed_job_toast_says_why_and_its_log_opens(ws):
         await settle(pilot, lambda: any(sev == "error" for sev, _ in app.toasts))
         text = next(t for sev, t in app.toasts if sev == "error")
         job_log = next((ws.logs / "console").glob("build-*.log"))
-        reason = ops.last_line(job_log)
+        reason = api.last_line(job_log)
         assert reason and reason in text and "no-such-input" in text   # the one-line reason
         await pilot.press("L")
         assert isinstance(app.screen, LogPickerScreen)

@@ -46,8 +46,13 @@ def test_skydeck_in_tmux_paints_and_quits(ws) -> None:
     subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", cmd],
                    check=True, env=env)
     try:
+        # the rows can be painted a frame before the tab labels (rows arrive as soon as the
+        # first poll ends): wait for the whole first screen, every part of it checked
         screen = _wait_for(session, "251125001")
+        for part in ("Downlinks", "arrived", "Locks"):
+            screen = _wait_for(session, part, timeout=5.0)
         assert "Downlinks" in screen and "arrived" in screen and "Locks" in screen
+        assert "251125001" in screen
         subprocess.run([TMUX, "send-keys", "-t", session, "q"], check=True)
         _wait_for(session, "SKYDECK-EXITED 0", timeout=15)
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api.ops import downlink_rows
+from engine.api import downlink_rows
 from engine.core.diskspace import free_bytes
 from engine.intake import deliveries, manifest
 from engine.store import StateDB

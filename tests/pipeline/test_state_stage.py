@@ -102,7 +102,7 @@ def test_downlinks_cli(ws, capsys):
 
 
 def test_console_api_functions(ws):
-    from engine.api import pipeline as api
+    from engine import api
     make_delivery(ws, "251125001")
     out = api.scan_incoming(ws)
     assert [o.status for o in out] == ["accepted"]

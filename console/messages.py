@@ -1,0 +1,67 @@
+"""The messages the console's workers post to the UI thread (one per worker result).
+
+Why this module exists: every engine call runs in a thread worker (one ``engine.api`` call
+each) and hands its result to the UI thread as one of these messages; the main screen's
+handlers apply them. Keeping them apart from the screens lets a test or a second screen
+name them without importing the main screen. They do not bubble: the screen that started
+the worker handles them, and the App never sees them a second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from engine.api import Comparison, RollbackPlan, Snapshot, StageReport
+
+
+@dataclass
+class Refreshed(Message, bubble=False):
+    """What the poll loop read this round (``engine.api.Monitor.poll``)."""
+
+    snapshot: Snapshot
+
+
+@dataclass
+class StageRead(Message, bubble=False):
+    report: StageReport | None  # None: the scan failed (reported separately)
+
+
+@dataclass
+class LogLines(Message, bubble=False):
+    path: str
+    lines: list[str]
+
+
+@dataclass
+class ActionDone(Message, bubble=False):
+    text: str
+    severity: str = "information"
+
+
+@dataclass
+class Planned(Message, bubble=False):
+    """A rollback checked in a worker: ask to confirm it, or say why it cannot succeed."""
+
+    dlid: str
+    targets: list[str] | None
+    question: str
+    plan: RollbackPlan
+
+
+@dataclass
+class JobProgress(Message, bubble=False):
+    job: str
+    done: int
+    total: int | None
+    what: str
+    exit: int | None = None
+    log: str = ""
+
+
+@dataclass
+class Compared(Message, bubble=False):
+    comparison: Comparison

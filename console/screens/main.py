@@ -1,0 +1,639 @@
+"""The console's main screen: downlinks and stream on top, tabbed panels below, job bars.
+
+Why this module exists: the screen owns what the operator looks at and acts on (the
+selection, the panels, the actions on them); the App only holds what is global (bindings,
+the command palette, the read-only gate). Every worker here is thin: one ``engine.api``
+call, one message (console.messages) back to the UI thread:
+- the poll worker owns an ``engine.api.Monitor`` (its own SQLite connection) and posts one
+  ``Refreshed`` per round carrying the ``Snapshot`` of what changed;
+- the usage scan is its own worker, due by ``engine.api.StageCadence`` (no overlap);
+- every action (run, rollback, unlock, halt, launch) runs in a thread worker; streams run
+  in ``skydeck-engine run`` processes that claim the stream in the state database, so a
+  daemon on the same workspace never runs a process twice;
+- widgets update in place (diffed cells, relabelled tree nodes, appended log lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    ProgressBar,
+    Static,
+    TabbedContent,
+    TabPane,
+    Tree,
+)
+from textual.worker import get_current_worker
+
+from console.messages import (
+    ActionDone,
+    Compared,
+    JobProgress,
+    LogLines,
+    Planned,
+    Refreshed,
+    StageRead,
+)
+from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
+from console.widgets.downlinks import DownlinksTable
+from console.widgets.hits import HitsPanel
+from console.widgets.locks import LocksTable
+from console.widgets.logview import LogPanel
+from console.widgets.staging import StagingPanel, pressure
+from console.widgets.stream import StreamTree
+from engine import api
+
+if TYPE_CHECKING:
+    from engine.api import Job, Workspace
+
+STAGE_MIN_S = 1.0      # usage rescanned within a second of a change that moves bytes
+LOG_TAIL_BYTES = 1 << 20
+DEFAULT_SCENE = "tboolean-box-detect"  # the propagate form's default scene
+
+
+class FilterInput(Input):
+    BINDINGS: ClassVar = [Binding("escape", "clear_filter", "Clear filter", id="filter.clear")]
+
+    def action_clear_filter(self) -> None:
+        self.value = ""
+        self.screen.query_one(DownlinksTable).focus()
+
+
+class MainScreen(Screen[None]):
+    """The operator's view of one workspace; its actions are bound as ``screen.<action>``."""
+
+    # the first focus goes straight to the downlinks: Textual's default ("*") focused the
+    # filter input first (the first focusable widget), which showed it and hid every key of
+    # the footer (an input consumes them) until on_mount moved the focus, a visible flash
+    AUTO_FOCUS = "#downlinks"
+
+    def __init__(self, ws: Workspace, clock: Callable[[], float], poll_s: float,
+                 stage_every_s: float) -> None:
+        super().__init__()
+        self.ws = ws
+        self.clock = clock
+        self.poll_s = poll_s
+        self.stage = api.StageCadence(stage_every_s)
+        self.stage.busy = True           # the first scan starts with the poll loop
+        self.want_dlid: str | None = None
+        self.wake = threading.Event()
+        self.runners: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.jobs: dict[str, Job] = {}
+        self.refreshes = 0
+        self.last_refresh_s = 0.0
+        self.rows_timing = (0.0, 0.0)
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield Static("", id="alert")
+        with Horizontal(id="top"):
+            with Vertical(id="downlinks-box"):
+                yield FilterInput(placeholder="filter downlinks (regex, ! inverts); esc clears",
+                                  id="filter")
+                yield DownlinksTable(clock=self.clock, id="downlinks")
+            yield StreamTree(clock=self.clock, id="stream")
+        with TabbedContent(id="tabs", initial="locks"):
+            with TabPane("Locks [1]", id="locks"):
+                yield LocksTable(clock=self.clock, id="locks-table")
+            with TabPane("Staging [2]", id="staging"):
+                yield StagingPanel(id="staging-panel")
+            with TabPane("Hits [3]", id="hits"):
+                yield HitsPanel(id="hits-panel")
+            with TabPane("Log [4]", id="log"):
+                yield LogPanel(id="log-panel")
+        yield Vertical(id="jobs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Focus the downlinks, start the poll loop, the first usage scan and the timers."""
+        self.query_one(DownlinksTable).focus()
+        self._poll_loop()
+        self._scan_stage()
+        self.set_interval(STAGE_MIN_S, self._maybe_scan)
+        self.set_interval(1.0, self._tick)
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Toasts go through the App (it keeps them; markup off: paths are data)."""
+        self.app.notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.app.check_action(action, parameters)
+
+    def _writable(self) -> bool:
+        return self.app.writable()  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def live(self) -> bool:
+        """False while shutting down: late messages from workers are dropped then."""
+        return self.app.is_running and self.is_attached and self.is_running
+
+    def _tick(self) -> None:
+        if not self.live:
+            return
+        with self.app.batch_update():
+            self.query_one(DownlinksTable).tick()
+            self.query_one(StreamTree).tick()
+            self.query_one(LocksTable).tick()
+        for dlid, (proc, log) in list(self.runners.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.runners[dlid]
+            if code == 0:
+                self.notify(f"stream {dlid} finished", title="run")
+            elif code == 3:
+                self.notify(f"stream {dlid}: already claimed by another runner or the daemon "
+                            f"(nothing ran twice); L opens {log}", title="run", severity="warning")
+            else:
+                self.notify(f"stream {dlid} ended with exit {code}: "
+                            f"{api.last_line(log) or 'no output'}; L opens {log}", title="run",
+                            severity="error", timeout=15)
+        self.wake.set()
+
+    # -------------------------------------------------------------------- polling
+
+    @work(thread=True, group="poll", exclusive=True, exit_on_error=False)
+    def _poll_loop(self) -> None:
+        worker = get_current_worker()
+        with api.Monitor(self.ws) as monitor:
+            while not worker.is_cancelled:
+                try:
+                    snapshot = monitor.poll(self.want_dlid)
+                except Exception as err:  # noqa: BLE001 - keep polling; tell the operator
+                    self.post_message(ActionDone(f"refresh failed: {err!r}", "error"))
+                else:
+                    if snapshot.changed:
+                        self.post_message(Refreshed(snapshot))
+                self.wake.wait(self.poll_s)
+                self.wake.clear()
+
+    def on_refreshed(self, msg: Refreshed) -> None:
+        if not self.live:
+            return
+        snap = msg.snapshot
+        t0 = time.perf_counter()
+        with self.app.batch_update():
+            self.stage.saw(snap)
+            if snap.rows is not None:
+                table = self.query_one(DownlinksTable)
+                table.apply(snap.rows)
+                counts: dict[str, int] = {}
+                for r in snap.rows.values():
+                    counts[r.state] = counts.get(r.state, 0) + 1
+                table.border_title = "Downlinks " + " ".join(
+                    f"{k} {v}" for k, v in sorted(counts.items()))
+                if self.want_dlid is None and table.selected is not None:
+                    self.want_dlid = table.selected
+                    self.wake.set()
+            if snap.stream_read and snap.dlid == self.want_dlid:
+                self.query_one(StreamTree).show(snap.dlid, snap.stream, snap.typical,
+                                                self._without_stream(snap.dlid), snap.groups)
+            if snap.locks is not None:
+                self.query_one(LocksTable).apply(snap.locks)
+            if snap.events is not None:
+                self.query_one(HitsPanel).apply(snap.events)
+        self.refreshes += 1
+        self.last_refresh_s = snap.read_s + time.perf_counter() - t0
+        if snap.rows is not None:  # the downlinks part: (read in the worker, apply here)
+            self.rows_timing = (snap.read_s, time.perf_counter() - t0)
+
+    @work(thread=True, group="stage", exclusive=True, exit_on_error=False)
+    def _scan_stage(self) -> None:
+        try:
+            rep = api.stage(self.ws, workers=1)  # no fork from a threaded app
+        except OSError as err:
+            self.post_message(ActionDone(f"usage scan failed: {err}", "error"))
+            rep = None
+        self.post_message(StageRead(rep))
+
+    def on_stage_read(self, msg: StageRead) -> None:
+        if not self.live:
+            return
+        if msg.report is not None:
+            self.query_one(StagingPanel).show(msg.report)
+            alert = pressure(msg.report)
+            banner = self.query_one("#alert", Static)
+            banner.update(alert or "")
+            banner.set_class(alert is not None, "show")
+        self.stage.done()
+
+    def _maybe_scan(self) -> None:
+        """Rescan usage when ``StageCadence`` says so (never two scans at once)."""
+        if self.live and self.stage.start():
+            self._scan_stage()
+
+    # -------------------------------------------------------------------- selection
+
+    @on(DataTable.RowHighlighted, "#downlinks")
+    def _downlink_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value if event.row_key is not None else None
+        if key != self.want_dlid:
+            self.want_dlid = key
+            self.wake.set()
+
+    @on(DataTable.RowSelected, "#downlinks")
+    def _downlink_selected(self) -> None:
+        """Enter on a downlink: go to its stream tree (keyboard path: table -> tree -> log)."""
+        self.query_one(StreamTree).focus()
+
+    @on(Tree.NodeSelected, "#stream")
+    def _instance_selected(self, event: Tree.NodeSelected) -> None:
+        """Enter on a process instance opens its log."""
+        pi = event.node.data
+        if pi is not None and pi.log_path:
+            self.open_log(pi.log_path)
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(DownlinksTable).set_filter(event.value)
+        event.input.set_class(bool(event.value), "active")
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        self.query_one(DownlinksTable).focus()
+
+    def on_action_done(self, msg: ActionDone) -> None:
+        if not self.live:
+            return
+        self.notify(msg.text, severity=msg.severity)
+        self.wake.set()
+
+    # -------------------------------------------------------------------- view actions
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_sort(self) -> None:
+        self.notify(self.query_one(DownlinksTable).cycle_sort(), timeout=2)
+
+    def action_reverse(self) -> None:
+        self.notify(self.query_one(DownlinksTable).cycle_sort(reverse=True), timeout=2)
+
+    def action_tab(self, tab: str) -> None:
+        """Show a bottom panel. When the focus is inside the panel being hidden, it moves to
+        the new one first: TabbedContent otherwise re-activates the pane holding the focus,
+        and the key seemed to do nothing."""
+        tabs = self.query_one(TabbedContent)
+        focused = self.focused
+        inside = focused is not None and tabs in focused.ancestors
+        if inside:
+            self.set_focus(None)
+        tabs.active = tab
+        if inside:
+            pane = tabs.get_pane(tab)
+            target = next((w for w in pane.query("*") if w.focusable), None)
+            self.call_after_refresh(self.set_focus, target or self.query_one(DownlinksTable))
+
+    # -------------------------------------------------------------------- pipeline actions
+
+    def _dlid(self) -> str | None:
+        dlid = self.query_one(DownlinksTable).selected
+        if dlid is None:
+            self.notify("select a downlink first", severity="warning")
+        return dlid
+
+    def action_run_stream(self) -> None:
+        if self._writable() and (dlid := self._dlid()):
+            why = self._cannot_run(dlid)
+            if why:
+                self.notify(why, title=f"run {dlid}", severity="warning", timeout=8)
+                return
+            self._start_runner(dlid, "run")
+
+    def _without_stream(self, dlid: str | None) -> str:
+        """The stream tree's line for a downlink without a stream, when `r` cannot help."""
+        row = self.query_one(DownlinksTable).model.get(dlid) if dlid else None
+        if row is None or row.state != "rejected":
+            return ""
+        return (f"{dlid}: REJECTED, nothing to run\nreason: {row.note}\n"
+                f"files kept in {row.kept or self.ws.rejected}\n"
+                "fix the delivery and deliver it again (r cannot help)")
+
+    def _cannot_run(self, dlid: str) -> str | None:
+        """Why `skydeck-engine run` would refuse this row (the CLI's own checks), or None."""
+        row = self.query_one(DownlinksTable).model.get(dlid)
+        if row is None:
+            return None
+        if row.state == "rejected":
+            return (f"nothing to run: the delivery was rejected: {row.note}. Its files are kept "
+                    f"in {row.kept or self.ws.rejected}; fix them and deliver it again")
+        if row.stream == "FAILED":
+            return "its stream FAILED: b rolls back what failed (then it runs again)"
+        if row.stream in ("SUCCESS", "CANCELED"):
+            return (f"its stream already ended {row.stream}: nothing to run; p re-runs a process "
+                    "or a process group from the stream tree")
+        return None
+
+    def _start_runner(self, dlid: str, why: str) -> None:
+        if dlid in self.runners and self.runners[dlid][0].poll() is None:
+            self.notify(f"a runner for {dlid} started here is still running", severity="warning")
+            return
+        proc, log = api.start_runner(self.ws, dlid)
+        self.runners[dlid] = (proc, log)
+        self.notify(f"{why}: runner pid {proc.pid} for {dlid}", title="run")
+
+    def action_rollback_stream(self) -> None:
+        if not self._writable() or not (dlid := self._dlid()):
+            return
+        self._plan(dlid, None, f"Roll back stream {dlid}?")
+
+    def action_rerun_process(self) -> None:
+        if not self._writable():
+            return
+        tree = self.query_one(StreamTree)
+        target = tree.selected_target
+        if target is None or tree.dlid is None:
+            group = self.app.example_group  # type: ignore[attr-defined]
+            self.notify(f"select a process instance, or a group such as {group}, in the stream "
+                        "tree first", severity="warning")
+            return
+        what = f"{target} (every instance)" if ":" not in target and target in tree.groups \
+            else target
+        self._plan(tree.dlid, [target], f"Re-run {what} of {tree.dlid}?")
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _plan(self, dlid: str, targets: list[str] | None, question: str) -> None:
+        """Check the rollback first (off the UI thread): nothing is asked that cannot work."""
+        try:
+            plan = api.rollback_plan(self.ws, dlid, targets)
+        except Exception as err:  # noqa: BLE001 - a failed check is reported, never silent
+            self.post_message(ActionDone(f"rollback {dlid}: could not check it: {err!r}",
+                                         "error"))
+            return
+        self.post_message(Planned(dlid, targets, question, plan))
+
+    def on_planned(self, msg: Planned) -> None:
+        if not self.live:
+            return
+        what = " ".join(msg.targets) if msg.targets else "failed instances"
+        if msg.plan.blocker:
+            hint = "" if msg.targets else \
+                "; to re-run something else, select it (or its group) in the stream tree, press p"
+            self.notify(f"not rolled back ({what}): {msg.plan.blocker}{hint}",
+                        severity="warning", title=f"rollback {msg.dlid}", timeout=10)
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._rollback(msg.dlid, msg.targets)
+
+        self.app.push_screen(ConfirmScreen(
+            msg.question,
+            f"New executions of: {', '.join(msg.plan.retired)}; then a runner starts "
+            "(or the daemon picks it up)."), done)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _rollback(self, dlid: str, targets: list[str] | None) -> None:
+        try:
+            res = api.rollback(self.ws, dlid, targets)
+        except api.SkydeckError as err:
+            self.post_message(ActionDone(f"rollback {dlid}: {err.message}", "error"))
+            return
+        self.post_message(ActionDone(f"rolled back {', '.join(res.retired) or 'nothing'}"))
+        self.app.call_from_thread(self._start_runner, dlid, "rollback")
+
+    def action_unlock(self) -> None:
+        if not self._writable():
+            return
+        info = self.query_one(LocksTable).selected
+        if info is None:
+            self.action_tab("locks")
+            self.notify("select a lock in the Locks tab first", severity="warning")
+            return
+        if info.stale:
+            q = f"Remove stale lock {info.name}?"
+            detail = f"{info.kind}, owner {info.owner}: {info.reason}"
+        else:
+            q = f"Lock {info.name} is NOT provably stale. Remove it anyway?"
+            detail = (f"{info.reason}. Removing a live lock can let two jobs write the same "
+                      "files: check that no instance still runs.")
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._unlock(info.name, not info.stale)
+
+        self.app.push_screen(ConfirmScreen(q, detail, danger=not info.stale), done)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _unlock(self, name: str, force: bool) -> None:
+        try:
+            info = api.unlock(self.ws, name, force=force)
+        except api.SkydeckError as err:
+            self.post_message(ActionDone(f"unlock {name}: {err.message}", "error"))
+            return
+        self.post_message(ActionDone(f"removed {info.name} (owner {info.owner}): {info.reason}"))
+
+    def action_halts(self) -> None:
+        if not self._writable():
+            return
+        dlid = self.query_one(DownlinksTable).selected
+        self.app.push_screen(HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid)),
+                             self._halt_chosen)
+
+    def _halt_chosen(self, choice: tuple[str, str | None] | None) -> None:
+        self._toggle_halt(choice)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _toggle_halt(self, choice: tuple[str, str | None] | None) -> None:
+        if choice is None:
+            return
+        flag, dlid = choice
+        scope = dlid or "global"
+        try:
+            if scope in api.halts(self.ws, dlid).get(flag, []):
+                api.clear_halt(self.ws, flag, dlid)
+                self.post_message(ActionDone(f"cleared {flag} ({scope})"))
+            else:
+                api.set_halt(self.ws, flag, dlid)
+                self.post_message(ActionDone(f"set {flag} ({scope}): its processes are held"))
+        except (api.SkydeckError, OSError) as err:
+            self.post_message(ActionDone(f"halt flag {flag}: {err}", "error"))
+
+    # -------------------------------------------------------------------- logs
+
+    def action_open_log(self) -> None:
+        pi = self.query_one(StreamTree).selected
+        if pi is None or not pi.log_path:
+            self.notify("select a process instance that has a log", severity="warning")
+            return
+        self.open_log(pi.log_path)
+
+    def action_pick_log(self) -> None:
+        """Any log besides an instance's: the daemon's, console runs, builds, propagations."""
+        files = api.log_files(self.ws)
+        if not files:
+            self.notify(f"no logs in {self.ws.logs} yet (the daemon writes "
+                        f"{self.ws.logs / api.DAEMON_LOG})", severity="warning")
+            return
+        self.app.push_screen(LogPickerScreen(files),
+                             lambda path: self.open_log(path) if path else None)
+
+    def open_log(self, path: str) -> None:
+        self.query_one(LogPanel).start(path)
+        self.action_tab("log")
+        self._follow(path)
+
+    @work(thread=True, group="log", exclusive=True, exit_on_error=False)
+    def _follow(self, path: str) -> None:
+        worker = get_current_worker()
+        pos = 0
+        partial_line = ""
+        with contextlib.suppress(OSError):
+            size = Path(path).stat().st_size
+            pos = max(0, size - LOG_TAIL_BYTES)
+        while not worker.is_cancelled:
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(pos)
+                    data = fh.read(LOG_TAIL_BYTES)
+                    pos = fh.tell()
+            except OSError:
+                data = b""
+            if data:
+                text = partial_line + data.decode("utf-8", "replace")
+                lines = text.split("\n")
+                partial_line = lines.pop()
+                if lines:
+                    self.post_message(LogLines(path, lines))
+            else:
+                time.sleep(self.poll_s)
+
+    def on_log_lines(self, msg: LogLines) -> None:
+        if not self.live:
+            return
+        panel = self.query_one(LogPanel)
+        if panel.path == msg.path:
+            panel.add(msg.lines)
+
+    # -------------------------------------------------------------------- launches
+
+    def action_launch_build(self) -> None:
+        if not self._writable():
+            return
+        dlid = self.query_one(DownlinksTable).selected or ""
+        src = str(self.ws.incoming_level0 / dlid) if dlid else ""
+        out = str(self.ws.root / "builds" / f"{dlid or 'build'}.h5")
+
+        def done(values: list[str] | None) -> None:
+            if values:
+                inputs = values[0].split()
+                with contextlib.suppress(OSError):  # the build reports a missing directory
+                    Path(values[1]).parent.mkdir(parents=True, exist_ok=True)
+                args = ["build", *inputs, "-o", values[1]]
+                if values[2].strip():
+                    args += ["--select", values[2].strip()]
+                self._launch(f"build {Path(values[1]).name}", args)
+
+        self.app.push_screen(FormScreen("Build events from files", [
+            ("inputs", "input files or directories (space separated)", src),
+            ("output", "output HDF5 file", out),
+            ("select", "selection (optional, e.g. color == 'red')", ""),
+        ]), done)
+
+    def action_launch_propagate(self) -> None:
+        if not self._writable():
+            return
+        scene = api.SCENES / f"{DEFAULT_SCENE}.toml"
+        tag = time.strftime("console-%Y%m%dT%H%M%S")
+
+        def done(values: list[str] | None) -> None:
+            if values:
+                scene_p = Path(values[0])
+                out = self.ws.events / scene_p.stem / values[2]
+                self._launch(f"propagate {scene_p.stem}",
+                             ["propagate", str(scene_p), "-o", str(out), "--photons", values[1]])
+
+        self.app.push_screen(FormScreen("Propagate photons through a scene", [
+            ("scene", "scene TOML", str(scene)),
+            ("photons", "photons", "200000"),
+            ("tag", "event name (events/<scene>/<name>)", tag),
+        ]), done)
+
+    def _launch(self, name: str, args: list[str]) -> None:
+        job = api.start_job(self.ws, name, args)
+        self.jobs[job.title] = job
+        box = self.query_one("#jobs", Vertical)
+        row = Horizontal(Label(job.title, classes="job-name"), ProgressBar(show_eta=True),
+                         classes="job", id=f"job-{job.pid}")
+        box.mount(row)
+        self._watch_job(job)
+
+    @work(thread=True, group="jobs", exit_on_error=False)
+    def _watch_job(self, job: Job) -> None:
+        for p in job.progress():
+            self.post_message(JobProgress(job.title, p.done, p.total, p.what))
+        code = job.wait()
+        last = job.last
+        self.post_message(JobProgress(job.title, last.done, last.total, last.what, exit=code,
+                                      log=str(job.log)))
+
+    def on_job_progress(self, msg: JobProgress) -> None:
+        if not self.live:
+            return
+        job = self.jobs.get(msg.job)
+        if job is None:
+            return
+        with contextlib.suppress(Exception):
+            row = self.query_one(f"#job-{job.pid}", Horizontal)
+            bar = row.query_one(ProgressBar)
+            bar.update(total=msg.total, progress=msg.done)
+            if msg.exit is not None:
+                row.remove()
+        if msg.exit is not None:
+            del self.jobs[msg.job]
+            if msg.exit == 0:
+                self.notify(f"{msg.job} done", title="job")
+            else:
+                self.notify(f"{msg.job} failed (exit {msg.exit}): "
+                            f"{api.last_line(msg.log) or 'no output'}; L opens {msg.log}",
+                            title="job", severity="error", timeout=15)
+            self.wake.set()
+
+    # -------------------------------------------------------------------- hits
+
+    def action_mark_a(self) -> None:
+        path = self.query_one(HitsPanel).selected
+        if path is None:
+            self.notify("select a propagation event in the Hits tab", severity="warning")
+            return
+        self.query_one(HitsPanel).mark_a = path
+        self.notify(f"A = {path}; select another event and press v", timeout=3)
+
+    def action_compare(self) -> None:
+        panel = self.query_one(HitsPanel)
+        b = panel.selected
+        if panel.mark_a is None or b is None:
+            self.notify("mark an event with a, select another, then press v", severity="warning")
+            return
+        self._compare(panel.mark_a, b)
+
+    @work(thread=True, group="hits", exclusive=True, exit_on_error=False)
+    def _compare(self, a: str, b: str) -> None:
+        try:
+            self.post_message(Compared(api.compare_events(a, b)))
+        except api.SkydeckError as err:
+            self.post_message(ActionDone(f"compare: {err}", "error"))
+
+    def on_compared(self, msg: Compared) -> None:
+        if not self.live:
+            return
+        self.action_tab("hits")
+        self.query_one(HitsPanel).show_comparison(msg.comparison)

@@ -1,0 +1,211 @@
+"""What the CLI listings print and the console shows, as data (functions returning dataclasses).
+
+Why this module exists: `skydeck-engine downlinks|streams|locks|stage` and the console must
+show the same facts; both read them here instead of opening the state database, the lock
+directory or the task file themselves. Reads come from the state database (which the daemon
+and runners write) and from the files that are the truth for locks, events and logs.
+NumPy is imported only by the hit summaries, on first use. Nothing here imports Textual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.core.workspace import Workspace
+from engine.intake import deliveries as _deliveries
+from engine.pipeline import locks as _locks
+from engine.pipeline.task import load_task
+from engine.pipeline.usage import StageReport, stage_report
+from engine.store import Delivery, Downlink, StateDB, Stream, StreamView
+
+if TYPE_CHECKING:
+    from engine.propagate.hits import Comparison, HitSummary
+
+
+def downlinks(ws: Workspace) -> list[Downlink]:
+    """Registered downlinks, by id."""
+    with StateDB(ws.state_db) as db:
+        return db.downlinks()
+
+
+def rejected(ws: Workspace) -> list[Delivery]:
+    """Deliveries moved to incoming/rejected/, with their reasons."""
+    with StateDB(ws.state_db) as db:
+        return db.deliveries("REJECTED")
+
+
+def pending(ws: Workspace) -> list[Delivery]:
+    """Deliveries seen but not complete yet (files missing or still being written)."""
+    with StateDB(ws.state_db) as db:
+        return db.deliveries("PENDING")
+
+
+def locks(ws: Workspace) -> list[_locks.LockInfo]:
+    """Every lock with kind, owner, age and stale verdict (files are the truth)."""
+    return _locks.list_locks(ws.lock)
+
+
+def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
+    """Remove a stale lock; ``force`` only after the operator confirmed."""
+    return _locks.unlock(ws.lock, name, force=force)
+
+
+def stage(ws: Workspace, workers: int | None = None) -> StageReport:
+    """Usage per area and downlink, free space, reserve, whether launching is paused."""
+    return stage_report(ws, workers)
+
+
+def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
+    """One reconciliation pass over the inboxes (what `watch` does on its timer)."""
+    with StateDB(ws.state_db) as db:
+        return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
+                                       ws.settings.watch.incomplete_timeout_s)
+
+
+def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:
+    """Streams with their (latest or all) process instances, by downlink."""
+    with StateDB(ws.state_db) as db:
+        out = []
+        for s in db.streams(latest_only=True):
+            if dlid is not None and s.dlid != dlid:
+                continue
+            out.append(StreamView(s, db.instances(s.id, latest_only=latest_only)))
+        return out
+
+
+
+@dataclass
+class DownlinkListing:
+    """`skydeck-engine downlinks`: registered downlinks with their latest stream, and the
+    deliveries that are pending or were rejected (read in one connection)."""
+
+    downlinks: list[Downlink]
+    streams: dict[str, Stream]
+    rejected: list[Delivery]
+    pending: list[Delivery]
+    rejected_files: list[dict[str, object]] = field(default_factory=list)
+
+
+def downlink_listing(ws: Workspace) -> DownlinkListing:
+    """Every registered downlink, its latest stream, pending and rejected deliveries."""
+    with StateDB(ws.state_db) as db:
+        listing = DownlinkListing(db.downlinks(), {s.dlid: s for s in db.streams()},
+                                  db.deliveries("REJECTED"), db.deliveries("PENDING"))
+    listing.rejected_files = _deliveries.rejected_list(ws)
+    return listing
+
+
+def lock_status(ws: Workspace, name: str) -> tuple[Path, _locks.LockInfo]:
+    """The lock file a name (or path) means, and what it says (owner, stale verdict)."""
+    path = _locks.resolve(ws.lock, name)
+    return path, _locks.read(path)
+
+
+def task_groups(ws: Workspace, task_name: str | None = None) -> dict[str, str]:
+    """Processes of a task that run once per value of a stream variable (``foreach``), with
+    what one value is called: ``{"makeEvt": "chunk", "mergeEvt": "run"}`` for halfpipe.
+
+    ``task_name``: a stream's task; the workspace's own task file when it has that name (or
+    when None), else the packaged task of that name. A front end groups such a process's
+    instances (one per substream key) from this, so a task file with other process names is
+    shown the same way.
+    """
+    task = load_task(ws)  # the workspace's task file (its name need not be a packaged one)
+    if task_name is not None and task.name != task_name:
+        task = load_task(ws, task_name)
+    return {p.name: p.foreach.removesuffix("s") or p.foreach
+            for p in task.processes if p.foreach}
+
+
+# ------------------------------------------------------------------------ events
+
+@dataclass(frozen=True)
+class EventDir:
+    path: str
+    scene: str
+    tag: str
+    mtime: float
+
+
+def list_events(ws: Workspace, limit: int = 20) -> list[EventDir]:
+    """Propagation event directories (events/<scene>/<tag>/ holding meta.json), newest first."""
+    found = []
+    with contextlib.suppress(OSError):
+        for scene in os.scandir(ws.events):
+            if not scene.is_dir() or scene.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError):
+                for tag in os.scandir(scene.path):
+                    meta = Path(tag.path) / "meta.json"
+                    if tag.name.startswith(".") or not tag.is_dir():
+                        continue
+                    with contextlib.suppress(OSError):
+                        found.append(EventDir(tag.path, scene.name, tag.name, meta.stat().st_mtime))
+    found.sort(key=lambda e: (-e.mtime, e.path))
+    return found[:limit]
+
+
+
+def summarize_event(path: str | Path) -> HitSummary:
+    """The engine's hit summary of one event directory (imports NumPy on first use)."""
+    from engine.propagate.hits import summarize
+
+    return summarize(path)
+
+
+def compare_events(a: str | Path, b: str | Path) -> Comparison:
+    """Event A against event B (chi2 per flag category; imports NumPy on first use)."""
+    from engine.propagate.hits import compare
+
+    return compare(a, b)
+
+
+# ------------------------------------------------------------------------ logs
+
+DAEMON_LOG = "daemon.log"  # under logs/: the watch daemon's event lines
+
+
+@dataclass(frozen=True)
+class LogFile:
+    path: str
+    what: str     # "daemon", "console job", or the downlink of a process log
+    mtime: float
+
+
+def log_files(ws: Workspace, limit: int = 40) -> list[LogFile]:
+    """Logs an operator opens besides an instance's: the daemon's, then console jobs' (runs,
+    builds, propagations, newest first), then the newest process logs."""
+    out: list[LogFile] = []
+    daemon = ws.logs / DAEMON_LOG
+    with contextlib.suppress(OSError):
+        out.append(LogFile(str(daemon), "daemon", daemon.stat().st_mtime))
+    rest: list[LogFile] = []
+    with contextlib.suppress(OSError):
+        for sub in os.scandir(ws.logs):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            what = "console job" if sub.name == "console" else sub.name
+            with contextlib.suppress(OSError):
+                for f in os.scandir(sub.path):
+                    if f.name.endswith(".log") and f.is_file(follow_symlinks=False):
+                        rest.append(LogFile(f.path, what, f.stat().st_mtime))
+    rest.sort(key=lambda f: (f.what != "console job", -f.mtime, f.path))
+    return (out + rest)[:limit]
+
+
+def last_line(path: str | Path, limit: int = 200) -> str:
+    """The last non-empty line of a log (its one-line reason when a job failed), or ''."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else ""
+
