@@ -71,6 +71,7 @@ def merge_indices(ws: Workspace, dlid: str) -> dict:
     index = {"dlid": dlid, "runs": sorted(counts), "events": {str(k): v for k, v in sorted(counts.items())},
              "chunks": runs_by_chunk}
     target = ws.downlinks / dlid / INDEX_NAME
+    sweep_stale_temps(target)  # a killed earlier execution's temporary
     atomic_write_bytes(target, json.dumps(index, indent=1).encode() + b"\n")
     _summary("Pipeline.runs: " + " ".join(str(r) for r in index["runs"]))
     _summary(f"Pipeline.output: {target}")
