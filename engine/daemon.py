@@ -39,7 +39,7 @@ from engine.api.listings import DAEMON_LOG
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.halts import halt_flag, is_set_globally
-from engine.pipeline.launcher import JobResult, LocalLauncher, make_launcher
+from engine.pipeline.launcher import JobResult, make_launcher
 from engine.pipeline.runner import StreamRunner, json_line
 from engine.pipeline.task import Task, load_task
 from engine.store import StateDB
@@ -443,7 +443,7 @@ class Daemon:
         # jobs that ended but whose exit is not recorded yet: once more, so a job that
         # succeeded is not left RUNNING (and run again by the next owner)
         self._record_exits(backing_off_too=True)
-        ids = set(self.launcher.cancel_all() if isinstance(self.launcher, LocalLauncher) else [])
+        ids = set(self.launcher.cancel_all())
         ids |= {res.pi_id for res in self._exits}  # ended, still unrecorded: resumable
         for r in self.runners.values():
             with self._contained(f"stream:{r.dlid} release", dlid=r.dlid):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,14 @@ def test_process_identity_lives_in_core() -> None:
             users.add(rel)
     assert {"engine/pipeline/locks.py", "engine/pipeline/launcher.py",
             "engine/intake/deliveries.py", "engine/store/db.py"} <= users
+
+
+def test_every_name_engine_api_exports_resolves() -> None:
+    """engine.api imports its names lazily (PEP 562): each one must exist where it points, or
+    a front end fails only when it first touches the name."""
+    code = ("import engine.api as a\n"
+            "missing = [n for n in a.__all__ if not hasattr(a, n)]\n"
+            "print(missing)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

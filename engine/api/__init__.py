@@ -29,9 +29,9 @@ for _module, _names in {
                             "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
                             "task_groups", "EventDir", "list_events", "summarize_event",
                             "compare_events", "DAEMON_LOG", "LogFile", "log_files", "last_line"),
-    "engine.api.actions": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan",
-                           "unlock", "halts", "set_halt", "clear_halt", "engine_env",
+    "engine.api.actions": ("unlock", "halts", "set_halt", "clear_halt", "engine_env",
                            "engine_argv", "start_runner", "start_job", "Job", "Progress"),
+    "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
     "engine.core.diskspace": ("human_bytes",),
     "engine.core.errors": ("SkydeckError", "BadInput", "Busy"),
     "engine.core.workspace": ("Workspace", "init_workspace", "resolve_root", "ASSETS", "SCENES",
@@ -78,14 +78,10 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     from engine.api.actions import (
         Job,
         Progress,
-        RollbackPlan,
-        RollbackResult,
         clear_halt,
         engine_argv,
         engine_env,
         halts,
-        rollback,
-        rollback_plan,
         set_halt,
         start_job,
         start_runner,
@@ -135,6 +131,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     )
     from engine.pipeline.halts import HALT_FLAGS
     from engine.pipeline.locks import LockInfo
+    from engine.pipeline.rollback import RollbackPlan, RollbackResult, rollback, rollback_plan
     from engine.pipeline.usage import StageReport, Usage
     from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
     from engine.store.records import Delivery, Downlink, ProcessInstance, Stream, StreamView

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.api.actions import rollback
+from engine.api import rollback
 from engine.cli import SUMMARY
 from engine.core.workspace import Workspace
 

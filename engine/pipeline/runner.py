@@ -116,6 +116,11 @@ class StreamRunner:
             v |= {"run": key, "run10": run_name(int(key)), "runhex": run_hex(int(key))}
         return v
 
+    def output_path(self, pdef: ProcessDef, key: str) -> Path:
+        """Where the instance ``key`` of ``pdef`` writes its primary output (its first
+        ``outputs`` entry rendered with the instance's variables)."""
+        return Path(self._render(pdef.outputs[0], self.values(pdef, key)))
+
     def _render(self, text: str, values: dict[str, str]) -> str:
         try:
             return text.format(**values)
@@ -496,7 +501,7 @@ def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Laun
         if runner.step() is not None:
             return runner
         if should_stop is not None and should_stop():
-            runner.terminate(launcher.cancel_all() if hasattr(launcher, "cancel_all") else [])
+            runner.terminate(launcher.cancel_all())
             db.release_stream(runner.stream.id, "TERMINATED", "stopped")
             runner.status = "TERMINATED"
             return runner
