@@ -7,7 +7,7 @@ is the main screen (console.screens.main): the bindings of its actions are names
 ``screen.<action>``. The console talks to the engine only through ``engine.api``
 (tests/console/test_console_boundary.py).
 
-How it stays live without blocking (reference/ecosystem.md section 3): the main screen's
+How it stays live without blocking (docs/ecosystem.md, "Textual live refresh"): the main screen's
 poll worker asks ``engine.api.Monitor`` every ``POLL_S`` what changed and posts one message
 with the snapshot; every engine call runs in a thread worker.
 """

@@ -4,6 +4,10 @@
   the backend module ``engine/store/sqlite.py``), and no string outside it reads like SQL.
 - ``engine/core`` lies below everything: it imports no other ``engine`` package, so locks,
   the launcher and the store can all use it without cycles.
+- The engine is headless: nothing in ``engine`` imports ``console`` (the console imports
+  only ``engine.api``: tests/console/test_console_boundary.py).
+- One MPI decision: only ``engine/core/mpi.py`` reads an MPI launcher's environment.
+- The code cites the notes in ``docs/``, never a file outside the repository.
 Walks ``engine/`` and ``console/``; a relative import is resolved against its package.
 """
 
@@ -123,3 +127,30 @@ def test_every_name_engine_api_exports_resolves() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_the_engine_never_imports_the_console() -> None:
+    bad = [f"{rel}: {mod}" for rel, tree in _parsed() if rel.startswith("engine/")
+           for mod in _imports(rel, tree) if mod == "console" or mod.startswith("console.")]
+    assert bad == []
+
+
+LAUNCHER_VARS = re.compile(r"\b(PMI_\w+|PMIX_\w+|OMPI_COMM_WORLD_\w+|MV2_\w+|MPI_LOCAL\w+|"
+                           r"SLURM_(PROCID|NTASKS|LOCALID|STEP_ID|NPROCS)\b)")
+
+
+def test_only_core_mpi_reads_the_launchers_environment() -> None:
+    """Build and propagate once disagreed on whether they ran under mpiexec; one module decides."""
+    bad = [f"{rel}: {m.group(0)}" for rel, path in _sources() if rel != "engine/core/mpi.py"
+           for m in LAUNCHER_VARS.finditer(path.read_text(encoding="utf-8"))]
+    assert bad == []
+
+
+def test_citations_stay_inside_the_repository() -> None:
+    outside = re.compile(r"DESIGN\.md|reference/\w+\.md|\.\./shared/")
+    files = [*_sources(), *((p.relative_to(ROOT).as_posix(), p)
+                            for p in sorted((ROOT / "engine" / "assets").rglob("*"))
+                            if p.is_file())]
+    bad = [f"{rel}: {m.group(0)}" for rel, path in files
+           for m in outside.finditer(path.read_text(encoding="utf-8", errors="replace"))]
+    assert bad == []

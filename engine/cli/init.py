@@ -1,4 +1,4 @@
-"""`skydeck-engine init`: create a workspace (DESIGN.md layout)."""
+"""`skydeck-engine init`: create a workspace (docs/design.md, "Workspace")."""
 
 from __future__ import annotations
 

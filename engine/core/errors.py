@@ -1,4 +1,4 @@
-"""Errors that map to the documented exit codes (DESIGN.md, "Command contract").
+"""Errors that map to the documented exit codes (docs/design.md, "Command contract").
 
 Every failure a user can cause or meet is one of these, carrying the file it concerns,
 so the CLI prints exactly one line: ``skydeck-engine: <file>: <problem>``.

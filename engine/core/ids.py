@@ -1,4 +1,4 @@
-"""Identifiers of HalfPipe and Pipeline-II (reference/halfpipe.md section 2).
+"""Identifiers of HalfPipe and Pipeline-II (docs/halfpipe.md, "Identifiers").
 
 - Downlink id ``YYMMDDnnn`` (9 digits, ``%09d``): UTC delivery date + sequence in the day.
 - Run id: acquisition start in MET seconds (Fermi epoch 2001-01-01T00:00:00Z), shown as

@@ -1,4 +1,5 @@
-"""The workspace: its directory layout (DESIGN.md, "Workspace") and its configuration.
+"""The workspace: its directory layout (docs/design.md, "Workspace") and its
+configuration.
 
 A workspace is a directory holding ``skydeck.toml``; every area can be relocated by the
 config. The resolution order of the root is ``--workspace``, ``$SKYDECK_WORKSPACE``,

@@ -1,6 +1,6 @@
 """Deliveries: find, verify, extract, register or reject what arrives in ``incoming/``.
 
-Two forms arrive (DESIGN.md glossary): fcopy packages ``incoming/fcopy/<DLID>.tar`` whose
+Two forms arrive (docs/design.md, "Glossary"): fcopy packages ``incoming/fcopy/<DLID>.tar`` whose
 manifest ``<DLID>.md5`` arrives last, and level-0 directories ``incoming/level0/<DLID>/``
 complete when ``MANIFEST.md5`` is present and every listed file verifies.
 
@@ -433,7 +433,7 @@ def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarIn
 
 
 def _check_room(ws: Workspace, need: int, tar: Path) -> None:
-    """The extraction must leave the disk reserve free (DESIGN.md "Disk pressure")."""
+    """The extraction must leave the disk reserve free (docs/design.md, "Disk pressure")."""
     free, reserve = free_bytes(ws.incoming_level0), ws.reserve_bytes
     if need > free - reserve:
         raise BadInput(f"extracting the package would need {need} bytes ({human_bytes(need)}); "

@@ -1,4 +1,5 @@
-"""RetDef (retrieval definition) XML: one per chunk of a downlink (reference/halfpipe.md 1.7).
+"""RetDef (retrieval definition) XML: one per chunk of a downlink
+(docs/halfpipe.md, "RetDef").
 
 ``RetDef-<DLID>-<CHUNK>.xml``: root ``retdef`` (type LSEP physics or LSEC calibration),
 ``arch`` (scid, text = level-0 archive root), ``run`` (runid, l0key, chunkid, gndid, start),

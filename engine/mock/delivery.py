@@ -1,4 +1,5 @@
-"""Mock deliveries: the seed's file-creation script, made useful (reference/eventbuilder.md A).
+"""Mock deliveries: the seed's file-creation script, made useful
+(docs/eventbuilder.md, "The primitive offline event builder").
 
 For a downlink id it writes one HDF5 file per data source with ``/timestamp`` (uint64 ns
 since the MET epoch, 120 Hz with jitter, strictly increasing) and ``/data`` (int32 rows

@@ -1,4 +1,5 @@
-"""HalfPipe lock files, made safe to reclaim (DESIGN.md "Rules", reference/halfpipe.md 1.5).
+"""HalfPipe lock files, made safe to reclaim
+(docs/design.md, "Locks"; docs/halfpipe.md, "Lock files").
 
 Names keep HalfPipe's: ``lock/halfpipe-<DLID>`` (stream in progress), ``lock/<runhex8>``
 (one merge per run across downlinks), ``lock/cleanup``. What HalfPipe lacked is an owner:

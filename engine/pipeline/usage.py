@@ -1,4 +1,4 @@
-"""Disk usage per workspace area and per downlink, fast (reference/ecosystem.md section 6).
+"""Disk usage per workspace area and per downlink, fast (docs/ecosystem.md, "Disk usage").
 
 HalfPipe operators ran ``du`` by hand to find where the space went; this answers the same
 question in one call: usage per area (incoming, downlinks, stage, events, logs), per

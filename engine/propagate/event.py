@@ -1,4 +1,5 @@
-"""Propagation event directories (DESIGN.md): run a backend and write the event atomically.
+"""Propagation event directories: run a backend and write the event atomically
+(docs/design.md, "Propagation event directory").
 
 The directory is assembled under a temporary sibling name and renamed into place at the
 end, so a reader never sees a half-written ``ht.npy`` and a killed run leaves only a

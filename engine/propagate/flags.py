@@ -1,4 +1,5 @@
-"""History flags (Opticks 2019 bit assignment, DESIGN.md) and seqhis spelling.
+"""History flags (Opticks 2019 bit assignment) and seqhis spelling
+(docs/design.md, "Photon layout"; docs/opticks.md, "History flags", "seqhis").
 
 The enum is stored in every ``meta.json`` because Opticks itself reordered these bits in
 2025; a reader must never guess which table an event used.

@@ -254,7 +254,8 @@ def _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir):
 
 def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int,
              event: int):
-    """Rayleigh scatter (G4OpRayleigh as in Opticks rayleigh_scatter, reference 3.3).
+    """Rayleigh scatter (G4OpRayleigh as in Opticks rayleigh_scatter;
+    docs/opticks.md, "Rayleigh scattering").
     Rejection sampling; each try takes two blocks. Updates ``blk`` in place."""
     d, pol = d.copy(), pol.copy()
     todo = np.arange(d.shape[1])

@@ -1,4 +1,4 @@
-"""Scene TOML (DESIGN.md "Scene file"): parse, validate, and flatten into arrays.
+"""Scene TOML (docs/design.md, "Scene file"): parse, validate, and flatten into arrays.
 
 Validation happens before anything is written, and every problem is a BadInput (exit 2)
 whose message names the offending key, e.g. ``surfaces.det: probabilities sum to 0.9``.
@@ -419,7 +419,7 @@ def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> S
 
 
 def gensteps(src: Source, photons: int | None = None, material: int = 0) -> np.ndarray:
-    """Torch gensteps (G,6,4) float32 in Opticks' quad6 layout (reference/opticks.md 4).
+    """Torch gensteps (G,6,4) float32 in Opticks' quad6 layout (docs/opticks.md, "Torch gensteps").
 
     q0 (int32 view): gentype TORCH, trackid, material, numphoton; q1 pos, time; q2 mom,
     weight; q3 pol, wavelength; q4 unused (zenith/azimuth full range); q5 radius, distance,

@@ -5,7 +5,8 @@
 // the same draw blocks for the same decisions, the same float32 arithmetic order. Compile
 // with --fmad=false so a*b+c is not contracted into an FMA the NumPy side cannot do.
 //
-// Photon layout (DESIGN.md): q0 pos.xyz,t  q1 dir.xyz,weight  q2 pol.xyz,wavelength
+// Photon layout (docs/design.md, "Photon layout"):
+// q0 pos.xyz,t  q1 dir.xyz,weight  q2 pol.xyz,wavelength
 // q3 (uint) boundary<<16|flag, sensor, photon index, flagmask. Flag bits: Opticks 2019.
 //
 // Constants WL_MIN, WL_STEP, WL_N, ICDF_N, GEN_BLOCKS come from -D options (cuda_backend.py).
