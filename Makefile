@@ -29,6 +29,7 @@ sysdeps:
 
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
+	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # The console on a demo workspace: a feeder delivers a mock downlink every few seconds, a
@@ -47,6 +48,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
+	$(BIN)/mypy
 
 # The GPU proof for a session lent a GPU machine (bare, no network; docs/propagation.md).
 # Here: gather what must travel (PyCUDA sdist, a few pure wheels, the project's wheel) into

@@ -13,6 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.containers import Horizontal, VerticalScroll
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
 from console.format import bar
@@ -120,7 +121,7 @@ class HitsPanel(Horizontal):
         if not t.row_count:
             return None
         try:
-            return str(t.coordinate_to_cell_key((t.cursor_row, 0)).row_key.value)
+            return str(t.coordinate_to_cell_key(Coordinate(t.cursor_row, 0)).row_key.value)
         except Exception:  # noqa: BLE001 - cursor outside the rows while they change
             return None
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Container
 from typing import Any, ClassVar
 
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 
@@ -36,7 +37,7 @@ class KeyedTable(DataTable):  # type: ignore[type-arg]
         if not self.shown or self.cursor_row < 0:
             return None
         try:
-            key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value  # type: ignore[arg-type]
+            key = self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value
         except Exception:  # noqa: BLE001 - cursor outside the rows while they change
             return None
         return None if key is None else str(key)

@@ -76,7 +76,7 @@ class ChangeProbe:
     def fingerprint(self) -> dict[str, object]:
         fp: dict[str, object] = {"db": self.db.data_version()}
         for topic in self.TOPICS[1:]:
-            stamps = []
+            stamps: list[tuple[str, int | None, int | None]] = []
             for d in self._dirs(topic):
                 try:
                     st = os.stat(d)

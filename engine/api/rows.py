@@ -111,10 +111,10 @@ class DownlinkRows:
             pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}
             for c in deliveries.scan(self.ws):
                 if c.stem not in out and is_dlid(c.stem):
-                    why = pending.get(c.name)
+                    waits = pending.get(c.name)
                     out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0,
                                               0, _mtime(c.manifest),
-                                              f"pending: {why}" if why else f"in incoming/{c.kind}")
+                                              f"pending: {waits}" if waits else f"in incoming/{c.kind}")
         return out
 
 

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                                      args.jobs or ws.settings.pipeline.max_jobs)
             runner = run_stream(ws, db, task, dlid, launcher,
                                 emit=lambda ev: print(json_line(ev), flush=True),
-                                should_stop=lambda: stop["flag"])
+                                should_stop=lambda: bool(stop["flag"]))
     except KeyboardInterrupt:
         print("skydeck-engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
