@@ -1,6 +1,6 @@
 """The watch daemon: deliveries in, streams run, state in the database, one log line per event.
 
-Shape (reference/ecosystem.md section 4):
+Shape (docs/ecosystem.md, "Daemon shape"):
 - watchdog's inotify observer on the two inboxes gives low-latency *hints*; a periodic
   reconciliation scan is the source of truth, because inotify overflows are dropped
   silently and nothing is seen while the daemon is down. On nfs/gpfs/lustre/cifs mounts
