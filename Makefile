@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,mpich]'
 	touch $(STAMP)
 
-# Tools some integration tests drive (rsync, tmux, h5dump). Best effort: a test whose
-# tool is missing skips with the reason, it never fails for it.
+# Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump).
+# Best effort: a test whose tool is missing skips with the reason, it never fails for it.
 sysdeps:
-	@missing=""; for t in rsync tmux; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in rsync tmux zsh; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || true; \
