@@ -1,5 +1,6 @@
 # skydeck: two commands on a fresh machine, `make demo` and `make test`.
-# Both create (or reuse) .venv and install the project with its PyPI dependencies;
+# Both create (or reuse) .venv and install the project with its PyPI dependencies, at the
+# versions constraints.txt pins (pyproject.toml gives ranges; the tests were recorded with these);
 # the mpich extra (a wheel) brings a working mpiexec, so no system MPI is needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,10 +13,10 @@ DEMO_WS ?= skydeck-workspace
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,mpich]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich]'
 	touch $(STAMP)
 
 # Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump).
