@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.skydeck-installed
 DEMO_WS ?= skydeck-workspace
 
-.PHONY: demo demo-headless test bench lint venv sysdeps clean gpu-bundle gpu-check
+.PHONY: demo demo-where clean-demo demo-headless test bench lint venv sysdeps clean gpu-bundle gpu-check
 
 venv: $(STAMP)
 
@@ -35,8 +35,29 @@ test: $(STAMP) sysdeps
 
 # The console on a demo workspace: a feeder delivers a mock downlink every few seconds, a
 # `skydeck-engine watch` daemon processes them, and a propagation event fills the Hits panel.
+# Each run adds up to 40 downlinks of about 35 MB (incoming + staged): `make clean-demo`.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/skydeck --demo -w $(DEMO_WS)
+	@$(MAKE) -s --no-print-directory demo-where
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/skydeck --demo -w "$(DEMO_WS)"; rc=$$?; \
+	echo "demo workspace $$(realpath -m -- "$(DEMO_WS)") is now $$(du -sh -- "$(DEMO_WS)" 2>/dev/null | cut -f1);" \
+	"\`make clean-demo\` removes it"; exit $$rc
+
+demo-where:
+	@echo "demo workspace: $$(realpath -m -- "$(DEMO_WS)") (DEMO_WS=...); it grows by about 35 MB a"
+	@echo "downlink, up to 40 downlinks (about 1.5 GB) a run; \`make clean-demo\` removes it"
+
+# Removes the demo workspace directory, and only it; refuses one that is not a skydeck
+# workspace (no skydeck.toml), the checkout itself or /. Areas that its skydeck.toml moved
+# elsewhere are not touched.
+clean-demo:
+	@ws="$(DEMO_WS)"; \
+	if [ ! -e "$$ws" ] && [ ! -L "$$ws" ]; then echo "no demo workspace at $$(realpath -m -- "$$ws")"; exit 0; fi; \
+	real=$$(realpath -- "$$ws"); \
+	if [ "$$real" = / ] || [ "$$real" = "$$(realpath -- "$(CURDIR)")" ] || [ -L "$$ws" ]; then \
+		echo "make clean-demo: $$ws: refusing to remove $$real" >&2; exit 2; fi; \
+	if [ ! -f "$$ws/skydeck.toml" ]; then \
+		echo "make clean-demo: $$ws: not a skydeck workspace (no skydeck.toml); not removed" >&2; exit 2; fi; \
+	size=$$(du -sh -- "$$ws" | cut -f1); rm -rf -- "$$ws" && echo "removed $$real ($$size)"
 
 # Headless (CI, no terminal): deliver one mock downlink and build its chunks with mpiexec.
 demo-headless: $(STAMP)
