@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from importlib import metadata
 from typing import Any, ClassVar
 
 from textual.app import App, SystemCommand
@@ -228,8 +229,17 @@ def example_group(ws: api.Workspace) -> str:
         return "a group"
 
 
+def _version() -> str:
+    """The installed distribution's version (the engine's own, one pyproject for both)."""
+    try:
+        return metadata.version("skydeck")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skydeck", description="skydeck operations console")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("-w", "--workspace", default=None,
                    help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)")
     p.add_argument("--read-only", action="store_true", help="watch only: every action disabled")

@@ -13,7 +13,7 @@ from engine.cli import COMMAND_MODULES
 from engine.cli.main import build_parser, command_in
 from tests.conftest import engine_env
 
-HEAVY = ("numpy", "h5py", "mpi4py", "rich", "textual", "psutil")
+HEAVY = ("numpy", "h5py", "mpi4py", "rich", "textual", "psutil", "shtab")
 
 
 def imported_by(*argv: str) -> tuple[int, list[str], list[str]]:

@@ -25,6 +25,7 @@ SUMMARY: dict[str, str] = {
     "run": "run one downlink's stream in the foreground",
     "rollback": "re-run process instances (and everything downstream) as new executions",
     "watch": "watch incoming/ and run a stream per new downlink (daemon)",
+    "completion": "print the shell completion script (bash or zsh)",
 }
 
 COMMAND_MODULES: list[str] = list(SUMMARY)

@@ -19,9 +19,38 @@ from collections.abc import Sequence
 from engine import __version__
 from engine.cli import COMMAND_MODULES, SUMMARY
 from engine.core import interrupt
-from engine.core.errors import EXIT_USAGE, SkydeckError
+from engine.core.errors import (
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SkydeckError,
+)
 
 PROG = "skydeck-engine"
+
+# `skydeck-engine --help`'s epilog: plain text from constants, so --help stays import-free
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK:<5d}success
+  {EXIT_FAILED:<5d}a job failed mid-way (I/O error, full disk, a dead worker, a failed stream)
+  {EXIT_USAGE:<5d}bad input or usage: one line on stderr names the file and the problem
+  {EXIT_BUSY:<5d}busy or locked (another runner holds the stream, a lock is held)
+  {EXIT_INTERRUPTED:<5d}interrupted (Ctrl-C, SIGINT)
+  {interrupt.EXIT_TERMINATED:<5d}terminated (SIGTERM)
+
+environment:
+  SKYDECK_WORKSPACE      the workspace when -w is not given (else ./skydeck-workspace)
+  SKYDECK_RESERVE_BYTES  free space to leave, for commands run outside a workspace
+  SKYDECK_KERNEL_CACHE   compiled GPU kernels (else $XDG_CACHE_HOME/skydeck/kernels,
+                         else ~/.cache/skydeck/kernels)
+  SKYDECK_NVRTC          the NVRTC library to compile the kernel with (else the
+                         nvidia-cuda-nvrtc wheel, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)
+  SKYDECK_KERNEL_COPY    0: the builder copies payloads without copy_file_range
+
+`skydeck-engine COMMAND --help` for a command's options; README.md and docs/ for the rest.
+"""
 
 
 def build_parser(only: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
@@ -37,6 +66,8 @@ def build_parser(only: str | None = None, everything: bool = True) -> argparse.A
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="skydeck headless engine: event building, propagation, pipeline, daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from engine.api.actions import unlock
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--force", action="store_true",
                    help="remove even a lock that is not provably stale (asks for confirmation)")
     p.add_argument("--yes", action="store_true", help="confirm --force without asking")
+    p.add_argument("--json", action="store_true", help="print the removed lock as one JSON object")
     p.set_defaults(func=run)
 
 
@@ -28,9 +30,16 @@ def run(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise BadInput("--force on a lock that is not provably stale needs --yes "
                            "(no terminal to confirm on)", path)
-        answer = input(f"{path.name} is held: {info.reason}. Remove anyway? Type 'yes': ")
+        prompt = f"{path.name} is held: {info.reason}. Remove anyway? Type 'yes': "
+        if args.json:  # stdout is for the JSON object only
+            print(prompt, end="", file=sys.stderr, flush=True)
+            prompt = ""
+        answer = input(prompt)
         if answer.strip() != "yes":
             raise BadInput("not confirmed; lock kept", path)
     removed = unlock(ws, args.lock, force=args.force)
+    if args.json:
+        print(json.dumps({"removed": removed.to_json()}))
+        return 0
     print(f"removed {removed.name} ({removed.kind}, owner {removed.owner}): {removed.reason}")
     return 0
