@@ -10,15 +10,18 @@ light. Nothing here imports Textual (tests/test_headless.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core.errors import SkydeckError
 from engine.core.ids import dlid_date, is_dlid
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
+from engine.pipeline.task import load_task
 from engine.store import StateDB
 
 STATES = ("arrived", "running", "staged", "failed", "rejected")
@@ -57,6 +60,17 @@ _FINAL = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")
 ENDED_SLACK_S = 5.0  # clock skew between writers and this reader
 
 
+def chunk_process(ws: Workspace) -> str:
+    """The process of the workspace's task that runs once per chunk (``foreach = "chunks"``):
+    its finished instances are a downlink's chunks done (``makeEvt`` in halfpipe, also when
+    the task file cannot be read)."""
+    with contextlib.suppress(SkydeckError):
+        for p in load_task(ws).processes:
+            if p.foreach == "chunks":
+                return p.name
+    return "makeEvt"
+
+
 class DownlinkRows:
     """Every downlink's row, re-reading only the downlinks whose stream may have moved.
 
@@ -71,6 +85,7 @@ class DownlinkRows:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+        self.chunk_process = chunk_process(ws)
         self._rows: dict[str, DownlinkRow] = {}
         self._open: set[str] = set()   # downlinks whose stream was not final at the last read
         self._dl_rowid = 0
@@ -81,7 +96,8 @@ class DownlinkRows:
         # a stream that went final -> active -> final between two reads has a fresh `ended`
         since = self._read_at - ENDED_SLACK_S
         self._read_at = time.time()
-        for f in db.downlink_facts(self._dl_rowid, self._stream_id, since, self._open):
+        for f in db.downlink_facts(self._dl_rowid, self._stream_id, since, self._open,
+                                    chunk_process=self.chunk_process):
             self._dl_rowid = max(self._dl_rowid, f.rowid)
             if f.stream_id is not None:
                 self._stream_id = max(self._stream_id, f.stream_id)

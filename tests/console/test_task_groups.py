@@ -70,6 +70,9 @@ def test_task_groups_come_from_the_task_file(tmp_path: Path) -> None:
         snap = monitor.poll("251125001")
     assert snap.stream is not None and snap.stream.stream.task == "tiny"
     assert snap.groups == {"crunch": "chunk"}
+    # the downlinks table counts the task's chunk process: 2 of its 3 chunks succeeded
+    assert snap.rows is not None and snap.rows["251125001"].chunks_done == 2
+    assert snap.rows["251125001"].chunks_total == 3
 
 
 @pytest.mark.asyncio
