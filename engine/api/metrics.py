@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import threading
@@ -199,8 +200,8 @@ def scan_usage(ws: Workspace) -> AreaUsage:
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank quantile of a sorted, non-empty list."""
-    i = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    """Nearest-rank quantile of a sorted, non-empty list: the value at rank ceil(q n)."""
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values) - 1e-9) - 1))
     return sorted_values[i]
 
 
