@@ -138,7 +138,12 @@ class StreamRunner:
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> None:
-        """Take over from a dead owner: fail its in-flight instances, retry them, own the locks.
+        """Take over from a dead owner: adopt its batch jobs, fail its other in-flight
+        instances and retry them, own the locks.
+
+        A batch job (Slurm) outlives its runner: an instance with a job id whose job is still
+        queued or running, or ended leaving its status, is adopted (watched and collected as
+        if this runner had submitted it), never submitted a second time.
 
         The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
         held by another live process on this host is taken over too: this runner holds the
@@ -149,7 +154,12 @@ class StreamRunner:
         for pi in self.db.instances(self.stream.id):
             if pi.id in self.running or pi.status not in ACTIVE_PI:
                 continue
-            what = kill_orphan(pi.pid, pi.host, pi.pid_start)
+            if pi.job_id and pi.launcher != "local":
+                if self._adopt(pi):
+                    continue
+                what = f"{pi.launcher} job {pi.job_id} is no longer known to the batch system"
+            else:
+                what = kill_orphan(pi.pid, pi.host, pi.pid_start)
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(),
                                     note=f"supervisor died; {what}")
             self._event("instance_failed_owner_died", pi, detail=what)
@@ -172,6 +182,39 @@ class StreamRunner:
                     continue
                 locks.take_over(p, self.dlid, pdef.name, self.owner)
                 self._event(event, lock=p.name, previous_owner=info.owner, why=why)
+
+    def _adopt(self, pi: ProcessInstance) -> bool:
+        """Watch the batch job of ``pi``, submitted by a dead runner; False when the batch
+        system knows nothing of it any more (the caller fails and retries the instance)."""
+        try:
+            pdef = self.task.process(pi.process)
+        except KeyError:
+            return False
+        log, summary = self._log_paths(pdef, pi)
+        if pi.log_path:
+            log = Path(pi.log_path)
+        if not self.launcher.adopt(pi.id, str(pi.job_id), log):
+            return False
+        values = self.values(pdef, pi.key)
+        lock_path = self.ws.lock / self._render(pdef.lock, values) if pdef.lock else None
+        if lock_path is not None:
+            try:
+                info = locks.read(lock_path)
+                if info.stale or (info.stream == self.dlid and info.process == pdef.name):
+                    locks.take_over(lock_path, self.dlid, pdef.name, self.owner)
+                else:
+                    lock_path = None  # not the dead runner's: not ours to release
+            except FileNotFoundError:
+                lock_path = None
+        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        self._event("adopted", pi, job_id=pi.job_id, launcher=pi.launcher)
+        return True
+
+    def _log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
+        """The instance's log and its $PIPELINE_SUMMARY file."""
+        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
+        return (self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log",
+                self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary")
 
     # ------------------------------------------------------------------ the state machine
 
@@ -301,9 +344,7 @@ class StreamRunner:
                 return self._hold(pi, "READY", f"waiting for lock {lock_path.name}: {err.message}")
         for line in log_event:
             self._event("lock_reclaimed", pi, detail=line)
-        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
-        log = self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log"
-        summary = self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary"
+        log, summary = self._log_paths(pdef, pi)
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.unlink(missing_ok=True)
         env = {
@@ -320,7 +361,9 @@ class StreamRunner:
             env["HALFPIPE_RUNSTART"] = values["runhex"]
         env |= {k: self._render(v, values) for k, v in pdef.env.items()}
         try:
-            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root))
+            name = "-".join(p for p in (self.task.name, self.dlid, pdef.name, pi.key) if p)
+            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root, name=name,
+                                             launcher=pdef.launcher, batch=pdef.batch))
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)
@@ -333,9 +376,15 @@ class StreamRunner:
         # ours before it is written: should the write fail (disk full), the job is not
         # started a second time and its exit is still routed here
         self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        if h.launcher != "local":  # first: a successor adopts the job by this id
+            self.db.set_job(pi.id, h.launcher, h.job_id)
+            pi.launcher, pi.job_id = h.launcher, h.job_id
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
-        self._event("started", pi, pid=h.pid, log=str(log))
+        if h.launcher != "local":
+            self._event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
+        else:
+            self._event("started", pi, pid=h.pid, log=str(log))
         return "RUNNING"
 
     def _remove_stream_lock(self, path: Path) -> None:
