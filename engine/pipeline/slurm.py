@@ -24,6 +24,7 @@ this host through an inner ``LocalLauncher``; the runner does not need to know.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -49,6 +50,10 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
 QUEUE_EVERY_S = 1.0      # squeue at most this often per launcher
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+class Unreachable(Exception):
+    """The Slurm controller did not answer a status query."""
 
 
 def exit_file(log: Path) -> Path:
@@ -170,7 +175,10 @@ class SlurmLauncher:
         then comes from ``poll``. False: nothing is known of it any more."""
         job = _Job(pi_id, job_id, log)
         if not exit_file(log).exists():
-            info = self.job_info(job_id)
+            try:
+                info = self.job_info(job_id)
+            except Unreachable:  # cannot tell: watching it is safe, a second job is not
+                info = {"JobState": "UNKNOWN"}
             if info is None:
                 return False
             job.state = info.get("JobState", "UNKNOWN")
@@ -206,12 +214,12 @@ class SlurmLauncher:
             self.local.cancel(pi_id, grace_s)
             return
         self._scancel([self._jobs[pi_id].job_id], grace_s)
-        self._forget_or_collect([pi_id])
+        self._forget([pi_id])
 
     def cancel_all(self, grace_s: float = 5.0) -> list[int]:
         ids = list(self._jobs)
         self._scancel([self._jobs[i].job_id for i in ids], grace_s)
-        self._forget_or_collect(ids)
+        self._forget(ids)
         return ids + self.local.cancel_all(grace_s)
 
     # ------------------------------------------------------------ what operators see
@@ -235,12 +243,16 @@ class SlurmLauncher:
         ids = ",".join(j.job_id for j in self._jobs.values())
         if not ids:
             return {}
-        res = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
-                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        unchanged = {j.job_id: (j.state, j.reason) for j in self._jobs.values()}
+        try:
+            res = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
+                                 capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return unchanged
         out: dict[str, tuple[str, str]] = {}
         if res.returncode != 0 and "Invalid job id" not in res.stderr:
-            # the controller did not answer: keep every job as it was
-            return {j.job_id: (j.state, j.reason) for j in self._jobs.values()}
+            return unchanged  # the controller did not answer: every job as it was
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 3:
@@ -248,10 +260,18 @@ class SlurmLauncher:
         return out
 
     def job_info(self, job_id: str) -> dict[str, str] | None:
-        """``scontrol show job``'s fields, None when Slurm no longer knows the job."""
-        res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL)
-        if res.returncode != 0 or not res.stdout.strip():
+        """``scontrol show job``'s fields, None when Slurm no longer knows the job; raises
+        Unreachable when the controller does not answer (nothing is known then)."""
+        try:
+            res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise Unreachable(str(err)) from None
+        if res.returncode != 0:
+            if "Invalid job id" in res.stderr:
+                return None
+            raise Unreachable(res.stderr.strip() or f"scontrol exit {res.returncode}")
+        if not res.stdout.strip():
             return None
         return dict(tok.split("=", 1) for tok in res.stdout.split() if "=" in tok)
 
@@ -260,7 +280,11 @@ class SlurmLauncher:
         the file had time to appear; None while it may still come (or the job still runs)."""
         if job.gone_since is None:
             job.gone_since = now
-        info = self.job_info(job.job_id)
+        try:
+            info = self.job_info(job.job_id)
+        except Unreachable:
+            job.gone_since = None  # the controller is away: nothing ended that we know of
+            return None
         state = (info or {}).get("JobState", "")
         if info is not None and state not in ENDED:
             job.state, job.reason = state, info.get("Reason", "")
@@ -282,21 +306,30 @@ class SlurmLauncher:
         return -15 if state == "CANCELLED" else 1
 
     def _scancel(self, job_ids: list[str], grace_s: float) -> None:
-        """SIGTERM to every process of the jobs, then, after ``grace_s``, scancel proper."""
+        """SIGTERM to every process of the running jobs, then, after ``grace_s``, scancel
+        proper (a queued job is only removed: signalling one makes scancel retry forever)."""
         if not job_ids:
             return
-        subprocess.run(["scancel", "--signal=TERM", "--full", *job_ids], capture_output=True,
-                       timeout=60, stdin=subprocess.DEVNULL)
-        deadline = time.time() + grace_s
-        while time.time() < deadline and not all(
-                _read_exit(j.log) is not None for j in self._jobs.values() if j.job_id in job_ids):
-            time.sleep(0.1)
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60,
-                       stdin=subprocess.DEVNULL)
+        queue = self._squeue()
+        running = [j for j in job_ids if queue.get(j, ("", ""))[0] in ("RUNNING", "COMPLETING")]
+        if running:
+            _quiet(["scancel", "--signal=TERM", "--full", *running])
+            deadline = time.time() + grace_s
+            while time.time() < deadline and not all(
+                    _read_exit(j.log) is not None for j in self._jobs.values()
+                    if j.job_id in running):
+                time.sleep(0.1)
+        _quiet(["scancel", *job_ids])
 
-    def _forget_or_collect(self, pi_ids: list[int]) -> None:
+    def _forget(self, pi_ids: list[int]) -> None:
         for pi_id in pi_ids:
             self._jobs.pop(pi_id, None)
+
+
+def _quiet(cmd: list[str]) -> None:
+    """Run a Slurm command whose answer does not matter (the queue is asked afterwards)."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
 
 
 def _read_exit(log: Path) -> int | None:

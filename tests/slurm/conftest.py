@@ -90,8 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slurm)
 
 
-def squeue_names() -> dict[str, str]:
-    """job id -> name of every job in the queue."""
-    res = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True, text=True,
-                         timeout=30)
+def squeue_names(with_dirs: bool = False) -> dict[str, str]:
+    """job id -> name of every job in the queue (``with_dirs``: its working directory)."""
+    res = subprocess.run(["squeue", "-h", "-o", "%i|%Z" if with_dirs else "%i|%j"],
+                         capture_output=True, text=True, timeout=30)
     return dict(line.split("|", 1) for line in res.stdout.split() if "|" in line)
