@@ -82,7 +82,8 @@ class Launcher(Protocol):
     next. ``capacity`` says how many more it takes now; ``submit`` starts one; ``poll``
     returns those that ended since the last call; ``cancel`` stops one (SIGTERM, then SIGKILL
     after ``grace_s``); ``cancel_all`` stops every one and returns their ids; ``active``
-    lists the ids still running; ``adopt`` takes over a job a dead runner submitted (a
+    lists the ids still running; ``pending_reason`` says why a submitted job still waits in a
+    batch queue (None: it runs); ``adopt`` takes over a job a dead runner submitted (a
     batch job lives on; a local one cannot be adopted). ``make_launcher`` is the one place
     that picks one."""
 
@@ -93,6 +94,7 @@ class Launcher(Protocol):
     def cancel_all(self, grace_s: float = 5.0) -> list[int]: ...
     def active(self) -> list[int]: ...
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
+    def pending_reason(self, pi_id: int) -> str | None: ...
 
 
 class LocalLauncher:
@@ -111,6 +113,10 @@ class LocalLauncher:
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool:
         """A subprocess of a dead runner cannot be waited for (``kill_orphan`` ends it)."""
         return False
+
+    def pending_reason(self, pi_id: int) -> str | None:
+        """A local job never waits in a queue."""
+        return None
 
     def submit(self, spec: JobSpec) -> JobHandle:
         spec.log.parent.mkdir(parents=True, exist_ok=True)

@@ -225,6 +225,7 @@ class StreamRunner:
         st = self.db.stream(self.stream.id)
         self.stream = st
         vars_ = st.vars
+        self._note_queued()
         latest = {(pi.process, pi.key): pi for pi in self.db.instances(st.id)}
         state: dict[str, str] = {}
         paused: tuple[bool, str] | None = None
@@ -273,6 +274,18 @@ class StreamRunner:
             failed = [n for n, s in state.items() if s == "failed"]
             return self._finish("FAILED", f"failed: {', '.join(failed)}")
         return None
+
+    def _note_queued(self) -> None:
+        """A batch job still waiting in its queue says why in its instance's note (squeue's
+        reason: Priority, Resources, QOSMaxJobsPerUserLimit...), cleared once it runs."""
+        for r in self.running.values():
+            why = self.launcher.pending_reason(r.pi.id)
+            note = f"queued in {r.pi.launcher}: {why}" if why else None
+            if note != r.pi.note:
+                self.db.update_instance(r.pi.id, note=note)
+                r.pi.note = note
+                if why:
+                    self._event("queued", r.pi, reason=why)
 
     def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
         """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
@@ -381,6 +394,7 @@ class StreamRunner:
             pi.launcher, pi.job_id = h.launcher, h.job_id
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
+        pi.note = None
         if h.launcher != "local":
             self._event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
         else:

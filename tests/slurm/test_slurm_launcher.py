@@ -26,7 +26,17 @@ from engine.pipeline.launcher import JobSpec
 from engine.pipeline.slurm import SlurmLauncher, exit_file
 from engine.store import StateDB
 
-from ..pipeline.conftest import REPO, cli, make_delivery, set_config, wait_for
+from ..pipeline.conftest import (
+    REPO,
+    cli,
+    make_delivery,
+    quick,
+    set_config,
+    start_daemon,
+    stop_daemon,
+    stream_status,
+    wait_for,
+)
 from .conftest import SLURM_DIR, squeue_names
 
 SLURM = '[pipeline]\nlauncher = "slurm"\nmax_jobs = 4\n'
@@ -244,3 +254,44 @@ def test_a_local_process_under_the_slurm_launcher_stays_on_this_host(tmp_path, c
     by = {p.process: p for p in _all_instances(w, dlid)}
     assert by["nap"].launcher == "slurm" and by["nap"].job_id
     assert by["after"].launcher == "local" and by["after"].job_id is None and by["after"].pid
+
+
+def test_the_daemon_on_slurm_stages_an_fcopy_delivery(tmp_path):
+    dlid = "251201109"
+    w = quick(_ws(tmp_path / "ws", "[halfpipe]\nmaxEvents = 200\n" + SLURM), scan_interval=1.0,
+              quiet=0.5)
+    daemon = start_daemon(w, tmp_path / "watch.log")
+    _STARTED.append(daemon)
+    make_delivery(w, dlid, as_="fcopy", events=400, event_bytes=400, runs=2, chunks=2)
+    seen: dict[str, str] = {}
+
+    def done() -> bool:
+        nonlocal seen
+        seen |= {i: n for i, n in squeue_names().items() if dlid in n}
+        return stream_status(w).get(dlid) == "SUCCESS"
+    wait_for(done, 120, 0.05, "the stream's success")
+    assert stop_daemon(daemon) == 0
+    assert any(n.startswith(f"halfpipe-{dlid}-") for n in seen.values())
+    staged = _staged(w, dlid)
+    assert staged and all(k.endswith(".h5") for k in staged)
+    batch = [p for p in _all_instances(w, dlid) if p.launcher == "slurm"]
+    assert batch and all(p.job_id and p.status == "SUCCESS" for p in batch)
+
+
+def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
+    dlid = "251201110"
+    body = ('[[process]]\nname = "later"\ncommand = ["true"]\n'
+            'batch = ["--begin=now+600"]\n')
+    w = _task(_ws(tmp_path / "ws"), body, "later")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    _run_proc(w, dlid, tmp_path / "run.log")
+
+    def note():
+        pis = _all_instances(w, dlid)
+        return pis and pis[0].note
+    assert wait_for(note, 60, 0.2, "the queued job's note") == "queued in slurm: BeginTime"
+    rc, out, _ = cli(w, "streams", "--json", capsys=capsys)
+    (pi,) = json.loads(out)[0]["instances"]
+    assert (pi["status"], pi["note"], pi["launcher"]) == ("RUNNING", "queued in slurm: BeginTime",
+                                                          "slurm")
+    assert squeue_names()[pi["job_id"]] == f"later-{dlid}-later"
