@@ -83,7 +83,8 @@ class Launcher(Protocol):
     returns those that ended since the last call; ``cancel`` stops one (SIGTERM, then SIGKILL
     after ``grace_s``); ``cancel_all`` stops every one and returns their ids; ``active``
     lists the ids still running; ``pending_reason`` says why a submitted job still waits in a
-    batch queue (None: it runs); ``adopt`` takes over a job a dead runner submitted (a
+    batch queue (None: it runs); ``find_submitted`` finds live jobs by the log they write (a job submitted
+by a runner that died before recording its id); ``adopt`` takes over a job a dead runner submitted (a
     batch job lives on; a local one cannot be adopted). ``make_launcher`` is the one place
     that picks one."""
 
@@ -95,6 +96,7 @@ class Launcher(Protocol):
     def active(self) -> list[int]: ...
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
     def pending_reason(self, pi_id: int) -> str | None: ...
+    def find_submitted(self, logs: list[Path]) -> dict[Path, str]: ...
 
 
 class LocalLauncher:
@@ -117,6 +119,10 @@ class LocalLauncher:
     def pending_reason(self, pi_id: int) -> str | None:
         """A local job never waits in a queue."""
         return None
+
+    def find_submitted(self, logs: list[Path]) -> dict[Path, str]:
+        """A local job cannot outlive the runner that did not record it."""
+        return {}
 
     def submit(self, spec: JobSpec) -> JobHandle:
         spec.log.parent.mkdir(parents=True, exist_ok=True)

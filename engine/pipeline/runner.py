@@ -166,6 +166,7 @@ class StreamRunner:
             pdef = self.task.process(pi.process)
             # a crash of the supervisor is not the job's fault: same retry count
             self.db.create_instance(self.stream.id, pi.process, pi.key, pdef.retries, pi.auto_retry)
+        self._adopt_unrecorded()
         for pdef in self.task.processes:
             if pdef.stream_lock:
                 p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
@@ -209,6 +210,32 @@ class StreamRunner:
         self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
         self._event("adopted", pi, job_id=pi.job_id, launcher=pi.launcher)
         return True
+
+    def _adopt_unrecorded(self) -> None:
+        """A runner killed between ``sbatch`` and the write of the job id left an instance
+        WAITING or READY whose job runs: find the job by the log it writes and adopt it, so
+        that the instance does not get a second job."""
+        waiting: dict[Path, ProcessInstance] = {}
+        for pi in self.db.instances(self.stream.id):
+            if pi.id in self.running or pi.status not in ("WAITING", "READY"):
+                continue
+            try:
+                pdef = self.task.process(pi.process)
+            except KeyError:
+                continue
+            if pdef.command and pdef.launcher != "local":
+                waiting[self._log_paths(pdef, pi)[0]] = pi
+        for log, job_id in self.launcher.find_submitted(list(waiting)).items():
+            pi = waiting[log]
+            self.db.set_job(pi.id, "slurm", job_id)
+            now = time.time()
+            self.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log),
+                                    note=None)
+            pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
+            pi.launcher, pi.job_id = "slurm", job_id
+            if not self._adopt(pi):  # ended between the two questions: run it again
+                self.db.update_instance(pi.id, status="READY", started=None)
+                pi.status = "READY"
 
     def _log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
         """The instance's log and its $PIPELINE_SUMMARY file."""

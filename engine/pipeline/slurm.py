@@ -186,6 +186,25 @@ class SlurmLauncher:
         self._jobs[pi_id] = job
         return True
 
+    def find_submitted(self, logs: list[Path]) -> dict[Path, str]:
+        """log -> job id of the queued or running jobs whose script is that log's (``squeue``
+        lists a batch job's script as its command): the jobs a runner submitted but died
+        before recording. {} when the controller does not answer."""
+        want = {str(script_file(log)): log for log in logs}
+        if not want:
+            return {}
+        try:
+            res = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        out: dict[Path, str] = {}
+        for line in res.stdout.splitlines():
+            job_id, _, script = line.strip().partition("|")
+            if script in want:
+                out[want[script]] = job_id
+        return out
+
     def poll(self) -> list[JobResult]:
         done = self.local.poll()
         now = time.time()

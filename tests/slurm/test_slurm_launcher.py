@@ -295,3 +295,46 @@ def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
     assert (pi["status"], pi["note"], pi["launcher"]) == ("RUNNING", "queued in slurm: BeginTime",
                                                           "slurm")
     assert squeue_names()[pi["job_id"]] == f"later-{dlid}-later"
+
+
+DIE_BEFORE_RECORDING = """
+import os, sys
+from engine.core.workspace import Workspace
+from engine.intake import deliveries
+from engine.pipeline.launcher import make_launcher
+from engine.pipeline.runner import StreamRunner
+from engine.pipeline.task import load_task
+from engine.store import StateDB
+ws = Workspace.open(sys.argv[1])
+db = StateDB(ws.state_db)
+for c in deliveries.scan(ws):
+    deliveries.process(ws, db, c, 0.0)
+task = load_task(ws)
+st, why = db.claim_stream(sys.argv[2], task.name)
+runner = StreamRunner(ws, db, task, st, make_launcher("slurm", 2, ws.settings.slurm))
+db.set_job = lambda *a: os._exit(9)  # killed right after sbatch, before the job id is written
+runner.step()
+"""
+
+
+def test_a_runner_killed_between_sbatch_and_recording_the_id_still_gets_one_job(tmp_path):
+    dlid = "251201111"
+    w = _task(_ws(tmp_path / "ws"), NAP.replace("NAP_S", "3"), "nap")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    before = len(_jobcomp_lines())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", DIE_BEFORE_RECORDING, str(w.root), dlid],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 9, res.stderr
+    (pi,) = _all_instances(w, dlid)
+    assert (pi.status, pi.job_id) == ("WAITING", None)   # nothing says a job runs...
+    live = [i for i, n in squeue_names().items() if n == f"nap-{dlid}-nap"]
+    assert len(live) == 1                                 # ...but one does
+    res = subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [e["job_id"] for e in events if e["event"] == "adopted"] == live
+    naps = [p for p in _all_instances(w, dlid) if p.process == "nap"]
+    assert [(p.execution, p.status, p.job_id) for p in naps] == [(1, "SUCCESS", live[0])]
+    assert _jobcomp_names(before).count(f"nap-{dlid}-nap") == 1
