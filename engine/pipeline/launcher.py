@@ -75,6 +75,7 @@ class JobResult:
     pi_id: int
     exit_code: int       # negative: killed by that signal
     ended: float
+    lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
 
 
 class Launcher(Protocol):

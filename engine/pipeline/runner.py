@@ -508,7 +508,18 @@ class StreamRunner:
                                 note=note)
         self._event(status.lower(), pi, exit_code=res.exit_code,
                     wall_s=round(res.ended - (pi.started or res.ended), 3))
-        if status == "FAILED":
+        if status == "FAILED" and res.lost:
+            pi.status = "FAILED"
+            # the batch system lost it (node failure, preemption): like a supervisor crash,
+            # a new execution with the same retry count
+            self.db.update_instance(pi.id, note=f"{res.lost}: the batch system lost the job; "
+                                    "run again without using a retry")
+            latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
+            if latest is None or latest.id == pi.id:  # not already made (a repeated on_exit)
+                new = self.db.create_instance(self.stream.id, pi.process, pi.key,
+                                              pi.max_retries, pi.auto_retry)
+                self._event("requeued", new, previous=pi.id, why=res.lost)
+        elif status == "FAILED":
             pi.status = "FAILED"
             self._after_failure(pdef, pi)
         del self.running[res.pi_id]

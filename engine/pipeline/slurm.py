@@ -47,6 +47,8 @@ PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ
 # JobState values after which a job runs no more (scontrol's vocabulary)
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
          "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT")
+# ended by the batch system, not by the job: run again without using a retry
+LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0      # squeue at most this often per launcher
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
@@ -141,7 +143,8 @@ class SlurmLauncher:
         s = self.settings
         cmd = ["sbatch", "--parsable", f"--job-name={spec.name or f'skydeck-{spec.pi_id}'}",
                f"--output={spec.log}", "--open-mode=append",
-               f"--chdir={spec.cwd or spec.log.parent}", "--ntasks=1"]
+               f"--chdir={spec.cwd or spec.log.parent}", "--ntasks=1",
+               "--no-requeue"]  # the runner retries; a job Slurm reran would be unwatched
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env |= spec.env
         cmd.append("--export=" + ",".join(sorted(env)))
@@ -224,8 +227,12 @@ class SlurmLauncher:
                 code = self._ended_code(job, now)
                 if code is None:
                     continue
+            elif code < 0:  # a signal: from scancel, or Slurm taking the node away?
+                with contextlib.suppress(Unreachable):
+                    job.state = (self.job_info(job.job_id) or {}).get("JobState", job.state)
             del self._jobs[pi_id]
-            done.append(JobResult(pi_id, code, time.time()))
+            done.append(JobResult(pi_id, code, time.time(),
+                                  lost=job.state if job.state in LOST else None))
         return done
 
     def cancel(self, pi_id: int, grace_s: float = 5.0) -> None:

@@ -34,7 +34,8 @@ def _env_file() -> dict[str, str]:
     return out
 
 
-def _answers(env: dict[str, str]) -> bool:
+def node_takes_jobs(env: dict[str, str]) -> bool:
+    """sinfo answers and the node takes jobs."""
     if not env or shutil.which("sinfo") is None:
         return False
     try:
@@ -51,7 +52,7 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
     """SLURM_CONF=... of a running cluster, exported into os.environ for the session."""
     started = False
     env = _env_file()
-    if not _answers(env):
+    if not node_takes_jobs(env):
         if os.geteuid() != 0:
             pytest.skip(f"no Slurm cluster answers ({SLURM_DIR}/env) and not root to start "
                         "one: run tests/slurm/cluster.sh up as root")
@@ -61,7 +62,7 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
             pytest.skip(f"tests/slurm/cluster.sh up failed: {tail}")
         started = True
         env = _env_file()
-        if not _answers(env):
+        if not node_takes_jobs(env):
             pytest.skip(f"cluster.sh up ran but sinfo does not answer (logs in {SLURM_DIR})")
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -37,7 +37,7 @@ from ..pipeline.conftest import (
     stream_status,
     wait_for,
 )
-from .conftest import SLURM_DIR, squeue_names
+from .conftest import SLURM_DIR, node_takes_jobs, squeue_names
 
 SLURM = '[pipeline]\nlauncher = "slurm"\nmax_jobs = 4\n'
 
@@ -338,3 +338,30 @@ def test_a_runner_killed_between_sbatch_and_recording_the_id_still_gets_one_job(
     naps = [p for p in _all_instances(w, dlid) if p.process == "nap"]
     assert [(p.execution, p.status, p.job_id) for p in naps] == [(1, "SUCCESS", live[0])]
     assert _jobcomp_names(before).count(f"nap-{dlid}-nap") == 1
+
+
+def test_a_node_failure_runs_the_job_again_without_using_a_retry(tmp_path):
+    dlid = "251201112"
+    body = VICTIM.replace("RETRIES", "0")  # no retries: only a free run again can save it
+    w = _task(_ws(tmp_path / "ws"), body, "victim")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    proc = _run_proc(w, dlid, tmp_path / "run.log")
+
+    def running_job():
+        pis = [p for p in _all_instances(w, dlid) if p.process == "victim" and p.job_id]
+        return pis and (w.root / f"second-{dlid}").exists() and pis[0].job_id
+    job_id = wait_for(running_job, 60, 0.1, "the victim job running")
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                    "reason=skydeck-test"], check=True, timeout=30)
+    try:
+        wait_for(lambda: job_id not in squeue_names(), 30, 0.2, "the job lost with the node")
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                       capture_output=True, timeout=30)
+        wait_for(lambda: node_takes_jobs(dict(os.environ)), 30, 0.2, "the node back in service")
+    assert proc.wait(120) == 0, (tmp_path / "run.log").read_text()
+    pis = _all_instances(w, dlid)
+    assert [(p.execution, p.status, p.auto_retry) for p in pis] == [(1, "FAILED", 0),
+                                                                    (2, "SUCCESS", 0)]
+    assert pis[0].note.startswith("NODE_FAIL: ") and pis[0].job_id == job_id
