@@ -122,6 +122,10 @@ class SlurmLauncher:
         for tool in ("sbatch", "squeue", "scontrol", "scancel"):
             if shutil.which(tool) is None:
                 raise BadInput(f"launcher 'slurm': {tool} not found on PATH (install slurm-client)")
+        try:
+            self.extra_args = shlex.split(self.settings.extra_args)
+        except ValueError as err:
+            raise BadInput(f"slurm.extra_args {self.settings.extra_args!r}: {err}") from None
 
     # ------------------------------------------------------------ the Launcher protocol
 
@@ -141,7 +145,8 @@ class SlurmLauncher:
         with open(spec.log, "ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} sbatch {script}\n".encode())
         s = self.settings
-        cmd = ["sbatch", "--parsable", f"--job-name={spec.name or f'skydeck-{spec.pi_id}'}",
+        name = _NAME_BAD.sub("_", spec.name) or f"skydeck-{spec.pi_id}"
+        cmd = ["sbatch", "--parsable", f"--job-name={name}",
                f"--output={spec.log}", "--open-mode=append",
                f"--chdir={spec.cwd or spec.log.parent}", "--ntasks=1",
                "--no-requeue"]  # the runner retries; a job Slurm reran would be unwatched
@@ -152,7 +157,7 @@ class SlurmLauncher:
                          ("time", s.time_limit)):
             if val:
                 cmd.append(f"--{opt}={val}")
-        cmd += shlex.split(s.extra_args)
+        cmd += self.extra_args
         cmd += list(spec.batch)
         cmd.append(str(script))
         env.setdefault("PATH", os.defpath)
@@ -167,7 +172,7 @@ class SlurmLauncher:
             raise OSError(errno.EIO, f"sbatch refused the job: {why}")
         job_id = out.split(";")[0]
         with open(spec.log, "ab") as log:
-            log.write(f"# slurm job {job_id} ({spec.name})\n".encode())
+            log.write(f"# slurm job {job_id} ({name})\n".encode())
         self._jobs[spec.pi_id] = _Job(spec.pi_id, job_id, spec.log)
         return JobHandle(spec.pi_id, None, socket.gethostname(), time.time(), job_id,
                          launcher="slurm")

@@ -9,11 +9,14 @@ job script records its command's status where the launcher reads it, also when S
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from engine.core.settings import Settings, Slurm
 from engine.core.workspace import init_workspace
@@ -70,6 +73,17 @@ def test_slurm_settings_are_typed_and_checked(tmp_path):
     res = run_engine("-w", w.root, "config")
     assert res.returncode == 2
     assert res.stderr.strip() == f"skydeck-engine: {cfg}: slurm.partition must be text, got 3"
+
+
+def test_unbalanced_extra_args_are_exit_2_in_one_line(tmp_path):
+    w = _ws(tmp_path, '[pipeline]\nlauncher = "slurm"\n[slurm]\nextra_args = "--comment=\'x"\n')
+    make_delivery(w, "251201204", events=50, event_bytes=400, chunks=1, runs=1)
+    if shutil.which("sbatch") is None:
+        pytest.skip("slurm-client not installed (tests/slurm/cluster.sh up installs it)")
+    res = run_engine("-w", w.root, "run", "251201204")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == ("skydeck-engine: slurm.extra_args \"--comment='x\": "
+                                  "No closing quotation")
 
 
 def test_job_names_are_what_squeue_shows():
