@@ -19,7 +19,8 @@ TASKS_DIR = ASSETS / "tasks"
 SCRIPTLETS = ("launch_chunks",)
 CONDITIONS = ("gensteps", "always")
 _FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
-           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads"}
+           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads", "launcher",
+           "batch"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class ProcessDef:
     retries: int = 0
     env: dict[str, str] = field(default_factory=dict)
     reads: tuple[str, ...] = ()  # upstream processes whose outputs the job reads
+    launcher: str | None = None  # "local": stays on this host under a batch launcher
+    batch: tuple[str, ...] = ()  # extra sbatch options of this process's jobs
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,13 @@ def parse_task(path: Path) -> Task:
         for text in [*command, *raw.get("outputs", []), raw.get("lock") or "",
                      raw.get("stream_lock") or "", raw.get("removes_stream_lock") or ""]:
             _check_template(text, where, path)
+        launcher = raw.get("launcher")
+        if launcher is not None and launcher != "local":
+            raise BadInput(f"{where}: launcher must be \"local\" (the pipeline's launcher is "
+                           f"the default), got {launcher!r}", path)
+        batch = raw.get("batch", [])
+        if not isinstance(batch, list) or not all(isinstance(b, str) for b in batch):
+            raise BadInput(f"{where}: batch must be a list of strings (sbatch options)", path)
         retries = raw.get("retries", 0)
         if not isinstance(retries, int) or retries < 0:
             raise BadInput(f"{where}: retries must be a non-negative integer", path)
@@ -122,7 +132,8 @@ def parse_task(path: Path) -> Task:
             outputs=tuple(raw.get("outputs", ())), lock=raw.get("lock"),
             stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
             when=when, halt=raw.get("halt"), retries=retries,
-            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads)))
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads),
+            launcher=launcher, batch=tuple(batch)))
         seen.add(name)
     return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
                 processes=tuple(procs), path=path)
