@@ -55,6 +55,7 @@ class JobSpec:
     name: str = ""                 # what a batch system shows: <task>-<DLID>-<process>[-<key>]
     launcher: str | None = None    # "local": run on this host even under a batch launcher
     batch: tuple[str, ...] = ()    # extra batch-system options of this process
+    ntasks: int = 1                # MPI ranks: a batch job asks the allocation for this many
 
 
 LAUNCHERS = ("local", "slurm")

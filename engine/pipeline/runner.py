@@ -365,10 +365,12 @@ class StreamRunner:
         except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
+        ntasks = 1
         if pdef.mpi:
             ranks = self.ws.settings.build.ranks
-            if ranks > 1:
+            if ranks > 1:  # under Slurm, Hydra's mpiexec starts the ranks in the allocation
                 argv = [mpiexec_path(), "-n", str(ranks), *argv]
+                ntasks = ranks
         log_event: list[str] = []
         if stream_lock is not None:
             try:
@@ -403,7 +405,8 @@ class StreamRunner:
         try:
             name = "-".join(p for p in (self.task.name, self.dlid, pdef.name, pi.key) if p)
             h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root, name=name,
-                                             launcher=pdef.launcher, batch=pdef.batch))
+                                             launcher=pdef.launcher, batch=pdef.batch,
+                                             ntasks=ntasks))
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)

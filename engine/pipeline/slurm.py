@@ -148,7 +148,7 @@ class SlurmLauncher:
         name = _NAME_BAD.sub("_", spec.name) or f"skydeck-{spec.pi_id}"
         cmd = ["sbatch", "--parsable", f"--job-name={name}",
                f"--output={spec.log}", "--open-mode=append",
-               f"--chdir={spec.cwd or spec.log.parent}", "--ntasks=1",
+               f"--chdir={spec.cwd or spec.log.parent}", f"--ntasks={spec.ntasks}",
                "--no-requeue"]  # the runner retries; a job Slurm reran would be unwatched
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env |= spec.env
