@@ -56,6 +56,7 @@ class JobSpec:
     launcher: str | None = None    # "local": run on this host even under a batch launcher
     batch: tuple[str, ...] = ()    # extra batch-system options of this process
     ntasks: int = 1                # MPI ranks: a batch job asks the allocation for this many
+    gpus: int = 0                  # GPUs a batch job asks for (the local launcher ignores it)
 
 
 LAUNCHERS = ("local", "slurm")

@@ -365,6 +365,8 @@ class StreamRunner:
         except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
+        if pdef.wrapper:  # a container: inside mpiexec's ranks, around the command
+            argv = [*(self._render(w, values) for w in pdef.wrapper), *argv]
         ntasks = 1
         if pdef.mpi:
             ranks = self.ws.settings.build.ranks
@@ -406,7 +408,7 @@ class StreamRunner:
             name = "-".join(p for p in (self.task.name, self.dlid, pdef.name, pi.key) if p)
             h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root, name=name,
                                              launcher=pdef.launcher, batch=pdef.batch,
-                                             ntasks=ntasks))
+                                             ntasks=ntasks, gpus=pdef.gpus))
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)

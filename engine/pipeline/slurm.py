@@ -149,6 +149,7 @@ class SlurmLauncher:
         cmd = ["sbatch", "--parsable", f"--job-name={name}",
                f"--output={spec.log}", "--open-mode=append",
                f"--chdir={spec.cwd or spec.log.parent}", f"--ntasks={spec.ntasks}",
+               *([f"--gpus={spec.gpus}"] if spec.gpus else []),
                "--no-requeue"]  # the runner retries; a job Slurm reran would be unwatched
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env |= spec.env

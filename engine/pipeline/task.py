@@ -20,7 +20,7 @@ SCRIPTLETS = ("launch_chunks",)
 CONDITIONS = ("gensteps", "always")
 _FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
            "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads", "launcher",
-           "batch"}
+           "batch", "gpus", "wrapper"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class ProcessDef:
     reads: tuple[str, ...] = ()  # upstream processes whose outputs the job reads
     launcher: str | None = None  # "local": stays on this host under a batch launcher
     batch: tuple[str, ...] = ()  # extra sbatch options of this process's jobs
+    gpus: int = 0                # GPUs a batch job of this process asks for (--gpus)
+    wrapper: tuple[str, ...] = ()  # put before the command, e.g. singularity exec IMAGE
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,15 @@ def parse_task(path: Path) -> Task:
         batch = raw.get("batch", [])
         if not isinstance(batch, list) or not all(isinstance(b, str) for b in batch):
             raise BadInput(f"{where}: batch must be a list of strings (sbatch options)", path)
+        gpus = raw.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 64:
+            raise BadInput(f"{where}: gpus must be an integer within 0..64", path)
+        wrapper = raw.get("wrapper", [])
+        if not isinstance(wrapper, list) or not all(isinstance(w, str) and w for w in wrapper):
+            raise BadInput(f"{where}: wrapper must be a list of non-empty strings (a command "
+                           "such as [\"singularity\", \"exec\", \"IMAGE\"])", path)
+        for text in wrapper:
+            _check_template(text, where, path)
         retries = raw.get("retries", 0)
         if not isinstance(retries, int) or retries < 0:
             raise BadInput(f"{where}: retries must be a non-negative integer", path)
@@ -133,7 +144,7 @@ def parse_task(path: Path) -> Task:
             stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
             when=when, halt=raw.get("halt"), retries=retries,
             env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads),
-            launcher=launcher, batch=tuple(batch)))
+            launcher=launcher, batch=tuple(batch), gpus=gpus, wrapper=tuple(wrapper)))
         seen.add(name)
     return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
                 processes=tuple(procs), path=path)

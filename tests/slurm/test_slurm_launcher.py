@@ -365,3 +365,33 @@ def test_a_node_failure_runs_the_job_again_without_using_a_retry(tmp_path):
     assert [(p.execution, p.status, p.auto_retry) for p in pis] == [(1, "FAILED", 0),
                                                                     (2, "SUCCESS", 0)]
     assert pis[0].note.startswith("NODE_FAIL: ") and pis[0].job_id == job_id
+
+
+WRAPPED = """[[process]]
+name = "wrapped"
+wrapper = ["env", "SKYDECK_WRAPPED=in-{dlid}"]
+command = ["{python}", "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ['SKYDECK_WRAPPED'])", "{workspace}/wrapped-{dlid}.txt"]
+outputs = ["{workspace}/wrapped-{dlid}.txt"]
+
+[[process]]
+name = "gpu"
+after = ["wrapped"]
+gpus = 1
+command = ["true"]
+"""
+
+
+def test_a_wrapper_runs_around_the_command_and_gpus_reach_sbatch(tmp_path, capsys):
+    """HalfPipe ran its jobs in a container (``singularity exec IMAGE``): a process's
+    ``wrapper`` goes before its command in the batch job; ``gpus`` becomes ``--gpus``, which
+    this GPU-less node refuses, so the instance fails naming sbatch's refusal."""
+    dlid = "251201109"
+    w = _task(_ws(tmp_path / "ws"), WRAPPED, "wrapped")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    rc, _, _ = cli(w, "run", dlid, capsys=capsys)
+    assert rc != 0                                      # the gpu process cannot be placed
+    assert (w.root / f"wrapped-{dlid}.txt").read_text() == f"in-{dlid}"
+    by = {p.process: p for p in _all_instances(w, dlid)}
+    assert by["wrapped"].status == "SUCCESS" and by["wrapped"].launcher == "slurm"
+    assert by["gpu"].status == "FAILED"
+    assert "sbatch refused the job" in (by["gpu"].note or ""), by["gpu"].note
