@@ -130,7 +130,7 @@ class Daemon:
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state_db)
         self.launcher = make_launcher(ws.settings.pipeline.launcher,
-                                      max_jobs or ws.settings.pipeline.max_jobs)
+                                      max_jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
         self.max_streams = ws.settings.pipeline.max_streams
         self.scan_interval = ws.settings.watch.scan_interval_s
         self.poll_interval = ws.settings.watch.poll_interval_s

@@ -28,6 +28,7 @@ from engine.builder.options import BuildOptions, check_batch
 from engine.builder.protocol import run_mpi, run_serial
 from engine.builder.report import BuildReport, PhaseClock
 from engine.core import mpi
+from engine.core.errors import BadInput
 from engine.core.progress import Progress
 
 
@@ -36,6 +37,13 @@ def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | 
     its ``wall_s`` and ``phases`` are timed from this call."""
     clock = PhaseClock()
     check_batch(opt.batch)
+    copies = mpi.srun_copies()
+    if copies:  # K single-rank builds would race on one output
+        raise BadInput(
+            f"srun started {copies} separate copies of this build (no MPI between them: each "
+            f"is a world of 1), which would race on {opt.output}; run `srun --mpi=pmi2 -n "
+            f"{copies} skydeck-engine build ...` (the mpich wheel) or `mpiexec -n {copies} "
+            "skydeck-engine build ...` inside the allocation (contrib/slurm/build.sbatch)")
     if mpi.launched():
         return run_mpi(opt, progress, clock)
     return run_serial(opt, progress, clock)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                     raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
                                    "it is in incoming/", ws.incoming_level0)
             launcher = make_launcher(ws.settings.pipeline.launcher,
-                                     args.jobs or ws.settings.pipeline.max_jobs)
+                                     args.jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
             runner = run_stream(ws, db, task, dlid, launcher,
                                 emit=lambda ev: print(json_line(ev), flush=True),
                                 should_stop=lambda: bool(stop["flag"]))

@@ -40,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
               f"{'  owner ' + str(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
               f"{'  ' + s.note if s.note else ''}")
         for pi in v.instances:
+            # a batch job shows its job id (squeue's), a local one its pid
+            where = f"job {pi.job_id:>7}" if pi.job_id else f"pid {pi.pid or '-':>7}"
             print(f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
-                  f"{pi.max_retries} pid {pi.pid or '-':>7} {_t(pi.started)}-{_t(pi.ended)} "
+                  f"{pi.max_retries} {where} {_t(pi.started)}-{_t(pi.ended)} "
                   f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
                   f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}")
     return 0

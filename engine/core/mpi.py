@@ -66,6 +66,17 @@ def launched(env: Mapping[str, str] | None = None) -> bool:
     return any(k in e for k in LAUNCH_VARS)
 
 
+def srun_copies(env: Mapping[str, str] | None = None) -> int:
+    """How many copies of this program ``srun`` started *without* MPI between them (plain
+    ``srun -n K`` with ``MpiDefault=none``: K singletons, each a world of 1); 0 when that is
+    not the case (no job step, one task, or an MPI launcher's variables are present)."""
+    e = _env(env)
+    if launched(e) or SLURM_STEP not in e:
+        return 0
+    n = _count(e.get(SLURM_SIZE, "")) or _count(e.get("SLURM_NTASKS", "")) or 0
+    return n if n > 1 else 0
+
+
 def world_size_hint(env: Mapping[str, str] | None = None) -> int | None:
     """The number of processes the launcher started, if a variable says so."""
     return _first(_env(env), SIZE_VARS, SLURM_SIZE)

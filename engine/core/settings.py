@@ -34,8 +34,8 @@ Polling = bool | Literal["auto"]
 
 @dataclass(frozen=True)
 class Rule:
-    """What a key accepts: ``kind`` is int, float, bool, polling, text, path, optpath (a path
-    or ``""`` for off) or h5path;
+    """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
+    empty), path, optpath (a path or ``""`` for off) or h5path;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -99,6 +99,18 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class Slurm:
+    """[slurm]: batch options of every job under ``[pipeline] launcher = "slurm"`` (empty:
+    the cluster's default)."""
+
+    partition: str = _key("", "opttext")
+    account: str = _key("", "opttext")
+    qos: str = _key("", "opttext")
+    time_limit: str = _key("", "opttext")   # sbatch --time: minutes, or [D-]HH:MM:SS
+    extra_args: str = _key("", "opttext")   # more sbatch options, split as a shell would
+
+
+@dataclass(frozen=True)
 class Watch:
     """[watch]: the daemon's observer, scan cadence, quiet time and back-off."""
 
@@ -139,6 +151,7 @@ class Settings:
     build: Build = field(default_factory=Build)
     halfpipe: Halfpipe = field(default_factory=Halfpipe)
     pipeline: Pipeline = field(default_factory=Pipeline)
+    slurm: Slurm = field(default_factory=Slurm)
     watch: Watch = field(default_factory=Watch)
     stage: Stage = field(default_factory=Stage)
     metrics: Metrics = field(default_factory=Metrics)
@@ -199,6 +212,10 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     if kind == "optpath":
         if not isinstance(v, str) or "\0" in v:
             raise BadInput(f"{where} must be a path, or \"\" for off, got {v!r}", path)
+        return v
+    if kind == "opttext":  # may be empty (the cluster's default)
+        if not isinstance(v, str) or "\0" in v or "\n" in v:
+            raise BadInput(f"{where} must be text, got {v!r}", path)
         return v
     # path, h5path, text
     if not isinstance(v, str) or not v or "\0" in v:

@@ -2,8 +2,10 @@
 
 The stream runner only sees the ``Launcher`` interface: ``submit`` a ``JobSpec``, ``poll``
 for ``JobResult``s, ``cancel``. ``LocalLauncher`` runs subprocesses on this host with
-bounded concurrency; a Slurm launcher can follow with the same interface (submit = sbatch,
-poll = sacct/squeue, cancel = scancel; its JobHandle carries the Slurm job id).
+bounded concurrency; ``engine.pipeline.slurm.SlurmLauncher`` submits batch jobs with the same
+interface (submit = sbatch, poll = the job's exit file confirmed by squeue/scontrol, cancel =
+scancel; its JobHandle carries the Slurm job id, which the runner stores so a successor can
+``adopt`` the job instead of submitting it twice).
 
 Local jobs get their own session (process group) so a cancel reaches the whole job tree
 (mpiexec and its ranks), and are asked to die with their launcher (PR_SET_PDEATHSIG), so a
@@ -26,7 +28,9 @@ from typing import Protocol
 
 import psutil
 
+from engine.core.errors import BadInput
 from engine.core.owner import process_start
+from engine.core.settings import Slurm
 
 _LIBC: ctypes.CDLL | None
 try:
@@ -48,15 +52,24 @@ class JobSpec:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    name: str = ""                 # what a batch system shows: <task>-<DLID>-<process>[-<key>]
+    launcher: str | None = None    # "local": run on this host even under a batch launcher
+    batch: tuple[str, ...] = ()    # extra batch-system options of this process
+    ntasks: int = 1                # MPI ranks: a batch job asks the allocation for this many
+    gpus: int = 0                  # GPUs a batch job asks for (the local launcher ignores it)
+
+
+LAUNCHERS = ("local", "slurm")
 
 
 @dataclass
 class JobHandle:
     pi_id: int
-    pid: int
+    pid: int | None      # None for a batch job (it runs elsewhere)
     host: str
     start: float
-    job_id: str          # launcher-specific id (pid locally, Slurm job id later)
+    job_id: str          # launcher-specific id (pid locally, the Slurm job id)
+    launcher: str = "local"
 
 
 @dataclass
@@ -64,6 +77,7 @@ class JobResult:
     pi_id: int
     exit_code: int       # negative: killed by that signal
     ended: float
+    lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
 
 
 class Launcher(Protocol):
@@ -71,7 +85,11 @@ class Launcher(Protocol):
     next. ``capacity`` says how many more it takes now; ``submit`` starts one; ``poll``
     returns those that ended since the last call; ``cancel`` stops one (SIGTERM, then SIGKILL
     after ``grace_s``); ``cancel_all`` stops every one and returns their ids; ``active``
-    lists the ids still running. ``make_launcher`` is the one place that picks one."""
+    lists the ids still running; ``pending_reason`` says why a submitted job still waits in a
+    batch queue (None: it runs); ``find_submitted`` finds live jobs by the log they write (a job submitted
+by a runner that died before recording its id); ``adopt`` takes over a job a dead runner submitted (a
+    batch job lives on; a local one cannot be adopted). ``make_launcher`` is the one place
+    that picks one."""
 
     def capacity(self) -> int: ...
     def submit(self, spec: JobSpec) -> JobHandle: ...
@@ -79,6 +97,9 @@ class Launcher(Protocol):
     def cancel(self, pi_id: int, grace_s: float = 5.0) -> None: ...
     def cancel_all(self, grace_s: float = 5.0) -> list[int]: ...
     def active(self) -> list[int]: ...
+    def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
+    def pending_reason(self, pi_id: int) -> str | None: ...
+    def find_submitted(self, logs: list[Path]) -> dict[Path, str]: ...
 
 
 class LocalLauncher:
@@ -93,6 +114,18 @@ class LocalLauncher:
 
     def active(self) -> list[int]:
         return list(self._procs)
+
+    def adopt(self, pi_id: int, job_id: str, log: Path) -> bool:
+        """A subprocess of a dead runner cannot be waited for (``kill_orphan`` ends it)."""
+        return False
+
+    def pending_reason(self, pi_id: int) -> str | None:
+        """A local job never waits in a queue."""
+        return None
+
+    def find_submitted(self, logs: list[Path]) -> dict[Path, str]:
+        """A local job cannot outlive the runner that did not record it."""
+        return {}
 
     def submit(self, spec: JobSpec) -> JobHandle:
         spec.log.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +201,12 @@ def kill_orphan(pid: int | None, host: str | None, start: float | None) -> str:
     return f"killed orphan pid {pid}"
 
 
-def make_launcher(kind: str, max_jobs: int) -> Launcher:
+def make_launcher(kind: str, max_jobs: int, slurm: Slurm | None = None) -> Launcher:
+    """The launcher named by ``[pipeline] launcher``; BadInput (exit 2) for an unknown one or
+    a Slurm launcher without Slurm's commands."""
     if kind == "local":
         return LocalLauncher(max_jobs)
-    from engine.core.errors import BadInput
-    raise BadInput(f"unknown launcher {kind!r}: only 'local' exists so far (Slurm is planned)")
+    if kind == "slurm":
+        from engine.pipeline.slurm import SlurmLauncher
+        return SlurmLauncher(slurm, max_jobs)
+    raise BadInput(f"unknown launcher {kind!r} (one of {', '.join(LAUNCHERS)})")

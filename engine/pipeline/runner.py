@@ -138,7 +138,12 @@ class StreamRunner:
     # ------------------------------------------------------------------ resume
 
     def resume(self) -> None:
-        """Take over from a dead owner: fail its in-flight instances, retry them, own the locks.
+        """Take over from a dead owner: adopt its batch jobs, fail its other in-flight
+        instances and retry them, own the locks.
+
+        A batch job (Slurm) outlives its runner: an instance with a job id whose job is still
+        queued or running, or ended leaving its status, is adopted (watched and collected as
+        if this runner had submitted it), never submitted a second time.
 
         The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
         held by another live process on this host is taken over too: this runner holds the
@@ -149,13 +154,19 @@ class StreamRunner:
         for pi in self.db.instances(self.stream.id):
             if pi.id in self.running or pi.status not in ACTIVE_PI:
                 continue
-            what = kill_orphan(pi.pid, pi.host, pi.pid_start)
+            if pi.job_id and pi.launcher != "local":
+                if self._adopt(pi):
+                    continue
+                what = f"{pi.launcher} job {pi.job_id} is no longer known to the batch system"
+            else:
+                what = kill_orphan(pi.pid, pi.host, pi.pid_start)
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(),
                                     note=f"supervisor died; {what}")
             self._event("instance_failed_owner_died", pi, detail=what)
             pdef = self.task.process(pi.process)
             # a crash of the supervisor is not the job's fault: same retry count
             self.db.create_instance(self.stream.id, pi.process, pi.key, pdef.retries, pi.auto_retry)
+        self._adopt_unrecorded()
         for pdef in self.task.processes:
             if pdef.stream_lock:
                 p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
@@ -173,6 +184,65 @@ class StreamRunner:
                 locks.take_over(p, self.dlid, pdef.name, self.owner)
                 self._event(event, lock=p.name, previous_owner=info.owner, why=why)
 
+    def _adopt(self, pi: ProcessInstance) -> bool:
+        """Watch the batch job of ``pi``, submitted by a dead runner; False when the batch
+        system knows nothing of it any more (the caller fails and retries the instance)."""
+        try:
+            pdef = self.task.process(pi.process)
+        except KeyError:
+            return False
+        log, summary = self._log_paths(pdef, pi)
+        if pi.log_path:
+            log = Path(pi.log_path)
+        if not self.launcher.adopt(pi.id, str(pi.job_id), log):
+            return False
+        values = self.values(pdef, pi.key)
+        lock_path = self.ws.lock / self._render(pdef.lock, values) if pdef.lock else None
+        if lock_path is not None:
+            try:
+                info = locks.read(lock_path)
+                if info.stale or (info.stream == self.dlid and info.process == pdef.name):
+                    locks.take_over(lock_path, self.dlid, pdef.name, self.owner)
+                else:
+                    lock_path = None  # not the dead runner's: not ours to release
+            except FileNotFoundError:
+                lock_path = None
+        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        self._event("adopted", pi, job_id=pi.job_id, launcher=pi.launcher)
+        return True
+
+    def _adopt_unrecorded(self) -> None:
+        """A runner killed between ``sbatch`` and the write of the job id left an instance
+        WAITING or READY whose job runs: find the job by the log it writes and adopt it, so
+        that the instance does not get a second job."""
+        waiting: dict[Path, ProcessInstance] = {}
+        for pi in self.db.instances(self.stream.id):
+            if pi.id in self.running or pi.status not in ("WAITING", "READY"):
+                continue
+            try:
+                pdef = self.task.process(pi.process)
+            except KeyError:
+                continue
+            if pdef.command and pdef.launcher != "local":
+                waiting[self._log_paths(pdef, pi)[0]] = pi
+        for log, job_id in self.launcher.find_submitted(list(waiting)).items():
+            pi = waiting[log]
+            self.db.set_job(pi.id, "slurm", job_id)
+            now = time.time()
+            self.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log),
+                                    note=None)
+            pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
+            pi.launcher, pi.job_id = "slurm", job_id
+            if not self._adopt(pi):  # ended between the two questions: run it again
+                self.db.update_instance(pi.id, status="READY", started=None)
+                pi.status = "READY"
+
+    def _log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
+        """The instance's log and its $PIPELINE_SUMMARY file."""
+        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
+        return (self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log",
+                self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary")
+
     # ------------------------------------------------------------------ the state machine
 
     def step(self) -> str | None:
@@ -182,6 +252,7 @@ class StreamRunner:
         st = self.db.stream(self.stream.id)
         self.stream = st
         vars_ = st.vars
+        self._note_queued()
         latest = {(pi.process, pi.key): pi for pi in self.db.instances(st.id)}
         state: dict[str, str] = {}
         paused: tuple[bool, str] | None = None
@@ -230,6 +301,18 @@ class StreamRunner:
             failed = [n for n, s in state.items() if s == "failed"]
             return self._finish("FAILED", f"failed: {', '.join(failed)}")
         return None
+
+    def _note_queued(self) -> None:
+        """A batch job still waiting in its queue says why in its instance's note (squeue's
+        reason: Priority, Resources, QOSMaxJobsPerUserLimit...), cleared once it runs."""
+        for r in self.running.values():
+            why = self.launcher.pending_reason(r.pi.id)
+            note = f"queued in {r.pi.launcher}: {why}" if why else None
+            if note != r.pi.note:
+                self.db.update_instance(r.pi.id, note=note)
+                r.pi.note = note
+                if why:
+                    self._event("queued", r.pi, reason=why)
 
     def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
         """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
@@ -282,10 +365,14 @@ class StreamRunner:
         except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
+        if pdef.wrapper:  # a container: inside mpiexec's ranks, around the command
+            argv = [*(self._render(w, values) for w in pdef.wrapper), *argv]
+        ntasks = 1
         if pdef.mpi:
             ranks = self.ws.settings.build.ranks
-            if ranks > 1:
+            if ranks > 1:  # under Slurm, Hydra's mpiexec starts the ranks in the allocation
                 argv = [mpiexec_path(), "-n", str(ranks), *argv]
+                ntasks = ranks
         log_event: list[str] = []
         if stream_lock is not None:
             try:
@@ -301,9 +388,7 @@ class StreamRunner:
                 return self._hold(pi, "READY", f"waiting for lock {lock_path.name}: {err.message}")
         for line in log_event:
             self._event("lock_reclaimed", pi, detail=line)
-        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
-        log = self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log"
-        summary = self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary"
+        log, summary = self._log_paths(pdef, pi)
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.unlink(missing_ok=True)
         env = {
@@ -320,7 +405,10 @@ class StreamRunner:
             env["HALFPIPE_RUNSTART"] = values["runhex"]
         env |= {k: self._render(v, values) for k, v in pdef.env.items()}
         try:
-            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root))
+            name = "-".join(p for p in (self.task.name, self.dlid, pdef.name, pi.key) if p)
+            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root, name=name,
+                                             launcher=pdef.launcher, batch=pdef.batch,
+                                             ntasks=ntasks, gpus=pdef.gpus))
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)
@@ -333,9 +421,16 @@ class StreamRunner:
         # ours before it is written: should the write fail (disk full), the job is not
         # started a second time and its exit is still routed here
         self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        if h.launcher != "local":  # first: a successor adopts the job by this id
+            self.db.set_job(pi.id, h.launcher, h.job_id)
+            pi.launcher, pi.job_id = h.launcher, h.job_id
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
-        self._event("started", pi, pid=h.pid, log=str(log))
+        pi.note = None
+        if h.launcher != "local":
+            self._event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
+        else:
+            self._event("started", pi, pid=h.pid, log=str(log))
         return "RUNNING"
 
     def _remove_stream_lock(self, path: Path) -> None:
@@ -418,7 +513,18 @@ class StreamRunner:
                                 note=note)
         self._event(status.lower(), pi, exit_code=res.exit_code,
                     wall_s=round(res.ended - (pi.started or res.ended), 3))
-        if status == "FAILED":
+        if status == "FAILED" and res.lost:
+            pi.status = "FAILED"
+            # the batch system lost it (node failure, preemption): like a supervisor crash,
+            # a new execution with the same retry count
+            self.db.update_instance(pi.id, note=f"{res.lost}: the batch system lost the job; "
+                                    "run again without using a retry")
+            latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
+            if latest is None or latest.id == pi.id:  # not already made (a repeated on_exit)
+                new = self.db.create_instance(self.stream.id, pi.process, pi.key,
+                                              pi.max_retries, pi.auto_retry)
+                self._event("requeued", new, previous=pi.id, why=res.lost)
+        elif status == "FAILED":
             pi.status = "FAILED"
             self._after_failure(pdef, pi)
         del self.running[res.pi_id]

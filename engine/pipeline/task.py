@@ -19,7 +19,8 @@ TASKS_DIR = ASSETS / "tasks"
 SCRIPTLETS = ("launch_chunks",)
 CONDITIONS = ("gensteps", "always")
 _FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
-           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads"}
+           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads", "launcher",
+           "batch", "gpus", "wrapper"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class ProcessDef:
     retries: int = 0
     env: dict[str, str] = field(default_factory=dict)
     reads: tuple[str, ...] = ()  # upstream processes whose outputs the job reads
+    launcher: str | None = None  # "local": stays on this host under a batch launcher
+    batch: tuple[str, ...] = ()  # extra sbatch options of this process's jobs
+    gpus: int = 0                # GPUs a batch job of this process asks for (--gpus)
+    wrapper: tuple[str, ...] = ()  # put before the command, e.g. singularity exec IMAGE
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,22 @@ def parse_task(path: Path) -> Task:
         for text in [*command, *raw.get("outputs", []), raw.get("lock") or "",
                      raw.get("stream_lock") or "", raw.get("removes_stream_lock") or ""]:
             _check_template(text, where, path)
+        launcher = raw.get("launcher")
+        if launcher is not None and launcher != "local":
+            raise BadInput(f"{where}: launcher must be \"local\" (the pipeline's launcher is "
+                           f"the default), got {launcher!r}", path)
+        batch = raw.get("batch", [])
+        if not isinstance(batch, list) or not all(isinstance(b, str) for b in batch):
+            raise BadInput(f"{where}: batch must be a list of strings (sbatch options)", path)
+        gpus = raw.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 64:
+            raise BadInput(f"{where}: gpus must be an integer within 0..64", path)
+        wrapper = raw.get("wrapper", [])
+        if not isinstance(wrapper, list) or not all(isinstance(w, str) and w for w in wrapper):
+            raise BadInput(f"{where}: wrapper must be a list of non-empty strings (a command "
+                           "such as [\"singularity\", \"exec\", \"IMAGE\"])", path)
+        for text in wrapper:
+            _check_template(text, where, path)
         retries = raw.get("retries", 0)
         if not isinstance(retries, int) or retries < 0:
             raise BadInput(f"{where}: retries must be a non-negative integer", path)
@@ -122,7 +143,8 @@ def parse_task(path: Path) -> Task:
             outputs=tuple(raw.get("outputs", ())), lock=raw.get("lock"),
             stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
             when=when, halt=raw.get("halt"), retries=retries,
-            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads)))
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads),
+            launcher=launcher, batch=tuple(batch), gpus=gpus, wrapper=tuple(wrapper)))
         seen.add(name)
     return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
                 processes=tuple(procs), path=path)

@@ -314,6 +314,13 @@ class StateDB(ReadQueries):
         with self.tx() as c:
             c.execute(f"UPDATE process_instances SET {cols} WHERE id=?", (*values.values(), pi_id))
 
+    def set_job(self, pi_id: int, launcher: str, job_id: str | None) -> None:
+        """Record which launcher runs the instance and its batch job id (None locally), so
+        a runner that takes over after a crash finds the job instead of submitting it again."""
+        with self.tx() as c:
+            c.execute("UPDATE process_instances SET launcher=?, job_id=? WHERE id=?",
+                      (launcher, job_id, pi_id))
+
     def retire_instances(self, pi_ids: Sequence[int]) -> None:
         """Mark instances as no longer latest (rollback): the runner makes new executions."""
         with self.tx() as c:

@@ -82,3 +82,16 @@ def test_odd_values_are_no_hint_and_a_bad_local_rank_is_bad_input(value):
     assert mpi.launched(env) and mpi.world_size_hint(env) is None and mpi.rank_hint(env) is None
     with pytest.raises(BadInput, match=r"^MPI_LOCALRANKID=.* is not a non-negative integer"):
         mpi.local_rank(env)
+
+
+def test_srun_copies_without_mpi_between_them():
+    """`srun -n 4 skydeck-engine build` with MpiDefault=none: four singletons (the trap)."""
+    step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}
+    assert mpi.srun_copies(step) == 4
+    assert mpi.srun_copies({**step, "SLURM_STEP_NUM_TASKS": "1"}) == 0     # one task: fine
+    assert mpi.srun_copies({**step, "PMI_RANK": "2", "PMI_SIZE": "4"}) == 0  # srun --mpi=pmi2
+    batch_script = {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"}               # no job step
+    assert mpi.srun_copies(batch_script) == 0
+    assert mpi.srun_copies({}) == 0
+    assert mpi.srun_copies({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "3"}) == 3
+    assert mpi.srun_copies({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "x"}) == 0
