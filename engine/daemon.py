@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.api.listings import DAEMON_LOG
+from engine.api.metrics import Exporter, sweep_dead_heartbeats
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.halts import halt_flag, is_set_globally
@@ -156,6 +157,7 @@ class Daemon:
         self._exits: list[JobResult] = []          # job exits not recorded yet (a write failed)
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
         self.pending_max_s = ws.settings.watch.pending_recheck_max_s
+        self.metrics = Exporter(ws, beat=not once)  # heartbeat + textfile (+ HTTP: run_daemon)
 
     # ------------------------------------------------------------------ events
 
@@ -456,6 +458,17 @@ class Daemon:
         self.result.terminated = True
         self._ev("stopped", pid=os.getpid())
 
+    # ------------------------------------------------------------------ metrics
+
+    @_contained_as("metrics")
+    def tick_metrics(self, final: bool = False) -> None:
+        """Heartbeat and metrics textfile every ``[metrics] interval_s`` (cheap when not due);
+        ``final``: ``--once``'s one write at its end (engine/api/metrics.py)."""
+        if final:
+            self.metrics.final()
+        elif not self.once:  # --once writes the textfile once, at its end
+            self.metrics.tick()
+
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> WatchResult:
@@ -466,6 +479,8 @@ class Daemon:
         with self._contained("extract sweep"):  # before any extraction of ours starts
             for p in deliveries.sweep_extracts(self.ws):
                 self._ev("swept", path=str(p), why="partial extraction left by a killed process")
+        with self._contained("metrics"):
+            sweep_dead_heartbeats(self.ws)
         self.reconcile()
         last_scan = last_pending = last_pickup = 0.0
         idle_rounds = 0
@@ -488,6 +503,7 @@ class Daemon:
                         self.pick_up()
                         last_pickup = now
                     self.step_streams()
+                    self.tick_metrics()
                     busy = bool(self.inflight) or (
                         bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
                 except Exception as err:  # last resort: the loop itself goes on
@@ -522,10 +538,12 @@ class Daemon:
             self.runners.clear()
             self.verifier.shutdown(wait=True)
             self.stop_observer()
+            self.tick_metrics(final=True)
         self.result.errors = [f"{key}: {f.message}" for key, f in self._faults.items()]
         return self.result
 
     def close(self) -> None:
+        self.metrics.close()
         self.verifier.shutdown(wait=True)
         for db in self._thread_dbs:
             db.close()
@@ -533,8 +551,16 @@ class Daemon:
 
 
 def run_daemon(ws: Workspace, *, polling: bool = False, once: bool = False,
-               emit: Callable[[dict[str, Any]], None] | None = None) -> WatchResult:
+               emit: Callable[[dict[str, Any]], None] | None = None,
+               metrics_port: int | None = None, metrics_addr: str = "0.0.0.0") -> WatchResult:
     d = Daemon(ws, polling=polling, once=once, emit=emit)
+    if metrics_port is not None:
+        try:
+            port = d.metrics.serve(metrics_port, metrics_addr)
+        except BaseException:
+            d.close()
+            raise
+        d._ev("metrics_http", addr=metrics_addr, port=port, path="/metrics")
 
     def on_signal(signum: int, frame: object) -> None:
         d.stop = True

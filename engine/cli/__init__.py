@@ -25,6 +25,7 @@ SUMMARY: dict[str, str] = {
     "run": "run one downlink's stream in the foreground",
     "rollback": "re-run process instances (and everything downstream) as new executions",
     "watch": "watch incoming/ and run a stream per new downlink (daemon)",
+    "health": "probe: exit 0 when healthy (daemon alive, not paused, nothing stuck), 1 if not",
     "completion": "print the shell completion script (bash or zsh)",
 }
 

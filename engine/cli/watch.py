@@ -1,4 +1,5 @@
-"""`skydeck-engine watch [--once] [--polling]`: the directory-watch daemon."""
+"""`skydeck-engine watch [--once] [--polling] [--metrics-port PORT]`: the directory-watch
+daemon (engine/daemon.py); its metrics textfile and heartbeat: engine/api/metrics.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 
 from engine.cli import SUMMARY
-from engine.cli.numbers import float_in
+from engine.cli.numbers import float_in, int_in
 from engine.core.errors import EXIT_FAILED, EXIT_USAGE
 from engine.core.workspace import Workspace
 from engine.daemon import run_daemon
@@ -21,6 +22,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="poll instead of inotify (automatic on nfs/gpfs/lustre/cifs mounts)")
     p.add_argument("--interval", type=float_in("--interval", 0.01, 86400.0), default=None,
                    help="polling interval in seconds (default: config watch.poll_interval_s)")
+    p.add_argument("--metrics-port", type=int_in("--metrics-port", 0, 65535), default=None,
+                   metavar="PORT",
+                   help="also serve the metrics (skydeck_*) over HTTP at :PORT/metrics "
+                        "(0: a free port, logged); the textfile is [metrics] textfile")
+    p.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR",
+                   help="the address --metrics-port listens on (default: all, 0.0.0.0)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     if args.interval is not None:
         ws.settings = ws.settings.replace("watch", poll_interval_s=args.interval)
-    res = run_daemon(ws, polling=args.polling, once=args.once)
+    res = run_daemon(ws, polling=args.polling, once=args.once,
+                     metrics_port=args.metrics_port, metrics_addr=args.metrics_addr)
     for o in res.rejected:
         print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)
     for e in res.errors:  # contained faults (a delivery or stream that raised) still open

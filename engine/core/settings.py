@@ -35,7 +35,7 @@ Polling = bool | Literal["auto"]
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
-    empty), path or h5path;
+    empty), path, optpath (a path or ``""`` for off) or h5path;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -133,6 +133,16 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """[metrics]: the Prometheus textfile the daemon writes, and how often
+    (engine/api/metrics.py)."""
+
+    textfile: str = _key("metrics/skydeck.prom", "optpath")
+    interval_s: float = _key(15.0, "float", 0.1, DAY_S)
+    usage_interval_s: float = _key(300.0, "float", 1.0, 7 * DAY_S)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective settings of a workspace: every section, defaults filled in."""
 
@@ -144,6 +154,7 @@ class Settings:
     slurm: Slurm = field(default_factory=Slurm)
     watch: Watch = field(default_factory=Watch)
     stage: Stage = field(default_factory=Stage)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def replace(self, section: str, **values: Any) -> Settings:
         """A copy with keys of one section replaced (a command-line override such as
@@ -197,6 +208,10 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     if kind == "bool":
         if not isinstance(v, bool):
             raise BadInput(f"{where} must be true or false, got {v!r}", path)
+        return v
+    if kind == "optpath":
+        if not isinstance(v, str) or "\0" in v:
+            raise BadInput(f"{where} must be a path, or \"\" for off, got {v!r}", path)
         return v
     if kind == "opttext":  # may be empty (the cluster's default)
         if not isinstance(v, str) or "\0" in v or "\n" in v:

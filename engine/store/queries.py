@@ -116,3 +116,73 @@ class ReadQueries:
             "OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') ORDER BY d.dlid",
             (task,)).fetchall()
         return [str(r[0]) for r in rows]
+
+    # ------------------------------------------------------------ metrics and health
+
+    def stream_status_counts(self) -> dict[str, int]:
+        """Latest streams by status (engine/api/metrics.py)."""
+        rows = self.conn.execute(
+            "SELECT status, COUNT(*) FROM streams WHERE is_latest = 1 GROUP BY status").fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def instance_status_counts(self) -> dict[tuple[str, str], int]:
+        """Latest process instances of latest streams by (process, status)."""
+        rows = self.conn.execute(
+            "SELECT p.process, p.status, COUNT(*) FROM process_instances p "
+            "JOIN streams s ON s.id = p.stream_id AND s.is_latest = 1 "
+            "WHERE p.is_latest = 1 GROUP BY p.process, p.status").fetchall()
+        return {(str(p), str(s)): int(n) for p, s, n in rows}
+
+    def delivery_status_counts(self) -> dict[str, int]:
+        """Deliveries by status (CLAIMED, PENDING, ACCEPTED, REJECTED)."""
+        rows = self.conn.execute(
+            "SELECT status, COUNT(*) FROM deliveries GROUP BY status").fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def oldest_unsettled_delivery(self) -> float | None:
+        """When the oldest delivery still PENDING or CLAIMED (seen, not yet registered or
+        rejected) was first seen; None when there is none."""
+        row = self.conn.execute(
+            "SELECT MIN(seen) FROM deliveries WHERE status IN ('PENDING', 'CLAIMED')").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def recent_registration_latencies(self, recent: int = 100) -> list[float]:
+        """Seconds from delivery complete (seen and verified) to downlink registered, for the
+        ``recent`` latest registrations, newest first."""
+        rows = self.conn.execute(
+            "SELECT registered - delivered FROM downlinks ORDER BY registered DESC LIMIT ?",
+            (recent,)).fetchall()
+        return [max(0.0, float(r[0])) for r in rows if r[0] is not None]
+
+    def running_streams_activity(self) -> list[RunningStream]:
+        """Every latest stream that is RUNNING, with its owner and its last activity: the
+        latest of the stream's start and its instances' created, started and ended times
+        (``skydeck-engine health``'s stuck check)."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.dlid, s.owner_pid, s.owner_host, s.owner_start, "
+            "COALESCE(s.started, s.created), "
+            "(SELECT MAX(p.created) FROM process_instances p WHERE p.stream_id = s.id), "
+            "(SELECT MAX(p.started) FROM process_instances p WHERE p.stream_id = s.id), "
+            "(SELECT MAX(p.ended) FROM process_instances p WHERE p.stream_id = s.id), "
+            "(SELECT COUNT(*) FROM process_instances p WHERE p.stream_id = s.id "
+            "AND p.is_latest = 1 AND p.status IN ('QUEUED', 'SUBMITTED', 'RUNNING', "
+            "'TERMINATING')) "
+            "FROM streams s WHERE s.is_latest = 1 AND s.status = 'RUNNING' ORDER BY s.id"
+        ).fetchall()
+        out = []
+        for sid, dlid, pid, host, start, *times, active in rows:
+            last = max(float(t or 0.0) for t in times)
+            out.append(RunningStream(int(sid), str(dlid), pid, host, start, last, int(active)))
+        return out
+
+
+class RunningStream(NamedTuple):
+    """A RUNNING stream as the health check sees it."""
+
+    stream_id: int
+    dlid: str
+    owner_pid: int | None
+    owner_host: str | None
+    owner_start: float | None
+    last_activity: float        # epoch seconds: start, or an instance created/started/ended
+    active_jobs: int            # latest instances QUEUED, SUBMITTED, RUNNING or TERMINATING

@@ -1,0 +1,519 @@
+"""Metrics and health: the pipeline as Prometheus sees it, and the verdict a probe wants.
+
+Why a module of its own: an operator running the daemon for years watches it from outside
+(Prometheus, a monitoring probe), not from the console. This module reads the same state the
+console does (the state database through ``engine.store``, the workspace's files) and turns
+it into
+
+- ``skydeck_*`` metric families (``SkydeckCollector``, a prometheus-client custom collector
+  registered in a registry of its own, so nothing touches the process-wide default
+  registry), rendered in the text exposition format to a node_exporter textfile written
+  atomically (``Exporter``, driven by the daemon) and served over HTTP by ``watch
+  --metrics-port``;
+- the daemon's heartbeat: each daemon replaces ``<logs>/heartbeat/<host>-<pid>.json`` every
+  ``[metrics] interval_s`` (and removes it when it stops);
+- ``health()``: the checks behind ``skydeck-engine health`` (daemon alive, not paused, no
+  stream stuck).
+
+Bytes per area come from the usage scan (``engine.pipeline.usage.stage_report``), which
+walks every file of the workspace: the daemon refreshes it every ``[metrics]
+usage_interval_s`` (default 5 minutes) on a thread of its own, never in its main loop; the
+other families are read at every write (a few aggregate queries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from engine import __version__
+from engine.core.diskspace import existing_parent
+from engine.core.errors import Busy
+from engine.core.owner import Owner, owner_dead
+from engine.core.workspace import Workspace
+from engine.pipeline.halts import HALT_FLAGS, halts, is_set_globally
+from engine.pipeline.usage import AREA_PATHS, launch_paused, stage_report
+from engine.store import StateDB
+from engine.store.records import PI_STATUSES, STREAM_STATUSES
+
+QUEUED_STATES = ("WAITING", "READY", "QUEUED")  # instances not yet handed to a launcher's job
+DELIVERY_STATES = ("CLAIMED", "PENDING", "ACCEPTED", "REJECTED")
+LATENCY_RECENT = 100            # registrations the latency summary covers
+LATENCY_QUANTILES = (0.5, 0.9, 1.0)
+HEARTBEAT_DIR = "heartbeat"     # under [paths] logs
+BEATS_PER_HEALTH = 4            # a heartbeat older than this many intervals is stale
+DEFAULT_STUCK_AFTER_S = 6 * 3600.0
+FREE_AREAS = ("downlinks", "stage")  # the output areas the disk reserve guards
+
+
+# ---------------------------------------------------------------------- heartbeat
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One daemon's last loop: who (pid, host, process start), when, and how often it beats."""
+
+    pid: int
+    host: str
+    start: float
+    t: float
+    interval_s: float
+    path: Path
+
+    def dead(self) -> tuple[bool, str]:
+        return owner_dead(self.pid, self.host, self.start)
+
+
+def heartbeat_dir(ws: Workspace) -> Path:
+    return ws.logs / HEARTBEAT_DIR
+
+
+def heartbeat_path(ws: Workspace, owner: Owner) -> Path:
+    return heartbeat_dir(ws) / f"{owner.host}-{owner.pid}.json"
+
+
+def _replace(target: Path, data: bytes) -> None:
+    """Write ``data`` to a dot-temporary beside ``target`` and rename it over ``target``: a
+    reader sees the old file or the new one, never a part. No fsync: losing the last beat or
+    snapshot to a power cut is harmless, and an fsync every few seconds is not free on NFS."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_heartbeat(ws: Workspace, owner: Owner, interval_s: float, now: float | None = None) -> Path:
+    p = heartbeat_path(ws, owner)
+    doc = {"pid": owner.pid, "host": owner.host, "start": owner.start,
+           "t": round(time.time() if now is None else now, 3), "interval_s": interval_s}
+    _replace(p, (json.dumps(doc) + "\n").encode())
+    return p
+
+
+def read_heartbeats(ws: Workspace) -> list[Heartbeat]:
+    """Every daemon heartbeat file that parses, newest first (an unreadable one is skipped:
+    it can only be a file someone else put there)."""
+    out: list[Heartbeat] = []
+    try:
+        entries = sorted(heartbeat_dir(ws).glob("*.json"))
+    except OSError:
+        return out
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        try:
+            d = json.loads(p.read_bytes()[:4096])
+            out.append(Heartbeat(int(d["pid"]), str(d["host"]), float(d["start"]),
+                                 float(d["t"]), float(d["interval_s"]), p))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda h: h.t, reverse=True)
+
+
+def sweep_dead_heartbeats(ws: Workspace) -> list[Path]:
+    """Remove the heartbeat files of daemons provably dead on this host (a daemon that was
+    killed cannot remove its own); those of other hosts stay."""
+    removed = []
+    for hb in read_heartbeats(ws):
+        if hb.dead()[0]:
+            with contextlib.suppress(OSError):
+                hb.path.unlink()
+                removed.append(hb.path)
+    return removed
+
+
+# ---------------------------------------------------------------------- facts
+
+@dataclass
+class AreaUsage:
+    """The last usage scan: bytes and files per area, when it ended and how long it took."""
+
+    bytes: dict[str, int]
+    files: dict[str, int]
+    scanned_at: float
+    duration_s: float
+
+
+@dataclass
+class Facts:
+    """Everything the metric families show, read at one moment."""
+
+    t: float
+    streams: dict[str, int]
+    instances: dict[tuple[str, str], int]
+    deliveries: dict[str, int]
+    oldest_unsettled_seen: float | None
+    latencies: list[float]
+    free: dict[str, tuple[int, int]]        # area -> (free, total) bytes of its file system
+    reserve: int
+    reserve_paused: bool
+    global_halts: list[str]
+    heartbeats: list[Heartbeat]
+    usage: AreaUsage | None = None
+
+
+def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None = None) -> Facts:
+    now = time.time() if now is None else now
+    with StateDB(ws.state_db) as db:
+        streams = db.stream_status_counts()
+        instances = db.instance_status_counts()
+        dels = db.delivery_status_counts()
+        oldest = db.oldest_unsettled_delivery()
+        lat = db.recent_registration_latencies(LATENCY_RECENT)
+    free: dict[str, tuple[int, int]] = {}
+    for area in FREE_AREAS:
+        with contextlib.suppress(OSError):
+            du = shutil.disk_usage(existing_parent(ws.path(area)))
+            free[area] = (du.free, du.total)
+    paused = False
+    with contextlib.suppress(OSError):
+        paused = launch_paused(ws)[0]
+    return Facts(now, streams, instances, dels, oldest, lat, free, ws.reserve_bytes, paused,
+                 [f for f in HALT_FLAGS if is_set_globally(ws, f)], read_heartbeats(ws), usage)
+
+
+def scan_usage(ws: Workspace) -> AreaUsage:
+    """The usage scan (slow on big trees: see the module docstring)."""
+    t0 = time.monotonic()
+    rep = stage_report(ws)
+    return AreaUsage({a: u.bytes for a, u in rep.areas.items()},
+                     {a: u.files for a, u in rep.areas.items()},
+                     time.time(), time.monotonic() - t0)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted, non-empty list: the value at rank ceil(q n)."""
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values) - 1e-9) - 1))
+    return sorted_values[i]
+
+
+def families(f: Facts) -> Iterator[Metric]:
+    """The ``skydeck_*`` metric families of ``f``. Labelled gauges list every known status
+    (0 included), so a series does not vanish when its count drops to zero."""
+    info = InfoMetricFamily("skydeck", "skydeck release", value={"version": __version__})
+    yield info
+
+    g = GaugeMetricFamily("skydeck_streams", "Latest streams by status", labels=["status"])
+    for st in sorted(set(STREAM_STATUSES) | set(f.streams)):
+        g.add_metric([st], f.streams.get(st, 0))
+    yield g
+
+    g = GaugeMetricFamily("skydeck_process_instances",
+                          "Latest process instances of latest streams by process and status",
+                          labels=["process", "status"])
+    for proc in sorted({p for p, _ in f.instances}):
+        for st in sorted(set(PI_STATUSES) | {s for p, s in f.instances if p == proc}):
+            g.add_metric([proc, st], f.instances.get((proc, st), 0))
+    yield g
+
+    g = GaugeMetricFamily("skydeck_queue_depth",
+                          "Process instances not yet running (WAITING, READY, QUEUED)",
+                          labels=["status"])
+    for st in QUEUED_STATES:
+        g.add_metric([st], sum(n for (_, s), n in f.instances.items() if s == st))
+    yield g
+
+    g = GaugeMetricFamily("skydeck_deliveries", "Deliveries seen by status", labels=["status"])
+    for st in sorted(set(DELIVERY_STATES) | set(f.deliveries)):
+        g.add_metric([st], f.deliveries.get(st, 0))
+    yield g
+
+    age = 0.0 if f.oldest_unsettled_seen is None else max(0.0, f.t - f.oldest_unsettled_seen)
+    yield GaugeMetricFamily("skydeck_oldest_pending_delivery_age_seconds",
+                            "Age of the oldest delivery seen but not yet registered or "
+                            "rejected (0: none)", value=age)
+
+    s = Metric("skydeck_registration_latency_seconds",
+               f"Delivery complete to downlink registered, the {LATENCY_RECENT} latest "
+               "registrations", "summary")
+    lat = sorted(f.latencies)
+    if lat:
+        for q in LATENCY_QUANTILES:
+            s.add_sample(s.name, {"quantile": repr(q)}, _quantile(lat, q))
+    s.add_sample(s.name + "_count", {}, len(lat))
+    s.add_sample(s.name + "_sum", {}, sum(lat))
+    yield s
+
+    if f.usage is not None:
+        g = GaugeMetricFamily("skydeck_area_bytes", "Disk usage per workspace area (du)",
+                              labels=["area"])
+        h = GaugeMetricFamily("skydeck_area_files", "Files per workspace area", labels=["area"])
+        for area in AREA_PATHS:
+            g.add_metric([area], f.usage.bytes.get(area, 0))
+            h.add_metric([area], f.usage.files.get(area, 0))
+        yield g
+        yield h
+        yield GaugeMetricFamily("skydeck_area_scan_timestamp_seconds",
+                                "When the usage scan behind skydeck_area_bytes ended",
+                                value=f.usage.scanned_at)
+        yield GaugeMetricFamily("skydeck_area_scan_duration_seconds",
+                                "How long that usage scan took", value=f.usage.duration_s)
+
+    g = GaugeMetricFamily("skydeck_disk_free_bytes",
+                          "Free bytes on the file system of an output area", labels=["area"])
+    t = GaugeMetricFamily("skydeck_disk_total_bytes",
+                          "Size of the file system of an output area", labels=["area"])
+    for area, (free, total) in f.free.items():
+        g.add_metric([area], free)
+        t.add_metric([area], total)
+    yield g
+    yield t
+    yield GaugeMetricFamily("skydeck_disk_reserve_bytes",
+                            "Free space work must leave ([disk] reserve_bytes)", value=f.reserve)
+    yield GaugeMetricFamily("skydeck_disk_reserve_paused",
+                            "1 while launching pauses: free space under the reserve",
+                            value=int(f.reserve_paused))
+
+    g = GaugeMetricFamily("skydeck_halt_flag", "1 while a global halt flag is set",
+                          labels=["flag"])
+    for flag in HALT_FLAGS:
+        g.add_metric([flag], int(flag in f.global_halts))
+    yield g
+
+    alive = [hb for hb in f.heartbeats if not hb.dead()[0]]
+    yield GaugeMetricFamily("skydeck_daemons", "Daemons with a heartbeat file whose process "
+                            "is not provably dead", value=len(alive))
+    if f.heartbeats:
+        yield GaugeMetricFamily("skydeck_daemon_heartbeat_timestamp_seconds",
+                                "The newest daemon heartbeat (its last loop)",
+                                value=f.heartbeats[0].t)
+
+
+class SkydeckCollector(Collector):
+    """A prometheus-client collector reading a workspace at each collection. ``usage`` gives
+    the latest usage scan (a callable, so a scrape sees the scan the daemon refreshed)."""
+
+    def __init__(self, ws: Workspace, usage: Any = None) -> None:
+        self.ws = ws
+        self.usage = usage or (lambda: None)
+
+    def collect(self) -> Iterable[Metric]:
+        return list(families(read_facts(self.ws, self.usage())))
+
+
+def registry_for(collector: Collector) -> CollectorRegistry:
+    """A registry of its own holding only ``collector`` (the process-wide default registry,
+    with its process and platform collectors, is never touched)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def render(ws: Workspace, usage: AreaUsage | None = None) -> bytes:
+    """The text exposition of a workspace's metrics, once."""
+    return generate_latest(registry_for(SkydeckCollector(ws, lambda: usage)))
+
+
+def textfile_path(ws: Workspace) -> Path | None:
+    """``[metrics] textfile`` resolved against the workspace root; None when it is off."""
+    rel = ws.settings.metrics.textfile
+    if not rel:
+        return None
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else ws.root / p
+
+
+def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None) -> Path:
+    """Render and replace ``path`` atomically (node_exporter reads only ``*.prom``: the
+    dot-temporary beside it is never read)."""
+    _replace(path, render(ws, usage))
+    return path
+
+
+# ---------------------------------------------------------------------- the daemon's side
+
+@dataclass
+class Exporter:
+    """What the daemon calls once per loop (``tick``): every ``interval_s`` it writes its
+    heartbeat (unless ``beat`` is off, as for ``watch --once``) and the textfile; the usage
+    scan runs on a thread of its own every ``usage_interval_s``. ``serve`` adds the HTTP
+    endpoint. Errors propagate to the caller (the daemon contains them as ``metrics``)."""
+
+    ws: Workspace
+    beat: bool = True
+    owner: Owner = field(default_factory=Owner.me)
+    _next: float = 0.0
+    _usage: AreaUsage | None = None
+    _usage_next: float = 0.0
+    _scanner: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: Any = None
+    _scan_error: str | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return self.ws.settings.metrics.interval_s
+
+    def usage(self) -> AreaUsage | None:
+        with self._lock:
+            return self._usage
+
+    def _scan(self) -> None:
+        try:
+            u = scan_usage(self.ws)
+        except Exception as err:  # reported through the next tick, never kills the thread
+            self._scan_error = f"usage scan: {type(err).__name__}: {err}"
+            return
+        with self._lock:
+            self._usage = u
+
+    def refresh_usage(self, wait: bool = False) -> None:
+        """Start a usage scan unless one is running; ``wait``: run it here."""
+        self._usage_next = time.monotonic() + self.ws.settings.metrics.usage_interval_s
+        if wait:
+            if self._scanner is not None:
+                self._scanner.join()
+            self._scan()
+            return
+        if self._scanner is None or not self._scanner.is_alive():
+            self._scanner = threading.Thread(target=self._scan, name="usage-scan", daemon=True)
+            self._scanner.start()
+
+    def tick(self, force: bool = False) -> bool:
+        """Beat and write when due (or ``force``); True when it did."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return False
+        self._next = now + self.interval_s
+        if self.beat:
+            write_heartbeat(self.ws, self.owner, self.interval_s)
+        if self._server is not None or textfile_path(self.ws) is not None:
+            if now >= self._usage_next:
+                self.refresh_usage()
+            err, self._scan_error = self._scan_error, None
+            path = textfile_path(self.ws)
+            if path is not None:
+                write_textfile(self.ws, path, self.usage())
+            if err:
+                raise RuntimeError(err)
+        return True
+
+    def final(self) -> Path | None:
+        """``watch --once``'s write at its end: the usage scanned here, then the textfile."""
+        path = textfile_path(self.ws)
+        if path is None:
+            return None
+        self.refresh_usage(wait=True)
+        return write_textfile(self.ws, path, self.usage())
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve the same families over HTTP (``/metrics``) on a thread; returns the port
+        (``port`` 0 picks a free one). Busy (exit 3) when the port cannot be bound."""
+        from prometheus_client.exposition import start_http_server
+        try:
+            server, _thread = start_http_server(port, addr,
+                                                registry=registry_for(SkydeckCollector(
+                                                    self.ws, self.usage)))
+        except OSError as err:
+            raise Busy(f"--metrics-port {port}: cannot listen on {addr}: "
+                       f"{err.strerror or err}") from None
+        self._server = server
+        return int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving and remove this daemon's heartbeat (it stopped: no longer alive)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self.beat:
+            with contextlib.suppress(OSError):
+                heartbeat_path(self.ws, self.owner).unlink()
+
+
+# ---------------------------------------------------------------------- health
+
+@dataclass(frozen=True)
+class Check:
+    """One health check's verdict; ``detail`` is the line an operator reads."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def _ago(s: float) -> str:
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
+
+
+def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
+           stuck_after: float = DEFAULT_STUCK_AFTER_S, now: float | None = None) -> list[Check]:
+    """The checks of ``skydeck-engine health``; healthy when every one is ok.
+
+    - ``daemon``: some daemon's heartbeat is younger than ``heartbeat_max_age`` (default
+      ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
+    - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
+      is not under the reserve (launching would pause).
+    - ``stuck:<dlid>``: a latest stream that is RUNNING and not held by a halt flag is stuck
+      when its runner (the stream's owner) is provably dead and nothing happened for longer
+      than ``heartbeat_max_age`` (no daemon took it over), or when nothing happened for
+      longer than ``stuck_after`` whatever its runner; "happened" is the stream starting or
+      one of its instances being created, started or ending.
+    """
+    now = time.time() if now is None else now
+    max_age = heartbeat_max_age or BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+    checks: list[Check] = []
+
+    beats = read_heartbeats(ws)
+    fresh = [hb for hb in beats if now - hb.t <= max_age and not hb.dead()[0]]
+    if fresh:
+        hb = fresh[0]
+        checks.append(Check("daemon", True, f"daemon pid {hb.pid} on {hb.host} "
+                                             f"beat {_ago(max(0.0, now - hb.t))}"))
+    elif not beats:
+        checks.append(Check("daemon", False, f"no daemon heartbeat in {heartbeat_dir(ws)} "
+                                              "(no `skydeck-engine watch` running here)"))
+    else:
+        hb = beats[0]
+        dead, why = hb.dead()
+        state = why if dead else f"older than {max_age:g} s"
+        checks.append(Check("daemon", False, f"daemon pid {hb.pid} on {hb.host} last beat "
+                                              f"{_ago(max(0.0, now - hb.t))} ({state})"))
+
+    for flag in halts(ws):
+        checks.append(Check(f"halt:{flag}", False,
+                            f"halt flag {flag} is set globally ({ws.path('flags') / flag})"))
+    paused, why = launch_paused(ws)
+    checks.append(Check("disk", not paused, why or "free space above the reserve"))
+
+    with StateDB(ws.state_db) as db:
+        running = db.running_streams_activity()
+    for rs in running:
+        if halts(ws, rs.dlid):
+            continue  # held on purpose; a global flag is reported above
+        idle = max(0.0, now - rs.last_activity)
+        dead, why = owner_dead(rs.owner_pid, rs.owner_host, rs.owner_start)
+        if dead and idle > max_age:
+            checks.append(Check(f"stuck:{rs.dlid}", False,
+                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
+                                f"nothing happened for {idle:.0f} s"))
+        elif idle > stuck_after:
+            checks.append(Check(f"stuck:{rs.dlid}", False,
+                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
+                                f"for {idle:.0f} s (over {stuck_after:g} s; "
+                                f"{rs.active_jobs} job(s) in flight)"))
+    if not any(c.name.startswith("stuck:") for c in checks):
+        checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
+    return checks
+
