@@ -41,15 +41,19 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, er
 
 class Writeback:
     """Starts the writeback of byte ranges of the output (``sync_file_range`` with
-    ``SYNC_FILE_RANGE_WRITE``: asynchronous, returns once the writes are queued). Linux
+    ``SYNC_FILE_RANGE_WRITE``), from a thread of its own: the call queues the writes but
+    blocks while the disk's queue is full, and the copy must not wait for the disk. Linux
     only; elsewhere, or if the call fails once, it does nothing and the fsync at the end
-    writes everything, as before. Durability is unchanged: the fsync still decides."""
+    writes everything, as before. Durability is unchanged: the fsync still decides.
+    ``close`` drops ranges not yet started (the fsync writes them) and waits for the
+    running call, so the output's descriptor can be closed after it."""
 
     SYNC_FILE_RANGE_WRITE = 2
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.call: Any = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skydeck-writeback")
         try:
             import ctypes
 
@@ -62,9 +66,16 @@ class Writeback:
             pass
 
     def start(self, offset: int, nbytes: int) -> None:
-        if self.call is not None and nbytes > 0 and self.call(self.fd, offset, nbytes,
-                                                              self.SYNC_FILE_RANGE_WRITE) != 0:
+        if self.call is not None and nbytes > 0:
+            self.thread.submit(self._sync, offset, nbytes)
+
+    def _sync(self, offset: int, nbytes: int) -> None:
+        call = self.call
+        if call is not None and call(self.fd, offset, nbytes, self.SYNC_FILE_RANGE_WRITE) != 0:
             self.call = None  # e.g. a file system without it: leave it all to the fsync
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
 
 
 def worker_memory(sources: list[SourceInfo], batch: int) -> int:
@@ -176,6 +187,7 @@ class BatchWorker:
     def close(self) -> None:
         self.writer.shutdown(wait=True)
         self.copier.shutdown(wait=True)
+        self.writeback.close()
         for f in self.files:
             f.close()
         for fd in (*self.rawfd, self.fd):
