@@ -14,7 +14,7 @@ dataset's byte offset. Rows a source lacks stay unwritten and read as zeros.
 Once a batch's rows are in the output's page cache, the worker asks the kernel to start
 writing them to disk (``sync_file_range``, ``Writeback``), so the disk writes while the
 next batches are copied and the final fsync (``engine.builder.output.commit_output``) finds
-little left to do: on the development VM it took 0.3-0.4 s of a 0.6-0.8 s build of 0.55 GB
+little left to do: on the development VM that fsync took 0.3-0.4 s of a 0.65-0.85 s build of 0.55 GB
 when all of it was left to the end (issue 13, docs/benchmarks.md).
 """
 
