@@ -9,8 +9,18 @@ in the same run, because this machine is shared and absolute times drift.
    Where the time of the fastest run went: its phases from `build --json` (plan, create,
    copy, finalise) and its wall time, against the whole process's time.
 3. Peak memory of a worker on a several-GB input against 2 x batch bytes + 300 MB.
+4. Whole process against whole process (issue 13), as a user meets it: the wall time of a
+   `skydeck-engine build` process (1 rank; 2 and 3 ranks reported) against a whole Python
+   process that copies the same present payload rows with plain h5py reads and writes
+   (``REFERENCE_COPY``), same run, same bytes, on three source layouts: contiguous; chunked
+   unfiltered (about 1 MB chunks, odd dtypes, secondaries lacking 30-60 % of the events);
+   gzip-compressed. Throughput is payload bytes present in the sources over process wall
+   time, so the ratio is the reference's time over the builder's. With the phases of the
+   builder's fastest run (``build --json``).
+5. Start-up: `skydeck-engine --version` and `--help` against a bare `python -c pass`.
 
-Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_build.py [--events N --sources S]``.
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_build.py [--events N --sources S]``;
+``--only layouts`` or ``--only startup`` runs parts 4 or 5 alone.
 """
 
 from __future__ import annotations
@@ -124,11 +134,12 @@ def raw_copy(src: Path, out: Path, batch: int) -> tuple[int, float]:
     return n, el
 
 
-def build(src: Path, out: Path, ranks: int, batch: int) -> dict:
+def build(src: Path, out: Path, ranks: int, batch: int, engine: bool = False) -> dict:
     """One `skydeck-engine build --json`; its summary, plus ``process_s``: the whole
-    process's wall time as its caller sees it (interpreter start and imports included)."""
-    cmd = [sys.executable, "-m", "engine", "build", str(src), "-o", str(out), "--batch", str(batch),
-           "--json"]
+    process's wall time as its caller sees it (interpreter start and imports included).
+    ``engine``: run the installed ``skydeck-engine`` script, as a user does."""
+    run = [str(BIN / "skydeck-engine")] if engine else [sys.executable, "-m", "engine"]
+    cmd = [*run, "build", str(src), "-o", str(out), "--batch", str(batch), "--json"]
     if ranks > 1:
         cmd = [str(BIN / "mpiexec"), "-n", str(ranks), *cmd]
     t = time.perf_counter()
@@ -189,6 +200,152 @@ def bench_build(events: int, nsrc: int, batch: int, repeats: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# The reference of part 4: a whole Python process that copies the present payload rows of
+# every source with plain h5py reads and writes, a batch at a time, into one HDF5 file.
+# Its last argument "fsync" makes it also fsync its output, as the builder does before it
+# renames its output into place (the same durability: the second reference).
+REFERENCE_COPY = """
+import os, sys, h5py, numpy as np
+src, out, batch, sync = sys.argv[1:-3], sys.argv[-3], int(sys.argv[-2]), sys.argv[-1] == "fsync"
+with h5py.File(out, "w") as g:
+    for p in src:
+        with h5py.File(p, "r") as f:
+            d = f["data"]
+            o = g.create_dataset(p.rsplit("/", 1)[-1], shape=d.shape, dtype=d.dtype)
+            for a in range(0, d.shape[0], batch):
+                o[a:a + batch] = d[a:a + batch]
+if sync:
+    fd = os.open(out, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+"""
+
+# Part 4's sources: (dtype, row shape) per source, odd sizes on purpose (about 100 kB a row)
+LAYOUT_DTYPES = [("<i2", (50_003,)), (">f4", (25_013,)), ("<c8", (12_007,)), ("u1", (99_991,))]
+LAYOUTS = ("contiguous", "chunked", "gzip")
+
+
+def write_layouts(work: Path, events: int, nsrc: int) -> dict[str, Path]:
+    """The same sources in three layouts: one directory each, identical timestamps and rows.
+
+    The principal (``s0``, with small data) has every event; each secondary lacks 30-60 %
+    of them at random. Chunked layouts hold about 1 MB per chunk (whole rows, a partial last
+    chunk). Values are small random integers, so gzip has something to compress."""
+    rng = np.random.default_rng(13)
+    ts = np.uint64(10**18) + np.cumsum(rng.integers(8_000_000, 8_400_000, events)).astype(np.uint64)
+    dirs = {name: work / name for name in LAYOUTS}
+    for d in dirs.values():
+        d.mkdir()
+    for k in range(nsrc):
+        dtype, shape = LAYOUT_DTYPES[k % len(LAYOUT_DTYPES)]
+        keep = np.ones(events, bool) if k == 0 else rng.random(events) >= rng.uniform(0.3, 0.6)
+        n = int(keep.sum())
+        data = rng.integers(0, 16, (n, *shape), dtype=np.uint8).astype(dtype)
+        row_bytes = data[0].nbytes
+        crow = max(1, (1 << 20) // row_bytes)
+        for name, d in dirs.items():
+            opts: dict = {}
+            if name != "contiguous":
+                opts["chunks"] = (crow, *shape)
+            if name == "gzip":
+                opts["compression"] = "gzip"
+            with h5py.File(d / f"s{k}.h5", "w") as f:
+                f["timestamp"] = ts[keep]
+                f.create_dataset("data", data=data, **opts)
+                if k == 0:
+                    f["smalldata/run"] = np.full(n, 7, dtype=np.int64)
+        del data
+    return dirs
+
+
+def timed(cmd: list[str]) -> float:
+    """Wall seconds of a whole process, as its caller sees it."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def payload_present(src: Path) -> int:
+    n = 0
+    for p in sorted(src.glob("*.h5")):
+        with h5py.File(p) as f:
+            n += f["data"].size * f["data"].dtype.itemsize
+    return n
+
+
+def bench_layouts(events: int, nsrc: int, batch: int, repeats: int, layouts: tuple[str, ...] = LAYOUTS,
+                  ranks_list: tuple[int, ...] = (1, 2, 3)) -> None:
+    work = Path(tempfile.mkdtemp(prefix="skydeck-bench13-", dir=os.environ.get("SKYDECK_BENCH_DIR")))
+    try:
+        dirs = write_layouts(work, events, nsrc)
+        ref_script = work / "h5py_copy.py"
+        ref_script.write_text(REFERENCE_COPY)
+        print(f"whole process, {nsrc} sources x {events} events (load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
+        for name, src in dirs.items():
+            if name not in layouts:
+                continue
+            present = payload_present(src)
+            files = [str(p) for p in sorted(src.glob("*.h5"))]
+            ref_out = work / "ref.h5"
+            ref_cmd = [sys.executable, str(ref_script), *files, str(ref_out), str(batch)]
+
+            def ref_run(sync: str, cmd: list[str] = ref_cmd, made: Path = ref_out) -> float:
+                t = timed([*cmd, sync])
+                made.unlink()  # a new file every run, like the builder's output
+                return t
+
+            out = work / "out.h5"
+            build(src, out, 1, batch)  # warm-up: page cache of the sources
+            ref_run("-")
+            for ranks in ranks_list:
+                refs, syncs, procs, reps = [], [], [], []
+                for _ in range(repeats):
+                    refs.append(ref_run("-"))
+                    rep = build(src, out, ranks, batch, engine=True)
+                    syncs.append(ref_run("fsync"))
+                    procs.append(rep["process_s"])
+                    reps.append(rep)
+                    assert rep["bytes_read"] >= present, (rep["bytes_read"], present)
+                best, ref, ref_sync = min(procs), min(refs), min(syncs)
+                goal = ">= 1.2" if ranks == 1 and name != "gzip" else "report"
+                row(f"{name}: build {ranks} rank(s) process vs h5py copy process (GB/s of "
+                    f"{present / 1e9:.2f} GB)", f"{present / best / 1e9:.3f}", f"{present / ref / 1e9:.3f}",
+                    f"{ref / best:.2f}", goal)
+                row(f"{name}: build {ranks} rank(s) process vs h5py copy + fsync process (GB/s)",
+                    f"{present / best / 1e9:.3f}", f"{present / ref_sync / 1e9:.3f}",
+                    f"{ref_sync / best:.2f}", "report")
+                print(f"    all runs s: build {[round(x, 3) for x in procs]}, "
+                      f"h5py copy {[round(x, 3) for x in refs]}, + fsync {[round(x, 3) for x in syncs]}",
+                      flush=True)
+                row(f"{name}: build {ranks} rank(s) phases of the fastest run (s)",
+                    phase_split(reps[procs.index(best)]), "-", "-", "report")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_startup(repeats: int) -> None:
+    """Best of ``repeats`` wall times of whole processes, interleaved."""
+    exe = str(BIN / "skydeck-engine")
+    cmds = {"--version": [exe, "--version"], "--help": [exe, "--help"],
+            "python -c pass": [sys.executable, "-c", "pass"],
+            # what a build process imports before build() starts, against the h5py copy's
+            "build imports": [sys.executable, "-c", "import engine.cli.build"],
+            "h5py copy imports": [sys.executable, "-c", "import h5py, numpy"]}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for k, c in cmds.items():
+            times[k].append(timed(c))
+    bare = min(times["python -c pass"])
+    for k in ("--version", "--help"):
+        t = min(times[k])
+        row(f"start-up: skydeck-engine {k} (ms) vs python -c pass", f"{t * 1e3:.1f}", f"{bare * 1e3:.1f}",
+            f"{t / bare:.2f}", "< 100 ms")
+    t, ref = min(times["build imports"]), min(times["h5py copy imports"])
+    row("start-up of a build: python -c 'import engine.cli.build' vs 'import h5py, numpy' (ms)",
+        f"{t * 1e3:.1f}", f"{ref * 1e3:.1f}", f"{t / ref:.2f}", "report")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1000)
@@ -196,10 +353,20 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--layout-events", type=int, default=3000, help="events of part 4 (rows of ~100 kB)")
+    ap.add_argument("--only", choices=("layouts", "startup"), default=None)
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="part 4's layouts, comma-separated")
+    ap.add_argument("--ranks", default="1,2,3", help="part 4's rank counts, comma-separated")
     args = ap.parse_args()
-    bench_matching()
-    if not args.skip_build:
-        bench_build(args.events, args.sources, args.batch, args.repeats)
+    if args.only is None:
+        bench_matching()
+        if not args.skip_build:
+            bench_build(args.events, args.sources, args.batch, args.repeats)
+    if args.only in (None, "layouts"):
+        bench_layouts(args.layout_events, args.sources, args.batch, args.repeats,
+                      tuple(args.layouts.split(",")), tuple(int(r) for r in args.ranks.split(",")))
+    if args.only in (None, "startup"):
+        bench_startup(max(10, args.repeats))
     print("\n| measurement | skydeck | reference | ratio | goal |")
     print("|---|---|---|---|---|")
     for r in ROWS:

@@ -29,7 +29,6 @@ from typing import IO
 
 import h5py
 import numpy as np
-import psutil
 
 from engine.core.diskspace import human_bytes
 from engine.core.errors import BadInput
@@ -130,9 +129,25 @@ def open_h5(path: Path) -> h5py.File:
         raise BadInput(f"cannot open HDF5 file: {text.splitlines()[0]}", path) from None
 
 
+def available_memory() -> int:
+    """Bytes of memory available now: the kernel's ``MemAvailable`` (what psutil reports on
+    Linux), read from /proc/meminfo without importing psutil, which every build would pay
+    for at start-up (issue 13); psutil where /proc/meminfo has no such line."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
     """BadInput when ``need`` bytes exceed the memory this machine has available now."""
-    avail = psutil.virtual_memory().available
+    avail = available_memory()
     if need > avail:
         raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
 

@@ -9,7 +9,6 @@ be saved as HDF5 or NPZ (never pickle) and reused.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +123,8 @@ class MatchTable:
         if suffix not in (".npz", ".h5", ".hdf5"):
             raise BadInput("index file must end in .npz or .h5", path)
         check_regular(path)
+        import zipfile  # only builds that read a saved table pay for it (issue 13, start-up)
+
         try:
             if suffix == ".npz":
                 _check_npz(path)
@@ -151,6 +152,8 @@ class MatchTable:
 def _check_npz(path: Path) -> None:
     """Each member's declared shape must fit the bytes it holds and this machine's memory
     (NumPy allocates the declared array before reading a zip member into it)."""
+    import zipfile
+
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
             with z.open(info) as fh:

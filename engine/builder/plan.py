@@ -33,7 +33,6 @@ from engine.core.diskspace import check_space
 from engine.core.errors import BadInput
 from engine.core.ids import NS
 from engine.core.inputs import check_regular
-from engine.intake.retdef import parse as parse_retdef
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -141,6 +140,8 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
             fields = ChainMap(small, {"timestamp": pts})  # type: ignore[arg-type]
             mask &= selection.evaluate(fields, principal.n, principal.path)
         if opt.retdef is not None:
+            from engine.intake.retdef import parse as parse_retdef  # only builds that use one pay
+
             rd = parse_retdef(opt.retdef)
             win = np.zeros(principal.n, dtype=bool)
             for s in rd.spans:

@@ -17,8 +17,6 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import psutil
-
 from engine.core.errors import BadInput
 
 
@@ -41,6 +39,8 @@ def sweep_stale_temps(target: Path) -> list[Path]:
             pid = int(p.name[len(prefix):])
         except ValueError:
             continue
+        import psutil  # here, not at the top: every build imports this module (issue 13)
+
         if pid != os.getpid() and psutil.pid_exists(pid):
             continue
         if p.is_dir() and not p.is_symlink():
