@@ -1,7 +1,9 @@
 """Write-to-temporary-then-rename, so a reader never sees a half-written file.
 
 A killed writer leaves only a dot-file named ``.<name>.tmp-<pid>`` next to the target;
-``sweep_stale_temps`` removes those whose pid is dead, so reruns start clean.
+``sweep_stale_temps`` removes those whose pid is dead, so reruns start clean. Every
+``atomic_path`` (and so every ``atomic_write_bytes``) sweeps its target's first: the next
+write of a file cleans up after a writer of it that was killed.
 
 The rename would just as atomically replace an input: ``build DIR -o DIR/epix.h5`` once
 exited 0 after destroying its source. ``refuse_alias`` is the one check every command
@@ -71,9 +73,11 @@ def fsync_dir(d: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it onto ``target``, on error remove it."""
+    """Yield a temporary path; on success rename it onto ``target``, on error remove it.
+    Temporaries of ``target`` that dead writers left (this process's own included) go
+    first."""
+    sweep_stale_temps(target)
     tmp = temp_name(target)
-    remove_path(tmp)
     try:
         yield tmp
     except BaseException:

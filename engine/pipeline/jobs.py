@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path, sweep_stale_temps
+from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path
 from engine.core.errors import BadInput, JobFailed, SkydeckError
 from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
 from engine.core.workspace import Workspace
@@ -71,7 +71,6 @@ def merge_indices(ws: Workspace, dlid: str) -> dict:
     index = {"dlid": dlid, "runs": sorted(counts), "events": {str(k): v for k, v in sorted(counts.items())},
              "chunks": runs_by_chunk}
     target = ws.downlinks / dlid / INDEX_NAME
-    sweep_stale_temps(target)  # a killed earlier execution's temporary
     atomic_write_bytes(target, json.dumps(index, indent=1).encode() + b"\n")
     _summary("Pipeline.runs: " + " ".join(str(r) for r in index["runs"]))
     _summary(f"Pipeline.output: {target}")
@@ -162,7 +161,6 @@ def merge_evt(ws: Workspace, dlid: str, run: int, max_events: int) -> list[Path]
         b = min(a + max_events, len(ts))
         first_event = int(np.searchsorted(done, ts[a])) + a  # position in the run's sequence
         target = rdir / f"{staged_name(run, first_event)}.h5"
-        sweep_stale_temps(target)
         _write_staged(target, inputs, names, sources, ts[a:b], src[a:b], row[a:b], run, dlid)
         (tokens / staged_name(run, first_event)).touch()
         written.append(target)

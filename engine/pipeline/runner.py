@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.core.atomic import atomic_write_bytes, sweep_stale_temps
+from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import run_hex, run_name
 from engine.core.owner import Owner
@@ -480,7 +480,6 @@ class StreamRunner:
             target = self.outdir / rd.name
             data = rd.read_bytes()
             if not target.exists() or target.read_bytes() != data:
-                sweep_stale_temps(target)  # a killed earlier runner's temporary
                 atomic_write_bytes(target, data)
             self.db.record_file(target, pdef.name, pi.id, self.dlid, manifest.md5_file(target))
             chunks.append(rd.name[len(f"RetDef-{self.dlid}-"):-len(".xml")])
