@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.core.workspace import Workspace, init_workspace  # noqa: E402
 from engine.mock.delivery import MockSpec, deliver  # noqa: E402
-from engine.pipeline.launcher import LocalLauncher  # noqa: E402
+from engine.pipeline.launcher import Launcher, LocalLauncher  # noqa: E402
 from engine.pipeline.runner import run_stream  # noqa: E402
 from engine.pipeline.task import parse_task  # noqa: E402
 from engine.pipeline.usage import du  # noqa: E402
@@ -80,22 +80,32 @@ def bench_latency(tmp: Path, n: int) -> dict:
             "max_s": max(lat)}
 
 
-def bench_overhead(tmp: Path, n: int, jobs: int) -> dict:
+def run_empty_stream(tmp: Path, n: int, launcher: Launcher, gen_local: bool = False) -> float:
+    """Wall time of a stream of ``n + 1`` empty instances (``gen``, then ``n`` x ``true`` as
+    a ``foreach`` substream) run by ``run_stream`` with ``launcher``; ``gen_local`` keeps
+    ``gen`` on this host under a batch launcher."""
     gen = ("import os; open(os.environ['PIPELINE_SUMMARY'], 'a').write('Pipeline.items: ' + "
            f"' '.join(str(i) for i in range({n})) + chr(10))")
     task_path = tmp / "empty.toml"
-    task_path.write_text(f'[task]\nname = "halfpipe"\n[[process]]\nname = "gen"\ncommand = ["{{python}}", '
-                         f'"-c", "{gen}"]\n[[process]]\nname = "empty"\nafter = ["gen"]\n'
-                         'foreach = "items"\ncommand = ["true"]\n')
+    task_path.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "gen"\n'
+                         + ('launcher = "local"\n' if gen_local else "")
+                         + f'command = ["{{python}}", "-c", "{gen}"]\n[[process]]\n'
+                         'name = "empty"\nafter = ["gen"]\nforeach = "items"\n'
+                         'command = ["true"]\n')
     ws = _ws(tmp / "ovh")
     task = parse_task(task_path)
     with StateDB(ws.state_db) as db:
         db.register_downlink(Downlink("251127999", "level0", "/nonexistent", 1, False, None,
                                       time.time(), time.time()))
         t0 = time.perf_counter()
-        runner = run_stream(ws, db, task, "251127999", LocalLauncher(jobs), poll_s=0.001)
+        runner = run_stream(ws, db, task, "251127999", launcher, poll_s=0.001)
         wall = time.perf_counter() - t0
         assert runner.status == "SUCCESS", runner.note
+    return wall
+
+
+def bench_overhead(tmp: Path, n: int, jobs: int) -> dict:
+    wall = run_empty_stream(tmp, n, LocalLauncher(jobs))
     t0 = time.perf_counter()   # reference: the same subprocesses without the engine
     procs: list[subprocess.Popen] = []
     for _ in range(n):

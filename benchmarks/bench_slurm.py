@@ -28,13 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_pipeline import run_empty_stream  # noqa: E402  (same folder)
+
 from engine.core.settings import Slurm  # noqa: E402
 from engine.core.workspace import Workspace, init_workspace  # noqa: E402
 from engine.mock.delivery import MockSpec, deliver  # noqa: E402
-from engine.pipeline.runner import run_stream  # noqa: E402
 from engine.pipeline.slurm import SlurmLauncher  # noqa: E402
-from engine.pipeline.task import load_task, parse_task  # noqa: E402
-from engine.store import Downlink, StateDB  # noqa: E402
+from engine.pipeline.task import load_task  # noqa: E402
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 SLURM_DIR = Path(os.environ.get("SKYDECK_SLURM_DIR", "/tmp/skydeck-slurm"))
@@ -77,23 +77,7 @@ def _ws(root: Path, launcher: str = "local") -> Workspace:
 
 
 def bench_overhead(tmp: Path, n: int, jobs: int) -> dict[str, float]:
-    gen = ("import os; open(os.environ['PIPELINE_SUMMARY'], 'a').write('Pipeline.items: ' + "
-           f"' '.join(str(i) for i in range({n})) + chr(10))")
-    task_path = tmp / "empty.toml"
-    task_path.write_text(f'[task]\nname = "halfpipe"\n[[process]]\nname = "gen"\n'
-                         f'launcher = "local"\ncommand = ["{{python}}", "-c", "{gen}"]\n'
-                         '[[process]]\nname = "empty"\nafter = ["gen"]\nforeach = "items"\n'
-                         'command = ["true"]\n')
-    ws = _ws(tmp / "ovh")
-    task = parse_task(task_path)
-    with StateDB(ws.state_db) as db:
-        db.register_downlink(Downlink("251201999", "level0", "/nonexistent", 1, False, None,
-                                      time.time(), time.time()))
-        t0 = time.perf_counter()
-        runner = run_stream(ws, db, task, "251201999", SlurmLauncher(Slurm(), jobs),
-                            poll_s=0.001)
-        wall = time.perf_counter() - t0
-        assert runner.status == "SUCCESS", runner.note
+    wall = run_empty_stream(tmp, n, SlurmLauncher(Slurm(), jobs), gen_local=True)
     # reference: the same empty jobs straight to sbatch, each leaving an exit file
     ref_dir = tmp / "ref"
     ref_dir.mkdir()

@@ -206,6 +206,14 @@ command = ["sh", "-c", "if [ -e {workspace}/second-{dlid} ]; then exit 0; fi; to
 """
 
 
+def _victim_running(w: Workspace, dlid: str) -> str:
+    """The Slurm job id of the victim process once its job runs (it touched its marker)."""
+    def running_job():
+        pis = [p for p in _all_instances(w, dlid) if p.process == "victim" and p.job_id]
+        return pis and (w.root / f"second-{dlid}").exists() and pis[0].job_id
+    return wait_for(running_job, 60, 0.1, "the victim job running")
+
+
 @pytest.mark.parametrize("retries", [1, 0])
 def test_scancel_from_outside_is_a_failure_the_retries_cover(tmp_path, retries):
     dlid = f"25120110{5 + retries}"
@@ -213,10 +221,7 @@ def test_scancel_from_outside_is_a_failure_the_retries_cover(tmp_path, retries):
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     proc = _run_proc(w, dlid, tmp_path / "run.log")
 
-    def running_job():
-        pis = [p for p in _all_instances(w, dlid) if p.process == "victim" and p.job_id]
-        return pis and (w.root / f"second-{dlid}").exists() and pis[0].job_id
-    job_id = wait_for(running_job, 60, 0.1, "the victim job running")
+    job_id = _victim_running(w, dlid)
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     assert proc.wait(120) == (0 if retries else 1), (tmp_path / "run.log").read_text()
     pis = _all_instances(w, dlid)
@@ -347,10 +352,7 @@ def test_a_node_failure_runs_the_job_again_without_using_a_retry(tmp_path):
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     proc = _run_proc(w, dlid, tmp_path / "run.log")
 
-    def running_job():
-        pis = [p for p in _all_instances(w, dlid) if p.process == "victim" and p.job_id]
-        return pis and (w.root / f"second-{dlid}").exists() and pis[0].job_id
-    job_id = wait_for(running_job, 60, 0.1, "the victim job running")
+    job_id = _victim_running(w, dlid)
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
                     "reason=skydeck-test"], check=True, timeout=30)
