@@ -158,6 +158,7 @@ class Daemon:
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
         self.pending_max_s = ws.settings.watch.pending_recheck_max_s
         self.metrics = Exporter(ws, beat=not once)  # heartbeat + textfile (+ HTTP: run_daemon)
+        self._prune_next = 0.0                     # the first prune: at the first loop
 
     # ------------------------------------------------------------------ events
 
@@ -469,6 +470,22 @@ class Daemon:
         elif not self.once:  # --once writes the textfile once, at its end
             self.metrics.tick()
 
+    # ------------------------------------------------------------------ retention
+
+    @_contained_as("prune")
+    def tick_prune(self) -> None:
+        """Apply the retention policy every ``[retention] interval_s`` (0: never; not under
+        ``--once``), logged as one ``prune`` event with counts and bytes per area
+        (engine/pipeline/retention.py); a failure is one ``error`` line."""
+        interval = self.ws.settings.retention.interval_s
+        if self.once or interval <= 0 or time.monotonic() < self._prune_next:
+            return
+        self._prune_next = time.monotonic() + interval
+        from engine.pipeline.retention import apply, plan
+        res = apply(self.ws, plan(self.ws, self.db), self.db)
+        self._ev("prune", **res.summary(),
+                 errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
+
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> WatchResult:
@@ -504,6 +521,7 @@ class Daemon:
                         last_pickup = now
                     self.step_streams()
                     self.tick_metrics()
+                    self.tick_prune()
                     busy = bool(self.inflight) or (
                         bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
                 except Exception as err:  # last resort: the loop itself goes on
