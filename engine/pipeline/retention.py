@@ -254,6 +254,35 @@ def _chunk_runs(idx: dict[str, Any]) -> dict[str, list[int]]:
             if isinstance(v, list)}
 
 
+# ---------------------------------------------------------------------- reason files
+
+def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], str | None] | None:
+    """What a rejection's reason file (``deliveries.reject``) says was moved into ``root``,
+    as normalised paths, and the downlink id it names (None when it names none); None when
+    the file is not one ``reject`` writes (not JSON, no ``moved`` list of paths directly in
+    ``root``, a reason file among them): such a rejection is not ours to judge. Never
+    raises: reason files are read from a directory anyone in the group may write."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    moved = doc.get("moved") if isinstance(doc, dict) else None
+    if not isinstance(moved, list) or not all(isinstance(m, str) for m in moved):
+        return None
+    rroot = _norm(root)
+    out = []
+    for m in moved:
+        if not m or "\0" in m:
+            return None
+        p = _norm(m)
+        if os.path.dirname(p) != rroot or p.endswith(".reason"):
+            return None
+        out.append(p)
+    name = doc.get("delivery")
+    stem = name.partition(":")[2] if isinstance(name, str) else ""
+    return out, (stem if is_dlid(stem) else None)
+
+
 # ---------------------------------------------------------------------- plan
 
 class _Planner:
@@ -279,7 +308,7 @@ class _Planner:
             return None
         try:
             st = os.lstat(p)
-        except OSError:
+        except (OSError, ValueError):  # gone, unreadable, or no file name at all
             return None
         if stat.S_ISDIR(st.st_mode) or (regular and not stat.S_ISREG(st.st_mode)):
             return None
@@ -449,22 +478,15 @@ class _Planner:
             st = os.lstat(rf)
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REASON_BYTES:
                 return
-            doc = json.loads(rf.read_bytes())
-        except (OSError, ValueError):
+            parsed = parse_reason(rf.read_bytes(), root)
+        except OSError:
             return
-        moved = doc.get("moved") if isinstance(doc, dict) else None
-        if not isinstance(moved, list) or not all(isinstance(m, str) for m in moved):
+        if parsed is None:
             return
+        moved, dlid = parsed
         reason = f"rejected delivery, older than {self.r.rejected_days:g} d"
-        name = doc.get("delivery")
-        stem = name.partition(":")[2] if isinstance(name, str) else ""
-        dlid = stem if is_dlid(stem) else None
         out: list[PruneCandidate] = []
-        rroot = _norm(root)
-        for m in moved:
-            p = _norm(m)
-            if os.path.dirname(p) != rroot or p.endswith(".reason"):
-                return  # not what reject() writes: not ours to judge
+        for p in moved:
             try:
                 mst = os.lstat(p)
             except FileNotFoundError:
@@ -487,7 +509,7 @@ class _Planner:
             self.add(c)
         self.add(PruneCandidate("rejected", _norm(rf), st.st_blocks * 512,
                                 "the reason file of " + reason, dlid, ident=_ident(st),
-                                needs_gone=tuple(_norm(m) for m in moved)))
+                                needs_gone=tuple(moved)))
 
     @staticmethod
     def _tree(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
