@@ -57,11 +57,13 @@ from typing import Any
 
 from engine.core.errors import Busy
 from engine.core.ids import is_dlid, run_hex
+from engine.core.owner import Owner
 from engine.core.settings import DAY_S
 from engine.core.workspace import Workspace
 from engine.intake import deliveries, manifest
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
+from engine.pipeline.task import load_task
 from engine.store import StateDB, Stream
 
 AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
@@ -350,7 +352,11 @@ class _Planner:
         if cut is None:
             return
         dirs: dict[str, Path] = {}
-        for dlid, log in self.db.instance_logs(self.finished):
+        # a downlink freed after the cut-off has nothing old enough; one whose log directory
+        # is gone (pruned before) has nothing left: neither is read again
+        old = [d for d, ended in self.finished.items()
+               if ended < cut and os.path.isdir(self.ws.logs / d)]
+        for dlid, log in self.db.instance_logs(old):
             for suffix in LOG_SIBLINGS:
                 c = self.file("logs", log + suffix, self.ws.logs, cut,
                               f"log of a finished stream, older than {self.r.logs_days:g} d",
@@ -384,27 +390,30 @@ class _Planner:
                 busy |= _runs(_read_index(self.ws, dlid))
         reason = (f"chunk output a finished stream left (RunCleanup), older than "
                   f"{self.r.orphan_chunks_days:g} d")
-        for dlid in sorted(self.finished):
+        producers = [pd.name for pd in load_task(self.ws).processes if pd.foreach == "chunks"]
+        old = [d for d, ended in self.finished.items() if ended < cut]
+        by_dlid: dict[str, list[tuple[str, int]]] = {}
+        for path, dlid, size in self.db.files_by(old, producers):
+            if self._chunk_of(dlid, path):
+                by_dlid.setdefault(dlid, []).append((path, size))
+        for dlid, records in sorted(by_dlid.items()):
             flag = halt_flag(self.ws, dlid, "haltCleanup")
-            records = [f for f in self.db.files(dlid=dlid) if self._chunk_of(dlid, f.path)]
-            if not records:
-                continue
             if flag is not None:
                 self.plan.notes.append(f"kept the chunk outputs of {dlid}: {flag} exists")
                 continue
             chunk_runs = _chunk_runs(_read_index(self.ws, dlid))
             parts_dirs: set[Path] = set()
-            for rec in records:
-                chunk = self._chunk_of(dlid, rec.path) or ""
+            for path, size in records:
+                chunk = self._chunk_of(dlid, path) or ""
                 runs = chunk_runs.get(chunk, [])
                 held = [r for r in runs if r in busy or (self.ws.lock / run_hex(r)).exists()]
                 if held:
-                    self.plan.notes.append(f"kept {rec.path}: run {held[0]} is being merged")
+                    self.plan.notes.append(f"kept {path}: run {held[0]} is being merged")
                     continue
-                c = self.file("orphan_chunks", rec.path, self.ws.downlinks / dlid, cut, reason,
-                              dlid, ref=self.finished[dlid], size=rec.size, runs=tuple(runs))
-                if c is not None and Path(rec.path).parent.name.endswith(".h5.parts"):
-                    parts_dirs.add(Path(rec.path).parent)
+                c = self.file("orphan_chunks", path, self.ws.downlinks / dlid, cut, reason,
+                              dlid, ref=self.finished[dlid], size=size, runs=tuple(runs))
+                if c is not None and Path(path).parent.name.endswith(".h5.parts"):
+                    parts_dirs.add(Path(path).parent)
             for d in sorted(parts_dirs):
                 self.empty_dir_after("orphan_chunks", d, self.ws.downlinks / dlid,
                                      "a chunk output's parts directory, empty once they are "
@@ -566,15 +575,25 @@ def _cleanup_lock(ws: Workspace, wanted: bool) -> Iterator[str | None]:
         yield None
         return
     path = ws.lock / CLEANUP_LOCK
+    me = Owner.me()
     try:
-        locks.acquire(path, None, "prune")
+        info = locks.read(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and (info.pid, info.host) == (me.pid, me.host):
+        # held for a cleanup job this very process runs (a daemon): acquiring would succeed
+        # and releasing would free it under that job
+        yield "the cleanup lock is held by a cleanup job of this process"
+        return
+    try:
+        locks.acquire(path, None, "prune", me)
     except Busy as err:
         yield f"the cleanup lock is held: {err.message}"
         return
     try:
         yield None
     finally:
-        locks.release(path)
+        locks.release(path, me)
 
 
 def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult:

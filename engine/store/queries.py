@@ -194,6 +194,24 @@ class ReadQueries:
             out += [(str(d), str(lp)) for d, lp in rows]
         return out
 
+    def files_by(self, dlids: Iterable[str], producers: Iterable[str]) -> list[tuple[str, str, int]]:
+        """(path, dlid, recorded size) of the files the processes ``producers`` wrote for the
+        downlinks ``dlids`` and that are still recorded (cleanup forgets what it removes):
+        the chunk outputs a finished stream left (engine/pipeline/retention.py)."""
+        wanted, procs = sorted(set(dlids)), sorted(set(producers))
+        out: list[tuple[str, str, int]] = []
+        step = self.backend.MAX_PARAMS - len(procs)
+        if not procs or step < 1:
+            return out
+        for i in range(0, len(wanted), step):
+            part = wanted[i:i + step]
+            rows = self.conn.execute(
+                f"SELECT path, dlid, size FROM files WHERE producer IN ({','.join('?' * len(procs))})"
+                f" AND dlid IN ({','.join('?' * len(part))}) ORDER BY path",
+                (*procs, *part)).fetchall()
+            out += [(str(p), str(d), int(n)) for p, d, n in rows]
+        return out
+
     def events_before(self, before: float) -> EventsSpan:
         """The rows of the events table older than ``before`` (epoch seconds): how many,
         their id range, and the bytes of their text (kind, dlid, detail)."""

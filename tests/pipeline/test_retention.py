@@ -263,6 +263,14 @@ def test_orphan_chunks_are_runcleanup(ws):
 
     p = plan(ws, now=_later())
     assert {c.path for c in p.candidates if not c.is_dir} == {str(c) for c in chunks}
+    cleanup = ws.lock / "cleanup"       # a cleanup job of this very process (a daemon's)
+    locks.acquire(cleanup, "251125077", "cleanup", Owner.me())
+    try:
+        res = apply(ws, p)
+        assert not res.removed and all("cleanup lock" in why for _, why in res.kept)
+        assert cleanup.exists()                         # not released under that job
+    finally:
+        locks.release(cleanup, Owner.me())
     res = apply(ws, p)
     assert not res.failed and not res.kept
     assert not any(c.exists() for c in chunks)
