@@ -191,26 +191,37 @@ def _inside(p: str, root: str) -> bool:
     return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
 
 
+class Guard:
+    """The paths a prune never removes, resolved once per workspace (``protected``)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        never = [(ws.stage, "a staged file (stage/ is never pruned)"),
+                 (ws.logs / HEARTBEAT_DIR, "a daemon heartbeat"),
+                 (ws.lock, "a lock file"), (ws.path("flags"), "a halt flag")]
+        exact = [(ws.logs / DAEMON_LOG, "the daemon's live log"),
+                 (ws.root / "skydeck.toml", "the config")]
+        # each as written and with links resolved
+        self.never = [(r, why) for p, why in never for r in {_norm(p), os.path.realpath(p)}]
+        self.exact = {r: why for p, why in exact for r in (_norm(p), os.path.realpath(p))}
+        self.db = {_norm(ws.state_db), os.path.realpath(ws.state_db)}
+
+    def why(self, path: str | os.PathLike[str]) -> str | None:
+        for p in {_norm(path), os.path.realpath(path)}:
+            for root, why in self.never:
+                if _inside(p, root):
+                    return why
+            if p in self.exact:
+                return self.exact[p]
+            if any(p.startswith(db) for db in self.db):  # with -wal, -shm, .bak copies
+                return "the state database"
+        return None
+
+
 def protected(ws: Workspace, path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` may never be pruned (None: it may). Checked as written and with links
     resolved: a staged file, a daemon heartbeat, the live daemon log, a lock or halt flag,
     the config or the state database."""
-    never = [(_norm(ws.stage), "a staged file (stage/ is never pruned)"),
-             (_norm(ws.logs / HEARTBEAT_DIR), "a daemon heartbeat"),
-             (_norm(ws.lock), "a lock file"), (_norm(ws.path("flags")), "a halt flag")]
-    exact = [(_norm(ws.logs / DAEMON_LOG), "the daemon's live log"),
-             (_norm(ws.root / "skydeck.toml"), "the config")]
-    db = _norm(ws.state_db)
-    for p in {_norm(path), os.path.realpath(path)}:
-        for root, why in never:
-            if _inside(p, root) or _inside(p, os.path.realpath(root)):
-                return why
-        for f, why in exact:
-            if p in (f, os.path.realpath(f)):
-                return why
-        if p.startswith(db) or p.startswith(os.path.realpath(db)):
-            return "the state database"
-    return None
+    return Guard(ws).why(path)
 
 
 def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -295,6 +306,7 @@ class _Planner:
         self.seen: set[str] = set()
         self.sigs, self.finished = _stream_states(db)
         self.plan.streams = self.sigs
+        self.guard = Guard(ws)
 
     def cutoff(self, days: float) -> float | None:
         return None if days <= 0 else self.now - days * DAY_S
@@ -317,7 +329,7 @@ class _Planner:
         if size is not None and st.st_size != size:
             self.plan.notes.append(f"kept {p}: its size differs from what the engine wrote")
             return None
-        if max(st.st_mtime, ref) >= cutoff or protected(self.ws, p) is not None:
+        if max(st.st_mtime, ref) >= cutoff or self.guard.why(p) is not None:
             return None
         c = PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, ident=_ident(st),
                            runs=runs)
@@ -334,7 +346,7 @@ class _Planner:
                         dlid: str | None) -> None:
         """``d`` too, when everything in it is planned already (rmdir: only once empty)."""
         p = _norm(d)
-        if not _inside(p, _norm(root)) or p == _norm(root) or protected(self.ws, p):
+        if not _inside(p, _norm(root)) or p == _norm(root) or self.guard.why(p):
             return
         try:
             st = os.lstat(p)
@@ -505,7 +517,7 @@ class _Planner:
             entries = list(self._tree(Path(p))) if stat.S_ISDIR(mst.st_mode) else [(Path(p), mst)]
             for q, qst in entries:
                 if max(qst.st_mtime if not stat.S_ISDIR(qst.st_mode) else 0.0,
-                       st.st_mtime) >= cut or protected(self.ws, q):
+                       st.st_mtime) >= cut or self.guard.why(q):
                     return
                 is_dir = stat.S_ISDIR(qst.st_mode)
                 out.append(PruneCandidate("rejected", str(q), qst.st_blocks * 512, reason, dlid,
@@ -604,13 +616,14 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
             return apply(ws, p, own)
     res = PruneResult()
     sigs, _finished = _stream_states(db)
+    guard = Guard(ws)
     events: PruneCandidate | None = None
     with _cleanup_lock(ws, any(c.area == "orphan_chunks" for c in p.candidates)) as busy:
         for c in p.candidates:
             if c.path is None:
                 events = c
                 continue
-            why = _hold(ws, c, p, sigs, busy)
+            why = _hold(ws, guard, c, p, sigs, busy)
             if why is not None:
                 res.kept.append((c, why))
                 continue
@@ -626,11 +639,11 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     return res
 
 
-def _hold(ws: Workspace, c: PruneCandidate, p: PrunePlan, sigs: dict[str, Signature],
-          busy: str | None) -> str | None:
+def _hold(ws: Workspace, guard: Guard, c: PruneCandidate, p: PrunePlan,
+          sigs: dict[str, Signature], busy: str | None) -> str | None:
     """Why ``c`` is kept after all (None: remove it)."""
     assert c.path is not None
-    why = protected(ws, c.path)
+    why = guard.why(c.path)
     if why is not None:
         return why
     if c.dlid is not None and c.area != "rejected" and sigs.get(c.dlid) != p.streams.get(c.dlid):
