@@ -64,7 +64,7 @@ from engine.intake import deliveries, manifest
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.task import load_task
-from engine.store import StateDB, Stream
+from engine.store import StateDB
 
 AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
 FINISHED = ("SUCCESS", "FAILED", "CANCELED")   # a stream no runner picks up again
@@ -206,14 +206,26 @@ class Guard:
         self.db = {_norm(ws.state_db), os.path.realpath(ws.state_db)}
 
     def why(self, path: str | os.PathLike[str]) -> str | None:
+        """Why ``path`` is never pruned (None: it may be)."""
         for p in {_norm(path), os.path.realpath(path)}:
-            for root, why in self.never:
-                if _inside(p, root):
-                    return why
-            if p in self.exact:
-                return self.exact[p]
-            if any(p.startswith(db) for db in self.db):  # with -wal, -shm, .bak copies
-                return "the state database"
+            why = self._why(p)
+            if why is not None:
+                return why
+        return None
+
+    def why_in(self, real_dir: str, name: str) -> str | None:
+        """``why`` for the regular file ``name`` (no link) in ``real_dir``, a directory whose
+        links are resolved already: string work only (one call per log file)."""
+        return self._why(real_dir + os.sep + name)
+
+    def _why(self, p: str) -> str | None:
+        for root, why in self.never:
+            if _inside(p, root):
+                return why
+        if p in self.exact:
+            return self.exact[p]
+        if any(p.startswith(db) for db in self.db):  # with -wal, -shm, .bak copies
+            return "the state database"
         return None
 
 
@@ -233,15 +245,16 @@ def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
 def _stream_states(db: StateDB) -> tuple[dict[str, Signature], dict[str, float]]:
     """Each downlink's latest streams as a signature, and for those whose every latest
     stream is finished, when the last one ended."""
-    by: dict[str, list[Stream]] = {}
-    for st in db.streams():
-        by.setdefault(st.dlid, []).append(st)
+    by: dict[str, list[tuple[int, str, float, float | None, float | None]]] = {}
+    for dlid, sid, status, created, started, ended in db.latest_stream_states():
+        by.setdefault(dlid, []).append((sid, status, created, started, ended))
     sigs: dict[str, Signature] = {}
     finished: dict[str, float] = {}
     for dlid, sts in by.items():
-        sigs[dlid] = tuple(sorted((s.id, s.status, s.ended) for s in sts))
-        if all(s.status in FINISHED for s in sts):
-            finished[dlid] = max((s.ended or s.started or s.created) for s in sts)
+        sigs[dlid] = tuple(sorted((sid, status, ended) for sid, status, _, _, ended in sts))
+        if all(status in FINISHED for _, status, _, _, _ in sts):
+            finished[dlid] = max(ended or started or created
+                                 for _, _, created, started, ended in sts)
     return sigs, finished
 
 
@@ -363,19 +376,25 @@ class _Planner:
         cut = self.cutoff(self.r.logs_days)
         if cut is None:
             return
-        dirs: dict[str, Path] = {}
+        root = _norm(self.ws.logs)
+        try:
+            with os.scandir(root) as it:
+                present = {e.name for e in it if e.is_dir(follow_symlinks=False)}
+        except OSError:
+            present = set()
         # a downlink freed after the cut-off has nothing old enough; one whose log directory
         # is gone (pruned before) has nothing left: neither is read again
-        old = [d for d, ended in self.finished.items()
-               if ended < cut and os.path.isdir(self.ws.logs / d)]
+        old = [d for d, ended in self.finished.items() if ended < cut and d in present]
+        recorded: dict[str, set[str]] = {}
         for dlid, log in self.db.instance_logs(old):
-            for suffix in LOG_SIBLINGS:
-                c = self.file("logs", log + suffix, self.ws.logs, cut,
-                              f"log of a finished stream, older than {self.r.logs_days:g} d",
-                              dlid, ref=self.finished[dlid])
-                if c is not None and c.path is not None:
-                    dirs[c.path] = Path(c.path).parent
-        console = self.ws.logs / "console"
+            p = _norm(log)
+            if os.path.dirname(p) == os.path.join(root, dlid):  # the runner's layout only
+                recorded.setdefault(dlid, set()).update(
+                    os.path.basename(p) + s for s in LOG_SIBLINGS)
+        reason = f"log of a finished stream, older than {self.r.logs_days:g} d"
+        for dlid in sorted(recorded):
+            self._log_dir(os.path.join(root, dlid), recorded[dlid], cut, reason, dlid)
+        console = os.path.join(root, "console")
         with contextlib.suppress(OSError), os.scandir(console) as it:
             for e in sorted(it, key=lambda e: e.name):
                 m = _CONSOLE_LOG.fullmatch(e.name)
@@ -384,13 +403,39 @@ class _Planner:
                 dlid = m.group("dlid")
                 if dlid is not None and dlid in self.sigs and dlid not in self.finished:
                     continue  # the stream it ran is not finished
-                self.file("logs", e.path, console, cut,
+                self.file("logs", e.path, Path(console), cut,
                           f"console job log, older than {self.r.logs_days:g} d", dlid,
                           ref=self.finished.get(dlid or "", 0.0))
-        for d in sorted(set(dirs.values())):
-            if d.parent == self.ws.logs and is_dlid(d.name):
-                self.empty_dir_after("logs", d, self.ws.logs, "a finished downlink's log "
-                                     "directory, empty once its logs are gone", d.name)
+
+    def _log_dir(self, d: str, names: set[str], cut: float, reason: str, dlid: str) -> None:
+        """The recorded logs in one downlink's log directory (one listing, one stat per
+        file), then the directory when nothing else is in it."""
+        if self.guard.why(d) is not None:
+            return
+        real = os.path.realpath(d)
+        ref = self.finished[dlid]
+        try:
+            dst = os.lstat(d)
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        everything = stat.S_ISDIR(dst.st_mode)
+        for e in entries:
+            c = None
+            if e.name in names:
+                with contextlib.suppress(OSError):
+                    st = e.stat(follow_symlinks=False)
+                    if (stat.S_ISREG(st.st_mode) and max(st.st_mtime, ref) < cut
+                            and self.guard.why_in(real, e.name) is None):
+                        c = PruneCandidate("logs", e.path, st.st_blocks * 512, reason, dlid,
+                                           ident=_ident(st))
+                        self.add(c)
+            everything = everything and c is not None
+        if everything:
+            self.add(PruneCandidate("logs", d, dst.st_blocks * 512, "a finished downlink's log "
+                                    "directory, empty once its logs are gone", dlid, is_dir=True,
+                                    ident=(dst.st_dev, dst.st_ino, 0, 0)))
 
     def orphan_chunks(self) -> None:
         cut = self.cutoff(self.r.orphan_chunks_days)
