@@ -11,8 +11,9 @@ the next prune would free.
 Areas (``[retention] <area>_days``; 0 keeps an area forever):
 
 - ``logs``: the log of every process instance the state database records (every stream and
-  execution of the downlink) with the Slurm script and exit file beside it, and console job
-  logs (``logs/console/run-<DLID>-*.log``, ``build-*``, ``propagate-*``);
+  execution of the downlink), where the runner puts them (``logs/<DLID>/``), with the Slurm
+  script and exit file beside it, then that directory once nothing else is in it; and
+  console job logs (``logs/console/run-<DLID>-*.log``, ``build-*``, ``propagate-*``);
 - ``events``: rows of the events table, deleted in one transaction;
 - ``fcopy``: ``<DLID>.tar`` + ``<DLID>.md5`` of an ACCEPTED fcopy package, while its
   extracted level-0 directory is still the registered one (tar first, manifest last);
@@ -494,7 +495,7 @@ class _Planner:
         if cut is None:
             return
         accepted = [d for d in self.db.deliveries("ACCEPTED")
-                    if d.kind == "fcopy" and d.dlid and d.dlid in self.finished
+                    if d.kind == "fcopy" and d.dlid and self.finished.get(d.dlid, cut) < cut
                     and d.name.startswith("fcopy:")]
         cands = {}
         for d in accepted:
