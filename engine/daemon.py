@@ -475,16 +475,17 @@ class Daemon:
     @_contained_as("prune")
     def tick_prune(self) -> None:
         """Apply the retention policy every ``[retention] interval_s`` (0: never; not under
-        ``--once``), logged as one ``prune`` event with counts and bytes per area
-        (engine/pipeline/retention.py); a failure is one ``error`` line."""
+        ``--once``), logged as one ``prune`` event with counts and bytes per area when it
+        did something (engine/pipeline/retention.py); a failure is one ``error`` line."""
         interval = self.ws.settings.retention.interval_s
         if self.once or interval <= 0 or time.monotonic() < self._prune_next:
             return
         self._prune_next = time.monotonic() + interval
         from engine.pipeline.retention import apply, plan
         res = apply(self.ws, plan(self.ws, self.db), self.db)
-        self._ev("prune", **res.summary(),
-                 errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
+        if res.removed or res.gone or res.kept or res.failed:  # an idle prune says nothing
+            self._ev("prune", **res.summary(),
+                     errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
 
     # ------------------------------------------------------------------ main loop
 

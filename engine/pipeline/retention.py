@@ -656,7 +656,8 @@ def _cleanup_lock(ws: Workspace, wanted: bool) -> Iterator[str | None]:
 
 def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult:
     """Remove what ``p`` lists, each candidate only if it is still what was planned (see the
-    module docstring); the events rows and a ``prune`` record in one transaction."""
+    module docstring); the events rows and a ``prune`` record in one transaction (none when
+    there was nothing to do: an idle prune writes nothing to the state database)."""
     if db is None:
         with StateDB(ws.state_db) as own:
             return apply(ws, p, own)
@@ -677,7 +678,9 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
                 db.forget_file(c.path)  # the downlink's recorded bytes stay true
     span = None if events is None or events.cutoff is None or events.last_id is None \
         else (events.cutoff, events.last_id)
-    deleted = db.trim_events(span, **res.summary())
+    deleted = 0
+    if span is not None or res.removed or res.gone or res.failed:  # else: no write at all
+        deleted = db.trim_events(span, **res.summary())
     if events is not None and deleted:  # fewer than planned: another prune took some
         res.removed.append(PruneCandidate(events.area, None, events.bytes * deleted // events.rows,
                                           events.reason, rows=deleted, first_id=events.first_id,

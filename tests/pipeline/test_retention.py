@@ -330,6 +330,14 @@ def test_events_older_than_the_cutoff_go_in_one_transaction(ws):
         prune = json.loads(db.q("SELECT detail FROM events WHERE kind = 'prune'")[0]["detail"])
     assert res.totals()["events"].rows == 3
     assert kinds == ["new", "after the plan", "prune"] and prune["events_deleted"] == 3
+    with StateDB(ws.state_db) as db:                # an idle prune writes nothing at all
+        other = StateDB(ws.state_db)
+        try:
+            version = other.data_version()
+            idle = apply(ws, plan(ws, db), db)
+            assert not idle.removed and other.data_version() == version
+        finally:
+            other.close()
 
 
 def test_never_a_staged_file_a_heartbeat_the_daemon_log_or_the_database(ws):
