@@ -604,7 +604,7 @@ def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> 
     """What a prune would remove at ``now`` (default: the current time), by area, in the
     order ``apply`` removes it. Reads only: nothing changes."""
     if db is None:
-        with StateDB(ws.state_db) as own:
+        with StateDB(ws.state) as own:
             return plan(ws, own, now)
     p = _Planner(ws, db, time.time() if now is None else now)
     p.logs()
@@ -659,7 +659,7 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     module docstring); the events rows and a ``prune`` record in one transaction (none when
     there was nothing to do: an idle prune writes nothing to the state database)."""
     if db is None:
-        with StateDB(ws.state_db) as own:
+        with StateDB(ws.state) as own:
             return apply(ws, p, own)
     res = PruneResult()
     sigs, _finished = _stream_states(db)
@@ -737,6 +737,6 @@ def _remove(c: PruneCandidate, res: PruneResult) -> bool:
 def prune(ws: Workspace, dry_run: bool = False, now: float | None = None
           ) -> tuple[PrunePlan, PruneResult | None]:
     """Plan, and unless ``dry_run`` apply: what `skydeck-engine prune` and the daemon do."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         p = plan(ws, db, now)
         return p, (None if dry_run else apply(ws, p, db))

@@ -4,6 +4,8 @@ touch, on real workspaces after real runs of the halfpipe task.
 Ages are forced the two ways the policy reads them: a plan made "later" (``now=``) and
 ages of a fraction of a second in skydeck.toml for the command line and the daemon; mtimes
 set with ``os.utime`` show that a file changed after it was freed counts from that change.
+The tests that exercise the store's retention queries run on SQLite and on PostgreSQL
+(``state_backend``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def _paths(doc: dict) -> list[tuple[str, str | None, int]]:
     return [(c["area"], c["path"], c.get("rows", 0)) for c in doc["candidates"]]
 
 
-def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, capsys):
+def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, capsys,
+                                                                         state_backend):
     """A downlink delivered as an fcopy package and run to its end; operators' files beside
     everything. `prune --dry-run` changes nothing; `prune` then removes exactly the set the
     dry run listed (logs, the package, events rows), and the console's numbers are what it
@@ -175,7 +178,7 @@ def test_nothing_of_a_stream_in_progress_is_touched(ws, tmp_path):
     assert stream_status(ws)[b] == "SUCCESS"
 
 
-def test_apply_rechecks_each_stream_and_each_file(ws):
+def test_apply_rechecks_each_stream_and_each_file(ws, state_backend):
     """Between plan and apply the world moves: a downlink rolled back (its stream is no
     longer finished) keeps everything; a file replaced since the plan is kept; a file
     already gone is no error."""
@@ -230,7 +233,7 @@ def _make_unremovable(p: Path):  # type: ignore[no-untyped-def]
     return lambda: subprocess.run(["chattr", "-i", str(p)], check=True)
 
 
-def test_orphan_chunks_are_runcleanup(ws):
+def test_orphan_chunks_are_runcleanup(ws, state_backend):
     """haltCleanup kept a finished downlink's chunk outputs (cleanup skipped them): while
     the flag stands they stay; a run lock held on one of their runs keeps the chunks holding
     that run; then every recorded chunk output goes, its files-table row with it, and the
@@ -274,7 +277,7 @@ def test_orphan_chunks_are_runcleanup(ws):
     res = apply(ws, p)
     assert not res.failed and not res.kept
     assert not any(c.exists() for c in chunks)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert all(db.file(c) is None for c in chunks)
     assert {q: q.read_bytes() for q in ws.stage.rglob("*.h5")} == staged
     assert (ws.downlinks / dlid / "mergeIndices.json").exists()   # only chunk outputs go
@@ -311,8 +314,8 @@ def test_rejected_deliveries_go_whole_and_only_when_configured(ws):
     assert (ws.rejected / "keep-me.txt").read_text() == "mine\n"
 
 
-def test_events_older_than_the_cutoff_go_in_one_transaction(ws):
-    with StateDB(ws.state_db) as db:
+def test_events_older_than_the_cutoff_go_in_one_transaction(ws, state_backend):
+    with StateDB(ws.state) as db:
         for _ in range(3):
             db.log_event("old")
         time.sleep(0.05)
@@ -323,15 +326,15 @@ def test_events_older_than_the_cutoff_go_in_one_transaction(ws):
     p = plan(ws, now=mid + DAY_S)
     (ev,) = [c for c in p.candidates if c.area == "events"]
     assert ev.rows == 3 and ev.path is None
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.log_event("after the plan")
         res = apply(ws, p, db)
         kinds = [r["kind"] for r in db.q("SELECT kind FROM events ORDER BY id")]
         prune = json.loads(db.q("SELECT detail FROM events WHERE kind = 'prune'")[0]["detail"])
     assert res.totals()["events"].rows == 3
     assert kinds == ["new", "after the plan", "prune"] and prune["events_deleted"] == 3
-    with StateDB(ws.state_db) as db:                # an idle prune writes nothing at all
-        other = StateDB(ws.state_db)
+    with StateDB(ws.state) as db:                # an idle prune writes nothing at all
+        other = StateDB(ws.state)
         try:
             version = other.data_version()
             idle = apply(ws, plan(ws, db), db)
@@ -351,7 +354,7 @@ def test_never_a_staged_file_a_heartbeat_the_daemon_log_or_the_database(ws):
     beat.write_text("{}")
     daemon_log = ws.logs / "daemon.log"
     daemon_log.write_text("{}\n")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         pis = db.instances(db.latest_stream(dlid).id)
         for pi, target in zip(pis, (staged, beat, daemon_log), strict=False):
             db.update_instance(pi.id, log_path=str(target))
