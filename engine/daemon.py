@@ -472,20 +472,21 @@ class Daemon:
 
     # ------------------------------------------------------------------ retention
 
-    @_contained_as("prune")
     def tick_prune(self) -> None:
         """Apply the retention policy every ``[retention] interval_s`` (0: never; not under
         ``--once``), logged as one ``prune`` event with counts and bytes per area when it
-        did something (engine/pipeline/retention.py); a failure is one ``error`` line."""
+        did something (engine/pipeline/retention.py); a failure is one ``error`` line (and
+        one ``recovered`` once a prune succeeds again), never the daemon's end."""
         interval = self.ws.settings.retention.interval_s
         if self.once or interval <= 0 or time.monotonic() < self._prune_next:
-            return
+            return  # not due: says nothing about whether pruning works
         self._prune_next = time.monotonic() + interval
-        from engine.pipeline.retention import apply, plan
-        res = apply(self.ws, plan(self.ws, self.db), self.db)
-        if res.removed or res.gone or res.kept or res.failed:  # an idle prune says nothing
-            self._ev("prune", **res.summary(),
-                     errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
+        with self._contained("prune"):
+            from engine.pipeline.retention import apply, plan
+            res = apply(self.ws, plan(self.ws, self.db), self.db)
+            if res.removed or res.gone or res.kept or res.failed:  # an idle prune: silent
+                self._ev("prune", **res.summary(),
+                         errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
 
     # ------------------------------------------------------------------ main loop
 

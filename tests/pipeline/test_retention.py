@@ -426,3 +426,30 @@ def test_any_reason_file_gives_paths_inside_rejected_or_none(data: bytes) -> Non
     paths, dlid = out
     assert all(os.path.dirname(p) == ROOT and not p.endswith(".reason") for p in paths)
     assert dlid is None or (len(dlid) == 9 and dlid.isdigit())
+
+
+def test_a_failing_prune_is_one_error_line_and_the_daemon_goes_on(ws, tmp_path):
+    """The prune reads the task file (which process makes chunk outputs): one that turns bad
+    under a running daemon makes each prune fail, as one `error` line naming the prune, and
+    the daemon keeps serving; once the file is good again the prune recovers."""
+    task = tmp_path / "task.toml"
+    task.write_text((Path(REPO) / "engine" / "assets" / "tasks" / "halfpipe.toml").read_text())
+    ws = quick(ws, extra=f'\n[pipeline]\ntask = "{task}"\n[retention]\ninterval_s = 0.3\n')
+    log = tmp_path / "daemon.out"
+    good = task.read_text()
+    d = start_daemon(ws, log)
+    try:
+        wait_for(lambda: log.exists() and "watching" in log.read_text(), 30, what="start")
+        task.write_text("[task]\nname = 3\n")
+        wait_for(lambda: any(e["event"] == "error" and e["during"] == "prune"
+                             for e in log_events(log)), 30, what="the prune's error line")
+        make_delivery(ws, "251125003", **FAST)             # the daemon still serves
+        wait_for(lambda: stream_status(ws).get("251125003") == "SUCCESS", 90, what="stream")
+        task.write_text(good)
+        wait_for(lambda: any(e["event"] == "recovered" and e["during"] == "prune"
+                             for e in log_events(log)), 30, what="recovered")
+        assert d.poll() is None
+    finally:
+        assert stop_daemon(d) == 0
+    errors = [e for e in log_events(log) if e["event"] == "error"]
+    assert len(errors) == 1 and "task.toml" in errors[0]["error"]
