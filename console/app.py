@@ -46,7 +46,7 @@ PANELS = [
                " execution, retries, duration, host:pid, estimated progress of running jobs"),
     ("Locks", "lock files: kind, owner, process, age, stale verdict with its reason"),
     ("Staging", "usage bars per area and per downlink, free space against the reserve, alert "
-                "under disk pressure"),
+                "under disk pressure, what the next prune would free per area"),
     ("Hits", "latest propagation events: photons, hits, efficiency, flag table, histograms; "
              "a marks A, v compares A with the selected event"),
     ("Log", "the selected instance's log, following, bounded to 5000 lines"),

@@ -158,6 +158,7 @@ class Daemon:
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
         self.pending_max_s = ws.settings.watch.pending_recheck_max_s
         self.metrics = Exporter(ws, beat=not once)  # heartbeat + textfile (+ HTTP: run_daemon)
+        self._prune_next = 0.0                     # the first prune: at the first loop
 
     # ------------------------------------------------------------------ events
 
@@ -469,6 +470,24 @@ class Daemon:
         elif not self.once:  # --once writes the textfile once, at its end
             self.metrics.tick()
 
+    # ------------------------------------------------------------------ retention
+
+    def tick_prune(self) -> None:
+        """Apply the retention policy every ``[retention] interval_s`` (0: never; not under
+        ``--once``), logged as one ``prune`` event with counts and bytes per area when it
+        did something (engine/pipeline/retention.py); a failure is one ``error`` line (and
+        one ``recovered`` once a prune succeeds again), never the daemon's end."""
+        interval = self.ws.settings.retention.interval_s
+        if self.once or interval <= 0 or time.monotonic() < self._prune_next:
+            return  # not due: says nothing about whether pruning works
+        self._prune_next = time.monotonic() + interval
+        with self._contained("prune"):
+            from engine.pipeline.retention import apply, plan
+            res = apply(self.ws, plan(self.ws, self.db), self.db)
+            if res.removed or res.gone or res.kept or res.failed:  # an idle prune: silent
+                self._ev("prune", **res.summary(),
+                         errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
+
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> WatchResult:
@@ -504,6 +523,7 @@ class Daemon:
                         last_pickup = now
                     self.step_streams()
                     self.tick_metrics()
+                    self.tick_prune()
                     busy = bool(self.inflight) or (
                         bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
                 except Exception as err:  # last resort: the loop itself goes on

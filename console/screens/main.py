@@ -222,13 +222,19 @@ class MainScreen(Screen[None]):
         except OSError as err:
             self.post_message(ActionDone(f"usage scan failed: {err}", "error"))
             rep = None
-        self.post_message(StageRead(rep))
+        prune = None
+        if rep is not None:
+            try:
+                prune = api.prune_preview(self.ws)
+            except Exception as err:  # the panel then lacks the line; the usage still shows
+                self.post_message(ActionDone(f"prune preview failed: {err}", "error"))
+        self.post_message(StageRead(rep, prune))
 
     def on_stage_read(self, msg: StageRead) -> None:
         if not self.live:
             return
         if msg.report is not None:
-            self.query_one(StagingPanel).show(msg.report)
+            self.query_one(StagingPanel).show(msg.report, msg.prune)
             alert = pressure(msg.report)
             banner = self.query_one("#alert", Static)
             banner.update(alert or "")

@@ -1,7 +1,8 @@
 """Staging-directory usage: bars per area and per downlink, free space against the reserve.
 
-The numbers are the engine's ``stage_report`` (one scan, each file visited once); the panel
-only draws them. Under disk pressure (free space under twice the reserve) a red alert line
+The numbers are the engine's ``stage_report`` (one scan, each file visited once) and, below
+the areas, what the next prune would free (``prune_preview``, read with the scan); the
+panel only draws them. Under disk pressure (free space under twice the reserve) a red alert line
 says so, and when free space is under the reserve it says that launching is paused, which is
 what the engine does (``launch_paused``).
 """
@@ -14,7 +15,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.format import bar, size
-from engine.api import StageReport, human_bytes
+from engine.api import PrunePlan, StageReport, human_bytes
 
 PRESSURE_FACTOR = 2.0
 
@@ -30,7 +31,19 @@ def pressure(rep: StageReport) -> str | None:
     return None
 
 
-def render(rep: StageReport, limit: int = 30) -> Group:
+def prune_line(plan: PrunePlan) -> Text:
+    """What the next prune would free, per area (``engine.api.prune_preview``)."""
+    parts = []
+    for area, t in plan.totals().items():
+        if t.files or t.rows:
+            what = f"{t.rows} rows" if area == "events" else f"{t.files} files"
+            parts.append(f"{area} {human_bytes(t.bytes)} ({what})")
+    if not parts:
+        return Text("next prune frees nothing ([retention] in skydeck.toml)", style="dim")
+    return Text(f"next prune frees {human_bytes(plan.bytes)}: " + ", ".join(parts))
+
+
+def render(rep: StageReport, limit: int = 30, prune: PrunePlan | None = None) -> Group:
     parts: list[object] = []
     alert = pressure(rep)
     if alert:
@@ -49,6 +62,8 @@ def render(rep: StageReport, limit: int = 30) -> Group:
     for area, u in rep.areas.items():
         areas.add_row(area, size(u.bytes), bar(u.bytes / biggest, 20), str(u.files))
     parts.append(areas)
+    if prune is not None:
+        parts.append(prune_line(prune))
     if rep.downlinks:
         per = Table(box=None, pad_edge=False, show_edge=False, expand=False)
         for col in ("downlink", "incoming", "downlinks", "stage", "total", ""):
@@ -71,8 +86,9 @@ class StagingPanel(Static):
     def __init__(self, **kw: object) -> None:
         super().__init__("scanning usage ...", **kw)  # type: ignore[arg-type]
         self.report: StageReport | None = None
+        self.prune: PrunePlan | None = None
 
-    def show(self, rep: StageReport) -> None:
-        self.report = rep
+    def show(self, rep: StageReport, prune: PrunePlan | None = None) -> None:
+        self.report, self.prune = rep, prune
         self.set_class(pressure(rep) is not None, "pressure")
-        self.update(render(rep))
+        self.update(render(rep, prune=prune))

@@ -5,8 +5,8 @@ Why this package exists: a front end (the Textual console, the CLI's listings) m
 reach into the state database, the lock files or the task file itself; it calls these
 functions and shows what they return. Submodules: ``rows`` (the downlinks table's read
 model), ``monitor`` (change detection, ``Monitor.poll`` -> ``Snapshot``), ``listings``
-(what the CLI prints and the console shows), ``actions`` (run, rollback, unlock, halts,
-operator jobs).
+(what the CLI prints and the console shows, what the next prune would free), ``actions``
+(run, rollback, unlock, halts, operator jobs).
 
 Importing this package is cheap: every name below is imported on first use (PEP 562), so
 ``from engine.api import DownlinkRow`` does not import the task runner, and the hit types
@@ -25,8 +25,8 @@ for _module, _names in {
     "engine.api.rows": ("STATES", "DownlinkRow", "DownlinkRows", "downlink_rows", "reason_first"),
     "engine.api.monitor": ("ChangeProbe", "Monitor", "Snapshot", "StageCadence", "stream_view",
                            "typical_durations", "LOCK_RECHECK_S"),
-    "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "stage", "scan_incoming",
-                            "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
+    "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "stage", "prune_preview",
+                            "scan_incoming", "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
                             "task_groups", "EventDir", "list_events", "summarize_event",
                             "compare_events", "DAEMON_LOG", "LogFile", "log_files", "last_line"),
     "engine.api.actions": ("unlock", "halts", "set_halt", "clear_halt", "engine_env",
@@ -39,6 +39,7 @@ for _module, _names in {
     "engine.pipeline.locks": ("LockInfo",),
     "engine.pipeline.halts": ("HALT_FLAGS",),
     "engine.pipeline.usage": ("StageReport", "Usage"),
+    "engine.pipeline.retention": ("PrunePlan", "AreaTotal"),
     "engine.store.records": ("StreamView", "Stream", "ProcessInstance", "Downlink", "Delivery"),
     "engine.propagate.hits": ("HitSummary", "Comparison", "FaceMap", "Histogram"),
 }.items():
@@ -46,16 +47,16 @@ for _module, _names in {
         _EXPORTS[_name] = _module
 
 __all__ = [  # the same names as _EXPORTS (a literal, for linters and type checkers)
-    'ASSETS', 'BadInput', 'Busy', 'ChangeProbe', 'Comparison', 'DAEMON_LOG', 'Delivery',
-    'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir', 'FaceMap',
-    'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo', 'LogFile',
-    'Monitor', 'ProcessInstance', 'Progress', 'RollbackPlan', 'RollbackResult', 'SCENES',
-    'STATES', 'SkydeckError', 'Snapshot', 'StageCadence', 'StageReport', 'Stream',
+    'ASSETS', 'AreaTotal', 'BadInput', 'Busy', 'ChangeProbe', 'Comparison', 'DAEMON_LOG',
+    'Delivery', 'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir',
+    'FaceMap', 'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo',
+    'LogFile', 'Monitor', 'ProcessInstance', 'Progress', 'PrunePlan', 'RollbackPlan',
+    'RollbackResult', 'SCENES', 'STATES', 'SkydeckError', 'Snapshot', 'StageCadence', 'StageReport', 'Stream',
     'StreamView', 'Usage', 'Workspace', 'clear_halt', 'compare_events', 'downlink_listing',
     'downlink_rows', 'downlinks', 'engine_argv', 'engine_env', 'halts', 'human_bytes',
     'init_workspace', 'last_line', 'list_events', 'lock_status', 'locks', 'log_files',
-    'pending', 'reason_first', 'rejected', 'resolve_root', 'rollback', 'rollback_plan',
-    'scan_incoming', 'scene_names', 'scene_path', 'set_halt', 'stage', 'start_job',
+    'pending', 'prune_preview', 'reason_first', 'rejected', 'resolve_root', 'rollback',
+    'rollback_plan', 'scan_incoming', 'scene_names', 'scene_path', 'set_halt', 'stage', 'start_job',
     'start_runner', 'stream_view', 'stream_views', 'summarize_event', 'task_groups',
     'typical_durations', 'unlock',
 ]
@@ -101,6 +102,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         locks,
         log_files,
         pending,
+        prune_preview,
         rejected,
         scan_incoming,
         stage,
@@ -131,6 +133,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     )
     from engine.pipeline.halts import HALT_FLAGS
     from engine.pipeline.locks import LockInfo
+    from engine.pipeline.retention import AreaTotal, PrunePlan
     from engine.pipeline.rollback import RollbackPlan, RollbackResult, rollback, rollback_plan
     from engine.pipeline.usage import StageReport, Usage
     from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary

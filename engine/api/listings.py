@@ -1,6 +1,6 @@
 """What the CLI listings print and the console shows, as data (functions returning dataclasses).
 
-Why this module exists: `skydeck-engine downlinks|streams|locks|stage` and the console must
+Why this module exists: `skydeck-engine downlinks|streams|locks|stage|prune` and the console must
 show the same facts; both read them here instead of opening the state database, the lock
 directory or the task file themselves. Reads come from the state database (which the daemon
 and runners write) and from the files that are the truth for locks, events and logs.
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from engine.core.workspace import Workspace
 from engine.intake import deliveries as _deliveries
 from engine.pipeline import locks as _locks
+from engine.pipeline.retention import PrunePlan
+from engine.pipeline.retention import plan as retention_plan
 from engine.pipeline.task import load_task
 from engine.pipeline.usage import StageReport, stage_report
 from engine.store import Delivery, Downlink, StateDB, Stream, StreamView
@@ -57,6 +59,13 @@ def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
 def stage(ws: Workspace, workers: int | None = None) -> StageReport:
     """Usage per area and downlink, free space, reserve, whether launching is paused."""
     return stage_report(ws, workers)
+
+
+def prune_preview(ws: Workspace, now: float | None = None) -> PrunePlan:
+    """What the next prune would free (the console's Staging panel: ``totals()`` per area):
+    the retention plan, read only. As costly as one stat per candidate file plus a few
+    queries, so a front end reads it with the usage scan, not on every refresh."""
+    return retention_plan(ws, now=now)
 
 
 def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:

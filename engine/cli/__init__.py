@@ -22,6 +22,7 @@ SUMMARY: dict[str, str] = {
     "locks": "list lock files and whether they are stale",
     "unlock": "remove a stale lock (or a live one with --force)",
     "stage": "disk usage per area and downlink; free space",
+    "prune": "remove what the retention policy lets go (logs, events, fcopy, orphan chunks)",
     "run": "run one downlink's stream in the foreground",
     "rollback": "re-run process instances (and everything downstream) as new executions",
     "watch": "watch incoming/ and run a stream per new downlink (daemon)",

@@ -26,6 +26,7 @@ from engine.core.errors import BadInput
 
 INT64_MAX = 2**63 - 1
 DAY_S = 86400.0
+MAX_DAYS = 100 * 365.0  # a retention age beyond a century is a typo
 POLLING_TRUE = ("true", "yes", "1")
 POLLING_FALSE = ("false", "no", "0")
 MAX_BATCH = 1 << 20  # engine.builder.build.MAX_BATCH (not imported: the builder pulls h5py)
@@ -153,6 +154,20 @@ class State:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """[retention]: what ``skydeck-engine prune`` and the daemon remove, per area, by age
+    (days; 0 keeps that area forever) and only once finished (engine/pipeline/retention.py).
+    ``interval_s``: how often the daemon prunes (0: never; ``prune`` still works)."""
+
+    interval_s: float = _key(3600.0, "float", 0.0, 7 * DAY_S)
+    logs_days: float = _key(30.0, "float", 0.0, MAX_DAYS)
+    events_days: float = _key(90.0, "float", 0.0, MAX_DAYS)
+    fcopy_days: float = _key(7.0, "float", 0.0, MAX_DAYS)
+    orphan_chunks_days: float = _key(14.0, "float", 0.0, MAX_DAYS)
+    rejected_days: float = _key(0.0, "float", 0.0, MAX_DAYS)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective settings of a workspace: every section, defaults filled in."""
 
@@ -166,6 +181,7 @@ class Settings:
     stage: Stage = field(default_factory=Stage)
     metrics: Metrics = field(default_factory=Metrics)
     state: State = field(default_factory=State)
+    retention: Retention = field(default_factory=Retention)
 
     def replace(self, section: str, **values: Any) -> Settings:
         """A copy with keys of one section replaced (a command-line override such as

@@ -116,6 +116,18 @@ class StateDB(ReadQueries):
         self.conn.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
                           (time.time(), kind, dlid, json.dumps(detail, default=str)))
 
+    def trim_events(self, span: tuple[float, int] | None, **record: Any) -> int:
+        """One prune's write to the events table, in one transaction: delete the rows older
+        than ``span``'s cut-off (epoch seconds) whose id is at most its last id (the rows
+        the prune planned; those written since are not among them), and log a ``prune``
+        event holding ``record``. ``span`` None: only the log. Returns the rows deleted."""
+        with self.tx() as c:
+            n = 0
+            if span is not None:
+                n = int(c.execute("DELETE FROM events WHERE t < ? AND id <= ?", span).rowcount)
+            self.log_event("prune", None, events_deleted=n, **record)
+            return n
+
     # ------------------------------------------------------------ deliveries
 
     def claim_delivery(self, name: str, kind: str, dlid: str | None, path: str,

@@ -175,6 +175,71 @@ class ReadQueries:
         return out
 
 
+    # ------------------------------------------------------------ retention
+
+    def latest_stream_states(self) -> list[tuple[str, int, str, float, float | None, float | None]]:
+        """(dlid, id, status, created, started, ended) of every latest stream: what a prune
+        needs to tell finished downlinks, without building records (10,000s of rows)."""
+        cur = self.backend.tuple_cursor(self.conn)
+        return [(str(d), int(i), str(s), float(c), st, e) for d, i, s, c, st, e in cur.execute(
+            "SELECT dlid, id, status, created, started, ended FROM streams WHERE is_latest = 1")]
+
+    def instance_logs(self, dlids: Iterable[str]) -> list[tuple[str, str]]:
+        """(dlid, log path) of every process instance with a log, of every stream and
+        execution of the downlinks ``dlids`` (engine/pipeline/retention.py: the logs the
+        engine wrote), in id order."""
+        wanted = sorted(set(dlids))
+        out: list[tuple[str, str]] = []
+        step = self.backend.MAX_PARAMS
+        for i in range(0, len(wanted), step):
+            part = wanted[i:i + step]
+            rows = self.conn.execute(
+                "SELECT s.dlid, p.log_path FROM process_instances p "
+                "JOIN streams s ON s.id = p.stream_id "
+                f"WHERE p.log_path IS NOT NULL AND s.dlid IN ({','.join('?' * len(part))}) "
+                "ORDER BY p.id", part).fetchall()
+            out += [(str(d), str(lp)) for d, lp in rows]
+        return out
+
+    def files_by(self, dlids: Iterable[str], producers: Iterable[str]) -> list[tuple[str, str, int]]:
+        """(path, dlid, recorded size) of the files the processes ``producers`` wrote for the
+        downlinks ``dlids`` and that are still recorded (cleanup forgets what it removes):
+        the chunk outputs a finished stream left (engine/pipeline/retention.py)."""
+        wanted, procs = sorted(set(dlids)), sorted(set(producers))
+        out: list[tuple[str, str, int]] = []
+        step = self.backend.MAX_PARAMS - len(procs)
+        if not procs or step < 1:
+            return out
+        for i in range(0, len(wanted), step):
+            part = wanted[i:i + step]
+            rows = self.conn.execute(
+                f"SELECT path, dlid, size FROM files WHERE producer IN ({','.join('?' * len(procs))})"
+                f" AND dlid IN ({','.join('?' * len(part))}) ORDER BY path",
+                (*procs, *part)).fetchall()
+            out += [(str(p), str(d), int(n)) for p, d, n in rows]
+        return out
+
+    def events_before(self, before: float) -> EventsSpan:
+        """The rows of the events table older than ``before`` (epoch seconds): how many,
+        their id range, and the bytes of their text (kind, dlid, detail)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*), MIN(id), MAX(id), "
+            "COALESCE(SUM(LENGTH(kind) + COALESCE(LENGTH(dlid), 0) + LENGTH(detail)), 0) "
+            "FROM events WHERE t < ?", (before,)).fetchone()
+        n, lo, hi, size = row
+        return EventsSpan(int(n), None if lo is None else int(lo),
+                          None if hi is None else int(hi), int(size))
+
+
+class EventsSpan(NamedTuple):
+    """Rows of the events table older than a cut-off (``ReadQueries.events_before``)."""
+
+    rows: int
+    first_id: int | None
+    last_id: int | None
+    bytes: int                  # the rows' text; the database file reuses, not returns, them
+
+
 class RunningStream(NamedTuple):
     """A RUNNING stream as the health check sees it."""
 

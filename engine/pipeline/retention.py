@@ -1,0 +1,742 @@
+"""Retention: what may go from a workspace that runs for years, and removing exactly that.
+
+Why this exists: nothing was ever pruned. Per-instance logs, the state database's events
+table, fcopy packages kept after their extraction and chunk outputs that a stream left
+behind (HalfPipe's leak: intermediates that linger, docs/halfpipe.md "Staging and disk
+usage"; its RunCleanup swept them) grew without bound. ``plan`` lists what ``[retention]``
+lets go, ``apply`` removes it; ``skydeck-engine prune [--dry-run]`` prints one or the
+other, the daemon applies it every ``interval_s``, the console's Staging panel shows what
+the next prune would free.
+
+Areas (``[retention] <area>_days``; 0 keeps an area forever):
+
+- ``logs``: the log of every process instance the state database records (every stream and
+  execution of the downlink), where the runner puts them (``logs/<DLID>/``), with the Slurm
+  script and exit file beside it, then that directory once nothing else is in it; and
+  console job logs (``logs/console/run-<DLID>-*.log``, ``build-*``, ``propagate-*``);
+- ``events``: rows of the events table, deleted in one transaction;
+- ``fcopy``: ``<DLID>.tar`` + ``<DLID>.md5`` of an ACCEPTED fcopy package, while its
+  extracted level-0 directory is still the registered one (tar first, manifest last);
+- ``orphan_chunks``: chunk outputs (``downlinks/<DLID>/<DLID>-<CHUNK>.h5`` and its
+  ``.parts/``) that a finished stream left (mergeEvt failed or was skipped, cleanup never
+  ran), as the files table records them, with their recorded size; kept while
+  ``haltCleanup`` holds the downlink or a run they hold is being merged (its run lock, or a
+  stream in progress that touched the run), and removed under ``lock/cleanup``;
+- ``rejected``: a rejected delivery (what its reason file says was moved) with its reason
+  file last; all of it or, while anything of it is younger, none.
+
+Rules, each a test (tests/pipeline/test_retention.py):
+
+- only what the engine wrote or accepted is a candidate (a recorded log, a recorded chunk
+  output, an accepted package, a rejection named by its reason file): a stray operator file
+  never is;
+- nothing of a downlink whose latest stream is not finished (SUCCESS, FAILED, CANCELED;
+  WAITING, RUNNING and TERMINATED are not): its logs, chunks and package stay;
+- never ``stage/``, ``logs/heartbeat/``, ``logs/daemon.log``, ``lock/``, halt flags, the
+  config or the state database (checked for every path, in ``plan`` and again in ``apply``);
+- a file is as old as the later of its last change (mtime) and the state change that freed
+  it (the stream ended, the delivery was done);
+- ``apply`` removes a file only if it is still the file planned (device, inode, size,
+  mtime) and its downlink's streams are as planned; removal is one ``unlink`` per file
+  (atomic), a file already gone is not an error, one that cannot be removed is reported and
+  skipped, a directory goes only once empty (``rmdir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import Busy
+from engine.core.ids import is_dlid, run_hex
+from engine.core.owner import Owner
+from engine.core.settings import DAY_S
+from engine.core.workspace import Workspace
+from engine.intake import deliveries, manifest
+from engine.pipeline import locks
+from engine.pipeline.halts import halt_flag
+from engine.pipeline.task import load_task
+from engine.store import StateDB
+
+AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
+FINISHED = ("SUCCESS", "FAILED", "CANCELED")   # a stream no runner picks up again
+HEARTBEAT_DIR = "heartbeat"     # engine.api.metrics.HEARTBEAT_DIR (the api is above us)
+DAEMON_LOG = "daemon.log"       # engine.api.listings.DAEMON_LOG
+INDEX_NAME = "mergeIndices.json"  # engine.pipeline.jobs.INDEX_NAME (jobs imports h5py)
+CLEANUP_LOCK = "cleanup"
+LOG_SIBLINGS = ("", ".sbatch", ".exit")  # the log, the Slurm script, the job's exit file
+MAX_REASON_BYTES = 1 << 20
+_CONSOLE_LOG = re.compile(r"(?:run-(?P<dlid>[0-9]{9})|build|propagate)-[0-9]{8}T[0-9]{6}\.log")
+
+Signature = tuple[tuple[int, str, float | None], ...]   # a downlink's latest streams
+
+
+@dataclass(frozen=True)
+class PruneCandidate:
+    """One thing a prune removes: a file or an (empty) directory, or the events rows."""
+
+    area: str                   # one of AREAS
+    path: str | None            # None: the events rows
+    bytes: int                  # disk usage (st_blocks * 512, as `stage` counts); events: text
+    reason: str
+    dlid: str | None = None
+    is_dir: bool = False        # removed with rmdir, only once empty
+    rows: int = 0               # events: rows older than the cut-off
+    first_id: int | None = None
+    last_id: int | None = None
+    cutoff: float | None = None  # events: rows older than this (epoch seconds)
+    ident: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
+    needs_gone: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    runs: tuple[int, ...] = field(default=(), compare=False, repr=False)  # a chunk's runs
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"area": self.area, "path": self.path, "bytes": self.bytes,
+                               "reason": self.reason, "dlid": self.dlid}
+        if self.is_dir:
+            out["dir"] = True
+        if self.path is None:
+            out |= {"rows": self.rows, "first_id": self.first_id, "last_id": self.last_id}
+        return out
+
+
+@dataclass(frozen=True)
+class AreaTotal:
+    """What one area frees: files (and directories), rows (events) and bytes."""
+
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"files": self.files, "rows": self.rows, "bytes": self.bytes}
+
+
+def totals(cands: Iterable[PruneCandidate]) -> dict[str, AreaTotal]:
+    """Per area (every area, in ``AREAS`` order): files, rows and bytes of ``cands``."""
+    acc = {a: [0, 0, 0] for a in AREAS}
+    for c in cands:
+        t = acc[c.area]
+        t[0] += 0 if c.path is None else 1
+        t[1] += c.rows
+        t[2] += c.bytes
+    return {a: AreaTotal(*v) for a, v in acc.items()}
+
+
+@dataclass
+class PrunePlan:
+    """What a prune would remove now, in the order it removes it."""
+
+    now: float
+    candidates: list[PruneCandidate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what was held back, and why
+    streams: dict[str, Signature] = field(default_factory=dict, repr=False)
+
+    def totals(self) -> dict[str, AreaTotal]:
+        return totals(self.candidates)
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.candidates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"now": self.now, "candidates": [c.to_json() for c in self.candidates],
+                "areas": {a: t.to_json() for a, t in self.totals().items()},
+                "bytes": self.bytes, "notes": self.notes}
+
+
+@dataclass
+class PruneResult:
+    """What ``apply`` did with each candidate of a plan."""
+
+    removed: list[PruneCandidate] = field(default_factory=list)
+    gone: list[PruneCandidate] = field(default_factory=list)       # already gone: no error
+    kept: list[tuple[PruneCandidate, str]] = field(default_factory=list)   # changed since
+    failed: list[tuple[PruneCandidate, str]] = field(default_factory=list)  # could not remove
+
+    def totals(self) -> dict[str, AreaTotal]:
+        return totals(self.removed)
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.removed)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and bytes per area: the daemon's ``prune`` event and the events row."""
+        return {"areas": {a: t.to_json() for a, t in self.totals().items() if t != AreaTotal()},
+                "bytes": self.bytes, "removed": sum(1 for c in self.removed if c.path),
+                "gone": len(self.gone), "kept": len(self.kept), "failed": len(self.failed)}
+
+    def to_json(self) -> dict[str, Any]:
+        return self.summary() | {
+            "candidates": [c.to_json() for c in self.removed],
+            "kept_back": [c.to_json() | {"why": why} for c, why in self.kept],
+            "errors": [c.to_json() | {"error": why} for c, why in self.failed]}
+
+
+# ---------------------------------------------------------------------- guards
+
+def _norm(p: str | os.PathLike[str]) -> str:
+    return os.path.normpath(os.path.abspath(p))
+
+
+def _inside(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class Guard:
+    """The paths a prune never removes, resolved once per workspace (``protected``)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        never = [(ws.stage, "a staged file (stage/ is never pruned)"),
+                 (ws.logs / HEARTBEAT_DIR, "a daemon heartbeat"),
+                 (ws.lock, "a lock file"), (ws.path("flags"), "a halt flag")]
+        exact = [(ws.logs / DAEMON_LOG, "the daemon's live log"),
+                 (ws.root / "skydeck.toml", "the config")]
+        # each as written and with links resolved
+        self.never = [(r, why) for p, why in never for r in {_norm(p), os.path.realpath(p)}]
+        self.exact = {r: why for p, why in exact for r in (_norm(p), os.path.realpath(p))}
+        self.db = {_norm(ws.state_db), os.path.realpath(ws.state_db)}
+
+    def why(self, path: str | os.PathLike[str]) -> str | None:
+        """Why ``path`` is never pruned (None: it may be)."""
+        for p in {_norm(path), os.path.realpath(path)}:
+            why = self._why(p)
+            if why is not None:
+                return why
+        return None
+
+    def why_in(self, real_dir: str, name: str) -> str | None:
+        """``why`` for the regular file ``name`` (no link) in ``real_dir``, a directory whose
+        links are resolved already: string work only (one call per log file)."""
+        return self._why(real_dir + os.sep + name)
+
+    def _why(self, p: str) -> str | None:
+        for root, why in self.never:
+            if _inside(p, root):
+                return why
+        if p in self.exact:
+            return self.exact[p]
+        if any(p.startswith(db) for db in self.db):  # with -wal, -shm, .bak copies
+            return "the state database"
+        return None
+
+
+def protected(ws: Workspace, path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` may never be pruned (None: it may). Checked as written and with links
+    resolved: a staged file, a daemon heartbeat, the live daemon log, a lock or halt flag,
+    the config or the state database."""
+    return Guard(ws).why(path)
+
+
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------- state
+
+def _stream_states(db: StateDB) -> tuple[dict[str, Signature], dict[str, float]]:
+    """Each downlink's latest streams as a signature, and for those whose every latest
+    stream is finished, when the last one ended."""
+    by: dict[str, list[tuple[int, str, float, float | None, float | None]]] = {}
+    for dlid, sid, status, created, started, ended in db.latest_stream_states():
+        by.setdefault(dlid, []).append((sid, status, created, started, ended))
+    sigs: dict[str, Signature] = {}
+    finished: dict[str, float] = {}
+    for dlid, sts in by.items():
+        sigs[dlid] = tuple(sorted((sid, status, ended) for sid, status, _, _, ended in sts))
+        if all(status in FINISHED for _, status, _, _, _ in sts):
+            finished[dlid] = max(ended or started or created
+                                 for _, _, created, started, ended in sts)
+    return sigs, finished
+
+
+def _read_index(ws: Workspace, dlid: str) -> dict[str, Any]:
+    """A downlink's mergeIndices.json ({} when absent or unreadable)."""
+    try:
+        doc = json.loads((ws.downlinks / dlid / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _runs(idx: dict[str, Any]) -> set[int]:
+    runs = idx.get("runs")
+    return {r for r in runs if isinstance(r, int)} if isinstance(runs, list) else set()
+
+
+def _chunk_runs(idx: dict[str, Any]) -> dict[str, list[int]]:
+    chunks = idx.get("chunks")
+    if not isinstance(chunks, dict):
+        return {}
+    return {str(k): [r for r in v if isinstance(r, int)] for k, v in chunks.items()
+            if isinstance(v, list)}
+
+
+# ---------------------------------------------------------------------- reason files
+
+def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], str | None] | None:
+    """What a rejection's reason file (``deliveries.reject``) says was moved into ``root``,
+    as normalised paths, and the downlink id it names (None when it names none); None when
+    the file is not one ``reject`` writes (not JSON, no ``moved`` list of paths directly in
+    ``root``, a reason file among them): such a rejection is not ours to judge. Never
+    raises: reason files are read from a directory anyone in the group may write."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    moved = doc.get("moved") if isinstance(doc, dict) else None
+    if not isinstance(moved, list) or not all(isinstance(m, str) for m in moved):
+        return None
+    rroot = _norm(root)
+    out = []
+    for m in moved:
+        if not m or "\0" in m:
+            return None
+        p = _norm(m)
+        if os.path.dirname(p) != rroot or p.endswith(".reason"):
+            return None
+        out.append(p)
+    name = doc.get("delivery")
+    stem = name.partition(":")[2] if isinstance(name, str) else ""
+    return out, (stem if is_dlid(stem) else None)
+
+
+# ---------------------------------------------------------------------- plan
+
+class _Planner:
+    def __init__(self, ws: Workspace, db: StateDB, now: float) -> None:
+        self.ws, self.db, self.now = ws, db, now
+        self.r = ws.settings.retention
+        self.plan = PrunePlan(now)
+        self.seen: set[str] = set()
+        self.sigs, self.finished = _stream_states(db)
+        self.plan.streams = self.sigs
+        self.guard = Guard(ws)
+
+    def cutoff(self, days: float) -> float | None:
+        return None if days <= 0 else self.now - days * DAY_S
+
+    def file(self, area: str, path: str | os.PathLike[str], root: Path, cutoff: float,
+             reason: str, dlid: str | None = None, ref: float = 0.0, regular: bool = True,
+             size: int | None = None, add: bool = True, runs: tuple[int, ...] = ()
+             ) -> PruneCandidate | None:
+        """A file as a candidate when it lies in ``root``, is not protected and is older
+        than ``cutoff`` (by the later of its mtime and ``ref``); None otherwise."""
+        p = _norm(path)
+        if p in self.seen or not _inside(p, _norm(root)) or p == _norm(root):
+            return None
+        try:
+            st = os.lstat(p)
+        except (OSError, ValueError):  # gone, unreadable, or no file name at all
+            return None
+        if stat.S_ISDIR(st.st_mode) or (regular and not stat.S_ISREG(st.st_mode)):
+            return None
+        if size is not None and st.st_size != size:
+            self.plan.notes.append(f"kept {p}: its size differs from what the engine wrote")
+            return None
+        if max(st.st_mtime, ref) >= cutoff or self.guard.why(p) is not None:
+            return None
+        c = PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, ident=_ident(st),
+                           runs=runs)
+        if add:
+            self.add(c)
+        return c
+
+    def add(self, c: PruneCandidate) -> None:
+        if c.path is not None:
+            self.seen.add(c.path)
+        self.plan.candidates.append(c)
+
+    def empty_dir_after(self, area: str, d: Path, root: Path, reason: str,
+                        dlid: str | None) -> None:
+        """``d`` too, when everything in it is planned already (rmdir: only once empty)."""
+        p = _norm(d)
+        if not _inside(p, _norm(root)) or p == _norm(root) or self.guard.why(p):
+            return
+        try:
+            st = os.lstat(p)
+            names = os.listdir(p)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode) and all(os.path.join(p, n) in self.seen for n in names):
+            self.add(PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, is_dir=True,
+                                    ident=(st.st_dev, st.st_ino, 0, 0)))
+
+    # -------------------------------------------------------------- areas
+
+    def logs(self) -> None:
+        cut = self.cutoff(self.r.logs_days)
+        if cut is None:
+            return
+        root = _norm(self.ws.logs)
+        try:
+            with os.scandir(root) as it:
+                present = {e.name for e in it if e.is_dir(follow_symlinks=False)}
+        except OSError:
+            present = set()
+        # a downlink freed after the cut-off has nothing old enough; one whose log directory
+        # is gone (pruned before) has nothing left: neither is read again
+        old = [d for d, ended in self.finished.items() if ended < cut and d in present]
+        recorded: dict[str, set[str]] = {}
+        for dlid, log in self.db.instance_logs(old):
+            p = _norm(log)
+            if os.path.dirname(p) == os.path.join(root, dlid):  # the runner's layout only
+                recorded.setdefault(dlid, set()).update(
+                    os.path.basename(p) + s for s in LOG_SIBLINGS)
+        reason = f"log of a finished stream, older than {self.r.logs_days:g} d"
+        for dlid in sorted(recorded):
+            self._log_dir(os.path.join(root, dlid), recorded[dlid], cut, reason, dlid)
+        console = os.path.join(root, "console")
+        with contextlib.suppress(OSError), os.scandir(console) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                m = _CONSOLE_LOG.fullmatch(e.name)
+                if m is None:
+                    continue
+                dlid = m.group("dlid")
+                if dlid is not None and dlid in self.sigs and dlid not in self.finished:
+                    continue  # the stream it ran is not finished
+                self.file("logs", e.path, Path(console), cut,
+                          f"console job log, older than {self.r.logs_days:g} d", dlid,
+                          ref=self.finished.get(dlid or "", 0.0))
+
+    def _log_dir(self, d: str, names: set[str], cut: float, reason: str, dlid: str) -> None:
+        """The recorded logs in one downlink's log directory (one listing, one stat per
+        file), then the directory when nothing else is in it."""
+        if self.guard.why(d) is not None:
+            return
+        real = os.path.realpath(d)
+        ref = self.finished[dlid]
+        try:
+            dst = os.lstat(d)
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        everything = stat.S_ISDIR(dst.st_mode)
+        for e in entries:
+            c = None
+            if e.name in names:
+                with contextlib.suppress(OSError):
+                    st = e.stat(follow_symlinks=False)
+                    if (stat.S_ISREG(st.st_mode) and max(st.st_mtime, ref) < cut
+                            and self.guard.why_in(real, e.name) is None):
+                        c = PruneCandidate("logs", e.path, st.st_blocks * 512, reason, dlid,
+                                           ident=_ident(st))
+                        self.add(c)
+            everything = everything and c is not None
+        if everything:
+            self.add(PruneCandidate("logs", d, dst.st_blocks * 512, "a finished downlink's log "
+                                    "directory, empty once its logs are gone", dlid, is_dir=True,
+                                    ident=(dst.st_dev, dst.st_ino, 0, 0)))
+
+    def orphan_chunks(self) -> None:
+        cut = self.cutoff(self.r.orphan_chunks_days)
+        if cut is None:
+            return
+        busy: set[int] = set()  # runs touched by streams in progress: their merges read chunks
+        for dlid in self.sigs:
+            if dlid not in self.finished:
+                busy |= _runs(_read_index(self.ws, dlid))
+        reason = (f"chunk output a finished stream left (RunCleanup), older than "
+                  f"{self.r.orphan_chunks_days:g} d")
+        producers = [pd.name for pd in load_task(self.ws).processes if pd.foreach == "chunks"]
+        old = [d for d, ended in self.finished.items() if ended < cut]
+        by_dlid: dict[str, list[tuple[str, int]]] = {}
+        for path, dlid, size in self.db.files_by(old, producers):
+            if self._chunk_of(dlid, path):
+                by_dlid.setdefault(dlid, []).append((path, size))
+        for dlid, records in sorted(by_dlid.items()):
+            flag = halt_flag(self.ws, dlid, "haltCleanup")
+            if flag is not None:
+                self.plan.notes.append(f"kept the chunk outputs of {dlid}: {flag} exists")
+                continue
+            chunk_runs = _chunk_runs(_read_index(self.ws, dlid))
+            parts_dirs: set[Path] = set()
+            for path, size in records:
+                chunk = self._chunk_of(dlid, path) or ""
+                runs = chunk_runs.get(chunk, [])
+                held = [r for r in runs if r in busy or (self.ws.lock / run_hex(r)).exists()]
+                if held:
+                    self.plan.notes.append(f"kept {path}: run {held[0]} is being merged")
+                    continue
+                c = self.file("orphan_chunks", path, self.ws.downlinks / dlid, cut, reason,
+                              dlid, ref=self.finished[dlid], size=size, runs=tuple(runs))
+                if c is not None and Path(path).parent.name.endswith(".h5.parts"):
+                    parts_dirs.add(Path(path).parent)
+            for d in sorted(parts_dirs):
+                self.empty_dir_after("orphan_chunks", d, self.ws.downlinks / dlid,
+                                     "a chunk output's parts directory, empty once they are "
+                                     "gone", dlid)
+
+    def _chunk_of(self, dlid: str, path: str) -> str | None:
+        """The chunk a recorded file is the output (or a part) of, else None."""
+        p = Path(_norm(path))
+        base = Path(_norm(self.ws.downlinks / dlid))
+        pat = re.compile(re.escape(dlid) + r"-([0-9]{5})\.h5")
+        if p.parent == base:
+            m = pat.fullmatch(p.name)
+        elif p.parent.parent == base and p.parent.name.endswith(".parts"):
+            m = pat.fullmatch(p.parent.name[: -len(".parts")])
+        else:
+            return None
+        return m.group(1) if m else None
+
+    def fcopy(self) -> None:
+        cut = self.cutoff(self.r.fcopy_days)
+        if cut is None:
+            return
+        accepted = [d for d in self.db.deliveries("ACCEPTED")
+                    if d.kind == "fcopy" and d.dlid and self.finished.get(d.dlid, cut) < cut
+                    and d.name.startswith("fcopy:")]
+        cands = {}
+        for d in accepted:
+            cand = deliveries.fcopy_candidate(self.ws, d.name[len("fcopy:"):] + ".md5")
+            if cand is not None and cand.name == d.name:
+                cands[d.name] = (d, cand)
+        again = {c.name for c in deliveries.unsettled(self.db, [c for _, c in cands.values()])}
+        reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
+        for name, (d, cand) in sorted(cands.items()):
+            dl = self.db.downlink(d.dlid or "")
+            if name in again or dl is None:
+                continue  # a new delivery under the accepted name: it is judged, not pruned
+            level0 = Path(dl.level0) / manifest.MANIFEST_NAME
+            if dl.manifest_id is not None and deliveries.manifest_id(level0) != dl.manifest_id:
+                self.plan.notes.append(f"kept {cand.path}: the level-0 directory it was "
+                                       f"extracted into is no longer the registered one")
+                continue
+            if dl.manifest_id is None and not level0.is_file():
+                continue
+            ref = max(d.done or 0.0, self.finished[d.dlid or ""])
+            tar = self.file("fcopy", cand.path, self.ws.incoming_fcopy, cut, reason, d.dlid,
+                            ref=ref, add=False)
+            md5 = self.file("fcopy", cand.manifest, self.ws.incoming_fcopy, cut, reason, d.dlid,
+                            ref=ref, add=False)
+            if md5 is None or (tar is None and os.path.lexists(cand.path)):
+                continue  # both or none (a tar alone is no delivery: the manifest goes last)
+            if tar is not None:
+                self.add(tar)
+            self.add(md5)
+
+    def rejected(self) -> None:
+        cut = self.cutoff(self.r.rejected_days)
+        if cut is None:
+            return
+        root = self.ws.rejected
+        try:
+            reasons = sorted(e.path for e in os.scandir(root) if e.name.endswith(".reason"))
+        except OSError:
+            return
+        for rf in reasons:
+            self._rejection(Path(rf), root, cut)
+
+    def _rejection(self, rf: Path, root: Path, cut: float) -> None:
+        """One rejected delivery: everything its reason file says was moved, then the reason
+        file; all of it when all of it is older than ``cut``, else none."""
+        try:
+            st = os.lstat(rf)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REASON_BYTES:
+                return
+            parsed = parse_reason(rf.read_bytes(), root)
+        except OSError:
+            return
+        if parsed is None:
+            return
+        moved, dlid = parsed
+        reason = f"rejected delivery, older than {self.r.rejected_days:g} d"
+        out: list[PruneCandidate] = []
+        for p in moved:
+            try:
+                mst = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return
+            entries = list(self._tree(Path(p))) if stat.S_ISDIR(mst.st_mode) else [(Path(p), mst)]
+            for q, qst in entries:
+                if max(qst.st_mtime if not stat.S_ISDIR(qst.st_mode) else 0.0,
+                       st.st_mtime) >= cut or self.guard.why(q):
+                    return
+                is_dir = stat.S_ISDIR(qst.st_mode)
+                out.append(PruneCandidate("rejected", str(q), qst.st_blocks * 512, reason, dlid,
+                                          is_dir=is_dir,
+                                          ident=(qst.st_dev, qst.st_ino, 0, 0) if is_dir
+                                          else _ident(qst)))
+        if st.st_mtime >= cut:
+            return
+        for c in out:
+            self.add(c)
+        self.add(PruneCandidate("rejected", _norm(rf), st.st_blocks * 512,
+                                "the reason file of " + reason, dlid, ident=_ident(st),
+                                needs_gone=tuple(moved)))
+
+    @staticmethod
+    def _tree(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
+        """Every entry under ``top``, contents before their directory, ``top`` last; links
+        are entries, never followed."""
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False, followlinks=False):
+            for n in sorted(filenames) + sorted(dirnames):  # a link to a directory: a name
+                with contextlib.suppress(OSError):
+                    yield Path(dirpath) / n, os.lstat(Path(dirpath) / n)
+        with contextlib.suppress(OSError):
+            yield top, os.lstat(top)
+
+    def events(self) -> None:
+        cut = self.cutoff(self.r.events_days)
+        if cut is None:
+            return
+        span = self.db.events_before(cut)
+        if span.rows and span.last_id is not None:
+            self.add(PruneCandidate("events", None, span.bytes,
+                                    f"events older than {self.r.events_days:g} d", rows=span.rows,
+                                    first_id=span.first_id, last_id=span.last_id, cutoff=cut))
+
+
+def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> PrunePlan:
+    """What a prune would remove at ``now`` (default: the current time), by area, in the
+    order ``apply`` removes it. Reads only: nothing changes."""
+    if db is None:
+        with StateDB(ws.state) as own:
+            return plan(ws, own, now)
+    p = _Planner(ws, db, time.time() if now is None else now)
+    p.logs()
+    p.orphan_chunks()
+    p.fcopy()
+    p.rejected()
+    p.events()
+    return p.plan
+
+
+# ---------------------------------------------------------------------- apply
+
+def _same(c: PruneCandidate, st: os.stat_result) -> bool:
+    if c.ident is None:
+        return False
+    if c.is_dir:
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == c.ident[:2]
+    return not stat.S_ISDIR(st.st_mode) and _ident(st) == c.ident
+
+
+@contextlib.contextmanager
+def _cleanup_lock(ws: Workspace, wanted: bool) -> Iterator[str | None]:
+    """``lock/cleanup`` for the orphan chunks (cleanup jobs remove chunk outputs too); yields
+    None when held (or not wanted), else why it is not."""
+    if not wanted:
+        yield None
+        return
+    path = ws.lock / CLEANUP_LOCK
+    me = Owner.me()
+    try:
+        info = locks.read(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and (info.pid, info.host) == (me.pid, me.host):
+        # held for a cleanup job this very process runs (a daemon): acquiring would succeed
+        # and releasing would free it under that job
+        yield "the cleanup lock is held by a cleanup job of this process"
+        return
+    try:
+        locks.acquire(path, None, "prune", me)
+    except Busy as err:
+        yield f"the cleanup lock is held: {err.message}"
+        return
+    try:
+        yield None
+    finally:
+        locks.release(path, me)
+
+
+def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult:
+    """Remove what ``p`` lists, each candidate only if it is still what was planned (see the
+    module docstring); the events rows and a ``prune`` record in one transaction (none when
+    there was nothing to do: an idle prune writes nothing to the state database)."""
+    if db is None:
+        with StateDB(ws.state) as own:
+            return apply(ws, p, own)
+    res = PruneResult()
+    sigs, _finished = _stream_states(db)
+    guard = Guard(ws)
+    events: PruneCandidate | None = None
+    with _cleanup_lock(ws, any(c.area == "orphan_chunks" for c in p.candidates)) as busy:
+        for c in p.candidates:
+            if c.path is None:
+                events = c
+                continue
+            why = _hold(ws, guard, c, p, sigs, busy)
+            if why is not None:
+                res.kept.append((c, why))
+                continue
+            if _remove(c, res) and c.area == "orphan_chunks" and not c.is_dir:
+                db.forget_file(c.path)  # the downlink's recorded bytes stay true
+    span = None if events is None or events.cutoff is None or events.last_id is None \
+        else (events.cutoff, events.last_id)
+    deleted = 0
+    if span is not None or res.removed or res.gone or res.failed:  # else: no write at all
+        deleted = db.trim_events(span, **res.summary())
+    if events is not None and deleted:  # fewer than planned: another prune took some
+        res.removed.append(PruneCandidate(events.area, None, events.bytes * deleted // events.rows,
+                                          events.reason, rows=deleted, first_id=events.first_id,
+                                          last_id=events.last_id, cutoff=events.cutoff))
+    return res
+
+
+def _hold(ws: Workspace, guard: Guard, c: PruneCandidate, p: PrunePlan,
+          sigs: dict[str, Signature], busy: str | None) -> str | None:
+    """Why ``c`` is kept after all (None: remove it)."""
+    assert c.path is not None
+    why = guard.why(c.path)
+    if why is not None:
+        return why
+    if c.dlid is not None and c.area != "rejected" and sigs.get(c.dlid) != p.streams.get(c.dlid):
+        return f"the streams of {c.dlid} changed since the plan"
+    if c.area == "orphan_chunks":
+        if busy is not None:
+            return busy
+        held = [r for r in c.runs if (ws.lock / run_hex(r)).exists()]
+        if held:
+            return f"run {held[0]} is being merged"
+    for q in c.needs_gone:
+        if os.path.lexists(q):
+            return f"{q} is still there"
+    return None
+
+
+def _remove(c: PruneCandidate, res: PruneResult) -> bool:
+    """Remove one planned file (unlink) or directory (rmdir); True when it is gone now."""
+    assert c.path is not None
+    try:
+        st = os.lstat(c.path)
+        if not _same(c, st):
+            res.kept.append((c, "changed since the plan"))
+            return False
+        if c.is_dir:
+            os.rmdir(c.path)
+        else:
+            os.unlink(c.path)
+    except FileNotFoundError:
+        res.gone.append(c)
+        return True
+    except OSError as err:
+        if c.is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            res.kept.append((c, "not empty: it holds what the prune did not plan"))
+        else:
+            res.failed.append((c, err.strerror or str(err)))
+        return False
+    res.removed.append(c)
+    return True
+
+
+def prune(ws: Workspace, dry_run: bool = False, now: float | None = None
+          ) -> tuple[PrunePlan, PruneResult | None]:
+    """Plan, and unless ``dry_run`` apply: what `skydeck-engine prune` and the daemon do."""
+    with StateDB(ws.state) as db:
+        p = plan(ws, db, now)
+        return p, (None if dry_run else apply(ws, p, db))
