@@ -8,7 +8,10 @@ Shape (docs/ecosystem.md, "Daemon shape"):
   since kernel notifications do not cross the network.
 - Every claim (delivery, stream) is a state-database transaction, so any number of daemons,
   ``skydeck-engine run`` and the console can share a workspace without processing a
-  downlink twice; a claim whose owner is provably dead is taken over (resume).
+  downlink twice; a claim whose owner is provably dead is taken over (resume). With a
+  PostgreSQL state the daemon holds its presence on the server from its start
+  (engine/store/presence.py), so a daemon on another host that dies is seen dead by the
+  server and its streams, deliveries and locks are taken over here (a ``takeover`` line).
 - SIGTERM/SIGINT: stop launching, terminate running jobs (their instances become
   TERMINATED and are re-executed by the next owner), release the streams, exit 0.
 - ``--once``: process what is there, run those streams to their end, exit.
@@ -129,6 +132,11 @@ class Daemon:
         self.emit_fn = emit or self._print_and_log
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state)
+        try:  # before anything is owned: on PostgreSQL the server sees this daemon die
+            self.presence = self.db.hold_presence()
+        except BaseException:
+            self.db.close()
+            raise
         self.launcher = make_launcher(ws.settings.pipeline.launcher,
                                       max_jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
         self.max_streams = ws.settings.pipeline.max_streams
@@ -331,7 +339,9 @@ class Daemon:
         """Stale locks are reported once (reclaimed when a process needs them), and so is
         anything at a lock path that blocks its lock for good until an operator removes it
         (a directory, a FIFO, a link: no owner to prove dead)."""
-        from engine.pipeline.locks import list_locks
+        from engine.pipeline.locks import list_locks, sweep_temps
+        for p in sweep_temps(self.ws.lock):
+            self._ev("swept", path=str(p), why="lock temporary left by a killed process")
         infos = list_locks(self.ws.lock)
         self._stale_seen &= {i.name for i in infos}  # one that comes back is reported again
         for info in infos:
@@ -340,8 +350,19 @@ class Daemon:
                 self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
                          kind=info.kind, owner=info.owner, why=info.reason)
 
+    def check_presence(self) -> None:
+        """On PostgreSQL: the connection holding this daemon's presence still stands; if it
+        was lost (a server restart, a network cut) it is taken again, and said: meanwhile
+        another host may have judged this daemon dead and taken over what it ran."""
+        if self.presence is not None and not self.presence.check():
+            self._ev("presence_lost", pid=os.getpid(),
+                     why="the state server connection holding this daemon's presence was lost; "
+                         "taken again (another host may have taken over its streams)")
+
     @_contained_as("delivery scan")
     def reconcile(self) -> None:
+        with self._contained("presence"):
+            self.check_presence()
         with self._contained("lock report"):  # a lock problem never stops intake
             self.report_stale_locks()
         for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
@@ -385,7 +406,10 @@ class Daemon:
             if dlid in mine or self._backing_off(key) or halt_flag(self.ws, dlid, "halted"):
                 continue
             with self._contained(key, dlid=dlid):
-                st, _why = self.db.claim_stream(dlid, self.task.name)
+                taken: list[dict[str, Any]] = []
+                st, _why = self.db.claim_stream(dlid, self.task.name, taken=taken)
+                for detail in taken:  # a dead owner on another host (PostgreSQL)
+                    self._ev("takeover", **detail)
                 if st is None:
                     continue
                 runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher, self.emit)
