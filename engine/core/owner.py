@@ -33,7 +33,7 @@ PID_MAX = 2**22  # Linux's largest pid_max: no process has a pid outside 1..PID_
 
 # A judge of owners on other hosts: (pid, host, start or None) -> (dead, why), or None when it
 # cannot tell (then the owner counts as alive). ``start`` None: only pid and host are known
-# (a temporary's or an extraction's name).
+# (a temporary's or an extraction's name, maybe a job's): the judge then answers for the host.
 RemoteJudge = Callable[[int, str, float | None], tuple[bool, str] | None]
 _remote_judge: RemoteJudge | None = None
 

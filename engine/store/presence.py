@@ -15,8 +15,9 @@ question to the server (``judge``): is its lock held in ``pg_locks``?
 
 Two keys are held (``engine.core.owner.presence_keys``): one 64-bit key of the whole
 identity (host, pid, start), so a rebooted host whose new process got the old pid is still
-told apart, and one (host hash, pid) pair for what names only host and pid (a temporary's
-or an extraction's name).
+told apart, and one (host hash, pid) pair. What names only host and pid (a temporary's or
+an extraction's name) may be a job's, and jobs hold no presence: it is judged by its host
+(gone when no process of that host holds a pair key).
 
 Global state is one slot per process and database: ``hold`` keeps the presence (the
 claim code calls it before it writes an owner, the daemon at start, so nothing is ever
@@ -43,6 +44,9 @@ _LOCK_PAIR = "SELECT pg_advisory_lock(CAST(? AS integer), CAST(? AS integer))"
 _HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
          "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
          "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = ?")
+_HOST_HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+              "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+              "AND classid::bigint = ? AND objsubid = ?")
 
 
 def supported(backend: Backend) -> bool:
@@ -57,23 +61,33 @@ def _halves(key: int) -> tuple[int, int]:
 
 def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool, str] | None:
     """(dead, why) of the owner (pid, host, start) as the server sees it through ``conn``;
-    None when the server cannot be asked (then the owner counts as alive)."""
-    full, host_key, pid_key = presence_keys(pid, host, start)
+    None when the server cannot be asked (then the owner counts as alive).
+
+    With a start, the owner's own identity key decides. Without one (a temporary's or an
+    extraction's name: host and pid only) the *host* decides: such a file may be written by
+    a job, which holds no presence of its own, so it is gone only when no process of its
+    host holds one (the host crashed or every skydeck process on it ended)."""
+    full, host_key, _pid_key = presence_keys(pid, host, start)
     if full is not None:
         hi, lo = _halves(full)
-        args: tuple[int, int, int] = (hi, lo, 1)
-        what = f"{host}:{pid}"
+        sql, args = _HELD, (hi, lo, 1)
     else:
-        args = (host_key & 0xFFFFFFFF, pid_key, 2)
-        what = f"pid {pid} on {host}"
+        sql, args = _HOST_HELD, (host_key & 0xFFFFFFFF, 2)
     try:
-        row = conn.execute(_HELD, args).fetchone()
+        row = conn.execute(sql, args).fetchone()
     except Exception:  # the driver's error, a closed connection: cannot tell
         return None
-    if row is not None and int(row[0]) > 0:
-        return False, f"{what} holds its session on the state server (alive)"
-    return True, (f"{what} holds no session on the state server (the process or its host is "
-                  "gone)")
+    held = row is not None and int(row[0]) > 0
+    if full is not None:
+        if held:
+            return False, f"{host}:{pid} holds its session on the state server (alive)"
+        return True, (f"{host}:{pid} holds no session on the state server (the process or its "
+                      "host is gone)")
+    if held:
+        return False, (f"host {host} has processes holding sessions on the state server; "
+                       f"pid {pid} there cannot be judged from here")
+    return True, (f"no process on host {host} holds a session on the state server (the host "
+                  "or its skydeck processes are gone)")
 
 
 class Presence:

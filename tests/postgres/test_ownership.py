@@ -141,16 +141,21 @@ def test_the_server_sees_another_hosts_owner_die(pg_url: str, judge_slot: None) 
                                                                               me.start)[1])
         b = OtherHost(pg_url, "none:")
         try:
-            for start in (b.owner.start, None):  # whole identity; host and pid only
-                dead, why = owner_dead(b.owner.pid, OTHER, start)
-                assert not dead and "alive" in why
+            dead, why = owner_dead(b.owner.pid, OTHER, b.owner.start)
+            assert not dead and "alive" in why
+            # host and pid only (a temporary may be a job's, which holds no presence): the
+            # host decides, for any pid on it
+            for pid in (b.owner.pid, b.owner.pid + 1):
+                dead, why = owner_dead(pid, OTHER, None)
+                assert not dead and "cannot be judged" in why
             # the same pid on hostB with another start: a reused pid, not that process
             assert owner_dead(b.owner.pid, OTHER, b.owner.start + 50)[0]
         finally:
             b.kill()
         dead, why = _wait_dead(b.owner)
         assert dead and "no session on the state server" in why
-        assert owner_dead(b.owner.pid, OTHER, None)[0]
+        dead, why = owner_dead(b.owner.pid + 1, OTHER, None)
+        assert dead and f"no process on host {OTHER}" in why
 
 
 def test_the_claim_code_judges_through_its_own_connection(pg_url: str, judge_slot: None) -> None:
@@ -303,13 +308,15 @@ def test_a_dead_hosts_temporary_goes_with_the_server(pg_url: str, tmp_path: Path
         theirs.write_bytes(b"partial")
         lock_tmp = tmp_path / f".halfpipe-251201001.tmp-{OTHER}-{b.owner.pid}"
         lock_tmp.write_bytes(b"{}")
+        jobs = temp_name(target, pid=_dead_pid(), host=OTHER)  # a job's: no presence of its own
+        jobs.write_bytes(b"partial")
         try:
-            assert sweep_stale_temps(target) == [] and theirs.exists()
+            assert sweep_stale_temps(target) == [] and theirs.exists() and jobs.exists()
             assert locks.sweep_temps(tmp_path) == [] and lock_tmp.exists()
         finally:
             b.kill()
         _wait_dead(b.owner)
-        assert sweep_stale_temps(target) == [theirs] and not theirs.exists()
+        assert set(sweep_stale_temps(target)) == {theirs, jobs} and not theirs.exists()
         assert locks.sweep_temps(tmp_path) == [lock_tmp] and not lock_tmp.exists()
 
 
