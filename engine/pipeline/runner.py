@@ -176,10 +176,13 @@ class StreamRunner:
                     continue
                 if info.stale and info.host not in (None, self.owner.host):
                     # another host's owner, judged gone by the state server (PostgreSQL)
-                    event, why = "takeover", info.reason
-                    self.db.log_event("takeover", self.dlid, what="lock", lock=p.name,
-                                      old_owner=info.owner, new_owner=str(self.owner), why=why)
-                elif info.stale:
+                    detail = {"what": "lock", "lock": p.name, "old_owner": info.owner,
+                              "new_owner": str(self.owner), "why": info.reason}
+                    locks.take_over(p, self.dlid, pdef.name, self.owner)
+                    self.db.log_event("takeover", self.dlid, **detail)
+                    self._event("takeover", **detail)
+                    continue
+                if info.stale:
                     event, why = "lock_reclaimed", info.reason
                 elif (info.host == self.owner.host and info.pid != self.owner.pid
                       and info.stream == self.dlid):
