@@ -176,11 +176,12 @@ class StreamRunner:
                     continue
                 if info.stale and info.host not in (None, self.owner.host):
                     # another host's owner, judged gone by the state server (PostgreSQL)
-                    detail = {"what": "lock", "lock": p.name, "old_owner": info.owner,
-                              "new_owner": str(self.owner), "why": info.reason}
+                    detail: dict[str, Any] = {"what": "lock", "lock": p.name,
+                                              "old_owner": info.owner,
+                                              "new_owner": str(self.owner), "why": info.reason}
                     locks.take_over(p, self.dlid, pdef.name, self.owner)
                     self.db.log_event("takeover", self.dlid, **detail)
-                    self._event("takeover", **detail)
+                    self._event("takeover", None, **detail)
                     continue
                 if info.stale:
                     event, why = "lock_reclaimed", info.reason

@@ -68,6 +68,7 @@ def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool,
     a job, which holds no presence of its own, so it is gone only when no process of its
     host holds one (the host crashed or every skydeck process on it ended)."""
     full, host_key, _pid_key = presence_keys(pid, host, start)
+    args: tuple[int, ...]
     if full is not None:
         hi, lo = _halves(full)
         sql, args = _HELD, (hi, lo, 1)
