@@ -351,13 +351,28 @@ class Daemon:
                          kind=info.kind, owner=info.owner, why=info.reason)
 
     def check_presence(self) -> None:
-        """On PostgreSQL: the connection holding this daemon's presence still stands; if it
-        was lost (a server restart, a network cut) it is taken again, and said: meanwhile
-        another host may have judged this daemon dead and taken over what it ran."""
-        if self.presence is not None and not self.presence.check():
-            self._ev("presence_lost", pid=os.getpid(),
-                     why="the state server connection holding this daemon's presence was lost; "
-                         "taken again (another host may have taken over its streams)")
+        """On PostgreSQL: the connection holding this daemon's presence still stands. If it
+        was lost (a server restart, a network cut) it is taken again, and said; meanwhile
+        another host may have judged this daemon dead and taken over streams it ran: those
+        are given up here (their jobs killed, nothing written: they are the new owner's)."""
+        if self.presence is None or self.presence.check():
+            return
+        self._ev("presence_lost", pid=os.getpid(),
+                 why="the state server connection holding this daemon's presence was lost; "
+                     "taken again")
+        me = (self.presence.owner.pid, self.presence.owner.host)
+        for sid, r in list(self.runners.items()):
+            st = self.db.stream(sid)
+            if (st.owner_pid, st.owner_host) == me:
+                continue
+            for pi_id in list(r.running):
+                self.launcher.cancel(pi_id, grace_s=0.0)
+            del self.runners[sid]
+            self._stepped.pop(sid, None)
+            self._ev("stream_lost", dlid=r.dlid, stream=sid,
+                     owner=f"{st.owner_host}:{st.owner_pid}" if st.owner_pid else None,
+                     why="taken over by another owner while this daemon's presence was lost; "
+                         "its jobs here were killed")
 
     @_contained_as("delivery scan")
     def reconcile(self) -> None:

@@ -388,3 +388,50 @@ def test_the_console_refreshes_on_another_process_write_only(
         full = mon.poll("251201099")
         assert full.rows is not None and len(full.rows) == 60
         assert calls == small, (small, calls)
+
+
+# ---------------------------------------------------------------------------- a lost presence
+
+def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
+    """The server ended the daemon's presence connection (a restart, a network cut): the
+    daemon takes its presence again, and a stream another owner took meanwhile is given up,
+    nothing written; a stream still its own stays."""
+    import psycopg
+
+    from engine.daemon import Daemon
+
+    monkeypatch.setenv("SKYDECK_STATE_URL", pg_url)
+    ws = init_workspace(tmp_path / "ws")
+    with StateDB(ws.state) as db:
+        _downlink(db, "251201010")
+        _downlink(db, "251201011")
+    seen: list[dict] = []
+    d = Daemon(ws, emit=seen.append)
+    try:
+        assert d.presence is not None and d.presence.ok()
+        d.pick_up()
+        assert sorted(r.dlid for r in d.runners.values()) == ["251201010", "251201011"]
+        d.check_presence()
+        assert not [e for e in seen if e["event"] in ("presence_lost", "stream_lost")]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)",
+                          (d.presence.conn.raw.info.backend_pid,))
+        taken = next(sid for sid, r in d.runners.items() if r.dlid == "251201010")
+        d.db.conn.execute("UPDATE streams SET owner_pid = 4242, owner_host = 'hostB' "
+                          "WHERE id = ?", (taken,))
+        d.check_presence()
+        assert d.presence.ok()
+        kinds = [e["event"] for e in seen]
+        assert kinds.count("presence_lost") == 1 and kinds.count("stream_lost") == 1
+        lost = next(e for e in seen if e["event"] == "stream_lost")
+        assert lost["dlid"] == "251201010" and lost["owner"] == "hostB:4242"
+        assert [r.dlid for r in d.runners.values()] == ["251201011"]
+        st = d.db.stream(taken)
+        assert (st.owner_pid, st.owner_host, st.status) == (4242, "hostB", "RUNNING")
+        me = Owner.me()
+        assert d.db.remote_judge is not None
+        assert d.db.remote_judge(me.pid, me.host, me.start) == (
+            False, f"{me.host}:{me.pid} holds its session on the state server (alive)")
+    finally:
+        d.close()
