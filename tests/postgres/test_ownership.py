@@ -103,10 +103,12 @@ class OtherHost:
 
 
 def _wait_dead(o: Owner, timeout: float = 10.0) -> tuple[bool, str]:
+    """Until the installed judge calls the owner and its host gone (it may take an owner
+    it found alive as alive for up to a second: presence.ALIVE_CACHE_S)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         verdict = owner_dead(o.pid, o.host, o.start)
-        if verdict[0]:
+        if verdict[0] and owner_dead(o.pid, o.host, None)[0]:
             return verdict
         time.sleep(0.05)
     return owner_dead(o.pid, o.host, o.start)
@@ -154,8 +156,8 @@ def test_the_server_sees_another_hosts_owner_die(pg_url: str, judge_slot: None) 
             b.kill()
         dead, why = _wait_dead(b.owner)
         assert dead and "no session on the state server" in why
-        dead, why = owner_dead(b.owner.pid + 1, OTHER, None)
-        assert dead and f"no process on host {OTHER}" in why
+        dead, why = _wait_dead(Owner(b.owner.pid + 1, OTHER, 0.0))  # start 0: host and pid
+        assert dead and f"no process on host {OTHER}" in owner_dead(b.owner.pid + 1, OTHER, None)[1]
 
 
 def test_the_claim_code_judges_through_its_own_connection(pg_url: str, judge_slot: None) -> None:
@@ -329,8 +331,9 @@ def test_any_temporary_suffix_gives_a_writer_or_none(suffix: str) -> None:
 
 # ---------------------------------------------------------------------------- the console's probe
 
-def _register_elsewhere(url: str, dlids: list[str]) -> None:
-    """Another process registers downlinks (what a daemon on another host does)."""
+def _register_elsewhere(url: str, dlids: list[str], running: bool = False) -> None:
+    """Another process registers downlinks (what a daemon on another host does); with
+    ``running`` each gets a stream RUNNING on hostB with three instances."""
     code = textwrap.dedent(f"""
         import time
         from engine.core.dburl import parse_state_url
@@ -340,19 +343,32 @@ def _register_elsewhere(url: str, dlids: list[str]) -> None:
             for d in {dlids!r}:
                 now = time.time()
                 db.register_downlink(Downlink(d, "level0", "/data/" + d, 1, False, None, now, now))
+                if not {running!r}:
+                    continue
+                with db.tx() as c:
+                    sid = db.backend.insert(c, "INSERT INTO streams (task, dlid, execution, "
+                        "status, owner_pid, owner_host, owner_start, created, started) VALUES "
+                        "('halfpipe', ?, 1, 'RUNNING', 4242, 'hostB', 1.0, ?, ?)", (d, now, now))
+                    for proc in ("makeEvt", "mergeIndices", "mergeEvt"):
+                        c.execute("INSERT INTO process_instances (stream_id, process, key, "
+                                  "execution, status, host, pid, created) VALUES "
+                                  "(?, ?, '', 1, 'RUNNING', 'hostB', 4243, ?)", (sid, proc, now))
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
 def test_the_console_refreshes_on_another_process_write_only(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
     """engine.api's Monitor on PostgreSQL: nothing changed, nothing read (LISTEN/NOTIFY says
     so without a query); a commit by another process is seen at the next poll; and a full
-    read costs the same number of statements for 5 downlinks as for 60 (no per-row query)."""
+    read costs the same number of statements for 5 downlinks as for 60, streams RUNNING on
+    another host and their instances included (no per-row query). A console owns nothing,
+    so it holds no presence and installs no judge."""
+    owner_mod.set_remote_judge(None)
     monkeypatch.setenv("SKYDECK_STATE_URL", pg_url)
     ws = init_workspace(tmp_path / "ws")
-    _register_elsewhere(pg_url, [f"2512010{i:02d}" for i in range(5)])
+    _register_elsewhere(pg_url, [f"2512010{i:02d}" for i in range(5)], running=True)
     from engine.store import postgres
 
     calls = 0
@@ -382,7 +398,7 @@ def test_the_console_refreshes_on_another_process_write_only(
         calls = 0
         mon.poll("251201099")
         small = calls
-        _register_elsewhere(pg_url, [f"2512011{i:02d}" for i in range(54)])
+        _register_elsewhere(pg_url, [f"2512011{i:02d}" for i in range(54)], running=True)
         mon.forget()
         calls = 0
         full = mon.poll("251201099")
