@@ -156,6 +156,7 @@ class Daemon:
         self.verifier = ThreadPoolExecutor(max_workers=ws.settings.watch.verify_threads,
                                            thread_name_prefix="verify")
         self.inflight: dict[str, tuple[deliveries.Candidate, Future[deliveries.Outcome]]] = {}
+        self._taken: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # verify threads'
         self._tls = threading.local()
         self._thread_dbs: list[StateDB] = []
         self.restep_s = 0.5
@@ -276,13 +277,21 @@ class Daemon:
             if db is None:  # one connection per thread
                 db = self._tls.db = StateDB(self.ws.state, check_same_thread=False)
                 self._thread_dbs.append(db)
-            return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
+            try:
+                return deliveries.process(self.ws, db, cand, self.quiet_s,
+                                          self.incomplete_timeout)
+            finally:  # a dead host's claim taken over: a line from the main thread
+                for detail in db.drain_takeovers():
+                    self._taken.put(detail)
         except Exception as err:  # contained: this delivery only
             return deliveries.Outcome(cand.name, cand.kind, None, "error", _one_line(err),
                                       str(cand.path))
 
     def collect_verified(self, wait: bool = False) -> int:
         done = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._ev("takeover", **self._taken.get_nowait())
         for name, (cand, fut) in list(self.inflight.items()):
             if not (fut.done() or wait):
                 continue
@@ -421,9 +430,8 @@ class Daemon:
             if dlid in mine or self._backing_off(key) or halt_flag(self.ws, dlid, "halted"):
                 continue
             with self._contained(key, dlid=dlid):
-                taken: list[dict[str, Any]] = []
-                st, _why = self.db.claim_stream(dlid, self.task.name, taken=taken)
-                for detail in taken:  # a dead owner on another host (PostgreSQL)
+                st, _why = self.db.claim_stream(dlid, self.task.name)
+                for detail in self.db.drain_takeovers():  # a dead owner on another host
                     self._ev("takeover", **detail)
                 if st is None:
                     continue

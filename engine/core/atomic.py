@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.core.errors import BadInput
+
+_PID = re.compile(r"[0-9]{1,10}")  # ASCII digits only (str.isdigit takes "²" too)
 
 
 def temp_name(target: Path, pid: int | None = None, host: str | None = None) -> Path:
@@ -39,7 +42,7 @@ def temp_writer(suffix: str) -> tuple[str | None, int] | None:
     """(host, pid) of a temporary's writer from what follows ``.tmp-`` in its name: ``<host>-
     <pid>``, or an old name's ``<pid>`` (host None: this host); None for anything else."""
     host, sep, pid_text = suffix.rpartition("-")
-    if not pid_text.isdigit() or len(pid_text) > 10 or (sep and not host):
+    if not _PID.fullmatch(pid_text) or (sep and not host):
         return None
     return (host if sep else None), int(pid_text)
 

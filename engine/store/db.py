@@ -83,6 +83,7 @@ class StateDB(ReadQueries):
             raise
         # owners on other hosts, judged by the server through this connection (None: SQLite)
         self.remote_judge: RemoteJudge | None = presence.judge_of(self.backend, self.conn)
+        self.takeovers: list[dict[str, Any]] = []  # drain_takeovers
 
     def hold_presence(self) -> presence.Presence | None:
         """Make this process an owner the server can see die (kept for the process's life;
@@ -96,12 +97,18 @@ class StateDB(ReadQueries):
         return dead, why, pid is not None and host != Owner.me().host
 
     def _takeover(self, what: str, dlid: str | None, old: str, new: Owner, why: str,
-                  **ids: Any) -> dict[str, Any]:
+                  **ids: Any) -> None:
         """The ``takeover`` event of a claim whose owner on another host died (in the
-        caller's transaction); returned for the caller's log line."""
+        caller's transaction), kept for the caller's log line (``drain_takeovers``)."""
         detail = {"what": what, "old_owner": old, "new_owner": str(new), "why": why, **ids}
         self.log_event("takeover", dlid, **detail)
-        return detail
+        self.takeovers.append({"dlid": dlid, **detail})
+
+    def drain_takeovers(self) -> list[dict[str, Any]]:
+        """The takeovers this connection made since the last call (for the caller's log
+        lines; a rolled-back claim's may be among them, its event was rolled back)."""
+        out, self.takeovers = self.takeovers, []
+        return out
 
     def close(self) -> None:
         self.conn.close()
@@ -246,14 +253,13 @@ class StateDB(ReadQueries):
             " ORDER BY dlid, execution"
         return [_row(Stream, r) for r in self.q(sql)]
 
-    def claim_stream(self, dlid: str, task: str, steal_dead: bool = True,
-                     taken: list[dict[str, Any]] | None = None) -> tuple[Stream | None, str]:
+    def claim_stream(self, dlid: str, task: str, steal_dead: bool = True) -> tuple[Stream | None, str]:
         """Create or take over the latest stream of a downlink for this process.
 
         Returns (stream, "") when claimed; (None, why) when a live owner holds it or it is
         finished. The previous owner, when provably dead, is recorded in a ``stream_resumed``
         event; one on another host (PostgreSQL: its presence is gone) also in a ``takeover``
-        event and the stream's note, and appended to ``taken`` for the caller's log line.
+        event and the stream's note (``drain_takeovers`` gives it to the caller's log).
         """
         me = Owner.me()
         now = time.time()
@@ -280,11 +286,9 @@ class StateDB(ReadQueries):
                                why=why)
                 if remote:
                     old = f"{st.owner_host}:{st.owner_pid}"
-                    detail = self._takeover("stream", dlid, old, me, why, stream=st.id)
+                    self._takeover("stream", dlid, old, me, why, stream=st.id)
                     c.execute("UPDATE streams SET note=? WHERE id=?",
                               (f"taken over from {old} by {me}: {why}", st.id))
-                    if taken is not None:
-                        taken.append({"dlid": dlid, **detail})
             c.execute("UPDATE streams SET owner_pid=?, owner_host=?, owner_start=?, status='RUNNING',"
                       " started=COALESCE(started, ?) WHERE id=?",
                       (me.pid, me.host, me.start, now, st.id))

@@ -33,13 +33,11 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from typing import Any
 
 from engine.core.owner import Owner, RemoteJudge, presence_keys, set_remote_judge
 from engine.store.backend import Backend
 
-ALIVE_CACHE_S = 1.0  # how long an owner found alive is taken as alive without asking again
 _LOCK = "SELECT pg_advisory_lock(CAST(? AS bigint))"
 _LOCK_PAIR = "SELECT pg_advisory_lock(CAST(? AS integer), CAST(? AS integer))"
 # objsubid: 1 for a bigint key (classid = high half, objid = low half), 2 for an int pair
@@ -101,7 +99,6 @@ class Presence:
         self.owner = owner or Owner.me()
         self.pid = os.getpid()
         self._mutex = threading.Lock()
-        self._alive: dict[tuple[int, str, float | None], tuple[float, tuple[bool, str]]] = {}
         self.conn: Any = None
         self.connect()
 
@@ -142,23 +139,10 @@ class Presence:
         return False
 
     def judge(self, pid: int, host: str, start: float | None) -> tuple[bool, str] | None:
-        """The installed judge. An owner found alive is not asked about again for
-        ``ALIVE_CACHE_S`` (lock listings and health judge the same owners over and over);
-        a dead verdict is always asked fresh, since it lets something be taken over."""
-        now = time.monotonic()
-        key = (pid, host, start)
+        """The installed judge: asked fresh each time (one small query), so a lock and the
+        stream it belongs to always get the same verdict."""
         with self._mutex:
-            seen = self._alive.get(key)
-            if seen is not None and now - seen[0] < ALIVE_CACHE_S:
-                return seen[1]
-            told = judge_on(self.conn, pid, host, start)
-            if told is not None and not told[0]:
-                if len(self._alive) > 4096:
-                    self._alive.clear()
-                self._alive[key] = (now, told)
-            else:
-                self._alive.pop(key, None)
-            return told
+            return judge_on(self.conn, pid, host, start)
 
     def close(self) -> None:
         with self._mutex, contextlib.suppress(Exception):

@@ -103,8 +103,8 @@ class OtherHost:
 
 
 def _wait_dead(o: Owner, timeout: float = 10.0) -> tuple[bool, str]:
-    """Until the installed judge calls the owner and its host gone (it may take an owner
-    it found alive as alive for up to a second: presence.ALIVE_CACHE_S)."""
+    """Until the installed judge calls the owner and its host gone (the server ends the
+    killed process's session a moment after its socket closes)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         verdict = owner_dead(o.pid, o.host, o.start)
@@ -190,8 +190,8 @@ def test_a_dead_hosts_stream_is_taken_over_with_an_event(pg_url: str, tmp_path: 
         finally:
             b.kill()
         _wait_dead(b.owner)
-        taken: list[dict] = []
-        st, why = db.claim_stream(dlid, "halfpipe", taken=taken)
+        st, why = db.claim_stream(dlid, "halfpipe")
+        taken = db.drain_takeovers()
         assert st is not None and why == ""
         me = Owner.me()
         assert (st.owner_pid, st.owner_host) == (me.pid, me.host)
@@ -199,6 +199,8 @@ def test_a_dead_hosts_stream_is_taken_over_with_an_event(pg_url: str, tmp_path: 
         note = f"taken over from {old} by {me}"
         assert st.note and st.note.startswith(note)
         assert len(taken) == 1 and taken[0]["old_owner"] == old and taken[0]["new_owner"] == str(me)
+        assert taken[0]["dlid"] == dlid and taken[0]["what"] == "stream"
+        assert db.drain_takeovers() == []
         events = db.q("SELECT kind, dlid, detail FROM events WHERE kind = 'takeover'")
         assert len(events) == 1 and events[0][1] == dlid
         detail = json.loads(events[0][2])
@@ -220,6 +222,9 @@ def test_a_dead_hosts_delivery_claim_is_taken_over(pg_url: str, judge_slot: None
             b.kill()
         _wait_dead(b.owner)
         assert db.claim_delivery("251201002", "level0", None, "/x/251201002")
+        taken = db.drain_takeovers()
+        assert [(t["what"], t["delivery"], t["old_owner"]) for t in taken] == [
+            ("delivery", "251201002", f"{OTHER}:{b.owner.pid}")]
         kinds = [json.loads(r[0])["what"] for r in
                  db.q("SELECT detail FROM events WHERE kind = 'takeover'")]
         assert kinds == ["delivery"]

@@ -48,6 +48,10 @@ poll_interval_s = 0.2
 max_streams = 2
 """
 
+# processes that run while the stream lock halfpipe-<DLID> (created for makeEvt, removed by
+# cleanup; engine/assets/tasks/halfpipe.toml) exists
+HOLDING = ("makeEvt", "mergeIndices", "mergeEvt", "propagate")
+
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
     reason="two hosts on one machine need root and unshare (UTS namespaces); CI runs as root")
@@ -161,8 +165,10 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
         def b_runs_a_job() -> str | None:
             with StateDB(url) as db:
                 for st in db.streams():
+                    # a job between makeEvt and propagate: the stream lock is hostB's then
                     if st.status == "RUNNING" and st.owner_host == "hostB" and any(
-                            pi.status == "RUNNING" and pi.pid for pi in db.instances(st.id)):
+                            pi.status == "RUNNING" and pi.pid and pi.process in HOLDING
+                            for pi in db.instances(st.id)):
                         return st.dlid
             return None
 
@@ -187,7 +193,14 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
         assert victim in {e.get("dlid") for e in takeovers}
         latency = min(e["t"] for e in takeovers) - t_kill
         print(f"takeover latency {latency:.2f} s after kill -9 of hostB "
-              f"({len(takeovers)} takeover line(s))")
+              f"({len(takeovers)} takeover line(s): "
+              f"{', '.join(sorted(e['what'] for e in takeovers))})")
+        # hostB's locks went to hostA: taken over with its stream (resume), or reclaimed
+        # when hostA's runner needed them
+        lock_lines = [e for e in lines_a if e.get("what") == "lock" or "took over lock"
+                      in str(e.get("detail", ""))]
+        assert lock_lines, "no lock of hostB was taken over"
+        assert all("hostB:" in (e.get("old_owner") or e.get("detail", "")) for e in lock_lines)
 
         os.kill(a.pid, signal.SIGTERM)
         assert a.wait(30) == 0
