@@ -46,7 +46,7 @@ from engine.core.atomic import temp_name, temp_writer, writer_gone
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import is_dlid
 from engine.core.inputs import mode_kind, open_regular
-from engine.core.owner import PID_MAX, Owner, owner_dead
+from engine.core.owner import PID_MAX, Owner, RemoteJudge, owner_dead
 
 _RUNHEX = re.compile(r"^[0-9a-f]{8}$")
 MALFORMED_GRACE_S = 2.0
@@ -178,8 +178,9 @@ def _read_bytes(path: Path) -> bytes:
         os.close(fd)
 
 
-def read(path: Path) -> LockInfo:
-    """Read a lock and judge it; never raises but FileNotFoundError (it is gone).
+def read(path: Path, remote: RemoteJudge | None = None) -> LockInfo:
+    """Read a lock and judge it; never raises but FileNotFoundError (it is gone). ``remote``:
+    the judge of another host's owner (default: the one installed in core, if any).
 
     Whatever lies at a lock path gets a verdict: a malformed or unreadable lock is stale only
     once older than the grace period; something that is not a regular file (a directory, a
@@ -214,15 +215,16 @@ def read(path: Path) -> LockInfo:
         why = f"malformed lock content ({what})"
         why += "; older than grace, reclaimable" if stale else "; may be in the middle of creation"
         return verdict(stale, why)
-    dead, why = owner_dead(c.pid, c.host, c.start)
+    dead, why = owner_dead(c.pid, c.host, c.start, remote)
     if c.created is not None:
         age = now - c.created
     return LockInfo(str(path), path.name, kind, c.pid, c.host, c.start, c.stream, c.process,
                     c.created, age, dead, why)
 
 
-def list_locks(lock_dir: Path) -> list[LockInfo]:
-    """Every entry of the lock directory with its verdict (hidden temp files aside).
+def list_locks(lock_dir: Path, remote: RemoteJudge | None = None) -> list[LockInfo]:
+    """Every entry of the lock directory with its verdict (hidden temp files aside);
+    ``remote`` as for ``read``.
 
     A lock directory that cannot be listed (a link loop, no permission, an I/O error) is one
     blocking row naming it, never an exception: every lock in it is in doubt.
@@ -240,7 +242,7 @@ def list_locks(lock_dir: Path) -> list[LockInfo]:
         if name.startswith("."):
             continue
         with contextlib.suppress(FileNotFoundError):
-            out.append(read(lock_dir / name))
+            out.append(read(lock_dir / name, remote))
     return out
 
 

@@ -456,3 +456,28 @@ def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
             False, f"{me.host}:{me.pid} holds its session on the state server (alive)")
     finally:
         d.close()
+
+
+def test_the_console_judges_another_hosts_lock_through_the_server(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
+    """A console owns nothing and installs no judge; its lock panel still asks the server
+    through its own connection: hostB's lock is live while hostB lives, stale after."""
+    owner_mod.set_remote_judge(None)
+    monkeypatch.setenv("SKYDECK_STATE_URL", pg_url)
+    ws = init_workspace(tmp_path / "ws")
+    lock = ws.lock / "halfpipe-251201001"
+    b = OtherHost(pg_url, f"lock:{lock}")
+    with api.Monitor(ws, lock_recheck_s=0.0) as mon:
+        try:
+            shown = mon.poll(None).locks
+            assert shown is not None and [(i.host, i.stale) for i in shown] == [(OTHER, False)]
+        finally:
+            b.kill()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            shown = mon.poll(None).locks
+            if shown and shown[0].stale:
+                break
+            time.sleep(0.05)
+        assert shown is not None and shown[0].stale and "no session" in shown[0].reason
+    assert not locks.read(lock).stale  # without a judge (SQLite's rule): never stale
