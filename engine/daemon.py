@@ -8,7 +8,10 @@ Shape (docs/ecosystem.md, "Daemon shape"):
   since kernel notifications do not cross the network.
 - Every claim (delivery, stream) is a state-database transaction, so any number of daemons,
   ``skydeck-engine run`` and the console can share a workspace without processing a
-  downlink twice; a claim whose owner is provably dead is taken over (resume).
+  downlink twice; a claim whose owner is provably dead is taken over (resume). With a
+  PostgreSQL state the daemon holds its presence on the server from its start
+  (engine/store/presence.py), so a daemon on another host that dies is seen dead by the
+  server and its streams, deliveries and locks are taken over here (a ``takeover`` line).
 - SIGTERM/SIGINT: stop launching, terminate running jobs (their instances become
   TERMINATED and are re-executed by the next owner), release the streams, exit 0.
 - ``--once``: process what is there, run those streams to their end, exit.
@@ -129,6 +132,11 @@ class Daemon:
         self.emit_fn = emit or self._print_and_log
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state)
+        try:  # before anything is owned: on PostgreSQL the server sees this daemon die
+            self.presence = self.db.hold_presence()
+        except BaseException:
+            self.db.close()
+            raise
         self.launcher = make_launcher(ws.settings.pipeline.launcher,
                                       max_jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
         self.max_streams = ws.settings.pipeline.max_streams
@@ -148,6 +156,7 @@ class Daemon:
         self.verifier = ThreadPoolExecutor(max_workers=ws.settings.watch.verify_threads,
                                            thread_name_prefix="verify")
         self.inflight: dict[str, tuple[deliveries.Candidate, Future[deliveries.Outcome]]] = {}
+        self._taken: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # verify threads'
         self._tls = threading.local()
         self._thread_dbs: list[StateDB] = []
         self.restep_s = 0.5
@@ -269,13 +278,21 @@ class Daemon:
             if db is None:  # one connection per thread
                 db = self._tls.db = StateDB(self.ws.state, check_same_thread=False)
                 self._thread_dbs.append(db)
-            return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
+            try:
+                return deliveries.process(self.ws, db, cand, self.quiet_s,
+                                          self.incomplete_timeout)
+            finally:  # a dead host's claim taken over: a line from the main thread
+                for detail in db.drain_takeovers():
+                    self._taken.put(detail)
         except Exception as err:  # contained: this delivery only
             return deliveries.Outcome(cand.name, cand.kind, None, "error", _one_line(err),
                                       str(cand.path))
 
     def collect_verified(self, wait: bool = False) -> int:
         done = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._ev("takeover", **self._taken.get_nowait())
         for name, (cand, fut) in list(self.inflight.items()):
             if not (fut.done() or wait):
                 continue
@@ -332,7 +349,9 @@ class Daemon:
         """Stale locks are reported once (reclaimed when a process needs them), and so is
         anything at a lock path that blocks its lock for good until an operator removes it
         (a directory, a FIFO, a link: no owner to prove dead)."""
-        from engine.pipeline.locks import list_locks
+        from engine.pipeline.locks import list_locks, sweep_temps
+        for p in sweep_temps(self.ws.lock):
+            self._ev("swept", path=str(p), why="lock temporary left by a killed process")
         infos = list_locks(self.ws.lock)
         self._stale_seen &= {i.name for i in infos}  # one that comes back is reported again
         for info in infos:
@@ -341,8 +360,34 @@ class Daemon:
                 self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
                          kind=info.kind, owner=info.owner, why=info.reason)
 
+    def check_presence(self) -> None:
+        """On PostgreSQL: the connection holding this daemon's presence still stands. If it
+        was lost (a server restart, a network cut) it is taken again, and said; meanwhile
+        another host may have judged this daemon dead and taken over streams it ran: those
+        are given up here (their jobs killed, nothing written: they are the new owner's)."""
+        if self.presence is None or self.presence.check():
+            return
+        self._ev("presence_lost", pid=os.getpid(),
+                 why="the state server connection holding this daemon's presence was lost; "
+                     "taken again")
+        me = (self.presence.owner.pid, self.presence.owner.host)
+        for sid, r in list(self.runners.items()):
+            st = self.db.stream(sid)
+            if (st.owner_pid, st.owner_host) == me:
+                continue
+            for pi_id in list(r.running):
+                self.launcher.cancel(pi_id, grace_s=0.0)
+            del self.runners[sid]
+            self._stepped.pop(sid, None)
+            self._ev("stream_lost", dlid=r.dlid, stream=sid,
+                     owner=f"{st.owner_host}:{st.owner_pid}" if st.owner_pid else None,
+                     why="taken over by another owner while this daemon's presence was lost; "
+                         "its jobs here were killed")
+
     @_contained_as("delivery scan")
     def reconcile(self) -> None:
+        with self._contained("presence"):
+            self.check_presence()
         with self._contained("lock report"):  # a lock problem never stops intake
             self.report_stale_locks()
         for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
@@ -387,6 +432,8 @@ class Daemon:
                 continue
             with self._contained(key, dlid=dlid):
                 st, _why = self.db.claim_stream(dlid, self.task.name)
+                for detail in self.db.drain_takeovers():  # a dead owner on another host
+                    self._ev("takeover", **detail)
                 if st is None:
                     continue
                 runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher, self.emit)

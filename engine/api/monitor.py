@@ -210,7 +210,8 @@ class Monitor:
             self._shown = dlid
         now = self.clock()
         if "locks" in changed or now - self._locks_at > self.lock_recheck_s:
-            locks = list_locks(self.ws.lock)
+            # on PostgreSQL another host's lock is judged by the server (its owner's presence)
+            locks = list_locks(self.ws.lock, db.remote_judge)
             self._locks_at = now
         if "events" in changed:
             events = self.summaries()

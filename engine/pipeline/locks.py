@@ -9,7 +9,15 @@ is *stale* and can be reclaimed, while a lock from another host is never removed
 operator's confirmed action. That is what lets a killed job never block a downlink forever.
 
 Creation is atomic and never shows a half-written lock: the JSON is written to a unique temp
-file which is then ``link()``ed to the lock name (fails if it exists; NFS-safe recipe).
+file (``.<name>.tmp-<host>-<pid>``: unique across the hosts sharing the lock directory)
+which is then ``link()``ed to the lock name (fails if it exists; NFS-safe recipe).
+``sweep_temps`` removes the temporaries a killed process left, another host's only when the
+state server says that process is gone (engine/core/atomic.py, ``writer_gone``).
+
+Across hosts: with a PostgreSQL state database a lock whose owner is on another host is
+judged by the server (the owner's presence, engine/store/presence.py), so a crashed host's
+locks are stale and reclaimed like a dead local owner's; with SQLite another host's lock
+still waits for an operator.
 Reclaiming a stale lock happens under an ``flock`` on ``lock/.reclaim`` so two reclaimers
 cannot both remove-and-create (the loser re-reads and sees the winner's live lock).
 
@@ -34,10 +42,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.core.atomic import temp_name, temp_writer, writer_gone
 from engine.core.errors import BadInput, Busy
 from engine.core.ids import is_dlid
 from engine.core.inputs import mode_kind, open_regular
-from engine.core.owner import PID_MAX, Owner, owner_dead
+from engine.core.owner import PID_MAX, Owner, RemoteJudge, owner_dead
 
 _RUNHEX = re.compile(r"^[0-9a-f]{8}$")
 MALFORMED_GRACE_S = 2.0
@@ -169,8 +178,9 @@ def _read_bytes(path: Path) -> bytes:
         os.close(fd)
 
 
-def read(path: Path) -> LockInfo:
-    """Read a lock and judge it; never raises but FileNotFoundError (it is gone).
+def read(path: Path, remote: RemoteJudge | None = None) -> LockInfo:
+    """Read a lock and judge it; never raises but FileNotFoundError (it is gone). ``remote``:
+    the judge of another host's owner (default: the one installed in core, if any).
 
     Whatever lies at a lock path gets a verdict: a malformed or unreadable lock is stale only
     once older than the grace period; something that is not a regular file (a directory, a
@@ -205,15 +215,16 @@ def read(path: Path) -> LockInfo:
         why = f"malformed lock content ({what})"
         why += "; older than grace, reclaimable" if stale else "; may be in the middle of creation"
         return verdict(stale, why)
-    dead, why = owner_dead(c.pid, c.host, c.start)
+    dead, why = owner_dead(c.pid, c.host, c.start, remote)
     if c.created is not None:
         age = now - c.created
     return LockInfo(str(path), path.name, kind, c.pid, c.host, c.start, c.stream, c.process,
                     c.created, age, dead, why)
 
 
-def list_locks(lock_dir: Path) -> list[LockInfo]:
-    """Every entry of the lock directory with its verdict (hidden temp files aside).
+def list_locks(lock_dir: Path, remote: RemoteJudge | None = None) -> list[LockInfo]:
+    """Every entry of the lock directory with its verdict (hidden temp files aside);
+    ``remote`` as for ``read``.
 
     A lock directory that cannot be listed (a link loop, no permission, an I/O error) is one
     blocking row naming it, never an exception: every lock in it is in doubt.
@@ -231,7 +242,7 @@ def list_locks(lock_dir: Path) -> list[LockInfo]:
         if name.startswith("."):
             continue
         with contextlib.suppress(FileNotFoundError):
-            out.append(read(lock_dir / name))
+            out.append(read(lock_dir / name, remote))
     return out
 
 
@@ -250,8 +261,29 @@ def _content(stream: str | None, process: str | None, owner: Owner) -> bytes:
                        "stream": stream, "process": process, "created": time.time()}).encode()
 
 
+def sweep_temps(lock_dir: Path) -> list[Path]:
+    """Remove lock temporaries (``.<name>.tmp-<host>-<pid>``) whose writer is gone: this
+    host's by pid, another host's only by the remote judge; ``.reclaim`` and names of any
+    other form are left alone."""
+    removed: list[Path] = []
+    try:
+        names = [e.name for e in os.scandir(lock_dir) if e.name.startswith(".")]
+    except OSError:
+        return removed
+    for name in names:
+        _, sep, suffix = name.rpartition(".tmp-")
+        writer = temp_writer(suffix) if sep else None
+        if writer is None or writer == (None, os.getpid()) or \
+                writer == (socket.gethostname(), os.getpid()) or not writer_gone(*writer):
+            continue  # our own: one may be in flight on another thread
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(lock_dir / name)
+            removed.append(lock_dir / name)
+    return removed
+
+
 def _link_create(path: Path, data: bytes) -> bool:
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -297,7 +329,10 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
                 pass
             except OSError as err:  # replaced by something we may not remove
                 raise Busy(f"cannot reclaim stale lock: {err.strerror or err}", path) from None
-            if log is not None:
+            if log is not None and info.host not in (None, owner.host):
+                log.append(f"took over lock {path.name} from {info.owner} (another host): "
+                           f"{info.reason}")
+            elif log is not None:
                 log.append(f"reclaimed stale lock {path.name}: {info.reason}")
         if not _link_create(path, data):
             raise Busy("lock appeared while reclaiming", path)
@@ -307,7 +342,7 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
 def take_over(path: Path, stream: str | None, process: str | None, owner: Owner | None = None) -> None:
     """Rewrite a lock we are entitled to (stream resumed by a new owner) atomically."""
     owner = owner or Owner.me()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     tmp.write_bytes(_content(stream, process, owner))
     os.replace(tmp, path)
 

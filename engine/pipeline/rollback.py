@@ -45,7 +45,8 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
         st = db.latest_stream(dlid, task.name)
         if st is None:
             raise BadInput(f"downlink {dlid} has no {task.name} stream to roll back", db.where)
-        if st.owner_pid is not None and not owner_dead(st.owner_pid, st.owner_host, st.owner_start)[0]:
+        if st.owner_pid is not None and not owner_dead(st.owner_pid, st.owner_host, st.owner_start,
+                                                       db.remote_judge)[0]:
             raise Busy(f"stream {dlid} is being run by {st.owner_host}:{st.owner_pid}; "
                        "roll back once it stopped", db.where)
         latest = db.instances(st.id)

@@ -174,6 +174,15 @@ class StreamRunner:
                     info = locks.read(p)
                 except FileNotFoundError:
                     continue
+                if info.stale and info.host not in (None, self.owner.host):
+                    # another host's owner, judged gone by the state server (PostgreSQL)
+                    detail: dict[str, Any] = {"what": "lock", "lock": p.name,
+                                              "old_owner": info.owner,
+                                              "new_owner": str(self.owner), "why": info.reason}
+                    locks.take_over(p, self.dlid, pdef.name, self.owner)
+                    self.db.log_event("takeover", self.dlid, **detail)
+                    self._event("takeover", None, **detail)
+                    continue
                 if info.stale:
                     event, why = "lock_reclaimed", info.reason
                 elif (info.host == self.owner.host and info.pid != self.owner.pid

@@ -8,7 +8,10 @@ same time. Rules kept here:
 - every multi-row change is one transaction taken with the write lock up front (``tx``), so
   two claims cannot interleave;
 - owners (pid, host, process start time) are stored on claims, so a claim whose owner is
-  provably dead on this host can be taken over after a crash (``engine.core.owner``);
+  provably dead on this host can be taken over after a crash (``engine.core.owner``); on
+  PostgreSQL a claimer first holds its presence on the server (``presence.py``) and an
+  owner on another host is judged by the server (its presence gone: dead), so a crashed
+  host's claims are taken over too, each with a ``takeover`` event (old owner and new);
 - opening makes the schema current (``migrations.ensure_schema``) or refuses a database
   written by a newer skydeck.
 
@@ -31,7 +34,8 @@ from typing import Any
 
 from engine.core.dburl import StateURL
 from engine.core.errors import BadInput, SkydeckError
-from engine.core.owner import Owner, owner_dead
+from engine.core.owner import Owner, RemoteJudge, owner_dead
+from engine.store import presence
 from engine.store.backend import Backend
 from engine.store.migrations import ensure_schema
 from engine.store.queries import ReadQueries
@@ -77,6 +81,34 @@ class StateDB(ReadQueries):
         except BaseException:
             self.conn.close()
             raise
+        # owners on other hosts, judged by the server through this connection (None: SQLite)
+        self.remote_judge: RemoteJudge | None = presence.judge_of(self.backend, self.conn)
+        self.takeovers: list[dict[str, Any]] = []  # drain_takeovers
+
+    def hold_presence(self) -> presence.Presence | None:
+        """Make this process an owner the server can see die (kept for the process's life;
+        None on SQLite). The claim code calls it before writing an owner; the daemon at
+        start, so its heartbeat and lock files are never judged dead while it lives."""
+        return presence.hold(self.backend)
+
+    def _judge_owner(self, pid: Any, host: Any, start: Any) -> tuple[bool, str, bool]:
+        """(dead, why, on another host) of a recorded owner."""
+        dead, why = owner_dead(pid, host, start, self.remote_judge)
+        return dead, why, pid is not None and host != Owner.me().host
+
+    def _takeover(self, what: str, dlid: str | None, old: str, new: Owner, why: str,
+                  **ids: Any) -> None:
+        """The ``takeover`` event of a claim whose owner on another host died (in the
+        caller's transaction), kept for the caller's log line (``drain_takeovers``)."""
+        detail = {"what": what, "old_owner": old, "new_owner": str(new), "why": why, **ids}
+        self.log_event("takeover", dlid, **detail)
+        self.takeovers.append({"dlid": dlid, **detail})
+
+    def drain_takeovers(self) -> list[dict[str, Any]]:
+        """The takeovers this connection made since the last call (for the caller's log
+        lines; a rolled-back claim's may be among them, its event was rolled back)."""
+        out, self.takeovers = self.takeovers, []
+        return out
 
     def close(self) -> None:
         self.conn.close()
@@ -136,8 +168,10 @@ class StateDB(ReadQueries):
 
         An accepted name is claimed again only with ``again``: the caller found a new
         delivery under the same name (an fcopy package sent again), which is then judged,
-        never silently ignored."""
+        never silently ignored. A claim of a dead owner on another host (PostgreSQL) is
+        taken over with a ``takeover`` event."""
         me = Owner.me()
+        self.hold_presence()
         with self.tx() as c:
             row = c.execute("SELECT * FROM deliveries WHERE name=?", (name,)).fetchone()
             if row is not None:
@@ -145,8 +179,14 @@ class StateDB(ReadQueries):
                     return False
                 # REJECTED: the bad one was moved away, so this is a new delivery of the name
                 same = (row["owner_pid"], row["owner_host"]) == (me.pid, me.host)
-                if row["status"] == "CLAIMED" and not same and not owner_dead(row["owner_pid"], row["owner_host"], row["owner_start"])[0]:
-                    return False
+                if row["status"] == "CLAIMED" and not same:
+                    dead, why, remote = self._judge_owner(row["owner_pid"], row["owner_host"],
+                                                          row["owner_start"])
+                    if not dead:
+                        return False
+                    if remote:
+                        self._takeover("delivery", dlid, f"{row['owner_host']}:{row['owner_pid']}",
+                                       me, why, delivery=name)
                 seen = row["seen"] if row["status"] == "PENDING" else time.time()
                 c.execute("UPDATE deliveries SET status='CLAIMED', reason=NULL, done=NULL, "
                           "owner_pid=?, owner_host=?, owner_start=?, path=?, seen=? WHERE name=?",
@@ -229,10 +269,13 @@ class StateDB(ReadQueries):
         """Create or take over the latest stream of a downlink for this process.
 
         Returns (stream, "") when claimed; (None, why) when a live owner holds it or it is
-        finished. The previous owner, when provably dead, is recorded in the note.
+        finished. The previous owner, when provably dead, is recorded in a ``stream_resumed``
+        event; one on another host (PostgreSQL: its presence is gone) also in a ``takeover``
+        event and the stream's note (``drain_takeovers`` gives it to the caller's log).
         """
         me = Owner.me()
         now = time.time()
+        self.hold_presence()
         with self.tx() as c:
             row = c.execute("SELECT * FROM streams WHERE dlid=? AND task=? AND is_latest=1",
                             (dlid, task)).fetchone()
@@ -248,11 +291,16 @@ class StateDB(ReadQueries):
             if st.status in ("SUCCESS", "FAILED", "CANCELED"):
                 return None, f"stream {dlid} is {st.status}"
             if st.owner_pid is not None and (st.owner_pid, st.owner_host) != (me.pid, me.host):
-                dead, why = owner_dead(st.owner_pid, st.owner_host, st.owner_start)
+                dead, why, remote = self._judge_owner(st.owner_pid, st.owner_host, st.owner_start)
                 if not dead or not steal_dead:
                     return None, f"stream {dlid} is held by {st.owner_host}:{st.owner_pid} ({why})"
                 self.log_event("stream_resumed", dlid, stream=st.id, previous_owner=st.owner_pid,
                                why=why)
+                if remote:
+                    old = f"{st.owner_host}:{st.owner_pid}"
+                    self._takeover("stream", dlid, old, me, why, stream=st.id)
+                    c.execute("UPDATE streams SET note=? WHERE id=?",
+                              (f"taken over from {old} by {me}: {why}", st.id))
             c.execute("UPDATE streams SET owner_pid=?, owner_host=?, owner_start=?, status='RUNNING',"
                       " started=COALESCE(started, ?) WHERE id=?",
                       (me.pid, me.host, me.start, now, st.id))
