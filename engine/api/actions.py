@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.api import listings as _listings
 from engine.api.listings import last_line
 from engine.core.ids import parse_dlid
 from engine.core.workspace import Workspace
@@ -28,8 +29,9 @@ from engine.pipeline import locks as _locks
 
 
 def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
-    """Remove a stale lock; ``force`` only after the operator confirmed."""
-    return _locks.unlock(ws.lock, name, force=force)
+    """Remove a stale lock (on PostgreSQL, also a dead owner's on another host); ``force``
+    only after the operator confirmed."""
+    return _listings.unlock(ws, name, force)
 
 
 # ------------------------------------------------------------------------ halt flags

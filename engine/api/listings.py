@@ -47,13 +47,17 @@ def pending(ws: Workspace) -> list[Delivery]:
 
 
 def locks(ws: Workspace) -> list[_locks.LockInfo]:
-    """Every lock with kind, owner, age and stale verdict (files are the truth)."""
-    return _locks.list_locks(ws.lock)
+    """Every lock with kind, owner, age and stale verdict (files are the truth). On
+    PostgreSQL an owner on another host is judged by the server (its presence)."""
+    with StateDB(ws.state) as db:
+        return _locks.list_locks(ws.lock, db.remote_judge)
 
 
 def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
-    """Remove a stale lock; ``force`` only after the operator confirmed."""
-    return _locks.unlock(ws.lock, name, force=force)
+    """Remove a stale lock (on PostgreSQL, also a dead owner's on another host); ``force``
+    only after the operator confirmed."""
+    with StateDB(ws.state) as db:
+        return _locks.unlock(ws.lock, name, force=force, remote=db.remote_judge)
 
 
 def stage(ws: Workspace, workers: int | None = None) -> StageReport:
@@ -111,7 +115,8 @@ def downlink_listing(ws: Workspace) -> DownlinkListing:
 def lock_status(ws: Workspace, name: str) -> tuple[Path, _locks.LockInfo]:
     """The lock file a name (or path) means, and what it says (owner, stale verdict)."""
     path = _locks.resolve(ws.lock, name)
-    return path, _locks.read(path)
+    with StateDB(ws.state) as db:
+        return path, _locks.read(path, db.remote_judge)
 
 
 def task_groups(ws: Workspace, task_name: str | None = None) -> dict[str, str]:

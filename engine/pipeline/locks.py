@@ -396,11 +396,13 @@ def _remove(p: Path) -> None:
                        "what it is", p) from None
 
 
-def unlock(lock_dir: Path, name: str, force: bool = False) -> LockInfo:
-    """Remove a stale lock; a live or foreign one only with ``force`` (operator confirmed)."""
+def unlock(lock_dir: Path, name: str, force: bool = False,
+           remote: RemoteJudge | None = None) -> LockInfo:
+    """Remove a stale lock; a live or foreign one only with ``force`` (operator confirmed).
+    ``remote`` as for ``read``: with it, a lock of a dead owner on another host is stale."""
     p = resolve(lock_dir, name)
     with _reclaim_mutex(lock_dir):
-        info = read(p)
+        info = read(p, remote)
         if not info.stale and not force:
             raise Busy(f"not provably stale ({info.reason}); use --force after checking no "
                        "instance is still running", p)

@@ -33,6 +33,7 @@ from engine.core.workspace import init_workspace
 from engine.pipeline import locks
 from engine.store import StateDB
 from engine.store.records import Downlink
+from tests.conftest import engine_env, run_engine
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER = "hostB"
@@ -481,3 +482,29 @@ def test_the_console_judges_another_hosts_lock_through_the_server(
             time.sleep(0.05)
         assert shown is not None and shown[0].stale and "no session" in shown[0].reason
     assert not locks.read(lock).stale  # without a judge (SQLite's rule): never stale
+
+
+def test_locks_and_unlock_judge_another_hosts_owner_through_the_server(
+        pg_url: str, tmp_path: Path, judge_slot: None) -> None:
+    """`skydeck-engine locks` and `unlock` (processes, as an operator runs them): hostB's
+    lock is live and refused without --force while hostB lives; once it died the listing
+    says stale and a plain unlock removes it."""
+    env = engine_env(SKYDECK_STATE_URL=pg_url)
+    ws = init_workspace(tmp_path / "ws")
+    lock = ws.lock / "halfpipe-251201001"
+    b = OtherHost(pg_url, f"lock:{lock}")
+    try:
+        (shown,) = json.loads(run_engine("-w", ws.root, "locks", "--json", env=env,
+                                         check=True).stdout)
+        assert shown["host"] == OTHER and not shown["stale"]
+        refused = run_engine("-w", ws.root, "unlock", lock.name, env=env)
+        assert refused.returncode == 3 and lock.exists(), refused.stderr
+    finally:
+        b.kill()
+    _wait_dead(b.owner)
+    (shown,) = json.loads(run_engine("-w", ws.root, "locks", "--json", env=env,
+                                     check=True).stdout)
+    assert shown["stale"] and "no session" in shown["reason"]
+    done = run_engine("-w", ws.root, "unlock", lock.name, env=env)
+    assert done.returncode == 0, done.stderr
+    assert not lock.exists()
