@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from engine import __version__
 from engine.cli import COMMAND_MODULES, SUMMARY
 from engine.core import interrupt
+from engine.core import log as logs
 from engine.core.errors import (
     EXIT_BUSY,
     EXIT_FAILED,
@@ -48,6 +49,10 @@ environment:
   SKYDECK_NVRTC          the NVRTC library to compile the kernel with (else the
                          nvidia-cuda-nvrtc wheel, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)
   SKYDECK_KERNEL_COPY    0: the builder copies payloads without copy_file_range
+  SKYDECK_LOG_FORMAT     auto, human or json when --log-format is not given (else auto:
+                         human at a terminal, JSON lines otherwise)
+  SKYDECK_LOG_LEVEL      debug, info, warning, error or critical when --log-level is not
+                         given (else info)
 
 `skydeck-engine COMMAND --help` for a command's options; README.md and docs/ for the rest.
 """
@@ -63,6 +68,19 @@ def build_parser(only: str | None = None, everything: bool = True) -> argparse.A
         default=argparse.SUPPRESS,
         help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
     )
+    # log options: on every command too (`watch -q`), like -w; bad values are one line (exit 2)
+    common.add_argument("--log-format", type=logs.parse_format, choices=logs.FORMATS,
+                        default=argparse.SUPPRESS,
+                        help="event lines as text for people or JSON lines (default: "
+                             "$SKYDECK_LOG_FORMAT, else auto: human at a terminal, else json)")
+    common.add_argument("--log-level", type=logs.parse_level, choices=list(logs.LEVELS),
+                        default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="least level shown: debug, info, warning, error, critical "
+                             "(default: $SKYDECK_LOG_LEVEL, else info)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="one level more (debug lines)")
+    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                        help="one level less per -q (-q: warnings and errors, -qq: errors)")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="skydeck headless engine: event building, propagation, pipeline, daemon.",
@@ -86,7 +104,7 @@ def command_in(argv: Sequence[str]) -> str | None:
     for word in argv:
         if skip:
             skip = False
-        elif word in ("-w", "--workspace"):
+        elif word in ("-w", "--workspace", "--log-format", "--log-level"):
             skip = True  # its value may be a command's name
         elif word in SUMMARY:
             return word
@@ -105,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         if not hasattr(args, "workspace"):
             args.workspace = None
+        logs.setup(getattr(args, "log_format", None), getattr(args, "log_level", None),
+                   getattr(args, "verbose", 0), getattr(args, "quiet", 0))
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
