@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from engine import __version__
 from engine.cli import COMMAND_MODULES, SUMMARY
 from engine.core import interrupt
-from engine.core import log as logs
 from engine.core.errors import (
     EXIT_BUSY,
     EXIT_FAILED,
@@ -58,6 +57,24 @@ environment:
 """
 
 
+# engine/core/log.py's names, here so that --help and --version import no logging (a test
+# checks they are the same)
+LOG_FORMATS = ("auto", "human", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_format(text: str) -> str:
+    from engine.core.log import parse_format
+
+    return parse_format(text)
+
+
+def _log_level(text: str) -> str:
+    from engine.core.log import parse_level
+
+    return parse_level(text)
+
+
 def build_parser(only: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
     """The whole parser; with ``everything=False`` only command ``only`` (if any) is imported
     and registered in full, the others by name and summary (they cannot run)."""
@@ -69,11 +86,11 @@ def build_parser(only: str | None = None, everything: bool = True) -> argparse.A
         help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
     )
     # log options: on every command too (`watch -q`), like -w; bad values are one line (exit 2)
-    common.add_argument("--log-format", type=logs.parse_format, choices=logs.FORMATS,
+    common.add_argument("--log-format", type=_log_format, choices=LOG_FORMATS,
                         default=argparse.SUPPRESS,
                         help="event lines as text for people or JSON lines (default: "
                              "$SKYDECK_LOG_FORMAT, else auto: human at a terminal, else json)")
-    common.add_argument("--log-level", type=logs.parse_level, choices=list(logs.LEVELS),
+    common.add_argument("--log-level", type=_log_level, choices=LOG_LEVELS,
                         default=argparse.SUPPRESS, metavar="LEVEL",
                         help="least level shown: debug, info, warning, error, critical "
                              "(default: $SKYDECK_LOG_LEVEL, else info)")
@@ -123,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         if not hasattr(args, "workspace"):
             args.workspace = None
-        logs.setup(getattr(args, "log_format", None), getattr(args, "log_level", None),
-                   getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+        from engine.core.log import setup
+
+        setup(getattr(args, "log_format", None), getattr(args, "log_level", None),
+              getattr(args, "verbose", 0), getattr(args, "quiet", 0))
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)

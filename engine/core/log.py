@@ -28,9 +28,8 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.core.errors import BadInput
 
@@ -236,8 +235,7 @@ def parse_level(text: object, what: str = "--log-level") -> str:
     return t
 
 
-@dataclass(frozen=True)
-class LogSetup:
+class LogSetup(NamedTuple):
     """What ``setup`` decided: the level shown, and the format of each stream."""
 
     level: int

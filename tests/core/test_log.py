@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.cli.main import command_in
+from engine.cli.main import LOG_FORMATS, LOG_LEVELS, command_in
 from engine.core import log
 from engine.core.errors import BadInput
 
@@ -168,3 +168,8 @@ def test_an_unwritable_file_warns_once_per_run_of_failures(tmp_path: Path, capsy
 def test_command_in_skips_the_log_options_values() -> None:
     assert command_in(["--log-level", "debug", "watch", "--once"]) == "watch"
     assert command_in(["--log-format", "json", "-q", "run", "251114005"]) == "run"
+
+
+def test_the_parsers_names_are_the_modules() -> None:
+    """engine/cli/main.py lists them itself so that --help imports no logging."""
+    assert LOG_FORMATS == log.FORMATS and list(LOG_LEVELS) == list(log.LEVELS)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 
 from engine.api.listings import DAEMON_LOG
 from engine.core.log import EVENT_LEVELS
 from engine.core.workspace import Workspace, init_workspace
 from engine.daemon import run_daemon
 
-from .conftest import FAST, cli_proc, make_delivery, quick, set_config
+from .conftest import FAST, REPO, cli_proc, make_delivery, quick, set_config
 
 DLID = "251126001"
 HUMAN = re.compile(r"^\d\d:\d\d:\d\d (?:(DEBUG|WARNING|ERROR|CRITICAL) )?(\w+) +(\d{9})?")
@@ -157,3 +160,35 @@ def test_unwritable_daemon_log_loses_lines_not_the_daemon(ws):
     (warning,) = _json_lines(r.stderr)
     assert warning["event"] == "log_unwritable" and warning["level"] == "warning"
     assert warning["path"] == str(ws.logs / DAEMON_LOG) and "IsADirectoryError" in warning["error"]
+
+
+def test_auto_is_human_at_a_terminal_and_json_in_a_pipe(ws):
+    """stdout a pseudo-terminal: human lines, while stderr (a pipe) would get JSON."""
+    ws = quick(ws)
+    make_delivery(ws, DLID, **FAST)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("SKYDECK_LOG_FORMAT", None)
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "watch",
+                             "--once"], stdout=slave, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and err == b"", err
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
+    assert lines and all(HUMAN.match(line) for line in lines), lines
+    assert re.match(rf"^\d\d:\d\d:\d\d stream_success +{DLID}", lines[-1])
