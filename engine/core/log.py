@@ -117,8 +117,10 @@ class JsonFormatter(logging.Formatter):
         return json_line(out)
 
 
-# fields the human line shows in its own columns, or not at all (internal row ids)
-_HUMAN_SKIP = frozenset({"t", "event", "dlid", "process", "key", "execution", "stream", "pi"})
+# fields the human line shows in its own columns, or not at all (internal row ids); with a
+# process, also its key and execution
+_HUMAN_SKIP = frozenset({"t", "event", "dlid", "stream", "pi"})
+_HUMAN_PROCESS = frozenset({"process", "key", "execution"})
 
 
 def _human_value(v: Any) -> str:
@@ -155,8 +157,9 @@ class HumanFormatter(logging.Formatter):
             if isinstance(execution, int) and execution > 1:
                 what += f" e{execution}"
             parts.append(what)
+        skip = _HUMAN_SKIP | _HUMAN_PROCESS if ev.get("process") else _HUMAN_SKIP
         parts += [f"{k}={_human_value(v)}" for k, v in ev.items()
-                  if k not in _HUMAN_SKIP and v is not None]
+                  if k not in skip and v is not None]
         return " ".join(parts).rstrip()
 
 
