@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich,postgresql]'
 	touch $(STAMP)
 
 # Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump).

@@ -130,7 +130,7 @@ class Daemon:
         self.force_polling = polling
         self.emit_fn = emit  # None: the engine's loggers (engine/core/log.py) + logs/daemon.log
         self.task = task or load_task(ws)
-        self.db = StateDB(ws.state_db)
+        self.db = StateDB(ws.state)
         self.launcher = make_launcher(ws.settings.pipeline.launcher,
                                       max_jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
         self.max_streams = ws.settings.pipeline.max_streams
@@ -280,7 +280,7 @@ class Daemon:
         try:
             db = getattr(self._tls, "db", None)
             if db is None:  # one connection per thread
-                db = self._tls.db = StateDB(self.ws.state_db, check_same_thread=False)
+                db = self._tls.db = StateDB(self.ws.state, check_same_thread=False)
                 self._thread_dbs.append(db)
             return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
         except Exception as err:  # contained: this delivery only

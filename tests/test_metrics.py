@@ -102,7 +102,7 @@ def test_watch_once_textfile_matches_the_database_and_the_workspace(ws, capsys):
     assert sorted(p.name for p in path.parent.iterdir()) == ["skydeck.prom"]  # no temporary
     m = parse(path.read_text())
 
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         streams = db.streams()
         instances = [pi for s in streams for pi in db.instances(s.id)]
         dls = db.downlinks()
@@ -150,7 +150,7 @@ def test_textfile_off_and_elsewhere(ws, tmp_path, capsys):
 
 def test_pending_delivery_and_halt_flag_show(ws):
     set_halt(ws, "halted")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.claim_delivery("level0:251125009", "level0", "251125009", "/x")
         db.release_delivery("level0:251125009", pending="manifest incomplete")
         seen = db.delivery("level0:251125009").seen
@@ -256,7 +256,7 @@ def test_a_stopped_daemon_removes_its_heartbeat(ws, tmp_path):
 
 
 def _register(ws: Workspace, dlid: str) -> None:
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         t = time.time()
         db.register_downlink(Downlink(dlid, "level0", "/x", 1, False, None, t, t))
 
@@ -272,7 +272,7 @@ def test_health_heartbeat_age_and_stuck_streams(ws):
 
     _register(ws, "251125001")
     _register(ws, "251125002")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.claim_stream("251125001", "halfpipe")[0] is not None  # this (live) process
     dead = _claimed_by_a_process_that_exits(ws, "251125002")
     # just now: nothing is stuck (a daemon would take the dead one over within a beat)

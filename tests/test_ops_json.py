@@ -62,7 +62,9 @@ def test_init_json(tmp_path: Path) -> None:
     # the same facts as the human listing (init is idempotent)
     human = run_engine("-w", root, "init", check=True).stdout.splitlines()
     assert human[0] == f"workspace {data['workspace']}"
-    assert [ln.split() for ln in human[1:]] == [[a, p] for a, p in data["areas"].items()]
+    assert [ln.split() for ln in human[1:]] == [*([a, p] for a, p in data["areas"].items()),
+                                                ["state", data["state"]]]
+    assert data["state"] == str(root.resolve() / "state.db")
 
 
 def _dead_pid() -> int:
@@ -106,7 +108,7 @@ def test_rollback_json(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixt
                     '[[process]]\nname = "job"\ncommand = ["false"]\n'
                     '[[process]]\nname = "after"\nafter = ["job"]\ncommand = ["true"]\n')
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "251125001"),
                                       1, False, None, time.time(), time.time()))
     assert cli(ws, "run", "251125001", capsys=capsys)[0] == 1
@@ -115,7 +117,7 @@ def test_rollback_json(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixt
     data = json.loads(out)
     assert data["dlid"] == "251125001" and data["stream_status"] == "WAITING"
     assert data["rolled_back"] == ["job e1"] and len(data["instance_ids"]) == 1
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st = db.latest_stream("251125001", "halfpipe")
         assert st is not None and st.status == "WAITING"
     # a named process and what is downstream of it; the human lines name the same instances

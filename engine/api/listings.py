@@ -28,19 +28,19 @@ if TYPE_CHECKING:
 
 def downlinks(ws: Workspace) -> list[Downlink]:
     """Registered downlinks, by id."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return db.downlinks()
 
 
 def rejected(ws: Workspace) -> list[Delivery]:
     """Deliveries moved to incoming/rejected/, with their reasons."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return db.deliveries("REJECTED")
 
 
 def pending(ws: Workspace) -> list[Delivery]:
     """Deliveries seen but not complete yet (files missing or still being written)."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return db.deliveries("PENDING")
 
 
@@ -61,14 +61,14 @@ def stage(ws: Workspace, workers: int | None = None) -> StageReport:
 
 def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
     """One reconciliation pass over the inboxes (what `watch` does on its timer)."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
                                        ws.settings.watch.incomplete_timeout_s)
 
 
 def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:
     """Streams with their (latest or all) process instances, by downlink."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         out = []
         for s in db.streams(latest_only=True):
             if dlid is not None and s.dlid != dlid:
@@ -92,7 +92,7 @@ class DownlinkListing:
 
 def downlink_listing(ws: Workspace) -> DownlinkListing:
     """Every registered downlink, its latest stream, pending and rejected deliveries."""
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         listing = DownlinkListing(db.downlinks(), {s.dlid: s for s in db.streams()},
                                   db.deliveries("REJECTED"), db.deliveries("PENDING"))
     listing.rejected_files = _deliveries.rejected_list(ws)

@@ -172,7 +172,7 @@ class Facts:
 
 def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None = None) -> Facts:
     now = time.time() if now is None else now
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         streams = db.stream_status_counts()
         instances = db.instance_status_counts()
         dels = db.delivery_status_counts()
@@ -497,7 +497,7 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
     paused, why = launch_paused(ws)
     checks.append(Check("disk", not paused, why or "free space above the reserve"))
 
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         running = db.running_streams_activity()
     for rs in running:
         if halts(ws, rs.dlid):

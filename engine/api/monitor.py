@@ -52,7 +52,7 @@ class ChangeProbe:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.db = StateDB(ws.state_db)
+        self.db = StateDB(ws.state)
         self._last: dict[str, object] = {}
 
     def close(self) -> None:

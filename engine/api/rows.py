@@ -76,7 +76,7 @@ class DownlinkRows:
 
     Why this is enough: the stream runner only writes to streams it claimed (status RUNNING),
     a rollback first sets the stream back to WAITING, and a new execution is a new stream
-    row. So after the first read, a refresh re-reads (1) downlinks registered since (rowid),
+    row. So after the first read, a refresh re-reads (1) downlinks registered since (their seq),
     (2) streams created since (id), (3) streams not in a final state, (4) the streams that
     were not final last time (they may have just finished), and (5) streams that ended since
     the last read (final, active and final again in between). Rows of finished streams are
@@ -88,7 +88,7 @@ class DownlinkRows:
         self.chunk_process = chunk_process(ws)
         self._rows: dict[str, DownlinkRow] = {}
         self._open: set[str] = set()   # downlinks whose stream was not final at the last read
-        self._dl_rowid = 0
+        self._dl_seq = 0
         self._stream_id = 0
         self._read_at = 0.0
 
@@ -96,9 +96,9 @@ class DownlinkRows:
         # a stream that went final -> active -> final between two reads has a fresh `ended`
         since = self._read_at - ENDED_SLACK_S
         self._read_at = time.time()
-        for f in db.downlink_facts(self._dl_rowid, self._stream_id, since, self._open,
+        for f in db.downlink_facts(self._dl_seq, self._stream_id, since, self._open,
                                     chunk_process=self.chunk_process):
-            self._dl_rowid = max(self._dl_rowid, f.rowid)
+            self._dl_seq = max(self._dl_seq, f.seq)
             if f.stream_id is not None:
                 self._stream_id = max(self._stream_id, f.stream_id)
             note, status = f.note or "", f.status

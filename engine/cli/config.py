@@ -5,7 +5,8 @@ what the engine actually uses is the file merged over the defaults of
 ``engine.core.settings``, with ``[paths]`` resolved against the workspace root. This command
 prints exactly that, so an operator need not reconstruct it from the file, the packaged
 defaults and the resolution rules. Opening the workspace checks the file: an unknown section
-or key, or a bad value, is exit 2 with one line, as for every other command.
+or key, or a bad value, is exit 2 with one line, as for every other command. The state URL
+is the one in effect (``$SKYDECK_STATE_URL`` over the file), its password shown as ``***``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def effective(ws: Workspace) -> dict[str, dict[str, Any]]:
     """{section: {key: value}} of every key, ``[paths]`` as absolute paths."""
     out = ws.settings.as_dict()
     out["paths"] = {area: str(ws.path(area)) for area in out["paths"]}
+    url = ws.state_url  # $SKYDECK_STATE_URL wins; a password is never printed
+    out["state"]["url"] = url.redacted if url else ""
     return out
 
 

@@ -43,6 +43,7 @@ exit codes:
 environment:
   SKYDECK_WORKSPACE      the workspace when -w is not given (else ./skydeck-workspace)
   SKYDECK_RESERVE_BYTES  free space to leave, for commands run outside a workspace
+  SKYDECK_STATE_URL      the state in PostgreSQL (postgresql://...), over [state] url
   SKYDECK_KERNEL_CACHE   compiled GPU kernels (else $XDG_CACHE_HOME/skydeck/kernels,
                          else ~/.cache/skydeck/kernels)
   SKYDECK_NVRTC          the NVRTC library to compile the kernel with (else the

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # their temporaries), record them TERMINATED, exit 143 or 130
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with StateDB(ws.state_db) as db:
+        with StateDB(ws.state) as db:
             if db.downlink(dlid) is None:
                 cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
                 outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s)
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if runner.status == "TERMINATED":
         return EXIT_TERMINATED if stop["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         bad = [pi for pi in db.instances(runner.stream.id) if pi.status == "FAILED"]
-    where = f"{bad[0].log_path or ws.state_db}: " if bad else ""
+    where = f"{bad[0].log_path or db.where}: " if bad else ""
     what = f"{bad[0].label} {bad[0].note}; " if bad else ""
     print(f"skydeck-engine: {where}stream {dlid} {runner.status} ({what}{runner.note})",
           file=sys.stderr)

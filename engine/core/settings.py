@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from os import PathLike
 from typing import Any, Literal
 
+from engine.core.dburl import parse_state_url
 from engine.core.errors import BadInput
 
 INT64_MAX = 2**63 - 1
@@ -35,7 +36,7 @@ Polling = bool | Literal["auto"]
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
-    empty), path, optpath (a path or ``""`` for off) or h5path;
+    empty), path, optpath (a path or ``""`` for off), h5path or stateurl;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -143,6 +144,15 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class State:
+    """[state]: where the state database is. "" = the SQLite file ``[paths] state_db``; a
+    ``postgresql://`` URL = a PostgreSQL server shared by several hosts
+    (``SKYDECK_STATE_URL`` overrides it; docs/design.md, "State on PostgreSQL")."""
+
+    url: str = _key("", "stateurl")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective settings of a workspace: every section, defaults filled in."""
 
@@ -155,6 +165,7 @@ class Settings:
     watch: Watch = field(default_factory=Watch)
     stage: Stage = field(default_factory=Stage)
     metrics: Metrics = field(default_factory=Metrics)
+    state: State = field(default_factory=State)
 
     def replace(self, section: str, **values: Any) -> Settings:
         """A copy with keys of one section replaced (a command-line override such as
@@ -212,6 +223,13 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     if kind == "optpath":
         if not isinstance(v, str) or "\0" in v:
             raise BadInput(f"{where} must be a path, or \"\" for off, got {v!r}", path)
+        return v
+    if kind == "stateurl":  # "" (SQLite) or a postgresql:// URL
+        if not isinstance(v, str):
+            raise BadInput(f"{where} must be a postgresql:// URL, or \"\" for the SQLite "
+                           f"file, got {v!r}", path)
+        if v:
+            parse_state_url(v, path)
         return v
     if kind == "opttext":  # may be empty (the cluster's default)
         if not isinstance(v, str) or "\0" in v or "\n" in v:

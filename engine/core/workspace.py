@@ -21,11 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from engine.core.dburl import StateURL, parse_state_url
 from engine.core.errors import BadInput
 from engine.core.inputs import regular_file
 from engine.core.settings import Paths, Settings, parse_settings
 
 CONFIG_NAME = "skydeck.toml"
+STATE_URL_ENV = "SKYDECK_STATE_URL"
 
 
 def _assets() -> Path:
@@ -125,6 +127,7 @@ class Workspace:
         cfg_path = root / CONFIG_NAME
         if cfg_path.exists():
             settings = parse_settings(load_toml(cfg_path), cfg_path)
+            _refuse_readable_password(cfg_path, settings.state.url)
         elif must_exist:
             raise BadInput("not a skydeck workspace (no skydeck.toml); run `skydeck-engine init`", root)
         else:
@@ -175,8 +178,41 @@ class Workspace:
         return self.path("state_db")
 
     @property
+    def state_url(self) -> StateURL | None:
+        """The PostgreSQL state URL (``$SKYDECK_STATE_URL``, else ``[state] url``); None
+        when the state is the SQLite file ``state_db``."""
+        env = os.environ.get(STATE_URL_ENV, "")
+        if env:
+            return parse_state_url(env, f"${STATE_URL_ENV}")
+        if self.settings.state.url:
+            return parse_state_url(self.settings.state.url, self.root / CONFIG_NAME)
+        return None
+
+    @property
+    def state(self) -> Path | StateURL:
+        """Where the state database is: what ``StateDB`` opens."""
+        return self.state_url or self.state_db
+
+    @property
     def reserve_bytes(self) -> int:
         return self.settings.disk.reserve_bytes
+
+
+def _refuse_readable_password(cfg_path: Path, url: str) -> None:
+    """A skydeck.toml that holds a database password must be readable by its owner only."""
+    if not url:
+        return
+    state = parse_state_url(url, cfg_path)
+    if state.password is None:
+        return
+    try:
+        mode = cfg_path.stat().st_mode & 0o777
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror}", cfg_path) from None
+    if mode & 0o077:
+        raise BadInput(f"[state] url holds a password but the file is readable by group or "
+                       f"others (mode {mode:04o}); chmod 600 it, or keep the password in "
+                       f"~/.pgpass, PGPASSWORD or a service file", cfg_path)
 
 
 def init_workspace(arg: str | os.PathLike[str] | None) -> Workspace:

@@ -241,7 +241,7 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
         if (ws.lock / f"halfpipe-{d}").exists():
             busy_runs.update((read_index(ws, d) or {}).get("runs", []))
     removed: list[Path] = []
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         for chunk, runs in sorted(idx["chunks"].items()):
             if any((ws.lock / run_hex(r)).exists() or r in busy_runs for r in runs):
                 print(f"keeping chunk {chunk}: a run it holds is still being merged")

@@ -41,13 +41,13 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
     """
     dlid = parse_dlid(dlid)
     task = load_task(ws, task_name)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st = db.latest_stream(dlid, task.name)
         if st is None:
-            raise BadInput(f"downlink {dlid} has no {task.name} stream to roll back", ws.state_db)
+            raise BadInput(f"downlink {dlid} has no {task.name} stream to roll back", db.where)
         if st.owner_pid is not None and not owner_dead(st.owner_pid, st.owner_host, st.owner_start)[0]:
             raise Busy(f"stream {dlid} is being run by {st.owner_host}:{st.owner_pid}; "
-                       "roll back once it stopped", ws.state_db)
+                       "roll back once it stopped", db.where)
         latest = db.instances(st.id)
         chosen: list[tuple[str, str | None]] = []
         for t in targets or []:
@@ -110,7 +110,7 @@ def rollback_plan(ws: Workspace, dlid: str, targets: list[str] | None) -> Rollba
     except SkydeckError as err:
         return RollbackPlan((), err.message)
     task = load_task(ws)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st = db.latest_stream(dlid, task.name)
         if st is None:  # gone between the two reads
             return RollbackPlan((), f"downlink {dlid} has no {task.name} stream")

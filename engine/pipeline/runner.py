@@ -587,7 +587,7 @@ def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Laun
         prev = db.latest_stream(dlid, task.name)
         if prev is not None and prev.status == "FAILED":
             raise BadInput(f"stream {dlid} FAILED ({prev.note}); `skydeck-engine rollback {dlid}` "
-                           "re-runs what failed", db.path)
+                           "re-runs what failed", db.where)
         if prev is not None and prev.status in ("SUCCESS", "CANCELED"):
             runner = StreamRunner(ws, db, task, prev, launcher, emit)
             runner.status, runner.note = prev.status, "already finished"

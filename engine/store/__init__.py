@@ -8,15 +8,15 @@ Layout (each module says why it exists):
   transaction, a backup copy first) and the refusal of a newer one;
 - ``db``: ``StateDB``, a connection with its transactions and record reads and writes;
 - ``queries``: the read models the console, the CLI and the daemon need;
-- ``backend``: the interface a database engine implements; ``sqlite``: the SQLite one, the
-  only module that imports a driver. A PostgreSQL backend is one more class there, sharing
-  every query, the schema and the migrations.
+- ``backend``: the interface a database engine implements; ``sqlite`` (the embedded
+  default) and ``postgres`` (a shared server, ``[state] url``) implement it and are the only
+  modules that import a driver; they share every query, the schema and the migrations.
 
 Import from here: ``from engine.store import StateDB, Downlink, ...``.
 """
 
 from engine.store.db import StateDB, init_state, open_db
-from engine.store.migrations import STEPS, backup_path
+from engine.store.migrations import STEPS
 from engine.store.queries import DownlinkFacts
 from engine.store.records import (
     ACTIVE_PI,
@@ -32,6 +32,7 @@ from engine.store.records import (
     StreamView,
 )
 from engine.store.schema import SCHEMA_VERSION
+from engine.store.sqlite import backup_path
 
 __all__ = [
     "ACTIVE_PI", "DONE_PI", "FINAL_STREAM", "PI_STATUSES", "SCHEMA_VERSION", "STEPS",

@@ -14,9 +14,9 @@ differs between engines is behind this interface, implemented once per engine:
   the DDL of an auto-increment key, and the backup copy made before a migration.
 
 SQL text uses qmark parameters (``?``); a driver with another paramstyle (psycopg: ``%s``)
-translates them in its backend. ``engine/store/sqlite.py`` is the one implementation and
-the only module that imports a database driver. A PostgreSQL backend is one more class of
-this Protocol, not a second copy of the queries.
+translates them in its backend. ``engine/store/sqlite.py`` and ``engine/store/postgres.py`` implement it and are the
+only modules that import a database driver: PostgreSQL is one more class of this Protocol,
+not a second copy of the queries.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ from typing import Any, Protocol
 class Backend(Protocol):
     """One database engine as the store sees it (see the module docstring)."""
 
-    name: str                      # "sqlite", later "postgresql"
-    where: Path                    # what error messages name (the file, or the URL)
+    name: str                      # "sqlite" or "postgresql"
     Error: type[Exception]         # the driver's base error
     ID_COLUMN: str                 # DDL of an auto-increment integer primary key
     MAX_PARAMS: int                # bound parameters one statement may carry
+    EXTRA_DDL: tuple[str, ...]     # run after the schema's tables are created (triggers)
+
+    @property
+    def where(self) -> Path | str:
+        """What error lines name: the file, or the URL without its password."""
+        ...
 
     def connect(self) -> Any:
         """A new connection in autocommit mode whose rows map column names to values."""
@@ -64,7 +69,11 @@ class Backend(Protocol):
     def columns(self, conn: Any, table: str) -> set[str]:
         ...
 
-    def backup(self, dest: Path) -> None:
-        """A consistent copy of the database at ``dest`` (called while holding the write
-        lock, so the copy is exactly what a migration then changes)."""
+    def backup(self, conn: Any, version: int) -> None:
+        """A consistent copy of the database at schema ``version``, made while ``conn``
+        holds the write lock (so the copy is exactly what a migration then changes)."""
+        ...
+
+    def backup_name(self, version: int) -> str:
+        """Where ``backup`` puts that copy, as an operator is told (a file, a schema)."""
         ...

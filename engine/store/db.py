@@ -29,7 +29,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import BadInput
+from engine.core.dburl import StateURL
+from engine.core.errors import BadInput, SkydeckError
 from engine.core.owner import Owner, owner_dead
 from engine.store.backend import Backend
 from engine.store.migrations import ensure_schema
@@ -55,19 +56,21 @@ def _row(cls: type, row: Any) -> Any:
         d["is_latest"] = bool(d["is_latest"])
     elif cls is Downlink:
         d["gensteps"] = bool(d["gensteps"])
+        d.pop("seq", None)  # registration order: the read models' business (queries.py)
     return cls(**d)
 
 
 class StateDB(ReadQueries):
     """A connection to the state database; create one per thread/process."""
 
-    def __init__(self, path: Path, timeout: float = 30.0, check_same_thread: bool = True,
-                 *, backend: Backend | None = None) -> None:
-        """``check_same_thread=False`` only for a connection used by one worker thread and
-        closed by its owner after that thread ended (never used by two threads at once).
-        ``backend``: the engine (default: the SQLite file at ``path``)."""
-        self.path = Path(path)
-        self.backend: Backend = backend or SQLite(self.path, timeout, check_same_thread)
+    def __init__(self, where: Path | str | StateURL, timeout: float = 30.0,
+                 check_same_thread: bool = True, *, backend: Backend | None = None) -> None:
+        """``where``: the SQLite file, or a PostgreSQL ``StateURL`` (``Workspace.state``
+        gives the one in effect). ``check_same_thread=False`` only for a connection used by
+        one worker thread and closed by its owner after that thread ended (never used by two
+        threads at once). ``backend``: an engine object to use instead."""
+        self.backend: Backend = backend or open_backend(where, timeout, check_same_thread)
+        self.where = self.backend.where  # what error lines name (a URL without password)
         self.conn: Any = self.backend.connect()
         try:
             self.opened_version = ensure_schema(self.backend, self.conn)
@@ -178,7 +181,8 @@ class StateDB(ReadQueries):
         with self.tx() as c:
             cur = c.execute(
                 "INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                "delivered, registered, manifest_id) VALUES (?,?,?,?,?,?,?,?,?) "
+                "delivered, registered, manifest_id, seq) VALUES (?,?,?,?,?,?,?,?,?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM downlinks)) "
                 "ON CONFLICT (dlid) DO NOTHING",
                 (dl.dlid, dl.kind, dl.level0, dl.chunks, int(dl.gensteps), dl.scene,
                  dl.delivered, dl.registered, dl.manifest_id))
@@ -360,18 +364,36 @@ class StateDB(ReadQueries):
         return [_row(FileRecord, r) for r in self.q(sql + " ORDER BY path", args)]
 
 
-def open_db(path: Path) -> StateDB:
-    return StateDB(path)
+def open_backend(where: Path | str | StateURL, timeout: float = 30.0,
+                 check_same_thread: bool = True) -> Backend:
+    """The backend for ``where``: PostgreSQL for a ``StateURL`` (psycopg is imported only
+    then), else the SQLite file."""
+    if isinstance(where, StateURL):
+        try:
+            from engine.store.postgres import PostgreSQL
+        except ImportError as err:
+            raise BadInput(f"a PostgreSQL state needs psycopg ({err.name} is not installed): "
+                           "pip install 'skydeck[postgresql]'", where.redacted) from None
+        return PostgreSQL(where, timeout)
+    return SQLite(Path(where), timeout, check_same_thread)
 
 
-def init_state(path: Path) -> None:
-    """Create the state database at ``path`` (or bring an existing one up to date): what
+def open_db(where: Path | StateURL) -> StateDB:
+    return StateDB(where)
+
+
+def init_state(where: Path | StateURL) -> None:
+    """Create the state database at ``where`` (or bring an existing one up to date): what
     ``skydeck-engine init`` does after laying out the workspace's directories. BadInput
-    naming the file when it cannot be created."""
+    naming the file or the URL (without password) when it cannot be created."""
+    name = where.redacted if isinstance(where, StateURL) else where
     try:
-        StateDB(path).close()
+        StateDB(where).close()
     except OSError as err:
         raise BadInput(f"cannot create the state database: {err.strerror}",
-                       err.filename or path) from None
-    except SQLite.Error as err:
-        raise BadInput(f"cannot create the state database: {err}", path) from None
+                       err.filename or name) from None
+    except Exception as err:  # the driver's error: sqlite3.Error, psycopg.Error
+        if isinstance(err, SkydeckError):
+            raise
+        text = where.scrub(err) if isinstance(where, StateURL) else str(err)
+        raise BadInput(f"cannot create the state database: {text}", name) from None

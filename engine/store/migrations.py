@@ -24,7 +24,6 @@ Steps are SQL, written once for every backend (``ALTER TABLE ... ADD COLUMN`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from engine.core.errors import BadInput, SkydeckError
@@ -45,6 +44,12 @@ STEPS: tuple[Step, ...] = (
     Step(2, "process instances record their launcher and the batch system's job id (Slurm)",
          ("ALTER TABLE process_instances ADD COLUMN job_id TEXT",
           "ALTER TABLE process_instances ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local'")),
+    Step(3, "downlinks carry their registration order (SQLite's rowid has no portable twin)",
+         ("ALTER TABLE downlinks ADD COLUMN seq BIGINT",
+          # UPDATE ... FROM: SQLite 3.33+ and PostgreSQL
+          "UPDATE downlinks SET seq = r.n FROM (SELECT dlid, ROW_NUMBER() OVER "
+          "(ORDER BY registered, dlid) AS n FROM downlinks) r WHERE r.dlid = downlinks.dlid",
+          "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)")),
 )
 
 # Columns that a database labelled version 1 may lack: before versions were read, skydeck
@@ -64,11 +69,6 @@ def read_version(backend: Backend, conn: Any) -> int | None:
     except (TypeError, ValueError):
         raise BadInput(f"schema version {str(row[0])[:40]!r} is not a number",
                        backend.where) from None
-
-
-def backup_path(path: Path, version: int) -> Path:
-    """Where the copy of a database at ``version`` is kept before it is upgraded."""
-    return path.with_name(f"{path.name}.v{version}.bak")
 
 
 def _refuse_newer(backend: Backend, version: int) -> None:
@@ -95,14 +95,16 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = 
         if version is None:
             for sql in create_statements(backend.ID_COLUMN):
                 conn.execute(sql)
+            for sql in backend.EXTRA_DDL:
+                conn.execute(sql)
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                          (SCHEMA_KEY, str(SCHEMA_VERSION)))
         elif version < SCHEMA_VERSION:
-            backup = backup_path(backend.where, version)
+            backup = backend.backup_name(version)
             try:
-                backend.backup(backup)
+                backend.backup(conn, version)
             except (OSError, backend.Error) as err:
-                raise SkydeckError(f"cannot copy the database to {backup.name} before upgrading "
+                raise SkydeckError(f"cannot copy the database to {backup} before upgrading "
                                    f"its schema from version {version}, it is unchanged: {err}",
                                    backend.where) from err
             try:
@@ -110,7 +112,7 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = 
             except backend.Error as err:
                 raise SkydeckError(f"upgrading the schema from version {version} to "
                                    f"{SCHEMA_VERSION} failed, the database is unchanged "
-                                   f"(a copy: {backup.name}): {err}", backend.where) from err
+                                   f"(a copy: {backup}): {err}", backend.where) from err
         else:
             _refuse_newer(backend, version)
         conn.execute("COMMIT")

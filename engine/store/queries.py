@@ -6,9 +6,8 @@ hundred milliseconds with 10,000 downlinks), so they are aggregate queries tuned
 returning plain values and tuples, never one query per downlink. Records and single-table
 reads are in ``db.py``; ``ReadQueries`` is mixed into ``StateDB``.
 
-Portable SQL, written once for every backend. One marked exception: ``rowid`` (SQLite's
-implicit row number) tells which downlinks were registered since the last read; a
-PostgreSQL backend needs an identity column there instead.
+Portable SQL, written once for every backend. Which downlinks were registered since the
+last read is told by ``downlinks.seq`` (registration order, set under the write lock).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from engine.store.records import FINAL_STREAM
 _ROWS_SQL = """
 SELECT d.dlid, d.chunks, d.delivered,
        s.id AS sid, s.status, s.execution, s.note, s.owner_pid, s.owner_host, s.owner_start,
-       d.rowid
+       d.seq
 FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid AND s.is_latest = 1
 """
 _DETAIL_SQL = """
@@ -49,7 +48,7 @@ class DownlinkFacts(NamedTuple):
     owner_pid: int | None
     owner_host: str | None
     owner_start: float | None
-    rowid: int                  # registration order (see the module docstring)
+    seq: int                    # registration order (downlinks.seq)
     stream_chunks: int          # chunks the stream planned (0 before launchChunks ran)
     runs: int                   # runs the stream touched
     chunks_done: int            # latest chunk instances done (SUCCESS or SKIPPED)
@@ -62,18 +61,18 @@ class ReadQueries:
     conn: Any
     backend: Backend
 
-    def downlink_facts(self, after_rowid: int, after_stream: int, ended_since: float,
+    def downlink_facts(self, after_seq: int, after_stream: int, ended_since: float,
                        also: Iterable[str] = (), chunk_process: str = "makeEvt"
                        ) -> list[DownlinkFacts]:
         """Downlinks whose row may have changed since a previous read.
 
-        Those registered after ``after_rowid``, and those whose latest stream was created
+        Those registered after ``after_seq``, and those whose latest stream was created
         after ``after_stream``, ended at or after ``ended_since``, or is not final; plus the
         downlinks in ``also``. With zeros: every downlink. ``chunk_process`` is the process
         whose finished instances count as chunks done.
         """
         cur = self.backend.tuple_cursor(self.conn)
-        base = cur.execute(_ROWS_SQL + " WHERE d.rowid > ?", (after_rowid,)).fetchall()
+        base = cur.execute(_ROWS_SQL + " WHERE d.seq > ?", (after_seq,)).fetchall()
         moved = {d for (d,) in cur.execute(
             "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
             f"NOT IN ({','.join('?' * len(FINAL_STREAM))}))",

@@ -14,7 +14,7 @@ storage, so a migrated database and a fresh one hold the same values.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_KEY = "schema"  # meta key holding the version
 
 _TABLES = (
@@ -39,8 +39,10 @@ _TABLES = (
     scene       TEXT,
     delivered   DOUBLE PRECISION NOT NULL,  -- delivery complete (manifest seen and verified)
     registered  DOUBLE PRECISION NOT NULL,
-    manifest_id TEXT                     -- its MANIFEST.md5 as registered (dev:ino:size:mtime_ns)
+    manifest_id TEXT,                    -- its MANIFEST.md5 as registered (dev:ino:size:mtime_ns)
+    seq         BIGINT                   -- registration order (1, 2, ...): "new since"
 )""",
+    "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)",
     """CREATE TABLE IF NOT EXISTS streams (
     id          $ID,
     task        TEXT NOT NULL,

@@ -38,6 +38,7 @@ class SQLite:
     Error: type[Exception] = sqlite3.Error
     ID_COLUMN = "INTEGER PRIMARY KEY AUTOINCREMENT"
     MAX_PARAMS = 900  # below SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32)
+    EXTRA_DDL: tuple[str, ...] = ()  # data_version needs no triggers
 
     def __init__(self, path: Path, timeout: float = 30.0, check_same_thread: bool = True) -> None:
         """``check_same_thread=False`` only for a connection used by one worker thread and
@@ -99,8 +100,12 @@ class SQLite:
     def columns(self, conn: Any, table: str) -> set[str]:
         return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
-    def backup(self, dest: Path) -> None:
-        """Copy the database to ``dest`` with SQLite's online backup API.
+    def backup_name(self, version: int) -> str:
+        return backup_path(self.where, version).name
+
+    def backup(self, conn: Any, version: int) -> None:
+        """Copy the database to ``backup_path(file, version)`` (``state.db.v1.bak``) with
+        SQLite's online backup API.
 
         Called while the caller's connection holds the write lock (``BEGIN IMMEDIATE``): a
         second connection can still read (WAL), sees everything committed so far, and no one
@@ -108,6 +113,7 @@ class SQLite:
         then changes. The copy is written to a temporary name, switched out of WAL mode (one
         self-contained file), synced and renamed into place: a crash leaves no half backup.
         """
+        dest = backup_path(self.where, version)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
@@ -121,3 +127,8 @@ class SQLite:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def backup_path(path: Path, version: int) -> Path:
+    """Where the copy of a database file at ``version`` is kept before it is upgraded."""
+    return path.with_name(f"{path.name}.v{version}.bak")

@@ -59,7 +59,7 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
 
     plan = [("251123001", "SUCCESS", 7200.0), ("251124002", "RUNNING", 600.0),
             ("251125003", "FAILED", 300.0)]
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         for dlid, status, ago in plan:
             db.register_downlink(Downlink(dlid, "level0", str(ws.incoming_level0 / dlid), 2,
                                           False, None, now - ago, now - ago + 1))

@@ -35,7 +35,7 @@ SCENE = ASSETS / "scenes" / "tboolean-box-detect.toml"
 
 
 def register(ws) -> None:
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
 
 
@@ -46,7 +46,7 @@ def run_stream(ws, dlid: str) -> int:
 
 
 def latest(ws, dlid: str) -> dict[tuple[str, str], object]:
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st = db.latest_stream(dlid)
         return {(p.process, p.key): p for p in db.instances(st.id)}
 

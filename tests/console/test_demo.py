@@ -41,7 +41,7 @@ async def test_demo_feeds_every_panel_and_console_beside_daemon_never_runs_twice
             await settle(pilot, lambda: any(p.endswith(second) for p in app.q(HitsPanel).summaries))
             await settle(pilot, lambda: app.q(StagingPanel).report is not None
                          and first in app.q(StagingPanel).report.downlinks)
-        with StateDB(ws.state_db) as db:
+        with StateDB(ws.state) as db:
             st = db.latest_stream(first)
             assert st.execution == 1 and st.status == "SUCCESS"
             dup = db.q("SELECT process, key, COUNT(*) FROM process_instances WHERE stream_id=? "

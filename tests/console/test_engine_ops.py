@@ -21,7 +21,7 @@ def test_downlink_rows_states_counts_and_stuck(ws):
     fill_fixed(ws)
     mock(ws, "251126004", events=60)                  # still in incoming/
     (ws.incoming_level0 / "bogus").mkdir()             # not a downlink id: never a row
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         rows = api.downlink_rows(ws, db)
         assert set(rows) == {"251123001", "251124002", "251125003", "251126004"}
         assert rows["251123001"].state == "staged" and rows["251123001"].runs == 2
@@ -44,7 +44,7 @@ def test_downlink_rows_rejected_and_bytes(ws):
     lines[0] = "0" * 32 + lines[0][32:]                  # a settled checksum mismatch
     (d / "MANIFEST.md5").write_text("\n".join(lines) + "\n")
     mock(ws, "251125002", events=60)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
         rows = api.downlink_rows(ws, db)
         assert rows["251125001"].state == "rejected" and rows["251125001"].note
@@ -62,7 +62,7 @@ def test_change_probe_reports_only_what_changed(ws):
         assert probe.poll() == set()
         (ws.lock / "cleanup").write_text("{}")
         assert probe.poll() == {"locks"}
-        with StateDB(ws.state_db) as other:
+        with StateDB(ws.state) as other:
             other.log_event("test")
         assert probe.poll() == {"db"}
         mock(ws, "251125001", events=60)
@@ -105,7 +105,7 @@ def test_list_events_newest_first_and_typical_durations(ws):
     (ws.events / "scene" / "partial").mkdir()           # no meta.json: not an event
     assert [e.tag for e in api.list_events(ws)] == ["new", "old"]
     fill_fixed(ws)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         typical = api.typical_durations(db)
     assert typical["mergeEvt"] == pytest.approx(39.333, abs=0.01)
     assert typical["makeEvt"] == pytest.approx(12.8, abs=0.01)
@@ -132,7 +132,7 @@ def test_incremental_rows_match_a_fresh_read_through_changes(ws):
 
     fill_fixed(ws)
     reader = api.DownlinkRows(ws)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         def check() -> None:
             assert reader.read(db) == api.downlink_rows(ws, db)
 
@@ -157,7 +157,7 @@ def test_pending_delivery_shows_why(ws):
     d = mock(ws, "251125001", events=60)
     with open(d / "MANIFEST.md5", "a") as fh:              # a file that has not arrived yet
         fh.write("0" * 32 + "  late.h5\n")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
         row = api.downlink_rows(ws, db)["251125001"]
     assert row.state == "arrived" and row.note.startswith("pending: ") and "late.h5" in row.note

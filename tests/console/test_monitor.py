@@ -47,7 +47,7 @@ def test_monitor_polls_only_what_changed(ws):
         clock.t += 1.5                                  # lock verdicts move with time
         assert monitor.poll("251125003").locks is not None
 
-        with StateDB(ws.state_db) as db:                # a runner's write
+        with StateDB(ws.state) as db:                # a runner's write
             pi = next(p for p in db.instances(db.latest_stream("251124002").id)
                       if p.status == "RUNNING")
             db.update_instance(pi.id, status="SUCCESS", ended=pi.started + 30)
@@ -64,7 +64,7 @@ def test_monitor_reads_everything_again_after_a_failed_poll(ws, monkeypatch):
         def broken(db, incoming=True):  # type: ignore[no-untyped-def]
             raise OSError("disk went away")
 
-        with StateDB(ws.state_db) as db, db.tx() as c:
+        with StateDB(ws.state) as db, db.tx() as c:
             c.execute("UPDATE streams SET note='x' WHERE dlid='251125003'")
         monkeypatch.setattr(monitor.rows, "read", broken)
         with pytest.raises(OSError):

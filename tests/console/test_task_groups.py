@@ -46,7 +46,7 @@ def tiny_ws(root: Path) -> api.Workspace:
     cfg.write_text(cfg.read_text().replace('task = "halfpipe"', 'task = "tiny.toml"'))
     ws = api.Workspace.open(ws.root)
     now = FROZEN_NOW
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "x"), 3,
                                       False, None, now - 60, now - 59))
         st, _ = db.claim_stream("251125001", "tiny")

@@ -113,7 +113,7 @@ def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "cond
 
 def stream_status(w: Workspace) -> dict[str, str]:
     from engine.store import StateDB
-    with StateDB(w.state_db) as db:
+    with StateDB(w.state) as db:
         return {s.dlid: s.status for s in db.streams()}
 
 
@@ -201,3 +201,4 @@ def remove_while_hashing(pid: int, big: Path, victim: Path, timeout: float = 30)
     """Delete ``victim`` while process ``pid`` is hashing ``big`` (listed before it)."""
     wait_for(lambda: has_open(pid, big), timeout, every=0.001, what=f"pid {pid} reading {big}")
     victim.unlink()
+

@@ -27,12 +27,12 @@ def test_build_paths_and_batch_reach_makeevt(ws, capsys):
             for old, new in RENAMED.items():
                 if old in h:
                     h.move(old, new)
-    with StateDB(ws.state_db) as db:  # registered as intake would (the manifest no longer fits)
+    with StateDB(ws.state) as db:  # registered as intake would (the manifest no longer fits)
         db.register_downlink(Downlink("251125001", "level0", str(level0), 2, False, None, 0.0, 0.0))
     rc, out, err = cli(ws, "run", "251125001", capsys=capsys)
     assert rc == 0, err
     assert json.loads(out.splitlines()[-1])["event"] == "stream_success"
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st = db.latest_stream("251125001", "halfpipe")
         assert st is not None
         logs = [Path(pi.log_path) for pi in db.instances(st.id)

@@ -103,7 +103,7 @@ def test_directory_at_a_stream_lock_path_blocks_that_stream_with_its_reason(ws, 
     with _serving(ws, tmp_path, "251125054", "251125055") as (d, log):
 
         def held_note() -> str | None:
-            with StateDB(ws.state_db) as db:
+            with StateDB(ws.state) as db:
                 st = db.latest_stream("251125054")
                 notes = [p.note or "" for p in db.instances(st.id)] if st else []
             return next((n for n in notes if "not a regular file" in n), None)
@@ -202,5 +202,5 @@ def test_lock_directory_that_cannot_be_listed_never_stops_intake(ws, capsys):
     make_delivery(ws, "251125061", **FAST)
     rc, out, _ = cli(ws, "downlinks", capsys=capsys)
     rc, _, err = cli(ws, "watch", "--once", capsys=capsys)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.downlink("251125061") is not None, err

@@ -24,7 +24,7 @@ def _old(*paths: Path) -> None:
 
 
 def _process(ws, quiet_s=0.0, timeout=3600.0):
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return deliveries.process_all(ws, db, quiet_s=quiet_s, incomplete_timeout_s=timeout)
 
 
@@ -45,7 +45,7 @@ def _assert_rejected(ws, outcomes, name_part: str, why: str) -> dict:
     assert why in data["reason"] and name_part in data["delivery"]
     moved = [Path(m) for m in data["moved"]]
     assert moved and all(m.exists() and m.parent == ws.rejected for m in moved)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         # the listing's line: the problem, then the file it concerns
         want = f"{rej[0].reason} ({rej[0].file})" if rej[0].file else rej[0].reason
         assert db.deliveries("REJECTED")[0].reason == want
@@ -57,7 +57,7 @@ def test_level0_accepted_once(ws):
     make_delivery(ws, "251125001")
     out = _process(ws)
     assert [(o.status, o.dlid) for o in out] == [("accepted", "251125001")]
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         dl = db.downlink("251125001")
         assert dl.chunks == 2 and dl.kind == "level0" and not dl.gensteps
         assert dl.registered >= dl.delivered
@@ -85,7 +85,7 @@ def test_manifest_first_then_files_is_pending(ws, tmp_path):
     (dest / "cspad.h5.swp").write_bytes(b"swap")
     out = _process(ws)
     assert [o.status for o in out] == ["pending"] and "not present" in out[0].reason
-    with StateDB(ws.state_db) as db:  # shown as pending (the console lists these)
+    with StateDB(ws.state) as db:  # shown as pending (the console lists these)
         assert [d.name for d in db.deliveries("PENDING")] == ["level0:251125003"]
     for f in src.iterdir():
         if f.name != "MANIFEST.md5":

@@ -123,7 +123,7 @@ def test_job_exit_recorded_once_space_is_back(tmp_path, mount_tmpfs):
     assert errors and all(e.get("dlid") == "251125067" and "full" in e["error"] for e in errors)
     assert [e["process"] for e in ev if e["event"] == "started"] == ["job"]   # ran once
     from engine.store import StateDB
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         pis = db.instances(db.latest_stream("251125067").id, latest_only=False)
     assert [(p.process, p.execution, p.status) for p in pis] == [
         ("launchChunks", 1, "SUCCESS"), ("job", 1, "SUCCESS")]

@@ -37,7 +37,7 @@ def _old(*paths: Path, age: float = 100.0) -> None:
 
 
 def _process(ws, quiet_s=0.0, timeout=3600.0):
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         return deliveries.process_all(ws, db, quiet_s=quiet_s, incomplete_timeout_s=timeout)
 
 
@@ -69,7 +69,7 @@ def test_level0_name_is_validated_exactly(ws, bad):
     assert _only(out, "accepted").dlid == DLID
     rej = _only(out, "rejected")
     assert rej.reason.startswith("invalid downlink id") and rej.name == f"level0:{bad}"
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.downlink(DLID).level0 == str(ws.incoming_level0 / DLID)
 
 
@@ -80,7 +80,7 @@ def test_fcopy_stem_is_validated_exactly(ws):
     manifest.write(ws.incoming_fcopy, [f"{DLID} .tar"], ws.incoming_fcopy / f"{DLID} .md5")
     rej = _only(_process(ws), "rejected")
     assert rej.reason.startswith("invalid downlink id") and rej.dlid is None
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.downlinks() == []
 
 
@@ -108,7 +108,7 @@ def test_second_delivery_of_a_registered_id_is_kept_and_listed(ws):
     data = json.loads(r.stdout)
     assert [d["dlid"] for d in data["downlinks"]] == [DLID]
     assert [(x["name"], x["reason"][:len(why)]) for x in data["rejected"]] == [(f"fcopy:{DLID}", why)]
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         rows = downlink_rows(ws, db)
     assert rows[DLID].state != "rejected"  # the registered downlink keeps its row
     assert rows[f"fcopy:{DLID}"].state == "rejected" and rows[f"fcopy:{DLID}"].note.startswith(why)
@@ -128,7 +128,7 @@ def test_level0_directory_sent_again_under_a_registered_id_is_judged(ws, first):
     assert rej.name == f"level0:{DLID}" and rej.reason.startswith(
         f"downlink {DLID} is already registered (from {first}:{DLID} at ")
     assert (ws.rejected / DLID / manifest.MANIFEST_NAME).is_file()   # kept for the operator
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.downlink(DLID).chunks == 2               # the registered one unchanged
 
 
@@ -142,7 +142,7 @@ def test_delivery_name_not_utf8_is_rejected_and_listed(ws):
     rej = _only(_process(ws), "rejected")
     assert rej.name == "level0:26120\\xff013" and rej.reason.startswith("invalid downlink id")
     assert os.path.isdir(ws.rejected / bad)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         [row] = db.deliveries("REJECTED")
         assert "\\xff" in row.path and row.reason.startswith("invalid downlink id")
 
@@ -153,7 +153,7 @@ def test_delivery_taken_away_whole_while_checked_is_not_rejected(ws):
     that is gone is nothing to judge; it is judged when it comes back."""
     d = make_delivery(ws, DLID)
     away = ws.root / "away"
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         [cand] = deliveries.scan(ws)
         os.rename(d, away)
         out = deliveries._settle(ws, db, cand, DLID, deliveries.Pending("x vanished"), 3600.0)
@@ -169,7 +169,7 @@ def test_extracted_level0_dir_of_an_fcopy_package_is_the_same_delivery(ws):
     make_delivery(ws, DLID, as_="fcopy")
     assert _only(_process(ws), "accepted").kind == "fcopy"
     cand = deliveries.candidate_for(ws, ws.incoming_level0 / DLID / manifest.MANIFEST_NAME)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         out = deliveries.process(ws, db, cand, quiet_s=0.0)
         assert (out.status, out.reason) == ("skipped", "registered")
         assert db.deliveries("REJECTED") == [] and db.delivery(cand.name) is None
@@ -213,7 +213,7 @@ def test_rejection_reason_starts_with_the_problem(ws):
     os.rename(ws.incoming_level0 / "251125001", ws.incoming_level0 / "251399001")
     rej = _only(_process(ws), "rejected")
     assert rej.reason.startswith("invalid downlink id '251399001'"), rej.reason
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.deliveries("REJECTED")[0].reason.startswith("invalid downlink id")
         note = downlink_rows(ws, db)["level0:251399001"].note
         assert note.startswith("invalid downlink id")
@@ -255,7 +255,7 @@ def test_links_and_special_files_inside_level0_rejected(ws, tmp_path, make, what
     rej = _only(_process(ws), "rejected")
     assert what in rej.reason, rej.reason
     assert "regular file" in rej.reason
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert db.downlinks() == []
     assert (ws.rejected / "251125020").is_dir()
     if (tmp_path / "elsewhere").exists():  # the link's target is never moved or touched
@@ -268,7 +268,7 @@ def test_linked_delivery_directory_rejected(ws, tmp_path, via):
     periodic scan and by the inotify path alike; the link moves, its target stays."""
     real = make_delivery(ws, "251125021", as_="dir", target=tmp_path / "real")
     os.symlink(real, ws.incoming_level0 / "251125021")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         if via == "scan":
             out = deliveries.process_all(ws, db, quiet_s=0.0)
         else:

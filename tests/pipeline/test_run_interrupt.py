@@ -26,7 +26,7 @@ def test_run_stops_its_jobs_on_sigterm_and_sigint(ws, tmp_path, signum: int, cod
                     f'command = ["{sys.executable}", "-c", "import pathlib, time; '
                     f"pathlib.Path('{marker}').touch(); time.sleep(120)\"]\n")
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "251125001"), 1,
                                       False, None, time.time(), time.time()))
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -27,7 +27,7 @@ def _claimer(db_path: str, q) -> None:  # runs in a child process
 
 
 def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         for d in ("251125001", "251125002", "251125003"):
             db.register_downlink(Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time()))
     ctx = multiprocessing.get_context("spawn")
@@ -40,7 +40,7 @@ def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
         p.join()
     flat = sorted(d for c in claims for d in c)
     assert flat == ["251125001", "251125002", "251125003"]  # each claimed exactly once
-    with StateDB(ws.state_db) as db:  # the owners are dead now: a new process may take over
+    with StateDB(ws.state) as db:  # the owners are dead now: a new process may take over
         st, why = db.claim_stream("251125001", "halfpipe")
         assert st is not None and st.owner_pid == os.getpid(), why
         assert db.q("SELECT count(*) FROM events WHERE kind='stream_resumed'")[0][0] == 1
@@ -91,7 +91,7 @@ def test_downlinks_cli(ws, capsys):
     make_delivery(ws, "251125002")
     os.rename(ws.incoming_level0 / "251125002", ws.incoming_level0 / "25112500x")
     from engine.intake import deliveries
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0)
     rc, out, _ = cli(ws, "downlinks", "--json", capsys=capsys)
     data = json.loads(out)

@@ -65,7 +65,7 @@ def test_halfpipe_stream_end_to_end(ws, capsys):
     want, _, _ = principal_table(spec("251125001", events=600, event_bytes=400))
     assert np.array_equal(np.sort(ts), want) and len(np.unique(ts)) == 600
     # the state db knows every staged file with its checksum; no lock is left
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         recs = {r.path: r for r in db.files("251125001", producer="mergeEvt")}
         for f in staged:
             assert recs[str(f)].md5 == manifest.md5_file(f)
@@ -85,7 +85,7 @@ def _task(tmp_path: Path, text: str) -> Path:
 
 
 def _register(ws, dlid="251125001", gensteps=False) -> None:
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         db.register_downlink(Downlink(dlid, "level0", str(ws.incoming_level0 / dlid), 1, gensteps,
                                       None, time.time(), time.time()))
 
@@ -177,7 +177,7 @@ halt = "haltStage"
         lock = ws.lock / f"{100:08x}"
         locks.acquire(lock, "251125000", "mergeEvt",
                       Owner(holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time()))
-        with StateDB(ws.state_db) as db:
+        with StateDB(ws.state) as db:
             st, _ = db.claim_stream("251125001", "halfpipe")
             launcher = LocalLauncher(2)
             runner = StreamRunner(ws, db, load_task(ws), st, launcher)
@@ -219,7 +219,7 @@ def test_run_cli_errors(ws, capsys):
     _register(ws)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        with StateDB(ws.state_db) as db, db.tx() as c:
+        with StateDB(ws.state) as db, db.tx() as c:
             c.execute("INSERT INTO streams (task, dlid, execution, status, owner_pid, owner_host, "
                       "owner_start, created) VALUES ('halfpipe', '251125001', 1, 'RUNNING', ?, ?, ?, ?)",
                       (holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time(),
@@ -236,7 +236,7 @@ def test_launching_pauses_under_the_disk_reserve(ws, tmp_path):
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     ws = set_config(ws, "[disk]\nreserve_bytes = 1_000_000_000_000_000\n")  # 1 EB: never free
     _register(ws)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         st, _ = db.claim_stream("251125001", "halfpipe")
         launcher = LocalLauncher(1)
         runner = StreamRunner(ws, db, load_task(ws), st, launcher)
@@ -273,7 +273,7 @@ def test_delivery_with_gensteps_adds_propagate(ws, capsys):
     ev = ws.events / "tboolean-box" / "251125001"
     meta = json.loads((ev / "meta.json").read_text())
     assert (ev / "ht.npy").is_file() and meta["photons"] == 5000
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert {Path(r.path).name for r in db.files("251125001", producer="propagate")} >= {
             "ht.npy", "meta.json"}
 

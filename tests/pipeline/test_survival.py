@@ -63,7 +63,7 @@ def _check(ws, reference: dict[str, str], trial: str) -> None:
     hidden = [p for p in [*ws.stage.rglob(".*"), *ws.downlinks.rglob(".*"),
                           *ws.incoming_level0.glob(".*")]]
     assert hidden == [], (trial, hidden)      # no temporaries left where readers look
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         for d in DLIDS:
             st = db.latest_stream(d)
             assert all(p.status in ("SUCCESS", "SKIPPED") for p in db.instances(st.id)), trial

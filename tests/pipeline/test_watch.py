@@ -117,7 +117,7 @@ def test_sigterm_mid_stream_then_resume(ws, tmp_path):
     assert any(e["event"] == "terminated" for e in ev) or any(e["event"] == "stream_success" for e in ev)
     st = stream_status(ws)["251125006"]
     assert st in ("TERMINATED", "SUCCESS")
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert all(p.status not in ("RUNNING", "QUEUED", "SUBMITTED")
                    for p in db.instances(db.latest_stream("251125006").id))
     rc, _, _ = cli(ws, "watch", "--once")
@@ -169,7 +169,7 @@ def test_two_daemons_one_workspace(ws, tmp_path):
     for dl in dlids:
         assert [e["event"] for e in events if e.get("dlid") == dl].count("registered") == 1
         assert [e["event"] for e in events if e.get("dlid") == dl].count("stream_claimed") == 1
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         for dl in dlids:
             st = db.latest_stream(dl)
             assert st.execution == 1
@@ -206,7 +206,7 @@ def test_200_deliveries_at_once_each_processed_once(ws, tmp_path):
     assert sorted(reg) == dlids
     lat = sorted(e["latency_s"] for e in ev if e["event"] == "registered")
     assert lat[len(lat) // 2] < 5.0
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         assert len(db.downlinks()) == 200 and len(db.streams(latest_only=False)) == 200
         assert db.q("SELECT count(*) FROM process_instances WHERE execution > 1")[0][0] == 0
 
@@ -261,7 +261,7 @@ def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
         wait_for(lambda: stream_status(ws).get("251125032") == "SUCCESS", 60)
     finally:
         assert _stop(d) == 0
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:
         pis = db.instances(db.latest_stream("251125032").id, latest_only=False)
         assert [(p.execution, p.status) for p in pis] == [(1, "FAILED"), (2, "FAILED"), (3, "SUCCESS")]
 

@@ -56,7 +56,7 @@ def _all_instances(w: Workspace, dlid: str) -> list:
     """Every execution of every process of the stream ([] before the stream exists)."""
     if not w.state_db.exists():
         return []
-    with StateDB(w.state_db) as db:
+    with StateDB(w.state) as db:
         streams = [s for s in db.streams() if s.dlid == dlid]
         return db.instances(streams[0].id, latest_only=False) if streams else []
 
@@ -311,7 +311,7 @@ from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 ws = Workspace.open(sys.argv[1])
-db = StateDB(ws.state_db)
+db = StateDB(ws.state)
 for c in deliveries.scan(ws):
     deliveries.process(ws, db, c, 0.0)
 task = load_task(ws)

@@ -44,7 +44,7 @@ def test_an_mpi_makeevt_of_two_tasks_stages_what_one_local_rank_stages(tmp_path,
         staged[how] = _staged(w, dlid)
     a, b = staged["local, 1 rank"], staged["slurm, 2 ranks"]
     assert a and a == b, [k for k in a if a.get(k) != b.get(k)]
-    with StateDB(w.state_db) as db:
+    with StateDB(w.state) as db:
         st = db.latest_stream(dlid)
         assert st is not None
         make = [p for p in db.instances(st.id) if p.process == "makeEvt"]

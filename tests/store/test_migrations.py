@@ -119,7 +119,7 @@ def test_a_v1_workspace_upgrades_and_keeps_its_data(v1: Path, tmp_path: Path) ->
         assert facts["251120001"].bytes == sum(f["size"] for f in expected["files"]
                                                if f["dlid"] == "251120001")
 
-    assert _version(db_path) == SCHEMA_VERSION == 2
+    assert _version(db_path) == SCHEMA_VERSION == 3
     bak = backup_path(db_path, 1)
     assert bak == v1 / "state.db.v1.bak" and bak.is_file()
     assert _dump(bak) == before                               # the backup is the v1 database
@@ -140,7 +140,7 @@ def test_an_upgraded_database_opens_without_another_upgrade(v1: Path) -> None:
     bak = backup_path(db_path, 1)
     stamp = bak.stat().st_mtime_ns
     with StateDB(db_path) as db:
-        assert db.opened_version == 2
+        assert db.opened_version == SCHEMA_VERSION
     assert bak.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in v1.glob("state.db*bak*")) == ["state.db.v1.bak"]
 
@@ -157,7 +157,7 @@ def test_concurrent_openers_upgrade_once(v1: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
     assert sorted(o.strip() for o, _ in outs).count("1") == 1   # exactly one saw version 1
-    assert _version(v1 / "state.db") == 2
+    assert _version(v1 / "state.db") == SCHEMA_VERSION
     assert _columns(v1 / "state.db")["process_instances"][-2:] == ["job_id", "launcher"]
 
 

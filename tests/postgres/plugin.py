@@ -1,0 +1,119 @@
+"""The real PostgreSQL server the backend-parametrized tests run against
+(tests/postgres/cluster.sh), and a fresh database for each test.
+
+- ``pg_server`` (session): the running cluster (its env file is there and the server
+  answers), or one started with ``cluster.sh up`` when running as root (stopped at the end
+  only if started here); elsewhere PostgreSQL tests skip with the reason. Under CI
+  (``CI`` set) a server that cannot be reached is an error, not a skip: CI must run them.
+- ``pg_url`` (function): a new, empty database on it (``CREATE DATABASE ... TEMPLATE
+  template0``), dropped after the test (connections forced off), as a URL.
+- ``state_backend`` (function, parametrized "sqlite" / "postgresql"): for "postgresql" it
+  sets ``SKYDECK_STATE_URL`` to a fresh database, so every workspace the test opens (and
+  every engine process it starts: they inherit the environment) keeps its state there.
+  Test directories that must run on both backends make it autouse in their conftest.
+
+This is a pytest plugin (``pytest_plugins`` in tests/conftest.py), not a conftest, so that
+the store, pipeline and console-API test directories share one definition.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+CLUSTER = HERE / "cluster.sh"
+PG_DIR = Path(os.environ.get("SKYDECK_PG_DIR", "/tmp/skydeck-pg"))
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _env_file() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = (PG_DIR / "env").read_text(encoding="utf-8")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _answers(env: dict[str, str]) -> bool:
+    url = env.get("SKYDECK_TEST_STATE_URL")
+    if not url:
+        return False
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL tests must run under CI: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[dict[str, str]]:
+    """The env file of a running throwaway cluster (SKYDECK_TEST_STATE_URL, ...)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (the postgresql extra)")
+    started = False
+    env = _env_file()
+    if not _answers(env):
+        if os.geteuid() != 0:
+            _unavailable(f"no PostgreSQL answers ({PG_DIR}/env) and not root to start one: "
+                         "run tests/postgres/cluster.sh up as root")
+        res = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            _unavailable(f"tests/postgres/cluster.sh up failed: {res.stderr.strip()[-400:]}")
+        started = True
+        env = _env_file()
+        if not _answers(env):
+            _unavailable("PostgreSQL started but does not answer")
+    yield env
+    if started:
+        subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=120)
+
+
+def _admin(env: dict[str, str], sql: str) -> None:
+    import psycopg
+    with psycopg.connect(env["SKYDECK_TEST_STATE_URL"], autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pg_url(pg_server: dict[str, str]) -> Iterator[str]:
+    """A URL of a new, empty database, dropped after the test."""
+    name = f"skydeck_t_{uuid.uuid4().hex[:16]}"
+    _admin(pg_server, f"CREATE DATABASE {name} TEMPLATE template0")
+    host, port, user = (pg_server["SKYDECK_PG_HOST"], pg_server["SKYDECK_PG_PORT"],
+                        pg_server["SKYDECK_PG_USER"])
+    yield f"postgresql://{user}@/{name}?host={host}&port={port}"
+    _admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=BACKENDS)
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """"sqlite" (the default, nothing set) or "postgresql" (``SKYDECK_STATE_URL`` set to a
+    fresh database for this test and the processes it starts)."""
+    monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
+    if request.param == "postgresql":
+        monkeypatch.setenv("SKYDECK_STATE_URL", request.getfixturevalue("pg_url"))
+    return str(request.param)
