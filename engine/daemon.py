@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import queue
 import signal
@@ -40,11 +41,12 @@ from typing import Any
 
 from engine.api.listings import DAEMON_LOG
 from engine.api.metrics import Exporter, sweep_dead_heartbeats
+from engine.core.log import attach_file, detach_file, emit_event, logger
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.halts import halt_flag, is_set_globally
 from engine.pipeline.launcher import JobResult, make_launcher
-from engine.pipeline.runner import StreamRunner, json_line
+from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import Task, load_task
 from engine.store import StateDB
 
@@ -129,7 +131,7 @@ class Daemon:
         self.ws = ws
         self.once = once
         self.force_polling = polling
-        self.emit_fn = emit or self._print_and_log
+        self.emit_fn = emit  # None: the engine's loggers (engine/core/log.py) + logs/daemon.log
         self.task = task or load_task(ws)
         self.db = StateDB(ws.state)
         try:  # before anything is owned: on PostgreSQL the server sees this daemon die
@@ -168,29 +170,41 @@ class Daemon:
         self.pending_max_s = ws.settings.watch.pending_recheck_max_s
         self.metrics = Exporter(ws, beat=not once)  # heartbeat + textfile (+ HTTP: run_daemon)
         self._prune_next = 0.0                     # the first prune: at the first loop
+        self._log_file = attach_file(ws.logs / DAEMON_LOG) if emit is None else None
 
     # ------------------------------------------------------------------ events
 
-    def _print_and_log(self, ev: dict[str, Any]) -> None:
-        """Each event line to stdout and to logs/daemon.log, which a console can open. A log
-        that cannot be written (its disk full, its reader gone, no permission) loses the
-        line, not the daemon."""
-        line = json_line(ev)
+    def _log(self, ev: dict[str, Any], area: str) -> None:
+        """Each event to the ``skydeck.<area>`` logger: a JSON line appended to
+        logs/daemon.log (which a console can open), then a line on stdout, human or JSON
+        (``--log-format``). A log that cannot be written (its disk full, its reader gone, no
+        permission) loses the line, not the daemon."""
         with contextlib.suppress(OSError, ValueError):
-            print(line, flush=True)
-        with contextlib.suppress(OSError), open(self.ws.logs / DAEMON_LOG, "a") as fh:
-            fh.write(line + "\n")
+            emit_event(logger(area), ev)
 
-    def emit(self, ev: dict[str, Any]) -> None:
+    def emit(self, ev: dict[str, Any], area: str = "pipeline") -> None:
+        """One event (the runners' too: their area is the default)."""
         self._events += 1
         if ev.get("event") == "stream_success":
             self.result.succeeded.append(ev["dlid"])
         elif ev.get("event") == "stream_failed":
             self.result.failed.append(ev["dlid"])
-        self.emit_fn(ev)
+        if self.emit_fn is None:
+            self._log(ev, area)
+        else:
+            self.emit_fn(ev)
 
-    def _ev(self, event: str, **kw: Any) -> None:
-        self.emit({"t": round(time.time(), 3), "event": event, **kw})
+    def _ev(self, event: str, _area: str = "daemon", **kw: Any) -> None:
+        self.emit({"t": round(time.time(), 3), "event": event, **kw}, _area)
+
+    def _debug(self, event: str, _area: str = "daemon", **kw: Any) -> None:
+        """A debug line (``-v``, ``--log-level debug``): not an event the loop counts, and
+        nothing is built when debug is off."""
+        log = logger(_area)
+        if self.emit_fn is None and log.isEnabledFor(logging.DEBUG):
+            with contextlib.suppress(OSError, ValueError):
+                emit_event(log, {"t": round(time.time(), 3), "event": event, **kw},
+                           logging.DEBUG)
 
     # ------------------------------------------------------------------ containment
 
@@ -329,7 +343,7 @@ class Daemon:
     def _outcome(self, cand: deliveries.Candidate, o: deliveries.Outcome) -> None:
         if o.status == "pending":
             if cand.name not in self.pending:
-                self._ev("pending", delivery=o.name, why=o.reason)
+                self._ev("pending", "intake", delivery=o.name, why=o.reason)
             self.pending[cand.name] = cand
             self._pending_backoff(cand.name, o.reason)
             return
@@ -338,12 +352,12 @@ class Daemon:
         if o.status == "accepted":
             dl = self.db.downlink(o.dlid or "")
             self.result.registered.append(o.dlid or "")
-            self._ev("registered", dlid=o.dlid, delivery=o.name, form=o.kind,
+            self._ev("registered", "intake", dlid=o.dlid, delivery=o.name, form=o.kind,
                      latency_s=round(dl.registered - dl.delivered, 4) if dl else None)
         elif o.status == "rejected":
             self.result.rejected.append(o)
-            self._ev("rejected", delivery=o.name, dlid=o.dlid, reason=o.reason, file=o.file,
-                     moved_to=o.path)
+            self._ev("rejected", "intake", delivery=o.name, dlid=o.dlid, reason=o.reason,
+                     file=o.file, moved_to=o.path)
 
     def report_stale_locks(self) -> None:
         """Stale locks are reported once (reclaimed when a process needs them), and so is
@@ -357,8 +371,8 @@ class Daemon:
         for info in infos:
             if (info.stale or info.blocks) and info.name not in self._stale_seen:
                 self._stale_seen.add(info.name)
-                self._ev("stale_lock" if info.stale else "blocking_lock", lock=info.name,
-                         kind=info.kind, owner=info.owner, why=info.reason)
+                self._ev("stale_lock" if info.stale else "blocking_lock", "pipeline",
+                         lock=info.name, kind=info.kind, owner=info.owner, why=info.reason)
 
     def check_presence(self) -> None:
         """On PostgreSQL: the connection holding this daemon's presence still stands. If it
@@ -390,8 +404,11 @@ class Daemon:
             self.check_presence()
         with self._contained("lock report"):  # a lock problem never stops intake
             self.report_stale_locks()
+        n = 0
         for cand in deliveries.unsettled(self.db, deliveries.scan(self.ws)):
             self._handle(cand)
+            n += 1
+        self._debug("scan", "intake", unsettled=n)
 
     @_contained_as("inotify hints")
     def drain_hints(self, timeout: float) -> int:
@@ -408,6 +425,7 @@ class Daemon:
             cand = deliveries.candidate_for(self.ws, Path(p))
             if cand is not None:
                 seen[cand.name] = cand
+        self._debug("hints", "intake", paths=len(paths), candidates=sorted(seen))
         for cand in deliveries.unsettled(self.db, seen.values()):
             self._handle(cand)
         return len(seen)
@@ -538,13 +556,16 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> WatchResult:
+        self._debug("config", workspace=str(self.ws.root), task=self.task.name,
+                    launcher=self.ws.settings.pipeline.launcher, max_streams=self.max_streams,
+                    scan_interval_s=self.scan_interval, quiet_s=self.quiet_s)
         if not self.once:
             self.start_observer()
         else:
             self._ev("once", pid=os.getpid())
         with self._contained("extract sweep"):  # before any extraction of ours starts
             for p in deliveries.sweep_extracts(self.ws):
-                self._ev("swept", path=str(p), why="partial extraction left by a killed process")
+                self._ev("swept", "intake", path=str(p), why="partial extraction left by a killed process")
         with self._contained("metrics"):
             sweep_dead_heartbeats(self.ws)
         self.reconcile()
@@ -610,6 +631,9 @@ class Daemon:
         return self.result
 
     def close(self) -> None:
+        if self._log_file is not None:
+            detach_file(self._log_file)
+            self._log_file = None
         self.metrics.close()
         self.verifier.shutdown(wait=True)
         for db in self._thread_dbs:

@@ -49,9 +49,31 @@ environment:
   SKYDECK_NVRTC          the NVRTC library to compile the kernel with (else the
                          nvidia-cuda-nvrtc wheel, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)
   SKYDECK_KERNEL_COPY    0: the builder copies payloads without copy_file_range
+  SKYDECK_LOG_FORMAT     auto, human or json when --log-format is not given (else auto:
+                         human at a terminal, JSON lines otherwise)
+  SKYDECK_LOG_LEVEL      debug, info, warning, error or critical when --log-level is not
+                         given (else info)
 
 `skydeck-engine COMMAND --help` for a command's options; README.md and docs/ for the rest.
 """
+
+
+# engine/core/log.py's names, here so that --help and --version import no logging (a test
+# checks they are the same)
+LOG_FORMATS = ("auto", "human", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_format(text: str) -> str:
+    from engine.core.log import parse_format
+
+    return parse_format(text)
+
+
+def _log_level(text: str) -> str:
+    from engine.core.log import parse_level
+
+    return parse_level(text)
 
 
 def build_parser(only: str | None = None, everything: bool = True) -> argparse.ArgumentParser:
@@ -64,6 +86,19 @@ def build_parser(only: str | None = None, everything: bool = True) -> argparse.A
         default=argparse.SUPPRESS,
         help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
     )
+    # log options: on every command too (`watch -q`), like -w; bad values are one line (exit 2)
+    common.add_argument("--log-format", type=_log_format, choices=LOG_FORMATS,
+                        default=argparse.SUPPRESS,
+                        help="event lines as text for people or JSON lines (default: "
+                             "$SKYDECK_LOG_FORMAT, else auto: human at a terminal, else json)")
+    common.add_argument("--log-level", type=_log_level, choices=LOG_LEVELS,
+                        default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="least level shown: debug, info, warning, error, critical "
+                             "(default: $SKYDECK_LOG_LEVEL, else info)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="one level more (debug lines)")
+    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                        help="one level less per -q (-q: warnings and errors, -qq: errors)")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="skydeck headless engine: event building, propagation, pipeline, daemon.",
@@ -87,7 +122,7 @@ def command_in(argv: Sequence[str]) -> str | None:
     for word in argv:
         if skip:
             skip = False
-        elif word in ("-w", "--workspace"):
+        elif word in ("-w", "--workspace", "--log-format", "--log-level"):
             skip = True  # its value may be a command's name
         elif word in SUMMARY:
             return word
@@ -106,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         if not hasattr(args, "workspace"):
             args.workspace = None
+        from engine.core.log import setup
+
+        setup(getattr(args, "log_format", None), getattr(args, "log_level", None),
+              getattr(args, "verbose", 0), getattr(args, "quiet", 0))
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
+import time
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
 from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
 from engine.core.ids import parse_dlid
 from engine.core.interrupt import EXIT_TERMINATED
+from engine.core.log import emit_event, logger
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.launcher import make_launcher
-from engine.pipeline.runner import json_line, run_stream
+from engine.pipeline.runner import run_stream
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 
@@ -51,10 +54,16 @@ def run(args: argparse.Namespace) -> int:
                 if db.downlink(dlid) is None:
                     raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
                                    "it is in incoming/", ws.incoming_level0)
-            launcher = make_launcher(ws.settings.pipeline.launcher,
-                                     args.jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
-            runner = run_stream(ws, db, task, dlid, launcher,
-                                emit=lambda ev: print(json_line(ev), flush=True),
+            jobs = args.jobs or ws.settings.pipeline.max_jobs
+            launcher = make_launcher(ws.settings.pipeline.launcher, jobs, ws.settings.slurm)
+            log = logger("pipeline")
+            if log.isEnabledFor(logging.DEBUG):
+                emit_event(log, {"t": round(time.time(), 3), "event": "config", "dlid": dlid,
+                                 "workspace": str(ws.root), "task": task.name,
+                                 "launcher": ws.settings.pipeline.launcher, "jobs": jobs},
+                           logging.DEBUG)
+            # each event a line on stdout: human at a terminal, else JSON (--log-format)
+            runner = run_stream(ws, db, task, dlid, launcher, emit=lambda ev: emit_event(log, ev),
                                 should_stop=lambda: bool(stop["flag"]))
     except KeyboardInterrupt:
         print("skydeck-engine: interrupted", file=sys.stderr)

@@ -19,7 +19,6 @@ retires latest executions and the runner makes new ones (execution number + 1).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -43,7 +42,7 @@ from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
 from engine.store import ACTIVE_PI, DONE_PI, ProcessInstance, StateDB, Stream
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[dict[str, Any]], None]  # one event; the CLI logs it (engine/core/log.py)
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
 
 
@@ -586,10 +585,6 @@ def _pythonpath() -> str:
     root = str(Path(__file__).resolve().parents[2])
     cur = os.environ.get("PYTHONPATH", "")
     return root if not cur else f"{root}{os.pathsep}{cur}"
-
-
-def json_line(ev: dict[str, Any]) -> str:
-    return json.dumps(ev, separators=(",", ":"), default=str)
 
 
 def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Launcher,
