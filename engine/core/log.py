@@ -55,6 +55,9 @@ EVENT_LEVELS: dict[str, int] = {
     "stale_lock": logging.WARNING,
     "blocking_lock": logging.WARNING,
     "lock_reclaimed": logging.WARNING,
+    "takeover": logging.WARNING,                   # a dead owner's stream, claim or lock taken
+    "presence_lost": logging.WARNING,              # this daemon's server session was lost
+    "stream_lost": logging.WARNING,                # given up: another owner took it meanwhile
 }
 
 _PAYLOAD = "skydeck_event"   # LogRecord attribute: the event's fields
