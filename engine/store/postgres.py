@@ -259,3 +259,33 @@ class PostgreSQL:
         conn.raw.execute(f"CREATE SCHEMA {schema}")
         for t in TABLES:
             conn.raw.execute(f"CREATE TABLE {schema}.{t} AS TABLE {t}")
+
+    # ------------------------------------------------------------ db copy (engine/store/copy.py)
+
+    def tables(self, conn: Any) -> set[str]:
+        """Every table of the current schema (``db copy`` refuses a database that holds
+        someone else's tables)."""
+        return {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "current_schema() AND table_type = 'BASE TABLE'")}
+
+    def copy_rows(self, conn: Any, table: str, columns: Sequence[str],
+                  rows: Iterator[Sequence[Any]]) -> int:
+        """Write ``rows`` into ``table`` with one ``COPY ... FROM STDIN`` (in the caller's
+        transaction); returns how many were sent."""
+        n = 0
+        cols = ", ".join(columns)
+        with conn.raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+                n += 1
+        return n
+
+    def set_identity(self, conn: Any, table: str, next_id: int) -> int:
+        """Make ``table``'s identity column hand out ``next_id`` or more next (never an id
+        already in the table); returns the next id it will hand out."""
+        row = conn.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"GREATEST(COALESCE(MAX(id), 0) + 1, ?), false) FROM {table}",
+            (int(next_id),)).fetchone()
+        return int(row[0])
