@@ -163,6 +163,12 @@ class Connection:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
         return Cursor(self.raw.cursor()).execute(sql, args)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor:
+        """One statement for many parameter rows (psycopg pipelines them), as sqlite3's."""
+        cur = self.raw.cursor()
+        cur.executemany(to_pyformat(sql), [tuple(r) for r in rows])
+        return Cursor(cur)
+
     def cursor(self) -> Cursor:
         return Cursor(self.raw.cursor())
 
