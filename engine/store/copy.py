@@ -16,8 +16,10 @@ How it stays safe:
   sequences set past the copied ids and past every id SQLite ever handed out, then the rows
   counted per table against the source; a difference rolls everything back (exit 1).
 
-The SQLite file is never changed (the lock is released with a rollback) and stays where it
-is: the workspace uses the copy once ``[state] url`` (or ``SKYDECK_STATE_URL``) names it.
+The SQLite file is not changed by the copy (its lock is released with a rollback; only a
+file at an older schema version is first brought up to date, with its backup, as opening it
+for any command would) and stays where it is: the workspace uses the copy once ``[state]
+url`` (or ``SKYDECK_STATE_URL``) names it.
 """
 
 from __future__ import annotations
