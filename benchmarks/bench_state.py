@@ -7,9 +7,9 @@ gives the ratio PostgreSQL / SQLite:
 
 1. orchestration overhead per process instance: bench_pipeline.run_empty_stream (a stream
    of ``true`` jobs; the reference is the same subprocesses without the engine);
-2. registration latency with a running ``watch``: bench_pipeline.bench_latency (a complete
-   delivery renamed into the inbox until its row is visible), and the ``registered``
-   events' ``latency_s`` (delivery verified -> row committed) as the daemon logged them;
+2. registration latency with a running ``watch``: as bench_pipeline.bench_latency (a
+   complete delivery renamed into the inbox until its row is visible to another
+   connection), and the daemon's own ``registered`` time minus the rename;
 3. claims per second with 8 competing processes (real processes, started together):
    ``claim_delivery`` and ``claim_stream`` on distinct rows (each process its own) and on
    the same rows (every process tries every row; each row must be won exactly once);
@@ -31,7 +31,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_pipeline  # noqa: E402
 
 from engine.core.workspace import Workspace, init_workspace  # noqa: E402
+from engine.mock.delivery import MockSpec, deliver  # noqa: E402
 from engine.store import Downlink, StateDB  # noqa: E402
 
 N_DOWNLINKS = 10_000
@@ -126,13 +129,49 @@ def _ws(root: Path) -> Workspace:
 
 
 def registration(tmp: Path, n: int) -> dict[str, float]:
-    lat = bench_pipeline.bench_latency(tmp, n)
-    ws = Workspace.open(tmp / "lat")
-    with StateDB(ws.state) as db:
-        logged = sorted(json.loads(r[0])["latency_s"] for r in db.q(
-            "SELECT detail FROM events WHERE kind = 'registered'"))
-    return {"visible_median_s": lat["median_s"], "visible_p90_s": lat["p90_s"],
-            "logged_median_s": statistics.median(logged)}
+    """bench_pipeline.bench_latency's measurement (a complete delivery renamed into the
+    inbox of a running ``watch``, until its row is visible to another connection), plus
+    the daemon's own side: its ``registered`` time minus the rename (the ``registered``
+    event's ``latency_s`` counts from the manifest's mtime, which here is when the delivery
+    was written into staging before the run, so it is not used)."""
+    task = tmp / "noop.toml"
+    task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "noop"\ncommand = ["true"]\n')
+    ws = _ws(tmp / "lat")
+    cfg = ws.root / "skydeck.toml"
+    cfg.write_text(cfg.read_text().replace('task = "halfpipe"', f'task = "{task}"'))
+    staging = ws.root / "staging"
+    staging.mkdir()
+    dlids = [f"251127{k:03d}" for k in range(1, n + 1)]
+    for dl in dlids:
+        deliver(MockSpec(dl, sources=1, events=20, event_bytes=64, runs=1, chunks=1), "dir",
+                staging / dl)
+    log_path = tmp / "lat.log"
+    with open(log_path, "wb") as log:
+        d = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "watch"],
+                             stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        renamed: dict[str, float] = {}
+        visible: list[float] = []
+        try:
+            while b"watching" not in log_path.read_bytes():
+                time.sleep(0.05)
+            time.sleep(0.3)
+            with StateDB(ws.state) as db:
+                for dl in dlids:
+                    renamed[dl] = t0 = time.time()
+                    os.rename(staging / dl, ws.incoming_level0 / dl)   # complete now
+                    while db.downlink(dl) is None:
+                        time.sleep(0.002)
+                    visible.append(time.time() - t0)
+                    time.sleep(0.05)
+                own = sorted(db.downlink(dl).registered - renamed[dl] for dl in dlids)
+        finally:
+            d.send_signal(signal.SIGTERM)
+            d.wait(30)
+    visible.sort()
+    return {"visible_median_s": statistics.median(visible),
+            "visible_p90_s": visible[int(0.9 * (n - 1))],
+            "registered_median_s": statistics.median(own)}
 
 
 # ---------------------------------------------------------------------- 3. claims
@@ -309,8 +348,9 @@ def main() -> int:
          1000 * p["latency"]["visible_median_s"], "ms", f"n={a.deliveries}, inotify daemon"),
         ("  p90", 1000 * s["latency"]["visible_p90_s"], 1000 * p["latency"]["visible_p90_s"],
          "ms", ""),
-        ("  registered events' latency_s (median)", 1000 * s["latency"]["logged_median_s"],
-         1000 * p["latency"]["logged_median_s"], "ms", "verified -> committed"),
+        ("  the daemon's registered time - rename (median)",
+         1000 * s["latency"]["registered_median_s"],
+         1000 * p["latency"]["registered_median_s"], "ms", "its clock, before the commit"),
     ]
     for key in ("delivery distinct", "delivery same", "stream distinct", "stream same"):
         rows.append((f"claims/s, {CLAIMERS} processes, {key} rows", s["claims"][key],
