@@ -19,8 +19,10 @@ How the SQLite semantics are kept:
   ``BEGIN IMMEDIATE`` serializes them, and a claim's read-check-write stays exactly-once.
   READ COMMITTED: every statement after the lock sees every commit before it;
 - the change probe (``data_version``): each table has a statement trigger that NOTIFYs
-  ``skydeck_state``; a connection that asks LISTENs on first use and counts notifications,
-  without a round trip when none is waiting (the console polls this every few hundred ms);
+  ``skydeck_state``; a connection that asks LISTENs on first use and counts notifications;
+  when none is waiting it makes one ``SELECT 1`` round trip and looks again (the server
+  sends pending notifications before it answers), so a commit that returned before the
+  probe is always seen (the console polls this every few hundred ms);
 - rows: a tuple that also answers by column name and to ``dict()``, like ``sqlite3.Row``;
   Python booleans are sent as integers (the schema's flags are INTEGER, as in SQLite);
 - before a migration, a copy of every table goes into a schema ``skydeck_backup_v<N>`` in
@@ -241,7 +243,15 @@ class PostgreSQL:
         if not conn.listening:
             conn.raw.execute(f"LISTEN {CHANNEL}")
             conn.listening = True
-        conn.changes += sum(1 for _ in conn.raw.notifies(timeout=0))
+        seen = sum(1 for _ in conn.raw.notifies(timeout=0))
+        if not seen:
+            # A commit that returned before this call has signalled this connection's server
+            # process, but under load that process may not have sent the notification yet.
+            # It sends pending ones before answering any command, so one round trip makes
+            # the probe exact, as SQLite's data_version is (psycopg keeps what arrives).
+            conn.raw.execute("SELECT 1")
+            seen = sum(1 for _ in conn.raw.notifies(timeout=0))
+        conn.changes += seen
         return int(conn.changes)
 
     def has_table(self, conn: Any, table: str) -> bool:

@@ -2,7 +2,8 @@
 checks them for the SQLite file: ``init --state`` creates the schema at the current version
 (and no SQLite file), and a database at a newer version is refused by every command with
 the same one line as a SQLite file (the URL redacted) and left as it is, without a backup
-schema. (The backend's own contracts, in process: tests/postgres/test_backend.py on main.)
+schema; and the change probe sees every commit that returned before it. (The backend's
+own contracts, in process: tests/postgres/test_backend.py on main.)
 """
 
 from __future__ import annotations
@@ -46,3 +47,17 @@ def test_a_newer_database_is_refused_with_one_line_and_left_alone(tmp_path, pg_u
             "SELECT schema_name FROM information_schema.schemata").fetchall())
     finally:
         conn.close()
+
+
+def test_the_change_probe_sees_every_commit_that_returned_before_it(pg_url):
+    """No race with the notification's delivery: a commit that returned is seen by the very
+    next probe, every time (the console's refresh depends on it), and nothing is seen when
+    nothing was committed."""
+    with _db(pg_url) as reader, _db(pg_url) as writer:
+        version = reader.data_version()
+        for k in range(200):
+            writer.log_event("probe", None, k=k)
+            now = reader.data_version()
+            assert now != version, k
+            version = now
+            assert reader.data_version() == version, k
