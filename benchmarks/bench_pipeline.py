@@ -64,7 +64,7 @@ def bench_latency(tmp: Path, n: int) -> dict:
         while b"watching" not in (tmp / "lat.log").read_bytes():
             time.sleep(0.05)
         time.sleep(0.3)
-        with StateDB(ws.state_db) as db:
+        with StateDB(ws.state) as db:  # SQLite, or $SKYDECK_STATE_URL (bench_state.py)
             for dl in dlids:
                 t0 = time.time()
                 os.rename(staging / dl, ws.incoming_level0 / dl)   # complete at this instant
@@ -94,7 +94,7 @@ def run_empty_stream(tmp: Path, n: int, launcher: Launcher, gen_local: bool = Fa
                          'command = ["true"]\n')
     ws = _ws(tmp / "ovh")
     task = parse_task(task_path)
-    with StateDB(ws.state_db) as db:
+    with StateDB(ws.state) as db:  # SQLite, or $SKYDECK_STATE_URL (bench_state.py)
         db.register_downlink(Downlink("251127999", "level0", "/nonexistent", 1, False, None,
                                       time.time(), time.time()))
         t0 = time.perf_counter()

@@ -55,7 +55,9 @@ from tests.pipeline.conftest import (
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
+def ws(tmp_path: Path, state_backend: str) -> Workspace:
+    """A workspace whose state is SQLite or PostgreSQL (tests/postgres/plugin.py): the
+    metrics are read from the database, on both backends."""
     return set_config(init_workspace(tmp_path / "ws"), "[disk]\nreserve_bytes = 0\n")
 
 
@@ -80,9 +82,10 @@ def _claimed_by_a_process_that_exits(ws: Workspace, dlid: str) -> int:
     """Claim ``dlid``'s stream in a child process that then exits (a runner that died);
     returns its pid."""
     code = ("import sys; from pathlib import Path; from engine.store import StateDB\n"
-            "with StateDB(Path(sys.argv[1])) as db:\n"
+            "from engine.core.workspace import Workspace\n"
+            "with StateDB(Workspace.open(Path(sys.argv[1])).state) as db:\n"
             "    assert db.claim_stream(sys.argv[2], 'halfpipe')[0] is not None\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(ws.state_db), dlid],
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ws.root), dlid],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert proc.wait(60) == 0
     return proc.pid
@@ -272,6 +275,7 @@ def test_health_heartbeat_age_and_stuck_streams(ws):
 
     _register(ws, "251125001")
     _register(ws, "251125002")
+    claimed = time.time()
     with StateDB(ws.state) as db:
         assert db.claim_stream("251125001", "halfpipe")[0] is not None  # this (live) process
     dead = _claimed_by_a_process_that_exits(ws, "251125002")
@@ -283,12 +287,14 @@ def test_health_heartbeat_age_and_stuck_streams(ws):
     assert [c.name for c in fails] == ["stuck:251125002"]
     assert f"pid {dead} is not running" in fails[0].detail and "runner gone" in fails[0].detail
     # past --stuck-after: both, whatever the runner
-    fails = _stuck(health(ws, now=time.time() + 100, heartbeat_max_age=1000, stuck_after=50))
+    # (100 s after the claim, not after the slow child above: the age printed is exact)
+    fails = _stuck(health(ws, now=claimed + 100, heartbeat_max_age=1000, stuck_after=50))
     assert [c.name for c in fails] == ["stuck:251125001", "stuck:251125002"]
     assert "nothing happened for 100 s (over 50 s; 0 job(s) in flight)" in fails[0].detail
     # a stream held by its downlink's halt flag is held, not stuck
     set_halt(ws, "haltStage", "251125001")
-    fails = _stuck(health(ws, now=time.time() + 100, heartbeat_max_age=1000, stuck_after=50))
+    # (100 s after the claim, not after the slow child above: the age printed is exact)
+    fails = _stuck(health(ws, now=claimed + 100, heartbeat_max_age=1000, stuck_after=50))
     assert [c.name for c in fails] == ["stuck:251125002"]
 
 

@@ -26,6 +26,7 @@ NO_JSON = {
     "watch": "prints the daemon's events as JSON lines already",
     "completion": "prints a shell script",
     "kernel": "only groups subcommands (kernel build has --json)",
+    "db": "only groups subcommands (db copy has --json)",
 }
 
 

@@ -27,6 +27,7 @@ SUMMARY: dict[str, str] = {
     "rollback": "re-run process instances (and everything downstream) as new executions",
     "watch": "watch incoming/ and run a stream per new downlink (daemon)",
     "health": "probe: exit 0 when healthy (daemon alive, not paused, nothing stuck), 1 if not",
+    "db": "the state database: `db copy --to URL` moves the SQLite state into PostgreSQL",
     "completion": "print the shell completion script (bash or zsh)",
 }
 

@@ -19,6 +19,7 @@ retires latest executions and the runner makes new ones (execution number + 1).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -471,7 +472,21 @@ class StreamRunner:
                 self._launch_chunks(pdef, pi)
             else:  # parse_task rejects unknown scriptlets
                 raise ValueError(f"unknown scriptlet {pdef.scriptlet}")
-        except (OSError, ValueError) as err:
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                # the disk is full, nothing is wrong with the downlink: held, run again on a
+                # later step (scriptlets are idempotent). With the state on the same disk the
+                # claim could not even be written; with PostgreSQL it was, and only this fails
+                note = f"waiting for disk space: {err.strerror}"
+                self.db.update_instance(pi.id, status="READY", note=note)
+                if pi.note != note:
+                    pi.note = note
+                    self._event("held", pi, why=note)
+                return "READY"
+            self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
+            self._event("failed", pi, why=str(err))
+            return "FAILED"
+        except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             self._event("failed", pi, why=str(err))
             return "FAILED"

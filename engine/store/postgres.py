@@ -19,8 +19,10 @@ How the SQLite semantics are kept:
   ``BEGIN IMMEDIATE`` serializes them, and a claim's read-check-write stays exactly-once.
   READ COMMITTED: every statement after the lock sees every commit before it;
 - the change probe (``data_version``): each table has a statement trigger that NOTIFYs
-  ``skydeck_state``; a connection that asks LISTENs on first use and counts notifications,
-  without a round trip when none is waiting (the console polls this every few hundred ms);
+  ``skydeck_state``; a connection that asks LISTENs on first use and counts notifications;
+  when none is waiting it makes one ``SELECT 1`` round trip and looks again (the server
+  sends pending notifications before it answers), so a commit that returned before the
+  probe is always seen (the console polls this every few hundred ms);
 - rows: a tuple that also answers by column name and to ``dict()``, like ``sqlite3.Row``;
   Python booleans are sent as integers (the schema's flags are INTEGER, as in SQLite);
 - before a migration, a copy of every table goes into a schema ``skydeck_backup_v<N>`` in
@@ -163,6 +165,12 @@ class Connection:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
         return Cursor(self.raw.cursor()).execute(sql, args)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor:
+        """One statement for many parameter rows (psycopg pipelines them), as sqlite3's."""
+        cur = self.raw.cursor()
+        cur.executemany(to_pyformat(sql), [tuple(r) for r in rows])
+        return Cursor(cur)
+
     def cursor(self) -> Cursor:
         return Cursor(self.raw.cursor())
 
@@ -235,7 +243,15 @@ class PostgreSQL:
         if not conn.listening:
             conn.raw.execute(f"LISTEN {CHANNEL}")
             conn.listening = True
-        conn.changes += sum(1 for _ in conn.raw.notifies(timeout=0))
+        seen = sum(1 for _ in conn.raw.notifies(timeout=0))
+        if not seen:
+            # A commit that returned before this call has signalled this connection's server
+            # process, but under load that process may not have sent the notification yet.
+            # It sends pending ones before answering any command, so one round trip makes
+            # the probe exact, as SQLite's data_version is (psycopg keeps what arrives).
+            conn.raw.execute("SELECT 1")
+            seen = sum(1 for _ in conn.raw.notifies(timeout=0))
+        conn.changes += seen
         return int(conn.changes)
 
     def has_table(self, conn: Any, table: str) -> bool:
@@ -259,3 +275,33 @@ class PostgreSQL:
         conn.raw.execute(f"CREATE SCHEMA {schema}")
         for t in TABLES:
             conn.raw.execute(f"CREATE TABLE {schema}.{t} AS TABLE {t}")
+
+    # ------------------------------------------------------------ db copy (engine/store/copy.py)
+
+    def tables(self, conn: Any) -> set[str]:
+        """Every table of the current schema (``db copy`` refuses a database that holds
+        someone else's tables)."""
+        return {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "current_schema() AND table_type = 'BASE TABLE'")}
+
+    def copy_rows(self, conn: Any, table: str, columns: Sequence[str],
+                  rows: Iterator[Sequence[Any]]) -> int:
+        """Write ``rows`` into ``table`` with one ``COPY ... FROM STDIN`` (in the caller's
+        transaction); returns how many were sent."""
+        n = 0
+        cols = ", ".join(columns)
+        with conn.raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+                n += 1
+        return n
+
+    def set_identity(self, conn: Any, table: str, next_id: int) -> int:
+        """Make ``table``'s identity column hand out ``next_id`` or more next (never an id
+        already in the table); returns the next id it will hand out."""
+        row = conn.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"GREATEST(COALESCE(MAX(id), 0) + 1, ?), false) FROM {table}",
+            (int(next_id),)).fetchone()
+        return int(row[0])

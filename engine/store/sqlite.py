@@ -100,6 +100,14 @@ class SQLite:
     def columns(self, conn: Any, table: str) -> set[str]:
         return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
+    def id_high_water(self, conn: Any) -> dict[str, int]:
+        """The largest id each AUTOINCREMENT table ever handed out (``sqlite_sequence``:
+        ids of deleted rows are never given again), for ``db copy`` to continue after."""
+        if not self.has_table(conn, "sqlite_sequence"):
+            return {}
+        return {str(r[0]): int(r[1] or 0) for r in conn.execute(
+            "SELECT name, seq FROM sqlite_sequence")}
+
     def backup_name(self, version: int) -> str:
         return backup_path(self.where, version).name
 

@@ -16,6 +16,9 @@ from engine.store import StateDB
 
 from .conftest import fill_fixed, mock
 
+# engine.api reads the state database: on SQLite and on PostgreSQL (tests/postgres/plugin.py)
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 
 def test_downlink_rows_states_counts_and_stuck(ws):
     fill_fixed(ws)

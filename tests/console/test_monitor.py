@@ -14,6 +14,9 @@ from engine.store import StateDB
 
 from .conftest import fill_fixed
 
+# engine.api reads the state database: on SQLite and on PostgreSQL (tests/postgres/plugin.py)
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 
 class Clock:
     def __init__(self, t: float = 1000.0) -> None:

@@ -18,6 +18,9 @@ from engine.store import Downlink, StateDB
 
 from .conftest import FROZEN_NOW, make_ws, settle
 
+# engine.api reads the state database: on SQLite and on PostgreSQL (tests/postgres/plugin.py)
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 TINY = """
 [task]
 name = "tiny"

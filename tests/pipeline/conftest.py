@@ -18,6 +18,12 @@ from engine.mock.delivery import MockSpec, deliver
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _both_backends(state_backend: str) -> str:
+    """Every pipeline test runs on SQLite and on PostgreSQL (tests/postgres/plugin.py)."""
+    return state_backend
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     w = init_workspace(tmp_path / "ws")
@@ -111,6 +117,21 @@ def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "cond
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def wipe_state() -> None:
+    """Empty the PostgreSQL state database of ``$SKYDECK_STATE_URL``, if one is in use: a
+    test that removes its workspace to start again (the SQLite file goes with it) must
+    start from an empty state on PostgreSQL too, where the database outlives the directory."""
+    url = os.environ.get("SKYDECK_STATE_URL")
+    if not url:
+        return
+    from engine.core.dburl import parse_state_url
+    from engine.store import StateDB
+    with StateDB(parse_state_url(url, None)) as db, db.tx() as c:
+        for table in ("events", "files", "process_instances", "streams", "downlinks",
+                      "deliveries"):
+            c.execute(f"DELETE FROM {table}")
+
+
 def stream_status(w: Workspace) -> dict[str, str]:
     from engine.store import StateDB
     with StateDB(w.state) as db:
@@ -145,6 +166,7 @@ def fill_disk(path: Path, leave: int = 0) -> Path:
 
 def db_footprint(w: Workspace) -> int:
     """Bytes the state database takes on disk (main file, WAL, shared-memory index)."""
+    assert w.state_url is None, "db_footprint measures the SQLite file"
     total = 0
     for suffix in ("", "-wal", "-shm"):
         p = Path(str(w.state_db) + suffix)
@@ -155,6 +177,7 @@ def db_footprint(w: Workspace) -> int:
 
 def integrity_ok(w: Workspace) -> bool:
     import sqlite3
+    assert w.state_url is None, "integrity_ok checks the SQLite file"
     conn = sqlite3.connect(w.state_db)
     try:
         return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -131,8 +131,9 @@ def test_chaos(tmp_path, mount_tmpfs):
         wait_for(lambda: sum(1 for e in log_events(log) if e["event"] == "held"
                              and e.get("dlid") == "251125065" and "paused" in e["why"]) >= 2,
                  30, what="both makeEvt of 251125065 held")
-        sizes = _footprints(ws, 3.0)
-        assert max(sizes) - min(sizes) <= 8192, sizes          # bounded: nothing rewritten
+        if ws.state_url is None:                               # SQLite: the file on this disk
+            sizes = _footprints(ws, 3.0)
+            assert max(sizes) - min(sizes) <= 8192, sizes      # bounded: nothing rewritten
         # 3. full to the last byte, and another delivery arrives (its claim cannot be written)
         late = make_delivery(ws, "251125066", as_="dir", target=scratch / "251125066", **FAST)
         fill_disk(root / "filler2", leave=0)
@@ -157,5 +158,8 @@ def test_chaos(tmp_path, mount_tmpfs):
     for dl in good:                                            # each staged exactly once
         assert [e.get("dlid") for e in ev if e["event"] == "registered"].count(dl) == 1
         assert list((ws.stage / dl).rglob("*.h5")), dl
-    assert all(e.get("delivery") or e.get("dlid") for e in ev if e["event"] == "error")
-    assert integrity_ok(ws)
+    # every error names what it concerns: a delivery, a downlink, or (the metrics textfile
+    # on the full disk, when its tick falls in that window) what the daemon was doing
+    assert all(e.get("delivery") or e.get("dlid") or e.get("during") == "metrics"
+               for e in ev if e["event"] == "error"), [e for e in ev if e["event"] == "error"]
+    assert ws.state_url is not None or integrity_ok(ws)       # PRAGMA integrity_check: SQLite

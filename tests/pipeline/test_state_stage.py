@@ -18,8 +18,9 @@ from engine.store import Downlink, StateDB
 from .conftest import cli, make_delivery
 
 
-def _claimer(db_path: str, q) -> None:  # runs in a child process
-    with StateDB(Path(db_path)) as db:
+def _claimer(root: str, q) -> None:  # runs in a child process
+    from engine.core.workspace import Workspace
+    with StateDB(Workspace.open(Path(root)).state) as db:
         got = [dl for dl in ("251125001", "251125002", "251125003")
                if db.claim_stream(dl, "halfpipe")[0] is not None]
         q.put(got)
@@ -32,7 +33,7 @@ def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
             db.register_downlink(Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time()))
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(str(ws.state_db), q)) for _ in range(4)]
+    procs = [ctx.Process(target=_claimer, args=(str(ws.root), q)) for _ in range(4)]
     for p in procs:
         p.start()
     claims = [q.get(timeout=60) for _ in procs]

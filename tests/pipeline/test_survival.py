@@ -24,7 +24,15 @@ from engine.intake import manifest
 from engine.pipeline import locks
 from engine.store import StateDB
 
-from .conftest import REPO, make_delivery, set_config, start_daemon, stream_status, wait_for
+from .conftest import (
+    REPO,
+    make_delivery,
+    set_config,
+    start_daemon,
+    stream_status,
+    wait_for,
+    wipe_state,
+)
 
 DLIDS = ("251125021", "251125022")
 TRIALS = 10
@@ -32,6 +40,7 @@ TRIALS = 10
 
 def _fresh(root: Path):
     shutil.rmtree(root, ignore_errors=True)
+    wipe_state()                            # on PostgreSQL the state outlives the directory
     ws = init_workspace(root)
     ws = set_config(ws, "[disk]\nreserve_bytes = 0\n")
     ws = set_config(ws, "[halfpipe]\nmaxEvents = 100\n")

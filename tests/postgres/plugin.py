@@ -11,6 +11,9 @@
   sets ``SKYDECK_STATE_URL`` to a fresh database, so every workspace the test opens (and
   every engine process it starts: they inherit the environment) keeps its state there.
   Test directories that must run on both backends make it autouse in their conftest.
+- ``@pytest.mark.sqlite_only("why")``: a test about SQLite itself (its WAL files, the
+  SQLite file on a full disk, ``PRAGMA integrity_check``) runs for "sqlite" only; its
+  "postgresql" case is skipped with that reason, so the list stays visible in ``-ra``.
 
 This is a pytest plugin (``pytest_plugins`` in tests/conftest.py), not a conftest, so that
 the store, pipeline and console-API test directories share one definition.
@@ -30,6 +33,11 @@ HERE = Path(__file__).resolve().parent
 CLUSTER = HERE / "cluster.sh"
 PG_DIR = Path(os.environ.get("SKYDECK_PG_DIR", "/tmp/skydeck-pg"))
 BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(why): a test about SQLite itself; its "
+                                       "PostgreSQL case is skipped with the reason")
 
 
 def _env_file() -> dict[str, str]:
@@ -115,5 +123,9 @@ def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     fresh database for this test and the processes it starts)."""
     monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
     if request.param == "postgresql":
+        only = request.node.get_closest_marker("sqlite_only")
+        if only is not None:
+            why = only.args[0] if only.args else "a test about SQLite itself"
+            pytest.skip(f"SQLite only: {why}")
         monkeypatch.setenv("SKYDECK_STATE_URL", request.getfixturevalue("pg_url"))
     return str(request.param)
