@@ -54,39 +54,14 @@ asyncio.run(main())
 
 
 def fill(ws_root: Path) -> None:
-    """10,000 downlinks, one stream each, 10 latest process instances per stream."""
-    from engine.core.workspace import init_workspace
-    from engine.store import StateDB
+    """10,000 downlinks, one stream each, 10 latest process instances per stream: the
+    workspace bench_state fills for its refresh read (one definition, either backend)."""
+    from bench_state import fill as fill_state
+
+    from engine.core.workspace import Workspace, init_workspace
 
     init_workspace(ws_root)
-    from engine.core.workspace import Workspace
-
-    ws = Workspace.open(ws_root)
-    now = time.time()
-    procs = ["launchChunks", "makeEvt", "makeEvt", "makeEvt", "makeEvt", "mergeIndices",
-             "mergeEvt", "mergeEvt", "propagate", "cleanup"]
-    keys = ["", "00001", "00002", "00003", "00004", "", "785721600", "785721601", "", ""]
-    with StateDB(ws.state_db) as db, db.tx() as c:
-        c.executemany("INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                      "delivered, registered) VALUES (?,?,?,?,?,?,?,?)",
-                      [(f"25{i // 1000 % 12 + 1:02d}{i % 28 + 1:02d}{i % 1000:03d}", "level0",
-                        "/x", 4, 0, None, now - i, now - i) for i in range(N_DOWNLINKS)])
-        dlids = [r[0] for r in c.execute("SELECT dlid FROM downlinks ORDER BY dlid")]
-        vars_ = json.dumps({"chunks": keys[1:5], "runs": keys[6:8]})
-        c.executemany("INSERT INTO streams (task, dlid, execution, status, vars, created) "
-                      "VALUES ('halfpipe', ?, 1, ?, ?, ?)",
-                      [(d, "SUCCESS" if i % 10 else "RUNNING", vars_, now)
-                       for i, d in enumerate(dlids)])
-        sids = [r[0] for r in c.execute("SELECT id FROM streams")]
-        rows = []
-        for sid in sids:
-            for p, k in zip(procs, keys, strict=True):
-                rows.append((sid, p, k, 1, "SUCCESS", now - 60, now - 50))
-        c.executemany("INSERT INTO process_instances (stream_id, process, key, execution, status,"
-                      " created, started, ended) VALUES (?,?,?,1,?,?,?,?)",
-                      [(s, p, k, st, t0, t0, t1) for s, p, k, _, st, t0, t1 in rows])
-    n = len(rows)
-    assert n == N_DOWNLINKS * PI_PER_STREAM, n
+    fill_state(Workspace.open(ws_root))
 
 
 def first_paint(ws_root: Path) -> list[tuple[float, float]]:

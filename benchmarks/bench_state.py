@@ -241,8 +241,9 @@ def claims(tmp: Path, per_process: int) -> dict[str, float]:
 
 
 def fill(ws: Workspace) -> None:
-    """10,000 downlinks, one stream each, 10 latest process instances per stream (as
-    bench_console.fill, through StateDB on either backend)."""
+    """10,000 downlinks, one stream each, 10 latest process instances per stream, through
+    StateDB on either backend (bench_console fills its workspace with this too). Each
+    downlink gets its registration order (``seq``), as ``register_downlink`` gives it."""
     now = time.time()
     procs = ["launchChunks", "makeEvt", "makeEvt", "makeEvt", "makeEvt", "mergeIndices",
              "mergeEvt", "mergeEvt", "propagate", "cleanup"]
