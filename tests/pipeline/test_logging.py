@@ -65,17 +65,21 @@ def test_run_human_lines(ws):
     assert not (ws.logs / DAEMON_LOG).exists()  # `run` is no daemon
 
 
-def test_json_lines_carry_every_field_the_events_had(ws, tmp_path):
+def test_json_lines_carry_every_field_the_events_had(ws, tmp_path, monkeypatch):
     """The same delivery through the daemon twice: once in-process with an ``emit`` that
     keeps the event dicts as built (the fields the JSON lines always had), once as
     `watch --once` writing JSON lines (a pipe: the default). Every event keeps its fields,
-    gains ``level`` and ``logger``, and the daemon's log has exactly the stdout lines."""
+    gains ``level`` and ``logger``, and the daemon's log has exactly the stdout lines. The
+    reference workspace keeps its state in its own SQLite file (with the state in
+    PostgreSQL, both workspaces would otherwise share one database and one downlink)."""
     ws = quick(ws)
     other = quick(set_config(init_workspace(tmp_path / "ws2"), "[disk]\nreserve_bytes = 0\n"))
     make_delivery(ws, DLID, **FAST)
     make_delivery(other, DLID, **FAST)
     raw: list[dict] = []
-    res = run_daemon(other, once=True, emit=raw.append)
+    with monkeypatch.context() as m:
+        m.delenv("SKYDECK_STATE_URL", raising=False)
+        res = run_daemon(other, once=True, emit=raw.append)
     assert res.succeeded == [DLID] and not (other.logs / DAEMON_LOG).exists()
 
     r = cli_proc(ws, "watch", "--once")
