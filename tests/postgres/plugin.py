@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import read_env_file
+
 HERE = Path(__file__).resolve().parent
 CLUSTER = HERE / "cluster.sh"
 PG_DIR = Path(os.environ.get("SKYDECK_PG_DIR", "/tmp/skydeck-pg"))
@@ -41,16 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _env_file() -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        text = (PG_DIR / "env").read_text(encoding="utf-8")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        k, sep, v = line.partition("=")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
+    return read_env_file(PG_DIR / "env")
 
 
 def _answers(env: dict[str, str]) -> bool:

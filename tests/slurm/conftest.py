@@ -16,22 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import read_env_file
+
 HERE = Path(__file__).resolve().parent
 CLUSTER = HERE / "cluster.sh"
 SLURM_DIR = Path(os.environ.get("SKYDECK_SLURM_DIR", "/tmp/skydeck-slurm"))
 
 
 def _env_file() -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        text = (SLURM_DIR / "env").read_text(encoding="utf-8")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        k, sep, v = line.partition("=")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
+    return read_env_file(SLURM_DIR / "env")
 
 
 def node_takes_jobs(env: dict[str, str]) -> bool:
