@@ -81,23 +81,29 @@ def test_registration_order_and_types_round_trip(pg_url: str) -> None:
         assert dl is not None and dl.gensteps is True and dl.delivered == 2.5
 
 
-def _claimer(url: str, dlid: str, q: Any) -> None:
+def _claimer(url: str, dlid: str, q: Any, go: Any, done: Any) -> None:
     with StateDB(parse_state_url(url, "test")) as db:
+        go.wait()                                   # all connected: they claim together
         st, _why = db.claim_stream(dlid, "halfpipe")
         q.put(st.id if st is not None else None)
+        done.wait()  # the winner stays alive until all tried (a dead owner is taken over)
 
 
 def test_eight_processes_claim_one_stream_exactly_once(pg_url: str) -> None:
     with StateDB(_url(pg_url)) as db:
         db.register_downlink(Downlink("251201001", "level0", "/x", 1, False, None, 0.0, 0.0))
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(pg_url, "251201001", q)) for _ in range(8)]
+    q, go, done = ctx.Queue(), ctx.Barrier(8), ctx.Event()
+    procs = [ctx.Process(target=_claimer, args=(pg_url, "251201001", q, go, done))
+             for _ in range(8)]
     for p in procs:
         p.start()
-    got = [q.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        got = [q.get(timeout=60) for _ in procs]
+    finally:
+        done.set()
+        for p in procs:
+            p.join(timeout=60)
     winners = [g for g in got if g is not None]
     assert len(winners) == 1, got
     with StateDB(_url(pg_url)) as db:
