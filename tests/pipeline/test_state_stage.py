@@ -18,13 +18,14 @@ from engine.store import Downlink, StateDB
 from .conftest import cli, make_delivery
 
 
-def _claimer(root: str, q) -> None:  # runs in a child process
+def _claimer(root: str, q, go, done) -> None:  # runs in a child process
     from engine.core.workspace import Workspace
     with StateDB(Workspace.open(Path(root)).state) as db:
+        go.wait()  # all connected: they claim together
         got = [dl for dl in ("251125001", "251125002", "251125003")
                if db.claim_stream(dl, "halfpipe")[0] is not None]
         q.put(got)
-        time.sleep(0.5)  # stay alive so the others see live owners
+        done.wait()  # stay alive until all tried, so the others see live owners
 
 
 def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
@@ -33,12 +34,16 @@ def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
             db.register_downlink(Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time()))
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(str(ws.root), q)) for _ in range(4)]
+    go, done = ctx.Barrier(4), ctx.Event()
+    procs = [ctx.Process(target=_claimer, args=(str(ws.root), q, go, done)) for _ in range(4)]
     for p in procs:
         p.start()
-    claims = [q.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join()
+    try:
+        claims = [q.get(timeout=60) for _ in procs]
+    finally:
+        done.set()
+        for p in procs:
+            p.join(timeout=60)
     flat = sorted(d for c in claims for d in c)
     assert flat == ["251125001", "251125002", "251125003"]  # each claimed exactly once
     with StateDB(ws.state) as db:  # the owners are dead now: a new process may take over
