@@ -33,11 +33,9 @@ from engine.core.dburl import StateURL
 from engine.core.errors import BadInput, Busy, JobFailed, SkydeckError
 from engine.core.owner import owner_dead
 from engine.store.db import StateDB, open_backend
+from engine.store.schema import ID_TABLES, TABLES  # foreign-key order: parents first
 from engine.store.sqlite import SQLite
 
-# foreign-key order: a row's parent is copied before it
-TABLES = ("meta", "deliveries", "downlinks", "streams", "process_instances", "files", "events")
-ID_TABLES = ("streams", "process_instances", "events")
 BATCH = 2000
 
 

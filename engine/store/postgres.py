@@ -48,6 +48,7 @@ from psycopg.rows import RowMaker, tuple_row
 
 from engine.core.dburl import StateURL
 from engine.core.errors import BadInput
+from engine.store.schema import TABLES
 
 CHANNEL = "skydeck_state"
 # the key of the advisory lock every write transaction takes (a constant: "skydeck write")
@@ -57,7 +58,6 @@ WRITE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"skydeck write lock").digest()[:
 # client within idle + interval * count = 30 s (docs/design.md, "State on PostgreSQL")
 KEEPALIVES = {"keepalives": "1", "keepalives_idle": "15", "keepalives_interval": "5",
               "keepalives_count": "3"}
-TABLES = ("meta", "deliveries", "downlinks", "streams", "process_instances", "files", "events")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,6 +14,8 @@ storage, so a migrated database and a fresh one hold the same values.
 
 from __future__ import annotations
 
+import re
+
 SCHEMA_VERSION = 3
 SCHEMA_KEY = "schema"  # meta key holding the version
 
@@ -96,3 +98,12 @@ def create_statements(id_column: str) -> list[str]:
     """The DDL of a fresh database at ``SCHEMA_VERSION`` for a backend whose auto-increment
     primary key is declared as ``id_column``."""
     return [sql.replace("$ID", id_column) for sql in _TABLES]
+
+
+# The tables above, in their order, which is foreign-key order (a row's parent table comes
+# first): what the PostgreSQL backend puts triggers on and backs up, and the order `db copy`
+# copies in; ID_TABLES are those keyed by an auto-increment ``$ID``.
+_CREATED = [(m.group(1), sql) for sql in _TABLES
+            if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", sql))]
+TABLES = tuple(name for name, _ in _CREATED)
+ID_TABLES = tuple(name for name, sql in _CREATED if "$ID" in sql)
