@@ -97,7 +97,6 @@ class Presence:
     def __init__(self, backend: Backend, owner: Owner | None = None) -> None:
         self.backend = backend
         self.owner = owner or Owner.me()
-        self.pid = os.getpid()
         self._mutex = threading.Lock()
         self.conn: Any = None
         self.connect()
@@ -162,7 +161,7 @@ def hold(backend: Backend) -> Presence | None:
     with _held_mutex:
         p = _held.get(where)
         me = (os.getpid(), socket.gethostname())
-        if p is not None and (p.pid, p.owner.host) == me:
+        if p is not None and (p.owner.pid, p.owner.host) == me:
             return p
         p = Presence(backend)
         _held[where] = p
