@@ -112,13 +112,17 @@ class Row(tuple):  # type: ignore[type-arg]
         return self._names
 
 
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    """One Row class per column list (a statement's result shape), made once."""
+    return type("Row", (Row,), {"_names": names, "_index": {k: i for i, k in enumerate(names)}})
+
+
 def _named_row(cursor: Any) -> RowMaker[Row]:
     desc = cursor.description
     if desc is None:
         return tuple_row(cursor)  # type: ignore[return-value]
-    names = tuple(d.name for d in desc)
-    cls = type("Row", (Row,), {"_names": names, "_index": {k: i for i, k in enumerate(names)}})
-    return cls  # type: ignore[return-value]
+    return _row_class(tuple(d.name for d in desc))  # type: ignore[return-value]
 
 
 class _BoolAsInt(Dumper):
