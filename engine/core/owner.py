@@ -119,18 +119,17 @@ def owner_dead(pid: int | None, host: str | None, start: float | None,
     """
     if pid is None:
         return True, "no owner recorded"
+    valid_pid = not isinstance(pid, bool) and isinstance(pid, int) and 1 <= pid <= PID_MAX
     if host != socket.gethostname():
         judge = remote or _remote_judge
-        valid = (isinstance(host, str) and bool(host) and not isinstance(pid, bool)
-                 and isinstance(pid, int) and 1 <= pid <= PID_MAX)
-        if judge is not None and valid:
-            assert isinstance(host, str) and isinstance(pid, int)
+        if judge is not None and valid_pid and isinstance(host, str) and host:
+            assert isinstance(pid, int)
             when = _finite_start(start)
             told = judge(pid, host, when)
             if told is not None:
                 return told
         return False, f"owner is on another host ({str(host)[:80]}); only an operator may clear it"
-    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= PID_MAX:
+    if not valid_pid:
         return True, f"pid {str(pid)[:24]} is no valid process id on this host"
     if not psutil.pid_exists(pid):
         return True, f"pid {pid} is not running on this host"
