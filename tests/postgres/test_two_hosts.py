@@ -32,6 +32,7 @@ from engine.intake import manifest
 from engine.mock.delivery import MockSpec, deliver
 from engine.pipeline import locks
 from engine.store import StateDB
+from tests.pipeline.conftest import wait_for as _wait
 
 REPO = Path(__file__).resolve().parents[2]
 DLIDS = tuple(f"2512020{i:02d}" for i in range(1, 6))
@@ -109,16 +110,6 @@ def _lines(log: Path) -> list[dict]:
     return out
 
 
-def _wait(cond, timeout: float, what: str, every: float = 0.05):  # type: ignore[no-untyped-def]
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _crash(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the daemon, its process group and every process below it (its jobs run in
     sessions of their own), all at once: what a host crash does to them."""
@@ -158,7 +149,8 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
     b = _daemon(ws, "hostB", pg_url, log_b)
     try:
         _wait(lambda: any(e.get("event") == "watching" for e in _lines(log_a))
-              and any(e.get("event") == "watching" for e in _lines(log_b)), 30, "both daemons")
+              and any(e.get("event") == "watching" for e in _lines(log_b)), 30,
+              what="both daemons")
         for i, d in enumerate(DLIDS):
             _deliver(ws, d, seed=i)
 
@@ -172,7 +164,7 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
                         return st.dlid
             return None
 
-        victim = _wait(b_runs_a_job, 45, "hostB running a job of a stream", every=0.02)
+        victim = _wait(b_runs_a_job, 45, what="hostB running a job of a stream", every=0.02)
         t_kill = time.time()
         _crash(b)
 
@@ -182,7 +174,7 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
             return len(sts) == len(DLIDS) and all(
                 s in ("SUCCESS", "FAILED", "CANCELED") for s in sts.values())
 
-        _wait(all_final, 60, "every stream final", every=0.2)
+        _wait(all_final, 60, what="every stream final", every=0.2)
         print(f"hostB killed {t_kill - t_test:.1f} s into the test; every stream final "
               f"{time.time() - t_kill:.1f} s later")
         lines_a = _lines(log_a)
