@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from engine.core.workspace import Workspace, init_workspace  # noqa: E402
 from engine.mock.delivery import MockSpec, deliver  # noqa: E402
-from engine.pipeline.launcher import Launcher, LocalLauncher  # noqa: E402
+from engine.pipeline.launchers import Launcher  # noqa: E402
+from engine.pipeline.launchers.local import LocalLauncher  # noqa: E402
 from engine.pipeline.runner import run_stream  # noqa: E402
 from engine.pipeline.task import parse_task  # noqa: E402
 from engine.pipeline.usage import du  # noqa: E402

@@ -33,7 +33,7 @@ from bench_pipeline import run_empty_stream  # noqa: E402  (same folder)
 from engine.core.settings import Slurm  # noqa: E402
 from engine.core.workspace import Workspace, init_workspace  # noqa: E402
 from engine.mock.delivery import MockSpec, deliver  # noqa: E402
-from engine.pipeline.slurm import SlurmLauncher  # noqa: E402
+from engine.pipeline.launchers.slurm import SlurmLauncher  # noqa: E402
 from engine.pipeline.task import load_task  # noqa: E402
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -77,7 +77,7 @@ def _ws(root: Path, launcher: str = "local") -> Workspace:
 
 
 def bench_overhead(tmp: Path, n: int, jobs: int) -> dict[str, float]:
-    wall = run_empty_stream(tmp, n, SlurmLauncher(Slurm(), jobs), gen_local=True)
+    wall = run_empty_stream(tmp, n, SlurmLauncher(jobs, Slurm()), gen_local=True)
     # reference: the same empty jobs straight to sbatch, each leaving an exit file
     ref_dir = tmp / "ref"
     ref_dir.mkdir()

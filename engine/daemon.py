@@ -45,7 +45,7 @@ from engine.core.log import attach_file, detach_file, emit_event, logger
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
 from engine.pipeline.halts import halt_flag, is_set_globally
-from engine.pipeline.launcher import JobResult, make_launcher
+from engine.pipeline.launchers import JobResult, make_launcher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import Task, load_task
 from engine.store import StateDB
@@ -139,8 +139,7 @@ class Daemon:
         except BaseException:
             self.db.close()
             raise
-        self.launcher = make_launcher(ws.settings.pipeline.launcher,
-                                      max_jobs or ws.settings.pipeline.max_jobs, ws.settings.slurm)
+        self.launcher = make_launcher(ws.settings, max_jobs)
         self.max_streams = ws.settings.pipeline.max_streams
         self.scan_interval = ws.settings.watch.scan_interval_s
         self.poll_interval = ws.settings.watch.poll_interval_s
@@ -592,8 +591,7 @@ class Daemon:
                     self.step_streams()
                     self.tick_metrics()
                     self.tick_prune()
-                    busy = bool(self.inflight) or (
-                        bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
+                    busy = bool(self.inflight) or bool(self.launcher.active())
                 except Exception as err:  # last resort: the loop itself goes on
                     self._fault("daemon loop", err)
                     time.sleep(min(1.0, self.backoff_s))

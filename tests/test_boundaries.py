@@ -115,7 +115,7 @@ def test_process_identity_lives_in_core() -> None:
         assert not any(m.startswith("engine.store.") and m.endswith(identity) for m in mods), rel
         if {f"engine.core.owner.{n}" for n in identity} & mods:
             users.add(rel)
-    assert {"engine/pipeline/locks.py", "engine/pipeline/launcher.py",
+    assert {"engine/pipeline/locks.py", "engine/pipeline/launchers/local.py",
             "engine/intake/deliveries.py", "engine/store/db.py"} <= users
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from engine.cli.main import build_parser
 from engine.core.interrupt import STOP_GRACE_S
-from engine.pipeline.launcher import LocalLauncher
+from engine.pipeline.launchers.local import LocalLauncher
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "contrib" / "systemd" / "skydeck-watch@.service"

@@ -16,7 +16,7 @@ from engine.core.interrupt import EXIT_TERMINATED
 from engine.core.log import emit_event, logger
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
-from engine.pipeline.launcher import make_launcher
+from engine.pipeline.launchers import make_launcher
 from engine.pipeline.runner import run_stream
 from engine.pipeline.task import load_task
 from engine.store import StateDB
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                     raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
                                    "it is in incoming/", ws.incoming_level0)
             jobs = args.jobs or ws.settings.pipeline.max_jobs
-            launcher = make_launcher(ws.settings.pipeline.launcher, jobs, ws.settings.slurm)
+            launcher = make_launcher(ws.settings, jobs)
             log = logger("pipeline")
             if log.isEnabledFor(logging.DEBUG):
                 emit_event(log, {"t": round(time.time(), 3), "event": "config", "dlid": dlid,

@@ -64,6 +64,7 @@ from engine.core.workspace import Workspace
 from engine.intake import deliveries, manifest
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
+from engine.pipeline.launchers import sibling_suffixes
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 
@@ -73,7 +74,8 @@ HEARTBEAT_DIR = "heartbeat"     # engine.api.metrics.HEARTBEAT_DIR (the api is a
 DAEMON_LOG = "daemon.log"       # engine.api.listings.DAEMON_LOG
 INDEX_NAME = "mergeIndices.json"  # engine.pipeline.jobs.INDEX_NAME (jobs imports h5py)
 CLEANUP_LOCK = "cleanup"
-LOG_SIBLINGS = ("", ".sbatch", ".exit")  # the log, the Slurm script, the job's exit file
+# the log and the files its launcher wrote beside it (Slurm's batch script and exit file)
+LOG_SIBLINGS = ("", *sibling_suffixes())
 MAX_REASON_BYTES = 1 << 20
 _CONSOLE_LOG = re.compile(r"(?:run-(?P<dlid>[0-9]{9})|build|propagate)-[0-9]{8}T[0-9]{6}\.log")
 

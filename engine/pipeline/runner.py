@@ -38,7 +38,7 @@ from engine.intake import manifest
 from engine.intake.deliveries import GENSTEPS_NAME
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
-from engine.pipeline.launcher import JobResult, JobSpec, Launcher, kill_orphan
+from engine.pipeline.launchers import JobResult, JobSpec, Launcher, kill_orphan
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
 from engine.store import ACTIVE_PI, DONE_PI, ProcessInstance, StateDB, Stream
@@ -154,7 +154,7 @@ class StreamRunner:
         for pi in self.db.instances(self.stream.id):
             if pi.id in self.running or pi.status not in ACTIVE_PI:
                 continue
-            if pi.job_id and pi.launcher != "local":
+            if pi.job_id:  # recorded only for a job that outlives its runner (a batch job)
                 if self._adopt(pi):
                     continue
                 what = f"{pi.launcher} job {pi.job_id} is no longer known to the batch system"
@@ -232,16 +232,16 @@ class StreamRunner:
                 pdef = self.task.process(pi.process)
             except KeyError:
                 continue
-            if pdef.command and pdef.launcher != "local":
+            if pdef.command:  # the launcher knows which of these it could have submitted
                 waiting[self._log_paths(pdef, pi)[0]] = pi
         for log, job_id in self.launcher.find_submitted(list(waiting)).items():
             pi = waiting[log]
-            self.db.set_job(pi.id, "slurm", job_id)
+            self.db.set_job(pi.id, self.launcher.name, job_id)
             now = time.time()
             self.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log),
                                     note=None)
             pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
-            pi.launcher, pi.job_id = "slurm", job_id
+            pi.launcher, pi.job_id = self.launcher.name, job_id
             if not self._adopt(pi):  # ended between the two questions: run it again
                 self.db.update_instance(pi.id, status="READY", started=None)
                 pi.status = "READY"
@@ -430,13 +430,13 @@ class StreamRunner:
         # ours before it is written: should the write fail (disk full), the job is not
         # started a second time and its exit is still routed here
         self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
-        if h.launcher != "local":  # first: a successor adopts the job by this id
+        if h.detached:  # first: a successor adopts the job by this id
             self.db.set_job(pi.id, h.launcher, h.job_id)
             pi.launcher, pi.job_id = h.launcher, h.job_id
         self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
                                 started=now, log_path=str(log), note=None)
         pi.note = None
-        if h.launcher != "local":
+        if h.detached:
             self._event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
         else:
             self._event("started", pi, pid=h.pid, log=str(log))

@@ -20,8 +20,8 @@ import pytest
 
 from engine.core.settings import Settings, Slurm
 from engine.core.workspace import init_workspace
-from engine.pipeline.launcher import JobSpec
-from engine.pipeline.slurm import exit_file, job_name, job_script
+from engine.pipeline.launchers import JobSpec
+from engine.pipeline.launchers.slurm import exit_file, job_name, job_script
 
 from ..conftest import engine_env, run_engine
 from .conftest import make_delivery, set_config

@@ -20,7 +20,7 @@ from engine.core.owner import Owner
 from engine.intake import manifest
 from engine.mock.delivery import principal_table
 from engine.pipeline import locks
-from engine.pipeline.launcher import LocalLauncher
+from engine.pipeline.launchers.local import LocalLauncher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task, parse_task
 from engine.store import Downlink, StateDB

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from engine.core.workspace import Workspace, init_workspace
-from engine.pipeline.launcher import JobSpec
-from engine.pipeline.slurm import SlurmLauncher, exit_file
+from engine.pipeline.launchers import JobSpec
+from engine.pipeline.launchers.slurm import SlurmLauncher, exit_file
 from engine.store import StateDB
 
 from ..pipeline.conftest import (
@@ -306,7 +306,7 @@ DIE_BEFORE_RECORDING = """
 import os, sys
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
-from engine.pipeline.launcher import make_launcher
+from engine.pipeline.launchers import make_launcher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task
 from engine.store import StateDB
@@ -316,7 +316,7 @@ for c in deliveries.scan(ws):
     deliveries.process(ws, db, c, 0.0)
 task = load_task(ws)
 st, why = db.claim_stream(sys.argv[2], task.name)
-runner = StreamRunner(ws, db, task, st, make_launcher("slurm", 2, ws.settings.slurm))
+runner = StreamRunner(ws, db, task, st, make_launcher(ws.settings, 2, "slurm"))
 db.set_job = lambda *a: os._exit(9)  # killed right after sbatch, before the job id is written
 runner.step()
 """

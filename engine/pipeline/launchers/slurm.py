@@ -19,7 +19,9 @@ Why it looks the way it does:
 - Operators read ``squeue``: the job's name is ``<task>-<DLID>-<process>[-<key>]``.
 
 Processes that the task file marks ``launcher = "local"`` (tiny bookkeeping jobs) run on
-this host through an inner ``LocalLauncher``; the runner does not need to know.
+this host through an inner ``LocalLauncher``; the runner does not need to know. The registry
+(``engine.pipeline.launchers``) picks this class for ``[pipeline] launcher = "slurm"`` and
+hands it the ``[slurm]`` section; retention removes its ``sibling_suffixes`` with the log.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput
 from engine.core.settings import Slurm
-from engine.pipeline.launcher import JobHandle, JobResult, JobSpec, LocalLauncher
+from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec
+from engine.pipeline.launchers.local import LocalLauncher
 
 # variables a job gets from the submitter besides its spec's own
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
@@ -58,13 +62,14 @@ class Unreachable(Exception):
     """The Slurm controller did not answer a status query."""
 
 
+def script_file(log: Path) -> Path:
+    """The batch script of the instance logging to ``log``."""
+    return log.with_name(log.name + SlurmLauncher.sibling_suffixes[0])
+
+
 def exit_file(log: Path) -> Path:
     """Where the job script of the instance logging to ``log`` writes its exit status."""
-    return log.with_name(log.name + ".exit")
-
-
-def script_file(log: Path) -> Path:
-    return log.with_name(log.name + ".sbatch")
+    return log.with_name(log.name + SlurmLauncher.sibling_suffixes[1])
 
 
 def job_name(task: str, dlid: str, process: str, key: str = "") -> str:
@@ -113,8 +118,13 @@ class _Job:
 class SlurmLauncher:
     """Process instances as Slurm batch jobs, at most ``max_jobs`` submitted at a time."""
 
-    def __init__(self, settings: Slurm | None = None, max_jobs: int = 2) -> None:
-        self.settings = settings or Slurm()
+    name: ClassVar[str] = "slurm"
+    settings_section: ClassVar[str | None] = "slurm"
+    # the batch script and the exit file the script writes, beside the instance's log
+    sibling_suffixes: ClassVar[tuple[str, ...]] = (".sbatch", ".exit")
+
+    def __init__(self, max_jobs: int = 2, options: Slurm | None = None) -> None:
+        self.settings = options or Slurm()
         self.max_jobs = max(1, int(max_jobs))
         self.local = LocalLauncher(max_jobs)
         self._jobs: dict[int, _Job] = {}
@@ -180,7 +190,7 @@ class SlurmLauncher:
             log.write(f"# slurm job {job_id} ({name})\n".encode())
         self._jobs[spec.pi_id] = _Job(spec.pi_id, job_id, spec.log)
         return JobHandle(spec.pi_id, None, socket.gethostname(), time.time(), job_id,
-                         launcher="slurm")
+                         launcher=self.name, detached=True)
 
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool:
         """Watch a job a dead runner submitted: True when it is still queued or running, or

@@ -1,16 +1,12 @@
-"""Launchers: how a process instance's job gets run (Pipeline-II's job-control daemons).
+"""The local launcher: process instances as subprocesses on this host (the default).
 
-The stream runner only sees the ``Launcher`` interface: ``submit`` a ``JobSpec``, ``poll``
-for ``JobResult``s, ``cancel``. ``LocalLauncher`` runs subprocesses on this host with
-bounded concurrency; ``engine.pipeline.slurm.SlurmLauncher`` submits batch jobs with the same
-interface (submit = sbatch, poll = the job's exit file confirmed by squeue/scontrol, cancel =
-scancel; its JobHandle carries the Slurm job id, which the runner stores so a successor can
-``adopt`` the job instead of submitting it twice).
-
-Local jobs get their own session (process group) so a cancel reaches the whole job tree
-(mpiexec and its ranks), and are asked to die with their launcher (PR_SET_PDEATHSIG), so a
-daemon killed with SIGKILL leaves no job running unsupervised; resume logic still checks
-(``kill_orphan``) because a parent-death signal is best effort.
+Why it looks the way it does: local jobs get their own session (process group) so a
+cancel reaches the whole job tree (mpiexec and its ranks), and are asked to die with their
+launcher (PR_SET_PDEATHSIG), so a daemon killed with SIGKILL leaves no job running
+unsupervised; resume logic still checks (``kill_orphan``) because a parent-death signal is
+best effort. A local job cannot outlive the runner that did not record it, so it is never
+adopted. The interface is ``engine.pipeline.launchers.base.Launcher``; the registry
+(``engine.pipeline.launchers``) picks it for ``[pipeline] launcher = "local"``.
 """
 
 from __future__ import annotations
@@ -22,15 +18,13 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar
 
 import psutil
 
-from engine.core.errors import BadInput
 from engine.core.owner import process_start
-from engine.core.settings import Slurm
+from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec
 
 _LIBC: ctypes.CDLL | None
 try:
@@ -45,67 +39,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-@dataclass
-class JobSpec:
-    pi_id: int
-    argv: list[str]
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    name: str = ""                 # what a batch system shows: <task>-<DLID>-<process>[-<key>]
-    launcher: str | None = None    # "local": run on this host even under a batch launcher
-    batch: tuple[str, ...] = ()    # extra batch-system options of this process
-    ntasks: int = 1                # MPI ranks: a batch job asks the allocation for this many
-    gpus: int = 0                  # GPUs a batch job asks for (the local launcher ignores it)
-
-
-LAUNCHERS = ("local", "slurm")
-
-
-@dataclass
-class JobHandle:
-    pi_id: int
-    pid: int | None      # None for a batch job (it runs elsewhere)
-    host: str
-    start: float
-    job_id: str          # launcher-specific id (pid locally, the Slurm job id)
-    launcher: str = "local"
-
-
-@dataclass
-class JobResult:
-    pi_id: int
-    exit_code: int       # negative: killed by that signal
-    ended: float
-    lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
-
-
-class Launcher(Protocol):
-    """Where process instances run: the local launcher (subprocesses) today, a batch system
-    next. ``capacity`` says how many more it takes now; ``submit`` starts one; ``poll``
-    returns those that ended since the last call; ``cancel`` stops one (SIGTERM, then SIGKILL
-    after ``grace_s``); ``cancel_all`` stops every one and returns their ids; ``active``
-    lists the ids still running; ``pending_reason`` says why a submitted job still waits in a
-    batch queue (None: it runs); ``find_submitted`` finds live jobs by the log they write (a job submitted
-by a runner that died before recording its id); ``adopt`` takes over a job a dead runner submitted (a
-    batch job lives on; a local one cannot be adopted). ``make_launcher`` is the one place
-    that picks one."""
-
-    def capacity(self) -> int: ...
-    def submit(self, spec: JobSpec) -> JobHandle: ...
-    def poll(self) -> list[JobResult]: ...
-    def cancel(self, pi_id: int, grace_s: float = 5.0) -> None: ...
-    def cancel_all(self, grace_s: float = 5.0) -> list[int]: ...
-    def active(self) -> list[int]: ...
-    def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
-    def pending_reason(self, pi_id: int) -> str | None: ...
-    def find_submitted(self, logs: list[Path]) -> dict[Path, str]: ...
-
-
 class LocalLauncher:
     """Subprocesses on this host, at most ``max_jobs`` at a time."""
 
-    def __init__(self, max_jobs: int = 2) -> None:
+    name: ClassVar[str] = "local"
+    settings_section: ClassVar[str | None] = None
+    sibling_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, max_jobs: int = 2, options: object = None) -> None:
         self.max_jobs = max(1, int(max_jobs))
         self._procs: dict[int, subprocess.Popen] = {}
 
@@ -139,7 +80,8 @@ class LocalLauncher:
                                     start_new_session=True, preexec_fn=_die_with_parent)
         self._procs[spec.pi_id] = proc
         return JobHandle(spec.pi_id, proc.pid, socket.gethostname(),
-                         process_start(proc.pid) or time.time(), str(proc.pid))
+                         process_start(proc.pid) or time.time(), str(proc.pid),
+                         launcher=self.name)
 
     def poll(self) -> list[JobResult]:
         done = []
@@ -199,14 +141,3 @@ def kill_orphan(pid: int | None, host: str | None, start: float | None) -> str:
         proc.kill()
         proc.wait(5)
     return f"killed orphan pid {pid}"
-
-
-def make_launcher(kind: str, max_jobs: int, slurm: Slurm | None = None) -> Launcher:
-    """The launcher named by ``[pipeline] launcher``; BadInput (exit 2) for an unknown one or
-    a Slurm launcher without Slurm's commands."""
-    if kind == "local":
-        return LocalLauncher(max_jobs)
-    if kind == "slurm":
-        from engine.pipeline.slurm import SlurmLauncher
-        return SlurmLauncher(slurm, max_jobs)
-    raise BadInput(f"unknown launcher {kind!r} (one of {', '.join(LAUNCHERS)})")
