@@ -18,7 +18,7 @@ from engine.core.errors import BadInput, Busy, SkydeckError
 from engine.core.ids import parse_dlid
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
-from engine.pipeline.runner import StreamRunner
+from engine.pipeline.instance import InstanceView
 from engine.pipeline.task import load_task
 from engine.store import ACTIVE_PI, StateDB
 
@@ -115,8 +115,11 @@ def rollback_plan(ws: Workspace, dlid: str, targets: list[str] | None) -> Rollba
         st = db.latest_stream(dlid, task.name)
         if st is None:  # gone between the two reads
             return RollbackPlan((), f"downlink {dlid} has no {task.name} stream")
+        dl = db.downlink(dlid)
+        if dl is None:
+            return RollbackPlan((), f"downlink {dlid} is not registered")
         latest = db.instances(st.id)
-        runner = StreamRunner(ws, db, task, st, launcher=None)  # type: ignore[arg-type]
+        view = InstanceView(ws, dl, task)
         rerun = {pi.process for pi in latest if pi.id in res.ids}
         read = {r for name in rerun for r in task.process(name).reads}
         for pi in latest:
@@ -125,14 +128,14 @@ def rollback_plan(ws: Workspace, dlid: str, targets: list[str] | None) -> Rollba
             pdef = task.process(pi.process)
             if not pdef.outputs:
                 continue
-            out = runner.output_path(pdef, pi.key)
+            out = view.output_path(pdef, pi.key)
             if not out.exists():
                 return RollbackPlan(tuple(res.retired), (
                     f"{pi.label}'s output {out} is gone (cleaned up), and the re-run needs it: "
                     f"roll back {pi.process} as a whole (its group) instead"))
         for name in sorted(rerun):
             pdef = task.process(name)
-            if any("{level0}" in a for a in pdef.command) and not Path(runner.dl.level0).exists():
+            if any("{level0}" in a for a in pdef.command) and not Path(dl.level0).exists():
                 return RollbackPlan(tuple(res.retired), (
-                    f"{name} reads the delivery {runner.dl.level0}, which is gone"))
+                    f"{name} reads the delivery {dl.level0}, which is gone"))
     return RollbackPlan(tuple(res.retired), None)

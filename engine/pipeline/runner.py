@@ -7,9 +7,11 @@ finished; ``on_exit()`` takes a job's exit. The daemon drives many runners with 
 launcher; ``run_stream`` drives one in the foreground (``skydeck-engine run``).
 
 Everything a runner decides is written to the state database first, so a runner that dies
-(SIGKILL, power) can be replaced: ``resume()`` fails the instances whose supervisor died
-(killing the orphaned job if it provably still runs), and makes new executions of them
-without charging the automatic-retry budget, because the job was not at fault.
+(SIGKILL, power) can be replaced: ``resume()`` (``resume.py``) adopts the dead owner's batch
+jobs, fails the instances whose supervisor died (killing the orphaned job if it provably
+still runs), and makes new executions of them without charging the automatic-retry budget,
+because the job was not at fault. What one instance sees (values, command, paths, job
+environment) is ``instance.py``; the steps that run inside the engine are ``scriptlets.py``.
 
 Instance identity is (process, key): key is the substream (chunk ``%05d``, run start in
 decimal, or '' for a process that runs once). Only the latest execution counts; rollback
@@ -20,46 +22,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, Busy
-from engine.core.ids import run_hex, run_name
 from engine.core.owner import Owner
-from engine.core.workspace import Workspace, scene_path
+from engine.core.workspace import Workspace
 from engine.intake import manifest
-from engine.intake.deliveries import GENSTEPS_NAME
-from engine.pipeline import locks
+from engine.pipeline import locks, resume
 from engine.pipeline.halts import halt_flag
-from engine.pipeline.launchers import JobResult, JobSpec, Launcher, kill_orphan
+from engine.pipeline.instance import InstanceView, Running, render
+from engine.pipeline.launchers import JobResult, JobSpec, Launcher
+from engine.pipeline.scriptlets import SCRIPTLETS
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
-from engine.store import ACTIVE_PI, DONE_PI, ProcessInstance, StateDB, Stream
+from engine.store import DONE_PI, ProcessInstance, StateDB, Stream
 
 Emit = Callable[[dict[str, Any]], None]  # one event; the CLI logs it (engine/core/log.py)
 _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
-
-
-def mpiexec_path() -> str:
-    """The venv's mpiexec (mpich wheel) first, then PATH."""
-    local = Path(sys.executable).with_name("mpiexec")
-    return str(local) if local.exists() else (shutil.which("mpiexec") or "mpiexec")
-
-
-@dataclass
-class _Running:
-    pi: ProcessInstance
-    pdef: ProcessDef
-    lock: Path | None
-    summary: Path
-    values: dict[str, str]
 
 
 class StreamRunner:
@@ -71,8 +53,9 @@ class StreamRunner:
         if dl is None:
             raise KeyError(stream.dlid)
         self.dl = dl
+        self.view = InstanceView(ws, dl, task)
         self.owner = Owner.me()
-        self.running: dict[int, _Running] = {}
+        self.running: dict[int, Running] = {}
         self.emit = emit or (lambda ev: None)
         self.status: str | None = None
         self.note: str | None = None
@@ -83,49 +66,14 @@ class StreamRunner:
     def dlid(self) -> str:
         return self.stream.dlid
 
-    @property
-    def outdir(self) -> Path:
-        return self.ws.downlinks / self.dlid
-
-    def _event(self, event: str, pi: ProcessInstance | None = None, **kw: Any) -> None:
+    def event(self, event: str, pi: ProcessInstance | None = None, **kw: Any) -> None:
+        """One event of this stream (and of ``pi``), to the runner's ``emit``."""
         ev: dict[str, Any] = {"t": round(time.time(), 3), "event": event, "dlid": self.dlid,
                               "stream": self.stream.id}
         if pi is not None:
             ev |= {"process": pi.process, "key": pi.key, "pi": pi.id, "execution": pi.execution}
         ev |= kw
         self.emit(ev)
-
-    def values(self, pdef: ProcessDef, key: str) -> dict[str, str]:
-        scene = self.dl.scene or "default"
-        build = self.ws.settings.build
-        v = {
-            "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
-            "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
-            "maxEvents": str(self.ws.settings.halfpipe.maxEvents),
-            "batch": str(build.batch), "timestamp_path": build.timestamp_path,
-            "data_path": build.data_path, "smalldata_path": build.smalldata_path,
-            "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
-            "scene_path": str(scene_path(scene)),
-            "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
-            "key": key, "process": pdef.name,
-        }
-        if pdef.foreach == "chunks" and key:
-            v |= {"chunk": key, "retdef": str(self.outdir / f"RetDef-{self.dlid}-{key}.xml"),
-                  "chunk_out": str(self.outdir / f"{self.dlid}-{key}.h5")}
-        if pdef.foreach == "runs" and key:
-            v |= {"run": key, "run10": run_name(int(key)), "runhex": run_hex(int(key))}
-        return v
-
-    def output_path(self, pdef: ProcessDef, key: str) -> Path:
-        """Where the instance ``key`` of ``pdef`` writes its primary output (its first
-        ``outputs`` entry rendered with the instance's variables)."""
-        return Path(self._render(pdef.outputs[0], self.values(pdef, key)))
-
-    def _render(self, text: str, values: dict[str, str]) -> str:
-        try:
-            return text.format(**values)
-        except (KeyError, IndexError) as err:
-            raise ValueError(f"unknown placeholder {err} in {text!r}") from None
 
     def keys(self, pdef: ProcessDef, vars_: dict[str, Any]) -> list[str] | None:
         if pdef.foreach is None:
@@ -135,122 +83,10 @@ class StreamRunner:
             return None
         return [str(x) for x in val]
 
-    # ------------------------------------------------------------------ resume
-
     def resume(self) -> None:
-        """Take over from a dead owner: adopt its batch jobs, fail its other in-flight
-        instances and retry them, own the locks.
-
-        A batch job (Slurm) outlives its runner: an instance with a job id whose job is still
-        queued or running, or ended leaving its status, is adopted (watched and collected as
-        if this runner had submitted it), never submitted a second time.
-
-        The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
-        held by another live process on this host is taken over too: this runner holds the
-        claim in the state db, so that process no longer runs the stream (a daemon whose
-        stream FAILED keeps HalfPipe's lock until cleanup) and would never release it. A lock
-        held from another host is left alone: that may be another site's runner.
-        """
-        for pi in self.db.instances(self.stream.id):
-            if pi.id in self.running or pi.status not in ACTIVE_PI:
-                continue
-            if pi.job_id:  # recorded only for a job that outlives its runner (a batch job)
-                if self._adopt(pi):
-                    continue
-                what = f"{pi.launcher} job {pi.job_id} is no longer known to the batch system"
-            else:
-                what = kill_orphan(pi.pid, pi.host, pi.pid_start)
-            self.db.update_instance(pi.id, status="FAILED", ended=time.time(),
-                                    note=f"supervisor died; {what}")
-            self._event("instance_failed_owner_died", pi, detail=what)
-            pdef = self.task.process(pi.process)
-            # a crash of the supervisor is not the job's fault: same retry count
-            self.db.create_instance(self.stream.id, pi.process, pi.key, pdef.retries, pi.auto_retry)
-        self._adopt_unrecorded()
-        for pdef in self.task.processes:
-            if pdef.stream_lock:
-                p = self.ws.lock / self._render(pdef.stream_lock, self.values(pdef, ""))
-                try:
-                    info = locks.read(p)
-                except FileNotFoundError:
-                    continue
-                if info.stale and info.host not in (None, self.owner.host):
-                    # another host's owner, judged gone by the state server (PostgreSQL)
-                    detail: dict[str, Any] = {"what": "lock", "lock": p.name,
-                                              "old_owner": info.owner,
-                                              "new_owner": str(self.owner), "why": info.reason}
-                    locks.take_over(p, self.dlid, pdef.name, self.owner)
-                    self.db.log_event("takeover", self.dlid, **detail)
-                    self._event("takeover", None, **detail)
-                    continue
-                if info.stale:
-                    event, why = "lock_reclaimed", info.reason
-                elif (info.host == self.owner.host and info.pid != self.owner.pid
-                      and info.stream == self.dlid):
-                    event, why = "lock_taken_over", "this runner holds the stream claim"
-                else:
-                    continue
-                locks.take_over(p, self.dlid, pdef.name, self.owner)
-                self._event(event, lock=p.name, previous_owner=info.owner, why=why)
-
-    def _adopt(self, pi: ProcessInstance) -> bool:
-        """Watch the batch job of ``pi``, submitted by a dead runner; False when the batch
-        system knows nothing of it any more (the caller fails and retries the instance)."""
-        try:
-            pdef = self.task.process(pi.process)
-        except KeyError:
-            return False
-        log, summary = self._log_paths(pdef, pi)
-        if pi.log_path:
-            log = Path(pi.log_path)
-        if not self.launcher.adopt(pi.id, str(pi.job_id), log):
-            return False
-        values = self.values(pdef, pi.key)
-        lock_path = self.ws.lock / self._render(pdef.lock, values) if pdef.lock else None
-        if lock_path is not None:
-            try:
-                info = locks.read(lock_path)
-                if info.stale or (info.stream == self.dlid and info.process == pdef.name):
-                    locks.take_over(lock_path, self.dlid, pdef.name, self.owner)
-                else:
-                    lock_path = None  # not the dead runner's: not ours to release
-            except FileNotFoundError:
-                lock_path = None
-        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
-        self._event("adopted", pi, job_id=pi.job_id, launcher=pi.launcher)
-        return True
-
-    def _adopt_unrecorded(self) -> None:
-        """A runner killed between ``sbatch`` and the write of the job id left an instance
-        WAITING or READY whose job runs: find the job by the log it writes and adopt it, so
-        that the instance does not get a second job."""
-        waiting: dict[Path, ProcessInstance] = {}
-        for pi in self.db.instances(self.stream.id):
-            if pi.id in self.running or pi.status not in ("WAITING", "READY"):
-                continue
-            try:
-                pdef = self.task.process(pi.process)
-            except KeyError:
-                continue
-            if pdef.command:  # the launcher knows which of these it could have submitted
-                waiting[self._log_paths(pdef, pi)[0]] = pi
-        for log, job_id in self.launcher.find_submitted(list(waiting)).items():
-            pi = waiting[log]
-            self.db.set_job(pi.id, self.launcher.name, job_id)
-            now = time.time()
-            self.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log),
-                                    note=None)
-            pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
-            pi.launcher, pi.job_id = self.launcher.name, job_id
-            if not self._adopt(pi):  # ended between the two questions: run it again
-                self.db.update_instance(pi.id, status="READY", started=None)
-                pi.status = "READY"
-
-    def _log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
-        """The instance's log and its $PIPELINE_SUMMARY file."""
-        label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
-        return (self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log",
-                self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary")
+        """Take over from a dead owner (``resume.py``): adopt its batch jobs, fail its other
+        in-flight instances and retry them, own the locks."""
+        resume.resume(self)
 
     # ------------------------------------------------------------------ the state machine
 
@@ -321,7 +157,7 @@ class StreamRunner:
                 self.db.update_instance(r.pi.id, note=note)
                 r.pi.note = note
                 if why:
-                    self._event("queued", r.pi, reason=why)
+                    self.event("queued", r.pi, reason=why)
 
     def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
         """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
@@ -337,21 +173,21 @@ class StreamRunner:
     def _finish(self, status: str, note: str | None) -> str:
         self.db.release_stream(self.stream.id, status, note)
         self.status, self.note = status, note
-        self._event("stream_" + status.lower(), note=note)
+        self.event("stream_" + status.lower(), note=note)
         return status
 
     def _hold(self, pi: ProcessInstance, status: str, note: str) -> str:
         if pi.note != note or pi.status != status:
             self.db.update_instance(pi.id, status=status, note=note)
             pi.note = note
-            self._event("held", pi, why=note)
+            self.event("held", pi, why=note)
         return status
 
     def _try_start(self, pdef: ProcessDef, pi: ProcessInstance, paused: tuple[bool, str]) -> str:
         if pdef.when == "gensteps" and not self.dl.gensteps:
             self.db.update_instance(pi.id, status="SKIPPED", ended=time.time(),
                                     note="delivery carries no gensteps")
-            self._event("skipped", pi, why="no gensteps")
+            self.event("skipped", pi, why="no gensteps")
             return "SKIPPED"
         if pdef.halt:
             flag = halt_flag(self.ws, self.dlid, pdef.halt)
@@ -363,25 +199,18 @@ class StreamRunner:
             return self._hold(pi, "READY", f"launching paused: {paused[1]}")
         if self.launcher.capacity() <= 0:
             return pi.status
-        values = self.values(pdef, pi.key)
+        view = self.view
+        values = view.values(pdef, pi.key)
+        log, summary = view.log_paths(pdef, pi)
         try:
-            argv = [self._render(a, values) for a in pdef.command]
-            lock_path = self.ws.lock / self._render(pdef.lock, values) if pdef.lock else None
-            stream_lock = (self.ws.lock / self._render(pdef.stream_lock, values)
-                           if pdef.stream_lock else None)
-            rm_lock = (self.ws.lock / self._render(pdef.removes_stream_lock, values)
-                       if pdef.removes_stream_lock else None)
+            argv, ntasks = view.command(pdef, values)
+            lock_path = view.lock_path(pdef.lock, values)
+            stream_lock = view.lock_path(pdef.stream_lock, values)
+            rm_lock = view.lock_path(pdef.removes_stream_lock, values)
+            env = view.env(pdef, pi, values, summary)
         except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
             return "FAILED"
-        if pdef.wrapper:  # a container: inside mpiexec's ranks, around the command
-            argv = [*(self._render(w, values) for w in pdef.wrapper), *argv]
-        ntasks = 1
-        if pdef.mpi:
-            ranks = self.ws.settings.build.ranks
-            if ranks > 1:  # under Slurm, Hydra's mpiexec starts the ranks in the allocation
-                argv = [mpiexec_path(), "-n", str(ranks), *argv]
-                ntasks = ranks
         log_event: list[str] = []
         if stream_lock is not None:
             try:
@@ -396,26 +225,12 @@ class StreamRunner:
             except Busy as err:
                 return self._hold(pi, "READY", f"waiting for lock {lock_path.name}: {err.message}")
         for line in log_event:
-            self._event("lock_reclaimed", pi, detail=line)
-        log, summary = self._log_paths(pdef, pi)
+            self.event("lock_reclaimed", pi, detail=line)
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.unlink(missing_ok=True)
-        env = {
-            "SKYDECK_WORKSPACE": str(self.ws.root),
-            "HALFPIPE_DOWNLINKID": self.dlid, "HALFPIPE_OUTPUTBASE": str(self.ws.downlinks),
-            "HALFPIPE_MAXEVENTS": values["maxEvents"], "HALFPIPE_NUMCHUNKS": str(self.dl.chunks),
-            "PIPELINE_TASK": self.task.name, "PIPELINE_PROCESS": pdef.name,
-            "PIPELINE_PROCESSINSTANCE": str(pi.id), "PIPELINE_STREAM": pi.key or self.dlid,
-            "PIPELINE_SUMMARY": str(summary), "PYTHONPATH": _pythonpath(),
-        }
-        if "chunk" in values:
-            env["HALFPIPE_CHUNKID"] = values["chunk"]
-        if "runhex" in values:
-            env["HALFPIPE_RUNSTART"] = values["runhex"]
-        env |= {k: self._render(v, values) for k, v in pdef.env.items()}
         try:
-            name = "-".join(p for p in (self.task.name, self.dlid, pdef.name, pi.key) if p)
-            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root, name=name,
+            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root,
+                                             name=view.job_name(pdef, pi),
                                              launcher=pdef.launcher, batch=pdef.batch,
                                              ntasks=ntasks, gpus=pdef.gpus))
         except OSError as err:
@@ -423,13 +238,13 @@ class StreamRunner:
                 locks.release(lock_path, self.owner)
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), exit_code=127,
                                     note=f"cannot start {argv[0]}: {err.strerror}", log_path=str(log))
-            self._event("failed", pi, why=f"cannot start: {err.strerror}")
+            self.event("failed", pi, why=f"cannot start: {err.strerror}")
             return self._after_failure(pdef, pi)
         now = time.time()
         pi.status, pi.started = "RUNNING", now
         # ours before it is written: should the write fail (disk full), the job is not
         # started a second time and its exit is still routed here
-        self.running[pi.id] = _Running(pi, pdef, lock_path, summary, values)
+        self.running[pi.id] = Running(pi, pdef, lock_path, summary, values)
         if h.detached:  # first: a successor adopts the job by this id
             self.db.set_job(pi.id, h.launcher, h.job_id)
             pi.launcher, pi.job_id = h.launcher, h.job_id
@@ -437,9 +252,9 @@ class StreamRunner:
                                 started=now, log_path=str(log), note=None)
         pi.note = None
         if h.detached:
-            self._event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
+            self.event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
         else:
-            self._event("started", pi, pid=h.pid, log=str(log))
+            self.event("started", pi, pid=h.pid, log=str(log))
         return "RUNNING"
 
     def _remove_stream_lock(self, path: Path) -> None:
@@ -449,7 +264,7 @@ class StreamRunner:
             return
         if (info.pid, info.host) == (self.owner.pid, self.owner.host) or info.stale:
             path.unlink(missing_ok=True)
-            self._event("lock_removed", lock=path.name)
+            self.event("lock_removed", lock=path.name)
 
     def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
         latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
@@ -458,7 +273,7 @@ class StreamRunner:
         if pi.auto_retry < pi.max_retries:
             new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
                                           pi.auto_retry + 1)
-            self._event("retry", new, previous=pi.id)
+            self.event("retry", new, previous=pi.id)
             return new.status
         return "FAILED"
 
@@ -467,11 +282,8 @@ class StreamRunner:
     def _run_scriptlet(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
         self.db.update_instance(pi.id, status="RUNNING", started=time.time(), host=self.owner.host,
                                 pid=self.owner.pid, pid_start=self.owner.start)
-        try:
-            if pdef.scriptlet == "launch_chunks":
-                self._launch_chunks(pdef, pi)
-            else:  # parse_task rejects unknown scriptlets
-                raise ValueError(f"unknown scriptlet {pdef.scriptlet}")
+        try:  # parse_task accepts only the registered names
+            SCRIPTLETS[str(pdef.scriptlet)](self.view, self.db, self.stream, pdef, pi)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 # the disk is full, nothing is wrong with the downlink: held, run again on a
@@ -481,34 +293,18 @@ class StreamRunner:
                 self.db.update_instance(pi.id, status="READY", note=note)
                 if pi.note != note:
                     pi.note = note
-                    self._event("held", pi, why=note)
+                    self.event("held", pi, why=note)
                 return "READY"
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
-            self._event("failed", pi, why=str(err))
+            self.event("failed", pi, why=str(err))
             return "FAILED"
         except ValueError as err:
             self.db.update_instance(pi.id, status="FAILED", ended=time.time(), note=str(err))
-            self._event("failed", pi, why=str(err))
+            self.event("failed", pi, why=str(err))
             return "FAILED"
         self.db.update_instance(pi.id, status="SUCCESS", ended=time.time(), exit_code=0)
-        self._event("success", pi)
+        self.event("success", pi)
         return "SUCCESS"
-
-    def _launch_chunks(self, pdef: ProcessDef, pi: ProcessInstance) -> None:
-        """HalfPipe's launchChunks: one makeEvt substream per RetDef (copied to outputBase)."""
-        level0 = Path(self.dl.level0)
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        chunks = []
-        for rd in sorted(level0.glob(f"RetDef-{self.dlid}-*.xml")):
-            target = self.outdir / rd.name
-            data = rd.read_bytes()
-            if not target.exists() or target.read_bytes() != data:
-                atomic_write_bytes(target, data)
-            self.db.record_file(target, pdef.name, pi.id, self.dlid, manifest.md5_file(target))
-            chunks.append(rd.name[len(f"RetDef-{self.dlid}-"):-len(".xml")])
-        if not chunks:
-            raise ValueError(f"no RetDef-{self.dlid}-*.xml in {level0}")
-        self.db.set_stream_vars(self.stream.id, chunks=chunks)
 
     # ------------------------------------------------------------------ job exits
 
@@ -533,7 +329,7 @@ class StreamRunner:
                     else f"exit code {res.exit_code}")
         self.db.update_instance(pi.id, status=status, exit_code=res.exit_code, ended=res.ended,
                                 note=note)
-        self._event(status.lower(), pi, exit_code=res.exit_code,
+        self.event(status.lower(), pi, exit_code=res.exit_code,
                     wall_s=round(res.ended - (pi.started or res.ended), 3))
         if status == "FAILED" and res.lost:
             pi.status = "FAILED"
@@ -545,7 +341,7 @@ class StreamRunner:
             if latest is None or latest.id == pi.id:  # not already made (a repeated on_exit)
                 new = self.db.create_instance(self.stream.id, pi.process, pi.key,
                                               pi.max_retries, pi.auto_retry)
-                self._event("requeued", new, previous=pi.id, why=res.lost)
+                self.event("requeued", new, previous=pi.id, why=res.lost)
         elif status == "FAILED":
             pi.status = "FAILED"
             self._after_failure(pdef, pi)
@@ -553,9 +349,9 @@ class StreamRunner:
         with contextlib.suppress(OSError):
             r.summary.unlink(missing_ok=True)
 
-    def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: _Running) -> None:
+    def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: Running) -> None:
         """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""
-        outputs: list[Path] = [Path(self._render(o, r.values)) for o in pdef.outputs]
+        outputs: list[Path] = [Path(render(o, r.values)) for o in pdef.outputs]
         sets: dict[str, list[str]] = {}
         if r.summary.exists():
             for line in r.summary.read_text(encoding="utf-8").splitlines():
@@ -592,14 +388,7 @@ class StreamRunner:
             # resumable: the next owner makes a new execution (not charged as a retry)
             self.db.create_instance(self.stream.id, r.pi.process, r.pi.key, r.pi.max_retries,
                                     r.pi.auto_retry)
-            self._event("terminated", r.pi)
-
-
-def _pythonpath() -> str:
-    """Jobs import this very engine, also when it runs from a source tree."""
-    root = str(Path(__file__).resolve().parents[2])
-    cur = os.environ.get("PYTHONPATH", "")
-    return root if not cur else f"{root}{os.pathsep}{cur}"
+            self.event("terminated", r.pi)
 
 
 def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Launcher,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from engine.core.errors import BadInput
 from engine.core.workspace import ASSETS, Workspace, load_toml
+from engine.pipeline.scriptlets import SCRIPTLETS
 
 TASKS_DIR = ASSETS / "tasks"
-SCRIPTLETS = ("launch_chunks",)
 CONDITIONS = ("gensteps", "always")
 _FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
            "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads", "launcher",
