@@ -48,7 +48,7 @@ def _wheel(tmp: Path) -> Path:
         pytest.skip("building the wheel offline needs setuptools>=77 in this venv (test extra)")
     src = tmp / "src"
     junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-    for name in ("engine", "console"):
+    for name in ("engine", "console", "assets"):
         shutil.copytree(REPO / name, src / name, ignore=junk)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
@@ -125,3 +125,19 @@ def test_mpich_is_an_extra_not_a_dependency() -> None:
     requires = metadata.requires("skydeck") or []
     mpich = [r for r in requires if r.startswith("mpich")]
     assert mpich and all('extra == "mpich"' in r for r in mpich), requires
+
+
+def test_the_package_list_names_every_package_of_the_tree() -> None:
+    """pyproject.toml lists its packages (the top-level assets/ is mapped into the engine
+    package, which discovery cannot see): a new package folder left out of the list would
+    be missing from the wheel only."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    assert config["package-dir"] == {"engine.assets": "assets"}
+    code = {".".join(p.parent.relative_to(REPO).parts) for top in ("engine", "console")
+            for p in (REPO / top).rglob("__init__.py") if "__pycache__" not in p.parts}
+    data = {"engine.assets"} | {f"engine.assets.{d.name}" for d in (REPO / "assets").iterdir()
+                                if d.is_dir() and d.name != "__pycache__"}
+    assert listed == code | data

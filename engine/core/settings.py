@@ -4,7 +4,7 @@ Before this module every consumer asked ``ws.setting(section, key, default)`` an
 the default at its call; a typo such as ``[pipline]`` was caught only by a schema that lived
 apart from the defaults. Here each section is a dataclass whose fields carry the default and
 the rule (type and range) together, so the defaults live in one place and the check and the
-typed value cannot disagree. ``engine/assets/skydeck.toml`` (which ``init`` copies and whose
+typed value cannot disagree. ``assets/skydeck.toml`` (which ``init`` copies and whose
 comments document the keys) must hold the same values; tests/core/test_settings.py says so.
 
 ``parse_settings(doc, path)`` turns a parsed TOML document into ``Settings`` or raises

@@ -31,9 +31,14 @@ STATE_URL_ENV = "SKYDECK_STATE_URL"
 
 
 def _assets() -> Path:
-    """``engine/assets`` (default config, task files, scenes, CUDA kernel): package data,
-    found through importlib.resources so that a wheel install finds it as a checkout does."""
-    root = resources.files("engine").joinpath("assets")
+    """The package ``engine.assets`` (default config, task files, scenes, CUDA kernel): the
+    top-level ``assets/`` of the tree, which pyproject.toml maps into the engine package,
+    found through importlib.resources so that a wheel install finds it as a checkout does
+    (and, run from a checkout that is not installed, the tree's own ``assets/``)."""
+    try:
+        root = resources.files("engine.assets")
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[2] / "assets"
     if not isinstance(root, Path):  # a zip import: the kernel and scenes need real files
         raise RuntimeError(f"skydeck's assets must be installed as files, not in {root}")
     return root
@@ -57,7 +62,7 @@ def scene_path(name: str) -> Path:
 
 
 def packaged_scene(name: str, where: str | os.PathLike[str] | None = None) -> Path:
-    """The packaged scene NAME (``engine/assets/scenes/NAME.toml``); BadInput naming
+    """The packaged scene NAME (``assets/scenes/NAME.toml``); BadInput naming
     ``where`` (the file that named it) for a name that is not plain or not packaged."""
     if not _SCENE_NAME.fullmatch(name) or name.endswith(".toml"):
         raise BadInput(f"invalid scene name {name[:40]!r}", where)

@@ -49,7 +49,7 @@ class MockSpec:
     runs: int = 2
     chunks: int = 2
     seed: int = 0
-    scene: str | None = None      # name of a packaged scene (engine/assets/scenes): adds gensteps.npy + scene.txt
+    scene: str | None = None      # name of a packaged scene (assets/scenes): adds gensteps.npy + scene.txt
     gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's)
 
     def validate(self) -> None:

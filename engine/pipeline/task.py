@@ -1,6 +1,6 @@
 """Task files: a Pipeline-II task (processes, dependencies, substreams) as TOML data.
 
-The DAG lives in ``engine/assets/tasks/<name>.toml`` (see halfpipe.toml for every field) so a
+The DAG lives in ``assets/tasks/<name>.toml`` (see halfpipe.toml for every field) so a
 site can add, drop or reorder processes, point a process at another command, or give tests
 a task of simple real commands, without touching engine code. TOML is parsed, never eval'd;
 commands are argv lists whose ``{placeholders}`` are filled per instance (no shell).

@@ -1,6 +1,6 @@
 """The CUDA backend on PyCUDA (``--backend cuda``, the default GPU backend).
 
-The kernel source is ``engine/assets/kernels/propagate.cu``; it mirrors ``numpy_backend`` step by
+The kernel source is ``assets/kernels/propagate.cu``; it mirrors ``numpy_backend`` step by
 step (same Philox keying, same draw blocks for the same decisions, float32 math), so the
 backends agree photon by photon up to float rounding. This module only adapts PyCUDA's
 driver API to ``gpu_host.Device``: the kernel image comes from ``engine.propagate.kernel``

@@ -1,7 +1,7 @@
 """The propagation kernel as a compiled image, built once per kernel hash and architecture.
 
 Why: a GPU node should need the CUDA driver and nothing else. The kernel source
-(``engine/assets/kernels/propagate.cu``) is compiled with NVRTC, NVIDIA's run-time compiler, which
+(``assets/kernels/propagate.cu``) is compiled with NVRTC, NVIDIA's run-time compiler, which
 PyPI ships as a plain shared library (``nvidia-cuda-nvrtc-cu12``, in the ``cuda`` and
 ``test`` extras); ``nvcc`` is only a fallback. The result, a cubin for one ``sm_XX`` or PTX
 for a ``compute_XX`` (which the driver compiles for newer chips), is cached under a name

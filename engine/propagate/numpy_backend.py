@@ -7,7 +7,7 @@ count, and chunks are independent (their random numbers depend only on photon in
 they can run in any number of processes with identical results.
 
 Random numbers: each decision takes whole Philox blocks (4 uniforms) from the photon's own
-block counter, in the same order as ``engine/assets/kernels/propagate.cu``:
+block counter, in the same order as ``assets/kernels/propagate.cu``:
     generation   blocks 0, 1
     each step    1 block: u0 scatter distance, u1 absorption distance, u2 boundary or
                  surface decision, u3 reemission decision

@@ -10,7 +10,7 @@ all speak these types, so none of them imports another backend to learn them:
 - ``slice_order``: where each hit of a chunk lies in it, from the photon index it stores;
 - the physical and stepping constants. ``GEN_BLOCKS`` reaches the CUDA kernel as a ``-D``
   option (``kernel.compile_options``); ``C_LIGHT``, ``EPS`` and ``MAX_TRIES`` are mirrored by
-  ``#define`` in ``engine/assets/kernels/propagate.cu`` and must be changed in both places.
+  ``#define`` in ``assets/kernels/propagate.cu`` and must be changed in both places.
 """
 
 from __future__ import annotations

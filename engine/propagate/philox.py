@@ -2,7 +2,7 @@
 
 Counter-based means a random number is a pure function of (key, counter): no state files,
 no ``rngmax``, any photon's draws can be recomputed anywhere. The CUDA kernel
-(``engine/assets/kernels/propagate.cu``) implements the same function, so both backends draw
+(``assets/kernels/propagate.cu``) implements the same function, so both backends draw
 identical numbers for the same photon.
 
 Keying used by the engine (the same in both backends)::

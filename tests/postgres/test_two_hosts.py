@@ -50,7 +50,7 @@ max_streams = 2
 """
 
 # processes that run while the stream lock halfpipe-<DLID> (created for makeEvt, removed by
-# cleanup; engine/assets/tasks/halfpipe.toml) exists
+# cleanup; assets/tasks/halfpipe.toml) exists
 HOLDING = ("makeEvt", "mergeIndices", "mergeEvt", "propagate")
 
 pytestmark = pytest.mark.skipif(

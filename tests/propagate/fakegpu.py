@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-# the kernel's parameters (engine/assets/kernels/propagate.cu): P pointer, i int32, I uint32,
+# the kernel's parameters (assets/kernels/propagate.cu): P pointer, i int32, I uint32,
 # Q uint64, f float32
 SIGNATURE = "PPPPPPP" "iii" "QIQIiIiff" "PPPPPP"
 _SCALARS = {"i": (np.int32, ctypes.c_int), "I": (np.uint32, ctypes.c_uint),
