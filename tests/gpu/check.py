@@ -50,7 +50,7 @@ import numpy as np
 from tests.gpu.bundle import PLATFORMS, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENE = ROOT / "engine" / "assets" / "scenes" / "tboolean-box.toml"
+SCENE = ROOT / "assets" / "scenes" / "tboolean-box.toml"
 HITMASK = "BR"
 SEED = 7
 BACKENDS = ("cupy", "cuda")  # CuPy first: it needs no build, PyCUDA builds meanwhile
