@@ -150,7 +150,7 @@ def test_only_core_mpi_reads_the_launchers_environment() -> None:
 def test_citations_stay_inside_the_repository() -> None:
     outside = re.compile(r"DESIGN\.md|reference/\w+\.md|\.\./shared/")
     files = [*_sources(), *((p.relative_to(ROOT).as_posix(), p)
-                            for p in sorted((ROOT / "engine" / "assets").rglob("*"))
+                            for p in sorted((ROOT / "assets").rglob("*"))
                             if p.is_file())]
     bad = [f"{rel}: {m.group(0)}" for rel, path in files
            for m in outside.finditer(path.read_text(encoding="utf-8", errors="replace"))]

@@ -433,7 +433,7 @@ def test_a_failing_prune_is_one_error_line_and_the_daemon_goes_on(ws, tmp_path):
     under a running daemon makes each prune fail, as one `error` line naming the prune, and
     the daemon keeps serving; once the file is good again the prune recovers."""
     task = tmp_path / "task.toml"
-    task.write_text((Path(REPO) / "engine" / "assets" / "tasks" / "halfpipe.toml").read_text())
+    task.write_text((Path(REPO) / "assets" / "tasks" / "halfpipe.toml").read_text())
     ws = quick(ws, extra=f'\n[pipeline]\ntask = "{task}"\n[retention]\ninterval_s = 0.3\n')
     log = tmp_path / "daemon.out"
     good = task.read_text()
