@@ -19,13 +19,11 @@ data may sit at the root beside the payload (``--smalldata-path /``).
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import h5py
 import numpy as np
@@ -33,6 +31,7 @@ import numpy as np
 from engine.core.diskspace import human_bytes
 from engine.core.errors import BadInput
 from engine.core.inputs import check_regular
+from engine.core.memory import check_memory
 
 _LAYOUTS = (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
 # "{{" and "}}" are literal braces; "{name}" a placeholder; any other brace is an error
@@ -127,47 +126,6 @@ def open_h5(path: Path) -> h5py.File:
         if "signature" in text or "not an HDF5" in text.lower():
             raise BadInput("not an HDF5 file", path) from None
         raise BadInput(f"cannot open HDF5 file: {text.splitlines()[0]}", path) from None
-
-
-def available_memory() -> int:
-    """Bytes of memory available now: the kernel's ``MemAvailable`` (what psutil reports on
-    Linux), read from /proc/meminfo without importing psutil, which every build would pay
-    for at start-up (issue 13); psutil where /proc/meminfo has no such line."""
-    try:
-        with open("/proc/meminfo", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
-    """BadInput when ``need`` bytes exceed the memory this machine has available now."""
-    avail = available_memory()
-    if need > avail:
-        raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
-
-
-def check_npy_header(fh: IO[bytes], holds: int, what: str, path: Path | str) -> None:
-    """The shape a ``.npy`` header declares must fit the ``holds`` bytes that follow it and
-    this machine's memory: NumPy allocates the declared array before reading into it."""
-    try:
-        major, _ = np.lib.format.read_magic(fh)
-        read = (np.lib.format.read_array_header_1_0 if major == 1
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(fh)
-    except (ValueError, OSError, EOFError) as err:
-        raise BadInput(f"{what}: not a .npy array ({str(err).splitlines()[0] if str(err) else err!r})",
-                       path) from None
-    need = math.prod(shape) * dtype.itemsize
-    if need > holds - fh.tell():
-        raise BadInput(f"{what} declares shape {shape} ({human_bytes(need)}) but holds "
-                       f"{human_bytes(max(0, holds - fh.tell()))}", path)
-    check_memory(need, f"reading {what}", path)
 
 
 def check_storage(ds: h5py.Dataset, path: Path | str, dspath: str, whole: bool) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from engine.builder.h5source import check_npy_header, check_storage
+from engine.builder.h5source import check_storage
 from engine.core.atomic import atomic_path
 from engine.core.errors import BadInput
 from engine.core.inputs import check_regular
+from engine.core.memory import check_npy_header
 
 MISSING = -1
 

@@ -18,13 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.builder.batchio import worker_memory
-from engine.builder.h5source import (
-    SmallData,
-    SourceInfo,
-    check_memory,
-    describe,
-    parse_path_template,
-)
+from engine.builder.h5source import SmallData, SourceInfo, describe, parse_path_template
 from engine.builder.match import MatchTable, match_sorted
 from engine.builder.options import BuildOptions
 from engine.builder.select import Selection
@@ -33,6 +27,7 @@ from engine.core.diskspace import check_space
 from engine.core.errors import BadInput
 from engine.core.ids import NS
 from engine.core.inputs import check_regular
+from engine.core.memory import check_memory
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -140,7 +135,7 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
             fields = ChainMap(small, {"timestamp": pts})  # type: ignore[arg-type]
             mask &= selection.evaluate(fields, principal.n, principal.path)
         if opt.retdef is not None:
-            from engine.intake.retdef import parse as parse_retdef  # only builds that use one pay
+            from engine.core.retdef import parse as parse_retdef  # only builds that use one pay
 
             rd = parse_retdef(opt.retdef)
             win = np.zeros(principal.n, dtype=bool)

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.core import retdef
 from engine.core.atomic import atomic_write_bytes, remove_path
 from engine.core.diskspace import free_bytes, human_bytes
 from engine.core.errors import BadInput
@@ -58,7 +59,7 @@ from engine.core.ids import is_dlid, parse_dlid
 from engine.core.inputs import file_kind, open_regular
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace, packaged_scene
-from engine.intake import manifest, retdef
+from engine.intake import manifest
 from engine.store import Downlink, StateDB
 
 _RETDEF = re.compile(r"RetDef-([0-9]{9})-([0-9]{5})\.xml")

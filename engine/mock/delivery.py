@@ -28,8 +28,8 @@ from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path
 from engine.core.diskspace import check_space
 from engine.core.errors import BadInput
 from engine.core.ids import NS, dlid_start_met, parse_dlid, retdef_name
+from engine.core.retdef import RetDef, Span, to_xml
 from engine.intake import manifest
-from engine.intake.retdef import RetDef, Span, to_xml
 
 DETECTORS = ("cspad", "epix", "jungfrau", "opal", "andor", "pnccd", "zyla", "alvium")
 COLORS = np.array([b"red", b"blue", b"green"], dtype="S5")

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.builder.h5source import check_npy_header
 from engine.core.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.core.diskspace import check_space
 from engine.core.errors import BadInput, JobFailed, SkydeckError
 from engine.core.inputs import regular_file
 from engine.core.interrupt import abort_job, exit_code
+from engine.core.memory import check_npy_header
 from engine.propagate import flags as F
 from engine.propagate.backends import (
     GPU_BACKENDS,

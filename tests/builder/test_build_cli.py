@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from engine.builder.verify import compare_datasets, verify_built
-from engine.intake import retdef
+from engine.core import retdef
 from tests.conftest import run_engine
 
 

@@ -10,8 +10,9 @@ import h5py
 import numpy as np
 
 from engine.builder.payload import rows_for
+from engine.core import retdef
 from engine.core.ids import NS, dlid_start_met
-from engine.intake import manifest, retdef
+from engine.intake import manifest
 from tests.conftest import run_engine
 
 

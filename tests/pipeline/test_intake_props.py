@@ -13,11 +13,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from engine.core import retdef
 from engine.core.errors import BadInput
 from engine.core.ids import MET_MAX_S, NS, is_dlid, parse_dlid
+from engine.core.retdef import RetDef, Span, to_xml
 from engine.core.workspace import Workspace, init_workspace
-from engine.intake import deliveries, manifest, retdef
-from engine.intake.retdef import RetDef, Span, to_xml
+from engine.intake import deliveries, manifest
 from tests.props import total
 
 # ------------------------------------------------------------------ strategies

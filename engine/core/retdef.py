@@ -10,6 +10,10 @@ Every value is checked where the file enters (intake), not where it is used: int
 plain decimals in their ranges, times plain decimals within the MET range [0, 2^32) s, so
 ``inf``, ``1e30`` or ``-1e12`` are rejected with the attribute named instead of reaching
 makeEvt as an OverflowError.
+
+Why in core: intake checks every RetDef of a delivery, the event builder reads one to pick
+a chunk's events (``--retdef``) and the mock writes them, so the format has one home below
+all three instead of the builder importing intake.
 """
 
 from __future__ import annotations
