@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from engine.api import Comparison, PrunePlan, RollbackPlan, Snapshot, StageReport
+    from engine.api import Comparison, PrunePlan, RollbackPlan, Snapshot, UsageReport
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Refreshed(Message, bubble=False):
 
 @dataclass
 class StageRead(Message, bubble=False):
-    report: StageReport | None  # None: the scan failed (reported separately)
+    report: UsageReport | None  # None: the scan failed (reported separately)
     prune: PrunePlan | None = None  # what the next prune would free (None: not read)
 
 

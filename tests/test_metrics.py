@@ -37,7 +37,7 @@ from engine.core.owner import Owner
 from engine.core.settings import Settings, parse_settings
 from engine.core.workspace import Workspace, init_workspace
 from engine.pipeline.halts import set_halt
-from engine.pipeline.usage import stage_report
+from engine.pipeline.usage import usage_report
 from engine.store import Downlink, StateDB
 from tests.conftest import run_engine
 from tests.pipeline.conftest import (
@@ -127,7 +127,7 @@ def test_watch_once_textfile_matches_the_database_and_the_workspace(ws, capsys):
     q = by(m, "skydeck_registration_latency_seconds", "quantile")
     assert math.isclose(q["1.0"], lat[-1], abs_tol=1e-6) and q["0.5"] <= q["1.0"]
 
-    rep = stage_report(ws)  # nothing was written since (no heartbeat with --once)
+    rep = usage_report(ws)  # nothing was written since (no heartbeat with --once)
     assert by(m, "skydeck_area_bytes", "area") == {a: u.bytes for a, u in rep.areas.items()}
     assert by(m, "skydeck_area_files", "area") == {a: u.files for a, u in rep.areas.items()}
     assert by(m, "skydeck_area_bytes", "area")["stage"] > 0

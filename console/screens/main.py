@@ -6,7 +6,7 @@ the command palette, the read-only gate). Every worker here is thin: one ``engin
 call, one message (console.messages) back to the UI thread:
 - the poll worker owns an ``engine.api.Monitor`` (its own SQLite connection) and posts one
   ``Refreshed`` per round carrying the ``Snapshot`` of what changed;
-- the usage scan is its own worker, due by ``engine.api.StageCadence`` (no overlap);
+- the usage scan is its own worker, due by ``engine.api.UsageCadence`` (no overlap);
 - every action (run, rollback, unlock, halt, launch) runs in a thread worker; streams run
   in ``skydeck-engine run`` processes that claim the stream in the state database, so a
   daemon on the same workspace never runs a process twice;
@@ -90,7 +90,7 @@ class MainScreen(Screen[None]):
         self.ws = ws
         self.clock = clock
         self.poll_s = poll_s
-        self.stage = api.StageCadence(stage_every_s)
+        self.stage = api.UsageCadence(stage_every_s)
         self.stage.busy = True           # the first scan starts with the poll loop
         self.want_dlid: str | None = None
         self.wake = threading.Event()
@@ -218,7 +218,7 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="stage", exclusive=True, exit_on_error=False)
     def _scan_stage(self) -> None:
         try:
-            rep = api.stage(self.ws, workers=1)  # no fork from a threaded app
+            rep = api.usage(self.ws, workers=1)  # no fork from a threaded app
         except OSError as err:
             self.post_message(ActionDone(f"usage scan failed: {err}", "error"))
             rep = None
@@ -242,7 +242,7 @@ class MainScreen(Screen[None]):
         self.stage.done()
 
     def _maybe_scan(self) -> None:
-        """Rescan usage when ``StageCadence`` says so (never two scans at once)."""
+        """Rescan usage when ``UsageCadence`` says so (never two scans at once)."""
         if self.live and self.stage.start():
             self._scan_stage()
 

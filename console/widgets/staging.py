@@ -1,6 +1,6 @@
 """Staging-directory usage: bars per area and per downlink, free space against the reserve.
 
-The numbers are the engine's ``stage_report`` (one scan, each file visited once) and, below
+The numbers are the engine's ``usage_report`` (one scan, each file visited once) and, below
 the areas, what the next prune would free (``prune_preview``, read with the scan); the
 panel only draws them. Under disk pressure (free space under twice the reserve) a red alert line
 says so, and when free space is under the reserve it says that launching is paused, which is
@@ -15,12 +15,12 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.format import bar, size
-from engine.api import PrunePlan, StageReport, human_bytes
+from engine.api import PrunePlan, UsageReport, human_bytes
 
 PRESSURE_FACTOR = 2.0
 
 
-def pressure(rep: StageReport) -> str | None:
+def pressure(rep: UsageReport) -> str | None:
     """The alert text under disk pressure, else None."""
     if rep.paused:
         return (f"DISK PRESSURE: free {human_bytes(rep.free)} is under the reserve "
@@ -43,7 +43,7 @@ def prune_line(plan: PrunePlan) -> Text:
     return Text(f"next prune frees {human_bytes(plan.bytes)}: " + ", ".join(parts))
 
 
-def render(rep: StageReport, limit: int = 30, prune: PrunePlan | None = None) -> Group:
+def render(rep: UsageReport, limit: int = 30, prune: PrunePlan | None = None) -> Group:
     parts: list[object] = []
     alert = pressure(rep)
     if alert:
@@ -85,10 +85,10 @@ def render(rep: StageReport, limit: int = 30, prune: PrunePlan | None = None) ->
 class StagingPanel(Static):
     def __init__(self, **kw: object) -> None:
         super().__init__("scanning usage ...", **kw)  # type: ignore[arg-type]
-        self.report: StageReport | None = None
+        self.report: UsageReport | None = None
         self.prune: PrunePlan | None = None
 
-    def show(self, rep: StageReport, prune: PrunePlan | None = None) -> None:
+    def show(self, rep: UsageReport, prune: PrunePlan | None = None) -> None:
         self.report, self.prune = rep, prune
         self.set_class(pressure(rep) is not None, "pressure")
         self.update(render(rep, prune=prune))

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {}
 for _module, _names in {
     "engine.api.rows": ("STATES", "DownlinkRow", "DownlinkRows", "downlink_rows", "reason_first"),
-    "engine.api.monitor": ("ChangeProbe", "Monitor", "Snapshot", "StageCadence", "stream_view",
+    "engine.api.monitor": ("ChangeProbe", "Monitor", "Snapshot", "UsageCadence", "stream_view",
                            "typical_durations", "LOCK_RECHECK_S"),
-    "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "stage", "prune_preview",
-                            "scan_incoming", "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
+    "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "usage", "prune_preview",
+                            "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
                             "task_groups", "EventDir", "list_events", "summarize_event",
                             "compare_events", "DAEMON_LOG", "LogFile", "log_files", "last_line"),
-    "engine.api.actions": ("unlock", "halts", "set_halt", "clear_halt", "engine_env",
+    "engine.api.actions": ("unlock", "scan_incoming", "halts", "set_halt", "clear_halt", "engine_env",
                            "engine_argv", "start_runner", "start_job", "Job", "Progress"),
     "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
     "engine.core.diskspace": ("human_bytes",),
@@ -38,7 +38,7 @@ for _module, _names in {
                               "scene_path", "scene_names"),
     "engine.pipeline.locks": ("LockInfo",),
     "engine.pipeline.halts": ("HALT_FLAGS",),
-    "engine.pipeline.usage": ("StageReport", "Usage"),
+    "engine.pipeline.usage": ("UsageReport", "Usage"),
     "engine.pipeline.retention": ("PrunePlan", "AreaTotal"),
     "engine.store.records": ("StreamView", "Stream", "ProcessInstance", "Downlink", "Delivery"),
     "engine.propagate.hits": ("HitSummary", "Comparison", "FaceMap", "Histogram"),
@@ -51,14 +51,14 @@ __all__ = [  # the same names as _EXPORTS (a literal, for linters and type check
     'Delivery', 'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir',
     'FaceMap', 'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo',
     'LogFile', 'Monitor', 'ProcessInstance', 'Progress', 'PrunePlan', 'RollbackPlan',
-    'RollbackResult', 'SCENES', 'STATES', 'SkydeckError', 'Snapshot', 'StageCadence', 'StageReport', 'Stream',
+    'RollbackResult', 'SCENES', 'STATES', 'SkydeckError', 'Snapshot', 'UsageCadence', 'UsageReport', 'Stream',
     'StreamView', 'Usage', 'Workspace', 'clear_halt', 'compare_events', 'downlink_listing',
     'downlink_rows', 'downlinks', 'engine_argv', 'engine_env', 'halts', 'human_bytes',
     'init_workspace', 'last_line', 'list_events', 'lock_status', 'locks', 'log_files',
     'pending', 'prune_preview', 'reason_first', 'rejected', 'resolve_root', 'rollback',
-    'rollback_plan', 'scan_incoming', 'scene_names', 'scene_path', 'set_halt', 'stage', 'start_job',
+    'rollback_plan', 'scan_incoming', 'scene_names', 'scene_path', 'set_halt', 'start_job',
     'start_runner', 'stream_view', 'stream_views', 'summarize_event', 'task_groups',
-    'typical_durations', 'unlock',
+    'typical_durations', 'unlock', 'usage',
 ]
 
 
@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         engine_argv,
         engine_env,
         halts,
+        scan_incoming,
         set_halt,
         start_job,
         start_runner,
@@ -104,18 +105,17 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         pending,
         prune_preview,
         rejected,
-        scan_incoming,
-        stage,
         stream_views,
         summarize_event,
         task_groups,
+        usage,
     )
     from engine.api.monitor import (
         LOCK_RECHECK_S,
         ChangeProbe,
         Monitor,
         Snapshot,
-        StageCadence,
+        UsageCadence,
         stream_view,
         typical_durations,
     )
@@ -135,7 +135,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     from engine.pipeline.locks import LockInfo
     from engine.pipeline.retention import AreaTotal, PrunePlan
     from engine.pipeline.rollback import RollbackPlan, RollbackResult, rollback, rollback_plan
-    from engine.pipeline.usage import StageReport, Usage
+    from engine.pipeline.usage import Usage, UsageReport
     from engine.propagate.hits import Comparison, FaceMap, Histogram, HitSummary
     from engine.store.records import Delivery, Downlink, ProcessInstance, Stream, StreamView
 

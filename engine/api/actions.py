@@ -1,5 +1,6 @@
 """The operations a front end performs on the pipeline (the console first, the CLI's rollback
-and unlock too): run, roll back (checked first), re-run, unlock, halt flags, operator jobs.
+and unlock too): run, roll back (checked first), re-run, unlock, an inbox scan, halt flags,
+operator jobs: everything a front end does that changes something (``listings`` only reads).
 
 Why this module exists: the console must act like the CLI acts, without reimplementing the
 engine. A stream runs in a detached ``skydeck-engine run`` process that claims the stream in
@@ -20,18 +21,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api import listings as _listings
 from engine.api.listings import last_line
 from engine.core.ids import parse_dlid
 from engine.core.workspace import Workspace
+from engine.intake import deliveries as _deliveries
 from engine.pipeline import halts as halt_flags
 from engine.pipeline import locks as _locks
+from engine.store import StateDB
 
 
 def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
     """Remove a stale lock (on PostgreSQL, also a dead owner's on another host); ``force``
     only after the operator confirmed."""
-    return _listings.unlock(ws, name, force)
+    with StateDB(ws.state) as db:
+        return _locks.unlock(ws.lock, name, force=force, remote=db.remote_judge)
+
+
+def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
+    """One reconciliation pass over the inboxes (what `watch` does on its timer): registers
+    complete deliveries, rejects bad ones."""
+    with StateDB(ws.state) as db:
+        return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
+                                       ws.settings.watch.incomplete_timeout_s)
 
 
 # ------------------------------------------------------------------------ halt flags

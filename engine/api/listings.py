@@ -3,7 +3,9 @@
 Why this module exists: `skydeck-engine downlinks|streams|locks|stage|prune` and the console must
 show the same facts; both read them here instead of opening the state database, the lock
 directory or the task file themselves. Reads come from the state database (which the daemon
-and runners write) and from the files that are the truth for locks, events and logs.
+and runners write) and from the files that are the truth for locks, events and logs. This
+module only reads: what changes something (unlock, an inbox scan that registers deliveries,
+halt flags, runs) is ``actions.py``.
 NumPy is imported only by the hit summaries, on first use. Nothing here imports Textual.
 """
 
@@ -21,7 +23,7 @@ from engine.pipeline import locks as _locks
 from engine.pipeline.retention import PrunePlan
 from engine.pipeline.retention import plan as retention_plan
 from engine.pipeline.task import load_task
-from engine.pipeline.usage import StageReport, stage_report
+from engine.pipeline.usage import UsageReport, usage_report
 from engine.store import Delivery, Downlink, StateDB, Stream, StreamView
 
 if TYPE_CHECKING:
@@ -53,16 +55,9 @@ def locks(ws: Workspace) -> list[_locks.LockInfo]:
         return _locks.list_locks(ws.lock, db.remote_judge)
 
 
-def unlock(ws: Workspace, name: str, force: bool = False) -> _locks.LockInfo:
-    """Remove a stale lock (on PostgreSQL, also a dead owner's on another host); ``force``
-    only after the operator confirmed."""
-    with StateDB(ws.state) as db:
-        return _locks.unlock(ws.lock, name, force=force, remote=db.remote_judge)
-
-
-def stage(ws: Workspace, workers: int | None = None) -> StageReport:
+def usage(ws: Workspace, workers: int | None = None) -> UsageReport:
     """Usage per area and downlink, free space, reserve, whether launching is paused."""
-    return stage_report(ws, workers)
+    return usage_report(ws, workers)
 
 
 def prune_preview(ws: Workspace, now: float | None = None) -> PrunePlan:
@@ -70,13 +65,6 @@ def prune_preview(ws: Workspace, now: float | None = None) -> PrunePlan:
     the retention plan, read only. As costly as one stat per candidate file plus a few
     queries, so a front end reads it with the usage scan, not on every refresh."""
     return retention_plan(ws, now=now)
-
-
-def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
-    """One reconciliation pass over the inboxes (what `watch` does on its timer)."""
-    with StateDB(ws.state) as db:
-        return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
-                                       ws.settings.watch.incomplete_timeout_s)
 
 
 def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:

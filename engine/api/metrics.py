@@ -15,7 +15,7 @@ it into
 - ``health()``: the checks behind ``skydeck-engine health`` (daemon alive, not paused, no
   stream stuck).
 
-Bytes per area come from the usage scan (``engine.pipeline.usage.stage_report``), which
+Bytes per area come from the usage scan (``engine.pipeline.usage.usage_report``), which
 walks every file of the workspace: the daemon refreshes it every ``[metrics]
 usage_interval_s`` (default 5 minutes) on a thread of its own, never in its main loop; the
 other families are read at every write (a few aggregate queries).
@@ -45,7 +45,7 @@ from engine.core.errors import Busy
 from engine.core.owner import Owner, owner_dead
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import HALT_FLAGS, halts, is_set_globally
-from engine.pipeline.usage import AREA_PATHS, launch_paused, stage_report
+from engine.pipeline.usage import AREA_PATHS, launch_paused, usage_report
 from engine.store import StateDB
 from engine.store.records import PI_STATUSES, STREAM_STATUSES
 
@@ -193,7 +193,7 @@ def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None 
 def scan_usage(ws: Workspace) -> AreaUsage:
     """The usage scan (slow on big trees: see the module docstring)."""
     t0 = time.monotonic()
-    rep = stage_report(ws)
+    rep = usage_report(ws)
     return AreaUsage({a: u.bytes for a, u in rep.areas.items()},
                      {a: u.files for a, u in rep.areas.items()},
                      time.time(), time.monotonic() - t0)

@@ -6,7 +6,7 @@ too slow with 10,000 downlinks, so ``ChangeProbe`` tells which parts changed (SQ
 ``PRAGMA data_version``, directory mtimes) and ``Monitor.poll`` reads only those parts and
 returns them as one ``Snapshot``: the downlink rows, the shown downlink's stream with the
 typical durations of its processes, the locks (rechecked each second: a stale verdict moves
-with time), and the hit summaries of propagation events. ``StageCadence`` says when the
+with time), and the hit summaries of propagation events. ``UsageCadence`` says when the
 slower disk-usage scan is due. Headless: nothing here imports Textual; NumPy is imported only
 when an event has to be summarized.
 """
@@ -262,7 +262,7 @@ def stream_view(db: StateDB, dlid: str | None, task: str | None = None) -> Strea
     return StreamView(st, db.instances(st.id))
 
 
-class StageCadence:
+class UsageCadence:
     """When the disk-usage scan is due: after changes that move bytes (at most every
     ``min_s``, checked by the caller's timer), else every ``every_s``; never two at once."""
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from engine.api.listings import stage
+from engine.api.listings import usage
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
 from engine.core.diskspace import human_bytes
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     t0 = time.perf_counter()
-    rep = stage(ws, args.workers)
+    rep = usage(ws, args.workers)
     dt = time.perf_counter() - t0
     if args.json:
         print(json.dumps(rep.to_json() | {"scan_s": round(dt, 4)}, indent=1))

@@ -166,7 +166,7 @@ def du(path: Path, workers: int | None = None) -> Usage:
 
 
 @dataclass
-class StageReport:
+class UsageReport:
     """What `skydeck-engine stage` prints and the console's disk panel shows."""
 
     areas: dict[str, Usage] = field(default_factory=dict)
@@ -190,14 +190,14 @@ AREA_PATHS = {"incoming": ("incoming_fcopy", "incoming_level0", "rejected"),
               "logs": ("logs",)}
 
 
-def stage_report(ws: Workspace, workers: int | None = None) -> StageReport:
+def usage_report(ws: Workspace, workers: int | None = None) -> UsageReport:
     """Usage per area and per downlink in one scan (each file visited once).
 
     The top-level children of incoming/level0, downlinks and stage that are downlink ids are
     scanned as their own roots, so per-downlink figures come for free.
     """
     workers = workers or ws.settings.stage.scan_workers or None
-    rep = StageReport(reserve=ws.reserve_bytes)
+    rep = UsageReport(reserve=ws.reserve_bytes)
     labels = {"incoming_level0": "incoming", "downlinks": "downlinks", "stage": "stage"}
     roots: list[Path] = []
     owners: list[tuple[str, str | None, str | None]] = []  # (area, dlid, label)

@@ -58,7 +58,7 @@ def test_console_start_imports_no_numpy() -> None:
     """The first paint stays light: importing the console (and engine.api's names that the
     widgets use) imports neither NumPy nor h5py; the hit summaries import them on first use."""
     code = ("import sys\nimport console.app, console.screens.main\n"
-            "from engine.api import DownlinkRow, LockInfo, StageReport, StreamView, Monitor\n"
+            "from engine.api import DownlinkRow, LockInfo, UsageReport, StreamView, Monitor\n"
             "print(sorted(m for m in ('numpy', 'h5py', 'mpi4py') if m in sys.modules))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=CONSOLE.parent)

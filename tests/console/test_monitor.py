@@ -1,4 +1,4 @@
-"""engine.api.Monitor, StageCadence and Job: what the console's workers call, headless.
+"""engine.api.Monitor, UsageCadence and Job: what the console's workers call, headless.
 
 The console's poll worker is one ``Monitor.poll`` per round and one message; these tests pin
 what a snapshot carries (only what changed), the disk-scan cadence, and the job handle's
@@ -79,7 +79,7 @@ def test_monitor_reads_everything_again_after_a_failed_poll(ws, monkeypatch):
 
 def test_stage_cadence_after_changes_or_every_interval():
     clock = Clock(100.0)
-    cadence = api.StageCadence(10.0, clock=clock)
+    cadence = api.UsageCadence(10.0, clock=clock)
     assert cadence.start() and cadence.busy             # the first scan is due at once
     assert not cadence.start()                          # never two at once
     cadence.done()

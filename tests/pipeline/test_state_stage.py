@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.pipeline.usage import du, stage_report
+from engine.pipeline.usage import du, usage_report
 from engine.store import Downlink, StateDB
 
 from .conftest import cli, make_delivery
@@ -80,7 +80,7 @@ def test_stage_report_per_area_and_downlink(ws, capsys):
     make_delivery(ws, "251125001")
     (ws.stage / "251125001" / "r0000000001").mkdir(parents=True)
     (ws.stage / "251125001" / "r0000000001" / "x.h5").write_bytes(b"y" * 10000)
-    rep = stage_report(ws)
+    rep = usage_report(ws)
     assert set(rep.areas) == {"incoming", "downlinks", "stage", "events", "logs"}
     assert rep.areas["incoming"].files == 5  # 2 sources, 2 RetDefs, manifest
     assert rep.downlinks["251125001"]["stage"].apparent == 10000
@@ -114,5 +114,5 @@ def test_console_api_functions(ws):
     assert [o.status for o in out] == ["accepted"]
     assert [d.dlid for d in api.downlinks(ws)] == ["251125001"]
     assert api.rejected(ws) == [] and api.locks(ws) == [] and api.stream_views(ws) == []
-    rep = api.stage(ws)
+    rep = api.usage(ws)
     assert rep.downlinks["251125001"]["incoming"].files == 5
