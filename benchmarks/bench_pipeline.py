@@ -37,13 +37,8 @@ from engine.store import Downlink, StateDB  # noqa: E402
 
 
 def _ws(root: Path, task: Path | None = None) -> Workspace:
-    ws = init_workspace(root)
-    cfg = ws.root / "skydeck.toml"
-    text = cfg.read_text().replace("reserve_bytes = 1_000_000_000", "reserve_bytes = 0")
-    if task is not None:
-        text = text.replace('task = "halfpipe"', f'task = "{task}"')
-    cfg.write_text(text)
-    return Workspace.open(root)
+    ws = init_workspace(root).with_overrides("disk", reserve_bytes=0)
+    return ws if task is None else ws.with_overrides("pipeline", task=str(task))
 
 
 def bench_latency(tmp: Path, n: int) -> dict:

@@ -119,10 +119,7 @@ def state_in(url: str | None) -> Iterator[None]:
 
 
 def _ws(root: Path) -> Workspace:
-    ws = init_workspace(root)
-    cfg = ws.root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace("reserve_bytes = 1_000_000_000", "reserve_bytes = 0"))
-    return Workspace.open(root)
+    return init_workspace(root).with_overrides("disk", reserve_bytes=0)
 
 
 # ---------------------------------------------------------------------- 2. latency
@@ -136,9 +133,7 @@ def registration(tmp: Path, n: int) -> dict[str, float]:
     was written into staging before the run, so it is not used)."""
     task = tmp / "noop.toml"
     task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "noop"\ncommand = ["true"]\n')
-    ws = _ws(tmp / "lat")
-    cfg = ws.root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace('task = "halfpipe"', f'task = "{task}"'))
+    ws = _ws(tmp / "lat").with_overrides("pipeline", task=str(task))
     staging = ws.root / "staging"
     staging.mkdir()
     dlids = [f"251127{k:03d}" for k in range(1, n + 1)]

@@ -36,10 +36,7 @@ class Feeder:
         fresh = not (root / "skydeck.toml").exists()
         ws = init_workspace(root)
         if fresh:  # a demo should run on a laptop with little free disk
-            cfg = ws.root / "skydeck.toml"
-            cfg.write_text(cfg.read_text().replace("reserve_bytes = 1_000_000_000",
-                                                   f"reserve_bytes = {DEMO_RESERVE}"))
-            ws = Workspace.open(root)
+            ws = ws.with_overrides("disk", reserve_bytes=DEMO_RESERVE)
         f = cls(ws, interval_s)
         f.log.parent.mkdir(parents=True, exist_ok=True)
         f._spawn(["watch"], wait=False)

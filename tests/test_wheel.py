@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.workspace import Workspace
 from engine.propagate import kernel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,12 +93,8 @@ def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path: Path) -> None:
     assert where.startswith(str(venv)), where  # the wheel's engine, not the checkout's
 
     sk("-w", "ws", "init")
-    config = cwd / "ws" / "skydeck.toml"
-    text = config.read_text()
-    for key, value in (("reserve_bytes", "0"), ("quiet_s", "0.0")):
-        line = next(x for x in text.splitlines() if x.startswith(f"{key} ="))
-        text = text.replace(line, f"{key} = {value}")
-    config.write_text(text)
+    Workspace.open(cwd / "ws").with_overrides("disk", reserve_bytes=0).with_overrides(
+        "watch", quiet_s=0.0)
     sk("-w", "ws", "mock", "--downlink", "261201001", "--events", "200", "--event-bytes", "400",
        "--chunks", "2", "--runs", "2", "--scene", "tboolean-box", "--gensteps-photons", "2000")
     sk("-w", "ws", "watch", "--once")

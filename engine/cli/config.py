@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from engine.cli import SUMMARY
+from engine.core.settings import toml_value
 from engine.core.workspace import CONFIG_NAME, Workspace
 
 
@@ -33,15 +34,6 @@ def effective(ws: Workspace) -> dict[str, dict[str, Any]]:
     url = ws.state_url  # $SKYDECK_STATE_URL wins; a password is never printed
     out["state"]["url"] = url.redacted if url else ""
     return out
-
-
-def toml_value(v: Any) -> str:
-    """A value as TOML writes it (strings as basic strings, which JSON's escapes are)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    return repr(v)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
+import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from typing import Any, Literal
@@ -200,6 +203,62 @@ class Settings:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+
+
+def toml_value(v: Any) -> str:
+    """A value as TOML writes it (strings as basic strings: JSON's escapes, plus DEL, a
+    control character TOML refuses and JSON leaves as it is)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    return repr(v)
+
+
+def _value_end(line: str) -> int:
+    """Where a ``key = value`` line's value ends (an inline comment may follow): the first
+    ``#`` before which the line is a whole TOML assignment, else the end of the line."""
+    for m in re.finditer("#", line):
+        try:
+            tomllib.loads(line[:m.start()])
+        except tomllib.TOMLDecodeError:
+            continue
+        return len(line[:m.start()].rstrip())
+    return len(line.rstrip())
+
+
+def set_keys(text: str, section: str, values: dict[str, Any]) -> str:
+    """skydeck.toml's text with keys of ``[section]`` set to ``values``: each key's line is
+    rewritten in place (its comments kept), a key the section lacks is added under its
+    header, a section the file lacks is appended. The caller checks the values
+    (``Settings.replace``) and parses the result."""
+    lines = text.splitlines(keepends=True)
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]")
+    start = end = None
+    for i, line in enumerate(lines):
+        m = header.match(line)
+        if m and start is not None and end is None:
+            end = i
+        if m and m.group(1) == section:
+            start = i
+    if start is None:
+        body = "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+        sep = "" if not text or text.endswith("\n") else "\n"
+        return f"{text}{sep}\n[{section}]\n{body}"
+    end = len(lines) if end is None else end
+    todo = dict(values)
+    for i in range(start + 1, end):
+        m = re.match(r"^(\s*)([A-Za-z0-9_]+)(\s*)=", lines[i])
+        if m and m.group(2) in todo:
+            line = lines[i]
+            cut = _value_end(line.rstrip("\n"))
+            tail = line.rstrip("\n")[cut:]
+            newline = "\n" if line.endswith("\n") else ""
+            lines[i] = (f"{m.group(1)}{m.group(2)}{m.group(3)}= "
+                        f"{toml_value(todo.pop(m.group(2)))}{tail}{newline}")
+    added = "".join(f"{k} = {toml_value(v)}\n" for k, v in todo.items())
+    lines.insert(start + 1, added)
+    return "".join(lines)
 
 
 def rules_of(section: type) -> dict[str, Rule]:

@@ -21,10 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from engine.core.atomic import atomic_path
 from engine.core.dburl import StateURL, parse_state_url
 from engine.core.errors import BadInput
 from engine.core.inputs import regular_file
-from engine.core.settings import Paths, Settings, parse_settings
+from engine.core.settings import Paths, Settings, parse_settings, set_keys
 
 CONFIG_NAME = "skydeck.toml"
 STATE_URL_ENV = "SKYDECK_STATE_URL"
@@ -138,6 +139,22 @@ class Workspace:
         else:
             settings = Settings()
         return cls(root=root, settings=settings)
+
+    def with_overrides(self, section: str, **values: Any) -> Workspace:
+        """This workspace with keys of one section set to ``values``, checked as the file's
+        keys are, and written into its skydeck.toml (each key's line rewritten, comments
+        kept; atomically), so the processes it starts (a daemon, jobs) read the same
+        settings. A setup step (``make demo``'s smaller reserve, a test's quiet time), not
+        something an engine command does behind an operator's back."""
+        self.settings.replace(section, **values)  # BadInput for an unknown key or bad value
+        cfg_path = self.root / CONFIG_NAME
+        text = cfg_path.read_text(encoding="utf-8") if cfg_path.exists() else ""
+        mode = cfg_path.stat().st_mode & 0o7777 if cfg_path.exists() else None
+        with atomic_path(cfg_path) as tmp:
+            tmp.write_text(set_keys(text, section, values), encoding="utf-8")
+            if mode is not None:  # a config holding a password stays private
+                os.chmod(tmp, mode)
+        return Workspace.open(self.root)
 
     def path(self, area: str) -> Path:
         if area not in PATH_KEYS:

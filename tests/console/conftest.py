@@ -19,11 +19,7 @@ FROZEN_NOW = 1795600000.0  # 2026-11-25 06:26:40 UTC: "now" for deterministic ag
 
 
 def make_ws(root: Path, reserve: int = 0) -> Workspace:
-    w = init_workspace(root)
-    cfg = w.root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace("reserve_bytes = 1_000_000_000",
-                                           f"reserve_bytes = {reserve}"))
-    return Workspace.open(w.root)
+    return init_workspace(root).with_overrides("disk", reserve_bytes=reserve)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from rich.console import Console
 from console.app import SkydeckApp
 from console.widgets.staging import StagingPanel, prune_line, render
 from engine.cli.main import main as engine_main
-from engine.core.workspace import Workspace
 from engine.mock.delivery import MockSpec, deliver
 
 from .conftest import make_ws, settle
@@ -26,10 +25,7 @@ async def test_staging_panel_shows_what_the_next_prune_frees(tmp_path, capsys):
     deliver(MockSpec(dlid="251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
                      seed=1), "fcopy", ws.incoming_fcopy)
     assert engine_main(["-w", str(ws.root), "run", "251125001"]) == 0
-    cfg = ws.root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace("logs_days = 30.0", "logs_days = 0.00001")
-                   .replace("fcopy_days = 7.0", "fcopy_days = 0.00001"))
-    ws = Workspace.open(ws.root)
+    ws = ws.with_overrides("retention", logs_days=0.00001, fcopy_days=0.00001)
     time.sleep(1.0)
     app = SkydeckApp(ws, poll_s=0.05, stage_every_s=0.2)
     async with app.run_test(size=(160, 45)) as pilot:

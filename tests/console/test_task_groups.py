@@ -45,9 +45,7 @@ command = ["{python}", "-c", "pass"]
 def tiny_ws(root: Path) -> api.Workspace:
     ws = make_ws(root)
     (ws.root / "tiny.toml").write_text(TINY)
-    cfg = ws.root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace('task = "halfpipe"', 'task = "tiny.toml"'))
-    ws = api.Workspace.open(ws.root)
+    ws = ws.with_overrides("pipeline", task="tiny.toml")
     now = FROZEN_NOW
     with StateDB(ws.state) as db:
         db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "x"), 3,

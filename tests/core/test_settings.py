@@ -9,9 +9,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.core.errors import BadInput
-from engine.core.settings import Settings, parse_settings
+from engine.core.settings import Settings, parse_settings, set_keys
 from engine.core.workspace import DEFAULT_CONFIG, Workspace, init_workspace, load_toml
 from tests.conftest import run_engine
 
@@ -74,3 +76,51 @@ def test_config_with_a_typo_is_exit_2_naming_the_key(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip() == (f"skydeck-engine: {cfg}: watch.quiet_s must be a number, "
                                   "got 'soon'")
+
+
+def test_with_overrides_rewrites_only_those_keys_and_keeps_the_comments(tmp_path: Path) -> None:
+    ws = init_workspace(tmp_path / "ws")
+    cfg = ws.root / "skydeck.toml"
+    cfg.chmod(0o600)
+    before = cfg.read_text().splitlines()
+    ws2 = ws.with_overrides("pipeline", launcher="slurm", max_jobs=7)
+    assert ws2.settings == Settings().replace("pipeline", launcher="slurm", max_jobs=7)
+    after = cfg.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.split("#")[0].split() for _, b in changed] == [
+        ["max_jobs", "=", "7"], ["launcher", "=", '"slurm"']]
+    # the inline comment that documents the key stays
+    assert all(a.partition("#")[2] == b.partition("#")[2] for a, b in changed)
+    assert cfg.stat().st_mode & 0o777 == 0o600  # a private config stays private
+    with pytest.raises(BadInput, match="unknown key pipeline.nope"):
+        ws.with_overrides("pipeline", nope=1)
+    with pytest.raises(BadInput, match="max_jobs"):
+        ws.with_overrides("pipeline", max_jobs=0)
+    assert Workspace.open(ws.root).settings == ws2.settings  # refused overrides wrote nothing
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(partition=_TEXT, account=_TEXT, time_limit=_TEXT)
+def test_any_text_value_round_trips_through_the_file(partition: str, account: str,
+                                                       time_limit: str) -> None:
+    """A value set by set_keys is read back by the TOML parser as the same value, whatever
+    its characters (quotes, #, newlines, backslashes), and the rest of the file is intact."""
+    text = DEFAULT_CONFIG.read_text()
+    out = set_keys(text, "slurm", {"partition": partition, "account": account,
+                                   "time_limit": time_limit})
+    doc = tomllib.loads(out)
+    assert doc["slurm"]["partition"] == partition and doc["slurm"]["account"] == account
+    assert doc["slurm"]["time_limit"] == time_limit
+    packaged = tomllib.loads(text)
+    assert {k: v for k, v in doc.items() if k != "slurm"} == {
+        k: v for k, v in packaged.items() if k != "slurm"}
+
+
+def test_set_keys_adds_a_missing_key_and_a_missing_section() -> None:
+    doc = tomllib.loads(set_keys("[watch]\nquiet_s = 1.0\n", "watch", {"polling": True}))
+    assert doc == {"watch": {"quiet_s": 1.0, "polling": True}}
+    doc = tomllib.loads(set_keys("[watch]\nquiet_s = 1.0", "disk", {"reserve_bytes": 5}))
+    assert doc == {"watch": {"quiet_s": 1.0}, "disk": {"reserve_bytes": 5}}
