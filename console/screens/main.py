@@ -159,7 +159,7 @@ class MainScreen(Screen[None]):
             del self.runners[dlid]
             if code == 0:
                 self.notify(f"stream {dlid} finished", title="run")
-            elif code == 3:
+            elif code == api.EXIT_BUSY:
                 self.notify(f"stream {dlid}: already claimed by another runner or the daemon "
                             f"(nothing ran twice); L opens {log}", title="run", severity="warning")
             else:
@@ -538,15 +538,15 @@ class MainScreen(Screen[None]):
         src = str(self.ws.incoming_level0 / dlid) if dlid else ""
         out = str(self.ws.root / "builds" / f"{dlid or 'build'}.h5")
 
-        def done(values: list[str] | None) -> None:
+        def done(values: dict[str, str] | None) -> None:
             if values:
-                inputs = values[0].split()
+                inputs, output = values["inputs"].split(), values["output"]
                 with contextlib.suppress(OSError):  # the build reports a missing directory
-                    Path(values[1]).parent.mkdir(parents=True, exist_ok=True)
-                args = ["build", *inputs, "-o", values[1]]
-                if values[2].strip():
-                    args += ["--select", values[2].strip()]
-                self._launch(f"build {Path(values[1]).name}", args)
+                    Path(output).parent.mkdir(parents=True, exist_ok=True)
+                args = ["build", *inputs, "-o", output]
+                if values["select"].strip():
+                    args += ["--select", values["select"].strip()]
+                self._launch(f"build {Path(output).name}", args)
 
         self.app.push_screen(FormScreen("Build events from files", [
             ("inputs", "input files or directories (space separated)", src),
@@ -560,12 +560,12 @@ class MainScreen(Screen[None]):
         scene = api.SCENES / f"{DEFAULT_SCENE}.toml"
         tag = time.strftime("console-%Y%m%dT%H%M%S")
 
-        def done(values: list[str] | None) -> None:
+        def done(values: dict[str, str] | None) -> None:
             if values:
-                scene_p = Path(values[0])
-                out = self.ws.events / scene_p.stem / values[2]
-                self._launch(f"propagate {scene_p.stem}",
-                             ["propagate", str(scene_p), "-o", str(out), "--photons", values[1]])
+                scene_p = Path(values["scene"])
+                out = self.ws.events / scene_p.stem / values["tag"]
+                self._launch(f"propagate {scene_p.stem}", ["propagate", str(scene_p), "-o",
+                                                           str(out), "--photons", values["photons"]])
 
         self.app.push_screen(FormScreen("Propagate photons through a scene", [
             ("scene", "scene TOML", str(scene)),

@@ -119,8 +119,8 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
         self.dismiss(None)
 
 
-class FormScreen(ModalScreen[list[str] | None]):
-    """A few labelled inputs; enter on the last submits, escape cancels."""
+class FormScreen(ModalScreen[dict[str, str] | None]):
+    """A few labelled inputs, returned by key; enter on the last submits, escape cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="form.cancel")]
 
@@ -138,8 +138,8 @@ class FormScreen(ModalScreen[list[str] | None]):
                 yield Button("Launch (enter)", variant="primary", id="ok")
                 yield Button("Cancel (esc)", id="cancel")
 
-    def _values(self) -> list[str]:
-        return [self.query_one(f"#f-{k}", Input).value for k, _, _ in self.fields]
+    def _values(self) -> dict[str, str]:
+        return {k: self.query_one(f"#f-{k}", Input).value for k, _, _ in self.fields}
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         inputs = list(self.query(Input))

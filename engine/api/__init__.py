@@ -33,7 +33,7 @@ for _module, _names in {
                            "engine_argv", "start_runner", "start_job", "Job", "Progress"),
     "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
     "engine.core.diskspace": ("human_bytes",),
-    "engine.core.errors": ("SkydeckError", "BadInput", "Busy"),
+    "engine.core.errors": ("SkydeckError", "BadInput", "Busy", "EXIT_BUSY"),
     "engine.core.workspace": ("Workspace", "init_workspace", "resolve_root", "ASSETS", "SCENES",
                               "scene_path", "scene_names"),
     "engine.pipeline.locks": ("LockInfo",),
@@ -47,7 +47,7 @@ for _module, _names in {
         _EXPORTS[_name] = _module
 
 __all__ = [  # the same names as _EXPORTS (a literal, for linters and type checkers)
-    'ASSETS', 'AreaTotal', 'BadInput', 'Busy', 'ChangeProbe', 'Comparison', 'DAEMON_LOG',
+    'ASSETS', 'AreaTotal', 'BadInput', 'Busy', 'ChangeProbe', 'EXIT_BUSY', 'Comparison', 'DAEMON_LOG',
     'Delivery', 'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir',
     'FaceMap', 'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo',
     'LogFile', 'Monitor', 'ProcessInstance', 'Progress', 'PrunePlan', 'RollbackPlan',
@@ -121,7 +121,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     )
     from engine.api.rows import STATES, DownlinkRow, DownlinkRows, downlink_rows, reason_first
     from engine.core.diskspace import human_bytes
-    from engine.core.errors import BadInput, Busy, SkydeckError
+    from engine.core.errors import EXIT_BUSY, BadInput, Busy, SkydeckError
     from engine.core.workspace import (
         ASSETS,
         SCENES,
