@@ -155,3 +155,116 @@ def test_citations_stay_inside_the_repository() -> None:
     bad = [f"{rel}: {m.group(0)}" for rel, path in files
            for m in outside.finditer(path.read_text(encoding="utf-8", errors="replace"))]
     assert bad == []
+
+
+def _engine_graph() -> dict[str, set[str]]:
+    """module -> the engine and console modules it imports: ``from pkg import name`` is an
+    arrow to ``pkg.name`` when that is a module, else to ``pkg`` (its ``__init__``)."""
+    parsed = _parsed()
+    modules = {_module(rel) for rel, _ in parsed}
+    graph: dict[str, set[str]] = {}
+    for rel, tree in parsed:
+        me = _module(rel)
+        package = me if rel.endswith("__init__.py") else me.rpartition(".")[0]
+        out: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                subs = {f"{mod}.{a.name}" for a in node.names} & modules
+                out |= subs
+                if len(subs) < len(node.names):  # some names are the package's own
+                    out.add(mod)
+        graph[me] = {m for m in out if m in modules and m != me}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on.add(m)
+        for n in graph.get(m, ()):
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            comp = []
+            while True:
+                n = stack.pop()
+                on.discard(n)
+                comp.append(n)
+                if n == m:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for m in sorted(graph):
+        if m not in index:
+            visit(m)
+    return out
+
+
+def test_no_import_circle() -> None:
+    """No two engine or console modules import each other, directly or around a loop (a
+    lazy import inside a function counts: the loop is still there for a reader)."""
+    assert _circles(_engine_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+LAUNCHERS = "engine.pipeline.launchers"
+ONE_LAUNCHER = {p.stem for p in (ROOT / "engine/pipeline/launchers").glob("*.py")} - {
+    "__init__", "base"}
+
+
+def test_launchers_only_through_the_registry() -> None:
+    """Outside ``engine/pipeline/launchers/`` a launcher is reached through the registry
+    (``engine.pipeline.launchers``: make_launcher, the shared types), never by importing one
+    launcher's module, and no code names a batch system: a new launcher is one file there.
+    ("local" stays a word of the task file and the default config: the launcher that runs
+    on this host.)"""
+    bad = []
+    for rel, tree in _parsed():
+        if rel.startswith("engine/pipeline/launchers/"):
+            continue
+        bad += [f"{rel}: {m}" for m in _imports(rel, tree)
+                if m.startswith(LAUNCHERS + ".") and m.split(".")[3] in ONE_LAUNCHER]
+        docs = _docstrings(tree)
+        bad += [f"{rel}:{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+                if isinstance(n, ast.Constant) and n.value in ("slurm", "sbatch", ".sbatch")
+                and id(n) not in docs]
+    assert bad == []
+
+
+WRITERS = {"tx", "unlock", "acquire", "release", "take_over", "process_all", "process",
+           "reject", "set_halt", "clear_halt", "create_instance", "update_instance",
+           "claim_stream", "release_stream", "unlink", "rename", "replace", "rmdir",
+           "write_text", "write_bytes", "mkdir", "apply", "prune"}
+
+
+def test_listings_only_read() -> None:
+    """``engine/api/listings.py`` is what the CLI listings print and the console shows; what
+    changes something lives in ``engine/api/actions.py``."""
+    tree = ast.parse((ROOT / "engine/api/listings.py").read_text(encoding="utf-8"))
+    calls = sorted({n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr in WRITERS})
+    names = sorted({a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    for a in n.names if a.name in WRITERS})
+    assert (calls, names) == ([], [])

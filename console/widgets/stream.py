@@ -44,7 +44,7 @@ def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float],
             t.append(f" {bar(frac, 8)} {frac * 100:2.0f}%~", style="yellow")
         else:
             t.append(f" {bar(0.0, 8)}  ?%", style="yellow")
-    if pi.job_id and pi.launcher != "local":  # a batch job: what squeue knows it by
+    if pi.job_id:  # recorded for a batch job only: what its queue knows it by
         t.append(f" {pi.launcher}:{pi.job_id}", style="dim")
     elif pi.pid is not None:
         t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")

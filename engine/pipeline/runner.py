@@ -31,11 +31,10 @@ from engine.core.errors import BadInput, Busy
 from engine.core.owner import Owner
 from engine.core.workspace import Workspace
 from engine.intake import manifest
-from engine.pipeline import locks, resume
+from engine.pipeline import locks, resume, scriptlets
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.instance import InstanceView, Running, render
 from engine.pipeline.launchers import JobResult, JobSpec, Launcher
-from engine.pipeline.scriptlets import SCRIPTLETS
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
 from engine.store import DONE_PI, ProcessInstance, StateDB, Stream
@@ -282,8 +281,10 @@ class StreamRunner:
     def _run_scriptlet(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
         self.db.update_instance(pi.id, status="RUNNING", started=time.time(), host=self.owner.host,
                                 pid=self.owner.pid, pid_start=self.owner.start)
+        call = scriptlets.Call(self.dlid, Path(self.dl.level0), self.view.outdir, pdef.name,
+                               pi.id, self.stream.id)
         try:  # parse_task accepts only the registered names
-            SCRIPTLETS[str(pdef.scriptlet)](self.view, self.db, self.stream, pdef, pi)
+            scriptlets.SCRIPTLETS[str(pdef.scriptlet)](call, self.db)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 # the disk is full, nothing is wrong with the downlink: held, run again on a

@@ -3,46 +3,54 @@
 
 Why a registry: a task file names a scriptlet (``scriptlet = "launch_chunks"``); the task
 parser accepts exactly the names in ``SCRIPTLETS`` and the runner calls the function there,
-so a new scriptlet is one function and one line here. A scriptlet must be idempotent: on a
-full disk the runner holds the instance and runs it again on a later step. It raises
-OSError or ValueError for a failure (the runner records the reason).
+so a new scriptlet is one function and one line here. A scriptlet gets a ``Call`` (the
+instance it runs for, plain values) and the state database; it must be idempotent (on a
+full disk the runner holds the instance and runs it again on a later step) and raises
+OSError or ValueError for a failure (the runner records the reason). It imports nothing of
+the pipeline, so the task parser can import the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.core.atomic import atomic_write_bytes
 from engine.intake import manifest
 
-if TYPE_CHECKING:  # the runner passes these; the task parser imports only the names
-    from engine.pipeline.instance import InstanceView
-    from engine.pipeline.task import ProcessDef
-    from engine.store import ProcessInstance, StateDB, Stream
-
-Scriptlet = Callable[["InstanceView", "StateDB", "Stream", "ProcessDef", "ProcessInstance"], None]
+if TYPE_CHECKING:
+    from engine.store import StateDB
 
 
-def launch_chunks(view: InstanceView, db: StateDB, stream: Stream, pdef: ProcessDef,
-                  pi: ProcessInstance) -> None:
+@dataclass(frozen=True)
+class Call:
+    """The instance a scriptlet runs for."""
+
+    dlid: str
+    level0: Path      # the delivery's level-0 directory
+    outdir: Path      # HalfPipe's outputBase/<DLID>
+    process: str
+    pi_id: int
+    stream_id: int
+
+
+def launch_chunks(call: Call, db: StateDB) -> None:
     """HalfPipe's launchChunks: one makeEvt substream per RetDef (copied to outputBase)."""
-    dlid = view.dlid
-    level0 = Path(view.dl.level0)
-    view.outdir.mkdir(parents=True, exist_ok=True)
+    call.outdir.mkdir(parents=True, exist_ok=True)
     chunks = []
-    for rd in sorted(level0.glob(f"RetDef-{dlid}-*.xml")):
-        target = view.outdir / rd.name
+    for rd in sorted(call.level0.glob(f"RetDef-{call.dlid}-*.xml")):
+        target = call.outdir / rd.name
         data = rd.read_bytes()
         if not target.exists() or target.read_bytes() != data:
             atomic_write_bytes(target, data)
-        db.record_file(target, pdef.name, pi.id, dlid, manifest.md5_file(target))
-        chunks.append(rd.name[len(f"RetDef-{dlid}-"):-len(".xml")])
+        db.record_file(target, call.process, call.pi_id, call.dlid, manifest.md5_file(target))
+        chunks.append(rd.name[len(f"RetDef-{call.dlid}-"):-len(".xml")])
     if not chunks:
-        raise ValueError(f"no RetDef-{dlid}-*.xml in {level0}")
-    db.set_stream_vars(stream.id, chunks=chunks)
+        raise ValueError(f"no RetDef-{call.dlid}-*.xml in {call.level0}")
+    db.set_stream_vars(call.stream_id, chunks=chunks)
 
 
 # name in a task file -> the function: the one registration of each scriptlet
-SCRIPTLETS: dict[str, Scriptlet] = {"launch_chunks": launch_chunks}
+SCRIPTLETS: dict[str, Callable[[Call, StateDB], None]] = {"launch_chunks": launch_chunks}
