@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _refuse_live_daemon(ws: Workspace) -> None:
-    from engine.api.metrics import BEATS_PER_HEALTH, read_heartbeats
+    from engine.api.metrics import read_heartbeats
+    from engine.api.thresholds import BEATS_PER_HEALTH
     here, now = socket.gethostname(), time.time()
     for hb in read_heartbeats(ws):
         dead, why = hb.dead()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.api.metrics import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S, health
+from engine.api.metrics import health
+from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.cli import SUMMARY
 from engine.cli.numbers import float_in
 from engine.core.errors import EXIT_FAILED

@@ -16,6 +16,7 @@ from pathlib import Path
 from engine.cli import SUMMARY
 from engine.core.errors import BadInput
 from engine.propagate import kernel
+from engine.propagate.options import COMPILERS, DEFAULT_ARCHS
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,11 +26,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         help="compile the kernel (NVRTC, else nvcc) into the kernel cache or a file")
     b.add_argument("--arch", action="append", default=None,
                    help="sm_XX (cubin) or compute_XX (PTX); repeatable "
-                        f"(default: {' '.join(kernel.DEFAULT_ARCHS)})")
+                        f"(default: {' '.join(DEFAULT_ARCHS)})")
     b.add_argument("-o", "--output", type=Path, default=None,
                    help="a FILE (one --arch) or an existing DIR (cache names); "
                         "default: the kernel cache")
-    b.add_argument("--compiler", choices=kernel.COMPILERS, default="auto",
+    b.add_argument("--compiler", choices=COMPILERS, default="auto",
                    help="auto: NVRTC if it loads, else nvcc")
     b.add_argument("--json", action="store_true", help="print one JSON object per image")
     b.set_defaults(func=run_build)
@@ -50,7 +51,7 @@ def _targets(archs: list[str], out: Path | None) -> list[tuple[str, Path]]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    archs = list(dict.fromkeys(kernel.parse_arch(a) for a in (args.arch or kernel.DEFAULT_ARCHS)))
+    archs = list(dict.fromkeys(kernel.parse_arch(a) for a in (args.arch or DEFAULT_ARCHS)))
     for arch, path in _targets(archs, args.output):
         img = kernel.compile_image(arch, args.compiler)
         kernel.store(img, path)

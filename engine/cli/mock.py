@@ -12,8 +12,9 @@ from engine.cli.numbers import INT64_MAX, int_in
 from engine.core.diskspace import env_reserve
 from engine.core.progress import progress
 from engine.core.workspace import Workspace
-from engine.mock.delivery import MAX_EVENT_BYTES, MAX_EVENTS, MockSpec, deliver
-from engine.propagate.scene import MAX_PHOTONS
+from engine.mock.delivery import MockSpec, deliver
+from engine.mock.limits import MAX_EVENT_BYTES, MAX_EVENTS
+from engine.propagate.options import MAX_PHOTONS
 
 
 def _default_dlid() -> str:

@@ -12,8 +12,8 @@ from engine.core.diskspace import env_reserve, human_bytes
 from engine.core.errors import BadInput
 from engine.core.progress import progress
 from engine.core.workspace import Workspace, scene_arg
-from engine.propagate.backends import BACKENDS
-from engine.propagate.event import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES, Request, propagate
+from engine.propagate.event import Request, propagate
+from engine.propagate.options import BACKENDS, DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
