@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.builder.options import MAX_BATCH
+from engine.builder.limits import MAX_BATCH
 from engine.cli import SUMMARY
 from engine.cli.numbers import INT64_MAX, int_in
 
