@@ -40,6 +40,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from engine import __version__
+from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.diskspace import existing_parent
 from engine.core.errors import Busy
 from engine.core.owner import Owner, owner_dead
@@ -54,8 +55,6 @@ DELIVERY_STATES = ("CLAIMED", "PENDING", "ACCEPTED", "REJECTED")
 LATENCY_RECENT = 100            # registrations the latency summary covers
 LATENCY_QUANTILES = (0.5, 0.9, 1.0)
 HEARTBEAT_DIR = "heartbeat"     # under [paths] logs
-BEATS_PER_HEALTH = 4            # a heartbeat older than this many intervals is stale
-DEFAULT_STUCK_AFTER_S = 6 * 3600.0
 FREE_AREAS = ("downlinks", "stage")  # the output areas the disk reserve guards
 
 

@@ -3,7 +3,7 @@
 Done the way the trilogy's authors wished it were (docs/eventbuilder.md A.4),
 in parts that each do one thing:
 
-- ``options``: what a build is asked (``BuildOptions``, ``MAX_BATCH``);
+- ``options``: what a build is asked (``BuildOptions``; ``MAX_BATCH`` from ``limits``);
 - ``plan``: rank 0 validates the inputs and reads only timestamps and small data, selects
   events (``select``), matches every source with a sorted search (``match``);
 - ``output``: it creates the output file with all metadata and the small datasets, and the

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.builder.limits import MAX_BATCH
 from engine.core.errors import BadInput
-
-MAX_BATCH = 1 << 20  # events per batch: each worker holds two batch buffers per source
 
 
 @dataclass

@@ -1,18 +1,16 @@
-"""`skydeck-engine build`: the event builder (plain, or under `mpiexec -n K`)."""
+"""`skydeck-engine build`: the event builder (plain, or under `mpiexec -n K`).
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from engine.builder.build import build, is_rank0
-from engine.builder.options import MAX_BATCH, BuildOptions
+from engine.builder.limits import MAX_BATCH
 from engine.cli import SUMMARY
 from engine.cli.numbers import INT64_MAX, int_in
-from engine.core.diskspace import env_reserve, human_bytes
-from engine.core.progress import progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -45,6 +43,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from engine.builder.build import build, is_rank0
+    from engine.builder.options import BuildOptions
+    from engine.core.diskspace import env_reserve, human_bytes
+    from engine.core.progress import progress
+
     opt = BuildOptions(
         inputs=args.inputs, output=args.output, select=args.select, batch=args.batch,
         timestamp_path=args.timestamp_path, data_path=args.data_path,

@@ -3,7 +3,7 @@
 Generated, not written by hand, so that it never lags behind a new command or option: shtab
 walks the same ``argparse`` parser that runs the commands (``engine.cli.main.build_parser``,
 every command registered). Options that take a path complete file names, ``-w`` a directory.
-shtab is imported here only, so ``--help`` and every other command never load it.
+shtab is imported in ``script()`` only, so ``--help`` and every other command never load it.
 
     skydeck-engine completion bash > ~/.local/share/bash-completion/completions/skydeck-engine
     skydeck-engine completion zsh > "${fpath[1]}/_skydeck-engine"
@@ -12,8 +12,6 @@ shtab is imported here only, so ``--help`` and every other command never load it
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from engine.cli import SUMMARY
 
@@ -41,6 +39,8 @@ def _walk(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def script(shell: str) -> str:
     """The completion script for ``shell`` (one of ``SHELLS``)."""
+    from pathlib import Path
+
     import shtab  # here only: no other command pays for it
 
     from engine.cli.main import PROG, build_parser
@@ -56,5 +56,7 @@ def script(shell: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     sys.stdout.write(script(args.shell))
     return 0

@@ -7,17 +7,19 @@ prints exactly that, so an operator need not reconstruct it from the file, the p
 defaults and the resolution rules. Opening the workspace checks the file: an unknown section
 or key, or a bad value, is exit 2 with one line, as for every other command. The state URL
 is the one in effect (``$SKYDECK_STATE_URL`` over the file), its password shown as ``***``.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import SUMMARY
-from engine.core.settings import toml_value
-from engine.core.workspace import CONFIG_NAME, Workspace
+
+if TYPE_CHECKING:
+    from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -37,6 +39,11 @@ def effective(ws: Workspace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.settings import toml_value
+    from engine.core.workspace import CONFIG_NAME, Workspace
+
     ws = Workspace.open(args.workspace)
     settings = effective(ws)
     if args.json:

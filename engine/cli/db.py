@@ -12,19 +12,20 @@ been edited by hand, and a URL with a password needs a file only its owner can r
 Exit codes: 0 copied and verified; 1 the copy did not verify (nothing kept in the target);
 2 bad usage, no SQLite state, a target that is not empty or cannot be reached; 3 a daemon
 or a runner is live (stop it first).
+
+Its machinery is imported in ``run_copy()``, not here: ``--help`` must stay light
+(test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import socket
-import time
+from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
-from engine.core.dburl import parse_state_url
-from engine.core.errors import BadInput, Busy
-from engine.core.workspace import CONFIG_NAME, STATE_URL_ENV, Workspace
+
+if TYPE_CHECKING:
+    from engine.core.workspace import Workspace
 
 EPILOG = """\
 copy: the SQLite state of the workspace (downlinks, deliveries, streams, process
@@ -54,7 +55,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _refuse_live_daemon(ws: Workspace) -> None:
-    from engine.api.metrics import BEATS_PER_HEALTH, read_heartbeats
+    import socket
+    import time
+
+    from engine.api.metrics import read_heartbeats
+    from engine.api.thresholds import BEATS_PER_HEALTH
+    from engine.core.errors import Busy
+
     here, now = socket.gethostname(), time.time()
     for hb in read_heartbeats(ws):
         dead, why = hb.dead()
@@ -67,6 +74,13 @@ def _refuse_live_daemon(ws: Workspace) -> None:
 
 
 def run_copy(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.dburl import parse_state_url
+    from engine.core.errors import BadInput
+    from engine.core.workspace import CONFIG_NAME, STATE_URL_ENV, Workspace
+    from engine.store.copy import copy_state
+
     target = parse_state_url(args.to, "--to")
     ws = Workspace.open(args.workspace)
     if ws.state_url is not None:
@@ -74,7 +88,6 @@ def run_copy(args: argparse.Namespace) -> int:
                        f"${STATE_URL_ENV} or [state] url); db copy moves the SQLite file",
                        ws.root / CONFIG_NAME)
     _refuse_live_daemon(ws)
-    from engine.store.copy import copy_state
     report = copy_state(ws.state_db, target)
     if args.json:
         print(json.dumps(report.as_json()))

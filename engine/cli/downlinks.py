@@ -1,14 +1,13 @@
-"""`skydeck-engine downlinks`: registered downlinks, pending and rejected deliveries."""
+"""`skydeck-engine downlinks`: registered downlinks, pending and rejected deliveries.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
-from engine.api.listings import downlink_listing
 from engine.cli import SUMMARY
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,6 +18,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from engine.api.listings import downlink_listing
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     listing = downlink_listing(ws)
     dls, streams = listing.downlinks, listing.streams

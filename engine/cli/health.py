@@ -4,18 +4,17 @@ A monitoring probe (Nagios, Consul, a systemd timer, Kubernetes' exec probe) wan
 code and a line it can show: exit 0 when the workspace is healthy, 1 when a check failed
 (one line per failed check on stdout), 2 for bad usage or no workspace, as every command.
 The checks and what "stuck" means are ``engine.api.metrics.health``'s (and the help below).
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
-from engine.api.metrics import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S, health
+from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.cli import SUMMARY
 from engine.cli.numbers import float_in
-from engine.core.errors import EXIT_FAILED
-from engine.core.workspace import Workspace
 
 EPILOG = f"""\
 checks:
@@ -51,6 +50,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.api.metrics import health
+    from engine.core.errors import EXIT_FAILED
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     checks = health(ws, heartbeat_max_age=args.heartbeat_max_age, stuck_after=args.stuck_after)
     healthy = all(c.ok for c in checks)

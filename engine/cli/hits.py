@@ -1,13 +1,14 @@
-"""`skydeck-engine hits DIR [--vs DIR] [--json]`: hit summary of a propagation event."""
+"""`skydeck-engine hits DIR [--vs DIR] [--json]`: hit summary of a propagation event.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from engine.cli import SUMMARY
-from engine.propagate.hits import compare, render_comparison, render_text, summarize
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -20,6 +21,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.propagate.hits import compare, render_comparison, render_text, summarize
+
     summary = summarize(args.event)
     cmp_ = compare(args.event, args.vs) if args.vs is not None else None
     if args.json:

@@ -4,20 +4,21 @@
 PostgreSQL"): the schema is created there and a new skydeck.toml records the URL in
 ``[state] url`` (mode 0600 when the URL carries a password). An existing skydeck.toml is
 never rewritten: one whose state is elsewhere is refused with what to do instead.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
-from engine.core.dburl import StateURL, parse_state_url
-from engine.core.errors import BadInput
-from engine.core.workspace import AREAS, CONFIG_NAME, DEFAULT_CONFIG, init_workspace, resolve_root
-from engine.store import init_state
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine.core.dburl import StateURL
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -33,6 +34,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def _write_config_with_url(cfg: Path, url: StateURL) -> None:
     """A new skydeck.toml: the packaged default with ``[state] url`` set to ``url``,
     written atomically (mode 0600 when the URL carries a password)."""
+    import json
+    import os
+
+    from engine.core.errors import BadInput
+    from engine.core.workspace import DEFAULT_CONFIG
+
     lines = DEFAULT_CONFIG.read_text(encoding="utf-8").splitlines(keepends=True)
     start = lines.index("[state]\n")
     at = next(i for i in range(start, len(lines)) if lines[i].startswith('url = ""'))
@@ -51,6 +58,13 @@ def _write_config_with_url(cfg: Path, url: StateURL) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.dburl import parse_state_url
+    from engine.core.errors import BadInput
+    from engine.core.workspace import AREAS, CONFIG_NAME, init_workspace, resolve_root
+    from engine.store import init_state
+
     url = parse_state_url(args.state, "--state") if args.state else None
     cfg = resolve_root(args.workspace) / CONFIG_NAME
     fresh_config = not cfg.exists()

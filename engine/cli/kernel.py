@@ -5,17 +5,18 @@ Why: GPU nodes should need the driver only. A site runs this once where NVRTC (t
 read (``$SKYDECK_KERNEL_CACHE``, default ``~/.cache/skydeck/kernels``) or into a shared
 folder that the nodes' ``SKYDECK_KERNEL_CACHE`` names. ``sm_XX`` gives a cubin for that
 chip, ``compute_XX`` PTX that the driver compiles for that chip and newer ones.
+
+Its machinery is imported in ``run_build()``, not here: ``--help`` must stay light
+(test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from engine.cli import SUMMARY
-from engine.core.errors import BadInput
-from engine.propagate import kernel
+from engine.propagate.options import COMPILERS, DEFAULT_ARCHS
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,11 +26,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         help="compile the kernel (NVRTC, else nvcc) into the kernel cache or a file")
     b.add_argument("--arch", action="append", default=None,
                    help="sm_XX (cubin) or compute_XX (PTX); repeatable "
-                        f"(default: {' '.join(kernel.DEFAULT_ARCHS)})")
+                        f"(default: {' '.join(DEFAULT_ARCHS)})")
     b.add_argument("-o", "--output", type=Path, default=None,
                    help="a FILE (one --arch) or an existing DIR (cache names); "
                         "default: the kernel cache")
-    b.add_argument("--compiler", choices=kernel.COMPILERS, default="auto",
+    b.add_argument("--compiler", choices=COMPILERS, default="auto",
                    help="auto: NVRTC if it loads, else nvcc")
     b.add_argument("--json", action="store_true", help="print one JSON object per image")
     b.set_defaults(func=run_build)
@@ -37,6 +38,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def _targets(archs: list[str], out: Path | None) -> list[tuple[str, Path]]:
     """(arch, path) per image; every problem is found before anything compiles."""
+    from engine.core.errors import BadInput
+    from engine.propagate import kernel
+
     if out is not None and out.is_dir():
         return [(a, out / kernel.image_name(a)) for a in archs]
     if out is not None:
@@ -50,7 +54,11 @@ def _targets(archs: list[str], out: Path | None) -> list[tuple[str, Path]]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    archs = list(dict.fromkeys(kernel.parse_arch(a) for a in (args.arch or kernel.DEFAULT_ARCHS)))
+    import json
+
+    from engine.propagate import kernel
+
+    archs = list(dict.fromkeys(kernel.parse_arch(a) for a in (args.arch or DEFAULT_ARCHS)))
     for arch, path in _targets(archs, args.output):
         img = kernel.compile_image(arch, args.compiler)
         kernel.store(img, path)

@@ -1,13 +1,13 @@
-"""`skydeck-engine locks`: every lock with kind, owner, age and a stale verdict with reason."""
+"""`skydeck-engine locks`: every lock with kind, owner, age and a stale verdict with reason.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 
-from engine.api.listings import locks
 from engine.cli import SUMMARY
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.api.listings import locks
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     infos = locks(ws)
     if args.json:

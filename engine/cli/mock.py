@@ -1,22 +1,22 @@
-"""`skydeck-engine mock`: make a mock delivery (level-0 directory, fcopy package, or plain dir)."""
+"""`skydeck-engine mock`: make a mock delivery (level-0 directory, fcopy package, or plain dir).
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import INT64_MAX, int_in
-from engine.core.diskspace import env_reserve
-from engine.core.progress import progress
-from engine.core.workspace import Workspace
-from engine.mock.delivery import MAX_EVENT_BYTES, MAX_EVENTS, MockSpec, deliver
-from engine.propagate.scene import MAX_PHOTONS
+from engine.mock.limits import MAX_EVENT_BYTES, MAX_EVENTS
+from engine.propagate.options import MAX_PHOTONS
 
 
 def _default_dlid() -> str:
+    from datetime import UTC, datetime
+
     return datetime.now(UTC).strftime("%y%m%d") + "001"
 
 
@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.diskspace import env_reserve
+    from engine.core.progress import progress
+    from engine.core.workspace import Workspace
+    from engine.mock.delivery import MockSpec, deliver
+
     spec = MockSpec(dlid=args.downlink or _default_dlid(), sources=args.sources, events=args.events,
                     event_bytes=args.event_bytes, runs=args.runs, chunks=args.chunks, seed=args.seed,
                     scene=args.scene, gensteps_photons=args.gensteps_photons)

@@ -1,19 +1,16 @@
-"""`skydeck-engine propagate SCENE -o DIR`: one optical-photon propagation event."""
+"""`skydeck-engine propagate SCENE -o DIR`: one optical-photon propagation event.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
-from engine.core.diskspace import env_reserve, human_bytes
-from engine.core.errors import BadInput
-from engine.core.progress import progress
-from engine.core.workspace import Workspace, scene_arg
-from engine.propagate.backends import BACKENDS
-from engine.propagate.event import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES, Request, propagate
+from engine.propagate.options import BACKENDS, DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,6 +39,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.diskspace import env_reserve, human_bytes
+    from engine.core.errors import BadInput
+    from engine.core.progress import progress
+    from engine.core.workspace import Workspace, scene_arg
+    from engine.propagate.event import Request, propagate
+
     reserve = env_reserve()
     if args.workspace is not None:
         reserve = Workspace.open(args.workspace).reserve_bytes

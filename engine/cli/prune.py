@@ -5,17 +5,19 @@ operator short of space, a cron job on a workspace without a daemon, or someone 
 new policy (``--dry-run``) needs the same thing by hand. It prints every file it removes
 (or would), the events rows, what it kept back and why, and the bytes per area; exit 0
 (a file that could not be removed is listed under its error, and left).
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
-from engine.core.diskspace import human_bytes
-from engine.core.workspace import Workspace
-from engine.pipeline.retention import AreaTotal, PruneCandidate, prune
+
+if TYPE_CHECKING:
+    from engine.pipeline.retention import AreaTotal, PruneCandidate
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,6 +38,8 @@ def _what(c: PruneCandidate) -> str:
 
 
 def _table(areas: dict[str, AreaTotal]) -> list[str]:
+    from engine.core.diskspace import human_bytes
+
     lines = [f"{'AREA':14s} {'FILES':>7s} {'ROWS':>9s} {'BYTES':>10s}"]
     for area, t in areas.items():
         lines.append(f"{area:14s} {t.files:7d} {t.rows:9d} {human_bytes(t.bytes):>10s}")
@@ -45,6 +49,12 @@ def _table(areas: dict[str, AreaTotal]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.core.diskspace import human_bytes
+    from engine.core.workspace import Workspace
+    from engine.pipeline.retention import prune
+
     ws = Workspace.open(args.workspace)
     plan, res = prune(ws, dry_run=args.dry_run)
     if args.json:

@@ -1,13 +1,13 @@
-"""`skydeck-engine rollback DLID [PROCESS[:KEY]...]`: re-run instances and what depends on them."""
+"""`skydeck-engine rollback DLID [PROCESS[:KEY]...]`: re-run instances and what depends on them.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 
-from engine.api import rollback
 from engine.cli import SUMMARY
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.api import rollback
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     res = rollback(ws, args.dlid, args.targets, task_name=args.task)
     if args.json:

@@ -1,25 +1,14 @@
-"""`skydeck-engine run DLID`: run one downlink's stream in the foreground."""
+"""`skydeck-engine run DLID`: run one downlink's stream in the foreground.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
-import sys
-import time
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
-from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
-from engine.core.ids import parse_dlid
-from engine.core.interrupt import EXIT_TERMINATED
-from engine.core.log import emit_event, logger
-from engine.core.workspace import Workspace
-from engine.intake import deliveries
-from engine.pipeline.launchers import make_launcher
-from engine.pipeline.runner import run_stream
-from engine.pipeline.task import load_task
-from engine.store import StateDB
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -31,6 +20,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import sys
+    import time
+
+    from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
+    from engine.core.ids import parse_dlid
+    from engine.core.interrupt import EXIT_TERMINATED
+    from engine.core.log import emit_event, logger
+    from engine.core.workspace import Workspace
+    from engine.intake import deliveries
+    from engine.pipeline.launchers import make_launcher
+    from engine.pipeline.runner import run_stream
+    from engine.pipeline.task import load_task
+    from engine.store import StateDB
+
     ws = Workspace.open(args.workspace)
     dlid = parse_dlid(args.dlid)
     task = load_task(ws, args.task)

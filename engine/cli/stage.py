@@ -1,16 +1,14 @@
-"""`skydeck-engine stage`: disk usage per area and per downlink, free space and reserve."""
+"""`skydeck-engine stage`: disk usage per area and per downlink, free space and reserve.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
-from engine.api.listings import usage
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
-from engine.core.diskspace import human_bytes
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,6 +19,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from engine.api.listings import usage
+    from engine.core.diskspace import human_bytes
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     t0 = time.perf_counter()
     rep = usage(ws, args.workers)

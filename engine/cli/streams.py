@@ -1,15 +1,13 @@
-"""`skydeck-engine streams`: streams and their process instances (Pipeline-II statuses)."""
+"""`skydeck-engine streams`: streams and their process instances (Pipeline-II statuses).
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from dataclasses import asdict
 
-from engine.api.listings import stream_views
 from engine.cli import SUMMARY
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,10 +19,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _t(x: float | None) -> str:
+    import time
+
     return time.strftime("%H:%M:%S", time.localtime(x)) if x else "-"
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from engine.api.listings import stream_views
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     views = stream_views(ws, args.dlid, latest_only=not args.all)
     if args.json:

@@ -1,16 +1,13 @@
-"""`skydeck-engine unlock LOCK`: remove a proven-stale lock, or any with --force + confirmation."""
+"""`skydeck-engine unlock LOCK`: remove a proven-stale lock, or any with --force + confirmation.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from engine.api.actions import unlock
-from engine.api.listings import lock_status
 from engine.cli import SUMMARY
-from engine.core.errors import BadInput
-from engine.core.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,6 +21,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from engine.api.actions import unlock
+    from engine.api.listings import lock_status
+    from engine.core.errors import BadInput
+    from engine.core.workspace import Workspace
+
     ws = Workspace.open(args.workspace)
     path, info = lock_status(ws, args.lock)
     if args.force and not info.stale and not args.yes:

@@ -1,12 +1,13 @@
-"""`skydeck-engine verify`: check built events against their source files."""
+"""`skydeck-engine verify`: check built events against their source files.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from engine.builder.verify import verify_built
 from engine.cli import SUMMARY
 
 
@@ -19,6 +20,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.builder.verify import verify_built
+
     code = 0
     for f in args.files:
         rep = verify_built(f)

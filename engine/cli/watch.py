@@ -1,16 +1,15 @@
 """`skydeck-engine watch [--once] [--polling] [--metrics-port PORT]`: the directory-watch
-daemon (engine/daemon.py); its metrics textfile and heartbeat: engine/api/metrics.py."""
+daemon (engine/daemon.py); its metrics textfile and heartbeat: engine/api/metrics.py.
+
+Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import float_in, int_in
-from engine.core.errors import EXIT_FAILED, EXIT_USAGE
-from engine.core.workspace import Workspace
-from engine.daemon import run_daemon
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -32,6 +31,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from engine.core.errors import EXIT_FAILED, EXIT_USAGE
+    from engine.core.workspace import Workspace
+    from engine.daemon import run_daemon
+
     ws = Workspace.open(args.workspace)
     if args.interval is not None:
         ws.settings = ws.settings.replace("watch", poll_interval_s=args.interval)

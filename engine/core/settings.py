@@ -32,7 +32,7 @@ DAY_S = 86400.0
 MAX_DAYS = 100 * 365.0  # a retention age beyond a century is a typo
 POLLING_TRUE = ("true", "yes", "1")
 POLLING_FALSE = ("false", "no", "0")
-MAX_BATCH = 1 << 20  # engine.builder.build.MAX_BATCH (not imported: the builder pulls h5py)
+MAX_BATCH = 1 << 20  # engine.builder.limits.MAX_BATCH (not imported: engine/core imports no other engine package)
 
 Polling = bool | Literal["auto"]
 

@@ -30,14 +30,13 @@ from engine.core.errors import BadInput
 from engine.core.ids import NS, dlid_start_met, parse_dlid, retdef_name
 from engine.core.retdef import RetDef, Span, to_xml
 from engine.intake import manifest
+from engine.mock.limits import MAX_EVENT_BYTES, MAX_EVENTS
 
 DETECTORS = ("cspad", "epix", "jungfrau", "opal", "andor", "pnccd", "zyla", "alvium")
 COLORS = np.array([b"red", b"blue", b"green"], dtype="S5")
 EVENT_PERIOD_NS = NS // 120  # LCLS beam rate
 LPA_APIDS = (956, 957)
 BLOCK_BYTES = 32 << 20  # payload written per h5py call
-MAX_EVENTS = 100_000_000  # per-event arrays (timestamps, runs, colors) are held in memory
-MAX_EVENT_BYTES = 1 << 30  # one event's payload is written (and held) whole
 
 
 @dataclass(frozen=True)

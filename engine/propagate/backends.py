@@ -23,10 +23,10 @@ from engine.core import mpi
 from engine.core.errors import BadInput
 from engine.core.interrupt import probe
 from engine.propagate.numpy_backend import propagate_chunk
+from engine.propagate.options import BACKENDS
 from engine.propagate.params import ChunkResult, Params
 from engine.propagate.scene import SceneArrays
 
-BACKENDS = ("auto", "numpy", "cuda", "cupy")
 GPU_BACKENDS = ("cuda", "cupy")  # PyCUDA first: the default GPU backend
 
 _W: dict[str, object] = {}

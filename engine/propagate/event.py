@@ -43,14 +43,12 @@ from engine.propagate.backends import (
 )
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import propagate_chunk
+from engine.propagate.options import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES
 from engine.propagate.params import C_LIGHT, Params
-from engine.propagate.scene import GENTYPE_TORCH, MAX_PHOTONS, Scene, gensteps, load_scene
+from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
 
-MODES = ("production", "development")
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
 PILOT = 4096
-DEFAULT_CHUNK = 1 << 16
-MAX_CHUNK = 1 << 22  # photons per NumPy chunk: its working arrays are held in memory at once
 
 
 @dataclass

@@ -34,13 +34,12 @@ from pathlib import Path
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, JobFailed
 from engine.core.workspace import ASSETS
+from engine.propagate.options import COMPILERS
 from engine.propagate.params import GEN_BLOCKS
 from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP
 
 KERNEL_PATH = ASSETS / "kernels" / "propagate.cu"
 KERNEL_NAME = "propagate"  # extern "C": the entry both backends look up
-DEFAULT_ARCHS = ("sm_80", "sm_90")  # A100 and H100/H200 class
-COMPILERS = ("auto", "nvrtc", "nvcc")
 _ARCH = re.compile(r"(sm|compute)_([1-9][0-9]{1,2})(a|f)?")
 
 

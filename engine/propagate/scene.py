@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.core.errors import BadInput
 from engine.core.workspace import load_toml
+from engine.propagate.options import MAX_PHOTONS
 
 # Property tables are resampled on Opticks' fine wavelength domain: 60..820 nm, 1 nm steps.
 WL_MIN = 60.0
@@ -36,7 +37,6 @@ SHAPES = {"box": 0, "sphere": 1}
 NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
 MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
-MAX_PHOTONS = 1 << 50  # photons per event: 2**19 int32 gensteps (50 MB) at most; indices are 64-bit
 MAX_INDEX = 10.0  # refractive index: optical materials lie within 1..~4
 MAX_MM = 1e9  # coordinates and sizes (mm): float32 on the device, 1000 km is no detector
 MAX_TIME_NS = 1e15

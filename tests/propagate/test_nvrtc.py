@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from engine.core.errors import BadInput, JobFailed
 from engine.propagate import kernel
+from engine.propagate.options import DEFAULT_ARCHS
 from tests.conftest import engine_env, run_engine
 from tests.props import total
 
@@ -141,7 +142,7 @@ def test_kernel_build_cli(tmp_path):
     env = engine_env(SKYDECK_KERNEL_CACHE=str(tmp_path / "kcache"))
     r = run_engine("kernel", "build", "--json", env=env, check=True)
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [row["arch"] for row in rows] == list(kernel.DEFAULT_ARCHS)
+    assert [row["arch"] for row in rows] == list(DEFAULT_ARCHS)
     for row in rows:
         assert row["path"] == str(tmp_path / "kcache" / f"propagate-{row['key']}-{row['arch']}.cubin")
         assert os.path.getsize(row["path"]) == row["bytes"] > 0
