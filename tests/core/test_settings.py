@@ -124,3 +124,11 @@ def test_set_keys_adds_a_missing_key_and_a_missing_section() -> None:
     assert doc == {"watch": {"quiet_s": 1.0, "polling": True}}
     doc = tomllib.loads(set_keys("[watch]\nquiet_s = 1.0", "disk", {"reserve_bytes": 5}))
     assert doc == {"watch": {"quiet_s": 1.0}, "disk": {"reserve_bytes": 5}}
+
+
+def test_the_batch_bound_is_the_builders() -> None:
+    """core cannot import the builder, so [build] batch's bound is written twice: the same."""
+    from engine.builder.limits import MAX_BATCH
+    from engine.core import settings as core_settings
+
+    assert core_settings.MAX_BATCH == MAX_BATCH
