@@ -357,6 +357,9 @@ class Daemon:
             self.result.rejected.append(o)
             self._ev("rejected", "intake", delivery=o.name, dlid=o.dlid, reason=o.reason,
                      file=o.file, moved_to=o.path)
+        elif o.status == "skipped" and o.reason == deliveries.SAME_AGAIN:
+            # an accepted delivery's files rewritten with the very content accepted: said once
+            self._ev("unchanged", "intake", delivery=o.name, dlid=o.dlid, why=o.reason)
 
     def report_stale_locks(self) -> None:
         """Stale locks are reported once (reclaimed when a process needs them), and so is

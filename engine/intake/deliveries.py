@@ -18,6 +18,20 @@ Why each rule:
   second delivery of an id that is already registered is rejected with that reason (kept
   for the operator), never silently skipped; only the level-0 directory an accepted fcopy
   package was extracted into is the same delivery.
+- What was accepted is known by its content, never by its times (``identity``): senders
+  keep times (``rsync -a``, ``cp -p``) or run clocks behind, so a re-sent package with new
+  content and old mtimes looks older than the accepted one. The state records the digest of
+  the manifest's entries and, for a package, the tar's MD5 that was verified, with stat keys
+  (ctime included) as a cache that a change of content always moves. Under an accepted name
+  the same content again is the accepted delivery (skipped; the daemon logs ``unchanged``
+  when its files were rewritten); other content is rejected with the reason and kept, or
+  pending while only half of it is there (a new manifest beside the accepted tar, a new
+  tar under the accepted manifest) until ``incomplete_timeout_s`` after it arrived. A
+  level-0 directory is the registered one when it lies where that one was and lists the
+  same files and checksums.
+- A package's tar is hashed and extracted through one descriptor, unchanged from the
+  first byte hashed to the last extracted: what was verified is what was extracted, and
+  what is recorded as accepted.
 - Deliveries are regular files in real directories: a linked delivery directory, and a
   symbolic link, FIFO, device or socket anywhere inside one, is rejected (lstat, O_NOFOLLOW);
   nothing outside the inbox is ever read through a link.
@@ -50,6 +64,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from engine.core import retdef
 from engine.core.atomic import atomic_write_bytes, remove_path
@@ -59,8 +74,8 @@ from engine.core.ids import is_dlid, parse_dlid
 from engine.core.inputs import file_kind, open_regular
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace, packaged_scene
-from engine.intake import manifest
-from engine.store import Downlink, StateDB
+from engine.intake import identity, manifest
+from engine.store import Delivery, Downlink, Identity, StateDB
 
 _RETDEF = re.compile(r"RetDef-([0-9]{9})-([0-9]{5})\.xml")
 MAX_TREE_ENTRIES = 100_000   # entries in one level-0 delivery (walked with lstat)
@@ -194,10 +209,11 @@ class Pending(Exception):
     """Not complete yet (files missing or still being written); look again later."""
 
 
-def _parse_manifest(mpath: Path, quiet_s: float) -> dict[str, str]:
-    """manifest.parse, but a manifest still being written (changed within quiet_s) is pending."""
+def _read_manifest(mpath: Path, quiet_s: float) -> identity.ManifestRead:
+    """identity.read_manifest, but a manifest still being written (changed within quiet_s)
+    is pending."""
     try:
-        return manifest.parse(mpath)
+        return identity.read_manifest(mpath)
     except BadInput:
         if time.time() - _modified(mpath) < quiet_s:
             raise Pending(f"{mpath.name} is still being written") from None
@@ -234,29 +250,33 @@ def _hash(f: Path) -> str:
         raise BadInput(f"cannot read: {err.strerror or err}", f) from None
 
 
-def _verify_dir(directory: Path, mpath: Path, quiet_s: float,
-                arriving: Callable[[Path], str | None] | None = None) -> dict[str, str]:
+def _verify_dir(directory: Path, mpath: Path, quiet_s: float) -> identity.ManifestRead:
     """manifest.verify, but a missing or still-changing file means pending, not bad.
-
-    ``arriving(file)`` may say why a mismatching file is still arriving (a tar that ends
-    before its end-of-archive marker), which keeps it pending past ``quiet_s``."""
-    entries = _parse_manifest(mpath, quiet_s)
-    now = time.time()
-    for name in entries:  # cheap first: no hashing while files are still missing
+    Returns the manifest as read (what was verified is what the caller records)."""
+    mr = _read_manifest(mpath, quiet_s)
+    for name in mr.entries:  # cheap first: no hashing while files are still missing
         if _lmode(directory / name) is None:
             raise Pending(f"{name} listed in {mpath.name} but not present yet")
-    for name, digest in entries.items():
+    for name, digest in mr.entries.items():
         f = directory / name
-        recent = now - _modified(f) < quiet_s
+        now = time.time()
         actual = _hash(f)
         if actual != digest:
-            if recent or now - _modified(mpath) < quiet_s:
-                raise Pending(f"{name} is still changing")
-            why = arriving(f) if arriving is not None else None
-            if why:
-                raise Pending(why)
-            raise BadInput(f"checksum mismatch: manifest {digest}, file {actual}", f)
-    return entries
+            _mismatch(f, digest, actual, mpath, quiet_s, now)
+    return mr
+
+
+def _mismatch(f: Path, digest: str, actual: str, mpath: Path, quiet_s: float, since: float,
+              arriving: Callable[[Path], str | None] | None = None) -> NoReturn:
+    """A file that does not match its manifest: pending while it or the manifest changed
+    within ``quiet_s`` of ``since`` (when hashing began), or while ``arriving(file)`` says
+    why it is still arriving (a tar that ends before its end-of-archive marker); else bad."""
+    if since - _modified(f) < quiet_s or since - _modified(mpath) < quiet_s:
+        raise Pending(f"{f.name} is still changing")
+    why = arriving(f) if arriving is not None else None
+    if why:
+        raise Pending(why)
+    raise BadInput(f"checksum mismatch: manifest {digest}, file {actual}", f)
 
 
 def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
@@ -468,50 +488,78 @@ def _copy_member(tf: tarfile.TarFile, name: str, member: tarfile.TarInfo, work: 
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 
 
+@dataclass(frozen=True)
+class _Extracted:
+    """An fcopy package extracted: its level-0 directory, what was accepted (the package's
+    manifest digest and verified MD5, with their keys) and the inner manifest's entries."""
+
+    level0: Path
+    accepted: Identity
+    entries: dict[str, str]
+
+
 def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
-             incomplete_timeout_s: float) -> Path:
-    """Verify the package, extract it safely, verify its content; return the level0 dir."""
-    entries = _parse_manifest(cand.manifest, quiet_s)
-    if set(entries) != {cand.path.name}:
+             incomplete_timeout_s: float) -> _Extracted:
+    """Verify the package, extract it safely, verify its content.
+
+    The tar is opened once (no link followed): the bytes whose MD5 matched the manifest are
+    the bytes extracted, and a tar changed meanwhile (its stat key moved) is pending, so
+    what is recorded as accepted is what was extracted."""
+    mr = _read_manifest(cand.manifest, quiet_s)
+    if set(mr.entries) != {cand.path.name}:
         raise BadInput(f"fcopy manifest must list exactly {cand.path.name}", cand.manifest)
-    _verify_dir(cand.path.parent, cand.manifest, quiet_s,
-                lambda f: _tar_arriving(f, incomplete_timeout_s))
+    stated = mr.entries[cand.path.name]
+    if _lmode(cand.path) is None:
+        raise Pending(f"{cand.path.name} listed in {cand.manifest.name} but not present yet")
     dest = ws.incoming_level0 / dlid
-    if os.path.lexists(dest):
-        raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
-                       f"downlink {dlid})", cand.path)
-    work = extract_dir(ws, dlid)
-    remove_path(work)
-    work.mkdir(parents=True)
-    try:
+    fd = open_regular(cand.path)
+    with open(fd, "rb") as fh:
+        before, since = os.fstat(fd), time.time()
         try:
-            with tarfile.open(cand.path, "r:*") as tf:
-                members, need = _plan(tf, cand.path)
-                _check_room(ws, need, cand.path)
-                budget = [need]
-                for name, member in members:
-                    _copy_member(tf, name, member, work, budget, cand.path)
+            actual = identity.md5_fd(fd)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise Pending(f"no space left while extracting {cand.path.name} "
-                              f"({err.strerror}); retried later") from None
-            if isinstance(err, (FileExistsError, NotADirectoryError, IsADirectoryError)):
-                raise BadInput(f"tar members collide: {err.strerror}", cand.path) from None
-            raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
-        except _TAR_ERRORS as err:
-            raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
-        inner = work / manifest.MANIFEST_NAME
-        try:
-            manifest.verify(work, inner)
-        except BadInput as err:
-            raise BadInput(f"inside package: {err}", cand.path) from None
+            raise BadInput(f"cannot read: {err.strerror or err}", cand.path) from None
+        if actual != stated:
+            _mismatch(cand.path, stated, actual, cand.manifest, quiet_s, since,
+                      lambda f: _tar_arriving(f, incomplete_timeout_s))
         if os.path.lexists(dest):
             raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
                            f"downlink {dlid})", cand.path)
-        os.rename(work, dest)
-    finally:
+        work = extract_dir(ws, dlid)
         remove_path(work)
-    return dest
+        work.mkdir(parents=True)
+        try:
+            try:
+                with tarfile.open(fileobj=fh, mode="r:*") as tf:
+                    members, need = _plan(tf, cand.path)
+                    _check_room(ws, need, cand.path)
+                    budget = [need]
+                    for name, member in members:
+                        _copy_member(tf, name, member, work, budget, cand.path)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Pending(f"no space left while extracting {cand.path.name} "
+                                  f"({err.strerror}); retried later") from None
+                if isinstance(err, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+                    raise BadInput(f"tar members collide: {err.strerror}", cand.path) from None
+                raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
+            except _TAR_ERRORS as err:
+                raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
+            key = identity.key_between(before, os.fstat(fd))
+            if identity.stat_key(before) != identity.stat_key(os.fstat(fd)):
+                raise Pending(f"{cand.path.name} changed while it was verified and extracted")
+            inner = work / manifest.MANIFEST_NAME
+            try:
+                entries = manifest.verify(work, inner)
+            except BadInput as err:
+                raise BadInput(f"inside package: {err}", cand.path) from None
+            if os.path.lexists(dest):
+                raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
+                               f"downlink {dlid})", cand.path)
+            os.rename(work, dest)
+        finally:
+            remove_path(work)
+    return _Extracted(dest, Identity(mr.digest, mr.key, stated, key), entries)
 
 
 def _tar_arriving(tar: Path, incomplete_timeout_s: float) -> str | None:
@@ -551,24 +599,23 @@ def _tar_complete(tar: Path) -> bool:
         return False
 
 
-def _is_level0_of(cand: Candidate, dl: Downlink) -> bool:
-    """Whether ``cand`` is the registered downlink's own level-0 directory (the one a level-0
-    delivery arrived as, or an accepted fcopy package was extracted into): the same
-    delivery, not a second one. Compared as files, so path spellings do not matter."""
+def _same_place(cand: Candidate, dl: Downlink) -> bool:
+    """Whether ``cand`` is a real directory where the registered downlink's level-0
+    directory lies (its name in the same directory, compared as files, so path spellings
+    do not matter; the directory itself may have been replaced: content decides)."""
     if cand.kind != "level0" or _lmode(cand.path) != stat.S_IFDIR:
         return False
+    registered = Path(dl.level0)
     try:
-        same_dir = os.path.samefile(dl.level0, cand.path)
+        return registered.name == cand.path.name and os.path.samefile(registered.parent,
+                                                                       cand.path.parent)
     except OSError:
         return False
-    # the same path holding another manifest (the directory replaced, or its manifest
-    # rewritten) is a second delivery of the id: judged, never silently taken for this one
-    return same_dir and (dl.manifest_id is None or manifest_id(cand.manifest) == dl.manifest_id)
 
 
-def manifest_id(mpath: Path) -> str | None:
-    """A manifest's identity as a file (device, inode, size, content time): a chmod or a
-    backup tool's xattrs leave it, a rewrite or a new directory changes it."""
+def _legacy_id(mpath: Path) -> str | None:
+    """What a database from before schema 4 recorded for a level-0 manifest (device, inode,
+    size, mtime): only to adopt such a downlink once, never to judge a new delivery."""
     try:
         st = os.lstat(mpath)
     except OSError:
@@ -576,41 +623,203 @@ def manifest_id(mpath: Path) -> str | None:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _is_level0_of(cand: Candidate, dl: Downlink, db: StateDB | None = None) -> bool:
+    """Whether ``cand`` is the registered downlink's own level-0 directory (the one a level-0
+    delivery arrived as, or an accepted fcopy package was extracted into): the same
+    delivery, not a second one. Judged by content: its MANIFEST.md5 lists what the
+    registered one listed (``identity.entries_digest``); the stat key recorded with that
+    digest answers without reading it while the file is unchanged.
+
+    With ``db``, what was found is recorded: a key that settled or changed with the same
+    content, and the digest of a downlink registered before digests were recorded (adopted
+    when its manifest is still the file that registered it)."""
+    if not _same_place(cand, dl):
+        return False
+    if identity.unchanged(cand.manifest, dl.manifest_id):
+        return True
+    legacy = dl.manifest_sha256 is None and _legacy_id(cand.manifest)
+    try:
+        mr = identity.read_manifest(cand.manifest)
+    except (OSError, BadInput):
+        return False
+    if dl.manifest_sha256 is None:
+        same = dl.manifest_id is None or legacy == dl.manifest_id
+    else:
+        same = mr.digest == dl.manifest_sha256
+    if same and db is not None and (mr.key is not None or dl.manifest_sha256 is None):
+        db.set_level0_identity(dl.dlid, mr.key, mr.digest)
+    return same
+
+
+def registered_level0(dl: Downlink) -> bool:
+    """Whether the registered downlink's level-0 directory still holds what was registered
+    (its MANIFEST.md5's entries), read only: retention keeps an fcopy package otherwise."""
+    level0 = Path(dl.level0)
+    cand = Candidate(f"level0:{text(level0.name)}", "level0", level0.name, level0,
+                     level0 / manifest.MANIFEST_NAME)
+    return dl.manifest_sha256 is not None and _is_level0_of(cand, dl)
+
+
 def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
-    """The candidates that still need ``process``: not accepted, and not the level-0
-    directory of a registered downlink. A second delivery of a registered id stays in (it is
-    rejected with its reason, never silently skipped)."""
+    """The candidates that still need ``process``: all but the accepted ones and the level-0
+    directories of registered downlinks whose recorded stat keys show them unchanged (a
+    few lstat calls each: no reading, no writing). One whose key moved, or was not settled
+    when recorded, goes to ``process``, which judges it by content; a second delivery of a
+    registered id stays in (it is rejected with its reason, never silently skipped)."""
     cands = list(cands)
     if not cands:
         return []
     dls = {d.dlid: d for d in db.downlinks()}
-    accepted = {d.name: dls.get(d.dlid or "") for d in db.deliveries("ACCEPTED")}
-    return [c for c in cands if (c.name not in accepted or _sent_again(c, accepted[c.name]))
-            and not (c.stem in dls and _is_level0_of(c, dls[c.stem]))]
+    accepted = {d.name: d for d in db.deliveries("ACCEPTED")}
 
-
-def _sent_again(cand: Candidate, dl: Downlink | None) -> bool:
-    """Whether an accepted delivery's name now holds a new delivery (sent again). A level-0
-    directory: when it is no longer the registered one (``_is_level0_of``). An fcopy package
-    stays in incoming/fcopy; a manifest whose content changed after the one that registered
-    ``dl`` is a new delivery of that name.
-
-    Both times are the file system's (``dl.delivered`` is the accepted manifest's change
-    time), so a daemon host whose clock differs from the file server's cannot misjudge it;
-    and only the content time (mtime) counts, so a chmod, chown or a backup tool's xattrs on
-    the accepted manifest (which move ctime) never make it look new.
-    """
-    if dl is None:
-        return False
-    if cand.kind == "level0":
-        return not _is_level0_of(cand, dl)
-    return _modified(cand.manifest) > dl.delivered
+    def unchanged(c: Candidate) -> bool:
+        known = accepted.get(c.name)
+        if known is not None and c.kind == "fcopy":
+            i = known.identity
+            return (i is not None and identity.unchanged(c.manifest, i.manifest_key)
+                    and (identity.unchanged(c.path, i.package_key) or _lmode(c.path) is None))
+        dl = dls.get(known.dlid or "") if known is not None else dls.get(c.stem)
+        if dl is None:
+            return known is not None  # accepted, yet no downlink: nothing to compare with
+        return _same_place(c, dl) and identity.unchanged(c.manifest, dl.manifest_id)
+    return [c for c in cands if not unchanged(c)]
 
 
 def _registered_here(db: StateDB, cand: Candidate) -> bool:
     """Whether ``cand`` is (now) the level-0 directory of its registered downlink."""
     dl = db.downlink(cand.stem) if cand.kind == "level0" and is_dlid(cand.stem) else None
-    return dl is not None and _is_level0_of(cand, dl)
+    return dl is not None and _is_level0_of(cand, dl, db)
+
+
+SAME = "ACCEPTED"                         # the accepted delivery, as it was
+REGISTERED = "registered"                 # the level-0 directory of a registered downlink
+SAME_AGAIN = "the same content as accepted (its files were rewritten or touched)"
+
+
+def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | None,
+                 quiet_s: float, incomplete_timeout_s: float) -> str | Pending | BadInput:
+    """What lies under an accepted delivery's name now, by content: the accepted delivery
+    (``SAME``, or ``SAME_AGAIN`` when it was sent again byte for byte: its stat keys moved),
+    a new delivery still arriving (Pending), or one with different content, which is
+    rejected with this reason and kept (BadInput). Never judged by a file's times: a sender
+    that keeps them (``rsync -a``, ``cp -p``) or whose clock runs behind delivers new
+    content with old ones."""
+    if dl is None:
+        return SAME
+    if cand.kind == "level0":
+        if _is_level0_of(cand, dl, db):
+            return SAME
+        return BadInput(f"{_already(dl)}; its level-0 directory was sent again with other "
+                        f"content ({manifest.MANIFEST_NAME} lists other files or checksums); "
+                        "kept for the operator", cand.path)
+    accepted = known.identity
+    if accepted is None or accepted.package_md5 is None:
+        return _adopt_fcopy(db, cand, known, dl)
+    tar = cand.path.name
+    # the manifest, by content (read only when its key moved)
+    if identity.unchanged(cand.manifest, accepted.manifest_key):
+        mr_key, stated, same_manifest = accepted.manifest_key, accepted.package_md5, True
+    else:
+        try:
+            mr = identity.read_manifest(cand.manifest)
+        except FileNotFoundError:
+            return SAME  # gone: nothing new lies there (a new one is judged when it comes)
+        except OSError as err:
+            return BadInput(f"{_already(dl)}; sent again, and its manifest cannot be read: "
+                            f"{err.strerror or err}; kept for the operator", cand.manifest)
+        except BadInput as err:
+            if time.time() - _modified(cand.manifest) < quiet_s:
+                return Pending(f"{cand.manifest.name} is still being written")
+            return BadInput(f"{_already(dl)}; sent again: {err.message}; kept for the "
+                            "operator", cand.manifest)
+        if set(mr.entries) != {tar}:
+            return BadInput(f"{_already(dl)}; sent again with a manifest that does not list "
+                            f"exactly {tar}; kept for the operator", cand.manifest)
+        mr_key, stated = mr.key, mr.entries[tar]
+        same_manifest = mr.digest == accepted.manifest_sha256
+    # the tar, by content (hashed only when its key moved)
+    since = time.time()
+    moved = accepted.manifest_key is not None and mr_key != accepted.manifest_key
+    tar_md5: str | None
+    if identity.unchanged(cand.path, accepted.package_key):
+        tar_md5, tar_key = accepted.package_md5, accepted.package_key
+    else:
+        try:
+            tar_md5, tar_key = identity.md5_keyed(cand.path)
+        except FileNotFoundError:
+            tar_md5, tar_key = None, None
+        except OSError as err:
+            return BadInput(f"{_already(dl)}; sent again, and {tar} cannot be read: "
+                            f"{err.strerror or err}; kept for the operator", cand.path)
+        except BadInput as err:  # a link or a special file in its place
+            return BadInput(f"{_already(dl)}; sent again: {err.message}; kept for the "
+                            "operator", cand.path)
+        moved = moved or (accepted.package_key is not None and tar_md5 is not None)
+    if same_manifest and tar_md5 in (accepted.package_md5, None):
+        now = Identity(accepted.manifest_sha256, mr_key, accepted.package_md5, tar_key)
+        if now != accepted:
+            db.set_identity(cand.name, now)
+        return SAME_AGAIN if moved else SAME
+    if not same_manifest and tar_md5 == stated:
+        return BadInput(f"{_already(dl)}; {tar} was sent again with different content (MD5 "
+                        f"{tar_md5}, accepted {accepted.package_md5}); kept for the operator",
+                        cand.path)
+    if not same_manifest and tar_md5 not in (accepted.package_md5, None):
+        try:  # a new tar that matches neither: still being written, or a settled mismatch
+            _mismatch(cand.path, stated, tar_md5 or "", cand.manifest, quiet_s, since,
+                      lambda f: _tar_arriving(f, incomplete_timeout_s))
+        except BadInput as err:
+            return BadInput(f"{_already(dl)}; sent again with different content, {err.message}; "
+                            "kept for the operator", cand.path)
+        except Pending as still:
+            return still
+    # half a new delivery: a new manifest whose tar has not arrived (the accepted one is
+    # still there), or a new tar whose manifest has not (the sender writes it last)
+    if same_manifest:
+        why, newest = (f"{tar} is not the accepted package (MD5 {tar_md5}, accepted "
+                       f"{accepted.package_md5}); waiting for its manifest"), cand.path
+    else:
+        why, newest = (f"{cand.manifest.name} was sent again with different content; waiting "
+                       f"for its {tar}" + (" (the one present is the accepted package)"
+                                           if tar_md5 else "")), cand.manifest
+    age = time.time() - _mtime(newest)  # since it arrived here (ctime: kept times do not count)
+    if age > incomplete_timeout_s:
+        return BadInput(f"{_already(dl)}; sent again with different content, incomplete for "
+                        f"{age:.0f} s: {why}; kept for the operator", newest)
+    return Pending(why)
+
+
+def _adopt_fcopy(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink) -> str | BadInput:
+    """An fcopy package accepted before what was accepted was recorded (schema < 4): its
+    files are the accepted ones if neither changed after the manifest that registered it
+    (``dl.delivered`` is that manifest's change time then, by the file system's clock; a
+    ctime is set by the file system only, never back by a sender). Then their content is
+    recorded as accepted, read from the manifest that was verified then. Otherwise nothing
+    tells the accepted package from a new one: judged as a second delivery."""
+    try:
+        mst = os.lstat(cand.manifest)
+        tst = os.lstat(cand.path) if _lmode(cand.path) is not None else None
+    except FileNotFoundError:
+        return SAME
+    if all(st.st_ctime <= dl.delivered and stat.S_ISREG(st.st_mode)
+           for st in (mst, tst) if st is not None):
+        try:
+            mr = identity.read_manifest(cand.manifest)
+        except (OSError, BadInput):
+            mr = None
+        stated = mr.entries.get(cand.path.name) if mr is not None else None
+        if mr is not None and stated is not None and len(mr.entries) == 1:
+            db.set_identity(known.name, Identity(
+                mr.digest, identity.stat_key(mst), stated,
+                identity.stat_key(tst) if tst is not None else None))
+            return SAME
+    return BadInput(f"{_already(dl)}; {cand.path.name} or its manifest changed after it was "
+                    "accepted, by a version that did not record what it accepted, so it cannot "
+                    "be told from the accepted package; kept for the operator", cand.path)
+
+
+def _already(dl: Downlink) -> str:
+    return f"downlink {dl.dlid} is already registered ({_registered_as(dl)})"
 
 
 def _registered_as(dl: Downlink) -> str:
@@ -643,15 +852,20 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     operator to decide.
     """
     known = db.delivery(cand.name)
-    again = False
+    resent: BadInput | None = None
     if known is not None and known.status == "ACCEPTED":
-        again = _sent_again(cand, db.downlink(known.dlid) if known.dlid else None)
-        if not again:
-            return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
+        verdict = _judge_again(db, cand, known, db.downlink(known.dlid) if known.dlid else None,
+                               quiet_s, incomplete_timeout_s)
+        if isinstance(verdict, str):
+            return Outcome(cand.name, cand.kind, known.dlid, "skipped", verdict, known.path)
+        if isinstance(verdict, Pending):  # the accepted record stays until it is judged
+            return Outcome(cand.name, cand.kind, known.dlid, "pending", str(verdict),
+                           str(cand.path))
+        resent = verdict
     dlid = cand.stem if is_dlid(cand.stem) else None
     if _registered_here(db, cand):
-        return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
-    if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=again):
+        return Outcome(cand.name, cand.kind, dlid, "skipped", REGISTERED, str(cand.path))
+    if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=resent is not None):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
     if not os.path.lexists(cand.path if cand.kind == "level0" else cand.manifest):
@@ -663,26 +877,30 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         except BadInput as err:
             raise BadInput(err.message, cand.path) from None
         _check_form(cand)
+        if resent is not None:
+            raise resent
         dup = db.downlink(dlid)
         if dup is not None:
-            raise BadInput(f"downlink {dlid} is already registered ({_registered_as(dup)}); "
-                           "kept for the operator", cand.path)
+            raise BadInput(f"{_already(dup)}; kept for the operator", cand.path)
         if cand.kind == "fcopy":
-            level0 = _extract(ws, cand, dlid, quiet_s, incomplete_timeout_s)
+            got = _extract(ws, cand, dlid, quiet_s, incomplete_timeout_s)
+            level0, accepted, entries = got.level0, got.accepted, got.entries
+            level0_key = None  # written just now: settled on a later look
         else:
             level0 = cand.path
-            _verify_dir(level0, cand.manifest, quiet_s)
-        names = sorted(manifest.parse(level0 / manifest.MANIFEST_NAME))
-        chunks = _check_retdefs(level0, dlid, names)
+            mr = _verify_dir(level0, cand.manifest, quiet_s)
+            accepted, entries, level0_key = Identity(mr.digest, mr.key), mr.entries, mr.key
+        chunks = _check_retdefs(level0, dlid, sorted(entries))
         scene = _check_scene(level0)
         dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
                       gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
                       delivered=_mtime(cand.manifest), registered=time.time(),
-                      manifest_id=manifest_id(level0 / manifest.MANIFEST_NAME))
+                      manifest_id=level0_key,
+                      manifest_sha256=identity.entries_digest(entries))
         first = db.register_downlink(dl)
-        db.finish_delivery(cand.name, "ACCEPTED", str(level0))
+        db.finish_delivery(cand.name, "ACCEPTED", str(level0), identity=accepted)
         if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
-            return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(level0))
+            return Outcome(cand.name, cand.kind, dlid, "skipped", REGISTERED, str(level0))
         return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
     except FileNotFoundError as err:  # a file vanished under us: this delivery waits
         why: Pending | BadInput = Pending(f"{Path(err.filename or cand.path).name} vanished "
@@ -706,7 +924,7 @@ def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
             # another thread or daemon extracted an fcopy package into this very directory
             # and registered it meanwhile: the same delivery, whose data is never moved
             db.release_delivery(cand.name)
-            return Outcome(cand.name, cand.kind, cand.stem, "skipped", "registered", str(cand.path))
+            return Outcome(cand.name, cand.kind, cand.stem, "skipped", REGISTERED, str(cand.path))
         if isinstance(why, BadInput):
             if why.path is None:
                 why.path = str(cand.path)
@@ -726,9 +944,12 @@ def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
 
 def process_all(ws: Workspace, db: StateDB, quiet_s: float = 2.0,
                 incomplete_timeout_s: float = 3600.0) -> list[Outcome]:
-    """One reconciliation pass over both inboxes."""
-    return [process(ws, db, cand, quiet_s, incomplete_timeout_s)
-            for cand in unsettled(db, scan(ws))]
+    """One reconciliation pass over both inboxes: the outcome of each delivery it found
+    something to do about (one that ``process`` found to be, by content, the accepted or
+    registered delivery it already was is none)."""
+    out = [process(ws, db, cand, quiet_s, incomplete_timeout_s)
+           for cand in unsettled(db, scan(ws))]
+    return [o for o in out if not (o.status == "skipped" and o.reason in (SAME, REGISTERED))]
 
 
 def rejected_list(ws: Workspace) -> list[dict]:

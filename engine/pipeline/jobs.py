@@ -14,24 +14,28 @@ appending ``Pipeline.<var>: ...`` / ``Pipeline.output: <path>`` lines to $PIPELI
   ``downlinks/<DLID>/<run>/r<10d>-staged.npy`` (HalfPipe's spans file). Deterministic:
   a rerun after a kill writes the same bytes and removes leftovers of a different plan.
 - cleanup: removes intermediates (chunk outputs) of finished runs of this downlink; only
-  files the state database records as written by the engine, with their recorded size;
-  honours haltCleanup.
+  files the state database records as written by the engine, with their recorded size,
+  reached from ``downlinks/`` without following a link (a linked ``downlinks/<DLID>``
+  keeps what lies behind it); honours haltCleanup.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from engine.core.atomic import atomic_path, atomic_write_bytes, remove_path
+from engine.core.atomic import atomic_path, atomic_write_bytes
 from engine.core.errors import BadInput, JobFailed, SkydeckError
 from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
+from engine.core.nofollow import Tree, on_link
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import halt_flag
 from engine.store import StateDB
@@ -241,25 +245,46 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
         if (ws.lock / f"halfpipe-{d}").exists():
             busy_runs.update((read_index(ws, d) or {}).get("runs", []))
     removed: list[Path] = []
-    with StateDB(ws.state) as db:
+    # reached from downlinks/ (the configured area, as the stream wrote through it) without
+    # following a link below it (engine/core/nofollow.py): a downlinks/<DLID> or .parts/
+    # swapped for a link never sends an unlink elsewhere
+    with StateDB(ws.state) as db, Tree(os.path.realpath(ws.downlinks)) as tree:
         for chunk, runs in sorted(idx["chunks"].items()):
             if any((ws.lock / run_hex(r)).exists() or r in busy_runs for r in runs):
                 print(f"keeping chunk {chunk}: a run it holds is still being merged")
                 continue
-            out = ws.downlinks / dlid / f"{dlid}-{chunk}.h5"
-            for p in [out, *sorted(Path(f"{out}.parts").glob("*"))]:
+            name = f"{dlid}-{chunk}.h5"
+            parts = (dlid, f"{name}.parts")
+            try:
+                inside: list[str] | None = sorted(tree.listdir(parts))
+            except OSError as err:
+                inside = None
+                if on_link(err):
+                    print(f"keeping {tree.path(parts)}: a symbolic link on its path")
+            out = ws.downlinks / dlid / name  # as the runner recorded it
+            for rel, p in [((dlid, name), out),
+                           *(((*parts, n), Path(f"{out}.parts") / n) for n in inside or ())]:
                 rec = db.file(p)
-                if rec is None or not p.is_file():
+                if rec is None:
                     continue
-                if p.stat().st_size != rec.size:
+                try:
+                    st = tree.lstat(rel)
+                except OSError as err:
+                    if on_link(err):
+                        print(f"keeping {p}: a symbolic link on its path")
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if st.st_size != rec.size:
                     print(f"keeping {p}: size differs from what the engine wrote")
                     continue
-                p.unlink()
+                tree.unlink(rel)
                 db.forget_file(p)
                 removed.append(p)
-            parts = Path(f"{out}.parts")
-            if parts.is_dir() and not any(parts.iterdir()):
-                remove_path(parts)
+            if inside is not None:
+                with contextlib.suppress(OSError):
+                    if not tree.listdir(parts):
+                        tree.rmdir(parts)
     for p in removed:
         print(f"removed {p}")
     return removed

@@ -15,11 +15,18 @@ Areas (``[retention] <area>_days``; 0 keeps an area forever):
   script and exit file beside it, then that directory once nothing else is in it; and
   console job logs (``logs/console/run-<DLID>-*.log``, ``build-*``, ``propagate-*``);
 - ``events``: rows of the events table, deleted in one transaction;
-- ``fcopy``: ``<DLID>.tar`` + ``<DLID>.md5`` of an ACCEPTED fcopy package, while its
-  extracted level-0 directory is still the registered one (tar first, manifest last);
+- ``fcopy``: ``<DLID>.tar`` + ``<DLID>.md5`` of an ACCEPTED fcopy package, positively
+  the accepted one (engine/intake/identity.py): the manifest by the digest of its entries,
+  the tar by the stat key recorded when it was verified (ctime included: no sender sets it
+  back) or else by its MD5, checked just before it is unlinked; while its extracted level-0
+  directory still lists what was registered (tar first, manifest last, and the manifest
+  only once its tar is gone). A name and an age never suffice: a package sent again under
+  the name with other content (old mtimes: ``rsync -a``, ``cp -p``) is kept for intake to
+  judge, and one accepted before identities were recorded waits until a scan records it;
 - ``orphan_chunks``: chunk outputs (``downlinks/<DLID>/<DLID>-<CHUNK>.h5`` and its
   ``.parts/``) that a finished stream left (mergeEvt failed or was skipped, cleanup never
-  ran), as the files table records them, with their recorded size; kept while
+  ran), as the files table records them, with their recorded size, each removed only if
+  its MD5 is still the one the engine recorded when it wrote it; kept while
   ``haltCleanup`` holds the downlink or a run they hold is being merged (its run lock, or a
   stream in progress that touched the run), and removed under ``lock/cleanup``;
 - ``rejected``: a rejected delivery (what its reason file says was moved) with its reason
@@ -29,17 +36,27 @@ Rules, each a test (tests/pipeline/test_retention.py):
 
 - only what the engine wrote or accepted is a candidate (a recorded log, a recorded chunk
   output, an accepted package, a rejection named by its reason file): a stray operator file
-  never is;
+  never is; where the engine recorded what the content was (a package, a chunk output),
+  the content must still be that;
 - nothing of a downlink whose latest stream is not finished (SUCCESS, FAILED, CANCELED;
   WAITING, RUNNING and TERMINATED are not): its logs, chunks and package stay;
 - never ``stage/``, ``logs/heartbeat/``, ``logs/daemon.log``, ``lock/``, halt flags, the
   config or the state database (checked for every path, in ``plan`` and again in ``apply``);
 - a file is as old as the later of its last change (mtime) and the state change that freed
   it (the stream ended, the delivery was done);
+- no area follows a symbolic link (engine/core/nofollow.py): every file is reached from
+  its area's root (``logs/``, ``downlinks/``, ``incoming/fcopy/``, ``incoming/rejected/``,
+  as configured) one directory at a time without following links, in ``plan`` and again in
+  ``apply``, and stat'ed, read and unlinked relative to the directory actually reached. A
+  link anywhere on the way (``downlinks/<DLID>``, ``logs/console``, a directory swapped for
+  a link after the plan) keeps what lies behind it, with a note; an area whose root is a
+  link is not pruned at all. A link inside a rejected delivery is removed as a link.
+  Unlinking a name never removes another name of the file (a hard link kept elsewhere
+  keeps the data);
 - ``apply`` removes a file only if it is still the file planned (device, inode, size,
-  mtime) and its downlink's streams are as planned; removal is one ``unlink`` per file
-  (atomic), a file already gone is not an error, one that cannot be removed is reported and
-  skipped, a directory goes only once empty (``rmdir``).
+  mtime, ctime) and its downlink's streams are as planned; removal is one ``unlink`` per
+  file (atomic), a file already gone is not an error, one that cannot be removed is
+  reported and skipped, a directory goes only once empty (``rmdir``).
 """
 
 from __future__ import annotations
@@ -52,21 +69,23 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import Busy
+from engine.core.errors import BadInput, Busy
 from engine.core.ids import is_dlid, run_hex
+from engine.core.inputs import mode_kind
+from engine.core.nofollow import Parts, Tree, norm, on_link, parts_under
 from engine.core.owner import Owner
 from engine.core.settings import DAY_S
 from engine.core.workspace import Workspace
-from engine.intake import deliveries, manifest
+from engine.intake import deliveries, identity
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.launchers import sibling_suffixes
 from engine.pipeline.task import load_task
-from engine.store import StateDB
+from engine.store import Delivery, StateDB
 
 AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
 FINISHED = ("SUCCESS", "FAILED", "CANCELED")   # a stream no runner picks up again
@@ -96,9 +115,11 @@ class PruneCandidate:
     first_id: int | None = None
     last_id: int | None = None
     cutoff: float | None = None  # events: rows older than this (epoch seconds)
-    ident: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
+    ident: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
     needs_gone: tuple[str, ...] = field(default=(), compare=False, repr=False)
     runs: tuple[int, ...] = field(default=(), compare=False, repr=False)  # a chunk's runs
+    root: str | None = field(default=None, compare=False, repr=False)  # its area's root
+    md5: str | None = field(default=None, compare=False, repr=False)  # verified before removal
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"area": self.area, "path": self.path, "bytes": self.bytes,
@@ -186,10 +207,6 @@ class PruneResult:
 
 # ---------------------------------------------------------------------- guards
 
-def _norm(p: str | os.PathLike[str]) -> str:
-    return os.path.normpath(os.path.abspath(p))
-
-
 def _inside(p: str, root: str) -> bool:
     return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -204,13 +221,13 @@ class Guard:
         exact = [(ws.logs / DAEMON_LOG, "the daemon's live log"),
                  (ws.root / "skydeck.toml", "the config")]
         # each as written and with links resolved
-        self.never = [(r, why) for p, why in never for r in {_norm(p), os.path.realpath(p)}]
-        self.exact = {r: why for p, why in exact for r in (_norm(p), os.path.realpath(p))}
-        self.db = {_norm(ws.state_db), os.path.realpath(ws.state_db)}
+        self.never = [(r, why) for p, why in never for r in {norm(p), os.path.realpath(p)}]
+        self.exact = {r: why for p, why in exact for r in (norm(p), os.path.realpath(p))}
+        self.db = {norm(ws.state_db), os.path.realpath(ws.state_db)}
 
     def why(self, path: str | os.PathLike[str]) -> str | None:
         """Why ``path`` is never pruned (None: it may be)."""
-        for p in {_norm(path), os.path.realpath(path)}:
+        for p in {norm(path), os.path.realpath(path)}:
             why = self._why(p)
             if why is not None:
                 return why
@@ -239,8 +256,14 @@ def protected(ws: Workspace, path: str | os.PathLike[str]) -> str | None:
     return Guard(ws).why(path)
 
 
-def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _ident(st: os.stat_result) -> tuple[int, ...]:
+    """What "still the file planned" compares: device, inode, size, mtime and ctime (every
+    change of content moves ctime, and nobody sets it back)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _dir_ident(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------- state
@@ -261,11 +284,15 @@ def _stream_states(db: StateDB) -> tuple[dict[str, Signature], dict[str, float]]
     return sigs, finished
 
 
-def _read_index(ws: Workspace, dlid: str) -> dict[str, Any]:
-    """A downlink's mergeIndices.json ({} when absent or unreadable)."""
+MAX_INDEX_BYTES = 64 << 20
+
+
+def _read_index(downlinks: Tree, dlid: str) -> dict[str, Any]:
+    """A downlink's mergeIndices.json, read without following a link ({} when absent,
+    unreadable or reached through a link)."""
     try:
-        doc = json.loads((ws.downlinks / dlid / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = json.loads(downlinks.read((dlid, INDEX_NAME), MAX_INDEX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -298,12 +325,12 @@ def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], 
     moved = doc.get("moved") if isinstance(doc, dict) else None
     if not isinstance(moved, list) or not all(isinstance(m, str) for m in moved):
         return None
-    rroot = _norm(root)
+    rroot = norm(root)
     out = []
     for m in moved:
         if not m or "\0" in m:
             return None
-        p = _norm(m)
+        p = norm(m)
         if os.path.dirname(p) != rroot or p.endswith(".reason"):
             return None
         out.append(p)
@@ -323,32 +350,79 @@ class _Planner:
         self.sigs, self.finished = _stream_states(db)
         self.plan.streams = self.sigs
         self.guard = Guard(ws)
+        self.trees: dict[str, Tree] = {}
+
+    def close(self) -> None:
+        for t in self.trees.values():
+            t.close()
 
     def cutoff(self, days: float) -> float | None:
         return None if days <= 0 else self.now - days * DAY_S
 
+    def tree(self, root: str | os.PathLike[str]) -> Tree:
+        """The area whose root is ``root``, walked without following links."""
+        r = norm(root)
+        t = self.trees.get(r)
+        if t is None:
+            t = self.trees[r] = Tree(r)
+        return t
+
+    def area(self, area: str, root: Path) -> Tree | None:
+        """The area's tree when its root is a real directory; None when it is absent, or a
+        link (with a note: nothing of the area is pruned through it)."""
+        t = self.tree(root)
+        try:
+            t.dir()
+        except OSError as err:
+            if on_link(err):
+                self.plan.notes.append(f"kept the {area} area: {t.root} is a "
+                                       f"{_kind_at(t.root)}; retention follows no link (name "
+                                       "its real directory in [paths])")
+            return None
+        return t
+
+    def linked(self, path: str, err: OSError) -> None:
+        """Note a file kept because its path holds a link (or a non-directory) somewhere."""
+        if on_link(err):
+            self.plan.notes.append(f"kept {path}: a symbolic link (or no directory) on its "
+                                   "path; retention follows no link")
+
     def file(self, area: str, path: str | os.PathLike[str], root: Path, cutoff: float,
-             reason: str, dlid: str | None = None, ref: float = 0.0, regular: bool = True,
-             size: int | None = None, add: bool = True, runs: tuple[int, ...] = ()
-             ) -> PruneCandidate | None:
-        """A file as a candidate when it lies in ``root``, is not protected and is older
-        than ``cutoff`` (by the later of its mtime and ``ref``); None otherwise."""
-        p = _norm(path)
-        if p in self.seen or not _inside(p, _norm(root)) or p == _norm(root):
+             reason: str, dlid: str | None = None, ref: float = 0.0, size: int | None = None,
+             add: bool = True, runs: tuple[int, ...] = (), md5: str | None = None,
+             identified_by: str | None = None) -> PruneCandidate | None:
+        """A regular file as a candidate when it lies below ``root`` (reached without
+        following a link), is not protected and is older than ``cutoff`` (by the later of its
+        mtime and ``ref``); None otherwise. ``md5``: its content must have it when removed,
+        unless its stat key is ``identified_by`` (what it was when its content was known);
+        with ``identified_by`` and no ``md5``, a file whose key is another is no candidate."""
+        p = norm(path)
+        tree = self.tree(root)
+        parts = parts_under(tree.root, p)
+        if p in self.seen or parts is None:
             return None
         try:
-            st = os.lstat(p)
-        except (OSError, ValueError):  # gone, unreadable, or no file name at all
+            st = tree.lstat(parts)
+        except OSError as err:  # gone, unreadable, or a link on the way
+            self.linked(p, err)
             return None
-        if stat.S_ISDIR(st.st_mode) or (regular and not stat.S_ISREG(st.st_mode)):
+        except ValueError:  # no file name at all (a NUL in a recorded path)
+            return None
+        if not stat.S_ISREG(st.st_mode):
             return None
         if size is not None and st.st_size != size:
             self.plan.notes.append(f"kept {p}: its size differs from what the engine wrote")
             return None
         if max(st.st_mtime, ref) >= cutoff or self.guard.why(p) is not None:
             return None
+        if identified_by is not None:
+            if identity.stat_key(st) == identified_by:
+                md5 = None
+            elif md5 is None:
+                self.plan.notes.append(f"kept {p}: it changed while it was checked")
+                return None
         c = PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, ident=_ident(st),
-                           runs=runs)
+                           runs=runs, root=tree.root, md5=md5)
         if add:
             self.add(c)
         return c
@@ -361,17 +435,19 @@ class _Planner:
     def empty_dir_after(self, area: str, d: Path, root: Path, reason: str,
                         dlid: str | None) -> None:
         """``d`` too, when everything in it is planned already (rmdir: only once empty)."""
-        p = _norm(d)
-        if not _inside(p, _norm(root)) or p == _norm(root) or self.guard.why(p):
+        tree = self.tree(root)
+        parts = parts_under(tree.root, d)
+        if parts is None or self.guard.why(tree.path(parts)):
             return
         try:
-            st = os.lstat(p)
-            names = os.listdir(p)
+            st = tree.lstat(parts)
+            names = tree.listdir(parts) if stat.S_ISDIR(st.st_mode) else None
         except OSError:
             return
-        if stat.S_ISDIR(st.st_mode) and all(os.path.join(p, n) in self.seen for n in names):
+        p = tree.path(parts)
+        if names is not None and all(os.path.join(p, n) in self.seen for n in names):
             self.add(PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, is_dir=True,
-                                    ident=(st.st_dev, st.st_ino, 0, 0)))
+                                    ident=_dir_ident(st), root=tree.root))
 
     # -------------------------------------------------------------- areas
 
@@ -379,10 +455,12 @@ class _Planner:
         cut = self.cutoff(self.r.logs_days)
         if cut is None:
             return
-        root = _norm(self.ws.logs)
-        try:
-            with os.scandir(root) as it:
-                present = {e.name for e in it if e.is_dir(follow_symlinks=False)}
+        tree = self.area("logs", self.ws.logs)
+        if tree is None:
+            return
+        root = tree.root
+        try:  # real directories only: a link in place of logs/<DLID> is never entered
+            present = {n for n, st in tree.entries() if stat.S_ISDIR(st.st_mode)}
         except OSError:
             present = set()
         # a downlink freed after the cut-off has nothing old enough; one whose log directory
@@ -390,99 +468,106 @@ class _Planner:
         old = [d for d, ended in self.finished.items() if ended < cut and d in present]
         recorded: dict[str, set[str]] = {}
         for dlid, log in self.db.instance_logs(old):
-            p = _norm(log)
+            p = norm(log)
             if os.path.dirname(p) == os.path.join(root, dlid):  # the runner's layout only
                 recorded.setdefault(dlid, set()).update(
                     os.path.basename(p) + s for s in LOG_SIBLINGS)
         reason = f"log of a finished stream, older than {self.r.logs_days:g} d"
         for dlid in sorted(recorded):
-            self._log_dir(os.path.join(root, dlid), recorded[dlid], cut, reason, dlid)
-        console = os.path.join(root, "console")
-        with contextlib.suppress(OSError), os.scandir(console) as it:
-            for e in sorted(it, key=lambda e: e.name):
-                m = _CONSOLE_LOG.fullmatch(e.name)
-                if m is None:
-                    continue
-                dlid = m.group("dlid")
-                if dlid is not None and dlid in self.sigs and dlid not in self.finished:
-                    continue  # the stream it ran is not finished
-                self.file("logs", e.path, Path(console), cut,
-                          f"console job log, older than {self.r.logs_days:g} d", dlid,
-                          ref=self.finished.get(dlid or "", 0.0))
+            self._log_dir(tree, dlid, recorded[dlid], cut, reason)
+        try:
+            names = sorted(tree.listdir(("console",)))
+        except OSError as err:
+            self.linked(tree.path(("console",)), err)
+            names = []
+        for name in names:
+            m = _CONSOLE_LOG.fullmatch(name)
+            if m is None:
+                continue
+            dlid = m.group("dlid")
+            if dlid is not None and dlid in self.sigs and dlid not in self.finished:
+                continue  # the stream it ran is not finished
+            self.file("logs", tree.path(("console", name)), self.ws.logs, cut,
+                      f"console job log, older than {self.r.logs_days:g} d", dlid,
+                      ref=self.finished.get(dlid or "", 0.0))
 
-    def _log_dir(self, d: str, names: set[str], cut: float, reason: str, dlid: str) -> None:
+    def _log_dir(self, tree: Tree, dlid: str, names: set[str], cut: float, reason: str) -> None:
         """The recorded logs in one downlink's log directory (one listing, one stat per
-        file), then the directory when nothing else is in it."""
+        entry), then the directory when nothing else is in it."""
+        d = tree.path((dlid,))
         if self.guard.why(d) is not None:
             return
         real = os.path.realpath(d)
         ref = self.finished[dlid]
         try:
-            dst = os.lstat(d)
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+            dst = tree.lstat((dlid,))
+            entries = tree.entries((dlid,))
+        except OSError as err:
+            self.linked(d, err)
             return
         everything = stat.S_ISDIR(dst.st_mode)
-        for e in entries:
+        for name, st in entries:
             c = None
-            if e.name in names:
-                with contextlib.suppress(OSError):
-                    st = e.stat(follow_symlinks=False)
-                    if (stat.S_ISREG(st.st_mode) and max(st.st_mtime, ref) < cut
-                            and self.guard.why_in(real, e.name) is None):
-                        c = PruneCandidate("logs", e.path, st.st_blocks * 512, reason, dlid,
-                                           ident=_ident(st))
-                        self.add(c)
+            if (name in names and stat.S_ISREG(st.st_mode) and max(st.st_mtime, ref) < cut
+                    and self.guard.why_in(real, name) is None):
+                c = PruneCandidate("logs", os.path.join(d, name), st.st_blocks * 512, reason,
+                                   dlid, ident=_ident(st), root=tree.root)
+                self.add(c)
             everything = everything and c is not None
         if everything:
             self.add(PruneCandidate("logs", d, dst.st_blocks * 512, "a finished downlink's log "
                                     "directory, empty once its logs are gone", dlid, is_dir=True,
-                                    ident=(dst.st_dev, dst.st_ino, 0, 0)))
+                                    ident=_dir_ident(dst), root=tree.root))
 
     def orphan_chunks(self) -> None:
         cut = self.cutoff(self.r.orphan_chunks_days)
         if cut is None:
             return
+        tree = self.area("orphan_chunks", self.ws.downlinks)
+        if tree is None:
+            return
         busy: set[int] = set()  # runs touched by streams in progress: their merges read chunks
         for dlid in self.sigs:
             if dlid not in self.finished:
-                busy |= _runs(_read_index(self.ws, dlid))
+                busy |= _runs(_read_index(tree, dlid))
         reason = (f"chunk output a finished stream left (RunCleanup), older than "
                   f"{self.r.orphan_chunks_days:g} d")
         producers = [pd.name for pd in load_task(self.ws).processes if pd.foreach == "chunks"]
         old = [d for d, ended in self.finished.items() if ended < cut]
-        by_dlid: dict[str, list[tuple[str, int]]] = {}
-        for path, dlid, size in self.db.files_by(old, producers):
+        by_dlid: dict[str, list[tuple[str, int, str | None]]] = {}
+        for path, dlid, size, md5 in self.db.files_by(old, producers):
             if self._chunk_of(dlid, path):
-                by_dlid.setdefault(dlid, []).append((path, size))
+                by_dlid.setdefault(dlid, []).append((path, size, md5))
         for dlid, records in sorted(by_dlid.items()):
             flag = halt_flag(self.ws, dlid, "haltCleanup")
             if flag is not None:
                 self.plan.notes.append(f"kept the chunk outputs of {dlid}: {flag} exists")
                 continue
-            chunk_runs = _chunk_runs(_read_index(self.ws, dlid))
+            chunk_runs = _chunk_runs(_read_index(tree, dlid))
             parts_dirs: set[Path] = set()
-            for path, size in records:
+            for path, size, md5 in records:
                 chunk = self._chunk_of(dlid, path) or ""
                 runs = chunk_runs.get(chunk, [])
                 held = [r for r in runs if r in busy or (self.ws.lock / run_hex(r)).exists()]
                 if held:
                     self.plan.notes.append(f"kept {path}: run {held[0]} is being merged")
                     continue
-                c = self.file("orphan_chunks", path, self.ws.downlinks / dlid, cut, reason,
-                              dlid, ref=self.finished[dlid], size=size, runs=tuple(runs))
+                if md5 is None:  # nothing to know it by but its name: never removed
+                    self.plan.notes.append(f"kept {path}: no checksum was recorded for it")
+                    continue
+                c = self.file("orphan_chunks", path, self.ws.downlinks, cut, reason, dlid,
+                              ref=self.finished[dlid], size=size, runs=tuple(runs), md5=md5)
                 if c is not None and Path(path).parent.name.endswith(".h5.parts"):
                     parts_dirs.add(Path(path).parent)
             for d in sorted(parts_dirs):
-                self.empty_dir_after("orphan_chunks", d, self.ws.downlinks / dlid,
+                self.empty_dir_after("orphan_chunks", d, self.ws.downlinks,
                                      "a chunk output's parts directory, empty once they are "
                                      "gone", dlid)
 
     def _chunk_of(self, dlid: str, path: str) -> str | None:
         """The chunk a recorded file is the output (or a part) of, else None."""
-        p = Path(_norm(path))
-        base = Path(_norm(self.ws.downlinks / dlid))
+        p = Path(norm(path))
+        base = Path(norm(self.ws.downlinks / dlid))
         pat = re.compile(re.escape(dlid) + r"-([0-9]{5})\.h5")
         if p.parent == base:
             m = pat.fullmatch(p.name)
@@ -496,58 +581,94 @@ class _Planner:
         cut = self.cutoff(self.r.fcopy_days)
         if cut is None:
             return
+        tree = self.area("fcopy", self.ws.incoming_fcopy)
+        if tree is None:
+            return
         accepted = [d for d in self.db.deliveries("ACCEPTED")
                     if d.kind == "fcopy" and d.dlid and self.finished.get(d.dlid, cut) < cut
                     and d.name.startswith("fcopy:")]
-        cands = {}
-        for d in accepted:
-            cand = deliveries.fcopy_candidate(self.ws, d.name[len("fcopy:"):] + ".md5")
-            if cand is not None and cand.name == d.name:
-                cands[d.name] = (d, cand)
-        again = {c.name for c in deliveries.unsettled(self.db, [c for _, c in cands.values()])}
         reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
-        for name, (d, cand) in sorted(cands.items()):
+        for d in sorted(accepted, key=lambda d: d.name):
+            stem = d.name[len("fcopy:"):]
+            cand = deliveries.fcopy_candidate(self.ws, stem + ".md5")
             dl = self.db.downlink(d.dlid or "")
-            if name in again or dl is None:
-                continue  # a new delivery under the accepted name: it is judged, not pruned
-            level0 = Path(dl.level0) / manifest.MANIFEST_NAME
-            if dl.manifest_id is not None and deliveries.manifest_id(level0) != dl.manifest_id:
-                self.plan.notes.append(f"kept {cand.path}: the level-0 directory it was "
-                                       f"extracted into is no longer the registered one")
+            if cand is None or cand.name != d.name or dl is None:
                 continue
-            if dl.manifest_id is None and not level0.is_file():
+            why, manifest_key = self._not_accepted(tree, d, stem)
+            if why is None and not deliveries.registered_level0(dl):
+                why = "the level-0 directory it was extracted into no longer holds what was registered"
+            if why is not None:
+                self.plan.notes.append(f"kept {tree.path((stem + '.tar',))}: {why}")
                 continue
             ref = max(d.done or 0.0, self.finished[d.dlid or ""])
+            ident = d.identity
+            assert ident is not None  # _not_accepted checked it
+            tar_parts = (stem + ".tar",)
+            # the tar unchanged since it was verified (its key) needs no reading; else its
+            # MD5 is checked just before it is unlinked
             tar = self.file("fcopy", cand.path, self.ws.incoming_fcopy, cut, reason, d.dlid,
-                            ref=ref, add=False)
+                            ref=ref, add=False, md5=ident.package_md5,
+                            identified_by=ident.package_key)
             md5 = self.file("fcopy", cand.manifest, self.ws.incoming_fcopy, cut, reason, d.dlid,
-                            ref=ref, add=False)
-            if md5 is None or (tar is None and os.path.lexists(cand.path)):
+                            ref=ref, add=False, identified_by=manifest_key)
+            if md5 is None or (tar is None and _lexists(tree, tar_parts)):
                 continue  # both or none (a tar alone is no delivery: the manifest goes last)
             if tar is not None:
                 self.add(tar)
+                md5 = replace(md5, needs_gone=(tar.path or "",))  # kept if the tar is kept
             self.add(md5)
+
+    def _not_accepted(self, tree: Tree, d: Delivery, stem: str) -> tuple[str | None, str | None]:
+        """Why the manifest in ``incoming/fcopy`` is not positively the accepted one (None:
+        it is), and the stat key of the file found to be it: identified by its content
+        (the digest of its entries) or, unread, by the stat key recorded with that digest.
+        A package accepted before identities were recorded is kept until intake has
+        recorded it."""
+        ident = d.identity
+        if ident is None or ident.package_md5 is None:
+            return ("what was accepted under this name is not recorded yet (the next scan "
+                    "records it)"), None
+        parts = (stem + ".md5",)
+        try:
+            key = identity.stat_key(tree.lstat(parts))
+            if key == ident.manifest_key:
+                return None, key
+            fd = tree.open(parts)
+            try:
+                key = identity.stat_key(os.fstat(fd))
+                mr = identity.read_manifest_fd(fd, tree.path(parts))
+            finally:
+                os.close(fd)
+        except OSError as err:
+            return f"its manifest cannot be read ({err.strerror or err})", None
+        except BadInput as err:
+            return f"its manifest is not the accepted one ({err.message})", None
+        if mr.digest != ident.manifest_sha256:
+            return "its manifest is not the accepted one (sent again with other content)", None
+        return None, key
 
     def rejected(self) -> None:
         cut = self.cutoff(self.r.rejected_days)
         if cut is None:
             return
-        root = self.ws.rejected
+        tree = self.area("rejected", self.ws.rejected)
+        if tree is None:
+            return
         try:
-            reasons = sorted(e.path for e in os.scandir(root) if e.name.endswith(".reason"))
+            reasons = sorted(n for n in tree.listdir() if n.endswith(".reason"))
         except OSError:
             return
-        for rf in reasons:
-            self._rejection(Path(rf), root, cut)
+        for name in reasons:
+            self._rejection(tree, name, cut)
 
-    def _rejection(self, rf: Path, root: Path, cut: float) -> None:
+    def _rejection(self, tree: Tree, name: str, cut: float) -> None:
         """One rejected delivery: everything its reason file says was moved, then the reason
         file; all of it when all of it is older than ``cut``, else none."""
         try:
-            st = os.lstat(rf)
+            st = tree.lstat((name,))
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REASON_BYTES:
                 return
-            parsed = parse_reason(rf.read_bytes(), root)
+            parsed = parse_reason(tree.read((name,), MAX_REASON_BYTES), tree.root)
         except OSError:
             return
         if parsed is None:
@@ -556,40 +677,29 @@ class _Planner:
         reason = f"rejected delivery, older than {self.r.rejected_days:g} d"
         out: list[PruneCandidate] = []
         for p in moved:
+            top = (os.path.basename(p),)
             try:
-                mst = os.lstat(p)
+                mst = tree.lstat(top)
+                entries = list(tree.walk(top)) if stat.S_ISDIR(mst.st_mode) else [(top, mst)]
             except FileNotFoundError:
                 continue
             except OSError:
                 return
-            entries = list(self._tree(Path(p))) if stat.S_ISDIR(mst.st_mode) else [(Path(p), mst)]
-            for q, qst in entries:
-                if max(qst.st_mtime if not stat.S_ISDIR(qst.st_mode) else 0.0,
-                       st.st_mtime) >= cut or self.guard.why(q):
-                    return
+            for parts, qst in entries:
+                q = tree.path(parts)
                 is_dir = stat.S_ISDIR(qst.st_mode)
-                out.append(PruneCandidate("rejected", str(q), qst.st_blocks * 512, reason, dlid,
-                                          is_dir=is_dir,
-                                          ident=(qst.st_dev, qst.st_ino, 0, 0) if is_dir
-                                          else _ident(qst)))
+                if max(0.0 if is_dir else qst.st_mtime, st.st_mtime) >= cut or self.guard.why(q):
+                    return
+                out.append(PruneCandidate("rejected", q, qst.st_blocks * 512, reason, dlid,
+                                          is_dir=is_dir, root=tree.root,
+                                          ident=_dir_ident(qst) if is_dir else _ident(qst)))
         if st.st_mtime >= cut:
             return
         for c in out:
             self.add(c)
-        self.add(PruneCandidate("rejected", _norm(rf), st.st_blocks * 512,
+        self.add(PruneCandidate("rejected", tree.path((name,)), st.st_blocks * 512,
                                 "the reason file of " + reason, dlid, ident=_ident(st),
-                                needs_gone=tuple(moved)))
-
-    @staticmethod
-    def _tree(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
-        """Every entry under ``top``, contents before their directory, ``top`` last; links
-        are entries, never followed."""
-        for dirpath, dirnames, filenames in os.walk(top, topdown=False, followlinks=False):
-            for n in sorted(filenames) + sorted(dirnames):  # a link to a directory: a name
-                with contextlib.suppress(OSError):
-                    yield Path(dirpath) / n, os.lstat(Path(dirpath) / n)
-        with contextlib.suppress(OSError):
-            yield top, os.lstat(top)
+                                needs_gone=tuple(moved), root=tree.root))
 
     def events(self) -> None:
         cut = self.cutoff(self.r.events_days)
@@ -602,6 +712,24 @@ class _Planner:
                                     first_id=span.first_id, last_id=span.last_id, cutoff=cut))
 
 
+def _kind_at(path: str) -> str:
+    """What lies at ``path`` (lstat), in words."""
+    try:
+        return mode_kind(os.lstat(path).st_mode)
+    except OSError:
+        return "missing directory"
+
+
+def _lexists(tree: Tree, parts: Parts) -> bool:
+    try:
+        tree.lstat(parts)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # there, or unknowable: not gone
+    return True
+
+
 def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> PrunePlan:
     """What a prune would remove at ``now`` (default: the current time), by area, in the
     order ``apply`` removes it. Reads only: nothing changes."""
@@ -609,11 +737,14 @@ def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> 
         with StateDB(ws.state) as own:
             return plan(ws, own, now)
     p = _Planner(ws, db, time.time() if now is None else now)
-    p.logs()
-    p.orphan_chunks()
-    p.fcopy()
-    p.rejected()
-    p.events()
+    try:
+        p.logs()
+        p.orphan_chunks()
+        p.fcopy()
+        p.rejected()
+        p.events()
+    finally:
+        p.close()
     return p.plan
 
 
@@ -625,6 +756,23 @@ def _same(c: PruneCandidate, st: os.stat_result) -> bool:
     if c.is_dir:
         return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == c.ident[:2]
     return not stat.S_ISDIR(st.st_mode) and _ident(st) == c.ident
+
+
+class _Trees:
+    """The areas' trees of one apply, by root (walked without following links)."""
+
+    def __init__(self) -> None:
+        self.by: dict[str, Tree] = {}
+
+    def __getitem__(self, root: str) -> Tree:
+        t = self.by.get(root)
+        if t is None:
+            t = self.by[root] = Tree(root)
+        return t
+
+    def close(self) -> None:
+        for t in self.by.values():
+            t.close()
 
 
 @contextlib.contextmanager
@@ -667,17 +815,21 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     sigs, _finished = _stream_states(db)
     guard = Guard(ws)
     events: PruneCandidate | None = None
+    trees = _Trees()
     with _cleanup_lock(ws, any(c.area == "orphan_chunks" for c in p.candidates)) as busy:
-        for c in p.candidates:
-            if c.path is None:
-                events = c
-                continue
-            why = _hold(ws, guard, c, p, sigs, busy)
-            if why is not None:
-                res.kept.append((c, why))
-                continue
-            if _remove(c, res) and c.area == "orphan_chunks" and not c.is_dir:
-                db.forget_file(c.path)  # the downlink's recorded bytes stay true
+        try:
+            for c in p.candidates:
+                if c.path is None:
+                    events = c
+                    continue
+                why = _hold(ws, guard, c, p, sigs, busy, trees)
+                if why is not None:
+                    res.kept.append((c, why))
+                    continue
+                if _remove(c, res, trees) and c.area == "orphan_chunks" and not c.is_dir:
+                    db.forget_file(c.path)  # the downlink's recorded bytes stay true
+        finally:
+            trees.close()
     span = None if events is None or events.cutoff is None or events.last_id is None \
         else (events.cutoff, events.last_id)
     deleted = 0
@@ -691,7 +843,7 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
 
 
 def _hold(ws: Workspace, guard: Guard, c: PruneCandidate, p: PrunePlan,
-          sigs: dict[str, Signature], busy: str | None) -> str | None:
+          sigs: dict[str, Signature], busy: str | None, trees: _Trees) -> str | None:
     """Why ``c`` is kept after all (None: remove it)."""
     assert c.path is not None
     why = guard.why(c.path)
@@ -706,34 +858,68 @@ def _hold(ws: Workspace, guard: Guard, c: PruneCandidate, p: PrunePlan,
         if held:
             return f"run {held[0]} is being merged"
     for q in c.needs_gone:
-        if os.path.lexists(q):
+        parts = parts_under(c.root or "", q) if c.root else None
+        if parts is None or _lexists(trees[c.root or ""], parts):
             return f"{q} is still there"
     return None
 
 
-def _remove(c: PruneCandidate, res: PruneResult) -> bool:
-    """Remove one planned file (unlink) or directory (rmdir); True when it is gone now."""
+def _remove(c: PruneCandidate, res: PruneResult, trees: _Trees) -> bool:
+    """Remove one planned file (unlink) or directory (rmdir) by its name in the directory
+    reached from its area's root without following a link, only if it is still the file
+    planned (and, with ``c.md5``, has that content); True when it is gone now."""
     assert c.path is not None
+    parts = parts_under(c.root, c.path) if c.root else None
+    if parts is None:
+        res.kept.append((c, "not below its area's root"))
+        return False
+    tree = trees[c.root or ""]
     try:
-        st = os.lstat(c.path)
+        st = tree.lstat(parts)
         if not _same(c, st):
             res.kept.append((c, "changed since the plan"))
             return False
+        if c.md5 is not None:
+            why = _content_differs(tree, parts, c)
+            if why is not None:
+                res.kept.append((c, why))
+                return False
         if c.is_dir:
-            os.rmdir(c.path)
+            tree.rmdir(parts)
         else:
-            os.unlink(c.path)
+            tree.unlink(parts)
     except FileNotFoundError:
         res.gone.append(c)
         return True
     except OSError as err:
         if c.is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             res.kept.append((c, "not empty: it holds what the prune did not plan"))
+        elif on_link(err):
+            res.kept.append((c, "a symbolic link (or no directory) on its path; retention "
+                                "follows no link"))
         else:
             res.failed.append((c, err.strerror or str(err)))
         return False
     res.removed.append(c)
     return True
+
+
+def _content_differs(tree: Tree, parts: Parts, c: PruneCandidate) -> str | None:
+    """Why the planned file's content is not the one it must have (``c.md5``: the accepted
+    package's, the chunk output's the engine recorded), or None: read through one
+    descriptor that is still the planned file before and after (OSError propagates)."""
+    fd = tree.open(parts)
+    try:
+        if not _same(c, os.fstat(fd)):
+            return "changed since the plan"
+        actual = identity.md5_fd(fd)
+        if not _same(c, os.fstat(fd)):
+            return "changed while it was checked"
+    finally:
+        os.close(fd)
+    if actual != c.md5:
+        return f"its content is not what was recorded (MD5 {actual}, recorded {c.md5})"
+    return None
 
 
 def prune(ws: Workspace, dry_run: bool = False, now: float | None = None

@@ -27,6 +27,7 @@ from engine.store.records import (
     Delivery,
     Downlink,
     FileRecord,
+    Identity,
     ProcessInstance,
     Stream,
     StreamView,
@@ -36,7 +37,7 @@ from engine.store.sqlite import backup_path
 
 __all__ = [
     "ACTIVE_PI", "DONE_PI", "FINAL_STREAM", "PI_STATUSES", "SCHEMA_VERSION", "STEPS",
-    "STREAM_STATUSES", "Delivery", "Downlink", "DownlinkFacts", "FileRecord",
+    "STREAM_STATUSES", "Delivery", "Downlink", "DownlinkFacts", "FileRecord", "Identity",
     "ProcessInstance", "StateDB", "Stream", "StreamView", "backup_path", "init_state",
     "open_db",
 ]

@@ -43,12 +43,14 @@ from engine.store.records import (
     Delivery,
     Downlink,
     FileRecord,
+    Identity,
     ProcessInstance,
     Stream,
 )
 from engine.store.sqlite import SQLite
 
 _PI_COLUMNS = frozenset(f.name for f in fields(ProcessInstance)) - {"id"}
+_DELIVERY = "SELECT " + ", ".join(f.name for f in fields(Delivery)) + " FROM deliveries"
 
 
 def _row(cls: type, row: Any) -> Any:
@@ -210,20 +212,35 @@ class StateDB(ReadQueries):
                           "owner_host=NULL, owner_start=NULL WHERE name=? AND status='CLAIMED' "
                           "AND owner_pid=? AND owner_host=?", (pending, name, me.pid, me.host))
 
-    def finish_delivery(self, name: str, status: str, path: str, reason: str | None = None) -> None:
+    def finish_delivery(self, name: str, status: str, path: str, reason: str | None = None,
+                        identity: Identity | None = None) -> None:
+        """The verdict on a claimed delivery; an ACCEPTED one records ``identity`` (what was
+        accepted, by content), any other verdict clears it (nothing accepted lies there)."""
+        ident = (None, None, None, None) if identity is None else (
+            identity.manifest_sha256, identity.manifest_key, identity.package_md5,
+            identity.package_key)
         with self.tx() as c:
-            c.execute("UPDATE deliveries SET status=?, reason=?, path=?, done=?, owner_pid=NULL "
-                      "WHERE name=?", (status, reason, path, time.time(), name))
+            c.execute("UPDATE deliveries SET status=?, reason=?, path=?, done=?, owner_pid=NULL, "
+                      "manifest_sha256=?, manifest_key=?, package_md5=?, package_key=? "
+                      "WHERE name=?", (status, reason, path, time.time(), *ident, name))
+
+    def set_identity(self, name: str, identity: Identity) -> None:
+        """Record what an accepted delivery is, by content, and its stat keys: once the
+        delivery was checked again (its keys settled or changed with the same content), or
+        for a delivery accepted before identities were recorded. Only while it is ACCEPTED."""
+        with self.tx() as c:
+            c.execute("UPDATE deliveries SET manifest_sha256=?, manifest_key=?, package_md5=?, "
+                      "package_key=? WHERE name=? AND status='ACCEPTED'",
+                      (identity.manifest_sha256, identity.manifest_key, identity.package_md5,
+                       identity.package_key, name))
 
     def delivery(self, name: str) -> Delivery | None:
-        row = self.conn.execute("SELECT name, kind, dlid, status, reason, path, seen, done "
-                                "FROM deliveries WHERE name=?", (name,)).fetchone()
+        row = self.conn.execute(_DELIVERY + " WHERE name=?", (name,)).fetchone()
         return None if row is None else _row(Delivery, row)
 
     def deliveries(self, status: str | None = None) -> list[Delivery]:
-        sql = "SELECT name, kind, dlid, status, reason, path, seen, done FROM deliveries"
-        rows = self.q(sql + " WHERE status=? ORDER BY seen", (status,)) if status else \
-            self.q(sql + " ORDER BY seen")
+        rows = self.q(_DELIVERY + " WHERE status=? ORDER BY seen", (status,)) if status else \
+            self.q(_DELIVERY + " ORDER BY seen")
         return [_row(Delivery, r) for r in rows]
 
     # ------------------------------------------------------------ downlinks
@@ -233,15 +250,22 @@ class StateDB(ReadQueries):
         with self.tx() as c:
             cur = c.execute(
                 "INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                "delivered, registered, manifest_id, seq) VALUES (?,?,?,?,?,?,?,?,?, "
-                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM downlinks)) "
+                "delivered, registered, manifest_id, manifest_sha256, seq) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM downlinks)) "
                 "ON CONFLICT (dlid) DO NOTHING",
                 (dl.dlid, dl.kind, dl.level0, dl.chunks, int(dl.gensteps), dl.scene,
-                 dl.delivered, dl.registered, dl.manifest_id))
+                 dl.delivered, dl.registered, dl.manifest_id, dl.manifest_sha256))
             if cur.rowcount:
                 self.log_event("registered", dl.dlid, form=dl.kind,
                                latency_s=round(dl.registered - dl.delivered, 4))
             return bool(cur.rowcount)
+
+    def set_level0_identity(self, dlid: str, manifest_id: str | None, manifest_sha256: str) -> None:
+        """Record a registered downlink's level-0 MANIFEST.md5 by content (its entries'
+        digest) and its stat key, once checked again (a key settled, a legacy row adopted)."""
+        with self.tx() as c:
+            c.execute("UPDATE downlinks SET manifest_id=?, manifest_sha256=? WHERE dlid=?",
+                      (manifest_id, manifest_sha256, dlid))
 
     def downlink(self, dlid: str) -> Downlink | None:
         row = self.conn.execute("SELECT * FROM downlinks WHERE dlid=?", (dlid,)).fetchone()

@@ -50,6 +50,13 @@ STEPS: tuple[Step, ...] = (
           "UPDATE downlinks SET seq = r.n FROM (SELECT dlid, ROW_NUMBER() OVER "
           "(ORDER BY registered, dlid) AS n FROM downlinks) r WHERE r.dlid = downlinks.dlid",
           "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)")),
+    Step(4, "what was accepted is recorded by content (manifest digest, package MD5) with "
+            "stat keys as a cache; a delivery's identity no longer rests on its times",
+         ("ALTER TABLE deliveries ADD COLUMN manifest_sha256 TEXT",
+          "ALTER TABLE deliveries ADD COLUMN manifest_key TEXT",
+          "ALTER TABLE deliveries ADD COLUMN package_md5 TEXT",
+          "ALTER TABLE deliveries ADD COLUMN package_key TEXT",
+          "ALTER TABLE downlinks ADD COLUMN manifest_sha256 TEXT")),
 )
 
 # Columns that a database labelled version 1 may lack: before versions were read, skydeck

@@ -201,22 +201,24 @@ class ReadQueries:
             out += [(str(d), str(lp)) for d, lp in rows]
         return out
 
-    def files_by(self, dlids: Iterable[str], producers: Iterable[str]) -> list[tuple[str, str, int]]:
-        """(path, dlid, recorded size) of the files the processes ``producers`` wrote for the
-        downlinks ``dlids`` and that are still recorded (cleanup forgets what it removes):
-        the chunk outputs a finished stream left (engine/pipeline/retention.py)."""
+    def files_by(self, dlids: Iterable[str], producers: Iterable[str]
+                 ) -> list[tuple[str, str, int, str | None]]:
+        """(path, dlid, recorded size, recorded MD5) of the files the processes ``producers``
+        wrote for the downlinks ``dlids`` and that are still recorded (cleanup forgets what
+        it removes): the chunk outputs a finished stream left (engine/pipeline/retention.py)."""
         wanted, procs = sorted(set(dlids)), sorted(set(producers))
-        out: list[tuple[str, str, int]] = []
+        out: list[tuple[str, str, int, str | None]] = []
         step = self.backend.MAX_PARAMS - len(procs)
         if not procs or step < 1:
             return out
         for i in range(0, len(wanted), step):
             part = wanted[i:i + step]
             rows = self.conn.execute(
-                f"SELECT path, dlid, size FROM files WHERE producer IN ({','.join('?' * len(procs))})"
-                f" AND dlid IN ({','.join('?' * len(part))}) ORDER BY path",
-                (*procs, *part)).fetchall()
-            out += [(str(p), str(d), int(n)) for p, d, n in rows]
+                f"SELECT path, dlid, size, md5 FROM files WHERE producer IN "
+                f"({','.join('?' * len(procs))}) AND dlid IN ({','.join('?' * len(part))}) "
+                "ORDER BY path", (*procs, *part)).fetchall()
+            out += [(str(p), str(d), int(n), None if m is None else str(m))
+                    for p, d, n, m in rows]
         return out
 
     def events_before(self, before: float) -> EventsSpan:

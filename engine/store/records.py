@@ -22,6 +22,19 @@ FINAL_STREAM = ("SUCCESS", "FAILED", "TERMINATED", "CANCELED")  # no runner writ
 LOCAL_LAUNCHER = "local"
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What was accepted, by content (engine/intake/identity.py): the manifest's entries
+    digest and, for an fcopy package, the tar's MD5 as that manifest states it (verified
+    at acceptance); each with the stat key that stands for it as a cache (None: not settled
+    when read, so it is read again next time)."""
+
+    manifest_sha256: str
+    manifest_key: str | None = None
+    package_md5: str | None = None
+    package_key: str | None = None
+
+
 @dataclass
 class Delivery:
     name: str
@@ -32,6 +45,19 @@ class Delivery:
     path: str
     seen: float
     done: float | None
+    # schema 4: what was accepted (None: not accepted, or accepted before it was recorded)
+    manifest_sha256: str | None = None
+    manifest_key: str | None = None
+    package_md5: str | None = None
+    package_key: str | None = None
+
+    @property
+    def identity(self) -> Identity | None:
+        """What was accepted under this name, by content; None when not recorded."""
+        if self.manifest_sha256 is None:
+            return None
+        return Identity(self.manifest_sha256, self.manifest_key, self.package_md5,
+                        self.package_key)
 
 
 @dataclass
@@ -44,9 +70,12 @@ class Downlink:
     scene: str | None
     delivered: float
     registered: float
-    # identity of the level-0 MANIFEST.md5 that was registered: a directory at the same path
-    # with another manifest is a second delivery of the id, not this one (None: not recorded)
+    # the level-0 MANIFEST.md5 that was registered: its stat key (a cache for the digest;
+    # a database from before schema 4 holds dev:ino:size:mtime_ns here) and, by content, the
+    # digest of its entries (engine/intake/identity.py). A directory at the same path with
+    # other entries is a second delivery of the id, not this one (None: not recorded)
     manifest_id: str | None = None
+    manifest_sha256: str | None = None
 
 
 @dataclass

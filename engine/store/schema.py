@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_KEY = "schema"  # meta key holding the version
 
 _TABLES = (
@@ -30,7 +30,12 @@ _TABLES = (
     path        TEXT NOT NULL,           -- where it lies now (rejected/ after a rejection)
     owner_pid   INTEGER, owner_host TEXT, owner_start DOUBLE PRECISION,
     seen        DOUBLE PRECISION NOT NULL,
-    done        DOUBLE PRECISION
+    done        DOUBLE PRECISION,
+    -- what was accepted, by content (engine/intake/identity.py); NULL until accepted
+    manifest_sha256 TEXT,                -- its manifest's entries, canonical SHA-256
+    manifest_key    TEXT,                -- stat key of that manifest (a cache; NULL: unsettled)
+    package_md5     TEXT,                -- fcopy: the tar's MD5 as the manifest states it, verified
+    package_key     TEXT                 -- fcopy: stat key of that tar (a cache; NULL: unsettled)
 )""",
     """CREATE TABLE IF NOT EXISTS downlinks (
     dlid        TEXT PRIMARY KEY,
@@ -41,8 +46,9 @@ _TABLES = (
     scene       TEXT,
     delivered   DOUBLE PRECISION NOT NULL,  -- delivery complete (manifest seen and verified)
     registered  DOUBLE PRECISION NOT NULL,
-    manifest_id TEXT,                    -- its MANIFEST.md5 as registered (dev:ino:size:mtime_ns)
-    seq         BIGINT                   -- registration order (1, 2, ...): "new since"
+    manifest_id TEXT,                    -- stat key of its MANIFEST.md5 (a cache; NULL: unsettled)
+    seq         BIGINT,                  -- registration order (1, 2, ...): "new since"
+    manifest_sha256 TEXT                 -- its MANIFEST.md5's entries as registered (SHA-256)
 )""",
     "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)",
     """CREATE TABLE IF NOT EXISTS streams (
