@@ -36,7 +36,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunk", type=int_in("--chunk", 1, MAX_CHUNK), default=DEFAULT_CHUNK,
                    help="photons per numpy chunk (bounds memory)")
     p.add_argument("--gensteps", type=Path, default=None,
-                   help="(G,6,4) float32 torch gensteps.npy (e.g. from a delivery) instead of the scene's source")
+                   help="(G,6,4) float32 gensteps.npy (TORCH, CERENKOV, SCINTILLATION; e.g. from a "
+                   "delivery or `skydeck-engine geant4 gensteps`) instead of the scene's source")
+    p.add_argument("--genstep-materials", type=Path, default=None,
+                   help="material map of Geant4 gensteps, {\"materials\": [names in Geant4 index "
+                   "order]} (default: <gensteps stem>.materials.json beside the file, if any)")
     p.add_argument("--json", action="store_true", help="print meta.json instead of a line")
     p.set_defaults(func=run)
 
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     scene = scene_arg(args.scene)
     req = Request(scene=scene, out=args.output, photons=args.photons, seed=args.seed,
                   event=args.event, mode=args.mode, backend=args.backend, hitmask=args.hitmask,
-                  workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps)
+                  workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps,
+                  genstep_materials=args.genstep_materials)
     state: dict = {}
 
     def advance(k: int) -> None:

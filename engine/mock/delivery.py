@@ -187,6 +187,8 @@ def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
 
     assert spec.scene, "write_gensteps needs spec.scene"  # the caller checks
     scene = load_scene(packaged_scene(spec.scene))
+    if scene.source is None:
+        raise BadInput(f"scene {spec.scene} has no [source] to make torch gensteps from")
     gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
     buf = io.BytesIO()
     np.save(buf, gs)

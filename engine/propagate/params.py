@@ -8,9 +8,10 @@ all speak these types, so none of them imports another backend to learn them:
   step-record compression domain);
 - ``ChunkResult``: the photons of one chunk or GPU launch, in photon order;
 - ``slice_order``: where each hit of a chunk lies in it, from the photon index it stores;
-- the physical and stepping constants. ``GEN_BLOCKS`` reaches the CUDA kernel as a ``-D``
-  option (``kernel.compile_options``); ``C_LIGHT``, ``EPS`` and ``MAX_TRIES`` are mirrored by
-  ``#define`` in ``assets/kernels/propagate.cu`` and must be changed in both places.
+- the physical and stepping constants. ``EPS`` and ``MAX_TRIES`` are mirrored by ``#define``
+  in ``assets/kernels/propagate.cu`` and must be changed in both places (the generators'
+  block counts reach the kernel as ``-D`` options, ``kernel.compile_options``). ``C_LIGHT``
+  only bounds velocities and time domains here: photons move at the scene's group velocity.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 C_LIGHT = np.float32(299.792458)  # mm/ns
 EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
 MAX_TRIES = 1024  # rejection-sampling tries (Rayleigh, Lambertian) before giving up
-GEN_BLOCKS = 2  # Philox blocks a photon's generation takes; its steps start after them
 
 
 @dataclass
