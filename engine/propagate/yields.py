@@ -32,43 +32,58 @@ def table(value: float | list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([WL_GRID[0], WL_GRID[-1]]), np.array([float(value), float(value)])
 
 
+class CerenkovTable:
+    """A material's refractive-index nodes with G4Cerenkov's angle integral precomputed."""
+
+    def __init__(self, nm: np.ndarray, n: np.ndarray) -> None:
+        self.nm = np.asarray(nm, np.float64)
+        self.n = np.asarray(n, np.float64)
+        self.e = HC_EV_NM / self.nm[::-1]
+        self.r = self.n[::-1]
+        self.cai = np.concatenate(([0.0], np.cumsum(
+            np.diff(self.e) * 0.5 * (1 / self.r[:-1] ** 2 + 1 / self.r[1:] ** 2))))
+        self.nmin, self.nmax = float(self.r.min()), float(self.r.max())
+
+    def per_mm(self, beta: float, charge: float = 1.0) -> float:
+        """Mean Cerenkov photons per mm for a particle of ``beta`` and ``charge`` (e)."""
+        if beta <= 0:
+            return 0.0
+        e, r, cai = self.e, self.r, self.cai
+        bi = 1.0 / beta
+        if self.nmax < bi:
+            return 0.0
+        if self.nmin > bi:
+            dp, ge = e[-1] - e[0], cai[-1]
+        else:
+            # G4PhysicsVector::GetEnergy(BetaInverse): where n first reaches it
+            j = max(1, min(int(np.argmax(r >= bi)), len(r) - 1))
+            pmin = (e[j - 1] + (bi - r[j - 1]) * (e[j] - e[j - 1]) / (r[j] - r[j - 1])
+                    if r[j] != r[j - 1] else e[j - 1])
+            dp = e[-1] - pmin
+            ge = cai[-1] - float(np.interp(pmin, e, cai))
+        return RFACT * charge * charge * (dp - ge * bi * bi)
+
+    def fields(self, beta_pre: float, beta_post: float, charge: float = 1.0) -> dict[str, float]:
+        """The q4/q5 genstep fields G4Cerenkov computes for a step (mean beta)."""
+        beta = 0.5 * (beta_pre + beta_post)
+        bi = 1.0 / beta if beta > 0 else float("inf")
+        max_cos = bi / self.nmax
+        return {"BetaInverse": bi, "Wmin": float(self.nm[0]), "Wmax": float(self.nm[-1]),
+                "maxCos": max_cos, "maxSin2": (1.0 - max_cos) * (1.0 + max_cos),
+                "MeanNumberOfPhotons1": self.per_mm(beta_pre, charge),
+                "MeanNumberOfPhotons2": self.per_mm(beta_post, charge),
+                "mean_per_mm": self.per_mm(beta, charge)}
+
+
 def cerenkov_per_mm(nm: np.ndarray, n: np.ndarray, beta: float, charge: float = 1.0) -> float:
     """Mean Cerenkov photons per mm for a particle of ``beta`` and ``charge`` (units of e)."""
-    if beta <= 0:
-        return 0.0
-    e = HC_EV_NM / nm[::-1]
-    r = n[::-1]
-    bi = 1.0 / beta
-    cai = np.concatenate(([0.0], np.cumsum(np.diff(e) * 0.5 * (1 / r[:-1] ** 2 + 1 / r[1:] ** 2))))
-    nmin, nmax = float(r.min()), float(r.max())
-    if nmax < bi:
-        return 0.0
-    if nmin > bi:
-        dp, ge = e[-1] - e[0], cai[-1]
-    else:
-        # G4PhysicsVector::GetEnergy(BetaInverse): the energy where n first reaches it
-        j = int(np.searchsorted(r, bi, side="left")) if np.all(np.diff(r) >= 0) else \
-            int(np.argmax(r >= bi))
-        j = max(1, min(j, len(r) - 1))
-        pmin = e[j - 1] + (bi - r[j - 1]) * (e[j] - e[j - 1]) / (r[j] - r[j - 1]) \
-            if r[j] != r[j - 1] else e[j - 1]
-        dp = e[-1] - pmin
-        ge = cai[-1] - float(np.interp(pmin, e, cai))
-    return RFACT * charge * charge * (dp - ge * bi * bi)
+    return CerenkovTable(nm, n).per_mm(beta, charge)
 
 
 def cerenkov_fields(nm: np.ndarray, n: np.ndarray, beta_pre: float, beta_post: float,
                     charge: float = 1.0) -> dict[str, float]:
     """The q4/q5 Cerenkov genstep fields G4Cerenkov computes for a step (mean beta)."""
-    beta = 0.5 * (beta_pre + beta_post)
-    bi = 1.0 / beta
-    nmax = float(n.max())
-    max_cos = bi / nmax
-    return {"BetaInverse": bi, "Wmin": float(nm[0]), "Wmax": float(nm[-1]), "maxCos": max_cos,
-            "maxSin2": (1.0 - max_cos) * (1.0 + max_cos),
-            "MeanNumberOfPhotons1": cerenkov_per_mm(nm, n, beta_pre, charge),
-            "MeanNumberOfPhotons2": cerenkov_per_mm(nm, n, beta_post, charge),
-            "mean_per_mm": cerenkov_per_mm(nm, n, beta, charge)}
+    return CerenkovTable(nm, n).fields(beta_pre, beta_post, charge)
 
 
 def scintillation_count(mean: float, resolution: float, rng: np.random.Generator) -> int:
