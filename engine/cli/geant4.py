@@ -2,7 +2,7 @@
 
 - ``geant4 propagate SCENE -o DIR [--photons N] [--seed S]``: Geant4 tracks the scene's
   torch photons and writes a skydeck event directory (histories inferred per step), so
-  ``hits DIR --vs SKYDECK_EVENT`` gives the A/B tables; ``--timing`` only measures.
+  ``hits DIR --vs OTHER_EVENT`` gives the A/B tables; ``--timing`` only measures.
 - ``geant4 gensteps SCENE -o gensteps.npy --particle mu- --energy 1GeV --position X,Y,Z
   --direction X,Y,Z [--count N]``: the particle's Cerenkov and scintillation steps as a
   genstep file (and its material map beside it) that ``propagate --gensteps`` and a

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("propagate", parents=[common],
                        help=SUMMARY["propagate"])
     p.add_argument("scene", help="scene TOML file, or a packaged scene by name "
-                   "(tboolean-box, tboolean-box-detect)")
+                   "(tboolean-box, tboolean-box-detect, water-tank, scint-tank)")
     p.add_argument("-o", "--output", type=Path, required=True, help="event directory to write")
     p.add_argument("--photons", type=int_in("--photons", 0, MAX_PHOTONS), default=None,
                    help="photon count, 1e6 and 1_000_000 work too (default: the scene's)")
