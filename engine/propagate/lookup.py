@@ -35,8 +35,18 @@ def props_at(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
 
 
 def index_at(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
-    """Refractive index only."""
-    return props_at(sa, m, wl)[N_INDEX]
+    """Refractive index only: the same interpolation as ``props_at``, one row gathered."""
+    flat = sa.mat.reshape(-1)
+    row = m.astype(np.int64) * (N_PROP * WL_N) + N_INDEX * WL_N
+    if sa.const_props:
+        return flat[row]
+    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
+    x = np.clip(x, _F(0), _F(WL_N - 1))
+    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
+    f = x - i0.astype(_F)
+    a = flat[row + i0]
+    b = flat[row + i0 + 1]
+    return a + f * (b - a)
 
 
 def icdf_sample(sa: SceneArrays, m: np.ndarray, u: np.ndarray) -> np.ndarray:

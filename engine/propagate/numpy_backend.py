@@ -34,8 +34,9 @@ from engine.propagate.params import (
     ChunkResult,
     Params,
     slice_order,
+    tries_per_pass,
 )
-from engine.propagate.philox import uniforms
+from engine.propagate.philox import first_accepted, try_uniforms, uniforms
 from engine.propagate.scene import WL_MIN, SceneArrays
 from engine.propagate.vec import TWO_PI, cross, dot, normalize, rotate_uz
 
@@ -207,30 +208,35 @@ def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, s
     Rejection sampling; each try takes two blocks. Updates ``blk`` in place."""
     d, pol = d.copy(), pol.copy()
     todo = np.arange(d.shape[1])
-    for _ in range(MAX_TRIES):
-        if todo.size == 0:
-            break
-        ua = uniforms(idx[todo], blk[todo], seed, event)
-        ub = uniforms(idx[todo], blk[todo] + 1, seed, event)
-        blk[todo] += 2
-        od, op = d[:, todo], pol[:, todo]
-        ct = np.where(ua[1] < _F(0.5), -ua[0], ua[0])
+    done = 0
+    while todo.size and done < MAX_TRIES:
+        t = tries_per_pass(done, todo.size)
+        u = try_uniforms(idx[todo], blk[todo], t, 2, seed, event)
+        ua, ub = u[:, 0], u[:, 1]  # (t, 4, m)
+        od, op = d[:, None, todo], pol[:, None, todo]
+        ct = np.where(ua[:, 1] < _F(0.5), -ua[:, 0], ua[:, 0])
         st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
-        ph = TWO_PI * ua[2]
+        ph = TWO_PI * ua[:, 2]
         nd = rotate_uz(od, np.stack((st * np.cos(ph), st * np.sin(ph), ct)))
         cp = op - dot(op, nd) * nd
         clen = np.sqrt(dot(cp, cp))
-        ph3 = TWO_PI * ua[3]
-        degenerate = rotate_uz(nd, np.stack((np.cos(ph3), np.sin(ph3), np.zeros_like(ph3))))
         with np.errstate(divide="ignore", invalid="ignore"):
-            cp = np.where(clen == 0, degenerate,
-                          np.where(ua[3] < _F(0.5), -cp, cp) / clen)
+            cp = np.where(ua[:, 3] < _F(0.5), -cp, cp) / clen
+        deg = clen == 0  # new direction along the old polarization: a random transverse one
+        if deg.any():
+            ph3 = TWO_PI * ua[:, 3][deg]
+            cp[:, deg] = rotate_uz(nd[:, deg], np.stack((np.cos(ph3), np.sin(ph3),
+                                                         np.zeros_like(ph3))))
         c = dot(cp, op)
-        ok = c * c >= ub[0]
-        acc = todo[ok]
-        d[:, acc] = nd[:, ok]
-        pol[:, acc] = cp[:, ok]
-        todo = todo[~ok]
+        anyok, k = first_accepted(c * c >= ub[:, 0])
+        sel = np.flatnonzero(anyok)
+        acc, kk = todo[sel], k[sel]
+        d[:, acc] = nd[:, kk, sel]
+        pol[:, acc] = cp[:, kk, sel]
+        blk[acc] += (2 * (kk + 1)).astype(np.uint32)
+        todo = todo[~anyok]
+        blk[todo] += np.uint32(2 * t)
+        done += t
     return d, pol
 
 
@@ -241,22 +247,24 @@ def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarr
     nin = np.where(dot(d, normal) > 0, -normal, normal)
     nd = nin.copy()
     todo = np.arange(d.shape[1])
-    for _ in range(MAX_TRIES):
-        if todo.size == 0:
-            break
-        u = uniforms(idx[todo], blk[todo], seed, event)
-        blk[todo] += 1
-        a = _F(2) * u[0] - _F(1)
-        b = _F(2) * u[1] - _F(1)
+    done = 0
+    while todo.size and done < MAX_TRIES:
+        t = tries_per_pass(done, todo.size)
+        u = try_uniforms(idx[todo], blk[todo], t, 1, seed, event)[:, 0]  # (t, 4, m)
+        a = _F(2) * u[:, 0] - _F(1)
+        b = _F(2) * u[:, 1] - _F(1)
         s = a * a + b * b
         root = _F(2) * np.sqrt(np.maximum(_F(0), _F(1) - s))
         v = np.stack((a * root, b * root, _F(2) * s - _F(1)))
-        nn = nin[:, todo]
-        c = dot(v, nn)
+        c = dot(v, nin[:, None, todo])
         v = np.where(c < 0, -v, v)
-        ok = (s < _F(1)) & (u[2] < np.abs(c))
-        nd[:, todo[ok]] = v[:, ok]
-        todo = todo[~ok]
+        anyok, k = first_accepted((s < _F(1)) & (u[:, 2] < np.abs(c)))
+        sel = np.flatnonzero(anyok)
+        nd[:, todo[sel]] = v[:, k[sel], sel]
+        blk[todo[sel]] += (k[sel] + 1).astype(np.uint32)
+        todo = todo[~anyok]
+        blk[todo] += np.uint32(t)
+        done += t
     f = normalize(nd - d)
     new_pol = -pol + _F(2) * dot(pol, f) * f
     return nd.astype(_F), new_pol.astype(_F)
@@ -334,14 +342,22 @@ class _Sink:
         self.ox = np.zeros((count, 4, 4), np.float32) if dev else None
         self.seq = np.zeros(count, np.uint64) if dev else None
 
-    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> None:
-        fm = ist[_FM]
+    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray,
+             gone: np.ndarray | None = None) -> None:
+        """The photons ``gone`` (all when None) of the state arrays are finished; only what
+        is kept is gathered (production: their flagmasks and the hits)."""
+        fm = ist[_FM] if gone is None else ist[_FM, gone]
         self.fms.append(fm)
         mask = np.uint32(self.p.hitmask)
         hit = (fm & mask) == mask
         if hit.any():
-            self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
+            h = np.flatnonzero(hit) if gone is None else gone[hit]
+            self.hits.append(_pack(np.take(fs, h, axis=1), np.take(ist, h, axis=1),
+                                   np.take(u64, h, axis=1)))
         if self.ox is not None and self.seq is not None:  # development mode: both
+            if gone is not None:
+                fs, ist, u64 = (np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
+                                np.take(u64, gone, axis=1))
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
@@ -501,9 +517,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         if rx is not None and slot < maxrec:
             rx[ist[_LOC], slot] = _compress(fs, ist, p.domain)
         if dead.any():
-            gone = np.flatnonzero(dead)
-            sink.take(np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
-                      np.take(u64, gone, axis=1))
+            sink.take(fs, ist, u64, np.flatnonzero(dead))
             keep = np.flatnonzero(~dead)
             fs, ist, u64 = (np.take(fs, keep, axis=1), np.take(ist, keep, axis=1),
                             np.take(u64, keep, axis=1))

@@ -23,6 +23,17 @@ import numpy as np
 C_LIGHT = np.float32(299.792458)  # mm/ns
 EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
 MAX_TRIES = 1024  # rejection-sampling tries (Rayleigh, Lambertian) before giving up
+TRIES_PER_PASS = 8  # NumPy only: tries drawn at once for the photons a first try left over
+SMALL_PASS = 32768  # NumPy only: below this many draws a pass tries TRIES_PER_PASS at once
+
+
+def tries_per_pass(done: int, todo: int, limit: int = MAX_TRIES) -> int:
+    """Tries per pass of a NumPy rejection loop (philox.try_uniforms): many photons try once
+    first (most accept), a few (or the ones left) TRIES_PER_PASS at a time, where NumPy's
+    per-call cost dominates; never past ``limit`` tries in all. The kernel tries one at a
+    time; the numbers, the accepted try and the blocks used are the same."""
+    t = 1 if done == 0 and todo * TRIES_PER_PASS > SMALL_PASS else TRIES_PER_PASS
+    return min(t, limit - done)
 
 
 @dataclass

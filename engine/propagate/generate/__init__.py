@@ -41,20 +41,22 @@ def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int,
              sa: SceneArrays) -> dict[str, np.ndarray]:
     """Photons for global indices ``idx``: pos, dir, pol (3, n); t, wl (n,) float32; blk
     (the first step's Philox block) and flag (the first flag) uint32."""
-    q = gs[genstep_of(gs, idx)]
-    kind = kinds(q.view(np.int32)[:, 0, 0])
-    present = np.unique(kind)
-    if present.size == 1:  # the usual case: one kind, no gathering
-        out = _one(int(present[0]), q, idx, seed, event, sa)
-        out["flag"] = np.full(idx.shape[0], FIRST_FLAG[int(present[0])], np.uint32)
+    row = genstep_of(gs, idx)
+    row_kind = kinds(gs.view(np.int32)[:, 0, 0])  # per genstep row: G, not n, comparisons
+    span = row_kind[row.min():row.max() + 1] if idx.size else row_kind[:1]
+    if span.size and (span == span[0]).all():
+        k = int(span[0])  # the usual case: one kind, no gathering of results
+        out = _one(k, gs[row], idx, seed, event, sa)
+        out["flag"] = np.full(idx.shape[0], FIRST_FLAG[k], np.uint32)
         return out
+    kind = row_kind[row]
     n = idx.shape[0]
     out = {name: np.empty((k, n) if k else n, np.uint32 if name == "blk" else np.float32)
            for name, k in _FIELDS}
     out["flag"] = np.empty(n, np.uint32)
-    for k in present:
+    for k in np.unique(kind):
         sel = np.flatnonzero(kind == k)
-        part = _one(int(k), q[sel], idx[sel], seed, event, sa)
+        part = _one(int(k), gs[row[sel]], idx[sel], seed, event, sa)
         for name, dim in _FIELDS:
             if dim:
                 out[name][:, sel] = part[name]

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.propagate.lookup import index_at
-from engine.propagate.params import MAX_TRIES
-from engine.propagate.philox import uniforms
+from engine.propagate.params import MAX_TRIES, tries_per_pass
+from engine.propagate.philox import first_accepted, try_uniforms
 from engine.propagate.scene import SceneArrays
 from engine.propagate.vec import TWO_PI, normalize, rotate_uz
 
@@ -49,19 +49,27 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
     ct = np.empty(n, _F)
     s2 = np.empty(n, _F)
     uphi = np.empty(n, _F)
+    # tries are drawn several per pass (philox.try_uniforms): the same numbers, the same
+    # first accepted try, the same blocks used as the kernel's one-at-a-time loop
     todo = np.arange(n)
-    for _ in range(MAX_CK_TRIES):
-        u = uniforms(idx[todo], blk[todo], seed, event)
-        blk[todo] += np.uint32(1)
+    done = 0
+    while todo.size and done < MAX_CK_TRIES:
+        t = tries_per_pass(done, todo.size, MAX_CK_TRIES)
+        u = try_uniforms(idx[todo], blk[todo], t, 1, seed, event)[:, 0]  # (t, 4, m)
         lo, hi = wmin[todo], wmax[todo]
-        w = lo + u[0] * (hi - lo)
+        w = lo + u[:, 0] * (hi - lo)
         lam = lo * hi / w  # reciprocal: uniform in photon energy
-        c = bi[todo] / index_at(sa, mat[todo], lam)
+        m = np.broadcast_to(mat[todo], lam.shape)
+        c = bi[todo] / index_at(sa, m.ravel(), lam.ravel()).reshape(lam.shape)
         s = np.maximum(_F(0), (_F(1) - c) * (_F(1) + c))
-        wl[todo], ct[todo], s2[todo], uphi[todo] = lam, c, s, u[2]
-        todo = todo[u[1] * maxsin2[todo] > s]
-        if todo.size == 0:
-            break
+        anyok, k = first_accepted(~(u[:, 1] * maxsin2[todo] > s))
+        k = np.where(anyok, k, t - 1)  # none accepted: the last try's values stand
+        cols = np.arange(todo.size)
+        wl[todo], ct[todo], s2[todo] = lam[k, cols], c[k, cols], s[k, cols]
+        uphi[todo] = u[k, 2, cols]
+        blk[todo] += (k + 1).astype(np.uint32)
+        todo = todo[~anyok]
+        done += t
     st = np.sqrt(s2)
     ph = TWO_PI * uphi
     cp, sp = np.cos(ph), np.sin(ph)
@@ -72,16 +80,19 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
     dn = mnp1 - mnp2
     frac = np.empty(n, _F)
     todo = np.arange(n)
-    for _ in range(MAX_TRIES):
-        u = uniforms(idx[todo], blk[todo], seed, event)
-        blk[todo] += np.uint32(1)
-        f = u[0]
-        frac[todo] = f
-        todo = todo[u[1] * mx[todo] > mnp1[todo] - f * dn[todo]]
-        if todo.size == 0:
-            break
+    done = 0
+    while todo.size and done < MAX_TRIES:
+        t = tries_per_pass(done, todo.size)
+        u = try_uniforms(idx[todo], blk[todo], t, 1, seed, event)[:, 0]
+        f = u[:, 0]
+        anyok, k = first_accepted(~(u[:, 1] * mx[todo] > mnp1[todo] - f * dn[todo]))
+        k = np.where(anyok, k, t - 1)
+        frac[todo] = f[k, np.arange(todo.size)]
+        blk[todo] += (k + 1).astype(np.uint32)
+        todo = todo[~anyok]
+        done += t
     mid_v = pre_v + frac * (post_v - pre_v) * _F(0.5)
     t = t0 + frac * step / mid_v
     pos = x0 + frac * dp
-    return {"pos": pos.astype(_F), "t": t.astype(_F), "dir": mom, "pol": pol,
+    return {"pos": pos.astype(_F, copy=False), "t": t.astype(_F, copy=False), "dir": mom, "pol": pol,
             "wl": wl, "blk": blk}

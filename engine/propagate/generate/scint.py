@@ -52,5 +52,5 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
         along = np.where(step > 0, frac * step / mean_v, _F(0))
     t = t0 + (along - tau * np.log(v[1]))
     pos = x0 + frac * dp
-    return {"pos": pos.astype(_F), "t": t.astype(_F), "dir": mom.astype(_F),
-            "pol": pol.astype(_F), "wl": wl, "blk": np.full(n, BLOCKS, np.uint32)}
+    return {"pos": pos.astype(_F, copy=False), "t": t.astype(_F, copy=False), "dir": mom.astype(_F, copy=False),
+            "pol": pol.astype(_F, copy=False), "wl": wl, "blk": np.full(n, BLOCKS, np.uint32)}

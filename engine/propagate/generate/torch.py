@@ -21,9 +21,9 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str,
     typ = q.view(np.int32)[:, 5, 3]
     n = idx.shape[0]
     a = uniforms(idx, 0, seed, event)
-    center = q[:, 1, :3].T.astype(_F)
-    mom = q[:, 2, :3].T.astype(_F)
-    given_pol = q[:, 3, :3].T.astype(_F)
+    center = q[:, 1, :3].T.astype(_F, copy=False)
+    mom = q[:, 2, :3].T.astype(_F, copy=False)
+    given_pol = q[:, 3, :3].T.astype(_F, copy=False)
     radius = q[:, 5, 0]
     iso = q[:, 5, 2] > 0
     pos = center.copy()
@@ -61,7 +61,7 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str,
         psi = TWO_PI * b[0]
         pol[:, k] = rotate_uz(d[:, k], np.stack((np.cos(psi), np.sin(psi), np.zeros(k.size, _F))))
     return {
-        "pos": pos.astype(_F), "t": q[:, 1, 3].astype(_F), "dir": d.astype(_F),
-        "pol": pol.astype(_F), "wl": q[:, 3, 3].astype(_F),
+        "pos": pos.astype(_F, copy=False), "t": q[:, 1, 3].astype(_F, copy=False), "dir": d.astype(_F, copy=False),
+        "pol": pol.astype(_F, copy=False), "wl": q[:, 3, 3].astype(_F, copy=False),
         "blk": np.full(n, BLOCKS, np.uint32),
     }
