@@ -236,3 +236,21 @@ def test_torch_gensteps_still_load(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     got = G.load(tmp_path / "a" / "gs.npy", load_scene(TBOX))
     assert got.photons == 2000 and set(got.kinds) == {"TORCH"}
+
+
+def test_mock_delivers_cerenkov_gensteps_that_propagate(tmp_path: Path) -> None:
+    out = tmp_path / "delivery"
+    r = cli("mock", "--downlink", "251201002", "--events", "20", "--event-bytes", "400",
+            "--sources", "1", "--runs", "1", "--chunks", "1", "--scene", "water-tank",
+            "--gensteps-kind", "cerenkov", "--gensteps-photons", "50000", "-o", out)
+    assert r.returncode == 0, r.stderr
+    gs = np.load(out / "gensteps.npy")
+    assert (out / "scene.txt").read_text().strip() == "water-tank"
+    assert set(gs.view(np.int32)[:, 0, 0]) == {15} and gs.view(np.int32)[:, 0, 3].sum() >= 50_000
+    r = cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", out / "gensteps.npy",
+            "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    _one_line(cli("mock", "--downlink", "251201003", "--gensteps-kind", "cerenkov", "-o",
+                  tmp_path / "d2"), "--gensteps-kind and --gensteps-file need --scene")
+    _one_line(cli("mock", "--downlink", "251201004", "--scene", "water-tank", "-o",
+                  tmp_path / "d3"), "water-tank has no [source]", "--gensteps-kind")
