@@ -6,6 +6,7 @@ through gives finite photons)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +31,19 @@ WATER = SCENES / "water-tank.toml"
 SCINT = SCENES / "scint-tank.toml"
 
 
+@functools.cache
+def _tracks(which: str, photons: int) -> np.ndarray:
+    if which == "water":
+        return cerenkov_tracks(load_scene(WATER), photons, seed=1)
+    return scintillation_tracks(load_scene(SCINT), photons, seed=1)
+
+
 def _water_gs(photons: int = 20_000) -> np.ndarray:
-    return cerenkov_tracks(load_scene(WATER), photons, seed=1)
+    return _tracks("water", photons).copy()
 
 
 def _scint_gs(photons: int = 20_000) -> np.ndarray:
-    return scintillation_tracks(load_scene(SCINT), photons, seed=1)
+    return _tracks("scint", photons).copy()
 
 
 def _one_line(r, *needles: str) -> str:
