@@ -1,7 +1,8 @@
 # skydeck: two commands on a fresh machine, `make demo` and `make test`.
 # Both create (or reuse) .venv and install the project with its PyPI dependencies, at the
 # versions constraints.txt pins (pyproject.toml gives ranges; the tests were recorded with these);
-# the mpich extra (a wheel) brings a working mpiexec, so no system MPI is needed.
+# the mpich extra (a wheel) brings a working mpiexec, so no system MPI is needed; the geant4
+# extra (a wheel) brings Geant4 itself, the physics reference of the propagation tests.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -16,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich,postgresql]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich,postgresql,geant4]'
 	touch $(STAMP)
 
 # Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump).

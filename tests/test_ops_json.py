@@ -27,6 +27,7 @@ NO_JSON = {
     "completion": "prints a shell script",
     "kernel": "only groups subcommands (kernel build has --json)",
     "db": "only groups subcommands (db copy has --json)",
+    "geant4": "only groups subcommands (geant4 propagate and geant4 gensteps have --json)",
 }
 
 
@@ -45,6 +46,7 @@ def test_every_command_that_prints_takes_json() -> None:
     assert missing == []
     assert set(NO_JSON) <= set(commands)
     assert all(_has_json(p) for p in _subparsers(commands["kernel"]).values())
+    assert all(_has_json(p) for p in _subparsers(commands["geant4"]).values())
 
 
 @pytest.fixture

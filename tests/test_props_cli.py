@@ -75,6 +75,25 @@ def test_select_deep_nesting_is_bounded(depth: int, unit: str) -> None:
         assert isinstance(value, BadInput)
 
 
+# ----------------------------------------------------------------------------- geant4 options
+
+@given(st.text(max_size=40))
+def test_geant4_energy_and_vector_options_are_total(text: str) -> None:
+    from engine.cli.geant4 import energy_mev, vector
+
+    e = total(energy_mev, text)
+    assert isinstance(e, BadInput) or (isinstance(e, float) and 0 < e <= 1e7)
+    v = total(vector("--position"), text)
+    assert isinstance(v, BadInput) or (len(v) == 3 and all(math.isfinite(x) for x in v))
+
+
+def test_geant4_energy_units() -> None:
+    from engine.cli.geant4 import energy_mev
+
+    assert [energy_mev(t) for t in ("1GeV", "5 MeV", "500keV", "2.5", "1e3 eV")] == [
+        1000.0, 5.0, 0.5, 2.5, 0.001]
+
+
 # ----------------------------------------------------------------------------- scene TOML
 
 toml_scalars = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=10),
@@ -91,7 +110,13 @@ SCENE_PATHS = [("name",), ("materials",), ("materials", "Glass"), ("materials", 
                ("source", "type"), ("source", "position"), ("source", "direction"),
                ("source", "radius"), ("source", "wavelength"), ("source", "time"),
                ("source", "photons"), ("source", "polarization"), ("settings",),
-               ("settings", "max_bounce"), ("settings", "hitmask")]
+               ("settings", "max_bounce"), ("settings", "hitmask"),
+               # what a charged-particle simulation reads (issue 24)
+               ("materials", "Glass", "density"), ("materials", "Glass", "composition"),
+               ("materials", "Glass", "composition", "H"), ("materials", "Glass", "nist"),
+               ("materials", "Glass", "scintillation_yield"),
+               ("materials", "Glass", "scintillation_components"),
+               ("materials", "Glass", "birks_constant"), ("materials", "Glass", "resolution_scale")]
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:

@@ -9,7 +9,15 @@
 // q0 pos.xyz,t  q1 dir.xyz,weight  q2 pol.xyz,wavelength
 // q3 (uint) boundary<<16|flag, sensor, photon index, flagmask. Flag bits: Opticks 2019.
 //
-// Constants WL_MIN, WL_STEP, WL_N, ICDF_N, GEN_BLOCKS come from -D options (cuda_backend.py).
+// Constants WL_MIN, WL_STEP, WL_N, N_PROP, ICDF_N, TORCH_BLOCKS, SCINT_BLOCKS, MAX_CK_TRIES
+// come from -D options (engine/propagate/kernel.py compile_options), so they are the NumPy
+// side's own values.
+//
+// Photon generation (engine/propagate/generate/): one device function per genstep kind,
+// chosen by the gentype in a switch (Opticks' qsim::generate_photon): TORCH (6), CERENKOV
+// (15, 18, 1: qcerenkov::generate), SCINTILLATION (16, 5, 2: qscint::generate). Each says
+// how many Philox blocks it used; the photon's steps draw from the next block on. Time
+// advances with the material's group velocity (GROUPVEL row of the material table).
 
 #ifndef WL_MIN
 #define WL_MIN 60.0f
@@ -20,13 +28,24 @@
 #ifndef WL_N
 #define WL_N 761
 #endif
-#ifndef ICDF_N
-#define ICDF_N 256
+#ifndef N_PROP
+#define N_PROP 5
 #endif
-#ifndef GEN_BLOCKS
-#define GEN_BLOCKS 2
+#ifndef ICDF_N
+#define ICDF_N 4096
+#endif
+#ifndef TORCH_BLOCKS
+#define TORCH_BLOCKS 2
+#endif
+#ifndef SCINT_BLOCKS
+#define SCINT_BLOCKS 2
+#endif
+#ifndef MAX_CK_TRIES
+#define MAX_CK_TRIES 100
 #endif
 
+#define F_CK (1u << 0)
+#define F_SI (1u << 1)
 #define F_MI (1u << 2)
 #define F_AB (1u << 3)
 #define F_RE (1u << 4)
@@ -39,7 +58,6 @@
 #define F_BT (1u << 11)
 #define F_TO (1u << 12)
 
-#define C_LIGHT 299.792458f
 #define EPS 1e-3f
 #define TWO_PI 6.2831855f
 #define MAX_TRIES 1024
@@ -119,8 +137,8 @@ __device__ float3 rotate_uz(float3 u, float3 v) {
 
 // ------------------------------------------------------------------ scene
 struct Scene {
-    const float* mat;        // (M, 4, WL_N)
-    const float* icdf;       // (M, ICDF_N)
+    const float* mat;        // (M, N_PROP, WL_N): n, abs length, scat length, reemit prob, GROUPVEL
+    const float* icdf;       // (M, ICDF_N) emission wavelengths at u = k/(ICDF_N-1)
     const float* surf;       // (S, 4) detect, absorb, spec, diffuse
     const float* objs;       // (K, 10) shape, c.xyz, h.xyz, material, surface, pad
     const float* container;  // half.xyz, material, surface
@@ -140,7 +158,18 @@ __device__ float lookup(const Scene& s, int m, int k, float wl) {
     x = fminf(fmaxf(x, 0.0f), (float)(WL_N - 1));
     int i0 = min((int)x, WL_N - 2);
     float f = x - (float)i0;
-    const float* row = s.mat + ((size_t)m * 4 + k) * WL_N;
+    const float* row = s.mat + ((size_t)m * N_PROP + k) * WL_N;
+    float a = row[i0], b = row[i0 + 1];
+    return a + f * (b - a);
+}
+
+// emission wavelength of material m for uniform u: linear between the ICDF samples
+// (engine/propagate/lookup.py icdf_sample); -1 where the material has no spectrum
+__device__ float icdf_sample(const Scene& s, int m, float u) {
+    float x = u * (float)(ICDF_N - 1);
+    int i0 = min((int)x, ICDF_N - 2);
+    float f = x - (float)i0;
+    const float* row = s.icdf + (size_t)m * ICDF_N;
     float a = row[i0], b = row[i0 + 1];
     return a + f * (b - a);
 }
@@ -317,6 +346,119 @@ __device__ __forceinline__ unsigned long long nib(unsigned int flag) {
     return flag ? (unsigned long long)(__ffs(flag)) : 0ull;
 }
 
+// ------------------------------------------------------------------ generation
+struct Photon { float3 pos, dir, pol; float t, wl; unsigned int flag, blk; };
+
+// TORCH (generate/torch.py): q1 pos,t  q2 mom,weight  q3 pol,wl  q5 radius,-,mode,type
+__device__ Photon generate_torch(const float* q, const Rng& rng) {
+    int typ = __float_as_int(q[23]);
+    float3 center = f3(q[4], q[5], q[6]);
+    float3 mom = f3(q[8], q[9], q[10]);
+    float3 gpol = f3(q[12], q[13], q[14]);
+    float radius = q[20];
+    bool iso = q[22] > 0.0f;
+    U4 a = uniforms(rng, 0);
+    U4 b = uniforms(rng, 1);
+    float3 pos = center, d = mom, pol = f3(0.0f, 0.0f, 0.0f);
+    float ct = 2.0f * a.x - 1.0f;
+    float st = sqrtf(fmaxf(0.0f, 1.0f - ct * ct));
+    float ph = TWO_PI * a.y;
+    float3 isov = f3(st * cosf(ph), st * sinf(ph), ct);
+    if (typ == 1) {
+        float r = radius * sqrtf(a.x);
+        pos = add(center, rotate_uz(mom, f3(r * cosf(ph), r * sinf(ph), 0.0f)));
+        pol = rotate_uz(mom, f3(sinf(ph), -cosf(ph), 0.0f));
+    } else if (typ == 2) {
+        if (iso) d = isov;
+    } else if (typ == 3) {
+        pos = add(center, mul(fabsf(radius), isov));
+        d = radius > 0.0f ? isov : neg(isov);
+    }
+    if (dot(gpol, gpol) > 0.0f) {
+        pol = normalize(sub(gpol, mul(dot(gpol, d), d)));
+    } else if (typ != 1) {
+        float psi = TWO_PI * b.x;
+        pol = rotate_uz(d, f3(cosf(psi), sinf(psi), 0.0f));
+    }
+    Photon p = {pos, d, pol, q[7], q[15], F_TO, TORCH_BLOCKS};
+    return p;
+}
+
+// CERENKOV (generate/cerenkov.py, Opticks qcerenkov::generate): q1 pos,t0  q2 DeltaPosition,
+// step  q3 code,charge,weight,preVelocity  q4 BetaInverse,Wmin,Wmax,maxCos
+// q5 maxSin2,MeanNumberOfPhotons1,MeanNumberOfPhotons2,postVelocity
+__device__ Photon generate_cerenkov(const Scene& s, const float* q, const Rng& rng) {
+    int m = __float_as_int(q[2]);
+    float3 x0 = f3(q[4], q[5], q[6]);
+    float3 dp = f3(q[8], q[9], q[10]);
+    float step = q[11], pre_v = q[15], post_v = q[23];
+    float bi = q[16], wmin = q[17], wmax = q[18];
+    float maxsin2 = q[20], mnp1 = q[21], mnp2 = q[22];
+    float3 p0 = normalize(dp);
+    unsigned int blk = 0;
+    float wl = 0.0f, ct = 0.0f, s2 = 0.0f, uphi = 0.0f;
+    for (int tries = 0; tries < MAX_CK_TRIES; ++tries) {
+        U4 u = uniforms(rng, blk);
+        blk += 1;
+        float w = wmin + u.x * (wmax - wmin);
+        float lam = wmin * wmax / w;  // reciprocal: uniform in photon energy
+        float c = bi / lookup(s, m, 0, lam);
+        float sn = fmaxf(0.0f, (1.0f - c) * (1.0f + c));
+        wl = lam; ct = c; s2 = sn; uphi = u.z;
+        if (!(u.y * maxsin2 > sn)) break;
+    }
+    float st = sqrtf(s2);
+    float ph = TWO_PI * uphi;
+    float cp = cosf(ph), sp = sinf(ph);
+    float3 dir = rotate_uz(p0, f3(st * cp, st * sp, ct));
+    float3 pol = rotate_uz(p0, f3(ct * cp, ct * sp, -st));
+    float mx = fmaxf(mnp1, mnp2), dn = mnp1 - mnp2, frac = 0.0f;
+    for (int tries = 0; tries < MAX_TRIES; ++tries) {
+        U4 u = uniforms(rng, blk);
+        blk += 1;
+        frac = u.x;
+        if (!(u.y * mx > mnp1 - frac * dn)) break;
+    }
+    float mid_v = pre_v + frac * (post_v - pre_v) * 0.5f;
+    Photon p = {add(x0, mul(frac, dp)), dir, pol, q[7] + frac * step / mid_v, wl, F_CK, blk};
+    return p;
+}
+
+// SCINTILLATION (generate/scint.py, Opticks qscint::generate): q1 pos,t0  q2 DeltaPosition,
+// step  q3 code,charge,weight,meanVelocity  q4.x component  q5.x ScintillationTime
+__device__ Photon generate_scint(const Scene& s, const float* q, const Rng& rng) {
+    int m = __float_as_int(q[2]);
+    float3 x0 = f3(q[4], q[5], q[6]);
+    float3 dp = f3(q[8], q[9], q[10]);
+    float step = q[11], charge = q[13], mean_v = q[15], tau = q[20];
+    U4 u = uniforms(rng, 0);
+    float cost = 1.0f - 2.0f * u.x;
+    float sint = sqrtf((1.0f - cost) * (1.0f + cost));
+    float phi = TWO_PI * u.y;
+    float cosp = cosf(phi), sinp = sinf(phi);
+    float3 mom = f3(sint * cosp, sint * sinp, cost);
+    float3 pol = f3(cost * cosp, cost * sinp, -sint);
+    phi = TWO_PI * u.z;
+    cosp = cosf(phi); sinp = sinf(phi);
+    pol = normalize(add(mul(cosp, pol), mul(sinp, cross(mom, pol))));
+    float wl = icdf_sample(s, m, u.w);
+    U4 v = uniforms(rng, 1);
+    float frac = charge == 0.0f ? 1.0f : v.x;
+    float along = step > 0.0f ? frac * step / mean_v : 0.0f;
+    float t = q[7] + (along - tau * logf(v.y));
+    Photon p = {add(x0, mul(frac, dp)), mom, pol, t, wl, F_SI, SCINT_BLOCKS};
+    return p;
+}
+
+// the switch on the gentype (Opticks OpticksGenstep.h codes; generate/kinds.py)
+__device__ Photon generate_photon(const Scene& s, const float* q, const Rng& rng) {
+    switch (__float_as_int(q[0])) {
+        case 15: case 18: case 1: return generate_cerenkov(s, q, rng);
+        case 16: case 5: case 2: return generate_scint(s, q, rng);
+        default: return generate_torch(q, rng);
+    }
+}
+
 // ------------------------------------------------------------------ kernel
 extern "C" __global__ void propagate(
     const float* mat, const float* icdf, const float* surf, const float* objs,
@@ -341,40 +483,11 @@ extern "C" __global__ void propagate(
         while (lo < hi) { int mid = (lo + hi) / 2; if (gs_ends[mid] > idx) hi = mid; else lo = mid + 1; }
         g = lo < n_gs ? lo : n_gs - 1;
     }
-    const float* q = gs + g * 24;
-    int typ = __float_as_int(q[23]);
-    float3 center = f3(q[4], q[5], q[6]);
-    float3 mom = f3(q[8], q[9], q[10]);
-    float3 gpol = f3(q[12], q[13], q[14]);
-    float radius = q[20];
-    bool iso = q[22] > 0.0f;
-
-    // ---- generation (numpy_backend.generate): blocks 0 and 1
-    U4 a = uniforms(rng, 0);
-    U4 b = uniforms(rng, 1);
-    float3 pos = center, d = mom, pol = f3(0.0f, 0.0f, 0.0f);
-    float ct = 2.0f * a.x - 1.0f;
-    float st = sqrtf(fmaxf(0.0f, 1.0f - ct * ct));
-    float ph = TWO_PI * a.y;
-    float3 isov = f3(st * cosf(ph), st * sinf(ph), ct);
-    if (typ == 1) {
-        float r = radius * sqrtf(a.x);
-        pos = add(center, rotate_uz(mom, f3(r * cosf(ph), r * sinf(ph), 0.0f)));
-        pol = rotate_uz(mom, f3(sinf(ph), -cosf(ph), 0.0f));
-    } else if (typ == 2) {
-        if (iso) d = isov;
-    } else if (typ == 3) {
-        pos = add(center, mul(fabsf(radius), isov));
-        d = radius > 0.0f ? isov : neg(isov);
-    }
-    if (dot(gpol, gpol) > 0.0f) {
-        pol = normalize(sub(gpol, mul(dot(gpol, d), d)));
-    } else if (typ != 1) {
-        float psi = TWO_PI * b.x;
-        pol = rotate_uz(d, f3(cosf(psi), sinf(psi), 0.0f));
-    }
-    float t = q[7];
-    float wl = q[15];
+    // ---- generation (engine/propagate/generate): the genstep's kind decides
+    Photon ph = generate_photon(s, gs + g * 24, rng);
+    float3 pos = ph.pos, d = ph.dir, pol = ph.pol;
+    float t = ph.t;
+    float wl = ph.wl;
     int vol = 0;
     for (int j = 0; j < n_obj; ++j) {
         const float* o = objs + j * 10;
@@ -384,9 +497,9 @@ extern "C" __global__ void propagate(
             : (dot(rel, rel) < o[4] * o[4]);
         if (inside) vol = j + 1;
     }
-    unsigned int blk = GEN_BLOCKS;
-    unsigned int flag = F_TO, flagmask = F_TO, boundary = 0, sensor = 0;
-    unsigned long long seq = nib(F_TO);
+    unsigned int blk = ph.blk;
+    unsigned int flag = ph.flag, flagmask = ph.flag, boundary = 0, sensor = 0;
+    unsigned long long seq = nib(ph.flag);
     if (development) {
         size_t r0 = (size_t)local * maxrec * 2;
         rx[r0] = rec0(pos, t, space_extent, time_max);
@@ -409,6 +522,7 @@ extern "C" __global__ void propagate(
         float la = lookup(s, m1, 1, wl);
         float ls = lookup(s, m1, 2, wl);
         float pre = lookup(s, m1, 3, wl);
+        float vg = lookup(s, m1, 4, wl);
         float d_s = -ls * logf(u.x);
         float d_a = -la * logf(u.y);
         bool absorb = !miss && (d_a <= d_s) && (d_a <= h.t);
@@ -417,7 +531,7 @@ extern "C" __global__ void propagate(
         float step = absorb ? d_a : (scat ? d_s : h.t);
         if (miss) step = 0.0f;
         pos = add(pos, mul(step, d));
-        t = t + step * n1 / C_LIGHT;
+        t = t + step / vg;
         if (miss) { flag = F_MI; dead = true; }
 
         if (absorb) {
@@ -425,8 +539,7 @@ extern "C" __global__ void propagate(
                 U4 ua = uniforms(rng, blk);
                 U4 ub = uniforms(rng, blk + 1);
                 blk += 2;
-                int k = min((int)(ua.x * (float)ICDF_N), ICDF_N - 1);
-                float new_wl = icdf[m1 * ICDF_N + k];
+                float new_wl = icdf_sample(s, m1, ua.x);
                 if (!(new_wl < 0.0f)) wl = new_wl;
                 float c = 2.0f * ua.z - 1.0f;
                 float sn = sqrtf(fmaxf(0.0f, 1.0f - c * c));

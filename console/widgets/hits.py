@@ -65,6 +65,11 @@ def render_summary(s: HitSummary) -> Group:
     head.append(f"  (hit mask {s.hitmask})")
     if s.photons_per_second:
         head.append(f"\n{s.photons_per_second:,.0f} photons/s", style="dim")
+    if s.from_steps:  # Cerenkov / scintillation photons: where the light and the hits came from
+        head.append("\nsources  ")
+        for k, (ph, h) in s.sources.items():
+            head.append(f"{k} ", style="bold")
+            head.append(f"{ph:,} ({h:,} hits)  ")
     term = Text("terminal  ")
     for k, v in s.terminal.items():
         term.append(f"{k} {v:,}  ")

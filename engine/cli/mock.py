@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import INT64_MAX, int_in
-from engine.mock.limits import MAX_EVENT_BYTES, MAX_EVENTS
+from engine.mock.limits import GENSTEP_KINDS, MAX_EVENT_BYTES, MAX_EVENTS
 from engine.propagate.options import MAX_PHOTONS
 
 
@@ -30,9 +30,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunks", type=int_in("--chunks", 1, 99999), default=2, help="chunks (RetDef files)")
     p.add_argument("--seed", type=int_in("--seed", 0, INT64_MAX), default=0)
     p.add_argument("--scene", default=None,
-                   help="also deliver gensteps.npy for this scene (a packaged scene: tboolean-box, tboolean-box-detect)")
+                   help="also deliver gensteps.npy for this scene (a packaged scene: tboolean-box, "
+                   "tboolean-box-detect, water-tank, scint-tank)")
     p.add_argument("--gensteps-photons", type=int_in("--gensteps-photons", 0, MAX_PHOTONS), default=0,
-                   help="photons in the delivered gensteps (default: the scene's)")
+                   help="photons in the delivered gensteps (default: the scene's source; one "
+                   "track for cerenkov and scintillation)")
+    p.add_argument("--gensteps-kind", choices=GENSTEP_KINDS, default="torch",
+                   help="torch: the scene's source; cerenkov: 1 GeV muons crossing the container "
+                   "material; scintillation: 2 MeV electrons stopping in it")
+    p.add_argument("--gensteps-file", type=Path, default=None,
+                   help="carry this genstep file instead (e.g. from `geant4 gensteps`), with its "
+                   "material map")
     p.add_argument("--as", dest="as_", choices=("level0", "fcopy", "dir"), default="level0",
                    help="deliver into the workspace's incoming level0 or fcopy dir, or write to -o DIR")
     p.add_argument("-o", "--output", type=Path, help="plain output directory (implies --as dir)")
@@ -50,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     spec = MockSpec(dlid=args.downlink or _default_dlid(), sources=args.sources, events=args.events,
                     event_bytes=args.event_bytes, runs=args.runs, chunks=args.chunks, seed=args.seed,
-                    scene=args.scene, gensteps_photons=args.gensteps_photons)
+                    scene=args.scene, gensteps_photons=args.gensteps_photons,
+                    gensteps_kind=args.gensteps_kind,
+                    gensteps_file=str(args.gensteps_file) if args.gensteps_file else None)
     spec.validate()
     if args.output is not None or args.as_ == "dir":
         as_, target = "dir", (args.output or Path(spec.dlid))

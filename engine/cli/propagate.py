@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("propagate", parents=[common],
                        help=SUMMARY["propagate"])
     p.add_argument("scene", help="scene TOML file, or a packaged scene by name "
-                   "(tboolean-box, tboolean-box-detect)")
+                   "(tboolean-box, tboolean-box-detect, water-tank, scint-tank)")
     p.add_argument("-o", "--output", type=Path, required=True, help="event directory to write")
     p.add_argument("--photons", type=int_in("--photons", 0, MAX_PHOTONS), default=None,
                    help="photon count, 1e6 and 1_000_000 work too (default: the scene's)")
@@ -33,7 +33,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--chunk", type=int_in("--chunk", 1, MAX_CHUNK), default=DEFAULT_CHUNK,
                    help="photons per numpy chunk (bounds memory)")
     p.add_argument("--gensteps", type=Path, default=None,
-                   help="(G,6,4) float32 torch gensteps.npy (e.g. from a delivery) instead of the scene's source")
+                   help="(G,6,4) float32 gensteps.npy (TORCH, CERENKOV, SCINTILLATION; e.g. from a "
+                   "delivery or `skydeck-engine geant4 gensteps`) instead of the scene's source")
+    p.add_argument("--genstep-materials", type=Path, default=None,
+                   help="material map of Geant4 gensteps, {\"materials\": [names in Geant4 index "
+                   "order]} (default: <gensteps stem>.materials.json beside the file, if any)")
     p.add_argument("--json", action="store_true", help="print meta.json instead of a line")
     p.set_defaults(func=run)
 
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     scene = scene_arg(args.scene)
     req = Request(scene=scene, out=args.output, photons=args.photons, seed=args.seed,
                   event=args.event, mode=args.mode, backend=args.backend, hitmask=args.hitmask,
-                  workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps)
+                  workers=args.workers, chunk=args.chunk, reserve=reserve, gensteps=args.gensteps,
+                  genstep_materials=args.genstep_materials)
     state: dict = {}
 
     def advance(k: int) -> None:

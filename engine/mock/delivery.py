@@ -30,7 +30,7 @@ from engine.core.errors import BadInput
 from engine.core.ids import NS, dlid_start_met, parse_dlid, retdef_name
 from engine.core.retdef import RetDef, Span, to_xml
 from engine.intake import manifest
-from engine.mock.limits import MAX_EVENT_BYTES, MAX_EVENTS
+from engine.mock.limits import GENSTEP_KINDS, MAX_EVENT_BYTES, MAX_EVENTS
 
 DETECTORS = ("cspad", "epix", "jungfrau", "opal", "andor", "pnccd", "zyla", "alvium")
 COLORS = np.array([b"red", b"blue", b"green"], dtype="S5")
@@ -49,7 +49,9 @@ class MockSpec:
     chunks: int = 2
     seed: int = 0
     scene: str | None = None      # name of a packaged scene (assets/scenes): adds gensteps.npy + scene.txt
-    gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's)
+    gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's, one track)
+    gensteps_kind: str = "torch"  # torch (the scene's source), cerenkov (muons), scintillation (electrons)
+    gensteps_file: str | None = None  # a genstep file to carry instead (with its material map)
 
     def validate(self) -> None:
         parse_dlid(self.dlid)
@@ -64,6 +66,10 @@ class MockSpec:
             raise BadInput("--event-bytes must be at least 4 (one int32)")
         if self.runs > self.events or self.chunks > self.events:
             raise BadInput("--runs and --chunks cannot exceed --events")
+        if self.gensteps_kind not in GENSTEP_KINDS:
+            raise BadInput(f"--gensteps-kind must be one of {', '.join(GENSTEP_KINDS)}")
+        if (self.gensteps_file or self.gensteps_kind != "torch") and not self.scene:
+            raise BadInput("--gensteps-kind and --gensteps-file need --scene (the scene they belong to)")
 
     @property
     def width(self) -> int:
@@ -178,20 +184,43 @@ def write_files(spec: MockSpec, directory: Path,
 
 
 def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
-    """A delivery that carries gensteps (its stream then adds a propagate process)."""
+    """A delivery that carries gensteps (its stream then adds a propagate process): the
+    scene's torch source, mock muons' Cerenkov or electrons' scintillation steps
+    (engine.mock.gensteps), or a given genstep file, checked against the scene first, with
+    its material map (``<stem>.materials.json``) as ``gensteps.materials.json``."""
     import io
 
     from engine.core.workspace import packaged_scene
+    from engine.mock.gensteps import cerenkov_tracks, scintillation_tracks
+    from engine.propagate import gensteps as G
     from engine.propagate.scene import gensteps, load_scene
 
     assert spec.scene, "write_gensteps needs spec.scene"  # the caller checks
     scene = load_scene(packaged_scene(spec.scene))
-    gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
+    names = ["gensteps.npy", "scene.txt"]
+    if spec.gensteps_file:
+        src = Path(spec.gensteps_file)
+        G.load(src, scene)  # refuse here what the propagate job would refuse
+        gs = G.read_array(src)
+        side = G.sidecar_for(src)
+        if side.is_file():
+            atomic_write_bytes(directory / G.sidecar_for(Path("gensteps.npy")).name,
+                               side.read_bytes())
+            names.append(G.sidecar_for(Path("gensteps.npy")).name)
+    elif spec.gensteps_kind == "cerenkov":
+        gs = cerenkov_tracks(scene, spec.gensteps_photons, spec.seed)
+    elif spec.gensteps_kind == "scintillation":
+        gs = scintillation_tracks(scene, spec.gensteps_photons, spec.seed)
+    else:
+        if scene.source is None:
+            raise BadInput(f"scene {spec.scene} has no [source] for torch gensteps "
+                           "(--gensteps-kind cerenkov or scintillation?)")
+        gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
     buf = io.BytesIO()
     np.save(buf, gs)
     atomic_write_bytes(directory / "gensteps.npy", buf.getvalue())
     atomic_write_bytes(directory / "scene.txt", f"{spec.scene}\n".encode())
-    return ["gensteps.npy", "scene.txt"]
+    return names
 
 
 def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -8,3 +8,4 @@ from __future__ import annotations
 
 MAX_EVENTS = 100_000_000  # per-event arrays (timestamps, runs, colors) are held in memory
 MAX_EVENT_BYTES = 1 << 30  # one event's payload is written (and held) whole
+GENSTEP_KINDS = ("torch", "cerenkov", "scintillation")  # what --gensteps-kind delivers

@@ -27,10 +27,9 @@ from engine import __version__
 from engine.core.atomic import fsync_dir, refuse_alias, remove_path, sweep_stale_temps, temp_name
 from engine.core.diskspace import check_space
 from engine.core.errors import BadInput, JobFailed, SkydeckError
-from engine.core.inputs import regular_file
 from engine.core.interrupt import abort_job, exit_code
-from engine.core.memory import check_npy_header
 from engine.propagate import flags as F
+from engine.propagate import gensteps as G
 from engine.propagate.backends import (
     GPU_BACKENDS,
     default_workers,
@@ -44,8 +43,8 @@ from engine.propagate.backends import (
 from engine.propagate.npyio import NpyStream
 from engine.propagate.numpy_backend import propagate_chunk
 from engine.propagate.options import DEFAULT_CHUNK, MAX_CHUNK, MAX_PHOTONS, MODES
-from engine.propagate.params import C_LIGHT, Params
-from engine.propagate.scene import GENTYPE_TORCH, Scene, gensteps, load_scene
+from engine.propagate.params import Params
+from engine.propagate.scene import Scene, gensteps, load_scene
 
 RECORD_BYTES = 16  # one compressed step record: 2 x short4
 PILOT = 4096
@@ -65,6 +64,7 @@ class Request:
     chunk: int = DEFAULT_CHUNK
     reserve: int = 0
     gensteps: Path | None = None  # a delivery's gensteps.npy instead of the scene's source
+    genstep_materials: Path | None = None  # Geant4 material map (default: the sidecar)
 
 
 def photon_bytes(mode: str, max_bounce: int) -> int:
@@ -80,47 +80,26 @@ def projected_bytes(scene: Scene, n: int, mode: str, hit_fraction_upper: float) 
 
 
 def pilot_hit_fraction(scene: Scene, p: Params, gs: np.ndarray) -> float:
-    """Upper estimate of the hit fraction from a short NumPy pilot run (4 sigma + 1/n)."""
-    n = min(PILOT, int(gs.view(np.int32)[:, 0, 3].astype(np.int64).sum()))
+    """Upper estimate of the hit fraction from a short NumPy pilot run (4 sigma + 1/n) over
+    gensteps spread across the event."""
+    pg = G.pilot(gs, PILOT)
+    n = int(pg.view(np.int32)[:, 0, 3].astype(np.int64).sum())
     if n == 0:
         return 0.0
     pp = Params(p.seed ^ 0x5EED, p.event, p.max_bounce, p.hitmask, False, p.domain)
-    r = propagate_chunk(scene.arrays(), gs, 0, n, pp)
+    r = propagate_chunk(scene.arrays(), pg, 0, n, pp)
     f = r.hits.shape[0] / n
     return min(1.0, f + 4 * math.sqrt(f * (1 - f) / n) + 1.0 / n)
 
 
-def load_gensteps(path: Path, scene: Scene) -> np.ndarray:
-    """A delivery's gensteps.npy: (G,6,4) float32 torch gensteps (the only generator the
-    engine has); BadInput naming the file for anything else."""
-    try:
-        with regular_file(path) as fh:
-            check_npy_header(fh, os.fstat(fh.fileno()).st_size, "gensteps", path)
-        gs = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise BadInput(f"unreadable gensteps: {err}", path) from None
-    if gs.ndim != 3 or gs.shape[1:] != (6, 4) or gs.dtype != np.float32:
-        raise BadInput(f"gensteps must be (G,6,4) float32, got {gs.shape} {gs.dtype}", path)
-    gi = gs.view(np.int32)
-    if np.any(gi[:, 0, 0] != GENTYPE_TORCH):
-        raise BadInput(f"only TORCH ({GENTYPE_TORCH}) gensteps are supported", path)
-    if np.any(gi[:, 0, 3] < 0) or not np.all(np.isin(gi[:, 5, 3], (1, 2, 3))):
-        raise BadInput("negative photon count or unknown torch type", path)
-    if not np.all(np.isfinite(gs)):
-        raise BadInput("gensteps hold NaN or inf", path)
-    half = np.array(scene.container_half, np.float32)
-    if np.any(np.abs(gs[:, 1, :3]) >= half):
-        raise BadInput("a genstep position lies outside the scene's container", path)
-    if np.any((gs[:, 3, 3] < 60) | (gs[:, 3, 3] > 820)):
-        raise BadInput("a genstep wavelength is outside 60..820 nm", path)
-    return np.ascontiguousarray(gs)
-
-
-def _domain(scene: Scene) -> tuple[float, float]:
+def _domain(scene: Scene, gs: np.ndarray) -> tuple[float, float]:
+    """Step-record domain: the container's extent, and the latest time a photon can reach
+    within the bounce limit (generation times, then every bounce across the diagonal at the
+    slowest group velocity)."""
     ext = float(max(scene.container_half))
-    nmax = float(max(m.props[0].max() for m in scene.materials))
+    vmin = float(min(m.props[4].min() for m in scene.materials))
     diag = 2.0 * math.sqrt(sum(h * h for h in scene.container_half))
-    tmax = scene.source.time + (scene.max_bounce + 1) * diag * nmax / float(C_LIGHT)
+    tmax = G.time_extent(gs) + (scene.max_bounce + 1) * diag / vmin
     return ext, tmax
 
 
@@ -170,7 +149,10 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
     refuse_alias(req.out, [p for p in (req.scene, req.gensteps) if p is not None],
                  replaces_tree=True)
     scene = load_scene(req.scene)
-    n = scene.source.photons if req.photons is None else req.photons
+    if scene.source is None and req.gensteps is None:
+        raise BadInput("the scene has no [source]: give --gensteps FILE", req.scene)
+    n = (scene.source.photons if scene.source is not None and req.photons is None
+         else req.photons or 0)
     if not 0 <= n <= MAX_PHOTONS:
         raise BadInput(f"--photons must be within 0..{MAX_PHOTONS}")
     if not 0 <= req.seed < 2**64:
@@ -192,14 +174,21 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
     if not 1 <= req.chunk <= MAX_CHUNK:
         raise BadInput(f"--chunk must be within 1..{MAX_CHUNK}")
     dev = req.mode == "development"
-    params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene))
+    gsum: dict[str, Any]
     if req.gensteps is not None:
         if req.photons is not None:
             raise BadInput("--photons and --gensteps exclude each other (gensteps carry counts)")
-        gs = load_gensteps(req.gensteps, scene)
-        n = int(gs.view(np.int32)[:, 0, 3].astype(np.int64).sum())
+        loaded = G.load(req.gensteps, scene, req.genstep_materials)
+        gs, n, gsum = loaded.array, loaded.photons, loaded.summary()
+        gsum["file"] = str(req.gensteps)
     else:
+        if req.genstep_materials is not None:
+            raise BadInput("--genstep-materials needs --gensteps")
+        assert scene.source is not None
         gs = gensteps(scene.source, n, scene.container_material)
+        gsum = {"rows": int(len(gs)), "photons": n, "kinds": {"TORCH": {
+            "gensteps": int(len(gs)), "photons": n}}, "material_map": None, "file": None}
+    params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene, gs))
     _prepare_out(req.out)
     f_up = pilot_hit_fraction(scene, params, gs)
     need = projected_bytes(scene, n, req.mode, f_up)
@@ -251,6 +240,7 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             del ox, rx, seq
         meta = _meta(req, scene, n, hits, backend, device, workers, hitmask, mask_text, params,
                      fm_counts, prop_s, time.perf_counter() - t_start)
+        meta["gensteps"] = gsum
         # CPU seconds of this process: the whole job for one worker (pool workers excluded)
         meta["process_cpu_seconds"] = round(cpu_s, 6)
         meta.update(gpu_stats)
@@ -343,6 +333,7 @@ def _meta(req: Request, scene: Scene, n: int, hits: int, backend: str, device: s
         "domain": {"space_extent_mm": p.domain[0], "time_max_ns": p.domain[1],
                    "wavelength_nm": [60.0, 820.0]},
         "rng": "philox4x32-10 key=(seed) counter=(photon, block, event)",
+        "velocity": "group velocity (GROUPVEL from the refractive index, as Geant4)",
         "engine_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

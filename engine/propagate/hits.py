@@ -73,9 +73,16 @@ class HitSummary:
     time: Histogram | None = None
     wavelength: Histogram | None = None
     faces: list[FaceMap] = field(default_factory=list)
+    # photons and hits by their generation flag (TO torch, CK Cerenkov, SI scintillation)
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def from_steps(self) -> bool:
+        """Photons of Cerenkov or scintillation gensteps (not only a torch)."""
+        return any(k in self.sources for k in ("CK", "SI"))
 
 
 @dataclass
@@ -269,6 +276,12 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
         seq_rows = [Row(F.seqhis_label(int(vals[i])), f"{int(vals[i]):x}", int(cnts[i]),
                         int(cnts[i]) / n if n else 0.0) for i in order]
     hm = meta.get("hitmask", {})
+    sources: dict[str, tuple[int, int]] = {}
+    for name in ("TO", "CK", "SI"):
+        bit = 1 << F.FLAG_BITS[name]
+        ph = sum(c for k, c in fm_all.items() if k & bit)
+        if ph:
+            sources[name] = (ph, sum(c for k, c in fm_hits.items() if k & bit))
     return HitSummary(
         path=str(path), scene=meta.get("scene", {}).get("name", "?"), mode=meta.get("mode", "?"),
         backend=meta.get("backend", "?"), device=meta.get("device", "?"), photons=n, hits=h,
@@ -278,7 +291,7 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
         photons_per_second=meta.get("photons_per_second"), terminal=meta.get("terminal_counts", {}),
         flagmasks=rows[:top], seqhis=seq_rows,
         time=_hist(np.asarray(ht[:, 0, 3])), wavelength=_hist(np.asarray(ht[:, 2, 3])),
-        faces=_faces(np.asarray(ht), meta),
+        faces=_faces(np.asarray(ht), meta), sources=sources,
     )
 
 
@@ -356,6 +369,9 @@ def render_text(s: HitSummary) -> str:
     ]
     if s.photons_per_second:
         lines.append(f"throughput {s.photons_per_second:,.0f} photons/s")
+    if s.from_steps:
+        lines.append("sources  " + "  ".join(f"{k} {p:,} photons {h:,} hits"
+                                             for k, (p, h) in s.sources.items()))
     if s.terminal:
         lines.append("terminal  " + "  ".join(f"{k} {v:,}" for k, v in s.terminal.items()))
     lines.append("")

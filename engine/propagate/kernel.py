@@ -34,9 +34,9 @@ from pathlib import Path
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput, JobFailed
 from engine.core.workspace import ASSETS
+from engine.propagate.generate import cerenkov, scint, torch
 from engine.propagate.options import COMPILERS
-from engine.propagate.params import GEN_BLOCKS
-from engine.propagate.scene import ICDF_N, WL_MIN, WL_N, WL_STEP
+from engine.propagate.scene import ICDF_N, N_PROP, WL_MIN, WL_N, WL_STEP
 
 KERNEL_PATH = ASSETS / "kernels" / "propagate.cu"
 KERNEL_NAME = "propagate"  # extern "C": the entry both backends look up
@@ -51,7 +51,8 @@ def compile_options() -> list[str]:
     """Defines shared with the NumPy backend, so both read the same constants; the same
     list goes to NVRTC, nvcc and CuPy."""
     return [f"-DWL_MIN={WL_MIN}f", f"-DWL_STEP={WL_STEP}f", f"-DWL_N={WL_N}",
-            f"-DICDF_N={ICDF_N}", f"-DGEN_BLOCKS={GEN_BLOCKS}",
+            f"-DN_PROP={N_PROP}", f"-DICDF_N={ICDF_N}", f"-DTORCH_BLOCKS={torch.BLOCKS}",
+            f"-DSCINT_BLOCKS={scint.BLOCKS}", f"-DMAX_CK_TRIES={cerenkov.MAX_CK_TRIES}",
             "--fmad=false"]  # no FMA contraction: NumPy rounds a*b and +c separately
 
 

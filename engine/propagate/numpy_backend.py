@@ -8,10 +8,14 @@ they can run in any number of processes with identical results.
 
 Random numbers: each decision takes whole Philox blocks (4 uniforms) from the photon's own
 block counter, in the same order as ``assets/kernels/propagate.cu``:
-    generation   blocks 0, 1
+    generation   blocks 0.. (``engine.propagate.generate``: torch and scintillation 2,
+                 Cerenkov one per rejection try); the steps go on from the next block
     each step    1 block: u0 scatter distance, u1 absorption distance, u2 boundary or
                  surface decision, u3 reemission decision
     reemission   2 blocks; Rayleigh 2 blocks per rejection try; Lambertian 1 block per try.
+
+Time advances with the group velocity of the medium at the photon's wavelength (the
+scene's GROUPVEL row, derived from the refractive index as Geant4 does).
 
 Its inputs, outputs and shared constants (``Params``, ``ChunkResult``, ``C_LIGHT`` ...) live
 in ``engine.propagate.params``, which the GPU host side imports as well.
@@ -22,76 +26,21 @@ from __future__ import annotations
 import numpy as np
 
 from engine.propagate import flags as F
+from engine.propagate.generate import generate
+from engine.propagate.lookup import icdf_sample, index_at, props_at
 from engine.propagate.params import (
-    C_LIGHT,
     EPS,
-    GEN_BLOCKS,
     MAX_TRIES,
     ChunkResult,
     Params,
     slice_order,
+    tries_per_pass,
 )
-from engine.propagate.philox import uniforms
-from engine.propagate.scene import WL_MIN, WL_N, WL_STEP, SceneArrays
+from engine.propagate.philox import first_accepted, try_uniforms, uniforms
+from engine.propagate.scene import WL_MIN, SceneArrays
 from engine.propagate.vec import TWO_PI, cross, dot, normalize, rotate_uz
 
 _F = np.float32
-
-
-# ----------------------------------------------------------------------------- generation
-
-def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str, np.ndarray]:
-    """Torch photons for global indices ``idx`` from gensteps ``gs`` (see scene.gensteps)."""
-    gi = gs.view(np.int32)
-    ends = np.cumsum(gi[:, 0, 3].astype(np.int64))
-    g = np.searchsorted(ends, idx.astype(np.int64), side="right")
-    q = gs[g]  # (n,6,4)
-    typ = gi[g, 5, 3]
-    n = idx.shape[0]
-    a = uniforms(idx, 0, seed, event)
-    center = q[:, 1, :3].T.astype(_F)
-    mom = q[:, 2, :3].T.astype(_F)
-    given_pol = q[:, 3, :3].T.astype(_F)
-    radius = q[:, 5, 0]
-    iso = q[:, 5, 2] > 0
-    pos = center.copy()
-    d = mom.copy()
-    pol = np.zeros((3, n), dtype=_F)
-    disc, point, sph = typ == 1, typ == 2, typ == 3
-    ph = TWO_PI * a[1]
-    cph, sph_ = np.cos(ph), np.sin(ph)
-    if (point & iso).any() or sph.any():
-        # isotropic unit vector from (a0, a1): cos = 2 a0 - 1, phi = 2 pi a1
-        ct = _F(2) * a[0] - _F(1)
-        st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
-        isov = np.stack((st * cph, st * sph_, ct))
-        d = np.where(point & iso, isov, d)
-        if sph.any():
-            pos = np.where(sph, center + np.abs(radius) * isov, pos)
-            d = np.where(sph, np.where(radius > 0, isov, -isov), d)
-    if disc.any():
-        r = radius * np.sqrt(a[0])
-        zero = np.zeros(n, _F)
-        off = rotate_uz(mom, np.stack((r * cph, r * sph_, zero)))
-        pos = np.where(disc, center + off, pos)
-        tang = rotate_uz(mom, np.stack((sph_, -cph, zero)))
-        pol = np.where(disc, tang, pol)
-    # polarization: the given vector made transverse, else (disc aside) a random transverse
-    # one from block 1 (drawn only when needed: counter-based draws need no bookkeeping)
-    has_pol = dot(given_pol, given_pol) > 0
-    if has_pol.any():
-        proj = normalize(given_pol - dot(given_pol, d) * d)
-        pol = np.where(has_pol, proj, pol)
-    rand = ~has_pol & ~disc
-    if rand.any():
-        k = np.flatnonzero(rand)
-        b = uniforms(idx[k], 1, seed, event)
-        psi = TWO_PI * b[0]
-        pol[:, k] = rotate_uz(d[:, k], np.stack((np.cos(psi), np.sin(psi), np.zeros(k.size, _F))))
-    return {
-        "pos": pos.astype(_F), "t": q[:, 1, 3].astype(_F), "dir": d.astype(_F),
-        "pol": pol.astype(_F), "wl": q[:, 3, 3].astype(_F),
-    }
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -259,30 +208,35 @@ def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, s
     Rejection sampling; each try takes two blocks. Updates ``blk`` in place."""
     d, pol = d.copy(), pol.copy()
     todo = np.arange(d.shape[1])
-    for _ in range(MAX_TRIES):
-        if todo.size == 0:
-            break
-        ua = uniforms(idx[todo], blk[todo], seed, event)
-        ub = uniforms(idx[todo], blk[todo] + 1, seed, event)
-        blk[todo] += 2
-        od, op = d[:, todo], pol[:, todo]
-        ct = np.where(ua[1] < _F(0.5), -ua[0], ua[0])
+    done = 0
+    while todo.size and done < MAX_TRIES:
+        t = tries_per_pass(done, todo.size)
+        u = try_uniforms(idx[todo], blk[todo], t, 2, seed, event)
+        ua, ub = u[:, 0], u[:, 1]  # (t, 4, m)
+        od, op = d[:, None, todo], pol[:, None, todo]
+        ct = np.where(ua[:, 1] < _F(0.5), -ua[:, 0], ua[:, 0])
         st = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
-        ph = TWO_PI * ua[2]
+        ph = TWO_PI * ua[:, 2]
         nd = rotate_uz(od, np.stack((st * np.cos(ph), st * np.sin(ph), ct)))
         cp = op - dot(op, nd) * nd
         clen = np.sqrt(dot(cp, cp))
-        ph3 = TWO_PI * ua[3]
-        degenerate = rotate_uz(nd, np.stack((np.cos(ph3), np.sin(ph3), np.zeros_like(ph3))))
         with np.errstate(divide="ignore", invalid="ignore"):
-            cp = np.where(clen == 0, degenerate,
-                          np.where(ua[3] < _F(0.5), -cp, cp) / clen)
+            cp = np.where(ua[:, 3] < _F(0.5), -cp, cp) / clen
+        deg = clen == 0  # new direction along the old polarization: a random transverse one
+        if deg.any():
+            ph3 = TWO_PI * ua[:, 3][deg]
+            cp[:, deg] = rotate_uz(nd[:, deg], np.stack((np.cos(ph3), np.sin(ph3),
+                                                         np.zeros_like(ph3))))
         c = dot(cp, op)
-        ok = c * c >= ub[0]
-        acc = todo[ok]
-        d[:, acc] = nd[:, ok]
-        pol[:, acc] = cp[:, ok]
-        todo = todo[~ok]
+        anyok, k = first_accepted(c * c >= ub[:, 0])
+        sel = np.flatnonzero(anyok)
+        acc, kk = todo[sel], k[sel]
+        d[:, acc] = nd[:, kk, sel]
+        pol[:, acc] = cp[:, kk, sel]
+        blk[acc] += (2 * (kk + 1)).astype(np.uint32)
+        todo = todo[~anyok]
+        blk[todo] += np.uint32(2 * t)
+        done += t
     return d, pol
 
 
@@ -293,47 +247,27 @@ def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarr
     nin = np.where(dot(d, normal) > 0, -normal, normal)
     nd = nin.copy()
     todo = np.arange(d.shape[1])
-    for _ in range(MAX_TRIES):
-        if todo.size == 0:
-            break
-        u = uniforms(idx[todo], blk[todo], seed, event)
-        blk[todo] += 1
-        a = _F(2) * u[0] - _F(1)
-        b = _F(2) * u[1] - _F(1)
+    done = 0
+    while todo.size and done < MAX_TRIES:
+        t = tries_per_pass(done, todo.size)
+        u = try_uniforms(idx[todo], blk[todo], t, 1, seed, event)[:, 0]  # (t, 4, m)
+        a = _F(2) * u[:, 0] - _F(1)
+        b = _F(2) * u[:, 1] - _F(1)
         s = a * a + b * b
         root = _F(2) * np.sqrt(np.maximum(_F(0), _F(1) - s))
         v = np.stack((a * root, b * root, _F(2) * s - _F(1)))
-        nn = nin[:, todo]
-        c = dot(v, nn)
+        c = dot(v, nin[:, None, todo])
         v = np.where(c < 0, -v, v)
-        ok = (s < _F(1)) & (u[2] < np.abs(c))
-        nd[:, todo[ok]] = v[:, ok]
-        todo = todo[~ok]
+        anyok, k = first_accepted((s < _F(1)) & (u[:, 2] < np.abs(c)))
+        sel = np.flatnonzero(anyok)
+        nd[:, todo[sel]] = v[:, k[sel], sel]
+        blk[todo[sel]] += (k[sel] + 1).astype(np.uint32)
+        todo = todo[~anyok]
+        blk[todo] += np.uint32(t)
+        done += t
     f = normalize(nd - d)
     new_pol = -pol + _F(2) * dot(pol, f) * f
     return nd.astype(_F), new_pol.astype(_F)
-
-
-def _props(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
-    """All four material properties at each photon's wavelength, shape (4, n): linear
-    interpolation on the 1 nm grid written as a + f*(b - a), so constant tables return
-    exactly a (as the kernel's ``lookup`` does). One gather of 16-byte rows per end point."""
-    tab = sa.mat_t.reshape(-1, 4)
-    row = m.astype(np.int32) * np.int32(WL_N)
-    if sa.const_props:
-        return np.take(tab, row, axis=0).T
-    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
-    x = np.clip(x, _F(0), _F(WL_N - 1))
-    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
-    f = x - i0.astype(_F)
-    a = np.take(tab, row + i0, axis=0)
-    b = np.take(tab, row + i0 + 1, axis=0)
-    return (a + f[:, None] * (b - a)).T
-
-
-def _index_n(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
-    """Refractive index only (the other side of a boundary)."""
-    return _props(sa, m, wl)[0]
 
 
 # ----------------------------------------------------------------------------- stepping
@@ -408,14 +342,22 @@ class _Sink:
         self.ox = np.zeros((count, 4, 4), np.float32) if dev else None
         self.seq = np.zeros(count, np.uint64) if dev else None
 
-    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> None:
-        fm = ist[_FM]
+    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray,
+             gone: np.ndarray | None = None) -> None:
+        """The photons ``gone`` (all when None) of the state arrays are finished; only what
+        is kept is gathered (production: their flagmasks and the hits)."""
+        fm = ist[_FM] if gone is None else ist[_FM, gone]
         self.fms.append(fm)
         mask = np.uint32(self.p.hitmask)
         hit = (fm & mask) == mask
         if hit.any():
-            self.hits.append(_pack(fs[:, hit], ist[:, hit], u64[:, hit]))
+            h = np.flatnonzero(hit) if gone is None else gone[hit]
+            self.hits.append(_pack(np.take(fs, h, axis=1), np.take(ist, h, axis=1),
+                                   np.take(u64, h, axis=1)))
         if self.ox is not None and self.seq is not None:  # development mode: both
+            if gone is not None:
+                fs, ist, u64 = (np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
+                                np.take(u64, gone, axis=1))
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
@@ -425,19 +367,19 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
     """Generate and propagate photons [start, start+count); return hits (and, in
     development mode, all photons, step records and seqhis)."""
     idx = np.arange(start, start + count, dtype=np.uint64)
-    g = generate(gs, idx, p.seed, p.event)
+    g = generate(gs, idx, p.seed, p.event, sa)
     n = count
     fs = np.empty((11, n), _F)
     fs[0:3], fs[3:6], fs[6:9], fs[9], fs[10] = g["pos"], g["dir"], g["pol"], g["t"], g["wl"]
     ist = np.zeros((7, n), np.uint32)
     ist[_VOL] = _volume_of(g["pos"], sa)
-    ist[_BLK] = GEN_BLOCKS
-    ist[_FLAG] = F.TO
-    ist[_FM] = F.TO
+    ist[_BLK] = g["blk"]
+    ist[_FLAG] = g["flag"]
+    ist[_FM] = g["flag"]
     ist[_LOC] = np.arange(n, dtype=np.uint32)
     u64 = np.empty((2, n), np.uint64)
     u64[0] = idx
-    u64[1] = F.nibble(F.TO)
+    u64[1] = _NIB[g["flag"]]
     maxrec = p.max_bounce + 1
     sink = _Sink(n, p)
     rx = np.zeros((n, maxrec, 2, 4), np.int16) if p.development else None
@@ -460,7 +402,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         u = uniforms(u64[0], ist[_BLK], p.seed, p.event)
         ist[_BLK] += np.uint32(1)
         m1 = vol_mat[vol]
-        n1, la, ls, pre = _props(sa, m1, wl)
+        n1, la, ls, pre, vg = props_at(sa, m1, wl)
         with np.errstate(invalid="ignore"):
             d_s = -ls * np.log(u[0])
             d_a = -la * np.log(u[1])
@@ -472,7 +414,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         if miss.any():
             step = np.where(miss, _F(0), step)
         fs[0:3] = pos + step * d
-        fs[9] = fs[9] + step * n1 / C_LIGHT
+        fs[9] = fs[9] + step / vg
         flag[miss] = F.MI
         dead |= miss
 
@@ -486,9 +428,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
             ua = uniforms(u64[0, r], ist[_BLK, r], p.seed, p.event)
             ub = uniforms(u64[0, r], ist[_BLK, r] + np.uint32(1), p.seed, p.event)
             ist[_BLK, r] += np.uint32(2)
-            icdf = sa.icdf[m1[r]]
-            k = np.minimum((ua[0] * _F(icdf.shape[1])).astype(np.int32), icdf.shape[1] - 1)
-            new_wl = icdf[np.arange(r.size), k]
+            new_wl = icdf_sample(sa, m1[r], ua[0])
             fs[10, r] = np.where(new_wl < 0, fs[10, r], new_wl)
             ct = _F(2) * ua[2] - _F(1)
             stt = np.sqrt(np.maximum(_F(0), _F(1) - ct * ct))
@@ -561,7 +501,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                 fb = slice(None)  # every photon at a Fresnel boundary: views, no gathers
             if isinstance(fb, slice) or fb.size:
                 other = np.where(vol[fb] == 0, hvol[fb], 0)
-                n2 = _index_n(sa, vol_mat[other], fs[10, fb])
+                n2 = index_at(sa, vol_mat[other], fs[10, fb])
                 nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
                                          u[2, fb])
                 fs[3:6, fb] = nd
@@ -577,9 +517,7 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         if rx is not None and slot < maxrec:
             rx[ist[_LOC], slot] = _compress(fs, ist, p.domain)
         if dead.any():
-            gone = np.flatnonzero(dead)
-            sink.take(np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
-                      np.take(u64, gone, axis=1))
+            sink.take(fs, ist, u64, np.flatnonzero(dead))
             keep = np.flatnonzero(~dead)
             fs, ist, u64 = (np.take(fs, keep, axis=1), np.take(ist, keep, axis=1),
                             np.take(u64, keep, axis=1))

@@ -8,9 +8,10 @@ all speak these types, so none of them imports another backend to learn them:
   step-record compression domain);
 - ``ChunkResult``: the photons of one chunk or GPU launch, in photon order;
 - ``slice_order``: where each hit of a chunk lies in it, from the photon index it stores;
-- the physical and stepping constants. ``GEN_BLOCKS`` reaches the CUDA kernel as a ``-D``
-  option (``kernel.compile_options``); ``C_LIGHT``, ``EPS`` and ``MAX_TRIES`` are mirrored by
-  ``#define`` in ``assets/kernels/propagate.cu`` and must be changed in both places.
+- the physical and stepping constants. ``EPS`` and ``MAX_TRIES`` are mirrored by ``#define``
+  in ``assets/kernels/propagate.cu`` and must be changed in both places (the generators'
+  block counts reach the kernel as ``-D`` options, ``kernel.compile_options``). ``C_LIGHT``
+  only bounds velocities and time domains here: photons move at the scene's group velocity.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ import numpy as np
 C_LIGHT = np.float32(299.792458)  # mm/ns
 EPS = np.float32(1e-3)  # mm: minimum distance to a boundary, so a photon never re-hits its own
 MAX_TRIES = 1024  # rejection-sampling tries (Rayleigh, Lambertian) before giving up
-GEN_BLOCKS = 2  # Philox blocks a photon's generation takes; its steps start after them
+TRIES_PER_PASS = 8  # NumPy only: tries drawn at once for the photons a first try left over
+SMALL_PASS = 32768  # NumPy only: below this many draws a pass tries TRIES_PER_PASS at once
+
+
+def tries_per_pass(done: int, todo: int, limit: int = MAX_TRIES) -> int:
+    """Tries per pass of a NumPy rejection loop (philox.try_uniforms): many photons try once
+    first (most accept), a few (or the ones left) TRIES_PER_PASS at a time, where NumPy's
+    per-call cost dominates; never past ``limit`` tries in all. The kernel tries one at a
+    time; the numbers, the accepted try and the blocks used are the same."""
+    t = 1 if done == 0 and todo * TRIES_PER_PASS > SMALL_PASS else TRIES_PER_PASS
+    return min(t, limit - done)
 
 
 @dataclass

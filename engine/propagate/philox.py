@@ -82,3 +82,26 @@ def uniforms(photon: np.ndarray, block: np.ndarray | int, seed: int, event: int)
     for i in range(4):
         out[i] = to_uniform(x[i])
     return out
+
+
+def try_uniforms(photon: np.ndarray, block: np.ndarray, tries: int, blocks_per_try: int,
+                 seed: int, event: int) -> np.ndarray:
+    """Uniforms of ``tries`` consecutive rejection tries of ``blocks_per_try`` blocks each,
+    starting at each photon's ``block``: shape (tries, blocks_per_try, 4, n), in one Philox
+    call. Rejection loops draw several tries per pass with it: a photon's numbers depend
+    only on its counter, so computing tries it will not need changes nothing, and the
+    loops pay the per-call cost of NumPy once per pass instead of once per try."""
+    photon = np.asarray(photon, dtype=np.uint64)
+    n = photon.shape[0]
+    k = tries * blocks_per_try
+    if k == 1:
+        return uniforms(photon, block, seed, event)[None, None]
+    blocks = (np.asarray(block, dtype=np.uint64)[None, :]
+              + np.arange(k, dtype=np.uint64)[:, None]).ravel()
+    u = uniforms(np.tile(photon, k), blocks, seed, event)
+    return u.reshape(4, tries, blocks_per_try, n).transpose(1, 2, 0, 3)
+
+
+def first_accepted(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (tries, n) acceptance flags: which photons accepted some try, and the first one."""
+    return np.asarray(ok.any(axis=0)), np.asarray(ok.argmax(axis=0))

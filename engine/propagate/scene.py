@@ -8,12 +8,20 @@ Every number must be finite and physical (NaN compares false with every bound, s
 without limit.
 The flattened ``SceneArrays`` is what both backends consume, so the CUDA kernel and the
 NumPy code see exactly the same numbers (same wavelength grid, same interpolation).
+
+Tables are read as Geant4 reads a G4MaterialPropertyVector (docs/geant4.md, "Material
+tables"): linear in photon energy between the given nodes, the edge values beyond them. The
+group velocity is derived from the refractive-index table exactly as Geant4's
+``CalculateGROUPVEL`` does, and an emission spectrum becomes the inverse CDF that Geant4's
+G4Scintillation and Opticks' scintillation texture sample (trapezoidal integral in energy),
+so the same scene gives skydeck and Geant4 the same photons.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +37,12 @@ WL_MIN = 60.0
 WL_STEP = 1.0
 WL_N = 761
 WL_GRID = (WL_MIN + WL_STEP * np.arange(WL_N)).astype(np.float64)
-ICDF_N = 256  # reemission wavelength inverse-CDF samples
-PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob")
+ICDF_N = 4096  # emission inverse-CDF samples (Opticks' scintillation texture width), interpolated
+PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
+         "group_velocity")
+N_PROP = len(PROPS)  # rows of the material table; the kernel gets it as -DN_PROP
+HC_EV_NM = 1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
+C_LIGHT_MM_NS = 299.792458
 SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
 SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
 SHAPES = {"box": 0, "sphere": 1}
@@ -46,8 +58,11 @@ MAX_ITEMS = 1024  # materials, surfaces, objects: the overlap check is quadratic
 @dataclass
 class Material:
     name: str
-    props: np.ndarray  # (4, WL_N) float32
-    icdf: np.ndarray  # (ICDF_N,) float32 reemission wavelengths, or all -1 (keep wavelength)
+    props: np.ndarray  # (N_PROP, WL_N) float32
+    icdf: np.ndarray  # (ICDF_N,) float32 emission wavelengths, or all -1 (keep wavelength)
+    # what only a charged-particle simulation needs (engine.geant4): density, composition,
+    # scintillation yield and components, Birks constant; the raw tables as given
+    physics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,7 +101,7 @@ class Scene:
     container_material: int
     container_surface: int
     objects: list[Obj]
-    source: Source
+    source: Source | None  # None: the scene is used with --gensteps only
     max_bounce: int = 9
     hitmask: str = "SD"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -109,8 +124,10 @@ class Scene:
 class SceneArrays:
     """Flat float32 arrays shared by the NumPy and CUDA backends.
 
-    mat (M,4,WL_N): n, absorption length, scattering length, reemission prob per wavelength.
-    icdf (M,ICDF_N): reemission wavelength inverse CDF (-1: keep the photon's wavelength).
+    mat (M,N_PROP,WL_N): n, absorption length, scattering length, reemission prob, group
+    velocity (mm/ns) per wavelength.
+    icdf (M,ICDF_N): emission wavelength at u = k/(ICDF_N-1), interpolated linearly between
+    samples (-1: no spectrum; reemission keeps the photon's wavelength).
     surf (S,4): detect, absorb, reflect_specular, reflect_diffuse.
     objs (K,10): shape, center xyz, half xyz (sphere: r), material, surface, pad.
     container (5,): half xyz, material, surface (-1: none, photons reaching it are MI).
@@ -125,7 +142,7 @@ class SceneArrays:
 
     @property
     def mat_t(self) -> np.ndarray:
-        """(M, WL_N, 4) view-copy of ``mat``: one gather fetches all four properties."""
+        """(M, WL_N, N_PROP) view-copy of ``mat``: one gather fetches every property."""
         t = self.__dict__.get("_mat_t")
         if t is None:
             t = np.ascontiguousarray(np.moveaxis(self.mat, 1, 2))
@@ -161,30 +178,100 @@ def _vec3(path: Path, key: str, v: Any) -> tuple[float, float, float]:
     return x, y, z
 
 
+def _table(path: Path, key: str, v: list[Any]) -> np.ndarray:
+    """A wavelength table [[nm, value], ...] as a float64 (k, 2) array, nm increasing."""
+    try:
+        tab = np.array(v, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise _bad(path, key, "table must be [[wavelength_nm, value], ...]") from None
+    if tab.ndim != 2 or tab.shape[1] != 2 or len(tab) < 2 or tab.dtype.kind not in "iuf":
+        raise _bad(path, key, "table must be [[wavelength_nm, value], ...] with >= 2 rows")
+    if not np.all(np.isfinite(tab)) or np.any(np.abs(tab) > MAX_MM):
+        raise _bad(path, key, f"table values must be finite and within -{MAX_MM:g}..{MAX_MM:g}")
+    if np.any(np.diff(tab[:, 0]) <= 0):
+        raise _bad(path, key, "table wavelengths must increase")
+    if tab[0, 0] <= 0:
+        raise _bad(path, key, "table wavelengths must be positive")
+    return tab
+
+
+def energy_resample(nm: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Values on WL_GRID, linear in photon energy between the nodes and the edge values
+    beyond them: what G4PhysicsVector::Value returns at each grid wavelength's energy."""
+    return np.interp(HC_EV_NM / WL_GRID, HC_EV_NM / nm[::-1], values[::-1])
+
+
+def group_velocity_nodes(nm: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Geant4's GROUPVEL table (G4MaterialPropertiesTable::CalculateGROUPVEL) from a
+    refractive-index table: (photon energies in eV, ascending; group velocities in mm/ns).
+
+    v_g = c / (n + dn/d(ln E)), the finite difference of neighbouring nodes, placed at the
+    first node, at the midpoints of the node pairs (Geant4 skips the last pair's midpoint)
+    and at the last node; anomalous dispersion (v_g < 0 or above c/n) falls back to c/n."""
+    c = C_LIGHT_MM_NS
+    e = HC_EV_NM / nm[::-1]
+    r = n[::-1]
+    if len(e) < 2:
+        return e[:1], np.array([c / r[0]])
+
+    def vg(n_at: float, n0: float, n1: float, e0: float, e1: float) -> float:
+        v = c / (n_at + (n1 - n0) / math.log(e1 / e0))
+        return c / n_at if (v < 0 or v > c / n_at) else v
+
+    e0, n0, e1, n1 = e[0], r[0], e[1], r[1]
+    out_e, out_v = [e0], [vg(n0, n0, n1, e0, e1)]
+    for i in range(2, len(e)):
+        out_e.append(0.5 * (e0 + e1))
+        out_v.append(vg(0.5 * (n0 + n1), n0, n1, e0, e1))
+        e0, n0, e1, n1 = e1, n1, e[i], r[i]
+    out_e.append(e1)
+    out_v.append(vg(n1, n0, n1, e0, e1))
+    return np.array(out_e), np.array(out_v)
+
+
 def _property(path: Path, key: str, v: Any, default: float | None,
               allow_inf: bool = False) -> np.ndarray:
-    """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID."""
+    """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID (linear
+    in photon energy, as Geant4 interpolates)."""
     if v is None:
         if default is None:
             raise _bad(path, key, "missing")
         return np.full(WL_N, default)
     if isinstance(v, list):
-        try:
-            tab = np.array(v, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise _bad(path, key, "table must be [[wavelength_nm, value], ...]") from None
-        if tab.ndim != 2 or tab.shape[1] != 2 or len(tab) < 2 or tab.dtype.kind not in "iuf":
-            raise _bad(path, key, "table must be [[wavelength_nm, value], ...] with >= 2 rows")
-        if np.any(np.diff(tab[:, 0]) <= 0):
-            raise _bad(path, key, "table wavelengths must increase")
-        if not np.all(np.isfinite(tab)) or np.any(np.abs(tab) > MAX_MM):
-            raise _bad(path, key, f"table values must be finite and within -{MAX_MM:g}..{MAX_MM:g}")
-        return np.interp(WL_GRID, tab[:, 0], tab[:, 1])
+        tab = _table(path, key, v)
+        return energy_resample(tab[:, 0], tab[:, 1])
     return np.full(WL_N, _num(path, key, v, allow_inf=allow_inf))
 
 
+def _group_velocity(path: Path, key: str, v: Any) -> np.ndarray:
+    """Group velocity on WL_GRID from the refractive index as given (constant n: c/n)."""
+    if isinstance(v, list):
+        tab = _table(path, key, v)
+        e, vg = group_velocity_nodes(tab[:, 0], tab[:, 1])
+        return np.interp(HC_EV_NM / WL_GRID, e, vg)
+    return np.full(WL_N, C_LIGHT_MM_NS / _num(path, key, v))
+
+
+def emission_icdf(nm: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Emission wavelengths at u = k/(ICDF_N-1) for a spectrum whose weights are per unit
+    photon energy (Geant4's SCINTILLATIONCOMPONENT convention): the trapezoidal integral
+    over energy, inverted linearly within each node interval, as G4Scintillation's
+    ``GetEnergy(u * CIImax)`` and Opticks' scintillation texture (U4ScintCommon) do."""
+    e = HC_EV_NM / nm[::-1]
+    w = weight[::-1]
+    cum = np.concatenate(([0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(e))))
+    v = np.arange(ICDF_N) / (ICDF_N - 1) * cum[-1]
+    j = np.clip(np.searchsorted(cum, v, side="left"), 1, len(e) - 1)
+    lo, hi = j - 1, j
+    den = cum[hi] - cum[lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        es = np.where(den > 0, e[lo] + (v - cum[lo]) * (e[hi] - e[lo]) / den, e[lo])
+    return HC_EV_NM / es
+
+
 def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
-    """Reemission spectrum [[nm, weight], ...] -> inverse CDF on ICDF_N uniform points."""
+    """Emission (reemission and scintillation) spectrum [[nm, weight], ...], or a single
+    wavelength, as an inverse CDF on ICDF_N points; none: all -1 (keep the wavelength)."""
     if v is None:
         return np.full(ICDF_N, -1.0)
     if isinstance(v, int | float) and not isinstance(v, bool):
@@ -192,24 +279,98 @@ def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
         if not WL_GRID[0] <= wl <= WL_GRID[-1]:
             raise _bad(path, key, f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
         return np.full(ICDF_N, wl)
-    spec = _property(path, key, v, None)
-    lo, hi = float(np.array(v)[0, 0]), float(np.array(v)[-1, 0])
-    grid = WL_GRID
-    inside = (grid >= lo) & (grid <= hi)
-    w = np.where(inside, np.clip(spec, 0, None), 0.0)
-    if w.sum() <= 0:
+    if not isinstance(v, list):
+        raise _bad(path, key, "must be a wavelength (nm) or a table [[nm, weight], ...]")
+    tab = _table(path, key, v)
+    if tab[0, 0] < WL_GRID[0] or tab[-1, 0] > WL_GRID[-1]:
+        raise _bad(path, key, f"wavelengths must lie within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
+    if np.any(tab[:, 1] < 0):
+        raise _bad(path, key, "weights must not be negative")
+    if not np.any(tab[:, 1] > 0):
         raise _bad(path, key, "spectrum has no positive weight")
-    cdf = np.cumsum(w) / w.sum()
-    u = (np.arange(ICDF_N) + 0.5) / ICDF_N
-    return np.interp(u, cdf, WL_GRID)
+    return emission_icdf(tab[:, 0], tab[:, 1])
+
+
+MATERIAL_KEYS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
+                 "reemission_spectrum", "reemission_wavelength", "density", "composition", "nist",
+                 "scintillation_yield", "scintillation_components", "birks_constant",
+                 "resolution_scale")
+_ELEMENT = re.compile(r"[A-Z][a-z]?")
+_NIST = re.compile(r"G4_[A-Za-z0-9_-]{1,40}")
+
+
+def _physics(path: Path, key: str, d: dict[str, Any]) -> dict[str, Any]:
+    """What a charged-particle simulation needs beyond the optical tables (engine.geant4):
+    density (g/cm3) and composition (element symbol -> atoms) or a NIST name; scintillation
+    yield (photons/MeV), components [[decay time ns, relative yield], ...], Birks constant
+    (mm/MeV), resolution scale. skydeck's propagation uses none of them."""
+    out: dict[str, Any] = {}
+    if "density" in d:
+        out["density"] = _num(path, f"{key}.density", d["density"], bound=30.0)
+        if out["density"] <= 0:
+            raise _bad(path, f"{key}.density", "must be positive (g/cm3)")
+    if "composition" in d:
+        comp = d["composition"]
+        if not isinstance(comp, dict) or not comp or len(comp) > 32:
+            raise _bad(path, f"{key}.composition", "must be a table of element = atoms, e.g. {H = 2, O = 1}")
+        for el, k in comp.items():
+            if not _ELEMENT.fullmatch(el):
+                raise _bad(path, f"{key}.composition.{el}", "is not an element symbol")
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10000:
+                raise _bad(path, f"{key}.composition.{el}", "atoms must be an integer in 1..10000")
+        out["composition"] = dict(comp)
+    if "nist" in d:
+        if not isinstance(d["nist"], str) or not _NIST.fullmatch(d["nist"]):
+            raise _bad(path, f"{key}.nist", "must be a Geant4 NIST material name like \"G4_WATER\"")
+        out["nist"] = d["nist"]
+    if "composition" in out and "density" not in out:
+        raise _bad(path, f"{key}.density", "missing (a composition needs a density)")
+    if "scintillation_yield" in d:
+        y = _num(path, f"{key}.scintillation_yield", d["scintillation_yield"], bound=1e6)
+        if y < 0:
+            raise _bad(path, f"{key}.scintillation_yield", "must not be negative (photons/MeV)")
+        out["scintillation_yield"] = y
+        comps = d.get("scintillation_components")
+        ck = f"{key}.scintillation_components"
+        if comps is None:
+            raise _bad(path, ck, "missing (a scintillator needs [[decay time ns, relative yield], ...])")
+        if not isinstance(comps, list) or not 1 <= len(comps) <= 3:
+            raise _bad(path, ck, "must be 1 to 3 rows [decay time ns, relative yield]")
+        rows = []
+        for i, row in enumerate(comps):
+            if not isinstance(row, list) or len(row) != 2:
+                raise _bad(path, f"{ck}[{i}]", "must be [decay time ns, relative yield]")
+            tau = _num(path, f"{ck}[{i}]", row[0], bound=1e6)
+            w = _num(path, f"{ck}[{i}]", row[1], bound=1e6)
+            if tau <= 0 or w < 0:
+                raise _bad(path, f"{ck}[{i}]", "decay time must be positive, yield not negative")
+            rows.append((tau, w))
+        if sum(w for _, w in rows) <= 0:
+            raise _bad(path, ck, "relative yields sum to 0")
+        out["scintillation_components"] = rows
+        if d.get("reemission_spectrum", d.get("reemission_wavelength")) is None:
+            raise _bad(path, f"{key}.reemission_spectrum",
+                       "missing (a scintillator's emission spectrum)")
+    elif "scintillation_components" in d:
+        raise _bad(path, f"{key}.scintillation_yield", "missing (components without a yield)")
+    for k, bound in (("birks_constant", 10.0), ("resolution_scale", 100.0)):
+        if k in d:
+            out[k] = _num(path, f"{key}.{k}", d[k], bound=bound)
+            if out[k] < 0:
+                raise _bad(path, f"{key}.{k}", "must not be negative")
+    return out
 
 
 def _parse_material(path: Path, name: str, d: Any) -> Material:
     key = f"materials.{name}"
     if not isinstance(d, dict):
         raise _bad(path, key, "must be a table")
+    unknown = sorted(set(d) - set(MATERIAL_KEYS))
+    if unknown:
+        raise _bad(path, f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(MATERIAL_KEYS)})")
+    rindex = d.get("refractive_index")
     props = np.stack([
-        _property(path, f"{key}.refractive_index", d.get("refractive_index"), None),
+        _property(path, f"{key}.refractive_index", rindex, None),
         _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf, True),
         _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf, True),
         _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
@@ -218,14 +379,25 @@ def _parse_material(path: Path, name: str, d: Any) -> Material:
     props[1:3] = np.minimum(props[1:3], NO_INTERACTION)
     if np.any((props[0] < 1.0) | (props[0] > MAX_INDEX)):
         raise _bad(path, f"{key}.refractive_index", f"must be within 1..{MAX_INDEX:g}")
+    if isinstance(rindex, list) and np.any((_table(path, key, rindex)[:, 1] < 1.0)
+                                           | (_table(path, key, rindex)[:, 1] > MAX_INDEX)):
+        raise _bad(path, f"{key}.refractive_index", f"must be within 1..{MAX_INDEX:g}")
     for i, p in ((1, "absorption_length"), (2, "scattering_length")):
         if np.any(props[i] <= 0):
             raise _bad(path, f"{key}.{p}", "lengths must be positive")
     if np.any((props[3] < 0) | (props[3] > 1)):
         raise _bad(path, f"{key}.reemission_prob", "must be within [0, 1]")
+    vg = _group_velocity(path, f"{key}.refractive_index", rindex)
+    props = np.concatenate([props, vg[None, :]])
     icdf = _icdf(path, f"{key}.reemission_spectrum",
                  d.get("reemission_spectrum", d.get("reemission_wavelength")))
-    return Material(name, props.astype(np.float32), icdf.astype(np.float32))
+    physics = _physics(path, key, d)
+    # the optical tables as the scene gives them: Geant4 is built from these nodes
+    physics["tables"] = {k: d[k] for k in ("refractive_index", "absorption_length",
+                                           "scattering_length", "reemission_prob",
+                                           "reemission_spectrum", "reemission_wavelength")
+                         if k in d}
+    return Material(name, props.astype(np.float32), icdf.astype(np.float32), physics)
 
 
 def _parse_surface(path: Path, name: str, d: Any) -> tuple[float, float, float, float]:
@@ -350,7 +522,9 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
                 raise _bad(path, key, f"overlaps objects[{j}]")
         objects.append(obj)
 
-    source = _parse_source(path, doc.get("source"), half_arr, objects)
+    # a scene used with --gensteps only needs no [source]
+    source = (None if doc.get("source") is None
+              else _parse_source(path, doc.get("source"), half_arr, objects))
 
     settings = doc.get("settings", {})
     if not isinstance(settings, dict):

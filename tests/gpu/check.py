@@ -13,9 +13,12 @@ Within a time budget (default 450 s) it:
 1. runs the ``gpu``-marked tests, for each GPU backend;
 2. propagates tboolean-box with NumPy and each GPU backend, same seed, development mode,
    1e6 photons, and compares photon by photon: seqhis, final positions and times, hit sets;
+   the same for Cerenkov gensteps (muons crossing water-tank) and scintillation gensteps
+   (electrons stopping in scint-tank), made on the spot by engine.mock.gensteps;
 3. measures photons/s in production mode at 1e7, 1e8 and 1e9 photons (kernel time from
    the event's meta.json, the propagation and the whole process timed, hits copied back
-   and ht.npy written), and in development mode at 1e6;
+   and ht.npy written), and in development mode at 1e6; Cerenkov and scintillation
+   gensteps at 1e7 and 1e8 photons;
 4. writes report.json and report.md (device, driver, versions, every figure) into $OUT
    when set (the device tool returns that folder), else ``.gpu-check/``, after every step.
 
@@ -51,6 +54,10 @@ from tests.gpu.bundle import PLATFORMS, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "assets" / "scenes" / "tboolean-box.toml"
+# genstep kinds besides the torch: (scene, mock track maker, hit mask)
+STEP_KINDS = {"cerenkov": (ROOT / "assets" / "scenes" / "water-tank.toml", "cerenkov_tracks"),
+              "scintillation": (ROOT / "assets" / "scenes" / "scint-tank.toml",
+                                "scintillation_tracks")}
 HITMASK = "BR"
 SEED = 7
 BACKENDS = ("cupy", "cuda")  # CuPy first: it needs no build, PyCUDA builds meanwhile
@@ -333,16 +340,42 @@ def compare_events(a: Path, b: Path, atol_mm: float = 1e-2) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- the steps
 
+def make_gensteps(kind: str, photons: int, path: Path) -> Path:
+    """A genstep file of exactly ``photons`` photons of one kind: one mock delivery's
+    tracks (engine.mock.gensteps), repeated as often as needed, the last genstep cut."""
+    import engine.mock.gensteps as mock
+    from engine.propagate.scene import load_scene
+
+    scene_path, maker = STEP_KINDS[kind]
+    base = getattr(mock, maker)(load_scene(scene_path), min(photons, 200_000), SEED)
+    base = base[base.view(np.int32)[:, 0, 3] > 0]
+    per = int(base.view(np.int32)[:, 0, 3].astype(np.int64).sum())
+    gs = np.tile(base, (max(1, -(-photons // per)), 1, 1))
+    ends = np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64))
+    last = int(np.searchsorted(ends, photons))  # the genstep holding photon number `photons`
+    gs = gs[:last + 1].copy()
+    gs.view(np.int32)[last, 0, 3] -= int(ends[last] - photons)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, gs)
+    return path
+
+
 def run_propagate(out: Path, photons: int, backend: str, mode: str, env: dict[str, str],
-                  timeout: float) -> dict[str, Any]:
-    """One event through the real CLI; meta.json plus the process's wall time."""
+                  timeout: float, kind: str = "torch", gensteps: Path | None = None
+                  ) -> dict[str, Any]:
+    """One event through the real CLI; meta.json plus the process's wall time. Torch
+    photons of tboolean-box (hit mask BR), or a genstep file of ``kind`` (hit mask SD)."""
     t = time.perf_counter()
-    r = sh(engine_cmd("propagate", SCENE, "-o", out, "--photons", str(photons), "--seed",
-                      str(SEED), "--mode", mode, "--backend", backend, "--hitmask", HITMASK,
-                      "--json"), timeout, env)
+    if gensteps is None:
+        args = [SCENE, "--photons", str(photons), "--hitmask", HITMASK]
+    else:
+        args = [STEP_KINDS[kind][0], "--gensteps", gensteps]
+    r = sh(engine_cmd("propagate", *args, "-o", out, "--seed", str(SEED), "--mode", mode,
+                      "--backend", backend, "--json"), timeout, env)
     wall = time.perf_counter() - t
     meta = json.loads(r.stdout.strip().splitlines()[-1])
-    row = {"backend": backend, "mode": mode, "photons": photons, "hits": meta["hits"],
+    photons = meta["photons"]
+    row = {"kind": kind, "backend": backend, "mode": mode, "photons": photons, "hits": meta["hits"],
            "ht_bytes": meta["files"].get("ht.npy"), "device": meta["device"],
            "launches": meta.get("launches"), "process_s": round(wall, 3),
            "propagate_s": meta["propagate_seconds"], "kernel_s": meta.get("kernel_seconds"),
@@ -390,27 +423,31 @@ def render_markdown(d: dict[str, Any]) -> str:
             lines += ["Kernel compilers: " + ", ".join(f"{k} {c}" for k, c in v["compilers"].items()), ""]
     lines += ["| step | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in d["steps"]]
-    par = [s for s in d["steps"] if s["name"].startswith("parity") and "agree" in s["data"]]
+    par = [(s, kind, s["data"] if kind == "torch" else s["data"].get(kind))
+           for s in d["steps"] if s["name"].startswith("parity") and "agree" in s["data"]
+           for kind in ("torch", *STEP_KINDS)]
+    par = [p for p in par if isinstance(p[2], dict) and "agree" in p[2]]
     if par:
-        lines += ["", f"## Parity with NumPy: tboolean-box, development, seed {SEED}, hit mask {HITMASK}",
-                  "", "| backend | photons | seqhis equal | positions within tol | max dpos mm | "
+        lines += ["", f"## Parity with NumPy: development, seed {SEED} (torch: tboolean-box, hit "
+                  f"mask {HITMASK}; cerenkov: water-tank; scintillation: scint-tank)",
+                  "", "| backend | kind | photons | seqhis equal | positions within tol | max dpos mm | "
                   "max dt ns | hits numpy / gpu | only numpy / only gpu | agree |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for s in par:
-            c = s["data"]
-            lines.append(f"| {s['name'].split('-', 1)[1]} | {c['photons']:,} | "
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for s, kind, c in par:
+            lines.append(f"| {s['name'].split('-', 1)[1]} | {kind} | {c['photons']:,} | "
                          f"{100 * c['seqhis_agreement']:.4f} % | {100 * c['position_within_tol']:.4f} % | "
                          f"{c['position_max_abs_mm']:.3g} | {c['time_max_abs_ns']:.3g} | "
                          f"{c['hits_a']:,} / {c['hits_b']:,} | {c['hits_only_a']} / {c['hits_only_b']} | "
                          f"{c['agree']} |")
     rows = [r for s in d["steps"] if s["name"].startswith("rate") for r in s["data"].get("rows", [])]
     if rows:
-        lines += ["", f"## Photons per second: tboolean-box, hit mask {HITMASK}", "",
-                  "| backend | mode | photons | hits | ht.npy B | launches | kernel s | kernel photons/s | "
-                  "propagate photons/s | process s | process photons/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## Photons per second (torch: tboolean-box, hit mask {HITMASK})", "",
+                  "| backend | kind | mode | photons | hits | ht.npy B | launches | kernel s | "
+                  "kernel photons/s | propagate photons/s | process s | process photons/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['backend']} | {r['mode']} | {r['photons']:.0e} | {r['hits']:,} | "
+            lines.append(f"| {r['backend']} | {r.get('kind', 'torch')} | {r['mode']} | "
+                         f"{r['photons']:.2e} | {r['hits']:,} | "
                          f"{r['ht_bytes'] or 0:,} | {r.get('launches')} | {r.get('kernel_s') or 0:.4f} | "
                          f"{r.get('kernel_pps', 0):.3e} | {r['propagate_pps'] or 0:.3e} | "
                          f"{r['process_s']:.2f} | {r['process_pps']:.3e} |")
@@ -426,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1e7,1e8,1e9", help="production photon counts")
     ap.add_argument("--parity-photons", type=float, default=1e6)
     ap.add_argument("--dev-photons", type=float, default=1e6, help="development-mode rate run")
+    ap.add_argument("--step-photons", type=float, default=1e6,
+                    help="Cerenkov and scintillation photons of the parity events")
+    ap.add_argument("--step-sizes", default="1e7,1e8",
+                    help="Cerenkov and scintillation photons of the production rate runs")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--libcuda", default=None, help="driver library to probe (default: libcuda.so.1)")
     ap.add_argument("--cuda-lib-dir", type=Path, default=None,
@@ -464,9 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     events = work / "events"
     shutil.rmtree(events, ignore_errors=True)
 
+    gsdir = work / "gensteps"
+
     def reference(st: Step) -> None:
         st.data["row"] = run_propagate(events / "numpy", n_par, "numpy", "development",
                                        env_with(paths), st.data["limit_s"])
+        for kind in STEP_KINDS:  # the same event of each genstep kind, on the CPU
+            gs = make_gensteps(kind, int(args.step_photons), gsdir / f"{kind}-parity.npy")
+            st.data[kind] = run_propagate(events / f"numpy-{kind}", 0, "numpy", "development",
+                                          env_with(paths), st.data["limit_s"], kind, gs)
 
     for backend in backends:
         if backend == "cuda":
@@ -516,21 +563,38 @@ def main(argv: list[str] | None = None) -> int:
             st.data.update(compare_events(events / "numpy", events / backend))
             st.detail = (f"seqhis {100 * st.data['seqhis_agreement']:.4f} %, hits "
                          f"{st.data['hits_a']}/{st.data['hits_b']}")
-            if not st.data["agree"]:
-                st.status = "failed"
+            agree = st.data["agree"]
             shutil.rmtree(events / backend, ignore_errors=True)
+            for kind in STEP_KINDS:
+                out = events / f"{backend}-{kind}"
+                run_propagate(out, 0, backend, "development", env_with(paths),
+                              max(5.0, st.data["limit_s"] / 3), kind,
+                              gsdir / f"{kind}-parity.npy")
+                st.data[kind] = c = compare_events(events / f"numpy-{kind}", out)
+                st.detail += f"; {kind} seqhis {100 * c['seqhis_agreement']:.4f} %"
+                agree = agree and c["agree"]
+                shutil.rmtree(out, ignore_errors=True)
+            if not agree:
+                st.status = "failed"
 
         rep.step(f"parity-{backend}", parity, 120)
 
         def rates(st: Step, backend: str = backend) -> None:
             st.data["rows"] = rows = []
             # smallest first: a run cut off by the time box loses only the largest figure
-            runs = [(int(args.dev_photons), "development")]
-            runs += [(int(float(s)), "production") for s in args.sizes.split(",") if s]
-            for photons, mode in runs:
+            runs: list[tuple[int, str, str]] = [(int(args.dev_photons), "development", "torch")]
+            sizes = [int(float(s)) for s in args.step_sizes.split(",") if s]
+            for i, photons in enumerate(int(float(s)) for s in args.sizes.split(",") if s):
+                runs.append((photons, "production", "torch"))
+                if i < len(sizes):  # interleaved: a time box cuts the largest of each kind
+                    runs += [(sizes[i], "production", kind) for kind in STEP_KINDS]
+            for photons, mode, kind in runs:
                 left = st.data["limit_s"] - sum(r["process_s"] for r in rows)
+                gs = None if kind == "torch" else gsdir / f"{kind}-{photons:.0e}.npy"
+                if gs is not None and not gs.exists():
+                    make_gensteps(kind, photons, gs)
                 rows.append(run_propagate(events / f"{backend}-rate", photons, backend, mode,
-                                          env_with(paths), max(5.0, left)))
+                                          env_with(paths), max(5.0, left), kind, gs))
                 shutil.rmtree(events / f"{backend}-rate", ignore_errors=True)
                 rep.write()
             best = max((r.get("kernel_pps", 0) for r in rows if r["mode"] == "production"),
@@ -539,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rep.step(f"rate-{backend}", rates, 200)
     shutil.rmtree(events, ignore_errors=True)
+    shutil.rmtree(gsdir, ignore_errors=True)
     if "build" in state and state["build"].poll() is None:
         state["build"].kill()
     if "build_log" in state:

@@ -74,7 +74,7 @@ def test_compare_events_photon_by_photon(tmp_path):
     assert not other["agree"] and other["hits_only_a"] > 0
     rep = check.Report(tmp_path / "r")
     rep.steps.append(check.Step("parity-cupy", "ok", 1.0, "", same))
-    assert "| cupy | 3,000 | 100.0000 % |" in check.render_markdown(rep.to_dict())
+    assert "| cupy | torch | 3,000 | 100.0000 % |" in check.render_markdown(rep.to_dict())
 
 
 def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch, capsys):
@@ -95,15 +95,21 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
     out = tmp_path / "out"
     rc = check.main(["--bundle", str(bundle), "--out", str(out), "--work", str(tmp_path / "w"),
                      "--backends", "numpy,cuda", "--sizes", "2e3,4e3", "--parity-photons",
-                     "2e3", "--dev-photons", "1e3", "--budget", "300"])
+                     "2e3", "--dev-photons", "1e3", "--step-photons", "3e3", "--step-sizes",
+                     "5e3", "--budget", "300"])
     assert rc == 1
     steps = {s["name"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
     assert steps["gpu"]["status"] == "ok" and steps["versions"]["status"] == "ok"
     assert steps["tests-numpy"]["status"] == "failed"  # no gpu test is a numpy one
     assert steps["parity-numpy"]["status"] == "ok" and steps["parity-numpy"]["data"]["agree"]
+    for kind in ("cerenkov", "scintillation"):  # the genstep kinds' events agree too
+        c = steps["parity-numpy"]["data"][kind]
+        assert c["agree"] and c["photons"] == 3000 and c["hits_a"] == c["hits_b"] > 0
     rows = steps["rate-numpy"]["data"]["rows"]
-    assert [(r["mode"], r["photons"]) for r in rows] == [
-        ("development", 1000), ("production", 2000), ("production", 4000)]
+    assert [(r["kind"], r["mode"], r["photons"]) for r in rows] == [
+        ("torch", "development", 1000), ("torch", "production", 2000),
+        ("cerenkov", "production", 5000), ("scintillation", "production", 5000),
+        ("torch", "production", 4000)]
     assert all(r["process_pps"] > 0 and r["ht_bytes"] > 128 for r in rows)
     assert steps["pycuda-build"]["status"] == "failed"
     assert "exited 3" in steps["pycuda-build"]["detail"]
@@ -111,5 +117,6 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
     assert all(steps[s]["detail"] == "PyCUDA is not built"
                for s in ("tests-cuda", "parity-cuda", "rate-cuda"))
     md = (out / "report.md").read_text()
-    assert "| numpy | development | 1e+03 |" in md and (out / "pycuda-build.log").is_file()
+    assert "| numpy | torch | development | 1.00e+03 |" in md and "| numpy | cerenkov |" in md
+    assert (out / "pycuda-build.log").is_file()
     assert md in capsys.readouterr().out

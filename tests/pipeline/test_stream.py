@@ -278,6 +278,30 @@ def test_delivery_with_gensteps_adds_propagate(ws, capsys):
             "ht.npy", "meta.json"}
 
 
+@pytest.mark.parametrize("scene,kind,first", [("water-tank", "cerenkov", "CK"),
+                                               ("scint-tank", "scintillation", "SI")])
+def test_delivery_with_cerenkov_or_scintillation_gensteps(ws, capsys, scene, kind, first):
+    """A delivery carrying the gensteps of charged tracks: its stream propagates them and
+    stages the hits; the event's summary (the Hits panel's) names where the light came from."""
+    from engine.mock.delivery import MockSpec, deliver
+    from engine.propagate.hits import summarize
+    deliver(MockSpec("251125002", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
+                     scene=scene, gensteps_photons=20_000, gensteps_kind=kind),
+            "level0", ws.incoming_level0)
+    rc, _, err = cli(ws, "run", "251125002", capsys=capsys)
+    assert rc == 0, err
+    v = _views(ws, capsys)[0]
+    assert [p for p in v["instances"] if p["process"] == "propagate"][0]["status"] == "SUCCESS"
+    ev = ws.events / scene / "251125002"
+    meta = json.loads((ev / "meta.json").read_text())
+    assert meta["photons"] >= 20_000 and meta["hits"] == len(np.load(ev / "ht.npy")) > 0
+    s = summarize(ev)
+    assert s.sources[first][0] > 0 and s.sources[first][1] > 0
+    with StateDB(ws.state) as db:
+        assert {Path(r.path).name for r in db.files("251125002", producer="propagate")} >= {
+            "ht.npy", "meta.json"}
+
+
 def test_run_of_a_finished_stream(ws, tmp_path, capsys):
     task = _task(tmp_path, '[[process]]\nname = "job"\ncommand = ["false"]\n')
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.core.workspace import SCENES
 from engine.propagate import gpu_host
 from engine.propagate.backends import GPU_BACKENDS, gpu_module
 from engine.propagate.event import Request, propagate
@@ -31,10 +32,18 @@ def _gpu_or_skip(backend: str) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("scene", ["tbox", "mixed"])
+@pytest.mark.parametrize("scene", ["tbox", "mixed", "cerenkov", "scintillation"])
 def test_gpu_numpy_parity(tmp_path, write_scene, scene, backend):
     _gpu_or_skip(backend)
-    if scene == "tbox":
+    gensteps = None
+    if scene in ("cerenkov", "scintillation"):  # muons in water; electrons in scintillator
+        from engine.mock.gensteps import cerenkov_tracks, scintillation_tracks
+        from engine.propagate.scene import load_scene
+        path = SCENES / ("water-tank.toml" if scene == "cerenkov" else "scint-tank.toml")
+        maker = cerenkov_tracks if scene == "cerenkov" else scintillation_tracks
+        gensteps = tmp_path / "gensteps.npy"
+        np.save(gensteps, maker(load_scene(path), 200_000, 5))
+    elif scene == "tbox":
         path = TBOX_DETECT
     else:  # scattering, absorption, reemission, diffuse and specular surfaces, a sphere
         doc = base_scene(objects=[
@@ -49,11 +58,12 @@ def test_gpu_numpy_parity(tmp_path, write_scene, scene, backend):
         doc["source"].update(type="point", position=[0.0, 0.0, -50.0])
         del doc["source"]["direction"]
         path = write_scene(doc)
-    n = 200_000
+    n = None if gensteps is not None else 200_000
     a = propagate(Request(path, tmp_path / "np", photons=n, seed=11, backend="numpy",
-                          mode="development"))
+                          mode="development", gensteps=gensteps))
     b = propagate(Request(path, tmp_path / "gpu", photons=n, seed=11, backend=backend,
-                          mode="development"))
+                          mode="development", gensteps=gensteps))
+    n = a["photons"]
     assert a["backend"] == "numpy" and b["backend"] == backend
     assert b["launches"] >= 1 and b["kernel_seconds"] > 0
     oa, ob = np.load(tmp_path / "np" / "ox.npy"), np.load(tmp_path / "gpu" / "ox.npy")

@@ -147,3 +147,29 @@ def test_an_image_the_driver_refuses_is_one_line_naming_the_file(fake, tmp_path)
     assert "the CUDA driver refused the sm_90 kernel image (RuntimeError: cuModuleLoadData" in text
     assert "remove it to rebuild" in text and "\n" not in text
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_side_cerenkov_and_scintillation_gensteps(fake, tmp_path, backend):
+    """A genstep file of both step kinds through a GPU backend end to end (several
+    launches): the same hits, photon for photon, as the NumPy backend gives."""
+    from engine.core.workspace import SCENES
+    from engine.mock.gensteps import scintillation_tracks
+    from engine.propagate.scene import load_scene
+
+    gpu = fake((backend,))
+    scene = SCENES / "scint-tank.toml"
+    path = tmp_path / "gensteps.npy"
+    np.save(path, scintillation_tracks(load_scene(scene), 20_000, seed=3))
+    a = propagate(Request(scene, tmp_path / "np", gensteps=path, seed=5, backend="numpy",
+                          workers=1))
+    b = propagate(Request(scene, tmp_path / "gpu", gensteps=path, seed=5, backend=backend))
+    assert b["backend"] == backend and len(gpu.launches) >= 2 and a["photons"] == b["photons"]
+    ha, hb = np.load(tmp_path / "np" / "ht.npy"), np.load(tmp_path / "gpu" / "ht.npy")
+    ia, ib = ha.view(np.uint32)[:, 3, 2], hb.view(np.uint32)[:, 3, 2]
+    assert len(np.setxor1d(ia, ib)) <= 0.002 * a["photons"]
+    both = np.intersect1d(ia, ib)
+    fa = ha.view(np.uint32)[np.isin(ia, both), 3]
+    fb = hb.view(np.uint32)[np.isin(ib, both), 3]
+    assert np.array_equal(fa, fb)  # flags, sensors, indices, flagmasks (CK|... and SI|...)
+    assert b["gensteps"]["kinds"].keys() == {"CERENKOV", "SCINTILLATION"}

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.core.workspace import SCENES
+from engine.mock.gensteps import cerenkov_tracks, scintillation_tracks
 from engine.propagate import flags as F
+from engine.propagate import gensteps as G
 from engine.propagate.gpu_host import kernel_inputs
 from engine.propagate.numpy_backend import propagate_chunk
 from engine.propagate.params import Params
@@ -69,14 +72,31 @@ def open_scene(write_scene) -> Path:
     return write_scene(doc)
 
 
-@pytest.mark.parametrize("which", ["tboolean-box-detect", "mixed", "open"])
+def step_gensteps(which: str) -> tuple[Path, np.ndarray]:
+    """Cerenkov gensteps of muons in the water tank; scintillation and Cerenkov gensteps of
+    electrons stopping in the scintillator (the mock delivery's tracks)."""
+    scene = load_scene(SCENES / f"{which}.toml")
+    fn = cerenkov_tracks if which == "water-tank" else scintillation_tracks
+    return scene.path, G.check(fn(scene, 30_000, 3), scene, "mock").array
+
+
+@pytest.mark.parametrize("which", ["tboolean-box-detect", "mixed", "open", "water-tank",
+                                   "scint-tank"])
 def test_kernel_matches_numpy(kernel_lib, write_scene, which):
-    path = {"tboolean-box-detect": lambda: TBOX_DETECT, "mixed": lambda: mixed_scene(write_scene),
-            "open": lambda: open_scene(write_scene)}[which]()
+    gs = None
+    if which in ("water-tank", "scint-tank"):
+        path, gs = step_gensteps(which)
+    else:
+        path = {"tboolean-box-detect": lambda: TBOX_DETECT,
+                "mixed": lambda: mixed_scene(write_scene),
+                "open": lambda: open_scene(write_scene)}[which]()
     scene = load_scene(path)
     n = 20_000
     p = Params(17, 3, 12, F.parse_mask("SD"), True, (float(max(scene.container_half)), 50.0))
-    sa, gs = scene.arrays(), gensteps(scene.source, n)
+    sa = scene.arrays()
+    if gs is None:
+        assert scene.source is not None
+        gs = gensteps(scene.source, n)
     ref = propagate_chunk(sa, gs, 0, n, p)
     hits, fm, ox, rx, seq = run_kernel(kernel_lib, sa, gs, n, p)
     same = seq == ref.seq
@@ -84,15 +104,20 @@ def test_kernel_matches_numpy(kernel_lib, write_scene, which):
           f"{len(np.unique(ref.seq))} distinct histories")
     assert same.mean() > 0.998
     fmask = np.bitwise_or.reduce(ox.view(np.uint32)[:, 3, 3])
-    wanted = {"tboolean-box-detect": F.BT | F.BR | F.SD,
-              "mixed": F.SC | F.AB | F.RE | F.DR | F.SR | F.SD | F.SA | F.BT | F.BR,
-              "open": F.MI | F.DR | F.SR | F.SD | F.SA | F.BT}[which]
+    wanted = {"tboolean-box-detect": F.TO | F.BT | F.BR | F.SD,
+              "mixed": F.TO | F.SC | F.AB | F.RE | F.DR | F.SR | F.SD | F.SA | F.BT | F.BR,
+              "open": F.TO | F.MI | F.DR | F.SR | F.SD | F.SA | F.BT,
+              "water-tank": F.CK | F.SC | F.AB | F.SR | F.SD | F.SA,
+              "scint-tank": F.CK | F.SI | F.SC | F.AB | F.SD | F.SA}[which]
     assert fmask & wanted == wanted  # every branch of interest was exercised
     assert np.array_equal(ox.view(np.uint32)[:, 3, 2], np.arange(n))
     assert np.array_equal(ox.view(np.uint32)[same, 3], ref.ox.view(np.uint32)[same, 3])
     # libm and NumPy's sin/cos/log differ by ulps; many scatters amplify that to < 1 mm
     diff = np.abs(ox[same, :3] - ref.ox[same, :3]).max(axis=(1, 2))
     assert np.mean(diff < 2e-3) > 0.995 and diff.max() < 1.0
+    # times (group velocity, generation times) agree to float32 rounding
+    dt = np.abs(ox[same, 0, 3] - ref.ox[same, 0, 3]) / np.maximum(1.0, np.abs(ref.ox[same, 0, 3]))
+    assert np.mean(dt < 1e-5) > 0.995
     agree_rx = np.mean(np.all(np.abs(rx[same].astype(int) - ref.rx[same].astype(int)) <= 1,
                               axis=(1, 2, 3)))
     assert agree_rx > 0.99

@@ -1,0 +1,62 @@
+"""Material-table lookups shared by photon generation and stepping (NumPy side).
+
+Why a module of its own: the Cerenkov generator needs the refractive index at a sampled
+wavelength and the scintillation generator the emission inverse CDF, exactly as the
+stepping loop reads them, and generation must not import the stepping backend. The CUDA
+kernel's ``lookup`` and ``icdf_sample`` do the same arithmetic in the same order
+(``assets/kernels/propagate.cu``), so both backends read identical numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.propagate.scene import ICDF_N, N_PROP, WL_MIN, WL_N, WL_STEP, SceneArrays
+
+_F = np.float32
+N_INDEX, ABS_LENGTH, SCAT_LENGTH, REEMIT_PROB, GROUP_VEL = range(N_PROP)
+
+
+def props_at(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Every material property at each photon's wavelength, shape (N_PROP, n): linear
+    interpolation on the 1 nm grid written as a + f*(b - a), so constant tables return
+    exactly a (as the kernel's ``lookup`` does). One gather of a row per end point."""
+    tab = sa.mat_t.reshape(-1, N_PROP)
+    row = m.astype(np.int32) * np.int32(WL_N)
+    if sa.const_props:
+        return np.take(tab, row, axis=0).T
+    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
+    x = np.clip(x, _F(0), _F(WL_N - 1))
+    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
+    f = x - i0.astype(_F)
+    a = np.take(tab, row + i0, axis=0)
+    b = np.take(tab, row + i0 + 1, axis=0)
+    return (a + f[:, None] * (b - a)).T
+
+
+def index_at(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Refractive index only: the same interpolation as ``props_at``, one row gathered."""
+    flat = sa.mat.reshape(-1)
+    row = m.astype(np.int64) * (N_PROP * WL_N) + N_INDEX * WL_N
+    if sa.const_props:
+        return flat[row]
+    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
+    x = np.clip(x, _F(0), _F(WL_N - 1))
+    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
+    f = x - i0.astype(_F)
+    a = flat[row + i0]
+    b = flat[row + i0 + 1]
+    return a + f * (b - a)
+
+
+def icdf_sample(sa: SceneArrays, m: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Emission wavelength for uniforms ``u`` from material ``m``'s inverse CDF, linear
+    between its ICDF_N samples at k/(ICDF_N-1); -1 where the material has no spectrum."""
+    x = u * _F(ICDF_N - 1)
+    i0 = np.minimum(x.astype(np.int32), ICDF_N - 2)
+    f = x - i0.astype(_F)
+    flat = sa.icdf.reshape(-1)
+    base = m.astype(np.int64) * ICDF_N + i0
+    a = flat[base]
+    b = flat[base + 1]
+    return (a + f * (b - a)).astype(_F, copy=False)
