@@ -1,4 +1,4 @@
-"""Event-builder benchmarks (issue 2). Every figure is a ratio against a reference measured
+"""Event-builder benchmarks. Every figure is a ratio against a reference measured
 in the same run, because this machine is shared and absolute times drift.
 
 1. Matching: the trilogy's per-timestamp scan (``match_naive``) against the sorted search, on
@@ -9,7 +9,7 @@ in the same run, because this machine is shared and absolute times drift.
    Where the time of the fastest run went: its phases from `build --json` (plan, create,
    copy, finalise) and its wall time, against the whole process's time.
 3. Peak memory of a worker on a several-GB input against 2 x batch bytes + 300 MB.
-4. Whole process against whole process (issue 13), as a user meets it: the wall time of a
+4. Whole process against whole process, as a user meets it: the wall time of a
    `skydeck-engine build` process (1 rank; 2 and 3 ranks reported) against a whole Python
    process that copies the same present payload rows with plain h5py reads and writes
    (``REFERENCE_COPY``), same run, same bytes, on three source layouts: contiguous; chunked

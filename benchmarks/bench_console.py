@@ -1,4 +1,4 @@
-"""Console benchmarks (issue 5): first paint, and one refresh on a big state database.
+"""Console benchmarks: first paint, and one refresh on a big state database.
 
 1. First paint on 2 cores: a fresh interpreter pinned to 2 CPUs imports the console, opens
    it headless on a small workspace and waits until the downlinks table shows its rows;

@@ -1,4 +1,4 @@
-"""Pipeline benchmarks (issue 4), each against a reference measured in the same run.
+"""Pipeline benchmarks, each against a reference measured in the same run.
 
 1. delivery complete -> downlink registered, with the inotify daemon running: a complete
    level-0 delivery is renamed into the inbox (complete at that instant) and the time until

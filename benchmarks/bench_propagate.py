@@ -1,4 +1,4 @@
-"""Benchmark of the propagation engine (issue 3); `make bench` runs it.
+"""Benchmark of the propagation engine; `make bench` runs it.
 
 Rows, each measured in this run (best of a few repeats: the machine may be shared):
   numpy, tboolean-box, production, 1 worker          photons/s  (goal >= 1e6)

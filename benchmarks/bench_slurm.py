@@ -1,4 +1,4 @@
-"""Slurm benchmarks (issue 11), each against a reference measured in the same run.
+"""Slurm benchmarks, each against a reference measured in the same run.
 
 1. Orchestration overhead per process instance on Slurm: a stream of N empty instances
    (`gen`, then N x `true` as a `foreach` substream) run by `run_stream` with the Slurm

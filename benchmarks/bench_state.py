@@ -1,4 +1,4 @@
-"""State on PostgreSQL against SQLite, in the same run (issue 12; docs/benchmarks.md,
+"""State on PostgreSQL against SQLite, in the same run (docs/benchmarks.md,
 "State on PostgreSQL").
 
 Each measurement runs twice, once with the state in the workspace's SQLite file and once

@@ -1,4 +1,4 @@
-"""Import contracts of the layout (issue 10), checked on the source with ``ast``.
+"""Import contracts of the layout, checked on the source with ``ast``.
 
 - Only ``engine/store`` speaks to a database: it alone imports a driver (and within it only
   the backend modules ``engine/store/sqlite.py`` and ``engine/store/postgres.py``), and no
@@ -144,6 +144,34 @@ def test_only_core_mpi_reads_the_launchers_environment() -> None:
     """Build and propagate once disagreed on whether they ran under mpiexec; one module decides."""
     bad = [f"{rel}: {m.group(0)}" for rel, path in _sources() if rel != "engine/core/mpi.py"
            for m in LAUNCHER_VARS.finditer(path.read_text(encoding="utf-8"))]
+    assert bad == []
+
+
+# a tracker's numbers ("issue" and a number) point outside the repository; another
+# project's tracker, named with it, is a citation (h5py's, Textual's)
+TRACKER = re.compile(r"\b[Ii]ssues? #?\d+")
+ANOTHER_PROJECT = re.compile(r"\b(h5py|k9s|textual|Textual|numpy|NumPy|psycopg|Slurm|Geant4)"
+                             r" (issue|PR)s? #?\d+")
+
+
+def _cited_files() -> list[tuple[str, Path]]:
+    """The code, the assets, the notes, the README, the tests and the benchmarks."""
+    tree = [p for top in ("assets", "docs", "tests", "benchmarks", "contrib")
+            for p in sorted((ROOT / top).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and "__snapshots__" not in p.parts]
+    return [*_sources(), *((p.relative_to(ROOT).as_posix(), p)
+                           for p in [*tree, ROOT / "README.md", ROOT / "Makefile"])]
+
+
+def test_no_pointer_to_an_issue_tracker() -> None:
+    """The repository holds no tracker: an issue number says nothing to a reader. Say what
+    it meant (docs/history.md keeps the milestones)."""
+    bad = []
+    for rel, path in _cited_files():
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace")
+                                 .splitlines(), 1):
+            if TRACKER.search(ANOTHER_PROJECT.sub("", line)):
+                bad.append(f"{rel}:{n}: {line.strip()[:80]}")
     assert bad == []
 
 

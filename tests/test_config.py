@@ -42,7 +42,7 @@ def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
     ('smalldata_path = "/smalldata"', 'smalldata_path = "small"', "build.smalldata_path must be an HDF5 path"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:
-    """Issue 9 item 11: `reserve_bytes = "lots"` ended in a ValueError traceback."""
+    """Found by the hostile-input review: `reserve_bytes = "lots"` ended in a ValueError traceback."""
     root = _ws_with(tmp_path, old, new)
     res = run_engine("-w", root, "propagate", ASSETS / "scenes" / "tboolean-box.toml",
                      "-o", tmp_path / "ev", "--photons", "10")

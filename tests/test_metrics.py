@@ -1,4 +1,4 @@
-"""Metrics and health (issue 15): the textfile `watch --once` and the daemon write holds what
+"""Metrics and health: the textfile `watch --once` and the daemon write holds what
 the state database and the workspace hold; it is replaced atomically while a reader reads it;
 `--metrics-port` serves the same families; `skydeck-engine health` says 0 with a live daemon
 and 1 once it is killed, a halt flag is set or a stream is stuck; bad `[metrics]` values are

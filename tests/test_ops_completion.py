@@ -1,4 +1,4 @@
-"""Shell completion (issue 15): `skydeck-engine completion bash|zsh` prints a script generated
+"""Shell completion: `skydeck-engine completion bash|zsh` prints a script generated
 from the parser, which the shell accepts and which completes every command and option."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m console` and `skydeck --version` (issue 15): the console starts without its entry
+"""`python -m console` and `skydeck --version`: the console starts without its entry
 point script, and both say which skydeck they are."""
 
 from __future__ import annotations

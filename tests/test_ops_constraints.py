@@ -1,4 +1,4 @@
-"""Ranges for users, pins for the tests (issue 15, "Packaging").
+"""Ranges for users, pins for the tests (constraints.txt).
 
 pyproject.toml's dependencies are ranges (a user's `pip install skydeck` resolves within
 them); constraints.txt pins the exact versions `make venv` installs, those the console's

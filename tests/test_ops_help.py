@@ -1,4 +1,4 @@
-"""`skydeck-engine --help` documents every exit code and environment variable (issue 15).
+"""`skydeck-engine --help` documents every exit code and environment variable.
 
 The codes are read from the modules that define them (engine.core.errors, engine.core.
 interrupt) and the variables from the engine's sources, so a new code or variable that the

@@ -1,4 +1,4 @@
-"""`--json` on every command that prints (issue 15): one JSON object on stdout with the same
+"""`--json` on every command that prints: one JSON object on stdout with the same
 facts as the human lines, for init, unlock and rollback, which lacked it; and a check that no
 command that prints is left without it."""
 

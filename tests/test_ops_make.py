@@ -1,5 +1,5 @@
 """`make demo` says where its workspace is and how big it grows; `make clean-demo` removes that
-workspace and nothing else (issue 15, "Packaging"). Runs the real Makefile targets on
+workspace and nothing else. Runs the real Makefile targets on
 workspaces made by the real `skydeck-engine init`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The systemd unit in contrib/ (issue 15, "Service and shell") is one an operator can install.
+"""The systemd unit in contrib/ (README, "The daemon as a systemd service") is one an operator can install.
 
 It is read the way systemd reads it (sections, ``key=value``, specifiers), its ``ExecStart=``
 command line is parsed by the engine's own parser (a renamed option would break the service

@@ -111,7 +111,7 @@ SCENE_PATHS = [("name",), ("materials",), ("materials", "Glass"), ("materials", 
                ("source", "radius"), ("source", "wavelength"), ("source", "time"),
                ("source", "photons"), ("source", "polarization"), ("settings",),
                ("settings", "max_bounce"), ("settings", "hitmask"),
-               # what a charged-particle simulation reads (issue 24)
+               # what a charged-particle simulation reads
                ("materials", "Glass", "density"), ("materials", "Glass", "composition"),
                ("materials", "Glass", "composition", "H"), ("materials", "Glass", "nist"),
                ("materials", "Glass", "scintillation_yield"),

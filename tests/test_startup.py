@@ -1,6 +1,6 @@
-"""Start-up (issue 13): `skydeck-engine --help` and `--version` import no NumPy, h5py, mpi4py
+"""Start-up: `skydeck-engine --help` and `--version` import no NumPy, h5py, mpi4py
 or Rich, and a command imports only its own module; the listing it prints is the same as
-the one every command module registers. Issue 21: every command's own `--help` is as light,
+the one every command module registers. Every command's own `--help` is as light,
 its machinery imported only when it runs."""
 
 from __future__ import annotations

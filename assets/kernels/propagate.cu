@@ -1,4 +1,4 @@
-// skydeck optical-photon propagation kernel (issue 3), compiled by PyCUDA at run time.
+// skydeck optical-photon propagation kernel, compiled by PyCUDA at run time.
 //
 // One thread per photon. This file mirrors engine/propagate/numpy_backend.py line by line:
 // the same Philox4x32-10 keying (key = seed, counter = (photon lo, photon hi, block, event)),

@@ -15,7 +15,7 @@ Once a batch's rows are in the output's page cache, the worker asks the kernel t
 writing them to disk (``sync_file_range``, ``Writeback``), so the disk writes while the
 next batches are copied and the final fsync (``engine.builder.output.commit_output``) finds
 little left to do: on the development VM that fsync took 0.3-0.4 s of a 0.65-0.85 s build of 0.55 GB
-when all of it was left to the end (issue 13, docs/benchmarks.md).
+when all of it was left to the end (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class MatchTable:
         if suffix not in (".npz", ".h5", ".hdf5"):
             raise BadInput("index file must end in .npz or .h5", path)
         check_regular(path)
-        import zipfile  # only builds that read a saved table pay for it (issue 13, start-up)
+        import zipfile  # only builds that read a saved table pay for it (start-up time)
 
         try:
             if suffix == ".npz":

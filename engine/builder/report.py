@@ -1,6 +1,6 @@
 """What a build reports: its summary (`build --json`) and the wall time of each phase.
 
-The phases (issue 13, "where time goes") are measured where the work happens, by one
+The phases ("where time goes", docs/benchmarks.md) are measured where the work happens, by one
 ``PhaseClock`` that the serial and the MPI drivers (``engine.builder.protocol``) both use:
 
 - ``plan``: validate the inputs, open every source, read timestamps and the small data a

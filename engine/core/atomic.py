@@ -53,7 +53,7 @@ def writer_gone(host: str | None, pid: int) -> bool:
     if host is None or host == socket.gethostname():
         if pid == os.getpid():
             return True
-        import psutil  # here, not at the top: every build imports this module (issue 13)
+        import psutil  # here, not at the top: every build imports this module: start-up time
 
         return not psutil.pid_exists(pid)
     from engine.core.owner import owner_dead

@@ -1,4 +1,4 @@
-"""Optical-photon propagation (issue 3): scenes, Philox RNG, NumPy and GPU backends,
+"""Optical-photon propagation: scenes, Philox RNG, NumPy and GPU backends,
 production/development event directories and hit summaries.
 
 The package is headless: nothing here imports Textual, and PyCUDA and CuPy are imported only

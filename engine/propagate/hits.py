@@ -1,4 +1,4 @@
-"""Hit summaries for operators: "not flying blind" in production mode (issue 3).
+"""Hit summaries for operators: "not flying blind" in production mode.
 
 ``summarize(dir)`` is a pure function returning a ``HitSummary`` dataclass (``to_dict`` for
 JSON); ``compare(a, b)`` gives the A/B table with a chi2 per category; ``render_text``

@@ -20,7 +20,7 @@ def _build(tmp_path: Path, src: Path, *extra: str, name: str = "out.h5") -> tupl
 
 
 def assert_phases(rep: dict) -> None:
-    """`build --json` reports its phases (issue 13): each timed, none negative, their sum
+    """`build --json` reports its phases: each timed, none negative, their sum
     within the wall time, the copy's rows and bytes those of the summary."""
     phases = rep["phases"]
     assert list(phases) == ["plan", "create", "copy", "finalise"]

@@ -1,4 +1,4 @@
-"""Hostile input to `build` (issue 9): an output that aliases an input, sizes declared by a
+"""Hostile input to `build`: an output that aliases an input, sizes declared by a
 tiny file, absurd CLI numbers, scalar timestamps, runaway selections. Each is exit 2 with
 one line naming the file, and nothing is lost or half-written."""
 
@@ -39,7 +39,7 @@ def src(tmp_path: Path, small_sources: Path) -> Path:
 
 @pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink"])
 def test_output_aliasing_an_input_is_refused(tmp_path: Path, src: Path, spelling: str) -> None:
-    """Issue 9 item 1: `build DIR -o DIR/epix.h5` replaced its source and exited 0."""
+    """Found by the hostile-input review: `build DIR -o DIR/epix.h5` replaced its source and exited 0."""
     before = _digests(src)
     target = src / "epix.h5"
     out = {"same": target, "dotdot": src / ".." / src.name / "epix.h5",
@@ -63,7 +63,7 @@ def test_index_out_aliasing_an_input_is_refused(tmp_path: Path, src: Path) -> No
 
 
 def test_declared_rows_beyond_the_file_are_refused(tmp_path: Path) -> None:
-    """Issue 9 item 9: a 2 kB file declaring 2**40 timestamps made build allocate 8 TiB."""
+    """Found by the hostile-input review: a 2 kB file declaring 2**40 timestamps made build allocate 8 TiB."""
     d = tmp_path / "in"
     d.mkdir()
     bomb = d / "bomb.h5"
@@ -106,7 +106,7 @@ def test_batch_is_bounded_at_parse_time(tmp_path: Path, src: Path, value: str) -
 
 
 def test_scalar_timestamp_is_refused(tmp_path: Path, src: Path) -> None:
-    """Issue 9 item 11: a 0-d /timestamp was taken for a one-row source."""
+    """Found by the hostile-input review: a 0-d /timestamp was taken for a one-row source."""
     bad = src / "zyla.h5"
     with h5py.File(bad, "w") as f:
         f["timestamp"] = np.uint64(5)
@@ -118,7 +118,7 @@ def test_scalar_timestamp_is_refused(tmp_path: Path, src: Path) -> None:
 @pytest.mark.parametrize("expr", ["not " * 5000 + "x", "not " * 1000 + "x", "(" * 200 + "x" + ")" * 200],
                          ids=["not5000", "not1000", "parens200"])
 def test_runaway_selection_is_one_line(tmp_path: Path, src: Path, expr: str) -> None:
-    """Issue 9 item 11: a 5000-deep `not` ended in a RecursionError traceback."""
+    """Found by the hostile-input review: a 5000-deep `not` ended in a RecursionError traceback."""
     res = run_engine("build", src, "-o", tmp_path / "out.h5", "--select", expr)
     _one_line(res, 2, "selection")
     assert not (tmp_path / "out.h5").exists()
@@ -127,7 +127,7 @@ def test_runaway_selection_is_one_line(tmp_path: Path, src: Path, expr: str) -> 
 @pytest.mark.parametrize(("fault", "code", "word"), [("term", 143, "terminated"), ("int", 130, "interrupted")])
 def test_signal_mid_build_removes_the_temporary(tmp_path: Path, small_sources: Path, fault: str,
                                                 code: int, word: str) -> None:
-    """Issue 9 item 10 for build: SIGTERM killed it outright, leaving `.out.h5.tmp-<pid>`;
+    """Found by the hostile-input review for build: SIGTERM killed it outright, leaving `.out.h5.tmp-<pid>`;
     now SIGTERM and SIGINT both clean up and exit 143 / 130. The build signals itself after
     its second batch (SKYDECK_FAULT), so the moment is exact."""
     env = engine_env(SKYDECK_FAULT=f"{fault}:0:2")

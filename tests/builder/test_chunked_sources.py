@@ -1,5 +1,5 @@
-"""Chunked unfiltered sources are copied chunk by chunk at the byte offsets HDF5 reports
-(issue 13): a build from them equals the build from contiguous sources of the same data,
+"""Chunked unfiltered sources are copied chunk by chunk at the byte offsets HDF5 reports:
+a build from them equals the build from contiguous sources of the same data,
 byte for byte, payload and index, for any batch size, read path and number of ranks."""
 
 from __future__ import annotations

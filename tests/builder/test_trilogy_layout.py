@@ -1,4 +1,4 @@
-"""The seed's own files, as they are (issue 13): ``file1.h5`` .. ``file10.h5`` with per-file
+"""The seed's own files, as they are: ``file1.h5`` .. ``file10.h5`` with per-file
 dataset names (``timestamp<N>``, ``bigdata<N>``), small data at the root beside the payload,
 int32 timestamps counting from 0. The build is checked against an independent NumPy
 computation of the red events and their payloads, and under ``mpiexec -n 3`` against one rank.

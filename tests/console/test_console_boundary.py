@@ -1,4 +1,4 @@
-"""The console's one face of the engine is ``engine.api`` (issue 10).
+"""The console's one face of the engine is ``engine.api``.
 
 Why: the console must show what the CLI shows and act like the CLI acts through one API, so
 the engine's inside (state database, lock files, task runner) can change without the console

@@ -167,7 +167,7 @@ def test_pending_delivery_shows_why(ws):
 
 
 def test_rollback_plan_names_the_blocker_and_the_group_that_works(ws):
-    """The console's check before a rollback: a dry run that changes nothing (issue 9)."""
+    """The console's check before a rollback: a dry run that changes nothing."""
     from .test_app import latest, register, run_stream
 
     mock(ws, "251125001", events=120)

@@ -1,4 +1,4 @@
-"""The console as an operator at 3 a.m. meets it (issue 9): what is on screen is what a key
+"""The console as an operator at 3 a.m. meets it: what is on screen is what a key
 acts on, every key works from every panel and shows at 120 columns, and nothing is offered
 that cannot work; when something fails, the toast says why and the log can be opened.
 

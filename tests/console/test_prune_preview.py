@@ -1,4 +1,4 @@
-"""The Staging panel's line of what the next prune would free (issue 15, Retention): read
+"""The Staging panel's line of what the next prune would free (Retention): read
 through ``engine.api.prune_preview`` with the usage scan, drawn per area, and the same
 numbers `skydeck-engine prune` then frees."""
 

@@ -6,7 +6,7 @@ files (a 20-digit pid, binary junk, a directory, a FIFO), a file that vanishes w
 being hashed, a delivery removed right after it arrived, and a nearly full and then a full
 file system. Good deliveries still stage; the daemon is alive at the end; the state
 database passes ``PRAGMA integrity_check`` and does not grow while launching is paused
-(issue 9: "how it must be tested").
+(the hostile-input review: "how it must be tested").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What happens to one lock, one delivery or one stream stays there (issue 9, items 3 and 4).
+"""What happens to one lock, one delivery or one stream stays there.
 
 A running `skydeck-engine watch` (a real process on a real workspace) meets a hostile lock
 file, a directory at a stream's lock path, a file that vanishes while it is being verified

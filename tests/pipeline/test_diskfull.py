@@ -1,4 +1,4 @@
-"""A nearly full disk (issue 9, item 2): on a real small tmpfs, the daemon pauses launching
+"""A nearly full disk: on a real small tmpfs, the daemon pauses launching
 under the reserve without writing its state database over and over, and a state write that
 fails for lack of space costs one log line and a retry, never the daemon."""
 

@@ -1,4 +1,4 @@
-"""Hostile and broken deliveries (issue 9, items 5-8 and 11): each is rejected with its reason
+"""Hostile and broken deliveries: each is rejected with its reason
 and kept, or stays pending, and never shadows, escapes or fills anything.
 
 Every test here failed before its fix: names were stripped, duplicates skipped silently,

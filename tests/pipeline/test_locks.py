@@ -126,7 +126,7 @@ def test_malformed_lock_is_stale_after_grace(ws):
     assert info.stale and "malformed" in info.reason
 
 
-# ---------------------------------------------------------------- hostile lock content (issue 9.3)
+# ---------------------------------------------------------------- hostile lock content
 
 def _hostile(lock_dir) -> dict[str, str]:
     """Every kind of thing that may lie at a lock path, by name -> what it is."""

@@ -1,4 +1,4 @@
-"""Logging of `watch` and `run` (issue 15, "Logging"), with the real CLI in real processes.
+"""Logging of `watch` and `run` (README, "Logs"), with the real CLI in real processes.
 
 Human lines at a terminal (forced here with ``--log-format human``), JSON lines otherwise
 with the fields the lines always carried (compared with the event dicts the daemon hands

@@ -1,4 +1,4 @@
-"""No area of retention follows a symbolic link (issue 26, item 7).
+"""No area of retention follows a symbolic link.
 
 The defect: ``downlinks/<DLID>`` made a link to another tree, and ``prune`` deleted the
 chunk-shaped files it found there, outside the workspace. The class: any path a prune

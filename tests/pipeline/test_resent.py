@@ -1,5 +1,5 @@
-"""A delivery sent again under an accepted id is judged by its content, never by its times
-(issue 26, item 2), by intake and by retention alike.
+"""A delivery sent again under an accepted id is judged by its content, never by its times,
+by intake and by retention alike.
 
 The defect: an fcopy package re-sent with new content but kept (older) mtimes (``cp -p``,
 ``rsync -a``, a sender whose clock runs behind) was neither registered nor rejected, and

@@ -1,4 +1,4 @@
-"""Retention (issue 15): `skydeck-engine prune`, the daemon's schedule and what they must never
+"""Retention: `skydeck-engine prune`, the daemon's schedule and what they must never
 touch, on real workspaces after real runs of the halfpipe task.
 
 Ages are forced the two ways the policy reads them: a plan made "later" (``now=``) and

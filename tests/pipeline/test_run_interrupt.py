@@ -1,4 +1,4 @@
-"""`skydeck-engine run DLID` stopped by SIGTERM or SIGINT (issue 9 item 10): both stop the
+"""`skydeck-engine run DLID` stopped by SIGTERM or SIGINT: both stop the
 running jobs, record the stream TERMINATED and exit 143 / 130. Ctrl-C used to leave the
 stream claimed and its jobs to a parent-death SIGKILL (no cleanup)."""
 

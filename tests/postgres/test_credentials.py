@@ -1,4 +1,4 @@
-"""A state database password never shows (issue 12, "Credentials"), and libpq's own ways of
+"""A state database password never shows (docs/design.md, "Credentials"), and libpq's own ways of
 giving one work.
 
 The throwaway cluster trusts local connections, so a password in the URL is accepted and

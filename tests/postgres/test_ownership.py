@@ -1,4 +1,4 @@
-"""Ownership across hosts (issue 12): owners the PostgreSQL server can see die, takeover of
+"""Ownership across hosts: owners the PostgreSQL server can see die, takeover of
 their streams, delivery claims and lock files without an operator, temporaries that carry
 their host, and the console's change probe through LISTEN/NOTIFY.
 

@@ -1,4 +1,4 @@
-"""Two hosts, one workspace, one PostgreSQL (issue 12): a crashed host is taken over without
+"""Two hosts, one workspace, one PostgreSQL: a crashed host is taken over without
 an operator.
 
 Two ``skydeck-engine watch`` daemons run in UTS namespaces named ``hostA`` and ``hostB``

@@ -1,4 +1,4 @@
-"""Hostile input to `propagate` (issue 9): an output holding its own scene, numbers that are
+"""Hostile input to `propagate`: an output holding its own scene, numbers that are
 not numbers, non-finite scenes, and SIGTERM in the middle of a run with workers."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _reap(procs: list[psutil.Process]) -> None:
 
 
 def test_output_holding_the_scene_is_refused(tmp_path: Path) -> None:
-    """Issue 9 item 1: an event directory replaced whole would take the scene inside it."""
+    """Found by the hostile-input review: an event directory replaced whole would take the scene inside it."""
     ev = tmp_path / "ev"
     r = cli("propagate", TBOX, "-o", ev, "--photons", "100", "--backend", "numpy", "--workers", "1")
     assert r.returncode == 0, r.stderr
@@ -65,7 +65,7 @@ def test_gensteps_inside_the_output_is_refused(tmp_path: Path) -> None:
     ("--event", str(2**32)), ("--workers", "0"), ("--chunk", "0"), ("--chunk", "1e12"),
 ])
 def test_cli_numbers_out_of_range_are_one_line(tmp_path: Path, option: str, value: str) -> None:
-    """Issue 9 item 11: `--photons inf` ended in an OverflowError traceback."""
+    """Found by the hostile-input review: `--photons inf` ended in an OverflowError traceback."""
     _one_line(cli("propagate", TBOX, "-o", tmp_path / "ev", option, value), option)
     assert not (tmp_path / "ev").exists()
 
@@ -79,7 +79,7 @@ def test_cli_numbers_out_of_range_are_one_line(tmp_path: Path, option: str, valu
     ("reemission_spectrum", lambda d: d["materials"]["Glass"].update(reemission_spectrum=float("nan"))),
 ])
 def test_non_finite_scene_numbers_are_refused(tmp_path: Path, write_scene, where, mutate) -> None:  # type: ignore[no-untyped-def]
-    """Issue 9 item 11: `refractive_index = nan` was accepted (NaN fails no comparison)."""
+    """Found by the hostile-input review: `refractive_index = nan` was accepted (NaN fails no comparison)."""
     doc = base_scene()
     mutate(doc)
     path = write_scene(doc)
@@ -89,7 +89,7 @@ def test_non_finite_scene_numbers_are_refused(tmp_path: Path, write_scene, where
 
 
 def test_sigterm_stops_workers_and_removes_the_temporary(tmp_path: Path) -> None:
-    """Issue 9 item 10: SIGTERM left the pool workers running and `.ev.tmp-<pid>` behind."""
+    """Found by the hostile-input review: SIGTERM left the pool workers running and `.ev.tmp-<pid>` behind."""
     out = tmp_path / "ev"
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out), "--photons", "1e10",
@@ -146,7 +146,7 @@ def test_sigterm_under_mpiexec_ends_every_rank_and_removes_the_temporary(tmp_pat
 
 
 def test_gensteps_declaring_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
-    """Issue 9 item 9 for propagate: a .npy header declaring 2**40 gensteps in a 224-byte
+    """Found by the hostile-input review for propagate: a .npy header declaring 2**40 gensteps in a 224-byte
     file made NumPy allocate 96 TiB (MemoryError traceback)."""
     import numpy as np
 
