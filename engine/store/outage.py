@@ -36,7 +36,7 @@ Report = Callable[[dict[str, Any]], None]  # one event: {"event": ..., ...}
 
 FIRST_S = 0.1        # first pause between reconnection attempts
 MAX_S = 5.0          # longest pause: a server that is back is seen within this
-RECONNECT_QUIET_S = 5.0  # a reconnection with no outage is reported at most this often
+RECONNECT_QUIET_S = 5.0  # a reconnection with no outage (or right after one): at most one line
 
 
 class Outage:
@@ -73,6 +73,8 @@ class Outage:
             if since is not None:
                 ev: dict[str, Any] = {"event": "state_reachable", "down_s": round(now - since, 3),
                                       "error": self.error}
+                # the process's other sessions, lost in the same outage, come back silently
+                self._reconnect_told = now
             elif error is not None and now - self._reconnect_told >= RECONNECT_QUIET_S:
                 self._reconnect_told = now
                 ev = {"event": "state_reconnected", "error": error}

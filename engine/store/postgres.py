@@ -504,7 +504,8 @@ class PostgreSQL:
                 seen = sum(1 for _ in raw.notifies(timeout=0))
             return seen
         # a lost session is re-made (LISTEN again, one change counted for what was missed)
-        conn.changes += conn.run("SELECT", probe)
+        seen = conn.run("SELECT", probe)  # (first: a new session counts one change itself)
+        conn.changes += seen
         return int(conn.changes)
 
     def has_table(self, conn: Any, table: str) -> bool:
