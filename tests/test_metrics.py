@@ -222,7 +222,7 @@ def test_daemon_textfile_http_heartbeat_and_health(ws, tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("healthy: daemon pid"), r.stdout + r.stderr
         js = json.loads(cli_proc(ws, "health", "--json").stdout)
         assert js["healthy"] is True and {c["check"] for c in js["checks"]} == \
-            {"daemon", "disk", "streams"}
+            {"daemon", "state", "disk", "streams"}
 
         set_halt(ws, "haltStage")
         r = cli_proc(ws, "health")

@@ -477,6 +477,8 @@ def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
                 lambda f: _tar_arriving(f, incomplete_timeout_s))
     dest = ws.incoming_level0 / dlid
     if os.path.lexists(dest):
+        if _extracted_before(cand.path, dest):
+            return dest  # this package, extracted by a try that did not get to register it
         raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
                        f"downlink {dlid})", cand.path)
     work = extract_dir(ws, dlid)
@@ -511,6 +513,31 @@ def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
     finally:
         remove_path(work)
     return dest
+
+
+def _extracted_before(tar: Path, dest: Path) -> bool:
+    """Whether ``dest`` holds this very package, extracted by an earlier try that did not
+    get to register it (the state database went away, the process died): it is a real
+    directory whose MANIFEST.md5 is byte for byte the package's own, and every file that
+    manifest lists verifies. Anything else there is another delivery of the downlink."""
+    try:
+        if _lmode(dest) != stat.S_IFDIR:
+            return False
+        with tarfile.open(tar, "r:*") as tf:
+            members, _ = _plan(tf, tar)
+            inner = dict(members)[manifest.MANIFEST_NAME]
+            fh = tf.extractfile(inner)
+            if fh is None:
+                return False
+            theirs = fh.read(manifest.MAX_MANIFEST_BYTES + 1)
+        mine = dest / manifest.MANIFEST_NAME
+        if _lmode(mine) != stat.S_IFREG or mine.read_bytes() != theirs:
+            return False
+        _check_tree(dest)
+        manifest.verify(dest, mine)
+        return True
+    except (BadInput, OSError, KeyError, *_TAR_ERRORS):
+        return False
 
 
 def _tar_arriving(tar: Path, incomplete_timeout_s: float) -> str | None:
@@ -583,9 +610,13 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
     if not cands:
         return []
     dls = {d.dlid: d for d in db.downlinks()}
-    accepted = {d.name: dls.get(d.dlid or "") for d in db.deliveries("ACCEPTED")}
+    rows = db.deliveries()
+    accepted = {d.name: dls.get(d.dlid or "") for d in rows if d.status == "ACCEPTED"}
+    # a claim never settled although its downlink is registered (the state database went
+    # away before the last write): looked at again, to settle it
+    claimed = {d.name for d in rows if d.status == "CLAIMED"}
     return [c for c in cands if (c.name not in accepted or _sent_again(c, accepted[c.name]))
-            and not (c.stem in dls and _is_level0_of(c, dls[c.stem]))]
+            and (c.name in claimed or not (c.stem in dls and _is_level0_of(c, dls[c.stem])))]
 
 
 def _sent_again(cand: Candidate, dl: Downlink | None) -> bool:
@@ -610,6 +641,25 @@ def _registered_here(db: StateDB, cand: Candidate) -> bool:
     """Whether ``cand`` is (now) the level-0 directory of its registered downlink."""
     dl = db.downlink(cand.stem) if cand.kind == "level0" and is_dlid(cand.stem) else None
     return dl is not None and _is_level0_of(cand, dl)
+
+
+def _registered_by(cand: Candidate, dl: Downlink) -> bool:
+    """Whether ``dl`` was registered from ``cand`` itself (by a try whose claim was never
+    settled): the same form, and the same manifest (a level-0 directory's own, by file
+    identity; an fcopy package's, by the manifest's time that registration recorded)."""
+    if dl.kind != cand.kind:
+        return False
+    if cand.kind == "level0":
+        return _is_level0_of(cand, dl)
+    return _mtime(cand.manifest) == dl.delivered
+
+
+def _being_extracted(db: StateDB, dlid: str) -> bool:
+    """Whether the fcopy package of ``dlid`` is claimed, not settled: a level-0 directory
+    of that id is then (most likely) its extraction, registered by the package's claimer;
+    looked at once the claim is settled."""
+    d = db.delivery(f"fcopy:{dlid}")
+    return d is not None and d.status == "CLAIMED"
 
 
 def _registered_as(dl: Downlink) -> str:
@@ -648,8 +698,11 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         if not again:
             return Outcome(cand.name, cand.kind, known.dlid, "skipped", known.status, known.path)
     dlid = cand.stem if is_dlid(cand.stem) else None
-    if _registered_here(db, cand):
+    if _registered_here(db, cand) and (known is None or known.status != "CLAIMED"):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "registered", str(cand.path))
+    if cand.kind == "level0" and dlid is not None and _being_extracted(db, dlid):
+        return Outcome(cand.name, cand.kind, dlid, "skipped", f"extracted from fcopy:{dlid}",
+                       str(cand.path))
     if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=again):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
@@ -663,6 +716,11 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
             raise BadInput(err.message, cand.path) from None
         _check_form(cand)
         dup = db.downlink(dlid)
+        if dup is not None and not again and _registered_by(cand, dup):
+            # this delivery registered it in a try whose last write did not happen (the
+            # state database went away): settle its claim, nothing else
+            db.finish_delivery(cand.name, "ACCEPTED", dup.level0)
+            return Outcome(cand.name, cand.kind, dlid, "accepted", None, dup.level0)
         if dup is not None:
             raise BadInput(f"downlink {dlid} is already registered ({_registered_as(dup)}); "
                            "kept for the operator", cand.path)
