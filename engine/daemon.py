@@ -149,6 +149,8 @@ class Daemon:
         self.emit_fn = emit  # None: the engine's loggers (engine/core/log.py) + logs/daemon.log
         self.task = task or load_task(ws)
         self._log_file = attach_file(ws.logs / DAEMON_LOG) if emit is None else None
+        self._events = 0
+        self.result = WatchResult()
         # the state server as this daemon sees it (all its connections), and what stops
         # their waits (shutdown)
         self.outage = Outage(lambda ev: self.emit(ev, "daemon"))
@@ -171,9 +173,7 @@ class Daemon:
         self.hints: queue.Queue[str] = queue.Queue()
         self.pending: dict[str, deliveries.Candidate] = {}
         self.stop = False
-        self.result = WatchResult()
         self._observer: Any = None
-        self._events = 0
         self._stale_seen: set[str] = set()
         self._stepped: dict[int, float] = {}
         self.verifier = ThreadPoolExecutor(max_workers=ws.settings.watch.verify_threads,
@@ -221,7 +221,7 @@ class Daemon:
 
     def _state_lost(self, err: StateUnavailable) -> None:
         """A unit met an unreachable state server: the outage (one line, once)."""
-        self.outage.down(err.message.removeprefix("state database unreachable: "))
+        self.outage.down(err.message)
 
     def _state_probe(self) -> bool:
         """In outage mode: one try (when the back-off allows) whether the state server

@@ -52,7 +52,7 @@ from engine.core.workspace import Workspace
 from engine.pipeline.halts import HALT_FLAGS, halts, is_set_globally
 from engine.pipeline.usage import AREA_PATHS, launch_paused, stage_report
 from engine.store import StateDB
-from engine.store.outage import Outage, Patience
+from engine.store.outage import UNREACHABLE, Outage, Patience
 from engine.store.records import PI_STATUSES, STREAM_STATUSES
 
 QUEUED_STATES = ("WAITING", "READY", "QUEUED")  # instances not yet handed to a launcher's job
@@ -550,7 +550,7 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
         with StateDB(ws.state, patience=Patience(0.0)) as db:
             running = db.running_streams_activity()
     except StateUnavailable as err:
-        why = err.message.removeprefix("state database unreachable: ")
+        why = err.message.removeprefix(UNREACHABLE)
         checks.append(Check("state", False, _unreachable(why, fresh, now)))
     else:
         blind = [hb for hb in fresh if not hb.state_reachable]

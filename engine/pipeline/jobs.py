@@ -35,6 +35,7 @@ from engine.core.ids import is_dlid, parse_dlid, run_hex, run_name, staged_name
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import halt_flag
 from engine.store import StateDB
+from engine.store.outage import Outage, Patience
 
 INDEX_NAME = "mergeIndices.json"
 
@@ -44,6 +45,11 @@ def _summary(line: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+
+def _say(ev: dict) -> None:
+    """A state server outage as one line of the job's log."""
+    print(" ".join(f"{k}={v}" for k, v in ev.items() if k != "t"), file=sys.stderr, flush=True)
 
 
 def chunk_outputs(ws: Workspace, dlid: str) -> list[Path]:
@@ -241,7 +247,8 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
         if (ws.lock / f"halfpipe-{d}").exists():
             busy_runs.update((read_index(ws, d) or {}).get("runs", []))
     removed: list[Path] = []
-    with StateDB(ws.state) as db:
+    # a job waits for a state server that restarts, as long as it takes (its runner does too)
+    with StateDB(ws.state, patience=Patience.forever(Outage(_say))) as db:
         for chunk, runs in sorted(idx["chunks"].items()):
             if any((ws.lock / run_hex(r)).exists() or r in busy_runs for r in runs):
                 print(f"keeping chunk {chunk}: a run it holds is still being merged")

@@ -36,6 +36,7 @@ Report = Callable[[dict[str, Any]], None]  # one event: {"event": ..., ...}
 
 FIRST_S = 0.1        # first pause between reconnection attempts
 MAX_S = 5.0          # longest pause: a server that is back is seen within this
+UNREACHABLE = "state database unreachable: "  # how StateUnavailable's message starts
 RECONNECT_QUIET_S = 5.0  # a reconnection with no outage (or right after one): at most one line
 
 
@@ -55,6 +56,7 @@ class Outage:
 
     def down(self, error: str) -> None:
         """A connection could not reach the server: the outage starts (reported once)."""
+        error = error.removeprefix(UNREACHABLE)
         with self._mutex:
             self.error = error
             if self.since is not None:

@@ -61,7 +61,7 @@ from psycopg.rows import RowMaker, tuple_row
 
 from engine.core.dburl import StateURL
 from engine.core.errors import BadInput, StateUnavailable
-from engine.store.outage import Backoff, Patience
+from engine.store.outage import UNREACHABLE, Backoff, Patience
 from engine.store.schema import TABLES
 
 CHANNEL = "skydeck_state"
@@ -351,7 +351,7 @@ class Connection:
                     self.backoff.failed(time.monotonic())
             now = time.monotonic()
             if patience.stopped() or now >= deadline:
-                raise StateUnavailable(f"state database unreachable: {self.lost_error}",
+                raise StateUnavailable(f"{UNREACHABLE}{self.lost_error}",
                                        self.backend.where, since=patience.outage.since)
             wake = min(self.backoff.next_at, deadline)
             last = wake >= deadline
@@ -459,7 +459,7 @@ class PostgreSQL:
                 backoff.failed(time.monotonic())
                 now = time.monotonic()
                 if self.patience.stopped() or now >= deadline:
-                    raise StateUnavailable(f"state database unreachable: {err.message}",
+                    raise StateUnavailable(f"{UNREACHABLE}{err.message}",
                                            self.where, since=self.patience.outage.since) from None
                 self.patience.sleep(min(backoff.next_at, deadline) - now)
                 continue
