@@ -15,7 +15,8 @@ appending ``Pipeline.<var>: ...`` / ``Pipeline.output: <path>`` lines to $PIPELI
   a rerun after a kill writes the same bytes and removes leftovers of a different plan.
 - cleanup: removes intermediates (chunk outputs) of finished runs of this downlink; only
   files the state database records as written by the engine, with their recorded size;
-  honours haltCleanup.
+  honours haltCleanup. Its state reads and writes wait for a PostgreSQL server that
+  restarts meanwhile, as long as it takes (a line in the job's log each way).
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ told apart, and one (host hash, pid) pair. What names only host and pid (a tempo
 an extraction's name) may be a job's, and jobs hold no presence: it is judged by its host
 (gone when no process of that host holds a pair key).
 
+The presence's connection re-makes a lost session by itself (a server restart, a
+terminated session: engine/store/postgres.py) and takes the locks again on the new one
+before anything else runs there; ``Presence.check`` says it happened, so the daemon can
+give up what another host took over meanwhile.
+
 Global state is one slot per process and database: ``hold`` keeps the presence (the
 claim code calls it before it writes an owner, the daemon at start, so nothing is ever
 owned without it) and installs its judge in core (``set_remote_judge``), which reaches the
