@@ -298,6 +298,29 @@ def test_health_heartbeat_age_and_stuck_streams(ws):
     assert [c.name for c in fails] == ["stuck:251125002"]
 
 
+def test_health_fails_while_the_daemon_cannot_reach_the_state_database(ws):
+    """Health itself reaches the state database, but the live daemon's heartbeat says it
+    cannot (a network cut between the two): the state check fails with since when and why,
+    and passes once a heartbeat says it is reachable again."""
+    from engine.store.outage import Outage
+
+    me = Owner.me()
+    outage = Outage()
+    outage.down("cannot connect: connection refused")
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    (bad,) = [c for c in health(ws) if not c.ok]
+    assert bad.name == "state"
+    assert bad.detail.startswith("state database unreachable since ")
+    assert f"daemon pid {me.pid} on {me.host} cannot reach it: cannot connect: " \
+        "connection refused" in bad.detail
+    (hb,) = read_heartbeats(ws)
+    assert not hb.state_reachable and hb.state_since == outage.since
+    outage.up()
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    assert all(c.ok for c in health(ws))
+    assert [c.detail for c in health(ws) if c.name == "state"] == ["state database reachable"]
+
+
 def _stuck(checks: list) -> list:
     assert all(c.ok for c in checks if c.name == "streams")
     return [c for c in checks if c.name.startswith("stuck:")]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -170,9 +171,20 @@ class OwnServer:
         """Fast shutdown (every session ends; the data stay)."""
         self._cluster("down")
 
-    def restart(self) -> None:
-        """``pg_ctl restart -m fast``, as an operator restarts a server."""
-        self.stop()
+    def restart(self, crash: bool = False) -> None:
+        """``pg_ctl restart -m fast``, as an operator restarts a server; ``crash``: an
+        immediate shutdown instead (SIGQUIT: no checkpoint, sessions cut at once; the
+        start then recovers from the WAL, as after a crash or a failover)."""
+        if crash:
+            pid = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 60
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    raise AssertionError("the server did not stop on SIGQUIT")
+                time.sleep(0.05)
+        else:
+            self.stop()
         self.start()
 
     def terminate(self, application: str = "skydeck") -> int:
@@ -194,6 +206,14 @@ class OwnServer:
             self.admin(f"ALTER SYSTEM SET {setting} = '{value}'")
         self.admin("SELECT pg_reload_conf()")
         time.sleep(0.2)  # the postmaster signals its backends; they re-read at their next command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _free_port() -> int:

@@ -179,7 +179,7 @@ def test_the_daemon_rides_over_restarts_and_an_outage(own_pg: Any, tmp_path: Pat
         _deliver(ws, dlids[2], seed=2)
         _deliver(ws, dlids[3], seed=3)
         time.sleep(0.5)
-        own_pg.restart()                                  # 2: while deliveries are verified
+        own_pg.restart(crash=True)                        # 2: a crash, while deliveries are verified
         pi = wait_for(lambda: _running_job(url), 60, what="a job running", every=0.05)
         t_down = time.time()
         own_pg.stop()                                     # 3: down until that job ended
@@ -190,6 +190,7 @@ def test_the_daemon_rides_over_restarts_and_an_outage(own_pg: Any, tmp_path: Pat
                              for e in _lines(log)), 30, what="state_unreachable")
         _deliver(ws, dlids[4], seed=4)                    # arrives during the outage
         wait_for(lambda: _heartbeat_unreachable(ws), 10, what="the heartbeat saying so")
+        wait_for(lambda: "skydeck_state_up 0.0" in _textfile(ws), 10, what="skydeck_state_up 0")
         rc, out = _health(ws, url)
         assert rc == 1, out
         state = [line for line in out.splitlines() if line.startswith("state:")]
@@ -201,6 +202,7 @@ def test_the_daemon_rides_over_restarts_and_an_outage(own_pg: Any, tmp_path: Pat
         wait_for(lambda: _all_staged(url, dlids), 180, what="every downlink staged", every=0.3)
         rc, out = _health(ws, url)
         assert rc == 0, out
+        assert "skydeck_state_up 1.0" in _textfile(ws)
         lines = _lines(log)
         ups = [e for e in lines if e.get("event") == "state_reachable"]
         downs = [e for e in lines if e.get("event") == "state_unreachable"]
@@ -230,6 +232,13 @@ def _running_job(url: str) -> dict[str, Any] | None:
                         and pi.process in ("makeEvt", "mergeEvt", "mergeIndices"):
                     return {"id": pi.id, "pid": pi.pid}
     return None
+
+
+def _textfile(ws: Workspace) -> str:
+    try:
+        return (ws.root / "metrics" / "skydeck.prom").read_text()
+    except OSError:
+        return ""
 
 
 def _heartbeat_unreachable(ws: Workspace) -> bool:
@@ -329,9 +338,14 @@ def test_started_while_the_server_is_down(own_pg: Any, tmp_path: Path) -> None:
         time.sleep(1.0)
         assert runner.poll() is None
         own_pg.start()
+        wait_for(lambda: _running_job(url) or runner.poll() is not None, 60,
+                 what="run's job running", every=0.05)
+        own_pg.restart()                             # and once more, mid-run
         assert runner.wait(120) == 0, run_log.read_text()[-2000:]
-        assert any(e.get("event") == "state_reachable" for e in _lines(run_log))
+        assert sum(e.get("event") == "state_reachable" for e in _lines(run_log)) >= 1
         assert _all_staged(url, ("251205001", "251205002"))
+        with StateDB(parse_state_url(url, None)) as db:
+            assert len(db.streams(latest_only=False)) == 2  # each run once
     finally:
         for p in (daemon, quitter, runner):
             if p is not None and p.poll() is None:

@@ -249,3 +249,27 @@ def test_the_presence_is_taken_again_on_a_new_session(own_pg: Any) -> None:
         assert held.check() is False
         assert judge_db.remote_judge(me.pid, me.host, me.start)[0] is False
         presence.release(db.backend)
+
+
+def test_a_server_that_ends_idle_sessions(own_pg: Any) -> None:
+    """A DBA's idle_session_timeout ends every session that idles (FATAL 57P05): the
+    store's reads, writes, claims, probe and presence go on as if nothing happened."""
+    url = own_pg.new_database()
+    own_pg.configure("idle_session_timeout", "300ms")
+    try:
+        with StateDB(_url(url)) as db:
+            held = db.hold_presence()
+            assert held is not None
+            v0 = db.data_version()
+            for i in range(3):
+                time.sleep(0.6)                     # idle: the server ends the session
+                assert db.register_downlink(_downlink(f"25120100{i}", time.time()))
+                assert len(db.downlinks()) == i + 1
+            time.sleep(0.6)
+            assert db.data_version() != v0
+            assert held.check() is False            # ended too, and taken again
+            assert db.backend.session(db.conn) >= 3
+            from engine.store import presence
+            presence.release(db.backend)
+    finally:
+        own_pg.configure("idle_session_timeout", None)
