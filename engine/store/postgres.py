@@ -198,7 +198,7 @@ class Cursor:
         self.row_factory = row_factory
         self.raw: Any = None
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+    def execute(self, sql: str, args: Sequence[Any] = (), patient: bool = True) -> Cursor:
         query, params = to_pyformat(sql), tuple(args)
 
         def op(raw: Any) -> Any:
@@ -206,7 +206,7 @@ class Cursor:
                 row_factory=self.row_factory)
             cur.execute(query, params)
             return cur
-        self.raw = self.conn.run(sql, op)
+        self.raw = self.conn.run(sql, op, patient)
         return self
 
     def fetchone(self) -> Any:
@@ -257,8 +257,10 @@ class Connection:
 
     # ------------------------------------------------------------------ statements
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
-        return Cursor(self).execute(sql, args)
+    def execute(self, sql: str, args: Sequence[Any] = (), patient: bool = True) -> Cursor:
+        """``patient=False``: a lost session is tried once more at most (a question that
+        may go unanswered, such as the remote judge's, never waits out the patience)."""
+        return Cursor(self).execute(sql, args, patient)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         """One statement for many parameter rows (psycopg pipelines them), as sqlite3's."""
@@ -283,7 +285,7 @@ class Connection:
         self.hooks.append(hook)
         self.run("SELECT", lambda raw: hook(_bare(raw)))
 
-    def run(self, sql: str, op: Callable[[Any], Any]) -> Any:
+    def run(self, sql: str, op: Callable[[Any], Any], patient: bool = True) -> Any:
         """``op(raw)`` for the statement ``sql`` on the current session (see the class
         docstring for what happens when the session is gone)."""
         verb = _verb(sql)
@@ -297,7 +299,7 @@ class Connection:
         attempts = 0
         while True:
             if self.lost_at is not None:
-                self.revive()
+                self.revive(patient)
             in_tx = self.raw.info.transaction_status != pq.TransactionStatus.IDLE
             try:
                 return op(self.raw)
@@ -334,11 +336,12 @@ class Connection:
                                 self.backend.where, since=self.backend.patience.outage.since,
                                 **kw)
 
-    def revive(self) -> None:
+    def revive(self, patient: bool = True) -> None:
         """Make a new session for a lost one, retrying with back-off for as long as the
-        backend's patience allows this call; ``StateUnavailable`` when it cannot."""
+        backend's patience allows this call (``patient=False``: one try, if the back-off
+        allows); ``StateUnavailable`` when it cannot."""
         patience = self.backend.patience
-        deadline = time.monotonic() + patience.wait_s
+        deadline = time.monotonic() + (patience.wait_s if patient else 0.0)
         last = False  # the try at the deadline, whatever the back-off says
         while self.lost_at is not None:
             if last or self.backoff.due(time.monotonic()):

@@ -79,9 +79,9 @@ def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool,
         sql, args = _HELD, (hi, lo, 1)
     else:
         sql, args = _HOST_HELD, (host_key & 0xFFFFFFFF, 2)
-    try:
-        row = conn.execute(sql, args).fetchone()
-    except Exception:  # the driver's error, a closed connection: cannot tell
+    try:  # a question, not a wait: an unreachable server cannot tell now
+        row = conn.execute(sql, args, patient=False).fetchone()
+    except Exception:  # the driver's error, a server that cannot be reached: cannot tell
         return None
     held = row is not None and int(row[0]) > 0
     if full is not None:
