@@ -193,12 +193,13 @@ class Cursor:
     """A cursor that takes qmark SQL (what the store writes) and survives a reconnection:
     each ``execute`` runs on the connection's current session (``Connection.run``)."""
 
-    def __init__(self, conn: Connection, row_factory: Any = None) -> None:
+    def __init__(self, conn: Connection, row_factory: Any = None, patient: bool = True) -> None:
         self.conn = conn
         self.row_factory = row_factory
+        self.patient = patient  # False: never wait out the patience (Connection.execute)
         self.raw: Any = None
 
-    def execute(self, sql: str, args: Sequence[Any] = (), patient: bool = True) -> Cursor:
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
         query, params = to_pyformat(sql), tuple(args)
 
         def op(raw: Any) -> Any:
@@ -206,7 +207,7 @@ class Cursor:
                 row_factory=self.row_factory)
             cur.execute(query, params)
             return cur
-        self.raw = self.conn.run(sql, op, patient)
+        self.raw = self.conn.run(sql, op, self.patient)
         return self
 
     def fetchone(self) -> Any:
@@ -260,7 +261,7 @@ class Connection:
     def execute(self, sql: str, args: Sequence[Any] = (), patient: bool = True) -> Cursor:
         """``patient=False``: a lost session is tried once more at most (a question that
         may go unanswered, such as the remote judge's, never waits out the patience)."""
-        return Cursor(self).execute(sql, args, patient)
+        return Cursor(self, patient=patient).execute(sql, args)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         """One statement for many parameter rows (psycopg pipelines them), as sqlite3's."""
