@@ -705,6 +705,9 @@ class Daemon:
                     self.tick_prune()
                     busy = bool(self.inflight) or (
                         bool(self.launcher.active()) if hasattr(self.launcher, "active") else False)
+                except StateUnavailable as err:  # (units contain their own; to be sure)
+                    self._state_lost(err)
+                    continue
                 except Exception as err:  # last resort: the loop itself goes on
                     self._fault("daemon loop", err)
                     time.sleep(min(1.0, self.backoff_s))

@@ -263,7 +263,7 @@ class Connection:
         may go unanswered, such as the remote judge's, never waits out the patience)."""
         return Cursor(self, patient=patient).execute(sql, args)
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor:
         """One statement for many parameter rows (psycopg pipelines them), as sqlite3's."""
         query, params = to_pyformat(sql), [tuple(r) for r in rows]
 
@@ -271,7 +271,9 @@ class Connection:
             cur = raw.cursor()
             cur.executemany(query, params)
             return cur
-        return self.run(sql, op)
+        out = Cursor(self)
+        out.raw = self.run(sql, op)
+        return out
 
     def cursor(self) -> Cursor:
         return Cursor(self)
