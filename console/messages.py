@@ -26,6 +26,16 @@ class Refreshed(Message, bubble=False):
 
 
 @dataclass
+class StateReach(Message, bubble=False):
+    """The poll loop found the state database unreachable (``since``: when, ``error``:
+    why) or reachable again (``since`` None; ``down_s``: how long it was not)."""
+
+    since: float | None
+    error: str = ""
+    down_s: float = 0.0
+
+
+@dataclass
 class StageRead(Message, bubble=False):
     report: UsageReport | None  # None: the scan failed (reported separately)
     prune: PrunePlan | None = None  # what the next prune would free (None: not read)

@@ -21,6 +21,16 @@ Shape (docs/ecosystem.md, "Daemon shape"):
   or stream is retried later with exponential back-off, while the others are served; a
   failed write leaves the database as it was (``StateDB.tx``). The daemon itself never
   dies of it.
+- The state database going away (a PostgreSQL restart, a failover, its sessions
+  terminated) is not a unit's fault but the daemon's weather: its connections re-make
+  their sessions themselves (engine/store/postgres.py); while the server cannot be
+  reached the daemon logs one ``state_unreachable`` line, stops the work that needs it,
+  goes on beating (the heartbeat says since when the state is unreachable, so ``health``
+  fails) and collecting job exits, tries again with back-off, and when the server is back
+  logs ``state_reachable`` (with ``down_s``), records the exits, reconciles the inboxes
+  and picks up again. Every unit is reconciling and every state write recognises its own
+  earlier commit, so nothing is registered, staged or run twice. Started while the server
+  is down, the daemon waits for it (``--once``: for ``[state] wait_s``, then exit 75).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import queue
 import signal
@@ -41,6 +52,7 @@ from typing import Any
 
 from engine.api.listings import DAEMON_LOG
 from engine.api.metrics import Exporter, sweep_dead_heartbeats
+from engine.core.errors import StateUnavailable
 from engine.core.log import attach_file, detach_file, emit_event, logger
 from engine.core.workspace import Workspace
 from engine.intake import deliveries
@@ -49,6 +61,9 @@ from engine.pipeline.launchers import JobResult, make_launcher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import Task, load_task
 from engine.store import StateDB
+from engine.store.outage import Backoff, Outage, Patience
+
+VERIFY_WAIT_S = 30.0  # a verify thread rides over a state server restart this long
 
 NETWORK_FS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph",
               "beegfs", "9p")
@@ -133,11 +148,19 @@ class Daemon:
         self.force_polling = polling
         self.emit_fn = emit  # None: the engine's loggers (engine/core/log.py) + logs/daemon.log
         self.task = task or load_task(ws)
-        self.db = StateDB(ws.state)
-        try:  # before anything is owned: on PostgreSQL the server sees this daemon die
-            self.presence = self.db.hold_presence()
+        self._log_file = attach_file(ws.logs / DAEMON_LOG) if emit is None else None
+        self._events = 0
+        self.result = WatchResult()
+        # the state server as this daemon sees it (all its connections), and what stops
+        # their waits (shutdown)
+        self.outage = Outage(lambda ev: self.emit(ev, "daemon"))
+        self._stopping = threading.Event()
+        self.metrics = Exporter(ws, beat=not once, outage=self.outage)  # heartbeat + textfile
+        try:
+            self.db, self.presence = self._open_state()
         except BaseException:
-            self.db.close()
+            self.metrics.close()
+            self._detach_log()
             raise
         self.launcher = make_launcher(ws.settings, max_jobs)
         self.max_streams = ws.settings.pipeline.max_streams
@@ -149,9 +172,7 @@ class Daemon:
         self.hints: queue.Queue[str] = queue.Queue()
         self.pending: dict[str, deliveries.Candidate] = {}
         self.stop = False
-        self.result = WatchResult()
         self._observer: Any = None
-        self._events = 0
         self._stale_seen: set[str] = set()
         self._stepped: dict[int, float] = {}
         self.verifier = ThreadPoolExecutor(max_workers=ws.settings.watch.verify_threads,
@@ -167,9 +188,55 @@ class Daemon:
         self._exits: list[JobResult] = []          # job exits not recorded yet (a write failed)
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
         self.pending_max_s = ws.settings.watch.pending_recheck_max_s
-        self.metrics = Exporter(ws, beat=not once)  # heartbeat + textfile (+ HTTP: run_daemon)
         self._prune_next = 0.0                     # the first prune: at the first loop
-        self._log_file = attach_file(ws.logs / DAEMON_LOG) if emit is None else None
+        self._state_retry = Backoff()              # probes of an unreachable state server
+
+    # ------------------------------------------------------------------ state database
+
+    def _open_state(self) -> tuple[StateDB, Any]:
+        """The main connection and, before anything is owned, the presence (on PostgreSQL
+        the server sees this daemon die). A server that cannot be reached is waited for,
+        with back-off and one ``state_unreachable`` line, beating meanwhile (``--once``:
+        for ``[state] wait_s``, then StateUnavailable, exit 75). Afterwards the main
+        connection never waits: a lost server is the main loop's outage mode."""
+        wait_s = self.ws.settings.state.wait_s if self.once else math.inf
+        deadline = time.monotonic() + wait_s
+        patience = Patience(0.0, self._stopping, self.outage)
+        backoff = Backoff()
+        while True:
+            db = None
+            try:
+                db = StateDB(self.ws.state, patience=patience)
+                return db, db.hold_presence()
+            except StateUnavailable:
+                if db is not None:
+                    db.close()
+                backoff.failed(time.monotonic())
+                if time.monotonic() >= deadline:
+                    raise
+            with contextlib.suppress(Exception):  # beat: health says why this daemon waits
+                self.metrics.tick()
+            time.sleep(max(0.0, min(backoff.next_at, deadline) - time.monotonic()))
+
+    def _state_lost(self, err: StateUnavailable) -> None:
+        """A unit met an unreachable state server: the outage (one line, once)."""
+        self.outage.down(err.message)
+
+    def _state_probe(self) -> bool:
+        """In outage mode: one try (when the back-off allows) whether the state server
+        answers again; True once it does (``state_reachable`` logged with ``down_s``)."""
+        now = time.monotonic()
+        if not self._state_retry.due(now):
+            return False
+        try:
+            self.db.q("SELECT 1")
+        except StateUnavailable as err:
+            self._state_lost(err)
+            self._state_retry.failed(time.monotonic())
+            return False
+        self._state_retry.reset()
+        self.outage.up()
+        return True
 
     # ------------------------------------------------------------------ events
 
@@ -235,6 +302,8 @@ class Daemon:
         is logged and backed off, never raised into the main loop."""
         try:
             yield
+        except StateUnavailable as err:  # not this unit's fault: the daemon's outage mode
+            self._state_lost(err)
         except Exception as err:  # the point: nothing from one unit kills the daemon
             self._fault(key, err, **ids)
         else:
@@ -288,8 +357,10 @@ class Daemon:
         """On a worker thread; an unexpected exception becomes an ``error`` outcome."""
         try:
             db = getattr(self._tls, "db", None)
-            if db is None:  # one connection per thread
-                db = self._tls.db = StateDB(self.ws.state, check_same_thread=False)
+            if db is None:  # one connection per thread, riding over a server restart
+                db = self._tls.db = StateDB(
+                    self.ws.state, check_same_thread=False,
+                    patience=Patience(VERIFY_WAIT_S, self._stopping, self.outage))
                 self._thread_dbs.append(db)
             try:
                 return deliveries.process(self.ws, db, cand, self.quiet_s,
@@ -297,6 +368,8 @@ class Daemon:
             finally:  # a dead host's claim taken over: a line from the main thread
                 for detail in db.drain_takeovers():
                     self._taken.put(detail)
+        except StateUnavailable:
+            raise  # the daemon's outage, not this delivery's: collect_verified
         except Exception as err:  # contained: this delivery only
             return deliveries.Outcome(cand.name, cand.kind, None, "error", _one_line(err),
                                       str(cand.path))
@@ -311,7 +384,13 @@ class Daemon:
                 continue
             del self.inflight[name]
             key = f"delivery:{name}"
-            o = fut.result()  # _verify never raises
+            try:
+                o = fut.result()  # _verify raises only this
+            except StateUnavailable as err:
+                # looked at again once the server is back (the reconciliation scan finds it;
+                # its claim, ours, is taken again and its extraction recognised)
+                self._state_lost(err)
+                continue
             if o.status == "error":
                 # this delivery only: one line naming it, looked at again after a back-off;
                 # its claim was given back (or, if even that failed, is ours to take again)
@@ -349,7 +428,11 @@ class Daemon:
         self.pending.pop(cand.name, None)
         self._pending_next.pop(cand.name, None)
         if o.status == "accepted":
-            dl = self.db.downlink(o.dlid or "")
+            dl = None
+            try:  # the latency is a detail: the line is written whether or not it is known
+                dl = self.db.downlink(o.dlid or "")
+            except StateUnavailable as err:
+                self._state_lost(err)
             self.result.registered.append(o.dlid or "")
             self._ev("registered", "intake", dlid=o.dlid, delivery=o.name, form=o.kind,
                      latency_s=round(dl.registered - dl.delivered, 4) if dl else None)
@@ -508,6 +591,7 @@ class Daemon:
         return news
 
     def shutdown(self) -> None:
+        self._stopping.set()  # a verify thread waiting for the state server gives up
         self.verifier.shutdown(wait=True)  # claims are given back or settled, never left held
         self.collect_verified(wait=True)
         # jobs that ended but whose exit is not recorded yet: once more, so a job that
@@ -525,6 +609,29 @@ class Daemon:
         self.stop_observer()
         self.result.terminated = True
         self._ev("stopped", pid=os.getpid())
+
+    def _outage_round(self) -> bool:
+        """One round while the state server cannot be reached: job exits are collected
+        (recorded once it is back), verifications that ended are taken in, the heartbeat
+        says the state is unreachable, and the server is probed with back-off. Work that
+        needs the database waits. True when the server answers again."""
+        with self._contained("job poll"):
+            self._exits.extend(self.launcher.poll())
+        self.collect_verified()
+        self.tick_metrics()
+        if self._state_probe():
+            # what the outage kept: job exits first (their streams' runners stay ours)
+            self.step_streams()
+            self.reconcile()
+            return True
+        since = self.outage.since
+        if self.once and since is not None and \
+                time.time() - since > self.ws.settings.state.wait_s:
+            raise StateUnavailable(f"state database unreachable for more than "
+                                   f"[state] wait_s = {self.ws.settings.state.wait_s:g} s: "
+                                   f"{self.outage.error}", self.db.where, since=since)
+        time.sleep(0.05)
+        return False
 
     # ------------------------------------------------------------------ metrics
 
@@ -577,6 +684,10 @@ class Daemon:
         try:
             while not self.stop:
                 now = time.time()
+                if not self.outage.reachable:
+                    if self._outage_round():  # back: reconciled; pick up at once
+                        last_scan, last_pickup, idle_rounds = now, 0.0, 0
+                    continue
                 try:
                     if not self.once and now - last_scan >= self.scan_interval:
                         self.reconcile()
@@ -595,12 +706,17 @@ class Daemon:
                     self.tick_metrics()
                     self.tick_prune()
                     busy = bool(self.inflight) or bool(self.launcher.active())
+                except StateUnavailable as err:  # (units contain their own; to be sure)
+                    self._state_lost(err)
+                    continue
                 except Exception as err:  # last resort: the loop itself goes on
                     self._fault("daemon loop", err)
                     time.sleep(min(1.0, self.backoff_s))
                     continue
                 if "daemon loop" in self._faults:
                     self._recovered("daemon loop")
+                if not self.outage.reachable:
+                    continue
                 if self.once:
                     if self._events == before and not busy:
                         idle_rounds += 1
@@ -631,10 +747,13 @@ class Daemon:
         self.result.errors = [f"{key}: {f.message}" for key, f in self._faults.items()]
         return self.result
 
-    def close(self) -> None:
+    def _detach_log(self) -> None:
         if self._log_file is not None:
             detach_file(self._log_file)
             self._log_file = None
+
+    def close(self) -> None:
+        self._detach_log()
         self.metrics.close()
         self.verifier.shutdown(wait=True)
         for db in self._thread_dbs:

@@ -222,7 +222,7 @@ def test_daemon_textfile_http_heartbeat_and_health(ws, tmp_path):
         assert r.returncode == 0 and r.stdout.startswith("healthy: daemon pid"), r.stdout + r.stderr
         js = json.loads(cli_proc(ws, "health", "--json").stdout)
         assert js["healthy"] is True and {c["check"] for c in js["checks"]} == \
-            {"daemon", "disk", "streams"}
+            {"daemon", "state", "disk", "streams"}
 
         set_halt(ws, "haltStage")
         r = cli_proc(ws, "health")
@@ -296,6 +296,29 @@ def test_health_heartbeat_age_and_stuck_streams(ws):
     # (100 s after the claim, not after the slow child above: the age printed is exact)
     fails = _stuck(health(ws, now=claimed + 100, heartbeat_max_age=1000, stuck_after=50))
     assert [c.name for c in fails] == ["stuck:251125002"]
+
+
+def test_health_fails_while_the_daemon_cannot_reach_the_state_database(ws):
+    """Health itself reaches the state database, but the live daemon's heartbeat says it
+    cannot (a network cut between the two): the state check fails with since when and why,
+    and passes once a heartbeat says it is reachable again."""
+    from engine.store.outage import Outage
+
+    me = Owner.me()
+    outage = Outage()
+    outage.down("cannot connect: connection refused")
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    (bad,) = [c for c in health(ws) if not c.ok]
+    assert bad.name == "state"
+    assert bad.detail.startswith("state database unreachable since ")
+    assert f"daemon pid {me.pid} on {me.host} cannot reach it: cannot connect: " \
+        "connection refused" in bad.detail
+    (hb,) = read_heartbeats(ws)
+    assert not hb.state_reachable and hb.state_since == outage.since
+    outage.up()
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    assert all(c.ok for c in health(ws))
+    assert [c.detail for c in health(ws) if c.name == "state"] == ["state database reachable"]
 
 
 def _stuck(checks: list) -> list:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli.main import build_parser
+from engine.core.errors import EXIT_UNAVAILABLE
 from engine.core.interrupt import STOP_GRACE_S
 from engine.pipeline.launchers.local import LocalLauncher
 
@@ -57,6 +58,9 @@ def test_the_unit_has_what_a_template_service_needs() -> None:
     # SIGTERM to the daemon only: it stops its jobs itself, in order, and records them
     assert service["KillMode"] == "mixed"
     assert "2" in service["RestartPreventExitStatus"].split()  # a bad config stays down
+    # an unreachable state database is a wait or exit 75, which the unit restarts
+    assert str(EXIT_UNAVAILABLE) not in service["RestartPreventExitStatus"].split()
+    assert str(EXIT_UNAVAILABLE) not in service.get("SuccessExitStatus", "").split()
     assert unit["Unit"]["RequiresMountsFor"] == "%f"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     # no ProtectSystem=strict without the workspace as ReadWritePaths (it would be read-only)

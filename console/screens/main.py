@@ -5,7 +5,11 @@ selection, the panels, the actions on them); the App only holds what is global (
 the command palette, the read-only gate). Every worker here is thin: one ``engine.api``
 call, one message (console.messages) back to the UI thread:
 - the poll worker owns an ``engine.api.Monitor`` (its own SQLite connection) and posts one
-  ``Refreshed`` per round carrying the ``Snapshot`` of what changed;
+  ``Refreshed`` per round carrying the ``Snapshot`` of what changed; while the state
+  database cannot be reached (a PostgreSQL restart) it posts ``StateReach`` once, a red
+  banner says since when, the panels keep what they showed, and polling goes on: when
+  the server answers again the banner goes, everything is read again, and a toast says
+  how long it was away (no restart of the console);
 - the usage scan is its own worker, due by ``engine.api.UsageCadence`` (no overlap);
 - every action (run, rollback, unlock, halt, launch) runs in a thread worker; streams run
   in ``skydeck-engine run`` processes that claim the stream in the state database, so a
@@ -50,6 +54,7 @@ from console.messages import (
     Planned,
     Refreshed,
     StageRead,
+    StateReach,
 )
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
 from console.widgets.downlinks import DownlinksTable
@@ -98,10 +103,12 @@ class MainScreen(Screen[None]):
         self.jobs: dict[str, Job] = {}
         self.refreshes = 0
         self.last_refresh_s = 0.0
+        self.state_down: StateReach | None = None  # the state database is unreachable
         self.rows_timing = (0.0, 0.0)
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield Static("", id="state-alert", markup=False)  # the error is data
         yield Static("", id="alert")
         with Horizontal(id="top"):
             with Vertical(id="downlinks-box"):
@@ -152,6 +159,7 @@ class MainScreen(Screen[None]):
             self.query_one(DownlinksTable).tick()
             self.query_one(StreamTree).tick()
             self.query_one(LocksTable).tick()
+            self._show_state()
         for dlid, (proc, log) in list(self.runners.items()):
             code = proc.poll()
             if code is None:
@@ -173,17 +181,50 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="poll", exclusive=True, exit_on_error=False)
     def _poll_loop(self) -> None:
         worker = get_current_worker()
+        down: float | None = None  # since when the state database is unreachable
         with api.Monitor(self.ws) as monitor:
             while not worker.is_cancelled:
                 try:
                     snapshot = monitor.poll(self.want_dlid)
+                except api.StateUnavailable as err:  # a banner, once; polling goes on
+                    if down is None:
+                        down = err.since or monitor.outage.since or time.time()
+                        self.post_message(StateReach(down, monitor.outage.error or
+                                                     err.message))
                 except Exception as err:  # noqa: BLE001 - keep polling; tell the operator
                     self.post_message(ActionDone(f"refresh failed: {err!r}", "error"))
                 else:
+                    if down is not None:
+                        self.post_message(StateReach(None, down_s=time.time() - down))
+                        down = None
                     if snapshot.changed:
                         self.post_message(Refreshed(snapshot))
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
+
+    def on_state_reach(self, msg: StateReach) -> None:
+        if not self.live:
+            return
+        if msg.since is None:
+            self.state_down = None
+            self.notify(f"state database reachable again after {msg.down_s:.0f} s; "
+                        "everything read again", title="state")
+        else:
+            self.state_down = msg
+        self._show_state()
+
+    def _show_state(self) -> None:
+        """The banner while the state database is unreachable (its age moves each second)."""
+        banner = self.query_one("#state-alert", Static)
+        down = self.state_down
+        if down is None or down.since is None:
+            banner.set_class(False, "show")
+            return
+        age = max(0.0, time.time() - down.since)
+        when = time.strftime("%H:%M:%S", time.localtime(down.since))
+        banner.update(f"state database unreachable since {when} ({age:.0f} s): "
+                      f"{down.error}; showing what was read before, retrying")
+        banner.set_class(True, "show")
 
     def on_refreshed(self, msg: Refreshed) -> None:
         if not self.live:

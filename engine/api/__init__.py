@@ -33,7 +33,7 @@ for _module, _names in {
                            "engine_argv", "start_runner", "start_job", "Job", "Progress"),
     "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
     "engine.core.diskspace": ("human_bytes",),
-    "engine.core.errors": ("SkydeckError", "BadInput", "Busy", "EXIT_BUSY"),
+    "engine.core.errors": ("SkydeckError", "BadInput", "Busy", "EXIT_BUSY", "StateUnavailable"),
     "engine.core.workspace": ("Workspace", "init_workspace", "resolve_root", "ASSETS", "SCENES",
                               "scene_path", "scene_names"),
     "engine.pipeline.locks": ("LockInfo",),
@@ -51,7 +51,8 @@ __all__ = [  # the same names as _EXPORTS (a literal, for linters and type check
     'Delivery', 'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir',
     'FaceMap', 'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo',
     'LogFile', 'Monitor', 'ProcessInstance', 'Progress', 'PrunePlan', 'RollbackPlan',
-    'RollbackResult', 'SCENES', 'STATES', 'SkydeckError', 'Snapshot', 'UsageCadence', 'UsageReport', 'Stream',
+    'RollbackResult', 'SCENES', 'STATES', 'SkydeckError', 'Snapshot', 'StateUnavailable',
+    'Stream', 'UsageCadence', 'UsageReport',
     'StreamView', 'Usage', 'Workspace', 'clear_halt', 'compare_events', 'downlink_listing',
     'downlink_rows', 'downlinks', 'engine_argv', 'engine_env', 'halts', 'human_bytes',
     'init_workspace', 'last_line', 'list_events', 'lock_status', 'locks', 'log_files',
@@ -121,7 +122,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
     )
     from engine.api.rows import STATES, DownlinkRow, DownlinkRows, downlink_rows, reason_first
     from engine.core.diskspace import human_bytes
-    from engine.core.errors import EXIT_BUSY, BadInput, Busy, SkydeckError
+    from engine.core.errors import EXIT_BUSY, BadInput, Busy, SkydeckError, StateUnavailable
     from engine.core.workspace import (
         ASSETS,
         SCENES,

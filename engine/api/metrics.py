@@ -11,9 +11,14 @@ it into
   atomically (``Exporter``, driven by the daemon) and served over HTTP by ``watch
   --metrics-port``;
 - the daemon's heartbeat: each daemon replaces ``<logs>/heartbeat/<host>-<pid>.json`` every
-  ``[metrics] interval_s`` (and removes it when it stops);
-- ``health()``: the checks behind ``skydeck-engine health`` (daemon alive, not paused, no
-  stream stuck).
+  ``[metrics] interval_s`` (and removes it when it stops), with whether it reaches the state
+  database and since when it does not (a file, so it beats while the server is down);
+- ``health()``: the checks behind ``skydeck-engine health`` (daemon alive, state database
+  reachable from here and from the daemon, not paused, no stream stuck).
+
+The state database may be unreachable (a PostgreSQL server restarting): nothing here waits
+for it. The families then lack what only the database knows and ``skydeck_state_up`` is 0;
+health says so in one line, with since when (exit 1, never 2).
 
 Bytes per area come from the usage scan (``engine.pipeline.usage.usage_report``), which
 walks every file of the workspace: the daemon refreshes it every ``[metrics]
@@ -42,12 +47,13 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from engine import __version__
 from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.diskspace import existing_parent
-from engine.core.errors import Busy
+from engine.core.errors import Busy, StateUnavailable
 from engine.core.owner import Owner, owner_dead
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import HALT_FLAGS, halts, is_set_globally
 from engine.pipeline.usage import AREA_PATHS, launch_paused, usage_report
 from engine.store import StateDB
+from engine.store.outage import UNREACHABLE, Outage, Patience
 from engine.store.records import PI_STATUSES, STREAM_STATUSES
 
 QUEUED_STATES = ("WAITING", "READY", "QUEUED")  # instances not yet handed to a launcher's job
@@ -62,7 +68,8 @@ FREE_AREAS = ("downlinks", "stage")  # the output areas the disk reserve guards
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """One daemon's last loop: who (pid, host, process start), when, and how often it beats."""
+    """One daemon's last loop: who (pid, host, process start), when, how often it beats,
+    and whether it reached the state database then (since when it has not, and why)."""
 
     pid: int
     host: str
@@ -70,6 +77,9 @@ class Heartbeat:
     t: float
     interval_s: float
     path: Path
+    state_reachable: bool = True
+    state_since: float | None = None
+    state_error: str | None = None
 
     def dead(self) -> tuple[bool, str]:
         return owner_dead(self.pid, self.host, self.start)
@@ -99,10 +109,15 @@ def _replace(target: Path, data: bytes) -> None:
         raise
 
 
-def write_heartbeat(ws: Workspace, owner: Owner, interval_s: float, now: float | None = None) -> Path:
+def write_heartbeat(ws: Workspace, owner: Owner, interval_s: float, now: float | None = None,
+                    state: Outage | None = None) -> Path:
+    """``state``: the daemon's view of the state database (``Outage.as_json``)."""
     p = heartbeat_path(ws, owner)
-    doc = {"pid": owner.pid, "host": owner.host, "start": owner.start,
-           "t": round(time.time() if now is None else now, 3), "interval_s": interval_s}
+    doc: dict[str, Any] = {"pid": owner.pid, "host": owner.host, "start": owner.start,
+                           "t": round(time.time() if now is None else now, 3),
+                           "interval_s": interval_s}
+    if state is not None:
+        doc["state"] = state.as_json()
     _replace(p, (json.dumps(doc) + "\n").encode())
     return p
 
@@ -120,9 +135,14 @@ def read_heartbeats(ws: Workspace) -> list[Heartbeat]:
             continue
         try:
             d = json.loads(p.read_bytes()[:4096])
+            st = d.get("state") or {}
+            since, err = st.get("since"), st.get("error")
             out.append(Heartbeat(int(d["pid"]), str(d["host"]), float(d["start"]),
-                                 float(d["t"]), float(d["interval_s"]), p))
-        except (OSError, ValueError, KeyError, TypeError):
+                                 float(d["t"]), float(d["interval_s"]), p,
+                                 bool(st.get("reachable", True)),
+                                 None if since is None else float(since),
+                                 None if err is None else str(err)[:300]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return sorted(out, key=lambda h: h.t, reverse=True)
 
@@ -167,16 +187,33 @@ class Facts:
     global_halts: list[str]
     heartbeats: list[Heartbeat]
     usage: AreaUsage | None = None
+    state_up: bool = True                  # the state database answered this read
 
 
-def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None = None) -> Facts:
+def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None = None,
+               outage: Outage | None = None) -> Facts:
+    """The facts of ``ws`` now. The state database is asked once, without waiting; when it
+    cannot be reached (or ``outage`` says the daemon cannot reach it) its parts are empty
+    and ``state_up`` is False (and ``outage`` hears of it)."""
     now = time.time() if now is None else now
-    with StateDB(ws.state) as db:
-        streams = db.stream_status_counts()
-        instances = db.instance_status_counts()
-        dels = db.delivery_status_counts()
-        oldest = db.oldest_unsettled_delivery()
-        lat = db.recent_registration_latencies(LATENCY_RECENT)
+    streams: dict[str, int] = {}
+    instances: dict[tuple[str, str], int] = {}
+    dels: dict[str, int] = {}
+    oldest: float | None = None
+    lat: list[float] = []
+    up = outage is None or outage.reachable
+    if up:
+        try:
+            with StateDB(ws.state, patience=Patience(0.0)) as db:
+                streams = db.stream_status_counts()
+                instances = db.instance_status_counts()
+                dels = db.delivery_status_counts()
+                oldest = db.oldest_unsettled_delivery()
+                lat = db.recent_registration_latencies(LATENCY_RECENT)
+        except StateUnavailable as err:
+            up = False
+            if outage is not None:
+                outage.down(err.message)
     free: dict[str, tuple[int, int]] = {}
     for area in FREE_AREAS:
         with contextlib.suppress(OSError):
@@ -186,7 +223,8 @@ def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None 
     with contextlib.suppress(OSError):
         paused = launch_paused(ws)[0]
     return Facts(now, streams, instances, dels, oldest, lat, free, ws.reserve_bytes, paused,
-                 [f for f in HALT_FLAGS if is_set_globally(ws, f)], read_heartbeats(ws), usage)
+                 [f for f in HALT_FLAGS if is_set_globally(ws, f)], read_heartbeats(ws), usage,
+                 up)
 
 
 def scan_usage(ws: Workspace) -> AreaUsage:
@@ -209,6 +247,10 @@ def families(f: Facts) -> Iterator[Metric]:
     (0 included), so a series does not vanish when its count drops to zero."""
     info = InfoMetricFamily("skydeck", "skydeck release", value={"version": __version__})
     yield info
+
+    yield GaugeMetricFamily("skydeck_state_up", "1 when the state database answered this "
+                            "read (0: unreachable; the families read from it are empty)",
+                            value=int(f.state_up))
 
     g = GaugeMetricFamily("skydeck_streams", "Latest streams by status", labels=["status"])
     for st in sorted(set(STREAM_STATUSES) | set(f.streams)):
@@ -300,12 +342,13 @@ class SkydeckCollector(Collector):
     """A prometheus-client collector reading a workspace at each collection. ``usage`` gives
     the latest usage scan (a callable, so a scrape sees the scan the daemon refreshed)."""
 
-    def __init__(self, ws: Workspace, usage: Any = None) -> None:
+    def __init__(self, ws: Workspace, usage: Any = None, outage: Outage | None = None) -> None:
         self.ws = ws
         self.usage = usage or (lambda: None)
+        self.outage = outage
 
     def collect(self) -> Iterable[Metric]:
-        return list(families(read_facts(self.ws, self.usage())))
+        return list(families(read_facts(self.ws, self.usage(), outage=self.outage)))
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:
@@ -316,9 +359,9 @@ def registry_for(collector: Collector) -> CollectorRegistry:
     return reg
 
 
-def render(ws: Workspace, usage: AreaUsage | None = None) -> bytes:
+def render(ws: Workspace, usage: AreaUsage | None = None, outage: Outage | None = None) -> bytes:
     """The text exposition of a workspace's metrics, once."""
-    return generate_latest(registry_for(SkydeckCollector(ws, lambda: usage)))
+    return generate_latest(registry_for(SkydeckCollector(ws, lambda: usage, outage)))
 
 
 def textfile_path(ws: Workspace) -> Path | None:
@@ -330,10 +373,11 @@ def textfile_path(ws: Workspace) -> Path | None:
     return p if p.is_absolute() else ws.root / p
 
 
-def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None) -> Path:
+def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None,
+                   outage: Outage | None = None) -> Path:
     """Render and replace ``path`` atomically (node_exporter reads only ``*.prom``: the
     dot-temporary beside it is never read)."""
-    _replace(path, render(ws, usage))
+    _replace(path, render(ws, usage, outage))
     return path
 
 
@@ -344,10 +388,13 @@ class Exporter:
     """What the daemon calls once per loop (``tick``): every ``interval_s`` it writes its
     heartbeat (unless ``beat`` is off, as for ``watch --once``) and the textfile; the usage
     scan runs on a thread of its own every ``usage_interval_s``. ``serve`` adds the HTTP
-    endpoint. Errors propagate to the caller (the daemon contains them as ``metrics``)."""
+    endpoint. ``outage``: the daemon's view of the state database, which the heartbeat
+    carries and which spares the textfile a read while the server is unreachable. Errors
+    propagate to the caller (the daemon contains them as ``metrics``)."""
 
     ws: Workspace
     beat: bool = True
+    outage: Outage | None = None
     owner: Owner = field(default_factory=Owner.me)
     _next: float = 0.0
     _usage: AreaUsage | None = None
@@ -393,14 +440,14 @@ class Exporter:
             return False
         self._next = now + self.interval_s
         if self.beat:
-            write_heartbeat(self.ws, self.owner, self.interval_s)
+            write_heartbeat(self.ws, self.owner, self.interval_s, state=self.outage)
         if self._server is not None or textfile_path(self.ws) is not None:
             if now >= self._usage_next:
                 self.refresh_usage()
             err, self._scan_error = self._scan_error, None
             path = textfile_path(self.ws)
             if path is not None:
-                write_textfile(self.ws, path, self.usage())
+                write_textfile(self.ws, path, self.usage(), self.outage)
             if err:
                 raise RuntimeError(err)
         return True
@@ -411,7 +458,7 @@ class Exporter:
         if path is None:
             return None
         self.refresh_usage(wait=True)
-        return write_textfile(self.ws, path, self.usage())
+        return write_textfile(self.ws, path, self.usage(), self.outage)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve the same families over HTTP (``/metrics``) on a thread; returns the port
@@ -420,7 +467,7 @@ class Exporter:
         try:
             server, _thread = start_http_server(port, addr,
                                                 registry=registry_for(SkydeckCollector(
-                                                    self.ws, self.usage)))
+                                                    self.ws, self.usage, self.outage)))
         except OSError as err:
             raise Busy(f"--metrics-port {port}: cannot listen on {addr}: "
                        f"{err.strerror or err}") from None
@@ -456,19 +503,26 @@ def _ago(s: float) -> str:
     return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
            stuck_after: float = DEFAULT_STUCK_AFTER_S, now: float | None = None) -> list[Check]:
     """The checks of ``skydeck-engine health``; healthy when every one is ok.
 
     - ``daemon``: some daemon's heartbeat is younger than ``heartbeat_max_age`` (default
       ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
+    - ``state``: the state database answers here (asked once, without waiting) and no live
+      daemon's heartbeat says it cannot reach it; else since when, as the daemon saw it.
     - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
       is not under the reserve (launching would pause).
     - ``stuck:<dlid>``: a latest stream that is RUNNING and not held by a halt flag is stuck
       when its runner (the stream's owner) is provably dead and nothing happened for longer
       than ``heartbeat_max_age`` (no daemon took it over), or when nothing happened for
       longer than ``stuck_after`` whatever its runner; "happened" is the stream starting or
-      one of its instances being created, started or ending.
+      one of its instances being created, started or ending. Not judged while the state
+      database cannot be read.
     """
     now = time.time() if now is None else now
     max_age = heartbeat_max_age or BEATS_PER_HEALTH * ws.settings.metrics.interval_s
@@ -490,15 +544,30 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
         checks.append(Check("daemon", False, f"daemon pid {hb.pid} on {hb.host} last beat "
                                               f"{_ago(max(0.0, now - hb.t))} ({state})"))
 
+    running = None
+    try:
+        with StateDB(ws.state, patience=Patience(0.0)) as db:
+            running = db.running_streams_activity()
+    except StateUnavailable as err:
+        why = err.message.removeprefix(UNREACHABLE)
+        checks.append(Check("state", False, _unreachable(why, fresh, now)))
+    else:
+        blind = [hb for hb in fresh if not hb.state_reachable]
+        if blind:
+            hb = blind[0]
+            checks.append(Check("state", False, _unreachable(
+                f"daemon pid {hb.pid} on {hb.host} cannot reach it: {hb.state_error}",
+                blind, now)))
+        else:
+            checks.append(Check("state", True, "state database reachable"))
+
     for flag in halts(ws):
         checks.append(Check(f"halt:{flag}", False,
                             f"halt flag {flag} is set globally ({ws.path('flags') / flag})"))
     paused, why = launch_paused(ws)
     checks.append(Check("disk", not paused, why or "free space above the reserve"))
 
-    with StateDB(ws.state) as db:
-        running = db.running_streams_activity()
-    for rs in running:
+    for rs in running or ():
         if halts(ws, rs.dlid):
             continue  # held on purpose; a global flag is reported above
         idle = max(0.0, now - rs.last_activity)
@@ -512,7 +581,16 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
                                 f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
                                 f"for {idle:.0f} s (over {stuck_after:g} s; "
                                 f"{rs.active_jobs} job(s) in flight)"))
-    if not any(c.name.startswith("stuck:") for c in checks):
+    if running is not None and not any(c.name.startswith("stuck:") for c in checks):
         checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
     return checks
 
+
+def _unreachable(why: str, beats: list[Heartbeat], now: float) -> str:
+    """The state check's line: unreachable, since when (as the earliest live daemon that
+    cannot reach it saw it; else "now"), and why."""
+    since = min((hb.state_since for hb in beats
+                 if not hb.state_reachable and hb.state_since is not None), default=None)
+    when = "" if since is None else \
+        f" since {_when(since)} ({max(0.0, now - since):.0f} s)"
+    return f"state database unreachable{when}: {why}"

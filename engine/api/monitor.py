@@ -9,6 +9,12 @@ typical durations of its processes, the locks (rechecked each second: a stale ve
 with time), and the hit summaries of propagation events. ``UsageCadence`` says when the
 slower disk-usage scan is due. Headless: nothing here imports Textual; NumPy is imported only
 when an event has to be summarized.
+
+A front end never waits for the state database: while a PostgreSQL server is unreachable
+``poll`` raises ``StateUnavailable`` at once (``Monitor.outage`` says since when and why)
+and tries again, with back-off, at the next polls; opening is deferred to the first poll,
+so a console starts while the server is down. When it answers again on a new session (the
+probe's LISTEN missed what was committed meanwhile), the next poll reads everything.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from typing import TYPE_CHECKING
 
 from engine.api.listings import list_events, summarize_event, task_groups
 from engine.api.rows import DownlinkRow, DownlinkRows
-from engine.core.errors import SkydeckError
+from engine.core.errors import SkydeckError, StateUnavailable
 from engine.core.workspace import Workspace
 from engine.pipeline.locks import LockInfo, list_locks
 from engine.pipeline.task import load_task
 from engine.store import StateDB, StreamView
+from engine.store.outage import Backoff, Outage, Patience
 
 if TYPE_CHECKING:
     from engine.propagate.hits import HitSummary
@@ -46,17 +53,44 @@ class ChangeProbe:
     far cheaper than re-reading, so a front end can poll every few hundred milliseconds and
     re-read only what changed. Files are the truth for locks and incoming (a lock is a file).
     Own one probe per thread (SQLite connections are per thread).
+
+    The connection is opened on first use and never waits for an unreachable server
+    (``StateUnavailable`` at once; a new try when the back-off allows); ``outage`` says
+    since when it is unreachable. A new session of the connection (the server restarted, the
+    session was terminated) reports every topic: notifications were missed.
     """
 
     TOPICS = ("db", "locks", "incoming", "events", "flags")
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.db = StateDB(ws.state)
+        self.outage = Outage()
+        self._patience = Patience(0.0, outage=self.outage)
+        self._db: StateDB | None = None
+        self._opening = Backoff()
+        self._session: int | None = None
+        self.new_session = False  # the last poll found a new session (read everything)
         self._last: dict[str, object] = {}
 
+    @property
+    def db(self) -> StateDB:
+        """The probe's connection (opened on first use; ``StateUnavailable`` while the
+        server cannot be reached, tried again when the back-off allows)."""
+        if self._db is None:
+            if not self._opening.due(time.monotonic()):
+                raise StateUnavailable(f"state database unreachable: {self.outage.error}",
+                                       since=self.outage.since)
+            try:
+                self._db = StateDB(self.ws.state, patience=self._patience)
+            except StateUnavailable:
+                self._opening.failed(time.monotonic())
+                raise
+            self._opening.reset()
+        return self._db
+
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
 
     def _dirs(self, topic: str) -> list[Path]:
         ws = self.ws
@@ -74,7 +108,13 @@ class ChangeProbe:
         return []
 
     def fingerprint(self) -> dict[str, object]:
-        fp: dict[str, object] = {"db": self.db.data_version()}
+        db = self.db
+        fp: dict[str, object] = {"db": db.data_version()}
+        session = db.backend.session(db.conn)
+        if session != self._session:  # a new session: whatever was cached may be stale
+            self.new_session = self._session is not None
+            self._session = session
+            self._last = {}
         for topic in self.TOPICS[1:]:
             stamps: list[tuple[str, int | None, int | None]] = []
             for d in self._dirs(topic):
@@ -153,7 +193,9 @@ class Monitor:
     """Polls one workspace: each ``poll`` reads what changed since the last one.
 
     Own one per thread (it holds a SQLite connection through its probe); ``close`` it when
-    done. After a failed poll (an exception), the next one reads everything again.
+    done. After a failed poll (an exception, ``StateUnavailable`` while the state database
+    cannot be reached) or on a new session of the probe's connection, the next one reads
+    everything again.
     """
 
     def __init__(self, ws: Workspace, lock_recheck_s: float = LOCK_RECHECK_S,
@@ -169,6 +211,11 @@ class Monitor:
         self._task: str | None = None         # the workspace's task name, read once
         self._locks_at = float("-inf")
 
+    @property
+    def outage(self) -> Outage:
+        """The state database as this monitor last saw it (reachable, since when, why)."""
+        return self.probe.outage
+
     def close(self) -> None:
         self.probe.close()
 
@@ -181,6 +228,7 @@ class Monitor:
     def forget(self) -> None:
         """Make the next ``poll`` read every part again."""
         self._shown = _UNSET
+        self.rows = DownlinkRows(self.ws)
         self.probe.forget()
 
     def poll(self, dlid: str | None) -> Snapshot:
@@ -194,6 +242,10 @@ class Monitor:
     def _poll(self, dlid: str | None) -> Snapshot:
         t0 = time.perf_counter()
         changed = self.probe.poll()
+        if self.probe.new_session:  # notifications were missed: nothing cached is trusted
+            self.probe.new_session = False
+            self._shown = _UNSET
+            self.rows = DownlinkRows(self.ws)
         db = self.probe.db
         rows = stream = locks = events = None
         stream_read = False

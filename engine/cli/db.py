@@ -75,6 +75,7 @@ def _refuse_live_daemon(ws: Workspace) -> None:
 
 def run_copy(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
 
     from engine.core.dburl import parse_state_url
     from engine.core.errors import BadInput
@@ -83,6 +84,8 @@ def run_copy(args: argparse.Namespace) -> int:
 
     target = parse_state_url(args.to, "--to")
     ws = Workspace.open(args.workspace)
+    # a server that is down is waited for as the workspace says ([state] wait_s)
+    target = replace(target, wait_s=ws.settings.state.wait_s)
     if ws.state_url is not None:
         raise BadInput(f"the state is already in PostgreSQL ({ws.state_url.redacted}, from "
                        f"${STATE_URL_ENV} or [state] url); db copy moves the SQLite file",

@@ -3,6 +3,8 @@
 A monitoring probe (Nagios, Consul, a systemd timer, Kubernetes' exec probe) wants one exit
 code and a line it can show: exit 0 when the workspace is healthy, 1 when a check failed
 (one line per failed check on stdout), 2 for bad usage or no workspace, as every command.
+A state database that cannot be reached is a failed check (exit 1, with since when), never
+a wait and never exit 2: the probe asks the server once.
 The checks and what "stuck" means are ``engine.api.metrics.health``'s (and the help below).
 
 Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
@@ -21,6 +23,8 @@ checks:
   daemon   a `watch` daemon's heartbeat (logs/heartbeat/, written every [metrics]
            interval_s) is younger than --heartbeat-max-age (default {BEATS_PER_HEALTH} intervals)
            and its process is not provably dead
+  state    the state database answers here (asked once, no wait), and no live daemon's
+           heartbeat says it cannot reach it; else "unreachable since <time> (<s> s)"
   halt     no global halt flag is set (config/haltStage, halted, ...)
   disk     free space on downlinks/ and stage/ is not under [disk] reserve_bytes
   stuck    no stream is stuck. A stream is stuck when it is RUNNING, no halt flag holds it,

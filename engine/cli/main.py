@@ -24,6 +24,7 @@ from engine.core.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     SkydeckError,
 )
@@ -37,6 +38,8 @@ exit codes:
   {EXIT_FAILED:<5d}a job failed mid-way (I/O error, full disk, a dead worker, a failed stream)
   {EXIT_USAGE:<5d}bad input or usage: one line on stderr names the file and the problem
   {EXIT_BUSY:<5d}busy or locked (another runner holds the stream, a lock is held)
+  {EXIT_UNAVAILABLE:<5d}the state database cannot be reached now (a PostgreSQL restart or
+       failover lasting longer than [state] wait_s): try again later
   {EXIT_INTERRUPTED:<5d}interrupted (Ctrl-C, SIGINT)
   {interrupt.EXIT_TERMINATED:<5d}terminated (SIGTERM)
 

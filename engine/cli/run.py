@@ -1,14 +1,24 @@
 """`skydeck-engine run DLID`: run one downlink's stream in the foreground.
 
+Its state database connections wait for a PostgreSQL server that is unreachable (at start
+or mid-run: a restart, a failover) as long as it takes, with back-off, saying so in one
+``state_unreachable`` line and one ``state_reachable`` line (``down_s``); its jobs go on
+meanwhile and their exits are recorded once the server is back. SIGTERM or SIGINT stops
+the wait too.
+
 Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
+
+if TYPE_CHECKING:
+    from engine.pipeline.launchers import Launcher
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -23,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import signal
     import sys
+    import threading
     import time
 
-    from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput
+    from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput, StateUnavailable
     from engine.core.ids import parse_dlid
     from engine.core.interrupt import EXIT_TERMINATED
     from engine.core.log import emit_event, logger
@@ -35,20 +46,26 @@ def run(args: argparse.Namespace) -> int:
     from engine.pipeline.runner import run_stream
     from engine.pipeline.task import load_task
     from engine.store import StateDB
+    from engine.store.outage import Outage, Patience
 
     ws = Workspace.open(args.workspace)
     dlid = parse_dlid(args.dlid)
     task = load_task(ws, args.task)
     stop = {"flag": False, "signal": 0}
+    stopped = threading.Event()  # ends a wait for the state server too
 
     def on_signal(signum: int, frame: object) -> None:
         stop["flag"], stop["signal"] = True, signum
+        stopped.set()
 
     # SIGTERM and SIGINT alike: stop launching, terminate the running jobs (they remove
     # their temporaries), record them TERMINATED, exit 143 or 130
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    log = logger("pipeline")
+    patience = Patience.forever(Outage(lambda ev: emit_event(log, ev)), stopped)
+    launcher: Launcher | None = None
     try:
-        with StateDB(ws.state) as db:
+        with StateDB(ws.state, patience=patience) as db:
             if db.downlink(dlid) is None:
                 cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
                 outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s)
@@ -61,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
                                    "it is in incoming/", ws.incoming_level0)
             jobs = args.jobs or ws.settings.pipeline.max_jobs
             launcher = make_launcher(ws.settings, jobs)
-            log = logger("pipeline")
             if log.isEnabledFor(logging.DEBUG):
                 emit_event(log, {"t": round(time.time(), 3), "event": "config", "dlid": dlid,
                                  "workspace": str(ws.root), "task": task.name,
@@ -73,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("skydeck-engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StateUnavailable:
+        if not stop["flag"]:
+            raise
+        # stopped while the state server was unreachable: the jobs are stopped; the
+        # stream stays RUNNING under a dead owner, the next runner resumes it
+        if launcher is not None:
+            launcher.cancel_all()
+        print(f"skydeck-engine: {'terminated' if stop['signal'] == signal.SIGTERM else 'interrupted'}"
+              " while the state database was unreachable", file=sys.stderr)
+        return EXIT_TERMINATED if stop["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
         for s, h in old.items():
             signal.signal(s, h)

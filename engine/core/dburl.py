@@ -37,6 +37,9 @@ class StateURL:
     redacted: str
     password: str | None   # the password the URL carries, if any (never shown)
     database: str          # the database name ("" when libpq's default applies)
+    # how long one call waits for the server when it is unreachable ([state] wait_s; the
+    # daemon and `run` wait longer, a health probe not at all: engine/store/outage.py)
+    wait_s: float = 30.0
 
     def __str__(self) -> str:
         return self.redacted

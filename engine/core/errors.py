@@ -12,6 +12,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a job failed mid-way (I/O error, full disk, dead worker)
 EXIT_USAGE = 2  # bad input or usage, detected before any output exists
 EXIT_BUSY = 3  # busy or locked
+# the state database cannot be reached now (a server restart, a failover, a network cut):
+# sysexits' EX_TEMPFAIL, "try again later"; a restart (systemd's Restart=on-failure) may work
+EXIT_UNAVAILABLE = 75
 EXIT_INTERRUPTED = 130
 
 
@@ -50,3 +53,25 @@ class Busy(SkydeckError):
     """Someone else holds the lock or the resource (exit 3)."""
 
     exit_code = EXIT_BUSY
+
+
+class StateUnavailable(SkydeckError):
+    """The state database cannot be reached now: its server is down or restarting, or the
+    connection was cut (a failover, ``pg_terminate_backend``, a network cut). Nothing is
+    wrong with the input; the same call may succeed later (exit 75).
+
+    ``cut``: a transaction or statement was under way when the connection went; none of
+    it is known to be committed unless ``in_doubt`` (the connection went during COMMIT:
+    it may have committed), so the store re-runs it only where a re-run recognises its own
+    earlier write (engine/store/db.py). ``since``: when the server was first found
+    unreachable (epoch seconds), None while that is not known."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, path: str | PathLike[str] | None = None, *,
+                 cut: bool = False, in_doubt: bool = False,
+                 since: float | None = None) -> None:
+        super().__init__(message, path)
+        self.cut = cut
+        self.in_doubt = in_doubt
+        self.since = since

@@ -151,9 +151,13 @@ class Metrics:
 class State:
     """[state]: where the state database is. "" = the SQLite file ``[paths] state_db``; a
     ``postgresql://`` URL = a PostgreSQL server shared by several hosts
-    (``SKYDECK_STATE_URL`` overrides it; docs/design.md, "State on PostgreSQL")."""
+    (``SKYDECK_STATE_URL`` overrides it; docs/design.md, "State on PostgreSQL").
+    ``wait_s``: how long a command waits for an unreachable PostgreSQL server (a restart,
+    a failover) before it gives up with exit 75; the daemon and ``run`` wait until it is
+    back, ``health`` does not wait."""
 
     url: str = _key("", "stateurl")
+    wait_s: float = _key(30.0, "float", 0.0, DAY_S)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -205,10 +205,12 @@ class Workspace:
         when the state is the SQLite file ``state_db``."""
         env = os.environ.get(STATE_URL_ENV, "")
         if env:
-            return parse_state_url(env, f"${STATE_URL_ENV}")
-        if self.settings.state.url:
-            return parse_state_url(self.settings.state.url, self.root / CONFIG_NAME)
-        return None
+            url = parse_state_url(env, f"${STATE_URL_ENV}")
+        elif self.settings.state.url:
+            url = parse_state_url(self.settings.state.url, self.root / CONFIG_NAME)
+        else:
+            return None
+        return replace(url, wait_s=self.settings.state.wait_s)
 
     @property
     def state(self) -> Path | StateURL:

@@ -523,8 +523,14 @@ def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
             _mismatch(cand.path, stated, actual, cand.manifest, quiet_s, since,
                       lambda f: _tar_arriving(f, incomplete_timeout_s))
         if os.path.lexists(dest):
-            raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
-                           f"downlink {dlid})", cand.path)
+            if not _extracted_before(cand.path, dest):
+                raise BadInput(f"level-0 directory {dest} already exists (another delivery "
+                               f"of downlink {dlid})", cand.path)
+            # this package, extracted by a try that did not get to register it (the state
+            # database went away, the process died): registered from there
+            entries = manifest.verify(dest, dest / manifest.MANIFEST_NAME)
+            key = identity.key_between(before, os.fstat(fd))
+            return _Extracted(dest, Identity(mr.digest, mr.key, stated, key), entries)
         work = extract_dir(ws, dlid)
         remove_path(work)
         work.mkdir(parents=True)
@@ -560,6 +566,31 @@ def _extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
         finally:
             remove_path(work)
     return _Extracted(dest, Identity(mr.digest, mr.key, stated, key), entries)
+
+
+def _extracted_before(tar: Path, dest: Path) -> bool:
+    """Whether ``dest`` holds this very package, extracted by an earlier try that did not
+    get to register it (the state database went away, the process died): it is a real
+    directory whose MANIFEST.md5 is byte for byte the package's own, and every file that
+    manifest lists verifies. Anything else there is another delivery of the downlink."""
+    try:
+        if _lmode(dest) != stat.S_IFDIR:
+            return False
+        with tarfile.open(tar, "r:*") as tf:
+            members, _ = _plan(tf, tar)
+            inner = dict(members)[manifest.MANIFEST_NAME]
+            fh = tf.extractfile(inner)
+            if fh is None:
+                return False
+            theirs = fh.read(manifest.MAX_MANIFEST_BYTES + 1)
+        mine = dest / manifest.MANIFEST_NAME
+        if _lmode(mine) != stat.S_IFREG or mine.read_bytes() != theirs:
+            return False
+        _check_tree(dest)
+        manifest.verify(dest, mine)
+        return True
+    except (BadInput, OSError, KeyError, *_TAR_ERRORS):
+        return False
 
 
 def _tar_arriving(tar: Path, incomplete_timeout_s: float) -> str | None:
@@ -670,7 +701,11 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
     if not cands:
         return []
     dls = {d.dlid: d for d in db.downlinks()}
-    accepted = {d.name: d for d in db.deliveries("ACCEPTED")}
+    rows = db.deliveries()
+    accepted = {d.name: d for d in rows if d.status == "ACCEPTED"}
+    # a claim never settled although its downlink is registered (the state database went
+    # away before the last write): looked at again, to settle it
+    claimed = {d.name for d in rows if d.status == "CLAIMED"}
 
     def unchanged(c: Candidate) -> bool:
         known = accepted.get(c.name)
@@ -682,7 +717,7 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
         if dl is None:
             return known is not None  # accepted, yet no downlink: nothing to compare with
         return _same_place(c, dl) and identity.unchanged(c.manifest, dl.manifest_id)
-    return [c for c in cands if not unchanged(c)]
+    return [c for c in cands if c.name in claimed or not unchanged(c)]
 
 
 def _registered_here(db: StateDB, cand: Candidate) -> bool:
@@ -822,6 +857,37 @@ def _already(dl: Downlink) -> str:
     return f"downlink {dl.dlid} is already registered ({_registered_as(dl)})"
 
 
+def _registered_by(cand: Candidate, dl: Downlink) -> Identity | None:
+    """What ``cand`` is, by content, when ``dl`` was registered from it itself (by a try
+    whose claim was never settled: the state database went away before the last write),
+    else None (another delivery of the id). A level-0 directory: it is the registered one.
+    An fcopy package: its tar matches its manifest and the registered level-0 directory is
+    its extraction, file for file."""
+    if dl.kind != cand.kind:
+        return None
+    try:
+        mr = identity.read_manifest(cand.manifest)
+        if cand.kind == "level0":
+            return Identity(mr.digest, mr.key) if _is_level0_of(cand, dl) else None
+        stated = mr.entries.get(cand.path.name)
+        if stated is None or len(mr.entries) != 1:
+            return None
+        md5, key = identity.md5_keyed(cand.path)
+        if md5 != stated or not _extracted_before(cand.path, Path(dl.level0)):
+            return None
+        return Identity(mr.digest, mr.key, stated, key)
+    except (OSError, BadInput):
+        return None
+
+
+def _being_extracted(db: StateDB, dlid: str) -> bool:
+    """Whether the fcopy package of ``dlid`` is claimed, not settled: a level-0 directory
+    of that id is then (most likely) its extraction, registered by the package's claimer;
+    looked at once the claim is settled."""
+    d = db.delivery(f"fcopy:{dlid}")
+    return d is not None and d.status == "CLAIMED"
+
+
 def _registered_as(dl: Downlink) -> str:
     """Which delivery registered a downlink, and when, for a duplicate's reason line (names
     are exact, so the delivery of downlink X in form K was named K:X)."""
@@ -863,8 +929,11 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
                            str(cand.path))
         resent = verdict
     dlid = cand.stem if is_dlid(cand.stem) else None
-    if _registered_here(db, cand):
+    if _registered_here(db, cand) and (known is None or known.status != "CLAIMED"):
         return Outcome(cand.name, cand.kind, dlid, "skipped", REGISTERED, str(cand.path))
+    if cand.kind == "level0" and dlid is not None and _being_extracted(db, dlid):
+        return Outcome(cand.name, cand.kind, dlid, "skipped", f"extracted from fcopy:{dlid}",
+                       str(cand.path))
     if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=resent is not None):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
@@ -880,6 +949,12 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         if resent is not None:
             raise resent
         dup = db.downlink(dlid)
+        mine = _registered_by(cand, dup) if dup is not None else None
+        if mine is not None and dup is not None:
+            # this delivery registered it in a try whose last write did not happen (the
+            # state database went away): settle its claim, nothing else
+            db.finish_delivery(cand.name, "ACCEPTED", dup.level0, identity=mine)
+            return Outcome(cand.name, cand.kind, dlid, "accepted", None, dup.level0)
         if dup is not None:
             raise BadInput(f"{_already(dup)}; kept for the operator", cand.path)
         if cand.kind == "fcopy":

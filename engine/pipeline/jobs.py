@@ -16,7 +16,9 @@ appending ``Pipeline.<var>: ...`` / ``Pipeline.output: <path>`` lines to $PIPELI
 - cleanup: removes intermediates (chunk outputs) of finished runs of this downlink; only
   files the state database records as written by the engine, with their recorded size,
   reached from ``downlinks/`` without following a link (a linked ``downlinks/<DLID>``
-  keeps what lies behind it); honours haltCleanup.
+  keeps what lies behind it); honours haltCleanup. Its state reads and writes wait for a
+  PostgreSQL server that restarts meanwhile, as long as it takes (a line in the job's log
+  each way).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from engine.core.nofollow import Tree, on_link
 from engine.core.workspace import Workspace
 from engine.pipeline.halts import halt_flag
 from engine.store import StateDB
+from engine.store.outage import Outage, Patience
 
 INDEX_NAME = "mergeIndices.json"
 
@@ -48,6 +51,11 @@ def _summary(line: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+
+def _say(ev: dict) -> None:
+    """A state server outage as one line of the job's log."""
+    print(" ".join(f"{k}={v}" for k, v in ev.items() if k != "t"), file=sys.stderr, flush=True)
 
 
 def chunk_outputs(ws: Workspace, dlid: str) -> list[Path]:
@@ -247,8 +255,10 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
     removed: list[Path] = []
     # reached from downlinks/ (the configured area, as the stream wrote through it) without
     # following a link below it (engine/core/nofollow.py): a downlinks/<DLID> or .parts/
-    # swapped for a link never sends an unlink elsewhere
-    with StateDB(ws.state) as db, Tree(os.path.realpath(ws.downlinks)) as tree:
+    # swapped for a link never sends an unlink elsewhere; a job waits for a state server
+    # that restarts, as long as it takes (its runner does too)
+    with StateDB(ws.state, patience=Patience.forever(Outage(_say))) as db, \
+            Tree(os.path.realpath(ws.downlinks)) as tree:
         for chunk, runs in sorted(idx["chunks"].items()):
             if any((ws.lock / run_hex(r)).exists() or r in busy_runs for r in runs):
                 print(f"keeping chunk {chunk}: a run it holds is still being merged")

@@ -10,7 +10,11 @@ Layout (each module says why it exists):
 - ``queries``: the read models the console, the CLI and the daemon need;
 - ``backend``: the interface a database engine implements; ``sqlite`` (the embedded
   default) and ``postgres`` (a shared server, ``[state] url``) implement it and are the only
-  modules that import a driver; they share every query, the schema and the migrations.
+  modules that import a driver; they share every query, the schema and the migrations;
+- ``outage``: how a caller rides over a PostgreSQL server that goes away (``Patience``:
+  how long a call waits; ``Outage``: one report per outage; the back-off);
+- ``presence``: the session locks that let the server see an owner die; ``copy``: ``db
+  copy``.
 
 Import from here: ``from engine.store import StateDB, Downlink, ...``.
 """

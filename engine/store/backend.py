@@ -13,6 +13,11 @@ differs between engines is behind this interface, implemented once per engine:
 - the catalogue (does a table exist, which columns it has), the id of an inserted row,
   the DDL of an auto-increment key, and the backup copy made before a migration.
 
+A server can go away under a connection (PostgreSQL; never a SQLite file): the backend
+re-makes the session itself and raises ``engine.core.errors.StateUnavailable`` for what it
+cannot re-run (a transaction cut by the loss); ``session`` tells a reader when state it
+cached from the connection may be stale (a new session missed notifications).
+
 SQL text uses qmark parameters (``?``); a driver with another paramstyle (psycopg: ``%s``)
 translates them in its backend. ``engine/store/sqlite.py`` and ``engine/store/postgres.py`` implement it and are the
 only modules that import a database driver: PostgreSQL is one more class of this Protocol,
@@ -49,6 +54,11 @@ class Backend(Protocol):
         ...
 
     def in_transaction(self, conn: Any) -> bool:
+        ...
+
+    def session(self, conn: Any) -> int:
+        """Which session of ``conn`` this is: it changes when the backend re-made a lost one
+        (always 0 for SQLite)."""
         ...
 
     def tuple_cursor(self, conn: Any) -> Any:

@@ -13,7 +13,17 @@ same time. Rules kept here:
   owner on another host is judged by the server (its presence gone: dead), so a crashed
   host's claims are taken over too, each with a ``takeover`` event (old owner and new);
 - opening makes the schema current (``migrations.ensure_schema``) or refuses a database
-  written by a newer skydeck.
+  written by a newer skydeck;
+- a PostgreSQL server that goes away (a restart, ``pg_terminate_backend``) is reconnected
+  to by the backend (engine/store/postgres.py, waiting as the caller's ``Patience`` says);
+  a transaction it cut is run again here (``_retrying``), from its first statement, on the
+  new session: nothing of a cut transaction is committed, except one cut *during* COMMIT
+  (``in_doubt``), which may have been. So every write method is safe to run again after
+  its own commit: it is idempotent (an UPDATE to the same values, an upsert, a claim that
+  finds itself the owner) or recognises its own earlier write by a value fixed before the
+  first attempt (a downlink's registration time and manifest, an instance's creation time,
+  an event's time). What cannot be re-run in time raises ``StateUnavailable`` (exit 75)
+  to the caller, whose unit of work is reconciling and is retried later (the daemon).
 
 The SQL here is written once for every backend (qmark parameters, ``ON CONFLICT`` rather
 than SQLite's ``INSERT OR ...``); what differs between engines is the ``Backend`` the
@@ -26,18 +36,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.core.dburl import StateURL
-from engine.core.errors import BadInput, SkydeckError
+from engine.core.errors import BadInput, SkydeckError, StateUnavailable
 from engine.core.owner import Owner, RemoteJudge, owner_dead
 from engine.store import presence
 from engine.store.backend import Backend
 from engine.store.migrations import ensure_schema
+from engine.store.outage import Patience
 from engine.store.queries import ReadQueries
 from engine.store.records import (
     Delivery,
@@ -51,6 +62,8 @@ from engine.store.sqlite import SQLite
 
 _PI_COLUMNS = frozenset(f.name for f in fields(ProcessInstance)) - {"id"}
 _DELIVERY = "SELECT " + ", ".join(f.name for f in fields(Delivery)) + " FROM deliveries"
+RERUNS = 5  # a transaction cut this many times in a row (the server keeps dropping it) gives up
+T = TypeVar("T")
 
 
 def _row(cls: type, row: Any) -> Any:
@@ -70,12 +83,16 @@ class StateDB(ReadQueries):
     """A connection to the state database; create one per thread/process."""
 
     def __init__(self, where: Path | str | StateURL, timeout: float = 30.0,
-                 check_same_thread: bool = True, *, backend: Backend | None = None) -> None:
+                 check_same_thread: bool = True, *, backend: Backend | None = None,
+                 patience: Patience | None = None) -> None:
         """``where``: the SQLite file, or a PostgreSQL ``StateURL`` (``Workspace.state``
         gives the one in effect). ``check_same_thread=False`` only for a connection used by
         one worker thread and closed by its owner after that thread ended (never used by two
-        threads at once). ``backend``: an engine object to use instead."""
-        self.backend: Backend = backend or open_backend(where, timeout, check_same_thread)
+        threads at once). ``backend``: an engine object to use instead. ``patience``: how
+        long a call waits for an unreachable PostgreSQL server, opening included (default:
+        ``[state] wait_s``; engine/store/outage.py)."""
+        self.backend: Backend = backend or open_backend(where, timeout, check_same_thread,
+                                                        patience)
         self.where = self.backend.where  # what error lines name (a URL without password)
         self.conn: Any = self.backend.connect()
         try:
@@ -104,7 +121,9 @@ class StateDB(ReadQueries):
         caller's transaction), kept for the caller's log line (``drain_takeovers``)."""
         detail = {"what": what, "old_owner": old, "new_owner": str(new), "why": why, **ids}
         self.log_event("takeover", dlid, **detail)
-        self.takeovers.append({"dlid": dlid, **detail})
+        entry = {"dlid": dlid, **detail}
+        if entry not in self.takeovers:  # a transaction re-run after a cut: one line
+            self.takeovers.append(entry)
 
     def drain_takeovers(self) -> list[dict[str, Any]]:
         """The takeovers this connection made since the last call (for the caller's log
@@ -124,18 +143,36 @@ class StateDB(ReadQueries):
     @contextmanager
     def tx(self) -> Iterator[Any]:
         """One write transaction holding the write lock from the start, so claims cannot
-        interleave; yields the connection."""
+        interleave; yields the connection. A lost connection raises ``StateUnavailable``
+        (the write methods below run the transaction again: ``_retrying``)."""
         self.backend.begin_write(self.conn)
         try:
             yield self.conn
             self.conn.execute("COMMIT")
         except BaseException:
-            # A failed statement or COMMIT (disk full, I/O error) may already have ended the
-            # transaction; either way none of it stays and the connection is usable again.
+            # A failed statement or COMMIT (disk full, I/O error, a lost connection) may
+            # already have ended the transaction; either way none of it stays and the
+            # connection is usable again.
             if self.backend.in_transaction(self.conn):
-                with suppress(self.backend.Error):
+                with suppress(self.backend.Error, StateUnavailable):
                     self.conn.execute("ROLLBACK")
             raise
+
+    def _retrying(self, body: Callable[[bool], T]) -> T:
+        """``body(again)``: one write transaction, run again from its start when a lost
+        connection cut it (the backend has a new session by then, or raises when the
+        server cannot be reached within the caller's patience). ``again`` is True on a run
+        after a COMMIT whose outcome is unknown (it may have committed): the body then
+        recognises its own earlier write instead of making a second one."""
+        again = False
+        for attempt in range(RERUNS):
+            try:
+                return body(again)
+            except StateUnavailable as err:
+                if not err.cut or attempt == RERUNS - 1:
+                    raise
+                again = again or err.in_doubt
+        raise AssertionError("unreachable")
 
     def q(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return list(self.conn.execute(sql, args).fetchall())
@@ -146,21 +183,47 @@ class StateDB(ReadQueries):
 
     # ------------------------------------------------------------ events (structured log)
 
-    def log_event(self, kind: str, dlid: str | None = None, **detail: Any) -> None:
-        self.conn.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
-                          (time.time(), kind, dlid, json.dumps(detail, default=str)))
+    def log_event(self, kind: str, dlid: str | None = None, t: float | None = None,
+                  **detail: Any) -> None:
+        """One row of the events table: in the caller's transaction, or in one of its own
+        (re-run after a lost connection without a second row)."""
+        t = time.time() if t is None else t
+        text = json.dumps(detail, default=str)
+        if self.backend.in_transaction(self.conn):
+            self.conn.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
+                              (t, kind, dlid, text))
+            return
+
+        def body(again: bool) -> None:
+            with self.tx() as c:
+                if again and self._event_at(t, kind):
+                    return  # written by the attempt whose COMMIT was cut
+                c.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
+                          (t, kind, dlid, text))
+        self._retrying(body)
+
+    def _event_at(self, t: float, kind: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM events WHERE t=? AND kind=?",
+                                 (t, kind)).fetchone() is not None
 
     def trim_events(self, span: tuple[float, int] | None, **record: Any) -> int:
         """One prune's write to the events table, in one transaction: delete the rows older
         than ``span``'s cut-off (epoch seconds) whose id is at most its last id (the rows
         the prune planned; those written since are not among them), and log a ``prune``
         event holding ``record``. ``span`` None: only the log. Returns the rows deleted."""
-        with self.tx() as c:
-            n = 0
-            if span is not None:
-                n = int(c.execute("DELETE FROM events WHERE t < ? AND id <= ?", span).rowcount)
-            self.log_event("prune", None, events_deleted=n, **record)
-            return n
+        t = time.time()
+
+        def body(again: bool) -> int:
+            with self.tx() as c:
+                if again and self._event_at(t, "prune"):
+                    return 0  # done by the attempt whose COMMIT was cut
+                n = 0
+                if span is not None:
+                    n = int(c.execute("DELETE FROM events WHERE t < ? AND id <= ?",
+                                      span).rowcount)
+                self.log_event("prune", None, t, events_deleted=n, **record)
+                return n
+        return self._retrying(body)
 
     # ------------------------------------------------------------ deliveries
 
@@ -174,6 +237,12 @@ class StateDB(ReadQueries):
         taken over with a ``takeover`` event."""
         me = Owner.me()
         self.hold_presence()
+        # a re-run after a cut COMMIT finds its own claim (same owner): idempotent
+        return self._retrying(lambda _again: self._claim_delivery(me, name, kind, dlid, path,
+                                                                   again))
+
+    def _claim_delivery(self, me: Owner, name: str, kind: str, dlid: str | None, path: str,
+                        again: bool) -> bool:
         with self.tx() as c:
             row = c.execute("SELECT * FROM deliveries WHERE name=?", (name,)).fetchone()
             if row is not None:
@@ -203,14 +272,18 @@ class StateDB(ReadQueries):
         """Give a claim back without a verdict. With ``pending`` (why it is not complete yet)
         the row stays as PENDING so the console can show it; else it is removed."""
         me = Owner.me()
-        with self.tx() as c:
-            if pending is None:
-                c.execute("DELETE FROM deliveries WHERE name=? AND status='CLAIMED' AND owner_pid=? "
-                          "AND owner_host=?", (name, me.pid, me.host))
-            else:
-                c.execute("UPDATE deliveries SET status='PENDING', reason=?, owner_pid=NULL, "
-                          "owner_host=NULL, owner_start=NULL WHERE name=? AND status='CLAIMED' "
-                          "AND owner_pid=? AND owner_host=?", (pending, name, me.pid, me.host))
+
+        def body(_again: bool) -> None:  # idempotent: only our own claim is touched
+            with self.tx() as c:
+                if pending is None:
+                    c.execute("DELETE FROM deliveries WHERE name=? AND status='CLAIMED' AND "
+                              "owner_pid=? AND owner_host=?", (name, me.pid, me.host))
+                else:
+                    c.execute("UPDATE deliveries SET status='PENDING', reason=?, owner_pid=NULL, "
+                              "owner_host=NULL, owner_start=NULL WHERE name=? AND "
+                              "status='CLAIMED' AND owner_pid=? AND owner_host=?",
+                              (pending, name, me.pid, me.host))
+        self._retrying(body)
 
     def finish_delivery(self, name: str, status: str, path: str, reason: str | None = None,
                         identity: Identity | None = None) -> None:
@@ -219,20 +292,27 @@ class StateDB(ReadQueries):
         ident = (None, None, None, None) if identity is None else (
             identity.manifest_sha256, identity.manifest_key, identity.package_md5,
             identity.package_key)
-        with self.tx() as c:
-            c.execute("UPDATE deliveries SET status=?, reason=?, path=?, done=?, owner_pid=NULL, "
-                      "manifest_sha256=?, manifest_key=?, package_md5=?, package_key=? "
-                      "WHERE name=?", (status, reason, path, time.time(), *ident, name))
+        done = time.time()
+
+        def body(_again: bool) -> None:  # idempotent: the same values again
+            with self.tx() as c:
+                c.execute("UPDATE deliveries SET status=?, reason=?, path=?, done=?, "
+                          "owner_pid=NULL, manifest_sha256=?, manifest_key=?, package_md5=?, "
+                          "package_key=? WHERE name=?",
+                          (status, reason, path, done, *ident, name))
+        self._retrying(body)
 
     def set_identity(self, name: str, identity: Identity) -> None:
         """Record what an accepted delivery is, by content, and its stat keys: once the
         delivery was checked again (its keys settled or changed with the same content), or
         for a delivery accepted before identities were recorded. Only while it is ACCEPTED."""
-        with self.tx() as c:
-            c.execute("UPDATE deliveries SET manifest_sha256=?, manifest_key=?, package_md5=?, "
-                      "package_key=? WHERE name=? AND status='ACCEPTED'",
-                      (identity.manifest_sha256, identity.manifest_key, identity.package_md5,
-                       identity.package_key, name))
+        def body(_again: bool) -> None:  # idempotent: the same values again
+            with self.tx() as c:
+                c.execute("UPDATE deliveries SET manifest_sha256=?, manifest_key=?, "
+                          "package_md5=?, package_key=? WHERE name=? AND status='ACCEPTED'",
+                          (identity.manifest_sha256, identity.manifest_key,
+                           identity.package_md5, identity.package_key, name))
+        self._retrying(body)
 
     def delivery(self, name: str) -> Delivery | None:
         row = self.conn.execute(_DELIVERY + " WHERE name=?", (name,)).fetchone()
@@ -246,19 +326,29 @@ class StateDB(ReadQueries):
     # ------------------------------------------------------------ downlinks
 
     def register_downlink(self, dl: Downlink) -> bool:
-        """Insert a downlink; False when it is already registered (exactly-once)."""
-        with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                "delivered, registered, manifest_id, manifest_sha256, seq) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM downlinks)) "
-                "ON CONFLICT (dlid) DO NOTHING",
-                (dl.dlid, dl.kind, dl.level0, dl.chunks, int(dl.gensteps), dl.scene,
-                 dl.delivered, dl.registered, dl.manifest_id, dl.manifest_sha256))
-            if cur.rowcount:
-                self.log_event("registered", dl.dlid, form=dl.kind,
-                               latency_s=round(dl.registered - dl.delivered, 4))
-            return bool(cur.rowcount)
+        """Insert a downlink; False when it is already registered (exactly-once). A re-run
+        after a cut COMMIT that had registered it recognises its own row (the same
+        registration time, form, directory and manifest) and says True again."""
+        def body(again: bool) -> bool:
+            with self.tx() as c:
+                cur = c.execute(
+                    "INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
+                    "delivered, registered, manifest_id, manifest_sha256, seq) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM downlinks)) "
+                    "ON CONFLICT (dlid) DO NOTHING",
+                    (dl.dlid, dl.kind, dl.level0, dl.chunks, int(dl.gensteps), dl.scene,
+                     dl.delivered, dl.registered, dl.manifest_id, dl.manifest_sha256))
+                if cur.rowcount:
+                    self.log_event("registered", dl.dlid, form=dl.kind,
+                                   latency_s=round(dl.registered - dl.delivered, 4))
+                    return True
+                if not again:
+                    return False
+                have = self.downlink(dl.dlid)
+                return have is not None and (have.registered, have.kind, have.level0,
+                                             have.manifest_id, have.manifest_sha256) == (
+                    dl.registered, dl.kind, dl.level0, dl.manifest_id, dl.manifest_sha256)
+        return self._retrying(body)
 
     def set_level0_identity(self, dlid: str, manifest_id: str | None, manifest_sha256: str) -> None:
         """Record a registered downlink's level-0 MANIFEST.md5 by content (its entries'
@@ -300,6 +390,11 @@ class StateDB(ReadQueries):
         me = Owner.me()
         now = time.time()
         self.hold_presence()
+        # a re-run after a cut COMMIT finds the stream it made or took owned by itself
+        return self._retrying(lambda _again: self._claim_stream(me, now, dlid, task, steal_dead))
+
+    def _claim_stream(self, me: Owner, now: float, dlid: str, task: str,
+                      steal_dead: bool) -> tuple[Stream | None, str]:
         with self.tx() as c:
             row = c.execute("SELECT * FROM streams WHERE dlid=? AND task=? AND is_latest=1",
                             (dlid, task)).fetchone()
@@ -332,33 +427,58 @@ class StateDB(ReadQueries):
 
     def release_stream(self, stream_id: int, status: str, note: str | None = None) -> None:
         ended = time.time() if status in ("SUCCESS", "FAILED", "CANCELED") else None
-        with self.tx() as c:
-            c.execute("UPDATE streams SET status=?, note=?, ended=?, owner_pid=NULL, owner_host=NULL,"
-                      " owner_start=NULL WHERE id=?", (status, note, ended, stream_id))
-            dlid = c.execute("SELECT dlid FROM streams WHERE id=?", (stream_id,)).fetchone()[0]
-            self.log_event("stream_" + status.lower(), dlid, stream=stream_id, note=note)
+
+        def body(again: bool) -> None:
+            with self.tx() as c:
+                row = c.execute("SELECT dlid, status, note, ended, owner_pid FROM streams "
+                                "WHERE id=?", (stream_id,)).fetchone()
+                if again and (row["status"], row["note"], row["ended"], row["owner_pid"]) == (
+                        status, note, ended, None):
+                    return  # released by the attempt whose COMMIT was cut
+                c.execute("UPDATE streams SET status=?, note=?, ended=?, owner_pid=NULL, "
+                          "owner_host=NULL, owner_start=NULL WHERE id=?",
+                          (status, note, ended, stream_id))
+                self.log_event("stream_" + status.lower(), row["dlid"], stream=stream_id,
+                               note=note)
+        self._retrying(body)
 
     def reset_stream(self, stream_id: int, note: str, retire: Sequence[int] = ()) -> None:
         """Roll a stream back: the instances ``retire`` are no longer latest and the stream
         is WAITING again (a runner then makes new executions); one transaction."""
-        with self.tx() as c:
-            for pi_id in retire:
-                c.execute("UPDATE process_instances SET is_latest=0 WHERE id=?", (pi_id,))
-            c.execute("UPDATE streams SET status='WAITING', ended=NULL, note=? WHERE id=?",
-                      (note, stream_id))
-            dlid = c.execute("SELECT dlid FROM streams WHERE id=?", (stream_id,)).fetchone()[0]
-            self.log_event("rollback", dlid, stream=stream_id, instances=list(retire))
+        t = time.time()
+
+        def body(again: bool) -> None:
+            with self.tx() as c:
+                if again and self._event_at(t, "rollback"):
+                    return  # rolled back by the attempt whose COMMIT was cut
+                for pi_id in retire:
+                    c.execute("UPDATE process_instances SET is_latest=0 WHERE id=?", (pi_id,))
+                c.execute("UPDATE streams SET status='WAITING', ended=NULL, note=? WHERE id=?",
+                          (note, stream_id))
+                dlid = c.execute("SELECT dlid FROM streams WHERE id=?",
+                                 (stream_id,)).fetchone()[0]
+                self.log_event("rollback", dlid, t, stream=stream_id, instances=list(retire))
+        self._retrying(body)
 
     def set_stream_vars(self, stream_id: int, **values: Any) -> dict[str, Any]:
-        with self.tx() as c:
-            cur = json.loads(c.execute("SELECT vars FROM streams WHERE id=?", (stream_id,)).fetchone()[0])
-            cur.update(values)
-            c.execute("UPDATE streams SET vars=? WHERE id=?", (json.dumps(cur), stream_id))
-            return dict(cur)
+        def body(_again: bool) -> dict[str, Any]:  # idempotent: the same keys set again
+            with self.tx() as c:
+                cur = json.loads(c.execute("SELECT vars FROM streams WHERE id=?",
+                                           (stream_id,)).fetchone()[0])
+                cur.update(values)
+                c.execute("UPDATE streams SET vars=? WHERE id=?", (json.dumps(cur), stream_id))
+                return dict(cur)
+        return self._retrying(body)
 
     def set_stream_note(self, stream_id: int, note: str | None) -> None:
-        with self.tx() as c:
-            c.execute("UPDATE streams SET note=? WHERE id=?", (note, stream_id))
+        self._update("UPDATE streams SET note=? WHERE id=?", (note, stream_id))
+
+    def _update(self, sql: str, args: Sequence[Any]) -> None:
+        """One idempotent write statement (the same values again) in its own transaction."""
+        def body(_again: bool) -> None:
+            with self.tx() as c:
+                c.execute(sql, args)
+        self._retrying(body)
 
     # ------------------------------------------------------------ process instances
 
@@ -379,18 +499,32 @@ class StateDB(ReadQueries):
 
     def create_instance(self, stream_id: int, process: str, key: str, max_retries: int,
                         auto_retry: int = 0, status: str = "WAITING") -> ProcessInstance:
-        """New execution of (process, key): execution = 1 + the highest so far."""
-        with self.tx() as c:
-            prev = c.execute("SELECT MAX(execution) FROM process_instances WHERE stream_id=? AND "
-                             "process=? AND key=?", (stream_id, process, key)).fetchone()[0] or 0
-            c.execute("UPDATE process_instances SET is_latest=0 WHERE stream_id=? AND process=? "
-                      "AND key=?", (stream_id, process, key))
-            pi_id = self.backend.insert(
-                c, "INSERT INTO process_instances (stream_id, process, key, execution, status, "
-                "auto_retry, max_retries, created) VALUES (?,?,?,?,?,?,?,?)",
-                (stream_id, process, key, prev + 1, status, auto_retry, max_retries, time.time()))
-            return _row(ProcessInstance, c.execute("SELECT * FROM process_instances WHERE id=?",
-                                                   (pi_id,)).fetchone())
+        """New execution of (process, key): execution = 1 + the highest so far. A re-run
+        after a cut COMMIT that had made it returns that one (its creation time is this
+        call's), never a second execution."""
+        created = time.time()
+
+        def body(again: bool) -> ProcessInstance:
+            with self.tx() as c:
+                if again:
+                    row = c.execute("SELECT * FROM process_instances WHERE stream_id=? AND "
+                                    "process=? AND key=? AND is_latest=1 AND created=?",
+                                    (stream_id, process, key, created)).fetchone()
+                    if row is not None:
+                        return _row(ProcessInstance, row)
+                prev = c.execute("SELECT MAX(execution) FROM process_instances WHERE "
+                                 "stream_id=? AND process=? AND key=?",
+                                 (stream_id, process, key)).fetchone()[0] or 0
+                c.execute("UPDATE process_instances SET is_latest=0 WHERE stream_id=? AND "
+                          "process=? AND key=?", (stream_id, process, key))
+                pi_id = self.backend.insert(
+                    c, "INSERT INTO process_instances (stream_id, process, key, execution, "
+                    "status, auto_retry, max_retries, created) VALUES (?,?,?,?,?,?,?,?)",
+                    (stream_id, process, key, prev + 1, status, auto_retry, max_retries,
+                     created))
+                return _row(ProcessInstance, c.execute(
+                    "SELECT * FROM process_instances WHERE id=?", (pi_id,)).fetchone())
+        return self._retrying(body)
 
     def update_instance(self, pi_id: int, **values: Any) -> None:
         if not values:
@@ -399,21 +533,21 @@ class StateDB(ReadQueries):
         if unknown:  # column names go into the SQL text: only the record's own
             raise ValueError(f"process instances have no column {', '.join(sorted(unknown))}")
         cols = ", ".join(f"{k}=?" for k in values)
-        with self.tx() as c:
-            c.execute(f"UPDATE process_instances SET {cols} WHERE id=?", (*values.values(), pi_id))
+        self._update(f"UPDATE process_instances SET {cols} WHERE id=?", (*values.values(), pi_id))
 
     def set_job(self, pi_id: int, launcher: str, job_id: str | None) -> None:
         """Record which launcher runs the instance and its batch job id (None locally), so
         a runner that takes over after a crash finds the job instead of submitting it again."""
-        with self.tx() as c:
-            c.execute("UPDATE process_instances SET launcher=?, job_id=? WHERE id=?",
-                      (launcher, job_id, pi_id))
+        self._update("UPDATE process_instances SET launcher=?, job_id=? WHERE id=?",
+                     (launcher, job_id, pi_id))
 
     def retire_instances(self, pi_ids: Sequence[int]) -> None:
         """Mark instances as no longer latest (rollback): the runner makes new executions."""
-        with self.tx() as c:
-            for pi_id in pi_ids:
-                c.execute("UPDATE process_instances SET is_latest=0 WHERE id=?", (pi_id,))
+        def body(_again: bool) -> None:  # idempotent
+            with self.tx() as c:
+                for pi_id in pi_ids:
+                    c.execute("UPDATE process_instances SET is_latest=0 WHERE id=?", (pi_id,))
+        self._retrying(body)
 
     # ------------------------------------------------------------ files
 
@@ -421,17 +555,15 @@ class StateDB(ReadQueries):
                     md5: str | None) -> FileRecord:
         st = os.stat(path)
         rec = FileRecord(str(path), dlid, producer, pi_id, st.st_size, md5, time.time())
-        with self.tx() as c:
-            c.execute("INSERT INTO files (path, dlid, producer, pi_id, size, md5, created) "
-                      "VALUES (?,?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET dlid=excluded.dlid, "
-                      "producer=excluded.producer, pi_id=excluded.pi_id, size=excluded.size, "
-                      "md5=excluded.md5, created=excluded.created",
-                      (rec.path, rec.dlid, rec.producer, rec.pi_id, rec.size, rec.md5, rec.created))
+        self._update("INSERT INTO files (path, dlid, producer, pi_id, size, md5, created) "
+                     "VALUES (?,?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET dlid=excluded.dlid, "
+                     "producer=excluded.producer, pi_id=excluded.pi_id, size=excluded.size, "
+                     "md5=excluded.md5, created=excluded.created",
+                     (rec.path, rec.dlid, rec.producer, rec.pi_id, rec.size, rec.md5, rec.created))
         return rec
 
     def forget_file(self, path: Path | str) -> None:
-        with self.tx() as c:
-            c.execute("DELETE FROM files WHERE path=?", (str(path),))
+        self._update("DELETE FROM files WHERE path=?", (str(path),))
 
     def file(self, path: Path | str) -> FileRecord | None:
         row = self.conn.execute("SELECT * FROM files WHERE path=?", (str(path),)).fetchone()
@@ -449,16 +581,16 @@ class StateDB(ReadQueries):
 
 
 def open_backend(where: Path | str | StateURL, timeout: float = 30.0,
-                 check_same_thread: bool = True) -> Backend:
+                 check_same_thread: bool = True, patience: Patience | None = None) -> Backend:
     """The backend for ``where``: PostgreSQL for a ``StateURL`` (psycopg is imported only
-    then), else the SQLite file."""
+    then; ``patience``: engine/store/outage.py), else the SQLite file."""
     if isinstance(where, StateURL):
         try:
             from engine.store.postgres import PostgreSQL
         except ImportError as err:
             raise BadInput(f"a PostgreSQL state needs psycopg ({err.name} is not installed): "
                            "pip install 'skydeck[postgresql]'", where.redacted) from None
-        return PostgreSQL(where, timeout)
+        return PostgreSQL(where, timeout, patience)
     return SQLite(Path(where), timeout, check_same_thread)
 
 

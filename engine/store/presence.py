@@ -19,6 +19,11 @@ told apart, and one (host hash, pid) pair. What names only host and pid (a tempo
 an extraction's name) may be a job's, and jobs hold no presence: it is judged by its host
 (gone when no process of that host holds a pair key).
 
+The presence's connection re-makes a lost session by itself (a server restart, a
+terminated session: engine/store/postgres.py) and takes the locks again on the new one
+before anything else runs there; ``Presence.check`` says it happened, so the daemon can
+give up what another host took over meanwhile.
+
 Global state is one slot per process and database: ``hold`` keeps the presence (the
 claim code calls it before it writes an owner, the daemon at start, so nothing is ever
 owned without it) and installs its judge in core (``set_remote_judge``), which reaches the
@@ -74,9 +79,9 @@ def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool,
         sql, args = _HELD, (hi, lo, 1)
     else:
         sql, args = _HOST_HELD, (host_key & 0xFFFFFFFF, 2)
-    try:
-        row = conn.execute(sql, args).fetchone()
-    except Exception:  # the driver's error, a closed connection: cannot tell
+    try:  # a question, not a wait: an unreachable server cannot tell now
+        row = conn.execute(sql, args, patient=False).fetchone()
+    except Exception:  # the driver's error, a server that cannot be reached: cannot tell
         return None
     held = row is not None and int(row[0]) > 0
     if full is not None:
@@ -92,50 +97,42 @@ def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool,
 
 
 class Presence:
-    """This process's session locks on the state server, on a connection kept for its life."""
+    """This process's session locks on the state server, on a connection kept for its life.
+
+    The connection re-makes a lost session by itself (engine/store/postgres.py) and takes
+    the locks again on the new one before anything else runs there (an ``on_connect``
+    hook), so the presence comes back with the server; ``check`` says that it was lost."""
 
     def __init__(self, backend: Backend, owner: Owner | None = None) -> None:
         self.backend = backend
         self.owner = owner or Owner.me()
         self._mutex = threading.Lock()
-        self.conn: Any = None
-        self.connect()
-
-    def connect(self) -> None:
-        """(Re)open the dedicated connection and take the locks (blocks only if another
-        session holds this very identity, which no live process can)."""
-        conn = self.backend.connect()  # with the backend's TCP keepalives
+        self.conn: Any = backend.connect()  # with the backend's TCP keepalives
         try:
-            full, host_key, pid_key = self.owner.keys()
-            if full is not None:
-                conn.execute(_LOCK, (full,)).fetchone()
-            conn.execute(_LOCK_PAIR, (host_key, pid_key)).fetchone()
+            self.conn.on_connect(self._take)
         except BaseException:
-            conn.close()
+            self.conn.close()
             raise
-        old, self.conn = self.conn, conn
-        if old is not None:
-            with contextlib.suppress(Exception):
-                old.close()
+        self._session = self.backend.session(self.conn)
 
-    def ok(self) -> bool:
-        """Whether the connection (and so the locks) still stands: one round trip."""
-        with self._mutex:
-            try:
-                self.conn.execute("SELECT 1").fetchone()
-                return True
-            except Exception:
-                return False
+    def _take(self, execute: Any) -> None:
+        """Take the locks on a (new) session (blocks only if another session holds this
+        very identity, which no live process can)."""
+        full, host_key, pid_key = self.owner.keys()
+        if full is not None:
+            execute(_LOCK, (full,))
+        execute(_LOCK_PAIR, (host_key, pid_key))
 
     def check(self) -> bool:
-        """True when the presence stood; else reconnect (taking the locks again) and return
-        False, so the caller can say so: between the loss and now another host may have
-        judged this process dead and taken over what it owned."""
-        if self.ok():
-            return True
+        """True when the presence stood since the last check; False when its session was
+        lost and re-made meanwhile (the locks taken again), so the caller can say so:
+        between the loss and now another host may have judged this process dead and taken
+        over what it owned. ``StateUnavailable`` while the server cannot be reached."""
         with self._mutex:
-            self.connect()
-        return False
+            self.conn.execute("SELECT 1").fetchone()  # a lost session is re-made here
+            session = self.backend.session(self.conn)
+            same, self._session = session == self._session, session
+            return same
 
     def judge(self, pid: int, host: str, start: float | None) -> tuple[bool, str] | None:
         """The installed judge: asked fresh each time (one small query), so a lock and the

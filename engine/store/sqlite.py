@@ -79,6 +79,9 @@ class SQLite:
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)
 
+    def session(self, conn: Any) -> int:
+        return 0  # a file is never "lost" as a server connection is
+
     def tuple_cursor(self, conn: Any) -> Any:
         cur = conn.cursor()
         cur.row_factory = None  # plain tuples: cheaper to fetch

@@ -76,7 +76,7 @@ def test_du_matches_gnu_du(tmp_path, monkeypatch):
     assert u.bytes == ref and u.files == 40 * 30 + 1 and u.dirs == 45
 
 
-def test_stage_report_per_area_and_downlink(ws, capsys):
+def test_usage_report_per_area_and_downlink(ws, capsys):
     make_delivery(ws, "251125001")
     (ws.stage / "251125001" / "r0000000001").mkdir(parents=True)
     (ws.stage / "251125001" / "r0000000001" / "x.h5").write_bytes(b"y" * 10000)

@@ -11,6 +11,9 @@
   sets ``SKYDECK_STATE_URL`` to a fresh database, so every workspace the test opens (and
   every engine process it starts: they inherit the environment) keeps its state there.
   Test directories that must run on both backends make it autouse in their conftest.
+- ``own_pg`` (function): a throwaway PostgreSQL server of the test's own (``OwnServer``: a
+  cluster of its own in a fresh directory, on its own port), for the tests that restart,
+  stop or reconfigure a server or terminate its sessions; the shared one is never touched.
 - ``@pytest.mark.sqlite_only("why")``: a test about SQLite itself (its WAL files, the
   SQLite file on a full disk, ``PRAGMA integrity_check``) runs for "sqlite" only; its
   "postgresql" case is skipped with that reason, so the list stays visible in ``-ra``.
@@ -21,8 +24,14 @@ the store, pipeline and console-API test directories share one definition.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +131,117 @@ def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
             pytest.skip(f"SQLite only: {why}")
         monkeypatch.setenv("SKYDECK_STATE_URL", request.getfixturevalue("pg_url"))
     return str(request.param)
+
+
+class OwnServer:
+    """A PostgreSQL cluster of one test's own (tests/postgres/cluster.sh with its own
+    directory and port): restarted, stopped and reconfigured at will."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.dir, self.port = directory, port
+        self.env = {**os.environ, "SKYDECK_PG_DIR": str(directory),
+                    "SKYDECK_PG_PORT": str(port)}
+
+    def _cluster(self, *args: str) -> None:
+        res = subprocess.run([str(CLUSTER), *args], env=self.env, capture_output=True,
+                             text=True, timeout=120)
+        if res.returncode != 0:
+            raise AssertionError(f"cluster.sh {' '.join(args)}: {res.stderr.strip()[-400:]}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://skydeck@/{database}?host={self.dir}&port={self.port}"
+
+    def admin(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """One statement as the superuser on the maintenance database (not a skydeck
+        session: its application_name is "admin")."""
+        import psycopg
+        with psycopg.connect(self.url(), autocommit=True, application_name="admin") as conn:
+            cur = conn.execute(sql, args)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+    def new_database(self) -> str:
+        name = f"skydeck_t_{uuid.uuid4().hex[:16]}"
+        self.admin(f"CREATE DATABASE {name} TEMPLATE template0")
+        return self.url(name)
+
+    def start(self) -> None:
+        self._cluster("up")
+
+    def stop(self) -> None:
+        """Fast shutdown (every session ends; the data stay)."""
+        self._cluster("down")
+
+    def restart(self, crash: bool = False) -> None:
+        """``pg_ctl restart -m fast``, as an operator restarts a server; ``crash``: an
+        immediate shutdown instead (SIGQUIT: no checkpoint, sessions cut at once; the
+        start then recovers from the WAL, as after a crash or a failover)."""
+        if crash:
+            pid = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGQUIT)
+            deadline = time.monotonic() + 60
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    raise AssertionError("the server did not stop on SIGQUIT")
+                time.sleep(0.05)
+        else:
+            self.stop()
+        self.start()
+
+    def terminate(self, application: str = "skydeck") -> int:
+        """``pg_terminate_backend`` of every session named ``application``; how many."""
+        rows = self.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                          (application,))
+        return len(rows)
+
+    def sessions(self, application: str = "skydeck") -> int:
+        return len(self.admin("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                              (application,)))
+
+    def configure(self, setting: str, value: str | None) -> None:
+        """``ALTER SYSTEM SET setting = value`` (None: RESET) and reload."""
+        if value is None:
+            self.admin(f"ALTER SYSTEM RESET {setting}")
+        else:
+            self.admin(f"ALTER SYSTEM SET {setting} = '{value}'")
+        self.admin("SELECT pg_reload_conf()")
+        time.sleep(0.2)  # the postmaster signals its backends; they re-read at their next command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    """A port no Unix socket under /tmp and no TCP listener uses (the cluster listens only
+    on its socket, named after the port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if 1024 < port < 65000:
+            return port
+    raise AssertionError("no free port")
+
+
+@pytest.fixture
+def own_pg(pg_server: dict[str, str]) -> Iterator[OwnServer]:
+    """A throwaway PostgreSQL server of this test's own, stopped and removed after it.
+    Needs what the shared server needs (psycopg, PostgreSQL installed) and root (the
+    cluster runs as user postgres)."""
+    if os.geteuid() != 0:
+        _unavailable("a server of the test's own is started as root (cluster.sh)")
+    # the postgres user must reach the directory: directly under the system's /tmp
+    directory = Path(tempfile.mkdtemp(prefix="skydeck-pg-own-", dir="/tmp"))
+    server = OwnServer(directory, _free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.core.dburl import parse_state_url
-from engine.core.errors import BadInput
+from engine.core.errors import EXIT_UNAVAILABLE, BadInput, StateUnavailable
 from engine.store import SCHEMA_VERSION, Downlink, StateDB
 
 psycopg = pytest.importorskip("psycopg")
@@ -136,9 +137,14 @@ def test_a_failed_write_leaves_nothing_and_the_connection_usable(pg_url: str) ->
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Any) -> None:
+    """No server there: a wait, then StateUnavailable (exit 75, try again later), not bad
+    input; one line, the password masked."""
     url = parse_state_url(f"postgresql://skydeck:s3cr3t-pw@/x?host={tmp_path}&port=1", "test")
-    with pytest.raises(BadInput) as err:
-        StateDB(url, timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(StateUnavailable) as err:
+        StateDB(replace(url, wait_s=0.5), timeout=2)
+    assert 0.4 < time.monotonic() - t0 < 10  # retried with back-off for wait_s, no longer
     text = str(err.value)
-    assert "cannot connect to the state database" in text and "\n" not in text
+    assert "state database unreachable" in text and "\n" not in text
     assert "s3cr3t-pw" not in text and "***" in text
+    assert err.value.exit_code == EXIT_UNAVAILABLE == 75
