@@ -28,7 +28,7 @@ class Feeder:
         self.stopping = threading.Event()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.thread = threading.Thread(target=self._feed, name="demo-feeder", daemon=True)
-        self.log = ws.logs / "console" / "demo-feeder.log"
+        self.log = ws.console_logs / "demo-feeder.log"
 
     @classmethod
     def start(cls, workspace: str | None, interval_s: float = 5.0) -> Feeder:

@@ -116,7 +116,7 @@ def test_process_identity_lives_in_core() -> None:
         if {f"engine.core.owner.{n}" for n in identity} & mods:
             users.add(rel)
     assert {"engine/pipeline/locks.py", "engine/pipeline/launchers/local.py",
-            "engine/intake/deliveries.py", "engine/store/db.py"} <= users
+            "engine/intake/fcopy.py", "engine/store/connection.py"} <= users
 
 
 def test_every_name_engine_api_exports_resolves() -> None:
@@ -296,3 +296,36 @@ def test_listings_only_read() -> None:
     names = sorted({a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                     for a in n.names if a.name in WRITERS})
     assert (calls, names) == ([], [])
+
+
+def test_the_daemon_is_a_front_end_below_the_api() -> None:
+    """The daemon never imports the front ends' face (``engine.api``), the CLI or the
+    console: what both need (heartbeats, thresholds, the logs layout) lives below them."""
+    bad = [f"{rel}: {m}" for rel, tree in _parsed() if rel.startswith("engine/daemon/")
+           for m in _imports(rel, tree)
+           if m.split(".")[:2] in (["engine", "api"], ["engine", "cli"]) or m == "console"
+           or m.startswith("console.")]
+    assert bad == []
+
+
+def test_the_daemons_roles_never_import_its_loop() -> None:
+    """Intake, streams, the exporter, events and containment take what they need; the loop
+    (engine/daemon/loop.py) imports them, never the other way."""
+    bad = [f"{rel}: {m}" for rel, tree in _parsed()
+           if rel.startswith("engine/daemon/") and rel not in ("engine/daemon/loop.py",
+                                                                "engine/daemon/__init__.py")
+           for m in _imports(rel, tree) if m == "engine.daemon.loop" or m == "engine.daemon"]
+    assert bad == []
+
+
+MAX_CLASS_LINES = 400
+
+
+def test_no_engine_class_over_400_lines() -> None:
+    """A class that long does several jobs (the daemon once did seven): split it into
+    roles or records of their own."""
+    big = [f"{rel}: {node.name} ({(node.end_lineno or node.lineno) - node.lineno + 1} lines)"
+           for rel, tree in _parsed() if rel.startswith("engine/")
+           for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+           and (node.end_lineno or node.lineno) - node.lineno + 1 > MAX_CLASS_LINES]
+    assert big == []

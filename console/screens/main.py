@@ -528,7 +528,7 @@ class MainScreen(Screen[None]):
         files = api.log_files(self.ws)
         if not files:
             self.notify(f"no logs in {self.ws.logs} yet (the daemon writes "
-                        f"{self.ws.logs / api.DAEMON_LOG})", severity="warning")
+                        f"{self.ws.daemon_log})", severity="warning")
             return
         self.app.push_screen(LogPickerScreen(files),
                              lambda path: self.open_log(path) if path else None)

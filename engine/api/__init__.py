@@ -28,7 +28,7 @@ for _module, _names in {
     "engine.api.listings": ("downlinks", "rejected", "pending", "locks", "usage", "prune_preview",
                             "stream_views", "DownlinkListing", "downlink_listing", "lock_status",
                             "task_groups", "EventDir", "list_events", "summarize_event",
-                            "compare_events", "DAEMON_LOG", "LogFile", "log_files", "last_line"),
+                            "compare_events", "LogFile", "log_files", "last_line"),
     "engine.api.actions": ("unlock", "scan_incoming", "halts", "set_halt", "clear_halt", "engine_env",
                            "engine_argv", "start_runner", "start_job", "Job", "Progress"),
     "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
@@ -47,7 +47,7 @@ for _module, _names in {
         _EXPORTS[_name] = _module
 
 __all__ = [  # the same names as _EXPORTS (a literal, for linters and type checkers)
-    'ASSETS', 'AreaTotal', 'BadInput', 'Busy', 'ChangeProbe', 'EXIT_BUSY', 'Comparison', 'DAEMON_LOG',
+    'ASSETS', 'AreaTotal', 'BadInput', 'Busy', 'ChangeProbe', 'EXIT_BUSY', 'Comparison',
     'Delivery', 'Downlink', 'DownlinkListing', 'DownlinkRow', 'DownlinkRows', 'EventDir',
     'FaceMap', 'HALT_FLAGS', 'Histogram', 'HitSummary', 'Job', 'LOCK_RECHECK_S', 'LockInfo',
     'LogFile', 'Monitor', 'ProcessInstance', 'Progress', 'PrunePlan', 'RollbackPlan',
@@ -91,7 +91,6 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         unlock,
     )
     from engine.api.listings import (
-        DAEMON_LOG,
         DownlinkListing,
         EventDir,
         LogFile,

@@ -89,7 +89,7 @@ def start_runner(ws: Workspace, dlid: str) -> tuple[subprocess.Popen[bytes], Pat
     it, the runner exits 3 (busy) without touching anything, so nothing runs twice.
     """
     dlid = parse_dlid(dlid)
-    log = ws.logs / "console" / f"run-{dlid}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log = ws.console_logs / f"run-{dlid}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(engine_argv(ws, "run", dlid), stdin=subprocess.DEVNULL, stdout=fh,
@@ -103,7 +103,7 @@ def _spawn_job(ws: Workspace, name: str, args: list[str]) -> tuple[subprocess.Po
     It runs under ``engine.cli.jsonprogress`` so its progress reaches any front end through a
     pipe (stdout: one JSON object per line); the job's own messages go to a log file.
     """
-    log = ws.logs / "console" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log = ws.console_logs / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it; closed below after the fork
     try:

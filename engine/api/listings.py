@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.core.workspace import Workspace
+from engine.core.workspace import CONSOLE_LOGS, Workspace
 from engine.intake import deliveries as _deliveries
 from engine.pipeline import locks as _locks
 from engine.pipeline.retention import PrunePlan
@@ -168,9 +168,6 @@ def compare_events(a: str | Path, b: str | Path) -> Comparison:
 
 # ------------------------------------------------------------------------ logs
 
-DAEMON_LOG = "daemon.log"  # under logs/: the watch daemon's event lines
-
-
 @dataclass(frozen=True)
 class LogFile:
     path: str
@@ -182,7 +179,7 @@ def log_files(ws: Workspace, limit: int = 40) -> list[LogFile]:
     """Logs an operator opens besides an instance's: the daemon's, then console jobs' (runs,
     builds, propagations, newest first), then the newest process logs."""
     out: list[LogFile] = []
-    daemon = ws.logs / DAEMON_LOG
+    daemon = ws.daemon_log
     with contextlib.suppress(OSError):
         out.append(LogFile(str(daemon), "daemon", daemon.stat().st_mtime))
     rest: list[LogFile] = []
@@ -190,7 +187,7 @@ def log_files(ws: Workspace, limit: int = 40) -> list[LogFile]:
         for sub in os.scandir(ws.logs):
             if not sub.is_dir(follow_symlinks=False):
                 continue
-            what = "console job" if sub.name == "console" else sub.name
+            what = "console job" if sub.name == CONSOLE_LOGS else sub.name
             with contextlib.suppress(OSError):
                 for f in os.scandir(sub.path):
                     if f.name.endswith(".log") and f.is_file(follow_symlinks=False):

@@ -20,7 +20,7 @@ from engine.core.errors import SkydeckError
 from engine.core.ids import dlid_date, is_dlid
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
-from engine.intake import deliveries
+from engine.intake import inbox
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 
@@ -125,7 +125,7 @@ class DownlinkRows:
         if incoming:
             # why a delivery waits (files missing, still being written), as the daemon recorded
             pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}
-            for c in deliveries.scan(self.ws):
+            for c in inbox.scan(self.ws):
                 if c.stem not in out and is_dlid(c.stem):
                     waits = pending.get(c.name)
                     out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0,

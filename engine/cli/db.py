@@ -58,9 +58,9 @@ def _refuse_live_daemon(ws: Workspace) -> None:
     import socket
     import time
 
-    from engine.api.metrics import read_heartbeats
-    from engine.api.thresholds import BEATS_PER_HEALTH
     from engine.core.errors import Busy
+    from engine.core.heartbeat import read_heartbeats
+    from engine.core.thresholds import BEATS_PER_HEALTH
 
     here, now = socket.gethostname(), time.time()
     for hb in read_heartbeats(ws):

@@ -5,7 +5,7 @@ code and a line it can show: exit 0 when the workspace is healthy, 1 when a chec
 (one line per failed check on stdout), 2 for bad usage or no workspace, as every command.
 A state database that cannot be reached is a failed check (exit 1, with since when), never
 a wait and never exit 2: the probe asks the server once.
-The checks and what "stuck" means are ``engine.api.metrics.health``'s (and the help below).
+The checks and what "stuck" means are ``engine.api.health.health``'s (and the help below).
 
 Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.cli import SUMMARY
 from engine.cli.numbers import float_in
+from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 
 EPILOG = f"""\
 checks:
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from engine.api.metrics import health
+    from engine.api.health import health
     from engine.core.errors import EXIT_FAILED
     from engine.core.workspace import Workspace
 

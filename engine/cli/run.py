@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.core.interrupt import EXIT_TERMINATED
     from engine.core.log import emit_event, logger
     from engine.core.workspace import Workspace
-    from engine.intake import deliveries
+    from engine.intake import deliveries, inbox
     from engine.pipeline.launchers import make_launcher
     from engine.pipeline.runner import run_stream
     from engine.pipeline.task import load_task
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with StateDB(ws.state, patience=patience) as db:
             if db.downlink(dlid) is None:
-                cands = [c for c in deliveries.scan(ws) if c.stem == dlid]
+                cands = [c for c in inbox.scan(ws) if c.stem == dlid]
                 outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s)
                             for c in cands]
                 for o in outcomes:

@@ -1,5 +1,5 @@
 """`skydeck-engine watch [--once] [--polling] [--metrics-port PORT]`: the directory-watch
-daemon (engine/daemon.py); its metrics textfile and heartbeat: engine/api/metrics.py.
+daemon (engine/daemon/); its metrics textfile and heartbeat: engine/daemon/exporter.py.
 
 Its machinery is imported in ``run()``, not here: ``--help`` must stay light (test_startup).
 """

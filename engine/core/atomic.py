@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -152,3 +153,21 @@ def refuse_alias(output: Path, inputs: Iterable[Path], what: str = "output",
                                          and any(_identity(q) == out_id for q in parents)):
             raise BadInput(f"{what} holds the input {inp}; replacing it would destroy that input",
                            output)
+
+
+def replace_snapshot(target: Path, data: bytes) -> None:
+    """Write ``data`` to a dot-temporary beside ``target`` and rename it over ``target``: a
+    reader sees the old file or the new one, never a part. No fsync (``atomic_path`` has
+    one): for what is rewritten every few seconds (a heartbeat, the metrics textfile),
+    losing the last one to a power cut is harmless, and an fsync that often is not free on
+    NFS."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

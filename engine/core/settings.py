@@ -140,7 +140,7 @@ class Stage:
 @dataclass(frozen=True)
 class Metrics:
     """[metrics]: the Prometheus textfile the daemon writes, and how often
-    (engine/api/metrics.py)."""
+    (engine/daemon/exporter.py)."""
 
     textfile: str = _key("metrics/skydeck.prom", "optpath")
     interval_s: float = _key(15.0, "float", 0.1, DAY_S)

@@ -28,6 +28,10 @@ from engine.core.inputs import regular_file
 from engine.core.settings import Paths, Settings, parse_settings, set_keys
 
 CONFIG_NAME = "skydeck.toml"
+# under [paths] logs (the ``Workspace`` properties of the same names)
+DAEMON_LOG = "daemon.log"
+HEARTBEAT_DIR = "heartbeat"
+CONSOLE_LOGS = "console"
 STATE_URL_ENV = "SKYDECK_STATE_URL"
 
 
@@ -194,6 +198,26 @@ class Workspace:
     @property
     def logs(self) -> Path:
         return self.path("logs")
+
+    # the layout of logs/, in one place (its writers, retention and the listings use these)
+    @property
+    def daemon_log(self) -> Path:
+        """The watch daemon's event lines (JSON), whatever its terminal shows."""
+        return self.logs / DAEMON_LOG
+
+    @property
+    def heartbeat_dir(self) -> Path:
+        """One ``<host>-<pid>.json`` per live daemon (engine/core/heartbeat.py)."""
+        return self.logs / HEARTBEAT_DIR
+
+    @property
+    def console_logs(self) -> Path:
+        """What the console starts: runs, builds, propagations, the demo's feeder."""
+        return self.logs / CONSOLE_LOGS
+
+    def instance_logs(self, dlid: str) -> Path:
+        """The logs of a downlink's process instances (``<process>[-<key>]-e<N>.log``)."""
+        return self.logs / dlid
 
     @property
     def state_db(self) -> Path:

@@ -99,8 +99,8 @@ class InstanceView:
     def log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
         """The instance's log and its $PIPELINE_SUMMARY file."""
         label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
-        return (self.ws.logs / self.dlid / f"{label}-e{pi.execution}.log",
-                self.ws.logs / self.dlid / f".{label}-e{pi.execution}.summary")
+        logs = self.ws.instance_logs(self.dlid)
+        return logs / f"{label}-e{pi.execution}.log", logs / f".{label}-e{pi.execution}.summary"
 
     def job_name(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
         """``<task>-<DLID>-<process>[-<key>]``: what a batch system's queue shows."""

@@ -79,8 +79,8 @@ from engine.core.inputs import mode_kind
 from engine.core.nofollow import Parts, Tree, norm, on_link, parts_under
 from engine.core.owner import Owner
 from engine.core.settings import DAY_S
-from engine.core.workspace import Workspace
-from engine.intake import deliveries, identity
+from engine.core.workspace import CONSOLE_LOGS, Workspace
+from engine.intake import deliveries, identity, inbox
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.launchers import sibling_suffixes
@@ -89,8 +89,6 @@ from engine.store import Delivery, StateDB
 
 AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
 FINISHED = ("SUCCESS", "FAILED", "CANCELED")   # a stream no runner picks up again
-HEARTBEAT_DIR = "heartbeat"     # engine.api.metrics.HEARTBEAT_DIR (the api is above us)
-DAEMON_LOG = "daemon.log"       # engine.api.listings.DAEMON_LOG
 INDEX_NAME = "mergeIndices.json"  # engine.pipeline.jobs.INDEX_NAME (jobs imports h5py)
 CLEANUP_LOCK = "cleanup"
 # the log and the files its launcher wrote beside it (Slurm's batch script and exit file)
@@ -216,9 +214,9 @@ class Guard:
 
     def __init__(self, ws: Workspace) -> None:
         never = [(ws.stage, "a staged file (stage/ is never pruned)"),
-                 (ws.logs / HEARTBEAT_DIR, "a daemon heartbeat"),
+                 (ws.heartbeat_dir, "a daemon heartbeat"),
                  (ws.lock, "a lock file"), (ws.path("flags"), "a halt flag")]
-        exact = [(ws.logs / DAEMON_LOG, "the daemon's live log"),
+        exact = [(ws.daemon_log, "the daemon's live log"),
                  (ws.root / "skydeck.toml", "the config")]
         # each as written and with links resolved
         self.never = [(r, why) for p, why in never for r in {norm(p), os.path.realpath(p)}]
@@ -476,9 +474,9 @@ class _Planner:
         for dlid in sorted(recorded):
             self._log_dir(tree, dlid, recorded[dlid], cut, reason)
         try:
-            names = sorted(tree.listdir(("console",)))
+            names = sorted(tree.listdir((CONSOLE_LOGS,)))
         except OSError as err:
-            self.linked(tree.path(("console",)), err)
+            self.linked(tree.path((CONSOLE_LOGS,)), err)
             names = []
         for name in names:
             m = _CONSOLE_LOG.fullmatch(name)
@@ -487,7 +485,7 @@ class _Planner:
             dlid = m.group("dlid")
             if dlid is not None and dlid in self.sigs and dlid not in self.finished:
                 continue  # the stream it ran is not finished
-            self.file("logs", tree.path(("console", name)), self.ws.logs, cut,
+            self.file("logs", tree.path((CONSOLE_LOGS, name)), self.ws.logs, cut,
                       f"console job log, older than {self.r.logs_days:g} d", dlid,
                       ref=self.finished.get(dlid or "", 0.0))
 
@@ -590,7 +588,7 @@ class _Planner:
         reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
         for d in sorted(accepted, key=lambda d: d.name):
             stem = d.name[len("fcopy:"):]
-            cand = deliveries.fcopy_candidate(self.ws, stem + ".md5")
+            cand = inbox.fcopy_candidate(self.ws, stem + ".md5")
             dl = self.db.downlink(d.dlid or "")
             if cand is None or cand.name != d.name or dl is None:
                 continue

@@ -32,7 +32,8 @@ from typing import Any
 from engine.core.dburl import StateURL
 from engine.core.errors import BadInput, Busy, JobFailed, SkydeckError
 from engine.core.owner import owner_dead
-from engine.store.db import StateDB, open_backend
+from engine.store.connection import open_backend
+from engine.store.db import StateDB
 from engine.store.schema import ID_TABLES, TABLES  # foreign-key order: parents first
 from engine.store.sqlite import SQLite
 

@@ -86,7 +86,7 @@ class Outage:
         self._tell(ev)
 
     def as_json(self) -> dict[str, Any]:
-        """What a heartbeat carries (engine/api/metrics.py)."""
+        """What a heartbeat carries (engine/core/heartbeat.py)."""
         return {"reachable": self.since is None, "since": self.since, "error": self.error}
 
     def _tell(self, ev: dict[str, Any]) -> None:

@@ -119,7 +119,7 @@ class ReadQueries:
     # ------------------------------------------------------------ metrics and health
 
     def stream_status_counts(self) -> dict[str, int]:
-        """Latest streams by status (engine/api/metrics.py)."""
+        """Latest streams by status (engine/daemon/exporter.py)."""
         rows = self.conn.execute(
             "SELECT status, COUNT(*) FROM streams WHERE is_latest = 1 GROUP BY status").fetchall()
         return {str(s): int(n) for s, n in rows}

@@ -10,6 +10,7 @@ instances have an execution number, and a re-run is a new execution, never an ov
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,3 +153,17 @@ class StreamView:
         for pi in self.instances:
             out[pi.status] = out.get(pi.status, 0) + 1
         return out
+
+
+def from_row(cls: type, row: Any) -> Any:
+    """A record of ``cls`` from a result row (JSON and flag columns decoded)."""
+    d = dict(row)
+    if cls is Stream:
+        d["vars"] = json.loads(d["vars"] or "{}")
+        d["is_latest"] = bool(d["is_latest"])
+    elif cls is ProcessInstance:
+        d["is_latest"] = bool(d["is_latest"])
+    elif cls is Downlink:
+        d["gensteps"] = bool(d["gensteps"])
+        d.pop("seq", None)  # registration order: the read models' business (queries.py)
+    return cls(**d)

@@ -184,7 +184,7 @@ async def test_daemon_log_opens_from_the_console(ws):
     mock(ws, "251125001", events=60)
     subprocess.run(api.engine_argv(ws, "watch", "--once"), capture_output=True, timeout=120,
                    check=True)
-    daemon = ws.logs / api.DAEMON_LOG
+    daemon = ws.daemon_log
     assert daemon.is_file() and "stream_success" in daemon.read_text()
     app = SkydeckApp(ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:

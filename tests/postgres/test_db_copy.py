@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api.metrics import write_heartbeat
+from engine.core.heartbeat import write_heartbeat
 from engine.core.owner import Owner
 from engine.core.workspace import Workspace, init_workspace
 from engine.store import StateDB
@@ -94,7 +94,7 @@ def test_target_not_empty_is_refused_and_left_alone(ws, pg_url, capsys):
 
 def test_target_with_foreign_tables_is_refused(ws, pg_url, capsys):
     from engine.core.dburl import parse_state_url
-    from engine.store.db import open_backend
+    from engine.store.connection import open_backend
     backend = open_backend(parse_state_url(pg_url, None))
     conn = backend.connect()
     conn.execute("CREATE TABLE payroll (id INTEGER)")
@@ -120,7 +120,7 @@ def test_live_daemon_heartbeat_refuses(ws, pg_url, capsys):
 
 def _has_schema(url: str) -> bool:
     from engine.core.dburl import parse_state_url
-    from engine.store.db import open_backend
+    from engine.store.connection import open_backend
     backend = open_backend(parse_state_url(url, None))
     conn = backend.connect()
     try:

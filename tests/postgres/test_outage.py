@@ -242,7 +242,7 @@ def _textfile(ws: Workspace) -> str:
 
 
 def _heartbeat_unreachable(ws: Workspace) -> bool:
-    from engine.api.metrics import read_heartbeats
+    from engine.core.heartbeat import read_heartbeats
     return any(not hb.state_reachable and hb.state_since for hb in read_heartbeats(ws))
 
 

@@ -431,24 +431,25 @@ def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
     seen: list[dict] = []
     d = Daemon(ws, emit=seen.append)
     try:
-        assert d.presence is not None and d.presence.check()
-        d.pick_up()
-        assert sorted(r.dlid for r in d.runners.values()) == ["251201010", "251201011"]
-        d.check_presence()
+        presence = d.streams.presence
+        assert presence is not None and presence.check()
+        d.streams.pick_up()
+        assert sorted(r.dlid for r in d.streams.runners.values()) == ["251201010", "251201011"]
+        d.streams.check_presence()
         assert not [e for e in seen if e["event"] in ("presence_lost", "stream_lost")]
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)",
-                          (d.presence.conn.raw.info.backend_pid,))
-        taken = next(sid for sid, r in d.runners.items() if r.dlid == "251201010")
+                          (presence.conn.raw.info.backend_pid,))
+        taken = next(sid for sid, r in d.streams.runners.items() if r.dlid == "251201010")
         d.db.conn.execute("UPDATE streams SET owner_pid = 4242, owner_host = 'hostB' "
                           "WHERE id = ?", (taken,))
-        d.check_presence()
-        assert d.presence.check()  # taken again: it stands since
+        d.streams.check_presence()
+        assert presence.check()  # taken again: it stands since
         kinds = [e["event"] for e in seen]
         assert kinds.count("presence_lost") == 1 and kinds.count("stream_lost") == 1
         lost = next(e for e in seen if e["event"] == "stream_lost")
         assert lost["dlid"] == "251201010" and lost["owner"] == "hostB:4242"
-        assert [r.dlid for r in d.runners.values()] == ["251201011"]
+        assert [r.dlid for r in d.streams.runners.values()] == ["251201011"]
         st = d.db.stream(taken)
         assert (st.owner_pid, st.owner_host, st.status) == (4242, "hostB", "RUNNING")
         me = Owner.me()

@@ -38,7 +38,7 @@ def test_a_newer_database_is_refused_with_one_line_and_left_alone(tmp_path, pg_u
         assert r.returncode == 2 and r.stdout == "", r
         assert r.stderr == (f"skydeck-engine: {redacted}: schema version 99 is newer than "
                             f"this skydeck ({SCHEMA_VERSION}); upgrade skydeck\n")
-    from engine.store.db import open_backend
+    from engine.store.connection import open_backend
     backend = open_backend(parse_state_url(pg_url, None))
     conn = backend.connect()
     try:

@@ -305,14 +305,14 @@ def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
 DIE_BEFORE_RECORDING = """
 import os, sys
 from engine.core.workspace import Workspace
-from engine.intake import deliveries
+from engine.intake import deliveries, inbox
 from engine.pipeline.launchers import make_launcher
 from engine.pipeline.runner import StreamRunner
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 ws = Workspace.open(sys.argv[1])
 db = StateDB(ws.state)
-for c in deliveries.scan(ws):
+for c in inbox.scan(ws):
     deliveries.process(ws, db, c, 0.0)
 task = load_task(ws)
 st, why = db.claim_stream(sys.argv[2], task.name)

@@ -23,8 +23,7 @@ from engine.core.workspace import init_workspace
 from engine.intake import manifest
 from engine.pipeline import locks
 from engine.store import StateDB
-
-from .conftest import (
+from tests.pipeline.conftest import (
     REPO,
     make_delivery,
     set_config,

@@ -14,8 +14,7 @@ import pytest
 from engine.daemon import choose_polling, fstype
 from engine.pipeline import locks
 from engine.store import StateDB
-
-from .conftest import (
+from tests.pipeline.conftest import (
     FAST,
     cli,
     cli_proc,
@@ -26,8 +25,8 @@ from .conftest import (
     stream_status,
     wait_for,
 )
-from .conftest import quick as _quick
-from .conftest import stop_daemon as _stop
+from tests.pipeline.conftest import quick as _quick
+from tests.pipeline.conftest import stop_daemon as _stop
 
 
 def test_daemon_sees_rsync_cp_mv_slow_and_fcopy(ws, tmp_path):

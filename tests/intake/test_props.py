@@ -18,7 +18,7 @@ from engine.core.errors import BadInput
 from engine.core.ids import MET_MAX_S, NS, is_dlid, parse_dlid
 from engine.core.retdef import RetDef, Span, to_xml
 from engine.core.workspace import Workspace, init_workspace
-from engine.intake import deliveries, manifest
+from engine.intake import inbox, manifest
 from tests.props import total
 
 # ------------------------------------------------------------------ strategies
@@ -183,17 +183,17 @@ def test_name_maps_to_candidate_exactly(pws, name, kind):
         target = pws.incoming_fcopy / f"{name}.md5"
     target.write_bytes(b"")
     try:
-        cand = total(deliveries.candidate_for, pws, target)
+        cand = total(inbox.candidate_for, pws, target)
         assert not isinstance(cand, BadInput)
         # what is judged is the entry's own name: a directory, or the package's .md5 file
         # ("0~.md5" is no editor backup; it is a delivery with a bad id, rejected with it)
-        if deliveries.ignored(name if kind == "level0" else f"{name}.md5"):
+        if inbox.ignored(name if kind == "level0" else f"{name}.md5"):
             assert cand is None
             return
         assert cand is not None and cand.stem == name and cand.kind == kind
         assert cand.name == f"{kind}:{name}"
         assert is_dlid(cand.stem) == bool(re.fullmatch(r"[0-9]{9}", name) and is_dlid(name))
-        assert [c.name for c in deliveries.scan(pws)] == [cand.name]
+        assert [c.name for c in inbox.scan(pws)] == [cand.name]
     finally:
         target.unlink()
         if kind == "level0":
@@ -203,4 +203,4 @@ def test_name_maps_to_candidate_exactly(pws, name, kind):
 @given(st.lists(st.text(max_size=12), min_size=1, max_size=4))
 def test_candidate_for_any_path_is_total(pws, parts):
     for base in (pws.incoming_level0, pws.incoming_fcopy, pws.root):
-        total(deliveries.candidate_for, pws, base.joinpath(*[p or "x" for p in parts]))
+        total(inbox.candidate_for, pws, base.joinpath(*[p or "x" for p in parts]))

@@ -23,19 +23,13 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import __version__
-from engine.api.metrics import (
-    Exporter,
-    _quantile,
-    health,
-    read_heartbeats,
-    render,
-    textfile_path,
-    write_heartbeat,
-)
+from engine.api.health import health
 from engine.core.errors import BadInput
+from engine.core.heartbeat import read_heartbeats, write_heartbeat
 from engine.core.owner import Owner
 from engine.core.settings import Settings, parse_settings
 from engine.core.workspace import Workspace, init_workspace
+from engine.daemon.exporter import Exporter, _quantile, render, textfile_path
 from engine.pipeline.halts import set_halt
 from engine.pipeline.usage import usage_report
 from engine.store import Downlink, StateDB
@@ -86,7 +80,7 @@ def _claimed_by_a_process_that_exits(ws: Workspace, dlid: str) -> int:
             "with StateDB(Workspace.open(Path(sys.argv[1])).state) as db:\n"
             "    assert db.claim_stream(sys.argv[2], 'halfpipe')[0] is not None\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(ws.root), dlid],
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert proc.wait(60) == 0
     return proc.pid
 
@@ -307,7 +301,7 @@ def test_health_fails_while_the_daemon_cannot_reach_the_state_database(ws):
     me = Owner.me()
     outage = Outage()
     outage.down("cannot connect: connection refused")
-    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage.as_json())
     (bad,) = [c for c in health(ws) if not c.ok]
     assert bad.name == "state"
     assert bad.detail.startswith("state database unreachable since ")
@@ -316,7 +310,7 @@ def test_health_fails_while_the_daemon_cannot_reach_the_state_database(ws):
     (hb,) = read_heartbeats(ws)
     assert not hb.state_reachable and hb.state_since == outage.since
     outage.up()
-    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage)
+    write_heartbeat(ws, me, ws.settings.metrics.interval_s, state=outage.as_json())
     assert all(c.ok for c in health(ws))
     assert [c.detail for c in health(ws) if c.name == "state"] == ["state database reachable"]
 

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.store import StateDB
-
-from .conftest import (
+from tests.pipeline.conftest import (
     FAST,
     cli,
     log_events,

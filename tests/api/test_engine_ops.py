@@ -13,8 +13,7 @@ from engine.core.errors import BadInput
 from engine.core.workspace import ASSETS
 from engine.intake import deliveries
 from engine.store import StateDB
-
-from .conftest import fill_fixed, mock
+from tests.console.conftest import fill_fixed, mock
 
 # engine.api reads the state database: on SQLite and on PostgreSQL (tests/postgres/plugin.py)
 pytestmark = pytest.mark.usefixtures("state_backend")
@@ -168,7 +167,7 @@ def test_pending_delivery_shows_why(ws):
 
 def test_rollback_plan_names_the_blocker_and_the_group_that_works(ws):
     """The console's check before a rollback: a dry run that changes nothing."""
-    from .test_app import latest, register, run_stream
+    from tests.console.test_app import latest, register, run_stream
 
     mock(ws, "251125001", events=120)
     register(ws)

@@ -1,24 +1,18 @@
-"""Metrics and health: the pipeline as Prometheus sees it, and the verdict a probe wants.
+"""The daemon's exporter: the pipeline as Prometheus sees it, and the daemon's heartbeat.
 
-Why a module of its own: an operator running the daemon for years watches it from outside
-(Prometheus, a monitoring probe), not from the console. This module reads the same state the
-console does (the state database through ``engine.store``, the workspace's files) and turns
-it into
-
-- ``skydeck_*`` metric families (``SkydeckCollector``, a prometheus-client custom collector
-  registered in a registry of its own, so nothing touches the process-wide default
-  registry), rendered in the text exposition format to a node_exporter textfile written
-  atomically (``Exporter``, driven by the daemon) and served over HTTP by ``watch
-  --metrics-port``;
-- the daemon's heartbeat: each daemon replaces ``<logs>/heartbeat/<host>-<pid>.json`` every
-  ``[metrics] interval_s`` (and removes it when it stops), with whether it reaches the state
-  database and since when it does not (a file, so it beats while the server is down);
-- ``health()``: the checks behind ``skydeck-engine health`` (daemon alive, state database
-  reachable from here and from the daemon, not paused, no stream stuck).
+Why a module of the daemon: an operator running the daemon for years watches it from
+outside (Prometheus), not from the console, and it is the daemon that writes what
+Prometheus reads. This module reads the same state the console does (the state database
+through ``engine.store``, the workspace's files) and turns it into ``skydeck_*`` metric
+families (``SkydeckCollector``, a prometheus-client custom collector registered in a
+registry of its own, so nothing touches the process-wide default registry), rendered in the
+text exposition format to a node_exporter textfile written atomically and served over HTTP
+by ``watch --metrics-port``. ``Exporter`` is what the daemon's loop ticks: the heartbeat
+(``engine.core.heartbeat``), the textfile, the usage scan on a thread of its own. The
+health verdict that reads the heartbeats is ``engine.api.health``.
 
 The state database may be unreachable (a PostgreSQL server restarting): nothing here waits
-for it. The families then lack what only the database knows and ``skydeck_state_up`` is 0;
-health says so in one line, with since when (exit 1, never 2).
+for it. The families then lack what only the database knows and ``skydeck_state_up`` is 0.
 
 Bytes per area come from the usage scan (``engine.pipeline.usage.usage_report``), which
 walks every file of the workspace: the daemon refreshes it every ``[metrics]
@@ -29,9 +23,7 @@ other families are read at every write (a few aggregate queries).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import shutil
 import threading
 import time
@@ -45,118 +37,23 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from engine import __version__
-from engine.api.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
+from engine.core.atomic import replace_snapshot
 from engine.core.diskspace import existing_parent
 from engine.core.errors import Busy, StateUnavailable
-from engine.core.owner import Owner, owner_dead
+from engine.core.heartbeat import Heartbeat, heartbeat_path, read_heartbeats, write_heartbeat
+from engine.core.owner import Owner
 from engine.core.workspace import Workspace
-from engine.pipeline.halts import HALT_FLAGS, halts, is_set_globally
+from engine.pipeline.halts import HALT_FLAGS, is_set_globally
 from engine.pipeline.usage import AREA_PATHS, launch_paused, usage_report
 from engine.store import StateDB
-from engine.store.outage import UNREACHABLE, Outage, Patience
+from engine.store.outage import Outage, Patience
 from engine.store.records import PI_STATUSES, STREAM_STATUSES
 
 QUEUED_STATES = ("WAITING", "READY", "QUEUED")  # instances not yet handed to a launcher's job
 DELIVERY_STATES = ("CLAIMED", "PENDING", "ACCEPTED", "REJECTED")
 LATENCY_RECENT = 100            # registrations the latency summary covers
 LATENCY_QUANTILES = (0.5, 0.9, 1.0)
-HEARTBEAT_DIR = "heartbeat"     # under [paths] logs
 FREE_AREAS = ("downlinks", "stage")  # the output areas the disk reserve guards
-
-
-# ---------------------------------------------------------------------- heartbeat
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """One daemon's last loop: who (pid, host, process start), when, how often it beats,
-    and whether it reached the state database then (since when it has not, and why)."""
-
-    pid: int
-    host: str
-    start: float
-    t: float
-    interval_s: float
-    path: Path
-    state_reachable: bool = True
-    state_since: float | None = None
-    state_error: str | None = None
-
-    def dead(self) -> tuple[bool, str]:
-        return owner_dead(self.pid, self.host, self.start)
-
-
-def heartbeat_dir(ws: Workspace) -> Path:
-    return ws.logs / HEARTBEAT_DIR
-
-
-def heartbeat_path(ws: Workspace, owner: Owner) -> Path:
-    return heartbeat_dir(ws) / f"{owner.host}-{owner.pid}.json"
-
-
-def _replace(target: Path, data: bytes) -> None:
-    """Write ``data`` to a dot-temporary beside ``target`` and rename it over ``target``: a
-    reader sees the old file or the new one, never a part. No fsync: losing the last beat or
-    snapshot to a power cut is harmless, and an fsync every few seconds is not free on NFS."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_heartbeat(ws: Workspace, owner: Owner, interval_s: float, now: float | None = None,
-                    state: Outage | None = None) -> Path:
-    """``state``: the daemon's view of the state database (``Outage.as_json``)."""
-    p = heartbeat_path(ws, owner)
-    doc: dict[str, Any] = {"pid": owner.pid, "host": owner.host, "start": owner.start,
-                           "t": round(time.time() if now is None else now, 3),
-                           "interval_s": interval_s}
-    if state is not None:
-        doc["state"] = state.as_json()
-    _replace(p, (json.dumps(doc) + "\n").encode())
-    return p
-
-
-def read_heartbeats(ws: Workspace) -> list[Heartbeat]:
-    """Every daemon heartbeat file that parses, newest first (an unreadable one is skipped:
-    it can only be a file someone else put there)."""
-    out: list[Heartbeat] = []
-    try:
-        entries = sorted(heartbeat_dir(ws).glob("*.json"))
-    except OSError:
-        return out
-    for p in entries:
-        if p.name.startswith("."):
-            continue
-        try:
-            d = json.loads(p.read_bytes()[:4096])
-            st = d.get("state") or {}
-            since, err = st.get("since"), st.get("error")
-            out.append(Heartbeat(int(d["pid"]), str(d["host"]), float(d["start"]),
-                                 float(d["t"]), float(d["interval_s"]), p,
-                                 bool(st.get("reachable", True)),
-                                 None if since is None else float(since),
-                                 None if err is None else str(err)[:300]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return sorted(out, key=lambda h: h.t, reverse=True)
-
-
-def sweep_dead_heartbeats(ws: Workspace) -> list[Path]:
-    """Remove the heartbeat files of daemons provably dead on this host (a daemon that was
-    killed cannot remove its own); those of other hosts stay."""
-    removed = []
-    for hb in read_heartbeats(ws):
-        if hb.dead()[0]:
-            with contextlib.suppress(OSError):
-                hb.path.unlink()
-                removed.append(hb.path)
-    return removed
 
 
 # ---------------------------------------------------------------------- facts
@@ -377,7 +274,7 @@ def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None,
                    outage: Outage | None = None) -> Path:
     """Render and replace ``path`` atomically (node_exporter reads only ``*.prom``: the
     dot-temporary beside it is never read)."""
-    _replace(path, render(ws, usage, outage))
+    replace_snapshot(path, render(ws, usage, outage))
     return path
 
 
@@ -440,7 +337,8 @@ class Exporter:
             return False
         self._next = now + self.interval_s
         if self.beat:
-            write_heartbeat(self.ws, self.owner, self.interval_s, state=self.outage)
+            write_heartbeat(self.ws, self.owner, self.interval_s,
+                            state=None if self.outage is None else self.outage.as_json())
         if self._server is not None or textfile_path(self.ws) is not None:
             if now >= self._usage_next:
                 self.refresh_usage()
@@ -483,114 +381,3 @@ class Exporter:
         if self.beat:
             with contextlib.suppress(OSError):
                 heartbeat_path(self.ws, self.owner).unlink()
-
-
-# ---------------------------------------------------------------------- health
-
-@dataclass(frozen=True)
-class Check:
-    """One health check's verdict; ``detail`` is the line an operator reads."""
-
-    name: str
-    ok: bool
-    detail: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"check": self.name, "ok": self.ok, "detail": self.detail}
-
-
-def _ago(s: float) -> str:
-    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
-           stuck_after: float = DEFAULT_STUCK_AFTER_S, now: float | None = None) -> list[Check]:
-    """The checks of ``skydeck-engine health``; healthy when every one is ok.
-
-    - ``daemon``: some daemon's heartbeat is younger than ``heartbeat_max_age`` (default
-      ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
-    - ``state``: the state database answers here (asked once, without waiting) and no live
-      daemon's heartbeat says it cannot reach it; else since when, as the daemon saw it.
-    - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
-      is not under the reserve (launching would pause).
-    - ``stuck:<dlid>``: a latest stream that is RUNNING and not held by a halt flag is stuck
-      when its runner (the stream's owner) is provably dead and nothing happened for longer
-      than ``heartbeat_max_age`` (no daemon took it over), or when nothing happened for
-      longer than ``stuck_after`` whatever its runner; "happened" is the stream starting or
-      one of its instances being created, started or ending. Not judged while the state
-      database cannot be read.
-    """
-    now = time.time() if now is None else now
-    max_age = heartbeat_max_age or BEATS_PER_HEALTH * ws.settings.metrics.interval_s
-    checks: list[Check] = []
-
-    beats = read_heartbeats(ws)
-    fresh = [hb for hb in beats if now - hb.t <= max_age and not hb.dead()[0]]
-    if fresh:
-        hb = fresh[0]
-        checks.append(Check("daemon", True, f"daemon pid {hb.pid} on {hb.host} "
-                                             f"beat {_ago(max(0.0, now - hb.t))}"))
-    elif not beats:
-        checks.append(Check("daemon", False, f"no daemon heartbeat in {heartbeat_dir(ws)} "
-                                              "(no `skydeck-engine watch` running here)"))
-    else:
-        hb = beats[0]
-        dead, why = hb.dead()
-        state = why if dead else f"older than {max_age:g} s"
-        checks.append(Check("daemon", False, f"daemon pid {hb.pid} on {hb.host} last beat "
-                                              f"{_ago(max(0.0, now - hb.t))} ({state})"))
-
-    running = None
-    try:
-        with StateDB(ws.state, patience=Patience(0.0)) as db:
-            running = db.running_streams_activity()
-    except StateUnavailable as err:
-        why = err.message.removeprefix(UNREACHABLE)
-        checks.append(Check("state", False, _unreachable(why, fresh, now)))
-    else:
-        blind = [hb for hb in fresh if not hb.state_reachable]
-        if blind:
-            hb = blind[0]
-            checks.append(Check("state", False, _unreachable(
-                f"daemon pid {hb.pid} on {hb.host} cannot reach it: {hb.state_error}",
-                blind, now)))
-        else:
-            checks.append(Check("state", True, "state database reachable"))
-
-    for flag in halts(ws):
-        checks.append(Check(f"halt:{flag}", False,
-                            f"halt flag {flag} is set globally ({ws.path('flags') / flag})"))
-    paused, why = launch_paused(ws)
-    checks.append(Check("disk", not paused, why or "free space above the reserve"))
-
-    for rs in running or ():
-        if halts(ws, rs.dlid):
-            continue  # held on purpose; a global flag is reported above
-        idle = max(0.0, now - rs.last_activity)
-        dead, why = owner_dead(rs.owner_pid, rs.owner_host, rs.owner_start)
-        if dead and idle > max_age:
-            checks.append(Check(f"stuck:{rs.dlid}", False,
-                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
-                                f"nothing happened for {idle:.0f} s"))
-        elif idle > stuck_after:
-            checks.append(Check(f"stuck:{rs.dlid}", False,
-                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
-                                f"for {idle:.0f} s (over {stuck_after:g} s; "
-                                f"{rs.active_jobs} job(s) in flight)"))
-    if running is not None and not any(c.name.startswith("stuck:") for c in checks):
-        checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
-    return checks
-
-
-def _unreachable(why: str, beats: list[Heartbeat], now: float) -> str:
-    """The state check's line: unreachable, since when (as the earliest live daemon that
-    cannot reach it saw it; else "now"), and why."""
-    since = min((hb.state_since for hb in beats
-                 if not hb.state_reachable and hb.state_since is not None), default=None)
-    when = "" if since is None else \
-        f" since {_when(since)} ({max(0.0, now - since):.0f} s)"
-    return f"state database unreachable{when}: {why}"

@@ -22,10 +22,9 @@ import pytest
 
 from engine.api import downlink_rows
 from engine.core.diskspace import free_bytes
-from engine.intake import deliveries, manifest
+from engine.intake import deliveries, inbox, manifest
 from engine.store import StateDB
-
-from .conftest import cli_proc, make_delivery, set_config
+from tests.pipeline.conftest import cli_proc, make_delivery, set_config
 
 DLID = "261202013"
 
@@ -154,9 +153,9 @@ def test_delivery_taken_away_whole_while_checked_is_not_rejected(ws):
     d = make_delivery(ws, DLID)
     away = ws.root / "away"
     with StateDB(ws.state) as db:
-        [cand] = deliveries.scan(ws)
+        [cand] = inbox.scan(ws)
         os.rename(d, away)
-        out = deliveries._settle(ws, db, cand, DLID, deliveries.Pending("x vanished"), 3600.0)
+        out = deliveries._settle(ws, db, cand, DLID, inbox.Pending("x vanished"), 3600.0)
         assert (out.status, out.reason) == ("skipped", "gone")
         assert db.deliveries("REJECTED") == []
     os.rename(away, d)
@@ -168,7 +167,7 @@ def test_extracted_level0_dir_of_an_fcopy_package_is_the_same_delivery(ws):
     another thread or daemon) is the registered delivery itself: skipped, never moved."""
     make_delivery(ws, DLID, as_="fcopy")
     assert _only(_process(ws), "accepted").kind == "fcopy"
-    cand = deliveries.candidate_for(ws, ws.incoming_level0 / DLID / manifest.MANIFEST_NAME)
+    cand = inbox.candidate_for(ws, ws.incoming_level0 / DLID / manifest.MANIFEST_NAME)
     with StateDB(ws.state) as db:
         out = deliveries.process(ws, db, cand, quiet_s=0.0)
         assert (out.status, out.reason) == ("skipped", "registered")
@@ -272,7 +271,7 @@ def test_linked_delivery_directory_rejected(ws, tmp_path, via):
         if via == "scan":
             out = deliveries.process_all(ws, db, quiet_s=0.0)
         else:
-            cand = deliveries.candidate_for(ws, ws.incoming_level0 / "251125021" / "MANIFEST.md5")
+            cand = inbox.candidate_for(ws, ws.incoming_level0 / "251125021" / "MANIFEST.md5")
             assert cand is not None
             out = [deliveries.process(ws, db, cand, quiet_s=0.0)]
         assert db.downlinks() == []

@@ -22,8 +22,7 @@ import pytest
 
 from engine.core.workspace import init_workspace
 from engine.intake import manifest
-
-from .conftest import (
+from tests.pipeline.conftest import (
     FAST,
     cli_proc,
     db_footprint,

@@ -1,8 +1,8 @@
-"""When ``metrics.health`` calls a daemon's heartbeat stale or a stream stuck.
+"""When health (engine/api/health.py) calls a daemon's heartbeat stale or a stream stuck.
 
 Here, in a module that imports nothing, because `skydeck-engine health --help` shows the
-defaults and must not import prometheus_client and the state store for it; ``metrics``
-and `db copy` (which refuses while a daemon beats) import them from here.
+defaults and must not import the state store for it; health, the daemon's exporter and
+`db copy` (which refuses while a daemon beats) import them from here.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ import pytest
 
 from engine import api
 from engine.store import StateDB
-
-from .conftest import fill_fixed
+from tests.console.conftest import fill_fixed
 
 # engine.api reads the state database: on SQLite and on PostgreSQL (tests/postgres/plugin.py)
 pytestmark = pytest.mark.usefixtures("state_backend")

@@ -15,12 +15,10 @@ import re
 import subprocess
 import sys
 
-from engine.api.listings import DAEMON_LOG
 from engine.core.log import EVENT_LEVELS
 from engine.core.workspace import Workspace, init_workspace
 from engine.daemon import run_daemon
-
-from .conftest import FAST, REPO, cli_proc, make_delivery, quick, set_config
+from tests.pipeline.conftest import FAST, REPO, cli_proc, make_delivery, quick, set_config
 
 DLID = "251126001"
 HUMAN = re.compile(r"^\d\d:\d\d:\d\d (?:(DEBUG|WARNING|ERROR|CRITICAL) )?(\w+) +(\d{9})?")
@@ -31,7 +29,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _daemon_log(ws: Workspace) -> list[dict]:
-    return _json_lines((ws.logs / DAEMON_LOG).read_text(encoding="utf-8"))
+    return _json_lines(ws.daemon_log.read_text(encoding="utf-8"))
 
 
 def test_watch_once_human_lines_and_daemon_log_stays_json(ws):
@@ -62,7 +60,7 @@ def test_run_human_lines(ws):
     lines = r.stdout.splitlines()
     assert all(HUMAN.match(line) for line in lines), r.stdout
     assert re.match(rf"^\d\d:\d\d:\d\d stream_success +{DLID}", lines[-1]), lines[-1]
-    assert not (ws.logs / DAEMON_LOG).exists()  # `run` is no daemon
+    assert not ws.daemon_log.exists()  # `run` is no daemon
 
 
 def test_json_lines_carry_every_field_the_events_had(ws, tmp_path, monkeypatch):
@@ -80,7 +78,7 @@ def test_json_lines_carry_every_field_the_events_had(ws, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.delenv("SKYDECK_STATE_URL", raising=False)
         res = run_daemon(other, once=True, emit=raw.append)
-    assert res.succeeded == [DLID] and not (other.logs / DAEMON_LOG).exists()
+    assert res.succeeded == [DLID] and not other.daemon_log.exists()
 
     r = cli_proc(ws, "watch", "--once")
     assert r.returncode == 0, r.stderr
@@ -156,14 +154,14 @@ def test_unwritable_daemon_log_loses_lines_not_the_daemon(ws):
     """daemon.log cannot be opened (a directory is in its place): every event still reaches
     stdout, the stream succeeds, and stderr says once that the log lines are lost."""
     ws = quick(ws)
-    (ws.logs / DAEMON_LOG).mkdir(parents=True)
+    ws.daemon_log.mkdir(parents=True)
     make_delivery(ws, DLID, **FAST)
     r = cli_proc(ws, "watch", "--once")
     assert r.returncode == 0, r.stderr
     assert _json_lines(r.stdout)[-1]["event"] == "stream_success"
     (warning,) = _json_lines(r.stderr)
     assert warning["event"] == "log_unwritable" and warning["level"] == "warning"
-    assert warning["path"] == str(ws.logs / DAEMON_LOG) and "IsADirectoryError" in warning["error"]
+    assert warning["path"] == str(ws.daemon_log) and "IsADirectoryError" in warning["error"]
 
 
 def test_auto_is_human_at_a_terminal_and_json_in_a_pipe(ws):

@@ -13,8 +13,7 @@ import pytest
 
 from engine.intake import deliveries, manifest
 from engine.store import StateDB
-
-from .conftest import make_delivery
+from tests.pipeline.conftest import make_delivery
 
 
 def _old(*paths: Path) -> None:

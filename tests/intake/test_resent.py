@@ -29,9 +29,8 @@ from engine.intake import deliveries, identity, manifest
 from engine.mock.delivery import deliver
 from engine.pipeline.retention import apply, plan
 from engine.store import StateDB
+from tests.pipeline.conftest import FAST, cli_proc, make_delivery, set_config, spec
 from tests.props import total
-
-from .conftest import FAST, cli_proc, make_delivery, set_config, spec
 
 DLID = "261202013"
 TINY = "[retention]\nlogs_days = 0\nevents_days = 0\nfcopy_days = 0.00001\n"

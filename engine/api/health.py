@@ -1,0 +1,134 @@
+"""Health: the verdict ``skydeck-engine health`` (a monitoring probe) gives, check by check.
+
+Why in the engine's face: a probe, the CLI and the console ask the same question (is a
+daemon alive, is the state database reachable from here and from the daemon, is launching
+paused or held, is any stream stuck), so it is answered once, from what every reader can
+see: the daemons' heartbeat files (``engine.core.heartbeat``: they beat while the state
+database is down), the state database (asked once, never waited for) and the workspace's
+flags and free space. Each ``Check`` carries the line an operator reads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.core.errors import StateUnavailable
+from engine.core.heartbeat import Heartbeat, read_heartbeats
+from engine.core.owner import owner_dead
+from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
+from engine.core.workspace import Workspace
+from engine.pipeline.halts import halts
+from engine.pipeline.usage import launch_paused
+from engine.store import StateDB
+from engine.store.outage import UNREACHABLE, Patience
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check's verdict; ``detail`` is the line an operator reads."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+
+
+def _ago(s: float) -> str:
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago"
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
+           stuck_after: float = DEFAULT_STUCK_AFTER_S, now: float | None = None) -> list[Check]:
+    """The checks of ``skydeck-engine health``; healthy when every one is ok.
+
+    - ``daemon``: some daemon's heartbeat is younger than ``heartbeat_max_age`` (default
+      ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
+    - ``state``: the state database answers here (asked once, without waiting) and no live
+      daemon's heartbeat says it cannot reach it; else since when, as the daemon saw it.
+    - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
+      is not under the reserve (launching would pause).
+    - ``stuck:<dlid>``: a latest stream that is RUNNING and not held by a halt flag is stuck
+      when its runner (the stream's owner) is provably dead and nothing happened for longer
+      than ``heartbeat_max_age`` (no daemon took it over), or when nothing happened for
+      longer than ``stuck_after`` whatever its runner; "happened" is the stream starting or
+      one of its instances being created, started or ending. Not judged while the state
+      database cannot be read.
+    """
+    now = time.time() if now is None else now
+    max_age = heartbeat_max_age or BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+    checks: list[Check] = []
+
+    beats = read_heartbeats(ws)
+    fresh = [hb for hb in beats if now - hb.t <= max_age and not hb.dead()[0]]
+    if fresh:
+        hb = fresh[0]
+        checks.append(Check("daemon", True, f"daemon pid {hb.pid} on {hb.host} "
+                                             f"beat {_ago(max(0.0, now - hb.t))}"))
+    elif not beats:
+        checks.append(Check("daemon", False, f"no daemon heartbeat in {ws.heartbeat_dir} "
+                                              "(no `skydeck-engine watch` running here)"))
+    else:
+        hb = beats[0]
+        dead, why = hb.dead()
+        state = why if dead else f"older than {max_age:g} s"
+        checks.append(Check("daemon", False, f"daemon pid {hb.pid} on {hb.host} last beat "
+                                              f"{_ago(max(0.0, now - hb.t))} ({state})"))
+
+    running = None
+    try:
+        with StateDB(ws.state, patience=Patience(0.0)) as db:
+            running = db.running_streams_activity()
+    except StateUnavailable as err:
+        why = err.message.removeprefix(UNREACHABLE)
+        checks.append(Check("state", False, _unreachable(why, fresh, now)))
+    else:
+        blind = [hb for hb in fresh if not hb.state_reachable]
+        if blind:
+            hb = blind[0]
+            checks.append(Check("state", False, _unreachable(
+                f"daemon pid {hb.pid} on {hb.host} cannot reach it: {hb.state_error}",
+                blind, now)))
+        else:
+            checks.append(Check("state", True, "state database reachable"))
+
+    for flag in halts(ws):
+        checks.append(Check(f"halt:{flag}", False,
+                            f"halt flag {flag} is set globally ({ws.path('flags') / flag})"))
+    paused, why = launch_paused(ws)
+    checks.append(Check("disk", not paused, why or "free space above the reserve"))
+
+    for rs in running or ():
+        if halts(ws, rs.dlid):
+            continue  # held on purpose; a global flag is reported above
+        idle = max(0.0, now - rs.last_activity)
+        dead, why = owner_dead(rs.owner_pid, rs.owner_host, rs.owner_start)
+        if dead and idle > max_age:
+            checks.append(Check(f"stuck:{rs.dlid}", False,
+                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
+                                f"nothing happened for {idle:.0f} s"))
+        elif idle > stuck_after:
+            checks.append(Check(f"stuck:{rs.dlid}", False,
+                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
+                                f"for {idle:.0f} s (over {stuck_after:g} s; "
+                                f"{rs.active_jobs} job(s) in flight)"))
+    if running is not None and not any(c.name.startswith("stuck:") for c in checks):
+        checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
+    return checks
+
+
+def _unreachable(why: str, beats: list[Heartbeat], now: float) -> str:
+    """The state check's line: unreachable, since when (as the earliest live daemon that
+    cannot reach it saw it; else "now"), and why."""
+    since = min((hb.state_since for hb in beats
+                 if not hb.state_reachable and hb.state_since is not None), default=None)
+    when = "" if since is None else \
+        f" since {_when(since)} ({max(0.0, now - since):.0f} s)"
+    return f"state database unreachable{when}: {why}"
