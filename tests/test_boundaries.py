@@ -4,11 +4,15 @@
   the backend modules ``engine/store/sqlite.py`` and ``engine/store/postgres.py``), and no
   string outside it reads like SQL.
 - ``engine/core`` lies below everything: it imports no other ``engine`` package, so locks,
-  the launcher and the store can all use it without cycles.
+  the launchers and the store can all use it without cycles.
 - The engine is headless: nothing in ``engine`` imports ``console`` (the console imports
   only ``engine.api``: tests/console/test_console_boundary.py).
 - One MPI decision: only ``engine/core/mpi.py`` reads an MPI launcher's environment.
-- The code cites the notes in ``docs/``, never a file outside the repository.
+- No import circle; launchers only through their registry; ``engine.api.listings`` only
+  reads; the daemon below the api, its roles never importing its loop; no engine class
+  over 400 lines.
+- The code cites the notes in ``docs/``, never a file outside the repository, and no issue
+  tracker.
 Walks ``engine/`` and ``console/``; a relative import is resolved against its package.
 """
 
