@@ -30,19 +30,24 @@ import numpy as np
 
 from engine.core.errors import BadInput
 from engine.core.workspace import load_toml
+from engine.propagate.geometry.flatten import Geometry, from_boxes
 from engine.propagate.options import MAX_PHOTONS
+from engine.propagate.params import EPS as EPS_DEFAULT
+from engine.propagate.tables import (  # noqa: F401 - re-exported: the scene's constants
+    C_LIGHT_MM_NS,
+    HC_EV_NM,
+    ICDF_N,
+    N_PROP,
+    PROPS,
+    WL_GRID,
+    WL_MIN,
+    WL_N,
+    WL_STEP,
+    emission_icdf,
+    energy_resample,
+    group_velocity_nodes,
+)
 
-# Property tables are resampled on Opticks' fine wavelength domain: 60..820 nm, 1 nm steps.
-WL_MIN = 60.0
-WL_STEP = 1.0
-WL_N = 761
-WL_GRID = (WL_MIN + WL_STEP * np.arange(WL_N)).astype(np.float64)
-ICDF_N = 4096  # emission inverse-CDF samples (Opticks' scintillation texture width), interpolated
-PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
-         "group_velocity")
-N_PROP = len(PROPS)  # rows of the material table; the kernel gets it as -DN_PROP
-HC_EV_NM = 1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
-C_LIGHT_MM_NS = 299.792458
 SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
 SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
 SHAPES = {"box": 0, "sphere": 1}
@@ -105,40 +110,69 @@ class Scene:
     max_bounce: int = 9
     hitmask: str = "SD"
     extra: dict[str, Any] = field(default_factory=dict)
+    # the volume tree as the backends trace it (flatten.from_boxes for a TOML scene)
+    geometry: Geometry | None = None
+    # (S, 4, WL_N) detect, absorb, specular, diffuse per wavelength; None: from ``surfaces``
+    surface_tables: np.ndarray | None = None
+    epsilon: float = float(EPS_DEFAULT)  # mm: a photon never meets a boundary nearer than this
+    gdml: dict[str, Any] | None = None  # GDML scenes: file, sha256, volumes, sensors
+
+    def tree(self) -> Geometry:
+        if self.geometry is None:
+            self.geometry = from_boxes(
+                self.container_half, self.container_material, self.container_surface,
+                [(o.shape, o.center, o.half_size, o.material, o.surface) for o in self.objects])
+        return self.geometry
 
     def arrays(self) -> SceneArrays:
         mat = np.stack([m.props for m in self.materials]).astype(np.float32)
         icdf = np.stack([m.icdf for m in self.materials]).astype(np.float32)
-        surf = np.array([s for _, s in self.surfaces], dtype=np.float32).reshape(-1, 4)
-        objs = np.zeros((len(self.objects), 10), dtype=np.float32)
-        for i, o in enumerate(self.objects):
-            objs[i] = (SHAPES[o.shape], *o.center, *o.half_size, o.material, o.surface, 0)
-        cont = np.array([*self.container_half, self.container_material, self.container_surface],
-                        dtype=np.float32)
+        if self.surface_tables is not None:
+            surf = np.ascontiguousarray(self.surface_tables, np.float32)
+        else:
+            rows = np.array([s for _, s in self.surfaces], dtype=np.float32).reshape(-1, 4)
+            surf = np.ascontiguousarray(np.repeat(rows[:, :, None], WL_N, axis=2))
+        g = self.tree()
         const = bool(np.all(mat == mat[:, :, :1]))
-        return SceneArrays(mat=mat, icdf=icdf, surf=surf, objs=objs, container=cont,
-                           const_props=const)
+        const_s = bool(np.all(surf == surf[:, :, :1])) if surf.size else True
+        return SceneArrays(mat=mat, icdf=icdf, surf=surf, geo_i=g.geo_i, geo_f=g.geo_f,
+                           node_i=g.node_i, eps=float(self.epsilon), face_ids=g.face_ids,
+                           const_props=const, const_surf=const_s)
 
 
 @dataclass
 class SceneArrays:
-    """Flat float32 arrays shared by the NumPy and CUDA backends.
+    """Flat arrays shared by the NumPy and CUDA backends.
 
-    mat (M,N_PROP,WL_N): n, absorption length, scattering length, reemission prob, group
-    velocity (mm/ns) per wavelength.
+    mat (M,N_PROP,WL_N) float32: n, absorption length, scattering length, reemission prob,
+    group velocity (mm/ns) per wavelength; n = 0 marks a material without RINDEX (opaque:
+    a photon reaching it is absorbed, Geant4's NoRINDEX).
     icdf (M,ICDF_N): emission wavelength at u = k/(ICDF_N-1), interpolated linearly between
     samples (-1: no spectrum; reemission keeps the photon's wavelength).
-    surf (S,4): detect, absorb, reflect_specular, reflect_diffuse.
-    objs (K,10): shape, center xyz, half xyz (sphere: r), material, surface, pad.
-    container (5,): half xyz, material, surface (-1: none, photons reaching it are MI).
+    surf (S,4,WL_N): detect, absorb, reflect_specular, reflect_diffuse per wavelength.
+    geo_i, geo_f: the volume tree, CSG solids and BVH (engine.propagate.geometry.flatten);
+    node_i (N,8) a view of its node table. eps: the minimum distance to a boundary (mm).
     """
 
     mat: np.ndarray
     icdf: np.ndarray
     surf: np.ndarray
-    objs: np.ndarray
-    container: np.ndarray
+    geo_i: np.ndarray
+    geo_f: np.ndarray
+    node_i: np.ndarray
+    eps: float
+    face_ids: bool
     const_props: bool
+    const_surf: bool = True
+
+    @property
+    def surf_t(self) -> np.ndarray:
+        """(S, WL_N, 4) view-copy of ``surf``: one gather fetches a surface's four shares."""
+        t = self.__dict__.get("_surf_t")
+        if t is None:
+            t = np.ascontiguousarray(np.moveaxis(self.surf, 1, 2))
+            self.__dict__["_surf_t"] = t
+        return t
 
     @property
     def mat_t(self) -> np.ndarray:
@@ -195,40 +229,6 @@ def _table(path: Path, key: str, v: list[Any]) -> np.ndarray:
     return tab
 
 
-def energy_resample(nm: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Values on WL_GRID, linear in photon energy between the nodes and the edge values
-    beyond them: what G4PhysicsVector::Value returns at each grid wavelength's energy."""
-    return np.interp(HC_EV_NM / WL_GRID, HC_EV_NM / nm[::-1], values[::-1])
-
-
-def group_velocity_nodes(nm: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Geant4's GROUPVEL table (G4MaterialPropertiesTable::CalculateGROUPVEL) from a
-    refractive-index table: (photon energies in eV, ascending; group velocities in mm/ns).
-
-    v_g = c / (n + dn/d(ln E)), the finite difference of neighbouring nodes, placed at the
-    first node, at the midpoints of the node pairs (Geant4 skips the last pair's midpoint)
-    and at the last node; anomalous dispersion (v_g < 0 or above c/n) falls back to c/n."""
-    c = C_LIGHT_MM_NS
-    e = HC_EV_NM / nm[::-1]
-    r = n[::-1]
-    if len(e) < 2:
-        return e[:1], np.array([c / r[0]])
-
-    def vg(n_at: float, n0: float, n1: float, e0: float, e1: float) -> float:
-        v = c / (n_at + (n1 - n0) / math.log(e1 / e0))
-        return c / n_at if (v < 0 or v > c / n_at) else v
-
-    e0, n0, e1, n1 = e[0], r[0], e[1], r[1]
-    out_e, out_v = [e0], [vg(n0, n0, n1, e0, e1)]
-    for i in range(2, len(e)):
-        out_e.append(0.5 * (e0 + e1))
-        out_v.append(vg(0.5 * (n0 + n1), n0, n1, e0, e1))
-        e0, n0, e1, n1 = e1, n1, e[i], r[i]
-    out_e.append(e1)
-    out_v.append(vg(n1, n0, n1, e0, e1))
-    return np.array(out_e), np.array(out_v)
-
-
 def _property(path: Path, key: str, v: Any, default: float | None,
               allow_inf: bool = False) -> np.ndarray:
     """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID (linear
@@ -250,23 +250,6 @@ def _group_velocity(path: Path, key: str, v: Any) -> np.ndarray:
         e, vg = group_velocity_nodes(tab[:, 0], tab[:, 1])
         return np.interp(HC_EV_NM / WL_GRID, e, vg)
     return np.full(WL_N, C_LIGHT_MM_NS / _num(path, key, v))
-
-
-def emission_icdf(nm: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Emission wavelengths at u = k/(ICDF_N-1) for a spectrum whose weights are per unit
-    photon energy (Geant4's SCINTILLATIONCOMPONENT convention): the trapezoidal integral
-    over energy, inverted linearly within each node interval, as G4Scintillation's
-    ``GetEnergy(u * CIImax)`` and Opticks' scintillation texture (U4ScintCommon) do."""
-    e = HC_EV_NM / nm[::-1]
-    w = weight[::-1]
-    cum = np.concatenate(([0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(e))))
-    v = np.arange(ICDF_N) / (ICDF_N - 1) * cum[-1]
-    j = np.clip(np.searchsorted(cum, v, side="left"), 1, len(e) - 1)
-    lo, hi = j - 1, j
-    den = cum[hi] - cum[lo]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        es = np.where(den > 0, e[lo] + (v - cum[lo]) * (e[hi] - e[lo]) / den, e[lo])
-    return HC_EV_NM / es
 
 
 def _icdf(path: Path, key: str, v: Any) -> np.ndarray:

@@ -1,0 +1,511 @@
+"""The CPU tracer: nearest boundary of each ray through the BVH and the CSG solids,
+compiled by Numba; ``assets/kernels/propagate.cu`` has the same functions line by line
+(docs/propagation.md, "Acceleration").
+
+Why Numba: finding the next boundary is a walk down a tree with a small stack and, per
+candidate volume, a loop over its solid's leaves: branchy per-ray code that vectorised
+NumPy can only run level by level over growing pair lists, paying its per-call cost on
+every level. Compiled, each ray costs its log N box tests and a few leaf tests, and the
+code is the kernel's own structure, so the two stay equal by reading them side by side
+(the host-compiled kernel checks it photon by photon). The first run compiles (cached on
+disk, ``cache=True``); NumPy arrays in, NumPy arrays out.
+
+Per solid (a postfix CSG program of convex leaves, ``solids``): every leaf's interval(s)
+along the ray in its own frame; then, from tmin on, the next interval end, the program
+evaluated just after it (ends closer than TOL_ABS + TOL_REL*|t| count as one: coincident
+faces of a boolean's operands are one surface), and the first end where the program's
+value changes is the solid's boundary; entering when it becomes true. The outward normal
+of the leaf there, oriented by that change, comes back in world coordinates, with the
+leaf's face id (boxes 0..5: -x,+x,-y,+y,-z,+z; else 0 plus the part of the leaf hit).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from engine.propagate.geometry import flatten as FL
+from engine.propagate.geometry import solids as S
+
+MAXIV = 64  # intervals per solid
+STACK = 64  # BVH stack
+TOL_ABS = 1e-7  # mm
+TOL_REL = 1e-9
+INF = math.inf
+
+_BOX, _ELL, _CYL, _CONE, _WEDGE, _NAPPE, _HALF, _TORUS, _MESH = (
+    S.BOX, S.ELLIPSOID, S.CYLINDER, S.CONE, S.WEDGE, S.NAPPE, S.HALFSPACE, S.TORUS, S.MESH)
+_UNION, _INTER, _DIFF = S.UNION, S.INTERSECT, S.DIFF
+_NODE_I, _NODE_F = FL.NODE_I, FL.NODE_F
+
+
+@njit(cache=True, inline="always")
+def _clip(lo, hi, plo, phi, t0, t1, p0, p1):
+    """[lo, hi] intersected with [t0, t1]; parts follow the bound that wins."""
+    if t0 > lo:
+        lo = t0
+        plo = p0
+    if t1 < hi:
+        hi = t1
+        phi = p1
+    return lo, hi, plo, phi
+
+
+@njit(cache=True)
+def _slab(o, d, a, b, lo, hi, plo, phi, p_a, p_b):
+    """Constraint a <= o + t d <= b along one axis (a = -1e300, b = 1e300: none)."""
+    if d == 0.0:
+        if o < a or o > b:
+            return 1.0, -1.0, plo, phi
+        return lo, hi, plo, phi
+    t1 = (a - o) / d
+    t2 = (b - o) / d
+    if d > 0.0:
+        return _clip(lo, hi, plo, phi, t1, t2, p_a, p_b)
+    return _clip(lo, hi, plo, phi, t2, t1, p_b, p_a)
+
+
+@njit(cache=True)
+def _quad_roots(A, B, C):
+    """Real roots of A t^2 + 2 B t + C (A != 0), ascending; nan when none."""
+    disc = B * B - A * C
+    if disc < 0.0:
+        return math.nan, math.nan
+    sq = math.sqrt(disc)
+    q = -(B + sq) if B >= 0.0 else -(B - sq)
+    if q == 0.0:
+        return 0.0, 0.0
+    r1 = q / A
+    r2 = C / q
+    if r1 > r2:
+        return r2, r1
+    return r1, r2
+
+
+@njit(cache=True)
+def _piece(a, b, lo, hi, ps0, ps1, best_lo, best_hi, best_plo, best_phi):
+    """Piece [a, b] of a quadric's region clipped to [lo, hi]; kept when the longest."""
+    pa = 0
+    pb = 0
+    if lo > a:
+        a = lo
+        pa = ps0
+    if hi < b:
+        b = hi
+        pb = ps1
+    if a <= b and (best_lo > best_hi or b - a > best_hi - best_lo):
+        return a, b, pa, pb
+    return best_lo, best_hi, best_plo, best_phi
+
+
+@njit(cache=True)
+def _quadric(A, B, C, lo, hi, ps0, ps1):
+    """{A t^2 + 2 B t + C <= 0} intersected with [lo, hi] (whose ends are parts ps0/ps1):
+    the one non-empty piece (a cone's other nappe lies outside its slab), parts 0 on the
+    quadric."""
+    r = (1.0, -1.0, -1, -1)
+    if A == 0.0:
+        if B > 0.0:
+            return _piece(-INF, -C / (2.0 * B), lo, hi, ps0, ps1, *r)
+        if B < 0.0:
+            return _piece(-C / (2.0 * B), INF, lo, hi, ps0, ps1, *r)
+        if C <= 0.0:
+            return _piece(-INF, INF, lo, hi, ps0, ps1, *r)
+        return r
+    r1, r2 = _quad_roots(A, B, C)
+    if r1 != r1:  # no real root: all or nothing
+        if A < 0.0:
+            return _piece(-INF, INF, lo, hi, ps0, ps1, *r)
+        return r
+    if A > 0.0:
+        return _piece(r1, r2, lo, hi, ps0, ps1, *r)
+    r = _piece(-INF, r1, lo, hi, ps0, ps1, *r)
+    return _piece(r2, INF, lo, hi, ps0, ps1, *r)
+
+
+@njit(cache=True)
+def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
+    """(lo, hi, part at lo, part at hi) of a convex leaf in its frame; lo > hi: empty."""
+    lo = -INF
+    hi = INF
+    plo = -1
+    phi = -1
+    if code == _BOX:
+        for a in range(3):
+            o = ox if a == 0 else (oy if a == 1 else oz)
+            d = dx if a == 0 else (dy if a == 1 else dz)
+            h = gf[po + a]
+            lo, hi, plo, phi = _slab(o, d, -h, h, lo, hi, plo, phi, 2 * a, 2 * a + 1)
+        return lo, hi, plo, phi
+    if code == _ELL:
+        a = gf[po]
+        b = gf[po + 1]
+        c = gf[po + 2]
+        lo, hi, plo, phi = _slab(oz, dz, gf[po + 3], gf[po + 4], lo, hi, plo, phi, 1, 2)
+        if lo > hi:
+            return lo, hi, plo, phi
+        X = ox / a
+        Y = oy / b
+        Z = oz / c
+        U = dx / a
+        V = dy / b
+        W = dz / c
+        return _quadric(U * U + V * V + W * W, X * U + Y * V + Z * W, X * X + Y * Y + Z * Z - 1.0,
+                        lo, hi, plo, phi)
+    if code == _CYL:
+        r = gf[po]
+        lo, hi, plo, phi = _slab(oz, dz, gf[po + 1], gf[po + 2], lo, hi, plo, phi, 1, 2)
+        if lo > hi:
+            return lo, hi, plo, phi
+        return _quadric(dx * dx + dy * dy, ox * dx + oy * dy, ox * ox + oy * oy - r * r,
+                        lo, hi, plo, phi)
+    if code == _CONE:
+        r1 = gf[po]
+        r2 = gf[po + 1]
+        z1 = gf[po + 2]
+        z2 = gf[po + 3]
+        lo, hi, plo, phi = _slab(oz, dz, z1, z2, lo, hi, plo, phi, 1, 2)
+        if lo > hi:
+            return lo, hi, plo, phi
+        k = (r2 - r1) / (z2 - z1)
+        w = oz - (z1 - r1 / k)
+        k2 = k * k
+        return _quadric(dx * dx + dy * dy - k2 * dz * dz, ox * dx + oy * dy - k2 * w * dz,
+                        ox * ox + oy * oy - k2 * w * w, lo, hi, plo, phi)
+    if code == _WEDGE:
+        for i in range(2):
+            nx = gf[po + 2 * i]
+            ny = gf[po + 2 * i + 1]
+            nd = nx * dx + ny * dy
+            no = nx * ox + ny * oy
+            if nd == 0.0:
+                if no > 0.0:
+                    return 1.0, -1.0, -1, -1
+            elif nd > 0.0:
+                t = -no / nd
+                if t < hi:
+                    hi = t
+                    phi = i
+            else:
+                t = -no / nd
+                if t > lo:
+                    lo = t
+                    plo = i
+        return lo, hi, plo, phi
+    if code == _NAPPE:
+        tan2 = gf[po]
+        s = gf[po + 1]
+        lo, hi, plo, phi = _slab(s * oz, s * dz, 0.0, 1e300, lo, hi, plo, phi, 1, 1)
+        if lo > hi:
+            return lo, hi, plo, phi
+        return _quadric(dx * dx + dy * dy - tan2 * dz * dz, ox * dx + oy * dy - tan2 * oz * dz,
+                        ox * ox + oy * oy - tan2 * oz * oz, lo, hi, plo, phi)
+    if code == _HALF:
+        nd = gf[po] * dx + gf[po + 1] * dy + gf[po + 2] * dz
+        no = gf[po] * ox + gf[po + 1] * oy + gf[po + 2] * oz
+        dd = gf[po + 3]
+        if nd == 0.0:
+            if no > dd:
+                return 1.0, -1.0, -1, -1
+        elif nd > 0.0:
+            hi = (dd - no) / nd
+            phi = 0
+        else:
+            lo = (dd - no) / nd
+            plo = 0
+        return lo, hi, plo, phi
+    return 1.0, -1.0, -1, -1
+
+
+@njit(cache=True)
+def leaf_normal(code, gf, po, x, y, z, part):
+    """Outward normal (not normalised) of a leaf at a point of its surface part."""
+    if code == _BOX:
+        a = part // 2
+        s = 1.0 if part % 2 == 1 else -1.0
+        return (s if a == 0 else 0.0), (s if a == 1 else 0.0), (s if a == 2 else 0.0)
+    if code == _WEDGE:
+        return gf[po + 2 * part], gf[po + 2 * part + 1], 0.0
+    if code == _HALF:
+        return gf[po], gf[po + 1], gf[po + 2]
+    if code == _NAPPE:
+        if part == 1:
+            return 0.0, 0.0, -gf[po + 1]
+        return x, y, -gf[po] * z
+    if part == 1:
+        return 0.0, 0.0, -1.0
+    if part == 2:
+        return 0.0, 0.0, 1.0
+    if code == _ELL:
+        a = gf[po]
+        b = gf[po + 1]
+        c = gf[po + 2]
+        return x / (a * a), y / (b * b), z / (c * c)
+    if code == _CYL:
+        return x, y, 0.0
+    if code == _CONE:
+        r1 = gf[po]
+        r2 = gf[po + 1]
+        z1 = gf[po + 2]
+        z2 = gf[po + 3]
+        k = (r2 - r1) / (z2 - z1)
+        return x, y, -k * k * (z - (z1 - r1 / k))
+    return 0.0, 0.0, 1.0
+
+
+@njit(cache=True)
+def _xf(gf, xo, x, y, z):
+    """x' = R x + T with R, T at gf[xo:xo+12] (xo < 0: identity)."""
+    if xo < 0:
+        return x, y, z
+    return (gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z + gf[xo + 9],
+            gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z + gf[xo + 10],
+            gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z + gf[xo + 11])
+
+
+@njit(cache=True)
+def _rot(gf, xo, x, y, z):
+    if xo < 0:
+        return x, y, z
+    return (gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z,
+            gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z,
+            gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z)
+
+
+@njit(cache=True)
+def _rot_t(gf, xo, x, y, z):
+    """R^T n: a normal back into the parent frame."""
+    if xo < 0:
+        return x, y, z
+    return (gf[xo] * x + gf[xo + 3] * y + gf[xo + 6] * z,
+            gf[xo + 1] * x + gf[xo + 4] * y + gf[xo + 7] * z,
+            gf[xo + 2] * x + gf[xo + 5] * y + gf[xo + 8] * z)
+
+
+@njit(cache=True)
+def _eval(gi, c0, nc, t, ivlo, ivhi, ivleaf, niv):
+    """The CSG program's value just after t (bit stack)."""
+    stack = np.uint64(0)
+    sp = 0
+    leaf = 0
+    j = 0
+    for c in range(c0, c0 + 4 * nc, 4):
+        code = gi[c]
+        if code < 16:
+            inside = False
+            while j < niv and ivleaf[j] == leaf:
+                if ivlo[j] <= t and t < ivhi[j]:
+                    inside = True
+                j += 1
+            leaf += 1
+            if inside:
+                stack |= np.uint64(1) << np.uint64(sp)
+            sp += 1
+        else:
+            sp -= 1
+            b = (stack >> np.uint64(sp)) & np.uint64(1)
+            a = (stack >> np.uint64(sp - 1)) & np.uint64(1)
+            if code == _UNION:
+                r = a | b
+            elif code == _INTER:
+                r = a & b
+            else:
+                r = a & (b ^ np.uint64(1))
+            stack &= ~(np.uint64(3) << np.uint64(sp - 1))
+            stack |= r << np.uint64(sp - 1)
+    return (stack & np.uint64(1)) == np.uint64(1)
+
+
+@njit(cache=True)
+def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi):
+    """(t, item offset of the leaf hit, part, entering) of solid s's boundary in (tmin,
+    tmax) along the ray (solid frame); t = inf when none."""
+    hs = gi[FL.H_SOLID_I]
+    c0 = gi[FL.H_CSG_I] + 4 * gi[hs + 2 * s]
+    nc = gi[hs + 2 * s + 1]
+    niv = 0
+    leaf = 0
+    for c in range(c0, c0 + 4 * nc, 4):
+        code = gi[c]
+        if code >= 16:
+            continue
+        xo = gi[c + 2]
+        lx, ly, lz = _xf(gf, xo, ox, oy, oz)
+        ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+        lo, hi, plo, phi = leaf_interval(code, gf, gi[c + 1], lx, ly, lz, ux, uy, uz)
+        if lo <= hi and niv < MAXIV:
+            ivlo[niv] = lo
+            ivhi[niv] = hi
+            ivleaf[niv] = leaf
+            ivplo[niv] = plo
+            ivphi[niv] = phi
+            niv += 1
+        leaf += 1
+    cur = _eval(gi, c0, nc, tmin, ivlo, ivhi, ivleaf, niv)
+    t = tmin
+    for _ in range(2 * niv + 1):
+        tc = INF
+        best = -1
+        side = 0
+        for j in range(niv):
+            if ivlo[j] > t and ivlo[j] < tc:
+                tc = ivlo[j]
+                best = j
+                side = 0
+            if ivhi[j] > t and ivhi[j] < tc:
+                tc = ivhi[j]
+                best = j
+                side = 1
+        if best < 0 or tc >= tmax:
+            return INF, -1, 0, False
+        ta = tc + (TOL_ABS + TOL_REL * abs(tc))
+        new = _eval(gi, c0, nc, ta, ivlo, ivhi, ivleaf, niv)
+        if new != cur:
+            # the item offset of leaf ivleaf[best]
+            want = ivleaf[best]
+            leaf = 0
+            for c in range(c0, c0 + 4 * nc, 4):
+                if gi[c] < 16:
+                    if leaf == want:
+                        return tc, c, (ivplo[best] if side == 0 else ivphi[best]), new
+                    leaf += 1
+        t = ta
+    return INF, -1, 0, False
+
+
+@njit(cache=True)
+def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
+    """Does the ray meet box b within [tmin, tmax)? (slab test, zero directions handled)"""
+    lo = tmin
+    hi = tmax
+    for a in range(3):
+        o = px if a == 0 else (py if a == 1 else pz)
+        inv = ix if a == 0 else (iy if a == 1 else iz)
+        blo = bf[6 * b + a]
+        bhi = bf[6 * b + 3 + a]
+        if inv == INF or inv == -INF:
+            if o < blo or o > bhi:
+                return False
+            continue
+        t1 = (blo - o) * inv
+        t2 = (bhi - o) * inv
+        if t1 > t2:
+            t1, t2 = t2, t1
+        if t1 > lo:
+            lo = t1
+        if t2 < hi:
+            hi = t2
+        if lo > hi:
+            return False
+    return True
+
+
+@njit(cache=True)
+def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack):
+    """Nearest boundary: (t, node, nx, ny, nz, face, entering); t = inf, node -1: none."""
+    nb = gi[FL.H_BVH_I]
+    bf0 = gi[FL.H_BVH_F]
+    items = gi[FL.H_ITEMS]
+    ni = gi[FL.H_NODE_I]
+    nf = gi[FL.H_NODE_F]
+    bf = gf[bf0:]
+    ix = 1.0 / dx if dx != 0.0 else INF
+    iy = 1.0 / dy if dy != 0.0 else INF
+    iz = 1.0 / dz if dz != 0.0 else INF
+    best = INF
+    bnode = -1
+    bitem = -1
+    bpart = 0
+    benter = False
+    sp = 0
+    stack[sp] = 0
+    sp += 1
+    while sp > 0:
+        sp -= 1
+        b = stack[sp]
+        if not _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, best):
+            continue
+        start = gi[nb + 2 * b]
+        count = gi[nb + 2 * b + 1]
+        if count == 0:
+            if sp + 2 <= STACK:
+                stack[sp] = start + 1
+                stack[sp + 1] = start
+                sp += 2
+            continue
+        for q in range(start, start + count):
+            k = gi[items + q]
+            xo = nf + _NODE_F * k
+            # world -> local: R rows at gf[xo:xo+9], T at gf[xo+9:xo+12]
+            lx, ly, lz = _xf(gf, xo, px, py, pz)
+            ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+            t, item, part, enter = solid_hit(gi, gf, gi[ni + _NODE_I * k], lx, ly, lz, ux, uy, uz,
+                                             tmin, best, ivlo, ivhi, ivleaf, ivplo, ivphi)
+            if t < best:
+                best = t
+                bnode = k
+                bitem = item
+                bpart = part
+                benter = enter
+    if bnode < 0:
+        return INF, -1, 0.0, 0.0, 1.0, 0, False
+    # the normal: leaf frame -> solid frame -> world, oriented by the change of state
+    xo = nf + _NODE_F * bnode
+    lx, ly, lz = _xf(gf, xo, px, py, pz)
+    ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+    lxo = gi[bitem + 2]
+    qx, qy, qz = _xf(gf, lxo, lx + best * ux, ly + best * uy, lz + best * uz)
+    nx, ny, nz = leaf_normal(gi[bitem], gf, gi[bitem + 1], qx, qy, qz, bpart)
+    nx, ny, nz = _rot_t(gf, lxo, nx, ny, nz)
+    nx, ny, nz = _rot_t(gf, xo, nx, ny, nz)
+    ln = math.sqrt(nx * nx + ny * ny + nz * nz)
+    nx /= ln
+    ny /= ln
+    nz /= ln
+    c = nx * dx + ny * dy + nz * dz
+    if (benter and c > 0.0) or (not benter and c < 0.0):
+        nx = -nx
+        ny = -ny
+        nz = -nz
+    face = gi[bitem + 3] + bpart
+    return best, bnode, nx, ny, nz, face, benter
+
+
+@njit(cache=True)
+def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
+    """trace_one for every column of pos/dirs (float32 (3, m)); results into the outputs."""
+    m = pos.shape[1]
+    ivlo = np.empty(MAXIV)
+    ivhi = np.empty(MAXIV)
+    ivleaf = np.empty(MAXIV, np.int32)
+    ivplo = np.empty(MAXIV, np.int32)
+    ivphi = np.empty(MAXIV, np.int32)
+    stack = np.empty(STACK, np.int32)
+    for i in range(m):
+        t, k, nx, ny, nz, face, enter = trace_one(
+            gi, gf, float(pos[0, i]), float(pos[1, i]), float(pos[2, i]), float(dirs[0, i]),
+            float(dirs[1, i]), float(dirs[2, i]), tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack)
+        t_out[i] = np.float32(t)
+        node_out[i] = k
+        n_out[0, i] = np.float32(nx)
+        n_out[1, i] = np.float32(ny)
+        n_out[2, i] = np.float32(nz)
+        face_out[i] = face
+        enter_out[i] = 1 if enter else 0
+
+
+def nearest(geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndarray,
+            tmin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(t float32, node int32 (-1: none), outward normal (3,m) float32, face int32,
+    entering bool) of the nearest boundary beyond tmin for each ray."""
+    m = pos.shape[1]
+    t = np.empty(m, np.float32)
+    node = np.empty(m, np.int32)
+    n = np.empty((3, m), np.float32)
+    face = np.empty(m, np.int32)
+    enter = np.empty(m, np.int8)
+    trace(geo_i, geo_f, np.ascontiguousarray(pos, np.float32),
+          np.ascontiguousarray(dirs, np.float32), float(np.float32(tmin)), t, node, n, face, enter)
+    return t, node, n, face, enter.astype(bool)
