@@ -38,6 +38,7 @@ from engine.propagate.tables import (  # noqa: F401 - re-exported: the scene's c
     HC_EV_NM,
     ICDF_N,
     N_PROP,
+    NO_INTERACTION,
     PROPS,
     WL_GRID,
     WL_MIN,
@@ -51,7 +52,6 @@ from engine.propagate.tables import (  # noqa: F401 - re-exported: the scene's c
 SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
 SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
 SHAPES = {"box": 0, "sphere": 1}
-NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
 MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
 MAX_INDEX = 10.0  # refractive index: optical materials lie within 1..~4
@@ -444,6 +444,8 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     if not isinstance(name, str):
         raise _bad(path, "name", "must be a string")
 
+    if "geometry" in doc:
+        return _gdml_scene(doc, path, sha256, name)
     mats = doc.get("materials")
     if not isinstance(mats, dict) or not mats:
         raise _bad(path, "materials", "at least one [materials.<name>] table is required")
@@ -509,6 +511,19 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     source = (None if doc.get("source") is None
               else _parse_source(path, doc.get("source"), half_arr, objects))
 
+    max_bounce, hitmask, epsilon = _settings(doc, path)
+
+    return Scene(name=name, path=path, sha256=sha256,
+                 materials=materials, material_index=material_index, surfaces=surfaces,
+                 surface_index=surface_index, container_half=half, container_material=cmat,
+                 container_surface=csurf, objects=objects, source=source,
+                 max_bounce=max_bounce, hitmask=hitmask,
+                 epsilon=float(EPS_DEFAULT) if epsilon is None else epsilon)
+
+
+def _settings(doc: dict[str, Any], path: Path) -> tuple[int, str, float | None]:
+    """[settings]: max_bounce, hitmask, epsilon (mm, the minimum distance to a boundary;
+    None: the scene kind's default)."""
     settings = doc.get("settings", {})
     if not isinstance(settings, dict):
         raise _bad(path, "settings", "must be a table")
@@ -524,11 +539,67 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     except ValueError as err:
         raise _bad(path, "settings.hitmask", str(err)) from None
 
-    return Scene(name=name, path=path, sha256=sha256,
-                 materials=materials, material_index=material_index, surfaces=surfaces,
-                 surface_index=surface_index, container_half=half, container_material=cmat,
-                 container_surface=csurf, objects=objects, source=source,
-                 max_bounce=max_bounce, hitmask=hitmask)
+    eps = settings.get("epsilon")
+    if eps is not None:
+        eps = _num(path, "settings.epsilon", eps, bound=100.0)
+        if not 1e-6 <= eps <= 100.0:
+            raise _bad(path, "settings.epsilon", "must be within 1e-6..100 mm")
+    return max_bounce, hitmask, eps
+
+
+GDML_KEYS = ("gdml",)
+SCENE_ONLY_KEYS = ("materials", "surfaces", "container", "objects")
+
+
+def _gdml_scene(doc: dict[str, Any], path: Path, sha256: str, name: str) -> Scene:
+    """A scene whose [geometry] gdml names a detector: materials, surfaces and volumes
+    come from the GDML (engine.propagate.geometry.detector), [source] and [settings] from
+    the scene; the source position is in world coordinates."""
+    from engine.propagate.geometry import detector as D
+    from engine.propagate.geometry import gdml as G
+    from engine.propagate.geometry.check import check_overlaps
+
+    geo = doc["geometry"]
+    if not isinstance(geo, dict):
+        raise _bad(path, "geometry", "must be a table with gdml = \"FILE\"")
+    unknown = sorted(set(geo) - set(GDML_KEYS))
+    if unknown:
+        raise _bad(path, f"geometry.{unknown[0]}", "unknown key (known: gdml)")
+    both = [k for k in SCENE_ONLY_KEYS if k in doc]
+    if both:
+        raise _bad(path, both[0], "a scene with [geometry] takes its volumes, materials and "
+                   "surfaces from the GDML")
+    rel = geo.get("gdml")
+    if not isinstance(rel, str) or not rel or len(rel) > 4096:
+        raise _bad(path, "geometry.gdml", "must be a file name (relative to the scene)")
+    gpath = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+    det = G.read(gpath)
+    parts = D.build(det)
+    check_overlaps(det, parts.geometry, points=parts.geometry.info.get("load_points", 8))
+    try:
+        gsha = hashlib.sha256(gpath.read_bytes()).hexdigest()
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror}", gpath) from None
+    materials = [Material(n, props.astype(np.float32), icdf.astype(np.float32), phys)
+                 for n, props, icdf, phys in parts.materials]
+    g = parts.geometry
+    half = tuple(float(max(abs(a), abs(b))) for a, b in zip(g.lo, g.hi, strict=True))
+    surf_rows = [(n, tuple(float(v) for v in t.mean(axis=1))) for n, t in parts.surfaces]
+    tables = (np.stack([t for _, t in parts.surfaces]).astype(np.float32) if parts.surfaces
+              else np.zeros((0, 4, WL_N), np.float32))
+    source = (None if doc.get("source") is None
+              else _parse_source(path, doc.get("source"), np.array(half), []))
+    max_bounce, hitmask, eps = _settings(doc, path)
+    if eps is None:  # a photon's float32 position is 2 um coarse at 20 m: stay above it
+        eps = max(float(EPS_DEFAULT), 2.5e-6 * max(half))
+    info = {"file": str(gpath), "sha256": gsha,
+            **{k: v for k, v in parts.info.items() if k != "solid_index"}}
+    return Scene(name=name, path=path, sha256=hashlib.sha256((sha256 + gsha).encode()).hexdigest(),
+                 materials=materials, material_index={m.name: i for i, m in enumerate(materials)},
+                 surfaces=surf_rows, surface_index={n: i for i, (n, _) in enumerate(surf_rows)},
+                 container_half=half, container_material=parts.world_material,  # type: ignore[arg-type]
+                 container_surface=-1, objects=[], source=source, max_bounce=max_bounce,
+                 hitmask=hitmask, geometry=g, surface_tables=tables, epsilon=eps, gdml=info)
 
 
 def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> Source:

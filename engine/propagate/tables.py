@@ -23,6 +23,7 @@ PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemissi
 N_PROP = len(PROPS)  # rows of the material table; the kernel gets it as -DN_PROP
 HC_EV_NM = 1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
 C_LIGHT_MM_NS = 299.792458
+NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 
 
 def energy_resample(nm: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -509,3 +509,72 @@ def nearest(geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndar
     trace(geo_i, geo_f, np.ascontiguousarray(pos, np.float32),
           np.ascontiguousarray(dirs, np.float32), float(np.float32(tmin)), t, node, n, face, enter)
     return t, node, n, face, enter.astype(bool)
+
+
+_DIAG = (0.2672612419124244, 0.5345224838248488, 0.8017837257372732)
+
+
+@njit(cache=True)
+def inside_batch(gi, gf, solid, pts, out):
+    """Is pts[:, i] inside solid[i] (its frame)? The program's value at the point along a
+    fixed direction (for the overlap check)."""
+    ivlo = np.empty(MAXIV)
+    ivhi = np.empty(MAXIV)
+    ivleaf = np.empty(MAXIV, np.int32)
+    hs = gi[FL.H_SOLID_I]
+    dx, dy, dz = _DIAG
+    for i in range(pts.shape[1]):
+        s = solid[i]
+        c0 = gi[FL.H_CSG_I] + 4 * gi[hs + 2 * s]
+        nc = gi[hs + 2 * s + 1]
+        niv = 0
+        leaf = 0
+        for c in range(c0, c0 + 4 * nc, 4):
+            code = gi[c]
+            if code >= 16:
+                continue
+            xo = gi[c + 2]
+            lx, ly, lz = _xf(gf, xo, pts[0, i], pts[1, i], pts[2, i])
+            ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+            lo, hi, plo, phi = leaf_interval(code, gf, gi[c + 1], lx, ly, lz, ux, uy, uz)
+            if lo <= hi and niv < MAXIV:
+                ivlo[niv] = lo
+                ivhi[niv] = hi
+                ivleaf[niv] = leaf
+                niv += 1
+            leaf += 1
+        out[i] = 1 if _eval(gi, c0, nc, 0.0, ivlo, ivhi, ivleaf, niv) else 0
+
+
+@njit(cache=True)
+def surface_batch(gi, gf, solid, org, dirs, pts, nrm, ok):
+    """First boundary of solid[i] along ray i (its frame): point and outward normal."""
+    ivlo = np.empty(MAXIV)
+    ivhi = np.empty(MAXIV)
+    ivleaf = np.empty(MAXIV, np.int32)
+    ivplo = np.empty(MAXIV, np.int32)
+    ivphi = np.empty(MAXIV, np.int32)
+    for i in range(org.shape[1]):
+        ox, oy, oz = org[0, i], org[1, i], org[2, i]
+        dx, dy, dz = dirs[0, i], dirs[1, i], dirs[2, i]
+        t, item, part, enter = solid_hit(gi, gf, solid[i], ox, oy, oz, dx, dy, dz, 0.0, INF,
+                                         ivlo, ivhi, ivleaf, ivplo, ivphi)
+        if item < 0:
+            ok[i] = 0
+            continue
+        lxo = gi[item + 2]
+        qx, qy, qz = _xf(gf, lxo, ox + t * dx, oy + t * dy, oz + t * dz)
+        nx, ny, nz = leaf_normal(gi[item], gf, gi[item + 1], qx, qy, qz, part)
+        nx, ny, nz = _rot_t(gf, lxo, nx, ny, nz)
+        ln = math.sqrt(nx * nx + ny * ny + nz * nz)
+        c = nx * dx + ny * dy + nz * dz
+        sg = 1.0 / ln
+        if (enter and c > 0.0) or (not enter and c < 0.0):
+            sg = -sg
+        pts[0, i] = ox + t * dx
+        pts[1, i] = oy + t * dy
+        pts[2, i] = oz + t * dz
+        nrm[0, i] = nx * sg
+        nrm[1, i] = ny * sg
+        nrm[2, i] = nz * sg
+        ok[i] = 1
