@@ -430,6 +430,24 @@ __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox,
     int hs = gi[H_SOLID_I];
     int c0 = gi[H_CSG_I] + 4 * gi[hs + 2 * sol];
     int nc = gi[hs + 2 * sol + 1];
+    if (nc == 1) {  // one convex leaf: the general walk below, written out
+        int xo = gi[c0 + 2];
+        double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
+        xf(gf, xo, lx, ly, lz);
+        rot(gf, xo, ux, uy, uz);
+        Iv v = leaf_interval(gi[c0], gf + gi[c0 + 1], lx, ly, lz, ux, uy, uz);
+        if (v.lo > v.hi) return DINF;
+        if (v.lo > tmin) {
+            if (v.lo >= tmax || !(v.lo + (TOL_ABS + TOL_REL * fabs(v.lo)) < v.hi)) return DINF;
+            item = c0; part = v.plo; enter = true;
+            return v.lo;
+        }
+        if (v.hi > tmin && v.hi < tmax) {
+            item = c0; part = v.phi; enter = false;
+            return v.hi;
+        }
+        return DINF;
+    }
     int niv = 0, leaf = 0;
     for (int c = c0; c < c0 + 4 * nc; c += 4) {
         int code = gi[c];

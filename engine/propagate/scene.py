@@ -584,7 +584,8 @@ def _gdml_scene(doc: dict[str, Any], path: Path, sha256: str, name: str) -> Scen
                  for n, props, icdf, phys in parts.materials]
     g = parts.geometry
     half = tuple(float(max(abs(a), abs(b))) for a, b in zip(g.lo, g.hi, strict=True))
-    surf_rows = [(n, tuple(float(v) for v in t.mean(axis=1))) for n, t in parts.surfaces]
+    surf_rows: list[tuple[str, tuple[float, float, float, float]]] = [
+        (n, tuple(float(v) for v in t.mean(axis=1))) for n, t in parts.surfaces]  # type: ignore[misc]
     tables = (np.stack([t for _, t in parts.surfaces]).astype(np.float32) if parts.surfaces
               else np.zeros((0, 4, WL_N), np.float32))
     source = (None if doc.get("source") is None

@@ -109,17 +109,18 @@ def check_overlaps(d: Detector, geo: Geometry, points: int = 1000, seed: int = 1
         checked["pairs"] += len(ia)
         # points of a tested against b and of b against a
         for x_, y_ in ((ia, ib), (ib, ia)):
-            pos_of = {}
+            pos_of: dict[int, list[tuple[int, int]]] = {}
             for i, (a, b) in enumerate(zip(x_, y_, strict=True)):
                 pos_of.setdefault(int(a), []).append((i, int(b)))
             sel = np.isin(own, x_)
             if not sel.any():
                 continue
             idx = np.flatnonzero(sel)
-            rows_p, rows_s, rows_own, rows_oth = [], [], [], []
+            rows_p: list[int] = []
+            rows_oth: list[int] = []
             for j in idx:
                 for _, b in pos_of.get(int(own[j]), []):
-                    rows_p.append(j)
+                    rows_p.append(int(j))
                     rows_oth.append(b)
             if not rows_p:
                 continue

@@ -208,9 +208,9 @@ def build(d: Detector) -> Parts:
             sidx[n] = len(surfaces)
             surfaces.append((n, t))
     for pair in d.borders:
-        for pv in pair:
-            if pv not in d.physvols:
-                raise BadInput(f"bordersurface: no physvol named {pv!r}", d.path)
+        for ref in pair:
+            if ref not in d.physvols:
+                raise BadInput(f"bordersurface: no physvol named {ref!r}", d.path)
     # CSG programs, one per solid used
     csgs: list[SO.Csg] = []
     cidx: dict[str, int] = {}

@@ -142,7 +142,7 @@ def tank(pmts: int = 36, rings: int = 3) -> str:
         ' <tube name="WaterTube" rmax="1000" z="2000" deltaphi="2*pi"/>',
         ' <orb name="AcrylicBall" r="400" lunit="mm"/>',
         ' <sphere name="InnerBall" rmax="38*cm" deltaphi="360" deltatheta="180" aunit="deg"/>',
-        ' <ellipsoid name="PmtBulb" ax="100" by="100" cz="60" zcut1="-40" lunit="mm"/>',
+        ' <ellipsoid name="PmtBulb" ax="100" by="100" cz="60" zcut1="-40" zcut2="60" lunit="mm"/>',
         ' <box name="AbsPlate" x="400" y="400" z="40"/>',
         ' <tube name="AbsPost" rmax="60" z="300" deltaphi="2*pi"/>',
         ' <union name="Absorber"><first ref="AbsPlate"/><second ref="AbsPost"/>'
@@ -215,6 +215,7 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0) -> str:
         _matrix("SPECTRUM_ls", ls_wl, [0.0, 0.0, 0.05, 0.5, 1.0, 0.8, 0.5, 0.15, 0.0, 0.0], True),
         _matrix("RINDEX_pyrex", [200.0, 800.0], [1.48, 1.48], True),
         _matrix("EFF_pmt", WL, [0.0, 0.02, 0.22, 0.3, 0.28, 0.2, 0.07, 0.01, 0.0], True),
+        _matrix("REFL_pmt", [200.0, 800.0], [0.0, 0.0], True),
         '  <matrix name="YIELD_ls" coldim="1" values="10000/MeV"/>',
         '  <matrix name="TAU1_ls" coldim="1" values="4.6*ns"/>',
     ]
@@ -241,7 +242,7 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0) -> str:
         '<position name="NeckPos" z="-300" unit="mm"/></union>',
         ' <opticalsurface name="Photocathode" model="unified" finish="polished" '
         'type="dielectric_metal" value="0"><property name="EFFICIENCY" ref="EFF_pmt"/>'
-        '</opticalsurface>',
+        '<property name="REFLECTIVITY" ref="REFL_pmt"/></opticalsurface>',
     ]
     structure = [
         '  <volume name="PMT"><materialref ref="Pyrex"/><solidref ref="PmtSolid"/></volume>',

@@ -41,7 +41,7 @@ _UNION, _INTER, _DIFF = S.UNION, S.INTERSECT, S.DIFF
 _NODE_I, _NODE_F = FL.NODE_I, FL.NODE_F
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy")
 def _clip(lo, hi, plo, phi, t0, t1, p0, p1):
     """[lo, hi] intersected with [t0, t1]; parts follow the bound that wins."""
     if t0 > lo:
@@ -53,7 +53,7 @@ def _clip(lo, hi, plo, phi, t0, t1, p0, p1):
     return lo, hi, plo, phi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _slab(o, d, a, b, lo, hi, plo, phi, p_a, p_b):
     """Constraint a <= o + t d <= b along one axis (a = -1e300, b = 1e300: none)."""
     if d == 0.0:
@@ -67,7 +67,7 @@ def _slab(o, d, a, b, lo, hi, plo, phi, p_a, p_b):
     return _clip(lo, hi, plo, phi, t2, t1, p_b, p_a)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quad_roots(A, B, C):
     """Real roots of A t^2 + 2 B t + C (A != 0), ascending; nan when none."""
     disc = B * B - A * C
@@ -84,7 +84,7 @@ def _quad_roots(A, B, C):
     return r1, r2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _piece(a, b, lo, hi, ps0, ps1, best_lo, best_hi, best_plo, best_phi):
     """Piece [a, b] of a quadric's region clipped to [lo, hi]; kept when the longest."""
     pa = 0
@@ -100,7 +100,7 @@ def _piece(a, b, lo, hi, ps0, ps1, best_lo, best_hi, best_plo, best_phi):
     return best_lo, best_hi, best_plo, best_phi
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quadric(A, B, C, lo, hi, ps0, ps1):
     """{A t^2 + 2 B t + C <= 0} intersected with [lo, hi] (whose ends are parts ps0/ps1):
     the one non-empty piece (a cone's other nappe lies outside its slab), parts 0 on the
@@ -125,7 +125,7 @@ def _quadric(A, B, C, lo, hi, ps0, ps1):
     return _piece(r2, INF, lo, hi, ps0, ps1, *r)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
     """(lo, hi, part at lo, part at hi) of a convex leaf in its frame; lo > hi: empty."""
     lo = -INF
@@ -219,7 +219,7 @@ def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
     return 1.0, -1.0, -1, -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def leaf_normal(code, gf, po, x, y, z, part):
     """Outward normal (not normalised) of a leaf at a point of its surface part."""
     if code == _BOX:
@@ -255,7 +255,7 @@ def leaf_normal(code, gf, po, x, y, z, part):
     return 0.0, 0.0, 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _xf(gf, xo, x, y, z):
     """x' = R x + T with R, T at gf[xo:xo+12] (xo < 0: identity)."""
     if xo < 0:
@@ -265,7 +265,7 @@ def _xf(gf, xo, x, y, z):
             gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z + gf[xo + 11])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _rot(gf, xo, x, y, z):
     if xo < 0:
         return x, y, z
@@ -274,7 +274,7 @@ def _rot(gf, xo, x, y, z):
             gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _rot_t(gf, xo, x, y, z):
     """R^T n: a normal back into the parent frame."""
     if xo < 0:
@@ -284,7 +284,7 @@ def _rot_t(gf, xo, x, y, z):
             gf[xo + 2] * x + gf[xo + 5] * y + gf[xo + 8] * z)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _eval(gi, c0, nc, t, ivlo, ivhi, ivleaf, niv):
     """The CSG program's value just after t (bit stack)."""
     stack = np.uint64(0)
@@ -318,13 +318,34 @@ def _eval(gi, c0, nc, t, ivlo, ivhi, ivleaf, niv):
     return (stack & np.uint64(1)) == np.uint64(1)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax):
+    """solid_hit of a solid that is one convex leaf: the general walk, written out (no
+    scratch arrays: most volumes are one leaf)."""
+    xo = gi[c0 + 2]
+    lx, ly, lz = _xf(gf, xo, ox, oy, oz)
+    ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+    lo, hi, plo, phi = leaf_interval(gi[c0], gf, gi[c0 + 1], lx, ly, lz, ux, uy, uz)
+    if lo > hi:
+        return INF, -1, 0, False
+    if lo > tmin:
+        if lo >= tmax or not (lo + (TOL_ABS + TOL_REL * abs(lo)) < hi):
+            return INF, -1, 0, False
+        return lo, c0, plo, True
+    if hi > tmin and hi < tmax:
+        return hi, c0, phi, False
+    return INF, -1, 0, False
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi):
     """(t, item offset of the leaf hit, part, entering) of solid s's boundary in (tmin,
     tmax) along the ray (solid frame); t = inf when none."""
     hs = gi[FL.H_SOLID_I]
     c0 = gi[FL.H_CSG_I] + 4 * gi[hs + 2 * s]
     nc = gi[hs + 2 * s + 1]
+    if nc == 1:
+        return leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax)
     niv = 0
     leaf = 0
     for c in range(c0, c0 + 4 * nc, 4):
@@ -375,7 +396,7 @@ def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf,
     return INF, -1, 0, False
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
     """Does the ray meet box b within [tmin, tmax)? (slab test, zero directions handled)"""
     lo = tmin
@@ -402,12 +423,13 @@ def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack):
     """Nearest boundary: (t, node, nx, ny, nz, face, entering); t = inf, node -1: none."""
     nb = gi[FL.H_BVH_I]
     bf0 = gi[FL.H_BVH_F]
     items = gi[FL.H_ITEMS]
+    hs = gi[FL.H_SOLID_I]
     ni = gi[FL.H_NODE_I]
     nf = gi[FL.H_NODE_F]
     bf = gf[bf0:]
@@ -441,8 +463,13 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
             # world -> local: R rows at gf[xo:xo+9], T at gf[xo+9:xo+12]
             lx, ly, lz = _xf(gf, xo, px, py, pz)
             ux, uy, uz = _rot(gf, xo, dx, dy, dz)
-            t, item, part, enter = solid_hit(gi, gf, gi[ni + _NODE_I * k], lx, ly, lz, ux, uy, uz,
-                                             tmin, best, ivlo, ivhi, ivleaf, ivplo, ivphi)
+            sol = gi[ni + _NODE_I * k]
+            if gi[hs + 2 * sol + 1] == 1:
+                t, item, part, enter = leaf_hit(gi, gf, gi[FL.H_CSG_I] + 4 * gi[hs + 2 * sol],
+                                                lx, ly, lz, ux, uy, uz, tmin, best)
+            else:
+                t, item, part, enter = solid_hit(gi, gf, sol, lx, ly, lz, ux, uy, uz, tmin, best,
+                                                 ivlo, ivhi, ivleaf, ivplo, ivphi)
             if t < best:
                 best = t
                 bnode = k
@@ -473,7 +500,7 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
     return best, bnode, nx, ny, nz, face, benter
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
     """trace_one for every column of pos/dirs (float32 (3, m)); results into the outputs."""
     m = pos.shape[1]
@@ -514,7 +541,7 @@ def nearest(geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndar
 _DIAG = (0.2672612419124244, 0.5345224838248488, 0.8017837257372732)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def inside_batch(gi, gf, solid, pts, out):
     """Is pts[:, i] inside solid[i] (its frame)? The program's value at the point along a
     fixed direction (for the overlap check)."""
@@ -546,7 +573,7 @@ def inside_batch(gi, gf, solid, pts, out):
         out[i] = 1 if _eval(gi, c0, nc, 0.0, ivlo, ivhi, ivleaf, niv) else 0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def surface_batch(gi, gf, solid, org, dirs, pts, nrm, ok):
     """First boundary of solid[i] along ray i (its frame): point and outward normal."""
     ivlo = np.empty(MAXIV)
