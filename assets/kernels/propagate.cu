@@ -198,6 +198,7 @@ __device__ float icdf_sample(const Scene& s, int m, float u) {
 #define H_BVH_I 9
 #define H_BVH_F 10
 #define H_ITEMS 11
+#define H_NODE_BOX 16
 #define NODE_I 8
 #define NODE_F 12
 #define MAXIV 64
@@ -496,15 +497,16 @@ __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox,
     return DINF;
 }
 
-__device__ bool box_hit(const double* bf, int b, double px, double py, double pz, double ix,
-                        double iy, double iz, double tmin, double tmax) {
+// where the ray enters box b within [tmin, tmax) (trace._box_enter); DINF: missed
+__device__ double box_enter(const double* bf, int b, double px, double py, double pz,
+                            double ix, double iy, double iz, double tmin, double tmax) {
     double lo = tmin, hi = tmax;
     double o3[3] = {px, py, pz}, i3[3] = {ix, iy, iz};
     for (int a = 0; a < 3; ++a) {
         double o = o3[a], inv = i3[a];
         double blo = bf[6 * b + a], bhi = bf[6 * b + 3 + a];
         if (inv == DINF || inv == -DINF) {
-            if (o < blo || o > bhi) return false;
+            if (o < blo || o > bhi) return DINF;
             continue;
         }
         double t1 = (blo - o) * inv;
@@ -512,9 +514,9 @@ __device__ bool box_hit(const double* bf, int b, double px, double py, double pz
         if (t1 > t2) { double t = t1; t1 = t2; t2 = t; }
         if (t1 > lo) lo = t1;
         if (t2 < hi) hi = t2;
-        if (lo > hi) return false;
+        if (lo > hi) return DINF;
     }
-    return true;
+    return lo;
 }
 
 struct Hit { float t; int node; int face; bool enter; float3 normal; };
@@ -525,6 +527,7 @@ __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
     const double* gf = s.gf;
     int nb = gi[H_BVH_I], items = gi[H_ITEMS], ni = gi[H_NODE_I], nf = gi[H_NODE_F];
     const double* bf = gf + gi[H_BVH_F];
+    const double* nbox = gf + gi[H_NODE_BOX];
     double px = p.x, py = p.y, pz = p.z, dx = d.x, dy = d.y, dz = d.z;
     double tmin = (double)eps;
     double ix = dx != 0.0 ? 1.0 / dx : DINF;
@@ -539,14 +542,25 @@ __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
     stack[sp++] = 0;
     while (sp > 0) {
         int b = stack[--sp];
-        if (!box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, best)) continue;
+        if (box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, best) == DINF) continue;
         int start = gi[nb + 2 * b], count = gi[nb + 2 * b + 1];
-        if (count == 0) {
-            if (sp + 2 <= BVH_STACK) { stack[sp] = start + 1; stack[sp + 1] = start; sp += 2; }
+        if (count == 0) {  // the nearer child on top of the stack, a missed one not at all
+            double ta = box_enter(bf, start, px, py, pz, ix, iy, iz, tmin, best);
+            double tb = box_enter(bf, start + 1, px, py, pz, ix, iy, iz, tmin, best);
+            if (ta != DINF && tb != DINF && sp + 2 <= BVH_STACK) {
+                if (ta <= tb) { stack[sp] = start + 1; stack[sp + 1] = start; }
+                else { stack[sp] = start; stack[sp + 1] = start + 1; }
+                sp += 2;
+            } else if (ta != DINF && sp < BVH_STACK) {
+                stack[sp++] = start;
+            } else if (tb != DINF && sp < BVH_STACK) {
+                stack[sp++] = start + 1;
+            }
             continue;
         }
         for (int q = start; q < start + count; ++q) {
             int k = gi[items + q];
+            if (box_enter(nbox, k, px, py, pz, ix, iy, iz, tmin, best) == DINF) continue;
             int xo = nf + NODE_F * k;
             double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
             xf(gf, xo, lx, ly, lz);

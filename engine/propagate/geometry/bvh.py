@@ -4,9 +4,10 @@
 Why this shape: the CUDA kernel and the CPU tracer walk it with a small stack, so it is two
 arrays and no pointers: ``lo``/``hi`` (B,3) float64 boxes and ``node`` (B,2) int32 (start,
 count); count 0 is an inner node whose children are start and start+1, count > 0 a leaf
-holding items[start:start+count]. Built like an LBVH: the volumes sorted by the Morton
-code of their box centres, each range split in half level by level until at most ``LEAF``
-remain, the boxes then combined bottom up; every level is a few vectorised NumPy calls, so
+holding items[start:start+count]. Built top-down, level by level: every range of
+volumes is sorted along the longest axis of its box centres and split at the median until
+at most ``LEAF`` remain (one lexsort per level for all ranges), the boxes then combined
+bottom up; every level is a few vectorised NumPy calls, so
 building over hundreds of thousands of volumes takes well under a second. Depth is
 ceil(log2(N / LEAF)), and a ray visits about that many boxes on its way to a volume.
 """
@@ -50,7 +51,8 @@ def build(lo: np.ndarray, hi: np.ndarray) -> Bvh:
     lo = np.clip(np.asarray(lo, np.float64), -1e300, 1e300)
     hi = np.clip(np.asarray(hi, np.float64), -1e300, 1e300)
     n = len(lo)
-    order = np.argsort(_morton(0.5 * (lo + hi)), kind="stable").astype(np.int32)
+    cen = 0.5 * (lo + hi)
+    order = np.argsort(_morton(cen), kind="stable").astype(np.int64)
     # level by level: ranges (start, count) in the sorted order; children stored consecutively
     starts = [np.array([0], np.int64)]
     counts = [np.array([n], np.int64)]
@@ -61,6 +63,16 @@ def build(lo: np.ndarray, hi: np.ndarray) -> Bvh:
         split = c > LEAF
         if not split.any():
             break
+        # sort each range that splits along the longest axis of its centres (median split)
+        ss, sc = s[split], c[split]
+        rid = np.repeat(np.arange(len(ss)), sc)
+        pos = np.repeat(ss, sc) + (np.arange(int(sc.sum())) - np.repeat(np.cumsum(sc) - sc, sc))
+        cc = cen[order[pos]]
+        off = np.cumsum(sc) - sc
+        ext = np.maximum.reduceat(cc, off, axis=0) - np.minimum.reduceat(cc, off, axis=0)
+        axis = np.argmax(ext, axis=1)
+        key = cc[np.arange(len(pos)), axis[rid]]
+        order[pos] = order[pos[np.lexsort((key, rid))]]
         left = (c[split] + 1) // 2
         ns = np.stack([s[split], s[split] + left], axis=1).reshape(-1)
         nc = np.stack([left, c[split] - left], axis=1).reshape(-1)
@@ -92,4 +104,4 @@ def build(lo: np.ndarray, hi: np.ndarray) -> Bvh:
             node[idx[split], 1] = 0
             blo[idx[split]] = np.minimum(blo[child], blo[child + 1])
             bhi[idx[split]] = np.maximum(bhi[child], bhi[child + 1])
-    return Bvh(blo, bhi, node, order, len(starts))
+    return Bvh(blo, bhi, node, order.astype(np.int32), len(starts))

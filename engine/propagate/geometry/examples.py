@@ -197,7 +197,9 @@ def fibonacci(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
-def juno_like(pmts: int = 2000, radius: float = 19500.0) -> str:
+def juno_like(pmts: int = 2000, radius: float = 19500.0, scale: float = 1.0) -> str:
+    """``scale`` multiplies the PMT's size (the benchmark keeps the photocathode coverage
+    fixed: scale = sqrt(2000 / pmts))."""
     ls_wl = [300.0, 350.0, 380.0, 400.0, 420.0, 440.0, 460.0, 500.0, 600.0, 800.0]
     define = [
         _matrix("RINDEX_water", WL, [_n_water(w) for w in WL], True),
@@ -236,10 +238,11 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0) -> str:
         ' <tube name="PoolTube" rmax="21" z="42" deltaphi="360" aunit="deg" lunit="m"/>',
         ' <orb name="AcrylicBall" r="17820"/>',
         ' <orb name="LSBall" r="17.7*m"/>',
-        ' <ellipsoid name="PmtBulb" ax="254" by="254" cz="190" lunit="mm"/>',
-        ' <tube name="PmtNeck" rmax="80" z="300" deltaphi="2*pi"/>',
+        f' <ellipsoid name="PmtBulb" ax="{254 * scale:.6g}" by="{254 * scale:.6g}" '
+        f'cz="{190 * scale:.6g}" lunit="mm"/>',
+        f' <tube name="PmtNeck" rmax="{80 * scale:.6g}" z="{300 * scale:.6g}" deltaphi="2*pi"/>',
         ' <union name="PmtSolid"><first ref="PmtBulb"/><second ref="PmtNeck"/>'
-        '<position name="NeckPos" z="-300" unit="mm"/></union>',
+        f'<position name="NeckPos" z="{-300 * scale:.6g}" unit="mm"/></union>',
         ' <opticalsurface name="Photocathode" model="unified" finish="polished" '
         'type="dielectric_metal" value="0"><property name="EFFICIENCY" ref="EFF_pmt"/>'
         '<property name="REFLECTIVITY" ref="REFL_pmt"/></opticalsurface>',

@@ -2,7 +2,7 @@
 "Geometry" and "Acceleration").
 
 Why flat: the CUDA kernel and the CPU tracer read two blobs and nothing else, an int32
-``geo_i`` and a float64 ``geo_f``, whose first 16 ints say where each table starts:
+``geo_i`` and a float64 ``geo_f``, whose first 20 ints say where each table starts:
 
 - nodes, one per placed volume instance (depth-first from the world): int32 (solid,
   omat, osur, isur, imat, boundary, osensor, isensor) and float64 world -> local transform
@@ -13,7 +13,8 @@ Why flat: the CUDA kernel and the CPU tracer read two blobs and nothing else, an
   osensor/isensor: the sensor id a detection at that surface reports;
 - solids: (first CSG item, count), the postfix programs of ``solids``; CSG items (code,
   params offset in geo_f, leaf transform offset in geo_f or -1, face base);
-- the BVH over the nodes' world boxes (``bvh``), and mesh triangles.
+- the BVH over the nodes' world boxes (``bvh``), mesh triangles, and each node's own
+  world box (tested before its solid: a leaf of the BVH may hold a big volume).
 
 Floats are double: a 20 m detector in float32 has 2 um steps, and the tracer would see a
 photon's own surface again. A TOML scene is a small tree too (``from_boxes``): node 0 the
@@ -30,12 +31,12 @@ from engine.core.errors import BadInput
 from engine.propagate.geometry import bvh as B
 from engine.propagate.geometry.solids import BOX, ELLIPSOID, MESH, Csg, Leaf, box_transform
 
-HEADER = 16
+HEADER = 20
 NODE_I = 8
 NODE_F = 12
 MAX_NODES = 4_000_000
 (H_NODES, H_NODE_I, H_NODE_F, H_SOLIDS, H_SOLID_I, H_CSG_I, H_NCSG, H_LEAF_X, H_NBVH, H_BVH_I,
- H_BVH_F, H_ITEMS, H_TRI, H_NTRI, H_FACE_IDS, H_DEPTH) = range(HEADER)
+ H_BVH_F, H_ITEMS, H_TRI, H_NTRI, H_FACE_IDS, H_DEPTH, H_NODE_BOX) = range(17)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
     leaf_f = np.array(fl, float)
     tri_f = np.concatenate(tris).reshape(-1) if tris else np.zeros(0)
     bvh_f = np.concatenate([tree.lo, tree.hi], axis=1).reshape(-1)
-    parts_f = [node_x.reshape(-1), leaf_f, bvh_f, tri_f]
+    node_box = np.clip(np.concatenate([lo, hi], axis=1), -1e300, 1e300).reshape(-1)
+    parts_f = [node_x.reshape(-1), leaf_f, bvh_f, tri_f, node_box]
     off_f = np.cumsum([0] + [len(p) for p in parts_f])
     # leaf parameter and transform offsets are relative to leaf_f: make them absolute
     csg = np.array(ci, np.int32).reshape(-1, 4)
@@ -156,6 +158,7 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
     header[H_NTRI] = ntri
     header[H_FACE_IDS] = 1 if face_ids else 0
     header[H_DEPTH] = tree.depth
+    header[H_NODE_BOX] = off_f[4]
     geo_i = np.concatenate([header] + parts_i).astype(np.int32)
     geo_f = np.concatenate(parts_f).astype(np.float64)
     if len(geo_i) >= 2**31 or len(geo_f) >= 2**31:

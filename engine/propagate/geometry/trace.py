@@ -397,8 +397,9 @@ def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf,
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
-    """Does the ray meet box b within [tmin, tmax)? (slab test, zero directions handled)"""
+def _box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
+    """Where the ray enters box b within [tmin, tmax) (slab test, zero directions
+    handled); INF when it misses."""
     lo = tmin
     hi = tmax
     for a in range(3):
@@ -408,7 +409,7 @@ def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
         bhi = bf[6 * b + 3 + a]
         if inv == INF or inv == -INF:
             if o < blo or o > bhi:
-                return False
+                return INF
             continue
         t1 = (blo - o) * inv
         t2 = (bhi - o) * inv
@@ -419,8 +420,8 @@ def _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
         if t2 < hi:
             hi = t2
         if lo > hi:
-            return False
-    return True
+            return INF
+    return lo
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -433,6 +434,7 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
     ni = gi[FL.H_NODE_I]
     nf = gi[FL.H_NODE_F]
     bf = gf[bf0:]
+    nbox = gf[gi[FL.H_NODE_BOX]:]
     ix = 1.0 / dx if dx != 0.0 else INF
     iy = 1.0 / dy if dy != 0.0 else INF
     iz = 1.0 / dz if dz != 0.0 else INF
@@ -447,18 +449,32 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
     while sp > 0:
         sp -= 1
         b = stack[sp]
-        if not _box_hit(bf, b, px, py, pz, ix, iy, iz, tmin, best):
+        if _box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, best) == INF:
             continue
         start = gi[nb + 2 * b]
         count = gi[nb + 2 * b + 1]
-        if count == 0:
-            if sp + 2 <= STACK:
-                stack[sp] = start + 1
-                stack[sp + 1] = start
+        if count == 0:  # the nearer child on top of the stack, a missed one not at all
+            ta = _box_enter(bf, start, px, py, pz, ix, iy, iz, tmin, best)
+            tb = _box_enter(bf, start + 1, px, py, pz, ix, iy, iz, tmin, best)
+            if ta != INF and tb != INF and sp + 2 <= STACK:
+                if ta <= tb:
+                    stack[sp] = start + 1
+                    stack[sp + 1] = start
+                else:
+                    stack[sp] = start
+                    stack[sp + 1] = start + 1
                 sp += 2
+            elif ta != INF and sp < STACK:
+                stack[sp] = start
+                sp += 1
+            elif tb != INF and sp < STACK:
+                stack[sp] = start + 1
+                sp += 1
             continue
         for q in range(start, start + count):
             k = gi[items + q]
+            if _box_enter(nbox, k, px, py, pz, ix, iy, iz, tmin, best) == INF:
+                continue
             xo = nf + _NODE_F * k
             # world -> local: R rows at gf[xo:xo+9], T at gf[xo+9:xo+12]
             lx, ly, lz = _xf(gf, xo, px, py, pz)
