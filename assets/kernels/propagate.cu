@@ -188,6 +188,9 @@ __device__ float icdf_sample(const Scene& s, int m, float u) {
 #define G_WEDGE 5
 #define G_NAPPE 6
 #define G_HALF 7
+#define G_MESH 9
+#define H_TRI 12
+#define MAXT 32
 #define G_UNION 16
 #define G_INTER 17
 #define G_DIFF 18
@@ -343,6 +346,36 @@ __device__ Iv leaf_interval(int code, const double* p, double ox, double oy, dou
     return e;
 }
 
+// every crossing of the line with a tessellated solid's triangles (Moller-Trumbore),
+// ascending, with the gf offset of each triangle (trace.mesh_crossings)
+__device__ int mesh_crossings(const double* gf, int tri, int ntri, double ox, double oy,
+                              double oz, double dx, double dy, double dz, double* ts, int* ps) {
+    int n = 0;
+    for (int k = 0; k < ntri; ++k) {
+        int b = tri + 9 * k;
+        double e1x = gf[b + 3] - gf[b], e1y = gf[b + 4] - gf[b + 1], e1z = gf[b + 5] - gf[b + 2];
+        double e2x = gf[b + 6] - gf[b], e2y = gf[b + 7] - gf[b + 1], e2z = gf[b + 8] - gf[b + 2];
+        double px = dy * e2z - dz * e2y, py = dz * e2x - dx * e2z, pz = dx * e2y - dy * e2x;
+        double det = e1x * px + e1y * py + e1z * pz;
+        if (det == 0.0) continue;
+        double inv = 1.0 / det;
+        double sx = ox - gf[b], sy = oy - gf[b + 1], sz = oz - gf[b + 2];
+        double u = (sx * px + sy * py + sz * pz) * inv;
+        if (u < 0.0 || u > 1.0) continue;
+        double qx = sy * e1z - sz * e1y, qy = sz * e1x - sx * e1z, qz = sx * e1y - sy * e1x;
+        double v = (dx * qx + dy * qy + dz * qz) * inv;
+        if (v < 0.0 || u + v > 1.0) continue;
+        double t = (e2x * qx + e2y * qy + e2z * qz) * inv;
+        if (n < MAXT) {
+            int j = n;
+            while (j > 0 && ts[j - 1] > t) { ts[j] = ts[j - 1]; ps[j] = ps[j - 1]; --j; }
+            ts[j] = t; ps[j] = b;
+            ++n;
+        }
+    }
+    return n;
+}
+
 __device__ void leaf_normal(int code, const double* p, double x, double y, double z, int part,
                             double& nx, double& ny, double& nz) {
     if (code == G_BOX) {
@@ -357,6 +390,7 @@ __device__ void leaf_normal(int code, const double* p, double x, double y, doubl
         if (part == 1) { nx = 0.0; ny = 0.0; nz = -p[1]; return; }
         nx = x; ny = y; nz = -p[0] * z; return;
     }
+    if (code == G_MESH) return;  // trace() takes a mesh's normal from its triangle
     if (part == 1) { nx = 0.0; ny = 0.0; nz = -1.0; return; }
     if (part == 2) { nx = 0.0; ny = 0.0; nz = 1.0; return; }
     if (code == G_ELL) { nx = x / (p[0] * p[0]); ny = y / (p[1] * p[1]); nz = z / (p[2] * p[2]); return; }
@@ -431,7 +465,7 @@ __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox,
     int hs = gi[H_SOLID_I];
     int c0 = gi[H_CSG_I] + 4 * gi[hs + 2 * sol];
     int nc = gi[hs + 2 * sol + 1];
-    if (nc == 1) {  // one convex leaf: the general walk below, written out
+    if (nc == 1 && gi[c0] != G_MESH) {  // one convex leaf: the general walk below, written out
         int xo = gi[c0 + 2];
         double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
         xf(gf, xo, lx, ly, lz);
@@ -457,6 +491,22 @@ __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox,
         double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
         xf(gf, xo, lx, ly, lz);
         rot(gf, xo, ux, uy, uz);
+        if (code == G_MESH) {
+            const double* p = gf + gi[c + 1];
+            double ts[MAXT];
+            int ps[MAXT];
+            int nt = mesh_crossings(gf, gi[H_TRI] + 9 * (int)p[0], (int)p[1], lx, ly, lz, ux, uy, uz,
+                                    ts, ps);
+            for (int j = 0; j + 1 < nt; j += 2) {
+                if (niv < MAXIV) {
+                    iv.lo[niv] = ts[j]; iv.hi[niv] = ts[j + 1]; iv.leaf[niv] = leaf;
+                    iv.plo[niv] = ps[j]; iv.phi[niv] = ps[j + 1];
+                    ++niv;
+                }
+            }
+            ++leaf;
+            continue;
+        }
         Iv v = leaf_interval(code, gf + gi[c + 1], lx, ly, lz, ux, uy, uz);
         if (v.lo <= v.hi && niv < MAXIV) {
             iv.lo[niv] = v.lo; iv.hi[niv] = v.hi; iv.leaf[niv] = leaf;
@@ -584,8 +634,15 @@ __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
     int lxo = gi[bitem + 2];
     double qx = lx + best * ux, qy = ly + best * uy, qz = lz + best * uz;
     xf(gf, lxo, qx, qy, qz);
-    double nx, ny, nz;
-    leaf_normal(gi[bitem], gf + gi[bitem + 1], qx, qy, qz, bpart, nx, ny, nz);
+    double nx = 0.0, ny = 0.0, nz = 1.0;
+    if (gi[bitem] == G_MESH) {  // part: the triangle's offset in gf
+        const double* tr = gf + bpart;
+        double e1x = tr[3] - tr[0], e1y = tr[4] - tr[1], e1z = tr[5] - tr[2];
+        double e2x = tr[6] - tr[0], e2y = tr[7] - tr[1], e2z = tr[8] - tr[2];
+        nx = e1y * e2z - e1z * e2y; ny = e1z * e2x - e1x * e2z; nz = e1x * e2y - e1y * e2x;
+    } else {
+        leaf_normal(gi[bitem], gf + gi[bitem + 1], qx, qy, qz, bpart, nx, ny, nz);
+    }
     rot_t(gf, lxo, nx, ny, nz);
     rot_t(gf, xo, nx, ny, nz);
     double ln = sqrt(nx * nx + ny * ny + nz * nz);

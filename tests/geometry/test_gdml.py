@@ -70,6 +70,17 @@ def test_reader_gives_a_detector_or_badinput_for_a_damaged_file(pos, ch):
         D.build(G.parse(data, Path("x.gdml")))  # read, solids, tree: a detector or BadInput
 
 
+def _cube_mesh(name: str, h: float) -> str:
+    """A tessellated cube of half side h: 8 <position>s and 12 <triangular> facets (as a
+    <define> part and a <solids> part joined; the caller puts it among the solids)."""
+    corners = [(x, y, z) for x in (-h, h) for y in (-h, h) for z in (-h, h)]
+    faces = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    tris = "".join(f'<quadrangular vertex1="{name}v{a}" vertex2="{name}v{b}" vertex3="{name}v{c}" '
+                   f'vertex4="{name}v{d}"/>' for a, b, c, d in faces)
+    return f'<tessellated name="{name}">{tris}</tessellated>', "".join(
+        f'<position name="{name}v{i}" x="{x}" y="{y}" z="{z}"/>' for i, (x, y, z) in enumerate(corners))
+
+
 def _scene(tmp: Path, gdml: str, extra: str = "") -> Path:
     (tmp / "d.gdml").write_text(gdml)
     p = tmp / "d.toml"
@@ -131,6 +142,9 @@ def test_boolean_operand_uses_the_rotation_itself(tmp_path):
      "missing material 'Unobtainium'"),
     (lambda t: t.replace('<orb name="AcrylicBall"', '<paraboloid name="AcrylicBall"'),
      "unknown solid <paraboloid>"),
+    (lambda t: t.replace('<orb name="AcrylicBall" r="400" lunit="mm"/>',
+                         '<torus name="AcrylicBall" rmax="50" rtor="300"/>'),
+     "torus is not supported"),
     (lambda t: t.replace('<physvol name="inner_pv"><volumeref ref="Inner"/>',
                          '<physvol name="inner_pv"><volumeref ref="Inner"/><scale name="s" x="-1" y="1" z="1"/>'),
      "not a rotation"),
@@ -176,11 +190,14 @@ def test_kernel_matches_numpy_on_a_gdml_detector(kernel_lib, tmp_path):
              '<sphere name="S" rmin="200" rmax="600" startphi="0" deltaphi="300" starttheta="20" '
              'deltatheta="120" aunit="deg"/>'
              '<polycone name="P" startphi="0" deltaphi="360" aunit="deg"><zplane rmin="0" rmax="300" z="-200"/>'
-             '<zplane rmin="50" rmax="400" z="0"/><zplane rmin="0" rmax="100" z="300"/></polycone>')
+             '<zplane rmin="50" rmax="400" z="0"/><zplane rmin="0" rmax="100" z="300"/></polycone>'
+             + _cube_mesh("T", 300.0)[0])
+    text = text.replace("</define>", _cube_mesh("T", 300.0)[1] + "</define>")
     text = text.replace("</solids>", extra + "</solids>")
     vols = ('<volume name="CV"><materialref ref="Acrylic"/><solidref ref="C"/></volume>'
             '<volume name="SV"><materialref ref="Pyrex"/><solidref ref="S"/></volume>'
-            '<volume name="PV"><materialref ref="Acrylic"/><solidref ref="P"/></volume>')
+            '<volume name="PV"><materialref ref="Acrylic"/><solidref ref="P"/></volume>'
+            '<volume name="TV"><materialref ref="Pyrex"/><solidref ref="T"/></volume>')
     text = text.replace('  <volume name="PMT">', vols + '  <volume name="PMT">')
     text = text.replace('<physvol name="ls_pv"><volumeref ref="LS"/></physvol>',
                         '<physvol name="ls_pv"><volumeref ref="LS"/></physvol>')
@@ -190,15 +207,18 @@ def test_kernel_matches_numpy_on_a_gdml_detector(kernel_lib, tmp_path):
                         '<rotation name="cr" x="20" y="40" unit="deg"/></physvol>'
                         '<physvol name="s"><volumeref ref="SV"/><position name="sp" x="-2000"/></physvol>'
                         '<physvol name="p"><volumeref ref="PV"/><position name="pp" y="2000"/></physvol>'
+                        '<physvol name="t"><volumeref ref="TV"/><position name="tp" y="-2000"/>'
+                        '<rotation name="tr" z="30" unit="deg"/></physvol>'
                         '</volume>')
     scene = load_scene(_scene(tmp_path, text, "[settings]\nmax_bounce = 16\n"))
     assert scene.source is not None
     sa = scene.arrays()
     n = 6000
     srcs = []
-    for pos in ([0.0, 0.0, 100.0], [1500.0, 0.0, 0.0], [-1500.0, 0.0, 0.0], [0.0, 1500.0, 0.0]):
+    for pos in ([0.0, 0.0, 100.0], [1500.0, 0.0, 0.0], [-1500.0, 0.0, 0.0], [0.0, 1500.0, 0.0],
+                [0.0, -1500.0, 0.0]):
         scene.source.position = tuple(pos)  # type: ignore[assignment]
-        srcs.append(gensteps(scene.source, n // 4))
+        srcs.append(gensteps(scene.source, n // 5))
     gs = np.concatenate(srcs)
     p = Params(5, 1, 16, F.parse_mask("SD"), True, (20000.0, 500.0))
     ref = propagate_chunk(sa, gs, 0, n, p)
@@ -207,6 +227,7 @@ def test_kernel_matches_numpy_on_a_gdml_detector(kernel_lib, tmp_path):
     print(f"GDML: seqhis identical for {same.mean():.5f} of {n}, {len(np.unique(ref.seq))} histories")
     assert same.mean() > 0.998
     fmask = np.bitwise_or.reduce(ref.ox.view(np.uint32)[:, 3, 3])
+    assert scene.gdml["solids"] >= 9  # world, pool, acrylic, LS, PMT, cone, sphere, polycone, mesh
     for f in (F.BT, F.BR, F.SD, F.SA, F.AB, F.RE, F.SC):
         assert fmask & f, F.mask_label(f)
     assert np.array_equal(ox.view(np.uint32)[same, 3], ref.ox.view(np.uint32)[same, 3])
@@ -222,3 +243,33 @@ def test_shipped_juno_like_is_the_scripts_output():
     assert (SCENES / "juno-like.gdml").read_text() == EX.juno_like(2000)
     s = load_scene(SCENES / "juno-like.toml")
     assert s.gdml["sensors"] == 2000 and s.gdml["volumes"] == 2000 + 4
+
+
+def test_a_tessellated_cube_traces_as_a_box(tmp_path):
+    """Crossings of a closed triangle mesh pair into intervals: a ray meets the meshed cube
+    where it meets the box, entering and leaving, with the face's normal."""
+    solids, defs = _cube_mesh("T", 100.0)
+    text = ("<gdml><define>" + defs + "</define><materials/><solids>" + solids +
+            '<box name="W" x="1000" y="1000" z="1000"/></solids><structure>'
+            '<volume name="V"><materialref ref="G4_AIR"/><solidref ref="T"/></volume>'
+            '<volume name="World"><materialref ref="G4_AIR"/><solidref ref="W"/>'
+            '<physvol><volumeref ref="V"/><position name="p" x="10" y="20" z="30"/></physvol>'
+            '</volume></structure><setup name="Default" version="1"><world ref="World"/></setup></gdml>')
+    from engine.propagate.geometry import detector as D
+
+    g = D.build(G.parse(text.encode(), tmp_path / "m.gdml")).geometry
+    rng = np.random.default_rng(4)
+    p = np.zeros((3, 400), np.float32)
+    d = rng.normal(size=(3, 400))
+    d = (d / np.linalg.norm(d, axis=0)).astype(np.float32)
+    t, node, n, _, enter = nearest(g.geo_i, g.geo_f, p - np.array([[0], [0], [200]], np.float32),
+                                   d, 1e-3)
+    o = (p - np.array([[0], [0], [200]], np.float32) - np.array([[10], [20], [30]])).astype(float)
+    inv = 1.0 / d.astype(float)
+    t1, t2 = (-100 - o) * inv, (100 - o) * inv
+    tin = np.minimum(t1, t2).max(axis=0)
+    tout = np.maximum(t1, t2).min(axis=0)
+    hit = (tin <= tout) & (tin > 0)
+    assert hit.sum() > 20 and np.all(node[hit] == 1) and np.all(enter[hit])
+    assert np.allclose(t[hit], tin[hit], atol=1e-3)
+    assert np.allclose(np.abs(n[:, hit]).max(axis=0), 1.0, atol=1e-6)

@@ -30,6 +30,7 @@ from engine.propagate.geometry import flatten as FL
 from engine.propagate.geometry import solids as S
 
 MAXIV = 64  # intervals per solid
+MAXT = 32  # crossings of one tessellated solid along a line
 STACK = 64  # BVH stack
 TOL_ABS = 1e-7  # mm
 TOL_REL = 1e-9
@@ -220,6 +221,52 @@ def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def mesh_crossings(gf, tri, ntri, ox, oy, oz, dx, dy, dz, ts, ps):
+    """Every crossing of the line with a tessellated solid's triangles (Moller-Trumbore),
+    ascending in ts, each with the gf offset of its triangle in ps; the count (at most
+    MAXT). Consecutive pairs are the solid's intervals (a closed surface)."""
+    n = 0
+    for k in range(ntri):
+        b = tri + 9 * k
+        e1x = gf[b + 3] - gf[b]
+        e1y = gf[b + 4] - gf[b + 1]
+        e1z = gf[b + 5] - gf[b + 2]
+        e2x = gf[b + 6] - gf[b]
+        e2y = gf[b + 7] - gf[b + 1]
+        e2z = gf[b + 8] - gf[b + 2]
+        px = dy * e2z - dz * e2y
+        py = dz * e2x - dx * e2z
+        pz = dx * e2y - dy * e2x
+        det = e1x * px + e1y * py + e1z * pz
+        if det == 0.0:
+            continue
+        inv = 1.0 / det
+        sx = ox - gf[b]
+        sy = oy - gf[b + 1]
+        sz = oz - gf[b + 2]
+        u = (sx * px + sy * py + sz * pz) * inv
+        if u < 0.0 or u > 1.0:
+            continue
+        qx = sy * e1z - sz * e1y
+        qy = sz * e1x - sx * e1z
+        qz = sx * e1y - sy * e1x
+        v = (dx * qx + dy * qy + dz * qz) * inv
+        if v < 0.0 or u + v > 1.0:
+            continue
+        t = (e2x * qx + e2y * qy + e2z * qz) * inv
+        if n < MAXT:
+            j = n
+            while j > 0 and ts[j - 1] > t:
+                ts[j] = ts[j - 1]
+                ps[j] = ps[j - 1]
+                j -= 1
+            ts[j] = t
+            ps[j] = b
+            n += 1
+    return n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def leaf_normal(code, gf, po, x, y, z, part):
     """Outward normal (not normalised) of a leaf at a point of its surface part."""
     if code == _BOX:
@@ -234,6 +281,14 @@ def leaf_normal(code, gf, po, x, y, z, part):
         if part == 1:
             return 0.0, 0.0, -gf[po + 1]
         return x, y, -gf[po] * z
+    if code == _MESH:  # part: the triangle's offset in gf
+        e1x = gf[part + 3] - gf[part]
+        e1y = gf[part + 4] - gf[part + 1]
+        e1z = gf[part + 5] - gf[part + 2]
+        e2x = gf[part + 6] - gf[part]
+        e2y = gf[part + 7] - gf[part + 1]
+        e2z = gf[part + 8] - gf[part + 2]
+        return e1y * e2z - e1z * e2y, e1z * e2x - e1x * e2z, e1x * e2y - e1y * e2x
     if part == 1:
         return 0.0, 0.0, -1.0
     if part == 2:
@@ -338,13 +393,14 @@ def leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi):
+def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi,
+              ts, ps):
     """(t, item offset of the leaf hit, part, entering) of solid s's boundary in (tmin,
     tmax) along the ray (solid frame); t = inf when none."""
     hs = gi[FL.H_SOLID_I]
     c0 = gi[FL.H_CSG_I] + 4 * gi[hs + 2 * s]
     nc = gi[hs + 2 * s + 1]
-    if nc == 1:
+    if nc == 1 and gi[c0] != _MESH:
         return leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax)
     niv = 0
     leaf = 0
@@ -355,6 +411,20 @@ def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf,
         xo = gi[c + 2]
         lx, ly, lz = _xf(gf, xo, ox, oy, oz)
         ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+        if code == _MESH:
+            po = gi[c + 1]
+            nt = mesh_crossings(gf, gi[FL.H_TRI] + 9 * int(gf[po]), int(gf[po + 1]), lx, ly, lz,
+                                ux, uy, uz, ts, ps)
+            for j in range(0, nt - 1, 2):
+                if niv < MAXIV:
+                    ivlo[niv] = ts[j]
+                    ivhi[niv] = ts[j + 1]
+                    ivleaf[niv] = leaf
+                    ivplo[niv] = ps[j]
+                    ivphi[niv] = ps[j + 1]
+                    niv += 1
+            leaf += 1
+            continue
         lo, hi, plo, phi = leaf_interval(code, gf, gi[c + 1], lx, ly, lz, ux, uy, uz)
         if lo <= hi and niv < MAXIV:
             ivlo[niv] = lo
@@ -425,7 +495,8 @@ def _box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack):
+def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack,
+              ts, ps):
     """Nearest boundary: (t, node, nx, ny, nz, face, entering); t = inf, node -1: none."""
     nb = gi[FL.H_BVH_I]
     bf0 = gi[FL.H_BVH_F]
@@ -480,12 +551,12 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
             lx, ly, lz = _xf(gf, xo, px, py, pz)
             ux, uy, uz = _rot(gf, xo, dx, dy, dz)
             sol = gi[ni + _NODE_I * k]
-            if gi[hs + 2 * sol + 1] == 1:
-                t, item, part, enter = leaf_hit(gi, gf, gi[FL.H_CSG_I] + 4 * gi[hs + 2 * sol],
-                                                lx, ly, lz, ux, uy, uz, tmin, best)
+            c0 = gi[FL.H_CSG_I] + 4 * gi[hs + 2 * sol]
+            if gi[hs + 2 * sol + 1] == 1 and gi[c0] != _MESH:
+                t, item, part, enter = leaf_hit(gi, gf, c0, lx, ly, lz, ux, uy, uz, tmin, best)
             else:
                 t, item, part, enter = solid_hit(gi, gf, sol, lx, ly, lz, ux, uy, uz, tmin, best,
-                                                 ivlo, ivhi, ivleaf, ivplo, ivphi)
+                                                 ivlo, ivhi, ivleaf, ivplo, ivphi, ts, ps)
             if t < best:
                 best = t
                 bnode = k
@@ -526,10 +597,13 @@ def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
     ivplo = np.empty(MAXIV, np.int32)
     ivphi = np.empty(MAXIV, np.int32)
     stack = np.empty(STACK, np.int32)
+    ts = np.empty(MAXT)
+    ps = np.empty(MAXT, np.int32)
     for i in range(m):
         t, k, nx, ny, nz, face, enter = trace_one(
             gi, gf, float(pos[0, i]), float(pos[1, i]), float(pos[2, i]), float(dirs[0, i]),
-            float(dirs[1, i]), float(dirs[2, i]), tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack)
+            float(dirs[1, i]), float(dirs[2, i]), tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack,
+            ts, ps)
         t_out[i] = np.float32(t)
         node_out[i] = k
         n_out[0, i] = np.float32(nx)
@@ -564,6 +638,8 @@ def inside_batch(gi, gf, solid, pts, out):
     ivlo = np.empty(MAXIV)
     ivhi = np.empty(MAXIV)
     ivleaf = np.empty(MAXIV, np.int32)
+    ts = np.empty(MAXT)
+    ps = np.empty(MAXT, np.int32)
     hs = gi[FL.H_SOLID_I]
     dx, dy, dz = _DIAG
     for i in range(pts.shape[1]):
@@ -579,6 +655,18 @@ def inside_batch(gi, gf, solid, pts, out):
             xo = gi[c + 2]
             lx, ly, lz = _xf(gf, xo, pts[0, i], pts[1, i], pts[2, i])
             ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+            if code == _MESH:
+                po = gi[c + 1]
+                nt = mesh_crossings(gf, gi[FL.H_TRI] + 9 * int(gf[po]), int(gf[po + 1]), lx, ly,
+                                    lz, ux, uy, uz, ts, ps)
+                for j in range(0, nt - 1, 2):
+                    if niv < MAXIV:
+                        ivlo[niv] = ts[j]
+                        ivhi[niv] = ts[j + 1]
+                        ivleaf[niv] = leaf
+                        niv += 1
+                leaf += 1
+                continue
             lo, hi, plo, phi = leaf_interval(code, gf, gi[c + 1], lx, ly, lz, ux, uy, uz)
             if lo <= hi and niv < MAXIV:
                 ivlo[niv] = lo
@@ -597,11 +685,13 @@ def surface_batch(gi, gf, solid, org, dirs, pts, nrm, ok):
     ivleaf = np.empty(MAXIV, np.int32)
     ivplo = np.empty(MAXIV, np.int32)
     ivphi = np.empty(MAXIV, np.int32)
+    ts = np.empty(MAXT)
+    ps = np.empty(MAXT, np.int32)
     for i in range(org.shape[1]):
         ox, oy, oz = org[0, i], org[1, i], org[2, i]
         dx, dy, dz = dirs[0, i], dirs[1, i], dirs[2, i]
         t, item, part, enter = solid_hit(gi, gf, solid[i], ox, oy, oz, dx, dy, dz, 0.0, INF,
-                                         ivlo, ivhi, ivleaf, ivplo, ivphi)
+                                         ivlo, ivhi, ivleaf, ivplo, ivphi, ts, ps)
         if item < 0:
             ok[i] = 0
             continue
