@@ -494,7 +494,7 @@ def _box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
     return lo
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack,
               ts, ps):
     """Nearest boundary: (t, node, nx, ny, nz, face, entering); t = inf, node -1: none."""
