@@ -241,7 +241,7 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
     scene = load_scene(scene_path)
     _check_gun(gun, scene)
     tables = {m.name: CerenkovTable(*table(m.physics["tables"]["refractive_index"]))
-              for m in scene.materials}
+              for m in scene.materials if "refractive_index" in m.physics.get("tables", {})}
     comps = {m.name: m.physics.get("scintillation_components") for m in scene.materials}
     rows: list[np.ndarray] = []
     counts = {"CERENKOV": 0, "SCINTILLATION": 0, "steps": 0}

@@ -273,3 +273,22 @@ def test_a_tessellated_cube_traces_as_a_box(tmp_path):
     assert hit.sum() > 20 and np.all(node[hit] == 1) and np.all(enter[hit])
     assert np.allclose(t[hit], tin[hit], atol=1e-3)
     assert np.allclose(np.abs(n[:, hit]).max(axis=0), 1.0, atol=1e-6)
+
+
+def test_a_delivery_names_the_juno_like_detector(tmp_path):
+    """The pipeline's path: a mock delivery whose gensteps are electrons stopping in the
+    JUNO-like detector's scintillator (the volume at its origin), propagated through it."""
+    d = tmp_path / "dl"
+    r = cli("mock", "--downlink", "261207001", "--scene", "juno-like", "--gensteps-kind",
+            "scintillation", "--events", "10", "-o", d)
+    assert r.returncode == 0, r.stderr
+    r = cli("propagate", "juno-like", "--gensteps", d / "gensteps.npy", "-o", tmp_path / "ev",
+            "--backend", "numpy", "--workers", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    meta = json.loads(r.stdout.strip().splitlines()[-1])
+    assert meta["gensteps"]["kinds"]["SCINTILLATION"]["photons"] > 1000 and meta["hits"] > 0
+    ht = np.load(tmp_path / "ev" / "ht.npy")
+    assert np.all(ht.view(np.uint32)[:, 3, 3] & (F.SI | F.CK)) and np.all(
+        np.linalg.norm(ht[:, 0, :3], axis=1) > 19000)  # on the PMTs, 19.5 m out
