@@ -28,6 +28,7 @@ NO_JSON = {
     "kernel": "only groups subcommands (kernel build has --json)",
     "db": "only groups subcommands (db copy has --json)",
     "geant4": "only groups subcommands (geant4 propagate and geant4 gensteps have --json)",
+    "geometry": "only groups subcommands (geometry check has --json)",
 }
 
 
@@ -47,6 +48,7 @@ def test_every_command_that_prints_takes_json() -> None:
     assert set(NO_JSON) <= set(commands)
     assert all(_has_json(p) for p in _subparsers(commands["kernel"]).values())
     assert all(_has_json(p) for p in _subparsers(commands["geant4"]).values())
+    assert all(_has_json(p) for p in _subparsers(commands["geometry"]).values())
 
 
 @pytest.fixture

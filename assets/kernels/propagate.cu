@@ -137,20 +137,12 @@ __device__ float3 rotate_uz(float3 u, float3 v) {
 
 // ------------------------------------------------------------------ scene
 struct Scene {
-    const float* mat;        // (M, N_PROP, WL_N): n, abs length, scat length, reemit prob, GROUPVEL
+    const float* mat;        // (M, N_PROP, WL_N): n (0: no RINDEX), abs length, scat length, reemit prob, GROUPVEL
     const float* icdf;       // (M, ICDF_N) emission wavelengths at u = k/(ICDF_N-1)
-    const float* surf;       // (S, 4) detect, absorb, spec, diffuse
-    const float* objs;       // (K, 10) shape, c.xyz, h.xyz, material, surface, pad
-    const float* container;  // half.xyz, material, surface
-    int n_obj;
+    const float* surf;       // (S, 4, WL_N) detect, absorb, spec, diffuse
+    const int* gi;           // geometry (engine/propagate/geometry/flatten.py): header, nodes,
+    const double* gf;        // solids, CSG items, BVH; leaf parameters, transforms, boxes
 };
-
-__device__ __forceinline__ int vol_material(const Scene& s, int vol) {
-    return vol == 0 ? (int)s.container[3] : (int)s.objs[(vol - 1) * 10 + 7];
-}
-__device__ __forceinline__ int vol_surface(const Scene& s, int vol) {
-    return vol == 0 ? (int)s.container[4] : (int)s.objs[(vol - 1) * 10 + 8];
-}
 
 // property k of material m at wavelength wl: a + f*(b - a) on the 1 nm grid
 __device__ float lookup(const Scene& s, int m, int k, float wl) {
@@ -159,6 +151,17 @@ __device__ float lookup(const Scene& s, int m, int k, float wl) {
     int i0 = min((int)x, WL_N - 2);
     float f = x - (float)i0;
     const float* row = s.mat + ((size_t)m * N_PROP + k) * WL_N;
+    float a = row[i0], b = row[i0 + 1];
+    return a + f * (b - a);
+}
+
+// share k (detect, absorb, spec, diffuse) of surface i at wavelength wl (lookup.surface_at)
+__device__ float surface_lookup(const Scene& s, int i, int k, float wl) {
+    float x = (wl - WL_MIN) / WL_STEP;
+    x = fminf(fmaxf(x, 0.0f), (float)(WL_N - 1));
+    int i0 = min((int)x, WL_N - 2);
+    float f = x - (float)i0;
+    const float* row = s.surf + ((size_t)i * 4 + k) * WL_N;
     float a = row[i0], b = row[i0 + 1];
     return a + f * (b - a);
 }
@@ -174,67 +177,483 @@ __device__ float icdf_sample(const Scene& s, int m, float u) {
     return a + f * (b - a);
 }
 
-struct Hit { float t; int vol; int face; float3 normal; };
+// ------------------------------------------------------------------ geometry
+// engine/propagate/geometry/trace.py, function by function, in double precision: the
+// nearest boundary through the BVH (a small stack) and the CSG solids (convex leaves'
+// intervals; the first interval end where the postfix program changes value).
+#define G_BOX 1
+#define G_ELL 2
+#define G_CYL 3
+#define G_CONE 4
+#define G_WEDGE 5
+#define G_NAPPE 6
+#define G_HALF 7
+#define G_MESH 9
+#define H_TRI 12
+#define MAXT 32
+#define G_UNION 16
+#define G_INTER 17
+#define G_DIFF 18
+#define H_NODE_I 1
+#define H_NODE_F 2
+#define H_SOLID_I 4
+#define H_CSG_I 5
+#define H_BVH_I 9
+#define H_BVH_F 10
+#define H_ITEMS 11
+#define H_NODE_BOX 16
+#define NODE_I 8
+#define NODE_F 12
+#define MAXIV 64
+#define BVH_STACK 64
+#define TOL_ABS 1e-7
+#define TOL_REL 1e-9
+#define DINF __longlong_as_double(0x7ff0000000000000ll)
 
-// nearest boundary: container walls (from volume 0), object entry (from 0), object exit
-__device__ Hit intersect(const Scene& s, float3 p, float3 d, int vol) {
-    Hit h;
-    h.t = INF; h.vol = 0; h.face = 0;
-    float pa[3] = {p.x, p.y, p.z}, da[3] = {d.x, d.y, d.z};
-    // container exit (numpy: argmin of the far slab distances, first minimum wins)
-    {
-        float best = INF; int ax = 0;
-        for (int a = 0; a < 3; ++a) {
-            float inv = 1.0f / da[a];
-            float H = s.container[a];
-            float t1 = (0.0f - H - pa[a]) * inv;
-            float t2 = (0.0f + H - pa[a]) * inv;
-            float tf = fmaxf(t1, t2);
-            if (a == 0 || tf < best) { best = tf; ax = a; }
-        }
-        h.t = (vol == 0) ? best : INF;
-        h.face = 2 * ax + (da[ax] > 0.0f ? 1 : 0);
+struct Iv { double lo, hi; int plo, phi; };
+
+__device__ __forceinline__ void clip(Iv& v, double t0, double t1, int p0, int p1) {
+    if (t0 > v.lo) { v.lo = t0; v.plo = p0; }
+    if (t1 < v.hi) { v.hi = t1; v.phi = p1; }
+}
+
+__device__ void slab(double o, double d, double a, double b, Iv& v, int pa, int pb) {
+    if (d == 0.0) {
+        if (o < a || o > b) { v.lo = 1.0; v.hi = -1.0; }
+        return;
     }
-    for (int j = 0; j < s.n_obj; ++j) {
-        const float* o = s.objs + j * 10;
-        bool inside = (vol == j + 1);
-        float t; int f;
-        if ((int)o[0] == 0) {
-            float tnear = 0.0f, tfar = 0.0f; int nax = 0, fax = 0;
-            for (int a = 0; a < 3; ++a) {
-                float inv = 1.0f / da[a];
-                float t1 = (o[1 + a] - o[4 + a] - pa[a]) * inv;
-                float t2 = (o[1 + a] + o[4 + a] - pa[a]) * inv;
-                float tn = fminf(t1, t2), tf = fmaxf(t1, t2);
-                if (a == 0 || tn > tnear) { tnear = tn; nax = a; }
-                if (a == 0 || tf < tfar) { tfar = tf; fax = a; }
+    double t1 = (a - o) / d;
+    double t2 = (b - o) / d;
+    if (d > 0.0) clip(v, t1, t2, pa, pb);
+    else clip(v, t2, t1, pb, pa);
+}
+
+// real roots of A t^2 + 2 B t + C (A != 0), ascending; false when none
+__device__ bool quad_roots(double A, double B, double C, double& r1, double& r2) {
+    double disc = B * B - A * C;
+    if (disc < 0.0) return false;
+    double sq = sqrt(disc);
+    double q = B >= 0.0 ? -(B + sq) : -(B - sq);
+    if (q == 0.0) { r1 = 0.0; r2 = 0.0; return true; }
+    r1 = q / A;
+    r2 = C / q;
+    if (r1 > r2) { double t = r1; r1 = r2; r2 = t; }
+    return true;
+}
+
+__device__ void piece(double a, double b, double lo, double hi, int ps0, int ps1, Iv& best) {
+    int pa = 0, pb = 0;
+    if (lo > a) { a = lo; pa = ps0; }
+    if (hi < b) { b = hi; pb = ps1; }
+    if (a <= b && (best.lo > best.hi || b - a > best.hi - best.lo)) {
+        best.lo = a; best.hi = b; best.plo = pa; best.phi = pb;
+    }
+}
+
+// {A t^2 + 2 B t + C <= 0} within the interval v (parts of its ends kept): one piece
+__device__ Iv quadric(double A, double B, double C, Iv v) {
+    Iv r = {1.0, -1.0, -1, -1};
+    if (A == 0.0) {
+        if (B > 0.0) piece(-DINF, -C / (2.0 * B), v.lo, v.hi, v.plo, v.phi, r);
+        else if (B < 0.0) piece(-C / (2.0 * B), DINF, v.lo, v.hi, v.plo, v.phi, r);
+        else if (C <= 0.0) piece(-DINF, DINF, v.lo, v.hi, v.plo, v.phi, r);
+        return r;
+    }
+    double r1, r2;
+    if (!quad_roots(A, B, C, r1, r2)) {
+        if (A < 0.0) piece(-DINF, DINF, v.lo, v.hi, v.plo, v.phi, r);
+        return r;
+    }
+    if (A > 0.0) {
+        piece(r1, r2, v.lo, v.hi, v.plo, v.phi, r);
+        return r;
+    }
+    piece(-DINF, r1, v.lo, v.hi, v.plo, v.phi, r);
+    piece(r2, DINF, v.lo, v.hi, v.plo, v.phi, r);
+    return r;
+}
+
+__device__ Iv leaf_interval(int code, const double* p, double ox, double oy, double oz,
+                            double dx, double dy, double dz) {
+    Iv v = {-DINF, DINF, -1, -1};
+    if (code == G_BOX) {
+        slab(ox, dx, -p[0], p[0], v, 0, 1);
+        slab(oy, dy, -p[1], p[1], v, 2, 3);
+        slab(oz, dz, -p[2], p[2], v, 4, 5);
+        return v;
+    }
+    if (code == G_ELL) {
+        double a = p[0], b = p[1], c = p[2];
+        slab(oz, dz, p[3], p[4], v, 1, 2);
+        if (v.lo > v.hi) return v;
+        double X = ox / a, Y = oy / b, Z = oz / c, U = dx / a, V = dy / b, W = dz / c;
+        return quadric(U * U + V * V + W * W, X * U + Y * V + Z * W, X * X + Y * Y + Z * Z - 1.0, v);
+    }
+    if (code == G_CYL) {
+        double r = p[0];
+        slab(oz, dz, p[1], p[2], v, 1, 2);
+        if (v.lo > v.hi) return v;
+        return quadric(dx * dx + dy * dy, ox * dx + oy * dy, ox * ox + oy * oy - r * r, v);
+    }
+    if (code == G_CONE) {
+        double r1 = p[0], r2 = p[1], z1 = p[2], z2 = p[3];
+        slab(oz, dz, z1, z2, v, 1, 2);
+        if (v.lo > v.hi) return v;
+        double k = (r2 - r1) / (z2 - z1);
+        double w = oz - (z1 - r1 / k);
+        double k2 = k * k;
+        return quadric(dx * dx + dy * dy - k2 * dz * dz, ox * dx + oy * dy - k2 * w * dz,
+                       ox * ox + oy * oy - k2 * w * w, v);
+    }
+    if (code == G_WEDGE) {
+        for (int i = 0; i < 2; ++i) {
+            double nx = p[2 * i], ny = p[2 * i + 1];
+            double nd = nx * dx + ny * dy;
+            double no = nx * ox + ny * oy;
+            if (nd == 0.0) {
+                if (no > 0.0) { Iv e = {1.0, -1.0, -1, -1}; return e; }
+            } else if (nd > 0.0) {
+                double t = -no / nd;
+                if (t < v.hi) { v.hi = t; v.phi = i; }
+            } else {
+                double t = -no / nd;
+                if (t > v.lo) { v.lo = t; v.plo = i; }
             }
-            bool enter = (vol == 0) && (tnear <= tfar) && (tnear > EPS);
-            t = inside ? tfar : (enter ? tnear : INF);
-            f = inside ? 2 * fax + (da[fax] > 0.0f ? 1 : 0) : 2 * nax + (da[nax] < 0.0f ? 1 : 0);
-        } else {
-            float r = o[4];
-            float3 oc = sub(p, f3(o[1], o[2], o[3]));
-            float b = dot(oc, d);
-            float disc = b * b - (dot(oc, oc) - r * r);
-            float sq = sqrtf(fmaxf(disc, 0.0f));
-            float tin = -b - sq;
-            bool enter = (vol == 0) && (disc > 0.0f) && (tin > EPS);
-            t = inside ? -b + sq : (enter ? tin : INF);
-            f = 0;
         }
-        if (t < h.t) { h.t = t; h.vol = j + 1; h.face = f; }
+        return v;
     }
-    if (h.vol > 0 && (int)s.objs[(h.vol - 1) * 10] == 1) {
-        const float* o = s.objs + (h.vol - 1) * 10;
-        float3 q = add(p, mul(h.t, d));
-        float r = o[4];
-        h.normal = f3((q.x - o[1]) / r, (q.y - o[2]) / r, (q.z - o[3]) / r);
+    if (code == G_NAPPE) {
+        double tan2 = p[0], sg = p[1];
+        slab(sg * oz, sg * dz, 0.0, 1e300, v, 1, 1);
+        if (v.lo > v.hi) return v;
+        return quadric(dx * dx + dy * dy - tan2 * dz * dz, ox * dx + oy * dy - tan2 * oz * dz,
+                       ox * ox + oy * oy - tan2 * oz * oz, v);
+    }
+    if (code == G_HALF) {
+        double nd = p[0] * dx + p[1] * dy + p[2] * dz;
+        double no = p[0] * ox + p[1] * oy + p[2] * oz;
+        double dd = p[3];
+        if (nd == 0.0) {
+            if (no > dd) { Iv e = {1.0, -1.0, -1, -1}; return e; }
+        } else if (nd > 0.0) {
+            v.hi = (dd - no) / nd; v.phi = 0;
+        } else {
+            v.lo = (dd - no) / nd; v.plo = 0;
+        }
+        return v;
+    }
+    Iv e = {1.0, -1.0, -1, -1};
+    return e;
+}
+
+// every crossing of the line with a tessellated solid's triangles (Moller-Trumbore),
+// ascending, with the gf offset of each triangle (trace.mesh_crossings)
+__device__ int mesh_crossings(const double* gf, int tri, int ntri, double ox, double oy,
+                              double oz, double dx, double dy, double dz, double* ts, int* ps) {
+    int n = 0;
+    for (int k = 0; k < ntri; ++k) {
+        int b = tri + 9 * k;
+        double e1x = gf[b + 3] - gf[b], e1y = gf[b + 4] - gf[b + 1], e1z = gf[b + 5] - gf[b + 2];
+        double e2x = gf[b + 6] - gf[b], e2y = gf[b + 7] - gf[b + 1], e2z = gf[b + 8] - gf[b + 2];
+        double px = dy * e2z - dz * e2y, py = dz * e2x - dx * e2z, pz = dx * e2y - dy * e2x;
+        double det = e1x * px + e1y * py + e1z * pz;
+        if (det == 0.0) continue;
+        double inv = 1.0 / det;
+        double sx = ox - gf[b], sy = oy - gf[b + 1], sz = oz - gf[b + 2];
+        double u = (sx * px + sy * py + sz * pz) * inv;
+        if (u < 0.0 || u > 1.0) continue;
+        double qx = sy * e1z - sz * e1y, qy = sz * e1x - sx * e1z, qz = sx * e1y - sy * e1x;
+        double v = (dx * qx + dy * qy + dz * qz) * inv;
+        if (v < 0.0 || u + v > 1.0) continue;
+        double t = (e2x * qx + e2y * qy + e2z * qz) * inv;
+        if (n < MAXT) {
+            int j = n;
+            while (j > 0 && ts[j - 1] > t) { ts[j] = ts[j - 1]; ps[j] = ps[j - 1]; --j; }
+            ts[j] = t; ps[j] = b;
+            ++n;
+        }
+    }
+    return n;
+}
+
+__device__ void leaf_normal(int code, const double* p, double x, double y, double z, int part,
+                            double& nx, double& ny, double& nz) {
+    if (code == G_BOX) {
+        int a = part / 2;
+        double sg = (part % 2 == 1) ? 1.0 : -1.0;
+        nx = a == 0 ? sg : 0.0; ny = a == 1 ? sg : 0.0; nz = a == 2 ? sg : 0.0;
+        return;
+    }
+    if (code == G_WEDGE) { nx = p[2 * part]; ny = p[2 * part + 1]; nz = 0.0; return; }
+    if (code == G_HALF) { nx = p[0]; ny = p[1]; nz = p[2]; return; }
+    if (code == G_NAPPE) {
+        if (part == 1) { nx = 0.0; ny = 0.0; nz = -p[1]; return; }
+        nx = x; ny = y; nz = -p[0] * z; return;
+    }
+    if (code == G_MESH) return;  // trace() takes a mesh's normal from its triangle
+    if (part == 1) { nx = 0.0; ny = 0.0; nz = -1.0; return; }
+    if (part == 2) { nx = 0.0; ny = 0.0; nz = 1.0; return; }
+    if (code == G_ELL) { nx = x / (p[0] * p[0]); ny = y / (p[1] * p[1]); nz = z / (p[2] * p[2]); return; }
+    if (code == G_CYL) { nx = x; ny = y; nz = 0.0; return; }
+    if (code == G_CONE) {
+        double k = (p[1] - p[0]) / (p[3] - p[2]);
+        nx = x; ny = y; nz = -k * k * (z - (p[2] - p[0] / k)); return;
+    }
+    nx = 0.0; ny = 0.0; nz = 1.0;
+}
+
+// x' = R x + T with R, T at gf[xo..xo+12) (xo < 0: identity); rot: R x; rot_t: R^T x
+__device__ void xf(const double* gf, int xo, double& x, double& y, double& z) {
+    if (xo < 0) return;
+    const double* r = gf + xo;
+    double a = r[0] * x + r[1] * y + r[2] * z + r[9];
+    double b = r[3] * x + r[4] * y + r[5] * z + r[10];
+    double c = r[6] * x + r[7] * y + r[8] * z + r[11];
+    x = a; y = b; z = c;
+}
+__device__ void rot(const double* gf, int xo, double& x, double& y, double& z) {
+    if (xo < 0) return;
+    const double* r = gf + xo;
+    double a = r[0] * x + r[1] * y + r[2] * z;
+    double b = r[3] * x + r[4] * y + r[5] * z;
+    double c = r[6] * x + r[7] * y + r[8] * z;
+    x = a; y = b; z = c;
+}
+__device__ void rot_t(const double* gf, int xo, double& x, double& y, double& z) {
+    if (xo < 0) return;
+    const double* r = gf + xo;
+    double a = r[0] * x + r[3] * y + r[6] * z;
+    double b = r[1] * x + r[4] * y + r[7] * z;
+    double c = r[2] * x + r[5] * y + r[8] * z;
+    x = a; y = b; z = c;
+}
+
+struct Ivs { double lo[MAXIV], hi[MAXIV]; int leaf[MAXIV], plo[MAXIV], phi[MAXIV]; };
+
+// the CSG program's value just after t (a bit stack)
+__device__ bool csg_eval(const int* gi, int c0, int nc, double t, const Ivs& iv, int niv) {
+    unsigned long long stack = 0ull;
+    int sp = 0, leaf = 0, j = 0;
+    for (int c = c0; c < c0 + 4 * nc; c += 4) {
+        int code = gi[c];
+        if (code < 16) {
+            bool inside = false;
+            while (j < niv && iv.leaf[j] == leaf) {
+                if (iv.lo[j] <= t && t < iv.hi[j]) inside = true;
+                ++j;
+            }
+            ++leaf;
+            if (inside) stack |= 1ull << sp;
+            ++sp;
+        } else {
+            --sp;
+            unsigned long long b = (stack >> sp) & 1ull;
+            unsigned long long a = (stack >> (sp - 1)) & 1ull;
+            unsigned long long r = code == G_UNION ? (a | b) : (code == G_INTER ? (a & b) : (a & (b ^ 1ull)));
+            stack &= ~(3ull << (sp - 1));
+            stack |= r << (sp - 1);
+        }
+    }
+    return (stack & 1ull) == 1ull;
+}
+
+// boundary of solid sol in (tmin, tmax) along the ray (solid frame): t (inf: none), the CSG
+// item offset of the leaf hit, its part, entering
+__device__ double solid_hit(const int* gi, const double* gf, int sol, double ox, double oy,
+                            double oz, double dx, double dy, double dz, double tmin, double tmax,
+                            Ivs& iv, int& item, int& part, bool& enter) {
+    int hs = gi[H_SOLID_I];
+    int c0 = gi[H_CSG_I] + 4 * gi[hs + 2 * sol];
+    int nc = gi[hs + 2 * sol + 1];
+    if (nc == 1 && gi[c0] != G_MESH) {  // one convex leaf: the general walk below, written out
+        int xo = gi[c0 + 2];
+        double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
+        xf(gf, xo, lx, ly, lz);
+        rot(gf, xo, ux, uy, uz);
+        Iv v = leaf_interval(gi[c0], gf + gi[c0 + 1], lx, ly, lz, ux, uy, uz);
+        if (v.lo > v.hi) return DINF;
+        if (v.lo > tmin) {
+            if (v.lo >= tmax || !(v.lo + (TOL_ABS + TOL_REL * fabs(v.lo)) < v.hi)) return DINF;
+            item = c0; part = v.plo; enter = true;
+            return v.lo;
+        }
+        if (v.hi > tmin && v.hi < tmax) {
+            item = c0; part = v.phi; enter = false;
+            return v.hi;
+        }
+        return DINF;
+    }
+    int niv = 0, leaf = 0;
+    for (int c = c0; c < c0 + 4 * nc; c += 4) {
+        int code = gi[c];
+        if (code >= 16) continue;
+        int xo = gi[c + 2];
+        double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
+        xf(gf, xo, lx, ly, lz);
+        rot(gf, xo, ux, uy, uz);
+        if (code == G_MESH) {
+            const double* p = gf + gi[c + 1];
+            double ts[MAXT];
+            int ps[MAXT];
+            int nt = mesh_crossings(gf, gi[H_TRI] + 9 * (int)p[0], (int)p[1], lx, ly, lz, ux, uy, uz,
+                                    ts, ps);
+            for (int j = 0; j + 1 < nt; j += 2) {
+                if (niv < MAXIV) {
+                    iv.lo[niv] = ts[j]; iv.hi[niv] = ts[j + 1]; iv.leaf[niv] = leaf;
+                    iv.plo[niv] = ps[j]; iv.phi[niv] = ps[j + 1];
+                    ++niv;
+                }
+            }
+            ++leaf;
+            continue;
+        }
+        Iv v = leaf_interval(code, gf + gi[c + 1], lx, ly, lz, ux, uy, uz);
+        if (v.lo <= v.hi && niv < MAXIV) {
+            iv.lo[niv] = v.lo; iv.hi[niv] = v.hi; iv.leaf[niv] = leaf;
+            iv.plo[niv] = v.plo; iv.phi[niv] = v.phi;
+            ++niv;
+        }
+        ++leaf;
+    }
+    bool cur = csg_eval(gi, c0, nc, tmin, iv, niv);
+    double t = tmin;
+    for (int it = 0; it < 2 * niv + 1; ++it) {
+        double tc = DINF;
+        int best = -1, side = 0;
+        for (int j = 0; j < niv; ++j) {
+            if (iv.lo[j] > t && iv.lo[j] < tc) { tc = iv.lo[j]; best = j; side = 0; }
+            if (iv.hi[j] > t && iv.hi[j] < tc) { tc = iv.hi[j]; best = j; side = 1; }
+        }
+        if (best < 0 || tc >= tmax) return DINF;
+        double ta = tc + (TOL_ABS + TOL_REL * fabs(tc));
+        bool nw = csg_eval(gi, c0, nc, ta, iv, niv);
+        if (nw != cur) {
+            int want = iv.leaf[best];
+            int l = 0;
+            for (int c = c0; c < c0 + 4 * nc; c += 4) {
+                if (gi[c] < 16) {
+                    if (l == want) {
+                        item = c;
+                        part = side == 0 ? iv.plo[best] : iv.phi[best];
+                        enter = nw;
+                        return tc;
+                    }
+                    ++l;
+                }
+            }
+        }
+        t = ta;
+    }
+    return DINF;
+}
+
+// where the ray enters box b within [tmin, tmax) (trace._box_enter); DINF: missed
+__device__ double box_enter(const double* bf, int b, double px, double py, double pz,
+                            double ix, double iy, double iz, double tmin, double tmax) {
+    double lo = tmin, hi = tmax;
+    double o3[3] = {px, py, pz}, i3[3] = {ix, iy, iz};
+    for (int a = 0; a < 3; ++a) {
+        double o = o3[a], inv = i3[a];
+        double blo = bf[6 * b + a], bhi = bf[6 * b + 3 + a];
+        if (inv == DINF || inv == -DINF) {
+            if (o < blo || o > bhi) return DINF;
+            continue;
+        }
+        double t1 = (blo - o) * inv;
+        double t2 = (bhi - o) * inv;
+        if (t1 > t2) { double t = t1; t1 = t2; t2 = t; }
+        if (t1 > lo) lo = t1;
+        if (t2 < hi) hi = t2;
+        if (lo > hi) return DINF;
+    }
+    return lo;
+}
+
+struct Hit { float t; int node; int face; bool enter; float3 normal; };
+
+// nearest boundary beyond tmin (trace.trace_one): node -1 and t = inf when none
+__device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
+    const int* gi = s.gi;
+    const double* gf = s.gf;
+    int nb = gi[H_BVH_I], items = gi[H_ITEMS], ni = gi[H_NODE_I], nf = gi[H_NODE_F];
+    const double* bf = gf + gi[H_BVH_F];
+    const double* nbox = gf + gi[H_NODE_BOX];
+    double px = p.x, py = p.y, pz = p.z, dx = d.x, dy = d.y, dz = d.z;
+    double tmin = (double)eps;
+    double ix = dx != 0.0 ? 1.0 / dx : DINF;
+    double iy = dy != 0.0 ? 1.0 / dy : DINF;
+    double iz = dz != 0.0 ? 1.0 / dz : DINF;
+    double best = DINF;
+    int bnode = -1, bitem = -1, bpart = 0;
+    bool benter = false;
+    Ivs iv;
+    int stack[BVH_STACK];
+    int sp = 0;
+    stack[sp++] = 0;
+    while (sp > 0) {
+        int b = stack[--sp];
+        if (box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, best) == DINF) continue;
+        int start = gi[nb + 2 * b], count = gi[nb + 2 * b + 1];
+        if (count == 0) {  // the nearer child on top of the stack, a missed one not at all
+            double ta = box_enter(bf, start, px, py, pz, ix, iy, iz, tmin, best);
+            double tb = box_enter(bf, start + 1, px, py, pz, ix, iy, iz, tmin, best);
+            if (ta != DINF && tb != DINF && sp + 2 <= BVH_STACK) {
+                if (ta <= tb) { stack[sp] = start + 1; stack[sp + 1] = start; }
+                else { stack[sp] = start; stack[sp + 1] = start + 1; }
+                sp += 2;
+            } else if (ta != DINF && sp < BVH_STACK) {
+                stack[sp++] = start;
+            } else if (tb != DINF && sp < BVH_STACK) {
+                stack[sp++] = start + 1;
+            }
+            continue;
+        }
+        for (int q = start; q < start + count; ++q) {
+            int k = gi[items + q];
+            if (box_enter(nbox, k, px, py, pz, ix, iy, iz, tmin, best) == DINF) continue;
+            int xo = nf + NODE_F * k;
+            double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
+            xf(gf, xo, lx, ly, lz);
+            rot(gf, xo, ux, uy, uz);
+            int item = -1, part = 0;
+            bool enter = false;
+            double t = solid_hit(gi, gf, gi[ni + NODE_I * k], lx, ly, lz, ux, uy, uz, tmin, best,
+                                 iv, item, part, enter);
+            if (t < best) { best = t; bnode = k; bitem = item; bpart = part; benter = enter; }
+        }
+    }
+    Hit h;
+    if (bnode < 0) {
+        h.t = INF; h.node = -1; h.face = 0; h.enter = false; h.normal = f3(0.0f, 0.0f, 1.0f);
+        return h;
+    }
+    int xo = nf + NODE_F * bnode;
+    double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
+    xf(gf, xo, lx, ly, lz);
+    rot(gf, xo, ux, uy, uz);
+    int lxo = gi[bitem + 2];
+    double qx = lx + best * ux, qy = ly + best * uy, qz = lz + best * uz;
+    xf(gf, lxo, qx, qy, qz);
+    double nx = 0.0, ny = 0.0, nz = 1.0;
+    if (gi[bitem] == G_MESH) {  // part: the triangle's offset in gf
+        const double* tr = gf + bpart;
+        double e1x = tr[3] - tr[0], e1y = tr[4] - tr[1], e1z = tr[5] - tr[2];
+        double e2x = tr[6] - tr[0], e2y = tr[7] - tr[1], e2z = tr[8] - tr[2];
+        nx = e1y * e2z - e1z * e2y; ny = e1z * e2x - e1x * e2z; nz = e1x * e2y - e1y * e2x;
     } else {
-        int axis = h.face / 2;
-        float sign = (h.face % 2 == 1) ? 1.0f : -1.0f;
-        h.normal = f3(axis == 0 ? sign : 0.0f, axis == 1 ? sign : 0.0f, axis == 2 ? sign : 0.0f);
+        leaf_normal(gi[bitem], gf + gi[bitem + 1], qx, qy, qz, bpart, nx, ny, nz);
     }
+    rot_t(gf, lxo, nx, ny, nz);
+    rot_t(gf, xo, nx, ny, nz);
+    double ln = sqrt(nx * nx + ny * ny + nz * nz);
+    nx /= ln; ny /= ln; nz /= ln;
+    double c = nx * dx + ny * dy + nz * dz;
+    if ((benter && c > 0.0) || (!benter && c < 0.0)) { nx = -nx; ny = -ny; nz = -nz; }
+    h.t = (float)best;
+    h.node = bnode;
+    h.face = gi[bitem + 3] + bpart;
+    h.enter = benter;
+    h.normal = f3((float)nx, (float)ny, (float)nz);
     return h;
 }
 
@@ -461,18 +880,18 @@ __device__ Photon generate_photon(const Scene& s, const float* q, const Rng& rng
 
 // ------------------------------------------------------------------ kernel
 extern "C" __global__ void propagate(
-    const float* mat, const float* icdf, const float* surf, const float* objs,
-    const float* container, const float* gs, const unsigned long long* gs_ends,
-    int n_gs, int n_obj, int n_surf,
+    const float* mat, const float* icdf, const float* surf, const int* geo_i,
+    const double* geo_f, const float* gs, const unsigned long long* gs_ends,
+    int n_gs, int face_ids, int n_surf,
     unsigned long long start, unsigned int count, unsigned long long seed, unsigned int event,
     int max_bounce, unsigned int hitmask, int development, float space_extent, float time_max,
-    float4* hits, unsigned int* hit_count, unsigned int* fm_hist,
+    float eps, float4* hits, unsigned int* hit_count, unsigned int* fm_hist,
     float4* ox, short4* rx, unsigned long long* seq_out)
 {
     unsigned int local = blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= count) return;
     unsigned long long idx = start + local;
-    Scene s = {mat, icdf, surf, objs, container, n_obj};
+    Scene s = {mat, icdf, surf, geo_i, geo_f};
     Rng rng = {idx, seed, event};
     int maxrec = max_bounce + 1;
 
@@ -488,15 +907,6 @@ extern "C" __global__ void propagate(
     float3 pos = ph.pos, d = ph.dir, pol = ph.pol;
     float t = ph.t;
     float wl = ph.wl;
-    int vol = 0;
-    for (int j = 0; j < n_obj; ++j) {
-        const float* o = objs + j * 10;
-        float3 rel = sub(pos, f3(o[1], o[2], o[3]));
-        bool inside = ((int)o[0] == 0)
-            ? (fabsf(rel.x) < o[4] && fabsf(rel.y) < o[5] && fabsf(rel.z) < o[6])
-            : (dot(rel, rel) < o[4] * o[4]);
-        if (inside) vol = j + 1;
-    }
     unsigned int blk = ph.blk;
     unsigned int flag = ph.flag, flagmask = ph.flag, boundary = 0, sensor = 0;
     unsigned long long seq = nib(ph.flag);
@@ -513,11 +923,15 @@ extern "C" __global__ void propagate(
     // ---- stepping (numpy_backend.propagate_chunk)
     for (int bounce = 0; bounce < max_bounce; ++bounce) {
         bool dead = false;
-        Hit h = intersect(s, pos, d, vol);
-        bool miss = !isfinite(h.t);
+        Hit h = trace(s, pos, d, eps);
+        // Opticks' boundary model: the side of the node's solid gives materials, surface,
+        // sensor (engine/propagate/geometry/flatten.py)
+        const int* nd = geo_i + geo_i[H_NODE_I] + NODE_I * (h.node < 0 ? 0 : h.node);
+        int m1 = h.enter ? nd[1] : nd[4];
+        bool miss = h.node < 0 || m1 < 0;
+        if (m1 < 0) m1 = 0;
         U4 u = uniforms(rng, blk);
         blk += 1;
-        int m1 = vol_material(s, vol);
         float n1 = lookup(s, m1, 0, wl);
         float la = lookup(s, m1, 1, wl);
         float ls = lookup(s, m1, 2, wl);
@@ -544,13 +958,13 @@ extern "C" __global__ void propagate(
                 float c = 2.0f * ua.z - 1.0f;
                 float sn = sqrtf(fmaxf(0.0f, 1.0f - c * c));
                 float p1 = TWO_PI * ua.y;
-                float3 nd = f3(sn * cosf(p1), sn * sinf(p1), c);
+                float3 nd3 = f3(sn * cosf(p1), sn * sinf(p1), c);
                 float c2 = 2.0f * ub.y - 1.0f;
                 float s2 = sqrtf(fmaxf(0.0f, 1.0f - c2 * c2));
                 float p2 = TWO_PI * ub.x;
                 float3 rv = f3(s2 * cosf(p2), s2 * sinf(p2), c2);
-                d = nd;
-                pol = normalize(cross(rv, nd));
+                d = nd3;
+                pol = normalize(cross(rv, nd3));
                 flag = F_RE;
             } else {
                 flag = F_AB;
@@ -560,22 +974,25 @@ extern "C" __global__ void propagate(
             rayleigh(d, pol, rng, blk);
             flag = F_SC;
         } else if (sail) {
-            int srf = vol_surface(s, h.vol);
-            boundary = (unsigned int)(h.vol + 1);
-            if (h.vol == 0 && srf < 0) {
+            int m2 = h.enter ? nd[4] : nd[1];
+            int srf = h.enter ? nd[2] : nd[3];
+            boundary = (unsigned int)(nd[5] + 1);
+            if (m2 < 0 && srf < 0) {
                 flag = F_MI;
                 dead = true;
             } else if (srf >= 0) {
-                const float* pr = surf + srf * 4;
-                float pa = pr[1];
-                float pd = pa + pr[0];
-                float pf = pd + pr[3];
+                float pd0 = surface_lookup(s, srf, 0, wl);
+                float pa = surface_lookup(s, srf, 1, wl);
+                float pdf = surface_lookup(s, srf, 3, wl);
+                float pd = pa + pd0;
+                float pf = pd + pdf;
                 float uu = u.z;
                 if (uu < pa) {
                     flag = F_SA; dead = true;
                 } else if (uu < pd) {
                     flag = F_SD; dead = true;
-                    sensor = (unsigned int)(h.vol * 8 + h.face + 1);
+                    sensor = (unsigned int)(h.enter ? nd[6] : nd[7]);
+                    if (face_ids) sensor += (unsigned int)h.face;
                 } else if (uu < pf) {
                     lambertian(d, pol, h.normal, rng, blk);
                     flag = F_DR;
@@ -586,11 +1003,13 @@ extern "C" __global__ void propagate(
                     flag = F_SR;
                 }
             } else {
-                int other = vol == 0 ? h.vol : 0;
-                float n2 = lookup(s, vol_material(s, other), 0, wl);
-                bool refl = fresnel(d, pol, h.normal, n1, n2, u.z);
-                flag = refl ? F_BR : F_BT;
-                if (!refl) vol = other;
+                float n2 = lookup(s, m2, 0, wl);
+                if (n2 == 0.0f || n1 == 0.0f) {  // no RINDEX on one side: Geant4's NoRINDEX
+                    flag = F_SA; dead = true;
+                } else {
+                    bool refl = fresnel(d, pol, h.normal, n1, n2, u.z);
+                    flag = refl ? F_BR : F_BT;
+                }
             }
         }
         flagmask |= flag;

@@ -79,6 +79,11 @@ def render_summary(s: HitSummary) -> Group:
     for r in s.flagmasks[:12]:
         flags.add_row(r.label, f"{r.count:,}", f"{r.fraction:.4f}", f"{r.hits:,}")
     maps = [line for fm in sorted(s.faces, key=lambda f: -f.hits)[:2] for line in _face_map(fm)]
+    if s.sensors:  # a GDML detector: hits per sensor (copynumber), the most hit first
+        of = f" of {s.sensors_total:,}" if s.sensors_total is not None else ""
+        sens = Text(f"sensors hit {s.sensors_hit:,}{of}; most hit: ", style="bold")
+        sens.append("  ".join(f"{sid}:{h:,}" for sid, h in s.sensors[:10]), style="")
+        maps.insert(0, sens)
     return Group(head, term, flags, *_hist("hit time", "ns", s.time),
                  *_hist("hit wavelength", "nm", s.wavelength), *maps)
 

@@ -15,6 +15,7 @@ SUMMARY: dict[str, str] = {
     "build": "build events from level-0 source files (MPI-aware)",
     "verify": "verify built events (rows, timestamps, payloads) against their sources",
     "propagate": "propagate optical photons through a scene; keep hits (+ metadata)",
+    "geometry": "check a GDML detector: overlaps and extrusions, volumes, sensors",
     "geant4": "Geant4 on a scene: reference photon histories, gensteps of a particle gun",
     "kernel": "the GPU propagation kernel",
     "hits": "summarize the hits of a propagation event (A/B with --vs)",

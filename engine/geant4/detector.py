@@ -184,9 +184,12 @@ def build(g4: ModuleType, scene: Scene) -> Built:
 
 
 def detecting_volumes(scene: Scene, built: Built) -> list[Any]:
-    """Logical volumes whose sensitive detector Geant4 invokes on a detection: the one a
+    """Every logical volume for a GDML detector (the surface's owner is found per hit);
+    else: Logical volumes whose sensitive detector Geant4 invokes on a detection: the one a
     photon steps into at a detecting surface (the world for the container's wall; the
     object, and the container for photons leaving it, for an object's skin)."""
+    if scene.gdml is not None:
+        return list(built.object_lvs)
     out = []
     if scene.container_surface >= 0 and scene.surfaces[scene.container_surface][1][0] > 0:
         out.append(built.world_lv)
@@ -196,3 +199,25 @@ def detecting_volumes(scene: Scene, built: Built) -> list[Any]:
             if built.container_lv not in out:
                 out.append(built.container_lv)
     return out
+
+
+def read_gdml(g4: ModuleType, scene: Scene) -> Built:
+    """The scene's GDML read by Geant4's own G4GDMLParser (no schema validation: offline),
+    its optical tables and surfaces as the file gives them."""
+    assert scene.gdml is not None
+    b = Built()
+    parser = g4.G4GDMLParser()
+    parser.Read(str(scene.gdml["file"]), False)
+    b.world_pv = parser.GetWorldVolume()
+    b.world_lv = b.world_pv.GetLogicalVolume()
+    seen: dict[str, Any] = {}
+    stack = [b.world_lv]
+    while stack:
+        lv = stack.pop()
+        if lv.GetName() in seen:
+            continue
+        seen[lv.GetName()] = lv
+        stack.extend(lv.GetDaughter(i).GetLogicalVolume() for i in range(lv.GetNoDaughters()))
+    b.object_lvs = list(seen.values())
+    b.keep.append(parser)
+    return b

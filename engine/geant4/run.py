@@ -78,7 +78,10 @@ class _App:
 
         class Detector(g4.G4VUserDetectorConstruction):  # type: ignore[name-defined,misc]
             def Construct(self) -> Any:
-                app.built = detector.build(g4, scene)
+                if scene.gdml is not None:  # Geant4 reads the same file itself
+                    app.built = detector.read_gdml(g4, scene)
+                else:
+                    app.built = detector.build(g4, scene)
                 return app.built.world_pv
 
             def ConstructSDandField(self) -> None:
@@ -121,6 +124,8 @@ def propagate_torch(scene_path: Path, out: Path | None, photons: int | None = No
     scene = load_scene(scene_path)
     if scene.source is None:
         raise BadInput("the scene has no [source] to shoot", scene.path)
+    if scene.gdml is not None:
+        return _propagate_gdml(g4, scene, out, photons, seed, timing, log, hitmask)
     n = scene.source.photons if photons is None else photons
     if not 0 < n <= 10_000_000:
         raise BadInput("--photons must be within 1..10000000 for a Geant4 run")
@@ -236,7 +241,7 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
     scene = load_scene(scene_path)
     _check_gun(gun, scene)
     tables = {m.name: CerenkovTable(*table(m.physics["tables"]["refractive_index"]))
-              for m in scene.materials}
+              for m in scene.materials if "refractive_index" in m.physics.get("tables", {})}
     comps = {m.name: m.physics.get("scintillation_components") for m in scene.materials}
     rows: list[np.ndarray] = []
     counts = {"CERENKOV": 0, "SCINTILLATION": 0, "steps": 0}
@@ -449,3 +454,117 @@ def _write_tracked(out: Path, scene: Scene, gs: np.ndarray, hits: list[tuple[Any
             "wall_seconds": summary["wall_seconds"]}
     return record.write_event(out, scene, info, F.SD, counts["CERENKOV"] + counts["SCINTILLATION"],
                               ht, fm_counts, gs=gs, extra={"generated.npy": generated})
+
+
+def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int | None,
+                    seed: int, timing: bool, log: Path | None, hitmask: str | None) -> dict[str, Any]:
+    """Geant4 reads the scene's GDML with G4GDMLParser and tracks skydeck's torch photons;
+    a sensitive detector on every logical volume (invoked by G4OpBoundaryProcess on a
+    detection) records each hit with the copynumber of the volume carrying the surface,
+    found as G4OpBoundaryProcess finds the surface (docs/geant4.md, "GDML detectors").
+    Only hits are known (no histories): the event holds TO|SD for hits and TO for the rest."""
+    assert scene.source is not None
+    n = scene.source.photons if photons is None else photons
+    if not 0 < n <= 10_000_000:
+        raise BadInput("--photons must be within 1..10000000 for a Geant4 run")
+    mask = F.parse_mask(hitmask or scene.hitmask)
+    if mask != F.SD:
+        raise BadInput("a GDML detector in Geant4 gives hits (SD) only: --hitmask SD")
+    sa = scene.arrays()
+    gs = gensteps(scene.source, n, scene.container_material)
+    ph = generate(gs, np.arange(n, dtype=np.uint64), seed, 0, sa)
+    state = {"base": 0, "gun_cpu": 0.0}
+    hits: list[tuple[Any, ...]] = []
+    seen: set[int] = set()
+
+    def owner_copy(step: Any) -> int | None:
+        pre = step.GetPreStepPoint().GetTouchable().GetVolume()
+        post = step.GetPostStepPoint().GetTouchable().GetVolume()
+        entering = (post.GetMotherLogical() is not None
+                    and post.GetMotherLogical().GetName() == pre.GetLogicalVolume().GetName())
+        if g4.G4LogicalBorderSurface.GetSurface(pre, post) is not None:
+            return int((post if entering else pre).GetCopyNo())
+        order = (post, pre) if entering else (pre, post)
+        for pv in order:
+            if g4.G4LogicalSkinSurface.GetSurface(pv.GetLogicalVolume()) is not None:
+                return int(pv.GetCopyNo())
+        return None  # no surface: energy left at a boundary without a detection
+
+    def sd_hit(step: Any) -> bool:
+        # a detection deposits the photon's energy at a boundary; bulk absorption deposits
+        # it too, but not at a boundary. G4OpBoundaryProcess (setInvokeSD) and the stepping
+        # manager may both call with the same step: one hit per photon
+        post = step.GetPostStepPoint()
+        if step.GetTotalEnergyDeposit() <= 0 or post.GetStepStatus() != g4.fGeomBoundary:
+            return False
+        track = step.GetTrack()
+        copy = owner_copy(step)
+        if copy is None or state["base"] + track.GetTrackID() - 1 in seen:
+            return False
+        seen.add(state["base"] + track.GetTrackID() - 1)
+        p, d, pol = post.GetPosition(), post.GetMomentumDirection(), post.GetPolarization()
+        hits.append(((p.x, p.y, p.z), post.GetGlobalTime(), (d.x, d.y, d.z),
+                     (pol.x, pol.y, pol.z), record.wavelength(post.GetKineticEnergy()),
+                     copy, state["base"] + track.GetTrackID() - 1))
+        return True
+
+    t_wall = time.perf_counter()
+    with runtime.quiet(log):
+        app = _App(g4, scene, "optical", seed, None if timing else sd_hit)
+        op = g4.G4OpticalPhoton.Definition()
+        pos, d, pol, t, wl = ph["pos"], ph["dir"], ph["pol"], ph["t"], ph["wl"]
+
+        class Primaries(g4.G4VUserPrimaryGeneratorAction):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.gun = g4.G4ParticleGun(1)
+                self.gun.SetParticleDefinition(op)
+                self.event = 0
+
+            def GeneratePrimaries(self, event: Any) -> None:
+                c0 = time.process_time()
+                lo = self.event * PHOTONS_PER_EVENT
+                state["base"] = lo
+                gun = self.gun
+                for i in range(lo, min(n, lo + PHOTONS_PER_EVENT)):
+                    gun.SetParticlePosition(g4.G4ThreeVector(float(pos[0, i]), float(pos[1, i]),
+                                                             float(pos[2, i])))
+                    gun.SetParticleMomentumDirection(g4.G4ThreeVector(
+                        float(d[0, i]), float(d[1, i]), float(d[2, i])))
+                    gun.SetParticlePolarization(g4.G4ThreeVector(
+                        float(pol[0, i]), float(pol[1, i]), float(pol[2, i])))
+                    gun.SetParticleEnergy(record.HC_EV_NM / float(wl[i]) * g4.eV)
+                    gun.SetParticleTime(float(t[i]) * g4.ns)
+                    gun.GeneratePrimaryVertex(event)
+                self.event += 1
+                state["gun_cpu"] += time.process_time() - c0
+
+        class Actions(g4.G4VUserActionInitialization):  # type: ignore[name-defined,misc]
+            def Build(self) -> None:
+                self.SetUserAction(Primaries())
+
+        cpu = app.run(Actions(), math.ceil(n / PHOTONS_PER_EVENT))
+    wall = time.perf_counter() - t_wall
+    tracking = max(cpu - state["gun_cpu"], 1e-9)
+    info = {"geant4": {"version": runtime.version(g4), "physics": "G4OpticalPhysics",
+                       "geometry": "G4GDMLParser", "run_cpu_seconds": round(cpu, 4),
+                       "primary_python_cpu_seconds": round(state["gun_cpu"], 4),
+                       "tracking_cpu_seconds": round(tracking, 4),
+                       "tracking_photons_per_cpu_second": n / tracking,
+                       "history": "hits only (sensitive detector)" if not timing else "none (timing run)"},
+            "device": f"Geant4 {runtime.version(g4)} (cpu, 1 thread)",
+            "seed": seed, "event": 0, "wall_seconds": round(wall, 4),
+            "photons_per_second": n / tracking}
+    if timing or out is None:
+        return {"photons": n, **info}
+    ht = np.zeros((len(hits), 4, 4), np.float32)
+    u = ht.view(np.uint32)
+    for i, (p, tt, dd, pp, w, copy, idx) in enumerate(sorted(hits, key=lambda h: h[6])):
+        ht[i, 0] = (*p, tt)
+        ht[i, 1] = (*dd, 1.0)
+        ht[i, 2] = (*pp, w)
+        u[i, 3] = (F.SD, np.int64(copy) & 0xFFFFFFFF, idx & 0xFFFFFFFF, F.TO | F.SD)
+    fm = {F.TO | F.SD: len(hits)}
+    if n - len(hits):
+        fm[F.TO] = n - len(hits)
+    return record.write_event(out, scene, info, mask, n, ht, fm, gs=gs)

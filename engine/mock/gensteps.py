@@ -41,9 +41,28 @@ def _beta(kinetic: float, mass: float) -> float:
     return math.sqrt(max(0.0, 1.0 - 1.0 / (gamma * gamma)))
 
 
+def region(scene: Scene) -> tuple[int, np.ndarray]:
+    """(material, half extents) where mock tracks run: the container for a TOML scene; for a
+    GDML detector the innermost volume holding the origin (the JUNO-like detector's
+    scintillator), its box shrunk to fit inside it (a ball's inscribed cube)."""
+    if scene.gdml is None:
+        return scene.container_material, np.array(scene.container_half, np.float64)
+    from engine.propagate.geometry.trace import nearest
+
+    g = scene.tree()
+    t, node, _, _, enter = nearest(g.geo_i, g.geo_f, np.zeros((3, 1), np.float32),
+                                   np.array([[0.0], [0.0], [1.0]], np.float32), 1e-3)
+    k = int(node[0])
+    if k < 0 or enter[0]:
+        return scene.container_material, np.array(scene.container_half, np.float64)
+    half = np.minimum(np.abs(g.node_lo[k]), np.abs(g.node_hi[k])) / math.sqrt(3.0)
+    return int(g.node_i[k, 4]), half
+
+
 def _chord(scene: Scene, rng: np.random.Generator, length: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """A start point and direction inside the container, and the length that stays inside."""
-    half = np.array(scene.container_half, np.float64)
+    """A start point and direction inside the container (a GDML detector: inside the
+    volume at its origin), and the length that stays inside."""
+    half = region(scene)[1]
     start = rng.uniform(-0.5, 0.5, 3) * half
     d = np.array([0.2, 0.1, 1.0]) + rng.normal(0, 0.1, 3)
     d /= np.linalg.norm(d)
@@ -67,7 +86,9 @@ def cerenkov_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 
                     step_mm: float = 10.0) -> np.ndarray:
     """Muons crossing the container material until the gensteps hold at least ``photons``
     photons (one muon when 0)."""
-    mat = scene.container_material
+    mat = region(scene)[0]
+    if "refractive_index" not in scene.materials[mat].physics.get("tables", {}):
+        raise BadInput(f"{scene.materials[mat].name} has no refractive index: no Cerenkov light")
     nm, n = table(scene.materials[mat].physics["tables"]["refractive_index"])
     rng = np.random.default_rng(seed)
     beta = _beta(kinetic_mev, MUON_MASS)
@@ -99,7 +120,7 @@ def scintillation_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: flo
                          step_mm: float = 0.5) -> np.ndarray:
     """Electrons stopping in the container material (scintillation and, while above
     threshold, Cerenkov gensteps) until the gensteps hold at least ``photons`` photons."""
-    mat = scene.container_material
+    mat = region(scene)[0]
     m = scene.materials[mat]
     phys = m.physics
     if "scintillation_yield" not in phys:

@@ -325,11 +325,11 @@ def _meta(req: Request, scene: Scene, n: int, hits: int, backend: str, device: s
         "flags": {"version": F.FLAG_VERSION, "bits": F.bit_table()},
         "flagmask_counts": {f"0x{k:x}": v for k, v in sorted(fm_counts.items())},
         "terminal_counts": _terminal_counts(fm_counts),
-        "geometry": {
+        "geometry": ({
             "container_half": list(scene.container_half),
             "objects": [{"shape": o.shape, "center": list(o.center), "half_size": list(o.half_size)}
                         for o in scene.objects],
-        },
+        } if scene.gdml is None else {"gdml": scene.gdml, "world_half": list(scene.container_half)}),
         "domain": {"space_extent_mm": p.domain[0], "time_max_ns": p.domain[1],
                    "wavelength_nm": [60.0, 820.0]},
         "rng": "philox4x32-10 key=(seed) counter=(photon, block, event)",

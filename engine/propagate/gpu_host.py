@@ -29,7 +29,7 @@ from engine.propagate.scene import SceneArrays
 BLOCK = 256
 HEADROOM = 0.75  # fraction of free device memory a slice may use
 FM_BINS = 65536  # flagmask histogram (flags use 14 bits)
-N_KERNEL_ARGS = 25
+N_KERNEL_ARGS = 26
 
 def choose_device(count: int, env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """(device index among the visible ones, why): the node-local rank modulo ``count``,
@@ -89,14 +89,15 @@ class Device(Protocol):
 
 
 def kernel_inputs(sa: SceneArrays, gs: np.ndarray) -> tuple[list[np.ndarray], list[np.int32]]:
-    """The kernel's leading arguments: scene arrays, gensteps and their cumulative photon
-    ends (for the per-thread genstep search), then n_gs, n_obj, n_surf. Shared with the
+    """The kernel's leading arguments: material, emission and surface tables, the geometry
+    blobs (engine.propagate.geometry.flatten), gensteps and their cumulative photon ends (for
+    the per-thread genstep search), then n_gs, face_ids, n_surf. Shared with the
     host-compiled kernel test so every caller passes the kernel the same arguments."""
+    surf = sa.surf if sa.surf.size else np.zeros((1, 4, sa.mat.shape[2]), np.float32)
     arrays = [np.ascontiguousarray(a) for a in (
-        sa.mat, sa.icdf, sa.surf if sa.surf.size else np.zeros((1, 4), np.float32),
-        sa.objs if sa.objs.size else np.zeros((1, 10), np.float32), sa.container, gs)]
+        sa.mat, sa.icdf, surf, sa.geo_i.astype(np.int32), sa.geo_f.astype(np.float64), gs)]
     arrays.append(np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64))
-    counts = [np.int32(len(gs)), np.int32(len(sa.objs)), np.int32(sa.surf.shape[0])]
+    counts = [np.int32(len(gs)), np.int32(1 if sa.face_ids else 0), np.int32(sa.surf.shape[0])]
     return arrays, counts
 
 
@@ -135,7 +136,8 @@ def run(dev: Device, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         args = [*consts, *counts, np.uint64(start), np.uint32(count), np.uint64(p.seed),
                 np.uint32(p.event), np.int32(p.max_bounce), np.uint32(p.hitmask),
                 np.int32(1 if p.development else 0), np.float32(p.domain[0]),
-                np.float32(p.domain[1]), d_hits, d_count, d_fm, d_ox, d_rx, d_seq]
+                np.float32(p.domain[1]), np.float32(sa.eps), d_hits, d_count, d_fm, d_ox, d_rx,
+                d_seq]
         assert len(args) == N_KERNEL_ARGS
         stats["kernel_seconds"] += dev.launch(args, (count + BLOCK - 1) // BLOCK, BLOCK)
         stats["launches"] += 1

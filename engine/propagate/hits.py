@@ -75,6 +75,10 @@ class HitSummary:
     faces: list[FaceMap] = field(default_factory=list)
     # photons and hits by their generation flag (TO torch, CK Cerenkov, SI scintillation)
     sources: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # a GDML detector: hits per sensor id (copynumber), the most hit first; sensors it has
+    sensors: list[tuple[int, int]] = field(default_factory=list)
+    sensors_hit: int = 0
+    sensors_total: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,10 +230,32 @@ def _face_name(sensor: int, geometry: dict[str, Any]) -> tuple[str, tuple[str, s
     return f"{owner} {FACE_NAMES[face]}", (xyz[ua], xyz[va]), ext, ua, va, "box"
 
 
+def _sky(ht: np.ndarray) -> FaceMap:
+    """Hit positions seen from the world's origin: azimuth across, cos(polar angle) down
+    (a sphere of PMTs unrolled)."""
+    p = ht[:, 0, :3].astype(np.float64)
+    p = p[np.all(np.isfinite(p), axis=1)]
+    r = np.linalg.norm(p, axis=1)
+    u = np.arctan2(p[:, 1], p[:, 0])
+    v = p[:, 2] / np.where(r > 0, r, 1)
+    h, _, _ = np.histogram2d(v, u, bins=(MAP_ROWS, MAP_COLS), range=((-1, 1), (-math.pi, math.pi)))
+    return FaceMap(0, "all sensors, seen from the origin", int(len(p)), ("phi", "cos theta"),
+                   (-math.pi, math.pi, -1.0, 1.0), [[int(c) for c in row] for row in h[::-1]])
+
+
+def _sensors(ht: np.ndarray, top: int) -> tuple[list[tuple[int, int]], int]:
+    ids = ht.view(np.int32)[:, 3, 1]
+    vals, cnts = np.unique(ids, return_counts=True)
+    order = np.lexsort((vals, -cnts))[:top]
+    return [(int(vals[i]), int(cnts[i])) for i in order], int(len(vals))
+
+
 def _faces(ht: np.ndarray, meta: dict[str, Any]) -> list[FaceMap]:
+    geometry = meta.get("geometry", {})
+    if isinstance(geometry, dict) and "gdml" in geometry:
+        return [_sky(ht)] if len(ht) else []
     sensors = ht.view(np.uint32)[:, 3, 1]
     out = []
-    geometry = meta.get("geometry", {})
     for s in np.unique(sensors):
         s = int(s)
         if s == 0:
@@ -292,7 +318,18 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
         flagmasks=rows[:top], seqhis=seq_rows,
         time=_hist(np.asarray(ht[:, 0, 3])), wavelength=_hist(np.asarray(ht[:, 2, 3])),
         faces=_faces(np.asarray(ht), meta), sources=sources,
+        **_sensor_fields(np.asarray(ht), meta, top),
     )
+
+
+def _sensor_fields(ht: np.ndarray, meta: dict[str, Any], top: int) -> dict[str, Any]:
+    geometry = meta.get("geometry", {})
+    if not (isinstance(geometry, dict) and isinstance(geometry.get("gdml"), dict)):
+        return {}
+    total = geometry["gdml"].get("sensors")
+    rows, hit = _sensors(ht, top) if len(ht) else ([], 0)
+    return {"sensors": rows, "sensors_hit": hit,
+            "sensors_total": total if _is_count(total) else None}
 
 
 def _chi2_rows(a: dict[str, tuple[str, int]], b: dict[str, tuple[str, int]], na: int,
@@ -383,6 +420,12 @@ def render_text(s: HitSummary) -> str:
         lines.append(f"{'seqhis':<14} {'history':<36} {'photons':>12} {'fraction':>9}")
         for r in s.seqhis:
             lines.append(f"{r.key:<14} {r.label:<36} {r.count:>12,} {r.fraction:>9.5f}")
+    if s.sensors:
+        lines.append("")
+        of = f" of {s.sensors_total:,}" if s.sensors_total is not None else ""
+        lines.append(f"sensors hit {s.sensors_hit:,}{of}; the most hit (sensor id = copynumber):")
+        for k in range(0, len(s.sensors), 5):
+            lines.append("  " + "  ".join(f"{sid:>8} {h:>7,}" for sid, h in s.sensors[k:k + 5]))
     lines.append("")
     lines += _render_hist("hit time", "ns", s.time)
     lines += _render_hist("hit wavelength", "nm", s.wavelength)

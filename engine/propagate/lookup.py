@@ -60,3 +60,19 @@ def icdf_sample(sa: SceneArrays, m: np.ndarray, u: np.ndarray) -> np.ndarray:
     a = flat[base]
     b = flat[base + 1]
     return (a + f * (b - a)).astype(_F, copy=False)
+
+
+def surface_at(sa: SceneArrays, s: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """(n, 4) detect, absorb, specular, diffuse of surfaces ``s`` at each photon's
+    wavelength: the interpolation of ``props_at`` (the kernel's ``surface_lookup``)."""
+    tab = sa.surf_t.reshape(-1, 4)
+    row = s.astype(np.int32) * np.int32(WL_N)
+    if sa.const_surf:
+        return np.take(tab, row, axis=0)
+    x = (wl - _F(WL_MIN)) / _F(WL_STEP)
+    x = np.clip(x, _F(0), _F(WL_N - 1))
+    i0 = np.minimum(x.astype(np.int32), WL_N - 2)
+    f = x - i0.astype(_F)
+    a = np.take(tab, row + i0, axis=0)
+    b = np.take(tab, row + i0 + 1, axis=0)
+    return a + f[:, None] * (b - a)

@@ -27,9 +27,9 @@ import numpy as np
 
 from engine.propagate import flags as F
 from engine.propagate.generate import generate
-from engine.propagate.lookup import icdf_sample, index_at, props_at
+from engine.propagate.geometry.trace import nearest
+from engine.propagate.lookup import icdf_sample, index_at, props_at, surface_at
 from engine.propagate.params import (
-    EPS,
     MAX_TRIES,
     ChunkResult,
     Params,
@@ -41,91 +41,6 @@ from engine.propagate.scene import WL_MIN, SceneArrays
 from engine.propagate.vec import TWO_PI, cross, dot, normalize, rotate_uz
 
 _F = np.float32
-
-
-# ----------------------------------------------------------------------------- geometry
-
-def _first_min(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(min, index of the first minimum) over three rows: np.argmin semantics, as the
-    kernel's strict ``<`` loop, without argmin/take_along_axis (slow on (3, n))."""
-    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
-    for a in (1, 2):
-        c = vals[a] < best
-        best = np.where(c, vals[a], best)
-        ax = np.where(c, np.int32(a), ax)
-    return best, ax
-
-
-def _first_max(vals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    best, ax = vals[0], np.zeros(vals[0].shape, np.int32)
-    for a in (1, 2):
-        c = vals[a] > best
-        best = np.where(c, vals[a], best)
-        ax = np.where(c, np.int32(a), ax)
-    return best, ax
-
-
-def _pick(rows: np.ndarray, ax: np.ndarray) -> np.ndarray:
-    return np.where(ax == 0, rows[0], np.where(ax == 1, rows[1], rows[2]))
-
-
-def intersect(pos: np.ndarray, d: np.ndarray, vol: np.ndarray, sa: SceneArrays):
-    """Nearest boundary along each ray: (distance, volume hit, face, outward normal).
-
-    Volume 0 is the container (only ever left through its walls), volume j+1 is object j.
-    Objects are disjoint and unnested (validated), so a photon inside object j can only
-    leave it, and a photon in the container sees the container walls and object entries.
-    Boxes report faces 0..5 = -x,+x,-y,+y,-z,+z; spheres face 0. Slab arithmetic is
-    written exactly as in the kernel: t = (c -+ h - p) * (1/d), far = fmax, near = fmin.
-    """
-    n = pos.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = [_F(1) / d[a] for a in range(3)]
-        half = sa.container[:3]
-        tfs = [np.fmax((_F(0) - half[a] - pos[a]) * inv[a], (_F(0) + half[a] - pos[a]) * inv[a])
-               for a in range(3)]
-        tbest, ax = _first_min(tfs)
-        tbest = np.where(vol == 0, tbest, _F(np.inf))
-        hvol = np.zeros(n, np.int32)
-        face = 2 * ax + (_pick(d, ax) > 0)
-        for j, o in enumerate(sa.objs):
-            shape = int(o[0])
-            inside = vol == j + 1
-            if shape == 0:
-                t1 = [(o[1 + a] - o[4 + a] - pos[a]) * inv[a] for a in range(3)]
-                t2 = [(o[1 + a] + o[4 + a] - pos[a]) * inv[a] for a in range(3)]
-                tnear, nax = _first_max([np.fmin(t1[a], t2[a]) for a in range(3)])
-                tfar, fax = _first_min([np.fmax(t1[a], t2[a]) for a in range(3)])
-                enter = (vol == 0) & (tnear <= tfar) & (tnear > EPS)
-                t = np.where(inside, tfar, np.where(enter, tnear, _F(np.inf)))
-                f = np.where(inside, 2 * fax + (_pick(d, fax) > 0), 2 * nax + (_pick(d, nax) < 0))
-            else:
-                r = o[4]
-                oc = pos - o[1:4, None]
-                b = dot(oc, d)
-                disc = b * b - (dot(oc, oc) - r * r)
-                sq = np.sqrt(np.maximum(disc, _F(0)))
-                tin = -b - sq
-                enter = (vol == 0) & (disc > 0) & (tin > EPS)
-                t = np.where(inside, -b + sq, np.where(enter, tin, _F(np.inf)))
-                f = np.zeros(n, np.int32)
-            better = t < tbest
-            tbest = np.where(better, t, tbest)
-            hvol = np.where(better, np.int32(j + 1), hvol)
-            face = np.where(better, f, face)
-        # outward normal of the volume hit
-        axis = face // 2
-        sign = np.where(face % 2 == 1, _F(1), _F(-1))
-        normal = np.stack([np.where(axis == a, sign, _F(0)) for a in range(3)])
-        sph_objs = [j for j, o in enumerate(sa.objs) if int(o[0]) == 1]
-        if sph_objs:
-            is_sph = np.isin(hvol, np.array(sph_objs) + 1)
-            if is_sph.any():
-                k = np.flatnonzero(is_sph)
-                o = sa.objs[hvol[k] - 1]
-                p = pos[:, k] + tbest[k] * d[:, k]
-                normal[:, k] = (p - o[:, 1:4].T) / o[:, 4]
-    return tbest.astype(_F, copy=False), hvol, face.astype(np.int32, copy=False), normal
 
 
 # ----------------------------------------------------------------------------- physics
@@ -273,7 +188,7 @@ def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarr
 # ----------------------------------------------------------------------------- stepping
 # State lives in three stacked arrays so that compaction after each step is three gathers:
 #   fs  float32 (11, n): pos xyz, dir xyz, pol xyz, t, wavelength
-#   ist uint32  (7, n):  volume, rng block, last flag, flagmask, boundary, sensor, local index
+#   ist uint32  (7, n):  (unused), rng block, last flag, flagmask, boundary, sensor, local index
 #   u64 uint64  (2, n):  photon index, seqhis
 _VOL, _BLK, _FLAG, _FM, _BND, _SEN, _LOC = range(7)
 
@@ -311,19 +226,6 @@ def _pack(fs: np.ndarray, ist: np.ndarray, u64: np.ndarray) -> np.ndarray:
     u[:, 3, 2] = (u64[0] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     u[:, 3, 3] = ist[_FM]
     return out
-
-
-def _volume_of(pos: np.ndarray, sa: SceneArrays) -> np.ndarray:
-    vol = np.zeros(pos.shape[1], np.uint32)
-    for j, o in enumerate(sa.objs):
-        c, h = o[1:4, None], o[4:7, None]
-        if int(o[0]) == 0:
-            inside = np.all(np.abs(pos - c) < h, axis=0)
-        else:
-            rel = pos - c
-            inside = dot(rel, rel) < h[0] * h[0]
-        vol[inside] = j + 1
-    return vol
 
 
 _NIB = np.zeros(1 << 14, np.uint64)
@@ -372,7 +274,6 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
     fs = np.empty((11, n), _F)
     fs[0:3], fs[3:6], fs[6:9], fs[9], fs[10] = g["pos"], g["dir"], g["pol"], g["t"], g["wl"]
     ist = np.zeros((7, n), np.uint32)
-    ist[_VOL] = _volume_of(g["pos"], sa)
     ist[_BLK] = g["blk"]
     ist[_FLAG] = g["flag"]
     ist[_FM] = g["flag"]
@@ -385,23 +286,25 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
     rx = np.zeros((n, maxrec, 2, 4), np.int16) if p.development else None
     if rx is not None:
         rx[:, 0] = _compress(fs, ist, p.domain)
-    vol_mat = np.concatenate(([int(sa.container[3])], sa.objs[:, 7].astype(np.int64))).astype(np.int32)
-    vol_surf = np.concatenate(([int(sa.container[4])], sa.objs[:, 8].astype(np.int64))).astype(np.int32)
-    cos_surf = sa.surf
+    node_i = sa.node_i
+    eps = float(sa.eps)
 
     for bounce in range(p.max_bounce):
         m = fs.shape[1]
         if m == 0:
             break
         pos, d, wl = fs[0:3], fs[3:6], fs[10]
-        vol = ist[_VOL].astype(np.int32)
         flag = np.zeros(m, np.uint32)
         dead = np.zeros(m, bool)
-        dist, hvol, face, normal = intersect(pos, d, vol, sa)
-        miss = ~np.isfinite(dist)
+        dist, node, normal, face, enter = nearest(sa.geo_i, sa.geo_f, pos, d, eps)
+        # Opticks' boundary model: the side of node k's solid the photon is on gives the
+        # materials, the surface and the sensor (flatten.py); no volume is tracked
+        ni = node_i[np.maximum(node, 0)]
+        m1 = np.where(enter, ni[:, 1], ni[:, 4])
+        miss = (node < 0) | (m1 < 0)
+        m1 = np.maximum(m1, 0)
         u = uniforms(u64[0], ist[_BLK], p.seed, p.event)
         ist[_BLK] += np.uint32(1)
-        m1 = vol_mat[vol]
         n1, la, ls, pre, vg = props_at(sa, m1, wl)
         with np.errstate(invalid="ignore"):
             d_s = -ls * np.log(u[0])
@@ -451,22 +354,23 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
             fs[6:9, sc] = npol
             flag[sc] = F.SC
 
-        # at a boundary: a surface, or Fresnel between the two materials
+        # at a boundary: a surface; outside the world: MI; a material without RINDEX on
+        # either side: SA (Geant4's NoRINDEX); otherwise Fresnel between the two materials
         if sail.any():
             b = np.flatnonzero(sail)
-            hv = hvol[b]
-            surf = vol_surf[hv]
+            nb = ni[b]
+            eb = enter[b]
+            m2 = np.where(eb, nb[:, 4], nb[:, 1])
+            surf = np.where(eb, nb[:, 2], nb[:, 3])
             has_surf = surf >= 0
-            ist[_BND, b] = (hv + 1).astype(np.uint32)
-            wall = b[(hv == 0) & ~has_surf]
+            ist[_BND, b] = (nb[:, 5] + 1).astype(np.uint32)
+            wall = b[(m2 < 0) & ~has_surf]
             flag[wall] = F.MI
             dead[wall] = True
             sb = b[has_surf]
             if sb.size:
                 ss = surf[has_surf]
-                lo_s = int(ss.min())
-                # detect, absorb, spec, diffuse: scalars when one surface is involved
-                pr = cos_surf[lo_s][None, :] if lo_s == int(ss.max()) else cos_surf[ss]
+                pr = surface_at(sa, ss, fs[10, sb])
                 uu = u[2, sb]
                 pa = pr[:, 1]
                 pd = pa + pr[:, 0]
@@ -478,8 +382,11 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                 flag[sb[is_sa]] = F.SA
                 flag[sb[is_sd]] = F.SD
                 dead[sb[is_sa | is_sd]] = True
+                sens = np.where(eb, nb[:, 6], nb[:, 7])[has_surf][is_sd].astype(np.uint32)
                 q = sb[is_sd]
-                ist[_SEN, q] = (hvol[q] * 8 + face[q] + 1).astype(np.uint32)
+                if sa.face_ids:
+                    sens = sens + face[q].astype(np.uint32)
+                ist[_SEN, q] = sens
                 if is_sr.any():
                     q = sb[is_sr]
                     nq = normal[:, q]
@@ -496,18 +403,24 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                     fs[3:6, q] = nd
                     fs[6:9, q] = npol
                     flag[q] = F.DR
-            fb = b[~has_surf & (hv > 0)]
+            bare = ~has_surf & (m2 >= 0)
+            fb = b[bare]
+            if fb.size:
+                n2 = index_at(sa, m2[bare], fs[10, fb])
+                opaque = (n2 == 0) | (n1[fb] == 0)
+                if opaque.any():
+                    q = fb[opaque]
+                    flag[q] = F.SA
+                    dead[q] = True
+                    fb, n2 = fb[~opaque], n2[~opaque]
             if fb.size == m:
                 fb = slice(None)  # every photon at a Fresnel boundary: views, no gathers
             if isinstance(fb, slice) or fb.size:
-                other = np.where(vol[fb] == 0, hvol[fb], 0)
-                n2 = index_at(sa, vol_mat[other], fs[10, fb])
                 nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
                                          u[2, fb])
                 fs[3:6, fb] = nd
                 fs[6:9, fb] = npol
                 flag[fb] = np.where(refl, F.BR, F.BT)
-                ist[_VOL, fb] = np.where(refl, vol[fb], other).astype(np.uint32)
 
         ist[_FLAG] = flag
         ist[_FM] |= flag

@@ -30,23 +30,28 @@ import numpy as np
 
 from engine.core.errors import BadInput
 from engine.core.workspace import load_toml
+from engine.propagate.geometry.flatten import Geometry, from_boxes
 from engine.propagate.options import MAX_PHOTONS
+from engine.propagate.params import EPS as EPS_DEFAULT
+from engine.propagate.tables import (  # noqa: F401 - re-exported: the scene's constants
+    C_LIGHT_MM_NS,
+    HC_EV_NM,
+    ICDF_N,
+    N_PROP,
+    NO_INTERACTION,
+    PROPS,
+    WL_GRID,
+    WL_MIN,
+    WL_N,
+    WL_STEP,
+    emission_icdf,
+    energy_resample,
+    group_velocity_nodes,
+)
 
-# Property tables are resampled on Opticks' fine wavelength domain: 60..820 nm, 1 nm steps.
-WL_MIN = 60.0
-WL_STEP = 1.0
-WL_N = 761
-WL_GRID = (WL_MIN + WL_STEP * np.arange(WL_N)).astype(np.float64)
-ICDF_N = 4096  # emission inverse-CDF samples (Opticks' scintillation texture width), interpolated
-PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
-         "group_velocity")
-N_PROP = len(PROPS)  # rows of the material table; the kernel gets it as -DN_PROP
-HC_EV_NM = 1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
-C_LIGHT_MM_NS = 299.792458
 SURFACE_KEYS = ("detect", "absorb", "reflect_specular", "reflect_diffuse")
 SOURCE_TYPES = {"disc": 1, "point": 2, "sphere": 3}
 SHAPES = {"box": 0, "sphere": 1}
-NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 GENTYPE_TORCH = 6  # OpticksGenstep_TORCH
 MAX_PHOTONS_PER_GENSTEP = 2**31 - 1  # numphoton is an int32 in the genstep
 MAX_INDEX = 10.0  # refractive index: optical materials lie within 1..~4
@@ -105,40 +110,69 @@ class Scene:
     max_bounce: int = 9
     hitmask: str = "SD"
     extra: dict[str, Any] = field(default_factory=dict)
+    # the volume tree as the backends trace it (flatten.from_boxes for a TOML scene)
+    geometry: Geometry | None = None
+    # (S, 4, WL_N) detect, absorb, specular, diffuse per wavelength; None: from ``surfaces``
+    surface_tables: np.ndarray | None = None
+    epsilon: float = float(EPS_DEFAULT)  # mm: a photon never meets a boundary nearer than this
+    gdml: dict[str, Any] | None = None  # GDML scenes: file, sha256, volumes, sensors
+
+    def tree(self) -> Geometry:
+        if self.geometry is None:
+            self.geometry = from_boxes(
+                self.container_half, self.container_material, self.container_surface,
+                [(o.shape, o.center, o.half_size, o.material, o.surface) for o in self.objects])
+        return self.geometry
 
     def arrays(self) -> SceneArrays:
         mat = np.stack([m.props for m in self.materials]).astype(np.float32)
         icdf = np.stack([m.icdf for m in self.materials]).astype(np.float32)
-        surf = np.array([s for _, s in self.surfaces], dtype=np.float32).reshape(-1, 4)
-        objs = np.zeros((len(self.objects), 10), dtype=np.float32)
-        for i, o in enumerate(self.objects):
-            objs[i] = (SHAPES[o.shape], *o.center, *o.half_size, o.material, o.surface, 0)
-        cont = np.array([*self.container_half, self.container_material, self.container_surface],
-                        dtype=np.float32)
+        if self.surface_tables is not None:
+            surf = np.ascontiguousarray(self.surface_tables, np.float32)
+        else:
+            rows = np.array([s for _, s in self.surfaces], dtype=np.float32).reshape(-1, 4)
+            surf = np.ascontiguousarray(np.repeat(rows[:, :, None], WL_N, axis=2))
+        g = self.tree()
         const = bool(np.all(mat == mat[:, :, :1]))
-        return SceneArrays(mat=mat, icdf=icdf, surf=surf, objs=objs, container=cont,
-                           const_props=const)
+        const_s = bool(np.all(surf == surf[:, :, :1])) if surf.size else True
+        return SceneArrays(mat=mat, icdf=icdf, surf=surf, geo_i=g.geo_i, geo_f=g.geo_f,
+                           node_i=g.node_i, eps=float(self.epsilon), face_ids=g.face_ids,
+                           const_props=const, const_surf=const_s)
 
 
 @dataclass
 class SceneArrays:
-    """Flat float32 arrays shared by the NumPy and CUDA backends.
+    """Flat arrays shared by the NumPy and CUDA backends.
 
-    mat (M,N_PROP,WL_N): n, absorption length, scattering length, reemission prob, group
-    velocity (mm/ns) per wavelength.
+    mat (M,N_PROP,WL_N) float32: n, absorption length, scattering length, reemission prob,
+    group velocity (mm/ns) per wavelength; n = 0 marks a material without RINDEX (opaque:
+    a photon reaching it is absorbed, Geant4's NoRINDEX).
     icdf (M,ICDF_N): emission wavelength at u = k/(ICDF_N-1), interpolated linearly between
     samples (-1: no spectrum; reemission keeps the photon's wavelength).
-    surf (S,4): detect, absorb, reflect_specular, reflect_diffuse.
-    objs (K,10): shape, center xyz, half xyz (sphere: r), material, surface, pad.
-    container (5,): half xyz, material, surface (-1: none, photons reaching it are MI).
+    surf (S,4,WL_N): detect, absorb, reflect_specular, reflect_diffuse per wavelength.
+    geo_i, geo_f: the volume tree, CSG solids and BVH (engine.propagate.geometry.flatten);
+    node_i (N,8) a view of its node table. eps: the minimum distance to a boundary (mm).
     """
 
     mat: np.ndarray
     icdf: np.ndarray
     surf: np.ndarray
-    objs: np.ndarray
-    container: np.ndarray
+    geo_i: np.ndarray
+    geo_f: np.ndarray
+    node_i: np.ndarray
+    eps: float
+    face_ids: bool
     const_props: bool
+    const_surf: bool = True
+
+    @property
+    def surf_t(self) -> np.ndarray:
+        """(S, WL_N, 4) view-copy of ``surf``: one gather fetches a surface's four shares."""
+        t = self.__dict__.get("_surf_t")
+        if t is None:
+            t = np.ascontiguousarray(np.moveaxis(self.surf, 1, 2))
+            self.__dict__["_surf_t"] = t
+        return t
 
     @property
     def mat_t(self) -> np.ndarray:
@@ -195,40 +229,6 @@ def _table(path: Path, key: str, v: list[Any]) -> np.ndarray:
     return tab
 
 
-def energy_resample(nm: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Values on WL_GRID, linear in photon energy between the nodes and the edge values
-    beyond them: what G4PhysicsVector::Value returns at each grid wavelength's energy."""
-    return np.interp(HC_EV_NM / WL_GRID, HC_EV_NM / nm[::-1], values[::-1])
-
-
-def group_velocity_nodes(nm: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Geant4's GROUPVEL table (G4MaterialPropertiesTable::CalculateGROUPVEL) from a
-    refractive-index table: (photon energies in eV, ascending; group velocities in mm/ns).
-
-    v_g = c / (n + dn/d(ln E)), the finite difference of neighbouring nodes, placed at the
-    first node, at the midpoints of the node pairs (Geant4 skips the last pair's midpoint)
-    and at the last node; anomalous dispersion (v_g < 0 or above c/n) falls back to c/n."""
-    c = C_LIGHT_MM_NS
-    e = HC_EV_NM / nm[::-1]
-    r = n[::-1]
-    if len(e) < 2:
-        return e[:1], np.array([c / r[0]])
-
-    def vg(n_at: float, n0: float, n1: float, e0: float, e1: float) -> float:
-        v = c / (n_at + (n1 - n0) / math.log(e1 / e0))
-        return c / n_at if (v < 0 or v > c / n_at) else v
-
-    e0, n0, e1, n1 = e[0], r[0], e[1], r[1]
-    out_e, out_v = [e0], [vg(n0, n0, n1, e0, e1)]
-    for i in range(2, len(e)):
-        out_e.append(0.5 * (e0 + e1))
-        out_v.append(vg(0.5 * (n0 + n1), n0, n1, e0, e1))
-        e0, n0, e1, n1 = e1, n1, e[i], r[i]
-    out_e.append(e1)
-    out_v.append(vg(n1, n0, n1, e0, e1))
-    return np.array(out_e), np.array(out_v)
-
-
 def _property(path: Path, key: str, v: Any, default: float | None,
               allow_inf: bool = False) -> np.ndarray:
     """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID (linear
@@ -250,23 +250,6 @@ def _group_velocity(path: Path, key: str, v: Any) -> np.ndarray:
         e, vg = group_velocity_nodes(tab[:, 0], tab[:, 1])
         return np.interp(HC_EV_NM / WL_GRID, e, vg)
     return np.full(WL_N, C_LIGHT_MM_NS / _num(path, key, v))
-
-
-def emission_icdf(nm: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Emission wavelengths at u = k/(ICDF_N-1) for a spectrum whose weights are per unit
-    photon energy (Geant4's SCINTILLATIONCOMPONENT convention): the trapezoidal integral
-    over energy, inverted linearly within each node interval, as G4Scintillation's
-    ``GetEnergy(u * CIImax)`` and Opticks' scintillation texture (U4ScintCommon) do."""
-    e = HC_EV_NM / nm[::-1]
-    w = weight[::-1]
-    cum = np.concatenate(([0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(e))))
-    v = np.arange(ICDF_N) / (ICDF_N - 1) * cum[-1]
-    j = np.clip(np.searchsorted(cum, v, side="left"), 1, len(e) - 1)
-    lo, hi = j - 1, j
-    den = cum[hi] - cum[lo]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        es = np.where(den > 0, e[lo] + (v - cum[lo]) * (e[hi] - e[lo]) / den, e[lo])
-    return HC_EV_NM / es
 
 
 def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
@@ -461,6 +444,8 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     if not isinstance(name, str):
         raise _bad(path, "name", "must be a string")
 
+    if "geometry" in doc:
+        return _gdml_scene(doc, path, sha256, name)
     mats = doc.get("materials")
     if not isinstance(mats, dict) or not mats:
         raise _bad(path, "materials", "at least one [materials.<name>] table is required")
@@ -526,6 +511,19 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     source = (None if doc.get("source") is None
               else _parse_source(path, doc.get("source"), half_arr, objects))
 
+    max_bounce, hitmask, epsilon = _settings(doc, path)
+
+    return Scene(name=name, path=path, sha256=sha256,
+                 materials=materials, material_index=material_index, surfaces=surfaces,
+                 surface_index=surface_index, container_half=half, container_material=cmat,
+                 container_surface=csurf, objects=objects, source=source,
+                 max_bounce=max_bounce, hitmask=hitmask,
+                 epsilon=float(EPS_DEFAULT) if epsilon is None else epsilon)
+
+
+def _settings(doc: dict[str, Any], path: Path) -> tuple[int, str, float | None]:
+    """[settings]: max_bounce, hitmask, epsilon (mm, the minimum distance to a boundary;
+    None: the scene kind's default)."""
     settings = doc.get("settings", {})
     if not isinstance(settings, dict):
         raise _bad(path, "settings", "must be a table")
@@ -541,11 +539,68 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
     except ValueError as err:
         raise _bad(path, "settings.hitmask", str(err)) from None
 
-    return Scene(name=name, path=path, sha256=sha256,
-                 materials=materials, material_index=material_index, surfaces=surfaces,
-                 surface_index=surface_index, container_half=half, container_material=cmat,
-                 container_surface=csurf, objects=objects, source=source,
-                 max_bounce=max_bounce, hitmask=hitmask)
+    eps = settings.get("epsilon")
+    if eps is not None:
+        eps = _num(path, "settings.epsilon", eps, bound=100.0)
+        if not 1e-6 <= eps <= 100.0:
+            raise _bad(path, "settings.epsilon", "must be within 1e-6..100 mm")
+    return max_bounce, hitmask, eps
+
+
+GDML_KEYS = ("gdml",)
+SCENE_ONLY_KEYS = ("materials", "surfaces", "container", "objects")
+
+
+def _gdml_scene(doc: dict[str, Any], path: Path, sha256: str, name: str) -> Scene:
+    """A scene whose [geometry] gdml names a detector: materials, surfaces and volumes
+    come from the GDML (engine.propagate.geometry.detector), [source] and [settings] from
+    the scene; the source position is in world coordinates."""
+    from engine.propagate.geometry import detector as D
+    from engine.propagate.geometry import gdml as G
+    from engine.propagate.geometry.check import check_overlaps
+
+    geo = doc["geometry"]
+    if not isinstance(geo, dict):
+        raise _bad(path, "geometry", "must be a table with gdml = \"FILE\"")
+    unknown = sorted(set(geo) - set(GDML_KEYS))
+    if unknown:
+        raise _bad(path, f"geometry.{unknown[0]}", "unknown key (known: gdml)")
+    both = [k for k in SCENE_ONLY_KEYS if k in doc]
+    if both:
+        raise _bad(path, both[0], "a scene with [geometry] takes its volumes, materials and "
+                   "surfaces from the GDML")
+    rel = geo.get("gdml")
+    if not isinstance(rel, str) or not rel or len(rel) > 4096:
+        raise _bad(path, "geometry.gdml", "must be a file name (relative to the scene)")
+    gpath = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+    det = G.read(gpath)
+    parts = D.build(det)
+    check_overlaps(det, parts.geometry, points=parts.geometry.info.get("load_points", 8))
+    try:
+        gsha = hashlib.sha256(gpath.read_bytes()).hexdigest()
+    except OSError as err:
+        raise BadInput(f"cannot read: {err.strerror}", gpath) from None
+    materials = [Material(n, props.astype(np.float32), icdf.astype(np.float32), phys)
+                 for n, props, icdf, phys in parts.materials]
+    g = parts.geometry
+    half = tuple(float(max(abs(a), abs(b))) for a, b in zip(g.lo, g.hi, strict=True))
+    surf_rows: list[tuple[str, tuple[float, float, float, float]]] = [
+        (n, tuple(float(v) for v in t.mean(axis=1))) for n, t in parts.surfaces]  # type: ignore[misc]
+    tables = (np.stack([t for _, t in parts.surfaces]).astype(np.float32) if parts.surfaces
+              else np.zeros((0, 4, WL_N), np.float32))
+    source = (None if doc.get("source") is None
+              else _parse_source(path, doc.get("source"), np.array(half), []))
+    max_bounce, hitmask, eps = _settings(doc, path)
+    if eps is None:  # a photon's float32 position is 2 um coarse at 20 m: stay above it
+        eps = max(float(EPS_DEFAULT), 2.5e-6 * max(half))
+    info = {"file": str(gpath), "sha256": gsha,
+            **{k: v for k, v in parts.info.items() if k != "solid_index"}}
+    return Scene(name=name, path=path, sha256=hashlib.sha256((sha256 + gsha).encode()).hexdigest(),
+                 materials=materials, material_index={m.name: i for i, m in enumerate(materials)},
+                 surfaces=surf_rows, surface_index={n: i for i, (n, _) in enumerate(surf_rows)},
+                 container_half=half, container_material=parts.world_material,  # type: ignore[arg-type]
+                 container_surface=-1, objects=[], source=source, max_bounce=max_bounce,
+                 hitmask=hitmask, geometry=g, surface_tables=tables, epsilon=eps, gdml=info)
 
 
 def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> Source:

@@ -13,6 +13,7 @@ Within a time budget (default 450 s) it:
 1. runs the ``gpu``-marked tests, for each GPU backend;
 2. propagates tboolean-box with NumPy and each GPU backend, same seed, development mode,
    1e6 photons, and compares photon by photon: seqhis, final positions and times, hit sets;
+   the same for the JUNO-like GDML detector (2e5 photons: the BVH and CSG solids);
    the same for Cerenkov gensteps (muons crossing water-tank) and scintillation gensteps
    (electrons stopping in scint-tank), made on the spot by engine.mock.gensteps;
 3. measures photons/s in production mode at 1e7, 1e8 and 1e9 photons (kernel time from
@@ -59,6 +60,9 @@ STEP_KINDS = {"cerenkov": (ROOT / "assets" / "scenes" / "water-tank.toml", "cere
               "scintillation": (ROOT / "assets" / "scenes" / "scint-tank.toml",
                                 "scintillation_tracks")}
 HITMASK = "BR"
+# a GDML detector: the JUNO-like example (2,000 PMTs, CSG unions, the BVH), torch photons
+# from its centre, hit mask SD: parity and production rates like the other kinds
+GDML_SCENE = ROOT / "assets" / "scenes" / "juno-like.toml"
 SEED = 7
 BACKENDS = ("cupy", "cuda")  # CuPy first: it needs no build, PyCUDA builds meanwhile
 LIBCUDA_DIRS = ("/usr/local/cuda/lib64/stubs", "/usr/local/cuda/targets/x86_64-linux/lib/stubs",
@@ -366,7 +370,9 @@ def run_propagate(out: Path, photons: int, backend: str, mode: str, env: dict[st
     """One event through the real CLI; meta.json plus the process's wall time. Torch
     photons of tboolean-box (hit mask BR), or a genstep file of ``kind`` (hit mask SD)."""
     t = time.perf_counter()
-    if gensteps is None:
+    if kind == "gdml":
+        args = [GDML_SCENE, "--photons", str(photons)]
+    elif gensteps is None:
         args = [SCENE, "--photons", str(photons), "--hitmask", HITMASK]
     else:
         args = [STEP_KINDS[kind][0], "--gensteps", gensteps]
@@ -425,11 +431,11 @@ def render_markdown(d: dict[str, Any]) -> str:
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in d["steps"]]
     par = [(s, kind, s["data"] if kind == "torch" else s["data"].get(kind))
            for s in d["steps"] if s["name"].startswith("parity") and "agree" in s["data"]
-           for kind in ("torch", *STEP_KINDS)]
+           for kind in ("torch", *STEP_KINDS, "gdml")]
     par = [p for p in par if isinstance(p[2], dict) and "agree" in p[2]]
     if par:
         lines += ["", f"## Parity with NumPy: development, seed {SEED} (torch: tboolean-box, hit "
-                  f"mask {HITMASK}; cerenkov: water-tank; scintillation: scint-tank)",
+                  f"mask {HITMASK}; cerenkov: water-tank; scintillation: scint-tank; gdml: juno-like)",
                   "", "| backend | kind | photons | seqhis equal | positions within tol | max dpos mm | "
                   "max dt ns | hits numpy / gpu | only numpy / only gpu | agree |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -467,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="Cerenkov and scintillation photons of the parity events")
     ap.add_argument("--step-sizes", default="1e7,1e8",
                     help="Cerenkov and scintillation photons of the production rate runs")
+    ap.add_argument("--gdml-photons", type=float, default=2e5,
+                    help="photons of the GDML (juno-like) parity events")
+    ap.add_argument("--gdml-sizes", default="1e7,1e8",
+                    help="GDML (juno-like) photons of the production rate runs")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--libcuda", default=None, help="driver library to probe (default: libcuda.so.1)")
     ap.add_argument("--cuda-lib-dir", type=Path, default=None,
@@ -514,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             gs = make_gensteps(kind, int(args.step_photons), gsdir / f"{kind}-parity.npy")
             st.data[kind] = run_propagate(events / f"numpy-{kind}", 0, "numpy", "development",
                                           env_with(paths), st.data["limit_s"], kind, gs)
+        st.data["gdml"] = run_propagate(events / "numpy-gdml", int(args.gdml_photons), "numpy",
+                                        "development", env_with(paths), st.data["limit_s"], "gdml")
 
     for backend in backends:
         if backend == "cuda":
@@ -574,6 +586,13 @@ def main(argv: list[str] | None = None) -> int:
                 st.detail += f"; {kind} seqhis {100 * c['seqhis_agreement']:.4f} %"
                 agree = agree and c["agree"]
                 shutil.rmtree(out, ignore_errors=True)
+            out = events / f"{backend}-gdml"
+            run_propagate(out, int(args.gdml_photons), backend, "development", env_with(paths),
+                          max(5.0, st.data["limit_s"] / 3), "gdml")
+            st.data["gdml"] = c = compare_events(events / "numpy-gdml", out)
+            st.detail += f"; gdml seqhis {100 * c['seqhis_agreement']:.4f} %"
+            agree = agree and c["agree"]
+            shutil.rmtree(out, ignore_errors=True)
             if not agree:
                 st.status = "failed"
 
@@ -584,13 +603,16 @@ def main(argv: list[str] | None = None) -> int:
             # smallest first: a run cut off by the time box loses only the largest figure
             runs: list[tuple[int, str, str]] = [(int(args.dev_photons), "development", "torch")]
             sizes = [int(float(s)) for s in args.step_sizes.split(",") if s]
+            gsizes = [int(float(s)) for s in args.gdml_sizes.split(",") if s]
             for i, photons in enumerate(int(float(s)) for s in args.sizes.split(",") if s):
                 runs.append((photons, "production", "torch"))
                 if i < len(sizes):  # interleaved: a time box cuts the largest of each kind
                     runs += [(sizes[i], "production", kind) for kind in STEP_KINDS]
+                if i < len(gsizes):
+                    runs.append((gsizes[i], "production", "gdml"))
             for photons, mode, kind in runs:
                 left = st.data["limit_s"] - sum(r["process_s"] for r in rows)
-                gs = None if kind == "torch" else gsdir / f"{kind}-{photons:.0e}.npy"
+                gs = None if kind in ("torch", "gdml") else gsdir / f"{kind}-{photons:.0e}.npy"
                 if gs is not None and not gs.exists():
                     make_gensteps(kind, photons, gs)
                 rows.append(run_propagate(events / f"{backend}-rate", photons, backend, mode,

@@ -96,7 +96,7 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
     rc = check.main(["--bundle", str(bundle), "--out", str(out), "--work", str(tmp_path / "w"),
                      "--backends", "numpy,cuda", "--sizes", "2e3,4e3", "--parity-photons",
                      "2e3", "--dev-photons", "1e3", "--step-photons", "3e3", "--step-sizes",
-                     "5e3", "--budget", "300"])
+                     "5e3", "--gdml-photons", "3e3", "--gdml-sizes", "6e3", "--budget", "300"])
     assert rc == 1
     steps = {s["name"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
     assert steps["gpu"]["status"] == "ok" and steps["versions"]["status"] == "ok"
@@ -105,11 +105,13 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
     for kind in ("cerenkov", "scintillation"):  # the genstep kinds' events agree too
         c = steps["parity-numpy"]["data"][kind]
         assert c["agree"] and c["photons"] == 3000 and c["hits_a"] == c["hits_b"] > 0
+    g = steps["parity-numpy"]["data"]["gdml"]  # the JUNO-like GDML detector too
+    assert g["agree"] and g["photons"] == 3000 and g["hits_a"] == g["hits_b"] > 0
     rows = steps["rate-numpy"]["data"]["rows"]
     assert [(r["kind"], r["mode"], r["photons"]) for r in rows] == [
         ("torch", "development", 1000), ("torch", "production", 2000),
         ("cerenkov", "production", 5000), ("scintillation", "production", 5000),
-        ("torch", "production", 4000)]
+        ("gdml", "production", 6000), ("torch", "production", 4000)]
     assert all(r["process_pps"] > 0 and r["ht_bytes"] > 128 for r in rows)
     assert steps["pycuda-build"]["status"] == "failed"
     assert "exited 3" in steps["pycuda-build"]["detail"]

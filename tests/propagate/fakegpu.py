@@ -25,7 +25,7 @@ import numpy as np
 
 # the kernel's parameters (assets/kernels/propagate.cu): P pointer, i int32, I uint32,
 # Q uint64, f float32
-SIGNATURE = "PPPPPPP" "iii" "QIQIiIiff" "PPPPPP"
+SIGNATURE = "PPPPPPP" "iii" "QIQIiIifff" "PPPPPP"
 _SCALARS = {"i": (np.int32, ctypes.c_int), "I": (np.uint32, ctypes.c_uint),
             "Q": (np.uint64, ctypes.c_ulonglong), "f": (np.float32, ctypes.c_float)}
 POISON = 0xFF

@@ -36,7 +36,7 @@ def run_kernel(lib, sa, gs, n: int, p: Params):
                  ctypes.c_ulonglong(0), ctypes.c_uint(n), ctypes.c_ulonglong(p.seed),
                  ctypes.c_uint(p.event), ctypes.c_int(p.max_bounce), ctypes.c_uint(p.hitmask),
                  ctypes.c_int(1), ctypes.c_float(p.domain[0]), ctypes.c_float(p.domain[1]),
-                 ptr(hits), ptr(hit_count), ptr(fm), ptr(ox), ptr(rx), ptr(seq))
+                 ctypes.c_float(sa.eps), ptr(hits), ptr(hit_count), ptr(fm), ptr(ox), ptr(rx), ptr(seq))
     return hits[: hit_count[0]], fm, ox, rx, seq
 
 

@@ -88,7 +88,7 @@ def test_propagate_takes_a_packaged_scene_by_name(tmp_path):
     bad = run_engine("propagate", "no-such-scene", "-o", tmp_path / "ev2", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith(
-        "unknown scene 'no-such-scene' (packaged: scint-tank, tboolean-box, "
+        "unknown scene 'no-such-scene' (packaged: juno-like, scint-tank, tboolean-box, "
         "tboolean-box-detect, water-tank)")
     assert not (tmp_path / "ev2").exists()
     (tmp_path / "tboolean-box").write_text("not toml [")  # an existing file wins over a name

@@ -33,6 +33,7 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 inline int __ffs(unsigned int x) { return __builtin_ffs((int)x); }
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
 inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { unsigned int o = *p; *p += v; return o; }
 inline int min(int a, int b) { return a < b ? a : b; }
