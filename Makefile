@@ -31,6 +31,7 @@ sysdeps:
 
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
+	$(BIN)/ruff format --check --quiet engine tests benchmarks $(wildcard console)
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
@@ -71,6 +72,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests benchmarks $(wildcard console)
+	$(BIN)/ruff format --check --quiet engine tests benchmarks $(wildcard console)
 	$(BIN)/mypy
 
 # The GPU proof for a session lent a GPU machine (bare, no network; docs/propagation.md).

@@ -56,7 +56,9 @@ def row(what: str, value: str, ref: str, ratio: str, goal: str) -> None:
 
 def sources(n: int, files: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
-    principal = (np.uint64(10**18) + np.cumsum(rng.integers(8_000_000, 8_400_000, n)).astype(np.uint64))
+    principal = np.uint64(10**18) + np.cumsum(rng.integers(8_000_000, 8_400_000, n)).astype(
+        np.uint64
+    )
     others = [principal[rng.random(n) < rng.uniform(0.5, 0.9)] for _ in range(files - 1)]
     return principal, others
 
@@ -82,10 +84,20 @@ def bench_matching() -> None:
     fast_rate = len(red) / t_fast
     slow_rate = len(sample) / t_slow
     v0_rate = len(tiny) / t_v0
-    row("match 10 files x 100k vs trilogy v0 scan (events/s)", f"{fast_rate:,.0f}",
-        f"v0 loop {v0_rate:,.1f}", f"{fast_rate / v0_rate:,.0f}x", ">= 1000x")
-    row("match 10 files x 100k vs trilogy v1 np.where scan", f"{fast_rate:,.0f}",
-        f"v1 {slow_rate:,.0f}", f"{fast_rate / slow_rate:,.0f}x", "(report)")
+    row(
+        "match 10 files x 100k vs trilogy v0 scan (events/s)",
+        f"{fast_rate:,.0f}",
+        f"v0 loop {v0_rate:,.1f}",
+        f"{fast_rate / v0_rate:,.0f}x",
+        ">= 1000x",
+    )
+    row(
+        "match 10 files x 100k vs trilogy v1 np.where scan",
+        f"{fast_rate:,.0f}",
+        f"v1 {slow_rate:,.0f}",
+        f"{fast_rate / slow_rate:,.0f}x",
+        "(report)",
+    )
     principal, others = sources(1_000_000, 10, 3)
     red = principal[np.random.default_rng(4).random(len(principal)) < 1 / 3]
     t = time.perf_counter()
@@ -107,7 +119,7 @@ def payload_blocks(src: Path, batch: int) -> Iterator[np.ndarray]:
             buf = np.empty((batch, *d.shape[1:]), d.dtype)
             for a in range(0, d.shape[0], batch):
                 b = min(a + batch, d.shape[0])
-                d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
+                d.read_direct(buf, np.s_[a:b], np.s_[0 : b - a])
                 yield buf[: b - a]
 
 
@@ -152,7 +164,9 @@ def build(src: Path, out: Path, ranks: int, batch: int, engine: bool = False) ->
 
 def phase_split(rep: dict) -> str:
     """``plan 0.012 + create 0.003 + copy 0.210 + finalise 0.004 = wall 0.231 s of 0.700 s``"""
-    parts = " + ".join(f"{k} {rep['phases'][k]['seconds']:.3f}" for k in PHASES if k in rep["phases"])
+    parts = " + ".join(
+        f"{k} {rep['phases'][k]['seconds']:.3f}" for k in PHASES if k in rep["phases"]
+    )
     return f"{parts} = wall {rep['wall_s']:.3f} s of process {rep['process_s']:.3f} s"
 
 
@@ -160,12 +174,30 @@ def bench_build(events: int, nsrc: int, batch: int, repeats: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="skydeck-bench-", dir=os.environ.get("SKYDECK_BENCH_DIR")))
     try:
         src = work / "src"
-        subprocess.run([sys.executable, "-m", "engine", "mock", "--downlink", "251114005",
-                        "--events", str(events), "--sources", str(nsrc), "-o", str(src)],
-                       check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "mock",
+                "--downlink",
+                "251114005",
+                "--events",
+                str(events),
+                "--sources",
+                str(nsrc),
+                "-o",
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         size = sum(p.stat().st_size for p in src.glob("*.h5"))
-        print(f"build throughput on {size / 1e9:.2f} GB ({nsrc} sources x {events} events of 1 MB)",
-              flush=True)
+        print(
+            f"build throughput on {size / 1e9:.2f} GB ({nsrc} sources x {events} events of 1 MB)",
+            flush=True,
+        )
         out = work / "out.h5"
         build(src, out, 1, batch)  # warm-up: page cache and first-touch of output pages
         # Best of N for every figure: on this VM the first touch of memory that the host has
@@ -182,20 +214,42 @@ def bench_build(events: int, nsrc: int, batch: int, repeats: int) -> None:
                 rss.extend(rep["peak_rss_bytes"])
                 reps.append(rep)
             best, ref_read, ref_copy = max(rates), max(reads), max(copies)
-            row(f"build {ranks} rank(s) vs h5py read (GB/s)", f"{best:.2f}", f"{ref_read:.2f}",
-                f"{best / ref_read:.2f}", ">= 0.8 (1 rank)" if ranks == 1 else "report")
-            row(f"build {ranks} rank(s) vs read+write copy (GB/s)", f"{best:.2f}", f"{ref_copy:.2f}",
-                f"{best / ref_copy:.2f}", "report")
-            print(f"    all runs GB/s: build {[round(x, 2) for x in rates]}, "
-                  f"read {[round(x, 2) for x in reads]}, copy {[round(x, 2) for x in copies]}")
+            row(
+                f"build {ranks} rank(s) vs h5py read (GB/s)",
+                f"{best:.2f}",
+                f"{ref_read:.2f}",
+                f"{best / ref_read:.2f}",
+                ">= 0.8 (1 rank)" if ranks == 1 else "report",
+            )
+            row(
+                f"build {ranks} rank(s) vs read+write copy (GB/s)",
+                f"{best:.2f}",
+                f"{ref_copy:.2f}",
+                f"{best / ref_copy:.2f}",
+                "report",
+            )
+            print(
+                f"    all runs GB/s: build {[round(x, 2) for x in rates]}, "
+                f"read {[round(x, 2) for x in reads]}, copy {[round(x, 2) for x in copies]}"
+            )
             fastest = reps[rates.index(best)]
-            row(f"build {ranks} rank(s) phases of the fastest run (s)", phase_split(fastest), "-", "-",
-                "report")
+            row(
+                f"build {ranks} rank(s) phases of the fastest run (s)",
+                phase_split(fastest),
+                "-",
+                "-",
+                "report",
+            )
             if ranks == 3:
                 batch_bytes = batch * nsrc * 1_000_000
                 limit = 2 * batch_bytes + 300e6
-                row("worker peak RSS (MB)", f"{max(rss) / 1e6:.0f}", f"limit {limit / 1e6:.0f}",
-                    f"{max(rss) / limit:.2f}", "< 1.0")
+                row(
+                    "worker peak RSS (MB)",
+                    f"{max(rss) / 1e6:.0f}",
+                    f"limit {limit / 1e6:.0f}",
+                    f"{max(rss) / limit:.2f}",
+                    "< 1.0",
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -273,15 +327,26 @@ def payload_present(src: Path) -> int:
     return n
 
 
-def bench_layouts(events: int, nsrc: int, batch: int, repeats: int, layouts: tuple[str, ...] = LAYOUTS,
-                  ranks_list: tuple[int, ...] = (1, 2, 3)) -> None:
-    work = Path(tempfile.mkdtemp(prefix="skydeck-bench13-", dir=os.environ.get("SKYDECK_BENCH_DIR")))
+def bench_layouts(
+    events: int,
+    nsrc: int,
+    batch: int,
+    repeats: int,
+    layouts: tuple[str, ...] = LAYOUTS,
+    ranks_list: tuple[int, ...] = (1, 2, 3),
+) -> None:
+    work = Path(
+        tempfile.mkdtemp(prefix="skydeck-bench13-", dir=os.environ.get("SKYDECK_BENCH_DIR"))
+    )
     try:
         dirs = write_layouts(work, events, nsrc)
         ref_script = work / "h5py_copy.py"
         ref_script.write_text(REFERENCE_COPY)
-        print(f"whole process, {nsrc} sources x {events} events (load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
+        print(
+            f"whole process, {nsrc} sources x {events} events (load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})",
+            flush=True,
+        )
         for name, src in dirs.items():
             if name not in layouts:
                 continue
@@ -309,17 +374,33 @@ def bench_layouts(events: int, nsrc: int, batch: int, repeats: int, layouts: tup
                     assert rep["bytes_read"] >= present, (rep["bytes_read"], present)
                 best, ref, ref_sync = min(procs), min(refs), min(syncs)
                 goal = ">= 1.2" if ranks == 1 and name != "gzip" else "report"
-                row(f"{name}: build {ranks} rank(s) process vs h5py copy process (GB/s of "
-                    f"{present / 1e9:.2f} GB)", f"{present / best / 1e9:.3f}", f"{present / ref / 1e9:.3f}",
-                    f"{ref / best:.2f}", goal)
-                row(f"{name}: build {ranks} rank(s) process vs h5py copy + fsync process (GB/s)",
-                    f"{present / best / 1e9:.3f}", f"{present / ref_sync / 1e9:.3f}",
-                    f"{ref_sync / best:.2f}", "report")
-                print(f"    all runs s: build {[round(x, 3) for x in procs]}, "
-                      f"h5py copy {[round(x, 3) for x in refs]}, + fsync {[round(x, 3) for x in syncs]}",
-                      flush=True)
-                row(f"{name}: build {ranks} rank(s) phases of the fastest run (s)",
-                    phase_split(reps[procs.index(best)]), "-", "-", "report")
+                row(
+                    f"{name}: build {ranks} rank(s) process vs h5py copy process (GB/s of "
+                    f"{present / 1e9:.2f} GB)",
+                    f"{present / best / 1e9:.3f}",
+                    f"{present / ref / 1e9:.3f}",
+                    f"{ref / best:.2f}",
+                    goal,
+                )
+                row(
+                    f"{name}: build {ranks} rank(s) process vs h5py copy + fsync process (GB/s)",
+                    f"{present / best / 1e9:.3f}",
+                    f"{present / ref_sync / 1e9:.3f}",
+                    f"{ref_sync / best:.2f}",
+                    "report",
+                )
+                print(
+                    f"    all runs s: build {[round(x, 3) for x in procs]}, "
+                    f"h5py copy {[round(x, 3) for x in refs]}, + fsync {[round(x, 3) for x in syncs]}",
+                    flush=True,
+                )
+                row(
+                    f"{name}: build {ranks} rank(s) phases of the fastest run (s)",
+                    phase_split(reps[procs.index(best)]),
+                    "-",
+                    "-",
+                    "report",
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -327,12 +408,15 @@ def bench_layouts(events: int, nsrc: int, batch: int, repeats: int, layouts: tup
 def bench_startup(repeats: int) -> None:
     """Best of ``repeats`` wall times of whole processes, interleaved."""
     exe = str(BIN / "skydeck-engine")
-    cmds = {"--version": [exe, "--version"], "--help": [exe, "--help"],
-            "python -c pass": [sys.executable, "-c", "pass"],
-            # what a build process imports before build() starts, against the h5py copy's
-            # (engine.cli.build imports the builder in its run(), so name it)
-            "build imports": [sys.executable, "-c", "import engine.cli.build, engine.builder.build"],
-            "h5py copy imports": [sys.executable, "-c", "import h5py, numpy"]}
+    cmds = {
+        "--version": [exe, "--version"],
+        "--help": [exe, "--help"],
+        "python -c pass": [sys.executable, "-c", "pass"],
+        # what a build process imports before build() starts, against the h5py copy's
+        # (engine.cli.build imports the builder in its run(), so name it)
+        "build imports": [sys.executable, "-c", "import engine.cli.build, engine.builder.build"],
+        "h5py copy imports": [sys.executable, "-c", "import h5py, numpy"],
+    }
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(repeats):
         for k, c in cmds.items():
@@ -340,24 +424,40 @@ def bench_startup(repeats: int) -> None:
     bare = min(times["python -c pass"])
     for k in ("--version", "--help"):
         t = min(times[k])
-        row(f"start-up: skydeck-engine {k} (ms) vs python -c pass", f"{t * 1e3:.1f}", f"{bare * 1e3:.1f}",
-            f"{t / bare:.2f}", "< 100 ms")
+        row(
+            f"start-up: skydeck-engine {k} (ms) vs python -c pass",
+            f"{t * 1e3:.1f}",
+            f"{bare * 1e3:.1f}",
+            f"{t / bare:.2f}",
+            "< 100 ms",
+        )
     t, ref = min(times["build imports"]), min(times["h5py copy imports"])
-    row("start-up of a build: python -c 'import engine.cli.build, engine.builder.build' vs "
+    row(
+        "start-up of a build: python -c 'import engine.cli.build, engine.builder.build' vs "
         "'import h5py, numpy' (ms)",
-        f"{t * 1e3:.1f}", f"{ref * 1e3:.1f}", f"{t / ref:.2f}", "report")
+        f"{t * 1e3:.1f}",
+        f"{ref * 1e3:.1f}",
+        f"{t / ref:.2f}",
+        "report",
+    )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--sources", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--layout-events", type=int, default=3000, help="events of part 4 (rows of ~100 kB)")
+    ap.add_argument(
+        "--layout-events", type=int, default=3000, help="events of part 4 (rows of ~100 kB)"
+    )
     ap.add_argument("--only", choices=("layouts", "startup"), default=None)
-    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="part 4's layouts, comma-separated")
+    ap.add_argument(
+        "--layouts", default=",".join(LAYOUTS), help="part 4's layouts, comma-separated"
+    )
     ap.add_argument("--ranks", default="1,2,3", help="part 4's rank counts, comma-separated")
     args = ap.parse_args()
     if args.only is None:
@@ -365,8 +465,14 @@ def main() -> int:
         if not args.skip_build:
             bench_build(args.events, args.sources, args.batch, args.repeats)
     if args.only in (None, "layouts"):
-        bench_layouts(args.layout_events, args.sources, args.batch, args.repeats,
-                      tuple(args.layouts.split(",")), tuple(int(r) for r in args.ranks.split(",")))
+        bench_layouts(
+            args.layout_events,
+            args.sources,
+            args.batch,
+            args.repeats,
+            tuple(args.layouts.split(",")),
+            tuple(int(r) for r in args.ranks.split(",")),
+        )
     if args.only in (None, "startup"):
         bench_startup(max(10, args.repeats))
     print("\n| measurement | skydeck | reference | ratio | goal |")

@@ -70,9 +70,14 @@ def first_paint(ws_root: Path) -> list[tuple[float, float]]:
     out = []
     for _ in range(3):
         env["SKYDECK_BENCH_T0"] = repr(time.time())
-        res = subprocess.run([sys.executable, "-c", FIRST_PAINT, str(ws_root)], env=env,
-                             capture_output=True, text=True, timeout=120,
-                             preexec_fn=lambda: os.sched_setaffinity(0, cores))
+        res = subprocess.run(
+            [sys.executable, "-c", FIRST_PAINT, str(ws_root)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: os.sched_setaffinity(0, cores),
+        )
         if res.returncode != 0:
             raise SystemExit(res.stderr)
         frame, rows = res.stdout.strip().splitlines()[-1].split()
@@ -98,20 +103,26 @@ async def refresh(ws_root: Path) -> dict[str, float]:
         result["initial_load_s"] = time.perf_counter() - t0
         reads, applies, changed, reads_in_app = [], [], [], []
         with StateDB(ws.state_db) as db:
-            ids = [r[0] for r in db.q(
-                "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
-                "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400")]
+            ids = [
+                r[0]
+                for r in db.q(
+                    "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
+                    "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400"
+                )
+            ]
             reader = api.DownlinkRows(ws)
             reader.read(db)
             for rnd in range(10):
                 # a runner's writes: 20 makeEvt instances of running streams fail
-                batch = ids[rnd * 20:(rnd + 1) * 20]
+                batch = ids[rnd * 20 : (rnd + 1) * 20]
                 with db.tx() as c:
-                    c.executemany("UPDATE process_instances SET status='FAILED' WHERE id=?",
-                                  [(i,) for i in batch])
+                    c.executemany(
+                        "UPDATE process_instances SET status='FAILED' WHERE id=?",
+                        [(i,) for i in batch],
+                    )
                 app.main.wake.set()
                 target = table.model
-                while table.model is target:        # until a refresh carrying rows is applied
+                while table.model is target:  # until a refresh carrying rows is applied
                     await pilot.pause(0.002)
                 # the poll loop's read happens in its thread; time the same read here alone
                 t = time.perf_counter()
@@ -119,7 +130,7 @@ async def refresh(ws_root: Path) -> dict[str, float]:
                 reads.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 with app.batch_update():
-                    changed.append(table.apply(rows))   # nothing left to change: diff cost
+                    changed.append(table.apply(rows))  # nothing left to change: diff cost
                 applies.append(sum(app.main.rows_timing))
                 reads_in_app.append(app.main.rows_timing[0])
         result["read_s"] = statistics.median(reads)
@@ -146,8 +157,13 @@ def main() -> int:
 
         init_workspace(small)
         for i in range(3):
-            deliver(MockSpec(dlid=f"25112500{i + 1}", sources=2, events=50, event_bytes=100,
-                             runs=1, chunks=1), "level0", Workspace.open(small).incoming_level0)
+            deliver(
+                MockSpec(
+                    dlid=f"25112500{i + 1}", sources=2, events=50, event_bytes=100, runs=1, chunks=1
+                ),
+                "level0",
+                Workspace.open(small).incoming_level0,
+            )
         paint = first_paint(small)
         big = Path(tmp) / "big"
         t = time.perf_counter()
@@ -157,21 +173,42 @@ def main() -> int:
     frame = min(f for f, _ in paint)
     best = min(r for _, r in paint)
     rows = [
-        ("first paint (first frame), 2 cores, from process spawn (best of 3)",
-         f"{frame * 1000:.0f} ms", f"{frame / GOAL_PAINT_S:.2f} x goal 1 s"),
-        ("  downlink rows on screen (best of 3)", f"{best * 1000:.0f} ms",
-         f"{best / GOAL_PAINT_S:.2f} x goal 1 s"),
-        (f"refresh: {N_DOWNLINKS:,} downlinks, {N_DOWNLINKS * PI_PER_STREAM:,} instances, "
-         "20 changed (median of 10)", f"{r['refresh_s'] * 1000:.1f} ms",
-         f"{r['refresh_s'] / GOAL_REFRESH_S:.2f} x goal 100 ms"),
-        ("  of which the read in the poll worker (median)", f"{r['read_in_app_s'] * 1000:.1f} ms",
-         ""),
-        ("  the read alone (engine.api.DownlinkRows, outside the app)", f"{r['read_s'] * 1000:.1f} ms",
-         ""),
-        ("reference: full rebuild of the same table (clear + add_row)",
-         f"{r['rebuild_s'] * 1000:.0f} ms", f"{r['rebuild_s'] / r['refresh_s']:.1f} x the refresh"),
-        ("first load of the 10,000 rows (startup, once)", f"{r['initial_load_s'] * 1000:.0f} ms",
-         ""),
+        (
+            "first paint (first frame), 2 cores, from process spawn (best of 3)",
+            f"{frame * 1000:.0f} ms",
+            f"{frame / GOAL_PAINT_S:.2f} x goal 1 s",
+        ),
+        (
+            "  downlink rows on screen (best of 3)",
+            f"{best * 1000:.0f} ms",
+            f"{best / GOAL_PAINT_S:.2f} x goal 1 s",
+        ),
+        (
+            f"refresh: {N_DOWNLINKS:,} downlinks, {N_DOWNLINKS * PI_PER_STREAM:,} instances, "
+            "20 changed (median of 10)",
+            f"{r['refresh_s'] * 1000:.1f} ms",
+            f"{r['refresh_s'] / GOAL_REFRESH_S:.2f} x goal 100 ms",
+        ),
+        (
+            "  of which the read in the poll worker (median)",
+            f"{r['read_in_app_s'] * 1000:.1f} ms",
+            "",
+        ),
+        (
+            "  the read alone (engine.api.DownlinkRows, outside the app)",
+            f"{r['read_s'] * 1000:.1f} ms",
+            "",
+        ),
+        (
+            "reference: full rebuild of the same table (clear + add_row)",
+            f"{r['rebuild_s'] * 1000:.0f} ms",
+            f"{r['rebuild_s'] / r['refresh_s']:.1f} x the refresh",
+        ),
+        (
+            "first load of the 10,000 rows (startup, once)",
+            f"{r['initial_load_s'] * 1000:.0f} ms",
+            "",
+        ),
         ("filling the database (setup)", f"{fill_s:.1f} s", ""),
     ]
     w = max(len(a) for a, _, _ in rows)

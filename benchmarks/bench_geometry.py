@@ -53,8 +53,13 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "bytes": g.nbytes(),
 
 
 def engine(*args: object, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def scene(n: int) -> Path:
@@ -62,24 +67,28 @@ def scene(n: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "det.gdml").write_text(EX.juno_like(n, scale=math.sqrt(2000 / n)))
     p = d / "det.toml"
-    p.write_text('name = "juno-like-bench"\n[geometry]\ngdml = "det.gdml"\n[settings]\n'
-                 'max_bounce = 32\n[source]\ntype = "point"\nposition = [0.0, 0.0, 0.0]\n'
-                 f'wavelength = 430.0\nphotons = {PHOTONS}\n')
+    p.write_text(
+        'name = "juno-like-bench"\n[geometry]\ngdml = "det.gdml"\n[settings]\n'
+        'max_bounce = 32\n[source]\ntype = "point"\nposition = [0.0, 0.0, 0.0]\n'
+        f'wavelength = 430.0\nphotons = {PHOTONS}\n'
+    )
     return p
 
 
 def measure(n: int, geant4: bool) -> dict:
     p = scene(n)
-    r = subprocess.run([sys.executable, "-c", LOAD, str(p)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=1800)
+    r = subprocess.run(
+        [sys.executable, "-c", LOAD, str(p)], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
     if r.returncode:
         raise SystemExit(f"load of {n} PMTs failed: {r.stderr.strip().splitlines()[-1]}")
     row = {"pmts": n, **json.loads(r.stdout)}
     best = 0.0
     for i in range(2):
         out = WORK / f"n{n}" / f"ev{i}"
-        r = engine("propagate", p, "-o", out, "--backend", "numpy", "--workers", "1", "--seed", i,
-                   "--json")
+        r = engine(
+            "propagate", p, "-o", out, "--backend", "numpy", "--workers", "1", "--seed", i, "--json"
+        )
         if r.returncode:
             raise SystemExit(f"propagate {n}: {r.stderr.strip()}")
         m = json.loads(r.stdout.strip().splitlines()[-1])
@@ -108,27 +117,38 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     # one load first: Numba's compiled tracer is cached on disk after it (a cold cache
     # would put its compile time, about 16 s, into the first row's load)
-    subprocess.run([sys.executable, "-c", LOAD, str(scene(SIZES[0]))], cwd=ROOT,
-                   capture_output=True, text=True, timeout=1800)
+    subprocess.run(
+        [sys.executable, "-c", LOAD, str(scene(SIZES[0]))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     for n in SIZES[:3] if a.quick else SIZES:
         t = time.perf_counter()
         rows.append(measure(n, g4))
         print(f"  {n} PMTs measured in {time.perf_counter() - t:.0f} s", flush=True)
     ref = rows[0]["photons_per_second"]
-    print("\n| PMTs | volumes | BVH depth | load s | geometry MB | peak RSS MB | hits/photon "
-          "| photons/s (1 core) | cost per photon vs 256 | Geant4 photons/s | skydeck/Geant4 |")
+    print(
+        "\n| PMTs | volumes | BVH depth | load s | geometry MB | peak RSS MB | hits/photon "
+        "| photons/s (1 core) | cost per photon vs 256 | Geant4 photons/s | skydeck/Geant4 |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         g = r.get("geant4_photons_per_second")
-        print(f"| {r['pmts']:,} | {r['volumes']:,} | {r['bvh_depth']} | {r['load_s']:.2f} | "
-              f"{r['bytes'] / 1e6:.2f} | {r['rss_mb']:.0f} | {r['hits'] / PHOTONS:.4f} | "
-              f"{r['photons_per_second']:,.0f} | {ref / r['photons_per_second']:.2f}x | "
-              + (f"{g:,.0f} | {r['photons_per_second'] / g:.1f}x |" if g else "- | - |"))
+        print(
+            f"| {r['pmts']:,} | {r['volumes']:,} | {r['bvh_depth']} | {r['load_s']:.2f} | "
+            f"{r['bytes'] / 1e6:.2f} | {r['rss_mb']:.0f} | {r['hits'] / PHOTONS:.4f} | "
+            f"{r['photons_per_second']:,.0f} | {ref / r['photons_per_second']:.2f}x | "
+            + (f"{g:,.0f} | {r['photons_per_second'] / g:.1f}x |" if g else "- | - |")
+        )
     at16 = next((r for r in rows if r["pmts"] == 16384), None)
     if at16 is not None:
         ratio = ref / at16["photons_per_second"]
-        print(f"\ngoal: 16k sensors cost at most 2x per photon what 256 cost: {ratio:.2f}x "
-              f"({'met' if ratio <= 2 else 'MISSED'})")
+        print(
+            f"\ngoal: 16k sensors cost at most 2x per photon what 256 cost: {ratio:.2f}x "
+            f"({'met' if ratio <= 2 else 'MISSED'})"
+        )
     (WORK.parent / "geometry.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

@@ -49,12 +49,19 @@ def bench_latency(tmp: Path, n: int) -> dict:
     staging.mkdir()
     dlids = [f"251127{k:03d}" for k in range(1, n + 1)]
     for dl in dlids:
-        deliver(MockSpec(dl, sources=1, events=20, event_bytes=64, runs=1, chunks=1), "dir",
-                staging / dl)
+        deliver(
+            MockSpec(dl, sources=1, events=20, event_bytes=64, runs=1, chunks=1),
+            "dir",
+            staging / dl,
+        )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log = open(tmp / "lat.log", "wb")  # noqa: SIM115
-    d = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "watch"],
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    d = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), "watch"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     lat = []
     try:
         while b"watching" not in (tmp / "lat.log").read_bytes():
@@ -63,7 +70,7 @@ def bench_latency(tmp: Path, n: int) -> dict:
         with StateDB(ws.state) as db:  # SQLite, or $SKYDECK_STATE_URL (bench_state.py)
             for dl in dlids:
                 t0 = time.time()
-                os.rename(staging / dl, ws.incoming_level0 / dl)   # complete at this instant
+                os.rename(staging / dl, ws.incoming_level0 / dl)  # complete at this instant
                 while db.downlink(dl) is None:
                     time.sleep(0.002)
                 lat.append(time.time() - t0)
@@ -72,27 +79,38 @@ def bench_latency(tmp: Path, n: int) -> dict:
         d.send_signal(signal.SIGTERM)
         d.wait(30)
         log.close()
-    return {"n": n, "median_s": statistics.median(lat), "p90_s": sorted(lat)[int(0.9 * (n - 1))],
-            "max_s": max(lat)}
+    return {
+        "n": n,
+        "median_s": statistics.median(lat),
+        "p90_s": sorted(lat)[int(0.9 * (n - 1))],
+        "max_s": max(lat),
+    }
 
 
 def run_empty_stream(tmp: Path, n: int, launcher: Launcher, gen_local: bool = False) -> float:
     """Wall time of a stream of ``n + 1`` empty instances (``gen``, then ``n`` x ``true`` as
     a ``foreach`` substream) run by ``run_stream`` with ``launcher``; ``gen_local`` keeps
     ``gen`` on this host under a batch launcher."""
-    gen = ("import os; open(os.environ['PIPELINE_SUMMARY'], 'a').write('Pipeline.items: ' + "
-           f"' '.join(str(i) for i in range({n})) + chr(10))")
+    gen = (
+        "import os; open(os.environ['PIPELINE_SUMMARY'], 'a').write('Pipeline.items: ' + "
+        f"' '.join(str(i) for i in range({n})) + chr(10))"
+    )
     task_path = tmp / "empty.toml"
-    task_path.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "gen"\n'
-                         + ('launcher = "local"\n' if gen_local else "")
-                         + f'command = ["{{python}}", "-c", "{gen}"]\n[[process]]\n'
-                         'name = "empty"\nafter = ["gen"]\nforeach = "items"\n'
-                         'command = ["true"]\n')
+    task_path.write_text(
+        '[task]\nname = "halfpipe"\n[[process]]\nname = "gen"\n'
+        + ('launcher = "local"\n' if gen_local else "")
+        + f'command = ["{{python}}", "-c", "{gen}"]\n[[process]]\n'
+        'name = "empty"\nafter = ["gen"]\nforeach = "items"\n'
+        'command = ["true"]\n'
+    )
     ws = _ws(tmp / "ovh")
     task = parse_task(task_path)
     with StateDB(ws.state) as db:  # SQLite, or $SKYDECK_STATE_URL (bench_state.py)
-        db.register_downlink(Downlink("251127999", "level0", "/nonexistent", 1, False, None,
-                                      time.time(), time.time()))
+        db.register_downlink(
+            Downlink(
+                "251127999", "level0", "/nonexistent", 1, False, None, time.time(), time.time()
+            )
+        )
         t0 = time.perf_counter()
         runner = run_stream(ws, db, task, "251127999", launcher, poll_s=0.001)
         wall = time.perf_counter() - t0
@@ -102,7 +120,7 @@ def run_empty_stream(tmp: Path, n: int, launcher: Launcher, gen_local: bool = Fa
 
 def bench_overhead(tmp: Path, n: int, jobs: int) -> dict:
     wall = run_empty_stream(tmp, n, LocalLauncher(jobs))
-    t0 = time.perf_counter()   # reference: the same subprocesses without the engine
+    t0 = time.perf_counter()  # reference: the same subprocesses without the engine
     procs: list[subprocess.Popen] = []
     for _ in range(n):
         if len(procs) >= jobs:
@@ -111,9 +129,14 @@ def bench_overhead(tmp: Path, n: int, jobs: int) -> dict:
     for p in procs:
         p.wait()
     ref = time.perf_counter() - t0
-    return {"instances": n + 1, "jobs": jobs, "wall_s": wall, "ref_s": ref,
-            "per_instance_ms": 1000 * wall / (n + 1),
-            "overhead_ms": 1000 * (wall - ref) / (n + 1)}
+    return {
+        "instances": n + 1,
+        "jobs": jobs,
+        "wall_s": wall,
+        "ref_s": ref,
+        "per_instance_ms": 1000 * wall / (n + 1),
+        "overhead_ms": 1000 * (wall - ref) / (n + 1),
+    }
 
 
 def bench_scan(tmp: Path, files: int) -> dict:
@@ -129,14 +152,21 @@ def bench_scan(tmp: Path, files: int) -> dict:
     du_t, py_t = [], []
     for _ in range(5):  # best of 5, interleaved: the machine may be shared
         t0 = time.perf_counter()
-        out = subprocess.run(["du", "-s", "-B1", str(root)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["du", "-s", "-B1", str(root)], capture_output=True, text=True, check=True
+        )
         du_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         u = du(root)
         py_t.append(time.perf_counter() - t0)
     ref = int(out.stdout.split()[0])
     assert u.bytes == ref, (u.bytes, ref)
-    return {"files": u.files, "du_s": min(du_t), "scan_s": min(py_t), "ratio": min(py_t) / min(du_t)}
+    return {
+        "files": u.files,
+        "du_s": min(du_t),
+        "scan_s": min(py_t),
+        "ratio": min(py_t) / min(du_t),
+    }
 
 
 def main() -> int:
@@ -156,14 +186,20 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'benchmark':44s} {'measured':>12s} {'reference':>12s} {'ratio':>7s} goal")
-    print(f"{'delivery complete -> registered (inotify)':44s} {lat['median_s'] * 1000:9.1f} ms "
-          f"{'':>12s} {'':>7s} median < 500 ms  (n={lat['n']}, p90 {lat['p90_s'] * 1000:.1f} ms, "
-          f"max {lat['max_s'] * 1000:.1f} ms)")
-    print(f"{'orchestration per instance (empty jobs)':44s} {ovh['per_instance_ms']:9.2f} ms "
-          f"{1000 * ovh['ref_s'] / ovh['instances']:9.2f} ms {ovh['per_instance_ms'] / max(1e-9, 1000 * ovh['ref_s'] / ovh['instances']):7.2f} "
-          f"overhead {ovh['overhead_ms']:.2f} ms < 50 ms  ({ovh['instances']} instances, {ovh['jobs']} at once)")
-    print(f"{'stage scan vs du -s':44s} {scan['scan_s']:10.3f} s {scan['du_s']:10.3f} s {scan['ratio']:7.2f} "
-          f"<= 1.0  ({scan['files']} files)")
+    print(
+        f"{'delivery complete -> registered (inotify)':44s} {lat['median_s'] * 1000:9.1f} ms "
+        f"{'':>12s} {'':>7s} median < 500 ms  (n={lat['n']}, p90 {lat['p90_s'] * 1000:.1f} ms, "
+        f"max {lat['max_s'] * 1000:.1f} ms)"
+    )
+    print(
+        f"{'orchestration per instance (empty jobs)':44s} {ovh['per_instance_ms']:9.2f} ms "
+        f"{1000 * ovh['ref_s'] / ovh['instances']:9.2f} ms {ovh['per_instance_ms'] / max(1e-9, 1000 * ovh['ref_s'] / ovh['instances']):7.2f} "
+        f"overhead {ovh['overhead_ms']:.2f} ms < 50 ms  ({ovh['instances']} instances, {ovh['jobs']} at once)"
+    )
+    print(
+        f"{'stage scan vs du -s':44s} {scan['scan_s']:10.3f} s {scan['du_s']:10.3f} s {scan['ratio']:7.2f} "
+        f"<= 1.0  ({scan['files']} files)"
+    )
     ok = lat["median_s"] < 0.5 and ovh["overhead_ms"] < 50
     return 0 if ok else 1
 

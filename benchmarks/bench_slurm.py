@@ -42,6 +42,7 @@ SLURM_DIR = Path(os.environ.get("SKYDECK_SLURM_DIR", "/tmp/skydeck-slurm"))
 
 def cluster_env() -> tuple[dict[str, str], bool]:
     """SLURM_CONF of a running cluster (started here when none runs); whether we started it."""
+
     def read() -> dict[str, str]:
         try:
             lines = (SLURM_DIR / "env").read_text().splitlines()
@@ -54,6 +55,7 @@ def cluster_env() -> tuple[dict[str, str], bool]:
             return False
         res = subprocess.run(["sinfo", "-h"], capture_output=True, env={**os.environ, **env})
         return res.returncode == 0
+
     env = read()
     if answers(env):
         return env, False
@@ -67,9 +69,12 @@ def _ws(root: Path, launcher: str = "local") -> Workspace:
     ws = init_workspace(root)
     cfg = ws.root / "skydeck.toml"
     text = cfg.read_text()
-    for old, new in (("reserve_bytes = 1_000_000_000", "reserve_bytes = 0"),
-                     ('launcher = "local"', f'launcher = "{launcher}"'),
-                     ("max_jobs = 2 ", "max_jobs = 4 "), ("maxEvents = 125000", "maxEvents = 200")):
+    for old, new in (
+        ("reserve_bytes = 1_000_000_000", "reserve_bytes = 0"),
+        ('launcher = "local"', f'launcher = "{launcher}"'),
+        ("max_jobs = 2 ", "max_jobs = 4 "),
+        ("maxEvents = 125000", "maxEvents = 200"),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     cfg.write_text(text)
@@ -88,15 +93,23 @@ def bench_overhead(tmp: Path, n: int, jobs: int) -> dict[str, float]:
             outstanding = [p for p in outstanding if not p.exists()]
             time.sleep(0.001)
         done = ref_dir / f"{i}.exit"
-        subprocess.run(["sbatch", "--parsable", "--job-name=bench-ref", f"--output={ref_dir}/{i}.log",
-                        "--ntasks=1", f"--wrap=true; echo 0 > {done}"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--job-name=bench-ref",
+                f"--output={ref_dir}/{i}.log",
+                "--ntasks=1",
+                f"--wrap=true; echo 0 > {done}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         outstanding.append(done)
     while any(not p.exists() for p in outstanding):
         time.sleep(0.001)
     ref = time.perf_counter() - t0
-    return {"instances": n + 1, "jobs": jobs, "wall_s": wall, "ref_s": ref,
-            "ratio": wall / ref}
+    return {"instances": n + 1, "jobs": jobs, "wall_s": wall, "ref_s": ref, "ratio": wall / ref}
 
 
 def bench_end_to_end(tmp: Path) -> dict[str, float]:
@@ -104,13 +117,18 @@ def bench_end_to_end(tmp: Path) -> dict[str, float]:
     for launcher in ("local", "slurm"):
         root = tmp / f"e2e-{launcher}"
         ws = _ws(root, launcher)
-        spec = MockSpec(dlid="251201998", sources=2, events=600, event_bytes=400, runs=2,
-                        chunks=2, seed=0)
+        spec = MockSpec(
+            dlid="251201998", sources=2, events=600, event_bytes=400, runs=2, chunks=2, seed=0
+        )
         deliver(spec, "level0", ws.incoming_level0)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "engine", "-w", str(ws.root), "run",
-                              spec.dlid], capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [sys.executable, "-m", "engine", "-w", str(ws.root), "run", spec.dlid],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         out[launcher] = time.perf_counter() - t0
         assert res.returncode == 0, res.stderr[-2000:]
         assert load_task(ws).name == "halfpipe"
@@ -134,12 +152,16 @@ def main() -> int:
         if started:
             subprocess.run([str(CLUSTER), "down"], capture_output=True)
     print(f"{'benchmark':<58}{'measured':>10}{'reference':>11}{'ratio':>8}  goal")
-    print(f"{'stream of empty jobs on Slurm vs sbatch direct':<58}"
-          f"{ovh['wall_s']:>9.2f}s{ovh['ref_s']:>10.2f}s{ovh['ratio']:>8.2f}  <= 1.2  "
-          f"({ovh['instances']} instances, {ovh['jobs']} at once; "
-          f"{1000 * (ovh['wall_s'] - ovh['ref_s']) / ovh['instances']:.1f} ms/instance more)")
-    print(f"{'mock downlink end to end: Slurm vs local launcher':<58}"
-          f"{e2e['slurm']:>9.2f}s{e2e['local']:>10.2f}s{e2e['ratio']:>8.2f}  (no goal)")
+    print(
+        f"{'stream of empty jobs on Slurm vs sbatch direct':<58}"
+        f"{ovh['wall_s']:>9.2f}s{ovh['ref_s']:>10.2f}s{ovh['ratio']:>8.2f}  <= 1.2  "
+        f"({ovh['instances']} instances, {ovh['jobs']} at once; "
+        f"{1000 * (ovh['wall_s'] - ovh['ref_s']) / ovh['instances']:.1f} ms/instance more)"
+    )
+    print(
+        f"{'mock downlink end to end: Slurm vs local launcher':<58}"
+        f"{e2e['slurm']:>9.2f}s{e2e['local']:>10.2f}s{e2e['ratio']:>8.2f}  (no goal)"
+    )
     return 0
 
 

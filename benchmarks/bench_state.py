@@ -81,6 +81,7 @@ class Server:
 
     def __init__(self, admin: str) -> None:
         import psycopg
+
         self.psycopg = psycopg
         self.admin = admin
         self.made: list[str] = []
@@ -138,13 +139,19 @@ def registration(tmp: Path, n: int) -> dict[str, float]:
     staging.mkdir()
     dlids = [f"251127{k:03d}" for k in range(1, n + 1)]
     for dl in dlids:
-        deliver(MockSpec(dl, sources=1, events=20, event_bytes=64, runs=1, chunks=1), "dir",
-                staging / dl)
+        deliver(
+            MockSpec(dl, sources=1, events=20, event_bytes=64, runs=1, chunks=1),
+            "dir",
+            staging / dl,
+        )
     log_path = tmp / "lat.log"
     with open(log_path, "wb") as log:
-        d = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "watch"],
-                             stdout=log, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        d = subprocess.Popen(
+            [sys.executable, "-m", "engine", "-w", str(ws.root), "watch"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         renamed: dict[str, float] = {}
         visible: list[float] = []
         try:
@@ -154,7 +161,7 @@ def registration(tmp: Path, n: int) -> dict[str, float]:
             with StateDB(ws.state) as db:
                 for dl in dlids:
                     renamed[dl] = t0 = time.time()
-                    os.rename(staging / dl, ws.incoming_level0 / dl)   # complete now
+                    os.rename(staging / dl, ws.incoming_level0 / dl)  # complete now
                     while db.downlink(dl) is None:
                         time.sleep(0.002)
                     visible.append(time.time() - t0)
@@ -164,9 +171,11 @@ def registration(tmp: Path, n: int) -> dict[str, float]:
             d.send_signal(signal.SIGTERM)
             d.wait(30)
     visible.sort()
-    return {"visible_median_s": statistics.median(visible),
-            "visible_p90_s": visible[int(0.9 * (n - 1))],
-            "registered_median_s": statistics.median(own)}
+    return {
+        "visible_median_s": statistics.median(visible),
+        "visible_p90_s": visible[int(0.9 * (n - 1))],
+        "registered_median_s": statistics.median(own),
+    }
 
 
 # ---------------------------------------------------------------------- 3. claims
@@ -196,34 +205,41 @@ def claims(tmp: Path, per_process: int) -> dict[str, float]:
     for kind in ("delivery", "stream"):
         for shape in ("distinct", "same"):
             if shape == "distinct":
-                lists = [[f"2511{p:02d}{k:03d}" for k in range(per_process)] for p in range(CLAIMERS)]
+                lists = [
+                    [f"2511{p:02d}{k:03d}" for k in range(per_process)] for p in range(CLAIMERS)
+                ]
             else:
                 lists = [[f"251199{k:03d}" for k in range(per_process)]] * CLAIMERS
             rows = sorted({n for names in lists for n in names})
-            if kind == "stream":   # a stream is claimed for a registered downlink
+            if kind == "stream":  # a stream is claimed for a registered downlink
                 with StateDB(ws.state) as db:
                     for d in rows:
-                        db.register_downlink(Downlink(d, "level0", "/x", 1, False, None,
-                                                      time.time(), time.time()))
+                        db.register_downlink(
+                            Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time())
+                        )
             start = ctx.Barrier(CLAIMERS + 1)
             q = ctx.Queue()
-            procs = [ctx.Process(target=_claimer, args=(str(ws.root), kind, names, start, q))
-                     for names in lists]
+            procs = [
+                ctx.Process(target=_claimer, args=(str(ws.root), kind, names, start, q))
+                for names in lists
+            ]
             for p in procs:
                 p.start()
-            start.wait()                                   # all connected: go
+            start.wait()  # all connected: go
             results = [q.get(timeout=600) for _ in procs]
-            wall = max(t for t, _ in results)              # from the start to the last one done
+            wall = max(t for t, _ in results)  # from the start to the last one done
             start.wait()
             for p in procs:
                 p.join(60)
             won = [n for _, w in results for n in w]
             if sorted(won) != rows:
-                raise SystemExit(f"claims {kind}/{shape}: {len(won)} won for {len(rows)} rows "
-                                 "(each must be won exactly once)")
+                raise SystemExit(
+                    f"claims {kind}/{shape}: {len(won)} won for {len(rows)} rows "
+                    "(each must be won exactly once)"
+                )
             attempts = sum(len(names) for names in lists)
             out[f"{kind} {shape}"] = attempts / wall
-            with StateDB(ws.state) as db, db.tx() as c:   # the next round starts clean
+            with StateDB(ws.state) as db, db.tx() as c:  # the next round starts clean
                 c.execute("DELETE FROM deliveries")
                 c.execute("DELETE FROM process_instances")
                 c.execute("DELETE FROM events")
@@ -240,38 +256,73 @@ def fill(ws: Workspace) -> None:
     StateDB on either backend (bench_console fills its workspace with this too). Each
     downlink gets its registration order (``seq``), as ``register_downlink`` gives it."""
     now = time.time()
-    procs = ["launchChunks", "makeEvt", "makeEvt", "makeEvt", "makeEvt", "mergeIndices",
-             "mergeEvt", "mergeEvt", "propagate", "cleanup"]
+    procs = [
+        "launchChunks",
+        "makeEvt",
+        "makeEvt",
+        "makeEvt",
+        "makeEvt",
+        "mergeIndices",
+        "mergeEvt",
+        "mergeEvt",
+        "propagate",
+        "cleanup",
+    ]
     keys = ["", "00001", "00002", "00003", "00004", "", "785721600", "785721601", "", ""]
     with StateDB(ws.state) as db, db.tx() as c:
-        c.executemany("INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
-                      "delivered, registered, seq) VALUES (?,?,?,?,?,?,?,?,?)",
-                      [(f"25{i // 1000 % 12 + 1:02d}{i % 28 + 1:02d}{i % 1000:03d}", "level0",
-                        "/x", 4, 0, None, now - i, now - i, i + 1) for i in range(N_DOWNLINKS)])
+        c.executemany(
+            "INSERT INTO downlinks (dlid, kind, level0, chunks, gensteps, scene, "
+            "delivered, registered, seq) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    f"25{i // 1000 % 12 + 1:02d}{i % 28 + 1:02d}{i % 1000:03d}",
+                    "level0",
+                    "/x",
+                    4,
+                    0,
+                    None,
+                    now - i,
+                    now - i,
+                    i + 1,
+                )
+                for i in range(N_DOWNLINKS)
+            ],
+        )
         dlids = [r[0] for r in c.execute("SELECT dlid FROM downlinks ORDER BY dlid")]
         vars_ = json.dumps({"chunks": keys[1:5], "runs": keys[6:8]})
-        c.executemany("INSERT INTO streams (task, dlid, execution, status, vars, created) "
-                      "VALUES ('halfpipe', ?, 1, ?, ?, ?)",
-                      [(d, "SUCCESS" if i % 10 else "RUNNING", vars_, now)
-                       for i, d in enumerate(dlids)])
+        c.executemany(
+            "INSERT INTO streams (task, dlid, execution, status, vars, created) "
+            "VALUES ('halfpipe', ?, 1, ?, ?, ?)",
+            [(d, "SUCCESS" if i % 10 else "RUNNING", vars_, now) for i, d in enumerate(dlids)],
+        )
         sids = [r[0] for r in c.execute("SELECT id FROM streams ORDER BY id")]
-        c.executemany("INSERT INTO process_instances (stream_id, process, key, execution, status,"
-                      " created, started, ended) VALUES (?,?,?,1,?,?,?,?)",
-                      [(sid, p, k, "SUCCESS", now - 60, now - 60, now - 50)
-                       for sid in sids for p, k in zip(procs, keys, strict=True)])
+        c.executemany(
+            "INSERT INTO process_instances (stream_id, process, key, execution, status,"
+            " created, started, ended) VALUES (?,?,?,1,?,?,?,?)",
+            [
+                (sid, p, k, "SUCCESS", now - 60, now - 60, now - 50)
+                for sid in sids
+                for p, k in zip(procs, keys, strict=True)
+            ],
+        )
 
 
 def refresh(tmp: Path) -> dict[str, float]:
     from engine import api
+
     ws = _ws(tmp / "console")
     t = time.perf_counter()
     fill(ws)
     fill_s = time.perf_counter() - t
     reads = []
     with StateDB(ws.state) as db:
-        ids = [r[0] for r in db.q(
-            "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
-            "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400")]
+        ids = [
+            r[0]
+            for r in db.q(
+                "SELECT p.id FROM process_instances p JOIN streams s ON s.id = p.stream_id "
+                "WHERE p.process = 'makeEvt' AND s.status = 'RUNNING' ORDER BY p.id LIMIT 400"
+            )
+        ]
         reader = api.DownlinkRows(ws)
         t = time.perf_counter()
         first = reader.read(db)
@@ -279,9 +330,11 @@ def refresh(tmp: Path) -> dict[str, float]:
         assert len(first) == N_DOWNLINKS, len(first)
         with StateDB(ws.state) as writer:
             for rnd in range(10):
-                with writer.tx() as c:   # a runner's writes: 20 makeEvt instances fail
-                    c.executemany("UPDATE process_instances SET status='FAILED' WHERE id=?",
-                                  [(i,) for i in ids[rnd * 20:(rnd + 1) * 20]])
+                with writer.tx() as c:  # a runner's writes: 20 makeEvt instances fail
+                    c.executemany(
+                        "UPDATE process_instances SET status='FAILED' WHERE id=?",
+                        [(i,) for i in ids[rnd * 20 : (rnd + 1) * 20]],
+                    )
                 t = time.perf_counter()
                 reader.read(db)
                 reads.append(time.perf_counter() - t)
@@ -293,8 +346,11 @@ def refresh(tmp: Path) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", help="a maintenance database's URL on the PostgreSQL server "
-                                  "(default: the test cluster's, tests/postgres/cluster.sh)")
+    ap.add_argument(
+        "--url",
+        help="a maintenance database's URL on the PostgreSQL server "
+        "(default: the test cluster's, tests/postgres/cluster.sh)",
+    )
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--deliveries", type=int, default=30)
@@ -304,8 +360,10 @@ def main() -> int:
     try:
         server = Server(admin) if admin else None
     except Exception as err:  # no server, no psycopg: said, not failed
-        print(f"bench_state: skipped, no PostgreSQL answers ({type(err).__name__}: "
-              f"{str(err).splitlines()[0] if str(err) else ''}); tests/postgres/cluster.sh up")
+        print(
+            f"bench_state: skipped, no PostgreSQL answers ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); tests/postgres/cluster.sh up"
+        )
         return 0
     if server is None:
         print("bench_state: skipped, no PostgreSQL (--url, or tests/postgres/cluster.sh up)")
@@ -336,27 +394,67 @@ def main() -> int:
         server.close()
     s, p = res["sqlite"], res["postgresql"]
     rows: list[tuple[str, float, float, str, str]] = [
-        ("orchestration per instance (empty jobs)", s["overhead"]["per_instance_ms"],
-         p["overhead"]["per_instance_ms"], "ms", f"{a.instances + 1} instances, {a.jobs} at once"),
-        ("  overhead over running `true` directly", s["overhead"]["overhead_ms"],
-         p["overhead"]["overhead_ms"], "ms", "goal < 50 ms"),
-        ("delivery complete -> row visible (median)", 1000 * s["latency"]["visible_median_s"],
-         1000 * p["latency"]["visible_median_s"], "ms", f"n={a.deliveries}, inotify daemon"),
-        ("  p90", 1000 * s["latency"]["visible_p90_s"], 1000 * p["latency"]["visible_p90_s"],
-         "ms", ""),
-        ("  the daemon's registered time - rename (median)",
-         1000 * s["latency"]["registered_median_s"],
-         1000 * p["latency"]["registered_median_s"], "ms", "its clock, before the commit"),
+        (
+            "orchestration per instance (empty jobs)",
+            s["overhead"]["per_instance_ms"],
+            p["overhead"]["per_instance_ms"],
+            "ms",
+            f"{a.instances + 1} instances, {a.jobs} at once",
+        ),
+        (
+            "  overhead over running `true` directly",
+            s["overhead"]["overhead_ms"],
+            p["overhead"]["overhead_ms"],
+            "ms",
+            "goal < 50 ms",
+        ),
+        (
+            "delivery complete -> row visible (median)",
+            1000 * s["latency"]["visible_median_s"],
+            1000 * p["latency"]["visible_median_s"],
+            "ms",
+            f"n={a.deliveries}, inotify daemon",
+        ),
+        (
+            "  p90",
+            1000 * s["latency"]["visible_p90_s"],
+            1000 * p["latency"]["visible_p90_s"],
+            "ms",
+            "",
+        ),
+        (
+            "  the daemon's registered time - rename (median)",
+            1000 * s["latency"]["registered_median_s"],
+            1000 * p["latency"]["registered_median_s"],
+            "ms",
+            "its clock, before the commit",
+        ),
     ]
     for key in ("delivery distinct", "delivery same", "stream distinct", "stream same"):
-        rows.append((f"claims/s, {CLAIMERS} processes, {key} rows", s["claims"][key],
-                     p["claims"][key], "/s", f"{CLAIMERS} x {a.claims} attempts"))
+        rows.append(
+            (
+                f"claims/s, {CLAIMERS} processes, {key} rows",
+                s["claims"][key],
+                p["claims"][key],
+                "/s",
+                f"{CLAIMERS} x {a.claims} attempts",
+            )
+        )
     rows += [
-        (f"console refresh read ({N_DOWNLINKS:,} dl, {N_DOWNLINKS * PI_PER_STREAM:,} pi)",
-         1000 * s["refresh"]["read_s"], 1000 * p["refresh"]["read_s"], "ms",
-         "median of 10; goal < 100 ms"),
-        ("  first read of every row (startup, once)", 1000 * s["refresh"]["first_read_s"],
-         1000 * p["refresh"]["first_read_s"], "ms", ""),
+        (
+            f"console refresh read ({N_DOWNLINKS:,} dl, {N_DOWNLINKS * PI_PER_STREAM:,} pi)",
+            1000 * s["refresh"]["read_s"],
+            1000 * p["refresh"]["read_s"],
+            "ms",
+            "median of 10; goal < 100 ms",
+        ),
+        (
+            "  first read of every row (startup, once)",
+            1000 * s["refresh"]["first_read_s"],
+            1000 * p["refresh"]["first_read_s"],
+            "ms",
+            "",
+        ),
         ("  filling the database (setup)", s["refresh"]["fill_s"], p["refresh"]["fill_s"], "s", ""),
     ]
     print(f"PostgreSQL {server.version} against SQLite, same run, same machine")
@@ -364,8 +462,9 @@ def main() -> int:
     for name, sv, pv, unit, note in rows:
         ratio = pv / sv if sv else float("inf")
         print(f"{name:52s} {sv:8.2f}{unit:>2s} {pv:9.2f}{unit:>2s} {ratio:9.2f}  {note}")
-    ok = all(r["refresh"]["read_s"] < GOAL_REFRESH_S for r in (s, p)) and \
-        all(r["overhead"]["overhead_ms"] < 50 for r in (s, p))
+    ok = all(r["refresh"]["read_s"] < GOAL_REFRESH_S for r in (s, p)) and all(
+        r["overhead"]["overhead_ms"] < 50 for r in (s, p)
+    )
     return 0 if ok else 1
 
 

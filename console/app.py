@@ -34,21 +34,42 @@ from engine import api
 __all__ = ["JobProgress", "MainScreen", "SkydeckApp", "build_parser", "main"]
 
 POLL_S = 0.25
-STAGE_EVERY_S = 10.0   # usage scan at least this often
+STAGE_EVERY_S = 10.0  # usage scan at least this often
 
 # actions that change something: disabled (and hidden) in --read-only mode
-WRITE_ACTIONS = frozenset({"run_stream", "rollback_stream", "rerun_process", "unlock",
-                           "halts", "launch_build", "launch_propagate"})
+WRITE_ACTIONS = frozenset(
+    {
+        "run_stream",
+        "rollback_stream",
+        "rerun_process",
+        "unlock",
+        "halts",
+        "launch_build",
+        "launch_propagate",
+    }
+)
 PANELS = [
-    ("Downlinks", "id, date (YYMMDD), state, stream status, chunks done/total, runs, bytes, age, "
-                  "note (STUCK when the runner died); / filters (regex, ! inverts), s/S sort"),
-    ("Stream", "the selected downlink's process instances as a tree: status (Pipeline-II colors),"
-               " execution, retries, duration, host:pid, estimated progress of running jobs"),
+    (
+        "Downlinks",
+        "id, date (YYMMDD), state, stream status, chunks done/total, runs, bytes, age, "
+        "note (STUCK when the runner died); / filters (regex, ! inverts), s/S sort",
+    ),
+    (
+        "Stream",
+        "the selected downlink's process instances as a tree: status (Pipeline-II colors),"
+        " execution, retries, duration, host:pid, estimated progress of running jobs",
+    ),
     ("Locks", "lock files: kind, owner, process, age, stale verdict with its reason"),
-    ("Staging", "usage bars per area and per downlink, free space against the reserve, alert "
-                "under disk pressure, what the next prune would free per area"),
-    ("Hits", "latest propagation events: photons, hits, efficiency, flag table, histograms; "
-             "a marks A, v compares A with the selected event"),
+    (
+        "Staging",
+        "usage bars per area and per downlink, free space against the reserve, alert "
+        "under disk pressure, what the next prune would free per area",
+    ),
+    (
+        "Hits",
+        "latest propagation events: photons, hits, efficiency, flag table, histograms; "
+        "a marks A, v compares A with the selected event",
+    ),
     ("Log", "the selected instance's log, following, bounded to 5000 lines"),
 ]
 
@@ -56,17 +77,26 @@ PANELS = [
 TABS = Binding.Group("Tabs", compact=True)
 GLOSSARY = [
     ("Downlink states", ""),
-    ("arrived", "seen in incoming/ (pending: its files or manifest are not complete yet), or "
-                "registered with no stream run yet"),
+    (
+        "arrived",
+        "seen in incoming/ (pending: its files or manifest are not complete yet), or "
+        "registered with no stream run yet",
+    ),
     ("running", "its stream is being run (STUCK: the runner died; r resumes it)"),
     ("staged", "its stream succeeded: built events merged into stage/"),
     ("failed", "its stream FAILED, was TERMINATED or CANCELED: b rolls back what failed"),
-    ("rejected", "the delivery failed verification; its files are kept in incoming/rejected/ "
-                 "with a .reason file; nothing to run: fix it and deliver it again"),
+    (
+        "rejected",
+        "the delivery failed verification; its files are kept in incoming/rejected/ "
+        "with a .reason file; nothing to run: fix it and deliver it again",
+    ),
     ("Process statuses (Pipeline-II)", ""),
     ("WAITING", "created; waits for the processes it comes after"),
-    ("READY", "may start; held until a slot is free or what the note says clears (a halt "
-              "flag, the disk reserve, a lock)"),
+    (
+        "READY",
+        "may start; held until a slot is free or what the note says clears (a halt "
+        "flag, the disk reserve, a lock)",
+    ),
     ("QUEUED", "handed to the batch system (Slurm), waiting there"),
     ("SUBMITTED", "accepted by the launcher, not running yet"),
     ("RUNNING", "the job runs (the bar is elapsed time against the usual duration, ~)"),
@@ -76,8 +106,11 @@ GLOSSARY = [
     ("CANCELED", "cancelled by an operator"),
     ("SKIPPED", "its condition was false (e.g. no gensteps: no propagate); counts as done"),
     ("Notation", ""),
-    ("e1 r0/1", "execution 1 (each retry, rollback or resume makes a new execution, +1); "
-                "automatic retries used 0 of the 1 the task allows for that process"),
+    (
+        "e1 r0/1",
+        "execution 1 (each retry, rollback or resume makes a new execution, +1); "
+        "automatic retries used 0 of the 1 the task allows for that process",
+    ),
 ]
 
 
@@ -119,8 +152,8 @@ class SkydeckApp(App[None]):
         "run_stream": "Run the selected downlink's stream (skydeck-engine run; claims it)",
         "rollback_stream": "Roll back the failed instances of the selected stream, then run it",
         "rerun_process": "Roll back the selected process instance, or a whole group such as all "
-                         "{group} (and what is downstream), then run; refused with the reason "
-                         "when it cannot succeed",
+        "{group} (and what is downstream), then run; refused with the reason "
+        "when it cannot succeed",
         "unlock": "Remove the selected lock (asks first; a live one needs a second look)",
         "halts": "Set or clear halt flags (global or for the selected downlink)",
         "open_log": "Follow the selected process instance's log",
@@ -135,9 +168,14 @@ class SkydeckApp(App[None]):
         "help": "Show keys, panels and a glossary of states",
     }
 
-    def __init__(self, ws: api.Workspace, read_only: bool = False,
-                 clock: Callable[[], float] = time.time, poll_s: float = POLL_S,
-                 stage_every_s: float = STAGE_EVERY_S) -> None:
+    def __init__(
+        self,
+        ws: api.Workspace,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = POLL_S,
+        stage_every_s: float = STAGE_EVERY_S,
+    ) -> None:
         super().__init__()
         self.ws = ws
         self.read_only = read_only
@@ -146,12 +184,20 @@ class SkydeckApp(App[None]):
         self.stage_every_s = stage_every_s
         self.toasts: list[tuple[str, str]] = []
         self.example_group = example_group(ws)
-        self.command_help = {k: v.format(group=self.example_group)
-                             for k, v in self.COMMAND_HELP.items()}
+        self.command_help = {
+            k: v.format(group=self.example_group) for k, v in self.COMMAND_HELP.items()
+        }
         self.main = MainScreen(ws, clock, poll_s, stage_every_s)
 
-    def notify(self, message: str, *, title: str = "", severity: Any = "information",
-               timeout: float | None = None, markup: bool = False) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
         """Every toast is also kept in ``toasts`` (severity, text): the last ones are what an
         operator was told, and what tests check. Markup is off: paths and reasons are data."""
         self.toasts.append((str(severity), f"{title}: {message}" if title else message))
@@ -200,9 +246,11 @@ class SkydeckApp(App[None]):
             if action == "quit" or (self.read_only and action in WRITE_ACTIONS):
                 continue
             target = self.main if b.action.startswith("screen.") else self
-            yield SystemCommand(f"{b.description} [{b.key}]",
-                                self.command_help.get(action, b.description),
-                                partial(target.run_action, b.action.removeprefix("screen.")))
+            yield SystemCommand(
+                f"{b.description} [{b.key}]",
+                self.command_help.get(action, b.description),
+                partial(target.run_action, b.action.removeprefix("screen.")),
+            )
 
     # -------------------------------------------------------------------- view actions
 
@@ -240,11 +288,18 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skydeck", description="skydeck operations console")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    p.add_argument("-w", "--workspace", default=None,
-                   help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)")
+    p.add_argument(
+        "-w",
+        "--workspace",
+        default=None,
+        help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
+    )
     p.add_argument("--read-only", action="store_true", help="watch only: every action disabled")
-    p.add_argument("--demo", action="store_true",
-                   help="create the workspace if needed and feed it mock downlinks (make demo)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="create the workspace if needed and feed it mock downlinks (make demo)",
+    )
     return p
 
 

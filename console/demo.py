@@ -45,9 +45,14 @@ class Feeder:
 
     def _spawn(self, args: list[str], wait: bool = True) -> int | None:
         with open(self.log, "ab") as fh:
-            proc = subprocess.Popen(engine_argv(self.ws, *args), stdin=subprocess.DEVNULL,
-                                    stdout=fh, stderr=subprocess.STDOUT, env=engine_env(),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                engine_argv(self.ws, *args),
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=engine_env(),
+                start_new_session=True,
+            )
         if not wait:
             self.procs.append(proc)
             return None
@@ -55,9 +60,14 @@ class Feeder:
 
     def next_dlid(self) -> str | None:
         day = datetime.now(UTC).strftime("%y%m%d")
-        taken = {p.name for p in self.ws.incoming_level0.iterdir()} if \
-            self.ws.incoming_level0.exists() else set()
-        taken |= {p.name for p in self.ws.downlinks.iterdir()} if self.ws.downlinks.exists() else set()
+        taken = (
+            {p.name for p in self.ws.incoming_level0.iterdir()}
+            if self.ws.incoming_level0.exists()
+            else set()
+        )
+        taken |= (
+            {p.name for p in self.ws.downlinks.iterdir()} if self.ws.downlinks.exists() else set()
+        )
         for seq in range(1, 1000):
             if f"{day}{seq:03d}" not in taken:
                 return f"{day}{seq:03d}"
@@ -72,15 +82,44 @@ class Feeder:
             extra = []
             if n % 2 == 1:  # every other delivery carries gensteps: its stream propagates them
                 extra = ["--scene", SCENE.stem, "--gensteps-photons", "100000"]
-            self._spawn(["mock", "--downlink", dlid, "--events", "3000", "--event-bytes", "2000",
-                         "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", str(n),
-                         *extra])
+            self._spawn(
+                [
+                    "mock",
+                    "--downlink",
+                    dlid,
+                    "--events",
+                    "3000",
+                    "--event-bytes",
+                    "2000",
+                    "--sources",
+                    "3",
+                    "--runs",
+                    "2",
+                    "--chunks",
+                    "3",
+                    "--seed",
+                    str(n),
+                    *extra,
+                ]
+            )
             n += 1
             if n in (1, 2):  # an A/B pair of propagation events, early
                 out = self.ws.events / SCENE.stem / f"demo-seed{n - 1}"
                 if not (out / "meta.json").exists():
-                    self._spawn(["propagate", str(SCENE), "-o", str(out), "--photons", "200000",
-                                 "--seed", str(n - 1), "--workers", "1"])
+                    self._spawn(
+                        [
+                            "propagate",
+                            str(SCENE),
+                            "-o",
+                            str(out),
+                            "--photons",
+                            "200000",
+                            "--seed",
+                            str(n - 1),
+                            "--workers",
+                            "1",
+                        ]
+                    )
             self.stopping.wait(self.interval_s)
 
     def stop(self) -> None:

@@ -8,13 +8,26 @@ from engine.api import human_bytes
 
 # Pipeline-II's front end: FAILED rows red; running work stands out; finished work recedes.
 STATUS_STYLE = {
-    "WAITING": "grey62", "READY": "cyan", "QUEUED": "blue", "SUBMITTED": "blue",
-    "RUNNING": "bold yellow", "SUCCESS": "green", "FAILED": "bold red",
-    "TERMINATING": "magenta", "TERMINATED": "magenta", "CANCELING": "magenta",
-    "CANCELED": "magenta", "SKIPPED": "grey50",
+    "WAITING": "grey62",
+    "READY": "cyan",
+    "QUEUED": "blue",
+    "SUBMITTED": "blue",
+    "RUNNING": "bold yellow",
+    "SUCCESS": "green",
+    "FAILED": "bold red",
+    "TERMINATING": "magenta",
+    "TERMINATED": "magenta",
+    "CANCELING": "magenta",
+    "CANCELED": "magenta",
+    "SKIPPED": "grey50",
 }
-STATE_STYLE = {"arrived": "cyan", "running": "bold yellow", "staged": "green",
-               "failed": "bold red", "rejected": "bold magenta"}
+STATE_STYLE = {
+    "arrived": "cyan",
+    "running": "bold yellow",
+    "staged": "green",
+    "failed": "bold red",
+    "rejected": "bold magenta",
+}
 
 
 def age(seconds: float) -> str:

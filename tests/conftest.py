@@ -26,32 +26,62 @@ def engine_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_engine(*args: str | Path, cwd: Path | None = None, timeout: float = 120,
-               env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run_engine(
+    *args: str | Path,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """``python -m engine ARGS``: the same code path as the ``skydeck-engine`` entry point."""
     cmd = [sys.executable, "-m", "engine", *map(str, args)]
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         env=env or engine_env())
+    res = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or engine_env()
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{cmd} -> {res.returncode}\nstdout:{res.stdout}\nstderr:{res.stderr}")
     return res
 
 
-def run_mpi(n: int, *args: str | Path, cwd: Path | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_mpi(
+    n: int,
+    *args: str | Path,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     if MPIEXEC is None:
         pytest.skip("mpiexec not found (the mpich wheel provides it)")
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "engine", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env or engine_env())
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or engine_env()
+    )
 
 
 @pytest.fixture(scope="session")
 def small_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mock delivery written to a plain directory: 3 sources, 400 events of 4 kB, 2 runs."""
     d = tmp_path_factory.mktemp("mock") / "src"
-    run_engine("mock", "--downlink", "251114005", "--events", "400", "--event-bytes", "4000",
-               "--sources", "3", "--runs", "2", "--chunks", "3", "--seed", "7", "-o", d, check=True)
+    run_engine(
+        "mock",
+        "--downlink",
+        "251114005",
+        "--events",
+        "400",
+        "--event-bytes",
+        "4000",
+        "--sources",
+        "3",
+        "--runs",
+        "2",
+        "--chunks",
+        "3",
+        "--seed",
+        "7",
+        "-o",
+        d,
+        check=True,
+    )
     return d
 
 
@@ -65,8 +95,9 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
     def mount(name: str, opts: str) -> Path:
         d = tmp_path / name
         d.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True, text=True
+        )
         if res.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
         mounted.append(d)

@@ -23,9 +23,13 @@ T = TypeVar("T")
 # of examples so the suite's time stays predictable. Under CI (CI=true) the examples are
 # derandomized so main stays green on a given commit; on a developer's machine each run
 # explores new inputs, which is where new bugs are found.
-settings.register_profile("skydeck", deadline=None, max_examples=150,
-                          derandomize=bool(os.environ.get("CI")),
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "skydeck",
+    deadline=None,
+    max_examples=150,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile("skydeck")
 
 

@@ -22,30 +22,53 @@ def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
     return ws.root
 
 
-@pytest.mark.parametrize(("old", "new", "needle"), [
-    ("reserve_bytes = 1_000_000_000", 'reserve_bytes = "lots"', "disk.reserve_bytes must be an integer"),
-    ("reserve_bytes = 1_000_000_000", "reserve_bytes = -1", "disk.reserve_bytes = -1 is outside"),
-    ("max_jobs = 2", "max_jobs = 2.5", "pipeline.max_jobs must be an integer"),
-    ("max_jobs = 2", "max_jobs = 0", "pipeline.max_jobs = 0 is outside"),
-    ("quiet_s = 2.0", "quiet_s = nan", "watch.quiet_s = nan is outside"),
-    ("quiet_s = 2.0", 'quiet_s = "soon"', "watch.quiet_s must be a number"),
-    ("maxEvents = 125000", "maxEvents = true", "halfpipe.maxEvents must be an integer"),
-    ('polling = "auto"', 'polling = "sometimes"', "watch.polling must be auto, true or false"),
-    ('data_path      = "/data"', "data_path = 7", "build.data_path must be non-empty text"),
-    ('state_db        = "state.db"', "state_db = []", "paths.state_db must be non-empty text"),
-    ("[stage]", "[stage]\nsurprise = 1", "unknown key stage.surprise"),
-    ("[stage]", "[bogus]\n[stage]", "unknown section [bogus]"),
-    ('[pipeline]', '[pipline]\nlauncher = "slurm"\n[pipeline]', "unknown section [pipline]"),
-    ('[pipeline]', '[pipeline]\nlauncer = "slurm"', "unknown key pipeline.launcer"),
-    ("quiet_s = 2.0", "quiet_s = -1.0", "watch.quiet_s = -1.0 is outside 0..86400"),
-    ("verify_threads = 2 ", "verify_threads = 0 ", "watch.verify_threads = 0 is outside 1..64"),
-    ('smalldata_path = "/smalldata"', 'smalldata_path = "small"', "build.smalldata_path must be an HDF5 path"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "needle"),
+    [
+        (
+            "reserve_bytes = 1_000_000_000",
+            'reserve_bytes = "lots"',
+            "disk.reserve_bytes must be an integer",
+        ),
+        (
+            "reserve_bytes = 1_000_000_000",
+            "reserve_bytes = -1",
+            "disk.reserve_bytes = -1 is outside",
+        ),
+        ("max_jobs = 2", "max_jobs = 2.5", "pipeline.max_jobs must be an integer"),
+        ("max_jobs = 2", "max_jobs = 0", "pipeline.max_jobs = 0 is outside"),
+        ("quiet_s = 2.0", "quiet_s = nan", "watch.quiet_s = nan is outside"),
+        ("quiet_s = 2.0", 'quiet_s = "soon"', "watch.quiet_s must be a number"),
+        ("maxEvents = 125000", "maxEvents = true", "halfpipe.maxEvents must be an integer"),
+        ('polling = "auto"', 'polling = "sometimes"', "watch.polling must be auto, true or false"),
+        ('data_path      = "/data"', "data_path = 7", "build.data_path must be non-empty text"),
+        ('state_db        = "state.db"', "state_db = []", "paths.state_db must be non-empty text"),
+        ("[stage]", "[stage]\nsurprise = 1", "unknown key stage.surprise"),
+        ("[stage]", "[bogus]\n[stage]", "unknown section [bogus]"),
+        ('[pipeline]', '[pipline]\nlauncher = "slurm"\n[pipeline]', "unknown section [pipline]"),
+        ('[pipeline]', '[pipeline]\nlauncer = "slurm"', "unknown key pipeline.launcer"),
+        ("quiet_s = 2.0", "quiet_s = -1.0", "watch.quiet_s = -1.0 is outside 0..86400"),
+        ("verify_threads = 2 ", "verify_threads = 0 ", "watch.verify_threads = 0 is outside 1..64"),
+        (
+            'smalldata_path = "/smalldata"',
+            'smalldata_path = "small"',
+            "build.smalldata_path must be an HDF5 path",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:
     """Found by the hostile-input review: `reserve_bytes = "lots"` ended in a ValueError traceback."""
     root = _ws_with(tmp_path, old, new)
-    res = run_engine("-w", root, "propagate", ASSETS / "scenes" / "tboolean-box.toml",
-                     "-o", tmp_path / "ev", "--photons", "10")
+    res = run_engine(
+        "-w",
+        root,
+        "propagate",
+        ASSETS / "scenes" / "tboolean-box.toml",
+        "-o",
+        tmp_path / "ev",
+        "--photons",
+        "10",
+    )
     assert res.returncode == 2, res.stderr
     line = res.stderr.strip()
     assert "\n" not in line and str(root / "skydeck.toml") in line and needle in line, line
@@ -67,8 +90,11 @@ def test_the_default_config_and_documented_overrides_load(tmp_path: Path) -> Non
 def test_a_typo_is_named_with_the_close_name(tmp_path: Path) -> None:
     """`[pipline] launcher = "slurm"` was silently ignored before typed settings."""
     root = _ws_with(tmp_path, "[pipeline]", '[pipline]\nlauncher = "slurm"\n[pipeline]')
-    with pytest.raises(BadInput, match=r"unknown section \[pipline\] \(known: build, disk, .*\); "
-                                       r"did you mean \[pipeline\]\?"):
+    with pytest.raises(
+        BadInput,
+        match=r"unknown section \[pipline\] \(known: build, disk, .*\); "
+        r"did you mean \[pipeline\]\?",
+    ):
         Workspace.open(root)
     root = _ws_with(tmp_path / "2", "quiet_s = 2.0", "quite_s = 2.0")
     with pytest.raises(BadInput, match=r"unknown key watch.quite_s .*; did you mean quiet_s\?"):
@@ -92,4 +118,8 @@ def test_a_fifo_as_config_is_refused(tmp_path: Path) -> None:
     (root / "skydeck.toml").unlink()
     os.mkfifo(root / "skydeck.toml")
     res = run_engine("-w", root, "downlinks", timeout=30)
-    assert res.returncode == 2 and "not a regular file" in res.stderr and "\n" not in res.stderr.strip()
+    assert (
+        res.returncode == 2
+        and "not a regular file" in res.stderr
+        and "\n" not in res.stderr.strip()
+    )

@@ -25,10 +25,12 @@ def _complete(script: Path, *words: str) -> list[str]:
     """What bash offers for the last of ``words`` (the command line typed so far)."""
     line = " ".join(("skydeck-engine", *words))
     quoted = " ".join(f"'{w}'" for w in ("skydeck-engine", *words))
-    prog = (f"source '{script}'\n"
-            f"COMP_WORDS=({quoted}); COMP_CWORD={len(words)}\n"
-            f"COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}\n"
-            "_shtab_skydeck_engine; printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    prog = (
+        f"source '{script}'\n"
+        f"COMP_WORDS=({quoted}); COMP_CWORD={len(words)}\n"
+        f"COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}\n"
+        "_shtab_skydeck_engine; printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
     res = subprocess.run(["bash", "-c", prog], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return [w.strip() for w in res.stdout.splitlines() if w.strip()]

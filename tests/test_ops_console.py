@@ -19,8 +19,13 @@ from tests.conftest import BIN, engine_env
 
 
 def _console(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "console", *args], capture_output=True,
-                          text=True, timeout=60, env=engine_env())
+    return subprocess.run(
+        [sys.executable, "-m", "console", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=engine_env(),
+    )
 
 
 def test_version_of_python_m_console_and_the_entry_point() -> None:
@@ -29,8 +34,9 @@ def test_version_of_python_m_console_and_the_entry_point() -> None:
     script = BIN / "skydeck"
     if not script.exists():
         pytest.skip(f"{script} missing (the project is not installed in this venv)")
-    res = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60,
-                         env=engine_env())
+    res = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, env=engine_env()
+    )
     assert res.returncode == 0 and res.stdout == f"skydeck {__version__}\n"
 
 
@@ -47,9 +53,14 @@ def test_python_m_console_runs_the_app_and_quits_on_q(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws")
     env = engine_env(TERM="xterm-256color", COLUMNS="120", LINES="40")
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "console", "-w", str(ws.root), "--read-only"],
-                            stdin=follower, stdout=follower, stderr=follower, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console", "-w", str(ws.root), "--read-only"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        start_new_session=True,
+    )
     os.close(follower)
     seen = b""
     try:

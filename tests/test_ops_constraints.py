@@ -36,8 +36,10 @@ def _project() -> dict:
 def _ranges() -> dict[str, list[Requirement]]:
     project = _project()
     out: dict[str, list[Requirement]] = {}
-    for text in [*project["dependencies"],
-                 *(r for extra in project["optional-dependencies"].values() for r in extra)]:
+    for text in [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]:
         req = Requirement(text)
         out.setdefault(canonicalize_name(req.name), []).append(req)
     return out
@@ -54,7 +56,8 @@ def test_every_constraint_is_an_exact_pin_inside_the_projects_ranges() -> None:
         # a pin of a dependency of a dependency (rich, syrupy) has no range of ours
         for req in ranges.get(canonicalize_name(pin.name), []):
             assert req.specifier.contains(version, prereleases=True), (
-                f"constraints.txt pins {pin.name} {version} outside pyproject's {req}")
+                f"constraints.txt pins {pin.name} {version} outside pyproject's {req}"
+            )
 
 
 def test_runtime_dependencies_are_ranges_not_pins() -> None:
@@ -87,5 +90,8 @@ def test_this_venv_has_the_pinned_versions() -> None:
         if have != spec.version:
             wrong.append(f"{pin.name} {have} (constraints.txt: {spec.version})")
     if wrong:
-        pytest.fail("installed without constraints.txt: " + ", ".join(wrong)
-                    + "; rerun `make venv` (pip install -c constraints.txt)")
+        pytest.fail(
+            "installed without constraints.txt: "
+            + ", ".join(wrong)
+            + "; rerun `make venv` (pip install -c constraints.txt)"
+        )

@@ -25,10 +25,20 @@ def _help() -> str:
 
 
 def test_every_exit_code_is_in_the_epilog() -> None:
-    codes = {name: getattr(mod, name) for mod in (errors, interrupt)
-             for name in dir(mod) if name.startswith("EXIT_")}
-    assert set(codes) >= {"EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_BUSY",
-                          "EXIT_INTERRUPTED", "EXIT_TERMINATED"}
+    codes = {
+        name: getattr(mod, name)
+        for mod in (errors, interrupt)
+        for name in dir(mod)
+        if name.startswith("EXIT_")
+    }
+    assert set(codes) >= {
+        "EXIT_OK",
+        "EXIT_FAILED",
+        "EXIT_USAGE",
+        "EXIT_BUSY",
+        "EXIT_INTERRUPTED",
+        "EXIT_TERMINATED",
+    }
     epilog = _help().split("exit codes:", 1)[1]
     listed = {int(m) for m in re.findall(r"^  (\d+) +\S", epilog, re.MULTILINE)}
     assert listed == set(codes.values())

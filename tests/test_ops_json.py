@@ -67,8 +67,10 @@ def test_init_json(tmp_path: Path) -> None:
     # the same facts as the human listing (init is idempotent)
     human = run_engine("-w", root, "init", check=True).stdout.splitlines()
     assert human[0] == f"workspace {data['workspace']}"
-    assert [ln.split() for ln in human[1:]] == [*([a, p] for a, p in data["areas"].items()),
-                                                ["state", data["state"]]]
+    assert [ln.split() for ln in human[1:]] == [
+        *([a, p] for a, p in data["areas"].items()),
+        ["state", data["state"]],
+    ]
     assert data["state"] == str(root.resolve() / "state.db")
 
 
@@ -81,9 +83,18 @@ def _dead_pid() -> int:
 def _dead_lock(ws: Workspace, name: str, pid: int) -> Path:
     me = Owner.me()
     path = ws.lock / name
-    path.write_text(json.dumps({"pid": pid, "host": me.host, "start": me.start,
-                                "stream": "251125004", "process": "makeEvt",
-                                "created": time.time()}))
+    path.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": me.host,
+                "start": me.start,
+                "stream": "251125004",
+                "process": "makeEvt",
+                "created": time.time(),
+            }
+        )
+    )
     return path
 
 
@@ -100,8 +111,9 @@ def test_unlock_json(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     # the human line says the same
     _dead_lock(ws, "halfpipe-251125004", pid)
     rc, out, _ = cli(ws, "unlock", "halfpipe-251125004", capsys=capsys)
-    assert out.strip() == (f"removed halfpipe-251125004 (stream, owner {removed['owner']}): "
-                           f"{removed['reason']}")
+    assert out.strip() == (
+        f"removed halfpipe-251125004 (stream, owner {removed['owner']}): {removed['reason']}"
+    )
     # a refusal is still one line on stderr and nothing on stdout
     rc, out, err = cli(ws, "unlock", "nosuch", "--json", capsys=capsys)
     assert rc == 2 and out == "" and "no such lock" in err
@@ -109,13 +121,25 @@ def test_unlock_json(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_rollback_json(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = tmp_path / "task.toml"
-    task.write_text('[task]\nname = "halfpipe"\n'
-                    '[[process]]\nname = "job"\ncommand = ["false"]\n'
-                    '[[process]]\nname = "after"\nafter = ["job"]\ncommand = ["true"]\n')
+    task.write_text(
+        '[task]\nname = "halfpipe"\n'
+        '[[process]]\nname = "job"\ncommand = ["false"]\n'
+        '[[process]]\nname = "after"\nafter = ["job"]\ncommand = ["true"]\n'
+    )
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     with StateDB(ws.state) as db:
-        db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "251125001"),
-                                      1, False, None, time.time(), time.time()))
+        db.register_downlink(
+            Downlink(
+                "251125001",
+                "level0",
+                str(ws.incoming_level0 / "251125001"),
+                1,
+                False,
+                None,
+                time.time(),
+                time.time(),
+            )
+        )
     assert cli(ws, "run", "251125001", capsys=capsys)[0] == 1
     rc, out, err = cli(ws, "rollback", "251125001", "--json", capsys=capsys)
     assert rc == 0, err
@@ -131,7 +155,9 @@ def test_rollback_json(ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixt
     rc, out, err = cli(ws, "rollback", "251125001", "job", "--json", capsys=capsys)
     assert rc == 0, err
     named = json.loads(out)
-    assert sorted(named["rolled_back"]) == ["after e1", "job e2"] and len(named["instance_ids"]) == 2
+    assert (
+        sorted(named["rolled_back"]) == ["after e1", "job e2"] and len(named["instance_ids"]) == 2
+    )
     assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0
     rc, out, _ = cli(ws, "rollback", "251125001", "job", capsys=capsys)
     lines = out.splitlines()

@@ -20,8 +20,13 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make not installed")
 
 def _make(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
-    return subprocess.run([str(MAKE), "-s", "--no-print-directory", "-C", str(REPO), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [str(MAKE), "-s", "--no-print-directory", "-C", str(REPO), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_demo_says_where_and_how_big(tmp_path: Path) -> None:

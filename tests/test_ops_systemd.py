@@ -92,8 +92,9 @@ def test_the_instance_name_is_the_escaped_workspace_path() -> None:
         pytest.skip("systemd-escape not installed (no systemd on this machine)")
     out = subprocess.run([escape, "--path", WORKSPACE], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == INSTANCE
-    back = subprocess.run([escape, "--unescape", "--path", INSTANCE], capture_output=True,
-                          text=True, check=True)
+    back = subprocess.run(
+        [escape, "--unescape", "--path", INSTANCE], capture_output=True, text=True, check=True
+    )
     assert back.stdout.strip() == WORKSPACE  # what %f gives the daemon
 
 
@@ -110,8 +111,9 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     (tmp_path / "skydeck-watch@.service").write_text(text)
     instance = tmp_path / f"skydeck-watch@{INSTANCE}.service"
     instance.symlink_to("skydeck-watch@.service")
-    res = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [analyze, "verify", str(instance)], capture_output=True, text=True, timeout=60
+    )
     # verify also reports on units the host's own configuration pulls in; ours must be clean
     ours = [ln for ln in (res.stdout + res.stderr).splitlines() if "skydeck-watch" in ln]
     assert ours == [], res.stdout + res.stderr

@@ -25,15 +25,41 @@ from tests.props import total
 
 # ----------------------------------------------------------------------------- --select
 
-FIELDS = {"color": np.array([b"red", b"blue", b"green"], dtype="S5"),
-          "run": np.array([7, 8, 9], dtype=np.int64),
-          "timestamp": np.array([1, 2, 3], dtype=np.uint64),
-          "good": np.array([True, False, True])}
+FIELDS = {
+    "color": np.array([b"red", b"blue", b"green"], dtype="S5"),
+    "run": np.array([7, 8, 9], dtype=np.int64),
+    "timestamp": np.array([1, 2, 3], dtype=np.uint64),
+    "good": np.array([True, False, True]),
+}
 
 atoms = st.one_of(
-    st.sampled_from(["color", "run", "timestamp", "good", "missing", "x.y", "f()", "1", "-1",
-                     "'red'", '"blue"', "3.5", "1e400", "-1e400", "10**100", "None", "b'red'",
-                     "[1, 2]", "(1,)", "lambda: 1", "__import__('os')", "...", "{}"]),
+    st.sampled_from(
+        [
+            "color",
+            "run",
+            "timestamp",
+            "good",
+            "missing",
+            "x.y",
+            "f()",
+            "1",
+            "-1",
+            "'red'",
+            '"blue"',
+            "3.5",
+            "1e400",
+            "-1e400",
+            "10**100",
+            "None",
+            "b'red'",
+            "[1, 2]",
+            "(1,)",
+            "lambda: 1",
+            "__import__('os')",
+            "...",
+            "{}",
+        ]
+    ),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=8).map(repr),
@@ -77,6 +103,7 @@ def test_select_deep_nesting_is_bounded(depth: int, unit: str) -> None:
 
 # ----------------------------------------------------------------------------- geant4 options
 
+
 @given(st.text(max_size=40))
 def test_geant4_energy_and_vector_options_are_total(text: str) -> None:
     from engine.cli.geant4 import energy_mev, vector
@@ -91,32 +118,67 @@ def test_geant4_energy_units() -> None:
     from engine.cli.geant4 import energy_mev
 
     assert [energy_mev(t) for t in ("1GeV", "5 MeV", "500keV", "2.5", "1e3 eV")] == [
-        1000.0, 5.0, 0.5, 2.5, 0.001]
+        1000.0,
+        5.0,
+        0.5,
+        2.5,
+        0.001,
+    ]
 
 
 # ----------------------------------------------------------------------------- scene TOML
 
-toml_scalars = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=10),
-                         st.floats(allow_nan=True, allow_infinity=True))
+toml_scalars = st.one_of(
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(max_size=10),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
 toml_values = st.recursive(
     toml_scalars,
-    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)),
-    max_leaves=12)
-SCENE_PATHS = [("name",), ("materials",), ("materials", "Glass"), ("materials", "Glass", "refractive_index"),
-               ("materials", "Glass", "absorption_length"), ("materials", "Glass", "reemission_prob"),
-               ("materials", "Glass", "reemission_spectrum"), ("surfaces",), ("surfaces", "det"),
-               ("surfaces", "det", "detect"), ("container",), ("container", "half_size"),
-               ("container", "material"), ("container", "surface"), ("objects",), ("source",),
-               ("source", "type"), ("source", "position"), ("source", "direction"),
-               ("source", "radius"), ("source", "wavelength"), ("source", "time"),
-               ("source", "photons"), ("source", "polarization"), ("settings",),
-               ("settings", "max_bounce"), ("settings", "hitmask"),
-               # what a charged-particle simulation reads
-               ("materials", "Glass", "density"), ("materials", "Glass", "composition"),
-               ("materials", "Glass", "composition", "H"), ("materials", "Glass", "nist"),
-               ("materials", "Glass", "scintillation_yield"),
-               ("materials", "Glass", "scintillation_components"),
-               ("materials", "Glass", "birks_constant"), ("materials", "Glass", "resolution_scale")]
+    lambda c: st.one_of(
+        st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)
+    ),
+    max_leaves=12,
+)
+SCENE_PATHS = [
+    ("name",),
+    ("materials",),
+    ("materials", "Glass"),
+    ("materials", "Glass", "refractive_index"),
+    ("materials", "Glass", "absorption_length"),
+    ("materials", "Glass", "reemission_prob"),
+    ("materials", "Glass", "reemission_spectrum"),
+    ("surfaces",),
+    ("surfaces", "det"),
+    ("surfaces", "det", "detect"),
+    ("container",),
+    ("container", "half_size"),
+    ("container", "material"),
+    ("container", "surface"),
+    ("objects",),
+    ("source",),
+    ("source", "type"),
+    ("source", "position"),
+    ("source", "direction"),
+    ("source", "radius"),
+    ("source", "wavelength"),
+    ("source", "time"),
+    ("source", "photons"),
+    ("source", "polarization"),
+    ("settings",),
+    ("settings", "max_bounce"),
+    ("settings", "hitmask"),
+    # what a charged-particle simulation reads
+    ("materials", "Glass", "density"),
+    ("materials", "Glass", "composition"),
+    ("materials", "Glass", "composition", "H"),
+    ("materials", "Glass", "nist"),
+    ("materials", "Glass", "scintillation_yield"),
+    ("materials", "Glass", "scintillation_components"),
+    ("materials", "Glass", "birks_constant"),
+    ("materials", "Glass", "resolution_scale"),
+]
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
@@ -156,8 +218,15 @@ def test_scene_load_is_total_on_any_file(raw: bytes) -> None:
 CONFIG_KEYS = [(s, k) for s, t in Settings().as_dict().items() for k in t]
 
 
-@given(st.lists(st.tuples(st.sampled_from(CONFIG_KEYS) | st.tuples(st.text(max_size=6), st.text(max_size=6)),
-                          toml_values), max_size=4))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(CONFIG_KEYS) | st.tuples(st.text(max_size=6), st.text(max_size=6)),
+            toml_values,
+        ),
+        max_size=4,
+    )
+)
 @example([(("\n", ""), [])])  # a quoted TOML key may hold a line break: still one line
 @example([(("pipline", "launcher"), "slurm")])  # a typo'd section: BadInput, never ignored
 @example([(("watch", "polling"), "YES"), (("watch", "quiet_s"), 0)])
@@ -226,25 +295,51 @@ def test_counts_accept_the_usual_spellings() -> None:
 # ----------------------------------------------------------------------------- `hits` input
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=8),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-    max_leaves=12)
-META_KEYS = ["photons", "mode", "backend", "device", "hitmask", "scene", "photons_per_second",
-             "flagmask_counts", "terminal_counts", "geometry"]
+    max_leaves=12,
+)
+META_KEYS = [
+    "photons",
+    "mode",
+    "backend",
+    "device",
+    "hitmask",
+    "scene",
+    "photons_per_second",
+    "flagmask_counts",
+    "terminal_counts",
+    "geometry",
+]
 GOOD_META: dict[str, Any] = {
-    "photons": 10, "mode": "production", "backend": "numpy", "device": "cpu",
-    "hitmask": {"label": "SD"}, "scene": {"name": "t"}, "photons_per_second": 5.0,
-    "flagmask_counts": {"0x40": 3}, "terminal_counts": {"SD": 3},
-    "geometry": {"container_half": [1.0, 1.0, 1.0],
-                 "objects": [{"shape": "sphere", "center": [0.0, 0.0, 0.0], "half_size": [0.5, 0.5, 0.5]}]}}
+    "photons": 10,
+    "mode": "production",
+    "backend": "numpy",
+    "device": "cpu",
+    "hitmask": {"label": "SD"},
+    "scene": {"name": "t"},
+    "photons_per_second": 5.0,
+    "flagmask_counts": {"0x40": 3},
+    "terminal_counts": {"SD": 3},
+    "geometry": {
+        "container_half": [1.0, 1.0, 1.0],
+        "objects": [{"shape": "sphere", "center": [0.0, 0.0, 0.0], "half_size": [0.5, 0.5, 0.5]}],
+    },
+}
 
 
-@given(st.lists(st.tuples(st.sampled_from(META_KEYS) | st.text(max_size=6), json_values), max_size=3),
-       st.lists(st.floats(width=32) | st.integers(0, 40).map(float), min_size=0, max_size=48),
-       st.booleans())
-def test_hits_summary_is_total_on_any_meta_and_hits(edits: list[tuple[str, Any]], values: list[float],
-                                                   replace_meta: bool) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(META_KEYS) | st.text(max_size=6), json_values), max_size=3),
+    st.lists(st.floats(width=32) | st.integers(0, 40).map(float), min_size=0, max_size=48),
+    st.booleans(),
+)
+def test_hits_summary_is_total_on_any_meta_and_hits(
+    edits: list[tuple[str, Any]], values: list[float], replace_meta: bool
+) -> None:
     import json
 
     from engine.propagate.hits import render_text, summarize
@@ -255,7 +350,7 @@ def test_hits_summary_is_total_on_any_meta_and_hits(edits: list[tuple[str, Any]]
     if replace_meta and edits:
         meta = edits[0][1]
     ht = np.zeros((len(values) // 16 + 1, 4, 4), np.float32)
-    ht.reshape(-1)[:len(values)] = np.asarray(values, np.float32)
+    ht.reshape(-1)[: len(values)] = np.asarray(values, np.float32)
     ht.view(np.uint32)[:, 3, 1] = np.arange(len(ht)) % 10  # sensors: container faces, sphere
     with tempfile.TemporaryDirectory() as d:
         ev = Path(d)

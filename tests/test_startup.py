@@ -16,8 +16,18 @@ from tests.conftest import engine_env
 
 # what no --help may import; the last three take 19-81 ms each after engine.cli.main
 # (prometheus_client 35, watchdog.observers 19, psycopg 81; defusedxml's 3 ms is no reason)
-HEAVY = ("numpy", "h5py", "mpi4py", "rich", "textual", "psutil", "shtab",
-         "prometheus_client", "watchdog", "psycopg")
+HEAVY = (
+    "numpy",
+    "h5py",
+    "mpi4py",
+    "rich",
+    "textual",
+    "psutil",
+    "shtab",
+    "prometheus_client",
+    "watchdog",
+    "psycopg",
+)
 
 
 def imported_by(*argv: str) -> tuple[int, list[str], list[str]]:
@@ -30,8 +40,9 @@ def imported_by(*argv: str) -> tuple[int, list[str], list[str]]:
         "cmds = sorted(m for m in sys.modules if m.startswith('engine.cli.') and m != 'engine.cli.main')\n"
         "print(rc, ','.join(heavy), ','.join(cmds), sep='|', file=sys.stderr)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=engine_env())
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=engine_env()
+    )
     rc, heavy, cmds = res.stderr.strip().splitlines()[-1].split("|")
     return int(rc or 0), [m for m in heavy.split(",") if m], [m for m in cmds.split(",") if m]
 
@@ -44,8 +55,13 @@ def test_help_and_version_import_nothing_heavy(argv: list[str]) -> None:
 
 
 def test_python_m_engine_help_lists_every_command() -> None:
-    res = subprocess.run([sys.executable, "-m", "engine", "--help"], capture_output=True, text=True,
-                         timeout=60, env=engine_env())
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=engine_env(),
+    )
     assert res.returncode == 0
     assert all(f"    {name} " in res.stdout for name in COMMAND_MODULES)
 
@@ -55,8 +71,12 @@ def test_a_command_imports_only_its_own_module() -> None:
     assert rc == 0 and cmds == ["engine.cli.locks"]
 
 
-@pytest.mark.parametrize("argv", [[name, "--help"] for name in COMMAND_MODULES]
-                         + [["kernel", "build", "--help"], ["db", "copy", "--help"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv",
+    [[name, "--help"] for name in COMMAND_MODULES]
+    + [["kernel", "build", "--help"], ["db", "copy", "--help"]],
+    ids=" ".join,
+)
 def test_a_commands_help_imports_nothing_heavy(argv: list[str]) -> None:
     """`CMD --help` needs only the parser: what the command runs is imported in its run()."""
     rc, heavy, cmds = imported_by(*argv)

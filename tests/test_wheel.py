@@ -39,7 +39,9 @@ def _setuptools_major() -> int:
 
 def _run(cmd: list[str | Path], **kw) -> subprocess.CompletedProcess[str]:
     res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
-    assert res.returncode == 0, f"{cmd} -> {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, (
+        f"{cmd} -> {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    )
     return res
 
 
@@ -54,8 +56,21 @@ def _wheel(tmp: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     dist = tmp / "dist"
-    res = _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
-                "--no-index", "-w", dist, src])
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            dist,
+            src,
+        ]
+    )
     build_log = res.stdout + res.stderr
     assert "deprecat" not in build_log.lower(), build_log[-4000:]
     (wheel,) = dist.glob("skydeck-*.whl")
@@ -77,8 +92,11 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
 def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path)
     venv = _fresh_venv(tmp_path, wheel)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "SKYDECK_WORKSPACE", "SKYDECK_FAULT", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "SKYDECK_WORKSPACE", "SKYDECK_FAULT", "VIRTUAL_ENV")
+    }
     # the fresh venv first; this venv's bin only for mpiexec (the mpich wheel's)
     env["PATH"] = os.pathsep.join([str(venv / "bin"), str(BIN), env.get("PATH", "")])
     cwd = tmp_path / "elsewhere"
@@ -88,23 +106,51 @@ def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path: Path) -> None:
     def sk(*args: str | Path) -> subprocess.CompletedProcess[str]:
         return _run([*engine, *args], cwd=cwd, env=env)
 
-    where = _run([venv / "bin" / "python", "-c", "import engine; print(engine.__file__)"],
-                 cwd=cwd, env=env).stdout.strip()
+    where = _run(
+        [venv / "bin" / "python", "-c", "import engine; print(engine.__file__)"], cwd=cwd, env=env
+    ).stdout.strip()
     assert where.startswith(str(venv)), where  # the wheel's engine, not the checkout's
 
     sk("-w", "ws", "init")
     Workspace.open(cwd / "ws").with_overrides("disk", reserve_bytes=0).with_overrides(
-        "watch", quiet_s=0.0)
-    sk("-w", "ws", "mock", "--downlink", "261201001", "--events", "200", "--event-bytes", "400",
-       "--chunks", "2", "--runs", "2", "--scene", "tboolean-box", "--gensteps-photons", "2000")
+        "watch", quiet_s=0.0
+    )
+    sk(
+        "-w",
+        "ws",
+        "mock",
+        "--downlink",
+        "261201001",
+        "--events",
+        "200",
+        "--event-bytes",
+        "400",
+        "--chunks",
+        "2",
+        "--runs",
+        "2",
+        "--scene",
+        "tboolean-box",
+        "--gensteps-photons",
+        "2000",
+    )
     sk("-w", "ws", "watch", "--once")
     (stream,) = json.loads(sk("-w", "ws", "streams", "--json").stdout)
     assert stream["stream"]["status"] == "SUCCESS", stream
     processes = {i["process"]: i["status"] for i in stream["instances"]}
     assert processes["propagate"] == "SUCCESS" and processes["mergeEvt"] == "SUCCESS", processes
 
-    sk("mock", "--downlink", "261201002", "--events", "100", "--event-bytes", "400",
-       "-o", "sources")
+    sk(
+        "mock",
+        "--downlink",
+        "261201002",
+        "--events",
+        "100",
+        "--event-bytes",
+        "400",
+        "-o",
+        "sources",
+    )
     sk("build", "sources", "-o", "built.h5")
     assert (cwd / "built.h5").stat().st_size > 0
 
@@ -133,8 +179,15 @@ def test_the_package_list_names_every_package_of_the_tree() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     assert config["package-dir"] == {"engine.assets": "assets"}
-    code = {".".join(p.parent.relative_to(REPO).parts) for top in ("engine", "console")
-            for p in (REPO / top).rglob("__init__.py") if "__pycache__" not in p.parts}
-    data = {"engine.assets"} | {f"engine.assets.{d.name}" for d in (REPO / "assets").iterdir()
-                                if d.is_dir() and d.name != "__pycache__"}
+    code = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for top in ("engine", "console")
+        for p in (REPO / top).rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    data = {"engine.assets"} | {
+        f"engine.assets.{d.name}"
+        for d in (REPO / "assets").iterdir()
+        if d.is_dir() and d.name != "__pycache__"
+    }
     assert listed == code | data

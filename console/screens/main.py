@@ -68,7 +68,7 @@ from engine import api
 if TYPE_CHECKING:
     from engine.api import Job, Workspace
 
-STAGE_MIN_S = 1.0      # usage rescanned within a second of a change that moves bytes
+STAGE_MIN_S = 1.0  # usage rescanned within a second of a change that moves bytes
 LOG_TAIL_BYTES = 1 << 20
 DEFAULT_SCENE = "tboolean-box-detect"  # the propagate form's default scene
 
@@ -89,14 +89,15 @@ class MainScreen(Screen[None]):
     # the footer (an input consumes them) until on_mount moved the focus, a visible flash
     AUTO_FOCUS = "#downlinks"
 
-    def __init__(self, ws: Workspace, clock: Callable[[], float], poll_s: float,
-                 stage_every_s: float) -> None:
+    def __init__(
+        self, ws: Workspace, clock: Callable[[], float], poll_s: float, stage_every_s: float
+    ) -> None:
         super().__init__()
         self.ws = ws
         self.clock = clock
         self.poll_s = poll_s
         self.stage = api.UsageCadence(stage_every_s)
-        self.stage.busy = True           # the first scan starts with the poll loop
+        self.stage.busy = True  # the first scan starts with the poll loop
         self.want_dlid: str | None = None
         self.wake = threading.Event()
         self.runners: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -112,8 +113,9 @@ class MainScreen(Screen[None]):
         yield Static("", id="alert")
         with Horizontal(id="top"):
             with Vertical(id="downlinks-box"):
-                yield FilterInput(placeholder="filter downlinks (regex, ! inverts); esc clears",
-                                  id="filter")
+                yield FilterInput(
+                    placeholder="filter downlinks (regex, ! inverts); esc clears", id="filter"
+                )
                 yield DownlinksTable(clock=self.clock, id="downlinks")
             yield StreamTree(clock=self.clock, id="stream")
         with TabbedContent(id="tabs", initial="locks"):
@@ -136,8 +138,15 @@ class MainScreen(Screen[None]):
         self.set_interval(STAGE_MIN_S, self._maybe_scan)
         self.set_interval(1.0, self._tick)
 
-    def notify(self, message: str, *, title: str = "", severity: Any = "information",
-               timeout: float | None = None, markup: bool = False) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
         """Toasts go through the App (it keeps them; markup off: paths are data)."""
         self.app.notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
@@ -168,12 +177,20 @@ class MainScreen(Screen[None]):
             if code == 0:
                 self.notify(f"stream {dlid} finished", title="run")
             elif code == api.EXIT_BUSY:
-                self.notify(f"stream {dlid}: already claimed by another runner or the daemon "
-                            f"(nothing ran twice); L opens {log}", title="run", severity="warning")
+                self.notify(
+                    f"stream {dlid}: already claimed by another runner or the daemon "
+                    f"(nothing ran twice); L opens {log}",
+                    title="run",
+                    severity="warning",
+                )
             else:
-                self.notify(f"stream {dlid} ended with exit {code}: "
-                            f"{api.last_line(log) or 'no output'}; L opens {log}", title="run",
-                            severity="error", timeout=15)
+                self.notify(
+                    f"stream {dlid} ended with exit {code}: "
+                    f"{api.last_line(log) or 'no output'}; L opens {log}",
+                    title="run",
+                    severity="error",
+                    timeout=15,
+                )
         self.wake.set()
 
     # -------------------------------------------------------------------- polling
@@ -189,8 +206,7 @@ class MainScreen(Screen[None]):
                 except api.StateUnavailable as err:  # a banner, once; polling goes on
                     if down is None:
                         down = err.since or monitor.outage.since or time.time()
-                        self.post_message(StateReach(down, monitor.outage.error or
-                                                     err.message))
+                        self.post_message(StateReach(down, monitor.outage.error or err.message))
                 except Exception as err:  # noqa: BLE001 - keep polling; tell the operator
                     self.post_message(ActionDone(f"refresh failed: {err!r}", "error"))
                 else:
@@ -207,8 +223,10 @@ class MainScreen(Screen[None]):
             return
         if msg.since is None:
             self.state_down = None
-            self.notify(f"state database reachable again after {msg.down_s:.0f} s; "
-                        "everything read again", title="state")
+            self.notify(
+                f"state database reachable again after {msg.down_s:.0f} s; everything read again",
+                title="state",
+            )
         else:
             self.state_down = msg
         self._show_state()
@@ -222,8 +240,10 @@ class MainScreen(Screen[None]):
             return
         age = max(0.0, time.time() - down.since)
         when = time.strftime("%H:%M:%S", time.localtime(down.since))
-        banner.update(f"state database unreachable since {when} ({age:.0f} s): "
-                      f"{down.error}; showing what was read before, retrying")
+        banner.update(
+            f"state database unreachable since {when} ({age:.0f} s): "
+            f"{down.error}; showing what was read before, retrying"
+        )
         banner.set_class(True, "show")
 
     def on_refreshed(self, msg: Refreshed) -> None:
@@ -240,13 +260,19 @@ class MainScreen(Screen[None]):
                 for r in snap.rows.values():
                     counts[r.state] = counts.get(r.state, 0) + 1
                 table.border_title = "Downlinks " + " ".join(
-                    f"{k} {v}" for k, v in sorted(counts.items()))
+                    f"{k} {v}" for k, v in sorted(counts.items())
+                )
                 if self.want_dlid is None and table.selected is not None:
                     self.want_dlid = table.selected
                     self.wake.set()
             if snap.stream_read and snap.dlid == self.want_dlid:
-                self.query_one(StreamTree).show(snap.dlid, snap.stream, snap.typical,
-                                                self._without_stream(snap.dlid), snap.groups)
+                self.query_one(StreamTree).show(
+                    snap.dlid,
+                    snap.stream,
+                    snap.typical,
+                    self._without_stream(snap.dlid),
+                    snap.groups,
+                )
             if snap.locks is not None:
                 self.query_one(LocksTable).apply(snap.locks)
             if snap.events is not None:
@@ -370,9 +396,11 @@ class MainScreen(Screen[None]):
         row = self.query_one(DownlinksTable).model.get(dlid) if dlid else None
         if row is None or row.state != "rejected":
             return ""
-        return (f"{dlid}: REJECTED, nothing to run\nreason: {row.note}\n"
-                f"files kept in {row.kept or self.ws.rejected}\n"
-                "fix the delivery and deliver it again (r cannot help)")
+        return (
+            f"{dlid}: REJECTED, nothing to run\nreason: {row.note}\n"
+            f"files kept in {row.kept or self.ws.rejected}\n"
+            "fix the delivery and deliver it again (r cannot help)"
+        )
 
     def _cannot_run(self, dlid: str) -> str | None:
         """Why `skydeck-engine run` would refuse this row (the CLI's own checks), or None."""
@@ -380,13 +408,17 @@ class MainScreen(Screen[None]):
         if row is None:
             return None
         if row.state == "rejected":
-            return (f"nothing to run: the delivery was rejected: {row.note}. Its files are kept "
-                    f"in {row.kept or self.ws.rejected}; fix them and deliver it again")
+            return (
+                f"nothing to run: the delivery was rejected: {row.note}. Its files are kept "
+                f"in {row.kept or self.ws.rejected}; fix them and deliver it again"
+            )
         if row.stream == "FAILED":
             return "its stream FAILED: b rolls back what failed (then it runs again)"
         if row.stream in ("SUCCESS", "CANCELED"):
-            return (f"its stream already ended {row.stream}: nothing to run; p re-runs a process "
-                    "or a process group from the stream tree")
+            return (
+                f"its stream already ended {row.stream}: nothing to run; p re-runs a process "
+                "or a process group from the stream tree"
+            )
         return None
 
     def _start_runner(self, dlid: str, why: str) -> None:
@@ -409,11 +441,14 @@ class MainScreen(Screen[None]):
         target = tree.selected_target
         if target is None or tree.dlid is None:
             group = self.app.example_group  # type: ignore[attr-defined]
-            self.notify(f"select a process instance, or a group such as {group}, in the stream "
-                        "tree first", severity="warning")
+            self.notify(
+                f"select a process instance, or a group such as {group}, in the stream tree first",
+                severity="warning",
+            )
             return
-        what = f"{target} (every instance)" if ":" not in target and target in tree.groups \
-            else target
+        what = (
+            f"{target} (every instance)" if ":" not in target and target in tree.groups else target
+        )
         self._plan(tree.dlid, [target], f"Re-run {what} of {tree.dlid}?")
 
     @work(thread=True, group="action", exit_on_error=False)
@@ -422,8 +457,7 @@ class MainScreen(Screen[None]):
         try:
             plan = api.rollback_plan(self.ws, dlid, targets)
         except Exception as err:  # noqa: BLE001 - a failed check is reported, never silent
-            self.post_message(ActionDone(f"rollback {dlid}: could not check it: {err!r}",
-                                         "error"))
+            self.post_message(ActionDone(f"rollback {dlid}: could not check it: {err!r}", "error"))
             return
         self.post_message(Planned(dlid, targets, question, plan))
 
@@ -432,20 +466,31 @@ class MainScreen(Screen[None]):
             return
         what = " ".join(msg.targets) if msg.targets else "failed instances"
         if msg.plan.blocker:
-            hint = "" if msg.targets else \
-                "; to re-run something else, select it (or its group) in the stream tree, press p"
-            self.notify(f"not rolled back ({what}): {msg.plan.blocker}{hint}",
-                        severity="warning", title=f"rollback {msg.dlid}", timeout=10)
+            hint = (
+                ""
+                if msg.targets
+                else "; to re-run something else, select it (or its group) in the stream tree, press p"
+            )
+            self.notify(
+                f"not rolled back ({what}): {msg.plan.blocker}{hint}",
+                severity="warning",
+                title=f"rollback {msg.dlid}",
+                timeout=10,
+            )
             return
 
         def done(yes: bool | None) -> None:
             if yes:
                 self._rollback(msg.dlid, msg.targets)
 
-        self.app.push_screen(ConfirmScreen(
-            msg.question,
-            f"New executions of: {', '.join(msg.plan.retired)}; then a runner starts "
-            "(or the daemon picks it up)."), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                msg.question,
+                f"New executions of: {', '.join(msg.plan.retired)}; then a runner starts "
+                "(or the daemon picks it up).",
+            ),
+            done,
+        )
 
     @work(thread=True, group="action", exit_on_error=False)
     def _rollback(self, dlid: str, targets: list[str] | None) -> None:
@@ -470,8 +515,10 @@ class MainScreen(Screen[None]):
             detail = f"{info.kind}, owner {info.owner}: {info.reason}"
         else:
             q = f"Lock {info.name} is NOT provably stale. Remove it anyway?"
-            detail = (f"{info.reason}. Removing a live lock can let two jobs write the same "
-                      "files: check that no instance still runs.")
+            detail = (
+                f"{info.reason}. Removing a live lock can let two jobs write the same "
+                "files: check that no instance still runs."
+            )
 
         def done(yes: bool | None) -> None:
             if yes:
@@ -492,8 +539,9 @@ class MainScreen(Screen[None]):
         if not self._writable():
             return
         dlid = self.query_one(DownlinksTable).selected
-        self.app.push_screen(HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid)),
-                             self._halt_chosen)
+        self.app.push_screen(
+            HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid)), self._halt_chosen
+        )
 
     def _halt_chosen(self, choice: tuple[str, str | None] | None) -> None:
         self._toggle_halt(choice)
@@ -527,11 +575,14 @@ class MainScreen(Screen[None]):
         """Any log besides an instance's: the daemon's, console runs, builds, propagations."""
         files = api.log_files(self.ws)
         if not files:
-            self.notify(f"no logs in {self.ws.logs} yet (the daemon writes "
-                        f"{self.ws.daemon_log})", severity="warning")
+            self.notify(
+                f"no logs in {self.ws.logs} yet (the daemon writes {self.ws.daemon_log})",
+                severity="warning",
+            )
             return
-        self.app.push_screen(LogPickerScreen(files),
-                             lambda path: self.open_log(path) if path else None)
+        self.app.push_screen(
+            LogPickerScreen(files), lambda path: self.open_log(path) if path else None
+        )
 
     def open_log(self, path: str) -> None:
         self.query_one(LogPanel).start(path)
@@ -589,11 +640,17 @@ class MainScreen(Screen[None]):
                     args += ["--select", values["select"].strip()]
                 self._launch(f"build {Path(output).name}", args)
 
-        self.app.push_screen(FormScreen("Build events from files", [
-            ("inputs", "input files or directories (space separated)", src),
-            ("output", "output HDF5 file", out),
-            ("select", "selection (optional, e.g. color == 'red')", ""),
-        ]), done)
+        self.app.push_screen(
+            FormScreen(
+                "Build events from files",
+                [
+                    ("inputs", "input files or directories (space separated)", src),
+                    ("output", "output HDF5 file", out),
+                    ("select", "selection (optional, e.g. color == 'red')", ""),
+                ],
+            ),
+            done,
+        )
 
     def action_launch_propagate(self) -> None:
         if not self._writable():
@@ -605,21 +662,33 @@ class MainScreen(Screen[None]):
             if values:
                 scene_p = Path(values["scene"])
                 out = self.ws.events / scene_p.stem / values["tag"]
-                self._launch(f"propagate {scene_p.stem}", ["propagate", str(scene_p), "-o",
-                                                           str(out), "--photons", values["photons"]])
+                self._launch(
+                    f"propagate {scene_p.stem}",
+                    ["propagate", str(scene_p), "-o", str(out), "--photons", values["photons"]],
+                )
 
-        self.app.push_screen(FormScreen("Propagate photons through a scene", [
-            ("scene", "scene TOML", str(scene)),
-            ("photons", "photons", "200000"),
-            ("tag", "event name (events/<scene>/<name>)", tag),
-        ]), done)
+        self.app.push_screen(
+            FormScreen(
+                "Propagate photons through a scene",
+                [
+                    ("scene", "scene TOML", str(scene)),
+                    ("photons", "photons", "200000"),
+                    ("tag", "event name (events/<scene>/<name>)", tag),
+                ],
+            ),
+            done,
+        )
 
     def _launch(self, name: str, args: list[str]) -> None:
         job = api.start_job(self.ws, name, args)
         self.jobs[job.title] = job
         box = self.query_one("#jobs", Vertical)
-        row = Horizontal(Label(job.title, classes="job-name"), ProgressBar(show_eta=True),
-                         classes="job", id=f"job-{job.pid}")
+        row = Horizontal(
+            Label(job.title, classes="job-name"),
+            ProgressBar(show_eta=True),
+            classes="job",
+            id=f"job-{job.pid}",
+        )
         box.mount(row)
         self._watch_job(job)
 
@@ -629,8 +698,9 @@ class MainScreen(Screen[None]):
             self.post_message(JobProgress(job.title, p.done, p.total, p.what))
         code = job.wait()
         last = job.last
-        self.post_message(JobProgress(job.title, last.done, last.total, last.what, exit=code,
-                                      log=str(job.log)))
+        self.post_message(
+            JobProgress(job.title, last.done, last.total, last.what, exit=code, log=str(job.log))
+        )
 
     def on_job_progress(self, msg: JobProgress) -> None:
         if not self.live:
@@ -649,9 +719,13 @@ class MainScreen(Screen[None]):
             if msg.exit == 0:
                 self.notify(f"{msg.job} done", title="job")
             else:
-                self.notify(f"{msg.job} failed (exit {msg.exit}): "
-                            f"{api.last_line(msg.log) or 'no output'}; L opens {msg.log}",
-                            title="job", severity="error", timeout=15)
+                self.notify(
+                    f"{msg.job} failed (exit {msg.exit}): "
+                    f"{api.last_line(msg.log) or 'no output'}; L opens {msg.log}",
+                    title="job",
+                    severity="error",
+                    timeout=15,
+                )
             self.wake.set()
 
     # -------------------------------------------------------------------- hits

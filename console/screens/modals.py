@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 class ConfirmScreen(ModalScreen[bool]):
     """Yes/no with the consequence spelled out; `y` confirms, `n`/`escape` cancels."""
 
-    BINDINGS = [Binding("y", "answer(True)", "Yes", id="confirm.yes"),
-                Binding("n,escape", "answer(False)", "No", id="confirm.no")]
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+    ]
 
     def __init__(self, question: str, detail: str = "", danger: bool = False) -> None:
         super().__init__()
@@ -53,15 +55,23 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "Close", id="help.close")]
 
-    def __init__(self, bindings: list[tuple[str, str]], panels: list[tuple[str, str]],
-                 read_only: bool, glossary: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        bindings: list[tuple[str, str]],
+        panels: list[tuple[str, str]],
+        read_only: bool,
+        glossary: list[tuple[str, str]] | None = None,
+    ) -> None:
         super().__init__()
         self.rows, self.panels, self.read_only = bindings, panels, read_only
         self.glossary = glossary or []
 
     def compose(self) -> ComposeResult:
-        keys = Table(title="Keys" + (" (READ-ONLY: actions disabled)" if self.read_only else ""),
-                     box=None, title_justify="left")
+        keys = Table(
+            title="Keys" + (" (READ-ONLY: actions disabled)" if self.read_only else ""),
+            box=None,
+            title_justify="left",
+        )
         keys.add_column("key", style="bold cyan")
         keys.add_column("action")
         for k, d in self.rows:
@@ -95,7 +105,9 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Close", id="halt.close")]
 
-    def __init__(self, flags: tuple[str, ...], dlid: str | None, active: dict[str, list[str]]) -> None:
+    def __init__(
+        self, flags: tuple[str, ...], dlid: str | None, active: dict[str, list[str]]
+    ) -> None:
         super().__init__()
         self.flags, self.dlid, self.active = flags, dlid, active
 
@@ -104,8 +116,10 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
         for flag in self.flags:
             for scope in ["global", *([self.dlid] if self.dlid else [])]:
                 on = scope in self.active.get(flag, [])
-                text = Text(f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {scope}",
-                            style="bold red" if on else "")
+                text = Text(
+                    f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {scope}",
+                    style="bold red" if on else "",
+                )
                 opts.append(Option(text, id=f"{flag}|{scope}"))
         with Vertical(id="dialog"):
             yield Label("Halt flags: enter toggles (a set flag holds its processes)")
@@ -170,8 +184,9 @@ class LogPickerScreen(ModalScreen[str | None]):
         for f in self.files:
             text = Text(f"{f.what:<12} ", style="bold")
             text.append(f.path.rsplit("/", 1)[-1])
-            text.append(f"  {time.strftime('%m-%d %H:%M:%S', time.localtime(f.mtime))}",
-                        style="dim")
+            text.append(
+                f"  {time.strftime('%m-%d %H:%M:%S', time.localtime(f.mtime))}", style="dim"
+            )
             opts.append(Option(text, id=f.path))
         with Vertical(id="dialog"):
             yield Label("Logs: enter follows one in the Log tab (4)")

@@ -19,13 +19,26 @@ from console.widgets.keyed import KeyedTable
 from engine.api import DownlinkRow
 
 # fixed widths: a 10,000-row update never re-measures columns (update_cell stays O(1))
-COLUMNS = (("dlid", "Downlink", 9), ("date", "Date", 10), ("state", "State", 8),
-           ("stream", "Stream", 10), ("chunks", "Chunks", 6), ("runs", "Runs", 4),
-           ("bytes", "Bytes", 8), ("age", "Age", 4), ("note", "Note", 30))
+COLUMNS = (
+    ("dlid", "Downlink", 9),
+    ("date", "Date", 10),
+    ("state", "State", 8),
+    ("stream", "Stream", 10),
+    ("chunks", "Chunks", 6),
+    ("runs", "Runs", 4),
+    ("bytes", "Bytes", 8),
+    ("age", "Age", 4),
+    ("note", "Note", 30),
+)
 SORT_KEYS: dict[str, Callable[[DownlinkRow], object]] = {
-    "dlid": lambda r: r.dlid, "date": lambda r: (r.date, r.dlid), "state": lambda r: (r.state, r.dlid),
-    "stream": lambda r: (r.stream, r.dlid), "chunks": lambda r: (r.chunks_done, r.chunks_total),
-    "runs": lambda r: r.runs, "bytes": lambda r: r.bytes, "age": lambda r: -r.since,
+    "dlid": lambda r: r.dlid,
+    "date": lambda r: (r.date, r.dlid),
+    "state": lambda r: (r.state, r.dlid),
+    "stream": lambda r: (r.stream, r.dlid),
+    "chunks": lambda r: (r.chunks_done, r.chunks_total),
+    "runs": lambda r: r.runs,
+    "bytes": lambda r: r.bytes,
+    "age": lambda r: -r.since,
     "note": lambda r: (r.note, r.dlid),
 }
 
@@ -35,11 +48,13 @@ ADD_CHUNK = 1000  # rows added per frame on a big first load
 
 def cells(r: DownlinkRow, now: float) -> dict[str, object]:
     return {
-        "dlid": r.dlid, "date": r.date,
+        "dlid": r.dlid,
+        "date": r.date,
         "state": Text(r.state, style=STATE_STYLE.get(r.state, "")),
         "stream": r.stream if r.execution <= 1 else f"{r.stream} e{r.execution}",
         "chunks": f"{r.chunks_done}/{r.chunks_total}" if r.chunks_total else "-",
-        "runs": str(r.runs) if r.runs else "-", "bytes": size(r.bytes),
+        "runs": str(r.runs) if r.runs else "-",
+        "bytes": size(r.bytes),
         "age": age(now - r.since),
         "note": Text(r.note[:60], style="bold red" if r.note.startswith("STUCK") else "dim"),
     }
@@ -119,8 +134,10 @@ class DownlinksTable(KeyedTable):
             return
         keep = self.selected
         fn = SORT_KEYS[self.sort_column]
-        self.sort(key=lambda vals: fn(self.model[str(vals[0])]) if str(vals[0]) in self.model
-                  else "", reverse=self.sort_reverse)
+        self.sort(
+            key=lambda vals: fn(self.model[str(vals[0])]) if str(vals[0]) in self.model else "",
+            reverse=self.sort_reverse,
+        )
         if keep is not None and keep in self.shown:
             self.move_cursor(row=self.get_row_index(keep), animate=False)
 

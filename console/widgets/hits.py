@@ -21,8 +21,13 @@ from console.format import bar
 if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
     from engine.api import Comparison, FaceMap, Histogram, HitSummary
 
-EVENT_COLUMNS = (("event", "Event"), ("photons", "Photons"), ("hits", "Hits"),
-                 ("eff", "Efficiency"), ("mode", "Mode"))
+EVENT_COLUMNS = (
+    ("event", "Event"),
+    ("photons", "Photons"),
+    ("hits", "Hits"),
+    ("eff", "Efficiency"),
+    ("mode", "Mode"),
+)
 
 
 def _hist(title: str, unit: str, h: Histogram | None, width: int = 24) -> list[Text]:
@@ -45,8 +50,13 @@ def _face_map(fm: FaceMap) -> list[Text]:
     """A sensor face's hit map (the engine's 2-D histogram) drawn with shade characters."""
     peak = max(max(r) for r in fm.counts) or 1
     u0, u1, v0, v1 = fm.extent
-    out = [Text(f"hit map {fm.name}: {fm.hits:,} hits, {fm.axes[0]} {u0:g}..{u1:g} across, "
-                f"{fm.axes[1]} {v1:g}..{v0:g} down", style="bold")]
+    out = [
+        Text(
+            f"hit map {fm.name}: {fm.hits:,} hits, {fm.axes[0]} {u0:g}..{u1:g} across, "
+            f"{fm.axes[1]} {v1:g}..{v0:g} down",
+            style="bold",
+        )
+    ]
     n = len(_SHADES) - 2
     for row in fm.counts:
         line = "".join(_SHADES[0 if c == 0 else 1 + min(n, n * c // peak)] for c in row)
@@ -84,8 +94,14 @@ def render_summary(s: HitSummary) -> Group:
         sens = Text(f"sensors hit {s.sensors_hit:,}{of}; most hit: ", style="bold")
         sens.append("  ".join(f"{sid}:{h:,}" for sid, h in s.sensors[:10]), style="")
         maps.insert(0, sens)
-    return Group(head, term, flags, *_hist("hit time", "ns", s.time),
-                 *_hist("hit wavelength", "nm", s.wavelength), *maps)
+    return Group(
+        head,
+        term,
+        flags,
+        *_hist("hit time", "ns", s.time),
+        *_hist("hit wavelength", "nm", s.wavelength),
+        *maps,
+    )
 
 
 def render_comparison(c: Comparison) -> Group:
@@ -93,11 +109,17 @@ def render_comparison(c: Comparison) -> Group:
     for col in ("flagmask", "A", "B", "chi2"):
         t.add_column(col, justify="left" if col == "flagmask" else "right")
     for r in c.flagmasks[:14]:
-        t.add_row(r.label, f"{r.a:,}", f"{r.b:,}",
-                  f"{r.chi2:.2f}" if r.counted else Text(f"{r.chi2:.2f}", style="dim"))
+        t.add_row(
+            r.label,
+            f"{r.a:,}",
+            f"{r.b:,}",
+            f"{r.chi2:.2f}" if r.counted else Text(f"{r.chi2:.2f}", style="dim"),
+        )
     t.add_row("chi2/ndf", "", "", f"{c.flagmask_chi2:.2f}/{c.flagmask_ndf}")
-    head = Text(f"A {c.a}\n  photons {c.photons_a:,} hits {c.hits_a:,}\n"
-                f"B {c.b}\n  photons {c.photons_b:,} hits {c.hits_b:,}")
+    head = Text(
+        f"A {c.a}\n  photons {c.photons_a:,} hits {c.hits_a:,}\n"
+        f"B {c.b}\n  photons {c.photons_b:,} hits {c.hits_b:,}"
+    )
     return Group(Text("A/B comparison", style="bold"), head, t)
 
 

@@ -12,8 +12,14 @@ from console.widgets.keyed import KeyedTable
 from engine.api import LockInfo
 
 # fixed widths: no re-measuring on updates, and a picture that does not depend on timing
-COLUMNS = (("name", "Lock", 22), ("kind", "Kind", 10), ("owner", "Owner", 24),
-           ("what", "Process", 26), ("age", "Age", 5), ("verdict", "Verdict", 90))
+COLUMNS = (
+    ("name", "Lock", 22),
+    ("kind", "Kind", 10),
+    ("owner", "Owner", 24),
+    ("what", "Process", 26),
+    ("age", "Age", 5),
+    ("verdict", "Verdict", 90),
+)
 
 
 def cells(i: LockInfo, now: float) -> dict[str, object]:
@@ -22,9 +28,14 @@ def cells(i: LockInfo, now: float) -> dict[str, object]:
     verdict.append(i.reason, style="red" if i.stale else "")
     if not i.stale and i.host and "another host" in i.reason:
         verdict.stylize("bold yellow")
-    return {"name": i.name, "kind": i.kind, "owner": i.owner,
-            "what": f"{i.process or '-'} {i.stream or ''}".strip(), "age": age(created_age),
-            "verdict": verdict}
+    return {
+        "name": i.name,
+        "kind": i.kind,
+        "owner": i.owner,
+        "what": f"{i.process or '-'} {i.stream or ''}".strip(),
+        "age": age(created_age),
+        "verdict": verdict,
+    }
 
 
 class LocksTable(KeyedTable):

@@ -23,11 +23,15 @@ PRESSURE_FACTOR = 2.0
 def pressure(rep: UsageReport) -> str | None:
     """The alert text under disk pressure, else None."""
     if rep.paused:
-        return (f"DISK PRESSURE: free {human_bytes(rep.free)} is under the reserve "
-                f"{human_bytes(rep.reserve)}: launching is PAUSED")
+        return (
+            f"DISK PRESSURE: free {human_bytes(rep.free)} is under the reserve "
+            f"{human_bytes(rep.reserve)}: launching is PAUSED"
+        )
     if rep.reserve and rep.free < PRESSURE_FACTOR * rep.reserve:
-        return (f"DISK PRESSURE: free {human_bytes(rep.free)} is close to the reserve "
-                f"{human_bytes(rep.reserve)}")
+        return (
+            f"DISK PRESSURE: free {human_bytes(rep.free)} is close to the reserve "
+            f"{human_bytes(rep.reserve)}"
+        )
     return None
 
 
@@ -50,10 +54,11 @@ def render(rep: UsageReport, limit: int = 30, prune: PrunePlan | None = None) ->
         parts.append(Text(f" {alert} ", style="bold white on red"))
     used = rep.total - rep.free
     line = Text("disk ")
-    line.append(bar(used / rep.total if rep.total else 0, 30),
-                style="red" if alert else "green")
-    line.append(f" used {human_bytes(used)} of {human_bytes(rep.total)}; free "
-                f"{human_bytes(rep.free)}; reserve {human_bytes(rep.reserve)}")
+    line.append(bar(used / rep.total if rep.total else 0, 30), style="red" if alert else "green")
+    line.append(
+        f" used {human_bytes(used)} of {human_bytes(rep.total)}; free "
+        f"{human_bytes(rep.free)}; reserve {human_bytes(rep.reserve)}"
+    )
     parts.append(line)
     areas = Table(box=None, pad_edge=False, show_edge=False, expand=False)
     for col in ("area", "usage", "", "files"):
@@ -72,9 +77,12 @@ def render(rep: UsageReport, limit: int = 30, prune: PrunePlan | None = None) ->
         top = max(totals.values()) or 1
         for dlid in sorted(totals, key=lambda d: -totals[d])[:limit]:
             p = rep.downlinks[dlid]
-            per.add_row(dlid, *(size(p[k].bytes) if k in p else "-"
-                                for k in ("incoming", "downlinks", "stage")),
-                        size(totals[dlid]), bar(totals[dlid] / top, 20))
+            per.add_row(
+                dlid,
+                *(size(p[k].bytes) if k in p else "-" for k in ("incoming", "downlinks", "stage")),
+                size(totals[dlid]),
+                bar(totals[dlid] / top, 20),
+            )
         if len(totals) > limit:
             per.add_row(f"... {len(totals) - limit} more", "", "", "", "", "")
         parts.append(Text(""))

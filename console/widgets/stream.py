@@ -22,15 +22,20 @@ from console.format import STATUS_STYLE, bar, duration, status_text
 from engine.api import ProcessInstance, StreamView
 
 
-def pi_label(pi: ProcessInstance, now: float, typical: dict[str, float],
-             foreach: dict[str, str] | None = None) -> Text:
+def pi_label(
+    pi: ProcessInstance,
+    now: float,
+    typical: dict[str, float],
+    foreach: dict[str, str] | None = None,
+) -> Text:
     """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first).
 
     An instance of a per-substream process (``foreach``) is named by its key (it sits under
     its process's group node)."""
     t = Text()
-    t.append(f"{(pi.key if pi.process in (foreach or {}) and pi.key else pi.process):<12}",
-             style="bold")
+    t.append(
+        f"{(pi.key if pi.process in (foreach or {}) and pi.key else pi.process):<12}", style="bold"
+    )
     t.append(" ")
     t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
@@ -103,8 +108,14 @@ class StreamTree(Tree[ProcessInstance | None]):
             return f"{pi.process}:{pi.key}" if pi.key else pi.process
         return next((p for p, g in self._groups.items() if g is node), None)
 
-    def show(self, dlid: str | None, view: StreamView | None, typical: dict[str, float],
-             without: str = "", foreach: dict[str, str] | None = None) -> None:
+    def show(
+        self,
+        dlid: str | None,
+        view: StreamView | None,
+        typical: dict[str, float],
+        without: str = "",
+        foreach: dict[str, str] | None = None,
+    ) -> None:
         """Show ``view`` (the stream of ``dlid``, or None when it has no stream yet; then
         ``without`` says why and what can be done, if the caller knows better). ``foreach``:
         the processes of its task shown as a group, with what one key is called
@@ -119,8 +130,10 @@ class StreamTree(Tree[ProcessInstance | None]):
         self.view = view
         now = self.clock()
         if view is None:
-            head, *more = (without or (f"{dlid}: no stream yet (press r to run)" if dlid
-                                       else "no downlink selected")).split("\n")
+            head, *more = (
+                without
+                or (f"{dlid}: no stream yet (press r to run)" if dlid else "no downlink selected")
+            ).split("\n")
             self.root.set_label(Text(head, style="bold" if more else "dim"))
             if self._pi_nodes or self._groups or more != self._notes:
                 self.clear()

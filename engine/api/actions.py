@@ -41,11 +41,13 @@ def scan_incoming(ws: Workspace) -> list[_deliveries.Outcome]:
     """One reconciliation pass over the inboxes (what `watch` does on its timer): registers
     complete deliveries, rejects bad ones."""
     with StateDB(ws.state) as db:
-        return _deliveries.process_all(ws, db, ws.settings.watch.quiet_s,
-                                       ws.settings.watch.incomplete_timeout_s)
+        return _deliveries.process_all(
+            ws, db, ws.settings.watch.quiet_s, ws.settings.watch.incomplete_timeout_s
+        )
 
 
 # ------------------------------------------------------------------------ halt flags
+
 
 def _flag_path(ws: Workspace, flag: str, dlid: str | None) -> Path:
     return halt_flags.flag_path(ws, flag, dlid)
@@ -67,6 +69,7 @@ def clear_halt(ws: Workspace, flag: str, dlid: str | None = None) -> bool:
 
 
 # ------------------------------------------------------------------------ launching
+
 
 def engine_env() -> dict[str, str]:
     """The environment an engine subprocess needs: this checkout importable, this venv first."""
@@ -92,8 +95,14 @@ def start_runner(ws: Workspace, dlid: str) -> tuple[subprocess.Popen[bytes], Pat
     log = ws.console_logs / f"run-{dlid}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(engine_argv(ws, "run", dlid), stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT, env=engine_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            engine_argv(ws, "run", dlid),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=engine_env(),
+            start_new_session=True,
+        )
     return proc, log
 
 
@@ -107,9 +116,15 @@ def _spawn_job(ws: Workspace, name: str, args: list[str]) -> tuple[subprocess.Po
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it; closed below after the fork
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli.jsonprogress", "-w", str(ws.root),
-                                 *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=fh, env=engine_env(), text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli.jsonprogress", "-w", str(ws.root), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            env=engine_env(),
+            text=True,
+            start_new_session=True,
+        )
     finally:
         fh.close()
     return proc, log

@@ -45,8 +45,13 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
-           stuck_after: float = DEFAULT_STUCK_AFTER_S, now: float | None = None) -> list[Check]:
+def health(
+    ws: Workspace,
+    *,
+    heartbeat_max_age: float | None = None,
+    stuck_after: float = DEFAULT_STUCK_AFTER_S,
+    now: float | None = None,
+) -> list[Check]:
     """The checks of ``skydeck-engine health``; healthy when every one is ok.
 
     - ``daemon``: some daemon's heartbeat is younger than ``heartbeat_max_age`` (default
@@ -70,17 +75,34 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
     fresh = [hb for hb in beats if now - hb.t <= max_age and not hb.dead()[0]]
     if fresh:
         hb = fresh[0]
-        checks.append(Check("daemon", True, f"daemon pid {hb.pid} on {hb.host} "
-                                             f"beat {_ago(max(0.0, now - hb.t))}"))
+        checks.append(
+            Check(
+                "daemon",
+                True,
+                f"daemon pid {hb.pid} on {hb.host} beat {_ago(max(0.0, now - hb.t))}",
+            )
+        )
     elif not beats:
-        checks.append(Check("daemon", False, f"no daemon heartbeat in {ws.heartbeat_dir} "
-                                              "(no `skydeck-engine watch` running here)"))
+        checks.append(
+            Check(
+                "daemon",
+                False,
+                f"no daemon heartbeat in {ws.heartbeat_dir} "
+                "(no `skydeck-engine watch` running here)",
+            )
+        )
     else:
         hb = beats[0]
         dead, why = hb.dead()
         state = why if dead else f"older than {max_age:g} s"
-        checks.append(Check("daemon", False, f"daemon pid {hb.pid} on {hb.host} last beat "
-                                              f"{_ago(max(0.0, now - hb.t))} ({state})"))
+        checks.append(
+            Check(
+                "daemon",
+                False,
+                f"daemon pid {hb.pid} on {hb.host} last beat "
+                f"{_ago(max(0.0, now - hb.t))} ({state})",
+            )
+        )
 
     running = None
     try:
@@ -93,15 +115,28 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
         blind = [hb for hb in fresh if not hb.state_reachable]
         if blind:
             hb = blind[0]
-            checks.append(Check("state", False, _unreachable(
-                f"daemon pid {hb.pid} on {hb.host} cannot reach it: {hb.state_error}",
-                blind, now)))
+            checks.append(
+                Check(
+                    "state",
+                    False,
+                    _unreachable(
+                        f"daemon pid {hb.pid} on {hb.host} cannot reach it: {hb.state_error}",
+                        blind,
+                        now,
+                    ),
+                )
+            )
         else:
             checks.append(Check("state", True, "state database reachable"))
 
     for flag in halts(ws):
-        checks.append(Check(f"halt:{flag}", False,
-                            f"halt flag {flag} is set globally ({ws.path('flags') / flag})"))
+        checks.append(
+            Check(
+                f"halt:{flag}",
+                False,
+                f"halt flag {flag} is set globally ({ws.path('flags') / flag})",
+            )
+        )
     paused, why = launch_paused(ws)
     checks.append(Check("disk", not paused, why or "free space above the reserve"))
 
@@ -111,14 +146,24 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
         idle = max(0.0, now - rs.last_activity)
         dead, why = owner_dead(rs.owner_pid, rs.owner_host, rs.owner_start)
         if dead and idle > max_age:
-            checks.append(Check(f"stuck:{rs.dlid}", False,
-                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
-                                f"nothing happened for {idle:.0f} s"))
+            checks.append(
+                Check(
+                    f"stuck:{rs.dlid}",
+                    False,
+                    f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
+                    f"nothing happened for {idle:.0f} s",
+                )
+            )
         elif idle > stuck_after:
-            checks.append(Check(f"stuck:{rs.dlid}", False,
-                                f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
-                                f"for {idle:.0f} s (over {stuck_after:g} s; "
-                                f"{rs.active_jobs} job(s) in flight)"))
+            checks.append(
+                Check(
+                    f"stuck:{rs.dlid}",
+                    False,
+                    f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
+                    f"for {idle:.0f} s (over {stuck_after:g} s; "
+                    f"{rs.active_jobs} job(s) in flight)",
+                )
+            )
     if running is not None and not any(c.name.startswith("stuck:") for c in checks):
         checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
     return checks
@@ -127,8 +172,9 @@ def health(ws: Workspace, *, heartbeat_max_age: float | None = None,
 def _unreachable(why: str, beats: list[Heartbeat], now: float) -> str:
     """The state check's line: unreachable, since when (as the earliest live daemon that
     cannot reach it saw it; else "now"), and why."""
-    since = min((hb.state_since for hb in beats
-                 if not hb.state_reachable and hb.state_since is not None), default=None)
-    when = "" if since is None else \
-        f" since {_when(since)} ({max(0.0, now - since):.0f} s)"
+    since = min(
+        (hb.state_since for hb in beats if not hb.state_reachable and hb.state_since is not None),
+        default=None,
+    )
+    when = "" if since is None else f" since {_when(since)} ({max(0.0, now - since):.0f} s)"
     return f"state database unreachable{when}: {why}"

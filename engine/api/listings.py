@@ -67,7 +67,9 @@ def prune_preview(ws: Workspace, now: float | None = None) -> PrunePlan:
     return retention_plan(ws, now=now)
 
 
-def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = True) -> list[StreamView]:
+def stream_views(
+    ws: Workspace, dlid: str | None = None, latest_only: bool = True
+) -> list[StreamView]:
     """Streams with their (latest or all) process instances, by downlink."""
     with StateDB(ws.state) as db:
         out = []
@@ -76,7 +78,6 @@ def stream_views(ws: Workspace, dlid: str | None = None, latest_only: bool = Tru
                 continue
             out.append(StreamView(s, db.instances(s.id, latest_only=latest_only)))
         return out
-
 
 
 @dataclass
@@ -94,8 +95,12 @@ class DownlinkListing:
 def downlink_listing(ws: Workspace) -> DownlinkListing:
     """Every registered downlink, its latest stream, pending and rejected deliveries."""
     with StateDB(ws.state) as db:
-        listing = DownlinkListing(db.downlinks(), {s.dlid: s for s in db.streams()},
-                                  db.deliveries("REJECTED"), db.deliveries("PENDING"))
+        listing = DownlinkListing(
+            db.downlinks(),
+            {s.dlid: s for s in db.streams()},
+            db.deliveries("REJECTED"),
+            db.deliveries("PENDING"),
+        )
     listing.rejected_files = _deliveries.rejected_list(ws)
     return listing
 
@@ -119,11 +124,11 @@ def task_groups(ws: Workspace, task_name: str | None = None) -> dict[str, str]:
     task = load_task(ws)  # the workspace's task file (its name need not be a packaged one)
     if task_name is not None and task.name != task_name:
         task = load_task(ws, task_name)
-    return {p.name: p.foreach.removesuffix("s") or p.foreach
-            for p in task.processes if p.foreach}
+    return {p.name: p.foreach.removesuffix("s") or p.foreach for p in task.processes if p.foreach}
 
 
 # ------------------------------------------------------------------------ events
+
 
 @dataclass(frozen=True)
 class EventDir:
@@ -151,7 +156,6 @@ def list_events(ws: Workspace, limit: int = 20) -> list[EventDir]:
     return found[:limit]
 
 
-
 def summarize_event(path: str | Path) -> HitSummary:
     """The engine's hit summary of one event directory (imports NumPy on first use)."""
     from engine.propagate.hits import summarize
@@ -168,10 +172,11 @@ def compare_events(a: str | Path, b: str | Path) -> Comparison:
 
 # ------------------------------------------------------------------------ logs
 
+
 @dataclass(frozen=True)
 class LogFile:
     path: str
-    what: str     # "daemon", "console job", or the downlink of a process log
+    what: str  # "daemon", "console job", or the downlink of a process log
     mtime: float
 
 
@@ -207,4 +212,3 @@ def last_line(path: str | Path, limit: int = 200) -> str:
         return ""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     return lines[-1][:limit] if lines else ""
-

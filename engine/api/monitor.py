@@ -39,11 +39,12 @@ from engine.store.outage import Backoff, Outage, Patience
 if TYPE_CHECKING:
     from engine.propagate.hits import HitSummary
 
-LOCK_RECHECK_S = 1.0   # locks are re-read at least this often (verdicts depend on time)
-EVENTS_SHOWN = 10      # propagation events summarized per change
+LOCK_RECHECK_S = 1.0  # locks are re-read at least this often (verdicts depend on time)
+EVENTS_SHOWN = 10  # propagation events summarized per change
 
 
 # ------------------------------------------------------------------------ change detection
+
 
 class ChangeProbe:
     """Tells which parts of a workspace changed since the last ``poll``.
@@ -78,8 +79,9 @@ class ChangeProbe:
         server cannot be reached, tried again when the back-off allows)."""
         if self._db is None:
             if not self._opening.due(time.monotonic()):
-                raise StateUnavailable(f"state database unreachable: {self.outage.error}",
-                                       since=self.outage.since)
+                raise StateUnavailable(
+                    f"state database unreachable: {self.outage.error}", since=self.outage.since
+                )
             try:
                 self._db = StateDB(self.ws.state, patience=self._patience)
             except StateUnavailable:
@@ -141,8 +143,8 @@ class ChangeProbe:
         return changed
 
 
-
 # ------------------------------------------------------------------------ durations
+
 
 def typical_durations(db: StateDB, recent: int = 500) -> dict[str, float]:
     """Mean wall time of recent successful executions per process, for progress estimates.
@@ -151,7 +153,6 @@ def typical_durations(db: StateDB, recent: int = 500) -> dict[str, float]:
     time against what that process usually takes (shown as an estimate, capped below 100%).
     """
     return db.typical_durations(recent)
-
 
 
 # ------------------------------------------------------------------------ snapshots
@@ -180,8 +181,12 @@ class Snapshot:
     @property
     def changed(self) -> bool:
         """Whether anything was read (a front end has something to apply)."""
-        return (self.rows is not None or self.stream_read or self.events is not None
-                or self.locks is not None)
+        return (
+            self.rows is not None
+            or self.stream_read
+            or self.events is not None
+            or self.locks is not None
+        )
 
     @property
     def moves_bytes(self) -> bool:
@@ -198,17 +203,21 @@ class Monitor:
     everything again.
     """
 
-    def __init__(self, ws: Workspace, lock_recheck_s: float = LOCK_RECHECK_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        lock_recheck_s: float = LOCK_RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ws = ws
         self.lock_recheck_s = lock_recheck_s
         self.clock = clock
         self.probe = ChangeProbe(ws)
         self.rows = DownlinkRows(ws)
-        self._shown: object = _UNSET          # the downlink whose stream was read last
+        self._shown: object = _UNSET  # the downlink whose stream was read last
         self._summaries: dict[str, tuple[float, HitSummary | str]] = {}
         self._groups: dict[str, dict[str, str]] = {}
-        self._task: str | None = None         # the workspace's task name, read once
+        self._task: str | None = None  # the workspace's task name, read once
         self._locks_at = float("-inf")
 
     @property
@@ -267,8 +276,17 @@ class Monitor:
             self._locks_at = now
         if "events" in changed:
             events = self.summaries()
-        return Snapshot(dlid, rows, stream, stream_read, typical, groups, locks, events,
-                        time.perf_counter() - t0)
+        return Snapshot(
+            dlid,
+            rows,
+            stream,
+            stream_read,
+            typical,
+            groups,
+            locks,
+            events,
+            time.perf_counter() - t0,
+        )
 
     def task_name(self) -> str | None:
         """The name of the task the workspace runs (None: its task file cannot be read; the

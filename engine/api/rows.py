@@ -25,8 +25,14 @@ from engine.pipeline.task import load_task
 from engine.store import StateDB
 
 STATES = ("arrived", "running", "staged", "failed", "rejected")
-_STREAM_STATE = {"WAITING": "arrived", "RUNNING": "running", "SUCCESS": "staged",
-                 "FAILED": "failed", "TERMINATED": "failed", "CANCELED": "failed"}
+_STREAM_STATE = {
+    "WAITING": "arrived",
+    "RUNNING": "running",
+    "SUCCESS": "staged",
+    "FAILED": "failed",
+    "TERMINATED": "failed",
+    "CANCELED": "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -34,17 +40,17 @@ class DownlinkRow:
     """What the downlinks table shows for one downlink (frozen: compared to find changes)."""
 
     dlid: str
-    date: str               # YYYY-MM-DD decoded from YYMMDD
-    state: str              # arrived | running | staged | failed | rejected
-    stream: str             # the latest stream's Pipeline-II status, "-" without one
-    execution: int          # the latest stream's execution number (0 without one)
+    date: str  # YYYY-MM-DD decoded from YYMMDD
+    state: str  # arrived | running | staged | failed | rejected
+    stream: str  # the latest stream's Pipeline-II status, "-" without one
+    execution: int  # the latest stream's execution number (0 without one)
     chunks_done: int
     chunks_total: int
     runs: int
-    bytes: int              # bytes of the files the pipeline recorded for it
-    since: float            # delivered (registered) or seen (incoming, rejected) time
-    note: str               # stream note, rejection reason (reason first), or why it is stuck
-    kept: str = ""          # rejected: where its files were kept (incoming/rejected/...)
+    bytes: int  # bytes of the files the pipeline recorded for it
+    since: float  # delivered (registered) or seen (incoming, rejected) time
+    note: str  # stream note, rejection reason (reason first), or why it is stuck
+    kept: str = ""  # rejected: where its files were kept (incoming/rejected/...)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -87,7 +93,7 @@ class DownlinkRows:
         self.ws = ws
         self.chunk_process = chunk_process(ws)
         self._rows: dict[str, DownlinkRow] = {}
-        self._open: set[str] = set()   # downlinks whose stream was not final at the last read
+        self._open: set[str] = set()  # downlinks whose stream was not final at the last read
         self._dl_seq = 0
         self._stream_id = 0
         self._read_at = 0.0
@@ -96,8 +102,9 @@ class DownlinkRows:
         # a stream that went final -> active -> final between two reads has a fresh `ended`
         since = self._read_at - ENDED_SLACK_S
         self._read_at = time.time()
-        for f in db.downlink_facts(self._dl_seq, self._stream_id, since, self._open,
-                                    chunk_process=self.chunk_process):
+        for f in db.downlink_facts(
+            self._dl_seq, self._stream_id, since, self._open, chunk_process=self.chunk_process
+        ):
             self._dl_seq = max(self._dl_seq, f.seq)
             if f.stream_id is not None:
                 self._stream_id = max(self._stream_id, f.stream_id)
@@ -107,9 +114,18 @@ class DownlinkRows:
                 if dead:
                     note = f"STUCK: runner gone ({why})"
             self._rows[f.dlid] = DownlinkRow(
-                f.dlid, _date(f.dlid), _STREAM_STATE.get(status, "arrived") if status else "arrived",
-                status or "-", f.execution or 0, f.chunks_done, f.stream_chunks or f.chunks, f.runs,
-                f.bytes, f.delivered, note)
+                f.dlid,
+                _date(f.dlid),
+                _STREAM_STATE.get(status, "arrived") if status else "arrived",
+                status or "-",
+                f.execution or 0,
+                f.chunks_done,
+                f.stream_chunks or f.chunks,
+                f.runs,
+                f.bytes,
+                f.delivered,
+                note,
+            )
             if status is not None and status not in _FINAL:
                 self._open.add(f.dlid)
             else:
@@ -120,17 +136,39 @@ class DownlinkRows:
             if key in out:  # e.g. a second delivery of a registered id: its own row
                 key = d.name
             if key not in out:
-                out[key] = DownlinkRow(key, _date(d.dlid) if d.dlid else "?", "rejected", "-", 0,
-                                       0, 0, 0, 0, d.seen, reason_first(d.reason or ""), d.path)
+                out[key] = DownlinkRow(
+                    key,
+                    _date(d.dlid) if d.dlid else "?",
+                    "rejected",
+                    "-",
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    d.seen,
+                    reason_first(d.reason or ""),
+                    d.path,
+                )
         if incoming:
             # why a delivery waits (files missing, still being written), as the daemon recorded
             pending = {d.name: d.reason for d in db.deliveries("PENDING") if d.reason}
             for c in inbox.scan(self.ws):
                 if c.stem not in out and is_dlid(c.stem):
                     waits = pending.get(c.name)
-                    out[c.stem] = DownlinkRow(c.stem, _date(c.stem), "arrived", "-", 0, 0, 0, 0,
-                                              0, _mtime(c.manifest),
-                                              f"pending: {waits}" if waits else f"in incoming/{c.kind}")
+                    out[c.stem] = DownlinkRow(
+                        c.stem,
+                        _date(c.stem),
+                        "arrived",
+                        "-",
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        _mtime(c.manifest),
+                        f"pending: {waits}" if waits else f"in incoming/{c.kind}",
+                    )
         return out
 
 
@@ -161,4 +199,3 @@ def _mtime(p: Path) -> float:
         return p.stat().st_mtime
     except OSError:
         return time.time()
-

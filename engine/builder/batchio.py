@@ -121,7 +121,8 @@ class _RawRows:
             return d.id.get_offset() is not None
         # chunks of whole rows: a row's bytes sit at chunk offset + row-in-chunk x row bytes
         return tuple(d.chunks[1:]) == tuple(d.shape[1:]) and (
-            hasattr(d.id, "chunk_iter") or hasattr(d.id, "get_chunk_info"))
+            hasattr(d.id, "chunk_iter") or hasattr(d.id, "get_chunk_info")
+        )
 
     def offsets(self, rows: np.ndarray) -> np.ndarray | None:
         if self.base is not None:
@@ -147,26 +148,41 @@ class BatchWorker:
     ``batch + chunk`` rows for filtered sources, whatever the size of the inputs.
     """
 
-    def __init__(self, sources: list[SourceInfo], output: str, offsets: list[int], batch: int,
-                 label: str = "", io_threads: int = 1) -> None:
+    def __init__(
+        self,
+        sources: list[SourceInfo],
+        output: str,
+        offsets: list[int],
+        batch: int,
+        label: str = "",
+        io_threads: int = 1,
+    ) -> None:
         self.sources = sources
         self.label = label or output
         self.lock = threading.Lock()
         # kernel copies of different sources run in parallel (copy_file_range releases the GIL)
-        self.copier = ThreadPoolExecutor(max_workers=max(1, io_threads), thread_name_prefix="skydeck-copy")
+        self.copier = ThreadPoolExecutor(
+            max_workers=max(1, io_threads), thread_name_prefix="skydeck-copy"
+        )
         self.files = [open_h5(Path(s.path)) for s in sources]
         self.dsets = [f[s.data_path] for f, s in zip(self.files, sources, strict=True)]
         self.contiguous = [d.chunks is None for d in self.dsets]
-        self.raw = [_RawRows(d, s.row_bytes) if _RawRows.usable(d) else None
-                    for d, s in zip(self.dsets, sources, strict=True)]
-        self.rawfd = [os.open(s.path, os.O_RDONLY) if r else -1
-                      for s, r in zip(sources, self.raw, strict=True)]
+        self.raw = [
+            _RawRows(d, s.row_bytes) if _RawRows.usable(d) else None
+            for d, s in zip(self.dsets, sources, strict=True)
+        ]
+        self.rawfd = [
+            os.open(s.path, os.O_RDONLY) if r else -1
+            for s, r in zip(sources, self.raw, strict=True)
+        ]
         self.offsets = offsets
         self.batch = batch
         self.fd = os.open(output, os.O_WRONLY)
         self.writeback = Writeback(self.fd)
-        self.bufsets = [[np.zeros((batch, *s.row_shape), dtype=np.dtype(s.dtype)) for s in sources]
-                        for _ in range(2)]
+        self.bufsets = [
+            [np.zeros((batch, *s.row_shape), dtype=np.dtype(s.dtype)) for s in sources]
+            for _ in range(2)
+        ]
         self.pending: list[Future[None] | None] = [None, None]
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skydeck-write")
         self.scratch: list[np.ndarray | None] = [None] * len(sources)
@@ -225,8 +241,11 @@ class BatchWorker:
         bufs: list[np.ndarray | None] = [None] * len(self.sources)
         valid = [rows[k] != MISSING for k in range(len(self.sources))]
         pos = [np.flatnonzero(v) for v in valid]
-        copies = {k: self.copier.submit(self._copy, k, rows[k][pos[k]], pos[k], start)
-                  for k in range(len(self.sources)) if self.kernel_copy[k]}
+        copies = {
+            k: self.copier.submit(self._copy, k, rows[k][pos[k]], pos[k], start)
+            for k in range(len(self.sources))
+            if self.kernel_copy[k]
+        }
         done = {k: fut.result() for k, fut in copies.items()}  # kernel copies run concurrently
         for k, copied in done.items():
             if copied:
@@ -264,18 +283,26 @@ class BatchWorker:
             got = 0
             while got < want:
                 try:
-                    n = os.copy_file_range(self.rawfd[k], self.fd, want - got, src_off + got, dst_off + got)
+                    n = os.copy_file_range(
+                        self.rawfd[k], self.fd, want - got, src_off + got, dst_off + got
+                    )
                 except OSError as err:
                     if err.errno in _NO_KERNEL_COPY and not self.copied[k] and got == 0:
                         self.kernel_copy[k] = False  # e.g. across file systems: use preadv
                         return False
                     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                        raise JobFailed(f"cannot write built events: {err.strerror}", self.label) from None
-                    raise JobFailed(f"cannot copy {s.data_path} at byte {src_off + got}: {err.strerror}",
-                                    s.path) from None
+                        raise JobFailed(
+                            f"cannot write built events: {err.strerror}", self.label
+                        ) from None
+                    raise JobFailed(
+                        f"cannot copy {s.data_path} at byte {src_off + got}: {err.strerror}", s.path
+                    ) from None
                 if n == 0:
-                    raise JobFailed(f"cannot read {s.data_path} at byte {src_off + got}: "
-                                    "file ends early (truncated?)", s.path)
+                    raise JobFailed(
+                        f"cannot read {s.data_path} at byte {src_off + got}: "
+                        "file ends early (truncated?)",
+                        s.path,
+                    )
                 got += n
                 self.copied[k] = True
             with self.lock:
@@ -319,13 +346,15 @@ class BatchWorker:
             got = 0
             try:
                 while got < want:
-                    n = os.preadv(self.rawfd[k], [flat[d0 + got:d0 + want]], int(offs[a]) + got)
+                    n = os.preadv(self.rawfd[k], [flat[d0 + got : d0 + want]], int(offs[a]) + got)
                     if n == 0:
                         raise OSError(0, "file ends early (truncated?)")
                     got += n
             except OSError as err:
-                raise JobFailed(f"cannot read {s.data_path} at byte {int(offs[a])}: "
-                                f"{err.strerror or err}", s.path) from None
+                raise JobFailed(
+                    f"cannot read {s.data_path} at byte {int(offs[a])}: {err.strerror or err}",
+                    s.path,
+                ) from None
             self.bytes_read += want
 
     def _read_h5(self, k: int, src_rows: np.ndarray, dest: np.ndarray, buf: np.ndarray) -> None:
@@ -333,10 +362,10 @@ class BatchWorker:
         for a, b, s0, s1 in self._runs(k, src_rows):
             span = s1 - s0
             self.bytes_read += span * s.row_bytes
-            dense = (b - a == span and src_rows[a] == s0 and dest[b - 1] - dest[a] == b - a - 1)
+            dense = b - a == span and src_rows[a] == s0 and dest[b - 1] - dest[a] == b - a - 1
             try:
                 if dense:
-                    d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]):int(dest[a]) + span])
+                    d.read_direct(buf, np.s_[s0:s1], np.s_[int(dest[a]) : int(dest[a]) + span])
                     continue
                 sc = self.scratch[k]
                 if sc is None or len(sc) < span:
@@ -344,5 +373,7 @@ class BatchWorker:
                 d.read_direct(sc, np.s_[s0:s1], np.s_[0:span])
             except OSError as err:
                 reason = str(err).splitlines()[0]
-                raise JobFailed(f"cannot read {s.data_path} rows {s0}..{s1 - 1}: {reason}", s.path) from None
+                raise JobFailed(
+                    f"cannot read {s.data_path} rows {s0}..{s1 - 1}: {reason}", s.path
+                ) from None
             buf[dest[a:b]] = sc[src_rows[a:b] - s0]

@@ -43,7 +43,8 @@ def build(opt: BuildOptions, progress: Progress | None = None) -> BuildReport | 
             f"srun started {copies} separate copies of this build (no MPI between them: each "
             f"is a world of 1), which would race on {opt.output}; run `srun --mpi=pmi2 -n "
             f"{copies} skydeck-engine build ...` (the mpich wheel) or `mpiexec -n {copies} "
-            "skydeck-engine build ...` inside the allocation (contrib/slurm/build.sbatch)")
+            "skydeck-engine build ...` inside the allocation (contrib/slurm/build.sbatch)"
+        )
     if mpi.launched():
         return run_mpi(opt, progress, clock)
     return run_serial(opt, progress, clock)

@@ -56,7 +56,7 @@ def parse_path_template(template: str, what: str) -> list[str | tuple[str]]:
     parts: list[str | tuple[str]] = []
     pos = 0
     for m in _TOKEN.finditer(template):
-        parts.append(template[pos:m.start()])
+        parts.append(template[pos : m.start()])
         pos = m.end()
         tok = m.group(0)
         if tok in ("{{", "}}"):
@@ -64,8 +64,10 @@ def parse_path_template(template: str, what: str) -> list[str | tuple[str]]:
         elif m.group(1) in PLACEHOLDERS:
             parts.append((m.group(1),))
         else:
-            raise BadInput(f"{what} {template!r}: {tok!r} is no placeholder (use {{n}} or {{stem}}; "
-                           "{{{{ and }}}} for literal braces)")
+            raise BadInput(
+                f"{what} {template!r}: {tok!r} is no placeholder (use {{n}} or {{stem}}; "
+                "{{{{ and }}}} for literal braces)"
+            )
     parts.append(template[pos:])
     return [p for p in parts if p != ""]
 
@@ -83,14 +85,19 @@ def expand_path(template: str, source: Path, what: str = "dataset path") -> str:
         else:
             num = _TRAILING_NUMBER.search(source.stem)
             if num is None:
-                raise BadInput(f"{what} {template!r} uses {{n}}, but the file name's stem "
-                               f"{source.stem!r} does not end in a number", source)
+                raise BadInput(
+                    f"{what} {template!r} uses {{n}}, but the file name's stem "
+                    f"{source.stem!r} does not end in a number",
+                    source,
+                )
             out.append(num.group(0))
     path = "".join(out)
     try:
         path.encode("utf-8")  # a stem from a non-UTF-8 file name
     except UnicodeEncodeError:
-        raise BadInput(f"{what} {template!r} gives {path!r}, which is not valid UTF-8", source) from None
+        raise BadInput(
+            f"{what} {template!r} gives {path!r}, which is not valid UTF-8", source
+        ) from None
     if "\0" in path:
         raise BadInput(f"{what} {template!r} gives {path!r}, which holds a NUL character", source)
     return path
@@ -135,8 +142,9 @@ def check_storage(ds: h5py.Dataset, path: Path | str, dspath: str, whole: bool) 
         raise BadInput(f"{dspath} is an empty (null) dataspace", path)
     dcpl = ds.id.get_create_plist()
     if dcpl.get_layout() not in _LAYOUTS or dcpl.get_external_count():
-        raise BadInput(f"{dspath} keeps its data outside this file (external or virtual); "
-                       "not supported", path)
+        raise BadInput(
+            f"{dspath} keeps its data outside this file (external or virtual); not supported", path
+        )
     declared = int(ds.size) * ds.dtype.itemsize
     stored = int(ds.id.get_storage_size())
     size = os.path.getsize(path)
@@ -145,8 +153,11 @@ def check_storage(ds: h5py.Dataset, path: Path | str, dspath: str, whole: bool) 
         raise BadInput(f"{dspath} ends beyond the file's {size} bytes (truncated?)", path)
     if whole:
         if dcpl.get_nfilters() == 0 and declared > stored:
-            raise BadInput(f"{dspath} declares shape {ds.shape} ({human_bytes(declared)}) but the file "
-                           f"stores only {human_bytes(stored)} of it", path)
+            raise BadInput(
+                f"{dspath} declares shape {ds.shape} ({human_bytes(declared)}) but the file "
+                f"stores only {human_bytes(stored)} of it",
+                path,
+            )
         check_memory(declared, f"reading {dspath} of shape {ds.shape}", path)
     return declared
 
@@ -163,12 +174,19 @@ def check_timestamps(ts: np.ndarray, path: Path | str, dspath: str) -> None:
         if len(bad):
             i = int(bad[0])
             kind = "duplicate" if ts[i] == ts[i + 1] else "unsorted"
-            raise BadInput(f"{kind} timestamps in {dspath} at rows {i} and {i + 1} "
-                           f"({int(ts[i])}, {int(ts[i + 1])}); they must be strictly increasing", path)
+            raise BadInput(
+                f"{kind} timestamps in {dspath} at rows {i} and {i + 1} "
+                f"({int(ts[i])}, {int(ts[i + 1])}); they must be strictly increasing",
+                path,
+            )
 
 
-def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/data",
-             smalldata_path: str = "/smalldata") -> tuple[SourceInfo, np.ndarray]:
+def describe(
+    path: Path,
+    timestamp_path: str = "/timestamp",
+    data_path: str = "/data",
+    smalldata_path: str = "/smalldata",
+) -> tuple[SourceInfo, np.ndarray]:
     """Validate one source file and return its description and timestamps.
 
     ``timestamp_path`` and ``data_path`` are templates (``expand_path``); the description
@@ -191,21 +209,41 @@ def describe(path: Path, timestamp_path: str = "/timestamp", data_path: str = "/
             raise BadInput(f"{timestamp_path} must hold integers, has dtype {tsd.dtype}", path)
         check_storage(tsd, path, timestamp_path, whole=True)
         if dd.ndim < 1 or dd.shape[0] != tsd.shape[0]:
-            raise BadInput(f"length mismatch: {timestamp_path} has {tsd.shape[0]} rows, "
-                           f"{data_path} has {dd.shape[0] if dd.ndim else 0}", path)
+            raise BadInput(
+                f"length mismatch: {timestamp_path} has {tsd.shape[0]} rows, "
+                f"{data_path} has {dd.shape[0] if dd.ndim else 0}",
+                path,
+            )
         try:
             ts = tsd[()]
         except OSError as err:
-            raise BadInput(f"cannot read {timestamp_path}: {str(err).splitlines()[0]}", path) from None
+            raise BadInput(
+                f"cannot read {timestamp_path}: {str(err).splitlines()[0]}", path
+            ) from None
         check_timestamps(ts, path, timestamp_path)
         small = []
         g = f.get(smalldata_path)
         if isinstance(g, h5py.Group):
             small = sorted(k for k, v in g.items() if isinstance(v, h5py.Dataset))
-        chunk_rows = dd.chunks[0] if dd.chunks else max(1, (1 << 20) // max(1, dd.dtype.itemsize * int(np.prod(dd.shape[1:], dtype=np.int64))))
-        info = SourceInfo(path=str(path), name=path.stem, n=len(ts), row_shape=tuple(dd.shape[1:]),
-                          dtype=dd.dtype.str, chunk_rows=int(chunk_rows),
-                          timestamp_path=timestamp_path, data_path=data_path, smalldata=small)
+        chunk_rows = (
+            dd.chunks[0]
+            if dd.chunks
+            else max(
+                1,
+                (1 << 20) // max(1, dd.dtype.itemsize * int(np.prod(dd.shape[1:], dtype=np.int64))),
+            )
+        )
+        info = SourceInfo(
+            path=str(path),
+            name=path.stem,
+            n=len(ts),
+            row_shape=tuple(dd.shape[1:]),
+            dtype=dd.dtype.str,
+            chunk_rows=int(chunk_rows),
+            timestamp_path=timestamp_path,
+            data_path=data_path,
+            smalldata=small,
+        )
     return info, ts.astype(np.uint64, copy=False)
 
 
@@ -244,11 +282,13 @@ class SmallData(Mapping[str, np.ndarray]):
         with open_h5(path) as f:
             ds = f[self.group][key]
             if ds.shape != (n,):
-                raise BadInput(f"small-data field {name} has shape {ds.shape}, expected ({n},) "
-                               f"like {self.info.timestamp_path}", path)
+                raise BadInput(
+                    f"small-data field {name} has shape {ds.shape}, expected ({n},) "
+                    f"like {self.info.timestamp_path}",
+                    path,
+                )
             check_storage(ds, path, name, whole=True)
             try:
                 return ds[()]
             except OSError as err:
                 raise BadInput(f"cannot read {name}: {str(err).splitlines()[0]}", path) from None
-

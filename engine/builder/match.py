@@ -88,16 +88,22 @@ class MatchTable:
     def check_inputs(self, paths: list[str], lengths: list[int], where: Path) -> None:
         names = [Path(p).stem for p in paths]
         if sorted(names) != sorted(self.sources):
-            raise BadInput(f"match table was built for sources {self.sources}, inputs are {names}", where)
+            raise BadInput(
+                f"match table was built for sources {self.sources}, inputs are {names}", where
+            )
         mine = dict(zip(self.sources, self.lengths, strict=True))
         for n, ln in zip(names, lengths, strict=True):
             if mine[n] != ln:
-                raise BadInput(f"match table expects {mine[n]} rows in source {n!r}, file has {ln}", where)
+                raise BadInput(
+                    f"match table expects {mine[n]} rows in source {n!r}, file has {ln}", where
+                )
 
     def save(self, path: Path) -> None:
         arrays: dict[str, Any] = {
-            "timestamp": self.timestamps, "rows": self.rows,
-            "sources": np.array(self.sources, dtype="U"), "paths": np.array(self.paths, dtype="U"),
+            "timestamp": self.timestamps,
+            "rows": self.rows,
+            "sources": np.array(self.sources, dtype="U"),
+            "paths": np.array(self.paths, dtype="U"),
             "lengths": np.array(self.lengths, dtype=np.int64),
         }
         if self.run is not None:
@@ -140,12 +146,22 @@ class MatchTable:
                         check_storage(ds, path, k, whole=True)
                         d[k] = ds[()]
         except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise BadInput(f"cannot read index: {str(err).splitlines()[0] if str(err) else err!r}",
-                           path) from None
+            raise BadInput(
+                f"cannot read index: {str(err).splitlines()[0] if str(err) else err!r}", path
+            ) from None
         try:
-            txt = [[s.decode() if isinstance(s, bytes) else str(s) for s in d[k]] for k in ("sources", "paths")]
-            return cls(timestamps=d["timestamp"].astype(np.uint64), run=d.get("run"), sources=txt[0],
-                       paths=txt[1], lengths=[int(x) for x in d["lengths"]], rows=d["rows"].astype(np.int64))
+            txt = [
+                [s.decode() if isinstance(s, bytes) else str(s) for s in d[k]]
+                for k in ("sources", "paths")
+            ]
+            return cls(
+                timestamps=d["timestamp"].astype(np.uint64),
+                run=d.get("run"),
+                sources=txt[0],
+                paths=txt[1],
+                lengths=[int(x) for x in d["lengths"]],
+                rows=d["rows"].astype(np.int64),
+            )
         except KeyError as err:
             raise BadInput(f"index lacks {err.args[0]!r}", path) from None
 

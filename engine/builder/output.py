@@ -52,12 +52,19 @@ def create_output(plan: Plan, opt: BuildOptions) -> int:
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            d = sg.create_dataset("data", shape=(len(t), *info.row_shape), dtype=np.dtype(info.dtype),
-                                  dcpl=dcpl, track_times=False)
+            d = sg.create_dataset(
+                "data",
+                shape=(len(t), *info.row_shape),
+                dtype=np.dtype(info.dtype),
+                dcpl=dcpl,
+                track_times=False,
+            )
             datasets.append(d)
         f.flush()
-        plan.offsets = [int(d.id.get_offset()) if info.row_bytes and len(t) else 0
-                        for d, info in zip(datasets, plan.sources, strict=True)]
+        plan.offsets = [
+            int(d.id.get_offset()) if info.row_bytes and len(t) else 0
+            for d, info in zip(datasets, plan.sources, strict=True)
+        ]
     return len(t) * 8 * (len(plan.sources) + 1 + (t.run is not None))
 
 

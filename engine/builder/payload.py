@@ -22,7 +22,9 @@ def row_base(timestamps: np.ndarray, salt: int) -> np.ndarray:
     return (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-def rows_for(timestamps: np.ndarray, width: int, salt: int, out: np.ndarray | None = None) -> np.ndarray:
+def rows_for(
+    timestamps: np.ndarray, width: int, salt: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """(len(timestamps), width) int32 payload rows; writes into ``out`` when given."""
     base = row_base(timestamps, salt)
     if out is None:

@@ -98,12 +98,17 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
     for f in files:
         info, ts = describe(f, opt.timestamp_path, opt.data_path, opt.smalldata_path)
         if np.dtype(info.dtype).kind not in "iufcb":
-            raise BadInput(f"{info.data_path} has dtype {info.dtype}; fixed-size numbers expected", f)
+            raise BadInput(
+                f"{info.data_path} has dtype {info.dtype}; fixed-size numbers expected", f
+            )
         infos.append(info)
         stamps.append(ts)
     widest = max(infos, key=lambda i: i.row_bytes)
-    check_memory(worker_memory(infos, opt.batch), f"--batch {opt.batch} with rows of "
-                 f"{widest.row_bytes} bytes (a worker's buffers)", widest.path)
+    check_memory(
+        worker_memory(infos, opt.batch),
+        f"--batch {opt.batch} with rows of {widest.row_bytes} bytes (a worker's buffers)",
+        widest.path,
+    )
     names = [i.name for i in infos]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -114,8 +119,9 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
         p = names.index(opt.principal)
     else:  # the first source with small data, the first with every field selected if any
         named = selection.names - {"timestamp"} if selection else set()
-        with_small = ([k for k, i in enumerate(infos) if i.smalldata and named <= set(i.smalldata)]
-                      or [k for k, i in enumerate(infos) if i.smalldata])
+        with_small = [
+            k for k, i in enumerate(infos) if i.smalldata and named <= set(i.smalldata)
+        ] or [k for k, i in enumerate(infos) if i.smalldata]
         p = with_small[0] if with_small else 0
     order = [p] + [k for k in range(len(infos)) if k != p]
     infos = [infos[k] for k in order]
@@ -140,7 +146,9 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
             rd = parse_retdef(opt.retdef)
             win = np.zeros(principal.n, dtype=bool)
             for s in rd.spans:
-                win |= (pts >= np.uint64(round(s.tbeg * NS))) & (pts < np.uint64(round(s.tend * NS)))
+                win |= (pts >= np.uint64(round(s.tbeg * NS))) & (
+                    pts < np.uint64(round(s.tend * NS))
+                )
             mask &= win
         sel = np.flatnonzero(mask)
         if len(sel) == 0:
@@ -152,10 +160,18 @@ def _plan(opt: BuildOptions, files: list[Path], tmp: Path) -> Plan:
         for k in range(1, len(infos)):
             rows[k] = match_sorted(wanted, stamps[k])
         run = small["run"][sel].astype(np.int64) if "run" in small else None
-        table = MatchTable(timestamps=wanted, run=run, sources=[i.name for i in infos],
-                           paths=[i.path for i in infos], lengths=[i.n for i in infos], rows=rows)
+        table = MatchTable(
+            timestamps=wanted,
+            run=run,
+            sources=[i.name for i in infos],
+            paths=[i.path for i in infos],
+            lengths=[i.n for i in infos],
+            rows=rows,
+        )
     if opt.index_out is not None:
         table.save(opt.index_out)
-    need = len(table) * sum(i.row_bytes for i in infos) + len(table) * 8 * (len(infos) + 2) + (1 << 20)
+    need = (
+        len(table) * sum(i.row_bytes for i in infos) + len(table) * 8 * (len(infos) + 2) + (1 << 20)
+    )
     check_space(opt.output, need, opt.reserve, "built events")
     return Plan(sources=infos, table=table, selection=text, tmp=tmp)

@@ -120,8 +120,10 @@ def _payload_bytes(plan: Plan) -> int:
 
 # --------------------------------------------------------------------------- one process
 
-def run_serial(opt: BuildOptions, progress: Progress | None = None,
-               clock: PhaseClock | None = None) -> BuildReport:
+
+def run_serial(
+    opt: BuildOptions, progress: Progress | None = None, clock: PhaseClock | None = None
+) -> BuildReport:
     """One process plays every role: plan, create, the worker loop in-process, commit."""
     clock = clock or PhaseClock()
     plan = _plan_phase(opt, clock)
@@ -131,12 +133,13 @@ def run_serial(opt: BuildOptions, progress: Progress | None = None,
         _create_phase(plan, opt, clock)
         with clock.phase("copy") as ph:
             threads = opt.io_threads or min(4, len(os.sched_getaffinity(0)))
-            worker = BatchWorker(plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output),
-                                 threads)
+            worker = BatchWorker(
+                plan.sources, str(plan.tmp), plan.offsets, opt.batch, str(opt.output), threads
+            )
             try:
                 t0 = time.perf_counter()
                 for start, count in batches(len(plan.table), opt.batch):
-                    worker.process(start, plan.table.rows[:, start:start + count])
+                    worker.process(start, plan.table.rows[:, start : start + count])
                     fault_check(0, worker.batches)
                     if progress:
                         progress.advance(count)
@@ -152,21 +155,35 @@ def run_serial(opt: BuildOptions, progress: Progress | None = None,
         raise
     except OSError as err:
         remove_path(plan.tmp)
-        raise JobFailed(f"I/O error while building: {err.strerror or err}", err.filename or opt.output) from None
+        raise JobFailed(
+            f"I/O error while building: {err.strerror or err}", err.filename or opt.output
+        ) from None
     except BaseException:
         remove_path(plan.tmp)
         raise
-    return BuildReport(output=str(opt.output), events=len(plan.table), sources=plan.table.sources,
-                       selection=plan.selection, ranks=1, workers=1, batch=opt.batch,
-                       batches=worker.batches, bytes_read=worker.bytes_read,
-                       bytes_written=_payload_bytes(plan), elapsed_s=elapsed,
-                       per_rank_bytes=[worker.bytes_read], peak_rss_bytes=[peak_rss()]).finish(clock)
+    return BuildReport(
+        output=str(opt.output),
+        events=len(plan.table),
+        sources=plan.table.sources,
+        selection=plan.selection,
+        ranks=1,
+        workers=1,
+        batch=opt.batch,
+        batches=worker.batches,
+        bytes_read=worker.bytes_read,
+        bytes_written=_payload_bytes(plan),
+        elapsed_s=elapsed,
+        per_rank_bytes=[worker.bytes_read],
+        peak_rss_bytes=[peak_rss()],
+    ).finish(clock)
 
 
 # --------------------------------------------------------------------------- MPI ranks
 
-def run_mpi(opt: BuildOptions, progress: Progress | None = None,
-            clock: PhaseClock | None = None) -> BuildReport | None:
+
+def run_mpi(
+    opt: BuildOptions, progress: Progress | None = None, clock: PhaseClock | None = None
+) -> BuildReport | None:
     """Under mpiexec: rank 0 plans and dispatches, ranks 1.. work. Returns the report on rank 0."""
     comm = mpi.world()
     clock = clock or PhaseClock()
@@ -185,8 +202,9 @@ def run_mpi(opt: BuildOptions, progress: Progress | None = None,
         abort_job(comm, err)
 
 
-def plan_on_root(opt: BuildOptions, progress: Progress | None, clock: PhaseClock,
-                 held: dict[str, Path]) -> tuple[Plan | None, WorkerSetup | SetupFailed]:
+def plan_on_root(
+    opt: BuildOptions, progress: Progress | None, clock: PhaseClock, held: dict[str, Path]
+) -> tuple[Plan | None, WorkerSetup | SetupFailed]:
     """The planner's role (rank 0): plan, create the output, say what every rank needs."""
     try:
         plan = _plan_phase(opt, clock)
@@ -198,16 +216,26 @@ def plan_on_root(opt: BuildOptions, progress: Progress | None, clock: PhaseClock
             raise
         if progress:
             progress.set_total(len(plan.table))
-        return plan, WorkerSetup(sources=plan.sources, output=str(plan.tmp), offsets=plan.offsets,
-                                 label=str(opt.output), io_threads=opt.io_threads or 1)
+        return plan, WorkerSetup(
+            sources=plan.sources,
+            output=str(plan.tmp),
+            offsets=plan.offsets,
+            label=str(opt.output),
+            io_threads=opt.io_threads or 1,
+        )
     except SkydeckError as err:
         return None, SetupFailed(str(err), err.exit_code)
     except Exception as err:  # noqa: BLE001 - report any planning failure to every rank
         return None, SetupFailed(f"{opt.output}: {err}", EXIT_FAILED)
 
 
-def _run_ranks(comm: Any, opt: BuildOptions, progress: Progress | None, clock: PhaseClock,
-               held: dict[str, Path]) -> BuildReport | None:
+def _run_ranks(
+    comm: Any,
+    opt: BuildOptions,
+    progress: Progress | None,
+    clock: PhaseClock,
+    held: dict[str, Path],
+) -> BuildReport | None:
     from mpi4py import MPI
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -251,11 +279,21 @@ def _run_ranks(comm: Any, opt: BuildOptions, progress: Progress | None, clock: P
     except OSError as err:
         remove_path(plan.tmp)
         raise JobFailed(f"cannot rename output into place: {err.strerror}", opt.output) from None
-    return BuildReport(output=str(opt.output), events=len(plan.table), sources=plan.table.sources,
-                       selection=plan.selection, ranks=size, workers=size - 1, batch=opt.batch,
-                       batches=int(sum(stats[r][1] for r in range(1, size))), bytes_read=sum(per_rank),
-                       bytes_written=_payload_bytes(plan), elapsed_s=elapsed, per_rank_bytes=per_rank,
-                       peak_rss_bytes=[int(stats[r][4]) for r in range(1, size)]).finish(clock)
+    return BuildReport(
+        output=str(opt.output),
+        events=len(plan.table),
+        sources=plan.table.sources,
+        selection=plan.selection,
+        ranks=size,
+        workers=size - 1,
+        batch=opt.batch,
+        batches=int(sum(stats[r][1] for r in range(1, size))),
+        bytes_read=sum(per_rank),
+        bytes_written=_payload_bytes(plan),
+        elapsed_s=elapsed,
+        per_rank_bytes=per_rank,
+        peak_rss_bytes=[int(stats[r][4]) for r in range(1, size)],
+    ).finish(clock)
 
 
 class _QuietExit(SystemExit):
@@ -302,9 +340,9 @@ class Dispatcher:
                 start, count = self.work[nxt]
                 nxt += 1
                 msg[0], msg[1] = start, count
-                block = self.plan.table.rows[:, start:start + count]
-                msg[2:2 + nsrc * count] = block.ravel()
-                comm.Send([msg[:2 + nsrc * count], MPI.INT64_T], dest=src, tag=TAG_WORK)
+                block = self.plan.table.rows[:, start : start + count]
+                msg[2 : 2 + nsrc * count] = block.ravel()
+                comm.Send([msg[: 2 + nsrc * count], MPI.INT64_T], dest=src, tag=TAG_WORK)
             else:
                 comm.Send([msg[:0], MPI.INT64_T], dest=src, tag=TAG_STOP)
                 active -= 1
@@ -327,15 +365,23 @@ class Worker:
         msg = np.zeros(2 + nsrc * self.batch, dtype=np.int64)
         status = MPI.Status()
         try:
-            worker = BatchWorker(setup.sources, setup.output, setup.offsets, self.batch,
-                                 setup.label, setup.io_threads)
+            worker = BatchWorker(
+                setup.sources,
+                setup.output,
+                setup.offsets,
+                self.batch,
+                setup.label,
+                setup.io_threads,
+            )
         except Exception as err:  # noqa: BLE001 - tell rank 0, which stops the job
             return self._send_error(f"rank {rank}: {err}")
         try:
             fault_check(rank, 0)
             while True:
-                req = np.array([rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
-                               dtype=np.int64)
+                req = np.array(
+                    [rank, worker.batches, worker.events, worker.bytes_read, peak_rss()],
+                    dtype=np.int64,
+                )
                 comm.Send([req, MPI.INT64_T], dest=0, tag=TAG_REQUEST)
                 comm.Recv([msg, MPI.INT64_T], source=0, tag=MPI.ANY_TAG, status=status)
                 if status.Get_tag() == TAG_STOP:
@@ -345,7 +391,7 @@ class Worker:
                         return f"{err} (rank {rank})"
                     return ""
                 start, count = int(msg[0]), int(msg[1])
-                rows = msg[2:2 + nsrc * count].reshape(nsrc, count)
+                rows = msg[2 : 2 + nsrc * count].reshape(nsrc, count)
                 worker.process(start, rows)
                 fault_check(rank, worker.batches)
         except SkydeckError as err:
@@ -353,8 +399,10 @@ class Worker:
         except KeyboardInterrupt as err:  # this rank alone was signalled: rank 0 stops the job
             return self._send_error(f"{setup.label}: rank {rank} {reason(err)}")
         except OSError as err:
-            return self._send_error(f"{err.filename or setup.label}: "
-                                    f"I/O error while building: {err.strerror or err} (rank {rank})")
+            return self._send_error(
+                f"{err.filename or setup.label}: "
+                f"I/O error while building: {err.strerror or err} (rank {rank})"
+            )
         except Exception as err:  # noqa: BLE001
             return self._send_error(f"rank {rank}: {type(err).__name__}: {err}")
         finally:
@@ -365,7 +413,7 @@ class Worker:
 
         buf = np.zeros(ERRLEN, dtype=np.uint8)
         raw = text.encode()[:ERRLEN]
-        buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        buf[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         self.comm.Send([buf, MPI.BYTE], dest=0, tag=TAG_ERROR)
         self.comm.Recv([np.zeros(0, np.int64), MPI.INT64_T], source=0, tag=TAG_STOP)
         return text

@@ -25,8 +25,12 @@ MAX_LENGTH = 4096  # characters of a selection expression
 MAX_DEPTH = 32  # nested and/or/not levels: a real selection has a handful
 
 _CMP = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-    ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
 }
 
 
@@ -37,7 +41,9 @@ class Selection:
         if not isinstance(text, str):
             raise BadInput(f"selection must be text, got {type(text).__name__}")
         if len(text) > MAX_LENGTH:
-            raise BadInput(f"selection is {len(text)} characters long; at most {MAX_LENGTH} are allowed")
+            raise BadInput(
+                f"selection is {len(text)} characters long; at most {MAX_LENGTH} are allowed"
+            )
         self.text = text
         try:
             tree = ast.parse(text.strip(), mode="eval")
@@ -51,8 +57,10 @@ class Selection:
         self._check(self._tree, 0)
 
     def _fail(self, node: ast.AST, what: str) -> BadInput:
-        return BadInput(f"selection {self.text!r}: {what} is not allowed "
-                        f"(use fields, constants, comparisons, and/or/not)")
+        return BadInput(
+            f"selection {self.text!r}: {what} is not allowed "
+            f"(use fields, constants, comparisons, and/or/not)"
+        )
 
     def _check(self, node: ast.AST, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -80,9 +88,14 @@ class Selection:
             raise self._fail(node, f"{type(node).__name__} expression")
 
     def _check_operand(self, node: ast.AST) -> None:
-        constant = isinstance(node, ast.Constant) and isinstance(node.value, str | int | float | bool)
-        negative = (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-                    and isinstance(node.operand, ast.Constant))
+        constant = isinstance(node, ast.Constant) and isinstance(
+            node.value, str | int | float | bool
+        )
+        negative = (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+        )
         if isinstance(node, ast.Name):
             self.names.add(node.id)
         elif not (constant or negative):
@@ -92,15 +105,19 @@ class Selection:
         missing = sorted(self.names - set(fields))
         if missing:
             avail = ", ".join(sorted(fields)) or "none"
-            raise BadInput(f"selection {self.text!r} names missing field {missing[0]!r} "
-                           f"(available: {avail})", where or None)
+            raise BadInput(
+                f"selection {self.text!r} names missing field {missing[0]!r} (available: {avail})",
+                where or None,
+            )
         try:
             out = self._eval(self._tree, fields)
             return np.broadcast_to(np.asarray(out, dtype=bool), (n,))
         except (TypeError, ValueError, OverflowError) as err:  # e.g. text field < number
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise BadInput(f"selection {self.text!r} cannot be evaluated on the small data: "
-                           f"{reason}", where or None) from None
+            raise BadInput(
+                f"selection {self.text!r} cannot be evaluated on the small data: {reason}",
+                where or None,
+            ) from None
 
     def _value(self, node: ast.AST, fields: Mapping[str, np.ndarray]):  # type: ignore[no-untyped-def]
         if isinstance(node, ast.Name):

@@ -54,19 +54,36 @@ def verify_built(path: Path, max_problems: int = 20) -> VerifyReport:
             rep.sources.append(name)
             src_path = Path(str(g.attrs["path"]))
             with open_h5(src_path) as src:  # per source where the paths had placeholders
-                _verify_source(rep, name, g, src, ts, str(g.attrs.get("timestamp_path", tpath)),
-                               str(g.attrs.get("data_path", dpath)), max_problems)
+                _verify_source(
+                    rep,
+                    name,
+                    g,
+                    src,
+                    ts,
+                    str(g.attrs.get("timestamp_path", tpath)),
+                    str(g.attrs.get("data_path", dpath)),
+                    max_problems,
+                )
     return rep
 
 
-def _verify_source(rep: VerifyReport, name: str, g: h5py.Group, src: h5py.File, ts: np.ndarray,
-                   tpath: str, dpath: str, max_problems: int) -> None:
+def _verify_source(
+    rep: VerifyReport,
+    name: str,
+    g: h5py.Group,
+    src: h5py.File,
+    ts: np.ndarray,
+    tpath: str,
+    dpath: str,
+    max_problems: int,
+) -> None:
     rows = g["row"][()]
     data = g["data"]
     for dspath in (tpath, dpath):  # the source may have changed since the build
         if not isinstance(src.get(dspath), h5py.Dataset):
-            raise BadInput(f"source {name} has no dataset {dspath} (changed since the build?)",
-                           src.filename)
+            raise BadInput(
+                f"source {name} has no dataset {dspath} (changed since the build?)", src.filename
+            )
     sdata, sts = src[dpath], src[tpath][()]
     scheme = sdata.attrs.get("payload_scheme")
     salt = int(sdata.attrs.get("payload_salt", 0))
@@ -105,7 +122,9 @@ def _verify_source(rep: VerifyReport, name: str, g: h5py.Group, src: h5py.File, 
 
 def _walk(f: h5py.File) -> dict[str, h5py.Dataset]:
     out: dict[str, h5py.Dataset] = {}
-    f.visititems(lambda name, obj: out.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    f.visititems(
+        lambda name, obj: out.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None
+    )
     return out
 
 
@@ -125,7 +144,7 @@ def compare_datasets(a: Path, b: Path) -> list[str]:
             step = max(1, BLOCK_BYTES // row_bytes)
             n = x.shape[0] if x.ndim else 1
             for s in range(0, n, step):
-                sl = np.s_[s:s + step] if x.ndim else ()
+                sl = np.s_[s : s + step] if x.ndim else ()
                 if not np.array_equal(x[sl], y[sl]):
                     diffs.append(f"{name}: values differ from row {s}")
                     break

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
     from engine.core.workspace import Workspace
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-             common: argparse.ArgumentParser) -> None:
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     p = sub.add_parser("config", parents=[common], help=SUMMARY["config"])
-    p.add_argument("--json", action="store_true", help="print one JSON object {section: {key: value}}")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object {section: {key: value}}"
+    )
     p.set_defaults(func=run)
 
 

@@ -41,16 +41,30 @@ empty, 3 a daemon or runner is live (stop it first)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("db", parents=[common], help=SUMMARY["db"], epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "db",
+        parents=[common],
+        help=SUMMARY["db"],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
-    c = verbs.add_parser("copy", parents=[common], epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         help="copy the SQLite state into an empty PostgreSQL database")
-    c.add_argument("--to", metavar="URL", required=True,
-                   help="the target database (postgresql://...); it must be empty")
-    c.add_argument("--json", action="store_true",
-                   help="print the rows copied per table as one JSON object")
+    c = verbs.add_parser(
+        "copy",
+        parents=[common],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="copy the SQLite state into an empty PostgreSQL database",
+    )
+    c.add_argument(
+        "--to",
+        metavar="URL",
+        required=True,
+        help="the target database (postgresql://...); it must be empty",
+    )
+    c.add_argument(
+        "--json", action="store_true", help="print the rows copied per table as one JSON object"
+    )
     c.set_defaults(func=run_copy)
 
 
@@ -69,8 +83,11 @@ def _refuse_live_daemon(ws: Workspace) -> None:
             continue
         if hb.host != here and now - hb.t > BEATS_PER_HEALTH * hb.interval_s:
             continue  # another host's heartbeat that stopped beating long ago
-        raise Busy(f"a daemon is live ({why}); stop it before copying the state (a "
-                   "heartbeat left by a daemon that is gone can be removed)", hb.path)
+        raise Busy(
+            f"a daemon is live ({why}); stop it before copying the state (a "
+            "heartbeat left by a daemon that is gone can be removed)",
+            hb.path,
+        )
 
 
 def run_copy(args: argparse.Namespace) -> int:
@@ -87,9 +104,11 @@ def run_copy(args: argparse.Namespace) -> int:
     # a server that is down is waited for as the workspace says ([state] wait_s)
     target = replace(target, wait_s=ws.settings.state.wait_s)
     if ws.state_url is not None:
-        raise BadInput(f"the state is already in PostgreSQL ({ws.state_url.redacted}, from "
-                       f"${STATE_URL_ENV} or [state] url); db copy moves the SQLite file",
-                       ws.root / CONFIG_NAME)
+        raise BadInput(
+            f"the state is already in PostgreSQL ({ws.state_url.redacted}, from "
+            f"${STATE_URL_ENV} or [state] url); db copy moves the SQLite file",
+            ws.root / CONFIG_NAME,
+        )
     _refuse_live_daemon(ws)
     report = copy_state(ws.state_db, target)
     if args.json:
@@ -99,7 +118,9 @@ def run_copy(args: argparse.Namespace) -> int:
     for table, n in report.counts.items():
         print(f"  {table:18s} {n:>10d}")
     print("  next ids: " + ", ".join(f"{t} {n}" for t, n in report.next_ids.items()))
-    print(f"the workspace still uses {ws.state_db}: set [state] url in "
-          f"{ws.root / CONFIG_NAME} (mode 0600 when the URL holds a password) or "
-          f"${STATE_URL_ENV} to the URL, then start the daemon again")
+    print(
+        f"the workspace still uses {ws.state_db}: set [state] url in "
+        f"{ws.root / CONFIG_NAME} (mode 0600 when the URL holds a password) or "
+        f"${STATE_URL_ENV} to the URL, then start the daemon again"
+    )
     return 0

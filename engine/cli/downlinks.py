@@ -11,8 +11,7 @@ from engine.cli import SUMMARY
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("downlinks", parents=[common],
-                       help=SUMMARY["downlinks"])
+    p = sub.add_parser("downlinks", parents=[common], help=SUMMARY["downlinks"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -29,20 +28,30 @@ def run(args: argparse.Namespace) -> int:
     dls, streams = listing.downlinks, listing.streams
     rejected, pending = listing.rejected, listing.pending
     if args.json:
-        print(json.dumps({
-            "downlinks": [d.__dict__ | {"stream": streams[d.dlid].status if d.dlid in streams else None}
-                          for d in dls],
-            "rejected": [r.__dict__ for r in rejected],
-            "pending": [p.__dict__ for p in pending],
-            "rejected_files": listing.rejected_files,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "downlinks": [
+                        d.__dict__
+                        | {"stream": streams[d.dlid].status if d.dlid in streams else None}
+                        for d in dls
+                    ],
+                    "rejected": [r.__dict__ for r in rejected],
+                    "pending": [p.__dict__ for p in pending],
+                    "rejected_files": listing.rejected_files,
+                },
+                indent=1,
+            )
+        )
         return 0
     print(f"{'DOWNLINK':10s} {'FORM':6s} {'CHUNKS':>6s} {'GENSTEPS':8s} {'STREAM':10s} REGISTERED")
     for d in dls:
         st = streams.get(d.dlid)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.registered))
-        print(f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
-              f"{st.status if st else '-':10s} {when}")
+        print(
+            f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
+            f"{st.status if st else '-':10s} {when}"
+        )
     for p in pending:
         print(f"PENDING  {p.name}: {p.reason}")
     for r in rejected:

@@ -20,8 +20,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     sp = p.add_subparsers(dest="geocmd", required=True, metavar="{check}")
     c = sp.add_parser("check", parents=[common], help="overlaps, extrusions and a summary")
     c.add_argument("gdml", type=Path, help="GDML file")
-    c.add_argument("--points", type=int_in("--points", 1, 100_000), default=1000,
-                   help="points sampled on each daughter's surface (Geant4's default 1000)")
+    c.add_argument(
+        "--points",
+        type=int_in("--points", 1, 100_000),
+        default=1000,
+        help="points sampled on each daughter's surface (Geant4's default 1000)",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run)
 
@@ -39,14 +43,22 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     checked = check_overlaps(det, parts.geometry, points=args.points)
     info = {k: v for k, v in parts.info.items() if k != "solid_index"}
-    doc = {"file": str(args.gdml), **info, "checked": checked, "overlaps": 0,
-           "load_seconds": round(t1 - t0, 3), "check_seconds": round(time.perf_counter() - t1, 3)}
+    doc = {
+        "file": str(args.gdml),
+        **info,
+        "checked": checked,
+        "overlaps": 0,
+        "load_seconds": round(t1 - t0, 3),
+        "check_seconds": round(time.perf_counter() - t1, 3),
+    }
     if args.json:
         print(json.dumps(doc, sort_keys=True))
     else:
-        print(f"{args.gdml}: {info['volumes']:,} volumes ({info['logical_volumes']} logical, "
-              f"{info['solids']} solids), {info['sensors']:,} sensors, {info['surfaces']} "
-              f"surfaces, BVH depth {info['bvh_depth']}; no overlaps or extrusions in "
-              f"{checked['points']:,} points on {checked['daughters']:,} daughters "
-              f"({checked['pairs']:,} sister pairs near each other)")
+        print(
+            f"{args.gdml}: {info['volumes']:,} volumes ({info['logical_volumes']} logical, "
+            f"{info['solids']} solids), {info['sensors']:,} sensors, {info['surfaces']} "
+            f"surfaces, BVH depth {info['bvh_depth']}; no overlaps or extrusions in "
+            f"{checked['points']:,} points on {checked['daughters']:,} daughters "
+            f"({checked['pairs']:,} sister pairs near each other)"
+        )
     return 0

@@ -38,18 +38,34 @@ exit codes: 0 healthy, 1 a check failed (one line each), 2 bad usage or no works
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("health", parents=[common], help=SUMMARY["health"], epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"healthy": bool, "checks": [...]}')
-    p.add_argument("--stuck-after", type=float_in("--stuck-after", 1.0, 365 * 86400.0),
-                   default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
-                   help="a RUNNING stream where nothing happened for this long is stuck "
-                        f"(default {DEFAULT_STUCK_AFTER_S:g}: longer than the longest job)")
-    p.add_argument("--heartbeat-max-age", type=float_in("--heartbeat-max-age", 0.1, 86400.0),
-                   default=None, metavar="SECONDS",
-                   help="an older daemon heartbeat is stale "
-                        f"(default {BEATS_PER_HEALTH} x [metrics] interval_s)")
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help=SUMMARY["health"],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object {"healthy": bool, "checks": [...]}',
+    )
+    p.add_argument(
+        "--stuck-after",
+        type=float_in("--stuck-after", 1.0, 365 * 86400.0),
+        default=DEFAULT_STUCK_AFTER_S,
+        metavar="SECONDS",
+        help="a RUNNING stream where nothing happened for this long is stuck "
+        f"(default {DEFAULT_STUCK_AFTER_S:g}: longer than the longest job)",
+    )
+    p.add_argument(
+        "--heartbeat-max-age",
+        type=float_in("--heartbeat-max-age", 0.1, 86400.0),
+        default=None,
+        metavar="SECONDS",
+        help="an older daemon heartbeat is stale "
+        f"(default {BEATS_PER_HEALTH} x [metrics] interval_s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -64,8 +80,15 @@ def run(args: argparse.Namespace) -> int:
     checks = health(ws, heartbeat_max_age=args.heartbeat_max_age, stuck_after=args.stuck_after)
     healthy = all(c.ok for c in checks)
     if args.json:
-        print(json.dumps({"workspace": str(ws.root), "healthy": healthy,
-                          "checks": [c.as_json() for c in checks]}))
+        print(
+            json.dumps(
+                {
+                    "workspace": str(ws.root),
+                    "healthy": healthy,
+                    "checks": [c.as_json() for c in checks],
+                }
+            )
+        )
     elif healthy:
         print(f"healthy: {'; '.join(c.detail for c in checks)}")
     else:

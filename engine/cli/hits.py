@@ -12,8 +12,7 @@ from engine.cli import SUMMARY
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("hits", parents=[common],
-                       help=SUMMARY["hits"])
+    p = sub.add_parser("hits", parents=[common], help=SUMMARY["hits"])
     p.add_argument("event", type=Path, help="event directory (ht.npy + meta.json)")
     p.add_argument("--vs", type=Path, default=None, help="second event: A/B chi2 comparison")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -23,11 +23,15 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("init", parents=[common], help=SUMMARY["init"])
-    p.add_argument("--state", metavar="URL",
-                   help="keep the state in PostgreSQL at URL (postgresql://...; the schema "
-                        "is created there) instead of the SQLite file")
-    p.add_argument("--json", action="store_true",
-                   help="print the workspace and its areas as one JSON object")
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="keep the state in PostgreSQL at URL (postgresql://...; the schema "
+        "is created there) instead of the SQLite file",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the workspace and its areas as one JSON object"
+    )
     p.set_defaults(func=run)
 
 
@@ -73,14 +77,23 @@ def run(args: argparse.Namespace) -> int:
         _write_config_with_url(cfg, url)
     ws = init_workspace(args.workspace)
     if url is not None and not fresh_config and ws.settings.state.url != url.conninfo:
-        raise BadInput(f"already a workspace, with its state in "
-                       f"{ws.state_url or ws.state_db}; to move it to {url.redacted}, "
-                       f"run `skydeck-engine db copy --to URL`", cfg)
+        raise BadInput(
+            f"already a workspace, with its state in "
+            f"{ws.state_url or ws.state_db}; to move it to {url.redacted}, "
+            f"run `skydeck-engine db copy --to URL`",
+            cfg,
+        )
     init_state(url or ws.state)
     if args.json:
-        print(json.dumps({"workspace": str(ws.root),
-                          "state": url.redacted if url else str(ws.state_url or ws.state_db),
-                          "areas": {area: str(ws.path(area)) for area in AREAS}}))
+        print(
+            json.dumps(
+                {
+                    "workspace": str(ws.root),
+                    "state": url.redacted if url else str(ws.state_url or ws.state_db),
+                    "areas": {area: str(ws.path(area)) for area in AREAS},
+                }
+            )
+        )
         return 0
     print(f"workspace {ws.root}")
     for area in AREAS:

@@ -22,16 +22,27 @@ from engine.propagate.options import COMPILERS, DEFAULT_ARCHS
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("kernel", parents=[common], help=SUMMARY["kernel"])
     ksub = p.add_subparsers(dest="kernel_command", metavar="ACTION", required=True)
-    b = ksub.add_parser("build", parents=[common],
-                        help="compile the kernel (NVRTC, else nvcc) into the kernel cache or a file")
-    b.add_argument("--arch", action="append", default=None,
-                   help="sm_XX (cubin) or compute_XX (PTX); repeatable "
-                        f"(default: {' '.join(DEFAULT_ARCHS)})")
-    b.add_argument("-o", "--output", type=Path, default=None,
-                   help="a FILE (one --arch) or an existing DIR (cache names); "
-                        "default: the kernel cache")
-    b.add_argument("--compiler", choices=COMPILERS, default="auto",
-                   help="auto: NVRTC if it loads, else nvcc")
+    b = ksub.add_parser(
+        "build",
+        parents=[common],
+        help="compile the kernel (NVRTC, else nvcc) into the kernel cache or a file",
+    )
+    b.add_argument(
+        "--arch",
+        action="append",
+        default=None,
+        help=f"sm_XX (cubin) or compute_XX (PTX); repeatable (default: {' '.join(DEFAULT_ARCHS)})",
+    )
+    b.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="a FILE (one --arch) or an existing DIR (cache names); default: the kernel cache",
+    )
+    b.add_argument(
+        "--compiler", choices=COMPILERS, default="auto", help="auto: NVRTC if it loads, else nvcc"
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object per image")
     b.set_defaults(func=run_build)
 
@@ -45,8 +56,11 @@ def _targets(archs: list[str], out: Path | None) -> list[tuple[str, Path]]:
         return [(a, out / kernel.image_name(a)) for a in archs]
     if out is not None:
         if len(archs) > 1:
-            raise BadInput(f"-o names one file but {len(archs)} architectures were asked for "
-                           "(give a directory, or one --arch)", out)
+            raise BadInput(
+                f"-o names one file but {len(archs)} architectures were asked for "
+                "(give a directory, or one --arch)",
+                out,
+            )
         if not out.parent.is_dir():
             raise BadInput("the output's directory does not exist", out.parent)
         return [(archs[0], out)]
@@ -63,9 +77,19 @@ def run_build(args: argparse.Namespace) -> int:
         img = kernel.compile_image(arch, args.compiler)
         kernel.store(img, path)
         if args.json:
-            print(json.dumps({"arch": arch, "path": str(path), "bytes": len(img.data),
-                              "compiler": img.compiler, "seconds": round(img.seconds, 3),
-                              "key": kernel.kernel_key()}, sort_keys=True))
+            print(
+                json.dumps(
+                    {
+                        "arch": arch,
+                        "path": str(path),
+                        "bytes": len(img.data),
+                        "compiler": img.compiler,
+                        "seconds": round(img.seconds, 3),
+                        "key": kernel.kernel_key(),
+                    },
+                    sort_keys=True,
+                )
+            )
         else:
             print(f"{arch}: {path} ({len(img.data):,} B, {img.compiler}, {img.seconds:.1f} s)")
     return 0

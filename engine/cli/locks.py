@@ -33,9 +33,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'LOCK':22s} {'KIND':10s} {'OWNER':22s} {'PROCESS':14s} {'AGE':>8s} VERDICT")
     for i in infos:
         # blocks: no grace period will free it (operator); in doubt: malformed, still in grace
-        verdict = ("STALE: " if i.stale else "blocks: " if i.blocks else
-                   "held: " if i.pid is not None else "in doubt: ") + i.reason
+        verdict = (
+            "STALE: "
+            if i.stale
+            else "blocks: "
+            if i.blocks
+            else "held: "
+            if i.pid is not None
+            else "in doubt: "
+        ) + i.reason
         name = i.name if i.name.isprintable() else ascii(i.name)  # one row per lock, always
-        print(f"{name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
-              f"{i.age_s:7.0f}s {verdict}")
+        print(
+            f"{name:22s} {i.kind:10s} {i.owner:22s} {(i.process or '-'):14s} "
+            f"{i.age_s:7.0f}s {verdict}"
+        )
     return 0

@@ -90,18 +90,37 @@ def build_parser(only: str | None = None, everything: bool = True) -> argparse.A
         help="workspace root (default: $SKYDECK_WORKSPACE, else ./skydeck-workspace)",
     )
     # log options: on every command too (`watch -q`), like -w; bad values are one line (exit 2)
-    common.add_argument("--log-format", type=_log_format, choices=LOG_FORMATS,
-                        default=argparse.SUPPRESS,
-                        help="event lines as text for people or JSON lines (default: "
-                             "$SKYDECK_LOG_FORMAT, else auto: human at a terminal, else json)")
-    common.add_argument("--log-level", type=_log_level, choices=LOG_LEVELS,
-                        default=argparse.SUPPRESS, metavar="LEVEL",
-                        help="least level shown: debug, info, warning, error, critical "
-                             "(default: $SKYDECK_LOG_LEVEL, else info)")
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="one level more (debug lines)")
-    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                        help="one level less per -q (-q: warnings and errors, -qq: errors)")
+    common.add_argument(
+        "--log-format",
+        type=_log_format,
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="event lines as text for people or JSON lines (default: "
+        "$SKYDECK_LOG_FORMAT, else auto: human at a terminal, else json)",
+    )
+    common.add_argument(
+        "--log-level",
+        type=_log_level,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        metavar="LEVEL",
+        help="least level shown: debug, info, warning, error, critical "
+        "(default: $SKYDECK_LOG_LEVEL, else info)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="one level more (debug lines)",
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="one level less per -q (-q: warnings and errors, -qq: errors)",
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="skydeck headless engine: event building, propagation, pipeline, daemon.",
@@ -146,8 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workspace = None
         from engine.core.log import setup
 
-        setup(getattr(args, "log_format", None), getattr(args, "log_level", None),
-              getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+        setup(
+            getattr(args, "log_format", None),
+            getattr(args, "log_level", None),
+            getattr(args, "verbose", 0),
+            getattr(args, "quiet", 0),
+        )
         return int(args.func(args) or 0)
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)

@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("prune", parents=[common], help=SUMMARY["prune"],
-                       description="Remove what [retention] in skydeck.toml lets go: logs, "
-                       "events rows, fcopy packages kept after extraction, chunk outputs "
-                       "finished streams left, rejected deliveries; never a staged file, a "
-                       "file the engine did not write, or anything of a stream in progress.")
+    p = sub.add_parser(
+        "prune",
+        parents=[common],
+        help=SUMMARY["prune"],
+        description="Remove what [retention] in skydeck.toml lets go: logs, "
+        "events rows, fcopy packages kept after extraction, chunk outputs "
+        "finished streams left, rejected deliveries; never a staged file, a "
+        "file the engine did not write, or anything of a stream in progress.",
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -58,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     plan, res = prune(ws, dry_run=args.dry_run)
     if args.json:
-        doc = plan.to_json() if res is None else res.to_json() | {
-            "areas": {a: t.to_json() for a, t in res.totals().items()}, "notes": plan.notes}
+        doc = (
+            plan.to_json()
+            if res is None
+            else res.to_json()
+            | {"areas": {a: t.to_json() for a, t in res.totals().items()}, "notes": plan.notes}
+        )
         print(json.dumps({"dry_run": res is None} | doc, indent=1))
         return 0
     done = plan.candidates if res is None else res.removed
@@ -67,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for c in done:
         print(f"{verb} {c.area:13s} {human_bytes(c.bytes):>10s}  {_what(c)}  ({c.reason})")
     if not done:
-        print(f"nothing to {'remove' if res is None else 'prune'} under the retention policy "
-              "([retention] in skydeck.toml)")
+        print(
+            f"nothing to {'remove' if res is None else 'prune'} under the retention policy "
+            "([retention] in skydeck.toml)"
+        )
     for note in plan.notes:
         print(f"kept: {note}")
     if res is not None:

@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("run", parents=[common], help=SUMMARY["run"])
     p.add_argument("dlid", help="downlink id YYMMDDnnn (registered, or waiting in incoming/)")
     p.add_argument("--task", default=None, help="task name or task file (default: config)")
-    p.add_argument("--jobs", type=int_in("--jobs", 1, 1024), default=None, help="jobs at once (default: config)")
+    p.add_argument(
+        "--jobs",
+        type=int_in("--jobs", 1, 1024),
+        default=None,
+        help="jobs at once (default: config)",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,24 +73,44 @@ def run(args: argparse.Namespace) -> int:
         with StateDB(ws.state, patience=patience) as db:
             if db.downlink(dlid) is None:
                 cands = [c for c in inbox.scan(ws) if c.stem == dlid]
-                outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s)
-                            for c in cands]
+                outcomes = [deliveries.process(ws, db, c, ws.settings.watch.quiet_s) for c in cands]
                 for o in outcomes:
                     if o.status == "rejected":
-                        raise BadInput(f"delivery rejected: {o.reason} (kept in {o.path})", o.file or o.path)
+                        raise BadInput(
+                            f"delivery rejected: {o.reason} (kept in {o.path})", o.file or o.path
+                        )
                 if db.downlink(dlid) is None:
-                    raise BadInput(f"downlink {dlid} is not registered and no complete delivery of "
-                                   "it is in incoming/", ws.incoming_level0)
+                    raise BadInput(
+                        f"downlink {dlid} is not registered and no complete delivery of "
+                        "it is in incoming/",
+                        ws.incoming_level0,
+                    )
             jobs = args.jobs or ws.settings.pipeline.max_jobs
             launcher = make_launcher(ws.settings, jobs)
             if log.isEnabledFor(logging.DEBUG):
-                emit_event(log, {"t": round(time.time(), 3), "event": "config", "dlid": dlid,
-                                 "workspace": str(ws.root), "task": task.name,
-                                 "launcher": ws.settings.pipeline.launcher, "jobs": jobs},
-                           logging.DEBUG)
+                emit_event(
+                    log,
+                    {
+                        "t": round(time.time(), 3),
+                        "event": "config",
+                        "dlid": dlid,
+                        "workspace": str(ws.root),
+                        "task": task.name,
+                        "launcher": ws.settings.pipeline.launcher,
+                        "jobs": jobs,
+                    },
+                    logging.DEBUG,
+                )
             # each event a line on stdout: human at a terminal, else JSON (--log-format)
-            runner = run_stream(ws, db, task, dlid, launcher, emit=lambda ev: emit_event(log, ev),
-                                should_stop=lambda: bool(stop["flag"]))
+            runner = run_stream(
+                ws,
+                db,
+                task,
+                dlid,
+                launcher,
+                emit=lambda ev: emit_event(log, ev),
+                should_stop=lambda: bool(stop["flag"]),
+            )
     except KeyboardInterrupt:
         print("skydeck-engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -96,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
         # stream stays RUNNING under a dead owner, the next runner resumes it
         if launcher is not None:
             launcher.cancel_all()
-        print(f"skydeck-engine: {'terminated' if stop['signal'] == signal.SIGTERM else 'interrupted'}"
-              " while the state database was unreachable", file=sys.stderr)
+        print(
+            f"skydeck-engine: {'terminated' if stop['signal'] == signal.SIGTERM else 'interrupted'}"
+            " while the state database was unreachable",
+            file=sys.stderr,
+        )
         return EXIT_TERMINATED if stop["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
         for s, h in old.items():
@@ -110,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         bad = [pi for pi in db.instances(runner.stream.id) if pi.status == "FAILED"]
     where = f"{bad[0].log_path or db.where}: " if bad else ""
     what = f"{bad[0].label} {bad[0].note}; " if bad else ""
-    print(f"skydeck-engine: {where}stream {dlid} {runner.status} ({what}{runner.note})",
-          file=sys.stderr)
+    print(
+        f"skydeck-engine: {where}stream {dlid} {runner.status} ({what}{runner.note})",
+        file=sys.stderr,
+    )
     return EXIT_FAILED

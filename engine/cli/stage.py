@@ -14,7 +14,12 @@ from engine.cli.numbers import int_in
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("stage", parents=[common], help=SUMMARY["stage"])
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--workers", type=int_in("--workers", 1, 1024), default=None, help="scan processes (default: config/CPUs)")
+    p.add_argument(
+        "--workers",
+        type=int_in("--workers", 1, 1024),
+        default=None,
+        help="scan processes (default: config/CPUs)",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
     if rep.downlinks:
         print(f"\n{'DOWNLINK':10s} {'INCOMING':>10s} {'DOWNLINKS':>10s} {'STAGE':>10s}")
         for dl, parts in rep.downlinks.items():
-            cols = [human_bytes(parts[k].bytes) if k in parts else "-"
-                    for k in ("incoming", "downlinks", "stage")]
+            cols = [
+                human_bytes(parts[k].bytes) if k in parts else "-"
+                for k in ("incoming", "downlinks", "stage")
+            ]
             print(f"{dl:10s} {cols[0]:>10s} {cols[1]:>10s} {cols[2]:>10s}")
-    print(f"\nfree {human_bytes(rep.free)} of {human_bytes(rep.total)}, reserve "
-          f"{human_bytes(rep.reserve)}{' -- LAUNCHING PAUSED (free < reserve)' if rep.paused else ''}"
-          f"  (scan {dt:.2f} s)")
+    print(
+        f"\nfree {human_bytes(rep.free)} of {human_bytes(rep.total)}, reserve "
+        f"{human_bytes(rep.reserve)}{' -- LAUNCHING PAUSED (free < reserve)' if rep.paused else ''}"
+        f"  (scan {dt:.2f} s)"
+    )
     return 0

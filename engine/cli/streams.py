@@ -34,22 +34,38 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     views = stream_views(ws, args.dlid, latest_only=not args.all)
     if args.json:
-        print(json.dumps([{"stream": asdict(v.stream), "instances": [asdict(p) for p in v.instances],
-                           "counts": v.counts()} for v in views], indent=1, default=str))
+        print(
+            json.dumps(
+                [
+                    {
+                        "stream": asdict(v.stream),
+                        "instances": [asdict(p) for p in v.instances],
+                        "counts": v.counts(),
+                    }
+                    for v in views
+                ],
+                indent=1,
+                default=str,
+            )
+        )
         return 0
     if not views:
         print("no streams")
     for v in views:
         s = v.stream
         counts = " ".join(f"{k}={n}" for k, n in sorted(v.counts().items()))
-        print(f"{s.dlid} exec {s.execution} {s.status:10s} {counts}"
-              f"{'  owner ' + str(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
-              f"{'  ' + s.note if s.note else ''}")
+        print(
+            f"{s.dlid} exec {s.execution} {s.status:10s} {counts}"
+            f"{'  owner ' + str(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
+            f"{'  ' + s.note if s.note else ''}"
+        )
         for pi in v.instances:
             # a batch job shows its job id (squeue's), a local one its pid
             where = f"job {pi.job_id:>7}" if pi.job_id else f"pid {pi.pid or '-':>7}"
-            print(f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
-                  f"{pi.max_retries} {where} {_t(pi.started)}-{_t(pi.ended)} "
-                  f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
-                  f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}")
+            print(
+                f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
+                f"{pi.max_retries} {where} {_t(pi.started)}-{_t(pi.ended)} "
+                f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
+                f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}"
+            )
     return 0

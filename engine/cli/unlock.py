@@ -12,9 +12,14 @@ from engine.cli import SUMMARY
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("unlock", parents=[common], help=SUMMARY["unlock"])
-    p.add_argument("lock", help="lock name in the lock directory (e.g. halfpipe-251125001) or its path")
-    p.add_argument("--force", action="store_true",
-                   help="remove even a lock that is not provably stale (asks for confirmation)")
+    p.add_argument(
+        "lock", help="lock name in the lock directory (e.g. halfpipe-251125001) or its path"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even a lock that is not provably stale (asks for confirmation)",
+    )
     p.add_argument("--yes", action="store_true", help="confirm --force without asking")
     p.add_argument("--json", action="store_true", help="print the removed lock as one JSON object")
     p.set_defaults(func=run)
@@ -33,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     path, info = lock_status(ws, args.lock)
     if args.force and not info.stale and not args.yes:
         if not sys.stdin.isatty():
-            raise BadInput("--force on a lock that is not provably stale needs --yes "
-                           "(no terminal to confirm on)", path)
+            raise BadInput(
+                "--force on a lock that is not provably stale needs --yes "
+                "(no terminal to confirm on)",
+                path,
+            )
         prompt = f"{path.name} is held: {info.reason}. Remove anyway? Type 'yes': "
         if args.json:  # stdout is for the JSON object only
             print(prompt, end="", file=sys.stderr, flush=True)

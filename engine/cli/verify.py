@@ -12,8 +12,7 @@ from engine.cli import SUMMARY
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("verify", parents=[common],
-                       help=SUMMARY["verify"])
+    p = sub.add_parser("verify", parents=[common], help=SUMMARY["verify"])
     p.add_argument("files", nargs="+", type=Path, metavar="BUILT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -30,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rep.to_dict()))
         elif rep.ok:
-            print(f"{f}: OK, {rep.events} events, {rep.rows_checked} source rows checked "
-                  f"({rep.payload_scheme_checked} against their timestamp) in {', '.join(rep.sources)}")
+            print(
+                f"{f}: OK, {rep.events} events, {rep.rows_checked} source rows checked "
+                f"({rep.payload_scheme_checked} against their timestamp) in {', '.join(rep.sources)}"
+            )
         else:
             for p in rep.problems:
                 print(f"{f}: {p}")

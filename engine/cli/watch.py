@@ -13,20 +13,37 @@ from engine.cli.numbers import float_in, int_in
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("watch", parents=[common],
-                       help=SUMMARY["watch"])
-    p.add_argument("--once", action="store_true",
-                   help="process what is there, run those streams to their end, and exit")
-    p.add_argument("--polling", action="store_true",
-                   help="poll instead of inotify (automatic on nfs/gpfs/lustre/cifs mounts)")
-    p.add_argument("--interval", type=float_in("--interval", 0.01, 86400.0), default=None,
-                   help="polling interval in seconds (default: config watch.poll_interval_s)")
-    p.add_argument("--metrics-port", type=int_in("--metrics-port", 0, 65535), default=None,
-                   metavar="PORT",
-                   help="also serve the metrics (skydeck_*) over HTTP at :PORT/metrics "
-                        "(0: a free port, logged); the textfile is [metrics] textfile")
-    p.add_argument("--metrics-addr", default="0.0.0.0", metavar="ADDR",
-                   help="the address --metrics-port listens on (default: all, 0.0.0.0)")
+    p = sub.add_parser("watch", parents=[common], help=SUMMARY["watch"])
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="process what is there, run those streams to their end, and exit",
+    )
+    p.add_argument(
+        "--polling",
+        action="store_true",
+        help="poll instead of inotify (automatic on nfs/gpfs/lustre/cifs mounts)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float_in("--interval", 0.01, 86400.0),
+        default=None,
+        help="polling interval in seconds (default: config watch.poll_interval_s)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int_in("--metrics-port", 0, 65535),
+        default=None,
+        metavar="PORT",
+        help="also serve the metrics (skydeck_*) over HTTP at :PORT/metrics "
+        "(0: a free port, logged); the textfile is [metrics] textfile",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default: all, 0.0.0.0)",
+    )
     p.set_defaults(func=run)
 
 
@@ -40,10 +57,17 @@ def run(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     if args.interval is not None:
         ws.settings = ws.settings.replace("watch", poll_interval_s=args.interval)
-    res = run_daemon(ws, polling=args.polling, once=args.once,
-                     metrics_port=args.metrics_port, metrics_addr=args.metrics_addr)
+    res = run_daemon(
+        ws,
+        polling=args.polling,
+        once=args.once,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+    )
     for o in res.rejected:
-        print(f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr)
+        print(
+            f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr
+        )
     for e in res.errors:  # contained faults (a delivery or stream that raised) still open
         print(f"skydeck-engine: {ws.root}: {e}", file=sys.stderr)
     if res.terminated:

@@ -35,8 +35,9 @@ _PID = re.compile(r"[0-9]{1,10}")  # ASCII digits only (str.isdigit takes "²" t
 
 def temp_name(target: Path, pid: int | None = None, host: str | None = None) -> Path:
     """The temporary a writer (default: this process) renames onto ``target``."""
-    return target.with_name(f".{target.name}.tmp-{host or socket.gethostname()}-"
-                            f"{pid or os.getpid()}")
+    return target.with_name(
+        f".{target.name}.tmp-{host or socket.gethostname()}-{pid or os.getpid()}"
+    )
 
 
 def temp_writer(suffix: str) -> tuple[str | None, int] | None:
@@ -74,7 +75,7 @@ def sweep_stale_temps(target: Path) -> list[Path]:
     for p in entries:
         if not p.name.startswith(prefix):
             continue
-        writer = temp_writer(p.name[len(prefix):])
+        writer = temp_writer(p.name[len(prefix) :])
         if writer is None or not writer_gone(*writer):
             continue
         if p.is_dir() and not p.is_symlink():
@@ -134,8 +135,9 @@ def _identity(p: str | Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def refuse_alias(output: Path, inputs: Iterable[Path], what: str = "output",
-                 replaces_tree: bool = False) -> None:
+def refuse_alias(
+    output: Path, inputs: Iterable[Path], what: str = "output", replaces_tree: bool = False
+) -> None:
     """BadInput (exit 2) when writing ``output`` would overwrite one of ``inputs``; with
     ``replaces_tree`` (a directory output renamed into place whole) also when an input
     lies inside it. Run before anything is written."""
@@ -145,14 +147,18 @@ def refuse_alias(output: Path, inputs: Iterable[Path], what: str = "output",
         in_real = os.path.realpath(inp)
         in_id = _identity(in_real)
         if in_real == out_real or (out_id is not None and in_id == out_id):
-            raise BadInput(f"{what} is the input {inp}; writing it would destroy that input", output)
+            raise BadInput(
+                f"{what} is the input {inp}; writing it would destroy that input", output
+            )
         if not replaces_tree:
             continue
         parents = Path(in_real).parents
-        if Path(out_real) in parents or (out_id is not None
-                                         and any(_identity(q) == out_id for q in parents)):
-            raise BadInput(f"{what} holds the input {inp}; replacing it would destroy that input",
-                           output)
+        if Path(out_real) in parents or (
+            out_id is not None and any(_identity(q) == out_id for q in parents)
+        ):
+            raise BadInput(
+                f"{what} holds the input {inp}; replacing it would destroy that input", output
+            )
 
 
 def replace_snapshot(target: Path, data: bytes) -> None:

@@ -35,8 +35,8 @@ class StateURL:
 
     conninfo: str
     redacted: str
-    password: str | None   # the password the URL carries, if any (never shown)
-    database: str          # the database name ("" when libpq's default applies)
+    password: str | None  # the password the URL carries, if any (never shown)
+    database: str  # the database name ("" when libpq's default applies)
     # how long one call waits for the server when it is unreachable ([state] wait_s; the
     # daemon and `run` wait longer, a health probe not at all: engine/store/outage.py)
     wait_s: float = 30.0
@@ -72,8 +72,11 @@ def parse_state_url(text: str, where: str | PathLike[str] | None) -> StateURL:
         raise BadInput("the state URL holds a space or a control character", where)
     scheme, sep, _ = text.partition("://")
     if not sep or scheme.lower() not in SCHEMES:
-        raise BadInput("the state URL must start with postgresql:// (an empty url means "
-                       "the SQLite file in the workspace)", where)
+        raise BadInput(
+            "the state URL must start with postgresql:// (an empty url means "
+            "the SQLite file in the workspace)",
+            where,
+        )
     try:
         parts = urlsplit(text)
         query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
@@ -83,8 +86,7 @@ def parse_state_url(text: str, where: str | PathLike[str] | None) -> StateURL:
     except ValueError as err:
         raise BadInput(f"malformed state URL ({_first_line(err)})", where) from None
     if parts.fragment:
-        raise BadInput("the state URL has a '#' fragment; libpq takes options as ?key=value",
-                       where)
+        raise BadInput("the state URL has a '#' fragment; libpq takes options as ?key=value", where)
     query_pw = [v for k, v in query if k == "password"]
     secret = unquote(password) if password is not None else (query_pw[-1] if query_pw else None)
     redacted_user = user_part
@@ -94,8 +96,7 @@ def parse_state_url(text: str, where: str | PathLike[str] | None) -> StateURL:
     red_query = "&".join(f"{k}={MASK if k == 'password' else v}" for k, v in query)
     redacted = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{red_query}" if red_query else "")
     database = unquote(parts.path.lstrip("/"))
-    return StateURL(conninfo=text, redacted=redacted, password=secret or None,
-                    database=database)
+    return StateURL(conninfo=text, redacted=redacted, password=secret or None, database=database)
 
 
 def _first_line(err: Exception) -> str:

@@ -51,7 +51,9 @@ def env_reserve(default: int = 0) -> int:
     try:
         value = int(text)
     except ValueError:  # never silently drop a reserve someone meant to keep
-        raise BadInput(f"SKYDECK_RESERVE_BYTES must be a whole number of bytes, got {text[:40]!r}") from None
+        raise BadInput(
+            f"SKYDECK_RESERVE_BYTES must be a whole number of bytes, got {text[:40]!r}"
+        ) from None
     if abs(value) >= 2**63:
         raise BadInput(f"SKYDECK_RESERVE_BYTES is out of range: {text[:40]}")
     return value

@@ -68,9 +68,15 @@ class StateUnavailable(SkydeckError):
 
     exit_code = EXIT_UNAVAILABLE
 
-    def __init__(self, message: str, path: str | PathLike[str] | None = None, *,
-                 cut: bool = False, in_doubt: bool = False,
-                 since: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        path: str | PathLike[str] | None = None,
+        *,
+        cut: bool = False,
+        in_doubt: bool = False,
+        since: float | None = None,
+    ) -> None:
         super().__init__(message, path)
         self.cut = cut
         self.in_doubt = in_doubt

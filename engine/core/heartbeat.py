@@ -48,14 +48,23 @@ def heartbeat_path(ws: Workspace, owner: Owner) -> Path:
     return ws.heartbeat_dir / f"{owner.host}-{owner.pid}.json"
 
 
-def write_heartbeat(ws: Workspace, owner: Owner, interval_s: float, now: float | None = None,
-                    state: dict[str, Any] | None = None) -> Path:
+def write_heartbeat(
+    ws: Workspace,
+    owner: Owner,
+    interval_s: float,
+    now: float | None = None,
+    state: dict[str, Any] | None = None,
+) -> Path:
     """``state``: the daemon's view of the state database (``reachable``, ``since``,
     ``error``: engine.store.outage.Outage.as_json)."""
     p = heartbeat_path(ws, owner)
-    doc: dict[str, Any] = {"pid": owner.pid, "host": owner.host, "start": owner.start,
-                           "t": round(time.time() if now is None else now, 3),
-                           "interval_s": interval_s}
+    doc: dict[str, Any] = {
+        "pid": owner.pid,
+        "host": owner.host,
+        "start": owner.start,
+        "t": round(time.time() if now is None else now, 3),
+        "interval_s": interval_s,
+    }
     if state is not None:
         doc["state"] = state
     replace_snapshot(p, (json.dumps(doc) + "\n").encode())
@@ -77,11 +86,19 @@ def read_heartbeats(ws: Workspace) -> list[Heartbeat]:
             d = json.loads(p.read_bytes()[:4096])
             st = d.get("state") or {}
             since, err = st.get("since"), st.get("error")
-            out.append(Heartbeat(int(d["pid"]), str(d["host"]), float(d["start"]),
-                                 float(d["t"]), float(d["interval_s"]), p,
-                                 bool(st.get("reachable", True)),
-                                 None if since is None else float(since),
-                                 None if err is None else str(err)[:300]))
+            out.append(
+                Heartbeat(
+                    int(d["pid"]),
+                    str(d["host"]),
+                    float(d["start"]),
+                    float(d["t"]),
+                    float(d["interval_s"]),
+                    p,
+                    bool(st.get("reachable", True)),
+                    None if since is None else float(since),
+                    None if err is None else str(err)[:300],
+                )
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return sorted(out, key=lambda h: h.t, reverse=True)

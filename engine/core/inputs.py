@@ -48,10 +48,15 @@ def check_regular(path: Path | str) -> None:
 
 def mode_kind(mode: int) -> str:
     """What an ``st_mode`` is, in words for a reason line ("FIFO", "symbolic link", ...)."""
-    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
-                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISREG, "regular file")):
+    for test, what in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISREG, "regular file"),
+    ):
         if test(mode):
             return what
     return "special file"

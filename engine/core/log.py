@@ -36,34 +36,38 @@ from engine.core.errors import BadInput
 ROOT = "skydeck"
 AREAS = ("cli", "daemon", "pipeline", "intake", "store", "builder", "propagate")
 FORMATS = ("auto", "human", "json")
-LEVELS: dict[str, int] = {"debug": logging.DEBUG, "info": logging.INFO,
-                          "warning": logging.WARNING, "error": logging.ERROR,
-                          "critical": logging.CRITICAL}
+LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 _ALIASES = {"warn": "warning", "fatal": "critical"}
 ENV_FORMAT = "SKYDECK_LOG_FORMAT"
 ENV_LEVEL = "SKYDECK_LOG_LEVEL"
 
 # The level of each event that is not plain information: -q keeps these, -qq the errors only.
 EVENT_LEVELS: dict[str, int] = {
-    "error": logging.ERROR,                        # a contained fault (daemon), backing off
+    "error": logging.ERROR,  # a contained fault (daemon), backing off
     "stream_failed": logging.ERROR,
-    "failed": logging.WARNING,                     # one process instance
-    "rejected": logging.WARNING,                   # a delivery, moved to rejected/
+    "failed": logging.WARNING,  # one process instance
+    "rejected": logging.WARNING,  # a delivery, moved to rejected/
     "stream_canceled": logging.WARNING,
     "instance_failed_owner_died": logging.WARNING,
-    "requeued": logging.WARNING,                   # a job lost (node died) and queued again
+    "requeued": logging.WARNING,  # a job lost (node died) and queued again
     "stale_lock": logging.WARNING,
     "blocking_lock": logging.WARNING,
     "lock_reclaimed": logging.WARNING,
-    "takeover": logging.WARNING,                   # a dead owner's stream, claim or lock taken
-    "presence_lost": logging.WARNING,              # this daemon's server session was lost
-    "stream_lost": logging.WARNING,                # given up: another owner took it meanwhile
+    "takeover": logging.WARNING,  # a dead owner's stream, claim or lock taken
+    "presence_lost": logging.WARNING,  # this daemon's server session was lost
+    "stream_lost": logging.WARNING,  # given up: another owner took it meanwhile
 }
 
-_PAYLOAD = "skydeck_event"   # LogRecord attribute: the event's fields
-_STREAM = "skydeck_stream"   # LogRecord attribute: "out" for the event stream
-_OURS = "_skydeck_handler"   # marks the handlers setup() installed (replaced on a new setup)
-_MAX_TEXT = 64               # characters of a bad option value quoted back
+_PAYLOAD = "skydeck_event"  # LogRecord attribute: the event's fields
+_STREAM = "skydeck_stream"  # LogRecord attribute: "out" for the event stream
+_OURS = "_skydeck_handler"  # marks the handlers setup() installed (replaced on a new setup)
+_MAX_TEXT = 64  # characters of a bad option value quoted back
 
 
 def logger(area: str) -> logging.Logger:
@@ -149,8 +153,9 @@ class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ev = payload(record)
         t = ev.get("t")
-        when = time.strftime("%H:%M:%S", time.localtime(t if isinstance(t, int | float)
-                                                         else record.created))
+        when = time.strftime(
+            "%H:%M:%S", time.localtime(t if isinstance(t, int | float) else record.created)
+        )
         head = when if record.levelno == logging.INFO else f"{when} {record.levelname}"
         dlid = ev.get("dlid")
         parts = [f"{head} {ev.get('event', ''):<16}", f"{_human_value(dlid) if dlid else '':<9}"]
@@ -161,8 +166,9 @@ class HumanFormatter(logging.Formatter):
                 what += f" e{execution}"
             parts.append(what)
         skip = _HUMAN_SKIP | _HUMAN_PROCESS if ev.get("process") else _HUMAN_SKIP
-        parts += [f"{k}={_human_value(v)}" for k, v in ev.items()
-                  if k not in skip and v is not None]
+        parts += [
+            f"{k}={_human_value(v)}" for k, v in ev.items() if k not in skip and v is not None
+        ]
         return " ".join(parts).rstrip()
 
 
@@ -213,10 +219,17 @@ class AppendFile(logging.Handler):
         except (OSError, ValueError) as err:
             if not self.failing:
                 self.failing = True  # before logging: this handler sees that line too
-                logger("daemon").warning("log_unwritable", extra={_PAYLOAD: {
-                    "event": "log_unwritable", "path": str(self.path),
-                    "error": f"{type(err).__name__}: {' '.join(str(err).split())}",
-                    "why": "lines are lost until it can be written again"}})
+                logger("daemon").warning(
+                    "log_unwritable",
+                    extra={
+                        _PAYLOAD: {
+                            "event": "log_unwritable",
+                            "path": str(self.path),
+                            "error": f"{type(err).__name__}: {' '.join(str(err).split())}",
+                            "why": "lines are lost until it can be written again",
+                        }
+                    },
+                )
         else:
             self.failing = False
 
@@ -257,8 +270,13 @@ def _is_tty(name: str) -> bool:
         return False
 
 
-def resolve(fmt: str | None = None, level: str | None = None, verbose: int = 0, quiet: int = 0,
-            env: Mapping[str, str] | None = None) -> LogSetup:
+def resolve(
+    fmt: str | None = None,
+    level: str | None = None,
+    verbose: int = 0,
+    quiet: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> LogSetup:
     """Options over environment over defaults (auto, info); each -v one level more, each -q
     one less. A bad value, given or in the environment, is BadInput."""
     env = os.environ if env is None else env
@@ -278,8 +296,13 @@ def resolve(fmt: str | None = None, level: str | None = None, verbose: int = 0, 
     return LogSetup(shown, pick("stdout"), pick("stderr"))
 
 
-def setup(fmt: str | None = None, level: str | None = None, verbose: int = 0, quiet: int = 0,
-          env: Mapping[str, str] | None = None) -> LogSetup:
+def setup(
+    fmt: str | None = None,
+    level: str | None = None,
+    verbose: int = 0,
+    quiet: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> LogSetup:
     """Configure the ``skydeck`` logger for this process (called once by the CLI's main; a
     second call replaces the first's handlers)."""
     conf = resolve(fmt, level, verbose, quiet, env)

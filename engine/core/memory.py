@@ -38,7 +38,9 @@ def check_memory(need: int, what: str, path: Path | str | None = None) -> None:
     """BadInput when ``need`` bytes exceed the memory this machine has available now."""
     avail = available_memory()
     if need > avail:
-        raise BadInput(f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path)
+        raise BadInput(
+            f"{what} needs {human_bytes(need)} of memory; {human_bytes(avail)} is available", path
+        )
 
 
 def check_npy_header(fh: IO[bytes], holds: int, what: str, path: Path | str) -> None:
@@ -48,14 +50,21 @@ def check_npy_header(fh: IO[bytes], holds: int, what: str, path: Path | str) -> 
 
     try:
         major, _ = np.lib.format.read_magic(fh)
-        read = (np.lib.format.read_array_header_1_0 if major == 1
-                else np.lib.format.read_array_header_2_0)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
         shape, _, dtype = read(fh)
     except (ValueError, OSError, EOFError) as err:
-        raise BadInput(f"{what}: not a .npy array ({str(err).splitlines()[0] if str(err) else err!r})",
-                       path) from None
+        raise BadInput(
+            f"{what}: not a .npy array ({str(err).splitlines()[0] if str(err) else err!r})", path
+        ) from None
     need = math.prod(shape) * dtype.itemsize
     if need > holds - fh.tell():
-        raise BadInput(f"{what} declares shape {shape} ({human_bytes(need)}) but holds "
-                       f"{human_bytes(max(0, holds - fh.tell()))}", path)
+        raise BadInput(
+            f"{what} declares shape {shape} ({human_bytes(need)}) but holds "
+            f"{human_bytes(max(0, holds - fh.tell()))}",
+            path,
+        )
     check_memory(need, f"reading {what}", path)

@@ -27,8 +27,16 @@ from engine.core.errors import BadInput
 
 # set by an MPI launcher for each process it starts (Hydra sets MPI_LOCALNRANKS even
 # where it passes PMI through a file descriptor)
-LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-               "PMIX_RANK", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK")
+LAUNCH_VARS = (
+    "PMI_SIZE",
+    "PMI_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "PMIX_RANK",
+    "MPI_LOCALNRANKS",
+    "MV2_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_RANK",
+)
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 # srun is the launcher only inside a job step (a batch script has SLURM_* but no step)
@@ -36,8 +44,13 @@ SLURM_STEP = "SLURM_STEP_ID"
 SLURM_SIZE, SLURM_RANK = "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"
 # node-local rank, as MPI launchers (Open MPI, MPICH/Hydra, PMI, MVAPICH) and Slurm's srun
 # set it; first match wins
-LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
-                   "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+LOCAL_RANK_VARS = (
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
+    "MV2_COMM_WORLD_LOCAL_RANK",
+    "SLURM_LOCALID",
+)
 
 
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -46,7 +46,7 @@ def parts_under(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> P
     r, p = norm(root), norm(path)
     if p == r or not p.startswith(r.rstrip(os.sep) + os.sep):
         return None
-    return tuple(p[len(r.rstrip(os.sep)) + 1:].split(os.sep))
+    return tuple(p[len(r.rstrip(os.sep)) + 1 :].split(os.sep))
 
 
 def on_link(err: OSError) -> bool:
@@ -66,8 +66,9 @@ class Tree:
     def __enter__(self) -> Tree:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -140,7 +141,7 @@ class Tree:
         self._drop(parts)
 
     def _drop(self, parts: Parts) -> None:
-        for key in [k for k in self._fds if k[:len(parts)] == parts]:
+        for key in [k for k in self._fds if k[: len(parts)] == parts]:
             os.close(self._fds.pop(key))
 
     def walk(self, parts: Parts) -> Iterator[tuple[Parts, os.stat_result]]:

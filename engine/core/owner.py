@@ -55,8 +55,9 @@ def presence_keys(pid: int, host: str, start: float | None) -> tuple[int | None,
     """The session-lock keys an owner holds while it lives: one 64-bit key of the whole
     identity (host, pid, start: pid reuse on a rebooted host is told apart), None without a
     start, and a (host hash, pid) pair for a name that carries only host and pid."""
-    host_key = int.from_bytes(hashlib.sha256(host.encode("utf-8", "replace")).digest()[:4],
-                              "big", signed=True)
+    host_key = int.from_bytes(
+        hashlib.sha256(host.encode("utf-8", "replace")).digest()[:4], "big", signed=True
+    )
     when = _finite_start(start)
     if when is None:
         return None, host_key, int(pid)
@@ -108,8 +109,9 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def owner_dead(pid: int | None, host: str | None, start: float | None,
-               remote: RemoteJudge | None = None) -> tuple[bool, str]:
+def owner_dead(
+    pid: int | None, host: str | None, start: float | None, remote: RemoteJudge | None = None
+) -> tuple[bool, str]:
     """Decide whether an owner is provably dead, with the reason shown to operators.
 
     Total over what a database row or lock file may hold: a pid that is no integer in

@@ -58,8 +58,10 @@ class _JsonLines:
         now = time.monotonic()
         if force or now - self._last >= _MIN_INTERVAL_S:
             self._last = now
-            print(json.dumps({"progress": self.done, "total": self.total, "what": self.what}),
-                  flush=True)
+            print(
+                json.dumps({"progress": self.done, "total": self.total, "what": self.what}),
+                flush=True,
+            )
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -77,7 +79,9 @@ def report_json_lines() -> None:
 
 
 @contextmanager
-def progress(total: int | None, description: str, enabled: bool | None = None) -> Iterator[Progress]:
+def progress(
+    total: int | None, description: str, enabled: bool | None = None
+) -> Iterator[Progress]:
     if _json_lines:
         bar = _JsonLines(total, description)
         try:
@@ -101,7 +105,12 @@ def progress(total: int | None, description: str, enabled: bool | None = None) -
     from rich.progress import Progress as RichProgress
 
     with RichProgress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as prog:
         yield _Rich(prog, prog.add_task(description, total=total))

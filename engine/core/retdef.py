@@ -69,8 +69,15 @@ def to_xml(rd: RetDef) -> bytes:
     root = Element("retdef", type=rd.type)
     arch = SubElement(root, "arch", scid=str(rd.scid))
     arch.text = rd.arch
-    SubElement(root, "run", runid=str(rd.runid), l0key=str(rd.l0key), chunkid=f"{rd.chunkid:05d}",
-               gndid=rd.gndid, start=f"{rd.start:.6f}")
+    SubElement(
+        root,
+        "run",
+        runid=str(rd.runid),
+        l0key=str(rd.l0key),
+        chunkid=f"{rd.chunkid:05d}",
+        gndid=rd.gndid,
+        start=f"{rd.start:.6f}",
+    )
     spans = SubElement(root, "spans")
     for s in rd.spans:
         SubElement(spans, "span", apid=str(s.apid), tbeg=f"{s.tbeg:.6f}", tend=f"{s.tend:.6f}")
@@ -82,8 +89,13 @@ _DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 MAX_RETDEF_BYTES = 1 << 20  # a RetDef is a few hundred bytes; it is read whole, so it is bounded
 # (lo, hi inclusive) of each integer attribute: CCSDS APIDs are 11 bits, chunks %05d from 1,
 # the others are 32-bit quantities (runid is a MET second).
-_INT_RANGE = {"apid": (0, 2047), "chunkid": (1, 99_999), "scid": (0, 2**32 - 1),
-              "runid": (0, MET_MAX_S - 1), "l0key": (0, 2**32 - 1)}
+_INT_RANGE = {
+    "apid": (0, 2047),
+    "chunkid": (1, 99_999),
+    "scid": (0, 2**32 - 1),
+    "runid": (0, MET_MAX_S - 1),
+    "l0key": (0, 2**32 - 1),
+}
 
 
 def _attr_text(el: Element, name: str, path: Path) -> str:
@@ -98,8 +110,10 @@ def _int_attr(el: Element, name: str, path: Path) -> int:
     value = _attr_text(el, name, path)
     lo, hi = _INT_RANGE[name]
     if not _INT.fullmatch(value) or not lo <= int(value) <= hi:
-        raise BadInput(f"malformed RetDef: <{el.tag} {name}={value[:40]!r}> is not an integer "
-                       f"in {lo} .. {hi}", path)
+        raise BadInput(
+            f"malformed RetDef: <{el.tag} {name}={value[:40]!r}> is not an integer in {lo} .. {hi}",
+            path,
+        )
     return int(value)
 
 
@@ -107,8 +121,11 @@ def _met_attr(el: Element, name: str, path: Path) -> float:
     """A MET time in seconds: plain decimal (no sign, exponent, inf or nan), 0 <= t < 2^32."""
     value = _attr_text(el, name, path)
     if not _DECIMAL.fullmatch(value) or not 0 <= float(value) < MET_MAX_S:
-        raise BadInput(f"malformed RetDef: <{el.tag} {name}={value[:40]!r}> is not a MET time "
-                       f"in seconds, 0 <= t < {MET_MAX_S}", path)
+        raise BadInput(
+            f"malformed RetDef: <{el.tag} {name}={value[:40]!r}> is not a MET time "
+            f"in seconds, 0 <= t < {MET_MAX_S}",
+            path,
+        )
     return float(value)
 
 
@@ -132,10 +149,14 @@ def parse(path: Path) -> RetDef:
     except (DET.ParseError, DefusedXmlException) as err:
         raise BadInput(f"malformed RetDef XML: {' '.join(str(err).split())}", path) from None
     if root.tag != "retdef":
-        raise BadInput(f"malformed RetDef: root element is {root.tag[:40]!r}, expected <retdef>", path)
+        raise BadInput(
+            f"malformed RetDef: root element is {root.tag[:40]!r}, expected <retdef>", path
+        )
     rtype = root.get("type", "")
     if rtype not in RETDEF_TYPES:
-        raise BadInput(f"malformed RetDef: type {rtype[:40]!r} is not one of {', '.join(RETDEF_TYPES)}", path)
+        raise BadInput(
+            f"malformed RetDef: type {rtype[:40]!r} is not one of {', '.join(RETDEF_TYPES)}", path
+        )
     arch, run, spans_el = root.find("arch"), root.find("run"), root.find("spans")
     for name, el in (("arch", arch), ("run", run), ("spans", spans_el)):
         if el is None:
@@ -149,7 +170,10 @@ def parse(path: Path) -> RetDef:
         raise BadInput("malformed RetDef: <spans> holds no <span>", path)
     for s in spans:
         if not s.tend > s.tbeg:
-            raise BadInput(f"malformed RetDef: span apid {s.apid} ends ({s.tend}) before it begins ({s.tbeg})", path)
+            raise BadInput(
+                f"malformed RetDef: span apid {s.apid} ends ({s.tend}) before it begins ({s.tbeg})",
+                path,
+            )
     return RetDef(
         type=rtype,
         scid=_int_attr(arch, "scid", path),

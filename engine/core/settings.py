@@ -32,7 +32,9 @@ DAY_S = 86400.0
 MAX_DAYS = 100 * 365.0  # a retention age beyond a century is a typo
 POLLING_TRUE = ("true", "yes", "1")
 POLLING_FALSE = ("false", "no", "0")
-MAX_BATCH = 1 << 20  # engine.builder.limits.MAX_BATCH (not imported: engine/core imports no other engine package)
+MAX_BATCH = (
+    1 << 20
+)  # engine.builder.limits.MAX_BATCH (not imported: engine/core imports no other engine package)
 
 Polling = bool | Literal["auto"]
 
@@ -111,8 +113,8 @@ class Slurm:
     partition: str = _key("", "opttext")
     account: str = _key("", "opttext")
     qos: str = _key("", "opttext")
-    time_limit: str = _key("", "opttext")   # sbatch --time: minutes, or [D-]HH:MM:SS
-    extra_args: str = _key("", "opttext")   # more sbatch options, split as a shell would
+    time_limit: str = _key("", "opttext")  # sbatch --time: minutes, or [D-]HH:MM:SS
+    extra_args: str = _key("", "opttext")  # more sbatch options, split as a shell would
 
 
 @dataclass(frozen=True)
@@ -224,10 +226,10 @@ def _value_end(line: str) -> int:
     ``#`` before which the line is a whole TOML assignment, else the end of the line."""
     for m in re.finditer("#", line):
         try:
-            tomllib.loads(line[:m.start()])
+            tomllib.loads(line[: m.start()])
         except tomllib.TOMLDecodeError:
             continue
-        return len(line[:m.start()].rstrip())
+        return len(line[: m.start()].rstrip())
     return len(line.rstrip())
 
 
@@ -258,8 +260,10 @@ def set_keys(text: str, section: str, values: dict[str, Any]) -> str:
             cut = _value_end(line.rstrip("\n"))
             tail = line.rstrip("\n")[cut:]
             newline = "\n" if line.endswith("\n") else ""
-            lines[i] = (f"{m.group(1)}{m.group(2)}{m.group(3)}= "
-                        f"{toml_value(todo.pop(m.group(2)))}{tail}{newline}")
+            lines[i] = (
+                f"{m.group(1)}{m.group(2)}{m.group(3)}= "
+                f"{toml_value(todo.pop(m.group(2)))}{tail}{newline}"
+            )
     added = "".join(f"{k} = {toml_value(v)}\n" for k, v in todo.items())
     lines.insert(start + 1, added)
     return "".join(lines)
@@ -271,7 +275,7 @@ def rules_of(section: type) -> dict[str, Rule]:
 
 
 def _unknown(what: str, name: str, known: list[str], shape: str = "{}") -> str:
-    """"unknown WHAT (known: ...)", with the close name when ``name`` looks like a typo."""
+    """ "unknown WHAT (known: ...)", with the close name when ``name`` looks like a typo."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
     hint = f"; did you mean {shape.format(close[0])}?" if close else ""
     return f"unknown {what} (known: {', '.join(sorted(known))}){hint}"
@@ -283,8 +287,9 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     if kind in ("int", "float"):
         ok_type = isinstance(v, int) if kind == "int" else isinstance(v, int | float)
         if isinstance(v, bool) or not ok_type:
-            raise BadInput(f"{where} must be {'an integer' if kind == 'int' else 'a number'}, "
-                           f"got {v!r}", path)
+            raise BadInput(
+                f"{where} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}", path
+            )
         if (isinstance(v, float) and not math.isfinite(v)) or not rule.lo <= v <= rule.hi:
             raise BadInput(f"{where} = {v!r} is outside {rule.lo:g}..{rule.hi:g}", path)
         return int(v) if kind == "int" else float(v)
@@ -305,8 +310,9 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
         return v
     if kind == "stateurl":  # "" (SQLite) or a postgresql:// URL
         if not isinstance(v, str):
-            raise BadInput(f"{where} must be a postgresql:// URL, or \"\" for the SQLite "
-                           f"file, got {v!r}", path)
+            raise BadInput(
+                f"{where} must be a postgresql:// URL, or \"\" for the SQLite file, got {v!r}", path
+            )
         if v:
             parse_state_url(v, path)
         return v

@@ -7,5 +7,5 @@ defaults and must not import the state store for it; health, the daemon's export
 
 from __future__ import annotations
 
-BEATS_PER_HEALTH = 4            # a heartbeat older than this many intervals is stale
+BEATS_PER_HEALTH = 4  # a heartbeat older than this many intervals is stale
 DEFAULT_STUCK_AFTER_S = 6 * 3600.0

@@ -86,8 +86,16 @@ def scene_arg(arg: str) -> Path:
     return packaged_scene(arg)
 
 
-AREAS = ("incoming_fcopy", "incoming_level0", "rejected", "downlinks", "lock", "stage",
-         "events", "logs")
+AREAS = (
+    "incoming_fcopy",
+    "incoming_level0",
+    "rejected",
+    "downlinks",
+    "lock",
+    "stage",
+    "events",
+    "logs",
+)
 PATH_KEYS = frozenset(f.name for f in fields(Paths))  # AREAS, state_db, flags
 MAX_TOML_BYTES = 16 << 20  # a config, scene or task file is a few kB
 
@@ -100,7 +108,9 @@ def load_toml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise BadInput(f"cannot read: {err.strerror}", path) from None
     if len(raw) > MAX_TOML_BYTES:
-        raise BadInput(f"larger than {MAX_TOML_BYTES} bytes; not a config, scene or task file", path)
+        raise BadInput(
+            f"larger than {MAX_TOML_BYTES} bytes; not a config, scene or task file", path
+        )
     return parse_toml(raw, path)
 
 
@@ -132,14 +142,18 @@ class Workspace:
     settings: Settings = field(default_factory=Settings)
 
     @classmethod
-    def open(cls, arg: str | os.PathLike[str] | None = None, *, must_exist: bool = True) -> Workspace:
+    def open(
+        cls, arg: str | os.PathLike[str] | None = None, *, must_exist: bool = True
+    ) -> Workspace:
         root = resolve_root(arg)
         cfg_path = root / CONFIG_NAME
         if cfg_path.exists():
             settings = parse_settings(load_toml(cfg_path), cfg_path)
             _refuse_readable_password(cfg_path, settings.state.url)
         elif must_exist:
-            raise BadInput("not a skydeck workspace (no skydeck.toml); run `skydeck-engine init`", root)
+            raise BadInput(
+                "not a skydeck workspace (no skydeck.toml); run `skydeck-engine init`", root
+            )
         else:
             settings = Settings()
         return cls(root=root, settings=settings)
@@ -258,9 +272,12 @@ def _refuse_readable_password(cfg_path: Path, url: str) -> None:
     except OSError as err:
         raise BadInput(f"cannot read: {err.strerror}", cfg_path) from None
     if mode & 0o077:
-        raise BadInput(f"[state] url holds a password but the file is readable by group or "
-                       f"others (mode {mode:04o}); chmod 600 it, or keep the password in "
-                       f"~/.pgpass, PGPASSWORD or a service file", cfg_path)
+        raise BadInput(
+            f"[state] url holds a password but the file is readable by group or "
+            f"others (mode {mode:04o}); chmod 600 it, or keep the password in "
+            f"~/.pgpass, PGPASSWORD or a service file",
+            cfg_path,
+        )
 
 
 def init_workspace(arg: str | os.PathLike[str] | None) -> Workspace:

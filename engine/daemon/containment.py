@@ -43,8 +43,9 @@ class Fault:
 class Containment:
     """The faults of every unit of one daemon, and their back-off."""
 
-    def __init__(self, events: Events, outage: Outage, backoff_s: float,
-                 backoff_max_s: float) -> None:
+    def __init__(
+        self, events: Events, outage: Outage, backoff_s: float, backoff_max_s: float
+    ) -> None:
         self.events, self.outage = events, outage
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.faults: dict[str, Fault] = {}
@@ -59,8 +60,9 @@ class Containment:
         self.faults[key] = Fault(count, msg, time.monotonic() + delay)
         if prev is None or prev.message != msg:
             with contextlib.suppress(Exception):
-                self.events.ev("error", during=key, error=msg, attempt=count, retry_in_s=delay,
-                               **ids)
+                self.events.ev(
+                    "error", during=key, error=msg, attempt=count, retry_in_s=delay, **ids
+                )
 
     def backing_off(self, key: str) -> bool:
         f = self.faults.get(key)
@@ -105,11 +107,14 @@ R = TypeVar("R")
 def contained_as(key: str) -> Callable[[Callable[..., R]], Callable[..., R | None]]:
     """A role's method whose exceptions are contained under ``key`` (its ``contain``); it
     returns None when it raised."""
+
     def wrap(fn: Callable[..., R]) -> Callable[..., R | None]:
         @functools.wraps(fn)
         def inner(self: _Contains, *args: Any, **kw: Any) -> R | None:
             with self.contain.contained(key):
                 return fn(self, *args, **kw)
             return None
+
         return inner
+
     return wrap

@@ -69,8 +69,7 @@ class Events:
         log = logger(_area)
         if self.emit_fn is None and log.isEnabledFor(logging.DEBUG):
             with contextlib.suppress(OSError, ValueError):
-                emit_event(log, {"t": round(time.time(), 3), "event": event, **kw},
-                           logging.DEBUG)
+                emit_event(log, {"t": round(time.time(), 3), "event": event, **kw}, logging.DEBUG)
 
     def close(self) -> None:
         if self._log_file is not None:

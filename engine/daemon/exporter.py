@@ -51,12 +51,13 @@ from engine.store.records import PI_STATUSES, STREAM_STATUSES
 
 QUEUED_STATES = ("WAITING", "READY", "QUEUED")  # instances not yet handed to a launcher's job
 DELIVERY_STATES = ("CLAIMED", "PENDING", "ACCEPTED", "REJECTED")
-LATENCY_RECENT = 100            # registrations the latency summary covers
+LATENCY_RECENT = 100  # registrations the latency summary covers
 LATENCY_QUANTILES = (0.5, 0.9, 1.0)
 FREE_AREAS = ("downlinks", "stage")  # the output areas the disk reserve guards
 
 
 # ---------------------------------------------------------------------- facts
+
 
 @dataclass
 class AreaUsage:
@@ -78,17 +79,21 @@ class Facts:
     deliveries: dict[str, int]
     oldest_unsettled_seen: float | None
     latencies: list[float]
-    free: dict[str, tuple[int, int]]        # area -> (free, total) bytes of its file system
+    free: dict[str, tuple[int, int]]  # area -> (free, total) bytes of its file system
     reserve: int
     reserve_paused: bool
     global_halts: list[str]
     heartbeats: list[Heartbeat]
     usage: AreaUsage | None = None
-    state_up: bool = True                  # the state database answered this read
+    state_up: bool = True  # the state database answered this read
 
 
-def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None = None,
-               outage: Outage | None = None) -> Facts:
+def read_facts(
+    ws: Workspace,
+    usage: AreaUsage | None = None,
+    now: float | None = None,
+    outage: Outage | None = None,
+) -> Facts:
     """The facts of ``ws`` now. The state database is asked once, without waiting; when it
     cannot be reached (or ``outage`` says the daemon cannot reach it) its parts are empty
     and ``state_up`` is False (and ``outage`` hears of it)."""
@@ -119,18 +124,33 @@ def read_facts(ws: Workspace, usage: AreaUsage | None = None, now: float | None 
     paused = False
     with contextlib.suppress(OSError):
         paused = launch_paused(ws)[0]
-    return Facts(now, streams, instances, dels, oldest, lat, free, ws.reserve_bytes, paused,
-                 [f for f in HALT_FLAGS if is_set_globally(ws, f)], read_heartbeats(ws), usage,
-                 up)
+    return Facts(
+        now,
+        streams,
+        instances,
+        dels,
+        oldest,
+        lat,
+        free,
+        ws.reserve_bytes,
+        paused,
+        [f for f in HALT_FLAGS if is_set_globally(ws, f)],
+        read_heartbeats(ws),
+        usage,
+        up,
+    )
 
 
 def scan_usage(ws: Workspace) -> AreaUsage:
     """The usage scan (slow on big trees: see the module docstring)."""
     t0 = time.monotonic()
     rep = usage_report(ws)
-    return AreaUsage({a: u.bytes for a, u in rep.areas.items()},
-                     {a: u.files for a, u in rep.areas.items()},
-                     time.time(), time.monotonic() - t0)
+    return AreaUsage(
+        {a: u.bytes for a, u in rep.areas.items()},
+        {a: u.files for a, u in rep.areas.items()},
+        time.time(),
+        time.monotonic() - t0,
+    )
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -145,26 +165,33 @@ def families(f: Facts) -> Iterator[Metric]:
     info = InfoMetricFamily("skydeck", "skydeck release", value={"version": __version__})
     yield info
 
-    yield GaugeMetricFamily("skydeck_state_up", "1 when the state database answered this "
-                            "read (0: unreachable; the families read from it are empty)",
-                            value=int(f.state_up))
+    yield GaugeMetricFamily(
+        "skydeck_state_up",
+        "1 when the state database answered this "
+        "read (0: unreachable; the families read from it are empty)",
+        value=int(f.state_up),
+    )
 
     g = GaugeMetricFamily("skydeck_streams", "Latest streams by status", labels=["status"])
     for st in sorted(set(STREAM_STATUSES) | set(f.streams)):
         g.add_metric([st], f.streams.get(st, 0))
     yield g
 
-    g = GaugeMetricFamily("skydeck_process_instances",
-                          "Latest process instances of latest streams by process and status",
-                          labels=["process", "status"])
+    g = GaugeMetricFamily(
+        "skydeck_process_instances",
+        "Latest process instances of latest streams by process and status",
+        labels=["process", "status"],
+    )
     for proc in sorted({p for p, _ in f.instances}):
         for st in sorted(set(PI_STATUSES) | {s for p, s in f.instances if p == proc}):
             g.add_metric([proc, st], f.instances.get((proc, st), 0))
     yield g
 
-    g = GaugeMetricFamily("skydeck_queue_depth",
-                          "Process instances not yet running (WAITING, READY, QUEUED)",
-                          labels=["status"])
+    g = GaugeMetricFamily(
+        "skydeck_queue_depth",
+        "Process instances not yet running (WAITING, READY, QUEUED)",
+        labels=["status"],
+    )
     for st in QUEUED_STATES:
         g.add_metric([st], sum(n for (_, s), n in f.instances.items() if s == st))
     yield g
@@ -175,13 +202,17 @@ def families(f: Facts) -> Iterator[Metric]:
     yield g
 
     age = 0.0 if f.oldest_unsettled_seen is None else max(0.0, f.t - f.oldest_unsettled_seen)
-    yield GaugeMetricFamily("skydeck_oldest_pending_delivery_age_seconds",
-                            "Age of the oldest delivery seen but not yet registered or "
-                            "rejected (0: none)", value=age)
+    yield GaugeMetricFamily(
+        "skydeck_oldest_pending_delivery_age_seconds",
+        "Age of the oldest delivery seen but not yet registered or rejected (0: none)",
+        value=age,
+    )
 
-    s = Metric("skydeck_registration_latency_seconds",
-               f"Delivery complete to downlink registered, the {LATENCY_RECENT} latest "
-               "registrations", "summary")
+    s = Metric(
+        "skydeck_registration_latency_seconds",
+        f"Delivery complete to downlink registered, the {LATENCY_RECENT} latest registrations",
+        "summary",
+    )
     lat = sorted(f.latencies)
     if lat:
         for q in LATENCY_QUANTILES:
@@ -191,48 +222,67 @@ def families(f: Facts) -> Iterator[Metric]:
     yield s
 
     if f.usage is not None:
-        g = GaugeMetricFamily("skydeck_area_bytes", "Disk usage per workspace area (du)",
-                              labels=["area"])
+        g = GaugeMetricFamily(
+            "skydeck_area_bytes", "Disk usage per workspace area (du)", labels=["area"]
+        )
         h = GaugeMetricFamily("skydeck_area_files", "Files per workspace area", labels=["area"])
         for area in AREA_PATHS:
             g.add_metric([area], f.usage.bytes.get(area, 0))
             h.add_metric([area], f.usage.files.get(area, 0))
         yield g
         yield h
-        yield GaugeMetricFamily("skydeck_area_scan_timestamp_seconds",
-                                "When the usage scan behind skydeck_area_bytes ended",
-                                value=f.usage.scanned_at)
-        yield GaugeMetricFamily("skydeck_area_scan_duration_seconds",
-                                "How long that usage scan took", value=f.usage.duration_s)
+        yield GaugeMetricFamily(
+            "skydeck_area_scan_timestamp_seconds",
+            "When the usage scan behind skydeck_area_bytes ended",
+            value=f.usage.scanned_at,
+        )
+        yield GaugeMetricFamily(
+            "skydeck_area_scan_duration_seconds",
+            "How long that usage scan took",
+            value=f.usage.duration_s,
+        )
 
-    g = GaugeMetricFamily("skydeck_disk_free_bytes",
-                          "Free bytes on the file system of an output area", labels=["area"])
-    t = GaugeMetricFamily("skydeck_disk_total_bytes",
-                          "Size of the file system of an output area", labels=["area"])
+    g = GaugeMetricFamily(
+        "skydeck_disk_free_bytes",
+        "Free bytes on the file system of an output area",
+        labels=["area"],
+    )
+    t = GaugeMetricFamily(
+        "skydeck_disk_total_bytes", "Size of the file system of an output area", labels=["area"]
+    )
     for area, (free, total) in f.free.items():
         g.add_metric([area], free)
         t.add_metric([area], total)
     yield g
     yield t
-    yield GaugeMetricFamily("skydeck_disk_reserve_bytes",
-                            "Free space work must leave ([disk] reserve_bytes)", value=f.reserve)
-    yield GaugeMetricFamily("skydeck_disk_reserve_paused",
-                            "1 while launching pauses: free space under the reserve",
-                            value=int(f.reserve_paused))
+    yield GaugeMetricFamily(
+        "skydeck_disk_reserve_bytes",
+        "Free space work must leave ([disk] reserve_bytes)",
+        value=f.reserve,
+    )
+    yield GaugeMetricFamily(
+        "skydeck_disk_reserve_paused",
+        "1 while launching pauses: free space under the reserve",
+        value=int(f.reserve_paused),
+    )
 
-    g = GaugeMetricFamily("skydeck_halt_flag", "1 while a global halt flag is set",
-                          labels=["flag"])
+    g = GaugeMetricFamily("skydeck_halt_flag", "1 while a global halt flag is set", labels=["flag"])
     for flag in HALT_FLAGS:
         g.add_metric([flag], int(flag in f.global_halts))
     yield g
 
     alive = [hb for hb in f.heartbeats if not hb.dead()[0]]
-    yield GaugeMetricFamily("skydeck_daemons", "Daemons with a heartbeat file whose process "
-                            "is not provably dead", value=len(alive))
+    yield GaugeMetricFamily(
+        "skydeck_daemons",
+        "Daemons with a heartbeat file whose process is not provably dead",
+        value=len(alive),
+    )
     if f.heartbeats:
-        yield GaugeMetricFamily("skydeck_daemon_heartbeat_timestamp_seconds",
-                                "The newest daemon heartbeat (its last loop)",
-                                value=f.heartbeats[0].t)
+        yield GaugeMetricFamily(
+            "skydeck_daemon_heartbeat_timestamp_seconds",
+            "The newest daemon heartbeat (its last loop)",
+            value=f.heartbeats[0].t,
+        )
 
 
 class SkydeckCollector(Collector):
@@ -270,8 +320,9 @@ def textfile_path(ws: Workspace) -> Path | None:
     return p if p.is_absolute() else ws.root / p
 
 
-def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None,
-                   outage: Outage | None = None) -> Path:
+def write_textfile(
+    ws: Workspace, path: Path, usage: AreaUsage | None = None, outage: Outage | None = None
+) -> Path:
     """Render and replace ``path`` atomically (node_exporter reads only ``*.prom``: the
     dot-temporary beside it is never read)."""
     replace_snapshot(path, render(ws, usage, outage))
@@ -279,6 +330,7 @@ def write_textfile(ws: Workspace, path: Path, usage: AreaUsage | None = None,
 
 
 # ---------------------------------------------------------------------- the daemon's side
+
 
 @dataclass
 class Exporter:
@@ -337,8 +389,12 @@ class Exporter:
             return False
         self._next = now + self.interval_s
         if self.beat:
-            write_heartbeat(self.ws, self.owner, self.interval_s,
-                            state=None if self.outage is None else self.outage.as_json())
+            write_heartbeat(
+                self.ws,
+                self.owner,
+                self.interval_s,
+                state=None if self.outage is None else self.outage.as_json(),
+            )
         if self._server is not None or textfile_path(self.ws) is not None:
             if now >= self._usage_next:
                 self.refresh_usage()
@@ -362,13 +418,17 @@ class Exporter:
         """Serve the same families over HTTP (``/metrics``) on a thread; returns the port
         (``port`` 0 picks a free one). Busy (exit 3) when the port cannot be bound."""
         from prometheus_client.exposition import start_http_server
+
         try:
-            server, _thread = start_http_server(port, addr,
-                                                registry=registry_for(SkydeckCollector(
-                                                    self.ws, self.usage, self.outage)))
+            server, _thread = start_http_server(
+                port,
+                addr,
+                registry=registry_for(SkydeckCollector(self.ws, self.usage, self.outage)),
+            )
         except OSError as err:
-            raise Busy(f"--metrics-port {port}: cannot listen on {addr}: "
-                       f"{err.strerror or err}") from None
+            raise Busy(
+                f"--metrics-port {port}: cannot listen on {addr}: {err.strerror or err}"
+            ) from None
         self._server = server
         return int(server.server_address[1])
 

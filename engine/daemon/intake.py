@@ -34,8 +34,19 @@ from engine.store.outage import Outage, Patience
 
 VERIFY_WAIT_S = 30.0  # a verify thread rides over a state server restart this long
 
-NETWORK_FS = ("nfs", "nfs4", "gpfs", "lustre", "cifs", "smb3", "smbfs", "fuse.sshfs", "ceph",
-              "beegfs", "9p")
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "gpfs",
+    "lustre",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "ceph",
+    "beegfs",
+    "9p",
+)
 
 
 def fstype(path: Path) -> str:
@@ -74,9 +85,18 @@ def choose_polling(ws: Workspace, force: bool) -> tuple[bool, str]:
 class Intake:
     """Deliveries in: hints from the observer, verifications on the pool, outcomes logged."""
 
-    def __init__(self, ws: Workspace, db: StateDB, events: Events, contain: Containment,
-                 outage: Outage, stopping: threading.Event, *, once: bool,
-                 force_polling: bool = False) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        db: StateDB,
+        events: Events,
+        contain: Containment,
+        outage: Outage,
+        stopping: threading.Event,
+        *,
+        once: bool,
+        force_polling: bool = False,
+    ) -> None:
         self.ws, self.db, self.events, self.contain = ws, db, events, contain
         self.outage, self.stopping, self.once = outage, stopping, once
         self.force_polling = force_polling
@@ -89,8 +109,9 @@ class Intake:
         self.pending: dict[str, deliveries.Candidate] = {}
         self._pending_next: dict[str, tuple[float, int, str | None]] = {}
         self._observer: Any = None
-        self.verifier = ThreadPoolExecutor(max_workers=w.verify_threads,
-                                           thread_name_prefix="verify")
+        self.verifier = ThreadPoolExecutor(
+            max_workers=w.verify_threads, thread_name_prefix="verify"
+        )
         self.inflight: dict[str, tuple[deliveries.Candidate, Future[deliveries.Outcome]]] = {}
         self._taken: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # verify threads'
         self._tls = threading.local()
@@ -118,10 +139,14 @@ class Intake:
         obs.daemon = True
         obs.start()
         self._observer = obs
-        self.events.ev("watching", polling=polling, why=why,
-                       interval_s=self.poll_interval if polling else None,
-                       dirs=[str(self.ws.incoming_fcopy), str(self.ws.incoming_level0)],
-                       pid=os.getpid())
+        self.events.ev(
+            "watching",
+            polling=polling,
+            why=why,
+            interval_s=self.poll_interval if polling else None,
+            dirs=[str(self.ws.incoming_fcopy), str(self.ws.incoming_level0)],
+            pid=os.getpid(),
+        )
 
     def stop_observer(self) -> None:
         if self._observer is not None:
@@ -136,8 +161,12 @@ class Intake:
         """Partial extractions a killed process left (before any extraction of ours)."""
         with self.contain.contained("extract sweep"):
             for p in fcopy.sweep_extracts(self.ws):
-                self.events.ev("swept", "intake", path=str(p),
-                               why="partial extraction left by a killed process")
+                self.events.ev(
+                    "swept",
+                    "intake",
+                    path=str(p),
+                    why="partial extraction left by a killed process",
+                )
 
     def scan(self) -> None:
         """The reconciliation scan: every delivery not settled yet is handled."""
@@ -189,20 +218,22 @@ class Intake:
             db = getattr(self._tls, "db", None)
             if db is None:  # one connection per thread, riding over a server restart
                 db = self._tls.db = StateDB(
-                    self.ws.state, check_same_thread=False,
-                    patience=Patience(VERIFY_WAIT_S, self.stopping, self.outage))
+                    self.ws.state,
+                    check_same_thread=False,
+                    patience=Patience(VERIFY_WAIT_S, self.stopping, self.outage),
+                )
                 self._thread_dbs.append(db)
             try:
-                return deliveries.process(self.ws, db, cand, self.quiet_s,
-                                          self.incomplete_timeout)
+                return deliveries.process(self.ws, db, cand, self.quiet_s, self.incomplete_timeout)
             finally:  # a dead host's claim taken over: a line from the main thread
                 for detail in db.drain_takeovers():
                     self._taken.put(detail)
         except StateUnavailable:
             raise  # the daemon's outage, not this delivery's: collect_verified
         except Exception as err:  # contained: this delivery only
-            return deliveries.Outcome(cand.name, cand.kind, None, "error", one_line(err),
-                                      str(cand.path))
+            return deliveries.Outcome(
+                cand.name, cand.kind, None, "error", one_line(err), str(cand.path)
+            )
 
     def collect_verified(self, wait: bool = False) -> int:
         done = 0
@@ -265,12 +296,25 @@ class Intake:
             except StateUnavailable as err:
                 self.contain.state_lost(err)
             ev.result.registered.append(o.dlid or "")
-            ev.ev("registered", "intake", dlid=o.dlid, delivery=o.name, form=o.kind,
-                  latency_s=round(dl.registered - dl.delivered, 4) if dl else None)
+            ev.ev(
+                "registered",
+                "intake",
+                dlid=o.dlid,
+                delivery=o.name,
+                form=o.kind,
+                latency_s=round(dl.registered - dl.delivered, 4) if dl else None,
+            )
         elif o.status == "rejected":
             ev.result.rejected.append(o)
-            ev.ev("rejected", "intake", delivery=o.name, dlid=o.dlid, reason=o.reason,
-                  file=o.file, moved_to=o.path)
+            ev.ev(
+                "rejected",
+                "intake",
+                delivery=o.name,
+                dlid=o.dlid,
+                reason=o.reason,
+                file=o.file,
+                moved_to=o.path,
+            )
         elif o.status == "skipped" and o.reason == deliveries.SAME_AGAIN:
             # an accepted delivery's files rewritten with the very content accepted: said once
             ev.ev("unchanged", "intake", delivery=o.name, dlid=o.dlid, why=o.reason)

@@ -50,9 +50,16 @@ from engine.store.outage import Backoff, Outage, Patience
 
 
 class Daemon:
-    def __init__(self, ws: Workspace, *, polling: bool = False, once: bool = False,
-                 emit: Emit | None = None, task: Task | None = None,
-                 max_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        *,
+        polling: bool = False,
+        once: bool = False,
+        emit: Emit | None = None,
+        task: Task | None = None,
+        max_jobs: int | None = None,
+    ) -> None:
         self.ws = ws
         self.once = once
         self.task = task or load_task(ws)
@@ -69,16 +76,33 @@ class Daemon:
             self.events.close()
             raise
         w = ws.settings.watch
-        self.contain = Containment(self.events, self.outage, w.error_backoff_s,
-                                   w.error_backoff_max_s)
-        self.intake = Intake(ws, self.db, self.events, self.contain, self.outage, self.stopping,
-                             once=once, force_polling=polling)
-        self.streams = Streams(ws, self.db, self.task, make_launcher(ws.settings, max_jobs),
-                               self.events, self.contain, presence, once=once)
+        self.contain = Containment(
+            self.events, self.outage, w.error_backoff_s, w.error_backoff_max_s
+        )
+        self.intake = Intake(
+            ws,
+            self.db,
+            self.events,
+            self.contain,
+            self.outage,
+            self.stopping,
+            once=once,
+            force_polling=polling,
+        )
+        self.streams = Streams(
+            ws,
+            self.db,
+            self.task,
+            make_launcher(ws.settings, max_jobs),
+            self.events,
+            self.contain,
+            presence,
+            once=once,
+        )
         self.scan_interval = w.scan_interval_s
         self.stop = False
-        self._prune_next = 0.0                     # the first prune: at the first loop
-        self._state_retry = Backoff()              # probes of an unreachable state server
+        self._prune_next = 0.0  # the first prune: at the first loop
+        self._state_retry = Backoff()  # probes of an unreachable state server
 
     # ------------------------------------------------------------------ state database
 
@@ -137,11 +161,14 @@ class Daemon:
             self.reconcile()
             return True
         since = self.outage.since
-        if self.once and since is not None and \
-                time.time() - since > self.ws.settings.state.wait_s:
-            raise StateUnavailable(f"state database unreachable for more than "
-                                   f"[state] wait_s = {self.ws.settings.state.wait_s:g} s: "
-                                   f"{self.outage.error}", self.db.where, since=since)
+        if self.once and since is not None and time.time() - since > self.ws.settings.state.wait_s:
+            raise StateUnavailable(
+                f"state database unreachable for more than "
+                f"[state] wait_s = {self.ws.settings.state.wait_s:g} s: "
+                f"{self.outage.error}",
+                self.db.where,
+                since=since,
+            )
         time.sleep(0.05)
         return False
 
@@ -177,18 +204,28 @@ class Daemon:
         self._prune_next = time.monotonic() + interval
         with self.contain.contained("prune"):
             from engine.pipeline.retention import apply, plan
+
             res = apply(self.ws, plan(self.ws, self.db), self.db)
             if res.removed or res.gone or res.kept or res.failed:  # an idle prune: silent
-                self.events.ev("prune", **res.summary(),
-                               errors=[f"{c.path}: {err}" for c, err in res.failed][:20])
+                self.events.ev(
+                    "prune",
+                    **res.summary(),
+                    errors=[f"{c.path}: {err}" for c, err in res.failed][:20],
+                )
 
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> WatchResult:
         ev, intake, streams = self.events, self.intake, self.streams
-        ev.debug("config", workspace=str(self.ws.root), task=self.task.name,
-                 launcher=self.ws.settings.pipeline.launcher, max_streams=streams.max_streams,
-                 scan_interval_s=self.scan_interval, quiet_s=intake.quiet_s)
+        ev.debug(
+            "config",
+            workspace=str(self.ws.root),
+            task=self.task.name,
+            launcher=self.ws.settings.pipeline.launcher,
+            max_streams=streams.max_streams,
+            scan_interval_s=self.scan_interval,
+            quiet_s=intake.quiet_s,
+        )
         if not self.once:
             intake.start_observer()
         else:
@@ -275,9 +312,15 @@ class Daemon:
         self.db.close()
 
 
-def run_daemon(ws: Workspace, *, polling: bool = False, once: bool = False,
-               emit: Emit | None = None, metrics_port: int | None = None,
-               metrics_addr: str = "0.0.0.0") -> WatchResult:
+def run_daemon(
+    ws: Workspace,
+    *,
+    polling: bool = False,
+    once: bool = False,
+    emit: Emit | None = None,
+    metrics_port: int | None = None,
+    metrics_addr: str = "0.0.0.0",
+) -> WatchResult:
     d = Daemon(ws, polling=polling, once=once, emit=emit)
     if metrics_port is not None:
         try:

@@ -31,15 +31,25 @@ from engine.store import StateDB
 class Streams:
     """The streams this daemon runs, one ``StreamRunner`` each, over one launcher."""
 
-    def __init__(self, ws: Workspace, db: StateDB, task: Task, launcher: Launcher,
-                 events: Events, contain: Containment, presence: Any, *, once: bool) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        db: StateDB,
+        task: Task,
+        launcher: Launcher,
+        events: Events,
+        contain: Containment,
+        presence: Any,
+        *,
+        once: bool,
+    ) -> None:
         self.ws, self.db, self.task, self.launcher = ws, db, task, launcher
         self.events, self.contain, self.presence, self.once = events, contain, presence, once
         self.max_streams = ws.settings.pipeline.max_streams
         self.runners: dict[int, StreamRunner] = {}
         self.restep_s = 0.5
         self._stepped: dict[int, float] = {}
-        self._exits: list[JobResult] = []          # job exits not recorded yet (a write failed)
+        self._exits: list[JobResult] = []  # job exits not recorded yet (a write failed)
         self._stale_seen: set[str] = set()
 
     @property
@@ -71,8 +81,9 @@ class Streams:
                     self.events.ev("takeover", **detail)
                 if st is None:
                     continue
-                runner = StreamRunner(self.ws, self.db, self.task, st, self.launcher,
-                                      self.events.emit)
+                runner = StreamRunner(
+                    self.ws, self.db, self.task, st, self.launcher, self.events.emit
+                )
                 runner.resume()
                 self.runners[st.id] = runner
                 self.events.ev("stream_claimed", dlid=dlid, stream=st.id)
@@ -84,9 +95,11 @@ class Streams:
         are given up here (their jobs killed, nothing written: they are the new owner's)."""
         if self.presence is None or self.presence.check():
             return
-        self.events.ev("presence_lost", pid=os.getpid(),
-                       why="the state server connection holding this daemon's presence was "
-                           "lost; taken again")
+        self.events.ev(
+            "presence_lost",
+            pid=os.getpid(),
+            why="the state server connection holding this daemon's presence was lost; taken again",
+        )
         me = (self.presence.owner.pid, self.presence.owner.host)
         for sid, r in list(self.runners.items()):
             st = self.db.stream(sid)
@@ -96,16 +109,21 @@ class Streams:
                 self.launcher.cancel(pi_id, grace_s=0.0)
             del self.runners[sid]
             self._stepped.pop(sid, None)
-            self.events.ev("stream_lost", dlid=r.dlid, stream=sid,
-                           owner=f"{st.owner_host}:{st.owner_pid}" if st.owner_pid else None,
-                           why="taken over by another owner while this daemon's presence was "
-                               "lost; its jobs here were killed")
+            self.events.ev(
+                "stream_lost",
+                dlid=r.dlid,
+                stream=sid,
+                owner=f"{st.owner_host}:{st.owner_pid}" if st.owner_pid else None,
+                why="taken over by another owner while this daemon's presence was "
+                "lost; its jobs here were killed",
+            )
 
     def report_locks(self) -> None:
         """Stale locks are reported once (reclaimed when a process needs them), and so is
         anything at a lock path that blocks its lock for good until an operator removes it
         (a directory, a FIFO, a link: no owner to prove dead)."""
         from engine.pipeline.locks import list_locks, sweep_temps
+
         for p in sweep_temps(self.ws.lock):
             self.events.ev("swept", path=str(p), why="lock temporary left by a killed process")
         infos = list_locks(self.ws.lock)
@@ -113,8 +131,14 @@ class Streams:
         for info in infos:
             if (info.stale or info.blocks) and info.name not in self._stale_seen:
                 self._stale_seen.add(info.name)
-                self.events.ev("stale_lock" if info.stale else "blocking_lock", "pipeline",
-                               lock=info.name, kind=info.kind, owner=info.owner, why=info.reason)
+                self.events.ev(
+                    "stale_lock" if info.stale else "blocking_lock",
+                    "pipeline",
+                    lock=info.name,
+                    kind=info.kind,
+                    owner=info.owner,
+                    why=info.reason,
+                )
 
     # ------------------------------------------------------------------ stepping
 
@@ -180,8 +204,9 @@ class Streams:
         for r in self.runners.values():
             with self.contain.contained(f"stream:{r.dlid} release", dlid=r.dlid):
                 r.terminate([i for i in r.running if i in ids])
-                self.db.release_stream(r.stream.id, "TERMINATED",
-                                       "daemon stopped; resumes on restart")
+                self.db.release_stream(
+                    r.stream.id, "TERMINATED", "daemon stopped; resumes on restart"
+                )
         self.runners.clear()
 
     def release_held(self) -> None:

@@ -61,8 +61,9 @@ class Built:
     keep: list[Any] = field(default_factory=list)
 
 
-def _mpt_vector(g4: ModuleType, mpt: Any, key: str, value: Any, unit: float,
-                keep: list[Any]) -> None:
+def _mpt_vector(
+    g4: ModuleType, mpt: Any, key: str, value: Any, unit: float, keep: list[Any]
+) -> None:
     e, v = nodes(value)
     ev = g4.G4doubleVector([x * g4.eV for x in e])
     vv = g4.G4doubleVector([x * unit for x in v])
@@ -75,15 +76,19 @@ def material(g4: ModuleType, scene: Scene, index: int, keep: list[Any]) -> Any:
     phys = m.physics
     tables = phys.get("tables", {})
     if float(m.props[3].max()) > 0:
-        raise BadInput(f"materials.{m.name}.reemission_prob: reemission has no counterpart in "
-                       "Geant4's optical physics here (its WLS conserves energy)", scene.path)
+        raise BadInput(
+            f"materials.{m.name}.reemission_prob: reemission has no counterpart in "
+            "Geant4's optical physics here (its WLS conserves energy)",
+            scene.path,
+        )
     nist = g4.G4NistManager.Instance()
     if "nist" in phys:
         base = nist.FindOrBuildMaterial(phys["nist"])
         if base is None:
             raise BadInput(f"materials.{m.name}.nist: Geant4 knows no {phys['nist']!r}", scene.path)
-        mat = g4.G4Material(m.name, phys.get("density", base.GetDensity() / (g4.g / g4.cm3))
-                            * g4.g / g4.cm3, 1)
+        mat = g4.G4Material(
+            m.name, phys.get("density", base.GetDensity() / (g4.g / g4.cm3)) * g4.g / g4.cm3, 1
+        )
         mat.AddMaterial(base, 1.0)
     elif "composition" in phys:
         comp = phys["composition"]
@@ -91,12 +96,15 @@ def material(g4: ModuleType, scene: Scene, index: int, keep: list[Any]) -> Any:
         for sym, atoms in comp.items():
             el = nist.FindOrBuildElement(sym)
             if el is None:
-                raise BadInput(f"materials.{m.name}.composition.{sym}: Geant4 knows no such element",
-                               scene.path)
+                raise BadInput(
+                    f"materials.{m.name}.composition.{sym}: Geant4 knows no such element",
+                    scene.path,
+                )
             mat.AddElement(el, int(atoms))
     else:  # optical photons only: any near-vacuum will do
-        mat = g4.G4Material(m.name, 1.0, 1.008 * g4.g / g4.mole,
-                            phys.get("density", 1e-25) * g4.g / g4.cm3)
+        mat = g4.G4Material(
+            m.name, 1.0, 1.008 * g4.g / g4.mole, phys.get("density", 1e-25) * g4.g / g4.cm3
+        )
     mpt = g4.G4MaterialPropertiesTable()
     keep += [mat, mpt]
     _mpt_vector(g4, mpt, "RINDEX", tables["refractive_index"], 1.0, keep)
@@ -125,8 +133,9 @@ def material(g4: ModuleType, scene: Scene, index: int, keep: list[Any]) -> Any:
     return mat
 
 
-def optical_surface(g4: ModuleType, name: str, probs: tuple[float, float, float, float],
-                    keep: list[Any]) -> Any:
+def optical_surface(
+    g4: ModuleType, name: str, probs: tuple[float, float, float, float], keep: list[Any]
+) -> Any:
     detect, absorb, spec, diff = probs
     refl = spec + diff
     eff = detect / (detect + absorb) if detect + absorb > 0 else 0.0
@@ -138,8 +147,11 @@ def optical_surface(g4: ModuleType, name: str, probs: tuple[float, float, float,
     _mpt_vector(g4, mpt, "EFFICIENCY", eff, 1.0, keep)
     if diff > 0:
         surf.SetSigmaAlpha(0.0)
-        for key, v in (("SPECULARSPIKECONSTANT", spec / refl), ("SPECULARLOBECONSTANT", 0.0),
-                       ("BACKSCATTERCONSTANT", 0.0)):
+        for key, v in (
+            ("SPECULARSPIKECONSTANT", spec / refl),
+            ("SPECULARLOBECONSTANT", 0.0),
+            ("BACKSCATTERCONSTANT", 0.0),
+        ):
             _mpt_vector(g4, mpt, key, v, 1.0, keep)
     surf.SetMaterialPropertiesTable(mpt)
     return surf
@@ -161,15 +173,20 @@ def build(g4: ModuleType, scene: Scene) -> Built:
     s_cont = g4.G4Box("Container", *half)
     cmat = b.materials[scene.materials[scene.container_material].name]
     b.container_lv = g4.G4LogicalVolume(s_cont, cmat, "Container")
-    b.container_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), b.container_lv, "Container",
-                                      b.world_lv, False, 0)
+    b.container_pv = g4.G4PVPlacement(
+        None, g4.G4ThreeVector(), b.container_lv, "Container", b.world_lv, False, 0
+    )
     keep += [s_world, s_cont]
     for j, o in enumerate(scene.objects):
-        solid = (g4.G4Box(f"Object{j}", *o.half_size) if o.shape == "box"
-                 else g4.G4Orb(f"Object{j}", o.half_size[0]))
+        solid = (
+            g4.G4Box(f"Object{j}", *o.half_size)
+            if o.shape == "box"
+            else g4.G4Orb(f"Object{j}", o.half_size[0])
+        )
         lv = g4.G4LogicalVolume(solid, b.materials[scene.materials[o.material].name], f"Object{j}")
-        pv = g4.G4PVPlacement(None, g4.G4ThreeVector(*o.center), lv, f"Object{j}",
-                              b.container_lv, False, j + 1)
+        pv = g4.G4PVPlacement(
+            None, g4.G4ThreeVector(*o.center), lv, f"Object{j}", b.container_lv, False, j + 1
+        )
         keep += [solid, lv, pv]
         b.object_lvs.append(lv)
         if o.surface >= 0:

@@ -27,11 +27,13 @@ from types import ModuleType
 from typing import Any
 
 REMOVED_OFFLINE = {"e-": ("eBrem",), "e+": ("eBrem",), "gamma": ("phot", "Rayl")}
-BEFORE_INIT = ("/process/optical/cerenkov/setMaxPhotons 100",
-               "/process/optical/cerenkov/setMaxBetaChange 10",
-               "/process/optical/boundary/setInvokeSD true",
-               "/process/optical/cerenkov/setTrackSecondariesFirst false",
-               "/process/optical/scintillation/setTrackSecondariesFirst false")
+BEFORE_INIT = (
+    "/process/optical/cerenkov/setMaxPhotons 100",
+    "/process/optical/cerenkov/setMaxBetaChange 10",
+    "/process/optical/boundary/setInvokeSD true",
+    "/process/optical/cerenkov/setTrackSecondariesFirst false",
+    "/process/optical/scintillation/setTrackSecondariesFirst false",
+)
 AFTER_INIT = ("/process/inactivate Scintillation opticalphoton",)
 
 

@@ -37,10 +37,12 @@ class Surfaces:
     def __init__(self, scene: Scene) -> None:
         self.scene = scene
         self.vols: list[tuple[str, np.ndarray, np.ndarray]] = [
-            ("box", np.zeros(3), np.array(scene.container_half, np.float64))]
+            ("box", np.zeros(3), np.array(scene.container_half, np.float64))
+        ]
         for o in scene.objects:
-            self.vols.append((o.shape, np.array(o.center, np.float64),
-                              np.array(o.half_size, np.float64)))
+            self.vols.append(
+                (o.shape, np.array(o.center, np.float64), np.array(o.half_size, np.float64))
+            )
         self.surface = [scene.container_surface] + [o.surface for o in scene.objects]
 
     def at(self, p: np.ndarray) -> tuple[int, int, np.ndarray]:
@@ -91,8 +93,18 @@ class Photons:
         u[i, 3, 3] = first
         self.seq[i] = F.nibble(first)
 
-    def flag(self, i: int, flag: int, boundary: int, sensor: int, pos: Any, t: float, d: Any,
-             pol: Any, wl: float) -> bool:
+    def flag(
+        self,
+        i: int,
+        flag: int,
+        boundary: int,
+        sensor: int,
+        pos: Any,
+        t: float,
+        d: Any,
+        pol: Any,
+        wl: float,
+    ) -> bool:
         """Record a step's flag and the state after it; True when the bounce limit is hit."""
         k = int(self.nflag[i]) + 1
         self.nflag[i] = k
@@ -159,11 +171,19 @@ def terminal_counts(fm_counts: dict[int, int]) -> dict[str, int]:
     return out
 
 
-def write_event(out: Path, scene: Scene, meta_extra: dict[str, Any], hitmask: int,
-                photons: int, ht: np.ndarray, fm_counts: dict[int, int],
-                ox: np.ndarray | None = None, seq: np.ndarray | None = None,
-                gs: np.ndarray | None = None,
-                extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def write_event(
+    out: Path,
+    scene: Scene,
+    meta_extra: dict[str, Any],
+    hitmask: int,
+    photons: int,
+    ht: np.ndarray,
+    fm_counts: dict[int, int],
+    ox: np.ndarray | None = None,
+    seq: np.ndarray | None = None,
+    gs: np.ndarray | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """A skydeck event directory (docs/propagation.md, "Event directory") written under a
     temporary name and renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,16 +207,21 @@ def write_event(out: Path, scene: Scene, meta_extra: dict[str, Any], hitmask: in
             "mode": "development" if seq is not None else "production",
             "backend": "geant4",
             "scene": {"name": scene.name, "sha256": scene.sha256, "path": str(scene.path)},
-            "hitmask": {"mask": hitmask, "label": F.mask_label(hitmask),
-                        "given": F.mask_label(hitmask)},
+            "hitmask": {
+                "mask": hitmask,
+                "label": F.mask_label(hitmask),
+                "given": F.mask_label(hitmask),
+            },
             "max_bounce": scene.max_bounce,
             "flags": {"version": F.FLAG_VERSION, "bits": F.bit_table()},
             "flagmask_counts": {f"0x{k:x}": int(v) for k, v in sorted(fm_counts.items())},
             "terminal_counts": terminal_counts(fm_counts),
             "geometry": {
                 "container_half": list(scene.container_half),
-                "objects": [{"shape": o.shape, "center": list(o.center),
-                             "half_size": list(o.half_size)} for o in scene.objects],
+                "objects": [
+                    {"shape": o.shape, "center": list(o.center), "half_size": list(o.half_size)}
+                    for o in scene.objects
+                ],
             },
             "engine_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -216,4 +241,3 @@ def write_event(out: Path, scene: Scene, meta_extra: dict[str, Any], hitmask: in
         remove_path(tmp)
         raise
     return meta
-

@@ -70,8 +70,9 @@ def _xyz(v: Any) -> tuple[float, float, float]:
 class _App:
     """Detector, physics and run manager of one Geant4 run; actions supplied per run."""
 
-    def __init__(self, g4: ModuleType, scene: Scene, kind: str, seed: int,
-                 sd_hit: Any = None) -> None:
+    def __init__(
+        self, g4: ModuleType, scene: Scene, kind: str, seed: int, sd_hit: Any = None
+    ) -> None:
         self.g4, self.scene = g4, scene
         self.built: detector.Built | None = None
         app = self
@@ -116,9 +117,15 @@ class _App:
         return time.process_time() - c0
 
 
-def propagate_torch(scene_path: Path, out: Path | None, photons: int | None = None,
-                    seed: int = 0, timing: bool = False, log: Path | None = None,
-                    hitmask: str | None = None) -> dict[str, Any]:
+def propagate_torch(
+    scene_path: Path,
+    out: Path | None,
+    photons: int | None = None,
+    seed: int = 0,
+    timing: bool = False,
+    log: Path | None = None,
+    hitmask: str | None = None,
+) -> dict[str, Any]:
     """Geant4 tracks the scene's torch photons; the event directory at ``out``."""
     g4 = runtime.load()
     scene = load_scene(scene_path)
@@ -159,12 +166,15 @@ def propagate_torch(scene_path: Path, out: Path | None, photons: int | None = No
                 state["base"] = lo
                 gun = self.gun
                 for i in range(lo, min(n, lo + PHOTONS_PER_EVENT)):
-                    gun.SetParticlePosition(g4.G4ThreeVector(float(pos[0, i]), float(pos[1, i]),
-                                                             float(pos[2, i])))
-                    gun.SetParticleMomentumDirection(g4.G4ThreeVector(
-                        float(d[0, i]), float(d[1, i]), float(d[2, i])))
-                    gun.SetParticlePolarization(g4.G4ThreeVector(
-                        float(pol[0, i]), float(pol[1, i]), float(pol[2, i])))
+                    gun.SetParticlePosition(
+                        g4.G4ThreeVector(float(pos[0, i]), float(pos[1, i]), float(pos[2, i]))
+                    )
+                    gun.SetParticleMomentumDirection(
+                        g4.G4ThreeVector(float(d[0, i]), float(d[1, i]), float(d[2, i]))
+                    )
+                    gun.SetParticlePolarization(
+                        g4.G4ThreeVector(float(pol[0, i]), float(pol[1, i]), float(pol[2, i]))
+                    )
                     gun.SetParticleEnergy(record.HC_EV_NM / float(wl[i]) * g4.eV)
                     gun.SetParticleTime(float(t[i]) * g4.ns)
                     gun.GeneratePrimaryVertex(event)
@@ -179,10 +189,20 @@ def propagate_torch(scene_path: Path, out: Path | None, photons: int | None = No
                 track = step.GetTrack()
                 i = state["base"] + track.GetTrackID() - 1
                 post = step.GetPostStepPoint()
-                if rec.flag(i, flag, bnd, sensor, _xyz(post.GetPosition()), post.GetGlobalTime(),
-                            _xyz(post.GetMomentumDirection()), _xyz(post.GetPolarization()),
-                            record.wavelength(post.GetKineticEnergy())) \
-                        and not flag & F.TERMINAL:
+                if (
+                    rec.flag(
+                        i,
+                        flag,
+                        bnd,
+                        sensor,
+                        _xyz(post.GetPosition()),
+                        post.GetGlobalTime(),
+                        _xyz(post.GetMomentumDirection()),
+                        _xyz(post.GetPolarization()),
+                        record.wavelength(post.GetKineticEnergy()),
+                    )
+                    and not flag & F.TERMINAL
+                ):
                     track.SetTrackStatus(kill)
 
         class Actions(g4.G4VUserActionInitialization):  # type: ignore[name-defined,misc]
@@ -195,23 +215,39 @@ def propagate_torch(scene_path: Path, out: Path | None, photons: int | None = No
         cpu = app.run(Actions(), events)
     wall = time.perf_counter() - t_wall
     tracking = max(cpu - state["gun_cpu"], 1e-9)
-    info = {"geant4": {"version": runtime.version(g4), "physics": "G4OpticalPhysics",
-                       "run_cpu_seconds": round(cpu, 4),
-                       "primary_python_cpu_seconds": round(state["gun_cpu"], 4),
-                       "tracking_cpu_seconds": round(tracking, 4),
-                       "tracking_photons_per_cpu_second": n / tracking,
-                       "history": "inferred from steps" if not timing else "none (timing run)"},
-            "device": f"Geant4 {runtime.version(g4)} (cpu, 1 thread)",
-            "seed": seed, "event": 0, "wall_seconds": round(wall, 4),
-            "photons_per_second": n / tracking}
+    info = {
+        "geant4": {
+            "version": runtime.version(g4),
+            "physics": "G4OpticalPhysics",
+            "run_cpu_seconds": round(cpu, 4),
+            "primary_python_cpu_seconds": round(state["gun_cpu"], 4),
+            "tracking_cpu_seconds": round(tracking, 4),
+            "tracking_photons_per_cpu_second": n / tracking,
+            "history": "inferred from steps" if not timing else "none (timing run)",
+        },
+        "device": f"Geant4 {runtime.version(g4)} (cpu, 1 thread)",
+        "seed": seed,
+        "event": 0,
+        "wall_seconds": round(wall, 4),
+        "photons_per_second": n / tracking,
+    }
     if timing or out is None:
         return {"photons": n, **info}
     fm = rec.ox.view(np.uint32)[:, 3, 3]
     vals, cnts = np.unique(fm, return_counts=True)
     hits = rec.ox[(fm & np.uint32(mask)) == mask]
-    return record.write_event(out, scene, info, mask, n, hits,
-                              {int(v): int(c) for v, c in zip(vals, cnts, strict=True)},
-                              ox=rec.ox, seq=rec.seq, gs=gs)
+    return record.write_event(
+        out,
+        scene,
+        info,
+        mask,
+        n,
+        hits,
+        {int(v): int(c) for v, c in zip(vals, cnts, strict=True)},
+        ox=rec.ox,
+        seq=rec.seq,
+        gs=gs,
+    )
 
 
 def _check_gun(gun: Gun, scene: Scene) -> None:
@@ -227,9 +263,15 @@ def _check_gun(gun: Gun, scene: Scene) -> None:
         raise BadInput("--direction must be a non-zero vector")
 
 
-def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0,
-                     mode: str = "collect", track_out: Path | None = None,
-                     log: Path | None = None) -> dict[str, Any]:
+def collect_gensteps(
+    scene_path: Path,
+    out: Path | None,
+    gun: Gun,
+    seed: int = 0,
+    mode: str = "collect",
+    track_out: Path | None = None,
+    log: Path | None = None,
+) -> dict[str, Any]:
     """Shoot ``gun`` into the scene; write the gensteps (and, tracked, Geant4's hits)."""
     if mode not in MODES:
         raise BadInput(f"--mode must be one of {', '.join(MODES)}")
@@ -240,8 +282,11 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
     g4 = runtime.load()
     scene = load_scene(scene_path)
     _check_gun(gun, scene)
-    tables = {m.name: CerenkovTable(*table(m.physics["tables"]["refractive_index"]))
-              for m in scene.materials if "refractive_index" in m.physics.get("tables", {})}
+    tables = {
+        m.name: CerenkovTable(*table(m.physics["tables"]["refractive_index"]))
+        for m in scene.materials
+        if "refractive_index" in m.physics.get("tables", {})
+    }
     comps = {m.name: m.physics.get("scintillation_components") for m in scene.materials}
     rows: list[np.ndarray] = []
     counts = {"CERENKOV": 0, "SCINTILLATION": 0, "steps": 0}
@@ -283,9 +328,14 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
                 k = kind_of(sec)
                 if k:
                     d = sec.GetMomentumDirection()
-                    generated.append((record.wavelength(sec.GetKineticEnergy()),
-                                      d.x * u[0] + d.y * u[1] + d.z * u[2],
-                                      sec.GetGlobalTime(), float(k)))
+                    generated.append(
+                        (
+                            record.wavelength(sec.GetKineticEnergy()),
+                            d.x * u[0] + d.y * u[1] + d.z * u[2],
+                            sec.GetGlobalTime(),
+                            float(k),
+                        )
+                    )
         counts["steps"] += 1
         pre, post = step.GetPreStepPoint(), step.GetPostStepPoint()
         mat = track.GetMaterial()
@@ -335,17 +385,29 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
         p = post.GetPosition()
         vol, face, _ = surfaces.at(np.array([p.x, p.y, p.z]))
         first = F.CK if kind_of(track) == CERENKOV else F.SI
-        hits.append((_xyz(p), post.GetGlobalTime(), _xyz(post.GetMomentumDirection()),
-                     _xyz(post.GetPolarization()), record.wavelength(post.GetKineticEnergy()),
-                     first, vol, vol * 8 + face + 1, track.GetTrackID()))
+        hits.append(
+            (
+                _xyz(p),
+                post.GetGlobalTime(),
+                _xyz(post.GetMomentumDirection()),
+                _xyz(post.GetPolarization()),
+                record.wavelength(post.GetKineticEnergy()),
+                first,
+                vol,
+                vol * 8 + face + 1,
+                track.GetTrackID(),
+            )
+        )
         return True
 
     t_wall = time.perf_counter()
     with runtime.quiet(log):
         app = _App(g4, scene, "em_optical", seed, sd_hit if mode == "track" else None)
         op = g4.G4OpticalPhoton.Definition()
-        fkill, furgent = (g4.G4ClassificationOfNewTrack.fKill,
-                          g4.G4ClassificationOfNewTrack.fUrgent)
+        fkill, furgent = (
+            g4.G4ClassificationOfNewTrack.fKill,
+            g4.G4ClassificationOfNewTrack.fUrgent,
+        )
         particle = g4.G4ParticleTable.GetParticleTable().FindParticle(gun.particle)
 
         class Primaries(g4.G4VUserPrimaryGeneratorAction):  # type: ignore[name-defined,misc]
@@ -379,8 +441,10 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
 
         before: tuple[str, ...] = ()
         if mode == "charged":
-            before = ("/process/optical/cerenkov/setStackPhotons false",
-                      "/process/optical/scintillation/setStackPhotons false")
+            before = (
+                "/process/optical/cerenkov/setStackPhotons false",
+                "/process/optical/scintillation/setStackPhotons false",
+            )
         cpu = app.run(Actions(), gun.count, before)
         names = [m.GetName() for m in g4.G4Material.GetMaterialTable()]
         removed = list(app.physics.removed)
@@ -388,14 +452,24 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
     gs = np.stack(rows) if rows else np.zeros((0, 6, 4), np.float32)
     photons = counts["CERENKOV"] + counts["SCINTILLATION"]
     summary: dict[str, Any] = {
-        "mode": mode, "primaries": gun.count, "particle": gun.particle,
-        "energy_mev": gun.energy_mev, "position": list(gun.position),
-        "direction": list(gun.direction), "seed": seed, "gensteps": int(len(gs)),
-        "photons": photons, "photons_by_kind": {k: counts[k] for k in ("CERENKOV", "SCINTILLATION")},
-        "cpu_seconds": round(cpu, 4), "wall_seconds": round(wall, 4),
-        "geant4": {"version": runtime.version(g4), "full_em": runtime.full_em(),
-                   "removed_processes": removed,
-                   "physics": "G4EmStandardPhysics + G4OpticalPhysics"},
+        "mode": mode,
+        "primaries": gun.count,
+        "particle": gun.particle,
+        "energy_mev": gun.energy_mev,
+        "position": list(gun.position),
+        "direction": list(gun.direction),
+        "seed": seed,
+        "gensteps": int(len(gs)),
+        "photons": photons,
+        "photons_by_kind": {k: counts[k] for k in ("CERENKOV", "SCINTILLATION")},
+        "cpu_seconds": round(cpu, 4),
+        "wall_seconds": round(wall, 4),
+        "geant4": {
+            "version": runtime.version(g4),
+            "full_em": runtime.full_em(),
+            "removed_processes": removed,
+            "physics": "G4EmStandardPhysics + G4OpticalPhysics",
+        },
     }
     if collect and out is not None:
         _write_gensteps(out, gs, names, summary)
@@ -403,8 +477,15 @@ def collect_gensteps(scene_path: Path, out: Path | None, gun: Gun, seed: int = 0
         summary["material_map"] = str(sidecar_for(out))
     if mode == "track" and track_out is not None:
         summary["track_photons"] = str(track_out)
-        _write_tracked(track_out, scene, gs, hits, counts, summary,
-                       np.array(generated, np.float32).reshape(-1, 4))
+        _write_tracked(
+            track_out,
+            scene,
+            gs,
+            hits,
+            counts,
+            summary,
+            np.array(generated, np.float32).reshape(-1, 4),
+        )
     return summary
 
 
@@ -416,15 +497,24 @@ def _write_gensteps(out: Path, gs: np.ndarray, names: list[str], summary: dict[s
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, gs)
-    side = {"materials": names, "written_by": "skydeck-engine geant4 gensteps",
-            "geant4": summary["geant4"]["version"]}
+    side = {
+        "materials": names,
+        "written_by": "skydeck-engine geant4 gensteps",
+        "geant4": summary["geant4"]["version"],
+    }
     atomic_write_bytes(sidecar_for(out), (json.dumps(side, indent=1) + "\n").encode())
     atomic_write_bytes(out, buf.getvalue())
 
 
-def _write_tracked(out: Path, scene: Scene, gs: np.ndarray, hits: list[tuple[Any, ...]],
-                   counts: dict[str, int], summary: dict[str, Any],
-                   generated: np.ndarray) -> dict[str, Any]:
+def _write_tracked(
+    out: Path,
+    scene: Scene,
+    gs: np.ndarray,
+    hits: list[tuple[Any, ...]],
+    counts: dict[str, int],
+    summary: dict[str, Any],
+    generated: np.ndarray,
+) -> dict[str, Any]:
     """Geant4's hits of the photons it tracked, as a production event directory, plus
     ``generated.npy``: every photon Geant4 made, (N,4) float32 wavelength nm, cosine to its
     step's direction, time ns, gentype kind (15 Cerenkov, 16 scintillation)."""
@@ -444,20 +534,47 @@ def _write_tracked(out: Path, scene: Scene, gs: np.ndarray, hits: list[tuple[Any
         rest = counts[key] - fm_hits.get(first | F.SD, 0)
         if rest > 0:
             fm_counts[first] = rest
-    info = {"device": f"Geant4 {summary['geant4']['version']} (cpu, 1 thread)",
-            "seed": summary["seed"], "event": 0,
-            "geant4": {**summary["geant4"], "history": "hits only (sensitive detector)",
-                       "primaries": summary["primaries"], "particle": summary["particle"],
-                       "energy_mev": summary["energy_mev"]},
-            "gensteps": {"rows": int(len(gs)), "photons": int(gs.view(np.int32)[:, 0, 3].sum()),
-                         "kinds": summary["photons_by_kind"]},
-            "wall_seconds": summary["wall_seconds"]}
-    return record.write_event(out, scene, info, F.SD, counts["CERENKOV"] + counts["SCINTILLATION"],
-                              ht, fm_counts, gs=gs, extra={"generated.npy": generated})
+    info = {
+        "device": f"Geant4 {summary['geant4']['version']} (cpu, 1 thread)",
+        "seed": summary["seed"],
+        "event": 0,
+        "geant4": {
+            **summary["geant4"],
+            "history": "hits only (sensitive detector)",
+            "primaries": summary["primaries"],
+            "particle": summary["particle"],
+            "energy_mev": summary["energy_mev"],
+        },
+        "gensteps": {
+            "rows": int(len(gs)),
+            "photons": int(gs.view(np.int32)[:, 0, 3].sum()),
+            "kinds": summary["photons_by_kind"],
+        },
+        "wall_seconds": summary["wall_seconds"],
+    }
+    return record.write_event(
+        out,
+        scene,
+        info,
+        F.SD,
+        counts["CERENKOV"] + counts["SCINTILLATION"],
+        ht,
+        fm_counts,
+        gs=gs,
+        extra={"generated.npy": generated},
+    )
 
 
-def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int | None,
-                    seed: int, timing: bool, log: Path | None, hitmask: str | None) -> dict[str, Any]:
+def _propagate_gdml(
+    g4: ModuleType,
+    scene: Scene,
+    out: Path | None,
+    photons: int | None,
+    seed: int,
+    timing: bool,
+    log: Path | None,
+    hitmask: str | None,
+) -> dict[str, Any]:
     """Geant4 reads the scene's GDML with G4GDMLParser and tracks skydeck's torch photons;
     a sensitive detector on every logical volume (invoked by G4OpBoundaryProcess on a
     detection) records each hit with the copynumber of the volume carrying the surface,
@@ -480,8 +597,10 @@ def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int
     def owner_copy(step: Any) -> int | None:
         pre = step.GetPreStepPoint().GetTouchable().GetVolume()
         post = step.GetPostStepPoint().GetTouchable().GetVolume()
-        entering = (post.GetMotherLogical() is not None
-                    and post.GetMotherLogical().GetName() == pre.GetLogicalVolume().GetName())
+        entering = (
+            post.GetMotherLogical() is not None
+            and post.GetMotherLogical().GetName() == pre.GetLogicalVolume().GetName()
+        )
         if g4.G4LogicalBorderSurface.GetSurface(pre, post) is not None:
             return int((post if entering else pre).GetCopyNo())
         order = (post, pre) if entering else (pre, post)
@@ -503,9 +622,17 @@ def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int
             return False
         seen.add(state["base"] + track.GetTrackID() - 1)
         p, d, pol = post.GetPosition(), post.GetMomentumDirection(), post.GetPolarization()
-        hits.append(((p.x, p.y, p.z), post.GetGlobalTime(), (d.x, d.y, d.z),
-                     (pol.x, pol.y, pol.z), record.wavelength(post.GetKineticEnergy()),
-                     copy, state["base"] + track.GetTrackID() - 1))
+        hits.append(
+            (
+                (p.x, p.y, p.z),
+                post.GetGlobalTime(),
+                (d.x, d.y, d.z),
+                (pol.x, pol.y, pol.z),
+                record.wavelength(post.GetKineticEnergy()),
+                copy,
+                state["base"] + track.GetTrackID() - 1,
+            )
+        )
         return True
 
     t_wall = time.perf_counter()
@@ -527,12 +654,15 @@ def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int
                 state["base"] = lo
                 gun = self.gun
                 for i in range(lo, min(n, lo + PHOTONS_PER_EVENT)):
-                    gun.SetParticlePosition(g4.G4ThreeVector(float(pos[0, i]), float(pos[1, i]),
-                                                             float(pos[2, i])))
-                    gun.SetParticleMomentumDirection(g4.G4ThreeVector(
-                        float(d[0, i]), float(d[1, i]), float(d[2, i])))
-                    gun.SetParticlePolarization(g4.G4ThreeVector(
-                        float(pol[0, i]), float(pol[1, i]), float(pol[2, i])))
+                    gun.SetParticlePosition(
+                        g4.G4ThreeVector(float(pos[0, i]), float(pos[1, i]), float(pos[2, i]))
+                    )
+                    gun.SetParticleMomentumDirection(
+                        g4.G4ThreeVector(float(d[0, i]), float(d[1, i]), float(d[2, i]))
+                    )
+                    gun.SetParticlePolarization(
+                        g4.G4ThreeVector(float(pol[0, i]), float(pol[1, i]), float(pol[2, i]))
+                    )
                     gun.SetParticleEnergy(record.HC_EV_NM / float(wl[i]) * g4.eV)
                     gun.SetParticleTime(float(t[i]) * g4.ns)
                     gun.GeneratePrimaryVertex(event)
@@ -546,15 +676,23 @@ def _propagate_gdml(g4: ModuleType, scene: Scene, out: Path | None, photons: int
         cpu = app.run(Actions(), math.ceil(n / PHOTONS_PER_EVENT))
     wall = time.perf_counter() - t_wall
     tracking = max(cpu - state["gun_cpu"], 1e-9)
-    info = {"geant4": {"version": runtime.version(g4), "physics": "G4OpticalPhysics",
-                       "geometry": "G4GDMLParser", "run_cpu_seconds": round(cpu, 4),
-                       "primary_python_cpu_seconds": round(state["gun_cpu"], 4),
-                       "tracking_cpu_seconds": round(tracking, 4),
-                       "tracking_photons_per_cpu_second": n / tracking,
-                       "history": "hits only (sensitive detector)" if not timing else "none (timing run)"},
-            "device": f"Geant4 {runtime.version(g4)} (cpu, 1 thread)",
-            "seed": seed, "event": 0, "wall_seconds": round(wall, 4),
-            "photons_per_second": n / tracking}
+    info = {
+        "geant4": {
+            "version": runtime.version(g4),
+            "physics": "G4OpticalPhysics",
+            "geometry": "G4GDMLParser",
+            "run_cpu_seconds": round(cpu, 4),
+            "primary_python_cpu_seconds": round(state["gun_cpu"], 4),
+            "tracking_cpu_seconds": round(tracking, 4),
+            "tracking_photons_per_cpu_second": n / tracking,
+            "history": "hits only (sensitive detector)" if not timing else "none (timing run)",
+        },
+        "device": f"Geant4 {runtime.version(g4)} (cpu, 1 thread)",
+        "seed": seed,
+        "event": 0,
+        "wall_seconds": round(wall, 4),
+        "photons_per_second": n / tracking,
+    }
     if timing or out is None:
         return {"photons": n, **info}
     ht = np.zeros((len(hits), 4, 4), np.float32)

@@ -28,9 +28,20 @@ from types import ModuleType
 from engine.core.errors import BadInput
 
 # the data sets geant4-pybind 0.1.3 (Geant4 11.4) looks for, by folder name
-DATASETS = ("G4NDL4.7.1", "G4EMLOW8.8", "PhotonEvaporation6.1.2", "RadioactiveDecay6.1.2",
-            "G4PARTICLEXS4.2", "G4PII1.3", "RealSurface2.2", "G4SAIDDATA2.0", "G4ABLA3.3",
-            "G4INCL1.3", "G4ENSDFSTATE3.0", "G4CHANNELING2.0")
+DATASETS = (
+    "G4NDL4.7.1",
+    "G4EMLOW8.8",
+    "PhotonEvaporation6.1.2",
+    "RadioactiveDecay6.1.2",
+    "G4PARTICLEXS4.2",
+    "G4PII1.3",
+    "RealSurface2.2",
+    "G4SAIDDATA2.0",
+    "G4ABLA3.3",
+    "G4INCL1.3",
+    "G4ENSDFSTATE3.0",
+    "G4CHANNELING2.0",
+)
 INSTALL_HINT = "pip install 'skydeck[geant4]' (geant4-pybind)"
 _STATE: dict[str, object] = {}
 
@@ -95,8 +106,9 @@ def quiet(log: Path | None) -> Iterator[None]:
     """Send file descriptor 1 (Geant4's std::cout) to ``log`` (or /dev/null) meanwhile."""
     sys.stdout.flush()
     saved = os.dup(1)
-    target = os.open(str(log) if log is not None else os.devnull,
-                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    target = os.open(
+        str(log) if log is not None else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
     try:
         os.dup2(target, 1)
         yield

@@ -80,7 +80,9 @@ def _check_retdefs(directory: Path, dlid: str, names: list[str]) -> int:
     with os.scandir(directory) as it:
         for e in it:
             if e.name.startswith("RetDef-") and e.name not in listed:
-                raise BadInput(f"not listed in {manifest.MANIFEST_NAME} (every RetDef must be)", e.path)
+                raise BadInput(
+                    f"not listed in {manifest.MANIFEST_NAME} (every RetDef must be)", e.path
+                )
     chunks = []
     for n in names:
         m = _RETDEF.fullmatch(n)
@@ -105,7 +107,9 @@ def _check_scene(level0: Path) -> str | None:
     has_gs = (level0 / GENSTEPS_NAME).is_file()
     if not f.is_file():
         if has_gs:
-            raise BadInput(f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0)
+            raise BadInput(
+                f"delivery carries {GENSTEPS_NAME} but no {SCENE_NAME} naming its scene", level0
+            )
         return None
     try:
         with open(open_regular(f), "rb") as fh:
@@ -138,7 +142,7 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
             moved.append(str(base))
         where = base
     else:
-        suffix = base.name[len(cand.stem) + len(".tar"):]  # ".2" when a name was reused
+        suffix = base.name[len(cand.stem) + len(".tar") :]  # ".2" when a name was reused
         for src in (cand.path, cand.manifest):
             if os.path.lexists(src):
                 dst = rej / (src.name + suffix)
@@ -147,16 +151,40 @@ def reject(ws: Workspace, db: StateDB | None, cand: Candidate, err: BadInput) ->
         where = base
     # one line, whatever the library said; the problem first (the file is its own field)
     reason = " ".join(err.message.split())
-    atomic_write_bytes(where.with_name(where.name + ".reason"), json.dumps(
-        {"delivery": cand.name, "kind": cand.kind, "reason": reason, "file": err.path,
-         "moved": moved, "rejected_at": time.time()}, indent=1).encode() + b"\n")
+    atomic_write_bytes(
+        where.with_name(where.name + ".reason"),
+        json.dumps(
+            {
+                "delivery": cand.name,
+                "kind": cand.kind,
+                "reason": reason,
+                "file": err.path,
+                "moved": moved,
+                "rejected_at": time.time(),
+            },
+            indent=1,
+        ).encode()
+        + b"\n",
+    )
     if db is not None:  # the listing's one line: the problem, then the file it concerns
-        db.finish_delivery(cand.name, "REJECTED", text(where),
-                           f"{reason} ({text(err.path)})" if err.path else reason)
-        db.log_event("rejected", cand.stem if is_dlid(cand.stem) else None, delivery=cand.name,
-                     reason=reason)
-    return Outcome(cand.name, cand.kind, cand.stem if is_dlid(cand.stem) else None, "rejected",
-                   reason, str(where), err.path)
+        db.finish_delivery(
+            cand.name,
+            "REJECTED",
+            text(where),
+            f"{reason} ({text(err.path)})" if err.path else reason,
+        )
+        db.log_event(
+            "rejected", cand.stem if is_dlid(cand.stem) else None, delivery=cand.name, reason=reason
+        )
+    return Outcome(
+        cand.name,
+        cand.kind,
+        cand.stem if is_dlid(cand.stem) else None,
+        "rejected",
+        reason,
+        str(where),
+        err.path,
+    )
 
 
 def _same_place(cand: Candidate, dl: Downlink) -> bool:
@@ -167,8 +195,9 @@ def _same_place(cand: Candidate, dl: Downlink) -> bool:
         return False
     registered = Path(dl.level0)
     try:
-        return registered.name == cand.path.name and os.path.samefile(registered.parent,
-                                                                       cand.path.parent)
+        return registered.name == cand.path.name and os.path.samefile(
+            registered.parent, cand.path.parent
+        )
     except OSError:
         return False
 
@@ -215,8 +244,13 @@ def registered_level0(dl: Downlink) -> bool:
     """Whether the registered downlink's level-0 directory still holds what was registered
     (its MANIFEST.md5's entries), read only: retention keeps an fcopy package otherwise."""
     level0 = Path(dl.level0)
-    cand = Candidate(f"level0:{text(level0.name)}", "level0", level0.name, level0,
-                     level0 / manifest.MANIFEST_NAME)
+    cand = Candidate(
+        f"level0:{text(level0.name)}",
+        "level0",
+        level0.name,
+        level0,
+        level0 / manifest.MANIFEST_NAME,
+    )
     return dl.manifest_sha256 is not None and _is_level0_of(cand, dl)
 
 
@@ -240,12 +274,16 @@ def unsettled(db: StateDB, cands: Iterable[Candidate]) -> list[Candidate]:
         known = accepted.get(c.name)
         if known is not None and c.kind == "fcopy":
             i = known.identity
-            return (i is not None and identity.unchanged(c.manifest, i.manifest_key)
-                    and (identity.unchanged(c.path, i.package_key) or lmode(c.path) is None))
+            return (
+                i is not None
+                and identity.unchanged(c.manifest, i.manifest_key)
+                and (identity.unchanged(c.path, i.package_key) or lmode(c.path) is None)
+            )
         dl = dls.get(known.dlid or "") if known is not None else dls.get(c.stem)
         if dl is None:
             return known is not None  # accepted, yet no downlink: nothing to compare with
         return _same_place(c, dl) and identity.unchanged(c.manifest, dl.manifest_id)
+
     return [c for c in cands if c.name in claimed or not unchanged(c)]
 
 
@@ -255,13 +293,19 @@ def _registered_here(db: StateDB, cand: Candidate) -> bool:
     return dl is not None and _is_level0_of(cand, dl, db)
 
 
-SAME = "ACCEPTED"                         # the accepted delivery, as it was
-REGISTERED = "registered"                 # the level-0 directory of a registered downlink
+SAME = "ACCEPTED"  # the accepted delivery, as it was
+REGISTERED = "registered"  # the level-0 directory of a registered downlink
 SAME_AGAIN = "the same content as accepted (its files were rewritten or touched)"
 
 
-def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | None,
-                 quiet_s: float, incomplete_timeout_s: float) -> str | Pending | BadInput:
+def _judge_again(
+    db: StateDB,
+    cand: Candidate,
+    known: Delivery,
+    dl: Downlink | None,
+    quiet_s: float,
+    incomplete_timeout_s: float,
+) -> str | Pending | BadInput:
     """What lies under an accepted delivery's name now, by content: the accepted delivery
     (``SAME``, or ``SAME_AGAIN`` when it was sent again byte for byte: its stat keys moved),
     a new delivery still arriving (Pending), or one with different content, which is
@@ -273,9 +317,12 @@ def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | N
     if cand.kind == "level0":
         if _is_level0_of(cand, dl, db):
             return SAME
-        return BadInput(f"{_already(dl)}; its level-0 directory was sent again with other "
-                        f"content ({manifest.MANIFEST_NAME} lists other files or checksums); "
-                        "kept for the operator", cand.path)
+        return BadInput(
+            f"{_already(dl)}; its level-0 directory was sent again with other "
+            f"content ({manifest.MANIFEST_NAME} lists other files or checksums); "
+            "kept for the operator",
+            cand.path,
+        )
     accepted = known.identity
     if accepted is None or accepted.package_md5 is None:
         return _adopt_fcopy(db, cand, known, dl)
@@ -289,16 +336,23 @@ def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | N
         except FileNotFoundError:
             return SAME  # gone: nothing new lies there (a new one is judged when it comes)
         except OSError as err:
-            return BadInput(f"{_already(dl)}; sent again, and its manifest cannot be read: "
-                            f"{err.strerror or err}; kept for the operator", cand.manifest)
+            return BadInput(
+                f"{_already(dl)}; sent again, and its manifest cannot be read: "
+                f"{err.strerror or err}; kept for the operator",
+                cand.manifest,
+            )
         except BadInput as err:
             if time.time() - modified(cand.manifest) < quiet_s:
                 return Pending(f"{cand.manifest.name} is still being written")
-            return BadInput(f"{_already(dl)}; sent again: {err.message}; kept for the "
-                            "operator", cand.manifest)
+            return BadInput(
+                f"{_already(dl)}; sent again: {err.message}; kept for the operator", cand.manifest
+            )
         if set(mr.entries) != {tar}:
-            return BadInput(f"{_already(dl)}; sent again with a manifest that does not list "
-                            f"exactly {tar}; kept for the operator", cand.manifest)
+            return BadInput(
+                f"{_already(dl)}; sent again with a manifest that does not list "
+                f"exactly {tar}; kept for the operator",
+                cand.manifest,
+            )
         mr_key, stated = mr.key, mr.entries[tar]
         same_manifest = mr.digest == accepted.manifest_sha256
     # the tar, by content (hashed only when its key moved)
@@ -313,11 +367,15 @@ def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | N
         except FileNotFoundError:
             tar_md5, tar_key = None, None
         except OSError as err:
-            return BadInput(f"{_already(dl)}; sent again, and {tar} cannot be read: "
-                            f"{err.strerror or err}; kept for the operator", cand.path)
+            return BadInput(
+                f"{_already(dl)}; sent again, and {tar} cannot be read: "
+                f"{err.strerror or err}; kept for the operator",
+                cand.path,
+            )
         except BadInput as err:  # a link or a special file in its place
-            return BadInput(f"{_already(dl)}; sent again: {err.message}; kept for the "
-                            "operator", cand.path)
+            return BadInput(
+                f"{_already(dl)}; sent again: {err.message}; kept for the operator", cand.path
+            )
         moved = moved or (accepted.package_key is not None and tar_md5 is not None)
     if same_manifest and tar_md5 in (accepted.package_md5, None):
         now = Identity(accepted.manifest_sha256, mr_key, accepted.package_md5, tar_key)
@@ -325,31 +383,55 @@ def _judge_again(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink | N
             db.set_identity(cand.name, now)
         return SAME_AGAIN if moved else SAME
     if not same_manifest and tar_md5 == stated:
-        return BadInput(f"{_already(dl)}; {tar} was sent again with different content (MD5 "
-                        f"{tar_md5}, accepted {accepted.package_md5}); kept for the operator",
-                        cand.path)
+        return BadInput(
+            f"{_already(dl)}; {tar} was sent again with different content (MD5 "
+            f"{tar_md5}, accepted {accepted.package_md5}); kept for the operator",
+            cand.path,
+        )
     if not same_manifest and tar_md5 not in (accepted.package_md5, None):
         try:  # a new tar that matches neither: still being written, or a settled mismatch
-            mismatch(cand.path, stated, tar_md5 or "", cand.manifest, quiet_s, since,
-                      lambda f: tar_arriving(f, incomplete_timeout_s))
+            mismatch(
+                cand.path,
+                stated,
+                tar_md5 or "",
+                cand.manifest,
+                quiet_s,
+                since,
+                lambda f: tar_arriving(f, incomplete_timeout_s),
+            )
         except BadInput as err:
-            return BadInput(f"{_already(dl)}; sent again with different content, {err.message}; "
-                            "kept for the operator", cand.path)
+            return BadInput(
+                f"{_already(dl)}; sent again with different content, {err.message}; "
+                "kept for the operator",
+                cand.path,
+            )
         except Pending as still:
             return still
     # half a new delivery: a new manifest whose tar has not arrived (the accepted one is
     # still there), or a new tar whose manifest has not (the sender writes it last)
     if same_manifest:
-        why, newest = (f"{tar} is not the accepted package (MD5 {tar_md5}, accepted "
-                       f"{accepted.package_md5}); waiting for its manifest"), cand.path
+        why, newest = (
+            (
+                f"{tar} is not the accepted package (MD5 {tar_md5}, accepted "
+                f"{accepted.package_md5}); waiting for its manifest"
+            ),
+            cand.path,
+        )
     else:
-        why, newest = (f"{cand.manifest.name} was sent again with different content; waiting "
-                       f"for its {tar}" + (" (the one present is the accepted package)"
-                                           if tar_md5 else "")), cand.manifest
+        why, newest = (
+            (
+                f"{cand.manifest.name} was sent again with different content; waiting "
+                f"for its {tar}" + (" (the one present is the accepted package)" if tar_md5 else "")
+            ),
+            cand.manifest,
+        )
     age = time.time() - mtime(newest)  # since it arrived here (ctime: kept times do not count)
     if age > incomplete_timeout_s:
-        return BadInput(f"{_already(dl)}; sent again with different content, incomplete for "
-                        f"{age:.0f} s: {why}; kept for the operator", newest)
+        return BadInput(
+            f"{_already(dl)}; sent again with different content, incomplete for "
+            f"{age:.0f} s: {why}; kept for the operator",
+            newest,
+        )
     return Pending(why)
 
 
@@ -365,21 +447,33 @@ def _adopt_fcopy(db: StateDB, cand: Candidate, known: Delivery, dl: Downlink) ->
         tst = os.lstat(cand.path) if lmode(cand.path) is not None else None
     except FileNotFoundError:
         return SAME
-    if all(st.st_ctime <= dl.delivered and stat.S_ISREG(st.st_mode)
-           for st in (mst, tst) if st is not None):
+    if all(
+        st.st_ctime <= dl.delivered and stat.S_ISREG(st.st_mode)
+        for st in (mst, tst)
+        if st is not None
+    ):
         try:
             mr = identity.read_manifest(cand.manifest)
         except (OSError, BadInput):
             mr = None
         stated = mr.entries.get(cand.path.name) if mr is not None else None
         if mr is not None and stated is not None and len(mr.entries) == 1:
-            db.set_identity(known.name, Identity(
-                mr.digest, identity.stat_key(mst), stated,
-                identity.stat_key(tst) if tst is not None else None))
+            db.set_identity(
+                known.name,
+                Identity(
+                    mr.digest,
+                    identity.stat_key(mst),
+                    stated,
+                    identity.stat_key(tst) if tst is not None else None,
+                ),
+            )
             return SAME
-    return BadInput(f"{_already(dl)}; {cand.path.name} or its manifest changed after it was "
-                    "accepted, by a version that did not record what it accepted, so it cannot "
-                    "be told from the accepted package; kept for the operator", cand.path)
+    return BadInput(
+        f"{_already(dl)}; {cand.path.name} or its manifest changed after it was "
+        "accepted, by a version that did not record what it accepted, so it cannot "
+        "be told from the accepted package; kept for the operator",
+        cand.path,
+    )
 
 
 def _already(dl: Downlink) -> str:
@@ -428,17 +522,25 @@ def _check_form(cand: Candidate) -> None:
     """Deliveries are regular files in real directories (lstat: links are not followed)."""
     if cand.kind == "level0":
         check_tree(cand.path)
-    for f in ((cand.manifest,) if cand.kind == "level0" else (cand.manifest, cand.path)):
+    for f in (cand.manifest,) if cand.kind == "level0" else (cand.manifest, cand.path):
         mode = lmode(f)
         if mode is None:
             raise Pending(f"{f.name} not present yet")
         if mode != stat.S_IFREG:
-            raise BadInput(f"is a {file_kind(f)}, not a regular file (deliveries are "
-                           "regular files in real directories)", f)
+            raise BadInput(
+                f"is a {file_kind(f)}, not a regular file (deliveries are "
+                "regular files in real directories)",
+                f,
+            )
 
 
-def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
-            incomplete_timeout_s: float = 3600.0) -> Outcome:
+def process(
+    ws: Workspace,
+    db: StateDB,
+    cand: Candidate,
+    quiet_s: float = 2.0,
+    incomplete_timeout_s: float = 3600.0,
+) -> Outcome:
     """Turn one candidate into a registered downlink, a rejection, or 'pending'.
 
     Exactly once: the state db claim makes one process own the verification. The level-0
@@ -449,20 +551,28 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
     known = db.delivery(cand.name)
     resent: BadInput | None = None
     if known is not None and known.status == "ACCEPTED":
-        verdict = _judge_again(db, cand, known, db.downlink(known.dlid) if known.dlid else None,
-                               quiet_s, incomplete_timeout_s)
+        verdict = _judge_again(
+            db,
+            cand,
+            known,
+            db.downlink(known.dlid) if known.dlid else None,
+            quiet_s,
+            incomplete_timeout_s,
+        )
         if isinstance(verdict, str):
             return Outcome(cand.name, cand.kind, known.dlid, "skipped", verdict, known.path)
         if isinstance(verdict, Pending):  # the accepted record stays until it is judged
-            return Outcome(cand.name, cand.kind, known.dlid, "pending", str(verdict),
-                           str(cand.path))
+            return Outcome(
+                cand.name, cand.kind, known.dlid, "pending", str(verdict), str(cand.path)
+            )
         resent = verdict
     dlid = cand.stem if is_dlid(cand.stem) else None
     if _registered_here(db, cand) and (known is None or known.status != "CLAIMED"):
         return Outcome(cand.name, cand.kind, dlid, "skipped", REGISTERED, str(cand.path))
     if cand.kind == "level0" and dlid is not None and _being_extracted(db, dlid):
-        return Outcome(cand.name, cand.kind, dlid, "skipped", f"extracted from fcopy:{dlid}",
-                       str(cand.path))
+        return Outcome(
+            cand.name, cand.kind, dlid, "skipped", f"extracted from fcopy:{dlid}", str(cand.path)
+        )
     if not db.claim_delivery(cand.name, cand.kind, dlid, text(cand.path), again=resent is not None):
         return Outcome(cand.name, cand.kind, dlid, "skipped", "claimed elsewhere", str(cand.path))
     # another process finished it (moved it away) between our scan and claim
@@ -496,22 +606,32 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
             accepted, entries, level0_key = Identity(mr.digest, mr.key), mr.entries, mr.key
         chunks = _check_retdefs(level0, dlid, sorted(entries))
         scene = _check_scene(level0)
-        dl = Downlink(dlid=dlid, kind=cand.kind, level0=str(level0), chunks=chunks,
-                      gensteps=(level0 / GENSTEPS_NAME).is_file(), scene=scene,
-                      delivered=mtime(cand.manifest), registered=time.time(),
-                      manifest_id=level0_key,
-                      manifest_sha256=identity.entries_digest(entries))
+        dl = Downlink(
+            dlid=dlid,
+            kind=cand.kind,
+            level0=str(level0),
+            chunks=chunks,
+            gensteps=(level0 / GENSTEPS_NAME).is_file(),
+            scene=scene,
+            delivered=mtime(cand.manifest),
+            registered=time.time(),
+            manifest_id=level0_key,
+            manifest_sha256=identity.entries_digest(entries),
+        )
         first = db.register_downlink(dl)
         db.finish_delivery(cand.name, "ACCEPTED", str(level0), identity=accepted)
         if not first:  # e.g. the level0 dir of an fcopy package another daemon just extracted
             return Outcome(cand.name, cand.kind, dlid, "skipped", REGISTERED, str(level0))
         return Outcome(cand.name, cand.kind, dlid, "accepted", None, str(level0))
     except FileNotFoundError as err:  # a file vanished under us: this delivery waits
-        why: Pending | BadInput = Pending(f"{Path(err.filename or cand.path).name} vanished "
-                                          "while being checked")
+        why: Pending | BadInput = Pending(
+            f"{Path(err.filename or cand.path).name} vanished while being checked"
+        )
         return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
     except OSError as err:  # permission or I/O error: this delivery only, with the reason
-        why = BadInput(f"cannot read the delivery: {err.strerror or err}", err.filename or cand.path)
+        why = BadInput(
+            f"cannot read the delivery: {err.strerror or err}", err.filename or cand.path
+        )
         return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
     except (Pending, BadInput) as why:
         return _settle(ws, db, cand, dlid, why, incomplete_timeout_s)
@@ -520,8 +640,14 @@ def process(ws: Workspace, db: StateDB, cand: Candidate, quiet_s: float = 2.0,
         raise
 
 
-def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
-            why: Pending | BadInput, incomplete_timeout_s: float) -> Outcome:
+def _settle(
+    ws: Workspace,
+    db: StateDB,
+    cand: Candidate,
+    dlid: str | None,
+    why: Pending | BadInput,
+    incomplete_timeout_s: float,
+) -> Outcome:
     """The verdict on a claimed delivery that is not (yet) good: pending or rejected."""
     try:
         if _registered_here(db, cand):
@@ -538,7 +664,9 @@ def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
             return Outcome(cand.name, cand.kind, dlid, "skipped", "gone", str(cand.path))
         age = time.time() - modified(cand.manifest)
         if age > incomplete_timeout_s:
-            return reject(ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest))
+            return reject(
+                ws, db, cand, BadInput(f"incomplete for {age:.0f} s: {why}", cand.manifest)
+            )
     except OSError as err:  # it could not even be moved to rejected/: it stays, and says so
         what = why.message if isinstance(why, BadInput) else str(why)
         why = Pending(f"{what}; could not be moved to {ws.rejected}: {err.strerror or err}")
@@ -546,13 +674,13 @@ def _settle(ws: Workspace, db: StateDB, cand: Candidate, dlid: str | None,
     return Outcome(cand.name, cand.kind, dlid, "pending", str(why), str(cand.path))
 
 
-def process_all(ws: Workspace, db: StateDB, quiet_s: float = 2.0,
-                incomplete_timeout_s: float = 3600.0) -> list[Outcome]:
+def process_all(
+    ws: Workspace, db: StateDB, quiet_s: float = 2.0, incomplete_timeout_s: float = 3600.0
+) -> list[Outcome]:
     """One reconciliation pass over both inboxes: the outcome of each delivery it found
     something to do about (one that ``process`` found to be, by content, the accepted or
     registered delivery it already was is none)."""
-    out = [process(ws, db, cand, quiet_s, incomplete_timeout_s)
-           for cand in unsettled(db, scan(ws))]
+    out = [process(ws, db, cand, quiet_s, incomplete_timeout_s) for cand in unsettled(db, scan(ws))]
     return [o for o in out if not (o.status == "skipped" and o.reason in (SAME, REGISTERED))]
 
 
@@ -564,7 +692,11 @@ def rejected_list(ws: Workspace) -> list[dict]:
             try:
                 out.append(json.loads(p.read_text(encoding="utf-8")) | {"reason_file": str(p)})
             except (OSError, ValueError):
-                out.append({"delivery": p.name[: -len(".reason")], "reason": "unreadable reason file",
-                            "reason_file": str(p)})
+                out.append(
+                    {
+                        "delivery": p.name[: -len(".reason")],
+                        "reason": "unreadable reason file",
+                        "reason_file": str(p),
+                    }
+                )
     return out
-

@@ -49,7 +49,7 @@ from engine.intake.inbox import (
 )
 from engine.store import Identity
 
-MAX_TAR_MEMBERS = 100_000    # members of one fcopy package
+MAX_TAR_MEMBERS = 100_000  # members of one fcopy package
 _COPY_BLOCK = 1 << 20
 
 
@@ -88,8 +88,11 @@ def _member_name(member: tarfile.TarInfo, tar: Path) -> str:
     try:
         return manifest.safe_name(name, tar)
     except BadInput:
-        raise BadInput(f"tar member {member.name[:60]!r} escapes the delivery directory or is "
-                       "not a plain relative name", tar) from None
+        raise BadInput(
+            f"tar member {member.name[:60]!r} escapes the delivery directory or is "
+            "not a plain relative name",
+            tar,
+        ) from None
 
 
 def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarInfo]], int]:
@@ -114,13 +117,17 @@ def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarIn
         seen.add(name)
         if name == manifest.MANIFEST_NAME and member.isfile():
             if member.size > manifest.MAX_MANIFEST_BYTES:
-                raise BadInput(f"inside package: {manifest.MANIFEST_NAME} is larger than "
-                               f"{manifest.MAX_MANIFEST_BYTES} bytes", tar)
+                raise BadInput(
+                    f"inside package: {manifest.MANIFEST_NAME} is larger than "
+                    f"{manifest.MAX_MANIFEST_BYTES} bytes",
+                    tar,
+                )
             fh = tf.extractfile(member)
             assert fh is not None  # a regular member
             try:
-                inner = manifest.parse_bytes(fh.read(manifest.MAX_MANIFEST_BYTES + 1),
-                                             f"{tar}:{manifest.MANIFEST_NAME}")
+                inner = manifest.parse_bytes(
+                    fh.read(manifest.MAX_MANIFEST_BYTES + 1), f"{tar}:{manifest.MANIFEST_NAME}"
+                )
             except BadInput as err:
                 raise BadInput(f"inside package: {err.message}", tar) from None
         members.append((name, member))
@@ -129,15 +136,23 @@ def _plan(tf: tarfile.TarFile, tar: Path) -> tuple[list[tuple[str, tarfile.TarIn
     parents = {str(p) for n in inner for p in Path(n).parents}
     for name, member in members:
         if member.isdir() and name not in parents:
-            raise BadInput(f"tar member {name[:60]!r} is a directory that "
-                           f"{manifest.MANIFEST_NAME} does not list a file in", tar)
+            raise BadInput(
+                f"tar member {name[:60]!r} is a directory that "
+                f"{manifest.MANIFEST_NAME} does not list a file in",
+                tar,
+            )
         if member.isfile() and name != manifest.MANIFEST_NAME and name not in inner:
-            raise BadInput(f"tar member {name[:60]!r} is not listed in the package's "
-                           f"{manifest.MANIFEST_NAME}", tar)
+            raise BadInput(
+                f"tar member {name[:60]!r} is not listed in the package's {manifest.MANIFEST_NAME}",
+                tar,
+            )
     missing = sorted(set(inner) - {n for n, m in members if m.isfile()})
     if missing:
-        raise BadInput(f"inside package: {missing[0][:60]!r} listed in {manifest.MANIFEST_NAME} "
-                       "but not in the package", tar)
+        raise BadInput(
+            f"inside package: {missing[0][:60]!r} listed in {manifest.MANIFEST_NAME} "
+            "but not in the package",
+            tar,
+        )
     return members, sum(m.size for _, m in members if m.isfile())
 
 
@@ -145,12 +160,21 @@ def _check_room(ws: Workspace, need: int, tar: Path) -> None:
     """The extraction must leave the disk reserve free (docs/design.md, "Disk pressure")."""
     free, reserve = free_bytes(ws.incoming_level0), ws.reserve_bytes
     if need > free - reserve:
-        raise BadInput(f"extracting the package would need {need} bytes ({human_bytes(need)}); "
-                       f"{free} bytes are free and {reserve} are reserved", tar)
+        raise BadInput(
+            f"extracting the package would need {need} bytes ({human_bytes(need)}); "
+            f"{free} bytes are free and {reserve} are reserved",
+            tar,
+        )
 
 
-def _copy_member(tf: tarfile.TarFile, name: str, member: tarfile.TarInfo, work: Path,
-                 budget: list[int], tar: Path) -> None:
+def _copy_member(
+    tf: tarfile.TarFile,
+    name: str,
+    member: tarfile.TarInfo,
+    work: Path,
+    budget: list[int],
+    tar: Path,
+) -> None:
     """Write one member under ``work`` (which we created: no links in it), copying at most
     its declared size and at most what is left of the checked budget."""
     target = work / name
@@ -167,8 +191,10 @@ def _copy_member(tf: tarfile.TarFile, name: str, member: tarfile.TarInfo, work: 
             written += len(block)
             budget[0] -= len(block)
             if written > member.size or budget[0] < 0:
-                raise BadInput(f"tar member {name[:60]!r} holds more than its declared "
-                               f"{member.size} bytes", tar)
+                raise BadInput(
+                    f"tar member {name[:60]!r} holds more than its declared {member.size} bytes",
+                    tar,
+                )
             out.write(block)
 
 
@@ -186,8 +212,9 @@ class Extracted:
     entries: dict[str, str]
 
 
-def extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
-             incomplete_timeout_s: float) -> Extracted:
+def extract(
+    ws: Workspace, cand: Candidate, dlid: str, quiet_s: float, incomplete_timeout_s: float
+) -> Extracted:
     """Verify the package, extract it safely, verify its content.
 
     The tar is opened once (no link followed): the bytes whose MD5 matched the manifest are
@@ -208,12 +235,22 @@ def extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
         except OSError as err:
             raise BadInput(f"cannot read: {err.strerror or err}", cand.path) from None
         if actual != stated:
-            mismatch(cand.path, stated, actual, cand.manifest, quiet_s, since,
-                      lambda f: tar_arriving(f, incomplete_timeout_s))
+            mismatch(
+                cand.path,
+                stated,
+                actual,
+                cand.manifest,
+                quiet_s,
+                since,
+                lambda f: tar_arriving(f, incomplete_timeout_s),
+            )
         if os.path.lexists(dest):
             if not extracted_before(cand.path, dest):
-                raise BadInput(f"level-0 directory {dest} already exists (another delivery "
-                               f"of downlink {dlid})", cand.path)
+                raise BadInput(
+                    f"level-0 directory {dest} already exists (another delivery "
+                    f"of downlink {dlid})",
+                    cand.path,
+                )
             # this package, extracted by a try that did not get to register it (the state
             # database went away, the process died): registered from there
             entries = manifest.verify(dest, dest / manifest.MANIFEST_NAME)
@@ -232,8 +269,10 @@ def extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
                         _copy_member(tf, name, member, work, budget, cand.path)
             except OSError as err:
                 if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise Pending(f"no space left while extracting {cand.path.name} "
-                                  f"({err.strerror}); retried later") from None
+                    raise Pending(
+                        f"no space left while extracting {cand.path.name} "
+                        f"({err.strerror}); retried later"
+                    ) from None
                 if isinstance(err, (FileExistsError, NotADirectoryError, IsADirectoryError)):
                     raise BadInput(f"tar members collide: {err.strerror}", cand.path) from None
                 raise BadInput(f"unreadable tar: {' '.join(str(err).split())}", cand.path) from None
@@ -248,8 +287,11 @@ def extract(ws: Workspace, cand: Candidate, dlid: str, quiet_s: float,
             except BadInput as err:
                 raise BadInput(f"inside package: {err}", cand.path) from None
             if os.path.lexists(dest):
-                raise BadInput(f"level-0 directory {dest} already exists (another delivery of "
-                               f"downlink {dlid})", cand.path)
+                raise BadInput(
+                    f"level-0 directory {dest} already exists (another delivery of "
+                    f"downlink {dlid})",
+                    cand.path,
+                )
             os.rename(work, dest)
         finally:
             remove_path(work)
@@ -287,7 +329,11 @@ def tar_arriving(tar: Path, incomplete_timeout_s: float) -> str | None:
     that stalled, not a settled corruption)."""
     if time.time() - modified(tar) >= incomplete_timeout_s:
         return None
-    return None if _tar_complete(tar) else f"{tar.name} is still arriving (it ends before its end-of-archive marker)"
+    return (
+        None
+        if _tar_complete(tar)
+        else f"{tar.name} is still arriving (it ends before its end-of-archive marker)"
+    )
 
 
 def _tar_complete(tar: Path) -> bool:
@@ -313,6 +359,10 @@ def _tar_complete(tar: Path) -> bool:
                 return fh.read(2 * tarfile.BLOCKSIZE) == bytes(2 * tarfile.BLOCKSIZE)
     except tarfile.ReadError as err:
         # not a tar at all is "complete" (a settled mismatch); truncated data is arriving
-        return "empty" not in str(err) and "truncated" not in str(err) and "unexpected end" not in str(err)
+        return (
+            "empty" not in str(err)
+            and "truncated" not in str(err)
+            and "unexpected end" not in str(err)
+        )
     except (EOFError, zlib.error, lzma.LZMAError, OSError, tarfile.TarError, ValueError):
         return False

@@ -38,7 +38,7 @@ from engine.core.errors import BadInput
 from engine.core.inputs import open_regular
 from engine.intake import manifest
 
-RACY_S = 1.0       # a key taken within this of the file's last change is not trusted
+RACY_S = 1.0  # a key taken within this of the file's last change is not trusted
 _BLOCK = 4 << 20
 
 
@@ -47,8 +47,9 @@ def stat_key(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def key_between(before: os.stat_result, after: os.stat_result,
-                now: float | None = None) -> str | None:
+def key_between(
+    before: os.stat_result, after: os.stat_result, now: float | None = None
+) -> str | None:
     """The key that may stand for what was read between two fstats of one file: None when
     the file changed meanwhile, or changed within ``RACY_S`` of being read."""
     key = stat_key(after)

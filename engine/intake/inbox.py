@@ -27,9 +27,19 @@ from engine.core.inputs import file_kind
 from engine.core.workspace import Workspace
 from engine.intake import identity, manifest
 
-MAX_TREE_ENTRIES = 100_000   # entries in one level-0 delivery (walked with lstat)
-_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".swx", ".swo", "~", ".crdownload",
-                     ".reason", ".inprogress")
+MAX_TREE_ENTRIES = 100_000  # entries in one level-0 delivery (walked with lstat)
+_IGNORED_SUFFIXES = (
+    ".tmp",
+    ".part",
+    ".partial",
+    ".swp",
+    ".swx",
+    ".swo",
+    "~",
+    ".crdownload",
+    ".reason",
+    ".inprogress",
+)
 
 
 def ignored(name: str) -> bool:
@@ -41,11 +51,11 @@ def ignored(name: str) -> bool:
 class Candidate:
     """Something in an inbox that may be (or become) a delivery."""
 
-    name: str            # "fcopy:<stem>" or "level0:<dir>"
-    kind: str            # fcopy | level0
-    stem: str            # the would-be downlink id
-    path: Path           # the tar (fcopy) or the directory (level0)
-    manifest: Path       # <stem>.md5 or <dir>/MANIFEST.md5
+    name: str  # "fcopy:<stem>" or "level0:<dir>"
+    kind: str  # fcopy | level0
+    stem: str  # the would-be downlink id
+    path: Path  # the tar (fcopy) or the directory (level0)
+    manifest: Path  # <stem>.md5 or <dir>/MANIFEST.md5
 
 
 @dataclass(frozen=True)
@@ -53,8 +63,8 @@ class Outcome:
     name: str
     kind: str
     dlid: str | None
-    status: str          # accepted | rejected | pending | skipped | error (raised; the daemon retries)
-    reason: str | None   # the problem, one line (starts with it: no path in front)
+    status: str  # accepted | rejected | pending | skipped | error (raised; the daemon retries)
+    reason: str | None  # the problem, one line (starts with it: no path in front)
     path: str
     file: str | None = None  # the file the problem concerns (rejections)
 
@@ -169,20 +179,28 @@ def check_tree(directory: Path) -> None:
     """A level-0 delivery is a real directory of regular files and real subdirectories:
     anything else inside (a symbolic link, FIFO, socket, device) is rejected by name."""
     if lmode(directory) != stat.S_IFDIR:
-        raise BadInput(f"delivery is a {file_kind(directory)}, not a directory "
-                       "(deliveries are regular files in real directories)", directory)
+        raise BadInput(
+            f"delivery is a {file_kind(directory)}, not a directory "
+            "(deliveries are regular files in real directories)",
+            directory,
+        )
     todo, count = [directory], 0
     while todo:
         with os.scandir(todo.pop()) as it:
             for e in it:
                 count += 1
                 if count > MAX_TREE_ENTRIES:
-                    raise BadInput(f"delivery holds more than {MAX_TREE_ENTRIES} entries", directory)
+                    raise BadInput(
+                        f"delivery holds more than {MAX_TREE_ENTRIES} entries", directory
+                    )
                 if e.is_dir(follow_symlinks=False):
                     todo.append(Path(e.path))
                 elif not e.is_file(follow_symlinks=False):
-                    raise BadInput(f"is a {file_kind(Path(e.path))}; deliveries hold "
-                                   "only regular files and directories", e.path)
+                    raise BadInput(
+                        f"is a {file_kind(Path(e.path))}; deliveries hold "
+                        "only regular files and directories",
+                        e.path,
+                    )
 
 
 def _hash(f: Path) -> str:
@@ -211,8 +229,15 @@ def verify_dir(directory: Path, mpath: Path, quiet_s: float) -> identity.Manifes
     return mr
 
 
-def mismatch(f: Path, digest: str, actual: str, mpath: Path, quiet_s: float, since: float,
-              arriving: Callable[[Path], str | None] | None = None) -> NoReturn:
+def mismatch(
+    f: Path,
+    digest: str,
+    actual: str,
+    mpath: Path,
+    quiet_s: float,
+    since: float,
+    arriving: Callable[[Path], str | None] | None = None,
+) -> NoReturn:
     """A file that does not match its manifest: pending while it or the manifest changed
     within ``quiet_s`` of ``since`` (when hashing began), or while ``arriving(file)`` says
     why it is still arriving (a tar that ends before its end-of-archive marker); else bad."""

@@ -56,8 +56,15 @@ def safe_name(name: str, manifest: Path | str) -> str:
     parts (``./a`` and ``a//b`` are not normalised into another name), no surrounding
     whitespace, only printable characters (no NUL, no control or line-separator chars)."""
     p = PurePosixPath(name)
-    if (not name or p.is_absolute() or ".." in p.parts or str(p) != name or name.strip() != name
-            or not name.isprintable() or "\\" in name):
+    if (
+        not name
+        or p.is_absolute()
+        or ".." in p.parts
+        or str(p) != name
+        or name.strip() != name
+        or not name.isprintable()
+        or "\\" in name
+    ):
         raise BadInput(f"manifest names unsafe path {name[:60]!r}", manifest)
     return name
 

@@ -48,9 +48,13 @@ class MockSpec:
     runs: int = 2
     chunks: int = 2
     seed: int = 0
-    scene: str | None = None      # name of a packaged scene (assets/scenes): adds gensteps.npy + scene.txt
-    gensteps_photons: int = 0     # photons the delivery's gensteps carry (0: the scene's, one track)
-    gensteps_kind: str = "torch"  # torch (the scene's source), cerenkov (muons), scintillation (electrons)
+    scene: str | None = (
+        None  # name of a packaged scene (assets/scenes): adds gensteps.npy + scene.txt
+    )
+    gensteps_photons: int = 0  # photons the delivery's gensteps carry (0: the scene's, one track)
+    gensteps_kind: str = (
+        "torch"  # torch (the scene's source), cerenkov (muons), scintillation (electrons)
+    )
     gensteps_file: str | None = None  # a genstep file to carry instead (with its material map)
 
     def validate(self) -> None:
@@ -69,7 +73,9 @@ class MockSpec:
         if self.gensteps_kind not in GENSTEP_KINDS:
             raise BadInput(f"--gensteps-kind must be one of {', '.join(GENSTEP_KINDS)}")
         if (self.gensteps_file or self.gensteps_kind != "torch") and not self.scene:
-            raise BadInput("--gensteps-kind and --gensteps-file need --scene (the scene they belong to)")
+            raise BadInput(
+                "--gensteps-kind and --gensteps-file need --scene (the scene they belong to)"
+            )
 
     @property
     def width(self) -> int:
@@ -101,7 +107,7 @@ def principal_table(spec: MockSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         ts[a:] += np.uint64(start - int(ts[a]))
     run = np.empty(spec.events, dtype=np.int64)
     for r in range(spec.runs):
-        run[bounds[r]:bounds[r + 1]] = int(ts[bounds[r]]) // NS
+        run[bounds[r] : bounds[r + 1]] = int(ts[bounds[r]]) // NS
     colors = COLORS[rng.integers(0, 3, spec.events)]
     return ts, run, colors
 
@@ -113,17 +119,27 @@ def secondary_keep(spec: MockSpec, k: int) -> np.ndarray:
     return rng.random(spec.events) < share
 
 
-def write_source(path: Path, ts: np.ndarray, width: int, salt: int,
-                 smalldata: dict[str, np.ndarray] | None = None,
-                 advance: Callable[[int], None] | None = None) -> None:
+def write_source(
+    path: Path,
+    ts: np.ndarray,
+    width: int,
+    salt: int,
+    smalldata: dict[str, np.ndarray] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> None:
     """Write one source file, payload in bounded blocks, under a temporary name."""
     row_bytes = width * 4
     crow = chunk_rows_for(row_bytes)
     block = max(crow, (BLOCK_BYTES // row_bytes) // crow * crow)
     with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.create_dataset("timestamp", data=ts, dtype="u8", track_times=False)
-        d = f.create_dataset("data", shape=(len(ts), width), dtype="i4",
-                             chunks=(min(crow, max(1, len(ts))), width), track_times=False)
+        d = f.create_dataset(
+            "data",
+            shape=(len(ts), width),
+            dtype="i4",
+            chunks=(min(crow, max(1, len(ts))), width),
+            track_times=False,
+        )
         d.attrs["payload_scheme"] = PAYLOAD_SCHEME
         d.attrs["payload_salt"] = salt
         buf = np.empty((min(block, max(1, len(ts))), width), dtype=np.int32)
@@ -148,11 +164,19 @@ def retdefs(spec: MockSpec, ts: np.ndarray, run: np.ndarray) -> list[RetDef]:
         a, b = int(bounds[c]), int(bounds[c + 1])
         tbeg = round((int(ts[a]) - half) / NS, 6)
         tend = round((int(ts[b - 1]) + half) / NS, 6)
-        out.append(RetDef(
-            type="LSEP", scid=77, arch="level0", runid=int(run[a]),
-            l0key=1_000_000 + int(spec.dlid) % 100_000 * 10 + c, chunkid=c + 1, gndid=gndid,
-            start=float(run[a]), spans=tuple(Span(apid, tbeg, tend) for apid in LPA_APIDS),
-        ))
+        out.append(
+            RetDef(
+                type="LSEP",
+                scid=77,
+                arch="level0",
+                runid=int(run[a]),
+                l0key=1_000_000 + int(spec.dlid) % 100_000 * 10 + c,
+                chunkid=c + 1,
+                gndid=gndid,
+                start=float(run[a]),
+                spans=tuple(Span(apid, tbeg, tend) for apid in LPA_APIDS),
+            )
+        )
     return out
 
 
@@ -161,15 +185,22 @@ def projected_bytes(spec: MockSpec) -> int:
     return int(spec.events * spec.width * 4 * kept) + 64 * 1024 * spec.sources
 
 
-def write_files(spec: MockSpec, directory: Path,
-                advance: Callable[[int], None] | None = None) -> list[str]:
+def write_files(
+    spec: MockSpec, directory: Path, advance: Callable[[int], None] | None = None
+) -> list[str]:
     """Write every source file and RetDef into ``directory``; return the file names."""
     ts, run, colors = principal_table(spec)
     names = []
     for k, src in enumerate(source_names(spec.sources)):
         if k == 0:
-            write_source(directory / f"{src}.h5", ts, spec.width, k,
-                         smalldata={"color": colors, "run": run}, advance=advance)
+            write_source(
+                directory / f"{src}.h5",
+                ts,
+                spec.width,
+                k,
+                smalldata={"color": colors, "run": run},
+                advance=advance,
+            )
         else:
             keep = secondary_keep(spec, k)
             write_source(directory / f"{src}.h5", ts[keep], spec.width, k, advance=advance)
@@ -204,8 +235,9 @@ def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
         gs = G.read_array(src)
         side = G.sidecar_for(src)
         if side.is_file():
-            atomic_write_bytes(directory / G.sidecar_for(Path("gensteps.npy")).name,
-                               side.read_bytes())
+            atomic_write_bytes(
+                directory / G.sidecar_for(Path("gensteps.npy")).name, side.read_bytes()
+            )
             names.append(G.sidecar_for(Path("gensteps.npy")).name)
     elif spec.gensteps_kind == "cerenkov":
         gs = cerenkov_tracks(scene, spec.gensteps_photons, spec.seed)
@@ -213,8 +245,10 @@ def write_gensteps(spec: MockSpec, directory: Path) -> list[str]:
         gs = scintillation_tracks(scene, spec.gensteps_photons, spec.seed)
     else:
         if scene.source is None:
-            raise BadInput(f"scene {spec.scene} has no [source] for torch gensteps "
-                           "(--gensteps-kind cerenkov or scintillation?)")
+            raise BadInput(
+                f"scene {spec.scene} has no [source] for torch gensteps "
+                "(--gensteps-kind cerenkov or scintillation?)"
+            )
         gs = gensteps(scene.source, spec.gensteps_photons or None, scene.container_material)
     buf = io.BytesIO()
     np.save(buf, gs)
@@ -230,8 +264,13 @@ def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def deliver(spec: MockSpec, as_: str, target: Path, reserve: int = 0,
-            advance: Callable[[int], None] | None = None) -> Path:
+def deliver(
+    spec: MockSpec,
+    as_: str,
+    target: Path,
+    reserve: int = 0,
+    advance: Callable[[int], None] | None = None,
+) -> Path:
     """Make the delivery. ``as_`` is level0 or fcopy (``target`` = that incoming dir) or dir."""
     spec.validate()
     need = projected_bytes(spec) * (2 if as_ == "fcopy" else 1)
@@ -265,7 +304,10 @@ def deliver(spec: MockSpec, as_: str, target: Path, reserve: int = 0,
         try:
             names = write_files(spec, work, advance)
             manifest.write(work, names)
-            with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            with (
+                atomic_path(tar_path) as tmp,
+                tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf,
+            ):
                 for n in [*names, manifest.MANIFEST_NAME]:
                     tf.add(work / n, arcname=n, filter=_tar_filter)
         finally:

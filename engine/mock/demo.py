@@ -47,30 +47,60 @@ def main(argv: list[str] | None = None) -> int:
     ws = init_workspace(args.workspace)
     dlid = _next_dlid(ws.incoming_level0)
     print(f"workspace {ws.root}")
-    subprocess.run(_engine("-w", str(ws.root), "mock", "--downlink", dlid, "--events", str(args.events),
-                           "--event-bytes", str(args.event_bytes), "--chunks", "3", "--runs", "2",
-                           "--as", "level0"), check=True)
+    subprocess.run(
+        _engine(
+            "-w",
+            str(ws.root),
+            "mock",
+            "--downlink",
+            dlid,
+            "--events",
+            str(args.events),
+            "--event-bytes",
+            str(args.event_bytes),
+            "--chunks",
+            "3",
+            "--runs",
+            "2",
+            "--as",
+            "level0",
+        ),
+        check=True,
+    )
     delivery = ws.incoming_level0 / dlid
     entries = manifest.verify(delivery)
     print(f"delivery {dlid}: {len(entries)} files verified against {manifest.MANIFEST_NAME}")
 
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which(
+        "mpiexec"
+    )
     out_dir = ws.downlinks / dlid
     out_dir.mkdir(parents=True, exist_ok=True)
     for chunk in (1, 2, 3):
         out = out_dir / f"{dlid}-{chunk:05d}.h5"
-        cmd = _engine("build", str(delivery), "-o", str(out), "--retdef",
-                      str(delivery / retdef_name(dlid, chunk)), "--select", 'color == "red"', "--json",
-                      "--no-progress")
+        cmd = _engine(
+            "build",
+            str(delivery),
+            "-o",
+            str(out),
+            "--retdef",
+            str(delivery / retdef_name(dlid, chunk)),
+            "--select",
+            'color == "red"',
+            "--json",
+            "--no-progress",
+        )
         if mpiexec and args.ranks > 1:
             cmd = [mpiexec, "-n", str(args.ranks), *cmd]
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rep = json.loads(res.stdout.strip().splitlines()[-1])
         check = verify_built(out)
         status = "verified" if check.ok else "FAILED: " + "; ".join(check.problems)
-        print(f"chunk {chunk:05d}: {rep['events']:4d} red events from {', '.join(rep['sources'])} on "
-              f"{rep['ranks']} rank(s), read {human_bytes(rep['bytes_read'])} at "
-              f"{rep['gb_per_s']:.2f} GB/s -> {out.relative_to(ws.root)} [{status}]")
+        print(
+            f"chunk {chunk:05d}: {rep['events']:4d} red events from {', '.join(rep['sources'])} on "
+            f"{rep['ranks']} rank(s), read {human_bytes(rep['bytes_read'])} at "
+            f"{rep['gb_per_s']:.2f} GB/s -> {out.relative_to(ws.root)} [{status}]"
+        )
         if not check.ok:
             return 1
     print(f"done: built events of downlink {dlid} are in {out_dir}")

@@ -50,8 +50,13 @@ def region(scene: Scene) -> tuple[int, np.ndarray]:
     from engine.propagate.geometry.trace import nearest
 
     g = scene.tree()
-    t, node, _, _, enter = nearest(g.geo_i, g.geo_f, np.zeros((3, 1), np.float32),
-                                   np.array([[0.0], [0.0], [1.0]], np.float32), 1e-3)
+    t, node, _, _, enter = nearest(
+        g.geo_i,
+        g.geo_f,
+        np.zeros((3, 1), np.float32),
+        np.array([[0.0], [0.0], [1.0]], np.float32),
+        1e-3,
+    )
     k = int(node[0])
     if k < 0 or enter[0]:
         return scene.container_material, np.array(scene.container_half, np.float64)
@@ -59,7 +64,9 @@ def region(scene: Scene) -> tuple[int, np.ndarray]:
     return int(g.node_i[k, 4]), half
 
 
-def _chord(scene: Scene, rng: np.random.Generator, length: float) -> tuple[np.ndarray, np.ndarray, float]:
+def _chord(
+    scene: Scene, rng: np.random.Generator, length: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """A start point and direction inside the container (a GDML detector: inside the
     volume at its origin), and the length that stays inside."""
     half = region(scene)[1]
@@ -71,8 +78,19 @@ def _chord(scene: Scene, rng: np.random.Generator, length: float) -> tuple[np.nd
     return start, d, float(min(length, 0.999 * exits.min()))
 
 
-def _row(gentype: int, trackid: int, mat: int, num: int, pos: np.ndarray, t: float,
-         delta: np.ndarray, step: float, pdg: int, charge: float, velocity: float) -> np.ndarray:
+def _row(
+    gentype: int,
+    trackid: int,
+    mat: int,
+    num: int,
+    pos: np.ndarray,
+    t: float,
+    delta: np.ndarray,
+    step: float,
+    pdg: int,
+    charge: float,
+    velocity: float,
+) -> np.ndarray:
     g = np.zeros((6, 4), np.float32)
     g.view(np.int32)[0] = (gentype, trackid, mat, num)
     g[1] = (*pos, t)
@@ -82,8 +100,9 @@ def _row(gentype: int, trackid: int, mat: int, num: int, pos: np.ndarray, t: flo
     return g
 
 
-def cerenkov_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 1000.0,
-                    step_mm: float = 10.0) -> np.ndarray:
+def cerenkov_tracks(
+    scene: Scene, photons: int, seed: int, kinetic_mev: float = 1000.0, step_mm: float = 10.0
+) -> np.ndarray:
     """Muons crossing the container material until the gensteps hold at least ``photons``
     photons (one muon when 0)."""
     mat = region(scene)[0]
@@ -94,8 +113,10 @@ def cerenkov_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 
     beta = _beta(kinetic_mev, MUON_MASS)
     f = cerenkov_fields(nm, n, beta, beta)
     if f["mean_per_mm"] <= 0:
-        raise BadInput(f"a {kinetic_mev:g} MeV muon is below the Cerenkov threshold in "
-                       f"{scene.materials[mat].name}")
+        raise BadInput(
+            f"a {kinetic_mev:g} MeV muon is below the Cerenkov threshold in "
+            f"{scene.materials[mat].name}"
+        )
     rows, total, track = [], 0, 0
     while total < max(photons, 1) or track == 0:
         track += 1
@@ -104,11 +125,26 @@ def cerenkov_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 
         for k in range(nsteps):
             pos = start + d * (k * step_mm)
             num = int(rng.poisson(f["mean_per_mm"] * step_mm))
-            g = _row(CERENKOV, track, mat, num, pos, k * step_mm / (beta * C_MM_NS), d * step_mm,
-                     step_mm, PDG["mu-"], -1.0, beta * C_MM_NS)
+            g = _row(
+                CERENKOV,
+                track,
+                mat,
+                num,
+                pos,
+                k * step_mm / (beta * C_MM_NS),
+                d * step_mm,
+                step_mm,
+                PDG["mu-"],
+                -1.0,
+                beta * C_MM_NS,
+            )
             g[4] = (f["BetaInverse"], f["Wmin"], f["Wmax"], f["maxCos"])
-            g[5] = (f["maxSin2"], f["MeanNumberOfPhotons1"], f["MeanNumberOfPhotons2"],
-                    beta * C_MM_NS)
+            g[5] = (
+                f["maxSin2"],
+                f["MeanNumberOfPhotons1"],
+                f["MeanNumberOfPhotons2"],
+                beta * C_MM_NS,
+            )
             rows.append(g)
             total += num
         if track > 10_000:
@@ -116,8 +152,9 @@ def cerenkov_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 
     return np.stack(rows)
 
 
-def scintillation_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: float = 2.0,
-                         step_mm: float = 0.5) -> np.ndarray:
+def scintillation_tracks(
+    scene: Scene, photons: int, seed: int, kinetic_mev: float = 2.0, step_mm: float = 0.5
+) -> np.ndarray:
     """Electrons stopping in the container material (scintillation and, while above
     threshold, Cerenkov gensteps) until the gensteps hold at least ``photons`` photons."""
     mat = region(scene)[0]
@@ -141,12 +178,24 @@ def scintillation_tracks(scene: Scene, photons: int, seed: int, kinetic_mev: flo
             v0, v1 = b0 * C_MM_NS, b1 * C_MM_NS
             delta = d * length
             vis = birks_visible(edep, length, phys.get("birks_constant", 0.0))
-            num = scintillation_count(phys["scintillation_yield"] * vis,
-                                      phys.get("resolution_scale", 1.0), rng)
+            num = scintillation_count(
+                phys["scintillation_yield"] * vis, phys.get("resolution_scale", 1.0), rng
+            )
             for k, cnt in enumerate(component_split(num, [w for _, w in comps])):
                 if cnt:
-                    g = _row(SCINTILLATION, track, mat, cnt, pos, t, delta, length, PDG["e-"],
-                             -1.0, 0.5 * (v0 + v1))
+                    g = _row(
+                        SCINTILLATION,
+                        track,
+                        mat,
+                        cnt,
+                        pos,
+                        t,
+                        delta,
+                        length,
+                        PDG["e-"],
+                        -1.0,
+                        0.5 * (v0 + v1),
+                    )
                     g.view(np.int32)[4, 0] = k
                     g[5, 0] = comps[k][0]
                     rows.append(g)

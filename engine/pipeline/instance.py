@@ -70,19 +70,30 @@ class InstanceView:
         scene = self.dl.scene or "default"
         build = self.ws.settings.build
         v = {
-            "python": sys.executable, "workspace": str(self.ws.root), "dlid": self.dlid,
-            "level0": self.dl.level0, "outdir": str(self.outdir), "stage": str(self.ws.stage),
+            "python": sys.executable,
+            "workspace": str(self.ws.root),
+            "dlid": self.dlid,
+            "level0": self.dl.level0,
+            "outdir": str(self.outdir),
+            "stage": str(self.ws.stage),
             "maxEvents": str(self.ws.settings.halfpipe.maxEvents),
-            "batch": str(build.batch), "timestamp_path": build.timestamp_path,
-            "data_path": build.data_path, "smalldata_path": build.smalldata_path,
-            "scene": self.dl.scene or "", "events_dir": str(self.ws.events / scene / self.dlid),
+            "batch": str(build.batch),
+            "timestamp_path": build.timestamp_path,
+            "data_path": build.data_path,
+            "smalldata_path": build.smalldata_path,
+            "scene": self.dl.scene or "",
+            "events_dir": str(self.ws.events / scene / self.dlid),
             "scene_path": str(scene_path(scene)),
             "gensteps": str(Path(self.dl.level0) / GENSTEPS_NAME),
-            "key": key, "process": pdef.name,
+            "key": key,
+            "process": pdef.name,
         }
         if pdef.foreach == "chunks" and key:
-            v |= {"chunk": key, "retdef": str(self.outdir / f"RetDef-{self.dlid}-{key}.xml"),
-                  "chunk_out": str(self.outdir / f"{self.dlid}-{key}.h5")}
+            v |= {
+                "chunk": key,
+                "retdef": str(self.outdir / f"RetDef-{self.dlid}-{key}.xml"),
+                "chunk_out": str(self.outdir / f"{self.dlid}-{key}.h5"),
+            }
         if pdef.foreach == "runs" and key:
             v |= {"run": key, "run10": run_name(int(key)), "runhex": run_hex(int(key))}
         return v
@@ -117,16 +128,22 @@ class InstanceView:
             return [mpiexec_path(), "-n", str(ranks), *argv], ranks
         return argv, 1
 
-    def env(self, pdef: ProcessDef, pi: ProcessInstance, values: dict[str, str],
-            summary: Path) -> dict[str, str]:
+    def env(
+        self, pdef: ProcessDef, pi: ProcessInstance, values: dict[str, str], summary: Path
+    ) -> dict[str, str]:
         """HalfPipe's and Pipeline-II's variables of the job, then the task file's own."""
         env = {
             "SKYDECK_WORKSPACE": str(self.ws.root),
-            "HALFPIPE_DOWNLINKID": self.dlid, "HALFPIPE_OUTPUTBASE": str(self.ws.downlinks),
-            "HALFPIPE_MAXEVENTS": values["maxEvents"], "HALFPIPE_NUMCHUNKS": str(self.dl.chunks),
-            "PIPELINE_TASK": self.task.name, "PIPELINE_PROCESS": pdef.name,
-            "PIPELINE_PROCESSINSTANCE": str(pi.id), "PIPELINE_STREAM": pi.key or self.dlid,
-            "PIPELINE_SUMMARY": str(summary), "PYTHONPATH": _pythonpath(),
+            "HALFPIPE_DOWNLINKID": self.dlid,
+            "HALFPIPE_OUTPUTBASE": str(self.ws.downlinks),
+            "HALFPIPE_MAXEVENTS": values["maxEvents"],
+            "HALFPIPE_NUMCHUNKS": str(self.dl.chunks),
+            "PIPELINE_TASK": self.task.name,
+            "PIPELINE_PROCESS": pdef.name,
+            "PIPELINE_PROCESSINSTANCE": str(pi.id),
+            "PIPELINE_STREAM": pi.key or self.dlid,
+            "PIPELINE_SUMMARY": str(summary),
+            "PYTHONPATH": _pythonpath(),
         }
         if "chunk" in values:
             env["HALFPIPE_CHUNKID"] = values["chunk"]

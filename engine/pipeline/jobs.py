@@ -64,6 +64,7 @@ def chunk_outputs(ws: Workspace, dlid: str) -> list[Path]:
 
 # ---------------------------------------------------------------- mergeIndices
 
+
 def merge_indices(ws: Workspace, dlid: str) -> dict:
     runs_by_chunk: dict[str, list[int]] = {}
     counts: dict[int, int] = {}
@@ -80,8 +81,12 @@ def merge_indices(ws: Workspace, dlid: str) -> dict:
         runs_by_chunk[chunk] = [int(r) for r in uniq]
         for r, k in zip(uniq, n, strict=True):
             counts[int(r)] = counts.get(int(r), 0) + int(k)
-    index = {"dlid": dlid, "runs": sorted(counts), "events": {str(k): v for k, v in sorted(counts.items())},
-             "chunks": runs_by_chunk}
+    index = {
+        "dlid": dlid,
+        "runs": sorted(counts),
+        "events": {str(k): v for k, v in sorted(counts.items())},
+        "chunks": runs_by_chunk,
+    }
     target = ws.downlinks / dlid / INDEX_NAME
     atomic_write_bytes(target, json.dumps(index, indent=1).encode() + b"\n")
     _summary("Pipeline.runs: " + " ".join(str(r) for r in index["runs"]))
@@ -98,13 +103,16 @@ def read_index(ws: Workspace, dlid: str) -> dict | None:
 
 # ---------------------------------------------------------------- mergeEvt
 
+
 def _staged_record(ws: Workspace, dlid: str, run: int) -> Path:
     return ws.downlinks / dlid / str(run) / f"{run_name(run)}-staged.npy"
 
 
 def _other_downlinks(ws: Workspace, dlid: str) -> list[str]:
     try:
-        return sorted(e.name for e in os.scandir(ws.downlinks) if is_dlid(e.name) and e.name != dlid)
+        return sorted(
+            e.name for e in os.scandir(ws.downlinks) if is_dlid(e.name) and e.name != dlid
+        )
     except FileNotFoundError:
         return []
 
@@ -193,9 +201,17 @@ def merge_evt(ws: Workspace, dlid: str, run: int, max_events: int) -> list[Path]
     return written
 
 
-def _write_staged(target: Path, inputs: list[Path], names: list[str],
-                  sources: dict[str, tuple[np.dtype, tuple[int, ...]]], ts: np.ndarray,
-                  src: np.ndarray, row: np.ndarray, run: int, dlid: str) -> None:
+def _write_staged(
+    target: Path,
+    inputs: list[Path],
+    names: list[str],
+    sources: dict[str, tuple[np.dtype, tuple[int, ...]]],
+    ts: np.ndarray,
+    src: np.ndarray,
+    row: np.ndarray,
+    run: int,
+    dlid: str,
+) -> None:
     n = len(ts)
     used = sorted(set(int(k) for k in src))
     src_paths: dict[str, set[str]] = {n: set() for n in names}
@@ -241,6 +257,7 @@ def _write_staged(target: Path, inputs: list[Path], names: list[str],
 
 # ---------------------------------------------------------------- cleanup
 
+
 def cleanup(ws: Workspace, dlid: str) -> list[Path]:
     """Remove this downlink's intermediates of finished runs; never a file we did not write."""
     flag = halt_flag(ws, dlid, "haltCleanup")
@@ -257,8 +274,10 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
     # following a link below it (engine/core/nofollow.py): a downlinks/<DLID> or .parts/
     # swapped for a link never sends an unlink elsewhere; a job waits for a state server
     # that restarts, as long as it takes (its runner does too)
-    with StateDB(ws.state, patience=Patience.forever(Outage(_say))) as db, \
-            Tree(os.path.realpath(ws.downlinks)) as tree:
+    with (
+        StateDB(ws.state, patience=Patience.forever(Outage(_say))) as db,
+        Tree(os.path.realpath(ws.downlinks)) as tree,
+    ):
         for chunk, runs in sorted(idx["chunks"].items()):
             if any((ws.lock / run_hex(r)).exists() or r in busy_runs for r in runs):
                 print(f"keeping chunk {chunk}: a run it holds is still being merged")
@@ -272,8 +291,10 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
                 if on_link(err):
                     print(f"keeping {tree.path(parts)}: a symbolic link on its path")
             out = ws.downlinks / dlid / name  # as the runner recorded it
-            for rel, p in [((dlid, name), out),
-                           *(((*parts, n), Path(f"{out}.parts") / n) for n in inside or ())]:
+            for rel, p in [
+                ((dlid, name), out),
+                *(((*parts, n), Path(f"{out}.parts") / n) for n in inside or ()),
+            ]:
                 rec = db.file(p)
                 if rec is None:
                     continue
@@ -302,6 +323,7 @@ def cleanup(ws: Workspace, dlid: str) -> list[Path]:
 
 # ---------------------------------------------------------------- entry point
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.pipeline.jobs")
     ap.add_argument("job", choices=("mergeIndices", "mergeEvt", "cleanup"))
@@ -319,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         elif a.job == "mergeEvt":
             if a.run is None:
                 raise BadInput("mergeEvt needs --run")
-            max_events = a.max_events or int(os.environ.get("HALFPIPE_MAXEVENTS") or
-                                              ws.settings.halfpipe.maxEvents)
+            max_events = a.max_events or int(
+                os.environ.get("HALFPIPE_MAXEVENTS") or ws.settings.halfpipe.maxEvents
+            )
             files = merge_evt(ws, dlid, a.run, max_events)
             print(f"{dlid} {run_name(a.run)}: staged {len(files)} file(s)")
         else:

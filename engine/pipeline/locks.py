@@ -58,7 +58,7 @@ class LockInfo:
 
     path: str
     name: str
-    kind: str            # stream | run merge | cleanup | other
+    kind: str  # stream | run merge | cleanup | other
     pid: int | None
     host: str | None
     start: float | None
@@ -83,7 +83,7 @@ class LockInfo:
 
 
 def lock_kind(name: str) -> str:
-    if name.startswith("halfpipe-") and is_dlid(name[len("halfpipe-"):]):
+    if name.startswith("halfpipe-") and is_dlid(name[len("halfpipe-") :]):
         return "stream"
     if _RUNHEX.match(name):
         return "run merge"
@@ -158,8 +158,9 @@ def parse_content(data: bytes) -> LockContent:
     created = _finite(obj.get("created"))
     if created is not None and not 0 <= created < _TIME_MAX:  # shown as an age: a real time
         created = None
-    return LockContent(pid, host, start, _label(obj.get("stream")), _label(obj.get("process")),
-                       created)
+    return LockContent(
+        pid, host, start, _label(obj.get("stream")), _label(obj.get("process")), created
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -192,8 +193,9 @@ def read(path: Path, remote: RemoteJudge | None = None) -> LockInfo:
     age = 0.0
 
     def verdict(stale: bool, why: str, blocks: bool = False) -> LockInfo:
-        return LockInfo(str(path), path.name, kind, None, None, None, None, None, None, age,
-                        stale, why, blocks)
+        return LockInfo(
+            str(path), path.name, kind, None, None, None, None, None, None, age, stale, why, blocks
+        )
 
     try:
         st = os.lstat(path)
@@ -203,8 +205,12 @@ def read(path: Path, remote: RemoteJudge | None = None) -> LockInfo:
         return verdict(False, f"cannot stat: {err.strerror or err}", blocks=True)
     age = now - st.st_mtime
     if not stat.S_ISREG(st.st_mode):
-        return verdict(False, f"not a regular file (a {mode_kind(st.st_mode)}): no skydeck lock; "
-                              "an operator must remove it (unlock --force)", blocks=True)
+        return verdict(
+            False,
+            f"not a regular file (a {mode_kind(st.st_mode)}): no skydeck lock; "
+            "an operator must remove it (unlock --force)",
+            blocks=True,
+        )
     try:
         c = parse_content(_read_bytes(path))
     except FileNotFoundError:
@@ -218,8 +224,20 @@ def read(path: Path, remote: RemoteJudge | None = None) -> LockInfo:
     dead, why = owner_dead(c.pid, c.host, c.start, remote)
     if c.created is not None:
         age = now - c.created
-    return LockInfo(str(path), path.name, kind, c.pid, c.host, c.start, c.stream, c.process,
-                    c.created, age, dead, why)
+    return LockInfo(
+        str(path),
+        path.name,
+        kind,
+        c.pid,
+        c.host,
+        c.start,
+        c.stream,
+        c.process,
+        c.created,
+        age,
+        dead,
+        why,
+    )
 
 
 def list_locks(lock_dir: Path, remote: RemoteJudge | None = None) -> list[LockInfo]:
@@ -235,9 +253,23 @@ def list_locks(lock_dir: Path, remote: RemoteJudge | None = None) -> list[LockIn
     except (FileNotFoundError, NotADirectoryError):
         return out
     except OSError as err:
-        return [LockInfo(str(lock_dir), lock_dir.name, "other", None, None, None, None, None,
-                         None, 0.0, False, f"cannot list the lock directory: "
-                         f"{err.strerror or err}", True)]
+        return [
+            LockInfo(
+                str(lock_dir),
+                lock_dir.name,
+                "other",
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                0.0,
+                False,
+                f"cannot list the lock directory: {err.strerror or err}",
+                True,
+            )
+        ]
     for name in entries:
         if name.startswith("."):
             continue
@@ -257,8 +289,16 @@ def _reclaim_mutex(lock_dir: Path) -> Iterator[None]:
 
 
 def _content(stream: str | None, process: str | None, owner: Owner) -> bytes:
-    return json.dumps({"pid": owner.pid, "host": owner.host, "start": owner.start,
-                       "stream": stream, "process": process, "created": time.time()}).encode()
+    return json.dumps(
+        {
+            "pid": owner.pid,
+            "host": owner.host,
+            "start": owner.start,
+            "stream": stream,
+            "process": process,
+            "created": time.time(),
+        }
+    ).encode()
 
 
 def sweep_temps(lock_dir: Path) -> list[Path]:
@@ -273,8 +313,12 @@ def sweep_temps(lock_dir: Path) -> list[Path]:
     for name in names:
         _, sep, suffix = name.rpartition(".tmp-")
         writer = temp_writer(suffix) if sep else None
-        if writer is None or writer == (None, os.getpid()) or \
-                writer == (socket.gethostname(), os.getpid()) or not writer_gone(*writer):
+        if (
+            writer is None
+            or writer == (None, os.getpid())
+            or writer == (socket.gethostname(), os.getpid())
+            or not writer_gone(*writer)
+        ):
             continue  # our own: one may be in flight on another thread
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(lock_dir / name)
@@ -298,8 +342,13 @@ def _link_create(path: Path, data: bytes) -> bool:
             os.unlink(tmp)
 
 
-def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | None = None,
-            log: list[str] | None = None) -> LockInfo:
+def acquire(
+    path: Path,
+    stream: str | None,
+    process: str | None,
+    owner: Owner | None = None,
+    log: list[str] | None = None,
+) -> LockInfo:
     """Create the lock for ``owner`` (default: this process); reclaim it if stale.
 
     Re-acquiring a lock this owner already holds succeeds (HalfPipe's makeEvt jobs all create
@@ -321,8 +370,11 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
             if not info.stale:
                 if info.pid is None:  # no owner to name: say what blocks it
                     raise Busy(f"blocked: {info.reason}", path)
-                raise Busy(f"locked by {info.owner} ({info.process or '?'} of {info.stream or '?'}):"
-                           f" {info.reason}", path)
+                raise Busy(
+                    f"locked by {info.owner} ({info.process or '?'} of {info.stream or '?'}):"
+                    f" {info.reason}",
+                    path,
+                )
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -330,8 +382,9 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
             except OSError as err:  # replaced by something we may not remove
                 raise Busy(f"cannot reclaim stale lock: {err.strerror or err}", path) from None
             if log is not None and info.host not in (None, owner.host):
-                log.append(f"took over lock {path.name} from {info.owner} (another host): "
-                           f"{info.reason}")
+                log.append(
+                    f"took over lock {path.name} from {info.owner} (another host): {info.reason}"
+                )
             elif log is not None:
                 log.append(f"reclaimed stale lock {path.name}: {info.reason}")
         if not _link_create(path, data):
@@ -339,7 +392,9 @@ def acquire(path: Path, stream: str | None, process: str | None, owner: Owner | 
     return read(path)
 
 
-def take_over(path: Path, stream: str | None, process: str | None, owner: Owner | None = None) -> None:
+def take_over(
+    path: Path, stream: str | None, process: str | None, owner: Owner | None = None
+) -> None:
     """Rewrite a lock we are entitled to (stream resumed by a new owner) atomically."""
     owner = owner or Owner.me()
     tmp = temp_name(path)
@@ -392,19 +447,24 @@ def _remove(p: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise BadInput(f"cannot remove: {err.strerror or err}; remove it by hand after checking "
-                       "what it is", p) from None
+        raise BadInput(
+            f"cannot remove: {err.strerror or err}; remove it by hand after checking what it is", p
+        ) from None
 
 
-def unlock(lock_dir: Path, name: str, force: bool = False,
-           remote: RemoteJudge | None = None) -> LockInfo:
+def unlock(
+    lock_dir: Path, name: str, force: bool = False, remote: RemoteJudge | None = None
+) -> LockInfo:
     """Remove a stale lock; a live or foreign one only with ``force`` (operator confirmed).
     ``remote`` as for ``read``: with it, a lock of a dead owner on another host is stale."""
     p = resolve(lock_dir, name)
     with _reclaim_mutex(lock_dir):
         info = read(p, remote)
         if not info.stale and not force:
-            raise Busy(f"not provably stale ({info.reason}); use --force after checking no "
-                       "instance is still running", p)
+            raise Busy(
+                f"not provably stale ({info.reason}); use --force after checking no "
+                "instance is still running",
+                p,
+            )
         _remove(p)
     return info

@@ -62,8 +62,9 @@ def resume(sup: Supervisor) -> None:
             what = f"{pi.launcher} job {pi.job_id} is no longer known to the batch system"
         else:
             what = kill_orphan(pi.pid, pi.host, pi.pid_start)
-        sup.db.update_instance(pi.id, status="FAILED", ended=time.time(),
-                               note=f"supervisor died; {what}")
+        sup.db.update_instance(
+            pi.id, status="FAILED", ended=time.time(), note=f"supervisor died; {what}"
+        )
         sup.event("instance_failed_owner_died", pi, detail=what)
         pdef = sup.task.process(pi.process)
         # a crash of the supervisor is not the job's fault: same retry count
@@ -89,16 +90,20 @@ def take_stream_locks(sup: Supervisor) -> None:
             continue
         if info.stale and info.host not in (None, sup.owner.host):
             # another host's owner, judged gone by the state server (PostgreSQL)
-            detail: dict[str, Any] = {"what": "lock", "lock": p.name, "old_owner": info.owner,
-                                      "new_owner": str(sup.owner), "why": info.reason}
+            detail: dict[str, Any] = {
+                "what": "lock",
+                "lock": p.name,
+                "old_owner": info.owner,
+                "new_owner": str(sup.owner),
+                "why": info.reason,
+            }
             locks.take_over(p, sup.dlid, pdef.name, sup.owner)
             sup.db.log_event("takeover", sup.dlid, **detail)
             sup.event("takeover", None, **detail)
             continue
         if info.stale:
             event, why = "lock_reclaimed", info.reason
-        elif (info.host == sup.owner.host and info.pid != sup.owner.pid
-              and info.stream == sup.dlid):
+        elif info.host == sup.owner.host and info.pid != sup.owner.pid and info.stream == sup.dlid:
             event, why = "lock_taken_over", "this runner holds the stream claim"
         else:
             continue
@@ -152,8 +157,7 @@ def adopt_unrecorded(sup: Supervisor) -> None:
         pi = waiting[log]
         sup.db.set_job(pi.id, sup.launcher.name, job_id)
         now = time.time()
-        sup.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log),
-                               note=None)
+        sup.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log), note=None)
         pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
         pi.launcher, pi.job_id = sup.launcher.name, job_id
         if not adopt(sup, pi):  # ended between the two questions: run it again

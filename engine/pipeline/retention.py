@@ -88,7 +88,7 @@ from engine.pipeline.task import load_task
 from engine.store import Delivery, StateDB
 
 AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
-FINISHED = ("SUCCESS", "FAILED", "CANCELED")   # a stream no runner picks up again
+FINISHED = ("SUCCESS", "FAILED", "CANCELED")  # a stream no runner picks up again
 INDEX_NAME = "mergeIndices.json"  # engine.pipeline.jobs.INDEX_NAME (jobs imports h5py)
 CLEANUP_LOCK = "cleanup"
 # the log and the files its launcher wrote beside it (Slurm's batch script and exit file)
@@ -96,20 +96,20 @@ LOG_SIBLINGS = ("", *sibling_suffixes())
 MAX_REASON_BYTES = 1 << 20
 _CONSOLE_LOG = re.compile(r"(?:run-(?P<dlid>[0-9]{9})|build|propagate)-[0-9]{8}T[0-9]{6}\.log")
 
-Signature = tuple[tuple[int, str, float | None], ...]   # a downlink's latest streams
+Signature = tuple[tuple[int, str, float | None], ...]  # a downlink's latest streams
 
 
 @dataclass(frozen=True)
 class PruneCandidate:
     """One thing a prune removes: a file or an (empty) directory, or the events rows."""
 
-    area: str                   # one of AREAS
-    path: str | None            # None: the events rows
-    bytes: int                  # disk usage (st_blocks * 512, as `stage` counts); events: text
+    area: str  # one of AREAS
+    path: str | None  # None: the events rows
+    bytes: int  # disk usage (st_blocks * 512, as `stage` counts); events: text
     reason: str
     dlid: str | None = None
-    is_dir: bool = False        # removed with rmdir, only once empty
-    rows: int = 0               # events: rows older than the cut-off
+    is_dir: bool = False  # removed with rmdir, only once empty
+    rows: int = 0  # events: rows older than the cut-off
     first_id: int | None = None
     last_id: int | None = None
     cutoff: float | None = None  # events: rows older than this (epoch seconds)
@@ -120,8 +120,13 @@ class PruneCandidate:
     md5: str | None = field(default=None, compare=False, repr=False)  # verified before removal
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"area": self.area, "path": self.path, "bytes": self.bytes,
-                               "reason": self.reason, "dlid": self.dlid}
+        out: dict[str, Any] = {
+            "area": self.area,
+            "path": self.path,
+            "bytes": self.bytes,
+            "reason": self.reason,
+            "dlid": self.dlid,
+        }
         if self.is_dir:
             out["dir"] = True
         if self.path is None:
@@ -158,7 +163,7 @@ class PrunePlan:
 
     now: float
     candidates: list[PruneCandidate] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)   # what was held back, and why
+    notes: list[str] = field(default_factory=list)  # what was held back, and why
     streams: dict[str, Signature] = field(default_factory=dict, repr=False)
 
     def totals(self) -> dict[str, AreaTotal]:
@@ -169,9 +174,13 @@ class PrunePlan:
         return sum(c.bytes for c in self.candidates)
 
     def to_json(self) -> dict[str, Any]:
-        return {"now": self.now, "candidates": [c.to_json() for c in self.candidates],
-                "areas": {a: t.to_json() for a, t in self.totals().items()},
-                "bytes": self.bytes, "notes": self.notes}
+        return {
+            "now": self.now,
+            "candidates": [c.to_json() for c in self.candidates],
+            "areas": {a: t.to_json() for a, t in self.totals().items()},
+            "bytes": self.bytes,
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -179,8 +188,8 @@ class PruneResult:
     """What ``apply`` did with each candidate of a plan."""
 
     removed: list[PruneCandidate] = field(default_factory=list)
-    gone: list[PruneCandidate] = field(default_factory=list)       # already gone: no error
-    kept: list[tuple[PruneCandidate, str]] = field(default_factory=list)   # changed since
+    gone: list[PruneCandidate] = field(default_factory=list)  # already gone: no error
+    kept: list[tuple[PruneCandidate, str]] = field(default_factory=list)  # changed since
     failed: list[tuple[PruneCandidate, str]] = field(default_factory=list)  # could not remove
 
     def totals(self) -> dict[str, AreaTotal]:
@@ -192,18 +201,25 @@ class PruneResult:
 
     def summary(self) -> dict[str, Any]:
         """Counts and bytes per area: the daemon's ``prune`` event and the events row."""
-        return {"areas": {a: t.to_json() for a, t in self.totals().items() if t != AreaTotal()},
-                "bytes": self.bytes, "removed": sum(1 for c in self.removed if c.path),
-                "gone": len(self.gone), "kept": len(self.kept), "failed": len(self.failed)}
+        return {
+            "areas": {a: t.to_json() for a, t in self.totals().items() if t != AreaTotal()},
+            "bytes": self.bytes,
+            "removed": sum(1 for c in self.removed if c.path),
+            "gone": len(self.gone),
+            "kept": len(self.kept),
+            "failed": len(self.failed),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return self.summary() | {
             "candidates": [c.to_json() for c in self.removed],
             "kept_back": [c.to_json() | {"why": why} for c, why in self.kept],
-            "errors": [c.to_json() | {"error": why} for c, why in self.failed]}
+            "errors": [c.to_json() | {"error": why} for c, why in self.failed],
+        }
 
 
 # ---------------------------------------------------------------------- guards
+
 
 def _inside(p: str, root: str) -> bool:
     return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
@@ -213,11 +229,13 @@ class Guard:
     """The paths a prune never removes, resolved once per workspace (``protected``)."""
 
     def __init__(self, ws: Workspace) -> None:
-        never = [(ws.stage, "a staged file (stage/ is never pruned)"),
-                 (ws.heartbeat_dir, "a daemon heartbeat"),
-                 (ws.lock, "a lock file"), (ws.path("flags"), "a halt flag")]
-        exact = [(ws.daemon_log, "the daemon's live log"),
-                 (ws.root / "skydeck.toml", "the config")]
+        never = [
+            (ws.stage, "a staged file (stage/ is never pruned)"),
+            (ws.heartbeat_dir, "a daemon heartbeat"),
+            (ws.lock, "a lock file"),
+            (ws.path("flags"), "a halt flag"),
+        ]
+        exact = [(ws.daemon_log, "the daemon's live log"), (ws.root / "skydeck.toml", "the config")]
         # each as written and with links resolved
         self.never = [(r, why) for p, why in never for r in {norm(p), os.path.realpath(p)}]
         self.exact = {r: why for p, why in exact for r in (norm(p), os.path.realpath(p))}
@@ -266,6 +284,7 @@ def _dir_ident(st: os.stat_result) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------------- state
 
+
 def _stream_states(db: StateDB) -> tuple[dict[str, Signature], dict[str, float]]:
     """Each downlink's latest streams as a signature, and for those whose every latest
     stream is finished, when the last one ended."""
@@ -277,8 +296,9 @@ def _stream_states(db: StateDB) -> tuple[dict[str, Signature], dict[str, float]]
     for dlid, sts in by.items():
         sigs[dlid] = tuple(sorted((sid, status, ended) for sid, status, _, _, ended in sts))
         if all(status in FINISHED for _, status, _, _, _ in sts):
-            finished[dlid] = max(ended or started or created
-                                 for _, _, created, started, ended in sts)
+            finished[dlid] = max(
+                ended or started or created for _, _, created, started, ended in sts
+            )
     return sigs, finished
 
 
@@ -304,11 +324,15 @@ def _chunk_runs(idx: dict[str, Any]) -> dict[str, list[int]]:
     chunks = idx.get("chunks")
     if not isinstance(chunks, dict):
         return {}
-    return {str(k): [r for r in v if isinstance(r, int)] for k, v in chunks.items()
-            if isinstance(v, list)}
+    return {
+        str(k): [r for r in v if isinstance(r, int)]
+        for k, v in chunks.items()
+        if isinstance(v, list)
+    }
 
 
 # ---------------------------------------------------------------------- reason files
+
 
 def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], str | None] | None:
     """What a rejection's reason file (``deliveries.reject``) says was moved into ``root``,
@@ -338,6 +362,7 @@ def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], 
 
 
 # ---------------------------------------------------------------------- plan
+
 
 class _Planner:
     def __init__(self, ws: Workspace, db: StateDB, now: float) -> None:
@@ -373,22 +398,37 @@ class _Planner:
             t.dir()
         except OSError as err:
             if on_link(err):
-                self.plan.notes.append(f"kept the {area} area: {t.root} is a "
-                                       f"{_kind_at(t.root)}; retention follows no link (name "
-                                       "its real directory in [paths])")
+                self.plan.notes.append(
+                    f"kept the {area} area: {t.root} is a "
+                    f"{_kind_at(t.root)}; retention follows no link (name "
+                    "its real directory in [paths])"
+                )
             return None
         return t
 
     def linked(self, path: str, err: OSError) -> None:
         """Note a file kept because its path holds a link (or a non-directory) somewhere."""
         if on_link(err):
-            self.plan.notes.append(f"kept {path}: a symbolic link (or no directory) on its "
-                                   "path; retention follows no link")
+            self.plan.notes.append(
+                f"kept {path}: a symbolic link (or no directory) on its "
+                "path; retention follows no link"
+            )
 
-    def file(self, area: str, path: str | os.PathLike[str], root: Path, cutoff: float,
-             reason: str, dlid: str | None = None, ref: float = 0.0, size: int | None = None,
-             add: bool = True, runs: tuple[int, ...] = (), md5: str | None = None,
-             identified_by: str | None = None) -> PruneCandidate | None:
+    def file(
+        self,
+        area: str,
+        path: str | os.PathLike[str],
+        root: Path,
+        cutoff: float,
+        reason: str,
+        dlid: str | None = None,
+        ref: float = 0.0,
+        size: int | None = None,
+        add: bool = True,
+        runs: tuple[int, ...] = (),
+        md5: str | None = None,
+        identified_by: str | None = None,
+    ) -> PruneCandidate | None:
         """A regular file as a candidate when it lies below ``root`` (reached without
         following a link), is not protected and is older than ``cutoff`` (by the later of its
         mtime and ``ref``); None otherwise. ``md5``: its content must have it when removed,
@@ -419,8 +459,17 @@ class _Planner:
             elif md5 is None:
                 self.plan.notes.append(f"kept {p}: it changed while it was checked")
                 return None
-        c = PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, ident=_ident(st),
-                           runs=runs, root=tree.root, md5=md5)
+        c = PruneCandidate(
+            area,
+            p,
+            st.st_blocks * 512,
+            reason,
+            dlid,
+            ident=_ident(st),
+            runs=runs,
+            root=tree.root,
+            md5=md5,
+        )
         if add:
             self.add(c)
         return c
@@ -430,8 +479,9 @@ class _Planner:
             self.seen.add(c.path)
         self.plan.candidates.append(c)
 
-    def empty_dir_after(self, area: str, d: Path, root: Path, reason: str,
-                        dlid: str | None) -> None:
+    def empty_dir_after(
+        self, area: str, d: Path, root: Path, reason: str, dlid: str | None
+    ) -> None:
         """``d`` too, when everything in it is planned already (rmdir: only once empty)."""
         tree = self.tree(root)
         parts = parts_under(tree.root, d)
@@ -444,8 +494,18 @@ class _Planner:
             return
         p = tree.path(parts)
         if names is not None and all(os.path.join(p, n) in self.seen for n in names):
-            self.add(PruneCandidate(area, p, st.st_blocks * 512, reason, dlid, is_dir=True,
-                                    ident=_dir_ident(st), root=tree.root))
+            self.add(
+                PruneCandidate(
+                    area,
+                    p,
+                    st.st_blocks * 512,
+                    reason,
+                    dlid,
+                    is_dir=True,
+                    ident=_dir_ident(st),
+                    root=tree.root,
+                )
+            )
 
     # -------------------------------------------------------------- areas
 
@@ -469,7 +529,8 @@ class _Planner:
             p = norm(log)
             if os.path.dirname(p) == os.path.join(root, dlid):  # the runner's layout only
                 recorded.setdefault(dlid, set()).update(
-                    os.path.basename(p) + s for s in LOG_SIBLINGS)
+                    os.path.basename(p) + s for s in LOG_SIBLINGS
+                )
         reason = f"log of a finished stream, older than {self.r.logs_days:g} d"
         for dlid in sorted(recorded):
             self._log_dir(tree, dlid, recorded[dlid], cut, reason)
@@ -485,9 +546,15 @@ class _Planner:
             dlid = m.group("dlid")
             if dlid is not None and dlid in self.sigs and dlid not in self.finished:
                 continue  # the stream it ran is not finished
-            self.file("logs", tree.path((CONSOLE_LOGS, name)), self.ws.logs, cut,
-                      f"console job log, older than {self.r.logs_days:g} d", dlid,
-                      ref=self.finished.get(dlid or "", 0.0))
+            self.file(
+                "logs",
+                tree.path((CONSOLE_LOGS, name)),
+                self.ws.logs,
+                cut,
+                f"console job log, older than {self.r.logs_days:g} d",
+                dlid,
+                ref=self.finished.get(dlid or "", 0.0),
+            )
 
     def _log_dir(self, tree: Tree, dlid: str, names: set[str], cut: float, reason: str) -> None:
         """The recorded logs in one downlink's log directory (one listing, one stat per
@@ -506,16 +573,36 @@ class _Planner:
         everything = stat.S_ISDIR(dst.st_mode)
         for name, st in entries:
             c = None
-            if (name in names and stat.S_ISREG(st.st_mode) and max(st.st_mtime, ref) < cut
-                    and self.guard.why_in(real, name) is None):
-                c = PruneCandidate("logs", os.path.join(d, name), st.st_blocks * 512, reason,
-                                   dlid, ident=_ident(st), root=tree.root)
+            if (
+                name in names
+                and stat.S_ISREG(st.st_mode)
+                and max(st.st_mtime, ref) < cut
+                and self.guard.why_in(real, name) is None
+            ):
+                c = PruneCandidate(
+                    "logs",
+                    os.path.join(d, name),
+                    st.st_blocks * 512,
+                    reason,
+                    dlid,
+                    ident=_ident(st),
+                    root=tree.root,
+                )
                 self.add(c)
             everything = everything and c is not None
         if everything:
-            self.add(PruneCandidate("logs", d, dst.st_blocks * 512, "a finished downlink's log "
-                                    "directory, empty once its logs are gone", dlid, is_dir=True,
-                                    ident=_dir_ident(dst), root=tree.root))
+            self.add(
+                PruneCandidate(
+                    "logs",
+                    d,
+                    dst.st_blocks * 512,
+                    "a finished downlink's log directory, empty once its logs are gone",
+                    dlid,
+                    is_dir=True,
+                    ident=_dir_ident(dst),
+                    root=tree.root,
+                )
+            )
 
     def orphan_chunks(self) -> None:
         cut = self.cutoff(self.r.orphan_chunks_days)
@@ -528,8 +615,10 @@ class _Planner:
         for dlid in self.sigs:
             if dlid not in self.finished:
                 busy |= _runs(_read_index(tree, dlid))
-        reason = (f"chunk output a finished stream left (RunCleanup), older than "
-                  f"{self.r.orphan_chunks_days:g} d")
+        reason = (
+            f"chunk output a finished stream left (RunCleanup), older than "
+            f"{self.r.orphan_chunks_days:g} d"
+        )
         producers = [pd.name for pd in load_task(self.ws).processes if pd.foreach == "chunks"]
         old = [d for d, ended in self.finished.items() if ended < cut]
         by_dlid: dict[str, list[tuple[str, int, str | None]]] = {}
@@ -553,14 +642,28 @@ class _Planner:
                 if md5 is None:  # nothing to know it by but its name: never removed
                     self.plan.notes.append(f"kept {path}: no checksum was recorded for it")
                     continue
-                c = self.file("orphan_chunks", path, self.ws.downlinks, cut, reason, dlid,
-                              ref=self.finished[dlid], size=size, runs=tuple(runs), md5=md5)
+                c = self.file(
+                    "orphan_chunks",
+                    path,
+                    self.ws.downlinks,
+                    cut,
+                    reason,
+                    dlid,
+                    ref=self.finished[dlid],
+                    size=size,
+                    runs=tuple(runs),
+                    md5=md5,
+                )
                 if c is not None and Path(path).parent.name.endswith(".h5.parts"):
                     parts_dirs.add(Path(path).parent)
             for d in sorted(parts_dirs):
-                self.empty_dir_after("orphan_chunks", d, self.ws.downlinks,
-                                     "a chunk output's parts directory, empty once they are "
-                                     "gone", dlid)
+                self.empty_dir_after(
+                    "orphan_chunks",
+                    d,
+                    self.ws.downlinks,
+                    "a chunk output's parts directory, empty once they are gone",
+                    dlid,
+                )
 
     def _chunk_of(self, dlid: str, path: str) -> str | None:
         """The chunk a recorded file is the output (or a part) of, else None."""
@@ -582,12 +685,17 @@ class _Planner:
         tree = self.area("fcopy", self.ws.incoming_fcopy)
         if tree is None:
             return
-        accepted = [d for d in self.db.deliveries("ACCEPTED")
-                    if d.kind == "fcopy" and d.dlid and self.finished.get(d.dlid, cut) < cut
-                    and d.name.startswith("fcopy:")]
+        accepted = [
+            d
+            for d in self.db.deliveries("ACCEPTED")
+            if d.kind == "fcopy"
+            and d.dlid
+            and self.finished.get(d.dlid, cut) < cut
+            and d.name.startswith("fcopy:")
+        ]
         reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
         for d in sorted(accepted, key=lambda d: d.name):
-            stem = d.name[len("fcopy:"):]
+            stem = d.name[len("fcopy:") :]
             cand = inbox.fcopy_candidate(self.ws, stem + ".md5")
             dl = self.db.downlink(d.dlid or "")
             if cand is None or cand.name != d.name or dl is None:
@@ -604,11 +712,29 @@ class _Planner:
             tar_parts = (stem + ".tar",)
             # the tar unchanged since it was verified (its key) needs no reading; else its
             # MD5 is checked just before it is unlinked
-            tar = self.file("fcopy", cand.path, self.ws.incoming_fcopy, cut, reason, d.dlid,
-                            ref=ref, add=False, md5=ident.package_md5,
-                            identified_by=ident.package_key)
-            md5 = self.file("fcopy", cand.manifest, self.ws.incoming_fcopy, cut, reason, d.dlid,
-                            ref=ref, add=False, identified_by=manifest_key)
+            tar = self.file(
+                "fcopy",
+                cand.path,
+                self.ws.incoming_fcopy,
+                cut,
+                reason,
+                d.dlid,
+                ref=ref,
+                add=False,
+                md5=ident.package_md5,
+                identified_by=ident.package_key,
+            )
+            md5 = self.file(
+                "fcopy",
+                cand.manifest,
+                self.ws.incoming_fcopy,
+                cut,
+                reason,
+                d.dlid,
+                ref=ref,
+                add=False,
+                identified_by=manifest_key,
+            )
             if md5 is None or (tar is None and _lexists(tree, tar_parts)):
                 continue  # both or none (a tar alone is no delivery: the manifest goes last)
             if tar is not None:
@@ -624,8 +750,9 @@ class _Planner:
         recorded it."""
         ident = d.identity
         if ident is None or ident.package_md5 is None:
-            return ("what was accepted under this name is not recorded yet (the next scan "
-                    "records it)"), None
+            return (
+                "what was accepted under this name is not recorded yet (the next scan records it)"
+            ), None
         parts = (stem + ".md5",)
         try:
             key = identity.stat_key(tree.lstat(parts))
@@ -688,16 +815,34 @@ class _Planner:
                 is_dir = stat.S_ISDIR(qst.st_mode)
                 if max(0.0 if is_dir else qst.st_mtime, st.st_mtime) >= cut or self.guard.why(q):
                     return
-                out.append(PruneCandidate("rejected", q, qst.st_blocks * 512, reason, dlid,
-                                          is_dir=is_dir, root=tree.root,
-                                          ident=_dir_ident(qst) if is_dir else _ident(qst)))
+                out.append(
+                    PruneCandidate(
+                        "rejected",
+                        q,
+                        qst.st_blocks * 512,
+                        reason,
+                        dlid,
+                        is_dir=is_dir,
+                        root=tree.root,
+                        ident=_dir_ident(qst) if is_dir else _ident(qst),
+                    )
+                )
         if st.st_mtime >= cut:
             return
         for c in out:
             self.add(c)
-        self.add(PruneCandidate("rejected", tree.path((name,)), st.st_blocks * 512,
-                                "the reason file of " + reason, dlid, ident=_ident(st),
-                                needs_gone=tuple(moved), root=tree.root))
+        self.add(
+            PruneCandidate(
+                "rejected",
+                tree.path((name,)),
+                st.st_blocks * 512,
+                "the reason file of " + reason,
+                dlid,
+                ident=_ident(st),
+                needs_gone=tuple(moved),
+                root=tree.root,
+            )
+        )
 
     def events(self) -> None:
         cut = self.cutoff(self.r.events_days)
@@ -705,9 +850,18 @@ class _Planner:
             return
         span = self.db.events_before(cut)
         if span.rows and span.last_id is not None:
-            self.add(PruneCandidate("events", None, span.bytes,
-                                    f"events older than {self.r.events_days:g} d", rows=span.rows,
-                                    first_id=span.first_id, last_id=span.last_id, cutoff=cut))
+            self.add(
+                PruneCandidate(
+                    "events",
+                    None,
+                    span.bytes,
+                    f"events older than {self.r.events_days:g} d",
+                    rows=span.rows,
+                    first_id=span.first_id,
+                    last_id=span.last_id,
+                    cutoff=cut,
+                )
+            )
 
 
 def _kind_at(path: str) -> str:
@@ -747,6 +901,7 @@ def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> 
 
 
 # ---------------------------------------------------------------------- apply
+
 
 def _same(c: PruneCandidate, st: os.stat_result) -> bool:
     if c.ident is None:
@@ -828,20 +983,39 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
                     db.forget_file(c.path)  # the downlink's recorded bytes stay true
         finally:
             trees.close()
-    span = None if events is None or events.cutoff is None or events.last_id is None \
+    span = (
+        None
+        if events is None or events.cutoff is None or events.last_id is None
         else (events.cutoff, events.last_id)
+    )
     deleted = 0
     if span is not None or res.removed or res.gone or res.failed:  # else: no write at all
         deleted = db.trim_events(span, **res.summary())
     if events is not None and deleted:  # fewer than planned: another prune took some
-        res.removed.append(PruneCandidate(events.area, None, events.bytes * deleted // events.rows,
-                                          events.reason, rows=deleted, first_id=events.first_id,
-                                          last_id=events.last_id, cutoff=events.cutoff))
+        res.removed.append(
+            PruneCandidate(
+                events.area,
+                None,
+                events.bytes * deleted // events.rows,
+                events.reason,
+                rows=deleted,
+                first_id=events.first_id,
+                last_id=events.last_id,
+                cutoff=events.cutoff,
+            )
+        )
     return res
 
 
-def _hold(ws: Workspace, guard: Guard, c: PruneCandidate, p: PrunePlan,
-          sigs: dict[str, Signature], busy: str | None, trees: _Trees) -> str | None:
+def _hold(
+    ws: Workspace,
+    guard: Guard,
+    c: PruneCandidate,
+    p: PrunePlan,
+    sigs: dict[str, Signature],
+    busy: str | None,
+    trees: _Trees,
+) -> str | None:
     """Why ``c`` is kept after all (None: remove it)."""
     assert c.path is not None
     why = guard.why(c.path)
@@ -893,8 +1067,9 @@ def _remove(c: PruneCandidate, res: PruneResult, trees: _Trees) -> bool:
         if c.is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             res.kept.append((c, "not empty: it holds what the prune did not plan"))
         elif on_link(err):
-            res.kept.append((c, "a symbolic link (or no directory) on its path; retention "
-                                "follows no link"))
+            res.kept.append(
+                (c, "a symbolic link (or no directory) on its path; retention follows no link")
+            )
         else:
             res.failed.append((c, err.strerror or str(err)))
         return False
@@ -920,8 +1095,9 @@ def _content_differs(tree: Tree, parts: Parts, c: PruneCandidate) -> str | None:
     return None
 
 
-def prune(ws: Workspace, dry_run: bool = False, now: float | None = None
-          ) -> tuple[PrunePlan, PruneResult | None]:
+def prune(
+    ws: Workspace, dry_run: bool = False, now: float | None = None
+) -> tuple[PrunePlan, PruneResult | None]:
     """Plan, and unless ``dry_run`` apply: what `skydeck-engine prune` and the daemon do."""
     with StateDB(ws.state) as db:
         p = plan(ws, db, now)

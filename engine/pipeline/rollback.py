@@ -30,8 +30,13 @@ class RollbackResult:
     ids: list[int] = field(default_factory=list)  # the retired instances' ids
 
 
-def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
-             task_name: str | None = None, dry_run: bool = False) -> RollbackResult:
+def rollback(
+    ws: Workspace,
+    dlid: str,
+    targets: list[str] | None = None,
+    task_name: str | None = None,
+    dry_run: bool = False,
+) -> RollbackResult:
     """Retire the chosen instances and every latest instance downstream of them.
 
     The stream goes back to WAITING; its runner makes new executions (execution + 1) of what
@@ -45,10 +50,15 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
         st = db.latest_stream(dlid, task.name)
         if st is None:
             raise BadInput(f"downlink {dlid} has no {task.name} stream to roll back", db.where)
-        if st.owner_pid is not None and not owner_dead(st.owner_pid, st.owner_host, st.owner_start,
-                                                       db.remote_judge)[0]:
-            raise Busy(f"stream {dlid} is being run by {st.owner_host}:{st.owner_pid}; "
-                       "roll back once it stopped", db.where)
+        if (
+            st.owner_pid is not None
+            and not owner_dead(st.owner_pid, st.owner_host, st.owner_start, db.remote_judge)[0]
+        ):
+            raise Busy(
+                f"stream {dlid} is being run by {st.owner_host}:{st.owner_pid}; "
+                "roll back once it stopped",
+                db.where,
+            )
         latest = db.instances(st.id)
         chosen: list[tuple[str, str | None]] = []
         for t in targets or []:
@@ -56,16 +66,23 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
             try:
                 task.process(name)
             except KeyError:
-                raise BadInput(f"task {task.name} has no process {name!r} "
-                               f"(processes: {', '.join(p.name for p in task.processes)})") from None
+                raise BadInput(
+                    f"task {task.name} has no process {name!r} "
+                    f"(processes: {', '.join(p.name for p in task.processes)})"
+                ) from None
             if key and not any(pi.process == name and pi.key == key for pi in latest):
                 keys = sorted({pi.key for pi in latest if pi.process == name and pi.key})
-                raise BadInput(f"stream {dlid} has no instance {name}:{key[:40]!r} (keys of {name}: "
-                               f"{', '.join(keys[:20]) or 'none'})")
+                raise BadInput(
+                    f"stream {dlid} has no instance {name}:{key[:40]!r} (keys of {name}: "
+                    f"{', '.join(keys[:20]) or 'none'})"
+                )
             chosen.append((name, key or None))
         if not chosen:
-            chosen = [(pi.process, pi.key) for pi in latest
-                      if pi.status in ("FAILED", "TERMINATED", "CANCELED")]
+            chosen = [
+                (pi.process, pi.key)
+                for pi in latest
+                if pi.status in ("FAILED", "TERMINATED", "CANCELED")
+            ]
         if not chosen:
             raise BadInput(f"stream {dlid} has no failed instance; name PROCESS[:KEY] to roll back")
         names = {n for n, _ in chosen}
@@ -79,12 +96,16 @@ def rollback(ws: Workspace, dlid: str, targets: list[str] | None = None,
                 retire.append(pi)
         if not retire:
             raise BadInput(f"nothing to roll back in stream {dlid} for {', '.join(sorted(names))}")
-        result = RollbackResult(dlid, [f"{pi.label} e{pi.execution}" for pi in retire],
-                                [pi.id for pi in retire])
+        result = RollbackResult(
+            dlid, [f"{pi.label} e{pi.execution}" for pi in retire], [pi.id for pi in retire]
+        )
         if dry_run:
             return result
-        db.reset_stream(st.id, f"rolled back {', '.join(sorted(names))} at "
-                        f"{time.strftime('%H:%M:%S')}", retire=result.ids)
+        db.reset_stream(
+            st.id,
+            f"rolled back {', '.join(sorted(names))} at {time.strftime('%H:%M:%S')}",
+            retire=result.ids,
+        )
         return result
 
 
@@ -130,12 +151,17 @@ def rollback_plan(ws: Workspace, dlid: str, targets: list[str] | None) -> Rollba
                 continue
             out = view.output_path(pdef, pi.key)
             if not out.exists():
-                return RollbackPlan(tuple(res.retired), (
-                    f"{pi.label}'s output {out} is gone (cleaned up), and the re-run needs it: "
-                    f"roll back {pi.process} as a whole (its group) instead"))
+                return RollbackPlan(
+                    tuple(res.retired),
+                    (
+                        f"{pi.label}'s output {out} is gone (cleaned up), and the re-run needs it: "
+                        f"roll back {pi.process} as a whole (its group) instead"
+                    ),
+                )
         for name in sorted(rerun):
             pdef = task.process(name)
             if any("{level0}" in a for a in pdef.command) and not Path(dl.level0).exists():
-                return RollbackPlan(tuple(res.retired), (
-                    f"{name} reads the delivery {dl.level0}, which is gone"))
+                return RollbackPlan(
+                    tuple(res.retired), (f"{name} reads the delivery {dl.level0}, which is gone")
+                )
     return RollbackPlan(tuple(res.retired), None)

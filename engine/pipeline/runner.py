@@ -44,8 +44,15 @@ _FINAL_BAD = ("FAILED", "CANCELED", "TERMINATED")
 
 
 class StreamRunner:
-    def __init__(self, ws: Workspace, db: StateDB, task: Task, stream: Stream,
-                 launcher: Launcher, emit: Emit | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        db: StateDB,
+        task: Task,
+        stream: Stream,
+        launcher: Launcher,
+        emit: Emit | None = None,
+    ) -> None:
         self.ws, self.db, self.task, self.launcher = ws, db, task, launcher
         self.stream = stream
         dl = db.downlink(stream.dlid)
@@ -67,8 +74,12 @@ class StreamRunner:
 
     def event(self, event: str, pi: ProcessInstance | None = None, **kw: Any) -> None:
         """One event of this stream (and of ``pi``), to the runner's ``emit``."""
-        ev: dict[str, Any] = {"t": round(time.time(), 3), "event": event, "dlid": self.dlid,
-                              "stream": self.stream.id}
+        ev: dict[str, Any] = {
+            "t": round(time.time(), 3),
+            "event": event,
+            "dlid": self.dlid,
+            "stream": self.stream.id,
+        }
         if pi is not None:
             ev |= {"process": pi.process, "key": pi.key, "pi": pi.id, "execution": pi.execution}
         ev |= kw
@@ -116,8 +127,11 @@ class StreamRunner:
                 pi = latest.get((pdef.name, ""))
                 if pi is None:
                     pi = self.db.create_instance(st.id, pdef.name, "", 0, status="FAILED")
-                    self.db.update_instance(pi.id, note=f"stream variable {pdef.foreach!r} was "
-                                            "not set by an upstream process", ended=time.time())
+                    self.db.update_instance(
+                        pi.id,
+                        note=f"stream variable {pdef.foreach!r} was not set by an upstream process",
+                        ended=time.time(),
+                    )
                 state[pdef.name] = "failed"
                 continue
             statuses = []
@@ -134,9 +148,9 @@ class StreamRunner:
             if all(s in DONE_PI for s in statuses):
                 state[pdef.name] = "done"
             elif any(s not in DONE_PI and s not in _FINAL_BAD for s in statuses):
-                state[pdef.name] = "pending"   # something still runs or waits to start
+                state[pdef.name] = "pending"  # something still runs or waits to start
             else:
-                state[pdef.name] = "failed"    # every retry used up
+                state[pdef.name] = "failed"  # every retry used up
         if self.running:
             return None
         if all(s == "done" for s in state.values()):
@@ -166,8 +180,11 @@ class StreamRunner:
             return False
         if pi.status in ("WAITING", "READY"):
             return True
-        return (pdef.scriptlet is not None and pi.status == "RUNNING"
-                and (pi.pid, pi.host) == (self.owner.pid, self.owner.host))
+        return (
+            pdef.scriptlet is not None
+            and pi.status == "RUNNING"
+            and (pi.pid, pi.host) == (self.owner.pid, self.owner.host)
+        )
 
     def _finish(self, status: str, note: str | None) -> str:
         self.db.release_stream(self.stream.id, status, note)
@@ -184,8 +201,9 @@ class StreamRunner:
 
     def _try_start(self, pdef: ProcessDef, pi: ProcessInstance, paused: tuple[bool, str]) -> str:
         if pdef.when == "gensteps" and not self.dl.gensteps:
-            self.db.update_instance(pi.id, status="SKIPPED", ended=time.time(),
-                                    note="delivery carries no gensteps")
+            self.db.update_instance(
+                pi.id, status="SKIPPED", ended=time.time(), note="delivery carries no gensteps"
+            )
             self.event("skipped", pi, why="no gensteps")
             return "SKIPPED"
         if pdef.halt:
@@ -228,15 +246,31 @@ class StreamRunner:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.unlink(missing_ok=True)
         try:
-            h = self.launcher.submit(JobSpec(pi.id, argv, log, env, self.ws.root,
-                                             name=view.job_name(pdef, pi),
-                                             launcher=pdef.launcher, batch=pdef.batch,
-                                             ntasks=ntasks, gpus=pdef.gpus))
+            h = self.launcher.submit(
+                JobSpec(
+                    pi.id,
+                    argv,
+                    log,
+                    env,
+                    self.ws.root,
+                    name=view.job_name(pdef, pi),
+                    launcher=pdef.launcher,
+                    batch=pdef.batch,
+                    ntasks=ntasks,
+                    gpus=pdef.gpus,
+                )
+            )
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)
-            self.db.update_instance(pi.id, status="FAILED", ended=time.time(), exit_code=127,
-                                    note=f"cannot start {argv[0]}: {err.strerror}", log_path=str(log))
+            self.db.update_instance(
+                pi.id,
+                status="FAILED",
+                ended=time.time(),
+                exit_code=127,
+                note=f"cannot start {argv[0]}: {err.strerror}",
+                log_path=str(log),
+            )
             self.event("failed", pi, why=f"cannot start: {err.strerror}")
             return self._after_failure(pdef, pi)
         now = time.time()
@@ -247,8 +281,16 @@ class StreamRunner:
         if h.detached:  # first: a successor adopts the job by this id
             self.db.set_job(pi.id, h.launcher, h.job_id)
             pi.launcher, pi.job_id = h.launcher, h.job_id
-        self.db.update_instance(pi.id, status="RUNNING", host=h.host, pid=h.pid, pid_start=h.start,
-                                started=now, log_path=str(log), note=None)
+        self.db.update_instance(
+            pi.id,
+            status="RUNNING",
+            host=h.host,
+            pid=h.pid,
+            pid_start=h.start,
+            started=now,
+            log_path=str(log),
+            note=None,
+        )
         pi.note = None
         if h.detached:
             self.event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
@@ -270,8 +312,9 @@ class StreamRunner:
         if latest is not None and latest.id != pi.id:  # already retried (a repeated on_exit)
             return latest.status
         if pi.auto_retry < pi.max_retries:
-            new = self.db.create_instance(self.stream.id, pi.process, pi.key, pi.max_retries,
-                                          pi.auto_retry + 1)
+            new = self.db.create_instance(
+                self.stream.id, pi.process, pi.key, pi.max_retries, pi.auto_retry + 1
+            )
             self.event("retry", new, previous=pi.id)
             return new.status
         return "FAILED"
@@ -279,10 +322,17 @@ class StreamRunner:
     # ------------------------------------------------------------------ scriptlets
 
     def _run_scriptlet(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
-        self.db.update_instance(pi.id, status="RUNNING", started=time.time(), host=self.owner.host,
-                                pid=self.owner.pid, pid_start=self.owner.start)
-        call = scriptlets.Call(self.dlid, Path(self.dl.level0), self.view.outdir, pdef.name,
-                               pi.id, self.stream.id)
+        self.db.update_instance(
+            pi.id,
+            status="RUNNING",
+            started=time.time(),
+            host=self.owner.host,
+            pid=self.owner.pid,
+            pid_start=self.owner.start,
+        )
+        call = scriptlets.Call(
+            self.dlid, Path(self.dl.level0), self.view.outdir, pdef.name, pi.id, self.stream.id
+        )
         try:  # parse_task accepts only the registered names
             scriptlets.SCRIPTLETS[str(pdef.scriptlet)](call, self.db)
         except OSError as err:
@@ -326,22 +376,33 @@ class StreamRunner:
             except (OSError, ValueError) as err:
                 status, note = "FAILED", f"bad job report: {err}"
         else:
-            note = (f"killed by signal {-res.exit_code}" if res.exit_code < 0
-                    else f"exit code {res.exit_code}")
-        self.db.update_instance(pi.id, status=status, exit_code=res.exit_code, ended=res.ended,
-                                note=note)
-        self.event(status.lower(), pi, exit_code=res.exit_code,
-                    wall_s=round(res.ended - (pi.started or res.ended), 3))
+            note = (
+                f"killed by signal {-res.exit_code}"
+                if res.exit_code < 0
+                else f"exit code {res.exit_code}"
+            )
+        self.db.update_instance(
+            pi.id, status=status, exit_code=res.exit_code, ended=res.ended, note=note
+        )
+        self.event(
+            status.lower(),
+            pi,
+            exit_code=res.exit_code,
+            wall_s=round(res.ended - (pi.started or res.ended), 3),
+        )
         if status == "FAILED" and res.lost:
             pi.status = "FAILED"
             # the batch system lost it (node failure, preemption): like a supervisor crash,
             # a new execution with the same retry count
-            self.db.update_instance(pi.id, note=f"{res.lost}: the batch system lost the job; "
-                                    "run again without using a retry")
+            self.db.update_instance(
+                pi.id,
+                note=f"{res.lost}: the batch system lost the job; run again without using a retry",
+            )
             latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
             if latest is None or latest.id == pi.id:  # not already made (a repeated on_exit)
-                new = self.db.create_instance(self.stream.id, pi.process, pi.key,
-                                              pi.max_retries, pi.auto_retry)
+                new = self.db.create_instance(
+                    self.stream.id, pi.process, pi.key, pi.max_retries, pi.auto_retry
+                )
                 self.event("requeued", new, previous=pi.id, why=res.lost)
         elif status == "FAILED":
             pi.status = "FAILED"
@@ -358,7 +419,7 @@ class StreamRunner:
             for line in r.summary.read_text(encoding="utf-8").splitlines():
                 if not line.startswith("Pipeline.") or ":" not in line:
                     continue
-                name, _, value = line[len("Pipeline."):].partition(":")
+                name, _, value = line[len("Pipeline.") :].partition(":")
                 name, value = name.strip(), value.strip()
                 if name == "output":
                     outputs.append(Path(value))
@@ -384,24 +445,36 @@ class StreamRunner:
                 continue
             if r.lock is not None:
                 locks.release(r.lock, self.owner)
-            self.db.update_instance(pi_id, status="TERMINATED", ended=time.time(),
-                                    note="daemon stopped")
+            self.db.update_instance(
+                pi_id, status="TERMINATED", ended=time.time(), note="daemon stopped"
+            )
             # resumable: the next owner makes a new execution (not charged as a retry)
-            self.db.create_instance(self.stream.id, r.pi.process, r.pi.key, r.pi.max_retries,
-                                    r.pi.auto_retry)
+            self.db.create_instance(
+                self.stream.id, r.pi.process, r.pi.key, r.pi.max_retries, r.pi.auto_retry
+            )
             self.event("terminated", r.pi)
 
 
-def run_stream(ws: Workspace, db: StateDB, task: Task, dlid: str, launcher: Launcher,
-               emit: Emit | None = None, poll_s: float = 0.01,
-               should_stop: Callable[[], bool] | None = None) -> StreamRunner:
+def run_stream(
+    ws: Workspace,
+    db: StateDB,
+    task: Task,
+    dlid: str,
+    launcher: Launcher,
+    emit: Emit | None = None,
+    poll_s: float = 0.01,
+    should_stop: Callable[[], bool] | None = None,
+) -> StreamRunner:
     """Claim and drive one stream to its end in this process (``skydeck-engine run``)."""
     st, why = db.claim_stream(dlid, task.name)
     if st is None:
         prev = db.latest_stream(dlid, task.name)
         if prev is not None and prev.status == "FAILED":
-            raise BadInput(f"stream {dlid} FAILED ({prev.note}); `skydeck-engine rollback {dlid}` "
-                           "re-runs what failed", db.where)
+            raise BadInput(
+                f"stream {dlid} FAILED ({prev.note}); `skydeck-engine rollback {dlid}` "
+                "re-runs what failed",
+                db.where,
+            )
         if prev is not None and prev.status in ("SUCCESS", "CANCELED"):
             runner = StreamRunner(ws, db, task, prev, launcher, emit)
             runner.status, runner.note = prev.status, "already finished"

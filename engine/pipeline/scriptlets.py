@@ -29,8 +29,8 @@ class Call:
     """The instance a scriptlet runs for."""
 
     dlid: str
-    level0: Path      # the delivery's level-0 directory
-    outdir: Path      # HalfPipe's outputBase/<DLID>
+    level0: Path  # the delivery's level-0 directory
+    outdir: Path  # HalfPipe's outputBase/<DLID>
     process: str
     pi_id: int
     stream_id: int
@@ -46,7 +46,7 @@ def launch_chunks(call: Call, db: StateDB) -> None:
         if not target.exists() or target.read_bytes() != data:
             atomic_write_bytes(target, data)
         db.record_file(target, call.process, call.pi_id, call.dlid, manifest.md5_file(target))
-        chunks.append(rd.name[len(f"RetDef-{call.dlid}-"):-len(".xml")])
+        chunks.append(rd.name[len(f"RetDef-{call.dlid}-") : -len(".xml")])
     if not chunks:
         raise ValueError(f"no RetDef-{call.dlid}-*.xml in {call.level0}")
     db.set_stream_vars(call.stream_id, chunks=chunks)

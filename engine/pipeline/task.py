@@ -18,9 +18,27 @@ from engine.pipeline.scriptlets import SCRIPTLETS
 
 TASKS_DIR = ASSETS / "tasks"
 CONDITIONS = ("gensteps", "always")
-_FIELDS = {"name", "after", "foreach", "scriptlet", "command", "mpi", "outputs", "lock",
-           "stream_lock", "removes_stream_lock", "when", "halt", "retries", "env", "reads", "launcher",
-           "batch", "gpus", "wrapper"}
+_FIELDS = {
+    "name",
+    "after",
+    "foreach",
+    "scriptlet",
+    "command",
+    "mpi",
+    "outputs",
+    "lock",
+    "stream_lock",
+    "removes_stream_lock",
+    "when",
+    "halt",
+    "retries",
+    "env",
+    "reads",
+    "launcher",
+    "batch",
+    "gpus",
+    "wrapper",
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +60,7 @@ class ProcessDef:
     reads: tuple[str, ...] = ()  # upstream processes whose outputs the job reads
     launcher: str | None = None  # "local": stays on this host under a batch launcher
     batch: tuple[str, ...] = ()  # extra sbatch options of this process's jobs
-    gpus: int = 0                # GPUs a batch job of this process asks for (--gpus)
+    gpus: int = 0  # GPUs a batch job of this process asks for (--gpus)
     wrapper: tuple[str, ...] = ()  # put before the command, e.g. singularity exec IMAGE
 
 
@@ -114,14 +132,24 @@ def parse_task(path: Path) -> Task:
             raise BadInput(f"{where}: command must be a list of strings", path)
         when = raw.get("when")
         if when is not None and when not in CONDITIONS:
-            raise BadInput(f"{where}: unknown condition {when!r} (one of {', '.join(CONDITIONS)})", path)
-        for text in [*command, *raw.get("outputs", []), raw.get("lock") or "",
-                     raw.get("stream_lock") or "", raw.get("removes_stream_lock") or ""]:
+            raise BadInput(
+                f"{where}: unknown condition {when!r} (one of {', '.join(CONDITIONS)})", path
+            )
+        for text in [
+            *command,
+            *raw.get("outputs", []),
+            raw.get("lock") or "",
+            raw.get("stream_lock") or "",
+            raw.get("removes_stream_lock") or "",
+        ]:
             _check_template(text, where, path)
         launcher = raw.get("launcher")
         if launcher is not None and launcher != "local":
-            raise BadInput(f"{where}: launcher must be \"local\" (the pipeline's launcher is "
-                           f"the default), got {launcher!r}", path)
+            raise BadInput(
+                f"{where}: launcher must be \"local\" (the pipeline's launcher is "
+                f"the default), got {launcher!r}",
+                path,
+            )
         batch = raw.get("batch", [])
         if not isinstance(batch, list) or not all(isinstance(b, str) for b in batch):
             raise BadInput(f"{where}: batch must be a list of strings (sbatch options)", path)
@@ -130,24 +158,46 @@ def parse_task(path: Path) -> Task:
             raise BadInput(f"{where}: gpus must be an integer within 0..64", path)
         wrapper = raw.get("wrapper", [])
         if not isinstance(wrapper, list) or not all(isinstance(w, str) and w for w in wrapper):
-            raise BadInput(f"{where}: wrapper must be a list of non-empty strings (a command "
-                           "such as [\"singularity\", \"exec\", \"IMAGE\"])", path)
+            raise BadInput(
+                f"{where}: wrapper must be a list of non-empty strings (a command "
+                "such as [\"singularity\", \"exec\", \"IMAGE\"])",
+                path,
+            )
         for text in wrapper:
             _check_template(text, where, path)
         retries = raw.get("retries", 0)
         if not isinstance(retries, int) or retries < 0:
             raise BadInput(f"{where}: retries must be a non-negative integer", path)
-        procs.append(ProcessDef(
-            name=name, after=after, foreach=raw.get("foreach"), scriptlet=scriptlet,
-            command=tuple(command), mpi=bool(raw.get("mpi", False)),
-            outputs=tuple(raw.get("outputs", ())), lock=raw.get("lock"),
-            stream_lock=raw.get("stream_lock"), removes_stream_lock=raw.get("removes_stream_lock"),
-            when=when, halt=raw.get("halt"), retries=retries,
-            env={str(k): str(v) for k, v in raw.get("env", {}).items()}, reads=tuple(reads),
-            launcher=launcher, batch=tuple(batch), gpus=gpus, wrapper=tuple(wrapper)))
+        procs.append(
+            ProcessDef(
+                name=name,
+                after=after,
+                foreach=raw.get("foreach"),
+                scriptlet=scriptlet,
+                command=tuple(command),
+                mpi=bool(raw.get("mpi", False)),
+                outputs=tuple(raw.get("outputs", ())),
+                lock=raw.get("lock"),
+                stream_lock=raw.get("stream_lock"),
+                removes_stream_lock=raw.get("removes_stream_lock"),
+                when=when,
+                halt=raw.get("halt"),
+                retries=retries,
+                env={str(k): str(v) for k, v in raw.get("env", {}).items()},
+                reads=tuple(reads),
+                launcher=launcher,
+                batch=tuple(batch),
+                gpus=gpus,
+                wrapper=tuple(wrapper),
+            )
+        )
         seen.add(name)
-    return Task(name=str(head.get("name", path.stem)), version=str(head.get("version", "1")),
-                processes=tuple(procs), path=path)
+    return Task(
+        name=str(head.get("name", path.stem)),
+        version=str(head.get("version", "1")),
+        processes=tuple(procs),
+        path=path,
+    )
 
 
 def task_path(ws: Workspace, name: str | None = None) -> Path:

@@ -27,8 +27,8 @@ from engine.core.workspace import Workspace
 
 @dataclass
 class Usage:
-    bytes: int = 0        # disk usage (st_blocks * 512), what `du` reports
-    apparent: int = 0     # sum of st_size
+    bytes: int = 0  # disk usage (st_blocks * 512), what `du` reports
+    apparent: int = 0  # sum of st_size
     files: int = 0
     dirs: int = 0
 
@@ -60,8 +60,11 @@ def _scan_tree(path: str) -> tuple[int, int, int, int, list[tuple[int, int, int]
                         if e.is_dir(follow_symlinks=False):
                             if s.st_dev != dev:
                                 continue
-                            stack.append(os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                                 dir_fd=fd))
+                            stack.append(
+                                os.open(
+                                    e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd
+                                )
+                            )
                             blocks += s.st_blocks
                             dirs += 1
                             continue
@@ -122,8 +125,11 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
             out[i].apparent += st.st_size
     # Breadth-first until the frontier is wide enough to split.
     listed = seen_entries = 0
-    while queue and (workers <= 1 or len(queue) < 4 * workers or listed < _PARALLEL_MIN_DIRS) \
-            and listed < 10 * _PARALLEL_MIN_DIRS:
+    while (
+        queue
+        and (workers <= 1 or len(queue) < 4 * workers or listed < _PARALLEL_MIN_DIRS)
+        and listed < 10 * _PARALLEL_MIN_DIRS
+    ):
         i, d = queue.pop(0)
         listed += 1
         try:
@@ -142,8 +148,12 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
                 out[i].dirs += 1
                 out[i].bytes += s.st_blocks * 512
             else:
-                account(i, (s.st_blocks, s.st_size, 1, 0, []) if s.st_nlink <= 1
-                        else (0, s.st_size, 0, 0, [(s.st_dev, s.st_ino, s.st_blocks)]))
+                account(
+                    i,
+                    (s.st_blocks, s.st_size, 1, 0, [])
+                    if s.st_nlink <= 1
+                    else (0, s.st_size, 0, 0, [(s.st_dev, s.st_ino, s.st_blocks)]),
+                )
     if not queue:
         return out
     # forking pays off only for big trees: estimate the rest from the entries per directory
@@ -151,8 +161,11 @@ def scan_many(roots: list[Path], workers: int | None = None) -> list[Usage]:
     if workers > 1 and len(queue) >= 2 and estimate >= _PARALLEL_MIN_ENTRIES:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_scan_tree, [d for _, d in queue],
-                                    chunksize=max(1, len(queue) // (4 * workers))))
+            results = list(
+                pool.map(
+                    _scan_tree, [d for _, d in queue], chunksize=max(1, len(queue) // (4 * workers))
+                )
+            )
     else:
         results = [_scan_tree(d) for _, d in queue]
     for (i, _), r in zip(queue, results, strict=True):
@@ -174,20 +187,28 @@ class UsageReport:
     free: int = 0
     total: int = 0
     reserve: int = 0
-    paused: bool = False    # launching pauses while free < reserve
+    paused: bool = False  # launching pauses while free < reserve
 
     def to_json(self) -> dict:
         return {
             "areas": {k: asdict(v) for k, v in self.areas.items()},
-            "downlinks": {d: {k: asdict(v) for k, v in parts.items()}
-                          for d, parts in self.downlinks.items()},
-            "free": self.free, "total": self.total, "reserve": self.reserve, "paused": self.paused,
+            "downlinks": {
+                d: {k: asdict(v) for k, v in parts.items()} for d, parts in self.downlinks.items()
+            },
+            "free": self.free,
+            "total": self.total,
+            "reserve": self.reserve,
+            "paused": self.paused,
         }
 
 
-AREA_PATHS = {"incoming": ("incoming_fcopy", "incoming_level0", "rejected"),
-              "downlinks": ("downlinks",), "stage": ("stage",), "events": ("events",),
-              "logs": ("logs",)}
+AREA_PATHS = {
+    "incoming": ("incoming_fcopy", "incoming_level0", "rejected"),
+    "downlinks": ("downlinks",),
+    "stage": ("stage",),
+    "events": ("events",),
+    "logs": ("logs",),
+}
 
 
 def usage_report(ws: Workspace, workers: int | None = None) -> UsageReport:
@@ -244,6 +265,8 @@ def launch_paused(ws: Workspace) -> tuple[bool, str]:
         free = shutil.disk_usage(existing_parent(ws.path(key))).free
         if free < reserve:
             from engine.core.diskspace import human_bytes
-            return True, (f"free space on {ws.path(key)} is under the reserve "
-                          f"{human_bytes(reserve)}")
+
+            return True, (
+                f"free space on {ws.path(key)} is under the reserve {human_bytes(reserve)}"
+            )
     return False, ""

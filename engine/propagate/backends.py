@@ -62,8 +62,15 @@ def resolve_backend(name: str) -> tuple[str, str]:
     return "numpy", f"cpu ({'; '.join(why)})"
 
 
-def run_gpu(name: str, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
-            advance: Callable[[int], None], stats: dict) -> Iterator[ChunkResult]:
+def run_gpu(
+    name: str,
+    sa: SceneArrays,
+    gs: np.ndarray,
+    total: int,
+    p: Params,
+    advance: Callable[[int], None],
+    stats: dict,
+) -> Iterator[ChunkResult]:
     """A GPU backend's chunk results; ``stats`` receives kernel_seconds and launches."""
     from engine.propagate import gpu_host
 
@@ -97,8 +104,12 @@ def _owner(i: int, size: int) -> int:
     return 1 + i % (size - 1)
 
 
-def run_mpi_root(comm, total: int, chunk: int,  # noqa: ANN001 - mpi4py is optional
-                 advance: Callable[[int], None]) -> Iterator[ChunkResult]:
+def run_mpi_root(
+    comm,
+    total: int,
+    chunk: int,  # noqa: ANN001 - mpi4py is optional
+    advance: Callable[[int], None],
+) -> Iterator[ChunkResult]:
     """Rank 0: receive chunk results in photon order (MPI keeps each sender's order)."""
     for i, (_, c) in enumerate(spans(total, chunk)):
         probe(comm, _owner(i, comm.Get_size()), _TAG)  # SIGTERM/Ctrl-C can stop the wait
@@ -107,8 +118,14 @@ def run_mpi_root(comm, total: int, chunk: int,  # noqa: ANN001 - mpi4py is optio
         yield r
 
 
-def mpi_worker(comm, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,  # noqa: ANN001
-               chunk: int) -> None:
+def mpi_worker(
+    comm,
+    sa: SceneArrays,
+    gs: np.ndarray,
+    total: int,
+    p: Params,  # noqa: ANN001
+    chunk: int,
+) -> None:
     """Ranks > 0: compute the chunks this rank owns and send each to rank 0."""
     me, size = comm.Get_rank(), comm.Get_size()
     for i, (s, c) in enumerate(spans(total, chunk)):
@@ -119,8 +136,15 @@ def mpi_worker(comm, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,  # 
 _TAG = 31
 
 
-def run_numpy(sa: SceneArrays, gs: np.ndarray, total: int, p: Params, chunk: int,
-              workers: int, advance: Callable[[int], None]) -> Iterator[ChunkResult]:
+def run_numpy(
+    sa: SceneArrays,
+    gs: np.ndarray,
+    total: int,
+    p: Params,
+    chunk: int,
+    workers: int,
+    advance: Callable[[int], None],
+) -> Iterator[ChunkResult]:
     """Yield chunk results in photon order, with at most 2*workers chunks in flight so
     memory stays bounded whatever the photon count."""
     if workers <= 1 or total <= chunk:
@@ -130,8 +154,9 @@ def run_numpy(sa: SceneArrays, gs: np.ndarray, total: int, p: Params, chunk: int
             yield r
         return
     ctx = get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(sa, gs, p)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(sa, gs, p)
+    ) as pool:
         pending: deque[Future[ChunkResult]] = deque()
         it = spans(total, chunk)
         try:

@@ -58,9 +58,11 @@ class PyCudaDevice:
             self.module = drv.module_from_buffer(self.image.data)
         except Exception as err:  # e.g. a cached image built for another chip or toolkit
             where = self.image.path or kernel.KERNEL_PATH
-            raise JobFailed(f"the CUDA driver refused the {self.image.arch} kernel image "
-                            f"({type(err).__name__}: {err}); remove it to rebuild".splitlines()[0],
-                            where) from None
+            raise JobFailed(
+                f"the CUDA driver refused the {self.image.arch} kernel image "
+                f"({type(err).__name__}: {err}); remove it to rebuild".splitlines()[0],
+                where,
+            ) from None
         self.fn = self.module.get_function(kernel.KERNEL_NAME)
 
     def free_bytes(self) -> int:

@@ -36,8 +36,7 @@ def _props(cp: Any, idx: int) -> tuple[str, tuple[int, int]]:
 @functools.lru_cache(maxsize=1)
 def available() -> tuple[bool, str]:
     """(True, device description) when CuPy imports and this process's device answers."""
-    return gpu_host.availability("cupy", _load, lambda cp: cp.cuda.runtime.getDeviceCount(),
-                                 _props)
+    return gpu_host.availability("cupy", _load, lambda cp: cp.cuda.runtime.getDeviceCount(), _props)
 
 
 class CupyDevice:
@@ -48,8 +47,9 @@ class CupyDevice:
         self.cp = cp
         idx, _ = gpu_host.choose_device(cp.cuda.runtime.getDeviceCount())
         cp.cuda.Device(idx).use()
-        self.module = cp.RawModule(code=kernel.kernel_source(),
-                                   options=tuple(kernel.compile_options()), backend="nvrtc")
+        self.module = cp.RawModule(
+            code=kernel.kernel_source(), options=tuple(kernel.compile_options()), backend="nvrtc"
+        )
         self.fn = self.module.get_function(kernel.KERNEL_NAME)
 
     def free_bytes(self) -> int:

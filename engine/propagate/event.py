@@ -115,8 +115,11 @@ def _prepare_out(out: Path) -> None:
     sweep_stale_temps(out)
 
 
-def propagate(req: Request, advance: Callable[[int], None] | None = None,
-              on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+def propagate(
+    req: Request,
+    advance: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Run one propagation event and write its directory; returns the metadata dict.
 
     Under ``mpiexec -n K`` (K > 1) rank 0 validates, checks the disk, collects and writes,
@@ -134,25 +137,36 @@ def propagate(req: Request, advance: Callable[[int], None] | None = None,
         return _propagate(req, advance, on_start, comm, state)
     except BaseException as err:
         if comm is not None and not state["started"]:  # refused before the workers got work
-            code = err.exit_code if isinstance(err, SkydeckError) else (
-                exit_code(err) if isinstance(err, KeyboardInterrupt) else 1)
+            code = (
+                err.exit_code
+                if isinstance(err, SkydeckError)
+                else (exit_code(err) if isinstance(err, KeyboardInterrupt) else 1)
+            )
             comm.bcast(("abort", code), root=0)
         raise
 
 
-def _propagate(req: Request, advance: Callable[[int], None] | None,
-               on_start: Callable[[int], None] | None, comm,  # noqa: ANN001
-               state: dict[str, bool]) -> dict[str, Any]:
+def _propagate(
+    req: Request,
+    advance: Callable[[int], None] | None,
+    on_start: Callable[[int], None] | None,
+    comm,  # noqa: ANN001
+    state: dict[str, bool],
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     if req.mode not in MODES:
         raise BadInput(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
-    refuse_alias(req.out, [p for p in (req.scene, req.gensteps) if p is not None],
-                 replaces_tree=True)
+    refuse_alias(
+        req.out, [p for p in (req.scene, req.gensteps) if p is not None], replaces_tree=True
+    )
     scene = load_scene(req.scene)
     if scene.source is None and req.gensteps is None:
         raise BadInput("the scene has no [source]: give --gensteps FILE", req.scene)
-    n = (scene.source.photons if scene.source is not None and req.photons is None
-         else req.photons or 0)
+    n = (
+        scene.source.photons
+        if scene.source is not None and req.photons is None
+        else req.photons or 0
+    )
     if not 0 <= n <= MAX_PHOTONS:
         raise BadInput(f"--photons must be within 0..{MAX_PHOTONS}")
     if not 0 <= req.seed < 2**64:
@@ -186,8 +200,13 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             raise BadInput("--genstep-materials needs --gensteps")
         assert scene.source is not None
         gs = gensteps(scene.source, n, scene.container_material)
-        gsum = {"rows": int(len(gs)), "photons": n, "kinds": {"TORCH": {
-            "gensteps": int(len(gs)), "photons": n}}, "material_map": None, "file": None}
+        gsum = {
+            "rows": int(len(gs)),
+            "photons": n,
+            "kinds": {"TORCH": {"gensteps": int(len(gs)), "photons": n}},
+            "material_map": None,
+            "file": None,
+        }
     params = Params(req.seed, req.event, scene.max_bounce, hitmask, dev, _domain(scene, gs))
     _prepare_out(req.out)
     f_up = pilot_hit_fraction(scene, params, gs)
@@ -227,9 +246,9 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
             for k, v in r.flagmask_counts.items():
                 fm_counts[k] = fm_counts.get(k, 0) + v
             if dev:
-                ox[r.start:r.start + r.count] = r.ox
-                rx[r.start:r.start + r.count] = r.rx
-                seq[r.start:r.start + r.count] = r.seq
+                ox[r.start : r.start + r.count] = r.ox
+                rx[r.start : r.start + r.count] = r.rx
+                seq[r.start : r.start + r.count] = r.seq
         prop_s = time.perf_counter() - t0
         cpu_s = time.process_time() - c0
         hits = ht.close()
@@ -238,8 +257,21 @@ def _propagate(req: Request, advance: Callable[[int], None] | None,
                 if isinstance(a, np.memmap):
                     a.flush()
             del ox, rx, seq
-        meta = _meta(req, scene, n, hits, backend, device, workers, hitmask, mask_text, params,
-                     fm_counts, prop_s, time.perf_counter() - t_start)
+        meta = _meta(
+            req,
+            scene,
+            n,
+            hits,
+            backend,
+            device,
+            workers,
+            hitmask,
+            mask_text,
+            params,
+            fm_counts,
+            prop_s,
+            time.perf_counter() - t_start,
+        )
         meta["gensteps"] = gsum
         # CPU seconds of this process: the whole job for one worker (pool workers excluded)
         meta["process_cpu_seconds"] = round(cpu_s, 6)
@@ -304,9 +336,21 @@ def _terminal_counts(fm_counts: dict[int, int]) -> dict[str, int]:
     return out
 
 
-def _meta(req: Request, scene: Scene, n: int, hits: int, backend: str, device: str,
-          workers: int, hitmask: int, mask_text: str, p: Params, fm_counts: dict[int, int],
-          prop_s: float, wall_s: float) -> dict[str, Any]:
+def _meta(
+    req: Request,
+    scene: Scene,
+    n: int,
+    hits: int,
+    backend: str,
+    device: str,
+    workers: int,
+    hitmask: int,
+    mask_text: str,
+    p: Params,
+    fm_counts: dict[int, int],
+    prop_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
     return {
         "photons": n,
         "hits": hits,
@@ -325,13 +369,22 @@ def _meta(req: Request, scene: Scene, n: int, hits: int, backend: str, device: s
         "flags": {"version": F.FLAG_VERSION, "bits": F.bit_table()},
         "flagmask_counts": {f"0x{k:x}": v for k, v in sorted(fm_counts.items())},
         "terminal_counts": _terminal_counts(fm_counts),
-        "geometry": ({
-            "container_half": list(scene.container_half),
-            "objects": [{"shape": o.shape, "center": list(o.center), "half_size": list(o.half_size)}
-                        for o in scene.objects],
-        } if scene.gdml is None else {"gdml": scene.gdml, "world_half": list(scene.container_half)}),
-        "domain": {"space_extent_mm": p.domain[0], "time_max_ns": p.domain[1],
-                   "wavelength_nm": [60.0, 820.0]},
+        "geometry": (
+            {
+                "container_half": list(scene.container_half),
+                "objects": [
+                    {"shape": o.shape, "center": list(o.center), "half_size": list(o.half_size)}
+                    for o in scene.objects
+                ],
+            }
+            if scene.gdml is None
+            else {"gdml": scene.gdml, "world_half": list(scene.container_half)}
+        ),
+        "domain": {
+            "space_extent_mm": p.domain[0],
+            "time_max_ns": p.domain[1],
+            "wavelength_nm": [60.0, 820.0],
+        },
         "rng": "philox4x32-10 key=(seed) counter=(photon, block, event)",
         "velocity": "group velocity (GROUPVEL from the refractive index, as Geant4)",
         "engine_version": __version__,

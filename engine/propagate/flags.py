@@ -8,14 +8,36 @@ The enum is stored in every ``meta.json`` because Opticks itself reordered these
 from __future__ import annotations
 
 FLAG_BITS: dict[str, int] = {
-    "CK": 0, "SI": 1, "MI": 2, "AB": 3, "RE": 4, "SC": 5, "SD": 6, "SA": 7,
-    "DR": 8, "SR": 9, "BR": 10, "BT": 11, "TO": 12, "NA": 13,
+    "CK": 0,
+    "SI": 1,
+    "MI": 2,
+    "AB": 3,
+    "RE": 4,
+    "SC": 5,
+    "SD": 6,
+    "SA": 7,
+    "DR": 8,
+    "SR": 9,
+    "BR": 10,
+    "BT": 11,
+    "TO": 12,
+    "NA": 13,
 }
 FLAG_NAMES: dict[str, str] = {
-    "CK": "CERENKOV", "SI": "SCINTILLATION", "MI": "MISS", "AB": "BULK_ABSORB",
-    "RE": "BULK_REEMIT", "SC": "BULK_SCATTER", "SD": "SURFACE_DETECT", "SA": "SURFACE_ABSORB",
-    "DR": "SURFACE_DREFLECT", "SR": "SURFACE_SREFLECT", "BR": "BOUNDARY_REFLECT",
-    "BT": "BOUNDARY_TRANSMIT", "TO": "TORCH", "NA": "NAN_ABORT",
+    "CK": "CERENKOV",
+    "SI": "SCINTILLATION",
+    "MI": "MISS",
+    "AB": "BULK_ABSORB",
+    "RE": "BULK_REEMIT",
+    "SC": "BULK_SCATTER",
+    "SD": "SURFACE_DETECT",
+    "SA": "SURFACE_ABSORB",
+    "DR": "SURFACE_DREFLECT",
+    "SR": "SURFACE_SREFLECT",
+    "BR": "BOUNDARY_REFLECT",
+    "BT": "BOUNDARY_TRANSMIT",
+    "TO": "TORCH",
+    "NA": "NAN_ABORT",
 }
 FLAG_VERSION = "opticks-2019"
 

@@ -57,15 +57,31 @@ MAX_VELOCITY = 300.0  # mm/ns: a particle is slower than light (c = 299.79 mm/ns
 MAX_DECAY_NS = 1e6
 TORCH_TYPES = (1, 2, 3)  # disc, point, sphere
 # float fields read as integers, by (quad, lane), per kind: never checked for finiteness
-_INT_FIELDS = {TORCH: {(0, 0), (0, 1), (0, 2), (0, 3), (5, 3)},
-               CERENKOV: {(0, 0), (0, 1), (0, 2), (0, 3), (3, 0)},
-               SCINTILLATION: {(0, 0), (0, 1), (0, 2), (0, 3), (3, 0), (4, 0)}}
+_INT_FIELDS = {
+    TORCH: {(0, 0), (0, 1), (0, 2), (0, 3), (5, 3)},
+    CERENKOV: {(0, 0), (0, 1), (0, 2), (0, 3), (3, 0)},
+    SCINTILLATION: {(0, 0), (0, 1), (0, 2), (0, 3), (3, 0), (4, 0)},
+}
 _NAMES = {
-    (1, 0): "q1.x position", (1, 1): "q1.y position", (1, 2): "q1.z position", (1, 3): "q1.w time",
-    (2, 0): "q2.x DeltaPosition", (2, 1): "q2.y DeltaPosition", (2, 2): "q2.z DeltaPosition",
-    (2, 3): "q2.w step_length", (3, 1): "q3.y charge", (3, 2): "q3.z weight",
-    (3, 3): "q3.w velocity", (4, 0): "q4.x", (4, 1): "q4.y", (4, 2): "q4.z", (4, 3): "q4.w",
-    (5, 0): "q5.x", (5, 1): "q5.y", (5, 2): "q5.z", (5, 3): "q5.w",
+    (1, 0): "q1.x position",
+    (1, 1): "q1.y position",
+    (1, 2): "q1.z position",
+    (1, 3): "q1.w time",
+    (2, 0): "q2.x DeltaPosition",
+    (2, 1): "q2.y DeltaPosition",
+    (2, 2): "q2.z DeltaPosition",
+    (2, 3): "q2.w step_length",
+    (3, 1): "q3.y charge",
+    (3, 2): "q3.z weight",
+    (3, 3): "q3.w velocity",
+    (4, 0): "q4.x",
+    (4, 1): "q4.y",
+    (4, 2): "q4.z",
+    (4, 3): "q4.w",
+    (5, 0): "q5.x",
+    (5, 1): "q5.y",
+    (5, 2): "q5.z",
+    (5, 3): "q5.w",
 }
 
 
@@ -79,8 +95,12 @@ class Gensteps:
     material_map: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": int(len(self.array)), "photons": self.photons, "kinds": self.kinds,
-                "material_map": self.material_map}
+        return {
+            "rows": int(len(self.array)),
+            "photons": self.photons,
+            "kinds": self.kinds,
+            "material_map": self.material_map,
+        }
 
 
 def sidecar_for(path: Path) -> Path:
@@ -95,13 +115,18 @@ def parse_material_map(data: bytes, path: Path | str) -> list[str]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BadInput(f"material map is not JSON: {' '.join(str(err).split())[:120]}", path) from None
+        raise BadInput(
+            f"material map is not JSON: {' '.join(str(err).split())[:120]}", path
+        ) from None
     names = doc.get("materials") if isinstance(doc, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise BadInput('material map must be {"materials": ["name", ...]} (Geant4 index order)',
-                       path)
+        raise BadInput(
+            'material map must be {"materials": ["name", ...]} (Geant4 index order)', path
+        )
     if len(names) > MAX_SIDECAR_NAMES or any(not 0 < len(n) <= 256 for n in names):
-        raise BadInput(f"material map: at most {MAX_SIDECAR_NAMES} names of 1..256 characters", path)
+        raise BadInput(
+            f"material map: at most {MAX_SIDECAR_NAMES} names of 1..256 characters", path
+        )
     return names
 
 
@@ -119,11 +144,16 @@ def read_array(path: Path) -> np.ndarray:
         gs = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise BadInput(f"unreadable gensteps: {' '.join(str(err).split())[:160]}", path) from None
-    if not isinstance(gs, np.ndarray) or gs.ndim != 3 or gs.shape[1:] != (6, 4) \
-            or gs.dtype != np.float32:
+    if (
+        not isinstance(gs, np.ndarray)
+        or gs.ndim != 3
+        or gs.shape[1:] != (6, 4)
+        or gs.dtype != np.float32
+    ):
         shape = getattr(gs, "shape", "?")
-        raise BadInput(f"gensteps must be (G,6,4) float32, got {shape} {getattr(gs, 'dtype', '?')}",
-                       path)
+        raise BadInput(
+            f"gensteps must be (G,6,4) float32, got {shape} {getattr(gs, 'dtype', '?')}", path
+        )
     return np.ascontiguousarray(gs)
 
 
@@ -154,8 +184,13 @@ class _Rows:
             raise BadInput(f"row {r}, {fieldname}: {text}", self.path)
 
 
-def check(gs: np.ndarray, scene: Scene, path: Path | str, geant4_names: list[str] | None = None,
-          map_path: str | None = None) -> Gensteps:
+def check(
+    gs: np.ndarray,
+    scene: Scene,
+    path: Path | str,
+    geant4_names: list[str] | None = None,
+    map_path: str | None = None,
+) -> Gensteps:
     """Every check of the module docstring; returns a copy whose matline is the scene's."""
     gs = np.array(gs, dtype=np.float32, copy=True)
     gi = gs.view(np.int32)
@@ -163,12 +198,17 @@ def check(gs: np.ndarray, scene: Scene, path: Path | str, geant4_names: list[str
     gentype = gi[:, 0, 0]
     kind = kinds(gentype)
     known = ", ".join(f"{c} {n}" for c, n in sorted(GENTYPES.items()))
-    rows.fail(kind == 0, "q0.x gentype", lambda r: f"unknown gentype {int(gentype[r])} (known: {known})")
+    rows.fail(
+        kind == 0, "q0.x gentype", lambda r: f"unknown gentype {int(gentype[r])} (known: {known})"
+    )
     num = gi[:, 0, 3].astype(np.int64)
     rows.fail(num < 0, "q0.w numphoton", lambda r: f"{int(num[r])} is negative")
     step_kind = kind != TORCH
-    rows.fail(step_kind & (num > MAX_STEP_PHOTONS), "q0.w numphoton",
-              lambda r: f"{int(num[r])} photons from one step is absurd (at most {MAX_STEP_PHOTONS:,})")
+    rows.fail(
+        step_kind & (num > MAX_STEP_PHOTONS),
+        "q0.w numphoton",
+        lambda r: f"{int(num[r])} photons from one step is absurd (at most {MAX_STEP_PHOTONS:,})",
+    )
     rows.fail(num > MAX_PHOTONS_PER_GENSTEP, "q0.w numphoton", "exceeds an int32")
     total = int(num.sum())
     if total > MAX_PHOTONS:
@@ -180,37 +220,57 @@ def check(gs: np.ndarray, scene: Scene, path: Path | str, geant4_names: list[str
         for k, lanes in _INT_FIELDS.items():
             if (qd, lane) in lanes:
                 isint |= kind == k
-        rows.fail(~isint & ~np.isfinite(gs[:, qd, lane]), name,
-                  lambda r, qd=qd, lane=lane: f"{float(gs[r, qd, lane])!r} is not a finite number")
+        rows.fail(
+            ~isint & ~np.isfinite(gs[:, qd, lane]),
+            name,
+            lambda r, qd=qd, lane=lane: f"{float(gs[r, qd, lane])!r} is not a finite number",
+        )
 
     # materials: Geant4 indices through the map, else the scene's own indices
     matline = gi[:, 0, 2].astype(np.int64)
     nmat = len(scene.materials)
     if geant4_names is not None:
-        rows.fail((matline < 0) | (matline >= len(geant4_names)), "q0.z matline",
-                  lambda r: f"Geant4 material index {int(matline[r])} is not in the material map "
-                            f"{map_path} ({len(geant4_names)} names)")
+        rows.fail(
+            (matline < 0) | (matline >= len(geant4_names)),
+            "q0.z matline",
+            lambda r: (
+                f"Geant4 material index {int(matline[r])} is not in the material map "
+                f"{map_path} ({len(geant4_names)} names)"
+            ),
+        )
         mapped = np.full(len(gs), -1, np.int64)
         for g4i in np.unique(matline):
             name = geant4_names[int(g4i)]
             if name not in scene.material_index:
                 r = int(np.flatnonzero(matline == g4i)[0])
-                raise BadInput(f"row {r}, q0.z matline: Geant4 material {int(g4i)} {name!r} is "
-                               f"not a scene material (scene has: {', '.join(scene.material_index)})",
-                               path)
+                raise BadInput(
+                    f"row {r}, q0.z matline: Geant4 material {int(g4i)} {name!r} is "
+                    f"not a scene material (scene has: {', '.join(scene.material_index)})",
+                    path,
+                )
             mapped[matline == g4i] = scene.material_index[name]
         matline = mapped
     else:
-        rows.fail((matline < 0) | (matline >= nmat), "q0.z matline",
-                  lambda r: f"{int(matline[r])} is not a scene material index (0..{nmat - 1}, "
-                            f"the order of [materials] in {scene.path.name})")
+        rows.fail(
+            (matline < 0) | (matline >= nmat),
+            "q0.z matline",
+            lambda r: (
+                f"{int(matline[r])} is not a scene material index (0..{nmat - 1}, "
+                f"the order of [materials] in {scene.path.name})"
+            ),
+        )
     gi[:, 0, 2] = matline.astype(np.int32)
 
     half = np.array(scene.container_half, np.float32)
     pos = np.abs(gs[:, 1, :3])
-    rows.fail(np.any(pos >= half, axis=1), "q1 position",
-              lambda r: f"{gs[r, 1, :3].tolist()} lies outside the scene's container "
-                        f"(half size {list(scene.container_half)} mm)")
+    rows.fail(
+        np.any(pos >= half, axis=1),
+        "q1 position",
+        lambda r: (
+            f"{gs[r, 1, :3].tolist()} lies outside the scene's container "
+            f"(half size {list(scene.container_half)} mm)"
+        ),
+    )
     rows.fail(np.abs(gs[:, 1, 3]) > MAX_TIME_NS, "q1.w time", f"beyond +-{MAX_TIME_NS:g} ns")
 
     _check_torch(gs, kind == TORCH, rows)
@@ -228,11 +288,17 @@ def check(gs: np.ndarray, scene: Scene, path: Path | str, geant4_names: list[str
 
 def _check_torch(gs: np.ndarray, sel: np.ndarray, rows: _Rows) -> None:
     typ = gs.view(np.int32)[:, 5, 3]
-    rows.fail(sel & ~np.isin(typ, TORCH_TYPES), "q5.w torch type",
-              lambda r: f"{int(typ[r])} is not a torch type (1 disc, 2 point, 3 sphere)")
+    rows.fail(
+        sel & ~np.isin(typ, TORCH_TYPES),
+        "q5.w torch type",
+        lambda r: f"{int(typ[r])} is not a torch type (1 disc, 2 point, 3 sphere)",
+    )
     wl = gs[:, 3, 3]
-    rows.fail(sel & ((wl < WL_GRID[0]) | (wl > WL_GRID[-1])), "q3.w wavelength",
-              lambda r: f"{float(wl[r]):g} nm is outside {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
+    rows.fail(
+        sel & ((wl < WL_GRID[0]) | (wl > WL_GRID[-1])),
+        "q3.w wavelength",
+        lambda r: f"{float(wl[r]):g} nm is outside {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm",
+    )
     rows.fail(sel & (np.abs(gs[:, 5, 0]) > 1e9), "q5.x radius", "beyond 1e9 mm")
 
 
@@ -240,23 +306,38 @@ def _check_steps(gs: np.ndarray, sel: np.ndarray, rows: _Rows, half: np.ndarray)
     """What Cerenkov and scintillation steps share: the step and the particle."""
     step = gs[:, 2, 3]
     rows.fail(sel & (step < 0), "q2.w step_length", lambda r: f"{float(step[r]):g} is negative")
-    rows.fail(sel & (step > 2 * float(np.linalg.norm(half)) + 1.0), "q2.w step_length",
-              lambda r: f"{float(step[r]):g} mm is longer than the container's diagonal")
+    rows.fail(
+        sel & (step > 2 * float(np.linalg.norm(half)) + 1.0),
+        "q2.w step_length",
+        lambda r: f"{float(step[r]):g} mm is longer than the container's diagonal",
+    )
     # the displacement is at most the path (multiple scattering bends a step)
     dlen = np.linalg.norm(gs[:, 2, :3].astype(np.float64), axis=1)
-    rows.fail(sel & (dlen > step * (1 + 1e-3) + 1e-3), "q2 DeltaPosition",
-              lambda r: f"its length {dlen[r]:g} mm exceeds the step length {float(step[r]):g} mm")
+    rows.fail(
+        sel & (dlen > step * (1 + 1e-3) + 1e-3),
+        "q2 DeltaPosition",
+        lambda r: f"its length {dlen[r]:g} mm exceeds the step length {float(step[r]):g} mm",
+    )
     end = np.abs(gs[:, 1, :3] + gs[:, 2, :3])
-    rows.fail(sel & np.any(end >= half + 1e-3, axis=1), "q2 DeltaPosition",
-              lambda r: "the step ends outside the scene's container")
-    rows.fail(sel & (np.abs(gs[:, 3, 1]) > 1000), "q3.y charge",
-              lambda r: f"{float(gs[r, 3, 1]):g} is no particle's charge")
+    rows.fail(
+        sel & np.any(end >= half + 1e-3, axis=1),
+        "q2 DeltaPosition",
+        lambda r: "the step ends outside the scene's container",
+    )
+    rows.fail(
+        sel & (np.abs(gs[:, 3, 1]) > 1000),
+        "q3.y charge",
+        lambda r: f"{float(gs[r, 3, 1]):g} is no particle's charge",
+    )
 
 
 def _velocity(gs: np.ndarray, sel: np.ndarray, rows: _Rows, qd: int, lane: int, name: str) -> None:
     v = gs[:, qd, lane]
-    rows.fail(sel & ((v <= 0) | (v > MAX_VELOCITY)), name,
-              lambda r: f"{float(v[r]):g} mm/ns is no particle velocity (0 < v <= c)")
+    rows.fail(
+        sel & ((v <= 0) | (v > MAX_VELOCITY)),
+        name,
+        lambda r: f"{float(v[r]):g} mm/ns is no particle velocity (0 < v <= c)",
+    )
 
 
 def _check_cerenkov(gs: np.ndarray, sel: np.ndarray, rows: _Rows, scene: Scene) -> None:
@@ -269,49 +350,82 @@ def _check_cerenkov(gs: np.ndarray, sel: np.ndarray, rows: _Rows, scene: Scene) 
     _velocity(gs, sel, rows, 3, 3, "q3.w preVelocity")
     _velocity(gs, sel, rows, 5, 3, "q5.w postVelocity")
     bi, wmin, wmax = gs[:, 4, 0], gs[:, 4, 1], gs[:, 4, 2]
-    rows.fail(sel & (bi < 0.999), "q4.x BetaInverse",
-              lambda r: f"{float(bi[r]):g} means faster than light (1/beta >= 1)")
+    rows.fail(
+        sel & (bi < 0.999),
+        "q4.x BetaInverse",
+        lambda r: f"{float(bi[r]):g} means faster than light (1/beta >= 1)",
+    )
     lo, hi = float(WL_GRID[0]), float(WL_GRID[-1])
-    rows.fail(sel & ((wmin < lo) | (wmin > hi)), "q4.y Wmin",
-              lambda r: f"{float(wmin[r]):g} nm is outside {lo:.0f}..{hi:.0f} nm")
-    rows.fail(sel & ((wmax < lo) | (wmax > hi)), "q4.z Wmax",
-              lambda r: f"{float(wmax[r]):g} nm is outside {lo:.0f}..{hi:.0f} nm")
+    rows.fail(
+        sel & ((wmin < lo) | (wmin > hi)),
+        "q4.y Wmin",
+        lambda r: f"{float(wmin[r]):g} nm is outside {lo:.0f}..{hi:.0f} nm",
+    )
+    rows.fail(
+        sel & ((wmax < lo) | (wmax > hi)),
+        "q4.z Wmax",
+        lambda r: f"{float(wmax[r]):g} nm is outside {lo:.0f}..{hi:.0f} nm",
+    )
     rows.fail(sel & (wmax <= wmin), "q4.z Wmax", "must exceed Wmin")
     maxsin2 = gs[:, 5, 0]
-    rows.fail(sel & ((maxsin2 <= 0) | (maxsin2 > 1)), "q5.x maxSin2",
-              lambda r: f"{float(maxsin2[r]):g} is outside (0, 1]")
+    rows.fail(
+        sel & ((maxsin2 <= 0) | (maxsin2 > 1)),
+        "q5.x maxSin2",
+        lambda r: f"{float(maxsin2[r]):g} is outside (0, 1]",
+    )
     # near threshold G4Cerenkov's yield at one end of a step may come out slightly negative
     # (its linear interpolation); the position sampling needs the larger one positive
     for lane, name in ((1, "q5.y MeanNumberOfPhotons1"), (2, "q5.z MeanNumberOfPhotons2")):
         v = gs[:, 5, lane]
-        rows.fail(sel & (np.abs(v) > 1e6), name,
-                  lambda r, v=v: f"{float(v[r]):g} photons/mm is outside -1e6..1e6")
-    rows.fail(sel & (np.maximum(gs[:, 5, 1], gs[:, 5, 2]) <= 0)
-              & (gs.view(np.int32)[:, 0, 3] > 0), "q5.y MeanNumberOfPhotons1",
-              "neither end of the step yields photons, yet it has some")
+        rows.fail(
+            sel & (np.abs(v) > 1e6),
+            name,
+            lambda r, v=v: f"{float(v[r]):g} photons/mm is outside -1e6..1e6",
+        )
+    rows.fail(
+        sel & (np.maximum(gs[:, 5, 1], gs[:, 5, 2]) <= 0) & (gs.view(np.int32)[:, 0, 3] > 0),
+        "q5.y MeanNumberOfPhotons1",
+        "neither end of the step yields photons, yet it has some",
+    )
     # the particle must be above threshold somewhere in [Wmin, Wmax] of its material, and
     # maxSin2 must bound sin^2(theta) there, else the rejection sampling cannot be right
     mat = gs.view(np.int32)[:, 0, 2]
     nmax = np.zeros(len(gs))
     for m in np.unique(mat[sel]):
         r = np.flatnonzero(sel & (mat == m))
-        nmax[r] = _range_max(scene.materials[int(m)].props[0].astype(np.float64),
-                             wmin[r] - 1.0, wmax[r] + 1.0)
+        nmax[r] = _range_max(
+            scene.materials[int(m)].props[0].astype(np.float64), wmin[r] - 1.0, wmax[r] + 1.0
+        )
     names = [m.name for m in scene.materials]
-    rows.fail(sel & (bi >= nmax), "q4.x BetaInverse",
-              lambda r: f"{float(bi[r]):.6g} is at or above {names[int(mat[r])]}'s largest "
-                        f"refractive index {nmax[r]:.6g} in {float(wmin[r]):g}..{float(wmax[r]):g} "
-                        "nm: the particle is below the Cerenkov threshold over the whole range")
+    rows.fail(
+        sel & (bi >= nmax),
+        "q4.x BetaInverse",
+        lambda r: (
+            f"{float(bi[r]):.6g} is at or above {names[int(mat[r])]}'s largest "
+            f"refractive index {nmax[r]:.6g} in {float(wmin[r]):g}..{float(wmax[r]):g} "
+            "nm: the particle is below the Cerenkov threshold over the whole range"
+        ),
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         s2 = 1.0 - (bi.astype(np.float64) / nmax) ** 2
-    rows.fail(sel & (maxsin2 < s2 - 1e-3), "q5.x maxSin2",
-              lambda r: f"{float(maxsin2[r]):.6g} is below 1 - (BetaInverse/nMax)^2 = {s2[r]:.6g} "
-                        f"for {names[int(mat[r])]}")
+    rows.fail(
+        sel & (maxsin2 < s2 - 1e-3),
+        "q5.x maxSin2",
+        lambda r: (
+            f"{float(maxsin2[r]):.6g} is below 1 - (BetaInverse/nMax)^2 = {s2[r]:.6g} "
+            f"for {names[int(mat[r])]}"
+        ),
+    )
     num = gs.view(np.int32)[:, 0, 3].astype(np.float64)
     mean = np.maximum(0.0, 0.5 * (gs[:, 5, 1].astype(np.float64) + gs[:, 5, 2]) * step)
-    rows.fail(sel & (num > mean + 10 * np.sqrt(mean) + 20), "q0.w numphoton",
-              lambda r: f"{int(num[r])} is absurd for MeanNumberOfPhotons over the step "
-                        f"(Poisson mean {mean[r]:.4g})")
+    rows.fail(
+        sel & (num > mean + 10 * np.sqrt(mean) + 20),
+        "q0.w numphoton",
+        lambda r: (
+            f"{int(num[r])} is absurd for MeanNumberOfPhotons over the step "
+            f"(Poisson mean {mean[r]:.4g})"
+        ),
+    )
 
 
 def _range_max(values: np.ndarray, lo_nm: np.ndarray, hi_nm: np.ndarray) -> np.ndarray:
@@ -340,21 +454,33 @@ def _check_scint(gs: np.ndarray, sel: np.ndarray, rows: _Rows, scene: Scene) -> 
         return
     step = gs[:, 2, 3]
     mv = gs[:, 3, 3]
-    rows.fail(sel & (step > 0) & ((mv <= 0) | (mv > MAX_VELOCITY)), "q3.w meanVelocity",
-              lambda r: f"{float(mv[r]):g} mm/ns is no particle velocity (0 < v <= c)")
+    rows.fail(
+        sel & (step > 0) & ((mv <= 0) | (mv > MAX_VELOCITY)),
+        "q3.w meanVelocity",
+        lambda r: f"{float(mv[r]):g} mm/ns is no particle velocity (0 < v <= c)",
+    )
     comp = gs.view(np.int32)[:, 4, 0]
-    rows.fail(sel & ((comp < 0) | (comp > 3)), "q4.x component",
-              lambda r: f"{int(comp[r])} is not a scintillation component index (0..3)")
+    rows.fail(
+        sel & ((comp < 0) | (comp > 3)),
+        "q4.x component",
+        lambda r: f"{int(comp[r])} is not a scintillation component index (0..3)",
+    )
     tau = gs[:, 5, 0]
-    rows.fail(sel & ((tau < 0) | (tau > MAX_DECAY_NS)), "q5.x ScintillationTime",
-              lambda r: f"{float(tau[r]):g} ns is outside 0..{MAX_DECAY_NS:g} ns")
+    rows.fail(
+        sel & ((tau < 0) | (tau > MAX_DECAY_NS)),
+        "q5.x ScintillationTime",
+        lambda r: f"{float(tau[r]):g} ns is outside 0..{MAX_DECAY_NS:g} ns",
+    )
     mat = gs.view(np.int32)[:, 0, 2]
     for m in np.unique(mat[sel]):
         if scene.materials[int(m)].icdf[0] < 0:
             r = int(np.flatnonzero(sel & (mat == m))[0])
-            raise BadInput(f"row {r}, q0.z matline: {scene.materials[int(m)].name} has no "
-                           "reemission_spectrum (or reemission_wavelength) to draw scintillation "
-                           "wavelengths from", rows.path)
+            raise BadInput(
+                f"row {r}, q0.z matline: {scene.materials[int(m)].name} has no "
+                "reemission_spectrum (or reemission_wavelength) to draw scintillation "
+                "wavelengths from",
+                rows.path,
+            )
 
 
 def pilot(gs: np.ndarray, photons: int) -> np.ndarray:
@@ -383,4 +509,3 @@ def time_extent(gs: np.ndarray) -> float:
     extra = np.where(kind == SCINTILLATION, 5.0 * gs[:, 5, 0], 0.0)
     transit = np.where(kind != TORCH, gs[:, 2, 3] / 10.0, 0.0)  # at >= 10 mm/ns (beta > 0.03)
     return float(np.max(t + np.nan_to_num(extra) + np.nan_to_num(transit)))
-

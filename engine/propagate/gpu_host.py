@@ -31,6 +31,7 @@ HEADROOM = 0.75  # fraction of free device memory a slice may use
 FM_BINS = 65536  # flagmask histogram (flags use 14 bits)
 N_KERNEL_ARGS = 26
 
+
 def choose_device(count: int, env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """(device index among the visible ones, why): the node-local rank modulo ``count``,
     so K processes on a node with K devices (or K visible ones) each take their own."""
@@ -47,8 +48,12 @@ def choose_device(count: int, env: Mapping[str, str] | None = None) -> tuple[int
     return idx, why
 
 
-def availability(lib: str, load: Callable[[], Any], count: Callable[[Any], int],
-                 props: Callable[[Any, int], tuple[str, tuple[int, int]]]) -> tuple[bool, str]:
+def availability(
+    lib: str,
+    load: Callable[[], Any],
+    count: Callable[[Any], int],
+    props: Callable[[Any, int], tuple[str, tuple[int, int]]],
+) -> tuple[bool, str]:
     """(True, "NAME (cc X.Y, device I of N visible...)") when the library imports and this
     process's device answers, else (False, one line saying why). ``load`` imports the
     library; ``count`` and ``props`` ask it for the device count and a device's name and
@@ -83,6 +88,7 @@ class Device(Protocol):
     def launch(self, args: Sequence[Any], grid: int, block: int) -> float:
         """Run the kernel to completion; return its device time in seconds."""
         ...
+
     def download(self, host: np.ndarray, buf: Any) -> None:
         """Copy the first ``host.nbytes`` bytes of ``buf`` into ``host``."""
         ...
@@ -94,8 +100,10 @@ def kernel_inputs(sa: SceneArrays, gs: np.ndarray) -> tuple[list[np.ndarray], li
     the per-thread genstep search), then n_gs, face_ids, n_surf. Shared with the
     host-compiled kernel test so every caller passes the kernel the same arguments."""
     surf = sa.surf if sa.surf.size else np.zeros((1, 4, sa.mat.shape[2]), np.float32)
-    arrays = [np.ascontiguousarray(a) for a in (
-        sa.mat, sa.icdf, surf, sa.geo_i.astype(np.int32), sa.geo_f.astype(np.float64), gs)]
+    arrays = [
+        np.ascontiguousarray(a)
+        for a in (sa.mat, sa.icdf, surf, sa.geo_i.astype(np.int32), sa.geo_f.astype(np.float64), gs)
+    ]
     arrays.append(np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64)).astype(np.uint64))
     counts = [np.int32(len(gs)), np.int32(1 if sa.face_ids else 0), np.int32(sa.surf.shape[0])]
     return arrays, counts
@@ -108,9 +116,15 @@ def slice_size(total: int, development: bool, maxrec: int, free: int) -> int:
     return max(1, min(total, int(free * HEADROOM) // per, 2**31))
 
 
-def run(dev: Device, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
-        advance: Callable[[int], None], stats: dict[str, Any] | None = None,
-        ) -> Iterator[ChunkResult]:
+def run(
+    dev: Device,
+    sa: SceneArrays,
+    gs: np.ndarray,
+    total: int,
+    p: Params,
+    advance: Callable[[int], None],
+    stats: dict[str, Any] | None = None,
+) -> Iterator[ChunkResult]:
     """Propagate photons [0, total) in launches; yield one ChunkResult per launch, in
     photon order. ``stats`` collects kernel_seconds, launches and slice_photons."""
     stats = {} if stats is None else stats
@@ -133,11 +147,26 @@ def run(dev: Device, sa: SceneArrays, gs: np.ndarray, total: int, p: Params,
         count = min(n_slice, total - start)
         dev.zero(d_count, 8)
         dev.zero(d_fm, 4 * FM_BINS)
-        args = [*consts, *counts, np.uint64(start), np.uint32(count), np.uint64(p.seed),
-                np.uint32(p.event), np.int32(p.max_bounce), np.uint32(p.hitmask),
-                np.int32(1 if p.development else 0), np.float32(p.domain[0]),
-                np.float32(p.domain[1]), np.float32(sa.eps), d_hits, d_count, d_fm, d_ox, d_rx,
-                d_seq]
+        args = [
+            *consts,
+            *counts,
+            np.uint64(start),
+            np.uint32(count),
+            np.uint64(p.seed),
+            np.uint32(p.event),
+            np.int32(p.max_bounce),
+            np.uint32(p.hitmask),
+            np.int32(1 if p.development else 0),
+            np.float32(p.domain[0]),
+            np.float32(p.domain[1]),
+            np.float32(sa.eps),
+            d_hits,
+            d_count,
+            d_fm,
+            d_ox,
+            d_rx,
+            d_seq,
+        ]
         assert len(args) == N_KERNEL_ARGS
         stats["kernel_seconds"] += dev.launch(args, (count + BLOCK - 1) // BLOCK, BLOCK)
         stats["launches"] += 1

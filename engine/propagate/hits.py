@@ -150,13 +150,17 @@ def _is_number(v: Any) -> bool:
 
 
 def _vec3_ok(v: Any, positive: bool = False) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(
-        _is_number(e) and abs(e) < 1e12 and (e > 0 or not positive) for e in v)
+    return (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(_is_number(e) and abs(e) < 1e12 and (e > 0 or not positive) for e in v)
+    )
 
 
 def check_meta(meta: Any, where: Path) -> None:
     """The fields of meta.json that a summary reads, each of its type (the file is input:
     a hand-edited or foreign meta.json is one line and exit 2, never a traceback)."""
+
     def bad(what: str) -> BadInput:
         return BadInput(f"meta.json: {what}", where)
 
@@ -168,14 +172,17 @@ def check_meta(meta: Any, where: Path) -> None:
         if key in meta and not isinstance(meta[key], str):
             raise bad(f"{key} must be text")
     for key, sub in (("hitmask", "label"), ("scene", "name")):
-        if key in meta and not (isinstance(meta[key], dict) and isinstance(meta[key].get(sub, ""), str)):
+        if key in meta and not (
+            isinstance(meta[key], dict) and isinstance(meta[key].get(sub, ""), str)
+        ):
             raise bad(f"{key} must be an object with a text {sub}")
     pps = meta.get("photons_per_second")
     if pps is not None and not (_is_number(pps) and pps >= 0):
         raise bad("photons_per_second must be a non-negative number")
     fm = meta.get("flagmask_counts", {})
     if not isinstance(fm, dict) or not all(
-            isinstance(k, str) and len(k) <= 18 and _is_count(v) for k, v in fm.items()):
+        isinstance(k, str) and len(k) <= 18 and _is_count(v) for k, v in fm.items()
+    ):
         raise bad("flagmask_counts must map hex flag masks to counts")
     try:
         masks = [int(k, 16) for k in fm]
@@ -184,7 +191,9 @@ def check_meta(meta: Any, where: Path) -> None:
     if any(not 0 <= m < 2**32 for m in masks):
         raise bad("flagmask_counts keys must be 32-bit flag masks")
     tc = meta.get("terminal_counts", {})
-    if not isinstance(tc, dict) or not all(isinstance(k, str) and _is_count(v) for k, v in tc.items()):
+    if not isinstance(tc, dict) or not all(
+        isinstance(k, str) and _is_count(v) for k, v in tc.items()
+    ):
         raise bad("terminal_counts must map names to counts")
     geo = meta.get("geometry", {})
     if not isinstance(geo, dict):
@@ -193,8 +202,12 @@ def check_meta(meta: Any, where: Path) -> None:
         raise bad("geometry.container_half must be [x, y, z]")
     objs = geo.get("objects", [])
     if not isinstance(objs, list) or not all(
-            isinstance(o, dict) and o.get("shape") in ("box", "sphere") and _vec3_ok(o.get("center"))
-            and _vec3_ok(o.get("half_size"), positive=True) for o in objs):
+        isinstance(o, dict)
+        and o.get("shape") in ("box", "sphere")
+        and _vec3_ok(o.get("center"))
+        and _vec3_ok(o.get("half_size"), positive=True)
+        for o in objs
+    ):
         raise bad("geometry.objects must be [{shape, center, half_size}, ...]")
 
 
@@ -210,7 +223,9 @@ def _hist(values: np.ndarray) -> Histogram | None:
     return Histogram([float(e) for e in edges], [int(c) for c in counts])
 
 
-def _face_name(sensor: int, geometry: dict[str, Any]) -> tuple[str, tuple[str, str], tuple[float, ...], int, int, str]:
+def _face_name(
+    sensor: int, geometry: dict[str, Any]
+) -> tuple[str, tuple[str, str], tuple[float, ...], int, int, str]:
     vol, face = (sensor - 1) // 8, (sensor - 1) % 8
     objs = geometry.get("objects", [])
     if vol == 0:
@@ -222,11 +237,23 @@ def _face_name(sensor: int, geometry: dict[str, Any]) -> tuple[str, tuple[str, s
     else:
         return f"sensor {sensor}", ("u", "v"), (0.0, 1.0, 0.0, 1.0), 0, 1, "unknown"
     if shape == "sphere":
-        return f"{owner} sphere", ("phi", "cos theta"), (-math.pi, math.pi, -1.0, 1.0), 0, 1, "sphere"
+        return (
+            f"{owner} sphere",
+            ("phi", "cos theta"),
+            (-math.pi, math.pi, -1.0, 1.0),
+            0,
+            1,
+            "sphere",
+        )
     axis = face // 2
     ua, va = [a for a in range(3) if a != axis]
     xyz = "xyz"
-    ext = (center[ua] - half[ua], center[ua] + half[ua], center[va] - half[va], center[va] + half[va])
+    ext = (
+        center[ua] - half[ua],
+        center[ua] + half[ua],
+        center[va] - half[va],
+        center[va] + half[va],
+    )
     return f"{owner} {FACE_NAMES[face]}", (xyz[ua], xyz[va]), ext, ua, va, "box"
 
 
@@ -239,8 +266,14 @@ def _sky(ht: np.ndarray) -> FaceMap:
     u = np.arctan2(p[:, 1], p[:, 0])
     v = p[:, 2] / np.where(r > 0, r, 1)
     h, _, _ = np.histogram2d(v, u, bins=(MAP_ROWS, MAP_COLS), range=((-1, 1), (-math.pi, math.pi)))
-    return FaceMap(0, "all sensors, seen from the origin", int(len(p)), ("phi", "cos theta"),
-                   (-math.pi, math.pi, -1.0, 1.0), [[int(c) for c in row] for row in h[::-1]])
+    return FaceMap(
+        0,
+        "all sensors, seen from the origin",
+        int(len(p)),
+        ("phi", "cos theta"),
+        (-math.pi, math.pi, -1.0, 1.0),
+        [[int(c) for c in row] for row in h[::-1]],
+    )
 
 
 def _sensors(ht: np.ndarray, top: int) -> tuple[list[tuple[int, int]], int]:
@@ -272,9 +305,19 @@ def _faces(ht: np.ndarray, meta: dict[str, Any]) -> list[FaceMap]:
             u, v = sel[:, 0, ua], sel[:, 0, va]
         else:
             u = v = np.zeros(len(sel))
-        h, _, _ = np.histogram2d(v, u, bins=(MAP_ROWS, MAP_COLS), range=((ext[2], ext[3]), (ext[0], ext[1])))
-        out.append(FaceMap(s, name, int(len(sel)), axes, tuple(float(e) for e in ext),  # type: ignore[arg-type]
-                           [[int(c) for c in row] for row in h[::-1]]))
+        h, _, _ = np.histogram2d(
+            v, u, bins=(MAP_ROWS, MAP_COLS), range=((ext[2], ext[3]), (ext[0], ext[1]))
+        )
+        out.append(
+            FaceMap(
+                s,
+                name,
+                int(len(sel)),
+                axes,
+                tuple(float(e) for e in ext),  # type: ignore[arg-type]
+                [[int(c) for c in row] for row in h[::-1]],
+            )
+        )
     return out
 
 
@@ -291,16 +334,25 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
         vals, cnts = np.unique(ht.view(np.uint32)[:, 3, 3], return_counts=True)
         fm_hits = {int(v): int(c) for v, c in zip(vals, cnts, strict=True)}
     fm_all = {int(k, 16): int(v) for k, v in meta.get("flagmask_counts", {}).items()}
-    rows = [Row(F.mask_label(k), f"0x{k:x}", c, c / n if n else 0.0, fm_hits.get(k, 0))
-            for k, c in sorted(fm_all.items(), key=lambda kv: -kv[1])]
+    rows = [
+        Row(F.mask_label(k), f"0x{k:x}", c, c / n if n else 0.0, fm_hits.get(k, 0))
+        for k, c in sorted(fm_all.items(), key=lambda kv: -kv[1])
+    ]
     seq_rows: list[Row] = []
     seq_p = path / "seq.npy"
     if seq_p.exists():
         seq = np.load(seq_p, mmap_mode="r")
         vals, cnts = np.unique(np.asarray(seq), return_counts=True)
         order = np.argsort(-cnts, kind="stable")[:top]
-        seq_rows = [Row(F.seqhis_label(int(vals[i])), f"{int(vals[i]):x}", int(cnts[i]),
-                        int(cnts[i]) / n if n else 0.0) for i in order]
+        seq_rows = [
+            Row(
+                F.seqhis_label(int(vals[i])),
+                f"{int(vals[i]):x}",
+                int(cnts[i]),
+                int(cnts[i]) / n if n else 0.0,
+            )
+            for i in order
+        ]
     hm = meta.get("hitmask", {})
     sources: dict[str, tuple[int, int]] = {}
     for name in ("TO", "CK", "SI"):
@@ -309,15 +361,25 @@ def summarize(path: str | Path, top: int = 20) -> HitSummary:
         if ph:
             sources[name] = (ph, sum(c for k, c in fm_hits.items() if k & bit))
     return HitSummary(
-        path=str(path), scene=meta.get("scene", {}).get("name", "?"), mode=meta.get("mode", "?"),
-        backend=meta.get("backend", "?"), device=meta.get("device", "?"), photons=n, hits=h,
-        hit_fraction=f, hit_fraction_err=err,
+        path=str(path),
+        scene=meta.get("scene", {}).get("name", "?"),
+        mode=meta.get("mode", "?"),
+        backend=meta.get("backend", "?"),
+        device=meta.get("device", "?"),
+        photons=n,
+        hits=h,
+        hit_fraction=f,
+        hit_fraction_err=err,
         hit_fraction_upper95=(3.0 / n if n else None) if h == 0 else None,
         hitmask=hm.get("label", "SD"),
-        photons_per_second=meta.get("photons_per_second"), terminal=meta.get("terminal_counts", {}),
-        flagmasks=rows[:top], seqhis=seq_rows,
-        time=_hist(np.asarray(ht[:, 0, 3])), wavelength=_hist(np.asarray(ht[:, 2, 3])),
-        faces=_faces(np.asarray(ht), meta), sources=sources,
+        photons_per_second=meta.get("photons_per_second"),
+        terminal=meta.get("terminal_counts", {}),
+        flagmasks=rows[:top],
+        seqhis=seq_rows,
+        time=_hist(np.asarray(ht[:, 0, 3])),
+        wavelength=_hist(np.asarray(ht[:, 2, 3])),
+        faces=_faces(np.asarray(ht), meta),
+        sources=sources,
         **_sensor_fields(np.asarray(ht), meta, top),
     )
 
@@ -328,17 +390,23 @@ def _sensor_fields(ht: np.ndarray, meta: dict[str, Any], top: int) -> dict[str, 
         return {}
     total = geometry["gdml"].get("sensors")
     rows, hit = _sensors(ht, top) if len(ht) else ([], 0)
-    return {"sensors": rows, "sensors_hit": hit,
-            "sensors_total": total if _is_count(total) else None}
+    return {
+        "sensors": rows,
+        "sensors_hit": hit,
+        "sensors_total": total if _is_count(total) else None,
+    }
 
 
-def _chi2_rows(a: dict[str, tuple[str, int]], b: dict[str, tuple[str, int]], na: int,
-               nb: int) -> tuple[list[CompareRow], float, int]:
+def _chi2_rows(
+    a: dict[str, tuple[str, int]], b: dict[str, tuple[str, int]], na: int, nb: int
+) -> tuple[list[CompareRow], float, int]:
     """Two-sample chi2 per category, scaled for unequal photon counts:
     (a*sqrt(nb/na) - b*sqrt(na/nb))^2 / (a + b); equals Opticks' (a-b)^2/(a+b) when na = nb."""
     ka = math.sqrt(nb / na) if na and nb else 1.0
     rows, total, ndf = [], 0.0, 0
-    for key in sorted(set(a) | set(b), key=lambda k: -(a.get(k, ("", 0))[1] + b.get(k, ("", 0))[1])):
+    for key in sorted(
+        set(a) | set(b), key=lambda k: -(a.get(k, ("", 0))[1] + b.get(k, ("", 0))[1])
+    ):
         label = (a.get(key) or b.get(key))[0]  # type: ignore[index]
         ca, cb = a.get(key, ("", 0))[1], b.get(key, ("", 0))[1]
         c2 = (ca * ka - cb / ka) ** 2 / (ca + cb) if ca + cb else 0.0
@@ -356,8 +424,9 @@ def compare(path_a: str | Path, path_b: str | Path) -> Comparison:
     fa = {r.key: (r.label, r.count) for r in sa.flagmasks}
     fb = {r.key: (r.label, r.count) for r in sb.flagmasks}
     rows, c2, ndf = _chi2_rows(fa, fb, sa.photons, sb.photons)
-    cmp_ = Comparison(str(path_a), str(path_b), sa.photons, sb.photons, sa.hits, sb.hits,
-                      rows, c2, ndf)
+    cmp_ = Comparison(
+        str(path_a), str(path_b), sa.photons, sb.photons, sa.hits, sb.hits, rows, c2, ndf
+    )
     if sa.seqhis and sb.seqhis:
         qa = {r.key: (r.label, r.count) for r in sa.seqhis}
         qb = {r.key: (r.label, r.count) for r in sb.seqhis}
@@ -385,12 +454,16 @@ def _render_hist(title: str, unit: str, h: Histogram | None, width: int = 40) ->
 def _render_map(fm: FaceMap) -> list[str]:
     peak = max(max(r) for r in fm.counts) or 1
     u0, u1, v0, v1 = fm.extent
-    out = [f"hit map {fm.name} (sensor {fm.sensor}): {fm.hits} hits, "
-           f"{fm.axes[0]} {u0:g}..{u1:g} across, {fm.axes[1]} {v1:g}..{v0:g} down"]
+    out = [
+        f"hit map {fm.name} (sensor {fm.sensor}): {fm.hits} hits, "
+        f"{fm.axes[0]} {u0:g}..{u1:g} across, {fm.axes[1]} {v1:g}..{v0:g} down"
+    ]
     out.append("  +" + "-" * MAP_COLS + "+")
     for row in fm.counts:
-        line = "".join(_SHADES[0 if c == 0 else 1 + min(len(_SHADES) - 2, (len(_SHADES) - 2) * c // peak)]
-                       for c in row)
+        line = "".join(
+            _SHADES[0 if c == 0 else 1 + min(len(_SHADES) - 2, (len(_SHADES) - 2) * c // peak)]
+            for c in row
+        )
         out.append("  |" + line + "|")
     out.append("  +" + "-" * MAP_COLS + "+")
     return out
@@ -398,8 +471,11 @@ def _render_map(fm: FaceMap) -> list[str]:
 
 def render_text(s: HitSummary) -> str:
     """Plain-text rendering (also valid Rich markup-free text) of a HitSummary."""
-    frac = (f"< {s.hit_fraction_upper95:.3g} (95 % CL)" if s.hit_fraction_upper95 is not None
-            else f"{s.hit_fraction:.6f} +- {s.hit_fraction_err:.6f}")
+    frac = (
+        f"< {s.hit_fraction_upper95:.3g} (95 % CL)"
+        if s.hit_fraction_upper95 is not None
+        else f"{s.hit_fraction:.6f} +- {s.hit_fraction_err:.6f}"
+    )
     lines = [
         f"event {s.path}  scene {s.scene}  mode {s.mode}  backend {s.backend} ({s.device})",
         f"photons {s.photons:,}  hits {s.hits:,}  hit fraction {frac}  (hit mask {s.hitmask})",
@@ -407,8 +483,10 @@ def render_text(s: HitSummary) -> str:
     if s.photons_per_second:
         lines.append(f"throughput {s.photons_per_second:,.0f} photons/s")
     if s.from_steps:
-        lines.append("sources  " + "  ".join(f"{k} {p:,} photons {h:,} hits"
-                                             for k, (p, h) in s.sources.items()))
+        lines.append(
+            "sources  "
+            + "  ".join(f"{k} {p:,} photons {h:,} hits" for k, (p, h) in s.sources.items())
+        )
     if s.terminal:
         lines.append("terminal  " + "  ".join(f"{k} {v:,}" for k, v in s.terminal.items()))
     lines.append("")
@@ -425,7 +503,7 @@ def render_text(s: HitSummary) -> str:
         of = f" of {s.sensors_total:,}" if s.sensors_total is not None else ""
         lines.append(f"sensors hit {s.sensors_hit:,}{of}; the most hit (sensor id = copynumber):")
         for k in range(0, len(s.sensors), 5):
-            lines.append("  " + "  ".join(f"{sid:>8} {h:>7,}" for sid, h in s.sensors[k:k + 5]))
+            lines.append("  " + "  ".join(f"{sid:>8} {h:>7,}" for sid, h in s.sensors[k : k + 5]))
     lines.append("")
     lines += _render_hist("hit time", "ns", s.time)
     lines += _render_hist("hit wavelength", "nm", s.wavelength)
@@ -436,8 +514,11 @@ def render_text(s: HitSummary) -> str:
 
 
 def render_comparison(c: Comparison) -> str:
-    lines = [f"A {c.a}: photons {c.photons_a:,} hits {c.hits_a:,}",
-             f"B {c.b}: photons {c.photons_b:,} hits {c.hits_b:,}", ""]
+    lines = [
+        f"A {c.a}: photons {c.photons_a:,} hits {c.hits_a:,}",
+        f"B {c.b}: photons {c.photons_b:,} hits {c.hits_b:,}",
+        "",
+    ]
 
     def table(title: str, rows: list[CompareRow], chi2: float, ndf: int) -> None:
         lines.append(f"{title:<36} {'A':>10} {'B':>10} {'chi2':>8}")

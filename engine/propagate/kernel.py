@@ -50,10 +50,17 @@ def kernel_source() -> str:
 def compile_options() -> list[str]:
     """Defines shared with the NumPy backend, so both read the same constants; the same
     list goes to NVRTC, nvcc and CuPy."""
-    return [f"-DWL_MIN={WL_MIN}f", f"-DWL_STEP={WL_STEP}f", f"-DWL_N={WL_N}",
-            f"-DN_PROP={N_PROP}", f"-DICDF_N={ICDF_N}", f"-DTORCH_BLOCKS={torch.BLOCKS}",
-            f"-DSCINT_BLOCKS={scint.BLOCKS}", f"-DMAX_CK_TRIES={cerenkov.MAX_CK_TRIES}",
-            "--fmad=false"]  # no FMA contraction: NumPy rounds a*b and +c separately
+    return [
+        f"-DWL_MIN={WL_MIN}f",
+        f"-DWL_STEP={WL_STEP}f",
+        f"-DWL_N={WL_N}",
+        f"-DN_PROP={N_PROP}",
+        f"-DICDF_N={ICDF_N}",
+        f"-DTORCH_BLOCKS={torch.BLOCKS}",
+        f"-DSCINT_BLOCKS={scint.BLOCKS}",
+        f"-DMAX_CK_TRIES={cerenkov.MAX_CK_TRIES}",
+        "--fmad=false",
+    ]  # no FMA contraction: NumPy rounds a*b and +c separately
 
 
 def kernel_key() -> str:
@@ -117,12 +124,16 @@ class Image:
     def valid(self) -> bool:
         """A cubin is an ELF object for CUDA (e_machine 190); PTX names the entry point."""
         if is_cubin(self.arch):
-            return (len(self.data) > 20 and self.data[:4] == b"\x7fELF"
-                    and int.from_bytes(self.data[18:20], "little") == 190)
+            return (
+                len(self.data) > 20
+                and self.data[:4] == b"\x7fELF"
+                and int.from_bytes(self.data[18:20], "little") == 190
+            )
         return f".entry {KERNEL_NAME}".encode() in self.data
 
 
 # ---------------------------------------------------------------------------- NVRTC
+
 
 def _nvrtc_candidates() -> list[str]:
     env = os.environ.get("SKYDECK_NVRTC")
@@ -131,8 +142,9 @@ def _nvrtc_candidates() -> list[str]:
     found: list[str] = []
     for base in sys.path:  # the PyPI wheels: nvidia-cuda-nvrtc-cu12 and nvidia-cuda-nvrtc (13)
         for pat in ("nvidia/cuda_nvrtc/lib/libnvrtc.so.*", "nvidia/cu13/lib/libnvrtc.so.*"):
-            found += sorted(p for p in glob.glob(os.path.join(base or ".", pat))
-                            if "builtins" not in p)
+            found += sorted(
+                p for p in glob.glob(os.path.join(base or ".", pat)) if "builtins" not in p
+            )
     for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
         if root:
             found += sorted(glob.glob(os.path.join(root, "lib64", "libnvrtc.so*")))
@@ -177,26 +189,32 @@ class Nvrtc:
 
     def _compile(self, source: str, options: list[str], arch: str) -> dict[str, bytes]:
         prog = ctypes.c_void_p()
-        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(),
-                                                KERNEL_PATH.name.encode(), 0, None, None),
-                    "nvrtcCreateProgram")
+        self._check(
+            self.lib.nvrtcCreateProgram(
+                ctypes.byref(prog), source.encode(), KERNEL_PATH.name.encode(), 0, None, None
+            ),
+            "nvrtcCreateProgram",
+        )
         try:
             opts = [o.encode() for o in [*options, f"--gpu-architecture={arch}"]]
             rc = self.lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-            out = {"log": self._get(prog, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog")
-                   .rstrip(b"\0").strip()}
+            out = {
+                "log": self._get(prog, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog")
+                .rstrip(b"\0")
+                .strip()
+            }
             if rc != 0:
                 text = out["log"].decode(errors="replace")
                 first = next((ln for ln in text.splitlines() if "error" in ln), text)
-                raise JobFailed(f"NVRTC could not compile the kernel for {arch}: {first[:300]}",
-                                KERNEL_PATH)
+                raise JobFailed(
+                    f"NVRTC could not compile the kernel for {arch}: {first[:300]}", KERNEL_PATH
+                )
             out["ptx"] = self._get(prog, "nvrtcGetPTXSize", "nvrtcGetPTX").rstrip(b"\0")
             if is_cubin(arch):
                 out["cubin"] = self._get(prog, "nvrtcGetCUBINSize", "nvrtcGetCUBIN")
             return out
         finally:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
 
     def supported_archs(self) -> list[int]:
         """The SM versions this NVRTC can target (e.g. [50, ..., 90] for 12.4)."""
@@ -245,12 +263,17 @@ def _nvcc_compile(arch: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="skydeck-nvcc-") as d:
         out = Path(d) / "kernel.out"
         kind = "--cubin" if is_cubin(arch) else "--ptx"
-        r = subprocess.run([exe, kind, f"-arch={arch}", *compile_options(), "-o", str(out),
-                            str(KERNEL_PATH)], capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [exe, kind, f"-arch={arch}", *compile_options(), "-o", str(out), str(KERNEL_PATH)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if r.returncode != 0:
             first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip())
-            raise JobFailed(f"nvcc could not compile the kernel for {arch}: {first[:300]}",
-                            KERNEL_PATH)
+            raise JobFailed(
+                f"nvcc could not compile the kernel for {arch}: {first[:300]}", KERNEL_PATH
+            )
         return out.read_bytes()
 
 
@@ -263,15 +286,18 @@ def compile_image(arch: str, compiler: str = "auto") -> Image:
     lib = nvrtc() if compiler in ("auto", "nvrtc") else None
     if lib is not None:
         data = lib.compile(kernel_source(), compile_options(), arch)[
-            "cubin" if is_cubin(arch) else "ptx"]
+            "cubin" if is_cubin(arch) else "ptx"
+        ]
         used = f"nvrtc {lib.version[0]}.{lib.version[1]}"
     elif compiler in ("auto", "nvcc") and nvcc():
         data, used = _nvcc_compile(arch), "nvcc"
     else:
         what = {"nvrtc": "NVRTC", "nvcc": "nvcc"}.get(compiler, "NVRTC or nvcc")
-        raise JobFailed(f"no {what} here to compile the kernel for {arch} "
-                        "(pip install nvidia-cuda-nvrtc-cu12, or run `skydeck-engine kernel "
-                        f"build --arch {arch}` where one is and share {cache_dir()})")
+        raise JobFailed(
+            f"no {what} here to compile the kernel for {arch} "
+            "(pip install nvidia-cuda-nvrtc-cu12, or run `skydeck-engine kernel "
+            f"build --arch {arch}` where one is and share {cache_dir()})"
+        )
     img = Image(data, arch, used, time.perf_counter() - t0)
     if not img.valid():
         raise JobFailed(f"{used} produced no usable {arch} image of the kernel", KERNEL_PATH)
@@ -279,6 +305,7 @@ def compile_image(arch: str, compiler: str = "auto") -> Image:
 
 
 # ---------------------------------------------------------------------------- the cache
+
 
 def _read_cached(path: Path, arch: str) -> Image | None:
     try:

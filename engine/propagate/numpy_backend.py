@@ -45,8 +45,15 @@ _F = np.float32
 
 # ----------------------------------------------------------------------------- physics
 
-def fresnel(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, n1: np.ndarray, n2: np.ndarray,
-            u: np.ndarray):
+
+def fresnel(
+    d: np.ndarray,
+    pol: np.ndarray,
+    normal: np.ndarray,
+    n1: np.ndarray,
+    n2: np.ndarray,
+    u: np.ndarray,
+):
     """Dielectric boundary with polarization (G4OpBoundaryProcess dielectric_dielectric as
     in Opticks propagate_at_boundary, docs/opticks.md 3.4). Returns dir, pol, reflect."""
     c1 = -dot(d, normal)
@@ -116,8 +123,9 @@ def _fresnel_normal(d, pol, nrm, n1, n2, u, c1, c2, eta, tir):
     return new_d.astype(_F, copy=False), (flip * pol).astype(_F, copy=False), reflect
 
 
-def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int,
-             event: int):
+def rayleigh(
+    d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, seed: int, event: int
+):
     """Rayleigh scatter (G4OpRayleigh as in Opticks rayleigh_scatter;
     docs/opticks.md, "Rayleigh scattering").
     Rejection sampling; each try takes two blocks. Updates ``blk`` in place."""
@@ -140,8 +148,9 @@ def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, s
         deg = clen == 0  # new direction along the old polarization: a random transverse one
         if deg.any():
             ph3 = TWO_PI * ua[:, 3][deg]
-            cp[:, deg] = rotate_uz(nd[:, deg], np.stack((np.cos(ph3), np.sin(ph3),
-                                                         np.zeros_like(ph3))))
+            cp[:, deg] = rotate_uz(
+                nd[:, deg], np.stack((np.cos(ph3), np.sin(ph3), np.zeros_like(ph3)))
+            )
         c = dot(cp, op)
         anyok, k = first_accepted(c * c >= ub[:, 0])
         sel = np.flatnonzero(anyok)
@@ -155,8 +164,15 @@ def rayleigh(d: np.ndarray, pol: np.ndarray, idx: np.ndarray, blk: np.ndarray, s
     return d, pol
 
 
-def lambertian(d: np.ndarray, pol: np.ndarray, normal: np.ndarray, idx: np.ndarray,
-               blk: np.ndarray, seed: int, event: int):
+def lambertian(
+    d: np.ndarray,
+    pol: np.ndarray,
+    normal: np.ndarray,
+    idx: np.ndarray,
+    blk: np.ndarray,
+    seed: int,
+    event: int,
+):
     """Diffuse reflection: cosine-law direction about the normal facing the photon, by
     rejection (Opticks propagate_at_surface), one block per try; pol about the facet."""
     nin = np.where(dot(d, normal) > 0, -normal, normal)
@@ -244,8 +260,9 @@ class _Sink:
         self.ox = np.zeros((count, 4, 4), np.float32) if dev else None
         self.seq = np.zeros(count, np.uint64) if dev else None
 
-    def take(self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray,
-             gone: np.ndarray | None = None) -> None:
+    def take(
+        self, fs: np.ndarray, ist: np.ndarray, u64: np.ndarray, gone: np.ndarray | None = None
+    ) -> None:
         """The photons ``gone`` (all when None) of the state arrays are finished; only what
         is kept is gathered (production: their flagmasks and the hits)."""
         fm = ist[_FM] if gone is None else ist[_FM, gone]
@@ -254,18 +271,24 @@ class _Sink:
         hit = (fm & mask) == mask
         if hit.any():
             h = np.flatnonzero(hit) if gone is None else gone[hit]
-            self.hits.append(_pack(np.take(fs, h, axis=1), np.take(ist, h, axis=1),
-                                   np.take(u64, h, axis=1)))
+            self.hits.append(
+                _pack(np.take(fs, h, axis=1), np.take(ist, h, axis=1), np.take(u64, h, axis=1))
+            )
         if self.ox is not None and self.seq is not None:  # development mode: both
             if gone is not None:
-                fs, ist, u64 = (np.take(fs, gone, axis=1), np.take(ist, gone, axis=1),
-                                np.take(u64, gone, axis=1))
+                fs, ist, u64 = (
+                    np.take(fs, gone, axis=1),
+                    np.take(ist, gone, axis=1),
+                    np.take(u64, gone, axis=1),
+                )
             loc = ist[_LOC]
             self.ox[loc] = _pack(fs, ist, u64)
             self.seq[loc] = u64[1]
 
 
-def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params) -> ChunkResult:
+def propagate_chunk(
+    sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: Params
+) -> ChunkResult:
     """Generate and propagate photons [start, start+count); return hits (and, in
     development mode, all photons, step records and seqhis)."""
     idx = np.arange(start, start + count, dtype=np.uint64)
@@ -397,8 +420,9 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
                 if is_dr.any():
                     q = sb[is_dr]
                     blk = ist[_BLK, q].copy()
-                    nd, npol = lambertian(fs[3:6, q], fs[6:9, q], normal[:, q], u64[0, q], blk,
-                                          p.seed, p.event)
+                    nd, npol = lambertian(
+                        fs[3:6, q], fs[6:9, q], normal[:, q], u64[0, q], blk, p.seed, p.event
+                    )
                     ist[_BLK, q] = blk
                     fs[3:6, q] = nd
                     fs[6:9, q] = npol
@@ -416,8 +440,9 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
             if fb.size == m:
                 fb = slice(None)  # every photon at a Fresnel boundary: views, no gathers
             if isinstance(fb, slice) or fb.size:
-                nd, npol, refl = fresnel(fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2,
-                                         u[2, fb])
+                nd, npol, refl = fresnel(
+                    fs[3:6, fb], fs[6:9, fb], normal[:, fb], n1[fb], n2, u[2, fb]
+                )
                 fs[3:6, fb] = nd
                 fs[6:9, fb] = npol
                 flag[fb] = np.where(refl, F.BR, F.BT)
@@ -432,8 +457,11 @@ def propagate_chunk(sa: SceneArrays, gs: np.ndarray, start: int, count: int, p: 
         if dead.any():
             sink.take(fs, ist, u64, np.flatnonzero(dead))
             keep = np.flatnonzero(~dead)
-            fs, ist, u64 = (np.take(fs, keep, axis=1), np.take(ist, keep, axis=1),
-                            np.take(u64, keep, axis=1))
+            fs, ist, u64 = (
+                np.take(fs, keep, axis=1),
+                np.take(ist, keep, axis=1),
+                np.take(u64, keep, axis=1),
+            )
     if fs.shape[1]:
         sink.take(fs, ist, u64)  # reached the bounce limit: no terminal flag
 

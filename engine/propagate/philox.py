@@ -31,8 +31,9 @@ _U_SCALE = np.float32(2.0**-23)
 _HALF = np.float32(0.5)
 
 
-def philox4x32(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
-               k0: int, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def philox4x32(
+    c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, k0: int, k1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Philox4x32-10 of uint64 arrays holding 32-bit values; returns four uint64 arrays.
 
     uint64 is used so that the 32x32->64 bit product is one NumPy multiply.
@@ -76,16 +77,23 @@ def uniforms(photon: np.ndarray, block: np.ndarray | int, seed: int, event: int)
     n = photon.shape[0]
     blk = np.broadcast_to(np.asarray(block, dtype=np.uint64), (n,))
     ev = np.full(n, event & MASK32, dtype=np.uint64)
-    x = philox4x32(photon & np.uint64(MASK32), photon >> np.uint64(32), blk, ev,
-                   seed & MASK32, (seed >> 32) & MASK32)
+    x = philox4x32(
+        photon & np.uint64(MASK32),
+        photon >> np.uint64(32),
+        blk,
+        ev,
+        seed & MASK32,
+        (seed >> 32) & MASK32,
+    )
     out = np.empty((4, n), dtype=np.float32)
     for i in range(4):
         out[i] = to_uniform(x[i])
     return out
 
 
-def try_uniforms(photon: np.ndarray, block: np.ndarray, tries: int, blocks_per_try: int,
-                 seed: int, event: int) -> np.ndarray:
+def try_uniforms(
+    photon: np.ndarray, block: np.ndarray, tries: int, blocks_per_try: int, seed: int, event: int
+) -> np.ndarray:
     """Uniforms of ``tries`` consecutive rejection tries of ``blocks_per_try`` blocks each,
     starting at each photon's ``block``: shape (tries, blocks_per_try, 4, n), in one Philox
     call. Rejection loops draw several tries per pass with it: a photon's numbers depend
@@ -96,8 +104,9 @@ def try_uniforms(photon: np.ndarray, block: np.ndarray, tries: int, blocks_per_t
     k = tries * blocks_per_try
     if k == 1:
         return uniforms(photon, block, seed, event)[None, None]
-    blocks = (np.asarray(block, dtype=np.uint64)[None, :]
-              + np.arange(k, dtype=np.uint64)[:, None]).ravel()
+    blocks = (
+        np.asarray(block, dtype=np.uint64)[None, :] + np.arange(k, dtype=np.uint64)[:, None]
+    ).ravel()
     u = uniforms(np.tile(photon, k), blocks, seed, event)
     return u.reshape(4, tries, blocks_per_try, n).transpose(1, 2, 0, 3)
 

@@ -120,8 +120,11 @@ class Scene:
     def tree(self) -> Geometry:
         if self.geometry is None:
             self.geometry = from_boxes(
-                self.container_half, self.container_material, self.container_surface,
-                [(o.shape, o.center, o.half_size, o.material, o.surface) for o in self.objects])
+                self.container_half,
+                self.container_material,
+                self.container_surface,
+                [(o.shape, o.center, o.half_size, o.material, o.surface) for o in self.objects],
+            )
         return self.geometry
 
     def arrays(self) -> SceneArrays:
@@ -135,9 +138,18 @@ class Scene:
         g = self.tree()
         const = bool(np.all(mat == mat[:, :, :1]))
         const_s = bool(np.all(surf == surf[:, :, :1])) if surf.size else True
-        return SceneArrays(mat=mat, icdf=icdf, surf=surf, geo_i=g.geo_i, geo_f=g.geo_f,
-                           node_i=g.node_i, eps=float(self.epsilon), face_ids=g.face_ids,
-                           const_props=const, const_surf=const_s)
+        return SceneArrays(
+            mat=mat,
+            icdf=icdf,
+            surf=surf,
+            geo_i=g.geo_i,
+            geo_f=g.geo_f,
+            node_i=g.node_i,
+            eps=float(self.epsilon),
+            face_ids=g.face_ids,
+            const_props=const,
+            const_surf=const_s,
+        )
 
 
 @dataclass
@@ -229,8 +241,9 @@ def _table(path: Path, key: str, v: list[Any]) -> np.ndarray:
     return tab
 
 
-def _property(path: Path, key: str, v: Any, default: float | None,
-              allow_inf: bool = False) -> np.ndarray:
+def _property(
+    path: Path, key: str, v: Any, default: float | None, allow_inf: bool = False
+) -> np.ndarray:
     """A constant, or a wavelength table [[nm, value], ...] resampled onto WL_GRID (linear
     in photon energy, as Geant4 interpolates)."""
     if v is None:
@@ -274,10 +287,21 @@ def _icdf(path: Path, key: str, v: Any) -> np.ndarray:
     return emission_icdf(tab[:, 0], tab[:, 1])
 
 
-MATERIAL_KEYS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
-                 "reemission_spectrum", "reemission_wavelength", "density", "composition", "nist",
-                 "scintillation_yield", "scintillation_components", "birks_constant",
-                 "resolution_scale")
+MATERIAL_KEYS = (
+    "refractive_index",
+    "absorption_length",
+    "scattering_length",
+    "reemission_prob",
+    "reemission_spectrum",
+    "reemission_wavelength",
+    "density",
+    "composition",
+    "nist",
+    "scintillation_yield",
+    "scintillation_components",
+    "birks_constant",
+    "resolution_scale",
+)
 _ELEMENT = re.compile(r"[A-Z][a-z]?")
 _NIST = re.compile(r"G4_[A-Za-z0-9_-]{1,40}")
 
@@ -295,7 +319,11 @@ def _physics(path: Path, key: str, d: dict[str, Any]) -> dict[str, Any]:
     if "composition" in d:
         comp = d["composition"]
         if not isinstance(comp, dict) or not comp or len(comp) > 32:
-            raise _bad(path, f"{key}.composition", "must be a table of element = atoms, e.g. {H = 2, O = 1}")
+            raise _bad(
+                path,
+                f"{key}.composition",
+                "must be a table of element = atoms, e.g. {H = 2, O = 1}",
+            )
         for el, k in comp.items():
             if not _ELEMENT.fullmatch(el):
                 raise _bad(path, f"{key}.composition.{el}", "is not an element symbol")
@@ -316,7 +344,9 @@ def _physics(path: Path, key: str, d: dict[str, Any]) -> dict[str, Any]:
         comps = d.get("scintillation_components")
         ck = f"{key}.scintillation_components"
         if comps is None:
-            raise _bad(path, ck, "missing (a scintillator needs [[decay time ns, relative yield], ...])")
+            raise _bad(
+                path, ck, "missing (a scintillator needs [[decay time ns, relative yield], ...])"
+            )
         if not isinstance(comps, list) or not 1 <= len(comps) <= 3:
             raise _bad(path, ck, "must be 1 to 3 rows [decay time ns, relative yield]")
         rows = []
@@ -332,8 +362,9 @@ def _physics(path: Path, key: str, d: dict[str, Any]) -> dict[str, Any]:
             raise _bad(path, ck, "relative yields sum to 0")
         out["scintillation_components"] = rows
         if d.get("reemission_spectrum", d.get("reemission_wavelength")) is None:
-            raise _bad(path, f"{key}.reemission_spectrum",
-                       "missing (a scintillator's emission spectrum)")
+            raise _bad(
+                path, f"{key}.reemission_spectrum", "missing (a scintillator's emission spectrum)"
+            )
     elif "scintillation_components" in d:
         raise _bad(path, f"{key}.scintillation_yield", "missing (components without a yield)")
     for k, bound in (("birks_constant", 10.0), ("resolution_scale", 100.0)):
@@ -352,18 +383,21 @@ def _parse_material(path: Path, name: str, d: Any) -> Material:
     if unknown:
         raise _bad(path, f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(MATERIAL_KEYS)})")
     rindex = d.get("refractive_index")
-    props = np.stack([
-        _property(path, f"{key}.refractive_index", rindex, None),
-        _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf, True),
-        _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf, True),
-        _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
-    ])
+    props = np.stack(
+        [
+            _property(path, f"{key}.refractive_index", rindex, None),
+            _property(path, f"{key}.absorption_length", d.get("absorption_length"), math.inf, True),
+            _property(path, f"{key}.scattering_length", d.get("scattering_length"), math.inf, True),
+            _property(path, f"{key}.reemission_prob", d.get("reemission_prob"), 0.0),
+        ]
+    )
     # "infinite" lengths become 1e30 mm: interpolation a + f*(b - a) must never see inf - inf
     props[1:3] = np.minimum(props[1:3], NO_INTERACTION)
     if np.any((props[0] < 1.0) | (props[0] > MAX_INDEX)):
         raise _bad(path, f"{key}.refractive_index", f"must be within 1..{MAX_INDEX:g}")
-    if isinstance(rindex, list) and np.any((_table(path, key, rindex)[:, 1] < 1.0)
-                                           | (_table(path, key, rindex)[:, 1] > MAX_INDEX)):
+    if isinstance(rindex, list) and np.any(
+        (_table(path, key, rindex)[:, 1] < 1.0) | (_table(path, key, rindex)[:, 1] > MAX_INDEX)
+    ):
         raise _bad(path, f"{key}.refractive_index", f"must be within 1..{MAX_INDEX:g}")
     for i, p in ((1, "absorption_length"), (2, "scattering_length")):
         if np.any(props[i] <= 0):
@@ -372,14 +406,25 @@ def _parse_material(path: Path, name: str, d: Any) -> Material:
         raise _bad(path, f"{key}.reemission_prob", "must be within [0, 1]")
     vg = _group_velocity(path, f"{key}.refractive_index", rindex)
     props = np.concatenate([props, vg[None, :]])
-    icdf = _icdf(path, f"{key}.reemission_spectrum",
-                 d.get("reemission_spectrum", d.get("reemission_wavelength")))
+    icdf = _icdf(
+        path,
+        f"{key}.reemission_spectrum",
+        d.get("reemission_spectrum", d.get("reemission_wavelength")),
+    )
     physics = _physics(path, key, d)
     # the optical tables as the scene gives them: Geant4 is built from these nodes
-    physics["tables"] = {k: d[k] for k in ("refractive_index", "absorption_length",
-                                           "scattering_length", "reemission_prob",
-                                           "reemission_spectrum", "reemission_wavelength")
-                         if k in d}
+    physics["tables"] = {
+        k: d[k]
+        for k in (
+            "refractive_index",
+            "absorption_length",
+            "scattering_length",
+            "reemission_prob",
+            "reemission_spectrum",
+            "reemission_wavelength",
+        )
+        if k in d
+    }
     return Material(name, props.astype(np.float32), icdf.astype(np.float32), physics)
 
 
@@ -389,7 +434,9 @@ def _parse_surface(path: Path, name: str, d: Any) -> tuple[float, float, float, 
         raise _bad(path, key, "must be a table")
     unknown = set(d) - set(SURFACE_KEYS)
     if unknown:
-        raise _bad(path, f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(SURFACE_KEYS)})")
+        raise _bad(
+            path, f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(SURFACE_KEYS)})"
+        )
     vals = tuple(_num(path, f"{key}.{k}", d.get(k, 0.0), bound=1.0) for k in SURFACE_KEYS)
     for k, v in zip(SURFACE_KEYS, vals, strict=True):
         if not 0.0 <= v <= 1.0:
@@ -500,7 +547,8 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
             surf = _lookup(path, f"{key}.surface", o["surface"], surface_index, "surface")
         obj = Obj(shape, center, hs, mat, surf)
         if not _inside_box(np.array(center), half_arr, 0.0) or np.any(
-                np.abs(np.array(center)) + np.array(hs) >= half_arr):
+            np.abs(np.array(center)) + np.array(hs) >= half_arr
+        ):
             raise _bad(path, key, "extends outside the container")
         for j, prev in enumerate(objects):
             if _overlap(obj, prev):
@@ -508,17 +556,31 @@ def parse_scene(doc: dict[str, Any], path: Path, sha256: str = "") -> Scene:
         objects.append(obj)
 
     # a scene used with --gensteps only needs no [source]
-    source = (None if doc.get("source") is None
-              else _parse_source(path, doc.get("source"), half_arr, objects))
+    source = (
+        None
+        if doc.get("source") is None
+        else _parse_source(path, doc.get("source"), half_arr, objects)
+    )
 
     max_bounce, hitmask, epsilon = _settings(doc, path)
 
-    return Scene(name=name, path=path, sha256=sha256,
-                 materials=materials, material_index=material_index, surfaces=surfaces,
-                 surface_index=surface_index, container_half=half, container_material=cmat,
-                 container_surface=csurf, objects=objects, source=source,
-                 max_bounce=max_bounce, hitmask=hitmask,
-                 epsilon=float(EPS_DEFAULT) if epsilon is None else epsilon)
+    return Scene(
+        name=name,
+        path=path,
+        sha256=sha256,
+        materials=materials,
+        material_index=material_index,
+        surfaces=surfaces,
+        surface_index=surface_index,
+        container_half=half,
+        container_material=cmat,
+        container_surface=csurf,
+        objects=objects,
+        source=source,
+        max_bounce=max_bounce,
+        hitmask=hitmask,
+        epsilon=float(EPS_DEFAULT) if epsilon is None else epsilon,
+    )
 
 
 def _settings(doc: dict[str, Any], path: Path) -> tuple[int, str, float | None]:
@@ -528,12 +590,17 @@ def _settings(doc: dict[str, Any], path: Path) -> tuple[int, str, float | None]:
     if not isinstance(settings, dict):
         raise _bad(path, "settings", "must be a table")
     max_bounce = settings.get("max_bounce", 9)
-    if isinstance(max_bounce, bool) or not isinstance(max_bounce, int) or not 1 <= max_bounce <= 1000:
+    if (
+        isinstance(max_bounce, bool)
+        or not isinstance(max_bounce, int)
+        or not 1 <= max_bounce <= 1000
+    ):
         raise _bad(path, "settings.max_bounce", "must be an integer in 1..1000")
     hitmask = settings.get("hitmask", "SD")
     if not isinstance(hitmask, str):
         raise _bad(path, "settings.hitmask", "must be a string like \"SD\"")
     from engine.propagate.flags import parse_mask
+
     try:
         parse_mask(hitmask)
     except ValueError as err:
@@ -567,8 +634,11 @@ def _gdml_scene(doc: dict[str, Any], path: Path, sha256: str, name: str) -> Scen
         raise _bad(path, f"geometry.{unknown[0]}", "unknown key (known: gdml)")
     both = [k for k in SCENE_ONLY_KEYS if k in doc]
     if both:
-        raise _bad(path, both[0], "a scene with [geometry] takes its volumes, materials and "
-                   "surfaces from the GDML")
+        raise _bad(
+            path,
+            both[0],
+            "a scene with [geometry] takes its volumes, materials and surfaces from the GDML",
+        )
     rel = geo.get("gdml")
     if not isinstance(rel, str) or not rel or len(rel) > 4096:
         raise _bad(path, "geometry.gdml", "must be a file name (relative to the scene)")
@@ -580,27 +650,55 @@ def _gdml_scene(doc: dict[str, Any], path: Path, sha256: str, name: str) -> Scen
         gsha = hashlib.sha256(gpath.read_bytes()).hexdigest()
     except OSError as err:
         raise BadInput(f"cannot read: {err.strerror}", gpath) from None
-    materials = [Material(n, props.astype(np.float32), icdf.astype(np.float32), phys)
-                 for n, props, icdf, phys in parts.materials]
+    materials = [
+        Material(n, props.astype(np.float32), icdf.astype(np.float32), phys)
+        for n, props, icdf, phys in parts.materials
+    ]
     g = parts.geometry
-    half = tuple(float(max(abs(a), abs(b))) for a, b in zip(g.lo, g.hi, strict=True))
-    surf_rows: list[tuple[str, tuple[float, float, float, float]]] = [
-        (n, tuple(float(v) for v in t.mean(axis=1))) for n, t in parts.surfaces]  # type: ignore[misc]
-    tables = (np.stack([t for _, t in parts.surfaces]).astype(np.float32) if parts.surfaces
-              else np.zeros((0, 4, WL_N), np.float32))
-    source = (None if doc.get("source") is None
-              else _parse_source(path, doc.get("source"), np.array(half), []))
+    hx, hy, hz = (float(max(abs(a), abs(b))) for a, b in zip(g.lo, g.hi, strict=True))
+    half = (hx, hy, hz)
+    surf_rows: list[tuple[str, tuple[float, float, float, float]]] = []
+    for n, t in parts.surfaces:
+        m0, m1, m2, m3 = (float(v) for v in t.mean(axis=1))
+        surf_rows.append((n, (m0, m1, m2, m3)))
+    tables = (
+        np.stack([t for _, t in parts.surfaces]).astype(np.float32)
+        if parts.surfaces
+        else np.zeros((0, 4, WL_N), np.float32)
+    )
+    source = (
+        None
+        if doc.get("source") is None
+        else _parse_source(path, doc.get("source"), np.array(half), [])
+    )
     max_bounce, hitmask, eps = _settings(doc, path)
     if eps is None:  # a photon's float32 position is 2 um coarse at 20 m: stay above it
         eps = max(float(EPS_DEFAULT), 2.5e-6 * max(half))
-    info = {"file": str(gpath), "sha256": gsha,
-            **{k: v for k, v in parts.info.items() if k != "solid_index"}}
-    return Scene(name=name, path=path, sha256=hashlib.sha256((sha256 + gsha).encode()).hexdigest(),
-                 materials=materials, material_index={m.name: i for i, m in enumerate(materials)},
-                 surfaces=surf_rows, surface_index={n: i for i, (n, _) in enumerate(surf_rows)},
-                 container_half=half, container_material=parts.world_material,  # type: ignore[arg-type]
-                 container_surface=-1, objects=[], source=source, max_bounce=max_bounce,
-                 hitmask=hitmask, geometry=g, surface_tables=tables, epsilon=eps, gdml=info)
+    info = {
+        "file": str(gpath),
+        "sha256": gsha,
+        **{k: v for k, v in parts.info.items() if k != "solid_index"},
+    }
+    return Scene(
+        name=name,
+        path=path,
+        sha256=hashlib.sha256((sha256 + gsha).encode()).hexdigest(),
+        materials=materials,
+        material_index={m.name: i for i, m in enumerate(materials)},
+        surfaces=surf_rows,
+        surface_index={n: i for i, (n, _) in enumerate(surf_rows)},
+        container_half=half,
+        container_material=parts.world_material,
+        container_surface=-1,
+        objects=[],
+        source=source,
+        max_bounce=max_bounce,
+        hitmask=hitmask,
+        geometry=g,
+        surface_tables=tables,
+        epsilon=eps,
+        gdml=info,
+    )
 
 
 def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> Source:
@@ -624,7 +722,9 @@ def _parse_source(path: Path, s: Any, half: np.ndarray, objects: list[Obj]) -> S
         raise _bad(path, "source.radius", "a sphere source needs a non-zero radius")
     wl = _num(path, "source.wavelength", s.get("wavelength", 420.0))
     if not WL_GRID[0] <= wl <= WL_GRID[-1]:
-        raise _bad(path, "source.wavelength", f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm")
+        raise _bad(
+            path, "source.wavelength", f"must be within {WL_GRID[0]:.0f}..{WL_GRID[-1]:.0f} nm"
+        )
     t = _num(path, "source.time", s.get("time", 0.0), bound=MAX_TIME_NS)
     photons = s.get("photons", 10000)
     if isinstance(photons, bool) or not isinstance(photons, int) or not 0 <= photons <= MAX_PHOTONS:

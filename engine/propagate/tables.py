@@ -18,10 +18,17 @@ WL_STEP = 1.0
 WL_N = 761
 WL_GRID = (WL_MIN + WL_STEP * np.arange(WL_N)).astype(np.float64)
 ICDF_N = 4096  # emission inverse-CDF samples (Opticks' scintillation texture width), interpolated
-PROPS = ("refractive_index", "absorption_length", "scattering_length", "reemission_prob",
-         "group_velocity")
+PROPS = (
+    "refractive_index",
+    "absorption_length",
+    "scattering_length",
+    "reemission_prob",
+    "group_velocity",
+)
 N_PROP = len(PROPS)  # rows of the material table; the kernel gets it as -DN_PROP
-HC_EV_NM = 1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
+HC_EV_NM = (
+    1239.84198433  # h c in eV nm (CODATA 2018, exact SI constants; Geant4's h_Planck*c_light)
+)
 C_LIGHT_MM_NS = 299.792458
 NO_INTERACTION = 1e30  # mm: absorption/scattering length meaning "never"
 
@@ -30,7 +37,6 @@ def energy_resample(nm: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Values on WL_GRID, linear in photon energy between the nodes and the edge values
     beyond them: what G4PhysicsVector::Value returns at each grid wavelength's energy."""
     return np.interp(HC_EV_NM / WL_GRID, HC_EV_NM / nm[::-1], values[::-1])
-
 
 
 def group_velocity_nodes(nm: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +65,6 @@ def group_velocity_nodes(nm: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.
     out_e.append(e1)
     out_v.append(vg(n1, n0, n1, e0, e1))
     return np.array(out_e), np.array(out_v)
-
 
 
 def emission_icdf(nm: np.ndarray, weight: np.ndarray) -> np.ndarray:

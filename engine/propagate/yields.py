@@ -40,8 +40,9 @@ class CerenkovTable:
         self.n = np.asarray(n, np.float64)
         self.e = HC_EV_NM / self.nm[::-1]
         self.r = self.n[::-1]
-        self.cai = np.concatenate(([0.0], np.cumsum(
-            np.diff(self.e) * 0.5 * (1 / self.r[:-1] ** 2 + 1 / self.r[1:] ** 2))))
+        self.cai = np.concatenate(
+            ([0.0], np.cumsum(np.diff(self.e) * 0.5 * (1 / self.r[:-1] ** 2 + 1 / self.r[1:] ** 2)))
+        )
         self.nmin, self.nmax = float(self.r.min()), float(self.r.max())
 
     def per_mm(self, beta: float, charge: float = 1.0) -> float:
@@ -57,8 +58,11 @@ class CerenkovTable:
         else:
             # G4PhysicsVector::GetEnergy(BetaInverse): where n first reaches it
             j = max(1, min(int(np.argmax(r >= bi)), len(r) - 1))
-            pmin = (e[j - 1] + (bi - r[j - 1]) * (e[j] - e[j - 1]) / (r[j] - r[j - 1])
-                    if r[j] != r[j - 1] else e[j - 1])
+            pmin = (
+                e[j - 1] + (bi - r[j - 1]) * (e[j] - e[j - 1]) / (r[j] - r[j - 1])
+                if r[j] != r[j - 1]
+                else e[j - 1]
+            )
             dp = e[-1] - pmin
             ge = cai[-1] - float(np.interp(pmin, e, cai))
         return RFACT * charge * charge * (dp - ge * bi * bi)
@@ -68,11 +72,16 @@ class CerenkovTable:
         beta = 0.5 * (beta_pre + beta_post)
         bi = 1.0 / beta if beta > 0 else float("inf")
         max_cos = bi / self.nmax
-        return {"BetaInverse": bi, "Wmin": float(self.nm[0]), "Wmax": float(self.nm[-1]),
-                "maxCos": max_cos, "maxSin2": (1.0 - max_cos) * (1.0 + max_cos),
-                "MeanNumberOfPhotons1": self.per_mm(beta_pre, charge),
-                "MeanNumberOfPhotons2": self.per_mm(beta_post, charge),
-                "mean_per_mm": self.per_mm(beta, charge)}
+        return {
+            "BetaInverse": bi,
+            "Wmin": float(self.nm[0]),
+            "Wmax": float(self.nm[-1]),
+            "maxCos": max_cos,
+            "maxSin2": (1.0 - max_cos) * (1.0 + max_cos),
+            "MeanNumberOfPhotons1": self.per_mm(beta_pre, charge),
+            "MeanNumberOfPhotons2": self.per_mm(beta_post, charge),
+            "mean_per_mm": self.per_mm(beta, charge),
+        }
 
 
 def cerenkov_per_mm(nm: np.ndarray, n: np.ndarray, beta: float, charge: float = 1.0) -> float:
@@ -80,8 +89,9 @@ def cerenkov_per_mm(nm: np.ndarray, n: np.ndarray, beta: float, charge: float = 
     return CerenkovTable(nm, n).per_mm(beta, charge)
 
 
-def cerenkov_fields(nm: np.ndarray, n: np.ndarray, beta_pre: float, beta_post: float,
-                    charge: float = 1.0) -> dict[str, float]:
+def cerenkov_fields(
+    nm: np.ndarray, n: np.ndarray, beta_pre: float, beta_post: float, charge: float = 1.0
+) -> dict[str, float]:
     """The q4/q5 Cerenkov genstep fields G4Cerenkov computes for a step (mean beta)."""
     return CerenkovTable(nm, n).fields(beta_pre, beta_post, charge)
 

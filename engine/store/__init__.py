@@ -40,8 +40,23 @@ from engine.store.schema import SCHEMA_VERSION
 from engine.store.sqlite import backup_path
 
 __all__ = [
-    "ACTIVE_PI", "DONE_PI", "FINAL_STREAM", "PI_STATUSES", "SCHEMA_VERSION", "STEPS",
-    "STREAM_STATUSES", "Delivery", "Downlink", "DownlinkFacts", "FileRecord", "Identity",
-    "ProcessInstance", "StateDB", "Stream", "StreamView", "backup_path", "init_state",
+    "ACTIVE_PI",
+    "DONE_PI",
+    "FINAL_STREAM",
+    "PI_STATUSES",
+    "SCHEMA_VERSION",
+    "STEPS",
+    "STREAM_STATUSES",
+    "Delivery",
+    "Downlink",
+    "DownlinkFacts",
+    "FileRecord",
+    "Identity",
+    "ProcessInstance",
+    "StateDB",
+    "Stream",
+    "StreamView",
+    "backup_path",
+    "init_state",
     "open_db",
 ]

@@ -34,11 +34,11 @@ from typing import Any, Protocol
 class Backend(Protocol):
     """One database engine as the store sees it (see the module docstring)."""
 
-    name: str                      # "sqlite" or "postgresql"
-    Error: type[Exception]         # the driver's base error
-    ID_COLUMN: str                 # DDL of an auto-increment integer primary key
-    MAX_PARAMS: int                # bound parameters one statement may carry
-    EXTRA_DDL: tuple[str, ...]     # run after the schema's tables are created (triggers)
+    name: str  # "sqlite" or "postgresql"
+    Error: type[Exception]  # the driver's base error
+    ID_COLUMN: str  # DDL of an auto-increment integer primary key
+    MAX_PARAMS: int  # bound parameters one statement may carry
+    EXTRA_DDL: tuple[str, ...]  # run after the schema's tables are created (triggers)
 
     @property
     def where(self) -> Path | str:
@@ -53,8 +53,7 @@ class Backend(Protocol):
         """Start a transaction that holds the write lock from its first statement."""
         ...
 
-    def in_transaction(self, conn: Any) -> bool:
-        ...
+    def in_transaction(self, conn: Any) -> bool: ...
 
     def session(self, conn: Any) -> int:
         """Which session of ``conn`` this is: it changes when the backend re-made a lost one
@@ -73,11 +72,9 @@ class Backend(Protocol):
         """A number that changes whenever another connection commits."""
         ...
 
-    def has_table(self, conn: Any, table: str) -> bool:
-        ...
+    def has_table(self, conn: Any, table: str) -> bool: ...
 
-    def columns(self, conn: Any, table: str) -> set[str]:
-        ...
+    def columns(self, conn: Any, table: str) -> set[str]: ...
 
     def backup(self, conn: Any, version: int) -> None:
         """A consistent copy of the database at schema ``version``, made while ``conn``

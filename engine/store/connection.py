@@ -36,17 +36,22 @@ T = TypeVar("T")
 class StateConnection(ReadQueries):
     """A connection to the state database; create one per thread/process (as ``StateDB``)."""
 
-    def __init__(self, where: Path | str | StateURL, timeout: float = 30.0,
-                 check_same_thread: bool = True, *, backend: Backend | None = None,
-                 patience: Patience | None = None) -> None:
+    def __init__(
+        self,
+        where: Path | str | StateURL,
+        timeout: float = 30.0,
+        check_same_thread: bool = True,
+        *,
+        backend: Backend | None = None,
+        patience: Patience | None = None,
+    ) -> None:
         """``where``: the SQLite file, or a PostgreSQL ``StateURL`` (``Workspace.state``
         gives the one in effect). ``check_same_thread=False`` only for a connection used by
         one worker thread and closed by its owner after that thread ended (never used by two
         threads at once). ``backend``: an engine object to use instead. ``patience``: how
         long a call waits for an unreachable PostgreSQL server, opening included (default:
         ``[state] wait_s``; engine/store/outage.py)."""
-        self.backend: Backend = backend or open_backend(where, timeout, check_same_thread,
-                                                        patience)
+        self.backend: Backend = backend or open_backend(where, timeout, check_same_thread, patience)
         self.where = self.backend.where  # what error lines name (a URL without password)
         self.conn: Any = self.backend.connect()
         try:
@@ -69,8 +74,9 @@ class StateConnection(ReadQueries):
         dead, why = owner_dead(pid, host, start, self.remote_judge)
         return dead, why, pid is not None and host != Owner.me().host
 
-    def _takeover(self, what: str, dlid: str | None, old: str, new: Owner, why: str,
-                  **ids: Any) -> None:
+    def _takeover(
+        self, what: str, dlid: str | None, old: str, new: Owner, why: str, **ids: Any
+    ) -> None:
         """The ``takeover`` event of a claim whose owner on another host died (in the
         caller's transaction), kept for the caller's log line (``drain_takeovers``)."""
         detail = {"what": what, "old_owner": old, "new_owner": str(new), "why": why, **ids}
@@ -137,28 +143,35 @@ class StateConnection(ReadQueries):
 
     # ------------------------------------------------------------ events (structured log)
 
-    def log_event(self, kind: str, dlid: str | None = None, t: float | None = None,
-                  **detail: Any) -> None:
+    def log_event(
+        self, kind: str, dlid: str | None = None, t: float | None = None, **detail: Any
+    ) -> None:
         """One row of the events table: in the caller's transaction, or in one of its own
         (re-run after a lost connection without a second row)."""
         t = time.time() if t is None else t
         text = json.dumps(detail, default=str)
         if self.backend.in_transaction(self.conn):
-            self.conn.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
-                              (t, kind, dlid, text))
+            self.conn.execute(
+                "INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)", (t, kind, dlid, text)
+            )
             return
 
         def body(again: bool) -> None:
             with self.tx() as c:
                 if again and self._event_at(t, kind):
                     return  # written by the attempt whose COMMIT was cut
-                c.execute("INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
-                          (t, kind, dlid, text))
+                c.execute(
+                    "INSERT INTO events (t, kind, dlid, detail) VALUES (?,?,?,?)",
+                    (t, kind, dlid, text),
+                )
+
         self._retrying(body)
 
     def _event_at(self, t: float, kind: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM events WHERE t=? AND kind=?",
-                                 (t, kind)).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM events WHERE t=? AND kind=?", (t, kind)).fetchone()
+            is not None
+        )
 
     def trim_events(self, span: tuple[float, int] | None, **record: Any) -> int:
         """One prune's write to the events table, in one transaction: delete the rows older
@@ -173,29 +186,38 @@ class StateConnection(ReadQueries):
                     return 0  # done by the attempt whose COMMIT was cut
                 n = 0
                 if span is not None:
-                    n = int(c.execute("DELETE FROM events WHERE t < ? AND id <= ?",
-                                      span).rowcount)
+                    n = int(c.execute("DELETE FROM events WHERE t < ? AND id <= ?", span).rowcount)
                 self.log_event("prune", None, t, events_deleted=n, **record)
                 return n
+
         return self._retrying(body)
 
     def _update(self, sql: str, args: Sequence[Any]) -> None:
         """One idempotent write statement (the same values again) in its own transaction."""
+
         def body(_again: bool) -> None:
             with self.tx() as c:
                 c.execute(sql, args)
+
         self._retrying(body)
 
 
-def open_backend(where: Path | str | StateURL, timeout: float = 30.0,
-                 check_same_thread: bool = True, patience: Patience | None = None) -> Backend:
+def open_backend(
+    where: Path | str | StateURL,
+    timeout: float = 30.0,
+    check_same_thread: bool = True,
+    patience: Patience | None = None,
+) -> Backend:
     """The backend for ``where``: PostgreSQL for a ``StateURL`` (psycopg is imported only
     then; ``patience``: engine/store/outage.py), else the SQLite file."""
     if isinstance(where, StateURL):
         try:
             from engine.store.postgres import PostgreSQL
         except ImportError as err:
-            raise BadInput(f"a PostgreSQL state needs psycopg ({err.name} is not installed): "
-                           "pip install 'skydeck[postgresql]'", where.redacted) from None
+            raise BadInput(
+                f"a PostgreSQL state needs psycopg ({err.name} is not installed): "
+                "pip install 'skydeck[postgresql]'",
+                where.redacted,
+            ) from None
         return PostgreSQL(where, timeout, patience)
     return SQLite(Path(where), timeout, check_same_thread)

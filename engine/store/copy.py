@@ -50,8 +50,12 @@ class CopyReport:
     next_ids: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"from": self.source, "to": self.target, "tables": self.counts,
-                "next_ids": self.next_ids}
+        return {
+            "from": self.source,
+            "to": self.target,
+            "tables": self.counts,
+            "next_ids": self.next_ids,
+        }
 
 
 def copy_state(source: Path, target: StateURL) -> CopyReport:
@@ -70,12 +74,15 @@ def copy_state(source: Path, target: StateURL) -> CopyReport:
         try:
             backend.begin_write(src.conn)  # nothing writes the file until we are done
         except backend.Error as err:
-            raise Busy(f"the state database stays busy ({err}); stop the daemon and the "
-                       "runners first", source) from None
+            raise Busy(
+                f"the state database stays busy ({err}); stop the daemon and the runners first",
+                source,
+            ) from None
         try:
             _refuse_live_owners(src)
-            counts = {t: int(src.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
-                      for t in TABLES}
+            counts = {
+                t: int(src.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in TABLES
+            }
             high = backend.id_high_water(src.conn)
             report = CopyReport(str(source), target.redacted)
             _write_target(src, target, counts, high, report)
@@ -87,15 +94,20 @@ def copy_state(source: Path, target: StateURL) -> CopyReport:
 
 
 def _refuse_live_owners(src: StateDB) -> None:
-    held = src.q("SELECT 'stream' AS what, dlid AS name, owner_pid, owner_host, owner_start "
-                 "FROM streams WHERE owner_pid IS NOT NULL UNION ALL "
-                 "SELECT 'delivery' AS what, name, owner_pid, owner_host, owner_start "
-                 "FROM deliveries WHERE status = 'CLAIMED' AND owner_pid IS NOT NULL")
+    held = src.q(
+        "SELECT 'stream' AS what, dlid AS name, owner_pid, owner_host, owner_start "
+        "FROM streams WHERE owner_pid IS NOT NULL UNION ALL "
+        "SELECT 'delivery' AS what, name, owner_pid, owner_host, owner_start "
+        "FROM deliveries WHERE status = 'CLAIMED' AND owner_pid IS NOT NULL"
+    )
     for r in held:
         dead, why = owner_dead(r["owner_pid"], r["owner_host"], r["owner_start"])
         if not dead:
-            raise Busy(f"{r['what']} {r['name']} is held by a live process ({why}); stop "
-                       "the daemon and the runners before copying the state", src.where)
+            raise Busy(
+                f"{r['what']} {r['name']} is held by a live process ({why}); stop "
+                "the daemon and the runners before copying the state",
+                src.where,
+            )
 
 
 def _skydeck_rows(backend: Any, conn: Any) -> dict[str, int]:
@@ -104,8 +116,11 @@ def _skydeck_rows(backend: Any, conn: Any) -> dict[str, int]:
     foreign = sorted(present - set(TABLES))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise BadInput(f"the target database holds tables that are not skydeck's ({shown}); "
-                       "copy into an empty database", backend.where)
+        raise BadInput(
+            f"the target database holds tables that are not skydeck's ({shown}); "
+            "copy into an empty database",
+            backend.where,
+        )
     out = {}
     for t in TABLES:
         if t in present:
@@ -118,8 +133,10 @@ def _refuse_if_rows(backend: Any, conn: Any) -> None:
     rows = {t: n for t, n in _skydeck_rows(backend, conn).items() if n}
     if rows:
         shown = ", ".join(f"{n} {t}" for t, n in rows.items())
-        raise BadInput(f"the target database is not empty ({shown}); db copy fills only an "
-                       "empty database", backend.where)
+        raise BadInput(
+            f"the target database is not empty ({shown}); db copy fills only an empty database",
+            backend.where,
+        )
 
 
 def _refuse_not_empty(target: StateURL) -> None:
@@ -139,8 +156,9 @@ def _rows(cur: Any) -> Iterator[Sequence[Any]]:
         yield from batch
 
 
-def _write_target(src: StateDB, target: StateURL, counts: dict[str, int],
-                  high: dict[str, int], report: CopyReport) -> None:
+def _write_target(
+    src: StateDB, target: StateURL, counts: dict[str, int], high: dict[str, int], report: CopyReport
+) -> None:
     dst = StateDB(target)  # creates the schema (or finds init --state's); refuses a newer one
     try:
         pg: Any = dst.backend
@@ -153,9 +171,11 @@ def _write_target(src: StateDB, target: StateURL, counts: dict[str, int],
                     cur.execute(f"SELECT * FROM {t}")
                     cols = [d[0] for d in cur.description]
                     if set(cols) != pg.columns(c, t):
-                        raise SkydeckError(f"table {t} has columns {sorted(cols)} here and "
-                                           f"{sorted(pg.columns(c, t))} in the target",
-                                           src.where)
+                        raise SkydeckError(
+                            f"table {t} has columns {sorted(cols)} here and "
+                            f"{sorted(pg.columns(c, t))} in the target",
+                            src.where,
+                        )
                     pg.copy_rows(c, t, cols, _rows(cur))
                 for t in ID_TABLES:
                     report.next_ids[t] = pg.set_identity(c, t, high.get(t, 0) + 1)
@@ -163,11 +183,15 @@ def _write_target(src: StateDB, target: StateURL, counts: dict[str, int],
                     got = int(c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
                     report.counts[t] = got
                     if got != counts[t]:
-                        raise JobFailed(f"table {t}: {counts[t]} rows in {src.where}, {got} "
-                                        "copied; nothing was kept in the target",
-                                        target.redacted)
+                        raise JobFailed(
+                            f"table {t}: {counts[t]} rows in {src.where}, {got} "
+                            "copied; nothing was kept in the target",
+                            target.redacted,
+                        )
         except pg.Error as err:
-            raise JobFailed(f"the copy failed, nothing was kept in the target: "
-                            f"{target.scrub(err)}", target.redacted) from None
+            raise JobFailed(
+                f"the copy failed, nothing was kept in the target: {target.scrub(err)}",
+                target.redacted,
+            ) from None
     finally:
         dst.close()

@@ -59,8 +59,9 @@ def init_state(where: Path | StateURL) -> None:
     try:
         StateDB(where).close()
     except OSError as err:
-        raise BadInput(f"cannot create the state database: {err.strerror}",
-                       err.filename or name) from None
+        raise BadInput(
+            f"cannot create the state database: {err.strerror}", err.filename or name
+        ) from None
     except Exception as err:  # the driver's error: sqlite3.Error, psycopg.Error
         if isinstance(err, SkydeckError):
             raise

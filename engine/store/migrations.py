@@ -41,22 +41,37 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step(2, "process instances record their launcher and the batch system's job id (Slurm)",
-         ("ALTER TABLE process_instances ADD COLUMN job_id TEXT",
-          "ALTER TABLE process_instances ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local'")),
-    Step(3, "downlinks carry their registration order (SQLite's rowid has no portable twin)",
-         ("ALTER TABLE downlinks ADD COLUMN seq BIGINT",
-          # UPDATE ... FROM: SQLite 3.33+ and PostgreSQL
-          "UPDATE downlinks SET seq = r.n FROM (SELECT dlid, ROW_NUMBER() OVER "
-          "(ORDER BY registered, dlid) AS n FROM downlinks) r WHERE r.dlid = downlinks.dlid",
-          "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)")),
-    Step(4, "what was accepted is recorded by content (manifest digest, package MD5) with "
-            "stat keys as a cache; a delivery's identity no longer rests on its times",
-         ("ALTER TABLE deliveries ADD COLUMN manifest_sha256 TEXT",
-          "ALTER TABLE deliveries ADD COLUMN manifest_key TEXT",
-          "ALTER TABLE deliveries ADD COLUMN package_md5 TEXT",
-          "ALTER TABLE deliveries ADD COLUMN package_key TEXT",
-          "ALTER TABLE downlinks ADD COLUMN manifest_sha256 TEXT")),
+    Step(
+        2,
+        "process instances record their launcher and the batch system's job id (Slurm)",
+        (
+            "ALTER TABLE process_instances ADD COLUMN job_id TEXT",
+            "ALTER TABLE process_instances ADD COLUMN launcher TEXT NOT NULL DEFAULT 'local'",
+        ),
+    ),
+    Step(
+        3,
+        "downlinks carry their registration order (SQLite's rowid has no portable twin)",
+        (
+            "ALTER TABLE downlinks ADD COLUMN seq BIGINT",
+            # UPDATE ... FROM: SQLite 3.33+ and PostgreSQL
+            "UPDATE downlinks SET seq = r.n FROM (SELECT dlid, ROW_NUMBER() OVER "
+            "(ORDER BY registered, dlid) AS n FROM downlinks) r WHERE r.dlid = downlinks.dlid",
+            "CREATE INDEX IF NOT EXISTS downlinks_seq ON downlinks(seq)",
+        ),
+    ),
+    Step(
+        4,
+        "what was accepted is recorded by content (manifest digest, package MD5) with "
+        "stat keys as a cache; a delivery's identity no longer rests on its times",
+        (
+            "ALTER TABLE deliveries ADD COLUMN manifest_sha256 TEXT",
+            "ALTER TABLE deliveries ADD COLUMN manifest_key TEXT",
+            "ALTER TABLE deliveries ADD COLUMN package_md5 TEXT",
+            "ALTER TABLE deliveries ADD COLUMN package_key TEXT",
+            "ALTER TABLE downlinks ADD COLUMN manifest_sha256 TEXT",
+        ),
+    ),
 )
 
 # Columns that a database labelled version 1 may lack: before versions were read, skydeck
@@ -74,14 +89,18 @@ def read_version(backend: Backend, conn: Any) -> int | None:
     try:
         return int(row[0])
     except (TypeError, ValueError):
-        raise BadInput(f"schema version {str(row[0])[:40]!r} is not a number",
-                       backend.where) from None
+        raise BadInput(
+            f"schema version {str(row[0])[:40]!r} is not a number", backend.where
+        ) from None
 
 
 def _refuse_newer(backend: Backend, version: int) -> None:
     if version > SCHEMA_VERSION:
-        raise BadInput(f"schema version {version} is newer than this skydeck "
-                       f"({SCHEMA_VERSION}); upgrade skydeck", backend.where)
+        raise BadInput(
+            f"schema version {version} is newer than this skydeck "
+            f"({SCHEMA_VERSION}); upgrade skydeck",
+            backend.where,
+        )
 
 
 def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = None) -> int | None:
@@ -104,22 +123,29 @@ def ensure_schema(backend: Backend, conn: Any, steps: tuple[Step, ...] | None = 
                 conn.execute(sql)
             for sql in backend.EXTRA_DDL:
                 conn.execute(sql)
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                         (SCHEMA_KEY, str(SCHEMA_VERSION)))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (SCHEMA_KEY, str(SCHEMA_VERSION)),
+            )
         elif version < SCHEMA_VERSION:
             backup = backend.backup_name(version)
             try:
                 backend.backup(conn, version)
             except (OSError, backend.Error) as err:
-                raise SkydeckError(f"cannot copy the database to {backup} before upgrading "
-                                   f"its schema from version {version}, it is unchanged: {err}",
-                                   backend.where) from err
+                raise SkydeckError(
+                    f"cannot copy the database to {backup} before upgrading "
+                    f"its schema from version {version}, it is unchanged: {err}",
+                    backend.where,
+                ) from err
             try:
                 _upgrade(backend, conn, version, STEPS if steps is None else steps)
             except backend.Error as err:
-                raise SkydeckError(f"upgrading the schema from version {version} to "
-                                   f"{SCHEMA_VERSION} failed, the database is unchanged "
-                                   f"(a copy: {backup}): {err}", backend.where) from err
+                raise SkydeckError(
+                    f"upgrading the schema from version {version} to "
+                    f"{SCHEMA_VERSION} failed, the database is unchanged "
+                    f"(a copy: {backup}): {err}",
+                    backend.where,
+                ) from err
         else:
             _refuse_newer(backend, version)
         conn.execute("COMMIT")

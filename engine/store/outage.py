@@ -34,8 +34,8 @@ from typing import Any
 
 Report = Callable[[dict[str, Any]], None]  # one event: {"event": ..., ...}
 
-FIRST_S = 0.1        # first pause between reconnection attempts
-MAX_S = 5.0          # longest pause: a server that is back is seen within this
+FIRST_S = 0.1  # first pause between reconnection attempts
+MAX_S = 5.0  # longest pause: a server that is back is seen within this
 UNREACHABLE = "state database unreachable: "  # how StateUnavailable's message starts
 RECONNECT_QUIET_S = 5.0  # a reconnection with no outage (or right after one): at most one line
 
@@ -45,8 +45,8 @@ class Outage:
 
     def __init__(self, report: Report | None = None) -> None:
         self.report = report
-        self.since: float | None = None    # epoch seconds the server was found unreachable
-        self.error: str | None = None      # the last reason it could not be reached
+        self.since: float | None = None  # epoch seconds the server was found unreachable
+        self.error: str | None = None  # the last reason it could not be reached
         self._mutex = threading.Lock()
         self._reconnect_told = float("-inf")
 
@@ -73,8 +73,11 @@ class Outage:
         with self._mutex:
             since, self.since = self.since, None
             if since is not None:
-                ev: dict[str, Any] = {"event": "state_reachable", "down_s": round(now - since, 3),
-                                      "error": self.error}
+                ev: dict[str, Any] = {
+                    "event": "state_reachable",
+                    "down_s": round(now - since, 3),
+                    "error": self.error,
+                }
                 # the process's other sessions, lost in the same outage, come back silently
                 self._reconnect_told = now
             elif error is not None and now - self._reconnect_told >= RECONNECT_QUIET_S:
@@ -105,8 +108,7 @@ class Patience:
     outage: Outage = field(default_factory=Outage)
 
     @classmethod
-    def forever(cls, outage: Outage | None = None,
-                stop: threading.Event | None = None) -> Patience:
+    def forever(cls, outage: Outage | None = None, stop: threading.Event | None = None) -> Patience:
         return cls(math.inf, stop, outage or Outage())
 
     def stopped(self) -> bool:

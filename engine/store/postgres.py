@@ -66,12 +66,17 @@ from engine.store.schema import TABLES
 
 CHANNEL = "skydeck_state"
 # the key of the advisory lock every write transaction takes (a constant: "skydeck write")
-WRITE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"skydeck write lock").digest()[:8], "big",
-                                signed=True)
+WRITE_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"skydeck write lock").digest()[:8], "big", signed=True
+)
 # libpq keepalives: a peer host that dies without closing its connection is noticed by the
 # client within idle + interval * count = 30 s (docs/design.md, "State on PostgreSQL")
-KEEPALIVES = {"keepalives": "1", "keepalives_idle": "15", "keepalives_interval": "5",
-              "keepalives_count": "3"}
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,7 +97,7 @@ def to_pyformat(sql: str) -> str:
                         continue
                     break
                 j += 1
-            out.append(sql[i:j + 1].replace("%", "%%"))
+            out.append(sql[i : j + 1].replace("%", "%%"))
             i = j + 1
         elif c == "-" and sql.startswith("--", i):
             j = sql.find("\n", i)
@@ -151,9 +156,17 @@ class _BoolAsInt(Dumper):
 _REREAD = frozenset({"SELECT", "BEGIN", "LISTEN", "SET", "SHOW"})  # safe to run again
 # what a server says at connect time when it is there but not (yet) taking connections: a
 # wait, not a wrong URL (libpq reports connect failures without their SQLSTATE)
-_TRANSIENT_FATAL = ("starting up", "shutting down", "recovery", "not yet accepting",
-                    "not accepting connections", "too many clients", "slots are reserved",
-                    "administrator command", "another server process")
+_TRANSIENT_FATAL = (
+    "starting up",
+    "shutting down",
+    "recovery",
+    "not yet accepting",
+    "not accepting connections",
+    "too many clients",
+    "slots are reserved",
+    "administrator command",
+    "another server process",
+)
 # SQLSTATEs of a connection that is gone: class 08 (connection exception), admin/crash
 # shutdown and "cannot connect now" (57P01-57P03; 57014, a cancelled statement, is not)
 _LOST_STATES = ("57P01", "57P02", "57P03")
@@ -203,10 +216,14 @@ class Cursor:
         query, params = to_pyformat(sql), tuple(args)
 
         def op(raw: Any) -> Any:
-            cur = raw.cursor() if self.row_factory is None else raw.cursor(
-                row_factory=self.row_factory)
+            cur = (
+                raw.cursor()
+                if self.row_factory is None
+                else raw.cursor(row_factory=self.row_factory)
+            )
             cur.execute(query, params)
             return cur
+
         self.raw = self.conn.run(sql, op, self.patient)
         return self
 
@@ -249,9 +266,9 @@ class Connection:
         self.raw = raw
         self.listening = False
         self.changes = 0
-        self.session = 0                     # sessions re-made so far
-        self.cut = False                     # a transaction died with its session
-        self.lost_at: float | None = None    # monotonic: when the session was found gone
+        self.session = 0  # sessions re-made so far
+        self.cut = False  # a transaction died with its session
+        self.lost_at: float | None = None  # monotonic: when the session was found gone
         self.lost_error: str | None = None
         self.backoff = Backoff()
         self.hooks: list[Callable[[Callable[[str, Sequence[Any]], Any]], None]] = []
@@ -271,6 +288,7 @@ class Connection:
             cur = raw.cursor()
             cur.executemany(query, params)
             return cur
+
         out = Cursor(self)
         out.raw = self.run(sql, op)
         return out
@@ -313,14 +331,16 @@ class Connection:
                 if verb == "ROLLBACK":
                     return None  # the transaction is gone with its session
                 if verb == "COMMIT":
-                    raise self._unavailable("the connection was lost during COMMIT",
-                                            cut=True, in_doubt=True) from None
+                    raise self._unavailable(
+                        "the connection was lost during COMMIT", cut=True, in_doubt=True
+                    ) from None
                 if in_tx:
                     self.cut = True
                     raise self._unavailable("the transaction was cut", cut=True) from None
                 if verb not in _REREAD:
-                    raise self._unavailable("the statement was cut", cut=True,
-                                            in_doubt=True) from None
+                    raise self._unavailable(
+                        "the statement was cut", cut=True, in_doubt=True
+                    ) from None
                 attempts += 1
                 if attempts >= 3:
                     raise self._unavailable("the connection keeps being lost") from None
@@ -335,9 +355,12 @@ class Connection:
 
     def _unavailable(self, what: str, **kw: Any) -> StateUnavailable:
         why = f": {self.lost_error}" if self.lost_error else ""
-        return StateUnavailable(f"state database connection lost ({what}){why}",
-                                self.backend.where, since=self.backend.patience.outage.since,
-                                **kw)
+        return StateUnavailable(
+            f"state database connection lost ({what}){why}",
+            self.backend.where,
+            since=self.backend.patience.outage.since,
+            **kw,
+        )
 
     def revive(self, patient: bool = True) -> None:
         """Make a new session for a lost one, retrying with back-off for as long as the
@@ -357,8 +380,11 @@ class Connection:
                     self.backoff.failed(time.monotonic())
             now = time.monotonic()
             if patience.stopped() or now >= deadline:
-                raise StateUnavailable(f"{UNREACHABLE}{self.lost_error}",
-                                       self.backend.where, since=patience.outage.since)
+                raise StateUnavailable(
+                    f"{UNREACHABLE}{self.lost_error}",
+                    self.backend.where,
+                    since=patience.outage.since,
+                )
             wake = min(self.backoff.next_at, deadline)
             last = wake >= deadline
             patience.sleep(wake - now)
@@ -371,8 +397,9 @@ class Connection:
         except psycopg.Error as err:
             with contextlib.suppress(Exception):
                 raw.close()
-            raise StateUnavailable(_one_line(self.backend.url.scrub(err)),
-                                   self.backend.where) from None
+            raise StateUnavailable(
+                _one_line(self.backend.url.scrub(err)), self.backend.where
+            ) from None
         old, self.raw = self.raw, raw
         with contextlib.suppress(Exception):
             old.close()
@@ -386,19 +413,25 @@ class Connection:
 
 def _bare(raw: Any) -> Callable[[str, Sequence[Any]], Any]:
     """qmark SQL run directly on the session ``raw`` (for ``on_connect`` hooks)."""
+
     def execute(sql: str, args: Sequence[Any] = ()) -> Any:
         return raw.execute(to_pyformat(sql), tuple(args))
+
     return execute
 
 
 def _notify_ddl() -> list[str]:
-    fn = (f"CREATE OR REPLACE FUNCTION skydeck_notify() RETURNS trigger LANGUAGE plpgsql AS "
-          f"$$ BEGIN PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $$")
+    fn = (
+        f"CREATE OR REPLACE FUNCTION skydeck_notify() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $$"
+    )
     out = [fn]
     for t in TABLES:
         out.append(f"DROP TRIGGER IF EXISTS {t}_notify ON {t}")
-        out.append(f"CREATE TRIGGER {t}_notify AFTER INSERT OR UPDATE OR DELETE ON {t} "
-                   f"FOR EACH STATEMENT EXECUTE FUNCTION skydeck_notify()")
+        out.append(
+            f"CREATE TRIGGER {t}_notify AFTER INSERT OR UPDATE OR DELETE ON {t} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION skydeck_notify()"
+        )
     return out
 
 
@@ -411,8 +444,9 @@ class PostgreSQL:
     MAX_PARAMS = 10000  # the protocol allows 65535 bound parameters per statement
     EXTRA_DDL: tuple[str, ...] = tuple(_notify_ddl())
 
-    def __init__(self, url: StateURL, timeout: float = 30.0,
-                 patience: Patience | None = None) -> None:
+    def __init__(
+        self, url: StateURL, timeout: float = 30.0, patience: Patience | None = None
+    ) -> None:
         """``patience``: how long a call waits for an unreachable server (default: the
         URL's ``wait_s``, ``[state] wait_s``)."""
         self.url = url
@@ -425,21 +459,26 @@ class PostgreSQL:
         reached or is not taking connections (down, starting, shutting down, full);
         with ``strict`` (a first connection) ``BadInput`` when it refused this URL for good
         (no such role or database, a wrong password): a restart cannot fix that."""
-        params: dict[str, Any] = {**KEEPALIVES, "application_name": "skydeck",
-                                  "connect_timeout": str(max(1, int(self.timeout)))}
+        params: dict[str, Any] = {
+            **KEEPALIVES,
+            "application_name": "skydeck",
+            "connect_timeout": str(max(1, int(self.timeout))),
+        }
         try:  # what the URL sets itself wins over these defaults
             given = conninfo_to_dict(self.url.conninfo)
         except psycopg.ProgrammingError as err:
             raise BadInput(f"malformed state URL: {self.url.scrub(err)}", self.where) from None
         params = {k: v for k, v in params.items() if k not in given}
         try:
-            raw = psycopg.connect(self.url.conninfo, autocommit=True,
-                                  row_factory=_named_row, **params)
+            raw = psycopg.connect(
+                self.url.conninfo, autocommit=True, row_factory=_named_row, **params
+            )
         except psycopg.OperationalError as err:
             text = _one_line(self.url.scrub(err))
             if strict and _refused_for_good(text):
-                raise BadInput(f"cannot connect to the state database: {text}",
-                               self.where) from None
+                raise BadInput(
+                    f"cannot connect to the state database: {text}", self.where
+                ) from None
             raise StateUnavailable(f"cannot connect: {text}", self.where) from None
         try:
             raw.adapters.register_dumper(bool, _BoolAsInt)
@@ -448,8 +487,9 @@ class PostgreSQL:
         except psycopg.Error as err:
             with contextlib.suppress(Exception):
                 raw.close()
-            raise StateUnavailable(f"cannot connect: {_one_line(self.url.scrub(err))}",
-                                   self.where) from None
+            raise StateUnavailable(
+                f"cannot connect: {_one_line(self.url.scrub(err))}", self.where
+            ) from None
         return raw
 
     def connect(self) -> Connection:
@@ -465,8 +505,9 @@ class PostgreSQL:
                 backoff.failed(time.monotonic())
                 now = time.monotonic()
                 if self.patience.stopped() or now >= deadline:
-                    raise StateUnavailable(f"{UNREACHABLE}{err.message}",
-                                           self.where, since=self.patience.outage.since) from None
+                    raise StateUnavailable(
+                        f"{UNREACHABLE}{err.message}", self.where, since=self.patience.outage.since
+                    ) from None
                 self.patience.sleep(min(backoff.next_at, deadline) - now)
                 continue
             self.patience.outage.up()
@@ -482,9 +523,15 @@ class PostgreSQL:
 
     def in_transaction(self, conn: Any) -> bool:
         status = conn.raw.info.transaction_status
-        return bool(conn.cut or status in (pq.TransactionStatus.INTRANS,
-                                           pq.TransactionStatus.INERROR,
-                                           pq.TransactionStatus.ACTIVE))
+        return bool(
+            conn.cut
+            or status
+            in (
+                pq.TransactionStatus.INTRANS,
+                pq.TransactionStatus.INERROR,
+                pq.TransactionStatus.ACTIVE,
+            )
+        )
 
     def session(self, conn: Any) -> int:
         return int(conn.session)
@@ -509,19 +556,31 @@ class PostgreSQL:
                 raw.execute("SELECT 1")
                 seen = sum(1 for _ in raw.notifies(timeout=0))
             return seen
+
         # a lost session is re-made (LISTEN again, one change counted for what was missed)
         seen = conn.run("SELECT", probe)  # (first: a new session counts one change itself)
         conn.changes += seen
         return int(conn.changes)
 
     def has_table(self, conn: Any, table: str) -> bool:
-        return conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = "
-                            "current_schema() AND table_name = ?", (table,)).fetchone() is not None
+        return (
+            conn.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                "current_schema() AND table_name = ?",
+                (table,),
+            ).fetchone()
+            is not None
+        )
 
     def columns(self, conn: Any, table: str) -> set[str]:
-        return {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = ?", (table,))}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = ?",
+                (table,),
+            )
+        }
 
     def backup_name(self, version: int) -> str:
         return f"schema skydeck_backup_v{int(version)}"
@@ -541,12 +600,17 @@ class PostgreSQL:
     def tables(self, conn: Any) -> set[str]:
         """Every table of the current schema (``db copy`` refuses a database that holds
         someone else's tables)."""
-        return {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-            "current_schema() AND table_type = 'BASE TABLE'")}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "current_schema() AND table_type = 'BASE TABLE'"
+            )
+        }
 
-    def copy_rows(self, conn: Any, table: str, columns: Sequence[str],
-                  rows: Iterator[Sequence[Any]]) -> int:
+    def copy_rows(
+        self, conn: Any, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]
+    ) -> int:
         """Write ``rows`` into ``table`` with one ``COPY ... FROM STDIN`` (in the caller's
         transaction); returns how many were sent."""
         cols = ", ".join(columns)
@@ -558,6 +622,7 @@ class PostgreSQL:
                     cp.write_row(row)
                     n += 1
             return n
+
         return int(conn.run("COPY", op))
 
     def set_identity(self, conn: Any, table: str, next_id: int) -> int:
@@ -566,5 +631,6 @@ class PostgreSQL:
         row = conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
             f"GREATEST(COALESCE(MAX(id), 0) + 1, ?), false) FROM {table}",
-            (int(next_id),)).fetchone()
+            (int(next_id),),
+        ).fetchone()
         return int(row[0])

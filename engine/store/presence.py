@@ -46,12 +46,16 @@ from engine.store.backend import Backend
 _LOCK = "SELECT pg_advisory_lock(CAST(? AS bigint))"
 _LOCK_PAIR = "SELECT pg_advisory_lock(CAST(? AS integer), CAST(? AS integer))"
 # objsubid: 1 for a bigint key (classid = high half, objid = low half), 2 for an int pair
-_HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-         "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = ?")
-_HOST_HELD = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-              "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-              "AND classid::bigint = ? AND objsubid = ?")
+_HELD = (
+    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = ?"
+)
+_HOST_HELD = (
+    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint = ? AND objsubid = ?"
+)
 
 
 def supported(backend: Backend) -> bool:
@@ -87,13 +91,18 @@ def judge_on(conn: Any, pid: int, host: str, start: float | None) -> tuple[bool,
     if full is not None:
         if held:
             return False, f"{host}:{pid} holds its session on the state server (alive)"
-        return True, (f"{host}:{pid} holds no session on the state server (the process or its "
-                      "host is gone)")
+        return True, (
+            f"{host}:{pid} holds no session on the state server (the process or its host is gone)"
+        )
     if held:
-        return False, (f"host {host} has processes holding sessions on the state server; "
-                       f"pid {pid} there cannot be judged from here")
-    return True, (f"no process on host {host} holds a session on the state server (the host "
-                  "or its skydeck processes are gone)")
+        return False, (
+            f"host {host} has processes holding sessions on the state server; "
+            f"pid {pid} there cannot be judged from here"
+        )
+    return True, (
+        f"no process on host {host} holds a session on the state server (the host "
+        "or its skydeck processes are gone)"
+    )
 
 
 class Presence:
@@ -186,4 +195,5 @@ def judge_of(backend: Backend, conn: Any) -> RemoteJudge | None:
 
     def judge(pid: int, host: str, start: float | None) -> tuple[bool, str] | None:
         return judge_on(conn, pid, host, start)
+
     return judge

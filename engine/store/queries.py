@@ -39,20 +39,20 @@ class DownlinkFacts(NamedTuple):
     """One downlink with its latest stream, as the downlinks table needs it."""
 
     dlid: str
-    chunks: int                 # chunks the delivery declared
+    chunks: int  # chunks the delivery declared
     delivered: float
-    stream_id: int | None       # None: no stream yet
-    status: str | None          # the latest stream's status
+    stream_id: int | None  # None: no stream yet
+    status: str | None  # the latest stream's status
     execution: int | None
     note: str | None
     owner_pid: int | None
     owner_host: str | None
     owner_start: float | None
-    seq: int                    # registration order (downlinks.seq)
-    stream_chunks: int          # chunks the stream planned (0 before launchChunks ran)
-    runs: int                   # runs the stream touched
-    chunks_done: int            # latest chunk instances done (SUCCESS or SKIPPED)
-    bytes: int                  # bytes of the files recorded for the downlink
+    seq: int  # registration order (downlinks.seq)
+    stream_chunks: int  # chunks the stream planned (0 before launchChunks ran)
+    runs: int  # runs the stream touched
+    chunks_done: int  # latest chunk instances done (SUCCESS or SKIPPED)
+    bytes: int  # bytes of the files recorded for the downlink
 
 
 class ReadQueries:
@@ -61,9 +61,14 @@ class ReadQueries:
     conn: Any
     backend: Backend
 
-    def downlink_facts(self, after_seq: int, after_stream: int, ended_since: float,
-                       also: Iterable[str] = (), chunk_process: str = "makeEvt"
-                       ) -> list[DownlinkFacts]:
+    def downlink_facts(
+        self,
+        after_seq: int,
+        after_stream: int,
+        ended_since: float,
+        also: Iterable[str] = (),
+        chunk_process: str = "makeEvt",
+    ) -> list[DownlinkFacts]:
         """Downlinks whose row may have changed since a previous read.
 
         Those registered after ``after_seq``, and those whose latest stream was created
@@ -73,27 +78,37 @@ class ReadQueries:
         """
         cur = self.backend.tuple_cursor(self.conn)
         base = cur.execute(_ROWS_SQL + " WHERE d.seq > ?", (after_seq,)).fetchall()
-        moved = {d for (d,) in cur.execute(
-            "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
-            f"NOT IN ({','.join('?' * len(FINAL_STREAM))}))",
-            (after_stream, ended_since, *FINAL_STREAM))}
+        moved = {
+            d
+            for (d,) in cur.execute(
+                "SELECT dlid FROM streams WHERE is_latest = 1 AND (id > ? OR ended >= ? OR status "
+                f"NOT IN ({','.join('?' * len(FINAL_STREAM))}))",
+                (after_stream, ended_since, *FINAL_STREAM),
+            )
+        }
         moved |= set(also)
         moved -= {r[0] for r in base}
         step = self.backend.MAX_PARAMS
         moved_list = sorted(moved)
         for i in range(0, len(moved_list), step):
-            part = moved_list[i:i + step]
-            base += cur.execute(_ROWS_SQL + f" WHERE d.dlid IN ({','.join('?' * len(part))})",
-                                part).fetchall()
+            part = moved_list[i : i + step]
+            base += cur.execute(
+                _ROWS_SQL + f" WHERE d.dlid IN ({','.join('?' * len(part))})", part
+            ).fetchall()
         details: dict[int, tuple[int, int, int, int]] = {}
         sids = [r[3] for r in base if r[3] is not None]
         for i in range(0, len(sids), step - 1):
-            part = sids[i:i + step - 1]
+            part = sids[i : i + step - 1]
             for sid, vars_json, done, size in cur.execute(
-                    _DETAIL_SQL.format(",".join("?" * len(part))), (chunk_process, *part)):
+                _DETAIL_SQL.format(",".join("?" * len(part))), (chunk_process, *part)
+            ):
                 v = json.loads(vars_json or "{}")
-                details[sid] = (len(v.get("chunks") or []), len(v.get("runs") or []),
-                                int(done), int(size))
+                details[sid] = (
+                    len(v.get("chunks") or []),
+                    len(v.get("runs") or []),
+                    int(done),
+                    int(size),
+                )
         return [DownlinkFacts._make((*r, *details.get(r[3], _NO_DETAIL))) for r in base]
 
     def typical_durations(self, recent: int = 500) -> dict[str, float]:
@@ -102,7 +117,8 @@ class ReadQueries:
             "SELECT process, AVG(ended - started) FROM (SELECT process, started, ended "
             "FROM process_instances WHERE status = 'SUCCESS' AND started IS NOT NULL "
             "AND ended IS NOT NULL ORDER BY id DESC LIMIT ?) recent GROUP BY process",
-            (recent,)).fetchall()
+            (recent,),
+        ).fetchall()
         return {p: float(d) for p, d in rows if d is not None}
 
     def streams_to_pick_up(self, task: str) -> list[str]:
@@ -113,7 +129,8 @@ class ReadQueries:
             "SELECT d.dlid FROM downlinks d LEFT JOIN streams s ON s.dlid = d.dlid "
             "AND s.is_latest = 1 AND s.task = ? WHERE s.id IS NULL "
             "OR s.status IN ('WAITING', 'RUNNING', 'TERMINATED') ORDER BY d.dlid",
-            (task,)).fetchall()
+            (task,),
+        ).fetchall()
         return [str(r[0]) for r in rows]
 
     # ------------------------------------------------------------ metrics and health
@@ -121,7 +138,8 @@ class ReadQueries:
     def stream_status_counts(self) -> dict[str, int]:
         """Latest streams by status (engine/daemon/exporter.py)."""
         rows = self.conn.execute(
-            "SELECT status, COUNT(*) FROM streams WHERE is_latest = 1 GROUP BY status").fetchall()
+            "SELECT status, COUNT(*) FROM streams WHERE is_latest = 1 GROUP BY status"
+        ).fetchall()
         return {str(s): int(n) for s, n in rows}
 
     def instance_status_counts(self) -> dict[tuple[str, str], int]:
@@ -129,20 +147,23 @@ class ReadQueries:
         rows = self.conn.execute(
             "SELECT p.process, p.status, COUNT(*) FROM process_instances p "
             "JOIN streams s ON s.id = p.stream_id AND s.is_latest = 1 "
-            "WHERE p.is_latest = 1 GROUP BY p.process, p.status").fetchall()
+            "WHERE p.is_latest = 1 GROUP BY p.process, p.status"
+        ).fetchall()
         return {(str(p), str(s)): int(n) for p, s, n in rows}
 
     def delivery_status_counts(self) -> dict[str, int]:
         """Deliveries by status (CLAIMED, PENDING, ACCEPTED, REJECTED)."""
         rows = self.conn.execute(
-            "SELECT status, COUNT(*) FROM deliveries GROUP BY status").fetchall()
+            "SELECT status, COUNT(*) FROM deliveries GROUP BY status"
+        ).fetchall()
         return {str(s): int(n) for s, n in rows}
 
     def oldest_unsettled_delivery(self) -> float | None:
         """When the oldest delivery still PENDING or CLAIMED (seen, not yet registered or
         rejected) was first seen; None when there is none."""
         row = self.conn.execute(
-            "SELECT MIN(seen) FROM deliveries WHERE status IN ('PENDING', 'CLAIMED')").fetchone()
+            "SELECT MIN(seen) FROM deliveries WHERE status IN ('PENDING', 'CLAIMED')"
+        ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def recent_registration_latencies(self, recent: int = 100) -> list[float]:
@@ -150,7 +171,8 @@ class ReadQueries:
         ``recent`` latest registrations, newest first."""
         rows = self.conn.execute(
             "SELECT registered - delivered FROM downlinks ORDER BY registered DESC LIMIT ?",
-            (recent,)).fetchall()
+            (recent,),
+        ).fetchall()
         return [max(0.0, float(r[0])) for r in rows if r[0] is not None]
 
     def running_streams_activity(self) -> list[RunningStream]:
@@ -174,15 +196,18 @@ class ReadQueries:
             out.append(RunningStream(int(sid), str(dlid), pid, host, start, last, int(active)))
         return out
 
-
     # ------------------------------------------------------------ retention
 
     def latest_stream_states(self) -> list[tuple[str, int, str, float, float | None, float | None]]:
         """(dlid, id, status, created, started, ended) of every latest stream: what a prune
         needs to tell finished downlinks, without building records (10,000s of rows)."""
         cur = self.backend.tuple_cursor(self.conn)
-        return [(str(d), int(i), str(s), float(c), st, e) for d, i, s, c, st, e in cur.execute(
-            "SELECT dlid, id, status, created, started, ended FROM streams WHERE is_latest = 1")]
+        return [
+            (str(d), int(i), str(s), float(c), st, e)
+            for d, i, s, c, st, e in cur.execute(
+                "SELECT dlid, id, status, created, started, ended FROM streams WHERE is_latest = 1"
+            )
+        ]
 
     def instance_logs(self, dlids: Iterable[str]) -> list[tuple[str, str]]:
         """(dlid, log path) of every process instance with a log, of every stream and
@@ -192,17 +217,20 @@ class ReadQueries:
         out: list[tuple[str, str]] = []
         step = self.backend.MAX_PARAMS
         for i in range(0, len(wanted), step):
-            part = wanted[i:i + step]
+            part = wanted[i : i + step]
             rows = self.conn.execute(
                 "SELECT s.dlid, p.log_path FROM process_instances p "
                 "JOIN streams s ON s.id = p.stream_id "
                 f"WHERE p.log_path IS NOT NULL AND s.dlid IN ({','.join('?' * len(part))}) "
-                "ORDER BY p.id", part).fetchall()
+                "ORDER BY p.id",
+                part,
+            ).fetchall()
             out += [(str(d), str(lp)) for d, lp in rows]
         return out
 
-    def files_by(self, dlids: Iterable[str], producers: Iterable[str]
-                 ) -> list[tuple[str, str, int, str | None]]:
+    def files_by(
+        self, dlids: Iterable[str], producers: Iterable[str]
+    ) -> list[tuple[str, str, int, str | None]]:
         """(path, dlid, recorded size, recorded MD5) of the files the processes ``producers``
         wrote for the downlinks ``dlids`` and that are still recorded (cleanup forgets what
         it removes): the chunk outputs a finished stream left (engine/pipeline/retention.py)."""
@@ -212,13 +240,14 @@ class ReadQueries:
         if not procs or step < 1:
             return out
         for i in range(0, len(wanted), step):
-            part = wanted[i:i + step]
+            part = wanted[i : i + step]
             rows = self.conn.execute(
                 f"SELECT path, dlid, size, md5 FROM files WHERE producer IN "
                 f"({','.join('?' * len(procs))}) AND dlid IN ({','.join('?' * len(part))}) "
-                "ORDER BY path", (*procs, *part)).fetchall()
-            out += [(str(p), str(d), int(n), None if m is None else str(m))
-                    for p, d, n, m in rows]
+                "ORDER BY path",
+                (*procs, *part),
+            ).fetchall()
+            out += [(str(p), str(d), int(n), None if m is None else str(m)) for p, d, n, m in rows]
         return out
 
     def events_before(self, before: float) -> EventsSpan:
@@ -227,10 +256,13 @@ class ReadQueries:
         row = self.conn.execute(
             "SELECT COUNT(*), MIN(id), MAX(id), "
             "COALESCE(SUM(LENGTH(kind) + COALESCE(LENGTH(dlid), 0) + LENGTH(detail)), 0) "
-            "FROM events WHERE t < ?", (before,)).fetchone()
+            "FROM events WHERE t < ?",
+            (before,),
+        ).fetchone()
         n, lo, hi, size = row
-        return EventsSpan(int(n), None if lo is None else int(lo),
-                          None if hi is None else int(hi), int(size))
+        return EventsSpan(
+            int(n), None if lo is None else int(lo), None if hi is None else int(hi), int(size)
+        )
 
 
 class EventsSpan(NamedTuple):
@@ -239,7 +271,7 @@ class EventsSpan(NamedTuple):
     rows: int
     first_id: int | None
     last_id: int | None
-    bytes: int                  # the rows' text; the database file reuses, not returns, them
+    bytes: int  # the rows' text; the database file reuses, not returns, them
 
 
 class RunningStream(NamedTuple):
@@ -250,5 +282,5 @@ class RunningStream(NamedTuple):
     owner_pid: int | None
     owner_host: str | None
     owner_start: float | None
-    last_activity: float        # epoch seconds: start, or an instance created/started/ended
-    active_jobs: int            # latest instances QUEUED, SUBMITTED, RUNNING or TERMINATING
+    last_activity: float  # epoch seconds: start, or an instance created/started/ended
+    active_jobs: int  # latest instances QUEUED, SUBMITTED, RUNNING or TERMINATING

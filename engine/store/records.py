@@ -14,8 +14,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-PI_STATUSES = ("WAITING", "READY", "QUEUED", "SUBMITTED", "RUNNING", "SUCCESS", "FAILED",
-               "TERMINATING", "TERMINATED", "CANCELING", "CANCELED", "SKIPPED")
+PI_STATUSES = (
+    "WAITING",
+    "READY",
+    "QUEUED",
+    "SUBMITTED",
+    "RUNNING",
+    "SUCCESS",
+    "FAILED",
+    "TERMINATING",
+    "TERMINATED",
+    "CANCELING",
+    "CANCELED",
+    "SKIPPED",
+)
 ACTIVE_PI = ("QUEUED", "SUBMITTED", "RUNNING", "TERMINATING")
 DONE_PI = ("SUCCESS", "SKIPPED")
 STREAM_STATUSES = ("WAITING", "RUNNING", "SUCCESS", "FAILED", "TERMINATED", "CANCELED")
@@ -57,8 +69,7 @@ class Delivery:
         """What was accepted under this name, by content; None when not recorded."""
         if self.manifest_sha256 is None:
             return None
-        return Identity(self.manifest_sha256, self.manifest_key, self.package_md5,
-                        self.package_key)
+        return Identity(self.manifest_sha256, self.manifest_key, self.package_md5, self.package_key)
 
 
 @dataclass

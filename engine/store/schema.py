@@ -109,7 +109,10 @@ def create_statements(id_column: str) -> list[str]:
 # The tables above, in their order, which is foreign-key order (a row's parent table comes
 # first): what the PostgreSQL backend puts triggers on and backs up, and the order `db copy`
 # copies in; ID_TABLES are those keyed by an auto-increment ``$ID``.
-_CREATED = [(m.group(1), sql) for sql in _TABLES
-            if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", sql))]
+_CREATED = [
+    (m.group(1), sql)
+    for sql in _TABLES
+    if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", sql))
+]
 TABLES = tuple(name for name, _ in _CREATED)
 ID_TABLES = tuple(name for name, sql in _CREATED if "$ID" in sql)

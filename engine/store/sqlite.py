@@ -49,8 +49,12 @@ class SQLite:
 
     def connect(self) -> sqlite3.Connection:
         self.where.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.where, timeout=self.timeout, isolation_level=None,
-                               check_same_thread=self.check_same_thread)
+        conn = sqlite3.connect(
+            self.where,
+            timeout=self.timeout,
+            isolation_level=None,
+            check_same_thread=self.check_same_thread,
+        )
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -59,8 +63,10 @@ class SQLite:
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as err:
             conn.close()
-            if getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB,
-                                                          sqlite3.SQLITE_CORRUPT):
+            if getattr(err, "sqlite_errorcode", None) in (
+                sqlite3.SQLITE_NOTADB,
+                sqlite3.SQLITE_CORRUPT,
+            ):
                 raise BadInput(f"not a skydeck state database ({err})", self.where) from None
             raise
         return conn
@@ -71,8 +77,11 @@ class SQLite:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as err:
-                if "locked" not in str(err) and "busy" not in str(err) \
-                        or attempt == BEGIN_ATTEMPTS - 1:
+                if (
+                    "locked" not in str(err)
+                    and "busy" not in str(err)
+                    or attempt == BEGIN_ATTEMPTS - 1
+                ):
                     raise
                 time.sleep(BEGIN_PAUSE_S)
 
@@ -97,8 +106,12 @@ class SQLite:
         return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     def has_table(self, conn: Any, table: str) -> bool:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                            (table,)).fetchone() is not None
+        return (
+            conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            is not None
+        )
 
     def columns(self, conn: Any, table: str) -> set[str]:
         return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
@@ -108,8 +121,9 @@ class SQLite:
         ids of deleted rows are never given again), for ``db copy`` to continue after."""
         if not self.has_table(conn, "sqlite_sequence"):
             return {}
-        return {str(r[0]): int(r[1] or 0) for r in conn.execute(
-            "SELECT name, seq FROM sqlite_sequence")}
+        return {
+            str(r[0]): int(r[1] or 0) for r in conn.execute("SELECT name, seq FROM sqlite_sequence")
+        }
 
     def backup_name(self, version: int) -> str:
         return backup_path(self.where, version).name
@@ -128,8 +142,10 @@ class SQLite:
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
-            with closing(sqlite3.connect(self.where, timeout=self.timeout)) as src, \
-                    closing(sqlite3.connect(tmp)) as out:
+            with (
+                closing(sqlite3.connect(self.where, timeout=self.timeout)) as src,
+                closing(sqlite3.connect(tmp)) as out,
+            ):
                 src.backup(out)
                 out.execute("PRAGMA journal_mode = DELETE")
             with open(tmp, "rb") as fh:

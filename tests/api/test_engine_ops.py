@@ -21,21 +21,26 @@ pytestmark = pytest.mark.usefixtures("state_backend")
 
 def test_downlink_rows_states_counts_and_stuck(ws):
     fill_fixed(ws)
-    mock(ws, "251126004", events=60)                  # still in incoming/
-    (ws.incoming_level0 / "bogus").mkdir()             # not a downlink id: never a row
+    mock(ws, "251126004", events=60)  # still in incoming/
+    (ws.incoming_level0 / "bogus").mkdir()  # not a downlink id: never a row
     with StateDB(ws.state) as db:
         rows = api.downlink_rows(ws, db)
         assert set(rows) == {"251123001", "251124002", "251125003", "251126004"}
         assert rows["251123001"].state == "staged" and rows["251123001"].runs == 2
-        assert (rows["251125003"].state, rows["251125003"].chunks_done,
-                rows["251125003"].chunks_total) == ("failed", 1, 2)
+        assert (
+            rows["251125003"].state,
+            rows["251125003"].chunks_done,
+            rows["251125003"].chunks_total,
+        ) == ("failed", 1, 2)
         assert rows["251126004"].state == "arrived" and rows["251126004"].date == "2025-11-26"
-        assert rows["251124002"].note == ""               # RUNNING, no owner recorded
+        assert rows["251124002"].note == ""  # RUNNING, no owner recorded
         # a runner that died: its stream is RUNNING with a dead owner -> STUCK
         dead = subprocess.Popen(["true"])
         dead.wait()
-        db.conn.execute("UPDATE streams SET owner_pid=?, owner_host=?, owner_start=0 "
-                        "WHERE dlid='251124002'", (dead.pid, __import__("socket").gethostname()))
+        db.conn.execute(
+            "UPDATE streams SET owner_pid=?, owner_host=?, owner_start=0 WHERE dlid='251124002'",
+            (dead.pid, __import__("socket").gethostname()),
+        )
         note = api.downlink_rows(ws, db)["251124002"].note
         assert note.startswith("STUCK") and str(dead.pid) in note
 
@@ -43,7 +48,7 @@ def test_downlink_rows_states_counts_and_stuck(ws):
 def test_downlink_rows_rejected_and_bytes(ws):
     d = mock(ws, "251125001", events=60)
     lines = (d / "MANIFEST.md5").read_text().splitlines()
-    lines[0] = "0" * 32 + lines[0][32:]                  # a settled checksum mismatch
+    lines[0] = "0" * 32 + lines[0][32:]  # a settled checksum mismatch
     (d / "MANIFEST.md5").write_text("\n".join(lines) + "\n")
     mock(ws, "251125002", events=60)
     with StateDB(ws.state) as db:
@@ -52,7 +57,7 @@ def test_downlink_rows_rejected_and_bytes(ws):
         assert rows["251125001"].state == "rejected" and rows["251125001"].note
         assert rows["251125002"].state == "arrived" and rows["251125002"].bytes == 0
         f = next(ws.incoming_level0.glob("251125002/*.h5"))
-        db.claim_stream("251125002", "halfpipe")      # files are recorded by a stream's jobs
+        db.claim_stream("251125002", "halfpipe")  # files are recorded by a stream's jobs
         db.record_file(f, "test", None, "251125002", None)
         assert api.downlink_rows(ws, db)["251125002"].bytes == f.stat().st_size
 
@@ -87,7 +92,8 @@ def test_halt_flags(ws):
     api.set_halt(ws, "haltPropagate", "251125001")
     assert api.halts(ws, "251125001") == {"haltPropagate": ["global", "251125001"]}
     from engine.pipeline.halts import halt_flag
-    assert halt_flag(ws, "251125001", "haltPropagate") is not None   # what the runner checks
+
+    assert halt_flag(ws, "251125001", "haltPropagate") is not None  # what the runner checks
     assert api.clear_halt(ws, "haltPropagate") and not api.clear_halt(ws, "haltPropagate")
     assert api.halts(ws, "251125001") == {"haltPropagate": ["251125001"]}
     with pytest.raises(BadInput):
@@ -103,8 +109,9 @@ def test_list_events_newest_first_and_typical_durations(ws):
         (d / "meta.json").write_text("{}")
         t = time.time() - 100 + i * 50
         import os
+
         os.utime(d / "meta.json", (t, t))
-    (ws.events / "scene" / "partial").mkdir()           # no meta.json: not an event
+    (ws.events / "scene" / "partial").mkdir()  # no meta.json: not an event
     assert [e.tag for e in api.list_events(ws)] == ["new", "old"]
     fill_fixed(ws)
     with StateDB(ws.state) as db:
@@ -115,10 +122,23 @@ def test_list_events_newest_first_and_typical_durations(ws):
 
 def test_jsonprogress_reports_progress_lines_and_exit(ws, tmp_path):
     out = tmp_path / "ev"
-    res = subprocess.run(api.engine_argv(ws, "x")[:2] + ["engine.cli.jsonprogress", "propagate",
-                         str(ASSETS / "scenes" / "tboolean-box-detect.toml"), "-o", str(out),
-                         "--photons", "20000", "--workers", "1"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        api.engine_argv(ws, "x")[:2]
+        + [
+            "engine.cli.jsonprogress",
+            "propagate",
+            str(ASSETS / "scenes" / "tboolean-box-detect.toml"),
+            "-o",
+            str(out),
+            "--photons",
+            "20000",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     prog = [x for x in lines if "progress" in x]
     assert prog and prog[-1]["progress"] == prog[-1]["total"] == 20000
@@ -135,20 +155,21 @@ def test_incremental_rows_match_a_fresh_read_through_changes(ws):
     fill_fixed(ws)
     reader = api.DownlinkRows(ws)
     with StateDB(ws.state) as db:
+
         def check() -> None:
             assert reader.read(db) == api.downlink_rows(ws, db)
 
         check()
-        st = db.latest_stream("251124002")               # the running stream finishes
+        st = db.latest_stream("251124002")  # the running stream finishes
         p = db.create_instance(st.id, "cleanup", "", 0)
         db.update_instance(p.id, status="SUCCESS")
         db.release_stream(st.id, "SUCCESS", None)
         check()
-        rollback(ws, "251125003")                         # the failed one goes back to WAITING
+        rollback(ws, "251125003")  # the failed one goes back to WAITING
         check()
         st3 = db.latest_stream("251125003")
-        db.claim_stream("251125003", "halfpipe")          # ... runs and fails again
-        db.release_stream(st3.id, "FAILED", "again")      # (between two reads: caught by `ended`)
+        db.claim_stream("251125003", "halfpipe")  # ... runs and fails again
+        db.release_stream(st3.id, "FAILED", "again")  # (between two reads: caught by `ended`)
         check()
         db.register_downlink(Downlink("251126004", "level0", "/x", 1, False, None, 1.0, 2.0))
         check()
@@ -157,7 +178,7 @@ def test_incremental_rows_match_a_fresh_read_through_changes(ws):
 
 def test_pending_delivery_shows_why(ws):
     d = mock(ws, "251125001", events=60)
-    with open(d / "MANIFEST.md5", "a") as fh:              # a file that has not arrived yet
+    with open(d / "MANIFEST.md5", "a") as fh:  # a file that has not arrived yet
         fh.write("0" * 32 + "  late.h5\n")
     with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0.0)
@@ -176,9 +197,9 @@ def test_rollback_plan_names_the_blocker_and_the_group_that_works(ws):
     run = next(k for p, k in before if p == "mergeEvt")
     bad = api.rollback_plan(ws, "251125001", [f"mergeEvt:{run}"])
     assert bad.blocker and "gone" in bad.blocker and "makeEvt" in bad.blocker
-    assert api.rollback_plan(ws, "251125001", ["makeEvt:00001"]).blocker   # 00002's is gone too
+    assert api.rollback_plan(ws, "251125001", ["makeEvt:00001"]).blocker  # 00002's is gone too
     ok = api.rollback_plan(ws, "251125001", ["makeEvt"])
     assert ok.blocker is None and "makeEvt[00001] e1" in ok.retired
     assert api.rollback_plan(ws, "251125001", ["cleanup"]).blocker is None
     assert "no failed instance" in (api.rollback_plan(ws, "251125001", None).blocker or "")
-    assert latest(ws, "251125001") == before                 # nothing changed
+    assert latest(ws, "251125001") == before  # nothing changed

@@ -30,28 +30,32 @@ def test_monitor_polls_only_what_changed(ws):
     clock = Clock()
     with api.Monitor(ws, clock=clock) as monitor:
         first = monitor.poll("251124002")
-        assert first.changed and first.rows is not None and set(first.rows) == {
-            "251123001", "251124002", "251125003"}
+        assert (
+            first.changed
+            and first.rows is not None
+            and set(first.rows) == {"251123001", "251124002", "251125003"}
+        )
         assert first.stream_read and first.stream is not None
         assert first.stream.stream.dlid == "251124002" and first.dlid == "251124002"
         assert first.groups == {"makeEvt": "chunk", "mergeEvt": "run"}
         assert first.typical["makeEvt"] == pytest.approx(12.8, abs=0.01)
         assert [i.name for i in first.locks or []] == ["halfpipe-251124002"]
-        assert first.events == {}                       # no propagation event yet
+        assert first.events == {}  # no propagation event yet
 
-        quiet = monitor.poll("251124002")               # nothing moved, locks not due
+        quiet = monitor.poll("251124002")  # nothing moved, locks not due
         assert not quiet.changed and quiet.rows is None and quiet.stream is None
 
-        other = monitor.poll("251125003")               # another downlink selected
+        other = monitor.poll("251125003")  # another downlink selected
         assert other.stream_read and other.rows is None and other.stream is not None
         assert other.stream.stream.status == "FAILED"
 
-        clock.t += 1.5                                  # lock verdicts move with time
+        clock.t += 1.5  # lock verdicts move with time
         assert monitor.poll("251125003").locks is not None
 
-        with StateDB(ws.state) as db:                # a runner's write
-            pi = next(p for p in db.instances(db.latest_stream("251124002").id)
-                      if p.status == "RUNNING")
+        with StateDB(ws.state) as db:  # a runner's write
+            pi = next(
+                p for p in db.instances(db.latest_stream("251124002").id) if p.status == "RUNNING"
+            )
             db.update_instance(pi.id, status="SUCCESS", ended=pi.started + 30)
         moved = monitor.poll("251125003")
         assert moved.rows is not None and moved.stream_read and moved.moves_bytes
@@ -72,31 +76,34 @@ def test_monitor_reads_everything_again_after_a_failed_poll(ws, monkeypatch):
         with pytest.raises(OSError):
             monitor.poll(None)
         monkeypatch.setattr(monitor.rows, "read", read)
-        again = monitor.poll(None)                      # nothing changed since: all re-read
+        again = monitor.poll(None)  # nothing changed since: all re-read
         assert again.rows is not None and again.stream_read and again.events is not None
 
 
 def test_stage_cadence_after_changes_or_every_interval():
     clock = Clock(100.0)
     cadence = api.UsageCadence(10.0, clock=clock)
-    assert cadence.start() and cadence.busy             # the first scan is due at once
-    assert not cadence.start()                          # never two at once
+    assert cadence.start() and cadence.busy  # the first scan is due at once
+    assert not cadence.start()  # never two at once
     cadence.done()
-    assert not cadence.start()                          # nothing changed, not due yet
-    cadence.saw(api.Snapshot(locks=[]))                 # locks do not move bytes
+    assert not cadence.start()  # nothing changed, not due yet
+    cadence.saw(api.Snapshot(locks=[]))  # locks do not move bytes
     assert not cadence.start()
-    cadence.saw(api.Snapshot(rows={}))                  # downlinks changed
+    cadence.saw(api.Snapshot(rows={}))  # downlinks changed
     assert cadence.start()
     cadence.done()
     clock.t += 10.0
-    assert cadence.start()                              # the interval passed
+    assert cadence.start()  # the interval passed
 
 
 def test_job_handle_yields_progress_and_exit(ws, tmp_path):
     out = tmp_path / "ev"
     scene = api.SCENES / "tboolean-box-detect.toml"
-    job = api.start_job(ws, "propagate box", ["propagate", str(scene), "-o", str(out),
-                                              "--photons", "20000", "--workers", "1"])
+    job = api.start_job(
+        ws,
+        "propagate box",
+        ["propagate", str(scene), "-o", str(out), "--photons", "20000", "--workers", "1"],
+    )
     assert job.title == f"propagate box (pid {job.pid})"
     seen = list(job.progress())
     assert job.wait() == 0 and (out / "meta.json").is_file()
@@ -106,9 +113,10 @@ def test_job_handle_yields_progress_and_exit(ws, tmp_path):
 
 
 def test_job_handle_of_a_failing_job_has_its_reason(ws, tmp_path):
-    job = api.start_job(ws, "build", ["build", str(tmp_path / "missing"), "-o",
-                                      str(tmp_path / "out.h5")])
+    job = api.start_job(
+        ws, "build", ["build", str(tmp_path / "missing"), "-o", str(tmp_path / "out.h5")]
+    )
     seen = list(job.progress())
-    assert all(p.done == 0 for p in seen)               # it never got going
+    assert all(p.done == 0 for p in seen)  # it never got going
     assert job.wait() == 2
     assert "missing" in job.reason()

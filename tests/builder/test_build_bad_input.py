@@ -55,8 +55,12 @@ def test_truncated_file(tmp_path: Path, good: Path) -> None:
 
 def test_not_hdf5(tmp_path: Path, good: Path) -> None:
     (good / "epix.h5").write_text("timestamp,data\n1,2\n")
-    _one_line_error(run_engine("build", good, "-o", tmp_path / "out.h5"), 2,
-                    str(good / "epix.h5"), "not an HDF5 file")
+    _one_line_error(
+        run_engine("build", good, "-o", tmp_path / "out.h5"),
+        2,
+        str(good / "epix.h5"),
+        "not an HDF5 file",
+    )
     _no_output(tmp_path)
 
 
@@ -79,39 +83,60 @@ def test_bad_source(tmp_path: Path, good: Path, ts, data, needle: str) -> None: 
 
 
 def test_missing_inputs(tmp_path: Path) -> None:
-    _one_line_error(run_engine("build", tmp_path / "nope.h5", "-o", tmp_path / "out.h5"), 2,
-                    "nope.h5", "no such file")
+    _one_line_error(
+        run_engine("build", tmp_path / "nope.h5", "-o", tmp_path / "out.h5"),
+        2,
+        "nope.h5",
+        "no such file",
+    )
     (tmp_path / "empty").mkdir()
-    _one_line_error(run_engine("build", tmp_path / "empty", "-o", tmp_path / "out.h5"), 2,
-                    "empty", "no *.h5")
+    _one_line_error(
+        run_engine("build", tmp_path / "empty", "-o", tmp_path / "out.h5"), 2, "empty", "no *.h5"
+    )
 
 
 def test_selection_problems(tmp_path: Path, small_sources: Path) -> None:
     out = tmp_path / "out.h5"
-    _one_line_error(run_engine("build", small_sources, "-o", out, "--select", 'colour == "red"'), 2,
-                    "cspad.h5", "missing field 'colour'")
-    _one_line_error(run_engine("build", small_sources, "-o", out, "--select", 'color == "purple"'), 2,
-                    "matches no events")
-    _one_line_error(run_engine("build", small_sources, "-o", out, "--select", "__import__('os')"), 2,
-                    "not allowed")
+    _one_line_error(
+        run_engine("build", small_sources, "-o", out, "--select", 'colour == "red"'),
+        2,
+        "cspad.h5",
+        "missing field 'colour'",
+    )
+    _one_line_error(
+        run_engine("build", small_sources, "-o", out, "--select", 'color == "purple"'),
+        2,
+        "matches no events",
+    )
+    _one_line_error(
+        run_engine("build", small_sources, "-o", out, "--select", "__import__('os')"),
+        2,
+        "not allowed",
+    )
     _no_output(tmp_path)
 
 
 def test_output_directory_missing(tmp_path: Path, small_sources: Path) -> None:
-    _one_line_error(run_engine("build", small_sources, "-o", tmp_path / "no" / "out.h5"), 2,
-                    str(tmp_path / "no"), "does not exist")
+    _one_line_error(
+        run_engine("build", small_sources, "-o", tmp_path / "no" / "out.h5"),
+        2,
+        str(tmp_path / "no"),
+        "does not exist",
+    )
 
 
 def test_read_only_output_directory(small_sources: Path, mount_tmpfs) -> None:  # type: ignore[no-untyped-def]
     ro = mount_tmpfs("ro", "ro,size=1m")
-    _one_line_error(run_engine("build", small_sources, "-o", ro / "out.h5"), 2, str(ro),
-                    "Read-only file system")
+    _one_line_error(
+        run_engine("build", small_sources, "-o", ro / "out.h5"), 2, str(ro), "Read-only file system"
+    )
 
 
 def test_full_disk_refused_before_work(small_sources: Path, mount_tmpfs) -> None:  # type: ignore[no-untyped-def]
     small = mount_tmpfs("small", "size=1m")
-    _one_line_error(run_engine("build", small_sources, "-o", small / "out.h5"), 2,
-                    "not enough disk space")
+    _one_line_error(
+        run_engine("build", small_sources, "-o", small / "out.h5"), 2, "not enough disk space"
+    )
     assert list(small.iterdir()) == []
 
 
@@ -133,5 +158,6 @@ def test_stale_temporary_is_swept(tmp_path: Path, small_sources: Path) -> None:
 def test_usage_errors_exit_2(tmp_path: Path, small_sources: Path) -> None:
     res = run_engine("build", small_sources)
     assert res.returncode == 2 and "required" in res.stderr
-    _one_line_error(run_engine("build", small_sources, "-o", tmp_path / "out.h5", "--batch", "0"), 2,
-                    "--batch")
+    _one_line_error(
+        run_engine("build", small_sources, "-o", tmp_path / "out.h5", "--batch", "0"), 2, "--batch"
+    )

@@ -42,7 +42,9 @@ def test_build_all_events(tmp_path: Path, small_sources: Path) -> None:
     out, rep = _build(tmp_path, small_sources)
     assert_phases(rep)
     assert rep["events"] == 400 and rep["sources"] == ["cspad", "epix", "jungfrau"]
-    assert rep["bytes_read"] >= rep["events"] * 4000 and rep["elapsed_s"] > 0 and rep["gb_per_s"] > 0
+    assert (
+        rep["bytes_read"] >= rep["events"] * 4000 and rep["elapsed_s"] > 0 and rep["gb_per_s"] > 0
+    )
     v = verify_built(out)
     assert v.ok, v.problems
     assert v.rows_checked == v.payload_scheme_checked > 400
@@ -69,8 +71,9 @@ def test_selection_builds_only_red(tmp_path: Path, small_sources: Path) -> None:
         np.testing.assert_array_equal(f["run"][()], runs[red])
     assert verify_built(out).ok
     later = int(np.unique(runs)[1])
-    _, rep2 = _build(tmp_path, small_sources, "--select", f'run >= {later} and color != "blue"',
-                     name="o2.h5")
+    _, rep2 = _build(
+        tmp_path, small_sources, "--select", f'run >= {later} and color != "blue"', name="o2.h5"
+    )
     assert rep2["events"] == int(np.sum((runs >= later) & (colors != b"blue")))
 
 
@@ -90,11 +93,19 @@ def test_retdef_window_builds_its_chunk(tmp_path: Path, small_sources: Path) -> 
 def test_index_out_and_reuse(tmp_path: Path, small_sources: Path) -> None:
     for suffix in ("npz", "h5"):
         idx = tmp_path / f"idx.{suffix}"
-        a, _ = _build(tmp_path, small_sources, "--select", 'color == "green"', "--index-out", str(idx),
-                      name=f"a-{suffix}.h5")
+        a, _ = _build(
+            tmp_path,
+            small_sources,
+            "--select",
+            'color == "green"',
+            "--index-out",
+            str(idx),
+            name=f"a-{suffix}.h5",
+        )
         assert idx.exists()
-        b, _ = _build(tmp_path, small_sources, "--index-in", str(idx), "--batch", "5",
-                      name=f"b-{suffix}.h5")
+        b, _ = _build(
+            tmp_path, small_sources, "--index-in", str(idx), "--batch", "5", name=f"b-{suffix}.h5"
+        )
         assert compare_datasets(a, b) == []
 
 
@@ -120,8 +131,15 @@ def test_every_read_path_gives_the_same_file(tmp_path: Path, small_sources: Path
     from tests.conftest import engine_env
 
     ref, _ = _build(tmp_path, small_sources, "--batch", "9", name="kernel.h5")
-    res = run_engine("build", small_sources, "-o", tmp_path / "preadv.h5", "--batch", "9",
-                     env=engine_env(SKYDECK_KERNEL_COPY="0"))
+    res = run_engine(
+        "build",
+        small_sources,
+        "-o",
+        tmp_path / "preadv.h5",
+        "--batch",
+        "9",
+        env=engine_env(SKYDECK_KERNEL_COPY="0"),
+    )
     assert res.returncode == 0, res.stderr
     assert compare_datasets(ref, tmp_path / "preadv.h5") == []
     gz = tmp_path / "gz"
@@ -131,8 +149,9 @@ def test_every_read_path_gives_the_same_file(tmp_path: Path, small_sources: Path
             for key in ("timestamp", "smalldata/color", "smalldata/run"):
                 if key in f:
                     g[key] = f[key][()]
-            g.create_dataset("data", data=f["data"][()], chunks=(16, f["data"].shape[1]),
-                             compression="gzip")
+            g.create_dataset(
+                "data", data=f["data"][()], chunks=(16, f["data"].shape[1]), compression="gzip"
+            )
     _build(tmp_path, gz, "--batch", "9", name="h5py.h5")
     assert compare_datasets(ref, tmp_path / "h5py.h5") == []
     shutil.rmtree(gz)

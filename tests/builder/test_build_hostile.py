@@ -27,7 +27,11 @@ def _one_line(res: subprocess.CompletedProcess[str], code: int, *needles: str) -
 
 
 def _digests(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.iterdir())
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -42,8 +46,12 @@ def test_output_aliasing_an_input_is_refused(tmp_path: Path, src: Path, spelling
     """Found by the hostile-input review: `build DIR -o DIR/epix.h5` replaced its source and exited 0."""
     before = _digests(src)
     target = src / "epix.h5"
-    out = {"same": target, "dotdot": src / ".." / src.name / "epix.h5",
-           "symlink": tmp_path / "link.h5", "hardlink": tmp_path / "hard.h5"}[spelling]
+    out = {
+        "same": target,
+        "dotdot": src / ".." / src.name / "epix.h5",
+        "symlink": tmp_path / "link.h5",
+        "hardlink": tmp_path / "hard.h5",
+    }[spelling]
     if spelling == "symlink":
         out.symlink_to(target)
     elif spelling == "hardlink":
@@ -111,12 +119,17 @@ def test_scalar_timestamp_is_refused(tmp_path: Path, src: Path) -> None:
     with h5py.File(bad, "w") as f:
         f["timestamp"] = np.uint64(5)
         f["data"] = np.zeros((1, 2), np.int32)
-    _one_line(run_engine("build", src, "-o", tmp_path / "out.h5"), 2, str(bad), "/timestamp must be 1-D")
+    _one_line(
+        run_engine("build", src, "-o", tmp_path / "out.h5"), 2, str(bad), "/timestamp must be 1-D"
+    )
     assert not (tmp_path / "out.h5").exists()
 
 
-@pytest.mark.parametrize("expr", ["not " * 5000 + "x", "not " * 1000 + "x", "(" * 200 + "x" + ")" * 200],
-                         ids=["not5000", "not1000", "parens200"])
+@pytest.mark.parametrize(
+    "expr",
+    ["not " * 5000 + "x", "not " * 1000 + "x", "(" * 200 + "x" + ")" * 200],
+    ids=["not5000", "not1000", "parens200"],
+)
 def test_runaway_selection_is_one_line(tmp_path: Path, src: Path, expr: str) -> None:
     """Found by the hostile-input review: a 5000-deep `not` ended in a RecursionError traceback."""
     res = run_engine("build", src, "-o", tmp_path / "out.h5", "--select", expr)
@@ -124,9 +137,12 @@ def test_runaway_selection_is_one_line(tmp_path: Path, src: Path, expr: str) -> 
     assert not (tmp_path / "out.h5").exists()
 
 
-@pytest.mark.parametrize(("fault", "code", "word"), [("term", 143, "terminated"), ("int", 130, "interrupted")])
-def test_signal_mid_build_removes_the_temporary(tmp_path: Path, small_sources: Path, fault: str,
-                                                code: int, word: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "code", "word"), [("term", 143, "terminated"), ("int", 130, "interrupted")]
+)
+def test_signal_mid_build_removes_the_temporary(
+    tmp_path: Path, small_sources: Path, fault: str, code: int, word: str
+) -> None:
     """Found by the hostile-input review for build: SIGTERM killed it outright, leaving `.out.h5.tmp-<pid>`;
     now SIGTERM and SIGINT both clean up and exit 143 / 130. The build signals itself after
     its second batch (SKYDECK_FAULT), so the moment is exact."""
@@ -141,8 +157,9 @@ def test_sigterm_to_one_mpi_rank_fails_the_job_cleanly(tmp_path: Path, small_sou
     """Under mpiexec a rank signalled alone tells rank 0, which stops the other ranks and
     removes the temporary output (exit 1, one line naming the rank)."""
     env = engine_env(SKYDECK_FAULT="term:1:1")
-    res = run_mpi(3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env,
-                  timeout=120)
+    res = run_mpi(
+        3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env, timeout=120
+    )
     assert res.returncode == 1, res.stderr
     line = res.stderr.strip()
     assert "\n" not in line and "rank 1 terminated" in line, res.stderr
@@ -160,6 +177,8 @@ def test_a_fifo_among_the_sources_is_refused(tmp_path: Path, src: Path) -> None:
 
 def test_a_reserve_that_is_no_number_is_refused(tmp_path: Path, src: Path) -> None:
     """SKYDECK_RESERVE_BYTES=lots was silently read as no reserve at all."""
-    res = run_engine("build", src, "-o", tmp_path / "out.h5", env=engine_env(SKYDECK_RESERVE_BYTES="lots"))
+    res = run_engine(
+        "build", src, "-o", tmp_path / "out.h5", env=engine_env(SKYDECK_RESERVE_BYTES="lots")
+    )
     _one_line(res, 2, "SKYDECK_RESERVE_BYTES")
     assert not (tmp_path / "out.h5").exists()

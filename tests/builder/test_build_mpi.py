@@ -29,9 +29,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory, small_sources: Path) -> 
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize(("key", "batch"), [("all", "64"), ("red", "1"), ("red", "13"), ("all", "1000")])
-def test_identical_to_one_process(tmp_path: Path, small_sources: Path, reference: dict[str, Path],
-                                  ranks: int, key: str, batch: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "batch"), [("all", "64"), ("red", "1"), ("red", "13"), ("all", "1000")]
+)
+def test_identical_to_one_process(
+    tmp_path: Path,
+    small_sources: Path,
+    reference: dict[str, Path],
+    ranks: int,
+    key: str,
+    batch: str,
+) -> None:
     out = tmp_path / "out.h5"
     args = ["build", small_sources, "-o", out, "--batch", batch, "--json"]
     if key == "red":
@@ -42,7 +50,9 @@ def test_identical_to_one_process(tmp_path: Path, small_sources: Path, reference
     assert res.stdout.count('{"output": ') == 1  # one summary (it holds nested objects: phases)
     assert_phases(rep)
     assert rep["ranks"] == ranks and rep["workers"] == ranks - 1
-    assert len(rep["per_rank_bytes"]) == ranks - 1 and sum(rep["per_rank_bytes"]) == rep["bytes_read"]
+    assert (
+        len(rep["per_rank_bytes"]) == ranks - 1 and sum(rep["per_rank_bytes"]) == rep["bytes_read"]
+    )
     assert compare_datasets(reference[key], out) == []
     assert verify_built(out).ok
 
@@ -58,11 +68,15 @@ def test_bad_input_under_mpi(tmp_path: Path, small_sources: Path) -> None:
 def test_dead_worker_aborts_the_job(tmp_path: Path, small_sources: Path) -> None:
     env = engine_env(SKYDECK_FAULT="kill:2:0")  # rank 2 SIGKILLs itself before its first batch
     t0 = time.monotonic()
-    res = run_mpi(3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env,
-                  timeout=60)
+    res = run_mpi(
+        3, "build", small_sources, "-o", tmp_path / "out.h5", "--batch", "5", env=env, timeout=60
+    )
     assert time.monotonic() - t0 < 60
     assert res.returncode != 0
-    assert "BAD TERMINATION" in res.stdout + res.stderr or "killed" in (res.stdout + res.stderr).lower()
+    assert (
+        "BAD TERMINATION" in res.stdout + res.stderr
+        or "killed" in (res.stdout + res.stderr).lower()
+    )
     assert not (tmp_path / "out.h5").exists()
     # the dead job's temporary is swept by the next run, which succeeds
     run_engine("build", small_sources, "-o", tmp_path / "out.h5", check=True)
@@ -80,8 +94,9 @@ def _corrupt_source(d: Path) -> Path:
     bad = d / "zyla.h5"
     with h5py.File(bad, "w") as f:
         f["timestamp"] = ts
-        f.create_dataset("data", data=np.ones((len(ts), 100), np.int32), chunks=(10, 100),
-                         compression="gzip")
+        f.create_dataset(
+            "data", data=np.ones((len(ts), 100), np.int32), chunks=(10, 100), compression="gzip"
+        )
     with h5py.File(bad) as f:
         info = f["data"].id.get_chunk_info(3)
     with open(bad, "r+b") as fh:

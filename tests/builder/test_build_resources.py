@@ -18,16 +18,28 @@ from tests.conftest import engine_env, run_engine, run_mpi
 def big_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 MB of payload: 4 sources x 100 events of 1 MB."""
     d = tmp_path_factory.mktemp("big") / "src"
-    run_engine("mock", "--downlink", "251114007", "--events", "100", "--sources", "4", "-o", d,
-               check=True)
+    run_engine(
+        "mock", "--downlink", "251114007", "--events", "100", "--sources", "4", "-o", d, check=True
+    )
     return d
 
 
 @pytest.mark.parametrize("kernel_copy", ["1", "0"])
-def test_worker_memory_bounded_by_batch(tmp_path: Path, big_sources: Path, kernel_copy: str) -> None:
+def test_worker_memory_bounded_by_batch(
+    tmp_path: Path, big_sources: Path, kernel_copy: str
+) -> None:
     batch = 4
-    res = run_mpi(2, "build", big_sources, "-o", tmp_path / "out.h5", "--batch", str(batch), "--json",
-                  env=engine_env(SKYDECK_KERNEL_COPY=kernel_copy))
+    res = run_mpi(
+        2,
+        "build",
+        big_sources,
+        "-o",
+        tmp_path / "out.h5",
+        "--batch",
+        str(batch),
+        "--json",
+        env=engine_env(SKYDECK_KERNEL_COPY=kernel_copy),
+    )
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout.strip().splitlines()[-1])
     input_bytes = sum(p.stat().st_size for p in big_sources.glob("*.h5"))
@@ -42,10 +54,26 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, small_sources: Path) -> None
     script = shutil.which("script")
     if script is None:
         pytest.skip("util-linux `script` (a pseudo-terminal) is not installed")
-    cmd = shlex.join([sys.executable, "-m", "engine", "build", str(small_sources), "-o",
-                      str(tmp_path / "out.h5"), "--batch", "1"])
-    res = subprocess.run([script, "-qec", cmd, "/dev/null"], capture_output=True, text=True,
-                         timeout=120, env=engine_env(TERM="xterm-256color", COLUMNS="100"))
+    cmd = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "build",
+            str(small_sources),
+            "-o",
+            str(tmp_path / "out.h5"),
+            "--batch",
+            "1",
+        ]
+    )
+    res = subprocess.run(
+        [script, "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=engine_env(TERM="xterm-256color", COLUMNS="100"),
+    )
     assert res.returncode == 0, res.stdout
     assert "/400" in res.stdout  # the bar's "done/total" column
     assert "built 400 events" in res.stdout

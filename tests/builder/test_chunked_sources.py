@@ -37,7 +37,7 @@ def _write(d: Path, chunked: bool, hole: bool = False) -> Path:
     for k, (ts, data) in enumerate(_data()):
         if hole and k == 1:
             data = data.copy()
-            data[CHUNK_ROWS[1]:2 * CHUNK_ROWS[1]] = 0
+            data[CHUNK_ROWS[1] : 2 * CHUNK_ROWS[1]] = 0
         with h5py.File(d / f"s{k}.h5", "w") as f:
             f["timestamp"] = ts
             if k == 0:
@@ -45,13 +45,14 @@ def _write(d: Path, chunked: bool, hole: bool = False) -> Path:
             if not chunked:
                 f.create_dataset("data", data=data)
                 continue
-            ds = f.create_dataset("data", shape=data.shape, dtype=data.dtype,
-                                  chunks=(CHUNK_ROWS[k], *data.shape[1:]))
+            ds = f.create_dataset(
+                "data", shape=data.shape, dtype=data.dtype, chunks=(CHUNK_ROWS[k], *data.shape[1:])
+            )
             c = CHUNK_ROWS[k]
             for a in range(0, len(data), c):
                 if hole and k == 1 and a == c:
                     continue
-                ds[a:a + c] = data[a:a + c]
+                ds[a : a + c] = data[a : a + c]
     return d
 
 
@@ -78,15 +79,19 @@ def _build(src: Path, out: Path, *extra: str, env: dict[str, str] | None = None)
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("layouts")
-    src = {"contiguous": _write(d / "contiguous", chunked=False),
-           "chunked": _write(d / "chunked", chunked=True),
-           "contiguous-hole": _write(d / "contiguous-hole", chunked=False, hole=True),
-           "chunked-hole": _write(d / "chunked-hole", chunked=True, hole=True)}
+    src = {
+        "contiguous": _write(d / "contiguous", chunked=False),
+        "chunked": _write(d / "chunked", chunked=True),
+        "contiguous-hole": _write(d / "contiguous-hole", chunked=False, hole=True),
+        "chunked-hole": _write(d / "chunked-hole", chunked=True, hole=True),
+    }
     return src
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, layouts: dict[str, Path]) -> dict[str, dict[str, bytes]]:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, layouts: dict[str, Path]
+) -> dict[str, dict[str, bytes]]:
     d = tmp_path_factory.mktemp("ref")
     refs = {}
     for key in ("contiguous", "contiguous-hole"):
@@ -108,8 +113,9 @@ def test_sources_are_what_the_test_means(layouts: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("batch", ["1", "7", "64", "1000"])
-def test_chunked_equals_contiguous(tmp_path: Path, layouts: dict[str, Path],
-                                   reference: dict[str, dict[str, bytes]], batch: str) -> None:
+def test_chunked_equals_contiguous(
+    tmp_path: Path, layouts: dict[str, Path], reference: dict[str, dict[str, bytes]], batch: str
+) -> None:
     rep = _build(layouts["chunked"], tmp_path / "out.h5", "--batch", batch)
     built = _datasets(tmp_path / "out.h5")
     assert sorted(built) == sorted(reference["contiguous"])
@@ -121,16 +127,24 @@ def test_chunked_equals_contiguous(tmp_path: Path, layouts: dict[str, Path],
     assert rep["events"] == EVENTS
 
 
-def test_chunked_without_kernel_copy_equals_contiguous(tmp_path: Path, layouts: dict[str, Path],
-                                                       reference: dict[str, dict[str, bytes]]) -> None:
+def test_chunked_without_kernel_copy_equals_contiguous(
+    tmp_path: Path, layouts: dict[str, Path], reference: dict[str, dict[str, bytes]]
+) -> None:
     """The preadv path reads the same chunk offsets."""
-    _build(layouts["chunked"], tmp_path / "out.h5", "--batch", "9", env=engine_env(SKYDECK_KERNEL_COPY="0"))
+    _build(
+        layouts["chunked"],
+        tmp_path / "out.h5",
+        "--batch",
+        "9",
+        env=engine_env(SKYDECK_KERNEL_COPY="0"),
+    )
     assert _datasets(tmp_path / "out.h5") == reference["contiguous"]
 
 
 @pytest.mark.parametrize("batch", ["1", "6", "64"])
-def test_unallocated_chunk_reads_as_zeros(tmp_path: Path, layouts: dict[str, Path],
-                                          reference: dict[str, dict[str, bytes]], batch: str) -> None:
+def test_unallocated_chunk_reads_as_zeros(
+    tmp_path: Path, layouts: dict[str, Path], reference: dict[str, dict[str, bytes]], batch: str
+) -> None:
     """A chunk HDF5 has no offset for goes through HDF5 (the fill value), the rest by offset."""
     _build(layouts["chunked-hole"], tmp_path / "out.h5", "--batch", batch)
     assert _datasets(tmp_path / "out.h5") == reference["contiguous-hole"]
@@ -138,9 +152,13 @@ def test_unallocated_chunk_reads_as_zeros(tmp_path: Path, layouts: dict[str, Pat
 
 @pytest.mark.mpi
 @pytest.mark.parametrize(("ranks", "batch"), [(2, "5"), (3, "1"), (3, "64")])
-def test_chunked_under_mpi_equals_contiguous(tmp_path: Path, layouts: dict[str, Path],
-                                             reference: dict[str, dict[str, bytes]], ranks: int,
-                                             batch: str) -> None:
+def test_chunked_under_mpi_equals_contiguous(
+    tmp_path: Path,
+    layouts: dict[str, Path],
+    reference: dict[str, dict[str, bytes]],
+    ranks: int,
+    batch: str,
+) -> None:
     out = tmp_path / "out.h5"
     res = run_mpi(ranks, "build", layouts["chunked"], "-o", out, "--batch", batch)
     assert res.returncode == 0, res.stderr

@@ -34,22 +34,30 @@ def test_sorted_search_equals_the_v0_scan() -> None:
     rng = np.random.default_rng(5)
     principal, others = _sources(rng, 300, 3)
     wanted = principal[::3]
-    np.testing.assert_array_equal(match_scan(wanted, others),
-                                  np.stack([match_sorted(wanted, t) for t in others]))
+    np.testing.assert_array_equal(
+        match_scan(wanted, others), np.stack([match_sorted(wanted, t) for t in others])
+    )
 
 
 def test_edges() -> None:
     ts = np.array([5, 7, 9], dtype=np.uint64)
-    np.testing.assert_array_equal(match_sorted(np.array([1, 5, 6, 9, 10], np.uint64), ts),
-                                  [-1, 0, -1, 2, -1])
+    np.testing.assert_array_equal(
+        match_sorted(np.array([1, 5, 6, 9, 10], np.uint64), ts), [-1, 0, -1, 2, -1]
+    )
     assert match_sorted(np.array([1, 2], np.uint64), np.array([], np.uint64)).tolist() == [-1, -1]
     assert match_sorted(np.array([], np.uint64), ts).tolist() == []
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
 def test_table_roundtrip(tmp_path: Path, suffix: str) -> None:
-    t = MatchTable(timestamps=np.array([3, 4], np.uint64), run=np.array([1, 1]), sources=["a", "b"],
-                   paths=["/x/a.h5", "/x/b.h5"], lengths=[2, 9], rows=np.array([[0, 1], [4, -1]]))
+    t = MatchTable(
+        timestamps=np.array([3, 4], np.uint64),
+        run=np.array([1, 1]),
+        sources=["a", "b"],
+        paths=["/x/a.h5", "/x/b.h5"],
+        lengths=[2, 9],
+        rows=np.array([[0, 1], [4, -1]]),
+    )
     p = tmp_path / f"idx{suffix}"
     t.save(p)
     u = MatchTable.load(p)

@@ -18,8 +18,15 @@ from tests.conftest import run_engine
 
 def test_sources_follow_the_contract(small_sources: Path) -> None:
     names = sorted(p.name for p in small_sources.iterdir())
-    assert names == ["MANIFEST.md5", "RetDef-251114005-00001.xml", "RetDef-251114005-00002.xml",
-                     "RetDef-251114005-00003.xml", "cspad.h5", "epix.h5", "jungfrau.h5"]
+    assert names == [
+        "MANIFEST.md5",
+        "RetDef-251114005-00001.xml",
+        "RetDef-251114005-00002.xml",
+        "RetDef-251114005-00003.xml",
+        "cspad.h5",
+        "epix.h5",
+        "jungfrau.h5",
+    ]
     manifest.verify(small_sources)
     with h5py.File(small_sources / "cspad.h5") as f:
         ts = f["timestamp"][()]
@@ -58,25 +65,78 @@ def test_retdefs_tile_the_downlink(small_sources: Path) -> None:
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     digests = []
     for name in ("a", "b"):
-        run_engine("mock", "--downlink", "250102001", "--events", "50", "--event-bytes", "400",
-                   "--seed", "3", "-o", tmp_path / name, check=True)
+        run_engine(
+            "mock",
+            "--downlink",
+            "250102001",
+            "--events",
+            "50",
+            "--event-bytes",
+            "400",
+            "--seed",
+            "3",
+            "-o",
+            tmp_path / name,
+            check=True,
+        )
         digests.append((tmp_path / name / "MANIFEST.md5").read_text())
     assert digests[0] == digests[1]
-    run_engine("mock", "--downlink", "250102001", "--events", "50", "--event-bytes", "400",
-               "--seed", "4", "-o", tmp_path / "c", check=True)
+    run_engine(
+        "mock",
+        "--downlink",
+        "250102001",
+        "--events",
+        "50",
+        "--event-bytes",
+        "400",
+        "--seed",
+        "4",
+        "-o",
+        tmp_path / "c",
+        check=True,
+    )
     assert (tmp_path / "c" / "MANIFEST.md5").read_text() != digests[0]
 
 
 def test_deliveries_into_a_workspace(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     run_engine("-w", ws, "init", check=True)
-    run_engine("-w", ws, "mock", "--downlink", "251114001", "--events", "20", "--event-bytes", "64",
-               "--as", "level0", check=True)
+    run_engine(
+        "-w",
+        ws,
+        "mock",
+        "--downlink",
+        "251114001",
+        "--events",
+        "20",
+        "--event-bytes",
+        "64",
+        "--as",
+        "level0",
+        check=True,
+    )
     d = ws / "incoming/level0/251114001"
-    assert set(manifest.verify(d)) == {"cspad.h5", "epix.h5", "jungfrau.h5",
-                                       "RetDef-251114001-00001.xml", "RetDef-251114001-00002.xml"}
-    run_engine("-w", ws, "mock", "--downlink", "251114002", "--events", "20", "--event-bytes", "64",
-               "--as", "fcopy", check=True)
+    assert set(manifest.verify(d)) == {
+        "cspad.h5",
+        "epix.h5",
+        "jungfrau.h5",
+        "RetDef-251114001-00001.xml",
+        "RetDef-251114001-00002.xml",
+    }
+    run_engine(
+        "-w",
+        ws,
+        "mock",
+        "--downlink",
+        "251114002",
+        "--events",
+        "20",
+        "--event-bytes",
+        "64",
+        "--as",
+        "fcopy",
+        check=True,
+    )
     tar = ws / "incoming/fcopy/251114002.tar"
     md5 = (ws / "incoming/fcopy/251114002.md5").read_text().split()
     assert md5 == [hashlib.md5(tar.read_bytes()).hexdigest(), "251114002.tar"]
@@ -98,8 +158,20 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_runs_are_distinct_acquisitions_at_any_size(tmp_path: Path) -> None:
-    run_engine("mock", "--downlink", "251114003", "--events", "12", "--event-bytes", "16",
-               "--runs", "3", "-o", tmp_path / "m", check=True)
+    run_engine(
+        "mock",
+        "--downlink",
+        "251114003",
+        "--events",
+        "12",
+        "--event-bytes",
+        "16",
+        "--runs",
+        "3",
+        "-o",
+        tmp_path / "m",
+        check=True,
+    )
     with h5py.File(tmp_path / "m" / "cspad.h5") as f:
         ts, run = f["timestamp"][()], f["smalldata/run"][()]
     starts = np.unique(run)

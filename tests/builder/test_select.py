@@ -39,8 +39,17 @@ def test_expressions(expr: str, expected: list[int]) -> None:
 
 @pytest.mark.parametrize(
     "expr",
-    ['__import__("os").system("true")', "run.real > 1", "run + 1 > 2", "lambda: 1",
-     "[x for x in run]", "run[0] == 1", 'open("f")', "run if run else run", "run == run2()"],
+    [
+        '__import__("os").system("true")',
+        "run.real > 1",
+        "run + 1 > 2",
+        "lambda: 1",
+        "[x for x in run]",
+        "run[0] == 1",
+        'open("f")',
+        "run if run else run",
+        "run == run2()",
+    ],
 )
 def test_refuses_code(expr: str) -> None:
     with pytest.raises(BadInput, match="not allowed"):

@@ -24,8 +24,16 @@ from tests.conftest import run_engine, run_mpi
 from tests.props import total
 
 FILES = [f"file{k}.h5" for k in range(1, 11)]
-SEED_ARGS = ["--timestamp-path", "timestamp{n}", "--data-path", "bigdata{n}",
-             "--smalldata-path", "/", "--select", 'smalldata == "red"']
+SEED_ARGS = [
+    "--timestamp-path",
+    "timestamp{n}",
+    "--data-path",
+    "bigdata{n}",
+    "--smalldata-path",
+    "/",
+    "--select",
+    'smalldata == "red"',
+]
 
 
 @pytest.fixture(scope="module", params=[100, 1000], ids=["tiny", "large"])
@@ -65,7 +73,10 @@ def test_builds_the_seed_files_unchanged(trilogy: Path, tmp_path: Path) -> None:
         assert np.array_equal(f["timestamp"][()], want["timestamp"])
         for k in range(1, 11):
             g = f[f"sources/file{k}"]
-            assert g.attrs["data_path"] == f"bigdata{k}" and g.attrs["timestamp_path"] == f"timestamp{k}"
+            assert (
+                g.attrs["data_path"] == f"bigdata{k}"
+                and g.attrs["timestamp_path"] == f"timestamp{k}"
+            )
             assert np.array_equal(g["row"][()], want[f"file{k}/row"])
             assert np.array_equal(g["data"][()], want[f"file{k}/data"])
         # the secondaries lack some red events, as the seed's thinning walk makes them
@@ -97,17 +108,39 @@ def test_small_data_at_the_root_reads_only_the_fields_named(trilogy: Path, tmp_p
     """No placeholders: file1.h5 alone, its root as the small-data group. bigdata1 and
     timestamp1 sit there too; only ``smalldata`` is read (bigdata1 is no 1-D field)."""
     out = tmp_path / "out.h5"
-    res = run_engine("build", trilogy / "file1.h5", "--timestamp-path", "/timestamp1",
-                     "--data-path", "/bigdata1", "--smalldata-path", "/",
-                     "--select", 'smalldata != "blue" and timestamp1 >= 10', "-o", out)
+    res = run_engine(
+        "build",
+        trilogy / "file1.h5",
+        "--timestamp-path",
+        "/timestamp1",
+        "--data-path",
+        "/bigdata1",
+        "--smalldata-path",
+        "/",
+        "--select",
+        'smalldata != "blue" and timestamp1 >= 10',
+        "-o",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     with h5py.File(trilogy / "file1.h5", "r") as f:
         keep = (f["smalldata"][()] != b"blue") & (f["timestamp1"][()] >= 10)
     with h5py.File(out, "r") as f:
         assert np.array_equal(f["sources/file1/row"][()], np.flatnonzero(keep))
-    res = run_engine("build", trilogy / "file1.h5", "--timestamp-path", "/timestamp1",
-                     "--data-path", "/bigdata1", "--smalldata-path", "/",
-                     "--select", "bigdata1 > 0", "-o", out)
+    res = run_engine(
+        "build",
+        trilogy / "file1.h5",
+        "--timestamp-path",
+        "/timestamp1",
+        "--data-path",
+        "/bigdata1",
+        "--smalldata-path",
+        "/",
+        "--select",
+        "bigdata1 > 0",
+        "-o",
+        out,
+    )
     assert res.returncode == 2  # named, it is read and refused: one line naming the file
     assert "bigdata1 has shape" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
@@ -142,10 +175,23 @@ def test_a_stem_without_a_number_is_one_line(trilogy: Path, tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["principal.h5"]
 
 
-@pytest.mark.parametrize("template", ["bigdata{N}", "bigdata{n", "big}data", "bigdata{}", "{n.real}"])
+@pytest.mark.parametrize(
+    "template", ["bigdata{N}", "bigdata{n", "big}data", "bigdata{}", "{n.real}"]
+)
 def test_an_unknown_placeholder_is_one_line(trilogy: Path, tmp_path: Path, template: str) -> None:
-    res = run_engine("build", *FILES, "--timestamp-path", "timestamp{n}", "--data-path", template,
-                     "--smalldata-path", "/", "-o", tmp_path / "out.h5", cwd=trilogy)
+    res = run_engine(
+        "build",
+        *FILES,
+        "--timestamp-path",
+        "timestamp{n}",
+        "--data-path",
+        template,
+        "--smalldata-path",
+        "/",
+        "-o",
+        tmp_path / "out.h5",
+        cwd=trilogy,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--data-path" in lines[0] and "placeholder" in lines[0], res.stderr

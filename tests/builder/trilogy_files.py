@@ -53,19 +53,26 @@ def _rows(number: int, ts: np.ndarray, row: int, identical: bool) -> np.ndarray:
 
 def _grow(f: h5py.File, name: str, rows: np.ndarray, row: int) -> None:
     """``bigdata<k>``: chunked (4, row), grown a chunk at a time then row by row, as the seed."""
-    d = f.create_dataset(name, shape=(0, row), maxshape=(None, row), chunks=(CHUNK_ROWS, row),
-                         dtype=np.int64)
+    d = f.create_dataset(
+        name, shape=(0, row), maxshape=(None, row), chunks=(CHUNK_ROWS, row), dtype=np.int64
+    )
     whole = len(rows) - len(rows) % CHUNK_ROWS
     for a in range(0, whole, CHUNK_ROWS):
         d.resize(a + CHUNK_ROWS, axis=0)
-        d[a:a + CHUNK_ROWS] = rows[a:a + CHUNK_ROWS]
+        d[a : a + CHUNK_ROWS] = rows[a : a + CHUNK_ROWS]
     for a in range(whole, len(rows)):
         d.resize(a + 1, axis=0)
         d[a] = rows[a]
 
 
-def write_trilogy(directory: Path, dat_size: int = 100, files: int = 10, row: int = 16,
-                  seed: int = 2017, identical: bool = False) -> list[Path]:
+def write_trilogy(
+    directory: Path,
+    dat_size: int = 100,
+    files: int = 10,
+    row: int = 16,
+    seed: int = 2017,
+    identical: bool = False,
+) -> list[Path]:
     """Write ``file1.h5`` .. ``file<files>.h5`` into ``directory``; return their paths."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,15 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def mock(ws: Workspace, dlid: str, events: int = 200, chunks: int = 2, runs: int = 2) -> Path:
-    spec = MockSpec(dlid=dlid, sources=2, events=events, event_bytes=400, runs=runs,
-                    chunks=chunks, seed=int(dlid[-3:]))
+    spec = MockSpec(
+        dlid=dlid,
+        sources=2,
+        events=events,
+        event_bytes=400,
+        runs=runs,
+        chunks=chunks,
+        seed=int(dlid[-3:]),
+    )
     return deliver(spec, "level0", ws.incoming_level0)
 
 
@@ -53,25 +60,54 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
 
     from engine.store import Downlink, StateDB
 
-    plan = [("251123001", "SUCCESS", 7200.0), ("251124002", "RUNNING", 600.0),
-            ("251125003", "FAILED", 300.0)]
+    plan = [
+        ("251123001", "SUCCESS", 7200.0),
+        ("251124002", "RUNNING", 600.0),
+        ("251125003", "FAILED", 300.0),
+    ]
     with StateDB(ws.state) as db:
         for dlid, status, ago in plan:
-            db.register_downlink(Downlink(dlid, "level0", str(ws.incoming_level0 / dlid), 2,
-                                          False, None, now - ago, now - ago + 1))
+            db.register_downlink(
+                Downlink(
+                    dlid,
+                    "level0",
+                    str(ws.incoming_level0 / dlid),
+                    2,
+                    False,
+                    None,
+                    now - ago,
+                    now - ago + 1,
+                )
+            )
             st, _ = db.claim_stream(dlid, "halfpipe")
             assert st is not None
             db.set_stream_vars(st.id, chunks=["00001", "00002"], runs=["785721600", "785721601"])
             t = now - ago + 2
 
-            def pi(process: str, key: str, status: str, dur: float | None, retries: int = 1,
-                   t0: float = 0.0, note: str | None = None, _st=st, _dl=dlid) -> None:
+            def pi(
+                process: str,
+                key: str,
+                status: str,
+                dur: float | None,
+                retries: int = 1,
+                t0: float = 0.0,
+                note: str | None = None,
+                _st=st,
+                _dl=dlid,
+            ) -> None:
                 p = db.create_instance(_st.id, process, key, retries)
-                db.update_instance(p.id, status=status, started=t0, host="node01",
-                                   pid=4000 + p.id, pid_start=t0,
-                                   ended=None if dur is None else t0 + dur,
-                                   exit_code=None if dur is None else (0 if status == "SUCCESS" else 1),
-                                   note=note, log_path=str(ws.logs / _dl / f"{process}-{key}.log"))
+                db.update_instance(
+                    p.id,
+                    status=status,
+                    started=t0,
+                    host="node01",
+                    pid=4000 + p.id,
+                    pid_start=t0,
+                    ended=None if dur is None else t0 + dur,
+                    exit_code=None if dur is None else (0 if status == "SUCCESS" else 1),
+                    note=note,
+                    log_path=str(ws.logs / _dl / f"{process}-{key}.log"),
+                )
 
             pi("launchChunks", "", "SUCCESS", 0.02, 0, t)
             if status == "FAILED":
@@ -92,6 +128,15 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
             pi("propagate", "", "SKIPPED", None, 0, t + 60, note="delivery carries no gensteps")
             pi("cleanup", "", "SUCCESS", 0.4, 0, t + 60)
             db.release_stream(st.id, "SUCCESS", None)
-    (ws.lock / "halfpipe-251124002").write_text(_json.dumps({
-        "pid": 4242, "host": "ops-node-7", "start": 0, "stream": "251124002",
-        "process": "makeEvt", "created": now - 5400}))
+    (ws.lock / "halfpipe-251124002").write_text(
+        _json.dumps(
+            {
+                "pid": 4242,
+                "host": "ops-node-7",
+                "start": 0,
+                "stream": "251124002",
+                "process": "makeEvt",
+                "created": now - 5400,
+            }
+        )
+    )

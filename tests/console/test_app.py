@@ -41,8 +41,9 @@ def register(ws) -> None:
 
 def run_stream(ws, dlid: str) -> int:
     """`skydeck-engine run` as its own process (its locks die with it, as in production)."""
-    return subprocess.run(api.engine_argv(ws, "run", dlid), capture_output=True,
-                          timeout=120).returncode
+    return subprocess.run(
+        api.engine_argv(ws, "run", dlid), capture_output=True, timeout=120
+    ).returncode
 
 
 def latest(ws, dlid: str) -> dict[tuple[str, str], object]:
@@ -57,9 +58,11 @@ def tree_node(tree: StreamTree, process: str, key: str = ""):  # type: ignore[no
 
 def job_messages(seen: list[JobProgress]):  # type: ignore[no-untyped-def]
     """A message hook collecting the job progress messages the app receives."""
+
     def hook(m: object) -> None:
         if isinstance(m, JobProgress):
             seen.append(m)
+
     return hook
 
 
@@ -93,20 +96,20 @@ async def test_filter_and_sort_with_keys(ws):
         await settle(pilot, lambda: len(table.shown) == 3)
         await pilot.press("slash", *"11-26")
         await settle(pilot, lambda: list(table.shown) == ["251126002"])
-        await pilot.press("escape")                       # clears the filter
+        await pilot.press("escape")  # clears the filter
         await settle(pilot, lambda: len(table.shown) == 3)
-        await pilot.press("exclamation_mark")             # no-op outside the filter input
-        await pilot.press("slash", "exclamation_mark", *"003", "enter")   # inverse filter
+        await pilot.press("exclamation_mark")  # no-op outside the filter input
+        await pilot.press("slash", "exclamation_mark", *"003", "enter")  # inverse filter
         await settle(pilot, lambda: set(table.shown) == {"251125001", "251126002"})
         assert app.focused is table
         await pilot.press("escape")
         app.q("#filter").value = ""
         await settle(pilot, lambda: len(table.shown) == 3)
-        await pilot.press("S")                             # reverse: newest id first
+        await pilot.press("S")  # reverse: newest id first
         assert table.sort_reverse
         first = table.coordinate_to_cell_key((0, 0)).row_key.value
         assert first == "251127003"
-        await pilot.press("s")                             # next column: date
+        await pilot.press("s")  # next column: date
         assert table.sort_column == "date"
 
 
@@ -115,26 +118,46 @@ async def test_operator_finds_stuck_downlink_unlocks_and_watches_it_finish(ws):
     mock(ws, "251125001", events=120)
     register(ws)
     # a stream lock left behind by a job on another host: never removed without an operator
-    (ws.lock / "halfpipe-251125001").write_text(json.dumps({
-        "pid": 4242, "host": "ops-node-7", "start": 0, "stream": "251125001",
-        "process": "makeEvt", "created": time.time() - 7200}))
+    (ws.lock / "halfpipe-251125001").write_text(
+        json.dumps(
+            {
+                "pid": 4242,
+                "host": "ops-node-7",
+                "start": 0,
+                "stream": "251125001",
+                "process": "makeEvt",
+                "created": time.time() - 7200,
+            }
+        )
+    )
     app = SkydeckApp(ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:
         table, tree, locks_t = app.q(DownlinksTable), app.q(StreamTree), app.q(LocksTable)
         await settle(pilot, lambda: "251125001" in table.shown)
-        await pilot.press("r")                                        # run the stream
-        await settle(pilot, lambda: ("makeEvt", "00001") in tree._pi_nodes
-                     and (tree_node(tree, "makeEvt", "00001").data.note or "").startswith(
-                         "waiting for stream lock"))
+        await pilot.press("r")  # run the stream
+        await settle(
+            pilot,
+            lambda: (
+                ("makeEvt", "00001") in tree._pi_nodes
+                and (tree_node(tree, "makeEvt", "00001").data.note or "").startswith(
+                    "waiting for stream lock"
+                )
+            ),
+        )
         assert table.model["251125001"].state == "running"
         await settle(pilot, lambda: "halfpipe-251125001" in locks_t.infos)
         info = locks_t.infos["halfpipe-251125001"]
         assert not info.stale and "another host" in info.reason
-        await pilot.press("1", "u")                                   # unlock: asks first
+        await pilot.press("1", "u")  # unlock: asks first
         assert isinstance(app.screen, ConfirmScreen) and "NOT provably stale" in app.screen.question
         await pilot.press("y")
-        await settle(pilot, lambda: not (ws.lock / "halfpipe-251125001").exists()
-                     or locks_t.infos.get("halfpipe-251125001", info).host != "ops-node-7")
+        await settle(
+            pilot,
+            lambda: (
+                not (ws.lock / "halfpipe-251125001").exists()
+                or locks_t.infos.get("halfpipe-251125001", info).host != "ops-node-7"
+            ),
+        )
         await settle(pilot, lambda: table.model["251125001"].state == "staged", timeout=90)
         assert tree.view is not None and tree.view.stream.status == "SUCCESS"
         await settle(pilot, lambda: "251125001" not in app.runners)  # runner exit seen
@@ -146,14 +169,19 @@ async def test_rollback_failed_stream_then_rerun_process(ws):
     src = sorted(level0.glob("*.h5"))[0]
     keep = ws.root / "keep.h5"
     shutil.copy2(src, keep)
-    src.write_bytes(b"not hdf5")               # a corrupt source: makeEvt fails, retries, fails
+    src.write_bytes(b"not hdf5")  # a corrupt source: makeEvt fails, retries, fails
     assert run_stream(ws, "251125001") == 1
-    shutil.move(keep, src)                     # the operator fixed it
+    shutil.move(keep, src)  # the operator fixed it
     app = SkydeckApp(ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:
         table, tree = app.q(DownlinksTable), app.q(StreamTree)
-        await settle(pilot, lambda: table.model.get("251125001") is not None
-                     and table.model["251125001"].state == "failed")
+        await settle(
+            pilot,
+            lambda: (
+                table.model.get("251125001") is not None
+                and table.model["251125001"].state == "failed"
+            ),
+        )
         await settle(pilot, lambda: tree.view is not None)
         assert tree_node(tree, "makeEvt", "00001").data.status == "FAILED"
         await pilot.press("b")
@@ -161,7 +189,10 @@ async def test_rollback_failed_stream_then_rerun_process(ws):
         await pilot.press("y")
         await settle(pilot, lambda: table.model["251125001"].state == "staged", timeout=90)
         pis = latest(ws, "251125001")
-        assert pis[("makeEvt", "00001")].execution == 3 and pis[("makeEvt", "00001")].status == "SUCCESS"
+        assert (
+            pis[("makeEvt", "00001")].execution == 3
+            and pis[("makeEvt", "00001")].status == "SUCCESS"
+        )
         # re-run one process (cleanup) from the tree: a new execution, the stream finishes again
         await settle(pilot, lambda: tree_node(tree, "cleanup").data.status == "SUCCESS")
         tree.focus()
@@ -169,9 +200,15 @@ async def test_rollback_failed_stream_then_rerun_process(ws):
         await pilot.press("p")
         assert isinstance(app.screen, ConfirmScreen) and "cleanup" in app.screen.question
         await pilot.press("y")
-        await settle(pilot, lambda: pi_of(tree, "cleanup") is not None
-                     and (pi_of(tree, "cleanup").execution, pi_of(tree, "cleanup").status)
-                     == (2, "SUCCESS"), timeout=60)
+        await settle(
+            pilot,
+            lambda: (
+                pi_of(tree, "cleanup") is not None
+                and (pi_of(tree, "cleanup").execution, pi_of(tree, "cleanup").status)
+                == (2, "SUCCESS")
+            ),
+            timeout=60,
+        )
         # its log opens in the Log tab and follows the file
         tree.move_cursor(tree_node(tree, "cleanup"))
         await pilot.press("l")
@@ -185,8 +222,12 @@ async def test_rollback_failed_stream_then_rerun_process(ws):
         assert app.focused is tree
         tree.move_cursor(tree_node(tree, "mergeIndices"))
         await pilot.press("enter")
-        await settle(pilot, lambda: log.path == tree_node(tree, "mergeIndices").data.log_path
-                     and log.line_count > 0)
+        await settle(
+            pilot,
+            lambda: (
+                log.path == tree_node(tree, "mergeIndices").data.log_path and log.line_count > 0
+            ),
+        )
 
 
 async def test_halt_flags_set_and_clear(ws):
@@ -198,17 +239,17 @@ async def test_halt_flags_set_and_clear(ws):
         await settle(pilot, lambda: table.selected == "251125001")
         await pilot.press("h")
         assert isinstance(app.screen, HaltScreen)
-        await pilot.press("enter")                      # first option: haltStage, global
+        await pilot.press("enter")  # first option: haltStage, global
         await settle(pilot, lambda: (ws.path("flags") / "haltStage").exists())
         assert api.halts(ws, "251125001") == {"haltStage": ["global"]}
-        await pilot.press("h", "down", "enter")         # haltStage for this downlink
+        await pilot.press("h", "down", "enter")  # haltStage for this downlink
         await settle(pilot, lambda: (ws.downlinks / "251125001" / "haltStage").exists())
-        await pilot.press("h", "enter")                 # toggling again clears the global one
+        await pilot.press("h", "enter")  # toggling again clears the global one
         await settle(pilot, lambda: not (ws.path("flags") / "haltStage").exists())
 
 
 async def test_staging_panel_and_disk_pressure_alert(tmp_path):
-    ws = make_ws(tmp_path / "ws", reserve=10**18)   # no disk has that much: pressure
+    ws = make_ws(tmp_path / "ws", reserve=10**18)  # no disk has that much: pressure
     mock(ws, "251125001", events=60)
     register(ws)
     app = SkydeckApp(ws, poll_s=0.05, stage_every_s=0.2)
@@ -225,8 +266,15 @@ async def test_staging_panel_and_disk_pressure_alert(tmp_path):
 
 async def test_hits_panel_summary_and_ab_view(ws):
     for seed in (0, 1):
-        propagate(Request(scene=SCENE, out=ws.events / SCENE.stem / f"ev{seed}", photons=20000,
-                          seed=seed, workers=1))
+        propagate(
+            Request(
+                scene=SCENE,
+                out=ws.events / SCENE.stem / f"ev{seed}",
+                photons=20000,
+                seed=seed,
+                workers=1,
+            )
+        )
     app = SkydeckApp(ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:
         panel = app.q(HitsPanel)
@@ -250,12 +298,16 @@ async def test_launch_propagation_with_progress(ws):
         assert isinstance(app.screen, FormScreen)
         app.screen.query_one("#f-photons").value = "30000"
         app.screen.query_one("#f-tag").value = "from-console"
-        await pilot.press("enter", "enter", "enter")      # through the fields; the last submits
+        await pilot.press("enter", "enter", "enter")  # through the fields; the last submits
         panel = app.q(HitsPanel)
-        await settle(pilot, lambda: any(m.exit is not None for m in seen) and not app.jobs
-                     and len(panel.summaries) == 1)
+        await settle(
+            pilot,
+            lambda: (
+                any(m.exit is not None for m in seen) and not app.jobs and len(panel.summaries) == 1
+            ),
+        )
         assert [m.exit for m in seen if m.exit is not None] == [0]
-        assert any(m.total == 30000 and m.done == 30000 for m in seen)   # progress reached it
+        assert any(m.total == 30000 and m.done == 30000 for m in seen)  # progress reached it
         path = next(iter(panel.summaries))
         assert Path(path).name == "from-console" and panel.summaries[path].photons == 30000
 
@@ -270,8 +322,9 @@ async def test_read_only_disables_every_action(ws):
         await pilot.press("r", "b", "h", "P", "B", "u")
         assert not app.runners and not app.jobs and app.screen is app.main
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert not any(t.startswith(("Run", "Roll back", "Unlock", "Build", "Propagate"))
-                       for t in titles)
+        assert not any(
+            t.startswith(("Run", "Roll back", "Unlock", "Build", "Propagate")) for t in titles
+        )
         assert any(t.startswith("Filter") for t in titles)
         assert "READ-ONLY" in app.sub_title
 
@@ -309,5 +362,5 @@ async def test_launch_build_on_files_with_progress(ws):
         assert [m.exit for m in seen if m.exit is not None] == [0]
         assert (ws.root / "builds" / "251125001.h5").is_file()
         done = [m for m in seen if m.total]
-        assert done and done[-1].done == done[-1].total > 0          # progress reached the total
-        assert not app.query(".job")                                  # the bar went away
+        assert done and done[-1].done == done[-1].total > 0  # progress reached the total
+        assert not app.query(".job")  # the bar went away

@@ -38,29 +38,47 @@ def outside_api(module: str) -> bool:
 def test_console_imports_only_engine_api() -> None:
     files = sorted(CONSOLE.rglob("*.py"))
     assert CONSOLE / "app.py" in files and CONSOLE / "screens" / "main.py" in files
-    bad = [f"{f.relative_to(CONSOLE.parent)}:{line}: {m}"
-           for f in files for line, m in engine_imports(f) if outside_api(m)]
+    bad = [
+        f"{f.relative_to(CONSOLE.parent)}:{line}: {m}"
+        for f in files
+        for line, m in engine_imports(f)
+        if outside_api(m)
+    ]
     assert bad == [], "console imports the engine outside engine.api:\n" + "\n".join(bad)
 
 
 def test_the_check_sees_every_form(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
-    f.write_text("import engine.store.state\nfrom engine.core import errors\n"
-                 "from engine import api, ops\nfrom engine.api import Monitor\n"
-                 "def g():\n    from engine.pipeline.locks import read\n"
-                 "if 0:\n    import engine\n")
+    f.write_text(
+        "import engine.store.state\nfrom engine.core import errors\n"
+        "from engine import api, ops\nfrom engine.api import Monitor\n"
+        "def g():\n    from engine.pipeline.locks import read\n"
+        "if 0:\n    import engine\n"
+    )
     found = [m for _, m in engine_imports(f) if outside_api(m)]
-    assert found == ["engine.store.state", "engine.core", "engine.ops",
-                     "engine.pipeline.locks", "engine"]
+    assert found == [
+        "engine.store.state",
+        "engine.core",
+        "engine.ops",
+        "engine.pipeline.locks",
+        "engine",
+    ]
 
 
 def test_console_start_imports_no_numpy() -> None:
     """The first paint stays light: importing the console (and engine.api's names that the
     widgets use) imports neither NumPy nor h5py; the hit summaries import them on first use."""
-    code = ("import sys\nimport console.app, console.screens.main\n"
-            "from engine.api import DownlinkRow, LockInfo, UsageReport, StreamView, Monitor\n"
-            "print(sorted(m for m in ('numpy', 'h5py', 'mpi4py') if m in sys.modules))\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=CONSOLE.parent)
+    code = (
+        "import sys\nimport console.app, console.screens.main\n"
+        "from engine.api import DownlinkRow, LockInfo, UsageReport, StreamView, Monitor\n"
+        "print(sorted(m for m in ('numpy', 'h5py', 'mpi4py') if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CONSOLE.parent,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

@@ -47,7 +47,10 @@ def event(ws, tag: str, photons: int) -> str:  # type: ignore[no-untyped-def]
 
 
 def warned(app: SkydeckApp, *words: str) -> bool:
-    return any(sev == "warning" and all(w in text for w in words) for sev, text in getattr(app, "toasts", []))
+    return any(
+        sev == "warning" and all(w in text for w in words)
+        for sev, text in getattr(app, "toasts", [])
+    )
 
 
 async def test_hits_detail_follows_the_cursor_by_event_when_events_arrive(ws):
@@ -59,17 +62,17 @@ async def test_hits_detail_follows_the_cursor_by_event_when_events_arrive(ws):
         await settle(pilot, lambda: len(panel.summaries) == 2)
         await pilot.press("3")
         panel.table.focus()
-        await pilot.press("down")                           # the older event, second row
+        await pilot.press("down")  # the older event, second row
         await settle(pilot, lambda: panel.selected == older)
         detail = panel.query_one("#hit-summary", Static)
         assert "photons 2,000" in text_of(detail)
-        event(ws, "newest", 4000)                           # arrives on top: rows move down
+        event(ws, "newest", 4000)  # arrives on top: rows move down
         await settle(pilot, lambda: len(panel.summaries) == 3)
         await pilot.pause()
-        assert panel.selected == older                      # the cursor stayed on the event
-        assert "photons 2,000" in text_of(detail)           # ... and the detail shows it
+        assert panel.selected == older  # the cursor stayed on the event
+        assert "photons 2,000" in text_of(detail)  # ... and the detail shows it
         await pilot.press("a")
-        assert panel.mark_a == older                        # `a` marks what is on screen
+        assert panel.mark_a == older  # `a` marks what is on screen
 
 
 async def test_tab_keys_work_from_every_focused_panel(ws):
@@ -80,7 +83,7 @@ async def test_tab_keys_work_from_every_focused_panel(ws):
         await settle(pilot, lambda: len(panel.summaries) == 1)
         for key, tab in (("1", "locks"), ("2", "staging"), ("4", "log")):
             await pilot.press("3")
-            panel.table.focus()                             # focus inside the Hits tab
+            panel.table.focus()  # focus inside the Hits tab
             await pilot.pause()
             await pilot.press(key)
             await pilot.pause()
@@ -106,7 +109,7 @@ async def test_every_footer_key_is_visible_at_120_columns(ws):
         for key in meant:
             assert shown[key].right <= 120, (key, shown[key])
         labels = [str(lb.render()) for lb in app.screen.query("FooterLabel")]
-        assert any("Tabs" in t for t in labels)             # 1-4 are one group
+        assert any("Tabs" in t for t in labels)  # 1-4 are one group
         # the keys hidden in the footer are still listed by `?`
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
@@ -117,7 +120,7 @@ async def test_every_footer_key_is_visible_at_120_columns(ws):
 async def test_rejected_delivery_shows_its_reason_and_offers_no_run(ws):
     level0 = mock(ws, "251125001", events=60)
     src = sorted(level0.glob("*.h5"))[0]
-    src.write_bytes(src.read_bytes()[:-10] + b"0123456789")    # no longer what MANIFEST says
+    src.write_bytes(src.read_bytes()[:-10] + b"0123456789")  # no longer what MANIFEST says
     register(ws)
     kept = ws.rejected / "251125001"
     assert kept.is_dir()
@@ -127,22 +130,24 @@ async def test_rejected_delivery_shows_its_reason_and_offers_no_run(ws):
         await settle(pilot, lambda: "251125001" in table.model)
         row = table.model["251125001"]
         assert row.state == "rejected"
-        assert not row.note.startswith("/") and row.note.startswith("checksum mismatch")  # reason first
+        assert not row.note.startswith("/") and row.note.startswith(
+            "checksum mismatch"
+        )  # reason first
         assert str(table.get_cell("251125001", "note")).startswith(row.note[:20])
         await settle(pilot, lambda: "REJECTED" in str(tree.root.label))
         lines = [str(n.label) for n in tree.root.children]
         assert any(line.startswith("reason: checksum mismatch") for line in lines)
-        assert any(str(kept) in line for line in lines)     # where the files were kept
+        assert any(str(kept) in line for line in lines)  # where the files were kept
         assert "press r" not in str(tree.root.label)
         await pilot.press("r")
-        assert not app.runners                              # nothing was started
+        assert not app.runners  # nothing was started
         assert warned(app, "nothing to run", str(kept))
 
 
 async def test_rerun_that_cannot_work_is_refused_and_a_group_rolls_back(ws):
     mock(ws, "251125001", events=120)
     register(ws)
-    assert run_stream(ws, "251125001") == 0                 # staged, then cleaned up
+    assert run_stream(ws, "251125001") == 0  # staged, then cleaned up
     before = latest(ws, "251125001")
     run = next(k for p, k in before if p == "mergeEvt")
     app = SkydeckApp(ws, poll_s=0.05)
@@ -152,15 +157,18 @@ async def test_rerun_that_cannot_work_is_refused_and_a_group_rolls_back(ws):
         tree.focus()
         tree.move_cursor(tree._pi_nodes[("mergeEvt", run)])
         await pilot.press("p")
-        await settle(pilot, lambda: warned(app, "not rolled back", "gone")
-                     or isinstance(app.screen, ConfirmScreen))
-        assert app.screen is app.main                       # nothing asked, nothing done
-        assert warned(app, "makeEvt")                       # ... and what would work
+        await settle(
+            pilot,
+            lambda: warned(app, "not rolled back", "gone") or isinstance(app.screen, ConfirmScreen),
+        )
+        assert app.screen is app.main  # nothing asked, nothing done
+        assert warned(app, "makeEvt")  # ... and what would work
         after = latest(ws, "251125001")
-        assert {k: (p.execution, p.status) for k, p in after.items()} == \
-            {k: (p.execution, p.status) for k, p in before.items()}
+        assert {k: (p.execution, p.status) for k, p in after.items()} == {
+            k: (p.execution, p.status) for k, p in before.items()
+        }
         assert table.model["251125001"].state == "staged" and not app.runners
-        await pilot.press("b")                              # nothing failed: nothing to ask
+        await pilot.press("b")  # nothing failed: nothing to ask
         await settle(pilot, lambda: warned(app, "no failed instance", "press p"))
         assert app.screen is app.main
         # the makeEvt group can be selected and rolled back as a whole
@@ -169,10 +177,16 @@ async def test_rerun_that_cannot_work_is_refused_and_a_group_rolls_back(ws):
         await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         assert "makeEvt" in app.screen.question and "makeEvt[00002]" in app.screen.detail
         await pilot.press("y")
-        await settle(pilot, lambda: table.model["251125001"].state == "staged"
-                     and table.model["251125001"].stream == "SUCCESS"
-                     and latest(ws, "251125001")[("makeEvt", "00001")].execution == 2
-                     and "251125001" not in app.runners, timeout=120)
+        await settle(
+            pilot,
+            lambda: (
+                table.model["251125001"].state == "staged"
+                and table.model["251125001"].stream == "SUCCESS"
+                and latest(ws, "251125001")[("makeEvt", "00001")].execution == 2
+                and "251125001" not in app.runners
+            ),
+            timeout=120,
+        )
         pis = latest(ws, "251125001")
         assert all(p.status in ("SUCCESS", "SKIPPED") for p in pis.values())
         assert pis[("mergeEvt", run)].execution == 2
@@ -182,8 +196,9 @@ async def test_daemon_log_opens_from_the_console(ws):
     from console.screens.modals import LogPickerScreen
 
     mock(ws, "251125001", events=60)
-    subprocess.run(api.engine_argv(ws, "watch", "--once"), capture_output=True, timeout=120,
-                   check=True)
+    subprocess.run(
+        api.engine_argv(ws, "watch", "--once"), capture_output=True, timeout=120, check=True
+    )
     daemon = ws.daemon_log
     assert daemon.is_file() and "stream_success" in daemon.read_text()
     app = SkydeckApp(ws, poll_s=0.05)
@@ -211,11 +226,11 @@ async def test_failed_job_toast_says_why_and_its_log_opens(ws):
         text = next(t for sev, t in app.toasts if sev == "error")
         job_log = next((ws.logs / "console").glob("build-*.log"))
         reason = api.last_line(job_log)
-        assert reason and reason in text and "no-such-input" in text   # the one-line reason
+        assert reason and reason in text and "no-such-input" in text  # the one-line reason
         await pilot.press("L")
         assert isinstance(app.screen, LogPickerScreen)
         assert str(job_log) in [f.path for f in app.screen.files]
-        await pilot.press("enter")                          # the newest console job's log
+        await pilot.press("enter")  # the newest console job's log
         log = app.q(LogPanel)
         await settle(pilot, lambda: log.path == str(job_log) and log.line_count > 0)
 
@@ -226,9 +241,23 @@ async def test_help_has_a_glossary_of_states_and_the_execution_notation(ws):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = text_of(app.screen.query_one("#glossary", Static))
-        for term in ("arrived", "running", "staged", "failed", "rejected", "WAITING", "READY",
-                     "QUEUED", "SUBMITTED", "RUNNING", "SUCCESS", "FAILED", "TERMINATED",
-                     "CANCELED", "SKIPPED", "e1 r0/1"):
+        for term in (
+            "arrived",
+            "running",
+            "staged",
+            "failed",
+            "rejected",
+            "WAITING",
+            "READY",
+            "QUEUED",
+            "SUBMITTED",
+            "RUNNING",
+            "SUCCESS",
+            "FAILED",
+            "TERMINATED",
+            "CANCELED",
+            "SKIPPED",
+            "e1 r0/1",
+        ):
             assert term in text, term
         assert "execution" in text and "retries" in text
-

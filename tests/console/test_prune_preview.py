@@ -22,8 +22,11 @@ pytestmark = pytest.mark.asyncio
 
 async def test_staging_panel_shows_what_the_next_prune_frees(tmp_path, capsys):
     ws = make_ws(tmp_path / "ws")
-    deliver(MockSpec(dlid="251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
-                     seed=1), "fcopy", ws.incoming_fcopy)
+    deliver(
+        MockSpec(dlid="251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1, seed=1),
+        "fcopy",
+        ws.incoming_fcopy,
+    )
     assert engine_main(["-w", str(ws.root), "run", "251125001"]) == 0
     ws = ws.with_overrides("retention", logs_days=0.00001, fcopy_days=0.00001)
     time.sleep(1.0)
@@ -38,7 +41,7 @@ async def test_staging_panel_shows_what_the_next_prune_frees(tmp_path, capsys):
     t = shown.totals()
     assert t["logs"].files and t["fcopy"].files == 2 and not t["events"].rows
     assert line.startswith("next prune frees ") and "logs " in line and "fcopy " in line
-    assert "events" not in line                      # events_days (90) keeps the rows
+    assert "events" not in line  # events_days (90) keeps the rows
     rec = Console(width=160, record=True)
     assert panel.report is not None
     rec.print(render(panel.report, prune=shown))

@@ -27,11 +27,23 @@ def test_main_screen_snapshot(tmp_path, snap_compare) -> None:
 
     async def ready(pilot) -> None:  # type: ignore[no-untyped-def]
         table, tree = app.q(DownlinksTable), app.q(StreamTree)
-        await settle(pilot, lambda: len(table.shown) == 3 and tree.view is not None
-                     and "halfpipe-251124002" in app.q(LocksTable).infos)
+        await settle(
+            pilot,
+            lambda: (
+                len(table.shown) == 3
+                and tree.view is not None
+                and "halfpipe-251124002" in app.q(LocksTable).infos
+            ),
+        )
         await pilot.press("down")  # the running downlink: its stream, with a progress bar
-        await settle(pilot, lambda: tree.dlid == "251124002" and tree.view is not None
-                     and tree.view.stream.dlid == "251124002")
+        await settle(
+            pilot,
+            lambda: (
+                tree.dlid == "251124002"
+                and tree.view is not None
+                and tree.view.stream.dlid == "251124002"
+            ),
+        )
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(180, 42), run_before=ready)

@@ -24,7 +24,7 @@ async def test_palette_commands_run_the_main_screens_actions(ws):
         sort = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Sort"))
         await sort.callback()
         assert table.sort_column == "date" and app.toasts[-1][1].startswith("sorted by Date")
-        await pilot.press("s")                          # the key runs the same screen action
+        await pilot.press("s")  # the key runs the same screen action
         assert table.sort_column == "state"
         tab = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("Hits"))
         await tab.callback()
@@ -40,6 +40,6 @@ async def test_read_only_gate_covers_screen_bound_keys(ws):
         assert app.main.check_action("sort", ()) is True
         shown = {b.binding.key for b in app.screen.active_bindings.values()}
         assert "r" not in shown and "b" not in shown and "slash" in shown and "q" in shown
-        app.main.action_run_stream()                    # even called directly: refused
+        app.main.action_run_stream()  # even called directly: refused
         assert app.toasts[-1] == ("warning", "read-only console: actions are disabled")
         assert not app.runners

@@ -39,8 +39,9 @@ def register(ws: Workspace, dlid: str) -> None:
         deliveries.process_all(ws, db, quiet_s=0.0)
 
 
-def test_the_monitor_never_waits_and_reads_everything_when_back(own_pg: Any,
-                                                                 pg_ws: Workspace) -> None:
+def test_the_monitor_never_waits_and_reads_everything_when_back(
+    own_pg: Any, pg_ws: Workspace
+) -> None:
     register(pg_ws, "251125001")
     with api.Monitor(pg_ws) as mon:
         assert set(mon.poll(None).rows or {}) == {"251125001"}
@@ -49,24 +50,23 @@ def test_the_monitor_never_waits_and_reads_everything_when_back(own_pg: Any,
         for _ in range(5):
             with pytest.raises(api.StateUnavailable):
                 mon.poll(None)
-        assert time.monotonic() - t0 < 5           # no poll waited for the server
+        assert time.monotonic() - t0 < 5  # no poll waited for the server
         assert not mon.outage.reachable and mon.outage.since is not None
         own_pg.start()
-        register(pg_ws, "251125002")               # committed while the probe was away
+        register(pg_ws, "251125002")  # committed while the probe was away
         snap = mon.poll("251125002")
         assert set(snap.rows or {}) == {"251125001", "251125002"}
         assert snap.stream_read and mon.outage.reachable
-        own_pg.terminate()                         # the probe's session, and LISTEN, gone
+        own_pg.terminate()  # the probe's session, and LISTEN, gone
         register(pg_ws, "251125003")
         snap = mon.poll(None)
         assert snap.rows is not None and "251125003" in snap.rows
         quiet = mon.poll(None)
-        assert quiet.rows is None                  # listening again: no change, no read
+        assert quiet.rows is None  # listening again: no change, no read
 
 
 @pytest.mark.asyncio
-async def test_the_console_shows_an_outage_and_recovers_live(own_pg: Any,
-                                                              pg_ws: Workspace) -> None:
+async def test_the_console_shows_an_outage_and_recovers_live(own_pg: Any, pg_ws: Workspace) -> None:
     register(pg_ws, "251125001")
     app = SkydeckApp(pg_ws, poll_s=0.05)
     async with app.run_test(size=(160, 45)) as pilot:
@@ -78,11 +78,10 @@ async def test_the_console_shows_an_outage_and_recovers_live(own_pg: Any,
         await settle(pilot, lambda: banner.has_class("show"))
         text = str(banner.render())
         assert "state database unreachable since" in text and "retrying" in text
-        assert "251125001" in table.shown          # what was read stays
+        assert "251125001" in table.shown  # what was read stays
         own_pg.start()
         register(pg_ws, "251125002")
-        await settle(pilot, lambda: not banner.has_class("show")
-                     and "251125002" in table.shown)
+        await settle(pilot, lambda: not banner.has_class("show") and "251125002" in table.shown)
         assert table.model["251125002"].state == "arrived"
         own_pg.terminate()
         register(pg_ws, "251125003")
@@ -91,8 +90,7 @@ async def test_the_console_shows_an_outage_and_recovers_live(own_pg: Any,
 
 
 @pytest.mark.asyncio
-async def test_the_console_starts_while_the_server_is_down(own_pg: Any,
-                                                           pg_ws: Workspace) -> None:
+async def test_the_console_starts_while_the_server_is_down(own_pg: Any, pg_ws: Workspace) -> None:
     register(pg_ws, "251125001")
     own_pg.stop()
     app = SkydeckApp(pg_ws, poll_s=0.05)

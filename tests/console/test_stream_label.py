@@ -10,10 +10,26 @@ NOW = 1_764_600_000.0
 
 
 def _pi(**kw: object) -> ProcessInstance:
-    base = dict(id=1, stream_id=1, process="makeEvt", key="00001", execution=1, is_latest=True,
-                status="RUNNING", auto_retry=0, max_retries=1, host="vm", pid=4242,
-                pid_start=NOW - 5, created=NOW - 6, started=NOW - 5, ended=None,
-                exit_code=None, log_path=None, note=None)
+    base = dict(
+        id=1,
+        stream_id=1,
+        process="makeEvt",
+        key="00001",
+        execution=1,
+        is_latest=True,
+        status="RUNNING",
+        auto_retry=0,
+        max_retries=1,
+        host="vm",
+        pid=4242,
+        pid_start=NOW - 5,
+        created=NOW - 6,
+        started=NOW - 5,
+        ended=None,
+        exit_code=None,
+        log_path=None,
+        note=None,
+    )
     base.update(kw)
     return ProcessInstance(**base)  # type: ignore[arg-type]
 

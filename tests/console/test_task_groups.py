@@ -48,13 +48,27 @@ def tiny_ws(root: Path) -> api.Workspace:
     ws = ws.with_overrides("pipeline", task="tiny.toml")
     now = FROZEN_NOW
     with StateDB(ws.state) as db:
-        db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "x"), 3,
-                                      False, None, now - 60, now - 59))
+        db.register_downlink(
+            Downlink(
+                "251125001",
+                "level0",
+                str(ws.incoming_level0 / "x"),
+                3,
+                False,
+                None,
+                now - 60,
+                now - 59,
+            )
+        )
         st, _ = db.claim_stream("251125001", "tiny")
         assert st is not None
         db.set_stream_vars(st.id, chunks=["00001", "00002", "00003"])
-        for process, key, status in [("split", "", "SUCCESS"), ("crunch", "00001", "SUCCESS"),
-                                     ("crunch", "00002", "FAILED"), ("crunch", "00003", "SUCCESS")]:
+        for process, key, status in [
+            ("split", "", "SUCCESS"),
+            ("crunch", "00001", "SUCCESS"),
+            ("crunch", "00002", "FAILED"),
+            ("crunch", "00003", "SUCCESS"),
+        ]:
             p = db.create_instance(st.id, process, key, 1)
             db.update_instance(p.id, status=status, started=now - 50, ended=now - 40)
         db.release_stream(st.id, "FAILED", "failed: crunch")
@@ -87,8 +101,8 @@ async def test_stream_tree_groups_a_custom_task(tmp_path: Path) -> None:
         assert str(group.label).startswith("crunch") and "(3 chunks)" in str(group.label)
         assert "FAILED 1" in str(group.label) and "SUCCESS 2" in str(group.label)
         keys = [str(n.label).split()[0] for n in group.children]
-        assert keys == ["00001", "00002", "00003"]              # children named by their key
+        assert keys == ["00001", "00002", "00003"]  # children named by their key
         tops = [str(n.label).split()[0] for n in tree.root.children if n.data is not None]
-        assert tops == ["split"]                                # a single instance: its name
+        assert tops == ["split"]  # a single instance: its name
         assert "crunch" in app.command_help["rerun_process"]
         assert "makeEvt" not in app.command_help["rerun_process"]

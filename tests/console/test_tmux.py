@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _capture(session: str) -> str:
-    return subprocess.run([TMUX, "capture-pane", "-p", "-t", session], capture_output=True,  # type: ignore[list-item]
-                          text=True).stdout
+    return subprocess.run(
+        [TMUX, "capture-pane", "-p", "-t", session],
+        capture_output=True,  # type: ignore[list-item]
+        text=True,
+    ).stdout
 
 
 def _wait_for(session: str, text: str, timeout: float = 30.0) -> str:
@@ -40,11 +43,16 @@ def test_skydeck_in_tmux_paints_and_quits(ws) -> None:
     exe = shutil.which("skydeck", path=str(Path(sys.executable).parent))
     argv = [exe] if exe else [sys.executable, "-m", "console.app"]
     session = f"skydeck-test-{os.getpid()}"
-    cmd = (f"cd {shlex.quote(str(REPO))} && {shlex.join(argv)} -w {shlex.quote(str(ws.root))}; "
-           "echo SKYDECK-EXITED $?; sleep 30")
+    cmd = (
+        f"cd {shlex.quote(str(REPO))} && {shlex.join(argv)} -w {shlex.quote(str(ws.root))}; "
+        "echo SKYDECK-EXITED $?; sleep 30"
+    )
     env = dict(os.environ, TERM="xterm-256color")
-    subprocess.run([TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", cmd],
-                   check=True, env=env)
+    subprocess.run(
+        [TMUX, "new-session", "-d", "-s", session, "-x", "140", "-y", "40", cmd],
+        check=True,
+        env=env,
+    )
     try:
         # the rows can be painted a frame before the tab labels (rows arrive as soon as the
         # first poll ends): wait for the whole first screen, every part of it checked

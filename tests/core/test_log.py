@@ -36,10 +36,23 @@ def _record(ev: dict | None, level: int = logging.INFO, msg: str = "x") -> loggi
     return rec
 
 
-EV = {"t": 1796165096.307, "event": "started", "dlid": "251114007", "stream": 3,
-      "process": "makeEvt", "key": "00001", "pi": 14, "execution": 2, "pid": 16453,
-      "log": "/ws/logs/251114007/makeEvt-00001-e2.log", "why": "two words", "none": None,
-      "dirs": ["/a", "/b"], "polling": False, "latency_s": 0.49220001}
+EV = {
+    "t": 1796165096.307,
+    "event": "started",
+    "dlid": "251114007",
+    "stream": 3,
+    "process": "makeEvt",
+    "key": "00001",
+    "pi": 14,
+    "execution": 2,
+    "pid": 16453,
+    "log": "/ws/logs/251114007/makeEvt-00001-e2.log",
+    "why": "two words",
+    "none": None,
+    "dirs": ["/a", "/b"],
+    "polling": False,
+    "latency_s": 0.49220001,
+}
 
 
 def test_json_keeps_the_events_fields_in_order_then_level_and_logger() -> None:
@@ -56,18 +69,21 @@ def test_json_keeps_the_events_fields_in_order_then_level_and_logger() -> None:
 
 def test_human_line_is_short_aligned_and_without_braces() -> None:
     line = log.HumanFormatter().format(_record(EV))
-    assert line.endswith('pid=16453 log=/ws/logs/251114007/makeEvt-00001-e2.log why="two words" '
-                         "dirs=/a,/b polling=no latency_s=0.492")
+    assert line.endswith(
+        'pid=16453 log=/ws/logs/251114007/makeEvt-00001-e2.log why="two words" '
+        "dirs=/a,/b polling=no latency_s=0.492"
+    )
     assert " started          251114007 makeEvt[00001] e2 " in line
     assert "{" not in line and "none=" not in line and "pi=" not in line
     short = log.HumanFormatter().format(_record({"t": EV["t"], "event": "once", "pid": 7}))
-    assert short[8:] == " once                       pid=7"   # the dlid column kept
+    assert short[8:] == " once                       pid=7"  # the dlid column kept
     err = log.HumanFormatter().format(_record({"event": "error", "error": "E: x"}, logging.ERROR))
     assert err[8:] == ' ERROR error                      error="E: x"'
 
 
-_texts = st.text(max_size=40) | st.sampled_from(["json", " Human ", "AUTO", "warn", "DEBUG",
-                                                 "critical", "", "info\n"])
+_texts = st.text(max_size=40) | st.sampled_from(
+    ["json", " Human ", "AUTO", "warn", "DEBUG", "critical", "", "info\n"]
+)
 
 
 @given(_texts)
@@ -86,9 +102,13 @@ def test_parse_level_is_total(text: str) -> None:
         assert str(err).startswith("--log-level: ") and "\n" not in str(err)
 
 
-@given(st.none() | _texts, st.none() | _texts,
-       st.dictionaries(st.sampled_from([log.ENV_FORMAT, log.ENV_LEVEL, "OTHER"]), _texts),
-       st.integers(0, 50), st.integers(0, 50))
+@given(
+    st.none() | _texts,
+    st.none() | _texts,
+    st.dictionaries(st.sampled_from([log.ENV_FORMAT, log.ENV_LEVEL, "OTHER"]), _texts),
+    st.integers(0, 50),
+    st.integers(0, 50),
+)
 def test_resolve_is_total_and_bounded(fmt, level, env, verbose, quiet) -> None:
     try:
         conf = log.resolve(fmt, level, verbose, quiet, env)
@@ -102,7 +122,7 @@ def test_resolve_precedence() -> None:
     env = {log.ENV_FORMAT: "human", log.ENV_LEVEL: "error"}
     assert log.resolve(env=env) == log.LogSetup(logging.ERROR, "human", "human")
     assert log.resolve("json", "info", env=env).level == logging.INFO
-    assert log.resolve(env={}).stdout == "json"            # pytest's capture is no terminal
+    assert log.resolve(env={}).stdout == "json"  # pytest's capture is no terminal
     assert log.resolve(verbose=3, env={}).level == logging.DEBUG
     assert log.resolve(quiet=1, env={}).level == logging.WARNING
     assert log.resolve(quiet=9, env={}).level == logging.CRITICAL
@@ -113,7 +133,9 @@ def test_resolve_precedence() -> None:
 def test_setup_again_replaces_its_handlers_and_follows_sys_stdout(capsys) -> None:
     log.setup("json", env={})
     log.setup("human", env={})
-    log.emit_event(log.logger("pipeline"), {"t": 0.0, "event": "stream_success", "dlid": "251114005"})
+    log.emit_event(
+        log.logger("pipeline"), {"t": 0.0, "event": "stream_success", "dlid": "251114005"}
+    )
     log.emit_event(log.logger("pipeline"), {"t": 0.0, "event": "hidden"}, logging.DEBUG)
     log.logger("daemon").warning("a diagnostic")
     out, err = capsys.readouterr()
@@ -121,22 +143,24 @@ def test_setup_again_replaces_its_handlers_and_follows_sys_stdout(capsys) -> Non
     assert err.count("\n") == 1 and " WARNING a diagnostic" in err
 
 
-def test_a_broken_stdout_raises_unless_a_daemon_log_is_attached(monkeypatch, tmp_path: Path) -> None:
+def test_a_broken_stdout_raises_unless_a_daemon_log_is_attached(
+    monkeypatch, tmp_path: Path
+) -> None:
     class Gone(io.StringIO):
         def write(self, s: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
 
     root = logging.getLogger(log.ROOT)
     log.setup("json", "warning", env={})
-    assert root.level == logging.INFO                       # info reaches a daemon.log
+    assert root.level == logging.INFO  # info reaches a daemon.log
     log.setup("json", env={})
     monkeypatch.setattr("sys.stdout", Gone())
     ev = {"t": 1.0, "event": "stream_success", "dlid": "251114005"}
-    with pytest.raises(BrokenPipeError):                    # `run | head`: as print did
+    with pytest.raises(BrokenPipeError):  # `run | head`: as print did
         log.emit_event(log.logger("pipeline"), ev)
     handler = log.attach_file(tmp_path / "daemon.log")
     try:
-        log.emit_event(log.logger("pipeline"), ev)          # lost on stdout, kept in the file
+        log.emit_event(log.logger("pipeline"), ev)  # lost on stdout, kept in the file
     finally:
         log.detach_file(handler)
     assert json.loads((tmp_path / "daemon.log").read_text())["event"] == "stream_success"

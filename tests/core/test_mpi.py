@@ -11,18 +11,45 @@ from engine.core import interrupt, mpi
 from engine.core.errors import BadInput
 from engine.propagate.backends import mpi_world
 
-ALL_VARS = {*mpi.LAUNCH_VARS, *mpi.SIZE_VARS, *mpi.RANK_VARS, *mpi.LOCAL_RANK_VARS,
-            mpi.SLURM_STEP, mpi.SLURM_SIZE, mpi.SLURM_RANK, "SLURM_JOB_ID", "SLURM_NTASKS"}
+ALL_VARS = {
+    *mpi.LAUNCH_VARS,
+    *mpi.SIZE_VARS,
+    *mpi.RANK_VARS,
+    *mpi.LOCAL_RANK_VARS,
+    mpi.SLURM_STEP,
+    mpi.SLURM_SIZE,
+    mpi.SLURM_RANK,
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+}
 
 LAUNCHES = {  # launcher -> (what it sets for rank 2 of 4 on a node's second slot, launched)
-    "hydra": ({"PMI_SIZE": "4", "PMI_RANK": "2", "MPI_LOCALNRANKS": "2", "MPI_LOCALRANKID": "1"},
-              True),
-    "openmpi": ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2",
-                 "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, True),
-    "mvapich": ({"MV2_COMM_WORLD_SIZE": "4", "MV2_COMM_WORLD_RANK": "2",
-                 "MV2_COMM_WORLD_LOCAL_RANK": "1"}, True),
-    "srun": ({"SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4",
-              "SLURM_PROCID": "2", "SLURM_LOCALID": "1"}, False),  # srun --mpi=none: no MPI
+    "hydra": (
+        {"PMI_SIZE": "4", "PMI_RANK": "2", "MPI_LOCALNRANKS": "2", "MPI_LOCALRANKID": "1"},
+        True,
+    ),
+    "openmpi": (
+        {
+            "OMPI_COMM_WORLD_SIZE": "4",
+            "OMPI_COMM_WORLD_RANK": "2",
+            "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+        },
+        True,
+    ),
+    "mvapich": (
+        {"MV2_COMM_WORLD_SIZE": "4", "MV2_COMM_WORLD_RANK": "2", "MV2_COMM_WORLD_LOCAL_RANK": "1"},
+        True,
+    ),
+    "srun": (
+        {
+            "SLURM_JOB_ID": "9",
+            "SLURM_STEP_ID": "0",
+            "SLURM_STEP_NUM_TASKS": "4",
+            "SLURM_PROCID": "2",
+            "SLURM_LOCALID": "1",
+        },
+        False,
+    ),  # srun --mpi=none: no MPI
 }
 
 
@@ -63,8 +90,13 @@ def test_a_slurm_batch_script_is_no_launch():
 
 
 def test_an_mpi_launchers_variables_win_over_slurms():
-    env = {"PMI_SIZE": "2", "PMI_RANK": "1", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8",
-           "SLURM_PROCID": "5"}
+    env = {
+        "PMI_SIZE": "2",
+        "PMI_RANK": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_PROCID": "5",
+    }
     assert (mpi.world_size_hint(env), mpi.rank_hint(env)) == (2, 1)
 
 
@@ -88,9 +120,9 @@ def test_srun_copies_without_mpi_between_them():
     """`srun -n 4 skydeck-engine build` with MpiDefault=none: four singletons (the trap)."""
     step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}
     assert mpi.srun_copies(step) == 4
-    assert mpi.srun_copies({**step, "SLURM_STEP_NUM_TASKS": "1"}) == 0     # one task: fine
+    assert mpi.srun_copies({**step, "SLURM_STEP_NUM_TASKS": "1"}) == 0  # one task: fine
     assert mpi.srun_copies({**step, "PMI_RANK": "2", "PMI_SIZE": "4"}) == 0  # srun --mpi=pmi2
-    batch_script = {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"}               # no job step
+    batch_script = {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"}  # no job step
     assert mpi.srun_copies(batch_script) == 0
     assert mpi.srun_copies({}) == 0
     assert mpi.srun_copies({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "3"}) == 3

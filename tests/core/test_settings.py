@@ -51,8 +51,11 @@ def test_a_workspace_without_a_file_has_the_defaults(tmp_path: Path) -> None:
 def test_config_prints_every_key_with_resolved_paths(tmp_path: Path) -> None:
     root = init_workspace(tmp_path / "ws").root
     cfg = root / "skydeck.toml"
-    cfg.write_text(cfg.read_text().replace('events          = "events"', 'events = "/elsewhere/ev"')
-                   .replace("max_jobs = 2 ", "max_jobs = 7 "))
+    cfg.write_text(
+        cfg.read_text()
+        .replace('events          = "events"', 'events = "/elsewhere/ev"')
+        .replace("max_jobs = 2 ", "max_jobs = 7 ")
+    )
     res = run_engine("-w", root, "config", check=True)
     doc = tomllib.loads(res.stdout)  # the human form is TOML
     expected = Settings().as_dict()
@@ -74,8 +77,9 @@ def test_config_with_a_typo_is_exit_2_naming_the_key(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("quiet_s = 2.0", 'quiet_s = "soon"'))
     res = run_engine("-w", root, "config")
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip() == (f"skydeck-engine: {cfg}: watch.quiet_s must be a number, "
-                                  "got 'soon'")
+    assert res.stderr.strip() == (
+        f"skydeck-engine: {cfg}: watch.quiet_s must be a number, got 'soon'"
+    )
 
 
 def test_with_overrides_rewrites_only_those_keys_and_keeps_the_comments(tmp_path: Path) -> None:
@@ -88,7 +92,9 @@ def test_with_overrides_rewrites_only_those_keys_and_keeps_the_comments(tmp_path
     after = cfg.read_text().splitlines()
     changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     assert [b.split("#")[0].split() for _, b in changed] == [
-        ["max_jobs", "=", "7"], ["launcher", "=", '"slurm"']]
+        ["max_jobs", "=", "7"],
+        ["launcher", "=", '"slurm"'],
+    ]
     # the inline comment that documents the key stays
     assert all(a.partition("#")[2] == b.partition("#")[2] for a, b in changed)
     assert cfg.stat().st_mode & 0o777 == 0o600  # a private config stays private
@@ -104,19 +110,22 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 
 @settings(max_examples=200, deadline=None)
 @given(partition=_TEXT, account=_TEXT, time_limit=_TEXT)
-def test_any_text_value_round_trips_through_the_file(partition: str, account: str,
-                                                       time_limit: str) -> None:
+def test_any_text_value_round_trips_through_the_file(
+    partition: str, account: str, time_limit: str
+) -> None:
     """A value set by set_keys is read back by the TOML parser as the same value, whatever
     its characters (quotes, #, newlines, backslashes), and the rest of the file is intact."""
     text = DEFAULT_CONFIG.read_text()
-    out = set_keys(text, "slurm", {"partition": partition, "account": account,
-                                   "time_limit": time_limit})
+    out = set_keys(
+        text, "slurm", {"partition": partition, "account": account, "time_limit": time_limit}
+    )
     doc = tomllib.loads(out)
     assert doc["slurm"]["partition"] == partition and doc["slurm"]["account"] == account
     assert doc["slurm"]["time_limit"] == time_limit
     packaged = tomllib.loads(text)
     assert {k: v for k, v in doc.items() if k != "slurm"} == {
-        k: v for k, v in packaged.items() if k != "slurm"}
+        k: v for k, v in packaged.items() if k != "slurm"
+    }
 
 
 def test_set_keys_adds_a_missing_key_and_a_missing_section() -> None:

@@ -39,8 +39,11 @@ def _started(log: Path) -> None:
 
 
 def _success(ws, *dlids: str, timeout: float = 90) -> None:
-    wait_for(lambda: all(stream_status(ws).get(d) == "SUCCESS" for d in dlids), timeout,
-             what=f"streams {dlids} SUCCESS")
+    wait_for(
+        lambda: all(stream_status(ws).get(d) == "SUCCESS" for d in dlids),
+        timeout,
+        what=f"streams {dlids} SUCCESS",
+    )
 
 
 @contextlib.contextmanager
@@ -70,7 +73,8 @@ def test_hostile_lock_files_never_stop_the_daemon(ws, tmp_path, capsys):
     try:
         _started(log)
         (ws.lock / "halfpipe-251125051").write_text(
-            json.dumps({"pid": 99999999999999999999, "host": host}))
+            json.dumps({"pid": 99999999999999999999, "host": host})
+        )
         (ws.lock / "0000dead").write_bytes(b"\x00\xff" * 100)
         os.mkfifo(ws.lock / "0000f1f0")
         wait_for(lambda: '"blocking_lock"' in log.read_text(), 20, what="reconciliation")
@@ -145,10 +149,10 @@ def test_file_vanishing_mid_verify_affects_that_delivery_only(ws, tmp_path):
         make_delivery(ws, "251125057", **FAST)
         t.join(40)
         assert gone.is_set()
-        _success(ws, "251125057")                          # the other delivery stages
-        assert d.poll() is None                            # and the daemon is alive
+        _success(ws, "251125057")  # the other delivery stages
+        assert d.poll() is None  # and the daemon is alive
         assert "251125056" not in stream_status(ws)
-        shutil.copy2(saved, dest / victim)                  # the file comes back
+        shutil.copy2(saved, dest / victim)  # the file comes back
         _success(ws, "251125056")
     finally:
         assert stop_daemon(d) == 0
@@ -171,9 +175,10 @@ def test_exception_stepping_one_stream_affects_that_stream_only(ws, tmp_path):
         _success(ws, "251125058")
     ev = log_events(log)
     errors = [e for e in ev if e["event"] == "error"]
-    assert errors and all(e["dlid"] == "251125058" and "FileExistsError" in e["error"]
-                          for e in errors)
-    assert len(errors) == 1                                # the same error is not repeated
+    assert errors and all(
+        e["dlid"] == "251125058" and "FileExistsError" in e["error"] for e in errors
+    )
+    assert len(errors) == 1  # the same error is not repeated
     assert any(e["event"] == "recovered" and e["dlid"] == "251125058" for e in ev)
 
 
@@ -195,7 +200,7 @@ def test_lock_directory_that_cannot_be_listed_never_stops_intake(ws, capsys):
     list_locks: a traceback in `locks` and, in the daemon, every reconciliation aborted before
     it reached a delivery. Now it is one blocking row, and deliveries still register."""
     shutil.rmtree(ws.lock)
-    os.symlink(ws.lock, ws.lock)                          # ELOOP on every access
+    os.symlink(ws.lock, ws.lock)  # ELOOP on every access
     rc, out, _ = cli(ws, "locks", capsys=capsys)
     assert rc == 0 and "cannot list the lock directory" in out and "blocks:" in out
     make_delivery(ws, "251125061", **FAST)

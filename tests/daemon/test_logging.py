@@ -55,7 +55,7 @@ def test_watch_once_human_lines_and_daemon_log_stays_json(ws):
 def test_run_human_lines(ws):
     ws = quick(ws)
     make_delivery(ws, DLID, **FAST)
-    r = cli_proc(ws, "run", DLID, "--log-format", "human")   # the option after the command too
+    r = cli_proc(ws, "run", DLID, "--log-format", "human")  # the option after the command too
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert all(HUMAN.match(line) for line in lines), r.stdout
@@ -124,8 +124,8 @@ def test_debug_level_shows_debug_lines_and_info_does_not(ws, monkeypatch):
     debug = [e for e in _json_lines(r.stdout) if e["level"] == "debug"]
     assert {"config", "scan"} <= {e["event"] for e in debug}
     assert any(e["event"] == "config" and e["workspace"] == str(ws.root) for e in debug)
-    assert "debug" in {e["level"] for e in _daemon_log(ws)}   # the daemon's log has them too
-    r = cli_proc(ws, "watch", "--once")                        # info: the default
+    assert "debug" in {e["level"] for e in _daemon_log(ws)}  # the daemon's log has them too
+    r = cli_proc(ws, "watch", "--once")  # info: the default
     assert r.returncode == 0 and {e["level"] for e in _json_lines(r.stdout)} == {"info"}
     # SKYDECK_LOG_LEVEL is the default an option overrides; -v is one level more
     monkeypatch.setenv("SKYDECK_LOG_LEVEL", "DEBUG")
@@ -135,7 +135,7 @@ def test_debug_level_shows_debug_lines_and_info_does_not(ws, monkeypatch):
     assert r.returncode == 0 and {e["level"] for e in _json_lines(r.stdout)} == {"info"}
     make_delivery(ws, "251126002", **FAST)
     monkeypatch.setenv("SKYDECK_LOG_LEVEL", "error")
-    r = cli_proc(ws, "-v", "run", "251126002")                # warning: a clean run says nothing
+    r = cli_proc(ws, "-v", "run", "251126002")  # warning: a clean run says nothing
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
 
 
@@ -147,7 +147,8 @@ def test_bad_log_options_are_one_line_exit_2(ws, monkeypatch):
     monkeypatch.setenv("SKYDECK_LOG_FORMAT", "yaml")
     r = cli_proc(ws, "watch", "--once")
     assert r.returncode == 2 and r.stderr == (
-        "skydeck-engine: SKYDECK_LOG_FORMAT: 'yaml' is not one of auto, human, json\n")
+        "skydeck-engine: SKYDECK_LOG_FORMAT: 'yaml' is not one of auto, human, json\n"
+    )
 
 
 def test_unwritable_daemon_log_loses_lines_not_the_daemon(ws):
@@ -171,8 +172,12 @@ def test_auto_is_human_at_a_terminal_and_json_in_a_pipe(ws):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("SKYDECK_LOG_FORMAT", None)
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "watch",
-                             "--once"], stdout=slave, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), "watch", "--once"],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     try:

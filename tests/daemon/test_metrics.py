@@ -75,12 +75,16 @@ def by(samples: Samples, name: str, label: str) -> dict[str, float]:
 def _claimed_by_a_process_that_exits(ws: Workspace, dlid: str) -> int:
     """Claim ``dlid``'s stream in a child process that then exits (a runner that died);
     returns its pid."""
-    code = ("import sys; from pathlib import Path; from engine.store import StateDB\n"
-            "from engine.core.workspace import Workspace\n"
-            "with StateDB(Workspace.open(Path(sys.argv[1])).state) as db:\n"
-            "    assert db.claim_stream(sys.argv[2], 'halfpipe')[0] is not None\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(ws.root), dlid],
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    code = (
+        "import sys; from pathlib import Path; from engine.store import StateDB\n"
+        "from engine.core.workspace import Workspace\n"
+        "with StateDB(Workspace.open(Path(sys.argv[1])).state) as db:\n"
+        "    assert db.claim_stream(sys.argv[2], 'halfpipe')[0] is not None\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(ws.root), dlid],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
     assert proc.wait(60) == 0
     return proc.pid
 
@@ -107,13 +111,19 @@ def test_watch_once_textfile_matches_the_database_and_the_workspace(ws, capsys):
     assert Counter(s.status for s in streams) == {"SUCCESS": 2}
     assert {k: v for k, v in by(m, "skydeck_streams", "status").items() if v} == {"SUCCESS": 2}
     assert set(by(m, "skydeck_streams", "status")) >= {"WAITING", "RUNNING", "FAILED"}  # 0s too
-    got = {(dict(k)["process"], dict(k)["status"]): v
-           for k, v in m["skydeck_process_instances"].items() if v}
+    got = {
+        (dict(k)["process"], dict(k)["status"]): v
+        for k, v in m["skydeck_process_instances"].items()
+        if v
+    }
     assert got == Counter((pi.process, pi.status) for pi in instances)
     assert len(got) >= 3 and sum(got.values()) == len(instances)
     assert by(m, "skydeck_queue_depth", "status") == {"WAITING": 0, "READY": 0, "QUEUED": 0}
-    assert {k: v for k, v in by(m, "skydeck_deliveries", "status").items() if v} == \
-        Counter(d.status for d in dels) == {"ACCEPTED": 2}
+    assert (
+        {k: v for k, v in by(m, "skydeck_deliveries", "status").items() if v}
+        == Counter(d.status for d in dels)
+        == {"ACCEPTED": 2}
+    )
     assert m["skydeck_oldest_pending_delivery_age_seconds"][()] == 0
     lat = sorted(d.registered - d.delivered for d in dls)
     assert m["skydeck_registration_latency_seconds_count"][()] == 2
@@ -181,8 +191,10 @@ def test_daemon_textfile_http_heartbeat_and_health(ws, tmp_path):
             if not path.exists():
                 return False
             m = parse(path.read_text())
-            return by(m, "skydeck_streams", "status").get("SUCCESS") == 1 \
-                and "skydeck_area_bytes" in m
+            return (
+                by(m, "skydeck_streams", "status").get("SUCCESS") == 1 and "skydeck_area_bytes" in m
+            )
+
         wait_for(ready, 60, what="the textfile with the stream done and the usage scan")
 
         # a reader never sees a partial file while the daemon replaces it every 0.1 s
@@ -197,8 +209,9 @@ def test_daemon_textfile_http_heartbeat_and_health(ws, tmp_path):
             assert text.endswith("\n") and "skydeck_daemons" in m and "skydeck_info" in m
             reads += 1
         assert reads > 20 and len(inodes) > 3  # it was replaced while we read
-        assert not [p for p in path.parent.iterdir() if p.name != path.name
-                    and p.name.endswith(".prom")]
+        assert not [
+            p for p in path.parent.iterdir() if p.name != path.name and p.name.endswith(".prom")
+        ]
 
         (ev,) = [e for e in log_events(log) if e.get("event") == "metrics_http"]
         body = urllib.request.urlopen(f"http://127.0.0.1:{ev['port']}/metrics", timeout=10).read()
@@ -215,14 +228,19 @@ def test_daemon_textfile_http_heartbeat_and_health(ws, tmp_path):
         r = cli_proc(ws, "health")
         assert r.returncode == 0 and r.stdout.startswith("healthy: daemon pid"), r.stdout + r.stderr
         js = json.loads(cli_proc(ws, "health", "--json").stdout)
-        assert js["healthy"] is True and {c["check"] for c in js["checks"]} == \
-            {"daemon", "state", "disk", "streams"}
+        assert js["healthy"] is True and {c["check"] for c in js["checks"]} == {
+            "daemon",
+            "state",
+            "disk",
+            "streams",
+        }
 
         set_halt(ws, "haltStage")
         r = cli_proc(ws, "health")
         assert r.returncode == 1
         assert r.stdout.splitlines() == [
-            f"halt:haltStage: halt flag haltStage is set globally ({ws.path('flags')}/haltStage)"]
+            f"halt:haltStage: halt flag haltStage is set globally ({ws.path('flags')}/haltStage)"
+        ]
         (ws.path("flags") / "haltStage").unlink()
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -305,8 +323,10 @@ def test_health_fails_while_the_daemon_cannot_reach_the_state_database(ws):
     (bad,) = [c for c in health(ws) if not c.ok]
     assert bad.name == "state"
     assert bad.detail.startswith("state database unreachable since ")
-    assert f"daemon pid {me.pid} on {me.host} cannot reach it: cannot connect: " \
+    assert (
+        f"daemon pid {me.pid} on {me.host} cannot reach it: cannot connect: "
         "connection refused" in bad.detail
+    )
     (hb,) = read_heartbeats(ws)
     assert not hb.state_reachable and hb.state_since == outage.since
     outage.up()
@@ -341,13 +361,16 @@ def test_health_cli_exit_codes_and_json(ws, capsys):
 # ------------------------------------------------------------------ [metrics] settings
 
 
-@pytest.mark.parametrize("line,message", [
-    ("interval_s = 0", "metrics.interval_s = 0 is outside 0.1..86400"),
-    ('interval_s = "fast"', "metrics.interval_s must be a number"),
-    ("textfile = 5", 'metrics.textfile must be a path, or "" for off'),
-    ("usage_interval_s = -3.0", "metrics.usage_interval_s = -3.0 is outside"),
-    ("intervall_s = 3.0", "did you mean interval_s?"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("interval_s = 0", "metrics.interval_s = 0 is outside 0.1..86400"),
+        ('interval_s = "fast"', "metrics.interval_s must be a number"),
+        ("textfile = 5", 'metrics.textfile must be a path, or "" for off'),
+        ("usage_interval_s = -3.0", "metrics.usage_interval_s = -3.0 is outside"),
+        ("intervall_s = 3.0", "did you mean interval_s?"),
+    ],
+)
 def test_bad_metrics_values_are_exit_2_with_one_line(ws, line, message):
     _set_config(ws, f"[metrics]\n{line}\n")
     for cmd in (["health"], ["watch", "--once"]):
@@ -358,8 +381,14 @@ def test_bad_metrics_values_are_exit_2_with_one_line(ws, line, message):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
-                 st.text(max_size=5), st.booleans()))
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**6), 10**6),
+        st.text(max_size=5),
+        st.booleans(),
+    )
+)
 def test_interval_is_accepted_exactly_in_range(v):
     ok = not isinstance(v, bool | str) and math.isfinite(v) and 0.1 <= v <= 86400
     try:

@@ -39,7 +39,7 @@ TRIALS = 10
 
 def _fresh(root: Path):
     shutil.rmtree(root, ignore_errors=True)
-    wipe_state()                            # on PostgreSQL the state outlives the directory
+    wipe_state()  # on PostgreSQL the state outlives the directory
     ws = init_workspace(root)
     ws = set_config(ws, "[disk]\nreserve_bytes = 0\n")
     ws = set_config(ws, "[halfpipe]\nmaxEvents = 100\n")
@@ -59,18 +59,25 @@ def _staged(ws) -> dict[str, str]:
 
 def _once(ws) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "engine", "-w", str(ws.root), "watch", "--once"],
-                       capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), "watch", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def _check(ws, reference: dict[str, str], trial: str) -> None:
     assert stream_status(ws) == {d: "SUCCESS" for d in DLIDS}, trial
-    assert _staged(ws) == reference, trial                  # byte for byte, nothing extra
+    assert _staged(ws) == reference, trial  # byte for byte, nothing extra
     assert locks.list_locks(ws.lock) == [], trial
-    hidden = [p for p in [*ws.stage.rglob(".*"), *ws.downlinks.rglob(".*"),
-                          *ws.incoming_level0.glob(".*")]]
-    assert hidden == [], (trial, hidden)      # no temporaries left where readers look
+    hidden = [
+        p
+        for p in [*ws.stage.rglob(".*"), *ws.downlinks.rglob(".*"), *ws.incoming_level0.glob(".*")]
+    ]
+    assert hidden == [], (trial, hidden)  # no temporaries left where readers look
     with StateDB(ws.state) as db:
         for d in DLIDS:
             st = db.latest_stream(d)
@@ -104,10 +111,13 @@ def test_kill9_daemon_and_jobs_at_random_moments(tmp_path):
             os.kill(victim, signal.SIGKILL)
         if target == "daemon":
             d.wait(10)
-            _once(ws)   # restart: resumes, fails+retries the orphaned instances, reclaims locks
+            _once(ws)  # restart: resumes, fails+retries the orphaned instances, reclaims locks
         else:
-            wait_for(lambda ws=ws: all(stream_status(ws).get(x) in ("SUCCESS", "FAILED")
-                                       for x in DLIDS), 120, what=f"trial {trial}")
+            wait_for(
+                lambda ws=ws: all(stream_status(ws).get(x) in ("SUCCESS", "FAILED") for x in DLIDS),
+                120,
+                what=f"trial {trial}",
+            )
             d.send_signal(signal.SIGTERM)
             assert d.wait(20) == 0
         _check(ws, reference, f"trial {trial} ({target})")

@@ -31,8 +31,12 @@ def geant4_installed() -> None:
 
 
 def engine(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def engine_json(*args: str | Path, timeout: float = 600) -> dict[str, Any]:
@@ -62,8 +66,13 @@ def two_sample_chi2(a: np.ndarray, b: np.ndarray, edges: np.ndarray) -> tuple[fl
     return chi2, int(keep.sum()) - 1
 
 
-def agree(name: str, a: np.ndarray, b: np.ndarray, bins: int = 30,
-          lo_hi: tuple[float, float] | None = None) -> None:
+def agree(
+    name: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    bins: int = 30,
+    lo_hi: tuple[float, float] | None = None,
+) -> None:
     """The two samples' distributions agree: histogram chi2 (z < 4) and means (|pull| < 4)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -71,8 +80,10 @@ def agree(name: str, a: np.ndarray, b: np.ndarray, bins: int = 30,
     chi2, ndf = two_sample_chi2(a, b, np.linspace(lo, hi, bins + 1))
     z = z_of_chi2(chi2, ndf)
     pull = (a.mean() - b.mean()) / math.sqrt(a.var() / len(a) + b.var() / len(b))
-    print(f"AGREE {name}: Geant4 {len(a):,} mean {a.mean():.5g}, skydeck {len(b):,} mean "
-          f"{b.mean():.5g}, pull {pull:+.2f}; chi2/ndf {chi2:.1f}/{ndf} (z {z:+.2f})")
+    print(
+        f"AGREE {name}: Geant4 {len(a):,} mean {a.mean():.5g}, skydeck {len(b):,} mean "
+        f"{b.mean():.5g}, pull {pull:+.2f}; chi2/ndf {chi2:.1f}/{ndf} (z {z:+.2f})"
+    )
     assert abs(pull) < 4, f"{name}: means differ by {pull:+.2f} sigma"
     assert z < 4, f"{name}: chi2/ndf {chi2:.1f}/{ndf} (z {z:.2f})"
 

@@ -21,8 +21,10 @@ def main(argv: list[str]) -> int:
             mpt = detector.material(g4, scene, i, keep).GetMaterialPropertiesTable()
             rindex, groupvel = mpt.GetProperty("RINDEX"), mpt.GetProperty("GROUPVEL")
             energies = [HC_EV_NM / float(nm) * g4.eV for nm in WL_GRID]
-            out[m.name] = {"rindex": [rindex.Value(e) for e in energies],
-                           "groupvel": [groupvel.Value(e) / (g4.mm / g4.ns) for e in energies]}
+            out[m.name] = {
+                "rindex": [rindex.Value(e) for e in energies],
+                "groupvel": [groupvel.Value(e) / (g4.mm / g4.ns) for e in energies],
+            }
     print(json.dumps({"version": runtime.version(g4), "materials": out}))
     return 0
 

@@ -21,9 +21,11 @@ PHOTONS = 100_000
 def _tank(tmp: Path) -> Path:
     (tmp / "tank.gdml").write_text(EX.tank(36))
     scene = tmp / "tank.toml"
-    scene.write_text('name = "tank"\n[geometry]\ngdml = "tank.gdml"\n[settings]\nmax_bounce = 40\n'
-                     '[source]\ntype = "point"\nposition = [0.0, 0.0, 100.0]\nwavelength = 420.0\n'
-                     f"photons = {PHOTONS}\n")
+    scene.write_text(
+        'name = "tank"\n[geometry]\ngdml = "tank.gdml"\n[settings]\nmax_bounce = 40\n'
+        '[source]\ntype = "point"\nposition = [0.0, 0.0, 100.0]\nwavelength = 420.0\n'
+        f"photons = {PHOTONS}\n"
+    )
     return scene
 
 
@@ -38,8 +40,10 @@ def test_tank_hits_agree_with_geant4(tmp_path: Path) -> None:
     na, nb = len(a), len(b)
     p = (na + nb) / (2 * PHOTONS)
     pull = (na - nb) / math.sqrt(2 * PHOTONS * p * (1 - p))
-    print(f"AB hit fraction: Geant4 {na / PHOTONS:.5f} ({na}), skydeck {nb / PHOTONS:.5f} ({nb}), "
-          f"pull {pull:+.2f}")
+    print(
+        f"AB hit fraction: Geant4 {na / PHOTONS:.5f} ({na}), skydeck {nb / PHOTONS:.5f} ({nb}), "
+        f"pull {pull:+.2f}"
+    )
     assert na > 1000 and abs(pull) < 4
     # hits per sensor: every one of the 36 copynumbers, a two-sample chi2
     sa, sb = a.view(np.int32)[:, 3, 1], b.view(np.int32)[:, 3, 1]
@@ -48,9 +52,11 @@ def test_tank_hits_agree_with_geant4(tmp_path: Path) -> None:
     k = math.sqrt(nb / na)
     chi2 = float(np.sum((ca * k - cb / k) ** 2 / (ca + cb)))
     z = z_of_chi2(chi2, 35)
-    print(f"AB hits per sensor: chi2/ndf {chi2:.1f}/35 (z {z:+.2f}); ring means "
-          f"Geant4 {[int(ca[i * 12:(i + 1) * 12].sum()) for i in range(3)]}, "
-          f"skydeck {[int(cb[i * 12:(i + 1) * 12].sum()) for i in range(3)]}")
+    print(
+        f"AB hits per sensor: chi2/ndf {chi2:.1f}/35 (z {z:+.2f}); ring means "
+        f"Geant4 {[int(ca[i * 12 : (i + 1) * 12].sum()) for i in range(3)]}, "
+        f"skydeck {[int(cb[i * 12 : (i + 1) * 12].sum()) for i in range(3)]}"
+    )
     assert z < 4
     # hit times: histogram chi2 and the means (group velocity in water and acrylic)
     ta, tb = a[:, 0, 3].astype(float), b[:, 0, 3].astype(float)
@@ -60,9 +66,11 @@ def test_tank_hits_agree_with_geant4(tmp_path: Path) -> None:
     chi2t = float(np.sum((ha[keep] * k - hb[keep] / k) ** 2 / (ha[keep] + hb[keep])))
     zt = z_of_chi2(chi2t, int(keep.sum()) - 1)
     pt = (ta.mean() - tb.mean()) / math.sqrt(ta.var() / na + tb.var() / nb)
-    print(f"AB hit time: Geant4 mean {ta.mean():.4f} ns, skydeck {tb.mean():.4f} ns, pull "
-          f"{pt:+.2f}; chi2/ndf {chi2t:.1f}/{int(keep.sum()) - 1} (z {zt:+.2f}); earliest "
-          f"{ta.min():.4f} / {tb.min():.4f} ns")
+    print(
+        f"AB hit time: Geant4 mean {ta.mean():.4f} ns, skydeck {tb.mean():.4f} ns, pull "
+        f"{pt:+.2f}; chi2/ndf {chi2t:.1f}/{int(keep.sum()) - 1} (z {zt:+.2f}); earliest "
+        f"{ta.min():.4f} / {tb.min():.4f} ns"
+    )
     assert abs(pt) < 4 and zt < 4
     # the direct light's first arrival: the same path, the same group velocities
     assert abs(ta.min() - tb.min()) < 0.02

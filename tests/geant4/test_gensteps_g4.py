@@ -31,17 +31,42 @@ SCINT = SCENES / "scint-tank.toml"
 
 def _run(tmp: Path, scene: Path, seed: int, *gun: str) -> tuple[dict, Path, Path, Path]:
     gs_path, g4 = tmp / "gensteps.npy", tmp / "geant4"
-    summary = engine_json("geant4", "gensteps", scene, "-o", gs_path, "--mode", "track",
-                          "--track-photons", g4, "--seed", seed, *gun)
+    summary = engine_json(
+        "geant4",
+        "gensteps",
+        scene,
+        "-o",
+        gs_path,
+        "--mode",
+        "track",
+        "--track-photons",
+        g4,
+        "--seed",
+        seed,
+        *gun,
+    )
     sky = tmp / "skydeck"
-    r = engine("propagate", scene, "-o", sky, "--gensteps", gs_path, "--seed", seed,
-               "--backend", "numpy", "--workers", "1")
+    r = engine(
+        "propagate",
+        scene,
+        "-o",
+        sky,
+        "--gensteps",
+        gs_path,
+        "--seed",
+        seed,
+        "--backend",
+        "numpy",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     return summary, gs_path, g4, sky
 
 
-def _generated(scene_path: Path, gs_path: Path, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                                     np.ndarray, np.ndarray]:
+def _generated(
+    scene_path: Path, gs_path: Path, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """skydeck's photons of the gensteps: wavelength, cosine to the step, time, kind."""
     scene = load_scene(scene_path)
     gs = G.load(gs_path, scene).array
@@ -69,8 +94,19 @@ def _hits_agree(g4: Path, sky: Path, photons: int, first: int, name: str) -> Non
 @pytest.mark.slow
 def test_muon_in_water_against_geant4(tmp_path: Path) -> None:
     seed = 3
-    s, gs_path, g4, sky = _run(tmp_path, WATER, seed, "--particle", "mu-", "--energy", "1GeV",
-                               "--position", "0,0,-990", "--direction", "0,0,1")
+    s, gs_path, g4, sky = _run(
+        tmp_path,
+        WATER,
+        seed,
+        "--particle",
+        "mu-",
+        "--energy",
+        "1GeV",
+        "--position",
+        "0,0,-990",
+        "--direction",
+        "0,0,1",
+    )
     gs = np.load(gs_path)
     num = gs.view(np.int32)[:, 0, 3].astype(np.int64)
     photons = s["photons_by_kind"]["CERENKOV"]
@@ -78,8 +114,9 @@ def test_muon_in_water_against_geant4(tmp_path: Path) -> None:
     assert num.sum() == photons > 100_000 and s["photons_by_kind"]["SCINTILLATION"] == 0
     meta = json.loads((sky / "meta.json").read_text())
     assert meta["photons"] == photons == json.loads((g4 / "meta.json").read_text())["photons"]
-    mean = float(np.sum(np.maximum(0, 0.5 * (gs[:, 5, 1].astype(np.float64) + gs[:, 5, 2]))
-                        * gs[:, 2, 3]))
+    mean = float(
+        np.sum(np.maximum(0, 0.5 * (gs[:, 5, 1].astype(np.float64) + gs[:, 5, 2])) * gs[:, 2, 3])
+    )
     counts_agree("Cerenkov photons vs G4Cerenkov's yield", photons, round(mean), math.sqrt(mean))
     # generation: cone angle and spectrum of every photon
     ref = np.load(g4 / "generated.npy")
@@ -94,8 +131,21 @@ def test_muon_in_water_against_geant4(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_electrons_in_scintillator_against_geant4(tmp_path: Path) -> None:
     seed = 7
-    s, gs_path, g4, sky = _run(tmp_path, SCINT, seed, "--particle", "e-", "--energy", "2MeV",
-                               "--position", "0,0,0", "--direction", "0,0,1", "--count", "8")
+    s, gs_path, g4, sky = _run(
+        tmp_path,
+        SCINT,
+        seed,
+        "--particle",
+        "e-",
+        "--energy",
+        "2MeV",
+        "--position",
+        "0,0,0",
+        "--direction",
+        "0,0,1",
+        "--count",
+        "8",
+    )
     gs = np.load(gs_path)
     kinds = gs.view(np.int32)[:, 0, 0]
     num = gs.view(np.int32)[:, 0, 3].astype(np.int64)
@@ -124,19 +174,58 @@ def test_muon_genstep_file_through_propagate_and_the_pipeline(tmp_path: Path) ->
     """The collector's file for a 1 GeV muon in water: `propagate --gensteps` (its material
     map found beside it) and a delivery carrying it, whose stream propagates it."""
     gs_path = tmp_path / "mu" / "gensteps.npy"
-    s = engine_json("geant4", "gensteps", "water-tank", "-o", gs_path, "--particle", "mu-",
-                    "--energy", "1GeV", "--position", "0,0,-990", "--direction", "0,0,1")
+    s = engine_json(
+        "geant4",
+        "gensteps",
+        "water-tank",
+        "-o",
+        gs_path,
+        "--particle",
+        "mu-",
+        "--energy",
+        "1GeV",
+        "--position",
+        "0,0,-990",
+        "--direction",
+        "0,0,1",
+    )
     side = json.loads(G.sidecar_for(gs_path).read_text())
     assert "Water" in side["materials"] and s["gensteps"] == len(np.load(gs_path))
-    meta = engine_json("propagate", "water-tank", "-o", tmp_path / "ev", "--gensteps", gs_path,
-                       "--backend", "numpy")
+    meta = engine_json(
+        "propagate",
+        "water-tank",
+        "-o",
+        tmp_path / "ev",
+        "--gensteps",
+        gs_path,
+        "--backend",
+        "numpy",
+    )
     assert meta["photons"] == s["photons"] and meta["hits"] > 0
     assert meta["gensteps"]["material_map"] == str(G.sidecar_for(gs_path))
     ws = tmp_path / "ws"
     assert engine("-w", ws, "init").returncode == 0
-    r = engine("-w", ws, "mock", "--downlink", "251201001", "--events", "40", "--event-bytes",
-               "400", "--sources", "2", "--runs", "1", "--chunks", "1", "--scene", "water-tank",
-               "--gensteps-file", gs_path)
+    r = engine(
+        "-w",
+        ws,
+        "mock",
+        "--downlink",
+        "251201001",
+        "--events",
+        "40",
+        "--event-bytes",
+        "400",
+        "--sources",
+        "2",
+        "--runs",
+        "1",
+        "--chunks",
+        "1",
+        "--scene",
+        "water-tank",
+        "--gensteps-file",
+        gs_path,
+    )
     assert r.returncode == 0, r.stderr
     delivered = ws / "incoming" / "level0" / "251201001"
     assert (delivered / "gensteps.materials.json").is_file()

@@ -32,8 +32,12 @@ PHOTONS = 20_000
 
 @pytest.mark.parametrize("name", ["tboolean-box", "water-tank", "scint-tank"])
 def test_group_velocity_and_index_are_geant4s(name: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "tests.geant4.g4tables", SCENES / f"{name}.toml"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.geant4.g4tables", SCENES / f"{name}.toml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     g4 = json.loads(out.stdout)
     scene = load_scene(SCENES / f"{name}.toml")
@@ -60,36 +64,69 @@ def oblique_doc() -> dict[str, Any]:
             "Vacuum": {"refractive_index": 1.0},
             "F2": {"refractive_index": f2, "absorption_length": 800.0, "scattering_length": 400.0},
         },
-        "surfaces": {"wall": {"detect": 0.5, "absorb": 0.5},
-                     "mixed": {"detect": 0.3, "absorb": 0.2, "reflect_specular": 0.25,
-                               "reflect_diffuse": 0.25}},
+        "surfaces": {
+            "wall": {"detect": 0.5, "absorb": 0.5},
+            "mixed": {
+                "detect": 0.3,
+                "absorb": 0.2,
+                "reflect_specular": 0.25,
+                "reflect_diffuse": 0.25,
+            },
+        },
         "container": {"half_size": [450.0, 450.0, 450.0], "material": "Vacuum", "surface": "wall"},
         "objects": [
-            {"shape": "box", "center": [0.0, 0.0, 0.0], "half_size": [150.0, 150.0, 100.0],
-             "material": "F2"},
-            {"shape": "sphere", "center": [0.0, 0.0, 280.0], "radius": 120.0, "material": "Vacuum",
-             "surface": "mixed"},
+            {
+                "shape": "box",
+                "center": [0.0, 0.0, 0.0],
+                "half_size": [150.0, 150.0, 100.0],
+                "material": "F2",
+            },
+            {
+                "shape": "sphere",
+                "center": [0.0, 0.0, 280.0],
+                "radius": 120.0,
+                "material": "Vacuum",
+                "surface": "mixed",
+            },
         ],
-        "source": {"type": "disc", "position": [-150.0, 0.0, -380.0],
-                   "direction": [math.sin(math.radians(40)), 0.0, math.cos(math.radians(40))],
-                   "radius": 50.8, "wavelength": 420.0, "photons": PHOTONS},
+        "source": {
+            "type": "disc",
+            "position": [-150.0, 0.0, -380.0],
+            "direction": [math.sin(math.radians(40)), 0.0, math.cos(math.radians(40))],
+            "radius": 50.8,
+            "wavelength": 420.0,
+            "photons": PHOTONS,
+        },
     }
 
 
 def _ab(scene: Path, tmp: Path, seed: int) -> tuple[Path, Path, dict[str, Any]]:
     g4 = tmp / "geant4"
     sky = tmp / "skydeck"
-    meta = engine_json("geant4", "propagate", scene, "-o", g4, "--photons", PHOTONS,
-                       "--seed", seed)
+    meta = engine_json("geant4", "propagate", scene, "-o", g4, "--photons", PHOTONS, "--seed", seed)
     assert meta["photons"] == PHOTONS and meta["backend"] == "geant4"
-    r = engine("propagate", scene, "-o", sky, "--photons", PHOTONS, "--seed", seed,
-               "--mode", "development", "--backend", "numpy", "--workers", "1")
+    r = engine(
+        "propagate",
+        scene,
+        "-o",
+        sky,
+        "--photons",
+        PHOTONS,
+        "--seed",
+        seed,
+        "--mode",
+        "development",
+        "--backend",
+        "numpy",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     r = engine("hits", g4, "--vs", sky, "--json")
     assert r.returncode == 0, r.stderr
     cmp_ = json.loads(r.stdout)["comparison"]
     text = engine("hits", g4, "--vs", sky).stdout
-    print("\n".join(text[text.index("A " + str(g4)):].splitlines()[:40]))
+    print("\n".join(text[text.index("A " + str(g4)) :].splitlines()[:40]))
     return g4, sky, cmp_
 
 
@@ -123,10 +160,13 @@ def _times_per_history(g4: Path, sky: Path, exact: bool) -> None:
             assert np.ptp(ta) < 1e-5 and np.ptp(tb) < 1e-5
             assert abs(ta.mean() - tb.mean()) < 2e-6 * ta.mean()
         else:
-            pull = (ta.mean() - tb.mean()) / math.sqrt(ta.var() / len(ta) + tb.var() / len(tb)
-                                                       + 1e-24)
-            print(f"TIME {label}: Geant4 {ta.mean():.4f} ns ({len(ta)}), skydeck "
-                  f"{tb.mean():.4f} ns ({len(tb)}), pull {pull:+.2f}")
+            pull = (ta.mean() - tb.mean()) / math.sqrt(
+                ta.var() / len(ta) + tb.var() / len(tb) + 1e-24
+            )
+            print(
+                f"TIME {label}: Geant4 {ta.mean():.4f} ns ({len(ta)}), skydeck "
+                f"{tb.mean():.4f} ns ({len(tb)}), pull {pull:+.2f}"
+            )
             assert abs(pull) < 4.5, label
     assert compared >= (2 if exact else 4)
 

@@ -63,7 +63,7 @@ def test_reader_gives_a_detector_or_badinput_for_any_bytes(data):
 def test_reader_gives_a_detector_or_badinput_for_a_damaged_file(pos, ch):
     text = EX.tank(4, 1)
     pos %= len(text)
-    data = (text[:pos] + ch + text[pos + 1:]).encode()
+    data = (text[:pos] + ch + text[pos + 1 :]).encode()
     from engine.propagate.geometry import detector as D
 
     with contextlib.suppress(BadInput):
@@ -75,17 +75,24 @@ def _cube_mesh(name: str, h: float) -> str:
     <define> part and a <solids> part joined; the caller puts it among the solids)."""
     corners = [(x, y, z) for x in (-h, h) for y in (-h, h) for z in (-h, h)]
     faces = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
-    tris = "".join(f'<quadrangular vertex1="{name}v{a}" vertex2="{name}v{b}" vertex3="{name}v{c}" '
-                   f'vertex4="{name}v{d}"/>' for a, b, c, d in faces)
+    tris = "".join(
+        f'<quadrangular vertex1="{name}v{a}" vertex2="{name}v{b}" vertex3="{name}v{c}" '
+        f'vertex4="{name}v{d}"/>'
+        for a, b, c, d in faces
+    )
     return f'<tessellated name="{name}">{tris}</tessellated>', "".join(
-        f'<position name="{name}v{i}" x="{x}" y="{y}" z="{z}"/>' for i, (x, y, z) in enumerate(corners))
+        f'<position name="{name}v{i}" x="{x}" y="{y}" z="{z}"/>'
+        for i, (x, y, z) in enumerate(corners)
+    )
 
 
 def _scene(tmp: Path, gdml: str, extra: str = "") -> Path:
     (tmp / "d.gdml").write_text(gdml)
     p = tmp / "d.toml"
-    p.write_text('name = "d"\n[geometry]\ngdml = "d.gdml"\n[source]\ntype = "point"\n'
-                 'position = [0.0, 0.0, 100.0]\nwavelength = 420.0\nphotons = 1000\n' + extra)
+    p.write_text(
+        'name = "d"\n[geometry]\ngdml = "d.gdml"\n[source]\ntype = "point"\n'
+        'position = [0.0, 0.0, 100.0]\nwavelength = 420.0\nphotons = 1000\n' + extra
+    )
     return p
 
 
@@ -111,13 +118,17 @@ def test_placements_are_geant4s(tmp_path):
 def test_boolean_operand_uses_the_rotation_itself(tmp_path):
     """G4GDMLReadSolids::BooleanRead places the second solid with Rz*Ry*Rx (not its
     inverse, as a physvol): a box rotated 30 deg about z, unioned at the origin."""
-    solids = ('<solids><box name="W" x="400" y="400" z="400"/><box name="A" x="10" y="10" z="10"/>'
-              '<box name="B" x="200" y="2" z="2"/><union name="U"><first ref="A"/><second ref="B"/>'
-              '<rotation name="r" z="30" unit="deg"/></union></solids>')
-    text = ('<gdml><materials/>' + solids + '<structure><volume name="V"><materialref ref="G4_AIR"/>'
-            '<solidref ref="U"/></volume><volume name="World"><materialref ref="G4_AIR"/>'
-            '<solidref ref="W"/><physvol><volumeref ref="V"/></physvol></volume></structure>'
-            '<setup name="Default" version="1"><world ref="World"/></setup></gdml>')
+    solids = (
+        '<solids><box name="W" x="400" y="400" z="400"/><box name="A" x="10" y="10" z="10"/>'
+        '<box name="B" x="200" y="2" z="2"/><union name="U"><first ref="A"/><second ref="B"/>'
+        '<rotation name="r" z="30" unit="deg"/></union></solids>'
+    )
+    text = (
+        '<gdml><materials/>' + solids + '<structure><volume name="V"><materialref ref="G4_AIR"/>'
+        '<solidref ref="U"/></volume><volume name="World"><materialref ref="G4_AIR"/>'
+        '<solidref ref="W"/><physvol><volumeref ref="V"/></physvol></volume></structure>'
+        '<setup name="Default" version="1"><world ref="World"/></setup></gdml>'
+    )
     from engine.propagate.geometry import detector as D
 
     det = G.parse(text.encode(), tmp_path / "b.gdml")
@@ -133,23 +144,45 @@ def test_boolean_operand_uses_the_rotation_itself(tmp_path):
             assert t[0] == pytest.approx(49.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda t: t.replace('<orb name="AcrylicBall" r="400" lunit="mm"/>',
-                         '<orb name="AcrylicBall" r="990" lunit="mm"/>'), "overlap"),
-    (lambda t: t.replace('<position name="ap" z="100"/>', '<position name="ap" z="700"/>'),
-     "sticks out"),
-    (lambda t: t.replace('<materialref ref="Pyrex"/>', '<materialref ref="Unobtainium"/>'),
-     "missing material 'Unobtainium'"),
-    (lambda t: t.replace('<orb name="AcrylicBall"', '<paraboloid name="AcrylicBall"'),
-     "unknown solid <paraboloid>"),
-    (lambda t: t.replace('<orb name="AcrylicBall" r="400" lunit="mm"/>',
-                         '<torus name="AcrylicBall" rmax="50" rtor="300"/>'),
-     "torus is not supported"),
-    (lambda t: t.replace('<physvol name="inner_pv"><volumeref ref="Inner"/>',
-                         '<physvol name="inner_pv"><volumeref ref="Inner"/><scale name="s" x="-1" y="1" z="1"/>'),
-     "not a rotation"),
-    (lambda t: t.replace("</gdml>", ""), "does not parse"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (
+            lambda t: t.replace(
+                '<orb name="AcrylicBall" r="400" lunit="mm"/>',
+                '<orb name="AcrylicBall" r="990" lunit="mm"/>',
+            ),
+            "overlap",
+        ),
+        (
+            lambda t: t.replace('<position name="ap" z="100"/>', '<position name="ap" z="700"/>'),
+            "sticks out",
+        ),
+        (
+            lambda t: t.replace('<materialref ref="Pyrex"/>', '<materialref ref="Unobtainium"/>'),
+            "missing material 'Unobtainium'",
+        ),
+        (
+            lambda t: t.replace('<orb name="AcrylicBall"', '<paraboloid name="AcrylicBall"'),
+            "unknown solid <paraboloid>",
+        ),
+        (
+            lambda t: t.replace(
+                '<orb name="AcrylicBall" r="400" lunit="mm"/>',
+                '<torus name="AcrylicBall" rmax="50" rtor="300"/>',
+            ),
+            "torus is not supported",
+        ),
+        (
+            lambda t: t.replace(
+                '<physvol name="inner_pv"><volumeref ref="Inner"/>',
+                '<physvol name="inner_pv"><volumeref ref="Inner"/><scale name="s" x="-1" y="1" z="1"/>',
+            ),
+            "not a rotation",
+        ),
+        (lambda t: t.replace("</gdml>", ""), "does not parse"),
+    ],
+)
 def test_bad_geometry_is_exit_2_naming_file_and_volume(tmp_path, edit, why):
     scene = _scene(tmp_path, edit(EX.tank(12, 1)))
     r = cli("propagate", scene, "-o", tmp_path / "ev", "--backend", "numpy", "--workers", "1")
@@ -164,7 +197,9 @@ def test_geometry_check_command(tmp_path):
     r = cli("geometry", "check", tmp_path / "t.gdml", "--points", "300")
     assert r.returncode == 0, r.stderr
     assert "42 volumes" in r.stdout and "no overlaps" in r.stdout
-    (tmp_path / "o.gdml").write_text(EX.tank(36).replace('x="400" y="400" z="40"', 'x="2400" y="400" z="40"'))
+    (tmp_path / "o.gdml").write_text(
+        EX.tank(36).replace('x="400" y="400" z="40"', 'x="2400" y="400" z="40"')
+    )
     r = cli("geometry", "check", tmp_path / "o.gdml")
     assert r.returncode == 2 and "o.gdml" in r.stderr and "Absorber" in r.stderr
 
@@ -185,38 +220,51 @@ def test_kernel_matches_numpy_on_a_gdml_detector(kernel_lib, tmp_path):
     """Every leaf kind the reader makes (box, ellipsoid with a cut, cylinder, cone, wedge,
     nappe, union, subtraction) on the kernel and NumPy, photon by photon."""
     text = EX.juno_like(2000, radius=19500.0)
-    extra = ('<cone name="C" rmin1="0" rmax1="300" rmin2="100" rmax2="500" z="400" '
-             'startphi="30" deltaphi="250" aunit="deg"/>'
-             '<sphere name="S" rmin="200" rmax="600" startphi="0" deltaphi="300" starttheta="20" '
-             'deltatheta="120" aunit="deg"/>'
-             '<polycone name="P" startphi="0" deltaphi="360" aunit="deg"><zplane rmin="0" rmax="300" z="-200"/>'
-             '<zplane rmin="50" rmax="400" z="0"/><zplane rmin="0" rmax="100" z="300"/></polycone>'
-             + _cube_mesh("T", 300.0)[0])
+    extra = (
+        '<cone name="C" rmin1="0" rmax1="300" rmin2="100" rmax2="500" z="400" '
+        'startphi="30" deltaphi="250" aunit="deg"/>'
+        '<sphere name="S" rmin="200" rmax="600" startphi="0" deltaphi="300" starttheta="20" '
+        'deltatheta="120" aunit="deg"/>'
+        '<polycone name="P" startphi="0" deltaphi="360" aunit="deg"><zplane rmin="0" rmax="300" z="-200"/>'
+        '<zplane rmin="50" rmax="400" z="0"/><zplane rmin="0" rmax="100" z="300"/></polycone>'
+        + _cube_mesh("T", 300.0)[0]
+    )
     text = text.replace("</define>", _cube_mesh("T", 300.0)[1] + "</define>")
     text = text.replace("</solids>", extra + "</solids>")
-    vols = ('<volume name="CV"><materialref ref="Acrylic"/><solidref ref="C"/></volume>'
-            '<volume name="SV"><materialref ref="Pyrex"/><solidref ref="S"/></volume>'
-            '<volume name="PV"><materialref ref="Acrylic"/><solidref ref="P"/></volume>'
-            '<volume name="TV"><materialref ref="Pyrex"/><solidref ref="T"/></volume>')
+    vols = (
+        '<volume name="CV"><materialref ref="Acrylic"/><solidref ref="C"/></volume>'
+        '<volume name="SV"><materialref ref="Pyrex"/><solidref ref="S"/></volume>'
+        '<volume name="PV"><materialref ref="Acrylic"/><solidref ref="P"/></volume>'
+        '<volume name="TV"><materialref ref="Pyrex"/><solidref ref="T"/></volume>'
+    )
     text = text.replace('  <volume name="PMT">', vols + '  <volume name="PMT">')
-    text = text.replace('<physvol name="ls_pv"><volumeref ref="LS"/></physvol>',
-                        '<physvol name="ls_pv"><volumeref ref="LS"/></physvol>')
-    text = text.replace('  <volume name="LS"><materialref ref="LS"/><solidref ref="LSBall"/></volume>',
-                        '  <volume name="LS"><materialref ref="LS"/><solidref ref="LSBall"/>'
-                        '<physvol name="c"><volumeref ref="CV"/><position name="cp" x="2000"/>'
-                        '<rotation name="cr" x="20" y="40" unit="deg"/></physvol>'
-                        '<physvol name="s"><volumeref ref="SV"/><position name="sp" x="-2000"/></physvol>'
-                        '<physvol name="p"><volumeref ref="PV"/><position name="pp" y="2000"/></physvol>'
-                        '<physvol name="t"><volumeref ref="TV"/><position name="tp" y="-2000"/>'
-                        '<rotation name="tr" z="30" unit="deg"/></physvol>'
-                        '</volume>')
+    text = text.replace(
+        '<physvol name="ls_pv"><volumeref ref="LS"/></physvol>',
+        '<physvol name="ls_pv"><volumeref ref="LS"/></physvol>',
+    )
+    text = text.replace(
+        '  <volume name="LS"><materialref ref="LS"/><solidref ref="LSBall"/></volume>',
+        '  <volume name="LS"><materialref ref="LS"/><solidref ref="LSBall"/>'
+        '<physvol name="c"><volumeref ref="CV"/><position name="cp" x="2000"/>'
+        '<rotation name="cr" x="20" y="40" unit="deg"/></physvol>'
+        '<physvol name="s"><volumeref ref="SV"/><position name="sp" x="-2000"/></physvol>'
+        '<physvol name="p"><volumeref ref="PV"/><position name="pp" y="2000"/></physvol>'
+        '<physvol name="t"><volumeref ref="TV"/><position name="tp" y="-2000"/>'
+        '<rotation name="tr" z="30" unit="deg"/></physvol>'
+        '</volume>',
+    )
     scene = load_scene(_scene(tmp_path, text, "[settings]\nmax_bounce = 16\n"))
     assert scene.source is not None
     sa = scene.arrays()
     n = 6000
     srcs = []
-    for pos in ([0.0, 0.0, 100.0], [1500.0, 0.0, 0.0], [-1500.0, 0.0, 0.0], [0.0, 1500.0, 0.0],
-                [0.0, -1500.0, 0.0]):
+    for pos in (
+        [0.0, 0.0, 100.0],
+        [1500.0, 0.0, 0.0],
+        [-1500.0, 0.0, 0.0],
+        [0.0, 1500.0, 0.0],
+        [0.0, -1500.0, 0.0],
+    ):
         scene.source.position = tuple(pos)  # type: ignore[assignment]
         srcs.append(gensteps(scene.source, n // 5))
     gs = np.concatenate(srcs)
@@ -224,7 +272,9 @@ def test_kernel_matches_numpy_on_a_gdml_detector(kernel_lib, tmp_path):
     ref = propagate_chunk(sa, gs, 0, n, p)
     hits, fm, ox, rx, seq = run_kernel(kernel_lib, sa, gs, n, p)
     same = seq == ref.seq
-    print(f"GDML: seqhis identical for {same.mean():.5f} of {n}, {len(np.unique(ref.seq))} histories")
+    print(
+        f"GDML: seqhis identical for {same.mean():.5f} of {n}, {len(np.unique(ref.seq))} histories"
+    )
     assert same.mean() > 0.998
     fmask = np.bitwise_or.reduce(ref.ox.view(np.uint32)[:, 3, 3])
     assert scene.gdml["solids"] >= 9  # world, pool, acrylic, LS, PMT, cone, sphere, polycone, mesh
@@ -249,12 +299,17 @@ def test_a_tessellated_cube_traces_as_a_box(tmp_path):
     """Crossings of a closed triangle mesh pair into intervals: a ray meets the meshed cube
     where it meets the box, entering and leaving, with the face's normal."""
     solids, defs = _cube_mesh("T", 100.0)
-    text = ("<gdml><define>" + defs + "</define><materials/><solids>" + solids +
-            '<box name="W" x="1000" y="1000" z="1000"/></solids><structure>'
-            '<volume name="V"><materialref ref="G4_AIR"/><solidref ref="T"/></volume>'
-            '<volume name="World"><materialref ref="G4_AIR"/><solidref ref="W"/>'
-            '<physvol><volumeref ref="V"/><position name="p" x="10" y="20" z="30"/></physvol>'
-            '</volume></structure><setup name="Default" version="1"><world ref="World"/></setup></gdml>')
+    text = (
+        "<gdml><define>"
+        + defs
+        + "</define><materials/><solids>"
+        + solids
+        + '<box name="W" x="1000" y="1000" z="1000"/></solids><structure>'
+        '<volume name="V"><materialref ref="G4_AIR"/><solidref ref="T"/></volume>'
+        '<volume name="World"><materialref ref="G4_AIR"/><solidref ref="W"/>'
+        '<physvol><volumeref ref="V"/><position name="p" x="10" y="20" z="30"/></physvol>'
+        '</volume></structure><setup name="Default" version="1"><world ref="World"/></setup></gdml>'
+    )
     from engine.propagate.geometry import detector as D
 
     g = D.build(G.parse(text.encode(), tmp_path / "m.gdml")).geometry
@@ -262,8 +317,9 @@ def test_a_tessellated_cube_traces_as_a_box(tmp_path):
     p = np.zeros((3, 400), np.float32)
     d = rng.normal(size=(3, 400))
     d = (d / np.linalg.norm(d, axis=0)).astype(np.float32)
-    t, node, n, _, enter = nearest(g.geo_i, g.geo_f, p - np.array([[0], [0], [200]], np.float32),
-                                   d, 1e-3)
+    t, node, n, _, enter = nearest(
+        g.geo_i, g.geo_f, p - np.array([[0], [0], [200]], np.float32), d, 1e-3
+    )
     o = (p - np.array([[0], [0], [200]], np.float32) - np.array([[10], [20], [30]])).astype(float)
     inv = 1.0 / d.astype(float)
     t1, t2 = (-100 - o) * inv, (100 - o) * inv
@@ -279,11 +335,33 @@ def test_a_delivery_names_the_juno_like_detector(tmp_path):
     """The pipeline's path: a mock delivery whose gensteps are electrons stopping in the
     JUNO-like detector's scintillator (the volume at its origin), propagated through it."""
     d = tmp_path / "dl"
-    r = cli("mock", "--downlink", "261207001", "--scene", "juno-like", "--gensteps-kind",
-            "scintillation", "--events", "10", "-o", d)
+    r = cli(
+        "mock",
+        "--downlink",
+        "261207001",
+        "--scene",
+        "juno-like",
+        "--gensteps-kind",
+        "scintillation",
+        "--events",
+        "10",
+        "-o",
+        d,
+    )
     assert r.returncode == 0, r.stderr
-    r = cli("propagate", "juno-like", "--gensteps", d / "gensteps.npy", "-o", tmp_path / "ev",
-            "--backend", "numpy", "--workers", "1", "--json")
+    r = cli(
+        "propagate",
+        "juno-like",
+        "--gensteps",
+        d / "gensteps.npy",
+        "-o",
+        tmp_path / "ev",
+        "--backend",
+        "numpy",
+        "--workers",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     import json
 
@@ -291,4 +369,5 @@ def test_a_delivery_names_the_juno_like_detector(tmp_path):
     assert meta["gensteps"]["kinds"]["SCINTILLATION"]["photons"] > 1000 and meta["hits"] > 0
     ht = np.load(tmp_path / "ev" / "ht.npy")
     assert np.all(ht.view(np.uint32)[:, 3, 3] & (F.SI | F.CK)) and np.all(
-        np.linalg.norm(ht[:, 0, :3], axis=1) > 19000)  # on the PMTs, 19.5 m out
+        np.linalg.norm(ht[:, 0, :3], axis=1) > 19000
+    )  # on the PMTs, 19.5 m out

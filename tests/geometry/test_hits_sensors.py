@@ -17,8 +17,10 @@ from tests.propagate.conftest import cli
 def test_hits_lists_sensors_and_the_map(tmp_path):
     (tmp_path / "t.gdml").write_text(EX.tank(36))
     scene = tmp_path / "t.toml"
-    scene.write_text('name = "t"\n[geometry]\ngdml = "t.gdml"\n[source]\ntype = "point"\n'
-                     'position = [0.0, 0.0, 100.0]\nwavelength = 420.0\nphotons = 20000\n')
+    scene.write_text(
+        'name = "t"\n[geometry]\ngdml = "t.gdml"\n[source]\ntype = "point"\n'
+        'position = [0.0, 0.0, 100.0]\nwavelength = 420.0\nphotons = 20000\n'
+    )
     r = cli("propagate", scene, "-o", tmp_path / "ev", "--backend", "numpy", "--workers", "1")
     assert r.returncode == 0, r.stderr
     ht = np.load(tmp_path / "ev" / "ht.npy")
@@ -26,7 +28,8 @@ def test_hits_lists_sensors_and_the_map(tmp_path):
     s = summarize(tmp_path / "ev")
     assert s.sensors_total == 36 and s.sensors_hit == len(ids)
     assert s.sensors[0][1] == counts.max() and sum(h for _, h in s.sensors) == min(
-        len(ht), sum(sorted(counts)[::-1][:20]))
+        len(ht), sum(sorted(counts)[::-1][:20])
+    )
     text = render_text(s)
     assert f"sensors hit {len(ids)} of 36" in text and "seen from the origin" in text
     doc = json.loads(cli("hits", tmp_path / "ev", "--json").stdout)

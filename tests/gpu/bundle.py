@@ -29,16 +29,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 64 * 2**20  # what a device call carries, working tree included
 PYTHON = "3.12"
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 SDISTS = ("pycuda==2026.1",)
-WHEELS = ("pytools==2026.1.1", "siphash24==1.9", "platformdirs==4.14.9", "mako==1.4.3",
-          "defusedxml==0.7.1", "watchdog==7.1.0")
+WHEELS = (
+    "pytools==2026.1.1",
+    "siphash24==1.9",
+    "platformdirs==4.14.9",
+    "mako==1.4.3",
+    "defusedxml==0.7.1",
+    "watchdog==7.1.0",
+)
 
 
 def pip(*args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         tail = "\n".join(r.stderr.strip().splitlines()[-5:])
         raise SystemExit(f"gpu-bundle: pip {args[0]} failed:\n{tail}")
@@ -59,18 +73,37 @@ def build(out: Path) -> dict:
     for sdist in SDISTS:
         pip("download", "--no-deps", "--no-binary", sdist.split("==")[0], "-d", str(tmp), sdist)
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
-    pip("download", "--no-deps", "--only-binary=:all:", "--python-version", PYTHON,
-        "--implementation", "cp", *plat, "-d", str(tmp), *WHEELS)
+    pip(
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON,
+        "--implementation",
+        "cp",
+        *plat,
+        "-d",
+        str(tmp),
+        *WHEELS,
+    )
     pip("wheel", "--no-deps", "-w", str(tmp), str(ROOT))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(tmp.iterdir())}
-    manifest = {"created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "python": PYTHON, "platforms": list(PLATFORMS), "sdists": list(SDISTS),
-                "wheels": list(WHEELS), "files": files,
-                "bytes": sum(f["bytes"] for f in files.values())}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(tmp.iterdir())
+    }
+    manifest = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": PYTHON,
+        "platforms": list(PLATFORMS),
+        "sdists": list(SDISTS),
+        "wheels": list(WHEELS),
+        "files": files,
+        "bytes": sum(f["bytes"] for f in files.values()),
+    }
     if manifest["bytes"] > LIMIT // 2:
-        raise SystemExit(f"gpu-bundle: {manifest['bytes']:,} B is more than half of what a "
-                         f"device call carries ({LIMIT:,} B with the working tree)")
+        raise SystemExit(
+            f"gpu-bundle: {manifest['bytes']:,} B is more than half of what a "
+            f"device call carries ({LIMIT:,} B with the working tree)"
+        )
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -56,18 +56,25 @@ from tests.gpu.bundle import PLATFORMS, sha256
 ROOT = Path(__file__).resolve().parents[2]
 SCENE = ROOT / "assets" / "scenes" / "tboolean-box.toml"
 # genstep kinds besides the torch: (scene, mock track maker, hit mask)
-STEP_KINDS = {"cerenkov": (ROOT / "assets" / "scenes" / "water-tank.toml", "cerenkov_tracks"),
-              "scintillation": (ROOT / "assets" / "scenes" / "scint-tank.toml",
-                                "scintillation_tracks")}
+STEP_KINDS = {
+    "cerenkov": (ROOT / "assets" / "scenes" / "water-tank.toml", "cerenkov_tracks"),
+    "scintillation": (ROOT / "assets" / "scenes" / "scint-tank.toml", "scintillation_tracks"),
+}
 HITMASK = "BR"
 # a GDML detector: the JUNO-like example (2,000 PMTs, CSG unions, the BVH), torch photons
 # from its centre, hit mask SD: parity and production rates like the other kinds
 GDML_SCENE = ROOT / "assets" / "scenes" / "juno-like.toml"
 SEED = 7
 BACKENDS = ("cupy", "cuda")  # CuPy first: it needs no build, PyCUDA builds meanwhile
-LIBCUDA_DIRS = ("/usr/local/cuda/lib64/stubs", "/usr/local/cuda/targets/x86_64-linux/lib/stubs",
-                "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x86_64-linux-gnu",
-                "/usr/lib64", "/usr/lib")
+LIBCUDA_DIRS = (
+    "/usr/local/cuda/lib64/stubs",
+    "/usr/local/cuda/targets/x86_64-linux/lib/stubs",
+    "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+)
 
 
 class NoGpu(Exception):
@@ -96,8 +103,9 @@ class Report:
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.t0)
 
-    def step(self, name: str, fn: Callable[[Step], Any], limit: float,
-             skip: str | None = None) -> Step:
+    def step(
+        self, name: str, fn: Callable[[Step], Any], limit: float, skip: str | None = None
+    ) -> Step:
         """Run ``fn(step)`` with at most ``limit`` seconds (and what the budget has left);
         record ok, failed (the error's last line), timeout or skipped, and write the report."""
         st = Step(name)
@@ -121,8 +129,9 @@ class Report:
                 st.detail = f"{type(err).__name__}: {err}".strip().splitlines()[-1][:400]
                 st.data["traceback"] = traceback.format_exc().splitlines()[-6:]
         st.seconds = round(time.monotonic() - t, 2)
-        print(f"gpu-check: {name}: {st.status} in {st.seconds:.1f} s {st.detail}".rstrip(),
-              flush=True)
+        print(
+            f"gpu-check: {name}: {st.status} in {st.seconds:.1f} s {st.detail}".rstrip(), flush=True
+        )
         self.write()
         return st
 
@@ -130,15 +139,22 @@ class Report:
         return next((s for s in self.steps if s.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"started": self.started, "elapsed_s": round(time.monotonic() - self.t0, 1),
-                "budget_s": self.budget_s, "gpu": self.gpu, "versions": self.versions,
-                "steps": [asdict(s) for s in self.steps]}
+        return {
+            "started": self.started,
+            "elapsed_s": round(time.monotonic() - self.t0, 1),
+            "budget_s": self.budget_s,
+            "gpu": self.gpu,
+            "versions": self.versions,
+            "steps": [asdict(s) for s in self.steps],
+        }
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         d = self.to_dict()
-        for name, text in (("report.json", json.dumps(d, indent=1, default=str) + "\n"),
-                           ("report.md", render_markdown(d))):
+        for name, text in (
+            ("report.json", json.dumps(d, indent=1, default=str) + "\n"),
+            ("report.md", render_markdown(d)),
+        ):
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
@@ -146,15 +162,22 @@ class Report:
 
 # ---------------------------------------------------------------------------- helpers
 
-def sh(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
-       cwd: Path = ROOT, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+
+def sh(
+    cmd: list[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    log: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if log is not None:
         log.write_text(f"$ {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
     if r.returncode != 0:
         tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:] or [""]
-        raise RuntimeError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} exited {r.returncode}: "
-                           f"{tail[0]}")
+        raise RuntimeError(
+            f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} exited {r.returncode}: {tail[0]}"
+        )
     return r
 
 
@@ -163,8 +186,10 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((bundle / "MANIFEST.json").read_text())
     except (OSError, ValueError) as err:
-        raise RuntimeError(f"{bundle}: no readable MANIFEST.json ({err}): run `make gpu-bundle` "
-                           "and carry the folder") from None
+        raise RuntimeError(
+            f"{bundle}: no readable MANIFEST.json ({err}): run `make gpu-bundle` "
+            "and carry the folder"
+        ) from None
     for name, f in manifest["files"].items():
         p = bundle / name
         if not p.is_file() or p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
@@ -177,10 +202,30 @@ def install_wheels(bundle: Path, manifest: dict[str, Any], site: Path, timeout: 
     wheels = [str(bundle / n) for n in manifest["files"] if n.endswith(".whl")]
     plat = [a for p in manifest.get("platforms", PLATFORMS) for a in ("--platform", p)]
     shutil.rmtree(site, ignore_errors=True)
-    sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-        "--no-cache-dir", "--disable-pip-version-check", "--target", str(site),
-        "--python-version", manifest.get("python", "3.12"), "--implementation", "cp",
-        "--only-binary=:all:", *plat, *wheels], timeout)
+    sh(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            "--python-version",
+            manifest.get("python", "3.12"),
+            "--implementation",
+            "cp",
+            "--only-binary=:all:",
+            *plat,
+            *wheels,
+        ],
+        timeout,
+    )
     return [Path(w).name for w in wheels]
 
 
@@ -212,14 +257,22 @@ def detect_gpu(libcuda: str | None) -> dict[str, Any]:
     mem = ctypes.c_size_t()
     lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev)
     lib.cuDriverGetVersion(ctypes.byref(ver))
-    info = {"count": count.value, "name": name.value.decode(errors="replace"),
-            "cc": f"{cc[0]}.{cc[1]}", "memory_bytes": mem.value,
-            "cuda_driver_api": f"{ver.value // 1000}.{ver.value % 1000 // 10}"}
+    info = {
+        "count": count.value,
+        "name": name.value.decode(errors="replace"),
+        "cc": f"{cc[0]}.{cc[1]}",
+        "memory_bytes": mem.value,
+        "cuda_driver_api": f"{ver.value // 1000}.{ver.value % 1000 // 10}",
+    }
     smi = shutil.which("nvidia-smi")
     if smi:
         with contextlib.suppress(Exception):
-            r = subprocess.run([smi, "--query-gpu=driver_version,name,clocks.max.sm",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+            r = subprocess.run(
+                [smi, "--query-gpu=driver_version,name,clocks.max.sm", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             info["nvidia_smi"] = r.stdout.strip().splitlines()[0]
             info["driver"] = info["nvidia_smi"].split(",")[0].strip()
     return info
@@ -229,8 +282,12 @@ def find_cuda_root() -> Path:
     """The toolkit whose include/cuda.h PyCUDA compiles against: $CUDA_HOME, $CUDA_PATH,
     /usr/local/cuda, else nvcc's folder's parent (nvcc may be a wrapper script elsewhere)."""
     nvcc = shutil.which("nvcc")
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
-                 nvcc and str(Path(nvcc).resolve().parent.parent)):
+    for root in (
+        os.environ.get("CUDA_HOME"),
+        os.environ.get("CUDA_PATH"),
+        "/usr/local/cuda",
+        nvcc and str(Path(nvcc).resolve().parent.parent),
+    ):
         if root and (Path(root) / "include" / "cuda.h").is_file():
             return Path(root)
     raise RuntimeError("no CUDA toolkit with include/cuda.h (set CUDA_HOME)")
@@ -279,8 +336,9 @@ exec(compile(open("setup.py").read(), "setup.py", "exec"), {"__name__": "__main_
 '''
 
 
-def start_pycuda_build(bundle: Path, manifest: dict[str, Any], work: Path,
-                       cuda_lib_dir: Path | None) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def start_pycuda_build(
+    bundle: Path, manifest: dict[str, Any], work: Path, cuda_lib_dir: Path | None
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """Unpack the sdist, configure it (CUDA root from nvcc, no curand, no GL) and start the
     build; returns (process, source folder to put on sys.path, log)."""
     sdist = next(bundle / n for n in manifest["files"] if n.startswith("pycuda-"))
@@ -292,11 +350,22 @@ def start_pycuda_build(bundle: Path, manifest: dict[str, Any], work: Path,
     cuda_root = find_cuda_root()
     libdir = cuda_lib_dir or find_libcuda_dir(work)
     log = work / "pycuda-build.log"
-    sh([sys.executable, "configure.py", f"--cuda-root={cuda_root}", "--no-cuda-enable-curand",
-        f"--cudadrv-lib-dir={libdir}"], 60, cwd=src, log=work / "pycuda-configure.log")
+    sh(
+        [
+            sys.executable,
+            "configure.py",
+            f"--cuda-root={cuda_root}",
+            "--no-cuda-enable-curand",
+            f"--cudadrv-lib-dir={libdir}",
+        ],
+        60,
+        cwd=src,
+        log=work / "pycuda-configure.log",
+    )
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-c", PARALLEL_SETUP], cwd=src, stdout=fh,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PARALLEL_SETUP], cwd=src, stdout=fh, stderr=subprocess.STDOUT
+        )
     return proc, src, log
 
 
@@ -314,6 +383,7 @@ def engine_cmd(*args: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------------------- comparison
 
+
 def compare_events(a: Path, b: Path, atol_mm: float = 1e-2) -> dict[str, Any]:
     """Photon by photon, two development events of the same scene and seed: seqhis, final
     position and time (where the histories agree) and the hit sets (photon indices)."""
@@ -329,20 +399,29 @@ def compare_events(a: Path, b: Path, atol_mm: float = 1e-2) -> dict[str, Any]:
     ha = set(np.load(a / "ht.npy").view(np.uint32)[:, 3, 2].tolist())
     hb = set(np.load(b / "ht.npy").view(np.uint32)[:, 3, 2].tolist())
     n = int(sa.shape[0])
-    out = {"photons": n, "seqhis_equal": int(same.sum()),
-           "seqhis_agreement": float(same.mean()) if n else 1.0,
-           "position_max_abs_mm": float(dpos.max()) if dpos.size else 0.0,
-           "position_within_tol": float(np.mean(dpos <= atol_mm)) if dpos.size else 1.0,
-           "position_tol_mm": atol_mm,
-           "time_max_abs_ns": float(dt.max()) if dt.size else 0.0,
-           "hits_a": len(ha), "hits_b": len(hb), "hits_only_a": len(ha - hb),
-           "hits_only_b": len(hb - ha)}
-    out["agree"] = bool(out["seqhis_agreement"] >= 0.999 and out["position_within_tol"] >= 0.999
-                        and out["hits_only_a"] + out["hits_only_b"] <= 0.001 * max(1, n))
+    out = {
+        "photons": n,
+        "seqhis_equal": int(same.sum()),
+        "seqhis_agreement": float(same.mean()) if n else 1.0,
+        "position_max_abs_mm": float(dpos.max()) if dpos.size else 0.0,
+        "position_within_tol": float(np.mean(dpos <= atol_mm)) if dpos.size else 1.0,
+        "position_tol_mm": atol_mm,
+        "time_max_abs_ns": float(dt.max()) if dt.size else 0.0,
+        "hits_a": len(ha),
+        "hits_b": len(hb),
+        "hits_only_a": len(ha - hb),
+        "hits_only_b": len(hb - ha),
+    }
+    out["agree"] = bool(
+        out["seqhis_agreement"] >= 0.999
+        and out["position_within_tol"] >= 0.999
+        and out["hits_only_a"] + out["hits_only_b"] <= 0.001 * max(1, n)
+    )
     return out
 
 
 # ---------------------------------------------------------------------------- the steps
+
 
 def make_gensteps(kind: str, photons: int, path: Path) -> Path:
     """A genstep file of exactly ``photons`` photons of one kind: one mock delivery's
@@ -357,16 +436,23 @@ def make_gensteps(kind: str, photons: int, path: Path) -> Path:
     gs = np.tile(base, (max(1, -(-photons // per)), 1, 1))
     ends = np.cumsum(gs.view(np.int32)[:, 0, 3].astype(np.int64))
     last = int(np.searchsorted(ends, photons))  # the genstep holding photon number `photons`
-    gs = gs[:last + 1].copy()
+    gs = gs[: last + 1].copy()
     gs.view(np.int32)[last, 0, 3] -= int(ends[last] - photons)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, gs)
     return path
 
 
-def run_propagate(out: Path, photons: int, backend: str, mode: str, env: dict[str, str],
-                  timeout: float, kind: str = "torch", gensteps: Path | None = None
-                  ) -> dict[str, Any]:
+def run_propagate(
+    out: Path,
+    photons: int,
+    backend: str,
+    mode: str,
+    env: dict[str, str],
+    timeout: float,
+    kind: str = "torch",
+    gensteps: Path | None = None,
+) -> dict[str, Any]:
     """One event through the real CLI; meta.json plus the process's wall time. Torch
     photons of tboolean-box (hit mask BR), or a genstep file of ``kind`` (hit mask SD)."""
     t = time.perf_counter()
@@ -376,29 +462,56 @@ def run_propagate(out: Path, photons: int, backend: str, mode: str, env: dict[st
         args = [SCENE, "--photons", str(photons), "--hitmask", HITMASK]
     else:
         args = [STEP_KINDS[kind][0], "--gensteps", gensteps]
-    r = sh(engine_cmd("propagate", *args, "-o", out, "--seed", str(SEED), "--mode", mode,
-                      "--backend", backend, "--json"), timeout, env)
+    r = sh(
+        engine_cmd(
+            "propagate",
+            *args,
+            "-o",
+            out,
+            "--seed",
+            str(SEED),
+            "--mode",
+            mode,
+            "--backend",
+            backend,
+            "--json",
+        ),
+        timeout,
+        env,
+    )
     wall = time.perf_counter() - t
     meta = json.loads(r.stdout.strip().splitlines()[-1])
     photons = meta["photons"]
-    row = {"kind": kind, "backend": backend, "mode": mode, "photons": photons, "hits": meta["hits"],
-           "ht_bytes": meta["files"].get("ht.npy"), "device": meta["device"],
-           "launches": meta.get("launches"), "process_s": round(wall, 3),
-           "propagate_s": meta["propagate_seconds"], "kernel_s": meta.get("kernel_seconds"),
-           "process_pps": photons / wall, "propagate_pps": meta["photons_per_second"]}
+    row = {
+        "kind": kind,
+        "backend": backend,
+        "mode": mode,
+        "photons": photons,
+        "hits": meta["hits"],
+        "ht_bytes": meta["files"].get("ht.npy"),
+        "device": meta["device"],
+        "launches": meta.get("launches"),
+        "process_s": round(wall, 3),
+        "propagate_s": meta["propagate_seconds"],
+        "kernel_s": meta.get("kernel_seconds"),
+        "process_pps": photons / wall,
+        "propagate_pps": meta["photons_per_second"],
+    }
     if meta.get("kernel_seconds"):
         row["kernel_pps"] = photons / meta["kernel_seconds"]
     return row
 
 
 def versions(env: dict[str, str]) -> dict[str, Any]:
-    code = ("import json, sys, numpy\nv = {'python': sys.version.split()[0], 'numpy': numpy.__version__}\n"
-            "for m in ('cupy', 'pycuda', 'h5py', 'mpi4py', 'pytest'):\n"
-            "    try:\n        v[m] = __import__(m).__version__\n"
-            "    except Exception as e:\n        v[m] = f'absent ({type(e).__name__})'\n"
-            "from engine import __version__\nfrom engine.propagate import kernel\n"
-            "v['skydeck'] = __version__; v['kernel_key'] = kernel.kernel_key()\n"
-            "v['compilers'] = kernel.compilers()\nprint(json.dumps(v))\n")
+    code = (
+        "import json, sys, numpy\nv = {'python': sys.version.split()[0], 'numpy': numpy.__version__}\n"
+        "for m in ('cupy', 'pycuda', 'h5py', 'mpi4py', 'pytest'):\n"
+        "    try:\n        v[m] = __import__(m).__version__\n"
+        "    except Exception as e:\n        v[m] = f'absent ({type(e).__name__})'\n"
+        "from engine import __version__\nfrom engine.propagate import kernel\n"
+        "v['skydeck'] = __version__; v['kernel_key'] = kernel.kernel_key()\n"
+        "v['compilers'] = kernel.compilers()\nprint(json.dumps(v))\n"
+    )
     r = sh([sys.executable, "-c", code], 60, env)
     v = json.loads(r.stdout)
     nvcc = shutil.which("nvcc")
@@ -407,8 +520,13 @@ def versions(env: dict[str, str]) -> dict[str, Any]:
             out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20)
             v["nvcc"] = out.stdout.strip().splitlines()[-1]
     with contextlib.suppress(Exception):
-        v["commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                                     capture_output=True, text=True, timeout=10).stdout.strip()
+        v["commit"] = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     v["platform"] = platform.platform()
     v["cpus"] = os.cpu_count()
     return v
@@ -416,71 +534,122 @@ def versions(env: dict[str, str]) -> dict[str, Any]:
 
 def render_markdown(d: dict[str, Any]) -> str:
     g = d["gpu"]
-    lines = [f"# GPU check, {d['started']}", "",
-             f"Device: {g.get('name', '?')} (cc {g.get('cc', '?')}, "
-             f"{g.get('memory_bytes', 0) / 2**30:.0f} GiB), driver {g.get('driver', '?')}, "
-             f"CUDA driver API {g.get('cuda_driver_api', '?')}. Elapsed {d['elapsed_s']} s of "
-             f"a {d['budget_s']:.0f} s budget.", ""]
+    lines = [
+        f"# GPU check, {d['started']}",
+        "",
+        f"Device: {g.get('name', '?')} (cc {g.get('cc', '?')}, "
+        f"{g.get('memory_bytes', 0) / 2**30:.0f} GiB), driver {g.get('driver', '?')}, "
+        f"CUDA driver API {g.get('cuda_driver_api', '?')}. Elapsed {d['elapsed_s']} s of "
+        f"a {d['budget_s']:.0f} s budget.",
+        "",
+    ]
     v = d["versions"]
     if v:
-        lines += ["Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)
-                                            if not isinstance(v[k], dict)), ""]
+        lines += [
+            "Versions: "
+            + ", ".join(f"{k} {v[k]}" for k in sorted(v) if not isinstance(v[k], dict)),
+            "",
+        ]
         if isinstance(v.get("compilers"), dict):
-            lines += ["Kernel compilers: " + ", ".join(f"{k} {c}" for k, c in v["compilers"].items()), ""]
+            lines += [
+                "Kernel compilers: " + ", ".join(f"{k} {c}" for k, c in v["compilers"].items()),
+                "",
+            ]
     lines += ["| step | status | seconds | detail |", "|---|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in d["steps"]]
-    par = [(s, kind, s["data"] if kind == "torch" else s["data"].get(kind))
-           for s in d["steps"] if s["name"].startswith("parity") and "agree" in s["data"]
-           for kind in ("torch", *STEP_KINDS, "gdml")]
+    lines += [
+        f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in d["steps"]
+    ]
+    par = [
+        (s, kind, s["data"] if kind == "torch" else s["data"].get(kind))
+        for s in d["steps"]
+        if s["name"].startswith("parity") and "agree" in s["data"]
+        for kind in ("torch", *STEP_KINDS, "gdml")
+    ]
     par = [p for p in par if isinstance(p[2], dict) and "agree" in p[2]]
     if par:
-        lines += ["", f"## Parity with NumPy: development, seed {SEED} (torch: tboolean-box, hit "
-                  f"mask {HITMASK}; cerenkov: water-tank; scintillation: scint-tank; gdml: juno-like)",
-                  "", "| backend | kind | photons | seqhis equal | positions within tol | max dpos mm | "
-                  "max dt ns | hits numpy / gpu | only numpy / only gpu | agree |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Parity with NumPy: development, seed {SEED} (torch: tboolean-box, hit "
+            f"mask {HITMASK}; cerenkov: water-tank; scintillation: scint-tank; gdml: juno-like)",
+            "",
+            "| backend | kind | photons | seqhis equal | positions within tol | max dpos mm | "
+            "max dt ns | hits numpy / gpu | only numpy / only gpu | agree |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for s, kind, c in par:
-            lines.append(f"| {s['name'].split('-', 1)[1]} | {kind} | {c['photons']:,} | "
-                         f"{100 * c['seqhis_agreement']:.4f} % | {100 * c['position_within_tol']:.4f} % | "
-                         f"{c['position_max_abs_mm']:.3g} | {c['time_max_abs_ns']:.3g} | "
-                         f"{c['hits_a']:,} / {c['hits_b']:,} | {c['hits_only_a']} / {c['hits_only_b']} | "
-                         f"{c['agree']} |")
-    rows = [r for s in d["steps"] if s["name"].startswith("rate") for r in s["data"].get("rows", [])]
+            lines.append(
+                f"| {s['name'].split('-', 1)[1]} | {kind} | {c['photons']:,} | "
+                f"{100 * c['seqhis_agreement']:.4f} % | {100 * c['position_within_tol']:.4f} % | "
+                f"{c['position_max_abs_mm']:.3g} | {c['time_max_abs_ns']:.3g} | "
+                f"{c['hits_a']:,} / {c['hits_b']:,} | {c['hits_only_a']} / {c['hits_only_b']} | "
+                f"{c['agree']} |"
+            )
+    rows = [
+        r for s in d["steps"] if s["name"].startswith("rate") for r in s["data"].get("rows", [])
+    ]
     if rows:
-        lines += ["", f"## Photons per second (torch: tboolean-box, hit mask {HITMASK})", "",
-                  "| backend | kind | mode | photons | hits | ht.npy B | launches | kernel s | "
-                  "kernel photons/s | propagate photons/s | process s | process photons/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Photons per second (torch: tboolean-box, hit mask {HITMASK})",
+            "",
+            "| backend | kind | mode | photons | hits | ht.npy B | launches | kernel s | "
+            "kernel photons/s | propagate photons/s | process s | process photons/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['backend']} | {r.get('kind', 'torch')} | {r['mode']} | "
-                         f"{r['photons']:.2e} | {r['hits']:,} | "
-                         f"{r['ht_bytes'] or 0:,} | {r.get('launches')} | {r.get('kernel_s') or 0:.4f} | "
-                         f"{r.get('kernel_pps', 0):.3e} | {r['propagate_pps'] or 0:.3e} | "
-                         f"{r['process_s']:.2f} | {r['process_pps']:.3e} |")
+            lines.append(
+                f"| {r['backend']} | {r.get('kind', 'torch')} | {r['mode']} | "
+                f"{r['photons']:.2e} | {r['hits']:,} | "
+                f"{r['ht_bytes'] or 0:,} | {r.get('launches')} | {r.get('kernel_s') or 0:.4f} | "
+                f"{r.get('kernel_pps', 0):.3e} | {r['propagate_pps'] or 0:.3e} | "
+                f"{r['process_s']:.2f} | {r['process_pps']:.3e} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make gpu-check", description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / ".gpu-bundle")
-    ap.add_argument("--out", type=Path, default=None, help="report folder (default: $OUT, else .gpu-check)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: $OUT, else .gpu-check)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/skydeck-gpu-check"))
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for everything")
     ap.add_argument("--sizes", default="1e7,1e8,1e9", help="production photon counts")
     ap.add_argument("--parity-photons", type=float, default=1e6)
     ap.add_argument("--dev-photons", type=float, default=1e6, help="development-mode rate run")
-    ap.add_argument("--step-photons", type=float, default=1e6,
-                    help="Cerenkov and scintillation photons of the parity events")
-    ap.add_argument("--step-sizes", default="1e7,1e8",
-                    help="Cerenkov and scintillation photons of the production rate runs")
-    ap.add_argument("--gdml-photons", type=float, default=2e5,
-                    help="photons of the GDML (juno-like) parity events")
-    ap.add_argument("--gdml-sizes", default="1e7,1e8",
-                    help="GDML (juno-like) photons of the production rate runs")
+    ap.add_argument(
+        "--step-photons",
+        type=float,
+        default=1e6,
+        help="Cerenkov and scintillation photons of the parity events",
+    )
+    ap.add_argument(
+        "--step-sizes",
+        default="1e7,1e8",
+        help="Cerenkov and scintillation photons of the production rate runs",
+    )
+    ap.add_argument(
+        "--gdml-photons",
+        type=float,
+        default=2e5,
+        help="photons of the GDML (juno-like) parity events",
+    )
+    ap.add_argument(
+        "--gdml-sizes",
+        default="1e7,1e8",
+        help="GDML (juno-like) photons of the production rate runs",
+    )
     ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--libcuda", default=None, help="driver library to probe (default: libcuda.so.1)")
-    ap.add_argument("--cuda-lib-dir", type=Path, default=None,
-                    help="folder with libcuda.so to link PyCUDA against (default: searched)")
+    ap.add_argument(
+        "--libcuda", default=None, help="driver library to probe (default: libcuda.so.1)"
+    )
+    ap.add_argument(
+        "--cuda-lib-dir",
+        type=Path,
+        default=None,
+        help="folder with libcuda.so to link PyCUDA against (default: searched)",
+    )
     args = ap.parse_args(argv)
     out = args.out or Path(os.environ.get("OUT") or ROOT / ".gpu-check")
     rep = Report(out, budget_s=args.budget)
@@ -507,8 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         proc, src, log = start_pycuda_build(args.bundle, state["manifest"], work, args.cuda_lib_dir)
         state.update(build=proc, pycuda_src=src, build_log=log, build_t0=time.monotonic())
 
-    rep.step("pycuda-build-start", build_start, 60,
-             skip=None if "manifest" in state else "no bundle")
+    rep.step(
+        "pycuda-build-start", build_start, 60, skip=None if "manifest" in state else "no bundle"
+    )
     rep.step("versions", lambda st: rep.versions.update(versions(env_with(paths))), 60)
     backends = [b for b in args.backends.split(",") if b]
     n_par = int(args.parity_photons)
@@ -518,17 +688,34 @@ def main(argv: list[str] | None = None) -> int:
     gsdir = work / "gensteps"
 
     def reference(st: Step) -> None:
-        st.data["row"] = run_propagate(events / "numpy", n_par, "numpy", "development",
-                                       env_with(paths), st.data["limit_s"])
+        st.data["row"] = run_propagate(
+            events / "numpy", n_par, "numpy", "development", env_with(paths), st.data["limit_s"]
+        )
         for kind in STEP_KINDS:  # the same event of each genstep kind, on the CPU
             gs = make_gensteps(kind, int(args.step_photons), gsdir / f"{kind}-parity.npy")
-            st.data[kind] = run_propagate(events / f"numpy-{kind}", 0, "numpy", "development",
-                                          env_with(paths), st.data["limit_s"], kind, gs)
-        st.data["gdml"] = run_propagate(events / "numpy-gdml", int(args.gdml_photons), "numpy",
-                                        "development", env_with(paths), st.data["limit_s"], "gdml")
+            st.data[kind] = run_propagate(
+                events / f"numpy-{kind}",
+                0,
+                "numpy",
+                "development",
+                env_with(paths),
+                st.data["limit_s"],
+                kind,
+                gs,
+            )
+        st.data["gdml"] = run_propagate(
+            events / "numpy-gdml",
+            int(args.gdml_photons),
+            "numpy",
+            "development",
+            env_with(paths),
+            st.data["limit_s"],
+            "gdml",
+        )
 
     for backend in backends:
         if backend == "cuda":
+
             def wait_build(st: Step) -> None:
                 proc = state["build"]
                 try:
@@ -540,14 +727,25 @@ def main(argv: list[str] | None = None) -> int:
                 if rc != 0:
                     raise RuntimeError(f"PyCUDA build exited {rc} (log: {state['build_log']})")
                 paths.insert(0, state["pycuda_src"])
-                r = sh([sys.executable, "-c", "import pycuda, pycuda.driver as d; d.init(); "
+                r = sh(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import pycuda, pycuda.driver as d; d.init(); "
                         "print('pycuda', pycuda.VERSION_TEXT, 'CUDA', d.get_version(), "
-                        "'driver', d.get_driver_version(), d.Device(0).name())"],
-                       60, env_with(paths))
+                        "'driver', d.get_driver_version(), d.Device(0).name())",
+                    ],
+                    60,
+                    env_with(paths),
+                )
                 st.detail = r.stdout.strip()
 
-            st = rep.step("pycuda-build", wait_build, 300,
-                          skip=None if "build" in state else "the build did not start")
+            st = rep.step(
+                "pycuda-build",
+                wait_build,
+                300,
+                skip=None if "build" in state else "the build did not start",
+            )
             if st.status != "ok":
                 for name in ("tests-cuda", "parity-cuda", "rate-cuda"):
                     rep.step(name, lambda st: None, 1, skip="PyCUDA is not built")
@@ -556,9 +754,25 @@ def main(argv: list[str] | None = None) -> int:
         def tests(st: Step, backend: str = backend) -> None:
             # -k: the parameter id ("cuda" alone also matches the module test_cuda.py)
             sel = "cuda and not cupy" if backend == "cuda" else backend
-            r = sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                    "-k", sel, "-rs", "tests/propagate/test_cuda.py"], st.data["limit_s"],
-                   env_with(paths), log=work / f"tests-{backend}.log")
+            r = sh(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-m",
+                    "gpu",
+                    "-k",
+                    sel,
+                    "-rs",
+                    "tests/propagate/test_cuda.py",
+                ],
+                st.data["limit_s"],
+                env_with(paths),
+                log=work / f"tests-{backend}.log",
+            )
             st.detail = r.stdout.strip().splitlines()[-1]
             if "skipped" in st.detail and "passed" not in st.detail:
                 raise RuntimeError(f"every gpu test skipped: {st.detail}")
@@ -570,25 +784,42 @@ def main(argv: list[str] | None = None) -> int:
         def parity(st: Step, backend: str = backend) -> None:
             if rep.get("reference").status != "ok":
                 raise RuntimeError("no NumPy reference event")
-            st.data["row"] = run_propagate(events / backend, n_par, backend, "development",
-                                           env_with(paths), st.data["limit_s"])
+            st.data["row"] = run_propagate(
+                events / backend, n_par, backend, "development", env_with(paths), st.data["limit_s"]
+            )
             st.data.update(compare_events(events / "numpy", events / backend))
-            st.detail = (f"seqhis {100 * st.data['seqhis_agreement']:.4f} %, hits "
-                         f"{st.data['hits_a']}/{st.data['hits_b']}")
+            st.detail = (
+                f"seqhis {100 * st.data['seqhis_agreement']:.4f} %, hits "
+                f"{st.data['hits_a']}/{st.data['hits_b']}"
+            )
             agree = st.data["agree"]
             shutil.rmtree(events / backend, ignore_errors=True)
             for kind in STEP_KINDS:
                 out = events / f"{backend}-{kind}"
-                run_propagate(out, 0, backend, "development", env_with(paths),
-                              max(5.0, st.data["limit_s"] / 3), kind,
-                              gsdir / f"{kind}-parity.npy")
+                run_propagate(
+                    out,
+                    0,
+                    backend,
+                    "development",
+                    env_with(paths),
+                    max(5.0, st.data["limit_s"] / 3),
+                    kind,
+                    gsdir / f"{kind}-parity.npy",
+                )
                 st.data[kind] = c = compare_events(events / f"numpy-{kind}", out)
                 st.detail += f"; {kind} seqhis {100 * c['seqhis_agreement']:.4f} %"
                 agree = agree and c["agree"]
                 shutil.rmtree(out, ignore_errors=True)
             out = events / f"{backend}-gdml"
-            run_propagate(out, int(args.gdml_photons), backend, "development", env_with(paths),
-                          max(5.0, st.data["limit_s"] / 3), "gdml")
+            run_propagate(
+                out,
+                int(args.gdml_photons),
+                backend,
+                "development",
+                env_with(paths),
+                max(5.0, st.data["limit_s"] / 3),
+                "gdml",
+            )
             st.data["gdml"] = c = compare_events(events / "numpy-gdml", out)
             st.detail += f"; gdml seqhis {100 * c['seqhis_agreement']:.4f} %"
             agree = agree and c["agree"]
@@ -615,12 +846,23 @@ def main(argv: list[str] | None = None) -> int:
                 gs = None if kind in ("torch", "gdml") else gsdir / f"{kind}-{photons:.0e}.npy"
                 if gs is not None and not gs.exists():
                     make_gensteps(kind, photons, gs)
-                rows.append(run_propagate(events / f"{backend}-rate", photons, backend, mode,
-                                          env_with(paths), max(5.0, left), kind, gs))
+                rows.append(
+                    run_propagate(
+                        events / f"{backend}-rate",
+                        photons,
+                        backend,
+                        mode,
+                        env_with(paths),
+                        max(5.0, left),
+                        kind,
+                        gs,
+                    )
+                )
                 shutil.rmtree(events / f"{backend}-rate", ignore_errors=True)
                 rep.write()
-            best = max((r.get("kernel_pps", 0) for r in rows if r["mode"] == "production"),
-                       default=0)
+            best = max(
+                (r.get("kernel_pps", 0) for r in rows if r["mode"] == "production"), default=0
+            )
             st.detail = f"kernel {best:.3e} photons/s at best (production)"
 
         rep.step(f"rate-{backend}", rates, 200)

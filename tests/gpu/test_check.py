@@ -17,14 +17,30 @@ from tests.gpu import check
 
 def test_without_a_gpu_the_check_stops_in_one_line(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "tests.gpu.check", "--bundle", tmp_path / "none",
-                        "--out", out, "--work", tmp_path / "work",
-                        "--libcuda", tmp_path / "libcuda.so.1"],
-                       cwd=check.ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.gpu.check",
+            "--bundle",
+            tmp_path / "none",
+            "--out",
+            out,
+            "--work",
+            tmp_path / "work",
+            "--libcuda",
+            tmp_path / "libcuda.so.1",
+        ],
+        cwd=check.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
         f"gpu-check: no CUDA GPU: {tmp_path / 'libcuda.so.1'} does not load (no NVIDIA driver "
-        f"here); report in {out}"]
+        f"here); report in {out}"
+    ]
     rep = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in rep["steps"]}
     assert steps["bundle"]["status"] == "failed" and "make gpu-bundle" in steps["bundle"]["detail"]
@@ -51,9 +67,12 @@ def test_failed_and_timed_out_steps_are_recorded_and_the_next_runs(tmp_path):
     rep.step("c", lambda st: st.data.update(x=1), 10)
     rep.step("d", lambda st: None, 10, skip="PyCUDA is not built")
     got = [(s.name, s.status, s.detail) for s in rep.steps]
-    assert got == [("a", "failed", "ZeroDivisionError: division by zero"),
-                   ("b", "timeout", "still running after 42 s"), ("c", "ok", ""),
-                   ("d", "skipped", "PyCUDA is not built")]
+    assert got == [
+        ("a", "failed", "ZeroDivisionError: division by zero"),
+        ("b", "timeout", "still running after 42 s"),
+        ("c", "ok", ""),
+        ("d", "skipped", "PyCUDA is not built"),
+    ]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert [s["status"] for s in saved["steps"]] == ["failed", "timeout", "ok", "skipped"]
     rep.budget_s = 0  # out of time: later steps are skipped, not started
@@ -62,8 +81,17 @@ def test_failed_and_timed_out_steps_are_recorded_and_the_next_runs(tmp_path):
 
 def test_compare_events_photon_by_photon(tmp_path):
     def event(name, seed):
-        propagate(Request(check.SCENE, tmp_path / name, photons=3000, seed=seed, workers=1,
-                          mode="development", hitmask=check.HITMASK))
+        propagate(
+            Request(
+                check.SCENE,
+                tmp_path / name,
+                photons=3000,
+                seed=seed,
+                workers=1,
+                mode="development",
+                hitmask=check.HITMASK,
+            )
+        )
         return tmp_path / name
 
     a, b, c = event("a", 7), event("b", 7), event("c", 8)
@@ -93,10 +121,34 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
 
     monkeypatch.setattr(check, "start_pycuda_build", failing_build)
     out = tmp_path / "out"
-    rc = check.main(["--bundle", str(bundle), "--out", str(out), "--work", str(tmp_path / "w"),
-                     "--backends", "numpy,cuda", "--sizes", "2e3,4e3", "--parity-photons",
-                     "2e3", "--dev-photons", "1e3", "--step-photons", "3e3", "--step-sizes",
-                     "5e3", "--gdml-photons", "3e3", "--gdml-sizes", "6e3", "--budget", "300"])
+    rc = check.main(
+        [
+            "--bundle",
+            str(bundle),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "w"),
+            "--backends",
+            "numpy,cuda",
+            "--sizes",
+            "2e3,4e3",
+            "--parity-photons",
+            "2e3",
+            "--dev-photons",
+            "1e3",
+            "--step-photons",
+            "3e3",
+            "--step-sizes",
+            "5e3",
+            "--gdml-photons",
+            "3e3",
+            "--gdml-sizes",
+            "6e3",
+            "--budget",
+            "300",
+        ]
+    )
     assert rc == 1
     steps = {s["name"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
     assert steps["gpu"]["status"] == "ok" and steps["versions"]["status"] == "ok"
@@ -109,15 +161,21 @@ def test_the_check_runs_every_step_and_reports_what_failed(tmp_path, monkeypatch
     assert g["agree"] and g["photons"] == 3000 and g["hits_a"] == g["hits_b"] > 0
     rows = steps["rate-numpy"]["data"]["rows"]
     assert [(r["kind"], r["mode"], r["photons"]) for r in rows] == [
-        ("torch", "development", 1000), ("torch", "production", 2000),
-        ("cerenkov", "production", 5000), ("scintillation", "production", 5000),
-        ("gdml", "production", 6000), ("torch", "production", 4000)]
+        ("torch", "development", 1000),
+        ("torch", "production", 2000),
+        ("cerenkov", "production", 5000),
+        ("scintillation", "production", 5000),
+        ("gdml", "production", 6000),
+        ("torch", "production", 4000),
+    ]
     assert all(r["process_pps"] > 0 and r["ht_bytes"] > 128 for r in rows)
     assert steps["pycuda-build"]["status"] == "failed"
     assert "exited 3" in steps["pycuda-build"]["detail"]
     assert steps["pycuda-build"]["data"]["log_tail"] == ["error: no CUDA headers"]
-    assert all(steps[s]["detail"] == "PyCUDA is not built"
-               for s in ("tests-cuda", "parity-cuda", "rate-cuda"))
+    assert all(
+        steps[s]["detail"] == "PyCUDA is not built"
+        for s in ("tests-cuda", "parity-cuda", "rate-cuda")
+    )
     md = (out / "report.md").read_text()
     assert "| numpy | torch | development | 1.00e+03 |" in md and "| numpy | cerenkov |" in md
     assert (out / "pycuda-build.log").is_file()

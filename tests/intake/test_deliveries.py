@@ -159,8 +159,9 @@ def _tar_with(member: tarfile.TarInfo, payload: bytes = b"x") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,kind", [("../escape.h5", "file"), ("/tmp/abs.h5", "file"),
-                                       ("link.h5", "symlink")])
+@pytest.mark.parametrize(
+    "name,kind", [("../escape.h5", "file"), ("/tmp/abs.h5", "file"), ("link.h5", "symlink")]
+)
 def test_tar_member_escaping_rejected(ws, name, kind):
     info = tarfile.TarInfo(name)
     if kind == "symlink":
@@ -172,7 +173,9 @@ def test_tar_member_escaping_rejected(ws, name, kind):
     assert "escapes" in reason or "not a regular file" in reason
     assert not (ws.incoming_level0 / "251125011").exists()
     assert not (ws.root / "incoming" / "escape.h5").exists()
-    assert (ws.rejected / "251125011.tar").exists() and (ws.rejected / "251125011.tar.reason").exists()
+    assert (ws.rejected / "251125011.tar").exists() and (
+        ws.rejected / "251125011.tar.reason"
+    ).exists()
 
 
 def test_fcopy_checksum_mismatch_rejected(ws):
@@ -205,16 +208,21 @@ def test_manifest_being_written_is_pending_not_rejected(ws):
     d = make_delivery(ws, "251125015")
     m = d / "MANIFEST.md5"
     text = m.read_bytes()
-    m.write_bytes(b"")                        # a writer that created it and has not written yet
+    m.write_bytes(b"")  # a writer that created it and has not written yet
     out = _process(ws, quiet_s=5.0)
     assert [o.status for o in out] == ["pending"] and "still being written" in out[0].reason
     m.write_bytes(text)
     assert [o.status for o in _process(ws, quiet_s=5.0)] == ["accepted"]
 
 
-@pytest.mark.parametrize("scene,why", [("../../../etc/passwd", "invalid scene name"),
-                                       ("no-such-scene", "unknown scene"),
-                                       (None, "no scene.txt")])
+@pytest.mark.parametrize(
+    "scene,why",
+    [
+        ("../../../etc/passwd", "invalid scene name"),
+        ("no-such-scene", "unknown scene"),
+        (None, "no scene.txt"),
+    ],
+)
 def test_bad_scene_rejected(ws, scene, why):
     d = make_delivery(ws, "251125016")
     (d / "gensteps.npy").write_bytes(b"\x93NUMPY")

@@ -49,13 +49,19 @@ def _only(outcomes, status: str):
 def _relist(d: Path) -> None:
     """Rewrite a level-0 delivery's manifest over every regular file in it (a writer that
     lists what it put there), keeping whatever else is in the directory."""
-    names = [str(p.relative_to(d)) for p in d.rglob("*")
-             if p.name != manifest.MANIFEST_NAME and p.is_file() and not p.is_symlink()
-             and not any(q.is_symlink() for q in p.relative_to(d).parents if str(q) != ".")]
+    names = [
+        str(p.relative_to(d))
+        for p in d.rglob("*")
+        if p.name != manifest.MANIFEST_NAME
+        and p.is_file()
+        and not p.is_symlink()
+        and not any(q.is_symlink() for q in p.relative_to(d).parents if str(q) != ".")
+    ]
     manifest.write(d, names)
 
 
 # ------------------------------------------------------------------ 5. exact names, duplicates
+
 
 @pytest.mark.parametrize("bad", [f"{DLID} ", f" {DLID}", f"{DLID}\n", "２６１２０２０１３"])
 def test_level0_name_is_validated_exactly(ws, bad):
@@ -106,7 +112,9 @@ def test_second_delivery_of_a_registered_id_is_kept_and_listed(ws):
     r = cli_proc(ws, "downlinks", "--json")
     data = json.loads(r.stdout)
     assert [d["dlid"] for d in data["downlinks"]] == [DLID]
-    assert [(x["name"], x["reason"][:len(why)]) for x in data["rejected"]] == [(f"fcopy:{DLID}", why)]
+    assert [(x["name"], x["reason"][: len(why)]) for x in data["rejected"]] == [
+        (f"fcopy:{DLID}", why)
+    ]
     with StateDB(ws.state) as db:
         rows = downlink_rows(ws, db)
     assert rows[DLID].state != "rejected"  # the registered downlink keeps its row
@@ -120,15 +128,16 @@ def test_level0_directory_sent_again_under_a_registered_id_is_judged(ws, first):
     sat in incoming for ever. It is a second delivery: rejected with its reason and kept."""
     make_delivery(ws, DLID, as_=first)
     assert _only(_process(ws), "accepted").dlid == DLID
-    assert _process(ws) == []                          # the registered directory itself
+    assert _process(ws) == []  # the registered directory itself
     shutil.rmtree(ws.incoming_level0 / DLID)
     make_delivery(ws, DLID, seed=9)
     rej = _only(_process(ws), "rejected")
     assert rej.name == f"level0:{DLID}" and rej.reason.startswith(
-        f"downlink {DLID} is already registered (from {first}:{DLID} at ")
-    assert (ws.rejected / DLID / manifest.MANIFEST_NAME).is_file()   # kept for the operator
+        f"downlink {DLID} is already registered (from {first}:{DLID} at "
+    )
+    assert (ws.rejected / DLID / manifest.MANIFEST_NAME).is_file()  # kept for the operator
     with StateDB(ws.state) as db:
-        assert db.downlink(DLID).chunks == 2               # the registered one unchanged
+        assert db.downlink(DLID).chunks == 2  # the registered one unchanged
 
 
 def test_delivery_name_not_utf8_is_rejected_and_listed(ws):
@@ -221,6 +230,7 @@ def test_rejection_reason_starts_with_the_problem(ws):
 
 # ------------------------------------------------------------------ 6. links and special files
 
+
 def _link_listed_file(ws, d: Path, outside: Path) -> None:
     outside.mkdir()
     os.rename(d / "cspad.h5", outside / "cspad.h5")
@@ -235,8 +245,11 @@ def _link_subdir(ws, d: Path, outside: Path) -> None:
     outside.mkdir()
     (outside / "extra.h5").write_bytes(b"not ours")
     os.symlink(outside, d / "sub")
-    names = [p.name for p in d.iterdir() if p.is_file() and p.name != manifest.MANIFEST_NAME
-             and not p.is_symlink()]
+    names = [
+        p.name
+        for p in d.iterdir()
+        if p.is_file() and p.name != manifest.MANIFEST_NAME and not p.is_symlink()
+    ]
     manifest.write(d, [*names, "sub/extra.h5"])
 
 
@@ -244,10 +257,15 @@ def _fifo(ws, d: Path, outside: Path) -> None:
     os.mkfifo(d / "pipe.h5")
 
 
-@pytest.mark.parametrize("make,what", [(_link_listed_file, "symbolic link"),
-                                       (_link_unlisted, "symbolic link"),
-                                       (_link_subdir, "symbolic link"),
-                                       (_fifo, "FIFO")])
+@pytest.mark.parametrize(
+    "make,what",
+    [
+        (_link_listed_file, "symbolic link"),
+        (_link_unlisted, "symbolic link"),
+        (_link_subdir, "symbolic link"),
+        (_fifo, "FIFO"),
+    ],
+)
 def test_links_and_special_files_inside_level0_rejected(ws, tmp_path, make, what):
     d = make_delivery(ws, "251125020")
     make(ws, d, tmp_path / "elsewhere")
@@ -292,6 +310,7 @@ def test_fcopy_manifest_that_is_a_link_rejected(ws, tmp_path):
 
 # ------------------------------------------------------------------ 7. fcopy extraction bounds
 
+
 def _package(ws, dlid: str, extra: dict[str, bytes], listed: bool = True, gz: bool = False) -> Path:
     """A real mock delivery repackaged as an fcopy tar (optionally gzip) with extra members."""
     src = make_delivery(ws, dlid, as_="dir", target=ws.root / f"src-{dlid}")
@@ -328,9 +347,9 @@ def test_fcopy_member_with_negative_size_rejected(ws):
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
         tf.addfile(tarfile.TarInfo("cspad.h5"), io.BytesIO(b""))
     head = bytearray(buf.getvalue())
-    head[124:136] = b"\xff" * 12                   # size = -1 (base-256)
+    head[124:136] = b"\xff" * 12  # size = -1 (base-256)
     head[148:156] = b" " * 8
-    head[148:156] = b"%06o\0 " % sum(head[:512])   # header checksum
+    head[148:156] = b"%06o\0 " % sum(head[:512])  # header checksum
     tar = ws.incoming_fcopy / "251125036.tar"
     tar.write_bytes(bytes(head))
     manifest.write(ws.incoming_fcopy, [tar.name], ws.incoming_fcopy / "251125036.md5")
@@ -357,15 +376,25 @@ def test_fcopy_with_dot_slash_members_accepted(ws):
 
 # ------------------------------------------------------------------ 8. RetDef values
 
-@pytest.mark.parametrize("attr,value", [("tbeg", "inf"), ("tend", "1e30"), ("tbeg", "-1e12"),
-                                        ("tend", "nan"), ("start", "1e30"), ("tbeg", " 5.0"),
-                                        ("tend", "4294967296.0")])
+
+@pytest.mark.parametrize(
+    "attr,value",
+    [
+        ("tbeg", "inf"),
+        ("tend", "1e30"),
+        ("tbeg", "-1e12"),
+        ("tend", "nan"),
+        ("start", "1e30"),
+        ("tbeg", " 5.0"),
+        ("tend", "4294967296.0"),
+    ],
+)
 def test_retdef_times_outside_met_range_rejected(ws, attr, value):
     d = make_delivery(ws, "251125026")
     rd = d / "RetDef-251125026-00001.xml"
     text = rd.read_text()
     start = text.index(f' {attr}="') + len(f' {attr}="')
-    rd.write_text(text[:start] + value + text[text.index('"', start):])
+    rd.write_text(text[:start] + value + text[text.index('"', start) :])
     _relist(d)
     rej = _only(_process(ws), "rejected")
     assert rej.reason.startswith("malformed RetDef") and "MET time" in rej.reason, rej.reason
@@ -383,6 +412,7 @@ def test_unlisted_retdef_rejected(ws):
 
 # ------------------------------------------------------------------ 11. sweeps, stalled writers
 
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -394,9 +424,9 @@ def test_partial_extraction_of_a_dead_daemon_swept_at_start(ws, state_backend):
     here can judge it); on PostgreSQL the server judges it, and a host none of whose
     processes holds a session there is gone (tests/postgres/test_ownership.py has the
     live other host whose temporaries stay)."""
-    dead = ws.incoming_level0 / f".251125027.extract-{_dead_pid()}"     # the old name form
+    dead = ws.incoming_level0 / f".251125027.extract-{_dead_pid()}"  # the old name form
     dead_host = ws.incoming_level0 / f".251125028.extract-{os.uname().nodename}-{_dead_pid()}"
-    alive = ws.incoming_level0 / f".251125029.extract-{os.getpid()}"   # this test: alive
+    alive = ws.incoming_level0 / f".251125029.extract-{os.getpid()}"  # this test: alive
     other_host = ws.incoming_level0 / f".251125030.extract-elsewhere.example-{_dead_pid()}"
     for p in (dead, dead_host, alive, other_host):
         p.mkdir(parents=True)
@@ -406,8 +436,11 @@ def test_partial_extraction_of_a_dead_daemon_swept_at_start(ws, state_backend):
     gone = {dead, dead_host} | ({other_host} if state_backend == "postgresql" else set())
     assert not any(p.exists() for p in gone)
     assert alive.exists() and other_host.exists() == (other_host not in gone)
-    swept = {json.loads(line)["path"] for line in r.stdout.splitlines()
-             if line.startswith("{") and json.loads(line)["event"] == "swept"}
+    swept = {
+        json.loads(line)["path"]
+        for line in r.stdout.splitlines()
+        if line.startswith("{") and json.loads(line)["event"] == "swept"
+    }
     assert swept == {str(p) for p in gone}
 
 
@@ -419,11 +452,12 @@ def test_stalled_tar_writer_stays_pending(ws):
     tar.write_bytes(data[: len(data) // 2])
     _old(tar, ws.incoming_fcopy / "251125031.md5", age=10)
     out = _process(ws, quiet_s=2.0, timeout=600.0)
-    assert _only(out, "pending").reason.endswith("is still arriving (it ends before its "
-                                                 "end-of-archive marker)")
+    assert _only(out, "pending").reason.endswith(
+        "is still arriving (it ends before its end-of-archive marker)"
+    )
     assert not ws.rejected.exists() or not any(ws.rejected.iterdir())
     with open(tar, "ab") as fh:
-        fh.write(data[len(data) // 2:])
+        fh.write(data[len(data) // 2 :])
     assert _only(_process(ws, quiet_s=0.0, timeout=600.0), "accepted").dlid == "251125031"
 
 

@@ -28,9 +28,27 @@ NAME = st.text(min_size=0, max_size=40)  # any unicode: controls, separators, su
 NAME_CHARS = st.characters(blacklist_categories=("Cs",))
 NUMBERISH = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.integers(-2**70, 2**70).map(str),
-    st.sampled_from(["inf", "-inf", "nan", "1e30", "-1e12", " 5", "5 ", "1_000", "٣", "0x10",
-                     "", "4294967296", "4294967295.999999", "0.0", "00001", "1.5e3"]),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(
+        [
+            "inf",
+            "-inf",
+            "nan",
+            "1e30",
+            "-1e12",
+            " 5",
+            "5 ",
+            "1_000",
+            "٣",
+            "0x10",
+            "",
+            "4294967296",
+            "4294967295.999999",
+            "0.0",
+            "00001",
+            "1.5e3",
+        ]
+    ),
     st.text(max_size=12),
 )
 
@@ -47,13 +65,16 @@ def pws(tmp_path_factory) -> Workspace:
 
 # ------------------------------------------------------------------ manifest lines
 
+
 @given(st.binary(max_size=400))
 def test_manifest_parse_bytes_is_total(data):
     total(manifest.parse_bytes, data, "MANIFEST.md5")
 
 
-@given(st.lists(st.tuples(HEX, st.sampled_from(["  ", " *", " ", "\t", "   "]), NAME), max_size=6),
-       st.sampled_from(["\n", "\r\n", "\x85", "\u2028", "\x0b"]))
+@given(
+    st.lists(st.tuples(HEX, st.sampled_from(["  ", " *", " ", "\t", "   "]), NAME), max_size=6),
+    st.sampled_from(["\n", "\r\n", "\x85", "\u2028", "\x0b"]),
+)
 def test_manifest_lines_are_total_and_exact(lines, eol):
     data = eol.join(h + sep + n for h, sep, n in lines).encode("utf-8", "surrogatepass")
     out = total(manifest.parse_bytes, data, "MANIFEST.md5")
@@ -66,8 +87,14 @@ def test_manifest_lines_are_total_and_exact(lines, eol):
         assert any(n == name for _, _, n in lines)
 
 
-@given(st.dictionaries(st.text(NAME_CHARS, min_size=1, max_size=20), HEX.filter(lambda h: len(h) == 32),
-                       min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.text(NAME_CHARS, min_size=1, max_size=20),
+        HEX.filter(lambda h: len(h) == 32),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_manifest_round_trip(entries):
     """What the writer accepts reads back as exactly the same names; what it refuses (a line
     break in a name, which would read back as another name) the reader refuses too."""
@@ -98,21 +125,28 @@ def test_manifest_parse_file_is_total(scratch, data):
 
 # ------------------------------------------------------------------ RetDef XML and attributes
 
+
 def _retdef_xml(attrs: dict[str, str], rtype: str) -> bytes:
     def a(*names: str) -> str:
         return " ".join(f'{n}="{_esc(attrs[n])}"' for n in names if n in attrs)
-    return (f'<?xml version="1.0"?><retdef type="{_esc(rtype)}"><arch {a("scid")}>level0</arch>'
-            f'<run {a("runid", "l0key", "chunkid", "start")} gndid="x"/>'
-            f'<spans><span {a("apid", "tbeg", "tend")}/></spans></retdef>').encode("utf-8", "replace")
+
+    return (
+        f'<?xml version="1.0"?><retdef type="{_esc(rtype)}"><arch {a("scid")}>level0</arch>'
+        f'<run {a("runid", "l0key", "chunkid", "start")} gndid="x"/>'
+        f'<spans><span {a("apid", "tbeg", "tend")}/></spans></retdef>'
+    ).encode("utf-8", "replace")
 
 
 def _esc(v: str) -> str:
     return v.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
-ATTRS = st.fixed_dictionaries({}, optional={n: NUMBERISH for n in
-                                            ("scid", "runid", "l0key", "chunkid", "start",
-                                             "apid", "tbeg", "tend")})
+ATTRS = st.fixed_dictionaries(
+    {},
+    optional={
+        n: NUMBERISH for n in ("scid", "runid", "l0key", "chunkid", "start", "apid", "tbeg", "tend")
+    },
+)
 
 
 @given(ATTRS, st.sampled_from(["LSEP", "LSEC", "lsep", "LSEP ", ""]))
@@ -136,8 +170,12 @@ def test_retdef_bytes_are_total(scratch, data):
     total(retdef.parse, f)
 
 
-@given(st.floats(0, MET_MAX_S - 2, allow_nan=False), st.floats(0.001, 1e6, allow_nan=False),
-       st.integers(0, 2047), st.integers(1, 99_999))
+@given(
+    st.floats(0, MET_MAX_S - 2, allow_nan=False),
+    st.floats(0.001, 1e6, allow_nan=False),
+    st.integers(0, 2047),
+    st.integers(1, 99_999),
+)
 def test_retdef_written_by_us_is_read_back(scratch, tbeg, width, apid, chunk):
     tbeg = round(tbeg, 6)
     tend = round(tbeg + width, 6)
@@ -152,8 +190,14 @@ def test_retdef_written_by_us_is_read_back(scratch, tbeg, width, apid, chunk):
 
 # ------------------------------------------------------------------ delivery names
 
-@given(st.one_of(st.text(max_size=14), st.integers(-10**10, 10**10),
-                 st.from_regex(r"[0-9]{6}[0-9]{3}\s?", fullmatch=True)))
+
+@given(
+    st.one_of(
+        st.text(max_size=14),
+        st.integers(-(10**10), 10**10),
+        st.from_regex(r"[0-9]{6}[0-9]{3}\s?", fullmatch=True),
+    )
+)
 def test_parse_dlid_is_total_and_exact(text):
     out = total(parse_dlid, text)
     if isinstance(out, BadInput):
@@ -165,8 +209,13 @@ def test_parse_dlid_is_total_and_exact(text):
 
 
 def _fs_name(name: str) -> bool:
-    return (bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..")
-            and len(os.fsencode(name)) < 200)
+    return (
+        bool(name)
+        and "/" not in name
+        and "\x00" not in name
+        and name not in (".", "..")
+        and len(os.fsencode(name)) < 200
+    )
 
 
 @given(st.text(NAME_CHARS, min_size=1, max_size=24), st.sampled_from(["level0", "fcopy"]))

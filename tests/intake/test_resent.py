@@ -73,10 +73,10 @@ def _state(ws) -> tuple[str, str | None]:
 
 def _resend(how: str, src: list[Path], dst: Path) -> None:
     """Send files again as a sender would, keeping their (old) times."""
-    if how == "cp -p":               # in place: the accepted files' inodes are overwritten
+    if how == "cp -p":  # in place: the accepted files' inodes are overwritten
         for f in src:
             shutil.copy2(f, dst / f.name)
-    elif how == "rsync -a":          # a hidden temporary renamed into place, times kept
+    elif how == "rsync -a":  # a hidden temporary renamed into place, times kept
         if shutil.which("rsync") is None:
             pytest.skip("rsync is not installed (make sysdeps)")
         subprocess.run(["rsync", "-a", *map(str, src), f"{dst}/"], check=True)
@@ -97,7 +97,7 @@ def test_a_package_resent_with_old_times_is_rejected_and_never_pruned(ws, tmp_pa
     tar, md5 = _package(tmp_path / "again", seed=9)
     _aged(tar, md5, when=time.time() - 30 * 86400)
     new = {tar.name: tar.read_bytes(), md5.name: md5.read_bytes()}
-    _resend(how, [md5, tar], ws.incoming_fcopy)        # rsync's order: the .md5 sorts first
+    _resend(how, [md5, tar], ws.incoming_fcopy)  # rsync's order: the .md5 sorts first
     time.sleep(1.0)
 
     r = cli_proc(ws, "prune", "--json")
@@ -110,14 +110,15 @@ def test_a_package_resent_with_old_times_is_rejected_and_never_pruned(ws, tmp_pa
     r = cli_proc(ws, "watch", "--once")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     (rej,) = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "rejected"]
-    assert rej["reason"].startswith(f"downlink {DLID} is already registered (from fcopy:{DLID} "
-                                    "at ")
-    assert f"was sent again with different content (MD5 {manifest.md5_file(tmp_path / 'again' / tar.name)}" \
+    assert rej["reason"].startswith(f"downlink {DLID} is already registered (from fcopy:{DLID} at ")
+    assert (
+        f"was sent again with different content (MD5 {manifest.md5_file(tmp_path / 'again' / tar.name)}"
         f", accepted {accepted_md5})" in rej["reason"]
-    assert {n: (ws.rejected / n).read_bytes() for n in new} == new      # kept, as sent
+    )
+    assert {n: (ws.rejected / n).read_bytes() for n in new} == new  # kept, as sent
     assert json.loads((ws.rejected / f"{DLID}.tar.reason").read_text())["reason"] == rej["reason"]
     assert {p: p.read_bytes() for p in (ws.incoming_level0 / DLID).iterdir()} == level0
-    assert _state(ws) == ("REJECTED", None)        # nothing accepted lies under the name now
+    assert _state(ws) == ("REJECTED", None)  # nothing accepted lies under the name now
     r = cli_proc(ws, "downlinks", "--json")
     assert [d["dlid"] for d in json.loads(r.stdout)["downlinks"]] == [DLID]
 
@@ -130,8 +131,8 @@ def test_same_size_same_mtime_rewritten_in_place_is_caught(ws, tmp_path):
     tar, md5 = ws.incoming_fcopy / f"{DLID}.tar", ws.incoming_fcopy / f"{DLID}.md5"
     before = {p: os.stat(p) for p in (tar, md5)}
     data = bytearray(tar.read_bytes())
-    at = data.index(b"RetDef-")                   # a member name in a header: other content
-    data[at:at + 7] = b"RetDeF-"
+    at = data.index(b"RetDef-")  # a member name in a header: other content
+    data[at : at + 7] = b"RetDeF-"
     with open(tar, "r+b") as fh:
         fh.write(bytes(data))
     with open(md5, "r+b") as fh:
@@ -139,8 +140,11 @@ def test_same_size_same_mtime_rewritten_in_place_is_caught(ws, tmp_path):
     for p, st_ in before.items():
         os.utime(p, ns=(st_.st_atime_ns, st_.st_mtime_ns))
         now = os.stat(p)
-        assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st_.st_ino, st_.st_size,
-                                                              st_.st_mtime_ns)
+        assert (now.st_ino, now.st_size, now.st_mtime_ns) == (
+            st_.st_ino,
+            st_.st_size,
+            st_.st_mtime_ns,
+        )
     rej = _only(_process(ws), "rejected")
     assert "was sent again with different content" in rej.reason
     assert (ws.rejected / tar.name).read_bytes() == bytes(data)
@@ -158,14 +162,17 @@ def test_only_the_tar_resent_waits_for_its_manifest_and_is_never_pruned(ws, tmp_
     _aged(tar, when=time.time() - 30 * 86400)
     shutil.copy2(tar, ws.incoming_fcopy / tar.name)
     pend = _only(_process(ws, timeout=600.0), "pending")
-    assert pend.reason.startswith(f"{DLID}.tar is not the accepted package (MD5 ") and \
-        pend.reason.endswith("waiting for its manifest")
+    assert pend.reason.startswith(
+        f"{DLID}.tar is not the accepted package (MD5 "
+    ) and pend.reason.endswith("waiting for its manifest")
     assert _state(ws)[0] == "ACCEPTED"
     time.sleep(1.0)
 
     p = plan(ws)
-    assert {Path(c.path).name for c in p.candidates if c.area == "fcopy"} == \
-        {f"{DLID}.tar", f"{DLID}.md5"}                   # planned by name and age ...
+    assert {Path(c.path).name for c in p.candidates if c.area == "fcopy"} == {
+        f"{DLID}.tar",
+        f"{DLID}.md5",
+    }  # planned by name and age ...
     res = apply(ws, p)
     kept = {Path(c.path).name: why for c, why in res.kept if c.area == "fcopy"}
     assert kept[f"{DLID}.tar"].startswith("its content is not what was recorded")
@@ -188,8 +195,10 @@ def test_a_new_manifest_first_waits_for_its_tar(ws, tmp_path):
     _aged(tar, md5, when=old)
     shutil.copy2(md5, ws.incoming_fcopy / md5.name)
     pend = _only(_process(ws, quiet_s=2.0), "pending")
-    assert pend.reason == (f"{DLID}.md5 was sent again with different content; waiting for "
-                           f"its {DLID}.tar (the one present is the accepted package)")
+    assert pend.reason == (
+        f"{DLID}.md5 was sent again with different content; waiting for "
+        f"its {DLID}.tar (the one present is the accepted package)"
+    )
     time.sleep(1.0)
     p = plan(ws)
     assert not [c for c in p.candidates if c.area == "fcopy"]
@@ -199,8 +208,7 @@ def test_a_new_manifest_first_waits_for_its_tar(ws, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["symlink", "fifo"])
-def test_a_link_or_fifo_in_place_of_the_accepted_tar_is_rejected_never_read(ws, tmp_path,
-                                                                            what):
+def test_a_link_or_fifo_in_place_of_the_accepted_tar_is_rejected_never_read(ws, tmp_path, what):
     """Sent again as a link to a copy of the accepted tar elsewhere (its content would
     match) or as a FIFO: never followed, never blocking a reader; rejected, kept as it is."""
     _accepted(ws)
@@ -215,7 +223,7 @@ def test_a_link_or_fifo_in_place_of_the_accepted_tar_is_rejected_never_read(ws, 
     rej = _only(_process(ws), "rejected")
     assert "not a regular file" in rej.reason, rej.reason
     moved = ws.rejected / tar.name
-    assert (moved.is_symlink() if what == "symlink" else moved.is_fifo())
+    assert moved.is_symlink() if what == "symlink" else moved.is_fifo()
     assert outside.read_bytes() and _state(ws) == ("REJECTED", None)
 
 
@@ -225,7 +233,7 @@ def test_the_same_content_sent_again_is_the_accepted_delivery(ws, tmp_path):
     so in one `unchanged` line and rejects nothing; `prune` then removes it, identified."""
     _accepted(ws)
     time.sleep(identity.RACY_S + 0.1)
-    r = cli_proc(ws, "watch", "--once")             # the keys settle and are recorded
+    r = cli_proc(ws, "watch", "--once")  # the keys settle and are recorded
     assert r.returncode == 0, r.stderr
     tar, md5 = _package(tmp_path / "again", seed=0)
     assert tar.read_bytes() == (ws.incoming_fcopy / tar.name).read_bytes()
@@ -243,7 +251,9 @@ def test_the_same_content_sent_again_is_the_accepted_delivery(ws, tmp_path):
     time.sleep(1.0)
     r = cli_proc(ws, "prune", "--json")
     assert r.returncode == 0, r.stderr
-    gone = {Path(c["path"]).name for c in json.loads(r.stdout)["candidates"] if c["area"] == "fcopy"}
+    gone = {
+        Path(c["path"]).name for c in json.loads(r.stdout)["candidates"] if c["area"] == "fcopy"
+    }
     assert gone == {tar.name, md5.name} and not list(ws.incoming_fcopy.iterdir())
 
 
@@ -267,7 +277,8 @@ def test_level0_manifest_rewritten_keeping_its_stat_id_is_a_second_delivery(ws, 
     assert r.returncode == 2, r.stderr
     (rej,) = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "rejected"]
     assert rej["delivery"] == f"level0:{DLID}" and rej["reason"].startswith(
-        f"downlink {DLID} is already registered (from {first}:{DLID} at ")
+        f"downlink {DLID} is already registered (from {first}:{DLID} at "
+    )
     assert manifest.parse(ws.rejected / DLID / manifest.MANIFEST_NAME)[name] == "0" * 32
 
 
@@ -290,14 +301,17 @@ def _forget_identities(ws) -> None:
     migration adds the columns empty), the level-0 manifest known by its stat id."""
     with StateDB(ws.state) as db:
         with db.tx() as c:
-            c.execute("UPDATE deliveries SET manifest_sha256 = NULL, manifest_key = NULL, "
-                      "package_md5 = NULL, package_key = NULL")
+            c.execute(
+                "UPDATE deliveries SET manifest_sha256 = NULL, manifest_key = NULL, "
+                "package_md5 = NULL, package_key = NULL"
+            )
         for dl in db.downlinks():
             st_ = os.lstat(Path(dl.level0) / manifest.MANIFEST_NAME)
             with db.tx() as c:
-                c.execute("UPDATE downlinks SET manifest_sha256 = NULL, manifest_id = ? "
-                          "WHERE dlid = ?", (f"{st_.st_dev}:{st_.st_ino}:{st_.st_size}:"
-                                             f"{st_.st_mtime_ns}", dl.dlid))
+                c.execute(
+                    "UPDATE downlinks SET manifest_sha256 = NULL, manifest_id = ? WHERE dlid = ?",
+                    (f"{st_.st_dev}:{st_.st_ino}:{st_.st_size}:{st_.st_mtime_ns}", dl.dlid),
+                )
 
 
 def test_a_package_accepted_before_identities_were_recorded_is_adopted_then_pruned(ws):
@@ -317,10 +331,12 @@ def test_a_package_accepted_before_identities_were_recorded_is_adopted_then_prun
         d, dl = db.delivery(f"fcopy:{DLID}"), db.downlink(DLID)
         assert d.package_md5 == manifest.parse(ws.incoming_fcopy / f"{DLID}.md5")[f"{DLID}.tar"]
         assert dl.manifest_sha256 == identity.entries_digest(
-            manifest.parse(ws.incoming_level0 / DLID / manifest.MANIFEST_NAME))
+            manifest.parse(ws.incoming_level0 / DLID / manifest.MANIFEST_NAME)
+        )
     r = cli_proc(ws, "prune", "--json")
-    assert {Path(c["path"]).name for c in json.loads(r.stdout)["candidates"]
-            if c["area"] == "fcopy"} == {f"{DLID}.tar", f"{DLID}.md5"}
+    assert {
+        Path(c["path"]).name for c in json.loads(r.stdout)["candidates"] if c["area"] == "fcopy"
+    } == {f"{DLID}.tar", f"{DLID}.md5"}
 
 
 def test_a_package_resent_before_the_upgrade_is_rejected_not_adopted(ws, tmp_path):
@@ -346,8 +362,11 @@ def test_an_orphan_chunk_is_removed_only_with_the_content_the_engine_recorded(ws
     r = cli_proc(ws, "run", DLID)
     assert r.returncode == 0, r.stderr
     api.clear_halt(ws, "haltCleanup", DLID)
-    ws = set_config(ws, "[retention]\nlogs_days = 0\nevents_days = 0\nfcopy_days = 0\n"
-                        "orphan_chunks_days = 0.00001\n")
+    ws = set_config(
+        ws,
+        "[retention]\nlogs_days = 0\nevents_days = 0\nfcopy_days = 0\n"
+        "orphan_chunks_days = 0.00001\n",
+    )
     a, b = sorted((ws.downlinks / DLID).glob(f"{DLID}-[0-9]*.h5"))
     st_ = os.stat(a)
     with open(a, "r+b") as fh:
@@ -368,8 +387,9 @@ def test_an_orphan_chunk_is_removed_only_with_the_content_the_engine_recorded(ws
 # ------------------------------------------------------------------ the identity parsers
 
 HEX = st.text("0123456789abcdefABCDEF", min_size=32, max_size=32)
-NAMES = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1,
-                max_size=12)
+NAMES = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=12
+)
 
 
 @given(st.binary(max_size=400))
@@ -381,22 +401,32 @@ def test_reading_any_manifest_bytes_gives_entries_or_bad_input(tmp_path_factory,
         assert out.digest == identity.entries_digest(manifest.parse_bytes(data, f))
 
 
-@given(st.dictionaries(NAMES, HEX, min_size=1, max_size=5), st.randoms(), st.booleans(),
-       st.booleans(), st.booleans())
+@given(
+    st.dictionaries(NAMES, HEX, min_size=1, max_size=5),
+    st.randoms(),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
 def test_the_digest_is_the_listing_not_its_spelling(entries, rnd, star, crlf, upper):
     """The same entries written another way (order, md5sum's `*`, CRLF, hex case) have one
     digest; another checksum or name has another."""
-    entries = {n: h.lower() for n, h in entries.items()
-               if not isinstance(total(manifest.safe_name, n, "m"), BadInput)}
+    entries = {
+        n: h.lower()
+        for n, h in entries.items()
+        if not isinstance(total(manifest.safe_name, n, "m"), BadInput)
+    }
     if not entries:
         return
     items = list(entries.items())
     rnd.shuffle(items)
     line = "{h} {m}{n}" + ("\r\n" if crlf else "\n")
-    data = "".join(line.format(h=h.upper() if upper else h, m="*" if star else " ", n=n)
-                   for n, h in items).encode()
-    assert identity.entries_digest(manifest.parse_bytes(data, "m")) == \
-        identity.entries_digest(entries)
+    data = "".join(
+        line.format(h=h.upper() if upper else h, m="*" if star else " ", n=n) for n, h in items
+    ).encode()
+    assert identity.entries_digest(manifest.parse_bytes(data, "m")) == identity.entries_digest(
+        entries
+    )
     name = items[0][0]
     other = dict(entries) | {name: ("1" if entries[name][0] != "1" else "2") + entries[name][1:]}
     assert identity.entries_digest(other) != identity.entries_digest(entries)

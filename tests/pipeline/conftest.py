@@ -52,10 +52,24 @@ def set_config(w: Workspace, extra: str) -> Workspace:
     return Workspace.open(w.root)
 
 
-def spec(dlid: str, events: int = 50, chunks: int = 2, runs: int = 2, seed: int = 0,
-         sources: int = 2, event_bytes: int = 4000) -> MockSpec:
-    return MockSpec(dlid=dlid, sources=sources, events=events, event_bytes=event_bytes,
-                    runs=runs, chunks=chunks, seed=seed)
+def spec(
+    dlid: str,
+    events: int = 50,
+    chunks: int = 2,
+    runs: int = 2,
+    seed: int = 0,
+    sources: int = 2,
+    event_bytes: int = 4000,
+) -> MockSpec:
+    return MockSpec(
+        dlid=dlid,
+        sources=sources,
+        events=events,
+        event_bytes=event_bytes,
+        runs=runs,
+        chunks=chunks,
+        seed=seed,
+    )
 
 
 def make_delivery(w: Workspace, dlid: str, as_: str = "level0", **kw) -> Path:
@@ -79,8 +93,14 @@ def cli_proc(w: Workspace, *args: str, timeout: float = 120, **kw) -> subprocess
     """Run `python -m engine` as a real process (exit codes, signals, stderr lines)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(w.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
 
 
 def start_daemon(w: Workspace, log: Path, *args: str) -> subprocess.Popen:
@@ -88,17 +108,26 @@ def start_daemon(w: Workspace, log: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     fh = open(log, "ab")  # noqa: SIM115 - the daemon owns it for its lifetime
-    return subprocess.Popen([sys.executable, "-m", "engine", "-w", str(w.root), "watch", *args],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "watch", *args],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 FAST = {"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1}
 
 
-def quick(ws: Workspace, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = "") -> Workspace:
+def quick(
+    ws: Workspace, scan_interval: float = 300.0, quiet: float = 1.0, extra: str = ""
+) -> Workspace:
     """Daemon settings for tests: a rare reconciliation scan, a short quiet time."""
-    return set_config(ws, f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
-                          f"poll_interval_s = 0.2\n{extra}")
+    return set_config(
+        ws,
+        f"[watch]\nscan_interval_s = {scan_interval}\nquiet_s = {quiet}\n"
+        f"poll_interval_s = 0.2\n{extra}",
+    )
 
 
 def stop_daemon(proc: subprocess.Popen, timeout: float = 20) -> int:
@@ -108,6 +137,7 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 20) -> int:
 
 def wait_for(cond, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
     import time
+
     t0 = time.time()
     while time.time() - t0 < timeout:
         v = cond()
@@ -126,20 +156,22 @@ def wipe_state() -> None:
         return
     from engine.core.dburl import parse_state_url
     from engine.store import StateDB
+
     with StateDB(parse_state_url(url, None)) as db, db.tx() as c:
-        for table in ("events", "files", "process_instances", "streams", "downlinks",
-                      "deliveries"):
+        for table in ("events", "files", "process_instances", "streams", "downlinks", "deliveries"):
             c.execute(f"DELETE FROM {table}")
 
 
 def stream_status(w: Workspace) -> dict[str, str]:
     from engine.store import StateDB
+
     with StateDB(w.state) as db:
         return {s.dlid: s.status for s in db.streams()}
 
 
 def log_events(log: Path) -> list[dict]:
     import json
+
     out = []
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("{"):
@@ -177,6 +209,7 @@ def db_footprint(w: Workspace) -> int:
 
 def integrity_ok(w: Workspace) -> bool:
     import sqlite3
+
     assert w.state_url is None, "integrity_ok checks the SQLite file"
     conn = sqlite3.connect(w.state_db)
     try:
@@ -187,6 +220,7 @@ def integrity_ok(w: Workspace) -> bool:
 
 def md5_of_zeros(n: int) -> str:
     import hashlib
+
     h, block = hashlib.md5(usedforsecurity=False), bytes(1 << 20)
     for _ in range(n >> 20):
         h.update(block)
@@ -212,6 +246,7 @@ def with_big_file_first(delivery: Path, size: int = 256 << 20) -> str:
     """Add a sparse ``a_big.bin`` (no disk cost) listed FIRST in the delivery's manifest, so
     the daemon hashes it before the other files; returns the name of the first real file."""
     from engine.intake import manifest
+
     with open(delivery / "a_big.bin", "wb") as fh:
         fh.truncate(size)
     entries = manifest.parse(delivery / manifest.MANIFEST_NAME)
@@ -224,4 +259,3 @@ def remove_while_hashing(pid: int, big: Path, victim: Path, timeout: float = 30)
     """Delete ``victim`` while process ``pid`` is hashing ``big`` (listed before it)."""
     wait_for(lambda: has_open(pid, big), timeout, every=0.001, what=f"pid {pid} reading {big}")
     victim.unlink()
-

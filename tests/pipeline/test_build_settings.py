@@ -19,8 +19,11 @@ RENAMED = {"timestamp": "ts", "data": "payload", "smalldata": "small"}
 
 
 def test_build_paths_and_batch_reach_makeevt(ws, capsys):
-    ws = set_config(ws, '[build]\ntimestamp_path = "/ts"\ndata_path = "/payload"\n'
-                        'smalldata_path = "/small"\nbatch = 7\n')
+    ws = set_config(
+        ws,
+        '[build]\ntimestamp_path = "/ts"\ndata_path = "/payload"\n'
+        'smalldata_path = "/small"\nbatch = 7\n',
+    )
     level0 = make_delivery(ws, "251125001", events=60, event_bytes=200, runs=1, chunks=2)
     for src in level0.glob("*.h5"):
         with h5py.File(src, "r+") as h:
@@ -35,9 +38,14 @@ def test_build_paths_and_batch_reach_makeevt(ws, capsys):
     with StateDB(ws.state) as db:
         st = db.latest_stream("251125001", "halfpipe")
         assert st is not None
-        logs = [Path(pi.log_path) for pi in db.instances(st.id)
-                if pi.process == "makeEvt" and pi.log_path]
+        logs = [
+            Path(pi.log_path)
+            for pi in db.instances(st.id)
+            if pi.process == "makeEvt" and pi.log_path
+        ]
     assert len(logs) == 2
     for log in logs:
         first = log.read_text().splitlines()[0]
-        assert "--batch 7 --timestamp-path /ts --data-path /payload --smalldata-path /small" in first
+        assert (
+            "--batch 7 --timestamp-path /ts --data-path /payload --smalldata-path /small" in first
+        )

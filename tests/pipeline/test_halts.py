@@ -21,7 +21,7 @@ def test_set_read_clear_global_and_per_downlink(ws):
     assert halts.halts(ws, dl) == {"haltStage": [halts.GLOBAL, dl]}
     assert halts.halts(ws, "not-a-dlid") == {"haltStage": [halts.GLOBAL]}
     assert halts.clear_halt(ws, "haltStage") and not halts.clear_halt(ws, "haltStage")
-    assert halts.halt_flag(ws, dl, "haltStage") == d            # the downlink's still holds
+    assert halts.halt_flag(ws, dl, "haltStage") == d  # the downlink's still holds
     assert halts.halt_flag(ws, "251125002", "haltStage") is None  # and only that downlink
     assert halts.clear_halt(ws, "haltStage", dl) and halts.halts(ws, dl) == {}
 

@@ -28,8 +28,14 @@ def _dead_pid() -> int:
 
 
 def _write(path, **kw) -> None:
-    data = {"pid": os.getpid(), "host": socket.gethostname(), "start": Owner.me().start,
-            "stream": "251125001", "process": "mergeEvt", "created": time.time()} | kw
+    data = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": Owner.me().start,
+        "stream": "251125001",
+        "process": "mergeEvt",
+        "created": time.time(),
+    } | kw
     path.write_text(json.dumps(data))
 
 
@@ -49,8 +55,16 @@ def test_live_lock_is_busy(ws):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         time.sleep(0.2)
-        locks.acquire(p, "251125001", "mergeEvt", owner=Owner(child.pid, socket.gethostname(),
-                                                               __import__("psutil").Process(child.pid).create_time()))
+        locks.acquire(
+            p,
+            "251125001",
+            "mergeEvt",
+            owner=Owner(
+                child.pid,
+                socket.gethostname(),
+                __import__("psutil").Process(child.pid).create_time(),
+            ),
+        )
         with pytest.raises(Busy):
             locks.acquire(p, "251125002", "mergeEvt")
         info = locks.read(p)
@@ -128,6 +142,7 @@ def test_malformed_lock_is_stale_after_grace(ws):
 
 # ---------------------------------------------------------------- hostile lock content
 
+
 def _hostile(lock_dir) -> dict[str, str]:
     """Every kind of thing that may lie at a lock path, by name -> what it is."""
     host = socket.gethostname()
@@ -138,8 +153,9 @@ def _hostile(lock_dir) -> dict[str, str]:
         "00000002": json.dumps({"pid": 1, "host": host, "start": float("nan")}),
         "00000003": json.dumps([1, 2, 3]),
         "00000004": json.dumps({"pid": True, "host": host}),
-        "00000005": json.dumps({"pid": 1, "host": host, "start": None,
-                                "created": "yesterday", "stream": {"x": 1}}),
+        "00000005": json.dumps(
+            {"pid": 1, "host": host, "start": None, "created": "yesterday", "stream": {"x": 1}}
+        ),
         "00000006": "[" * 100_000,
     }
     for name, text in files.items():
@@ -149,19 +165,25 @@ def _hostile(lock_dir) -> dict[str, str]:
     (lock_dir / "cleanup").mkdir()
     os.mkfifo(lock_dir / "0000f1f0")
     os.symlink("/etc/passwd", lock_dir / "0000beef")
-    return {**dict.fromkeys(files, "file"), "00000007": "file", "00000008": "file",
-            "cleanup": "directory", "0000f1f0": "FIFO", "0000beef": "symbolic link"}
+    return {
+        **dict.fromkeys(files, "file"),
+        "00000007": "file",
+        "00000008": "file",
+        "cleanup": "directory",
+        "0000f1f0": "FIFO",
+        "0000beef": "symbolic link",
+    }
 
 
 def test_any_lock_content_gets_a_row_never_an_exception(ws, capsys):
     kinds = _hostile(ws.lock)
     rows = {i.name: i for i in locks.list_locks(ws.lock)}
-    assert set(rows) == set(kinds)                        # everything listed, nothing raised
+    assert set(rows) == set(kinds)  # everything listed, nothing raised
     for name, what in kinds.items():
         info = rows[name]
         if what == "file":
             assert "malformed" in info.reason or "alive" in info.reason, (name, info.reason)
-        else:                                            # never reclaimed automatically
+        else:  # never reclaimed automatically
             assert f"not a regular file (a {what})" in info.reason and not info.stale
     assert "out of range" in rows["halfpipe-251125041"].reason
     # the valid owner with bad labels keeps its owner (pid 1 is alive): labels are dropped
@@ -174,7 +196,7 @@ def test_any_lock_content_gets_a_row_never_an_exception(ws, capsys):
 
 def test_locks_cli_does_not_block_on_a_fifo(ws):
     os.mkfifo(ws.lock / "0000f1f0")
-    r = cli_proc(ws, "locks", timeout=30)       # a blocking open() would hang until timeout
+    r = cli_proc(ws, "locks", timeout=30)  # a blocking open() would hang until timeout
     assert r.returncode == 0 and "FIFO" in r.stdout
 
 
@@ -182,7 +204,7 @@ def test_unlock_force_removes_a_directory_or_fifo_at_a_lock_path(ws, capsys):
     (ws.lock / "cleanup").mkdir()
     os.mkfifo(ws.lock / "0000f1f0")
     rc, _, err = cli(ws, "unlock", "cleanup", capsys=capsys)
-    assert rc == 3 and "not a regular file" in err            # not provably stale
+    assert rc == 3 and "not a regular file" in err  # not provably stale
     for name in ("cleanup", "0000f1f0"):
         rc, out, _ = cli(ws, "unlock", name, "--force", "--yes", capsys=capsys)
         assert rc == 0 and "removed" in out and not os.path.lexists(ws.lock / name)
@@ -195,7 +217,7 @@ def test_unlock_force_removes_a_directory_or_fifo_at_a_lock_path(ws, capsys):
 def test_acquire_at_a_directory_is_busy_with_the_reason(ws):
     p = ws.lock / "halfpipe-251125042"
     p.mkdir()
-    old = time.time() - 100                       # old: a malformed *file* would be stale now
+    old = time.time() - 100  # old: a malformed *file* would be stale now
     os.utime(p, (old, old))
     with pytest.raises(Busy, match="not a regular file"):
         locks.acquire(p, "251125042", "makeEvt")
@@ -205,12 +227,18 @@ def test_acquire_at_a_directory_is_busy_with_the_reason(ws):
 # Hypothesis: any bytes, any JSON value -> a LockContent or BadInput; read() -> a LockInfo.
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-    max_leaves=12)
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
 _owner_like = st.fixed_dictionaries(
-    {"pid": st.integers() | st.floats() | st.text(max_size=5) | st.none(),
-     "host": st.just(socket.gethostname()) | st.text(max_size=5) | st.integers()},
-    optional={"start": _json, "created": _json, "stream": _json, "process": _json})
+    {
+        "pid": st.integers() | st.floats() | st.text(max_size=5) | st.none(),
+        "host": st.just(socket.gethostname()) | st.text(max_size=5) | st.integers(),
+    },
+    optional={"start": _json, "created": _json, "stream": _json, "process": _json},
+)
 
 
 @given(st.binary(max_size=300))
@@ -232,7 +260,7 @@ def test_read_any_lock_file_gives_a_verdict(tmp_path_factory, data):
     p.write_bytes(data)
     info = locks.read(p)
     assert isinstance(info, locks.LockInfo) and info.reason and "\n" not in info.reason
-    json.dumps(info.to_json())                     # the console and --json can show it
+    json.dumps(info.to_json())  # the console and --json can show it
 
 
 def test_only_what_no_grace_period_frees_blocks(ws):

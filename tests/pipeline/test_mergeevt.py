@@ -33,16 +33,16 @@ def _staged(ws, dlid: str, run: int) -> dict[str, np.ndarray]:
 
 def test_run_continued_by_a_later_downlink(ws):
     run = 700_000_000
-    _chunk(ws, "251125001", "00001", np.arange(1000, 1010), run)        # events 0..9
-    _chunk(ws, "251125002", "00001", np.arange(1005, 1015), run)        # overlaps 5..9, new 10..14
+    _chunk(ws, "251125001", "00001", np.arange(1000, 1010), run)  # events 0..9
+    _chunk(ws, "251125002", "00001", np.arange(1005, 1015), run)  # overlaps 5..9, new 10..14
     merge_evt(ws, "251125001", run, max_events=4)
     first = _staged(ws, "251125001", run)
     assert list(first) == [f"r{run:010d}-e{e:020d}" for e in (0, 4, 8)]
     merge_evt(ws, "251125002", run, max_events=4)
     second = _staged(ws, "251125002", run)
-    assert list(second) == [f"r{run:010d}-e{e:020d}" for e in (10, 14)]   # numbering goes on
+    assert list(second) == [f"r{run:010d}-e{e:020d}" for e in (10, 14)]  # numbering goes on
     all_ts = np.concatenate([*first.values(), *second.values()])
-    assert np.array_equal(np.sort(all_ts), np.arange(1000, 1015))        # each event exactly once
+    assert np.array_equal(np.sort(all_ts), np.arange(1000, 1015))  # each event exactly once
     tokens = sorted(p.name for p in (ws.stage / "chunktokens" / f"r{run:010d}").iterdir())
     assert tokens == sorted([*first, *second])
     # a rerun (e.g. after a kill) rewrites the same bytes and leaves nothing extra

@@ -28,14 +28,19 @@ from engine.pipeline.retention import apply, plan
 from .conftest import FAST, cli_proc, make_delivery, set_config
 
 DLID = "261202013"
-ALL = ("[retention]\nlogs_days = 0.00001\nevents_days = 0.00001\nfcopy_days = 0.00001\n"
-       "orphan_chunks_days = 0.00001\nrejected_days = 0.00001\n")
+ALL = (
+    "[retention]\nlogs_days = 0.00001\nevents_days = 0.00001\nfcopy_days = 0.00001\n"
+    "orphan_chunks_days = 0.00001\nrejected_days = 0.00001\n"
+)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every regular file under ``root`` (links not followed) and its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def _run_leaving_chunks(ws):
@@ -78,18 +83,23 @@ def test_a_linked_directory_inside_an_area_is_never_followed(ws, tmp_path, where
     for name in ("build-20250101T000000.log", f"run-{DLID}-20250101T000000.log"):
         (console / name).write_text("an old console job log\n")
         os.utime(console / name, (old, old))
-    target = {"downlink": ws.downlinks / DLID, "logs-downlink": ws.logs / DLID,
-              "logs-console": console}[where]
+    target = {
+        "downlink": ws.downlinks / DLID,
+        "logs-downlink": ws.logs / DLID,
+        "logs-console": console,
+    }[where]
     assert _snapshot(target)
     moved = _away(target, tmp_path / "outside")
     before = _snapshot(moved)
     doc = _prune(ws)
     assert _snapshot(moved) == before
-    assert all(not c["path"] or not c["path"].startswith(str(target) + "/")
-               for c in doc["candidates"])
+    assert all(
+        not c["path"] or not c["path"].startswith(str(target) + "/") for c in doc["candidates"]
+    )
     assert {c["area"] for c in doc["candidates"]} >= {"fcopy", "events"}
-    assert any(str(target) in n and "link" in n for n in doc["notes"]) or \
-        where == "logs-downlink", doc["notes"]   # logs/<DLID> was never listed: not a dir
+    assert (
+        any(str(target) in n and "link" in n for n in doc["notes"]) or where == "logs-downlink"
+    ), doc["notes"]  # logs/<DLID> was never listed: not a dir
 
 
 @pytest.mark.parametrize("area", ["logs", "downlinks", "incoming_fcopy"])
@@ -119,12 +129,15 @@ def test_a_directory_swapped_for_a_link_between_plan_and_apply(ws, tmp_path, wha
     sub = d / "sub"
     sub.mkdir()
     (sub / "x.h5").write_bytes(b"kept\n")
-    os.rename(d, d.with_name("bad-name"))          # rejected: its name is no downlink id
+    os.rename(d, d.with_name("bad-name"))  # rejected: its name is no downlink id
     assert _process_rejects(ws)
     time.sleep(1.0)
     p = plan(ws)
-    target = {"downlink": ws.downlinks / DLID, "logs-downlink": ws.logs / DLID,
-              "rejected-subdir": ws.rejected / "bad-name" / "sub"}[what]
+    target = {
+        "downlink": ws.downlinks / DLID,
+        "logs-downlink": ws.logs / DLID,
+        "rejected-subdir": ws.rejected / "bad-name" / "sub",
+    }[what]
     planned = [c for c in p.candidates if c.path and c.path.startswith(str(target) + "/")]
     assert planned
     moved = _away(target, tmp_path / "outside")
@@ -150,15 +163,17 @@ def test_a_link_inside_a_rejected_delivery_is_removed_as_a_link(ws, tmp_path):
     os.symlink(outside, d / "linked")
     (outside / "file.h5").write_bytes(b"also precious\n")
     os.symlink(outside / "file.h5", d / "linked-file")
-    assert _process_rejects(ws)                    # a link inside: rejected, kept
+    assert _process_rejects(ws)  # a link inside: rejected, kept
     ws = set_config(ws, ALL)
     time.sleep(1.0)
     before = _snapshot(outside)
     doc = _prune(ws)
     assert _snapshot(outside) == before
     removed = {c["path"] for c in doc["candidates"] if c["area"] == "rejected"}
-    assert {str(ws.rejected / d.name / "linked"), str(ws.rejected / d.name / "linked-file")} \
-        <= removed
+    assert {
+        str(ws.rejected / d.name / "linked"),
+        str(ws.rejected / d.name / "linked-file"),
+    } <= removed
     assert not (ws.rejected / d.name).exists()
 
 
@@ -213,10 +228,10 @@ def test_tree_refuses_links_on_the_way(tmp_path):
         with pytest.raises(OSError) as err:
             t.lstat(("l", "b", "f"))
         assert on_link(err.value)
-        t.dir(("a", "b"))                          # held open, then swapped for a link
+        t.dir(("a", "b"))  # held open, then swapped for a link
         os.rename(real / "a", tmp_path / "a-moved")
         os.symlink(other / "a", real / "a")
-        t.unlink(("a", "b", "f"))                  # the held directory: the moved one
+        t.unlink(("a", "b", "f"))  # the held directory: the moved one
         assert not (tmp_path / "a-moved" / "b" / "f").exists()
         assert (other / "a" / "b" / "f").read_text() == "x"
 

@@ -72,13 +72,20 @@ def _run(ws: Workspace, dlid: str, as_: str = "fcopy", **kw: int) -> None:
 
 def _strays(ws: Workspace, dlid: str) -> list[Path]:
     """Files an operator (or another tool) put in the engine's areas: never pruned."""
-    strays = [ws.logs / "stray.txt", ws.logs / dlid / "operator-notes.txt",
-              ws.logs / dlid / "makeEvt-00009-e1.log",          # log-shaped, never recorded
-              ws.logs / "console" / "my-notes.log", ws.stage / "stray.txt",
-              ws.stage / dlid / "README", ws.downlinks / dlid / "notes.txt",
-              ws.downlinks / dlid / f"{dlid}-00042.h5",         # chunk-shaped, not recorded
-              ws.incoming_fcopy / "other.tar", ws.rejected / "keep-me.txt",
-              ws.logs / "heartbeat" / "otherhost-1.json", ws.logs / "daemon.log"]
+    strays = [
+        ws.logs / "stray.txt",
+        ws.logs / dlid / "operator-notes.txt",
+        ws.logs / dlid / "makeEvt-00009-e1.log",  # log-shaped, never recorded
+        ws.logs / "console" / "my-notes.log",
+        ws.stage / "stray.txt",
+        ws.stage / dlid / "README",
+        ws.downlinks / dlid / "notes.txt",
+        ws.downlinks / dlid / f"{dlid}-00042.h5",  # chunk-shaped, not recorded
+        ws.incoming_fcopy / "other.tar",
+        ws.rejected / "keep-me.txt",
+        ws.logs / "heartbeat" / "otherhost-1.json",
+        ws.logs / "daemon.log",
+    ]
     for p in strays:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("mine\n")
@@ -91,8 +98,7 @@ def _paths(doc: dict) -> list[tuple[str, str | None, int]]:
     return [(c["area"], c["path"], c.get("rows", 0)) for c in doc["candidates"]]
 
 
-def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, capsys,
-                                                                         state_backend):
+def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, capsys, state_backend):
     """A downlink delivered as an fcopy package and run to its end; operators' files beside
     everything. `prune --dry-run` changes nothing; `prune` then removes exactly the set the
     dry run listed (logs, the package, events rows), and the console's numbers are what it
@@ -105,19 +111,22 @@ def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, caps
     assert any(p.suffix == ".h5" for p in staged)
     ws = set_config(ws, f"[retention]\n{ALL_TINY}")
     time.sleep(1.0)
-    capsys.readouterr()                           # the run's event lines
+    capsys.readouterr()  # the run's event lines
 
     before = _tree(ws.root)
     rc, out, _ = cli(ws, "prune", "--dry-run", "--json", capsys=capsys)
     assert rc == 0
     dry = json.loads(out)
-    assert dry["dry_run"] is True and _tree(ws.root) == before   # nothing removed
+    assert dry["dry_run"] is True and _tree(ws.root) == before  # nothing removed
     listed = _paths(dry)
     areas = {a for a, _, _ in listed}
-    assert areas == {"logs", "fcopy", "events"}                   # cleanup ran: no orphans
-    assert (("fcopy", str(ws.incoming_fcopy / f"{dlid}.tar"), 0) in listed
-            and ("fcopy", str(ws.incoming_fcopy / f"{dlid}.md5"), 0) in listed)
-    preview = api.prune_preview(ws)                                # what the console shows
+    assert areas == {"logs", "fcopy", "events"}  # cleanup ran: no orphans
+    assert ("fcopy", str(ws.incoming_fcopy / f"{dlid}.tar"), 0) in listed and (
+        "fcopy",
+        str(ws.incoming_fcopy / f"{dlid}.md5"),
+        0,
+    ) in listed
+    preview = api.prune_preview(ws)  # what the console shows
 
     rc, out, _ = cli(ws, "prune", "--json", capsys=capsys)
     assert rc == 0
@@ -129,10 +138,10 @@ def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, caps
         assert path is None or not os.path.lexists(path)
     for p in strays:
         assert p.read_text() == "mine\n", p
-    assert {p: p.read_bytes() for p in ws.stage.rglob("*") if p.is_file()} == \
-        {p: b for p, b in staged.items()} | {ws.stage / "stray.txt": b"mine\n",
-                                            ws.stage / dlid / "README": b"mine\n"}
-    assert (ws.logs / dlid).is_dir()              # a stray keeps the log directory
+    assert {p: p.read_bytes() for p in ws.stage.rglob("*") if p.is_file()} == {
+        p: b for p, b in staged.items()
+    } | {ws.stage / "stray.txt": b"mine\n", ws.stage / dlid / "README": b"mine\n"}
+    assert (ws.logs / dlid).is_dir()  # a stray keeps the log directory
     rc, out, _ = cli(ws, "downlinks", "--json", capsys=capsys)
     assert [d["stream"] for d in json.loads(out)["downlinks"]] == ["SUCCESS"]
 
@@ -150,21 +159,28 @@ def test_nothing_of_a_stream_in_progress_is_touched(ws, tmp_path):
     api.set_halt(ws, "haltStage", b)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(tmp_path / "run.log", "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "run", b],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "-w", str(ws.root), "run", b],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
+
         def held() -> bool:
             views = api.stream_views(ws, b)
-            return bool(views) and any(p.process == "mergeEvt" and p.status == "WAITING"
-                                       for p in views[0].instances)
+            return bool(views) and any(
+                p.process == "mergeEvt" and p.status == "WAITING" for p in views[0].instances
+            )
+
         wait_for(held, 60, what="B's mergeEvt held by haltStage")
         assert stream_status(ws)[b] == "RUNNING" and proc.poll() is None
-        mine = {p: s for p, s in _tree(ws.root).items()
-                if f"/{b}" in p and "/stage/" not in p}
+        mine = {p: s for p, s in _tree(ws.root).items() if f"/{b}" in p and "/stage/" not in p}
         assert any(p.endswith(".log") for p in mine) and any(p.endswith(".h5") for p in mine)
         p = plan(ws, now=_later())
-        assert p.candidates and all(c.dlid != b and (c.path is None or f"/{b}" not in c.path)
-                                    for c in p.candidates)
+        assert p.candidates and all(
+            c.dlid != b and (c.path is None or f"/{b}" not in c.path) for c in p.candidates
+        )
         assert {c.dlid for c in p.candidates if c.path} == {a}
         res = apply(ws, p)
         assert res.removed and not res.failed
@@ -199,16 +215,18 @@ def test_apply_rechecks_each_stream_and_each_file(ws, state_backend):
     assert any(c.path == replaced and why == "changed since the plan" for c, why in res.kept)
     assert Path(replaced).read_text() == "a new log under the old name\n"
     held_b = [c for c, why in res.kept if c.dlid == b]
-    assert held_b and all(why == f"the streams of {b} changed since the plan"
-                          for c, why in res.kept if c.dlid == b)
+    assert held_b and all(
+        why == f"the streams of {b} changed since the plan" for c, why in res.kept if c.dlid == b
+    )
     assert all(c.path is None or os.path.lexists(c.path) for c in held_b)
 
 
 def test_a_file_that_cannot_be_removed_is_reported_and_skipped(ws):
     dlid = "251125001"
     _run(ws, dlid)
-    victim = next(c.path for c in plan(ws, now=_later()).candidates
-                  if c.area == "logs" and not c.is_dir)
+    victim = next(
+        c.path for c in plan(ws, now=_later()).candidates if c.area == "logs" and not c.is_dir
+    )
     assert victim is not None
     undo = _make_unremovable(Path(victim))  # chattr moves its ctime: then planned
     try:
@@ -217,7 +235,7 @@ def test_a_file_that_cannot_be_removed_is_reported_and_skipped(ws):
         res = apply(ws, p)
     finally:
         undo()
-    (c, err), = res.failed
+    ((c, err),) = res.failed
     assert c.path == victim and err and Path(victim).exists()
     assert res.removed and all(not os.path.lexists(r.path) for r in res.removed if r.path)
     assert any(why.startswith("not empty") for _, why in res.kept)  # its directory stays
@@ -254,8 +272,11 @@ def test_orphan_chunks_are_runcleanup(ws, state_backend):
 
     index = json.loads((ws.downlinks / dlid / "mergeIndices.json").read_text())
     run = index["runs"][0]
-    holding = {str(ws.downlinks / dlid / f"{dlid}-{k}.h5") for k, runs in index["chunks"].items()
-               if run in runs}
+    holding = {
+        str(ws.downlinks / dlid / f"{dlid}-{k}.h5")
+        for k, runs in index["chunks"].items()
+        if run in runs
+    }
     lock = ws.lock / run_hex(run)
     locks.acquire(lock, "another", "mergeEvt", Owner.me())
     try:
@@ -268,12 +289,12 @@ def test_orphan_chunks_are_runcleanup(ws, state_backend):
 
     p = plan(ws, now=_later())
     assert {c.path for c in p.candidates if not c.is_dir} == {str(c) for c in chunks}
-    cleanup = ws.lock / "cleanup"       # a cleanup job of this very process (a daemon's)
+    cleanup = ws.lock / "cleanup"  # a cleanup job of this very process (a daemon's)
     locks.acquire(cleanup, "251125077", "cleanup", Owner.me())
     try:
         res = apply(ws, p)
         assert not res.removed and all("cleanup lock" in why for _, why in res.kept)
-        assert cleanup.exists()                         # not released under that job
+        assert cleanup.exists()  # not released under that job
     finally:
         locks.release(cleanup, Owner.me())
     res = apply(ws, p)
@@ -282,7 +303,7 @@ def test_orphan_chunks_are_runcleanup(ws, state_backend):
     with StateDB(ws.state) as db:
         assert all(db.file(c) is None for c in chunks)
     assert {q: q.read_bytes() for q in ws.stage.rglob("*.h5")} == staged
-    assert (ws.downlinks / dlid / "mergeIndices.json").exists()   # only chunk outputs go
+    assert (ws.downlinks / dlid / "mergeIndices.json").exists()  # only chunk outputs go
 
 
 def test_rejected_deliveries_go_whole_and_only_when_configured(ws):
@@ -302,7 +323,7 @@ def test_rejected_deliveries_go_whole_and_only_when_configured(ws):
     ws = set_config(ws, "[retention]\nrejected_days = 1\n")
     inner = next(moved.iterdir())
     future = time.time() + 10 * DAY_S
-    os.utime(inner, (future, future))                      # changed after the rejection
+    os.utime(inner, (future, future))  # changed after the rejection
     assert not [c for c in plan(ws, now=_later(2)).candidates if c.area == "rejected"]
     os.utime(inner, (time.time(), time.time()))
 
@@ -335,7 +356,7 @@ def test_events_older_than_the_cutoff_go_in_one_transaction(ws, state_backend):
         prune = json.loads(db.q("SELECT detail FROM events WHERE kind = 'prune'")[0]["detail"])
     assert res.totals()["events"].rows == 3
     assert kinds == ["new", "after the plan", "prune"] and prune["events_deleted"] == 3
-    with StateDB(ws.state) as db:                # an idle prune writes nothing at all
+    with StateDB(ws.state) as db:  # an idle prune writes nothing at all
         other = StateDB(ws.state)
         try:
             version = other.data_version()
@@ -360,8 +381,15 @@ def test_never_a_staged_file_a_heartbeat_the_daemon_log_or_the_database(ws):
         pis = db.instances(db.latest_stream(dlid).id)
         for pi, target in zip(pis, (staged, beat, daemon_log), strict=False):
             db.update_instance(pi.id, log_path=str(target))
-    for target in (staged, beat, daemon_log, ws.state_db, Path(f"{ws.state_db}-wal"),
-                   ws.root / "skydeck.toml", ws.lock / "cleanup"):
+    for target in (
+        staged,
+        beat,
+        daemon_log,
+        ws.state_db,
+        Path(f"{ws.state_db}-wal"),
+        ws.root / "skydeck.toml",
+        ws.lock / "cleanup",
+    ):
         assert protected(ws, target) is not None, target
     assert protected(ws, ws.logs / dlid / "cleanup-e1.log") is None
     p = plan(ws, now=_later())
@@ -381,8 +409,11 @@ def test_the_daemon_prunes_on_its_schedule(ws, tmp_path):
         wait_for(lambda: stream_status(ws).get("251125001") == "SUCCESS", 90, what="stream")
 
         def pruned_logs() -> bool:
-            return any(e["event"] == "prune" and e["areas"].get("logs", {}).get("files")
-                       for e in log_events(log))
+            return any(
+                e["event"] == "prune" and e["areas"].get("logs", {}).get("files")
+                for e in log_events(log)
+            )
+
         wait_for(pruned_logs, 30, what="a prune event that removed logs")
         assert not (ws.incoming_fcopy / "251125001.tar").exists()
         assert d.poll() is None
@@ -408,16 +439,28 @@ ROOT = "/ws/incoming/rejected"
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(
-    st.binary(max_size=300),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
-                 lambda kids: st.lists(kids, max_size=4)
-                 | st.dictionaries(st.sampled_from(["moved", "delivery", "x"]), kids, max_size=3),
-                 max_leaves=12).map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"delivery": st.text(max_size=20),
-                           "moved": st.lists(st.text(max_size=40).map(
-                               lambda t: t if t.startswith("/") else f"{ROOT}/{t}"),
-                               max_size=4)}).map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+            lambda kids: (
+                st.lists(kids, max_size=4)
+                | st.dictionaries(st.sampled_from(["moved", "delivery", "x"]), kids, max_size=3)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {
+                "delivery": st.text(max_size=20),
+                "moved": st.lists(
+                    st.text(max_size=40).map(lambda t: t if t.startswith("/") else f"{ROOT}/{t}"),
+                    max_size=4,
+                ),
+            }
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_any_reason_file_gives_paths_inside_rejected_or_none(data: bytes) -> None:
     """A reason file is read from a directory operators write to: any bytes give either the
     moved paths, each directly in rejected/ and none a reason file, or None; never an
@@ -443,13 +486,21 @@ def test_a_failing_prune_is_one_error_line_and_the_daemon_goes_on(ws, tmp_path):
     try:
         wait_for(lambda: log.exists() and "watching" in log.read_text(), 30, what="start")
         task.write_text("[task]\nname = 3\n")
-        wait_for(lambda: any(e["event"] == "error" and e["during"] == "prune"
-                             for e in log_events(log)), 30, what="the prune's error line")
-        make_delivery(ws, "251125003", **FAST)             # the daemon still serves
+        wait_for(
+            lambda: any(e["event"] == "error" and e["during"] == "prune" for e in log_events(log)),
+            30,
+            what="the prune's error line",
+        )
+        make_delivery(ws, "251125003", **FAST)  # the daemon still serves
         wait_for(lambda: stream_status(ws).get("251125003") == "SUCCESS", 90, what="stream")
         task.write_text(good)
-        wait_for(lambda: any(e["event"] == "recovered" and e["during"] == "prune"
-                             for e in log_events(log)), 30, what="recovered")
+        wait_for(
+            lambda: any(
+                e["event"] == "recovered" and e["during"] == "prune" for e in log_events(log)
+            ),
+            30,
+            what="recovered",
+        )
         assert d.poll() is None
     finally:
         assert stop_daemon(d) == 0

@@ -22,16 +22,33 @@ from tests.pipeline.conftest import REPO, set_config, stream_status, wait_for
 def test_run_stops_its_jobs_on_sigterm_and_sigint(ws, tmp_path, signum: int, code: int) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "started"
     task = tmp_path / "task.toml"
-    task.write_text('[task]\nname = "halfpipe"\n[[process]]\nname = "slow"\n'
-                    f'command = ["{sys.executable}", "-c", "import pathlib, time; '
-                    f"pathlib.Path('{marker}').touch(); time.sleep(120)\"]\n")
+    task.write_text(
+        '[task]\nname = "halfpipe"\n[[process]]\nname = "slow"\n'
+        f'command = ["{sys.executable}", "-c", "import pathlib, time; '
+        f"pathlib.Path('{marker}').touch(); time.sleep(120)\"]\n"
+    )
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     with StateDB(ws.state) as db:
-        db.register_downlink(Downlink("251125001", "level0", str(ws.incoming_level0 / "251125001"), 1,
-                                      False, None, time.time(), time.time()))
+        db.register_downlink(
+            Downlink(
+                "251125001",
+                "level0",
+                str(ws.incoming_level0 / "251125001"),
+                1,
+                False,
+                None,
+                time.time(),
+                time.time(),
+            )
+        )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), "run", "251125001"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), "run", "251125001"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     run = psutil.Process(proc.pid)
     jobs: list[psutil.Process] = []
     try:

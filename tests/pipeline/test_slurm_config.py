@@ -47,15 +47,20 @@ def test_the_slurm_launcher_without_sbatch_is_exit_2_in_one_line(tmp_path):
     empty.mkdir()
     res = run_engine("-w", w.root, "run", "251201202", env=engine_env(PATH=str(empty)))
     assert res.returncode == 2, res.stderr
-    assert res.stderr.strip() == ("skydeck-engine: launcher 'slurm': sbatch not found on PATH "
-                                  "(install slurm-client)")
+    assert res.stderr.strip() == (
+        "skydeck-engine: launcher 'slurm': sbatch not found on PATH (install slurm-client)"
+    )
 
 
 def test_bad_task_file_launcher_or_batch_is_exit_2_naming_the_file(tmp_path):
-    for field, why in (('launcher = "slurm"', 'launcher must be "local"'),
-                       ('batch = "--mem=4G"', "batch must be a list of strings")):
+    for field, why in (
+        ('launcher = "slurm"', 'launcher must be "local"'),
+        ('batch = "--mem=4G"', "batch must be a list of strings"),
+    ):
         task = tmp_path / "t.toml"
-        task.write_text(f'[task]\nname = "t"\n[[process]]\nname = "a"\ncommand = ["true"]\n{field}\n')
+        task.write_text(
+            f'[task]\nname = "t"\n[[process]]\nname = "a"\ncommand = ["true"]\n{field}\n'
+        )
         w = _ws(tmp_path, f'[pipeline]\ntask = "{task}"\n')
         res = run_engine("-w", w.root, "run", "251201203")
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -63,10 +68,14 @@ def test_bad_task_file_launcher_or_batch_is_exit_2_naming_the_file(tmp_path):
 
 
 def test_slurm_settings_are_typed_and_checked(tmp_path):
-    w = _ws(tmp_path, '[slurm]\npartition = "milano"\naccount = "fermi:L1"\n'
-                      'extra_args = "--mem=4G --exclusive"\n')
-    assert w.settings.slurm == Slurm(partition="milano", account="fermi:L1",
-                                     extra_args="--mem=4G --exclusive")
+    w = _ws(
+        tmp_path,
+        '[slurm]\npartition = "milano"\naccount = "fermi:L1"\n'
+        'extra_args = "--mem=4G --exclusive"\n',
+    )
+    assert w.settings.slurm == Slurm(
+        partition="milano", account="fermi:L1", extra_args="--mem=4G --exclusive"
+    )
     assert Settings().slurm.partition == ""  # empty: the cluster's default
     cfg = w.root / "skydeck.toml"
     cfg.write_text(cfg.read_text().replace('partition = "milano"', "partition = 3"))
@@ -82,12 +91,15 @@ def test_unbalanced_extra_args_are_exit_2_in_one_line(tmp_path):
         pytest.skip("slurm-client not installed (tests/slurm/cluster.sh up installs it)")
     res = run_engine("-w", w.root, "run", "251201204")
     assert res.returncode == 2, res.stderr
-    assert res.stderr.strip() == ("skydeck-engine: slurm.extra_args \"--comment='x\": "
-                                  "No closing quotation")
+    assert res.stderr.strip() == (
+        "skydeck-engine: slurm.extra_args \"--comment='x\": No closing quotation"
+    )
 
 
 def test_job_names_are_what_squeue_shows():
-    assert job_name("halfpipe", "251201001", "makeEvt", "00001") == "halfpipe-251201001-makeEvt-00001"
+    assert (
+        job_name("halfpipe", "251201001", "makeEvt", "00001") == "halfpipe-251201001-makeEvt-00001"
+    )
     assert job_name("halfpipe", "251201001", "cleanup") == "halfpipe-251201001-cleanup"
     assert job_name("my task", "x", "a/b") == "my_task-x-a_b"
 
@@ -99,8 +111,13 @@ def _script_run(tmp_path: Path, argv: list[str], term_after: float | None = None
     script = tmp_path / "job.sbatch"
     script.write_text(job_script(spec))
     with open(log, "ab") as out:
-        proc = subprocess.Popen(["bash", str(script)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "SLURM_JOB_ID": "7"}, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(script)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SLURM_JOB_ID": "7"},
+            start_new_session=True,
+        )
         if term_after is not None:
             time.sleep(term_after)
             os.killpg(proc.pid, signal.SIGTERM)  # scancel --signal=TERM --full: every process
@@ -112,7 +129,12 @@ def _script_run(tmp_path: Path, argv: list[str], term_after: float | None = None
 
 def test_the_job_script_records_the_commands_status(tmp_path):
     py = sys.executable
-    assert _script_run(tmp_path, [py, "-c", "import os; assert os.environ['SKYDECK_X'] == \"a b,c'd\""]) == 0
+    assert (
+        _script_run(
+            tmp_path, [py, "-c", "import os; assert os.environ['SKYDECK_X'] == \"a b,c'd\""]
+        )
+        == 0
+    )
     assert _script_run(tmp_path, [py, "-c", "raise SystemExit(3)"]) == 3
     assert _script_run(tmp_path, ["sleep", "30"], term_after=0.5) == -15
     assert "slurm job 7 on " in (tmp_path / "job.log").read_text()

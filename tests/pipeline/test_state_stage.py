@@ -20,10 +20,14 @@ from .conftest import cli, make_delivery
 
 def _claimer(root: str, q, go, done) -> None:  # runs in a child process
     from engine.core.workspace import Workspace
+
     with StateDB(Workspace.open(Path(root)).state) as db:
         go.wait()  # all connected: they claim together
-        got = [dl for dl in ("251125001", "251125002", "251125003")
-               if db.claim_stream(dl, "halfpipe")[0] is not None]
+        got = [
+            dl
+            for dl in ("251125001", "251125002", "251125003")
+            if db.claim_stream(dl, "halfpipe")[0] is not None
+        ]
         q.put(got)
         done.wait()  # stay alive until all tried, so the others see live owners
 
@@ -31,7 +35,9 @@ def _claimer(root: str, q, go, done) -> None:  # runs in a child process
 def test_stream_claims_are_exclusive_and_taken_over_from_the_dead(ws):
     with StateDB(ws.state) as db:
         for d in ("251125001", "251125002", "251125003"):
-            db.register_downlink(Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time()))
+            db.register_downlink(
+                Downlink(d, "level0", "/x", 1, False, None, time.time(), time.time())
+            )
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     go, done = ctx.Barrier(4), ctx.Event()
@@ -63,13 +69,17 @@ def test_du_matches_gnu_du(tmp_path, monkeypatch):
         for f in range(30):
             (p / f"f{f}").write_bytes(b"x" * (f * 300))
     os.link(root / "a0" / "b0" / "f29", root / "a1" / "hard")  # counted once
-    (root / "a2" / "sym").symlink_to("/etc")                   # not followed
-    ref = int(subprocess.run(["du", "-s", "-B1", str(root)], capture_output=True, text=True,
-                             check=True).stdout.split()[0])
+    (root / "a2" / "sym").symlink_to("/etc")  # not followed
+    ref = int(
+        subprocess.run(
+            ["du", "-s", "-B1", str(root)], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
     for workers in (1, 2):
         u = du(root, workers)
         assert u.bytes == ref and u.files == 40 * 30 + 1  # hard link once, symlink as a file
     import engine.pipeline.usage as ss
+
     monkeypatch.setattr(ss, "_PARALLEL_MIN_ENTRIES", 0)  # force the forked-workers path
     monkeypatch.setattr(ss, "_PARALLEL_MIN_DIRS", 1)
     u = du(root, 2)
@@ -97,6 +107,7 @@ def test_downlinks_cli(ws, capsys):
     make_delivery(ws, "251125002")
     os.rename(ws.incoming_level0 / "251125002", ws.incoming_level0 / "25112500x")
     from engine.intake import deliveries
+
     with StateDB(ws.state) as db:
         deliveries.process_all(ws, db, quiet_s=0)
     rc, out, _ = cli(ws, "downlinks", "--json", capsys=capsys)
@@ -109,6 +120,7 @@ def test_downlinks_cli(ws, capsys):
 
 def test_console_api_functions(ws):
     from engine import api
+
     make_delivery(ws, "251125001")
     out = api.scan_incoming(ws)
     assert [o.status for o in out] == ["accepted"]

@@ -44,7 +44,7 @@ def test_halfpipe_stream_end_to_end(ws, capsys):
     v = _views(ws, capsys)[0]
     assert v["stream"]["status"] == "SUCCESS"
     by = {(p["process"], p["key"]): p for p in v["instances"]}
-    assert by[("propagate", "")]["status"] == "SKIPPED"   # the delivery has no gensteps
+    assert by[("propagate", "")]["status"] == "SKIPPED"  # the delivery has no gensteps
     assert {p["status"] for p in v["instances"]} <= {"SUCCESS", "SKIPPED"}
     assert all(Path(p["log_path"]).is_file() for p in v["instances"] if p["log_path"])
     runs = sorted(k for (proc, k) in by if proc == "mergeEvt")
@@ -69,8 +69,8 @@ def test_halfpipe_stream_end_to_end(ws, capsys):
         recs = {r.path: r for r in db.files("251125001", producer="mergeEvt")}
         for f in staged:
             assert recs[str(f)].md5 == manifest.md5_file(f)
-            assert str(ws.stage / "chunktokens" / f.parent.name / f.stem) in recs   # tokens too
-        assert not db.files("251125001", producer="makeEvt")   # cleanup removed intermediates
+            assert str(ws.stage / "chunktokens" / f.parent.name / f.stem) in recs  # tokens too
+        assert not db.files("251125001", producer="makeEvt")  # cleanup removed intermediates
     assert not list(ws.downlinks.glob("251125001/251125001-*.h5"))
     assert locks.list_locks(ws.lock) == []
     # usage is reported per downlink
@@ -86,17 +86,31 @@ def _task(tmp_path: Path, text: str) -> Path:
 
 def _register(ws, dlid="251125001", gensteps=False) -> None:
     with StateDB(ws.state) as db:
-        db.register_downlink(Downlink(dlid, "level0", str(ws.incoming_level0 / dlid), 1, gensteps,
-                                      None, time.time(), time.time()))
+        db.register_downlink(
+            Downlink(
+                dlid,
+                "level0",
+                str(ws.incoming_level0 / dlid),
+                1,
+                gensteps,
+                None,
+                time.time(),
+                time.time(),
+            )
+        )
 
 
-FLAKY = ("import os, sys; p = sys.argv[1]; n = int(open(p).read()) if os.path.exists(p) else 0; "
-         "open(p, 'w').write(str(n + 1)); sys.exit(0 if n + 1 >= int(sys.argv[2]) else 3)")
+FLAKY = (
+    "import os, sys; p = sys.argv[1]; n = int(open(p).read()) if os.path.exists(p) else 0; "
+    "open(p, 'w').write(str(n + 1)); sys.exit(0 if n + 1 >= int(sys.argv[2]) else 3)"
+)
 
 
 def test_retry_once_then_success_and_failure_then_rollback(ws, tmp_path, capsys):
     counter = tmp_path / "count"
-    task = _task(tmp_path, f"""
+    task = _task(
+        tmp_path,
+        f"""
 [[process]]
 name = "flaky"
 command = ["{{python}}", "-c", "{FLAKY}", "{counter}", "4"]
@@ -105,7 +119,8 @@ retries = 1
 name = "after"
 after = ["flaky"]
 command = ["true"]
-""")
+""",
+    )
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     _register(ws)
     rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
@@ -137,7 +152,7 @@ command = ["true"]
     for bad in ("flaky:00009", "flaky:../../x"):
         rc, _, err = cli(ws, "rollback", "251125001", bad, capsys=capsys)
         assert rc == 2 and "has no instance flaky:" in err and err.count("\n") == 1, err
-    assert _views(ws, capsys)[0]["instances"] == before        # nothing retired
+    assert _views(ws, capsys)[0]["instances"] == before  # nothing retired
 
 
 def _step_until(runner: StreamRunner, launcher: LocalLauncher, cond, timeout=30.0):
@@ -152,12 +167,15 @@ def _step_until(runner: StreamRunner, launcher: LocalLauncher, cond, timeout=30.
     raise AssertionError("condition not reached")
 
 
-SETRUNS = ("import os; open(os.environ['PIPELINE_SUMMARY'], 'a')"
-           ".write('Pipeline.runs: 100 200' + chr(10))")
+SETRUNS = (
+    "import os; open(os.environ['PIPELINE_SUMMARY'], 'a').write('Pipeline.runs: 100 200' + chr(10))"
+)
 
 
 def test_halt_flag_holds_and_run_lock_waits_then_reclaims(ws, tmp_path):
-    task = _task(tmp_path, f"""
+    task = _task(
+        tmp_path,
+        f"""
 [[process]]
 name = "mergeIndices"
 command = ["{{python}}", "-c", "{SETRUNS}"]
@@ -168,29 +186,48 @@ foreach = "runs"
 command = ["true"]
 lock = "{{runhex}}"
 halt = "haltStage"
-""")
+""",
+    )
     ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     _register(ws)
     (ws.path("flags") / "haltStage").touch()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = ws.lock / f"{100:08x}"
-        locks.acquire(lock, "251125000", "mergeEvt",
-                      Owner(holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time()))
+        locks.acquire(
+            lock,
+            "251125000",
+            "mergeEvt",
+            Owner(holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time()),
+        )
         with StateDB(ws.state) as db:
             st, _ = db.claim_stream("251125001", "halfpipe")
             launcher = LocalLauncher(2)
             runner = StreamRunner(ws, db, load_task(ws), st, launcher)
 
             def notes():
-                return {pi.key: (pi.status, pi.note) for pi in db.instances(st.id)
-                        if pi.process == "mergeEvt"}
+                return {
+                    pi.key: (pi.status, pi.note)
+                    for pi in db.instances(st.id)
+                    if pi.process == "mergeEvt"
+                }
 
-            _step_until(runner, launcher, lambda s: len(notes()) == 2 and all(
-                n and "halted" in n for _, n in notes().values()))
+            _step_until(
+                runner,
+                launcher,
+                lambda s: (
+                    len(notes()) == 2 and all(n and "halted" in n for _, n in notes().values())
+                ),
+            )
             (ws.path("flags") / "haltStage").unlink()
-            _step_until(runner, launcher, lambda s: notes()["200"][0] == "SUCCESS"
-                        and "waiting for lock" in (notes()["100"][1] or ""))
+            _step_until(
+                runner,
+                launcher,
+                lambda s: (
+                    notes()["200"][0] == "SUCCESS"
+                    and "waiting for lock" in (notes()["100"][1] or "")
+                ),
+            )
             holder.kill()
             holder.wait()
             assert _step_until(runner, launcher, lambda s: s is not None) == "SUCCESS"
@@ -202,11 +239,13 @@ halt = "haltStage"
 
 
 def test_bad_task_files_are_refused(tmp_path):
-    for text, why in [("", "defines no"),
-                      ('[[process]]\nname = "a"\ncommand = ["true"]\nafter = ["b"]\n', "not defined"),
-                      ('[[process]]\nname = "a"\n', "exactly one"),
-                      ('[[process]]\nname = "a"\ncommand = ["true"]\nbogus = 1\n', "unknown field"),
-                      ('[[process]]\nname = "a"\ncommand = ["{x"]\n', "bad placeholder")]:
+    for text, why in [
+        ("", "defines no"),
+        ('[[process]]\nname = "a"\ncommand = ["true"]\nafter = ["b"]\n', "not defined"),
+        ('[[process]]\nname = "a"\n', "exactly one"),
+        ('[[process]]\nname = "a"\ncommand = ["true"]\nbogus = 1\n', "unknown field"),
+        ('[[process]]\nname = "a"\ncommand = ["{x"]\n', "bad placeholder"),
+    ]:
         with pytest.raises(BadInput, match=why):
             parse_task(_task(tmp_path, text))
 
@@ -220,10 +259,16 @@ def test_run_cli_errors(ws, capsys):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with StateDB(ws.state) as db, db.tx() as c:
-            c.execute("INSERT INTO streams (task, dlid, execution, status, owner_pid, owner_host, "
-                      "owner_start, created) VALUES ('halfpipe', '251125001', 1, 'RUNNING', ?, ?, ?, ?)",
-                      (holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time(),
-                       time.time()))
+            c.execute(
+                "INSERT INTO streams (task, dlid, execution, status, owner_pid, owner_host, "
+                "owner_start, created) VALUES ('halfpipe', '251125001', 1, 'RUNNING', ?, ?, ?, ?)",
+                (
+                    holder.pid,
+                    socket.gethostname(),
+                    psutil.Process(holder.pid).create_time(),
+                    time.time(),
+                ),
+            )
         rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
         assert rc == 3 and "held by" in err
     finally:
@@ -240,7 +285,9 @@ def test_launching_pauses_under_the_disk_reserve(ws, tmp_path):
         st, _ = db.claim_stream("251125001", "halfpipe")
         launcher = LocalLauncher(1)
         runner = StreamRunner(ws, db, load_task(ws), st, launcher)
-        _step_until(runner, launcher, lambda s: "launching paused" in (db.instances(st.id)[0].note or ""))
+        _step_until(
+            runner, launcher, lambda s: "launching paused" in (db.instances(st.id)[0].note or "")
+        )
         assert db.instances(st.id)[0].status == "READY" and not launcher.active()
         ws.settings = ws.settings.replace("disk", reserve_bytes=0)  # space freed / reserve lowered
         assert _step_until(runner, launcher, lambda s: s is not None) == "SUCCESS"
@@ -263,8 +310,21 @@ def test_makeevt_under_mpiexec(ws, capsys):
 
 def test_delivery_with_gensteps_adds_propagate(ws, capsys):
     from engine.mock.delivery import MockSpec, deliver
-    deliver(MockSpec("251125001", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
-                     scene="tboolean-box", gensteps_photons=5000), "level0", ws.incoming_level0)
+
+    deliver(
+        MockSpec(
+            "251125001",
+            sources=2,
+            events=60,
+            event_bytes=400,
+            runs=1,
+            chunks=1,
+            scene="tboolean-box",
+            gensteps_photons=5000,
+        ),
+        "level0",
+        ws.incoming_level0,
+    )
     rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
     assert rc == 0, err
     v = _views(ws, capsys)[0]
@@ -275,19 +335,35 @@ def test_delivery_with_gensteps_adds_propagate(ws, capsys):
     assert (ev / "ht.npy").is_file() and meta["photons"] == 5000
     with StateDB(ws.state) as db:
         assert {Path(r.path).name for r in db.files("251125001", producer="propagate")} >= {
-            "ht.npy", "meta.json"}
+            "ht.npy",
+            "meta.json",
+        }
 
 
-@pytest.mark.parametrize("scene,kind,first", [("water-tank", "cerenkov", "CK"),
-                                               ("scint-tank", "scintillation", "SI")])
+@pytest.mark.parametrize(
+    "scene,kind,first", [("water-tank", "cerenkov", "CK"), ("scint-tank", "scintillation", "SI")]
+)
 def test_delivery_with_cerenkov_or_scintillation_gensteps(ws, capsys, scene, kind, first):
     """A delivery carrying the gensteps of charged tracks: its stream propagates them and
     stages the hits; the event's summary (the Hits panel's) names where the light came from."""
     from engine.mock.delivery import MockSpec, deliver
     from engine.propagate.hits import summarize
-    deliver(MockSpec("251125002", sources=2, events=60, event_bytes=400, runs=1, chunks=1,
-                     scene=scene, gensteps_photons=20_000, gensteps_kind=kind),
-            "level0", ws.incoming_level0)
+
+    deliver(
+        MockSpec(
+            "251125002",
+            sources=2,
+            events=60,
+            event_bytes=400,
+            runs=1,
+            chunks=1,
+            scene=scene,
+            gensteps_photons=20_000,
+            gensteps_kind=kind,
+        ),
+        "level0",
+        ws.incoming_level0,
+    )
     rc, _, err = cli(ws, "run", "251125002", capsys=capsys)
     assert rc == 0, err
     v = _views(ws, capsys)[0]
@@ -299,7 +375,9 @@ def test_delivery_with_cerenkov_or_scintillation_gensteps(ws, capsys, scene, kin
     assert s.sources[first][0] > 0 and s.sources[first][1] > 0
     with StateDB(ws.state) as db:
         assert {Path(r.path).name for r in db.files("251125002", producer="propagate")} >= {
-            "ht.npy", "meta.json"}
+            "ht.npy",
+            "meta.json",
+        }
 
 
 def test_run_of_a_finished_stream(ws, tmp_path, capsys):
@@ -308,9 +386,9 @@ def test_run_of_a_finished_stream(ws, tmp_path, capsys):
     _register(ws)
     assert cli(ws, "run", "251125001", capsys=capsys)[0] == 1
     rc, _, err = cli(ws, "run", "251125001", capsys=capsys)
-    where = ws.state_url.redacted if ws.state_url else "state.db"   # the state it read
+    where = ws.state_url.redacted if ws.state_url else "state.db"  # the state it read
     assert rc == 2 and "rollback" in err and where in err
     task.write_text(task.read_text().replace('"false"', '"true"'))
     cli(ws, "rollback", "251125001", capsys=capsys)
     assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0
-    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0   # already SUCCESS: nothing to do
+    assert cli(ws, "run", "251125001", capsys=capsys)[0] == 0  # already SUCCESS: nothing to do

@@ -30,14 +30,17 @@ def test_gpus_and_wrapper_are_read(tmp_path):
     assert d.gpus == 0 and d.wrapper == ()
 
 
-@pytest.mark.parametrize("extra, says", [
-    ("gpus = -1\n", "gpus must be an integer within 0..64"),
-    ("gpus = true\n", "gpus must be an integer"),
-    ('gpus = "1"\n', "gpus must be an integer"),
-    ('wrapper = "singularity exec"\n', "wrapper must be a list of non-empty strings"),
-    ('wrapper = ["singularity", ""]\n', "wrapper must be a list of non-empty strings"),
-    ('wrapper = ["x{"]\n', "bad placeholder"),
-])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        ("gpus = -1\n", "gpus must be an integer within 0..64"),
+        ("gpus = true\n", "gpus must be an integer"),
+        ('gpus = "1"\n', "gpus must be an integer"),
+        ('wrapper = "singularity exec"\n', "wrapper must be a list of non-empty strings"),
+        ('wrapper = ["singularity", ""]\n', "wrapper must be a list of non-empty strings"),
+        ('wrapper = ["x{"]\n', "bad placeholder"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_file(tmp_path, extra, says):
     with pytest.raises(BadInput) as err:
         parse_task(_task(tmp_path, extra))
@@ -47,10 +50,12 @@ def test_bad_values_are_one_line_naming_the_file(tmp_path, extra, says):
 
 def test_a_wrapper_runs_around_the_command_under_the_local_launcher(ws, tmp_path, capsys):
     task = tmp_path / "wrapped.toml"
-    task.write_text('[task]\nname = "wrapped"\n\n[[process]]\nname = "w"\n'
-                    'wrapper = ["env", "SKYDECK_WRAPPED=in-{dlid}"]\n'
-                    'command = ["{python}", "-c", "import os, sys; open(sys.argv[1], \'w\')'
-                    '.write(os.environ[\'SKYDECK_WRAPPED\'])", "{workspace}/w-{dlid}.txt"]\n')
+    task.write_text(
+        '[task]\nname = "wrapped"\n\n[[process]]\nname = "w"\n'
+        'wrapper = ["env", "SKYDECK_WRAPPED=in-{dlid}"]\n'
+        'command = ["{python}", "-c", "import os, sys; open(sys.argv[1], \'w\')'
+        '.write(os.environ[\'SKYDECK_WRAPPED\'])", "{workspace}/w-{dlid}.txt"]\n'
+    )
     w = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
     make_delivery(w, "251201301", events=20, chunks=1, runs=1)
     rc, _, err = cli(w, "run", "251201301", capsys=capsys)

@@ -15,15 +15,26 @@ from engine.pipeline.task import TASKS_DIR, parse_task
 from tests.props import total
 
 NAMES = st.sampled_from(["a", "b", "c", "", "a b", "makeEvt"])
-VALUES = st.one_of(st.lists(NAMES, max_size=4), st.lists(st.integers(), max_size=3),
-                   NAMES, st.integers(), st.booleans(), st.dictionaries(NAMES, st.integers()))
+VALUES = st.one_of(
+    st.lists(NAMES, max_size=4),
+    st.lists(st.integers(), max_size=3),
+    NAMES,
+    st.integers(),
+    st.booleans(),
+    st.dictionaries(NAMES, st.integers()),
+)
 
 
 def task_text(reads: object) -> str:
-    value = json.dumps(reads) if not isinstance(reads, dict) else \
-        "{" + ", ".join(f"{json.dumps(k)} = {v}" for k, v in reads.items()) + "}"
-    return ('[task]\nname = "t"\n[[process]]\nname = "a"\ncommand = ["true"]\n'
-            f'[[process]]\nname = "b"\nafter = ["a"]\ncommand = ["true"]\nreads = {value}\n')
+    value = (
+        json.dumps(reads)
+        if not isinstance(reads, dict)
+        else "{" + ", ".join(f"{json.dumps(k)} = {v}" for k, v in reads.items()) + "}"
+    )
+    return (
+        '[task]\nname = "t"\n[[process]]\nname = "a"\ncommand = ["true"]\n'
+        f'[[process]]\nname = "b"\nafter = ["a"]\ncommand = ["true"]\nreads = {value}\n'
+    )
 
 
 @given(VALUES)

@@ -47,8 +47,11 @@ BACKENDS = ("sqlite", "postgresql")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only(why): a test about SQLite itself; its "
-                                       "PostgreSQL case is skipped with the reason")
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(why): a test about SQLite itself; its "
+        "PostgreSQL case is skipped with the reason",
+    )
 
 
 def _env_file() -> dict[str, str]:
@@ -88,8 +91,10 @@ def pg_server() -> Iterator[dict[str, str]]:
     env = _env_file()
     if not _answers(env):
         if os.geteuid() != 0:
-            _unavailable(f"no PostgreSQL answers ({PG_DIR}/env) and not root to start one: "
-                         "run tests/postgres/cluster.sh up as root")
+            _unavailable(
+                f"no PostgreSQL answers ({PG_DIR}/env) and not root to start one: "
+                "run tests/postgres/cluster.sh up as root"
+            )
         res = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             _unavailable(f"tests/postgres/cluster.sh up failed: {res.stderr.strip()[-400:]}")
@@ -104,6 +109,7 @@ def pg_server() -> Iterator[dict[str, str]]:
 
 def _admin(env: dict[str, str], sql: str) -> None:
     import psycopg
+
     with psycopg.connect(env["SKYDECK_TEST_STATE_URL"], autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
@@ -113,15 +119,18 @@ def pg_url(pg_server: dict[str, str]) -> Iterator[str]:
     """A URL of a new, empty database, dropped after the test."""
     name = f"skydeck_t_{uuid.uuid4().hex[:16]}"
     _admin(pg_server, f"CREATE DATABASE {name} TEMPLATE template0")
-    host, port, user = (pg_server["SKYDECK_PG_HOST"], pg_server["SKYDECK_PG_PORT"],
-                        pg_server["SKYDECK_PG_USER"])
+    host, port, user = (
+        pg_server["SKYDECK_PG_HOST"],
+        pg_server["SKYDECK_PG_PORT"],
+        pg_server["SKYDECK_PG_USER"],
+    )
     yield f"postgresql://{user}@/{name}?host={host}&port={port}"
     _admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=BACKENDS)
 def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """"sqlite" (the default, nothing set) or "postgresql" (``SKYDECK_STATE_URL`` set to a
+    """ "sqlite" (the default, nothing set) or "postgresql" (``SKYDECK_STATE_URL`` set to a
     fresh database for this test and the processes it starts)."""
     monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
     if request.param == "postgresql":
@@ -139,12 +148,12 @@ class OwnServer:
 
     def __init__(self, directory: Path, port: int) -> None:
         self.dir, self.port = directory, port
-        self.env = {**os.environ, "SKYDECK_PG_DIR": str(directory),
-                    "SKYDECK_PG_PORT": str(port)}
+        self.env = {**os.environ, "SKYDECK_PG_DIR": str(directory), "SKYDECK_PG_PORT": str(port)}
 
     def _cluster(self, *args: str) -> None:
-        res = subprocess.run([str(CLUSTER), *args], env=self.env, capture_output=True,
-                             text=True, timeout=120)
+        res = subprocess.run(
+            [str(CLUSTER), *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
         if res.returncode != 0:
             raise AssertionError(f"cluster.sh {' '.join(args)}: {res.stderr.strip()[-400:]}")
 
@@ -155,6 +164,7 @@ class OwnServer:
         """One statement as the superuser on the maintenance database (not a skydeck
         session: its application_name is "admin")."""
         import psycopg
+
         with psycopg.connect(self.url(), autocommit=True, application_name="admin") as conn:
             cur = conn.execute(sql, args)  # type: ignore[arg-type]
             return list(cur.fetchall()) if cur.description else []
@@ -189,14 +199,19 @@ class OwnServer:
 
     def terminate(self, application: str = "skydeck") -> int:
         """``pg_terminate_backend`` of every session named ``application``; how many."""
-        rows = self.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name = %s AND pid <> pg_backend_pid()",
-                          (application,))
+        rows = self.admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application,),
+        )
         return len(rows)
 
     def sessions(self, application: str = "skydeck") -> int:
-        return len(self.admin("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                              (application,)))
+        return len(
+            self.admin(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application,)
+            )
+        )
 
     def configure(self, setting: str, value: str | None) -> None:
         """``ALTER SYSTEM SET setting = value`` (None: RESET) and reload."""

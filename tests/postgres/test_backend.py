@@ -22,14 +22,22 @@ psycopg = pytest.importorskip("psycopg")
 from engine.store.postgres import to_pyformat  # noqa: E402  (needs psycopg)
 
 
-@pytest.mark.parametrize(("qmark", "pyformat"), [
-    ("SELECT * FROM t WHERE a = ? AND b IN (?,?)", "SELECT * FROM t WHERE a = %s AND b IN (%s,%s)"),
-    ("SELECT '?', \"q?\" FROM t WHERE a LIKE 'x%' AND b = ?",
-     "SELECT '?', \"q?\" FROM t WHERE a LIKE 'x%%' AND b = %s"),
-    ("SELECT 'it''s ?' , ?", "SELECT 'it''s ?' , %s"),
-    ("x TEXT -- chunk %05d, isn't it?\n, y = ?", "x TEXT -- chunk %%05d, isn't it?\n, y = %s"),
-    ("SELECT 5 % 2", "SELECT 5 %% 2"),
-])
+@pytest.mark.parametrize(
+    ("qmark", "pyformat"),
+    [
+        (
+            "SELECT * FROM t WHERE a = ? AND b IN (?,?)",
+            "SELECT * FROM t WHERE a = %s AND b IN (%s,%s)",
+        ),
+        (
+            "SELECT '?', \"q?\" FROM t WHERE a LIKE 'x%' AND b = ?",
+            "SELECT '?', \"q?\" FROM t WHERE a LIKE 'x%%' AND b = %s",
+        ),
+        ("SELECT 'it''s ?' , ?", "SELECT 'it''s ?' , %s"),
+        ("x TEXT -- chunk %05d, isn't it?\n, y = ?", "x TEXT -- chunk %%05d, isn't it?\n, y = %s"),
+        ("SELECT 5 % 2", "SELECT 5 %% 2"),
+    ],
+)
 def test_qmark_sql_becomes_pyformat_outside_literals(qmark: str, pyformat: str) -> None:
     assert to_pyformat(qmark) == pyformat
 
@@ -48,7 +56,7 @@ def _url(pg_url: str) -> Any:
 
 def test_a_fresh_database_gets_the_schema_once(pg_url: str) -> None:
     with StateDB(_url(pg_url)) as db:
-        assert db.opened_version is None                      # created here
+        assert db.opened_version is None  # created here
         assert db.backend.name == "postgresql"
     with StateDB(_url(pg_url)) as db:
         assert db.opened_version == SCHEMA_VERSION
@@ -70,13 +78,18 @@ def test_a_newer_schema_is_refused_with_one_line(pg_url: str) -> None:
 def test_registration_order_and_types_round_trip(pg_url: str) -> None:
     with StateDB(_url(pg_url)) as db:
         for i, dlid in enumerate(("251201003", "251201001", "251201002")):
-            assert db.register_downlink(Downlink(dlid, "level0", "/x", 2, i == 1, None,
-                                                 1.5 + i, 2.5 + i))
-        assert not db.register_downlink(Downlink("251201001", "level0", "/y", 1, False, None,
-                                                 0.0, 0.0))   # exactly once
+            assert db.register_downlink(
+                Downlink(dlid, "level0", "/x", 2, i == 1, None, 1.5 + i, 2.5 + i)
+            )
+        assert not db.register_downlink(
+            Downlink("251201001", "level0", "/y", 1, False, None, 0.0, 0.0)
+        )  # exactly once
         facts = db.downlink_facts(0, 0, 0.0)
-        assert [f.dlid for f in sorted(facts, key=lambda f: f.seq)] == \
-            ["251201003", "251201001", "251201002"]
+        assert [f.dlid for f in sorted(facts, key=lambda f: f.seq)] == [
+            "251201003",
+            "251201001",
+            "251201002",
+        ]
         assert [f.dlid for f in db.downlink_facts(2, 0, 0.0)] == ["251201002"]
         dl = db.downlink("251201001")
         assert dl is not None and dl.gensteps is True and dl.delivered == 2.5
@@ -84,7 +97,7 @@ def test_registration_order_and_types_round_trip(pg_url: str) -> None:
 
 def _claimer(url: str, dlid: str, q: Any, go: Any, done: Any) -> None:
     with StateDB(parse_state_url(url, "test")) as db:
-        go.wait()                                   # all connected: they claim together
+        go.wait()  # all connected: they claim together
         st, _why = db.claim_stream(dlid, "halfpipe")
         q.put(st.id if st is not None else None)
         done.wait()  # the winner stays alive until all tried (a dead owner is taken over)
@@ -95,8 +108,9 @@ def test_eight_processes_claim_one_stream_exactly_once(pg_url: str) -> None:
         db.register_downlink(Downlink("251201001", "level0", "/x", 1, False, None, 0.0, 0.0))
     ctx = mp.get_context("spawn")
     q, go, done = ctx.Queue(), ctx.Barrier(8), ctx.Event()
-    procs = [ctx.Process(target=_claimer, args=(pg_url, "251201001", q, go, done))
-             for _ in range(8)]
+    procs = [
+        ctx.Process(target=_claimer, args=(pg_url, "251201001", q, go, done)) for _ in range(8)
+    ]
     for p in procs:
         p.start()
     try:
@@ -114,7 +128,7 @@ def test_eight_processes_claim_one_stream_exactly_once(pg_url: str) -> None:
 def test_the_change_probe_sees_another_connections_commit(pg_url: str) -> None:
     with StateDB(_url(pg_url)) as reader, StateDB(_url(pg_url)) as writer:
         v0 = reader.data_version()
-        assert reader.data_version() == v0                 # nothing changed
+        assert reader.data_version() == v0  # nothing changed
         writer.register_downlink(Downlink("251201001", "level0", "/x", 1, False, None, 0.0, 0.0))
         deadline = time.monotonic() + 5
         while reader.data_version() == v0 and time.monotonic() < deadline:
@@ -122,7 +136,7 @@ def test_the_change_probe_sees_another_connections_commit(pg_url: str) -> None:
         assert reader.data_version() != v0
         v1 = reader.data_version()
         time.sleep(0.05)
-        assert reader.data_version() == v1                 # and then quiet again
+        assert reader.data_version() == v1  # and then quiet again
 
 
 def test_a_failed_write_leaves_nothing_and_the_connection_usable(pg_url: str) -> None:

@@ -30,7 +30,7 @@ from engine.store import StateDB
 from tests.conftest import engine_env, run_engine
 from tests.pipeline.conftest import FAST, cli, make_delivery, set_config
 
-SECRET = "Hunter2-Sekr1t"   # distinctive: found only where it leaked
+SECRET = "Hunter2-Sekr1t"  # distinctive: found only where it leaked
 
 
 def with_password(url: str, password: str = SECRET) -> str:
@@ -73,12 +73,14 @@ def test_password_in_the_file_needs_mode_0600(tmp_path, secret_url, monkeypatch,
     cfg.chmod(0o644)
     rc, out, err = cli(w, "config", capsys=capsys)
     assert rc == 2 and out == "" and len(err.splitlines()) == 1
-    assert "[state] url holds a password but the file is readable by group or others " \
-           "(mode 0644); chmod 600 it" in err
+    assert (
+        "[state] url holds a password but the file is readable by group or others "
+        "(mode 0644); chmod 600 it" in err
+    )
     _clean(err)
     cfg.chmod(0o640)
     assert cli(w, "config", capsys=capsys)[0] == 2
-    cfg.chmod(0o600)                                   # the owner only: accepted, still hidden
+    cfg.chmod(0o600)  # the owner only: accepted, still hidden
     rc, out, err = cli(w, "config", capsys=capsys)
     assert rc == 0 and f"skydeck:{MASK}@" in out
     _clean(out, err)
@@ -92,9 +94,10 @@ def test_init_with_a_password_url(tmp_path, secret_url, monkeypatch, capsys):
     _clean(out, err)
     assert f"skydeck:{MASK}@" in out
     cfg = root / "skydeck.toml"
-    assert cfg.stat().st_mode & 0o777 == 0o600         # the file that holds it: owner only
-    rc, out, err = cli(None, "-w", str(root / "second"), "init", "--json", "--state", secret_url,
-                       capsys=capsys)
+    assert cfg.stat().st_mode & 0o777 == 0o600  # the file that holds it: owner only
+    rc, out, err = cli(
+        None, "-w", str(root / "second"), "init", "--json", "--state", secret_url, capsys=capsys
+    )
     assert rc == 0
     _clean(out, err)
     assert json.loads(out)["state"].startswith(f"postgresql://skydeck:{MASK}@")
@@ -104,14 +107,19 @@ def test_init_with_a_password_url(tmp_path, secret_url, monkeypatch, capsys):
 def test_error_lines_never_carry_the_password(tmp_path, pg_url, monkeypatch, capsys, case):
     """A connection that fails (under trust a wrong password cannot fail: an unknown role
     is the refusal the server gives instead) is one line naming the URL, redacted."""
-    url = {"unknown database": pg_url.replace("/skydeck_t_", "/nosuch_"),
-           "server down": re.sub(r"port=\d+", "port=1", pg_url),   # no server there
-           "unknown role": pg_url.replace("skydeck@", "nobody@")}[case]
+    url = {
+        "unknown database": pg_url.replace("/skydeck_t_", "/nosuch_"),
+        "server down": re.sub(r"port=\d+", "port=1", pg_url),  # no server there
+        "unknown role": pg_url.replace("skydeck@", "nobody@"),
+    }[case]
     url = with_password(url)
     # a server that is not there is a wait ([state] wait_s), then exit 75 (try again later);
     # a server that refuses the URL is bad input (exit 2)
-    rc_want, says = ((75, "state database unreachable") if case == "server down" else
-                     (2, "cannot connect to the state database"))
+    rc_want, says = (
+        (75, "state database unreachable")
+        if case == "server down"
+        else (2, "cannot connect to the state database")
+    )
     monkeypatch.setenv("SKYDECK_STATE_URL", url)
     w = init_workspace(tmp_path / "ws")
     cfg = w.root / "skydeck.toml"
@@ -123,11 +131,10 @@ def test_error_lines_never_carry_the_password(tmp_path, pg_url, monkeypatch, cap
         _clean(err)
     monkeypatch.delenv("SKYDECK_STATE_URL")
     if case != "server down":  # (init waits the default 30 s for a server that is down)
-        rc, out, err = cli(None, "-w", str(tmp_path / "new"), "init", "--state", url,
-                           capsys=capsys)
+        rc, out, err = cli(None, "-w", str(tmp_path / "new"), "init", "--state", url, capsys=capsys)
         assert rc == 2 and len(err.splitlines()) == 1
         _clean(out, err)
-        assert not (tmp_path / "new" / "skydeck.toml").exists()   # nothing left behind
+        assert not (tmp_path / "new" / "skydeck.toml").exists()  # nothing left behind
     rc, out, err = cli(w, "db", "copy", "--to", url, capsys=capsys)
     assert rc == 2 and len(err.splitlines()) == 1  # (no SQLite file to copy from)
     _clean(out, err)
@@ -159,23 +166,27 @@ def test_daemon_log_streams_json_and_command_lines(ws, secret_url):
     sampler = threading.Thread(target=_cmdlines_below, args=(str(ws.root), stop, seen))
     sampler.start()
     try:
-        res = run_engine("-w", ws.root, "watch", "--once", env=engine_env(SKYDECK_STATE_URL=secret_url))
+        res = run_engine(
+            "-w", ws.root, "watch", "--once", env=engine_env(SKYDECK_STATE_URL=secret_url)
+        )
     finally:
         stop.set()
         sampler.join()
     assert res.returncode == 0, res.stderr
     _clean(res.stdout, res.stderr)
     jobs = [c for c in seen.values() if "engine.pipeline.jobs" in c or " watch " in c]
-    assert any("engine.pipeline.jobs" in c for c in jobs), seen   # the sampler saw the jobs
+    assert any("engine.pipeline.jobs" in c for c in jobs), seen  # the sampler saw the jobs
     _clean(*seen.values())
     log = (ws.logs / "daemon.log").read_text()
     assert "stream_success" in log
     _clean(log)
-    for area in (ws.logs,):                                # job logs too
+    for area in (ws.logs,):  # job logs too
         for p in area.rglob("*"):
             if p.is_file():
                 _clean(p.read_text(errors="replace"))
-    streams = run_engine("-w", ws.root, "streams", "--json", env=engine_env(SKYDECK_STATE_URL=secret_url))
+    streams = run_engine(
+        "-w", ws.root, "streams", "--json", env=engine_env(SKYDECK_STATE_URL=secret_url)
+    )
     assert streams.returncode == 0 and json.loads(streams.stdout)
     _clean(streams.stdout, streams.stderr)
 
@@ -208,9 +219,11 @@ def test_service_file_is_honoured(pg_url, pg_server, tmp_path, monkeypatch):
     monkeypatch.delenv("PGPASSWORD", raising=False)
     db = parse_state_url(pg_url, None).database
     svc = tmp_path / "pg_service.conf"
-    svc.write_text(f"[skydeck_test]\nhost={pg_server['SKYDECK_PG_HOST']}\n"
-                   f"port={pg_server['SKYDECK_PG_PORT']}\nuser=skydeck\ndbname={db}\n"
-                   "password=from-the-service-file\n")
+    svc.write_text(
+        f"[skydeck_test]\nhost={pg_server['SKYDECK_PG_HOST']}\n"
+        f"port={pg_server['SKYDECK_PG_PORT']}\nuser=skydeck\ndbname={db}\n"
+        "password=from-the-service-file\n"
+    )
     monkeypatch.setenv("PGSERVICEFILE", str(svc))
     url = "postgresql:///?service=skydeck_test"
     assert _password_used(url) == "from-the-service-file"
@@ -256,16 +269,24 @@ def test_parse_state_url_is_total_after_the_scheme(text):
 
 
 _NAME = st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=12)
-_PASSWORD = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
-                    min_size=1, max_size=24).map(lambda s: "P!" + s)
+_PASSWORD = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=24
+).map(lambda s: "P!" + s)
 
 
 @settings(max_examples=300, deadline=None)
-@given(user=_NAME, password=_PASSWORD, db=_NAME, in_query=st.booleans(),
-       host=st.sampled_from(["", "db.example.org", "db.example.org:6543", "[::1]:5432"]))
+@given(
+    user=_NAME,
+    password=_PASSWORD,
+    db=_NAME,
+    in_query=st.booleans(),
+    host=st.sampled_from(["", "db.example.org", "db.example.org:6543", "[::1]:5432"]),
+)
 def test_redacted_never_holds_the_password(user, password, db, in_query, host):
     if in_query:
-        text = f"postgresql://{user}@{host}/{db}?sslmode=require&password={quote(password, safe='')}"
+        text = (
+            f"postgresql://{user}@{host}/{db}?sslmode=require&password={quote(password, safe='')}"
+        )
     else:
         text = f"postgresql://{user}:{quote(password, safe='')}@{host}/{db}?sslmode=require"
     url = parse_state_url(text, None)

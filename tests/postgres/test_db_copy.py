@@ -45,6 +45,7 @@ def _listings(w: Workspace, **env: str) -> tuple[object, object]:
 
 def _rows(url: str, table: str) -> int:
     from engine.core.dburl import parse_state_url
+
     with StateDB(parse_state_url(url, None)) as db:
         return int(db.q(f"SELECT COUNT(*) FROM {table}")[0][0])
 
@@ -59,17 +60,21 @@ def test_copy_then_listings_identical_and_the_daemon_continues(ws, pg_url, capsy
     report = json.loads(out)
     assert report["tables"] == counts and counts["process_instances"] > 0
     assert report["next_ids"]["process_instances"] == max_pi + 1
-    assert _listings(ws, SKYDECK_STATE_URL=pg_url) == before          # same read model
-    assert _listings(ws) == before                                    # SQLite unchanged
+    assert _listings(ws, SKYDECK_STATE_URL=pg_url) == before  # same read model
+    assert _listings(ws) == before  # SQLite unchanged
 
     # the daemon continues on PostgreSQL: a third downlink, ids after the copied ones
     make_delivery(ws, "251125003", **FAST)
     res = run_engine("-w", ws.root, "watch", "--once", env=engine_env(SKYDECK_STATE_URL=pg_url))
     assert res.returncode == 0, res.stderr
     from engine.core.dburl import parse_state_url
+
     with StateDB(parse_state_url(pg_url, None)) as db:
         assert {s.dlid: s.status for s in db.streams()} == {
-            "251125001": "SUCCESS", "251125002": "SUCCESS", "251125003": "SUCCESS"}
+            "251125001": "SUCCESS",
+            "251125002": "SUCCESS",
+            "251125003": "SUCCESS",
+        }
         new = db.instances(db.latest_stream("251125003").id)
         assert new and min(p.id for p in new) > max_pi
         assert [d.dlid for d in db.downlinks()] == ["251125001", "251125002", "251125003"]
@@ -95,6 +100,7 @@ def test_target_not_empty_is_refused_and_left_alone(ws, pg_url, capsys):
 def test_target_with_foreign_tables_is_refused(ws, pg_url, capsys):
     from engine.core.dburl import parse_state_url
     from engine.store.connection import open_backend
+
     backend = open_backend(parse_state_url(pg_url, None))
     conn = backend.connect()
     conn.execute("CREATE TABLE payroll (id INTEGER)")
@@ -105,22 +111,24 @@ def test_target_with_foreign_tables_is_refused(ws, pg_url, capsys):
 
 def test_schema_made_by_init_state_counts_as_empty(ws, pg_url, capsys):
     from engine.core.dburl import parse_state_url
-    StateDB(parse_state_url(pg_url, None)).close()     # what `init --state URL` leaves
+
+    StateDB(parse_state_url(pg_url, None)).close()  # what `init --state URL` leaves
     rc, _, err = cli(ws, "db", "copy", "--to", pg_url, capsys=capsys)
     assert rc == 0, err
     assert _rows(pg_url, "meta") == 1
 
 
 def test_live_daemon_heartbeat_refuses(ws, pg_url, capsys):
-    write_heartbeat(ws, Owner.me(), 10.0)              # this process: alive
+    write_heartbeat(ws, Owner.me(), 10.0)  # this process: alive
     rc, out, err = cli(ws, "db", "copy", "--to", pg_url, capsys=capsys)
     assert rc == 3 and out == "" and "a daemon is live" in err, err
-    assert not _has_schema(pg_url)                     # refused before anything was written
+    assert not _has_schema(pg_url)  # refused before anything was written
 
 
 def _has_schema(url: str) -> bool:
     from engine.core.dburl import parse_state_url
     from engine.store.connection import open_backend
+
     backend = open_backend(parse_state_url(url, None))
     conn = backend.connect()
     try:
@@ -132,10 +140,13 @@ def _has_schema(url: str) -> bool:
 def test_live_stream_owner_refuses_and_nothing_is_written(ws, pg_url, capsys):
     make_delivery(ws, "251125003", **FAST)
     assert cli_proc(ws, "watch", "--once").returncode == 0
-    with StateDB(ws.state_db) as db, db.tx() as c:    # a runner (this process) holds it
+    with StateDB(ws.state_db) as db, db.tx() as c:  # a runner (this process) holds it
         me = Owner.me()
-        c.execute("UPDATE streams SET status='RUNNING', owner_pid=?, owner_host=?, owner_start=? "
-                  "WHERE dlid='251125003'", (me.pid, me.host, me.start))
+        c.execute(
+            "UPDATE streams SET status='RUNNING', owner_pid=?, owner_host=?, owner_start=? "
+            "WHERE dlid='251125003'",
+            (me.pid, me.host, me.start),
+        )
     rc, out, err = cli(ws, "db", "copy", "--to", pg_url, capsys=capsys)
     assert rc == 3 and "stream 251125003 is held by a live process" in err, err
     assert not _has_schema(pg_url)
@@ -151,6 +162,7 @@ def test_a_copy_that_does_not_verify_keeps_nothing(ws, pg_url, capsys, monkeypat
     """A row lost on the way (the writer dropping the last one): the counts differ, the
     transaction rolls back, exit 1; the target is empty and a second copy works."""
     from engine.store.postgres import PostgreSQL
+
     real = PostgreSQL.copy_rows
 
     def lossy(self, conn, table, columns, rows):  # type: ignore[no-untyped-def]
@@ -167,8 +179,10 @@ def test_a_copy_that_does_not_verify_keeps_nothing(ws, pg_url, capsys, monkeypat
 
 
 def test_bad_target_urls_are_one_line(ws, pg_url, capsys):
-    for url, why in (("mysql://x/y", "must start with postgresql://"),
-                     (pg_url.replace("skydeck_t_", "nosuch_"), "cannot connect")):
+    for url, why in (
+        ("mysql://x/y", "must start with postgresql://"),
+        (pg_url.replace("skydeck_t_", "nosuch_"), "cannot connect"),
+    ):
         rc, out, err = cli(ws, "db", "copy", "--to", url, capsys=capsys)
         assert rc == 2 and out == "" and len(err.splitlines()) == 1 and why in err, err
 
@@ -176,6 +190,6 @@ def test_bad_target_urls_are_one_line(ws, pg_url, capsys):
 def test_no_sqlite_state_is_refused(tmp_path, pg_url, capsys, monkeypatch):
     monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
     w = init_workspace(tmp_path / "ws")
-    w.state_db.unlink(missing_ok=True)          # init_workspace lays out directories only
+    w.state_db.unlink(missing_ok=True)  # init_workspace lays out directories only
     rc, _, err = cli(w, "db", "copy", "--to", pg_url, capsys=capsys)
     assert rc == 2 and "no SQLite state database" in err

@@ -63,8 +63,14 @@ def _workspace(root: Path) -> Workspace:
     out, skip = [], False
     for line in cfg.read_text(encoding="utf-8").splitlines():
         if line.startswith("["):
-            skip = line.strip() in ("[disk]", "[halfpipe]", "[watch]", "[pipeline]",
-                                    "[metrics]", "[state]")
+            skip = line.strip() in (
+                "[disk]",
+                "[halfpipe]",
+                "[watch]",
+                "[pipeline]",
+                "[metrics]",
+                "[state]",
+            )
         if not skip:
             out.append(line)
     cfg.write_text("\n".join(out) + "\n" + SETTINGS, encoding="utf-8")
@@ -75,8 +81,11 @@ def _deliver(ws: Workspace, dlid: str, seed: int) -> None:
     """Odd seeds arrive as fcopy packages (extracted, then registered), even ones as
     level-0 directories."""
     form = "fcopy" if seed % 2 else "level0"
-    deliver(MockSpec(dlid=dlid, sources=2, events=200, event_bytes=400, runs=2, chunks=2,
-                     seed=seed), form, ws.incoming_fcopy if seed % 2 else ws.incoming_level0)
+    deliver(
+        MockSpec(dlid=dlid, sources=2, events=200, event_bytes=400, runs=2, chunks=2, seed=seed),
+        form,
+        ws.incoming_fcopy if seed % 2 else ws.incoming_level0,
+    )
 
 
 def _env(url: str | None) -> dict[str, str]:
@@ -87,16 +96,26 @@ def _env(url: str | None) -> dict[str, str]:
     return env
 
 
-def _engine(ws: Workspace, url: str | None, *args: str, timeout: float = 60
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", "-w", str(ws.root), *args],
-                          capture_output=True, text=True, timeout=timeout, env=_env(url))
+def _engine(
+    ws: Workspace, url: str | None, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(url),
+    )
 
 
 def _start(ws: Workspace, url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
     fh = open(log, "ab")  # noqa: SIM115 - the process owns it for its lifetime
-    return subprocess.Popen([sys.executable, "-m", "engine", "-w", str(ws.root), *args],
-                            stdout=fh, stderr=subprocess.STDOUT, env=_env(url))
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(ws.root), *args],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=_env(url),
+    )
 
 
 def _lines(log: Path) -> list[dict[str, Any]]:
@@ -109,8 +128,11 @@ def _lines(log: Path) -> list[dict[str, Any]]:
 
 
 def _staged(ws: Workspace) -> dict[str, str]:
-    return {str(p.relative_to(ws.stage)): manifest.md5_file(p)
-            for p in sorted(ws.stage.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(ws.stage)): manifest.md5_file(p)
+        for p in sorted(ws.stage.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _reference(root: Path, dlids: tuple[str, ...]) -> dict[str, str]:
@@ -133,8 +155,9 @@ def _all_staged(url: str, dlids: tuple[str, ...]) -> bool:
     return sorted(sts) == sorted(dlids) and all(s == "SUCCESS" for s in sts.values())
 
 
-def _exactly_once(ws: Workspace, url: str, dlids: tuple[str, ...], log: Path,
-                  reference: dict[str, str]) -> None:
+def _exactly_once(
+    ws: Workspace, url: str, dlids: tuple[str, ...], log: Path, reference: dict[str, str]
+) -> None:
     """Each downlink registered once (one row, one 'registered' event, one log line), one
     stream, every instance's latest execution SUCCESS; staged as the reference."""
     with StateDB(parse_state_url(url, None)) as db:
@@ -170,25 +193,38 @@ def test_the_daemon_rides_over_restarts_and_an_outage(own_pg: Any, tmp_path: Pat
     log = tmp_path / "daemon.log"
     daemon = _start(ws, url, log, "watch")
     try:
-        wait_for(lambda: any(e.get("event") == "watching" for e in _lines(log)), 30,
-                 what="the daemon watching")
+        wait_for(
+            lambda: any(e.get("event") == "watching" for e in _lines(log)),
+            30,
+            what="the daemon watching",
+        )
         for i, d in enumerate(dlids[:2]):
             _deliver(ws, d, seed=i)
         wait_for(lambda: _running_job(url), 60, what="a job running", every=0.05)
-        own_pg.restart()                                  # 1: mid-stream
+        own_pg.restart()  # 1: mid-stream
         _deliver(ws, dlids[2], seed=2)
         _deliver(ws, dlids[3], seed=3)
         time.sleep(0.5)
-        own_pg.restart(crash=True)                        # 2: a crash, while deliveries are verified
+        own_pg.restart(crash=True)  # 2: a crash, while deliveries are verified
         pi = wait_for(lambda: _running_job(url), 60, what="a job running", every=0.05)
         t_down = time.time()
-        own_pg.stop()                                     # 3: down until that job ended
-        wait_for(lambda: not psutil.pid_exists(pi["pid"]) or
-                 psutil.Process(pi["pid"]).status() == psutil.STATUS_ZOMBIE, 60,
-                 what="the job to end while the server is down")
-        wait_for(lambda: any(e.get("event") == "state_unreachable" and e["t"] >= t_down
-                             for e in _lines(log)), 30, what="state_unreachable")
-        _deliver(ws, dlids[4], seed=4)                    # arrives during the outage
+        own_pg.stop()  # 3: down until that job ended
+        wait_for(
+            lambda: (
+                not psutil.pid_exists(pi["pid"])
+                or psutil.Process(pi["pid"]).status() == psutil.STATUS_ZOMBIE
+            ),
+            60,
+            what="the job to end while the server is down",
+        )
+        wait_for(
+            lambda: any(
+                e.get("event") == "state_unreachable" and e["t"] >= t_down for e in _lines(log)
+            ),
+            30,
+            what="state_unreachable",
+        )
+        _deliver(ws, dlids[4], seed=4)  # arrives during the outage
         wait_for(lambda: _heartbeat_unreachable(ws), 10, what="the heartbeat saying so")
         wait_for(lambda: "skydeck_state_up 0.0" in _textfile(ws), 10, what="skydeck_state_up 0")
         rc, out = _health(ws, url)
@@ -206,10 +242,11 @@ def test_the_daemon_rides_over_restarts_and_an_outage(own_pg: Any, tmp_path: Pat
         lines = _lines(log)
         ups = [e for e in lines if e.get("event") == "state_reachable"]
         downs = [e for e in lines if e.get("event") == "state_unreachable"]
-        assert downs and len(ups) == len(downs), (downs, ups)   # paired: once each way
+        assert downs and len(ups) == len(downs), (downs, ups)  # paired: once each way
         assert max(e["down_s"] for e in ups) >= 1.0
-        assert not [e for e in lines if e.get("event") == "error"], \
-            [e for e in lines if e.get("event") == "error"]
+        assert not [e for e in lines if e.get("event") == "error"], [
+            e for e in lines if e.get("event") == "error"
+        ]
         with StateDB(parse_state_url(url, None)) as db:
             ended = db.instance(pi["id"])
         assert ended.status == "SUCCESS" and ended.ended is not None
@@ -228,8 +265,12 @@ def _running_job(url: str) -> dict[str, Any] | None:
     with StateDB(parse_state_url(url, None)) as db:
         for st in db.streams():
             for pi in db.instances(st.id):
-                if pi.status == "RUNNING" and pi.pid and psutil.pid_exists(pi.pid) \
-                        and pi.process in ("makeEvt", "mergeEvt", "mergeIndices"):
+                if (
+                    pi.status == "RUNNING"
+                    and pi.pid
+                    and psutil.pid_exists(pi.pid)
+                    and pi.process in ("makeEvt", "mergeEvt", "mergeIndices")
+                ):
                     return {"id": pi.id, "pid": pi.pid}
     return None
 
@@ -243,6 +284,7 @@ def _textfile(ws: Workspace) -> str:
 
 def _heartbeat_unreachable(ws: Workspace) -> bool:
     from engine.core.heartbeat import read_heartbeats
+
     return any(not hb.state_reachable and hb.state_since for hb in read_heartbeats(ws))
 
 
@@ -259,8 +301,11 @@ def test_every_skydeck_session_terminated_again_and_again(own_pg: Any, tmp_path:
     daemon = _start(ws, url, log, "watch")
     killed = 0
     try:
-        wait_for(lambda: any(e.get("event") == "watching" for e in _lines(log)), 30,
-                 what="the daemon watching")
+        wait_for(
+            lambda: any(e.get("event") == "watching" for e in _lines(log)),
+            30,
+            what="the daemon watching",
+        )
         for i, d in enumerate(dlids):
             _deliver(ws, d, seed=i)
             time.sleep(0.2)
@@ -279,8 +324,9 @@ def test_every_skydeck_session_terminated_again_and_again(own_pg: Any, tmp_path:
     assert killed >= 10
     lines = _lines(log)
     assert any(e.get("event") == "presence_lost" for e in lines)
-    assert not [e for e in lines if e.get("event") in ("error", "stream_lost")], \
-        [e for e in lines if e.get("event") in ("error", "stream_lost")]
+    assert not [e for e in lines if e.get("event") in ("error", "stream_lost")], [
+        e for e in lines if e.get("event") in ("error", "stream_lost")
+    ]
     _exactly_once(ws, url, dlids, log, reference)
 
 
@@ -301,7 +347,7 @@ def test_started_while_the_server_is_down(own_pg: Any, tmp_path: Path) -> None:
     assert 1.5 < time.monotonic() - t0 < 30
     assert len(res.stderr.splitlines()) == 1 and "state database unreachable" in res.stderr
 
-    rc, out = _health(ws, url)                       # no daemon, no server: exit 1, not 2
+    rc, out = _health(ws, url)  # no daemon, no server: exit 1, not 2
     assert rc == 1 and "state: state database unreachable: " in out, out
 
     log, run_log = tmp_path / "daemon.log", tmp_path / "run.log"
@@ -310,9 +356,12 @@ def test_started_while_the_server_is_down(own_pg: Any, tmp_path: Path) -> None:
     runner = None
     try:
         for p in (log, tmp_path / "quitter.log"):
-            wait_for(lambda p=p: any(e.get("event") == "state_unreachable" for e in _lines(p)),
-                     30, what="the daemon saying it waits")
-        quitter.send_signal(signal.SIGTERM)          # stopped while it waits
+            wait_for(
+                lambda p=p: any(e.get("event") == "state_unreachable" for e in _lines(p)),
+                30,
+                what="the daemon saying it waits",
+            )
+        quitter.send_signal(signal.SIGTERM)  # stopped while it waits
         assert quitter.wait(30) in (0, 143)
         wait_for(lambda: _heartbeat_unreachable(ws), 10, what="a heartbeat while waiting")
         rc, out = _health(ws, url)
@@ -320,8 +369,9 @@ def test_started_while_the_server_is_down(own_pg: Any, tmp_path: Path) -> None:
         assert daemon.poll() is None
         _deliver(ws, "251205001", seed=0)
         own_pg.start()
-        wait_for(lambda: _all_staged(url, ("251205001",)), 120, what="the delivery staged",
-                 every=0.3)
+        wait_for(
+            lambda: _all_staged(url, ("251205001",)), 120, what="the delivery staged", every=0.3
+        )
         assert any(e.get("event") == "state_reachable" for e in _lines(log))
         assert _health(ws, url)[0] == 0
 
@@ -333,14 +383,21 @@ def test_started_while_the_server_is_down(own_pg: Any, tmp_path: Path) -> None:
         time.sleep(0.5)  # older than quiet_s
         own_pg.stop()
         runner = _start(ws, url, run_log, "run", "251205002")
-        wait_for(lambda: any(e.get("event") == "state_unreachable" for e in _lines(run_log)),
-                 30, what="run saying it waits")
+        wait_for(
+            lambda: any(e.get("event") == "state_unreachable" for e in _lines(run_log)),
+            30,
+            what="run saying it waits",
+        )
         time.sleep(1.0)
         assert runner.poll() is None
         own_pg.start()
-        wait_for(lambda: _running_job(url) or runner.poll() is not None, 60,
-                 what="run's job running", every=0.05)
-        own_pg.restart()                             # and once more, mid-run
+        wait_for(
+            lambda: _running_job(url) or runner.poll() is not None,
+            60,
+            what="run's job running",
+            every=0.05,
+        )
+        own_pg.restart()  # and once more, mid-run
         assert runner.wait(120) == 0, run_log.read_text()[-2000:]
         assert sum(e.get("event") == "state_reachable" for e in _lines(run_log)) >= 1
         assert _all_staged(url, ("251205001", "251205002"))

@@ -85,8 +85,13 @@ class OtherHost:
             time.sleep(120)
         """)
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             err = self.proc.stderr.read() if self.proc.stderr else ""
@@ -117,6 +122,7 @@ def _wait_dead(o: Owner, timeout: float = 10.0) -> tuple[bool, str]:
 
 # ---------------------------------------------------------------------------- the judge
 
+
 def test_keys_tell_identities_apart() -> None:
     a = presence_keys(100, "hostA", 1700000000.25)
     assert a == presence_keys(100, "hostA", 1700000000.25)
@@ -124,8 +130,8 @@ def test_keys_tell_identities_apart() -> None:
     assert a[0] != presence_keys(100, "hostA", 1700000099.25)[0]  # a reused pid
     assert presence_keys(100, "hostA", None)[0] is None
     assert presence_keys(100, "hostA", None)[1:] == a[1:]
-    assert all(-2**63 <= k < 2**63 for k in a if k is not None)
-    assert -2**31 <= a[1] < 2**31
+    assert all(-(2**63) <= k < 2**63 for k in a if k is not None)
+    assert -(2**31) <= a[1] < 2**31
 
 
 def test_without_a_server_another_host_is_never_dead(judge_slot: None) -> None:
@@ -140,8 +146,10 @@ def test_the_server_sees_another_hosts_owner_die(pg_url: str, judge_slot: None) 
         assert p is not None and owner_mod.remote_judge() is not None
         me = Owner.me()
         assert db.remote_judge is not None
-        assert db.remote_judge(me.pid, me.host, me.start) == (False, p.judge(me.pid, me.host,
-                                                                              me.start)[1])
+        assert db.remote_judge(me.pid, me.host, me.start) == (
+            False,
+            p.judge(me.pid, me.host, me.start)[1],
+        )
         b = OtherHost(pg_url, "none:")
         try:
             dead, why = owner_dead(b.owner.pid, OTHER, b.owner.start)
@@ -176,9 +184,10 @@ def test_the_claim_code_judges_through_its_own_connection(pg_url: str, judge_slo
 
 # ---------------------------------------------------------------------------- takeover
 
-def test_a_dead_hosts_stream_is_taken_over_with_an_event(pg_url: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         judge_slot: None) -> None:
+
+def test_a_dead_hosts_stream_is_taken_over_with_an_event(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None
+) -> None:
     dlid = "251201001"
     monkeypatch.setenv("SKYDECK_STATE_URL", pg_url)
     ws = init_workspace(tmp_path / "ws")
@@ -225,9 +234,12 @@ def test_a_dead_hosts_delivery_claim_is_taken_over(pg_url: str, judge_slot: None
         assert db.claim_delivery("251201002", "level0", None, "/x/251201002")
         taken = db.drain_takeovers()
         assert [(t["what"], t["delivery"], t["old_owner"]) for t in taken] == [
-            ("delivery", "251201002", f"{OTHER}:{b.owner.pid}")]
-        kinds = [json.loads(r[0])["what"] for r in
-                 db.q("SELECT detail FROM events WHERE kind = 'takeover'")]
+            ("delivery", "251201002", f"{OTHER}:{b.owner.pid}")
+        ]
+        kinds = [
+            json.loads(r[0])["what"]
+            for r in db.q("SELECT detail FROM events WHERE kind = 'takeover'")
+        ]
         assert kinds == ["delivery"]
 
 
@@ -260,9 +272,12 @@ def test_sqlite_keeps_the_one_host_rule(tmp_path: Path, judge_slot: None) -> Non
     with StateDB(tmp_path / "state.db") as db:
         assert db.hold_presence() is None and db.remote_judge is None
         _downlink(db, dlid)
-        db.conn.execute("INSERT INTO streams (task, dlid, execution, status, owner_pid, "
-                        "owner_host, owner_start, created) VALUES ('halfpipe', ?, 1, 'RUNNING', "
-                        "4242, ?, 1.0, 1.0)", (dlid, OTHER))
+        db.conn.execute(
+            "INSERT INTO streams (task, dlid, execution, status, owner_pid, "
+            "owner_host, owner_start, created) VALUES ('halfpipe', ?, 1, 'RUNNING', "
+            "4242, ?, 1.0, 1.0)",
+            (dlid, OTHER),
+        )
         st, why = db.claim_stream(dlid, "halfpipe")
         assert st is None and "only an operator" in why
     lock = tmp_path / "halfpipe-251201003"
@@ -272,12 +287,13 @@ def test_sqlite_keeps_the_one_host_rule(tmp_path: Path, judge_slot: None) -> Non
 
 # ---------------------------------------------------------------------------- temporaries
 
+
 def test_temporaries_carry_the_host_and_the_pid(tmp_path: Path) -> None:
     target = tmp_path / "out.h5"
     tmp = temp_name(target)
     assert tmp.name == f".out.h5.tmp-{socket.gethostname()}-{os.getpid()}"
-    assert temp_writer(tmp.name[len(".out.h5.tmp-"):]) == (socket.gethostname(), os.getpid())
-    assert temp_writer("123") == (None, 123)           # an old workspace's name: this host's
+    assert temp_writer(tmp.name[len(".out.h5.tmp-") :]) == (socket.gethostname(), os.getpid())
+    assert temp_writer("123") == (None, 123)  # an old workspace's name: this host's
     assert temp_writer("host-b.example-77") == ("host-b.example", 77)
     for bad in ("", "-1", "abc", "host-", "1-2-x", "h-12345678901"):
         assert temp_writer(bad) is None
@@ -294,7 +310,7 @@ def test_the_sweep_keeps_another_hosts_temporary(tmp_path: Path, judge_slot: Non
     target = tmp_path / "out.h5"
     dead = _dead_pid()
     theirs = temp_name(target, pid=dead, host=OTHER)
-    old_dead = target.with_name(f".out.h5.tmp-{dead}")       # an old name, this host's
+    old_dead = target.with_name(f".out.h5.tmp-{dead}")  # an old name, this host's
     mine_dead = temp_name(target, pid=dead)
     live_here = temp_name(target, pid=os.getppid())
     for p in (theirs, old_dead, mine_dead, live_here):
@@ -302,12 +318,13 @@ def test_the_sweep_keeps_another_hosts_temporary(tmp_path: Path, judge_slot: Non
     removed = sweep_stale_temps(target)
     assert set(removed) == {old_dead, mine_dead}
     assert theirs.exists() and live_here.exists()
-    atomic_write_bytes(target, b"whole")                       # sweeps again, writes
+    atomic_write_bytes(target, b"whole")  # sweeps again, writes
     assert target.read_bytes() == b"whole" and theirs.exists()
 
 
-def test_a_dead_hosts_temporary_goes_with_the_server(pg_url: str, tmp_path: Path,
-                                                     judge_slot: None) -> None:
+def test_a_dead_hosts_temporary_goes_with_the_server(
+    pg_url: str, tmp_path: Path, judge_slot: None
+) -> None:
     target = tmp_path / "out.h5"
     with _db(pg_url) as db:
         db.hold_presence()
@@ -331,11 +348,15 @@ def test_a_dead_hosts_temporary_goes_with_the_server(pg_url: str, tmp_path: Path
 @given(st.text(max_size=40))
 def test_any_temporary_suffix_gives_a_writer_or_none(suffix: str) -> None:
     got = temp_writer(suffix)
-    assert got is None or (isinstance(got[1], int) and 0 <= got[1] < 10**10
-                           and (got[0] is None or (isinstance(got[0], str) and got[0])))
+    assert got is None or (
+        isinstance(got[1], int)
+        and 0 <= got[1] < 10**10
+        and (got[0] is None or (isinstance(got[0], str) and got[0]))
+    )
 
 
 # ---------------------------------------------------------------------------- the console's probe
+
 
 def _register_elsewhere(url: str, dlids: list[str], running: bool = False) -> None:
     """Another process registers downlinks (what a daemon on another host does); with
@@ -360,12 +381,17 @@ def _register_elsewhere(url: str, dlids: list[str], running: bool = False) -> No
                                   "execution, status, host, pid, created) VALUES "
                                   "(?, ?, '', 1, 'RUNNING', 'hostB', 4243, ?)", (sid, proc, now))
     """)
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                   env=dict(os.environ, PYTHONPATH=str(REPO)))
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def test_the_console_refreshes_on_another_process_write_only(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None
+) -> None:
     """engine.api's Monitor on PostgreSQL: nothing changed, nothing read (LISTEN/NOTIFY says
     so without a query); a commit by another process is seen at the next poll; and a full
     read costs the same number of statements for 5 downlinks as for 60, streams RUNNING on
@@ -414,8 +440,10 @@ def test_the_console_refreshes_on_another_process_write_only(
 
 # ---------------------------------------------------------------------------- a lost presence
 
+
 def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None
+) -> None:
     """The server ended the daemon's presence connection (a restart, a network cut): the
     daemon takes its presence again, and a stream another owner took meanwhile is given up,
     nothing written; a stream still its own stays."""
@@ -438,11 +466,11 @@ def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
         d.streams.check_presence()
         assert not [e for e in seen if e["event"] in ("presence_lost", "stream_lost")]
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)",
-                          (presence.conn.raw.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (presence.conn.raw.info.backend_pid,))
         taken = next(sid for sid, r in d.streams.runners.items() if r.dlid == "251201010")
-        d.db.conn.execute("UPDATE streams SET owner_pid = 4242, owner_host = 'hostB' "
-                          "WHERE id = ?", (taken,))
+        d.db.conn.execute(
+            "UPDATE streams SET owner_pid = 4242, owner_host = 'hostB' WHERE id = ?", (taken,)
+        )
         d.streams.check_presence()
         assert presence.check()  # taken again: it stands since
         kinds = [e["event"] for e in seen]
@@ -455,13 +483,16 @@ def test_a_daemon_that_lost_its_presence_gives_up_what_was_taken_over(
         me = Owner.me()
         assert d.db.remote_judge is not None
         assert d.db.remote_judge(me.pid, me.host, me.start) == (
-            False, f"{me.host}:{me.pid} holds its session on the state server (alive)")
+            False,
+            f"{me.host}:{me.pid} holds its session on the state server (alive)",
+        )
     finally:
         d.close()
 
 
 def test_the_console_judges_another_hosts_lock_through_the_server(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None) -> None:
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, judge_slot: None
+) -> None:
     """A console owns nothing and installs no judge; its lock panel still asks the server
     through its own connection: hostB's lock is live while hostB lives, stale after."""
     owner_mod.set_remote_judge(None)
@@ -486,7 +517,8 @@ def test_the_console_judges_another_hosts_lock_through_the_server(
 
 
 def test_locks_and_unlock_judge_another_hosts_owner_through_the_server(
-        pg_url: str, tmp_path: Path, judge_slot: None) -> None:
+    pg_url: str, tmp_path: Path, judge_slot: None
+) -> None:
     """`skydeck-engine locks` and `unlock` (processes, as an operator runs them): hostB's
     lock is live and refused without --force while hostB lives; once it died the listing
     says stale and a plain unlock removes it."""
@@ -495,16 +527,16 @@ def test_locks_and_unlock_judge_another_hosts_owner_through_the_server(
     lock = ws.lock / "halfpipe-251201001"
     b = OtherHost(pg_url, f"lock:{lock}")
     try:
-        (shown,) = json.loads(run_engine("-w", ws.root, "locks", "--json", env=env,
-                                         check=True).stdout)
+        (shown,) = json.loads(
+            run_engine("-w", ws.root, "locks", "--json", env=env, check=True).stdout
+        )
         assert shown["host"] == OTHER and not shown["stale"]
         refused = run_engine("-w", ws.root, "unlock", lock.name, env=env)
         assert refused.returncode == 3 and lock.exists(), refused.stderr
     finally:
         b.kill()
     _wait_dead(b.owner)
-    (shown,) = json.loads(run_engine("-w", ws.root, "locks", "--json", env=env,
-                                     check=True).stdout)
+    (shown,) = json.loads(run_engine("-w", ws.root, "locks", "--json", env=env, check=True).stdout)
     assert shown["stale"] and "no session" in shown["reason"]
     done = run_engine("-w", ws.root, "unlock", lock.name, env=env)
     assert done.returncode == 0, done.stderr

@@ -35,8 +35,17 @@ def _url(text: str, wait_s: float = 30.0) -> Any:
 
 
 def _downlink(dlid: str, registered: float) -> Downlink:
-    return Downlink(dlid, "level0", f"/data/{dlid}", 2, False, None, registered - 1.0,
-                    registered, f"1:{dlid}:0:0")
+    return Downlink(
+        dlid,
+        "level0",
+        f"/data/{dlid}",
+        2,
+        False,
+        None,
+        registered - 1.0,
+        registered,
+        f"1:{dlid}:0:0",
+    )
 
 
 def _count(db: StateDB, sql: str, args: tuple[Any, ...] = ()) -> int:
@@ -51,10 +60,10 @@ def test_every_statement_survives_terminate_and_restart(own_pg: Any) -> None:
         conn = db.conn
         assert db.register_downlink(_downlink("251201001", time.time()))
         assert own_pg.terminate() == 1
-        assert [d.dlid for d in db.downlinks()] == ["251201001"]     # a read: re-run
+        assert [d.dlid for d in db.downlinks()] == ["251201001"]  # a read: re-run
         assert db.register_downlink(_downlink("251201002", time.time()))  # a write
         own_pg.restart()
-        st, why = db.claim_stream("251201002", "halfpipe")            # a claim, after
+        st, why = db.claim_stream("251201002", "halfpipe")  # a claim, after
         assert st is not None, why
         assert db.conn is conn and db.backend.session(conn) == 2
         assert _count(db, "SELECT COUNT(*) FROM downlinks") == 2
@@ -68,6 +77,7 @@ def test_a_transaction_cut_midway_is_run_again_once(own_pg: Any) -> None:
     import psycopg
 
     from engine.store.postgres import WRITE_LOCK_KEY
+
     with StateDB(_url(url)) as db:
         db.register_downlink(_downlink("251201001", time.time()))
         st, _ = db.claim_stream("251201001", "halfpipe")
@@ -76,11 +86,12 @@ def test_a_transaction_cut_midway_is_run_again_once(own_pg: Any) -> None:
         blocker.execute("BEGIN")
         blocker.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
         made: list[Any] = []
-        worker = threading.Thread(target=lambda: made.append(
-            db.create_instance(st.id, "makeEvt", "00001", 1)))
+        worker = threading.Thread(
+            target=lambda: made.append(db.create_instance(st.id, "makeEvt", "00001", 1))
+        )
         worker.start()
         _wait_for(lambda: _waiting_on_lock(own_pg), "the writer waiting for the write lock")
-        assert own_pg.terminate() >= 1   # the writer, mid-transaction (and the presence)
+        assert own_pg.terminate() >= 1  # the writer, mid-transaction (and the presence)
         blocker.execute("COMMIT")
         blocker.close()
         worker.join(30)
@@ -89,8 +100,12 @@ def test_a_transaction_cut_midway_is_run_again_once(own_pg: Any) -> None:
 
 
 def _waiting_on_lock(own_pg: Any) -> bool:
-    return bool(own_pg.admin("SELECT 1 FROM pg_stat_activity WHERE application_name = "
-                             "'skydeck' AND wait_event_type = 'Lock'"))
+    return bool(
+        own_pg.admin(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+            "'skydeck' AND wait_event_type = 'Lock'"
+        )
+    )
 
 
 def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -114,12 +129,19 @@ def _in_doubt(own_pg: Any, call: Callable[[], Any]) -> Any:
             out.append(call())
         except BaseException as err:  # reported below
             errors.append(err)
+
     worker = threading.Thread(target=work)
     worker.start()
     try:
-        _wait_for(lambda: bool(own_pg.admin(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'skydeck' "
-            "AND wait_event = 'SyncRep'")), "a COMMIT waiting for the standby")
+        _wait_for(
+            lambda: bool(
+                own_pg.admin(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'skydeck' "
+                    "AND wait_event = 'SyncRep'"
+                )
+            ),
+            "a COMMIT waiting for the standby",
+        )
         assert own_pg.terminate() >= 1
     finally:
         own_pg.configure("synchronous_standby_names", None)  # the re-run commits at once
@@ -172,7 +194,7 @@ def test_a_server_down_for_a_while_is_waited_for_and_reported_once(own_pg: Any) 
         restarter = threading.Timer(1.5, own_pg.start)
         restarter.start()
         t0 = time.monotonic()
-        got = [d.dlid for d in db.downlinks()]     # waits, with back-off
+        got = [d.dlid for d in db.downlinks()]  # waits, with back-off
         waited = time.monotonic() - t0
         restarter.join()
         assert got == ["251201001"] and 1.0 < waited < 30
@@ -194,8 +216,11 @@ def test_unreachable_past_the_wait_is_state_unavailable(own_pg: Any) -> None:
     db = StateDB(_url(url, wait_s=0.3))
     try:
         own_pg.stop()
-        for call in (db.downlinks, lambda: db.register_downlink(_downlink("251201001", 1.0)),
-                     lambda: StateDB(_url(url, wait_s=0.3))):
+        for call in (
+            db.downlinks,
+            lambda: db.register_downlink(_downlink("251201001", 1.0)),
+            lambda: StateDB(_url(url, wait_s=0.3)),
+        ):
             with pytest.raises(StateUnavailable) as err:
                 call()
             assert err.value.exit_code == EXIT_UNAVAILABLE
@@ -216,14 +241,14 @@ def test_the_change_probe_listens_again_and_reports_a_change(own_pg: Any) -> Non
         assert probe.data_version() == v0
         own_pg.terminate()
         v1 = probe.data_version()
-        assert v1 != v0                              # missed notifications: a change
-        assert probe.data_version() == v1            # and then quiet again
+        assert v1 != v0  # missed notifications: a change
+        assert probe.data_version() == v1  # and then quiet again
         writer.register_downlink(_downlink("251201001", time.time()))
         v2 = probe.data_version()
-        assert v2 != v1                              # LISTEN works on the new session
+        assert v2 != v1  # LISTEN works on the new session
         own_pg.restart()
         v3 = probe.data_version()
-        assert v3 != v2                              # a restart: a change, too
+        assert v3 != v2  # a restart: a change, too
         writer.register_downlink(_downlink("251201002", time.time()))
         assert probe.data_version() != v3
 
@@ -242,7 +267,7 @@ def test_the_presence_is_taken_again_on_a_new_session(own_pg: Any) -> None:
         assert judge_db.remote_judge is not None
         assert judge_db.remote_judge(me.pid, me.host, me.start)[0] is False
         own_pg.restart()
-        assert held.check() is False          # lost, and taken again
+        assert held.check() is False  # lost, and taken again
         assert held.check() is True
         assert judge_db.remote_judge(me.pid, me.host, me.start)[0] is False
         own_pg.terminate()
@@ -262,14 +287,15 @@ def test_a_server_that_ends_idle_sessions(own_pg: Any) -> None:
             assert held is not None
             v0 = db.data_version()
             for i in range(3):
-                time.sleep(0.6)                     # idle: the server ends the session
+                time.sleep(0.6)  # idle: the server ends the session
                 assert db.register_downlink(_downlink(f"25120100{i}", time.time()))
                 assert len(db.downlinks()) == i + 1
             time.sleep(0.6)
             assert db.data_version() != v0
-            assert held.check() is False            # ended too, and taken again
+            assert held.check() is False  # ended too, and taken again
             assert db.backend.session(db.conn) >= 3
             from engine.store import presence
+
             presence.release(db.backend)
     finally:
         own_pg.configure("idle_session_timeout", None)

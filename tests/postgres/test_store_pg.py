@@ -21,7 +21,7 @@ def test_init_state_creates_the_schema_at_the_current_version(tmp_path, pg_url, 
     monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
     r = run_engine("-w", tmp_path / "ws", "init", "--state", pg_url)
     assert r.returncode == 0, r.stderr
-    assert not (tmp_path / "ws" / "state.db").exists()          # no SQLite file beside it
+    assert not (tmp_path / "ws" / "state.db").exists()  # no SQLite file beside it
     with _db(pg_url) as db:
         assert db.opened_version == SCHEMA_VERSION
         assert db.q("SELECT value FROM meta WHERE key = 'schema'")[0][0] == str(SCHEMA_VERSION)
@@ -36,15 +36,22 @@ def test_a_newer_database_is_refused_with_one_line_and_left_alone(tmp_path, pg_u
     for args in (["downlinks"], ["streams", "--json"], ["run", "251120001"]):
         r = run_engine("-w", tmp_path / "ws", *args)
         assert r.returncode == 2 and r.stdout == "", r
-        assert r.stderr == (f"skydeck-engine: {redacted}: schema version 99 is newer than "
-                            f"this skydeck ({SCHEMA_VERSION}); upgrade skydeck\n")
+        assert r.stderr == (
+            f"skydeck-engine: {redacted}: schema version 99 is newer than "
+            f"this skydeck ({SCHEMA_VERSION}); upgrade skydeck\n"
+        )
     from engine.store.connection import open_backend
+
     backend = open_backend(parse_state_url(pg_url, None))
     conn = backend.connect()
     try:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "99"
-        assert not any(t.startswith("skydeck_backup") for (t,) in conn.execute(
-            "SELECT schema_name FROM information_schema.schemata").fetchall())
+        assert not any(
+            t.startswith("skydeck_backup")
+            for (t,) in conn.execute(
+                "SELECT schema_name FROM information_schema.schemata"
+            ).fetchall()
+        )
     finally:
         conn.close()
 

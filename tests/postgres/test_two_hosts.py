@@ -55,7 +55,8 @@ HOLDING = ("makeEvt", "mergeIndices", "mergeEvt", "propagate")
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="two hosts on one machine need root and unshare (UTS namespaces); CI runs as root")
+    reason="two hosts on one machine need root and unshare (UTS namespaces); CI runs as root",
+)
 
 
 def _workspace(root: Path) -> Workspace:
@@ -74,13 +75,19 @@ def _workspace(root: Path) -> Workspace:
 
 
 def _deliver(ws: Workspace, dlid: str, seed: int) -> None:
-    deliver(MockSpec(dlid=dlid, sources=2, events=200, event_bytes=400, runs=2, chunks=2,
-                     seed=seed), "level0", ws.incoming_level0)
+    deliver(
+        MockSpec(dlid=dlid, sources=2, events=200, event_bytes=400, runs=2, chunks=2, seed=seed),
+        "level0",
+        ws.incoming_level0,
+    )
 
 
 def _staged(ws: Workspace) -> dict[str, str]:
-    return {str(p.relative_to(ws.stage)): manifest.md5_file(p)
-            for p in sorted(ws.stage.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(ws.stage)): manifest.md5_file(p)
+        for p in sorted(ws.stage.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _env(url: str | None) -> dict[str, str]:
@@ -96,9 +103,13 @@ def _daemon(ws: Workspace, host: str, url: str, log: Path) -> subprocess.Popen[b
     (process group), its log lines in ``log``."""
     inner = f'hostname {host} && exec "$0" -m engine -w "$1" watch'
     fh = open(log, "ab")  # noqa: SIM115 - the daemon owns it for its lifetime
-    return subprocess.Popen(["unshare", "--uts", "--", "sh", "-c", inner, sys.executable,
-                             str(ws.root)], stdout=fh, stderr=subprocess.STDOUT,
-                            env=_env(url), start_new_session=True)
+    return subprocess.Popen(
+        ["unshare", "--uts", "--", "sh", "-c", inner, sys.executable, str(ws.root)],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=_env(url),
+        start_new_session=True,
+    )
 
 
 def _lines(log: Path) -> list[dict]:
@@ -132,8 +143,13 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
     ref = _workspace(tmp_path / "ws")
     for i, d in enumerate(DLIDS):
         _deliver(ref, d, seed=i)
-    res = subprocess.run([sys.executable, "-m", "engine", "-w", str(ref.root), "watch", "--once"],
-                         capture_output=True, text=True, timeout=120, env=_env(None))
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(ref.root), "watch", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(None),
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     reference = _staged(ref)
     print(f"reference run on SQLite: {time.time() - t_test:.1f} s")
@@ -148,9 +164,14 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
     a = _daemon(ws, "hostA", pg_url, log_a)
     b = _daemon(ws, "hostB", pg_url, log_b)
     try:
-        _wait(lambda: any(e.get("event") == "watching" for e in _lines(log_a))
-              and any(e.get("event") == "watching" for e in _lines(log_b)), 30,
-              what="both daemons")
+        _wait(
+            lambda: (
+                any(e.get("event") == "watching" for e in _lines(log_a))
+                and any(e.get("event") == "watching" for e in _lines(log_b))
+            ),
+            30,
+            what="both daemons",
+        )
         for i, d in enumerate(DLIDS):
             _deliver(ws, d, seed=i)
 
@@ -158,9 +179,14 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
             with StateDB(url) as db:
                 for st in db.streams():
                     # a job between makeEvt and propagate: the stream lock is hostB's then
-                    if st.status == "RUNNING" and st.owner_host == "hostB" and any(
+                    if (
+                        st.status == "RUNNING"
+                        and st.owner_host == "hostB"
+                        and any(
                             pi.status == "RUNNING" and pi.pid and pi.process in HOLDING
-                            for pi in db.instances(st.id)):
+                            for pi in db.instances(st.id)
+                        )
+                    ):
                         return st.dlid
             return None
 
@@ -172,11 +198,14 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
             with StateDB(url) as db:
                 sts = {s.dlid: s.status for s in db.streams()}
             return len(sts) == len(DLIDS) and all(
-                s in ("SUCCESS", "FAILED", "CANCELED") for s in sts.values())
+                s in ("SUCCESS", "FAILED", "CANCELED") for s in sts.values()
+            )
 
         _wait(all_final, 60, what="every stream final", every=0.2)
-        print(f"hostB killed {t_kill - t_test:.1f} s into the test; every stream final "
-              f"{time.time() - t_kill:.1f} s later")
+        print(
+            f"hostB killed {t_kill - t_test:.1f} s into the test; every stream final "
+            f"{time.time() - t_kill:.1f} s later"
+        )
         lines_a = _lines(log_a)
         takeovers = [e for e in lines_a if e.get("event") == "takeover"]
         assert takeovers, "hostA logged no takeover"
@@ -184,13 +213,18 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
         assert all(e["new_owner"].startswith("hostA:") for e in takeovers)
         assert victim in {e.get("dlid") for e in takeovers}
         latency = min(e["t"] for e in takeovers) - t_kill
-        print(f"takeover latency {latency:.2f} s after kill -9 of hostB "
-              f"({len(takeovers)} takeover line(s): "
-              f"{', '.join(sorted(e['what'] for e in takeovers))})")
+        print(
+            f"takeover latency {latency:.2f} s after kill -9 of hostB "
+            f"({len(takeovers)} takeover line(s): "
+            f"{', '.join(sorted(e['what'] for e in takeovers))})"
+        )
         # hostB's locks went to hostA: taken over with its stream (resume), or reclaimed
         # when hostA's runner needed them
-        lock_lines = [e for e in lines_a if e.get("what") == "lock" or "took over lock"
-                      in str(e.get("detail", ""))]
+        lock_lines = [
+            e
+            for e in lines_a
+            if e.get("what") == "lock" or "took over lock" in str(e.get("detail", ""))
+        ]
         assert lock_lines, "no lock of hostB was taken over"
         assert all("hostB:" in (e.get("old_owner") or e.get("detail", "")) for e in lock_lines)
 
@@ -203,15 +237,22 @@ def test_a_crashed_host_is_taken_over_without_an_operator(tmp_path: Path, pg_url
 
     with StateDB(url) as db:
         streams = db.streams(latest_only=False)
-        assert sorted(s.dlid for s in streams) == sorted(DLIDS)   # one stream per downlink
+        assert sorted(s.dlid for s in streams) == sorted(DLIDS)  # one stream per downlink
         assert all(s.status == "SUCCESS" for s in streams), [(s.dlid, s.status) for s in streams]
         events = db.q("SELECT dlid, detail FROM events WHERE kind = 'takeover'")
         assert victim in {d for d, _ in events}
         assert all(json.loads(detail)["old_owner"].startswith("hostB:") for _, detail in events)
-    assert _staged(ws) == reference                               # staged once, byte for byte
+    assert _staged(ws) == reference  # staged once, byte for byte
     assert locks.list_locks(ws.lock) == []
-    hidden = [p for p in [*ws.stage.rglob(".*"), *ws.downlinks.rglob(".*"),
-                          *ws.incoming_level0.glob(".*"), *ws.lock.glob(".*")]
-              if p.name != ".reclaim"]
-    assert hidden == []                                           # no temporary left
+    hidden = [
+        p
+        for p in [
+            *ws.stage.rglob(".*"),
+            *ws.downlinks.rglob(".*"),
+            *ws.incoming_level0.glob(".*"),
+            *ws.lock.glob(".*"),
+        ]
+        if p.name != ".reclaim"
+    ]
+    assert hidden == []  # no temporary left
     assert time.time() - t_test < 90

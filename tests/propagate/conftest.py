@@ -37,7 +37,9 @@ def to_toml(doc: dict[str, Any]) -> str:
     """Tiny TOML writer for test scenes (tables, arrays of tables, scalars, lists)."""
     lines: list[str] = []
     for k, v in doc.items():
-        if not isinstance(v, dict | list) or (isinstance(v, list) and v and not isinstance(v[0], dict)):
+        if not isinstance(v, dict | list) or (
+            isinstance(v, list) and v and not isinstance(v[0], dict)
+        ):
             lines.append(f"{k} = {_toml_value(v)}")
     for k, v in doc.items():
         if isinstance(v, dict):
@@ -67,8 +69,14 @@ def base_scene(**over: Any) -> dict[str, Any]:
         "surfaces": {"det": {"detect": 1.0}},
         "container": {"half_size": [100.0, 100.0, 100.0], "material": "Vacuum", "surface": "det"},
         "objects": [],
-        "source": {"type": "disc", "position": [0.0, 0.0, -99.0], "direction": [0.0, 0.0, 1.0],
-                   "radius": 1.0, "wavelength": 400.0, "photons": 1000},
+        "source": {
+            "type": "disc",
+            "position": [0.0, 0.0, -99.0],
+            "direction": [0.0, 0.0, 1.0],
+            "radius": 1.0,
+            "wavelength": 400.0,
+            "photons": 1000,
+        },
     }
     doc.update(over)
     if not doc["objects"]:
@@ -82,13 +90,18 @@ def write_scene(tmp_path: Path):
         p = tmp_path / name
         p.write_text(to_toml(doc))
         return p
+
     return write
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run skydeck-engine as a real subprocess (exit codes and stderr as users see them)."""
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +111,22 @@ def kernel_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     if shutil.which("g++") is None:
         pytest.skip("g++ not on PATH")
     so = tmp_path_factory.mktemp("kernel") / "libpropagate_host.so"
-    r = subprocess.run(["g++", "-O2", "-ffp-contract=off", "-fPIC", "-shared", f"-I{HOST}",
-                        f'-DKERNEL="{KERNEL_PATH}"', str(HOST / "run_host.cpp"), "-o", str(so)],
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [
+            "g++",
+            "-O2",
+            "-ffp-contract=off",
+            "-fPIC",
+            "-shared",
+            f"-I{HOST}",
+            f'-DKERNEL="{KERNEL_PATH}"',
+            str(HOST / "run_host.cpp"),
+            "-o",
+            str(so),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr
     return ctypes.CDLL(str(so))

@@ -25,9 +25,13 @@ import numpy as np
 
 # the kernel's parameters (assets/kernels/propagate.cu): P pointer, i int32, I uint32,
 # Q uint64, f float32
-SIGNATURE = "PPPPPPP" "iii" "QIQIiIifff" "PPPPPP"
-_SCALARS = {"i": (np.int32, ctypes.c_int), "I": (np.uint32, ctypes.c_uint),
-            "Q": (np.uint64, ctypes.c_ulonglong), "f": (np.float32, ctypes.c_float)}
+SIGNATURE = "PPPPPPPiiiQIQIiIifffPPPPPP"
+_SCALARS = {
+    "i": (np.int32, ctypes.c_int),
+    "I": (np.uint32, ctypes.c_uint),
+    "Q": (np.uint64, ctypes.c_ulonglong),
+    "f": (np.float32, ctypes.c_float),
+}
 POISON = 0xFF
 
 
@@ -46,8 +50,9 @@ class FakeGpu:
     chosen: list[int] = field(default_factory=list)
     refuse_images: bool = False  # module_from_buffer fails as for an image of another chip
 
-    def launch(self, args: tuple[Any, ...], grid: int, block: int,
-               pointer: Callable[[Any], int | None]) -> None:
+    def launch(
+        self, args: tuple[Any, ...], grid: int, block: int, pointer: Callable[[Any], int | None]
+    ) -> None:
         assert len(args) == len(SIGNATURE), f"{len(args)} kernel arguments, not {len(SIGNATURE)}"
         cargs: list[Any] = []
         for i, (kind, a) in enumerate(zip(SIGNATURE, args, strict=True)):
@@ -55,7 +60,9 @@ class FakeGpu:
                 cargs.append(ctypes.c_void_p(pointer(a)))
             else:
                 want, ctype = _SCALARS[kind]
-                assert type(a) is want, f"argument {i}: {type(a).__name__}, kernel wants {want.__name__}"
+                assert type(a) is want, (
+                    f"argument {i}: {type(a).__name__}, kernel wants {want.__name__}"
+                )
                 cargs.append(ctype(a.item()))
         count = int(args[11])
         assert block * grid >= count, "grid does not cover the slice"
@@ -68,6 +75,7 @@ def _poisoned(nbytes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- pycuda
+
 
 class PyCudaAlloc:
     def __init__(self, nbytes: int) -> None:
@@ -130,6 +138,7 @@ def fake_pycuda(gpu: FakeGpu) -> dict[str, types.ModuleType]:
 
             def fn(*args: Any, block: tuple[int, int, int], grid: tuple[int, int]) -> None:
                 gpu.launch(args, grid[0], block[0], pointer)
+
             return fn
 
     def module_from_buffer(data: bytes) -> Module:
@@ -153,6 +162,7 @@ def fake_pycuda(gpu: FakeGpu) -> dict[str, types.ModuleType]:
 
 # ---------------------------------------------------------------------------- cupy
 
+
 class CupyArray(np.ndarray):
     """A host array posing as a CuPy device array (``get(out=...)`` copies back)."""
 
@@ -170,9 +180,13 @@ def fake_cupy(gpu: FakeGpu) -> dict[str, types.ModuleType]:
     cuda = types.ModuleType("cupy.cuda")
     runtime = types.SimpleNamespace(
         getDeviceCount=lambda: gpu.count,
-        getDeviceProperties=lambda i: {"name": b"host-emulated kernel", "major": gpu.cc[0],
-                                       "minor": gpu.cc[1]},
-        memGetInfo=lambda: (gpu.free_bytes, gpu.free_bytes))
+        getDeviceProperties=lambda i: {
+            "name": b"host-emulated kernel",
+            "major": gpu.cc[0],
+            "minor": gpu.cc[1],
+        },
+        memGetInfo=lambda: (gpu.free_bytes, gpu.free_bytes),
+    )
 
     class Device:
         def __init__(self, i: int) -> None:
@@ -205,6 +219,7 @@ def fake_cupy(gpu: FakeGpu) -> dict[str, types.ModuleType]:
 
             def fn(grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...]) -> None:
                 gpu.launch(args, grid[0], block[0], pointer)
+
             return fn
 
     def asarray(a: np.ndarray) -> CupyArray:
@@ -233,5 +248,7 @@ FAKES = {"cuda": fake_pycuda, "cupy": fake_cupy}
 def absent(name: str) -> dict[str, None]:
     """sys.modules entries that make ``import`` of the backend's library fail as if it were
     not installed (ModuleNotFoundError)."""
-    return {"cuda": {"pycuda": None, "pycuda.driver": None},
-            "cupy": {"cupy": None, "cupy.cuda": None}}[name]
+    return {
+        "cuda": {"pycuda": None, "pycuda.driver": None},
+        "cupy": {"cupy": None, "cupy.cuda": None},
+    }[name]

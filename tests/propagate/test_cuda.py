@@ -39,6 +39,7 @@ def test_gpu_numpy_parity(tmp_path, write_scene, scene, backend):
     if scene in ("cerenkov", "scintillation"):  # muons in water; electrons in scintillator
         from engine.mock.gensteps import cerenkov_tracks, scintillation_tracks
         from engine.propagate.scene import load_scene
+
         path = SCENES / ("water-tank.toml" if scene == "cerenkov" else "scint-tank.toml")
         maker = cerenkov_tracks if scene == "cerenkov" else scintillation_tracks
         gensteps = tmp_path / "gensteps.npy"
@@ -46,12 +47,26 @@ def test_gpu_numpy_parity(tmp_path, write_scene, scene, backend):
     elif scene == "tbox":
         path = TBOX_DETECT
     else:  # scattering, absorption, reemission, diffuse and specular surfaces, a sphere
-        doc = base_scene(objects=[
-            {"shape": "sphere", "center": [0.0, 0.0, 20.0], "radius": 30.0, "material": "Glass"},
-            {"shape": "box", "center": [0.0, 60.0, 0.0], "half_size": [20.0, 10.0, 20.0],
-             "material": "Glass", "surface": "mirror"}])
-        doc["materials"]["Vacuum"].update(scattering_length=80.0, absorption_length=300.0,
-                                          reemission_prob=0.3)
+        doc = base_scene(
+            objects=[
+                {
+                    "shape": "sphere",
+                    "center": [0.0, 0.0, 20.0],
+                    "radius": 30.0,
+                    "material": "Glass",
+                },
+                {
+                    "shape": "box",
+                    "center": [0.0, 60.0, 0.0],
+                    "half_size": [20.0, 10.0, 20.0],
+                    "material": "Glass",
+                    "surface": "mirror",
+                },
+            ]
+        )
+        doc["materials"]["Vacuum"].update(
+            scattering_length=80.0, absorption_length=300.0, reemission_prob=0.3
+        )
         doc["surfaces"]["wall"] = {"detect": 0.5, "absorb": 0.2, "reflect_diffuse": 0.3}
         doc["surfaces"]["mirror"] = {"reflect_specular": 1.0}
         doc["container"]["surface"] = "wall"
@@ -59,10 +74,28 @@ def test_gpu_numpy_parity(tmp_path, write_scene, scene, backend):
         del doc["source"]["direction"]
         path = write_scene(doc)
     n = None if gensteps is not None else 200_000
-    a = propagate(Request(path, tmp_path / "np", photons=n, seed=11, backend="numpy",
-                          mode="development", gensteps=gensteps))
-    b = propagate(Request(path, tmp_path / "gpu", photons=n, seed=11, backend=backend,
-                          mode="development", gensteps=gensteps))
+    a = propagate(
+        Request(
+            path,
+            tmp_path / "np",
+            photons=n,
+            seed=11,
+            backend="numpy",
+            mode="development",
+            gensteps=gensteps,
+        )
+    )
+    b = propagate(
+        Request(
+            path,
+            tmp_path / "gpu",
+            photons=n,
+            seed=11,
+            backend=backend,
+            mode="development",
+            gensteps=gensteps,
+        )
+    )
     n = a["photons"]
     assert a["backend"] == "numpy" and b["backend"] == backend
     assert b["launches"] >= 1 and b["kernel_seconds"] > 0
@@ -84,12 +117,14 @@ def test_gpu_production_slices_and_hit_order(tmp_path, backend, monkeypatch):
     """A production event forced into several launches (a small HEADROOM) keeps every
     photon, and its hits come back in photon order, as one launch gives them."""
     _gpu_or_skip(backend)
-    one = propagate(Request(TBOX_DETECT, tmp_path / "one", photons=300_000, seed=4,
-                            backend=backend))
+    one = propagate(
+        Request(TBOX_DETECT, tmp_path / "one", photons=300_000, seed=4, backend=backend)
+    )
     free = gpu_module(backend).device().free_bytes()
     monkeypatch.setattr(gpu_host, "HEADROOM", 100_000 * 64 / free)
-    many = propagate(Request(TBOX_DETECT, tmp_path / "many", photons=300_000, seed=4,
-                             backend=backend))
+    many = propagate(
+        Request(TBOX_DETECT, tmp_path / "many", photons=300_000, seed=4, backend=backend)
+    )
     assert one["launches"] == 1 and many["launches"] >= 3
     h1, hm = np.load(tmp_path / "one" / "ht.npy"), np.load(tmp_path / "many" / "ht.npy")
     assert np.array_equal(h1, hm)

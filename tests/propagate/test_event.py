@@ -32,8 +32,20 @@ def test_production_event_tboolean_box_no_hits(tmp_path):
 def test_development_bookkeeping(tmp_path):
     out = tmp_path / "dev"
     n = 30000
-    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", str(n), "--mode", "development",
-            "--backend", "numpy", "--seed", "5")
+    r = cli(
+        "propagate",
+        TBOX_DETECT,
+        "-o",
+        out,
+        "--photons",
+        str(n),
+        "--mode",
+        "development",
+        "--backend",
+        "numpy",
+        "--seed",
+        "5",
+    )
     assert r.returncode == 0, r.stderr
     ox, ht, seq = np.load(out / "ox.npy"), np.load(out / "ht.npy"), np.load(out / "seq.npy")
     rx = np.load(out / "rx.npy")
@@ -71,8 +83,11 @@ def test_same_result_any_worker_count_and_chunking(tmp_path):
     metas = []
     for w, chunk in ((1, 50000), (2, 7000)):
         out = tmp_path / f"w{w}"
-        propagate(Request(TBOX_DETECT, out, photons=40000, seed=3, backend="numpy", workers=w,
-                          chunk=chunk))
+        propagate(
+            Request(
+                TBOX_DETECT, out, photons=40000, seed=3, backend="numpy", workers=w, chunk=chunk
+            )
+        )
         metas.append(np.load(out / "ht.npy"))
     assert metas[0].shape[0] == 40000 and np.array_equal(metas[0], metas[1])
     other = tmp_path / "seed4"
@@ -82,9 +97,13 @@ def test_same_result_any_worker_count_and_chunking(tmp_path):
 
 def test_rerun_replaces_event_and_switches_mode(tmp_path):
     out = tmp_path / "ev"
-    propagate(Request(TBOX_DETECT, out, photons=1000, mode="development", backend="numpy", workers=1))
+    propagate(
+        Request(TBOX_DETECT, out, photons=1000, mode="development", backend="numpy", workers=1)
+    )
     assert (out / "ox.npy").exists()
-    propagate(Request(TBOX_DETECT, out, photons=1000, mode="production", backend="numpy", workers=1))
+    propagate(
+        Request(TBOX_DETECT, out, photons=1000, mode="production", backend="numpy", workers=1)
+    )
     assert not (out / "ox.npy").exists()  # no stale development arrays left behind
     assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporaries
 
@@ -126,12 +145,30 @@ def test_interrupt_exit_130_leaves_nothing(tmp_path):
 
     out = tmp_path / "ev"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out), "--photons", "1e9",
-         "--workers", "2", "--backend", "numpy"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "propagate",
+            str(TBOX),
+            "-o",
+            str(out),
+            "--photons",
+            "1e9",
+            "--workers",
+            "2",
+            "--backend",
+            "numpy",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".ev.tmp-") for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(
+        p.name.startswith(".ev.tmp-") for p in tmp_path.iterdir()
+    ):
         time.sleep(0.05)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C: the whole group, workers included
@@ -145,12 +182,39 @@ def test_reserve_refusal_and_json(tmp_path):
     env = dict(os.environ, SKYDECK_RESERVE_BYTES=str(10**18))  # a reserve no disk can keep
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "engine", "propagate", str(TBOX), "-o", str(out),
-                        "--photons", "1000"], capture_output=True, text=True, env=env, timeout=120)
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "propagate",
+            str(TBOX),
+            "-o",
+            str(out),
+            "--photons",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "not enough disk space" in r.stderr and "reserve" in r.stderr
     assert not out.exists()
-    r = cli("propagate", TBOX_DETECT, "-o", out, "--photons", "2000", "--json", "--backend", "numpy",
-            "--hitmask", "TO,BT")
+    r = cli(
+        "propagate",
+        TBOX_DETECT,
+        "-o",
+        out,
+        "--photons",
+        "2000",
+        "--json",
+        "--backend",
+        "numpy",
+        "--hitmask",
+        "TO,BT",
+    )
     meta = json.loads(r.stdout)
     assert meta["hitmask"]["label"] == "BT|TO" and meta["photons"] == 2000
     assert meta["hits"] == json.loads((out / "meta.json").read_text())["hits"] > 0
@@ -180,13 +244,19 @@ def test_gensteps_from_a_delivery(tmp_path):
 
 def test_zero_photons_and_progress_callback(tmp_path):
     seen: list[int] = []
-    meta = propagate(Request(TBOX_DETECT, tmp_path / "zero", photons=0, backend="numpy"),
-                     advance=seen.append)
+    meta = propagate(
+        Request(TBOX_DETECT, tmp_path / "zero", photons=0, backend="numpy"), advance=seen.append
+    )
     assert meta["photons"] == 0 and meta["hits"] == 0 and seen == []
     assert np.load(tmp_path / "zero" / "ht.npy").shape == (0, 4, 4)
     started: list[int] = []
-    meta = propagate(Request(TBOX_DETECT, tmp_path / "ev", photons=30_000, backend="numpy",
-                             workers=2, chunk=4096), advance=seen.append, on_start=started.append)
+    meta = propagate(
+        Request(
+            TBOX_DETECT, tmp_path / "ev", photons=30_000, backend="numpy", workers=2, chunk=4096
+        ),
+        advance=seen.append,
+        on_start=started.append,
+    )
     assert started == [30_000] and sum(seen) == 30_000 and max(seen) == 4096
 
 

@@ -42,9 +42,15 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def cerenkov_genstep(scene, beta: float, photons: int, length: float = 10.0,
-                     direction=(0.3, -0.4, 0.8), mnp: tuple[float, float] | None = None,
-                     v: tuple[float, float] | None = None) -> np.ndarray:
+def cerenkov_genstep(
+    scene,
+    beta: float,
+    photons: int,
+    length: float = 10.0,
+    direction=(0.3, -0.4, 0.8),
+    mnp: tuple[float, float] | None = None,
+    v: tuple[float, float] | None = None,
+) -> np.ndarray:
     """One Cerenkov genstep in the container material, fields as G4Cerenkov computes them."""
     tab = CerenkovTable(*table(scene.materials[0].physics["tables"]["refractive_index"]))
     f = tab.fields(beta, beta)
@@ -64,8 +70,15 @@ def cerenkov_genstep(scene, beta: float, photons: int, length: float = 10.0,
     return g
 
 
-def scint_genstep(scene, photons: int, tau: float, charge: float = -1.0, component: int = 0,
-                  length: float = 2.0, velocity: float = 150.0) -> np.ndarray:
+def scint_genstep(
+    scene,
+    photons: int,
+    tau: float,
+    charge: float = -1.0,
+    component: int = 0,
+    length: float = 2.0,
+    velocity: float = 150.0,
+) -> np.ndarray:
     g = np.zeros((1, 6, 4), np.float32)
     g.view(np.int32)[0, 0] = (SCINTILLATION, 1, 0, photons)
     g[0, 1] = (5.0, 6.0, -7.0, 1.5)
@@ -90,6 +103,7 @@ def _chi2(name: str, counts: np.ndarray, expected: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- Cerenkov
+
 
 @pytest.mark.parametrize("beta", [0.999, 0.8])
 def test_cerenkov_cone_angle_is_one_over_n_beta(beta):
@@ -175,6 +189,7 @@ def test_cerenkov_position_and_time_along_the_step():
 
 # ----------------------------------------------------------------------------- scintillation
 
+
 def test_scintillation_isotropic_polarized_and_along_the_step():
     scene = load_scene(SCINT)
     gs = scint_genstep(scene, N, 4.6)
@@ -183,15 +198,23 @@ def test_scintillation_isotropic_polarized_and_along_the_step():
     assert np.allclose(np.linalg.norm(d, axis=0), 1, atol=2e-6)
     for a, axis in enumerate("xyz"):
         check(f"scintillation <{axis}>", float(d[a].mean()), 0.0, math.sqrt(1 / 3 / N))
-        check(f"scintillation <{axis}^2>", float((d[a] ** 2).mean()), 1 / 3,
-              math.sqrt((1 / 5 - 1 / 9) / N))
+        check(
+            f"scintillation <{axis}^2>",
+            float((d[a] ** 2).mean()),
+            1 / 3,
+            math.sqrt((1 / 5 - 1 / 9) / N),
+        )
     pol = ph["pol"].astype(np.float64)
     assert np.allclose(np.sum(pol * d, axis=0), 0, atol=2e-6)
     assert np.allclose(np.linalg.norm(pol, axis=0), 1, atol=2e-6)
     # the polarization angle about the direction is uniform: against the theta-hat vector
     th = np.stack((d[2] * d[0], d[2] * d[1], -(1 - d[2] ** 2))) / np.sqrt(1 - d[2] ** 2)
-    check("scintillation <pol . theta-hat>", float(np.sum(pol * th, axis=0).mean()), 0.0,
-          math.sqrt(0.5 / N))
+    check(
+        "scintillation <pol . theta-hat>",
+        float(np.sum(pol * th, axis=0).mean()),
+        0.0,
+        math.sqrt(0.5 / N),
+    )
     f = (ph["pos"][1].astype(np.float64) - 6.0) / 2.0  # the step runs along +y from y = 6
     assert np.allclose(ph["pos"][0], 5.0) and np.allclose(ph["pos"][2], -7.0)
     counts, _ = np.histogram(f, np.linspace(0, 1, 11))
@@ -247,18 +270,25 @@ def test_scintillation_gensteps_split_by_component():
 
 # ----------------------------------------------------------------------------- group velocity
 
+
 def test_group_velocity_is_c_over_n_minus_lambda_dn_dlambda(write_scene):
     """A smooth Sellmeier glass sampled every 2 nm: v_g on the grid against the analytic
     c / (n - lambda dn/dlambda); constant n gives c/n."""
+
     def sellmeier(lam_nm):
         l2 = (np.asarray(lam_nm) / 1000.0) ** 2
-        return np.sqrt(1 + 1.34533359 * l2 / (l2 - 0.00997743871)
-                       + 0.209073176 * l2 / (l2 - 0.0470450767)
-                       + 0.937357162 * l2 / (l2 - 111.886764))
+        return np.sqrt(
+            1
+            + 1.34533359 * l2 / (l2 - 0.00997743871)
+            + 0.209073176 * l2 / (l2 - 0.0470450767)
+            + 0.937357162 * l2 / (l2 - 111.886764)
+        )
+
     nm = np.arange(300.0, 802.0, 2.0)
     doc = base_scene()
-    doc["materials"]["Glass"]["refractive_index"] = [[float(a), float(b)]
-                                                     for a, b in zip(nm, sellmeier(nm), strict=True)]
+    doc["materials"]["Glass"]["refractive_index"] = [
+        [float(a), float(b)] for a, b in zip(nm, sellmeier(nm), strict=True)
+    ]
     scene = load_scene(write_scene(doc))
     vg = scene.arrays().mat[scene.material_index["Glass"], 4].astype(np.float64)
     inside = (WL_GRID >= 320) & (WL_GRID <= 780)
@@ -266,7 +296,9 @@ def test_group_velocity_is_c_over_n_minus_lambda_dn_dlambda(write_scene):
     h = 1e-3
     ng = sellmeier(lam) - lam * (sellmeier(lam + h) - sellmeier(lam - h)) / (2 * h)
     assert np.max(np.abs(vg[inside] * ng / C_LIGHT_MM_NS - 1)) < 2e-4
-    assert np.all(scene.arrays().mat[scene.material_index["Vacuum"], 4] == np.float32(C_LIGHT_MM_NS))
+    assert np.all(
+        scene.arrays().mat[scene.material_index["Vacuum"], 4] == np.float32(C_LIGHT_MM_NS)
+    )
     # Geant4's node construction (CalculateGROUPVEL) on a two-node table: c/n at both ends
     e, v = group_velocity_nodes(np.array([400.0, 500.0]), np.array([1.5, 1.5]))
     assert np.allclose(v, C_LIGHT_MM_NS / 1.5)
@@ -275,8 +307,11 @@ def test_group_velocity_is_c_over_n_minus_lambda_dn_dlambda(write_scene):
 def test_time_of_flight_through_dispersive_glass(write_scene):
     """TO BT BT SD through 20 mm of F2-like glass at 420 nm: (179 mm / c) + (20 mm / v_g)."""
     doc = _slab_doc()
-    doc["materials"]["Glass"]["refractive_index"] = [[380.0, 1.6595], [420.0, 1.6461],
-                                                     [460.0, 1.6368]]
+    doc["materials"]["Glass"]["refractive_index"] = [
+        [380.0, 1.6595],
+        [420.0, 1.6461],
+        [460.0, 1.6368],
+    ]
     doc["source"]["wavelength"] = 420.0
     scene = load_scene(write_scene(doc))
     p = Params(1, 0, 9, F.SD, True, (100.0, 100.0))
@@ -291,6 +326,7 @@ def test_time_of_flight_through_dispersive_glass(write_scene):
 
 # ----------------------------------------------------------------------------- first flags
 
+
 def test_first_flag_follows_the_genstep_kind():
     """Torch, Cerenkov and scintillation gensteps in one event: each photon's first flag
     (seqhis slot 0, flagmask) is TO, CK or SI as its genstep says."""
@@ -303,8 +339,9 @@ def test_first_flag_follows_the_genstep_kind():
     r = propagate_chunk(scene.arrays(), gs, 0, n, Params(2, 0, 16, F.SD, True, (500.0, 500.0)))
     kind = gs.view(np.int32)[genstep_of(gs, np.arange(n, dtype=np.uint64)), 0, 0]
     first = (r.seq & np.uint64(0xF)).astype(np.int64)
-    want = np.where(kind == 6, F.nibble(F.TO), np.where(kind == CERENKOV, F.nibble(F.CK),
-                                                         F.nibble(F.SI)))
+    want = np.where(
+        kind == 6, F.nibble(F.TO), np.where(kind == CERENKOV, F.nibble(F.CK), F.nibble(F.SI))
+    )
     assert np.array_equal(first, want)
     fm = r.ox.view(np.uint32)[:, 3, 3]
     for flag, k in ((F.TO, 6), (F.CK, CERENKOV), (F.SI, SCINTILLATION)):

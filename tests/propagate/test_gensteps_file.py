@@ -60,8 +60,19 @@ def test_cerenkov_and_scintillation_gensteps_propagate(tmp_path: Path) -> None:
         path = tmp_path / f"{scene.stem}.npy"
         np.save(path, gs)
         out = tmp_path / f"{scene.stem}-ev"
-        r = cli("propagate", scene, "-o", out, "--gensteps", path, "--backend", "numpy",
-                "--workers", "1", "--json")
+        r = cli(
+            "propagate",
+            scene,
+            "-o",
+            out,
+            "--gensteps",
+            path,
+            "--backend",
+            "numpy",
+            "--workers",
+            "1",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         meta = json.loads(r.stdout)
         num = gs.view(np.int32)[:, 0, 3].astype(np.int64)
@@ -81,12 +92,17 @@ def test_cerenkov_and_scintillation_gensteps_propagate(tmp_path: Path) -> None:
 
 
 def test_a_scene_without_source_needs_gensteps(tmp_path: Path) -> None:
-    _one_line(cli("propagate", WATER, "-o", tmp_path / "ev", "--backend", "numpy"),
-              str(WATER), "no [source]", "--gensteps")
+    _one_line(
+        cli("propagate", WATER, "-o", tmp_path / "ev", "--backend", "numpy"),
+        str(WATER),
+        "no [source]",
+        "--gensteps",
+    )
     assert not (tmp_path / "ev").exists()
 
 
 # ----------------------------------------------------------------------------- material map
+
 
 def test_geant4_material_indices_through_the_map(tmp_path: Path) -> None:
     gs = _water_gs(5000)
@@ -97,56 +113,138 @@ def test_geant4_material_indices_through_the_map(tmp_path: Path) -> None:
     _one_line(r, str(path), "row 0, q0.z matline", "2 is not a scene material index")
     side = G.sidecar_for(path)
     side.write_text(json.dumps({"materials": ["G4_AIR", "G4_Galactic", "Water"]}))
-    r = cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", path, "--backend", "numpy",
-            "--json")
+    r = cli(
+        "propagate",
+        WATER,
+        "-o",
+        tmp_path / "ev",
+        "--gensteps",
+        path,
+        "--backend",
+        "numpy",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout)
     assert meta["gensteps"]["material_map"] == str(side)
     assert np.all(np.load(tmp_path / "ev" / "gs.npy").view(np.int32)[:, 0, 2] == 0)  # scene's
     side.write_text(json.dumps({"materials": ["G4_AIR", "G4_Galactic", "G4_WATER"]}))
-    _one_line(cli("propagate", WATER, "-o", tmp_path / "ev2", "--gensteps", path),
-              str(path), "row 0, q0.z matline", "'G4_WATER' is not a scene material")
+    _one_line(
+        cli("propagate", WATER, "-o", tmp_path / "ev2", "--gensteps", path),
+        str(path),
+        "row 0, q0.z matline",
+        "'G4_WATER' is not a scene material",
+    )
     other = tmp_path / "map.json"
     other.write_text(json.dumps({"materials": ["Water", "X", "Water"]}))
-    r = cli("propagate", WATER, "-o", tmp_path / "ev3", "--gensteps", path,
-            "--genstep-materials", other, "--backend", "numpy")
+    r = cli(
+        "propagate",
+        WATER,
+        "-o",
+        tmp_path / "ev3",
+        "--gensteps",
+        path,
+        "--genstep-materials",
+        other,
+        "--backend",
+        "numpy",
+    )
     assert r.returncode == 0, r.stderr
     other.write_text("{not json")
-    _one_line(cli("propagate", WATER, "-o", tmp_path / "ev4", "--gensteps", path,
-                  "--genstep-materials", other), str(other), "not JSON")
+    _one_line(
+        cli(
+            "propagate",
+            WATER,
+            "-o",
+            tmp_path / "ev4",
+            "--gensteps",
+            path,
+            "--genstep-materials",
+            other,
+        ),
+        str(other),
+        "not JSON",
+    )
 
 
 # ----------------------------------------------------------------------------- bad files
 
+
 def _mut(q: int, lane: int, value: float, row: int = 3, as_int: bool = False):
     def f(gs: np.ndarray) -> None:
         (gs.view(np.int32) if as_int else gs)[row, q, lane] = value
+
     return f
 
 
 BAD: list[tuple[str, str, Callable[[np.ndarray], None], tuple[str, ...]]] = [
-    ("unknown gentype", "water", _mut(0, 0, 7, as_int=True), ("row 3, q0.x gentype: unknown gentype 7",)),
-    ("negative numphoton", "water", _mut(0, 3, -5, as_int=True), ("row 3, q0.w numphoton: -5 is negative",)),
-    ("absurd numphoton", "water", _mut(0, 3, 50_000_000, as_int=True), ("row 3, q0.w numphoton", "absurd")),
-    ("implausible numphoton", "water", _mut(0, 3, 5000, as_int=True), ("row 3, q0.w numphoton", "absurd for MeanNumberOfPhotons")),
+    (
+        "unknown gentype",
+        "water",
+        _mut(0, 0, 7, as_int=True),
+        ("row 3, q0.x gentype: unknown gentype 7",),
+    ),
+    (
+        "negative numphoton",
+        "water",
+        _mut(0, 3, -5, as_int=True),
+        ("row 3, q0.w numphoton: -5 is negative",),
+    ),
+    (
+        "absurd numphoton",
+        "water",
+        _mut(0, 3, 50_000_000, as_int=True),
+        ("row 3, q0.w numphoton", "absurd"),
+    ),
+    (
+        "implausible numphoton",
+        "water",
+        _mut(0, 3, 5000, as_int=True),
+        ("row 3, q0.w numphoton", "absurd for MeanNumberOfPhotons"),
+    ),
     ("NaN time", "water", _mut(1, 3, np.nan), ("row 3, q1.w time: nan is not a finite number",)),
-    ("infinite BetaInverse", "water", _mut(4, 0, np.inf), ("row 3, q4.x: inf is not a finite number",)),
-    ("matline outside", "water", _mut(0, 2, 4, as_int=True), ("row 3, q0.z matline: 4 is not a scene material",)),
-    ("below threshold", "water", _mut(4, 0, 1.45), ("row 3, q4.x BetaInverse", "below the Cerenkov threshold")),
-    ("faster than light", "water", _mut(4, 0, 0.5), ("row 3, q4.x BetaInverse: 0.5 means faster than light",)),
+    (
+        "infinite BetaInverse",
+        "water",
+        _mut(4, 0, np.inf),
+        ("row 3, q4.x: inf is not a finite number",),
+    ),
+    (
+        "matline outside",
+        "water",
+        _mut(0, 2, 4, as_int=True),
+        ("row 3, q0.z matline: 4 is not a scene material",),
+    ),
+    (
+        "below threshold",
+        "water",
+        _mut(4, 0, 1.45),
+        ("row 3, q4.x BetaInverse", "below the Cerenkov threshold"),
+    ),
+    (
+        "faster than light",
+        "water",
+        _mut(4, 0, 0.5),
+        ("row 3, q4.x BetaInverse: 0.5 means faster than light",),
+    ),
     ("Wmax below Wmin", "water", _mut(4, 2, 150.0), ("row 3, q4.z Wmax: must exceed Wmin",)),
     ("velocity", "water", _mut(3, 3, 400.0), ("row 3, q3.w preVelocity",)),
     ("outside the container", "water", _mut(1, 0, 5000.0), ("row 3, q1 position", "outside")),
-    ("zero-length Cerenkov step", "water", lambda gs: gs[3, 2].__setitem__(slice(None), 0.0),
-     ("row 3, q2.w step_length: a Cerenkov step must have a length",)),
+    (
+        "zero-length Cerenkov step",
+        "water",
+        lambda gs: gs[3, 2].__setitem__(slice(None), 0.0),
+        ("row 3, q2.w step_length: a Cerenkov step must have a length",),
+    ),
     ("negative decay time", "scint", _mut(5, 0, -1.0, row=0), ("row 0, q5.x ScintillationTime",)),
     ("component", "scint", _mut(4, 0, 9, row=0, as_int=True), ("row 0, q4.x component: 9",)),
 ]
 
 
 @pytest.mark.parametrize("what,which,mutate,needles", BAD, ids=[b[0] for b in BAD])
-def test_bad_genstep_files_exit_2_naming_row_and_field(tmp_path: Path, what, which, mutate,
-                                                       needles) -> None:
+def test_bad_genstep_files_exit_2_naming_row_and_field(
+    tmp_path: Path, what, which, mutate, needles
+) -> None:
     gs = _water_gs(3000) if which == "water" else _scint_gs(3000)
     if which == "scint":
         gs = gs[gs.view(np.int32)[:, 0, 0] == 16]
@@ -154,23 +252,33 @@ def test_bad_genstep_files_exit_2_naming_row_and_field(tmp_path: Path, what, whi
     path = tmp_path / "gensteps.npy"
     np.save(path, gs)
     scene = WATER if which == "water" else SCINT
-    _one_line(cli("propagate", scene, "-o", tmp_path / "ev", "--gensteps", path,
-                  "--backend", "numpy"), str(path), *needles)
+    _one_line(
+        cli("propagate", scene, "-o", tmp_path / "ev", "--gensteps", path, "--backend", "numpy"),
+        str(path),
+        *needles,
+    )
     assert not (tmp_path / "ev").exists()
 
 
 def test_wrong_shape_and_a_scintillator_without_spectrum(tmp_path: Path) -> None:
     path = tmp_path / "gensteps.npy"
     np.save(path, np.zeros((3, 4, 4), np.float32))
-    _one_line(cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", path),
-              str(path), "gensteps must be (G,6,4) float32, got (3, 4, 4)")
+    _one_line(
+        cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", path),
+        str(path),
+        "gensteps must be (G,6,4) float32, got (3, 4, 4)",
+    )
     si = _scint_gs(2000)
     np.save(path, si[si.view(np.int32)[:, 0, 0] == 16])  # in water: no emission spectrum
-    _one_line(cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", path),
-              str(path), "q0.z matline: Water has no reemission_spectrum")
+    _one_line(
+        cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", path),
+        str(path),
+        "q0.z matline: Water has no reemission_spectrum",
+    )
 
 
 # ----------------------------------------------------------------------------- properties
+
 
 @given(st.binary(max_size=4096))
 def test_material_map_parser_is_total(data: bytes) -> None:
@@ -178,9 +286,15 @@ def test_material_map_parser_is_total(data: bytes) -> None:
     assert isinstance(got, list | BadInput)
 
 
-@given(st.one_of(st.binary(max_size=2048),
-                 hnp.arrays(np.float32, st.tuples(st.integers(0, 4), st.sampled_from([6, 4]),
-                                                  st.sampled_from([4, 3])))))
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        hnp.arrays(
+            np.float32,
+            st.tuples(st.integers(0, 4), st.sampled_from([6, 4]), st.sampled_from([4, 3])),
+        ),
+    )
+)
 def test_genstep_file_reader_is_total(tmp_path_factory, blob) -> None:
     path = tmp_path_factory.mktemp("g") / "gensteps.npy"
     if isinstance(blob, bytes):
@@ -200,8 +314,11 @@ def _scene(name: str):
     return _SCENES[name]
 
 
-_LANE = st.one_of(st.floats(width=32, allow_nan=True, allow_infinity=True),
-                  st.floats(-2.0, 2.0, width=32), st.floats(-1200.0, 1200.0, width=32))
+_LANE = st.one_of(
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+    st.floats(-2.0, 2.0, width=32),
+    st.floats(-1200.0, 1200.0, width=32),
+)
 
 
 @st.composite
@@ -212,10 +329,15 @@ def genstep_arrays(draw) -> np.ndarray:
     rows = draw(st.lists(st.integers(0, len(base) - 1), min_size=1, max_size=6))
     gs = base[rows].copy()
     for _ in range(draw(st.integers(0, 4))):
-        r, q, lane = draw(st.integers(0, len(gs) - 1)), draw(st.integers(0, 5)), draw(st.integers(0, 3))
+        r, q, lane = (
+            draw(st.integers(0, len(gs) - 1)),
+            draw(st.integers(0, 5)),
+            draw(st.integers(0, 3)),
+        )
         if q == 0 or draw(st.booleans()) and (q, lane) in ((3, 0), (4, 0), (5, 3)):
-            gs.view(np.int32)[r, q, lane] = draw(st.integers(-(2**31), 2**31 - 1)
-                                                 | st.integers(-3, 20))
+            gs.view(np.int32)[r, q, lane] = draw(
+                st.integers(-(2**31), 2**31 - 1) | st.integers(-3, 20)
+            )
         else:
             gs[r, q, lane] = draw(_LANE)
     return gs
@@ -248,17 +370,52 @@ def test_torch_gensteps_still_load(tmp_path: Path) -> None:
 
 def test_mock_delivers_cerenkov_gensteps_that_propagate(tmp_path: Path) -> None:
     out = tmp_path / "delivery"
-    r = cli("mock", "--downlink", "251201002", "--events", "20", "--event-bytes", "400",
-            "--sources", "1", "--runs", "1", "--chunks", "1", "--scene", "water-tank",
-            "--gensteps-kind", "cerenkov", "--gensteps-photons", "50000", "-o", out)
+    r = cli(
+        "mock",
+        "--downlink",
+        "251201002",
+        "--events",
+        "20",
+        "--event-bytes",
+        "400",
+        "--sources",
+        "1",
+        "--runs",
+        "1",
+        "--chunks",
+        "1",
+        "--scene",
+        "water-tank",
+        "--gensteps-kind",
+        "cerenkov",
+        "--gensteps-photons",
+        "50000",
+        "-o",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     gs = np.load(out / "gensteps.npy")
     assert (out / "scene.txt").read_text().strip() == "water-tank"
     assert set(gs.view(np.int32)[:, 0, 0]) == {15} and gs.view(np.int32)[:, 0, 3].sum() >= 50_000
-    r = cli("propagate", WATER, "-o", tmp_path / "ev", "--gensteps", out / "gensteps.npy",
-            "--backend", "numpy")
+    r = cli(
+        "propagate",
+        WATER,
+        "-o",
+        tmp_path / "ev",
+        "--gensteps",
+        out / "gensteps.npy",
+        "--backend",
+        "numpy",
+    )
     assert r.returncode == 0, r.stderr
-    _one_line(cli("mock", "--downlink", "251201003", "--gensteps-kind", "cerenkov", "-o",
-                  tmp_path / "d2"), "--gensteps-kind and --gensteps-file need --scene")
-    _one_line(cli("mock", "--downlink", "251201004", "--scene", "water-tank", "-o",
-                  tmp_path / "d3"), "water-tank has no [source]", "--gensteps-kind")
+    _one_line(
+        cli(
+            "mock", "--downlink", "251201003", "--gensteps-kind", "cerenkov", "-o", tmp_path / "d2"
+        ),
+        "--gensteps-kind and --gensteps-file need --scene",
+    )
+    _one_line(
+        cli("mock", "--downlink", "251201004", "--scene", "water-tank", "-o", tmp_path / "d3"),
+        "water-tank has no [source]",
+        "--gensteps-kind",
+    )

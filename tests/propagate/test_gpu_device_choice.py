@@ -26,7 +26,9 @@ def test_each_launcher_variable_gives_the_local_rank(var):
 def test_first_variable_wins_and_visible_devices_are_counted():
     env = {"OMPI_COMM_WORLD_LOCAL_RANK": "1", "SLURM_LOCALID": "3", "CUDA_VISIBLE_DEVICES": "2,3"}
     assert choose_device(2, env) == (
-        1, "device 1 of 2 visible (CUDA_VISIBLE_DEVICES=2,3), OMPI_COMM_WORLD_LOCAL_RANK=1")
+        1,
+        "device 1 of 2 visible (CUDA_VISIBLE_DEVICES=2,3), OMPI_COMM_WORLD_LOCAL_RANK=1",
+    )
     # one device bound per task (srun --gpus-per-task=1): every task takes its only one
     assert choose_device(1, {"SLURM_LOCALID": "5", "CUDA_VISIBLE_DEVICES": "5"})[0] == 0
 

@@ -58,13 +58,15 @@ def fake(kernel_lib, monkeypatch, tmp_path):
 def test_host_side_production_and_development(fake, tmp_path, backend):
     gpu = fake((backend,))
     n = 30_000
-    a = propagate(Request(TBOX_DETECT, tmp_path / "np", photons=n, seed=5, backend="numpy",
-                          workers=1))
+    a = propagate(
+        Request(TBOX_DETECT, tmp_path / "np", photons=n, seed=5, backend="numpy", workers=1)
+    )
     b = propagate(Request(TBOX_DETECT, tmp_path / "gpu", photons=n, seed=5, backend="auto"))
     assert b["backend"] == backend and b["device"].startswith("host-emulated kernel (cc 9.0")
     assert len(gpu.launches) >= 4 and sum(gpu.launches) == n  # several launches, every photon
     assert b["launches"] == len(gpu.launches) and b["kernel_seconds"] == pytest.approx(
-        1e-3 * len(gpu.launches))
+        1e-3 * len(gpu.launches)
+    )
     ha, hb = np.load(tmp_path / "np" / "ht.npy"), np.load(tmp_path / "gpu" / "ht.npy")
     idx = hb.view(np.uint32)[:, 3, 2]
     assert np.array_equal(idx, np.sort(idx))  # photon order across atomics and slices
@@ -72,8 +74,11 @@ def test_host_side_production_and_development(fake, tmp_path, backend):
     assert a["flagmask_counts"].keys() == b["flagmask_counts"].keys()
     assert sum(b["flagmask_counts"].values()) == n  # histograms zeroed before each launch
     gpu.launches.clear()
-    d = propagate(Request(TBOX_DETECT, tmp_path / "dev", photons=n, seed=5, backend=backend,
-                          mode="development"))
+    d = propagate(
+        Request(
+            TBOX_DETECT, tmp_path / "dev", photons=n, seed=5, backend=backend, mode="development"
+        )
+    )
     assert d["backend"] == backend and len(gpu.launches) >= 2
     ox = np.load(tmp_path / "dev" / "ox.npy")
     assert np.array_equal(ox.view(np.uint32)[:, 3, 2], np.arange(n))
@@ -88,10 +93,19 @@ def test_both_backends_give_the_same_event(fake, tmp_path):
     fake()
     out = {}
     for backend in BACKENDS:
-        propagate(Request(TBOX_DETECT, tmp_path / backend, photons=20_000, seed=9,
-                          backend=backend, mode="development"))
-        out[backend] = {f: np.load(tmp_path / backend / f) for f in ("ht.npy", "ox.npy", "rx.npy",
-                                                                      "seq.npy")}
+        propagate(
+            Request(
+                TBOX_DETECT,
+                tmp_path / backend,
+                photons=20_000,
+                seed=9,
+                backend=backend,
+                mode="development",
+            )
+        )
+        out[backend] = {
+            f: np.load(tmp_path / backend / f) for f in ("ht.npy", "ox.npy", "rx.npy", "seq.npy")
+        }
     for f, arr in out["cuda"].items():
         assert np.array_equal(arr, out["cupy"][f]), f
 
@@ -124,7 +138,10 @@ def test_auto_prefers_pycuda_then_cupy(fake, tmp_path):
     fake(())
     m = propagate(Request(TBOX_DETECT, tmp_path / "c", photons=100, workers=1))
     assert m["backend"] == "numpy"
-    assert m["device"] == "cpu (cuda unavailable: pycuda not installed; cupy unavailable: cupy not installed)"
+    assert (
+        m["device"]
+        == "cpu (cuda unavailable: pycuda not installed; cupy unavailable: cupy not installed)"
+    )
     with pytest.raises(BadInput, match="cupy backend unavailable: cupy not installed"):
         propagate(Request(TBOX_DETECT, tmp_path / "d", photons=100, backend="cupy"))
 
@@ -161,8 +178,9 @@ def test_host_side_cerenkov_and_scintillation_gensteps(fake, tmp_path, backend):
     scene = SCENES / "scint-tank.toml"
     path = tmp_path / "gensteps.npy"
     np.save(path, scintillation_tracks(load_scene(scene), 20_000, seed=3))
-    a = propagate(Request(scene, tmp_path / "np", gensteps=path, seed=5, backend="numpy",
-                          workers=1))
+    a = propagate(
+        Request(scene, tmp_path / "np", gensteps=path, seed=5, backend="numpy", workers=1)
+    )
     b = propagate(Request(scene, tmp_path / "gpu", gensteps=path, seed=5, backend=backend))
     assert b["backend"] == backend and len(gpu.launches) >= 2 and a["photons"] == b["photons"]
     ha, hb = np.load(tmp_path / "np" / "ht.npy"), np.load(tmp_path / "gpu" / "ht.npy")

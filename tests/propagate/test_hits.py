@@ -17,12 +17,17 @@ from tests.propagate.conftest import TBOX, TBOX_DETECT, cli
 def events(tmp_path_factory):
     root = tmp_path_factory.mktemp("events")
     out = {}
-    for name, scene, mode, seed in (("prod", TBOX_DETECT, "production", 1),
-                                    ("prod2", TBOX_DETECT, "production", 2),
-                                    ("dev", TBOX_DETECT, "development", 1),
-                                    ("absorb", TBOX, "production", 1)):
-        propagate(Request(scene, root / name, photons=50_000, seed=seed, mode=mode,
-                          backend="numpy", workers=1))
+    for name, scene, mode, seed in (
+        ("prod", TBOX_DETECT, "production", 1),
+        ("prod2", TBOX_DETECT, "production", 2),
+        ("dev", TBOX_DETECT, "development", 1),
+        ("absorb", TBOX, "production", 1),
+    ):
+        propagate(
+            Request(
+                scene, root / name, photons=50_000, seed=seed, mode=mode, backend="numpy", workers=1
+            )
+        )
         out[name] = root / name
     return out
 
@@ -32,7 +37,9 @@ def test_summary_production(events):
     ht = np.load(events["prod"] / "ht.npy")
     assert s.photons == 50_000 and s.hits == len(ht) and s.mode == "production"
     assert s.hit_fraction == s.hits / s.photons
-    assert s.hit_fraction_err == pytest.approx(math.sqrt(s.hit_fraction * (1 - s.hit_fraction) / s.photons))
+    assert s.hit_fraction_err == pytest.approx(
+        math.sqrt(s.hit_fraction * (1 - s.hit_fraction) / s.photons)
+    )
     assert s.hit_fraction_upper95 is None
     assert sum(r.count for r in s.flagmasks) == s.photons
     assert sum(r.hits for r in s.flagmasks) == s.hits
@@ -93,4 +100,6 @@ def test_hits_cli(events, tmp_path):
     r = cli("hits", events["prod"], "--vs", events["absorb"])
     assert r.returncode == 0 and "chi2/ndf" in r.stdout
     r = cli("hits", tmp_path)
-    assert r.returncode == 2 and "no meta.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2 and "no meta.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )

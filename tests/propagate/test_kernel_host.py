@@ -32,22 +32,48 @@ def run_kernel(lib, sa, gs, n: int, p: Params):
     rx = np.zeros((n, maxrec, 2, 4), np.int16)
     seq = np.zeros(n, np.uint64)
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    lib.run_host(*map(ptr, arrays), *(ctypes.c_int(int(c)) for c in counts),
-                 ctypes.c_ulonglong(0), ctypes.c_uint(n), ctypes.c_ulonglong(p.seed),
-                 ctypes.c_uint(p.event), ctypes.c_int(p.max_bounce), ctypes.c_uint(p.hitmask),
-                 ctypes.c_int(1), ctypes.c_float(p.domain[0]), ctypes.c_float(p.domain[1]),
-                 ctypes.c_float(sa.eps), ptr(hits), ptr(hit_count), ptr(fm), ptr(ox), ptr(rx), ptr(seq))
+    lib.run_host(
+        *map(ptr, arrays),
+        *(ctypes.c_int(int(c)) for c in counts),
+        ctypes.c_ulonglong(0),
+        ctypes.c_uint(n),
+        ctypes.c_ulonglong(p.seed),
+        ctypes.c_uint(p.event),
+        ctypes.c_int(p.max_bounce),
+        ctypes.c_uint(p.hitmask),
+        ctypes.c_int(1),
+        ctypes.c_float(p.domain[0]),
+        ctypes.c_float(p.domain[1]),
+        ctypes.c_float(sa.eps),
+        ptr(hits),
+        ptr(hit_count),
+        ptr(fm),
+        ptr(ox),
+        ptr(rx),
+        ptr(seq),
+    )
     return hits[: hit_count[0]], fm, ox, rx, seq
 
 
 def mixed_scene(write_scene) -> Path:
-    doc = base_scene(objects=[
-        {"shape": "sphere", "center": [0.0, 0.0, 20.0], "radius": 30.0, "material": "Glass"},
-        {"shape": "box", "center": [0.0, 60.0, 0.0], "half_size": [20.0, 10.0, 20.0],
-         "material": "Glass", "surface": "mirror"}])
-    doc["materials"]["Vacuum"].update(scattering_length=80.0, absorption_length=300.0,
-                                      reemission_prob=0.3,
-                                      reemission_spectrum=[[400.0, 1.0], [500.0, 2.0], [600.0, 0.5]])
+    doc = base_scene(
+        objects=[
+            {"shape": "sphere", "center": [0.0, 0.0, 20.0], "radius": 30.0, "material": "Glass"},
+            {
+                "shape": "box",
+                "center": [0.0, 60.0, 0.0],
+                "half_size": [20.0, 10.0, 20.0],
+                "material": "Glass",
+                "surface": "mirror",
+            },
+        ]
+    )
+    doc["materials"]["Vacuum"].update(
+        scattering_length=80.0,
+        absorption_length=300.0,
+        reemission_prob=0.3,
+        reemission_spectrum=[[400.0, 1.0], [500.0, 2.0], [600.0, 0.5]],
+    )
     doc["materials"]["Glass"]["refractive_index"] = [[300.0, 1.55], [500.0, 1.5], [800.0, 1.48]]
     doc["surfaces"]["wall"] = {"detect": 0.5, "absorb": 0.2, "reflect_diffuse": 0.3}
     doc["surfaces"]["mirror"] = {"reflect_specular": 1.0}
@@ -59,16 +85,37 @@ def mixed_scene(write_scene) -> Path:
 def open_scene(write_scene) -> Path:
     """No container surface (photons leaving are MI), a sphere with every surface action,
     a sphere source shining outwards with a fixed polarization, a disc-free setup."""
-    doc = base_scene(objects=[
-        {"shape": "sphere", "center": [40.0, 0.0, 0.0], "radius": 25.0, "material": "Glass",
-         "surface": "mixed"},
-        {"shape": "box", "center": [-40.0, 10.0, 0.0], "half_size": [15.0, 30.0, 20.0],
-         "material": "Glass"}])
-    doc["surfaces"]["mixed"] = {"detect": 0.3, "absorb": 0.2, "reflect_specular": 0.25,
-                                "reflect_diffuse": 0.25}
+    doc = base_scene(
+        objects=[
+            {
+                "shape": "sphere",
+                "center": [40.0, 0.0, 0.0],
+                "radius": 25.0,
+                "material": "Glass",
+                "surface": "mixed",
+            },
+            {
+                "shape": "box",
+                "center": [-40.0, 10.0, 0.0],
+                "half_size": [15.0, 30.0, 20.0],
+                "material": "Glass",
+            },
+        ]
+    )
+    doc["surfaces"]["mixed"] = {
+        "detect": 0.3,
+        "absorb": 0.2,
+        "reflect_specular": 0.25,
+        "reflect_diffuse": 0.25,
+    }
     del doc["container"]["surface"]
-    doc["source"] = {"type": "sphere", "position": [0.0, -50.0, 0.0], "radius": 10.0,
-                     "wavelength": 300.0, "polarization": [0.0, 0.0, 1.0]}
+    doc["source"] = {
+        "type": "sphere",
+        "position": [0.0, -50.0, 0.0],
+        "radius": 10.0,
+        "wavelength": 300.0,
+        "polarization": [0.0, 0.0, 1.0],
+    }
     return write_scene(doc)
 
 
@@ -80,16 +127,19 @@ def step_gensteps(which: str) -> tuple[Path, np.ndarray]:
     return scene.path, G.check(fn(scene, 30_000, 3), scene, "mock").array
 
 
-@pytest.mark.parametrize("which", ["tboolean-box-detect", "mixed", "open", "water-tank",
-                                   "scint-tank"])
+@pytest.mark.parametrize(
+    "which", ["tboolean-box-detect", "mixed", "open", "water-tank", "scint-tank"]
+)
 def test_kernel_matches_numpy(kernel_lib, write_scene, which):
     gs = None
     if which in ("water-tank", "scint-tank"):
         path, gs = step_gensteps(which)
     else:
-        path = {"tboolean-box-detect": lambda: TBOX_DETECT,
-                "mixed": lambda: mixed_scene(write_scene),
-                "open": lambda: open_scene(write_scene)}[which]()
+        path = {
+            "tboolean-box-detect": lambda: TBOX_DETECT,
+            "mixed": lambda: mixed_scene(write_scene),
+            "open": lambda: open_scene(write_scene),
+        }[which]()
     scene = load_scene(path)
     n = 20_000
     p = Params(17, 3, 12, F.parse_mask("SD"), True, (float(max(scene.container_half)), 50.0))
@@ -100,15 +150,19 @@ def test_kernel_matches_numpy(kernel_lib, write_scene, which):
     ref = propagate_chunk(sa, gs, 0, n, p)
     hits, fm, ox, rx, seq = run_kernel(kernel_lib, sa, gs, n, p)
     same = seq == ref.seq
-    print(f"{which}: seqhis identical for {same.mean():.5f} of {n} photons, "
-          f"{len(np.unique(ref.seq))} distinct histories")
+    print(
+        f"{which}: seqhis identical for {same.mean():.5f} of {n} photons, "
+        f"{len(np.unique(ref.seq))} distinct histories"
+    )
     assert same.mean() > 0.998
     fmask = np.bitwise_or.reduce(ox.view(np.uint32)[:, 3, 3])
-    wanted = {"tboolean-box-detect": F.TO | F.BT | F.BR | F.SD,
-              "mixed": F.TO | F.SC | F.AB | F.RE | F.DR | F.SR | F.SD | F.SA | F.BT | F.BR,
-              "open": F.TO | F.MI | F.DR | F.SR | F.SD | F.SA | F.BT,
-              "water-tank": F.CK | F.SC | F.AB | F.SR | F.SD | F.SA,
-              "scint-tank": F.CK | F.SI | F.SC | F.AB | F.SD | F.SA}[which]
+    wanted = {
+        "tboolean-box-detect": F.TO | F.BT | F.BR | F.SD,
+        "mixed": F.TO | F.SC | F.AB | F.RE | F.DR | F.SR | F.SD | F.SA | F.BT | F.BR,
+        "open": F.TO | F.MI | F.DR | F.SR | F.SD | F.SA | F.BT,
+        "water-tank": F.CK | F.SC | F.AB | F.SR | F.SD | F.SA,
+        "scint-tank": F.CK | F.SI | F.SC | F.AB | F.SD | F.SA,
+    }[which]
     assert fmask & wanted == wanted  # every branch of interest was exercised
     assert np.array_equal(ox.view(np.uint32)[:, 3, 2], np.arange(n))
     assert np.array_equal(ox.view(np.uint32)[same, 3], ref.ox.view(np.uint32)[same, 3])
@@ -118,11 +172,14 @@ def test_kernel_matches_numpy(kernel_lib, write_scene, which):
     # times (group velocity, generation times) agree to float32 rounding
     dt = np.abs(ox[same, 0, 3] - ref.ox[same, 0, 3]) / np.maximum(1.0, np.abs(ref.ox[same, 0, 3]))
     assert np.mean(dt < 1e-5) > 0.995
-    agree_rx = np.mean(np.all(np.abs(rx[same].astype(int) - ref.rx[same].astype(int)) <= 1,
-                              axis=(1, 2, 3)))
+    agree_rx = np.mean(
+        np.all(np.abs(rx[same].astype(int) - ref.rx[same].astype(int)) <= 1, axis=(1, 2, 3))
+    )
     assert agree_rx > 0.99
     # device-side compaction returns exactly the photons carrying the hit mask
-    assert np.array_equal(np.sort(hits.view(np.uint32)[:, 3, 2]),
-                          np.flatnonzero((ox.view(np.uint32)[:, 3, 3] & F.SD) != 0))
+    assert np.array_equal(
+        np.sort(hits.view(np.uint32)[:, 3, 2]),
+        np.flatnonzero((ox.view(np.uint32)[:, 3, 3] & F.SD) != 0),
+    )
     assert sum(fm) == n
     assert abs(len(hits) - len(ref.hits)) <= 0.002 * n

@@ -124,9 +124,18 @@ def test_a_read_only_cache_still_loads(tmp_path, monkeypatch):
     assert img.valid() and img.path is None
 
 
-@pytest.mark.parametrize("text,want", [("sm_90", "sm_90"), ("90", "sm_90"), ("9.0", "sm_90"),
-                                       ("SM80", "sm_80"), ("compute_80", "compute_80"),
-                                       (" sm_90a ", "sm_90a"), ("sm_100", "sm_100")])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("sm_90", "sm_90"),
+        ("90", "sm_90"),
+        ("9.0", "sm_90"),
+        ("SM80", "sm_80"),
+        ("compute_80", "compute_80"),
+        (" sm_90a ", "sm_90a"),
+        ("sm_100", "sm_100"),
+    ],
+)
 def test_parse_arch(text, want):
     assert kernel.parse_arch(text) == want
 
@@ -144,7 +153,9 @@ def test_kernel_build_cli(tmp_path):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["arch"] for row in rows] == list(DEFAULT_ARCHS)
     for row in rows:
-        assert row["path"] == str(tmp_path / "kcache" / f"propagate-{row['key']}-{row['arch']}.cubin")
+        assert row["path"] == str(
+            tmp_path / "kcache" / f"propagate-{row['key']}-{row['arch']}.cubin"
+        )
         assert os.path.getsize(row["path"]) == row["bytes"] > 0
     out = tmp_path / "site.cubin"
     r = run_engine("kernel", "build", "--arch", "sm_90", "-o", out, env=env, check=True)
@@ -156,15 +167,25 @@ def test_kernel_build_cli(tmp_path):
     assert ptx.name.endswith("-compute_90.ptx") and b".entry propagate" in ptx.read_bytes()
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--arch", "sm_9x"], "--arch: 'sm_9x' is not a CUDA architecture"),
-    (["--arch", "sm_80", "--arch", "sm_90", "-o", "{tmp}/one.cubin"], "-o names one file but 2"),
-    (["--arch", "sm_80", "-o", "{tmp}/missing/one.cubin"], "the output's directory does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--arch", "sm_9x"], "--arch: 'sm_9x' is not a CUDA architecture"),
+        (
+            ["--arch", "sm_80", "--arch", "sm_90", "-o", "{tmp}/one.cubin"],
+            "-o names one file but 2",
+        ),
+        (
+            ["--arch", "sm_80", "-o", "{tmp}/missing/one.cubin"],
+            "the output's directory does not exist",
+        ),
+    ],
+)
 def test_kernel_build_refuses_bad_usage_in_one_line(tmp_path, args, msg):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    r = run_engine("kernel", "build", *args,
-                   env=engine_env(SKYDECK_KERNEL_CACHE=str(tmp_path / "kcache")))
+    r = run_engine(
+        "kernel", "build", *args, env=engine_env(SKYDECK_KERNEL_CACHE=str(tmp_path / "kcache"))
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and msg in r.stderr, r.stderr
     assert not (tmp_path / "kcache").exists() and not (tmp_path / "one.cubin").exists()

@@ -32,12 +32,18 @@ def node_takes_jobs(env: dict[str, str]) -> bool:
     if not env or shutil.which("sinfo") is None:
         return False
     try:
-        res = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True,
-                             timeout=20, env={**os.environ, **env})
+        res = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%t"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, **env},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return res.returncode == 0 and any(s.strip().rstrip("*~#") in ("idle", "mix", "alloc")
-                                       for s in res.stdout.splitlines())
+    return res.returncode == 0 and any(
+        s.strip().rstrip("*~#") in ("idle", "mix", "alloc") for s in res.stdout.splitlines()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +53,10 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
     env = _env_file()
     if not node_takes_jobs(env):
         if os.geteuid() != 0:
-            pytest.skip(f"no Slurm cluster answers ({SLURM_DIR}/env) and not root to start "
-                        "one: run tests/slurm/cluster.sh up as root")
+            pytest.skip(
+                f"no Slurm cluster answers ({SLURM_DIR}/env) and not root to start "
+                "one: run tests/slurm/cluster.sh up as root"
+            )
         res = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             tail = (res.stderr.strip().splitlines() or ["?"])[-1]
@@ -86,6 +94,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def squeue_names(with_dirs: bool = False) -> dict[str, str]:
     """job id -> name of every job in the queue (``with_dirs``: its working directory)."""
-    res = subprocess.run(["squeue", "-h", "-o", "%i|%Z" if with_dirs else "%i|%j"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%Z" if with_dirs else "%i|%j"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return dict(line.split("|", 1) for line in res.stdout.split() if "|" in line)

@@ -48,8 +48,11 @@ def _ws(root: Path, extra: str = "") -> Workspace:
 
 
 def _staged(w: Workspace, dlid: str) -> dict[str, bytes]:
-    return {str(p.relative_to(w.stage)): p.read_bytes()
-            for p in sorted((w.stage / dlid).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(w.stage)): p.read_bytes()
+        for p in sorted((w.stage / dlid).rglob("*"))
+        if p.is_file()
+    }
 
 
 def _all_instances(w: Workspace, dlid: str) -> list:
@@ -64,15 +67,21 @@ def _all_instances(w: Workspace, dlid: str) -> list:
 def _jobcomp_lines() -> list[str]:
     """One line per job the cluster finished (jobcomp/filetxt), oldest first."""
     try:
-        return (SLURM_DIR / "jobcomp.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+        return (
+            (SLURM_DIR / "jobcomp.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+        )
     except OSError:
         return []
 
 
 def _jobcomp_names(skip: int) -> list[str]:
     """JobName of every job the cluster finished after the first ``skip`` lines."""
-    return [tok.split("=", 1)[1] for line in _jobcomp_lines()[skip:] for tok in line.split()
-            if tok.startswith("Name=")]
+    return [
+        tok.split("=", 1)[1]
+        for line in _jobcomp_lines()[skip:]
+        for tok in line.split()
+        if tok.startswith("Name=")
+    ]
 
 
 _STARTED: list[subprocess.Popen] = []
@@ -96,8 +105,12 @@ def _run_proc(w: Workspace, dlid: str, log: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     _STARTED.append(proc)
     return proc
 
@@ -179,15 +192,20 @@ def test_kill9_of_the_runner_then_resume_adopts_the_running_job(tmp_path, job_en
         if pis and pis[-1].job_id and squeue_names().get(pis[-1].job_id):
             return pis[-1]
         return None
+
     nap = wait_for(nap_running, 60, 0.1, "the nap job in squeue")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert squeue_names().get(nap.job_id) == f"nap-{dlid}-nap"  # the job outlives its runner
     if job_ends.startswith("while"):
         wait_for(lambda: exit_file(Path(nap.log_path)).exists(), 60, 0.1, "the job's exit file")
-    res = subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert any(e["event"] == "adopted" and e["job_id"] == nap.job_id for e in events)
@@ -208,9 +226,11 @@ command = ["sh", "-c", "if [ -e {workspace}/second-{dlid} ]; then exit 0; fi; to
 
 def _victim_running(w: Workspace, dlid: str) -> str:
     """The Slurm job id of the victim process once its job runs (it touched its marker)."""
+
     def running_job():
         pis = [p for p in _all_instances(w, dlid) if p.process == "victim" and p.job_id]
         return pis and (w.root / f"second-{dlid}").exists() and pis[0].job_id
+
     return wait_for(running_job, 60, 0.1, "the victim job running")
 
 
@@ -238,11 +258,15 @@ def test_scancel_from_outside_is_a_failure_the_retries_cover(tmp_path, retries):
 def test_a_pending_job_says_why_and_cancel_reaches_it(tmp_path):
     launcher = SlurmLauncher(max_jobs=2)
     log = tmp_path / "later.log"
-    h = launcher.submit(JobSpec(1, ["true"], log, {}, tmp_path, name="skydeck-test-later",
-                                batch=("--begin=now+600",)))
+    h = launcher.submit(
+        JobSpec(
+            1, ["true"], log, {}, tmp_path, name="skydeck-test-later", batch=("--begin=now+600",)
+        )
+    )
     assert squeue_names()[h.job_id] == "skydeck-test-later"
-    wait_for(lambda: launcher.poll() == [] and launcher.pending_reason(1), 30, 0.2,
-             "a pending reason")
+    wait_for(
+        lambda: launcher.poll() == [] and launcher.pending_reason(1), 30, 0.2, "a pending reason"
+    )
     assert launcher.pending_reason(1) == "BeginTime"
     assert launcher.cancel_all(grace_s=1.0) == [1]
     wait_for(lambda: h.job_id not in squeue_names(), 30, 0.2, "the job leaving the queue")
@@ -251,7 +275,9 @@ def test_a_pending_job_says_why_and_cancel_reaches_it(tmp_path):
 
 def test_a_local_process_under_the_slurm_launcher_stays_on_this_host(tmp_path, capsys):
     dlid = "251201108"
-    body = NAP.replace("NAP_S", "0").replace('name = "after"\n', 'name = "after"\nlauncher = "local"\n')
+    body = NAP.replace("NAP_S", "0").replace(
+        'name = "after"\n', 'name = "after"\nlauncher = "local"\n'
+    )
     w = _task(_ws(tmp_path / "ws"), body, "mixed")
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     rc, _, err = cli(w, "run", dlid, capsys=capsys)
@@ -263,8 +289,9 @@ def test_a_local_process_under_the_slurm_launcher_stays_on_this_host(tmp_path, c
 
 def test_the_daemon_on_slurm_stages_an_fcopy_delivery(tmp_path):
     dlid = "251201109"
-    w = quick(_ws(tmp_path / "ws", "[halfpipe]\nmaxEvents = 200\n" + SLURM), scan_interval=1.0,
-              quiet=0.5)
+    w = quick(
+        _ws(tmp_path / "ws", "[halfpipe]\nmaxEvents = 200\n" + SLURM), scan_interval=1.0, quiet=0.5
+    )
     daemon = start_daemon(w, tmp_path / "watch.log")
     _STARTED.append(daemon)
     make_delivery(w, dlid, as_="fcopy", events=400, event_bytes=400, runs=2, chunks=2)
@@ -274,6 +301,7 @@ def test_the_daemon_on_slurm_stages_an_fcopy_delivery(tmp_path):
         nonlocal seen
         seen |= {i: n for i, n in squeue_names().items() if dlid in n}
         return stream_status(w).get(dlid) == "SUCCESS"
+
     wait_for(done, 120, 0.05, "the stream's success")
     assert stop_daemon(daemon) == 0
     assert any(n.startswith(f"halfpipe-{dlid}-") for n in seen.values())
@@ -285,8 +313,7 @@ def test_the_daemon_on_slurm_stages_an_fcopy_delivery(tmp_path):
 
 def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
     dlid = "251201110"
-    body = ('[[process]]\nname = "later"\ncommand = ["true"]\n'
-            'batch = ["--begin=now+600"]\n')
+    body = '[[process]]\nname = "later"\ncommand = ["true"]\nbatch = ["--begin=now+600"]\n'
     w = _task(_ws(tmp_path / "ws"), body, "later")
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     _run_proc(w, dlid, tmp_path / "run.log")
@@ -294,11 +321,15 @@ def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
     def note():
         pis = _all_instances(w, dlid)
         return pis and pis[0].note
+
     assert wait_for(note, 60, 0.2, "the queued job's note") == "queued in slurm: BeginTime"
     rc, out, _ = cli(w, "streams", "--json", capsys=capsys)
     (pi,) = json.loads(out)[0]["instances"]
-    assert (pi["status"], pi["note"], pi["launcher"]) == ("RUNNING", "queued in slurm: BeginTime",
-                                                          "slurm")
+    assert (pi["status"], pi["note"], pi["launcher"]) == (
+        "RUNNING",
+        "queued in slurm: BeginTime",
+        "slurm",
+    )
     assert squeue_names()[pi["job_id"]] == f"later-{dlid}-later"
 
 
@@ -328,15 +359,25 @@ def test_a_runner_killed_between_sbatch_and_recording_the_id_still_gets_one_job(
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     before = len(_jobcomp_lines())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", DIE_BEFORE_RECORDING, str(w.root), dlid],
-                         capture_output=True, text=True, timeout=60, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", DIE_BEFORE_RECORDING, str(w.root), dlid],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert res.returncode == 9, res.stderr
     (pi,) = _all_instances(w, dlid)
-    assert (pi.status, pi.job_id) == ("WAITING", None)   # nothing says a job runs...
+    assert (pi.status, pi.job_id) == ("WAITING", None)  # nothing says a job runs...
     live = [i for i, n in squeue_names().items() if n == f"nap-{dlid}-nap"]
-    assert len(live) == 1                                 # ...but one does
-    res = subprocess.run([sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
-                         capture_output=True, text=True, timeout=120, env=env)
+    assert len(live) == 1  # ...but one does
+    res = subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert [e["job_id"] for e in events if e["event"] == "adopted"] == live
@@ -354,18 +395,26 @@ def test_a_node_failure_runs_the_job_again_without_using_a_retry(tmp_path):
 
     job_id = _victim_running(w, dlid)
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
-                    "reason=skydeck-test"], check=True, timeout=30)
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=down", "reason=skydeck-test"],
+        check=True,
+        timeout=30,
+    )
     try:
         wait_for(lambda: job_id not in squeue_names(), 30, 0.2, "the job lost with the node")
     finally:
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=resume"],
+            capture_output=True,
+            timeout=30,
+        )
         wait_for(lambda: node_takes_jobs(dict(os.environ)), 30, 0.2, "the node back in service")
     assert proc.wait(120) == 0, (tmp_path / "run.log").read_text()
     pis = _all_instances(w, dlid)
-    assert [(p.execution, p.status, p.auto_retry) for p in pis] == [(1, "FAILED", 0),
-                                                                    (2, "SUCCESS", 0)]
+    assert [(p.execution, p.status, p.auto_retry) for p in pis] == [
+        (1, "FAILED", 0),
+        (2, "SUCCESS", 0),
+    ]
     assert pis[0].note.startswith("NODE_FAIL: ") and pis[0].job_id == job_id
 
 
@@ -391,7 +440,7 @@ def test_a_wrapper_runs_around_the_command_and_gpus_reach_sbatch(tmp_path, capsy
     w = _task(_ws(tmp_path / "ws"), WRAPPED, "wrapped")
     make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
     rc, _, _ = cli(w, "run", dlid, capsys=capsys)
-    assert rc != 0                                      # the gpu process cannot be placed
+    assert rc != 0  # the gpu process cannot be placed
     assert (w.root / f"wrapped-{dlid}.txt").read_text() == f"in-{dlid}"
     by = {p.process: p for p in _all_instances(w, dlid)}
     assert by["wrapped"].status == "SUCCESS" and by["wrapped"].launcher == "slurm"

@@ -46,8 +46,13 @@ def v1(tmp_path: Path) -> Path:
 
 def _engine(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "engine", "-w", str(ws), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "-w", str(ws), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _dump(db: Path) -> list[str]:
@@ -70,8 +75,12 @@ def _version(db: Path) -> int:
 def _columns(db: Path) -> dict[str, list[str]]:
     conn = sqlite3.connect(db)
     try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
         return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in sorted(tables)}
     finally:
         conn.close()
@@ -88,46 +97,55 @@ def test_a_v1_workspace_upgrades_and_keeps_its_data(v1: Path, tmp_path: Path) ->
     db_path = Workspace.open(v1).state_db
     before = _dump(db_path)
 
-    downlinks = _engine(v1, "downlinks", "--json")          # the first opener upgrades
+    downlinks = _engine(v1, "downlinks", "--json")  # the first opener upgrades
     assert downlinks.returncode == 0, downlinks.stderr
     # every downlink as it was, plus schema 4's content digest of its level-0 manifest: not
     # recorded then (a scan adopts it while the manifest is the file that registered it)
     assert json.loads(downlinks.stdout) == expected["downlinks"] | {
-        "downlinks": [d | {"manifest_sha256": None} for d in expected["downlinks"]["downlinks"]]}
+        "downlinks": [d | {"manifest_sha256": None} for d in expected["downlinks"]["downlinks"]]
+    }
     assert [d["dlid"] for d in expected["downlinks"]["downlinks"]] == ["251120001", "251120002"]
 
     streams = _engine(v1, "streams", "--all", "--json")
     assert streams.returncode == 0, streams.stderr
     got = json.loads(streams.stdout)
-    assert [(v["stream"]["dlid"], v["stream"]["status"]) for v in got] == \
-        [("251120001", "SUCCESS"), ("251120002", "WAITING")]
+    assert [(v["stream"]["dlid"], v["stream"]["status"]) for v in got] == [
+        ("251120001", "SUCCESS"),
+        ("251120002", "WAITING"),
+    ]
     assert len(got) == len(expected["streams"])
     for new, old in zip(got, expected["streams"], strict=True):
         assert new["stream"] == old["stream"]
         # every instance as it was (the retired cleanup of 251120002 too), plus the two
         # columns of schema 2 at their values for a job run by the local launcher
-        assert new["instances"] == [pi | {"job_id": None, "launcher": "local"}
-                                    for pi in old["instances"]]
+        assert new["instances"] == [
+            pi | {"job_id": None, "launcher": "local"} for pi in old["instances"]
+        ]
 
     with StateDB(db_path) as db:
         assert [dataclasses.asdict(f) for f in db.files()] == expected["files"]
-        assert db.opened_version == SCHEMA_VERSION        # already upgraded by `downlinks`
+        assert db.opened_version == SCHEMA_VERSION  # already upgraded by `downlinks`
         retired = db.instances(2, latest_only=False)
-        assert [(p.process, p.is_latest, p.launcher, p.job_id) for p in retired][-1] == \
-            ("cleanup", False, "local", None)
+        assert [(p.process, p.is_latest, p.launcher, p.job_id) for p in retired][-1] == (
+            "cleanup",
+            False,
+            "local",
+            None,
+        )
         # the console's read model over the upgraded database
         facts = {f.dlid: f for f in db.downlink_facts(0, 0, 0.0)}
         assert facts["251120001"].status == "SUCCESS" and facts["251120001"].chunks_done == 2
         assert facts["251120002"].status == "WAITING"
-        assert facts["251120001"].bytes == sum(f["size"] for f in expected["files"]
-                                               if f["dlid"] == "251120001")
+        assert facts["251120001"].bytes == sum(
+            f["size"] for f in expected["files"] if f["dlid"] == "251120001"
+        )
 
     assert _version(db_path) == SCHEMA_VERSION == 4
     bak = backup_path(db_path, 1)
     assert bak == v1 / "state.db.v1.bak" and bak.is_file()
-    assert _dump(bak) == before                               # the backup is the v1 database
+    assert _dump(bak) == before  # the backup is the v1 database
     assert _version(bak) == 1
-    assert not Path(f"{bak}-wal").exists()                    # one self-contained file
+    assert not Path(f"{bak}-wal").exists()  # one self-contained file
 
     # upgraded like a fresh database is created: same tables, same columns, same order
     fresh = tmp_path / "fresh" / "state.db"
@@ -151,15 +169,24 @@ def test_an_upgraded_database_opens_without_another_upgrade(v1: Path) -> None:
 def test_concurrent_openers_upgrade_once(v1: Path) -> None:
     """Four processes open the v1 database at once: one upgrades under the write lock, the
     others wait and find it current; nobody fails, no step runs twice."""
-    code = ("import sys; from engine.store import StateDB\n"
-            "with StateDB(sys.argv[1]) as db: print(db.opened_version)\n")
+    code = (
+        "import sys; from engine.store import StateDB\n"
+        "with StateDB(sys.argv[1]) as db: print(db.opened_version)\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(v1 / "state.db")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(v1 / "state.db")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
-    assert sorted(o.strip() for o, _ in outs).count("1") == 1   # exactly one saw version 1
+    assert sorted(o.strip() for o, _ in outs).count("1") == 1  # exactly one saw version 1
     assert _version(v1 / "state.db") == SCHEMA_VERSION
     assert _columns(v1 / "state.db")["process_instances"][-2:] == ["job_id", "launcher"]
 
@@ -175,8 +202,10 @@ def test_a_newer_database_is_refused_with_one_line(tmp_path: Path) -> None:
     for args in (["downlinks"], ["streams", "--json"], ["run", "251120001"]):
         r = _engine(ws.root, *args)
         assert r.returncode == 2, r
-        assert r.stderr == (f"skydeck-engine: {ws.state_db}: schema version 99 is newer than "
-                            f"this skydeck ({SCHEMA_VERSION}); upgrade skydeck\n")
+        assert r.stderr == (
+            f"skydeck-engine: {ws.state_db}: schema version 99 is newer than "
+            f"this skydeck ({SCHEMA_VERSION}); upgrade skydeck\n"
+        )
         assert r.stdout == ""
     assert ws.state_db.read_bytes() == before
     assert _version(ws.state_db) == 99
@@ -194,8 +223,13 @@ def test_a_file_that_is_no_database_is_one_line(tmp_path: Path) -> None:
 
 def _failing_steps() -> tuple[Step, ...]:
     """The real step 2 followed by a statement that fails: the first one must not stay."""
-    return (Step(2, "job_id, launcher, then a failure", (
-        *STEPS[0].sql, "ALTER TABLE no_such_table ADD COLUMN x TEXT")),)
+    return (
+        Step(
+            2,
+            "job_id, launcher, then a failure",
+            (*STEPS[0].sql, "ALTER TABLE no_such_table ADD COLUMN x TEXT"),
+        ),
+    )
 
 
 def test_a_failed_migration_leaves_the_database_unchanged(v1: Path) -> None:
@@ -207,8 +241,10 @@ def test_a_failed_migration_leaves_the_database_unchanged(v1: Path) -> None:
         with pytest.raises(SkydeckError) as err:
             ensure_schema(backend, conn, _failing_steps())
         # one line naming the file and both versions; the connection is usable again
-        assert str(err.value).startswith(f"{db_path}: upgrading the schema from version 1 to "
-                                         f"{SCHEMA_VERSION} failed, the database is unchanged")
+        assert str(err.value).startswith(
+            f"{db_path}: upgrading the schema from version 1 to "
+            f"{SCHEMA_VERSION} failed, the database is unchanged"
+        )
         assert "no such table: no_such_table" in str(err.value)
         assert not conn.in_transaction
     finally:
@@ -268,11 +304,13 @@ def test_a_backup_that_cannot_be_written_stops_the_upgrade(v1: Path) -> None:
     the database unchanged."""
     db_path = v1 / "state.db"
     before = _dump(db_path)
-    backup_path(db_path, 1).mkdir()                 # os.replace onto a directory fails
+    backup_path(db_path, 1).mkdir()  # os.replace onto a directory fails
     r = _engine(v1, "downlinks")
     assert r.returncode == 1
-    assert r.stderr.startswith(f"skydeck-engine: {db_path}: cannot copy the database to "
-                               "state.db.v1.bak before upgrading its schema from version 1")
+    assert r.stderr.startswith(
+        f"skydeck-engine: {db_path}: cannot copy the database to "
+        "state.db.v1.bak before upgrading its schema from version 1"
+    )
     assert r.stderr.count("\n") == 1
     assert _dump(db_path) == before
     assert not list(v1.glob(".state.db.v1.bak.tmp-*"))

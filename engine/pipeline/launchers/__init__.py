@@ -20,8 +20,17 @@ from engine.pipeline.launchers.slurm import SlurmLauncher
 # name -> class: the one registration of each launcher
 LAUNCHERS: dict[str, type[Launcher]] = {cls.name: cls for cls in (LocalLauncher, SlurmLauncher)}
 
-__all__ = ["LAUNCHERS", "JobHandle", "JobResult", "JobSpec", "Launcher", "kill_orphan",
-           "launcher_class", "make_launcher", "sibling_suffixes"]
+__all__ = [
+    "LAUNCHERS",
+    "JobHandle",
+    "JobResult",
+    "JobSpec",
+    "Launcher",
+    "kill_orphan",
+    "launcher_class",
+    "make_launcher",
+    "sibling_suffixes",
+]
 
 
 def launcher_class(name: str) -> type[Launcher]:
@@ -32,8 +41,9 @@ def launcher_class(name: str) -> type[Launcher]:
         raise BadInput(f"unknown launcher {name!r} (one of {', '.join(LAUNCHERS)})") from None
 
 
-def make_launcher(settings: Settings, max_jobs: int | None = None,
-                  name: str | None = None) -> Launcher:
+def make_launcher(
+    settings: Settings, max_jobs: int | None = None, name: str | None = None
+) -> Launcher:
     """The launcher ``[pipeline] launcher`` names (or ``name``), given its own settings
     section and at most ``max_jobs`` (default ``[pipeline] max_jobs``) jobs at a time;
     BadInput (exit 2) for an unknown one or one that cannot work here (Slurm without its

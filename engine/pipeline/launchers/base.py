@@ -22,20 +22,20 @@ class JobSpec:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    name: str = ""                 # what a batch system shows: <task>-<DLID>-<process>[-<key>]
-    launcher: str | None = None    # "local": run on this host even under a batch launcher
-    batch: tuple[str, ...] = ()    # extra batch-system options of this process
-    ntasks: int = 1                # MPI ranks: a batch job asks the allocation for this many
-    gpus: int = 0                  # GPUs a batch job asks for (the local launcher ignores it)
+    name: str = ""  # what a batch system shows: <task>-<DLID>-<process>[-<key>]
+    launcher: str | None = None  # "local": run on this host even under a batch launcher
+    batch: tuple[str, ...] = ()  # extra batch-system options of this process
+    ntasks: int = 1  # MPI ranks: a batch job asks the allocation for this many
+    gpus: int = 0  # GPUs a batch job asks for (the local launcher ignores it)
 
 
 @dataclass
 class JobHandle:
     pi_id: int
-    pid: int | None      # None for a batch job (it runs elsewhere)
+    pid: int | None  # None for a batch job (it runs elsewhere)
     host: str
     start: float
-    job_id: str          # launcher-specific id (pid locally, the Slurm job id)
+    job_id: str  # launcher-specific id (pid locally, the Slurm job id)
     launcher: str = "local"  # the name of the launcher that started it (its registry name)
     # the job lives on without its runner (a batch job): its id is recorded before anything
     # else, so a successor adopts it instead of starting it twice
@@ -45,7 +45,7 @@ class JobHandle:
 @dataclass
 class JobResult:
     pi_id: int
-    exit_code: int       # negative: killed by that signal
+    exit_code: int  # negative: killed by that signal
     ended: float
     lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
 

@@ -75,13 +75,25 @@ class LocalLauncher:
         with open(spec.log, "ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(spec.argv)}\n".encode())
             log.flush()
-            proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, cwd=spec.cwd,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=spec.cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self._procs[spec.pi_id] = proc
-        return JobHandle(spec.pi_id, proc.pid, socket.gethostname(),
-                         process_start(proc.pid) or time.time(), str(proc.pid),
-                         launcher=self.name)
+        return JobHandle(
+            spec.pi_id,
+            proc.pid,
+            socket.gethostname(),
+            process_start(proc.pid) or time.time(),
+            str(proc.pid),
+            launcher=self.name,
+        )
 
     def poll(self) -> list[JobResult]:
         done = []

@@ -46,14 +46,36 @@ from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec
 from engine.pipeline.launchers.local import LocalLauncher
 
 # variables a job gets from the submitter besides its spec's own
-PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-            "VIRTUAL_ENV", "SLURM_CONF")
+PASS_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "VIRTUAL_ENV",
+    "SLURM_CONF",
+)
 # JobState values after which a job runs no more (scontrol's vocabulary)
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT")
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+    "SPECIAL_EXIT",
+)
 # ended by the batch system, not by the job: run again without using a retry
 LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
-QUEUE_EVERY_S = 1.0      # squeue at most this often per launcher
+QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
 
@@ -112,7 +134,7 @@ class _Job:
     log: Path
     state: str = "PENDING"
     reason: str = ""
-    gone_since: float | None = None   # first poll that found it out of squeue
+    gone_since: float | None = None  # first poll that found it out of squeue
 
 
 class SlurmLauncher:
@@ -156,11 +178,17 @@ class SlurmLauncher:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} sbatch {script}\n".encode())
         s = self.settings
         name = _NAME_BAD.sub("_", spec.name) or f"skydeck-{spec.pi_id}"
-        cmd = ["sbatch", "--parsable", f"--job-name={name}",
-               f"--output={spec.log}", "--open-mode=append",
-               f"--chdir={spec.cwd or spec.log.parent}", f"--ntasks={spec.ntasks}",
-               *([f"--gpus={spec.gpus}"] if spec.gpus else []),
-               "--no-requeue"]  # the runner retries; a job Slurm reran would be unwatched
+        cmd = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            f"--output={spec.log}",
+            "--open-mode=append",
+            f"--chdir={spec.cwd or spec.log.parent}",
+            f"--ntasks={spec.ntasks}",
+            *([f"--gpus={spec.gpus}"] if spec.gpus else []),
+            "--no-requeue",
+        ]  # the runner retries; a job Slurm reran would be unwatched
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env |= spec.env
         # sbatch runs with exactly these variables, and ALL hands the job sbatch's own
@@ -168,8 +196,12 @@ class SlurmLauncher:
         # 22.05 also load the user's login environment on the node (--get-user-env): about
         # 1.2 s more per job, measured (docs/benchmarks.md, "Slurm").
         cmd.append("--export=ALL")
-        for opt, val in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                         ("time", s.time_limit)):
+        for opt, val in (
+            ("partition", s.partition),
+            ("account", s.account),
+            ("qos", s.qos),
+            ("time", s.time_limit),
+        ):
             if val:
                 cmd.append(f"--{opt}={val}")
         cmd += self.extra_args
@@ -177,8 +209,9 @@ class SlurmLauncher:
         cmd.append(str(script))
         env.setdefault("PATH", os.defpath)
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60,
-                                 stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             raise OSError(errno.ETIMEDOUT, "sbatch did not answer in 60 s") from None
         out = res.stdout.strip()
@@ -189,8 +222,15 @@ class SlurmLauncher:
         with open(spec.log, "ab") as log:
             log.write(f"# slurm job {job_id} ({name})\n".encode())
         self._jobs[spec.pi_id] = _Job(spec.pi_id, job_id, spec.log)
-        return JobHandle(spec.pi_id, None, socket.gethostname(), time.time(), job_id,
-                         launcher=self.name, detached=True)
+        return JobHandle(
+            spec.pi_id,
+            None,
+            socket.gethostname(),
+            time.time(),
+            job_id,
+            launcher=self.name,
+            detached=True,
+        )
 
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool:
         """Watch a job a dead runner submitted: True when it is still queued or running, or
@@ -217,8 +257,13 @@ class SlurmLauncher:
         if not want:
             return {}
         try:
-            res = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True,
-                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                ["squeue", "-h", "-o", "%i|%o"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return {}
         out: dict[Path, str] = {}
@@ -251,8 +296,9 @@ class SlurmLauncher:
                 with contextlib.suppress(Unreachable):
                     job.state = (self.job_info(job.job_id) or {}).get("JobState", job.state)
             del self._jobs[pi_id]
-            done.append(JobResult(pi_id, code, time.time(),
-                                  lost=job.state if job.state in LOST else None))
+            done.append(
+                JobResult(pi_id, code, time.time(), lost=job.state if job.state in LOST else None)
+            )
         return done
 
     def cancel(self, pi_id: int, grace_s: float = 5.0) -> None:
@@ -291,9 +337,13 @@ class SlurmLauncher:
             return {}
         unchanged = {j.job_id: (j.state, j.reason) for j in self._jobs.values()}
         try:
-            res = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
-                                 capture_output=True, text=True, timeout=60,
-                                 stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return unchanged
         out: dict[str, tuple[str, str]] = {}
@@ -309,8 +359,13 @@ class SlurmLauncher:
         """``scontrol show job``'s fields, None when Slurm no longer knows the job; raises
         Unreachable when the controller does not answer (nothing is known then)."""
         try:
-            res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                ["scontrol", "show", "job", "-o", job_id],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise Unreachable(str(err)) from None
         if res.returncode != 0:
@@ -362,8 +417,8 @@ class SlurmLauncher:
             _quiet(["scancel", "--signal=TERM", "--full", *running])
             deadline = time.time() + grace_s
             while time.time() < deadline and not all(
-                    _read_exit(j.log) is not None for j in self._jobs.values()
-                    if j.job_id in running):
+                _read_exit(j.log) is not None for j in self._jobs.values() if j.job_id in running
+            ):
                 time.sleep(0.1)
         _quiet(["scancel", *job_ids])
 

@@ -28,8 +28,9 @@ def genstep_of(gs: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.searchsorted(ends, idx.astype(np.int64), side="right")
 
 
-def _one(kind: int, q: np.ndarray, idx: np.ndarray, seed: int, event: int,
-         sa: SceneArrays) -> dict[str, np.ndarray]:
+def _one(
+    kind: int, q: np.ndarray, idx: np.ndarray, seed: int, event: int, sa: SceneArrays
+) -> dict[str, np.ndarray]:
     if kind == CERENKOV:
         return cerenkov.generate(q, idx, seed, event, sa)
     if kind == SCINTILLATION:
@@ -37,13 +38,14 @@ def _one(kind: int, q: np.ndarray, idx: np.ndarray, seed: int, event: int,
     return torch.generate(q, idx, seed, event)
 
 
-def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int,
-             sa: SceneArrays) -> dict[str, np.ndarray]:
+def generate(
+    gs: np.ndarray, idx: np.ndarray, seed: int, event: int, sa: SceneArrays
+) -> dict[str, np.ndarray]:
     """Photons for global indices ``idx``: pos, dir, pol (3, n); t, wl (n,) float32; blk
     (the first step's Philox block) and flag (the first flag) uint32."""
     row = genstep_of(gs, idx)
     row_kind = kinds(gs.view(np.int32)[:, 0, 0])  # per genstep row: G, not n, comparisons
-    span = row_kind[row.min():row.max() + 1] if idx.size else row_kind[:1]
+    span = row_kind[row.min() : row.max() + 1] if idx.size else row_kind[:1]
     if span.size and (span == span[0]).all():
         k = int(span[0])  # the usual case: one kind, no gathering of results
         out = _one(k, gs[row], idx, seed, event, sa)
@@ -51,8 +53,10 @@ def generate(gs: np.ndarray, idx: np.ndarray, seed: int, event: int,
         return out
     kind = row_kind[row]
     n = idx.shape[0]
-    out = {name: np.empty((k, n) if k else n, np.uint32 if name == "blk" else np.float32)
-           for name, k in _FIELDS}
+    out = {
+        name: np.empty((k, n) if k else n, np.uint32 if name == "blk" else np.float32)
+        for name, k in _FIELDS
+    }
     out["flag"] = np.empty(n, np.uint32)
     for k in np.unique(kind):
         sel = np.flatnonzero(kind == k)

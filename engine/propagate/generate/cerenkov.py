@@ -34,8 +34,9 @@ _F = np.float32
 MAX_CK_TRIES = 100  # qcerenkov::wavelength_sampled_bndtex's loop cap
 
 
-def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
-             sa: SceneArrays) -> dict[str, np.ndarray]:
+def generate(
+    q: np.ndarray, idx: np.ndarray, seed: int, event: int, sa: SceneArrays
+) -> dict[str, np.ndarray]:
     n = idx.shape[0]
     mat = q.view(np.int32)[:, 0, 2]
     x0, t0 = q[:, 1, :3].T, q[:, 1, 3]
@@ -94,5 +95,11 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
     mid_v = pre_v + frac * (post_v - pre_v) * _F(0.5)
     t = t0 + frac * step / mid_v
     pos = x0 + frac * dp
-    return {"pos": pos.astype(_F, copy=False), "t": t.astype(_F, copy=False), "dir": mom, "pol": pol,
-            "wl": wl, "blk": blk}
+    return {
+        "pos": pos.astype(_F, copy=False),
+        "t": t.astype(_F, copy=False),
+        "dir": mom,
+        "pol": pol,
+        "wl": wl,
+        "blk": blk,
+    }

@@ -15,12 +15,23 @@ import numpy as np
 TORCH, CERENKOV, SCINTILLATION = 6, 15, 16
 GENTYPES: dict[int, str] = {
     6: "TORCH",
-    15: "CERENKOV", 18: "G4Cerenkov_modified", 1: "G4Cerenkov_1042",
-    16: "SCINTILLATION", 5: "DsG4Scintillation_r4695", 2: "G4Scintillation_1042",
+    15: "CERENKOV",
+    18: "G4Cerenkov_modified",
+    1: "G4Cerenkov_1042",
+    16: "SCINTILLATION",
+    5: "DsG4Scintillation_r4695",
+    2: "G4Scintillation_1042",
 }
 # the generator (kind) each accepted gentype selects
-KIND_OF: dict[int, int] = {6: TORCH, 15: CERENKOV, 18: CERENKOV, 1: CERENKOV,
-                           16: SCINTILLATION, 5: SCINTILLATION, 2: SCINTILLATION}
+KIND_OF: dict[int, int] = {
+    6: TORCH,
+    15: CERENKOV,
+    18: CERENKOV,
+    1: CERENKOV,
+    16: SCINTILLATION,
+    5: SCINTILLATION,
+    2: SCINTILLATION,
+}
 KIND_NAMES = {TORCH: "TORCH", CERENKOV: "CERENKOV", SCINTILLATION: "SCINTILLATION"}
 
 

@@ -28,8 +28,9 @@ _F = np.float32
 BLOCKS = 2
 
 
-def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
-             sa: SceneArrays) -> dict[str, np.ndarray]:
+def generate(
+    q: np.ndarray, idx: np.ndarray, seed: int, event: int, sa: SceneArrays
+) -> dict[str, np.ndarray]:
     n = idx.shape[0]
     mat = q.view(np.int32)[:, 0, 2]
     x0, t0 = q[:, 1, :3].T, q[:, 1, 3]
@@ -52,5 +53,11 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int,
         along = np.where(step > 0, frac * step / mean_v, _F(0))
     t = t0 + (along - tau * np.log(v[1]))
     pos = x0 + frac * dp
-    return {"pos": pos.astype(_F, copy=False), "t": t.astype(_F, copy=False), "dir": mom.astype(_F, copy=False),
-            "pol": pol.astype(_F, copy=False), "wl": wl, "blk": np.full(n, BLOCKS, np.uint32)}
+    return {
+        "pos": pos.astype(_F, copy=False),
+        "t": t.astype(_F, copy=False),
+        "dir": mom.astype(_F, copy=False),
+        "pol": pol.astype(_F, copy=False),
+        "wl": wl,
+        "blk": np.full(n, BLOCKS, np.uint32),
+    }

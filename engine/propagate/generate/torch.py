@@ -61,7 +61,10 @@ def generate(q: np.ndarray, idx: np.ndarray, seed: int, event: int) -> dict[str,
         psi = TWO_PI * b[0]
         pol[:, k] = rotate_uz(d[:, k], np.stack((np.cos(psi), np.sin(psi), np.zeros(k.size, _F))))
     return {
-        "pos": pos.astype(_F, copy=False), "t": q[:, 1, 3].astype(_F, copy=False), "dir": d.astype(_F, copy=False),
-        "pol": pol.astype(_F, copy=False), "wl": q[:, 3, 3].astype(_F, copy=False),
+        "pos": pos.astype(_F, copy=False),
+        "t": q[:, 1, 3].astype(_F, copy=False),
+        "dir": d.astype(_F, copy=False),
+        "pol": pol.astype(_F, copy=False),
+        "wl": q[:, 3, 3].astype(_F, copy=False),
         "blk": np.full(n, BLOCKS, np.uint32),
     }

@@ -41,8 +41,9 @@ def _pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[a[keep]], order[b[keep]]
 
 
-def _sample(geo: Geometry, solid: np.ndarray, k: int, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sample(
+    geo: Geometry, solid: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k surface points (and outward normals) per listed solid, in its frame; owner index."""
     from engine.propagate.geometry.trace import surface_batch
 
@@ -61,8 +62,16 @@ def _sample(geo: Geometry, solid: np.ndarray, k: int, rng: np.random.Generator
     pts = np.zeros((3, len(owner)))
     nrm = np.zeros((3, len(owner)))
     ok = np.zeros(len(owner), np.int8)
-    surface_batch(geo.geo_i, geo.geo_f, solid[owner].astype(np.int32),
-                  np.ascontiguousarray(org.T), np.ascontiguousarray(d.T), pts, nrm, ok)
+    surface_batch(
+        geo.geo_i,
+        geo.geo_f,
+        solid[owner].astype(np.int32),
+        np.ascontiguousarray(org.T),
+        np.ascontiguousarray(d.T),
+        pts,
+        nrm,
+        ok,
+    )
     keep = ok.astype(bool)
     return pts[:, keep], nrm[:, keep], owner[keep]
 
@@ -87,20 +96,26 @@ def check_overlaps(d: Detector, geo: Geometry, points: int = 1000, seed: int = 1
         nm = np.einsum("nij,jn->in", rots[own], nrm)
         q = np.ascontiguousarray(pm - TOL * nm)
         inside = np.zeros(q.shape[1], np.int8)
-        inside_batch(geo.geo_i, geo.geo_f, np.full(q.shape[1], sidx[vol.solid], np.int32), q,
-                     inside)
+        inside_batch(
+            geo.geo_i, geo.geo_f, np.full(q.shape[1], sidx[vol.solid], np.int32), q, inside
+        )
         bad = np.flatnonzero(inside == 0)
         if bad.size:
             pv = vol.daughters[int(own[bad[0]])]
             x = q[:, bad[0]]
-            raise BadInput(f"volume {pv.name} ({pv.volume}) sticks out of its mother {lv} "
-                           f"(at {x[0]:.4g}, {x[1]:.4g}, {x[2]:.4g} in the mother's frame)", d.path)
+            raise BadInput(
+                f"volume {pv.name} ({pv.volume}) sticks out of its mother {lv} "
+                f"(at {x[0]:.4g}, {x[1]:.4g}, {x[2]:.4g} in the mother's frame)",
+                d.path,
+            )
         checked["mothers"] += 1
         checked["daughters"] += len(dsol)
         checked["points"] += q.shape[1]
         # sisters whose boxes overlap
-        boxes = [box_transform(geo.solids[s].lo, geo.solids[s].hi, r, p)
-                 for s, r, p in zip(dsol, rots, poss, strict=True)]
+        boxes = [
+            box_transform(geo.solids[s].lo, geo.solids[s].hi, r, p)
+            for s, r, p in zip(dsol, rots, poss, strict=True)
+        ]
         blo = np.array([b[0] for b in boxes])
         bhi = np.array([b[1] for b in boxes])
         ia, ib = _pairs(blo, bhi)
@@ -132,11 +147,15 @@ def check_overlaps(d: Detector, geo: Geometry, points: int = 1000, seed: int = 1
             rows_s = dsol[ro]
             rows_own = own[rp]
             hit = np.zeros(xb.shape[1], np.int8)
-            inside_batch(geo.geo_i, geo.geo_f, rows_s.astype(np.int32), np.ascontiguousarray(xb), hit)
+            inside_batch(
+                geo.geo_i, geo.geo_f, rows_s.astype(np.int32), np.ascontiguousarray(xb), hit
+            )
             bad = np.flatnonzero(hit == 1)
             if bad.size:
                 a = vol.daughters[int(rows_own[bad[0]])]
                 b = vol.daughters[int(ro[bad[0]])]
-                raise BadInput(f"volumes {a.name} ({a.volume}) and {b.name} ({b.volume}) in "
-                               f"{lv} overlap", d.path)
+                raise BadInput(
+                    f"volumes {a.name} ({a.volume}) and {b.name} ({b.volume}) in {lv} overlap",
+                    d.path,
+                )
     return checked

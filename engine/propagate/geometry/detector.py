@@ -58,7 +58,9 @@ HC_MEV_MM = HC_EV_NM * 1e-6 * 1e-6  # h c in MeV mm
 
 @dataclass
 class Parts:
-    materials: list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]  # name, props, icdf, physics
+    materials: list[
+        tuple[str, np.ndarray, np.ndarray, dict[str, Any]]
+    ]  # name, props, icdf, physics
     surfaces: list[tuple[str, np.ndarray]]  # name, (4, WL_N)
     geometry: Geometry
     world_material: int
@@ -95,7 +97,9 @@ def material(m: GMaterial, where: str) -> tuple[np.ndarray, np.ndarray, dict[str
     if np.any((n < 1.0) | (n > 10.0)):
         raise BadInput(f"{where}: RINDEX must lie within 1..10")
     props[0] = energy_resample(nm, n) if len(nm) > 1 else n[0]
-    physics["tables"]["refractive_index"] = [[float(a), float(b)] for a, b in zip(nm, n, strict=True)]
+    physics["tables"]["refractive_index"] = [
+        [float(a), float(b)] for a, b in zip(nm, n, strict=True)
+    ]
     if len(nm) > 1:
         e, vg = group_velocity_nodes(nm, n)
         props[4] = np.interp(HC_EV_NM / WL_GRID, e, vg)
@@ -117,18 +121,23 @@ def material(m: GMaterial, where: str) -> tuple[np.ndarray, np.ndarray, dict[str
                 raise BadInput(f"{where}: {key} lengths must be positive")
             props[row] = np.minimum(props[row], NO_INTERACTION)
             physics["tables"]["absorption_length" if row == 1 else "scattering_length"] = [
-                [float(a), float(b)] for a, b in zip(x, v, strict=True)]
+                [float(a), float(b)] for a, b in zip(x, v, strict=True)
+            ]
         elif np.any((v < 0) | (v > 1)):
             raise BadInput(f"{where}: REEMISSIONPROB must lie within 0..1")
     spec = m.props.get("SCINTILLATIONCOMPONENT1", m.props.get("FASTCOMPONENT"))
     if spec is not None:
         x, w = _nm(spec)
         if np.any(w < 0) or not np.any(w > 0) or len(x) < 2:
-            raise BadInput(f"{where}: the emission spectrum needs >= 2 nodes, weights >= 0, one > 0")
+            raise BadInput(
+                f"{where}: the emission spectrum needs >= 2 nodes, weights >= 0, one > 0"
+            )
         if x[0] < WL_GRID[0] or x[-1] > WL_GRID[-1]:
             raise BadInput(f"{where}: the emission spectrum must lie within 60..820 nm")
         icdf = emission_icdf(x, w)
-        physics["tables"]["reemission_spectrum"] = [[float(a), float(b)] for a, b in zip(x, w, strict=True)]
+        physics["tables"]["reemission_spectrum"] = [
+            [float(a), float(b)] for a, b in zip(x, w, strict=True)
+        ]
     if "SCINTILLATIONYIELD" in m.consts:
         physics["scintillation_yield"] = m.consts["SCINTILLATIONYIELD"] * UNITS["MeV"]
         comps = []
@@ -164,20 +173,24 @@ def surface(s: GSurface, where: str) -> np.ndarray | None:
         raise BadInput(f"{where}: model {model!r} is not supported (glisur, unified)")
     if typ == "dielectric_dielectric":
         if "REFLECTIVITY" in s.props and np.any(refl < 1):
-            raise BadInput(f"{where}: a dielectric_dielectric surface with REFLECTIVITY < 1 is "
-                           "not supported")
+            raise BadInput(
+                f"{where}: a dielectric_dielectric surface with REFLECTIVITY < 1 is not supported"
+            )
         return None
     if typ != "dielectric_metal":
-        raise BadInput(f"{where}: type {typ!r} is not supported (dielectric_metal, "
-                       "dielectric_dielectric)")
+        raise BadInput(
+            f"{where}: type {typ!r} is not supported (dielectric_metal, dielectric_dielectric)"
+        )
     spec = 1.0
     if finish == "ground":
         if model == "glisur":
             if s.value < 1:
                 raise BadInput(f"{where}: glisur ground with polish < 1 is not supported")
         else:
-            c = {k: float(_table(s.props.get(k), 0.0).mean()) for k in
-                 ("SPECULARSPIKECONSTANT", "SPECULARLOBECONSTANT", "BACKSCATTERCONSTANT")}
+            c = {
+                k: float(_table(s.props.get(k), 0.0).mean())
+                for k in ("SPECULARSPIKECONSTANT", "SPECULARLOBECONSTANT", "BACKSCATTERCONSTANT")
+            }
             if c["BACKSCATTERCONSTANT"] > 0:
                 raise BadInput(f"{where}: BACKSCATTERCONSTANT > 0 is not supported")
             if c["SPECULARLOBECONSTANT"] > 0 and s.value > 0:
@@ -230,11 +243,25 @@ def build(d: Detector) -> Parts:
 
     nodes: list[NodeSpec] = []
     world = d.volumes[d.world]
-    nodes.append(NodeSpec(solid_of(d.world), np.eye(3), np.zeros(3), -1, -1, -1,
-                          midx[world.material], 0, 0, -1, f"{d.world} (world)"))
+    nodes.append(
+        NodeSpec(
+            solid_of(d.world),
+            np.eye(3),
+            np.zeros(3),
+            -1,
+            -1,
+            -1,
+            midx[world.material],
+            0,
+            0,
+            -1,
+            f"{d.world} (world)",
+        )
+    )
     # (lv, node index, world rot, world pos, pv name, copynumber, depth)
     stack: list[tuple[str, int, np.ndarray, np.ndarray, str | None, int, int]] = [
-        (d.world, 0, np.eye(3), np.zeros(3), None, 0, 0)]
+        (d.world, 0, np.eye(3), np.zeros(3), None, 0, 0)
+    ]
     sensors: set[int] = set()
     while stack:
         lv, k, rot, pos, pv_name, copy, depth = stack.pop()
@@ -268,13 +295,33 @@ def build(d: Detector) -> Parts:
             for sid, c in ((osur, o_c), (isur, i_c)):
                 if sid >= 0 and surfaces[sid][1][0].max() > 0:
                     sensors.add(c)
-            nodes.append(NodeSpec(solid_of(pv.volume), r, p, midx[mother.material], osur, isur,
-                                  midx[child.material], o_c, i_c, -1, f"{pv.name} ({pv.volume})"))
+            nodes.append(
+                NodeSpec(
+                    solid_of(pv.volume),
+                    r,
+                    p,
+                    midx[mother.material],
+                    osur,
+                    isur,
+                    midx[child.material],
+                    o_c,
+                    i_c,
+                    -1,
+                    f"{pv.name} ({pv.volume})",
+                )
+            )
             stack.append((pv.volume, kid, r, p, pv.name, pv.copynumber, depth + 1))
     geo = assemble(csgs, nodes, face_ids=False)
-    info: dict[str, Any] = {"volumes": len(nodes), "logical_volumes": len(d.volumes), "solids": len(csgs),
-            "sensors": len(sensors), "surfaces": len(surfaces), "boundaries": geo.boundaries,
-            "bvh_depth": geo.bvh_depth, "bytes": geo.nbytes()}
+    info: dict[str, Any] = {
+        "volumes": len(nodes),
+        "logical_volumes": len(d.volumes),
+        "solids": len(csgs),
+        "sensors": len(sensors),
+        "surfaces": len(surfaces),
+        "boundaries": geo.boundaries,
+        "bvh_depth": geo.bvh_depth,
+        "bytes": geo.nbytes(),
+    }
     geo.info = info
     geo.info["solid_index"] = cidx
     return Parts(materials, surfaces, geo, midx[world.material], info)

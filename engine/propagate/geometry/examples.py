@@ -65,7 +65,7 @@ WL = [200.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0, 700.0, 800.0]
 
 
 def _n_water(w: float) -> float:
-    return 1.3199 + 3.2e3 / (w * w) + 1.0e8 / w ** 4  # a Cauchy fit close to water's
+    return 1.3199 + 3.2e3 / (w * w) + 1.0e8 / w**4  # a Cauchy fit close to water's
 
 
 def _n_acrylic(w: float) -> float:
@@ -99,39 +99,75 @@ def _physvol(name: str, vol: str, pos: np.ndarray, rot: np.ndarray | None, copy:
         s += f'<position name="{name}_p" x="{pos[0]:.3f}" y="{pos[1]:.3f}" z="{pos[2]:.3f}" unit="mm"/>'
     if rot is not None:
         a = angles_of(rot)
-        s += (f'<rotation name="{name}_r" x="{math.degrees(a[0]):.6f}" y="{math.degrees(a[1]):.6f}"'
-              f' z="{math.degrees(a[2]):.6f}" unit="deg"/>')
+        s += (
+            f'<rotation name="{name}_r" x="{math.degrees(a[0]):.6f}" y="{math.degrees(a[1]):.6f}"'
+            f' z="{math.degrees(a[2]):.6f}" unit="deg"/>'
+        )
     return s + "</physvol>"
 
 
-def _doc(define: list[str], materials: list[str], solids: list[str], structure: list[str],
-         world: str) -> str:
-    return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', "<gdml>", " <define>", *define,
-                      " </define>", " <materials>", _elements(), *materials, " </materials>",
-                      " <solids>", *solids, " </solids>", " <structure>", *structure,
-                      " </structure>", f' <setup name="Default" version="1.0"><world ref="{world}"/>'
-                      "</setup>", "</gdml>", ""])
+def _doc(
+    define: list[str], materials: list[str], solids: list[str], structure: list[str], world: str
+) -> str:
+    return "\n".join(
+        [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            "<gdml>",
+            " <define>",
+            *define,
+            " </define>",
+            " <materials>",
+            _elements(),
+            *materials,
+            " </materials>",
+            " <solids>",
+            *solids,
+            " </solids>",
+            " <structure>",
+            *structure,
+            " </structure>",
+            f' <setup name="Default" version="1.0"><world ref="{world}"/></setup>',
+            "</gdml>",
+            "",
+        ]
+    )
 
 
 def tank(pmts: int = 36, rings: int = 3) -> str:
     per = max(1, pmts // rings)
     define = [
         _matrix("RINDEX_water", WL, [_n_water(w) for w in WL], True),
-        _matrix("ABS_water", WL, [2000.0, 8000.0, 15000.0, 20000.0, 25000.0, 20000.0, 8000.0,
-                                  2000.0, 1000.0], False),
+        _matrix(
+            "ABS_water",
+            WL,
+            [2000.0, 8000.0, 15000.0, 20000.0, 25000.0, 20000.0, 8000.0, 2000.0, 1000.0],
+            False,
+        ),
         _matrix("RINDEX_acrylic", WL, [_n_acrylic(w) for w in WL], True),
-        _matrix("ABS_acrylic", WL, [10.0, 300.0, 2000.0, 5000.0, 6000.0, 6000.0, 6000.0,
-                                    6000.0, 6000.0], True),
+        _matrix(
+            "ABS_acrylic",
+            WL,
+            [10.0, 300.0, 2000.0, 5000.0, 6000.0, 6000.0, 6000.0, 6000.0, 6000.0],
+            True,
+        ),
         _matrix("RINDEX_pyrex", [200.0, 800.0], [1.47, 1.47], True),
         _matrix("EFF_pmt", WL, [0.0, 0.05, 0.2, 0.28, 0.25, 0.18, 0.06, 0.01, 0.0], True),
         _matrix("REFL_pmt", [200.0, 800.0], [0.0, 0.0], True),
         _matrix("REFL_steel", [200.0, 800.0], [0.3, 0.3], True),
     ]
     materials = [
-        _mat("Water", 1.0, {"H": 0.112, "O": 0.888}, {"RINDEX": "RINDEX_water",
-                                                      "ABSLENGTH": "ABS_water"}),
-        _mat("Acrylic", 1.19, {"H": 0.08, "C": 0.6, "O": 0.32},
-             {"RINDEX": "RINDEX_acrylic", "ABSLENGTH": "ABS_acrylic"}),
+        _mat(
+            "Water",
+            1.0,
+            {"H": 0.112, "O": 0.888},
+            {"RINDEX": "RINDEX_water", "ABSLENGTH": "ABS_water"},
+        ),
+        _mat(
+            "Acrylic",
+            1.19,
+            {"H": 0.08, "C": 0.6, "O": 0.32},
+            {"RINDEX": "RINDEX_acrylic", "ABSLENGTH": "ABS_acrylic"},
+        ),
         _mat("Pyrex", 2.23, {"Si": 0.47, "O": 0.53}, {"RINDEX": "RINDEX_pyrex"}),
         _mat("Steel", 7.9, {"Fe": 1.0}, {}),
         _mat("Rock", 2.6, {"Si": 0.47, "O": 0.53}, {}),
@@ -171,8 +207,9 @@ def tank(pmts: int = 36, rings: int = 3) -> str:
         for k in range(per):
             phi = 2 * math.pi * (k + 0.5 * (ring % 2)) / per
             u = np.array([math.cos(phi), math.sin(phi), 0.0])
-            structure.append(_physvol(f"pmt_{copy}", "PMT", u * 935.0 + [0.0, 0.0, z],
-                                      _facing_axis(u), copy))
+            structure.append(
+                _physvol(f"pmt_{copy}", "PMT", u * 935.0 + [0.0, 0.0, z], _facing_axis(u), copy)
+            )
             copy += 1
     structure += [
         "  </volume>",
@@ -203,16 +240,43 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0, scale: float = 1.0) -> 
     ls_wl = [300.0, 350.0, 380.0, 400.0, 420.0, 440.0, 460.0, 500.0, 600.0, 800.0]
     define = [
         _matrix("RINDEX_water", WL, [_n_water(w) for w in WL], True),
-        _matrix("ABS_water", WL, [5000.0, 20000.0, 40000.0, 60000.0, 70000.0, 60000.0,
-                                  20000.0, 5000.0, 2000.0], False),
+        _matrix(
+            "ABS_water",
+            WL,
+            [5000.0, 20000.0, 40000.0, 60000.0, 70000.0, 60000.0, 20000.0, 5000.0, 2000.0],
+            False,
+        ),
         _matrix("RINDEX_acrylic", WL, [_n_acrylic(w) for w in WL], True),
-        _matrix("ABS_acrylic", WL, [10.0, 500.0, 5000.0, 10000.0, 12000.0, 12000.0, 12000.0,
-                                    12000.0, 12000.0], True),
+        _matrix(
+            "ABS_acrylic",
+            WL,
+            [10.0, 500.0, 5000.0, 10000.0, 12000.0, 12000.0, 12000.0, 12000.0, 12000.0],
+            True,
+        ),
         _matrix("RINDEX_ls", ls_wl, [_n_ls(w) for w in ls_wl], True),
-        _matrix("ABS_ls", ls_wl, [0.1, 1.0, 100.0, 15000.0, 22000.0, 25000.0, 26000.0, 27000.0,
-                                  27000.0, 27000.0], True),
-        _matrix("RAYLEIGH_ls", ls_wl, [5000.0, 10000.0, 15000.0, 20000.0, 27000.0, 32000.0,
-                                       38000.0, 50000.0, 100000.0, 300000.0], True),
+        _matrix(
+            "ABS_ls",
+            ls_wl,
+            [0.1, 1.0, 100.0, 15000.0, 22000.0, 25000.0, 26000.0, 27000.0, 27000.0, 27000.0],
+            True,
+        ),
+        _matrix(
+            "RAYLEIGH_ls",
+            ls_wl,
+            [
+                5000.0,
+                10000.0,
+                15000.0,
+                20000.0,
+                27000.0,
+                32000.0,
+                38000.0,
+                50000.0,
+                100000.0,
+                300000.0,
+            ],
+            True,
+        ),
         _matrix("REEM_ls", ls_wl, [0.8, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0, 0.0, 0.0, 0.0], True),
         _matrix("SPECTRUM_ls", ls_wl, [0.0, 0.0, 0.05, 0.5, 1.0, 0.8, 0.5, 0.15, 0.0, 0.0], True),
         _matrix("RINDEX_pyrex", [200.0, 800.0], [1.48, 1.48], True),
@@ -222,14 +286,32 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0, scale: float = 1.0) -> 
         '  <matrix name="TAU1_ls" coldim="1" values="4.6*ns"/>',
     ]
     materials = [
-        _mat("Water", 1.0, {"H": 0.112, "O": 0.888}, {"RINDEX": "RINDEX_water",
-                                                      "ABSLENGTH": "ABS_water"}),
-        _mat("Acrylic", 1.19, {"H": 0.08, "C": 0.6, "O": 0.32},
-             {"RINDEX": "RINDEX_acrylic", "ABSLENGTH": "ABS_acrylic"}),
-        _mat("LS", 0.86, {"H": 0.12, "C": 0.88},
-             {"RINDEX": "RINDEX_ls", "ABSLENGTH": "ABS_ls", "RAYLEIGH": "RAYLEIGH_ls",
-              "REEMISSIONPROB": "REEM_ls", "SCINTILLATIONCOMPONENT1": "SPECTRUM_ls",
-              "SCINTILLATIONYIELD": "YIELD_ls", "SCINTILLATIONTIMECONSTANT1": "TAU1_ls"}),
+        _mat(
+            "Water",
+            1.0,
+            {"H": 0.112, "O": 0.888},
+            {"RINDEX": "RINDEX_water", "ABSLENGTH": "ABS_water"},
+        ),
+        _mat(
+            "Acrylic",
+            1.19,
+            {"H": 0.08, "C": 0.6, "O": 0.32},
+            {"RINDEX": "RINDEX_acrylic", "ABSLENGTH": "ABS_acrylic"},
+        ),
+        _mat(
+            "LS",
+            0.86,
+            {"H": 0.12, "C": 0.88},
+            {
+                "RINDEX": "RINDEX_ls",
+                "ABSLENGTH": "ABS_ls",
+                "RAYLEIGH": "RAYLEIGH_ls",
+                "REEMISSIONPROB": "REEM_ls",
+                "SCINTILLATIONCOMPONENT1": "SPECTRUM_ls",
+                "SCINTILLATIONYIELD": "YIELD_ls",
+                "SCINTILLATIONTIMECONSTANT1": "TAU1_ls",
+            },
+        ),
         _mat("Pyrex", 2.23, {"Si": 0.47, "O": 0.53}, {"RINDEX": "RINDEX_pyrex"}),
         _mat("Rock", 2.6, {"Si": 0.47, "O": 0.53}, {}),
     ]
@@ -270,13 +352,15 @@ def juno_like(pmts: int = 2000, radius: float = 19500.0, scale: float = 1.0) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.propagate.geometry.examples",
-                                 description="write an example detector as GDML")
+    ap = argparse.ArgumentParser(
+        prog="python -m engine.propagate.geometry.examples",
+        description="write an example detector as GDML",
+    )
     ap.add_argument("which", choices=("tank", "juno-like"))
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--pmts", type=int, default=None)
     a = ap.parse_args(argv)
-    text = (tank(a.pmts or 36) if a.which == "tank" else juno_like(a.pmts or 2000))
+    text = tank(a.pmts or 36) if a.which == "tank" else juno_like(a.pmts or 2000)
     a.output.write_text(text)
     print(f"{a.output}: {a.which}, {len(text):,} bytes")
     return 0

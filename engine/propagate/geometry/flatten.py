@@ -35,8 +35,25 @@ HEADER = 20
 NODE_I = 8
 NODE_F = 12
 MAX_NODES = 4_000_000
-(H_NODES, H_NODE_I, H_NODE_F, H_SOLIDS, H_SOLID_I, H_CSG_I, H_NCSG, H_LEAF_X, H_NBVH, H_BVH_I,
- H_BVH_F, H_ITEMS, H_TRI, H_NTRI, H_FACE_IDS, H_DEPTH, H_NODE_BOX) = range(17)
+(
+    H_NODES,
+    H_NODE_I,
+    H_NODE_F,
+    H_SOLIDS,
+    H_SOLID_I,
+    H_CSG_I,
+    H_NCSG,
+    H_LEAF_X,
+    H_NBVH,
+    H_BVH_I,
+    H_BVH_F,
+    H_ITEMS,
+    H_TRI,
+    H_NTRI,
+    H_FACE_IDS,
+    H_DEPTH,
+    H_NODE_BOX,
+) = range(17)
 
 
 @dataclass
@@ -91,8 +108,16 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
     for k, nd in enumerate(nodes):
         key = (nd.omat, nd.osur, nd.isur, nd.imat)
         b = nd.bnd if nd.bnd >= 0 else bnds.setdefault(key, len(bnds))
-        node_i[k] = (nd.solid, nd.omat, nd.osur, nd.isur, nd.imat, b,
-                     np.int64(nd.osensor).astype(np.int32), np.int64(nd.isensor).astype(np.int32))
+        node_i[k] = (
+            nd.solid,
+            nd.omat,
+            nd.osur,
+            nd.isur,
+            nd.imat,
+            b,
+            np.int64(nd.osensor).astype(np.int32),
+            np.int64(nd.isensor).astype(np.int32),
+        )
         r = nd.rot.T
         node_x[k, :9] = r.reshape(-1)
         node_x[k, 9:] = -r @ nd.pos
@@ -124,8 +149,13 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
                 fl.extend(list(it.rot.reshape(-1)) + list(it.pos))
             ci.append((it.code, p_off, x_off, it.face))
     tree = B.build(lo, hi)
-    parts_i = [node_i.reshape(-1), np.array(si, np.int32).reshape(-1),
-               np.array(ci, np.int32).reshape(-1), tree.node.reshape(-1), tree.items]
+    parts_i = [
+        node_i.reshape(-1),
+        np.array(si, np.int32).reshape(-1),
+        np.array(ci, np.int32).reshape(-1),
+        tree.node.reshape(-1),
+        tree.items,
+    ]
     off_i = np.cumsum([HEADER] + [len(p) for p in parts_i])
     leaf_f = np.array(fl, float)
     tri_f = np.concatenate(tris).reshape(-1) if tris else np.zeros(0)
@@ -163,13 +193,29 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
     geo_f = np.concatenate(parts_f).astype(np.float64)
     if len(geo_i) >= 2**31 or len(geo_f) >= 2**31:
         raise BadInput("the geometry is too large for 32-bit offsets")
-    return Geometry(geo_i, geo_f, node_i, lo[0].copy(), hi[0].copy(), face_ids,
-                    [nd.label for nd in nodes], lo, hi, csgs, node_x, tree.depth, len(bnds))
+    return Geometry(
+        geo_i,
+        geo_f,
+        node_i,
+        lo[0].copy(),
+        hi[0].copy(),
+        face_ids,
+        [nd.label for nd in nodes],
+        lo,
+        hi,
+        csgs,
+        node_x,
+        tree.depth,
+        len(bnds),
+    )
 
 
-def from_boxes(half: tuple[float, float, float], cmat: int, csurf: int,
-               objects: list[tuple[str, tuple[float, float, float], tuple[float, float, float], int, int]]
-               ) -> Geometry:
+def from_boxes(
+    half: tuple[float, float, float],
+    cmat: int,
+    csurf: int,
+    objects: list[tuple[str, tuple[float, float, float], tuple[float, float, float], int, int]],
+) -> Geometry:
     """A TOML scene's container and objects as a tree: node 0 the container (the world, its
     surface the inner one), node j+1 object j (a skin surface both ways). Sensor ids and
     boundary numbers are the scene format's own: volume*8 + face + 1, volume + 1."""
@@ -186,6 +232,19 @@ def from_boxes(half: tuple[float, float, float], cmat: int, csurf: int,
             leaf = Leaf(ELLIPSOID, [r, r, r, -1e300, 1e300])
         csgs.append(Csg([leaf], -hv, hv))
         s = (j + 1) * 8 + 1
-        nodes.append(NodeSpec(j + 1, np.eye(3), np.array(center, float), cmat, surf, surf, mat,
-                              s, s, j + 1, f"objects[{j}]"))
+        nodes.append(
+            NodeSpec(
+                j + 1,
+                np.eye(3),
+                np.array(center, float),
+                cmat,
+                surf,
+                surf,
+                mat,
+                s,
+                s,
+                j + 1,
+                f"objects[{j}]",
+            )
+        )
     return assemble(csgs, nodes, face_ids=True)

@@ -35,8 +35,20 @@ MAX_NAME = 256
 MAX_MATRIX = 100_000  # values in one matrix
 MAX_FACETS = 200_000  # facets in one tessellated solid
 MAX_ZPLANES = 64
-SOLID_TAGS = ("box", "tube", "cone", "sphere", "orb", "ellipsoid", "polycone", "torus",
-              "tessellated", "union", "subtraction", "intersection")
+SOLID_TAGS = (
+    "box",
+    "tube",
+    "cone",
+    "sphere",
+    "orb",
+    "ellipsoid",
+    "polycone",
+    "torus",
+    "tessellated",
+    "union",
+    "subtraction",
+    "intersection",
+)
 
 
 @dataclass
@@ -108,7 +120,14 @@ class Detector:
 def rotation(angles: tuple[float, float, float]) -> np.ndarray:
     """CLHEP's rotateX, rotateY, rotateZ in turn: Rz @ Ry @ Rx (G4GDMLReadDefine)."""
     x, y, z = angles
-    cx, sx, cy, sy, cz, sz = math.cos(x), math.sin(x), math.cos(y), math.sin(y), math.cos(z), math.sin(z)
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(x),
+        math.sin(x),
+        math.cos(y),
+        math.sin(y),
+        math.cos(z),
+        math.sin(z),
+    )
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
@@ -150,8 +169,9 @@ class _Reader:
             raise self.bad(where, f"<{_tag(el)}> needs a ref of 1..{MAX_NAME} characters")
         return r
 
-    def num(self, el: Any, attr: str, where: str, default: float | None = None,
-            scale: float = 1.0) -> float:
+    def num(
+        self, el: Any, attr: str, where: str, default: float | None = None, scale: float = 1.0
+    ) -> float:
         text = el.get(attr)
         if text is None:
             if default is None:
@@ -162,7 +182,9 @@ class _Reader:
         except BadInput as err:
             raise BadInput(err.message, self.path) from None
 
-    def unit_of(self, el: Any, attr: str, kind: str, where: str, default: str | None = None) -> float:
+    def unit_of(
+        self, el: Any, attr: str, kind: str, where: str, default: str | None = None
+    ) -> float:
         try:
             return unit(el.get(attr, default), kind, where)
         except BadInput as err:
@@ -197,8 +219,9 @@ class _Reader:
                 text = el.get("values", "")
                 toks = text.split()
                 if not 1 <= cols <= 16 or len(toks) > MAX_MATRIX or not toks or len(toks) % cols:
-                    raise self.bad(f"{where} {n}", f"needs 1..{MAX_MATRIX} values in rows of "
-                                   f"coldim ({cols})")
+                    raise self.bad(
+                        f"{where} {n}", f"needs 1..{MAX_MATRIX} values in rows of coldim ({cols})"
+                    )
                 vals = np.array([self.num_text(t, f"{where} {n}") for t in toks])
                 self.matrices[n] = vals.reshape(-1, cols)
                 self.matrix_cols[n] = cols
@@ -235,8 +258,9 @@ class _Reader:
                 raise self.bad(f"{where} property {n}", "a property vector needs coldim 2")
             e, v = m[:, 0], m[:, 1]
             if np.any(e <= 0) or np.any(np.diff(e) <= 0):
-                raise self.bad(f"{where} property {n}", "photon energies must be positive and "
-                               "increasing")
+                raise self.bad(
+                    f"{where} property {n}", "photon energies must be positive and increasing"
+                )
             props[n] = Table(e.copy(), v.copy())
         return props, consts
 
@@ -268,9 +292,13 @@ class _Reader:
             where = f"solids/{tag}"
             if tag == "opticalsurface":
                 n = self.name(el, where)
-                s = GSurface(n, el.get("model", "glisur"), el.get("finish", "polished"),
-                             el.get("type", "dielectric_dielectric"),
-                             self.num(el, "value", f"opticalsurface {n}", 1.0))
+                s = GSurface(
+                    n,
+                    el.get("model", "glisur"),
+                    el.get("finish", "polished"),
+                    el.get("type", "dielectric_dielectric"),
+                    self.num(el, "value", f"opticalsurface {n}", 1.0),
+                )
                 s.props, s.consts = self.properties(el, f"opticalsurface {n}")
                 surfaces[n] = s
                 continue
@@ -286,34 +314,68 @@ class _Reader:
             if tag == "box":
                 p = {"hx": L("x") / 2, "hy": L("y") / 2, "hz": L("z") / 2}
             elif tag == "tube":
-                p = {"rmin": L("rmin", 0.0), "rmax": L("rmax"), "hz": L("z") / 2,
-                     "phi0": A("startphi", 0.0), "dphi": A("deltaphi", 2 * math.pi)}
+                p = {
+                    "rmin": L("rmin", 0.0),
+                    "rmax": L("rmax"),
+                    "hz": L("z") / 2,
+                    "phi0": A("startphi", 0.0),
+                    "dphi": A("deltaphi", 2 * math.pi),
+                }
             elif tag == "cone":
-                p = {"rmin1": L("rmin1", 0.0), "rmax1": L("rmax1"), "rmin2": L("rmin2", 0.0),
-                     "rmax2": L("rmax2"), "hz": L("z") / 2, "phi0": A("startphi", 0.0),
-                     "dphi": A("deltaphi", 2 * math.pi)}
+                p = {
+                    "rmin1": L("rmin1", 0.0),
+                    "rmax1": L("rmax1"),
+                    "rmin2": L("rmin2", 0.0),
+                    "rmax2": L("rmax2"),
+                    "hz": L("z") / 2,
+                    "phi0": A("startphi", 0.0),
+                    "dphi": A("deltaphi", 2 * math.pi),
+                }
             elif tag == "sphere":
-                p = {"rmin": L("rmin", 0.0), "rmax": L("rmax"), "phi0": A("startphi", 0.0),
-                     "dphi": A("deltaphi", 2 * math.pi), "theta0": A("starttheta", 0.0),
-                     "dtheta": A("deltatheta", math.pi)}
+                p = {
+                    "rmin": L("rmin", 0.0),
+                    "rmax": L("rmax"),
+                    "phi0": A("startphi", 0.0),
+                    "dphi": A("deltaphi", 2 * math.pi),
+                    "theta0": A("starttheta", 0.0),
+                    "dtheta": A("deltatheta", math.pi),
+                }
             elif tag == "orb":
                 p = {"r": L("r")}
             elif tag == "ellipsoid":
-                p = {"ax": L("ax"), "by": L("by"), "cz": L("cz"), "zcut1": L("zcut1", 0.0),
-                     "zcut2": L("zcut2", 0.0)}
+                p = {
+                    "ax": L("ax"),
+                    "by": L("by"),
+                    "cz": L("cz"),
+                    "zcut1": L("zcut1", 0.0),
+                    "zcut2": L("zcut2", 0.0),
+                }
             elif tag == "torus":
-                p = {"rmin": L("rmin", 0.0), "rmax": L("rmax"), "rtor": L("rtor"),
-                     "phi0": A("startphi", 0.0), "dphi": A("deltaphi", 2 * math.pi)}
+                p = {
+                    "rmin": L("rmin", 0.0),
+                    "rmax": L("rmax"),
+                    "rtor": L("rtor"),
+                    "phi0": A("startphi", 0.0),
+                    "dphi": A("deltaphi", 2 * math.pi),
+                }
             elif tag == "polycone":
                 planes = []
                 for z in el:
                     if _tag(z) == "zplane":
-                        planes.append((self.num(z, "rmin", w, 0.0, lu), self.num(z, "rmax", w, None, lu),
-                                       self.num(z, "z", w, None, lu)))
+                        planes.append(
+                            (
+                                self.num(z, "rmin", w, 0.0, lu),
+                                self.num(z, "rmax", w, None, lu),
+                                self.num(z, "z", w, None, lu),
+                            )
+                        )
                 if not 2 <= len(planes) <= MAX_ZPLANES:
                     raise self.bad(w, f"a polycone needs 2..{MAX_ZPLANES} <zplane>s")
-                p = {"phi0": A("startphi", 0.0), "dphi": A("deltaphi", 2 * math.pi),
-                     "planes": planes}
+                p = {
+                    "phi0": A("startphi", 0.0),
+                    "dphi": A("deltaphi", 2 * math.pi),
+                    "planes": planes,
+                }
             elif tag == "tessellated":
                 p = {"facets": self.facets(el, w)}
             else:  # union, subtraction, intersection
@@ -344,7 +406,9 @@ class _Reader:
             raise self.bad(where, "a tessellated solid needs at least 4 facets")
         return np.array(tris)
 
-    def placement(self, el: Any, where: str, prefix: str = "") -> tuple[np.ndarray, np.ndarray, bool]:
+    def placement(
+        self, el: Any, where: str, prefix: str = ""
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
         """(position, rotation angles, has scale != 1) of a physvol or boolean child list."""
         pos, ang, scaled = np.zeros(3), np.zeros(3), False
         for c in el:
@@ -364,8 +428,11 @@ class _Reader:
                     raise self.bad(where, f"no <rotation> named {r!r}")
                 ang = self.rotations[r]
             elif t in (f"{prefix}scale", f"{prefix}scaleref"):
-                s = (np.array([self.num(c, a, where, 1.0) for a in "xyz"]) if t.endswith("scale")
-                     else self.scales.get(self.ref(c, where), np.ones(3)))
+                s = (
+                    np.array([self.num(c, a, where, 1.0) for a in "xyz"])
+                    if t.endswith("scale")
+                    else self.scales.get(self.ref(c, where), np.ones(3))
+                )
                 scaled = scaled or bool(np.any(s != 1.0))
         return pos, ang, scaled
 
@@ -385,8 +452,14 @@ class _Reader:
         pos1, ang1, scaled1 = self.placement(el, where, "first")
         if scaled or scaled1:
             raise self.bad(where, "a scaled (reflected) boolean operand is not a rotation")
-        return {"first": first, "second": second, "rot": rotation(tuple(ang)), "pos": pos,
-                "rot1": rotation(tuple(ang1)), "pos1": pos1}
+        return {
+            "first": first,
+            "second": second,
+            "rot": rotation(tuple(ang)),
+            "pos": pos,
+            "rot1": rotation(tuple(ang1)),
+            "pos1": pos1,
+        }
 
     # ---------------------------------------------------------------- structure
     def structure(self, root: Any, d: Detector) -> None:
@@ -455,12 +528,13 @@ class _Reader:
         if len(n) > MAX_NAME:
             raise self.bad(where, f"a name must have 1..{MAX_NAME} characters")
         cn = self.num(el, "copynumber", f"{where} physvol {n}", 0.0)
-        if cn != int(cn) or not -2**31 <= cn < 2**31:
+        if cn != int(cn) or not -(2**31) <= cn < 2**31:
             raise self.bad(f"{where} physvol {n}", "copynumber must be an int32")
         pos, ang, scaled = self.placement(el, f"{where} physvol {n}")
         if scaled:
-            raise self.bad(f"{where} physvol {n}", "placement is not a rotation (scale or "
-                           "reflection)")
+            raise self.bad(
+                f"{where} physvol {n}", "placement is not a rotation (scale or reflection)"
+            )
         pv = GPhysvol(n, lv, int(cn), rotation(tuple(ang)).T, pos)
         d.physvols.setdefault(n, pv)
         return pv

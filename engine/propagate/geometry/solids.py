@@ -35,9 +35,17 @@ from engine.propagate.geometry.gdml import GSolid
 
 BOX, ELLIPSOID, CYLINDER, CONE, WEDGE, NAPPE, HALFSPACE, TORUS, MESH = range(1, 10)
 UNION, INTERSECT, DIFF = 16, 17, 18
-LEAF_NAMES = {BOX: "box", ELLIPSOID: "ellipsoid", CYLINDER: "cylinder", CONE: "cone",
-              WEDGE: "wedge", NAPPE: "nappe", HALFSPACE: "halfspace", TORUS: "torus",
-              MESH: "mesh"}
+LEAF_NAMES = {
+    BOX: "box",
+    ELLIPSOID: "ellipsoid",
+    CYLINDER: "cylinder",
+    CONE: "cone",
+    WEDGE: "wedge",
+    NAPPE: "nappe",
+    HALFSPACE: "halfspace",
+    TORUS: "torus",
+    MESH: "mesh",
+}
 MAX_LEAVES = 32  # per solid: the kernel's interval buffers are sized for this
 BIG = 1e300  # "no cut": an unbounded slab end
 TWO_PI = 2 * math.pi
@@ -67,10 +75,14 @@ class Csg:
         return [i for i in self.items if isinstance(i, Leaf)]
 
 
-def _leaf(code: int, params: list[float], lo: list[float], hi: list[float],
-          tris: np.ndarray | None = None) -> Csg:
-    return Csg([Leaf(code, [float(p) for p in params], tris=tris)], np.array(lo, float),
-               np.array(hi, float))
+def _leaf(
+    code: int, params: list[float], lo: list[float], hi: list[float], tris: np.ndarray | None = None
+) -> Csg:
+    return Csg(
+        [Leaf(code, [float(p) for p in params], tris=tris)],
+        np.array(lo, float),
+        np.array(hi, float),
+    )
 
 
 def _combine(op: int, a: Csg, b: Csg) -> Csg:
@@ -90,16 +102,18 @@ def _moved(c: Csg, rot: np.ndarray, pos: np.ndarray) -> Csg:
     items: list[Leaf | int] = []
     for it in c.items:
         if isinstance(it, Leaf):
-            items.append(Leaf(it.code, it.params, it.rot @ inv_r, it.rot @ inv_t + it.pos,
-                              it.face, it.tris))
+            items.append(
+                Leaf(it.code, it.params, it.rot @ inv_r, it.rot @ inv_t + it.pos, it.face, it.tris)
+            )
         else:
             items.append(it)
     lo, hi = box_transform(c.lo, c.hi, rot, pos)
     return Csg(items, lo, hi)
 
 
-def box_transform(lo: np.ndarray, hi: np.ndarray, rot: np.ndarray, pos: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def box_transform(
+    lo: np.ndarray, hi: np.ndarray, rot: np.ndarray, pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned box of a box moved by x' = rot x + pos (unbounded stays unbounded)."""
     if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         return np.full(3, -np.inf), np.full(3, np.inf)
@@ -188,8 +202,9 @@ def build(name: str, solids: dict[str, GSolid], depth: int = 0) -> Csg:
             raise BadInput(f"{where}: needs 0 <= rmin < rmax")
         c = _leaf(ELLIPSOID, [rmax, rmax, rmax, -BIG, BIG], [-rmax] * 3, [rmax] * 3)
         if rmin > 0:
-            c = _combine(DIFF, c, _leaf(ELLIPSOID, [rmin, rmin, rmin, -BIG, BIG], [-rmin] * 3,
-                                        [rmin] * 3))
+            c = _combine(
+                DIFF, c, _leaf(ELLIPSOID, [rmin, rmin, rmin, -BIG, BIG], [-rmin] * 3, [rmin] * 3)
+            )
         c = _phi_cut(c, p["phi0"], p["dphi"], where)
         t0, dt = p["theta0"], p["dtheta"]
         t1 = t0 + dt
@@ -218,8 +233,13 @@ def build(name: str, solids: dict[str, GSolid], depth: int = 0) -> Csg:
         c = _leaf(CYLINDER, [rmax, -hz, hz], [-rmax, -rmax, -hz], [rmax, rmax, hz])
         if rmin > 0:
             m = max(1.0, 0.01 * hz)  # the inner cylinder pokes out: no coincident end faces
-            c = _combine(DIFF, c, _leaf(CYLINDER, [rmin, -hz - m, hz + m], [-rmin, -rmin, -hz - m],
-                                        [rmin, rmin, hz + m]))
+            c = _combine(
+                DIFF,
+                c,
+                _leaf(
+                    CYLINDER, [rmin, -hz - m, hz + m], [-rmin, -rmin, -hz - m], [rmin, rmin, hz + m]
+                ),
+            )
         c = _phi_cut(c, p["phi0"], p["dphi"], where)
     elif k == "cone":
         hz = p["hz"]
@@ -269,8 +289,9 @@ def build(name: str, solids: dict[str, GSolid], depth: int = 0) -> Csg:
     elif k == "tessellated":
         tris = np.asarray(p["facets"], float)
         flat = tris.reshape(-1, 3)
-        c = _leaf(MESH, [0.0, float(len(tris))], list(flat.min(axis=0)), list(flat.max(axis=0)),
-                  tris=tris)
+        c = _leaf(
+            MESH, [0.0, float(len(tris))], list(flat.min(axis=0)), list(flat.max(axis=0)), tris=tris
+        )
     elif k in ("union", "subtraction", "intersection"):
         a = build(p["first"], solids, depth + 1)
         b = build(p["second"], solids, depth + 1)

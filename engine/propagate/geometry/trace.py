@@ -37,7 +37,16 @@ TOL_REL = 1e-9
 INF = math.inf
 
 _BOX, _ELL, _CYL, _CONE, _WEDGE, _NAPPE, _HALF, _TORUS, _MESH = (
-    S.BOX, S.ELLIPSOID, S.CYLINDER, S.CONE, S.WEDGE, S.NAPPE, S.HALFSPACE, S.TORUS, S.MESH)
+    S.BOX,
+    S.ELLIPSOID,
+    S.CYLINDER,
+    S.CONE,
+    S.WEDGE,
+    S.NAPPE,
+    S.HALFSPACE,
+    S.TORUS,
+    S.MESH,
+)
 _UNION, _INTER, _DIFF = S.UNION, S.INTERSECT, S.DIFF
 _NODE_I, _NODE_F = FL.NODE_I, FL.NODE_F
 
@@ -153,15 +162,23 @@ def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
         U = dx / a
         V = dy / b
         W = dz / c
-        return _quadric(U * U + V * V + W * W, X * U + Y * V + Z * W, X * X + Y * Y + Z * Z - 1.0,
-                        lo, hi, plo, phi)
+        return _quadric(
+            U * U + V * V + W * W,
+            X * U + Y * V + Z * W,
+            X * X + Y * Y + Z * Z - 1.0,
+            lo,
+            hi,
+            plo,
+            phi,
+        )
     if code == _CYL:
         r = gf[po]
         lo, hi, plo, phi = _slab(oz, dz, gf[po + 1], gf[po + 2], lo, hi, plo, phi, 1, 2)
         if lo > hi:
             return lo, hi, plo, phi
-        return _quadric(dx * dx + dy * dy, ox * dx + oy * dy, ox * ox + oy * oy - r * r,
-                        lo, hi, plo, phi)
+        return _quadric(
+            dx * dx + dy * dy, ox * dx + oy * dy, ox * ox + oy * oy - r * r, lo, hi, plo, phi
+        )
     if code == _CONE:
         r1 = gf[po]
         r2 = gf[po + 1]
@@ -173,8 +190,15 @@ def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
         k = (r2 - r1) / (z2 - z1)
         w = oz - (z1 - r1 / k)
         k2 = k * k
-        return _quadric(dx * dx + dy * dy - k2 * dz * dz, ox * dx + oy * dy - k2 * w * dz,
-                        ox * ox + oy * oy - k2 * w * w, lo, hi, plo, phi)
+        return _quadric(
+            dx * dx + dy * dy - k2 * dz * dz,
+            ox * dx + oy * dy - k2 * w * dz,
+            ox * ox + oy * oy - k2 * w * w,
+            lo,
+            hi,
+            plo,
+            phi,
+        )
     if code == _WEDGE:
         for i in range(2):
             nx = gf[po + 2 * i]
@@ -201,8 +225,15 @@ def leaf_interval(code, gf, po, ox, oy, oz, dx, dy, dz):
         lo, hi, plo, phi = _slab(s * oz, s * dz, 0.0, 1e300, lo, hi, plo, phi, 1, 1)
         if lo > hi:
             return lo, hi, plo, phi
-        return _quadric(dx * dx + dy * dy - tan2 * dz * dz, ox * dx + oy * dy - tan2 * oz * dz,
-                        ox * ox + oy * oy - tan2 * oz * oz, lo, hi, plo, phi)
+        return _quadric(
+            dx * dx + dy * dy - tan2 * dz * dz,
+            ox * dx + oy * dy - tan2 * oz * dz,
+            ox * ox + oy * oy - tan2 * oz * oz,
+            lo,
+            hi,
+            plo,
+            phi,
+        )
     if code == _HALF:
         nd = gf[po] * dx + gf[po + 1] * dy + gf[po + 2] * dz
         no = gf[po] * ox + gf[po + 1] * oy + gf[po + 2] * oz
@@ -315,18 +346,22 @@ def _xf(gf, xo, x, y, z):
     """x' = R x + T with R, T at gf[xo:xo+12] (xo < 0: identity)."""
     if xo < 0:
         return x, y, z
-    return (gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z + gf[xo + 9],
-            gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z + gf[xo + 10],
-            gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z + gf[xo + 11])
+    return (
+        gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z + gf[xo + 9],
+        gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z + gf[xo + 10],
+        gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z + gf[xo + 11],
+    )
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _rot(gf, xo, x, y, z):
     if xo < 0:
         return x, y, z
-    return (gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z,
-            gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z,
-            gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z)
+    return (
+        gf[xo] * x + gf[xo + 1] * y + gf[xo + 2] * z,
+        gf[xo + 3] * x + gf[xo + 4] * y + gf[xo + 5] * z,
+        gf[xo + 6] * x + gf[xo + 7] * y + gf[xo + 8] * z,
+    )
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -334,9 +369,11 @@ def _rot_t(gf, xo, x, y, z):
     """R^T n: a normal back into the parent frame."""
     if xo < 0:
         return x, y, z
-    return (gf[xo] * x + gf[xo + 3] * y + gf[xo + 6] * z,
-            gf[xo + 1] * x + gf[xo + 4] * y + gf[xo + 7] * z,
-            gf[xo + 2] * x + gf[xo + 5] * y + gf[xo + 8] * z)
+    return (
+        gf[xo] * x + gf[xo + 3] * y + gf[xo + 6] * z,
+        gf[xo + 1] * x + gf[xo + 4] * y + gf[xo + 7] * z,
+        gf[xo + 2] * x + gf[xo + 5] * y + gf[xo + 8] * z,
+    )
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -393,8 +430,9 @@ def leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi,
-              ts, ps):
+def solid_hit(
+    gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf, ivplo, ivphi, ts, ps
+):
     """(t, item offset of the leaf hit, part, entering) of solid s's boundary in (tmin,
     tmax) along the ray (solid frame); t = inf when none."""
     hs = gi[FL.H_SOLID_I]
@@ -413,8 +451,9 @@ def solid_hit(gi, gf, s, ox, oy, oz, dx, dy, dz, tmin, tmax, ivlo, ivhi, ivleaf,
         ux, uy, uz = _rot(gf, xo, dx, dy, dz)
         if code == _MESH:
             po = gi[c + 1]
-            nt = mesh_crossings(gf, gi[FL.H_TRI] + 9 * int(gf[po]), int(gf[po + 1]), lx, ly, lz,
-                                ux, uy, uz, ts, ps)
+            nt = mesh_crossings(
+                gf, gi[FL.H_TRI] + 9 * int(gf[po]), int(gf[po + 1]), lx, ly, lz, ux, uy, uz, ts, ps
+            )
             for j in range(0, nt - 1, 2):
                 if niv < MAXIV:
                     ivlo[niv] = ts[j]
@@ -495,8 +534,9 @@ def _box_enter(bf, b, px, py, pz, ix, iy, iz, tmin, tmax):
 
 
 @njit(cache=True, error_model="numpy")
-def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack,
-              ts, ps):
+def trace_one(
+    gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack, ts, ps
+):
     """Nearest boundary: (t, node, nx, ny, nz, face, entering); t = inf, node -1: none."""
     nb = gi[FL.H_BVH_I]
     bf0 = gi[FL.H_BVH_F]
@@ -505,7 +545,7 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
     ni = gi[FL.H_NODE_I]
     nf = gi[FL.H_NODE_F]
     bf = gf[bf0:]
-    nbox = gf[gi[FL.H_NODE_BOX]:]
+    nbox = gf[gi[FL.H_NODE_BOX] :]
     ix = 1.0 / dx if dx != 0.0 else INF
     iy = 1.0 / dy if dy != 0.0 else INF
     iz = 1.0 / dz if dz != 0.0 else INF
@@ -555,8 +595,26 @@ def trace_one(gi, gf, px, py, pz, dx, dy, dz, tmin, ivlo, ivhi, ivleaf, ivplo, i
             if gi[hs + 2 * sol + 1] == 1 and gi[c0] != _MESH:
                 t, item, part, enter = leaf_hit(gi, gf, c0, lx, ly, lz, ux, uy, uz, tmin, best)
             else:
-                t, item, part, enter = solid_hit(gi, gf, sol, lx, ly, lz, ux, uy, uz, tmin, best,
-                                                 ivlo, ivhi, ivleaf, ivplo, ivphi, ts, ps)
+                t, item, part, enter = solid_hit(
+                    gi,
+                    gf,
+                    sol,
+                    lx,
+                    ly,
+                    lz,
+                    ux,
+                    uy,
+                    uz,
+                    tmin,
+                    best,
+                    ivlo,
+                    ivhi,
+                    ivleaf,
+                    ivplo,
+                    ivphi,
+                    ts,
+                    ps,
+                )
             if t < best:
                 best = t
                 bnode = k
@@ -601,9 +659,24 @@ def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
     ps = np.empty(MAXT, np.int32)
     for i in range(m):
         t, k, nx, ny, nz, face, enter = trace_one(
-            gi, gf, float(pos[0, i]), float(pos[1, i]), float(pos[2, i]), float(dirs[0, i]),
-            float(dirs[1, i]), float(dirs[2, i]), tmin, ivlo, ivhi, ivleaf, ivplo, ivphi, stack,
-            ts, ps)
+            gi,
+            gf,
+            float(pos[0, i]),
+            float(pos[1, i]),
+            float(pos[2, i]),
+            float(dirs[0, i]),
+            float(dirs[1, i]),
+            float(dirs[2, i]),
+            tmin,
+            ivlo,
+            ivhi,
+            ivleaf,
+            ivplo,
+            ivphi,
+            stack,
+            ts,
+            ps,
+        )
         t_out[i] = np.float32(t)
         node_out[i] = k
         n_out[0, i] = np.float32(nx)
@@ -613,8 +686,9 @@ def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
         enter_out[i] = 1 if enter else 0
 
 
-def nearest(geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndarray,
-            tmin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def nearest(
+    geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndarray, tmin: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t float32, node int32 (-1: none), outward normal (3,m) float32, face int32,
     entering bool) of the nearest boundary beyond tmin for each ray."""
     m = pos.shape[1]
@@ -623,8 +697,18 @@ def nearest(geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndar
     n = np.empty((3, m), np.float32)
     face = np.empty(m, np.int32)
     enter = np.empty(m, np.int8)
-    trace(geo_i, geo_f, np.ascontiguousarray(pos, np.float32),
-          np.ascontiguousarray(dirs, np.float32), float(np.float32(tmin)), t, node, n, face, enter)
+    trace(
+        geo_i,
+        geo_f,
+        np.ascontiguousarray(pos, np.float32),
+        np.ascontiguousarray(dirs, np.float32),
+        float(np.float32(tmin)),
+        t,
+        node,
+        n,
+        face,
+        enter,
+    )
     return t, node, n, face, enter.astype(bool)
 
 
@@ -657,8 +741,19 @@ def inside_batch(gi, gf, solid, pts, out):
             ux, uy, uz = _rot(gf, xo, dx, dy, dz)
             if code == _MESH:
                 po = gi[c + 1]
-                nt = mesh_crossings(gf, gi[FL.H_TRI] + 9 * int(gf[po]), int(gf[po + 1]), lx, ly,
-                                    lz, ux, uy, uz, ts, ps)
+                nt = mesh_crossings(
+                    gf,
+                    gi[FL.H_TRI] + 9 * int(gf[po]),
+                    int(gf[po + 1]),
+                    lx,
+                    ly,
+                    lz,
+                    ux,
+                    uy,
+                    uz,
+                    ts,
+                    ps,
+                )
                 for j in range(0, nt - 1, 2):
                     if niv < MAXIV:
                         ivlo[niv] = ts[j]
@@ -690,8 +785,26 @@ def surface_batch(gi, gf, solid, org, dirs, pts, nrm, ok):
     for i in range(org.shape[1]):
         ox, oy, oz = org[0, i], org[1, i], org[2, i]
         dx, dy, dz = dirs[0, i], dirs[1, i], dirs[2, i]
-        t, item, part, enter = solid_hit(gi, gf, solid[i], ox, oy, oz, dx, dy, dz, 0.0, INF,
-                                         ivlo, ivhi, ivleaf, ivplo, ivphi, ts, ps)
+        t, item, part, enter = solid_hit(
+            gi,
+            gf,
+            solid[i],
+            ox,
+            oy,
+            oz,
+            dx,
+            dy,
+            dz,
+            0.0,
+            INF,
+            ivlo,
+            ivhi,
+            ivleaf,
+            ivplo,
+            ivphi,
+            ts,
+            ps,
+        )
         if item < 0:
             ok[i] = 0
             continue

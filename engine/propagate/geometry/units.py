@@ -27,23 +27,78 @@ _JOULE = 1e-6 / _E_SI  # MeV
 _KG = _JOULE * 1e9 * 1e9 / (1e3 * 1e3)  # joule * s^2 / m^2 in CLHEP units
 # CLHEP's unit values (mm, ns, MeV, eplus, kelvin, mole, rad = 1)
 UNITS: dict[str, float] = {
-    "pi": math.pi, "twopi": 2 * math.pi, "halfpi": math.pi / 2,
-    "mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0,
-    "km": 1e6, "kilometer": 1e6, "um": 1e-3, "micrometer": 1e-3, "nm": 1e-6,
-    "nanometer": 1e-6, "pc": 3.0856775807e19, "angstrom": 1e-7, "fermi": 1e-12,
-    "mm2": 1.0, "cm2": 100.0, "m2": 1e6, "mm3": 1.0, "cm3": 1e3, "m3": 1e9, "L": 1e6,
-    "ns": 1.0, "nanosecond": 1.0, "s": 1e9, "second": 1e9, "ms": 1e6, "millisecond": 1e6,
-    "us": 1e3, "microsecond": 1e3, "ps": 1e-3, "picosecond": 1e-3,
-    "eV": 1e-6, "electronvolt": 1e-6, "keV": 1e-3, "kiloelectronvolt": 1e-3, "MeV": 1.0,
-    "megaelectronvolt": 1.0, "GeV": 1e3, "gigaelectronvolt": 1e3, "TeV": 1e6, "PeV": 1e9,
+    "pi": math.pi,
+    "twopi": 2 * math.pi,
+    "halfpi": math.pi / 2,
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "cm": 10.0,
+    "centimeter": 10.0,
+    "m": 1000.0,
+    "meter": 1000.0,
+    "km": 1e6,
+    "kilometer": 1e6,
+    "um": 1e-3,
+    "micrometer": 1e-3,
+    "nm": 1e-6,
+    "nanometer": 1e-6,
+    "pc": 3.0856775807e19,
+    "angstrom": 1e-7,
+    "fermi": 1e-12,
+    "mm2": 1.0,
+    "cm2": 100.0,
+    "m2": 1e6,
+    "mm3": 1.0,
+    "cm3": 1e3,
+    "m3": 1e9,
+    "L": 1e6,
+    "ns": 1.0,
+    "nanosecond": 1.0,
+    "s": 1e9,
+    "second": 1e9,
+    "ms": 1e6,
+    "millisecond": 1e6,
+    "us": 1e3,
+    "microsecond": 1e3,
+    "ps": 1e-3,
+    "picosecond": 1e-3,
+    "eV": 1e-6,
+    "electronvolt": 1e-6,
+    "keV": 1e-3,
+    "kiloelectronvolt": 1e-3,
+    "MeV": 1.0,
+    "megaelectronvolt": 1.0,
+    "GeV": 1e3,
+    "gigaelectronvolt": 1e3,
+    "TeV": 1e6,
+    "PeV": 1e9,
     "joule": _JOULE,
-    "rad": 1.0, "radian": 1.0, "mrad": 1e-3, "milliradian": 1e-3, "deg": math.pi / 180,
-    "degree": math.pi / 180, "sr": 1.0, "steradian": 1.0,
-    "kg": _KG, "kilogram": _KG, "g": _KG * 1e-3, "gram": _KG * 1e-3, "mg": _KG * 1e-6,
-    "milligram": _KG * 1e-6, "mole": 1.0, "mol": 1.0, "kelvin": 1.0, "K": 1.0,
-    "percent": 0.01, "perCent": 0.01, "perThousand": 1e-3, "perMillion": 1e-6,
+    "rad": 1.0,
+    "radian": 1.0,
+    "mrad": 1e-3,
+    "milliradian": 1e-3,
+    "deg": math.pi / 180,
+    "degree": math.pi / 180,
+    "sr": 1.0,
+    "steradian": 1.0,
+    "kg": _KG,
+    "kilogram": _KG,
+    "g": _KG * 1e-3,
+    "gram": _KG * 1e-3,
+    "mg": _KG * 1e-6,
+    "milligram": _KG * 1e-6,
+    "mole": 1.0,
+    "mol": 1.0,
+    "kelvin": 1.0,
+    "K": 1.0,
+    "percent": 0.01,
+    "perCent": 0.01,
+    "perThousand": 1e-3,
+    "perMillion": 1e-6,
 }
-_TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(\S))")
+_TOKEN = re.compile(
+    r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(\S))"
+)
 
 
 def _tokens(text: str, where: str) -> list[tuple[str, str]]:
@@ -68,8 +123,9 @@ def _tokens(text: str, where: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, toks: list[tuple[str, str]], names: Mapping[str, float], where: str,
-                 text: str) -> None:
+    def __init__(
+        self, toks: list[tuple[str, str]], names: Mapping[str, float], where: str, text: str
+    ) -> None:
         self.toks, self.names, self.where, self.text = toks, names, where, text
         self.i = 0
         self.depth = 0
