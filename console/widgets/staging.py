@@ -9,13 +9,18 @@ what the engine does (``launch_paused``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
 from console.format import bar, size
-from engine.api import PrunePlan, UsageReport, human_bytes
+from engine.api import human_bytes
+
+if TYPE_CHECKING:  # types only: retention's module tree is not needed for the first paint
+    from engine.api import PrunePlan, UsageReport
 
 PRESSURE_FACTOR = 2.0
 
