@@ -364,7 +364,9 @@ def parse_reason(data: bytes, root: str | os.PathLike[str]) -> tuple[list[str], 
 # ---------------------------------------------------------------------- plan
 
 
-class _Planner:
+class _Judge:
+    """How one candidate is judged: the trees held open, the guard, the cutoffs, ``file``."""
+
     def __init__(self, ws: Workspace, db: StateDB, now: float) -> None:
         self.ws, self.db, self.now = ws, db, now
         self.r = ws.settings.retention
@@ -507,7 +509,9 @@ class _Planner:
                 )
             )
 
-    # -------------------------------------------------------------- areas
+
+class _Planner(_Judge):
+    """What each area holds that may go: one method per area, each judging through ``file``."""
 
     def logs(self) -> None:
         cut = self.cutoff(self.r.logs_days)
