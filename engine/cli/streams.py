@@ -24,8 +24,17 @@ def _t(x: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(x)) if x else "-"
 
 
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _d(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}s" if x < 600 else f"{x / 60:.0f}m"
+
+
 def run(args: argparse.Namespace) -> int:
     import json
+    import time
     from dataclasses import asdict
 
     from engine.api.listings import stream_views
@@ -33,13 +42,18 @@ def run(args: argparse.Namespace) -> int:
 
     ws = Workspace.open(args.workspace)
     views = stream_views(ws, args.dlid, latest_only=not args.all)
+    now = time.time()
     if args.json:
         print(
             json.dumps(
                 [
                     {
                         "stream": asdict(v.stream),
-                        "instances": [asdict(p) for p in v.instances],
+                        # run time (started -> ended) and queue time (submitted -> started)
+                        "instances": [
+                            asdict(p) | {"run_s": _r(p.run_s(now)), "queue_s": _r(p.queue_s(now))}
+                            for p in v.instances
+                        ],
                         "counts": v.counts(),
                     }
                     for v in views
@@ -62,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
         for pi in v.instances:
             # a batch job shows its job id (squeue's), a local one its pid
             where = f"job {pi.job_id:>7}" if pi.job_id else f"pid {pi.pid or '-':>7}"
+            # run time, and the time it waited in a batch queue
             print(
                 f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
                 f"{pi.max_retries} {where} {_t(pi.started)}-{_t(pi.ended)} "
+                f"run {_d(pi.run_s(now)):>4} queued {_d(pi.queue_s(now)):>4} "
                 f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
                 f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}"
             )

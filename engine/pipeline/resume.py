@@ -156,9 +156,17 @@ def adopt_unrecorded(sup: Supervisor) -> None:
     for log, job_id in sup.launcher.find_submitted(list(waiting)).items():
         pi = waiting[log]
         sup.db.set_job(pi.id, sup.launcher.name, job_id)
-        now = time.time()
-        sup.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log), note=None)
-        pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
+        now = time.time()  # submitted about now; QUEUED until the launcher says it began
+        sup.db.update_instance(
+            pi.id, status="QUEUED", submitted=now, started=None, log_path=str(log), note=None
+        )
+        pi.status, pi.submitted, pi.started, pi.log_path, pi.note = (
+            "QUEUED",
+            now,
+            None,
+            str(log),
+            None,
+        )
         pi.launcher, pi.job_id = sup.launcher.name, job_id
         if not adopt(sup, pi):  # ended between the two questions: run it again
             sup.db.update_instance(pi.id, status="READY", started=None)

@@ -326,7 +326,7 @@ def test_a_queued_jobs_reason_reaches_streams_json(tmp_path, capsys):
     rc, out, _ = cli(w, "streams", "--json", capsys=capsys)
     (pi,) = json.loads(out)[0]["instances"]
     assert (pi["status"], pi["note"], pi["launcher"]) == (
-        "RUNNING",
+        "QUEUED",
         "queued in slurm: BeginTime",
         "slurm",
     )

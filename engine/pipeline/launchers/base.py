@@ -48,6 +48,7 @@ class JobResult:
     exit_code: int  # negative: killed by that signal
     ended: float
     lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
+    started: float | None = None  # when the job began to run, where the launcher knows it
 
 
 class Launcher(Protocol):
@@ -55,7 +56,9 @@ class Launcher(Protocol):
     starts one; ``poll`` returns those that ended since the last call; ``cancel`` stops one
     (SIGTERM, then SIGKILL after ``grace_s``); ``cancel_all`` stops every one and returns
     their ids; ``active`` lists the ids still running; ``pending_reason`` says why a
-    submitted job still waits in a batch queue (None: it runs); ``find_submitted`` finds live
+    submitted job still waits in a batch queue (None: it runs); ``started`` says when a job
+    began to run (None: it still waits in a queue; a local job runs from its submission,
+    so the runner shows QUEUED only while this is None); ``find_submitted`` finds live
     jobs by the log they write (a job submitted by a runner that died before recording its
     id); ``adopt`` takes over a job a dead runner submitted (a batch job lives on; a local
     one cannot be adopted).
@@ -77,4 +80,5 @@ class Launcher(Protocol):
     def active(self) -> list[int]: ...
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
     def pending_reason(self, pi_id: int) -> str | None: ...
+    def started(self, pi_id: int) -> float | None: ...
     def find_submitted(self, logs: list[Path]) -> dict[Path, str]: ...

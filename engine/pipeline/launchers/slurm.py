@@ -78,6 +78,8 @@ LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
+# JobState values of a job that has not begun to run (or of which nothing is known)
+_NOT_STARTED = ("PENDING", "CONFIGURING", "REQUEUED", "RESV_DEL_HOLD", "UNKNOWN")
 
 
 class Unreachable(Exception):
@@ -105,7 +107,9 @@ def job_script(spec: JobSpec) -> str:
 
     SIGTERM (``scancel``) reaches the command; the script's own trap only lets it survive to
     record the status. A status above 128 from bash is a signal: written as its negative,
-    the local launcher's convention.
+    the local launcher's convention. The script exits with the command's own status (bash's
+    128 + signal for a killed one), so Slurm's JobState (FAILED) and ExitCode (``scontrol
+    show job``, ``sacct``) tell what the exit file tells.
     """
     ex = exit_file(spec.log)
     env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.env.items()))
@@ -120,10 +124,11 @@ def job_script(spec: JobSpec) -> str:
         "child=$!\n"
         "while :; do wait \"$child\"; rc=$?; kill -0 \"$child\" 2>/dev/null || break; "
         "kill -TERM \"$child\" 2>/dev/null; done\n"
-        "if [ \"$rc\" -gt 128 ]; then rc=$((128 - rc)); fi\n"
+        "status=$rc\n"
+        "if [ \"$rc\" -gt 128 ]; then status=$((128 - rc)); fi\n"
         f"tmp={shlex.quote(str(ex))}.$SLURM_JOB_ID.tmp\n"
-        f"printf '%s\\n' \"$rc\" > \"$tmp\" && mv -f \"$tmp\" {shlex.quote(str(ex))}\n"
-        "exit 0\n"
+        f"printf '%s\\n' \"$status\" > \"$tmp\" && mv -f \"$tmp\" {shlex.quote(str(ex))}\n"
+        'exit "$rc"\n'
     )
 
 
@@ -135,6 +140,13 @@ class _Job:
     state: str = "PENDING"
     reason: str = ""
     gone_since: float | None = None  # first poll that found it out of squeue
+    started: float | None = None  # when Slurm started it (None: still queued, or not known)
+
+    def saw(self, state: str, reason: str, start: str) -> None:
+        """What squeue or scontrol said of it: its state, why it waits, its start time."""
+        self.state, self.reason = state, reason
+        if self.started is None and state not in _NOT_STARTED:
+            self.started = slurm_time(start) or time.time()
 
 
 class SlurmLauncher:
@@ -244,8 +256,9 @@ class SlurmLauncher:
                 info = {"JobState": "UNKNOWN"}
             if info is None:
                 return False
-            job.state = info.get("JobState", "UNKNOWN")
-            job.reason = info.get("Reason", "")
+            job.saw(
+                info.get("JobState", "UNKNOWN"), info.get("Reason", ""), info.get("StartTime", "")
+            )
         self._jobs[pi_id] = job
         return True
 
@@ -276,7 +289,7 @@ class SlurmLauncher:
     def poll(self) -> list[JobResult]:
         done = self.local.poll()
         now = time.time()
-        queue: dict[str, tuple[str, str]] | None = None
+        queue: dict[str, tuple[str, str, str]] | None = None
         for pi_id, job in list(self._jobs.items()):
             code = _read_exit(job.log)
             if code is None:
@@ -286,18 +299,28 @@ class SlurmLauncher:
                     queue = self._squeue()
                     self._last_queue = now
                 if job.job_id in queue:
-                    job.state, job.reason = queue[job.job_id]
+                    job.saw(*queue[job.job_id])
                     job.gone_since = None
                     continue
                 code = self._ended_code(job, now)
                 if code is None:
                     continue
-            elif code < 0:  # a signal: from scancel, or Slurm taking the node away?
+            elif code < 0 or job.started is None:
+                # a signal: from scancel, or Slurm taking the node away? Or it ran between
+                # two looks at the queue: when did it begin?
                 with contextlib.suppress(Unreachable):
-                    job.state = (self.job_info(job.job_id) or {}).get("JobState", job.state)
+                    info = self.job_info(job.job_id) or {}
+                    job.state = info.get("JobState", job.state)
+                    job.started = job.started or slurm_time(info.get("StartTime", ""))
             del self._jobs[pi_id]
             done.append(
-                JobResult(pi_id, code, time.time(), lost=job.state if job.state in LOST else None)
+                JobResult(
+                    pi_id,
+                    code,
+                    time.time(),
+                    lost=job.state if job.state in LOST else None,
+                    started=job.started,
+                )
             )
         return done
 
@@ -328,17 +351,23 @@ class SlurmLauncher:
             return None
         return job.reason or None
 
+    def started(self, pi_id: int) -> float | None:
+        """When Slurm started the job (squeue's start time once it runs); None while it
+        waits in the queue. A job of the inner local launcher started when submitted."""
+        job = self._jobs.get(pi_id)
+        return self.local.started(pi_id) if job is None else job.started
+
     # ------------------------------------------------------------ helpers
 
-    def _squeue(self) -> dict[str, tuple[str, str]]:
-        """job id -> (state, reason) of our jobs still in the queue."""
+    def _squeue(self) -> dict[str, tuple[str, str, str]]:
+        """job id -> (state, reason, start time) of our jobs still in the queue."""
         ids = ",".join(j.job_id for j in self._jobs.values())
         if not ids:
             return {}
-        unchanged = {j.job_id: (j.state, j.reason) for j in self._jobs.values()}
+        unchanged = {j.job_id: (j.state, j.reason, "") for j in self._jobs.values()}
         try:
             res = subprocess.run(
-                ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
+                ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r|%S"],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -346,13 +375,13 @@ class SlurmLauncher:
             )
         except (OSError, subprocess.TimeoutExpired):
             return unchanged
-        out: dict[str, tuple[str, str]] = {}
+        out: dict[str, tuple[str, str, str]] = {}
         if res.returncode != 0 and "Invalid job id" not in res.stderr:
             return unchanged  # the controller did not answer: every job as it was
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3:
-                out[parts[0]] = (parts[1], parts[2])
+            if len(parts) == 4:
+                out[parts[0]] = (parts[1], parts[2], parts[3])
         return out
 
     def job_info(self, job_id: str) -> dict[str, str] | None:
@@ -388,7 +417,7 @@ class SlurmLauncher:
             return None
         state = (info or {}).get("JobState", "")
         if info is not None and state not in ENDED:
-            job.state, job.reason = state, info.get("Reason", "")
+            job.saw(state, info.get("Reason", ""), info.get("StartTime", ""))
             job.gone_since = None
             return None
         code = _read_exit(job.log)
@@ -397,6 +426,7 @@ class SlurmLauncher:
         if now - job.gone_since < EXIT_FILE_GRACE_S:
             return None
         job.state = state or "GONE"
+        job.started = job.started or slurm_time((info or {}).get("StartTime", ""))
         a, _, b = (info or {}).get("ExitCode", "").partition(":")
         sig = int(b) if b.isdigit() else 0
         if sig:
@@ -425,6 +455,15 @@ class SlurmLauncher:
     def _forget(self, pi_ids: list[int]) -> None:
         for pi_id in pi_ids:
             self._jobs.pop(pi_id, None)
+
+
+def slurm_time(text: str) -> float | None:
+    """A Slurm timestamp (``2026-12-07T09:30:00``, local time) as seconds since the epoch;
+    None for ``N/A``, ``Unknown`` or anything else."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def _quiet(cmd: list[str]) -> None:
