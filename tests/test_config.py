@@ -54,6 +54,18 @@ def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
             'smalldata_path = "small"',
             "build.smalldata_path must be an HDF5 path",
         ),
+        # an area stays in the workspace unless given as an absolute path
+        (
+            'state_db        = "state.db"',
+            'state_db = "../state.db"',
+            "paths.state_db = '../state.db' climbs out",
+        ),
+        ('lock            = "lock"', 'lock = "lock/../.."', "paths.lock = 'lock/../..' climbs out"),
+        (
+            'logs            = "logs"',
+            'logs = "a/../../../etc"',
+            "paths.logs = 'a/../../../etc' climbs out",
+        ),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:

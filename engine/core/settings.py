@@ -42,7 +42,8 @@ Polling = bool | Literal["auto"]
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
-    empty), path, optpath (a path or ``""`` for off), h5path or stateurl;
+    empty), path, area (a workspace area: relative to the workspace without '..', or
+    absolute), optpath (a path or ``""`` for off), h5path or stateurl;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -58,16 +59,16 @@ def _key(default: Any, kind: str, lo: float = 0, hi: float = math.inf) -> Any:
 class Paths:
     """[paths]: workspace areas, relative to the workspace root unless absolute."""
 
-    incoming_fcopy: str = _key("incoming/fcopy", "path")
-    incoming_level0: str = _key("incoming/level0", "path")
-    rejected: str = _key("incoming/rejected", "path")
-    downlinks: str = _key("downlinks", "path")
-    lock: str = _key("lock", "path")
-    stage: str = _key("stage", "path")
-    events: str = _key("events", "path")
-    logs: str = _key("logs", "path")
-    state_db: str = _key("state.db", "path")
-    flags: str = _key("config", "path")
+    incoming_fcopy: str = _key("incoming/fcopy", "area")
+    incoming_level0: str = _key("incoming/level0", "area")
+    rejected: str = _key("incoming/rejected", "area")
+    downlinks: str = _key("downlinks", "area")
+    lock: str = _key("lock", "area")
+    stage: str = _key("stage", "area")
+    events: str = _key("events", "area")
+    logs: str = _key("logs", "area")
+    state_db: str = _key("state.db", "area")
+    flags: str = _key("config", "area")
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,12 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     # path, h5path, text
     if not isinstance(v, str) or not v or "\0" in v:
         raise BadInput(f"{where} must be non-empty text, got {v!r}", path)
+    if kind == "area" and not v.startswith("/") and ".." in v.replace("\\", "/").split("/"):
+        raise BadInput(
+            f"{where} = {v!r} climbs out of the workspace ('..'); an area elsewhere is given "
+            "as an absolute path",
+            path,
+        )
     if kind == "h5path" and not v.startswith("/"):
         raise BadInput(f"{where} must be an HDF5 path starting with '/', got {v!r}", path)
     return v

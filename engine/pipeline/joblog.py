@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 
 from engine.intake import manifest
-from engine.pipeline.instance import Running, render
+from engine.pipeline.instance import InstanceView, Running, inside
 from engine.store import ProcessInstance, StateDB
 
 TAIL_BYTES = 64 * 1024
@@ -94,10 +94,14 @@ def error_line(log: Path) -> str | None:
     return found if len(found) <= MAX_CHARS else found[: MAX_CHARS - 3] + "..."
 
 
-def collect(db: StateDB, stream_id: int, dlid: str, pi: ProcessInstance, r: Running) -> None:
-    """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""
-    pdef = r.pdef
-    outputs: list[Path] = [Path(render(o, r.values)) for o in pdef.outputs]
+def collect(
+    db: StateDB, stream_id: int, view: InstanceView, pi: ProcessInstance, r: Running
+) -> None:
+    """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files; an output
+    outside the workspace's output areas is ValueError (a bad report: the job FAILED), never
+    recorded (what is recorded, rollback and retention may remove)."""
+    pdef, dlid = r.pdef, view.dlid
+    outputs: list[Path] = [view.output(o, r.values) for o in pdef.outputs]
     sets: dict[str, list[str]] = {}
     if r.summary.exists():
         for line in r.summary.read_text(encoding="utf-8").splitlines():
@@ -106,7 +110,7 @@ def collect(db: StateDB, stream_id: int, dlid: str, pi: ProcessInstance, r: Runn
             name, _, value = line[len("Pipeline.") :].partition(":")
             name, value = name.strip(), value.strip()
             if name == "output":
-                outputs.append(Path(value))
+                outputs.append(inside(Path(value), view.output_areas, "Pipeline.output"))
             else:
                 sets[name] = value.split()
     if sets:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from engine.core.owner import Owner
 from engine.core.workspace import Workspace
 from engine.pipeline import locks
-from engine.pipeline.instance import InstanceView, Running, render
+from engine.pipeline.instance import InstanceView, Running
 from engine.pipeline.launchers import Launcher, kill_orphan
 from engine.pipeline.task import Task
 from engine.store import ACTIVE_PI, ProcessInstance, StateDB, Stream
@@ -83,7 +83,12 @@ def take_stream_locks(sup: Supervisor) -> None:
     for pdef in sup.task.processes:
         if not pdef.stream_lock:
             continue
-        p = sup.ws.lock / render(pdef.stream_lock, sup.view.values(pdef, ""))
+        try:
+            p = sup.view.lock_path(pdef.stream_lock, sup.view.values(pdef, ""))
+        except ValueError:  # outside the lock area: never touched
+            continue
+        if p is None:
+            continue
         try:
             info = locks.read(p)
         except FileNotFoundError:

@@ -226,8 +226,8 @@ class StreamRunner:
             return pi.status
         view = self.view
         values = view.values(pdef, pi.key)
-        log, summary = view.log_paths(pdef, pi)
         try:
+            log, summary = view.log_paths(pdef, pi)
             argv, ntasks = view.command(pdef, values)
             lock_path = view.lock_path(pdef.lock, values)
             stream_lock = view.lock_path(pdef.stream_lock, values)
@@ -375,7 +375,7 @@ class StreamRunner:
         status = "SUCCESS" if res.exit_code == 0 else "FAILED"
         if status == "SUCCESS":
             try:
-                joblog.collect(self.db, self.stream.id, self.dlid, pi, r)
+                joblog.collect(self.db, self.stream.id, self.view, pi, r)
             except (OSError, ValueError) as err:
                 status, note = "FAILED", f"bad job report: {err}"
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 from ..pipeline.conftest import cli, make_delivery, wait_for
 from .test_slurm_launcher import _all_instances, _run_proc, _task, _ws
@@ -99,3 +100,73 @@ def test_queued_while_slurm_holds_the_job_then_running_with_queue_and_run_time_a
     (got,) = json.loads(out)[0]["instances"]
     assert got["queue_s"] == round(queue_s, 3) and got["run_s"] == round(run_s, 3)
     assert got["started"] == pi.started and got["submitted"] == pi.submitted
+
+
+HOSTILE = {
+    "SUBST": "$(touch PWNED)",
+    "TICKS": "`touch PWNED2`",
+    "QUOTES": "it's \"quoted\" '' \\\"",
+    "NEWLINE": "line1\nline2; touch PWNED3",
+    "META": "a;b|c&d>e<f *",
+    "DOLLAR": "$HOME ${{HOME}}",
+}
+HOSTILE_NAME = "x$(touch PWN4)`id`'\"; n"
+SAYS = (  # no braces: a command is a template
+    "import json, os, sys; json.dump(dict(env=dict((k, os.environ[k]) for k in "
+    "sys.argv[2].split()), argv=sys.argv[3:], process=os.environ['PIPELINE_PROCESS']), "
+    "open(sys.argv[1], 'w'))"
+)
+
+
+def _hostile_task() -> str:
+    env = ", ".join(f"{k} = {json.dumps(v)}" for k, v in HOSTILE.items())
+    args = [v for v in HOSTILE.values() if "{" not in v]
+    command = ["{python}", "-c", SAYS, "{stage}/said.json", " ".join(HOSTILE), *args]
+    return (
+        f"[[process]]\nname = {json.dumps(HOSTILE_NAME)}\n"
+        f"command = {json.dumps(command)}\nenv = {{ {env} }}\n"
+    )
+
+
+def test_nothing_from_a_task_file_becomes_shell_text_in_the_batch_script(tmp_path, capsys):
+    dlid = "251207203"
+    w = _task(_ws(tmp_path / "ws"), _hostile_task(), "hostile")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    rc, _, err = cli(w, "run", dlid, capsys=capsys)
+    assert rc == 0, err
+    said = json.loads((w.stage / "said.json").read_text())
+    literal = {k: v.replace("{{", "{").replace("}}", "}") for k, v in HOSTILE.items()}
+    assert said["env"] == literal
+    assert said["argv"] == [v for v in HOSTILE.values() if "{" not in v]
+    assert said["process"] == HOSTILE_NAME
+    assert not list(tmp_path.rglob("PWN*")) and not list(w.root.parent.rglob("PWN*"))
+    (pi,) = _all_instances(w, dlid)
+    assert pi.launcher == "slurm" and pi.job_id and pi.status == "SUCCESS"
+
+
+def test_an_env_key_that_is_no_variable_name_never_reaches_sbatch(tmp_path, capsys):
+    w = _task(
+        _ws(tmp_path / "ws"),
+        '[[process]]\nname = "p"\ncommand = ["true"]\nenv = { "X=1; touch PWNED #" = "v" }\n',
+        "badkey",
+    )
+    rc, _, err = cli(w, "run", "251207204", capsys=capsys)
+    assert rc == 2 and "env key 'X=1; touch PWNED #' is not a variable name" in err
+    assert not list(tmp_path.rglob("PWN*"))
+
+
+def test_a_workspace_under_a_percent_directory_runs_its_jobs(tmp_path, capsys):
+    dlid = "251207205"
+    root = tmp_path / "a%jb%%c" / "ws"
+    w = _task(_ws(root), FAIL.replace("build", "echo"), "percent")
+    make_delivery(w, dlid, **{"events": 50, "event_bytes": 400, "chunks": 1, "runs": 1})
+    rc, _, err = cli(w, "run", dlid, capsys=capsys)
+    assert rc == 1, err  # the job's own failure, seen where it logs: under a%jb%%c
+    (pi,) = _all_instances(w, dlid)
+    assert pi.log_path and "/a%jb%%c/ws/" in pi.log_path
+    assert pi.exit_code == 2 and pi.note.endswith("epix.h5: truncated HDF5 file")
+    log = Path(pi.log_path).read_text(encoding="utf-8")
+    assert "truncated HDF5 file" in log and f"slurm job {pi.job_id}" in log
+    assert _scontrol(str(pi.job_id))["WorkDir"] == str(w.root)
+    # nothing written where Slurm would have expanded %j / %%
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a%jb%%c"]

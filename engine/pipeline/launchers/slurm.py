@@ -78,6 +78,7 @@ LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # what may follow `export` unquoted
 # JobState values of a job that has not begun to run (or of which nothing is known)
 _NOT_STARTED = ("PENDING", "CONFIGURING", "REQUEUED", "RESV_DEL_HOLD", "UNKNOWN")
 
@@ -102,6 +103,18 @@ def job_name(task: str, dlid: str, process: str, key: str = "") -> str:
     return _NAME_BAD.sub("_", name)
 
 
+def filename_pattern(path: Path) -> str:
+    """``path`` as sbatch's --output takes it: a filename pattern, where ``%j``, ``%x``...
+    are replaced (a workspace under ``a%jb`` would log to ``a123b``), so each ``%`` is
+    written ``%%``. A backslash there turns the patterns off and is itself removed: such a
+    path cannot be given, OSError (the instance fails with that reason). (``--chdir`` takes
+    a plain path: not a pattern.)"""
+    text = str(path)
+    if "\\" in text:
+        raise OSError(errno.EINVAL, f"a backslash in {text!r} cannot be given to sbatch --output")
+    return text.replace("%", "%%")
+
+
 def job_script(spec: JobSpec) -> str:
     """The batch script: run the command, write its status to the exit file atomically.
 
@@ -112,6 +125,9 @@ def job_script(spec: JobSpec) -> str:
     show job``, ``sacct``) tell what the exit file tells.
     """
     ex = exit_file(spec.log)
+    bad = [k for k in spec.env if not _ENV_NAME.match(k)]
+    if bad:  # the task file is checked when loaded; this is the last line of defence
+        raise OSError(errno.EINVAL, f"environment variable name {bad[0]!r} is not a shell name")
     env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.env.items()))
     return (
         "#!/bin/bash\n"
@@ -194,7 +210,7 @@ class SlurmLauncher:
             "sbatch",
             "--parsable",
             f"--job-name={name}",
-            f"--output={spec.log}",
+            f"--output={filename_pattern(spec.log)}",
             "--open-mode=append",
             f"--chdir={spec.cwd or spec.log.parent}",
             f"--ntasks={spec.ntasks}",
