@@ -33,7 +33,7 @@ from engine.core.workspace import Workspace
 from engine.pipeline import joblog, locks, resume, scriptlets
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.instance import InstanceView, Running
-from engine.pipeline.launchers import JobResult, JobSpec, Launcher
+from engine.pipeline.launchers import JobResult, JobSpec, Launcher, Unavailable
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
 from engine.store import DONE_PI, ProcessInstance, StateDB, Stream
@@ -271,6 +271,8 @@ class StreamRunner:
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)
+            if isinstance(err, Unavailable):  # the batch system is away: wait, not FAILED
+                return self._hold(pi, "READY", f"waiting: {err.strerror}")
             self.db.update_instance(
                 pi.id,
                 status="FAILED",

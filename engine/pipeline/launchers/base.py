@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 
+class Unavailable(OSError):
+    """The launcher cannot take a job now (its batch system's controller does not answer):
+    the instance waits (READY, the reason in its note) and is submitted again on a later
+    step. Not the job's failure, and nothing was started."""
+
+
 @dataclass
 class JobSpec:
     pi_id: int
@@ -53,7 +59,8 @@ class JobResult:
 
 class Launcher(Protocol):
     """Where process instances run. ``capacity`` says how many more it takes now; ``submit``
-    starts one; ``poll`` returns those that ended since the last call; ``cancel`` stops one
+    starts one (``Unavailable`` when it cannot now: the caller waits and tries again, quickly
+    refused meanwhile, so that a controller outage never blocks the daemon's loop); ``poll`` returns those that ended since the last call; ``cancel`` stops one
     (SIGTERM, then SIGKILL after ``grace_s``); ``cancel_all`` stops every one and returns
     their ids; ``active`` lists the ids still running; ``pending_reason`` says why a
     submitted job still waits in a batch queue (None: it runs); ``started`` says when a job

@@ -42,7 +42,7 @@ from typing import ClassVar
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput
 from engine.core.settings import Slurm
-from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec
+from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec, Unavailable
 from engine.pipeline.launchers.local import LocalLauncher
 
 # variables a job gets from the submitter besides its spec's own
@@ -76,6 +76,16 @@ ENDED = (
 # ended by the batch system, not by the job: run again without using a retry
 LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
+COMMAND_TIMEOUT_S = 20.0  # sbatch/squeue/scontrol: longer is a controller that does not answer
+PROBE_EVERY_S = 5.0  # while the controller is away: `scontrol ping` at most this often
+# what Slurm's commands say when the controller cannot be reached
+_NO_CONTROLLER = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Connection refused",
+    "connect failure",
+    "Zero Bytes were transmitted",
+)
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # what may follow `export` unquoted
@@ -85,6 +95,54 @@ _NOT_STARTED = ("PENDING", "CONFIGURING", "REQUEUED", "RESV_DEL_HOLD", "UNKNOWN"
 
 class Unreachable(Exception):
     """The Slurm controller did not answer a status query."""
+
+
+class _Controller:
+    """Whether slurmctld answers, as this launcher last saw it. Once a command found it away,
+    every command is refused at once (no sbatch or squeue that would wait for it on the
+    daemon's loop) until ``scontrol ping``, which answers at once either way, says it is
+    back; asked at most every ``PROBE_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.why = ""
+        self._next_probe = 0.0
+
+    def lost(self, why: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+        self.why = why
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+
+    def reachable(self) -> bool:
+        if self.down_since is None:
+            return True
+        if time.monotonic() < self._next_probe:
+            return False
+        try:
+            res = subprocess.run(
+                ["scontrol", "ping"],
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+            up = res.returncode == 0 and "is UP" in res.stdout
+        except (OSError, subprocess.TimeoutExpired):
+            up = False
+        if not up:
+            self._next_probe = time.monotonic() + PROBE_EVERY_S
+            return False
+        self.down_since, self.why = None, ""
+        return True
+
+    def refusal(self) -> Unavailable:
+        """What ``submit`` raises while the controller is away (the instance's note)."""
+        return Unavailable(errno.EAGAIN, f"Slurm controller unreachable ({self.why})")
+
+
+def _says_unreachable(stderr: str) -> bool:
+    return any(s in stderr for s in _NO_CONTROLLER)
 
 
 def script_file(log: Path) -> Path:
@@ -179,6 +237,10 @@ class SlurmLauncher:
         self.local = LocalLauncher(max_jobs)
         self._jobs: dict[int, _Job] = {}
         self._last_queue = 0.0
+        self.controller = _Controller()
+        # logs whose sbatch may have reached the controller without an answer (timed out,
+        # or asked while it was away): squeue is asked for their job before another sbatch
+        self._unsure: set[Path] = set()
         for tool in ("sbatch", "squeue", "scontrol", "scancel"):
             if shutil.which(tool) is None:
                 raise BadInput(f"launcher 'slurm': {tool} not found on PATH (install slurm-client)")
@@ -198,6 +260,15 @@ class SlurmLauncher:
     def submit(self, spec: JobSpec) -> JobHandle:
         if spec.launcher == "local":
             return self.local.submit(spec)
+        if not self.controller.reachable():
+            raise self.controller.refusal()
+        if spec.log in self._unsure:
+            found = self._find(script_file(spec.log))
+            if found is None:
+                raise self.controller.refusal()
+            self._unsure.discard(spec.log)
+            if found:  # the earlier sbatch did submit it: that job, not a second one
+                return self._submitted(spec, found, spec.name)
         spec.log.parent.mkdir(parents=True, exist_ok=True)
         exit_file(spec.log).unlink(missing_ok=True)
         script = script_file(spec.log)
@@ -238,15 +309,29 @@ class SlurmLauncher:
         env.setdefault("PATH", os.defpath)
         try:
             res = subprocess.run(
-                cmd, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+                cmd,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=COMMAND_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise OSError(errno.ETIMEDOUT, "sbatch did not answer in 60 s") from None
+            self._unsure.add(spec.log)
+            self.controller.lost(f"sbatch did not answer in {COMMAND_TIMEOUT_S:g} s")
+            raise self.controller.refusal() from None
         out = res.stdout.strip()
         if res.returncode != 0 or not out:
             why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            if _says_unreachable(res.stderr):  # wait and retry: not the job's failure
+                self._unsure.add(spec.log)
+                self.controller.lost(why)
+                raise self.controller.refusal()
             raise OSError(errno.EIO, f"sbatch refused the job: {why}")
-        job_id = out.split(";")[0]
+        return self._submitted(spec, out.split(";")[0], name)
+
+    def _submitted(self, spec: JobSpec, job_id: str, name: str) -> JobHandle:
+        """Watch job ``job_id`` of ``spec`` from now on; its handle."""
         with open(spec.log, "ab") as log:
             log.write(f"# slurm job {job_id} ({name})\n".encode())
         self._jobs[spec.pi_id] = _Job(spec.pi_id, job_id, spec.log)
@@ -285,22 +370,42 @@ class SlurmLauncher:
         want = {str(script_file(log)): log for log in logs}
         if not want:
             return {}
+        listed = self._scripts()
+        if listed is None:  # cannot tell: asked again before each of them is submitted
+            self._unsure.update(logs)
+            return {}
+        return {want[script]: job_id for script, job_id in listed.items() if script in want}
+
+    def _scripts(self) -> dict[str, str] | None:
+        """script -> job id of every queued or running job; None when the controller does
+        not answer."""
+        if not self.controller.reachable():
+            return None
         try:
             res = subprocess.run(
                 ["squeue", "-h", "-o", "%i|%o"],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired):
-            return {}
-        out: dict[Path, str] = {}
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"squeue: {err}")
+            return None
+        if res.returncode != 0:
+            self.controller.lost((res.stderr.strip().splitlines() or ["squeue failed"])[-1])
+            return None
+        out: dict[str, str] = {}
         for line in res.stdout.splitlines():
             job_id, _, script = line.strip().partition("|")
-            if script in want:
-                out[want[script]] = job_id
+            out[script] = job_id
         return out
+
+    def _find(self, script: Path) -> str | None:
+        """The id of the queued or running job of ``script``, "" for none, None when the
+        controller does not answer."""
+        listed = self._scripts()
+        return None if listed is None else listed.get(str(script), "")
 
     def poll(self) -> list[JobResult]:
         done = self.local.poll()
@@ -381,19 +486,24 @@ class SlurmLauncher:
         if not ids:
             return {}
         unchanged = {j.job_id: (j.state, j.reason, "") for j in self._jobs.values()}
+        if not self.controller.reachable():
+            return unchanged
         try:
             res = subprocess.run(
                 ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r|%S"],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"squeue: {err}")
             return unchanged
         out: dict[str, tuple[str, str, str]] = {}
         if res.returncode != 0 and "Invalid job id" not in res.stderr:
-            return unchanged  # the controller did not answer: every job as it was
+            # the controller did not answer: every job as it was
+            self.controller.lost((res.stderr.strip().splitlines() or ["squeue failed"])[-1])
+            return unchanged
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4:
@@ -403,20 +513,25 @@ class SlurmLauncher:
     def job_info(self, job_id: str) -> dict[str, str] | None:
         """``scontrol show job``'s fields, None when Slurm no longer knows the job; raises
         Unreachable when the controller does not answer (nothing is known then)."""
+        if not self.controller.reachable():
+            raise Unreachable(self.controller.why)
         try:
             res = subprocess.run(
                 ["scontrol", "show", "job", "-o", job_id],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"scontrol: {err}")
             raise Unreachable(str(err)) from None
         if res.returncode != 0:
             if "Invalid job id" in res.stderr:
                 return None
-            raise Unreachable(res.stderr.strip() or f"scontrol exit {res.returncode}")
+            why = res.stderr.strip() or f"scontrol exit {res.returncode}"
+            self.controller.lost(why.splitlines()[-1])
+            raise Unreachable(why)
         if not res.stdout.strip():
             return None
         return dict(tok.split("=", 1) for tok in res.stdout.split() if "=" in tok)
