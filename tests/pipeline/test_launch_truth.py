@@ -37,8 +37,8 @@ def _task(w: Workspace, code: str) -> Workspace:
 
 
 def _instances(w: Workspace, dlid: str) -> dict:
-    (view,) = stream_views(w, dlid)
-    return {pi.process: pi for pi in view.instances}
+    views = stream_views(w, dlid) if w.state_url or w.state_db.exists() else []
+    return {pi.process: pi for v in views for pi in v.instances}
 
 
 def test_a_traceback_s_final_line_reaches_every_listing(ws, capsys):
@@ -119,3 +119,55 @@ def test_the_error_line_rules(tmp_path):
     assert joblog.error_line(_log(tmp_path, b"fatal: \xff\xfe bad bytes\n")) == (
         "fatal: \ufffd\ufffd bad bytes"
     )
+
+
+def test_a_stopped_stream_is_stopped_not_failed_and_shows_when_it_stopped(ws):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.api.rows import DownlinkRows
+    from engine.store import StateDB
+
+    from .conftest import REPO, wait_for
+
+    dlid = "251207303"
+    w = _task(ws, "import time; time.sleep(60)")
+    make_delivery(w, dlid, events=50, chunks=1, runs=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: (
+                _instances(w, dlid).get("second") is not None
+                and _instances(w, dlid)["second"].status == "RUNNING"
+            ),
+            60,
+            0.1,
+            "the second job running",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped_at = time.time()
+    with StateDB(w.state) as db:
+        st = db.latest_stream(dlid, "t")
+        assert st is not None and st.status == "TERMINATED"
+        # it shows when it stopped, not a clock that keeps running
+        assert st.ended is not None and st.ended <= stopped_at
+        every = db.instances(st.id, latest_only=False)
+        dead = [p for p in every if p.process == "second" and p.status == "TERMINATED"]
+        assert len(dead) == 1 and dead[0].ended is not None
+        assert dead[0].run_s(stopped_at + 100) == dead[0].ended - (dead[0].started or 0)
+        # counted apart from failures: the downlink is "stopped", not "failed"
+        row = DownlinkRows(w).read(db, incoming=False)[dlid]
+        assert (row.state, row.stream) == ("stopped", "TERMINATED")
+        claimed, _ = db.claim_stream(dlid, "t")
+        assert claimed is not None and claimed.status == "RUNNING" and claimed.ended is None
