@@ -76,8 +76,9 @@ def resume(sup: Supervisor) -> None:
 def take_stream_locks(sup: Supervisor) -> None:
     """The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
     held by another live process on this host is taken over too: this runner holds the claim
-    in the state db, so that process no longer runs the stream (a daemon whose stream FAILED
-    keeps HalfPipe's lock until cleanup) and would never release it. A lock held from another
+    in the state db, so that process no longer runs the stream (a FAILED stream's runner
+    releases its locks, but one written by an older skydeck or whose release failed stays)
+    and would never release it. A lock held from another
     host is left alone unless the state server judged its owner dead (a ``takeover``): that
     may be another site's runner."""
     for pdef in sup.task.processes:
