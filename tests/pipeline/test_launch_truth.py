@@ -171,3 +171,53 @@ def test_a_stopped_stream_is_stopped_not_failed_and_shows_when_it_stopped(ws):
         assert (row.state, row.stream) == ("stopped", "TERMINATED")
         claimed, _ = db.claim_stream(dlid, "t")
         assert claimed is not None and claimed.status == "RUNNING" and claimed.ended is None
+
+
+def test_an_instance_whose_runner_died_shows_its_end_not_a_running_clock(ws, capsys):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO, wait_for
+
+    dlid = "251207304"
+    w = _task(ws, "import time; print('working', flush=True); time.sleep(60)")
+    make_delivery(w, dlid, events=50, chunks=1, runs=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "-w", str(w.root), "run", dlid],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        second = wait_for(
+            lambda: (
+                (p := _instances(w, dlid).get("second")) is not None
+                and p.status == "RUNNING"
+                and p.pid
+                and p
+            ),
+            60,
+            0.1,
+            "the second job running",
+        )
+        wait_for(lambda: "working" in Path(second.log_path).read_text(), 30, 0.1, "its output")
+        proc.kill()  # the runner dies; its local job dies with it (PR_SET_PDEATHSIG)
+        proc.wait(10)
+        wait_for(lambda: not os.path.exists(f"/proc/{second.pid}"), 30, 0.1, "the job gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last_write = os.stat(second.log_path).st_mtime
+
+    def run_s() -> float:
+        rc, out, _ = cli(w, "streams", "--json", capsys=capsys)
+        (view,) = json.loads(out)
+        (pi,) = [p for p in view["instances"] if p["process"] == "second"]
+        assert pi["status"] == "RUNNING"  # as written: nobody recorded its end (STUCK)
+        return pi["run_s"]
+
+    first = run_s()
+    time.sleep(1.5)
+    assert run_s() == first == round(last_write - second.started, 3)
