@@ -68,6 +68,14 @@ def test_a_traceback_s_final_line_reaches_every_listing(ws, capsys):
     assert "FAILED" in out and "epix.h5: truncated HDF5 file" in out
     rc, out, _ = cli(w, "streams", capsys=capsys)
     assert why in out and "run " in out and "queued " in out
+    # what the console reads through engine.api: the downlinks table's note, the tree's
+    from engine.api.rows import DownlinkRows
+    from engine.store import StateDB
+
+    with StateDB(w.state) as db:
+        row = DownlinkRows(w).read(db, incoming=False)[dlid]
+    assert (row.state, row.note) == ("failed", f"failed: second (second: {why})")
+    assert _instances(w, dlid)["second"].note == why
 
 
 def test_a_failed_stream_leaves_no_stream_lock_behind(ws, capsys):
