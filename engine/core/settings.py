@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import math
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -352,4 +353,29 @@ def parse_settings(doc: dict[str, Any], path: str | PathLike[str] | None = None)
                 raise BadInput(_unknown(f"key {section}.{key}", key, list(rules)), path)
             values[key] = _checked(path, f"{section}.{key}", rules[key], v)
         out[section] = SECTIONS[section](**values)
-    return Settings(**out)
+    settings = Settings(**out)
+    _check_textfile(settings, path)
+    return settings
+
+
+def _check_textfile(s: Settings, path: str | PathLike[str] | None) -> None:
+    """``[metrics] textfile`` is replaced wholesale every interval: relative to the workspace
+    it never climbs out ('..') nor lands on the state database or in another area (a
+    textfile ``state.db`` would replace the state with metrics)."""
+    tf = s.metrics.textfile
+    if not tf or tf.startswith("/"):
+        return
+    if ".." in tf.split("/"):
+        raise BadInput(
+            f"metrics.textfile = {tf!r} climbs out of the workspace ('..'); give an absolute "
+            "path to write it elsewhere",
+            path,
+        )
+    norm = posixpath.normpath(tf)
+    db = posixpath.normpath(s.paths.state_db)
+    if norm in (db, f"{db}-wal", f"{db}-shm", f"{db}-journal"):
+        raise BadInput(f"metrics.textfile = {tf!r} is the state database ([paths] state_db)", path)
+    for area, value in vars(s.paths).items():
+        a = posixpath.normpath(value)
+        if area != "state_db" and (norm == a or norm.startswith(a + "/")):
+            raise BadInput(f"metrics.textfile = {tf!r} is inside [paths] {area} ({value})", path)
