@@ -78,6 +78,7 @@ LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
 COMMAND_TIMEOUT_S = 20.0  # sbatch/squeue/scontrol: longer is a controller that does not answer
 PROBE_EVERY_S = 5.0  # while the controller is away: `scontrol ping` at most this often
+PING_TIMEOUT_S = 5.0  # `scontrol ping` answers at once, up or down: longer is a hung controller
 # what Slurm's commands say when the controller cannot be reached
 _NO_CONTROLLER = (
     "Unable to contact slurm controller",
@@ -98,10 +99,12 @@ class Unreachable(Exception):
 
 
 class _Controller:
-    """Whether slurmctld answers, as this launcher last saw it. Once a command found it away,
-    every command is refused at once (no sbatch or squeue that would wait for it on the
-    daemon's loop) until ``scontrol ping``, which answers at once either way, says it is
-    back; asked at most every ``PROBE_EVERY_S``."""
+    """Whether slurmctld answers. Before each sbatch, squeue or scontrol, ``scontrol ping``
+    (one RPC: it answers within milliseconds either way, where sbatch and squeue retry a lost
+    controller for 10 to 20 s) says whether to ask at all; once the controller is away every
+    command is refused at once, and it is pinged again at most every ``PROBE_EVERY_S``. So
+    an outage never blocks the daemon's loop on a Slurm command (a command that still finds
+    it away, a controller lost between the ping and the command, marks it away too)."""
 
     def __init__(self) -> None:
         self.down_since: float | None = None
@@ -115,23 +118,22 @@ class _Controller:
         self._next_probe = time.monotonic() + PROBE_EVERY_S
 
     def reachable(self) -> bool:
-        if self.down_since is None:
-            return True
-        if time.monotonic() < self._next_probe:
+        if self.down_since is not None and time.monotonic() < self._next_probe:
             return False
         try:
             res = subprocess.run(
                 ["scontrol", "ping"],
                 capture_output=True,
                 text=True,
-                timeout=COMMAND_TIMEOUT_S,
+                timeout=PING_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
             up = res.returncode == 0 and "is UP" in res.stdout
-        except (OSError, subprocess.TimeoutExpired):
-            up = False
+            why = (res.stdout.strip().splitlines() or [f"exit {res.returncode}"])[0]
+        except (OSError, subprocess.TimeoutExpired) as err:
+            up, why = False, str(err)
         if not up:
-            self._next_probe = time.monotonic() + PROBE_EVERY_S
+            self.lost(f"scontrol ping: {why}")
             return False
         self.down_since, self.why = None, ""
         return True
