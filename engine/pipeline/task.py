@@ -213,6 +213,19 @@ def parse_task(path: Path) -> Task:
             if text:
                 check_lock_template(text, f"{where}: {key}", path)
         env = _check_env(raw.get("env", {}), where, path)
+        halt = raw.get("halt")
+        if halt is not None and (
+            not isinstance(halt, str)
+            or not halt.strip()
+            or "/" in halt
+            or halt.startswith(".")
+            or _CONTROL.search(halt)
+        ):
+            raise BadInput(
+                f"{where}: halt = {halt!r} is no flag name (a file name in config/ or "
+                "downlinks/<DLID>/)",
+                path,
+            )
         launcher = raw.get("launcher")
         if launcher is not None and launcher != "local":
             raise BadInput(
@@ -251,7 +264,7 @@ def parse_task(path: Path) -> Task:
                 stream_lock=raw.get("stream_lock"),
                 removes_stream_lock=raw.get("removes_stream_lock"),
                 when=when,
-                halt=raw.get("halt"),
+                halt=halt,
                 retries=retries,
                 env=env,
                 reads=tuple(reads),

@@ -29,6 +29,7 @@ BAD = [
     ('env = { "A;touch x" = "1" }', "env key 'A;touch x' is not a variable name"),
     ('env = { "1A" = "1" }', "env key '1A' is not a variable name"),
     ('env = { "A B" = "1" }', "env key 'A B' is not a variable name"),
+    ('halt = "../../state.db"', "halt = '../../state.db' is no flag name"),
 ]
 
 
