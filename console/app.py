@@ -84,7 +84,12 @@ GLOSSARY = [
     ),
     ("running", "its stream is being run (STUCK: the runner died; r resumes it)"),
     ("staged", "its stream succeeded: built events merged into stage/"),
-    ("failed", "its stream FAILED, was TERMINATED or CANCELED: b rolls back what failed"),
+    (
+        "stopped",
+        "its stream was TERMINATED (a daemon or run stopped cleanly): resumes when a daemon "
+        "claims it again; not a failure",
+    ),
+    ("failed", "its stream FAILED or was CANCELED: b rolls back what failed"),
     (
         "rejected",
         "the delivery failed verification; its files are kept in incoming/rejected/ "

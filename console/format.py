@@ -24,6 +24,7 @@ STATUS_STYLE = {
 STATE_STYLE = {
     "arrived": "cyan",
     "running": "bold yellow",
+    "stopped": "magenta",
     "staged": "green",
     "failed": "bold red",
     "rejected": "bold magenta",

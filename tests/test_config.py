@@ -54,6 +54,34 @@ def _ws_with(tmp_path: Path, old: str, new: str) -> Path:
             'smalldata_path = "small"',
             "build.smalldata_path must be an HDF5 path",
         ),
+        # an area stays in the workspace unless given as an absolute path
+        (
+            'state_db        = "state.db"',
+            'state_db = "../state.db"',
+            "paths.state_db = '../state.db' climbs out",
+        ),
+        ('lock            = "lock"', 'lock = "lock/../.."', "paths.lock = 'lock/../..' climbs out"),
+        (
+            'logs            = "logs"',
+            'logs = "a/../../../etc"',
+            "paths.logs = 'a/../../../etc' climbs out",
+        ),
+        # the metrics textfile is replaced wholesale: never onto the state or into an area
+        (
+            'textfile = "metrics/skydeck.prom"',
+            'textfile = "state.db"',
+            "metrics.textfile = 'state.db' is the state database",
+        ),
+        (
+            'textfile = "metrics/skydeck.prom"',
+            'textfile = "lock/halfpipe-251207001"',
+            "metrics.textfile = 'lock/halfpipe-251207001' is inside [paths] lock",
+        ),
+        (
+            'textfile = "metrics/skydeck.prom"',
+            'textfile = "../../etc/cron.d/x"',
+            "metrics.textfile = '../../etc/cron.d/x' climbs out",
+        ),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, old: str, new: str, needle: str) -> None:

@@ -24,13 +24,13 @@ from engine.intake import inbox
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 
-STATES = ("arrived", "running", "staged", "failed", "rejected")
+STATES = ("arrived", "running", "stopped", "staged", "failed", "rejected")
 _STREAM_STATE = {
     "WAITING": "arrived",
     "RUNNING": "running",
     "SUCCESS": "staged",
     "FAILED": "failed",
-    "TERMINATED": "failed",
+    "TERMINATED": "stopped",  # stopped cleanly (daemon stopped): resumes, not a failure
     "CANCELED": "failed",
 }
 
@@ -41,7 +41,7 @@ class DownlinkRow:
 
     dlid: str
     date: str  # YYYY-MM-DD decoded from YYMMDD
-    state: str  # arrived | running | staged | failed | rejected
+    state: str  # arrived | running | stopped | staged | failed | rejected
     stream: str  # the latest stream's Pipeline-II status, "-" without one
     execution: int  # the latest stream's execution number (0 without one)
     chunks_done: int

@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "downlinks": [
                         d.__dict__
-                        | {"stream": streams[d.dlid].status if d.dlid in streams else None}
+                        | {
+                            "stream": streams[d.dlid].status if d.dlid in streams else None,
+                            # the stream's note: why it failed (the job's error line)
+                            "note": streams[d.dlid].note if d.dlid in streams else None,
+                        }
                         for d in dls
                     ],
                     "rejected": [r.__dict__ for r in rejected],
@@ -44,13 +48,16 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"{'DOWNLINK':10s} {'FORM':6s} {'CHUNKS':>6s} {'GENSTEPS':8s} {'STREAM':10s} REGISTERED")
+    print(
+        f"{'DOWNLINK':10s} {'FORM':6s} {'CHUNKS':>6s} {'GENSTEPS':8s} {'STREAM':10s} "
+        f"{'REGISTERED':19s} NOTE"
+    )
     for d in dls:
         st = streams.get(d.dlid)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.registered))
         print(
             f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
-            f"{st.status if st else '-':10s} {when}"
+            f"{st.status if st else '-':10s} {when} {st.note if st and st.note else ''}".rstrip()
         )
     for p in pending:
         print(f"PENDING  {p.name}: {p.reason}")

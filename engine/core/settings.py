@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import math
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -42,7 +43,8 @@ Polling = bool | Literal["auto"]
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
-    empty), path, optpath (a path or ``""`` for off), h5path or stateurl;
+    empty), path, area (a workspace area: relative to the workspace without '..', or
+    absolute), optpath (a path or ``""`` for off), h5path or stateurl;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -58,16 +60,16 @@ def _key(default: Any, kind: str, lo: float = 0, hi: float = math.inf) -> Any:
 class Paths:
     """[paths]: workspace areas, relative to the workspace root unless absolute."""
 
-    incoming_fcopy: str = _key("incoming/fcopy", "path")
-    incoming_level0: str = _key("incoming/level0", "path")
-    rejected: str = _key("incoming/rejected", "path")
-    downlinks: str = _key("downlinks", "path")
-    lock: str = _key("lock", "path")
-    stage: str = _key("stage", "path")
-    events: str = _key("events", "path")
-    logs: str = _key("logs", "path")
-    state_db: str = _key("state.db", "path")
-    flags: str = _key("config", "path")
+    incoming_fcopy: str = _key("incoming/fcopy", "area")
+    incoming_level0: str = _key("incoming/level0", "area")
+    rejected: str = _key("incoming/rejected", "area")
+    downlinks: str = _key("downlinks", "area")
+    lock: str = _key("lock", "area")
+    stage: str = _key("stage", "area")
+    events: str = _key("events", "area")
+    logs: str = _key("logs", "area")
+    state_db: str = _key("state.db", "area")
+    flags: str = _key("config", "area")
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,12 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
     # path, h5path, text
     if not isinstance(v, str) or not v or "\0" in v:
         raise BadInput(f"{where} must be non-empty text, got {v!r}", path)
+    if kind == "area" and not v.startswith("/") and ".." in v.replace("\\", "/").split("/"):
+        raise BadInput(
+            f"{where} = {v!r} climbs out of the workspace ('..'); an area elsewhere is given "
+            "as an absolute path",
+            path,
+        )
     if kind == "h5path" and not v.startswith("/"):
         raise BadInput(f"{where} must be an HDF5 path starting with '/', got {v!r}", path)
     return v
@@ -345,4 +353,29 @@ def parse_settings(doc: dict[str, Any], path: str | PathLike[str] | None = None)
                 raise BadInput(_unknown(f"key {section}.{key}", key, list(rules)), path)
             values[key] = _checked(path, f"{section}.{key}", rules[key], v)
         out[section] = SECTIONS[section](**values)
-    return Settings(**out)
+    settings = Settings(**out)
+    _check_textfile(settings, path)
+    return settings
+
+
+def _check_textfile(s: Settings, path: str | PathLike[str] | None) -> None:
+    """``[metrics] textfile`` is replaced wholesale every interval: relative to the workspace
+    it never climbs out ('..') nor lands on the state database or in another area (a
+    textfile ``state.db`` would replace the state with metrics)."""
+    tf = s.metrics.textfile
+    if not tf or tf.startswith("/"):
+        return
+    if ".." in tf.split("/"):
+        raise BadInput(
+            f"metrics.textfile = {tf!r} climbs out of the workspace ('..'); give an absolute "
+            "path to write it elsewhere",
+            path,
+        )
+    norm = posixpath.normpath(tf)
+    db = posixpath.normpath(s.paths.state_db)
+    if norm in (db, f"{db}-wal", f"{db}-shm", f"{db}-journal"):
+        raise BadInput(f"metrics.textfile = {tf!r} is the state database ([paths] state_db)", path)
+    for area, value in vars(s.paths).items():
+        a = posixpath.normpath(value)
+        if area != "state_db" and (norm == a or norm.startswith(a + "/")):
+            raise BadInput(f"metrics.textfile = {tf!r} is inside [paths] {area} ({value})", path)

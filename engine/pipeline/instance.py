@@ -30,6 +30,18 @@ def mpiexec_path() -> str:
     return str(local) if local.exists() else (shutil.which("mpiexec") or "mpiexec")
 
 
+def inside(path: Path, areas: tuple[Path, ...], what: str) -> Path:
+    """``path`` when it lies in one of ``areas`` (lexically, '..' resolved: nothing is
+    followed), else ValueError naming ``what``: a task file's or a job's path never leaves
+    its area, whatever values filled it."""
+    norm = Path(os.path.normpath(path))
+    for area in areas:
+        a = Path(os.path.normpath(area))
+        if norm != a and norm.is_relative_to(a):
+            return path
+    raise ValueError(f"{what} {str(path)!r} is outside {' or '.join(str(a) for a in areas)}")
+
+
 def render(text: str, values: dict[str, str]) -> str:
     """A task file's template filled with an instance's values; ValueError names an unknown
     placeholder."""
@@ -98,19 +110,35 @@ class InstanceView:
             v |= {"run": key, "run10": run_name(int(key)), "runhex": run_hex(int(key))}
         return v
 
+    @property
+    def output_areas(self) -> tuple[Path, ...]:
+        """Where outputs may be (and be recorded, so rollback and retention may remove them):
+        downlinks/, stage/, events/ (wherever skydeck.toml puts them)."""
+        return (self.ws.downlinks, self.ws.stage, self.ws.events)
+
     def output_path(self, pdef: ProcessDef, key: str) -> Path:
         """Where the instance ``key`` of ``pdef`` writes its primary output (its first
         ``outputs`` entry rendered with the instance's variables)."""
-        return Path(render(pdef.outputs[0], self.values(pdef, key)))
+        return self.output(pdef.outputs[0], self.values(pdef, key))
+
+    def output(self, template: str, values: dict[str, str]) -> Path:
+        """An output the task file names, rendered; ValueError outside the output areas."""
+        return inside(Path(render(template, values)), self.output_areas, "output")
 
     def lock_path(self, template: str | None, values: dict[str, str]) -> Path | None:
-        """A lock the task file names (``lock``, ``stream_lock``...), in the lock area."""
-        return self.ws.lock / render(template, values) if template else None
+        """A lock the task file names (``lock``, ``stream_lock``...), in the lock area;
+        ValueError for one that would leave it."""
+        if not template:
+            return None
+        return inside(self.ws.lock / render(template, values), (self.ws.lock,), "lock")
 
     def log_paths(self, pdef: ProcessDef, pi: ProcessInstance) -> tuple[Path, Path]:
-        """The instance's log and its $PIPELINE_SUMMARY file."""
+        """The instance's log and its $PIPELINE_SUMMARY file (ValueError for a substream key,
+        a value a job set, that would put them outside the downlink's log directory)."""
         label = f"{pdef.name}-{pi.key}" if pi.key else pdef.name
         logs = self.ws.instance_logs(self.dlid)
+        if "/" in label or "\0" in label:
+            raise ValueError(f"substream key {pi.key!r} is no file name")
         return logs / f"{label}-e{pi.execution}.log", logs / f".{label}-e{pi.execution}.summary"
 
     def job_name(self, pdef: ProcessDef, pi: ProcessInstance) -> str:

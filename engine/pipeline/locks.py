@@ -416,6 +416,20 @@ def release(path: Path, owner: Owner | None = None) -> bool:
     return True
 
 
+def remove_own_or_stale(path: Path, owner: Owner) -> bool:
+    """Remove the lock if this owner holds it or its owner is provably dead (what cleanup
+    does to its stream's lock first); True when removed."""
+    try:
+        info = read(path)
+    except FileNotFoundError:
+        return False
+    if (info.pid, info.host) != (owner.pid, owner.host) and not info.stale:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
 @contextlib.contextmanager
 def held(path: Path, stream: str | None, process: str | None) -> Iterator[LockInfo]:
     info = acquire(path, stream, process)

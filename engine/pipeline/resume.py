@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from engine.core.owner import Owner
 from engine.core.workspace import Workspace
 from engine.pipeline import locks
-from engine.pipeline.instance import InstanceView, Running, render
+from engine.pipeline.instance import InstanceView, Running
 from engine.pipeline.launchers import Launcher, kill_orphan
 from engine.pipeline.task import Task
 from engine.store import ACTIVE_PI, ProcessInstance, StateDB, Stream
@@ -76,14 +76,20 @@ def resume(sup: Supervisor) -> None:
 def take_stream_locks(sup: Supervisor) -> None:
     """The stream lock follows the stream claim. Besides a stale lock, a lock of this stream
     held by another live process on this host is taken over too: this runner holds the claim
-    in the state db, so that process no longer runs the stream (a daemon whose stream FAILED
-    keeps HalfPipe's lock until cleanup) and would never release it. A lock held from another
+    in the state db, so that process no longer runs the stream (a FAILED stream's runner
+    releases its locks, but one written by an older skydeck or whose release failed stays)
+    and would never release it. A lock held from another
     host is left alone unless the state server judged its owner dead (a ``takeover``): that
     may be another site's runner."""
     for pdef in sup.task.processes:
         if not pdef.stream_lock:
             continue
-        p = sup.ws.lock / render(pdef.stream_lock, sup.view.values(pdef, ""))
+        try:
+            p = sup.view.lock_path(pdef.stream_lock, sup.view.values(pdef, ""))
+        except ValueError:  # outside the lock area: never touched
+            continue
+        if p is None:
+            continue
         try:
             info = locks.read(p)
         except FileNotFoundError:
@@ -156,9 +162,17 @@ def adopt_unrecorded(sup: Supervisor) -> None:
     for log, job_id in sup.launcher.find_submitted(list(waiting)).items():
         pi = waiting[log]
         sup.db.set_job(pi.id, sup.launcher.name, job_id)
-        now = time.time()
-        sup.db.update_instance(pi.id, status="RUNNING", started=now, log_path=str(log), note=None)
-        pi.status, pi.started, pi.log_path, pi.note = "RUNNING", now, str(log), None
+        now = time.time()  # submitted about now; QUEUED until the launcher says it began
+        sup.db.update_instance(
+            pi.id, status="QUEUED", submitted=now, started=None, log_path=str(log), note=None
+        )
+        pi.status, pi.submitted, pi.started, pi.log_path, pi.note = (
+            "QUEUED",
+            now,
+            None,
+            str(log),
+            None,
+        )
         pi.launcher, pi.job_id = sup.launcher.name, job_id
         if not adopt(sup, pi):  # ended between the two questions: run it again
             sup.db.update_instance(pi.id, status="READY", started=None)

@@ -23,18 +23,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import BadInput, Busy
 from engine.core.owner import Owner
 from engine.core.workspace import Workspace
-from engine.intake import manifest
-from engine.pipeline import locks, resume, scriptlets
+from engine.pipeline import joblog, locks, resume, scriptlets
 from engine.pipeline.halts import halt_flag
-from engine.pipeline.instance import InstanceView, Running, render
-from engine.pipeline.launchers import JobResult, JobSpec, Launcher
+from engine.pipeline.instance import InstanceView, Running
+from engine.pipeline.launchers import JobResult, JobSpec, Launcher, Unavailable
 from engine.pipeline.task import ProcessDef, Task
 from engine.pipeline.usage import launch_paused
 from engine.store import DONE_PI, ProcessInstance, StateDB, Stream
@@ -107,7 +106,7 @@ class StreamRunner:
         st = self.db.stream(self.stream.id)
         self.stream = st
         vars_ = st.vars
-        self._note_queued()
+        self._follow_queue()
         latest = {(pi.process, pi.key): pi for pi in self.db.instances(st.id)}
         state: dict[str, str] = {}
         paused: tuple[bool, str] | None = None
@@ -157,20 +156,26 @@ class StreamRunner:
             return self._finish("SUCCESS", None)
         if "failed" in state.values() and "pending" not in state.values():
             failed = [n for n, s in state.items() if s == "failed"]
-            return self._finish("FAILED", f"failed: {', '.join(failed)}")
+            return self._finish("FAILED", _failure_note(failed, latest.values()))
         return None
 
-    def _note_queued(self) -> None:
-        """A batch job still waiting in its queue says why in its instance's note (squeue's
-        reason: Priority, Resources, QOSMaxJobsPerUserLimit...), cleared once it runs."""
-        for r in self.running.values():
-            why = self.launcher.pending_reason(r.pi.id)
-            note = f"queued in {r.pi.launcher}: {why}" if why else None
-            if note != r.pi.note:
-                self.db.update_instance(r.pi.id, note=note)
-                r.pi.note = note
-                if why:
-                    self.event("queued", r.pi, reason=why)
+    def _follow_queue(self) -> None:
+        """A batch job is QUEUED while its queue holds it, saying why in its instance's note
+        (squeue's reason: Priority, Resources, QOSMaxJobsPerUserLimit...), and RUNNING from
+        the time the batch system started it (``started``: queue time and run time apart)."""
+        for pi in (r.pi for r in self.running.values() if r.pi.status == "QUEUED"):
+            began = self.launcher.started(pi.id)
+            why = None if began is not None else self.launcher.pending_reason(pi.id)
+            note = f"queued in {pi.launcher}: {why}" if why else None
+            if began is not None:
+                pi.status, pi.started = "RUNNING", began
+                self.event("started", pi, job_id=pi.job_id, launcher=pi.launcher)
+            elif note == pi.note:
+                continue
+            elif why:
+                self.event("queued", pi, reason=why)
+            self.db.update_instance(pi.id, status=pi.status, started=pi.started, note=note)
+            pi.note = note
 
     def _startable(self, pdef: ProcessDef, pi: ProcessInstance) -> bool:
         """WAITING/READY and not started by us; or a scriptlet of ours left RUNNING: scriptlets
@@ -187,6 +192,9 @@ class StreamRunner:
         )
 
     def _finish(self, status: str, note: str | None) -> str:
+        if status == "FAILED":  # nothing runs any more: its stream locks are not left behind
+            for name in _release_stream_locks(self.view, self.task, self.owner):
+                self.event("lock_released", lock=name, why="stream failed")
         self.db.release_stream(self.stream.id, status, note)
         self.status, self.note = status, note
         self.event("stream_" + status.lower(), note=note)
@@ -218,8 +226,8 @@ class StreamRunner:
             return pi.status
         view = self.view
         values = view.values(pdef, pi.key)
-        log, summary = view.log_paths(pdef, pi)
         try:
+            log, summary = view.log_paths(pdef, pi)
             argv, ntasks = view.command(pdef, values)
             lock_path = view.lock_path(pdef.lock, values)
             stream_lock = view.lock_path(pdef.stream_lock, values)
@@ -234,8 +242,8 @@ class StreamRunner:
                 locks.acquire(stream_lock, self.dlid, pdef.name, self.owner, log=log_event)
             except Busy as err:
                 return self._hold(pi, "READY", f"waiting for stream lock: {err}")
-        if rm_lock is not None:
-            self._remove_stream_lock(rm_lock)
+        if rm_lock is not None and locks.remove_own_or_stale(rm_lock, self.owner):
+            self.event("lock_removed", lock=rm_lock.name)
         if lock_path is not None:
             try:
                 locks.acquire(lock_path, self.dlid, pdef.name, self.owner, log=log_event)
@@ -263,6 +271,8 @@ class StreamRunner:
         except OSError as err:
             if lock_path is not None:
                 locks.release(lock_path, self.owner)
+            if isinstance(err, Unavailable):  # the batch system is away: wait, not FAILED
+                return self._hold(pi, "READY", f"waiting: {err.strerror}")
             self.db.update_instance(
                 pi.id,
                 status="FAILED",
@@ -274,7 +284,10 @@ class StreamRunner:
             self.event("failed", pi, why=f"cannot start: {err.strerror}")
             return self._after_failure(pdef, pi)
         now = time.time()
-        pi.status, pi.started = "RUNNING", now
+        # a batch job waits in its queue (QUEUED) until the launcher says it began
+        began = self.launcher.started(pi.id)
+        status = "RUNNING" if began is not None else "QUEUED"
+        pi.status, pi.submitted, pi.started, pi.log_path = status, now, began, str(log)
         # ours before it is written: should the write fail (disk full), the job is not
         # started a second time and its exit is still routed here
         self.running[pi.id] = Running(pi, pdef, lock_path, summary, values)
@@ -283,29 +296,21 @@ class StreamRunner:
             pi.launcher, pi.job_id = h.launcher, h.job_id
         self.db.update_instance(
             pi.id,
-            status="RUNNING",
+            status=status,
             host=h.host,
             pid=h.pid,
             pid_start=h.start,
-            started=now,
+            submitted=now,
+            started=began,
             log_path=str(log),
             note=None,
         )
         pi.note = None
         if h.detached:
-            self.event("started", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
+            self.event("submitted", pi, job_id=h.job_id, launcher=h.launcher, log=str(log))
         else:
             self.event("started", pi, pid=h.pid, log=str(log))
-        return "RUNNING"
-
-    def _remove_stream_lock(self, path: Path) -> None:
-        try:
-            info = locks.read(path)
-        except FileNotFoundError:
-            return
-        if (info.pid, info.host) == (self.owner.pid, self.owner.host) or info.stale:
-            path.unlink(missing_ok=True)
-            self.event("lock_removed", lock=path.name)
+        return status
 
     def _after_failure(self, pdef: ProcessDef, pi: ProcessInstance) -> str:
         latest = self.db.latest_instance(self.stream.id, pi.process, pi.key)
@@ -372,7 +377,7 @@ class StreamRunner:
         status = "SUCCESS" if res.exit_code == 0 else "FAILED"
         if status == "SUCCESS":
             try:
-                self._collect(pdef, pi, r)
+                joblog.collect(self.db, self.stream.id, self.view, pi, r)
             except (OSError, ValueError) as err:
                 status, note = "FAILED", f"bad job report: {err}"
         else:
@@ -381,14 +386,22 @@ class StreamRunner:
                 if res.exit_code < 0
                 else f"exit code {res.exit_code}"
             )
+            log = Path(pi.log_path) if pi.log_path else self.view.log_paths(pdef, pi)[0]
+            why = joblog.error_line(log)
+            if why:  # the job's own reason travels with its status
+                note = f"{note}: {why}"
+        # a job that ended between two looks at its queue began when its launcher says
+        began = pi.started if pi.started is not None else res.started
         self.db.update_instance(
-            pi.id, status=status, exit_code=res.exit_code, ended=res.ended, note=note
+            pi.id, status=status, exit_code=res.exit_code, ended=res.ended, note=note, started=began
         )
+        pi.started, pi.ended = began, res.ended
         self.event(
             status.lower(),
             pi,
             exit_code=res.exit_code,
-            wall_s=round(res.ended - (pi.started or res.ended), 3),
+            wall_s=round(res.ended - (began or res.ended), 3),
+            note=note,
         )
         if status == "FAILED" and res.lost:
             pi.status = "FAILED"
@@ -411,30 +424,6 @@ class StreamRunner:
         with contextlib.suppress(OSError):
             r.summary.unlink(missing_ok=True)
 
-    def _collect(self, pdef: ProcessDef, pi: ProcessInstance, r: Running) -> None:
-        """Read the job's $PIPELINE_SUMMARY (variables, outputs) and record its files."""
-        outputs: list[Path] = [Path(render(o, r.values)) for o in pdef.outputs]
-        sets: dict[str, list[str]] = {}
-        if r.summary.exists():
-            for line in r.summary.read_text(encoding="utf-8").splitlines():
-                if not line.startswith("Pipeline.") or ":" not in line:
-                    continue
-                name, _, value = line[len("Pipeline.") :].partition(":")
-                name, value = name.strip(), value.strip()
-                if name == "output":
-                    outputs.append(Path(value))
-                else:
-                    sets[name] = value.split()
-        if sets:
-            self.db.set_stream_vars(self.stream.id, **sets)
-        for out in outputs:
-            if out.is_dir():
-                for f in sorted(out.rglob("*")):
-                    if f.is_file():
-                        self.db.record_file(f, pdef.name, pi.id, self.dlid, manifest.md5_file(f))
-            elif out.is_file():
-                self.db.record_file(out, pdef.name, pi.id, self.dlid, manifest.md5_file(out))
-
     # ------------------------------------------------------------------ shutdown
 
     def terminate(self, ids: list[int]) -> None:
@@ -453,6 +442,32 @@ class StreamRunner:
                 self.stream.id, r.pi.process, r.pi.key, r.pi.max_retries, r.pi.auto_retry
             )
             self.event("terminated", r.pi)
+
+
+def _release_stream_locks(view: InstanceView, task: Task, owner: Owner) -> list[str]:
+    """Remove the stream locks ``owner`` holds (a FAILED stream's: shown STALE in the lock
+    list once this runner is gone, they would block nothing but confuse an operator, and
+    a rollback takes them again); returns their names."""
+    out = []
+    for pdef in task.processes:
+        try:
+            p = view.lock_path(pdef.stream_lock, view.values(pdef, ""))
+            if p is not None and locks.release(p, owner):
+                out.append(p.name)
+        except (OSError, ValueError):  # left for `locks` to show: never stops the release
+            continue
+    return out
+
+
+def _failure_note(failed: list[str], latest: Iterable[ProcessInstance]) -> str:
+    """``failed: <processes>``, and the reason of the first instance that failed (its job's
+    error line): what ``downlinks`` and the console show of the stream."""
+    note = f"failed: {', '.join(failed)}"
+    why = next(
+        (pi for pi in latest if pi.process in failed and pi.status == "FAILED" and pi.note),
+        None,
+    )
+    return f"{note} ({why.label}: {why.note})" if why is not None else note
 
 
 def run_stream(

@@ -72,6 +72,16 @@ STEPS: tuple[Step, ...] = (
             "ALTER TABLE downlinks ADD COLUMN manifest_sha256 TEXT",
         ),
     ),
+    Step(
+        5,
+        "queue time and run time kept apart: an instance records when it was handed to its "
+        "launcher (submitted) besides when its job began to run (started); before, started "
+        "was the submission, so that is what an older row's submitted gets",
+        (
+            "ALTER TABLE process_instances ADD COLUMN submitted DOUBLE PRECISION",
+            "UPDATE process_instances SET submitted = started",
+        ),
+    ),
 )
 
 # Columns that a database labelled version 1 may lack: before versions were read, skydeck

@@ -177,12 +177,14 @@ class ReadQueries:
 
     def running_streams_activity(self) -> list[RunningStream]:
         """Every latest stream that is RUNNING, with its owner and its last activity: the
-        latest of the stream's start and its instances' created, started and ended times
-        (``skydeck-engine health``'s stuck check)."""
+        latest of the stream's start and its instances' created, submitted, started and
+        ended times (``skydeck-engine health``'s stuck check; a job waiting in a batch queue
+        has no start yet, its submission is its activity)."""
         rows = self.conn.execute(
             "SELECT s.id, s.dlid, s.owner_pid, s.owner_host, s.owner_start, "
             "COALESCE(s.started, s.created), "
             "(SELECT MAX(p.created) FROM process_instances p WHERE p.stream_id = s.id), "
+            "(SELECT MAX(p.submitted) FROM process_instances p WHERE p.stream_id = s.id), "
             "(SELECT MAX(p.started) FROM process_instances p WHERE p.stream_id = s.id), "
             "(SELECT MAX(p.ended) FROM process_instances p WHERE p.stream_id = s.id), "
             "(SELECT COUNT(*) FROM process_instances p WHERE p.stream_id = s.id "

@@ -135,10 +135,34 @@ class ProcessInstance:
     # schema 2: the batch system's job id (None for a local job) and the launcher that ran it
     job_id: str | None = None
     launcher: str = LOCAL_LAUNCHER
+    # schema 5: when it was handed to its launcher; ``started`` is when its job began to run
+    submitted: float | None = None
 
     @property
     def label(self) -> str:
         return f"{self.process}[{self.key}]" if self.key else self.process
+
+    def run_s(self, now: float) -> float | None:
+        """How long its job ran: to its end, or to ``now`` while it runs; None before it
+        began (queued) and for one that ended without a recorded start."""
+        if self.started is None:
+            return None
+        if self.ended is not None:
+            return max(0.0, self.ended - self.started)
+        return max(0.0, now - self.started) if self.status == "RUNNING" else None
+
+    def queue_s(self, now: float) -> float | None:
+        """How long its job waited in a batch queue: to its start, or to ``now`` while it
+        waits (QUEUED); None when not submitted (a scriptlet) or not known."""
+        if self.submitted is None:
+            return None
+        if self.started is not None:
+            return max(0.0, self.started - self.submitted)
+        if self.status == "QUEUED":
+            return max(0.0, now - self.submitted)
+        if self.ended is not None:  # ended before it was seen running
+            return max(0.0, self.ended - self.submitted)
+        return None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_KEY = "schema"  # meta key holding the version
 
 _TABLES = (
@@ -80,7 +80,11 @@ _TABLES = (
     log_path    TEXT,
     note        TEXT,
     job_id      TEXT,                       -- the batch system's job id; NULL for a local job
-    launcher    TEXT NOT NULL DEFAULT 'local'
+    launcher    TEXT NOT NULL DEFAULT 'local',
+    -- handed to the launcher; ``started`` is when the job began to run (a batch job waits
+    -- in its queue between the two): queue time = started - submitted, run time = ended -
+    -- started
+    submitted   DOUBLE PRECISION
 )""",
     "CREATE INDEX IF NOT EXISTS pi_stream ON process_instances(stream_id, is_latest)",
     """CREATE TABLE IF NOT EXISTS files (

@@ -101,7 +101,7 @@ class StreamState(StateConnection):
                     )
             c.execute(
                 "UPDATE streams SET owner_pid=?, owner_host=?, owner_start=?, status='RUNNING',"
-                " started=COALESCE(started, ?) WHERE id=?",
+                " started=COALESCE(started, ?), ended=NULL WHERE id=?",
                 (me.pid, me.host, me.start, now, st.id),
             )
             return from_row(
@@ -109,7 +109,9 @@ class StreamState(StateConnection):
             ), ""
 
     def release_stream(self, stream_id: int, status: str, note: str | None = None) -> None:
-        ended = time.time() if status in ("SUCCESS", "FAILED", "CANCELED") else None
+        # a stream that stops (TERMINATED too: nothing runs until it is claimed again) shows
+        # when it stopped, not a clock that keeps running; WAITING (held) has no end
+        ended = time.time() if status in ("SUCCESS", "FAILED", "CANCELED", "TERMINATED") else None
 
         def body(again: bool) -> None:
             with self.tx() as c:

@@ -308,11 +308,15 @@ def test_rollback_is_picked_up_by_the_running_daemon(ws, tmp_path, capsys):
 def test_stream_lock_of_a_live_daemon_passes_to_the_runner_that_claims_the_stream(
     ws, tmp_path, capsys
 ):
-    """The daemon failed the stream and is still alive, holding ``halfpipe-<DLID>`` as
-    HalfPipe leaves it. The operator rolls back and runs the stream from the console (another
-    process) before the daemon picks it up: the stream claim in the state db makes that runner
-    the stream's only owner, so it takes the lock over instead of waiting for a live process
-    that will never release it."""
+    """The daemon failed the stream and is still alive. A FAILED stream's runner releases
+    ``halfpipe-<DLID>`` (HalfPipe left it until cleanup); one held by a live daemon anyway
+    (written by an older skydeck, or its release failed) is what this test plants. The
+    operator rolls back and runs the stream from the console (another process) before the
+    daemon picks it up: the stream claim in the state db makes that runner the stream's only
+    owner, so it takes the lock over instead of waiting for a live process that will never
+    release it."""
+    from engine.core.owner import Owner, process_start
+
     marker = tmp_path / "fixed"
     task = (
         _job(marker, 0, extra='stream_lock = "halfpipe-{dlid}"\n')
@@ -321,6 +325,9 @@ def test_stream_lock_of_a_live_daemon_passes_to_the_runner_that_claims_the_strea
     )
     ws, d = _daemon_with_failed_stream(ws, tmp_path, "251125034", task)
     try:
+        assert locks.list_locks(ws.lock) == []  # released when the stream FAILED
+        daemon = Owner(d.pid, Owner.me().host, process_start(d.pid) or 0.0)
+        locks.take_over(ws.lock / "halfpipe-251125034", "251125034", "job", daemon)
         (lock,) = locks.list_locks(ws.lock)
         assert lock.name == "halfpipe-251125034" and lock.pid == d.pid and not lock.stale
         (ws.path("flags") / "halted").touch()  # the daemon starts nothing now

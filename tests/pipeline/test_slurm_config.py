@@ -105,7 +105,8 @@ def test_job_names_are_what_squeue_shows():
 
 
 def _script_run(tmp_path: Path, argv: list[str], term_after: float | None = None) -> int | None:
-    """Run the generated job script with bash as slurmd would; the exit file's status."""
+    """Run the generated job script with bash as slurmd would; the exit file's status (the
+    script itself exits with the command's status: what Slurm records, 128 + a signal)."""
     log = tmp_path / "job.log"
     spec = JobSpec(1, argv, log, {"SKYDECK_X": "a b,c'd"}, tmp_path)
     script = tmp_path / "job.sbatch"
@@ -121,10 +122,12 @@ def _script_run(tmp_path: Path, argv: list[str], term_after: float | None = None
         if term_after is not None:
             time.sleep(term_after)
             os.killpg(proc.pid, signal.SIGTERM)  # scancel --signal=TERM --full: every process
-        assert proc.wait(30) == 0
+        rc = proc.wait(30)
     text = exit_file(log).read_text()
     assert not list(tmp_path.glob("*.tmp"))
-    return int(text)
+    status = int(text)
+    assert rc == (128 - status if status < 0 else status), (rc, status)
+    return status
 
 
 def test_the_job_script_records_the_commands_status(tmp_path):

@@ -68,3 +68,34 @@ def test_the_change_probe_sees_every_commit_that_returned_before_it(pg_url):
             assert now != version, k
             version = now
             assert reader.data_version() == version, k
+
+
+def test_a_version_4_database_gets_the_submission_time_of_schema_5(tmp_path, pg_url, monkeypatch):
+    """Schema 5 on PostgreSQL: the step's one SQL text adds ``submitted`` and fills it with
+    what ``started`` meant before (the submission), in the upgrade's transaction."""
+    monkeypatch.delenv("SKYDECK_STATE_URL", raising=False)
+    assert run_engine("-w", tmp_path / "ws", "init", "--state", pg_url).returncode == 0
+    with _db(pg_url) as db, db.tx() as c:
+        c.execute(
+            "INSERT INTO downlinks (dlid, kind, level0, chunks, delivered, registered) "
+            "VALUES ('251207001', 'level0', '/l0', 1, 1.0, 1.0)"
+        )
+        c.execute(
+            "INSERT INTO streams (task, dlid, execution, status, created) "
+            "VALUES ('halfpipe', '251207001', 1, 'SUCCESS', 1.0)"
+        )
+        sid = c.execute("SELECT id FROM streams").fetchone()[0]
+        c.execute(
+            "INSERT INTO process_instances (stream_id, process, execution, status, created, "
+            "started, ended) VALUES (?, 'makeEvt', 1, 'SUCCESS', 1.0, 2.5, 9.0)",
+            (sid,),
+        )
+        c.execute("ALTER TABLE process_instances DROP COLUMN submitted")
+        c.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    with _db(pg_url) as db:
+        assert db.opened_version == 4
+        (pi,) = db.instances(sid)
+        assert (pi.submitted, pi.started, pi.ended) == (2.5, 2.5, 9.0)
+        assert pi.queue_s(100.0) == 0.0 and pi.run_s(100.0) == 6.5
+    with _db(pg_url) as db:
+        assert db.opened_version == SCHEMA_VERSION == 5

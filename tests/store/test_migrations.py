@@ -86,6 +86,15 @@ def _columns(db: Path) -> dict[str, list[str]]:
         conn.close()
 
 
+def _times(pi: dict) -> dict:
+    """`streams --json`'s run and queue time of a v1 instance (started was its submission)."""
+    started, ended = pi["started"], pi["ended"]
+    if started is None:
+        return {"run_s": None, "queue_s": None}
+    run = round(max(0.0, ended - started), 3) if ended is not None else None
+    return {"run_s": run, "queue_s": 0.0}
+
+
 def test_the_fixture_is_what_main_wrote(v1: Path) -> None:
     expected = json.loads((v1 / "expected-v1.json").read_text())
     assert expected["schema"] == _version(v1 / "state.db") == 1
@@ -100,9 +109,14 @@ def test_a_v1_workspace_upgrades_and_keeps_its_data(v1: Path, tmp_path: Path) ->
     downlinks = _engine(v1, "downlinks", "--json")  # the first opener upgrades
     assert downlinks.returncode == 0, downlinks.stderr
     # every downlink as it was, plus schema 4's content digest of its level-0 manifest: not
-    # recorded then (a scan adopts it while the manifest is the file that registered it)
+    # recorded then (a scan adopts it while the manifest is the file that registered it),
+    # and its stream's note (what the listing shows since)
+    notes = {s["stream"]["dlid"]: s["stream"]["note"] for s in expected["streams"]}
     assert json.loads(downlinks.stdout) == expected["downlinks"] | {
-        "downlinks": [d | {"manifest_sha256": None} for d in expected["downlinks"]["downlinks"]]
+        "downlinks": [
+            d | {"manifest_sha256": None, "note": notes.get(d["dlid"])}
+            for d in expected["downlinks"]["downlinks"]
+        ]
     }
     assert [d["dlid"] for d in expected["downlinks"]["downlinks"]] == ["251120001", "251120002"]
 
@@ -117,9 +131,11 @@ def test_a_v1_workspace_upgrades_and_keeps_its_data(v1: Path, tmp_path: Path) ->
     for new, old in zip(got, expected["streams"], strict=True):
         assert new["stream"] == old["stream"]
         # every instance as it was (the retired cleanup of 251120002 too), plus the two
-        # columns of schema 2 at their values for a job run by the local launcher
+        # columns of schema 2 at their values for a job run by the local launcher, and
+        # schema 5's submission time: what started meant before (queue time 0)
         assert new["instances"] == [
-            pi | {"job_id": None, "launcher": "local"} for pi in old["instances"]
+            pi | {"job_id": None, "launcher": "local", "submitted": pi["started"]} | _times(pi)
+            for pi in old["instances"]
         ]
 
     with StateDB(db_path) as db:
@@ -140,7 +156,7 @@ def test_a_v1_workspace_upgrades_and_keeps_its_data(v1: Path, tmp_path: Path) ->
             f["size"] for f in expected["files"] if f["dlid"] == "251120001"
         )
 
-    assert _version(db_path) == SCHEMA_VERSION == 4
+    assert _version(db_path) == SCHEMA_VERSION == 5
     bak = backup_path(db_path, 1)
     assert bak == v1 / "state.db.v1.bak" and bak.is_file()
     assert _dump(bak) == before  # the backup is the v1 database
@@ -188,7 +204,11 @@ def test_concurrent_openers_upgrade_once(v1: Path) -> None:
     assert [p.returncode for p in procs] == [0] * 4, [e for _, e in outs]
     assert sorted(o.strip() for o, _ in outs).count("1") == 1  # exactly one saw version 1
     assert _version(v1 / "state.db") == SCHEMA_VERSION
-    assert _columns(v1 / "state.db")["process_instances"][-2:] == ["job_id", "launcher"]
+    assert _columns(v1 / "state.db")["process_instances"][-3:] == [
+        "job_id",
+        "launcher",
+        "submitted",
+    ]
 
 
 def test_a_newer_database_is_refused_with_one_line(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from engine.core.errors import BadInput
 from engine.core.settings import Settings
-from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec, Launcher
+from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec, Launcher, Unavailable
 from engine.pipeline.launchers.local import LocalLauncher, kill_orphan
 from engine.pipeline.launchers.slurm import SlurmLauncher
 
@@ -30,6 +30,7 @@ __all__ = [
     "launcher_class",
     "make_launcher",
     "sibling_suffixes",
+    "Unavailable",
 ]
 
 

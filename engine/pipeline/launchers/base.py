@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 
+class Unavailable(OSError):
+    """The launcher cannot take a job now (its batch system's controller does not answer):
+    the instance waits (READY, the reason in its note) and is submitted again on a later
+    step. Not the job's failure, and nothing was started."""
+
+
 @dataclass
 class JobSpec:
     pi_id: int
@@ -48,14 +54,18 @@ class JobResult:
     exit_code: int  # negative: killed by that signal
     ended: float
     lost: str | None = None  # the batch system lost the job (NODE_FAIL, PREEMPTED): not its fault
+    started: float | None = None  # when the job began to run, where the launcher knows it
 
 
 class Launcher(Protocol):
     """Where process instances run. ``capacity`` says how many more it takes now; ``submit``
-    starts one; ``poll`` returns those that ended since the last call; ``cancel`` stops one
+    starts one (``Unavailable`` when it cannot now: the caller waits and tries again, quickly
+    refused meanwhile, so that a controller outage never blocks the daemon's loop); ``poll`` returns those that ended since the last call; ``cancel`` stops one
     (SIGTERM, then SIGKILL after ``grace_s``); ``cancel_all`` stops every one and returns
     their ids; ``active`` lists the ids still running; ``pending_reason`` says why a
-    submitted job still waits in a batch queue (None: it runs); ``find_submitted`` finds live
+    submitted job still waits in a batch queue (None: it runs); ``started`` says when a job
+    began to run (None: it still waits in a queue; a local job runs from its submission,
+    so the runner shows QUEUED only while this is None); ``find_submitted`` finds live
     jobs by the log they write (a job submitted by a runner that died before recording its
     id); ``adopt`` takes over a job a dead runner submitted (a batch job lives on; a local
     one cannot be adopted).
@@ -77,4 +87,5 @@ class Launcher(Protocol):
     def active(self) -> list[int]: ...
     def adopt(self, pi_id: int, job_id: str, log: Path) -> bool: ...
     def pending_reason(self, pi_id: int) -> str | None: ...
+    def started(self, pi_id: int) -> float | None: ...
     def find_submitted(self, logs: list[Path]) -> dict[Path, str]: ...

@@ -49,6 +49,7 @@ class LocalLauncher:
     def __init__(self, max_jobs: int = 2, options: object = None) -> None:
         self.max_jobs = max(1, int(max_jobs))
         self._procs: dict[int, subprocess.Popen] = {}
+        self._started: dict[int, float] = {}
 
     def capacity(self) -> int:
         return self.max_jobs - len(self._procs)
@@ -63,6 +64,10 @@ class LocalLauncher:
     def pending_reason(self, pi_id: int) -> str | None:
         """A local job never waits in a queue."""
         return None
+
+    def started(self, pi_id: int) -> float | None:
+        """A local job runs from its submission (None: not one of ours)."""
+        return self._started.get(pi_id)
 
     def find_submitted(self, logs: list[Path]) -> dict[Path, str]:
         """A local job cannot outlive the runner that did not record it."""
@@ -86,13 +91,10 @@ class LocalLauncher:
                 preexec_fn=_die_with_parent,
             )
         self._procs[spec.pi_id] = proc
+        start = process_start(proc.pid) or time.time()
+        self._started[spec.pi_id] = start
         return JobHandle(
-            spec.pi_id,
-            proc.pid,
-            socket.gethostname(),
-            process_start(proc.pid) or time.time(),
-            str(proc.pid),
-            launcher=self.name,
+            spec.pi_id, proc.pid, socket.gethostname(), start, str(proc.pid), launcher=self.name
         )
 
     def poll(self) -> list[JobResult]:
@@ -101,7 +103,8 @@ class LocalLauncher:
             code = proc.poll()
             if code is not None:
                 del self._procs[pi_id]
-                done.append(JobResult(pi_id, code, time.time()))
+                started = self._started.pop(pi_id, None)
+                done.append(JobResult(pi_id, code, time.time(), started=started))
         return done
 
     def cancel(self, pi_id: int, grace_s: float = 5.0) -> None:

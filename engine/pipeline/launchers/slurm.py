@@ -42,7 +42,7 @@ from typing import ClassVar
 from engine.core.atomic import atomic_write_bytes
 from engine.core.errors import BadInput
 from engine.core.settings import Slurm
-from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec
+from engine.pipeline.launchers.base import JobHandle, JobResult, JobSpec, Unavailable
 from engine.pipeline.launchers.local import LocalLauncher
 
 # variables a job gets from the submitter besides its spec's own
@@ -76,12 +76,75 @@ ENDED = (
 # ended by the batch system, not by the job: run again without using a retry
 LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 QUEUE_EVERY_S = 1.0  # squeue at most this often per launcher
+COMMAND_TIMEOUT_S = 20.0  # sbatch/squeue/scontrol: longer is a controller that does not answer
+PROBE_EVERY_S = 5.0  # while the controller is away: `scontrol ping` at most this often
+PING_TIMEOUT_S = 5.0  # `scontrol ping` answers at once, up or down: longer is a hung controller
+# what Slurm's commands say when the controller cannot be reached
+_NO_CONTROLLER = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Connection refused",
+    "connect failure",
+    "Zero Bytes were transmitted",
+)
 EXIT_FILE_GRACE_S = 3.0  # an ended job's exit file may lag its state on a shared file system
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.+-]")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # what may follow `export` unquoted
+# JobState values of a job that has not begun to run (or of which nothing is known)
+_NOT_STARTED = ("PENDING", "CONFIGURING", "REQUEUED", "RESV_DEL_HOLD", "UNKNOWN")
 
 
 class Unreachable(Exception):
     """The Slurm controller did not answer a status query."""
+
+
+class _Controller:
+    """Whether slurmctld answers. Before each sbatch, squeue or scontrol, ``scontrol ping``
+    (one RPC: it answers within milliseconds either way, where sbatch and squeue retry a lost
+    controller for 10 to 20 s) says whether to ask at all; once the controller is away every
+    command is refused at once, and it is pinged again at most every ``PROBE_EVERY_S``. So
+    an outage never blocks the daemon's loop on a Slurm command (a command that still finds
+    it away, a controller lost between the ping and the command, marks it away too)."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.why = ""
+        self._next_probe = 0.0
+
+    def lost(self, why: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+        self.why = why
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+
+    def reachable(self) -> bool:
+        if self.down_since is not None and time.monotonic() < self._next_probe:
+            return False
+        try:
+            res = subprocess.run(
+                ["scontrol", "ping"],
+                capture_output=True,
+                text=True,
+                timeout=PING_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+            up = res.returncode == 0 and "is UP" in res.stdout
+            why = (res.stdout.strip().splitlines() or [f"exit {res.returncode}"])[0]
+        except (OSError, subprocess.TimeoutExpired) as err:
+            up, why = False, str(err)
+        if not up:
+            self.lost(f"scontrol ping: {why}")
+            return False
+        self.down_since, self.why = None, ""
+        return True
+
+    def refusal(self) -> Unavailable:
+        """What ``submit`` raises while the controller is away (the instance's note)."""
+        return Unavailable(errno.EAGAIN, f"Slurm controller unreachable ({self.why})")
+
+
+def _says_unreachable(stderr: str) -> bool:
+    return any(s in stderr for s in _NO_CONTROLLER)
 
 
 def script_file(log: Path) -> Path:
@@ -100,14 +163,31 @@ def job_name(task: str, dlid: str, process: str, key: str = "") -> str:
     return _NAME_BAD.sub("_", name)
 
 
+def filename_pattern(path: Path) -> str:
+    """``path`` as sbatch's --output takes it: a filename pattern, where ``%j``, ``%x``...
+    are replaced (a workspace under ``a%jb`` would log to ``a123b``), so each ``%`` is
+    written ``%%``. A backslash there turns the patterns off and is itself removed: such a
+    path cannot be given, OSError (the instance fails with that reason). (``--chdir`` takes
+    a plain path: not a pattern.)"""
+    text = str(path)
+    if "\\" in text:
+        raise OSError(errno.EINVAL, f"a backslash in {text!r} cannot be given to sbatch --output")
+    return text.replace("%", "%%")
+
+
 def job_script(spec: JobSpec) -> str:
     """The batch script: run the command, write its status to the exit file atomically.
 
     SIGTERM (``scancel``) reaches the command; the script's own trap only lets it survive to
     record the status. A status above 128 from bash is a signal: written as its negative,
-    the local launcher's convention.
+    the local launcher's convention. The script exits with the command's own status (bash's
+    128 + signal for a killed one), so Slurm's JobState (FAILED) and ExitCode (``scontrol
+    show job``, ``sacct``) tell what the exit file tells.
     """
     ex = exit_file(spec.log)
+    bad = [k for k in spec.env if not _ENV_NAME.match(k)]
+    if bad:  # the task file is checked when loaded; this is the last line of defence
+        raise OSError(errno.EINVAL, f"environment variable name {bad[0]!r} is not a shell name")
     env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(spec.env.items()))
     return (
         "#!/bin/bash\n"
@@ -120,10 +200,11 @@ def job_script(spec: JobSpec) -> str:
         "child=$!\n"
         "while :; do wait \"$child\"; rc=$?; kill -0 \"$child\" 2>/dev/null || break; "
         "kill -TERM \"$child\" 2>/dev/null; done\n"
-        "if [ \"$rc\" -gt 128 ]; then rc=$((128 - rc)); fi\n"
+        "status=$rc\n"
+        "if [ \"$rc\" -gt 128 ]; then status=$((128 - rc)); fi\n"
         f"tmp={shlex.quote(str(ex))}.$SLURM_JOB_ID.tmp\n"
-        f"printf '%s\\n' \"$rc\" > \"$tmp\" && mv -f \"$tmp\" {shlex.quote(str(ex))}\n"
-        "exit 0\n"
+        f"printf '%s\\n' \"$status\" > \"$tmp\" && mv -f \"$tmp\" {shlex.quote(str(ex))}\n"
+        'exit "$rc"\n'
     )
 
 
@@ -135,6 +216,13 @@ class _Job:
     state: str = "PENDING"
     reason: str = ""
     gone_since: float | None = None  # first poll that found it out of squeue
+    started: float | None = None  # when Slurm started it (None: still queued, or not known)
+
+    def saw(self, state: str, reason: str, start: str) -> None:
+        """What squeue or scontrol said of it: its state, why it waits, its start time."""
+        self.state, self.reason = state, reason
+        if self.started is None and state not in _NOT_STARTED:
+            self.started = slurm_time(start) or time.time()
 
 
 class SlurmLauncher:
@@ -151,6 +239,10 @@ class SlurmLauncher:
         self.local = LocalLauncher(max_jobs)
         self._jobs: dict[int, _Job] = {}
         self._last_queue = 0.0
+        self.controller = _Controller()
+        # logs whose sbatch may have reached the controller without an answer (timed out,
+        # or asked while it was away): squeue is asked for their job before another sbatch
+        self._unsure: set[Path] = set()
         for tool in ("sbatch", "squeue", "scontrol", "scancel"):
             if shutil.which(tool) is None:
                 raise BadInput(f"launcher 'slurm': {tool} not found on PATH (install slurm-client)")
@@ -170,6 +262,15 @@ class SlurmLauncher:
     def submit(self, spec: JobSpec) -> JobHandle:
         if spec.launcher == "local":
             return self.local.submit(spec)
+        if not self.controller.reachable():
+            raise self.controller.refusal()
+        if spec.log in self._unsure:
+            found = self._find(script_file(spec.log))
+            if found is None:
+                raise self.controller.refusal()
+            self._unsure.discard(spec.log)
+            if found:  # the earlier sbatch did submit it: that job, not a second one
+                return self._submitted(spec, found, spec.name)
         spec.log.parent.mkdir(parents=True, exist_ok=True)
         exit_file(spec.log).unlink(missing_ok=True)
         script = script_file(spec.log)
@@ -182,7 +283,7 @@ class SlurmLauncher:
             "sbatch",
             "--parsable",
             f"--job-name={name}",
-            f"--output={spec.log}",
+            f"--output={filename_pattern(spec.log)}",
             "--open-mode=append",
             f"--chdir={spec.cwd or spec.log.parent}",
             f"--ntasks={spec.ntasks}",
@@ -210,15 +311,29 @@ class SlurmLauncher:
         env.setdefault("PATH", os.defpath)
         try:
             res = subprocess.run(
-                cmd, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+                cmd,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=COMMAND_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise OSError(errno.ETIMEDOUT, "sbatch did not answer in 60 s") from None
+            self._unsure.add(spec.log)
+            self.controller.lost(f"sbatch did not answer in {COMMAND_TIMEOUT_S:g} s")
+            raise self.controller.refusal() from None
         out = res.stdout.strip()
         if res.returncode != 0 or not out:
             why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            if _says_unreachable(res.stderr):  # wait and retry: not the job's failure
+                self._unsure.add(spec.log)
+                self.controller.lost(why)
+                raise self.controller.refusal()
             raise OSError(errno.EIO, f"sbatch refused the job: {why}")
-        job_id = out.split(";")[0]
+        return self._submitted(spec, out.split(";")[0], name)
+
+    def _submitted(self, spec: JobSpec, job_id: str, name: str) -> JobHandle:
+        """Watch job ``job_id`` of ``spec`` from now on; its handle."""
         with open(spec.log, "ab") as log:
             log.write(f"# slurm job {job_id} ({name})\n".encode())
         self._jobs[spec.pi_id] = _Job(spec.pi_id, job_id, spec.log)
@@ -244,8 +359,9 @@ class SlurmLauncher:
                 info = {"JobState": "UNKNOWN"}
             if info is None:
                 return False
-            job.state = info.get("JobState", "UNKNOWN")
-            job.reason = info.get("Reason", "")
+            job.saw(
+                info.get("JobState", "UNKNOWN"), info.get("Reason", ""), info.get("StartTime", "")
+            )
         self._jobs[pi_id] = job
         return True
 
@@ -256,27 +372,47 @@ class SlurmLauncher:
         want = {str(script_file(log)): log for log in logs}
         if not want:
             return {}
+        listed = self._scripts()
+        if listed is None:  # cannot tell: asked again before each of them is submitted
+            self._unsure.update(logs)
+            return {}
+        return {want[script]: job_id for script, job_id in listed.items() if script in want}
+
+    def _scripts(self) -> dict[str, str] | None:
+        """script -> job id of every queued or running job; None when the controller does
+        not answer."""
+        if not self.controller.reachable():
+            return None
         try:
             res = subprocess.run(
                 ["squeue", "-h", "-o", "%i|%o"],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired):
-            return {}
-        out: dict[Path, str] = {}
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"squeue: {err}")
+            return None
+        if res.returncode != 0:
+            self.controller.lost((res.stderr.strip().splitlines() or ["squeue failed"])[-1])
+            return None
+        out: dict[str, str] = {}
         for line in res.stdout.splitlines():
             job_id, _, script = line.strip().partition("|")
-            if script in want:
-                out[want[script]] = job_id
+            out[script] = job_id
         return out
+
+    def _find(self, script: Path) -> str | None:
+        """The id of the queued or running job of ``script``, "" for none, None when the
+        controller does not answer."""
+        listed = self._scripts()
+        return None if listed is None else listed.get(str(script), "")
 
     def poll(self) -> list[JobResult]:
         done = self.local.poll()
         now = time.time()
-        queue: dict[str, tuple[str, str]] | None = None
+        queue: dict[str, tuple[str, str, str]] | None = None
         for pi_id, job in list(self._jobs.items()):
             code = _read_exit(job.log)
             if code is None:
@@ -286,18 +422,28 @@ class SlurmLauncher:
                     queue = self._squeue()
                     self._last_queue = now
                 if job.job_id in queue:
-                    job.state, job.reason = queue[job.job_id]
+                    job.saw(*queue[job.job_id])
                     job.gone_since = None
                     continue
                 code = self._ended_code(job, now)
                 if code is None:
                     continue
-            elif code < 0:  # a signal: from scancel, or Slurm taking the node away?
+            elif code < 0 or job.started is None:
+                # a signal: from scancel, or Slurm taking the node away? Or it ran between
+                # two looks at the queue: when did it begin?
                 with contextlib.suppress(Unreachable):
-                    job.state = (self.job_info(job.job_id) or {}).get("JobState", job.state)
+                    info = self.job_info(job.job_id) or {}
+                    job.state = info.get("JobState", job.state)
+                    job.started = job.started or slurm_time(info.get("StartTime", ""))
             del self._jobs[pi_id]
             done.append(
-                JobResult(pi_id, code, time.time(), lost=job.state if job.state in LOST else None)
+                JobResult(
+                    pi_id,
+                    code,
+                    time.time(),
+                    lost=job.state if job.state in LOST else None,
+                    started=job.started,
+                )
             )
         return done
 
@@ -328,50 +474,66 @@ class SlurmLauncher:
             return None
         return job.reason or None
 
+    def started(self, pi_id: int) -> float | None:
+        """When Slurm started the job (squeue's start time once it runs); None while it
+        waits in the queue. A job of the inner local launcher started when submitted."""
+        job = self._jobs.get(pi_id)
+        return self.local.started(pi_id) if job is None else job.started
+
     # ------------------------------------------------------------ helpers
 
-    def _squeue(self) -> dict[str, tuple[str, str]]:
-        """job id -> (state, reason) of our jobs still in the queue."""
+    def _squeue(self) -> dict[str, tuple[str, str, str]]:
+        """job id -> (state, reason, start time) of our jobs still in the queue."""
         ids = ",".join(j.job_id for j in self._jobs.values())
         if not ids:
             return {}
-        unchanged = {j.job_id: (j.state, j.reason) for j in self._jobs.values()}
+        unchanged = {j.job_id: (j.state, j.reason, "") for j in self._jobs.values()}
+        if not self.controller.reachable():
+            return unchanged
         try:
             res = subprocess.run(
-                ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r"],
+                ["squeue", "-h", "-j", ids, "-o", "%i|%T|%r|%S"],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"squeue: {err}")
             return unchanged
-        out: dict[str, tuple[str, str]] = {}
+        out: dict[str, tuple[str, str, str]] = {}
         if res.returncode != 0 and "Invalid job id" not in res.stderr:
-            return unchanged  # the controller did not answer: every job as it was
+            # the controller did not answer: every job as it was
+            self.controller.lost((res.stderr.strip().splitlines() or ["squeue failed"])[-1])
+            return unchanged
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3:
-                out[parts[0]] = (parts[1], parts[2])
+            if len(parts) == 4:
+                out[parts[0]] = (parts[1], parts[2], parts[3])
         return out
 
     def job_info(self, job_id: str) -> dict[str, str] | None:
         """``scontrol show job``'s fields, None when Slurm no longer knows the job; raises
         Unreachable when the controller does not answer (nothing is known then)."""
+        if not self.controller.reachable():
+            raise Unreachable(self.controller.why)
         try:
             res = subprocess.run(
                 ["scontrol", "show", "job", "-o", job_id],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=COMMAND_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
+            self.controller.lost(f"scontrol: {err}")
             raise Unreachable(str(err)) from None
         if res.returncode != 0:
             if "Invalid job id" in res.stderr:
                 return None
-            raise Unreachable(res.stderr.strip() or f"scontrol exit {res.returncode}")
+            why = res.stderr.strip() or f"scontrol exit {res.returncode}"
+            self.controller.lost(why.splitlines()[-1])
+            raise Unreachable(why)
         if not res.stdout.strip():
             return None
         return dict(tok.split("=", 1) for tok in res.stdout.split() if "=" in tok)
@@ -388,7 +550,7 @@ class SlurmLauncher:
             return None
         state = (info or {}).get("JobState", "")
         if info is not None and state not in ENDED:
-            job.state, job.reason = state, info.get("Reason", "")
+            job.saw(state, info.get("Reason", ""), info.get("StartTime", ""))
             job.gone_since = None
             return None
         code = _read_exit(job.log)
@@ -397,6 +559,7 @@ class SlurmLauncher:
         if now - job.gone_since < EXIT_FILE_GRACE_S:
             return None
         job.state = state or "GONE"
+        job.started = job.started or slurm_time((info or {}).get("StartTime", ""))
         a, _, b = (info or {}).get("ExitCode", "").partition(":")
         sig = int(b) if b.isdigit() else 0
         if sig:
@@ -425,6 +588,15 @@ class SlurmLauncher:
     def _forget(self, pi_ids: list[int]) -> None:
         for pi_id in pi_ids:
             self._jobs.pop(pi_id, None)
+
+
+def slurm_time(text: str) -> float | None:
+    """A Slurm timestamp (``2026-12-07T09:30:00``, local time) as seconds since the epoch;
+    None for ``N/A``, ``Unknown`` or anything else."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def _quiet(cmd: list[str]) -> None:
