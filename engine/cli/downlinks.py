@@ -16,11 +16,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
+def _note(ws: object, dlid: str, st: object) -> str | None:
+    """The stream's note; for one not started yet, the halt flag holding it."""
+    from engine.pipeline.halts import held_note
+
+    note = getattr(st, "note", None)
+    if st is None or getattr(st, "status", None) == "WAITING":
+        return held_note(ws, dlid) or note  # type: ignore[arg-type]
+    return note
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import time
 
     from engine.api.listings import downlink_listing
+    from engine.core.text import printable as pr
     from engine.core.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
@@ -49,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
         st = streams.get(d.dlid)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.registered))
         print(
-            f"{d.dlid:10s} {d.kind:6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
-            f"{st.status if st else '-':10s} {when}"
+            f"{pr(d.dlid):10s} {pr(d.kind):6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
+            f"{pr(st.status) if st else '-':10s} {when}"
+            + (f"  {pr(note)}" if (note := _note(ws, d.dlid, st)) else "")
         )
     for p in pending:
-        print(f"PENDING  {p.name}: {p.reason}")
+        print(f"PENDING  {pr(p.name)}: {pr(p.reason)}")
     for r in rejected:
-        print(f"REJECTED {r.name}: {r.reason} -> {r.path}")
+        print(f"REJECTED {pr(r.name)}: {pr(r.reason)} -> {pr(r.path)}")
     return 0

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.api.health import health
     from engine.core.errors import EXIT_FAILED
+    from engine.core.text import printable
     from engine.core.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
@@ -90,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     elif healthy:
-        print(f"healthy: {'; '.join(c.detail for c in checks)}")
+        print(f"healthy: {printable('; '.join(c.detail for c in checks))}")
     else:
         for c in checks:
-            if not c.ok:
-                print(f"{c.name}: {c.detail}")
+            if not c.ok:  # names, notes and hosts from outside: escaped, one line each
+                print(f"{printable(c.name)}: {printable(c.detail)}")
     return 0 if healthy else EXIT_FAILED

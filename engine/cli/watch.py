@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from engine.core.errors import EXIT_FAILED, EXIT_USAGE
+    from engine.core.text import printable as pr
     from engine.core.workspace import Workspace
     from engine.daemon import run_daemon
 
@@ -64,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
     )
-    for o in res.rejected:
+    for o in res.rejected:  # names and reasons from outside: escaped (engine/core/text.py)
         print(
-            f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr
+            f"skydeck-engine: {pr(o.file or o.path)}: {pr(o.reason)} (moved to {pr(o.path)})",
+            file=sys.stderr,
         )
     for e in res.errors:  # contained faults (a delivery or stream that raised) still open
-        print(f"skydeck-engine: {ws.root}: {e}", file=sys.stderr)
+        print(f"skydeck-engine: {pr(ws.root)}: {pr(e)}", file=sys.stderr)
     if res.terminated:
         return 0
     if res.errors and args.once:

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -42,7 +47,9 @@ from engine.core.diskspace import existing_parent
 from engine.core.errors import Busy, StateUnavailable
 from engine.core.heartbeat import Heartbeat, heartbeat_path, read_heartbeats, write_heartbeat
 from engine.core.owner import Owner
+from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.workspace import Workspace
+from engine.pipeline.alarms import FAILED, STUCK, stream_alarms
 from engine.pipeline.halts import HALT_FLAGS, is_set_globally
 from engine.pipeline.usage import AREA_PATHS, launch_paused, usage_report
 from engine.store import StateDB
@@ -86,6 +93,9 @@ class Facts:
     heartbeats: list[Heartbeat]
     usage: AreaUsage | None = None
     state_up: bool = True  # the state database answered this read
+    failed_instances: dict[str, int] = field(default_factory=dict)  # by process, ever
+    failed_streams: int = 0  # stream_failed events (until retention trims them)
+    alarms: dict[str, int] = field(default_factory=dict)  # open alarms by kind
 
 
 def read_facts(
@@ -103,6 +113,9 @@ def read_facts(
     dels: dict[str, int] = {}
     oldest: float | None = None
     lat: list[float] = []
+    failed_pi: dict[str, int] = {}
+    failed_st = 0
+    open_alarms = dict.fromkeys((FAILED, STUCK), 0)
     up = outage is None or outage.reachable
     if up:
         try:
@@ -112,6 +125,12 @@ def read_facts(
                 dels = db.delivery_status_counts()
                 oldest = db.oldest_unsettled_delivery()
                 lat = db.recent_registration_latencies(LATENCY_RECENT)
+                failed_pi, failed_st = db.failure_counts()
+                max_age = BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+                for a in stream_alarms(
+                    ws, db, max_age=max_age, stuck_after=DEFAULT_STUCK_AFTER_S, now=now
+                ):
+                    open_alarms[a.kind] += int(a.open)
         except StateUnavailable as err:
             up = False
             if outage is not None:
@@ -138,6 +157,9 @@ def read_facts(
         read_heartbeats(ws),
         usage,
         up,
+        failed_pi,
+        failed_st,
+        open_alarms,
     )
 
 
@@ -185,6 +207,29 @@ def families(f: Facts) -> Iterator[Metric]:
     for proc in sorted({p for p, _ in f.instances}):
         for st in sorted(set(PI_STATUSES) | {s for p, s in f.instances if p == proc}):
             g.add_metric([proc, st], f.instances.get((proc, st), 0))
+    yield g
+
+    c = CounterMetricFamily(
+        "skydeck_instances_failed",
+        "Process instances that ended FAILED, every execution (a failure a retry or a "
+        "rollback fixed still counts), by process",
+        labels=["process"],
+    )
+    for proc, n in sorted(f.failed_instances.items()):
+        c.add_metric([proc], n)
+    yield c
+    yield CounterMetricFamily(
+        "skydeck_streams_failed",
+        "Streams that ended FAILED (stream_failed events; [retention] events_days trims them)",
+        value=f.failed_streams,
+    )
+    g = GaugeMetricFamily(
+        "skydeck_stream_alarms",
+        "Latest streams FAILED or STUCK that no operator acted on (rollback, re-run, ack)",
+        labels=["kind"],
+    )
+    for kind, n in sorted(f.alarms.items()):
+        g.add_metric([kind], n)
     yield g
 
     g = GaugeMetricFamily(
