@@ -82,7 +82,7 @@ def test_a_hostile_lock_and_delivery_do_not_act_on_a_terminal(tmp_path: Path) ->
     ws.lock.mkdir(parents=True, exist_ok=True)
     lock = {"pid": 1, "host": EVIL, "start": 0.0, "stream": EVIL, "process": EVIL, "created": 0}
     (ws.lock / "halfpipe-251125001").write_text(json.dumps(lock))
-    bad = ws.incoming_level0 / f"2511\x1b[2J25009\x1b]52;c;cHduZWQ=\x07"
+    bad = ws.incoming_level0 / "2511\x1b[2J25009\x1b]52;c;cHduZWQ=\x07"
     bad.mkdir(parents=True)
     (bad / "MANIFEST.md5").write_text("")
     session = f"skydeck-esc-{os.getpid()}"
