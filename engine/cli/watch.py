@@ -35,14 +35,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=int_in("--metrics-port", 0, 65535),
         default=None,
         metavar="PORT",
-        help="also serve the metrics (skydeck_*) over HTTP at :PORT/metrics "
-        "(0: a free port, logged); the textfile is [metrics] textfile",
+        help="also serve the metrics (skydeck_*) over HTTP at 127.0.0.1:PORT/metrics "
+        "(0: a free port, logged), from the snapshot of the last [metrics] interval_s, "
+        "at most 32 clients at once, 5 s each; the textfile is [metrics] textfile",
     )
     p.add_argument(
+        "--metrics-bind",
         "--metrics-addr",
-        default="0.0.0.0",
+        dest="metrics_addr",
+        default="127.0.0.1",
         metavar="ADDR",
-        help="the address --metrics-port listens on (default: all, 0.0.0.0)",
+        help="the address --metrics-port listens on (default: 127.0.0.1, this host only; "
+        "0.0.0.0 or a host's address exposes it: put it behind a firewall)",
     )
     p.set_defaults(func=run)
 

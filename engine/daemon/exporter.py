@@ -397,6 +397,7 @@ class Exporter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: Any = None
     _scan_error: str | None = None
+    _snapshot: bytes | None = None  # the last rendering, which /metrics serves
 
     @property
     def interval_s(self) -> float:
@@ -444,9 +445,12 @@ class Exporter:
             if now >= self._usage_next:
                 self.refresh_usage()
             err, self._scan_error = self._scan_error, None
+            body = render(self.ws, self.usage(), self.outage)
+            with self._lock:
+                self._snapshot = body
             path = textfile_path(self.ws)
             if path is not None:
-                write_textfile(self.ws, path, self.usage(), self.outage)
+                replace_snapshot(path, body)
             if err:
                 raise RuntimeError(err)
         return True
@@ -459,17 +463,25 @@ class Exporter:
         self.refresh_usage(wait=True)
         return write_textfile(self.ws, path, self.usage(), self.outage)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve the same families over HTTP (``/metrics``) on a thread; returns the port
+    def snapshot(self) -> bytes:
+        """What ``/metrics`` serves: the last tick's rendering (rendered here only before
+        the first tick), so a scrape costs no state database connection."""
+        with self._lock:
+            body = self._snapshot
+        if body is None:
+            body = render(self.ws, self.usage(), self.outage)
+            with self._lock:
+                self._snapshot = self._snapshot or body
+        return body
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve the same families over HTTP (``/metrics``) on a thread, from the cached
+        snapshot, with bounded clients (engine/daemon/metrics_http.py); returns the port
         (``port`` 0 picks a free one). Busy (exit 3) when the port cannot be bound."""
-        from prometheus_client.exposition import start_http_server
+        from engine.daemon.metrics_http import serve
 
         try:
-            server, _thread = start_http_server(
-                port,
-                addr,
-                registry=registry_for(SkydeckCollector(self.ws, self.usage, self.outage)),
-            )
+            server = serve(self.snapshot, port, addr)
         except OSError as err:
             raise Busy(
                 f"--metrics-port {port}: cannot listen on {addr}: {err.strerror or err}"

@@ -325,7 +325,7 @@ def run_daemon(
     once: bool = False,
     emit: Emit | None = None,
     metrics_port: int | None = None,
-    metrics_addr: str = "0.0.0.0",
+    metrics_addr: str = "127.0.0.1",
 ) -> WatchResult:
     d = Daemon(ws, polling=polling, once=once, emit=emit)
     if metrics_port is not None:
