@@ -19,7 +19,9 @@ from engine.core.heartbeat import Heartbeat, read_heartbeats
 from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.workspace import Workspace
 from engine.pipeline.alarms import STUCK, Alarm, stream_alarms
+from engine.pipeline.frozen import frozen_evidence
 from engine.pipeline.halts import halts
+from engine.pipeline.locks import list_locks
 from engine.pipeline.usage import launch_paused
 from engine.store import StateDB
 from engine.store.outage import UNREACHABLE, Patience
@@ -58,6 +60,9 @@ def health(
       ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
     - ``state``: the state database answers here (asked once, without waiting) and no live
       daemon's heartbeat says it cannot reach it; else since when, as the daemon saw it.
+    - ``lock:<name>``: no lock is held longer than ``heartbeat_max_age`` by a holder that is
+      alive but frozen (engine/pipeline/frozen.py: its daemon heartbeat stopped advancing,
+      or the process is stopped).
     - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
       is not under the reserve (launching would pause).
     - ``failed:<dlid>``: a latest stream is FAILED and no operator acted (a rollback, a
@@ -143,6 +148,18 @@ def health(
         )
     paused, why = launch_paused(ws)
     checks.append(Check("disk", not paused, why or "free space above the reserve"))
+
+    for info in list_locks(ws.lock):
+        evidence = frozen_evidence(info, beats, max_age, now)
+        if evidence and info.age_s > max_age:
+            checks.append(
+                Check(
+                    f"lock:{info.name}",
+                    False,
+                    f"lock {info.name} held by {info.owner} for {info.age_s:.0f} s, holder "
+                    f"frozen: {evidence} (`skydeck-engine unlock {info.name}` releases it)",
+                )
+            )
 
     for a in alarms:
         if a.open:

@@ -24,7 +24,7 @@ SUMMARY: dict[str, str] = {
     "downlinks": "list downlinks (registered deliveries) and rejected deliveries",
     "streams": "list streams and process instances",
     "locks": "list lock files and whether they are stale",
-    "unlock": "remove a stale lock (or a live one with --force)",
+    "unlock": "remove a stale lock or one whose holder is frozen (a live one with --force)",
     "stage": "disk usage per area and downlink; free space",
     "prune": "remove what the retention policy lets go (logs, events, fcopy, orphan chunks)",
     "run": "run one downlink's stream in the foreground",

@@ -20,13 +20,19 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from engine.api.listings import locks
+    from engine.core.heartbeat import read_heartbeats
     from engine.core.text import printable as pr
+    from engine.core.thresholds import BEATS_PER_HEALTH
     from engine.core.workspace import Workspace
+    from engine.pipeline.frozen import frozen_evidence
 
     ws = Workspace.open(args.workspace)
     infos = locks(ws)
+    beats = read_heartbeats(ws)
+    max_age = BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+    frozen = {i.name: frozen_evidence(i, beats, max_age) for i in infos}
     if args.json:
-        print(json.dumps([i.to_json() for i in infos], indent=1))
+        print(json.dumps([i.to_json() | {"frozen": frozen[i.name]} for i in infos], indent=1))
         return 0
     if not infos:
         print(f"no locks in {pr(ws.lock)}")
@@ -35,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     for i in infos:
         # blocks: no grace period will free it (operator); in doubt: malformed, still in grace
         verdict = (
-            "STALE: "
+            f"FROZEN: {frozen[i.name]}; held: "
+            if frozen[i.name]
+            else "STALE: "
             if i.stale
             else "blocks: "
             if i.blocks
