@@ -111,8 +111,12 @@ class EngineStatus:
         }
 
 
-def engine_status(ws: Workspace, now: float | None = None) -> EngineStatus:
-    """The banners' facts now; the state database is asked once, without waiting."""
+def engine_status(
+    ws: Workspace, now: float | None = None, per_downlink: bool = False
+) -> EngineStatus:
+    """The banners' facts now; the state database is asked once, without waiting.
+    ``per_downlink``: also the flags set for single downlinks (a walk of downlinks/,
+    costly with many downlinks; a row's note says it too)."""
     now = time.time() if now is None else now
     max_age = BEATS_PER_HEALTH * ws.settings.metrics.interval_s
     beats = read_heartbeats(ws)
@@ -133,10 +137,11 @@ def engine_status(ws: Workspace, now: float | None = None) -> EngineStatus:
     halts_set: dict[str, list[str]] = {}
     for flag in _halts.HALT_FLAGS:
         where = [_halts.GLOBAL] if _halts.is_set_globally(ws, flag) else []
-        with contextlib.suppress(OSError):
-            where += sorted(
-                p.parent.name for p in ws.downlinks.glob(f"*/{flag}") if p.parent.name.isdigit()
-            )
+        if per_downlink:
+            with contextlib.suppress(OSError):
+                where += sorted(
+                    p.parent.name for p in ws.downlinks.glob(f"*/{flag}") if p.parent.name.isdigit()
+                )
         if where:
             halts_set[flag] = where
     return EngineStatus(

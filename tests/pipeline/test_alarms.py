@@ -212,7 +212,11 @@ def test_halt_and_resume(ws, tmp_path, capsys):
 
     r = cli_proc(ws, "halt", "haltStage", "251125002")
     assert r.returncode == 0 and (ws.downlinks / "251125002" / "haltStage").is_file()
-    assert engine_status(ws).halts == {"halted": ["global"], "haltStage": ["251125002"]}
+    assert engine_status(ws, per_downlink=True).halts == {
+        "halted": ["global"],
+        "haltStage": ["251125002"],
+    }
+    assert engine_status(ws).halts == {"halted": ["global"]}
     r = cli_proc(ws, "resume", "halted")
     assert r.returncode == 0 and "halted cleared globally" in r.stdout
     r = cli_proc(ws, "resume", "halted")
@@ -240,3 +244,61 @@ def test_daemon_alerts_rejected_delivery_and_halt(ws, tmp_path, capsys):
     assert by["delivery_rejected"]["dlid"] == "251125008"
     assert "unreadable tar" in by["delivery_rejected"]["reason"]
     assert by["halt_set"]["reason"].startswith("halt flag haltCleanup set globally")
+
+
+def test_the_daemons_scan_alerts_stuck_streams_and_the_disk_reserve_once(ws, tmp_path):
+    """alarm_scan (the daemon's reconciliation scan): a stream whose runner died is STUCK
+    once no daemon took it over, alerted once however often the scan runs; launching paused
+    under the reserve is alerted too. Then an ack: health passes, the alarm stays listed."""
+    import os
+    import subprocess
+
+    from engine.api.alarms import acknowledge, alarms
+    from engine.api.health import health
+    from engine.core.workspace import Workspace
+    from engine.pipeline.alarms import alarm_scan
+
+    hook, out = _hook(tmp_path)
+    ws = set_config(ws, f"[alerts]\ncommand = {json.dumps(hook)}\n")
+    with StateDB(ws.state) as db:
+        t = time.time()
+        db.register_downlink(Downlink("251125003", "level0", "/x", 1, False, None, t, t))
+    code = (
+        "import sys; from engine.store import StateDB; from engine.core.workspace import "
+        "Workspace\nwith StateDB(Workspace.open(sys.argv[1]).state) as db:\n"
+        "    assert db.claim_stream('251125003', 'halfpipe')[0] is not None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    subprocess.run([sys.executable, "-c", code, str(ws.root)], check=True, env=env)
+    later = time.time() + 1000
+    a = Alerter(hook, marks=ws.path("logs") / "alerts")
+    with StateDB(ws.state) as db:
+        alarm_scan(ws, db, a, now=later)
+        alarm_scan(ws, db, a, now=later + 60)  # the same alarm: not sent again
+    a.close(wait_s=20)
+    (stuck,) = _alerts(out)
+    assert stuck["event"] == "stream_stuck" and stuck["dlid"] == "251125003"
+    assert (
+        stuck["reason"].endswith("stuck: runner gone")
+        and "runner gone" in stuck["detail"]["detail"]
+    )
+
+    full = Workspace.open(set_config(ws, "[disk]\nreserve_bytes = 9000000000000000\n").root)
+    b = Alerter(hook, marks=full.path("logs") / "alerts")
+    with StateDB(full.state) as db:
+        alarm_scan(full, db, b, now=later)
+    b.close(wait_s=20)
+    assert [x["event"] for x in _alerts(out)] == ["stream_stuck", "disk_paused"]
+    assert _alerts(out)[-1]["reason"].startswith("launching paused: free space on ")
+
+    # (the daemon check fails too, 1000 s on: no heartbeat that young)
+    assert [c.name for c in health(ws, now=later) if not c.ok] == ["daemon", "stuck:251125003"]
+    acknowledge(ws, "251125003", reason="host rebooting, will resume")
+    checks = health(ws, now=later)
+    assert [c.name for c in checks if not c.ok] == ["daemon"]
+    assert [c.detail for c in checks if c.name == "streams"] == [
+        "1 stream(s) running, none stuck or failed (1 acknowledged)"
+    ]
+    (alarm,) = alarms(ws, now=later, heartbeat_max_age=100)
+    assert alarm.kind == "STUCK" and not alarm.open and alarm.ack is not None
+    assert alarm.ack.who == whoami()
