@@ -92,7 +92,9 @@ class SQLite:
         ):
             if p.exists() and not os.access(p, os.R_OK | os.W_OK):
                 raise no_permission(p, "opening the state database for writing")
-        if not os.access(where.parent, os.W_OK | os.X_OK):
+        side = [where.with_name(where.name + x) for x in ("-wal", "-shm")]
+        if not all(p.exists() for p in side) and not os.access(where.parent, os.W_OK | os.X_OK):
+            # SQLite must create its -wal and -shm beside the database
             raise no_permission(where.parent, "writing beside the state database (its WAL)")
 
     def begin_write(self, conn: Any) -> None:
