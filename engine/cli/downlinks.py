@@ -17,12 +17,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _note(ws: object, dlid: str, st: object) -> str | None:
-    """The stream's note; for one not started yet, the halt flag holding it."""
+    """The stream's note; for one not started yet, the halt flag holding it; for a running
+    one with nothing else to say, what holds it back (an instance waiting for a lock
+    another owner, maybe on another host, holds: its note names the holder)."""
+    from engine.api.listings import stream_views
     from engine.pipeline.halts import held_note
 
     note = getattr(st, "note", None)
-    if st is None or getattr(st, "status", None) == "WAITING":
+    status = getattr(st, "status", None)
+    if st is None or status == "WAITING":
         return held_note(ws, dlid) or note  # type: ignore[arg-type]
+    if status == "RUNNING" and not note:
+        for v in stream_views(ws, dlid):  # type: ignore[arg-type]
+            for pi in v.instances:
+                if pi.note and pi.note.startswith("waiting for") and "lock" in pi.note:
+                    return f"{pi.label} {pi.note}"
     return note
 
 

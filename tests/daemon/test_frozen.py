@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from engine.store import Downlink, StateDB
 from tests.pipeline.conftest import cli_proc, quick, set_config, start_daemon, wait_for
 
@@ -50,5 +52,42 @@ def test_a_sigstopped_lock_holder_is_frozen(ws, tmp_path):
     finally:
         if stopped:
             os.kill(proc.pid, signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_a_downlink_blocked_by_another_hosts_lock_says_so(ws, tmp_path, state_backend):
+    if state_backend == "postgresql":
+        pytest.skip("on PostgreSQL the server proves otherhost dead: its lock is taken over")
+    task = tmp_path / "task.toml"
+    task.write_text(
+        '[task]\nname = "halfpipe"\n[[process]]\nname = "slow"\n'
+        'command = ["true"]\nlock = "cleanup"\n'
+    )
+    ws = quick(ws, scan_interval=0.5)
+    ws = set_config(ws, f'[pipeline]\ntask = "{task}"\n')
+    ws.lock.mkdir(parents=True, exist_ok=True)
+    other = {
+        "pid": 4242,
+        "host": "otherhost",
+        "start": 1.0,
+        "stream": "251125009",
+        "process": "cleanup",
+        "created": time.time(),
+    }
+    (ws.lock / "cleanup").write_text(json.dumps(other))
+    with StateDB(ws.state) as db:
+        t = time.time()
+        db.register_downlink(Downlink("251125001", "level0", "/x", 1, False, None, t, t))
+    proc = start_daemon(ws, tmp_path / "daemon.log")
+    try:
+
+        def row() -> str:
+            out = cli_proc(ws, "downlinks").stdout
+            return next((ln for ln in out.splitlines() if ln.startswith("251125001")), "")
+
+        line = wait_for(lambda: "waiting for lock cleanup" in row() and row(), 60, what="note")
+        assert "RUNNING" in line and "otherhost" in line, line
+    finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
