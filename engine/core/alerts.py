@@ -84,6 +84,7 @@ class Alerter:
         self._worker: threading.Thread | None = None
         self._failed_instance: dict[str, tuple[str, str]] = {}  # dlid -> (process, why)
         self.sent: list[dict[str, Any]] = []  # what the worker ran the hook for (tests)
+        self._proc: subprocess.Popen[bytes] | None = None  # the hook running now
 
     @property
     def enabled(self) -> bool:
@@ -206,6 +207,15 @@ class Alerter:
         except OSError as err:
             self._log("alert_failed", **what, error=f"cannot start: {err.strerror or err}")
             return
+        self._proc = proc
+        try:
+            if self._wait(proc, data, what):
+                self.sent.append(doc)
+        finally:
+            self._proc = None
+
+    def _wait(self, proc: subprocess.Popen[bytes], data: bytes, what: dict[str, Any]) -> bool:
+        """Feed the hook and wait for it (killed after the timeout); True when it succeeded."""
         try:
             _, err_out = proc.communicate(data, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
@@ -214,13 +224,13 @@ class Alerter:
             with contextlib.suppress(Exception):
                 proc.communicate(timeout=5)
             self._log("alert_failed", **what, error=f"timed out after {self.timeout_s:g} s")
-            return
+            return False
         except OSError as err:  # its stdin closed early: it did not read the alert
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             self._log("alert_failed", **what, error=f"{err.strerror or err}")
-            return
+            return False
         if proc.returncode != 0:
             tail = (err_out or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
             self._log(
@@ -228,8 +238,8 @@ class Alerter:
                 **what,
                 error=f"exit {proc.returncode}" + (f": {tail[0][:200]}" if tail else ""),
             )
-            return
-        self.sent.append(doc)
+            return False
+        return True
 
     def _log(self, _name: str, **kw: Any) -> None:
         ev = {"t": round(time.time(), 3), "event": _name, **kw}
@@ -249,6 +259,13 @@ class Alerter:
         with contextlib.suppress(queue.Full):
             self._q.put(_STOP, timeout=budget)
         w.join(budget)
+        proc = self._proc
+        if w.is_alive() and proc is not None:  # out of time: no hook outlives its sender
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        left = sum(1 for doc in list(self._q.queue) if doc is not _STOP)
+        if w.is_alive() and left:
+            self._log("alert_dropped", why="the process ends; hooks too slow", dropped=left)
 
     # ------------------------------------------------------------------ engine events
 

@@ -302,3 +302,36 @@ def test_the_daemons_scan_alerts_stuck_streams_and_the_disk_reserve_once(ws, tmp
     (alarm,) = alarms(ws, now=later, heartbeat_max_age=100)
     assert alarm.kind == "STUCK" and not alarm.open and alarm.ack is not None
     assert alarm.ack.who == whoami()
+
+
+def test_a_hanging_hook_never_holds_the_daemon(ws, tmp_path):
+    """watch --once (a real process) with a hook that hangs: the deliveries are handled as
+    ever, each alert is one alert_failed line, no hook outlives the daemon."""
+    import psutil
+
+    pids = tmp_path / "hook-pids"
+    hook = shlex.join(["sh", "-c", f"echo $$ >> {pids}; exec sleep 120"])
+    ws = set_config(
+        ws,
+        f"[alerts]\ncommand = {json.dumps(hook)}\ntimeout_s = 1.0\n[watch]\nquiet_s = 0.2\n",
+    )
+    for i in range(3):
+        (ws.incoming_fcopy / f"25112501{i}.tar").write_bytes(b"garbage" * 50)
+        from engine.intake import manifest
+
+        manifest.write(
+            ws.incoming_fcopy, [f"25112501{i}.tar"], ws.incoming_fcopy / f"25112501{i}.md5"
+        )
+    make_delivery(ws, "251125020", **FAST)
+    t0 = time.monotonic()
+    r = cli_proc(ws, "watch", "--once", "--log-format", "json")
+    took = time.monotonic() - t0
+    assert r.returncode == 2 and r.stderr.count("unreadable tar") == 3, r.stderr
+    assert pids.exists()
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert any(x["event"] == "stream_success" and x["dlid"] == "251125020" for x in lines)
+    failed = [x for x in lines if x["event"] == "alert_failed"]
+    assert failed and all(x["error"] == "timed out after 1 s" for x in failed)
+    assert took < 60
+    alive = [int(x) for x in pids.read_text().split() if psutil.pid_exists(int(x))]
+    assert [p for p in alive if psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
