@@ -14,6 +14,7 @@ was given: a stream that fails again, or gets stuck again after progress, raises
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import time
@@ -133,7 +134,6 @@ def stream_alarms(
     a daemon to take it over; ``stuck_after``: the longest a stream may go without anything
     happening (engine.api.health documents both)."""
     now = time.time() if now is None else now
-    by_stream = acks(db)
     out: list[Alarm] = []
     for fs in db.failed_streams():
         why = fs.process_note or fs.note or "failed"
@@ -148,7 +148,6 @@ def stream_alarms(
                 fs.process,
                 " ".join(why.split())[:300],
                 fs.ended,
-                covering(by_stream.get(fs.stream_id, []), FAILED, fs.ended),
             )
         )
     for rs in db.running_streams_activity():
@@ -174,10 +173,17 @@ def stream_alarms(
                 None,
                 reason,
                 rs.last_activity,
-                covering(by_stream.get(rs.stream_id, []), STUCK, rs.last_activity),
             )
         )
-    return out
+    if not out:
+        return out
+    # the events table is large and not indexed by kind: its acknowledgements are read only
+    # when there is an alarm they could cover
+    by_stream = acks(db)
+    return [
+        dataclasses.replace(a, ack=covering(by_stream.get(a.stream_id, []), a.kind, a.since))
+        for a in out
+    ]
 
 
 def acknowledge(
