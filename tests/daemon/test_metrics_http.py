@@ -95,3 +95,12 @@ def test_scrapes_are_served_from_the_ticks_snapshot(ws, monkeypatch) -> None:
         assert b"skydeck_instances_failed" in body and b"skydeck_stream_alarms" in body
     finally:
         ex.close()
+
+
+def test_watch_binds_loopback_unless_told() -> None:
+    from engine.cli.main import build_parser
+
+    args = build_parser().parse_args(["watch", "--metrics-port", "0"])
+    assert args.metrics_addr == "127.0.0.1"
+    args = build_parser().parse_args(["watch", "--metrics-port", "0", "--metrics-bind", "0.0.0.0"])
+    assert args.metrics_addr == "0.0.0.0"
