@@ -6,8 +6,13 @@ Its machinery is imported in ``run()``, not here: ``--help`` must stay light (te
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
+
+if TYPE_CHECKING:
+    from engine.core.workspace import Workspace
+    from engine.store.records import Stream
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,19 +21,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def _note(ws: object, dlid: str, st: object) -> str | None:
+def _note(ws: Workspace, dlid: str, st: Stream | None) -> str | None:
     """The stream's note; for one not started yet, the halt flag holding it; for a running
     one with nothing else to say, what holds it back (an instance waiting for a lock
     another owner, maybe on another host, holds: its note names the holder)."""
     from engine.api.listings import stream_views
     from engine.pipeline.halts import held_note
 
-    note = getattr(st, "note", None)
-    status = getattr(st, "status", None)
-    if st is None or status == "WAITING":
-        return held_note(ws, dlid) or note  # type: ignore[arg-type]
-    if status == "RUNNING" and not note:
-        for v in stream_views(ws, dlid):  # type: ignore[arg-type]
+    note = st.note if st is not None else None
+    if st is None or st.status == "WAITING":
+        return held_note(ws, dlid) or note
+    if st.status == "RUNNING" and not note:
+        for v in stream_views(ws, dlid):
             for pi in v.instances:
                 if pi.note and pi.note.startswith("waiting for") and "lock" in pi.note:
                     return f"{pi.label} {pi.note}"
