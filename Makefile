@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,mpich,postgresql,geant4]'
 	touch $(STAMP)
 
-# Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump).
-# Best effort: a test whose tool is missing skips with the reason, it never fails for it.
+# Tools some integration tests drive (rsync, tmux, zsh for the completion script, h5dump,
+# promtool for contrib/prometheus: Debian package prometheus). Best effort: a test whose
+# tool is missing skips with the reason (under CI the promtool tests fail instead).
 sysdeps:
-	@missing=""; for t in rsync tmux zsh; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in rsync tmux zsh promtool:prometheus; do \
+		command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || true; \

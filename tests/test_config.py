@@ -120,7 +120,7 @@ def test_a_typo_is_named_with_the_close_name(tmp_path: Path) -> None:
     root = _ws_with(tmp_path, "[pipeline]", '[pipline]\nlauncher = "slurm"\n[pipeline]')
     with pytest.raises(
         BadInput,
-        match=r"unknown section \[pipline\] \(known: build, disk, .*\); "
+        match=r"unknown section \[pipline\] \(known: alerts, build, disk, .*\); "
         r"did you mean \[pipeline\]\?",
     ):
         Workspace.open(root)

@@ -65,6 +65,15 @@ for _module, _names in {
         "Job",
         "Progress",
     ),
+    "engine.api.alarms": (
+        "alarms",
+        "acknowledge",
+        "acknowledgements",
+        "engine_status",
+        "EngineStatus",
+    ),
+    "engine.pipeline.alarms": ("Alarm", "Ack"),
+    "engine.pipeline.halts": ("HALT_FLAGS", "HALT_MEANING"),
     "engine.pipeline.rollback": ("rollback", "RollbackResult", "RollbackPlan", "rollback_plan"),
     "engine.core.diskspace": ("human_bytes",),
     "engine.core.errors": ("SkydeckError", "BadInput", "Busy", "EXIT_BUSY", "StateUnavailable"),
@@ -78,7 +87,6 @@ for _module, _names in {
         "scene_names",
     ),
     "engine.pipeline.locks": ("LockInfo",),
-    "engine.pipeline.halts": ("HALT_FLAGS",),
     "engine.pipeline.usage": ("UsageReport", "Usage"),
     "engine.pipeline.retention": ("PrunePlan", "AreaTotal"),
     "engine.store.records": ("StreamView", "Stream", "ProcessInstance", "Downlink", "Delivery"),
@@ -88,6 +96,14 @@ for _module, _names in {
         _EXPORTS[_name] = _module
 
 __all__ = [  # the same names as _EXPORTS (a literal, for linters and type checkers)
+    'Ack',
+    'Alarm',
+    'EngineStatus',
+    'HALT_MEANING',
+    'acknowledge',
+    'acknowledgements',
+    'alarms',
+    'engine_status',
     'ASSETS',
     'AreaTotal',
     'BadInput',
@@ -191,6 +207,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         start_runner,
         unlock,
     )
+    from engine.api.alarms import (
+        EngineStatus,
+        acknowledge,
+        acknowledgements,
+        alarms,
+        engine_status,
+    )
     from engine.api.listings import (
         DownlinkListing,
         EventDir,
@@ -232,7 +255,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         scene_names,
         scene_path,
     )
-    from engine.pipeline.halts import HALT_FLAGS
+    from engine.pipeline.alarms import Ack, Alarm
+    from engine.pipeline.halts import HALT_FLAGS, HALT_MEANING
     from engine.pipeline.locks import LockInfo
     from engine.pipeline.retention import AreaTotal, PrunePlan
     from engine.pipeline.rollback import RollbackPlan, RollbackResult, rollback, rollback_plan

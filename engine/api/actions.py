@@ -59,8 +59,11 @@ def halts(ws: Workspace, dlid: str | None = None) -> dict[str, list[str]]:
 
 
 def set_halt(ws: Workspace, flag: str, dlid: str | None = None) -> Path:
-    """Hold every process guarded by ``flag`` (globally, or for one downlink)."""
-    return halt_flags.set_halt(ws, flag, dlid)
+    """Hold every process guarded by ``flag`` (globally, or for one downlink); its alert
+    goes to ``[alerts] command`` on a background worker."""
+    from engine.api.alarms import set_halt as _set_and_alert
+
+    return _set_and_alert(ws, flag, dlid)
 
 
 def clear_halt(ws: Workspace, flag: str, dlid: str | None = None) -> bool:

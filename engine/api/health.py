@@ -16,10 +16,12 @@ from typing import Any
 
 from engine.core.errors import StateUnavailable
 from engine.core.heartbeat import Heartbeat, read_heartbeats
-from engine.core.owner import owner_dead
 from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.workspace import Workspace
+from engine.pipeline.alarms import STUCK, Alarm, stream_alarms
+from engine.pipeline.frozen import frozen_evidence
 from engine.pipeline.halts import halts
+from engine.pipeline.locks import list_locks
 from engine.pipeline.usage import launch_paused
 from engine.store import StateDB
 from engine.store.outage import UNREACHABLE, Patience
@@ -58,8 +60,13 @@ def health(
       ``BEATS_PER_HEALTH`` x ``[metrics] interval_s``) and its process is not provably dead.
     - ``state``: the state database answers here (asked once, without waiting) and no live
       daemon's heartbeat says it cannot reach it; else since when, as the daemon saw it.
+    - ``lock:<name>``: no lock is held longer than ``heartbeat_max_age`` by a holder that is
+      alive but frozen (engine/pipeline/frozen.py: its daemon heartbeat stopped advancing,
+      or the process is stopped).
     - ``halt:<flag>``: no global halt flag is set; ``disk``: free space on the output areas
       is not under the reserve (launching would pause).
+    - ``failed:<dlid>``: a latest stream is FAILED and no operator acted (a rollback, a
+      re-run, or ``skydeck-engine ack``: engine/pipeline/alarms.py).
     - ``stuck:<dlid>``: a latest stream that is RUNNING and not held by a halt flag is stuck
       when its runner (the stream's owner) is provably dead and nothing happened for longer
       than ``heartbeat_max_age`` (no daemon took it over), or when nothing happened for
@@ -105,9 +112,11 @@ def health(
         )
 
     running = None
+    alarms: list[Alarm] = []
     try:
         with StateDB(ws.state, patience=Patience(0.0)) as db:
             running = db.running_streams_activity()
+            alarms = stream_alarms(ws, db, max_age=max_age, stuck_after=stuck_after, now=now)
     except StateUnavailable as err:
         why = err.message.removeprefix(UNREACHABLE)
         checks.append(Check("state", False, _unreachable(why, fresh, now)))
@@ -140,33 +149,40 @@ def health(
     paused, why = launch_paused(ws)
     checks.append(Check("disk", not paused, why or "free space above the reserve"))
 
-    for rs in running or ():
-        if halts(ws, rs.dlid):
-            continue  # held on purpose; a global flag is reported above
-        idle = max(0.0, now - rs.last_activity)
-        dead, why = owner_dead(rs.owner_pid, rs.owner_host, rs.owner_start)
-        if dead and idle > max_age:
+    for info in list_locks(ws.lock):
+        evidence = frozen_evidence(info, beats, max_age, now)
+        if evidence and info.age_s > max_age:
             checks.append(
                 Check(
-                    f"stuck:{rs.dlid}",
+                    f"lock:{info.name}",
                     False,
-                    f"stream {rs.stream_id} ({rs.dlid}) RUNNING, runner gone ({why}), "
-                    f"nothing happened for {idle:.0f} s",
+                    f"lock {info.name} held by {info.owner} for {info.age_s:.0f} s, holder "
+                    f"frozen: {evidence} (`skydeck-engine unlock {info.name}` releases it)",
                 )
             )
-        elif idle > stuck_after:
-            checks.append(
-                Check(
-                    f"stuck:{rs.dlid}",
-                    False,
-                    f"stream {rs.stream_id} ({rs.dlid}) RUNNING, nothing happened "
-                    f"for {idle:.0f} s (over {stuck_after:g} s; "
-                    f"{rs.active_jobs} job(s) in flight)",
-                )
+
+    for a in alarms:
+        if a.open:
+            checks.append(Check(f"{a.kind.lower()}:{a.dlid}", False, _alarm_line(a)))
+    if running is not None and not any(a.open for a in alarms):
+        acked = sum(1 for a in alarms if not a.open)
+        checks.append(
+            Check(
+                "streams",
+                True,
+                f"{len(running)} stream(s) running, none stuck or failed"
+                + (f" ({acked} acknowledged)" if acked else ""),
             )
-    if running is not None and not any(c.name.startswith("stuck:") for c in checks):
-        checks.append(Check("streams", True, f"{len(running)} stream(s) running, none stuck"))
+        )
     return checks
+
+
+def _alarm_line(a: Alarm) -> str:
+    """An alarm as health's line: the stream (its downlink), the process, and why."""
+    proc = f" process {a.process}" if a.process else ""
+    if a.kind == STUCK:
+        return f"stream {a.stream_id} ({a.dlid}) {a.reason}"
+    return f"stream {a.stream_id} ({a.dlid}) FAILED{proc}: {a.reason}"
 
 
 def _unreachable(why: str, beats: list[Heartbeat], now: float) -> str:

@@ -21,6 +21,7 @@ from engine.core.ids import dlid_date, is_dlid
 from engine.core.owner import owner_dead
 from engine.core.workspace import Workspace
 from engine.intake import inbox
+from engine.pipeline.halts import held_note
 from engine.pipeline.task import load_task
 from engine.store import StateDB
 
@@ -113,6 +114,8 @@ class DownlinkRows:
                 dead, why = owner_dead(f.owner_pid, f.owner_host, f.owner_start)
                 if dead:
                     note = f"STUCK: runner gone ({why})"
+            elif status in (None, "WAITING"):
+                note = held_note(self.ws, f.dlid) or note  # a halt holds it: say which
             self._rows[f.dlid] = DownlinkRow(
                 f.dlid,
                 _date(f.dlid),

@@ -26,6 +26,12 @@ checks:
   state    the state database answers here (asked once, no wait), and no live daemon's
            heartbeat says it cannot reach it; else "unreachable since <time> (<s> s)"
   halt     no global halt flag is set (config/haltStage, halted, ...)
+  lock     no lock is held, longer than --heartbeat-max-age, by a holder that is alive but
+           frozen: its daemon heartbeat stopped advancing, or the process is stopped
+           (SIGSTOP, a debugger); the line names the holder (host:pid) and the evidence, and
+           `skydeck-engine unlock NAME` releases it
+  failed   no latest stream is FAILED without an operator having acted: a rollback, a
+           re-run, or `skydeck-engine ack DLID --reason TEXT` (recorded with who and why)
   disk     free space on downlinks/ and stage/ is not under [disk] reserve_bytes
   stuck    no stream is stuck. A stream is stuck when it is RUNNING, no halt flag holds it,
            and either its runner (the stream's owner) is provably dead and nothing happened
@@ -33,7 +39,8 @@ checks:
            for longer than --stuck-after whatever its runner. "Something happened" is the
            stream starting, or one of its process instances being created, started or ending.
 
-exit codes: 0 healthy, 1 a check failed (one line each), 2 bad usage or no workspace
+exit codes: 0 healthy, 1 a check failed (one line each), 2 bad usage or no workspace,
+            77 this user may not read the workspace (not in its group)
 """
 
 
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.api.health import health
     from engine.core.errors import EXIT_FAILED
+    from engine.core.text import printable
     from engine.core.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
@@ -90,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     elif healthy:
-        print(f"healthy: {'; '.join(c.detail for c in checks)}")
+        print(f"healthy: {printable('; '.join(c.detail for c in checks))}")
     else:
         for c in checks:
-            if not c.ok:
-                print(f"{c.name}: {c.detail}")
+            if not c.ok:  # names, notes and hosts from outside: escaped, one line each
+                print(f"{printable(c.name)}: {printable(c.detail)}")
     return 0 if healthy else EXIT_FAILED

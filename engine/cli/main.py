@@ -23,6 +23,7 @@ from engine.core.errors import (
     EXIT_BUSY,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOPERM,
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -40,6 +41,8 @@ exit codes:
   {EXIT_BUSY:<5d}busy or locked (another runner holds the stream, a lock is held)
   {EXIT_UNAVAILABLE:<5d}the state database cannot be reached now (a PostgreSQL restart or
        failover lasting longer than [state] wait_s): try again later
+  {EXIT_NOPERM:<5d}permission denied: this user may not read or write a workspace file (one
+       line names the file, the user and the workspace's group); nothing was changed
   {EXIT_INTERRUPTED:<5d}interrupted (Ctrl-C, SIGINT)
   {interrupt.EXIT_TERMINATED:<5d}terminated (SIGTERM)
 
@@ -175,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SkydeckError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return err.exit_code
+    except PermissionError as err:  # a workspace file this user may not touch: one line
+        from engine.core.groups import no_permission
+
+        refusal = no_permission(err.filename)
+        print(f"{PROG}: {refusal}", file=sys.stderr)
+        return refusal.exit_code
     except KeyboardInterrupt as err:
         interrupt.stop_children()
         what = "terminated" if isinstance(err, interrupt.Terminated) else "interrupted"

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--event-bytes",
         type=int_in("--event-bytes", 4, MAX_EVENT_BYTES),
-        default=1_000_000,
-        help="payload bytes per event",
+        default=10_000,
+        help="payload bytes per event (default 10000: 3 sources x 1000 events x 10 kB, "
+        "about 30 MB a delivery; size = sources x events x bytes)",
     )
     p.add_argument(
         "--runs",

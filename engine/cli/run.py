@@ -12,7 +12,7 @@ Its machinery is imported in ``run()``, not here: ``--help`` must stay light (te
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import SUMMARY
 from engine.cli.numbers import int_in
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
     import time
 
+    from engine.core.alerts import alerter_for
     from engine.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, BadInput, StateUnavailable
     from engine.core.ids import parse_dlid
     from engine.core.interrupt import EXIT_TERMINATED
@@ -69,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     log = logger("pipeline")
     patience = Patience.forever(Outage(lambda ev: emit_event(log, ev)), stopped)
     launcher: Launcher | None = None
+    alerts = alerter_for(ws)  # [alerts] command: a stream failing here is alerted from here
+
+    def emit(ev: dict[str, Any]) -> None:
+        emit_event(log, ev)
+        alerts.observe(ev)
+
     try:
         with StateDB(ws.state, patience=patience) as db:
             if db.downlink(dlid) is None:
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 task,
                 dlid,
                 launcher,
-                emit=lambda ev: emit_event(log, ev),
+                emit=emit,
                 should_stop=lambda: bool(stop["flag"]),
             )
     except KeyboardInterrupt:
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        alerts.close()  # this run's alerts are sent before it exits (bounded)
     if runner.status == "SUCCESS":
         return 0
     if runner.status == "TERMINATED":

@@ -65,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import asdict
 
+    from engine.api.alarms import acknowledgements
     from engine.api.listings import stream_views
+    from engine.core.text import printable as pr
     from engine.core.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
     views = stream_views(ws, args.dlid, latest_only=not args.all)
     now = time.time()
+    acks = acknowledgements(ws, args.dlid)
     if args.json:
         print(
             json.dumps(
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                             for p in v.instances
                         ],
                         "counts": v.counts(),
+                        "acknowledgements": [asdict(a) for a in acks.get(v.stream.id, [])],
                     }
                     for v in views
                 ],
@@ -98,21 +102,24 @@ def run(args: argparse.Namespace) -> int:
     for v in views:
         s = v.stream
         counts = " ".join(f"{k}={n}" for k, n in sorted(v.counts().items()))
+        # notes, hosts, paths: from outside, escaped (engine/core/text.py)
         print(
-            f"{s.dlid} exec {s.execution} {s.status:10s} {counts}"
-            f"{'  owner ' + str(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
-            f"{'  ' + s.note if s.note else ''}"
+            f"{pr(s.dlid)} exec {s.execution} {pr(s.status):10s} {counts}"
+            f"{'  owner ' + pr(s.owner_host) + ':' + str(s.owner_pid) if s.owner_pid else ''}"
+            f"{'  ' + pr(s.note) if s.note else ''}"
         )
         clock = _clock(v, now)
+        if acks.get(s.id):
+            print(f"  {pr(acks[s.id][-1].line())}")
         for pi in v.instances:
             # a batch job shows its job id (squeue's), a local one its pid
             where = f"job {pi.job_id:>7}" if pi.job_id else f"pid {pi.pid or '-':>7}"
             # run time, and the time it waited in a batch queue
             print(
-                f"  {pi.label:26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
-                f"{pi.max_retries} {where} {_t(pi.started)}-{_t(pi.ended)} "
+                f"  {pr(pi.label):26s} e{pi.execution} {pi.status:10s} retry {pi.auto_retry}/"
+                f"{pi.max_retries} {pr(where)} {_t(pi.started)}-{_t(pi.ended)} "
                 f"run {_d(pi.run_s(clock(pi))):>4} queued {_d(pi.queue_s(now)):>4} "
                 f"exit {pi.exit_code if pi.exit_code is not None else '-':>3} "
-                f"{pi.log_path or ''}{'  (' + pi.note + ')' if pi.note else ''}"
+                f"{pr(pi.log_path or '')}{'  (' + pr(pi.note) + ')' if pi.note else ''}"
             )
     return 0

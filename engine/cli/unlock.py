@@ -32,10 +32,26 @@ def run(args: argparse.Namespace) -> int:
     from engine.api.actions import unlock
     from engine.api.listings import lock_status
     from engine.core.errors import BadInput
+    from engine.core.heartbeat import read_heartbeats
+    from engine.core.text import printable
+    from engine.core.thresholds import BEATS_PER_HEALTH
     from engine.core.workspace import Workspace
+    from engine.pipeline.frozen import frozen_evidence
 
     ws = Workspace.open(args.workspace)
     path, info = lock_status(ws, args.lock)
+    max_age = BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+    evidence = frozen_evidence(info, read_heartbeats(ws), max_age)
+    if evidence and info.age_s > max_age:  # alive but frozen: the evidence is the proof
+        unlock(ws, args.lock, force=True)
+        if args.json:
+            print(json.dumps({"removed": info.to_json(), "frozen": evidence}))
+        else:
+            print(
+                f"removed {printable(info.name)} ({info.kind}, owner {printable(info.owner)}, "
+                f"held {info.age_s:.0f} s): holder frozen: {printable(evidence)}"
+            )
+        return 0
     if args.force and not info.stale and not args.yes:
         if not sys.stdin.isatty():
             raise BadInput(

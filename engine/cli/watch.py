@@ -35,14 +35,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=int_in("--metrics-port", 0, 65535),
         default=None,
         metavar="PORT",
-        help="also serve the metrics (skydeck_*) over HTTP at :PORT/metrics "
-        "(0: a free port, logged); the textfile is [metrics] textfile",
+        help="also serve the metrics (skydeck_*) over HTTP at 127.0.0.1:PORT/metrics "
+        "(0: a free port, logged), from the snapshot of the last [metrics] interval_s, "
+        "at most 32 clients at once, 5 s each; the textfile is [metrics] textfile",
     )
     p.add_argument(
+        "--metrics-bind",
         "--metrics-addr",
-        default="0.0.0.0",
+        dest="metrics_addr",
+        default="127.0.0.1",
         metavar="ADDR",
-        help="the address --metrics-port listens on (default: all, 0.0.0.0)",
+        help="the address --metrics-port listens on (default: 127.0.0.1, this host only; "
+        "0.0.0.0 or a host's address exposes it: put it behind a firewall)",
     )
     p.set_defaults(func=run)
 
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from engine.core.errors import EXIT_FAILED, EXIT_USAGE
+    from engine.core.text import printable as pr
     from engine.core.workspace import Workspace
     from engine.daemon import run_daemon
 
@@ -64,12 +69,13 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
     )
-    for o in res.rejected:
+    for o in res.rejected:  # names and reasons from outside: escaped (engine/core/text.py)
         print(
-            f"skydeck-engine: {o.file or o.path}: {o.reason} (moved to {o.path})", file=sys.stderr
+            f"skydeck-engine: {pr(o.file or o.path)}: {pr(o.reason)} (moved to {pr(o.path)})",
+            file=sys.stderr,
         )
     for e in res.errors:  # contained faults (a delivery or stream that raised) still open
-        print(f"skydeck-engine: {ws.root}: {e}", file=sys.stderr)
+        print(f"skydeck-engine: {pr(ws.root)}: {pr(e)}", file=sys.stderr)
     if res.terminated:
         return 0
     if res.errors and args.once:

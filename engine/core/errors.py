@@ -15,6 +15,7 @@ EXIT_BUSY = 3  # busy or locked
 # the state database cannot be reached now (a server restart, a failover, a network cut):
 # sysexits' EX_TEMPFAIL, "try again later"; a restart (systemd's Restart=on-failure) may work
 EXIT_UNAVAILABLE = 75
+EXIT_NOPERM = 77  # sysexits' EX_NOPERM: this user may not read or write a workspace file
 EXIT_INTERRUPTED = 130
 
 
@@ -53,6 +54,13 @@ class Busy(SkydeckError):
     """Someone else holds the lock or the resource (exit 3)."""
 
     exit_code = EXIT_BUSY
+
+
+class NoPermission(SkydeckError):
+    """This user may not read or write a file of the workspace (not in its group, or the
+    file was made private by someone else); nothing was changed (exit 77)."""
+
+    exit_code = EXIT_NOPERM
 
 
 class StateUnavailable(SkydeckError):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.core.errors import BadInput
+from engine.core.text import printable
 
 ROOT = "skydeck"
 AREAS = ("cli", "daemon", "pipeline", "intake", "store", "builder", "propagate")
@@ -62,6 +63,8 @@ EVENT_LEVELS: dict[str, int] = {
     "takeover": logging.WARNING,  # a dead owner's stream, claim or lock taken
     "presence_lost": logging.WARNING,  # this daemon's server session was lost
     "stream_lost": logging.WARNING,  # given up: another owner took it meanwhile
+    "alert_failed": logging.WARNING,  # an [alerts] hook failed, hung or could not start
+    "alert_dropped": logging.WARNING,  # alerts over the rate or the queue
 }
 
 _PAYLOAD = "skydeck_event"  # LogRecord attribute: the event's fields
@@ -141,7 +144,8 @@ def _human_value(v: Any) -> str:
         return json_line(v)
     s = str(v)
     if not s or any(c.isspace() or c in '"=' or not c.isprintable() for c in s):
-        return json.dumps(s, ensure_ascii=False)
+        # JSON escapes C0 controls; printable() the rest (C1, bidi overrides, separators)
+        return printable(json.dumps(s, ensure_ascii=False), backslash=False)
     return s
 
 
@@ -158,9 +162,12 @@ class HumanFormatter(logging.Formatter):
         )
         head = when if record.levelno == logging.INFO else f"{when} {record.levelname}"
         dlid = ev.get("dlid")
-        parts = [f"{head} {ev.get('event', ''):<16}", f"{_human_value(dlid) if dlid else '':<9}"]
+        parts = [
+            f"{head} {printable(ev.get('event', '')):<16}",
+            f"{_human_value(dlid) if dlid else '':<9}",
+        ]
         if ev.get("process"):
-            what = str(ev["process"]) + (f"[{ev['key']}]" if ev.get("key") else "")
+            what = printable(ev["process"]) + (f"[{printable(ev['key'])}]" if ev.get("key") else "")
             execution = ev.get("execution")
             if isinstance(execution, int) and execution > 1:
                 what += f" e{execution}"

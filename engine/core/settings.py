@@ -43,8 +43,9 @@ Polling = bool | Literal["auto"]
 @dataclass(frozen=True)
 class Rule:
     """What a key accepts: ``kind`` is int, float, bool, polling, text, opttext (may be
-    empty), path, area (a workspace area: relative to the workspace without '..', or
-    absolute), optpath (a path or ``""`` for off), h5path or stateurl;
+    empty), command (a command line or ""), path, area (a workspace area: relative to the
+    workspace without '..', or absolute), optpath (a path or ``""`` for off), h5path or
+    stateurl;
     ``lo``/``hi`` bound the numbers."""
 
     kind: str
@@ -179,6 +180,19 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class Alerts:
+    """[alerts]: a command run once per alert (a stream FAILED or STUCK, a delivery
+    rejected, launching paused for disk, a dead host's work taken over, a halt flag set)
+    with one JSON object on its standard input (engine/core/alerts.py). ``command`` is
+    split as a shell would (shlex) and run without a shell; "" = no alerts."""
+
+    command: str = _key("", "command")
+    timeout_s: float = _key(10.0, "float", 0.1, 3600.0)  # a hook running longer is killed
+    dedup_s: float = _key(86400.0, "float", 0.0, 365 * DAY_S)  # the same alert once per this
+    max_per_minute: int = _key(20, "int", 1, 10_000)  # more are dropped (one line says so)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective settings of a workspace: every section, defaults filled in."""
 
@@ -193,6 +207,7 @@ class Settings:
     metrics: Metrics = field(default_factory=Metrics)
     state: State = field(default_factory=State)
     retention: Retention = field(default_factory=Retention)
+    alerts: Alerts = field(default_factory=Alerts)
 
     def replace(self, section: str, **values: Any) -> Settings:
         """A copy with keys of one section replaced (a command-line override such as
@@ -317,6 +332,17 @@ def _checked(path: str | PathLike[str] | None, where: str, rule: Rule, v: Any) -
             )
         if v:
             parse_state_url(v, path)
+        return v
+    if kind == "command":  # "" (off) or a command line split as a shell would, no shell
+        if not isinstance(v, str) or "\0" in v or "\n" in v:
+            raise BadInput(f"{where} must be a command line on one line, got {v!r}", path)
+        if v.strip():
+            import shlex
+
+            try:
+                shlex.split(v)
+            except ValueError as err:
+                raise BadInput(f"{where} = {v!r} cannot be split into words: {err}", path) from None
         return v
     if kind == "opttext":  # may be empty (the cluster's default)
         if not isinstance(v, str) or "\0" in v or "\n" in v:

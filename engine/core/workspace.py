@@ -24,6 +24,7 @@ from typing import Any
 from engine.core.atomic import atomic_path
 from engine.core.dburl import StateURL, parse_state_url
 from engine.core.errors import BadInput
+from engine.core.groups import no_permission, share_with_group
 from engine.core.inputs import regular_file
 from engine.core.settings import Paths, Settings, parse_settings, set_keys
 
@@ -147,15 +148,19 @@ class Workspace:
     ) -> Workspace:
         root = resolve_root(arg)
         cfg_path = root / CONFIG_NAME
-        if cfg_path.exists():
-            settings = parse_settings(load_toml(cfg_path), cfg_path)
-            _refuse_readable_password(cfg_path, settings.state.url)
-        elif must_exist:
+        settings = Settings()
+        try:
+            exists = cfg_path.exists()
+            share_with_group(root)  # a setgid group workspace: what we create stays the group's
+            if exists:
+                settings = parse_settings(load_toml(cfg_path), cfg_path)
+                _refuse_readable_password(cfg_path, settings.state.url)
+        except PermissionError as err:
+            raise no_permission(err.filename or cfg_path, "reading the workspace") from None
+        if not exists and must_exist:
             raise BadInput(
                 "not a skydeck workspace (no skydeck.toml); run `skydeck-engine init`", root
             )
-        else:
-            settings = Settings()
         return cls(root=root, settings=settings)
 
     def with_overrides(self, section: str, **values: Any) -> Workspace:

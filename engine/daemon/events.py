@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.core.alerts import Alerter
 from engine.core.log import attach_file, detach_file, emit_event, logger
 from engine.intake import deliveries
 
@@ -37,8 +38,11 @@ class Events:
     """Where the daemon's events go: ``emit`` (a caller's) or the engine's loggers plus the
     JSON lines of ``log_file`` (logs/daemon.log, which a console can open)."""
 
-    def __init__(self, log_file: Path | None, emit: Emit | None = None) -> None:
+    def __init__(
+        self, log_file: Path | None, emit: Emit | None = None, alerter: Alerter | None = None
+    ) -> None:
         self.emit_fn = emit
+        self.alerter = alerter  # [alerts] command: the events that are alerts go there too
         self.count = 0
         self.result = WatchResult()
         self._log_file = attach_file(log_file) if emit is None and log_file else None
@@ -53,6 +57,8 @@ class Events:
             self.result.succeeded.append(ev["dlid"])
         elif ev.get("event") == "stream_failed":
             self.result.failed.append(ev["dlid"])
+        if self.alerter is not None:
+            self.alerter.observe(ev)  # queues at most; never raises
         if self.emit_fn is not None:
             self.emit_fn(ev)
             return
@@ -72,6 +78,8 @@ class Events:
                 emit_event(log, {"t": round(time.time(), 3), "event": event, **kw}, logging.DEBUG)
 
     def close(self) -> None:
+        if self.alerter is not None:
+            self.alerter.close()  # what is queued is sent (bounded by [alerts] timeout_s)
         if self._log_file is not None:
             detach_file(self._log_file)
             self._log_file = None

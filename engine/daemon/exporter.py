@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -42,7 +47,9 @@ from engine.core.diskspace import existing_parent
 from engine.core.errors import Busy, StateUnavailable
 from engine.core.heartbeat import Heartbeat, heartbeat_path, read_heartbeats, write_heartbeat
 from engine.core.owner import Owner
+from engine.core.thresholds import BEATS_PER_HEALTH, DEFAULT_STUCK_AFTER_S
 from engine.core.workspace import Workspace
+from engine.pipeline.alarms import FAILED, STUCK, stream_alarms
 from engine.pipeline.halts import HALT_FLAGS, is_set_globally
 from engine.pipeline.usage import AREA_PATHS, launch_paused, usage_report
 from engine.store import StateDB
@@ -86,6 +93,9 @@ class Facts:
     heartbeats: list[Heartbeat]
     usage: AreaUsage | None = None
     state_up: bool = True  # the state database answered this read
+    failed_instances: dict[str, int] = field(default_factory=dict)  # by process, ever
+    failed_streams: int = 0  # stream_failed events (until retention trims them)
+    alarms: dict[str, int] = field(default_factory=dict)  # open alarms by kind
 
 
 def read_facts(
@@ -103,6 +113,9 @@ def read_facts(
     dels: dict[str, int] = {}
     oldest: float | None = None
     lat: list[float] = []
+    failed_pi: dict[str, int] = {}
+    failed_st = 0
+    open_alarms = dict.fromkeys((FAILED, STUCK), 0)
     up = outage is None or outage.reachable
     if up:
         try:
@@ -112,6 +125,12 @@ def read_facts(
                 dels = db.delivery_status_counts()
                 oldest = db.oldest_unsettled_delivery()
                 lat = db.recent_registration_latencies(LATENCY_RECENT)
+                failed_pi, failed_st = db.failure_counts()
+                max_age = BEATS_PER_HEALTH * ws.settings.metrics.interval_s
+                for a in stream_alarms(
+                    ws, db, max_age=max_age, stuck_after=DEFAULT_STUCK_AFTER_S, now=now
+                ):
+                    open_alarms[a.kind] += int(a.open)
         except StateUnavailable as err:
             up = False
             if outage is not None:
@@ -138,6 +157,9 @@ def read_facts(
         read_heartbeats(ws),
         usage,
         up,
+        failed_pi,
+        failed_st,
+        open_alarms,
     )
 
 
@@ -185,6 +207,29 @@ def families(f: Facts) -> Iterator[Metric]:
     for proc in sorted({p for p, _ in f.instances}):
         for st in sorted(set(PI_STATUSES) | {s for p, s in f.instances if p == proc}):
             g.add_metric([proc, st], f.instances.get((proc, st), 0))
+    yield g
+
+    c = CounterMetricFamily(
+        "skydeck_instances_failed",
+        "Process instances that ended FAILED, every execution (a failure a retry or a "
+        "rollback fixed still counts), by process",
+        labels=["process"],
+    )
+    for proc, n in sorted(f.failed_instances.items()):
+        c.add_metric([proc], n)
+    yield c
+    yield CounterMetricFamily(
+        "skydeck_streams_failed",
+        "Streams that ended FAILED (stream_failed events; [retention] events_days trims them)",
+        value=f.failed_streams,
+    )
+    g = GaugeMetricFamily(
+        "skydeck_stream_alarms",
+        "Latest streams FAILED or STUCK that no operator acted on (rollback, re-run, ack)",
+        labels=["kind"],
+    )
+    for kind, n in sorted(f.alarms.items()):
+        g.add_metric([kind], n)
     yield g
 
     g = GaugeMetricFamily(
@@ -352,6 +397,7 @@ class Exporter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: Any = None
     _scan_error: str | None = None
+    _snapshot: bytes | None = None  # the last rendering, which /metrics serves
 
     @property
     def interval_s(self) -> float:
@@ -399,9 +445,12 @@ class Exporter:
             if now >= self._usage_next:
                 self.refresh_usage()
             err, self._scan_error = self._scan_error, None
+            body = render(self.ws, self.usage(), self.outage)
+            with self._lock:
+                self._snapshot = body
             path = textfile_path(self.ws)
             if path is not None:
-                write_textfile(self.ws, path, self.usage(), self.outage)
+                replace_snapshot(path, body)
             if err:
                 raise RuntimeError(err)
         return True
@@ -414,17 +463,25 @@ class Exporter:
         self.refresh_usage(wait=True)
         return write_textfile(self.ws, path, self.usage(), self.outage)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve the same families over HTTP (``/metrics``) on a thread; returns the port
+    def snapshot(self) -> bytes:
+        """What ``/metrics`` serves: the last tick's rendering (rendered here only before
+        the first tick), so a scrape costs no state database connection."""
+        with self._lock:
+            body = self._snapshot
+        if body is None:
+            body = render(self.ws, self.usage(), self.outage)
+            with self._lock:
+                self._snapshot = self._snapshot or body
+        return body
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve the same families over HTTP (``/metrics``) on a thread, from the cached
+        snapshot, with bounded clients (engine/daemon/metrics_http.py); returns the port
         (``port`` 0 picks a free one). Busy (exit 3) when the port cannot be bound."""
-        from prometheus_client.exposition import start_http_server
+        from engine.daemon.metrics_http import serve
 
         try:
-            server, _thread = start_http_server(
-                port,
-                addr,
-                registry=registry_for(SkydeckCollector(self.ws, self.usage, self.outage)),
-            )
+            server = serve(self.snapshot, port, addr)
         except OSError as err:
             raise Busy(
                 f"--metrics-port {port}: cannot listen on {addr}: {err.strerror or err}"

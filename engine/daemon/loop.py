@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+from engine.core.alerts import alerter_for
 from engine.core.errors import StateUnavailable
 from engine.core.heartbeat import sweep_dead_heartbeats
 from engine.core.workspace import Workspace
@@ -43,6 +44,7 @@ from engine.daemon.events import Emit, Events, WatchResult
 from engine.daemon.exporter import Exporter
 from engine.daemon.intake import Intake
 from engine.daemon.streams import Streams
+from engine.pipeline.alarms import alarm_scan
 from engine.pipeline.launchers import make_launcher
 from engine.pipeline.task import Task, load_task
 from engine.store import StateDB
@@ -63,7 +65,8 @@ class Daemon:
         self.ws = ws
         self.once = once
         self.task = task or load_task(ws)
-        self.events = Events(ws.daemon_log, emit)
+        self.alerts = alerter_for(ws)  # [alerts] command (engine/core/alerts.py)
+        self.events = Events(ws.daemon_log, emit, self.alerts)
         # the state server as this daemon sees it (all its connections), and what stops
         # their waits (shutdown)
         self.outage = Outage(lambda ev: self.events.emit(ev, "daemon"))
@@ -180,6 +183,9 @@ class Daemon:
             self.streams.check_presence()
         with self.contain.contained("lock report"):  # a lock problem never stops intake
             self.streams.report_locks()
+        if self.alerts.enabled:
+            with self.contain.contained("alarm scan"):  # stuck streams, halts, disk pause
+                alarm_scan(self.ws, self.db, self.alerts)
         self.intake.scan()
 
     # ------------------------------------------------------------------ ticks
@@ -319,7 +325,7 @@ def run_daemon(
     once: bool = False,
     emit: Emit | None = None,
     metrics_port: int | None = None,
-    metrics_addr: str = "0.0.0.0",
+    metrics_addr: str = "127.0.0.1",
 ) -> WatchResult:
     d = Daemon(ws, polling=polling, once=once, emit=emit)
     if metrics_port is not None:

@@ -184,7 +184,7 @@ def _copy_member(
     target.parent.mkdir(parents=True, exist_ok=True)
     src = tf.extractfile(member)
     assert src is not None  # a regular member
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     with open(fd, "wb") as out, src:
         written = 0
         while block := src.read(_COPY_BLOCK):

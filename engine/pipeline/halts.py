@@ -19,7 +19,17 @@ from engine.core.errors import BadInput
 from engine.core.ids import is_dlid, parse_dlid
 from engine.core.workspace import Workspace
 
-HALT_FLAGS = ("haltStage", "haltCleanup", "haltPropagate", "haltL1", "halted")
+HALT_FLAGS = ("haltStage", "haltCleanup", "haltPropagate", "halted")
+# what each flag holds (`halt --help`, README "Halt flags", the halt alert). HalfPipe's
+# haltL1 (no Level-1 stream after staging) has no counterpart: skydeck starts no Level-1
+# work, so it has no such flag.
+HALT_MEANING = {
+    "haltStage": "mergeEvt (staging) is held: chunks are built, no run is merged or staged",
+    "haltCleanup": "cleanup is held: a downlink's intermediates (chunk outputs) are kept",
+    "haltPropagate": "propagate is held: no GPU photon propagation starts",
+    "halted": "no new stream starts: deliveries are registered and wait as arrived; "
+    "running streams go on",
+}
 GLOBAL = "global"  # the scope of a flag under [paths] flags, in ``halts()``
 
 
@@ -87,3 +97,13 @@ def clear_halt(ws: Workspace, flag: str, dlid: str | None = None) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def held_note(ws: Workspace, dlid: str) -> str | None:
+    """Why a downlink that has not started sits ``arrived``: the ``halted`` flag that
+    holds it (globally or for it), or None."""
+    p = halt_flag(ws, dlid, "halted")
+    if p is None:
+        return None
+    where = "globally" if p == global_flag(ws, "halted") else "for this downlink"
+    return f"held: halt flag halted set {where} ({p}); `skydeck-engine resume halted` releases it"

@@ -280,7 +280,7 @@ def list_locks(lock_dir: Path, remote: RemoteJudge | None = None) -> list[LockIn
 
 @contextlib.contextmanager
 def _reclaim_mutex(lock_dir: Path) -> Iterator[None]:
-    fd = os.open(lock_dir / ".reclaim", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_dir / ".reclaim", os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

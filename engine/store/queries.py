@@ -198,6 +198,62 @@ class ReadQueries:
             out.append(RunningStream(int(sid), str(dlid), pid, host, start, last, int(active)))
         return out
 
+    def failed_streams(self) -> list[FailedStream]:
+        """Every latest stream that is FAILED, with its latest failed instance (process,
+        note, exit code): what an alarm names (engine/pipeline/alarms.py)."""
+        pick = (
+            "(SELECT p.{} FROM process_instances p WHERE p.stream_id = s.id AND "
+            "p.is_latest = 1 AND p.status = 'FAILED' ORDER BY p.ended DESC, p.id DESC LIMIT 1)"
+        )
+        rows = self.conn.execute(
+            "SELECT s.id, s.dlid, s.execution, s.note, COALESCE(s.ended, s.created), "
+            f"{pick.format('process')}, {pick.format('note')}, {pick.format('exit_code')} "
+            "FROM streams s WHERE s.is_latest = 1 AND s.status = 'FAILED' ORDER BY s.dlid"
+        ).fetchall()
+        return [
+            FailedStream(
+                int(sid),
+                str(dlid),
+                int(ex),
+                note,
+                float(ended),
+                proc,
+                pnote,
+                None if code is None else int(code),
+            )
+            for sid, dlid, ex, note, ended, proc, pnote, code in rows
+        ]
+
+    def events_of(self, kind: str, dlid: str | None = None) -> list[tuple[float, str | None, dict]]:
+        """(time, dlid, detail) of the events of ``kind`` (of one downlink), oldest first:
+        the acknowledgements an alarm is checked against (few rows: an operator's)."""
+        sql = "SELECT t, dlid, detail FROM events WHERE kind = ?"
+        args: tuple[Any, ...] = (kind,)
+        if dlid is not None:
+            sql += " AND dlid = ?"
+            args += (dlid,)
+        out: list[tuple[float, str | None, dict]] = []
+        for t, d, detail in self.conn.execute(sql + " ORDER BY t, id", args).fetchall():
+            try:
+                doc = json.loads(detail)
+            except ValueError:
+                doc = {}
+            out.append(
+                (float(t), None if d is None else str(d), doc if isinstance(doc, dict) else {})
+            )
+        return out
+
+    def failure_counts(self) -> tuple[dict[str, int], int]:
+        """Failures ever recorded: FAILED process instances by process, every execution
+        (a failure a retry or a rollback fixed still counts), and ``stream_failed`` events
+        (streams that ended FAILED, until retention trims the events table)."""
+        rows = self.conn.execute(
+            "SELECT process, COUNT(*) FROM process_instances WHERE status = 'FAILED' "
+            "GROUP BY process"
+        ).fetchall()
+        n = self.conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'stream_failed'").fetchone()
+        return {str(p): int(c) for p, c in rows}, int(n[0])
+
     # ------------------------------------------------------------ retention
 
     def latest_stream_states(self) -> list[tuple[str, int, str, float, float | None, float | None]]:
@@ -286,3 +342,16 @@ class RunningStream(NamedTuple):
     owner_start: float | None
     last_activity: float  # epoch seconds: start, or an instance created/started/ended
     active_jobs: int  # latest instances QUEUED, SUBMITTED, RUNNING or TERMINATING
+
+
+class FailedStream(NamedTuple):
+    """A latest stream that ended FAILED, as an alarm names it."""
+
+    stream_id: int
+    dlid: str
+    execution: int
+    note: str | None
+    ended: float
+    process: str | None  # its latest failed instance's process (None: none recorded)
+    process_note: str | None  # that instance's note (its error line)
+    exit_code: int | None

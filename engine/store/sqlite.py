@@ -17,6 +17,7 @@ another class with the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import BadInput
+from engine.core.groups import no_permission
 
 BEGIN_ATTEMPTS = 200
 BEGIN_PAUSE_S = 0.05
@@ -48,7 +50,7 @@ class SQLite:
         self.check_same_thread = check_same_thread
 
     def connect(self) -> sqlite3.Connection:
-        self.where.parent.mkdir(parents=True, exist_ok=True)
+        self._check_access()
         conn = sqlite3.connect(
             self.where,
             timeout=self.timeout,
@@ -70,6 +72,30 @@ class SQLite:
                 raise BadInput(f"not a skydeck state database ({err})", self.where) from None
             raise
         return conn
+
+    def _check_access(self) -> None:
+        """Create the database file with the mode the umask gives (SQLite itself would
+        create it 0644 before the umask: not writable by a workspace's group; its -wal and
+        -shm files then take the database file's mode), and refuse in one line what this
+        user may not read or write (exit 77) rather than fail inside SQLite."""
+        where = self.where
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except PermissionError as err:
+            raise no_permission(err.filename or where, "creating the state database") from None
+        for p in (
+            where,
+            where.with_name(where.name + "-wal"),
+            where.with_name(where.name + "-shm"),
+        ):
+            if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+                raise no_permission(p, "opening the state database for writing")
+        side = [where.with_name(where.name + x) for x in ("-wal", "-shm")]
+        if not all(p.exists() for p in side) and not os.access(where.parent, os.W_OK | os.X_OK):
+            # SQLite must create its -wal and -shm beside the database
+            raise no_permission(where.parent, "writing beside the state database (its WAL)")
 
     def begin_write(self, conn: Any) -> None:
         for attempt in range(BEGIN_ATTEMPTS):
