@@ -276,7 +276,8 @@ class Alerter:
         name = ev.get("event")
         dlid = ev.get("dlid")
         if name == "failed" and dlid:  # an instance; the stream's verdict comes later
-            why = ev.get("why") or ev.get("reason") or ""
+            # the instance's note: "exit code 2: <the job's last error line>" (its log's)
+            why = ev.get("why") or ev.get("note") or ev.get("reason") or ""
             if not why and ev.get("exit_code") is not None:
                 why = f"exit code {ev.get('exit_code')}"
             self._failed_instance[str(dlid)] = (str(ev.get("process")), str(why))

@@ -74,7 +74,9 @@ def test_failed_stream_alarm_until_ack_then_again_after_rollback(ws, tmp_path, c
     (a,) = _alerts(out)
     assert a["event"] == "stream_failed" and a["dlid"] == "251125001"
     assert a["process"] == "bad" and a["host"] and a["time"].endswith("Z")
-    assert a["reason"] == "exit code 3" and a["detail"]["note"] == "failed: bad"
+    # the job's own last error line travels with the alert (its log's, not just the code)
+    assert a["reason"] == "exit code 3: boom: no good"
+    assert a["detail"]["note"] == "failed: bad (bad: exit code 3: boom: no good)"
 
     r = cli_proc(ws, "health")
     assert r.returncode == 1
