@@ -60,7 +60,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import RowMaker, tuple_row
 
 from engine.core.dburl import StateURL
-from engine.core.errors import BadInput, StateUnavailable
+from engine.core.errors import BadInput, NoPermission, StateUnavailable
 from engine.store.outage import UNREACHABLE, Backoff, Patience
 from engine.store.schema import TABLES
 
@@ -170,6 +170,9 @@ _TRANSIENT_FATAL = (
 # SQLSTATEs of a connection that is gone: class 08 (connection exception), admin/crash
 # shutdown and "cannot connect now" (57P01-57P03; 57014, a cancelled statement, is not)
 _LOST_STATES = ("57P01", "57P02", "57P03")
+# insufficient_privilege: the role may not do this (a site's read-only or operator role)
+_NO_PRIVILEGE = "42501"
+
 
 
 def _refused_for_good(text: str) -> bool:
@@ -306,6 +309,19 @@ class Connection:
         self.hooks.append(hook)
         self.run("SELECT", lambda raw: hook(_bare(raw)))
 
+    def _refused(self, err: psycopg.Error, verb: str) -> NoPermission:
+        """A statement the server's grants refuse this role: one line naming the role and
+        what it may not do (exit 77), not a driver traceback. The transaction it was in is
+        rolled back by its caller: nothing of it is kept."""
+        role = self.raw.info.user if not self.raw.closed else "?"
+        what = "read" if verb in ("SELECT", "LISTEN") else "change"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return NoPermission(
+            f"PostgreSQL role {role!r} may not {what} the state database ({first}); "
+            "the roles a site grants are in the README, 'PostgreSQL roles'",
+            self.backend.where,
+        )
+
     def run(self, sql: str, op: Callable[[Any], Any], patient: bool = True) -> Any:
         """``op(raw)`` for the statement ``sql`` on the current session (see the class
         docstring for what happens when the session is gone)."""
@@ -325,6 +341,8 @@ class Connection:
             try:
                 return op(self.raw)
             except psycopg.Error as err:
+                if getattr(err, "sqlstate", None) == _NO_PRIVILEGE:
+                    raise self._refused(err, verb) from None
                 if not _lost(err, self.raw):
                     raise
                 self._lose(err)
@@ -564,9 +582,13 @@ class PostgreSQL:
 
     def has_table(self, conn: Any, table: str) -> bool:
         return (
+            # the catalog, not information_schema: that lists only the tables this role
+            # was granted something on, and a role granted nothing must not think the
+            # database empty (and try to create it)
             conn.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = "
-                "current_schema() AND table_name = ?",
+                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+                "AND c.relname = ? AND c.relkind IN ('r', 'p')",
                 (table,),
             ).fetchone()
             is not None
