@@ -42,7 +42,8 @@ exit codes:
   {EXIT_UNAVAILABLE:<5d}the state database cannot be reached now (a PostgreSQL restart or
        failover lasting longer than [state] wait_s): try again later
   {EXIT_NOPERM:<5d}permission denied: this user may not read or write a workspace file (one
-       line names the file, the user and the workspace's group); nothing was changed
+       line names the file, the user and the workspace's group, or the PostgreSQL role
+       whose grants refuse it); nothing was changed
   {EXIT_INTERRUPTED:<5d}interrupted (Ctrl-C, SIGINT)
   {interrupt.EXIT_TERMINATED:<5d}terminated (SIGTERM)
 
