@@ -27,7 +27,7 @@ import numpy as np
 
 from engine.propagate import flags as F
 from engine.propagate.generate import generate
-from engine.propagate.geometry.trace import nearest
+from engine.propagate.geometry.trace import nearest_sides
 from engine.propagate.lookup import icdf_sample, index_at, props_at, surface_at
 from engine.propagate.params import (
     MAX_TRIES,
@@ -309,7 +309,6 @@ def propagate_chunk(
     rx = np.zeros((n, maxrec, 2, 4), np.int16) if p.development else None
     if rx is not None:
         rx[:, 0] = _compress(fs, ist, p.domain)
-    node_i = sa.node_i
     eps = float(sa.eps)
 
     for bounce in range(p.max_bounce):
@@ -319,11 +318,11 @@ def propagate_chunk(
         pos, d, wl = fs[0:3], fs[3:6], fs[10]
         flag = np.zeros(m, np.uint32)
         dead = np.zeros(m, bool)
-        dist, node, normal, face, enter = nearest(sa.geo_i, sa.geo_f, pos, d, eps)
+        dist, node, normal, face, enter, side = nearest_sides(sa.geo_i, sa.geo_f, pos, d, eps)
         # Opticks' boundary model: the side of node k's solid the photon is on gives the
-        # materials, the surface and the sensor (flatten.py); no volume is tracked
-        ni = node_i[np.maximum(node, 0)]
-        m1 = np.where(enter, ni[:, 1], ni[:, 4])
+        # materials, the surface and the sensor (flatten.py; the tracer reads them: side =
+        # material here, material beyond, surface, boundary + 1, sensor); no volume is tracked
+        m1 = side[0]
         miss = (node < 0) | (m1 < 0)
         m1 = np.maximum(m1, 0)
         u = uniforms(u64[0], ist[_BLK], p.seed, p.event)
@@ -381,12 +380,11 @@ def propagate_chunk(
         # either side: SA (Geant4's NoRINDEX); otherwise Fresnel between the two materials
         if sail.any():
             b = np.flatnonzero(sail)
-            nb = ni[b]
-            eb = enter[b]
-            m2 = np.where(eb, nb[:, 4], nb[:, 1])
-            surf = np.where(eb, nb[:, 2], nb[:, 3])
+            bs = side[:, b]
+            m2 = bs[1]
+            surf = bs[2]
             has_surf = surf >= 0
-            ist[_BND, b] = (nb[:, 5] + 1).astype(np.uint32)
+            ist[_BND, b] = bs[3].astype(np.uint32)
             wall = b[(m2 < 0) & ~has_surf]
             flag[wall] = F.MI
             dead[wall] = True
@@ -405,8 +403,8 @@ def propagate_chunk(
                 flag[sb[is_sa]] = F.SA
                 flag[sb[is_sd]] = F.SD
                 dead[sb[is_sa | is_sd]] = True
-                sens = np.where(eb, nb[:, 6], nb[:, 7])[has_surf][is_sd].astype(np.uint32)
                 q = sb[is_sd]
+                sens = side[4, q].astype(np.uint32)
                 if sa.face_ids:
                     sens = sens + face[q].astype(np.uint32)
                 ist[_SEN, q] = sens
