@@ -1,24 +1,26 @@
-"""tboolean-box on one core, this tree against a reference commit, interleaved.
+"""tboolean-box on one core, this tree against reference commits, interleaved.
 
 Why a benchmark of its own: the geometry merge (one BVH/CSG tracer for every scene) made
 the simplest analytic scene about 2x slower than the vectorised box test before it, and
 the machine this runs on is shared, so a rate means something only next to a reference
-measured in the same minutes. The reference tree (default: main before the geometry merge,
-the merge's first parent) is exported with ``git archive`` into a temporary directory, and
-both trees run the same command as whole processes, alternately (A, B, A, B, ...):
+measured in the same minutes. Each reference tree (``--ref``, repeatable; default: main
+before the geometry merge, the merge's first parent) is exported with ``git archive`` into
+a temporary directory, and every tree runs the same command as whole processes, in turn
+(A, B, A, B, ... or A, B, C, A, B, C, ...):
 
     python -m engine propagate tboolean-box -o OUT --photons 1e6 --backend numpy \
         --workers 1 --json
 
 Reported per tree: the median and every run's photons per wall second of the propagation
 (``photons_per_second``: generation and stepping, no start-up) and per CPU second of the
-process, and the ratio of the medians; the goal is 1e6 photons/s on one core. First-call
-compile time of the compiled tracer and RNG is reported separately: a run of this tree
-with an empty Numba cache directory against a warm one (the pairs above run warm: the
-first, untimed, run of each tree fills its cache). The machine's load average is printed
+process, and the ratio of this tree's medians to each reference's; the goal is 1e6
+photons/s on one core. First-call compile time of the compiled tracer, RNG and lookup is
+reported separately: a run of this tree with an empty Numba cache directory against a
+warm one (the rounds above run warm: the first, untimed, run of each tree fills its
+cache). The machine's load average is printed
 before and after. Results also go to .bench/tboolean.json.
 
-    python benchmarks/bench_tboolean.py [--pairs 7] [--photons 1000000] [--ref REV]
+    python benchmarks/bench_tboolean.py [--rounds 7] [--photons 1000000] [--ref REV ...]
 """
 
 from __future__ import annotations
@@ -101,26 +103,30 @@ def load() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--photons", type=int, default=1_000_000)
     ap.add_argument(
         "--ref",
-        default="5061173^1",
-        help="reference revision (default: main before the geometry merge)",
+        action="append",
+        help="a reference revision, repeatable (default: 5061173^1, main before the "
+        "geometry merge)",
     )
     a = ap.parse_args()
+    refs = a.ref or ["5061173^1"]
     work = Path(tempfile.mkdtemp(prefix="bench-tboolean-"))
     try:
-        ref_tree = work / "ref"
-        ref_tree.mkdir()
-        sha = export(a.ref, ref_tree)
-        trees = {"reference": ref_tree, "this tree": ROOT}
+        trees: dict[str, Path] = {}
+        for i, rev in enumerate(refs):
+            t = work / f"ref{i}"
+            t.mkdir()
+            trees[f"reference {export(rev, t)}"] = t
+        trees["this tree"] = ROOT
         before = load()
         # untimed first runs: each tree's compiled functions into its cache
         for t in trees.values():
             one_run(t, work / "warm", 10_000, {})
         runs: dict[str, list[dict]] = {k: [] for k in trees}
-        for _ in range(a.pairs):
+        for _ in range(a.rounds):
             for name, t in trees.items():
                 runs[name].append(one_run(t, work / "ev", a.photons, {}))
         # compile time: this tree with an empty cache directory, against a warm run
@@ -138,18 +144,18 @@ def main() -> int:
     ]
     for k in trees:
         rows.append(
-            (
-                f"{k}" + (f" ({sha})" if k == "reference" else ""),
-                f"{med[k]['pps']:,.0f}",
-                f"{med[k]['pps_cpu']:,.0f}",
-                f"{med[k]['pps'] / GOAL:.2f}",
-            )
+            (k, f"{med[k]['pps']:,.0f}", f"{med[k]['pps_cpu']:,.0f}", f"{med[k]['pps'] / GOAL:.2f}")
         )
-    ratio = med["this tree"]["pps"] / med["reference"]["pps"]
-    ratio_cpu = med["this tree"]["pps_cpu"] / med["reference"]["pps_cpu"]
-    rows.append(("ratio this / reference", f"{ratio:.2f}", f"{ratio_cpu:.2f}", ""))
+    ratios = {}
+    for k in trees:
+        if k != "this tree":
+            ratios[k] = (
+                med["this tree"]["pps"] / med[k]["pps"],
+                med["this tree"]["pps_cpu"] / med[k]["pps_cpu"],
+            )
+            rows.append((f"this tree / {k}", f"{ratios[k][0]:.2f}x", f"{ratios[k][1]:.2f}x", ""))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"tboolean-box, {a.photons:,} photons, numpy, 1 worker, {a.pairs} interleaved pairs")
+    print(f"tboolean-box, {a.photons:,} photons, numpy, 1 worker, {a.rounds} interleaved rounds")
     for r in rows:
         print("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
     for k, v in runs.items():
@@ -161,13 +167,12 @@ def main() -> int:
     )
     print(f"machine: {os.cpu_count()} CPUs, load average {before} before, {after} after")
     res = {
-        "reference": sha,
+        "references": refs,
         "photons": a.photons,
-        "pairs": a.pairs,
+        "rounds": a.rounds,
         "runs": runs,
         "median": med,
-        "ratio_wall": ratio,
-        "ratio_cpu": ratio_cpu,
+        "ratios_wall_cpu": ratios,
         "compile_seconds": cold["process_wall"] - warm["process_wall"],
         "load_before": before,
         "load_after": after,
