@@ -202,6 +202,8 @@ __device__ float icdf_sample(const Scene& s, int m, float u) {
 #define H_BVH_F 10
 #define H_ITEMS 11
 #define H_NODE_BOX 16
+#define H_FLAT 17
+#define H_NODES 0
 #define NODE_I 8
 #define NODE_F 12
 #define MAXIV 64
@@ -457,6 +459,28 @@ __device__ bool csg_eval(const int* gi, int c0, int nc, double t, const Ivs& iv,
     return (stack & 1ull) == 1ull;
 }
 
+// solid_hit of a solid that is one convex leaf at CSG item c0 (trace.leaf_hit)
+__device__ double leaf_hit(const int* gi, const double* gf, int c0, double ox, double oy,
+                           double oz, double dx, double dy, double dz, double tmin, double tmax,
+                           int& item, int& part, bool& enter) {
+    int xo = gi[c0 + 2];
+    double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
+    xf(gf, xo, lx, ly, lz);
+    rot(gf, xo, ux, uy, uz);
+    Iv v = leaf_interval(gi[c0], gf + gi[c0 + 1], lx, ly, lz, ux, uy, uz);
+    if (v.lo > v.hi) return DINF;
+    if (v.lo > tmin) {
+        if (v.lo >= tmax || !(v.lo + (TOL_ABS + TOL_REL * fabs(v.lo)) < v.hi)) return DINF;
+        item = c0; part = v.plo; enter = true;
+        return v.lo;
+    }
+    if (v.hi > tmin && v.hi < tmax) {
+        item = c0; part = v.phi; enter = false;
+        return v.hi;
+    }
+    return DINF;
+}
+
 // boundary of solid sol in (tmin, tmax) along the ray (solid frame): t (inf: none), the CSG
 // item offset of the leaf hit, its part, entering
 __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox, double oy,
@@ -465,24 +489,8 @@ __device__ double solid_hit(const int* gi, const double* gf, int sol, double ox,
     int hs = gi[H_SOLID_I];
     int c0 = gi[H_CSG_I] + 4 * gi[hs + 2 * sol];
     int nc = gi[hs + 2 * sol + 1];
-    if (nc == 1 && gi[c0] != G_MESH) {  // one convex leaf: the general walk below, written out
-        int xo = gi[c0 + 2];
-        double lx = ox, ly = oy, lz = oz, ux = dx, uy = dy, uz = dz;
-        xf(gf, xo, lx, ly, lz);
-        rot(gf, xo, ux, uy, uz);
-        Iv v = leaf_interval(gi[c0], gf + gi[c0 + 1], lx, ly, lz, ux, uy, uz);
-        if (v.lo > v.hi) return DINF;
-        if (v.lo > tmin) {
-            if (v.lo >= tmax || !(v.lo + (TOL_ABS + TOL_REL * fabs(v.lo)) < v.hi)) return DINF;
-            item = c0; part = v.plo; enter = true;
-            return v.lo;
-        }
-        if (v.hi > tmin && v.hi < tmax) {
-            item = c0; part = v.phi; enter = false;
-            return v.hi;
-        }
-        return DINF;
-    }
+    if (nc == 1 && gi[c0] != G_MESH)  // one convex leaf: the general walk below, written out
+        return leaf_hit(gi, gf, c0, ox, oy, oz, dx, dy, dz, tmin, tmax, item, part, enter);
     int niv = 0, leaf = 0;
     for (int c = c0; c < c0 + 4 * nc; c += 4) {
         int code = gi[c];
@@ -571,6 +579,77 @@ __device__ double box_enter(const double* bf, int b, double px, double py, doubl
 
 struct Hit { float t; int node; int face; bool enter; float3 normal; };
 
+// the normal at the hit, leaf frame -> solid frame -> world, oriented by the change of state
+// (trace._hit_normal), into h
+__device__ void hit_normal(const int* gi, const double* gf, double px, double py, double pz,
+                           double dx, double dy, double dz, double best, int bnode, int bitem,
+                           int bpart, bool benter, Hit& h) {
+    int xo = gi[H_NODE_F] + NODE_F * bnode;
+    double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
+    xf(gf, xo, lx, ly, lz);
+    rot(gf, xo, ux, uy, uz);
+    int lxo = gi[bitem + 2];
+    double qx = lx + best * ux, qy = ly + best * uy, qz = lz + best * uz;
+    xf(gf, lxo, qx, qy, qz);
+    double nx = 0.0, ny = 0.0, nz = 1.0;
+    if (gi[bitem] == G_MESH) {  // part: the triangle's offset in gf
+        const double* tr = gf + bpart;
+        double e1x = tr[3] - tr[0], e1y = tr[4] - tr[1], e1z = tr[5] - tr[2];
+        double e2x = tr[6] - tr[0], e2y = tr[7] - tr[1], e2z = tr[8] - tr[2];
+        nx = e1y * e2z - e1z * e2y; ny = e1z * e2x - e1x * e2z; nz = e1x * e2y - e1y * e2x;
+    } else {
+        leaf_normal(gi[bitem], gf + gi[bitem + 1], qx, qy, qz, bpart, nx, ny, nz);
+    }
+    rot_t(gf, lxo, nx, ny, nz);
+    rot_t(gf, xo, nx, ny, nz);
+    double ln = sqrt(nx * nx + ny * ny + nz * nz);
+    nx /= ln; ny /= ln; nz /= ln;
+    double c = nx * dx + ny * dy + nz * dz;
+    if ((benter && c > 0.0) || (!benter && c < 0.0)) { nx = -nx; ny = -ny; nz = -nz; }
+    h.t = (float)best;
+    h.node = bnode;
+    h.face = gi[bitem + 3] + bpart;
+    h.enter = benter;
+    h.normal = f3((float)nx, (float)ny, (float)nz);
+}
+
+// a flat geometry (header H_FLAT: the BVH one leaf, every solid one convex leaf;
+// trace.trace_flat_one): the leaf's nodes in its order, each node's box then its leaf, no
+// walk, no stack, no CSG scratch; the same tests in the same order as the walk
+__device__ Hit trace_flat(const int* gi, const double* gf, double px, double py, double pz,
+                          double dx, double dy, double dz, double tmin) {
+    int items = gi[H_ITEMS], hs = gi[H_SOLID_I], ni = gi[H_NODE_I], nf = gi[H_NODE_F];
+    int csg = gi[H_CSG_I];
+    const double* nbox = gf + gi[H_NODE_BOX];
+    double ix = dx != 0.0 ? 1.0 / dx : DINF;
+    double iy = dy != 0.0 ? 1.0 / dy : DINF;
+    double iz = dz != 0.0 ? 1.0 / dz : DINF;
+    double best = DINF;
+    int bnode = -1, bitem = -1, bpart = 0;
+    bool benter = false;
+    int nn = gi[H_NODES];
+    for (int q = 0; q < nn; ++q) {
+        int k = gi[items + q];
+        if (box_enter(nbox, k, px, py, pz, ix, iy, iz, tmin, best) == DINF) continue;
+        int xo = nf + NODE_F * k;
+        double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
+        xf(gf, xo, lx, ly, lz);
+        rot(gf, xo, ux, uy, uz);
+        int c0 = csg + 4 * gi[hs + 2 * gi[ni + NODE_I * k]];
+        int item = -1, part = 0;
+        bool enter = false;
+        double t = leaf_hit(gi, gf, c0, lx, ly, lz, ux, uy, uz, tmin, best, item, part, enter);
+        if (t < best) { best = t; bnode = k; bitem = item; bpart = part; benter = enter; }
+    }
+    Hit h;
+    if (bnode < 0) {
+        h.t = INF; h.node = -1; h.face = 0; h.enter = false; h.normal = f3(0.0f, 0.0f, 1.0f);
+        return h;
+    }
+    hit_normal(gi, gf, px, py, pz, dx, dy, dz, best, bnode, bitem, bpart, benter, h);
+    return h;
+}
+
 // nearest boundary beyond tmin (trace.trace_one): node -1 and t = inf when none
 __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
     const int* gi = s.gi;
@@ -580,6 +659,7 @@ __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
     const double* nbox = gf + gi[H_NODE_BOX];
     double px = p.x, py = p.y, pz = p.z, dx = d.x, dy = d.y, dz = d.z;
     double tmin = (double)eps;
+    if (gi[H_FLAT] != 0) return trace_flat(gi, gf, px, py, pz, dx, dy, dz, tmin);
     double ix = dx != 0.0 ? 1.0 / dx : DINF;
     double iy = dy != 0.0 ? 1.0 / dy : DINF;
     double iz = dz != 0.0 ? 1.0 / dz : DINF;
@@ -627,33 +707,7 @@ __device__ Hit trace(const Scene& s, float3 p, float3 d, float eps) {
         h.t = INF; h.node = -1; h.face = 0; h.enter = false; h.normal = f3(0.0f, 0.0f, 1.0f);
         return h;
     }
-    int xo = nf + NODE_F * bnode;
-    double lx = px, ly = py, lz = pz, ux = dx, uy = dy, uz = dz;
-    xf(gf, xo, lx, ly, lz);
-    rot(gf, xo, ux, uy, uz);
-    int lxo = gi[bitem + 2];
-    double qx = lx + best * ux, qy = ly + best * uy, qz = lz + best * uz;
-    xf(gf, lxo, qx, qy, qz);
-    double nx = 0.0, ny = 0.0, nz = 1.0;
-    if (gi[bitem] == G_MESH) {  // part: the triangle's offset in gf
-        const double* tr = gf + bpart;
-        double e1x = tr[3] - tr[0], e1y = tr[4] - tr[1], e1z = tr[5] - tr[2];
-        double e2x = tr[6] - tr[0], e2y = tr[7] - tr[1], e2z = tr[8] - tr[2];
-        nx = e1y * e2z - e1z * e2y; ny = e1z * e2x - e1x * e2z; nz = e1x * e2y - e1y * e2x;
-    } else {
-        leaf_normal(gi[bitem], gf + gi[bitem + 1], qx, qy, qz, bpart, nx, ny, nz);
-    }
-    rot_t(gf, lxo, nx, ny, nz);
-    rot_t(gf, xo, nx, ny, nz);
-    double ln = sqrt(nx * nx + ny * ny + nz * nz);
-    nx /= ln; ny /= ln; nz /= ln;
-    double c = nx * dx + ny * dy + nz * dz;
-    if ((benter && c > 0.0) || (!benter && c < 0.0)) { nx = -nx; ny = -ny; nz = -nz; }
-    h.t = (float)best;
-    h.node = bnode;
-    h.face = gi[bitem + 3] + bpart;
-    h.enter = benter;
-    h.normal = f3((float)nx, (float)ny, (float)nz);
+    hit_normal(gi, gf, px, py, pz, dx, dy, dz, best, bnode, bitem, bpart, benter, h);
     return h;
 }
 

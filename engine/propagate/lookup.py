@@ -5,19 +5,64 @@ wavelength and the scintillation generator the emission inverse CDF, exactly as 
 stepping loop reads them, and generation must not import the stepping backend. The CUDA
 kernel's ``lookup`` and ``icdf_sample`` do the same arithmetic in the same order
 (``assets/kernels/propagate.cu``), so both backends read identical numbers.
+
+``props_at``, read every step for every photon, is compiled by Numba (``_props_nb``: the
+same float32 operations in the same order, no fused multiply-add, one pass writing
+contiguous rows); ``props_at_numpy`` is the NumPy form it is tested against bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from engine.propagate.scene import ICDF_N, N_PROP, WL_MIN, WL_N, WL_STEP, SceneArrays
 
 _F = np.float32
 N_INDEX, ABS_LENGTH, SCAT_LENGTH, REEMIT_PROB, GROUP_VEL = range(N_PROP)
+_WL_MIN, _WL_STEP, _X_HI, _ZERO = _F(WL_MIN), _F(WL_STEP), _F(WL_N - 1), _F(0)
+
+
+@njit(cache=True, error_model="numpy")
+def _props_nb(tab, m, wl, const, out):
+    """props_at_numpy per photon: float32 throughout (every constant float32)."""
+    for i in range(wl.shape[0]):
+        row = np.int64(m[i]) * WL_N
+        if const:
+            for k in range(tab.shape[1]):
+                out[k, i] = tab[row, k]
+            continue
+        x = (wl[i] - _WL_MIN) / _WL_STEP
+        if x < _ZERO:
+            x = _ZERO
+        elif x > _X_HI:
+            x = _X_HI
+        i0 = np.int32(x)
+        if i0 > WL_N - 2:
+            i0 = WL_N - 2
+        f = x - np.float32(i0)
+        r0 = row + i0
+        for k in range(tab.shape[1]):
+            a = tab[r0, k]
+            b = tab[r0 + 1, k]
+            out[k, i] = a + f * (b - a)
 
 
 def props_at(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
+    """Every material property at each photon's wavelength, shape (N_PROP, n), C-contiguous:
+    ``props_at_numpy`` compiled."""
+    out = np.empty((N_PROP, wl.shape[0]), _F)
+    _props_nb(
+        sa.mat_t.reshape(-1, N_PROP),
+        np.ascontiguousarray(m, np.int32),
+        np.ascontiguousarray(wl, _F),
+        bool(sa.const_props),
+        out,
+    )
+    return out
+
+
+def props_at_numpy(sa: SceneArrays, m: np.ndarray, wl: np.ndarray) -> np.ndarray:
     """Every material property at each photon's wavelength, shape (N_PROP, n): linear
     interpolation on the 1 nm grid written as a + f*(b - a), so constant tables return
     exactly a (as the kernel's ``lookup`` does). One gather of a row per end point."""

@@ -12,11 +12,16 @@ Keying used by the engine (the same in both backends)::
 
 Each call yields four uint32 "draws"; draw number d of a photon is lane d % 4 of block
 d // 4. The engine hands out whole blocks per decision (see ``numpy_backend``).
+
+``uniforms`` runs the same rounds compiled by Numba (``_uniforms_nb``: one pass per photon
+instead of ~50 NumPy calls over the whole array, about 10x faster); ``philox4x32`` and
+``uniforms_numpy`` are the NumPy form it is tested against bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 M0 = 0xD2511F53
 M1 = 0xCD9E8D57
@@ -71,8 +76,61 @@ def to_uniform(x: np.ndarray) -> np.ndarray:
     return ((x >> np.uint64(9)).astype(np.float32) + _HALF) * _U_SCALE
 
 
+_M0, _M1, _W0, _W1 = np.uint64(M0), np.uint64(M1), np.uint64(W0), np.uint64(W1)
+_MASK, _S32, _S9 = np.uint64(MASK32), np.uint64(32), np.uint64(9)
+
+
+@njit(cache=True, error_model="numpy")
+def _uniforms_nb(photon, block, ev, k0, k1, out):
+    """philox4x32 and to_uniform of every photon's counter, compiled: uint64 throughout as
+    in the NumPy form (every constant typed, so no mixed-sign promotion to float)."""
+    half = np.float32(0.5)
+    scale = np.float32(2.0**-23)
+    for i in range(photon.shape[0]):
+        p = photon[i]
+        c0 = p & _MASK
+        c1 = p >> _S32
+        c2 = np.uint64(block[i]) & _MASK
+        c3 = ev
+        a0 = k0
+        a1 = k1
+        for r in range(ROUNDS):
+            if r:
+                a0 = (a0 + _W0) & _MASK
+                a1 = (a1 + _W1) & _MASK
+            p0 = c0 * _M0
+            p1 = c2 * _M1
+            c0 = (p1 >> _S32) ^ c1 ^ a0
+            c1 = p1 & _MASK
+            c2 = (p0 >> _S32) ^ c3 ^ a1
+            c3 = p0 & _MASK
+        out[0, i] = (np.float32(c0 >> _S9) + half) * scale
+        out[1, i] = (np.float32(c1 >> _S9) + half) * scale
+        out[2, i] = (np.float32(c2 >> _S9) + half) * scale
+        out[3, i] = (np.float32(c3 >> _S9) + half) * scale
+
+
 def uniforms(photon: np.ndarray, block: np.ndarray | int, seed: int, event: int) -> np.ndarray:
     """Four float32 uniforms per photon for its draw block: array of shape (4, n)."""
+    photon = np.ascontiguousarray(photon, dtype=np.uint64)
+    n = photon.shape[0]
+    blk = np.broadcast_to(np.asarray(block, dtype=np.uint64), (n,))
+    out = np.empty((4, n), dtype=np.float32)
+    _uniforms_nb(
+        photon,
+        blk,
+        np.uint64(event & MASK32),
+        np.uint64(seed & MASK32),
+        np.uint64((seed >> 32) & MASK32),
+        out,
+    )
+    return out
+
+
+def uniforms_numpy(
+    photon: np.ndarray, block: np.ndarray | int, seed: int, event: int
+) -> np.ndarray:
+    """``uniforms`` in NumPy (the reference of the compiled one)."""
     photon = np.asarray(photon, dtype=np.uint64)
     n = photon.shape[0]
     blk = np.broadcast_to(np.asarray(block, dtype=np.uint64), (n,))

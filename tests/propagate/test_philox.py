@@ -1,7 +1,9 @@
-"""Philox4x32-10 against the Random123 known-answer vectors, and the uniform mapping."""
+"""Philox4x32-10 against the Random123 known-answer vectors, the uniform mapping, and the
+compiled uniforms against the NumPy rounds."""
 
 import numpy as np
 
+from engine.propagate import philox as P
 from engine.propagate.philox import philox4x32, to_uniform, uniforms
 
 
@@ -43,3 +45,19 @@ def test_keyed_by_photon_block_event_seed():
     flat = a.ravel().astype(np.float64)
     assert abs(flat.mean() - 0.5) < 4 * np.sqrt(1 / 12 / flat.size)
     assert abs(flat.var() - 1 / 12) < 4 * np.sqrt(1 / 180 / flat.size)
+
+
+def test_compiled_uniforms_are_the_numpy_ones_bit_for_bit():
+    """The Numba form of uniforms (the one the backend calls) against the NumPy rounds, for
+    random and extreme photons, blocks, seeds and events, with array and scalar blocks."""
+    rng = np.random.default_rng(11)
+    n = 5000
+    photon = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    photon[:4] = [0, 1, 2**32 - 1, 2**64 - 1]
+    block = rng.integers(0, 2**32 - 1, n, dtype=np.uint64, endpoint=True).astype(np.uint32)
+    for seed, event in ((0, 0), (2**64 - 1, 2**32 - 1), (123456789012345, 77)):
+        for blk in (block, 7, np.uint32(2**32 - 1)):
+            a = P.uniforms(photon, blk, seed, event)
+            b = P.uniforms_numpy(photon, blk, seed, event)
+            assert a.dtype == np.float32 and a.shape == (4, n)
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32))

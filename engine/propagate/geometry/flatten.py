@@ -14,7 +14,11 @@ Why flat: the CUDA kernel and the CPU tracer read two blobs and nothing else, an
 - solids: (first CSG item, count), the postfix programs of ``solids``; CSG items (code,
   params offset in geo_f, leaf transform offset in geo_f or -1, face base);
 - the BVH over the nodes' world boxes (``bvh``), mesh triangles, and each node's own
-  world box (tested before its solid: a leaf of the BVH may hold a big volume).
+  world box (tested before its solid: a leaf of the BVH may hold a big volume);
+- H_FLAT: 1 when the BVH is one leaf (at most ``bvh.LEAF`` volumes) and every node's solid
+  is one convex leaf (no boolean, no mesh), as in an analytic test scene: the tracers then
+  test the nodes in the leaf's order without the BVH walk and the general CSG code (the
+  same tests in the same order, so the same results; docs/benchmarks.md, "tboolean-box").
 
 Floats are double: a 20 m detector in float32 has 2 um steps, and the tracer would see a
 photon's own surface again. A TOML scene is a small tree too (``from_boxes``): node 0 the
@@ -53,7 +57,8 @@ MAX_NODES = 4_000_000
     H_FACE_IDS,
     H_DEPTH,
     H_NODE_BOX,
-) = range(17)
+    H_FLAT,
+) = range(18)
 
 
 @dataclass
@@ -189,6 +194,10 @@ def assemble(csgs: list[Csg], nodes: list[NodeSpec], face_ids: bool) -> Geometry
     header[H_FACE_IDS] = 1 if face_ids else 0
     header[H_DEPTH] = tree.depth
     header[H_NODE_BOX] = off_f[4]
+    header[H_FLAT] = int(
+        len(tree.node) == 1
+        and all(si[nd.solid][1] == 1 and csg[si[nd.solid][0], 0] != MESH for nd in nodes)
+    )
     geo_i = np.concatenate([header] + parts_i).astype(np.int32)
     geo_f = np.concatenate(parts_f).astype(np.float64)
     if len(geo_i) >= 2**31 or len(geo_f) >= 2**31:

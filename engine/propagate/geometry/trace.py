@@ -623,8 +623,17 @@ def trace_one(
                 benter = enter
     if bnode < 0:
         return INF, -1, 0.0, 0.0, 1.0, 0, False
-    # the normal: leaf frame -> solid frame -> world, oriented by the change of state
-    xo = nf + _NODE_F * bnode
+    nx, ny, nz, face = _hit_normal(
+        gi, gf, px, py, pz, dx, dy, dz, best, bnode, bitem, bpart, benter
+    )
+    return best, bnode, nx, ny, nz, face, benter
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _hit_normal(gi, gf, px, py, pz, dx, dy, dz, best, bnode, bitem, bpart, benter):
+    """Unit normal at the hit, leaf frame -> solid frame -> world, oriented by the change
+    of state (against the ray when entering), and the face id."""
+    xo = gi[FL.H_NODE_F] + _NODE_F * bnode
     lx, ly, lz = _xf(gf, xo, px, py, pz)
     ux, uy, uz = _rot(gf, xo, dx, dy, dz)
     lxo = gi[bitem + 2]
@@ -641,13 +650,60 @@ def trace_one(
         nx = -nx
         ny = -ny
         nz = -nz
-    face = gi[bitem + 3] + bpart
+    return nx, ny, nz, gi[bitem + 3] + bpart
+
+
+@njit(cache=True, error_model="numpy")
+def trace_flat_one(gi, gf, px, py, pz, dx, dy, dz, tmin):
+    """trace_one of a flat geometry (header H_FLAT: the BVH one leaf, every solid one
+    convex leaf): the leaf's nodes in its order, each node's box then its leaf, with no
+    walk, no stack and no CSG scratch. The same tests in the same order as trace_one, so
+    the same result: the root box holds every node box, so a ray that misses it misses
+    them all."""
+    items = gi[FL.H_ITEMS]
+    hs = gi[FL.H_SOLID_I]
+    ni = gi[FL.H_NODE_I]
+    nf = gi[FL.H_NODE_F]
+    csg = gi[FL.H_CSG_I]
+    nbox = gf[gi[FL.H_NODE_BOX] :]
+    ix = 1.0 / dx if dx != 0.0 else INF
+    iy = 1.0 / dy if dy != 0.0 else INF
+    iz = 1.0 / dz if dz != 0.0 else INF
+    best = INF
+    bnode = -1
+    bitem = -1
+    bpart = 0
+    benter = False
+    for q in range(gi[FL.H_NODES]):
+        k = gi[items + q]
+        if _box_enter(nbox, k, px, py, pz, ix, iy, iz, tmin, best) == INF:
+            continue
+        xo = nf + _NODE_F * k
+        lx, ly, lz = _xf(gf, xo, px, py, pz)
+        ux, uy, uz = _rot(gf, xo, dx, dy, dz)
+        c0 = csg + 4 * gi[hs + 2 * gi[ni + _NODE_I * k]]
+        t, item, part, enter = leaf_hit(gi, gf, c0, lx, ly, lz, ux, uy, uz, tmin, best)
+        if t < best:
+            best = t
+            bnode = k
+            bitem = item
+            bpart = part
+            benter = enter
+    if bnode < 0:
+        return INF, -1, 0.0, 0.0, 1.0, 0, False
+    nx, ny, nz, face = _hit_normal(
+        gi, gf, px, py, pz, dx, dy, dz, best, bnode, bitem, bpart, benter
+    )
     return best, bnode, nx, ny, nz, face, benter
 
 
 @njit(cache=True, error_model="numpy")
-def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
-    """trace_one for every column of pos/dirs (float32 (3, m)); results into the outputs."""
+def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out, side_out):
+    """trace_one (trace_flat_one for a flat geometry) for every column of pos/dirs (float32
+    (3, m)); results into the outputs. side_out (5, m) int32, or (5, 0) when not wanted:
+    the node table read on the side of the hit the photon is on (node 0's where none, as
+    the NumPy step reads it): the material it is in, the material beyond, the surface met,
+    the boundary number + 1 and the sensor id; one pass instead of NumPy gathers."""
     m = pos.shape[1]
     ivlo = np.empty(MAXIV)
     ivhi = np.empty(MAXIV)
@@ -657,33 +713,53 @@ def trace(gi, gf, pos, dirs, tmin, t_out, node_out, n_out, face_out, enter_out):
     stack = np.empty(STACK, np.int32)
     ts = np.empty(MAXT)
     ps = np.empty(MAXT, np.int32)
+    flat = gi[FL.H_FLAT] != 0
+    sides = side_out.shape[1] == m
+    ni = gi[FL.H_NODE_I]
     for i in range(m):
-        t, k, nx, ny, nz, face, enter = trace_one(
-            gi,
-            gf,
-            float(pos[0, i]),
-            float(pos[1, i]),
-            float(pos[2, i]),
-            float(dirs[0, i]),
-            float(dirs[1, i]),
-            float(dirs[2, i]),
-            tmin,
-            ivlo,
-            ivhi,
-            ivleaf,
-            ivplo,
-            ivphi,
-            stack,
-            ts,
-            ps,
-        )
+        px = float(pos[0, i])
+        py = float(pos[1, i])
+        pz = float(pos[2, i])
+        dx = float(dirs[0, i])
+        dy = float(dirs[1, i])
+        dz = float(dirs[2, i])
+        if flat:
+            t, k, nx, ny, nz, face, enter = trace_flat_one(gi, gf, px, py, pz, dx, dy, dz, tmin)
+        else:
+            t, k, nx, ny, nz, face, enter = trace_one(
+                gi,
+                gf,
+                px,
+                py,
+                pz,
+                dx,
+                dy,
+                dz,
+                tmin,
+                ivlo,
+                ivhi,
+                ivleaf,
+                ivplo,
+                ivphi,
+                stack,
+                ts,
+                ps,
+            )
         t_out[i] = np.float32(t)
         node_out[i] = k
         n_out[0, i] = np.float32(nx)
         n_out[1, i] = np.float32(ny)
         n_out[2, i] = np.float32(nz)
         face_out[i] = face
-        enter_out[i] = 1 if enter else 0
+        enter_out[i] = enter
+        if sides:
+            r = ni + _NODE_I * (k if k > 0 else 0)
+            # (solid, omat, osur, isur, imat, boundary, osensor, isensor)
+            side_out[0, i] = gi[r + 1] if enter else gi[r + 4]
+            side_out[1, i] = gi[r + 4] if enter else gi[r + 1]
+            side_out[2, i] = gi[r + 2] if enter else gi[r + 3]
+            side_out[3, i] = gi[r + 5] + 1
+            side_out[4, i] = gi[r + 6] if enter else gi[r + 7]
 
 
 def nearest(
@@ -691,12 +767,32 @@ def nearest(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(t float32, node int32 (-1: none), outward normal (3,m) float32, face int32,
     entering bool) of the nearest boundary beyond tmin for each ray."""
+    return _nearest(geo_i, geo_f, pos, dirs, tmin, False)[:5]
+
+
+def nearest_sides(
+    geo_i: np.ndarray, geo_f: np.ndarray, pos: np.ndarray, dirs: np.ndarray, tmin: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``nearest`` and the (5, m) int32 side table of ``trace``: material here, material
+    beyond, surface, boundary + 1, sensor (node 0's row where no boundary was found)."""
+    return _nearest(geo_i, geo_f, pos, dirs, tmin, True)
+
+
+def _nearest(
+    geo_i: np.ndarray,
+    geo_f: np.ndarray,
+    pos: np.ndarray,
+    dirs: np.ndarray,
+    tmin: float,
+    sides: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     m = pos.shape[1]
     t = np.empty(m, np.float32)
     node = np.empty(m, np.int32)
     n = np.empty((3, m), np.float32)
     face = np.empty(m, np.int32)
-    enter = np.empty(m, np.int8)
+    enter = np.empty(m, np.bool_)
+    side = np.empty((5, m if sides else 0), np.int32)
     trace(
         geo_i,
         geo_f,
@@ -708,8 +804,9 @@ def nearest(
         n,
         face,
         enter,
+        side,
     )
-    return t, node, n, face, enter.astype(bool)
+    return t, node, n, face, enter, side
 
 
 _DIAG = (0.2672612419124244, 0.5345224838248488, 0.8017837257372732)
