@@ -174,7 +174,6 @@ _LOST_STATES = ("57P01", "57P02", "57P03")
 _NO_PRIVILEGE = "42501"
 
 
-
 def _refused_for_good(text: str) -> bool:
     """Whether a connect error is the server refusing this URL (no such role or database,
     a wrong password) or libpq refusing an option value: a restart cannot fix those. Any
