@@ -33,7 +33,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import (
-    DataTable,
     Footer,
     Header,
     Input,
@@ -46,6 +45,7 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
+from console.format import printable
 from console.messages import (
     ActionDone,
     Compared,
@@ -57,12 +57,13 @@ from console.messages import (
     StateReach,
 )
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
-from console.widgets.downlinks import DownlinksTable
+from console.widgets.downlinks import STATES, DownlinksTable, FilterError
 from console.widgets.hits import HitsPanel
 from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel, pressure
 from console.widgets.stream import StreamTree
+from console.widgets.vtable import VirtualTable
 from engine import api
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class FilterInput(Input):
         self.screen.query_one(DownlinksTable).focus()
 
 
+FILTER_HELP = "filter: state:failed dlid:2612* note:md5 text; ! inverts a term; esc clears"
+
+
 class MainScreen(Screen[None]):
     """The operator's view of one workspace; its actions are bound as ``screen.<action>``."""
 
@@ -88,6 +92,14 @@ class MainScreen(Screen[None]):
     # filter input first (the first focusable widget), which showed it and hid every key of
     # the footer (an input consumes them) until on_mount moved the focus, a visible flash
     AUTO_FOCUS = "#downlinks"
+    BINDINGS: ClassVar = [
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("0", "state_filter('')", "All states", show=False),
+        *(
+            Binding(str(5 + i), f"state_filter('{state}')", state.title(), show=False)
+            for i, state in enumerate(STATES)
+        ),
+    ]
 
     def __init__(
         self, ws: Workspace, clock: Callable[[], float], poll_s: float, stage_every_s: float
@@ -113,10 +125,9 @@ class MainScreen(Screen[None]):
         yield Static("", id="alert")
         with Horizontal(id="top"):
             with Vertical(id="downlinks-box"):
-                yield FilterInput(
-                    placeholder="filter downlinks (regex, ! inverts); esc clears", id="filter"
-                )
+                yield FilterInput(placeholder=FILTER_HELP, id="filter")
                 yield DownlinksTable(clock=self.clock, id="downlinks")
+                yield Static("", id="detail", markup=False)  # the selected row, in full
             yield StreamTree(clock=self.clock, id="stream")
         with TabbedContent(id="tabs", initial="locks"):
             with TabPane("Locks [1]", id="locks"):
@@ -256,15 +267,7 @@ class MainScreen(Screen[None]):
             if snap.rows is not None:
                 table = self.query_one(DownlinksTable)
                 table.apply(snap.rows)
-                counts: dict[str, int] = {}
-                for r in snap.rows.values():
-                    counts[r.state] = counts.get(r.state, 0) + 1
-                table.border_title = "Downlinks " + " ".join(
-                    f"{k} {v}" for k, v in sorted(counts.items())
-                )
-                if self.want_dlid is None and table.selected is not None:
-                    self.want_dlid = table.selected
-                    self.wake.set()
+                self._show_detail()
             if snap.stream_read and snap.dlid == self.want_dlid:
                 self.query_one(StreamTree).show(
                     snap.dlid,
@@ -315,29 +318,82 @@ class MainScreen(Screen[None]):
 
     # -------------------------------------------------------------------- selection
 
-    @on(DataTable.RowHighlighted, "#downlinks")
-    def _downlink_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        key = event.row_key.value if event.row_key is not None else None
+    @on(VirtualTable.Highlighted, "#downlinks")
+    def _downlink_highlighted(self, event: VirtualTable.Highlighted) -> None:
+        """One selection: the highlighted visible row drives the stream tree, the detail
+        line, the Log pane and every action (a filter that hides it moved the cursor)."""
+        if isinstance(event, VirtualTable.Selected):
+            return
+        key = event.key
         if key != self.want_dlid:
             self.want_dlid = key
             self.wake.set()
+            if key is None:
+                self.query_one(StreamTree).show(
+                    None, None, {}, "no downlink selected (the filter hides every row: esc clears)"
+                )
+            log = self.query_one(LogPanel)
+            if log.dlid is not None and log.dlid != key:
+                log.drop(
+                    f"the selection moved to {key or 'no downlink'}: l follows an instance log"
+                )
+        self._show_detail()
 
-    @on(DataTable.RowSelected, "#downlinks")
+    @on(VirtualTable.Selected, "#downlinks")
     def _downlink_selected(self) -> None:
         """Enter on a downlink: go to its stream tree (keyboard path: table -> tree -> log)."""
         self.query_one(StreamTree).focus()
+
+    @on(VirtualTable.HeaderClicked, "#downlinks")
+    def _header_clicked(self, event: VirtualTable.HeaderClicked) -> None:
+        self.notify(self.query_one(DownlinksTable).set_sort(event.column), timeout=2)
+
+    def _show_detail(self) -> None:
+        """The selected row's note (the reason of a failure or a rejection) in full."""
+        table = self.query_one(DownlinksTable)
+        detail = self.query_one("#detail", Static)
+        row = table.model.get(table.selected) if table.selected else None
+        if row is None:
+            detail.update("")
+            return
+        text = f"{row.dlid} {row.state} {row.stream}"
+        if row.note:
+            text += f": {row.note}"
+        if row.kept:
+            text += f" (files kept in {row.kept})"
+        detail.update(printable(text))
 
     @on(Tree.NodeSelected, "#stream")
     def _instance_selected(self, event: Tree.NodeSelected) -> None:
         """Enter on a process instance opens its log."""
         pi = event.node.data
         if pi is not None and pi.log_path:
-            self.open_log(pi.log_path)
+            self.open_log(pi.log_path, self.query_one(StreamTree).dlid)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.query_one(DownlinksTable).set_filter(event.value)
+        """A bad filter is an error on the input (the rows stay as they were)."""
+        try:
+            self.query_one(DownlinksTable).set_filter(event.value)
+        except FilterError as err:
+            event.input.border_title = printable(str(err))
+            event.input.set_class(True, "error")
+        else:
+            event.input.border_title = ""
+            event.input.set_class(False, "error")
         event.input.set_class(bool(event.value), "active")
+
+    def action_clear_filter(self) -> None:
+        """Esc from anywhere on the main screen: no filter, the downlinks focused."""
+        self.query_one(FilterInput).action_clear_filter()
+
+    def action_state_filter(self, state: str) -> None:
+        """0, 5-9: show one state (replacing a state: term of the filter), or all."""
+        box = self.query_one(FilterInput)
+        words = [w for w in box.value.split() if not w.lstrip("!").startswith("state:")]
+        if state:
+            words.insert(0, f"state:{state}")
+        box.value = " ".join(words)
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self) -> None:
@@ -569,7 +625,7 @@ class MainScreen(Screen[None]):
         if pi is None or not pi.log_path:
             self.notify("select a process instance that has a log", severity="warning")
             return
-        self.open_log(pi.log_path)
+        self.open_log(pi.log_path, self.query_one(StreamTree).dlid)
 
     def action_pick_log(self) -> None:
         """Any log besides an instance's: the daemon's, console runs, builds, propagations."""
@@ -584,8 +640,8 @@ class MainScreen(Screen[None]):
             LogPickerScreen(files), lambda path: self.open_log(path) if path else None
         )
 
-    def open_log(self, path: str) -> None:
-        self.query_one(LogPanel).start(path)
+    def open_log(self, path: str, dlid: str | None = None) -> None:
+        self.query_one(LogPanel).start(path, dlid)
         self.action_tab("log")
         self._follow(path)
 

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from console.format import STATUS_STYLE, bar, duration, status_text
+from console.format import STATUS_STYLE, bar, duration, plain, printable, status_text
 from engine.api import ProcessInstance, StreamView
 
 
@@ -52,9 +52,10 @@ def pi_label(
     if pi.job_id:  # recorded for a batch job only: what its queue knows it by
         t.append(f" {pi.launcher}:{pi.job_id}", style="dim")
     elif pi.pid is not None:
-        t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")
+        t.append(f" {printable(pi.host or '?')}:{pi.pid}", style="dim")
     if pi.note:
-        t.append(f"  {pi.note[:70]}", style="red" if pi.status in ("FAILED", "READY") else "dim")
+        # in full: the tree scrolls sideways, and the detail line under the downlinks shows it
+        t.append_text(plain(f"  {pi.note}", "red" if pi.status in ("FAILED", "READY") else "dim"))
     return t
 
 
@@ -134,13 +135,13 @@ class StreamTree(Tree[ProcessInstance | None]):
                 without
                 or (f"{dlid}: no stream yet (press r to run)" if dlid else "no downlink selected")
             ).split("\n")
-            self.root.set_label(Text(head, style="bold" if more else "dim"))
+            self.root.set_label(plain(head, "bold" if more else "dim"))
             if self._pi_nodes or self._groups or more != self._notes:
                 self.clear()
                 self._pi_nodes.clear()
                 self._groups.clear()
                 for line in more:  # what the operator can do instead, one line each
-                    self.root.add_leaf(Text(line), data=None)
+                    self.root.add_leaf(plain(line), data=None)
                 self._notes = more
                 self.root.expand()
             return
@@ -152,9 +153,9 @@ class StreamTree(Tree[ProcessInstance | None]):
         root.append_text(status_text(s.status))
         root.append(f" e{s.execution}", style="cyan")
         if s.owner_pid:
-            root.append(f" runner {s.owner_host}:{s.owner_pid}", style="dim")
+            root.append(f" runner {printable(s.owner_host or '?')}:{s.owner_pid}", style="dim")
         if s.note:
-            root.append(f"  {s.note}", style="dim")
+            root.append_text(plain(f"  {s.note}", "dim"))
         self.root.set_label(root)
         wanted: set[tuple[str, str]] = set()
         by_process: dict[str, list[ProcessInstance]] = {}

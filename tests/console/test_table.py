@@ -1,0 +1,139 @@
+"""The downlinks table as an operator uses it: filters (field terms, globs, inverse, state
+keys, errors), one selection that follows the visible rows, sorting from the header, newest
+first, and text from outside shown literally. Real workspaces written by the engine's
+StateDB; Pilot at 120x40 and 160x48."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input, Static
+
+from console.app import SkydeckApp
+from console.widgets.downlinks import DownlinksTable, FilterError, parse_filter
+from console.widgets.stream import StreamTree
+
+from .conftest import EVIL_NOTE, FROZEN_NOW, fill_evil, fill_fixed, make_ws, settle
+
+pytestmark = pytest.mark.asyncio
+SIZES = [(120, 40), (160, 48)]
+
+
+def app_on(tmp_path, evil: bool = False) -> SkydeckApp:
+    ws = make_ws(tmp_path / "ws")
+    fill_fixed(ws)
+    if evil:
+        fill_evil(ws)
+    return SkydeckApp(ws, clock=lambda: FROZEN_NOW, poll_s=0.05, stage_every_s=3600)
+
+
+def screen_text(app: SkydeckApp) -> str:
+    """What the terminal shows, as plain text lines (the compositor's strips)."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join(strip.text for strip in strips)
+
+
+async def test_filter_terms_parse_and_bad_regex_is_an_error() -> None:
+    assert [t.field for t in parse_filter("state:failed !note:md5 2612")] == [
+        "state",
+        "note",
+        None,
+    ]
+    with pytest.raises(FilterError, match="bad regex"):
+        parse_filter("note:([")
+    with pytest.raises(FilterError, match="unknown field"):
+        parse_filter("colour:red")
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_filters_selection_and_title(tmp_path, size) -> None:
+    app = app_on(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        table, tree = app.q(DownlinksTable), app.q(StreamTree)
+        await settle(pilot, lambda: len(table.shown) == 3 and tree.dlid == "251125003")
+        # newest first, following: the newest is selected and drives the stream tree
+        assert table.keys == ["251125003", "251124002", "251123001"]
+        assert table.border_title.startswith("Downlinks 3/3")
+        await pilot.press("down")
+        await settle(pilot, lambda: tree.dlid == "251124002")
+        # a filter hiding the selected row moves the selection to a visible row
+        await pilot.press("slash", *"state:failed", "enter")
+        await settle(pilot, lambda: list(table.shown) == ["251125003"])
+        assert table.selected == "251125003"
+        await settle(pilot, lambda: tree.dlid == "251125003")
+        assert "Downlinks 1/3" in table.border_title and "failed 1/1" in table.border_title
+        assert "staged 0/1" in table.border_title
+        # Esc from anywhere (the stream tree has the focus) clears the filter
+        tree.focus()
+        await pilot.press("escape")
+        await settle(pilot, lambda: len(table.shown) == 3)
+        assert app.focused is table
+        # glob over a field, an inverse term, free text per field
+        for text, want in (
+            ("dlid:2511*", {"251125003", "251124002", "251123001"}),
+            ("dlid:25112?00?", {"251125003", "251124002", "251123001"}),
+            ("dlid:251124*", {"251124002"}),
+            ("!state:staged", {"251125003", "251124002"}),
+            ("running RUNNING", {"251124002"}),
+            ('"running RUNNING"', set()),  # one regex, per field: never across two fields
+            ("state:^(failed|staged)$", {"251125003", "251123001"}),
+        ):
+            app.q("#filter", Input).value = text
+            await settle(pilot, lambda want=want: set(table.shown) == want)
+        # a bad regex: an error on the input, the rows stay as they were
+        app.q("#filter", Input).value = "note:(["
+        await pilot.pause()
+        box = app.q("#filter", Input)
+        assert box.has_class("error") and "bad regex" in str(box.border_title)
+        assert set(table.shown) == {"251125003", "251123001"}
+        app.q("#filter", Input).value = ""
+        await settle(pilot, lambda: len(table.shown) == 3)
+        # state keys: 5 failed, 8 staged, 0 all
+        table.focus()
+        await pilot.press("8")
+        await settle(pilot, lambda: list(table.shown) == ["251123001"])
+        assert app.q("#filter", Input).value == "state:staged"
+        await pilot.press("0")
+        await settle(pilot, lambda: len(table.shown) == 3)
+        # a filter that hides everything: no selection, the tree says so, actions refuse
+        app.q("#filter", Input).value = "state:rejected"
+        await settle(pilot, lambda: table.selected is None and tree.dlid is None)
+        app.main.action_rollback_stream()
+        assert app.toasts[-1] == ("warning", "select a downlink first")
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_sort_from_the_header_shows_the_indicator(tmp_path, size) -> None:
+    app = app_on(tmp_path)
+    async with app.run_test(size=size) as pilot:
+        table = app.q(DownlinksTable)
+        await settle(pilot, lambda: len(table.shown) == 3)
+        assert "Downlink▼" in screen_text(app)
+        # the State header: border 1 + mark 1 + Downlink 10+1 + Date 10+1 -> column 24
+        await pilot.click("#downlinks", offset=(26, 1))
+        await settle(pilot, lambda: table.sort_column == "state")
+        assert not table.sort_reverse and "State▲" in screen_text(app)
+        assert table.keys == ["251125003", "251124002", "251123001"]  # failed, running, staged
+        await pilot.click("#downlinks", offset=(26, 1))  # again: the other way
+        await settle(pilot, lambda: table.sort_reverse)
+        assert "State▼" in screen_text(app) and table.keys[0] == "251123001"
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_text_from_outside_is_shown_literally(tmp_path, size) -> None:
+    app = app_on(tmp_path, evil=True)
+    async with app.run_test(size=size) as pilot:
+        table, tree = app.q(DownlinksTable), app.q(StreamTree)
+        await settle(pilot, lambda: "251126004" in table.shown and tree.view is not None)
+        assert table.selected == "251126004"  # the newest
+        cell = table.get_cell("251126004", "note")
+        assert "[link=https://evil.example]" in cell.plain and "\\x1b[31m" in cell.plain
+        assert not cell.spans or all(s.style == "dim" for s in cell.spans)
+        assert "\x1b" not in cell.plain and "\x07" not in cell.plain
+        detail = str(app.q("#detail", Static).render())
+        assert "[link=https://evil.example]click[/link] [bold red]\\x1b[31mred" in detail
+        assert "\\x07 done" in detail  # the whole note, to its end
+        text = screen_text(app)
+        assert "[link=https://evil.example]" in text and "\x1b" not in text
+        label = tree.root.label
+        assert "\\x1b[31m" in label.plain and "[bold red]" in label.plain
+        assert EVIL_NOTE not in text
