@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from console.format import STATE_STYLE, age, plain, printable, size
+from console.format import STATE_STYLE, age, plain, size
 from console.widgets.vtable import VirtualTable
 from engine.api import DownlinkRow
 
@@ -192,8 +192,6 @@ class DownlinksTable(VirtualTable):
         parts = [f"Downlinks {len(self.keys)}/{len(self.model)}"]
         for state in sorted(total):
             parts.append(f"{state} {self.visible_by_state.get(state, 0)}/{total[state]}")
-        if self.filter:
-            parts.append(f"filter: {printable(self.filter)}")
         return " · ".join(parts)
 
     def tick(self) -> None:
