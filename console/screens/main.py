@@ -354,14 +354,14 @@ class MainScreen(Screen[None]):
         detail = self.query_one("#detail", Static)
         row = table.model.get(table.selected) if table.selected else None
         if row is None:
-            detail.update("")
+            detail.update("", layout=False)
             return
         text = f"{row.dlid} {row.state} {row.stream}"
         if row.note:
             text += f": {row.note}"
         if row.kept:
             text += f" (files kept in {row.kept})"
-        detail.update(printable(text))
+        detail.update(printable(text), layout=False)  # a fixed height: no layout
 
     @on(Tree.NodeSelected, "#stream")
     def _instance_selected(self, event: Tree.NodeSelected) -> None:

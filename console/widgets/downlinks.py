@@ -17,7 +17,7 @@ import fnmatch
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -69,13 +69,32 @@ class Term:
     field: str | None  # None: any field
     rx: re.Pattern[str]
     inverse: bool
+    # free text: the same regex over the fields joined by newlines (MULTILINE), a cheap
+    # first pass (a match in one field is a match there); None where that does not hold
+    joined: re.Pattern[str] | None = None
 
     def holds(self, r: DownlinkRow) -> bool:
+        """Whether ``r`` passes (each field searched on its own; spelled out: this runs
+        for every downlink on each keystroke)."""
+        find = self.rx.search
         if self.field is None:
-            hit = any(self.rx.search(get(r)) for get in FIELDS.values())
+            hit = find(r.dlid) or find(r.date) or find(r.state) or find(r.stream) or find(r.note)
         else:
-            hit = self.rx.search(FIELDS[self.field](r)) is not None
-        return hit != self.inverse
+            hit = find(getattr(r, self.field))
+        return (hit is not None) != self.inverse
+
+    def select(
+        self, rows: list[DownlinkRow], hay: dict[str, str] | None = None
+    ) -> list[DownlinkRow]:
+        """The rows that pass; ``hay`` (dlid -> joined fields) lets free text skip the
+        per-field search on rows where even the joined string has no match."""
+        holds = self.holds
+        if self.joined is None or hay is None:
+            return [r for r in rows if holds(r)]
+        first = self.joined.search
+        if self.inverse:
+            return [r for r in rows if first(hay[r.dlid]) is None or holds(r)]
+        return [r for r in rows if first(hay[r.dlid]) is not None and holds(r)]
 
 
 def parse_filter(text: str) -> list[Term]:
@@ -104,8 +123,15 @@ def parse_filter(text: str) -> list[Term]:
                 rx = re.compile(body, re.IGNORECASE)
             except re.error as err:
                 raise FilterError(f"bad regex {body!r}: {err}") from None
-        terms.append(Term(field, rx, inverse))
+        joined = None
+        if field is None and not re.search(r"\\[AZ]|\(\?<", body):
+            joined = re.compile(rx.pattern, re.IGNORECASE | re.MULTILINE)
+        terms.append(Term(field, rx, inverse, joined))
     return terms
+
+
+def haystack(r: DownlinkRow) -> str:
+    return f"{r.dlid}\n{r.date}\n{r.state}\n{r.stream}\n{r.note}"
 
 
 def matches(r: DownlinkRow, pattern: str) -> bool:
@@ -142,6 +168,10 @@ class DownlinksTable(VirtualTable):
         self.sort_column = "dlid"
         self.sort_reverse = True  # newest first
         self.visible_by_state: dict[str, int] = {}
+        self.total_by_state: dict[str, int] = {}
+        self._hay: dict[str, tuple[DownlinkRow, str]] = {}  # free-text first pass, per row
+        self._hay_for: dict[str, DownlinkRow] | None = None  # the model _hay_out is of
+        self._hay_out: dict[str, str] = {}
 
     @property
     def shown(self) -> dict[str, int]:
@@ -158,19 +188,43 @@ class DownlinksTable(VirtualTable):
             return [Text("")] * len(COLUMNS)
         return cells(r, self.clock()).values()
 
+    def row_version(self, key: str) -> Hashable | None:
+        r = self.model.get(key)
+        return None if r is None else (r, age(self.clock() - r.since))
+
     def apply(self, rows: dict[str, DownlinkRow]) -> int:
         """Show ``rows`` (the full current set); returns how many rows changed."""
         before, self.model = self.model, rows
         changed = sum(1 for k, r in rows.items() if before.get(k) != r)
         changed += sum(1 for k in before if k not in rows)
         if changed:
+            counts: dict[str, int] = {}
+            for r in rows.values():
+                counts[r.state] = counts.get(r.state, 0) + 1
+            self.total_by_state = counts
             self._sync()
         return changed
 
+    def _haystacks(self) -> dict[str, str]:
+        """dlid -> the row's fields joined, kept per row object (rebuilt when it changed)."""
+        if self._hay_for is self.model:
+            return self._hay_out
+        old, self._hay = self._hay, {}
+        out: dict[str, str] = {}
+        for k, r in self.model.items():
+            cached = old.get(k)
+            text = cached[1] if cached is not None and cached[0] is r else haystack(r)
+            self._hay[k] = (r, text)
+            out[k] = text
+        self._hay_for, self._hay_out = self.model, out
+        return out
+
     def _sync(self) -> None:
         """Filter and sort the model into the visible order (one pass, no per-row widget work)."""
-        terms = self.terms
-        rows = [r for r in self.model.values() if all(t.holds(r) for t in terms)]
+        rows = list(self.model.values())
+        hay = self._haystacks() if any(t.joined is not None for t in self.terms) else None
+        for term in self.terms:
+            rows = term.select(rows, hay)
         fn = SORT_KEYS[self.sort_column]
         rows.sort(key=fn, reverse=self.sort_reverse)  # type: ignore[arg-type, return-value]
         counts: dict[str, int] = {}
@@ -180,15 +234,9 @@ class DownlinksTable(VirtualTable):
         self.set_rows([r.dlid for r in rows], follow_top=not self.moved_by_user)
         self.border_title = self.title_text()
 
-    def state_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self.model.values():
-            counts[r.state] = counts.get(r.state, 0) + 1
-        return counts
-
     def title_text(self) -> str:
         """``Downlinks 12/10000 · failed 3/10 · ...``: visible/total, per state."""
-        total = self.state_counts()
+        total = self.total_by_state
         parts = [f"Downlinks {len(self.keys)}/{len(self.model)}"]
         for state in sorted(total):
             parts.append(f"{state} {self.visible_by_state.get(state, 0)}/{total[state]}")

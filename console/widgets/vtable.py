@@ -15,7 +15,7 @@ actions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any, ClassVar
 
 from rich.segment import Segment
@@ -83,6 +83,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self.sort_reverse = False
         self.moved_by_user = False  # the operator moved the cursor (no more following row 0)
         self._announced: str | None = None
+        self._strips: dict[Hashable, Strip] = {}  # drawn lines, by what they depend on
         self._width = sum(w for _, _, w in self.COLUMNS) + GAP * len(self.COLUMNS) + 1
 
     # ------------------------------------------------------------------ to override
@@ -90,6 +91,11 @@ class VirtualTable(ScrollView, can_focus=True):
     def row_cells(self, key: str) -> Iterable[Text]:
         """The cells of row ``key`` in column order."""
         raise NotImplementedError
+
+    def row_version(self, key: str) -> Hashable | None:
+        """What row ``key``'s cells are a function of (its drawn line is cached under it);
+        None: not cached."""
+        return None
 
     # ------------------------------------------------------------------ rows
 
@@ -118,9 +124,22 @@ class VirtualTable(ScrollView, can_focus=True):
             row = self.index[keep]
         else:
             row = min(old_row, max(0, len(keys) - 1))
-        self.virtual_size = Size(self._width, len(keys) + 1)
+        self._resize(Size(self._width, len(keys) + 1))
         self._set_cursor(row, scroll=True)
         self.refresh()
+
+    def _resize(self, new: Size) -> None:
+        """A new virtual size; a layout of the screen only when the scrollbar comes or goes
+        (a layout costs more than the whole filter)."""
+        old = self.virtual_size
+        if new == old:
+            return
+        height = self.size.height
+        if old.height and (new.height > height) == (old.height > height):
+            self.set_reactive(VirtualTable.virtual_size, new)
+            self._scroll_update(new)
+        else:
+            self.virtual_size = new
 
     def _set_cursor(self, row: int, scroll: bool = True) -> None:
         row = max(0, min(row, len(self.keys) - 1)) if self.keys else 0
@@ -243,17 +262,31 @@ class VirtualTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
+        x = int(self.scroll_x)
+        cache_key: Hashable | None = None
         if y == 0:
             text = self._header()
         else:
             row = int(self.scroll_y) + y - 1
             if row >= len(self.keys):
                 return Strip.blank(width, base)
+            key = self.keys[row]
+            version = self.row_version(key)
+            if version is not None:
+                look = (row == self.cursor_row, self.has_focus, row % 2, key in self.marked)
+                cache_key = (key, version, look, x, width, base)
+                hit = self._strips.get(cache_key)
+                if hit is not None:
+                    return hit
             text = self._line(row)
-        console = self.app.console
-        segments = list(text.render(console, end=""))
+        segments = list(text.render(self.app.console, end=""))
         strip = Strip(Segment.apply_style(segments, base), text.cell_len)
-        return strip.crop_extend(int(self.scroll_x), int(self.scroll_x) + width, base)
+        strip = strip.crop_extend(x, x + width, base)
+        if cache_key is not None:
+            if len(self._strips) > 4000:
+                self._strips.clear()
+            self._strips[cache_key] = strip
+        return strip
 
     def on_focus(self) -> None:
         self.refresh()
