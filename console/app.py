@@ -26,6 +26,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from console.format import printable
 from console.messages import JobProgress
 from console.screens.main import MainScreen
 from console.screens.modals import HelpScreen
@@ -34,6 +35,7 @@ from engine import api
 __all__ = ["JobProgress", "MainScreen", "SkydeckApp", "build_parser", "main"]
 
 POLL_S = 0.25
+TOAST_S = {"information": 4.0, "warning": 10.0, "error": 30.0}  # how long each kind stays
 STAGE_EVERY_S = 10.0  # usage scan at least this often
 
 # actions that change something: disabled (and hidden) in --read-only mode
@@ -200,8 +202,11 @@ class SkydeckApp(App[None]):
     ) -> None:
         """Every toast is also kept in ``toasts`` (severity, text): the last ones are what an
         operator was told, and what tests check. Markup is off: paths and reasons are data."""
+        message, title = printable(message), printable(title)
         self.toasts.append((str(severity), f"{title}: {message}" if title else message))
         del self.toasts[:-50]
+        if timeout is None:  # kept apart: an error stays until read, information passes
+            timeout = TOAST_S.get(str(severity), 5.0)
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def q(self, selector: Any, expect: Any = None) -> Any:

@@ -43,7 +43,7 @@ from textual.widgets import (
     TabPane,
     Tree,
 )
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from console.format import printable
 from console.messages import (
@@ -187,12 +187,12 @@ class MainScreen(Screen[None]):
             del self.runners[dlid]
             if code == 0:
                 self.notify(f"stream {dlid} finished", title="run")
-            elif code == api.EXIT_BUSY:
+            elif code == api.EXIT_BUSY:  # not a problem: the daemon (or a runner) has it
                 self.notify(
                     f"stream {dlid}: already claimed by another runner or the daemon "
                     f"(nothing ran twice); L opens {log}",
                     title="run",
-                    severity="warning",
+                    severity="information",
                 )
             else:
                 self.notify(
@@ -399,6 +399,16 @@ class MainScreen(Screen[None]):
     def _filter_submitted(self) -> None:
         self.query_one(DownlinksTable).focus()
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (an engine call failing in a way its worker did not
+        expect) is a red toast with the error line, never a silent stop."""
+        if event.state != WorkerState.ERROR or not self.live:
+            return
+        err = event.worker.error
+        line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        what = event.worker.name.strip("_").replace("_", " ")
+        self.notify(f"{what} failed: {type(err).__name__}: {line}", title="error", severity="error")
+
     def on_action_done(self, msg: ActionDone) -> None:
         if not self.live:
             return
@@ -481,7 +491,11 @@ class MainScreen(Screen[None]):
         if dlid in self.runners and self.runners[dlid][0].poll() is None:
             self.notify(f"a runner for {dlid} started here is still running", severity="warning")
             return
-        proc, log = api.start_runner(self.ws, dlid)
+        try:
+            proc, log = api.start_runner(self.ws, dlid)
+        except (api.SkydeckError, OSError) as err:
+            self.notify(f"could not start a runner for {dlid}: {err}", severity="error")
+            return
         self.runners[dlid] = (proc, log)
         self.notify(f"{why}: runner pid {proc.pid} for {dlid}", title="run")
 

@@ -4,6 +4,7 @@ and a log picker (the daemon's and console jobs' logs are not any instance's log
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -14,6 +15,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from console.format import printable
 
 if TYPE_CHECKING:
     from engine.api import LogFile
@@ -27,15 +30,25 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
-    def __init__(self, question: str, detail: str = "", danger: bool = False) -> None:
+    def __init__(
+        self,
+        question: str,
+        detail: str = "",
+        danger: bool = False,
+        items: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.question, self.detail, self.danger = question, detail, danger
+        self.items = list(items)  # a bulk action: what it acts on, one line each
 
     def compose(self) -> ComposeResult:
+        # names, reasons and paths are data: escaped, never parsed as markup
         with Vertical(id="dialog", classes="danger" if self.danger else ""):
-            yield Label(self.question, id="question")
+            yield Label(printable(self.question), id="question", markup=False)
+            if self.items:
+                yield Static("\n".join(printable(i) for i in self.items), id="items", markup=False)
             if self.detail:
-                yield Static(self.detail, id="detail")
+                yield Static(printable(self.detail), id="detail", markup=False)
             with Horizontal(id="buttons"):
                 yield Button("Yes (y)", variant="error" if self.danger else "primary", id="yes")
                 yield Button("No (n)", id="no")
@@ -183,7 +196,7 @@ class LogPickerScreen(ModalScreen[str | None]):
         opts = []
         for f in self.files:
             text = Text(f"{f.what:<12} ", style="bold")
-            text.append(f.path.rsplit("/", 1)[-1])
+            text.append(printable(f.path.rsplit("/", 1)[-1]))
             text.append(
                 f"  {time.strftime('%m-%d %H:%M:%S', time.localtime(f.mtime))}", style="dim"
             )
