@@ -352,6 +352,14 @@ class MainScreen(Screen[None]):
         """The selected row's note (the reason of a failure or a rejection) in full."""
         table = self.query_one(DownlinksTable)
         detail = self.query_one("#detail", Static)
+        tree = self.query_one(StreamTree)
+        pi = tree.selected if tree.has_focus else None
+        if pi is not None:  # the stream tree has the focus: its instance, note in full
+            where = f" on {pi.host}:{pi.pid}" if pi.pid is not None else ""
+            text = f"{tree.dlid} {pi.process}{' ' + pi.key if pi.key else ''} {pi.status}"
+            text += f" e{pi.execution}{where}" + (f": {pi.note}" if pi.note else "")
+            detail.update(printable(text), layout=False)
+            return
         row = table.model.get(table.selected) if table.selected else None
         if row is None:
             detail.update("", layout=False)
@@ -362,6 +370,10 @@ class MainScreen(Screen[None]):
         if row.kept:
             text += f" (files kept in {row.kept})"
         detail.update(printable(text), layout=False)  # a fixed height: no layout
+
+    @on(Tree.NodeHighlighted, "#stream")
+    def _instance_highlighted(self) -> None:
+        self._show_detail()
 
     @on(Tree.NodeSelected, "#stream")
     def _instance_selected(self, event: Tree.NodeSelected) -> None:

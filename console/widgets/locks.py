@@ -13,11 +13,11 @@ from engine.api import LockInfo
 
 # fixed widths: no re-measuring on updates, and a picture that does not depend on timing
 COLUMNS = (
-    ("name", "Lock", 22),
-    ("kind", "Kind", 10),
-    ("owner", "Owner", 24),
-    ("what", "Process", 26),
-    ("age", "Age", 5),
+    ("name", "Lock", 20),
+    ("kind", "Kind", 7),
+    ("owner", "Owner", 20),
+    ("what", "Process", 20),
+    ("age", "Age", 4),
     ("verdict", "Verdict", 90),
 )
 

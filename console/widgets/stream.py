@@ -27,15 +27,15 @@ def pi_label(
     now: float,
     typical: dict[str, float],
     foreach: dict[str, str] | None = None,
+    name_w: int = 12,
 ) -> Text:
     """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first).
 
     An instance of a per-substream process (``foreach``) is named by its key (it sits under
-    its process's group node)."""
+    its process's group node). ``name_w``: the name column's width (the longest name
+    shown, so a narrow pane keeps room for the note)."""
     t = Text()
-    t.append(
-        f"{(pi.key if pi.process in (foreach or {}) and pi.key else pi.process):<12}", style="bold"
-    )
+    t.append(f"{pi_name(pi, foreach):<{name_w}}", style="bold")
     t.append(" ")
     t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
@@ -49,14 +49,20 @@ def pi_label(
             t.append(f" {bar(frac, 8)} {frac * 100:2.0f}%~", style="yellow")
         else:
             t.append(f" {bar(0.0, 8)}  ?%", style="yellow")
-    if pi.job_id:  # recorded for a batch job only: what its queue knows it by
-        t.append(f" {pi.launcher}:{pi.job_id}", style="dim")
-    elif pi.pid is not None:
-        t.append(f" {printable(pi.host or '?')}:{pi.pid}", style="dim")
     if pi.note:
-        # in full: the tree scrolls sideways, and the detail line under the downlinks shows it
+        # before where it ran, in full: a narrow pane still shows its start, the tree
+        # scrolls sideways, and the detail line under the downlinks shows it whole
         t.append_text(plain(f"  {pi.note}", "red" if pi.status in ("FAILED", "READY") else "dim"))
+    if pi.job_id:  # recorded for a batch job only: what its queue knows it by
+        t.append(f"  {pi.launcher}:{pi.job_id}", style="dim")
+    elif pi.pid is not None:
+        t.append(f"  {printable(pi.host or '?')}:{pi.pid}", style="dim")
     return t
+
+
+def pi_name(pi: ProcessInstance, foreach: dict[str, str] | None = None) -> str:
+    """What the tree calls an instance: its key under a group, else its process."""
+    return pi.key if pi.process in (foreach or {}) and pi.key else pi.process
 
 
 def group_label(name: str, items: list[ProcessInstance], noun: str = "key") -> Text:
@@ -84,6 +90,7 @@ class StreamTree(Tree[ProcessInstance | None]):
         self._pi_nodes: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
         self._notes: list[str] = []  # leaves explaining a downlink without a stream
+        self.name_w: dict[str, int] = {}  # name column per parent ("" top): the longest name
         self.show_root = True
         self.guide_depth = 3
 
@@ -157,6 +164,11 @@ class StreamTree(Tree[ProcessInstance | None]):
         if s.note:
             root.append_text(plain(f"  {s.note}", "dim"))
         self.root.set_label(root)
+        self.name_w = {}
+        for one in view.instances:  # per parent: a group's keys, or the top-level processes
+            at = one.process if one.process in self.foreach else ""
+            width = len(pi_name(one, self.foreach))
+            self.name_w[at] = min(12, max(self.name_w.get(at, 0), width))
         wanted: set[tuple[str, str]] = set()
         by_process: dict[str, list[ProcessInstance]] = {}
         for pi in view.instances:
@@ -177,7 +189,7 @@ class StreamTree(Tree[ProcessInstance | None]):
                 k = (pi.process, pi.key)
                 wanted.add(k)
                 node = self._pi_nodes.get(k)
-                label = pi_label(pi, now, self.typical, self.foreach)
+                label = pi_label(pi, now, self.typical, self.foreach, self._w(pi))
                 if node is None:
                     self._pi_nodes[k] = parent.add_leaf(label, data=pi)
                 else:
@@ -189,6 +201,9 @@ class StreamTree(Tree[ProcessInstance | None]):
             self._groups.pop(p).remove()
         self.root.expand()
 
+    def _w(self, pi: ProcessInstance) -> int:
+        return self.name_w.get(pi.process if pi.process in self.foreach else "", 12)
+
     def tick(self) -> None:
         """Advance running jobs' durations and bars (called each second)."""
         if self.view is None:
@@ -197,4 +212,4 @@ class StreamTree(Tree[ProcessInstance | None]):
         for node in self._pi_nodes.values():
             pi = node.data
             if pi is not None and pi.status == "RUNNING":
-                node.set_label(pi_label(pi, now, self.typical, self.foreach))
+                node.set_label(pi_label(pi, now, self.typical, self.foreach, self._w(pi)))

@@ -128,6 +128,15 @@ class VirtualTable(ScrollView, can_focus=True):
         self._set_cursor(row, scroll=True)
         self.refresh()
 
+    def widths(self) -> list[int]:
+        """Column widths: as declared, the last one takes what the widget has to spare
+        (a note or a reason, the longest text, gets the room a wide terminal gives)."""
+        ws = [w for _, _, w in self.COLUMNS]
+        spare = self.scrollable_content_region.width - self._width
+        if ws and spare > 0:
+            ws[-1] += spare
+        return ws
+
     def _resize(self, new: Size) -> None:
         """A new virtual size; a layout of the screen only when the scrollbar comes or goes
         (a layout costs more than the whole filter)."""
@@ -216,7 +225,7 @@ class VirtualTable(ScrollView, can_focus=True):
         if offset.y == 0:
             x = offset.x + int(self.scroll_x)
             pos = 0
-            for key, _, width in self.COLUMNS:
+            for (key, _, _), width in zip(self.COLUMNS, self.widths(), strict=True):
                 if pos <= x < pos + width + GAP:
                     self.post_message(self.HeaderClicked(self, key))
                     return
@@ -233,7 +242,7 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def _header(self) -> Text:
         line = Text(" ", style="bold")
-        for key, label, width in self.COLUMNS:
+        for (key, label, _), width in zip(self.COLUMNS, self.widths(), strict=True):
             if key == self.sort_column:
                 label = f"{label}{'▼' if self.sort_reverse else '▲'}"
             cell = Text(label, style="bold reverse" if key == self.sort_column else "bold")
@@ -246,7 +255,7 @@ class VirtualTable(ScrollView, can_focus=True):
         key = self.keys[row]
         mark = "●" if key in self.marked else " "
         line = Text(mark, style="bold magenta")
-        for cell, (_, _, width) in zip(self.row_cells(key), self.COLUMNS, strict=False):
+        for cell, width in zip(self.row_cells(key), self.widths(), strict=False):
             c = cell.copy()
             c.end = ""
             c.no_wrap = True

@@ -137,3 +137,26 @@ async def test_text_from_outside_is_shown_literally(tmp_path, size) -> None:
         label = tree.root.label
         assert "\\x1b[31m" in label.plain and "[bold red]" in label.plain
         assert EVIL_NOTE not in text
+
+
+async def test_reasons_readable_at_120_columns(tmp_path) -> None:
+    """The failed downlink's reason in full under the table; with the focus in the stream
+    tree, the selected instance's note; the tree shows the note's start, not nothing."""
+    app = app_on(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table, tree = app.q(DownlinksTable), app.q(StreamTree)
+        await settle(pilot, lambda: tree.dlid == "251125003" and tree.view is not None)
+        assert table.selected == "251125003"
+        await pilot.pause()
+        assert "251125003 failed FAILED: failed: makeEvt" in screen_text(app)
+        await pilot.press("enter")  # into the stream tree
+        assert app.focused is tree
+        while tree.selected is None or tree.selected.key != "00002":
+            await pilot.press("down")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "251125003 makeEvt 00002 FAILED e1 on node01:" in text
+        assert "exit 2: source" in text and "unreadable" in text  # wrapped, whole
+        # the tree line itself shows the note's start at 120 columns
+        line = next(x for x in text.splitlines() if "00002" in x and "FAILED" in x and "└" in x)
+        assert "exit 2" in line
