@@ -202,7 +202,8 @@ class SkydeckApp(App[None]):
     ) -> None:
         """Every toast is also kept in ``toasts`` (severity, text): the last ones are what an
         operator was told, and what tests check. Markup is off: paths and reasons are data."""
-        message, title = printable(message), printable(title)
+        message = "\n".join(printable(line) for line in message.split("\n"))
+        title = printable(title)
         self.toasts.append((str(severity), f"{title}: {message}" if title else message))
         del self.toasts[:-50]
         if timeout is None:  # kept apart: an error stays until read, information passes

@@ -64,6 +64,24 @@ class Planned(Message, bubble=False):
 
 
 @dataclass
+class BulkPlanned(Message, bubble=False):
+    """Rollbacks of the marked downlinks, checked in a worker: (dlid, plan) each."""
+
+    plans: list[tuple[str, RollbackPlan]]
+
+
+@dataclass
+class BulkDone(Message, bubble=False):
+    """A bulk action ended: one result line per downlink or lock; ``start``: the
+    downlinks whose runner starts now (on the UI thread)."""
+
+    title: str
+    lines: list[str]
+    failed: int
+    start: list[str]
+
+
+@dataclass
 class JobProgress(Message, bubble=False):
     job: str
     done: int

@@ -48,6 +48,8 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from console.format import printable
 from console.messages import (
     ActionDone,
+    BulkDone,
+    BulkPlanned,
     Compared,
     JobProgress,
     LogLines,
@@ -127,7 +129,7 @@ class MainScreen(Screen[None]):
             with Vertical(id="downlinks-box"):
                 yield FilterInput(placeholder=FILTER_HELP, id="filter")
                 yield DownlinksTable(clock=self.clock, id="downlinks")
-                yield Static("", id="detail", markup=False)  # the selected row, in full
+                yield Static("", id="row-detail", markup=False)  # the selected row, in full
             yield StreamTree(clock=self.clock, id="stream")
         with TabbedContent(id="tabs", initial="locks"):
             with TabPane("Locks [1]", id="locks"):
@@ -351,7 +353,7 @@ class MainScreen(Screen[None]):
     def _show_detail(self) -> None:
         """The selected row's note (the reason of a failure or a rejection) in full."""
         table = self.query_one(DownlinksTable)
-        detail = self.query_one("#detail", Static)
+        detail = self.query_one("#row-detail", Static)
         tree = self.query_one(StreamTree)
         pi = tree.selected if tree.has_focus else None
         if pi is not None:  # the stream tree has the focus: its instance, note in full
@@ -461,7 +463,47 @@ class MainScreen(Screen[None]):
             self.notify("select a downlink first", severity="warning")
         return dlid
 
+    def _marked(self) -> list[str]:
+        """The marked downlinks (space), in the order shown; hidden ones are unmarked."""
+        table = self.query_one(DownlinksTable)
+        return [k for k in table.keys if k in table.marked]
+
+    def _bulk_confirm(self, question: str, lines: list[str], go: Callable[[], object]) -> None:
+        """One confirmation listing every marked downlink and what will happen to it."""
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                go()
+
+        self.app.push_screen(ConfirmScreen(question, "", items=lines), done)
+
+    def on_bulk_done(self, msg: BulkDone) -> None:
+        if not self.live:
+            return
+        for dlid in msg.start:
+            msg.lines.append(self._start_runner(dlid, "runner", quiet=True))
+        self.query_one(DownlinksTable).clear_marks()
+        self.notify(
+            "\n".join(msg.lines),
+            title=msg.title,
+            severity="error" if msg.failed else "information",
+        )
+        self.wake.set()
+
     def action_run_stream(self) -> None:
+        if self._writable() and (marked := self._marked()):
+            lines, go = [], []
+            for one in marked:
+                skip = self._cannot_run(one)
+                lines.append(f"{one}: skipped: {skip}" if skip else f"{one}: start a runner")
+                if not skip:
+                    go.append(one)
+            self._bulk_confirm(
+                f"Run {len(go)} of {len(marked)} marked streams?",
+                lines,
+                lambda: self.post_message(BulkDone("run", [], 0, go)),
+            )
+            return
         if self._writable() and (dlid := self._dlid()):
             why = self._cannot_run(dlid)
             if why:
@@ -499,22 +541,74 @@ class MainScreen(Screen[None]):
             )
         return None
 
-    def _start_runner(self, dlid: str, why: str) -> None:
+    def _start_runner(self, dlid: str, why: str, quiet: bool = False) -> str:
+        """Start ``skydeck-engine run DLID``; returns the result line (and toasts it
+        unless ``quiet``: a bulk action gathers the lines into one toast)."""
         if dlid in self.runners and self.runners[dlid][0].poll() is None:
-            self.notify(f"a runner for {dlid} started here is still running", severity="warning")
-            return
-        try:
-            proc, log = api.start_runner(self.ws, dlid)
-        except (api.SkydeckError, OSError) as err:
-            self.notify(f"could not start a runner for {dlid}: {err}", severity="error")
-            return
-        self.runners[dlid] = (proc, log)
-        self.notify(f"{why}: runner pid {proc.pid} for {dlid}", title="run")
+            line, severity = f"{dlid}: a runner started here is still running", "warning"
+        else:
+            try:
+                proc, log = api.start_runner(self.ws, dlid)
+            except (api.SkydeckError, OSError) as err:
+                line, severity = f"{dlid}: could not start a runner: {err}", "error"
+            else:
+                self.runners[dlid] = (proc, log)
+                line, severity = f"{dlid}: {why}: runner pid {proc.pid}", "information"
+        if not quiet:
+            self.notify(line, title="run", severity=severity)
+        return line
 
     def action_rollback_stream(self) -> None:
+        if self._writable() and (marked := self._marked()):
+            self._plan_bulk(marked)
+            return
         if not self._writable() or not (dlid := self._dlid()):
             return
         self._plan(dlid, None, f"Roll back stream {dlid}?")
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _plan_bulk(self, dlids: list[str]) -> None:
+        plans = []
+        for dlid in dlids:
+            try:
+                plan = api.rollback_plan(self.ws, dlid, None)
+            except api.SkydeckError as err:
+                plan = api.RollbackPlan((), f"could not check it: {err.message}")
+            plans.append((dlid, plan))
+        self.post_message(BulkPlanned(plans))
+
+    def on_bulk_planned(self, msg: BulkPlanned) -> None:
+        if not self.live:
+            return
+        lines, go = [], []
+        for dlid, plan in msg.plans:
+            if plan.blocker:
+                lines.append(f"{dlid}: skipped: {plan.blocker}")
+            else:
+                lines.append(f"{dlid}: new executions of {', '.join(plan.retired)}")
+                go.append(dlid)
+        if not go:
+            self.notify("\n".join(lines), title="roll back: nothing to do", severity="warning")
+            return
+        self._bulk_confirm(
+            f"Roll back {len(go)} of {len(msg.plans)} marked streams, then run them?",
+            lines,
+            lambda: self._rollback_bulk(go),
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _rollback_bulk(self, dlids: list[str]) -> None:
+        lines, failed, start = [], 0, []
+        for dlid in dlids:
+            try:
+                res = api.rollback(self.ws, dlid, None)
+            except api.SkydeckError as err:
+                lines.append(f"{dlid}: not rolled back: {err.message}")
+                failed += 1
+                continue
+            lines.append(f"{dlid}: rolled back {', '.join(res.retired) or 'nothing'}")
+            start.append(dlid)
+        self.post_message(BulkDone("roll back", lines, failed, start))
 
     def action_rerun_process(self) -> None:
         if not self._writable():
@@ -587,6 +681,9 @@ class MainScreen(Screen[None]):
     def action_unlock(self) -> None:
         if not self._writable():
             return
+        if marked := self._marked():
+            self._unlock_marked(marked)
+            return
         info = self.query_one(LocksTable).selected
         if info is None:
             self.action_tab("locks")
@@ -607,6 +704,40 @@ class MainScreen(Screen[None]):
                 self._unlock(info.name, not info.stale)
 
         self.app.push_screen(ConfirmScreen(q, detail, danger=not info.stale), done)
+
+    def _unlock_marked(self, marked: list[str]) -> None:
+        """The locks of the marked downlinks (their streams'), with each one's verdict."""
+        infos = [i for i in self.query_one(LocksTable).infos.values() if i.stream in marked]
+        if not infos:
+            self.notify(f"no locks held for the {len(marked)} marked downlinks", severity="warning")
+            return
+        live = [i for i in infos if not i.stale]
+        lines = [
+            f"{i.name} ({i.stream}): {'STALE' if i.stale else 'NOT provably stale'}: {i.reason}"
+            for i in infos
+        ]
+        question = f"Remove {len(infos)} locks of marked downlinks?"
+        if live:
+            question += f" {len(live)} are NOT provably stale: check no instance still runs."
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._unlock_bulk([(i.name, not i.stale) for i in infos])
+
+        self.app.push_screen(ConfirmScreen(question, "", danger=bool(live), items=lines), done)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _unlock_bulk(self, names: list[tuple[str, bool]]) -> None:
+        lines, failed = [], 0
+        for name, force in names:
+            try:
+                info = api.unlock(self.ws, name, force=force)
+            except api.SkydeckError as err:
+                lines.append(f"{name}: not removed: {err.message}")
+                failed += 1
+            else:
+                lines.append(f"{name}: removed (owner {info.owner})")
+        self.post_message(BulkDone("unlock", lines, failed, []))
 
     @work(thread=True, group="action", exit_on_error=False)
     def _unlock(self, name: str, force: bool) -> None:

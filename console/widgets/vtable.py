@@ -218,6 +218,11 @@ class VirtualTable(ScrollView, can_focus=True):
         self._set_cursor(self.cursor_row + 1)
         self.refresh()
 
+    def clear_marks(self) -> None:
+        if self.marked:
+            self.marked.clear()
+            self.refresh()
+
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
         if offset is None:

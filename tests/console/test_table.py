@@ -129,7 +129,7 @@ async def test_text_from_outside_is_shown_literally(tmp_path, size) -> None:
         assert "[link=https://evil.example]" in cell.plain and "\\x1b[31m" in cell.plain
         assert not cell.spans or all(s.style == "dim" for s in cell.spans)
         assert "\x1b" not in cell.plain and "\x07" not in cell.plain
-        detail = str(app.q("#detail", Static).render())
+        detail = str(app.q("#row-detail", Static).render())
         assert "[link=https://evil.example]click[/link] [bold red]\\x1b[31mred" in detail
         assert "\\x07 done" in detail  # the whole note, to its end
         text = screen_text(app)
