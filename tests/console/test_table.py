@@ -160,3 +160,23 @@ async def test_reasons_readable_at_120_columns(tmp_path) -> None:
         # the tree line itself shows the note's start at 120 columns
         line = next(x for x in text.splitlines() if "00002" in x and "FAILED" in x and "└" in x)
         assert "exit 2" in line
+
+
+async def test_newest_first_follows_arrivals_until_the_operator_moves(tmp_path) -> None:
+    app = app_on(tmp_path)
+    ws = app.ws
+    async with app.run_test(size=(160, 48)) as pilot:
+        table, tree = app.q(DownlinksTable), app.q(StreamTree)
+        await settle(pilot, lambda: table.selected == "251125003")
+        fill_evil(ws, "251126004")  # a new downlink arrives: the cursor follows it
+        await settle(pilot, lambda: table.keys[:1] == ["251126004"])
+        assert table.selected == "251126004"
+        await settle(pilot, lambda: tree.dlid == "251126004")
+        await pilot.press("down")  # the operator moved: arrivals no longer take the cursor
+        assert table.selected == "251125003"
+        fill_evil(ws, "251127005")
+        await settle(pilot, lambda: table.keys[:1] == ["251127005"])
+        assert table.selected == "251125003" and table.cursor_row == 2
+        await pilot.press("home")  # back on top: following again
+        fill_evil(ws, "251128006")
+        await settle(pilot, lambda: table.selected == "251128006")
