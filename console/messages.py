@@ -89,6 +89,7 @@ class JobProgress(Message, bubble=False):
     what: str
     exit: int | None = None
     log: str = ""
+    elapsed: float = 0.0  # seconds, when it ended
 
 
 @dataclass

@@ -87,6 +87,66 @@ class FilterInput(Input):
 FILTER_HELP = "filter: state:failed dlid:2612* note:md5 text; ! inverts a term; esc clears"
 
 
+def check_build(values: dict[str, str]) -> tuple[str | None, str | None]:
+    """The build form before launching: (an error, or a question about overwriting)."""
+    inputs = values["inputs"].split()
+    if not inputs:
+        return "name at least one input file or directory", None
+    missing = [i for i in inputs if not Path(i).exists()]
+    if missing:
+        return f"no such input: {', '.join(missing)}", None
+    out = Path(values["output"].strip() or ".")
+    if not values["output"].strip() or out.is_dir():
+        return "the output must be a file name (an HDF5 file)", None
+    if any(Path(i).resolve() == out.resolve() for i in inputs):
+        return f"the output {out} is one of the inputs", None
+    if out.exists():
+        return None, f"{out} exists ({human_size(out)}). Overwrite it?"
+    return None, None
+
+
+def check_propagate(events: Path, values: dict[str, str]) -> tuple[str | None, str | None]:
+    """The propagate form before launching: the scene exists, photons are a positive
+    number, the event name is one path component; an existing event is asked about."""
+    scene = Path(values["scene"].strip())
+    if not scene.is_file():
+        return f"no such scene file: {scene}", None
+    try:
+        photons = int(values["photons"].replace("_", "").replace(",", ""))
+    except ValueError:
+        return f"photons must be a whole number, not {values['photons']!r}", None
+    if photons <= 0:
+        return "photons must be more than 0", None
+    tag = values["tag"].strip()
+    if not tag or "/" in tag or tag in (".", ".."):
+        return "the event name must be one name (no /)", None
+    out = events / scene.stem / tag
+    if out.exists():
+        return None, f"the event {out} exists ({human_size(out)}). Overwrite it?"
+    return None, None
+
+
+def human_size(path: Path) -> str:
+    """A file's size, or the total of a directory's files."""
+    try:
+        if path.is_dir():
+            total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        else:
+            total = path.stat().st_size
+    except OSError:
+        return "size unknown"
+    return api.human_bytes(total)
+
+
+def job_result(job: str, done: int, unit: str, elapsed: float, output: str) -> str:
+    """What a finished job made: how many, how fast, where, how big."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return (
+        f"{job}: {done:,} {unit} in {elapsed:.1f} s ({rate:,.0f} {unit}/s); "
+        f"output {output} ({human_size(Path(output))})"
+    )
+
+
 class MainScreen(Screen[None]):
     """The operator's view of one workspace; its actions are bound as ``screen.<action>``."""
 
@@ -120,6 +180,7 @@ class MainScreen(Screen[None]):
         self.last_refresh_s = 0.0
         self.state_down: StateReach | None = None  # the state database is unreachable
         self.rows_timing = (0.0, 0.0)
+        self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -851,7 +912,7 @@ class MainScreen(Screen[None]):
                 args = ["build", *inputs, "-o", output]
                 if values["select"].strip():
                     args += ["--select", values["select"].strip()]
-                self._launch(f"build {Path(output).name}", args)
+                self._launch(f"build {Path(output).name}", args, output, "events")
 
         self.app.push_screen(
             FormScreen(
@@ -861,6 +922,7 @@ class MainScreen(Screen[None]):
                     ("output", "output HDF5 file", out),
                     ("select", "selection (optional, e.g. color == 'red')", ""),
                 ],
+                check_build,
             ),
             done,
         )
@@ -878,6 +940,8 @@ class MainScreen(Screen[None]):
                 self._launch(
                     f"propagate {scene_p.stem}",
                     ["propagate", str(scene_p), "-o", str(out), "--photons", values["photons"]],
+                    str(out),
+                    "photons",
                 )
 
         self.app.push_screen(
@@ -888,13 +952,19 @@ class MainScreen(Screen[None]):
                     ("photons", "photons", "200000"),
                     ("tag", "event name (events/<scene>/<name>)", tag),
                 ],
+                lambda values: check_propagate(self.ws.events, values),
             ),
             done,
         )
 
-    def _launch(self, name: str, args: list[str]) -> None:
-        job = api.start_job(self.ws, name, args)
+    def _launch(self, name: str, args: list[str], output: str, unit: str) -> None:
+        try:
+            job = api.start_job(self.ws, name, args)
+        except (api.SkydeckError, OSError) as err:
+            self.notify(f"{name} did not start: {err}", title="job", severity="error")
+            return
         self.jobs[job.title] = job
+        self.job_outputs[job.title] = (output, unit, time.monotonic())
         box = self.query_one("#jobs", Vertical)
         row = Horizontal(
             Label(job.title, classes="job-name"),
@@ -929,8 +999,13 @@ class MainScreen(Screen[None]):
                 row.remove()
         if msg.exit is not None:
             del self.jobs[msg.job]
+            output, unit, t0 = self.job_outputs.pop(msg.job, ("", "", time.monotonic()))
             if msg.exit == 0:
-                self.notify(f"{msg.job} done", title="job")
+                self.notify(
+                    job_result(msg.job, msg.done, unit, time.monotonic() - t0, output),
+                    title="job done",
+                    timeout=30,
+                )
             else:
                 self.notify(
                     f"{msg.job} failed (exit {msg.exit}): "

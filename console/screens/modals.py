@@ -4,7 +4,7 @@ and a log picker (the daemon's and console jobs' logs are not any instance's log
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -147,20 +147,31 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
 
 
 class FormScreen(ModalScreen[dict[str, str] | None]):
-    """A few labelled inputs, returned by key; enter on the last submits, escape cancels."""
+    """A few labelled inputs, returned by key. Enter in any field launches; escape cancels.
+
+    Prefilled values stay until edited (the cursor goes to their end, nothing is selected,
+    so typing adds to them instead of replacing them). ``check`` runs before launching: it
+    returns an error (shown, the form stays) or a question (an output that would be
+    overwritten: asked first), or neither."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="form.cancel")]
 
-    def __init__(self, title: str, fields: list[tuple[str, str, str]]) -> None:
+    def __init__(
+        self,
+        title: str,
+        fields: list[tuple[str, str, str]],
+        check: Callable[[dict[str, str]], tuple[str | None, str | None]] | None = None,
+    ) -> None:
         super().__init__()
-        self.title_text, self.fields = title, fields
+        self.title_text, self.fields, self.check = title, fields, check
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.title_text, id="question")
+            yield Label(self.title_text, id="question", markup=False)
             for key, label, value in self.fields:
-                yield Label(label)
-                yield Input(value=value, id=f"f-{key}")
+                yield Label(label, markup=False)
+                yield Input(value=value, id=f"f-{key}", select_on_focus=False)
+            yield Static("", id="form-error", markup=False)
             with Horizontal(id="buttons"):
                 yield Button("Launch (enter)", variant="primary", id="ok")
                 yield Button("Cancel (esc)", id="cancel")
@@ -168,16 +179,32 @@ class FormScreen(ModalScreen[dict[str, str] | None]):
     def _values(self) -> dict[str, str]:
         return {k: self.query_one(f"#f-{k}", Input).value for k, _, _ in self.fields}
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        inputs = list(self.query(Input))
-        i = inputs.index(event.input)
-        if i + 1 < len(inputs):
-            inputs[i + 1].focus()
-        else:
-            self.dismiss(self._values())
+    def _launch(self) -> None:
+        values = self._values()
+        error, question = self.check(values) if self.check else (None, None)
+        box = self.query_one("#form-error", Static)
+        box.update(printable(error or ""))
+        box.set_class(bool(error), "show")
+        if error:
+            return
+        if question:
+
+            def done(yes: bool | None) -> None:
+                if yes:
+                    self.dismiss(values)
+
+            self.app.push_screen(ConfirmScreen(question, danger=True), done)
+            return
+        self.dismiss(values)
+
+    def on_input_submitted(self) -> None:
+        self._launch()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(self._values() if event.button.id == "ok" else None)
+        if event.button.id == "ok":
+            self._launch()
+        else:
+            self.dismiss(None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -297,7 +297,7 @@ async def test_launch_propagation_with_progress(ws):
         assert isinstance(app.screen, FormScreen)
         app.screen.query_one("#f-photons").value = "30000"
         app.screen.query_one("#f-tag").value = "from-console"
-        await pilot.press("enter", "enter", "enter")  # through the fields; the last submits
+        await pilot.press("enter")  # enter in any field launches
         panel = app.q(HitsPanel)
         await settle(
             pilot,
@@ -309,6 +309,8 @@ async def test_launch_propagation_with_progress(ws):
         assert any(m.total == 30000 and m.done == 30000 for m in seen)  # progress reached it
         path = next(iter(panel.summaries))
         assert Path(path).name == "from-console" and panel.summaries[path].photons == 30000
+        sev, text = next(t for t in app.toasts if t[1].startswith("job done"))
+        assert "30,000 photons in" in text and "photons/s); output " in text
 
 
 async def test_read_only_disables_every_action(ws):
@@ -356,10 +358,12 @@ async def test_launch_build_on_files_with_progress(ws):
         form = app.screen
         assert form.query_one("#f-inputs").value.endswith("incoming/level0/251125001")
         form.query_one("#f-select").value = 'color == "red"'
-        await pilot.press("enter", "enter", "enter")
+        await pilot.press("enter")  # enter in any field launches
         await settle(pilot, lambda: any(m.exit is not None for m in seen) and not app.jobs)
         assert [m.exit for m in seen if m.exit is not None] == [0]
         assert (ws.root / "builds" / "251125001.h5").is_file()
         done = [m for m in seen if m.total]
         assert done and done[-1].done == done[-1].total > 0  # progress reached the total
         assert not app.query(".job")  # the bar went away
+        sev, text = next(t for t in app.toasts if t[1].startswith("job done"))
+        assert "events in" in text and str(ws.root / "builds" / "251125001.h5") in text
