@@ -20,6 +20,7 @@ call, one message (console.messages) back to the UI thread:
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import threading
 import time
@@ -200,6 +201,10 @@ class MainScreen(Screen[None]):
             with TabPane("Hits [3]", id="hits"):
                 yield HitsPanel(id="hits-panel")
             with TabPane("Log [4]", id="log"):
+                yield Input(
+                    placeholder="search the log (regex); enter: next match, n/N next/previous",
+                    id="log-search",
+                )
                 yield LogPanel(id="log-panel")
         yield Vertical(id="jobs")
         yield Footer()
@@ -459,7 +464,13 @@ class MainScreen(Screen[None]):
         event.input.set_class(bool(event.value), "active")
 
     def action_clear_filter(self) -> None:
-        """Esc from anywhere on the main screen: no filter, the downlinks focused."""
+        """Esc from anywhere on the main screen: no filter, the downlinks focused (in the
+        log's search: no search, the log focused)."""
+        search = self.query_one("#log-search", Input)
+        if self.focused is search or (search.value and self.focused is self.query_one(LogPanel)):
+            search.value = ""
+            self.query_one(LogPanel).focus()
+            return
         self.query_one(FilterInput).action_clear_filter()
 
     def action_state_filter(self, state: str) -> None:
@@ -469,6 +480,24 @@ class MainScreen(Screen[None]):
         if state:
             words.insert(0, f"state:{state}")
         box.value = " ".join(words)
+
+    @on(Input.Changed, "#log-search")
+    def _log_search_changed(self, event: Input.Changed) -> None:
+        try:
+            self.query_one(LogPanel).set_search(event.value)
+        except re.error as err:
+            event.input.border_title = printable(f"bad regex: {err}")
+            event.input.set_class(True, "error")
+        else:
+            event.input.border_title = ""
+            event.input.set_class(False, "error")
+        event.input.set_class(bool(event.value), "active")
+
+    @on(Input.Submitted, "#log-search")
+    def _log_search_submitted(self) -> None:
+        panel = self.query_one(LogPanel)
+        panel.focus()
+        panel.action_next_match(1)
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self) -> None:
@@ -883,8 +912,8 @@ class MainScreen(Screen[None]):
                 text = partial_line + data.decode("utf-8", "replace")
                 lines = text.split("\n")
                 partial_line = lines.pop()
-                if lines:
-                    self.post_message(LogLines(path, lines))
+                if lines:  # JSON event lines as a person reads them
+                    self.post_message(LogLines(path, api.human_log_lines(lines)))
             else:
                 time.sleep(self.poll_s)
 

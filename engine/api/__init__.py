@@ -50,6 +50,7 @@ for _module, _names in {
         "compare_events",
         "LogFile",
         "log_files",
+        "human_log_lines",
         "last_line",
     ),
     "engine.api.actions": (
@@ -141,6 +142,7 @@ __all__ = [  # the same names as _EXPORTS (a literal, for linters and type check
     'lock_status',
     'locks',
     'log_files',
+    'human_log_lines',
     'pending',
     'prune_preview',
     'reason_first',
@@ -198,6 +200,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         compare_events,
         downlink_listing,
         downlinks,
+        human_log_lines,
         last_line,
         list_events,
         lock_status,

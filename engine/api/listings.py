@@ -212,3 +212,11 @@ def last_line(path: str | Path, limit: int = 200) -> str:
         return ""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     return lines[-1][:limit] if lines else ""
+
+
+def human_log_lines(lines: list[str]) -> list[str]:
+    """Log lines as a person reads them: JSON event lines (``logs/daemon.log``) in the
+    human format with the local time, level, event and fields; other lines as they are."""
+    from engine.core.log import human_from_json
+
+    return [human_from_json(line) or line for line in lines]
