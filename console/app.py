@@ -147,6 +147,7 @@ class SkydeckApp(App[None]):
         Binding("S", "screen.reverse", "Reverse", id="reverse", show=False),
         Binding("B", "screen.launch_build", "Build", id="launch_build", show=False),
         Binding("P", "screen.launch_propagate", "Propagate", id="launch_propagate", show=False),
+        Binding("t", "screen.timeline", "Timeline", id="timeline", show=False),
         Binding("a", "screen.mark_a", "Mark A", id="mark_a", show=False),
         Binding("v", "screen.compare", "A/B", id="compare", show=False),
     ]
@@ -162,6 +163,8 @@ class SkydeckApp(App[None]):
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
         "launch_build": "Build events from files (skydeck-engine build), with progress",
         "launch_propagate": "Propagate photons through a scene, with progress",
+        "timeline": "The selected downlink's stream on a time axis: every execution of every "
+        "process, waiting and running, per host",
         "mark_a": "Mark the selected propagation event as A for an A/B comparison",
         "compare": "Compare event A with the selected event (chi2 per flag category)",
         "filter": "Filter the downlinks (regex; a leading ! inverts)",

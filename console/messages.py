@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from engine.api import Comparison, PrunePlan, RollbackPlan, Snapshot, UsageReport
+    from engine.api import (
+        Comparison,
+        PrunePlan,
+        RollbackPlan,
+        Snapshot,
+        StreamView,
+        UsageReport,
+    )
 
 
 @dataclass
@@ -79,6 +86,16 @@ class BulkDone(Message, bubble=False):
     lines: list[str]
     failed: int
     start: list[str]
+
+
+@dataclass
+class HistoryRead(Message, bubble=False):
+    """Every execution of a stream's instances (``engine.api.stream_history``); ``show``:
+    open the timeline with it (else: the stream tree's history labels)."""
+
+    dlid: str
+    view: StreamView | None
+    show: bool = False
 
 
 @dataclass

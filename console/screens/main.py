@@ -46,12 +46,13 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from console.format import printable
+from console.format import duration, printable
 from console.messages import (
     ActionDone,
     BulkDone,
     BulkPlanned,
     Compared,
+    HistoryRead,
     JobProgress,
     LogLines,
     Planned,
@@ -60,12 +61,13 @@ from console.messages import (
     StateReach,
 )
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
+from console.screens.timeline import TimelineScreen
 from console.widgets.downlinks import STATES, DownlinksTable, FilterError
 from console.widgets.hits import HitsPanel
 from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel, pressure
-from console.widgets.stream import StreamTree
+from console.widgets.stream import StreamTree, when
 from console.widgets.vtable import VirtualTable
 from engine import api
 
@@ -344,6 +346,8 @@ class MainScreen(Screen[None]):
                     self._without_stream(snap.dlid),
                     snap.groups,
                 )
+                if snap.dlid is not None and snap.stream is not None:
+                    self._read_history(snap.dlid)
             if snap.locks is not None:
                 self.query_one(LocksTable).apply(snap.locks)
             if snap.events is not None:
@@ -352,6 +356,29 @@ class MainScreen(Screen[None]):
         self.last_refresh_s = snap.read_s + time.perf_counter() - t0
         if snap.rows is not None:  # the downlinks part: (read in the worker, apply here)
             self.rows_timing = (snap.read_s, time.perf_counter() - t0)
+
+    @work(thread=True, group="history", exclusive=True, exit_on_error=False)
+    def _read_history(self, dlid: str, show: bool = False) -> None:
+        self.post_message(HistoryRead(dlid, api.stream_history(self.ws, dlid), show))
+
+    def on_history_read(self, msg: HistoryRead) -> None:
+        if not self.live:
+            return
+        tree = self.query_one(StreamTree)
+        if msg.view is not None and tree.dlid == msg.dlid:
+            tree.set_history(msg.view.instances)
+            self._show_detail()
+        if not msg.show:
+            return
+        if msg.view is None or not msg.view.instances:
+            self.notify(f"{msg.dlid} has no stream to draw yet", severity="warning")
+            return
+        self.app.push_screen(TimelineScreen(msg.view, int(self.app.size.width * 0.95) - 4))
+
+    def action_timeline(self) -> None:
+        """The selected downlink's stream as spans per host (queued and run times)."""
+        if dlid := self._dlid():
+            self._read_history(dlid, show=True)
 
     @work(thread=True, group="stage", exclusive=True, exit_on_error=False)
     def _scan_stage(self) -> None:
@@ -426,6 +453,10 @@ class MainScreen(Screen[None]):
             where = f" on {pi.host}:{pi.pid}" if pi.pid is not None else ""
             text = f"{tree.dlid} {pi.process}{' ' + pi.key if pi.key else ''} {pi.status}"
             text += f" e{pi.execution}{where}" + (f": {pi.note}" if pi.note else "")
+            for p in tree._earlier(pi):
+                took = duration(p.ended - p.started) if p.started and p.ended else "-"
+                text += f"; before: e{p.execution} {p.status} {when(p.started or p.created)}"
+                text += f" ({took})" + (f" {p.note}" if p.note else "")
             detail.update(printable(text), layout=False)
             return
         row = table.model.get(table.selected) if table.selected else None

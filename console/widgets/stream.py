@@ -28,6 +28,7 @@ def pi_label(
     typical: dict[str, float],
     foreach: dict[str, str] | None = None,
     name_w: int = 12,
+    earlier: list[ProcessInstance] | None = None,
 ) -> Text:
     """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first).
 
@@ -40,6 +41,8 @@ def pi_label(
     t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
     t.append(f" r{pi.auto_retry}/{pi.max_retries}", style="dim")
+    if earlier:  # what ran before this execution (a rollback, a retry, a resume)
+        t.append(f" {history_text(earlier)}", style="magenta")
     end = pi.ended if pi.ended is not None else (now if pi.status == "RUNNING" else None)
     t.append(f" {duration(end - pi.started) if pi.started and end else '-':>6}")
     if pi.status == "RUNNING" and pi.started:
@@ -58,6 +61,20 @@ def pi_label(
     elif pi.pid is not None:
         t.append(f"  {printable(pi.host or '?')}:{pi.pid}", style="dim")
     return t
+
+
+def when(t: float | None) -> str:
+    """A compact local date and time: 12-05 10:31."""
+    return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
+
+
+def history_text(earlier: list[ProcessInstance]) -> str:
+    """Earlier executions, newest first: ``(e1 FAILED 12-05 10:31)``; three at most."""
+    if not earlier:
+        return ""
+    shown = [f"e{p.execution} {p.status} {when(p.started or p.created)}" for p in earlier[:3]]
+    more = f", +{len(earlier) - 3} more" if len(earlier) > 3 else ""
+    return f"({', '.join(shown)}{more})"
 
 
 def pi_name(pi: ProcessInstance, foreach: dict[str, str] | None = None) -> str:
@@ -91,6 +108,9 @@ class StreamTree(Tree[ProcessInstance | None]):
         self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
         self._notes: list[str] = []  # leaves explaining a downlink without a stream
         self.name_w: dict[str, int] = {}  # name column per parent ("" top): the longest name
+        # earlier executions per (process, key), newest first (engine.api.stream_history)
+        self.history: dict[tuple[str, str], list[ProcessInstance]] = {}
+        self._retired: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self.show_root = True
         self.guide_depth = 3
 
@@ -189,7 +209,9 @@ class StreamTree(Tree[ProcessInstance | None]):
                 k = (pi.process, pi.key)
                 wanted.add(k)
                 node = self._pi_nodes.get(k)
-                label = pi_label(pi, now, self.typical, self.foreach, self._w(pi))
+                label = pi_label(
+                    pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi)
+                )
                 if node is None:
                     self._pi_nodes[k] = parent.add_leaf(label, data=pi)
                 else:
@@ -200,6 +222,49 @@ class StreamTree(Tree[ProcessInstance | None]):
         for p in [p for p in self._groups if p not in by_process]:
             self._groups.pop(p).remove()
         self.root.expand()
+
+    def clear(self) -> StreamTree:  # type: ignore[override]
+        """Every node goes: so do the rolled-back leaves and the history they came from."""
+        super().clear()
+        self._retired.clear()
+        self.history = {}
+        return self
+
+    def _earlier(self, pi: ProcessInstance) -> list[ProcessInstance]:
+        return [p for p in self.history.get((pi.process, pi.key), []) if p.execution < pi.execution]
+
+    def set_history(self, instances: list[ProcessInstance]) -> None:
+        """Every execution of the shown stream's instances: the earlier ones are named in
+        their instance's label."""
+        history: dict[tuple[str, str], list[ProcessInstance]] = {}
+        for p in sorted(instances, key=lambda p: -p.execution):
+            if not p.is_latest:
+                history.setdefault((p.process, p.key), []).append(p)
+        if history == self.history and not any(k in self._pi_nodes for k in self._retired):
+            return
+        self.history = history
+        now = self.clock()
+        # rolled back and not run again yet: no latest instance, the earlier ones still shown
+        for k in [k for k in self._retired if k not in history or k in self._pi_nodes]:
+            self._retired.pop(k).remove()
+        for k, earlier in history.items():
+            if k in self._pi_nodes:
+                continue
+            last = earlier[0]
+            label = pi_label(last, now, self.typical, self.foreach, self._w(last), earlier[1:])
+            label.append(" rolled back: runs again as a new execution", style="magenta")
+            node = self._retired.get(k)
+            if node is None:
+                parent = self._groups.get(last.process, self.root)
+                self._retired[k] = parent.add_leaf(label, data=last)
+            else:
+                node.set_label(label)
+        for node in self._pi_nodes.values():
+            pi = node.data
+            if pi is not None:
+                node.set_label(
+                    pi_label(pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi))
+                )
 
     def _w(self, pi: ProcessInstance) -> int:
         return self.name_w.get(pi.process if pi.process in self.foreach else "", 12)
@@ -212,4 +277,6 @@ class StreamTree(Tree[ProcessInstance | None]):
         for node in self._pi_nodes.values():
             pi = node.data
             if pi is not None and pi.status == "RUNNING":
-                node.set_label(pi_label(pi, now, self.typical, self.foreach, self._w(pi)))
+                node.set_label(
+                    pi_label(pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi))
+                )

@@ -80,6 +80,14 @@ def stream_views(
         return out
 
 
+def stream_history(ws: Workspace, dlid: str) -> StreamView | None:
+    """The latest stream of ``dlid`` with every execution of its process instances (the
+    earlier ones too: what failed before a rollback or a retry, where and when)."""
+    with StateDB(ws.state) as db:
+        s = db.latest_stream(dlid)
+        return None if s is None else StreamView(s, db.instances(s.id, latest_only=False))
+
+
 @dataclass
 class DownlinkListing:
     """`skydeck-engine downlinks`: registered downlinks with their latest stream, and the
