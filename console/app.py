@@ -150,6 +150,20 @@ class SkydeckApp(App[None]):
         Binding("t", "screen.timeline", "Timeline", id="timeline", show=False),
         Binding("a", "screen.mark_a", "Mark A", id="mark_a", show=False),
         Binding("v", "screen.compare", "A/B", id="compare", show=False),
+        Binding(
+            "right_square_bracket",
+            "screen.events_page(1)",
+            "Older events",
+            id="events_older",
+            show=False,
+        ),
+        Binding(
+            "left_square_bracket",
+            "screen.events_page(-1)",
+            "Newer events",
+            id="events_newer",
+            show=False,
+        ),
     ]
     COMMAND_HELP: ClassVar = {
         "run_stream": "Run the selected downlink's stream (skydeck-engine run; claims it)",
@@ -165,7 +179,9 @@ class SkydeckApp(App[None]):
         "launch_propagate": "Propagate photons through a scene, with progress",
         "timeline": "The selected downlink's stream on a time axis: every execution of every "
         "process, waiting and running, per host",
-        "mark_a": "Mark the selected propagation event as A for an A/B comparison",
+        "mark_a": "Mark the selected propagation event as A for an A/B comparison (on A: "
+        "unmark the pair)",
+        "events_page": "Page through the propagation events in the Hits tab (] older, [ newer)",
         "compare": "Compare event A with the selected event (chi2 per flag category)",
         "filter": "Filter the downlinks (regex; a leading ! inverts)",
         "sort": "Sort the downlinks by the next column",

@@ -17,6 +17,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from engine.api import (
         Comparison,
+        HitSummary,
         PrunePlan,
         RollbackPlan,
         Snapshot,
@@ -96,6 +97,15 @@ class HistoryRead(Message, bubble=False):
     dlid: str
     view: StreamView | None
     show: bool = False
+
+
+@dataclass
+class EventsPage(Message, bubble=False):
+    """A page of propagation events beyond the newest (``page`` * the page size on)."""
+
+    page: int
+    total: int
+    summaries: dict[str, HitSummary | str]
 
 
 @dataclass

@@ -52,6 +52,7 @@ from console.messages import (
     BulkDone,
     BulkPlanned,
     Compared,
+    EventsPage,
     HistoryRead,
     JobProgress,
     LogLines,
@@ -63,7 +64,7 @@ from console.messages import (
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
 from console.screens.timeline import TimelineScreen
 from console.widgets.downlinks import STATES, DownlinksTable, FilterError
-from console.widgets.hits import HitsPanel
+from console.widgets.hits import PAGE, HitsPanel
 from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel, pressure
@@ -184,6 +185,7 @@ class MainScreen(Screen[None]):
         self.state_down: StateReach | None = None  # the state database is unreachable
         self.rows_timing = (0.0, 0.0)
         self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
+        self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -351,7 +353,9 @@ class MainScreen(Screen[None]):
             if snap.locks is not None:
                 self.query_one(LocksTable).apply(snap.locks)
             if snap.events is not None:
-                self.query_one(HitsPanel).apply(snap.events)
+                self.latest_events = snap.events
+                if self.query_one(HitsPanel).page == 0:  # the newest page follows them
+                    self.query_one(HitsPanel).apply(snap.events)
         self.refreshes += 1
         self.last_refresh_s = snap.read_s + time.perf_counter() - t0
         if snap.rows is not None:  # the downlinks part: (read in the worker, apply here)
@@ -1079,12 +1083,52 @@ class MainScreen(Screen[None]):
     # -------------------------------------------------------------------- hits
 
     def action_mark_a(self) -> None:
-        path = self.query_one(HitsPanel).selected
+        """Mark the selected event as A (it stays marked); on A itself: unmark the pair."""
+        panel = self.query_one(HitsPanel)
+        path = panel.selected
         if path is None:
             self.notify("select a propagation event in the Hits tab", severity="warning")
             return
-        self.query_one(HitsPanel).mark_a = path
+        if path == panel.mark_a:
+            panel.unmark()
+            self.notify("A/B pair unmarked", timeout=3)
+            return
+        panel.unmark()
+        panel.mark_a = path
+        panel.remark()
         self.notify(f"A = {path}; select another event and press v", timeout=3)
+
+    def action_events_page(self, step: int) -> None:
+        """Older (1) or newer (-1) propagation events, a page at a time."""
+        panel = self.query_one(HitsPanel)
+        page = max(0, panel.page + step)
+        self.action_tab("hits")
+        if page == 0:
+            panel.page = 0
+            panel.apply(self.latest_events)
+            return
+        self._read_events_page(page)
+
+    @work(thread=True, group="hits-page", exclusive=True, exit_on_error=False)
+    def _read_events_page(self, page: int) -> None:
+        events = api.list_events(self.ws, 1 << 20)
+        out: dict[str, Any] = {}
+        for e in events[page * PAGE : (page + 1) * PAGE]:
+            try:
+                out[e.path] = api.summarize_event(e.path)
+            except api.SkydeckError as err:
+                out[e.path] = err.message
+        self.post_message(EventsPage(page, len(events), out))
+
+    def on_events_page(self, msg: EventsPage) -> None:
+        if not self.live:
+            return
+        panel = self.query_one(HitsPanel)
+        if not msg.summaries:
+            self.notify(f"no older events: {msg.total} in all", severity="warning", timeout=3)
+            return
+        panel.page, panel.total = msg.page, msg.total
+        panel.apply(msg.summaries)
 
     def action_compare(self) -> None:
         panel = self.query_one(HitsPanel)
