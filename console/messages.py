@@ -109,6 +109,14 @@ class EventsPage(Message, bubble=False):
 
 
 @dataclass
+class HealthRead(Message, bubble=False):
+    """The workspace's health checks (``engine.api.health.health``): what failed shows in
+    the banner under the header (a daemon gone, halts, launching paused, stuck streams)."""
+
+    failed: list[tuple[str, str]]  # (check name, the line an operator reads)
+
+
+@dataclass
 class JobProgress(Message, bubble=False):
     job: str
     done: int

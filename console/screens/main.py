@@ -53,6 +53,7 @@ from console.messages import (
     BulkPlanned,
     Compared,
     EventsPage,
+    HealthRead,
     HistoryRead,
     JobProgress,
     LogLines,
@@ -75,6 +76,8 @@ from engine import api
 if TYPE_CHECKING:
     from engine.api import Job, Workspace
 
+HEALTH_S = 5.0  # the global health banner is read this often
+NO_DAEMON = "no daemon running here (skydeck-engine watch): new deliveries wait for r"
 STAGE_MIN_S = 1.0  # usage rescanned within a second of a change that moves bytes
 LOG_TAIL_BYTES = 1 << 20
 DEFAULT_SCENE = "tboolean-box-detect"  # the propagate form's default scene
@@ -190,6 +193,7 @@ class MainScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         yield Static("", id="state-alert", markup=False)  # the error is data
+        yield Static("", id="health", markup=False)  # daemon, halts, pause, stuck streams
         yield Static("", id="alert")
         with Horizontal(id="top"):
             with Vertical(id="downlinks-box"):
@@ -220,6 +224,8 @@ class MainScreen(Screen[None]):
         self._scan_stage()
         self.set_interval(STAGE_MIN_S, self._maybe_scan)
         self.set_interval(1.0, self._tick)
+        self.set_interval(HEALTH_S, self._check_health)
+        self.call_later(self._check_health)
 
     def notify(
         self,
@@ -360,6 +366,32 @@ class MainScreen(Screen[None]):
         self.last_refresh_s = snap.read_s + time.perf_counter() - t0
         if snap.rows is not None:  # the downlinks part: (read in the worker, apply here)
             self.rows_timing = (snap.read_s, time.perf_counter() - t0)
+
+    @work(thread=True, group="health", exclusive=True, exit_on_error=False)
+    def _check_health(self) -> None:
+        """The same checks as `skydeck-engine health`; the failed ones make the banner."""
+        from engine.api.health import health
+
+        checks = health(self.ws, now=self.clock())
+        self.post_message(HealthRead([(c.name, c.detail) for c in checks if not c.ok]))
+
+    def on_health_read(self, msg: HealthRead) -> None:
+        if not self.live:
+            return
+        banner = self.query_one("#health", Static)
+        failed = [(n, d) for n, d in msg.failed if n != "state" or self.state_down is None]
+        stuck = [d for n, d in failed if n.startswith("stuck:")]
+        parts = [
+            NO_DAEMON if n == "daemon" and d.startswith("no daemon heartbeat") else d
+            for n, d in failed
+            if not n.startswith("stuck:")
+        ]
+        if stuck:
+            parts.append(f"{len(stuck)} stuck stream(s): {stuck[0]}")
+        banner.update(printable(" | ".join(parts)))
+        banner.set_class(bool(parts), "show")
+        severe = any(n in ("state", "disk") or n.startswith("stuck:") for n, _ in failed)
+        banner.set_class(severe, "severe")
 
     @work(thread=True, group="history", exclusive=True, exit_on_error=False)
     def _read_history(self, dlid: str, show: bool = False) -> None:

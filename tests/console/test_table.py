@@ -108,6 +108,9 @@ async def test_sort_from_the_header_shows_the_indicator(tmp_path, size) -> None:
         table = app.q(DownlinksTable)
         await settle(pilot, lambda: len(table.shown) == 3)
         assert "Downlink▼" in screen_text(app)
+        # the layout settles first (the health banner comes with the first check)
+        await settle(pilot, lambda: app.q("#health").has_class("show"), timeout=20)
+        await pilot.pause()
         # the State header: border 1 + mark 1 + Downlink 10+1 + Date 10+1 -> column 24
         await pilot.click("#downlinks", offset=(26, 1))
         await settle(pilot, lambda: table.sort_column == "state")
