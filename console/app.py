@@ -53,13 +53,19 @@ WRITE_ACTIONS = frozenset(
 PANELS = [
     (
         "Downlinks",
-        "id, date (YYMMDD), state, stream status, chunks done/total, runs, bytes, age, "
-        "note (STUCK when the runner died); / filters (regex, ! inverts), s/S sort",
+        "newest first: id, date (YYMMDD), state, stream status, chunks done/total, runs, "
+        "bytes, age, note (STUCK when the runner died); the title counts visible/total per "
+        "state; the line under it shows the selected row's note in full; / filters "
+        "(state:failed dlid:2612* note:regex text, ! inverts a term), 0 and 5-9 pick a "
+        "state, esc clears; s/S or a click on a header sorts (▲/▼); space marks rows "
+        "for r, b and u",
     ),
     (
         "Stream",
         "the selected downlink's process instances as a tree: status (Pipeline-II colors),"
-        " execution, retries, duration, host:pid, estimated progress of running jobs",
+        " execution, retries, duration, note, host:pid, estimated progress of running "
+        "jobs, earlier executions with their dates (e1 FAILED 12-05 10:31); t draws the "
+        "stream's timeline per host",
     ),
     ("Locks", "lock files: kind, owner, process, age, stale verdict with its reason"),
     (
@@ -69,10 +75,16 @@ PANELS = [
     ),
     (
         "Hits",
-        "latest propagation events: photons, hits, efficiency, flag table, histograms; "
-        "a marks A, v compares A with the selected event",
+        "propagation events, 10 a page (] older, [ newer): photons, hits, efficiency, "
+        "flag table, histograms, the event named; a marks A (a on A unmarks), v compares "
+        "A with the selected event (the pair stays marked)",
     ),
-    ("Log", "the selected instance's log, following, bounded to 5000 lines"),
+    (
+        "Log",
+        "the selected instance's log (or one picked with L), following, bounded to 5000 "
+        "lines, its file named; daemon JSON lines shown as human lines; / searches, n/N "
+        "next/previous match",
+    ),
 ]
 
 
@@ -183,7 +195,8 @@ class SkydeckApp(App[None]):
         "unmark the pair)",
         "events_page": "Page through the propagation events in the Hits tab (] older, [ newer)",
         "compare": "Compare event A with the selected event (chi2 per flag category)",
-        "filter": "Filter the downlinks (regex; a leading ! inverts)",
+        "filter": "Filter the downlinks: field terms (state:failed, dlid:2612*, note:regex), "
+        "free text per field, ! inverts a term; a bad regex is shown as an error",
         "sort": "Sort the downlinks by the next column",
         "reverse": "Reverse the downlinks' sort order",
         "help": "Show keys, panels and a glossary of states",
@@ -288,6 +301,11 @@ class SkydeckApp(App[None]):
                 desc += " (disabled: read-only)"
             rows.append((self.get_key_display(b), desc))
         rows.append(("enter", "On a downlink: go to its stream; on an instance: open its log"))
+        rows.append(("esc", "Clear the filter, from anywhere (in the log's search: the search)"))
+        rows.append(("0 5-9", "All states; only failed, running, arrived, staged, rejected"))
+        rows.append(("space", "Mark a downlink; r, b and u then act on every marked one"))
+        rows.append(("click", "A header sorts by its column (again: the other way; ▲/▼)"))
+        rows.append(("/ n N", "In the Log tab: search the log, next and previous match"))
         rows.append(("tab", "Next panel (1-4 switch the bottom panel from any panel)"))
         rows.append(("^p", "Command palette: every action by name"))
         self.push_screen(HelpScreen(rows, PANELS, self.read_only, GLOSSARY))
