@@ -16,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-from console.format import bar, printable
+from console.format import bar, plain, printable
 
 if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
     from engine.api import Comparison, FaceMap, Histogram, HitSummary
@@ -198,9 +198,15 @@ class HitsPanel(Horizontal):
         for path, s in summaries.items():
             name = self.name_cell(path)
             if isinstance(s, str):
-                vals = [name, "-", "-", Text(printable(s[:40]), style="red"), "-"]
+                vals = [name, Text("-"), Text("-"), Text(printable(s[:40]), style="red"), Text("-")]
             else:
-                vals = [name, f"{s.photons:,}", f"{s.hits:,}", f"{s.hit_fraction:.5f}", s.mode]
+                vals = [
+                    name,
+                    Text(f"{s.photons:,}"),
+                    Text(f"{s.hits:,}"),
+                    Text(f"{s.hit_fraction:.5f}"),
+                    plain(s.mode),  # from the event's meta.json: data, never markup
+                ]
             t.add_row(*vals, key=path)
         if keep is not None and keep in summaries:
             t.move_cursor(row=t.get_row_index(keep), animate=False)

@@ -5,11 +5,14 @@ StateDB; Pilot at 120x40 and 160x48."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from textual.widgets import Input, Static
 
 from console.app import SkydeckApp
 from console.widgets.downlinks import DownlinksTable, FilterError, parse_filter
+from console.widgets.locks import LocksTable
 from console.widgets.stream import StreamTree
 
 from .conftest import EVIL_NOTE, FROZEN_NOW, fill_evil, fill_fixed, make_ws, settle
@@ -124,6 +127,19 @@ async def test_sort_from_the_header_shows_the_indicator(tmp_path, size) -> None:
 @pytest.mark.parametrize("size", SIZES)
 async def test_text_from_outside_is_shown_literally(tmp_path, size) -> None:
     app = app_on(tmp_path, evil=True)
+    # a lock whose owner's host carries markup and an escape (a lock file is data too)
+    (app.ws.lock / "halfpipe-251126004").write_text(
+        json.dumps(
+            {
+                "pid": 4243,
+                "host": "[b]evil\x1b[5m",
+                "start": 0,
+                "stream": "251126004",
+                "process": "launchChunks",
+                "created": FROZEN_NOW - 60,
+            }
+        )
+    )
     async with app.run_test(size=size) as pilot:
         table, tree = app.q(DownlinksTable), app.q(StreamTree)
         await settle(pilot, lambda: "251126004" in table.shown and tree.view is not None)
@@ -140,6 +156,10 @@ async def test_text_from_outside_is_shown_literally(tmp_path, size) -> None:
         label = tree.root.label
         assert "\\x1b[31m" in label.plain and "[bold red]" in label.plain
         assert EVIL_NOTE not in text
+        locks = app.q(LocksTable)
+        await settle(pilot, lambda: "halfpipe-251126004" in locks.infos)
+        owner = locks.get_cell("halfpipe-251126004", "owner")
+        assert owner.plain == "[b]evil\\x1b[5m:4243" and not owner.spans
 
 
 async def test_reasons_readable_at_120_columns(tmp_path) -> None:
