@@ -6,6 +6,7 @@ StateDB; Pilot at 120x40 and 160x48."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Static
@@ -13,6 +14,7 @@ from textual.widgets import Input, Static
 from console.app import SkydeckApp
 from console.widgets.downlinks import DownlinksTable, FilterError, parse_filter
 from console.widgets.locks import LocksTable
+from console.widgets.logview import LogPanel
 from console.widgets.stream import StreamTree
 
 from .conftest import EVIL_NOTE, FROZEN_NOW, fill_evil, fill_fixed, make_ws, settle
@@ -203,3 +205,26 @@ async def test_newest_first_follows_arrivals_until_the_operator_moves(tmp_path) 
         await pilot.press("home")  # back on top: following again
         fill_evil(ws, "251128006")
         await settle(pilot, lambda: table.selected == "251128006")
+
+
+async def test_the_log_pane_follows_the_selection(tmp_path) -> None:
+    """An instance's log stays on screen while its downlink is selected; moving to another
+    downlink (a key, or a filter hiding the row) drops it with a line saying why."""
+    app = app_on(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table, tree = app.q(DownlinksTable), app.q(StreamTree)
+        await settle(pilot, lambda: tree.dlid == "251125003" and tree.view is not None)
+        log = tree.view.instances[0].log_path
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text("line one\n")
+        await pilot.press("enter")  # into the tree, on the stream's first instance
+        while tree.selected is None:
+            await pilot.press("down")
+        await pilot.press("l")
+        panel = app.q(LogPanel)
+        await settle(pilot, lambda: panel.path is not None and panel.dlid == "251125003")
+        assert Path(panel.path).name in str(panel.border_title)
+        app.q("#filter", Input).value = "state:staged"  # hides 251125003
+        await settle(pilot, lambda: table.selected == "251123001")
+        await settle(pilot, lambda: panel.path is None)
+        assert "the selection moved to 251123001" in panel.lines[-1]
