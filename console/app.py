@@ -29,7 +29,7 @@ from textual.screen import Screen
 from console.format import printable
 from console.messages import JobProgress
 from console.screens.main import MainScreen
-from console.screens.modals import HelpScreen
+from console.screens.modals import HelpScreen, MessagesScreen
 from engine import api
 
 __all__ = ["JobProgress", "MainScreen", "SkydeckApp", "build_parser", "main"]
@@ -160,6 +160,7 @@ class SkydeckApp(App[None]):
         Binding("B", "screen.launch_build", "Build", id="launch_build", show=False),
         Binding("P", "screen.launch_propagate", "Propagate", id="launch_propagate", show=False),
         Binding("t", "screen.timeline", "Timeline", id="timeline", show=False),
+        Binding("m", "messages", "Messages", id="messages", show=False),
         Binding("a", "screen.mark_a", "Mark A", id="mark_a", show=False),
         Binding("v", "screen.compare", "A/B", id="compare", show=False),
         Binding(
@@ -189,6 +190,7 @@ class SkydeckApp(App[None]):
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
         "launch_build": "Build events from files (skydeck-engine build), with progress",
         "launch_propagate": "Propagate photons through a scene, with progress",
+        "messages": "What the console said, kept apart: errors, warnings, information",
         "timeline": "The selected downlink's stream on a time axis: every execution of every "
         "process, waiting and running, per host",
         "mark_a": "Mark the selected propagation event as A for an A/B comparison (on A: "
@@ -291,6 +293,9 @@ class SkydeckApp(App[None]):
             )
 
     # -------------------------------------------------------------------- view actions
+
+    def action_messages(self) -> None:
+        self.push_screen(MessagesScreen(self.toasts))
 
     def action_help(self) -> None:
         rows = []

@@ -237,3 +237,33 @@ class LogPickerScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class MessagesScreen(ModalScreen[None]):
+    """`m`: what the console told the operator, errors first, then warnings, then
+    information (a toast goes away; this list keeps the last 50, kind by kind)."""
+
+    BINDINGS = [Binding("escape,m,q", "close", "Close", id="messages.close")]
+    KINDS = (("error", "Errors", "bold red"), ("warning", "Warnings", "bold yellow"))
+
+    def __init__(self, toasts: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.toasts = list(toasts)
+
+    def body(self) -> Text:
+        out = Text()
+        kinds = (*self.KINDS, ("information", "Information", "bold"))
+        for severity, title, style in kinds:
+            items = [t for s, t in reversed(self.toasts) if s == severity]
+            out.append(f"{title} ({len(items)})\n", style=style)
+            for t in items:
+                out.append("  " + t.replace("\n", "\n    ") + "\n")
+            out.append("\n")
+        return out
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Static(self.body(), id="messages")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from console.app import TOAST_S, SkydeckApp
+from console.screens.modals import MessagesScreen
 from console.widgets.downlinks import DownlinksTable
 from engine import api
 from engine.store import StateDB
@@ -36,6 +37,17 @@ async def test_a_worker_that_raises_is_an_error_toast_with_its_line(tmp_path) ->
         app.main._rollback("251123001", ["noSuchProcess"])
         await settle(pilot, lambda: any(t.startswith("rollback 251123001:") for _, t in app.toasts))
         assert next(t for t in app.toasts if t[1].startswith("rollback 251123001:"))[0] == "error"
+        # m lists what was said, kind by kind: the errors first, kept apart
+        app.notify("a warning to keep apart", severity="warning")
+        await pilot.press("m")
+        await settle(pilot, lambda: isinstance(app.screen, MessagesScreen))
+        body = app.screen.body().plain
+        errors, rest = body.split("Warnings (", 1)
+        warnings, info = rest.split("Information (", 1)
+        assert errors.startswith("Errors (2)") and "rollback failed: BadInput" in errors
+        assert "a warning to keep apart" in warnings and "BadInput" not in warnings
+        await pilot.press("escape")
+        assert app.screen is app.main
     assert TOAST_S["error"] > TOAST_S["warning"] > TOAST_S["information"]
 
 
