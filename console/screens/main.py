@@ -33,6 +33,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import (
     Footer,
     Header,
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from engine.api import Job, Workspace
 
 HEALTH_S = 5.0  # the global health banner is read this often
+SELECT_SETTLE_S = 0.06  # a new selection's stream is read this long after the cursor stops
 NO_DAEMON = "no daemon running here (skydeck-engine watch): new deliveries wait for r"
 STAGE_MIN_S = 1.0  # usage rescanned within a second of a change that moves bytes
 LOG_TAIL_BYTES = 1 << 20
@@ -189,6 +191,7 @@ class MainScreen(Screen[None]):
         self.rows_timing = (0.0, 0.0)
         self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
         self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
+        self._wake_timer: Timer | None = None  # the pending read of a new selection
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -458,7 +461,11 @@ class MainScreen(Screen[None]):
         key = event.key
         if key != self.want_dlid:
             self.want_dlid = key
-            self.wake.set()
+            # the stream is read a moment later: the table's own frame (a filter, a held
+            # arrow key) paints first, and rows the cursor only passes are never read
+            if self._wake_timer is not None:
+                self._wake_timer.stop()
+            self._wake_timer = self.set_timer(SELECT_SETTLE_S, self.wake.set)
             if key is None:
                 self.query_one(StreamTree).show(
                     None, None, {}, "no downlink selected (the filter hides every row: esc clears)"

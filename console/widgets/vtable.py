@@ -164,7 +164,7 @@ class VirtualTable(ScrollView, can_focus=True):
             self.post_message(self.Highlighted(self, key))
 
     def _scroll_to_cursor(self) -> None:
-        body = max(1, self.size.height - 1)
+        body = max(1, self.scrollable_content_region.height - 1)
         top = int(self.scroll_y)
         if self.cursor_row < top:
             self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
@@ -189,7 +189,7 @@ class VirtualTable(ScrollView, can_focus=True):
         top = int(self.scroll_y)
         for k in keys:
             i = self.index.get(k)
-            if i is not None and top <= i < top + self.size.height:
+            if i is not None and top <= i < top + self.scrollable_content_region.height:
                 self.refresh_line(i - top + 1)
 
     # ------------------------------------------------------------------ actions
@@ -200,7 +200,7 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def action_page(self, step: int) -> None:
         self.moved_by_user = True
-        self._set_cursor(self.cursor_row + step * max(1, self.size.height - 2))
+        self._set_cursor(self.cursor_row + step * max(1, self.scrollable_content_region.height - 2))
 
     def action_edge(self, end: int) -> None:
         self.moved_by_user = bool(end)
