@@ -228,3 +228,34 @@ async def test_the_log_pane_follows_the_selection(tmp_path) -> None:
         await settle(pilot, lambda: table.selected == "251123001")
         await settle(pilot, lambda: panel.path is None)
         assert "the selection moved to 251123001" in panel.lines[-1]
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_many_rows_scroll_with_the_cursor(tmp_path, size) -> None:
+    """More downlinks than lines: end, home, page keys and a filter keep the cursor's row on
+    screen (the header stays on top)."""
+    ws = make_ws(tmp_path / "ws")
+    for i in range(60):
+        fill_evil(ws, f"2511{10 + i // 30:02d}{i % 30 + 1:03d}", now=FROZEN_NOW - i)
+    app = SkydeckApp(ws, clock=lambda: FROZEN_NOW, poll_s=0.05, stage_every_s=3600)
+    async with app.run_test(size=size) as pilot:
+        table = app.q(DownlinksTable)
+        await settle(pilot, lambda: len(table.shown) == 60)
+        await pilot.press("end")
+        last = table.keys[-1]
+        assert table.selected == last
+        await pilot.pause()
+        text = screen_text(app)
+        assert last in text and "Downlink▼" in text
+        await pilot.press("pageup")
+        assert table.cursor_row < 59 and table.selected in screen_text(app)
+        await pilot.press("home")
+        assert table.selected == table.keys[0]
+        await pilot.pause()
+        assert table.keys[0] in screen_text(app)
+        # a filter keeps only the last few rows: the cursor moves onto one, on screen
+        await pilot.press("end")
+        app.q("#filter", Input).value = f"dlid:{last[:-1]}*"
+        await settle(pilot, lambda: len(table.shown) < 60)
+        await pilot.pause()
+        assert table.selected in table.shown and table.selected in screen_text(app)
