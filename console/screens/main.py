@@ -517,6 +517,11 @@ class MainScreen(Screen[None]):
     def _instance_highlighted(self) -> None:
         self._show_detail()
 
+    def on_descendant_focus(self) -> None:
+        """The detail line follows the focus (the downlink's row, or the tree's instance)."""
+        if self.live:
+            self._show_detail()
+
     @on(Tree.NodeSelected, "#stream")
     def _instance_selected(self, event: Tree.NodeSelected) -> None:
         """Enter on a process instance opens its log."""
