@@ -93,7 +93,7 @@ class FilterInput(Input):
         self.screen.query_one(DownlinksTable).focus()
 
 
-FILTER_HELP = "filter: state:failed dlid:2612* note:md5 text; ! inverts a term; esc clears"
+FILTER_HELP = "state:failed dlid:2612* note:md5 text; ! inverts; esc clears"
 
 
 def check_build(values: dict[str, str]) -> tuple[str | None, str | None]:

@@ -66,7 +66,7 @@ def test_text_from_outside_shows_literally_in_a_terminal(ws, size) -> None:
         screen = _wait_for(session, "[link=https://evil.example]click[/link]")
         assert "\\x1b[31m" in screen  # the ESC written out, in the table or the detail line
         subprocess.run([TMUX, "send-keys", "-t", session, "/"], check=True)
-        _wait_for(session, "! inverts a term")  # the input has the focus: type into it
+        _wait_for(session, "! inverts; esc clears")  # the input has the focus: type into it
         subprocess.run([TMUX, "send-keys", "-t", session, "-l", "state:failed"], check=True)
         screen = _wait_for(session, "Downlinks 2/4")
         assert "state:failed" in screen  # the input stays open while a filter is set
