@@ -9,6 +9,11 @@
    (update_cell only). Reported: read time, apply time, cells changed; and, as the
    reference in the same run, a full table rebuild (clear + add_row of every row). Goal
    < 100 ms, no full rebuild.
+3. Filtering the same 10,000 downlinks: the time from ``set_filter`` until the table shows
+   the matching rows and has painted a frame, for a filter keeping the running downlinks
+   (1,000) and for clearing it again (all 10,000 back). Goal < 100 ms. The same code runs
+   against an older checkout (its table has ``set_filter`` too): copy this file into it
+   and run it there, ``SKYDECK_BENCH_FILTER_ROUNDS=1`` when a round takes a minute.
 
 Run: `make bench` or `.venv/bin/python benchmarks/bench_console.py`.
 """
@@ -140,12 +145,44 @@ async def refresh(ws_root: Path) -> dict[str, float]:
         # reference: a full rebuild of the same table
         t = time.perf_counter()
         with app.batch_update():
-            table.clear()
-            now = time.time()
-            for key, r in table.model.items():
-                table.add_row(*cells(r, now).values(), key=key)
+            if hasattr(table, "add_row"):  # a DataTable (the table before the virtual one)
+                table.clear()
+                now = time.time()
+                for key, r in table.model.items():
+                    table.add_row(*cells(r, now).values(), key=key)
+            else:  # the virtual table: a new order of every key
+                table.set_rows(list(table.model))
         await pilot.pause()
         result["rebuild_s"] = time.perf_counter() - t
+        rounds = int(os.environ.get("SKYDECK_BENCH_FILTER_ROUNDS", "5"))
+        for stays in (True, False):
+            if stays:  # the operator's cursor on a running downlink: it stays visible
+                keep = next(k for k, r in table.model.items() if r.state == "running")
+                if hasattr(table, "move_to_key"):
+                    table.move_to_key(keep)
+                    table.moved_by_user = True
+                else:
+                    table.move_cursor(row=table.get_row_index(keep))
+            elif hasattr(table, "move_to_key"):
+                table.moved_by_user = False  # following the newest: the selection moves
+                table.move_cursor(0)
+            await pilot.pause(0.5)
+            filters, clears = [], []
+            for _ in range(rounds):
+                for pattern, out in (("running", filters), ("", clears)):
+                    t = time.perf_counter()
+                    table.set_filter(pattern)
+                    want = N_DOWNLINKS if not pattern else None
+                    while want is not None and len(table.shown) < want:
+                        await pilot.pause(0.001)  # rows added back a chunk per frame
+                    await pilot.pause()  # one frame painted
+                    out.append(time.perf_counter() - t)
+                    await pilot.pause(0.2)  # the stream pane's read of a new selection
+            tag = "" if stays else "_moving"
+            result[f"filter{tag}_s"] = statistics.median(filters)
+            result[f"unfilter{tag}_s"] = statistics.median(clears)
+            if rounds == 1:
+                break  # the old table: one round of the first kind takes minutes
     return result
 
 
@@ -203,6 +240,19 @@ def main() -> int:
             "reference: full rebuild of the same table (clear + add_row)",
             f"{r['rebuild_s'] * 1000:.0f} ms",
             f"{r['rebuild_s'] / r['refresh_s']:.1f} x the refresh",
+        ),
+        *(
+            (
+                f"{what}{' (selection moves: stream pane re-read)' if tag else ''}",
+                f"{r[key] * 1000:.1f} ms",
+                f"{r[key] / GOAL_REFRESH_S:.2f} x goal 100 ms",
+            )
+            for tag in ("", "_moving")
+            for key, what in (
+                (f"filter{tag}_s", f"filter {N_DOWNLINKS:,} downlinks to the 1,000 running"),
+                (f"unfilter{tag}_s", "clear that filter: all back"),
+            )
+            if key in r
         ),
         (
             "first load of the 10,000 rows (startup, once)",

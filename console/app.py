@@ -26,14 +26,16 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from console.format import printable
 from console.messages import JobProgress
 from console.screens.main import MainScreen
-from console.screens.modals import HelpScreen
+from console.screens.modals import HelpScreen, MessagesScreen
 from engine import api
 
 __all__ = ["JobProgress", "MainScreen", "SkydeckApp", "build_parser", "main"]
 
 POLL_S = 0.25
+TOAST_S = {"information": 4.0, "warning": 10.0, "error": 30.0}  # how long each kind stays
 STAGE_EVERY_S = 10.0  # usage scan at least this often
 
 # actions that change something: disabled (and hidden) in --read-only mode
@@ -51,13 +53,19 @@ WRITE_ACTIONS = frozenset(
 PANELS = [
     (
         "Downlinks",
-        "id, date (YYMMDD), state, stream status, chunks done/total, runs, bytes, age, "
-        "note (STUCK when the runner died); / filters (regex, ! inverts), s/S sort",
+        "newest first: id, date (YYMMDD), state, stream status, chunks done/total, runs, "
+        "bytes, age, note (STUCK when the runner died); the title counts visible/total per "
+        "state; the line under it shows the selected row's note in full; / filters "
+        "(state:failed dlid:2612* note:regex text, ! inverts a term), 0 and 5-9 pick a "
+        "state, esc clears; s/S or a click on a header sorts (▲/▼); space marks rows "
+        "for r, b and u",
     ),
     (
         "Stream",
         "the selected downlink's process instances as a tree: status (Pipeline-II colors),"
-        " execution, retries, duration, host:pid, estimated progress of running jobs",
+        " execution, retries, duration, note, host:pid, estimated progress of running "
+        "jobs, earlier executions with their dates (e1 FAILED 12-05 10:31); t draws the "
+        "stream's timeline per host",
     ),
     ("Locks", "lock files: kind, owner, process, age, stale verdict with its reason"),
     (
@@ -67,10 +75,16 @@ PANELS = [
     ),
     (
         "Hits",
-        "latest propagation events: photons, hits, efficiency, flag table, histograms; "
-        "a marks A, v compares A with the selected event",
+        "propagation events, 10 a page (] older, [ newer): photons, hits, efficiency, "
+        "flag table, histograms, the event named; a marks A (a on A unmarks), v compares "
+        "A with the selected event (the pair stays marked)",
     ),
-    ("Log", "the selected instance's log, following, bounded to 5000 lines"),
+    (
+        "Log",
+        "the selected instance's log (or one picked with L), following, bounded to 5000 "
+        "lines, its file named; daemon JSON lines shown as human lines; / searches, n/N "
+        "next/previous match",
+    ),
 ]
 
 
@@ -150,8 +164,24 @@ class SkydeckApp(App[None]):
         Binding("S", "screen.reverse", "Reverse", id="reverse", show=False),
         Binding("B", "screen.launch_build", "Build", id="launch_build", show=False),
         Binding("P", "screen.launch_propagate", "Propagate", id="launch_propagate", show=False),
+        Binding("t", "screen.timeline", "Timeline", id="timeline", show=False),
+        Binding("m", "messages", "Messages", id="messages", show=False),
         Binding("a", "screen.mark_a", "Mark A", id="mark_a", show=False),
         Binding("v", "screen.compare", "A/B", id="compare", show=False),
+        Binding(
+            "right_square_bracket",
+            "screen.events_page(1)",
+            "Older events",
+            id="events_older",
+            show=False,
+        ),
+        Binding(
+            "left_square_bracket",
+            "screen.events_page(-1)",
+            "Newer events",
+            id="events_newer",
+            show=False,
+        ),
     ]
     COMMAND_HELP: ClassVar = {
         "run_stream": "Run the selected downlink's stream (skydeck-engine run; claims it)",
@@ -165,9 +195,15 @@ class SkydeckApp(App[None]):
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
         "launch_build": "Build events from files (skydeck-engine build), with progress",
         "launch_propagate": "Propagate photons through a scene, with progress",
-        "mark_a": "Mark the selected propagation event as A for an A/B comparison",
+        "messages": "What the console said, kept apart: errors, warnings, information",
+        "timeline": "The selected downlink's stream on a time axis: every execution of every "
+        "process, waiting and running, per host",
+        "mark_a": "Mark the selected propagation event as A for an A/B comparison (on A: "
+        "unmark the pair)",
+        "events_page": "Page through the propagation events in the Hits tab (] older, [ newer)",
         "compare": "Compare event A with the selected event (chi2 per flag category)",
-        "filter": "Filter the downlinks (regex; a leading ! inverts)",
+        "filter": "Filter the downlinks: field terms (state:failed, dlid:2612*, note:regex), "
+        "free text per field, ! inverts a term; a bad regex is shown as an error",
         "sort": "Sort the downlinks by the next column",
         "reverse": "Reverse the downlinks' sort order",
         "help": "Show keys, panels and a glossary of states",
@@ -205,8 +241,12 @@ class SkydeckApp(App[None]):
     ) -> None:
         """Every toast is also kept in ``toasts`` (severity, text): the last ones are what an
         operator was told, and what tests check. Markup is off: paths and reasons are data."""
+        message = "\n".join(printable(line) for line in message.split("\n"))
+        title = printable(title)
         self.toasts.append((str(severity), f"{title}: {message}" if title else message))
         del self.toasts[:-50]
+        if timeout is None:  # kept apart: an error stays until read, information passes
+            timeout = TOAST_S.get(str(severity), 5.0)
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def q(self, selector: Any, expect: Any = None) -> Any:
@@ -259,6 +299,9 @@ class SkydeckApp(App[None]):
 
     # -------------------------------------------------------------------- view actions
 
+    def action_messages(self) -> None:
+        self.push_screen(MessagesScreen(self.toasts))
+
     def action_help(self) -> None:
         rows = []
         for b in self.keys():
@@ -268,6 +311,11 @@ class SkydeckApp(App[None]):
                 desc += " (disabled: read-only)"
             rows.append((self.get_key_display(b), desc))
         rows.append(("enter", "On a downlink: go to its stream; on an instance: open its log"))
+        rows.append(("esc", "Clear the filter, from anywhere (in the log's search: the search)"))
+        rows.append(("0 5-9", "All states; only failed, running, arrived, staged, rejected"))
+        rows.append(("space", "Mark a downlink; r, b and u then act on every marked one"))
+        rows.append(("click", "A header sorts by its column (again: the other way; ▲/▼)"))
+        rows.append(("/ n N", "In the Log tab: search the log, next and previous match"))
         rows.append(("tab", "Next panel (1-4 switch the bottom panel from any panel)"))
         rows.append(("^p", "Command palette: every action by name"))
         self.push_screen(HelpScreen(rows, PANELS, self.read_only, GLOSSARY))

@@ -4,7 +4,8 @@ The feeder is the outside world plus the facility: a thread that delivers a mock
 into incoming/ every ``interval_s`` seconds (the real ``skydeck-engine mock``; every other
 one carries gensteps, so its stream runs a propagate process), a ``skydeck-engine watch``
 daemon that registers and processes them (the real pipeline), and two quick propagation
-events of the detector scene at the start (seeds 0 and 1, an A/B pair for the Hits panel). Everything runs as separate processes, so the console stays responsive; ``stop``
+events at the start (the detecting box, seed 0, and the absorbing box, seed 1: an A/B
+pair for the Hits panel that differs). Everything runs as separate processes, so the console stays responsive; ``stop``
 terminates the daemon with SIGTERM, which releases its streams cleanly.
 """
 
@@ -20,6 +21,7 @@ from engine.api import ASSETS, Workspace, engine_argv, engine_env, init_workspac
 
 DEMO_RESERVE = 100_000_000
 SCENE = ASSETS / "scenes" / "tboolean-box-detect.toml"
+SCENE_B = ASSETS / "scenes" / "tboolean-box.toml"  # the same box, its container absorbs
 
 
 class Feeder:
@@ -103,13 +105,15 @@ class Feeder:
                 ]
             )
             n += 1
-            if n in (1, 2):  # an A/B pair of propagation events, early
-                out = self.ws.events / SCENE.stem / f"demo-seed{n - 1}"
+            if n in (1, 2):  # an A/B pair of propagation events, early: two scenes that
+                # differ (the container detects, or absorbs) and two seeds, so A/B shows it
+                scene = SCENE if n == 1 else SCENE_B
+                out = self.ws.events / scene.stem / f"demo-seed{n - 1}"
                 if not (out / "meta.json").exists():
                     self._spawn(
                         [
                             "propagate",
-                            str(SCENE),
+                            str(scene),
                             "-o",
                             str(out),
                             "--photons",

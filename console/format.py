@@ -65,3 +65,18 @@ def bar(fraction: float, width: int = 10) -> str:
     f = min(1.0, max(0.0, fraction))
     full = int(f * width)
     return "█" * full + "░" * (width - full)
+
+
+def printable(s: str) -> str:
+    """``s`` with every control or non-printable character written as an escape (``\\x1b``,
+    ``\\n``, ``\\u200b``): a name or note from outside can never move the cursor, recolour
+    the terminal or hide text. Markup is not this function's business: cells are
+    ``rich.text.Text`` objects, never parsed as markup."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def plain(s: str, style: str = "") -> Text:
+    """Text from outside, escaped and never parsed as markup (a table cell, a tree label)."""
+    return Text(printable(s), style=style)

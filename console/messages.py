@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
-    from engine.api import Comparison, PrunePlan, RollbackPlan, Snapshot, UsageReport
+    from engine.api import (
+        Comparison,
+        HitSummary,
+        PrunePlan,
+        RollbackPlan,
+        Snapshot,
+        StreamView,
+        UsageReport,
+    )
 
 
 @dataclass
@@ -64,6 +72,51 @@ class Planned(Message, bubble=False):
 
 
 @dataclass
+class BulkPlanned(Message, bubble=False):
+    """Rollbacks of the marked downlinks, checked in a worker: (dlid, plan) each."""
+
+    plans: list[tuple[str, RollbackPlan]]
+
+
+@dataclass
+class BulkDone(Message, bubble=False):
+    """A bulk action ended: one result line per downlink or lock; ``start``: the
+    downlinks whose runner starts now (on the UI thread)."""
+
+    title: str
+    lines: list[str]
+    failed: int
+    start: list[str]
+
+
+@dataclass
+class HistoryRead(Message, bubble=False):
+    """Every execution of a stream's instances (``engine.api.stream_history``); ``show``:
+    open the timeline with it (else: the stream tree's history labels)."""
+
+    dlid: str
+    view: StreamView | None
+    show: bool = False
+
+
+@dataclass
+class EventsPage(Message, bubble=False):
+    """A page of propagation events beyond the newest (``page`` * the page size on)."""
+
+    page: int
+    total: int
+    summaries: dict[str, HitSummary | str]
+
+
+@dataclass
+class HealthRead(Message, bubble=False):
+    """The workspace's health checks (``engine.api.health.health``): what failed shows in
+    the banner under the header (a daemon gone, halts, launching paused, stuck streams)."""
+
+    failed: list[tuple[str, str]]  # (check name, the line an operator reads)
+
+
+@dataclass
 class JobProgress(Message, bubble=False):
     job: str
     done: int
@@ -71,6 +124,7 @@ class JobProgress(Message, bubble=False):
     what: str
     exit: int | None = None
     log: str = ""
+    elapsed: float = 0.0  # seconds, when it ended
 
 
 @dataclass

@@ -20,6 +20,7 @@ call, one message (console.messages) back to the UI thread:
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import threading
 import time
@@ -32,8 +33,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import (
-    DataTable,
     Footer,
     Header,
     Input,
@@ -44,11 +45,17 @@ from textual.widgets import (
     TabPane,
     Tree,
 )
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
+from console.format import duration, printable
 from console.messages import (
     ActionDone,
+    BulkDone,
+    BulkPlanned,
     Compared,
+    EventsPage,
+    HealthRead,
+    HistoryRead,
     JobProgress,
     LogLines,
     Planned,
@@ -57,17 +64,22 @@ from console.messages import (
     StateReach,
 )
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
-from console.widgets.downlinks import DownlinksTable
-from console.widgets.hits import HitsPanel
+from console.screens.timeline import TimelineScreen
+from console.widgets.downlinks import STATES, DownlinksTable, FilterError
+from console.widgets.hits import PAGE, HitsPanel
 from console.widgets.locks import LocksTable
 from console.widgets.logview import LogPanel
 from console.widgets.staging import StagingPanel, pressure
-from console.widgets.stream import StreamTree
+from console.widgets.stream import StreamTree, when
+from console.widgets.vtable import VirtualTable
 from engine import api
 
 if TYPE_CHECKING:
     from engine.api import Job, Workspace
 
+HEALTH_S = 5.0  # the global health banner is read this often
+SELECT_SETTLE_S = 0.06  # a new selection's stream is read this long after the cursor stops
+NO_DAEMON = "no daemon running here (skydeck-engine watch): new deliveries wait for r"
 STAGE_MIN_S = 1.0  # usage rescanned within a second of a change that moves bytes
 LOG_TAIL_BYTES = 1 << 20
 DEFAULT_SCENE = "tboolean-box-detect"  # the propagate form's default scene
@@ -81,6 +93,69 @@ class FilterInput(Input):
         self.screen.query_one(DownlinksTable).focus()
 
 
+FILTER_HELP = "state:failed dlid:2612* note:md5 text; ! inverts; esc clears"
+
+
+def check_build(values: dict[str, str]) -> tuple[str | None, str | None]:
+    """The build form before launching: (an error, or a question about overwriting)."""
+    inputs = values["inputs"].split()
+    if not inputs:
+        return "name at least one input file or directory", None
+    missing = [i for i in inputs if not Path(i).exists()]
+    if missing:
+        return f"no such input: {', '.join(missing)}", None
+    out = Path(values["output"].strip() or ".")
+    if not values["output"].strip() or out.is_dir():
+        return "the output must be a file name (an HDF5 file)", None
+    if any(Path(i).resolve() == out.resolve() for i in inputs):
+        return f"the output {out} is one of the inputs", None
+    if out.exists():
+        return None, f"{out} exists ({human_size(out)}). Overwrite it?"
+    return None, None
+
+
+def check_propagate(events: Path, values: dict[str, str]) -> tuple[str | None, str | None]:
+    """The propagate form before launching: the scene exists, photons are a positive
+    number, the event name is one path component; an existing event is asked about."""
+    scene = Path(values["scene"].strip())
+    if not scene.is_file():
+        return f"no such scene file: {scene}", None
+    try:
+        photons = int(values["photons"].replace("_", "").replace(",", ""))
+    except ValueError:
+        return f"photons must be a whole number, not {values['photons']!r}", None
+    if photons <= 0:
+        return "photons must be more than 0", None
+    tag = values["tag"].strip()
+    if not tag or "/" in tag or tag in (".", ".."):
+        return "the event name must be one name (no /)", None
+    out = events / scene.stem / tag
+    if out.exists():
+        return None, f"the event {out} exists ({human_size(out)}). Overwrite it?"
+    return None, None
+
+
+def human_size(path: Path) -> str:
+    """A file's size, or the total of a directory's files."""
+    try:
+        if path.is_dir():
+            total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        else:
+            total = path.stat().st_size
+    except OSError:
+        return "size unknown"
+    return api.human_bytes(total)
+
+
+def job_result(job: str, done: int, unit: str, elapsed: float, output: str) -> str:
+    """What a finished job made: how many, how fast, where, how big."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return (
+        f"{job}: {done:,} {unit} in {elapsed:.1f} s ({rate:,.0f} {unit}/s); "
+        f"output {output} ({human_size(Path(output))})"
+    )
+
+
 class MainScreen(Screen[None]):
     """The operator's view of one workspace; its actions are bound as ``screen.<action>``."""
 
@@ -88,6 +163,14 @@ class MainScreen(Screen[None]):
     # filter input first (the first focusable widget), which showed it and hid every key of
     # the footer (an input consumes them) until on_mount moved the focus, a visible flash
     AUTO_FOCUS = "#downlinks"
+    BINDINGS: ClassVar = [
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("0", "state_filter('')", "All states", show=False),
+        *(
+            Binding(str(5 + i), f"state_filter('{state}')", state.title(), show=False)
+            for i, state in enumerate(STATES)
+        ),
+    ]
 
     def __init__(
         self, ws: Workspace, clock: Callable[[], float], poll_s: float, stage_every_s: float
@@ -106,17 +189,20 @@ class MainScreen(Screen[None]):
         self.last_refresh_s = 0.0
         self.state_down: StateReach | None = None  # the state database is unreachable
         self.rows_timing = (0.0, 0.0)
+        self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
+        self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
+        self._wake_timer: Timer | None = None  # the pending read of a new selection
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         yield Static("", id="state-alert", markup=False)  # the error is data
+        yield Static("", id="health", markup=False)  # daemon, halts, pause, stuck streams
         yield Static("", id="alert")
         with Horizontal(id="top"):
             with Vertical(id="downlinks-box"):
-                yield FilterInput(
-                    placeholder="filter downlinks (regex, ! inverts); esc clears", id="filter"
-                )
+                yield FilterInput(placeholder=FILTER_HELP, id="filter")
                 yield DownlinksTable(clock=self.clock, id="downlinks")
+                yield Static("", id="row-detail", markup=False)  # the selected row, in full
             yield StreamTree(clock=self.clock, id="stream")
         with TabbedContent(id="tabs", initial="locks"):
             with TabPane("Locks [1]", id="locks"):
@@ -126,6 +212,10 @@ class MainScreen(Screen[None]):
             with TabPane("Hits [3]", id="hits"):
                 yield HitsPanel(id="hits-panel")
             with TabPane("Log [4]", id="log"):
+                yield Input(
+                    placeholder="search the log (regex); enter: next match, n/N next/previous",
+                    id="log-search",
+                )
                 yield LogPanel(id="log-panel")
         yield Vertical(id="jobs")
         yield Footer()
@@ -137,6 +227,8 @@ class MainScreen(Screen[None]):
         self._scan_stage()
         self.set_interval(STAGE_MIN_S, self._maybe_scan)
         self.set_interval(1.0, self._tick)
+        self.set_interval(HEALTH_S, self._check_health)
+        self.call_later(self._check_health)
 
     def notify(
         self,
@@ -176,12 +268,12 @@ class MainScreen(Screen[None]):
             del self.runners[dlid]
             if code == 0:
                 self.notify(f"stream {dlid} finished", title="run")
-            elif code == api.EXIT_BUSY:
+            elif code == api.EXIT_BUSY:  # not a problem: the daemon (or a runner) has it
                 self.notify(
                     f"stream {dlid}: already claimed by another runner or the daemon "
                     f"(nothing ran twice); L opens {log}",
                     title="run",
-                    severity="warning",
+                    severity="information",
                 )
             else:
                 self.notify(
@@ -256,15 +348,7 @@ class MainScreen(Screen[None]):
             if snap.rows is not None:
                 table = self.query_one(DownlinksTable)
                 table.apply(snap.rows)
-                counts: dict[str, int] = {}
-                for r in snap.rows.values():
-                    counts[r.state] = counts.get(r.state, 0) + 1
-                table.border_title = "Downlinks " + " ".join(
-                    f"{k} {v}" for k, v in sorted(counts.items())
-                )
-                if self.want_dlid is None and table.selected is not None:
-                    self.want_dlid = table.selected
-                    self.wake.set()
+                self._show_detail()
             if snap.stream_read and snap.dlid == self.want_dlid:
                 self.query_one(StreamTree).show(
                     snap.dlid,
@@ -273,14 +357,67 @@ class MainScreen(Screen[None]):
                     self._without_stream(snap.dlid),
                     snap.groups,
                 )
+                if snap.dlid is not None and snap.stream is not None:
+                    self._read_history(snap.dlid)
             if snap.locks is not None:
                 self.query_one(LocksTable).apply(snap.locks)
             if snap.events is not None:
-                self.query_one(HitsPanel).apply(snap.events)
+                self.latest_events = snap.events
+                if self.query_one(HitsPanel).page == 0:  # the newest page follows them
+                    self.query_one(HitsPanel).apply(snap.events)
         self.refreshes += 1
         self.last_refresh_s = snap.read_s + time.perf_counter() - t0
         if snap.rows is not None:  # the downlinks part: (read in the worker, apply here)
             self.rows_timing = (snap.read_s, time.perf_counter() - t0)
+
+    @work(thread=True, group="health", exclusive=True, exit_on_error=False)
+    def _check_health(self) -> None:
+        """The same checks as `skydeck-engine health`; the failed ones make the banner."""
+        from engine.api.health import health
+
+        checks = health(self.ws, now=self.clock())
+        self.post_message(HealthRead([(c.name, c.detail) for c in checks if not c.ok]))
+
+    def on_health_read(self, msg: HealthRead) -> None:
+        if not self.live:
+            return
+        banner = self.query_one("#health", Static)
+        failed = [(n, d) for n, d in msg.failed if n != "state" or self.state_down is None]
+        stuck = [d for n, d in failed if n.startswith("stuck:")]
+        parts = [
+            NO_DAEMON if n == "daemon" and d.startswith("no daemon heartbeat") else d
+            for n, d in failed
+            if not n.startswith("stuck:")
+        ]
+        if stuck:
+            parts.append(f"{len(stuck)} stuck stream(s): {stuck[0]}")
+        banner.update(printable(" | ".join(parts)))
+        banner.set_class(bool(parts), "show")
+        severe = any(n in ("state", "disk") or n.startswith("stuck:") for n, _ in failed)
+        banner.set_class(severe, "severe")
+
+    @work(thread=True, group="history", exclusive=True, exit_on_error=False)
+    def _read_history(self, dlid: str, show: bool = False) -> None:
+        self.post_message(HistoryRead(dlid, api.stream_history(self.ws, dlid), show))
+
+    def on_history_read(self, msg: HistoryRead) -> None:
+        if not self.live:
+            return
+        tree = self.query_one(StreamTree)
+        if msg.view is not None and tree.dlid == msg.dlid:
+            tree.set_history(msg.view.instances)
+            self._show_detail()
+        if not msg.show:
+            return
+        if msg.view is None or not msg.view.instances:
+            self.notify(f"{msg.dlid} has no stream to draw yet", severity="warning")
+            return
+        self.app.push_screen(TimelineScreen(msg.view, int(self.app.size.width * 0.95) - 4))
+
+    def action_timeline(self) -> None:
+        """The selected downlink's stream as spans per host (queued and run times)."""
+        if dlid := self._dlid():
+            self._read_history(dlid, show=True)
 
     @work(thread=True, group="stage", exclusive=True, exit_on_error=False)
     def _scan_stage(self) -> None:
@@ -315,33 +452,145 @@ class MainScreen(Screen[None]):
 
     # -------------------------------------------------------------------- selection
 
-    @on(DataTable.RowHighlighted, "#downlinks")
-    def _downlink_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        key = event.row_key.value if event.row_key is not None else None
+    @on(VirtualTable.Highlighted, "#downlinks")
+    def _downlink_highlighted(self, event: VirtualTable.Highlighted) -> None:
+        """One selection: the highlighted visible row drives the stream tree, the detail
+        line, the Log pane and every action (a filter that hides it moved the cursor)."""
+        if isinstance(event, VirtualTable.Selected):
+            return
+        key = event.key
         if key != self.want_dlid:
             self.want_dlid = key
-            self.wake.set()
+            # the stream is read a moment later: the table's own frame (a filter, a held
+            # arrow key) paints first, and rows the cursor only passes are never read
+            if self._wake_timer is not None:
+                self._wake_timer.stop()
+            self._wake_timer = self.set_timer(SELECT_SETTLE_S, self.wake.set)
+            if key is None:
+                self.query_one(StreamTree).show(
+                    None, None, {}, "no downlink selected (the filter hides every row: esc clears)"
+                )
+            log = self.query_one(LogPanel)
+            if log.dlid is not None and log.dlid != key:
+                log.drop(
+                    f"the selection moved to {key or 'no downlink'}: l follows an instance log"
+                )
+        self._show_detail()
 
-    @on(DataTable.RowSelected, "#downlinks")
+    @on(VirtualTable.Selected, "#downlinks")
     def _downlink_selected(self) -> None:
         """Enter on a downlink: go to its stream tree (keyboard path: table -> tree -> log)."""
         self.query_one(StreamTree).focus()
+
+    @on(VirtualTable.HeaderClicked, "#downlinks")
+    def _header_clicked(self, event: VirtualTable.HeaderClicked) -> None:
+        self.notify(self.query_one(DownlinksTable).set_sort(event.column), timeout=2)
+
+    def _show_detail(self) -> None:
+        """The selected row's note (the reason of a failure or a rejection) in full."""
+        table = self.query_one(DownlinksTable)
+        detail = self.query_one("#row-detail", Static)
+        tree = self.query_one(StreamTree)
+        pi = tree.selected if tree.has_focus else None
+        if pi is not None:  # the stream tree has the focus: its instance, note in full
+            where = f" on {pi.host}:{pi.pid}" if pi.pid is not None else ""
+            text = f"{tree.dlid} {pi.process}{' ' + pi.key if pi.key else ''} {pi.status}"
+            text += f" e{pi.execution}{where}" + (f": {pi.note}" if pi.note else "")
+            for p in tree._earlier(pi):
+                took = duration(p.ended - p.started) if p.started and p.ended else "-"
+                text += f"; before: e{p.execution} {p.status} {when(p.started or p.created)}"
+                text += f" ({took})" + (f" {p.note}" if p.note else "")
+            detail.update(printable(text), layout=False)
+            return
+        row = table.model.get(table.selected) if table.selected else None
+        if row is None:
+            detail.update("", layout=False)
+            return
+        text = f"{row.dlid} {row.state} {row.stream}"
+        if row.note:
+            text += f": {row.note}"
+        if row.kept:
+            text += f" (files kept in {row.kept})"
+        detail.update(printable(text), layout=False)  # a fixed height: no layout
+
+    @on(Tree.NodeHighlighted, "#stream")
+    def _instance_highlighted(self) -> None:
+        self._show_detail()
+
+    def on_descendant_focus(self) -> None:
+        """The detail line follows the focus (the downlink's row, or the tree's instance)."""
+        if self.live:
+            self._show_detail()
 
     @on(Tree.NodeSelected, "#stream")
     def _instance_selected(self, event: Tree.NodeSelected) -> None:
         """Enter on a process instance opens its log."""
         pi = event.node.data
         if pi is not None and pi.log_path:
-            self.open_log(pi.log_path)
+            self.open_log(pi.log_path, self.query_one(StreamTree).dlid)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.query_one(DownlinksTable).set_filter(event.value)
+        """A bad filter is an error on the input (the rows stay as they were)."""
+        try:
+            self.query_one(DownlinksTable).set_filter(event.value)
+        except FilterError as err:
+            event.input.border_title = printable(str(err))
+            event.input.set_class(True, "error")
+        else:
+            event.input.border_title = ""
+            event.input.set_class(False, "error")
         event.input.set_class(bool(event.value), "active")
+
+    def action_clear_filter(self) -> None:
+        """Esc from anywhere on the main screen: no filter, the downlinks focused (in the
+        log's search: no search, the log focused)."""
+        search = self.query_one("#log-search", Input)
+        if self.focused is search or (search.value and self.focused is self.query_one(LogPanel)):
+            search.value = ""
+            self.query_one(LogPanel).focus()
+            return
+        self.query_one(FilterInput).action_clear_filter()
+
+    def action_state_filter(self, state: str) -> None:
+        """0, 5-9: show one state (replacing a state: term of the filter), or all."""
+        box = self.query_one(FilterInput)
+        words = [w for w in box.value.split() if not w.lstrip("!").startswith("state:")]
+        if state:
+            words.insert(0, f"state:{state}")
+        box.value = " ".join(words)
+
+    @on(Input.Changed, "#log-search")
+    def _log_search_changed(self, event: Input.Changed) -> None:
+        try:
+            self.query_one(LogPanel).set_search(event.value)
+        except re.error as err:
+            event.input.border_title = printable(f"bad regex: {err}")
+            event.input.set_class(True, "error")
+        else:
+            event.input.border_title = ""
+            event.input.set_class(False, "error")
+        event.input.set_class(bool(event.value), "active")
+
+    @on(Input.Submitted, "#log-search")
+    def _log_search_submitted(self) -> None:
+        panel = self.query_one(LogPanel)
+        panel.focus()
+        panel.action_next_match(1)
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self) -> None:
         self.query_one(DownlinksTable).focus()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that raised (an engine call failing in a way its worker did not
+        expect) is a red toast with the error line, never a silent stop."""
+        if event.state != WorkerState.ERROR or not self.live:
+            return
+        err = event.worker.error
+        line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        what = event.worker.name.strip("_").replace("_", " ")
+        self.notify(f"{what} failed: {type(err).__name__}: {line}", title="error", severity="error")
 
     def on_action_done(self, msg: ActionDone) -> None:
         if not self.live:
@@ -383,7 +632,47 @@ class MainScreen(Screen[None]):
             self.notify("select a downlink first", severity="warning")
         return dlid
 
+    def _marked(self) -> list[str]:
+        """The marked downlinks (space), in the order shown; hidden ones are unmarked."""
+        table = self.query_one(DownlinksTable)
+        return [k for k in table.keys if k in table.marked]
+
+    def _bulk_confirm(self, question: str, lines: list[str], go: Callable[[], object]) -> None:
+        """One confirmation listing every marked downlink and what will happen to it."""
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                go()
+
+        self.app.push_screen(ConfirmScreen(question, "", items=lines), done)
+
+    def on_bulk_done(self, msg: BulkDone) -> None:
+        if not self.live:
+            return
+        for dlid in msg.start:
+            msg.lines.append(self._start_runner(dlid, "runner", quiet=True))
+        self.query_one(DownlinksTable).clear_marks()
+        self.notify(
+            "\n".join(msg.lines),
+            title=msg.title,
+            severity="error" if msg.failed else "information",
+        )
+        self.wake.set()
+
     def action_run_stream(self) -> None:
+        if self._writable() and (marked := self._marked()):
+            lines, go = [], []
+            for one in marked:
+                skip = self._cannot_run(one)
+                lines.append(f"{one}: skipped: {skip}" if skip else f"{one}: start a runner")
+                if not skip:
+                    go.append(one)
+            self._bulk_confirm(
+                f"Run {len(go)} of {len(marked)} marked streams?",
+                lines,
+                lambda: self.post_message(BulkDone("run", [], 0, go)),
+            )
+            return
         if self._writable() and (dlid := self._dlid()):
             why = self._cannot_run(dlid)
             if why:
@@ -421,18 +710,74 @@ class MainScreen(Screen[None]):
             )
         return None
 
-    def _start_runner(self, dlid: str, why: str) -> None:
+    def _start_runner(self, dlid: str, why: str, quiet: bool = False) -> str:
+        """Start ``skydeck-engine run DLID``; returns the result line (and toasts it
+        unless ``quiet``: a bulk action gathers the lines into one toast)."""
         if dlid in self.runners and self.runners[dlid][0].poll() is None:
-            self.notify(f"a runner for {dlid} started here is still running", severity="warning")
-            return
-        proc, log = api.start_runner(self.ws, dlid)
-        self.runners[dlid] = (proc, log)
-        self.notify(f"{why}: runner pid {proc.pid} for {dlid}", title="run")
+            line, severity = f"{dlid}: a runner started here is still running", "warning"
+        else:
+            try:
+                proc, log = api.start_runner(self.ws, dlid)
+            except (api.SkydeckError, OSError) as err:
+                line, severity = f"{dlid}: could not start a runner: {err}", "error"
+            else:
+                self.runners[dlid] = (proc, log)
+                line, severity = f"{dlid}: {why}: runner pid {proc.pid}", "information"
+        if not quiet:
+            self.notify(line, title="run", severity=severity)
+        return line
 
     def action_rollback_stream(self) -> None:
+        if self._writable() and (marked := self._marked()):
+            self._plan_bulk(marked)
+            return
         if not self._writable() or not (dlid := self._dlid()):
             return
         self._plan(dlid, None, f"Roll back stream {dlid}?")
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _plan_bulk(self, dlids: list[str]) -> None:
+        plans = []
+        for dlid in dlids:
+            try:
+                plan = api.rollback_plan(self.ws, dlid, None)
+            except api.SkydeckError as err:
+                plan = api.RollbackPlan((), f"could not check it: {err.message}")
+            plans.append((dlid, plan))
+        self.post_message(BulkPlanned(plans))
+
+    def on_bulk_planned(self, msg: BulkPlanned) -> None:
+        if not self.live:
+            return
+        lines, go = [], []
+        for dlid, plan in msg.plans:
+            if plan.blocker:
+                lines.append(f"{dlid}: skipped: {plan.blocker}")
+            else:
+                lines.append(f"{dlid}: new executions of {', '.join(plan.retired)}")
+                go.append(dlid)
+        if not go:
+            self.notify("\n".join(lines), title="roll back: nothing to do", severity="warning")
+            return
+        self._bulk_confirm(
+            f"Roll back {len(go)} of {len(msg.plans)} marked streams, then run them?",
+            lines,
+            lambda: self._rollback_bulk(go),
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _rollback_bulk(self, dlids: list[str]) -> None:
+        lines, failed, start = [], 0, []
+        for dlid in dlids:
+            try:
+                res = api.rollback(self.ws, dlid, None)
+            except api.SkydeckError as err:
+                lines.append(f"{dlid}: not rolled back: {err.message}")
+                failed += 1
+                continue
+            lines.append(f"{dlid}: rolled back {', '.join(res.retired) or 'nothing'}")
+            start.append(dlid)
+        self.post_message(BulkDone("roll back", lines, failed, start))
 
     def action_rerun_process(self) -> None:
         if not self._writable():
@@ -505,6 +850,9 @@ class MainScreen(Screen[None]):
     def action_unlock(self) -> None:
         if not self._writable():
             return
+        if marked := self._marked():
+            self._unlock_marked(marked)
+            return
         info = self.query_one(LocksTable).selected
         if info is None:
             self.action_tab("locks")
@@ -525,6 +873,40 @@ class MainScreen(Screen[None]):
                 self._unlock(info.name, not info.stale)
 
         self.app.push_screen(ConfirmScreen(q, detail, danger=not info.stale), done)
+
+    def _unlock_marked(self, marked: list[str]) -> None:
+        """The locks of the marked downlinks (their streams'), with each one's verdict."""
+        infos = [i for i in self.query_one(LocksTable).infos.values() if i.stream in marked]
+        if not infos:
+            self.notify(f"no locks held for the {len(marked)} marked downlinks", severity="warning")
+            return
+        live = [i for i in infos if not i.stale]
+        lines = [
+            f"{i.name} ({i.stream}): {'STALE' if i.stale else 'NOT provably stale'}: {i.reason}"
+            for i in infos
+        ]
+        question = f"Remove {len(infos)} locks of marked downlinks?"
+        if live:
+            question += f" {len(live)} are NOT provably stale: check no instance still runs."
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._unlock_bulk([(i.name, not i.stale) for i in infos])
+
+        self.app.push_screen(ConfirmScreen(question, "", danger=bool(live), items=lines), done)
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _unlock_bulk(self, names: list[tuple[str, bool]]) -> None:
+        lines, failed = [], 0
+        for name, force in names:
+            try:
+                info = api.unlock(self.ws, name, force=force)
+            except api.SkydeckError as err:
+                lines.append(f"{name}: not removed: {err.message}")
+                failed += 1
+            else:
+                lines.append(f"{name}: removed (owner {info.owner})")
+        self.post_message(BulkDone("unlock", lines, failed, []))
 
     @work(thread=True, group="action", exit_on_error=False)
     def _unlock(self, name: str, force: bool) -> None:
@@ -569,7 +951,7 @@ class MainScreen(Screen[None]):
         if pi is None or not pi.log_path:
             self.notify("select a process instance that has a log", severity="warning")
             return
-        self.open_log(pi.log_path)
+        self.open_log(pi.log_path, self.query_one(StreamTree).dlid)
 
     def action_pick_log(self) -> None:
         """Any log besides an instance's: the daemon's, console runs, builds, propagations."""
@@ -584,8 +966,8 @@ class MainScreen(Screen[None]):
             LogPickerScreen(files), lambda path: self.open_log(path) if path else None
         )
 
-    def open_log(self, path: str) -> None:
-        self.query_one(LogPanel).start(path)
+    def open_log(self, path: str, dlid: str | None = None) -> None:
+        self.query_one(LogPanel).start(path, dlid)
         self.action_tab("log")
         self._follow(path)
 
@@ -609,8 +991,8 @@ class MainScreen(Screen[None]):
                 text = partial_line + data.decode("utf-8", "replace")
                 lines = text.split("\n")
                 partial_line = lines.pop()
-                if lines:
-                    self.post_message(LogLines(path, lines))
+                if lines:  # JSON event lines as a person reads them
+                    self.post_message(LogLines(path, api.human_log_lines(lines)))
             else:
                 time.sleep(self.poll_s)
 
@@ -638,7 +1020,7 @@ class MainScreen(Screen[None]):
                 args = ["build", *inputs, "-o", output]
                 if values["select"].strip():
                     args += ["--select", values["select"].strip()]
-                self._launch(f"build {Path(output).name}", args)
+                self._launch(f"build {Path(output).name}", args, output, "events")
 
         self.app.push_screen(
             FormScreen(
@@ -648,6 +1030,7 @@ class MainScreen(Screen[None]):
                     ("output", "output HDF5 file", out),
                     ("select", "selection (optional, e.g. color == 'red')", ""),
                 ],
+                check_build,
             ),
             done,
         )
@@ -665,6 +1048,8 @@ class MainScreen(Screen[None]):
                 self._launch(
                     f"propagate {scene_p.stem}",
                     ["propagate", str(scene_p), "-o", str(out), "--photons", values["photons"]],
+                    str(out),
+                    "photons",
                 )
 
         self.app.push_screen(
@@ -675,13 +1060,19 @@ class MainScreen(Screen[None]):
                     ("photons", "photons", "200000"),
                     ("tag", "event name (events/<scene>/<name>)", tag),
                 ],
+                lambda values: check_propagate(self.ws.events, values),
             ),
             done,
         )
 
-    def _launch(self, name: str, args: list[str]) -> None:
-        job = api.start_job(self.ws, name, args)
+    def _launch(self, name: str, args: list[str], output: str, unit: str) -> None:
+        try:
+            job = api.start_job(self.ws, name, args)
+        except (api.SkydeckError, OSError) as err:
+            self.notify(f"{name} did not start: {err}", title="job", severity="error")
+            return
         self.jobs[job.title] = job
+        self.job_outputs[job.title] = (output, unit, time.monotonic())
         box = self.query_one("#jobs", Vertical)
         row = Horizontal(
             Label(job.title, classes="job-name"),
@@ -716,8 +1107,13 @@ class MainScreen(Screen[None]):
                 row.remove()
         if msg.exit is not None:
             del self.jobs[msg.job]
+            output, unit, t0 = self.job_outputs.pop(msg.job, ("", "", time.monotonic()))
             if msg.exit == 0:
-                self.notify(f"{msg.job} done", title="job")
+                self.notify(
+                    job_result(msg.job, msg.done, unit, time.monotonic() - t0, output),
+                    title="job done",
+                    timeout=30,
+                )
             else:
                 self.notify(
                     f"{msg.job} failed (exit {msg.exit}): "
@@ -731,12 +1127,52 @@ class MainScreen(Screen[None]):
     # -------------------------------------------------------------------- hits
 
     def action_mark_a(self) -> None:
-        path = self.query_one(HitsPanel).selected
+        """Mark the selected event as A (it stays marked); on A itself: unmark the pair."""
+        panel = self.query_one(HitsPanel)
+        path = panel.selected
         if path is None:
             self.notify("select a propagation event in the Hits tab", severity="warning")
             return
-        self.query_one(HitsPanel).mark_a = path
+        if path == panel.mark_a:
+            panel.unmark()
+            self.notify("A/B pair unmarked", timeout=3)
+            return
+        panel.unmark()
+        panel.mark_a = path
+        panel.remark()
         self.notify(f"A = {path}; select another event and press v", timeout=3)
+
+    def action_events_page(self, step: int) -> None:
+        """Older (1) or newer (-1) propagation events, a page at a time."""
+        panel = self.query_one(HitsPanel)
+        page = max(0, panel.page + step)
+        self.action_tab("hits")
+        if page == 0:
+            panel.page = 0
+            panel.apply(self.latest_events)
+            return
+        self._read_events_page(page)
+
+    @work(thread=True, group="hits-page", exclusive=True, exit_on_error=False)
+    def _read_events_page(self, page: int) -> None:
+        events = api.list_events(self.ws, 1 << 20)
+        out: dict[str, Any] = {}
+        for e in events[page * PAGE : (page + 1) * PAGE]:
+            try:
+                out[e.path] = api.summarize_event(e.path)
+            except api.SkydeckError as err:
+                out[e.path] = err.message
+        self.post_message(EventsPage(page, len(events), out))
+
+    def on_events_page(self, msg: EventsPage) -> None:
+        if not self.live:
+            return
+        panel = self.query_one(HitsPanel)
+        if not msg.summaries:
+            self.notify(f"no older events: {msg.total} in all", severity="warning", timeout=3)
+            return
+        panel.page, panel.total = msg.page, msg.total
+        panel.apply(msg.summaries)
 
     def action_compare(self) -> None:
         panel = self.query_one(HitsPanel)

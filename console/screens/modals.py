@@ -4,6 +4,7 @@ and a log picker (the daemon's and console jobs' logs are not any instance's log
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -14,6 +15,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from console.format import printable
 
 if TYPE_CHECKING:
     from engine.api import LogFile
@@ -27,15 +30,25 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
-    def __init__(self, question: str, detail: str = "", danger: bool = False) -> None:
+    def __init__(
+        self,
+        question: str,
+        detail: str = "",
+        danger: bool = False,
+        items: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.question, self.detail, self.danger = question, detail, danger
+        self.items = list(items)  # a bulk action: what it acts on, one line each
 
     def compose(self) -> ComposeResult:
+        # names, reasons and paths are data: escaped, never parsed as markup
         with Vertical(id="dialog", classes="danger" if self.danger else ""):
-            yield Label(self.question, id="question")
+            yield Label(printable(self.question), id="question", markup=False)
+            if self.items:
+                yield Static("\n".join(printable(i) for i in self.items), id="items", markup=False)
             if self.detail:
-                yield Static(self.detail, id="detail")
+                yield Static(printable(self.detail), id="detail", markup=False)
             with Horizontal(id="buttons"):
                 yield Button("Yes (y)", variant="error" if self.danger else "primary", id="yes")
                 yield Button("No (n)", id="no")
@@ -134,20 +147,31 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
 
 
 class FormScreen(ModalScreen[dict[str, str] | None]):
-    """A few labelled inputs, returned by key; enter on the last submits, escape cancels."""
+    """A few labelled inputs, returned by key. Enter in any field launches; escape cancels.
+
+    Prefilled values stay until edited (the cursor goes to their end, nothing is selected,
+    so typing adds to them instead of replacing them). ``check`` runs before launching: it
+    returns an error (shown, the form stays) or a question (an output that would be
+    overwritten: asked first), or neither."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="form.cancel")]
 
-    def __init__(self, title: str, fields: list[tuple[str, str, str]]) -> None:
+    def __init__(
+        self,
+        title: str,
+        fields: list[tuple[str, str, str]],
+        check: Callable[[dict[str, str]], tuple[str | None, str | None]] | None = None,
+    ) -> None:
         super().__init__()
-        self.title_text, self.fields = title, fields
+        self.title_text, self.fields, self.check = title, fields, check
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.title_text, id="question")
+            yield Label(self.title_text, id="question", markup=False)
             for key, label, value in self.fields:
-                yield Label(label)
-                yield Input(value=value, id=f"f-{key}")
+                yield Label(label, markup=False)
+                yield Input(value=value, id=f"f-{key}", select_on_focus=False)
+            yield Static("", id="form-error", markup=False)
             with Horizontal(id="buttons"):
                 yield Button("Launch (enter)", variant="primary", id="ok")
                 yield Button("Cancel (esc)", id="cancel")
@@ -155,16 +179,32 @@ class FormScreen(ModalScreen[dict[str, str] | None]):
     def _values(self) -> dict[str, str]:
         return {k: self.query_one(f"#f-{k}", Input).value for k, _, _ in self.fields}
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        inputs = list(self.query(Input))
-        i = inputs.index(event.input)
-        if i + 1 < len(inputs):
-            inputs[i + 1].focus()
-        else:
-            self.dismiss(self._values())
+    def _launch(self) -> None:
+        values = self._values()
+        error, question = self.check(values) if self.check else (None, None)
+        box = self.query_one("#form-error", Static)
+        box.update(printable(error or ""))
+        box.set_class(bool(error), "show")
+        if error:
+            return
+        if question:
+
+            def done(yes: bool | None) -> None:
+                if yes:
+                    self.dismiss(values)
+
+            self.app.push_screen(ConfirmScreen(question, danger=True), done)
+            return
+        self.dismiss(values)
+
+    def on_input_submitted(self) -> None:
+        self._launch()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(self._values() if event.button.id == "ok" else None)
+        if event.button.id == "ok":
+            self._launch()
+        else:
+            self.dismiss(None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -183,7 +223,7 @@ class LogPickerScreen(ModalScreen[str | None]):
         opts = []
         for f in self.files:
             text = Text(f"{f.what:<12} ", style="bold")
-            text.append(f.path.rsplit("/", 1)[-1])
+            text.append(printable(f.path.rsplit("/", 1)[-1]))
             text.append(
                 f"  {time.strftime('%m-%d %H:%M:%S', time.localtime(f.mtime))}", style="dim"
             )
@@ -196,4 +236,34 @@ class LogPickerScreen(ModalScreen[str | None]):
         self.dismiss(str(event.option.id))
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class MessagesScreen(ModalScreen[None]):
+    """`m`: what the console told the operator, errors first, then warnings, then
+    information (a toast goes away; this list keeps the last 50, kind by kind)."""
+
+    BINDINGS = [Binding("escape,m,q", "close", "Close", id="messages.close")]
+    KINDS = (("error", "Errors", "bold red"), ("warning", "Warnings", "bold yellow"))
+
+    def __init__(self, toasts: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.toasts = list(toasts)
+
+    def body(self) -> Text:
+        out = Text()
+        kinds = (*self.KINDS, ("information", "Information", "bold"))
+        for severity, title, style in kinds:
+            items = [t for s, t in reversed(self.toasts) if s == severity]
+            out.append(f"{title} ({len(items)})\n", style=style)
+            for t in items:
+                out.append("  " + t.replace("\n", "\n    ") + "\n")
+            out.append("\n")
+        return out
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Static(self.body(), id="messages")
+
+    def action_close(self) -> None:
         self.dismiss(None)

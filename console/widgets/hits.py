@@ -16,11 +16,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-from console.format import bar
+from console.format import bar, plain, printable
 
 if TYPE_CHECKING:  # numpy comes with it: not needed for the first paint
     from engine.api import Comparison, FaceMap, Histogram, HitSummary
 
+PAGE = 10  # events per page (the newest page follows new events)
 EVENT_COLUMNS = (
     ("event", "Event"),
     ("photons", "Photons"),
@@ -129,7 +130,10 @@ class HitsPanel(Horizontal):
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.summaries: dict[str, HitSummary | str] = {}
-        self.mark_a: str | None = None
+        self.mark_a: str | None = None  # stays marked (A in the list) until `a` unmarks it
+        self.mark_b: str | None = None  # the event compared with A, while the A/B view shows
+        self.page = 0  # 0: the newest events (live); n: events n*PAGE.. (read on demand)
+        self.total: int | None = None  # events in the workspace (known once a page was read)
         self.comparison: Comparison | None = None  # shown instead of a summary when set
         self.shown: str | None = None  # the event whose summary the detail shows
 
@@ -157,37 +161,57 @@ class HitsPanel(Horizontal):
         except Exception:  # noqa: BLE001 - cursor outside the rows while they change
             return None
 
+    def name_cell(self, path: str) -> Text:
+        name = printable("/".join(path.rstrip("/").split("/")[-2:]))
+        mark = "A " if path == self.mark_a else "B " if path == self.mark_b else "  "
+        return Text.assemble((mark, "bold magenta"), name)
+
+    def remark(self) -> None:
+        """Redraw the A/B markers (after a mark changed)."""
+        for path in self.summaries:
+            self.table.update_cell(path, "event", self.name_cell(path))
+        self._title()
+
+    def _title(self) -> None:
+        first = self.page * PAGE + 1
+        of = f" of {self.total}" if self.total is not None else ""
+        pair = f"  A {self.mark_a.rsplit('/', 1)[-1]}" if self.mark_a else ""
+        pair += f" vs B {self.mark_b.rsplit('/', 1)[-1]}" if self.mark_b else ""
+        self.table.border_title = printable(
+            f"events {first}-{first + len(self.summaries) - 1}{of} ([ ] page){pair}"
+        )
+
     def apply(self, summaries: dict[str, HitSummary | str]) -> None:
         """Events newest first (path -> summary, or the error text for an unreadable one).
 
         The cursor stays on the same event (by its path) while new events push rows down,
-        and the detail always shows the event under the cursor: what `a` and `v` act on is
-        what the operator sees.
+        and the detail always shows the event under the cursor (or the A/B view while a
+        pair is compared): what `a` and `v` act on is what the operator sees. At most a
+        page of rows: they are drawn again whole.
         """
         t = self.table
         keep = self.selected
         shown = keep if keep is not None and keep in self.summaries else None
         changed = shown is not None and self.summaries.get(shown) is not summaries.get(shown)
-        for gone in [p for p in self.summaries if p not in summaries]:
-            t.remove_row(gone)
-        for path, s in summaries.items():
-            name = "/".join(path.rstrip("/").split("/")[-2:])
-            if isinstance(s, str):
-                vals = [name, "-", "-", Text(s[:40], style="red"), "-"]
-            else:
-                vals = [name, f"{s.photons:,}", f"{s.hits:,}", f"{s.hit_fraction:.5f}", s.mode]
-            if path in self.summaries:
-                for (key, _), v in zip(EVENT_COLUMNS, vals, strict=True):
-                    t.update_cell(path, key, v)
-            else:
-                t.add_row(*vals, key=path)
         self.summaries = summaries
-        if summaries:
-            rank = {"/".join(p.rstrip("/").split("/")[-2:]): i for i, p in enumerate(summaries)}
-            t.sort(key=lambda vals: rank.get(str(vals[0]), len(rank)))
+        t.clear()
+        for path, s in summaries.items():
+            name = self.name_cell(path)
+            if isinstance(s, str):
+                vals = [name, Text("-"), Text("-"), Text(printable(s[:40]), style="red"), Text("-")]
+            else:
+                vals = [
+                    name,
+                    Text(f"{s.photons:,}"),
+                    Text(f"{s.hits:,}"),
+                    Text(f"{s.hit_fraction:.5f}"),
+                    plain(s.mode),  # from the event's meta.json: data, never markup
+                ]
+            t.add_row(*vals, key=path)
         if keep is not None and keep in summaries:
             t.move_cursor(row=t.get_row_index(keep), animate=False)
-        if self.selected != shown or changed:
+        self._title()
+        if self.comparison is None and (self.selected != shown or changed):
             self.show_selected()
 
     def show_selected(self) -> None:
@@ -200,16 +224,28 @@ class HitsPanel(Horizontal):
         if s is None:
             return
         self.comparison = None
+        title = Text.assemble(("event ", "bold"), (printable(path), "bold cyan"))
         if isinstance(s, str):
-            out.update(Text(s, style="red"))
+            out.update(Group(title, Text(printable(s), style="red")))
         else:
-            out.update(render_summary(s))
+            out.update(Group(title, render_summary(s)))
+
+    def unmark(self) -> None:
+        """Drop the A/B pair: the detail shows the selected event again."""
+        self.mark_a = self.mark_b = None
+        self.comparison = None
+        self.remark()
+        self.show_selected()
 
     def show_comparison(self, c: Comparison) -> None:
         self.comparison = c
+        self.mark_b = str(c.b)
+        self.remark()
         self.query_one("#hit-summary", Static).update(render_comparison(c))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if self.comparison is not None:  # the A/B view stays until A is unmarked
+            return
         if self.selected != self.shown:  # the same event kept under a moved row: keep its view
             self.show_selected()

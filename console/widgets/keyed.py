@@ -1,10 +1,11 @@
-"""A table whose rows are keyed and updated in place, cell by cell (downlinks, locks).
+"""A table whose rows are keyed and updated in place, cell by cell (the locks).
 
 Why this module exists: a refresh must not rebuild a table (DataTable's ``clear`` drops
-every cache and the cursor; ``add_row`` and ``update_cell`` are O(1)). Both the downlinks
-and the locks table keep the cells they show per row key, add new rows, remove rows that
-vanished and touch only cells whose value changed; this is that part, once. Columns have
-fixed widths, so an update never re-measures them.
+every cache and the cursor; ``add_row`` and ``update_cell`` are O(1)). The locks table keeps
+the cells it shows per row key, adds new rows, removes rows that vanished and touches only
+cells whose value changed. (The downlinks, which a filter hides by the thousand, are a
+virtual table instead: console.widgets.vtable.) Columns have fixed widths, so an update
+never re-measures them.
 """
 
 from __future__ import annotations

@@ -7,17 +7,17 @@ from collections.abc import Callable
 
 from rich.text import Text
 
-from console.format import age
+from console.format import age, plain, printable
 from console.widgets.keyed import KeyedTable
 from engine.api import LockInfo
 
 # fixed widths: no re-measuring on updates, and a picture that does not depend on timing
 COLUMNS = (
-    ("name", "Lock", 22),
-    ("kind", "Kind", 10),
-    ("owner", "Owner", 24),
-    ("what", "Process", 26),
-    ("age", "Age", 5),
+    ("name", "Lock", 20),
+    ("kind", "Kind", 7),
+    ("owner", "Owner", 20),
+    ("what", "Process", 20),
+    ("age", "Age", 4),
     ("verdict", "Verdict", 90),
 )
 
@@ -25,15 +25,15 @@ COLUMNS = (
 def cells(i: LockInfo, now: float) -> dict[str, object]:
     created_age = now - i.created if i.created is not None else i.age_s
     verdict = Text("STALE: " if i.stale else "held: ", style="bold red" if i.stale else "green")
-    verdict.append(i.reason, style="red" if i.stale else "")
+    verdict.append(printable(i.reason), style="red" if i.stale else "")
     if not i.stale and i.host and "another host" in i.reason:
         verdict.stylize("bold yellow")
-    return {
-        "name": i.name,
-        "kind": i.kind,
-        "owner": i.owner,
-        "what": f"{i.process or '-'} {i.stream or ''}".strip(),
-        "age": age(created_age),
+    return {  # Text, never a str: DataTable parses a str cell as markup, and these are data
+        "name": plain(i.name),
+        "kind": plain(i.kind),
+        "owner": plain(i.owner),
+        "what": plain(f"{i.process or '-'} {i.stream or ''}".strip()),
+        "age": Text(age(created_age)),
         "verdict": verdict,
     }
 

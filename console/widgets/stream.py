@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from console.format import STATUS_STYLE, bar, duration, status_text
+from console.format import STATUS_STYLE, bar, duration, plain, printable, status_text
 from engine.api import ProcessInstance, StreamView
 
 
@@ -27,19 +27,22 @@ def pi_label(
     now: float,
     typical: dict[str, float],
     foreach: dict[str, str] | None = None,
+    name_w: int = 12,
+    earlier: list[ProcessInstance] | None = None,
 ) -> Text:
     """name status e<execution> r<retry>/<max> duration [bar] host:pid note (most telling first).
 
     An instance of a per-substream process (``foreach``) is named by its key (it sits under
-    its process's group node)."""
+    its process's group node). ``name_w``: the name column's width (the longest name
+    shown, so a narrow pane keeps room for the note)."""
     t = Text()
-    t.append(
-        f"{(pi.key if pi.process in (foreach or {}) and pi.key else pi.process):<12}", style="bold"
-    )
+    t.append(f"{pi_name(pi, foreach):<{name_w}}", style="bold")
     t.append(" ")
     t.append_text(status_text(f"{pi.status:<9}"))
     t.append(f" e{pi.execution}", style="cyan")
     t.append(f" r{pi.auto_retry}/{pi.max_retries}", style="dim")
+    if earlier:  # what ran before this execution (a rollback, a retry, a resume)
+        t.append(f" {history_text(earlier)}", style="magenta")
     end = pi.ended if pi.ended is not None else (now if pi.status == "RUNNING" else None)
     t.append(f" {duration(end - pi.started) if pi.started and end else '-':>6}")
     if pi.status == "RUNNING" and pi.started:
@@ -49,13 +52,34 @@ def pi_label(
             t.append(f" {bar(frac, 8)} {frac * 100:2.0f}%~", style="yellow")
         else:
             t.append(f" {bar(0.0, 8)}  ?%", style="yellow")
-    if pi.job_id:  # recorded for a batch job only: what its queue knows it by
-        t.append(f" {pi.launcher}:{pi.job_id}", style="dim")
-    elif pi.pid is not None:
-        t.append(f" {pi.host or '?'}:{pi.pid}", style="dim")
     if pi.note:
-        t.append(f"  {pi.note[:70]}", style="red" if pi.status in ("FAILED", "READY") else "dim")
+        # before where it ran, in full: a narrow pane still shows its start, the tree
+        # scrolls sideways, and the detail line under the downlinks shows it whole
+        t.append_text(plain(f"  {pi.note}", "red" if pi.status in ("FAILED", "READY") else "dim"))
+    if pi.job_id:  # recorded for a batch job only: what its queue knows it by
+        t.append(f"  {pi.launcher}:{pi.job_id}", style="dim")
+    elif pi.pid is not None:
+        t.append(f"  {printable(pi.host or '?')}:{pi.pid}", style="dim")
     return t
+
+
+def when(t: float | None) -> str:
+    """A compact local date and time: 12-05 10:31."""
+    return "-" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
+
+
+def history_text(earlier: list[ProcessInstance]) -> str:
+    """Earlier executions, newest first: ``(e1 FAILED 12-05 10:31)``; three at most."""
+    if not earlier:
+        return ""
+    shown = [f"e{p.execution} {p.status} {when(p.started or p.created)}" for p in earlier[:3]]
+    more = f", +{len(earlier) - 3} more" if len(earlier) > 3 else ""
+    return f"({', '.join(shown)}{more})"
+
+
+def pi_name(pi: ProcessInstance, foreach: dict[str, str] | None = None) -> str:
+    """What the tree calls an instance: its key under a group, else its process."""
+    return pi.key if pi.process in (foreach or {}) and pi.key else pi.process
 
 
 def group_label(name: str, items: list[ProcessInstance], noun: str = "key") -> Text:
@@ -83,6 +107,10 @@ class StreamTree(Tree[ProcessInstance | None]):
         self._pi_nodes: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self._groups: dict[str, TreeNode[ProcessInstance | None]] = {}
         self._notes: list[str] = []  # leaves explaining a downlink without a stream
+        self.name_w: dict[str, int] = {}  # name column per parent ("" top): the longest name
+        # earlier executions per (process, key), newest first (engine.api.stream_history)
+        self.history: dict[tuple[str, str], list[ProcessInstance]] = {}
+        self._retired: dict[tuple[str, str], TreeNode[ProcessInstance | None]] = {}
         self.show_root = True
         self.guide_depth = 3
 
@@ -134,13 +162,13 @@ class StreamTree(Tree[ProcessInstance | None]):
                 without
                 or (f"{dlid}: no stream yet (press r to run)" if dlid else "no downlink selected")
             ).split("\n")
-            self.root.set_label(Text(head, style="bold" if more else "dim"))
+            self.root.set_label(plain(head, "bold" if more else "dim"))
             if self._pi_nodes or self._groups or more != self._notes:
                 self.clear()
                 self._pi_nodes.clear()
                 self._groups.clear()
                 for line in more:  # what the operator can do instead, one line each
-                    self.root.add_leaf(Text(line), data=None)
+                    self.root.add_leaf(plain(line), data=None)
                 self._notes = more
                 self.root.expand()
             return
@@ -152,10 +180,15 @@ class StreamTree(Tree[ProcessInstance | None]):
         root.append_text(status_text(s.status))
         root.append(f" e{s.execution}", style="cyan")
         if s.owner_pid:
-            root.append(f" runner {s.owner_host}:{s.owner_pid}", style="dim")
+            root.append(f" runner {printable(s.owner_host or '?')}:{s.owner_pid}", style="dim")
         if s.note:
-            root.append(f"  {s.note}", style="dim")
+            root.append_text(plain(f"  {s.note}", "dim"))
         self.root.set_label(root)
+        self.name_w = {}
+        for one in view.instances:  # per parent: a group's keys, or the top-level processes
+            at = one.process if one.process in self.foreach else ""
+            width = len(pi_name(one, self.foreach))
+            self.name_w[at] = min(12, max(self.name_w.get(at, 0), width))
         wanted: set[tuple[str, str]] = set()
         by_process: dict[str, list[ProcessInstance]] = {}
         for pi in view.instances:
@@ -176,7 +209,9 @@ class StreamTree(Tree[ProcessInstance | None]):
                 k = (pi.process, pi.key)
                 wanted.add(k)
                 node = self._pi_nodes.get(k)
-                label = pi_label(pi, now, self.typical, self.foreach)
+                label = pi_label(
+                    pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi)
+                )
                 if node is None:
                     self._pi_nodes[k] = parent.add_leaf(label, data=pi)
                 else:
@@ -188,6 +223,52 @@ class StreamTree(Tree[ProcessInstance | None]):
             self._groups.pop(p).remove()
         self.root.expand()
 
+    def clear(self) -> StreamTree:  # type: ignore[override]
+        """Every node goes: so do the rolled-back leaves and the history they came from."""
+        super().clear()
+        self._retired.clear()
+        self.history = {}
+        return self
+
+    def _earlier(self, pi: ProcessInstance) -> list[ProcessInstance]:
+        return [p for p in self.history.get((pi.process, pi.key), []) if p.execution < pi.execution]
+
+    def set_history(self, instances: list[ProcessInstance]) -> None:
+        """Every execution of the shown stream's instances: the earlier ones are named in
+        their instance's label."""
+        history: dict[tuple[str, str], list[ProcessInstance]] = {}
+        for p in sorted(instances, key=lambda p: -p.execution):
+            if not p.is_latest:
+                history.setdefault((p.process, p.key), []).append(p)
+        if history == self.history and not any(k in self._pi_nodes for k in self._retired):
+            return
+        self.history = history
+        now = self.clock()
+        # rolled back and not run again yet: no latest instance, the earlier ones still shown
+        for k in [k for k in self._retired if k not in history or k in self._pi_nodes]:
+            self._retired.pop(k).remove()
+        for k, earlier in history.items():
+            if k in self._pi_nodes:
+                continue
+            last = earlier[0]
+            label = pi_label(last, now, self.typical, self.foreach, self._w(last), earlier[1:])
+            label.append(" rolled back: runs again as a new execution", style="magenta")
+            node = self._retired.get(k)
+            if node is None:
+                parent = self._groups.get(last.process, self.root)
+                self._retired[k] = parent.add_leaf(label, data=last)
+            else:
+                node.set_label(label)
+        for node in self._pi_nodes.values():
+            pi = node.data
+            if pi is not None:
+                node.set_label(
+                    pi_label(pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi))
+                )
+
+    def _w(self, pi: ProcessInstance) -> int:
+        return self.name_w.get(pi.process if pi.process in self.foreach else "", 12)
+
     def tick(self) -> None:
         """Advance running jobs' durations and bars (called each second)."""
         if self.view is None:
@@ -196,4 +277,6 @@ class StreamTree(Tree[ProcessInstance | None]):
         for node in self._pi_nodes.values():
             pi = node.data
             if pi is not None and pi.status == "RUNNING":
-                node.set_label(pi_label(pi, now, self.typical, self.foreach))
+                node.set_label(
+                    pi_label(pi, now, self.typical, self.foreach, self._w(pi), self._earlier(pi))
+                )

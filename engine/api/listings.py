@@ -80,6 +80,14 @@ def stream_views(
         return out
 
 
+def stream_history(ws: Workspace, dlid: str) -> StreamView | None:
+    """The latest stream of ``dlid`` with every execution of its process instances (the
+    earlier ones too: what failed before a rollback or a retry, where and when)."""
+    with StateDB(ws.state) as db:
+        s = db.latest_stream(dlid)
+        return None if s is None else StreamView(s, db.instances(s.id, latest_only=False))
+
+
 @dataclass
 class DownlinkListing:
     """`skydeck-engine downlinks`: registered downlinks with their latest stream, and the
@@ -212,3 +220,11 @@ def last_line(path: str | Path, limit: int = 200) -> str:
         return ""
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     return lines[-1][:limit] if lines else ""
+
+
+def human_log_lines(lines: list[str]) -> list[str]:
+    """Log lines as a person reads them: JSON event lines (``logs/daemon.log``) in the
+    human format with the local time, level, event and fields; other lines as they are."""
+    from engine.core.log import human_from_json
+
+    return [human_from_json(line) or line for line in lines]

@@ -351,3 +351,30 @@ def detach_file(handler: AppendFile) -> None:
         for h, lenient in streams:
             h.lenient = lenient
         handler.restore = None
+
+
+def human_from_json(line: str) -> str | None:
+    """A JSON event line (``logs/daemon.log``) in the human format (local time, the level
+    when not info, the event, its fields); None when the line is not such an event."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        ev = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(ev, dict) or "event" not in ev:
+        return None
+    name = str(ev.pop("level", "info")).upper()
+    ev.pop("logger", None)
+    levelno = LEVELS.get(name.lower(), logging.INFO)
+    t = ev.get("t")
+    record = logging.makeLogRecord(
+        {
+            "levelno": levelno,
+            "levelname": logging.getLevelName(levelno),
+            "created": t if isinstance(t, int | float) else time.time(),
+            _PAYLOAD: ev,
+        }
+    )
+    return HumanFormatter().format(record)

@@ -140,3 +140,33 @@ def fill_fixed(ws: Workspace, now: float = FROZEN_NOW) -> None:
             }
         )
     )
+
+
+EVIL_NOTE = "[link=https://evil.example]click[/link] [bold red]\x1b[31mred\x1b[0m\x07 done"
+
+
+def fill_evil(ws: Workspace, dlid: str = "251126004", now: float = FROZEN_NOW) -> None:
+    """A failed downlink whose stream note carries Rich markup and terminal escapes, as text
+    from outside (a job's error line) can: the console must show it literally."""
+    from engine.store import Downlink, StateDB
+
+    with StateDB(ws.state) as db:
+        db.register_downlink(
+            Downlink(dlid, "level0", str(ws.incoming_level0 / dlid), 2, False, None, now, now + 1)
+        )
+        st, _ = db.claim_stream(dlid, "halfpipe")
+        assert st is not None
+        p = db.create_instance(st.id, "launchChunks", "", 0)
+        db.update_instance(
+            p.id,
+            status="FAILED",
+            started=now,
+            host="node\x1b[2J01",
+            pid=77,
+            pid_start=now,
+            ended=now + 1,
+            exit_code=2,
+            note=EVIL_NOTE,
+            log_path=str(ws.logs / dlid / "x.log"),
+        )
+        db.release_stream(st.id, "FAILED", EVIL_NOTE)

@@ -105,10 +105,9 @@ async def test_filter_and_sort_with_keys(ws):
         await pilot.press("escape")
         app.q("#filter").value = ""
         await settle(pilot, lambda: len(table.shown) == 3)
-        await pilot.press("S")  # reverse: newest id first
-        assert table.sort_reverse
-        first = table.coordinate_to_cell_key((0, 0)).row_key.value
-        assert first == "251127003"
+        assert table.sort_reverse and table.keys[0] == "251127003"  # newest first
+        await pilot.press("S")  # reverse: oldest id first
+        assert not table.sort_reverse and table.keys[0] == "251125001"
         await pilot.press("s")  # next column: date
         assert table.sort_column == "date"
 
@@ -298,7 +297,7 @@ async def test_launch_propagation_with_progress(ws):
         assert isinstance(app.screen, FormScreen)
         app.screen.query_one("#f-photons").value = "30000"
         app.screen.query_one("#f-tag").value = "from-console"
-        await pilot.press("enter", "enter", "enter")  # through the fields; the last submits
+        await pilot.press("enter")  # enter in any field launches
         panel = app.q(HitsPanel)
         await settle(
             pilot,
@@ -310,6 +309,8 @@ async def test_launch_propagation_with_progress(ws):
         assert any(m.total == 30000 and m.done == 30000 for m in seen)  # progress reached it
         path = next(iter(panel.summaries))
         assert Path(path).name == "from-console" and panel.summaries[path].photons == 30000
+        sev, text = next(t for t in app.toasts if t[1].startswith("job done"))
+        assert "30,000 photons in" in text and "photons/s); output " in text
 
 
 async def test_read_only_disables_every_action(ws):
@@ -357,10 +358,12 @@ async def test_launch_build_on_files_with_progress(ws):
         form = app.screen
         assert form.query_one("#f-inputs").value.endswith("incoming/level0/251125001")
         form.query_one("#f-select").value = 'color == "red"'
-        await pilot.press("enter", "enter", "enter")
+        await pilot.press("enter")  # enter in any field launches
         await settle(pilot, lambda: any(m.exit is not None for m in seen) and not app.jobs)
         assert [m.exit for m in seen if m.exit is not None] == [0]
         assert (ws.root / "builds" / "251125001.h5").is_file()
         done = [m for m in seen if m.total]
         assert done and done[-1].done == done[-1].total > 0  # progress reached the total
         assert not app.query(".job")  # the bar went away
+        sev, text = next(t for t in app.toasts if t[1].startswith("job done"))
+        assert "events in" in text and str(ws.root / "builds" / "251125001.h5") in text

@@ -219,9 +219,11 @@ async def test_failed_job_toast_says_why_and_its_log_opens(ws):
     async with app.run_test(size=(160, 45)) as pilot:
         await pilot.press("B")
         assert isinstance(app.screen, FormScreen)
-        missing = ws.root / "no-such-input"
-        app.screen.query_one("#f-inputs").value = str(missing)
-        await pilot.press("enter", "enter", "enter")
+        # an input the form cannot judge (it exists) but the build refuses: no sources
+        empty = ws.root / "no-such-input"
+        empty.mkdir()
+        app.screen.query_one("#f-inputs").value = str(empty)
+        await pilot.press("enter")
         await settle(pilot, lambda: any(sev == "error" for sev, _ in app.toasts))
         text = next(t for sev, t in app.toasts if sev == "error")
         job_log = next((ws.logs / "console").glob("build-*.log"))

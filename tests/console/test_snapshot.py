@@ -33,6 +33,7 @@ def test_main_screen_snapshot(tmp_path, snap_compare) -> None:
                 len(table.shown) == 3
                 and tree.view is not None
                 and "halfpipe-251124002" in app.q(LocksTable).infos
+                and app.q("#health").has_class("show")  # no daemon here: the banner says so
             ),
         )
         await pilot.press("down")  # the running downlink: its stream, with a progress bar

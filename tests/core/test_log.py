@@ -197,3 +197,21 @@ def test_command_in_skips_the_log_options_values() -> None:
 def test_the_parsers_names_are_the_modules() -> None:
     """engine/cli/main.py lists them itself so that --help imports no logging."""
     assert LOG_FORMATS == log.FORMATS and list(LOG_LEVELS) == list(log.LEVELS)
+
+
+def test_human_from_json_reads_a_daemon_log_line() -> None:
+    """A JSON event line of logs/daemon.log in the human format (the console's Log pane)."""
+    import json as _json
+    import time as _time
+
+    from engine.core.log import human_from_json
+
+    t = 1795600000.5
+    line = _json.dumps(
+        {"t": t, "event": "stream_failed", "dlid": "251125001", "why": "x y", "level": "error"}
+    )
+    when = _time.strftime("%H:%M:%S", _time.localtime(t))
+    assert human_from_json(line) == f'{when} ERROR stream_failed    251125001 why="x y"'
+    info = human_from_json(_json.dumps({"t": t, "event": "registered", "logger": "skydeck.x"}))
+    assert info == f"{when} registered"
+    assert human_from_json("plain text") is None and human_from_json("{bad") is None
