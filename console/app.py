@@ -46,6 +46,7 @@ WRITE_ACTIONS = frozenset(
         "rerun_process",
         "unlock",
         "halts",
+        "acknowledge",
         "launch_build",
         "launch_propagate",
     }
@@ -153,6 +154,7 @@ class SkydeckApp(App[None]):
         Binding("p", "screen.rerun_process", "Re-run", id="rerun_process"),
         Binding("u", "screen.unlock", "Unlock", id="unlock"),
         Binding("h", "screen.halts", "Halt", id="halts"),
+        Binding("k", "screen.acknowledge", "Acknowledge", id="acknowledge", show=False),
         Binding("l", "screen.open_log", "Log", id="open_log"),
         Binding("L", "screen.pick_log", "Logs", id="pick_log"),
         Binding("1", "screen.tab('locks')", "Locks", id="tab.locks", group=TABS),
@@ -191,6 +193,8 @@ class SkydeckApp(App[None]):
         "when it cannot succeed",
         "unlock": "Remove the selected lock (asks first; a live one needs a second look)",
         "halts": "Set or clear halt flags (global or for the selected downlink)",
+        "acknowledge": "Acknowledge the selected downlink's alarm (FAILED or STUCK): who and "
+        "why are recorded, health stops failing for it",
         "open_log": "Follow the selected process instance's log",
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
         "launch_build": "Build events from files (skydeck-engine build), with progress",

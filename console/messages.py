@@ -97,6 +97,7 @@ class HistoryRead(Message, bubble=False):
     dlid: str
     view: StreamView | None
     show: bool = False
+    acks: tuple[str, ...] = ()  # operators' acknowledgements of the stream (who, when, why)
 
 
 @dataclass

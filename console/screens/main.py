@@ -192,6 +192,7 @@ class MainScreen(Screen[None]):
         self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
         self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
         self._wake_timer: Timer | None = None  # the pending read of a new selection
+        self.acks: dict[str, tuple[str, ...]] = {}  # dlid -> its stream's acknowledgements
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -398,12 +399,19 @@ class MainScreen(Screen[None]):
 
     @work(thread=True, group="history", exclusive=True, exit_on_error=False)
     def _read_history(self, dlid: str, show: bool = False) -> None:
-        self.post_message(HistoryRead(dlid, api.stream_history(self.ws, dlid), show))
+        view = api.stream_history(self.ws, dlid)
+        acks: tuple[str, ...] = ()
+        if view is not None:
+            acks = tuple(
+                a.line() for a in api.acknowledgements(self.ws, dlid).get(view.stream.id, [])
+            )
+        self.post_message(HistoryRead(dlid, view, show, acks))
 
     def on_history_read(self, msg: HistoryRead) -> None:
         if not self.live:
             return
         tree = self.query_one(StreamTree)
+        self.acks[msg.dlid] = msg.acks
         if msg.view is not None and tree.dlid == msg.dlid:
             tree.set_history(msg.view.instances)
             self._show_detail()
@@ -511,6 +519,8 @@ class MainScreen(Screen[None]):
             text += f": {row.note}"
         if row.kept:
             text += f" (files kept in {row.kept})"
+        if acks := self.acks.get(row.dlid):  # the latest acknowledgement of its alarm
+            text += f"; {acks[-1]}"
         detail.update(printable(text), layout=False)  # a fixed height: no layout
 
     @on(Tree.NodeHighlighted, "#stream")
@@ -922,7 +932,8 @@ class MainScreen(Screen[None]):
             return
         dlid = self.query_one(DownlinksTable).selected
         self.app.push_screen(
-            HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid)), self._halt_chosen
+            HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid), api.HALT_MEANING),
+            self._halt_chosen,
         )
 
     def _halt_chosen(self, choice: tuple[str, str | None] | None) -> None:
@@ -943,6 +954,45 @@ class MainScreen(Screen[None]):
                 self.post_message(ActionDone(f"set {flag} ({scope}): its processes are held"))
         except (api.SkydeckError, OSError) as err:
             self.post_message(ActionDone(f"halt flag {flag}: {err}", "error"))
+
+    def action_acknowledge(self) -> None:
+        """Acknowledge the selected downlink's alarm (a FAILED or STUCK stream): who (this
+        user) and why are recorded as an event; health stops failing for it."""
+        if not self._writable():
+            return
+        dlid = self._dlid()
+        if dlid is None:
+            return
+
+        def check(values: dict[str, str]) -> tuple[str | None, str | None]:
+            return (
+                ("say why it needs no further action", None)
+                if not values["reason"].strip()
+                else (None, None)
+            )
+
+        def done(values: dict[str, str] | None) -> None:
+            if values is not None:
+                self._acknowledge(dlid, values["reason"].strip())
+
+        self.app.push_screen(
+            FormScreen(
+                f"Acknowledge the alarm of {dlid}'s stream (recorded with your user name)",
+                [("reason", "why it needs no further action", "")],
+                check,
+            ),
+            done,
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _acknowledge(self, dlid: str, reason: str) -> None:
+        try:
+            sid, status = api.acknowledge(self.ws, dlid, reason=reason)
+        except (api.SkydeckError, OSError) as err:
+            self.post_message(ActionDone(f"acknowledge {dlid}: {err}", "error"))
+            return
+        self.post_message(ActionDone(f"acknowledged stream {sid} of {dlid} ({status}): {reason}"))
+        self._read_history(dlid)
 
     # -------------------------------------------------------------------- logs
 

@@ -119,10 +119,15 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
     BINDINGS = [Binding("escape", "cancel", "Close", id="halt.close")]
 
     def __init__(
-        self, flags: tuple[str, ...], dlid: str | None, active: dict[str, list[str]]
+        self,
+        flags: tuple[str, ...],
+        dlid: str | None,
+        active: dict[str, list[str]],
+        meaning: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.flags, self.dlid, self.active = flags, dlid, active
+        self.meaning = meaning or {}
 
     def compose(self) -> ComposeResult:
         opts = []
@@ -133,9 +138,11 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
                     f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {scope}",
                     style="bold red" if on else "",
                 )
+                if flag in self.meaning:  # what setting it holds, under its name
+                    text.append(f"\n       {self.meaning[flag]}", style="dim")
                 opts.append(Option(text, id=f"{flag}|{scope}"))
         with Vertical(id="dialog"):
-            yield Label("Halt flags: enter toggles (a set flag holds its processes)")
+            yield Label("Halt flags: enter toggles (a set flag holds what its line says)")
             yield OptionList(*opts, id="flags")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

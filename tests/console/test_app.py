@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from textual.widgets import OptionList
 
 from console.app import JobProgress, SkydeckApp
 from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, HelpScreen
@@ -238,6 +239,13 @@ async def test_halt_flags_set_and_clear(ws):
         await settle(pilot, lambda: table.selected == "251125001")
         await pilot.press("h")
         assert isinstance(app.screen, HaltScreen)
+        # each flag says what it holds, under its name
+        shown = "\n".join(
+            str(app.screen.query_one(OptionList).get_option_at_index(i).prompt)
+            for i in range(app.screen.query_one(OptionList).option_count)
+        )
+        for flag, meaning in api.HALT_MEANING.items():
+            assert flag in shown and meaning in shown, (flag, shown)
         await pilot.press("enter")  # first option: haltStage, global
         await settle(pilot, lambda: (ws.path("flags") / "haltStage").exists())
         assert api.halts(ws, "251125001") == {"haltStage": ["global"]}
