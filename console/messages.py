@@ -98,6 +98,7 @@ class HistoryRead(Message, bubble=False):
     view: StreamView | None
     show: bool = False
     acks: tuple[str, ...] = ()  # operators' acknowledgements of the stream (who, when, why)
+    held: str | None = None  # what holds the downlink back (a halt flag, another's lock)
 
 
 @dataclass

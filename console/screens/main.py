@@ -193,6 +193,7 @@ class MainScreen(Screen[None]):
         self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
         self._wake_timer: Timer | None = None  # the pending read of a new selection
         self.acks: dict[str, tuple[str, ...]] = {}  # dlid -> its stream's acknowledgements
+        self.held: dict[str, str | None] = {}  # dlid -> what holds it back, if anything
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -405,13 +406,15 @@ class MainScreen(Screen[None]):
             acks = tuple(
                 a.line() for a in api.acknowledgements(self.ws, dlid).get(view.stream.id, [])
             )
-        self.post_message(HistoryRead(dlid, view, show, acks))
+        held = api.downlink_note(self.ws, dlid, view.stream if view is not None else None)
+        self.post_message(HistoryRead(dlid, view, show, acks, held))
 
     def on_history_read(self, msg: HistoryRead) -> None:
         if not self.live:
             return
         tree = self.query_one(StreamTree)
         self.acks[msg.dlid] = msg.acks
+        self.held[msg.dlid] = msg.held
         if msg.view is not None and tree.dlid == msg.dlid:
             tree.set_history(msg.view.instances)
             self._show_detail()
@@ -517,6 +520,8 @@ class MainScreen(Screen[None]):
         text = f"{row.dlid} {row.state} {row.stream}"
         if row.note:
             text += f": {row.note}"
+        elif held := self.held.get(row.dlid):  # a halt flag, another owner's lock
+            text += f": {held}"
         if row.kept:
             text += f" (files kept in {row.kept})"
         if acks := self.acks.get(row.dlid):  # the latest acknowledgement of its alarm

@@ -88,6 +88,24 @@ def stream_history(ws: Workspace, dlid: str) -> StreamView | None:
         return None if s is None else StreamView(s, db.instances(s.id, latest_only=False))
 
 
+def downlink_note(ws: Workspace, dlid: str, stream: Stream | None) -> str | None:
+    """What a downlink's row says beside its state: its stream's note; for one not started
+    yet, the halt flag holding it; for a running one with nothing else to say, what holds it
+    back (an instance waiting for a lock that another owner, maybe on another host, holds:
+    its note names the holder). The CLI's ``downlinks`` and the console's detail line."""
+    from engine.pipeline.halts import held_note
+
+    note = stream.note if stream is not None else None
+    if stream is None or stream.status == "WAITING":
+        return held_note(ws, dlid) or note
+    if stream.status == "RUNNING" and not note:
+        for v in stream_views(ws, dlid):
+            for pi in v.instances:
+                if pi.note and pi.note.startswith("waiting for") and "lock" in pi.note:
+                    return f"{pi.label} {pi.note}"
+    return note
+
+
 @dataclass
 class DownlinkListing:
     """`skydeck-engine downlinks`: registered downlinks with their latest stream, and the

@@ -6,13 +6,8 @@ Its machinery is imported in ``run()``, not here: ``--help`` must stay light (te
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from engine.cli import SUMMARY
-
-if TYPE_CHECKING:
-    from engine.core.workspace import Workspace
-    from engine.store.records import Stream
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,29 +16,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def _note(ws: Workspace, dlid: str, st: Stream | None) -> str | None:
-    """The stream's note; for one not started yet, the halt flag holding it; for a running
-    one with nothing else to say, what holds it back (an instance waiting for a lock
-    another owner, maybe on another host, holds: its note names the holder)."""
-    from engine.api.listings import stream_views
-    from engine.pipeline.halts import held_note
-
-    note = st.note if st is not None else None
-    if st is None or st.status == "WAITING":
-        return held_note(ws, dlid) or note
-    if st.status == "RUNNING" and not note:
-        for v in stream_views(ws, dlid):
-            for pi in v.instances:
-                if pi.note and pi.note.startswith("waiting for") and "lock" in pi.note:
-                    return f"{pi.label} {pi.note}"
-    return note
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from engine.api.listings import downlink_listing
+    from engine.api.listings import downlink_listing, downlink_note
     from engine.core.text import printable as pr
     from engine.core.workspace import Workspace
 
@@ -82,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{pr(d.dlid):10s} {pr(d.kind):6s} {d.chunks:6d} {'yes' if d.gensteps else 'no':8s} "
             f"{pr(st.status) if st else '-':10s} {when} "
-            f"{pr(note) if (note := _note(ws, d.dlid, st)) else ''}".rstrip()
+            f"{pr(note) if (note := downlink_note(ws, d.dlid, st)) else ''}".rstrip()
         )
     for p in pending:
         print(f"PENDING  {pr(p.name)}: {pr(p.reason)}")

@@ -52,6 +52,7 @@ ALERT_EVENTS = (
 )
 QUEUE_MAX = 64  # alerts waiting for the worker; more are dropped
 _STOP = object()
+ENDED = "killed: its sender ended first"  # a hook still running when its process ends
 
 
 class Alerter:
@@ -85,6 +86,7 @@ class Alerter:
         self._failed_instance: dict[str, tuple[str, str]] = {}  # dlid -> (process, why)
         self.sent: list[dict[str, Any]] = []  # what the worker ran the hook for (tests)
         self._proc: subprocess.Popen[bytes] | None = None  # the hook running now
+        self._ending = False  # close() gave up waiting: a hook killed now is not its fault
 
     @property
     def enabled(self) -> bool:
@@ -231,6 +233,9 @@ class Alerter:
             proc.wait()
             self._log("alert_failed", **what, error=f"{err.strerror or err}")
             return False
+        if proc.returncode != 0 and self._ending:  # killed by close(): its sender ends
+            self._log("alert_failed", **what, error=ENDED)
+            return False
         if proc.returncode != 0:
             tail = (err_out or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
             self._log(
@@ -261,6 +266,7 @@ class Alerter:
         w.join(budget)
         proc = self._proc
         if w.is_alive() and proc is not None:  # out of time: no hook outlives its sender
+            self._ending = True
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
         left = sum(1 for doc in list(self._q.queue) if doc is not _STOP)

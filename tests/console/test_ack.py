@@ -64,3 +64,26 @@ async def test_read_only_offers_no_acknowledgement(tmp_path) -> None:
         await pilot.press("k")
         assert app.screen is app.main
     assert not api.acknowledgements(ws, FAILED_DLID)
+
+
+async def test_a_held_downlink_says_what_holds_it(tmp_path) -> None:
+    """A downlink that waits for the global `halted` flag says so on its detail line."""
+    import time
+
+    from engine.store import Downlink, StateDB
+
+    ws = make_ws(tmp_path / "ws")
+    fill_fixed(ws)
+    with StateDB(ws.state) as db:
+        t = time.time()
+        db.register_downlink(
+            Downlink("251127005", "level0", str(ws.incoming_level0 / "x"), 1, False, None, t, t)
+        )
+    api.set_halt(ws, "halted")
+    app = SkydeckApp(ws, clock=lambda: FROZEN_NOW, poll_s=0.05, stage_every_s=3600)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.q(DownlinksTable)
+        await settle(pilot, lambda: "251127005" in table.shown)
+        table.move_to_key("251127005")
+        detail = app.screen.query_one("#row-detail", Static)
+        await settle(pilot, lambda: "held: halt flag halted set globally" in str(detail.render()))

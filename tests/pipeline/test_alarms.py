@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.api.alarms import engine_status
 from engine.cli import HALT_FLAGS_HELP
-from engine.core.alerts import Alerter
+from engine.core.alerts import ENDED, Alerter
 from engine.core.heartbeat import write_heartbeat
 from engine.core.owner import Owner
 from engine.daemon.exporter import render
@@ -333,7 +333,9 @@ def test_a_hanging_hook_never_holds_the_daemon(ws, tmp_path):
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert any(x["event"] == "stream_success" and x["dlid"] == "251125020" for x in lines)
     failed = [x for x in lines if x["event"] == "alert_failed"]
-    assert failed and all(x["error"] == "timed out after 1 s" for x in failed)
+    # each hung hook: killed at its timeout, or (the last, on a loaded machine) when watch
+    # ended first; never another reason
+    assert failed and all(x["error"] in ("timed out after 1 s", ENDED) for x in failed)
     assert took < 60
     alive = [int(x) for x in pids.read_text().split() if psutil.pid_exists(int(x))]
     assert [p for p in alive if psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
