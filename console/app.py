@@ -157,6 +157,7 @@ class SkydeckApp(App[None]):
         Binding("k", "screen.acknowledge", "Acknowledge", id="acknowledge", show=False),
         Binding("l", "screen.open_log", "Log", id="open_log"),
         Binding("L", "screen.pick_log", "Logs", id="pick_log"),
+        Binding("g", "screen.search_logs", "Search logs", id="search_logs", show=False),
         Binding("1", "screen.tab('locks')", "Locks", id="tab.locks", group=TABS),
         Binding("2", "screen.tab('staging')", "Staging", id="tab.staging", group=TABS),
         Binding("3", "screen.tab('hits')", "Hits", id="tab.hits", group=TABS),
@@ -197,6 +198,8 @@ class SkydeckApp(App[None]):
         "why are recorded, health stops failing for it",
         "open_log": "Follow the selected process instance's log",
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
+        "search_logs": "Search across logs: the selected downlink's (or every log) in a time "
+        "window; enter on a match opens its log with the pattern highlighted",
         "launch_build": "Build events from files (skydeck-engine build), with progress",
         "launch_propagate": "Propagate photons through a scene, with progress",
         "messages": "What the console said, kept apart: errors, warnings, information",

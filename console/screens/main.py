@@ -63,7 +63,13 @@ from console.messages import (
     StageRead,
     StateReach,
 )
-from console.screens.modals import ConfirmScreen, FormScreen, HaltScreen, LogPickerScreen
+from console.screens.modals import (
+    ConfirmScreen,
+    FormScreen,
+    HaltScreen,
+    LogMatchesScreen,
+    LogPickerScreen,
+)
 from console.screens.timeline import TimelineScreen
 from console.widgets.downlinks import STATES, DownlinksTable, FilterError
 from console.widgets.hits import PAGE, HitsPanel
@@ -1020,6 +1026,66 @@ class MainScreen(Screen[None]):
         self.app.push_screen(
             LogPickerScreen(files), lambda path: self.open_log(path) if path else None
         )
+
+    def action_search_logs(self) -> None:
+        """Search across logs: the selected downlink's (its jobs' logs and its daemon
+        events), or every log, in a time window (engine.api.search_logs)."""
+        dlid = self.query_one(DownlinksTable).selected or ""
+
+        def check(values: dict[str, str]) -> tuple[str | None, str | None]:
+            try:
+                re.compile(values["pattern"])
+                if values["since"].strip():
+                    api.parse_when(values["since"].strip())
+            except re.error as err:
+                return f"bad pattern: {err}", None
+            except api.BadInput as err:
+                return str(err), None
+            if not values["pattern"]:
+                return "a pattern to look for", None
+            return None, None
+
+        def done(values: dict[str, str] | None) -> None:
+            if values is not None:
+                self._search_logs(
+                    values["pattern"], values["dlid"].strip() or None, values["since"].strip()
+                )
+
+        self.app.push_screen(
+            FormScreen(
+                "Search the logs (the daemon's events, process and console-job logs)",
+                [
+                    ("pattern", "pattern (a regular expression, any case)", ""),
+                    ("dlid", "downlink (empty: every log)", dlid),
+                    ("since", "since (30m, 2h, 1d, YYYY-MM-DD HH:MM; empty: all)", "1d"),
+                ],
+                check,
+            ),
+            done,
+        )
+
+    @work(thread=True, group="log-search", exclusive=True, exit_on_error=False)
+    def _search_logs(self, pattern: str, dlid: str | None, since: str) -> None:
+        try:
+            found = api.search_logs(
+                self.ws, pattern, dlid=dlid, since=api.parse_when(since) if since else None
+            )
+        except (api.SkydeckError, OSError) as err:
+            self.post_message(ActionDone(f"search the logs: {err}", "error"))
+            return
+        where = f"{dlid}'s logs" if dlid else "the logs"
+        window = f" since {since}" if since else ""
+        if not found:
+            self.post_message(ActionDone(f"nothing matches {pattern!r} in {where}{window}"))
+            return
+        title = f"{len(found)} lines match {pattern!r} in {where}{window}: enter opens one"
+
+        def open_match(path: str | None) -> None:
+            if path:
+                self.open_log(path, dlid)
+                self.query_one("#log-search", Input).value = pattern
+
+        self.app.call_from_thread(self.app.push_screen, LogMatchesScreen(title, found), open_match)
 
     def open_log(self, path: str, dlid: str | None = None) -> None:
         self.query_one(LogPanel).start(path, dlid)

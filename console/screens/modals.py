@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 from console.format import printable
 
 if TYPE_CHECKING:
-    from engine.api import LogFile
+    from engine.api import LogFile, LogMatch
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -241,6 +241,35 @@ class LogPickerScreen(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(str(event.option.id))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LogMatchesScreen(ModalScreen[str | None]):
+    """Lines matching a search across logs (``engine.api.search_logs``): when, which log and
+    line, the text; enter opens that log in the Log tab with the pattern highlighted."""
+
+    BINDINGS = [Binding("escape", "cancel", "Close", id="matches.close")]
+
+    def __init__(self, title: str, matches: Sequence[LogMatch]) -> None:
+        super().__init__()
+        self.title_text, self.matches = title, list(matches)
+
+    def compose(self) -> ComposeResult:
+        opts = []
+        for i, m in enumerate(self.matches):
+            text = Text(time.strftime("%m-%d %H:%M:%S ", time.localtime(m.t)), style="dim")
+            text.append(printable(f"{m.path.rsplit('/', 2)[-2]}/{m.path.rsplit('/', 1)[-1]}"))
+            text.append(f":{m.lineno} ", style="bold")
+            text.append(printable(m.line))
+            opts.append(Option(text, id=str(i)))
+        with Vertical(id="dialog"):
+            yield Label(self.title_text, markup=False)
+            yield OptionList(*opts, id="matches")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.matches[int(str(event.option.id))].path)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -32,6 +32,7 @@ for _module, _names in {
         "typical_durations",
         "LOCK_RECHECK_S",
     ),
+    "engine.api.logsearch": ("LogMatch", "search_logs", "parse_when"),
     "engine.api.listings": (
         "downlinks",
         "rejected",
@@ -127,6 +128,7 @@ __all__ = [  # the same names as _EXPORTS (a literal, for linters and type check
     'Job',
     'LOCK_RECHECK_S',
     'LockInfo',
+    'LogMatch',
     'LogFile',
     'Monitor',
     'ProcessInstance',
@@ -149,6 +151,8 @@ __all__ = [  # the same names as _EXPORTS (a literal, for linters and type check
     'compare_events',
     'downlink_listing',
     'downlink_note',
+    'parse_when',
+    'search_logs',
     'downlink_rows',
     'downlinks',
     'engine_argv',
@@ -242,6 +246,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers (never executed)
         task_groups,
         usage,
     )
+    from engine.api.logsearch import LogMatch, parse_when, search_logs
     from engine.api.monitor import (
         LOCK_RECHECK_S,
         ChangeProbe,

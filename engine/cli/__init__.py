@@ -23,6 +23,7 @@ SUMMARY: dict[str, str] = {
     "hits": "summarize the hits of a propagation event (A/B with --vs)",
     "downlinks": "list downlinks (registered deliveries) and rejected deliveries",
     "streams": "list streams and process instances",
+    "logs": "search the logs (the daemon's events, process and console-job logs) by pattern",
     "locks": "list lock files and whether they are stale",
     "unlock": "remove a stale lock or one whose holder is frozen (a live one with --force)",
     "stage": "disk usage per area and downlink; free space",
