@@ -64,6 +64,7 @@ from console.messages import (
     StateReach,
 )
 from console.screens.modals import (
+    MARKED,
     ConfirmScreen,
     FormScreen,
     HaltScreen,
@@ -942,13 +943,53 @@ class MainScreen(Screen[None]):
         if not self._writable():
             return
         dlid = self.query_one(DownlinksTable).selected
+        active = api.halts(self.ws, dlid)
+        marked = self._marked()
+        if marked:  # a flag is "set" for the marked ones when every one has it
+            per = [api.halts(self.ws, one) for one in marked]
+            active = {f: [s for s in w if s == "global"] for f, w in active.items()}
+            for flag in api.HALT_FLAGS:
+                if all(one in p.get(flag, []) for one, p in zip(marked, per, strict=True)):
+                    active.setdefault(flag, []).append(MARKED)
         self.app.push_screen(
-            HaltScreen(api.HALT_FLAGS, dlid, api.halts(self.ws, dlid), api.HALT_MEANING),
-            self._halt_chosen,
+            HaltScreen(api.HALT_FLAGS, dlid, active, api.HALT_MEANING, marked),
+            lambda choice: self._halt_chosen(choice, marked, active),
         )
 
-    def _halt_chosen(self, choice: tuple[str, str | None] | None) -> None:
-        self._toggle_halt(choice)
+    def _halt_chosen(
+        self,
+        choice: tuple[str, str | None] | None,
+        marked: list[str] | None = None,
+        active: dict[str, list[str]] | None = None,
+    ) -> None:
+        if choice is None or choice[1] != MARKED or not marked:
+            self._toggle_halt(choice)
+            return
+        flag = choice[0]
+        clear = MARKED in (active or {}).get(flag, [])
+        verb = "clear" if clear else "set"
+        self._bulk_confirm(
+            f"{verb.title()} {flag} for {len(marked)} marked downlinks? "
+            f"({api.HALT_MEANING.get(flag, '')})",
+            [f"{one}: {verb} {flag}" for one in marked],
+            lambda: self._halt_bulk(flag, marked, clear),
+        )
+
+    @work(thread=True, group="action", exit_on_error=False)
+    def _halt_bulk(self, flag: str, marked: list[str], clear: bool) -> None:
+        lines, failed = [], 0
+        for one in marked:
+            try:
+                if clear:
+                    api.clear_halt(self.ws, flag, one)
+                else:
+                    api.set_halt(self.ws, flag, one)
+            except (api.SkydeckError, OSError) as err:
+                lines.append(f"{one}: {flag} not {'cleared' if clear else 'set'}: {err}")
+                failed += 1
+            else:
+                lines.append(f"{one}: {flag} {'cleared' if clear else 'set'}")
+        self.post_message(BulkDone("halt", lines, failed, []))
 
     @work(thread=True, group="action", exit_on_error=False)
     def _toggle_halt(self, choice: tuple[str, str | None] | None) -> None:

@@ -113,6 +113,9 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+MARKED = "@marked"  # HaltScreen's scope of the marked downlinks
+
+
 class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
     """Pick a halt flag to toggle, globally or for the selected downlink."""
 
@@ -124,18 +127,24 @@ class HaltScreen(ModalScreen[tuple[str, str | None] | None]):
         dlid: str | None,
         active: dict[str, list[str]],
         meaning: dict[str, str] | None = None,
+        marked: Sequence[str] = (),
     ) -> None:
+        """``marked``: the downlinks marked with space; their scope (``MARKED``) replaces
+        the selected downlink's, and a flag shows set when every one of them has it."""
         super().__init__()
         self.flags, self.dlid, self.active = flags, dlid, active
         self.meaning = meaning or {}
+        self.marked = list(marked)
 
     def compose(self) -> ComposeResult:
         opts = []
         for flag in self.flags:
-            for scope in ["global", *([self.dlid] if self.dlid else [])]:
+            here = [MARKED] if self.marked else [self.dlid] if self.dlid else []
+            for scope in ["global", *here]:
                 on = scope in self.active.get(flag, [])
+                name = f"the {len(self.marked)} marked downlinks" if scope == MARKED else scope
                 text = Text(
-                    f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {scope}",
+                    f"{'[SET]  ' if on else '[ - ]  '}{flag:<14} {name}",
                     style="bold red" if on else "",
                 )
                 if flag in self.meaning:  # what setting it holds, under its name

@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import Static
 
 from console.app import SkydeckApp
-from console.screens.modals import ConfirmScreen
+from console.screens.modals import ConfirmScreen, HaltScreen
 from console.widgets.downlinks import DownlinksTable
 from console.widgets.locks import LocksTable
 
@@ -62,3 +62,38 @@ async def test_marked_rollback_and_unlock(tmp_path, size) -> None:
         await pilot.press("b")
         assert table.selected == "251123001"  # space marked the row above and moved on
         await settle(pilot, lambda: any("rollback 251123001" in t for _, t in app.toasts))
+
+
+async def test_marked_halt_then_resume(tmp_path) -> None:
+    """h with marked downlinks: the dialog offers their scope; one confirmation listing each;
+    the flag is set for every marked one (then cleared the same way)."""
+    ws = make_ws(tmp_path / "ws")
+    fill_fixed(ws)
+    app = SkydeckApp(ws, clock=lambda: FROZEN_NOW, poll_s=0.05, stage_every_s=3600)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.q(DownlinksTable)
+        await settle(pilot, lambda: len(table.shown) == 3)
+        await pilot.press("space", "space")
+        marked = sorted(table.marked)
+        assert len(marked) == 2
+        for clear in (False, True):
+            await pilot.press("h")
+            await settle(pilot, lambda: isinstance(app.screen, HaltScreen))
+            await pilot.press("down", "enter")  # haltStage, the marked downlinks
+            await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            items = str(app.screen.query_one("#items", Static).render())
+            verb = "clear" if clear else "set"
+            assert all(f"{d}: {verb} haltStage" in items for d in marked), items
+            await pilot.press("y")
+            await settle(
+                pilot,
+                lambda clear=clear: all(
+                    (ws.downlinks / d / "haltStage").exists() != clear for d in marked
+                ),
+            )
+            if not clear:  # the marks go with the bulk action's result: mark them again
+                await settle(pilot, lambda: any(t.startswith("halt:") for _, t in app.toasts))
+                for d in marked:
+                    table.move_to_key(d)
+                    await pilot.press("space")
+        assert not (ws.path("flags") / "haltStage").exists()  # never the global one
