@@ -158,6 +158,7 @@ class SkydeckApp(App[None]):
         Binding("l", "screen.open_log", "Log", id="open_log"),
         Binding("L", "screen.pick_log", "Logs", id="pick_log"),
         Binding("g", "screen.search_logs", "Search logs", id="search_logs", show=False),
+        Binding("j", "screen.jobs", "Jobs", id="jobs", show=False),
         Binding("1", "screen.tab('locks')", "Locks", id="tab.locks", group=TABS),
         Binding("2", "screen.tab('staging')", "Staging", id="tab.staging", group=TABS),
         Binding("3", "screen.tab('hits')", "Hits", id="tab.hits", group=TABS),
@@ -198,6 +199,8 @@ class SkydeckApp(App[None]):
         "why are recorded, health stops failing for it",
         "open_log": "Follow the selected process instance's log",
         "pick_log": "Open another log: the daemon's, console runs, builds and propagations",
+        "jobs": "The console's jobs (builds, propagations), running and finished: what each "
+        "made, how fast, or why it failed; enter opens its log",
         "search_logs": "Search across logs: the selected downlink's (or every log) in a time "
         "window; enter on a match opens its log with the pattern highlighted",
         "launch_build": "Build events from files (skydeck-engine build), with progress",

@@ -132,3 +132,20 @@ class JobProgress(Message, bubble=False):
 @dataclass
 class Compared(Message, bubble=False):
     comparison: Comparison
+
+
+@dataclass
+class JobRecord:
+    """One job the console launched (a build or a propagation): the `j` list keeps them,
+    running and finished. ``outcome``: None while it runs, then its result line (what it
+    made, how fast, where) or why it failed; ``log``: what the job printed."""
+
+    title: str
+    started: float  # epoch seconds
+    log: str
+    output: str
+    ended: float | None = None
+    exit: int | None = None
+    outcome: str | None = None
+    done: int = 0
+    total: int = 0

@@ -57,6 +57,7 @@ from console.messages import (
     HealthRead,
     HistoryRead,
     JobProgress,
+    JobRecord,
     LogLines,
     Planned,
     Refreshed,
@@ -68,6 +69,7 @@ from console.screens.modals import (
     ConfirmScreen,
     FormScreen,
     HaltScreen,
+    JobsScreen,
     LogMatchesScreen,
     LogPickerScreen,
 )
@@ -197,6 +199,7 @@ class MainScreen(Screen[None]):
         self.state_down: StateReach | None = None  # the state database is unreachable
         self.rows_timing = (0.0, 0.0)
         self.job_outputs: dict[str, tuple[str, str, float]] = {}  # title -> output, unit, t0
+        self.job_records: list[JobRecord] = []  # every job this console launched (`j`)
         self.latest_events: dict[str, Any] = {}  # the poll's newest events (the Hits page 0)
         self._wake_timer: Timer | None = None  # the pending read of a new selection
         self.acks: dict[str, tuple[str, ...]] = {}  # dlid -> its stream's acknowledgements
@@ -1235,6 +1238,7 @@ class MainScreen(Screen[None]):
             return
         self.jobs[job.title] = job
         self.job_outputs[job.title] = (output, unit, time.monotonic())
+        self.job_records.append(JobRecord(job.title, time.time(), str(job.log), output))
         box = self.query_one("#jobs", Vertical)
         row = Horizontal(
             Label(job.title, classes="job-name"),
@@ -1267,24 +1271,32 @@ class MainScreen(Screen[None]):
             bar.update(total=msg.total, progress=msg.done)
             if msg.exit is not None:
                 row.remove()
+        rec = next((r for r in reversed(self.job_records) if r.title == msg.job), None)
+        if rec is not None:
+            rec.done, rec.total = msg.done, msg.total or 0
         if msg.exit is not None:
             del self.jobs[msg.job]
             output, unit, t0 = self.job_outputs.pop(msg.job, ("", "", time.monotonic()))
             if msg.exit == 0:
-                self.notify(
-                    job_result(msg.job, msg.done, unit, time.monotonic() - t0, output),
-                    title="job done",
-                    timeout=30,
-                )
+                result = job_result(msg.job, msg.done, unit, time.monotonic() - t0, output)
+                self.notify(result, title="job done", timeout=30)
             else:
+                result = api.last_line(msg.log) or "no output"
                 self.notify(
-                    f"{msg.job} failed (exit {msg.exit}): "
-                    f"{api.last_line(msg.log) or 'no output'}; L opens {msg.log}",
+                    f"{msg.job} failed (exit {msg.exit}): {result}; L opens {msg.log}",
                     title="job",
                     severity="error",
                     timeout=15,
                 )
+            if rec is not None:
+                rec.ended, rec.exit, rec.outcome = time.time(), msg.exit, result
             self.wake.set()
+
+    def action_jobs(self) -> None:
+        """The console's jobs, running and finished; enter opens one's log."""
+        self.app.push_screen(
+            JobsScreen(self.job_records), lambda log: self.open_log(log) if log else None
+        )
 
     # -------------------------------------------------------------------- hits
 

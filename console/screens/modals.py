@@ -19,6 +19,7 @@ from textual.widgets.option_list import Option
 from console.format import printable
 
 if TYPE_CHECKING:
+    from console.messages import JobRecord
     from engine.api import LogFile, LogMatch
 
 
@@ -279,6 +280,46 @@ class LogMatchesScreen(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.matches[int(str(event.option.id))].path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class JobsScreen(ModalScreen[str | None]):
+    """`j`: the console's jobs (builds, propagations), newest first, running and finished:
+    when, what, how far or how it ended; enter opens a job's log in the Log tab."""
+
+    BINDINGS = [Binding("escape,j", "cancel", "Close", id="jobs.close")]
+
+    def __init__(self, jobs: Sequence[JobRecord]) -> None:
+        super().__init__()
+        self.jobs = sorted(jobs, key=lambda j: -j.started)
+
+    def compose(self) -> ComposeResult:
+        opts = []
+        for i, j in enumerate(self.jobs):
+            text = Text(time.strftime("%m-%d %H:%M:%S ", time.localtime(j.started)), style="dim")
+            text.append(printable(j.title) + " ", style="bold")
+            if j.exit is None:
+                far = f"{j.done:,}/{j.total:,}" if j.total else "started"
+                text.append(f"RUNNING {far}", style="yellow")
+            elif j.exit == 0:
+                text.append("DONE ", style="green")
+                text.append(printable(j.outcome or ""))
+            else:
+                text.append(f"FAILED (exit {j.exit}) ", style="bold red")
+                text.append(printable(j.outcome or ""))
+            opts.append(Option(text, id=str(i)))
+        with Vertical(id="dialog"):
+            yield Label(
+                f"The console's jobs ({len(self.jobs)}): enter opens a job's log"
+                if self.jobs
+                else "No jobs launched from this console yet (B builds, P propagates)"
+            )
+            yield OptionList(*opts, id="jobs-list")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.jobs[int(str(event.option.id))].log)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -5,11 +5,12 @@ a yes. Real mock deliveries and the real build job."""
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Input, Static
+from textual.widgets import Input, OptionList, Static
 
 from console.app import SkydeckApp
-from console.screens.modals import ConfirmScreen, FormScreen
+from console.screens.modals import ConfirmScreen, FormScreen, JobsScreen
 from console.widgets.downlinks import DownlinksTable
+from console.widgets.logview import LogPanel
 
 from .conftest import mock, settle
 
@@ -58,6 +59,16 @@ async def test_build_form_checks_keeps_text_and_asks_before_overwriting(ws, size
         text = next(t for _, t in app.toasts if t.startswith("job done"))
         assert "events in" in text and str(target) in text
         assert target.read_bytes() != b"earlier output"
+        # j lists the console's jobs: this one, finished, with what it made; enter: its log
+        await pilot.press("j")
+        await settle(pilot, lambda: isinstance(app.screen, JobsScreen))
+        (rec,) = app.screen.jobs
+        assert rec.exit == 0 and str(target) in (rec.outcome or "")
+        options = app.screen.query_one(OptionList)
+        line = str(options.get_option_at_index(0).prompt)
+        assert "DONE" in line and "build" in line, line
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.screen is app.main and app.q(LogPanel).path == rec.log)
 
 
 async def test_propagate_form_rejects_bad_photons(ws) -> None:
