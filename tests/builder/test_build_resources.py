@@ -19,8 +19,9 @@ def big_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """400 MB of payload: 4 sources x 100 events of 1 MB."""
     d = tmp_path_factory.mktemp("big") / "src"
     run_engine(
-        "mock", "--downlink", "251114007", "--events", "100", "--sources", "4", "-o", d, check=True
-    )
+        "mock", "--downlink", "251114007", "--events", "100", "--sources", "4",
+        "--event-bytes", str(1 << 20), "-o", d, check=True,
+    )  # fmt: skip
     return d
 
 
