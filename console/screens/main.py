@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 
 HEALTH_S = 5.0  # the global health banner is read this often
 SELECT_SETTLE_S = 0.06  # a new selection's stream is read this long after the cursor stops
-NO_DAEMON = "no daemon running here (skydeck-engine watch): new deliveries wait for r"
+NO_DAEMON = "no daemon running here (skydeck-engine watch): new deliveries wait; r runs one"
 STAGE_MIN_S = 1.0  # usage rescanned within a second of a change that moves bytes
 LOG_TAIL_BYTES = 1 << 20
 DEFAULT_SCENE = "tboolean-box-detect"  # the propagate form's default scene
