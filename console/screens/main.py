@@ -1122,7 +1122,8 @@ class MainScreen(Screen[None]):
         if not found:
             self.post_message(ActionDone(f"nothing matches {pattern!r} in {where}{window}"))
             return
-        title = f"{len(found)} lines match {pattern!r} in {where}{window}: enter opens one"
+        count = "1 line matches" if len(found) == 1 else f"{len(found)} lines match"
+        title = f"{count} {pattern!r} in {where}{window}: enter opens one"
 
         def open_match(path: str | None) -> None:
             if path:
