@@ -172,6 +172,7 @@ class DownlinksTable(VirtualTable):
         self._hay: dict[str, tuple[DownlinkRow, str]] = {}  # free-text first pass, per row
         self._hay_for: dict[str, DownlinkRow] | None = None  # the model _hay_out is of
         self._hay_out: dict[str, str] = {}
+        self.border_title = self.title_text()  # "Downlinks 0/0" until the first rows come
 
     @property
     def shown(self) -> dict[str, int]:
