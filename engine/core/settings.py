@@ -177,6 +177,8 @@ class Retention:
     fcopy_days: float = _key(7.0, "float", 0.0, MAX_DAYS)
     orphan_chunks_days: float = _key(14.0, "float", 0.0, MAX_DAYS)
     rejected_days: float = _key(0.0, "float", 0.0, MAX_DAYS)
+    # raw level-0 deliveries: off by default (they are the sources a rollback rebuilds from)
+    level0_days: float = _key(0.0, "float", 0.0, MAX_DAYS)
 
 
 @dataclass(frozen=True)

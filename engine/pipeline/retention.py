@@ -80,14 +80,14 @@ from engine.core.nofollow import Parts, Tree, norm, on_link, parts_under
 from engine.core.owner import Owner
 from engine.core.settings import DAY_S
 from engine.core.workspace import CONSOLE_LOGS, Workspace
-from engine.intake import deliveries, identity, inbox
+from engine.intake import deliveries, identity, inbox, manifest
 from engine.pipeline import locks
 from engine.pipeline.halts import halt_flag
 from engine.pipeline.launchers import sibling_suffixes
 from engine.pipeline.task import load_task
 from engine.store import Delivery, StateDB
 
-AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected")
+AREAS = ("logs", "events", "fcopy", "orphan_chunks", "rejected", "level0")
 FINISHED = ("SUCCESS", "FAILED", "CANCELED")  # a stream no runner picks up again
 INDEX_NAME = "mergeIndices.json"  # engine.pipeline.jobs.INDEX_NAME (jobs imports h5py)
 CLEANUP_LOCK = "cleanup"
@@ -510,8 +510,251 @@ class _Judge:
             )
 
 
-class _Planner(_Judge):
-    """What each area holds that may go: one method per area, each judging through ``file``."""
+class _Incoming(_Judge):
+    """The areas of what arrived (incoming/): fcopy packages, rejected deliveries, raw level-0
+    deliveries: each removed only as the delivery that was accepted, identified by content."""
+
+    def fcopy(self) -> None:
+        cut = self.cutoff(self.r.fcopy_days)
+        if cut is None:
+            return
+        tree = self.area("fcopy", self.ws.incoming_fcopy)
+        if tree is None:
+            return
+        accepted = [
+            d
+            for d in self.db.deliveries("ACCEPTED")
+            if d.kind == "fcopy"
+            and d.dlid
+            and self.finished.get(d.dlid, cut) < cut
+            and d.name.startswith("fcopy:")
+        ]
+        reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
+        for d in sorted(accepted, key=lambda d: d.name):
+            stem = d.name[len("fcopy:") :]
+            cand = inbox.fcopy_candidate(self.ws, stem + ".md5")
+            dl = self.db.downlink(d.dlid or "")
+            if cand is None or cand.name != d.name or dl is None:
+                continue
+            why, manifest_key = self._not_accepted(tree, d, stem)
+            if why is None and not deliveries.registered_level0(dl):
+                why = "the level-0 directory it was extracted into no longer holds what was registered"
+            if why is not None:
+                self.plan.notes.append(f"kept {tree.path((stem + '.tar',))}: {why}")
+                continue
+            ref = max(d.done or 0.0, self.finished[d.dlid or ""])
+            ident = d.identity
+            assert ident is not None  # _not_accepted checked it
+            tar_parts = (stem + ".tar",)
+            # the tar unchanged since it was verified (its key) needs no reading; else its
+            # MD5 is checked just before it is unlinked
+            tar = self.file(
+                "fcopy",
+                cand.path,
+                self.ws.incoming_fcopy,
+                cut,
+                reason,
+                d.dlid,
+                ref=ref,
+                add=False,
+                md5=ident.package_md5,
+                identified_by=ident.package_key,
+            )
+            md5 = self.file(
+                "fcopy",
+                cand.manifest,
+                self.ws.incoming_fcopy,
+                cut,
+                reason,
+                d.dlid,
+                ref=ref,
+                add=False,
+                identified_by=manifest_key,
+            )
+            if md5 is None or (tar is None and _lexists(tree, tar_parts)):
+                continue  # both or none (a tar alone is no delivery: the manifest goes last)
+            if tar is not None:
+                self.add(tar)
+                md5 = replace(md5, needs_gone=(tar.path or "",))  # kept if the tar is kept
+            self.add(md5)
+
+    def _not_accepted(self, tree: Tree, d: Delivery, stem: str) -> tuple[str | None, str | None]:
+        """Why the manifest in ``incoming/fcopy`` is not positively the accepted one (None:
+        it is), and the stat key of the file found to be it: identified by its content
+        (the digest of its entries) or, unread, by the stat key recorded with that digest.
+        A package accepted before identities were recorded is kept until intake has
+        recorded it."""
+        ident = d.identity
+        if ident is None or ident.package_md5 is None:
+            return (
+                "what was accepted under this name is not recorded yet (the next scan records it)"
+            ), None
+        parts = (stem + ".md5",)
+        try:
+            key = identity.stat_key(tree.lstat(parts))
+            if key == ident.manifest_key:
+                return None, key
+            fd = tree.open(parts)
+            try:
+                key = identity.stat_key(os.fstat(fd))
+                mr = identity.read_manifest_fd(fd, tree.path(parts))
+            finally:
+                os.close(fd)
+        except OSError as err:
+            return f"its manifest cannot be read ({err.strerror or err})", None
+        except BadInput as err:
+            return f"its manifest is not the accepted one ({err.message})", None
+        if mr.digest != ident.manifest_sha256:
+            return "its manifest is not the accepted one (sent again with other content)", None
+        return None, key
+
+    def level0(self) -> None:
+        """Raw level-0 deliveries, only when ``level0_days`` is set (off by default): the
+        directory a downlink was registered from, once every latest stream of it SUCCEEDED
+        longer ago than that; positively the registered delivery (its MANIFEST.md5 has the
+        digest recorded at registration), file by file what the manifest lists, each with
+        the manifest's MD5 (``apply`` checks every file of a delivery before removing any:
+        all or nothing); the manifest last, then the emptied directory."""
+        cut = self.cutoff(self.r.level0_days)
+        if cut is None:
+            return
+        root = self.ws.incoming_level0
+        tree = self.area("level0", root)
+        if tree is None:
+            return
+        reason = f"raw level-0 delivery of a SUCCESS stream, older than {self.r.level0_days:g} d"
+        for dlid, sig in sorted(self.sigs.items()):
+            ended = self.finished.get(dlid)
+            if not sig or any(status != "SUCCESS" for _, status, _ in sig) or ended is None:
+                continue
+            dl = self.db.downlink(dlid) if ended < cut else None
+            if dl is None or not dl.manifest_sha256:
+                continue  # too recent, or registered before digests were recorded
+            d = Path(dl.level0)
+            parts = parts_under(tree.root, norm(d))
+            if parts is None:
+                continue  # not in incoming/level0
+            where = tree.path((*parts, manifest.MANIFEST_NAME))
+            try:
+                fd = tree.open((*parts, manifest.MANIFEST_NAME))
+                try:
+                    mr = identity.read_manifest_fd(fd, where)
+                finally:
+                    os.close(fd)
+            except (OSError, BadInput):
+                continue  # gone, unreadable or a link: nothing of it is touched
+            if mr.digest != dl.manifest_sha256:
+                self.plan.notes.append(f"kept {tree.path(parts)}: not the registered delivery")
+                continue
+            listed: list[PruneCandidate] = []
+            for name, md5 in sorted(mr.entries.items()):
+                c = self.file(
+                    "level0", d / name, root, cut, reason, dlid, ref=ended, add=False, md5=md5
+                )
+                if c is None:
+                    break
+                listed.append(c)
+            man = (
+                self.file(
+                    "level0",
+                    where,
+                    root,
+                    cut,
+                    reason,
+                    dlid,
+                    ref=ended,
+                    add=False,
+                    identified_by=mr.key,
+                )  # fmt: skip
+                if len(listed) == len(mr.entries)
+                else None
+            )
+            if man is None:
+                self.plan.notes.append(
+                    f"kept {tree.path(parts)}: a file it lists is missing, newer or a link"
+                )
+                continue
+            for c in listed:
+                self.add(c)
+            self.add(replace(man, needs_gone=tuple(c.path or "" for c in listed)))
+            self.empty_dir_after("level0", d, root, reason, dlid)
+
+    def rejected(self) -> None:
+        cut = self.cutoff(self.r.rejected_days)
+        if cut is None:
+            return
+        tree = self.area("rejected", self.ws.rejected)
+        if tree is None:
+            return
+        try:
+            reasons = sorted(n for n in tree.listdir() if n.endswith(".reason"))
+        except OSError:
+            return
+        for name in reasons:
+            self._rejection(tree, name, cut)
+
+    def _rejection(self, tree: Tree, name: str, cut: float) -> None:
+        """One rejected delivery: everything its reason file says was moved, then the reason
+        file; all of it when all of it is older than ``cut``, else none."""
+        try:
+            st = tree.lstat((name,))
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REASON_BYTES:
+                return
+            parsed = parse_reason(tree.read((name,), MAX_REASON_BYTES), tree.root)
+        except OSError:
+            return
+        if parsed is None:
+            return
+        moved, dlid = parsed
+        reason = f"rejected delivery, older than {self.r.rejected_days:g} d"
+        out: list[PruneCandidate] = []
+        for p in moved:
+            top = (os.path.basename(p),)
+            try:
+                mst = tree.lstat(top)
+                entries = list(tree.walk(top)) if stat.S_ISDIR(mst.st_mode) else [(top, mst)]
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return
+            for parts, qst in entries:
+                q = tree.path(parts)
+                is_dir = stat.S_ISDIR(qst.st_mode)
+                if max(0.0 if is_dir else qst.st_mtime, st.st_mtime) >= cut or self.guard.why(q):
+                    return
+                out.append(
+                    PruneCandidate(
+                        "rejected",
+                        q,
+                        qst.st_blocks * 512,
+                        reason,
+                        dlid,
+                        is_dir=is_dir,
+                        root=tree.root,
+                        ident=_dir_ident(qst) if is_dir else _ident(qst),
+                    )
+                )
+        if st.st_mtime >= cut:
+            return
+        for c in out:
+            self.add(c)
+        self.add(
+            PruneCandidate(
+                "rejected",
+                tree.path((name,)),
+                st.st_blocks * 512,
+                "the reason file of " + reason,
+                dlid,
+                ident=_ident(st),
+                needs_gone=tuple(moved),
+                root=tree.root,
+            )
+        )
+
+
+class _Planner(_Incoming):
+    """What each area holds that may go: one method per area, each judging through ``file``
+    (the engine's own areas here, incoming/ in ``_Incoming``)."""
 
     def logs(self) -> None:
         cut = self.cutoff(self.r.logs_days)
@@ -682,172 +925,6 @@ class _Planner(_Judge):
             return None
         return m.group(1) if m else None
 
-    def fcopy(self) -> None:
-        cut = self.cutoff(self.r.fcopy_days)
-        if cut is None:
-            return
-        tree = self.area("fcopy", self.ws.incoming_fcopy)
-        if tree is None:
-            return
-        accepted = [
-            d
-            for d in self.db.deliveries("ACCEPTED")
-            if d.kind == "fcopy"
-            and d.dlid
-            and self.finished.get(d.dlid, cut) < cut
-            and d.name.startswith("fcopy:")
-        ]
-        reason = f"fcopy package extracted and registered, older than {self.r.fcopy_days:g} d"
-        for d in sorted(accepted, key=lambda d: d.name):
-            stem = d.name[len("fcopy:") :]
-            cand = inbox.fcopy_candidate(self.ws, stem + ".md5")
-            dl = self.db.downlink(d.dlid or "")
-            if cand is None or cand.name != d.name or dl is None:
-                continue
-            why, manifest_key = self._not_accepted(tree, d, stem)
-            if why is None and not deliveries.registered_level0(dl):
-                why = "the level-0 directory it was extracted into no longer holds what was registered"
-            if why is not None:
-                self.plan.notes.append(f"kept {tree.path((stem + '.tar',))}: {why}")
-                continue
-            ref = max(d.done or 0.0, self.finished[d.dlid or ""])
-            ident = d.identity
-            assert ident is not None  # _not_accepted checked it
-            tar_parts = (stem + ".tar",)
-            # the tar unchanged since it was verified (its key) needs no reading; else its
-            # MD5 is checked just before it is unlinked
-            tar = self.file(
-                "fcopy",
-                cand.path,
-                self.ws.incoming_fcopy,
-                cut,
-                reason,
-                d.dlid,
-                ref=ref,
-                add=False,
-                md5=ident.package_md5,
-                identified_by=ident.package_key,
-            )
-            md5 = self.file(
-                "fcopy",
-                cand.manifest,
-                self.ws.incoming_fcopy,
-                cut,
-                reason,
-                d.dlid,
-                ref=ref,
-                add=False,
-                identified_by=manifest_key,
-            )
-            if md5 is None or (tar is None and _lexists(tree, tar_parts)):
-                continue  # both or none (a tar alone is no delivery: the manifest goes last)
-            if tar is not None:
-                self.add(tar)
-                md5 = replace(md5, needs_gone=(tar.path or "",))  # kept if the tar is kept
-            self.add(md5)
-
-    def _not_accepted(self, tree: Tree, d: Delivery, stem: str) -> tuple[str | None, str | None]:
-        """Why the manifest in ``incoming/fcopy`` is not positively the accepted one (None:
-        it is), and the stat key of the file found to be it: identified by its content
-        (the digest of its entries) or, unread, by the stat key recorded with that digest.
-        A package accepted before identities were recorded is kept until intake has
-        recorded it."""
-        ident = d.identity
-        if ident is None or ident.package_md5 is None:
-            return (
-                "what was accepted under this name is not recorded yet (the next scan records it)"
-            ), None
-        parts = (stem + ".md5",)
-        try:
-            key = identity.stat_key(tree.lstat(parts))
-            if key == ident.manifest_key:
-                return None, key
-            fd = tree.open(parts)
-            try:
-                key = identity.stat_key(os.fstat(fd))
-                mr = identity.read_manifest_fd(fd, tree.path(parts))
-            finally:
-                os.close(fd)
-        except OSError as err:
-            return f"its manifest cannot be read ({err.strerror or err})", None
-        except BadInput as err:
-            return f"its manifest is not the accepted one ({err.message})", None
-        if mr.digest != ident.manifest_sha256:
-            return "its manifest is not the accepted one (sent again with other content)", None
-        return None, key
-
-    def rejected(self) -> None:
-        cut = self.cutoff(self.r.rejected_days)
-        if cut is None:
-            return
-        tree = self.area("rejected", self.ws.rejected)
-        if tree is None:
-            return
-        try:
-            reasons = sorted(n for n in tree.listdir() if n.endswith(".reason"))
-        except OSError:
-            return
-        for name in reasons:
-            self._rejection(tree, name, cut)
-
-    def _rejection(self, tree: Tree, name: str, cut: float) -> None:
-        """One rejected delivery: everything its reason file says was moved, then the reason
-        file; all of it when all of it is older than ``cut``, else none."""
-        try:
-            st = tree.lstat((name,))
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REASON_BYTES:
-                return
-            parsed = parse_reason(tree.read((name,), MAX_REASON_BYTES), tree.root)
-        except OSError:
-            return
-        if parsed is None:
-            return
-        moved, dlid = parsed
-        reason = f"rejected delivery, older than {self.r.rejected_days:g} d"
-        out: list[PruneCandidate] = []
-        for p in moved:
-            top = (os.path.basename(p),)
-            try:
-                mst = tree.lstat(top)
-                entries = list(tree.walk(top)) if stat.S_ISDIR(mst.st_mode) else [(top, mst)]
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return
-            for parts, qst in entries:
-                q = tree.path(parts)
-                is_dir = stat.S_ISDIR(qst.st_mode)
-                if max(0.0 if is_dir else qst.st_mtime, st.st_mtime) >= cut or self.guard.why(q):
-                    return
-                out.append(
-                    PruneCandidate(
-                        "rejected",
-                        q,
-                        qst.st_blocks * 512,
-                        reason,
-                        dlid,
-                        is_dir=is_dir,
-                        root=tree.root,
-                        ident=_dir_ident(qst) if is_dir else _ident(qst),
-                    )
-                )
-        if st.st_mtime >= cut:
-            return
-        for c in out:
-            self.add(c)
-        self.add(
-            PruneCandidate(
-                "rejected",
-                tree.path((name,)),
-                st.st_blocks * 512,
-                "the reason file of " + reason,
-                dlid,
-                ident=_ident(st),
-                needs_gone=tuple(moved),
-                root=tree.root,
-            )
-        )
-
     def events(self) -> None:
         cut = self.cutoff(self.r.events_days)
         if cut is None:
@@ -898,6 +975,7 @@ def plan(ws: Workspace, db: StateDB | None = None, now: float | None = None) -> 
         p.orphan_chunks()
         p.fcopy()
         p.rejected()
+        p.level0()
         p.events()
     finally:
         p.close()
@@ -975,11 +1053,13 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     trees = _Trees()
     with _cleanup_lock(ws, any(c.area == "orphan_chunks" for c in p.candidates)) as busy:
         try:
+            whole = _not_whole(p, trees)  # raw deliveries: every file checked before any goes
             for c in p.candidates:
                 if c.path is None:
                     events = c
                     continue
-                why = _hold(ws, guard, c, p, sigs, busy, trees)
+                why = whole.get(c.dlid or "") if c.area == "level0" else None
+                why = why or _hold(ws, guard, c, p, sigs, busy, trees)
                 if why is not None:
                     res.kept.append((c, why))
                     continue
@@ -1009,6 +1089,29 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
             )
         )
     return res
+
+
+def _not_whole(p: PrunePlan, trees: _Trees) -> dict[str, str]:
+    """Per downlink, why its raw level-0 delivery is kept whole: a file that is not what
+    was planned or whose content is not its manifest's MD5 keeps every file of it (a
+    delivery is removed all or nothing). Reads each file once, just before the removal."""
+    out: dict[str, str] = {}
+    for c in p.candidates:
+        if c.area != "level0" or c.is_dir or c.md5 is None or not c.dlid or c.dlid in out:
+            continue
+        parts = parts_under(c.root, c.path or "") if c.root else None
+        if parts is None:
+            out[c.dlid] = f"{c.path} is not below incoming/level0"
+            continue
+        tree = trees[c.root or ""]
+        try:
+            same = _same(c, tree.lstat(parts))
+            why = _content_differs(tree, parts, c) if same else "changed since the plan"
+        except OSError as err:
+            why = f"cannot be read ({err.strerror or err})"
+        if why is not None:
+            out[c.dlid] = f"the delivery is kept whole: {c.path}: {why}"
+    return out
 
 
 def _hold(

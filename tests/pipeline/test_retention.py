@@ -120,7 +120,10 @@ def test_prune_after_a_real_run_removes_exactly_what_the_dry_run_listed(ws, caps
     assert dry["dry_run"] is True and _tree(ws.root) == before  # nothing removed
     listed = _paths(dry)
     areas = {a for a, _, _ in listed}
-    assert areas == {"logs", "fcopy", "events"}  # cleanup ran: no orphans
+    # cleanup ran: no orphans; the raw delivery (the directory the package was extracted
+    # into) goes too, as level0_days is set here
+    assert areas == {"logs", "fcopy", "events", "level0"}
+    assert ("level0", str(ws.incoming_level0 / dlid), 0) in listed
     assert ("fcopy", str(ws.incoming_fcopy / f"{dlid}.tar"), 0) in listed and (
         "fcopy",
         str(ws.incoming_fcopy / f"{dlid}.md5"),
@@ -506,3 +509,38 @@ def test_a_failing_prune_is_one_error_line_and_the_daemon_goes_on(ws, tmp_path):
         assert stop_daemon(d) == 0
     errors = [e for e in log_events(log) if e["event"] == "error"]
     assert len(errors) == 1 and "task.toml" in errors[0]["error"]
+
+
+def test_raw_level0_goes_only_when_configured_whole_and_as_registered(ws):
+    """level0_days is off by default. Set, a SUCCESS downlink's raw delivery goes file by
+    file as its manifest lists them, the manifest last, then the directory; a delivery with
+    one file's bytes changed since registration (same size, same times: only its MD5 tells)
+    is kept whole, every file of it; one whose stream did not succeed is kept."""
+    good, changed, waiting = "251125001", "251125002", "251125003"
+    for dlid in (good, changed):
+        _run(ws, dlid, as_="level0")
+    make_delivery(ws, waiting, **FAST)  # never run: no SUCCESS stream
+    assert all(c.area != "level0" for c in plan(ws, now=_later()).candidates)  # the default
+    ws = set_config(ws, "[retention]\nlevel0_days = 1\n")
+    victim = next(p for p in sorted((ws.incoming_level0 / changed).iterdir()) if p.suffix == ".h5")
+    st_ = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+    before = sorted(p.name for p in (ws.incoming_level0 / changed).iterdir())
+    p = plan(ws, now=_later())
+    level0 = [c for c in p.candidates if c.area == "level0"]
+    assert {c.dlid for c in level0} == {good, changed}  # planning reads no content
+    mine = [c.path for c in level0 if c.dlid == good]
+    assert mine[-2].endswith("MANIFEST.md5") and mine[-1] == str(ws.incoming_level0 / good)
+    res = apply(ws, p)
+    assert not res.failed, res.failed
+    assert not (ws.incoming_level0 / good).exists()
+    assert sorted(p.name for p in (ws.incoming_level0 / changed).iterdir()) == before
+    kept = [why for c, why in res.kept if c.dlid == changed]
+    assert kept and all("kept whole" in w or "still there" in w for w in kept), kept
+    assert (ws.incoming_level0 / waiting).is_dir()
+    assert list(ws.stage.rglob("*.h5"))  # staged output untouched
+    rc, out, _ = cli(ws, "downlinks", "--json")
+    assert rc == 0
