@@ -646,37 +646,24 @@ class _Incoming(_Judge):
             if mr.digest != dl.manifest_sha256:
                 self.plan.notes.append(f"kept {tree.path(parts)}: not the registered delivery")
                 continue
-            listed: list[PruneCandidate] = []
-            for name, md5 in sorted(mr.entries.items()):
-                c = self.file(
+            listed = [
+                self.file(
                     "level0", d / name, root, cut, reason, dlid, ref=ended, add=False, md5=md5
                 )
-                if c is None:
-                    break
-                listed.append(c)
-            man = (
-                self.file(
-                    "level0",
-                    where,
-                    root,
-                    cut,
-                    reason,
-                    dlid,
-                    ref=ended,
-                    add=False,
-                    identified_by=mr.key,
-                )  # fmt: skip
-                if len(listed) == len(mr.entries)
-                else None
+                for name, md5 in sorted(mr.entries.items())
+            ]
+            man = self.file(
+                "level0", where, root, cut, reason, dlid, ref=ended, add=False, identified_by=mr.key
             )
-            if man is None:
+            files = [c for c in listed if c is not None]
+            if man is None or len(files) < len(listed):
                 self.plan.notes.append(
                     f"kept {tree.path(parts)}: a file it lists is missing, newer or a link"
                 )
                 continue
-            for c in listed:
+            for c in files:
                 self.add(c)
-            self.add(replace(man, needs_gone=tuple(c.path or "" for c in listed)))
+            self.add(replace(man, needs_gone=tuple(c.path or "" for c in files)))
             self.empty_dir_after("level0", d, root, reason, dlid)
 
     def rejected(self) -> None:
@@ -1053,7 +1040,7 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     trees = _Trees()
     with _cleanup_lock(ws, any(c.area == "orphan_chunks" for c in p.candidates)) as busy:
         try:
-            whole = _not_whole(p, trees)  # raw deliveries: every file checked before any goes
+            whole, verified = _not_whole(p, trees)  # raw deliveries: checked before any goes
             for c in p.candidates:
                 if c.path is None:
                     events = c
@@ -1063,7 +1050,9 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
                 if why is not None:
                     res.kept.append((c, why))
                     continue
-                if _remove(c, res, trees) and c.area == "orphan_chunks" and not c.is_dir:
+                # content read just now (_not_whole): not a second time
+                gone = _remove(c, res, trees, read=c.path not in verified)
+                if gone and c.area == "orphan_chunks" and not c.is_dir:
                     db.forget_file(c.path)  # the downlink's recorded bytes stay true
         finally:
             trees.close()
@@ -1091,11 +1080,13 @@ def apply(ws: Workspace, p: PrunePlan, db: StateDB | None = None) -> PruneResult
     return res
 
 
-def _not_whole(p: PrunePlan, trees: _Trees) -> dict[str, str]:
-    """Per downlink, why its raw level-0 delivery is kept whole: a file that is not what
-    was planned or whose content is not its manifest's MD5 keeps every file of it (a
-    delivery is removed all or nothing). Reads each file once, just before the removal."""
+def _not_whole(p: PrunePlan, trees: _Trees) -> tuple[dict[str, str], set[str]]:
+    """Raw level-0 deliveries go all or nothing: every file's content is checked against
+    its manifest's MD5 before any file of the delivery goes. Returns, per downlink, why its
+    delivery is kept whole, and the files whose content was read and found right: those
+    are not read again at removal (their identity, ctime included, still is checked)."""
     out: dict[str, str] = {}
+    verified: set[str] = set()
     for c in p.candidates:
         if c.area != "level0" or c.is_dir or c.md5 is None or not c.dlid or c.dlid in out:
             continue
@@ -1103,15 +1094,15 @@ def _not_whole(p: PrunePlan, trees: _Trees) -> dict[str, str]:
         if parts is None:
             out[c.dlid] = f"{c.path} is not below incoming/level0"
             continue
-        tree = trees[c.root or ""]
         try:
-            same = _same(c, tree.lstat(parts))
-            why = _content_differs(tree, parts, c) if same else "changed since the plan"
+            why = _content_differs(trees[c.root or ""], parts, c)
         except OSError as err:
             why = f"cannot be read ({err.strerror or err})"
         if why is not None:
             out[c.dlid] = f"the delivery is kept whole: {c.path}: {why}"
-    return out
+        else:
+            verified.add(c.path or "")
+    return out, verified
 
 
 def _hold(
@@ -1143,10 +1134,12 @@ def _hold(
     return None
 
 
-def _remove(c: PruneCandidate, res: PruneResult, trees: _Trees) -> bool:
+def _remove(c: PruneCandidate, res: PruneResult, trees: _Trees, read: bool = True) -> bool:
     """Remove one planned file (unlink) or directory (rmdir) by its name in the directory
     reached from its area's root without following a link, only if it is still the file
-    planned (and, with ``c.md5``, has that content); True when it is gone now."""
+    planned (and, with ``c.md5``, has that content: ``read=False`` when it was read and
+    found right this apply, its identity, ctime included, unchanged since); True when it is
+    gone now."""
     assert c.path is not None
     parts = parts_under(c.root, c.path) if c.root else None
     if parts is None:
@@ -1158,7 +1151,7 @@ def _remove(c: PruneCandidate, res: PruneResult, trees: _Trees) -> bool:
         if not _same(c, st):
             res.kept.append((c, "changed since the plan"))
             return False
-        if c.md5 is not None:
+        if c.md5 is not None and read:
             why = _content_differs(tree, parts, c)
             if why is not None:
                 res.kept.append((c, why))
