@@ -22,7 +22,6 @@ This module only reads.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 from engine.core.errors import BadInput
 from engine.core.ids import is_dlid
+from engine.core.log import human_event, json_object
 from engine.core.workspace import Workspace
 
 LINE_MAX = 500
@@ -111,8 +111,6 @@ def search_logs(
 ) -> list[LogMatch]:
     """Every line of the workspace's logs matching ``pattern`` (a regular expression) in
     the window, as the module docstring says, at most ``limit``."""
-    from engine.core.log import human_from_json
-
     try:
         rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
     except re.error as err:
@@ -146,7 +144,7 @@ def search_logs(
                     t = float(doc.get("t") or 0.0)
                     if (since is not None and t < since) or (until is not None and t > until):
                         continue
-                    line = human_from_json(line) or line
+                    line = human_event(doc) if "event" in doc else line
                 if rx.search(line):
                     found.append(LogMatch(str(path), n, t, line[:LINE_MAX]))
                     if len(found) >= limit:
@@ -155,12 +153,6 @@ def search_logs(
 
 
 def _event(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("t", 0), int | float):
-        return None
-    return doc
+    """A JSON line of the daemon's log, when its time (if any) is a number."""
+    doc = json_object(line)
+    return doc if doc is not None and isinstance(doc.get("t", 0), int | float) else None

@@ -353,9 +353,9 @@ def detach_file(handler: AppendFile) -> None:
         handler.restore = None
 
 
-def human_from_json(line: str) -> str | None:
-    """A JSON event line (``logs/daemon.log``) in the human format (local time, the level
-    when not info, the event, its fields); None when the line is not such an event."""
+def json_object(line: str) -> dict[str, Any] | None:
+    """A line holding one JSON object (as ``logs/daemon.log``'s lines do), parsed; None for
+    any other line."""
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -363,8 +363,19 @@ def human_from_json(line: str) -> str | None:
         ev = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(ev, dict) or "event" not in ev:
-        return None
+    return ev if isinstance(ev, dict) else None
+
+
+def human_from_json(line: str) -> str | None:
+    """A JSON event line (``logs/daemon.log``) in the human format (local time, the level
+    when not info, the event, its fields); None when the line is not such an event."""
+    ev = json_object(line)
+    return None if ev is None or "event" not in ev else human_event(ev)
+
+
+def human_event(event: dict[str, Any]) -> str:
+    """An event (a parsed JSON event line, with its ``event`` key) in the human format."""
+    ev = dict(event)
     name = str(ev.pop("level", "info")).upper()
     ev.pop("logger", None)
     levelno = LEVELS.get(name.lower(), logging.INFO)
