@@ -107,10 +107,13 @@ def pg_server() -> Iterator[dict[str, str]]:
         subprocess.run([str(CLUSTER), "down"], capture_output=True, timeout=120)
 
 
-def _admin(env: dict[str, str], sql: str) -> None:
+def admin(env: dict[str, str], sql: str, database: str = "postgres") -> None:
+    """Run ``sql`` (one statement, or several separated by ``;``) as the cluster's admin, in
+    ``database``."""
     import psycopg
 
-    with psycopg.connect(env["SKYDECK_TEST_STATE_URL"], autocommit=True) as conn:
+    url = env["SKYDECK_TEST_STATE_URL"].replace("/postgres?", f"/{database}?")
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
 
 
@@ -118,14 +121,14 @@ def _admin(env: dict[str, str], sql: str) -> None:
 def pg_url(pg_server: dict[str, str]) -> Iterator[str]:
     """A URL of a new, empty database, dropped after the test."""
     name = f"skydeck_t_{uuid.uuid4().hex[:16]}"
-    _admin(pg_server, f"CREATE DATABASE {name} TEMPLATE template0")
+    admin(pg_server, f"CREATE DATABASE {name} TEMPLATE template0")
     host, port, user = (
         pg_server["SKYDECK_PG_HOST"],
         pg_server["SKYDECK_PG_PORT"],
         pg_server["SKYDECK_PG_USER"],
     )
     yield f"postgresql://{user}@/{name}?host={host}&port={port}"
-    _admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -17,20 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import engine_env, run_engine
+from tests.postgres.plugin import admin
 
 pytestmark = pytest.mark.usefixtures("pg_server")
 
 DLID = "251207001"
-
-
-def _admin(env: dict[str, str], sql: str, database: str = "postgres") -> None:
-    import psycopg
-
-    url = env["SKYDECK_TEST_STATE_URL"].replace("/postgres?", f"/{database}?")
-    with psycopg.connect(url, autocommit=True) as conn:
-        for stmt in sql.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -40,23 +31,23 @@ def roles(pg_server: dict[str, str]) -> Iterator[dict[str, str]]:
     names = {k: f"sd_{k}_{tag}" for k in ("daemon", "operator", "viewer", "nobody")}
     db = f"skydeck_roles_{tag}"
     for role in names.values():
-        _admin(pg_server, f"CREATE ROLE {role} LOGIN")
-    _admin(pg_server, f"CREATE DATABASE {db} OWNER {names['daemon']}")
+        admin(pg_server, f"CREATE ROLE {role} LOGIN")
+    admin(pg_server, f"CREATE DATABASE {db} OWNER {names['daemon']}")
     host, port = pg_server["SKYDECK_PG_HOST"], pg_server["SKYDECK_PG_PORT"]
     urls = {k: f"postgresql://{r}@/{db}?host={host}&port={port}" for k, r in names.items()}
     urls["_db"], urls["_tag"] = db, tag
     try:
         yield urls | {f"role:{k}": r for k, r in names.items()}
     finally:
-        _admin(pg_server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin(pg_server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         for role in names.values():
-            _admin(pg_server, f"DROP ROLE IF EXISTS {role}")
+            admin(pg_server, f"DROP ROLE IF EXISTS {role}")
 
 
 def _grant(pg_server: dict[str, str], roles: dict[str, str]) -> None:
     """The README's grants, run as the database owner would (here: the cluster's admin)."""
     op, view, owner = roles["role:operator"], roles["role:viewer"], roles["role:daemon"]
-    _admin(
+    admin(
         pg_server,
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {view};"
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {op};"
